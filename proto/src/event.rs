@@ -1,0 +1,705 @@
+//! Site events and hub commands in their domain form.
+//!
+//! The wire form (`pb::SiteEvent`, `pb::HubCommand`) is converted here, once, with
+//! every field validated (`TryFrom`); domain code on both sides uses these types only.
+//! The stores keep each record as the canonical JSON of these types, which is also
+//! what a duplicate is compared against and what the batch record hash covers.
+
+use crate::pb;
+use crate::recipe::{Outcome, QcValue};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A wire message that does not make a valid record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Error {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
+    Error {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// One entry of a site's append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteEvent {
+    pub seq: u64,
+    pub event_id: Uuid,
+    pub recorded_at: DateTime<Utc>,
+    pub batch_id: Uuid,
+    pub recorded_by: String,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmSeverity {
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseMeaning {
+    Released,
+    Rejected,
+}
+
+impl ReleaseMeaning {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseMeaning::Released => "released",
+            ReleaseMeaning::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ReleaseMeaning> {
+        match text {
+            "released" => Some(ReleaseMeaning::Released),
+            "rejected" => Some(ReleaseMeaning::Rejected),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub step_hours: f64,
+    pub parameter: String,
+    pub value: f64,
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    BatchAccepted {
+        coi: String,
+        recipe_id: String,
+        recipe_version: u32,
+        recipe_sha256: String,
+    },
+    StepStarted {
+        step_id: String,
+        instrument_id: String,
+        resumed: bool,
+    },
+    ProcessSamples {
+        step_id: String,
+        samples: Vec<Sample>,
+    },
+    StepCompleted {
+        step_id: String,
+        process_hours: f64,
+    },
+    InstrumentAlarm {
+        step_id: String,
+        instrument_id: String,
+        code: String,
+        message: String,
+        severity: AlarmSeverity,
+    },
+    DeviationRaised {
+        deviation_id: String,
+        step_id: String,
+        description: String,
+        classification: String,
+    },
+    QcResult {
+        test_id: String,
+        value: QcValue,
+        unit: String,
+        method: String,
+        site_outcome: Outcome,
+    },
+    ReleaseDecisionRecorded {
+        signature_id: Uuid,
+        meaning: ReleaseMeaning,
+        command_seq: u64,
+    },
+    BatchCancelled {
+        reason: String,
+        command_seq: u64,
+    },
+    CustodyScan {
+        checkpoint_id: String,
+        expected_coi: String,
+        scanned_coi: String,
+        verifiers: Vec<String>,
+        matched: bool,
+    },
+    Correction {
+        corrects_seq: u64,
+        reason: String,
+        field: String,
+        new_value: String,
+    },
+}
+
+impl EventKind {
+    /// Short, stable name of the kind, as stored in an index column.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::BatchAccepted { .. } => "batch_accepted",
+            EventKind::StepStarted { .. } => "step_started",
+            EventKind::ProcessSamples { .. } => "process_samples",
+            EventKind::StepCompleted { .. } => "step_completed",
+            EventKind::InstrumentAlarm { .. } => "instrument_alarm",
+            EventKind::DeviationRaised { .. } => "deviation_raised",
+            EventKind::QcResult { .. } => "qc_result",
+            EventKind::ReleaseDecisionRecorded { .. } => "release_decision_recorded",
+            EventKind::BatchCancelled { .. } => "batch_cancelled",
+            EventKind::CustodyScan { .. } => "custody_scan",
+            EventKind::Correction { .. } => "correction",
+        }
+    }
+}
+
+impl SiteEvent {
+    /// Canonical JSON bytes: what is stored, compared and hashed.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("a site event always serialises")
+    }
+}
+
+/// One entry of the hub's append-only command log for one site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HubCommand {
+    pub seq: u64,
+    pub command_id: Uuid,
+    pub issued_at: DateTime<Utc>,
+    pub batch_id: Uuid,
+    pub kind: CommandKind,
+}
+
+impl HubCommand {
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("a hub command always serialises")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CommandKind {
+    BatchOrder {
+        order_id: Uuid,
+        coi: String,
+        patient_pseudonym: String,
+        requested_collection_date: String,
+        recipe_id: String,
+        recipe_version: u32,
+        recipe_json: String,
+        recipe_sha256: String,
+    },
+    CancelBatch {
+        reason: String,
+        cancelled_by: String,
+    },
+    ReleaseDecision {
+        signature_id: Uuid,
+        meaning: ReleaseMeaning,
+        signer: String,
+        signer_name: String,
+        signed_at: DateTime<Utc>,
+        record_sha256: String,
+        reason: String,
+    },
+}
+
+impl CommandKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandKind::BatchOrder { .. } => "batch_order",
+            CommandKind::CancelBatch { .. } => "cancel_batch",
+            CommandKind::ReleaseDecision { .. } => "release_decision",
+        }
+    }
+}
+
+// ---- conversions from the wire, validating every field ----
+
+fn required(field: &'static str, value: String) -> Result<String, Error> {
+    if value.trim().is_empty() {
+        Err(invalid(field, "is required"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn uuid(field: &'static str, value: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(value).map_err(|e| invalid(field, format!("{value:?} is not a UUID ({e})")))
+}
+
+fn finite(field: &'static str, value: f64) -> Result<f64, Error> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(invalid(field, format!("{value} is not a finite number")))
+    }
+}
+
+/// Converts a wire timestamp, which must be present and representable.
+pub fn from_timestamp(field: &'static str, ts: Option<prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
+    let ts = ts.ok_or_else(|| invalid(field, "is required"))?;
+    let nanos = u32::try_from(ts.nanos).map_err(|_| invalid(field, "has negative nanoseconds"))?;
+    DateTime::from_timestamp(ts.seconds, nanos).ok_or_else(|| invalid(field, "is out of range"))
+}
+
+pub fn to_timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn meaning_from_wire(field: &'static str, value: i32) -> Result<ReleaseMeaning, Error> {
+    match pb::ReleaseMeaning::try_from(value) {
+        Ok(pb::ReleaseMeaning::Released) => Ok(ReleaseMeaning::Released),
+        Ok(pb::ReleaseMeaning::Rejected) => Ok(ReleaseMeaning::Rejected),
+        _ => Err(invalid(field, format!("{value} is not a release meaning (released or rejected)"))),
+    }
+}
+
+pub fn meaning_to_wire(meaning: ReleaseMeaning) -> pb::ReleaseMeaning {
+    match meaning {
+        ReleaseMeaning::Released => pb::ReleaseMeaning::Released,
+        ReleaseMeaning::Rejected => pb::ReleaseMeaning::Rejected,
+    }
+}
+
+pub fn outcome_to_wire(outcome: Outcome) -> pb::QcOutcome {
+    match outcome {
+        Outcome::Pass => pb::QcOutcome::Pass,
+        Outcome::OutOfSpecification => pb::QcOutcome::OutOfSpecification,
+    }
+}
+
+impl TryFrom<pb::SiteEvent> for SiteEvent {
+    type Error = Error;
+
+    fn try_from(wire: pb::SiteEvent) -> Result<Self, Error> {
+        use pb::site_event::Kind;
+        if wire.seq == 0 {
+            return Err(invalid("seq", "starts at 1"));
+        }
+        let kind = match wire.kind.ok_or_else(|| invalid("kind", "is required (unknown or missing event type)"))? {
+            Kind::BatchAccepted(k) => EventKind::BatchAccepted {
+                coi: required("batch_accepted.coi", k.coi)?,
+                recipe_id: required("batch_accepted.recipe_id", k.recipe_id)?,
+                recipe_version: k.recipe_version,
+                recipe_sha256: required("batch_accepted.recipe_sha256", k.recipe_sha256)?,
+            },
+            Kind::StepStarted(k) => EventKind::StepStarted {
+                step_id: required("step_started.step_id", k.step_id)?,
+                instrument_id: required("step_started.instrument_id", k.instrument_id)?,
+                resumed: k.resumed,
+            },
+            Kind::ProcessSamples(k) => {
+                if k.samples.is_empty() {
+                    return Err(invalid("process_samples.samples", "holds no sample"));
+                }
+                let samples = k
+                    .samples
+                    .into_iter()
+                    .map(|s| {
+                        Ok(Sample {
+                            step_hours: finite("process_samples.samples.step_hours", s.step_hours)?,
+                            parameter: required("process_samples.samples.parameter", s.parameter)?,
+                            value: finite("process_samples.samples.value", s.value)?,
+                            unit: s.unit,
+                        })
+                    })
+                    .collect::<Result<_, Error>>()?;
+                EventKind::ProcessSamples {
+                    step_id: required("process_samples.step_id", k.step_id)?,
+                    samples,
+                }
+            }
+            Kind::StepCompleted(k) => EventKind::StepCompleted {
+                step_id: required("step_completed.step_id", k.step_id)?,
+                process_hours: finite("step_completed.process_hours", k.process_hours)?,
+            },
+            Kind::InstrumentAlarm(k) => EventKind::InstrumentAlarm {
+                severity: match pb::AlarmSeverity::try_from(k.severity) {
+                    Ok(pb::AlarmSeverity::Warning) => AlarmSeverity::Warning,
+                    Ok(pb::AlarmSeverity::Critical) => AlarmSeverity::Critical,
+                    _ => return Err(invalid("instrument_alarm.severity", "must be warning or critical")),
+                },
+                step_id: k.step_id,
+                instrument_id: required("instrument_alarm.instrument_id", k.instrument_id)?,
+                code: required("instrument_alarm.code", k.code)?,
+                message: k.message,
+            },
+            Kind::DeviationRaised(k) => EventKind::DeviationRaised {
+                deviation_id: required("deviation_raised.deviation_id", k.deviation_id)?,
+                step_id: k.step_id,
+                description: required("deviation_raised.description", k.description)?,
+                classification: match k.classification.as_str() {
+                    "minor" | "major" | "critical" => k.classification,
+                    other => {
+                        return Err(invalid(
+                            "deviation_raised.classification",
+                            format!("{other:?} is not minor, major or critical"),
+                        ))
+                    }
+                },
+            },
+            Kind::QcResult(k) => EventKind::QcResult {
+                test_id: required("qc_result.test_id", k.test_id)?,
+                value: match k.value {
+                    Some(pb::qc_result_recorded::Value::Numeric(v)) => QcValue::Numeric(finite("qc_result.numeric", v)?),
+                    Some(pb::qc_result_recorded::Value::Text(t)) => QcValue::Text(required("qc_result.text", t)?),
+                    None => return Err(invalid("qc_result.value", "is required")),
+                },
+                unit: k.unit,
+                method: k.method,
+                site_outcome: match pb::QcOutcome::try_from(k.site_outcome) {
+                    Ok(pb::QcOutcome::Pass) => Outcome::Pass,
+                    Ok(pb::QcOutcome::OutOfSpecification) => Outcome::OutOfSpecification,
+                    _ => return Err(invalid("qc_result.site_outcome", "must be pass or out of specification")),
+                },
+            },
+            Kind::ReleaseDecisionRecorded(k) => EventKind::ReleaseDecisionRecorded {
+                signature_id: uuid("release_decision_recorded.signature_id", &k.signature_id)?,
+                meaning: meaning_from_wire("release_decision_recorded.meaning", k.meaning)?,
+                command_seq: k.command_seq,
+            },
+            Kind::BatchCancelled(k) => EventKind::BatchCancelled {
+                reason: k.reason,
+                command_seq: k.command_seq,
+            },
+            Kind::CustodyScan(k) => EventKind::CustodyScan {
+                checkpoint_id: required("custody_scan.checkpoint_id", k.checkpoint_id)?,
+                expected_coi: required("custody_scan.expected_coi", k.expected_coi)?,
+                scanned_coi: k.scanned_coi,
+                verifiers: k.verifiers,
+                matched: k.matched,
+            },
+            Kind::Correction(k) => EventKind::Correction {
+                corrects_seq: if k.corrects_seq == 0 || k.corrects_seq >= wire.seq {
+                    return Err(invalid("correction.corrects_seq", "must point at an earlier record"));
+                } else {
+                    k.corrects_seq
+                },
+                reason: required("correction.reason", k.reason)?,
+                field: required("correction.field", k.field)?,
+                new_value: k.new_value,
+            },
+        };
+        Ok(SiteEvent {
+            seq: wire.seq,
+            event_id: uuid("event_id", &wire.event_id)?,
+            recorded_at: from_timestamp("recorded_at", wire.recorded_at)?,
+            batch_id: uuid("batch_id", &wire.batch_id)?,
+            recorded_by: required("recorded_by", wire.recorded_by)?,
+            kind,
+        })
+    }
+}
+
+impl From<&SiteEvent> for pb::SiteEvent {
+    fn from(event: &SiteEvent) -> Self {
+        use pb::site_event::Kind;
+        let kind = match event.kind.clone() {
+            EventKind::BatchAccepted {
+                coi,
+                recipe_id,
+                recipe_version,
+                recipe_sha256,
+            } => Kind::BatchAccepted(pb::BatchAccepted {
+                coi,
+                recipe_id,
+                recipe_version,
+                recipe_sha256,
+            }),
+            EventKind::StepStarted {
+                step_id,
+                instrument_id,
+                resumed,
+            } => Kind::StepStarted(pb::StepStarted {
+                step_id,
+                instrument_id,
+                resumed,
+            }),
+            EventKind::ProcessSamples { step_id, samples } => Kind::ProcessSamples(pb::ProcessSamples {
+                step_id,
+                samples: samples
+                    .into_iter()
+                    .map(|s| pb::ProcessSample {
+                        step_hours: s.step_hours,
+                        parameter: s.parameter,
+                        value: s.value,
+                        unit: s.unit,
+                    })
+                    .collect(),
+            }),
+            EventKind::StepCompleted { step_id, process_hours } => {
+                Kind::StepCompleted(pb::StepCompleted { step_id, process_hours })
+            }
+            EventKind::InstrumentAlarm {
+                step_id,
+                instrument_id,
+                code,
+                message,
+                severity,
+            } => Kind::InstrumentAlarm(pb::InstrumentAlarm {
+                step_id,
+                instrument_id,
+                code,
+                message,
+                severity: match severity {
+                    AlarmSeverity::Warning => pb::AlarmSeverity::Warning,
+                    AlarmSeverity::Critical => pb::AlarmSeverity::Critical,
+                } as i32,
+            }),
+            EventKind::DeviationRaised {
+                deviation_id,
+                step_id,
+                description,
+                classification,
+            } => Kind::DeviationRaised(pb::DeviationRaised {
+                deviation_id,
+                step_id,
+                description,
+                classification,
+            }),
+            EventKind::QcResult {
+                test_id,
+                value,
+                unit,
+                method,
+                site_outcome,
+            } => Kind::QcResult(pb::QcResultRecorded {
+                test_id,
+                value: Some(match value {
+                    QcValue::Numeric(v) => pb::qc_result_recorded::Value::Numeric(v),
+                    QcValue::Text(t) => pb::qc_result_recorded::Value::Text(t),
+                }),
+                unit,
+                method,
+                site_outcome: outcome_to_wire(site_outcome) as i32,
+            }),
+            EventKind::ReleaseDecisionRecorded {
+                signature_id,
+                meaning,
+                command_seq,
+            } => Kind::ReleaseDecisionRecorded(pb::ReleaseDecisionRecorded {
+                signature_id: signature_id.to_string(),
+                meaning: meaning_to_wire(meaning) as i32,
+                command_seq,
+            }),
+            EventKind::BatchCancelled { reason, command_seq } => {
+                Kind::BatchCancelled(pb::BatchCancelled { reason, command_seq })
+            }
+            EventKind::CustodyScan {
+                checkpoint_id,
+                expected_coi,
+                scanned_coi,
+                verifiers,
+                matched,
+            } => Kind::CustodyScan(pb::CustodyScan {
+                checkpoint_id,
+                expected_coi,
+                scanned_coi,
+                verifiers,
+                matched,
+            }),
+            EventKind::Correction {
+                corrects_seq,
+                reason,
+                field,
+                new_value,
+            } => Kind::Correction(pb::Correction {
+                corrects_seq,
+                reason,
+                field,
+                new_value,
+            }),
+        };
+        pb::SiteEvent {
+            seq: event.seq,
+            event_id: event.event_id.to_string(),
+            recorded_at: Some(to_timestamp(event.recorded_at)),
+            batch_id: event.batch_id.to_string(),
+            recorded_by: event.recorded_by.clone(),
+            kind: Some(kind),
+        }
+    }
+}
+
+impl TryFrom<pb::HubCommand> for HubCommand {
+    type Error = Error;
+
+    fn try_from(wire: pb::HubCommand) -> Result<Self, Error> {
+        use pb::hub_command::Kind;
+        if wire.seq == 0 {
+            return Err(invalid("seq", "starts at 1"));
+        }
+        let kind = match wire.kind.ok_or_else(|| invalid("kind", "is required (unknown or missing command type)"))? {
+            Kind::BatchOrder(k) => CommandKind::BatchOrder {
+                order_id: uuid("batch_order.order_id", &k.order_id)?,
+                coi: required("batch_order.coi", k.coi)?,
+                patient_pseudonym: required("batch_order.patient_pseudonym", k.patient_pseudonym)?,
+                requested_collection_date: k.requested_collection_date,
+                recipe_id: required("batch_order.recipe_id", k.recipe_id)?,
+                recipe_version: k.recipe_version,
+                recipe_json: required("batch_order.recipe_json", k.recipe_json)?,
+                recipe_sha256: required("batch_order.recipe_sha256", k.recipe_sha256)?,
+            },
+            Kind::CancelBatch(k) => CommandKind::CancelBatch {
+                reason: k.reason,
+                cancelled_by: k.cancelled_by,
+            },
+            Kind::ReleaseDecision(k) => CommandKind::ReleaseDecision {
+                signature_id: uuid("release_decision.signature_id", &k.signature_id)?,
+                meaning: meaning_from_wire("release_decision.meaning", k.meaning)?,
+                signer: required("release_decision.signer", k.signer)?,
+                signer_name: k.signer_name,
+                signed_at: from_timestamp("release_decision.signed_at", k.signed_at)?,
+                record_sha256: required("release_decision.record_sha256", k.record_sha256)?,
+                reason: k.reason,
+            },
+        };
+        Ok(HubCommand {
+            seq: wire.seq,
+            command_id: uuid("command_id", &wire.command_id)?,
+            issued_at: from_timestamp("issued_at", wire.issued_at)?,
+            batch_id: uuid("batch_id", &wire.batch_id)?,
+            kind,
+        })
+    }
+}
+
+impl From<&HubCommand> for pb::HubCommand {
+    fn from(command: &HubCommand) -> Self {
+        use pb::hub_command::Kind;
+        let kind = match command.kind.clone() {
+            CommandKind::BatchOrder {
+                order_id,
+                coi,
+                patient_pseudonym,
+                requested_collection_date,
+                recipe_id,
+                recipe_version,
+                recipe_json,
+                recipe_sha256,
+            } => Kind::BatchOrder(pb::BatchOrder {
+                order_id: order_id.to_string(),
+                coi,
+                patient_pseudonym,
+                requested_collection_date,
+                recipe_id,
+                recipe_version,
+                recipe_json,
+                recipe_sha256,
+            }),
+            CommandKind::CancelBatch { reason, cancelled_by } => {
+                Kind::CancelBatch(pb::CancelBatch { reason, cancelled_by })
+            }
+            CommandKind::ReleaseDecision {
+                signature_id,
+                meaning,
+                signer,
+                signer_name,
+                signed_at,
+                record_sha256,
+                reason,
+            } => Kind::ReleaseDecision(pb::ReleaseDecision {
+                signature_id: signature_id.to_string(),
+                meaning: meaning_to_wire(meaning) as i32,
+                signer,
+                signer_name,
+                signed_at: Some(to_timestamp(signed_at)),
+                record_sha256,
+                reason,
+            }),
+        };
+        pb::HubCommand {
+            seq: command.seq,
+            command_id: command.command_id.to_string(),
+            issued_at: Some(to_timestamp(command.issued_at)),
+            batch_id: command.batch_id.to_string(),
+            kind: Some(kind),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_event() -> SiteEvent {
+        SiteEvent {
+            seq: 7,
+            event_id: Uuid::new_v4(),
+            recorded_at: DateTime::from_timestamp(1_800_000_000, 123_000).expect("valid"),
+            batch_id: Uuid::new_v4(),
+            recorded_by: "agent".into(),
+            kind: EventKind::QcResult {
+                test_id: "viability".into(),
+                value: QcValue::Numeric(82.5),
+                unit: "%".into(),
+                method: "counter".into(),
+                site_outcome: Outcome::Pass,
+            },
+        }
+    }
+
+    #[test]
+    fn event_round_trips_through_the_wire() {
+        let event = sample_event();
+        let wire = pb::SiteEvent::from(&event);
+        assert_eq!(SiteEvent::try_from(wire), Ok(event));
+    }
+
+    #[test]
+    fn wire_event_without_kind_or_with_bad_ids_is_refused() {
+        let mut wire = pb::SiteEvent::from(&sample_event());
+        wire.kind = None;
+        assert_eq!(SiteEvent::try_from(wire).expect_err("no kind").field, "kind");
+
+        let mut wire = pb::SiteEvent::from(&sample_event());
+        wire.batch_id = "not-a-uuid".into();
+        assert_eq!(SiteEvent::try_from(wire).expect_err("bad id").field, "batch_id");
+
+        let mut wire = pb::SiteEvent::from(&sample_event());
+        wire.seq = 0;
+        assert_eq!(SiteEvent::try_from(wire).expect_err("seq 0").field, "seq");
+    }
+
+    #[test]
+    fn qc_value_must_be_finite() {
+        let mut wire = pb::SiteEvent::from(&sample_event());
+        if let Some(pb::site_event::Kind::QcResult(q)) = wire.kind.as_mut() {
+            q.value = Some(pb::qc_result_recorded::Value::Numeric(f64::INFINITY));
+        }
+        assert_eq!(SiteEvent::try_from(wire).expect_err("inf").field, "qc_result.numeric");
+    }
+
+    #[test]
+    fn command_round_trips_through_the_wire() {
+        let command = HubCommand {
+            seq: 3,
+            command_id: Uuid::new_v4(),
+            issued_at: DateTime::from_timestamp(1_800_000_000, 0).expect("valid"),
+            batch_id: Uuid::new_v4(),
+            kind: CommandKind::ReleaseDecision {
+                signature_id: Uuid::new_v4(),
+                meaning: ReleaseMeaning::Released,
+                signer: "qa".into(),
+                signer_name: "Q. A.".into(),
+                signed_at: DateTime::from_timestamp(1_800_000_100, 0).expect("valid"),
+                record_sha256: "ab".repeat(32),
+                reason: String::new(),
+            },
+        };
+        let wire = pb::HubCommand::from(&command);
+        assert_eq!(HubCommand::try_from(wire), Ok(command));
+    }
+}

@@ -1,0 +1,402 @@
+//! The master batch record (recipe): versioned data that says how a product is made
+//! and what it must meet (ARCHITECTURE.md, invariant 9).
+//!
+//! A recipe is written as TOML by people and stored and shipped as canonical JSON,
+//! whose SHA-256 identifies the exact version an order pinned. Nothing
+//! product-specific is hard-coded anywhere else: steps, process parameters, custody
+//! checkpoints and release specifications all come from here.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::fmt;
+
+/// Why a recipe document is not acceptable.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("recipe is not valid TOML: {0}")]
+    Toml(String),
+    #[error("recipe is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("recipe {id} v{version}: {problem}")]
+    Invalid {
+        id: String,
+        version: u32,
+        problem: String,
+    },
+}
+
+/// One version of a master batch record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Product id, stable across versions, e.g. `cd19-car-t`.
+    pub id: String,
+    pub version: u32,
+    pub title: String,
+    /// Manufacturing steps, run in this order.
+    pub steps: Vec<Step>,
+    /// Tests the product must pass before QA may release it.
+    pub release_tests: Vec<QcTest>,
+}
+
+/// One manufacturing step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub id: String,
+    pub name: String,
+    /// What the step does, which also tells an instrument (or the simulator) how it behaves:
+    /// `receipt`, `selection`, `activation`, `transduction`, `expansion`, `harvest`,
+    /// `formulation`, `fill`.
+    pub operation: String,
+    /// Instrument type the step needs, e.g. `closed-processing-system`.
+    pub instrument_type: String,
+    /// Planned duration in process hours.
+    pub duration_hours: f64,
+    /// Custody checkpoint at the start of this step, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custody_checkpoint: Option<CustodyCheckpoint>,
+    /// Process parameters recorded during the step, with their normal ranges.
+    #[serde(default)]
+    pub parameters: Vec<Parameter>,
+    /// In-process tests taken at the end of the step.
+    #[serde(default)]
+    pub in_process_tests: Vec<QcTest>,
+}
+
+/// A label scan that must match the order's COI before the step may start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustodyCheckpoint {
+    pub id: String,
+    pub name: String,
+    /// Number of distinct people who must verify (1 to 5).
+    pub verifiers: u8,
+}
+
+/// A process parameter and the range outside which an alarm is raised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parameter {
+    pub name: String,
+    pub unit: String,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// A QC test and its acceptance criterion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QcTest {
+    pub id: String,
+    pub name: String,
+    pub method: String,
+    #[serde(default)]
+    pub unit: String,
+    pub spec: Spec,
+    /// The result may arrive after release (conditional release), e.g. sterility.
+    #[serde(default)]
+    pub may_follow_release: bool,
+}
+
+/// An acceptance criterion: a numeric range, or a set of accepted text results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted: Vec<String>,
+}
+
+/// A measured or observed QC result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QcValue {
+    Numeric(f64),
+    Text(String),
+}
+
+impl fmt::Display for QcValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QcValue::Numeric(v) => write!(f, "{v}"),
+            QcValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// Outcome of a QC result against its specification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Pass,
+    OutOfSpecification,
+}
+
+/// The verdict and, for an out-of-specification result, why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub outcome: Outcome,
+    pub reason: String,
+}
+
+impl Spec {
+    /// Evaluates a result against this specification.
+    pub fn evaluate(&self, value: &QcValue) -> Evaluation {
+        let oos = |reason: String| Evaluation {
+            outcome: Outcome::OutOfSpecification,
+            reason,
+        };
+        match value {
+            QcValue::Numeric(v) if self.accepted.is_empty() => {
+                if !v.is_finite() {
+                    return oos(format!("{v} is not a number"));
+                }
+                if let Some(min) = self.min {
+                    if *v < min {
+                        return oos(format!("{v} is below the minimum {min}"));
+                    }
+                }
+                if let Some(max) = self.max {
+                    if *v > max {
+                        return oos(format!("{v} is above the maximum {max}"));
+                    }
+                }
+                Evaluation {
+                    outcome: Outcome::Pass,
+                    reason: String::new(),
+                }
+            }
+            QcValue::Text(t) if !self.accepted.is_empty() => {
+                let normalised = t.trim().to_lowercase();
+                if self
+                    .accepted
+                    .iter()
+                    .any(|a| a.trim().to_lowercase() == normalised)
+                {
+                    Evaluation {
+                        outcome: Outcome::Pass,
+                        reason: String::new(),
+                    }
+                } else {
+                    oos(format!("{t:?} is not an accepted result ({self})"))
+                }
+            }
+            QcValue::Numeric(v) => oos(format!("{v} is a number but the specification expects text ({self})")),
+            QcValue::Text(t) => oos(format!("{t:?} is text but the specification is numeric ({self})")),
+        }
+    }
+}
+
+impl fmt::Display for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.accepted.is_empty() {
+            return write!(f, "one of: {}", self.accepted.join(", "));
+        }
+        match (self.min, self.max) {
+            (Some(min), Some(max)) => write!(f, "{min} to {max}"),
+            (Some(min), None) => write!(f, ">= {min}"),
+            (None, Some(max)) => write!(f, "<= {max}"),
+            (None, None) => f.write_str("any value"),
+        }
+    }
+}
+
+impl Recipe {
+    /// Reads a recipe written as TOML and checks it.
+    pub fn from_toml(text: &str) -> Result<Recipe, Error> {
+        let recipe: Recipe = toml_from_str(text)?;
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
+    /// Reads a recipe from its canonical JSON and checks it.
+    pub fn from_json(text: &str) -> Result<Recipe, Error> {
+        let recipe: Recipe = serde_json::from_str(text)?;
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
+    /// The canonical JSON form that is stored, shipped to sites and hashed.
+    pub fn to_canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("a recipe always serialises")
+    }
+
+    /// SHA-256 (hex) of the canonical JSON.
+    pub fn sha256(&self) -> String {
+        hex::encode(Sha256::digest(self.to_canonical_json().as_bytes()))
+    }
+
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// Every QC test of the recipe: in-process tests of each step, then release tests.
+    pub fn all_tests(&self) -> impl Iterator<Item = &QcTest> {
+        self.steps
+            .iter()
+            .flat_map(|s| s.in_process_tests.iter())
+            .chain(self.release_tests.iter())
+    }
+
+    pub fn test(&self, id: &str) -> Option<&QcTest> {
+        self.all_tests().find(|t| t.id == id)
+    }
+
+    /// Checks what serde cannot: ids unique, ranges sensible, at least one step.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |problem: String| Error::Invalid {
+            id: self.id.clone(),
+            version: self.version,
+            problem,
+        };
+        if self.id.trim().is_empty() || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(invalid("id must be non-empty and use only letters, digits and '-'".into()));
+        }
+        if self.version == 0 {
+            return Err(invalid("version starts at 1".into()));
+        }
+        if self.steps.is_empty() {
+            return Err(invalid("a recipe has at least one step".into()));
+        }
+        let mut step_ids = HashSet::new();
+        for step in &self.steps {
+            if !step_ids.insert(step.id.as_str()) {
+                return Err(invalid(format!("step id {:?} appears twice", step.id)));
+            }
+            if !(step.duration_hours.is_finite() && step.duration_hours > 0.0) {
+                return Err(invalid(format!("step {:?} needs a positive duration", step.id)));
+            }
+            if let Some(cp) = &step.custody_checkpoint {
+                if !(1..=5).contains(&cp.verifiers) {
+                    return Err(invalid(format!(
+                        "custody checkpoint {:?} needs 1 to 5 verifiers, not {}",
+                        cp.id, cp.verifiers
+                    )));
+                }
+            }
+            for p in &step.parameters {
+                if p.low > p.high {
+                    return Err(invalid(format!(
+                        "parameter {:?} of step {:?}: low {} is above high {}",
+                        p.name, step.id, p.low, p.high
+                    )));
+                }
+            }
+        }
+        let mut test_ids = HashSet::new();
+        for test in self.all_tests() {
+            if !test_ids.insert(test.id.as_str()) {
+                return Err(invalid(format!("test id {:?} appears twice", test.id)));
+            }
+            let spec = &test.spec;
+            let numeric = spec.min.is_some() || spec.max.is_some();
+            if numeric == !spec.accepted.is_empty() {
+                return Err(invalid(format!(
+                    "test {:?} needs either a numeric range (min/max) or accepted results, not both or neither",
+                    test.id
+                )));
+            }
+            if let (Some(min), Some(max)) = (spec.min, spec.max) {
+                if min > max {
+                    return Err(invalid(format!("test {:?}: min {min} is above max {max}", test.id)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn toml_from_str(text: &str) -> Result<Recipe, Error> {
+    toml::from_str(text).map_err(|e| Error::Toml(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_min(min: f64) -> Spec {
+        Spec {
+            min: Some(min),
+            max: None,
+            accepted: vec![],
+        }
+    }
+
+    #[test]
+    fn numeric_spec_passes_at_the_limit_and_fails_below() {
+        let spec = spec_min(70.0);
+        assert_eq!(spec.evaluate(&QcValue::Numeric(70.0)).outcome, Outcome::Pass);
+        let below = spec.evaluate(&QcValue::Numeric(69.9));
+        assert_eq!(below.outcome, Outcome::OutOfSpecification);
+        assert!(below.reason.contains("below the minimum 70"), "{}", below.reason);
+    }
+
+    #[test]
+    fn maximum_is_enforced() {
+        let spec = Spec {
+            min: None,
+            max: Some(0.5),
+            accepted: vec![],
+        };
+        assert_eq!(spec.evaluate(&QcValue::Numeric(0.5)).outcome, Outcome::Pass);
+        assert_eq!(
+            spec.evaluate(&QcValue::Numeric(0.51)).outcome,
+            Outcome::OutOfSpecification
+        );
+        assert_eq!(
+            spec.evaluate(&QcValue::Numeric(f64::NAN)).outcome,
+            Outcome::OutOfSpecification
+        );
+    }
+
+    #[test]
+    fn text_spec_matches_case_insensitively_and_rejects_others() {
+        let spec = Spec {
+            min: None,
+            max: None,
+            accepted: vec!["No growth".into()],
+        };
+        assert_eq!(spec.evaluate(&QcValue::Text("no growth ".into())).outcome, Outcome::Pass);
+        assert_eq!(
+            spec.evaluate(&QcValue::Text("growth".into())).outcome,
+            Outcome::OutOfSpecification
+        );
+        assert_eq!(
+            spec.evaluate(&QcValue::Numeric(1.0)).outcome,
+            Outcome::OutOfSpecification
+        );
+    }
+
+    #[test]
+    fn example_recipe_is_valid_and_hash_is_stable() {
+        let recipe = Recipe::from_toml(EXAMPLE).expect("example recipe is valid");
+        assert_eq!(recipe.id, "cd19-car-t");
+        let again = Recipe::from_json(&recipe.to_canonical_json()).expect("round trip");
+        assert_eq!(again.sha256(), recipe.sha256());
+        assert!(recipe.test("viability").is_some());
+    }
+
+    #[test]
+    fn invalid_recipes_say_why() {
+        let mut recipe = Recipe::from_toml(EXAMPLE).expect("valid");
+        recipe.steps.push(recipe.steps[0].clone());
+        let err = recipe.validate().expect_err("duplicate step");
+        assert!(err.to_string().contains("appears twice"), "{err}");
+
+        let mut recipe = Recipe::from_toml(EXAMPLE).expect("valid");
+        recipe.release_tests[0].spec.accepted = vec!["x".into()];
+        let err = recipe.validate().expect_err("mixed spec");
+        assert!(err.to_string().contains("not both or neither"), "{err}");
+
+        let err = Recipe::from_toml("id = 'x'").expect_err("incomplete");
+        assert!(err.to_string().contains("missing field"), "{err}");
+    }
+
+    /// The example recipe that ships with the hub.
+    pub(crate) const EXAMPLE: &str = include_str!("../../hub/recipes/cd19-car-t.v1.toml");
+}
