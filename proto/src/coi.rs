@@ -59,7 +59,10 @@ impl Coi {
         }
         for (i, &c) in chars.iter().enumerate() {
             let (ok, expected) = match i {
-                0 => (c.is_ascii_uppercase(), "an upper-case letter A-Z (facility)"),
+                0 => (
+                    c.is_ascii_uppercase(),
+                    "an upper-case letter A-Z (facility)",
+                ),
                 1..=12 => (c.is_ascii_digit(), "a digit 0-9"),
                 _ => (
                     c.is_ascii_digit() || c.is_ascii_uppercase() || c == '*',

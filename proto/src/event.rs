@@ -245,7 +245,10 @@ fn finite(field: &'static str, value: f64) -> Result<f64, Error> {
 }
 
 /// Converts a wire timestamp, which must be present and representable.
-pub fn from_timestamp(field: &'static str, ts: Option<prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
+pub fn from_timestamp(
+    field: &'static str,
+    ts: Option<prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, Error> {
     let ts = ts.ok_or_else(|| invalid(field, "is required"))?;
     let nanos = u32::try_from(ts.nanos).map_err(|_| invalid(field, "has negative nanoseconds"))?;
     DateTime::from_timestamp(ts.seconds, nanos).ok_or_else(|| invalid(field, "is out of range"))
@@ -262,7 +265,10 @@ fn meaning_from_wire(field: &'static str, value: i32) -> Result<ReleaseMeaning, 
     match pb::ReleaseMeaning::try_from(value) {
         Ok(pb::ReleaseMeaning::Released) => Ok(ReleaseMeaning::Released),
         Ok(pb::ReleaseMeaning::Rejected) => Ok(ReleaseMeaning::Rejected),
-        _ => Err(invalid(field, format!("{value} is not a release meaning (released or rejected)"))),
+        _ => Err(invalid(
+            field,
+            format!("{value} is not a release meaning (released or rejected)"),
+        )),
     }
 }
 
@@ -288,7 +294,10 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
         if wire.seq == 0 {
             return Err(invalid("seq", "starts at 1"));
         }
-        let kind = match wire.kind.ok_or_else(|| invalid("kind", "is required (unknown or missing event type)"))? {
+        let kind = match wire
+            .kind
+            .ok_or_else(|| invalid("kind", "is required (unknown or missing event type)"))?
+        {
             Kind::BatchAccepted(k) => EventKind::BatchAccepted {
                 coi: required("batch_accepted.coi", k.coi)?,
                 recipe_id: required("batch_accepted.recipe_id", k.recipe_id)?,
@@ -329,7 +338,12 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                 severity: match pb::AlarmSeverity::try_from(k.severity) {
                     Ok(pb::AlarmSeverity::Warning) => AlarmSeverity::Warning,
                     Ok(pb::AlarmSeverity::Critical) => AlarmSeverity::Critical,
-                    _ => return Err(invalid("instrument_alarm.severity", "must be warning or critical")),
+                    _ => {
+                        return Err(invalid(
+                            "instrument_alarm.severity",
+                            "must be warning or critical",
+                        ))
+                    }
                 },
                 step_id: k.step_id,
                 instrument_id: required("instrument_alarm.instrument_id", k.instrument_id)?,
@@ -353,8 +367,12 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
             Kind::QcResult(k) => EventKind::QcResult {
                 test_id: required("qc_result.test_id", k.test_id)?,
                 value: match k.value {
-                    Some(pb::qc_result_recorded::Value::Numeric(v)) => QcValue::Numeric(finite("qc_result.numeric", v)?),
-                    Some(pb::qc_result_recorded::Value::Text(t)) => QcValue::Text(required("qc_result.text", t)?),
+                    Some(pb::qc_result_recorded::Value::Numeric(v)) => {
+                        QcValue::Numeric(finite("qc_result.numeric", v)?)
+                    }
+                    Some(pb::qc_result_recorded::Value::Text(t)) => {
+                        QcValue::Text(required("qc_result.text", t)?)
+                    }
                     None => return Err(invalid("qc_result.value", "is required")),
                 },
                 unit: k.unit,
@@ -362,7 +380,12 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                 site_outcome: match pb::QcOutcome::try_from(k.site_outcome) {
                     Ok(pb::QcOutcome::Pass) => Outcome::Pass,
                     Ok(pb::QcOutcome::OutOfSpecification) => Outcome::OutOfSpecification,
-                    _ => return Err(invalid("qc_result.site_outcome", "must be pass or out of specification")),
+                    _ => {
+                        return Err(invalid(
+                            "qc_result.site_outcome",
+                            "must be pass or out of specification",
+                        ))
+                    }
                 },
             },
             Kind::ReleaseDecisionRecorded(k) => EventKind::ReleaseDecisionRecorded {
@@ -383,7 +406,10 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
             },
             Kind::Correction(k) => EventKind::Correction {
                 corrects_seq: if k.corrects_seq == 0 || k.corrects_seq >= wire.seq {
-                    return Err(invalid("correction.corrects_seq", "must point at an earlier record"));
+                    return Err(invalid(
+                        "correction.corrects_seq",
+                        "must point at an earlier record",
+                    ));
                 } else {
                     k.corrects_seq
                 },
@@ -427,21 +453,27 @@ impl From<&SiteEvent> for pb::SiteEvent {
                 instrument_id,
                 resumed,
             }),
-            EventKind::ProcessSamples { step_id, samples } => Kind::ProcessSamples(pb::ProcessSamples {
-                step_id,
-                samples: samples
-                    .into_iter()
-                    .map(|s| pb::ProcessSample {
-                        step_hours: s.step_hours,
-                        parameter: s.parameter,
-                        value: s.value,
-                        unit: s.unit,
-                    })
-                    .collect(),
-            }),
-            EventKind::StepCompleted { step_id, process_hours } => {
-                Kind::StepCompleted(pb::StepCompleted { step_id, process_hours })
+            EventKind::ProcessSamples { step_id, samples } => {
+                Kind::ProcessSamples(pb::ProcessSamples {
+                    step_id,
+                    samples: samples
+                        .into_iter()
+                        .map(|s| pb::ProcessSample {
+                            step_hours: s.step_hours,
+                            parameter: s.parameter,
+                            value: s.value,
+                            unit: s.unit,
+                        })
+                        .collect(),
+                })
             }
+            EventKind::StepCompleted {
+                step_id,
+                process_hours,
+            } => Kind::StepCompleted(pb::StepCompleted {
+                step_id,
+                process_hours,
+            }),
             EventKind::InstrumentAlarm {
                 step_id,
                 instrument_id,
@@ -494,9 +526,13 @@ impl From<&SiteEvent> for pb::SiteEvent {
                 meaning: meaning_to_wire(meaning) as i32,
                 command_seq,
             }),
-            EventKind::BatchCancelled { reason, command_seq } => {
-                Kind::BatchCancelled(pb::BatchCancelled { reason, command_seq })
-            }
+            EventKind::BatchCancelled {
+                reason,
+                command_seq,
+            } => Kind::BatchCancelled(pb::BatchCancelled {
+                reason,
+                command_seq,
+            }),
             EventKind::CustodyScan {
                 checkpoint_id,
                 expected_coi,
@@ -541,7 +577,10 @@ impl TryFrom<pb::HubCommand> for HubCommand {
         if wire.seq == 0 {
             return Err(invalid("seq", "starts at 1"));
         }
-        let kind = match wire.kind.ok_or_else(|| invalid("kind", "is required (unknown or missing command type)"))? {
+        let kind = match wire
+            .kind
+            .ok_or_else(|| invalid("kind", "is required (unknown or missing command type)"))?
+        {
             Kind::BatchOrder(k) => CommandKind::BatchOrder {
                 order_id: uuid("batch_order.order_id", &k.order_id)?,
                 coi: required("batch_order.coi", k.coi)?,
@@ -599,9 +638,13 @@ impl From<&HubCommand> for pb::HubCommand {
                 recipe_json,
                 recipe_sha256,
             }),
-            CommandKind::CancelBatch { reason, cancelled_by } => {
-                Kind::CancelBatch(pb::CancelBatch { reason, cancelled_by })
-            }
+            CommandKind::CancelBatch {
+                reason,
+                cancelled_by,
+            } => Kind::CancelBatch(pb::CancelBatch {
+                reason,
+                cancelled_by,
+            }),
             CommandKind::ReleaseDecision {
                 signature_id,
                 meaning,
@@ -662,11 +705,17 @@ mod tests {
     fn wire_event_without_kind_or_with_bad_ids_is_refused() {
         let mut wire = pb::SiteEvent::from(&sample_event());
         wire.kind = None;
-        assert_eq!(SiteEvent::try_from(wire).expect_err("no kind").field, "kind");
+        assert_eq!(
+            SiteEvent::try_from(wire).expect_err("no kind").field,
+            "kind"
+        );
 
         let mut wire = pb::SiteEvent::from(&sample_event());
         wire.batch_id = "not-a-uuid".into();
-        assert_eq!(SiteEvent::try_from(wire).expect_err("bad id").field, "batch_id");
+        assert_eq!(
+            SiteEvent::try_from(wire).expect_err("bad id").field,
+            "batch_id"
+        );
 
         let mut wire = pb::SiteEvent::from(&sample_event());
         wire.seq = 0;
@@ -679,7 +728,10 @@ mod tests {
         if let Some(pb::site_event::Kind::QcResult(q)) = wire.kind.as_mut() {
             q.value = Some(pb::qc_result_recorded::Value::Numeric(f64::INFINITY));
         }
-        assert_eq!(SiteEvent::try_from(wire).expect_err("inf").field, "qc_result.numeric");
+        assert_eq!(
+            SiteEvent::try_from(wire).expect_err("inf").field,
+            "qc_result.numeric"
+        );
     }
 
     #[test]

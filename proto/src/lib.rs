@@ -22,5 +22,6 @@ pub mod pb {
 }
 
 pub mod coi;
+pub mod enrollment;
 pub mod event;
 pub mod recipe;

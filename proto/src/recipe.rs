@@ -186,8 +186,12 @@ impl Spec {
                     oos(format!("{t:?} is not an accepted result ({self})"))
                 }
             }
-            QcValue::Numeric(v) => oos(format!("{v} is a number but the specification expects text ({self})")),
-            QcValue::Text(t) => oos(format!("{t:?} is text but the specification is numeric ({self})")),
+            QcValue::Numeric(v) => oos(format!(
+                "{v} is a number but the specification expects text ({self})"
+            )),
+            QcValue::Text(t) => oos(format!(
+                "{t:?} is text but the specification is numeric ({self})"
+            )),
         }
     }
 }
@@ -254,8 +258,15 @@ impl Recipe {
             version: self.version,
             problem,
         };
-        if self.id.trim().is_empty() || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(invalid("id must be non-empty and use only letters, digits and '-'".into()));
+        if self.id.trim().is_empty()
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(invalid(
+                "id must be non-empty and use only letters, digits and '-'".into(),
+            ));
         }
         if self.version == 0 {
             return Err(invalid("version starts at 1".into()));
@@ -269,7 +280,10 @@ impl Recipe {
                 return Err(invalid(format!("step id {:?} appears twice", step.id)));
             }
             if !(step.duration_hours.is_finite() && step.duration_hours > 0.0) {
-                return Err(invalid(format!("step {:?} needs a positive duration", step.id)));
+                return Err(invalid(format!(
+                    "step {:?} needs a positive duration",
+                    step.id
+                )));
             }
             if let Some(cp) = &step.custody_checkpoint {
                 if !(1..=5).contains(&cp.verifiers) {
@@ -303,7 +317,10 @@ impl Recipe {
             }
             if let (Some(min), Some(max)) = (spec.min, spec.max) {
                 if min > max {
-                    return Err(invalid(format!("test {:?}: min {min} is above max {max}", test.id)));
+                    return Err(invalid(format!(
+                        "test {:?}: min {min} is above max {max}",
+                        test.id
+                    )));
                 }
             }
         }
@@ -330,10 +347,17 @@ mod tests {
     #[test]
     fn numeric_spec_passes_at_the_limit_and_fails_below() {
         let spec = spec_min(70.0);
-        assert_eq!(spec.evaluate(&QcValue::Numeric(70.0)).outcome, Outcome::Pass);
+        assert_eq!(
+            spec.evaluate(&QcValue::Numeric(70.0)).outcome,
+            Outcome::Pass
+        );
         let below = spec.evaluate(&QcValue::Numeric(69.9));
         assert_eq!(below.outcome, Outcome::OutOfSpecification);
-        assert!(below.reason.contains("below the minimum 70"), "{}", below.reason);
+        assert!(
+            below.reason.contains("below the minimum 70"),
+            "{}",
+            below.reason
+        );
     }
 
     #[test]
@@ -361,7 +385,10 @@ mod tests {
             max: None,
             accepted: vec!["No growth".into()],
         };
-        assert_eq!(spec.evaluate(&QcValue::Text("no growth ".into())).outcome, Outcome::Pass);
+        assert_eq!(
+            spec.evaluate(&QcValue::Text("no growth ".into())).outcome,
+            Outcome::Pass
+        );
         assert_eq!(
             spec.evaluate(&QcValue::Text("growth".into())).outcome,
             Outcome::OutOfSpecification

@@ -1,0 +1,139 @@
+-- Carrel hub store, initial schema (SQLite).
+--
+-- Two append-only logs per site (site_events, hub_commands) and the projections
+-- derived from them (orders, batches, qc_results), which are only ever changed in
+-- the same transaction that appends the record they derive from.
+
+CREATE TABLE recipes (
+    recipe_id   TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    title       TEXT    NOT NULL,
+    sha256      TEXT    NOT NULL,
+    document    TEXT    NOT NULL,   -- canonical JSON
+    published_at TEXT   NOT NULL,
+    PRIMARY KEY (recipe_id, version)
+);
+
+CREATE TABLE users (
+    username      TEXT PRIMARY KEY,
+    full_name     TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('physician', 'qa', 'technician', 'admin')),
+    password_hash TEXT NOT NULL,
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    TEXT NOT NULL
+);
+
+CREATE TABLE sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    username     TEXT NOT NULL REFERENCES users(username),
+    created_at   TEXT NOT NULL,
+    expires_at   TEXT NOT NULL
+);
+
+CREATE TABLE sites (
+    site_id              TEXT PRIMARY KEY,
+    name                 TEXT NOT NULL,
+    status               TEXT NOT NULL CHECK (status IN ('pending', 'active', 'suspended')),
+    token_sha256         TEXT UNIQUE,        -- one-time enrollment token, NULL once used
+    token_expires_at     TEXT,
+    cert_sha256          TEXT,               -- fingerprint of the certificate the site holds
+    acked_event_seq      INTEGER NOT NULL DEFAULT 0,  -- highest site event committed here
+    last_command_seq     INTEGER NOT NULL DEFAULT 0,  -- highest hub command issued to the site
+    acked_command_seq    INTEGER NOT NULL DEFAULT 0,  -- highest hub command the site committed
+    last_contact_at      TEXT,
+    created_at           TEXT NOT NULL
+);
+
+CREATE TABLE site_events (
+    site_id     TEXT    NOT NULL REFERENCES sites(site_id),
+    seq         INTEGER NOT NULL,
+    event_id    TEXT    NOT NULL,
+    batch_id    TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    recorded_at TEXT    NOT NULL,   -- site clock
+    received_at TEXT    NOT NULL,   -- hub clock
+    body        TEXT    NOT NULL,   -- canonical JSON of the event
+    PRIMARY KEY (site_id, seq)
+);
+CREATE INDEX site_events_batch ON site_events (batch_id, site_id, seq);
+
+CREATE TABLE hub_commands (
+    site_id   TEXT    NOT NULL REFERENCES sites(site_id),
+    seq       INTEGER NOT NULL,
+    command_id TEXT   NOT NULL,
+    batch_id  TEXT    NOT NULL,
+    kind      TEXT    NOT NULL,
+    issued_at TEXT    NOT NULL,
+    body      TEXT    NOT NULL,     -- canonical JSON of the command
+    PRIMARY KEY (site_id, seq)
+);
+
+CREATE TABLE coi_serials (
+    facility TEXT    NOT NULL,
+    year     INTEGER NOT NULL,
+    last     INTEGER NOT NULL,
+    PRIMARY KEY (facility, year)
+);
+
+CREATE TABLE orders (
+    order_id                  TEXT PRIMARY KEY,
+    batch_id                  TEXT NOT NULL UNIQUE,
+    coi                       TEXT NOT NULL UNIQUE,
+    patient_pseudonym         TEXT NOT NULL,
+    recipe_id                 TEXT NOT NULL,
+    recipe_version            INTEGER NOT NULL,
+    site_id                   TEXT NOT NULL REFERENCES sites(site_id),
+    requested_collection_date TEXT NOT NULL,
+    physician                 TEXT NOT NULL REFERENCES users(username),
+    created_at                TEXT NOT NULL,
+    FOREIGN KEY (recipe_id, recipe_version) REFERENCES recipes(recipe_id, version)
+);
+CREATE INDEX orders_physician ON orders (physician);
+
+-- Projection of a batch, derived from its site events and the hub's decisions.
+CREATE TABLE batches (
+    batch_id          TEXT PRIMARY KEY REFERENCES orders(batch_id),
+    site_id           TEXT NOT NULL REFERENCES sites(site_id),
+    state             TEXT NOT NULL,
+    current_step      TEXT,
+    progress          TEXT NOT NULL,   -- JSON: steps completed, tests recorded, exceptions
+    decision_recorded INTEGER NOT NULL DEFAULT 0,
+    updated_at        TEXT NOT NULL
+);
+CREATE INDEX batches_state ON batches (state);
+
+-- The hub's own evaluation of each QC result against the pinned specification.
+CREATE TABLE qc_results (
+    batch_id     TEXT    NOT NULL REFERENCES batches(batch_id),
+    site_id      TEXT    NOT NULL,
+    site_seq     INTEGER NOT NULL,
+    test_id      TEXT    NOT NULL,
+    value        TEXT    NOT NULL,  -- JSON QcValue
+    hub_outcome  TEXT    NOT NULL,
+    site_outcome TEXT    NOT NULL,
+    reason       TEXT    NOT NULL,
+    PRIMARY KEY (site_id, site_seq)
+);
+CREATE INDEX qc_results_batch ON qc_results (batch_id);
+
+-- Electronic signatures (21 CFR Part 11): bound to the record hash as reviewed.
+CREATE TABLE signatures (
+    signature_id  TEXT PRIMARY KEY,
+    batch_id      TEXT NOT NULL REFERENCES batches(batch_id),
+    signer        TEXT NOT NULL REFERENCES users(username),
+    signer_name   TEXT NOT NULL,
+    meaning       TEXT NOT NULL CHECK (meaning IN ('released', 'rejected')),
+    record_sha256 TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    signed_at     TEXT NOT NULL
+);
+CREATE INDEX signatures_batch ON signatures (batch_id);
+
+-- Security-relevant happenings (failed sign-ins, failed signing attempts, enrollments).
+CREATE TABLE security_log (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       TEXT NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);

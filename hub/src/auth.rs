@@ -1,0 +1,76 @@
+//! People's credentials: argon2 password hashes and short-lived session tokens.
+//!
+//! A session token is 32 random bytes, shown to the user once; the store keeps only
+//! its SHA-256, so a copy of the database does not let anyone sign in.
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// Shortest password accepted for a new user.
+pub const MIN_PASSWORD_LEN: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("password must have at least {MIN_PASSWORD_LEN} characters")]
+    WeakPassword,
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+pub fn hash_password(password: &str) -> Result<String, Error> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(Error::WeakPassword);
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Hash(e.to_string()))
+}
+
+/// Whether `password` matches the stored hash. A malformed hash never matches.
+pub fn verify_password(password: &str, stored_hash: &str) -> bool {
+    match PasswordHash::new(stored_hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A new random secret (session or enrollment token), URL-safe base64.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What the store keeps of a secret.
+pub fn secret_sha256(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+pub use carrel_proto::enrollment::Token as EnrollmentToken;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_verifies_only_itself() {
+        let hash = hash_password("correct horse battery").expect("hash");
+        assert!(verify_password("correct horse battery", &hash));
+        assert!(!verify_password("correct horse batterz", &hash));
+        assert!(!verify_password("correct horse battery", "not-a-hash"));
+    }
+
+    #[test]
+    fn short_password_is_refused() {
+        assert!(matches!(hash_password("short"), Err(Error::WeakPassword)));
+    }
+}

@@ -1,0 +1,361 @@
+//! The batch projection: how each site event changes a batch's state.
+//!
+//! Pure logic, applied by the store inside the transaction that appends the event
+//! (invariant 4). The hub never refuses a well-formed, attributable record because
+//! of what it says: a site's log is the record of what happened, and refusing one
+//! entry would block every later one. What does not fit the recipe or the batch's
+//! state is stored, marked as an exception for QA, and explained in `anomalies`.
+
+use crate::store::{BatchState, Progress, QcRecord};
+use carrel_proto::event::{EventKind, SiteEvent};
+use carrel_proto::recipe::{Outcome, Recipe};
+
+/// The derived state of one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Projection {
+    pub state: BatchState,
+    pub current_step: Option<String>,
+    pub progress: Progress,
+    pub decision_recorded: bool,
+}
+
+impl Projection {
+    pub fn new() -> Projection {
+        Projection {
+            state: BatchState::Ordered,
+            current_step: None,
+            progress: Progress::default(),
+            decision_recorded: false,
+        }
+    }
+
+    /// Applies one site event; returns the hub's evaluation when it is a QC result.
+    pub fn apply(
+        &mut self,
+        event: &SiteEvent,
+        recipe: &Recipe,
+        recipe_sha256: &str,
+    ) -> Option<QcRecord> {
+        let mut qc = None;
+        let mut exception = false;
+        match &event.kind {
+            EventKind::BatchAccepted {
+                recipe_sha256: accepted,
+                ..
+            } => {
+                if accepted != recipe_sha256 {
+                    exception = true;
+                    self.anomaly(
+                        event,
+                        format!(
+                            "site accepted recipe {accepted}, the order pinned {recipe_sha256}"
+                        ),
+                    );
+                }
+                if self.state == BatchState::Ordered {
+                    self.state = BatchState::Accepted;
+                }
+            }
+            EventKind::StepStarted { step_id, .. } => {
+                if recipe.step(step_id).is_none() {
+                    exception = true;
+                    self.anomaly(event, format!("step {step_id:?} is not in the recipe"));
+                }
+                if matches!(
+                    self.state,
+                    BatchState::Ordered | BatchState::Accepted | BatchState::InProcess
+                ) {
+                    self.state = BatchState::InProcess;
+                    self.current_step = Some(step_id.clone());
+                }
+            }
+            EventKind::StepCompleted { step_id, .. } => {
+                if recipe.step(step_id).is_none() {
+                    exception = true;
+                    self.anomaly(event, format!("step {step_id:?} is not in the recipe"));
+                } else {
+                    self.progress.steps_completed.insert(step_id.clone());
+                }
+                if self.current_step.as_deref() == Some(step_id) {
+                    self.current_step = None;
+                }
+            }
+            EventKind::QcResult {
+                test_id,
+                value,
+                site_outcome,
+                ..
+            } => {
+                let (hub_outcome, reason) = match recipe.test(test_id) {
+                    Some(test) => {
+                        let evaluation = test.spec.evaluate(value);
+                        (evaluation.outcome, evaluation.reason)
+                    }
+                    None => (
+                        Outcome::OutOfSpecification,
+                        format!("test {test_id:?} is not in the recipe"),
+                    ),
+                };
+                if hub_outcome != Outcome::Pass || *site_outcome != Outcome::Pass {
+                    exception = true;
+                }
+                if hub_outcome != *site_outcome {
+                    self.anomaly(
+                        event,
+                        format!("site evaluated {test_id} as {site_outcome:?}, the hub as {hub_outcome:?}"),
+                    );
+                }
+                self.progress.tests_recorded.insert(test_id.clone());
+                qc = Some(QcRecord {
+                    site_seq: event.seq,
+                    test_id: test_id.clone(),
+                    value: value.clone(),
+                    hub_outcome,
+                    site_outcome: *site_outcome,
+                    reason,
+                });
+            }
+            EventKind::InstrumentAlarm { .. }
+            | EventKind::DeviationRaised { .. }
+            | EventKind::Correction { .. } => {
+                exception = true;
+            }
+            EventKind::CustodyScan { matched, .. } => {
+                exception = !matched;
+            }
+            EventKind::ReleaseDecisionRecorded { .. } => {
+                self.decision_recorded = true;
+            }
+            EventKind::BatchCancelled { .. } => {
+                if !self.state.is_final() {
+                    self.state = BatchState::Cancelled;
+                }
+                self.current_step = None;
+            }
+            EventKind::ProcessSamples { .. } => {}
+        }
+        if exception {
+            self.progress.exceptions.push(event.seq);
+        }
+        if matches!(self.state, BatchState::Accepted | BatchState::InProcess)
+            && self.record_complete(recipe)
+        {
+            self.state = BatchState::AwaitingRelease;
+            self.current_step = None;
+        }
+        qc
+    }
+
+    /// Every step completed and every test recorded that must precede release.
+    pub fn record_complete(&self, recipe: &Recipe) -> bool {
+        recipe
+            .steps
+            .iter()
+            .all(|s| self.progress.steps_completed.contains(&s.id))
+            && recipe
+                .all_tests()
+                .filter(|t| !t.may_follow_release)
+                .all(|t| self.progress.tests_recorded.contains(&t.id))
+    }
+
+    fn anomaly(&mut self, event: &SiteEvent, what: String) {
+        self.progress
+            .anomalies
+            .push(format!("site seq {}: {what}", event.seq));
+    }
+}
+
+impl Default for Projection {
+    fn default() -> Self {
+        Projection::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carrel_proto::recipe::QcValue;
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    fn recipe() -> Recipe {
+        Recipe::from_toml(include_str!("../recipes/cd19-car-t.v1.toml")).expect("valid recipe")
+    }
+
+    fn event(seq: u64, kind: EventKind) -> SiteEvent {
+        SiteEvent {
+            seq,
+            event_id: Uuid::new_v4(),
+            recorded_at: Utc::now(),
+            batch_id: Uuid::nil(),
+            recorded_by: "agent".into(),
+            kind,
+        }
+    }
+
+    fn qc(seq: u64, test_id: &str, value: QcValue, site_outcome: Outcome) -> SiteEvent {
+        event(
+            seq,
+            EventKind::QcResult {
+                test_id: test_id.into(),
+                value,
+                unit: String::new(),
+                method: String::new(),
+                site_outcome,
+            },
+        )
+    }
+
+    /// Runs the whole happy path and returns the projection before the last test.
+    fn run_all_but_last_test(recipe: &Recipe, sha: &str) -> (Projection, u64) {
+        let mut p = Projection::new();
+        let mut seq = 1;
+        p.apply(
+            &event(
+                seq,
+                EventKind::BatchAccepted {
+                    coi: "X".into(),
+                    recipe_id: recipe.id.clone(),
+                    recipe_version: 1,
+                    recipe_sha256: sha.into(),
+                },
+            ),
+            recipe,
+            sha,
+        );
+        assert_eq!(p.state, BatchState::Accepted);
+        for step in &recipe.steps {
+            seq += 1;
+            p.apply(
+                &event(
+                    seq,
+                    EventKind::StepStarted {
+                        step_id: step.id.clone(),
+                        instrument_id: "sim".into(),
+                        resumed: false,
+                    },
+                ),
+                recipe,
+                sha,
+            );
+            assert_eq!(p.state, BatchState::InProcess);
+            assert_eq!(p.current_step.as_deref(), Some(step.id.as_str()));
+            seq += 1;
+            p.apply(
+                &event(
+                    seq,
+                    EventKind::StepCompleted {
+                        step_id: step.id.clone(),
+                        process_hours: step.duration_hours,
+                    },
+                ),
+                recipe,
+                sha,
+            );
+        }
+        let tests: Vec<_> = recipe
+            .all_tests()
+            .filter(|t| !t.may_follow_release)
+            .collect();
+        for test in &tests[..tests.len() - 1] {
+            seq += 1;
+            let value = if test.spec.accepted.is_empty() {
+                QcValue::Numeric(test.spec.min.unwrap_or(0.0))
+            } else {
+                QcValue::Text(test.spec.accepted[0].clone())
+            };
+            let q = p.apply(&qc(seq, &test.id, value, Outcome::Pass), recipe, sha);
+            assert_eq!(q.map(|q| q.hub_outcome), Some(Outcome::Pass), "{}", test.id);
+        }
+        (p, seq)
+    }
+
+    #[test]
+    fn batch_awaits_release_only_when_every_step_and_test_is_recorded() {
+        let recipe = recipe();
+        let sha = recipe.sha256();
+        let (mut p, seq) = run_all_but_last_test(&recipe, &sha);
+        assert_eq!(p.state, BatchState::InProcess, "one test is still missing");
+        let last = recipe
+            .all_tests()
+            .filter(|t| !t.may_follow_release)
+            .last()
+            .expect("recipe has tests");
+        p.apply(
+            &qc(seq + 1, &last.id, QcValue::Numeric(1.0), Outcome::Pass),
+            &recipe,
+            &sha,
+        );
+        assert_eq!(p.state, BatchState::AwaitingRelease);
+        assert!(p.progress.exceptions.is_empty());
+    }
+
+    #[test]
+    fn out_of_spec_result_is_an_exception_and_site_disagreement_an_anomaly() {
+        let recipe = recipe();
+        let sha = recipe.sha256();
+        let mut p = Projection::new();
+        let q = p
+            .apply(
+                &qc(5, "viability", QcValue::Numeric(55.0), Outcome::Pass),
+                &recipe,
+                &sha,
+            )
+            .expect("a qc record");
+        assert_eq!(q.hub_outcome, Outcome::OutOfSpecification);
+        assert_eq!(p.progress.exceptions, vec![5]);
+        assert_eq!(p.progress.anomalies.len(), 1, "{:?}", p.progress.anomalies);
+    }
+
+    #[test]
+    fn unknown_step_is_stored_as_an_anomaly_not_progress() {
+        let recipe = recipe();
+        let sha = recipe.sha256();
+        let mut p = Projection::new();
+        p.apply(
+            &event(
+                1,
+                EventKind::StepCompleted {
+                    step_id: "teleport".into(),
+                    process_hours: 1.0,
+                },
+            ),
+            &recipe,
+            &sha,
+        );
+        assert!(p.progress.steps_completed.is_empty());
+        assert_eq!(p.progress.exceptions, vec![1]);
+    }
+
+    #[test]
+    fn cancelled_batch_stays_cancelled() {
+        let recipe = recipe();
+        let sha = recipe.sha256();
+        let mut p = Projection::new();
+        p.apply(
+            &event(
+                1,
+                EventKind::BatchCancelled {
+                    reason: "patient too ill".into(),
+                    command_seq: 2,
+                },
+            ),
+            &recipe,
+            &sha,
+        );
+        assert_eq!(p.state, BatchState::Cancelled);
+        p.apply(
+            &event(
+                2,
+                EventKind::StepStarted {
+                    step_id: "receipt".into(),
+                    instrument_id: "sim".into(),
+                    resumed: false,
+                },
+            ),
+            &recipe,
+            &sha,
+        );
+        assert_eq!(p.state, BatchState::Cancelled);
+    }
+}

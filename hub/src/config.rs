@@ -1,0 +1,251 @@
+//! The hub's configuration: defaults, then a TOML file, then `CARREL_HUB_*`
+//! environment variables, then command-line flags, then [`Config::validate`].
+//!
+//! The process environment is read only here, while loading.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Everything `carrel-hub serve` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the gRPC server (sites and people). Env: `CARREL_HUB_LISTEN`.
+    pub listen: SocketAddr,
+    /// Directory for the CA, the SQLite database and runtime files. Env: `CARREL_HUB_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Database URL; default `sqlite://<data_dir>/hub.db`. Env: `CARREL_HUB_DATABASE`.
+    pub database: Option<String>,
+    /// DNS names and IP addresses the hub's server certificate carries.
+    /// Env: `CARREL_HUB_SERVER_NAMES` (comma-separated).
+    pub server_names: Vec<String>,
+    /// CA certificate and key (PEM); default `<data_dir>/pki/ca.crt` and `ca.key`,
+    /// created on first start when both are missing.
+    /// Env: `CARREL_HUB_CA_CERT`, `CARREL_HUB_CA_KEY`.
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    /// Facility identification number (a letter and four digits) used in COI identifiers.
+    /// Env: `CARREL_HUB_FACILITY`.
+    pub facility: String,
+    /// How often each side of a site link sends a heartbeat. Env: `CARREL_HUB_HEARTBEAT_INTERVAL_MS`.
+    pub heartbeat_interval_ms: u32,
+    /// A site link that is silent this long is closed. Env: `CARREL_HUB_HEARTBEAT_TIMEOUT_MS`.
+    pub heartbeat_timeout_ms: u32,
+    /// Lifetime of a person's session token. Env: `CARREL_HUB_SESSION_TTL_SECS`.
+    pub session_ttl_secs: u32,
+    /// Default lifetime of a site enrollment token. Env: `CARREL_HUB_ENROLLMENT_TTL_SECS`.
+    pub enrollment_ttl_secs: u32,
+    /// Extra recipe files (TOML) to publish at start, besides the ones shipped with the hub.
+    pub recipe_files: Vec<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            data_dir: PathBuf::from("/var/lib/carrel-hub"),
+            database: None,
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            ca_cert: None,
+            ca_key: None,
+            facility: "G1234".into(),
+            heartbeat_interval_ms: 5_000,
+            heartbeat_timeout_ms: 20_000,
+            session_ttl_secs: 3_600,
+            enrollment_ttl_secs: 86_400,
+            recipe_files: Vec::new(),
+        }
+    }
+}
+
+fn env_var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn env_parse<T: std::str::FromStr>(name: &'static str, target: &mut T) -> Result<(), Error>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Some(value) = env_var(name) {
+        *target = value.parse().map_err(|e: T::Err| Error::Env {
+            name,
+            message: format!("{value:?}: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Defaults overlaid with the file (if any) and the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, Error> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn apply_env(&mut self) -> Result<(), Error> {
+        env_parse("CARREL_HUB_LISTEN", &mut self.listen)?;
+        env_parse("CARREL_HUB_DATA_DIR", &mut self.data_dir)?;
+        if let Some(v) = env_var("CARREL_HUB_DATABASE") {
+            self.database = Some(v);
+        }
+        if let Some(v) = env_var("CARREL_HUB_SERVER_NAMES") {
+            self.server_names = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = env_var("CARREL_HUB_CA_CERT") {
+            self.ca_cert = Some(v.into());
+        }
+        if let Some(v) = env_var("CARREL_HUB_CA_KEY") {
+            self.ca_key = Some(v.into());
+        }
+        env_parse("CARREL_HUB_FACILITY", &mut self.facility)?;
+        env_parse(
+            "CARREL_HUB_HEARTBEAT_INTERVAL_MS",
+            &mut self.heartbeat_interval_ms,
+        )?;
+        env_parse(
+            "CARREL_HUB_HEARTBEAT_TIMEOUT_MS",
+            &mut self.heartbeat_timeout_ms,
+        )?;
+        env_parse("CARREL_HUB_SESSION_TTL_SECS", &mut self.session_ttl_secs)?;
+        env_parse(
+            "CARREL_HUB_ENROLLMENT_TTL_SECS",
+            &mut self.enrollment_ttl_secs,
+        )?;
+        Ok(())
+    }
+
+    /// Checks the combination of settings.
+    pub fn validate(&self) -> Result<(), Error> {
+        carrel_proto::coi::Coi::new(&self.facility, 2000, 1).map_err(|e| {
+            Error::Invalid(format!(
+                "facility {:?} must be a letter and four digits ({e})",
+                self.facility
+            ))
+        })?;
+        if self.facility.len() != 5 {
+            return Err(Error::Invalid(format!(
+                "facility {:?} must be a letter and four digits",
+                self.facility
+            )));
+        }
+        if self.heartbeat_interval_ms < 100 {
+            return Err(Error::Invalid(
+                "heartbeat_interval_ms must be at least 100".into(),
+            ));
+        }
+        if self.heartbeat_timeout_ms < 2 * self.heartbeat_interval_ms {
+            return Err(Error::Invalid(
+                "heartbeat_timeout_ms must be at least twice heartbeat_interval_ms".into(),
+            ));
+        }
+        if self.server_names.is_empty() {
+            return Err(Error::Invalid(
+                "server_names needs at least one name".into(),
+            ));
+        }
+        if self.ca_cert.is_some() != self.ca_key.is_some() {
+            return Err(Error::Invalid(
+                "ca_cert and ca_key are given together or not at all".into(),
+            ));
+        }
+        if self.session_ttl_secs == 0 || self.enrollment_ttl_secs == 0 {
+            return Err(Error::Invalid(
+                "session_ttl_secs and enrollment_ttl_secs must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("hub.db").display()))
+    }
+
+    pub fn ca_paths(&self) -> (PathBuf, PathBuf) {
+        match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => (
+                self.data_dir.join("pki/ca.crt"),
+                self.data_dir.join("pki/ca.key"),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let config = Config {
+            facility: "12345".into(),
+            ..Config::default()
+        };
+        assert!(config
+            .validate()
+            .expect_err("bad facility")
+            .to_string()
+            .contains("facility"));
+        let config = Config {
+            heartbeat_timeout_ms: 1000,
+            ..Config::default()
+        };
+        assert!(config
+            .validate()
+            .expect_err("timeout")
+            .to_string()
+            .contains("heartbeat_timeout_ms"));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_adress = 3\n").expect("write");
+        let err = Config::from_file(&path).expect_err("unknown key");
+        assert!(err.to_string().contains("listen_adress"), "{err}");
+    }
+}

@@ -1,0 +1,272 @@
+//! `carrel-hub dev`: a whole Carrel network on loopback in one command.
+//!
+//! A hub on a SQLite file in a throw-away (or given) data directory, its CA, demo
+//! users, and two simulated hospital sites whose agents enroll with one-time tokens
+//! and connect over real mutual-TLS gRPC, exactly as separate machines would. Only
+//! the process boundary is saved: the agents run inside this process.
+
+use crate::cli::{with_token, ClientArgs};
+use crate::server;
+use crate::store::{BatchState, Role};
+use crate::Config;
+use anyhow::Context;
+use carrel_proto::pb;
+use chrono::Utc;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Keep state here instead of a throw-away directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Place this many demo orders at start, so batches are moving at once.
+    #[arg(long, default_value_t = 0)]
+    pub demo_orders: u32,
+    /// Process seconds per real second in the simulated sites (30000: a 7-day expansion in ~20 s).
+    #[arg(long, default_value_t = 30_000.0)]
+    pub time_compression: f64,
+}
+
+/// Demo users: (user name, full name, role, password).
+pub const DEMO_USERS: &[(&str, &str, Role, &str)] = &[
+    ("admin", "Ada Admin", Role::Admin, "dev-admin-password"),
+    (
+        "dr.ada",
+        "Dr Ada Byron",
+        Role::Physician,
+        "dev-physician-password",
+    ),
+    ("qa.grace", "Grace Hopper", Role::Qa, "dev-qa-password"),
+    (
+        "tech.tom",
+        "Tom Kilburn",
+        Role::Technician,
+        "dev-technician-password",
+    ),
+];
+
+/// Demo sites: (site id, name).
+pub const DEMO_SITES: &[(&str, &str)] = &[
+    ("site-a", "St Elsewhere University Hospital"),
+    ("site-b", "Royal Infirmary Cell Therapy Unit"),
+];
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (_temp, root) = match &args.data_dir {
+        Some(dir) => (None, dir.clone()),
+        None => {
+            let temp = tempfile::Builder::new().prefix("carrel-dev-").tempdir()?;
+            let root = temp.path().to_owned();
+            (Some(temp), root)
+        }
+    };
+    let config = Config {
+        listen: args.listen,
+        data_dir: root.join("hub"),
+        heartbeat_interval_ms: 1_000,
+        heartbeat_timeout_ms: 5_000,
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::cli::shutdown_signal(shutdown.clone()));
+    let hub = server::start(config.clone(), shutdown.clone()).await?;
+    let addr = hub.addr;
+    let hub_url = format!("https://{addr}");
+    let store = hub.shared.store.clone();
+
+    for (username, full_name, role, password) in DEMO_USERS {
+        match crate::admin::add_user(store.as_ref(), username, full_name, *role, password).await {
+            Ok(_) | Err(crate::admin::Error::Store(crate::store::Error::AlreadyExists(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let mut agents = Vec::new();
+    for (site_id, name) in DEMO_SITES {
+        let data_dir = root.join(site_id);
+        if !carrel_site_agent::identity::Identity::is_enrolled(&data_dir) {
+            let registered =
+                crate::admin::register_site(store.as_ref(), &hub.shared.ca, site_id, name, 600)
+                    .await?;
+            carrel_site_agent::identity::enroll(
+                &hub_url,
+                &registered.token,
+                &data_dir,
+                env!("CARGO_PKG_VERSION"),
+            )
+            .await
+            .with_context(|| format!("enrolling {site_id}"))?;
+        }
+        let mut agent_config = carrel_site_agent::Config::load(&data_dir)?;
+        agent_config.hub = hub_url.clone();
+        agent_config.heartbeat_timeout_ms = 5_000;
+        agent_config.reconnect_max_ms = 5_000;
+        agent_config.simulator.time_compression = args.time_compression;
+        agent_config.simulator.sample_interval_hours = 6.0;
+        agent_config.simulator.instrument_id = format!("{site_id}-sim-cps-01");
+        carrel_site_agent::write_config(&agent_config)?;
+        agents.push(carrel_site_agent::start(agent_config, shutdown.clone()).await?);
+    }
+
+    let ca_path = config.ca_paths().0;
+    let token_file = root.join("token");
+    print_welcome(
+        &hub_url,
+        &ca_path,
+        &token_file,
+        &root,
+        args.data_dir.is_none(),
+    );
+
+    if args.demo_orders > 0 {
+        place_demo_orders(&hub_url, &ca_path, args.demo_orders).await?;
+    }
+
+    // Follow the batches so the user sees them move.
+    let mut changes = hub.shared.changes.subscribe();
+    let mut last_state = std::collections::HashMap::new();
+    let mut first_awaiting = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            change = changes.recv() => {
+                let Ok(batch_id) = change else { continue };
+                let Ok(order) = store.order_by_batch(batch_id).await else { continue };
+                let shown = (order.state, order.current_step.clone(), order.decision_recorded);
+                // Between two steps there is nothing new to say.
+                let between_steps = order.state == BatchState::InProcess && order.current_step.is_none();
+                if last_state.get(&batch_id) == Some(&shown) || between_steps {
+                    continue;
+                }
+                last_state.insert(batch_id, shown);
+                let step = order.current_step.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+                let decided = if order.decision_recorded { ", decision recorded at site" } else { "" };
+                println!(
+                    "[{:>6.1}s] {} {} at {}: {}{step}{decided}",
+                    started.elapsed().as_secs_f64(),
+                    order.coi,
+                    order.patient_pseudonym,
+                    order.site_id,
+                    order.state
+                );
+                if order.state == BatchState::AwaitingRelease && !first_awaiting {
+                    first_awaiting = true;
+                    println!(
+                        "          first batch awaiting QA release {:.1}s after start: carrel-hub release list",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+    for agent in agents {
+        agent.wait().await;
+    }
+    hub.wait().await?;
+    println!("Stopped at {}.", Utc::now().format("%H:%M:%S"));
+    Ok(())
+}
+
+fn print_welcome(
+    hub_url: &str,
+    ca: &std::path::Path,
+    token_file: &std::path::Path,
+    root: &std::path::Path,
+    throwaway: bool,
+) {
+    println!();
+    println!("Carrel dev network is up (everything on loopback, TLS everywhere).");
+    println!();
+    println!("  hub        {hub_url}   (gRPC; health and reflection served)");
+    println!(
+        "  sites      {}",
+        DEMO_SITES
+            .iter()
+            .map(|(id, name)| format!("{id} ({name})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  data       {}{}",
+        root.display(),
+        if throwaway {
+            "  (deleted on exit; keep it with --data-dir)"
+        } else {
+            ""
+        }
+    );
+    println!();
+    println!("Demo users (user / password):");
+    for (username, _, role, password) in DEMO_USERS {
+        println!("  {:<10} {:<10} {password}", role.as_str(), username);
+    }
+    println!();
+    println!("In another shell:");
+    println!("  export CARREL_ADDR={hub_url}");
+    println!("  export CARREL_CA_CERT={}", ca.display());
+    println!("  export CARREL_TOKEN_FILE={}", token_file.display());
+    println!("  echo dev-physician-password | carrel-hub login --user dr.ada");
+    println!(
+        "  carrel-hub order create --patient P-0001 --site site-a --collection-date {}",
+        (Utc::now() + chrono::Duration::days(3)).format("%Y-%m-%d")
+    );
+    println!("  carrel-hub order list");
+    println!("  echo dev-qa-password | carrel-hub login --user qa.grace");
+    println!("  carrel-hub release list");
+    println!("  carrel-hub release show BATCH_ID");
+    println!("  echo dev-qa-password | carrel-hub release sign BATCH_ID --meaning released");
+    println!();
+    println!("Ctrl-C stops everything.");
+    println!();
+}
+
+/// Places orders through the real API, signed in as the demo physician.
+async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> anyhow::Result<()> {
+    let client = ClientArgs {
+        addr: hub_url.to_owned(),
+        ca_cert: Some(ca.to_owned()),
+        token_file: None,
+        json: false,
+    };
+    let channel = crate::cli::connect(&client).await?;
+    let login = pb::auth_service_client::AuthServiceClient::new(channel.clone())
+        .login(pb::LoginRequest {
+            username: "dr.ada".into(),
+            password: "dev-physician-password".into(),
+        })
+        .await?
+        .into_inner();
+    let mut orders =
+        pb::order_service_client::OrderServiceClient::new(with_token(channel, &login.token)?);
+    let date = (Utc::now() + chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    for i in 0..count {
+        let (site_id, _) = DEMO_SITES[i as usize % DEMO_SITES.len()];
+        let order = orders
+            .create_order(pb::CreateOrderRequest {
+                patient_pseudonym: format!("DEMO-{:04}", i + 1),
+                product: "cd19-car-t".into(),
+                site_id: site_id.into(),
+                requested_collection_date: date.clone(),
+            })
+            .await?
+            .into_inner()
+            .order
+            .context("no order returned")?;
+        println!(
+            "Demo order {} for {} at {site_id}: COI {}",
+            order.order_id, order.patient_pseudonym, order.coi
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

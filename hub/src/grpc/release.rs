@@ -1,0 +1,197 @@
+//! `ReleaseService`: QA reviews the batch record by exception and signs.
+
+use super::{order_to_pb, parse_id, require, status, Shared};
+use crate::auth::verify_password;
+use crate::record::{describe, record_sha256};
+use crate::store::{BatchRecord, BatchState, Role, Signature};
+use carrel_proto::event::{meaning_to_wire, outcome_to_wire, to_timestamp, ReleaseMeaning};
+use carrel_proto::pb;
+use chrono::Utc;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub struct ReleaseApi(pub Arc<Shared>);
+
+/// The signature as it is shown: printed name, date-time and meaning (Part 11).
+pub fn manifestation(sig: &Signature) -> String {
+    let meaning = match sig.meaning {
+        ReleaseMeaning::Released => "Released",
+        ReleaseMeaning::Rejected => "Rejected",
+    };
+    format!(
+        "{meaning} by {} ({}) on {} UTC",
+        sig.signer_name,
+        sig.signer,
+        sig.signed_at.format("%Y-%m-%d %H:%M:%S")
+    )
+}
+
+fn signature_to_pb(sig: &Signature) -> pb::Signature {
+    pb::Signature {
+        signature_id: sig.signature_id.to_string(),
+        signer: sig.signer.clone(),
+        signer_name: sig.signer_name.clone(),
+        meaning: meaning_to_wire(sig.meaning) as i32,
+        signed_at: Some(to_timestamp(sig.signed_at)),
+        record_sha256: sig.record_sha256.clone(),
+        reason: sig.reason.clone(),
+        manifestation: manifestation(sig),
+    }
+}
+
+pub fn record_to_pb(record: &BatchRecord) -> pb::BatchRecord {
+    let exceptions: std::collections::HashSet<u64> =
+        record.order.progress.exceptions.iter().copied().collect();
+    let entry = |stored: &crate::store::StoredEvent| {
+        let (kind, summary) = describe(&stored.event.kind);
+        pb::RecordEntry {
+            site_seq: stored.event.seq,
+            recorded_at: Some(to_timestamp(stored.event.recorded_at)),
+            recorded_by: stored.event.recorded_by.clone(),
+            kind,
+            summary,
+        }
+    };
+    let qc = record
+        .qc
+        .iter()
+        .map(|q| {
+            let test = record.recipe.recipe.test(&q.test_id);
+            pb::QcEvaluation {
+                test_id: q.test_id.clone(),
+                test_name: test.map(|t| t.name.clone()).unwrap_or_default(),
+                result: match test {
+                    Some(t) if !t.unit.is_empty() => format!("{} {}", q.value, t.unit),
+                    _ => q.value.to_string(),
+                },
+                specification: test
+                    .map(|t| t.spec.to_string())
+                    .unwrap_or_else(|| "not in recipe".into()),
+                hub_outcome: outcome_to_wire(q.hub_outcome) as i32,
+                site_outcome: outcome_to_wire(q.site_outcome) as i32,
+                reason: q.reason.clone(),
+            }
+        })
+        .collect();
+    let mut exception_entries: Vec<pb::RecordEntry> = record
+        .events
+        .iter()
+        .filter(|e| exceptions.contains(&e.event.seq))
+        .map(entry)
+        .collect();
+    for anomaly in &record.order.progress.anomalies {
+        exception_entries.push(pb::RecordEntry {
+            site_seq: 0,
+            recorded_at: None,
+            recorded_by: "hub".into(),
+            kind: "hub check".into(),
+            summary: anomaly.clone(),
+        });
+    }
+    pb::BatchRecord {
+        order: Some(order_to_pb(&record.order)),
+        exceptions: exception_entries,
+        entries: record.events.iter().map(entry).collect(),
+        qc,
+        record_sha256: record_sha256(&record.order, &record.recipe.sha256, &record.events),
+        signatures: record.signatures.iter().map(signature_to_pb).collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::release_service_server::ReleaseService for ReleaseApi {
+    async fn list_pending(
+        &self,
+        request: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<pb::ListPendingResponse>, Status> {
+        require(&self.0, &request, &[Role::Qa]).await?;
+        let orders = self
+            .0
+            .store
+            .list_orders(None, Some(BatchState::AwaitingRelease))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListPendingResponse {
+            batches: orders.iter().map(order_to_pb).collect(),
+        }))
+    }
+
+    async fn get_batch_record(
+        &self,
+        request: Request<pb::GetBatchRecordRequest>,
+    ) -> Result<Response<pb::GetBatchRecordResponse>, Status> {
+        require(&self.0, &request, &[Role::Qa]).await?;
+        let batch_id = parse_id("batch_id", &request.get_ref().batch_id)?;
+        let record = self.0.store.batch_record(batch_id).await.map_err(status)?;
+        Ok(Response::new(pb::GetBatchRecordResponse {
+            record: Some(record_to_pb(&record)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]
+    async fn sign_release(
+        &self,
+        request: Request<pb::SignReleaseRequest>,
+    ) -> Result<Response<pb::SignReleaseResponse>, Status> {
+        let user = require(&self.0, &request, &[Role::Qa]).await?;
+        let req = request.into_inner();
+        let batch_id = parse_id("batch_id", &req.batch_id)?;
+        let meaning = match pb::ReleaseMeaning::try_from(req.meaning) {
+            Ok(pb::ReleaseMeaning::Released) => ReleaseMeaning::Released,
+            Ok(pb::ReleaseMeaning::Rejected) => ReleaseMeaning::Rejected,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "meaning must be released or rejected",
+                ))
+            }
+        };
+        let sha = req.record_sha256.trim().to_ascii_lowercase();
+        if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "record_sha256 must be the 64-hex-digit SHA-256 of the batch record as reviewed",
+            ));
+        }
+        if meaning == ReleaseMeaning::Rejected && req.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a rejection needs a reason"));
+        }
+        // Part 11: the signer proves identity again with the password at signing.
+        if !verify_password(&req.password, &user.password_hash) {
+            tracing::warn!(signer = %user.username, "failed signing attempt");
+            self.0
+                .store
+                .log_security(
+                    &user.username,
+                    "signing_failed",
+                    &format!("wrong password signing batch {batch_id}"),
+                )
+                .await
+                .map_err(status)?;
+            return Err(Status::unauthenticated(
+                "wrong password: the signature was not made",
+            ));
+        }
+        let signature = Signature {
+            signature_id: Uuid::now_v7(),
+            batch_id,
+            signer: user.username.clone(),
+            signer_name: user.full_name.clone(),
+            meaning,
+            record_sha256: sha,
+            reason: req.reason.trim().to_owned(),
+            signed_at: Utc::now(),
+        };
+        let order = self
+            .0
+            .store
+            .sign_release(&signature, Utc::now())
+            .await
+            .map_err(status)?;
+        tracing::info!(meaning = meaning.as_str(), signer = %user.username, "release decision signed");
+        self.0.commands_added(&order.site_id, order.batch_id);
+        Ok(Response::new(pb::SignReleaseResponse {
+            signature: Some(signature_to_pb(&signature)),
+            order: Some(order_to_pb(&order)),
+        }))
+    }
+}

@@ -1,0 +1,353 @@
+//! `SiteLinkService`: enrollment, and the one bidirectional stream per site that
+//! carries both replicated logs (invariant 3).
+//!
+//! Architecture invariant: the hub never dials a site; everything here answers a
+//! connection the agent opened. A site is identified only by its client certificate
+//! (invariant 7): the certificate must name the site and be the one issued to it at
+//! its last enrollment, and the site must not be suspended.
+
+use super::{status, Shared};
+use crate::auth::{secret_sha256, EnrollmentToken};
+use crate::pki;
+use crate::store::{self, SiteStatus};
+use carrel_proto::event::SiteEvent;
+use carrel_proto::pb;
+use carrel_proto::pb::{hub_message, site_message};
+use chrono::Utc;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct SiteLinkApi(pub Arc<Shared>);
+
+/// Most events accepted in one message; an agent sends smaller batches.
+pub const MAX_EVENTS_PER_MESSAGE: usize = 1_000;
+/// Most commands sent in one message.
+const COMMANDS_PER_MESSAGE: u32 = 100;
+
+/// Who is at the other end of the stream, from the TLS client certificate alone.
+async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<String, Status> {
+    let certs = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("Sync needs the site's client certificate; enroll the agent first")
+    })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no client certificate presented"))?;
+    let site_id = pki::site_id_of(leaf.as_ref()).ok_or_else(|| {
+        Status::unauthenticated("the client certificate does not name a Carrel site")
+    })?;
+    let site = match shared.store.site(&site_id).await {
+        Ok(site) => site,
+        Err(store::Error::NotFound(_)) => {
+            return Err(Status::permission_denied(format!(
+                "site {site_id:?} is not registered at this hub"
+            )))
+        }
+        Err(e) => return Err(status(e)),
+    };
+    if site.status == SiteStatus::Suspended {
+        return Err(Status::permission_denied(format!(
+            "site {site_id:?} is suspended"
+        )));
+    }
+    if site.cert_sha256.as_deref() != Some(pki::fingerprint(leaf.as_ref()).as_str()) {
+        return Err(Status::permission_denied(format!(
+            "this certificate is not the one issued to site {site_id:?} at its last enrollment"
+        )));
+    }
+    Ok(site_id)
+}
+
+#[tonic::async_trait]
+impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
+    #[tracing::instrument(skip_all)]
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let req = request.into_inner();
+        let token = EnrollmentToken::parse(&req.token).ok_or_else(|| {
+            Status::invalid_argument(
+                "the enrollment token is malformed (expected carrel1.<secret>.<ca-sha256>)",
+            )
+        })?;
+        if token.ca_sha256 != self.0.ca.fingerprint() {
+            return Err(Status::failed_precondition(
+                "the enrollment token was issued by a different hub CA",
+            ));
+        }
+        let token_sha = secret_sha256(&token.secret);
+        let site = match self.0.store.site_for_token(&token_sha, Utc::now()).await {
+            Ok(site) => site,
+            Err(e) => {
+                tracing::warn!(error = %e, "enrollment refused");
+                self.0
+                    .store
+                    .log_security("unknown agent", "enrollment_refused", &e.to_string())
+                    .await
+                    .map_err(status)?;
+                return Err(status(e));
+            }
+        };
+        // Sign before using the token up, so a bad CSR leaves the token usable.
+        let cert_pem = self
+            .0
+            .ca
+            .sign_site_csr(&req.csr_pem, &site.site_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cert_der =
+            pki::first_cert_der(&cert_pem).map_err(|e| Status::internal(e.to_string()))?;
+        let site = self
+            .0
+            .store
+            .complete_enrollment(
+                &site.site_id,
+                &token_sha,
+                &pki::fingerprint(&cert_der),
+                Utc::now(),
+            )
+            .await
+            .map_err(status)?;
+        self.0
+            .store
+            .log_security(
+                &site.site_id,
+                "site_enrolled",
+                &format!("agent {}", req.agent_version),
+            )
+            .await
+            .map_err(status)?;
+        tracing::info!(site_id = %site.site_id, "site enrolled");
+        Ok(Response::new(pb::EnrollResponse {
+            site_id: site.site_id,
+            site_name: site.name,
+            certificate_pem: cert_pem,
+            ca_certificate_pem: self.0.ca.cert_pem().to_owned(),
+        }))
+    }
+
+    type SyncStream = ReceiverStream<Result<pb::HubMessage, Status>>;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<pb::SiteMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let site_id = identify_site(&self.0, &request).await?;
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(32);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let span = tracing::info_span!("site_link", site_id = %site_id);
+            let link = Link {
+                shared,
+                site_id: site_id.clone(),
+                tx: tx.clone(),
+            };
+            match tracing::Instrument::instrument(link.run(inbound), span.clone()).await {
+                Ok(()) => tracing::info!(parent: &span, "site link closed"),
+                Err(e) => {
+                    tracing::warn!(parent: &span, code = ?e.code(), message = e.message(), "site link ended with an error");
+                    let _ = tx.send(Err(e)).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One live site link.
+struct Link {
+    shared: Arc<Shared>,
+    site_id: String,
+    tx: mpsc::Sender<Result<pb::HubMessage, Status>>,
+}
+
+/// Removes the link from the registry however the session ends.
+struct Registration<'a> {
+    shared: &'a Shared,
+    site_id: &'a str,
+    generation: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.shared.links.release(self.site_id, self.generation);
+    }
+}
+
+impl Link {
+    async fn send(&self, body: hub_message::Body) -> Result<(), Status> {
+        self.tx
+            .send(Ok(pb::HubMessage { body: Some(body) }))
+            .await
+            .map_err(|_| Status::cancelled("the site went away"))
+    }
+
+    async fn run(self, mut inbound: Streaming<pb::SiteMessage>) -> Result<(), Status> {
+        let config = &self.shared.config;
+        let interval = Duration::from_millis(u64::from(config.heartbeat_interval_ms));
+        let timeout = Duration::from_millis(u64::from(config.heartbeat_timeout_ms));
+        let store = &self.shared.store;
+
+        let hello = match tokio::time::timeout(timeout, inbound.message()).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no Hello within the heartbeat timeout",
+                ))
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(pb::SiteMessage {
+                body: Some(site_message::Body::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument(
+                    "the first message on Sync must be Hello",
+                ))
+            }
+        };
+        let (generation, closed) = self.shared.links.take_over(&self.site_id);
+        let _registration = Registration {
+            shared: &self.shared,
+            site_id: &self.site_id,
+            generation,
+        };
+        let site = store.site(&self.site_id).await.map_err(status)?;
+        if hello.acked_command_seq > site.last_command_seq {
+            return Err(Status::failed_precondition(format!(
+                "the site says it holds command {}, but the hub issued only {} commands to it; \
+                 the site's store does not belong to this hub's database",
+                hello.acked_command_seq, site.last_command_seq
+            )));
+        }
+        if hello.last_event_seq < site.acked_event_seq {
+            tracing::error!(
+                site_last = hello.last_event_seq,
+                hub_acked = site.acked_event_seq,
+                "the site has fewer events than the hub already stored: was its store restored from an old backup?"
+            );
+        }
+        store
+            .ack_commands(&self.site_id, hello.acked_command_seq)
+            .await
+            .map_err(status)?;
+        store
+            .touch_site(&self.site_id, Utc::now())
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            agent_version = %hello.agent_version,
+            acked_command_seq = hello.acked_command_seq,
+            hub_acked_event_seq = site.acked_event_seq,
+            "site link open"
+        );
+        self.send(hub_message::Body::Welcome(pb::Welcome {
+            site_id: self.site_id.clone(),
+            acked_event_seq: site.acked_event_seq,
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+        }))
+        .await?;
+
+        let notify = self.shared.links.notifier(&self.site_id);
+        let mut sent_command_seq = hello.acked_command_seq;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        loop {
+            let commands = store
+                .commands_after(&self.site_id, sent_command_seq, COMMANDS_PER_MESSAGE)
+                .await
+                .map_err(status)?;
+            if let Some(last) = commands.last() {
+                sent_command_seq = last.seq;
+                self.send(hub_message::Body::Commands(pb::HubCommandBatch {
+                    commands: commands.iter().map(pb::HubCommand::from).collect(),
+                }))
+                .await?;
+                continue;
+            }
+            tokio::select! {
+                _ = closed.cancelled() => {
+                    return Err(Status::aborted("link closed by the hub: another connection of this site took over, or the site was suspended"));
+                }
+                _ = self.shared.shutdown.cancelled() => {
+                    return Err(Status::unavailable("the hub is shutting down"));
+                }
+                _ = notify.notified() => {}
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > timeout {
+                        return Err(Status::deadline_exceeded(format!(
+                            "nothing heard from the site for {} ms", timeout.as_millis()
+                        )));
+                    }
+                    let site = store.site(&self.site_id).await.map_err(status)?;
+                    if site.status == SiteStatus::Suspended {
+                        return Err(Status::permission_denied(format!("site {:?} is suspended", self.site_id)));
+                    }
+                    self.send(hub_message::Body::Heartbeat(pb::Heartbeat {
+                        sent_at_unix_ms: Utc::now().timestamp_millis() as u64,
+                    })).await?;
+                }
+                message = inbound.message() => {
+                    last_heard = Instant::now();
+                    let Some(message) = message? else { return Ok(()) };
+                    self.handle(message).await?;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, message: pb::SiteMessage) -> Result<(), Status> {
+        let store = &self.shared.store;
+        match message.body {
+            Some(site_message::Body::Events(batch)) => {
+                if batch.events.len() > MAX_EVENTS_PER_MESSAGE {
+                    return Err(Status::invalid_argument(format!(
+                        "{} events in one message; at most {MAX_EVENTS_PER_MESSAGE}",
+                        batch.events.len()
+                    )));
+                }
+                let mut events = Vec::with_capacity(batch.events.len());
+                for wire in batch.events {
+                    let seq = wire.seq;
+                    let event = SiteEvent::try_from(wire)
+                        .map_err(|e| Status::invalid_argument(format!("event seq {seq}: {e}")))?;
+                    events.push(event);
+                }
+                let ingested = store
+                    .ingest_events(&self.site_id, &events, Utc::now())
+                    .await
+                    .map_err(status)?;
+                tracing::debug!(
+                    acked = ingested.acked_event_seq,
+                    new = ingested.new_events,
+                    "events committed"
+                );
+                self.send(hub_message::Body::EventAck(pb::EventAck {
+                    seq: ingested.acked_event_seq,
+                }))
+                .await?;
+                let batches: BTreeSet<_> = events.iter().map(|e| e.batch_id).collect();
+                for batch_id in batches {
+                    let _ = self.shared.changes.send(batch_id);
+                }
+                Ok(())
+            }
+            Some(site_message::Body::CommandAck(ack)) => store
+                .ack_commands(&self.site_id, ack.seq)
+                .await
+                .map_err(status),
+            Some(site_message::Body::Heartbeat(_)) => Ok(()),
+            Some(site_message::Body::Hello(_)) => Err(Status::invalid_argument(
+                "Hello was already received on this stream",
+            )),
+            None => Err(Status::invalid_argument(
+                "a message without a body (unknown message type?)",
+            )),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The Carrel hub: the control site's service.
+//!
+//! It issues per-patient batch orders to site agents, stores every record the sites
+//! replicate (with the order and batch state derived from them in the same
+//! transaction), lets QA review batch records by exception and sign release, and lets
+//! physicians follow their orders. Sites connect to it; it never connects to a site.
+//!
+//! Map: [`server`] wires everything; [`grpc`] is the API edge (wire types end there);
+//! [`store`] is the database behind one interface; [`batch`] derives batch state from
+//! site events; [`record`] builds and hashes the batch record; [`pki`] is the CA;
+//! [`auth`] holds passwords and tokens; [`admin`] registers sites and users;
+//! [`cli`] is the command line for people; [`dev`] runs a whole network on loopback.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod batch;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod grpc;
+pub mod pki;
+pub mod record;
+pub mod server;
+pub mod store;
+
+pub use config::Config;

@@ -1,0 +1,181 @@
+//! Starting a hub: store, recipes, CA, TLS, and the gRPC server with health and
+//! reflection. Used by `carrel-hub serve`, by `carrel-hub dev` and by tests.
+
+use crate::grpc::{self, Shared};
+use crate::pki::{self, Ca};
+use crate::store::{sqlite::SqliteStore, Store};
+use crate::Config;
+use anyhow::Context;
+use carrel_proto::pb;
+use carrel_proto::recipe::Recipe;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// Recipes shipped with the hub, published at every start (publishing is idempotent).
+pub const SHIPPED_RECIPES: &[(&str, &str)] = &[(
+    "cd19-car-t.v1.toml",
+    include_str!("../recipes/cd19-car-t.v1.toml"),
+)];
+
+/// How long in-flight requests get to finish after shutdown is requested.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A hub that is serving.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the server stops (after the shutdown token is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("hub server task panicked")?
+    }
+}
+
+/// Opens the store named by the config's database URL.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = config.database_url();
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = std::path::Path::new(rest);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let store = SqliteStore::open(path)
+            .await
+            .with_context(|| format!("opening the hub database {}", path.display()))?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        anyhow::bail!("database {url:?}: this build supports only SQLite (sqlite://PATH); PostgreSQL is not built in yet")
+    } else {
+        anyhow::bail!("database {url:?}: expected a sqlite:// URL")
+    }
+}
+
+/// Publishes the shipped recipes and any configured recipe files.
+pub async fn publish_recipes(store: &dyn Store, config: &Config) -> anyhow::Result<()> {
+    for (name, text) in SHIPPED_RECIPES {
+        let recipe = Recipe::from_toml(text).with_context(|| format!("shipped recipe {name}"))?;
+        store
+            .publish_recipe(&recipe)
+            .await
+            .with_context(|| format!("publishing {name}"))?;
+    }
+    for path in &config.recipe_files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading recipe {}", path.display()))?;
+        let recipe =
+            Recipe::from_toml(&text).with_context(|| format!("recipe {}", path.display()))?;
+        store
+            .publish_recipe(&recipe)
+            .await
+            .with_context(|| format!("publishing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn load_ca(config: &Config) -> anyhow::Result<Ca> {
+    let (cert, key) = config.ca_paths();
+    Ca::load_or_create(&cert, &key).context("loading the hub CA")
+}
+
+/// Starts serving; stops when `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let store = open_store(&config).await?;
+    publish_recipes(store.as_ref(), &config).await?;
+    let ca = Arc::new(load_ca(&config)?);
+    let server_cert = ca.issue_server_cert(&config.server_names)?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    // Lets scripts and tests that asked for port 0 find the port.
+    pki::write_file(
+        &config.data_dir.join("hub.addr"),
+        &format!("{addr}\n"),
+        false,
+    )?;
+
+    let shared = Shared::new(store, config.clone(), ca.clone(), shutdown.clone());
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            format!("{}{}", server_cert.cert_pem, ca.cert_pem()),
+            server_cert.key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+        .client_auth_optional(true);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::site_link_service_server::SiteLinkServiceServer<grpc::site_link::SiteLinkApi>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::order_service_server::OrderServiceServer<grpc::orders::OrderApi>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::release_service_server::ReleaseServiceServer<grpc::release::ReleaseApi>>(
+        )
+        .await;
+    health_reporter
+        .set_serving::<pb::admin_service_server::AdminServiceServer<grpc::admin::AdminApi>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::auth_service_server::AuthServiceServer<grpc::auth::AuthApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let router = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::site_link_service_server::SiteLinkServiceServer::new(
+            grpc::site_link::SiteLinkApi(shared.clone()),
+        ))
+        .add_service(pb::auth_service_server::AuthServiceServer::new(
+            grpc::auth::AuthApi(shared.clone()),
+        ))
+        .add_service(pb::order_service_server::OrderServiceServer::new(
+            grpc::orders::OrderApi(shared.clone()),
+        ))
+        .add_service(pb::release_service_server::ReleaseServiceServer::new(
+            grpc::release::ReleaseApi(shared.clone()),
+        ))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(
+            grpc::admin::AdminApi(shared.clone()),
+        ));
+
+    tracing::info!(%addr, ca_fingerprint = %ca.fingerprint(), database = %config.database_url(), "hub serving");
+    let drain = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let serve = router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            drain.clone().cancelled_owned(),
+        );
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => result.context("gRPC server")?,
+            _ = async { drain.cancelled().await; tokio::time::sleep(DRAIN_GRACE).await } => {
+                tracing::warn!("requests still open after the drain grace period; stopping anyway");
+            }
+        }
+        tracing::info!("hub stopped");
+        Ok(())
+    });
+    Ok(Running { addr, shared, task })
+}

@@ -1,0 +1,389 @@
+//! The hub's store: what we keep, and why it is durable.
+//!
+//! What we store:
+//! - per site, the **site event log** exactly as the site recorded it (canonical JSON,
+//!   keyed by `(site_id, seq)`) and the **hub command log** the hub issued to it;
+//! - the cursors of both logs (what the hub has committed, what the site has acknowledged);
+//! - projections derived from those logs: orders, batch state, the hub's own evaluation
+//!   of QC results, release signatures;
+//! - recipes (immutable versions), users, sessions, sites and their enrollment state.
+//!
+//! Why it is durable: every method that changes anything does so in one database
+//! transaction, committed before it returns. A site event and the projection it changes
+//! are written in the same transaction (invariant 4), so the state never disagrees with
+//! the log, and an acknowledgement is only sent after `ingest_events` has returned.
+//!
+//! [`Store`] is the one interface callers use; [`sqlite::SqliteStore`] is the embedded
+//! backend. A PostgreSQL backend implements the same trait.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use carrel_proto::event::{HubCommand, SiteEvent};
+use carrel_proto::recipe::{Outcome, QcValue, Recipe};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+use uuid::Uuid;
+
+/// Store errors. Each one says what is wrong in words a caller can pass on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The request is well formed but the stored state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The input itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller is not allowed to touch this record.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A replicated log was sent out of order or with changed content.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Physician,
+    Qa,
+    Technician,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Physician => "physician",
+            Role::Qa => "qa",
+            Role::Technician => "technician",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "physician" => Some(Role::Physician),
+            "qa" => Some(Role::Qa),
+            "technician" => Some(Role::Technician),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub username: String,
+    pub full_name: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteStatus {
+    Pending,
+    Active,
+    Suspended,
+}
+
+impl SiteStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteStatus::Pending => "pending",
+            SiteStatus::Active => "active",
+            SiteStatus::Suspended => "suspended",
+        }
+    }
+
+    fn parse(text: &str) -> Result<SiteStatus> {
+        match text {
+            "pending" => Ok(SiteStatus::Pending),
+            "active" => Ok(SiteStatus::Active),
+            "suspended" => Ok(SiteStatus::Suspended),
+            other => Err(Error::Corrupt(format!("unknown site status {other:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    pub site_id: String,
+    pub name: String,
+    pub status: SiteStatus,
+    pub cert_sha256: Option<String>,
+    pub acked_event_seq: u64,
+    pub last_command_seq: u64,
+    pub acked_command_seq: u64,
+    pub last_contact_at: Option<DateTime<Utc>>,
+}
+
+/// A stored recipe version.
+#[derive(Debug, Clone)]
+pub struct StoredRecipe {
+    pub recipe: Recipe,
+    pub sha256: String,
+    pub canonical_json: String,
+}
+
+/// Lifecycle state of a batch, derived from its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchState {
+    Ordered,
+    Accepted,
+    InProcess,
+    AwaitingRelease,
+    Released,
+    Rejected,
+    Cancelled,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Ordered => "ordered",
+            BatchState::Accepted => "accepted",
+            BatchState::InProcess => "in_process",
+            BatchState::AwaitingRelease => "awaiting_release",
+            BatchState::Released => "released",
+            BatchState::Rejected => "rejected",
+            BatchState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<BatchState> {
+        Some(match text {
+            "ordered" => BatchState::Ordered,
+            "accepted" => BatchState::Accepted,
+            "in_process" => BatchState::InProcess,
+            "awaiting_release" => BatchState::AwaitingRelease,
+            "released" => BatchState::Released,
+            "rejected" => BatchState::Rejected,
+            "cancelled" => BatchState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// No further manufacturing happens in this state.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            BatchState::Released | BatchState::Rejected | BatchState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for BatchState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the batch projection remembers besides its state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub steps_completed: BTreeSet<String>,
+    pub tests_recorded: BTreeSet<String>,
+    /// Site seqs of records QA must see first (alarms, deviations, OOS, corrections, anomalies).
+    pub exceptions: Vec<u64>,
+    /// Things the hub noticed that the site did not report as such.
+    pub anomalies: Vec<String>,
+}
+
+/// An order with its batch projection, as people see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Order {
+    pub order_id: Uuid,
+    pub batch_id: Uuid,
+    pub coi: String,
+    pub patient_pseudonym: String,
+    pub recipe_id: String,
+    pub recipe_version: u32,
+    pub site_id: String,
+    pub requested_collection_date: String,
+    pub physician: String,
+    pub created_at: DateTime<Utc>,
+    pub state: BatchState,
+    pub current_step: Option<String>,
+    pub progress: Progress,
+    pub decision_recorded: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new order, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub patient_pseudonym: String,
+    pub recipe_id: String,
+    pub site_id: String,
+    pub requested_collection_date: String,
+    pub physician: String,
+    /// Facility identification number used in COI identifiers.
+    pub facility: String,
+}
+
+/// A site event as stored at the hub.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub site_id: String,
+    pub event: SiteEvent,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The hub's evaluation of one QC result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QcRecord {
+    pub site_seq: u64,
+    pub test_id: String,
+    pub value: QcValue,
+    pub hub_outcome: Outcome,
+    pub site_outcome: Outcome,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signature {
+    pub signature_id: Uuid,
+    pub batch_id: Uuid,
+    pub signer: String,
+    pub signer_name: String,
+    pub meaning: carrel_proto::event::ReleaseMeaning,
+    pub record_sha256: String,
+    pub reason: String,
+    pub signed_at: DateTime<Utc>,
+}
+
+/// Everything the batch record is made of.
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    pub order: Order,
+    pub recipe: StoredRecipe,
+    pub events: Vec<StoredEvent>,
+    pub qc: Vec<QcRecord>,
+    pub signatures: Vec<Signature>,
+}
+
+/// Result of storing a batch of site events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// Highest seq now committed for the site (the ack to send).
+    pub acked_event_seq: u64,
+    /// How many of the events were new (the rest were repeats of stored ones).
+    pub new_events: usize,
+}
+
+/// The one interface to the hub's persistent state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // -- recipes --
+    /// Publishes a recipe version; publishing the same document again is a no-op, a
+    /// different document under an existing version is refused.
+    async fn publish_recipe(&self, recipe: &Recipe) -> Result<()>;
+    async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe>;
+    async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe>;
+    async fn list_recipes(&self) -> Result<Vec<StoredRecipe>>;
+
+    // -- people --
+    async fn add_user(&self, user: &User) -> Result<()>;
+    async fn user(&self, username: &str) -> Result<User>;
+    async fn list_users(&self) -> Result<Vec<User>>;
+    async fn create_session(
+        &self,
+        token_sha256: &str,
+        username: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// The user of a live session, or `NotFound` when unknown or expired.
+    async fn session_user(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<User>;
+    async fn delete_session(&self, token_sha256: &str) -> Result<()>;
+    async fn log_security(&self, actor: &str, action: &str, detail: &str) -> Result<()>;
+    async fn security_log_count(&self, action: &str) -> Result<u64>;
+
+    // -- sites and enrollment --
+    async fn add_site(
+        &self,
+        site_id: &str,
+        name: &str,
+        token_sha256: &str,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<Site>;
+    /// The site an unused, unexpired enrollment token belongs to.
+    async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site>;
+    /// Uses the token up and records the certificate issued with it; fails if the
+    /// token was used meanwhile.
+    async fn complete_enrollment(
+        &self,
+        site_id: &str,
+        token_sha256: &str,
+        cert_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Site>;
+    async fn site(&self, site_id: &str) -> Result<Site>;
+    async fn list_sites(&self) -> Result<Vec<Site>>;
+    async fn set_site_status(&self, site_id: &str, status: SiteStatus) -> Result<Site>;
+    async fn touch_site(&self, site_id: &str, now: DateTime<Utc>) -> Result<()>;
+
+    // -- the two logs --
+    /// Stores site events in one transaction with the projections they change.
+    /// Repeats of stored events are accepted and skipped; a gap, a changed repeat or a
+    /// record for another site's batch refuses the whole batch and stores nothing.
+    async fn ingest_events(
+        &self,
+        site_id: &str,
+        events: &[SiteEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Ingested>;
+    async fn commands_after(
+        &self,
+        site_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<HubCommand>>;
+    /// Records that the site committed every command up to `seq`.
+    async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()>;
+
+    // -- orders and release --
+    async fn create_order(&self, order: &NewOrder, now: DateTime<Utc>) -> Result<Order>;
+    async fn order(&self, order_id: Uuid) -> Result<Order>;
+    async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order>;
+    /// Orders, newest first; only one physician's when `physician` is given.
+    async fn list_orders(
+        &self,
+        physician: Option<&str>,
+        state: Option<BatchState>,
+    ) -> Result<Vec<Order>>;
+    async fn cancel_order(
+        &self,
+        order_id: Uuid,
+        reason: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Order>;
+    async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>>;
+    async fn batch_record(&self, batch_id: Uuid) -> Result<BatchRecord>;
+    /// Stores a signature, moves the batch to its final state and queues the decision
+    /// for the site, in one transaction; refused unless the batch awaits release and
+    /// its record still hashes to `signature.record_sha256`.
+    async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order>;
+}

@@ -1,0 +1,1063 @@
+//! The embedded SQLite backend of [`Store`].
+//!
+//! One file in WAL mode with `synchronous=FULL`: a transaction is on disk (fsynced)
+//! when `commit` returns. Writers are serialised by an async mutex inside the process
+//! (SQLite has one writer at a time anyway, and taking the lock up front avoids
+//! deadlocking read-to-write upgrades); readers run concurrently from the pool.
+
+use super::*;
+use crate::batch::Projection;
+use crate::record::record_sha256;
+use carrel_proto::coi::Coi;
+use carrel_proto::event::{CommandKind, ReleaseMeaning};
+use chrono::{Datelike, SecondsFormat};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Mutex as SyncMutex;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write_lock: Mutex<()>,
+    /// Recipes are immutable once published, so they are cached by (id, version).
+    recipes: SyncMutex<HashMap<(String, u32), StoredRecipe>>,
+}
+
+pub(crate) fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::Corrupt(format!("timestamp {text:?}: {e}")))
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| Error::Corrupt(format!("id {text:?}: {e}")))
+}
+
+fn u64_of(row: &SqliteRow, col: &str) -> Result<u64> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| Error::Corrupt(format!("{col} is negative")))
+}
+
+fn i64_of(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Invalid(format!("{v} is too large")))
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User> {
+    let role: String = row.try_get("role")?;
+    Ok(User {
+        username: row.try_get("username")?,
+        full_name: row.try_get("full_name")?,
+        role: Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("unknown role {role:?}")))?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        password_hash: row.try_get("password_hash")?,
+    })
+}
+
+fn site_from_row(row: &SqliteRow) -> Result<Site> {
+    let status: String = row.try_get("status")?;
+    let last_contact: Option<String> = row.try_get("last_contact_at")?;
+    Ok(Site {
+        site_id: row.try_get("site_id")?,
+        name: row.try_get("name")?,
+        status: SiteStatus::parse(&status)?,
+        cert_sha256: row.try_get("cert_sha256")?,
+        acked_event_seq: u64_of(row, "acked_event_seq")?,
+        last_command_seq: u64_of(row, "last_command_seq")?,
+        acked_command_seq: u64_of(row, "acked_command_seq")?,
+        last_contact_at: last_contact.as_deref().map(parse_ts).transpose()?,
+    })
+}
+
+const ORDER_COLUMNS: &str =
+    "o.order_id, o.batch_id, o.coi, o.patient_pseudonym, o.recipe_id, o.recipe_version, \
+     o.site_id, o.requested_collection_date, o.physician, o.created_at, \
+     b.state, b.current_step, b.progress, b.decision_recorded, b.updated_at \
+     FROM orders o JOIN batches b ON b.batch_id = o.batch_id";
+
+fn order_from_row(row: &SqliteRow) -> Result<Order> {
+    let state: String = row.try_get("state")?;
+    let progress: String = row.try_get("progress")?;
+    Ok(Order {
+        order_id: parse_uuid(&row.try_get::<String, _>("order_id")?)?,
+        batch_id: parse_uuid(&row.try_get::<String, _>("batch_id")?)?,
+        coi: row.try_get("coi")?,
+        patient_pseudonym: row.try_get("patient_pseudonym")?,
+        recipe_id: row.try_get("recipe_id")?,
+        recipe_version: u32::try_from(row.try_get::<i64, _>("recipe_version")?)
+            .map_err(|_| Error::Corrupt("recipe version out of range".into()))?,
+        site_id: row.try_get("site_id")?,
+        requested_collection_date: row.try_get("requested_collection_date")?,
+        physician: row.try_get("physician")?,
+        created_at: parse_ts(&row.try_get::<String, _>("created_at")?)?,
+        state: BatchState::parse(&state)
+            .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
+        current_step: row.try_get("current_step")?,
+        progress: serde_json::from_str(&progress)
+            .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
+        decision_recorded: row.try_get::<i64, _>("decision_recorded")? != 0,
+        updated_at: parse_ts(&row.try_get::<String, _>("updated_at")?)?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
+    let body: String = row.try_get("body")?;
+    Ok(StoredEvent {
+        site_id: row.try_get("site_id")?,
+        event: serde_json::from_str(&body)
+            .map_err(|e| Error::Corrupt(format!("site event: {e}")))?,
+        received_at: parse_ts(&row.try_get::<String, _>("received_at")?)?,
+    })
+}
+
+fn recipe_from_row(row: &SqliteRow) -> Result<StoredRecipe> {
+    let document: String = row.try_get("document")?;
+    let recipe =
+        Recipe::from_json(&document).map_err(|e| Error::Corrupt(format!("stored recipe: {e}")))?;
+    Ok(StoredRecipe {
+        sha256: row.try_get("sha256")?,
+        canonical_json: document,
+        recipe,
+    })
+}
+
+fn outcome_str(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Pass => "pass",
+        Outcome::OutOfSpecification => "out_of_specification",
+    }
+}
+
+fn parse_outcome(text: &str) -> Result<Outcome> {
+    match text {
+        "pass" => Ok(Outcome::Pass),
+        "out_of_specification" => Ok(Outcome::OutOfSpecification),
+        other => Err(Error::Corrupt(format!("unknown QC outcome {other:?}"))),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs the embedded migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::open_with(options).await
+    }
+
+    /// Opens from a `sqlite://` URL.
+    pub async fn open_url(url: &str) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::open_with(options).await
+    }
+
+    async fn open_with(options: SqliteConnectOptions) -> Result<SqliteStore> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let check: String = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_one(&pool)
+            .await?;
+        if check != "ok" {
+            return Err(Error::Corrupt(format!(
+                "database integrity check failed: {check}"
+            )));
+        }
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore {
+            pool,
+            write_lock: Mutex::new(()),
+            recipes: SyncMutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn recipe_in(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        recipe_id: &str,
+        version: u32,
+    ) -> Result<StoredRecipe> {
+        if let Some(found) = self.cached_recipe(recipe_id, version) {
+            return Ok(found);
+        }
+        let row =
+            sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? AND version = ?")
+                .bind(recipe_id)
+                .bind(version as i64)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
+        let stored = recipe_from_row(&row)?;
+        self.cache_recipe(&stored);
+        Ok(stored)
+    }
+
+    fn cached_recipe(&self, recipe_id: &str, version: u32) -> Option<StoredRecipe> {
+        let cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&(recipe_id.to_owned(), version)).cloned()
+    }
+
+    fn cache_recipe(&self, stored: &StoredRecipe) {
+        let mut cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(
+            (stored.recipe.id.clone(), stored.recipe.version),
+            stored.clone(),
+        );
+    }
+
+    async fn site_in(tx: &mut Transaction<'_, Sqlite>, site_id: &str) -> Result<Site> {
+        let row = sqlx::query("SELECT * FROM sites WHERE site_id = ?")
+            .bind(site_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
+        site_from_row(&row)
+    }
+
+    async fn order_in(tx: &mut Transaction<'_, Sqlite>, column: &str, id: Uuid) -> Result<Order> {
+        let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} WHERE o.{column} = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{} {id}", column.trim_end_matches("_id"))))?;
+        order_from_row(&row)
+    }
+
+    async fn events_of_batch<'e, E>(executor: E, batch_id: Uuid) -> Result<Vec<StoredEvent>>
+    where
+        E: sqlx::Executor<'e, Database = Sqlite>,
+    {
+        sqlx::query("SELECT site_id, body, received_at FROM site_events WHERE batch_id = ? ORDER BY site_id, seq")
+            .bind(batch_id.to_string())
+            .fetch_all(executor)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    /// Appends a command to a site's log inside `tx`; returns its seq.
+    async fn append_command(
+        tx: &mut Transaction<'_, Sqlite>,
+        site_id: &str,
+        batch_id: Uuid,
+        kind: CommandKind,
+        now: DateTime<Utc>,
+    ) -> Result<HubCommand> {
+        let site = Self::site_in(tx, site_id).await?;
+        let command = HubCommand {
+            seq: site.last_command_seq + 1,
+            command_id: Uuid::now_v7(),
+            issued_at: now,
+            batch_id,
+            kind,
+        };
+        sqlx::query(
+            "INSERT INTO hub_commands (site_id, seq, command_id, batch_id, kind, issued_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(site_id)
+        .bind(i64_of(command.seq)?)
+        .bind(command.command_id.to_string())
+        .bind(batch_id.to_string())
+        .bind(command.kind.name())
+        .bind(ts(now))
+        .bind(command.canonical_json())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE sites SET last_command_seq = ? WHERE site_id = ?")
+            .bind(i64_of(command.seq)?)
+            .bind(site_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(command)
+    }
+
+    async fn save_projection(
+        tx: &mut Transaction<'_, Sqlite>,
+        batch_id: Uuid,
+        p: &Projection,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET state = ?, current_step = ?, progress = ?, decision_recorded = ?, updated_at = ? WHERE batch_id = ?",
+        )
+        .bind(p.state.as_str())
+        .bind(p.current_step.as_deref())
+        .bind(serde_json::to_string(&p.progress).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .bind(p.decision_recorded as i64)
+        .bind(ts(now))
+        .bind(batch_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+fn projection_of(order: &Order) -> Projection {
+    Projection {
+        state: order.state,
+        current_step: order.current_step.clone(),
+        progress: order.progress.clone(),
+        decision_recorded: order.decision_recorded,
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn publish_recipe(&self, recipe: &Recipe) -> Result<()> {
+        recipe
+            .validate()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let sha = recipe.sha256();
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT sha256 FROM recipes WHERE recipe_id = ? AND version = ?")
+                .bind(&recipe.id)
+                .bind(recipe.version as i64)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match existing {
+            Some(stored) if stored == sha => return Ok(()),
+            Some(stored) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "recipe {} v{} is already published with SHA-256 {stored}; a changed process needs a new version",
+                    recipe.id, recipe.version
+                )))
+            }
+            None => {}
+        }
+        sqlx::query("INSERT INTO recipes (recipe_id, version, title, sha256, document, published_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&recipe.id)
+            .bind(recipe.version as i64)
+            .bind(&recipe.title)
+            .bind(&sha)
+            .bind(recipe.to_canonical_json())
+            .bind(ts(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
+        let mut tx = self.pool.begin().await?;
+        let found = self.recipe_in(&mut tx, recipe_id, version).await;
+        tx.commit().await?;
+        found
+    }
+
+    async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe> {
+        let row = sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? ORDER BY version DESC LIMIT 1")
+            .bind(recipe_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("product (recipe) {recipe_id:?}")))?;
+        recipe_from_row(&row)
+    }
+
+    async fn list_recipes(&self) -> Result<Vec<StoredRecipe>> {
+        sqlx::query("SELECT sha256, document FROM recipes ORDER BY recipe_id, version")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(recipe_from_row)
+            .collect()
+    }
+
+    async fn add_user(&self, user: &User) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        let done = sqlx::query(
+            "INSERT INTO users (username, full_name, role, password_hash, disabled, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&user.username)
+        .bind(&user.full_name)
+        .bind(user.role.as_str())
+        .bind(&user.password_hash)
+        .bind(user.disabled as i64)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::AlreadyExists(format!("user {:?}", user.username)));
+        }
+        Ok(())
+    }
+
+    async fn user(&self, username: &str) -> Result<User> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {username:?}")))?;
+        user_from_row(&row)
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>> {
+        sqlx::query("SELECT * FROM users ORDER BY username")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(user_from_row)
+            .collect()
+    }
+
+    async fn create_session(
+        &self,
+        token_sha256: &str,
+        username: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO sessions (token_sha256, username, created_at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(token_sha256)
+            .bind(username)
+            .bind(ts(now))
+            .bind(ts(expires_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session_user(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<User> {
+        let row = sqlx::query(
+            "SELECT u.* FROM sessions s JOIN users u ON u.username = s.username WHERE s.token_sha256 = ? AND s.expires_at > ?",
+        )
+        .bind(token_sha256)
+        .bind(ts(now))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound("session".into()))?;
+        user_from_row(&row)
+    }
+
+    async fn delete_session(&self, token_sha256: &str) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        sqlx::query("DELETE FROM sessions WHERE token_sha256 = ?")
+            .bind(token_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn log_security(&self, actor: &str, action: &str, detail: &str) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        sqlx::query("INSERT INTO security_log (at, actor, action, detail) VALUES (?, ?, ?, ?)")
+            .bind(ts(Utc::now()))
+            .bind(actor)
+            .bind(action)
+            .bind(detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn security_log_count(&self, action: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM security_log WHERE action = ?")
+            .bind(action)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn add_site(
+        &self,
+        site_id: &str,
+        name: &str,
+        token_sha256: &str,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<Site> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO sites (site_id, name, status, token_sha256, token_expires_at, created_at) VALUES (?, ?, 'pending', ?, ?, ?) \
+             ON CONFLICT (site_id) DO NOTHING",
+        )
+        .bind(site_id)
+        .bind(name)
+        .bind(token_sha256)
+        .bind(ts(token_expires_at))
+        .bind(ts(Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::AlreadyExists(format!("site {site_id:?}")));
+        }
+        let site = Self::site_in(&mut tx, site_id).await?;
+        tx.commit().await?;
+        Ok(site)
+    }
+
+    async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site> {
+        let row = sqlx::query("SELECT * FROM sites WHERE token_sha256 = ?")
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| {
+                Error::PermissionDenied("enrollment token is unknown or was already used".into())
+            })?;
+        let expires: Option<String> = row.try_get("token_expires_at")?;
+        match expires.as_deref().map(parse_ts).transpose()? {
+            Some(at) if at > now => site_from_row(&row),
+            _ => Err(Error::PermissionDenied(
+                "enrollment token has expired".into(),
+            )),
+        }
+    }
+
+    async fn complete_enrollment(
+        &self,
+        site_id: &str,
+        token_sha256: &str,
+        cert_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Site> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE sites SET token_sha256 = NULL, token_expires_at = NULL, cert_sha256 = ?, \
+             status = CASE WHEN status = 'pending' THEN 'active' ELSE status END \
+             WHERE site_id = ? AND token_sha256 = ? AND token_expires_at > ?",
+        )
+        .bind(cert_sha256)
+        .bind(site_id)
+        .bind(token_sha256)
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::PermissionDenied(
+                "enrollment token is unknown, expired or was already used".into(),
+            ));
+        }
+        let site = Self::site_in(&mut tx, site_id).await?;
+        tx.commit().await?;
+        Ok(site)
+    }
+
+    async fn site(&self, site_id: &str) -> Result<Site> {
+        let mut tx = self.pool.begin().await?;
+        let site = Self::site_in(&mut tx, site_id).await;
+        tx.commit().await?;
+        site
+    }
+
+    async fn list_sites(&self) -> Result<Vec<Site>> {
+        sqlx::query("SELECT * FROM sites ORDER BY site_id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(site_from_row)
+            .collect()
+    }
+
+    async fn set_site_status(&self, site_id: &str, status: SiteStatus) -> Result<Site> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let site = Self::site_in(&mut tx, site_id).await?;
+        if status == SiteStatus::Active && site.cert_sha256.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "site {site_id:?} has not enrolled yet; it becomes active when its agent enrolls"
+            )));
+        }
+        sqlx::query("UPDATE sites SET status = ? WHERE site_id = ?")
+            .bind(status.as_str())
+            .bind(site_id)
+            .execute(&mut *tx)
+            .await?;
+        let site = Self::site_in(&mut tx, site_id).await?;
+        tx.commit().await?;
+        Ok(site)
+    }
+
+    async fn touch_site(&self, site_id: &str, now: DateTime<Utc>) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        sqlx::query("UPDATE sites SET last_contact_at = ? WHERE site_id = ?")
+            .bind(ts(now))
+            .bind(site_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ingest_events(
+        &self,
+        site_id: &str,
+        events: &[SiteEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Ingested> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let site = Self::site_in(&mut tx, site_id).await?;
+        let mut cursor = site.acked_event_seq;
+        let mut new_events = 0;
+        // Batches touched in this transaction, with their projection, saved once at the end.
+        let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
+        for event in events {
+            if event.seq <= cursor {
+                let stored: Option<String> = sqlx::query_scalar(
+                    "SELECT body FROM site_events WHERE site_id = ? AND seq = ?",
+                )
+                .bind(site_id)
+                .bind(i64_of(event.seq)?)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match stored {
+                    Some(body) if body == event.canonical_json() => continue,
+                    Some(_) => {
+                        return Err(Error::Protocol(format!(
+                            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
+                            event.seq
+                        )))
+                    }
+                    None => return Err(Error::Corrupt(format!("site {site_id} event {} is missing below the cursor", event.seq))),
+                }
+            }
+            if event.seq != cursor + 1 {
+                return Err(Error::Protocol(format!(
+                    "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
+                    event.seq,
+                    cursor + 1
+                )));
+            }
+            if !touched.contains_key(&event.batch_id) {
+                let order = match Self::order_in(&mut tx, "batch_id", event.batch_id).await {
+                    Ok(order) => order,
+                    Err(Error::NotFound(_)) => {
+                        return Err(Error::PermissionDenied(format!(
+                            "event seq {} is for batch {}, which the hub never ordered",
+                            event.seq, event.batch_id
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                };
+                if order.site_id != site_id {
+                    return Err(Error::PermissionDenied(format!(
+                        "event seq {} is for batch {}, which belongs to another site",
+                        event.seq, event.batch_id
+                    )));
+                }
+                let projection = projection_of(&order);
+                touched.insert(event.batch_id, (order, projection));
+            }
+            let (order, projection) = touched.get_mut(&event.batch_id).expect("inserted above");
+            let recipe = self
+                .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
+                .await?;
+            sqlx::query(
+                "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(site_id)
+            .bind(i64_of(event.seq)?)
+            .bind(event.event_id.to_string())
+            .bind(event.batch_id.to_string())
+            .bind(event.kind.name())
+            .bind(ts(event.recorded_at))
+            .bind(ts(now))
+            .bind(event.canonical_json())
+            .execute(&mut *tx)
+            .await?;
+            if let Some(qc) = projection.apply(event, &recipe.recipe, &recipe.sha256) {
+                sqlx::query(
+                    "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(event.batch_id.to_string())
+                .bind(site_id)
+                .bind(i64_of(qc.site_seq)?)
+                .bind(&qc.test_id)
+                .bind(serde_json::to_string(&qc.value).map_err(|e| Error::Corrupt(e.to_string()))?)
+                .bind(outcome_str(qc.hub_outcome))
+                .bind(outcome_str(qc.site_outcome))
+                .bind(&qc.reason)
+                .execute(&mut *tx)
+                .await?;
+            }
+            cursor = event.seq;
+            new_events += 1;
+        }
+        for (batch_id, (_, projection)) in &touched {
+            Self::save_projection(&mut tx, *batch_id, projection, now).await?;
+        }
+        sqlx::query("UPDATE sites SET acked_event_seq = ?, last_contact_at = ? WHERE site_id = ?")
+            .bind(i64_of(cursor)?)
+            .bind(ts(now))
+            .bind(site_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ingested {
+            acked_event_seq: cursor,
+            new_events,
+        })
+    }
+
+    async fn commands_after(
+        &self,
+        site_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<HubCommand>> {
+        sqlx::query(
+            "SELECT body FROM hub_commands WHERE site_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(site_id)
+        .bind(i64_of(after_seq)?)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            let body: String = row.try_get("body")?;
+            serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("hub command: {e}")))
+        })
+        .collect()
+    }
+
+    async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let site = Self::site_in(&mut tx, site_id).await?;
+        if seq > site.last_command_seq {
+            return Err(Error::Protocol(format!(
+                "site acknowledged command {seq}, but the hub issued only {} commands to it",
+                site.last_command_seq
+            )));
+        }
+        sqlx::query(
+            "UPDATE sites SET acked_command_seq = MAX(acked_command_seq, ?) WHERE site_id = ?",
+        )
+        .bind(i64_of(seq)?)
+        .bind(site_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_order(&self, new: &NewOrder, now: DateTime<Utc>) -> Result<Order> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let site = match Self::site_in(&mut tx, &new.site_id).await {
+            Err(Error::NotFound(_)) => {
+                return Err(Error::Invalid(format!(
+                    "site {:?} is not known to the hub",
+                    new.site_id
+                )))
+            }
+            other => other?,
+        };
+        if site.status != SiteStatus::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "site {:?} is {} and cannot take orders",
+                site.site_id,
+                site.status.as_str()
+            )));
+        }
+        let row = sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? ORDER BY version DESC LIMIT 1")
+            .bind(&new.recipe_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("product (recipe) {:?} is not known to the hub", new.recipe_id)))?;
+        let recipe = recipe_from_row(&row)?;
+        let year = now.year();
+        let serial: i64 = sqlx::query_scalar(
+            "INSERT INTO coi_serials (facility, year, last) VALUES (?, ?, 1) \
+             ON CONFLICT (facility, year) DO UPDATE SET last = last + 1 RETURNING last",
+        )
+        .bind(&new.facility)
+        .bind(year as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        if serial >= 1_000_000 {
+            return Err(Error::FailedPrecondition(format!(
+                "COI serials for facility {} in {year} are exhausted",
+                new.facility
+            )));
+        }
+        let coi = Coi::new(&new.facility, year as u16, serial as u32)
+            .map_err(|e| Error::Invalid(format!("facility id: {e}")))?;
+        let order_id = Uuid::now_v7();
+        let batch_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO orders (order_id, batch_id, coi, patient_pseudonym, recipe_id, recipe_version, site_id, \
+             requested_collection_date, physician, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(order_id.to_string())
+        .bind(batch_id.to_string())
+        .bind(coi.as_str())
+        .bind(&new.patient_pseudonym)
+        .bind(&recipe.recipe.id)
+        .bind(recipe.recipe.version as i64)
+        .bind(&new.site_id)
+        .bind(&new.requested_collection_date)
+        .bind(&new.physician)
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO batches (batch_id, site_id, state, current_step, progress, decision_recorded, updated_at) \
+             VALUES (?, ?, ?, NULL, ?, 0, ?)",
+        )
+        .bind(batch_id.to_string())
+        .bind(&new.site_id)
+        .bind(BatchState::Ordered.as_str())
+        .bind(serde_json::to_string(&Progress::default()).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?;
+        Self::append_command(
+            &mut tx,
+            &new.site_id,
+            batch_id,
+            CommandKind::BatchOrder {
+                order_id,
+                coi: coi.to_string(),
+                patient_pseudonym: new.patient_pseudonym.clone(),
+                requested_collection_date: new.requested_collection_date.clone(),
+                recipe_id: recipe.recipe.id.clone(),
+                recipe_version: recipe.recipe.version,
+                recipe_json: recipe.canonical_json.clone(),
+                recipe_sha256: recipe.sha256.clone(),
+            },
+            now,
+        )
+        .await?;
+        let order = Self::order_in(&mut tx, "order_id", order_id).await?;
+        tx.commit().await?;
+        Ok(order)
+    }
+
+    async fn order(&self, order_id: Uuid) -> Result<Order> {
+        let mut tx = self.pool.begin().await?;
+        let order = Self::order_in(&mut tx, "order_id", order_id).await;
+        tx.commit().await?;
+        order
+    }
+
+    async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order> {
+        let mut tx = self.pool.begin().await?;
+        let order = Self::order_in(&mut tx, "batch_id", batch_id).await;
+        tx.commit().await?;
+        order
+    }
+
+    async fn list_orders(
+        &self,
+        physician: Option<&str>,
+        state: Option<BatchState>,
+    ) -> Result<Vec<Order>> {
+        sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE (?1 IS NULL OR o.physician = ?1) AND (?2 IS NULL OR b.state = ?2) \
+             ORDER BY o.created_at DESC, o.order_id DESC"
+        ))
+        .bind(physician)
+        .bind(state.map(|s| s.as_str()))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(order_from_row)
+        .collect()
+    }
+
+    async fn cancel_order(
+        &self,
+        order_id: Uuid,
+        reason: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Order> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let order = Self::order_in(&mut tx, "order_id", order_id).await?;
+        if order.state.is_final() || order.state == BatchState::AwaitingRelease {
+            return Err(Error::FailedPrecondition(format!(
+                "order {order_id} is {}; only an order still in manufacturing can be cancelled (a finished batch is rejected by QA instead)",
+                order.state
+            )));
+        }
+        let mut projection = projection_of(&order);
+        projection.state = BatchState::Cancelled;
+        projection.current_step = None;
+        Self::save_projection(&mut tx, order.batch_id, &projection, now).await?;
+        Self::append_command(
+            &mut tx,
+            &order.site_id,
+            order.batch_id,
+            CommandKind::CancelBatch {
+                reason: reason.to_owned(),
+                cancelled_by: by.to_owned(),
+            },
+            now,
+        )
+        .await?;
+        let order = Self::order_in(&mut tx, "order_id", order_id).await?;
+        tx.commit().await?;
+        Ok(order)
+    }
+
+    async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
+        Self::events_of_batch(&self.pool, batch_id).await
+    }
+
+    async fn batch_record(&self, batch_id: Uuid) -> Result<BatchRecord> {
+        // One read transaction, so the parts agree with each other.
+        let mut tx = self.pool.begin().await?;
+        let order = Self::order_in(&mut tx, "batch_id", batch_id).await?;
+        let recipe = self
+            .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
+            .await?;
+        let events = Self::events_of_batch(&mut *tx, batch_id).await?;
+        let qc = sqlx::query("SELECT * FROM qc_results WHERE batch_id = ? ORDER BY site_seq")
+            .bind(batch_id.to_string())
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                let value: String = row.try_get("value")?;
+                Ok(QcRecord {
+                    site_seq: u64_of(row, "site_seq")?,
+                    test_id: row.try_get("test_id")?,
+                    value: serde_json::from_str(&value)
+                        .map_err(|e| Error::Corrupt(format!("QC value: {e}")))?,
+                    hub_outcome: parse_outcome(&row.try_get::<String, _>("hub_outcome")?)?,
+                    site_outcome: parse_outcome(&row.try_get::<String, _>("site_outcome")?)?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let signatures =
+            sqlx::query("SELECT * FROM signatures WHERE batch_id = ? ORDER BY signed_at")
+                .bind(batch_id.to_string())
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| {
+                    let meaning: String = row.try_get("meaning")?;
+                    Ok(Signature {
+                        signature_id: parse_uuid(&row.try_get::<String, _>("signature_id")?)?,
+                        batch_id,
+                        signer: row.try_get("signer")?,
+                        signer_name: row.try_get("signer_name")?,
+                        meaning: ReleaseMeaning::parse(&meaning).ok_or_else(|| {
+                            Error::Corrupt(format!("unknown meaning {meaning:?}"))
+                        })?,
+                        record_sha256: row.try_get("record_sha256")?,
+                        reason: row.try_get("reason")?,
+                        signed_at: parse_ts(&row.try_get::<String, _>("signed_at")?)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(BatchRecord {
+            order,
+            recipe,
+            events,
+            qc,
+            signatures,
+        })
+    }
+
+    async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let order = Self::order_in(&mut tx, "batch_id", signature.batch_id).await?;
+        if order.state != BatchState::AwaitingRelease {
+            return Err(Error::FailedPrecondition(format!(
+                "batch {} is {}, not awaiting release; only a batch whose record is complete can be released or rejected",
+                order.batch_id, order.state
+            )));
+        }
+        let recipe = self
+            .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
+            .await?;
+        let events = Self::events_of_batch(&mut *tx, order.batch_id).await?;
+        let current = record_sha256(&order, &recipe.sha256, &events);
+        if current != signature.record_sha256 {
+            return Err(Error::FailedPrecondition(format!(
+                "the batch record changed since it was reviewed (reviewed {}, now {current}); review it again before signing",
+                signature.record_sha256
+            )));
+        }
+        let operators: Vec<String> = events.iter().map(|e| e.event.recorded_by.clone()).collect();
+        if operators.contains(&signature.signer) {
+            return Err(Error::PermissionDenied(format!(
+                "{} recorded part of this batch and may not release it",
+                signature.signer
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(signature.signature_id.to_string())
+        .bind(signature.batch_id.to_string())
+        .bind(&signature.signer)
+        .bind(&signature.signer_name)
+        .bind(signature.meaning.as_str())
+        .bind(&signature.record_sha256)
+        .bind(&signature.reason)
+        .bind(ts(signature.signed_at))
+        .execute(&mut *tx)
+        .await?;
+        let mut projection = projection_of(&order);
+        projection.state = match signature.meaning {
+            ReleaseMeaning::Released => BatchState::Released,
+            ReleaseMeaning::Rejected => BatchState::Rejected,
+        };
+        Self::save_projection(&mut tx, order.batch_id, &projection, now).await?;
+        Self::append_command(
+            &mut tx,
+            &order.site_id,
+            order.batch_id,
+            CommandKind::ReleaseDecision {
+                signature_id: signature.signature_id,
+                meaning: signature.meaning,
+                signer: signature.signer.clone(),
+                signer_name: signature.signer_name.clone(),
+                signed_at: signature.signed_at,
+                record_sha256: signature.record_sha256.clone(),
+                reason: signature.reason.clone(),
+            },
+            now,
+        )
+        .await?;
+        let order = Self::order_in(&mut tx, "batch_id", order.batch_id).await?;
+        tx.commit().await?;
+        Ok(order)
+    }
+}

@@ -1,0 +1,98 @@
+//! The Carrel site agent: runs next to a hospital site's manufacturing equipment.
+//!
+//! It receives batch orders from the hub, runs each pinned recipe on the site's
+//! instrument (this build: a simulator that behaves like one), records every event in
+//! its own SQLite store first, and replicates that log to the hub over one outbound
+//! mutual-TLS gRPC stream. It keeps manufacturing and recording while the network is
+//! down, and catches up when the link returns. It never accepts connections from the hub.
+//!
+//! Map: [`identity`] enrolls the site and holds its key and certificates; [`tls`]
+//! builds the TLS client; [`link`] replicates both logs; [`store`] is the local log
+//! and batch projection; [`executor`] runs recipes; [`simulator`] is the instrument.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod executor;
+pub mod identity;
+pub mod link;
+pub mod simulator;
+pub mod store;
+pub mod tls;
+
+pub use config::Config;
+
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A running agent.
+pub struct Running {
+    pub site_id: String,
+    pub store: Arc<store::Store>,
+    pub link_state: watch::Receiver<link::LinkState>,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    /// Waits until the agent's tasks have stopped (after shutdown).
+    pub async fn wait(self) {
+        self.tasks.wait().await;
+        self.store.close().await;
+    }
+}
+
+/// Starts the link and the executor; both stop when `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    config.validate()?;
+    let identity = identity::Identity::load(&config.data_dir)?;
+    let tls = tls::mtls_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
+    let db = config.data_dir.join("agent.db");
+    let store = Arc::new(
+        store::Store::open(&db)
+            .await
+            .with_context(|| format!("opening the site store {}", db.display()))?,
+    );
+    let (state, link_state) = watch::channel(link::LinkState::default());
+    let link = link::Link {
+        store: store.clone(),
+        hub: config.hub.clone(),
+        tls,
+        reconnect_min: Duration::from_millis(config.reconnect_min_ms),
+        reconnect_max: Duration::from_millis(config.reconnect_max_ms),
+        heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
+        events_per_message: config.events_per_message,
+        state,
+    };
+    let tasks = TaskTracker::new();
+    tasks.spawn(link.run(shutdown.clone()));
+    tasks.spawn(executor::run(
+        store.clone(),
+        config.simulator.clone(),
+        shutdown,
+    ));
+    tasks.close();
+    tracing::info!(site_id = %identity.site_id, hub = %config.hub, "site agent running");
+    Ok(Running {
+        site_id: identity.site_id,
+        store,
+        link_state,
+        tasks,
+    })
+}
+
+/// Writes the agent's config file in a data directory (at enrollment).
+pub fn write_config(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join(Config::FILE);
+    let mut text =
+        String::from("# Carrel site agent configuration (written at enrollment; edit freely).\n");
+    let mut to_write = config.clone();
+    // The data directory is where this file lives; it is given on the command line.
+    to_write.data_dir = std::path::PathBuf::new();
+    let body = toml::to_string_pretty(&to_write)?;
+    text.push_str(&body.replace("data_dir = \"\"\n", ""));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The link to the hub: one outbound mutual-TLS gRPC stream that replicates the
+//! site's event log up and the hub's command log down (invariant 3).
+//!
+//! Architecture invariants: the agent dials, never listens for the hub; an event is
+//! sent only after it is committed locally; a command is acknowledged only after it
+//! is committed locally; after any disconnect both sides resume from the cursor the
+//! other acknowledged, so nothing is lost and nothing is applied twice.
+
+use crate::store::Store;
+use crate::tls;
+use carrel_proto::event::HubCommand;
+use carrel_proto::pb;
+use carrel_proto::pb::{hub_message, site_message};
+use rand::Rng;
+use rustls::ClientConfig;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+/// Events sent but not yet acknowledged, at most.
+const WINDOW: u64 = 2_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    #[error("hub: {code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    #[error("local store: {0}")]
+    Store(#[from] crate::store::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("nothing heard from the hub for {0:?}")]
+    Silent(Duration),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        Error::Status {
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
+    }
+}
+
+/// What the rest of the agent can see of the link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkState {
+    pub connected: bool,
+    pub hub_acked_event_seq: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct Link {
+    pub store: Arc<Store>,
+    pub hub: String,
+    pub tls: Arc<ClientConfig>,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub heartbeat_timeout: Duration,
+    pub events_per_message: usize,
+    pub state: watch::Sender<LinkState>,
+}
+
+impl Link {
+    /// Keeps the link up until `shutdown`: reconnects with exponential backoff and jitter.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = self.reconnect_min;
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = self.session(&shutdown) => result,
+            };
+            self.state.send_modify(|s| s.connected = false);
+            match result {
+                Ok(()) => tracing::info!("link to the hub closed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "link to the hub lost");
+                    self.state
+                        .send_modify(|s| s.last_error = Some(e.to_string()));
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            // A link that stayed up a while starts the backoff again.
+            if started.elapsed() > self.reconnect_max {
+                backoff = self.reconnect_min;
+            }
+            let jitter = rand::thread_rng().gen_range(0.5..1.0);
+            let delay = backoff.mul_f64(jitter);
+            tracing::debug!(?delay, "reconnecting");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            backoff = (backoff * 2).min(self.reconnect_max);
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), Error> {
+        let channel = tls::connect(&self.hub, self.tls.clone(), Duration::from_secs(10)).await?;
+        let mut client = pb::site_link_service_client::SiteLinkServiceClient::new(channel);
+        let (out, out_rx) = mpsc::channel::<pb::SiteMessage>(16);
+        let send = |body| {
+            let out = out.clone();
+            async move {
+                out.send(pb::SiteMessage { body: Some(body) })
+                    .await
+                    .map_err(|_| Error::Protocol("outbound stream closed".into()))
+            }
+        };
+        let last_event_seq = self.store.last_event_seq().await?;
+        send(site_message::Body::Hello(pb::Hello {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            acked_command_seq: self.store.last_command_seq().await?,
+            last_event_seq,
+        }))
+        .await?;
+        let mut inbound = client.sync(ReceiverStream::new(out_rx)).await?.into_inner();
+        let welcome = match tokio::time::timeout(self.heartbeat_timeout, inbound.message()).await {
+            Err(_) => return Err(Error::Silent(self.heartbeat_timeout)),
+            Ok(message) => match message?.and_then(|m| m.body) {
+                Some(hub_message::Body::Welcome(w)) => w,
+                _ => {
+                    return Err(Error::Protocol(
+                        "the hub's first message was not Welcome".into(),
+                    ))
+                }
+            },
+        };
+        if welcome.acked_event_seq > last_event_seq {
+            return Err(Error::Protocol(format!(
+                "the hub holds {} events of this site but the local store only {last_event_seq}: \
+                 the local store was replaced or restored from an old backup",
+                welcome.acked_event_seq
+            )));
+        }
+        let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+        let mut acked = welcome.acked_event_seq;
+        let mut sent = acked;
+        self.store.set_hub_acked(acked).await?;
+        self.state.send_modify(|s| {
+            s.connected = true;
+            s.hub_acked_event_seq = acked;
+            s.last_error = None;
+        });
+        tracing::info!(site_id = %welcome.site_id, hub_acked = acked, local_last = last_event_seq, "link to the hub up");
+
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        loop {
+            // Send what is committed locally and not yet sent, within the window.
+            while sent - acked < WINDOW {
+                let limit = self
+                    .events_per_message
+                    .min((WINDOW - (sent - acked)) as usize);
+                let events = self.store.events_after(sent, limit).await?;
+                let Some(last) = events.last() else { break };
+                sent = last.seq;
+                send(site_message::Body::Events(pb::SiteEventBatch {
+                    events: events.iter().map(pb::SiteEvent::from).collect(),
+                }))
+                .await?;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = self.store.appended() => {}
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > self.heartbeat_timeout {
+                        return Err(Error::Silent(self.heartbeat_timeout));
+                    }
+                    send(site_message::Body::Heartbeat(pb::Heartbeat {
+                        sent_at_unix_ms: chrono::Utc::now().timestamp_millis() as u64,
+                    })).await?;
+                }
+                message = inbound.message() => {
+                    last_heard = Instant::now();
+                    let Some(message) = message? else { return Ok(()) };
+                    match message.body {
+                        Some(hub_message::Body::Commands(batch)) => {
+                            let mut last = None;
+                            for wire in batch.commands {
+                                let seq = wire.seq;
+                                let command = HubCommand::try_from(wire)
+                                    .map_err(|e| Error::Protocol(format!("hub command {seq}: {e}")))?;
+                                let applied = self.store.apply_command(&command).await?;
+                                tracing::info!(seq, kind = command.kind.name(), batch_id = %command.batch_id, ?applied, "hub command committed");
+                                last = Some(seq);
+                            }
+                            if let Some(seq) = last {
+                                send(site_message::Body::CommandAck(pb::CommandAck { seq })).await?;
+                            }
+                        }
+                        Some(hub_message::Body::EventAck(ack)) => {
+                            if ack.seq > sent || ack.seq < acked {
+                                return Err(Error::Protocol(format!(
+                                    "hub acknowledged event {} but {acked}..={sent} was expected", ack.seq
+                                )));
+                            }
+                            acked = ack.seq;
+                            self.store.set_hub_acked(acked).await?;
+                            self.state.send_modify(|s| s.hub_acked_event_seq = acked);
+                        }
+                        Some(hub_message::Body::Heartbeat(_)) => {}
+                        Some(hub_message::Body::Welcome(_)) => {
+                            return Err(Error::Protocol("a second Welcome on one stream".into()));
+                        }
+                        None => return Err(Error::Protocol("a hub message without a body".into())),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,629 @@
+//! The site agent's local store: what we keep, and why it is durable.
+//!
+//! What we store: the site's own **event log** (seq 1, 2, 3... without gaps), every
+//! **hub command** the site has committed (by the hub's seq), and the **local batch
+//! projection** derived from both, in the same transaction as the record it derives
+//! from. Everything the site records goes here first, then to the hub (invariant 2).
+//!
+//! Why it is durable: SQLite in WAL mode with `synchronous=FULL`, so a record is on
+//! disk when `append` or `apply_command` returns; only then is it shown, acted on, or
+//! acknowledged to the hub. Writers are serialised in-process.
+
+use carrel_proto::event::{CommandKind, EventKind, HubCommand, ReleaseMeaning, SiteEvent};
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+use uuid::Uuid;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The hub sent a command out of order or changed one already committed.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("the local disk is full: {0}; nothing new can be recorded until space is freed")]
+    DiskFull(String),
+    #[error("local database: {0}")]
+    Database(sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            // SQLITE_FULL (13): the database or disk is full.
+            if db.code().as_deref() == Some("13") {
+                return Error::DiskFull(db.message().to_owned());
+            }
+        }
+        Error::Database(e)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Local state of a batch at this site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Order received, not yet accepted.
+    Ordered,
+    Accepted,
+    InProcess,
+    AwaitingRelease,
+    Released,
+    Rejected,
+    Cancelled,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Ordered => "ordered",
+            BatchState::Accepted => "accepted",
+            BatchState::InProcess => "in_process",
+            BatchState::AwaitingRelease => "awaiting_release",
+            BatchState::Released => "released",
+            BatchState::Rejected => "rejected",
+            BatchState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(text: &str) -> Result<BatchState> {
+        Ok(match text {
+            "ordered" => BatchState::Ordered,
+            "accepted" => BatchState::Accepted,
+            "in_process" => BatchState::InProcess,
+            "awaiting_release" => BatchState::AwaitingRelease,
+            "released" => BatchState::Released,
+            "rejected" => BatchState::Rejected,
+            "cancelled" => BatchState::Cancelled,
+            other => return Err(Error::Corrupt(format!("unknown batch state {other:?}"))),
+        })
+    }
+
+    /// Manufacturing still has work to do in this state.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            BatchState::Ordered | BatchState::Accepted | BatchState::InProcess
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalBatch {
+    pub batch_id: Uuid,
+    pub order_id: Uuid,
+    pub coi: String,
+    pub patient_pseudonym: String,
+    pub recipe_id: String,
+    pub recipe_version: u32,
+    pub recipe_json: String,
+    pub recipe_sha256: String,
+    pub state: BatchState,
+    pub current_step: Option<String>,
+    pub decision: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What applying a hub command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored now.
+    New,
+    /// Already stored with the same content (a resend after a reconnect).
+    Repeat,
+}
+
+pub struct Store {
+    pool: SqlitePool,
+    write_lock: Mutex<()>,
+    /// Woken whenever an event is appended (the link sends it).
+    appended: Notify,
+    /// Woken whenever a command changed a batch (the executor looks again).
+    batches_changed: Notify,
+}
+
+fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::Corrupt(format!("timestamp {text:?}: {e}")))
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| Error::Corrupt(format!("id {text:?}: {e}")))
+}
+
+fn batch_from_row(row: &SqliteRow) -> Result<LocalBatch> {
+    Ok(LocalBatch {
+        batch_id: parse_uuid(&row.try_get::<String, _>("batch_id")?)?,
+        order_id: parse_uuid(&row.try_get::<String, _>("order_id")?)?,
+        coi: row.try_get("coi")?,
+        patient_pseudonym: row.try_get("patient_pseudonym")?,
+        recipe_id: row.try_get("recipe_id")?,
+        recipe_version: u32::try_from(row.try_get::<i64, _>("recipe_version")?)
+            .map_err(|_| Error::Corrupt("recipe version out of range".into()))?,
+        recipe_json: row.try_get("recipe_json")?,
+        recipe_sha256: row.try_get("recipe_sha256")?,
+        state: BatchState::parse(&row.try_get::<String, _>("state")?)?,
+        current_step: row.try_get("current_step")?,
+        decision: row.try_get("decision")?,
+        updated_at: parse_ts(&row.try_get::<String, _>("updated_at")?)?,
+    })
+}
+
+fn event_from_body(body: &str) -> Result<SiteEvent> {
+    serde_json::from_str(body).map_err(|e| Error::Corrupt(format!("event: {e}")))
+}
+
+impl Store {
+    pub async fn open(path: &Path) -> Result<Store> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let check: String = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_one(&pool)
+            .await?;
+        if check != "ok" {
+            return Err(Error::Corrupt(format!(
+                "database integrity check failed: {check}"
+            )));
+        }
+        MIGRATOR.run(&pool).await?;
+        Ok(Store {
+            pool,
+            write_lock: Mutex::new(()),
+            appended: Notify::new(),
+            batches_changed: Notify::new(),
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Resolves after the next append.
+    pub async fn appended(&self) {
+        self.appended.notified().await
+    }
+
+    /// Resolves after the next command that changed a batch.
+    pub async fn batches_changed(&self) {
+        self.batches_changed.notified().await
+    }
+
+    async fn append_in(
+        tx: &mut Transaction<'_, Sqlite>,
+        batch_id: Uuid,
+        recorded_by: &str,
+        kind: EventKind,
+        now: DateTime<Utc>,
+    ) -> Result<SiteEvent> {
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&mut **tx)
+            .await?;
+        let event = SiteEvent {
+            seq: last as u64 + 1,
+            event_id: Uuid::now_v7(),
+            recorded_at: now,
+            batch_id,
+            recorded_by: recorded_by.to_owned(),
+            kind,
+        };
+        sqlx::query("INSERT INTO events (seq, event_id, batch_id, kind, recorded_at, body) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(event.seq as i64)
+            .bind(event.event_id.to_string())
+            .bind(batch_id.to_string())
+            .bind(event.kind.name())
+            .bind(ts(now))
+            .bind(event.canonical_json())
+            .execute(&mut **tx)
+            .await?;
+        // The local projection, in the same transaction.
+        let (state, step): (Option<BatchState>, Option<Option<String>>) = match &event.kind {
+            EventKind::BatchAccepted { .. } => (Some(BatchState::Accepted), None),
+            EventKind::StepStarted { step_id, .. } => {
+                (Some(BatchState::InProcess), Some(Some(step_id.clone())))
+            }
+            EventKind::StepCompleted { .. } => (None, Some(None)),
+            _ => (None, None),
+        };
+        if state.is_some() || step.is_some() {
+            sqlx::query(
+                "UPDATE batches SET state = CASE WHEN ?1 IS NOT NULL AND state IN ('ordered', 'accepted', 'in_process') THEN ?1 ELSE state END, \
+                 current_step = CASE WHEN ?2 THEN ?3 ELSE current_step END, updated_at = ?4 WHERE batch_id = ?5",
+            )
+            .bind(state.map(|s| s.as_str()))
+            .bind(step.is_some())
+            .bind(step.flatten())
+            .bind(ts(now))
+            .bind(batch_id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(event)
+    }
+
+    /// Records an event (committed and fsynced when this returns).
+    pub async fn append(
+        &self,
+        batch_id: Uuid,
+        recorded_by: &str,
+        kind: EventKind,
+    ) -> Result<SiteEvent> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let event = Self::append_in(&mut tx, batch_id, recorded_by, kind, Utc::now()).await?;
+        tx.commit().await?;
+        self.appended.notify_one();
+        Ok(event)
+    }
+
+    /// Moves a batch whose record is complete to awaiting release.
+    pub async fn mark_awaiting_release(&self, batch_id: Uuid) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        sqlx::query(
+            "UPDATE batches SET state = 'awaiting_release', current_step = NULL, updated_at = ? \
+             WHERE batch_id = ? AND state IN ('accepted', 'in_process')",
+        )
+        .bind(ts(Utc::now()))
+        .bind(batch_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Commits a hub command and its effects in one transaction. Idempotent by seq:
+    /// a repeat with the same content is accepted, a gap or changed content refused.
+    pub async fn apply_command(&self, command: &HubCommand) -> Result<Applied> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM commands")
+            .fetch_one(&mut *tx)
+            .await?;
+        let last = last as u64;
+        if command.seq <= last {
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT body FROM commands WHERE seq = ?")
+                    .bind(command.seq as i64)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return match stored {
+                Some(body) if body == command.canonical_json() => Ok(Applied::Repeat),
+                Some(_) => Err(Error::Protocol(format!(
+                    "hub command {} differs from the one committed earlier under that seq",
+                    command.seq
+                ))),
+                None => Err(Error::Corrupt(format!(
+                    "command {} missing below the cursor",
+                    command.seq
+                ))),
+            };
+        }
+        if command.seq != last + 1 {
+            return Err(Error::Protocol(format!(
+                "hub command {} leaves a gap: the site has everything up to {last}",
+                command.seq
+            )));
+        }
+        let now = Utc::now();
+        sqlx::query("INSERT INTO commands (seq, command_id, batch_id, kind, body, received_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(command.seq as i64)
+            .bind(command.command_id.to_string())
+            .bind(command.batch_id.to_string())
+            .bind(command.kind.name())
+            .bind(command.canonical_json())
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+        let batch_id = command.batch_id.to_string();
+        match &command.kind {
+            CommandKind::BatchOrder {
+                order_id,
+                coi,
+                patient_pseudonym,
+                recipe_id,
+                recipe_version,
+                recipe_json,
+                recipe_sha256,
+                ..
+            } => {
+                sqlx::query(
+                    "INSERT INTO batches (batch_id, order_id, coi, patient_pseudonym, recipe_id, recipe_version, recipe_json, \
+                     recipe_sha256, state, current_step, decision, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ordered', NULL, NULL, ?) \
+                     ON CONFLICT (batch_id) DO NOTHING",
+                )
+                .bind(&batch_id)
+                .bind(order_id.to_string())
+                .bind(coi)
+                .bind(patient_pseudonym)
+                .bind(recipe_id)
+                .bind(*recipe_version as i64)
+                .bind(recipe_json)
+                .bind(recipe_sha256)
+                .bind(ts(now))
+                .execute(&mut *tx)
+                .await?;
+            }
+            CommandKind::CancelBatch { reason, .. } => {
+                let changed = sqlx::query(
+                    "UPDATE batches SET state = 'cancelled', current_step = NULL, updated_at = ? \
+                     WHERE batch_id = ? AND state NOT IN ('released', 'rejected', 'cancelled')",
+                )
+                .bind(ts(now))
+                .bind(&batch_id)
+                .execute(&mut *tx)
+                .await?;
+                if changed.rows_affected() > 0 {
+                    Self::append_in(
+                        &mut tx,
+                        command.batch_id,
+                        "agent",
+                        EventKind::BatchCancelled {
+                            reason: reason.clone(),
+                            command_seq: command.seq,
+                        },
+                        now,
+                    )
+                    .await?;
+                }
+            }
+            CommandKind::ReleaseDecision {
+                signature_id,
+                meaning,
+                ..
+            } => {
+                let state = match meaning {
+                    ReleaseMeaning::Released => BatchState::Released,
+                    ReleaseMeaning::Rejected => BatchState::Rejected,
+                };
+                sqlx::query("UPDATE batches SET state = ?, decision = ?, current_step = NULL, updated_at = ? WHERE batch_id = ?")
+                    .bind(state.as_str())
+                    .bind(meaning.as_str())
+                    .bind(ts(now))
+                    .bind(&batch_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::append_in(
+                    &mut tx,
+                    command.batch_id,
+                    "agent",
+                    EventKind::ReleaseDecisionRecorded {
+                        signature_id: *signature_id,
+                        meaning: *meaning,
+                        command_seq: command.seq,
+                    },
+                    now,
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        self.appended.notify_one();
+        self.batches_changed.notify_one();
+        Ok(Applied::New)
+    }
+
+    pub async fn last_event_seq(&self) -> Result<u64> {
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last as u64)
+    }
+
+    pub async fn last_command_seq(&self) -> Result<u64> {
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM commands")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last as u64)
+    }
+
+    pub async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<SiteEvent>> {
+        sqlx::query("SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(seq as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| event_from_body(&row.try_get::<String, _>("body")?))
+            .collect()
+    }
+
+    pub async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<SiteEvent>> {
+        sqlx::query("SELECT body FROM events WHERE batch_id = ? ORDER BY seq")
+            .bind(batch_id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| event_from_body(&row.try_get::<String, _>("body")?))
+            .collect()
+    }
+
+    pub async fn batch(&self, batch_id: Uuid) -> Result<LocalBatch> {
+        let row = sqlx::query("SELECT * FROM batches WHERE batch_id = ?")
+            .bind(batch_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("batch {batch_id}")))?;
+        batch_from_row(&row)
+    }
+
+    pub async fn batches(&self) -> Result<Vec<LocalBatch>> {
+        sqlx::query("SELECT * FROM batches ORDER BY updated_at DESC")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(batch_from_row)
+            .collect()
+    }
+
+    pub async fn active_batches(&self) -> Result<Vec<LocalBatch>> {
+        sqlx::query("SELECT * FROM batches WHERE state IN ('ordered', 'accepted', 'in_process') ORDER BY batch_id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(batch_from_row)
+            .collect()
+    }
+
+    /// Records how far the hub has acknowledged our log.
+    pub async fn set_hub_acked(&self, seq: u64) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        sqlx::query(
+            "UPDATE link_state SET hub_acked_event_seq = MAX(hub_acked_event_seq, ?), last_contact_at = ? WHERE id = 1",
+        )
+        .bind(seq as i64)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn hub_acked(&self) -> Result<u64> {
+        let seq: i64 =
+            sqlx::query_scalar("SELECT hub_acked_event_seq FROM link_state WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(seq as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carrel_proto::event::HubCommand;
+
+    fn order(seq: u64, batch_id: Uuid) -> HubCommand {
+        HubCommand {
+            seq,
+            command_id: Uuid::new_v4(),
+            issued_at: Utc::now(),
+            batch_id,
+            kind: CommandKind::BatchOrder {
+                order_id: Uuid::new_v4(),
+                coi: "G123426000001X".into(),
+                patient_pseudonym: "P-1".into(),
+                requested_collection_date: "2026-12-01".into(),
+                recipe_id: "r".into(),
+                recipe_version: 1,
+                recipe_json: "{}".into(),
+                recipe_sha256: "00".into(),
+            },
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("agent.db"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn events_get_consecutive_seqs_and_survive_reopen() {
+        let (dir, store) = store().await;
+        let batch = Uuid::new_v4();
+        store.apply_command(&order(1, batch)).await.expect("order");
+        for i in 0..5 {
+            let e = store
+                .append(
+                    batch,
+                    "agent",
+                    EventKind::StepCompleted {
+                        step_id: format!("s{i}"),
+                        process_hours: 1.0,
+                    },
+                )
+                .await
+                .expect("append");
+            assert_eq!(e.seq, i + 1);
+        }
+        store.close().await;
+        let store = Store::open(&dir.path().join("agent.db"))
+            .await
+            .expect("reopen");
+        assert_eq!(store.last_event_seq().await.expect("seq"), 5);
+        let after = store.events_after(3, 10).await.expect("after");
+        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+    }
+
+    #[tokio::test]
+    async fn commands_apply_once_and_refuse_gaps_and_changes() {
+        let (_dir, store) = store().await;
+        let batch = Uuid::new_v4();
+        let first = order(1, batch);
+        assert_eq!(
+            store.apply_command(&first).await.expect("new"),
+            Applied::New
+        );
+        assert_eq!(
+            store.apply_command(&first).await.expect("repeat"),
+            Applied::Repeat
+        );
+        assert!(matches!(
+            store.apply_command(&order(3, Uuid::new_v4())).await,
+            Err(Error::Protocol(_))
+        ));
+        let mut changed = first.clone();
+        changed.command_id = Uuid::new_v4();
+        assert!(matches!(
+            store.apply_command(&changed).await,
+            Err(Error::Protocol(_))
+        ));
+        assert_eq!(store.batches().await.expect("batches").len(), 1);
+        assert_eq!(store.last_command_seq().await.expect("seq"), 1);
+    }
+
+    #[tokio::test]
+    async fn cancellation_stops_the_batch_and_is_recorded_once() {
+        let (_dir, store) = store().await;
+        let batch = Uuid::new_v4();
+        store.apply_command(&order(1, batch)).await.expect("order");
+        let cancel = HubCommand {
+            seq: 2,
+            command_id: Uuid::new_v4(),
+            issued_at: Utc::now(),
+            batch_id: batch,
+            kind: CommandKind::CancelBatch {
+                reason: "patient too ill".into(),
+                cancelled_by: "dr".into(),
+            },
+        };
+        store.apply_command(&cancel).await.expect("cancel");
+        store.apply_command(&cancel).await.expect("repeat");
+        assert_eq!(
+            store.batch(batch).await.expect("batch").state,
+            BatchState::Cancelled
+        );
+        let events = store.batch_events(batch).await.expect("events");
+        assert_eq!(events.len(), 1);
+        assert!(matches!(
+            events[0].kind,
+            EventKind::BatchCancelled { command_seq: 2, .. }
+        ));
+        assert!(store.active_batches().await.expect("active").is_empty());
+    }
+}
