@@ -18,7 +18,11 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(carrel_hub::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A refusal from the hub reads as its message and gRPC code, not as a debug dump.
+            match e.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("error: {} ({:?})", status.message(), status.code()),
+                None => eprintln!("error: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

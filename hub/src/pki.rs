@@ -244,8 +244,7 @@ mod tests {
         let ca = Ca::create("test CA").expect("CA");
         let err = ca
             .sign_site_csr("not a csr", "site-a")
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(
             err.to_string().contains("signing request is not valid"),
             "{err}"

@@ -35,6 +35,21 @@ impl Token {
     }
 }
 
+/// URI prefix of the SAN that names a site in the certificate the hub issues it.
+pub const SITE_URI_PREFIX: &str = "urn:carrel:site:";
+
+/// The site a certificate (DER) names in its `urn:carrel:site:` URI SAN, if any.
+pub fn site_id_of(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => {
+            uri.strip_prefix(SITE_URI_PREFIX).map(str::to_owned)
+        }
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,19 +68,4 @@ mod tests {
             None
         );
     }
-}
-
-/// URI prefix of the SAN that names a site in the certificate the hub issues it.
-pub const SITE_URI_PREFIX: &str = "urn:carrel:site:";
-
-/// The site a certificate (DER) names in its `urn:carrel:site:` URI SAN, if any.
-pub fn site_id_of(cert_der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => {
-            uri.strip_prefix(SITE_URI_PREFIX).map(str::to_owned)
-        }
-        _ => None,
-    })
 }

@@ -309,7 +309,8 @@ impl Recipe {
             }
             let spec = &test.spec;
             let numeric = spec.min.is_some() || spec.max.is_some();
-            if numeric == !spec.accepted.is_empty() {
+            let textual = !spec.accepted.is_empty();
+            if numeric == textual {
                 return Err(invalid(format!(
                     "test {:?} needs either a numeric range (min/max) or accepted results, not both or neither",
                     test.id

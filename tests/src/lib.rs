@@ -1,1 +1,469 @@
+//! Harness for Carrel's end-to-end tests: starts the real `carrel-hub` and
+//! `carrel-site-agent` binaries as processes, each in its own temporary directory
+//! with its own config, certificates made by the hub for this test, and free ports.
+//! Processes are killed when their handle is dropped.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`); build
+//! them first, which `cargo test --workspace` does.
 
+use anyhow::{bail, Context};
+use carrel_proto::pb;
+use serde_json::Value;
+use std::future::Future;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// Path of one of the workspace's binaries.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found; build the workspace first (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("log file")
+}
+
+/// A `carrel-hub serve` process and everything needed to talk to it.
+pub struct Hub {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Hub {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("hub.toml")
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        self.data_dir().join("pki/ca.crt")
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("hub.log")
+    }
+
+    /// Starts a hub on a free port with fast heartbeats, and waits until it serves.
+    pub async fn start() -> Hub {
+        let dir = tempfile::Builder::new()
+            .prefix("carrel-hub-test-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("hub.toml"), config).expect("hub config");
+        let mut hub = Hub {
+            dir,
+            port,
+            child: None,
+        };
+        hub.spawn().await;
+        hub
+    }
+
+    async fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.data_dir().join("hub.addr"));
+        let child = Command::new(binary("carrel-hub"))
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info,carrel_hub=debug,sqlx=warn,h2=warn")
+            .stdout(log_file(&self.log_path()))
+            .stderr(log_file(&self.log_path()))
+            .spawn()
+            .expect("start carrel-hub");
+        self.child = Some(child);
+        let addr_file = self.data_dir().join("hub.addr");
+        let log = self.log_path();
+        let child = self.child.as_mut().expect("just set");
+        eventually(Duration::from_secs(30), "the hub to serve", || {
+            let exited = child.try_wait().ok().flatten();
+            let ready = addr_file.exists();
+            let log = log.clone();
+            async move {
+                if let Some(status) = exited {
+                    panic!(
+                        "carrel-hub exited with {status}:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                ready.then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILL: no shutdown, no flush, as in a power cut.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the hub again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Runs `carrel-hub` with this hub's address and CA, and the token file of `user`.
+    pub fn cli(&self, user: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(binary("carrel-hub"))
+            .args(args)
+            .env("CARREL_ADDR", self.url())
+            .env("CARREL_CA_CERT", self.ca_cert())
+            .env("CARREL_HUB_CONFIG", self.config_path())
+            .env(
+                "CARREL_TOKEN_FILE",
+                self.dir.path().join(format!("token-{user}")),
+            )
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run carrel-hub");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(format!("{text}\n").as_bytes())
+                .expect("write stdin");
+        } else {
+            drop(child.stdin.take());
+        }
+        child.wait_with_output().expect("carrel-hub output")
+    }
+
+    /// Runs a CLI command that must succeed; returns its standard output.
+    pub fn cli_ok(&self, user: &str, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.cli(user, args, stdin);
+        assert!(
+            out.status.success(),
+            "carrel-hub {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a CLI command with `--json` that must succeed; returns the parsed output.
+    pub fn cli_json(&self, user: &str, args: &[&str], stdin: Option<&str>) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let text = self.cli_ok(user, &args, stdin);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("carrel-hub {args:?} printed no JSON ({e}): {text}"))
+    }
+
+    /// Adds a user on the hub machine and signs them in for later CLI calls.
+    pub fn add_user(&self, username: &str, role: &str, password: &str) {
+        self.cli_ok(
+            username,
+            &[
+                "user",
+                "add",
+                username,
+                "--role",
+                role,
+                "--full-name",
+                &format!("Test {username}"),
+            ],
+            Some(password),
+        );
+        self.cli_ok(username, &["login", "--user", username], Some(password));
+    }
+
+    /// Registers a site and returns its one-time enrollment token.
+    pub fn add_site(&self, site_id: &str) -> String {
+        let out = self.cli_ok(
+            "admin",
+            &[
+                "site",
+                "add",
+                site_id,
+                "--name",
+                &format!("Test site {site_id}"),
+            ],
+            None,
+        );
+        out.lines()
+            .find(|l| l.starts_with("carrel1."))
+            .unwrap_or_else(|| panic!("no token in: {out}"))
+            .trim()
+            .to_owned()
+    }
+
+    /// A TLS channel to the hub without a client certificate (as people connect).
+    pub async fn channel(&self) -> Channel {
+        let pem = std::fs::read_to_string(self.ca_cert()).expect("CA certificate");
+        Endpoint::from_shared(self.url())
+            .expect("url")
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(pem))
+                    .domain_name("127.0.0.1"),
+            )
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect to hub")
+    }
+
+    /// Signs in over the API and returns the session token.
+    pub async fn login(&self, username: &str, password: &str) -> Result<String, tonic::Status> {
+        pb::auth_service_client::AuthServiceClient::new(self.channel().await)
+            .login(pb::LoginRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner().token)
+    }
+
+    /// Opens the hub's SQLite database read-only, for checking what is stored.
+    pub async fn db(&self) -> sqlx::SqlitePool {
+        open_read_only(&self.data_dir().join("hub.db")).await
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Adds `authorization: Bearer` to a request.
+pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
+
+pub async fn open_read_only(path: &Path) -> sqlx::SqlitePool {
+    use sqlx::sqlite::SqliteConnectOptions;
+    let options = SqliteConnectOptions::new().filename(path).read_only(true);
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// A `carrel-site-agent` process with its own data directory.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub site_id: String,
+    child: Option<Child>,
+    time_compression: f64,
+}
+
+impl Agent {
+    /// Enrolls a new site agent with `token`. Fails if enrollment fails.
+    pub fn enroll(hub: &Hub, site_id: &str, token: &str) -> anyhow::Result<Agent> {
+        let dir = tempfile::Builder::new()
+            .prefix("carrel-agent-test-")
+            .tempdir()?;
+        let out = enroll_into(hub, token, dir.path())?;
+        if !out.status.success() {
+            bail!(
+                "enrollment failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Agent {
+            dir,
+            site_id: site_id.to_owned(),
+            child: None,
+            time_compression: 100_000.0,
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// Process seconds per real second for the simulated instrument.
+    pub fn with_time_compression(mut self, value: f64) -> Agent {
+        self.time_compression = value;
+        self
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let child = Command::new(binary("carrel-site-agent"))
+            .args(["run", "--data-dir"])
+            .arg(self.data_dir())
+            .env(
+                "CARREL_AGENT_TIME_COMPRESSION",
+                self.time_compression.to_string(),
+            )
+            .env("CARREL_AGENT_HEARTBEAT_TIMEOUT_MS", "2000")
+            .env("RUST_LOG", "info,carrel_site_agent=debug,sqlx=warn,h2=warn")
+            .stdout(log_file(&self.log_path()))
+            .stderr(log_file(&self.log_path()))
+            .spawn()
+            .expect("start carrel-site-agent");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, mid-whatever-it-was-doing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub async fn db(&self) -> sqlx::SqlitePool {
+        open_read_only(&self.data_dir().join("agent.db")).await
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `carrel-site-agent enroll` into `dir`.
+pub fn enroll_into(hub: &Hub, token: &str, dir: &Path) -> anyhow::Result<Output> {
+    Command::new(binary("carrel-site-agent"))
+        .args([
+            "enroll",
+            "--hub",
+            &hub.url(),
+            "--token",
+            token,
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("run carrel-site-agent enroll")
+}
+
+/// The ordered (seq, body) rows of a site's event log as the hub stores it.
+pub async fn hub_events(hub: &sqlx::SqlitePool, site_id: &str) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT seq, body FROM site_events WHERE site_id = ? ORDER BY seq")
+        .bind(site_id)
+        .fetch_all(hub)
+        .await
+        .expect("hub events")
+}
+
+/// The ordered (seq, body) rows of the agent's own event log.
+pub async fn agent_events(agent: &sqlx::SqlitePool) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT seq, body FROM events ORDER BY seq")
+        .fetch_all(agent)
+        .await
+        .expect("agent events")
+}
+
+/// Checks that the hub holds exactly the site's log: same seqs 1..=n, same content.
+pub fn assert_same_log(hub: &[(i64, String)], site: &[(i64, String)]) {
+    let seqs: Vec<i64> = hub.iter().map(|(s, _)| *s).collect();
+    let expected: Vec<i64> = (1..=site.len() as i64).collect();
+    assert_eq!(
+        seqs,
+        expected,
+        "hub must hold seqs 1..={} once each, in order",
+        site.len()
+    );
+    for ((hub_seq, hub_body), (site_seq, site_body)) in hub.iter().zip(site) {
+        assert_eq!(hub_seq, site_seq);
+        assert_eq!(
+            hub_body, site_body,
+            "event {hub_seq} differs between hub and site"
+        );
+    }
+}
+
+/// An order's fields as `carrel-hub order show --json` prints them.
+pub fn order_show(hub: &Hub, user: &str, order_id: &str) -> Value {
+    hub.cli_json(user, &["order", "show", order_id], None)
+}
+
+pub fn str_field<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string field {field:?} in {value}"))
+}

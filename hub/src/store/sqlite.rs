@@ -653,7 +653,7 @@ impl Store for SqliteStore {
                     cursor + 1
                 )));
             }
-            if !touched.contains_key(&event.batch_id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = touched.entry(event.batch_id) {
                 let order = match Self::order_in(&mut tx, "batch_id", event.batch_id).await {
                     Ok(order) => order,
                     Err(Error::NotFound(_)) => {
@@ -671,7 +671,7 @@ impl Store for SqliteStore {
                     )));
                 }
                 let projection = projection_of(&order);
-                touched.insert(event.batch_id, (order, projection));
+                slot.insert((order, projection));
             }
             let (order, projection) = touched.get_mut(&event.batch_id).expect("inserted above");
             let recipe = self
