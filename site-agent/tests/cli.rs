@@ -10,12 +10,26 @@ fn agent() -> Command {
 #[test]
 fn run_without_enrollment_says_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("agent.toml"), "hub = \"https://127.0.0.1:1\"\n").expect("config");
-    let out = agent().args(["run", "--data-dir"]).arg(dir.path()).output().expect("run");
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        "hub = \"https://127.0.0.1:1\"\n",
+    )
+    .expect("config");
+    let out = agent()
+        .args(["run", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no enrolled site") && stderr.contains("carrel-site-agent enroll"), "{stderr}");
-    assert!(!dir.path().join("agent.db").exists(), "nothing is created before the identity is checked");
+    assert!(
+        stderr.contains("no enrolled site") && stderr.contains("carrel-site-agent enroll"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("agent.db").exists(),
+        "nothing is created before the identity is checked"
+    );
 }
 
 #[test]
@@ -23,7 +37,14 @@ fn malformed_token_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("site");
     let out = agent()
-        .args(["enroll", "--hub", "https://127.0.0.1:1", "--token", "hello", "--data-dir"])
+        .args([
+            "enroll",
+            "--hub",
+            "https://127.0.0.1:1",
+            "--token",
+            "hello",
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .expect("enroll");
@@ -37,13 +58,32 @@ fn example_config_parses_and_unknown_keys_are_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent.example.toml");
     std::fs::copy(example, dir.path().join("agent.toml")).expect("copy example");
-    let out = agent().args(["run", "--dump-config", "--data-dir"]).arg(dir.path()).output().expect("dump");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = agent()
+        .args(["run", "--dump-config", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dumped = String::from_utf8_lossy(&out.stdout);
-    assert!(dumped.contains("hub = \"https://hub.example.org:7443\""), "{dumped}");
+    assert!(
+        dumped.contains("hub = \"https://hub.example.org:7443\""),
+        "{dumped}"
+    );
 
-    std::fs::write(dir.path().join("agent.toml"), "hub = \"https://h:1\"\nheartbeat_timout_ms = 5\n").expect("config");
-    let out = agent().args(["run", "--dump-config", "--data-dir"]).arg(dir.path()).output().expect("dump");
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        "hub = \"https://h:1\"\nheartbeat_timout_ms = 5\n",
+    )
+    .expect("config");
+    let out = agent()
+        .args(["run", "--dump-config", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("dump");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat_timout_ms"));
 }

@@ -11,7 +11,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 async fn dev_mode_brings_a_demo_batch_to_qa_release_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = tokio::process::Command::new(binary("carrel-hub"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--demo-orders", "2", "--time-compression", "300000", "--data-dir"])
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--demo-orders",
+            "2",
+            "--time-compression",
+            "300000",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -32,19 +41,39 @@ async fn dev_mode_brings_a_demo_batch_to_qa_release_and_stops_cleanly() {
         false
     })
     .await;
-    assert!(matches!(found, Ok(true)), "no batch reached QA release; output:\n{}", seen.join("\n"));
+    assert!(
+        matches!(found, Ok(true)),
+        "no batch reached QA release; output:\n{}",
+        seen.join("\n")
+    );
     let text = seen.join("\n");
-    for expected in ["Carrel dev network is up", "dr.ada", "qa.grace", "carrel-hub release list", "site-a", "site-b"] {
-        assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+    for expected in [
+        "Carrel dev network is up",
+        "dr.ada",
+        "qa.grace",
+        "carrel-hub release list",
+        "site-a",
+        "site-b",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
     }
     assert_eq!(text.matches("Demo order ").count(), 2);
     // Both simulated sites enrolled with the hub's CA and got a certificate.
     for site in ["site-a", "site-b"] {
-        assert!(dir.path().join(site).join("site.crt").exists(), "{site} enrolled");
+        assert!(
+            dir.path().join(site).join("site.crt").exists(),
+            "{site} enrolled"
+        );
     }
 
     let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
