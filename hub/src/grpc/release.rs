@@ -6,7 +6,7 @@ use crate::record::{describe, record_sha256};
 use crate::store::{BatchRecord, BatchState, Role, Signature};
 use carrel_proto::event::{meaning_to_wire, outcome_to_wire, to_timestamp, ReleaseMeaning};
 use carrel_proto::pb;
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -171,6 +171,7 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
                 "wrong password: the signature was not made",
             ));
         }
+        let signed_at = Utc::now().trunc_subsecs(6);
         let signature = Signature {
             signature_id: Uuid::now_v7(),
             batch_id,
@@ -179,7 +180,7 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
             meaning,
             record_sha256: sha,
             reason: req.reason.trim().to_owned(),
-            signed_at: Utc::now(),
+            signed_at,
         };
         let order = self
             .0

@@ -10,7 +10,7 @@ use crate::batch::Projection;
 use crate::record::record_sha256;
 use carrel_proto::coi::Coi;
 use carrel_proto::event::{CommandKind, ReleaseMeaning};
-use chrono::{Datelike, SecondsFormat};
+use chrono::{Datelike, SecondsFormat, SubsecRound};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -627,6 +627,11 @@ impl Store for SqliteStore {
         // Batches touched in this transaction, with their projection, saved once at the end.
         let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
         for event in events {
+            if event.seq == 0 {
+                return Err(Error::Protocol(
+                    "event seq 0: a site log starts at 1".into(),
+                ));
+            }
             if event.seq <= cursor {
                 let stored: Option<String> = sqlx::query_scalar(
                     "SELECT body FROM site_events WHERE site_id = ? AND seq = ?",
@@ -993,6 +998,11 @@ impl Store for SqliteStore {
     }
 
     async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order> {
+        // Stored times keep microseconds; the copy sent to the site must be the same value.
+        let signature = &Signature {
+            signed_at: signature.signed_at.trunc_subsecs(6),
+            ..signature.clone()
+        };
         let _w = self.write_lock.lock().await;
         let mut tx = self.pool.begin().await?;
         let order = Self::order_in(&mut tx, "batch_id", signature.batch_id).await?;

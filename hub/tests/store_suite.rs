@@ -1,0 +1,1383 @@
+//! The shared test suite of the hub's [`Store`] interface.
+//!
+//! Every case is an `async fn case_*(store: Arc<dyn Store>)`: it seeds what it needs
+//! through the store's own methods, calls the method under test and asserts on what is
+//! stored afterwards (rows, cursors, state), never only on "no error". The cases know
+//! nothing about the backend. `store_cases!` at the bottom runs each of them against a
+//! fresh SQLite file; a PostgreSQL backend adds one more `store_cases!` line with its
+//! own opener, and a reopen closure for `case_data_survives_reopening`.
+
+use carrel_hub::record::record_sha256;
+use carrel_hub::store::sqlite::SqliteStore;
+use carrel_hub::store::{
+    BatchState, Error, Ingested, NewOrder, Order, QcRecord, Role, Signature, Site, SiteStatus,
+    Store, StoredEvent, User,
+};
+use carrel_proto::coi::Coi;
+use carrel_proto::event::{CommandKind, EventKind, HubCommand, ReleaseMeaning, SiteEvent};
+use carrel_proto::recipe::{Outcome, QcTest, QcValue, Recipe};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use std::path::Path;
+use std::sync::Arc;
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------
+// Fixtures: the people, sites, orders and site events the cases are made of.
+// ---------------------------------------------------------------------------------
+
+const PHYSICIAN: &str = "dr-lee";
+const QA: &str = "qa-ana";
+/// Records every site event in these tests (`recorded_by`).
+const TECHNICIAN: &str = "tech-tom";
+const SITE_A: &str = "site-a";
+const SITE_B: &str = "site-b";
+const RECIPE_ID: &str = "cd19-car-t";
+
+/// Now, to the microsecond the store keeps, so a time read back compares equal.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn shipped_recipe() -> Recipe {
+    Recipe::from_toml(include_str!("../recipes/cd19-car-t.v1.toml"))
+        .expect("the shipped recipe is valid")
+}
+
+/// Publishes the shipped recipe and adds a physician, a QA reviewer, a technician and
+/// two active sites. Returns the recipe.
+async fn seed(store: &dyn Store) -> Recipe {
+    let recipe = shipped_recipe();
+    store
+        .publish_recipe(&recipe)
+        .await
+        .expect("publish the shipped recipe");
+    for (username, role) in [
+        (PHYSICIAN, Role::Physician),
+        (QA, Role::Qa),
+        (TECHNICIAN, Role::Technician),
+    ] {
+        add_user(store, username, role).await;
+    }
+    add_active_site(store, SITE_A).await;
+    add_active_site(store, SITE_B).await;
+    recipe
+}
+
+async fn add_user(store: &dyn Store, username: &str, role: Role) {
+    store
+        .add_user(&User {
+            username: username.into(),
+            full_name: format!("{username} (test)"),
+            role,
+            disabled: false,
+            password_hash: "x".into(),
+        })
+        .await
+        .expect("add user");
+}
+
+/// Registers a site and enrolls it with its token, which makes it active.
+async fn add_active_site(store: &dyn Store, site_id: &str) -> Site {
+    let token = format!("token-{site_id}");
+    store
+        .add_site(site_id, site_id, &token, now() + Duration::hours(1))
+        .await
+        .expect("add site");
+    let site = store
+        .complete_enrollment(site_id, &token, &format!("cert-{site_id}"), now())
+        .await
+        .expect("enroll site");
+    assert_eq!(
+        site.status,
+        SiteStatus::Active,
+        "enrollment activates a site"
+    );
+    site
+}
+
+fn new_order(site_id: &str) -> NewOrder {
+    NewOrder {
+        patient_pseudonym: "PAT-0001".into(),
+        recipe_id: RECIPE_ID.into(),
+        site_id: site_id.into(),
+        requested_collection_date: "2026-12-01".into(),
+        physician: PHYSICIAN.into(),
+        facility: "G1234".into(),
+    }
+}
+
+async fn order_at(store: &dyn Store, site_id: &str) -> Order {
+    store
+        .create_order(&new_order(site_id), now())
+        .await
+        .expect("create order")
+}
+
+fn event(seq: u64, batch_id: Uuid, kind: EventKind) -> SiteEvent {
+    SiteEvent {
+        seq,
+        event_id: Uuid::new_v4(),
+        recorded_at: Utc::now(),
+        batch_id,
+        recorded_by: TECHNICIAN.into(),
+        kind,
+    }
+}
+
+/// One site's event log as its agent writes it: consecutive seqs from 1.
+struct SiteLog {
+    next_seq: u64,
+}
+
+impl SiteLog {
+    fn new() -> SiteLog {
+        SiteLog { next_seq: 1 }
+    }
+
+    fn record(&mut self, batch_id: Uuid, kind: EventKind) -> SiteEvent {
+        let recorded = event(self.next_seq, batch_id, kind);
+        self.next_seq += 1;
+        recorded
+    }
+}
+
+fn accepted(order: &Order, recipe: &Recipe) -> EventKind {
+    EventKind::BatchAccepted {
+        coi: order.coi.clone(),
+        recipe_id: recipe.id.clone(),
+        recipe_version: recipe.version,
+        recipe_sha256: recipe.sha256(),
+    }
+}
+
+fn step_started(step_id: &str) -> EventKind {
+    EventKind::StepStarted {
+        step_id: step_id.into(),
+        instrument_id: "sim-1".into(),
+        resumed: false,
+    }
+}
+
+fn step_completed(step_id: &str) -> EventKind {
+    EventKind::StepCompleted {
+        step_id: step_id.into(),
+        process_hours: 1.0,
+    }
+}
+
+fn qc_result(test_id: &str, value: QcValue, site_outcome: Outcome) -> EventKind {
+    EventKind::QcResult {
+        test_id: test_id.into(),
+        value,
+        unit: "%".into(),
+        method: "test method".into(),
+        site_outcome,
+    }
+}
+
+fn deviation(step_id: &str) -> EventKind {
+    EventKind::DeviationRaised {
+        deviation_id: "DEV-1".into(),
+        step_id: step_id.into(),
+        description: "label reprinted".into(),
+        classification: "minor".into(),
+    }
+}
+
+/// A result that meets the test's specification.
+fn passing_value(test: &QcTest) -> QcValue {
+    match test.spec.accepted.first() {
+        Some(text) => QcValue::Text(text.clone()),
+        None => QcValue::Numeric(test.spec.min.or(test.spec.max).unwrap_or(0.0)),
+    }
+}
+
+/// The tests that must be recorded before release.
+fn release_gating_tests(recipe: &Recipe) -> Vec<&QcTest> {
+    recipe
+        .all_tests()
+        .filter(|t| !t.may_follow_release)
+        .collect()
+}
+
+/// A complete batch record: accepted, every step started and completed, every test
+/// that gates release recorded with a passing result.
+fn complete_record(log: &mut SiteLog, order: &Order, recipe: &Recipe) -> Vec<SiteEvent> {
+    let mut events = vec![log.record(order.batch_id, accepted(order, recipe))];
+    for step in &recipe.steps {
+        events.push(log.record(order.batch_id, step_started(&step.id)));
+        events.push(log.record(order.batch_id, step_completed(&step.id)));
+    }
+    for test in release_gating_tests(recipe) {
+        let kind = qc_result(&test.id, passing_value(test), Outcome::Pass);
+        events.push(log.record(order.batch_id, kind));
+    }
+    events
+}
+
+async fn ingest(store: &dyn Store, site_id: &str, events: &[SiteEvent]) -> Ingested {
+    store
+        .ingest_events(site_id, events, now())
+        .await
+        .expect("ingest site events")
+}
+
+/// The site events stored for a batch, as the site sent them.
+async fn stored_events(store: &dyn Store, batch_id: Uuid) -> Vec<SiteEvent> {
+    store
+        .batch_events(batch_id)
+        .await
+        .expect("read batch events")
+        .into_iter()
+        .map(|stored| stored.event)
+        .collect()
+}
+
+async fn state_of(store: &dyn Store, batch_id: Uuid) -> BatchState {
+    store
+        .order_by_batch(batch_id)
+        .await
+        .expect("read order")
+        .state
+}
+
+async fn commands(store: &dyn Store, site_id: &str) -> Vec<HubCommand> {
+    store
+        .commands_after(site_id, 0, 100)
+        .await
+        .expect("read commands")
+}
+
+/// SHA-256 of the batch record as QA reviews it now.
+async fn reviewed_sha256(store: &dyn Store, batch_id: Uuid) -> String {
+    let record = store.batch_record(batch_id).await.expect("batch record");
+    record_sha256(&record.order, &record.recipe.sha256, &record.events)
+}
+
+fn signature(order: &Order, signer: &str, record_sha256: String) -> Signature {
+    Signature {
+        signature_id: Uuid::new_v4(),
+        batch_id: order.batch_id,
+        signer: signer.into(),
+        signer_name: format!("{signer} (test)"),
+        meaning: ReleaseMeaning::Released,
+        record_sha256,
+        reason: "record reviewed, all results within specification".into(),
+        signed_at: now(),
+    }
+}
+
+/// Everything a refused call must leave as it was, for one site and one of its batches.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    site: Site,
+    events: Vec<StoredEvent>,
+    order: Order,
+    qc: Vec<QcRecord>,
+    commands: Vec<HubCommand>,
+}
+
+async fn snapshot(store: &dyn Store, site_id: &str, batch_id: Uuid) -> Snapshot {
+    let mut site = store.site(site_id).await.expect("read site");
+    // When the site last called is bookkeeping, not a record; repeats may update it.
+    site.last_contact_at = None;
+    let record = store.batch_record(batch_id).await.expect("batch record");
+    Snapshot {
+        site,
+        events: record.events,
+        order: record.order,
+        qc: record.qc,
+        commands: commands(store, site_id).await,
+    }
+}
+
+/// Asserts that a store call was refused with the given `Error` variant.
+macro_rules! assert_refused {
+    ($call:expr, $variant:path) => {
+        match $call {
+            Err($variant(_)) => {}
+            other => panic!("expected {}, got {other:?}", stringify!($variant)),
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------
+// 1. Ingesting site events (invariant 3: append-only log replicated by cursor).
+// ---------------------------------------------------------------------------------
+
+async fn case_ingest_stores_consecutive_events_and_advances_cursor(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+
+    let first = vec![
+        log.record(order.batch_id, accepted(&order, &recipe)),
+        log.record(order.batch_id, step_started("receipt")),
+    ];
+    let done = ingest(&*store, SITE_A, &first).await;
+    assert_eq!(
+        done,
+        Ingested {
+            acked_event_seq: 2,
+            new_events: 2
+        }
+    );
+    assert_eq!(store.site(SITE_A).await.expect("site").acked_event_seq, 2);
+    assert_eq!(stored_events(&*store, order.batch_id).await, first);
+
+    let second = vec![log.record(order.batch_id, step_completed("receipt"))];
+    let done = ingest(&*store, SITE_A, &second).await;
+    assert_eq!(
+        done,
+        Ingested {
+            acked_event_seq: 3,
+            new_events: 1
+        }
+    );
+    let site = store.site(SITE_A).await.expect("site");
+    assert_eq!(site.acked_event_seq, 3);
+    assert!(site.last_contact_at.is_some(), "ingest records contact");
+    let stored = store.batch_events(order.batch_id).await.expect("events");
+    assert!(stored.iter().all(|s| s.site_id == SITE_A));
+    let expected: Vec<SiteEvent> = first.into_iter().chain(second).collect();
+    assert_eq!(stored_events(&*store, order.batch_id).await, expected);
+    assert_eq!(
+        store.site(SITE_B).await.expect("site").acked_event_seq,
+        0,
+        "cursors are per site"
+    );
+}
+
+async fn case_ingest_accepts_identical_repeats_and_changes_nothing(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let sent = vec![
+        log.record(order.batch_id, accepted(&order, &recipe)),
+        log.record(order.batch_id, step_started("receipt")),
+        log.record(order.batch_id, step_completed("receipt")),
+    ];
+    ingest(&*store, SITE_A, &sent).await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+
+    // The site reconnects and sends everything again (it never saw our ack).
+    let done = ingest(&*store, SITE_A, &sent).await;
+    assert_eq!(
+        done,
+        Ingested {
+            acked_event_seq: 3,
+            new_events: 0
+        }
+    );
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+
+    // Repeats followed by a new event: only the new one is stored.
+    let next = log.record(order.batch_id, step_started("selection"));
+    let resent = vec![sent[1].clone(), sent[2].clone(), next.clone()];
+    let done = ingest(&*store, SITE_A, &resent).await;
+    assert_eq!(
+        done,
+        Ingested {
+            acked_event_seq: 4,
+            new_events: 1
+        }
+    );
+    let expected: Vec<SiteEvent> = sent.into_iter().chain([next]).collect();
+    assert_eq!(stored_events(&*store, order.batch_id).await, expected);
+}
+
+async fn case_ingest_refuses_a_changed_repeat(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let sent = vec![
+        log.record(order.batch_id, accepted(&order, &recipe)),
+        log.record(order.batch_id, step_started("receipt")),
+    ];
+    ingest(&*store, SITE_A, &sent).await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+
+    let mut changed = sent[1].clone();
+    changed.kind = step_started("selection");
+    assert_refused!(
+        store
+            .ingest_events(SITE_A, std::slice::from_ref(&changed), now())
+            .await,
+        Error::Protocol
+    );
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+
+    // A changed repeat also takes the new events of the same call down with it.
+    let new = log.record(order.batch_id, step_completed("receipt"));
+    assert_refused!(
+        store.ingest_events(SITE_A, &[changed, new], now()).await,
+        Error::Protocol
+    );
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+    assert_eq!(stored_events(&*store, order.batch_id).await, sent);
+}
+
+async fn case_ingest_refuses_a_gap_and_stores_nothing_of_the_call(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let first = event(1, order.batch_id, accepted(&order, &recipe));
+    ingest(&*store, SITE_A, std::slice::from_ref(&first)).await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+    assert_eq!(before.order.state, BatchState::Accepted);
+
+    // Seqs 2 and 3 are valid; 5 skips 4. The call is atomic: none of it is stored.
+    let two = event(2, order.batch_id, step_started("receipt"));
+    let three = event(3, order.batch_id, step_completed("receipt"));
+    let five = event(5, order.batch_id, step_started("selection"));
+    assert_refused!(
+        store
+            .ingest_events(SITE_A, &[two.clone(), three.clone(), five], now())
+            .await,
+        Error::Protocol
+    );
+    let after = snapshot(&*store, SITE_A, order.batch_id).await;
+    assert_eq!(after, before);
+    assert_eq!(after.site.acked_event_seq, 1);
+    assert_eq!(
+        after.order.state,
+        BatchState::Accepted,
+        "the projection of the refused events was not kept either"
+    );
+
+    // A call that starts past the cursor is a gap too.
+    assert_refused!(
+        store
+            .ingest_events(SITE_A, std::slice::from_ref(&three), now())
+            .await,
+        Error::Protocol
+    );
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+
+    // The site can still send the right thing afterwards.
+    let done = ingest(&*store, SITE_A, &[two.clone(), three.clone()]).await;
+    assert_eq!(done.acked_event_seq, 3);
+    assert_eq!(
+        stored_events(&*store, order.batch_id).await,
+        vec![first, two, three]
+    );
+}
+
+async fn case_ingest_refuses_events_for_another_sites_batch(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order_a = order_at(&*store, SITE_A).await;
+    let order_b = order_at(&*store, SITE_B).await;
+    let before_a = snapshot(&*store, SITE_A, order_a.batch_id).await;
+    let before_b = snapshot(&*store, SITE_B, order_b.batch_id).await;
+
+    // Site B writes about site A's batch, alone and after a valid event of its own.
+    let intrusion = event(1, order_a.batch_id, accepted(&order_a, &recipe));
+    assert_refused!(
+        store
+            .ingest_events(SITE_B, std::slice::from_ref(&intrusion), now())
+            .await,
+        Error::PermissionDenied
+    );
+    let own = event(1, order_b.batch_id, accepted(&order_b, &recipe));
+    let intrusion = event(2, order_a.batch_id, step_started("receipt"));
+    assert_refused!(
+        store.ingest_events(SITE_B, &[own, intrusion], now()).await,
+        Error::PermissionDenied
+    );
+
+    assert_eq!(snapshot(&*store, SITE_A, order_a.batch_id).await, before_a);
+    assert_eq!(snapshot(&*store, SITE_B, order_b.batch_id).await, before_b);
+    assert!(stored_events(&*store, order_a.batch_id).await.is_empty());
+    assert!(stored_events(&*store, order_b.batch_id).await.is_empty());
+}
+
+async fn case_ingest_refuses_events_for_a_batch_never_ordered(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+    let stranger = Uuid::new_v4();
+
+    let alone = event(1, stranger, step_started("receipt"));
+    assert_refused!(
+        store
+            .ingest_events(SITE_A, std::slice::from_ref(&alone), now())
+            .await,
+        Error::PermissionDenied
+    );
+    let own = event(1, order.batch_id, accepted(&order, &recipe));
+    let after_own = event(2, stranger, step_started("receipt"));
+    assert_refused!(
+        store.ingest_events(SITE_A, &[own, after_own], now()).await,
+        Error::PermissionDenied
+    );
+
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+    assert!(stored_events(&*store, order.batch_id).await.is_empty());
+    let stranger_events = store.batch_events(stranger).await.expect("read events");
+    assert!(stranger_events.is_empty(), "{stranger_events:?}");
+}
+
+// ---------------------------------------------------------------------------------
+// 2. Projections derived in the same transaction (invariant 4).
+// ---------------------------------------------------------------------------------
+
+async fn case_batch_awaits_release_exactly_when_its_record_is_complete(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let batch = order.batch_id;
+    let mut log = SiteLog::new();
+    assert_eq!(order.state, BatchState::Ordered);
+
+    ingest(
+        &*store,
+        SITE_A,
+        &[log.record(batch, accepted(&order, &recipe))],
+    )
+    .await;
+    assert_eq!(state_of(&*store, batch).await, BatchState::Accepted);
+
+    for step in &recipe.steps {
+        ingest(
+            &*store,
+            SITE_A,
+            &[log.record(batch, step_started(&step.id))],
+        )
+        .await;
+        let current = store.order_by_batch(batch).await.expect("order");
+        assert_eq!(current.state, BatchState::InProcess);
+        assert_eq!(current.current_step.as_deref(), Some(step.id.as_str()));
+        ingest(
+            &*store,
+            SITE_A,
+            &[log.record(batch, step_completed(&step.id))],
+        )
+        .await;
+    }
+    let all_steps_done = store.order_by_batch(batch).await.expect("order");
+    assert_eq!(
+        all_steps_done.state,
+        BatchState::InProcess,
+        "steps done, tests missing"
+    );
+    let step_ids: Vec<&str> = all_steps_done
+        .progress
+        .steps_completed
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut expected_steps: Vec<&str> = recipe.steps.iter().map(|s| s.id.as_str()).collect();
+    expected_steps.sort_unstable();
+    assert_eq!(step_ids, expected_steps);
+
+    let tests = release_gating_tests(&recipe);
+    let (last, before_last) = tests.split_last().expect("the recipe has release tests");
+    for test in before_last {
+        let kind = qc_result(&test.id, passing_value(test), Outcome::Pass);
+        ingest(&*store, SITE_A, &[log.record(batch, kind)]).await;
+        assert_eq!(
+            state_of(&*store, batch).await,
+            BatchState::InProcess,
+            "test {} recorded, {} still missing",
+            test.id,
+            last.id
+        );
+    }
+    let kind = qc_result(&last.id, passing_value(last), Outcome::Pass);
+    ingest(&*store, SITE_A, &[log.record(batch, kind)]).await;
+
+    let complete = store.order_by_batch(batch).await.expect("order");
+    assert_eq!(complete.state, BatchState::AwaitingRelease);
+    assert_eq!(complete.current_step, None);
+    assert!(complete.progress.exceptions.is_empty());
+    assert!(
+        !complete.progress.tests_recorded.contains("sterility"),
+        "sterility may follow release and was not needed"
+    );
+    let record = store.batch_record(batch).await.expect("batch record");
+    assert_eq!(record.qc.len(), tests.len());
+    assert!(record.qc.iter().all(|q| q.hub_outcome == Outcome::Pass));
+    assert_eq!(
+        store
+            .list_orders(None, Some(BatchState::AwaitingRelease))
+            .await
+            .expect("list orders")
+            .iter()
+            .map(|o| o.order_id)
+            .collect::<Vec<_>>(),
+        vec![order.order_id]
+    );
+}
+
+async fn case_out_of_spec_result_is_kept_and_flagged(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let batch = order.batch_id;
+    let mut log = SiteLog::new();
+    let viability = QcValue::Numeric(55.0); // spec: min 70
+    let cd3 = QcValue::Numeric(50.0); // spec: min 70
+    ingest(
+        &*store,
+        SITE_A,
+        &[
+            log.record(batch, accepted(&order, &recipe)),
+            log.record(
+                batch,
+                qc_result("viability", viability.clone(), Outcome::OutOfSpecification),
+            ),
+            // The site calls this one a pass; the hub's own evaluation decides.
+            log.record(batch, qc_result("cd3", cd3.clone(), Outcome::Pass)),
+        ],
+    )
+    .await;
+
+    let record = store.batch_record(batch).await.expect("batch record");
+    assert_eq!(record.qc.len(), 2);
+    let (oos, disputed) = (&record.qc[0], &record.qc[1]);
+    assert_eq!(
+        (oos.site_seq, oos.test_id.as_str(), &oos.value),
+        (2, "viability", &viability)
+    );
+    assert_eq!(oos.hub_outcome, Outcome::OutOfSpecification);
+    assert_eq!(oos.site_outcome, Outcome::OutOfSpecification);
+    assert!(!oos.reason.is_empty(), "an OOS result says why");
+    assert_eq!(
+        (
+            disputed.site_seq,
+            disputed.hub_outcome,
+            disputed.site_outcome
+        ),
+        (3, Outcome::OutOfSpecification, Outcome::Pass)
+    );
+    assert_eq!(record.order.progress.exceptions, vec![2, 3]);
+    assert_eq!(
+        record.order.progress.anomalies.len(),
+        1,
+        "the disagreement is an anomaly: {:?}",
+        record.order.progress.anomalies
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 3. Orders and the hub command log.
+// ---------------------------------------------------------------------------------
+
+async fn case_order_queues_a_batch_order_command(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    assert_eq!(order.state, BatchState::Ordered);
+    assert_eq!(
+        (order.recipe_id.as_str(), order.recipe_version),
+        (RECIPE_ID, 1)
+    );
+    assert_eq!(store.order(order.order_id).await.expect("order"), order);
+
+    let queued = commands(&*store, SITE_A).await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    let command = &queued[0];
+    assert_eq!((command.seq, command.batch_id), (1, order.batch_id));
+    let stored_recipe = store.recipe(RECIPE_ID, 1).await.expect("stored recipe");
+    match &command.kind {
+        CommandKind::BatchOrder {
+            order_id,
+            coi,
+            patient_pseudonym,
+            requested_collection_date,
+            recipe_id,
+            recipe_version,
+            recipe_json,
+            recipe_sha256,
+        } => {
+            assert_eq!(*order_id, order.order_id);
+            assert_eq!(*coi, order.coi);
+            assert_eq!(patient_pseudonym, "PAT-0001");
+            assert_eq!(requested_collection_date, "2026-12-01");
+            assert_eq!((recipe_id.as_str(), *recipe_version), (RECIPE_ID, 1));
+            assert_eq!(*recipe_json, stored_recipe.canonical_json);
+            assert_eq!(*recipe_sha256, recipe.sha256());
+            let shipped = Recipe::from_json(recipe_json).expect("the shipped JSON is a recipe");
+            assert_eq!(
+                shipped.sha256(),
+                *recipe_sha256,
+                "the SHA-256 matches the JSON"
+            );
+        }
+        other => panic!("expected a batch order, got {other:?}"),
+    }
+    assert_eq!(store.site(SITE_A).await.expect("site").last_command_seq, 1);
+    assert!(
+        commands(&*store, SITE_B).await.is_empty(),
+        "command logs are per site"
+    );
+}
+
+async fn case_successive_orders_get_distinct_valid_cois(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    let orders = [
+        order_at(&*store, SITE_A).await,
+        order_at(&*store, SITE_A).await,
+        order_at(&*store, SITE_B).await,
+    ];
+    let mut cois: Vec<&str> = orders.iter().map(|o| o.coi.as_str()).collect();
+    for coi in &cois {
+        let parsed = Coi::parse(coi).expect("a valid COI");
+        assert!(parsed.as_str().starts_with("G1234"), "{coi}");
+    }
+    cois.sort_unstable();
+    cois.dedup();
+    assert_eq!(cois.len(), 3, "every order has its own COI");
+
+    let seqs = |cmds: Vec<HubCommand>| cmds.iter().map(|c| c.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(commands(&*store, SITE_A).await), vec![1, 2]);
+    assert_eq!(seqs(commands(&*store, SITE_B).await), vec![1]);
+    let after_first = store.commands_after(SITE_A, 1, 10).await.expect("commands");
+    assert_eq!(seqs(after_first), vec![2]);
+    let limited = store.commands_after(SITE_A, 0, 1).await.expect("commands");
+    assert_eq!(seqs(limited), vec![1]);
+}
+
+async fn case_command_acks_are_bounded_by_what_was_issued(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    order_at(&*store, SITE_A).await;
+    order_at(&*store, SITE_A).await;
+    let acked = |site: Site| (site.last_command_seq, site.acked_command_seq);
+    assert_eq!(acked(store.site(SITE_A).await.expect("site")), (2, 0));
+
+    assert_refused!(store.ack_commands(SITE_A, 3).await, Error::Protocol);
+    assert_eq!(acked(store.site(SITE_A).await.expect("site")), (2, 0));
+
+    store.ack_commands(SITE_A, 1).await.expect("ack 1");
+    assert_eq!(acked(store.site(SITE_A).await.expect("site")), (2, 1));
+    store.ack_commands(SITE_A, 2).await.expect("ack 2");
+    assert_eq!(acked(store.site(SITE_A).await.expect("site")), (2, 2));
+
+    // A late, lower ack (e.g. from an old connection) never moves the cursor back;
+    // whether it is refused or ignored is up to the backend.
+    let _ = store.ack_commands(SITE_A, 1).await;
+    assert_eq!(acked(store.site(SITE_A).await.expect("site")), (2, 2));
+}
+
+async fn case_refused_orders_create_nothing(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    let existing = order_at(&*store, SITE_A).await;
+    store
+        .add_site(
+            "site-pending",
+            "not enrolled",
+            "token-pending",
+            now() + Duration::hours(1),
+        )
+        .await
+        .expect("add pending site");
+    add_active_site(&*store, "site-suspended").await;
+    let suspended = store
+        .set_site_status("site-suspended", SiteStatus::Suspended)
+        .await
+        .expect("suspend site");
+    assert_eq!(suspended.status, SiteStatus::Suspended);
+
+    assert_refused!(
+        store.create_order(&new_order("site-unknown"), now()).await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store
+            .create_order(&new_order("site-suspended"), now())
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_refused!(
+        store.create_order(&new_order("site-pending"), now()).await,
+        Error::FailedPrecondition
+    );
+    let unknown_product = NewOrder {
+        recipe_id: "no-such-product".into(),
+        ..new_order(SITE_A)
+    };
+    assert_refused!(
+        store.create_order(&unknown_product, now()).await,
+        Error::Invalid
+    );
+
+    let orders = store.list_orders(None, None).await.expect("list orders");
+    assert_eq!(
+        orders.iter().map(|o| o.order_id).collect::<Vec<_>>(),
+        vec![existing.order_id]
+    );
+    assert_eq!(commands(&*store, SITE_A).await.len(), 1);
+    for site_id in ["site-pending", "site-suspended"] {
+        assert!(commands(&*store, site_id).await.is_empty(), "{site_id}");
+        let site = store.site(site_id).await.expect("site");
+        assert_eq!(site.last_command_seq, 0, "{site_id}");
+    }
+    assert_eq!(store.site(SITE_A).await.expect("site").last_command_seq, 1);
+}
+
+// ---------------------------------------------------------------------------------
+// 4. Cancelling an order.
+// ---------------------------------------------------------------------------------
+
+async fn case_cancel_stops_a_batch_in_process(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(
+        &*store,
+        SITE_A,
+        &[
+            log.record(order.batch_id, accepted(&order, &recipe)),
+            log.record(order.batch_id, step_started("receipt")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::InProcess
+    );
+
+    let cancelled = store
+        .cancel_order(order.order_id, "patient too ill", PHYSICIAN, now())
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.state, BatchState::Cancelled);
+    assert_eq!(cancelled.current_step, None);
+    assert_eq!(
+        store.order(order.order_id).await.expect("order").state,
+        BatchState::Cancelled
+    );
+    let queued = commands(&*store, SITE_A).await;
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert_eq!((queued[1].seq, queued[1].batch_id), (2, order.batch_id));
+    assert_eq!(
+        queued[1].kind,
+        CommandKind::CancelBatch {
+            reason: "patient too ill".into(),
+            cancelled_by: PHYSICIAN.into(),
+        }
+    );
+
+    assert_refused!(
+        store
+            .cancel_order(order.order_id, "again", PHYSICIAN, now())
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(commands(&*store, SITE_A).await.len(), 2);
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::Cancelled
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 5. Release: an e-signature bound to the record as reviewed.
+// ---------------------------------------------------------------------------------
+
+async fn case_release_needs_a_complete_record(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let hash = reviewed_sha256(&*store, order.batch_id).await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+
+    assert_refused!(
+        store
+            .sign_release(&signature(&order, QA, hash), now())
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+    let record = store.batch_record(order.batch_id).await.expect("record");
+    assert!(record.signatures.is_empty());
+    assert_eq!(record.order.state, BatchState::Ordered);
+}
+
+async fn case_release_is_bound_to_the_record_as_reviewed(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(&*store, SITE_A, &complete_record(&mut log, &order, &recipe)).await;
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::AwaitingRelease
+    );
+
+    // QA reviews, then the site records one more thing before QA signs.
+    let stale = reviewed_sha256(&*store, order.batch_id).await;
+    ingest(
+        &*store,
+        SITE_A,
+        &[log.record(order.batch_id, deviation("formulation"))],
+    )
+    .await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+    assert_refused!(
+        store
+            .sign_release(&signature(&order, QA, stale.clone()), now())
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+    assert!(store
+        .batch_record(order.batch_id)
+        .await
+        .expect("record")
+        .signatures
+        .is_empty());
+
+    let current = reviewed_sha256(&*store, order.batch_id).await;
+    assert_ne!(current, stale);
+    let signed = signature(&order, QA, current.clone());
+    let released = store
+        .sign_release(&signed, now())
+        .await
+        .expect("sign release");
+    assert_eq!(released.state, BatchState::Released);
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::Released
+    );
+    let record = store.batch_record(order.batch_id).await.expect("record");
+    assert_eq!(record.signatures, vec![signed.clone()]);
+
+    let queued = commands(&*store, SITE_A).await;
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert_eq!((queued[1].seq, queued[1].batch_id), (2, order.batch_id));
+    assert_eq!(
+        queued[1].kind,
+        CommandKind::ReleaseDecision {
+            signature_id: signed.signature_id,
+            meaning: ReleaseMeaning::Released,
+            signer: QA.into(),
+            signer_name: signed.signer_name.clone(),
+            signed_at: signed.signed_at,
+            record_sha256: current.clone(),
+            reason: signed.reason.clone(),
+        }
+    );
+
+    // A second signature on a released batch is refused.
+    assert_refused!(
+        store
+            .sign_release(&signature(&order, QA, current), now())
+            .await,
+        Error::FailedPrecondition
+    );
+    let record = store.batch_record(order.batch_id).await.expect("record");
+    assert_eq!(record.signatures, vec![signed]);
+    assert_eq!(commands(&*store, SITE_A).await.len(), 2);
+}
+
+async fn case_an_operator_may_not_release_their_own_batch(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(&*store, SITE_A, &complete_record(&mut log, &order, &recipe)).await;
+    let hash = reviewed_sha256(&*store, order.batch_id).await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+
+    // TECHNICIAN recorded this batch's events.
+    assert_refused!(
+        store
+            .sign_release(&signature(&order, TECHNICIAN, hash.clone()), now())
+            .await,
+        Error::PermissionDenied
+    );
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+    assert!(store
+        .batch_record(order.batch_id)
+        .await
+        .expect("record")
+        .signatures
+        .is_empty());
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::AwaitingRelease
+    );
+
+    // The same record signed by someone independent goes through.
+    store
+        .sign_release(&signature(&order, QA, hash), now())
+        .await
+        .expect("independent QA signs");
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::Released
+    );
+}
+
+/// The decision queued for the site carries the signature exactly as the hub keeps it.
+async fn case_release_decision_matches_the_stored_signature(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(&*store, SITE_A, &complete_record(&mut log, &order, &recipe)).await;
+    let hash = reviewed_sha256(&*store, order.batch_id).await;
+    // A signing time with digits below the microsecond, as `Utc::now()` gives on
+    // Linux (the release service signs with `Utc::now()`).
+    let mut signed = signature(&order, QA, hash);
+    signed.signed_at = now() + Duration::nanoseconds(789);
+    store
+        .sign_release(&signed, now())
+        .await
+        .expect("sign release");
+
+    let kept = store
+        .batch_record(order.batch_id)
+        .await
+        .expect("record")
+        .signatures;
+    assert_eq!(kept.len(), 1);
+    let queued = commands(&*store, SITE_A).await;
+    let sent = match &queued.last().expect("a queued command").kind {
+        CommandKind::ReleaseDecision {
+            signature_id,
+            signed_at,
+            ..
+        } => (*signature_id, *signed_at),
+        other => panic!("expected a release decision, got {other:?}"),
+    };
+    // The hub's copy and the site's copy of one signature carry the same time, even
+    // when the caller's clock has nanoseconds the store does not keep.
+    assert_eq!(
+        sent,
+        (kept[0].signature_id, kept[0].signed_at),
+        "the site's copy of the signature differs from the hub's"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Site enrollment tokens.
+// ---------------------------------------------------------------------------------
+
+async fn case_expired_enrollment_token_is_refused(store: Arc<dyn Store>) {
+    let expired_at = now() - Duration::minutes(1);
+    store
+        .add_site("site-late", "late", "token-late", expired_at)
+        .await
+        .expect("add site");
+
+    // Before its expiry the token was good, so expiry is what refuses it.
+    let earlier = expired_at - Duration::minutes(5);
+    let site = store
+        .site_for_token("token-late", earlier)
+        .await
+        .expect("token valid before expiry");
+    assert_eq!(site.site_id, "site-late");
+
+    assert_refused!(
+        store.site_for_token("token-late", now()).await,
+        Error::PermissionDenied
+    );
+    assert_refused!(
+        store
+            .complete_enrollment("site-late", "token-late", "cert-late", now())
+            .await,
+        Error::PermissionDenied
+    );
+    let site = store.site("site-late").await.expect("site");
+    assert_eq!(site.status, SiteStatus::Pending);
+    assert_eq!(site.cert_sha256, None);
+}
+
+async fn case_enrollment_token_works_once(store: Arc<dyn Store>) {
+    store
+        .add_site("site-new", "new", "token-new", now() + Duration::hours(1))
+        .await
+        .expect("add site");
+    let pending = store
+        .site_for_token("token-new", now())
+        .await
+        .expect("token is valid");
+    assert_eq!(
+        (pending.site_id.as_str(), pending.status),
+        ("site-new", SiteStatus::Pending)
+    );
+
+    let enrolled = store
+        .complete_enrollment("site-new", "token-new", "cert-1", now())
+        .await
+        .expect("enroll");
+    assert_eq!(enrolled.status, SiteStatus::Active);
+    assert_eq!(enrolled.cert_sha256.as_deref(), Some("cert-1"));
+
+    assert_refused!(
+        store
+            .complete_enrollment("site-new", "token-new", "cert-2", now())
+            .await,
+        Error::PermissionDenied
+    );
+    assert_refused!(
+        store.site_for_token("token-new", now()).await,
+        Error::PermissionDenied
+    );
+    let site = store.site("site-new").await.expect("site");
+    assert_eq!(
+        site.cert_sha256.as_deref(),
+        Some("cert-1"),
+        "the second attempt did not replace the certificate"
+    );
+    assert_eq!(site.status, SiteStatus::Active);
+}
+
+async fn case_adding_a_site_twice_is_refused(store: Arc<dyn Store>) {
+    let expires = now() + Duration::hours(1);
+    store
+        .add_site("site-dup", "First", "token-1", expires)
+        .await
+        .expect("add site");
+    assert_refused!(
+        store
+            .add_site("site-dup", "Second", "token-2", expires)
+            .await,
+        Error::AlreadyExists
+    );
+
+    let sites = store.list_sites().await.expect("list sites");
+    assert_eq!(sites.len(), 1);
+    assert_eq!(sites[0].name, "First");
+    assert_refused!(
+        store.site_for_token("token-2", now()).await,
+        Error::PermissionDenied
+    );
+    let site = store
+        .site_for_token("token-1", now())
+        .await
+        .expect("the first token still works");
+    assert_eq!(site.site_id, "site-dup");
+}
+
+// ---------------------------------------------------------------------------------
+// 7. Sessions.
+// ---------------------------------------------------------------------------------
+
+async fn case_sessions_expire_and_end(store: Arc<dyn Store>) {
+    add_user(&*store, PHYSICIAN, Role::Physician).await;
+    add_user(&*store, QA, Role::Qa).await;
+    let start = now();
+    store
+        .create_session("session-1", PHYSICIAN, start + Duration::hours(1))
+        .await
+        .expect("create session");
+    store
+        .create_session("session-2", QA, start + Duration::hours(1))
+        .await
+        .expect("create session");
+
+    let user = store
+        .session_user("session-1", start)
+        .await
+        .expect("live session");
+    assert_eq!(
+        (user.username.as_str(), user.role),
+        (PHYSICIAN, Role::Physician)
+    );
+    assert_refused!(
+        store
+            .session_user("session-1", start + Duration::hours(2))
+            .await,
+        Error::NotFound
+    );
+    assert_refused!(
+        store.session_user("session-unknown", start).await,
+        Error::NotFound
+    );
+
+    store
+        .delete_session("session-1")
+        .await
+        .expect("delete session");
+    assert_refused!(
+        store.session_user("session-1", start).await,
+        Error::NotFound
+    );
+    let other = store
+        .session_user("session-2", start)
+        .await
+        .expect("other sessions live on");
+    assert_eq!(other.username, QA);
+}
+
+// ---------------------------------------------------------------------------------
+// 8. Recipes: published versions are immutable.
+// ---------------------------------------------------------------------------------
+
+async fn case_recipe_versions_are_immutable(store: Arc<dyn Store>) {
+    let recipe = shipped_recipe();
+    store.publish_recipe(&recipe).await.expect("publish");
+    store
+        .publish_recipe(&recipe)
+        .await
+        .expect("publishing the same document again is fine");
+    assert_eq!(store.list_recipes().await.expect("list").len(), 1);
+
+    let mut changed = recipe.clone();
+    changed.title = "Changed after publication".into();
+    assert_refused!(
+        store.publish_recipe(&changed).await,
+        Error::FailedPrecondition
+    );
+    let stored = store.recipe(RECIPE_ID, 1).await.expect("v1");
+    assert_eq!(stored.sha256, recipe.sha256());
+    assert_eq!(stored.recipe.title, recipe.title);
+    assert_eq!(store.list_recipes().await.expect("list").len(), 1);
+
+    // The change is welcome as a new version.
+    changed.version = 2;
+    store.publish_recipe(&changed).await.expect("publish v2");
+    let latest = store.latest_recipe(RECIPE_ID).await.expect("latest");
+    assert_eq!(
+        (latest.recipe.version, latest.sha256.as_str()),
+        (2, changed.sha256().as_str())
+    );
+    let v1 = store.recipe(RECIPE_ID, 1).await.expect("v1");
+    assert_eq!(v1.sha256, recipe.sha256());
+}
+
+// ---------------------------------------------------------------------------------
+// 9. Durability: what was committed is there after the store is closed and reopened.
+// ---------------------------------------------------------------------------------
+
+/// `reopen` closes the store it is given and opens the same database again.
+async fn case_data_survives_reopening(
+    store: Arc<dyn Store>,
+    reopen: impl AsyncFnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let sent = vec![
+        log.record(order.batch_id, accepted(&order, &recipe)),
+        log.record(order.batch_id, step_started("receipt")),
+        log.record(order.batch_id, step_completed("receipt")),
+    ];
+    ingest(&*store, SITE_A, &sent).await;
+    store.ack_commands(SITE_A, 1).await.expect("ack");
+    store
+        .create_session("session-1", QA, now() + Duration::hours(1))
+        .await
+        .expect("session");
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+    assert_eq!(
+        (
+            before.site.acked_event_seq,
+            before.site.last_command_seq,
+            before.site.acked_command_seq
+        ),
+        (3, 1, 1)
+    );
+
+    let store = reopen(store).await;
+
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+    assert_eq!(stored_events(&*store, order.batch_id).await, sent);
+    assert_eq!(
+        store.recipe(RECIPE_ID, 1).await.expect("recipe").sha256,
+        recipe.sha256()
+    );
+    assert_eq!(store.user(QA).await.expect("user").role, Role::Qa);
+    assert_eq!(
+        store
+            .session_user("session-1", now())
+            .await
+            .expect("session")
+            .username,
+        QA
+    );
+    assert_eq!(
+        store.site(SITE_B).await.expect("site").status,
+        SiteStatus::Active
+    );
+
+    // The cursors carry on where they were: repeats are repeats, the next seq is 4.
+    let next = log.record(order.batch_id, step_started("selection"));
+    let resent: Vec<SiteEvent> = sent.iter().cloned().chain([next]).collect();
+    let done = ingest(&*store, SITE_A, &resent).await;
+    assert_eq!(
+        done,
+        Ingested {
+            acked_event_seq: 4,
+            new_events: 1
+        }
+    );
+    let second = order_at(&*store, SITE_A).await;
+    assert_ne!(second.coi, order.coi, "COI serials carry on too");
+    let seqs: Vec<u64> = commands(&*store, SITE_A)
+        .await
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+}
+
+// ---------------------------------------------------------------------------------
+// Backends.
+// ---------------------------------------------------------------------------------
+
+/// One `#[tokio::test]` per case, each on a fresh store from `$open`, which returns
+/// a guard (kept alive for the test) and the store.
+macro_rules! store_cases {
+    ($backend:ident, $open:ident: $($case:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    let (_guard, store) = super::$open().await;
+                    super::$case(store).await;
+                }
+            )+
+        }
+    };
+}
+
+async fn open_sqlite_at(path: &Path) -> Arc<SqliteStore> {
+    Arc::new(
+        SqliteStore::open(path)
+            .await
+            .expect("open the SQLite store"),
+    )
+}
+
+async fn open_sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_sqlite_at(&dir.path().join("hub.db")).await;
+    (dir, store)
+}
+
+store_cases!(sqlite, open_sqlite:
+    case_ingest_stores_consecutive_events_and_advances_cursor,
+    case_ingest_accepts_identical_repeats_and_changes_nothing,
+    case_ingest_refuses_a_changed_repeat,
+    case_ingest_refuses_a_gap_and_stores_nothing_of_the_call,
+    case_ingest_refuses_events_for_another_sites_batch,
+    case_ingest_refuses_events_for_a_batch_never_ordered,
+    case_batch_awaits_release_exactly_when_its_record_is_complete,
+    case_out_of_spec_result_is_kept_and_flagged,
+    case_order_queues_a_batch_order_command,
+    case_successive_orders_get_distinct_valid_cois,
+    case_command_acks_are_bounded_by_what_was_issued,
+    case_refused_orders_create_nothing,
+    case_cancel_stops_a_batch_in_process,
+    case_release_needs_a_complete_record,
+    case_release_is_bound_to_the_record_as_reviewed,
+    case_an_operator_may_not_release_their_own_batch,
+    case_release_decision_matches_the_stored_signature,
+    case_expired_enrollment_token_is_refused,
+    case_enrollment_token_works_once,
+    case_adding_a_site_twice_is_refused,
+    case_sessions_expire_and_end,
+    case_recipe_versions_are_immutable,
+);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_case_data_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hub.db");
+    let first = open_sqlite_at(&path).await;
+    let handed_out: Arc<dyn Store> = first.clone();
+    case_data_survives_reopening(handed_out, async move |store: Arc<dyn Store>| {
+        drop(store);
+        first.close().await;
+        drop(first);
+        let reopened: Arc<dyn Store> = open_sqlite_at(&path).await;
+        reopened
+    })
+    .await;
+}
