@@ -142,6 +142,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let router = Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(grpc::refusals::LogRefusalsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(pb::site_link_service_server::SiteLinkServiceServer::new(

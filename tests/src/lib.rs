@@ -288,9 +288,25 @@ impl Hub {
     }
 }
 
+/// On a failing test, show the end of a process's log, since its directory goes away.
+fn show_log_if_panicking(what: &str, path: &Path) {
+    if std::thread::panicking() {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        eprintln!(
+            "---- last lines of the {what} log ({}) ----",
+            path.display()
+        );
+        for line in tail.into_iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+}
+
 impl Drop for Hub {
     fn drop(&mut self) {
         self.kill();
+        show_log_if_panicking("hub", &self.log_path());
     }
 }
 
@@ -357,8 +373,27 @@ impl Agent {
         self
     }
 
+    /// Sets one value in the agent's config file, e.g. `&["simulator", "faults", "contamination"]`.
+    pub fn configure(&self, path: &[&str], value: toml::Value) {
+        let file = self.data_dir().join("agent.toml");
+        let text = std::fs::read_to_string(&file).expect("agent.toml written at enrollment");
+        let mut doc: toml::Table = toml::from_str(&text).expect("agent.toml parses");
+        let (last, parents) = path.split_last().expect("a non-empty path");
+        let mut table = &mut doc;
+        for key in parents {
+            table = table
+                .entry(key.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .expect("a table");
+        }
+        table.insert(last.to_string(), value);
+        std::fs::write(&file, toml::to_string(&doc).expect("toml")).expect("write agent.toml");
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "agent already running");
+        let starts_before = self.log().matches("site agent running").count();
         let child = Command::new(binary("carrel-site-agent"))
             .args(["run", "--data-dir"])
             .arg(self.data_dir())
@@ -373,6 +408,26 @@ impl Agent {
             .spawn()
             .expect("start carrel-site-agent");
         self.child = Some(child);
+        // Fail fast, with the log, when the agent cannot start.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.log().matches("site agent running").count() > starts_before {
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!("carrel-site-agent exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "carrel-site-agent did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL, mid-whatever-it-was-doing.
@@ -401,6 +456,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+        show_log_if_panicking(&format!("agent {}", self.site_id), &self.log_path());
     }
 }
 

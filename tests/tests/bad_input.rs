@@ -240,6 +240,15 @@ async fn user_facing_api_refuses_bad_requests_and_stores_nothing() {
     assert_eq!(count(&db, "SELECT COUNT(*) FROM signatures").await, 0);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM orders").await, 1);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM hub_commands").await, 1);
+
+    // Each refusal left a log line with the RPC, the code and the reason.
+    let log = hub.log();
+    let refused = log
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .count();
+    assert!(refused >= 15, "{refused} refusals logged:\n{log}");
+    assert!(log.contains("rpc=/carrel.v1.OrderService/CreateOrder code=InvalidArgument reason=site \"site-x\" is not known to the hub"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -263,3 +263,89 @@ async fn order_reaches_release_and_the_site_records_the_decision() {
     assert_same_log(&hub_log, &site_log);
     println!("events moved site -> hub: {}", site_log.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_at_the_site_reach_qa_as_exceptions_and_qa_rejects() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let token = hub.add_site("site-f");
+    let mut agent = Agent::enroll(&hub, "site-f", &token)
+        .expect("enrollment")
+        .with_time_compression(200_000.0);
+    agent.configure(&["simulator", "faults", "contamination"], true.into());
+    agent.configure(
+        &["simulator", "faults", "alarm_at_step"],
+        "activation".into(),
+    );
+    agent.start();
+    let order = create_order(&hub, "P-6001", "site-f");
+    let order_id = str_field(&order, "order_id").to_owned();
+    let batch_id = str_field(&order, "batch_id").to_owned();
+    wait_for_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
+
+    let record = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
+    let oos: Vec<&str> = record["qc"]
+        .as_array()
+        .expect("qc")
+        .iter()
+        .filter(|q| q["hub_outcome"] == "out_of_specification")
+        .map(|q| q["test_id"].as_str().expect("test id"))
+        .collect();
+    assert_eq!(
+        oos,
+        vec!["sterility", "endotoxin"],
+        "contamination fails exactly these at the hub too"
+    );
+    let exceptions: Vec<String> = record["exceptions"]
+        .as_array()
+        .expect("exceptions")
+        .iter()
+        .map(|e| str_field(e, "kind").to_owned())
+        .collect();
+    for kind in ["instrument alarm", "deviation raised", "QC result"] {
+        assert!(
+            exceptions.iter().any(|k| k == kind),
+            "{kind} missing from exceptions {exceptions:?}"
+        );
+    }
+
+    let out = hub.cli(
+        QA.0,
+        &["release", "sign", &batch_id, "--meaning", "rejected"],
+        Some(QA.1),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a rejection needs a reason"));
+    hub.cli_ok(
+        QA.0,
+        &[
+            "release",
+            "sign",
+            &batch_id,
+            "--meaning",
+            "rejected",
+            "--reason",
+            "sterility failed (growth detected)",
+        ],
+        Some(QA.1),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the site to record the rejection",
+        || {
+            let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+            async move {
+                (shown["decision_recorded_at_site"] == true && shown["state"] == "rejected")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let decision: Option<String> =
+        sqlx::query_scalar("SELECT decision FROM batches WHERE batch_id = ?")
+            .bind(&batch_id)
+            .fetch_one(&agent.db().await)
+            .await
+            .expect("local batch");
+    assert_eq!(decision.as_deref(), Some("rejected"));
+}

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod orders;
+pub mod refusals;
 pub mod release;
 pub mod site_link;
 
