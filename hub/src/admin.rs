@@ -59,6 +59,7 @@ pub async fn register_site(
     site_id: &str,
     name: &str,
     ttl_secs: u32,
+    actor: &str,
 ) -> Result<Registered, Error> {
     validate_site_id(site_id)?;
     if name.trim().is_empty() {
@@ -80,6 +81,7 @@ pub async fn register_site(
             name.trim(),
             &secret_sha256(&token.secret),
             expires_at,
+            actor,
         )
         .await?;
     tracing::info!(site_id, %expires_at, "site registered, waiting for enrollment");
@@ -96,6 +98,7 @@ pub async fn add_user(
     full_name: &str,
     role: Role,
     password: &str,
+    actor: &str,
 ) -> Result<User, Error> {
     validate_username(username)?;
     if full_name.trim().is_empty() {
@@ -110,7 +113,7 @@ pub async fn add_user(
         disabled: false,
         password_hash: hash_password(password)?,
     };
-    store.add_user(&user).await?;
+    store.add_user(&user, actor).await?;
     tracing::info!(username, role = %role, "user added");
     Ok(user)
 }

@@ -30,11 +30,14 @@ impl Projection {
     }
 
     /// Applies one site event; returns the hub's evaluation when it is a QC result.
+    /// Applies one site event of the batch whose order carries `coi`; returns the
+    /// hub's evaluation when it is a QC result.
     pub fn apply(
         &mut self,
         event: &SiteEvent,
         recipe: &Recipe,
         recipe_sha256: &str,
+        coi: &str,
     ) -> Option<QcRecord> {
         let mut qc = None;
         let mut exception = false;
@@ -57,9 +60,22 @@ impl Projection {
                 }
             }
             EventKind::StepStarted { step_id, .. } => {
-                if recipe.step(step_id).is_none() {
-                    exception = true;
-                    self.anomaly(event, format!("step {step_id:?} is not in the recipe"));
+                match recipe.step(step_id) {
+                    None => {
+                        exception = true;
+                        self.anomaly(event, format!("step {step_id:?} is not in the recipe"));
+                    }
+                    Some(step) => {
+                        if let Some(cp) = &step.custody_checkpoint {
+                            if !self.progress.checkpoints_passed.contains(&cp.id) {
+                                exception = true;
+                                self.anomaly(
+                                    event,
+                                    format!("step {step_id:?} started without a matching scan at custody checkpoint {:?}", cp.id),
+                                );
+                            }
+                        }
+                    }
                 }
                 if matches!(
                     self.state,
@@ -120,8 +136,8 @@ impl Projection {
             | EventKind::Correction { .. } => {
                 exception = true;
             }
-            EventKind::CustodyScan { matched, .. } => {
-                exception = !matched;
+            EventKind::CustodyScan { .. } => {
+                exception = self.custody(event, recipe, coi);
             }
             EventKind::ReleaseDecisionRecorded { .. } => {
                 self.decision_recorded = true;
@@ -158,6 +174,76 @@ impl Projection {
                 .all(|t| self.progress.tests_recorded.contains(&t.id))
     }
 
+    /// A scan the site reports; returns true when it is an exception for QA. The hub
+    /// trusts the site's "matched" only when the identifiers say the same.
+    fn custody(&mut self, event: &SiteEvent, recipe: &Recipe, coi: &str) -> bool {
+        let EventKind::CustodyScan {
+            checkpoint_id,
+            expected_coi,
+            scanned_coi,
+            matched,
+            ..
+        } = &event.kind
+        else {
+            return false;
+        };
+        let matched = *matched;
+        if !matched {
+            return true;
+        }
+        if expected_coi != coi || scanned_coi != coi {
+            self.anomaly(
+                event,
+                format!("site reported a match at {checkpoint_id:?} but scanned {scanned_coi:?}; the order's COI is {coi}"),
+            );
+            return true;
+        }
+        let bedside: Vec<&str> = recipe
+            .bedside_checkpoints
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect();
+        let in_steps = recipe.steps.iter().any(|s| {
+            s.custody_checkpoint
+                .as_ref()
+                .is_some_and(|c| &c.id == checkpoint_id)
+        });
+        match bedside.iter().position(|id| *id == checkpoint_id) {
+            Some(0) if self.state == BatchState::Released => self.state = BatchState::HandedOver,
+            Some(1) if self.state == BatchState::HandedOver => self.state = BatchState::Infused,
+            Some(_) => {
+                self.anomaly(
+                    event,
+                    format!(
+                        "bedside checkpoint {checkpoint_id:?} recorded while the batch is {}",
+                        self.state
+                    ),
+                );
+                return true;
+            }
+            None if in_steps => {}
+            None => {
+                self.anomaly(
+                    event,
+                    format!("custody checkpoint {checkpoint_id:?} is not in the recipe"),
+                );
+                return true;
+            }
+        }
+        self.progress
+            .checkpoints_passed
+            .insert(checkpoint_id.to_owned());
+        false
+    }
+
+    /// Notes something the hub found wrong with a record (stored, shown to QA).
+    pub fn flag(&mut self, event: &SiteEvent, what: String) {
+        self.anomaly(event, what);
+        if self.progress.exceptions.last() != Some(&event.seq) {
+            self.progress.exceptions.push(event.seq);
+        }
+    }
+
     fn anomaly(&mut self, event: &SiteEvent, what: String) {
         self.progress
             .anomalies
@@ -178,6 +264,8 @@ mod tests {
     use chrono::Utc;
     use uuid::Uuid;
 
+    const COI: &str = "G123426000042X";
+
     fn recipe() -> Recipe {
         Recipe::from_toml(include_str!("../recipes/cd19-car-t.v1.toml")).expect("valid recipe")
     }
@@ -189,8 +277,23 @@ mod tests {
             recorded_at: Utc::now(),
             batch_id: Uuid::nil(),
             recorded_by: "agent".into(),
+            prev_sha256: carrel_proto::event::GENESIS_SHA256.into(),
             kind,
         }
+    }
+
+    fn scan(seq: u64, checkpoint: &str, scanned: &str, matched: bool) -> SiteEvent {
+        event(
+            seq,
+            EventKind::CustodyScan {
+                checkpoint_id: checkpoint.into(),
+                expected_coi: COI.into(),
+                scanned_coi: scanned.into(),
+                verifiers: vec!["a".into(), "b".into()],
+                matched,
+                location: "bench 1".into(),
+            },
+        )
     }
 
     fn qc(seq: u64, test_id: &str, value: QcValue, site_outcome: Outcome) -> SiteEvent {
@@ -202,6 +305,7 @@ mod tests {
                 unit: String::new(),
                 method: String::new(),
                 site_outcome,
+                retest_of: None,
             },
         )
     }
@@ -222,9 +326,14 @@ mod tests {
             ),
             recipe,
             sha,
+            COI,
         );
         assert_eq!(p.state, BatchState::Accepted);
         for step in &recipe.steps {
+            if let Some(cp) = &step.custody_checkpoint {
+                seq += 1;
+                p.apply(&scan(seq, &cp.id, COI, true), recipe, sha, COI);
+            }
             seq += 1;
             p.apply(
                 &event(
@@ -237,6 +346,7 @@ mod tests {
                 ),
                 recipe,
                 sha,
+                COI,
             );
             assert_eq!(p.state, BatchState::InProcess);
             assert_eq!(p.current_step.as_deref(), Some(step.id.as_str()));
@@ -251,6 +361,7 @@ mod tests {
                 ),
                 recipe,
                 sha,
+                COI,
             );
         }
         let tests: Vec<_> = recipe
@@ -264,7 +375,7 @@ mod tests {
             } else {
                 QcValue::Text(test.spec.accepted[0].clone())
             };
-            let q = p.apply(&qc(seq, &test.id, value, Outcome::Pass), recipe, sha);
+            let q = p.apply(&qc(seq, &test.id, value, Outcome::Pass), recipe, sha, COI);
             assert_eq!(q.map(|q| q.hub_outcome), Some(Outcome::Pass), "{}", test.id);
         }
         (p, seq)
@@ -285,9 +396,76 @@ mod tests {
             &qc(seq + 1, &last.id, QcValue::Numeric(1.0), Outcome::Pass),
             &recipe,
             &sha,
+            COI,
         );
         assert_eq!(p.state, BatchState::AwaitingRelease);
-        assert!(p.progress.exceptions.is_empty());
+        assert!(
+            p.progress.exceptions.is_empty(),
+            "{:?}",
+            p.progress.anomalies
+        );
+    }
+
+    #[test]
+    fn bedside_scans_close_the_chain_only_after_release_and_in_order() {
+        let recipe = recipe();
+        let sha = recipe.sha256();
+        let mut p = Projection::new();
+        p.state = BatchState::AwaitingRelease;
+        p.apply(&scan(1, "handover", COI, true), &recipe, &sha, COI);
+        assert_eq!(p.state, BatchState::AwaitingRelease, "not released yet");
+        assert_eq!(p.progress.exceptions, vec![1]);
+        p.state = BatchState::Released;
+        p.apply(&scan(2, "infusion", COI, true), &recipe, &sha, COI);
+        assert_eq!(p.state, BatchState::Released, "infusion before hand-over");
+        p.apply(&scan(3, "handover", COI, true), &recipe, &sha, COI);
+        assert_eq!(p.state, BatchState::HandedOver);
+        p.apply(
+            &scan(4, "infusion", "G123426000043Z", true),
+            &recipe,
+            &sha,
+            COI,
+        );
+        assert_eq!(
+            p.state,
+            BatchState::HandedOver,
+            "a 'match' on another COI is not believed"
+        );
+        p.apply(&scan(5, "infusion", COI, true), &recipe, &sha, COI);
+        assert_eq!(p.state, BatchState::Infused);
+        assert_eq!(p.progress.exceptions, vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn a_step_started_without_its_checkpoint_is_flagged() {
+        let recipe = recipe();
+        let sha = recipe.sha256();
+        let mut p = Projection::new();
+        p.apply(
+            &scan(1, "receipt", "G123426000043Z", false),
+            &recipe,
+            &sha,
+            COI,
+        );
+        p.apply(
+            &event(
+                2,
+                EventKind::StepStarted {
+                    step_id: "receipt".into(),
+                    instrument_id: "bench".into(),
+                    resumed: false,
+                },
+            ),
+            &recipe,
+            &sha,
+            COI,
+        );
+        assert_eq!(p.progress.exceptions, vec![1, 2]);
+        assert!(
+            p.progress.anomalies[0].contains("without a matching scan"),
+            "{:?}",
+            p.progress.anomalies
+        );
     }
 
     #[test]
@@ -300,6 +478,7 @@ mod tests {
                 &qc(5, "viability", QcValue::Numeric(55.0), Outcome::Pass),
                 &recipe,
                 &sha,
+                COI,
             )
             .expect("a qc record");
         assert_eq!(q.hub_outcome, Outcome::OutOfSpecification);
@@ -322,6 +501,7 @@ mod tests {
             ),
             &recipe,
             &sha,
+            COI,
         );
         assert!(p.progress.steps_completed.is_empty());
         assert_eq!(p.progress.exceptions, vec![1]);
@@ -342,6 +522,7 @@ mod tests {
             ),
             &recipe,
             &sha,
+            COI,
         );
         assert_eq!(p.state, BatchState::Cancelled);
         p.apply(
@@ -355,6 +536,7 @@ mod tests {
             ),
             &recipe,
             &sha,
+            COI,
         );
         assert_eq!(p.state, BatchState::Cancelled);
     }

@@ -337,6 +337,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &site_id,
                 &name,
                 ttl.unwrap_or(config.enrollment_ttl_secs),
+                &local_operator(),
             )
             .await?;
             println!(
@@ -432,8 +433,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             admin::validate_username(&username)?;
             let password = read_new_password()?;
             let db = crate::server::open_store(&config).await?;
-            let user =
-                admin::add_user(db.as_ref(), &username, &full_name, role.into(), &password).await?;
+            let user = admin::add_user(
+                db.as_ref(),
+                &username,
+                &full_name,
+                role.into(),
+                &password,
+                &local_operator(),
+            )
+            .await?;
             println!(
                 "User {} ({}, {}) added.",
                 user.username, user.full_name, user.role
@@ -467,6 +475,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Order(command) => order_command(command).await,
         Command::Release(command) => release_command(command).await,
     }
+}
+
+/// Who runs an operator command on the hub machine, for the audit trail: the
+/// operating-system account, since these commands work without signing in.
+fn local_operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("os-user:{user}")
 }
 
 fn store_config(args: &StoreArgs) -> anyhow::Result<Config> {

@@ -52,6 +52,9 @@ pub const DEMO_USERS: &[(&str, &str, Role, &str)] = &[
     ),
 ];
 
+/// Who the audit trail names for what dev mode sets up.
+const DEV_ACTOR: &str = "carrel-hub dev";
+
 /// Demo sites: (site id, name).
 pub const DEMO_SITES: &[(&str, &str)] = &[
     ("site-a", "St Elsewhere University Hospital"),
@@ -83,7 +86,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let store = hub.shared.store.clone();
 
     for (username, full_name, role, password) in DEMO_USERS {
-        match crate::admin::add_user(store.as_ref(), username, full_name, *role, password).await {
+        match crate::admin::add_user(
+            store.as_ref(),
+            username,
+            full_name,
+            *role,
+            password,
+            DEV_ACTOR,
+        )
+        .await
+        {
             Ok(_) | Err(crate::admin::Error::Store(crate::store::Error::AlreadyExists(_))) => {}
             Err(e) => return Err(e.into()),
         }
@@ -93,9 +105,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (site_id, name) in DEMO_SITES {
         let data_dir = root.join(site_id);
         if !carrel_site_agent::identity::Identity::is_enrolled(&data_dir) {
-            let registered =
-                crate::admin::register_site(store.as_ref(), &hub.shared.ca, site_id, name, 600)
-                    .await?;
+            let registered = crate::admin::register_site(
+                store.as_ref(),
+                &hub.shared.ca,
+                site_id,
+                name,
+                600,
+                DEV_ACTOR,
+            )
+            .await?;
             carrel_site_agent::identity::enroll(
                 &hub_url,
                 &registered.token,
@@ -112,6 +130,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         agent_config.simulator.time_compression = args.time_compression;
         agent_config.simulator.sample_interval_hours = 6.0;
         agent_config.simulator.instrument_id = format!("{site_id}-sim-cps-01");
+        // Simulated technicians scan the right label at each manufacturing checkpoint;
+        // the bedside scans (hand-over, infusion) are left to the user.
+        agent_config.simulator.auto_scan = true;
         carrel_site_agent::write_config(&agent_config)?;
         agents.push(carrel_site_agent::start(agent_config, shutdown.clone()).await?);
     }
@@ -223,6 +244,16 @@ fn print_welcome(
     println!("  carrel-hub release list");
     println!("  carrel-hub release show BATCH_ID");
     println!("  echo dev-qa-password | carrel-hub release sign BATCH_ID --meaning released");
+    println!();
+    println!("At the bedside, once released (the label comes from `carrel-hub order show`):");
+    println!(
+        "  echo COI | carrel-site-agent scan --data-dir {} --batch BATCH_ID --checkpoint handover --verifier nurse.ann",
+        root.join("site-a").display()
+    );
+    println!(
+        "  echo COI | carrel-site-agent scan --data-dir {} --batch BATCH_ID --checkpoint infusion --verifier nurse.ann --verifier dr.ada",
+        root.join("site-a").display()
+    );
     println!();
     println!("Ctrl-C stops everything.");
     println!();

@@ -14,7 +14,9 @@ use carrel_hub::store::{
     Store, StoredEvent, User,
 };
 use carrel_proto::coi::Coi;
-use carrel_proto::event::{CommandKind, EventKind, HubCommand, ReleaseMeaning, SiteEvent};
+use carrel_proto::event::{
+    CommandKind, EventKind, HubCommand, ReleaseMeaning, SiteEvent, GENESIS_SHA256,
+};
 use carrel_proto::recipe::{Outcome, QcTest, QcValue, Recipe};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use std::path::Path;
@@ -32,6 +34,8 @@ const TECHNICIAN: &str = "tech-tom";
 const SITE_A: &str = "site-a";
 const SITE_B: &str = "site-b";
 const RECIPE_ID: &str = "cd19-car-t";
+/// Who the store is told made administrative changes (audited).
+const ADMIN: &str = "admin-ada";
 
 /// Now, to the microsecond the store keeps, so a time read back compares equal.
 fn now() -> DateTime<Utc> {
@@ -65,13 +69,16 @@ async fn seed(store: &dyn Store) -> Recipe {
 
 async fn add_user(store: &dyn Store, username: &str, role: Role) {
     store
-        .add_user(&User {
-            username: username.into(),
-            full_name: format!("{username} (test)"),
-            role,
-            disabled: false,
-            password_hash: "x".into(),
-        })
+        .add_user(
+            &User {
+                username: username.into(),
+                full_name: format!("{username} (test)"),
+                role,
+                disabled: false,
+                password_hash: "x".into(),
+            },
+            ADMIN,
+        )
         .await
         .expect("add user");
 }
@@ -80,7 +87,7 @@ async fn add_user(store: &dyn Store, username: &str, role: Role) {
 async fn add_active_site(store: &dyn Store, site_id: &str) -> Site {
     let token = format!("token-{site_id}");
     store
-        .add_site(site_id, site_id, &token, now() + Duration::hours(1))
+        .add_site(site_id, site_id, &token, now() + Duration::hours(1), ADMIN)
         .await
         .expect("add site");
     let site = store
@@ -113,29 +120,54 @@ async fn order_at(store: &dyn Store, site_id: &str) -> Order {
         .expect("create order")
 }
 
+thread_local! {
+    /// The hash of the last event made with each seq in this test (each test runs on
+    /// its own thread), so that `event(n, ..)` links to `event(n - 1, ..)` the way a
+    /// site's hash-chained log does.
+    static LAST_HASH_BY_SEQ: std::cell::RefCell<std::collections::HashMap<u64, String>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// A site event with the given seq, chained to the last event made with seq - 1.
 fn event(seq: u64, batch_id: Uuid, kind: EventKind) -> SiteEvent {
-    SiteEvent {
+    let prev_sha256 = LAST_HASH_BY_SEQ.with(|m| {
+        m.borrow()
+            .get(&(seq.wrapping_sub(1)))
+            .cloned()
+            .unwrap_or_else(|| GENESIS_SHA256.to_owned())
+    });
+    let event = SiteEvent {
         seq,
         event_id: Uuid::new_v4(),
         recorded_at: Utc::now(),
         batch_id,
         recorded_by: TECHNICIAN.into(),
+        prev_sha256,
         kind,
-    }
+    };
+    LAST_HASH_BY_SEQ.with(|m| m.borrow_mut().insert(seq, event.sha256()));
+    event
 }
 
-/// One site's event log as its agent writes it: consecutive seqs from 1.
+/// One site's event log as its agent writes it: consecutive seqs from 1, each
+/// event carrying the hash of the one before.
 struct SiteLog {
     next_seq: u64,
+    last_sha256: String,
 }
 
 impl SiteLog {
     fn new() -> SiteLog {
-        SiteLog { next_seq: 1 }
+        SiteLog {
+            next_seq: 1,
+            last_sha256: GENESIS_SHA256.to_owned(),
+        }
     }
 
     fn record(&mut self, batch_id: Uuid, kind: EventKind) -> SiteEvent {
-        let recorded = event(self.next_seq, batch_id, kind);
+        let mut recorded = event(self.next_seq, batch_id, kind);
+        recorded.prev_sha256 = self.last_sha256.clone();
+        self.last_sha256 = recorded.sha256();
         self.next_seq += 1;
         recorded
     }
@@ -172,6 +204,7 @@ fn qc_result(test_id: &str, value: QcValue, site_outcome: Outcome) -> EventKind 
         unit: "%".into(),
         method: "test method".into(),
         site_outcome,
+        retest_of: None,
     }
 }
 
@@ -200,11 +233,26 @@ fn release_gating_tests(recipe: &Recipe) -> Vec<&QcTest> {
         .collect()
 }
 
-/// A complete batch record: accepted, every step started and completed, every test
-/// that gates release recorded with a passing result.
+/// A matching scan of the order's label at a custody checkpoint.
+fn matched_scan(order: &Order, checkpoint_id: &str) -> EventKind {
+    EventKind::CustodyScan {
+        checkpoint_id: checkpoint_id.into(),
+        expected_coi: order.coi.clone(),
+        scanned_coi: order.coi.clone(),
+        verifiers: vec![TECHNICIAN.into(), "tech-two".into()],
+        matched: true,
+        location: "clean room 1".into(),
+    }
+}
+
+/// A complete batch record: accepted, every custody checkpoint passed, every step
+/// started and completed, every test that gates release recorded with a passing result.
 fn complete_record(log: &mut SiteLog, order: &Order, recipe: &Recipe) -> Vec<SiteEvent> {
     let mut events = vec![log.record(order.batch_id, accepted(order, recipe))];
     for step in &recipe.steps {
+        if let Some(checkpoint) = &step.custody_checkpoint {
+            events.push(log.record(order.batch_id, matched_scan(order, &checkpoint.id)));
+        }
         events.push(log.record(order.batch_id, step_started(&step.id)));
         events.push(log.record(order.batch_id, step_completed(&step.id)));
     }
@@ -536,6 +584,14 @@ async fn case_batch_awaits_release_exactly_when_its_record_is_complete(store: Ar
     assert_eq!(state_of(&*store, batch).await, BatchState::Accepted);
 
     for step in &recipe.steps {
+        if let Some(checkpoint) = &step.custody_checkpoint {
+            ingest(
+                &*store,
+                SITE_A,
+                &[log.record(batch, matched_scan(&order, &checkpoint.id))],
+            )
+            .await;
+        }
         ingest(
             &*store,
             SITE_A,
@@ -764,12 +820,13 @@ async fn case_refused_orders_create_nothing(store: Arc<dyn Store>) {
             "not enrolled",
             "token-pending",
             now() + Duration::hours(1),
+            ADMIN,
         )
         .await
         .expect("add pending site");
     add_active_site(&*store, "site-suspended").await;
     let suspended = store
-        .set_site_status("site-suspended", SiteStatus::Suspended)
+        .set_site_status("site-suspended", SiteStatus::Suspended, ADMIN, "inspection")
         .await
         .expect("suspend site");
     assert_eq!(suspended.status, SiteStatus::Suspended);
@@ -1050,7 +1107,7 @@ async fn case_release_decision_matches_the_stored_signature(store: Arc<dyn Store
 async fn case_expired_enrollment_token_is_refused(store: Arc<dyn Store>) {
     let expired_at = now() - Duration::minutes(1);
     store
-        .add_site("site-late", "late", "token-late", expired_at)
+        .add_site("site-late", "late", "token-late", expired_at, ADMIN)
         .await
         .expect("add site");
 
@@ -1079,7 +1136,13 @@ async fn case_expired_enrollment_token_is_refused(store: Arc<dyn Store>) {
 
 async fn case_enrollment_token_works_once(store: Arc<dyn Store>) {
     store
-        .add_site("site-new", "new", "token-new", now() + Duration::hours(1))
+        .add_site(
+            "site-new",
+            "new",
+            "token-new",
+            now() + Duration::hours(1),
+            ADMIN,
+        )
         .await
         .expect("add site");
     let pending = store
@@ -1120,12 +1183,12 @@ async fn case_enrollment_token_works_once(store: Arc<dyn Store>) {
 async fn case_adding_a_site_twice_is_refused(store: Arc<dyn Store>) {
     let expires = now() + Duration::hours(1);
     store
-        .add_site("site-dup", "First", "token-1", expires)
+        .add_site("site-dup", "First", "token-1", expires, ADMIN)
         .await
         .expect("add site");
     assert_refused!(
         store
-            .add_site("site-dup", "Second", "token-2", expires)
+            .add_site("site-dup", "Second", "token-2", expires, ADMIN)
             .await,
         Error::AlreadyExists
     );
@@ -1341,6 +1404,104 @@ async fn open_sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     (dir, store)
 }
 
+// ---------------------------------------------------------------------------------
+// 10. Tamper evidence: the site's hash-chained log, the hub's audit trail.
+// ---------------------------------------------------------------------------------
+
+async fn case_site_log_must_be_a_hash_chain(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let first = log.record(order.batch_id, accepted(&order, &recipe));
+    ingest(&*store, SITE_A, std::slice::from_ref(&first)).await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+
+    // The next event names a previous hash that is not event 1's: a site log edited
+    // after the fact. Refused, and nothing of it is stored.
+    let mut forged = log.record(order.batch_id, step_started("collection"));
+    forged.prev_sha256 = "ab".repeat(32);
+    assert_refused!(
+        store.ingest_events(SITE_A, &[forged], now()).await,
+        Error::Protocol
+    );
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+}
+
+async fn case_changes_are_audited_in_one_chain(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(&*store, SITE_A, &complete_record(&mut log, &order, &recipe)).await;
+    let sha = reviewed_sha256(&*store, order.batch_id).await;
+    store
+        .sign_release(&signature(&order, QA, sha), now())
+        .await
+        .expect("sign");
+
+    let actions: Vec<String> = store
+        .audit_entries(Some(order.batch_id))
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|e| format!("{} {}", e.actor, e.action))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            format!("{PHYSICIAN} order.created"),
+            format!("{SITE_A} batch.state_changed"),
+            format!("{SITE_A} batch.state_changed"),
+            format!("{SITE_A} batch.state_changed"),
+            format!("{QA} release.signed"),
+        ],
+        "ordered -> accepted -> in_process -> awaiting_release, then the signature"
+    );
+    let all = store.audit_entries(None).await.expect("audit");
+    assert!(all
+        .iter()
+        .any(|e| e.action == "site_events.replicated" && e.actor == SITE_A));
+    assert!(all
+        .iter()
+        .any(|e| e.action == "user.created" && e.actor == ADMIN));
+    let intact = store
+        .verify_audit()
+        .await
+        .expect("read audit")
+        .expect("the chain holds");
+    assert_eq!(intact.entries, all.len() as u64);
+    assert_eq!(intact.head_sha256, all.last().expect("entries").sha256);
+}
+
+async fn case_custody_mismatch_is_an_exception_and_audited(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let mismatch = EventKind::CustodyScan {
+        checkpoint_id: "collection".into(),
+        expected_coi: order.coi.clone(),
+        scanned_coi: "G123426999999X".into(),
+        verifiers: vec![TECHNICIAN.into(), "tech-two".into()],
+        matched: false,
+        location: "apheresis unit".into(),
+    };
+    ingest(
+        &*store,
+        SITE_A,
+        &[
+            log.record(order.batch_id, accepted(&order, &recipe)),
+            log.record(order.batch_id, mismatch),
+        ],
+    )
+    .await;
+    let current = store.order_by_batch(order.batch_id).await.expect("order");
+    assert_eq!(current.progress.exceptions, vec![2]);
+    assert!(current.progress.checkpoints_passed.is_empty());
+    assert_eq!(
+        store.audit_count("custody.mismatch").await.expect("count"),
+        1
+    );
+}
+
 store_cases!(sqlite, open_sqlite:
     case_ingest_stores_consecutive_events_and_advances_cursor,
     case_ingest_accepts_identical_repeats_and_changes_nothing,
@@ -1364,6 +1525,9 @@ store_cases!(sqlite, open_sqlite:
     case_adding_a_site_twice_is_refused,
     case_sessions_expire_and_end,
     case_recipe_versions_are_immutable,
+    case_site_log_must_be_a_hash_chain,
+    case_changes_are_audited_in_one_chain,
+    case_custody_mismatch_is_an_exception_and_audited,
 );
 
 #[tokio::test(flavor = "multi_thread")]

@@ -26,6 +26,9 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
     }
 }
 
+/// `prev_sha256` of the first event of a site's log.
+pub const GENESIS_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
 /// One entry of a site's append-only event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteEvent {
@@ -34,6 +37,8 @@ pub struct SiteEvent {
     pub recorded_at: DateTime<Utc>,
     pub batch_id: Uuid,
     pub recorded_by: String,
+    /// SHA-256 of the previous event of the site's log ([`GENESIS_SHA256`] for seq 1).
+    pub prev_sha256: String,
     pub kind: EventKind,
 }
 
@@ -117,6 +122,9 @@ pub enum EventKind {
         unit: String,
         method: String,
         site_outcome: Outcome,
+        /// For a retest: the seq of the result it retests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retest_of: Option<u64>,
     },
     ReleaseDecisionRecorded {
         signature_id: Uuid,
@@ -133,6 +141,7 @@ pub enum EventKind {
         scanned_coi: String,
         verifiers: Vec<String>,
         matched: bool,
+        location: String,
     },
     Correction {
         corrects_seq: u64,
@@ -165,6 +174,13 @@ impl SiteEvent {
     /// Canonical JSON bytes: what is stored, compared and hashed.
     pub fn canonical_json(&self) -> String {
         serde_json::to_string(self).expect("a site event always serialises")
+    }
+
+    /// SHA-256 (hex) of the canonical JSON; the next event of the log carries it as
+    /// `prev_sha256`, which makes the log a hash chain.
+    pub fn sha256(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.canonical_json().as_bytes()))
     }
 }
 
@@ -387,6 +403,16 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                         ))
                     }
                 },
+                retest_of: match k.retest_of_seq {
+                    0 => None,
+                    seq if seq < wire.seq => Some(seq),
+                    _ => {
+                        return Err(invalid(
+                            "qc_result.retest_of_seq",
+                            "must point at an earlier record",
+                        ))
+                    }
+                },
             },
             Kind::ReleaseDecisionRecorded(k) => EventKind::ReleaseDecisionRecorded {
                 signature_id: uuid("release_decision_recorded.signature_id", &k.signature_id)?,
@@ -403,6 +429,7 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                 scanned_coi: k.scanned_coi,
                 verifiers: k.verifiers,
                 matched: k.matched,
+                location: k.location,
             },
             Kind::Correction(k) => EventKind::Correction {
                 corrects_seq: if k.corrects_seq == 0 || k.corrects_seq >= wire.seq {
@@ -424,6 +451,16 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
             recorded_at: from_timestamp("recorded_at", wire.recorded_at)?,
             batch_id: uuid("batch_id", &wire.batch_id)?,
             recorded_by: required("recorded_by", wire.recorded_by)?,
+            prev_sha256: if wire.prev_sha256.len() == 64
+                && wire.prev_sha256.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                wire.prev_sha256.to_ascii_lowercase()
+            } else {
+                return Err(invalid(
+                    "prev_sha256",
+                    "must be the 64-hex-digit SHA-256 of the previous event",
+                ));
+            },
             kind,
         })
     }
@@ -507,6 +544,7 @@ impl From<&SiteEvent> for pb::SiteEvent {
                 unit,
                 method,
                 site_outcome,
+                retest_of,
             } => Kind::QcResult(pb::QcResultRecorded {
                 test_id,
                 value: Some(match value {
@@ -516,6 +554,7 @@ impl From<&SiteEvent> for pb::SiteEvent {
                 unit,
                 method,
                 site_outcome: outcome_to_wire(site_outcome) as i32,
+                retest_of_seq: retest_of.unwrap_or(0),
             }),
             EventKind::ReleaseDecisionRecorded {
                 signature_id,
@@ -539,12 +578,14 @@ impl From<&SiteEvent> for pb::SiteEvent {
                 scanned_coi,
                 verifiers,
                 matched,
+                location,
             } => Kind::CustodyScan(pb::CustodyScan {
                 checkpoint_id,
                 expected_coi,
                 scanned_coi,
                 verifiers,
                 matched,
+                location,
             }),
             EventKind::Correction {
                 corrects_seq,
@@ -564,6 +605,7 @@ impl From<&SiteEvent> for pb::SiteEvent {
             recorded_at: Some(to_timestamp(event.recorded_at)),
             batch_id: event.batch_id.to_string(),
             recorded_by: event.recorded_by.clone(),
+            prev_sha256: event.prev_sha256.clone(),
             kind: Some(kind),
         }
     }
@@ -684,12 +726,14 @@ mod tests {
             recorded_at: DateTime::from_timestamp(1_800_000_000, 123_000).expect("valid"),
             batch_id: Uuid::new_v4(),
             recorded_by: "agent".into(),
+            prev_sha256: GENESIS_SHA256.into(),
             kind: EventKind::QcResult {
                 test_id: "viability".into(),
                 value: QcValue::Numeric(82.5),
                 unit: "%".into(),
                 method: "counter".into(),
                 site_outcome: Outcome::Pass,
+                retest_of: None,
             },
         }
     }

@@ -38,6 +38,10 @@ pub struct Recipe {
     pub steps: Vec<Step>,
     /// Tests the product must pass before QA may release it.
     pub release_tests: Vec<QcTest>,
+    /// Custody checkpoints after release, in order: hand-over for infusion, then
+    /// infusion at the bedside. They are accepted only for a released batch.
+    #[serde(default)]
+    pub bedside_checkpoints: Vec<CustodyCheckpoint>,
 }
 
 /// One manufacturing step.
@@ -235,6 +239,14 @@ impl Recipe {
         hex::encode(Sha256::digest(self.to_canonical_json().as_bytes()))
     }
 
+    /// Every custody checkpoint, in the order they are passed.
+    pub fn checkpoints(&self) -> impl Iterator<Item = &CustodyCheckpoint> {
+        self.steps
+            .iter()
+            .filter_map(|s| s.custody_checkpoint.as_ref())
+            .chain(self.bedside_checkpoints.iter())
+    }
+
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.id == id)
     }
@@ -285,14 +297,7 @@ impl Recipe {
                     step.id
                 )));
             }
-            if let Some(cp) = &step.custody_checkpoint {
-                if !(1..=5).contains(&cp.verifiers) {
-                    return Err(invalid(format!(
-                        "custody checkpoint {:?} needs 1 to 5 verifiers, not {}",
-                        cp.id, cp.verifiers
-                    )));
-                }
-            }
+
             for p in &step.parameters {
                 if p.low > p.high {
                     return Err(invalid(format!(
@@ -300,6 +305,21 @@ impl Recipe {
                         p.name, step.id, p.low, p.high
                     )));
                 }
+            }
+        }
+        let mut checkpoint_ids = HashSet::new();
+        for cp in self.checkpoints() {
+            if !checkpoint_ids.insert(cp.id.as_str()) {
+                return Err(invalid(format!(
+                    "custody checkpoint id {:?} appears twice",
+                    cp.id
+                )));
+            }
+            if !(1..=5).contains(&cp.verifiers) {
+                return Err(invalid(format!(
+                    "custody checkpoint {:?} needs 1 to 5 verifiers, not {}",
+                    cp.id, cp.verifiers
+                )));
             }
         }
         let mut test_ids = HashSet::new();

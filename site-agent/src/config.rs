@@ -57,6 +57,10 @@ pub struct SimulatorConfig {
     pub seed: u64,
     /// Faults to inject.
     pub faults: Faults,
+    /// Simulated operators scan the right label at each manufacturing custody
+    /// checkpoint, so a demonstration runs unattended. For `carrel-hub dev` and tests;
+    /// never on a real site, where technicians scan (`carrel-site-agent scan`).
+    pub auto_scan: bool,
 }
 
 impl Default for SimulatorConfig {
@@ -67,6 +71,7 @@ impl Default for SimulatorConfig {
             sample_interval_hours: 4.0,
             seed: 1,
             faults: Faults::default(),
+            auto_scan: false,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! interruption as a deviation, so nothing is done twice and nothing is skipped.
 
 use crate::config::SimulatorConfig;
+use crate::custody;
 use crate::simulator::Simulator;
 use crate::store::{self, LocalBatch, Store};
 use carrel_proto::event::{AlarmSeverity, EventKind, SiteEvent};
@@ -34,6 +35,8 @@ enum Stop {
     Inactive,
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error("custody: {0}")]
+    Custody(String),
 }
 
 /// Watches the store for active batches and runs each in its own task.
@@ -142,6 +145,9 @@ impl BatchRun {
             }
             Err(Stop::Shutdown) => {}
             Err(Stop::Inactive) => tracing::info!(%batch_id, "batch stopped: no longer active"),
+            Err(Stop::Custody(e)) => {
+                tracing::error!(%batch_id, error = %e, "cannot pass a custody checkpoint; the batch is paused until the agent restarts")
+            }
             Err(Stop::Store(e)) => {
                 tracing::error!(%batch_id, error = %e, "cannot record; the batch is paused until the agent restarts")
             }
@@ -217,6 +223,7 @@ impl BatchRun {
                 sim.readings(step, step.duration_hours);
                 continue;
             }
+            self.pass_checkpoint(step).await?;
             let resume_from = match &progress.in_flight {
                 Some((id, hours)) if *id == step.id => Some(*hours),
                 _ => None,
@@ -237,6 +244,61 @@ impl BatchRun {
             .await?;
         self.store.mark_awaiting_release(batch.batch_id).await?;
         Ok(())
+    }
+
+    /// Waits until the step's custody checkpoint (if any) has a matching scan on the
+    /// record. With `auto_scan`, the simulated operators scan the right label.
+    async fn pass_checkpoint(&self, step: &Step) -> Result<(), Stop> {
+        let Some(checkpoint) = &step.custody_checkpoint else {
+            return Ok(());
+        };
+        let mut announced = false;
+        loop {
+            let events = self.store.batch_events(self.batch.batch_id).await?;
+            if custody::passed(&events).contains(&checkpoint.id) {
+                return Ok(());
+            }
+            if !self
+                .store
+                .batch(self.batch.batch_id)
+                .await?
+                .state
+                .is_active()
+            {
+                return Err(Stop::Inactive);
+            }
+            if self.config.auto_scan {
+                let verifiers: Vec<String> = custody::SIMULATED_OPERATORS
+                    .iter()
+                    .take(usize::from(checkpoint.verifiers))
+                    .map(|s| s.to_string())
+                    .collect();
+                let label =
+                    custody::label_of(&self.batch).map_err(|e| Stop::Custody(e.to_string()))?;
+                custody::scan(
+                    &self.store,
+                    custody::Scan {
+                        batch_id: self.batch.batch_id,
+                        checkpoint_id: &checkpoint.id,
+                        label: &label,
+                        verifiers: &verifiers,
+                        location: "simulated",
+                    },
+                )
+                .await
+                .map_err(|e| Stop::Custody(e.to_string()))?;
+                continue;
+            }
+            if !announced {
+                tracing::info!(batch_id = %self.batch.batch_id, coi = %self.batch.coi, checkpoint = %checkpoint.id,
+                    verifiers = checkpoint.verifiers, "waiting for the label scan at a custody checkpoint");
+                announced = true;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        }
     }
 
     async fn run_step(
@@ -352,6 +414,7 @@ impl BatchRun {
                 unit: test.unit.clone(),
                 method: test.method.clone(),
                 site_outcome: evaluation.outcome,
+                retest_of: None,
             })
             .await?;
         }

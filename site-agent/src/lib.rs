@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod custody;
+pub mod entries;
 pub mod executor;
 pub mod identity;
 pub mod link;

@@ -2,7 +2,9 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use carrel_site_agent::{identity, Config};
+use carrel_proto::event::EventKind;
+use carrel_proto::recipe::Outcome;
+use carrel_site_agent::{custody, entries, identity, Config};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +55,77 @@ enum Command {
         #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Scan a label at a custody checkpoint. The label is read from standard input,
+    /// as a hand-held scanner types it (or typed from the eye-readable text).
+    /// Exits 0 on a match, 3 on a MISMATCH (recorded; the step does not start).
+    Scan {
+        #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Batch id (or its first 8+ characters).
+        #[arg(long)]
+        batch: String,
+        /// Checkpoint id from the recipe (e.g. receipt, handover, infusion).
+        #[arg(long)]
+        checkpoint: String,
+        /// A person who verified the scan; repeat for two-person verification.
+        #[arg(long = "verifier", required = true)]
+        verifiers: Vec<String>,
+        /// Where the scan happens.
+        #[arg(long, default_value = "")]
+        location: String,
+    },
+    /// Record an off-line QC result (or a retest of an earlier one).
+    Qc {
+        #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        batch: String,
+        /// Test id from the recipe.
+        #[arg(long)]
+        test: String,
+        #[arg(long)]
+        value: String,
+        /// Who measured it.
+        #[arg(long)]
+        by: String,
+        /// The record this retests (an out-of-specification result is never overwritten).
+        #[arg(long)]
+        retest_of: Option<u64>,
+    },
+    /// Correct an earlier record: a new record pointing at it, with a reason.
+    Correct {
+        #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Seq of the record to correct (see `events`).
+        #[arg(long)]
+        seq: u64,
+        #[arg(long)]
+        field: String,
+        #[arg(long)]
+        value: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        by: String,
+    },
+    /// List the site's records (all, or one batch's).
+    Events {
+        #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        batch: Option<String>,
+    },
+}
+
+/// Exit code of a scan whose label did not match: the hard stop.
+const EXIT_MISMATCH: u8 = 3;
+
+async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<carrel_site_agent::store::Store> {
+    identity::Identity::load(data_dir)?;
+    let db = data_dir.join("agent.db");
+    carrel_site_agent::store::Store::open(&db)
+        .await
+        .with_context(|| format!("opening {}", db.display()))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -85,7 +158,7 @@ async fn shutdown_signal(token: CancellationToken) {
     std::process::exit(130);
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Enroll {
             hub,
@@ -104,7 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 enrolled.site_name,
                 data_dir.display()
             );
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Run {
             data_dir,
@@ -113,7 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&data_dir)?;
             if dump_config {
                 print!("{}", toml::to_string_pretty(&config)?);
-                return Ok(());
+                return Ok(std::process::ExitCode::SUCCESS);
             }
             config.validate()?;
             init_tracing(cli.log_format);
@@ -121,19 +194,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::spawn(shutdown_signal(shutdown.clone()));
             let running = carrel_site_agent::start(config, shutdown).await?;
             running.wait().await;
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Status { data_dir } => {
-            let identity = identity::Identity::load(&data_dir)?;
-            let db = data_dir.join("agent.db");
-            let store = carrel_site_agent::store::Store::open(&db)
-                .await
-                .with_context(|| format!("opening {}", db.display()))?;
+            let site_id = identity::Identity::load(&data_dir)?.site_id;
+            let store = open_store(&data_dir).await?;
             let last = store.last_event_seq().await?;
             let acked = store.hub_acked().await?;
             println!(
-                "Site {}: {last} events recorded, {acked} acknowledged by the hub ({} waiting)",
-                identity.site_id,
+                "Site {site_id}: {last} events recorded, {acked} acknowledged by the hub ({} waiting)",
                 last - acked.min(last)
             );
             println!(
@@ -149,7 +218,119 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     b.current_step.unwrap_or_default()
                 );
             }
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Scan {
+            data_dir,
+            batch,
+            checkpoint,
+            verifiers,
+            location,
+        } => {
+            let store = open_store(&data_dir).await?;
+            let batch = custody::find_batch(&store, &batch).await?;
+            let mut label = String::new();
+            std::io::stdin()
+                .read_line(&mut label)
+                .context("reading the label from standard input")?;
+            let outcome = custody::scan(
+                &store,
+                custody::Scan {
+                    batch_id: batch.batch_id,
+                    checkpoint_id: &checkpoint,
+                    label: &label,
+                    verifiers: &verifiers,
+                    location: &location,
+                },
+            )
+            .await?;
+            Ok(match outcome {
+                custody::Scanned::Match(event) => {
+                    println!(
+                        "MATCH  {}  checkpoint {checkpoint}  record {}",
+                        batch.coi, event.seq
+                    );
+                    std::process::ExitCode::SUCCESS
+                }
+                custody::Scanned::Mismatch(event) => {
+                    if let EventKind::CustodyScan { scanned_coi, .. } = &event.kind {
+                        println!(
+                            "!!! MISMATCH — STOP !!!  expected {}  scanned {scanned_coi}",
+                            batch.coi
+                        );
+                    }
+                    println!("The step does not start. The mismatch is recorded (record {}) and raised to QA.", event.seq);
+                    std::process::ExitCode::from(EXIT_MISMATCH)
+                }
+            })
+        }
+        Command::Qc {
+            data_dir,
+            batch,
+            test,
+            value,
+            by,
+            retest_of,
+        } => {
+            let store = open_store(&data_dir).await?;
+            let batch = custody::find_batch(&store, &batch).await?;
+            let (event, evaluation) = entries::record_result(
+                &store,
+                entries::ManualResult {
+                    batch: &batch,
+                    test_id: &test,
+                    value: &value,
+                    by: &by,
+                    retest_of,
+                },
+            )
+            .await?;
+            match evaluation.outcome {
+                Outcome::Pass => println!("Recorded {test} = {value} (record {}): within specification.", event.seq),
+                Outcome::OutOfSpecification => println!(
+                    "Recorded {test} = {value} (record {}): OUT OF SPECIFICATION: {}. QA will see it first.",
+                    event.seq, evaluation.reason
+                ),
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Correct {
+            data_dir,
+            seq,
+            field,
+            value,
+            reason,
+            by,
+        } => {
+            let store = open_store(&data_dir).await?;
+            let event = entries::correct(&store, seq, &field, &value, &reason, &by).await?;
+            println!(
+                "Recorded correction {} of record {seq}; both stay on the record.",
+                event.seq
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Events { data_dir, batch } => {
+            let store = open_store(&data_dir).await?;
+            let events = match batch {
+                Some(id) => {
+                    store
+                        .batch_events(custody::find_batch(&store, &id).await?.batch_id)
+                        .await?
+                }
+                None => store.events_after(0, usize::MAX >> 1).await?,
+            };
+            for event in events {
+                println!(
+                    "{:>6}  {}  {:<10} {:<26} {}",
+                    event.seq,
+                    event.recorded_at.format("%Y-%m-%d %H:%M:%S"),
+                    event.recorded_by,
+                    event.kind.name(),
+                    serde_json::to_string(&event.kind).unwrap_or_default()
+                );
+            }
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
 }
@@ -167,7 +348,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // A refusal from the hub reads as its message and gRPC code, not as a debug dump.
             match e.downcast_ref::<tonic::Status>() {

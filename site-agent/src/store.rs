@@ -9,7 +9,9 @@
 //! disk when `append` or `apply_command` returns; only then is it shown, acted on, or
 //! acknowledged to the hub. Writers are serialised in-process.
 
-use carrel_proto::event::{CommandKind, EventKind, HubCommand, ReleaseMeaning, SiteEvent};
+use carrel_proto::event::{
+    CommandKind, EventKind, HubCommand, ReleaseMeaning, SiteEvent, GENESIS_SHA256,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -64,6 +66,10 @@ pub enum BatchState {
     Released,
     Rejected,
     Cancelled,
+    /// The released product was handed over for infusion.
+    HandedOver,
+    /// Infusion confirmed at the bedside.
+    Infused,
 }
 
 impl BatchState {
@@ -76,6 +82,8 @@ impl BatchState {
             BatchState::Released => "released",
             BatchState::Rejected => "rejected",
             BatchState::Cancelled => "cancelled",
+            BatchState::HandedOver => "handed_over",
+            BatchState::Infused => "infused",
         }
     }
 
@@ -88,6 +96,8 @@ impl BatchState {
             "released" => BatchState::Released,
             "rejected" => BatchState::Rejected,
             "cancelled" => BatchState::Cancelled,
+            "handed_over" => BatchState::HandedOver,
+            "infused" => BatchState::Infused,
             other => return Err(Error::Corrupt(format!("unknown batch state {other:?}"))),
         })
     }
@@ -221,24 +231,31 @@ impl Store {
         kind: EventKind,
         now: DateTime<Utc>,
     ) -> Result<SiteEvent> {
-        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
-            .fetch_one(&mut **tx)
-            .await?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, sha256 FROM events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut **tx)
+                .await?;
+        let (seq, prev_sha256) = match last {
+            Some((seq, sha)) => (seq as u64 + 1, sha),
+            None => (1, GENESIS_SHA256.to_owned()),
+        };
         let event = SiteEvent {
-            seq: last as u64 + 1,
+            seq,
             event_id: Uuid::now_v7(),
             recorded_at: now,
             batch_id,
             recorded_by: recorded_by.to_owned(),
+            prev_sha256,
             kind,
         };
-        sqlx::query("INSERT INTO events (seq, event_id, batch_id, kind, recorded_at, body) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO events (seq, event_id, batch_id, kind, recorded_at, body, sha256) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(event.seq as i64)
             .bind(event.event_id.to_string())
             .bind(batch_id.to_string())
             .bind(event.kind.name())
             .bind(ts(now))
             .bind(event.canonical_json())
+            .bind(event.sha256())
             .execute(&mut **tx)
             .await?;
         // The local projection, in the same transaction.
@@ -273,12 +290,40 @@ impl Store {
         recorded_by: &str,
         kind: EventKind,
     ) -> Result<SiteEvent> {
+        self.append_setting_state(batch_id, recorded_by, kind, None)
+            .await
+    }
+
+    /// Records an event and, in the same transaction, sets the batch's local state
+    /// (a hand-over or an infusion at the bedside).
+    pub async fn append_setting_state(
+        &self,
+        batch_id: Uuid,
+        recorded_by: &str,
+        kind: EventKind,
+        state: Option<BatchState>,
+    ) -> Result<SiteEvent> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let event = Self::append_in(&mut tx, batch_id, recorded_by, kind, Utc::now()).await?;
+        if let Some(state) = state {
+            sqlx::query("UPDATE batches SET state = ?, updated_at = ? WHERE batch_id = ?")
+                .bind(state.as_str())
+                .bind(ts(event.recorded_at))
+                .bind(batch_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         self.appended.notify_one();
         Ok(event)
+    }
+
+    /// A write transaction holding SQLite's write lock from the start, so that a
+    /// command-line tool writing to the same file at the same moment waits instead
+    /// of failing half-way.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Moves a batch whose record is complete to awaiting release.
@@ -299,7 +344,7 @@ impl Store {
     /// a repeat with the same content is accepted, a gap or changed content refused.
     pub async fn apply_command(&self, command: &HubCommand) -> Result<Applied> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM commands")
             .fetch_one(&mut *tx)
             .await?;

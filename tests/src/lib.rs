@@ -351,12 +351,16 @@ impl Agent {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(Agent {
+        let agent = Agent {
             dir,
             site_id: site_id.to_owned(),
             child: None,
             time_compression: 100_000.0,
-        })
+        };
+        // Simulated operators pass the manufacturing custody checkpoints, unless a
+        // test scans itself (`configure(&["simulator", "auto_scan"], false.into())`).
+        agent.configure(&["simulator", "auto_scan"], true.into());
+        Ok(agent)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -457,6 +461,28 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
         show_log_if_panicking(&format!("agent {}", self.site_id), &self.log_path());
+    }
+}
+
+impl Agent {
+    /// Runs a `carrel-site-agent` command on this agent's data directory, with `stdin`.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(binary("carrel-site-agent"))
+            .args(args)
+            .env("CARREL_AGENT_DATA_DIR", self.data_dir())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run carrel-site-agent");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("carrel-site-agent output")
     }
 }
 

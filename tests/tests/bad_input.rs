@@ -150,7 +150,7 @@ async fn user_facing_api_refuses_bad_requests_and_stores_nothing() {
     assert_eq!(
         count(
             &db,
-            "SELECT COUNT(*) FROM security_log WHERE action = 'sign_in_failed'"
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'user.sign_in_failed'"
         )
         .await,
         2
@@ -382,6 +382,7 @@ fn accepted(seq: u64, batch_id: &str, coi: &str) -> pb::SiteEvent {
         recorded_at: Some(prost_types_now()),
         batch_id: batch_id.into(),
         recorded_by: "agent".into(),
+        prev_sha256: carrel_proto::event::GENESIS_SHA256.into(),
         kind: Some(pb::site_event::Kind::BatchAccepted(pb::BatchAccepted {
             coi: coi.into(),
             recipe_id: "cd19-car-t".into(),

@@ -138,7 +138,11 @@ async fn agent_killed_mid_step_resumes_and_every_event_arrives_once() {
     .fetch_all(&db)
     .await
     .expect("completions");
-    assert_eq!(completions.len(), 7, "{completions:?}");
+    assert_eq!(
+        completions.len(),
+        8,
+        "every step of the recipe, once: {completions:?}"
+    );
     assert!(completions.iter().all(|(_, n)| *n == 1), "{completions:?}");
     let resumed: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM events WHERE kind = 'step_started' AND json_extract(body, '$.kind.resumed') = 1",

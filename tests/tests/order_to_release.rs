@@ -112,11 +112,12 @@ async fn enrollment_gives_the_site_a_certificate_and_a_token_works_once() {
     );
     Agent::enroll(&hub, "site-b", &token_b).expect("the real token still works");
 
-    let refused: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM security_log WHERE action = 'enrollment_refused'")
-            .fetch_one(&db)
-            .await
-            .expect("count");
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'site.enrollment_refused'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
     assert_eq!(
         refused, 1,
         "the reused token is logged as a refused enrollment"
@@ -167,11 +168,12 @@ async fn order_reaches_release_and_the_site_records_the_decision() {
         .await
         .expect("count");
     assert_eq!(signatures, 0);
-    let failed: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM security_log WHERE action = 'signing_failed'")
-            .fetch_one(&db)
-            .await
-            .expect("count");
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'release.signing_failed'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
     assert_eq!(failed, 1);
     assert_eq!(
         str_field(&order_show(&hub, PHYSICIAN.0, &order_id), "state"),

@@ -53,6 +53,7 @@ CREATE TABLE site_events (
     recorded_at TEXT    NOT NULL,   -- site clock
     received_at TEXT    NOT NULL,   -- hub clock
     body        TEXT    NOT NULL,   -- canonical JSON of the event
+    sha256      TEXT    NOT NULL,   -- SHA-256 of body; the next event carries it as prev_sha256
     PRIMARY KEY (site_id, seq)
 );
 CREATE INDEX site_events_batch ON site_events (batch_id, site_id, seq);
@@ -129,11 +130,32 @@ CREATE TABLE signatures (
 );
 CREATE INDEX signatures_batch ON signatures (batch_id);
 
--- Security-relevant happenings (failed sign-ins, failed signing attempts, enrollments).
-CREATE TABLE security_log (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    at       TEXT NOT NULL,
-    actor    TEXT NOT NULL,
-    action   TEXT NOT NULL,
-    detail   TEXT NOT NULL
+-- The audit trail (21 CFR Part 11, EU GMP Annex 11): who did what to which record,
+-- when and why, with old and new values. Append-only, and a hash chain:
+-- sha256 = SHA-256(prev_sha256 || canonical bytes of the entry), so an edited,
+-- removed or inserted entry breaks the chain (`carrel-hub audit verify`).
+CREATE TABLE audit_log (
+    position    INTEGER PRIMARY KEY,   -- 1, 2, 3... without gaps
+    at          TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    object      TEXT NOT NULL,
+    batch_id    TEXT,                  -- the batch the entry concerns, if any
+    old_value   TEXT NOT NULL,
+    new_value   TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    prev_sha256 TEXT NOT NULL,
+    sha256      TEXT NOT NULL
 );
+CREATE INDEX audit_log_batch ON audit_log (batch_id);
+CREATE INDEX audit_log_action ON audit_log (action);
+
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit entries are append-only: they cannot be changed');
+END;
+
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit entries are append-only: they cannot be deleted');
+END;

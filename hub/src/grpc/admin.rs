@@ -43,7 +43,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::AddSiteRequest>,
     ) -> Result<Response<pb::AddSiteResponse>, Status> {
-        require(&self.0, &request, &[Role::Admin]).await?;
+        let admin = require(&self.0, &request, &[Role::Admin]).await?;
         let req = request.into_inner();
         let ttl = if req.token_ttl_seconds == 0 {
             self.0.config.enrollment_ttl_secs
@@ -56,6 +56,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             req.site_id.trim(),
             &req.name,
             ttl,
+            &admin.username,
         )
         .await
         .map_err(admin_status)?;
@@ -91,19 +92,15 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let site = self
             .0
             .store
-            .set_site_status(req.site_id.trim(), SiteStatus::Suspended)
-            .await
-            .map_err(status)?;
-        self.0.links.close(&site.site_id);
-        self.0
-            .store
-            .log_security(
+            .set_site_status(
+                req.site_id.trim(),
+                SiteStatus::Suspended,
                 &user.username,
-                "site_suspended",
-                &format!("{}: {}", site.site_id, req.reason.trim()),
+                req.reason.trim(),
             )
             .await
             .map_err(status)?;
+        self.0.links.close(&site.site_id);
         tracing::warn!(site_id = %site.site_id, "site suspended");
         Ok(Response::new(pb::SuspendSiteResponse {
             site: Some(self.site_to_pb(&site)),
@@ -119,15 +116,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let site = self
             .0
             .store
-            .set_site_status(req.site_id.trim(), SiteStatus::Active)
-            .await
-            .map_err(status)?;
-        self.0
-            .store
-            .log_security(
+            .set_site_status(
+                req.site_id.trim(),
+                SiteStatus::Active,
                 &user.username,
-                "site_resumed",
-                &format!("{}: {}", site.site_id, req.reason.trim()),
+                req.reason.trim(),
             )
             .await
             .map_err(status)?;
@@ -140,7 +133,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::AddUserRequest>,
     ) -> Result<Response<pb::AddUserResponse>, Status> {
-        require(&self.0, &request, &[Role::Admin]).await?;
+        let admin = require(&self.0, &request, &[Role::Admin]).await?;
         let req = request.into_inner();
         let role = role_from_pb(req.role)?;
         let user = admin::add_user(
@@ -149,6 +142,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             &req.full_name,
             role,
             &req.password,
+            &admin.username,
         )
         .await
         .map_err(admin_status)?;

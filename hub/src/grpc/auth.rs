@@ -1,6 +1,7 @@
 //! `AuthService`: sign-in for people.
 
 use super::{authenticate, status, user_to_pb, Shared};
+use crate::audit::NewEntry;
 use crate::auth::{new_secret, secret_sha256, verify_password};
 use crate::store;
 use carrel_proto::event::to_timestamp;
@@ -41,10 +42,9 @@ impl pb::auth_service_server::AuthService for AuthApi {
             tracing::warn!("failed sign-in");
             self.0
                 .store
-                .log_security(
-                    username,
-                    "sign_in_failed",
-                    "wrong password, unknown or disabled user",
+                .audit(
+                    &NewEntry::new(username, "user.sign_in_failed", format!("user/{username}"))
+                        .reason("wrong password, unknown or disabled user"),
                 )
                 .await
                 .map_err(status)?;

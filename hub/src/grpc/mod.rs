@@ -229,6 +229,8 @@ pub fn state_to_pb(state: BatchState) -> pb::BatchState {
         BatchState::Released => pb::BatchState::Released,
         BatchState::Rejected => pb::BatchState::Rejected,
         BatchState::Cancelled => pb::BatchState::Cancelled,
+        BatchState::HandedOver => pb::BatchState::HandedOver,
+        BatchState::Infused => pb::BatchState::Infused,
     }
 }
 
@@ -242,6 +244,8 @@ pub fn state_from_pb(value: i32) -> Result<Option<BatchState>, Status> {
         Ok(pb::BatchState::Released) => Some(BatchState::Released),
         Ok(pb::BatchState::Rejected) => Some(BatchState::Rejected),
         Ok(pb::BatchState::Cancelled) => Some(BatchState::Cancelled),
+        Ok(pb::BatchState::HandedOver) => Some(BatchState::HandedOver),
+        Ok(pb::BatchState::Infused) => Some(BatchState::Infused),
         Err(_) => {
             return Err(Status::invalid_argument(format!(
                 "{value} is not a batch state"

@@ -1,6 +1,7 @@
 //! `ReleaseService`: QA reviews the batch record by exception and signs.
 
 use super::{order_to_pb, parse_id, require, status, Shared};
+use crate::audit::NewEntry;
 use crate::auth::verify_password;
 use crate::record::{describe, record_sha256};
 use crate::store::{BatchRecord, BatchState, Role, Signature};
@@ -37,6 +38,20 @@ fn signature_to_pb(sig: &Signature) -> pb::Signature {
         record_sha256: sig.record_sha256.clone(),
         reason: sig.reason.clone(),
         manifestation: manifestation(sig),
+    }
+}
+
+pub fn audit_to_pb(entry: &crate::audit::Entry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        position: entry.position,
+        at: Some(to_timestamp(entry.at)),
+        actor: entry.actor.clone(),
+        action: entry.action.clone(),
+        object: entry.object.clone(),
+        old_value: entry.old_value.clone(),
+        new_value: entry.new_value.clone(),
+        reason: entry.reason.clone(),
+        sha256: entry.sha256.clone(),
     }
 }
 
@@ -96,6 +111,7 @@ pub fn record_to_pb(record: &BatchRecord) -> pb::BatchRecord {
         qc,
         record_sha256: record_sha256(&record.order, &record.recipe.sha256, &record.events),
         signatures: record.signatures.iter().map(signature_to_pb).collect(),
+        audit: record.audit.iter().map(audit_to_pb).collect(),
     }
 }
 
@@ -160,10 +176,14 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
             tracing::warn!(signer = %user.username, "failed signing attempt");
             self.0
                 .store
-                .log_security(
-                    &user.username,
-                    "signing_failed",
-                    &format!("wrong password signing batch {batch_id}"),
+                .audit(
+                    &NewEntry::new(
+                        &user.username,
+                        "release.signing_failed",
+                        format!("batch/{batch_id}"),
+                    )
+                    .batch(batch_id)
+                    .reason("wrong password at signing"),
                 )
                 .await
                 .map_err(status)?;

@@ -7,6 +7,7 @@
 //! its last enrollment, and the site must not be suspended.
 
 use super::{status, Shared};
+use crate::audit::NewEntry;
 use crate::auth::{secret_sha256, EnrollmentToken};
 use crate::pki;
 use crate::store::{self, SiteStatus};
@@ -87,7 +88,10 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
                 tracing::warn!(error = %e, "enrollment refused");
                 self.0
                     .store
-                    .log_security("unknown agent", "enrollment_refused", &e.to_string())
+                    .audit(
+                        &NewEntry::new("unknown agent", "site.enrollment_refused", "site/?")
+                            .reason(e.to_string()),
+                    )
                     .await
                     .map_err(status)?;
                 return Err(status(e));
@@ -109,15 +113,6 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
                 &token_sha,
                 &pki::fingerprint(&cert_der),
                 Utc::now(),
-            )
-            .await
-            .map_err(status)?;
-        self.0
-            .store
-            .log_security(
-                &site.site_id,
-                "site_enrolled",
-                &format!("agent {}", req.agent_version),
             )
             .await
             .map_err(status)?;

@@ -157,6 +157,10 @@ pub enum BatchState {
     Released,
     Rejected,
     Cancelled,
+    /// Released product handed over for infusion.
+    HandedOver,
+    /// Infusion confirmed at the bedside: the chain of identity is closed.
+    Infused,
 }
 
 impl BatchState {
@@ -169,6 +173,8 @@ impl BatchState {
             BatchState::Released => "released",
             BatchState::Rejected => "rejected",
             BatchState::Cancelled => "cancelled",
+            BatchState::HandedOver => "handed_over",
+            BatchState::Infused => "infused",
         }
     }
 
@@ -181,6 +187,8 @@ impl BatchState {
             "released" => BatchState::Released,
             "rejected" => BatchState::Rejected,
             "cancelled" => BatchState::Cancelled,
+            "handed_over" => BatchState::HandedOver,
+            "infused" => BatchState::Infused,
             _ => return None,
         })
     }
@@ -204,6 +212,9 @@ impl fmt::Display for BatchState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub steps_completed: BTreeSet<String>,
+    /// Custody checkpoints passed with a matching scan.
+    #[serde(default)]
+    pub checkpoints_passed: BTreeSet<String>,
     pub tests_recorded: BTreeSet<String>,
     /// Site seqs of records QA must see first (alarms, deviations, OOS, corrections, anomalies).
     pub exceptions: Vec<u64>,
@@ -282,6 +293,7 @@ pub struct BatchRecord {
     pub events: Vec<StoredEvent>,
     pub qc: Vec<QcRecord>,
     pub signatures: Vec<Signature>,
+    pub audit: Vec<crate::audit::Entry>,
 }
 
 /// Result of storing a batch of site events.
@@ -305,7 +317,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_recipes(&self) -> Result<Vec<StoredRecipe>>;
 
     // -- people --
-    async fn add_user(&self, user: &User) -> Result<()>;
+    /// Adds a user; `actor` is who added them (audited).
+    async fn add_user(&self, user: &User, actor: &str) -> Result<()>;
     async fn user(&self, username: &str) -> Result<User>;
     async fn list_users(&self) -> Result<Vec<User>>;
     async fn create_session(
@@ -317,8 +330,17 @@ pub trait Store: Send + Sync + 'static {
     /// The user of a live session, or `NotFound` when unknown or expired.
     async fn session_user(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<User>;
     async fn delete_session(&self, token_sha256: &str) -> Result<()>;
-    async fn log_security(&self, actor: &str, action: &str, detail: &str) -> Result<()>;
-    async fn security_log_count(&self, action: &str) -> Result<u64>;
+
+    // -- audit trail --
+    /// Appends an entry on its own (for happenings that change no other record, such
+    /// as a failed sign-in). Changes made by the other methods are audited by them,
+    /// in the same transaction.
+    async fn audit(&self, entry: &crate::audit::NewEntry) -> Result<()>;
+    /// Entries in position order; only those of one batch when `batch_id` is given.
+    async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<crate::audit::Entry>>;
+    async fn audit_count(&self, action: &str) -> Result<u64>;
+    /// Walks the whole chain.
+    async fn verify_audit(&self) -> Result<Result<crate::audit::Intact, crate::audit::Broken>>;
 
     // -- sites and enrollment --
     async fn add_site(
@@ -327,6 +349,7 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         token_sha256: &str,
         token_expires_at: DateTime<Utc>,
+        actor: &str,
     ) -> Result<Site>;
     /// The site an unused, unexpired enrollment token belongs to.
     async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site>;
@@ -341,7 +364,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Site>;
     async fn site(&self, site_id: &str) -> Result<Site>;
     async fn list_sites(&self) -> Result<Vec<Site>>;
-    async fn set_site_status(&self, site_id: &str, status: SiteStatus) -> Result<Site>;
+    async fn set_site_status(
+        &self,
+        site_id: &str,
+        status: SiteStatus,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Site>;
     async fn touch_site(&self, site_id: &str, now: DateTime<Utc>) -> Result<()>;
 
     // -- the two logs --

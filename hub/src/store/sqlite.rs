@@ -6,6 +6,7 @@
 //! deadlocking read-to-write upgrades); readers run concurrently from the pool.
 
 use super::*;
+use crate::audit::{self, NewEntry};
 use crate::batch::Projection;
 use crate::record::record_sha256;
 use carrel_proto::coi::Coi;
@@ -132,6 +133,28 @@ fn recipe_from_row(row: &SqliteRow) -> Result<StoredRecipe> {
     })
 }
 
+/// An audit entry and its `at` exactly as stored (the hash covers that text).
+fn audit_from_row(row: &SqliteRow) -> Result<(audit::Entry, String)> {
+    let at: String = row.try_get("at")?;
+    let batch_id: Option<String> = row.try_get("batch_id")?;
+    Ok((
+        audit::Entry {
+            position: u64_of(row, "position")?,
+            at: parse_ts(&at)?,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            object: row.try_get("object")?,
+            batch_id: batch_id.as_deref().map(parse_uuid).transpose()?,
+            old_value: row.try_get("old_value")?,
+            new_value: row.try_get("new_value")?,
+            reason: row.try_get("reason")?,
+            prev_sha256: row.try_get("prev_sha256")?,
+            sha256: row.try_get("sha256")?,
+        },
+        at,
+    ))
+}
+
 fn outcome_str(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Pass => "pass",
@@ -194,6 +217,48 @@ impl SqliteStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// A write transaction, holding SQLite's write lock from its first statement
+    /// (BEGIN IMMEDIATE), so it never fails half-way when another process wrote first.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Appends an audit entry inside `tx`, chained to the last one.
+    async fn append_audit(
+        tx: &mut Transaction<'_, Sqlite>,
+        entry: &NewEntry,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT position, sha256 FROM audit_log ORDER BY position DESC LIMIT 1")
+                .fetch_optional(&mut **tx)
+                .await?;
+        let (position, prev) = match last {
+            Some((position, sha)) => (position as u64 + 1, sha),
+            None => (1, audit::GENESIS.to_owned()),
+        };
+        let at = ts(now);
+        let sha = audit::entry_sha256(&prev, position, &at, entry);
+        sqlx::query(
+            "INSERT INTO audit_log (position, at, actor, action, object, batch_id, old_value, new_value, reason, prev_sha256, sha256) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(i64_of(position)?)
+        .bind(&at)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.object)
+        .bind(entry.batch_id.map(|b| b.to_string()))
+        .bind(&entry.old_value)
+        .bind(&entry.new_value)
+        .bind(&entry.reason)
+        .bind(&prev)
+        .bind(&sha)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     async fn recipe_in(
@@ -259,6 +324,91 @@ impl SqliteStore {
             .iter()
             .map(event_from_row)
             .collect()
+    }
+
+    /// Audits what one site event changed or revealed: batch state changes, custody
+    /// mismatches (raised to QA), and corrections (with their reason). A correction
+    /// must point at an earlier record of the same batch.
+    #[allow(clippy::too_many_arguments)]
+    async fn audit_site_event(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        site_id: &str,
+        event: &SiteEvent,
+        order: &Order,
+        projection: &mut Projection,
+        state_before: BatchState,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        use carrel_proto::event::EventKind;
+        let object = format!("site/{site_id}/event/{}", event.seq);
+        match &event.kind {
+            EventKind::CustodyScan {
+                checkpoint_id,
+                expected_coi,
+                scanned_coi,
+                matched: false,
+                ..
+            } => {
+                tracing::warn!(site_id, batch_id = %event.batch_id, checkpoint_id, scanned_coi, "COI MISMATCH at custody checkpoint: raised to QA");
+                Self::append_audit(
+                    tx,
+                    &NewEntry::new(&event.recorded_by, "custody.mismatch", object.clone())
+                        .batch(event.batch_id)
+                        .change(expected_coi.clone(), scanned_coi.clone())
+                        .reason(format!("hard stop at checkpoint {checkpoint_id}")),
+                    now,
+                )
+                .await?;
+            }
+            EventKind::Correction {
+                corrects_seq,
+                reason,
+                field,
+                new_value,
+            } => {
+                let target: Option<String> = sqlx::query_scalar(
+                    "SELECT batch_id FROM site_events WHERE site_id = ? AND seq = ?",
+                )
+                .bind(site_id)
+                .bind(i64_of(*corrects_seq)?)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if target.as_deref() != Some(event.batch_id.to_string().as_str()) {
+                    projection.flag(event, format!("correction points at record {corrects_seq}, which is not a record of this batch"));
+                }
+                Self::append_audit(
+                    tx,
+                    &NewEntry::new(
+                        &event.recorded_by,
+                        "record.corrected",
+                        format!("site/{site_id}/event/{corrects_seq}"),
+                    )
+                    .batch(event.batch_id)
+                    .value(format!("{field} = {new_value} (by record {})", event.seq))
+                    .reason(reason.clone()),
+                    now,
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        if projection.state != state_before {
+            Self::append_audit(
+                tx,
+                &NewEntry::new(
+                    site_id,
+                    "batch.state_changed",
+                    format!("batch/{}", order.batch_id),
+                )
+                .batch(order.batch_id)
+                .change(state_before.as_str(), projection.state.as_str())
+                .reason(format!("site record {}", event.seq)),
+                now,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Appends a command to a site's log inside `tx`; returns its seq.
@@ -335,7 +485,7 @@ impl Store for SqliteStore {
             .map_err(|e| Error::Invalid(e.to_string()))?;
         let sha = recipe.sha256();
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT sha256 FROM recipes WHERE recipe_id = ? AND version = ?")
                 .bind(&recipe.id)
@@ -361,6 +511,17 @@ impl Store for SqliteStore {
             .bind(ts(Utc::now()))
             .execute(&mut *tx)
             .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(
+                "system",
+                "recipe.published",
+                format!("recipe/{}/v{}", recipe.id, recipe.version),
+            )
+            .value(sha),
+            Utc::now(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -390,8 +551,9 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn add_user(&self, user: &User) -> Result<()> {
+    async fn add_user(&self, user: &User, actor: &str) -> Result<()> {
         let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "INSERT INTO users (username, full_name, role, password_hash, disabled, created_at) VALUES (?, ?, ?, ?, ?, ?) \
              ON CONFLICT (username) DO NOTHING",
@@ -402,11 +564,19 @@ impl Store for SqliteStore {
         .bind(&user.password_hash)
         .bind(user.disabled as i64)
         .bind(ts(Utc::now()))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(Error::AlreadyExists(format!("user {:?}", user.username)));
         }
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(actor, "user.created", format!("user/{}", user.username))
+                .value(format!("{} ({})", user.full_name, user.role)),
+            Utc::now(),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -436,7 +606,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let _w = self.write_lock.lock().await;
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
             .bind(ts(now))
             .execute(&mut *tx)
@@ -448,6 +618,13 @@ impl Store for SqliteStore {
             .bind(ts(expires_at))
             .execute(&mut *tx)
             .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(username, "user.signed_in", format!("user/{username}"))
+                .value(format!("session until {}", ts(expires_at))),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -466,31 +643,59 @@ impl Store for SqliteStore {
 
     async fn delete_session(&self, token_sha256: &str) -> Result<()> {
         let _w = self.write_lock.lock().await;
-        sqlx::query("DELETE FROM sessions WHERE token_sha256 = ?")
-            .bind(token_sha256)
-            .execute(&self.pool)
+        let mut tx = self.begin_write().await?;
+        let username: Option<String> =
+            sqlx::query_scalar("DELETE FROM sessions WHERE token_sha256 = ? RETURNING username")
+                .bind(token_sha256)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(username) = username {
+            Self::append_audit(
+                &mut tx,
+                &NewEntry::new(&username, "user.signed_out", format!("user/{username}")),
+                Utc::now(),
+            )
             .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn log_security(&self, actor: &str, action: &str, detail: &str) -> Result<()> {
+    async fn audit(&self, entry: &NewEntry) -> Result<()> {
         let _w = self.write_lock.lock().await;
-        sqlx::query("INSERT INTO security_log (at, actor, action, detail) VALUES (?, ?, ?, ?)")
-            .bind(ts(Utc::now()))
-            .bind(actor)
-            .bind(action)
-            .bind(detail)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.begin_write().await?;
+        Self::append_audit(&mut tx, entry, Utc::now()).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn security_log_count(&self, action: &str) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM security_log WHERE action = ?")
+    async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<audit::Entry>> {
+        sqlx::query("SELECT * FROM audit_log WHERE (?1 IS NULL OR batch_id = ?1) ORDER BY position")
+            .bind(batch_id.map(|b| b.to_string()))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok(audit_from_row(row)?.0))
+            .collect()
+    }
+
+    async fn audit_count(&self, action: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = ?")
             .bind(action)
             .fetch_one(&self.pool)
             .await?;
         Ok(n as u64)
+    }
+
+    async fn verify_audit(&self) -> Result<Result<audit::Intact, audit::Broken>> {
+        let rows = sqlx::query("SELECT * FROM audit_log ORDER BY position")
+            .fetch_all(&self.pool)
+            .await?;
+        let entries = rows
+            .iter()
+            .map(audit_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(audit::verify(entries))
     }
 
     async fn add_site(
@@ -499,9 +704,10 @@ impl Store for SqliteStore {
         name: &str,
         token_sha256: &str,
         token_expires_at: DateTime<Utc>,
+        actor: &str,
     ) -> Result<Site> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "INSERT INTO sites (site_id, name, status, token_sha256, token_expires_at, created_at) VALUES (?, ?, 'pending', ?, ?, ?) \
              ON CONFLICT (site_id) DO NOTHING",
@@ -516,6 +722,15 @@ impl Store for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(Error::AlreadyExists(format!("site {site_id:?}")));
         }
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(actor, "site.registered", format!("site/{site_id}")).value(format!(
+                "{name}; enrollment token valid until {}",
+                ts(token_expires_at)
+            )),
+            Utc::now(),
+        )
+        .await?;
         let site = Self::site_in(&mut tx, site_id).await?;
         tx.commit().await?;
         Ok(site)
@@ -546,7 +761,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Site> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE sites SET token_sha256 = NULL, token_expires_at = NULL, cert_sha256 = ?, \
              status = CASE WHEN status = 'pending' THEN 'active' ELSE status END \
@@ -563,6 +778,13 @@ impl Store for SqliteStore {
                 "enrollment token is unknown, expired or was already used".into(),
             ));
         }
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}"))
+                .value(format!("certificate {cert_sha256}")),
+            now,
+        )
+        .await?;
         let site = Self::site_in(&mut tx, site_id).await?;
         tx.commit().await?;
         Ok(site)
@@ -584,9 +806,15 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn set_site_status(&self, site_id: &str, status: SiteStatus) -> Result<Site> {
+    async fn set_site_status(
+        &self,
+        site_id: &str,
+        status: SiteStatus,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Site> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let site = Self::site_in(&mut tx, site_id).await?;
         if status == SiteStatus::Active && site.cert_sha256.is_none() {
             return Err(Error::FailedPrecondition(format!(
@@ -598,6 +826,19 @@ impl Store for SqliteStore {
             .bind(site_id)
             .execute(&mut *tx)
             .await?;
+        let action = match status {
+            SiteStatus::Suspended => "site.suspended",
+            SiteStatus::Active => "site.resumed",
+            SiteStatus::Pending => "site.reset",
+        };
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(actor, action, format!("site/{site_id}"))
+                .change(site.status.as_str(), status.as_str())
+                .reason(reason),
+            Utc::now(),
+        )
+        .await?;
         let site = Self::site_in(&mut tx, site_id).await?;
         tx.commit().await?;
         Ok(site)
@@ -620,10 +861,13 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Ingested> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let site = Self::site_in(&mut tx, site_id).await?;
         let mut cursor = site.acked_event_seq;
+        let first_new = cursor + 1;
         let mut new_events = 0;
+        // The hash the next event must carry as prev_sha256 (the site's log is a chain).
+        let mut chain_head: Option<String> = None;
         // Batches touched in this transaction, with their projection, saved once at the end.
         let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
         for event in events {
@@ -678,13 +922,40 @@ impl Store for SqliteStore {
                 let projection = projection_of(&order);
                 slot.insert((order, projection));
             }
+            let expected_prev = match chain_head.take() {
+                Some(head) => head,
+                None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
+                None => sqlx::query_scalar(
+                    "SELECT sha256 FROM site_events WHERE site_id = ? AND seq = ?",
+                )
+                .bind(site_id)
+                .bind(i64_of(event.seq - 1)?)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "site {site_id} event {} is missing below the cursor",
+                        event.seq - 1
+                    ))
+                })?,
+            };
+            if event.prev_sha256 != expected_prev {
+                return Err(Error::Protocol(format!(
+                    "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
+                     but event {} hashes to {expected_prev}; the site's log was altered",
+                    event.seq,
+                    event.prev_sha256,
+                    event.seq - 1
+                )));
+            }
+            let sha = event.sha256();
             let (order, projection) = touched.get_mut(&event.batch_id).expect("inserted above");
             let recipe = self
                 .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
                 .await?;
             sqlx::query(
-                "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(site_id)
             .bind(i64_of(event.seq)?)
@@ -694,9 +965,23 @@ impl Store for SqliteStore {
             .bind(ts(event.recorded_at))
             .bind(ts(now))
             .bind(event.canonical_json())
+            .bind(&sha)
             .execute(&mut *tx)
             .await?;
-            if let Some(qc) = projection.apply(event, &recipe.recipe, &recipe.sha256) {
+            chain_head = Some(sha);
+            let state_before = projection.state;
+            let qc = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi);
+            self.audit_site_event(
+                &mut tx,
+                site_id,
+                event,
+                order,
+                projection,
+                state_before,
+                now,
+            )
+            .await?;
+            if let Some(qc) = qc {
                 sqlx::query(
                     "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -717,6 +1002,22 @@ impl Store for SqliteStore {
         }
         for (batch_id, (_, projection)) in &touched {
             Self::save_projection(&mut tx, *batch_id, projection, now).await?;
+        }
+        if new_events > 0 {
+            Self::append_audit(
+                &mut tx,
+                &NewEntry::new(
+                    site_id,
+                    "site_events.replicated",
+                    format!("site/{site_id}/events/{first_new}..{cursor}"),
+                )
+                .value(format!(
+                    "{new_events} events; last hash {}",
+                    chain_head.clone().unwrap_or_default()
+                )),
+                now,
+            )
+            .await?;
         }
         sqlx::query("UPDATE sites SET acked_event_seq = ?, last_contact_at = ? WHERE site_id = ?")
             .bind(i64_of(cursor)?)
@@ -755,7 +1056,7 @@ impl Store for SqliteStore {
 
     async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let site = Self::site_in(&mut tx, site_id).await?;
         if seq > site.last_command_seq {
             return Err(Error::Protocol(format!(
@@ -776,7 +1077,7 @@ impl Store for SqliteStore {
 
     async fn create_order(&self, new: &NewOrder, now: DateTime<Utc>) -> Result<Order> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let site = match Self::site_in(&mut tx, &new.site_id).await {
             Err(Error::NotFound(_)) => {
                 return Err(Error::Invalid(format!(
@@ -862,6 +1163,21 @@ impl Store for SqliteStore {
             now,
         )
         .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(&new.physician, "order.created", format!("order/{order_id}"))
+                .batch(batch_id)
+                .value(format!(
+                    "COI {coi}, patient {}, site {}, recipe {} v{}, collection {}",
+                    new.patient_pseudonym,
+                    new.site_id,
+                    recipe.recipe.id,
+                    recipe.recipe.version,
+                    new.requested_collection_date
+                )),
+            now,
+        )
+        .await?;
         let order = Self::order_in(&mut tx, "order_id", order_id).await?;
         tx.commit().await?;
         Ok(order)
@@ -907,7 +1223,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Order> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let order = Self::order_in(&mut tx, "order_id", order_id).await?;
         if order.state.is_final() || order.state == BatchState::AwaitingRelease {
             return Err(Error::FailedPrecondition(format!(
@@ -927,6 +1243,15 @@ impl Store for SqliteStore {
                 reason: reason.to_owned(),
                 cancelled_by: by.to_owned(),
             },
+            now,
+        )
+        .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(by, "order.cancelled", format!("order/{order_id}"))
+                .batch(order.batch_id)
+                .change(order.state.as_str(), BatchState::Cancelled.as_str())
+                .reason(reason),
             now,
         )
         .await?;
@@ -987,6 +1312,13 @@ impl Store for SqliteStore {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+        let audit = sqlx::query("SELECT * FROM audit_log WHERE batch_id = ? ORDER BY position")
+            .bind(batch_id.to_string())
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| Ok(audit_from_row(row)?.0))
+            .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(BatchRecord {
             order,
@@ -994,6 +1326,7 @@ impl Store for SqliteStore {
             events,
             qc,
             signatures,
+            audit,
         })
     }
 
@@ -1004,7 +1337,7 @@ impl Store for SqliteStore {
             ..signature.clone()
         };
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let order = Self::order_in(&mut tx, "batch_id", signature.batch_id).await?;
         if order.state != BatchState::AwaitingRelease {
             return Err(Error::FailedPrecondition(format!(
@@ -1063,6 +1396,27 @@ impl Store for SqliteStore {
                 record_sha256: signature.record_sha256.clone(),
                 reason: signature.reason.clone(),
             },
+            now,
+        )
+        .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(
+                &signature.signer,
+                "release.signed",
+                format!("batch/{}", order.batch_id),
+            )
+            .batch(order.batch_id)
+            .change(order.state.as_str(), projection.state.as_str())
+            .value(format!(
+                "{} by {} ({}), signature {} on record {}",
+                signature.meaning.as_str(),
+                signature.signer_name,
+                signature.signer,
+                signature.signature_id,
+                signature.record_sha256
+            ))
+            .reason(signature.reason.clone()),
             now,
         )
         .await?;

@@ -10,7 +10,8 @@ CREATE TABLE events (
     batch_id    TEXT    NOT NULL,
     kind        TEXT    NOT NULL,
     recorded_at TEXT    NOT NULL,
-    body        TEXT    NOT NULL             -- canonical JSON of the event
+    body        TEXT    NOT NULL,            -- canonical JSON of the event
+    sha256      TEXT    NOT NULL             -- SHA-256 of body; the next event carries it
 );
 CREATE INDEX events_batch ON events (batch_id, seq);
 

@@ -1,0 +1,254 @@
+//! The audit trail: an append-only, hash-chained log of who did what to which record,
+//! when and why (21 CFR Part 11 / EU GMP Annex 11; ARCHITECTURE.md invariant 6).
+//!
+//! Each entry's `sha256 = SHA-256(prev_sha256 || canonical bytes)`, where the
+//! canonical bytes are the JSON array of the entry's position and fields. Changing
+//! an entry breaks its own hash; removing one leaves a gap in positions; inserting
+//! one breaks the link of the entry after it. [`verify`] walks the chain and names
+//! the first entry that does not hold.
+//!
+//! What the chain alone cannot show: a cut of the newest entries, or a forger who
+//! recomputes every later hash. Against both, record the head (`carrel-hub audit
+//! verify` prints it) somewhere the database's administrators cannot write.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// `prev_sha256` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An entry to append; the store assigns position, time and hashes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewEntry {
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    pub batch_id: Option<Uuid>,
+    pub old_value: String,
+    pub new_value: String,
+    pub reason: String,
+}
+
+impl NewEntry {
+    pub fn new(actor: &str, action: &str, object: impl Into<String>) -> NewEntry {
+        NewEntry {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            object: object.into(),
+            ..NewEntry::default()
+        }
+    }
+
+    pub fn batch(mut self, batch_id: Uuid) -> NewEntry {
+        self.batch_id = Some(batch_id);
+        self
+    }
+
+    pub fn change(
+        mut self,
+        old_value: impl Into<String>,
+        new_value: impl Into<String>,
+    ) -> NewEntry {
+        self.old_value = old_value.into();
+        self.new_value = new_value.into();
+        self
+    }
+
+    pub fn value(mut self, new_value: impl Into<String>) -> NewEntry {
+        self.new_value = new_value.into();
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> NewEntry {
+        self.reason = reason.into();
+        self
+    }
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub position: u64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    pub batch_id: Option<Uuid>,
+    pub old_value: String,
+    pub new_value: String,
+    pub reason: String,
+    pub prev_sha256: String,
+    pub sha256: String,
+}
+
+#[derive(Serialize)]
+struct Canonical<'a> {
+    position: u64,
+    at: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    object: &'a str,
+    batch_id: Option<String>,
+    old_value: &'a str,
+    new_value: &'a str,
+    reason: &'a str,
+}
+
+/// The hash of an entry at `position` after `prev_sha256`; `at` as stored (RFC 3339).
+pub fn entry_sha256(prev_sha256: &str, position: u64, at: &str, entry: &NewEntry) -> String {
+    let canonical = Canonical {
+        position,
+        at,
+        actor: &entry.actor,
+        action: &entry.action,
+        object: &entry.object,
+        batch_id: entry.batch_id.map(|b| b.to_string()),
+        old_value: &entry.old_value,
+        new_value: &entry.new_value,
+        reason: &entry.reason,
+    };
+    let mut hash = Sha256::new();
+    hash.update(prev_sha256.as_bytes());
+    hash.update(serde_json::to_vec(&canonical).expect("an audit entry always serialises"));
+    hex::encode(hash.finalize())
+}
+
+/// The chain holds: this many entries, ending in this hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intact {
+    pub entries: u64,
+    pub head_sha256: String,
+}
+
+/// Where and how the chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit chain broken at entry {position}: {what}")]
+pub struct Broken {
+    pub position: u64,
+    pub what: String,
+}
+
+/// Walks entries in position order (`at` is the stored RFC 3339 text).
+pub fn verify(entries: impl IntoIterator<Item = (Entry, String)>) -> Result<Intact, Broken> {
+    let mut expected = 1;
+    let mut prev = GENESIS.to_owned();
+    for (entry, at_text) in entries {
+        if entry.position < expected {
+            return Err(Broken {
+                position: entry.position,
+                what: "appears twice or out of order: an entry was inserted".into(),
+            });
+        }
+        if entry.position > expected {
+            return Err(Broken {
+                position: expected,
+                what: format!(
+                    "is missing (the next entry is {}): an entry was removed",
+                    entry.position
+                ),
+            });
+        }
+        if entry.prev_sha256 != prev {
+            return Err(Broken {
+                position: entry.position,
+                what: "does not follow the entry before it: an entry was inserted or replaced here"
+                    .into(),
+            });
+        }
+        let fields = NewEntry {
+            actor: entry.actor.clone(),
+            action: entry.action.clone(),
+            object: entry.object.clone(),
+            batch_id: entry.batch_id,
+            old_value: entry.old_value.clone(),
+            new_value: entry.new_value.clone(),
+            reason: entry.reason.clone(),
+        };
+        let recomputed = entry_sha256(&prev, entry.position, &at_text, &fields);
+        if recomputed != entry.sha256 {
+            return Err(Broken {
+                position: entry.position,
+                what: format!(
+                    "was altered: its content hashes to {recomputed}, not the stored {}",
+                    entry.sha256
+                ),
+            });
+        }
+        prev = entry.sha256;
+        expected += 1;
+    }
+    Ok(Intact {
+        entries: expected - 1,
+        head_sha256: prev,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<(Entry, String)> {
+        let mut prev = GENESIS.to_owned();
+        (1..=n)
+            .map(|position| {
+                let at = format!("2026-11-27T00:00:{position:02}.000000Z");
+                let new = NewEntry::new("qa.one", "release.signed", format!("batch/{position}"))
+                    .value("released");
+                let sha = entry_sha256(&prev, position, &at, &new);
+                let entry = Entry {
+                    position,
+                    at: DateTime::parse_from_rfc3339(&at)
+                        .expect("time")
+                        .with_timezone(&Utc),
+                    actor: new.actor,
+                    action: new.action,
+                    object: new.object,
+                    batch_id: None,
+                    old_value: new.old_value,
+                    new_value: new.new_value,
+                    reason: new.reason,
+                    prev_sha256: prev.clone(),
+                    sha256: sha.clone(),
+                };
+                prev = sha;
+                (entry, at)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let entries = chain(5);
+        let head = entries[4].0.sha256.clone();
+        assert_eq!(
+            verify(entries),
+            Ok(Intact {
+                entries: 5,
+                head_sha256: head
+            })
+        );
+    }
+
+    #[test]
+    fn altered_removed_and_inserted_entries_are_named() {
+        let mut altered = chain(5);
+        altered[2].0.new_value = "rejected".into();
+        assert_eq!(verify(altered).expect_err("altered").position, 3);
+
+        let mut removed = chain(5);
+        removed.remove(1);
+        let broken = verify(removed).expect_err("removed");
+        assert_eq!(broken.position, 2);
+        assert!(broken.what.contains("missing"));
+
+        let mut inserted = chain(5);
+        let mut extra = inserted[1].clone();
+        extra.0.new_value = "forged".into();
+        inserted.insert(2, extra);
+        let broken = verify(inserted).expect_err("inserted");
+        assert_eq!(broken.position, 2);
+        assert!(broken.what.contains("inserted"));
+    }
+}

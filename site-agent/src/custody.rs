@@ -1,0 +1,236 @@
+//! Custody checkpoints at the site: the technician scans the label and the agent
+//! compares it with the batch's chain-of-identity identifier (COI).
+//!
+//! A match records a custody event with who verified it, where and when. A mismatch
+//! is a hard stop: it is recorded (and replicated, and raised to QA by the hub), and
+//! the step does not start; only a matching scan opens it. There is no way to skip a
+//! checkpoint: the executor does not start a step with a checkpoint until a matching
+//! scan is on the record. Bedside checkpoints (hand-over, infusion) open only for a
+//! released batch, in order, and close the chain of identity.
+
+use crate::store::{self, BatchState, LocalBatch, Store};
+use carrel_proto::coi::{self, Coi};
+use carrel_proto::event::{EventKind, SiteEvent};
+use carrel_proto::recipe::{CustodyCheckpoint, Recipe};
+use std::collections::HashSet;
+use uuid::Uuid;
+
+/// Names the simulated operators use (config `simulator.auto_scan`).
+pub const SIMULATED_OPERATORS: [&str; 5] = [
+    "sim-operator-1",
+    "sim-operator-2",
+    "sim-operator-3",
+    "sim-operator-4",
+    "sim-operator-5",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no batch {0} at this site")]
+    UnknownBatch(String),
+    #[error("the label could not be read as a COI: {0}; nothing was recorded, scan again")]
+    Unreadable(coi::Error),
+    #[error("checkpoint {given:?} is not open: {why}")]
+    NotOpen { given: String, why: String },
+    #[error("a verifier's name is empty")]
+    EmptyVerifier,
+    #[error("{0:?} is named twice: each verifier must be a different person")]
+    SameVerifierTwice(String),
+    #[error("checkpoint {checkpoint:?} needs {needed} verifier(s), {given} given")]
+    NotEnoughVerifiers {
+        checkpoint: String,
+        needed: u8,
+        given: usize,
+    },
+    #[error("the batch's recipe cannot be read: {0}")]
+    Recipe(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scanned {
+    Match(SiteEvent),
+    Mismatch(SiteEvent),
+}
+
+/// Checkpoints passed with a matching scan, per the batch's records.
+pub fn passed(events: &[SiteEvent]) -> HashSet<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::CustodyScan {
+                checkpoint_id,
+                matched: true,
+                ..
+            } => Some(checkpoint_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The checkpoint the batch waits at, or why none is open.
+pub fn open_checkpoint<'r>(
+    recipe: &'r Recipe,
+    batch: &LocalBatch,
+    events: &[SiteEvent],
+) -> Result<&'r CustodyCheckpoint, String> {
+    let passed = passed(events);
+    match batch.state {
+        BatchState::Ordered | BatchState::Accepted | BatchState::InProcess => {
+            let completed: HashSet<&str> = events
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EventKind::StepCompleted { step_id, .. } => Some(step_id.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let next = recipe
+                .steps
+                .iter()
+                .find(|s| !completed.contains(s.id.as_str()))
+                .ok_or("every manufacturing step is complete; the batch goes to QC and release")?;
+            match &next.custody_checkpoint {
+                Some(cp) if !passed.contains(&cp.id) => Ok(cp),
+                _ => Err(format!(
+                    "the batch is at step {:?}, which needs no scan now",
+                    next.id
+                )),
+            }
+        }
+        BatchState::AwaitingRelease => {
+            Err("the batch awaits QA release; only a released product leaves the site".into())
+        }
+        BatchState::Rejected => Err("QA rejected this batch; it must not be handed over".into()),
+        BatchState::Cancelled => Err("this batch was cancelled".into()),
+        BatchState::Released | BatchState::HandedOver => recipe
+            .bedside_checkpoints
+            .iter()
+            .find(|cp| !passed.contains(&cp.id))
+            .ok_or_else(|| "every bedside checkpoint is passed".to_owned()),
+        BatchState::Infused => {
+            Err("the infusion is recorded: the chain of identity is closed".into())
+        }
+    }
+}
+
+/// Finds a batch by its id or a unique prefix of it (at least 8 characters).
+pub async fn find_batch(store: &Store, id: &str) -> Result<LocalBatch, Error> {
+    let id = id.trim().to_ascii_lowercase();
+    if let Ok(uuid) = Uuid::parse_str(&id) {
+        return match store.batch(uuid).await {
+            Ok(batch) => Ok(batch),
+            Err(store::Error::NotFound(_)) => Err(Error::UnknownBatch(id)),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let matches: Vec<LocalBatch> = store
+        .batches()
+        .await?
+        .into_iter()
+        .filter(|b| id.len() >= 8 && b.batch_id.to_string().starts_with(&id))
+        .collect();
+    match <[LocalBatch; 1]>::try_from(matches) {
+        Ok([batch]) => Ok(batch),
+        Err(_) => Err(Error::UnknownBatch(format!(
+            "{id} (give the batch id, or 8 or more of its first characters)"
+        ))),
+    }
+}
+
+/// One scan at a checkpoint, as a technician (or the simulated operators) makes it.
+pub struct Scan<'a> {
+    pub batch_id: Uuid,
+    pub checkpoint_id: &'a str,
+    /// What the scanner typed, or what a person typed from the eye-readable label.
+    pub label: &'a str,
+    pub verifiers: &'a [String],
+    pub location: &'a str,
+}
+
+/// Checks a scan and records its outcome. Errors (unreadable label, checkpoint not
+/// open, verifiers missing or repeated) record nothing; a readable label that is
+/// not this batch's COI is recorded as a mismatch.
+pub async fn scan(store: &Store, scan: Scan<'_>) -> Result<Scanned, Error> {
+    let batch = match store.batch(scan.batch_id).await {
+        Ok(batch) => batch,
+        Err(store::Error::NotFound(_)) => {
+            return Err(Error::UnknownBatch(scan.batch_id.to_string()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let recipe = Recipe::from_json(&batch.recipe_json).map_err(|e| Error::Recipe(e.to_string()))?;
+    let events = store.batch_events(batch.batch_id).await?;
+    let open = open_checkpoint(&recipe, &batch, &events).map_err(|why| Error::NotOpen {
+        given: scan.checkpoint_id.to_owned(),
+        why,
+    })?;
+    if open.id != scan.checkpoint_id {
+        return Err(Error::NotOpen {
+            given: scan.checkpoint_id.to_owned(),
+            why: format!(
+                "the batch waits at checkpoint {:?} ({})",
+                open.id, open.name
+            ),
+        });
+    }
+    let verifiers: Vec<String> = scan.verifiers.iter().map(|v| v.trim().to_owned()).collect();
+    let mut seen = HashSet::new();
+    for verifier in &verifiers {
+        if verifier.is_empty() {
+            return Err(Error::EmptyVerifier);
+        }
+        if !seen.insert(verifier.to_lowercase()) {
+            return Err(Error::SameVerifierTwice(verifier.clone()));
+        }
+    }
+    if verifiers.len() < usize::from(open.verifiers) {
+        return Err(Error::NotEnoughVerifiers {
+            checkpoint: open.id.clone(),
+            needed: open.verifiers,
+            given: verifiers.len(),
+        });
+    }
+    let scanned = Coi::parse_scan(scan.label).map_err(Error::Unreadable)?;
+    let matched = scanned.as_str() == batch.coi;
+    let bedside = recipe
+        .bedside_checkpoints
+        .iter()
+        .position(|cp| cp.id == open.id);
+    let new_state = match (matched, bedside) {
+        (true, Some(0)) => Some(BatchState::HandedOver),
+        (true, Some(_)) => Some(BatchState::Infused),
+        _ => None,
+    };
+    let recorded_by = verifiers[0].clone();
+    let event = store
+        .append_setting_state(
+            batch.batch_id,
+            &recorded_by,
+            EventKind::CustodyScan {
+                checkpoint_id: open.id.clone(),
+                expected_coi: batch.coi.clone(),
+                scanned_coi: scanned.to_string(),
+                verifiers,
+                matched,
+                location: scan.location.trim().to_owned(),
+            },
+            new_state,
+        )
+        .await?;
+    if matched {
+        tracing::info!(batch_id = %batch.batch_id, checkpoint = %open.id, "custody scan matched");
+        Ok(Scanned::Match(event))
+    } else {
+        tracing::warn!(batch_id = %batch.batch_id, checkpoint = %open.id, expected = %batch.coi, scanned = %scanned, "COI MISMATCH: hard stop");
+        Ok(Scanned::Mismatch(event))
+    }
+}
+
+/// The label of a batch as its barcode reads (for the simulated operators).
+pub fn label_of(batch: &LocalBatch) -> Result<String, Error> {
+    Coi::parse(&batch.coi)
+        .map(|c| c.barcode_data())
+        .map_err(Error::Unreadable)
+}
