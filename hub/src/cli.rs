@@ -75,6 +75,26 @@ pub enum Command {
     /// QA release.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// The audit trail (run on the hub machine).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; report the first entry altered, removed or inserted.
+    /// Exits 1 when the chain is broken.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List audit entries, all or one batch's.
+    List {
+        #[arg(long)]
+        batch: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -470,6 +490,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "Signed in as {user} ({role}). Token kept in {}.",
                 path.display()
             );
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { store }) => {
+            let config = store_config(&store)?;
+            let db = crate::server::open_store(&config).await?;
+            match db.verify_audit().await? {
+                Ok(intact) => {
+                    println!(
+                        "Audit chain intact: {} entries, head {}",
+                        intact.entries, intact.head_sha256
+                    );
+                    Ok(())
+                }
+                Err(broken) => {
+                    println!(
+                        "AUDIT CHAIN BROKEN at entry {}: the entry {}",
+                        broken.position, broken.what
+                    );
+                    anyhow::bail!(
+                        "the audit trail has been tampered with (entry {})",
+                        broken.position
+                    )
+                }
+            }
+        }
+        Command::Audit(AuditCommand::List { batch, store }) => {
+            let config = store_config(&store)?;
+            let db = crate::server::open_store(&config).await?;
+            let batch = batch
+                .map(|b| uuid::Uuid::parse_str(b.trim()).with_context(|| format!("batch id {b:?}")))
+                .transpose()?;
+            for e in db.audit_entries(batch).await? {
+                println!(
+                    "{:>6}  {}  {:<16} {:<24} {:<40} {}{}{}",
+                    e.position,
+                    e.at.format("%Y-%m-%d %H:%M:%S"),
+                    e.actor,
+                    e.action,
+                    e.object,
+                    if e.old_value.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{} -> ", e.old_value)
+                    },
+                    e.new_value,
+                    if e.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  (reason: {})", e.reason)
+                    }
+                );
+            }
             Ok(())
         }
         Command::Order(command) => order_command(command).await,
@@ -876,6 +948,10 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
             "signatures": record.signatures.iter().map(|s| serde_json::json!({
                 "signature_id": s.signature_id, "manifestation": s.manifestation, "record_sha256": s.record_sha256,
             })).collect::<Vec<_>>(),
+            "audit": record.audit.iter().map(|a| serde_json::json!({
+                "position": a.position, "at": time_text(a.at), "actor": a.actor, "action": a.action,
+                "object": a.object, "old_value": a.old_value, "new_value": a.new_value, "reason": a.reason,
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -921,6 +997,27 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
         for s in &record.signatures {
             writeln!(out, "  {}  (record {})", s.manifestation, s.record_sha256)?;
         }
+    }
+    writeln!(out, "\nAUDIT TRAIL ({} entries)", record.audit.len())?;
+    for a in &record.audit {
+        let change = if a.old_value.is_empty() {
+            a.new_value.clone()
+        } else {
+            format!("{} -> {}", a.old_value, a.new_value)
+        };
+        let reason = if a.reason.is_empty() {
+            String::new()
+        } else {
+            format!("  reason: {}", a.reason)
+        };
+        writeln!(
+            out,
+            "  #{:<5} {}  {:<14} {:<22} {change}{reason}",
+            a.position,
+            time_text(a.at),
+            a.actor,
+            a.action
+        )?;
     }
     Ok(())
 }

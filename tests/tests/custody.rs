@@ -1,0 +1,480 @@
+//! Chain of identity and custody with real processes: technicians scan labels at
+//! each checkpoint (no simulated operators here), a mismatch is a hard stop that QA
+//! sees first, two-person verification is enforced, and a bedside match after
+//! release closes the chain.
+
+use carrel_proto::coi::Coi;
+use carrel_tests::*;
+use std::process::Output;
+use std::time::Duration;
+
+const PHYSICIAN: (&str, &str) = ("dr.coi", "physician-password-1");
+const QA: (&str, &str) = ("qa.coi", "qa-password-12345");
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn site_count(agent: &Agent, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&agent.db().await)
+        .await
+        .expect(sql)
+}
+
+/// Waits until the agent waits at `checkpoint` (it says so in its log).
+async fn wait_at_checkpoint(agent: &Agent, checkpoint: &str) {
+    let needle = format!("checkpoint={checkpoint} ");
+    eventually(
+        Duration::from_secs(60),
+        &format!("the batch to wait at {checkpoint}"),
+        || {
+            let found = agent
+                .log()
+                .lines()
+                .any(|l| l.contains("waiting for the label scan") && l.contains(&needle));
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
+}
+
+fn scan(agent: &Agent, batch: &str, checkpoint: &str, label: &str, verifiers: &[&str]) -> Output {
+    let mut args = vec![
+        "scan",
+        "--batch",
+        batch,
+        "--checkpoint",
+        checkpoint,
+        "--location",
+        "clean room 2",
+    ];
+    for v in verifiers {
+        args.push("--verifier");
+        args.push(v);
+    }
+    agent.cli(&args, &format!("{label}\r\n"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let token = hub.add_site("site-c");
+    let mut agent = Agent::enroll(&hub, "site-c", &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    agent.configure(&["simulator", "auto_scan"], false.into());
+    agent.start();
+    let date = (chrono::Utc::now() + chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let order = hub.cli_json(
+        PHYSICIAN.0,
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-9001",
+            "--site",
+            "site-c",
+            "--collection-date",
+            &date,
+        ],
+        None,
+    );
+    let other = hub.cli_json(
+        PHYSICIAN.0,
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-9002",
+            "--site",
+            "site-c",
+            "--collection-date",
+            &date,
+        ],
+        None,
+    );
+    let order_id = str_field(&order, "order_id").to_owned();
+    let batch = str_field(&order, "batch_id").to_owned();
+    let coi = Coi::parse(str_field(&order, "coi")).expect("COI");
+    let other_coi = str_field(&other, "coi").to_owned();
+    let label = coi.barcode_data();
+
+    wait_at_checkpoint(&agent, "collection").await;
+    let started = "SELECT COUNT(*) FROM events WHERE kind = 'step_started'";
+    assert_eq!(
+        site_count(&agent, started).await,
+        0,
+        "nothing starts before the first scan"
+    );
+
+    // Refusals that record nothing: unreadable label, wrong checkpoint, the same
+    // person twice, too few verifiers.
+    let scans = "SELECT COUNT(*) FROM events WHERE kind = 'custody_scan'";
+    let cases = [
+        (
+            scan(
+                &agent,
+                &batch,
+                "collection",
+                "=G1234",
+                &["tech.a", "tech.b"],
+            ),
+            "could not be read",
+        ),
+        (
+            scan(&agent, &batch, "receipt", &label, &["tech.a", "tech.b"]),
+            "waits at checkpoint \"collection\"",
+        ),
+        (
+            scan(&agent, &batch, "collection", &label, &["tech.a", "TECH.A"]),
+            "named twice",
+        ),
+        (
+            scan(&agent, &batch, "collection", &label, &["tech.a"]),
+            "needs 2 verifier(s), 1 given",
+        ),
+    ];
+    for (out, words) in cases {
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains(words),
+            "expected {words:?} in {}",
+            text(&out)
+        );
+    }
+    assert_eq!(site_count(&agent, scans).await, 0);
+
+    // Another patient's bag: a hard stop, recorded.
+    let out = scan(
+        &agent,
+        &batch,
+        "collection",
+        &other_coi,
+        &["tech.a", "tech.b"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("MISMATCH"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        site_count(&agent, started).await,
+        0,
+        "a mismatch does not start the step"
+    );
+
+    // The right bag, scanned as the scanner types it (AIM prefix, CR LF), two people.
+    for checkpoint in ["collection", "receipt", "manufacturing-start", "fill"] {
+        wait_at_checkpoint(&agent, checkpoint).await;
+        let out = scan(
+            &agent,
+            &batch,
+            checkpoint,
+            &format!("]C0{label}"),
+            &["tech.a", "tech.b"],
+        );
+        assert!(out.status.success(), "{checkpoint}: {}", text(&out));
+        assert!(text(&out).contains("MATCH"));
+    }
+
+    // QA sees the mismatch first, and it is in the batch's audit trail.
+    let shown = eventually(Duration::from_secs(60), "the record to be complete", || {
+        let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+        async move { (shown["state"] == "awaiting_release").then_some(shown) }
+    })
+    .await;
+    assert_eq!(str_field(&shown, "state"), "awaiting_release");
+    // Not released yet: the bedside refuses the product.
+    let out = scan(&agent, &batch, "handover", &label, &["nurse.n"]);
+    assert!(text(&out).contains("awaits QA release"), "{}", text(&out));
+
+    let record = hub.cli_json(QA.0, &["release", "show", &batch], None);
+    let first = &record["exceptions"][0];
+    assert_eq!(str_field(first, "kind"), "custody MISMATCH", "{record}");
+    assert!(str_field(first, "summary").contains(&other_coi));
+    let audit: Vec<&str> = record["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .map(|a| str_field(a, "action"))
+        .collect();
+    assert!(audit.contains(&"custody.mismatch"), "{audit:?}");
+    assert!(audit.contains(&"order.created"));
+    let sha = str_field(&record, "record_sha256").to_owned();
+    hub.cli_ok(
+        QA.0,
+        &[
+            "release",
+            "sign",
+            &batch,
+            "--meaning",
+            "released",
+            "--record-sha256",
+            &sha,
+        ],
+        Some(QA.1),
+    );
+
+    // Bedside: hand-over, then the infusion with the wrong patient's label (stop),
+    // then the right one with two people.
+    eventually(
+        Duration::from_secs(30),
+        "the release to reach the site",
+        || {
+            let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+            async move { (shown["decision_recorded_at_site"] == true).then_some(()) }
+        },
+    )
+    .await;
+    let out = scan(&agent, &batch, "infusion", &label, &["nurse.n", "dr.coi"]);
+    assert!(
+        text(&out).contains("waits at checkpoint \"handover\""),
+        "{}",
+        text(&out)
+    );
+    let out = scan(
+        &agent,
+        &batch,
+        "handover",
+        &coi.eye_readable(),
+        &["nurse.n"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = scan(
+        &agent,
+        &batch,
+        "infusion",
+        &other_coi,
+        &["nurse.n", "dr.coi"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let out = scan(
+        &agent,
+        &batch,
+        "infusion",
+        &coi.to_string().to_lowercase(),
+        &["nurse.n", "dr.coi"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let closed = eventually(
+        Duration::from_secs(30),
+        "the chain of identity to close at the hub",
+        || {
+            let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+            async move { (shown["state"] == "infused").then_some(shown) }
+        },
+    )
+    .await;
+    let timeline: Vec<String> = closed["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|t| str_field(t, "what").to_owned())
+        .collect();
+    assert_eq!(
+        timeline.iter().filter(|w| *w == "custody MISMATCH").count(),
+        2,
+        "{timeline:?}"
+    );
+    assert_eq!(timeline.last().map(String::as_str), Some("custody scan"));
+    let agent_state: String = sqlx::query_scalar("SELECT state FROM batches WHERE batch_id = ?")
+        .bind(&batch)
+        .fetch_one(&agent.db().await)
+        .await
+        .expect("state");
+    assert_eq!(agent_state, "infused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let token = hub.add_site("site-d");
+    let mut agent = Agent::enroll(&hub, "site-d", &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    agent.start();
+    let date = (chrono::Utc::now() + chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let order = hub.cli_json(
+        PHYSICIAN.0,
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-9101",
+            "--site",
+            "site-d",
+            "--collection-date",
+            &date,
+        ],
+        None,
+    );
+    let order_id = str_field(&order, "order_id").to_owned();
+    let batch = str_field(&order, "batch_id").to_owned();
+    eventually(Duration::from_secs(60), "the record to be complete", || {
+        let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+        async move { (shown["state"] == "awaiting_release").then_some(()) }
+    })
+    .await;
+    let db = agent.db().await;
+    let step_seq: i64 = sqlx::query_scalar(
+        "SELECT seq FROM events WHERE kind = 'step_completed' ORDER BY seq LIMIT 1",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("a step record");
+    let step_seq = step_seq.to_string();
+
+    // A correction needs a reason; with one, it is a new record pointing at the old.
+    let out = agent.cli(
+        &[
+            "correct", "--seq", &step_seq, "--field", "operator", "--value", "tech.b", "--reason",
+            " ", "--by", "tech.a",
+        ],
+        "",
+    );
+    assert!(text(&out).contains("needs a reason"), "{}", text(&out));
+    let out = agent.cli(
+        &[
+            "correct",
+            "--seq",
+            &step_seq,
+            "--field",
+            "operator",
+            "--value",
+            "tech.b",
+            "--reason",
+            "wrong badge scanned",
+            "--by",
+            "tech.a",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // An out-of-specification result cannot be corrected, only retested.
+    let out = agent.cli(
+        &[
+            "qc",
+            "--batch",
+            &batch,
+            "--test",
+            "endotoxin",
+            "--value",
+            "0.9",
+            "--by",
+            "lab.l",
+        ],
+        "",
+    );
+    assert!(
+        text(&out).contains("OUT OF SPECIFICATION"),
+        "{}",
+        text(&out)
+    );
+    let oos_seq: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE kind = 'qc_result'")
+        .fetch_one(&db)
+        .await
+        .expect("oos seq");
+    let oos_seq = oos_seq.to_string();
+    let out = agent.cli(
+        &[
+            "correct", "--seq", &oos_seq, "--field", "value", "--value", "0.1", "--reason", "typo",
+            "--by", "lab.l",
+        ],
+        "",
+    );
+    assert!(
+        text(&out).contains("never corrected or overwritten"),
+        "{}",
+        text(&out)
+    );
+    let out = agent.cli(
+        &[
+            "qc",
+            "--batch",
+            &batch,
+            "--test",
+            "endotoxin",
+            "--value",
+            "abc",
+            "--by",
+            "lab.l",
+        ],
+        "",
+    );
+    assert!(text(&out).contains("is not a number"), "{}", text(&out));
+    let out = agent.cli(
+        &[
+            "qc",
+            "--batch",
+            &batch,
+            "--test",
+            "endotoxin",
+            "--value",
+            "0.12",
+            "--by",
+            "lab.l",
+            "--retest-of",
+            &oos_seq,
+        ],
+        "",
+    );
+    assert!(
+        text(&out).contains("within specification"),
+        "{}",
+        text(&out)
+    );
+
+    // At the hub: the correction, the OOS result and its retest are all there, the
+    // correction and the OOS result among the exceptions, the correction's reason
+    // in the audit trail.
+    let record = eventually(
+        Duration::from_secs(30),
+        "the hub to receive the manual records",
+        || {
+            let record = hub.cli_json(QA.0, &["release", "show", &batch], None);
+            async move { (record["qc"].as_array().map(Vec::len) == Some(12)).then_some(record) }
+        },
+    )
+    .await;
+    let kinds: Vec<&str> = record["exceptions"]
+        .as_array()
+        .expect("exceptions")
+        .iter()
+        .map(|e| str_field(e, "kind"))
+        .collect();
+    assert!(kinds.contains(&"correction"), "{kinds:?}");
+    assert!(kinds.contains(&"QC result"), "{kinds:?}");
+    let endotoxin: Vec<&str> = record["qc"]
+        .as_array()
+        .expect("qc")
+        .iter()
+        .filter(|q| q["test_id"] == "endotoxin")
+        .map(|q| str_field(q, "hub_outcome"))
+        .collect();
+    assert_eq!(
+        endotoxin,
+        vec!["pass", "out_of_specification", "pass"],
+        "original, OOS, retest: none overwritten"
+    );
+    let corrected = record["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .find(|a| a["action"] == "record.corrected")
+        .expect("the correction is audited");
+    assert_eq!(str_field(corrected, "reason"), "wrong badge scanned");
+    assert_eq!(str_field(corrected, "actor"), "tech.a");
+}
