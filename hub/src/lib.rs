@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod pki;
 pub mod record;
 pub mod server;
+pub mod service;
 pub mod store;
 
 pub use config::Config;

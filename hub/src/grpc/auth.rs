@@ -1,20 +1,14 @@
 //! `AuthService`: sign-in for people.
 
-use super::{authenticate, status, user_to_pb, Shared};
-use crate::audit::NewEntry;
-use crate::auth::{new_secret, secret_sha256, verify_password};
-use crate::store;
+use super::{authenticate, service_status, status, user_to_pb, Shared};
+use crate::auth::secret_sha256;
+use crate::service;
 use carrel_proto::event::to_timestamp;
 use carrel_proto::pb;
-use chrono::{Duration, Utc};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct AuthApi(pub Arc<Shared>);
-
-/// The same answer for an unknown user and a wrong password, so sign-in does not
-/// reveal which user names exist.
-const BAD_CREDENTIALS: &str = "unknown user or wrong password";
 
 #[tonic::async_trait]
 impl pb::auth_service_server::AuthService for AuthApi {
@@ -24,40 +18,9 @@ impl pb::auth_service_server::AuthService for AuthApi {
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
         let req = request.into_inner();
-        let username = req.username.trim();
-        if username.is_empty() || req.password.is_empty() {
-            return Err(Status::invalid_argument(
-                "username and password are required",
-            ));
-        }
-        let user = match self.0.store.user(username).await {
-            Ok(user) => Some(user),
-            Err(store::Error::NotFound(_)) => None,
-            Err(e) => return Err(status(e)),
-        };
-        let ok = user
-            .as_ref()
-            .is_some_and(|u| !u.disabled && verify_password(&req.password, &u.password_hash));
-        let Some(user) = user.filter(|_| ok) else {
-            tracing::warn!("failed sign-in");
-            self.0
-                .store
-                .audit(
-                    &NewEntry::new(username, "user.sign_in_failed", format!("user/{username}"))
-                        .reason("wrong password, unknown or disabled user"),
-                )
-                .await
-                .map_err(status)?;
-            return Err(Status::unauthenticated(BAD_CREDENTIALS));
-        };
-        let token = new_secret();
-        let expires_at = Utc::now() + Duration::seconds(i64::from(self.0.config.session_ttl_secs));
-        self.0
-            .store
-            .create_session(&secret_sha256(&token), &user.username, expires_at)
+        let (token, expires_at, user) = service::sign_in(&self.0, &req.username, &req.password)
             .await
-            .map_err(status)?;
-        tracing::info!(role = %user.role, "signed in");
+            .map_err(service_status)?;
         Ok(Response::new(pb::LoginResponse {
             token,
             expires_at: Some(to_timestamp(expires_at)),

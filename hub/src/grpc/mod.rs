@@ -137,6 +137,17 @@ pub fn status(error: store::Error) -> Status {
     }
 }
 
+/// The one place where refusals of the shared service layer become gRPC statuses.
+pub fn service_status(error: crate::service::Error) -> Status {
+    use crate::service::Error as E;
+    match error {
+        E::Field { message, .. } => Status::invalid_argument(message),
+        E::Unauthenticated(why) => Status::unauthenticated(why),
+        E::PermissionDenied(why) => Status::permission_denied(why),
+        E::Store(e) => status(e),
+    }
+}
+
 /// The user of the session token in the request's `authorization` metadata.
 pub async fn authenticate<T>(shared: &Shared, request: &Request<T>) -> Result<User, Status> {
     let header = request.metadata().get("authorization").ok_or_else(|| {
@@ -173,15 +184,7 @@ pub async fn require<T>(
     roles: &[Role],
 ) -> Result<User, Status> {
     let user = authenticate(shared, request).await?;
-    if !roles.contains(&user.role) {
-        let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-        return Err(Status::permission_denied(format!(
-            "{} is a {}; this needs the role {}",
-            user.username,
-            user.role,
-            allowed.join(" or ")
-        )));
-    }
+    crate::service::require_role(&user, roles).map_err(service_status)?;
     Ok(user)
 }
 

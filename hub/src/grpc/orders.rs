@@ -1,47 +1,16 @@
 //! `OrderService`: physicians order therapies and follow them to release.
 
-use super::{authenticate, order_to_pb, parse_id, require, state_from_pb, status, Shared};
+use super::{authenticate, order_to_pb, parse_id, service_status, state_from_pb, status, Shared};
 use crate::record::describe;
-use crate::store::{NewOrder, Order, Role, User};
+use crate::service::{self, OrderForm};
 use carrel_proto::event::to_timestamp;
 use carrel_proto::pb;
-use chrono::{NaiveDate, Utc};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 pub struct OrderApi(pub Arc<Shared>);
-
-/// Roles that may see every order (a physician sees only their own).
-const SEE_ALL: [Role; 3] = [Role::Qa, Role::Admin, Role::Technician];
-
-impl OrderApi {
-    /// The order, if this user may see it. Another physician's order is reported as
-    /// not found, so its existence is not revealed.
-    async fn visible_order(&self, user: &User, order_id: Uuid) -> Result<Order, Status> {
-        let order = self.0.store.order(order_id).await.map_err(status)?;
-        if user.role == Role::Physician && order.physician != user.username {
-            return Err(Status::not_found(format!("order {order_id} not found")));
-        }
-        Ok(order)
-    }
-}
-
-fn validate_pseudonym(text: &str) -> Result<String, Status> {
-    let text = text.trim();
-    let ok = (3..=64).contains(&text.len())
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
-        return Err(Status::invalid_argument(
-            "patient_pseudonym must be 3 to 64 letters, digits, '-', '_' or '.' (a pseudonym, never a name)",
-        ));
-    }
-    Ok(text.to_owned())
-}
 
 #[tonic::async_trait]
 impl pb::order_service_server::OrderService for OrderApi {
@@ -50,48 +19,17 @@ impl pb::order_service_server::OrderService for OrderApi {
         &self,
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
-        let user = require(&self.0, &request, &[Role::Physician]).await?;
+        let user = authenticate(&self.0, &request).await?;
         let req = request.into_inner();
-        let patient_pseudonym = validate_pseudonym(&req.patient_pseudonym)?;
-        if req.product.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "product is required (a recipe id such as cd19-car-t)",
-            ));
-        }
-        if req.site_id.trim().is_empty() {
-            return Err(Status::invalid_argument("site_id is required"));
-        }
-        let date = NaiveDate::parse_from_str(req.requested_collection_date.trim(), "%Y-%m-%d")
-            .map_err(|_| {
-                Status::invalid_argument(format!(
-                    "requested_collection_date {:?} is not a date (YYYY-MM-DD)",
-                    req.requested_collection_date
-                ))
-            })?;
-        let today = Utc::now().date_naive();
-        if date < today {
-            return Err(Status::invalid_argument(format!(
-                "requested_collection_date {date} is in the past"
-            )));
-        }
-        let order = self
-            .0
-            .store
-            .create_order(
-                &NewOrder {
-                    patient_pseudonym,
-                    recipe_id: req.product.trim().to_owned(),
-                    site_id: req.site_id.trim().to_owned(),
-                    requested_collection_date: date.to_string(),
-                    physician: user.username.clone(),
-                    facility: self.0.config.facility.clone(),
-                },
-                Utc::now(),
-            )
+        let form = OrderForm {
+            patient_pseudonym: req.patient_pseudonym,
+            product: req.product,
+            site_id: req.site_id,
+            requested_collection_date: req.requested_collection_date,
+        };
+        let order = service::create_order(&self.0, &user, &form)
             .await
-            .map_err(status)?;
-        tracing::info!(order_id = %order.order_id, batch_id = %order.batch_id, coi = %order.coi, "order created");
-        self.0.commands_added(&order.site_id, order.batch_id);
+            .map_err(service_status)?;
         Ok(Response::new(pb::CreateOrderResponse {
             order: Some(order_to_pb(&order)),
         }))
@@ -103,13 +41,9 @@ impl pb::order_service_server::OrderService for OrderApi {
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let user = authenticate(&self.0, &request).await?;
         let state = state_from_pb(request.get_ref().state)?;
-        let physician = (!SEE_ALL.contains(&user.role)).then_some(user.username.as_str());
-        let orders = self
-            .0
-            .store
-            .list_orders(physician, state)
+        let orders = service::visible_orders(&self.0, &user, state)
             .await
-            .map_err(status)?;
+            .map_err(service_status)?;
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.iter().map(order_to_pb).collect(),
         }))
@@ -121,7 +55,9 @@ impl pb::order_service_server::OrderService for OrderApi {
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let user = authenticate(&self.0, &request).await?;
         let order_id = parse_id("order_id", &request.get_ref().order_id)?;
-        let order = self.visible_order(&user, order_id).await?;
+        let order = service::visible_order(&self.0, &user, order_id)
+            .await
+            .map_err(service_status)?;
         let record = self
             .0
             .store
@@ -170,23 +106,12 @@ impl pb::order_service_server::OrderService for OrderApi {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
-        let user = require(&self.0, &request, &[Role::Physician, Role::Admin]).await?;
+        let user = authenticate(&self.0, &request).await?;
         let req = request.get_ref();
         let order_id = parse_id("order_id", &req.order_id)?;
-        if req.reason.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "a reason is required to cancel an order",
-            ));
-        }
-        self.visible_order(&user, order_id).await?;
-        let order = self
-            .0
-            .store
-            .cancel_order(order_id, req.reason.trim(), &user.username, Utc::now())
+        let order = service::cancel_order(&self.0, &user, order_id, &req.reason)
             .await
-            .map_err(status)?;
-        tracing::info!(%order_id, "order cancelled");
-        self.0.commands_added(&order.site_id, order.batch_id);
+            .map_err(service_status)?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order_to_pb(&order)),
         }))
@@ -201,7 +126,9 @@ impl pb::order_service_server::OrderService for OrderApi {
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let user = authenticate(&self.0, &request).await?;
         let order_id = parse_id("order_id", &request.get_ref().order_id)?;
-        let first = self.visible_order(&user, order_id).await?;
+        let first = service::visible_order(&self.0, &user, order_id)
+            .await
+            .map_err(service_status)?;
         let mut changes = self.0.changes.subscribe();
         let shared = self.0.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);

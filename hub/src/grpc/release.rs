@@ -1,32 +1,15 @@
 //! `ReleaseService`: QA reviews the batch record by exception and signs.
 
-use super::{order_to_pb, parse_id, require, status, Shared};
-use crate::audit::NewEntry;
-use crate::auth::verify_password;
+use super::{authenticate, order_to_pb, parse_id, require, service_status, status, Shared};
 use crate::record::{describe, record_sha256};
+use crate::service;
 use crate::store::{BatchRecord, BatchState, Role, Signature};
 use carrel_proto::event::{meaning_to_wire, outcome_to_wire, to_timestamp, ReleaseMeaning};
 use carrel_proto::pb;
-use chrono::{SubsecRound, Utc};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 pub struct ReleaseApi(pub Arc<Shared>);
-
-/// The signature as it is shown: printed name, date-time and meaning (Part 11).
-pub fn manifestation(sig: &Signature) -> String {
-    let meaning = match sig.meaning {
-        ReleaseMeaning::Released => "Released",
-        ReleaseMeaning::Rejected => "Rejected",
-    };
-    format!(
-        "{meaning} by {} ({}) on {} UTC",
-        sig.signer_name,
-        sig.signer,
-        sig.signed_at.format("%Y-%m-%d %H:%M:%S")
-    )
-}
 
 fn signature_to_pb(sig: &Signature) -> pb::Signature {
     pb::Signature {
@@ -37,7 +20,12 @@ fn signature_to_pb(sig: &Signature) -> pb::Signature {
         signed_at: Some(to_timestamp(sig.signed_at)),
         record_sha256: sig.record_sha256.clone(),
         reason: sig.reason.clone(),
-        manifestation: manifestation(sig),
+        manifestation: service::manifestation(
+            &sig.signer_name,
+            &sig.signer,
+            sig.meaning,
+            sig.signed_at,
+        ),
     }
 }
 
@@ -150,7 +138,7 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         &self,
         request: Request<pb::SignReleaseRequest>,
     ) -> Result<Response<pb::SignReleaseResponse>, Status> {
-        let user = require(&self.0, &request, &[Role::Qa]).await?;
+        let user = authenticate(&self.0, &request).await?;
         let req = request.into_inner();
         let batch_id = parse_id("batch_id", &req.batch_id)?;
         let meaning = match pb::ReleaseMeaning::try_from(req.meaning) {
@@ -162,54 +150,16 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
                 ))
             }
         };
-        let sha = req.record_sha256.trim().to_ascii_lowercase();
-        if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Status::invalid_argument(
-                "record_sha256 must be the 64-hex-digit SHA-256 of the batch record as reviewed",
-            ));
-        }
-        if meaning == ReleaseMeaning::Rejected && req.reason.trim().is_empty() {
-            return Err(Status::invalid_argument("a rejection needs a reason"));
-        }
-        // Part 11: the signer proves identity again with the password at signing.
-        if !verify_password(&req.password, &user.password_hash) {
-            tracing::warn!(signer = %user.username, "failed signing attempt");
-            self.0
-                .store
-                .audit(
-                    &NewEntry::new(
-                        &user.username,
-                        "release.signing_failed",
-                        format!("batch/{batch_id}"),
-                    )
-                    .batch(batch_id)
-                    .reason("wrong password at signing"),
-                )
-                .await
-                .map_err(status)?;
-            return Err(Status::unauthenticated(
-                "wrong password: the signature was not made",
-            ));
-        }
-        let signed_at = Utc::now().trunc_subsecs(6);
-        let signature = Signature {
-            signature_id: Uuid::now_v7(),
+        let form = service::SignForm {
             batch_id,
-            signer: user.username.clone(),
-            signer_name: user.full_name.clone(),
             meaning,
-            record_sha256: sha,
-            reason: req.reason.trim().to_owned(),
-            signed_at,
+            password: &req.password,
+            record_sha256: &req.record_sha256,
+            reason: &req.reason,
         };
-        let order = self
-            .0
-            .store
-            .sign_release(&signature, Utc::now())
+        let (signature, order) = service::sign_release(&self.0, &user, form)
             .await
-            .map_err(status)?;
-        tracing::info!(meaning = meaning.as_str(), signer = %user.username, "release decision signed");
-        self.0.commands_added(&order.site_id, order.batch_id);
+            .map_err(service_status)?;
         Ok(Response::new(pb::SignReleaseResponse {
             signature: Some(signature_to_pb(&signature)),
             order: Some(order_to_pb(&order)),

@@ -1,0 +1,288 @@
+//! What people do, whichever door they come in by: the gRPC API ([`crate::grpc`])
+//! and the web console ([`crate::console`]) both call these, so the rules (validation,
+//! roles, Part 11 signing, audit) live in one place.
+
+use crate::audit::NewEntry;
+use crate::auth::{new_secret, secret_sha256, verify_password};
+use crate::grpc::Shared;
+use crate::store::{self, NewOrder, Order, Role, Signature, User};
+use carrel_proto::event::ReleaseMeaning;
+use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
+use uuid::Uuid;
+
+/// Why a request was refused. `Field` names the input that is wrong, so a form can
+/// show the message next to it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{message}")]
+    Field {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+fn field(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Field {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The same answer for an unknown user and a wrong password, so sign-in does not
+/// reveal which user names exist.
+pub const BAD_CREDENTIALS: &str = "unknown user or wrong password";
+
+/// A new session for a user who proved their password; failures are audited.
+pub async fn sign_in(
+    shared: &Shared,
+    username: &str,
+    password: &str,
+) -> Result<(String, DateTime<Utc>, User), Error> {
+    let username = username.trim();
+    if username.is_empty() || password.is_empty() {
+        return Err(field("username", "user name and password are required"));
+    }
+    let user = match shared.store.user(username).await {
+        Ok(user) => Some(user),
+        Err(store::Error::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let ok = user
+        .as_ref()
+        .is_some_and(|u| !u.disabled && verify_password(password, &u.password_hash));
+    let Some(user) = user.filter(|_| ok) else {
+        tracing::warn!(username, "failed sign-in");
+        shared
+            .store
+            .audit(
+                &NewEntry::new(username, "user.sign_in_failed", format!("user/{username}"))
+                    .reason("wrong password, unknown or disabled user"),
+            )
+            .await?;
+        return Err(Error::Unauthenticated(BAD_CREDENTIALS.into()));
+    };
+    let token = new_secret();
+    let expires_at = Utc::now() + Duration::seconds(i64::from(shared.config.session_ttl_secs));
+    shared
+        .store
+        .create_session(&secret_sha256(&token), &user.username, expires_at)
+        .await?;
+    tracing::info!(username, role = %user.role, "signed in");
+    Ok((token, expires_at, user))
+}
+
+/// Checks that `user` has one of `roles`.
+pub fn require_role(user: &User, roles: &[Role]) -> Result<(), Error> {
+    if roles.contains(&user.role) {
+        return Ok(());
+    }
+    let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    Err(Error::PermissionDenied(format!(
+        "{} is a {}; this needs the role {}",
+        user.username,
+        user.role,
+        allowed.join(" or ")
+    )))
+}
+
+/// An order as a physician fills it in.
+#[derive(Debug, Clone, Default)]
+pub struct OrderForm {
+    pub patient_pseudonym: String,
+    pub product: String,
+    pub site_id: String,
+    pub requested_collection_date: String,
+}
+
+fn validate_pseudonym(text: &str) -> Result<String, Error> {
+    let text = text.trim();
+    let ok = (3..=64).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(field(
+            "patient_pseudonym",
+            "patient_pseudonym must be 3 to 64 letters, digits, '-', '_' or '.' (a pseudonym, never a name)",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// Validates and stores an order, and wakes the site's link.
+pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Result<Order, Error> {
+    require_role(user, &[Role::Physician])?;
+    let patient_pseudonym = validate_pseudonym(&form.patient_pseudonym)?;
+    if form.product.trim().is_empty() {
+        return Err(field(
+            "product",
+            "product is required (a recipe id such as cd19-car-t)",
+        ));
+    }
+    if form.site_id.trim().is_empty() {
+        return Err(field("site_id", "site_id is required"));
+    }
+    let date = NaiveDate::parse_from_str(form.requested_collection_date.trim(), "%Y-%m-%d")
+        .map_err(|_| {
+            field(
+                "requested_collection_date",
+                format!(
+                    "requested_collection_date {:?} is not a date (YYYY-MM-DD)",
+                    form.requested_collection_date
+                ),
+            )
+        })?;
+    if date < Utc::now().date_naive() {
+        return Err(field(
+            "requested_collection_date",
+            format!("requested_collection_date {date} is in the past"),
+        ));
+    }
+    let new = NewOrder {
+        patient_pseudonym,
+        recipe_id: form.product.trim().to_owned(),
+        site_id: form.site_id.trim().to_owned(),
+        requested_collection_date: date.to_string(),
+        physician: user.username.clone(),
+        facility: shared.config.facility.clone(),
+    };
+    let order = match shared.store.create_order(&new, Utc::now()).await {
+        // Which input an unknown site or product came from, for the form.
+        Err(store::Error::Invalid(message)) if message.starts_with("site") => {
+            return Err(field("site_id", message))
+        }
+        Err(store::Error::Invalid(message)) if message.starts_with("product") => {
+            return Err(field("product", message))
+        }
+        other => other?,
+    };
+    tracing::info!(order_id = %order.order_id, batch_id = %order.batch_id, coi = %order.coi, "order created");
+    shared.commands_added(&order.site_id, order.batch_id);
+    Ok(order)
+}
+
+/// The order, if `user` may see it: a physician sees only their own (another's is
+/// reported as not found, so its existence is not revealed).
+pub async fn visible_order(shared: &Shared, user: &User, order_id: Uuid) -> Result<Order, Error> {
+    let order = shared.store.order(order_id).await?;
+    if user.role == Role::Physician && order.physician != user.username {
+        return Err(store::Error::NotFound(format!("order {order_id}")).into());
+    }
+    Ok(order)
+}
+
+/// Orders `user` may see, newest first.
+pub async fn visible_orders(
+    shared: &Shared,
+    user: &User,
+    state: Option<store::BatchState>,
+) -> Result<Vec<Order>, Error> {
+    let physician = (user.role == Role::Physician).then_some(user.username.as_str());
+    Ok(shared.store.list_orders(physician, state).await?)
+}
+
+/// The signature as it is shown: printed name, date-time and meaning (Part 11).
+pub fn manifestation(
+    signer_name: &str,
+    signer: &str,
+    meaning: ReleaseMeaning,
+    at: DateTime<Utc>,
+) -> String {
+    let meaning = match meaning {
+        ReleaseMeaning::Released => "Released",
+        ReleaseMeaning::Rejected => "Rejected",
+    };
+    format!(
+        "{meaning} by {signer_name} ({signer}) on {} UTC",
+        at.format("%Y-%m-%d %H:%M:%S")
+    )
+}
+
+/// A QA decision as entered: meaning, password again, the hash of the record as
+/// reviewed, and a reason (required to reject).
+pub struct SignForm<'a> {
+    pub batch_id: Uuid,
+    pub meaning: ReleaseMeaning,
+    pub password: &'a str,
+    pub record_sha256: &'a str,
+    pub reason: &'a str,
+}
+
+/// Signs release or rejection (21 CFR Part 11): the signer proves identity again
+/// with the password; the signature binds to the record as reviewed.
+pub async fn sign_release(
+    shared: &Shared,
+    user: &User,
+    form: SignForm<'_>,
+) -> Result<(Signature, Order), Error> {
+    require_role(user, &[Role::Qa])?;
+    let sha = form.record_sha256.trim().to_ascii_lowercase();
+    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(field(
+            "record_sha256",
+            "record_sha256 must be the 64-hex-digit SHA-256 of the batch record as reviewed",
+        ));
+    }
+    if form.meaning == ReleaseMeaning::Rejected && form.reason.trim().is_empty() {
+        return Err(field("reason", "a rejection needs a reason"));
+    }
+    if !verify_password(form.password, &user.password_hash) {
+        tracing::warn!(signer = %user.username, "failed signing attempt");
+        shared
+            .store
+            .audit(
+                &NewEntry::new(
+                    &user.username,
+                    "release.signing_failed",
+                    format!("batch/{}", form.batch_id),
+                )
+                .batch(form.batch_id)
+                .reason("wrong password at signing"),
+            )
+            .await?;
+        return Err(Error::Unauthenticated(
+            "wrong password: the signature was not made".into(),
+        ));
+    }
+    let signature = Signature {
+        signature_id: Uuid::now_v7(),
+        batch_id: form.batch_id,
+        signer: user.username.clone(),
+        signer_name: user.full_name.clone(),
+        meaning: form.meaning,
+        record_sha256: sha,
+        reason: form.reason.trim().to_owned(),
+        signed_at: Utc::now().trunc_subsecs(6),
+    };
+    let order = shared.store.sign_release(&signature, Utc::now()).await?;
+    tracing::info!(batch_id = %order.batch_id, meaning = form.meaning.as_str(), signer = %user.username, "release decision signed");
+    shared.commands_added(&order.site_id, order.batch_id);
+    Ok((signature, order))
+}
+
+/// Cancels an order still in manufacturing.
+pub async fn cancel_order(
+    shared: &Shared,
+    user: &User,
+    order_id: Uuid,
+    reason: &str,
+) -> Result<Order, Error> {
+    require_role(user, &[Role::Physician, Role::Admin])?;
+    if reason.trim().is_empty() {
+        return Err(field("reason", "a reason is required to cancel an order"));
+    }
+    visible_order(shared, user, order_id).await?;
+    let order = shared
+        .store
+        .cancel_order(order_id, reason.trim(), &user.username, Utc::now())
+        .await?;
+    tracing::info!(%order_id, "order cancelled");
+    shared.commands_added(&order.site_id, order.batch_id);
+    Ok(order)
+}
