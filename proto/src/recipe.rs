@@ -299,6 +299,12 @@ impl Recipe {
             }
 
             for p in &step.parameters {
+                if !(p.low.is_finite() && p.high.is_finite()) {
+                    return Err(invalid(format!(
+                        "parameter {:?} of step {:?}: low and high must be finite numbers",
+                        p.name, step.id
+                    )));
+                }
                 if p.low > p.high {
                     return Err(invalid(format!(
                         "parameter {:?} of step {:?}: low {} is above high {}",
@@ -333,6 +339,12 @@ impl Recipe {
             if numeric == textual {
                 return Err(invalid(format!(
                     "test {:?} needs either a numeric range (min/max) or accepted results, not both or neither",
+                    test.id
+                )));
+            }
+            if spec.min.into_iter().chain(spec.max).any(|v| !v.is_finite()) {
+                return Err(invalid(format!(
+                    "test {:?}: min and max must be finite numbers",
                     test.id
                 )));
             }
@@ -440,6 +452,15 @@ mod tests {
         recipe.release_tests[0].spec.accepted = vec!["x".into()];
         let err = recipe.validate().expect_err("mixed spec");
         assert!(err.to_string().contains("not both or neither"), "{err}");
+
+        let mut recipe = Recipe::from_toml(EXAMPLE).expect("valid");
+        recipe.steps[0].parameters[0].high = f64::INFINITY;
+        let err = recipe.validate().expect_err("infinite limit");
+        assert!(err.to_string().contains("finite"), "{err}");
+
+        let mut recipe = Recipe::from_toml(EXAMPLE).expect("valid");
+        recipe.release_tests[0].spec.min = Some(f64::NAN);
+        assert!(recipe.validate().is_err(), "NaN minimum");
 
         let err = Recipe::from_toml("id = 'x'").expect_err("incomplete");
         assert!(err.to_string().contains("missing field"), "{err}");
