@@ -4,10 +4,12 @@
 //! through the store's own methods, calls the method under test and asserts on what is
 //! stored afterwards (rows, cursors, state), never only on "no error". The cases know
 //! nothing about the backend. `store_cases!` at the bottom runs each of them against a
-//! fresh SQLite file; a PostgreSQL backend adds one more `store_cases!` line with its
-//! own opener, and a reopen closure for `case_data_survives_reopening`.
+//! fresh SQLite file and against a fresh PostgreSQL database; `scripts/test` starts the
+//! throw-away PostgreSQL server they use and names it in `CARREL_TEST_POSTGRES_URL`.
 
+use carrel_hub::audit::NewEntry;
 use carrel_hub::record::record_sha256;
+use carrel_hub::store::postgres::{Options as PgOptions, PgStore};
 use carrel_hub::store::sqlite::SqliteStore;
 use carrel_hub::store::{
     BatchState, Error, Ingested, NewOrder, Order, QcRecord, Role, Signature, Site, SiteStatus,
@@ -19,7 +21,10 @@ use carrel_proto::event::{
 };
 use carrel_proto::recipe::{Outcome, QcTest, QcValue, Recipe};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor};
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -1404,6 +1409,49 @@ async fn open_sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     (dir, store)
 }
 
+/// The PostgreSQL server the suite runs against. Without one the suite fails rather
+/// than skips: a skipped backend would pass without having been tested.
+fn postgres_server() -> PgConnectOptions {
+    let url = std::env::var("CARREL_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "CARREL_TEST_POSTGRES_URL is not set: run the tests with scripts/test, which starts \
+             a throw-away PostgreSQL and sets it (or set it to a server where this user may \
+             CREATE DATABASE)"
+        )
+    });
+    PgConnectOptions::from_str(&url).expect("CARREL_TEST_POSTGRES_URL is a postgres:// URL")
+}
+
+/// A new, empty database on the test server (one per case; the server is thrown away
+/// after the run, and the databases with it).
+async fn fresh_postgres_database() -> PgConnectOptions {
+    let server = postgres_server();
+    let name = format!("carrel_test_{}", Uuid::new_v4().simple());
+    let mut admin = server
+        .connect()
+        .await
+        .expect("connect to CARREL_TEST_POSTGRES_URL (started by scripts/test?)");
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create a test database");
+    admin.close().await.expect("close the admin connection");
+    server.database(&name)
+}
+
+async fn open_postgres_at(database: &PgConnectOptions) -> Arc<PgStore> {
+    Arc::new(
+        PgStore::connect(database.clone(), &PgOptions::default())
+            .await
+            .expect("open the PostgreSQL store"),
+    )
+}
+
+async fn open_postgres() -> ((), Arc<dyn Store>) {
+    let store = open_postgres_at(&fresh_postgres_database().await).await;
+    ((), store)
+}
+
 // ---------------------------------------------------------------------------------
 // 10. Tamper evidence: the site's hash-chained log, the hub's audit trail.
 // ---------------------------------------------------------------------------------
@@ -1530,6 +1578,34 @@ store_cases!(sqlite, open_sqlite:
     case_custody_mismatch_is_an_exception_and_audited,
 );
 
+store_cases!(postgres, open_postgres:
+    case_ingest_stores_consecutive_events_and_advances_cursor,
+    case_ingest_accepts_identical_repeats_and_changes_nothing,
+    case_ingest_refuses_a_changed_repeat,
+    case_ingest_refuses_a_gap_and_stores_nothing_of_the_call,
+    case_ingest_refuses_events_for_another_sites_batch,
+    case_ingest_refuses_events_for_a_batch_never_ordered,
+    case_batch_awaits_release_exactly_when_its_record_is_complete,
+    case_out_of_spec_result_is_kept_and_flagged,
+    case_order_queues_a_batch_order_command,
+    case_successive_orders_get_distinct_valid_cois,
+    case_command_acks_are_bounded_by_what_was_issued,
+    case_refused_orders_create_nothing,
+    case_cancel_stops_a_batch_in_process,
+    case_release_needs_a_complete_record,
+    case_release_is_bound_to_the_record_as_reviewed,
+    case_an_operator_may_not_release_their_own_batch,
+    case_release_decision_matches_the_stored_signature,
+    case_expired_enrollment_token_is_refused,
+    case_enrollment_token_works_once,
+    case_adding_a_site_twice_is_refused,
+    case_sessions_expire_and_end,
+    case_recipe_versions_are_immutable,
+    case_site_log_must_be_a_hash_chain,
+    case_changes_are_audited_in_one_chain,
+    case_custody_mismatch_is_an_exception_and_audited,
+);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_case_data_survives_reopening() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -1544,4 +1620,198 @@ async fn sqlite_case_data_survives_reopening() {
         reopened
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_case_data_survives_reopening() {
+    let database = fresh_postgres_database().await;
+    let first = open_postgres_at(&database).await;
+    let handed_out: Arc<dyn Store> = first.clone();
+    case_data_survives_reopening(handed_out, async move |store: Arc<dyn Store>| {
+        drop(store);
+        first.close().await;
+        drop(first);
+        let reopened: Arc<dyn Store> = open_postgres_at(&database).await;
+        reopened
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------
+// 11. PostgreSQL: several hubs over one database, and opening one.
+// ---------------------------------------------------------------------------------
+
+/// Two stores over one database stand for two hub processes: nothing in one process
+/// serialises them, only the database does.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_hubs_sharing_a_database_keep_every_log_gapless() {
+    let database = fresh_postgres_database().await;
+    let hubs: [Arc<dyn Store>; 2] = [
+        open_postgres_at(&database).await,
+        open_postgres_at(&database).await,
+    ];
+    let recipe = seed(&*hubs[0]).await;
+
+    // Orders from both hubs at once, for two sites, each from its own facility so
+    // that only the site's command log and the audit chain are shared; and entries
+    // audited on their own meanwhile.
+    let mut placing = tokio::task::JoinSet::new();
+    let mut auditing = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let hub = hubs[i % 2].clone();
+        let order = NewOrder {
+            facility: format!("G{}", 1000 + i),
+            ..new_order(if i % 4 < 2 { SITE_A } else { SITE_B })
+        };
+        placing.spawn(async move { hub.create_order(&order, now()).await });
+        let hub = hubs[(i + 1) % 2].clone();
+        auditing.spawn(async move {
+            hub.audit(&NewEntry::new(
+                QA,
+                "user.sign_in_failed",
+                format!("user/{QA}"),
+            ))
+            .await
+        });
+    }
+    let mut orders = Vec::new();
+    while let Some(placed) = placing.join_next().await {
+        orders.push(placed.expect("task").expect("create order"));
+    }
+    while let Some(audited) = auditing.join_next().await {
+        audited.expect("task").expect("audit");
+    }
+    let mut cois: Vec<&str> = orders.iter().map(|o| o.coi.as_str()).collect();
+    cois.sort_unstable();
+    cois.dedup();
+    assert_eq!(cois.len(), 16, "every order has its own COI");
+    for site_id in [SITE_A, SITE_B] {
+        let seqs: Vec<u64> = commands(&*hubs[1], site_id)
+            .await
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(seqs, (1..=8).collect::<Vec<u64>>(), "{site_id}");
+        let site = hubs[0].site(site_id).await.expect("site");
+        assert_eq!(site.last_command_seq, 8, "{site_id}");
+    }
+
+    // A site reconnects to the other hub while the first is still storing the same
+    // events: they are stored once.
+    let order = orders
+        .iter()
+        .find(|o| o.site_id == SITE_A)
+        .expect("an order at site A");
+    let mut log = SiteLog::new();
+    let events = complete_record(&mut log, order, &recipe);
+    let (first, second) = tokio::join!(
+        hubs[0].ingest_events(SITE_A, &events, now()),
+        hubs[1].ingest_events(SITE_A, &events, now()),
+    );
+    let (first, second) = (first.expect("ingest"), second.expect("ingest"));
+    let all = events.len() as u64;
+    assert_eq!((first.acked_event_seq, second.acked_event_seq), (all, all));
+    assert_eq!(first.new_events + second.new_events, events.len());
+    assert_eq!(stored_events(&*hubs[1], order.batch_id).await, events);
+    assert_eq!(
+        state_of(&*hubs[0], order.batch_id).await,
+        BatchState::AwaitingRelease
+    );
+
+    // One audit chain, written by both.
+    let entries = hubs[0].audit_entries(None).await.expect("audit");
+    for action in ["order.created", "user.sign_in_failed"] {
+        let count = entries.iter().filter(|e| e.action == action).count();
+        assert_eq!(count, 16, "{action}");
+    }
+    let intact = hubs[1]
+        .verify_audit()
+        .await
+        .expect("read audit")
+        .expect("the chain holds");
+    assert_eq!(intact.entries, entries.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_audit_log_refuses_changes() {
+    let database = fresh_postgres_database().await;
+    let store = open_postgres_at(&database).await;
+    add_user(&*store, QA, Role::Qa).await;
+    let mut conn = database.connect().await.expect("connect");
+    for statement in [
+        "UPDATE audit_log SET reason = 'forged'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ] {
+        let error = conn
+            .execute(statement)
+            .await
+            .expect_err(statement)
+            .to_string();
+        assert!(error.contains("append-only"), "{statement}: {error}");
+    }
+    assert_eq!(store.audit_count("user.created").await.expect("count"), 1);
+    let intact = store
+        .verify_audit()
+        .await
+        .expect("read audit")
+        .expect("the chain holds");
+    assert_eq!(intact.entries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_refuses_a_database_whose_schema_is_newer() {
+    let database = fresh_postgres_database().await;
+    open_postgres_at(&database).await.close().await;
+    let mut conn = database.connect().await.expect("connect");
+    conn.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29991231000000, 'from a newer carrel-hub', TRUE, '\\x00', 0)",
+    )
+    .await
+    .expect("record a migration this binary does not have");
+
+    match PgStore::connect(database.clone(), &PgOptions::default()).await {
+        Ok(_) => panic!("a database with a newer schema was opened"),
+        Err(Error::FailedPrecondition(message)) => {
+            assert!(message.contains("newer"), "{message}");
+            assert!(message.contains("29991231000000"), "{message}");
+            assert!(message.contains("upgrade"), "{message}");
+        }
+        Err(other) => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_unreachable_server_is_named_without_its_password() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("postgres://carrel:s3cret@127.0.0.1:{port}/carrel");
+    let options = PgOptions {
+        acquire_timeout: std::time::Duration::from_secs(1),
+        ..PgOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let error = match PgStore::connect(
+        PgConnectOptions::from_str(&url).expect("a valid URL"),
+        &options,
+    )
+    .await
+    {
+        Ok(_) => panic!("connected to a port nothing listens on"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains(&format!("postgres://carrel@127.0.0.1:{port}/carrel")),
+        "{error}"
+    );
+    assert!(!error.contains("s3cret"), "{error}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "gave up after {:?}, not within the acquire timeout",
+        started.elapsed()
+    );
 }

@@ -14,14 +14,17 @@
 //! the log, and an acknowledgement is only sent after `ingest_events` has returned.
 //!
 //! [`Store`] is the one interface callers use; [`sqlite::SqliteStore`] is the embedded
-//! backend. A PostgreSQL backend implements the same trait.
+//! backend, [`postgres::PgStore`] the one several hub processes can share. Both have
+//! the same semantics, checked by one test suite (`hub/tests/store_suite.rs`).
 
+pub mod postgres;
 pub mod sqlite;
 
+use crate::batch::Projection;
 use async_trait::async_trait;
 use carrel_proto::event::{HubCommand, SiteEvent};
 use carrel_proto::recipe::{Outcome, QcValue, Recipe};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -415,4 +418,41 @@ pub trait Store: Send + Sync + 'static {
     /// for the site, in one transaction; refused unless the batch awaits release and
     /// its record still hashes to `signature.record_sha256`.
     async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order>;
+}
+
+// -- shared by the backends: the text forms both of them store --
+
+/// A time as stored and hashed: RFC 3339, UTC, microseconds (`2026-11-27T10:00:00.123456Z`).
+pub(crate) fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A sequence number or version as the databases store it (signed 64-bit).
+fn i64_of(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Invalid(format!("{v} is too large")))
+}
+
+fn outcome_str(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Pass => "pass",
+        Outcome::OutOfSpecification => "out_of_specification",
+    }
+}
+
+fn parse_outcome(text: &str) -> Result<Outcome> {
+    match text {
+        "pass" => Ok(Outcome::Pass),
+        "out_of_specification" => Ok(Outcome::OutOfSpecification),
+        other => Err(Error::Corrupt(format!("unknown QC outcome {other:?}"))),
+    }
+}
+
+/// The projection an order's batch is in, to apply further records to.
+fn projection_of(order: &Order) -> Projection {
+    Projection {
+        state: order.state,
+        current_step: order.current_step.clone(),
+        progress: order.progress.clone(),
+        decision_recorded: order.decision_recorded,
+    }
 }

@@ -11,7 +11,7 @@ use crate::batch::Projection;
 use crate::record::record_sha256;
 use carrel_proto::coi::Coi;
 use carrel_proto::event::{CommandKind, ReleaseMeaning};
-use chrono::{Datelike, SecondsFormat, SubsecRound};
+use chrono::{Datelike, SubsecRound};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -32,10 +32,6 @@ pub struct SqliteStore {
     recipes: SyncMutex<HashMap<(String, u32), StoredRecipe>>,
 }
 
-pub(crate) fn ts(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
@@ -49,10 +45,6 @@ fn parse_uuid(text: &str) -> Result<Uuid> {
 fn u64_of(row: &SqliteRow, col: &str) -> Result<u64> {
     let v: i64 = row.try_get(col)?;
     u64::try_from(v).map_err(|_| Error::Corrupt(format!("{col} is negative")))
-}
-
-fn i64_of(v: u64) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::Invalid(format!("{v} is too large")))
 }
 
 fn user_from_row(row: &SqliteRow) -> Result<User> {
@@ -153,21 +145,6 @@ fn audit_from_row(row: &SqliteRow) -> Result<(audit::Entry, String)> {
         },
         at,
     ))
-}
-
-fn outcome_str(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Pass => "pass",
-        Outcome::OutOfSpecification => "out_of_specification",
-    }
-}
-
-fn parse_outcome(text: &str) -> Result<Outcome> {
-    match text {
-        "pass" => Ok(Outcome::Pass),
-        "out_of_specification" => Ok(Outcome::OutOfSpecification),
-        other => Err(Error::Corrupt(format!("unknown QC outcome {other:?}"))),
-    }
 }
 
 impl SqliteStore {
@@ -465,15 +442,6 @@ impl SqliteStore {
         .execute(&mut **tx)
         .await?;
         Ok(())
-    }
-}
-
-fn projection_of(order: &Order) -> Projection {
-    Projection {
-        state: order.state,
-        current_step: order.current_step.clone(),
-        progress: order.progress.clone(),
-        decision_recorded: order.decision_recorded,
     }
 }
 

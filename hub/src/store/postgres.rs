@@ -1,0 +1,1526 @@
+//! The PostgreSQL backend of [`Store`]: production, and several hub processes over
+//! one database.
+//!
+//! What we store is what the SQLite backend stores: the same tables with the same
+//! meaning (`migrations/postgres`), and the same semantics, checked by the same test
+//! suite. Why it is durable: every method that changes anything does so in one
+//! transaction, and returns after PostgreSQL has committed it (with the server's
+//! `synchronous_commit`, on by default: the commit record is flushed to its WAL).
+//!
+//! Several processes may write at once, so writers are serialised by the database,
+//! never by a lock in this process. Transactions run at READ COMMITTED and take, in
+//! this order (one order everywhere, so writers never deadlock):
+//! 1. the row of the site whose logs, cursors or batches they change
+//!    (`SELECT ... FROM sites WHERE site_id = $1 FOR UPDATE`): one writer per site;
+//! 2. the row of the COI serial they allocate (`INSERT ... ON CONFLICT DO UPDATE`);
+//! 3. at commit, the audit chain: a transaction-scoped advisory lock, then the head
+//!    of the chain is read and the transaction's entries appended after it. Entries
+//!    are collected until then, so the one global lock is held only for the append
+//!    and the commit.
+//!
+//! Reads that must agree with each other (a batch record) run in one REPEATABLE READ
+//! snapshot.
+
+use super::*;
+use crate::audit::{self, NewEntry};
+use crate::record::record_sha256;
+use carrel_proto::coi::Coi;
+use carrel_proto::event::{CommandKind, EventKind, ReleaseMeaning};
+use chrono::{Datelike, SubsecRound};
+use sqlx::migrate::MigrateError;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Executor, PgConnection, PgPool, Postgres, Row, Transaction};
+use std::collections::hash_map::{Entry as Slot, HashMap};
+use std::str::FromStr;
+use std::sync::Mutex as SyncMutex;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Key of the advisory lock that serialises appends to the audit chain. Any constant
+/// works as long as every hub uses the same one; this is "carrelau" in ASCII.
+const AUDIT_CHAIN_LOCK: i64 = 0x6361_7272_656c_6175;
+
+/// How the store uses the server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most connections this process opens. The server's `max_connections` is shared
+    /// by every hub replica (and anything else using it).
+    pub max_connections: u32,
+    /// How long a call waits for a free connection, and opening the store for the
+    /// server to answer.
+    pub acquire_timeout: Duration,
+    /// Longest one statement may run (or wait for a lock) before the server cancels it.
+    pub statement_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    /// Recipes are immutable once published, so they are cached by (id, version).
+    recipes: SyncMutex<HashMap<(String, u32), StoredRecipe>>,
+}
+
+/// A time as stored: to the microsecond, cut the way [`ts`] cuts it, so the text an
+/// audit entry was hashed with is the text its stored time formats to.
+fn stored(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
+}
+
+/// Where a database is, for messages: never its password.
+fn describe(options: &PgConnectOptions) -> String {
+    let user = options.get_username();
+    let database = options.get_database().unwrap_or(user);
+    match options.get_socket() {
+        Some(dir) => format!("postgres://{user}@/{database} (socket {})", dir.display()),
+        None => format!(
+            "postgres://{user}@{}:{}/{database}",
+            options.get_host(),
+            options.get_port()
+        ),
+    }
+}
+
+fn connect_error(database: &str, timeout: Duration, error: sqlx::Error) -> Error {
+    let (kind, why) = match error {
+        sqlx::Error::PoolTimedOut => (
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no connection within {} s: the server refused or did not answer; is PostgreSQL running and reachable from here?",
+                timeout.as_secs_f32()
+            ),
+        ),
+        other => (std::io::ErrorKind::Other, other.to_string()),
+    };
+    Error::Database(sqlx::Error::Io(std::io::Error::new(
+        kind,
+        format!("cannot connect to {database}: {why}"),
+    )))
+}
+
+fn migrate_error(error: MigrateError) -> Error {
+    let newest_known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    match error {
+        MigrateError::VersionMissing(version) if version > newest_known => {
+            Error::FailedPrecondition(format!(
+                "the database schema is newer than this carrel-hub (migration {version}, this binary knows up to {newest_known}); upgrade the binary"
+            ))
+        }
+        other => Error::Migrate(other),
+    }
+}
+
+fn u64_of(row: &PgRow, col: &str) -> Result<u64> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| Error::Corrupt(format!("{col} is negative")))
+}
+
+fn json_text<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn user_from_row(row: &PgRow) -> Result<User> {
+    let role: String = row.try_get("role")?;
+    Ok(User {
+        username: row.try_get("username")?,
+        full_name: row.try_get("full_name")?,
+        role: Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("unknown role {role:?}")))?,
+        disabled: row.try_get("disabled")?,
+        password_hash: row.try_get("password_hash")?,
+    })
+}
+
+fn site_from_row(row: &PgRow) -> Result<Site> {
+    let status: String = row.try_get("status")?;
+    Ok(Site {
+        site_id: row.try_get("site_id")?,
+        name: row.try_get("name")?,
+        status: SiteStatus::parse(&status)?,
+        cert_sha256: row.try_get("cert_sha256")?,
+        acked_event_seq: u64_of(row, "acked_event_seq")?,
+        last_command_seq: u64_of(row, "last_command_seq")?,
+        acked_command_seq: u64_of(row, "acked_command_seq")?,
+        last_contact_at: row.try_get("last_contact_at")?,
+    })
+}
+
+const ORDER_COLUMNS: &str =
+    "o.order_id, o.batch_id, o.coi, o.patient_pseudonym, o.recipe_id, o.recipe_version, \
+     o.site_id, o.requested_collection_date, o.physician, o.created_at, \
+     b.state, b.current_step, b.progress::text AS progress, b.decision_recorded, b.updated_at \
+     FROM orders o JOIN batches b ON b.batch_id = o.batch_id";
+
+fn order_from_row(row: &PgRow) -> Result<Order> {
+    let state: String = row.try_get("state")?;
+    let progress: String = row.try_get("progress")?;
+    Ok(Order {
+        order_id: row.try_get("order_id")?,
+        batch_id: row.try_get("batch_id")?,
+        coi: row.try_get("coi")?,
+        patient_pseudonym: row.try_get("patient_pseudonym")?,
+        recipe_id: row.try_get("recipe_id")?,
+        recipe_version: u32::try_from(row.try_get::<i64, _>("recipe_version")?)
+            .map_err(|_| Error::Corrupt("recipe version out of range".into()))?,
+        site_id: row.try_get("site_id")?,
+        requested_collection_date: row.try_get("requested_collection_date")?,
+        physician: row.try_get("physician")?,
+        created_at: row.try_get("created_at")?,
+        state: BatchState::parse(&state)
+            .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
+        current_step: row.try_get("current_step")?,
+        progress: serde_json::from_str(&progress)
+            .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
+        decision_recorded: row.try_get("decision_recorded")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<StoredEvent> {
+    let body: String = row.try_get("body")?;
+    Ok(StoredEvent {
+        site_id: row.try_get("site_id")?,
+        event: serde_json::from_str(&body)
+            .map_err(|e| Error::Corrupt(format!("site event: {e}")))?,
+        received_at: row.try_get("received_at")?,
+    })
+}
+
+fn recipe_from_row(row: &PgRow) -> Result<StoredRecipe> {
+    let document: String = row.try_get("document")?;
+    let recipe =
+        Recipe::from_json(&document).map_err(|e| Error::Corrupt(format!("stored recipe: {e}")))?;
+    Ok(StoredRecipe {
+        sha256: row.try_get("sha256")?,
+        canonical_json: document,
+        recipe,
+    })
+}
+
+/// An audit entry and its `at` as the text its hash covers.
+fn audit_from_row(row: &PgRow) -> Result<(audit::Entry, String)> {
+    let at: DateTime<Utc> = row.try_get("at")?;
+    Ok((
+        audit::Entry {
+            position: u64_of(row, "position")?,
+            at,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            object: row.try_get("object")?,
+            batch_id: row.try_get("batch_id")?,
+            old_value: row.try_get("old_value")?,
+            new_value: row.try_get("new_value")?,
+            reason: row.try_get("reason")?,
+            prev_sha256: row.try_get("prev_sha256")?,
+            sha256: row.try_get("sha256")?,
+        },
+        ts(at),
+    ))
+}
+
+/// A write transaction (READ COMMITTED) with the audit entries it will append.
+struct Write {
+    tx: Transaction<'static, Postgres>,
+    audit: Vec<(NewEntry, DateTime<Utc>)>,
+}
+
+impl Write {
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Audits a change of this transaction; appended to the chain at commit.
+    fn audit(&mut self, entry: NewEntry, now: DateTime<Utc>) {
+        self.audit.push((entry, now));
+    }
+
+    /// Appends the audit entries after the head of the chain, then commits. The
+    /// advisory lock is held until the commit, so the next appender (in any process)
+    /// reads a head that includes these entries.
+    async fn commit(mut self) -> Result<()> {
+        if !self.audit.is_empty() {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(AUDIT_CHAIN_LOCK)
+                .execute(&mut *self.tx)
+                .await?;
+            let last: Option<(i64, String)> = sqlx::query_as(
+                "SELECT position, sha256 FROM audit_log ORDER BY position DESC LIMIT 1",
+            )
+            .fetch_optional(&mut *self.tx)
+            .await?;
+            let (mut position, mut prev) = match last {
+                Some((position, sha)) => (
+                    u64::try_from(position)
+                        .map_err(|_| Error::Corrupt("audit position is negative".into()))?
+                        + 1,
+                    sha,
+                ),
+                None => (1, audit::GENESIS.to_owned()),
+            };
+            for (entry, now) in &self.audit {
+                let at = stored(*now);
+                let sha = audit::entry_sha256(&prev, position, &ts(at), entry);
+                sqlx::query(
+                    "INSERT INTO audit_log (position, at, actor, action, object, batch_id, old_value, new_value, reason, prev_sha256, sha256) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(i64_of(position)?)
+                .bind(at)
+                .bind(&entry.actor)
+                .bind(&entry.action)
+                .bind(&entry.object)
+                .bind(entry.batch_id)
+                .bind(&entry.old_value)
+                .bind(&entry.new_value)
+                .bind(&entry.reason)
+                .bind(&prev)
+                .bind(&sha)
+                .execute(&mut *self.tx)
+                .await?;
+                prev = sha;
+                position += 1;
+            }
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl PgStore {
+    /// Connects to a `postgres://` (or `postgresql://`) URL with default [`Options`]
+    /// and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<PgStore> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::Invalid(format!("database URL: {e}")))?;
+        Self::connect(connect, &Options::default()).await
+    }
+
+    /// Connects and runs the embedded migrations (several hubs starting at once take
+    /// turns: sqlx holds an advisory lock while migrating).
+    pub async fn connect(connect: PgConnectOptions, options: &Options) -> Result<PgStore> {
+        let database = describe(&connect);
+        let set_timeout = format!(
+            "SET statement_timeout = {}",
+            options.statement_timeout.as_millis()
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _| {
+                let set_timeout = set_timeout.clone();
+                Box::pin(async move {
+                    conn.execute(set_timeout.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(connect)
+            .await
+            .map_err(|e| connect_error(&database, options.acquire_timeout, e))?;
+        MIGRATOR.run(&pool).await.map_err(migrate_error)?;
+        Ok(PgStore {
+            pool,
+            recipes: SyncMutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin_write(&self) -> Result<Write> {
+        let tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?;
+        Ok(Write {
+            tx,
+            audit: Vec::new(),
+        })
+    }
+
+    async fn recipe_in(
+        &self,
+        conn: &mut PgConnection,
+        recipe_id: &str,
+        version: u32,
+    ) -> Result<StoredRecipe> {
+        if let Some(found) = self.cached_recipe(recipe_id, version) {
+            return Ok(found);
+        }
+        let row = sqlx::query(
+            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 AND version = $2",
+        )
+        .bind(recipe_id)
+        .bind(i64::from(version))
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
+        let stored = recipe_from_row(&row)?;
+        self.cache_recipe(&stored);
+        Ok(stored)
+    }
+
+    fn cached_recipe(&self, recipe_id: &str, version: u32) -> Option<StoredRecipe> {
+        let cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&(recipe_id.to_owned(), version)).cloned()
+    }
+
+    fn cache_recipe(&self, stored: &StoredRecipe) {
+        let mut cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(
+            (stored.recipe.id.clone(), stored.recipe.version),
+            stored.clone(),
+        );
+    }
+
+    async fn site_in(conn: &mut PgConnection, site_id: &str) -> Result<Site> {
+        let row = sqlx::query("SELECT * FROM sites WHERE site_id = $1")
+            .bind(site_id)
+            .fetch_optional(conn)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
+        site_from_row(&row)
+    }
+
+    /// The site, locked until the transaction ends: the one writer of its logs,
+    /// cursors and batch projections.
+    async fn lock_site(conn: &mut PgConnection, site_id: &str) -> Result<Site> {
+        let row = sqlx::query("SELECT * FROM sites WHERE site_id = $1 FOR UPDATE")
+            .bind(site_id)
+            .fetch_optional(conn)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
+        site_from_row(&row)
+    }
+
+    async fn order_in(conn: &mut PgConnection, column: &str, id: Uuid) -> Result<Order> {
+        let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} WHERE o.{column} = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{} {id}", column.trim_end_matches("_id"))))?;
+        order_from_row(&row)
+    }
+
+    /// The order of a batch, read after locking the batch's site, so nothing else
+    /// changes its projection or its log until this transaction ends.
+    async fn lock_order(w: &mut Write, column: &str, id: Uuid) -> Result<Order> {
+        let unlocked = Self::order_in(w.conn(), column, id).await?;
+        Self::lock_site(w.conn(), &unlocked.site_id).await?;
+        Self::order_in(w.conn(), column, id).await
+    }
+
+    async fn events_of_batch(conn: &mut PgConnection, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
+        sqlx::query(
+            "SELECT site_id, body, received_at FROM site_events WHERE batch_id = $1 \
+             ORDER BY site_id COLLATE \"C\", seq",
+        )
+        .bind(batch_id)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
+    /// Audits what one site event changed or revealed: batch state changes, custody
+    /// mismatches (raised to QA), and corrections (with their reason). A correction
+    /// must point at an earlier record of the same batch.
+    async fn audit_site_event(
+        w: &mut Write,
+        site_id: &str,
+        event: &SiteEvent,
+        projection: &mut Projection,
+        state_before: BatchState,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let object = format!("site/{site_id}/event/{}", event.seq);
+        match &event.kind {
+            EventKind::CustodyScan {
+                checkpoint_id,
+                expected_coi,
+                scanned_coi,
+                matched: false,
+                ..
+            } => {
+                tracing::warn!(site_id, batch_id = %event.batch_id, checkpoint_id, scanned_coi, "COI MISMATCH at custody checkpoint: raised to QA");
+                w.audit(
+                    NewEntry::new(&event.recorded_by, "custody.mismatch", object)
+                        .batch(event.batch_id)
+                        .change(expected_coi.clone(), scanned_coi.clone())
+                        .reason(format!("hard stop at checkpoint {checkpoint_id}")),
+                    now,
+                );
+            }
+            EventKind::Correction {
+                corrects_seq,
+                reason,
+                field,
+                new_value,
+            } => {
+                let target: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT batch_id FROM site_events WHERE site_id = $1 AND seq = $2",
+                )
+                .bind(site_id)
+                .bind(i64_of(*corrects_seq)?)
+                .fetch_optional(w.conn())
+                .await?;
+                if target != Some(event.batch_id) {
+                    projection.flag(event, format!("correction points at record {corrects_seq}, which is not a record of this batch"));
+                }
+                w.audit(
+                    NewEntry::new(
+                        &event.recorded_by,
+                        "record.corrected",
+                        format!("site/{site_id}/event/{corrects_seq}"),
+                    )
+                    .batch(event.batch_id)
+                    .value(format!("{field} = {new_value} (by record {})", event.seq))
+                    .reason(reason.clone()),
+                    now,
+                );
+            }
+            _ => {}
+        }
+        if projection.state != state_before {
+            w.audit(
+                NewEntry::new(
+                    site_id,
+                    "batch.state_changed",
+                    format!("batch/{}", event.batch_id),
+                )
+                .batch(event.batch_id)
+                .change(state_before.as_str(), projection.state.as_str())
+                .reason(format!("site record {}", event.seq)),
+                now,
+            );
+        }
+        Ok(())
+    }
+
+    /// Appends a command to a site's log inside `w` (locking the site); returns it.
+    async fn append_command(
+        w: &mut Write,
+        site_id: &str,
+        batch_id: Uuid,
+        kind: CommandKind,
+        now: DateTime<Utc>,
+    ) -> Result<HubCommand> {
+        let site = Self::lock_site(w.conn(), site_id).await?;
+        let command = HubCommand {
+            seq: site.last_command_seq + 1,
+            command_id: Uuid::now_v7(),
+            issued_at: now,
+            batch_id,
+            kind,
+        };
+        sqlx::query(
+            "INSERT INTO hub_commands (site_id, seq, command_id, batch_id, kind, issued_at, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(site_id)
+        .bind(i64_of(command.seq)?)
+        .bind(command.command_id)
+        .bind(batch_id)
+        .bind(command.kind.name())
+        .bind(stored(now))
+        .bind(command.canonical_json())
+        .execute(w.conn())
+        .await?;
+        sqlx::query("UPDATE sites SET last_command_seq = $1 WHERE site_id = $2")
+            .bind(i64_of(command.seq)?)
+            .bind(site_id)
+            .execute(w.conn())
+            .await?;
+        Ok(command)
+    }
+
+    async fn save_projection(
+        conn: &mut PgConnection,
+        batch_id: Uuid,
+        p: &Projection,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET state = $1, current_step = $2, progress = $3::jsonb, \
+             decision_recorded = $4, updated_at = $5 WHERE batch_id = $6",
+        )
+        .bind(p.state.as_str())
+        .bind(p.current_step.as_deref())
+        .bind(json_text(&p.progress)?)
+        .bind(p.decision_recorded)
+        .bind(stored(now))
+        .bind(batch_id)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn publish_recipe(&self, recipe: &Recipe) -> Result<()> {
+        recipe
+            .validate()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let sha = recipe.sha256();
+        let now = Utc::now();
+        let mut w = self.begin_write().await?;
+        // Inserting first (rather than looking first) is what makes two hubs that
+        // publish at once agree: the second waits for the first and then finds its row.
+        let inserted = sqlx::query(
+            "INSERT INTO recipes (recipe_id, version, title, sha256, document, published_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (recipe_id, version) DO NOTHING",
+        )
+        .bind(&recipe.id)
+        .bind(i64::from(recipe.version))
+        .bind(&recipe.title)
+        .bind(&sha)
+        .bind(recipe.to_canonical_json())
+        .bind(stored(now))
+        .execute(w.conn())
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            let stored: String = sqlx::query_scalar(
+                "SELECT sha256 FROM recipes WHERE recipe_id = $1 AND version = $2",
+            )
+            .bind(&recipe.id)
+            .bind(i64::from(recipe.version))
+            .fetch_one(w.conn())
+            .await?;
+            if stored == sha {
+                return Ok(());
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "recipe {} v{} is already published with SHA-256 {stored}; a changed process needs a new version",
+                recipe.id, recipe.version
+            )));
+        }
+        w.audit(
+            NewEntry::new(
+                "system",
+                "recipe.published",
+                format!("recipe/{}/v{}", recipe.id, recipe.version),
+            )
+            .value(sha),
+            now,
+        );
+        w.commit().await
+    }
+
+    async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
+        let mut conn = self.pool.acquire().await?;
+        self.recipe_in(&mut conn, recipe_id, version).await
+    }
+
+    async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe> {
+        let row = sqlx::query(
+            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(recipe_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("product (recipe) {recipe_id:?}")))?;
+        recipe_from_row(&row)
+    }
+
+    async fn list_recipes(&self) -> Result<Vec<StoredRecipe>> {
+        sqlx::query(
+            "SELECT sha256, document FROM recipes ORDER BY recipe_id COLLATE \"C\", version",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(recipe_from_row)
+        .collect()
+    }
+
+    async fn add_user(&self, user: &User, actor: &str) -> Result<()> {
+        let now = Utc::now();
+        let mut w = self.begin_write().await?;
+        let done = sqlx::query(
+            "INSERT INTO users (username, full_name, role, password_hash, disabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&user.username)
+        .bind(&user.full_name)
+        .bind(user.role.as_str())
+        .bind(&user.password_hash)
+        .bind(user.disabled)
+        .bind(stored(now))
+        .execute(w.conn())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::AlreadyExists(format!("user {:?}", user.username)));
+        }
+        w.audit(
+            NewEntry::new(actor, "user.created", format!("user/{}", user.username))
+                .value(format!("{} ({})", user.full_name, user.role)),
+            now,
+        );
+        w.commit().await
+    }
+
+    async fn user(&self, username: &str) -> Result<User> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {username:?}")))?;
+        user_from_row(&row)
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>> {
+        sqlx::query("SELECT * FROM users ORDER BY username COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(user_from_row)
+            .collect()
+    }
+
+    async fn create_session(
+        &self,
+        token_sha256: &str,
+        username: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = Utc::now();
+        let mut w = self.begin_write().await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(stored(now))
+            .execute(w.conn())
+            .await?;
+        sqlx::query(
+            "INSERT INTO sessions (token_sha256, username, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_sha256)
+        .bind(username)
+        .bind(stored(now))
+        .bind(stored(expires_at))
+        .execute(w.conn())
+        .await?;
+        w.audit(
+            NewEntry::new(username, "user.signed_in", format!("user/{username}"))
+                .value(format!("session until {}", ts(expires_at))),
+            now,
+        );
+        w.commit().await
+    }
+
+    async fn session_user(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<User> {
+        let row = sqlx::query(
+            "SELECT u.* FROM sessions s JOIN users u ON u.username = s.username \
+             WHERE s.token_sha256 = $1 AND s.expires_at > $2",
+        )
+        .bind(token_sha256)
+        .bind(stored(now))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound("session".into()))?;
+        user_from_row(&row)
+    }
+
+    async fn delete_session(&self, token_sha256: &str) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        let username: Option<String> =
+            sqlx::query_scalar("DELETE FROM sessions WHERE token_sha256 = $1 RETURNING username")
+                .bind(token_sha256)
+                .fetch_optional(w.conn())
+                .await?;
+        if let Some(username) = username {
+            w.audit(
+                NewEntry::new(&username, "user.signed_out", format!("user/{username}")),
+                Utc::now(),
+            );
+        }
+        w.commit().await
+    }
+
+    async fn audit(&self, entry: &NewEntry) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        w.audit(entry.clone(), Utc::now());
+        w.commit().await
+    }
+
+    async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<audit::Entry>> {
+        sqlx::query(
+            "SELECT * FROM audit_log WHERE ($1::uuid IS NULL OR batch_id = $1) ORDER BY position",
+        )
+        .bind(batch_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| Ok(audit_from_row(row)?.0))
+        .collect()
+    }
+
+    async fn audit_count(&self, action: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = $1")
+            .bind(action)
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(n).map_err(|_| Error::Corrupt("negative count".into()))
+    }
+
+    async fn verify_audit(&self) -> Result<Result<audit::Intact, audit::Broken>> {
+        // One statement, so one snapshot: entries commit in position order, so a
+        // snapshot that holds an entry holds every entry before it.
+        let rows = sqlx::query("SELECT * FROM audit_log ORDER BY position")
+            .fetch_all(&self.pool)
+            .await?;
+        let entries = rows
+            .iter()
+            .map(audit_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(audit::verify(entries))
+    }
+
+    async fn add_site(
+        &self,
+        site_id: &str,
+        name: &str,
+        token_sha256: &str,
+        token_expires_at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Site> {
+        let now = Utc::now();
+        let mut w = self.begin_write().await?;
+        let done = sqlx::query(
+            "INSERT INTO sites (site_id, name, status, token_sha256, token_expires_at, created_at) \
+             VALUES ($1, $2, 'pending', $3, $4, $5) ON CONFLICT (site_id) DO NOTHING",
+        )
+        .bind(site_id)
+        .bind(name)
+        .bind(token_sha256)
+        .bind(stored(token_expires_at))
+        .bind(stored(now))
+        .execute(w.conn())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::AlreadyExists(format!("site {site_id:?}")));
+        }
+        w.audit(
+            NewEntry::new(actor, "site.registered", format!("site/{site_id}")).value(format!(
+                "{name}; enrollment token valid until {}",
+                ts(token_expires_at)
+            )),
+            now,
+        );
+        let site = Self::site_in(w.conn(), site_id).await?;
+        w.commit().await?;
+        Ok(site)
+    }
+
+    async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site> {
+        let row = sqlx::query("SELECT * FROM sites WHERE token_sha256 = $1")
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| {
+                Error::PermissionDenied("enrollment token is unknown or was already used".into())
+            })?;
+        let expires: Option<DateTime<Utc>> = row.try_get("token_expires_at")?;
+        match expires {
+            Some(at) if at > now => site_from_row(&row),
+            _ => Err(Error::PermissionDenied(
+                "enrollment token has expired".into(),
+            )),
+        }
+    }
+
+    async fn complete_enrollment(
+        &self,
+        site_id: &str,
+        token_sha256: &str,
+        cert_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Site> {
+        let mut w = self.begin_write().await?;
+        // One statement: of two enrollments with one token, the second finds it used.
+        let done = sqlx::query(
+            "UPDATE sites SET token_sha256 = NULL, token_expires_at = NULL, cert_sha256 = $1, \
+             status = CASE WHEN status = 'pending' THEN 'active' ELSE status END \
+             WHERE site_id = $2 AND token_sha256 = $3 AND token_expires_at > $4",
+        )
+        .bind(cert_sha256)
+        .bind(site_id)
+        .bind(token_sha256)
+        .bind(stored(now))
+        .execute(w.conn())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::PermissionDenied(
+                "enrollment token is unknown, expired or was already used".into(),
+            ));
+        }
+        w.audit(
+            NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}"))
+                .value(format!("certificate {cert_sha256}")),
+            now,
+        );
+        let site = Self::site_in(w.conn(), site_id).await?;
+        w.commit().await?;
+        Ok(site)
+    }
+
+    async fn site(&self, site_id: &str) -> Result<Site> {
+        let mut conn = self.pool.acquire().await?;
+        Self::site_in(&mut conn, site_id).await
+    }
+
+    async fn list_sites(&self) -> Result<Vec<Site>> {
+        sqlx::query("SELECT * FROM sites ORDER BY site_id COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(site_from_row)
+            .collect()
+    }
+
+    async fn set_site_status(
+        &self,
+        site_id: &str,
+        status: SiteStatus,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Site> {
+        let mut w = self.begin_write().await?;
+        let site = Self::lock_site(w.conn(), site_id).await?;
+        if status == SiteStatus::Active && site.cert_sha256.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "site {site_id:?} has not enrolled yet; it becomes active when its agent enrolls"
+            )));
+        }
+        sqlx::query("UPDATE sites SET status = $1 WHERE site_id = $2")
+            .bind(status.as_str())
+            .bind(site_id)
+            .execute(w.conn())
+            .await?;
+        let action = match status {
+            SiteStatus::Suspended => "site.suspended",
+            SiteStatus::Active => "site.resumed",
+            SiteStatus::Pending => "site.reset",
+        };
+        w.audit(
+            NewEntry::new(actor, action, format!("site/{site_id}"))
+                .change(site.status.as_str(), status.as_str())
+                .reason(reason),
+            Utc::now(),
+        );
+        let site = Self::site_in(w.conn(), site_id).await?;
+        w.commit().await?;
+        Ok(site)
+    }
+
+    async fn touch_site(&self, site_id: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE sites SET last_contact_at = $1 WHERE site_id = $2")
+            .bind(stored(now))
+            .bind(site_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ingest_events(
+        &self,
+        site_id: &str,
+        events: &[SiteEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Ingested> {
+        let mut w = self.begin_write().await?;
+        let site = Self::lock_site(w.conn(), site_id).await?;
+        let mut cursor = site.acked_event_seq;
+        let first_new = cursor + 1;
+        let mut new_events = 0;
+        // The hash the next event must carry as prev_sha256 (the site's log is a chain).
+        let mut chain_head: Option<String> = None;
+        // Batches touched in this transaction, with their projection, saved once at the end.
+        let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
+        for event in events {
+            if event.seq == 0 {
+                return Err(Error::Protocol(
+                    "event seq 0: a site log starts at 1".into(),
+                ));
+            }
+            if event.seq <= cursor {
+                let stored_body: Option<String> = sqlx::query_scalar(
+                    "SELECT body FROM site_events WHERE site_id = $1 AND seq = $2",
+                )
+                .bind(site_id)
+                .bind(i64_of(event.seq)?)
+                .fetch_optional(w.conn())
+                .await?;
+                match stored_body {
+                    Some(body) if body == event.canonical_json() => continue,
+                    Some(_) => {
+                        return Err(Error::Protocol(format!(
+                            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
+                            event.seq
+                        )))
+                    }
+                    None => return Err(Error::Corrupt(format!("site {site_id} event {} is missing below the cursor", event.seq))),
+                }
+            }
+            if event.seq != cursor + 1 {
+                return Err(Error::Protocol(format!(
+                    "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
+                    event.seq,
+                    cursor + 1
+                )));
+            }
+            let (order, projection) = match touched.entry(event.batch_id) {
+                Slot::Occupied(slot) => slot.into_mut(),
+                Slot::Vacant(slot) => {
+                    let order = match Self::order_in(w.conn(), "batch_id", event.batch_id).await {
+                        Ok(order) => order,
+                        Err(Error::NotFound(_)) => {
+                            return Err(Error::PermissionDenied(format!(
+                                "event seq {} is for batch {}, which the hub never ordered",
+                                event.seq, event.batch_id
+                            )))
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if order.site_id != site_id {
+                        return Err(Error::PermissionDenied(format!(
+                            "event seq {} is for batch {}, which belongs to another site",
+                            event.seq, event.batch_id
+                        )));
+                    }
+                    let projection = projection_of(&order);
+                    slot.insert((order, projection))
+                }
+            };
+            let expected_prev = match chain_head.take() {
+                Some(head) => head,
+                None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
+                None => sqlx::query_scalar(
+                    "SELECT sha256 FROM site_events WHERE site_id = $1 AND seq = $2",
+                )
+                .bind(site_id)
+                .bind(i64_of(event.seq - 1)?)
+                .fetch_optional(w.conn())
+                .await?
+                .ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "site {site_id} event {} is missing below the cursor",
+                        event.seq - 1
+                    ))
+                })?,
+            };
+            if event.prev_sha256 != expected_prev {
+                return Err(Error::Protocol(format!(
+                    "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
+                     but event {} hashes to {expected_prev}; the site's log was altered",
+                    event.seq,
+                    event.prev_sha256,
+                    event.seq - 1
+                )));
+            }
+            let sha = event.sha256();
+            let recipe = self
+                .recipe_in(w.conn(), &order.recipe_id, order.recipe_version)
+                .await?;
+            sqlx::query(
+                "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(site_id)
+            .bind(i64_of(event.seq)?)
+            .bind(event.event_id)
+            .bind(event.batch_id)
+            .bind(event.kind.name())
+            .bind(stored(event.recorded_at))
+            .bind(stored(now))
+            .bind(event.canonical_json())
+            .bind(&sha)
+            .execute(w.conn())
+            .await?;
+            chain_head = Some(sha);
+            let state_before = projection.state;
+            let qc = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi);
+            Self::audit_site_event(&mut w, site_id, event, projection, state_before, now).await?;
+            if let Some(qc) = qc {
+                sqlx::query(
+                    "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(event.batch_id)
+                .bind(site_id)
+                .bind(i64_of(qc.site_seq)?)
+                .bind(&qc.test_id)
+                .bind(json_text(&qc.value)?)
+                .bind(outcome_str(qc.hub_outcome))
+                .bind(outcome_str(qc.site_outcome))
+                .bind(&qc.reason)
+                .execute(w.conn())
+                .await?;
+            }
+            cursor = event.seq;
+            new_events += 1;
+        }
+        for (batch_id, (_, projection)) in &touched {
+            Self::save_projection(w.conn(), *batch_id, projection, now).await?;
+        }
+        if new_events > 0 {
+            w.audit(
+                NewEntry::new(
+                    site_id,
+                    "site_events.replicated",
+                    format!("site/{site_id}/events/{first_new}..{cursor}"),
+                )
+                .value(format!(
+                    "{new_events} events; last hash {}",
+                    chain_head.clone().unwrap_or_default()
+                )),
+                now,
+            );
+        }
+        sqlx::query(
+            "UPDATE sites SET acked_event_seq = $1, last_contact_at = $2 WHERE site_id = $3",
+        )
+        .bind(i64_of(cursor)?)
+        .bind(stored(now))
+        .bind(site_id)
+        .execute(w.conn())
+        .await?;
+        w.commit().await?;
+        Ok(Ingested {
+            acked_event_seq: cursor,
+            new_events,
+        })
+    }
+
+    async fn commands_after(
+        &self,
+        site_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<HubCommand>> {
+        sqlx::query(
+            "SELECT body FROM hub_commands WHERE site_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(site_id)
+        .bind(i64_of(after_seq)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            let body: String = row.try_get("body")?;
+            serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("hub command: {e}")))
+        })
+        .collect()
+    }
+
+    async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        let site = Self::lock_site(w.conn(), site_id).await?;
+        if seq > site.last_command_seq {
+            return Err(Error::Protocol(format!(
+                "site acknowledged command {seq}, but the hub issued only {} commands to it",
+                site.last_command_seq
+            )));
+        }
+        sqlx::query(
+            "UPDATE sites SET acked_command_seq = GREATEST(acked_command_seq, $1) WHERE site_id = $2",
+        )
+        .bind(i64_of(seq)?)
+        .bind(site_id)
+        .execute(w.conn())
+        .await?;
+        w.commit().await
+    }
+
+    async fn create_order(&self, new: &NewOrder, now: DateTime<Utc>) -> Result<Order> {
+        let mut w = self.begin_write().await?;
+        let site = match Self::lock_site(w.conn(), &new.site_id).await {
+            Err(Error::NotFound(_)) => {
+                return Err(Error::Invalid(format!(
+                    "site {:?} is not known to the hub",
+                    new.site_id
+                )))
+            }
+            other => other?,
+        };
+        if site.status != SiteStatus::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "site {:?} is {} and cannot take orders",
+                site.site_id,
+                site.status.as_str()
+            )));
+        }
+        let row = sqlx::query(
+            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(&new.recipe_id)
+        .fetch_optional(w.conn())
+        .await?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "product (recipe) {:?} is not known to the hub",
+                new.recipe_id
+            ))
+        })?;
+        let recipe = recipe_from_row(&row)?;
+        let year = now.year();
+        // One statement allocates the serial and locks its row until commit, so two
+        // hubs never hand out the same one.
+        let serial: i64 = sqlx::query_scalar(
+            "INSERT INTO coi_serials (facility, year, last) VALUES ($1, $2, 1) \
+             ON CONFLICT (facility, year) DO UPDATE SET last = coi_serials.last + 1 RETURNING last",
+        )
+        .bind(&new.facility)
+        .bind(year)
+        .fetch_one(w.conn())
+        .await?;
+        if serial >= 1_000_000 {
+            return Err(Error::FailedPrecondition(format!(
+                "COI serials for facility {} in {year} are exhausted",
+                new.facility
+            )));
+        }
+        let coi = Coi::new(&new.facility, year as u16, serial as u32)
+            .map_err(|e| Error::Invalid(format!("facility id: {e}")))?;
+        let order_id = Uuid::now_v7();
+        let batch_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO orders (order_id, batch_id, coi, patient_pseudonym, recipe_id, recipe_version, site_id, \
+             requested_collection_date, physician, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(order_id)
+        .bind(batch_id)
+        .bind(coi.as_str())
+        .bind(&new.patient_pseudonym)
+        .bind(&recipe.recipe.id)
+        .bind(i64::from(recipe.recipe.version))
+        .bind(&new.site_id)
+        .bind(&new.requested_collection_date)
+        .bind(&new.physician)
+        .bind(stored(now))
+        .execute(w.conn())
+        .await?;
+        sqlx::query(
+            "INSERT INTO batches (batch_id, site_id, state, current_step, progress, decision_recorded, updated_at) \
+             VALUES ($1, $2, $3, NULL, $4::jsonb, FALSE, $5)",
+        )
+        .bind(batch_id)
+        .bind(&new.site_id)
+        .bind(BatchState::Ordered.as_str())
+        .bind(json_text(&Progress::default())?)
+        .bind(stored(now))
+        .execute(w.conn())
+        .await?;
+        Self::append_command(
+            &mut w,
+            &new.site_id,
+            batch_id,
+            CommandKind::BatchOrder {
+                order_id,
+                coi: coi.to_string(),
+                patient_pseudonym: new.patient_pseudonym.clone(),
+                requested_collection_date: new.requested_collection_date.clone(),
+                recipe_id: recipe.recipe.id.clone(),
+                recipe_version: recipe.recipe.version,
+                recipe_json: recipe.canonical_json.clone(),
+                recipe_sha256: recipe.sha256.clone(),
+            },
+            now,
+        )
+        .await?;
+        w.audit(
+            NewEntry::new(&new.physician, "order.created", format!("order/{order_id}"))
+                .batch(batch_id)
+                .value(format!(
+                    "COI {coi}, patient {}, site {}, recipe {} v{}, collection {}",
+                    new.patient_pseudonym,
+                    new.site_id,
+                    recipe.recipe.id,
+                    recipe.recipe.version,
+                    new.requested_collection_date
+                )),
+            now,
+        );
+        let order = Self::order_in(w.conn(), "order_id", order_id).await?;
+        w.commit().await?;
+        Ok(order)
+    }
+
+    async fn order(&self, order_id: Uuid) -> Result<Order> {
+        let mut conn = self.pool.acquire().await?;
+        Self::order_in(&mut conn, "order_id", order_id).await
+    }
+
+    async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order> {
+        let mut conn = self.pool.acquire().await?;
+        Self::order_in(&mut conn, "batch_id", batch_id).await
+    }
+
+    async fn list_orders(
+        &self,
+        physician: Option<&str>,
+        state: Option<BatchState>,
+    ) -> Result<Vec<Order>> {
+        sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE ($1::text IS NULL OR o.physician = $1) \
+             AND ($2::text IS NULL OR b.state = $2) \
+             ORDER BY o.created_at DESC, o.order_id DESC"
+        ))
+        .bind(physician)
+        .bind(state.map(|s| s.as_str()))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(order_from_row)
+        .collect()
+    }
+
+    async fn cancel_order(
+        &self,
+        order_id: Uuid,
+        reason: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Order> {
+        let mut w = self.begin_write().await?;
+        let order = Self::lock_order(&mut w, "order_id", order_id).await?;
+        if order.state.is_final() || order.state == BatchState::AwaitingRelease {
+            return Err(Error::FailedPrecondition(format!(
+                "order {order_id} is {}; only an order still in manufacturing can be cancelled (a finished batch is rejected by QA instead)",
+                order.state
+            )));
+        }
+        let mut projection = projection_of(&order);
+        projection.state = BatchState::Cancelled;
+        projection.current_step = None;
+        Self::save_projection(w.conn(), order.batch_id, &projection, now).await?;
+        Self::append_command(
+            &mut w,
+            &order.site_id,
+            order.batch_id,
+            CommandKind::CancelBatch {
+                reason: reason.to_owned(),
+                cancelled_by: by.to_owned(),
+            },
+            now,
+        )
+        .await?;
+        w.audit(
+            NewEntry::new(by, "order.cancelled", format!("order/{order_id}"))
+                .batch(order.batch_id)
+                .change(order.state.as_str(), BatchState::Cancelled.as_str())
+                .reason(reason),
+            now,
+        );
+        let order = Self::order_in(w.conn(), "order_id", order_id).await?;
+        w.commit().await?;
+        Ok(order)
+    }
+
+    async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
+        let mut conn = self.pool.acquire().await?;
+        Self::events_of_batch(&mut conn, batch_id).await
+    }
+
+    async fn batch_record(&self, batch_id: Uuid) -> Result<BatchRecord> {
+        // One snapshot, so the parts agree with each other.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let order = Self::order_in(&mut tx, "batch_id", batch_id).await?;
+        let recipe = self
+            .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
+            .await?;
+        let events = Self::events_of_batch(&mut tx, batch_id).await?;
+        let qc = sqlx::query("SELECT * FROM qc_results WHERE batch_id = $1 ORDER BY site_seq")
+            .bind(batch_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                let value: String = row.try_get("value")?;
+                Ok(QcRecord {
+                    site_seq: u64_of(row, "site_seq")?,
+                    test_id: row.try_get("test_id")?,
+                    value: serde_json::from_str(&value)
+                        .map_err(|e| Error::Corrupt(format!("QC value: {e}")))?,
+                    hub_outcome: parse_outcome(&row.try_get::<String, _>("hub_outcome")?)?,
+                    site_outcome: parse_outcome(&row.try_get::<String, _>("site_outcome")?)?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let signatures =
+            sqlx::query("SELECT * FROM signatures WHERE batch_id = $1 ORDER BY signed_at")
+                .bind(batch_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| {
+                    let meaning: String = row.try_get("meaning")?;
+                    Ok(Signature {
+                        signature_id: row.try_get("signature_id")?,
+                        batch_id,
+                        signer: row.try_get("signer")?,
+                        signer_name: row.try_get("signer_name")?,
+                        meaning: ReleaseMeaning::parse(&meaning).ok_or_else(|| {
+                            Error::Corrupt(format!("unknown meaning {meaning:?}"))
+                        })?,
+                        record_sha256: row.try_get("record_sha256")?,
+                        reason: row.try_get("reason")?,
+                        signed_at: row.try_get("signed_at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+        let audit = sqlx::query("SELECT * FROM audit_log WHERE batch_id = $1 ORDER BY position")
+            .bind(batch_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| Ok(audit_from_row(row)?.0))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(BatchRecord {
+            order,
+            recipe,
+            events,
+            qc,
+            signatures,
+            audit,
+        })
+    }
+
+    async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order> {
+        // Stored times keep microseconds; the copy sent to the site must be the same value.
+        let signature = &Signature {
+            signed_at: stored(signature.signed_at),
+            ..signature.clone()
+        };
+        let mut w = self.begin_write().await?;
+        // With the site locked, no new record of the batch arrives between checking
+        // the record's hash and committing the signature.
+        let order = Self::lock_order(&mut w, "batch_id", signature.batch_id).await?;
+        if order.state != BatchState::AwaitingRelease {
+            return Err(Error::FailedPrecondition(format!(
+                "batch {} is {}, not awaiting release; only a batch whose record is complete can be released or rejected",
+                order.batch_id, order.state
+            )));
+        }
+        let recipe = self
+            .recipe_in(w.conn(), &order.recipe_id, order.recipe_version)
+            .await?;
+        let events = Self::events_of_batch(w.conn(), order.batch_id).await?;
+        let current = record_sha256(&order, &recipe.sha256, &events);
+        if current != signature.record_sha256 {
+            return Err(Error::FailedPrecondition(format!(
+                "the batch record changed since it was reviewed (reviewed {}, now {current}); review it again before signing",
+                signature.record_sha256
+            )));
+        }
+        let operators: Vec<String> = events.iter().map(|e| e.event.recorded_by.clone()).collect();
+        if operators.contains(&signature.signer) {
+            return Err(Error::PermissionDenied(format!(
+                "{} recorded part of this batch and may not release it",
+                signature.signer
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(signature.signature_id)
+        .bind(signature.batch_id)
+        .bind(&signature.signer)
+        .bind(&signature.signer_name)
+        .bind(signature.meaning.as_str())
+        .bind(&signature.record_sha256)
+        .bind(&signature.reason)
+        .bind(signature.signed_at)
+        .execute(w.conn())
+        .await?;
+        let mut projection = projection_of(&order);
+        projection.state = match signature.meaning {
+            ReleaseMeaning::Released => BatchState::Released,
+            ReleaseMeaning::Rejected => BatchState::Rejected,
+        };
+        Self::save_projection(w.conn(), order.batch_id, &projection, now).await?;
+        Self::append_command(
+            &mut w,
+            &order.site_id,
+            order.batch_id,
+            CommandKind::ReleaseDecision {
+                signature_id: signature.signature_id,
+                meaning: signature.meaning,
+                signer: signature.signer.clone(),
+                signer_name: signature.signer_name.clone(),
+                signed_at: signature.signed_at,
+                record_sha256: signature.record_sha256.clone(),
+                reason: signature.reason.clone(),
+            },
+            now,
+        )
+        .await?;
+        w.audit(
+            NewEntry::new(
+                &signature.signer,
+                "release.signed",
+                format!("batch/{}", order.batch_id),
+            )
+            .batch(order.batch_id)
+            .change(order.state.as_str(), projection.state.as_str())
+            .value(format!(
+                "{} by {} ({}), signature {} on record {}",
+                signature.meaning.as_str(),
+                signature.signer_name,
+                signature.signer,
+                signature.signature_id,
+                signature.record_sha256
+            ))
+            .reason(signature.reason.clone()),
+            now,
+        );
+        let order = Self::order_in(w.conn(), "batch_id", order.batch_id).await?;
+        w.commit().await?;
+        Ok(order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_is_described_without_its_password() {
+        let options = PgConnectOptions::from_str("postgres://hub:s3cret@db.example:6543/carrel")
+            .expect("a valid URL");
+        assert_eq!(describe(&options), "postgres://hub@db.example:6543/carrel");
+        let options =
+            PgConnectOptions::from_str("postgresql://hub@db.example/carrel?password=s3cret")
+                .expect("a valid URL");
+        let described = describe(&options);
+        assert!(!described.contains("s3cret"), "{described}");
+        assert!(described.contains("db.example"), "{described}");
+    }
+
+    #[test]
+    fn a_stored_time_formats_to_the_text_that_was_hashed() {
+        let now = Utc::now();
+        assert_eq!(ts(stored(now)), ts(now));
+        let before_2000 = DateTime::parse_from_rfc3339("1999-12-31T23:59:59.999999999Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        assert_eq!(ts(stored(before_2000)), "1999-12-31T23:59:59.999999Z");
+    }
+}
