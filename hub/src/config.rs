@@ -29,6 +29,8 @@ pub enum Error {
 pub struct Config {
     /// Address of the gRPC server (sites and people). Env: `CARREL_HUB_LISTEN`.
     pub listen: SocketAddr,
+    /// Address of the web console (HTTPS) for people. Env: `CARREL_HUB_CONSOLE_LISTEN`.
+    pub console_listen: SocketAddr,
     /// Directory for the CA, the SQLite database and runtime files. Env: `CARREL_HUB_DATA_DIR`.
     pub data_dir: PathBuf,
     /// Database URL; default `sqlite://<data_dir>/hub.db`. Env: `CARREL_HUB_DATABASE`.
@@ -60,6 +62,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            console_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
             data_dir: PathBuf::from("/var/lib/carrel-hub"),
             database: None,
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
@@ -116,6 +119,7 @@ impl Config {
 
     fn apply_env(&mut self) -> Result<(), Error> {
         env_parse("CARREL_HUB_LISTEN", &mut self.listen)?;
+        env_parse("CARREL_HUB_CONSOLE_LISTEN", &mut self.console_listen)?;
         env_parse("CARREL_HUB_DATA_DIR", &mut self.data_dir)?;
         if let Some(v) = env_var("CARREL_HUB_DATABASE") {
             self.database = Some(v);

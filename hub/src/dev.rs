@@ -26,6 +26,9 @@ pub struct DevArgs {
     /// gRPC listen address (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,
+    /// Web console listen address (HTTPS; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7444")]
+    pub console_listen: SocketAddr,
     /// Place this many demo orders at start, so batches are moving at once.
     #[arg(long, default_value_t = 0)]
     pub demo_orders: u32,
@@ -73,6 +76,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let config = Config {
         listen: args.listen,
+        console_listen: args.console_listen,
         data_dir: root.join("hub"),
         heartbeat_interval_ms: 1_000,
         heartbeat_timeout_ms: 5_000,
@@ -133,14 +137,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         // Simulated technicians scan the right label at each manufacturing checkpoint;
         // the bedside scans (hand-over, infusion) are left to the user.
         agent_config.simulator.auto_scan = true;
+        agent_config.console_listen = "127.0.0.1:0".parse()?;
         carrel_site_agent::write_config(&agent_config)?;
         agents.push(carrel_site_agent::start(agent_config, shutdown.clone()).await?);
     }
 
     let ca_path = config.ca_paths().0;
     let token_file = root.join("token");
+    let console_url = format!("https://{}", hub.console_addr);
+    let site_consoles: Vec<String> = agents
+        .iter()
+        .map(|a| format!("{} http://{}", a.site_id, a.console_addr))
+        .collect();
     print_welcome(
         &hub_url,
+        &console_url,
+        &site_consoles,
         &ca_path,
         &token_file,
         &root,
@@ -198,6 +210,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 fn print_welcome(
     hub_url: &str,
+    console_url: &str,
+    site_consoles: &[String],
     ca: &std::path::Path,
     token_file: &std::path::Path,
     root: &std::path::Path,
@@ -206,7 +220,14 @@ fn print_welcome(
     println!();
     println!("Carrel dev network is up (everything on loopback, TLS everywhere).");
     println!();
+    println!(
+        "  console    {console_url}   (web console; the certificate is signed by the dev CA below)"
+    );
     println!("  hub        {hub_url}   (gRPC; health and reflection served)");
+    println!(
+        "  site consoles (technicians): {}",
+        site_consoles.join(", ")
+    );
     println!(
         "  sites      {}",
         DEMO_SITES

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod grpc;
 pub mod pki;

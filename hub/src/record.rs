@@ -144,3 +144,85 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
         ),
     }
 }
+
+/// One line of an order's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEntry {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// "hub" or "site".
+    pub source: &'static str,
+    pub what: String,
+    pub detail: String,
+}
+
+/// An order's timeline from order to infusion: the order, the site's records
+/// (without the process samples), and QA's decisions, in time order.
+pub fn timeline(record: &crate::store::BatchRecord) -> Vec<TimelineEntry> {
+    let order = &record.order;
+    let mut entries = vec![TimelineEntry {
+        at: order.created_at,
+        source: "hub",
+        what: "order created".into(),
+        detail: format!(
+            "by {}, COI {}, site {}",
+            order.physician, order.coi, order.site_id
+        ),
+    }];
+    for stored in &record.events {
+        if matches!(
+            stored.event.kind,
+            carrel_proto::event::EventKind::ProcessSamples { .. }
+        ) {
+            continue;
+        }
+        let (what, detail) = describe(&stored.event.kind);
+        entries.push(TimelineEntry {
+            at: stored.event.recorded_at,
+            source: "site",
+            what,
+            detail,
+        });
+    }
+    for sig in &record.signatures {
+        entries.push(TimelineEntry {
+            at: sig.signed_at,
+            source: "hub",
+            what: format!("QA {}", sig.meaning.as_str()),
+            detail: format!("signed by {} ({})", sig.signer_name, sig.signer),
+        });
+    }
+    entries.sort_by_key(|e| e.at);
+    entries
+}
+
+/// What has to happen next for an order, in words.
+pub fn next_step(record: &crate::store::BatchRecord) -> String {
+    use crate::store::BatchState as S;
+    let order = &record.order;
+    let recipe = &record.recipe.recipe;
+    match order.state {
+        S::Ordered => format!("site {} accepts the batch order", order.site_id),
+        S::Accepted | S::InProcess => {
+            let next = recipe
+                .steps
+                .iter()
+                .find(|s| !order.progress.steps_completed.contains(&s.id));
+            match next {
+                Some(step) => match &step.custody_checkpoint {
+                    Some(cp) if !order.progress.checkpoints_passed.contains(&cp.id) => {
+                        format!("custody scan at \"{}\", then {}", cp.name, step.name)
+                    }
+                    _ => format!("{} (in progress)", step.name),
+                },
+                None => "QC results from the laboratory".into(),
+            }
+        }
+        S::AwaitingRelease => "QA reviews the batch record and signs release or rejection".into(),
+        S::Released if !order.decision_recorded => "the release decision reaches the site".into(),
+        S::Released => "hand-over of the product for infusion".into(),
+        S::HandedOver => "infusion at the bedside (two-person check of the COI)".into(),
+        S::Infused => "none: the chain of identity is closed".into(),
+        S::Rejected => "none: QA rejected the batch".into(),
+        S::Cancelled => "none: the order was cancelled".into(),
+    }
+}

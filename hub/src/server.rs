@@ -3,7 +3,7 @@
 
 use crate::grpc::{self, Shared};
 use crate::pki::{self, Ca};
-use crate::store::{sqlite::SqliteStore, Store};
+use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
 use crate::Config;
 use anyhow::Context;
 use carrel_proto::pb;
@@ -29,6 +29,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// A hub that is serving.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Address of the web console (HTTPS).
+    pub console_addr: SocketAddr,
     pub shared: Arc<Shared>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -37,6 +39,20 @@ impl Running {
     /// Waits until the server stops (after the shutdown token is cancelled).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("hub server task panicked")?
+    }
+}
+
+/// A database URL fit for a log line: any password replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -54,9 +70,16 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             .with_context(|| format!("opening the hub database {}", path.display()))?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        anyhow::bail!("database {url:?}: this build supports only SQLite (sqlite://PATH); PostgreSQL is not built in yet")
+        // The store's errors name the server without the URL's password. Their
+        // message already holds their sources, so it is not chained again here.
+        let store = PgStore::open(&url)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the hub database (PostgreSQL): {e}"))?;
+        Ok(Arc::new(store))
     } else {
-        anyhow::bail!("database {url:?}: expected a sqlite:// URL")
+        // Only the scheme: the rest of a URL may hold a password.
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        anyhow::bail!("database URL scheme {scheme:?} is not supported: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")
     }
 }
 
@@ -112,7 +135,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             format!("{}{}", server_cert.cert_pem, ca.cert_pem()),
-            server_cert.key_pem,
+            server_cert.key_pem.clone(),
         ))
         .client_ca_root(Certificate::from_pem(ca.cert_pem()))
         .client_auth_optional(true);
@@ -161,7 +184,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             grpc::admin::AdminApi(shared.clone()),
         ));
 
-    tracing::info!(%addr, ca_fingerprint = %ca.fingerprint(), database = %config.database_url(), "hub serving");
+    tracing::info!(%addr, ca_fingerprint = %ca.fingerprint(), database = %redacted(&config.database_url()), "hub serving");
     let drain = shutdown.clone();
     let task = tokio::spawn(async move {
         let serve = router.serve_with_incoming_shutdown(
@@ -178,5 +201,45 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::info!("hub stopped");
         Ok(())
     });
-    Ok(Running { addr, shared, task })
+    let console_listener = std::net::TcpListener::bind(config.console_listen)
+        .with_context(|| format!("binding the console address {}", config.console_listen))?;
+    let console_addr = console_listener.local_addr()?;
+    pki::write_file(
+        &config.data_dir.join("console.addr"),
+        &format!("{console_addr}\n"),
+        false,
+    )?;
+    crate::console::serve(
+        shared.clone(),
+        console_listener,
+        &format!("{}{}", server_cert.cert_pem, ca.cert_pem()),
+        &server_cert.key_pem,
+        shutdown.clone(),
+    )?;
+    tracing::info!(console = %format!("https://{console_addr}"), "web console serving");
+    Ok(Running {
+        addr,
+        console_addr,
+        shared,
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_logged_urls() {
+        assert_eq!(
+            super::redacted("postgres://carrel:s3cret@db:5432/carrel"),
+            "postgres://carrel:***@db:5432/carrel"
+        );
+        assert_eq!(
+            super::redacted("postgres://carrel@db/carrel"),
+            "postgres://carrel@db/carrel"
+        );
+        assert_eq!(
+            super::redacted("sqlite:///var/lib/hub.db"),
+            "sqlite:///var/lib/hub.db"
+        );
+    }
 }

@@ -38,6 +38,9 @@ pub struct Config {
     pub heartbeat_timeout_ms: u64,
     /// Events per message sent to the hub.
     pub events_per_message: usize,
+    /// The site console for technicians (plain HTTP: keep it on loopback or behind a
+    /// TLS proxy). Env: `CARREL_AGENT_CONSOLE_LISTEN`.
+    pub console_listen: std::net::SocketAddr,
     /// Instrument simulation (this build's instrument adapter).
     pub simulator: SimulatorConfig,
 }
@@ -85,6 +88,7 @@ impl Default for Config {
             reconnect_max_ms: 30_000,
             heartbeat_timeout_ms: 20_000,
             events_per_message: 200,
+            console_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7445)),
             simulator: SimulatorConfig::default(),
         }
     }
@@ -120,6 +124,7 @@ impl Config {
         };
         config.data_dir = data_dir.to_owned();
         env_parse("CARREL_AGENT_HUB", &mut config.hub)?;
+        env_parse("CARREL_AGENT_CONSOLE_LISTEN", &mut config.console_listen)?;
         env_parse(
             "CARREL_AGENT_HEARTBEAT_TIMEOUT_MS",
             &mut config.heartbeat_timeout_ms,

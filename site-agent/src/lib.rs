@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod console;
 pub mod custody;
 pub mod entries;
 pub mod executor;
@@ -33,6 +34,8 @@ use tokio_util::task::TaskTracker;
 /// A running agent.
 pub struct Running {
     pub site_id: String,
+    /// Address of the site console (HTTP, loopback by default).
+    pub console_addr: std::net::SocketAddr,
     pub store: Arc<store::Store>,
     pub link_state: watch::Receiver<link::LinkState>,
     tasks: TaskTracker,
@@ -73,11 +76,31 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(executor::run(
         store.clone(),
         config.simulator.clone(),
-        shutdown,
+        shutdown.clone(),
     ));
+    let listener = tokio::net::TcpListener::bind(config.console_listen)
+        .await
+        .with_context(|| format!("binding the site console address {}", config.console_listen))?;
+    let console_addr = listener.local_addr()?;
+    std::fs::write(
+        config.data_dir.join("console.addr"),
+        format!("{console_addr}\n"),
+    )?;
+    let app = console::router(store.clone(), link_state.clone(), identity.site_id.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "site console stopped");
+        }
+    });
     tasks.close();
+    tracing::info!(console = %format!("http://{console_addr}"), "site console serving");
     tracing::info!(site_id = %identity.site_id, hub = %config.hub, "site agent running");
     Ok(Running {
+        console_addr,
         site_id: identity.site_id,
         store,
         link_state,

@@ -104,7 +104,7 @@ impl Hub {
             .expect("tempdir");
         let port = free_port();
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n",
+            "listen = \"127.0.0.1:{port}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("hub.toml"), config).expect("hub config");
@@ -406,6 +406,7 @@ impl Agent {
                 self.time_compression.to_string(),
             )
             .env("CARREL_AGENT_HEARTBEAT_TIMEOUT_MS", "2000")
+            .env("CARREL_AGENT_CONSOLE_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info,carrel_site_agent=debug,sqlx=warn,h2=warn")
             .stdout(log_file(&self.log_path()))
             .stderr(log_file(&self.log_path()))

@@ -15,6 +15,8 @@ async fn dev_mode_brings_a_demo_batch_to_qa_release_and_stops_cleanly() {
             "dev",
             "--listen",
             "127.0.0.1:0",
+            "--console-listen",
+            "127.0.0.1:0",
             "--demo-orders",
             "2",
             "--time-compression",
@@ -49,6 +51,8 @@ async fn dev_mode_brings_a_demo_batch_to_qa_release_and_stops_cleanly() {
     let text = seen.join("\n");
     for expected in [
         "Carrel dev network is up",
+        "console    https://127.0.0.1:",
+        "site consoles (technicians): site-a http://127.0.0.1:",
         "dr.ada",
         "qa.grace",
         "carrel-hub release list",

@@ -1,7 +1,7 @@
 //! `OrderService`: physicians order therapies and follow them to release.
 
 use super::{authenticate, order_to_pb, parse_id, service_status, state_from_pb, status, Shared};
-use crate::record::describe;
+use crate::record::timeline;
 use crate::service::{self, OrderForm};
 use carrel_proto::event::to_timestamp;
 use carrel_proto::pb;
@@ -64,38 +64,15 @@ impl pb::order_service_server::OrderService for OrderApi {
             .batch_record(order.batch_id)
             .await
             .map_err(status)?;
-        let mut timeline = vec![pb::TimelineEntry {
-            at: Some(to_timestamp(order.created_at)),
-            source: "hub".into(),
-            what: "order created".into(),
-            detail: format!(
-                "by {}, COI {}, site {}",
-                order.physician, order.coi, order.site_id
-            ),
-        }];
-        for stored in record.events.iter().filter(|e| {
-            !matches!(
-                e.event.kind,
-                carrel_proto::event::EventKind::ProcessSamples { .. }
-            )
-        }) {
-            let (what, detail) = describe(&stored.event.kind);
-            timeline.push(pb::TimelineEntry {
-                at: Some(to_timestamp(stored.event.recorded_at)),
-                source: "site".into(),
-                what,
-                detail,
-            });
-        }
-        for sig in &record.signatures {
-            timeline.push(pb::TimelineEntry {
-                at: Some(to_timestamp(sig.signed_at)),
-                source: "hub".into(),
-                what: format!("QA {}", sig.meaning.as_str()),
-                detail: format!("signed by {} ({})", sig.signer_name, sig.signer),
-            });
-        }
-        timeline.sort_by_key(|e| e.at.map(|t| (t.seconds, t.nanos)));
+        let timeline = timeline(&record)
+            .into_iter()
+            .map(|e| pb::TimelineEntry {
+                at: Some(to_timestamp(e.at)),
+                source: e.source.into(),
+                what: e.what,
+                detail: e.detail,
+            })
+            .collect();
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order_to_pb(&order)),
             timeline,

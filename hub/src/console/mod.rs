@@ -1,0 +1,165 @@
+//! The hub's web console for physicians, QA and administrators: server-rendered
+//! HTML over HTTPS on its own port, no external assets (hospital networks are
+//! closed), a little JavaScript only where it clearly helps (live status, the
+//! signing dialog). Everything it does goes through [`crate::service`], the same
+//! rules the gRPC API follows.
+//!
+//! Sessions are the API's sessions, carried in a `Secure; HttpOnly; SameSite=Strict`
+//! cookie. Every form carries a CSRF token: for signed-in users a hash of their
+//! session token (which scripts cannot read); on the sign-in page a random value
+//! that must match a cookie set with the form (double submit).
+
+// A console handler that refuses answers with its error page as the `Err` of a
+// `Result<_, Response>` (axum's idiom); boxing it would add noise and save nothing.
+#![allow(clippy::result_large_err)]
+
+mod pages;
+mod view;
+
+use crate::auth::secret_sha256;
+use crate::grpc::Shared;
+use crate::store::{self, User};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+
+pub const SESSION_COOKIE: &str = "carrel_session";
+pub const LOGIN_CSRF_COOKIE: &str = "carrel_login_csrf";
+
+/// The console's routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(pages::home))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/orders", get(pages::orders).post(pages::create_order))
+        .route("/orders/rows", get(pages::order_rows))
+        .route("/orders/new", get(pages::new_order))
+        .route("/orders/{id}", get(pages::order_page))
+        .route("/orders/{id}/live", get(pages::order_live))
+        .route("/release", get(pages::release_queue))
+        .route("/batches/{id}", get(pages::batch_record))
+        .route("/batches/{id}/sign", post(pages::sign))
+        .route("/admin/sites", get(pages::sites).post(pages::add_site))
+        .route("/admin/sites/{id}/suspend", post(pages::suspend_site))
+        .route("/admin/sites/{id}/resume", post(pages::resume_site))
+        .route("/admin/users", get(pages::users).post(pages::add_user))
+        .route("/style.css", get(view::stylesheet))
+        .with_state(shared)
+}
+
+/// Reads one cookie from the request headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The CSRF token of a session: derived from the session token, which the page's
+/// scripts never see (the cookie is HttpOnly).
+pub fn csrf_for(session_token: &str) -> String {
+    secret_sha256(&format!("csrf:{session_token}"))[..32].to_owned()
+}
+
+/// The signed-in user of a request, with their CSRF token. Pages that need one
+/// redirect to the sign-in page when there is none.
+pub struct Session {
+    pub user: User,
+    pub csrf: String,
+}
+
+impl Session {
+    /// Refuses a form whose CSRF token is not this session's.
+    pub fn check_csrf(&self, token: &str) -> Result<(), Response> {
+        if token == self.csrf {
+            Ok(())
+        } else {
+            Err((StatusCode::FORBIDDEN, "The form has expired or did not come from this console; reload the page and try again.").into_response())
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Shared>> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        let to_login = || Redirect::to("/login").into_response();
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Err(to_login());
+        };
+        match shared
+            .store
+            .session_user(&secret_sha256(&token), chrono::Utc::now())
+            .await
+        {
+            Ok(user) if !user.disabled => Ok(Session {
+                csrf: csrf_for(&token),
+                user,
+            }),
+            Ok(_) | Err(store::Error::NotFound(_)) => Err(to_login()),
+            Err(e) => {
+                tracing::error!(error = %e, "console: cannot read the session");
+                Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The hub's store is unavailable; try again.",
+                )
+                    .into_response())
+            }
+        }
+    }
+}
+
+/// Shared state for handlers.
+pub type Hub = State<Arc<Shared>>;
+
+/// Serves the console over HTTPS on `listener` until `shutdown`, with the hub's
+/// server certificate.
+pub fn serve(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    cert_chain_pem: &str,
+    key_pem: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let certs =
+        rustls_pemfile::certs(&mut cert_chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())?
+        .ok_or_else(|| anyhow::anyhow!("no private key for the console certificate"))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let handle = axum_server::Handle::new();
+    let stop = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stop.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    listener.set_nonblocking(true)?;
+    let server = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
+    )
+    .handle(handle);
+    let app = router(shared);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::error!(error = %e, "web console stopped");
+        }
+    }))
+}

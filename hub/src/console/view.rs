@@ -1,0 +1,161 @@
+//! Layout, styles and small pieces of HTML the console pages share.
+
+use crate::store::{BatchState, Role, User};
+use axum::http::header;
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+const CSS: &str = r#"
+:root { --fg:#1b1f24; --muted:#5b6470; --line:#d5dae1; --bg:#f6f7f9; --accent:#0b5cad; --bad:#b3261e; --ok:#1e7b34; --warn:#8a5a00; }
+* { box-sizing: border-box; }
+body { margin:0; font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
+header { background:#fff; border-bottom:1px solid var(--line); padding:.6rem 1rem; display:flex; gap:1rem; align-items:center; flex-wrap:wrap; }
+header .brand { font-weight:700; margin-right:1rem; }
+header nav a { margin-right:.8rem; }
+header form { margin-left:auto; }
+main { max-width:1100px; margin:0 auto; padding:1rem; }
+a { color:var(--accent); }
+a:focus, button:focus, input:focus, select:focus, textarea:focus { outline:3px solid #ffbf47; outline-offset:1px; }
+h1 { font-size:1.5rem; margin:.5rem 0 1rem; } h2 { font-size:1.2rem; margin:1.5rem 0 .5rem; }
+table { border-collapse:collapse; width:100%; background:#fff; }
+th, td { text-align:left; padding:.45rem .6rem; border-bottom:1px solid var(--line); vertical-align:top; }
+th { font-size:.85rem; color:var(--muted); font-weight:600; }
+.card { background:#fff; border:1px solid var(--line); border-radius:6px; padding:1rem; margin-bottom:1rem; }
+label { display:block; font-weight:600; margin:.8rem 0 .2rem; }
+input, select, textarea { font:inherit; padding:.55rem .6rem; border:1px solid #8a939e; border-radius:4px; width:100%; max-width:28rem; background:#fff; }
+button, .button { font:inherit; padding:.55rem 1rem; border-radius:4px; border:1px solid var(--accent); background:var(--accent); color:#fff; cursor:pointer; min-height:2.6rem; text-decoration:none; display:inline-block; }
+button.secondary { background:#fff; color:var(--accent); }
+button.danger { background:var(--bad); border-color:var(--bad); }
+.error { color:var(--bad); font-weight:600; margin:.2rem 0; }
+.notice { padding:.7rem 1rem; border-radius:4px; margin-bottom:1rem; }
+.notice.bad { background:#fbe9e7; border:1px solid var(--bad); } .notice.ok { background:#e7f4ea; border:1px solid var(--ok); }
+.badge { display:inline-block; padding:.1rem .5rem; border-radius:999px; font-size:.85rem; font-weight:600; background:#e8edf3; }
+.badge.released, .badge.infused, .badge.handed_over, .badge.pass { background:#dff1e4; color:var(--ok); }
+.badge.rejected, .badge.cancelled, .badge.out_of_specification { background:#fbe0dd; color:var(--bad); }
+.badge.awaiting_release { background:#fff1cc; color:var(--warn); }
+.exceptions td { background:#fff6f5; }
+.muted { color:var(--muted); }
+.clock { font-size:1.6rem; font-weight:700; }
+.token { font-family: ui-monospace, monospace; word-break:break-all; background:#fff; border:1px dashed var(--line); padding:.6rem; }
+dialog { border:1px solid var(--line); border-radius:6px; max-width:32rem; }
+.manifestation { font-size:1.1rem; font-weight:700; padding:.6rem; border:2px solid var(--fg); margin:.6rem 0; }
+svg.chart { background:#fff; border:1px solid var(--line); }
+@media (max-width: 700px) { th, td { padding:.35rem; font-size:.9rem; } }
+"#;
+
+pub async fn stylesheet() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS)
+}
+
+/// A whole page: header with the user's navigation and sign-out, then `body`.
+pub fn page(title: &str, session: Option<(&User, &str)>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Carrel" }
+                link rel="stylesheet" href="/style.css";
+            }
+            body {
+                header {
+                    span.brand { "Carrel" }
+                    @if let Some((user, csrf)) = session {
+                        nav aria-label="main" {
+                            @match user.role {
+                                Role::Physician => { a href="/orders" { "My orders" } a href="/orders/new" { "New order" } }
+                                Role::Qa => { a href="/release" { "Release queue" } a href="/orders" { "All orders" } }
+                                Role::Admin => { a href="/admin/sites" { "Sites" } a href="/admin/users" { "Users" } a href="/orders" { "Orders" } }
+                                Role::Technician => { a href="/orders" { "Orders" } }
+                            }
+                        }
+                        span.muted { (user.full_name) " (" (user.role) ")" }
+                        form method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button.secondary type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+pub fn state_badge(state: BatchState) -> Markup {
+    html! { span class={ "badge " (state.as_str()) } data-state=(state.as_str()) { (state.as_str().replace('_', " ")) } }
+}
+
+pub fn when(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// A duration as days, hours and minutes.
+pub fn elapsed(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    let minutes = (to - from).num_minutes().max(0);
+    let (days, hours, mins) = (minutes / 1440, (minutes % 1440) / 60, minutes % 60);
+    if days > 0 {
+        format!("{days} d {hours} h {mins} min")
+    } else {
+        format!("{hours} h {mins} min")
+    }
+}
+
+/// A small line chart of one parameter's samples, with its normal range shaded.
+pub fn chart(title: &str, unit: &str, points: &[(f64, f64)], range: Option<(f64, f64)>) -> Markup {
+    let (w, h, pad) = (420.0_f64, 140.0_f64, 28.0_f64);
+    if points.is_empty() {
+        return html! {};
+    }
+    let xmax = points
+        .iter()
+        .map(|p| p.0)
+        .fold(f64::MIN, f64::max)
+        .max(1e-9);
+    let mut ymin = points.iter().map(|p| p.1).fold(f64::MAX, f64::min);
+    let mut ymax = points.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+    if let Some((low, high)) = range {
+        if high - low < 10.0 * (ymax - ymin).max(1e-9) {
+            ymin = ymin.min(low);
+            ymax = ymax.max(high);
+        }
+    }
+    if ymax - ymin < 1e-9 {
+        ymax += 1.0;
+        ymin -= 1.0;
+    }
+    let x = |v: f64| pad + v / xmax * (w - 2.0 * pad);
+    let y = |v: f64| h - pad - (v - ymin) / (ymax - ymin) * (h - 2.0 * pad);
+    let path: Vec<String> = points
+        .iter()
+        .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
+        .collect();
+    html! {
+        figure {
+            svg.chart width=(w) height=(h) viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(format!("{title} over time")) {
+                @if let Some((low, high)) = range {
+                    @let (top, bottom) = (y(high.min(ymax)), y(low.max(ymin)));
+                    rect x=(pad) y=(top) width=(w - 2.0 * pad) height=((bottom - top).max(0.0)) fill="#e7f4ea" {}
+                }
+                polyline points=(path.join(" ")) fill="none" stroke="#0b5cad" stroke-width="2" {}
+                text x="4" y="14" font-size="12" { (title) " (" (unit) ")" }
+                text x="4" y=(h - 6.0) font-size="11" fill="#5b6470" { (format!("{ymin:.1}")) }
+                text x="4" y=(pad + 4.0) font-size="11" fill="#5b6470" { (format!("{ymax:.1}")) }
+                text x=(w - pad - 30.0) y=(h - 6.0) font-size="11" fill="#5b6470" { (format!("{xmax:.0} h")) }
+            }
+        }
+    }
+}
+
+/// Polls `url` every few seconds and replaces the element `id` with what it returns.
+pub fn live(id: &str, url: &str) -> Markup {
+    html! {
+        script {
+            (PreEscaped(format!(
+                "(function(){{var el=document.getElementById('{id}');setInterval(function(){{fetch('{url}',{{credentials:'same-origin'}}).then(function(r){{return r.ok?r.text():null}}).then(function(t){{if(t!==null&&t!==el.innerHTML){{el.innerHTML=t}}}}).catch(function(){{}})}},2000)}})();"
+            )))
+        }
+    }
+}

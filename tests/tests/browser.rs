@@ -1,0 +1,413 @@
+//! The consoles in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver) against real `carrel-hub` and `carrel-site-agent` processes. A
+//! physician orders, the technician scans a wrong label (MISMATCH) and the right one
+//! (MATCH) at the site console, QA reviews the record and signs release in the signing
+//! dialog, and the physician's page turns to released without a reload.
+//!
+//! Screenshots of every page go to `target/browser-screenshots/`.
+
+use carrel_tests::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const PHYSICIAN: (&str, &str) = ("dr.web", "physician-password-1");
+const QA: (&str, &str) = ("qa.web", "qa-password-12345");
+
+/// A chromedriver process on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; scripts/test installs it)");
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert("acceptInsecureCerts".into(), json!(true));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--window-size=1200,1600", format!("--user-data-dir={}", profile.display())]
+        }),
+    );
+    let url = format!("http://127.0.0.1:{}", driver.port);
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    for _ in 0..50 {
+        match ClientBuilder::new(connector.clone())
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(client) => return client,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    panic!("could not start a Chromium session through chromedriver");
+}
+
+struct Shots {
+    dir: PathBuf,
+    n: u32,
+}
+
+impl Shots {
+    fn new(test: &str) -> Shots {
+        let dir = binary("carrel-hub")
+            .parent()
+            .expect("target dir")
+            .join("../browser-screenshots")
+            .join(test);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        Shots { dir, n: 0 }
+    }
+
+    async fn take(&mut self, client: &Client, name: &str) {
+        self.n += 1;
+        let png = client.screenshot().await.expect("screenshot");
+        std::fs::write(self.dir.join(format!("{:02}-{name}.png", self.n)), png)
+            .expect("save screenshot");
+    }
+}
+
+/// Text of the page's body, for assertions that name the page when they fail.
+async fn body_text(client: &Client) -> String {
+    // Empty while a page is loading; the callers poll.
+    match client.find(Locator::Css("body")).await {
+        Ok(body) => body.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn expect_text(client: &Client, page: &str, text: &str) {
+    let body = eventually(
+        Duration::from_secs(20),
+        &format!("{page} to show {text:?}"),
+        || async {
+            let body = body_text(client).await;
+            body.contains(text).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains(text));
+}
+
+/// Loads `url` again until it shows `text` (for pages that change as the site works).
+async fn reload_until(client: &Client, url: &str, text: &str) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{url} to show {text:?}"),
+        || async {
+            client.goto(url).await.ok()?;
+            body_text(client).await.contains(text).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn fill(client: &Client, css: &str, value: &str) {
+    let field = client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no field {css}: {e}"));
+    field.clear().await.expect("clear");
+    field.send_keys(value).await.expect("type");
+}
+
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("nothing to click at {css}: {e}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+async fn sign_in(client: &Client, console: &str, user: (&str, &str)) {
+    client
+        .goto(&format!("{console}/login"))
+        .await
+        .expect("login page");
+    fill(client, "#username", user.0).await;
+    fill(client, "#password", user.1).await;
+    click(client, "form[action='/login'] button[type=submit]").await;
+    eventually(
+        Duration::from_secs(20),
+        &format!("{} to be signed in", user.0),
+        || async {
+            let url = client.current_url().await.ok()?;
+            (url.path() != "/login").then_some(())
+        },
+    )
+    .await;
+}
+
+async fn sign_out(client: &Client) {
+    click(client, "form[action='/logout'] button").await;
+    eventually(
+        Duration::from_secs(20),
+        "the sign-in page after signing out",
+        || async {
+            let url = client.current_url().await.ok()?;
+            (url.path() == "/login").then_some(())
+        },
+    )
+    .await;
+}
+
+fn read_addr(path: PathBuf) -> String {
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn order_scan_and_release_through_the_consoles_in_chromium() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let token = hub.add_site("site-w");
+    let mut agent = Agent::enroll(&hub, "site-w", &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    agent.configure(&["simulator", "auto_scan"], false.into());
+    agent.start();
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("order_scan_release");
+
+    // Physician: a validation message next to the field, then the order.
+    sign_in(&client, &console, PHYSICIAN).await;
+    expect_text(&client, "my orders", "My orders").await;
+    client
+        .goto(&format!("{console}/orders/new"))
+        .await
+        .expect("new order");
+    fill(&client, "#patient_pseudonym", "John Smith").await;
+    click(&client, "form[action='/orders'] button[type=submit]").await;
+    expect_text(&client, "new-order form", "a pseudonym, never a name").await;
+    let error = client
+        .find(Locator::Css("#patient_pseudonym-error"))
+        .await
+        .expect("error next to the field");
+    assert!(error.text().await.expect("text").contains("pseudonym"));
+    shots.take(&client, "physician-order-form-error").await;
+    fill(&client, "#patient_pseudonym", "P-7001").await;
+    click(&client, "form[action='/orders'] button[type=submit]").await;
+    expect_text(&client, "order page", "Vein-to-vein clock").await;
+    let order_url = client.current_url().await.expect("url").to_string();
+    let order_id = order_url.rsplit('/').next().expect("order id").to_owned();
+    let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+    let coi = str_field(&shown, "coi").to_owned();
+    let batch = str_field(&shown, "batch_id").to_owned();
+    shots.take(&client, "physician-order-page").await;
+
+    // Another patient's order, whose label the technician will pick up by mistake.
+    let date = (chrono::Utc::now() + chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let other = hub.cli_json(
+        PHYSICIAN.0,
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-7002",
+            "--site",
+            "site-w",
+            "--collection-date",
+            &date,
+        ],
+        None,
+    );
+    let other_coi = str_field(&other, "coi").to_owned();
+
+    // Technician at the site console: the wrong label, then the right one at each checkpoint.
+    client.goto(&site_console).await.expect("site console");
+    expect_text(&client, "site console", &coi).await;
+    shots.take(&client, "site-batches").await;
+    client
+        .goto(&format!("{site_console}/batches/{batch}"))
+        .await
+        .expect("batch");
+    expect_text(&client, "site batch page", "Custody checkpoint").await;
+    fill(&client, "#verifier0", "tech.ann").await;
+    fill(&client, "#verifier1", "tech.bob").await;
+    let label = client
+        .find(Locator::Css("#label"))
+        .await
+        .expect("scan field");
+    assert_eq!(
+        label.attr("autofocus").await.expect("attr").as_deref(),
+        Some("true"),
+        "the scan field has focus"
+    );
+    label
+        .send_keys(&format!("{other_coi}\n"))
+        .await
+        .expect("scanner types and presses Enter");
+    expect_text(&client, "scan result", "MISMATCH").await;
+    shots.take(&client, "site-scan-mismatch").await;
+    for checkpoint in [
+        "Collection",
+        "Receipt at the site",
+        "Start of manufacturing",
+        "Fill and final label",
+    ] {
+        reload_until(
+            &client,
+            &format!("{site_console}/batches/{batch}"),
+            &format!("Custody checkpoint: {checkpoint}"),
+        )
+        .await;
+        let verifiers = client
+            .find_all(Locator::Css("input[name=verifier]"))
+            .await
+            .expect("verifier fields");
+        for (i, field) in verifiers.iter().enumerate() {
+            field
+                .send_keys(["tech.ann", "tech.bob"][i])
+                .await
+                .expect("verifier");
+        }
+        client
+            .find(Locator::Css("#label"))
+            .await
+            .expect("scan field")
+            .send_keys(&format!("{coi}\n"))
+            .await
+            .expect("scan");
+        expect_text(&client, "scan result", "MATCH").await;
+        if checkpoint == "Collection" {
+            shots.take(&client, "site-scan-match").await;
+        }
+    }
+
+    // The off-line QC form flags an out-of-specification value as it is typed.
+    client
+        .goto(&format!("{site_console}/batches/{batch}"))
+        .await
+        .expect("batch");
+    client
+        .find(Locator::Css("#test option[value='endotoxin']"))
+        .await
+        .expect("endotoxin test")
+        .click()
+        .await
+        .expect("select");
+    fill(&client, "#value", "0.9").await;
+    expect_text(&client, "QC form", "OUT OF SPECIFICATION").await;
+    shots.take(&client, "site-qc-form-oos-flag").await;
+
+    eventually(
+        Duration::from_secs(60),
+        "the batch to await release",
+        || {
+            let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+            async move { (shown["state"] == "awaiting_release").then_some(()) }
+        },
+    )
+    .await;
+
+    // QA: the queue, the record with the mismatch first, the signing dialog.
+    client.goto(&console).await.expect("hub console");
+    sign_out(&client).await;
+    sign_in(&client, &console, QA).await;
+    expect_text(&client, "release queue", &coi).await;
+    shots.take(&client, "qa-release-queue").await;
+    client
+        .find(Locator::LinkText(&coi))
+        .await
+        .expect("the batch in the queue")
+        .click()
+        .await
+        .expect("open record");
+    expect_text(&client, "batch record", "Exceptions").await;
+    let first_exception = client
+        .find(Locator::Css("table.exceptions tbody tr"))
+        .await
+        .expect("an exception row");
+    assert!(first_exception
+        .text()
+        .await
+        .expect("text")
+        .contains("custody MISMATCH"));
+    assert!(
+        !client
+            .find_all(Locator::Css("svg.chart"))
+            .await
+            .expect("charts")
+            .is_empty(),
+        "parameter charts"
+    );
+    shots.take(&client, "qa-batch-record").await;
+    fill(&client, "#password", QA.1).await;
+    click(&client, "#review-signature").await;
+    expect_text(
+        &client,
+        "signing dialog",
+        "Released by Test qa.web (qa.web) on",
+    )
+    .await;
+    shots.take(&client, "qa-signing-manifestation").await;
+    click(&client, "#confirm-signature").await;
+    expect_text(&client, "signed record", "Bound to record").await;
+    shots.take(&client, "qa-signed-record").await;
+
+    // The physician's page shows the release without a reload.
+    sign_out(&client).await;
+    sign_in(&client, &console, PHYSICIAN).await;
+    client.goto(&order_url).await.expect("order page");
+    shots.take(&client, "physician-order-after-release").await;
+    let before_reload = client.current_url().await.expect("url");
+    eventually(
+        Duration::from_secs(30),
+        "the order page to show released",
+        || async {
+            let state = client
+                .find(Locator::Css("[data-state]"))
+                .await
+                .ok()?
+                .attr("data-state")
+                .await
+                .ok()??;
+            (state == "released").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(client.current_url().await.expect("url"), before_reload);
+    shots.take(&client, "physician-order-released").await;
+    client.close().await.expect("close browser");
+}
