@@ -35,6 +35,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Database URL; default `sqlite://<data_dir>/hub.db`. Env: `CARREL_HUB_DATABASE`.
     pub database: Option<String>,
+    /// PostgreSQL only: most connections this process opens (every replica opens its
+    /// own pool). Env: `CARREL_HUB_DATABASE_MAX_CONNECTIONS`.
+    pub database_max_connections: u32,
+    /// PostgreSQL only: longest one statement may run or wait for a lock.
+    /// Env: `CARREL_HUB_DATABASE_STATEMENT_TIMEOUT_MS`.
+    pub database_statement_timeout_ms: u64,
     /// DNS names and IP addresses the hub's server certificate carries.
     /// Env: `CARREL_HUB_SERVER_NAMES` (comma-separated).
     pub server_names: Vec<String>,
@@ -65,6 +71,8 @@ impl Default for Config {
             console_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
             data_dir: PathBuf::from("/var/lib/carrel-hub"),
             database: None,
+            database_max_connections: 16,
+            database_statement_timeout_ms: 30_000,
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             ca_cert: None,
             ca_key: None,
@@ -139,6 +147,14 @@ impl Config {
         }
         env_parse("CARREL_HUB_FACILITY", &mut self.facility)?;
         env_parse(
+            "CARREL_HUB_DATABASE_MAX_CONNECTIONS",
+            &mut self.database_max_connections,
+        )?;
+        env_parse(
+            "CARREL_HUB_DATABASE_STATEMENT_TIMEOUT_MS",
+            &mut self.database_statement_timeout_ms,
+        )?;
+        env_parse(
             "CARREL_HUB_HEARTBEAT_INTERVAL_MS",
             &mut self.heartbeat_interval_ms,
         )?;
@@ -176,6 +192,12 @@ impl Config {
         if self.heartbeat_timeout_ms < 2 * self.heartbeat_interval_ms {
             return Err(Error::Invalid(
                 "heartbeat_timeout_ms must be at least twice heartbeat_interval_ms".into(),
+            ));
+        }
+        if self.database_max_connections == 0 || self.database_statement_timeout_ms == 0 {
+            return Err(Error::Invalid(
+                "database_max_connections and database_statement_timeout_ms must be positive"
+                    .into(),
             ));
         }
         if self.server_names.is_empty() {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use carrel_proto::pb;
 use carrel_proto::recipe::Recipe;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -72,7 +73,14 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // The store's errors name the server without the URL's password. Their
         // message already holds their sources, so it is not chained again here.
-        let store = PgStore::open(&url)
+        let connect = sqlx::postgres::PgConnectOptions::from_str(&url)
+            .map_err(|e| anyhow::anyhow!("database URL: {e}"))?;
+        let options = crate::store::postgres::Options {
+            max_connections: config.database_max_connections,
+            statement_timeout: Duration::from_millis(config.database_statement_timeout_ms),
+            ..Default::default()
+        };
+        let store = PgStore::connect(connect, &options)
             .await
             .map_err(|e| anyhow::anyhow!("opening the hub database (PostgreSQL): {e}"))?;
         Ok(Arc::new(store))
@@ -132,6 +140,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     )?;
 
     let shared = Shared::new(store, config.clone(), ca.clone(), shutdown.clone());
+    shared
+        .relay_notifications()
+        .await
+        .context("listening for other hub replicas' notifications")?;
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             format!("{}{}", server_cert.cert_pem, ca.cert_pem()),

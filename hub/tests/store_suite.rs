@@ -1550,6 +1550,35 @@ async fn case_custody_mismatch_is_an_exception_and_audited(store: Arc<dyn Store>
     );
 }
 
+async fn case_the_newest_link_claim_wins(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    assert_eq!(
+        store
+            .site_link_generation(SITE_A)
+            .await
+            .expect("generation"),
+        0
+    );
+    let first = store.claim_site_link(SITE_A, "hub-1").await.expect("claim");
+    let second = store.claim_site_link(SITE_A, "hub-2").await.expect("claim");
+    assert!(second > first, "a newer claim supersedes the older one");
+    assert_eq!(
+        store
+            .site_link_generation(SITE_A)
+            .await
+            .expect("generation"),
+        second
+    );
+    assert_eq!(
+        store
+            .site_link_generation(SITE_B)
+            .await
+            .expect("generation"),
+        0,
+        "claims are per site"
+    );
+}
+
 store_cases!(sqlite, open_sqlite:
     case_ingest_stores_consecutive_events_and_advances_cursor,
     case_ingest_accepts_identical_repeats_and_changes_nothing,
@@ -1576,6 +1605,7 @@ store_cases!(sqlite, open_sqlite:
     case_site_log_must_be_a_hash_chain,
     case_changes_are_audited_in_one_chain,
     case_custody_mismatch_is_an_exception_and_audited,
+    case_the_newest_link_claim_wins,
 );
 
 store_cases!(postgres, open_postgres:
@@ -1604,6 +1634,7 @@ store_cases!(postgres, open_postgres:
     case_site_log_must_be_a_hash_chain,
     case_changes_are_audited_in_one_chain,
     case_custody_mismatch_is_an_exception_and_audited,
+    case_the_newest_link_claim_wins,
 );
 
 #[tokio::test(flavor = "multi_thread")]

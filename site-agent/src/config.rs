@@ -30,6 +30,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Hub address, e.g. `https://hub.example.org:7443`. Env: `CARREL_AGENT_HUB`.
     pub hub: String,
+    /// Further addresses of the same hub (replicas on one database), tried in turn
+    /// when the link is lost. Env: `CARREL_AGENT_HUBS` (comma-separated).
+    pub hubs: Vec<String>,
     /// First reconnect delay after a lost link; doubles up to `reconnect_max_ms`, with jitter.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
@@ -84,6 +87,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("/var/lib/carrel-site-agent"),
             hub: String::new(),
+            hubs: Vec::new(),
             reconnect_min_ms: 200,
             reconnect_max_ms: 30_000,
             heartbeat_timeout_ms: 20_000,
@@ -112,6 +116,17 @@ where
 }
 
 impl Config {
+    /// Every hub address, the enrolled one first, without repeats.
+    pub fn hub_addresses(&self) -> Vec<String> {
+        let mut all = vec![self.hub.clone()];
+        for hub in &self.hubs {
+            if !all.contains(hub) {
+                all.push(hub.clone());
+            }
+        }
+        all
+    }
+
     pub const FILE: &'static str = "agent.toml";
 
     /// Loads `<data_dir>/agent.toml` (if present) and the environment.
@@ -124,6 +139,13 @@ impl Config {
         };
         config.data_dir = data_dir.to_owned();
         env_parse("CARREL_AGENT_HUB", &mut config.hub)?;
+        if let Some(list) = env_var("CARREL_AGENT_HUBS") {
+            config.hubs = list
+                .split(',')
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect();
+        }
         env_parse("CARREL_AGENT_CONSOLE_LISTEN", &mut config.console_listen)?;
         env_parse(
             "CARREL_AGENT_HEARTBEAT_TIMEOUT_MS",
@@ -153,6 +175,11 @@ impl Config {
             return Err(Error::Invalid(format!(
                 "hub {:?} must be an https:// address (set at enrollment, or CARREL_AGENT_HUB)",
                 self.hub
+            )));
+        }
+        if let Some(bad) = self.hubs.iter().find(|h| !h.starts_with("https://")) {
+            return Err(Error::Invalid(format!(
+                "hubs: {bad:?} must be an https:// address"
             )));
         }
         if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {

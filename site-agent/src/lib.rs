@@ -63,7 +63,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (state, link_state) = watch::channel(link::LinkState::default());
     let link = link::Link {
         store: store.clone(),
-        hub: config.hub.clone(),
+        hubs: config.hub_addresses(),
         tls,
         reconnect_min: Duration::from_millis(config.reconnect_min_ms),
         reconnect_max: Duration::from_millis(config.reconnect_max_ms),

@@ -56,7 +56,9 @@ pub struct LinkState {
 
 pub struct Link {
     pub store: Arc<Store>,
-    pub hub: String,
+    /// Hub addresses, tried in turn: when the link to one is lost, the next one is
+    /// dialled (several hub replicas on one database).
+    pub hubs: Vec<String>,
     pub tls: Arc<ClientConfig>,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -69,17 +71,21 @@ impl Link {
     /// Keeps the link up until `shutdown`: reconnects with exponential backoff and jitter.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = self.reconnect_min;
+        let mut next = 0;
         loop {
             let started = Instant::now();
+            let hub = &self.hubs[next % self.hubs.len()];
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                result = self.session(&shutdown) => result,
+                result = self.session(hub, &shutdown) => result,
             };
             self.state.send_modify(|s| s.connected = false);
             match result {
                 Ok(()) => tracing::info!("link to the hub closed"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "link to the hub lost");
+                    tracing::warn!(%hub, error = %e, "link to the hub lost");
+                    // Try the next replica; with one address this is the same hub.
+                    next += 1;
                     self.state
                         .send_modify(|s| s.last_error = Some(e.to_string()));
                 }
@@ -90,6 +96,14 @@ impl Link {
             // A link that stayed up a while starts the backoff again.
             if started.elapsed() > self.reconnect_max {
                 backoff = self.reconnect_min;
+            }
+            // Another replica is worth trying at once; the backoff applies per round.
+            if next % self.hubs.len() != 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(self.reconnect_min) => {}
+                }
+                continue;
             }
             let jitter = rand::thread_rng().gen_range(0.5..1.0);
             let delay = backoff.mul_f64(jitter);
@@ -102,8 +116,8 @@ impl Link {
         }
     }
 
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), Error> {
-        let channel = tls::connect(&self.hub, self.tls.clone(), Duration::from_secs(10)).await?;
+    async fn session(&self, hub: &str, shutdown: &CancellationToken) -> Result<(), Error> {
+        let channel = tls::connect(hub, self.tls.clone(), Duration::from_secs(5)).await?;
         let mut client = pb::site_link_service_client::SiteLinkServiceClient::new(channel);
         let (out, out_rx) = mpsc::channel::<pb::SiteMessage>(16);
         let send = |body| {
@@ -150,6 +164,7 @@ impl Link {
             s.last_error = None;
         });
         tracing::info!(site_id = %welcome.site_id, hub_acked = acked, local_last = last_event_seq, "link to the hub up");
+        tracing::info!(%hub, "connected");
 
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -31,6 +31,8 @@ pub struct Shared {
     pub changes: broadcast::Sender<Uuid>,
     /// Cancelled when the hub shuts down, to end long-lived streams.
     pub shutdown: CancellationToken,
+    /// Names this hub process when it claims a site's live link.
+    pub instance_id: String,
 }
 
 impl Shared {
@@ -48,6 +50,7 @@ impl Shared {
             links: Links::default(),
             changes,
             shutdown,
+            instance_id: Uuid::new_v4().to_string(),
         })
     }
 
@@ -56,6 +59,28 @@ impl Shared {
     pub fn commands_added(&self, site_id: &str, batch_id: Uuid) {
         self.links.notifier(site_id).notify_one();
         let _ = self.changes.send(batch_id);
+    }
+}
+
+impl Shared {
+    /// Relays what other hub processes on the same database announce (new commands
+    /// for a site, a site's link claimed elsewhere) to this process's live links.
+    pub async fn relay_notifications(self: &Arc<Self>) -> Result<(), store::Error> {
+        let Some(mut notifications) = self.store.notifications().await? else {
+            return Ok(());
+        };
+        let shared = self.clone();
+        tokio::spawn(async move {
+            while let Some(notification) = notifications.recv().await {
+                match notification {
+                    store::Notification::Commands(site)
+                    | store::Notification::LinkClaimed(site) => {
+                        shared.links.notifier(&site).notify_one();
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 }
 

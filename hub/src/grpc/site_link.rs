@@ -230,6 +230,12 @@ impl Link {
             .ack_commands(&self.site_id, hello.acked_command_seq)
             .await
             .map_err(status)?;
+        // One live link per site across every hub process on this database: the
+        // newest connection claims it, and the holder of an older claim closes.
+        let claim = store
+            .claim_site_link(&self.site_id, &self.shared.instance_id)
+            .await
+            .map_err(status)?;
         store
             .touch_site(&self.site_id, Utc::now())
             .await
@@ -272,8 +278,11 @@ impl Link {
                 _ = self.shared.shutdown.cancelled() => {
                     return Err(Status::unavailable("the hub is shutting down"));
                 }
-                _ = notify.notified() => {}
+                _ = notify.notified() => {
+                    self.check_claim(claim).await?;
+                }
                 _ = ticker.tick() => {
+                    self.check_claim(claim).await?;
                     if last_heard.elapsed() > timeout {
                         return Err(Status::deadline_exceeded(format!(
                             "nothing heard from the site for {} ms", timeout.as_millis()
@@ -294,6 +303,23 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Ends this link when another connection of the site (to this or another hub
+    /// process) has claimed it since.
+    async fn check_claim(&self, claim: u64) -> Result<(), Status> {
+        let current = self
+            .shared
+            .store
+            .site_link_generation(&self.site_id)
+            .await
+            .map_err(status)?;
+        if current != claim {
+            return Err(Status::aborted(
+                "a newer connection of this site took over its link (here or at another hub replica)",
+            ));
+        }
+        Ok(())
     }
 
     async fn handle(&self, message: pb::SiteMessage) -> Result<(), Status> {

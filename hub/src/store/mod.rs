@@ -308,6 +308,15 @@ pub struct Ingested {
     pub new_events: usize,
 }
 
+/// Something another hub process did that this one should act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// New commands were appended to this site's log.
+    Commands(String),
+    /// Another process claimed this site's live link.
+    LinkClaimed(String),
+}
+
 /// The one interface to the hub's persistent state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -394,6 +403,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<HubCommand>>;
     /// Records that the site committed every command up to `seq`.
     async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()>;
+
+    // -- live links (several hub processes on one database) --
+    /// Claims the live link of a site for `holder` (a hub process). The newest claim
+    /// wins: any earlier one is superseded. Returns the claim's generation.
+    async fn claim_site_link(&self, site_id: &str, holder: &str) -> Result<u64>;
+    /// The generation of the site's current claim (0 when never claimed).
+    async fn site_link_generation(&self, site_id: &str) -> Result<u64>;
+    /// Notifications from other hub processes sharing the database, when the backend
+    /// has them (PostgreSQL LISTEN/NOTIFY); `None` for a single-process backend.
+    async fn notifications(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notification>>>;
 
     // -- orders and release --
     async fn create_order(&self, order: &NewOrder, now: DateTime<Utc>) -> Result<Order>;

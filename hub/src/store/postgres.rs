@@ -227,6 +227,11 @@ fn audit_from_row(row: &PgRow) -> Result<(audit::Entry, String)> {
 }
 
 /// A write transaction (READ COMMITTED) with the audit entries it will append.
+/// LISTEN/NOTIFY channel: a site's command log grew (payload: site id).
+const COMMANDS_CHANNEL: &str = "carrel_commands";
+/// LISTEN/NOTIFY channel: a site's live link was claimed (payload: site id).
+const LINKS_CHANNEL: &str = "carrel_links";
+
 struct Write {
     tx: Transaction<'static, Postgres>,
     audit: Vec<(NewEntry, DateTime<Utc>)>,
@@ -537,6 +542,12 @@ impl PgStore {
         .await?;
         sqlx::query("UPDATE sites SET last_command_seq = $1 WHERE site_id = $2")
             .bind(i64_of(command.seq)?)
+            .bind(site_id)
+            .execute(w.conn())
+            .await?;
+        // Wakes the replica holding the site's link, whichever it is, at commit.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(COMMANDS_CHANNEL)
             .bind(site_id)
             .execute(w.conn())
             .await?;
@@ -1122,6 +1133,69 @@ impl Store for PgStore {
             serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("hub command: {e}")))
         })
         .collect()
+    }
+
+    async fn claim_site_link(&self, site_id: &str, holder: &str) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let generation: i64 = sqlx::query_scalar(
+            "INSERT INTO site_links (site_id, holder, generation, claimed_at) VALUES ($1, $2, 1, now()) \
+             ON CONFLICT (site_id) DO UPDATE SET holder = $2, generation = site_links.generation + 1, claimed_at = now() \
+             RETURNING generation",
+        )
+        .bind(site_id)
+        .bind(holder)
+        .fetch_one(&mut *tx)
+        .await?;
+        // Delivered at commit to every replica listening, so the old holder closes now
+        // rather than at its next heartbeat.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(LINKS_CHANNEL)
+            .bind(site_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        u64::try_from(generation).map_err(|_| Error::Corrupt("negative link generation".into()))
+    }
+
+    async fn site_link_generation(&self, site_id: &str) -> Result<u64> {
+        let generation: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM site_links WHERE site_id = $1")
+                .bind(site_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(generation.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn notifications(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notification>>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener
+            .listen_all([COMMANDS_CHANNEL, LINKS_CHANNEL])
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(notification) => {
+                        let site = notification.payload().to_owned();
+                        let message = if notification.channel() == LINKS_CHANNEL {
+                            Notification::LinkClaimed(site)
+                        } else {
+                            Notification::Commands(site)
+                        };
+                        if tx.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // PgListener reconnects on the next recv; what was announced
+                        // meanwhile is picked up by the links' periodic checks.
+                        tracing::warn!(error = %e, "lost the database notification channel; reconnecting");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 
     async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()> {

@@ -1022,6 +1022,35 @@ impl Store for SqliteStore {
         .collect()
     }
 
+    async fn claim_site_link(&self, site_id: &str, holder: &str) -> Result<u64> {
+        let _w = self.write_lock.lock().await;
+        let generation: i64 = sqlx::query_scalar(
+            "INSERT INTO site_links (site_id, holder, generation, claimed_at) VALUES (?1, ?2, 1, ?3) \
+             ON CONFLICT (site_id) DO UPDATE SET holder = ?2, generation = site_links.generation + 1, claimed_at = ?3 \
+             RETURNING generation",
+        )
+        .bind(site_id)
+        .bind(holder)
+        .bind(ts(Utc::now()))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(generation as u64)
+    }
+
+    async fn site_link_generation(&self, site_id: &str) -> Result<u64> {
+        let generation: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM site_links WHERE site_id = ?")
+                .bind(site_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(generation.unwrap_or(0) as u64)
+    }
+
+    async fn notifications(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notification>>> {
+        // One process owns a SQLite file: there is nobody else to hear from.
+        Ok(None)
+    }
+
     async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()> {
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
