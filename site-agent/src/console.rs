@@ -49,6 +49,7 @@ pub fn router(store: Arc<Store>, link: watch::Receiver<LinkState>, site_id: Stri
         .route("/batches/{id}", get(batch_page))
         .route("/batches/{id}/scan", post(scan))
         .route("/batches/{id}/qc", post(record_qc))
+        .route("/batches/{id}/reading", post(record_reading))
         .with_state(console)
 }
 
@@ -211,6 +212,30 @@ fn batch_markup(
                 }
             }
         }
+        @if let Some(step) = batch.current_step.as_deref().and_then(|s| recipe.step(s)) {
+            @if !step.parameters.is_empty() {
+                div.card {
+                    h2 { "Record a manual reading: " (step.name) }
+                    form method="post" action=(format!("/batches/{}/reading", batch.batch_id)) id="reading-form" {
+                        input type="hidden" name="csrf" value=(console.csrf);
+                        label for="parameter" { "Parameter" }
+                        select id="parameter" name="parameter" {
+                            @for p in &step.parameters {
+                                option value=(p.name) data-min=(p.low) data-max=(p.high) data-accepted="" data-spec=(format!("{} to {} {}", p.low, p.high, p.unit)) { (p.name) }
+                            }
+                        }
+                        p { "Normal range: " strong id="reading-spec" {} }
+                        label for="reading-value" { "Reading" }
+                        input id="reading-value" name="value" required autocomplete="off" inputmode="decimal";
+                        p id="reading-flag" aria-live="polite" {}
+                        label for="reading-by" { "Read by" }
+                        input id="reading-by" name="by" required;
+                        p { button type="submit" { "Record reading" } }
+                    }
+                    script { (PreEscaped(READING_SCRIPT)) }
+                }
+            }
+        }
         div.card {
             h2 { "Record an off-line QC result" }
             form method="post" action=(format!("/batches/{}/qc", batch.batch_id)) id="qc-form" {
@@ -256,6 +281,79 @@ else{var n=Number(t);if(isNaN(n)){f.textContent='Not a number';f.className='erro
 if(o.dataset.min!==''&&n<Number(o.dataset.min))bad=true;if(o.dataset.max!==''&&n>Number(o.dataset.max))bad=true}
 f.textContent=bad?'OUT OF SPECIFICATION':'within specification';f.className=bad?'oos':''}
 s.addEventListener('change',check);v.addEventListener('input',check);check();})();"#;
+
+/// Shows the parameter's normal range and flags a reading outside it as it is typed.
+const READING_SCRIPT: &str = r#"(function(){
+var s=document.getElementById('parameter'),v=document.getElementById('reading-value'),f=document.getElementById('reading-flag'),sp=document.getElementById('reading-spec');
+function check(){var o=s.options[s.selectedIndex];sp.textContent=o.dataset.spec;var t=v.value.trim();if(!t){f.textContent='';return}
+var n=Number(t);if(isNaN(n)){f.textContent='Not a number';f.className='error';return}
+var bad=n<Number(o.dataset.min)||n>Number(o.dataset.max);f.textContent=bad?'OUTSIDE THE NORMAL RANGE':'within range';f.className=bad?'oos':''}
+s.addEventListener('change',check);v.addEventListener('input',check);check();})();"#;
+
+#[derive(Deserialize)]
+struct ReadingForm {
+    csrf: String,
+    parameter: String,
+    value: String,
+    by: String,
+}
+
+async fn record_reading(
+    console: Shared,
+    Path(id): Path<String>,
+    Form(form): Form<ReadingForm>,
+) -> Response {
+    if form.csrf != console.csrf {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "The form did not come from this console; reload the page.",
+        );
+    }
+    let (batch, _, _) = match load(&console, &id).await {
+        Ok(loaded) => loaded,
+        Err(response) => return response,
+    };
+    let outcome = entries::record_reading(
+        &console.store,
+        entries::ManualReading {
+            batch: &batch,
+            parameter: &form.parameter,
+            value: &form.value,
+            by: &form.by,
+        },
+    )
+    .await;
+    let (status, result) = match outcome {
+        Ok((event, false)) => (
+            StatusCode::OK,
+            html! { p data-result="reading" { "Recorded " (form.parameter) " = " (form.value) " (record " (event.seq) ")." } },
+        ),
+        Ok((event, true)) => (
+            StatusCode::OK,
+            html! { p.oos data-result="reading-out-of-range" { "Recorded " (form.parameter) " = " (form.value) " (record " (event.seq) "): OUTSIDE THE NORMAL RANGE. Raise a deviation if the instrument did not." } },
+        ),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } },
+        ),
+    };
+    match load(&console, &id).await {
+        Ok((batch, recipe, events)) => {
+            let mut response = Html(
+                page(
+                    &console,
+                    &batch.coi,
+                    batch_markup(&console, &batch, &recipe, &events, Some(result)),
+                )
+                .into_string(),
+            )
+            .into_response();
+            *response.status_mut() = status;
+            response
+        }
+        Err(response) => response,
+    }
+}
 
 async fn load(
     console: &Console,

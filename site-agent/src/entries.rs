@@ -166,3 +166,182 @@ pub async fn correct(
         )
         .await?)
 }
+
+/// A process parameter read by hand during the running step (a technician's reading
+/// of a gauge or a manual count), recorded like the instrument's samples.
+pub struct ManualReading<'a> {
+    pub batch: &'a LocalBatch,
+    pub parameter: &'a str,
+    pub value: &'a str,
+    pub by: &'a str,
+}
+
+/// Records a manual reading for the step that is running now. Returns the record and
+/// whether the value is outside the parameter's normal range.
+pub async fn record_reading(
+    store: &Store,
+    entry: ManualReading<'_>,
+) -> Result<(SiteEvent, bool), Error> {
+    let batch = entry.batch;
+    if entry.by.trim().is_empty() {
+        return Err(invalid("who took the reading is required"));
+    }
+    let step_id = batch.current_step.clone().ok_or_else(|| {
+        invalid(format!(
+            "no step is running for batch {} now",
+            batch.batch_id
+        ))
+    })?;
+    let recipe =
+        Recipe::from_json(&batch.recipe_json).map_err(|e| invalid(format!("recipe: {e}")))?;
+    let step = recipe
+        .step(&step_id)
+        .ok_or_else(|| invalid(format!("step {step_id:?} is not in the recipe")))?;
+    let parameter = step
+        .parameters
+        .iter()
+        .find(|p| p.name == entry.parameter)
+        .ok_or_else(|| {
+            let names: Vec<&str> = step.parameters.iter().map(|p| p.name.as_str()).collect();
+            invalid(format!(
+                "step {} records {}; not {:?}",
+                step.id,
+                names.join(", "),
+                entry.parameter
+            ))
+        })?;
+    let value: f64 = entry
+        .value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| {
+            invalid(format!(
+                "{:?} is not a number ({} is in {})",
+                entry.value, parameter.name, parameter.unit
+            ))
+        })?;
+    // The reading belongs to the step's current point in process time: the last
+    // sample of this step, or its start.
+    let at = store
+        .batch_events(batch.batch_id)
+        .await?
+        .iter()
+        .rev()
+        .find_map(|e| match &e.kind {
+            EventKind::ProcessSamples {
+                step_id: s,
+                samples,
+            } if *s == step_id => samples.iter().map(|x| x.step_hours).reduce(f64::max),
+            _ => None,
+        })
+        .unwrap_or(0.0);
+    let event = store
+        .append(
+            batch.batch_id,
+            entry.by.trim(),
+            EventKind::ProcessSamples {
+                step_id: step_id.clone(),
+                samples: vec![carrel_proto::event::Sample {
+                    step_hours: at,
+                    parameter: parameter.name.clone(),
+                    value,
+                    unit: parameter.unit.clone(),
+                }],
+            },
+        )
+        .await?;
+    Ok((event, value < parameter.low || value > parameter.high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carrel_proto::event::{CommandKind, HubCommand};
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    const RECIPE: &str = include_str!("../../hub/recipes/cd19-car-t.v1.toml");
+
+    async fn batch_in_expansion() -> (tempfile::TempDir, Store, LocalBatch) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("agent.db"))
+            .await
+            .expect("store");
+        let recipe = Recipe::from_toml(RECIPE).expect("recipe");
+        let batch_id = Uuid::new_v4();
+        store
+            .apply_command(&HubCommand {
+                seq: 1,
+                command_id: Uuid::new_v4(),
+                issued_at: Utc::now(),
+                batch_id,
+                kind: CommandKind::BatchOrder {
+                    order_id: Uuid::new_v4(),
+                    coi: "G123426000001X".into(),
+                    patient_pseudonym: "P-1".into(),
+                    requested_collection_date: "2026-12-01".into(),
+                    recipe_id: recipe.id.clone(),
+                    recipe_version: recipe.version,
+                    recipe_json: recipe.to_canonical_json(),
+                    recipe_sha256: recipe.sha256(),
+                },
+            })
+            .await
+            .expect("order");
+        store
+            .append(
+                batch_id,
+                "agent",
+                EventKind::StepStarted {
+                    step_id: "expansion".into(),
+                    instrument_id: "sim".into(),
+                    resumed: false,
+                },
+            )
+            .await
+            .expect("step");
+        let batch = store.batch(batch_id).await.expect("batch");
+        (dir, store, batch)
+    }
+
+    #[tokio::test]
+    async fn a_manual_reading_is_recorded_for_the_running_step_and_flagged_out_of_range() {
+        let (_dir, store, batch) = batch_in_expansion().await;
+        let reading = |parameter: &'static str, value: &'static str| ManualReading {
+            batch: &batch,
+            parameter,
+            value,
+            by: "tech.ann",
+        };
+        let (event, out_of_range) = record_reading(&store, reading("ph", "7.1"))
+            .await
+            .expect("recorded");
+        assert!(!out_of_range);
+        assert_eq!(event.recorded_by, "tech.ann");
+        assert!(
+            matches!(&event.kind, EventKind::ProcessSamples { step_id, samples } if step_id == "expansion" && samples[0].value == 7.1)
+        );
+        let (_, out_of_range) = record_reading(&store, reading("ph", "6.2"))
+            .await
+            .expect("recorded");
+        assert!(out_of_range, "below the step's low limit of 6.9");
+
+        let before = store.last_event_seq().await.expect("seq");
+        for (parameter, value, words) in [
+            ("bag_temperature", "5", "records"),
+            ("ph", "acid", "not a number"),
+        ] {
+            let err = record_reading(&store, reading(parameter, value))
+                .await
+                .expect_err("refused");
+            assert!(err.to_string().contains(words), "{err}");
+        }
+        assert_eq!(
+            store.last_event_seq().await.expect("seq"),
+            before,
+            "refusals record nothing"
+        );
+    }
+}
