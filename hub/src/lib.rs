@@ -21,6 +21,7 @@ pub mod config;
 pub mod console;
 pub mod dev;
 pub mod grpc;
+pub mod metrics;
 pub mod pki;
 pub mod record;
 pub mod server;

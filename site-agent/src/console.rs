@@ -46,6 +46,7 @@ pub fn router(store: Arc<Store>, link: watch::Receiver<LinkState>, site_id: Stri
     Router::new()
         .route("/", get(home))
         .route("/status", get(status_fragment))
+        .route("/metrics", get(metrics))
         .route("/batches/{id}", get(batch_page))
         .route("/batches/{id}/scan", post(scan))
         .route("/batches/{id}/qc", post(record_qc))
@@ -101,6 +102,82 @@ fn link_status(console: &Console) -> Markup {
             span.link-down data-link="down" { "Hub link DOWN: working offline, records are kept and sent when it returns" }
         }
     }
+}
+
+/// Prometheus text exposition of the agent: link state, what is waiting to be sent,
+/// batches by state, and the instrument's state (steps running on it).
+async fn metrics(console: Shared) -> Response {
+    let state = console.link.borrow().clone();
+    let (last, batches) = match (
+        console.store.last_event_seq().await,
+        console.store.batches().await,
+    ) {
+        (Ok(last), Ok(batches)) => (last, batches),
+        (Err(e), _) | (_, Err(e)) => return problem(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, rows: Vec<(String, u64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in rows {
+            out.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    };
+    metric(
+        "carrel_agent_link_up",
+        "1 when the link to the hub is up.",
+        "gauge",
+        vec![(String::new(), u64::from(state.connected))],
+    );
+    metric(
+        "carrel_agent_events_recorded_total",
+        "Events recorded in the site's log.",
+        "counter",
+        vec![(String::new(), last)],
+    );
+    metric(
+        "carrel_agent_events_waiting",
+        "Events recorded and not yet acknowledged by the hub.",
+        "gauge",
+        vec![(
+            String::new(),
+            last.saturating_sub(state.hub_acked_event_seq),
+        )],
+    );
+    let states = [
+        "ordered",
+        "accepted",
+        "in_process",
+        "awaiting_release",
+        "released",
+        "rejected",
+        "cancelled",
+        "handed_over",
+        "infused",
+    ];
+    metric(
+        "carrel_agent_batches",
+        "Batches at this site by state.",
+        "gauge",
+        states
+            .iter()
+            .map(|s| {
+                (
+                    format!("{{state=\"{s}\"}}"),
+                    batches.iter().filter(|b| b.state.as_str() == *s).count() as u64,
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "carrel_agent_instrument_steps_running",
+        "Steps running on the site's instrument now.",
+        "gauge",
+        vec![(
+            String::new(),
+            batches.iter().filter(|b| b.current_step.is_some()).count() as u64,
+        )],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn status_fragment(console: Shared) -> Response {

@@ -108,6 +108,14 @@ enum Command {
         #[arg(long)]
         by: String,
     },
+    /// Write a consistent backup of the site's store while the agent runs.
+    Backup {
+        #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The backup file to create.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// List the site's records (all, or one batch's).
     Events {
         #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
@@ -308,6 +316,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "Recorded correction {} of record {seq}; both stay on the record.",
                 event.seq
             );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Backup { data_dir, to } => {
+            let store = open_store(&data_dir).await?;
+            store.backup_to(&to).await?;
+            println!("Backup of the site store written to {}.", to.display());
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Events { data_dir, batch } => {

@@ -533,6 +533,21 @@ impl Store {
             .collect()
     }
 
+    /// Writes a consistent copy of the store to `path` while the agent runs.
+    pub async fn backup_to(&self, path: &Path) -> Result<()> {
+        if path.exists() {
+            return Err(Error::Protocol(format!(
+                "{} exists; choose a new backup file",
+                path.display()
+            )));
+        }
+        sqlx::query("VACUUM INTO ?")
+            .bind(path.to_string_lossy().into_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records how far the hub has acknowledged our log.
     pub async fn set_hub_acked(&self, seq: u64) -> Result<()> {
         let _w = self.write_lock.lock().await;

@@ -49,6 +49,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/sites/{id}/resume", post(pages::resume_site))
         .route("/admin/users", get(pages::users).post(pages::add_user))
         .route("/style.css", get(view::stylesheet))
+        .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
@@ -117,6 +118,22 @@ impl FromRequestParts<Arc<Shared>> for Session {
                 )
                     .into_response())
             }
+        }
+    }
+}
+
+/// Prometheus text exposition. Served without a session, like most exporters:
+/// the figures are counts, never patient data; restrict the port if that matters.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match crate::metrics::render(&shared).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: cannot read the store");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the hub's store is unavailable",
+            )
+                .into_response()
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Names this hub process when it claims a site's live link.
     pub instance_id: String,
+    /// How long committing site events takes, for `/metrics`.
+    pub commit_latency: crate::metrics::Histogram,
 }
 
 impl Shared {
@@ -51,6 +53,7 @@ impl Shared {
             changes,
             shutdown,
             instance_id: Uuid::new_v4().to_string(),
+            commit_latency: crate::metrics::Histogram::default(),
         })
     }
 

@@ -339,10 +339,12 @@ impl Link {
                         .map_err(|e| Status::invalid_argument(format!("event seq {seq}: {e}")))?;
                     events.push(event);
                 }
+                let started = std::time::Instant::now();
                 let ingested = store
                     .ingest_events(&self.site_id, &events, Utc::now())
                     .await
                     .map_err(status)?;
+                self.shared.commit_latency.observe(started.elapsed());
                 tracing::debug!(
                     acked = ingested.acked_event_seq,
                     new = ingested.new_events,

@@ -404,6 +404,11 @@ pub trait Store: Send + Sync + 'static {
     /// Records that the site committed every command up to `seq`.
     async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()>;
 
+    // -- operations --
+    /// Writes a consistent copy of the whole database to `path` while the hub runs
+    /// (SQLite); a backend with its own tools (PostgreSQL: pg_dump) refuses and says so.
+    async fn backup_to(&self, path: &std::path::Path) -> Result<()>;
+
     // -- live links (several hub processes on one database) --
     /// Claims the live link of a site for `holder` (a hub process). The newest claim
     /// wins: any earlier one is superseded. Returns the claim's generation.

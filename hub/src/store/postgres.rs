@@ -1135,6 +1135,12 @@ impl Store for PgStore {
         .collect()
     }
 
+    async fn backup_to(&self, _path: &std::path::Path) -> Result<()> {
+        Err(Error::FailedPrecondition(
+            "a PostgreSQL store is backed up with PostgreSQL's own tools: pg_dump -Fc (or pg_basebackup with WAL archiving); see deploy/README.md".into(),
+        ))
+    }
+
     async fn claim_site_link(&self, site_id: &str, holder: &str) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         let generation: i64 = sqlx::query_scalar(

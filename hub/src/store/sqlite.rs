@@ -1022,6 +1022,22 @@ impl Store for SqliteStore {
         .collect()
     }
 
+    async fn backup_to(&self, path: &Path) -> Result<()> {
+        if path.exists() {
+            return Err(Error::AlreadyExists(format!(
+                "backup file {}",
+                path.display()
+            )));
+        }
+        // VACUUM INTO writes a transactionally consistent copy from one read
+        // snapshot, without stopping writers (WAL).
+        sqlx::query("VACUUM INTO ?")
+            .bind(path.to_string_lossy().into_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn claim_site_link(&self, site_id: &str, holder: &str) -> Result<u64> {
         let _w = self.write_lock.lock().await;
         let generation: i64 = sqlx::query_scalar(

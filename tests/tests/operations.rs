@@ -1,0 +1,219 @@
+//! Operations with real processes: Prometheus metrics that move with the work, and
+//! backups taken while the hub and a site are busy, restored and verified.
+
+use carrel_tests::*;
+use std::time::Duration;
+
+const PHYSICIAN: (&str, &str) = ("dr.ops", "physician-password-1");
+
+/// Scrapes `url` over HTTPS trusting the hub CA (or plain HTTP for the site console).
+async fn scrape(url: &str, ca: Option<&std::path::Path>) -> String {
+    let mut args = vec!["-sS", "--max-time", "5"];
+    let ca_arg;
+    if let Some(ca) = ca {
+        ca_arg = ca.display().to_string();
+        args.extend(["--cacert", &ca_arg]);
+    }
+    args.push(url);
+    let out = tokio::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "scraping {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of a metric line `name{labels} value` (or `name value`).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_with_the_work_and_a_backup_taken_under_load_restores_intact() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    let token = hub.add_site("site-o");
+    let mut agent = Agent::enroll(&hub, "site-o", &token)
+        .expect("enroll")
+        .with_time_compression(20_000.0);
+    agent.start();
+    let console =
+        std::fs::read_to_string(hub.data_dir().join("console.addr")).expect("console addr");
+    let hub_metrics = format!("https://{}/metrics", console.trim());
+    let site_console =
+        std::fs::read_to_string(agent.data_dir().join("console.addr")).expect("site console");
+    let site_metrics = format!("http://{}/metrics", site_console.trim());
+    let ca = hub.ca_cert();
+
+    let before = scrape(&hub_metrics, Some(&ca)).await;
+    assert_eq!(
+        value(&before, "carrel_hub_site_events_total{site=\"site-o\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(&before, "carrel_hub_batches{state=\"in_process\"}"),
+        0.0
+    );
+    let failed_before = value(&before, "carrel_hub_failed_sign_ins_total");
+    assert!(hub.login(PHYSICIAN.0, "not-the-password").await.is_err());
+
+    let date = (chrono::Utc::now() + chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    hub.cli_ok(
+        PHYSICIAN.0,
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-4001",
+            "--site",
+            "site-o",
+            "--collection-date",
+            &date,
+        ],
+        None,
+    );
+    let during = eventually(Duration::from_secs(30), "events at the hub", || {
+        let url = hub_metrics.clone();
+        let ca = ca.clone();
+        async move {
+            let text = scrape(&url, Some(&ca)).await;
+            (value(&text, "carrel_hub_site_events_total{site=\"site-o\"}") >= 5.0).then_some(text)
+        }
+    })
+    .await;
+    assert_eq!(value(&during, "carrel_hub_sites_connected"), 1.0);
+    assert_eq!(
+        value(&during, "carrel_hub_failed_sign_ins_total"),
+        failed_before + 1.0
+    );
+    assert!(value(&during, "carrel_hub_event_commit_seconds_count") >= 1.0);
+    let site = scrape(&site_metrics, None).await;
+    assert_eq!(value(&site, "carrel_agent_link_up"), 1.0);
+    assert!(value(&site, "carrel_agent_events_recorded_total") >= 5.0);
+
+    // A backup while the site streams: everything acknowledged before it began is in it.
+    let db = hub.db().await;
+    let acked_before: i64 =
+        sqlx::query_scalar("SELECT acked_event_seq FROM sites WHERE site_id = 'site-o'")
+            .fetch_one(&db)
+            .await
+            .expect("cursor");
+    let backups = tempfile::tempdir().expect("tempdir");
+    let backup = backups.path().join("hub.backup.db");
+    let out = hub.cli(
+        "admin",
+        &["backup", "--to", backup.to_str().expect("utf-8")],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = hub.cli(
+        "admin",
+        &["backup", "--to", backup.to_str().expect("utf-8")],
+        None,
+    );
+    assert!(!out.status.success(), "a backup never overwrites a file");
+    let site_backup = backups.path().join("site.backup.db");
+    let out = agent.cli(
+        &["backup", "--to", site_backup.to_str().expect("utf-8")],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Restore into a fresh data directory: checked, then in place.
+    let restored = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(binary("carrel-hub"))
+        .args([
+            "restore",
+            "--from",
+            backup.to_str().expect("utf-8"),
+            "--data-dir",
+        ])
+        .arg(restored.path())
+        .output()
+        .expect("restore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("audit chain intact"));
+    let restored_db = open_read_only(&restored.path().join("hub.db")).await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM site_events WHERE site_id = 'site-o'")
+            .fetch_one(&restored_db)
+            .await
+            .expect("count");
+    assert!(
+        stored >= acked_before,
+        "acknowledged before the backup: {acked_before}, in it: {stored}"
+    );
+    let out = std::process::Command::new(binary("carrel-hub"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(restored.path())
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A damaged backup is refused and changes nothing.
+    let damaged = backups.path().join("damaged.db");
+    let mut bytes = std::fs::read(&backup).expect("read");
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 4096] {
+        *b = 0x5a;
+    }
+    std::fs::write(&damaged, bytes).expect("write");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(binary("carrel-hub"))
+        .args([
+            "restore",
+            "--from",
+            damaged.to_str().expect("utf-8"),
+            "--data-dir",
+        ])
+        .arg(elsewhere.path())
+        .output()
+        .expect("restore");
+    assert!(!out.status.success(), "a damaged backup must be refused");
+    assert!(!elsewhere.path().join("hub.db").exists());
+    let out = std::process::Command::new(binary("carrel-hub"))
+        .args([
+            "restore",
+            "--from",
+            backup.to_str().expect("utf-8"),
+            "--data-dir",
+        ])
+        .arg(restored.path())
+        .output()
+        .expect("restore");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "an existing store is not replaced without --force"
+    );
+}
