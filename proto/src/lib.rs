@@ -25,3 +25,61 @@ pub mod coi;
 pub mod enrollment;
 pub mod event;
 pub mod recipe;
+
+/// The site link protocol's version, exchanged in `Hello` and `Welcome`.
+pub mod protocol {
+    /// This build's version of the site link protocol. Bump the minor for a
+    /// compatible change (a new optional field or message), the major for an
+    /// incompatible one.
+    pub const VERSION: (u32, u32) = (1, 0);
+
+    /// Why a peer's protocol version is not accepted.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("{0}")]
+    pub struct Incompatible(pub String);
+
+    /// `Ok` when a peer speaking `theirs` ("MAJOR.MINOR", empty for a peer older than
+    /// versioning, read as 1.0) can talk to this build: same major, minors at most one apart.
+    pub fn check(theirs: &str) -> Result<(u32, u32), Incompatible> {
+        let text = if theirs.trim().is_empty() {
+            "1.0"
+        } else {
+            theirs.trim()
+        };
+        let parsed = text.split_once('.').and_then(|(major, minor)| {
+            Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+        });
+        let Some((major, minor)) = parsed else {
+            return Err(Incompatible(format!(
+                "protocol version {theirs:?} is not MAJOR.MINOR"
+            )));
+        };
+        let (our_major, our_minor) = VERSION;
+        if major != our_major || minor.abs_diff(our_minor) > 1 {
+            return Err(Incompatible(format!(
+                "the peer speaks site link protocol {major}.{minor}, this build {our_major}.{our_minor}: \
+                 upgrade the older side (a difference of one minor version is supported)"
+            )));
+        }
+        Ok((major, minor))
+    }
+
+    pub fn current() -> String {
+        format!("{}.{}", VERSION.0, VERSION.1)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn one_minor_apart_works_and_more_does_not() {
+            assert!(check("1.0").is_ok());
+            assert!(check("1.1").is_ok());
+            assert!(check("").is_ok(), "a peer from before versioning is 1.0");
+            assert!(check("1.2").is_err());
+            assert!(check("2.0").is_err());
+            assert!(check("one").is_err());
+        }
+    }
+}

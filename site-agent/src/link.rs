@@ -132,6 +132,7 @@ impl Link {
         send(site_message::Body::Hello(pb::Hello {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             acked_command_seq: self.store.last_command_seq().await?,
+            protocol_version: carrel_proto::protocol::current(),
             last_event_seq,
         }))
         .await?;
@@ -147,6 +148,8 @@ impl Link {
                 }
             },
         };
+        carrel_proto::protocol::check(&welcome.protocol_version)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
         if welcome.acked_event_seq > last_event_seq {
             return Err(Error::Protocol(format!(
                 "the hub holds {} events of this site but the local store only {last_event_seq}: \

@@ -344,6 +344,7 @@ impl RawLink {
 
     async fn hello(hub: &Hub, agent_dir: &std::path::Path) -> (RawLink, pb::Welcome) {
         let hello = site_message::Body::Hello(pb::Hello {
+            protocol_version: carrel_proto::protocol::current(),
             agent_version: "test".into(),
             acked_command_seq: 0,
             last_event_seq: 0,
@@ -446,6 +447,7 @@ async fn site_link_refuses_protocol_violations_and_stores_nothing_of_them() {
 
     // A Hello claiming commands the hub never issued.
     let hello = site_message::Body::Hello(pb::Hello {
+        protocol_version: carrel_proto::protocol::current(),
         agent_version: "t".into(),
         acked_command_seq: 99,
         last_event_seq: 0,
@@ -525,4 +527,45 @@ async fn site_link_refuses_protocol_violations_and_stores_nothing_of_them() {
             .await
             .expect("cursor");
     assert_eq!(acked, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_site_link_accepts_one_minor_protocol_version_apart_and_refuses_more() {
+    let hub = Hub::start().await;
+    let token = hub.add_site("site-v");
+    let agent = Agent::enroll(&hub, "site-v", &token).expect("enroll");
+    let hello = |version: &str| {
+        site_message::Body::Hello(pb::Hello {
+            protocol_version: version.into(),
+            agent_version: "test".into(),
+            acked_command_seq: 0,
+            last_event_seq: 0,
+        })
+    };
+    // The next minor version (a newer agent) still works.
+    let (major, minor) = carrel_proto::protocol::VERSION;
+    let mut link = RawLink::open(
+        &hub,
+        agent.data_dir(),
+        hello(&format!("{major}.{}", minor + 1)),
+    )
+    .await
+    .expect("open");
+    match link.next().await.expect("welcome").body {
+        Some(hub_message::Body::Welcome(w)) => {
+            assert_eq!(w.protocol_version, carrel_proto::protocol::current())
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    drop(link);
+    for version in [format!("{major}.{}", minor + 2), format!("{}.0", major + 1)] {
+        let mut link = RawLink::open(&hub, agent.data_dir(), hello(&version))
+            .await
+            .expect("open");
+        assert_refused(
+            link.next().await,
+            Code::FailedPrecondition,
+            "upgrade the older side",
+        );
+    }
 }

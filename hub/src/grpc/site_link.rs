@@ -205,6 +205,8 @@ impl Link {
                 ))
             }
         };
+        carrel_proto::protocol::check(&hello.protocol_version)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let (generation, closed) = self.shared.links.take_over(&self.site_id);
         let _registration = Registration {
             shared: &self.shared,
@@ -250,6 +252,7 @@ impl Link {
             site_id: self.site_id.clone(),
             acked_event_seq: site.acked_event_seq,
             heartbeat_interval_ms: config.heartbeat_interval_ms,
+            protocol_version: carrel_proto::protocol::current(),
         }))
         .await?;
 
