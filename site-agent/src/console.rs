@@ -414,22 +414,7 @@ async fn record_reading(
             html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } },
         ),
     };
-    match load(&console, &id).await {
-        Ok((batch, recipe, events)) => {
-            let mut response = Html(
-                page(
-                    &console,
-                    &batch.coi,
-                    batch_markup(&console, &batch, &recipe, &events, Some(result)),
-                )
-                .into_string(),
-            )
-            .into_response();
-            *response.status_mut() = status;
-            response
-        }
-        Err(response) => response,
-    }
+    batch_page_with(&console, &id, status, Some(result)).await
 }
 
 async fn load(
@@ -450,16 +435,25 @@ async fn load(
 }
 
 async fn batch_page(console: Shared, Path(id): Path<String>) -> Response {
-    match load(&console, &id).await {
-        Ok((batch, recipe, events)) => Html(
-            page(
-                &console,
+    batch_page_with(&console, &id, StatusCode::OK, None).await
+}
+
+/// The batch page, with the outcome of what was just submitted on top.
+async fn batch_page_with(
+    console: &Console,
+    id: &str,
+    status: StatusCode,
+    result: Option<Markup>,
+) -> Response {
+    match load(console, id).await {
+        Ok((batch, recipe, events)) => {
+            let body = page(
+                console,
                 &batch.coi,
-                batch_markup(&console, &batch, &recipe, &events, None),
-            )
-            .into_string(),
-        )
-        .into_response(),
+                batch_markup(console, &batch, &recipe, &events, result),
+            );
+            (status, Html(body.into_string())).into_response()
+        }
         Err(response) => response,
     }
 }
@@ -525,22 +519,7 @@ async fn scan(console: Shared, Path(id): Path<String>, Form(fields): Form<Fields
             html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } },
         ),
     };
-    match load(&console, &id).await {
-        Ok((batch, recipe, events)) => {
-            let mut response = Html(
-                page(
-                    &console,
-                    &batch.coi,
-                    batch_markup(&console, &batch, &recipe, &events, Some(result)),
-                )
-                .into_string(),
-            )
-            .into_response();
-            *response.status_mut() = status;
-            response
-        }
-        Err(response) => response,
-    }
+    batch_page_with(&console, &id, status, Some(result)).await
 }
 
 #[derive(Deserialize)]
@@ -601,20 +580,5 @@ async fn record_qc(console: Shared, Path(id): Path<String>, Form(form): Form<QcF
             html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } },
         ),
     };
-    match load(&console, &id).await {
-        Ok((batch, recipe, events)) => {
-            let mut response = Html(
-                page(
-                    &console,
-                    &batch.coi,
-                    batch_markup(&console, &batch, &recipe, &events, Some(result)),
-                )
-                .into_string(),
-            )
-            .into_response();
-            *response.status_mut() = status;
-            response
-        }
-        Err(response) => response,
-    }
+    batch_page_with(&console, &id, status, Some(result)).await
 }
