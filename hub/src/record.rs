@@ -155,44 +155,110 @@ pub struct TimelineEntry {
     pub detail: String,
 }
 
+/// A site record stamped this much later than the hub received it can only come
+/// from a site clock that runs ahead (the hub's clock is the reference).
+const CLOCK_TOLERANCE_SECS: i64 = 5;
+
+/// A duration in words, to the nearest second or minute: "45 s", "10 min", "2 h 5 min".
+fn span(d: chrono::Duration) -> String {
+    let s = d.num_seconds().abs();
+    let minutes = (s + 30) / 60;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7_199 => format!("{minutes} min"),
+        _ => format!("{} h {} min", minutes / 60, minutes % 60),
+    }
+}
+
 /// An order's timeline from order to infusion: the order, the site's records
-/// (without the process samples), and QA's decisions, in time order.
+/// (without the process samples), and QA's decisions.
+///
+/// Two clocks meet here, the hub's and the site's, and a site's clock can be off.
+/// The site's records keep their log order whatever their stamps say: each is
+/// placed, by the hub's clock, no earlier than the record before it and than the
+/// order itself, and no later than when the hub received it. Each shows the time
+/// the site stamped on it, with a note when that stamp shows the site's clock was
+/// off: ahead of the hub, behind the order it acts on, or gone backwards.
 pub fn timeline(record: &crate::store::BatchRecord) -> Vec<TimelineEntry> {
     let order = &record.order;
-    let mut entries = vec![TimelineEntry {
-        at: order.created_at,
-        source: "hub",
-        what: "order created".into(),
-        detail: format!(
-            "by {}, COI {}, site {}",
-            order.physician, order.coi, order.site_id
-        ),
-    }];
+    let tolerance = chrono::Duration::seconds(CLOCK_TOLERANCE_SECS);
+    // (where it sorts, by the hub's clock; the entry)
+    let mut entries = vec![(
+        order.created_at,
+        TimelineEntry {
+            at: order.created_at,
+            source: "hub",
+            what: "order created".into(),
+            detail: format!(
+                "by {}, COI {}, site {}",
+                order.physician, order.coi, order.site_id
+            ),
+        },
+    )];
+    let mut floor = order.created_at;
+    // The stamp of the record before, unless that stamp was itself ahead of the hub
+    // (then a later stamp that is right is not a clock going back).
+    let mut previous_stamp: Option<chrono::DateTime<chrono::Utc>> = None;
     for stored in &record.events {
+        let stamp = stored.event.recorded_at;
+        let place = stamp.min(stored.received_at).max(floor);
+        floor = place;
+        let ahead = stamp > stored.received_at + tolerance;
+        let skew = if ahead {
+            Some(format!(
+                "site clock ahead: stamped {} after the hub received it",
+                span(stamp - stored.received_at)
+            ))
+        } else if stamp < order.created_at - tolerance {
+            Some(format!(
+                "site clock behind: stamped {} before the order was created",
+                span(order.created_at - stamp)
+            ))
+        } else {
+            previous_stamp
+                .filter(|previous| stamp < *previous - tolerance)
+                .map(|previous| {
+                    format!(
+                        "site clock went back {} since the record before",
+                        span(previous - stamp)
+                    )
+                })
+        };
+        previous_stamp = (!ahead).then_some(stamp);
         if matches!(
             stored.event.kind,
             carrel_proto::event::EventKind::ProcessSamples { .. }
         ) {
             continue;
         }
-        let (what, detail) = describe(&stored.event.kind);
-        entries.push(TimelineEntry {
-            at: stored.event.recorded_at,
-            source: "site",
-            what,
-            detail,
-        });
+        let (what, mut detail) = describe(&stored.event.kind);
+        if let Some(note) = skew {
+            detail = format!("{detail} [{note}]");
+        }
+        entries.push((
+            place,
+            TimelineEntry {
+                at: stamp,
+                source: "site",
+                what,
+                detail,
+            },
+        ));
     }
     for sig in &record.signatures {
-        entries.push(TimelineEntry {
-            at: sig.signed_at,
-            source: "hub",
-            what: format!("QA {}", sig.meaning.as_str()),
-            detail: format!("signed by {} ({})", sig.signer_name, sig.signer),
-        });
+        entries.push((
+            sig.signed_at,
+            TimelineEntry {
+                at: sig.signed_at,
+                source: "hub",
+                what: format!("QA {}", sig.meaning.as_str()),
+                detail: format!("signed by {} ({})", sig.signer_name, sig.signer),
+            },
+        ));
     }
-    entries.sort_by_key(|e| e.at);
-    entries
+    // Stable: entries placed at the same moment keep the order they were added in.
+    entries.sort_by_key(|(place, _)| *place);
+    entries.into_iter().map(|(_, entry)| entry).collect()
 }
 
 /// What has to happen next for an order, in words.
@@ -224,5 +290,145 @@ pub fn next_step(record: &crate::store::BatchRecord) -> String {
         S::Infused => "none: the chain of identity is closed".into(),
         S::Rejected => "none: QA rejected the batch".into(),
         S::Cancelled => "none: the order was cancelled".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BatchRecord, BatchState, Order, Progress, StoredEvent, StoredRecipe};
+    use carrel_proto::event::{EventKind, SiteEvent, GENESIS_SHA256};
+    use carrel_proto::recipe::Recipe;
+    use chrono::{DateTime, Duration, Utc};
+    use uuid::Uuid;
+
+    fn record(
+        events: &[(DateTime<Utc>, DateTime<Utc>, EventKind)],
+        created: DateTime<Utc>,
+    ) -> BatchRecord {
+        let batch_id = Uuid::now_v7();
+        let recipe = Recipe::from_toml(crate::server::SHIPPED_RECIPES[0].1).expect("recipe");
+        let events = events
+            .iter()
+            .enumerate()
+            .map(|(i, (stamp, received, kind))| StoredEvent {
+                site_id: "site-a".into(),
+                received_at: *received,
+                event: SiteEvent {
+                    seq: i as u64 + 1,
+                    event_id: Uuid::now_v7(),
+                    recorded_at: *stamp,
+                    batch_id,
+                    recorded_by: "agent".into(),
+                    prev_sha256: GENESIS_SHA256.into(),
+                    kind: kind.clone(),
+                },
+            })
+            .collect();
+        BatchRecord {
+            order: Order {
+                order_id: Uuid::now_v7(),
+                batch_id,
+                coi: "G123426000001X".into(),
+                patient_pseudonym: "P-1".into(),
+                recipe_id: recipe.id.clone(),
+                recipe_version: recipe.version,
+                site_id: "site-a".into(),
+                requested_collection_date: "2026-12-01".into(),
+                physician: "dr.a".into(),
+                created_at: created,
+                state: BatchState::InProcess,
+                current_step: None,
+                progress: Progress::default(),
+                decision_recorded: false,
+                updated_at: created,
+            },
+            recipe: StoredRecipe {
+                sha256: recipe.sha256(),
+                canonical_json: String::new(),
+                recipe,
+            },
+            events,
+            qc: Vec::new(),
+            signatures: Vec::new(),
+            audit: Vec::new(),
+        }
+    }
+
+    fn step(id: &str) -> EventKind {
+        EventKind::StepStarted {
+            step_id: id.into(),
+            instrument_id: "sim".into(),
+            resumed: false,
+        }
+    }
+
+    #[test]
+    fn a_skewed_site_clock_is_noted_and_does_not_reorder_the_record() {
+        let created = Utc::now();
+        let s = Duration::seconds;
+        let events = [
+            // Ten minutes ahead, ten minutes behind, on time, then back in time.
+            (created + s(600) + s(1), created + s(1), step("collection")),
+            (created - s(600) + s(2), created + s(2), step("receipt")),
+            (created + s(3), created + s(3), step("selection")),
+            (created - s(60), created + s(4), step("activation")),
+        ];
+        let timeline = timeline(&record(&events, created));
+        let steps: Vec<&str> = timeline
+            .iter()
+            .map(|e| e.detail.split(' ').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            steps,
+            ["by", "collection", "receipt", "selection", "activation"],
+            "{timeline:#?}"
+        );
+        assert!(
+            timeline[1]
+                .detail
+                .contains("[site clock ahead: stamped 10 min after the hub received it]"),
+            "{}",
+            timeline[1].detail
+        );
+        assert!(
+            timeline[2]
+                .detail
+                .contains("[site clock behind: stamped 10 min before the order was created]"),
+            "{}",
+            timeline[2].detail
+        );
+        assert!(
+            !timeline[3].detail.contains("site clock"),
+            "{}",
+            timeline[3].detail
+        );
+        assert!(
+            timeline[4].detail.contains("site clock behind"),
+            "{}",
+            timeline[4].detail
+        );
+        // The site's own stamps are shown as it made them.
+        assert_eq!(timeline[1].at, created + s(601));
+        assert_eq!(timeline[2].at, created - s(598));
+    }
+
+    #[test]
+    fn a_site_clock_that_goes_back_is_noted() {
+        let created = Utc::now();
+        let s = Duration::seconds;
+        let events = [
+            (created + s(300), created + s(301), step("collection")),
+            (created + s(100), created + s(302), step("receipt")),
+        ];
+        let timeline = timeline(&record(&events, created));
+        assert!(
+            timeline[2]
+                .detail
+                .contains("[site clock went back 3 min since the record before]"),
+            "{}",
+            timeline[2].detail
+        );
+        assert!(!timeline[1].detail.contains("site clock"));
     }
 }

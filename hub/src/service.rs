@@ -169,9 +169,25 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
 
 /// The order, if `user` may see it: a physician sees only their own (another's is
 /// reported as not found, so its existence is not revealed).
+/// The refusal is audited: an attempt to read another's patient is kept on record.
 pub async fn visible_order(shared: &Shared, user: &User, order_id: Uuid) -> Result<Order, Error> {
     let order = shared.store.order(order_id).await?;
     if user.role == Role::Physician && order.physician != user.username {
+        tracing::warn!(username = %user.username, %order_id, "refused: another physician's order");
+        shared
+            .store
+            .audit(
+                &NewEntry::new(
+                    &user.username,
+                    "order.access_refused",
+                    format!("order/{order_id}"),
+                )
+                .reason(format!(
+                    "{} asked for an order of another physician",
+                    user.username
+                )),
+            )
+            .await?;
         return Err(store::Error::NotFound(format!("order {order_id}")).into());
     }
     Ok(order)
@@ -215,13 +231,29 @@ pub struct SignForm<'a> {
 }
 
 /// Signs release or rejection (21 CFR Part 11): the signer proves identity again
-/// with the password; the signature binds to the record as reviewed.
+/// with the password; the signature binds to the record as reviewed. An attempt
+/// by someone without the authority to sign is refused and audited.
 pub async fn sign_release(
     shared: &Shared,
     user: &User,
     form: SignForm<'_>,
 ) -> Result<(Signature, Order), Error> {
-    require_role(user, &[Role::Qa])?;
+    if let Err(refused) = require_role(user, &[Role::Qa]) {
+        tracing::warn!(username = %user.username, batch_id = %form.batch_id, "refused: signing without the QA role");
+        shared
+            .store
+            .audit(
+                &NewEntry::new(
+                    &user.username,
+                    "release.signing_refused",
+                    format!("batch/{}", form.batch_id),
+                )
+                .batch(form.batch_id)
+                .reason(refused.to_string()),
+            )
+            .await?;
+        return Err(refused);
+    }
     let sha = form.record_sha256.trim().to_ascii_lowercase();
     if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(field(

@@ -6,6 +6,11 @@
 //! start (or after a crash) it re-derives where each batch stands from the records,
 //! resumes an interrupted step from its last recorded sample, and records the
 //! interruption as a deviation, so nothing is done twice and nothing is skipped.
+//!
+//! A full disk stops nothing that is recorded from being kept: a step is not started
+//! without room for its records ([`MIN_FREE_BYTES_TO_START_STEP`]), and a record that
+//! cannot be written because the disk filled up is retried, in order, until space
+//! is freed; the batch waits meanwhile and says so in the log.
 
 use crate::config::SimulatorConfig;
 use crate::custody;
@@ -26,6 +31,15 @@ pub const AGENT: &str = "agent";
 /// Process hours between the last manufacturing step and the release test results
 /// (the QC laboratory's turnaround).
 const QC_TURNAROUND_HOURS: f64 = 24.0;
+
+/// A step is not started with less room than this left for the site's records: a
+/// long step writes hundreds of records, and SQLite's write-ahead log grows by up to
+/// about 4 MiB between checkpoints. A step that could not be recorded to its end
+/// would leave a patient's cells in an unrecorded process.
+pub const MIN_FREE_BYTES_TO_START_STEP: u64 = 8 * 1024 * 1024;
+
+/// How often a batch waiting for disk space looks again.
+const DISK_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 enum Stop {
@@ -146,25 +160,100 @@ impl BatchRun {
             Err(Stop::Shutdown) => {}
             Err(Stop::Inactive) => tracing::info!(%batch_id, "batch stopped: no longer active"),
             Err(Stop::Custody(e)) => {
-                tracing::error!(%batch_id, error = %e, "cannot pass a custody checkpoint; the batch is paused until the agent restarts")
+                tracing::error!(%batch_id, error = %e, "cannot pass a custody checkpoint; the batch stops here and is tried again in a few seconds")
             }
             Err(Stop::Store(e)) => {
-                tracing::error!(%batch_id, error = %e, "cannot record; the batch is paused until the agent restarts")
+                tracing::error!(%batch_id, error = %e, "cannot record; the batch stops here and is tried again in a few seconds")
             }
         }
     }
 
     async fn record(&self, kind: EventKind) -> Result<SiteEvent, Stop> {
-        if !self
-            .store
-            .batch(self.batch.batch_id)
-            .await?
-            .state
-            .is_active()
-        {
-            return Err(Stop::Inactive);
+        let batch_id = self.batch.batch_id;
+        self.while_disk_full(kind.name(), || {
+            let kind = kind.clone();
+            async move {
+                if !self.store.batch(batch_id).await?.state.is_active() {
+                    return Err(Stop::Inactive);
+                }
+                Ok(self.store.append(batch_id, AGENT, kind).await?)
+            }
+        })
+        .await
+    }
+
+    /// Runs a write, and while it fails because the disk is full, waits and runs it
+    /// again: nothing already recorded is touched, and the records that follow keep
+    /// their order because the batch waits for this one.
+    async fn while_disk_full<T, F, Fut>(&self, what: &str, mut write: F) -> Result<T, Stop>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Stop>>,
+    {
+        let mut waiting = false;
+        loop {
+            match write().await {
+                Err(Stop::Store(store::Error::DiskFull(e))) => {
+                    if !waiting {
+                        tracing::error!(batch_id = %self.batch.batch_id, coi = %self.batch.coi, record = what,
+                            dir = %self.store.dir().display(), error = %e,
+                            "DISK FULL: cannot record; the batch waits and retries every second until space is freed (nothing recorded is lost)");
+                        waiting = true;
+                    }
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                        _ = tokio::time::sleep(DISK_RETRY) => {}
+                    }
+                }
+                result => {
+                    if waiting && result.is_ok() {
+                        tracing::info!(batch_id = %self.batch.batch_id, record = what, "disk space freed: recording again");
+                    }
+                    return result;
+                }
+            }
         }
-        Ok(self.store.append(self.batch.batch_id, AGENT, kind).await?)
+    }
+
+    /// Waits until the disk holding the site's records has room for a step's
+    /// records; refuses (and says so) to start the step before.
+    async fn wait_for_room(&self, step: &Step) -> Result<(), Stop> {
+        let mut refused = false;
+        loop {
+            let free = match self.store.free_bytes() {
+                Ok(free) => free,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot tell how much disk space is left; starting the step");
+                    return Ok(());
+                }
+            };
+            if free >= MIN_FREE_BYTES_TO_START_STEP {
+                if refused {
+                    tracing::info!(batch_id = %self.batch.batch_id, step = %step.id, free_bytes = free,
+                        "disk space freed: starting the step");
+                }
+                return Ok(());
+            }
+            if !refused {
+                tracing::error!(batch_id = %self.batch.batch_id, coi = %self.batch.coi, step = %step.id,
+                    free_bytes = free, needed_bytes = MIN_FREE_BYTES_TO_START_STEP, dir = %self.store.dir().display(),
+                    "DISK NEARLY FULL: refusing to start a new step until space is freed on the disk holding the site's records");
+                refused = true;
+            }
+            if !self
+                .store
+                .batch(self.batch.batch_id)
+                .await?
+                .state
+                .is_active()
+            {
+                return Err(Stop::Inactive);
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = tokio::time::sleep(DISK_RETRY) => {}
+            }
+        }
     }
 
     /// Waits `process_hours` of process time, compressed.
@@ -223,11 +312,16 @@ impl BatchRun {
                 sim.readings(step, step.duration_hours);
                 continue;
             }
-            self.pass_checkpoint(step).await?;
             let resume_from = match &progress.in_flight {
                 Some((id, hours)) if *id == step.id => Some(*hours),
                 _ => None,
             };
+            // A step already under way goes on being recorded whatever the space
+            // left: its cells are in the process. Only new steps wait for room.
+            if resume_from.is_none() {
+                self.wait_for_room(step).await?;
+            }
+            self.pass_checkpoint(step).await?;
             self.run_step(&mut sim, step, resume_from, &progress)
                 .await?;
             self.record_tests(&mut sim, &step.in_process_tests, &progress)
@@ -242,7 +336,10 @@ impl BatchRun {
         }
         self.record_tests(&mut sim, &recipe.release_tests, &progress)
             .await?;
-        self.store.mark_awaiting_release(batch.batch_id).await?;
+        self.while_disk_full("awaiting release", || async {
+            Ok(self.store.mark_awaiting_release(batch.batch_id).await?)
+        })
+        .await?;
         Ok(())
     }
 

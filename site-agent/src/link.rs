@@ -79,6 +79,9 @@ impl Link {
                 _ = shutdown.cancelled() => return,
                 result = self.session(hub, &shutdown) => result,
             };
+            // A link that got as far as Welcome worked: the next failure starts the
+            // backoff from the beginning.
+            let was_up = self.state.borrow().connected;
             self.state.send_modify(|s| s.connected = false);
             match result {
                 Ok(()) => tracing::info!("link to the hub closed"),
@@ -93,8 +96,7 @@ impl Link {
             if shutdown.is_cancelled() {
                 return;
             }
-            // A link that stayed up a while starts the backoff again.
-            if started.elapsed() > self.reconnect_max {
+            if was_up || started.elapsed() > self.reconnect_max {
                 backoff = self.reconnect_min;
             }
             // Another replica is worth trying at once; the backoff applies per round.
@@ -113,6 +115,15 @@ impl Link {
                 _ = tokio::time::sleep(delay) => {}
             }
             backoff = (backoff * 2).min(self.reconnect_max);
+        }
+    }
+
+    /// Keeps the hub's acknowledgement for status and metrics. It is not needed for
+    /// correctness (the hub's Welcome is the authority), so a failure to save it, for
+    /// example on a full disk, must not stop replication of what is already recorded.
+    async fn note_acked(&self, acked: u64) {
+        if let Err(e) = self.store.set_hub_acked(acked).await {
+            tracing::warn!(error = %e, acked, "cannot note the hub's acknowledgement locally; replication goes on");
         }
     }
 
@@ -160,7 +171,7 @@ impl Link {
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
         let mut acked = welcome.acked_event_seq;
         let mut sent = acked;
-        self.store.set_hub_acked(acked).await?;
+        self.note_acked(acked).await;
         self.state.send_modify(|s| {
             s.connected = true;
             s.hub_acked_event_seq = acked;
@@ -222,7 +233,7 @@ impl Link {
                                 )));
                             }
                             acked = ack.seq;
-                            self.store.set_hub_acked(acked).await?;
+                            self.note_acked(acked).await;
                             self.state.send_modify(|s| s.hub_acked_event_seq = acked);
                         }
                         Some(hub_message::Body::Heartbeat(_)) => {}

@@ -138,6 +138,8 @@ pub enum Applied {
 
 pub struct Store {
     pool: SqlitePool,
+    /// The directory holding the database, for asking how much room is left.
+    dir: std::path::PathBuf,
     write_lock: Mutex<()>,
     /// Woken whenever an event is appended (the link sends it).
     appended: Notify,
@@ -191,6 +193,26 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A write that fails half-way (the disk is full, say) can leave the
+            // connection believing it is still in a transaction that SQLite has
+            // already rolled back; such a connection refuses every later BEGIN
+            // ("non-zero transaction depth"), so it is closed instead of reused.
+            // The ping runs after the rollback queued by the dropped transaction.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::{Connection, Database, TransactionManager};
+                    conn.ping().await?;
+                    let depth =
+                        <Sqlite as Database>::TransactionManager::get_transaction_depth(conn);
+                    if depth > 0 {
+                        tracing::warn!(
+                            depth,
+                            "closing a database connection left inside a failed transaction"
+                        );
+                    }
+                    Ok(depth == 0)
+                })
+            })
             .connect_with(options)
             .await?;
         let check: String = sqlx::query_scalar("PRAGMA quick_check")
@@ -204,6 +226,11 @@ impl Store {
         MIGRATOR.run(&pool).await?;
         Ok(Store {
             pool,
+            dir: path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_owned(),
             write_lock: Mutex::new(()),
             appended: Notify::new(),
             batches_changed: Notify::new(),
@@ -212,6 +239,18 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Bytes left for new records on the file system holding the database (what
+    /// this process may still write there).
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Where the database lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Resolves after the next append.

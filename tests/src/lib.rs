@@ -6,6 +6,10 @@
 //! The binaries are found next to the test executable (`target/<profile>/`); build
 //! them first, which `cargo test --workspace` does.
 
+pub mod proxy;
+pub mod raw_link;
+pub mod scenario;
+
 use anyhow::{bail, Context};
 use carrel_proto::pb;
 use serde_json::Value;
@@ -96,6 +100,11 @@ impl Hub {
         self.dir.path().join("hub.log")
     }
 
+    /// The hub's gRPC address, for a proxy to forward to.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// Starts a hub on a free port with fast heartbeats, and waits until it serves.
     pub async fn start() -> Hub {
         let dir = tempfile::Builder::new()
@@ -160,6 +169,21 @@ impl Hub {
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
+    }
+
+    /// SIGTERM and wait (up to 20 s, then SIGKILL): the orderly stop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Runs `carrel-hub` with this hub's address and CA, and the token file of `user`.
@@ -336,6 +360,8 @@ pub struct Agent {
     pub site_id: String,
     child: Option<Child>,
     time_compression: f64,
+    /// Where the log goes when it must not share the data directory's disk.
+    log_dir: Option<tempfile::TempDir>,
 }
 
 impl Agent {
@@ -344,6 +370,34 @@ impl Agent {
         let dir = tempfile::Builder::new()
             .prefix("carrel-agent-test-")
             .tempdir()?;
+        Self::enroll_into_dir(hub, site_id, token, dir, None)
+    }
+
+    /// Enrolls a new site agent whose data directory is made inside `parent` (a
+    /// small file system of the test's own, say), with its log kept elsewhere so
+    /// that it can still say what happens when that file system is full.
+    pub fn enroll_in(
+        hub: &Hub,
+        site_id: &str,
+        token: &str,
+        parent: &Path,
+    ) -> anyhow::Result<Agent> {
+        let dir = tempfile::Builder::new()
+            .prefix("carrel-agent-test-")
+            .tempdir_in(parent)?;
+        let log_dir = tempfile::Builder::new()
+            .prefix("carrel-agent-log-")
+            .tempdir()?;
+        Self::enroll_into_dir(hub, site_id, token, dir, Some(log_dir))
+    }
+
+    fn enroll_into_dir(
+        hub: &Hub,
+        site_id: &str,
+        token: &str,
+        dir: tempfile::TempDir,
+        log_dir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Agent> {
         let out = enroll_into(hub, token, dir.path())?;
         if !out.status.success() {
             bail!(
@@ -356,6 +410,7 @@ impl Agent {
             site_id: site_id.to_owned(),
             child: None,
             time_compression: 100_000.0,
+            log_dir,
         };
         // Simulated operators pass the manufacturing custody checkpoints, unless a
         // test scans itself (`configure(&["simulator", "auto_scan"], false.into())`).
@@ -363,12 +418,22 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Points the agent at `url` instead of the hub's own address (a proxy), with a
+    /// short reconnect backoff so that a healed link is used again quickly.
+    pub fn dial(&self, url: &str) {
+        self.configure(&["hub"], url.into());
+        self.configure(&["reconnect_max_ms"], 1_000.into());
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("agent.log")
+        match &self.log_dir {
+            Some(dir) => dir.path().join("agent.log"),
+            None => self.dir.path().join("agent.log"),
+        }
     }
 
     /// Process seconds per real second for the simulated instrument.

@@ -1,0 +1,184 @@
+//! Authority: who may do what is decided by credentials, and a refusal is kept on
+//! the record. Only QA signs release; a physician sees only their own patients'
+//! orders; a site writes only its own batches.
+
+use carrel_proto::event::EventKind;
+use carrel_proto::pb;
+use carrel_tests::raw_link::{events_body, RawLink, SiteLog};
+use carrel_tests::scenario::*;
+use carrel_tests::*;
+use std::time::Duration;
+use tonic::Code;
+use uuid::Uuid;
+
+const TECHNICIAN: (&str, &str) = ("tech.fault", "technician-password-1");
+const ADMIN: (&str, &str) = ("admin.fault", "admin-password-1234");
+const OTHER_PHYSICIAN: (&str, &str) = ("dr.other", "other-password-12345");
+
+async fn audited(db: &sqlx::SqlitePool, action: &str, actor: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = ? AND actor = ?")
+        .bind(action)
+        .bind(actor)
+        .fetch_one(db)
+        .await
+        .expect("audit count")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_qa_signs_release_and_every_refusal_is_audited() {
+    let hub = Hub::start().await;
+    add_people(&hub);
+    hub.add_user(TECHNICIAN.0, "technician", TECHNICIAN.1);
+    hub.add_user(ADMIN.0, "admin", ADMIN.1);
+    hub.add_user(OTHER_PHYSICIAN.0, "physician", OTHER_PHYSICIAN.1);
+    let token = hub.add_site("site-r");
+    let mut agent = Agent::enroll(&hub, "site-r", &token)
+        .expect("enroll")
+        .with_time_compression(150_000.0);
+    agent.start();
+    let (order_id, batch_id) = create_order(&hub, "site-r", "P-9301");
+    wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(60)).await;
+    let db = hub.db().await;
+
+    let qa = hub.login(QA.0, QA.1).await.expect("qa");
+    let mut release = pb::release_service_client::ReleaseServiceClient::new(hub.channel().await);
+    let record_sha256 = release
+        .get_batch_record(authed(
+            &qa,
+            pb::GetBatchRecordRequest {
+                batch_id: batch_id.clone(),
+            },
+        ))
+        .await
+        .expect("record")
+        .into_inner()
+        .record
+        .expect("record")
+        .record_sha256;
+    let sign = |password: &str| pb::SignReleaseRequest {
+        batch_id: batch_id.clone(),
+        meaning: pb::ReleaseMeaning::Released as i32,
+        password: password.into(),
+        record_sha256: record_sha256.clone(),
+        reason: String::new(),
+    };
+
+    // Everyone but QA is refused, with their own correct password and the right
+    // record hash: it is the role that is missing.
+    for ((user, password), role) in [
+        (TECHNICIAN, "technician"),
+        (PHYSICIAN, "physician"),
+        (ADMIN, "admin"),
+    ] {
+        let session = hub.login(user, password).await.expect("login");
+        let refused = release
+            .sign_release(authed(&session, sign(password)))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{user}: {}",
+            refused.message()
+        );
+        assert!(
+            refused
+                .message()
+                .contains(&format!("{user} is a {role}; this needs the role qa")),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(
+            audited(&db, "release.signing_refused", user).await,
+            1,
+            "{user}'s attempt is audited"
+        );
+    }
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM signatures").await, 0);
+    assert_eq!(order_state(&hub, &order_id), "awaiting_release");
+    let on_the_batch: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'release.signing_refused' AND batch_id = ?",
+    )
+    .bind(&batch_id)
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!(
+        on_the_batch, 3,
+        "the attempts are in the batch's audit trail"
+    );
+
+    // QA signs.
+    release
+        .sign_release(authed(&qa, sign(QA.1)))
+        .await
+        .expect("QA signs");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM signatures").await, 1);
+    assert_eq!(audited(&db, "release.signing_refused", QA.0).await, 0);
+
+    // Another physician asking for this order is told it does not exist, and the
+    // attempt is audited.
+    let other = hub
+        .login(OTHER_PHYSICIAN.0, OTHER_PHYSICIAN.1)
+        .await
+        .expect("login");
+    let refused = pb::order_service_client::OrderServiceClient::new(hub.channel().await)
+        .get_order(authed(
+            &other,
+            pb::GetOrderRequest {
+                order_id: order_id.clone(),
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::NotFound);
+    assert_eq!(
+        audited(&db, "order.access_refused", OTHER_PHYSICIAN.0).await,
+        1
+    );
+    assert_eq!(audited(&db, "order.access_refused", PHYSICIAN.0).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_cannot_write_another_sites_batch() {
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token_a = hub.add_site("site-1");
+    let token_b = hub.add_site("site-2");
+    let _site_a = Agent::enroll(&hub, "site-1", &token_a).expect("enroll"); // not started
+    let site_b = Agent::enroll(&hub, "site-2", &token_b).expect("enroll"); // the test is site-2
+    let (order_id, batch_id) = create_order(&hub, "site-1", "P-9401");
+    let coi = str_field(&order_show(&hub, PHYSICIAN.0, &order_id), "coi").to_owned();
+    let db = hub.db().await;
+
+    // Site 2's certificate says who it is, whatever it would claim.
+    let (mut link, welcome) = RawLink::hello(&hub, site_b.data_dir()).await;
+    assert_eq!(welcome.site_id, "site-2");
+    let mut log = SiteLog::default();
+    let event = log.event(
+        Uuid::parse_str(&batch_id).expect("batch id"),
+        chrono::Utc::now(),
+        EventKind::BatchAccepted {
+            coi,
+            recipe_id: "cd19-car-t".into(),
+            recipe_version: 1,
+            recipe_sha256: "x".into(),
+        },
+    );
+    link.send(events_body(vec![pb::SiteEvent::from(&event)]))
+        .await;
+    let refused = link.next().await.expect_err("refused");
+    assert_eq!(
+        refused.code(),
+        Code::PermissionDenied,
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("belongs to another site"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM site_events").await, 0);
+    assert_eq!(order_state(&hub, &order_id), "ordered");
+}

@@ -1,0 +1,438 @@
+//! Storage faults: a site agent whose disk fills up in the middle of a batch, and a
+//! hub whose database is damaged or cannot be read.
+//!
+//! The agent's disk is a small ext4 file system of the test's own, loop-mounted
+//! (a tmpfs would not do: it ignores fsync). That needs root, as in CI.
+
+use carrel_tests::scenario::*;
+use carrel_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A small ext4 file system in an image file, mounted for the test, unmounted and
+/// deleted on drop.
+struct LoopDisk {
+    /// Holds the image and the mount point; removed after unmounting.
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl LoopDisk {
+    fn new(megabytes: u32) -> LoopDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("carrel-disk-")
+            .tempdir()
+            .expect("tempdir");
+        let image = dir.path().join("disk.img");
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).expect("mount point");
+        let image_text = image.to_str().expect("utf-8 path");
+        run("truncate", &["-s", &format!("{megabytes}M"), image_text]);
+        // No blocks reserved for root: the agent runs as root here, and "full"
+        // should mean full.
+        run("mkfs.ext4", &["-q", "-m", "0", image_text]);
+        let mounted = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount)
+            .output()
+            .expect("mount");
+        assert!(
+            mounted.status.success(),
+            "this test mounts a small ext4 image (it needs root and a loop device): {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        LoopDisk { _dir: dir, mount }
+    }
+
+    fn path(&self) -> &Path {
+        &self.mount
+    }
+
+    /// Bytes free on the file system.
+    fn free(&self) -> u64 {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(&self.mount)
+            .output()
+            .expect("stat -f");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut parts = text
+            .split_whitespace()
+            .map(|p| p.parse::<u64>().expect("a number"));
+        let (blocks, size) = (
+            parts.next().expect("blocks"),
+            parts.next().expect("block size"),
+        );
+        blocks * size
+    }
+
+    /// Fills the file system until at most `leave` bytes are free.
+    fn fill(&self, leave: u64) {
+        for n in 0.. {
+            let free = self.free();
+            if free <= leave {
+                return;
+            }
+            let filler = self.mount.join(format!("filler-{n}"));
+            let size = (free - leave).max(4096);
+            let done = Command::new("fallocate")
+                .args(["-l", &size.to_string()])
+                .arg(&filler)
+                .output()
+                .expect("fallocate");
+            if !done.status.success() {
+                // Not that much room after all (metadata): take what is left in blocks.
+                let _ = Command::new("dd")
+                    .args(["if=/dev/zero", "bs=4096", "status=none"])
+                    .arg(format!("of={}", filler.display()))
+                    .arg(format!("count={}", size / 4096))
+                    .status();
+                if leave == 0 && self.free() > 0 {
+                    continue;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Deletes what [`LoopDisk::fill`] wrote.
+    fn free_all(&self) {
+        for entry in std::fs::read_dir(&self.mount).expect("read mount") {
+            let path = entry.expect("entry").path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("filler-"))
+            {
+                std::fs::remove_file(&path).expect("remove filler");
+            }
+        }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        if self.mount.join("lost+found").exists() {
+            // Still busy: detach it now, it goes when the last user does.
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+async fn started_steps(db: &sqlx::SqlitePool) -> i64 {
+    count(
+        db,
+        "SELECT COUNT(*) FROM events WHERE kind = 'step_started'",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_at_a_site_refuses_new_steps_loudly_and_loses_nothing_recorded() {
+    let disk = LoopDisk::new(64);
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-s");
+    // About 30 s of manufacturing; the expansion step alone takes 20 s.
+    let mut agent = Agent::enroll_in(&hub, "site-s", &token, disk.path())
+        .expect("enroll")
+        .with_time_compression(30_000.0);
+    agent.start();
+    let (order_id, batch_id) = create_order(&hub, "site-s", "P-7001");
+    let db = agent.db().await;
+    wait_step_running(&db, &batch_id, "expansion", Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The disk fills up in the middle of a step.
+    disk.fill(0);
+    assert_eq!(disk.free(), 0);
+    let full = "DISK FULL: cannot record";
+    let noticed = wait_log(
+        "the agent",
+        || agent.log(),
+        full,
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    let recorded_before = agent_events(&db).await;
+    let line = agent
+        .log()
+        .lines()
+        .find(|l| l.contains(full))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("disk is full") && line.contains("retries every second"),
+        "the agent says what is wrong and what it does: {line}"
+    );
+    // While full, the batch records nothing more and starts no step; what was
+    // recorded before still reaches the hub.
+    let hub_db = hub.db().await;
+    eventually(
+        Duration::from_secs(10),
+        "the hub to hold what the site recorded",
+        || {
+            let hub_db = hub_db.clone();
+            let want = recorded_before.len() as i64;
+            async move { (hub_acked(&hub_db, "site-s").await == want).then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        agent_events(&db).await,
+        recorded_before,
+        "nothing is written, and nothing written is changed, while the disk is full"
+    );
+
+    // Space freed: the batch goes on by itself, no restart needed.
+    disk.free_all();
+    wait_log(
+        "the agent",
+        || agent.log(),
+        "disk space freed: recording again",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the batch to record again", || {
+        let db = db.clone();
+        let before = recorded_before.len() as i64;
+        async move { (last_seq(&db).await > before + 2).then_some(()) }
+    })
+    .await;
+
+    // Full again, and then the power goes with the disk still full.
+    disk.fill(0);
+    wait_log(
+        "the agent",
+        || agent.log(),
+        full,
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let recorded_before = agent_events(&db).await;
+    println!(
+        "disk full noticed {noticed:?} after filling; {} events recorded before the second fill",
+        recorded_before.len()
+    );
+    db.close().await;
+    agent.kill();
+
+    // Some space comes back, but less than a new step needs.
+    disk.free_all();
+    disk.fill(2 * MIB);
+    assert!(disk.free() < carrel_site_agent::executor::MIN_FREE_BYTES_TO_START_STEP);
+    let refused = "DISK NEARLY FULL: refusing to start a new step";
+    agent.start();
+    let db = agent.db().await;
+    let after_restart = agent_events(&db).await;
+    assert_eq!(
+        &after_restart[..recorded_before.len()],
+        &recorded_before[..],
+        "everything recorded before the disk filled up survived the crash"
+    );
+    // The interrupted step goes on being recorded (its cells are in the process),
+    // and the next step is refused until there is room.
+    wait_log(
+        "the agent",
+        || agent.log(),
+        refused,
+        0,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        !step_running(&db, &batch_id, "expansion").await,
+        "the step under way was recorded to its end"
+    );
+    let steps = started_steps(&db).await;
+    let seq = last_seq(&db).await;
+    // 3 s is 25 process hours here: the harvest and formulation steps would start.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        started_steps(&db).await,
+        steps,
+        "no new step started without room"
+    );
+    assert_eq!(last_seq(&db).await, seq, "the batch waits");
+    let refusal = agent
+        .log()
+        .lines()
+        .find(|l| l.contains(refused))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        refusal.contains("step=harvest") && refusal.contains("free_bytes="),
+        "the refusal names the step and the space left: {refusal}"
+    );
+
+    // Space freed: the batch goes on by itself, and everything reaches the hub.
+    disk.free_all();
+    wait_log(
+        "the agent",
+        || agent.log(),
+        "disk space freed: starting the step",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(60)).await;
+    let moved = assert_hub_has_the_site_log(&hub, &agent, Duration::from_secs(30)).await;
+    let site_log = agent_events(&db).await;
+    assert_eq!(&site_log[..recorded_before.len()], &recorded_before[..]);
+    let restart_deviations = count(
+        &db,
+        "SELECT COUNT(*) FROM events WHERE kind = 'deviation_raised' AND json_extract(body, '$.kind.deviation_id') LIKE '%expansion-RESTART'",
+    )
+    .await;
+    assert_eq!(
+        restart_deviations, 1,
+        "the interrupted step is on the record"
+    );
+    println!(
+        "disk full at the site: {} events kept through the fault and a crash, {moved} events checked at the hub, nothing lost",
+        recorded_before.len()
+    );
+}
+
+/// Runs `carrel-hub serve` and waits for it to exit (failing if it serves instead).
+fn serve_must_refuse(hub: &Hub) -> String {
+    let _ = std::fs::remove_file(hub.data_dir().join("hub.addr"));
+    let mut child = Command::new(binary("carrel-hub"))
+        .args(["serve", "--config"])
+        .arg(hub.config_path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start carrel-hub");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline || hub.data_dir().join("hub.addr").exists() {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "carrel-hub served on a bad database:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !status.success(),
+        "carrel-hub serve must exit non-zero:\n{text}"
+    );
+    assert!(
+        !hub.data_dir().join("hub.addr").exists(),
+        "the hub never bound its port"
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hub_database_that_is_damaged_or_unreadable_stops_the_hub_with_a_clear_message() {
+    let mut hub = Hub::start().await;
+    add_people(&hub);
+    for i in 0..40 {
+        hub.add_site(&format!("site-{i:02}"));
+    }
+    // Stopped, and everything moved from the write-ahead log into the database
+    // file itself, so that damaging the file damages what the hub would read.
+    hub.stop();
+    let db_path = hub.data_dir().join("hub.db");
+    let pool = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(&db_path),
+    )
+    .await
+    .expect("open hub.db");
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await
+        .expect("checkpoint");
+    pool.close().await;
+    let wal = hub.data_dir().join("hub.db-wal");
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+    let good = std::fs::read(&db_path).expect("hub.db");
+    let page = 4096;
+    assert!(good.len() >= 8 * page, "a database of {} bytes", good.len());
+
+    // 1. One damaged page in the middle of the file.
+    let mut damaged = good.clone();
+    let at = (good.len() / page / 2) * page;
+    for (i, byte) in damaged[at..at + page].iter_mut().enumerate() {
+        *byte = (i * 7 + 13) as u8;
+    }
+    std::fs::write(&db_path, &damaged).expect("damage a page");
+    let said = serve_must_refuse(&hub);
+    assert!(
+        said.contains("opening the hub database")
+            && (said.contains("integrity check failed") || said.contains("malformed")),
+        "the hub says its database is damaged:\n{said}"
+    );
+    assert_eq!(
+        std::fs::read(&db_path).expect("hub.db"),
+        damaged,
+        "the hub left the damaged file as it was"
+    );
+
+    // 2. Not a database at all (the start of the file overwritten).
+    let mut garbage = good.clone();
+    garbage[..100].copy_from_slice(&[0x5a; 100]);
+    std::fs::write(&db_path, &garbage).expect("overwrite the header");
+    let said = serve_must_refuse(&hub);
+    assert!(
+        said.contains("opening the hub database") && said.contains("not a database"),
+        "the hub says the file is not a database:\n{said}"
+    );
+    assert_eq!(std::fs::read(&db_path).expect("hub.db"), garbage);
+
+    // 3. Cannot be read at all (root reads any file, so: a directory in its place).
+    std::fs::remove_file(&db_path).expect("remove");
+    std::fs::create_dir(&db_path).expect("a directory where the file was");
+    let said = serve_must_refuse(&hub);
+    assert!(
+        said.contains("opening the hub database") && said.contains("unable to open"),
+        "the hub says it cannot open its database:\n{said}"
+    );
+    std::fs::remove_dir(&db_path).expect("remove the directory");
+
+    // The same database, undamaged, serves again with everything in it.
+    std::fs::write(&db_path, &good).expect("restore");
+    hub.restart().await;
+    let sites: i64 = count(&hub.db().await, "SELECT COUNT(*) FROM sites").await;
+    assert_eq!(sites, 40);
+    println!(
+        "3 bad hub databases refused at start, each with its own message; the good one served"
+    );
+}
