@@ -1,0 +1,774 @@
+//! The seven measurements. Each function measures one repetition of one figure and
+//! returns plain numbers; `main` repeats them, summarises and prints the table.
+
+use crate::fleet::{self, Chain, Hub, Site};
+use crate::sqlprofile::SqlProfile;
+use crate::stats;
+use anyhow::{bail, Context};
+use chrono::Utc;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------- 1. raw limit
+
+/// Rows per second for large transactions, and single-row commits per second, on a
+/// scratch copy of the hub's `site_events` table with the hub's SQLite settings.
+pub struct Raw {
+    pub rows_per_sec: f64,
+    pub commits_per_sec: f64,
+}
+
+pub async fn raw_limit(
+    dir: &Path,
+    rep: usize,
+    rows: u64,
+    single_commits: u64,
+) -> anyhow::Result<Raw> {
+    let pool = fleet::open_pool(&dir.join("raw-limit.db"), true).await?;
+    for ddl in [
+        "CREATE TABLE IF NOT EXISTS sites (site_id TEXT PRIMARY KEY)",
+        // The same shape as the hub's site_events (hub/migrations/sqlite).
+        "CREATE TABLE IF NOT EXISTS site_events (
+            site_id     TEXT    NOT NULL REFERENCES sites(site_id),
+            seq         INTEGER NOT NULL,
+            event_id    TEXT    NOT NULL,
+            batch_id    TEXT    NOT NULL,
+            kind        TEXT    NOT NULL,
+            recorded_at TEXT    NOT NULL,
+            received_at TEXT    NOT NULL,
+            body        TEXT    NOT NULL,
+            sha256      TEXT    NOT NULL,
+            PRIMARY KEY (site_id, seq))",
+        "CREATE INDEX IF NOT EXISTS site_events_batch ON site_events (batch_id, site_id, seq)",
+    ] {
+        sqlx::query(ddl).execute(&pool).await?;
+    }
+    let site = format!("raw-{rep}");
+    sqlx::query("INSERT OR IGNORE INTO sites (site_id) VALUES (?)")
+        .bind(&site)
+        .execute(&pool)
+        .await?;
+    let mut chain = Chain::new(uuid::Uuid::now_v7(), "G123426000001X");
+    let now = Utc::now();
+    let prepared: Vec<fleet::Row> = (0..rows + single_commits)
+        .map(|_| chain.next_row(now))
+        .collect();
+    let (bulk, single) = prepared.split_at(rows as usize);
+
+    let started = Instant::now();
+    for txn in bulk.chunks(10_000) {
+        fleet::insert_rows(&pool, "site_events", Some(&site), txn, 100).await?;
+    }
+    let rows_per_sec = rows as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    for row in single.chunks(1) {
+        fleet::insert_rows(&pool, "site_events", Some(&site), row, 1).await?;
+    }
+    let commits_per_sec = single_commits as f64 / started.elapsed().as_secs_f64();
+    pool.close().await;
+    Ok(Raw {
+        rows_per_sec,
+        commits_per_sec,
+    })
+}
+
+// ---------------------------------------------------------- 2. durable ingest
+
+pub struct Ingest {
+    pub events_per_sec: f64,
+    pub events: u64,
+    pub secs: f64,
+    pub commits: u64,
+    pub cpu_secs: f64,
+    pub cpu_by_threads: Value,
+    pub sql: Option<Value>,
+}
+
+/// Every site records `events_per_site` events as fast as the hub takes them, with
+/// at most `outstanding` recorded but unacknowledged; measures acknowledged events
+/// per second until all are acknowledged or `max` has passed.
+pub async fn ingest(
+    hub: &Hub,
+    sites: Vec<Site>,
+    events_per_site: u64,
+    outstanding: u64,
+    max: Duration,
+    profile: Option<&SqlProfile>,
+) -> anyhow::Result<(Vec<Site>, Ingest)> {
+    let links: Vec<_> = sites.iter().map(|s| s.link.clone()).collect();
+    let acked_before: Vec<u64> = sites.iter().map(|s| s.acked()).collect();
+    let commits_before = hub.ingest_commits().await?;
+    let cpu_before = stats::cpu_time(None)?;
+    let threads_before = stats::cpu_by_thread_group();
+    if let Some(p) = profile {
+        p.reset();
+    }
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let mut producers = JoinSet::new();
+    let mut targets = Vec::new();
+    for mut site in sites {
+        let last = site.store.last_event_seq().await?;
+        let target = last + events_per_site;
+        targets.push(target);
+        let stop = stop.clone();
+        producers.spawn(async move {
+            let mut link = site.link.clone();
+            let mut seq = last;
+            while seq < target && !stop.is_cancelled() {
+                let acked = link.borrow_and_update().hub_acked_event_seq;
+                if seq.saturating_sub(acked) >= outstanding {
+                    tokio::select! {
+                        changed = link.changed() => if changed.is_err() { break },
+                        _ = stop.cancelled() => break,
+                    }
+                    continue;
+                }
+                seq = site.append_next().await?.seq;
+            }
+            anyhow::Ok(site)
+        });
+    }
+    let deadline = started + max;
+    let mut finished = None;
+    while Instant::now() < deadline {
+        if links
+            .iter()
+            .zip(&targets)
+            .all(|(l, t)| l.borrow().hub_acked_event_seq >= *t)
+        {
+            finished = Some(Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let ended = finished.unwrap_or_else(Instant::now);
+    let acked: u64 = links
+        .iter()
+        .zip(&acked_before)
+        .map(|(l, before)| l.borrow().hub_acked_event_seq - before)
+        .sum();
+    let cpu = stats::cpu_time(None)?.saturating_sub(cpu_before);
+    let threads_after = stats::cpu_by_thread_group();
+    let commits = hub.ingest_commits().await? - commits_before;
+    let sql = profile.map(|p| p.hub_report(acked, commits));
+    stop.cancel();
+    let mut sites = Vec::new();
+    while let Some(done) = producers.join_next().await {
+        sites.push(done.context("producer panicked")??);
+    }
+    sites.sort_by(|a, b| a.site_id.cmp(&b.site_id));
+    drain(&sites, Duration::from_secs(300)).await?;
+    let secs = ended.duration_since(started).as_secs_f64();
+    Ok((
+        sites,
+        Ingest {
+            events_per_sec: acked as f64 / secs,
+            events: acked,
+            secs,
+            commits,
+            cpu_secs: cpu.as_secs_f64(),
+            cpu_by_threads: stats::cpu_delta(&threads_before, &threads_after),
+            sql,
+        },
+    ))
+}
+
+/// Every site records `events_per_site` events while its link is down, then all
+/// links come up at once: the hub's ingest rate when sites send full messages
+/// (the agent sends up to 200 events per message when it has a backlog), so the
+/// simulated sites' own recording costs nothing during the measurement.
+pub async fn ingest_recorded(
+    hub: &Hub,
+    mut sites: Vec<Site>,
+    events_per_site: u64,
+    max: Duration,
+) -> anyhow::Result<(Vec<Site>, Ingest)> {
+    for site in &mut sites {
+        site.pause_link().await;
+    }
+    let mut targets = Vec::new();
+    for site in &mut sites {
+        site.record_offline(events_per_site).await?;
+        targets.push(site.store.last_event_seq().await?);
+    }
+    let commits_before = hub.ingest_commits().await?;
+    let cpu_before = stats::cpu_time(None)?;
+    let threads_before = stats::cpu_by_thread_group();
+    let started = Instant::now();
+    for site in &mut sites {
+        site.resume_link(&hub.url)?;
+    }
+    let deadline = started + max;
+    let mut finished = None;
+    while Instant::now() < deadline {
+        if sites.iter().zip(&targets).all(|(s, t)| s.acked() >= *t) {
+            finished = Some(Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let ended = finished.unwrap_or_else(Instant::now);
+    let acked: u64 = sites
+        .iter()
+        .zip(&targets)
+        .map(|(s, t)| s.acked().min(*t).saturating_sub(t - events_per_site))
+        .sum();
+    let cpu = stats::cpu_time(None)?.saturating_sub(cpu_before);
+    let threads_after = stats::cpu_by_thread_group();
+    let commits = hub.ingest_commits().await? - commits_before;
+    drain(&sites, Duration::from_secs(300)).await?;
+    let secs = ended.duration_since(started).as_secs_f64();
+    Ok((
+        sites,
+        Ingest {
+            events_per_sec: acked as f64 / secs,
+            events: acked,
+            secs,
+            commits,
+            cpu_secs: cpu.as_secs_f64(),
+            cpu_by_threads: stats::cpu_delta(&threads_before, &threads_after),
+            sql: None,
+        },
+    ))
+}
+
+/// Waits until the hub has acknowledged everything every site recorded.
+pub async fn drain(sites: &[Site], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for site in sites {
+        let last = site.store.last_event_seq().await?;
+        let mut link = site.link.clone();
+        while link.borrow_and_update().hub_acked_event_seq < last {
+            if tokio::time::timeout_at(deadline.into(), link.changed())
+                .await
+                .is_err()
+            {
+                bail!(
+                    "site {} still has {} events unacknowledged after {timeout:?}",
+                    site.site_id,
+                    last - link.borrow().hub_acked_event_seq
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 3. latency
+
+pub struct LatencyRep {
+    pub events: Vec<Duration>,
+    pub orders: Vec<Duration>,
+    /// Events still unacknowledged when the drain deadline passed.
+    pub unacked: usize,
+    pub offered_per_sec: f64,
+    pub acked_per_sec: f64,
+}
+
+/// Sites record events at `rate` events/s in total (open loop, evenly spread, each
+/// site with its own phase) for `duration`; each event's time from being recorded to
+/// the hub's acknowledgement is noted. Meanwhile orders are created every
+/// `order_every`, and each one's time from commit at the hub to commit at the site.
+pub async fn latency(
+    hub: &Arc<Hub>,
+    sites: Vec<Site>,
+    rate: f64,
+    duration: Duration,
+    order_every: Duration,
+) -> anyhow::Result<(Vec<Site>, LatencyRep)> {
+    let n = sites.len().max(1) as f64;
+    let period = Duration::from_secs_f64(n / rate.max(1.0));
+    let started = Instant::now();
+    let end = started + duration;
+    let drain_deadline = end + Duration::from_secs(60);
+    let stores: Vec<(String, Arc<carrel_site_agent::store::Store>)> = sites
+        .iter()
+        .map(|s| (s.site_id.clone(), s.store.clone()))
+        .collect();
+    let mut tasks = JoinSet::new();
+    for (i, mut site) in sites.into_iter().enumerate() {
+        let pending: Arc<Mutex<VecDeque<(u64, Instant)>>> = Default::default();
+        // The watcher: pops what each acknowledgement covers.
+        let watcher = {
+            let pending = pending.clone();
+            let mut link = site.link.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut producing_done = false;
+                loop {
+                    let acked = link.borrow_and_update().hub_acked_event_seq;
+                    let now = Instant::now();
+                    {
+                        let mut queue = pending.lock().unwrap_or_else(|p| p.into_inner());
+                        while queue.front().is_some_and(|(seq, _)| *seq <= acked) {
+                            if let Some((_, at)) = queue.pop_front() {
+                                seen.push(now.duration_since(at));
+                            }
+                        }
+                        if producing_done && queue.is_empty() {
+                            return (seen, 0);
+                        }
+                        if now >= end {
+                            producing_done = true;
+                            if queue.is_empty() {
+                                return (seen, 0);
+                            }
+                        }
+                    }
+                    let wait = if producing_done { drain_deadline } else { end };
+                    match tokio::time::timeout_at(wait.into(), link.changed()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) if producing_done => break,
+                        Err(_) => producing_done = true,
+                    }
+                }
+                let left = pending.lock().map(|q| q.len()).unwrap_or(0);
+                (seen, left)
+            })
+        };
+        tasks.spawn(async move {
+            // Spread the sites' phases over one period.
+            let offset = period.mul_f64((i as f64 * 0.618_034) % 1.0);
+            let mut ticker = tokio::time::interval_at((started + offset).into(), period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut recorded = 0u64;
+            loop {
+                ticker.tick().await;
+                if Instant::now() >= end {
+                    break;
+                }
+                let event = site.append_next().await?;
+                recorded += 1;
+                pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back((event.seq, Instant::now()));
+            }
+            let (seen, left) = watcher.await.context("watcher panicked")?;
+            anyhow::Ok((site, seen, left, recorded))
+        });
+    }
+    // Orders, round robin over the sites, while the events flow.
+    let mut orders = JoinSet::new();
+    let mut next = 0usize;
+    while Instant::now() + order_every < end {
+        let (site_id, store) = stores[next % stores.len()].clone();
+        next += 1;
+        let hub = hub.clone();
+        orders.spawn(async move {
+            let order = hub.order(&site_id).await?;
+            let committed = Instant::now();
+            fleet::wait_for_batch(&store, order.batch_id, Duration::from_secs(60)).await?;
+            anyhow::Ok(committed.elapsed())
+        });
+        tokio::time::sleep(order_every).await;
+    }
+    let mut order_latencies = Vec::new();
+    while let Some(done) = orders.join_next().await {
+        order_latencies.push(done.context("order task panicked")??);
+    }
+    let mut sites = Vec::new();
+    let mut events = Vec::new();
+    let mut unacked = 0;
+    let mut recorded = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (site, seen, left, count) = done.context("site task panicked")??;
+        sites.push(site);
+        events.extend(seen);
+        unacked += left;
+        recorded += count;
+    }
+    sites.sort_by(|a, b| a.site_id.cmp(&b.site_id));
+    let acked_count = events.len();
+    drain(&sites, Duration::from_secs(300)).await?;
+    Ok((
+        sites,
+        LatencyRep {
+            events,
+            orders: order_latencies,
+            unacked,
+            offered_per_sec: recorded as f64 / duration.as_secs_f64(),
+            acked_per_sec: acked_count as f64 / duration.as_secs_f64(),
+        },
+    ))
+}
+
+// ---------------------------------------------------------------- 4. idle sites
+
+/// Registers and enrolls `count` idle sites (`concurrency` at a time), each into its
+/// own directory; returns their ids and directories.
+pub async fn enroll_idle(
+    hub: &Arc<Hub>,
+    dir: &Path,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = JoinSet::new();
+    for i in 0..count {
+        let site_id = format!("idle-{i:05}");
+        let site_dir = dir.join(&site_id);
+        let hub = hub.clone();
+        let gate = gate.clone();
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            hub.enroll(&site_id, &site_dir).await?;
+            anyhow::Ok((site_id, site_dir))
+        });
+    }
+    let mut sites = Vec::with_capacity(count);
+    while let Some(done) = tasks.join_next().await {
+        sites.push(done.context("enrollment task panicked")??);
+    }
+    sites.sort();
+    Ok(sites)
+}
+
+pub struct Idle {
+    pub connected: f64,
+    pub rss_per_site_kib: f64,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub child: Value,
+}
+
+/// A `carrel-hub serve` process on an existing data directory, killed on drop.
+struct HubProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    url: String,
+}
+
+async fn serve_hub(data_dir: &Path) -> anyhow::Result<HubProcess> {
+    let addr_file = data_dir.join("hub.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let log = std::fs::File::create(data_dir.join("hub-process.log"))?;
+    let mut child = tokio::process::Command::new(sibling_binary("carrel-hub")?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("CARREL_HUB_CONSOLE_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting carrel-hub serve")?;
+    let pid = child.id().context("hub pid")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&addr_file) {
+            if text.ends_with('\n') {
+                return Ok(HubProcess {
+                    child,
+                    pid,
+                    url: format!("https://{}", text.trim()),
+                });
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "carrel-hub serve exited with {status}:\n{}",
+                std::fs::read_to_string(data_dir.join("hub-process.log")).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("carrel-hub serve did not start within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a fresh `carrel-hub serve` process on the data directory where the idle
+/// sites were enrolled, connects every idle site at once from a child process,
+/// holds them for `window`, and reads the hub process's resident memory before and
+/// after. A fresh process per repetition, so memory freed by an earlier one cannot
+/// hide what the connections take.
+pub async fn idle(hub_data_dir: &Path, list: &Path, window: Duration) -> anyhow::Result<Idle> {
+    let mut hub = serve_hub(hub_data_dir).await?;
+    // Let the start settle (recipes published, pools opened) before the baseline.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before_kib = stats::rss_kib(Some(hub.pid))?;
+    let exe = std::env::current_exe().context("locating carrel-bench")?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("idle-fleet")
+        .arg("--hub")
+        .arg(&hub.url)
+        .arg("--list")
+        .arg(list)
+        .arg("--window")
+        .arg(window.as_secs_f64().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the idle fleet")?;
+    let stdout = child.stdout.take().context("idle fleet stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut result = None;
+    while let Some(line) = lines.next_line().await? {
+        if let Some(json) = line.strip_prefix("result ") {
+            result = Some(serde_json::from_str::<Value>(json).context("idle fleet result")?);
+            break;
+        }
+    }
+    let mut child_result = result.context("the idle fleet ended without a result")?;
+    let rss_after_kib = stats::rss_kib(Some(hub.pid))?;
+    let hub_cpu_secs = stats::cpu_time(Some(hub.pid))?.as_secs_f64();
+    if let Some(stdin) = child.stdin.as_mut() {
+        let _ = stdin.write_all(b"done\n").await;
+    }
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+    let _ = hub.child.start_kill();
+    let _ = hub.child.wait().await;
+    child_result["hub_rss_before_kib"] = json!(rss_before_kib);
+    child_result["hub_rss_after_kib"] = json!(rss_after_kib);
+    child_result["hub_cpu_secs"] = json!(hub_cpu_secs);
+    let connected = child_result["connected"].as_f64().unwrap_or(0.0);
+    Ok(Idle {
+        connected,
+        rss_per_site_kib: (rss_after_kib as f64 - rss_before_kib as f64) / connected.max(1.0),
+        rss_before_kib,
+        rss_after_kib,
+        child: child_result,
+    })
+}
+
+// ---------------------------------------------------------------- 5. catch-up
+
+pub struct CatchUp {
+    pub events_per_sec: f64,
+    pub secs: f64,
+    pub first_ack_ms: f64,
+    pub generate_secs: f64,
+}
+
+/// A new site records `backlog` events while its link is down, then connects;
+/// measures the drain.
+pub async fn catch_up(hub: &Hub, dir: &Path, rep: usize, backlog: u64) -> anyhow::Result<CatchUp> {
+    let site_id = format!("backlog-{rep}");
+    let site_dir = dir.join(&site_id);
+    // Enrolled, ordered, and the order committed at the site over the real link.
+    let site = Site::create(hub, &site_id, &site_dir).await?;
+    let (batch_id, coi) = (site.batch_id, site.coi.clone());
+    site.stop().await;
+    // Offline: the backlog, written in the agent's own schema in large transactions
+    // (a million single appends would spend minutes in fsync before the measurement).
+    let generate = Instant::now();
+    let pool = fleet::open_pool(&site_dir.join("agent.db"), false).await?;
+    let mut chain = Chain::new(batch_id, &coi);
+    fleet::bulk_insert(&pool, "events", None, &mut chain, backlog, 10_000).await?;
+    pool.close().await;
+    let generate_secs = generate.elapsed().as_secs_f64();
+    let store = Arc::new(carrel_site_agent::store::Store::open(&site_dir.join("agent.db")).await?);
+    let started = Instant::now();
+    let (mut link, stop, task) = fleet::start_link(&hub.url, &site_dir, store.clone())?;
+    let mut first_ack = None;
+    let deadline = started + Duration::from_secs(900);
+    loop {
+        let acked = link.borrow_and_update().hub_acked_event_seq;
+        if acked > 0 && first_ack.is_none() {
+            first_ack = Some(started.elapsed());
+        }
+        if acked >= backlog {
+            break;
+        }
+        if tokio::time::timeout_at(deadline.into(), link.changed())
+            .await
+            .is_err()
+        {
+            bail!(
+                "the backlog of {backlog} events did not drain within 900 s ({acked} acknowledged)"
+            );
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = task.await;
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&site_dir);
+    Ok(CatchUp {
+        events_per_sec: backlog as f64 / secs,
+        secs,
+        first_ack_ms: first_ack.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+        generate_secs,
+    })
+}
+
+// ---------------------------------------------------------------- 6. footprint
+
+pub struct Sampled {
+    pub cpu_percent: f64,
+    pub rss_kib: u64,
+    pub rss_max_kib: u64,
+}
+
+/// CPU share and resident memory of a process over `window`, sampled every 100 ms.
+pub async fn sample_process(pid: u32, window: Duration) -> anyhow::Result<Sampled> {
+    let cpu_before = stats::cpu_time(Some(pid))?;
+    let started = Instant::now();
+    let mut rss_max_kib = 0;
+    let mut rss_kib = 0;
+    while started.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss_kib = stats::rss_kib(Some(pid))?;
+        rss_max_kib = rss_max_kib.max(rss_kib);
+    }
+    let cpu = stats::cpu_time(Some(pid))?.saturating_sub(cpu_before);
+    Ok(Sampled {
+        cpu_percent: 100.0 * cpu.as_secs_f64() / started.elapsed().as_secs_f64(),
+        rss_kib,
+        rss_max_kib,
+    })
+}
+
+/// A real `carrel-site-agent run` process, enrolled at the hub.
+pub struct AgentProcess {
+    pub site_id: String,
+    pub child: tokio::process::Child,
+    pub pid: u32,
+}
+
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating carrel-bench")?;
+    let path = exe
+        .parent()
+        .context("carrel-bench has no directory")?
+        .join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build it with the benchmark, e.g. \
+             `cargo build --release --bin carrel-bench --bin carrel-site-agent --bin carrel-hub`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub async fn start_agent(
+    hub: &Hub,
+    dir: &Path,
+    site_id: &str,
+    time_compression: f64,
+) -> anyhow::Result<AgentProcess> {
+    hub.enroll(site_id, dir).await?;
+    let mut config = carrel_site_agent::Config {
+        data_dir: dir.to_owned(),
+        hub: hub.url.clone(),
+        console_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..carrel_site_agent::Config::default()
+    };
+    config.simulator.auto_scan = true;
+    config.simulator.time_compression = time_compression;
+    carrel_site_agent::write_config(&config)?;
+    let log = std::fs::File::create(dir.join("agent.log"))?;
+    let child = tokio::process::Command::new(sibling_binary("carrel-site-agent")?)
+        .args(["run", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting carrel-site-agent")?;
+    let pid = child.id().context("agent pid")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !hub.shared.links.is_connected(site_id) {
+        if Instant::now() > deadline {
+            bail!(
+                "carrel-site-agent did not connect within 60 s:\n{}",
+                std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(AgentProcess {
+        site_id: site_id.to_owned(),
+        child,
+        pid,
+    })
+}
+
+// ---------------------------------------------------------------- 7. restart
+
+/// Writes `events` site events straight into a stopped hub's database, spread over
+/// its sites' batches, with valid hash chains and the sites' cursors moved on.
+pub async fn fill_hub_database(
+    db: &Path,
+    sites: &[(String, uuid::Uuid, String)],
+    events: u64,
+) -> anyhow::Result<f64> {
+    let pool = fleet::open_pool(db, true).await?;
+    let started = Instant::now();
+    let per_site = events / sites.len().max(1) as u64;
+    let mut left = events;
+    for (i, (site_id, batch_id, coi)) in sites.iter().enumerate() {
+        let count = if i + 1 == sites.len() { left } else { per_site };
+        left -= count;
+        let mut chain = Chain::new(*batch_id, coi);
+        fleet::bulk_insert(
+            &pool,
+            "site_events",
+            Some(site_id),
+            &mut chain,
+            count,
+            10_000,
+        )
+        .await?;
+        sqlx::query("UPDATE sites SET acked_event_seq = ? WHERE site_id = ?")
+            .bind(count as i64)
+            .bind(site_id)
+            .execute(&pool)
+            .await?;
+    }
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Starts a hub on an existing data directory and times it until a gRPC health
+/// check over TLS answers SERVING; then stops it.
+pub async fn time_start(runtime: &tokio::runtime::Handle, data_dir: &Path) -> anyhow::Result<f64> {
+    let config = fleet::hub_config(data_dir);
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let running = fleet::start_server(runtime, config, shutdown.clone()).await?;
+    let ca = std::fs::read_to_string(data_dir.join("pki/ca.crt"))?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name("127.0.0.1");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", running.addr))?
+        .tls_config(tls)?
+        .connect()
+        .await
+        .context("connecting to the restarted hub")?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "carrel.v1.SiteLinkService".into(),
+        })
+        .await?
+        .into_inner();
+    let secs = started.elapsed().as_secs_f64();
+    if answer.status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+        bail!("the restarted hub answered health status {}", answer.status);
+    }
+    drop(health);
+    shutdown.cancel();
+    runtime
+        .spawn(running.wait())
+        .await
+        .context("hub task panicked")??;
+    Ok(secs)
+}

@@ -1,0 +1,102 @@
+//! The fleet benchmark's smoke test: `carrel-bench --quick` runs every figure on a
+//! small fleet, prints every row of the table, and the hub really acknowledged
+//! events. It checks that the benchmark works, not how fast anything is.
+
+use carrel_tests::binary;
+use std::process::Command;
+
+/// Every row `carrel-bench` prints, by the start of its label.
+const ROWS: &[&str] = &[
+    "raw limit",
+    "raw single-row commits",
+    "durable ingest, 5 sites",
+    "durable ingest / raw limit",
+    "events per hub commit",
+    "ingest, sites with a backlog",
+    "ingest with a backlog / raw limit",
+    "events per hub commit, backlog",
+    "event->ack p50",
+    "event->ack p99",
+    "event->ack max",
+    "order->site p50",
+    "order->site p99",
+    "order->site max",
+    "catch-up,",
+    "idle sites connected at once",
+    "hub RSS, all connected",
+    "hub memory per connected site",
+    "heartbeat gap max",
+    "idle links lost",
+    "agent idle RSS",
+    "agent idle CPU",
+    "agent RSS running a batch",
+    "agent CPU running a batch",
+    "hub start to serving, empty",
+    "hub start to serving, 100000 events",
+];
+
+#[test]
+fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json_path = dir.path().join("bench.json");
+    let out = Command::new(binary("carrel-bench"))
+        .arg("--quick")
+        .arg("--json")
+        .arg(&json_path)
+        .arg("--work-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run carrel-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "carrel-bench --quick failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for row in ROWS {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.get(3..).is_some_and(|l| l.starts_with(row))),
+            "no table row {row:?} in:\n{stdout}"
+        );
+    }
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
+            .expect("JSON parses");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), ROWS.len(), "one JSON row per table row");
+    let median = |prefix: &str| {
+        rows.iter()
+            .find(|r| r["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .and_then(|r| r["median"].as_f64())
+            .unwrap_or_else(|| panic!("no numeric median for {prefix:?} in {report}"))
+    };
+    assert!(
+        median("durable ingest, 5 sites") > 0.0,
+        "the hub acknowledged no events"
+    );
+    assert!(median("ingest, sites with a backlog") > 0.0);
+    assert!(
+        median("catch-up,") > 0.0,
+        "the backlog was not acknowledged"
+    );
+    assert!(median("raw limit") > 0.0);
+    assert_eq!(
+        median("idle sites connected at once"),
+        50.0,
+        "every idle site connected"
+    );
+    assert!(
+        median("agent idle RSS") > 0.0,
+        "the agent process was measured"
+    );
+    assert!(median("hub start to serving, 100000 events") > 0.0);
+    let acked = report["details"]["latency"][0]["event_to_ack"]["count"]
+        .as_u64()
+        .expect("latency count");
+    assert!(acked > 0, "no acknowledgement observed at half load");
+}
