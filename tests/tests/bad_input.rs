@@ -3,9 +3,8 @@
 
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
+use carrel_tests::raw_link::RawLink;
 use carrel_tests::*;
-use std::time::Duration;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 const ALICE: (&str, &str) = ("dr.alice", "alice-password-1");
@@ -305,74 +304,6 @@ async fn health_and_reflection_answer_generic_grpc_tools() {
             names.iter().any(|n| n == expected),
             "{expected} missing from {names:?}"
         );
-    }
-}
-
-/// A hand-driven site link with the site's real credentials, to send what a broken
-/// or hostile agent might.
-struct RawLink {
-    out: tokio::sync::mpsc::Sender<pb::SiteMessage>,
-    inbound: tonic::Streaming<pb::HubMessage>,
-}
-
-impl RawLink {
-    async fn open(
-        hub: &Hub,
-        agent_dir: &std::path::Path,
-        first: site_message::Body,
-    ) -> Result<RawLink, tonic::Status> {
-        let identity = carrel_site_agent::identity::Identity::load(agent_dir).expect("identity");
-        let tls = carrel_site_agent::tls::mtls_config(
-            &identity.ca_pem,
-            &identity.cert_pem,
-            &identity.key_pem,
-        )
-        .expect("tls");
-        let channel = carrel_site_agent::tls::connect(&hub.url(), tls, Duration::from_secs(5))
-            .await
-            .expect("connect");
-        let (out, rx) = tokio::sync::mpsc::channel(8);
-        out.send(pb::SiteMessage { body: Some(first) })
-            .await
-            .expect("send");
-        let inbound = pb::site_link_service_client::SiteLinkServiceClient::new(channel)
-            .sync(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok(RawLink { out, inbound })
-    }
-
-    async fn hello(hub: &Hub, agent_dir: &std::path::Path) -> (RawLink, pb::Welcome) {
-        let hello = site_message::Body::Hello(pb::Hello {
-            protocol_version: carrel_proto::protocol::current(),
-            agent_version: "test".into(),
-            acked_command_seq: 0,
-            last_event_seq: 0,
-        });
-        let mut link = RawLink::open(hub, agent_dir, hello).await.expect("open");
-        match link.next().await.expect("welcome").body {
-            Some(hub_message::Body::Welcome(w)) => (link, w),
-            other => panic!("expected Welcome, got {other:?}"),
-        }
-    }
-
-    async fn send(&self, body: site_message::Body) {
-        let _ = self.out.send(pb::SiteMessage { body: Some(body) }).await;
-    }
-
-    async fn next(&mut self) -> Result<pb::HubMessage, tonic::Status> {
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.inbound.message())
-                .await
-                .expect("an answer within 10 s")?
-                .ok_or_else(|| tonic::Status::cancelled("stream ended"))?;
-            if !matches!(
-                message.body,
-                Some(hub_message::Body::Heartbeat(_)) | Some(hub_message::Body::Commands(_))
-            ) {
-                return Ok(message);
-            }
-        }
     }
 }
 
