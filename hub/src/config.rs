@@ -58,6 +58,12 @@ pub struct Config {
     pub heartbeat_timeout_ms: u32,
     /// Lifetime of a person's session token. Env: `CARREL_HUB_SESSION_TTL_SECS`.
     pub session_ttl_secs: u32,
+    /// Failed sign-ins in a row after which an account is locked (counted per user
+    /// name, known or not). Env: `CARREL_HUB_SIGN_IN_MAX_FAILURES`.
+    pub sign_in_max_failures: u32,
+    /// How long the lock lasts, and the window failures are counted in.
+    /// Env: `CARREL_HUB_SIGN_IN_LOCKOUT_SECS`.
+    pub sign_in_lockout_secs: u32,
     /// Default lifetime of a site enrollment token. Env: `CARREL_HUB_ENROLLMENT_TTL_SECS`.
     pub enrollment_ttl_secs: u32,
     /// Extra recipe files (TOML) to publish at start, besides the ones shipped with the hub.
@@ -81,6 +87,8 @@ impl Default for Config {
             heartbeat_timeout_ms: 20_000,
             session_ttl_secs: 3_600,
             enrollment_ttl_secs: 86_400,
+            sign_in_max_failures: 5,
+            sign_in_lockout_secs: 900,
             recipe_files: Vec::new(),
         }
     }
@@ -164,6 +172,14 @@ impl Config {
         )?;
         env_parse("CARREL_HUB_SESSION_TTL_SECS", &mut self.session_ttl_secs)?;
         env_parse(
+            "CARREL_HUB_SIGN_IN_MAX_FAILURES",
+            &mut self.sign_in_max_failures,
+        )?;
+        env_parse(
+            "CARREL_HUB_SIGN_IN_LOCKOUT_SECS",
+            &mut self.sign_in_lockout_secs,
+        )?;
+        env_parse(
             "CARREL_HUB_ENROLLMENT_TTL_SECS",
             &mut self.enrollment_ttl_secs,
         )?;
@@ -198,6 +214,11 @@ impl Config {
             return Err(Error::Invalid(
                 "database_max_connections and database_statement_timeout_ms must be positive"
                     .into(),
+            ));
+        }
+        if self.sign_in_max_failures == 0 || self.sign_in_lockout_secs == 0 {
+            return Err(Error::Invalid(
+                "sign_in_max_failures and sign_in_lockout_secs must be positive".into(),
             ));
         }
         if self.server_names.is_empty() {

@@ -48,6 +48,28 @@ pub async fn sign_in(
     if username.is_empty() || password.is_empty() {
         return Err(field("username", "user name and password are required"));
     }
+    // Password guessing: after too many failures in a row the account is locked for a
+    // while, whatever is typed. Counted per user name, so an unknown name locks too
+    // and the answer reveals nothing about which names exist.
+    let window = Duration::seconds(i64::from(shared.config.sign_in_lockout_secs));
+    let failures = shared
+        .store
+        .sign_in_failures_since(username, Utc::now() - window)
+        .await?;
+    if failures >= u64::from(shared.config.sign_in_max_failures) {
+        tracing::warn!(username, failures, "sign-in refused: account locked");
+        shared
+            .store
+            .audit(
+                &NewEntry::new(username, "user.sign_in_locked", format!("user/{username}"))
+                    .reason(format!("{failures} failed sign-ins in a row")),
+            )
+            .await?;
+        return Err(Error::Unauthenticated(format!(
+            "this account is locked after {failures} failed sign-ins; try again in {} minutes or ask an administrator",
+            shared.config.sign_in_lockout_secs.div_ceil(60)
+        )));
+    }
     let user = match shared.store.user(username).await {
         Ok(user) => Some(user),
         Err(store::Error::NotFound(_)) => None,

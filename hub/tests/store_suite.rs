@@ -1579,6 +1579,71 @@ async fn case_the_newest_link_claim_wins(store: Arc<dyn Store>) {
     );
 }
 
+async fn case_failed_sign_ins_count_until_a_success(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    let fail = || {
+        carrel_hub::audit::NewEntry::new(
+            PHYSICIAN,
+            "user.sign_in_failed",
+            format!("user/{PHYSICIAN}"),
+        )
+        .reason("wrong password")
+    };
+    for _ in 0..3 {
+        store.audit(&fail()).await.expect("audit");
+    }
+    let an_hour_ago = now() - Duration::hours(1);
+    assert_eq!(
+        store
+            .sign_in_failures_since(PHYSICIAN, an_hour_ago)
+            .await
+            .expect("count"),
+        3
+    );
+    assert_eq!(
+        store
+            .sign_in_failures_since(QA, an_hour_ago)
+            .await
+            .expect("count"),
+        0,
+        "per user"
+    );
+    assert_eq!(
+        store
+            .sign_in_failures_since(PHYSICIAN, now() + Duration::hours(1))
+            .await
+            .expect("count"),
+        0,
+        "only inside the window"
+    );
+    // A successful sign-in starts the count again.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    store
+        .create_session(
+            "session-after-failures",
+            PHYSICIAN,
+            now() + Duration::hours(1),
+        )
+        .await
+        .expect("session");
+    assert_eq!(
+        store
+            .sign_in_failures_since(PHYSICIAN, an_hour_ago)
+            .await
+            .expect("count"),
+        0
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    store.audit(&fail()).await.expect("audit");
+    assert_eq!(
+        store
+            .sign_in_failures_since(PHYSICIAN, an_hour_ago)
+            .await
+            .expect("count"),
+        1
+    );
+}
+
 store_cases!(sqlite, open_sqlite:
     case_ingest_stores_consecutive_events_and_advances_cursor,
     case_ingest_accepts_identical_repeats_and_changes_nothing,
@@ -1606,6 +1671,7 @@ store_cases!(sqlite, open_sqlite:
     case_changes_are_audited_in_one_chain,
     case_custody_mismatch_is_an_exception_and_audited,
     case_the_newest_link_claim_wins,
+    case_failed_sign_ins_count_until_a_success,
 );
 
 store_cases!(postgres, open_postgres:
@@ -1635,6 +1701,7 @@ store_cases!(postgres, open_postgres:
     case_changes_are_audited_in_one_chain,
     case_custody_mismatch_is_an_exception_and_audited,
     case_the_newest_link_claim_wins,
+    case_failed_sign_ins_count_until_a_success,
 );
 
 #[tokio::test(flavor = "multi_thread")]

@@ -182,3 +182,54 @@ async fn a_site_cannot_write_another_sites_batch() {
     assert_eq!(count(&db, "SELECT COUNT(*) FROM site_events").await, 0);
     assert_eq!(order_state(&hub, &order_id), "ordered");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_wrong_passwords_lock_the_account_and_are_audited() {
+    let hub = Hub::start().await;
+    hub.add_user("dr.lock", "physician", "physician-password-1");
+    for _ in 0..5 {
+        let refused = hub
+            .login("dr.lock", "guess-guess-guess")
+            .await
+            .expect_err("wrong password");
+        assert!(
+            refused.message().contains("wrong password"),
+            "{}",
+            refused.message()
+        );
+    }
+    // The right password no longer helps while the account is locked.
+    let locked = hub
+        .login("dr.lock", "physician-password-1")
+        .await
+        .expect_err("locked");
+    assert_eq!(locked.code(), tonic::Code::Unauthenticated);
+    assert!(
+        locked.message().contains("locked after 5 failed sign-ins"),
+        "{}",
+        locked.message()
+    );
+    // An unknown name locks the same way, so the answer tells nothing about who exists.
+    for _ in 0..6 {
+        let _ = hub.login("nobody.here", "guess-guess-guess").await;
+    }
+    let unknown = hub
+        .login("nobody.here", "guess-guess-guess")
+        .await
+        .expect_err("locked");
+    assert!(
+        unknown.message().contains("locked"),
+        "{}",
+        unknown.message()
+    );
+    let db = hub.db().await;
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'user.sign_in_locked' AND actor = 'dr.lock'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!(audited, 1);
+    // Nobody else is affected.
+    hub.add_user("dr.other", "physician", "physician-password-2");
+}

@@ -784,6 +784,18 @@ impl Store for PgStore {
         u64::try_from(n).map_err(|_| Error::Corrupt("negative count".into()))
     }
 
+    async fn sign_in_failures_since(&self, username: &str, since: DateTime<Utc>) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE actor = $1 AND action = 'user.sign_in_failed' AND at > $2 \
+             AND at > COALESCE((SELECT MAX(at) FROM audit_log WHERE actor = $1 AND action = 'user.signed_in'), '-infinity'::timestamptz)",
+        )
+        .bind(username)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        u64::try_from(n).map_err(|_| Error::Corrupt("negative count".into()))
+    }
+
     async fn verify_audit(&self) -> Result<Result<audit::Intact, audit::Broken>> {
         // One statement, so one snapshot: entries commit in position order, so a
         // snapshot that holds an entry holds every entry before it.
