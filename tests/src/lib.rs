@@ -111,22 +111,32 @@ impl Hub {
             .prefix("carrel-hub-test-")
             .tempdir()
             .expect("tempdir");
-        let port = free_port();
-        let config = format!(
-            "listen = \"127.0.0.1:{port}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n",
-            dir.path().join("data").display()
-        );
-        std::fs::write(dir.path().join("hub.toml"), config).expect("hub config");
         let mut hub = Hub {
             dir,
-            port,
+            port: 0,
             child: None,
         };
-        hub.spawn().await;
-        hub
+        // A free port is found by binding and releasing it, so a process started in
+        // parallel can take it first: then another port is tried.
+        for attempt in 1..=5 {
+            hub.port = free_port();
+            let config = format!(
+                "listen = \"127.0.0.1:{}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n",
+                hub.port,
+                hub.dir.path().join("data").display()
+            );
+            std::fs::write(hub.config_path(), config).expect("hub config");
+            match hub.spawn().await {
+                Ok(()) => return hub,
+                Err(log) if log.contains("Address already in use") && attempt < 5 => continue,
+                Err(log) => panic!("carrel-hub did not start:\n{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
-    async fn spawn(&mut self) {
+    /// Starts the process on the configured port; the log when it exits instead.
+    async fn spawn(&mut self) -> Result<(), String> {
         let _ = std::fs::remove_file(self.data_dir().join("hub.addr"));
         let child = Command::new(binary("carrel-hub"))
             .args(["serve", "--config"])
@@ -140,21 +150,23 @@ impl Hub {
         let addr_file = self.data_dir().join("hub.addr");
         let log = self.log_path();
         let child = self.child.as_mut().expect("just set");
-        eventually(Duration::from_secs(30), "the hub to serve", || {
+        let outcome = eventually(Duration::from_secs(30), "the hub to serve", || {
             let exited = child.try_wait().ok().flatten();
             let ready = addr_file.exists();
             let log = log.clone();
             async move {
                 if let Some(status) = exited {
-                    panic!(
-                        "carrel-hub exited with {status}:\n{}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    return Some(Err(format!("carrel-hub exited with {status}:\n{text}")));
                 }
-                ready.then_some(())
+                ready.then_some(Ok(()))
             }
         })
         .await;
+        if outcome.is_err() {
+            self.child = None;
+        }
+        outcome
     }
 
     /// SIGKILL: no shutdown, no flush, as in a power cut.
@@ -168,7 +180,16 @@ impl Hub {
     /// Starts the hub again on the same port and data.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        // The port was ours a moment ago; another process may hold it briefly.
+        for attempt in 1..=20 {
+            match self.spawn().await {
+                Ok(()) => return,
+                Err(log) if log.contains("Address already in use") && attempt < 20 => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(log) => panic!("carrel-hub did not restart:\n{log}"),
+            }
+        }
     }
 
     /// SIGTERM and wait (up to 20 s, then SIGKILL): the orderly stop.
