@@ -61,6 +61,9 @@ pub enum Command {
     /// Users (run on the hub machine).
     #[command(subcommand)]
     User(UserCommand),
+    /// The hub's certificate authority: status and rotation (run on the hub machine).
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Sign in and keep the session token for the other commands.
     Login {
         #[command(flatten)]
@@ -156,10 +159,46 @@ pub enum SiteCommand {
     /// Resume a suspended site.
     Resume {
         site_id: String,
-        #[arg(long, default_value = "")]
+        #[arg(long)]
         reason: String,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Cease a site for good: it can no longer connect or take orders; its records stay
+    /// readable and verifiable. Refused while any of its batches is open.
+    Cease {
+        site_id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Show the hub CA, any previous CA still trusted, and which CA issued each site's
+    /// certificate.
+    Status {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Make a new hub CA. The old one stays trusted (and the hub's chain verifies for
+    /// sites that trust only it) until `retire-previous`; sites renew their
+    /// certificates over their links when they next connect. Restart the hub after.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// End a rotation's overlap: the previous CA is no longer trusted. Refused while a
+    /// site that can still connect holds a certificate of it, unless --force.
+    RetirePrevious {
+        /// Retire even though some sites still hold certificates of the previous CA
+        /// (they will have to enroll again).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -294,20 +333,6 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
-pub fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
-
 /// One future for SIGINT and SIGTERM; a second signal exits at once.
 pub async fn shutdown_signal(token: CancellationToken) {
     let wait = || async {
@@ -352,15 +377,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", toml::to_string_pretty(&config)?);
                 return Ok(());
             }
-            init_tracing(cli.log_format);
+            let telemetry =
+                crate::telemetry::init(cli.log_format, config.otlp_endpoint.as_deref())?;
             let shutdown = CancellationToken::new();
             tokio::spawn(shutdown_signal(shutdown.clone()));
-            let running = crate::server::start(config, shutdown).await?;
-            running.wait().await
+            let result = match crate::server::start(config, shutdown).await {
+                Ok(running) => running.wait().await,
+                Err(e) => Err(e),
+            };
+            telemetry.shutdown().await;
+            result
         }
         Command::Dev(args) => {
-            init_tracing(cli.log_format);
-            crate::dev::run(args).await
+            let telemetry = crate::telemetry::init(cli.log_format, None)?;
+            let result = crate::dev::run(args).await;
+            telemetry.shutdown().await;
+            result
         }
         Command::Site(SiteCommand::Add {
             site_id,
@@ -408,21 +440,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             "status": pb::SiteStatus::try_from(s.status).map(|v| v.as_str_name()).unwrap_or("?"),
                             "connected": s.connected, "acked_event_seq": s.acked_event_seq,
                             "last_command_seq": s.last_command_seq, "acked_command_seq": s.acked_command_seq,
+                            "certificate_expires_at": carrel_proto::event::from_timestamp("certificate_expires_at", s.certificate_expires_at).ok().map(|t| t.to_rfc3339()),
+                            "certificate_from_current_ca": s.certificate_from_current_ca,
                         })
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<16} {:<28} {:<10} {:<10} {:>8} {:>12}",
+                    "{:<16} {:<28} {:<10} {:<10} {:>8} {:>12}  CERTIFICATE",
                     "SITE", "NAME", "STATUS", "LINK", "EVENTS", "COMMANDS"
                 );
                 for s in sites {
                     let status = pb::SiteStatus::try_from(s.status)
                         .map(|v| v.as_str_name())
                         .unwrap_or("?");
+                    let expires = carrel_proto::event::from_timestamp(
+                        "certificate_expires_at",
+                        s.certificate_expires_at,
+                    );
+                    let certificate = match expires {
+                        Ok(t) => format!(
+                            "until {}{}",
+                            t.format("%Y-%m-%d"),
+                            if s.certificate_from_current_ca {
+                                ""
+                            } else {
+                                " (previous CA)"
+                            }
+                        ),
+                        Err(_) => "-".into(),
+                    };
                     println!(
-                        "{:<16} {:<28} {:<10} {:<10} {:>8} {:>5}/{:<6}",
+                        "{:<16} {:<28} {:<10} {:<10} {:>8} {:>5}/{:<6}  {certificate}",
                         s.site_id,
                         s.name,
                         status.trim_start_matches("SITE_STATUS_").to_lowercase(),
@@ -463,6 +513,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Site {site_id} resumed.");
             Ok(())
         }
+        Command::Site(SiteCommand::Cease {
+            site_id,
+            reason,
+            client,
+        }) => {
+            let mut api = pb::admin_service_client::AdminServiceClient::new(authed(&client).await?);
+            api.cease_site(pb::CeaseSiteRequest {
+                site_id: site_id.clone(),
+                reason,
+            })
+            .await?;
+            println!("Site {site_id} ceased; its records stay at the hub.");
+            Ok(())
+        }
+        Command::Ca(command) => ca_command(command).await,
         Command::User(UserCommand::Add {
             username,
             role,
@@ -643,6 +708,117 @@ fn local_operator() -> String {
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
     format!("os-user:{user}")
+}
+
+/// Sites that can still connect but hold a certificate the current CA did not issue.
+fn sites_on_other_cas<'a>(
+    sites: &'a [crate::store::Site],
+    current: &str,
+) -> Vec<&'a crate::store::Site> {
+    sites
+        .iter()
+        .filter(|s| s.status != crate::store::SiteStatus::Ceased && s.cert_sha256.is_some())
+        .filter(|s| s.cert_ca_sha256.as_deref() != Some(current))
+        .collect()
+}
+
+async fn ca_command(command: CaCommand) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Status { store } => {
+            let config = store_config(&store)?;
+            let ca = crate::server::load_ca(&config)?;
+            let db = crate::server::open_store(&config).await?;
+            let sites = db.list_sites().await?;
+            println!("CA           {}", ca.fingerprint());
+            if let Some(until) = ca.not_after() {
+                println!("  valid until {}", until.to_rfc3339());
+            }
+            match ca.previous_fingerprint() {
+                Some(previous) => {
+                    println!("previous CA  {previous} (still trusted: rotation in progress)")
+                }
+                None => println!("previous CA  none"),
+            }
+            println!();
+            println!(
+                "{:<16} {:<10} {:<27} ISSUED BY",
+                "SITE", "STATUS", "CERTIFICATE UNTIL"
+            );
+            for s in &sites {
+                let issuer = match s.cert_ca_sha256.as_deref() {
+                    _ if s.cert_sha256.is_none() => "not enrolled".to_string(),
+                    Some(fp) if fp == ca.fingerprint() => "current CA".to_string(),
+                    Some(fp) if Some(fp) == ca.previous_fingerprint().as_deref() => {
+                        "previous CA".to_string()
+                    }
+                    Some(fp) => format!("other CA {}", &fp[..16.min(fp.len())]),
+                    None => "unknown (enrolled before issuers were recorded)".to_string(),
+                };
+                println!(
+                    "{:<16} {:<10} {:<27} {issuer}",
+                    s.site_id,
+                    s.status.as_str(),
+                    s.cert_not_after
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+            Ok(())
+        }
+        CaCommand::Rotate { store } => {
+            let config = store_config(&store)?;
+            let (cert, key) = config.ca_paths();
+            let old = crate::server::load_ca(&config)?.fingerprint();
+            let new = crate::pki::Ca::rotate(&cert, &key)?;
+            let db = crate::server::open_store(&config).await?;
+            db.audit(
+                &crate::audit::NewEntry::new(&local_operator(), "ca.rotated", "ca")
+                    .change(&old, new.fingerprint()),
+            )
+            .await?;
+            println!(
+                "New hub CA {} (previous {old} stays trusted).",
+                new.fingerprint()
+            );
+            println!("Restart the hub; sites renew their certificates when they next connect.");
+            println!("Then `carrel-hub ca status` shows which sites still hold certificates of the previous CA.");
+            Ok(())
+        }
+        CaCommand::RetirePrevious { force, store } => {
+            let config = store_config(&store)?;
+            let ca = crate::server::load_ca(&config)?;
+            let Some(previous) = ca.previous_fingerprint() else {
+                println!("No CA rotation in progress; nothing to retire.");
+                return Ok(());
+            };
+            let db = crate::server::open_store(&config).await?;
+            let sites = db.list_sites().await?;
+            let behind = sites_on_other_cas(&sites, &ca.fingerprint());
+            if !behind.is_empty() && !force {
+                let names: Vec<_> = behind.iter().map(|s| s.site_id.as_str()).collect();
+                anyhow::bail!(
+                    "{} site(s) still hold a certificate the current CA did not issue: {}; \
+                     they renew when they next connect (or pass --force, and they must enroll again)",
+                    behind.len(),
+                    names.join(", ")
+                );
+            }
+            let (cert, _) = config.ca_paths();
+            crate::pki::Ca::retire_previous(&cert)?;
+            db.audit(
+                &crate::audit::NewEntry::new(&local_operator(), "ca.previous_retired", "ca")
+                    .value(previous.clone())
+                    .reason(if force {
+                        "forced"
+                    } else {
+                        "every site renewed"
+                    }),
+            )
+            .await?;
+            println!("Previous CA {previous} is no longer trusted. Restart the hub.");
+            Ok(())
+        }
+    }
 }
 
 fn store_config(args: &StoreArgs) -> anyhow::Result<Config> {

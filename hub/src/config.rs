@@ -68,6 +68,19 @@ pub struct Config {
     pub enrollment_ttl_secs: u32,
     /// Extra recipe files (TOML) to publish at start, besides the ones shipped with the hub.
     pub recipe_files: Vec<PathBuf>,
+    /// Lifetime of a site certificate issued at enrollment or renewal.
+    /// Env: `CARREL_HUB_SITE_CERTIFICATE_DAYS`.
+    pub site_certificate_days: u32,
+    /// A site whose certificate expires within this many days is asked to renew it
+    /// over its link (less than half the lifetime). Env: `CARREL_HUB_SITE_CERTIFICATE_RENEW_DAYS`.
+    pub site_certificate_renew_days: u32,
+    /// Certificates (sites', the CA's) expiring within this many days are shown as
+    /// expiring on the admin console and counted in metrics.
+    /// Env: `CARREL_HUB_CERTIFICATE_WARNING_DAYS`.
+    pub certificate_warning_days: u32,
+    /// OpenTelemetry: send traces over OTLP/gRPC to this collector endpoint
+    /// (e.g. `http://127.0.0.1:4317`); none when unset. Env: `CARREL_HUB_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -90,6 +103,10 @@ impl Default for Config {
             sign_in_max_failures: 5,
             sign_in_lockout_secs: 900,
             recipe_files: Vec::new(),
+            site_certificate_days: 730,
+            site_certificate_renew_days: 30,
+            certificate_warning_days: 30,
+            otlp_endpoint: None,
         }
     }
 }
@@ -154,6 +171,21 @@ impl Config {
             self.ca_key = Some(v.into());
         }
         env_parse("CARREL_HUB_FACILITY", &mut self.facility)?;
+        env_parse(
+            "CARREL_HUB_SITE_CERTIFICATE_DAYS",
+            &mut self.site_certificate_days,
+        )?;
+        env_parse(
+            "CARREL_HUB_SITE_CERTIFICATE_RENEW_DAYS",
+            &mut self.site_certificate_renew_days,
+        )?;
+        env_parse(
+            "CARREL_HUB_CERTIFICATE_WARNING_DAYS",
+            &mut self.certificate_warning_days,
+        )?;
+        if let Some(v) = env_var("CARREL_HUB_OTLP_ENDPOINT") {
+            self.otlp_endpoint = Some(v);
+        }
         env_parse(
             "CARREL_HUB_DATABASE_MAX_CONNECTIONS",
             &mut self.database_max_connections,
@@ -230,6 +262,22 @@ impl Config {
             return Err(Error::Invalid(
                 "ca_cert and ca_key are given together or not at all".into(),
             ));
+        }
+        if self.site_certificate_days == 0
+            || 2 * self.site_certificate_renew_days >= self.site_certificate_days
+        {
+            return Err(Error::Invalid(format!(
+                "site_certificate_days ({}) must be positive and more than twice site_certificate_renew_days ({}), \
+                 or a fresh certificate would already be due for renewal",
+                self.site_certificate_days, self.site_certificate_renew_days
+            )));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(Error::Invalid(format!(
+                    "otlp_endpoint {endpoint:?} must be an http:// or https:// URL (OTLP/gRPC, usually port 4317)"
+                )));
+            }
         }
         if self.session_ttl_secs == 0 || self.enrollment_ttl_secs == 0 {
             return Err(Error::Invalid(

@@ -27,5 +27,6 @@ pub mod record;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 pub use config::Config;

@@ -161,6 +161,59 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
         "counter",
         vec![(String::new(), failed_sign_ins as f64)],
     );
+    let now = chrono::Utc::now();
+    let seconds_left = |until: chrono::DateTime<chrono::Utc>| (until - now).num_seconds() as f64;
+    gauge(
+        "carrel_hub_site_certificate_expiry_seconds",
+        "Seconds until each enrolled site's certificate expires (negative: expired).",
+        "gauge",
+        sites
+            .iter()
+            .filter(|s| s.status != crate::store::SiteStatus::Ceased)
+            .filter_map(|s| {
+                Some((
+                    format!("{{site=\"{}\"}}", label(&s.site_id)),
+                    seconds_left(s.cert_not_after?),
+                ))
+            })
+            .collect(),
+    );
+    let window = chrono::Duration::days(i64::from(shared.config.certificate_warning_days));
+    let ca_expires = shared.ca.not_after();
+    let expiring = sites
+        .iter()
+        .filter(|s| s.status != crate::store::SiteStatus::Ceased)
+        .filter_map(|s| s.cert_not_after)
+        .chain(ca_expires)
+        .filter(|until| *until - now < window)
+        .count();
+    gauge(
+        "carrel_hub_certificates_expiring",
+        "Certificates (sites' and the hub CA's) expiring within certificate_warning_days.",
+        "gauge",
+        vec![(String::new(), expiring as f64)],
+    );
+    gauge(
+        "carrel_hub_ca_certificate_expiry_seconds",
+        "Seconds until the hub CA's certificate expires.",
+        "gauge",
+        ca_expires
+            .map(|until| vec![(String::new(), seconds_left(until))])
+            .unwrap_or_default(),
+    );
+    gauge(
+        "carrel_hub_sites_on_previous_ca",
+        "Sites that can still connect holding a certificate the current CA did not issue (a CA rotation not yet finished).",
+        "gauge",
+        vec![(
+            String::new(),
+            sites
+                .iter()
+                .filter(|s| s.status != crate::store::SiteStatus::Ceased && s.cert_sha256.is_some())
+                .filter(|s| s.cert_ca_sha256.as_deref() != Some(shared.ca.fingerprint().as_str()))
+                .count() as f64,
+        )],
+    );
     shared.commit_latency.render(
         "carrel_hub_event_commit_seconds",
         "Time to commit one message of site events (and their projections) durably.",

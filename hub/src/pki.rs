@@ -4,8 +4,16 @@
 //! server certificate and, at enrollment, each site's client certificate, whose only
 //! identity is a URI SAN `urn:carrel:site:<site_id>` set by the hub (whatever the CSR
 //! asked for is ignored). The site's private key never leaves the site.
+//!
+//! **Rotation.** `carrel-hub ca rotate` makes a new CA beside the old one and a
+//! cross-certificate (the new CA's name and key, signed by the old CA). While the old
+//! CA's certificate is kept as `ca-previous.crt`, the hub trusts site certificates of
+//! both, serves a chain that sites trusting only the old CA still verify (through the
+//! cross-certificate), sends both CAs to every site in `Welcome`, and asks each site
+//! whose certificate the old CA issued to renew over its link. `carrel-hub ca
+//! retire-previous` ends the overlap once every site holds a certificate of the new CA.
 
-use chrono::{DateTime, Datelike, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, SubsecRound, Utc};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -36,6 +44,10 @@ pub enum Error {
 pub struct Ca {
     cert_pem: String,
     cert_der: Vec<u8>,
+    /// During a rotation: the previous CA's certificate (still trusted) and the
+    /// cross-certificate that chains this CA to it.
+    previous_pem: Option<String>,
+    cross_pem: Option<String>,
     /// The CA certificate as an rcgen issuer (re-signed from the same params and key,
     /// so certificates it signs verify against `cert_pem`).
     issuer: rcgen::Certificate,
@@ -46,6 +58,50 @@ pub struct Ca {
 pub struct Issued {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+/// A site certificate the CA signed.
+#[derive(Debug, Clone)]
+pub struct SiteCert {
+    pub cert_pem: String,
+    pub sha256: String,
+    pub not_after: DateTime<Utc>,
+    /// Fingerprint of the CA that signed it.
+    pub ca_sha256: String,
+}
+
+/// Files beside the CA certificate that exist during a rotation.
+pub fn rotation_paths(ca_cert: &Path) -> (PathBuf, PathBuf) {
+    let dir = ca_cert.parent().unwrap_or(Path::new("."));
+    (dir.join("ca-previous.crt"), dir.join("ca-cross.crt"))
+}
+
+fn offset(at: DateTime<Utc>) -> Result<time::OffsetDateTime, Error> {
+    time::OffsetDateTime::from_unix_timestamp(at.timestamp())
+        .map_err(|e| Error::Config(format!("time {at}: {e}")))
+}
+
+/// Why a site holding certificate `leaf_der` should renew it now, if it should: it
+/// was issued by another CA than the one signing now (a rotation), or it expires
+/// within `renew_before`.
+pub fn renewal_reason(
+    leaf_der: &[u8],
+    ca: &Ca,
+    renew_before: Duration,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der).ok()?;
+    let (_, signer) = x509_parser::parse_x509_certificate(&ca.cert_der).ok()?;
+    if leaf.issuer().as_raw() != signer.subject().as_raw() {
+        return Some(format!(
+            "the certificate was issued by {}, not by the hub's current CA {}",
+            leaf.issuer(),
+            signer.subject()
+        ));
+    }
+    let expires = DateTime::<Utc>::from_timestamp(leaf.validity().not_after.timestamp(), 0)?;
+    (expires - now < renew_before)
+        .then(|| format!("the certificate expires at {}", expires.to_rfc3339()))
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, Error> {
@@ -131,9 +187,108 @@ impl Ca {
         Ok(Ca {
             cert_pem: cert_pem.to_owned(),
             cert_der,
+            previous_pem: None,
+            cross_pem: None,
             issuer,
             key,
         })
+    }
+
+    /// Loads the CA and, during a rotation, the previous CA and the cross-certificate
+    /// beside it (see [`rotation_paths`]).
+    pub fn load(cert: &Path, key: &Path) -> Result<Ca, Error> {
+        let mut ca = Ca::load_or_create(cert, key)?;
+        let (previous, cross) = rotation_paths(cert);
+        match (previous.exists(), cross.exists()) {
+            (false, false) => {}
+            (true, true) => {
+                let previous_pem = read(&previous)?;
+                let cross_pem = read(&cross)?;
+                first_cert_der(&previous_pem)?;
+                first_cert_der(&cross_pem)?;
+                ca.previous_pem = Some(previous_pem);
+                ca.cross_pem = Some(cross_pem);
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                "found only one of {} and {}; a CA rotation needs both (or neither, once retired)",
+                previous.display(),
+                cross.display()
+            )))
+            }
+        }
+        Ok(ca)
+    }
+
+    /// Makes a new CA to replace the one in `cert`/`key`: the old certificate becomes
+    /// `ca-previous.crt`, a cross-certificate is written beside it, and the new CA takes
+    /// the old one's files. Refused while a rotation is still in its overlap.
+    pub fn rotate(cert: &Path, key: &Path) -> Result<Ca, Error> {
+        let (previous, cross) = rotation_paths(cert);
+        if previous.exists() || cross.exists() {
+            return Err(Error::Config(format!(
+                "a CA rotation is still in progress ({} exists); run `carrel-hub ca retire-previous` once every site has renewed",
+                previous.display()
+            )));
+        }
+        let old = Ca::from_pem(&read(cert)?, &read(key)?)?;
+        let name = format!("Carrel hub CA {}", Utc::now().format("%Y-%m-%d %H%M%S"));
+        let new = Ca::create(&name)?;
+        let params = CertificateParams::from_ca_cert_pem(&new.cert_pem)?;
+        let cross_cert = params.signed_by(&new.key, &old.issuer, &old.key)?;
+        // The old certificate first, then the cross-certificate; the new key and
+        // certificate replace the old ones last (each file is written durably).
+        write_file(&previous, &old.cert_pem, false)?;
+        write_file(&cross, &cross_cert.pem(), false)?;
+        write_file(key, &new.key.serialize_pem(), true)?;
+        write_file(cert, &new.cert_pem, false)?;
+        Ca::load(cert, key)
+    }
+
+    /// Ends a rotation's overlap: the previous CA is no longer trusted.
+    pub fn retire_previous(cert: &Path) -> Result<bool, Error> {
+        let (previous, cross) = rotation_paths(cert);
+        let existed = previous.exists() || cross.exists();
+        for path in [cross, previous] {
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
+            }
+        }
+        Ok(existed)
+    }
+
+    /// Every CA certificate sites should trust: this one, then the previous one
+    /// during a rotation.
+    pub fn trust_bundle(&self) -> String {
+        let mut pem = self.cert_pem.clone();
+        if let Some(previous) = &self.previous_pem {
+            pem.push_str(previous);
+        }
+        pem
+    }
+
+    /// Fingerprint of the previous CA during a rotation.
+    pub fn previous_fingerprint(&self) -> Option<String> {
+        let pem = self.previous_pem.as_deref()?;
+        first_cert_der(pem).ok().map(|der| fingerprint(&der))
+    }
+
+    /// The chain the hub serves after its own certificate: this CA, and during a
+    /// rotation the cross-certificate and the previous CA, so that sites trusting
+    /// either CA (and enrollment tokens pinning either) verify the hub.
+    pub fn server_chain_pem(&self) -> String {
+        let mut pem = self.cert_pem.clone();
+        if let (Some(cross), Some(previous)) = (&self.cross_pem, &self.previous_pem) {
+            pem.push_str(cross);
+            pem.push_str(previous);
+        }
+        pem
+    }
+
+    /// When this CA's own certificate expires.
+    pub fn not_after(&self) -> Option<DateTime<Utc>> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.cert_der).ok()?;
+        DateTime::<Utc>::from_timestamp(cert.validity().not_after.timestamp(), 0)
     }
 
     /// Loads the CA from `cert`/`key` files, creating both when neither exists.
@@ -190,9 +345,15 @@ impl Ca {
         })
     }
 
-    /// Signs a site's CSR. The certificate names the site by a URI SAN the hub sets;
-    /// everything the CSR requested besides its public key is ignored.
-    pub fn sign_site_csr(&self, csr_pem: &str, site_id: &str) -> Result<String, Error> {
+    /// Signs a site's CSR, valid for `validity` from now. The certificate names the
+    /// site by a URI SAN the hub sets; everything the CSR requested besides its public
+    /// key is ignored.
+    pub fn sign_site_csr(
+        &self,
+        csr_pem: &str,
+        site_id: &str,
+        validity: Duration,
+    ) -> Result<SiteCert, Error> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| Error::BadCsr(e.to_string()))?;
         let mut params = CertificateParams::default();
@@ -206,12 +367,19 @@ impl Ca {
         params.is_ca = IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = Utc::now();
-        params.not_before = ymd(now - Duration::days(1));
-        params.not_after = ymd(now + Duration::days(730));
+        let now = Utc::now().trunc_subsecs(0);
+        // An hour's grace for a site clock a little behind the hub's.
+        params.not_before = offset(now - Duration::hours(1))?;
+        let not_after = now + validity;
+        params.not_after = offset(not_after)?;
         csr.params = params;
         let cert = csr.signed_by(&self.issuer, &self.key)?;
-        Ok(cert.pem())
+        Ok(SiteCert {
+            cert_pem: cert.pem(),
+            sha256: fingerprint(cert.der()),
+            not_after,
+            ca_sha256: self.fingerprint(),
+        })
     }
 }
 
@@ -234,8 +402,10 @@ mod tests {
             .expect("csr")
             .pem()
             .expect("pem");
-        let cert = ca.sign_site_csr(&csr, "site-a").expect("signed");
-        let der = first_cert_der(&cert).expect("der");
+        let cert = ca
+            .sign_site_csr(&csr, "site-a", Duration::days(30))
+            .expect("signed");
+        let der = first_cert_der(&cert.cert_pem).expect("der");
         assert_eq!(site_id_of(&der).as_deref(), Some("site-a"));
     }
 
@@ -243,7 +413,7 @@ mod tests {
     fn garbage_csr_is_refused_with_a_reason() {
         let ca = Ca::create("test CA").expect("CA");
         let err = ca
-            .sign_site_csr("not a csr", "site-a")
+            .sign_site_csr("not a csr", "site-a", Duration::days(30))
             .expect_err("refused");
         assert!(
             err.to_string().contains("signing request is not valid"),

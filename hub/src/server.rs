@@ -115,7 +115,7 @@ pub async fn publish_recipes(store: &dyn Store, config: &Config) -> anyhow::Resu
 
 pub fn load_ca(config: &Config) -> anyhow::Result<Ca> {
     let (cert, key) = config.ca_paths();
-    Ca::load_or_create(&cert, &key).context("loading the hub CA")
+    Ca::load(&cert, &key).context("loading the hub CA")
 }
 
 /// Starts serving; stops when `shutdown` is cancelled.
@@ -146,10 +146,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .context("listening for other hub replicas' notifications")?;
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
-            format!("{}{}", server_cert.cert_pem, ca.cert_pem()),
+            format!("{}{}", server_cert.cert_pem, ca.server_chain_pem()),
             server_cert.key_pem.clone(),
         ))
-        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+        // During a CA rotation, site certificates of the previous CA are trusted too.
+        .client_ca_root(Certificate::from_pem(ca.trust_bundle()))
         .client_auth_optional(true);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -224,7 +225,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     crate::console::serve(
         shared.clone(),
         console_listener,
-        &format!("{}{}", server_cert.cert_pem, ca.cert_pem()),
+        &format!("{}{}", server_cert.cert_pem, ca.server_chain_pem()),
         &server_cert.key_pem,
         shutdown.clone(),
     )?;

@@ -340,3 +340,32 @@ pub async fn cancel_order(
     shared.commands_added(&order.site_id, order.batch_id);
     Ok(order)
 }
+
+/// Moves a site through its lifecycle (suspend, resume, cease) for an administrator,
+/// with the reason the audit trail keeps. A suspended or ceased site's live link is
+/// closed at once.
+pub async fn change_site_status(
+    shared: &Shared,
+    user: &User,
+    site_id: &str,
+    status: store::SiteStatus,
+    reason: &str,
+) -> Result<store::Site, Error> {
+    require_role(user, &[Role::Admin])?;
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(field(
+            "reason",
+            format!("a reason is required to make a site {}", status.as_str()),
+        ));
+    }
+    let site = shared
+        .store
+        .set_site_status(site_id.trim(), status, &user.username, reason)
+        .await?;
+    if status != store::SiteStatus::Active {
+        shared.links.close(&site.site_id);
+    }
+    tracing::warn!(site_id = %site.site_id, status = status.as_str(), %reason, by = %user.username, "site status changed");
+    Ok(site)
+}

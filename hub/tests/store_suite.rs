@@ -12,8 +12,8 @@ use carrel_hub::record::record_sha256;
 use carrel_hub::store::postgres::{Options as PgOptions, PgStore};
 use carrel_hub::store::sqlite::SqliteStore;
 use carrel_hub::store::{
-    BatchState, Error, Ingested, NewOrder, Order, QcRecord, Role, Signature, Site, SiteStatus,
-    Store, StoredEvent, User,
+    BatchState, Error, Ingested, IssuedCert, NewOrder, Order, QcRecord, Role, Signature, Site,
+    SiteStatus, Store, StoredEvent, User,
 };
 use carrel_proto::coi::Coi;
 use carrel_proto::event::{
@@ -88,6 +88,15 @@ async fn add_user(store: &dyn Store, username: &str, role: Role) {
         .expect("add user");
 }
 
+/// A certificate as the hub's CA would have issued it (the store keeps only these facts).
+fn cert(sha256: &str) -> IssuedCert {
+    IssuedCert {
+        sha256: sha256.into(),
+        not_after: now() + Duration::days(730),
+        ca_sha256: "ca-1".into(),
+    }
+}
+
 /// Registers a site and enrolls it with its token, which makes it active.
 async fn add_active_site(store: &dyn Store, site_id: &str) -> Site {
     let token = format!("token-{site_id}");
@@ -96,7 +105,7 @@ async fn add_active_site(store: &dyn Store, site_id: &str) -> Site {
         .await
         .expect("add site");
     let site = store
-        .complete_enrollment(site_id, &token, &format!("cert-{site_id}"), now())
+        .complete_enrollment(site_id, &token, &cert(&format!("cert-{site_id}")), now())
         .await
         .expect("enroll site");
     assert_eq!(
@@ -1130,7 +1139,7 @@ async fn case_expired_enrollment_token_is_refused(store: Arc<dyn Store>) {
     );
     assert_refused!(
         store
-            .complete_enrollment("site-late", "token-late", "cert-late", now())
+            .complete_enrollment("site-late", "token-late", &cert("cert-late"), now())
             .await,
         Error::PermissionDenied
     );
@@ -1160,7 +1169,7 @@ async fn case_enrollment_token_works_once(store: Arc<dyn Store>) {
     );
 
     let enrolled = store
-        .complete_enrollment("site-new", "token-new", "cert-1", now())
+        .complete_enrollment("site-new", "token-new", &cert("cert-1"), now())
         .await
         .expect("enroll");
     assert_eq!(enrolled.status, SiteStatus::Active);
@@ -1168,7 +1177,7 @@ async fn case_enrollment_token_works_once(store: Arc<dyn Store>) {
 
     assert_refused!(
         store
-            .complete_enrollment("site-new", "token-new", "cert-2", now())
+            .complete_enrollment("site-new", "token-new", &cert("cert-2"), now())
             .await,
         Error::PermissionDenied
     );
@@ -1373,6 +1382,207 @@ async fn case_data_survives_reopening(
         .map(|c| c.seq)
         .collect();
     assert_eq!(seqs, vec![1, 2]);
+}
+
+// ---------------------------------------------------------------------------------
+// Site lifecycle and certificate renewal.
+// ---------------------------------------------------------------------------------
+
+async fn case_suspending_a_site_flags_its_running_batches_for_qa(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let running = order_at(&*store, SITE_A).await;
+    let waiting = order_at(&*store, SITE_A).await;
+    let elsewhere = order_at(&*store, SITE_B).await;
+    let mut log = SiteLog::new();
+    ingest(
+        &*store,
+        SITE_A,
+        &[
+            log.record(running.batch_id, accepted(&running, &recipe)),
+            log.record(running.batch_id, step_started("receipt")),
+        ],
+    )
+    .await;
+    let audited_before = store.audit_count("batch.flagged").await.expect("count");
+    let anomalies_before = store
+        .order(running.order_id)
+        .await
+        .expect("order")
+        .progress
+        .anomalies
+        .len();
+
+    let site = store
+        .set_site_status(
+            SITE_A,
+            SiteStatus::Suspended,
+            ADMIN,
+            "inspection finding 12",
+        )
+        .await
+        .expect("suspend");
+    assert_eq!(site.status, SiteStatus::Suspended);
+
+    let flagged = store.order(running.order_id).await.expect("order");
+    assert_eq!(
+        flagged.state,
+        BatchState::InProcess,
+        "suspension decides nothing"
+    );
+    assert_eq!(
+        flagged.progress.anomalies.len(),
+        anomalies_before + 1,
+        "{:?}",
+        flagged.progress
+    );
+    let flag = flagged.progress.anomalies.last().expect("the flag");
+    assert!(flag.contains("site suspended"), "{flag}");
+    assert!(flag.contains("inspection finding 12"), "{flag}");
+    assert!(flag.contains("QA decision"), "{flag}");
+    for untouched in [waiting.order_id, elsewhere.order_id] {
+        let order = store.order(untouched).await.expect("order");
+        assert!(
+            order.progress.anomalies.is_empty(),
+            "a batch not running at the suspended site is not flagged: {:?}",
+            order.progress
+        );
+    }
+    assert_eq!(
+        store.audit_count("batch.flagged").await.expect("count"),
+        audited_before + 1
+    );
+    assert_eq!(store.audit_count("site.suspended").await.expect("count"), 1);
+}
+
+async fn case_a_site_ceases_only_when_its_batches_are_closed_and_for_good(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(
+        &*store,
+        SITE_A,
+        &[log.record(order.batch_id, accepted(&order, &recipe))],
+    )
+    .await;
+
+    // An open batch keeps the site from ceasing; the refusal names it and changes nothing.
+    let refused = store
+        .set_site_status(SITE_A, SiteStatus::Ceased, ADMIN, "programme closed")
+        .await
+        .expect_err("an open batch blocks cessation");
+    match &refused {
+        Error::FailedPrecondition(why) => {
+            assert!(why.contains(&order.batch_id.to_string()), "{why}")
+        }
+        other => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+    assert_eq!(
+        store.site(SITE_A).await.expect("site").status,
+        SiteStatus::Active
+    );
+    assert_eq!(store.audit_count("site.ceased").await.expect("count"), 0);
+
+    store
+        .cancel_order(order.order_id, "site closing", PHYSICIAN, now())
+        .await
+        .expect("cancel");
+    let ceased = store
+        .set_site_status(SITE_A, SiteStatus::Ceased, ADMIN, "programme closed")
+        .await
+        .expect("cease");
+    assert_eq!(ceased.status, SiteStatus::Ceased);
+    assert_eq!(store.audit_count("site.ceased").await.expect("count"), 1);
+
+    // Final: no resume, no suspend, no orders; its records are still there.
+    for to in [
+        SiteStatus::Active,
+        SiteStatus::Suspended,
+        SiteStatus::Ceased,
+    ] {
+        assert_refused!(
+            store.set_site_status(SITE_A, to, ADMIN, "try again").await,
+            Error::FailedPrecondition
+        );
+    }
+    assert_refused!(
+        store.create_order(&new_order(SITE_A), now()).await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(
+        store
+            .batch_events(order.batch_id)
+            .await
+            .expect("events")
+            .len(),
+        1,
+        "a ceased site's records stay readable"
+    );
+    assert!(store.verify_audit().await.expect("read").is_ok());
+}
+
+async fn case_a_renewed_certificate_replaces_the_old_one_when_first_used(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    let before = store.site(SITE_A).await.expect("site");
+    assert_eq!(before.cert_ca_sha256.as_deref(), Some("ca-1"));
+    assert!(before.cert_not_after.is_some());
+
+    let renewed = IssuedCert {
+        sha256: "cert-renewed".into(),
+        not_after: now() + Duration::days(800),
+        ca_sha256: "ca-2".into(),
+    };
+    let pending = store
+        .record_renewed_certificate(SITE_A, &renewed, now())
+        .await
+        .expect("record renewal");
+    // Until the site uses it, both are good: the old one is still the site's.
+    assert_eq!(pending.cert_sha256, before.cert_sha256);
+    assert_eq!(pending.pending_cert_sha256.as_deref(), Some("cert-renewed"));
+
+    assert_refused!(
+        store
+            .promote_pending_certificate(SITE_A, "cert-other", now())
+            .await,
+        Error::FailedPrecondition
+    );
+    let promoted = store
+        .promote_pending_certificate(SITE_A, "cert-renewed", now())
+        .await
+        .expect("promote");
+    assert_eq!(promoted.cert_sha256.as_deref(), Some("cert-renewed"));
+    assert_eq!(promoted.cert_ca_sha256.as_deref(), Some("ca-2"));
+    assert_eq!(promoted.cert_not_after, Some(renewed.not_after));
+    assert_eq!(promoted.pending_cert_sha256, None);
+    assert_eq!(
+        store
+            .audit_count("site.certificate_issued")
+            .await
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        store
+            .audit_count("site.certificate_replaced")
+            .await
+            .expect("count"),
+        1
+    );
+
+    // A suspended site gets no new certificate.
+    store
+        .set_site_status(SITE_B, SiteStatus::Suspended, ADMIN, "audit")
+        .await
+        .expect("suspend");
+    assert_refused!(
+        store
+            .record_renewed_certificate(SITE_B, &renewed, now())
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(
+        store.site(SITE_B).await.expect("site").pending_cert_sha256,
+        None
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -1672,6 +1882,9 @@ store_cases!(sqlite, open_sqlite:
     case_custody_mismatch_is_an_exception_and_audited,
     case_the_newest_link_claim_wins,
     case_failed_sign_ins_count_until_a_success,
+    case_suspending_a_site_flags_its_running_batches_for_qa,
+    case_a_site_ceases_only_when_its_batches_are_closed_and_for_good,
+    case_a_renewed_certificate_replaces_the_old_one_when_first_used,
 );
 
 store_cases!(postgres, open_postgres:
@@ -1702,6 +1915,9 @@ store_cases!(postgres, open_postgres:
     case_custody_mismatch_is_an_exception_and_audited,
     case_the_newest_link_claim_wins,
     case_failed_sign_ins_count_until_a_success,
+    case_suspending_a_site_flags_its_running_batches_for_qa,
+    case_a_site_ceases_only_when_its_batches_are_closed_and_for_good,
+    case_a_renewed_certificate_replaces_the_old_one_when_first_used,
 );
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1912,4 +2128,97 @@ async fn postgres_unreachable_server_is_named_without_its_password() {
         "gave up after {:?}, not within the acquire timeout",
         started.elapsed()
     );
+}
+
+/// A database made by the previous release (every migration but the site lifecycle
+/// one, which rebuilds the sites table) is upgraded on open, and every row that refers
+/// to a site still refers to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_upgrade_rebuilds_the_sites_table_and_keeps_what_refers_to_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let old_migrations = dir.path().join("migrations");
+    std::fs::create_dir(&old_migrations).expect("mkdir");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&shipped).expect("read migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < "20261127080000" {
+            std::fs::copy(&path, old_migrations.join(&name)).expect("copy");
+        }
+    }
+    let path = dir.path().join("hub.db");
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let mut conn = options.connect().await.expect("create the old database");
+        sqlx::migrate::Migrator::new(old_migrations.as_path())
+            .await
+            .expect("old migrations")
+            .run_direct(&mut conn)
+            .await
+            .expect("apply the old schema");
+        for sql in [
+            "INSERT INTO sites (site_id, name, status, cert_sha256, acked_event_seq, created_at) \
+             VALUES ('site-old', 'Old site', 'suspended', 'cert-old', 1, '2026-11-01T00:00:00.000000Z')",
+            "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
+             VALUES ('site-old', 1, 'e1', 'b1', 'batch_accepted', '2026-11-01T00:00:00.000000Z', \
+                     '2026-11-01T00:00:00.000000Z', '{}', 'h1')",
+            "INSERT INTO site_links (site_id, holder, generation, claimed_at) \
+             VALUES ('site-old', 'hub-1', 3, '2026-11-01T00:00:00.000000Z')",
+        ] {
+            conn.execute(sql).await.expect("seed the old database");
+        }
+        conn.close().await.expect("close");
+    }
+
+    let store = open_sqlite_at(&path).await;
+    let site = store.site("site-old").await.expect("the site survived");
+    assert_eq!(site.status, SiteStatus::Suspended);
+    assert_eq!(site.cert_sha256.as_deref(), Some("cert-old"));
+    assert_eq!((site.cert_not_after, site.cert_ca_sha256), (None, None));
+    assert_eq!(site.acked_event_seq, 1);
+    assert_eq!(
+        store.site_link_generation("site-old").await.expect("link"),
+        3,
+        "the row referring to the site is intact"
+    );
+    // The new status is allowed by the rebuilt table.
+    let ceased = store
+        .set_site_status("site-old", SiteStatus::Ceased, ADMIN, "retired")
+        .await
+        .expect("cease");
+    assert_eq!(ceased.status, SiteStatus::Ceased);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_refuses_a_database_whose_schema_is_newer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hub.db");
+    open_sqlite_at(&path).await.close().await;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .expect("connect");
+    conn.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29991231000000, 'from a newer carrel-hub', 1, x'00', 0)",
+    )
+    .await
+    .expect("record a migration this binary does not have");
+    conn.close().await.expect("close");
+    match SqliteStore::open(&path).await {
+        Ok(_) => panic!("a database with a newer schema was opened"),
+        Err(Error::FailedPrecondition(message)) => {
+            assert!(message.contains("newer"), "{message}");
+            assert!(message.contains("29991231000000"), "{message}");
+        }
+        Err(other) => panic!("expected FailedPrecondition, got {other:?}"),
+    }
 }

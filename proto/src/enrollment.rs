@@ -50,6 +50,22 @@ pub fn site_id_of(cert_der: &[u8]) -> Option<String> {
     })
 }
 
+/// A certificate's (DER) validity as Unix seconds: (not before, not after).
+pub fn validity_of(cert_der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// The certificate's public key (DER SubjectPublicKeyInfo).
+pub fn public_key_of(cert_der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(cert.public_key().raw.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,10 @@ pub mod protocol {
     /// This build's version of the site link protocol. Bump the minor for a
     /// compatible change (a new optional field or message), the major for an
     /// incompatible one.
-    pub const VERSION: (u32, u32) = (1, 0);
+    ///
+    /// 1.1: Welcome carries the CA bundle to trust and a request to renew; the site
+    /// renews its certificate over the link (CertificateRequest / CertificateIssued).
+    pub const VERSION: (u32, u32) = (1, 1);
 
     /// Why a peer's protocol version is not accepted.
     #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,8 +79,9 @@ pub mod protocol {
         fn one_minor_apart_works_and_more_does_not() {
             assert!(check("1.0").is_ok());
             assert!(check("1.1").is_ok());
+            assert!(check("1.2").is_ok());
             assert!(check("").is_ok(), "a peer from before versioning is 1.0");
-            assert!(check("1.2").is_err());
+            assert!(check("1.3").is_err());
             assert!(check("2.0").is_err());
             assert!(check("one").is_err());
         }

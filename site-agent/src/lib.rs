@@ -52,8 +52,9 @@ impl Running {
 /// Starts the link and the executor; both stop when `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     config.validate()?;
+    identity::finish_interrupted_renewal(&config.data_dir)?;
     let identity = identity::Identity::load(&config.data_dir)?;
-    let tls = tls::mtls_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
+    let tls = identity.tls()?;
     let db = config.data_dir.join("agent.db");
     let store = Arc::new(
         store::Store::open(&db)
@@ -70,6 +71,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
         events_per_message: config.events_per_message,
         state,
+        renewal: Some(link::Renewal::new(config.data_dir.clone())),
     };
     let tasks = TaskTracker::new();
     tasks.spawn(link.run(shutdown.clone()));

@@ -35,6 +35,15 @@ pub enum Error {
     Protocol(String),
     #[error("nothing heard from the hub for {0:?}")]
     Silent(Duration),
+    #[error("site identity: {0}")]
+    Identity(String),
+}
+
+/// How a session ended without an error.
+enum Ended {
+    Closed,
+    /// The certificate was renewed: reconnect with it at once.
+    Renewed,
 }
 
 impl From<tonic::Status> for Error {
@@ -54,6 +63,88 @@ pub struct LinkState {
     pub last_error: Option<String>,
 }
 
+/// Keeping the site's identity current over the link: the CA bundle the hub sends,
+/// and certificate renewal (when the hub asks, or a third of the lifetime is left).
+pub struct Renewal {
+    data_dir: std::path::PathBuf,
+    state: std::sync::Mutex<RenewalState>,
+}
+
+#[derive(Default)]
+struct RenewalState {
+    /// TLS with the identity as it now stands, once it changed since start.
+    tls: Option<Arc<ClientConfig>>,
+    last_attempt: Option<Instant>,
+}
+
+/// Renewals are not asked more often than this, whatever the hub says.
+const RENEWAL_RETRY: Duration = Duration::from_secs(600);
+
+impl Renewal {
+    pub fn new(data_dir: std::path::PathBuf) -> Renewal {
+        Renewal {
+            data_dir,
+            state: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RenewalState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the hub's CA bundle; later connections trust it.
+    fn trust(&self, pem: &str) -> Result<(), Error> {
+        if pem.trim().is_empty() {
+            return Ok(());
+        }
+        if crate::identity::store_trust_bundle(&self.data_dir, pem).map_err(identity_error)? {
+            let identity =
+                crate::identity::Identity::load(&self.data_dir).map_err(identity_error)?;
+            self.lock().tls = Some(identity.tls().map_err(identity_error)?);
+            tracing::info!("the hub's CA bundle changed; it is trusted from the next connection");
+        }
+        Ok(())
+    }
+
+    /// A CSR to send, when the certificate should be renewed now.
+    fn request(&self, hub_asked: bool) -> Result<Option<String>, Error> {
+        let identity = crate::identity::Identity::load(&self.data_dir).map_err(identity_error)?;
+        let due = identity.due_for_renewal(chrono::Utc::now().timestamp());
+        if !(hub_asked || due) {
+            return Ok(None);
+        }
+        let mut state = self.lock();
+        if state
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < RENEWAL_RETRY)
+        {
+            return Ok(None);
+        }
+        state.last_attempt = Some(Instant::now());
+        tracing::info!(hub_asked, due, "renewing the site certificate");
+        crate::identity::begin_renewal(&self.data_dir)
+            .map(Some)
+            .map_err(identity_error)
+    }
+
+    /// Takes the renewed certificate; the TLS to reconnect with.
+    fn complete(&self, issued: &pb::CertificateIssued) -> Result<Arc<ClientConfig>, Error> {
+        let identity = crate::identity::complete_renewal(
+            &self.data_dir,
+            &issued.certificate_pem,
+            &issued.trusted_ca_pem,
+        )
+        .map_err(identity_error)?;
+        let tls = identity.tls().map_err(identity_error)?;
+        self.lock().tls = Some(tls.clone());
+        Ok(tls)
+    }
+}
+
+fn identity_error(e: crate::identity::Error) -> Error {
+    Error::Identity(e.to_string())
+}
+
 pub struct Link {
     pub store: Arc<Store>,
     /// Hub addresses, tried in turn: when the link to one is lost, the next one is
@@ -65,6 +156,8 @@ pub struct Link {
     pub heartbeat_timeout: Duration,
     pub events_per_message: usize,
     pub state: watch::Sender<LinkState>,
+    /// Identity upkeep; `None` keeps the identity the link started with.
+    pub renewal: Option<Renewal>,
 }
 
 impl Link {
@@ -84,7 +177,12 @@ impl Link {
             let was_up = self.state.borrow().connected;
             self.state.send_modify(|s| s.connected = false);
             match result {
-                Ok(()) => tracing::info!("link to the hub closed"),
+                Ok(Ended::Renewed) => {
+                    tracing::info!("reconnecting with the renewed certificate");
+                    backoff = self.reconnect_min;
+                    continue;
+                }
+                Ok(Ended::Closed) => tracing::info!("link to the hub closed"),
                 Err(e) => {
                     tracing::warn!(%hub, error = %e, "link to the hub lost");
                     // Try the next replica; with one address this is the same hub.
@@ -127,8 +225,16 @@ impl Link {
         }
     }
 
-    async fn session(&self, hub: &str, shutdown: &CancellationToken) -> Result<(), Error> {
-        let channel = tls::connect(hub, self.tls.clone(), Duration::from_secs(5)).await?;
+    /// TLS with the site's identity as it now stands.
+    fn tls(&self) -> Arc<ClientConfig> {
+        self.renewal
+            .as_ref()
+            .and_then(|r| r.lock().tls.clone())
+            .unwrap_or_else(|| self.tls.clone())
+    }
+
+    async fn session(&self, hub: &str, shutdown: &CancellationToken) -> Result<Ended, Error> {
+        let channel = tls::connect(hub, self.tls(), Duration::from_secs(5)).await?;
         let mut client = pb::site_link_service_client::SiteLinkServiceClient::new(channel);
         let (out, out_rx) = mpsc::channel::<pb::SiteMessage>(16);
         let send = |body| {
@@ -179,6 +285,15 @@ impl Link {
         });
         tracing::info!(site_id = %welcome.site_id, hub_acked = acked, local_last = last_event_seq, "link to the hub up");
         tracing::info!(%hub, "connected");
+        if let Some(renewal) = &self.renewal {
+            renewal.trust(&welcome.trusted_ca_pem)?;
+            if let Some(csr_pem) = renewal.request(welcome.renew_certificate)? {
+                send(site_message::Body::CertificateRequest(
+                    pb::CertificateRequest { csr_pem },
+                ))
+                .await?;
+            }
+        }
 
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,7 +313,7 @@ impl Link {
                 .await?;
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(Ended::Closed),
                 _ = self.store.appended() => {}
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > self.heartbeat_timeout {
@@ -210,7 +325,7 @@ impl Link {
                 }
                 message = inbound.message() => {
                     last_heard = Instant::now();
-                    let Some(message) = message? else { return Ok(()) };
+                    let Some(message) = message? else { return Ok(Ended::Closed) };
                     match message.body {
                         Some(hub_message::Body::Commands(batch)) => {
                             let mut last = None;
@@ -237,6 +352,17 @@ impl Link {
                             self.state.send_modify(|s| s.hub_acked_event_seq = acked);
                         }
                         Some(hub_message::Body::Heartbeat(_)) => {}
+                        Some(hub_message::Body::CertificateIssued(issued)) => {
+                            match &self.renewal {
+                                Some(renewal) if issued.error.is_empty() => {
+                                    renewal.complete(&issued)?;
+                                    tracing::info!("site certificate renewed");
+                                    return Ok(Ended::Renewed);
+                                }
+                                Some(_) => tracing::warn!(error = %issued.error, "the hub refused to renew the site certificate; the current one is kept"),
+                                None => tracing::warn!("a certificate from the hub that this link did not ask for; ignored"),
+                            }
+                        }
                         Some(hub_message::Body::Welcome(_)) => {
                             return Err(Error::Protocol("a second Welcome on one stream".into()));
                         }

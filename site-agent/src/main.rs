@@ -49,6 +49,10 @@ enum Command {
         /// Print the effective configuration and exit.
         #[arg(long)]
         dump_config: bool,
+        /// Check the configuration (and that the site is enrolled) and exit: 0 when
+        /// the agent would start, 2 with the reason when it would not.
+        #[arg(long, conflicts_with = "dump_config")]
+        check_config: bool,
     },
     /// Show the batches at this site and how far the hub has acknowledged the log.
     Status {
@@ -190,11 +194,33 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Run {
             data_dir,
             dump_config,
+            check_config,
         } => {
             let config = Config::load(&data_dir)?;
             if dump_config {
                 print!("{}", toml::to_string_pretty(&config)?);
                 return Ok(std::process::ExitCode::SUCCESS);
+            }
+            if check_config {
+                let checked = config
+                    .validate()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| Ok(identity::Identity::load(&config.data_dir)?));
+                return Ok(match checked {
+                    Ok(identity) => {
+                        println!(
+                            "Configuration in {} is valid; enrolled as site {}, hub {}.",
+                            data_dir.display(),
+                            identity.site_id,
+                            config.hub_addresses().join(", ")
+                        );
+                        std::process::ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("carrel-site-agent: {e:#}");
+                        std::process::ExitCode::from(2)
+                    }
+                });
             }
             config.validate()?;
             init_tracing(cli.log_format);

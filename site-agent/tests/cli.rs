@@ -87,3 +87,34 @@ fn example_config_parses_and_unknown_keys_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat_timout_ms"));
 }
+
+#[test]
+fn check_config_validates_then_requires_enrollment_and_exits_2_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent.example.toml");
+    std::fs::copy(example, dir.path().join("agent.toml")).expect("copy example");
+    let check = || {
+        agent()
+            .args(["run", "--check-config", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("check")
+    };
+    // A valid configuration in a directory that holds no site yet.
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds no enrolled site"), "{stderr}");
+
+    // An invalid value is named before enrollment is looked at.
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        "hub = \"https://h:1\"\nheartbeat_timeout_ms = 0\n",
+    )
+    .expect("config");
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("heartbeat"), "{stderr}");
+    assert!(!stderr.contains("enrolled"), "{stderr}");
+}

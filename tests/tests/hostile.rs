@@ -314,7 +314,17 @@ async fn a_suspended_site_is_cut_off_at_once_refused_until_resumed_and_loses_not
     );
 
     // Resumed: everything recorded meanwhile arrives, once.
-    hub.cli_ok(ADMIN.0, &["site", "resume", "site-x"], None);
+    hub.cli_ok(
+        ADMIN.0,
+        &[
+            "site",
+            "resume",
+            "site-x",
+            "--reason",
+            "certificate recovered",
+        ],
+        None,
+    );
     wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(60)).await;
     let moved = assert_hub_has_the_site_log(&hub, &agent, Duration::from_secs(30)).await;
     println!(

@@ -102,6 +102,17 @@ async fn metrics_move_with_the_work_and_a_backup_taken_under_load_restores_intac
         failed_before + 1.0
     );
     assert!(value(&during, "carrel_hub_event_commit_seconds_count") >= 1.0);
+    // The site's certificate from enrollment: two years ahead, nothing expiring soon.
+    let expiry = value(
+        &during,
+        "carrel_hub_site_certificate_expiry_seconds{site=\"site-o\"}",
+    );
+    assert!(
+        expiry > 700.0 * 86_400.0 && expiry <= 730.0 * 86_400.0,
+        "{expiry}"
+    );
+    assert_eq!(value(&during, "carrel_hub_certificates_expiring"), 0.0);
+    assert_eq!(value(&during, "carrel_hub_sites_on_previous_ca"), 0.0);
     let site = scrape(&site_metrics, None).await;
     assert_eq!(value(&site, "carrel_agent_link_up"), 1.0);
     assert!(value(&site, "carrel_agent_events_recorded_total") >= 5.0);
@@ -216,4 +227,56 @@ async fn metrics_move_with_the_work_and_a_backup_taken_under_load_restores_intac
         String::from_utf8_lossy(&out.stderr).contains("--force"),
         "an existing store is not replaced without --force"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_reach_an_otlp_collector_when_one_is_configured() {
+    let collector = carrel_tests::otlp::Collector::start().await;
+    let mut hub = Hub::start().await;
+    // Without an endpoint nothing is exported.
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(collector.spans().is_empty(), "{:?}", collector.spans());
+
+    let mut config = std::fs::read_to_string(hub.config_path()).expect("config");
+    config.push_str(&format!("otlp_endpoint = \"{}\"\n", collector.endpoint));
+    std::fs::write(hub.config_path(), config).expect("config");
+    hub.restart().await;
+    assert!(hub.log().contains("exporting traces over OTLP"));
+    let token = hub.add_site("site-t");
+    let mut agent = Agent::enroll(&hub, "site-t", &token)
+        .expect("enroll")
+        .with_time_compression(20_000.0);
+    agent.start();
+    hub.cli_ok(
+        PHYSICIAN.0,
+        &["login", "--user", PHYSICIAN.0],
+        Some(PHYSICIAN.1),
+    );
+
+    // A site link's span ends when the link does: the agent stops, the hub notices.
+    let _ = eventually(Duration::from_secs(30), "the link to be up", || {
+        let up = hub.log().contains("site link open");
+        async move { up.then_some(()) }
+    })
+    .await;
+    agent.kill();
+    let spans = eventually(
+        Duration::from_secs(30),
+        "the hub's spans at the collector",
+        || {
+            let spans = collector.spans();
+            async move {
+                let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+                (names.contains(&"enroll")
+                    && names.contains(&"site_link")
+                    && names.contains(&"login"))
+                .then_some(spans)
+            }
+        },
+    )
+    .await;
+    assert!(spans.iter().all(|s| s.service == "carrel-hub"), "{spans:?}");
+    assert!(spans.iter().all(|s| s.trace_id.len() == 16));
+    println!("OTLP: {} spans received", spans.len());
 }

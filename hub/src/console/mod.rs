@@ -46,6 +46,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/batches/{id}/sign", post(pages::sign))
         .route("/admin/sites", get(pages::sites).post(pages::add_site))
         .route("/admin/sites/{id}/suspend", post(pages::suspend_site))
+        .route("/admin/sites/{id}/cease", post(pages::cease_site))
         .route("/admin/sites/{id}/resume", post(pages::resume_site))
         .route("/admin/users", get(pages::users).post(pages::add_user))
         .route("/style.css", get(view::stylesheet))

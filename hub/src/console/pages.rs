@@ -690,13 +690,24 @@ fn sites_markup(
             h1 { "Sites" }
             @if let Some(notice) = notice { (notice) }
             table {
-                thead { tr { th { "Site" } th { "Name" } th { "Status" } th { "Link" } th { "Last contact" } th { "Events" } th { "Commands acked" } th {} } }
+                thead { tr { th { "Site" } th { "Name" } th { "Status" } th { "Link" } th { "Last contact" } th { "Events" } th { "Commands acked" } th { "Certificate" } th {} } }
                 tbody { @for s in sites {
                     tr data-site=(s.site_id) {
                         td { (s.site_id) } td { (s.name) } td { (s.status.as_str()) }
                         td { @if hub.links.is_connected(&s.site_id) { span.badge.pass { "connected" } } @else { span.badge { "not connected" } } }
                         td.muted { (s.last_contact_at.map(when).unwrap_or_else(|| "never".into())) }
                         td { (s.acked_event_seq) } td { (s.acked_command_seq) "/" (s.last_command_seq) }
+                        td.certificate {
+                            @if let Some(until) = s.cert_not_after {
+                                "until " (until.format("%Y-%m-%d"))
+                                @if until - chrono::Utc::now() < chrono::Duration::days(i64::from(hub.config.certificate_warning_days)) {
+                                    " " span.badge.rejected { "expiring" }
+                                }
+                            } @else if s.cert_sha256.is_some() { span.muted { "expiry not recorded" } }
+                            @if s.cert_sha256.is_some() && s.cert_ca_sha256.as_deref() != Some(hub.ca.fingerprint().as_str()) {
+                                " " span.badge { "previous CA" }
+                            }
+                        }
                         td {
                             @if s.status == SiteStatus::Active {
                                 form method="post" action=(format!("/admin/sites/{}/suspend", s.site_id)) {
@@ -709,6 +720,11 @@ fn sites_markup(
                                     input type="hidden" name="csrf" value=(session.csrf);
                                     input name="reason" placeholder="reason" required aria-label="reason for resuming";
                                     button type="submit" { "Resume" }
+                                }
+                                form method="post" action=(format!("/admin/sites/{}/cease", s.site_id)) {
+                                    input type="hidden" name="csrf" value=(session.csrf);
+                                    input name="reason" placeholder="reason" required aria-label="reason for ceasing";
+                                    button.danger type="submit" { "Cease (final)" }
                                 }
                             }
                         }
@@ -795,16 +811,9 @@ async fn set_status(
 ) -> Page {
     require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
-    if form.reason.trim().is_empty() {
-        return Err(problem(StatusCode::BAD_REQUEST, "a reason is required"));
-    }
-    hub.store
-        .set_site_status(&site_id, status, &session.user.username, form.reason.trim())
+    crate::service::change_site_status(&hub, &session.user, &site_id, status, &form.reason)
         .await
-        .map_err(|e| refused(e.into()))?;
-    if status == SiteStatus::Suspended {
-        hub.links.close(&site_id);
-    }
+        .map_err(refused)?;
     Ok(Redirect::to("/admin/sites").into_response())
 }
 
@@ -824,6 +833,15 @@ pub async fn resume_site(
     Form(form): Form<ReasonForm>,
 ) -> Page {
     set_status(hub, session, id, form, SiteStatus::Active).await
+}
+
+pub async fn cease_site(
+    hub: Hub,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<ReasonForm>,
+) -> Page {
+    set_status(hub, session, id, form, SiteStatus::Ceased).await
 }
 
 fn users_markup(session: &Session, users: &[store::User], notice: Option<Markup>) -> Markup {

@@ -1,6 +1,6 @@
 //! `AdminService`: sites, users and recipes, for administrators.
 
-use super::{require, role_from_pb, status, user_to_pb, Shared};
+use super::{require, role_from_pb, service_status, status, user_to_pb, Shared};
 use crate::admin::{self, register_site};
 use crate::store::{Role, Site, SiteStatus};
 use carrel_proto::event::to_timestamp;
@@ -19,6 +19,19 @@ fn admin_status(error: admin::Error) -> Status {
 }
 
 impl AdminApi {
+    async fn change(
+        &self,
+        user: &crate::store::User,
+        site_id: &str,
+        to: SiteStatus,
+        reason: &str,
+    ) -> Result<pb::Site, Status> {
+        let site = crate::service::change_site_status(&self.0, user, site_id, to, reason)
+            .await
+            .map_err(service_status)?;
+        Ok(self.site_to_pb(&site))
+    }
+
     fn site_to_pb(&self, site: &Site) -> pb::Site {
         pb::Site {
             site_id: site.site_id.clone(),
@@ -27,12 +40,16 @@ impl AdminApi {
                 SiteStatus::Pending => pb::SiteStatus::Pending,
                 SiteStatus::Active => pb::SiteStatus::Active,
                 SiteStatus::Suspended => pb::SiteStatus::Suspended,
+                SiteStatus::Ceased => pb::SiteStatus::Ceased,
             } as i32,
             connected: self.0.links.is_connected(&site.site_id),
             last_contact_at: site.last_contact_at.map(to_timestamp),
             acked_event_seq: site.acked_event_seq,
             last_command_seq: site.last_command_seq,
             acked_command_seq: site.acked_command_seq,
+            certificate_expires_at: site.cert_not_after.map(to_timestamp),
+            certificate_from_current_ca: site.cert_ca_sha256.as_deref()
+                == Some(self.0.ca.fingerprint().as_str()),
         }
     }
 }
@@ -84,27 +101,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::SuspendSiteResponse>, Status> {
         let user = require(&self.0, &request, &[Role::Admin]).await?;
         let req = request.into_inner();
-        if req.reason.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "a reason is required to suspend a site",
-            ));
-        }
         let site = self
-            .0
-            .store
-            .set_site_status(
-                req.site_id.trim(),
-                SiteStatus::Suspended,
-                &user.username,
-                req.reason.trim(),
-            )
-            .await
-            .map_err(status)?;
-        self.0.links.close(&site.site_id);
-        tracing::warn!(site_id = %site.site_id, "site suspended");
-        Ok(Response::new(pb::SuspendSiteResponse {
-            site: Some(self.site_to_pb(&site)),
-        }))
+            .change(&user, &req.site_id, SiteStatus::Suspended, &req.reason)
+            .await?;
+        Ok(Response::new(pb::SuspendSiteResponse { site: Some(site) }))
     }
 
     async fn resume_site(
@@ -114,19 +114,21 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let user = require(&self.0, &request, &[Role::Admin]).await?;
         let req = request.into_inner();
         let site = self
-            .0
-            .store
-            .set_site_status(
-                req.site_id.trim(),
-                SiteStatus::Active,
-                &user.username,
-                req.reason.trim(),
-            )
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::ResumeSiteResponse {
-            site: Some(self.site_to_pb(&site)),
-        }))
+            .change(&user, &req.site_id, SiteStatus::Active, &req.reason)
+            .await?;
+        Ok(Response::new(pb::ResumeSiteResponse { site: Some(site) }))
+    }
+
+    async fn cease_site(
+        &self,
+        request: Request<pb::CeaseSiteRequest>,
+    ) -> Result<Response<pb::CeaseSiteResponse>, Status> {
+        let user = require(&self.0, &request, &[Role::Admin]).await?;
+        let req = request.into_inner();
+        let site = self
+            .change(&user, &req.site_id, SiteStatus::Ceased, &req.reason)
+            .await?;
+        Ok(Response::new(pb::CeaseSiteResponse { site: Some(site) }))
     }
 
     async fn add_user(

@@ -59,6 +59,19 @@ impl Shared {
 
     /// Tells a site's live link (if any) that new commands are waiting, and watchers
     /// that the batch changed.
+    /// Signs a site's CSR for the configured certificate lifetime.
+    pub fn sign_site_csr(
+        &self,
+        csr_pem: &str,
+        site_id: &str,
+    ) -> Result<crate::pki::SiteCert, crate::pki::Error> {
+        self.ca.sign_site_csr(
+            csr_pem,
+            site_id,
+            chrono::Duration::days(i64::from(self.config.site_certificate_days)),
+        )
+    }
+
     pub fn commands_added(&self, site_id: &str, batch_id: Uuid) {
         self.links.notifier(site_id).notify_one();
         let _ = self.changes.send(batch_id);

@@ -25,13 +25,27 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub struct SiteLinkApi(pub Arc<Shared>);
 
+fn issued(cert: &pki::SiteCert) -> store::IssuedCert {
+    store::IssuedCert {
+        sha256: cert.sha256.clone(),
+        not_after: cert.not_after,
+        ca_sha256: cert.ca_sha256.clone(),
+    }
+}
+
 /// Most events accepted in one message; an agent sends smaller batches.
 pub const MAX_EVENTS_PER_MESSAGE: usize = 1_000;
 /// Most commands sent in one message.
 const COMMANDS_PER_MESSAGE: u32 = 100;
 
+/// A site that passed identification, and whether it should renew its certificate.
+struct Identified {
+    site_id: String,
+    renew: Option<String>,
+}
+
 /// Who is at the other end of the stream, from the TLS client certificate alone.
-async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<String, Status> {
+async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<Identified, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated("Sync needs the site's client certificate; enroll the agent first")
     })?;
@@ -50,17 +64,40 @@ async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<Strin
         }
         Err(e) => return Err(status(e)),
     };
-    if site.status == SiteStatus::Suspended {
+    match site.status {
+        SiteStatus::Suspended => {
+            return Err(Status::permission_denied(format!(
+                "site {site_id:?} is suspended"
+            )))
+        }
+        SiteStatus::Ceased => {
+            return Err(Status::permission_denied(format!(
+            "site {site_id:?} has ceased; it can no longer connect (its records stay at the hub)"
+        )))
+        }
+        SiteStatus::Pending | SiteStatus::Active => {}
+    }
+    let presented = pki::fingerprint(leaf.as_ref());
+    if site.pending_cert_sha256.as_deref() == Some(presented.as_str()) {
+        // The first connection with a renewed certificate: from now on only it is accepted.
+        shared
+            .store
+            .promote_pending_certificate(&site_id, &presented, Utc::now())
+            .await
+            .map_err(status)?;
+        tracing::info!(%site_id, certificate = %presented, "site now uses its renewed certificate");
+    } else if site.cert_sha256.as_deref() != Some(presented.as_str()) {
         return Err(Status::permission_denied(format!(
-            "site {site_id:?} is suspended"
+            "this certificate is not the one issued to site {site_id:?} at its last enrollment or renewal"
         )));
     }
-    if site.cert_sha256.as_deref() != Some(pki::fingerprint(leaf.as_ref()).as_str()) {
-        return Err(Status::permission_denied(format!(
-            "this certificate is not the one issued to site {site_id:?} at its last enrollment"
-        )));
-    }
-    Ok(site_id)
+    let renew = pki::renewal_reason(
+        leaf.as_ref(),
+        &shared.ca,
+        chrono::Duration::days(i64::from(shared.config.site_certificate_renew_days)),
+        Utc::now(),
+    );
+    Ok(Identified { site_id, renew })
 }
 
 #[tonic::async_trait]
@@ -77,9 +114,13 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
             )
         })?;
         if token.ca_sha256 != self.0.ca.fingerprint() {
-            return Err(Status::failed_precondition(
-                "the enrollment token was issued by a different hub CA",
-            ));
+            let rotated =
+                self.0.ca.previous_fingerprint().as_deref() == Some(token.ca_sha256.as_str());
+            return Err(Status::failed_precondition(if rotated {
+                "the enrollment token pins the hub CA from before its rotation; ask the hub's administrator for a new token"
+            } else {
+                "the enrollment token was issued by a different hub CA"
+            }));
         }
         let token_sha = secret_sha256(&token.secret);
         let site = match self.0.store.site_for_token(&token_sha, Utc::now()).await {
@@ -98,30 +139,22 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
             }
         };
         // Sign before using the token up, so a bad CSR leaves the token usable.
-        let cert_pem = self
+        let cert = self
             .0
-            .ca
             .sign_site_csr(&req.csr_pem, &site.site_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let cert_der =
-            pki::first_cert_der(&cert_pem).map_err(|e| Status::internal(e.to_string()))?;
         let site = self
             .0
             .store
-            .complete_enrollment(
-                &site.site_id,
-                &token_sha,
-                &pki::fingerprint(&cert_der),
-                Utc::now(),
-            )
+            .complete_enrollment(&site.site_id, &token_sha, &issued(&cert), Utc::now())
             .await
             .map_err(status)?;
         tracing::info!(site_id = %site.site_id, "site enrolled");
         Ok(Response::new(pb::EnrollResponse {
             site_id: site.site_id,
             site_name: site.name,
-            certificate_pem: cert_pem,
-            ca_certificate_pem: self.0.ca.cert_pem().to_owned(),
+            certificate_pem: cert.cert_pem,
+            ca_certificate_pem: self.0.ca.trust_bundle(),
         }))
     }
 
@@ -131,7 +164,7 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
         &self,
         request: Request<Streaming<pb::SiteMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let site_id = identify_site(&self.0, &request).await?;
+        let Identified { site_id, renew } = identify_site(&self.0, &request).await?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(32);
         let shared = self.0.clone();
@@ -140,6 +173,7 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
             let link = Link {
                 shared,
                 site_id: site_id.clone(),
+                renew,
                 tx: tx.clone(),
             };
             match tracing::Instrument::instrument(link.run(inbound), span.clone()).await {
@@ -158,6 +192,8 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
 struct Link {
     shared: Arc<Shared>,
     site_id: String,
+    /// Why the site should renew its certificate, told in Welcome.
+    renew: Option<String>,
     tx: mpsc::Sender<Result<pb::HubMessage, Status>>,
 }
 
@@ -253,8 +289,13 @@ impl Link {
             acked_event_seq: site.acked_event_seq,
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             protocol_version: carrel_proto::protocol::current(),
+            trusted_ca_pem: self.shared.ca.trust_bundle(),
+            renew_certificate: self.renew.is_some(),
         }))
         .await?;
+        if let Some(reason) = &self.renew {
+            tracing::info!(%reason, "asked the site to renew its certificate");
+        }
 
         let notify = self.shared.links.notifier(&self.site_id);
         let mut sent_command_seq = hello.acked_command_seq;
@@ -292,8 +333,8 @@ impl Link {
                         )));
                     }
                     let site = store.site(&self.site_id).await.map_err(status)?;
-                    if site.status == SiteStatus::Suspended {
-                        return Err(Status::permission_denied(format!("site {:?} is suspended", self.site_id)));
+                    if site.status != SiteStatus::Active {
+                        return Err(Status::permission_denied(format!("site {:?} is {}", self.site_id, site.status.as_str())));
                     }
                     self.send(hub_message::Body::Heartbeat(pb::Heartbeat {
                         sent_at_unix_ms: Utc::now().timestamp_millis() as u64,
@@ -323,6 +364,37 @@ impl Link {
             ));
         }
         Ok(())
+    }
+
+    /// Signs a renewal CSR from the site. The new certificate is pending until the
+    /// site connects with it; the old one is accepted until then, so a lost answer
+    /// does not lock the site out. A bad request is answered, not fatal to the link.
+    async fn renew_certificate(&self, csr_pem: &str) -> pb::CertificateIssued {
+        let refused = |error: String| {
+            tracing::warn!(%error, "certificate renewal refused");
+            pb::CertificateIssued {
+                error,
+                ..Default::default()
+            }
+        };
+        let cert = match self.shared.sign_site_csr(csr_pem, &self.site_id) {
+            Ok(cert) => cert,
+            Err(e) => return refused(e.to_string()),
+        };
+        if let Err(e) = self
+            .shared
+            .store
+            .record_renewed_certificate(&self.site_id, &issued(&cert), Utc::now())
+            .await
+        {
+            return refused(format!("the hub could not record the certificate: {e}"));
+        }
+        tracing::info!(certificate = %cert.sha256, not_after = %cert.not_after, "site certificate renewed");
+        pb::CertificateIssued {
+            certificate_pem: cert.cert_pem,
+            trusted_ca_pem: self.shared.ca.trust_bundle(),
+            error: String::new(),
+        }
     }
 
     async fn handle(&self, message: pb::SiteMessage) -> Result<(), Status> {
@@ -368,6 +440,11 @@ impl Link {
                 .await
                 .map_err(status),
             Some(site_message::Body::Heartbeat(_)) => Ok(()),
+            Some(site_message::Body::CertificateRequest(request)) => {
+                let answer = self.renew_certificate(&request.csr_pem).await;
+                self.send(hub_message::Body::CertificateIssued(answer))
+                    .await
+            }
             Some(site_message::Body::Hello(_)) => Err(Status::invalid_argument(
                 "Hello was already received on this stream",
             )),

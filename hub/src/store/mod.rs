@@ -109,6 +109,8 @@ pub enum SiteStatus {
     Pending,
     Active,
     Suspended,
+    /// Retired from the network for good: no connections, no orders, records kept.
+    Ceased,
 }
 
 impl SiteStatus {
@@ -117,6 +119,7 @@ impl SiteStatus {
             SiteStatus::Pending => "pending",
             SiteStatus::Active => "active",
             SiteStatus::Suspended => "suspended",
+            SiteStatus::Ceased => "ceased",
         }
     }
 
@@ -125,6 +128,7 @@ impl SiteStatus {
             "pending" => Ok(SiteStatus::Pending),
             "active" => Ok(SiteStatus::Active),
             "suspended" => Ok(SiteStatus::Suspended),
+            "ceased" => Ok(SiteStatus::Ceased),
             other => Err(Error::Corrupt(format!("unknown site status {other:?}"))),
         }
     }
@@ -136,10 +140,26 @@ pub struct Site {
     pub name: String,
     pub status: SiteStatus,
     pub cert_sha256: Option<String>,
+    /// Expiry of the site's certificate (unknown for sites enrolled before it was kept).
+    pub cert_not_after: Option<DateTime<Utc>>,
+    /// Fingerprint of the CA that issued it (unknown likewise).
+    pub cert_ca_sha256: Option<String>,
+    /// A renewed certificate issued over the link that the site has not used yet.
+    /// Both it and `cert_sha256` are accepted until the site connects with it.
+    pub pending_cert_sha256: Option<String>,
     pub acked_event_seq: u64,
     pub last_command_seq: u64,
     pub acked_command_seq: u64,
     pub last_contact_at: Option<DateTime<Utc>>,
+}
+
+/// A certificate the hub's CA issued to a site, as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuedCert {
+    pub sha256: String,
+    pub not_after: DateTime<Utc>,
+    /// The issuing CA's fingerprint.
+    pub ca_sha256: String,
 }
 
 /// A stored recipe version.
@@ -203,6 +223,73 @@ impl BatchState {
             BatchState::Released | BatchState::Rejected | BatchState::Cancelled
         )
     }
+}
+
+impl BatchState {
+    /// Nothing more will happen to this batch at its site.
+    pub fn is_closed(self) -> bool {
+        matches!(
+            self,
+            BatchState::Rejected | BatchState::Cancelled | BatchState::Infused
+        )
+    }
+
+    /// The site holds the patient's cells and is manufacturing or awaiting release.
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            BatchState::Accepted | BatchState::InProcess | BatchState::AwaitingRelease
+        )
+    }
+}
+
+/// Checks a move of a site's lifecycle and names its audit action. `open_batches`
+/// are the site's batches that are not closed (see [`BatchState::is_closed`]).
+pub(crate) fn site_transition(
+    site: &Site,
+    to: SiteStatus,
+    open_batches: &[(Uuid, BatchState)],
+) -> Result<&'static str> {
+    let id = &site.site_id;
+    let from = site.status;
+    match (from, to) {
+        (SiteStatus::Ceased, _) => Err(Error::FailedPrecondition(format!(
+            "site {id:?} has ceased; a ceased site cannot change again (its records stay readable)"
+        ))),
+        (SiteStatus::Pending | SiteStatus::Active, SiteStatus::Suspended) => Ok("site.suspended"),
+        (SiteStatus::Suspended, SiteStatus::Active) => Ok("site.resumed"),
+        (_, SiteStatus::Ceased) => match open_batches {
+            [] => Ok("site.ceased"),
+            open => Err(Error::FailedPrecondition(format!(
+                "site {id:?} still has {} open batch(es) ({}); each must be infused, rejected or cancelled before the site can cease",
+                open.len(),
+                open.iter()
+                    .map(|(batch, state)| format!("{batch} {state}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        },
+        (from, to) if from == to => Err(Error::FailedPrecondition(format!(
+            "site {id:?} is already {}",
+            to.as_str()
+        ))),
+        (SiteStatus::Pending, SiteStatus::Active) => Err(Error::FailedPrecondition(format!(
+            "site {id:?} has not enrolled yet; it becomes active when its agent enrolls"
+        ))),
+        (from, to) => Err(Error::FailedPrecondition(format!(
+            "site {id:?} cannot go from {} to {}",
+            from.as_str(),
+            to.as_str()
+        ))),
+    }
+}
+
+/// What a running batch's record says when its site is suspended.
+pub(crate) fn suspension_flag(actor: &str, reason: &str, at: DateTime<Utc>) -> String {
+    format!(
+        "site suspended while this batch was running ({} by {actor}: {reason}); QA decision required",
+        at.format("%Y-%m-%d %H:%M UTC")
+    )
 }
 
 impl fmt::Display for BatchState {
@@ -374,17 +461,37 @@ pub trait Store: Send + Sync + 'static {
         &self,
         site_id: &str,
         token_sha256: &str,
-        cert_sha256: &str,
+        cert: &IssuedCert,
         now: DateTime<Utc>,
     ) -> Result<Site>;
     async fn site(&self, site_id: &str) -> Result<Site>;
     async fn list_sites(&self) -> Result<Vec<Site>>;
+    /// Moves a site through its lifecycle, audited with the reason:
+    /// suspend (from pending or active; its running batches are flagged for a QA
+    /// decision), resume (suspended to active), cease (final; refused while any of
+    /// its batches is still open). Any other move is refused.
     async fn set_site_status(
         &self,
         site_id: &str,
         status: SiteStatus,
         actor: &str,
         reason: &str,
+    ) -> Result<Site>;
+    /// Records a certificate renewed over the site's link as pending: it becomes the
+    /// site's certificate when the site first connects with it.
+    async fn record_renewed_certificate(
+        &self,
+        site_id: &str,
+        cert: &IssuedCert,
+        now: DateTime<Utc>,
+    ) -> Result<Site>;
+    /// The site connected with its pending certificate: it replaces the old one,
+    /// which is no longer accepted.
+    async fn promote_pending_certificate(
+        &self,
+        site_id: &str,
+        cert_sha256: &str,
+        now: DateTime<Utc>,
     ) -> Result<Site>;
     async fn touch_site(&self, site_id: &str, now: DateTime<Utc>) -> Result<()>;
 
@@ -452,6 +559,11 @@ pub trait Store: Send + Sync + 'static {
 /// A time as stored and hashed: RFC 3339, UTC, microseconds (`2026-11-27T10:00:00.123456Z`).
 pub(crate) fn ts(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A value stored as JSON text.
+fn json_text<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
 /// A sequence number or version as the databases store it (signed 64-bit).

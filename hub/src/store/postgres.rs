@@ -124,10 +124,6 @@ fn u64_of(row: &PgRow, col: &str) -> Result<u64> {
     u64::try_from(v).map_err(|_| Error::Corrupt(format!("{col} is negative")))
 }
 
-fn json_text<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Corrupt(e.to_string()))
-}
-
 fn user_from_row(row: &PgRow) -> Result<User> {
     let role: String = row.try_get("role")?;
     Ok(User {
@@ -146,6 +142,9 @@ fn site_from_row(row: &PgRow) -> Result<Site> {
         name: row.try_get("name")?,
         status: SiteStatus::parse(&status)?,
         cert_sha256: row.try_get("cert_sha256")?,
+        cert_not_after: row.try_get("cert_not_after")?,
+        cert_ca_sha256: row.try_get("cert_ca_sha256")?,
+        pending_cert_sha256: row.try_get("pending_cert_sha256")?,
         acked_event_seq: u64_of(row, "acked_event_seq")?,
         last_command_seq: u64_of(row, "last_command_seq")?,
         acked_command_seq: u64_of(row, "acked_command_seq")?,
@@ -866,20 +865,24 @@ impl Store for PgStore {
         &self,
         site_id: &str,
         token_sha256: &str,
-        cert_sha256: &str,
+        cert: &IssuedCert,
         now: DateTime<Utc>,
     ) -> Result<Site> {
         let mut w = self.begin_write().await?;
         // One statement: of two enrollments with one token, the second finds it used.
         let done = sqlx::query(
             "UPDATE sites SET token_sha256 = NULL, token_expires_at = NULL, cert_sha256 = $1, \
+             cert_not_after = $5, cert_ca_sha256 = $6, \
+             pending_cert_sha256 = NULL, pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL, \
              status = CASE WHEN status = 'pending' THEN 'active' ELSE status END \
              WHERE site_id = $2 AND token_sha256 = $3 AND token_expires_at > $4",
         )
-        .bind(cert_sha256)
+        .bind(&cert.sha256)
         .bind(site_id)
         .bind(token_sha256)
         .bind(stored(now))
+        .bind(stored(cert.not_after))
+        .bind(&cert.ca_sha256)
         .execute(w.conn())
         .await?;
         if done.rows_affected() == 0 {
@@ -888,8 +891,11 @@ impl Store for PgStore {
             ));
         }
         w.audit(
-            NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}"))
-                .value(format!("certificate {cert_sha256}")),
+            NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}")).value(format!(
+                "certificate {} valid until {}",
+                cert.sha256,
+                ts(cert.not_after)
+            )),
             now,
         );
         let site = Self::site_in(w.conn(), site_id).await?;
@@ -919,27 +925,140 @@ impl Store for PgStore {
         reason: &str,
     ) -> Result<Site> {
         let mut w = self.begin_write().await?;
+        let now = Utc::now();
         let site = Self::lock_site(w.conn(), site_id).await?;
-        if status == SiteStatus::Active && site.cert_sha256.is_none() {
-            return Err(Error::FailedPrecondition(format!(
-                "site {site_id:?} has not enrolled yet; it becomes active when its agent enrolls"
-            )));
+        let mut open = Vec::new();
+        for row in sqlx::query(
+            "SELECT batch_id, state, progress::text AS progress FROM batches WHERE site_id = $1",
+        )
+        .bind(site_id)
+        .fetch_all(w.conn())
+        .await?
+        {
+            let state: String = row.try_get("state")?;
+            let state = BatchState::parse(&state)
+                .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?;
+            if !state.is_closed() {
+                let batch: Uuid = row.try_get("batch_id")?;
+                let progress: String = row.try_get("progress")?;
+                open.push((batch, state, progress));
+            }
         }
-        sqlx::query("UPDATE sites SET status = $1 WHERE site_id = $2")
-            .bind(status.as_str())
-            .bind(site_id)
-            .execute(w.conn())
-            .await?;
-        let action = match status {
-            SiteStatus::Suspended => "site.suspended",
-            SiteStatus::Active => "site.resumed",
-            SiteStatus::Pending => "site.reset",
-        };
+        let states: Vec<(Uuid, BatchState)> = open.iter().map(|(b, s, _)| (*b, *s)).collect();
+        let action = site_transition(&site, status, &states)?;
+        sqlx::query(
+            "UPDATE sites SET status = $1, \
+             token_sha256 = CASE WHEN $1 = 'ceased' THEN NULL ELSE token_sha256 END, \
+             token_expires_at = CASE WHEN $1 = 'ceased' THEN NULL ELSE token_expires_at END \
+             WHERE site_id = $2",
+        )
+        .bind(status.as_str())
+        .bind(site_id)
+        .execute(w.conn())
+        .await?;
+        if status == SiteStatus::Suspended {
+            for (batch, state, progress) in open.iter().filter(|(_, s, _)| s.is_running()) {
+                let mut progress: Progress = serde_json::from_str(progress)
+                    .map_err(|e| Error::Corrupt(format!("batch {batch} progress: {e}")))?;
+                progress.anomalies.push(suspension_flag(actor, reason, now));
+                sqlx::query(
+                    "UPDATE batches SET progress = $1::jsonb, updated_at = $2 WHERE batch_id = $3",
+                )
+                .bind(json_text(&progress)?)
+                .bind(stored(now))
+                .bind(batch)
+                .execute(w.conn())
+                .await?;
+                w.audit(
+                    NewEntry::new(actor, "batch.flagged", format!("batch/{batch}"))
+                        .value(format!("{state}: site {site_id} suspended"))
+                        .reason(reason),
+                    now,
+                );
+            }
+        }
         w.audit(
             NewEntry::new(actor, action, format!("site/{site_id}"))
                 .change(site.status.as_str(), status.as_str())
                 .reason(reason),
-            Utc::now(),
+            now,
+        );
+        let site = Self::site_in(w.conn(), site_id).await?;
+        w.commit().await?;
+        Ok(site)
+    }
+
+    async fn record_renewed_certificate(
+        &self,
+        site_id: &str,
+        cert: &IssuedCert,
+        now: DateTime<Utc>,
+    ) -> Result<Site> {
+        let mut w = self.begin_write().await?;
+        let site = Self::lock_site(w.conn(), site_id).await?;
+        if site.status != SiteStatus::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "site {site_id:?} is {}; only an active site renews its certificate",
+                site.status.as_str()
+            )));
+        }
+        sqlx::query(
+            "UPDATE sites SET pending_cert_sha256 = $1, pending_cert_not_after = $2, \
+             pending_cert_ca_sha256 = $4 WHERE site_id = $3",
+        )
+        .bind(&cert.sha256)
+        .bind(stored(cert.not_after))
+        .bind(site_id)
+        .bind(&cert.ca_sha256)
+        .execute(w.conn())
+        .await?;
+        w.audit(
+            NewEntry::new(
+                site_id,
+                "site.certificate_issued",
+                format!("site/{site_id}"),
+            )
+            .value(format!(
+                "certificate {} valid until {}",
+                cert.sha256,
+                ts(cert.not_after)
+            )),
+            now,
+        );
+        let site = Self::site_in(w.conn(), site_id).await?;
+        w.commit().await?;
+        Ok(site)
+    }
+
+    async fn promote_pending_certificate(
+        &self,
+        site_id: &str,
+        cert_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Site> {
+        let mut w = self.begin_write().await?;
+        let site = Self::lock_site(w.conn(), site_id).await?;
+        if site.pending_cert_sha256.as_deref() != Some(cert_sha256) {
+            return Err(Error::FailedPrecondition(format!(
+                "certificate {cert_sha256} is not the one renewed for site {site_id:?}"
+            )));
+        }
+        sqlx::query(
+            "UPDATE sites SET cert_sha256 = pending_cert_sha256, cert_not_after = pending_cert_not_after, \
+             cert_ca_sha256 = pending_cert_ca_sha256, pending_cert_sha256 = NULL, \
+             pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL WHERE site_id = $1",
+        )
+        .bind(site_id)
+        .execute(w.conn())
+        .await?;
+        w.audit(
+            NewEntry::new(
+                site_id,
+                "site.certificate_replaced",
+                format!("site/{site_id}"),
+            )
+            .change(site.cert_sha256.as_deref().unwrap_or(""), cert_sha256),
+            now,
         );
         let site = Self::site_in(w.conn(), site_id).await?;
         w.commit().await?;

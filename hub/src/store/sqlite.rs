@@ -15,7 +15,7 @@ use chrono::{Datelike, SubsecRound};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqlitePool, Transaction};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -30,6 +30,19 @@ pub struct SqliteStore {
     write_lock: Mutex<()>,
     /// Recipes are immutable once published, so they are cached by (id, version).
     recipes: SyncMutex<HashMap<(String, u32), StoredRecipe>>,
+}
+
+/// A database written by a newer carrel-hub is refused rather than misread.
+fn migrate_error(error: sqlx::migrate::MigrateError) -> Error {
+    let newest_known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    match error {
+        sqlx::migrate::MigrateError::VersionMissing(version) if version > newest_known => {
+            Error::FailedPrecondition(format!(
+                "the database schema is newer than this carrel-hub (migration {version}, this binary knows up to {newest_known}); upgrade the binary"
+            ))
+        }
+        other => Error::Migrate(other),
+    }
 }
 
 fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
@@ -66,6 +79,13 @@ fn site_from_row(row: &SqliteRow) -> Result<Site> {
         name: row.try_get("name")?,
         status: SiteStatus::parse(&status)?,
         cert_sha256: row.try_get("cert_sha256")?,
+        cert_not_after: row
+            .try_get::<Option<String>, _>("cert_not_after")?
+            .as_deref()
+            .map(parse_ts)
+            .transpose()?,
+        cert_ca_sha256: row.try_get("cert_ca_sha256")?,
+        pending_cert_sha256: row.try_get("pending_cert_sha256")?,
         acked_event_seq: u64_of(row, "acked_event_seq")?,
         last_command_seq: u64_of(row, "last_command_seq")?,
         acked_command_seq: u64_of(row, "acked_command_seq")?,
@@ -172,19 +192,38 @@ impl SqliteStore {
     }
 
     async fn open_with(options: SqliteConnectOptions) -> Result<SqliteStore> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
+        // Integrity check and migrations on a connection of their own, with foreign
+        // keys off: a migration may rebuild a table that other rows reference (the
+        // procedure SQLite documents for changes ALTER TABLE cannot make), which must
+        // not delete or reject those rows. Foreign keys are checked once it is done.
+        let mut conn = options.clone().foreign_keys(false).connect().await?;
         let check: String = sqlx::query_scalar("PRAGMA quick_check")
-            .fetch_one(&pool)
+            .fetch_one(&mut conn)
             .await?;
         if check != "ok" {
             return Err(Error::Corrupt(format!(
                 "database integrity check failed: {check}"
             )));
         }
-        MIGRATOR.run(&pool).await?;
+        MIGRATOR
+            .run_direct(&mut conn)
+            .await
+            .map_err(migrate_error)?;
+        let dangling = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&mut conn)
+            .await?;
+        if let Some(row) = dangling.first() {
+            let table: String = row.try_get(0)?;
+            return Err(Error::Corrupt(format!(
+                "{} rows reference missing rows (first in table {table})",
+                dangling.len()
+            )));
+        }
+        conn.close().await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
         Ok(SqliteStore {
             pool,
             write_lock: Mutex::new(()),
@@ -737,17 +776,21 @@ impl Store for SqliteStore {
         &self,
         site_id: &str,
         token_sha256: &str,
-        cert_sha256: &str,
+        cert: &IssuedCert,
         now: DateTime<Utc>,
     ) -> Result<Site> {
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE sites SET token_sha256 = NULL, token_expires_at = NULL, cert_sha256 = ?, \
+             cert_not_after = ?, cert_ca_sha256 = ?, \
+             pending_cert_sha256 = NULL, pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL, \
              status = CASE WHEN status = 'pending' THEN 'active' ELSE status END \
              WHERE site_id = ? AND token_sha256 = ? AND token_expires_at > ?",
         )
-        .bind(cert_sha256)
+        .bind(&cert.sha256)
+        .bind(ts(cert.not_after))
+        .bind(&cert.ca_sha256)
         .bind(site_id)
         .bind(token_sha256)
         .bind(ts(now))
@@ -760,8 +803,11 @@ impl Store for SqliteStore {
         }
         Self::append_audit(
             &mut tx,
-            &NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}"))
-                .value(format!("certificate {cert_sha256}")),
+            &NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}")).value(format!(
+                "certificate {} valid until {}",
+                cert.sha256,
+                ts(cert.not_after)
+            )),
             now,
         )
         .await?;
@@ -795,28 +841,147 @@ impl Store for SqliteStore {
     ) -> Result<Site> {
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
+        let now = Utc::now();
         let site = Self::site_in(&mut tx, site_id).await?;
-        if status == SiteStatus::Active && site.cert_sha256.is_none() {
-            return Err(Error::FailedPrecondition(format!(
-                "site {site_id:?} has not enrolled yet; it becomes active when its agent enrolls"
-            )));
-        }
-        sqlx::query("UPDATE sites SET status = ? WHERE site_id = ?")
-            .bind(status.as_str())
+        let mut open = Vec::new();
+        for row in sqlx::query("SELECT batch_id, state, progress FROM batches WHERE site_id = ?")
             .bind(site_id)
-            .execute(&mut *tx)
-            .await?;
-        let action = match status {
-            SiteStatus::Suspended => "site.suspended",
-            SiteStatus::Active => "site.resumed",
-            SiteStatus::Pending => "site.reset",
-        };
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let state: String = row.try_get("state")?;
+            let state = BatchState::parse(&state)
+                .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?;
+            if !state.is_closed() {
+                let batch: String = row.try_get("batch_id")?;
+                let progress: String = row.try_get("progress")?;
+                open.push((parse_uuid(&batch)?, state, progress));
+            }
+        }
+        let states: Vec<(Uuid, BatchState)> = open.iter().map(|(b, s, _)| (*b, *s)).collect();
+        let action = site_transition(&site, status, &states)?;
+        sqlx::query(
+            "UPDATE sites SET status = ?, \
+             token_sha256 = CASE WHEN ? = 'ceased' THEN NULL ELSE token_sha256 END, \
+             token_expires_at = CASE WHEN ? = 'ceased' THEN NULL ELSE token_expires_at END \
+             WHERE site_id = ?",
+        )
+        .bind(status.as_str())
+        .bind(status.as_str())
+        .bind(status.as_str())
+        .bind(site_id)
+        .execute(&mut *tx)
+        .await?;
+        if status == SiteStatus::Suspended {
+            for (batch, state, progress) in open.iter().filter(|(_, s, _)| s.is_running()) {
+                let mut progress: Progress = serde_json::from_str(progress)
+                    .map_err(|e| Error::Corrupt(format!("batch {batch} progress: {e}")))?;
+                progress.anomalies.push(suspension_flag(actor, reason, now));
+                sqlx::query("UPDATE batches SET progress = ?, updated_at = ? WHERE batch_id = ?")
+                    .bind(json_text(&progress)?)
+                    .bind(ts(now))
+                    .bind(batch.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                Self::append_audit(
+                    &mut tx,
+                    &NewEntry::new(actor, "batch.flagged", format!("batch/{batch}"))
+                        .value(format!("{state}: site {site_id} suspended"))
+                        .reason(reason),
+                    now,
+                )
+                .await?;
+            }
+        }
         Self::append_audit(
             &mut tx,
             &NewEntry::new(actor, action, format!("site/{site_id}"))
                 .change(site.status.as_str(), status.as_str())
                 .reason(reason),
-            Utc::now(),
+            now,
+        )
+        .await?;
+        let site = Self::site_in(&mut tx, site_id).await?;
+        tx.commit().await?;
+        Ok(site)
+    }
+
+    async fn record_renewed_certificate(
+        &self,
+        site_id: &str,
+        cert: &IssuedCert,
+        now: DateTime<Utc>,
+    ) -> Result<Site> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        let site = Self::site_in(&mut tx, site_id).await?;
+        if site.status != SiteStatus::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "site {site_id:?} is {}; only an active site renews its certificate",
+                site.status.as_str()
+            )));
+        }
+        sqlx::query(
+            "UPDATE sites SET pending_cert_sha256 = ?, pending_cert_not_after = ?, \
+             pending_cert_ca_sha256 = ? WHERE site_id = ?",
+        )
+        .bind(&cert.sha256)
+        .bind(ts(cert.not_after))
+        .bind(&cert.ca_sha256)
+        .bind(site_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(
+                site_id,
+                "site.certificate_issued",
+                format!("site/{site_id}"),
+            )
+            .value(format!(
+                "certificate {} valid until {}",
+                cert.sha256,
+                ts(cert.not_after)
+            )),
+            now,
+        )
+        .await?;
+        let site = Self::site_in(&mut tx, site_id).await?;
+        tx.commit().await?;
+        Ok(site)
+    }
+
+    async fn promote_pending_certificate(
+        &self,
+        site_id: &str,
+        cert_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Site> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        let site = Self::site_in(&mut tx, site_id).await?;
+        if site.pending_cert_sha256.as_deref() != Some(cert_sha256) {
+            return Err(Error::FailedPrecondition(format!(
+                "certificate {cert_sha256} is not the one renewed for site {site_id:?}"
+            )));
+        }
+        sqlx::query(
+            "UPDATE sites SET cert_sha256 = pending_cert_sha256, cert_not_after = pending_cert_not_after, \
+             cert_ca_sha256 = pending_cert_ca_sha256, pending_cert_sha256 = NULL, \
+             pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL WHERE site_id = ?",
+        )
+        .bind(site_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(
+                site_id,
+                "site.certificate_replaced",
+                format!("site/{site_id}"),
+            )
+            .change(site.cert_sha256.as_deref().unwrap_or(""), cert_sha256),
+            now,
         )
         .await?;
         let site = Self::site_in(&mut tx, site_id).await?;

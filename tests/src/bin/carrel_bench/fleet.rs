@@ -196,6 +196,7 @@ pub fn start_link(
         heartbeat_timeout: Duration::from_millis(defaults.heartbeat_timeout_ms),
         events_per_message: defaults.events_per_message,
         state,
+        renewal: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(link.run(stop.clone()));
