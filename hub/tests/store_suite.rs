@@ -1585,6 +1585,50 @@ async fn case_a_renewed_certificate_replaces_the_old_one_when_first_used(store: 
     );
 }
 
+async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    let recipe = seed(&*store).await;
+    let sites: Vec<String> = (0..8).map(|i| format!("site-g{i}")).collect();
+    let mut orders = Vec::new();
+    for site in &sites {
+        add_active_site(&*store, site).await;
+        orders.push(order_at(&*store, site).await);
+    }
+    // Every site sends its first event at the same moment, and one site also sends a
+    // message with a gap: the SQLite backend commits whatever arrives together in one
+    // transaction, each message in a savepoint of its own.
+    let mut tasks = Vec::new();
+    for (site, order) in sites.iter().zip(&orders) {
+        let event = SiteLog::new().record(order.batch_id, accepted(order, &recipe));
+        let (store, site) = (store.clone(), site.clone());
+        tasks.push(tokio::spawn(async move {
+            store.ingest_events(&site, &[event], now()).await
+        }));
+    }
+    let mut gap_log = SiteLog::new();
+    gap_log.record(orders[0].batch_id, accepted(&orders[0], &recipe));
+    gap_log.record(orders[0].batch_id, step_started("collection"));
+    let gap = gap_log.record(orders[0].batch_id, step_started("receipt"));
+    let refused = {
+        let (store, site) = (store.clone(), sites[0].clone());
+        tokio::spawn(async move { store.ingest_events(&site, &[gap], now()).await })
+    };
+    for task in tasks {
+        let ingested = task
+            .await
+            .expect("task")
+            .expect("a valid message is stored");
+        assert_eq!(ingested.acked_event_seq, 1);
+    }
+    assert_refused!(refused.await.expect("task"), Error::Protocol);
+    for (site, order) in sites.iter().zip(&orders) {
+        assert_eq!(store.site(site).await.expect("site").acked_event_seq, 1);
+        let events = store.batch_events(order.batch_id).await.expect("events");
+        assert_eq!(events.len(), 1, "site {site}: {events:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Backends.
 // ---------------------------------------------------------------------------------
@@ -1885,6 +1929,7 @@ store_cases!(sqlite, open_sqlite:
     case_suspending_a_site_flags_its_running_batches_for_qa,
     case_a_site_ceases_only_when_its_batches_are_closed_and_for_good,
     case_a_renewed_certificate_replaces_the_old_one_when_first_used,
+    case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothing,
 );
 
 store_cases!(postgres, open_postgres:
@@ -1918,6 +1963,7 @@ store_cases!(postgres, open_postgres:
     case_suspending_a_site_flags_its_running_batches_for_qa,
     case_a_site_ceases_only_when_its_batches_are_closed_and_for_good,
     case_a_renewed_certificate_replaces_the_old_one_when_first_used,
+    case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothing,
 );
 
 #[tokio::test(flavor = "multi_thread")]

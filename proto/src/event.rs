@@ -179,9 +179,15 @@ impl SiteEvent {
     /// SHA-256 (hex) of the canonical JSON; the next event of the log carries it as
     /// `prev_sha256`, which makes the log a hash chain.
     pub fn sha256(&self) -> String {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(self.canonical_json().as_bytes()))
+        body_sha256(&self.canonical_json())
     }
+}
+
+/// SHA-256 (hex) of a site event's canonical JSON, for callers that have the JSON
+/// already and need not serialise the event twice.
+pub fn body_sha256(canonical_json: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(canonical_json.as_bytes()))
 }
 
 /// One entry of the hub's append-only command log for one site.

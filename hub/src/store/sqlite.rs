@@ -25,9 +25,19 @@ use tokio::sync::Mutex;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// One site's events waiting for the next group commit.
+struct IngestRequest {
+    site_id: String,
+    events: Vec<SiteEvent>,
+    now: DateTime<Utc>,
+    reply: tokio::sync::oneshot::Sender<Result<Ingested>>,
+}
+
 pub struct SqliteStore {
     pool: SqlitePool,
     write_lock: Mutex<()>,
+    /// Site events waiting for the write lock (see `group_commit`).
+    ingest_queue: SyncMutex<Vec<IngestRequest>>,
     /// Recipes are immutable once published, so they are cached by (id, version).
     recipes: SyncMutex<HashMap<(String, u32), StoredRecipe>>,
 }
@@ -227,7 +237,262 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             write_lock: Mutex::new(()),
+            ingest_queue: SyncMutex::new(Vec::new()),
             recipes: SyncMutex::new(HashMap::new()),
+        })
+    }
+
+    /// Stores one site's events inside `tx` (a savepoint of a group commit): the
+    /// checks and the projection as [`Store::ingest_events`] describes. An error
+    /// leaves the savepoint to be rolled back.
+    async fn ingest_in(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        site_id: &str,
+        events: &[SiteEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Ingested> {
+        let site = Self::site_in(tx, site_id).await?;
+        let mut cursor = site.acked_event_seq;
+        let first_new = cursor + 1;
+        let mut new_events = 0;
+        // The hash the next event must carry as prev_sha256 (the site's log is a chain).
+        let mut chain_head: Option<String> = None;
+        // Batches touched in this transaction, with their projection, saved once at the end.
+        let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
+        for event in events {
+            if event.seq == 0 {
+                return Err(Error::Protocol(
+                    "event seq 0: a site log starts at 1".into(),
+                ));
+            }
+            if event.seq <= cursor {
+                let stored: Option<String> = sqlx::query_scalar(
+                    "SELECT body FROM site_events WHERE site_id = ? AND seq = ?",
+                )
+                .bind(site_id)
+                .bind(i64_of(event.seq)?)
+                .fetch_optional(&mut **tx)
+                .await?;
+                match stored {
+                    Some(body) if body == event.canonical_json() => continue,
+                    Some(_) => {
+                        return Err(Error::Protocol(format!(
+                            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
+                            event.seq
+                        )))
+                    }
+                    None => return Err(Error::Corrupt(format!("site {site_id} event {} is missing below the cursor", event.seq))),
+                }
+            }
+            if event.seq != cursor + 1 {
+                return Err(Error::Protocol(format!(
+                    "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
+                    event.seq,
+                    cursor + 1
+                )));
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = touched.entry(event.batch_id) {
+                let order = match Self::order_in(tx, "batch_id", event.batch_id).await {
+                    Ok(order) => order,
+                    Err(Error::NotFound(_)) => {
+                        return Err(Error::PermissionDenied(format!(
+                            "event seq {} is for batch {}, which the hub never ordered",
+                            event.seq, event.batch_id
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                };
+                if order.site_id != site_id {
+                    return Err(Error::PermissionDenied(format!(
+                        "event seq {} is for batch {}, which belongs to another site",
+                        event.seq, event.batch_id
+                    )));
+                }
+                let projection = projection_of(&order);
+                slot.insert((order, projection));
+            }
+            let expected_prev = match chain_head.take() {
+                Some(head) => head,
+                None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
+                None => sqlx::query_scalar(
+                    "SELECT sha256 FROM site_events WHERE site_id = ? AND seq = ?",
+                )
+                .bind(site_id)
+                .bind(i64_of(event.seq - 1)?)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "site {site_id} event {} is missing below the cursor",
+                        event.seq - 1
+                    ))
+                })?,
+            };
+            if event.prev_sha256 != expected_prev {
+                return Err(Error::Protocol(format!(
+                    "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
+                     but event {} hashes to {expected_prev}; the site's log was altered",
+                    event.seq,
+                    event.prev_sha256,
+                    event.seq - 1
+                )));
+            }
+            let body = event.canonical_json();
+            let sha = carrel_proto::event::body_sha256(&body);
+            let (order, projection) = touched.get_mut(&event.batch_id).expect("inserted above");
+            let recipe = self
+                .recipe_in(tx, &order.recipe_id, order.recipe_version)
+                .await?;
+            sqlx::query(
+                "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(site_id)
+            .bind(i64_of(event.seq)?)
+            .bind(event.event_id.to_string())
+            .bind(event.batch_id.to_string())
+            .bind(event.kind.name())
+            .bind(ts(event.recorded_at))
+            .bind(ts(now))
+            .bind(&body)
+            .bind(&sha)
+            .execute(&mut **tx)
+            .await?;
+            chain_head = Some(sha);
+            let state_before = projection.state;
+            let qc = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi);
+            self.audit_site_event(tx, site_id, event, order, projection, state_before, now)
+                .await?;
+            if let Some(qc) = qc {
+                sqlx::query(
+                    "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(event.batch_id.to_string())
+                .bind(site_id)
+                .bind(i64_of(qc.site_seq)?)
+                .bind(&qc.test_id)
+                .bind(serde_json::to_string(&qc.value).map_err(|e| Error::Corrupt(e.to_string()))?)
+                .bind(outcome_str(qc.hub_outcome))
+                .bind(outcome_str(qc.site_outcome))
+                .bind(&qc.reason)
+                .execute(&mut **tx)
+                .await?;
+            }
+            cursor = event.seq;
+            new_events += 1;
+        }
+        for (batch_id, (_, projection)) in &touched {
+            Self::save_projection(tx, *batch_id, projection, now).await?;
+        }
+        if new_events > 0 {
+            Self::append_audit(
+                tx,
+                &NewEntry::new(
+                    site_id,
+                    "site_events.replicated",
+                    format!("site/{site_id}/events/{first_new}..{cursor}"),
+                )
+                .value(format!(
+                    "{new_events} events; last hash {}",
+                    chain_head.clone().unwrap_or_default()
+                )),
+                now,
+            )
+            .await?;
+        }
+        sqlx::query("UPDATE sites SET acked_event_seq = ?, last_contact_at = ? WHERE site_id = ?")
+            .bind(i64_of(cursor)?)
+            .bind(ts(now))
+            .bind(site_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(Ingested {
+            acked_event_seq: cursor,
+            new_events,
+        })
+    }
+
+    /// Group commit: site links that ingest at the same time share one durable
+    /// transaction. Each caller queues its request and takes the write lock; the
+    /// holder takes every request queued so far, runs each in a savepoint of its own
+    /// (a refused request rolls back alone and changes nothing), commits once, and
+    /// answers them all. A caller whose request an earlier holder already committed
+    /// finds its answer waiting. Nothing is answered before the commit returned, and a
+    /// failed commit (a full disk, an fsync error) fails every request in it.
+    async fn group_commit(
+        &self,
+        site_id: &str,
+        events: &[SiteEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Ingested> {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.ingest_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(IngestRequest {
+                site_id: site_id.to_owned(),
+                events: events.to_vec(),
+                now,
+                reply,
+            });
+        let _w = self.write_lock.lock().await;
+        if let Ok(result) = answer.try_recv() {
+            return result;
+        }
+        let group =
+            std::mem::take(&mut *self.ingest_queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut results = Vec::with_capacity(group.len());
+        let outcome = async {
+            let mut tx = self.begin_write().await?;
+            for request in &group {
+                let mut savepoint = tx.begin().await?;
+                match self
+                    .ingest_in(
+                        &mut savepoint,
+                        &request.site_id,
+                        &request.events,
+                        request.now,
+                    )
+                    .await
+                {
+                    Ok(ingested) => {
+                        savepoint.commit().await?;
+                        results.push(Ok(ingested));
+                    }
+                    Err(e) => {
+                        savepoint.rollback().await?;
+                        results.push(Err(e));
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                for (request, result) in group.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                tracing::error!(error = %why, requests = group.len(), "a group commit of site events failed; none of it is acknowledged");
+                for request in group {
+                    let _ = request
+                        .reply
+                        .send(Err(Error::Database(sqlx::Error::Protocol(format!(
+                            "the commit of these events failed: {why}"
+                        )))));
+                }
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::Corrupt(
+                "the group commit holding these events was interrupted before it answered; send them again".into(),
+            ))
         })
     }
 
@@ -1005,176 +1270,7 @@ impl Store for SqliteStore {
         events: &[SiteEvent],
         now: DateTime<Utc>,
     ) -> Result<Ingested> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let site = Self::site_in(&mut tx, site_id).await?;
-        let mut cursor = site.acked_event_seq;
-        let first_new = cursor + 1;
-        let mut new_events = 0;
-        // The hash the next event must carry as prev_sha256 (the site's log is a chain).
-        let mut chain_head: Option<String> = None;
-        // Batches touched in this transaction, with their projection, saved once at the end.
-        let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
-        for event in events {
-            if event.seq == 0 {
-                return Err(Error::Protocol(
-                    "event seq 0: a site log starts at 1".into(),
-                ));
-            }
-            if event.seq <= cursor {
-                let stored: Option<String> = sqlx::query_scalar(
-                    "SELECT body FROM site_events WHERE site_id = ? AND seq = ?",
-                )
-                .bind(site_id)
-                .bind(i64_of(event.seq)?)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match stored {
-                    Some(body) if body == event.canonical_json() => continue,
-                    Some(_) => {
-                        return Err(Error::Protocol(format!(
-                            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
-                            event.seq
-                        )))
-                    }
-                    None => return Err(Error::Corrupt(format!("site {site_id} event {} is missing below the cursor", event.seq))),
-                }
-            }
-            if event.seq != cursor + 1 {
-                return Err(Error::Protocol(format!(
-                    "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
-                    event.seq,
-                    cursor + 1
-                )));
-            }
-            if let std::collections::hash_map::Entry::Vacant(slot) = touched.entry(event.batch_id) {
-                let order = match Self::order_in(&mut tx, "batch_id", event.batch_id).await {
-                    Ok(order) => order,
-                    Err(Error::NotFound(_)) => {
-                        return Err(Error::PermissionDenied(format!(
-                            "event seq {} is for batch {}, which the hub never ordered",
-                            event.seq, event.batch_id
-                        )))
-                    }
-                    Err(e) => return Err(e),
-                };
-                if order.site_id != site_id {
-                    return Err(Error::PermissionDenied(format!(
-                        "event seq {} is for batch {}, which belongs to another site",
-                        event.seq, event.batch_id
-                    )));
-                }
-                let projection = projection_of(&order);
-                slot.insert((order, projection));
-            }
-            let expected_prev = match chain_head.take() {
-                Some(head) => head,
-                None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
-                None => sqlx::query_scalar(
-                    "SELECT sha256 FROM site_events WHERE site_id = ? AND seq = ?",
-                )
-                .bind(site_id)
-                .bind(i64_of(event.seq - 1)?)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "site {site_id} event {} is missing below the cursor",
-                        event.seq - 1
-                    ))
-                })?,
-            };
-            if event.prev_sha256 != expected_prev {
-                return Err(Error::Protocol(format!(
-                    "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
-                     but event {} hashes to {expected_prev}; the site's log was altered",
-                    event.seq,
-                    event.prev_sha256,
-                    event.seq - 1
-                )));
-            }
-            let sha = event.sha256();
-            let (order, projection) = touched.get_mut(&event.batch_id).expect("inserted above");
-            let recipe = self
-                .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
-                .await?;
-            sqlx::query(
-                "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(site_id)
-            .bind(i64_of(event.seq)?)
-            .bind(event.event_id.to_string())
-            .bind(event.batch_id.to_string())
-            .bind(event.kind.name())
-            .bind(ts(event.recorded_at))
-            .bind(ts(now))
-            .bind(event.canonical_json())
-            .bind(&sha)
-            .execute(&mut *tx)
-            .await?;
-            chain_head = Some(sha);
-            let state_before = projection.state;
-            let qc = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi);
-            self.audit_site_event(
-                &mut tx,
-                site_id,
-                event,
-                order,
-                projection,
-                state_before,
-                now,
-            )
-            .await?;
-            if let Some(qc) = qc {
-                sqlx::query(
-                    "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(event.batch_id.to_string())
-                .bind(site_id)
-                .bind(i64_of(qc.site_seq)?)
-                .bind(&qc.test_id)
-                .bind(serde_json::to_string(&qc.value).map_err(|e| Error::Corrupt(e.to_string()))?)
-                .bind(outcome_str(qc.hub_outcome))
-                .bind(outcome_str(qc.site_outcome))
-                .bind(&qc.reason)
-                .execute(&mut *tx)
-                .await?;
-            }
-            cursor = event.seq;
-            new_events += 1;
-        }
-        for (batch_id, (_, projection)) in &touched {
-            Self::save_projection(&mut tx, *batch_id, projection, now).await?;
-        }
-        if new_events > 0 {
-            Self::append_audit(
-                &mut tx,
-                &NewEntry::new(
-                    site_id,
-                    "site_events.replicated",
-                    format!("site/{site_id}/events/{first_new}..{cursor}"),
-                )
-                .value(format!(
-                    "{new_events} events; last hash {}",
-                    chain_head.clone().unwrap_or_default()
-                )),
-                now,
-            )
-            .await?;
-        }
-        sqlx::query("UPDATE sites SET acked_event_seq = ?, last_contact_at = ? WHERE site_id = ?")
-            .bind(i64_of(cursor)?)
-            .bind(ts(now))
-            .bind(site_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Ingested {
-            acked_event_seq: cursor,
-            new_events,
-        })
+        self.group_commit(site_id, events, now).await
     }
 
     async fn commands_after(
