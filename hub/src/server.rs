@@ -37,9 +37,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits until the server stops (after the shutdown token is cancelled).
+    /// Waits until the server stops (after the shutdown token is cancelled, or the
+    /// store failed: then with that error).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("hub server task panicked")?
+        self.task.await.context("hub server task panicked")??;
+        if let Some(why) = crate::store::failure().reason() {
+            anyhow::bail!("stopped because the hub's store failed: {why}");
+        }
+        Ok(())
     }
 }
 
@@ -144,6 +149,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .relay_notifications()
         .await
         .context("listening for other hub replicas' notifications")?;
+    // A store that failed to keep a commit must not be used on as if it had (see
+    // store::Failure): stop serving, so nothing more is acknowledged.
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            why = crate::store::failure().wait() => {
+                tracing::error!(
+                    error = %why,
+                    "stopping the hub because its store failed: check the disk, then start the hub again; \
+                     the database recovers what was committed and the sites send again what was not acknowledged"
+                );
+                stop.cancel();
+            }
+            _ = stop.cancelled() => {}
+        }
+    });
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             format!("{}{}", server_cert.cert_pem, ca.cert_pem()),

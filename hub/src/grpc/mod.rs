@@ -162,6 +162,10 @@ pub fn status(error: store::Error) -> Status {
             tracing::error!(error = %e, "store failure");
             Status::unavailable("the hub's store is unavailable; try again")
         }
+        // Logged where it happened; the hub is stopping.
+        E::Failed(why) => Status::unavailable(format!(
+            "the hub's store failed and the hub is stopping; this is not acknowledged: {why}"
+        )),
     }
 }
 

@@ -198,7 +198,11 @@ impl SqliteStore {
 
     /// A write transaction, holding SQLite's write lock from its first statement
     /// (BEGIN IMMEDIATE), so it never fails half-way when another process wrote first.
+    /// Refused once the store has failed ([`failure`]).
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        if let Some(why) = failure().reason() {
+            return Err(Error::Failed(why.to_owned()));
+        }
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
