@@ -107,6 +107,12 @@ impl Hub {
 
     /// Starts a hub on a free port with fast heartbeats, and waits until it serves.
     pub async fn start() -> Hub {
+        Self::start_with("").await
+    }
+
+    /// Starts a hub as [`Hub::start`] does, with `extra` (TOML lines) added to its
+    /// config file, e.g. `"max_message_bytes = 65536\n"`.
+    pub async fn start_with(extra: &str) -> Hub {
         let dir = tempfile::Builder::new()
             .prefix("carrel-hub-test-")
             .tempdir()
@@ -121,7 +127,7 @@ impl Hub {
         for attempt in 1..=5 {
             hub.port = free_port();
             let config = format!(
-                "listen = \"127.0.0.1:{}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n",
+                "listen = \"127.0.0.1:{}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n{extra}",
                 hub.port,
                 hub.dir.path().join("data").display()
             );
