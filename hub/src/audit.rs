@@ -14,6 +14,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// `prev_sha256` of the first entry.
@@ -185,6 +187,79 @@ pub fn verify(entries: impl IntoIterator<Item = (Entry, String)>) -> Result<Inta
     })
 }
 
+/// Keeps a flood of refusals from filling the audit trail. The first refusal of a
+/// kind (a key such as site and reason) is entered at once; the ones that follow
+/// within `window` are only counted, and when the window ends with a count, one
+/// entry says how many there were ([`Throttle::due`]) and a new window opens. So a
+/// sustained flood costs one entry per key per window, and none is lost from view.
+#[derive(Debug)]
+pub struct Throttle {
+    window: Duration,
+    open: HashMap<String, Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    opened: Instant,
+    counted: u64,
+    entry: NewEntry,
+}
+
+impl Throttle {
+    pub fn new(window: Duration) -> Throttle {
+        Throttle {
+            window,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Whether this refusal gets its own entry now (true), or is only counted.
+    pub fn admit(&mut self, key: &str, entry: &NewEntry, now: Instant) -> bool {
+        if let Some(window) = self.open.get_mut(key) {
+            window.counted += 1;
+            return false;
+        }
+        self.open.insert(
+            key.to_owned(),
+            Window {
+                opened: now,
+                counted: 0,
+                entry: entry.clone(),
+            },
+        );
+        true
+    }
+
+    /// The entries due at `now`: one for each window that ended with refusals only
+    /// counted, saying how many. Windows that ended quietly are forgotten.
+    pub fn due(&mut self, now: Instant) -> Vec<NewEntry> {
+        let mut due = Vec::new();
+        let length = self.window;
+        self.open.retain(|_, window| {
+            if now.saturating_duration_since(window.opened) < length {
+                return true;
+            }
+            if window.counted == 0 {
+                return false;
+            }
+            due.push(window.entry.clone().value(format!(
+                "{} more times in {} s (counted, not entered one by one)",
+                window.counted,
+                length.as_secs()
+            )));
+            window.opened = now;
+            window.counted = 0;
+            true
+        });
+        due
+    }
+
+    /// Kinds of refusal with a window open.
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +325,34 @@ mod tests {
         let broken = verify(inserted).expect_err("inserted");
         assert_eq!(broken.position, 2);
         assert!(broken.what.contains("inserted"));
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_one_entry_per_kind_and_window_with_a_count() {
+        let start = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut throttle = Throttle::new(minute);
+        let suspended = NewEntry::new("site-a", "site.link_refused", "site/site-a")
+            .reason("site \"site-a\" is suspended");
+        let other = NewEntry::new("site-b", "site.link_refused", "site/site-b");
+        assert!(throttle.admit("site-a suspended", &suspended, start));
+        assert!(throttle.admit("site-b", &other, start));
+        for i in 0..1_000 {
+            let at = start + Duration::from_millis(i);
+            assert!(!throttle.admit("site-a suspended", &suspended, at));
+        }
+        assert!(throttle.due(start + Duration::from_secs(59)).is_empty());
+        let due = throttle.due(start + minute);
+        assert_eq!(due.len(), 1, "site-b's window ended quietly: {due:?}");
+        assert_eq!(due[0].actor, "site-a");
+        assert_eq!(due[0].reason, suspended.reason);
+        assert!(due[0].new_value.starts_with("1000 more times in 60 s"));
+        assert_eq!(throttle.open_windows(), 1, "the flood's window goes on");
+        // Still flooding: counted into the next window, not entered.
+        assert!(!throttle.admit("site-a suspended", &suspended, start + minute));
+        assert_eq!(throttle.due(start + 2 * minute).len(), 1);
+        assert!(throttle.due(start + 3 * minute).is_empty());
+        assert_eq!(throttle.open_windows(), 0);
+        assert!(throttle.admit("site-a suspended", &suspended, start + 3 * minute));
     }
 }

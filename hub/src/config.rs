@@ -56,6 +56,25 @@ pub struct Config {
     pub heartbeat_interval_ms: u32,
     /// A site link that is silent this long is closed. Env: `CARREL_HUB_HEARTBEAT_TIMEOUT_MS`.
     pub heartbeat_timeout_ms: u32,
+    /// Largest gRPC message the hub reads, in bytes, on every service (sites and
+    /// people alike); a bigger one is refused with OUT_OF_RANGE before it is decoded.
+    /// The hub tells site agents in its Welcome, and they keep each batch below it.
+    /// Env: `CARREL_HUB_MAX_MESSAGE_BYTES`.
+    pub max_message_bytes: usize,
+    /// Messages a site may send on its link per second, sustained (events, acks and
+    /// heartbeats alike). A site that sends faster than this, beyond
+    /// `site_link_message_burst`, has its link closed with RESOURCE_EXHAUSTED.
+    /// Env: `CARREL_HUB_SITE_LINK_MAX_MESSAGES_PER_SECOND`.
+    pub site_link_max_messages_per_second: u32,
+    /// Messages a site may send at once above the sustained rate.
+    /// Env: `CARREL_HUB_SITE_LINK_MESSAGE_BURST`.
+    pub site_link_message_burst: u32,
+    /// Refused site-link requests (a suspended or unknown site, a certificate not
+    /// issued to the site, events for another site's batch, a bad enrollment token)
+    /// are audited at most once per site and reason in this many seconds; the
+    /// refusals in between are counted into one entry at the end of the window.
+    /// Env: `CARREL_HUB_AUDIT_REFUSALS_WINDOW_SECS`.
+    pub audit_refusals_window_secs: u32,
     /// Lifetime of a person's session token. Env: `CARREL_HUB_SESSION_TTL_SECS`.
     pub session_ttl_secs: u32,
     /// Failed sign-ins in a row after which an account is locked (counted per user
@@ -83,6 +102,11 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
 }
 
+/// tonic's own default: 4 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The smallest `max_message_bytes` accepted: room for a batch of ordinary events.
+pub const MIN_MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -98,6 +122,10 @@ impl Default for Config {
             facility: "G1234".into(),
             heartbeat_interval_ms: 5_000,
             heartbeat_timeout_ms: 20_000,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            site_link_max_messages_per_second: 1_000,
+            site_link_message_burst: 2_000,
+            audit_refusals_window_secs: 60,
             session_ttl_secs: 3_600,
             enrollment_ttl_secs: 86_400,
             sign_in_max_failures: 5,
@@ -202,6 +230,19 @@ impl Config {
             "CARREL_HUB_HEARTBEAT_TIMEOUT_MS",
             &mut self.heartbeat_timeout_ms,
         )?;
+        env_parse("CARREL_HUB_MAX_MESSAGE_BYTES", &mut self.max_message_bytes)?;
+        env_parse(
+            "CARREL_HUB_SITE_LINK_MAX_MESSAGES_PER_SECOND",
+            &mut self.site_link_max_messages_per_second,
+        )?;
+        env_parse(
+            "CARREL_HUB_SITE_LINK_MESSAGE_BURST",
+            &mut self.site_link_message_burst,
+        )?;
+        env_parse(
+            "CARREL_HUB_AUDIT_REFUSALS_WINDOW_SECS",
+            &mut self.audit_refusals_window_secs,
+        )?;
         env_parse("CARREL_HUB_SESSION_TTL_SECS", &mut self.session_ttl_secs)?;
         env_parse(
             "CARREL_HUB_SIGN_IN_MAX_FAILURES",
@@ -251,6 +292,22 @@ impl Config {
         if self.sign_in_max_failures == 0 || self.sign_in_lockout_secs == 0 {
             return Err(Error::Invalid(
                 "sign_in_max_failures and sign_in_lockout_secs must be positive".into(),
+            ));
+        }
+        if self.max_message_bytes < MIN_MAX_MESSAGE_BYTES {
+            return Err(Error::Invalid(format!(
+                "max_message_bytes must be at least {MIN_MAX_MESSAGE_BYTES}"
+            )));
+        }
+        if self.site_link_max_messages_per_second == 0 || self.site_link_message_burst == 0 {
+            return Err(Error::Invalid(
+                "site_link_max_messages_per_second and site_link_message_burst must be positive"
+                    .into(),
+            ));
+        }
+        if self.audit_refusals_window_secs == 0 {
+            return Err(Error::Invalid(
+                "audit_refusals_window_secs must be positive".into(),
             ));
         }
         if self.server_names.is_empty() {
@@ -333,6 +390,24 @@ mod tests {
             .expect_err("timeout")
             .to_string()
             .contains("heartbeat_timeout_ms"));
+        let config = Config {
+            max_message_bytes: 100,
+            ..Config::default()
+        };
+        assert!(config
+            .validate()
+            .expect_err("tiny messages")
+            .to_string()
+            .contains("max_message_bytes"));
+        let config = Config {
+            site_link_message_burst: 0,
+            ..Config::default()
+        };
+        assert!(config
+            .validate()
+            .expect_err("no burst")
+            .to_string()
+            .contains("site_link_message_burst"));
     }
 
     #[test]

@@ -37,9 +37,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits until the server stops (after the shutdown token is cancelled).
+    /// Waits until the server stops (after the shutdown token is cancelled, or the
+    /// store failed: then with that error).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("hub server task panicked")?
+        self.task.await.context("hub server task panicked")??;
+        if let Some(why) = crate::store::failure().reason() {
+            anyhow::bail!("stopped because the hub's store failed: {why}");
+        }
+        Ok(())
     }
 }
 
@@ -144,6 +149,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .relay_notifications()
         .await
         .context("listening for other hub replicas' notifications")?;
+    shared.audit_refusals_periodically();
+    // A store that failed to keep a commit must not be used on as if it had (see
+    // store::Failure): stop serving, so nothing more is acknowledged.
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            why = crate::store::failure().wait() => {
+                tracing::error!(
+                    error = %why,
+                    "stopping the hub because its store failed: check the disk, then start the hub again; \
+                     the database recovers what was committed and the sites send again what was not acknowledged"
+                );
+                stop.cancel();
+            }
+            _ = stop.cancelled() => {}
+        }
+    });
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             format!("{}{}", server_cert.cert_pem, ca.server_chain_pem()),
@@ -175,27 +197,43 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    // Every service reads at most max_message_bytes per message: a bigger one is
+    // refused with OUT_OF_RANGE before it is decoded (tonic's default is 4 MiB).
+    let max = config.max_message_bytes;
     let router = Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(grpc::refusals::LogRefusalsLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(pb::site_link_service_server::SiteLinkServiceServer::new(
-            grpc::site_link::SiteLinkApi(shared.clone()),
-        ))
-        .add_service(pb::auth_service_server::AuthServiceServer::new(
-            grpc::auth::AuthApi(shared.clone()),
-        ))
-        .add_service(pb::order_service_server::OrderServiceServer::new(
-            grpc::orders::OrderApi(shared.clone()),
-        ))
-        .add_service(pb::release_service_server::ReleaseServiceServer::new(
-            grpc::release::ReleaseApi(shared.clone()),
-        ))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(
-            grpc::admin::AdminApi(shared.clone()),
-        ));
+        .add_service(health_service.max_decoding_message_size(max))
+        .add_service(reflection.max_decoding_message_size(max))
+        .add_service(
+            pb::site_link_service_server::SiteLinkServiceServer::new(grpc::site_link::SiteLinkApi(
+                shared.clone(),
+            ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::auth_service_server::AuthServiceServer::new(grpc::auth::AuthApi(shared.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::order_service_server::OrderServiceServer::new(grpc::orders::OrderApi(
+                shared.clone(),
+            ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::release_service_server::ReleaseServiceServer::new(grpc::release::ReleaseApi(
+                shared.clone(),
+            ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::admin_service_server::AdminServiceServer::new(grpc::admin::AdminApi(
+                shared.clone(),
+            ))
+            .max_decoding_message_size(max),
+        );
 
     tracing::info!(%addr, ca_fingerprint = %ca.fingerprint(), database = %redacted(&config.database_url()), "hub serving");
     let drain = shutdown.clone();

@@ -23,6 +23,38 @@ use tokio_util::sync::CancellationToken;
 /// Events sent but not yet acknowledged, at most.
 const WINDOW: u64 = 2_000;
 
+/// What the hub reads at most in one message when its Welcome does not say.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The longest run of `events`, from the first, whose message stays within the
+/// hub's `max_message_bytes`. An event too big to go alone is an error that names it
+/// (the hub would refuse it, and the link could not get past it).
+fn fit(
+    mut events: Vec<pb::SiteEvent>,
+    max_message_bytes: usize,
+) -> Result<Vec<pb::SiteEvent>, Error> {
+    use prost::Message;
+    // The batch's own framing: a tag and a length for the batch and for each event.
+    const FRAMING: usize = 1 + 10;
+    let mut size = FRAMING;
+    for (i, event) in events.iter().enumerate() {
+        size += FRAMING + event.encoded_len();
+        if size > max_message_bytes {
+            if i == 0 {
+                return Err(Error::Protocol(format!(
+                    "event seq {} is {} bytes, more than the hub reads in one message ({max_message_bytes} bytes, \
+                     its max_message_bytes); raise that setting at the hub",
+                    event.seq,
+                    event.encoded_len()
+                )));
+            }
+            events.truncate(i);
+            break;
+        }
+    }
+    Ok(events)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -275,6 +307,10 @@ impl Link {
             )));
         }
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+        let max_message_bytes = match welcome.max_message_bytes {
+            0 => DEFAULT_MAX_MESSAGE_BYTES,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
         let mut acked = welcome.acked_event_seq;
         let mut sent = acked;
         self.note_acked(acked).await;
@@ -305,12 +341,13 @@ impl Link {
                     .events_per_message
                     .min((WINDOW - (sent - acked)) as usize);
                 let events = self.store.events_after(sent, limit).await?;
+                let events = fit(
+                    events.iter().map(pb::SiteEvent::from).collect(),
+                    max_message_bytes,
+                )?;
                 let Some(last) = events.last() else { break };
                 sent = last.seq;
-                send(site_message::Body::Events(pb::SiteEventBatch {
-                    events: events.iter().map(pb::SiteEvent::from).collect(),
-                }))
-                .await?;
+                send(site_message::Body::Events(pb::SiteEventBatch { events })).await?;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Ended::Closed),
@@ -371,5 +408,35 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn event(seq: u64, size: usize) -> pb::SiteEvent {
+        pb::SiteEvent {
+            seq,
+            recorded_by: "x".repeat(size),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batches_fit_in_the_hubs_message_limit() {
+        let events: Vec<_> = (1..=10).map(|seq| event(seq, 1_000)).collect();
+        let fitted = fit(events.clone(), 3_500).expect("fits");
+        assert_eq!(fitted.len(), 3);
+        let message = pb::SiteMessage {
+            body: Some(site_message::Body::Events(pb::SiteEventBatch {
+                events: fitted,
+            })),
+        };
+        assert!(message.encoded_len() <= 3_500);
+        assert_eq!(fit(events.clone(), 1 << 20).expect("fits").len(), 10);
+        let too_big = fit(events, 900).expect_err("one event is too big");
+        assert!(too_big.to_string().contains("event seq 1 is"), "{too_big}");
     }
 }

@@ -108,6 +108,12 @@ impl Hub {
 
     /// Starts a hub on a free port with fast heartbeats, and waits until it serves.
     pub async fn start() -> Hub {
+        Self::start_with("").await
+    }
+
+    /// Starts a hub as [`Hub::start`] does, with `extra` (TOML lines) added to its
+    /// config file, e.g. `"max_message_bytes = 65536\n"`.
+    pub async fn start_with(extra: &str) -> Hub {
         let dir = tempfile::Builder::new()
             .prefix("carrel-hub-test-")
             .tempdir()
@@ -122,7 +128,7 @@ impl Hub {
         for attempt in 1..=5 {
             hub.port = free_port();
             let config = format!(
-                "listen = \"127.0.0.1:{}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n",
+                "listen = \"127.0.0.1:{}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n{extra}",
                 hub.port,
                 hub.dir.path().join("data").display()
             );
@@ -168,6 +174,27 @@ impl Hub {
             self.child = None;
         }
         outcome
+    }
+
+    /// The process id of the running hub.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits up to `timeout` for the hub process to exit on its own; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no shutdown, no flush, as in a power cut.

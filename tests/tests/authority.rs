@@ -4,7 +4,7 @@
 
 use carrel_proto::event::EventKind;
 use carrel_proto::pb;
-use carrel_tests::raw_link::{events_body, RawLink, SiteLog};
+use carrel_tests::raw_link::{self, events_body, RawLink, SiteLog};
 use carrel_tests::scenario::*;
 use carrel_tests::*;
 use std::time::Duration;
@@ -232,4 +232,164 @@ async fn repeated_wrong_passwords_lock_the_account_and_are_audited() {
     assert_eq!(audited, 1);
     // Nobody else is affected.
     hub.add_user("dr.other", "physician", "physician-password-2");
+}
+
+/// The audit entries of `action` by `actor`: (new_value, reason), in order.
+async fn refusals(db: &sqlx::SqlitePool, action: &str, actor: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT new_value, reason FROM audit_log WHERE action = ? AND actor = ? ORDER BY position",
+    )
+    .bind(action)
+    .bind(actor)
+    .fetch_all(db)
+    .await
+    .expect("audit entries")
+}
+
+/// Waits until `actor` has `n` entries of `action`; returns them.
+async fn wait_refusals(
+    db: &sqlx::SqlitePool,
+    action: &str,
+    actor: &str,
+    n: usize,
+) -> Vec<(String, String)> {
+    eventually(
+        Duration::from_secs(15),
+        &format!("{n} {action} entries of {actor}"),
+        || async move {
+            let entries = refusals(db, action, actor).await;
+            (entries.len() >= n).then_some(entries)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_site_link_requests_are_audited_once_per_window_with_a_count() {
+    const WINDOW_SECS: u64 = 3;
+    const FLOOD: usize = 25;
+    let hub = Hub::start_with(&format!("audit_refusals_window_secs = {WINDOW_SECS}\n")).await;
+    add_people(&hub);
+    hub.add_user(ADMIN.0, "admin", ADMIN.1);
+    let token_1 = hub.add_site("site-1");
+    let token_2 = hub.add_site("site-2");
+    let _site_1 = Agent::enroll(&hub, "site-1", &token_1).expect("enroll"); // not started
+    let site_2 = Agent::enroll(&hub, "site-2", &token_2).expect("enroll"); // the test is site-2
+    let (order_id, batch_id) = create_order(&hub, "site-1", "P-9501");
+    let coi = str_field(&order_show(&hub, PHYSICIAN.0, &order_id), "coi").to_owned();
+    let db = hub.db().await;
+    let mut log = SiteLog::default();
+    let foreign = pb::SiteEvent::from(&log.event(
+        Uuid::parse_str(&batch_id).expect("batch id"),
+        chrono::Utc::now(),
+        EventKind::BatchAccepted {
+            coi,
+            recipe_id: "cd19-car-t".into(),
+            recipe_version: 1,
+            recipe_sha256: "x".into(),
+        },
+    ));
+
+    // Events for another site's batch, again and again, each on a new link.
+    let started = std::time::Instant::now();
+    for _ in 0..FLOOD {
+        let (mut link, _) = RawLink::hello(&hub, site_2.data_dir()).await;
+        link.send(events_body(vec![foreign.clone()])).await;
+        let refused = link.next().await.expect_err("refused");
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{}",
+            refused.message()
+        );
+    }
+    let flood_took = started.elapsed();
+    assert!(
+        flood_took < Duration::from_secs(WINDOW_SECS),
+        "the flood must fit in one window to test it ({flood_took:?})"
+    );
+    let first = refusals(&db, "site.events_refused", "site-2").await;
+    assert_eq!(first.len(), 1, "one entry for the first refusal: {first:?}");
+    assert!(
+        first[0].1.contains(&format!(
+            "is for batch {batch_id}, which belongs to another site"
+        )),
+        "{first:?}"
+    );
+    // When the window ends, one entry counts the rest.
+    let entries = wait_refusals(&db, "site.events_refused", "site-2", 2).await;
+    assert_eq!(entries[1].1, entries[0].1, "the same refusal");
+    assert_eq!(
+        entries[1].0,
+        format!(
+            "{} more times in {WINDOW_SECS} s (counted, not entered one by one)",
+            FLOOD - 1
+        )
+    );
+
+    // A suspended site dialling in, again and again.
+    hub.cli_ok(
+        ADMIN.0,
+        &["site", "suspend", "site-2", "--reason", "audit test"],
+        None,
+    );
+    for _ in 0..FLOOD {
+        let refused = RawLink::open(&hub, site_2.data_dir(), raw_link::hello())
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{}",
+            refused.message()
+        );
+        assert!(
+            refused.message().contains("is suspended"),
+            "{}",
+            refused.message()
+        );
+    }
+    let entries = wait_refusals(&db, "site.link_refused", "site-2", 2).await;
+    assert!(
+        entries[0]
+            .1
+            .starts_with("site \"site-2\" is suspended (certificate sha256 "),
+        "{entries:?}"
+    );
+    assert_eq!(
+        entries[1].0,
+        format!(
+            "{} more times in {WINDOW_SECS} s (counted, not entered one by one)",
+            FLOOD - 1
+        )
+    );
+    // A quiet window adds nothing; the flood of 2 x FLOOD refusals cost 4 entries.
+    tokio::time::sleep(Duration::from_secs(WINDOW_SECS + 2)).await;
+    assert_eq!(refusals(&db, "site.link_refused", "site-2").await.len(), 2);
+    assert_eq!(
+        refusals(&db, "site.events_refused", "site-2").await.len(),
+        2
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM site_events").await, 0);
+
+    // The operator sees them, and the chain holds.
+    let listed = hub.cli_ok("admin", &["audit", "list"], None);
+    let lines: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.contains("site.link_refused") || l.contains("site.events_refused"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{listed}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("site-2") && l.contains("site/site-2")),
+        "{lines:?}"
+    );
+    let verified = hub.cli_ok("admin", &["audit", "verify"], None);
+    assert!(verified.contains("Audit chain intact"), "{verified}");
+    println!(
+        "{} refusals of site-2 (events for site-1's batch, then suspended) kept as 4 audit entries; chain intact",
+        2 * FLOOD
+    );
 }

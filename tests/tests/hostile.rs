@@ -203,6 +203,37 @@ async fn certificates_from_another_ca_expired_or_not_issued_to_the_site_are_refu
             && refused.contains("not the one issued to site \"site-a\""),
         "{refused}"
     );
+    // A certificate of the hub's CA for a site the hub does not know.
+    let (cert_pem, key_pem) = site_certificate("site-zz", &issuer, &issuer_key, (-1, 2));
+    let unknown_site = Credentials {
+        ca_pem: real.ca_pem.clone(),
+        cert_pem,
+        key_pem,
+    };
+    let refused = refusal(&hub, &unknown_site).await;
+    assert!(
+        refused.starts_with("PermissionDenied")
+            && refused.contains("site \"site-zz\" is not registered"),
+        "{refused}"
+    );
+    // Both are refusals of authority, and audited under the site the certificate names.
+    for (site, words) in [
+        ("site-a", "not the one issued to site \"site-a\""),
+        ("site-zz", "is not registered at this hub"),
+    ] {
+        let audited: Vec<String> = sqlx::query_scalar(
+            "SELECT reason FROM audit_log WHERE action = 'site.link_refused' AND actor = ?",
+        )
+        .bind(site)
+        .fetch_all(&db)
+        .await
+        .expect("audit");
+        assert_eq!(audited.len(), 1, "{site}: {audited:?}");
+        assert!(
+            audited[0].contains(words) && audited[0].contains("certificate sha256 "),
+            "{audited:?}"
+        );
+    }
     // Through the gRPC client too, the first two never reach an RPC.
     for credentials in [&from_another_ca, &expired] {
         let refused = refusal(&hub, credentials).await;
@@ -375,9 +406,56 @@ async fn stored(db: &sqlx::SqlitePool) -> Vec<i64> {
     counts
 }
 
+/// The hub's configured `max_message_bytes` in these tests: a quarter of tonic's
+/// default (4 MiB), so that a message the default would take shows the setting applies.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// `template` with `grow` set to as many bytes as make `encoded_len` exactly `size`.
+fn sized<T: Clone>(
+    template: &T,
+    size: usize,
+    grow: impl Fn(&mut T, String),
+    encoded_len: impl Fn(&T) -> usize,
+) -> T {
+    let mut n = size;
+    for _ in 0..8 {
+        let mut message = template.clone();
+        grow(&mut message, "x".repeat(n));
+        let len = encoded_len(&message);
+        if len == size {
+            return message;
+        }
+        n = (n + size).checked_sub(len).expect("room for the field");
+    }
+    panic!("cannot make a message of exactly {size} bytes");
+}
+
+/// The same counts, of what belongs to one site (others may be busy meanwhile).
+async fn stored_at(db: &sqlx::SqlitePool, site: &str) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in ["site_events", "hub_commands", "batches", "qc_results"] {
+        counts.push(
+            count(
+                db,
+                &format!("SELECT COUNT(*) FROM {table} WHERE site_id = '{site}'"),
+            )
+            .await,
+        );
+    }
+    for sql in [
+        "SELECT COUNT(*) FROM users",
+        "SELECT COUNT(*) FROM signatures",
+        "SELECT COUNT(*) FROM orders",
+    ] {
+        counts.push(count(db, sql).await);
+    }
+    counts
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_messages_get_a_clear_status_and_store_nothing() {
-    let hub = Hub::start().await;
+    use prost::Message;
+    let hub = Hub::start_with(&format!("max_message_bytes = {MAX_MESSAGE_BYTES}\n")).await;
     add_people(&hub);
     let token = hub.add_site("site-o");
     let agent = Agent::enroll(&hub, "site-o", &token).expect("enroll");
@@ -385,7 +463,7 @@ async fn oversized_messages_get_a_clear_status_and_store_nothing() {
     let db = hub.db().await;
     let before = stored(&db).await;
 
-    // More events in one message than the hub takes.
+    // More events in one message than the hub takes (in fewer bytes than it takes).
     let mut log = SiteLog::default();
     let first = accepted(&mut log, batch_id, &coi);
     let many: Vec<pb::SiteEvent> = (1..=1_001)
@@ -394,6 +472,11 @@ async fn oversized_messages_get_a_clear_status_and_store_nothing() {
             ..first.clone()
         })
         .collect();
+    let many_len = pb::SiteMessage {
+        body: Some(events_body(many.clone())),
+    }
+    .encoded_len();
+    assert!(many_len < MAX_MESSAGE_BYTES, "{many_len} bytes");
     let (mut link, _) = RawLink::hello(&hub, agent.data_dir()).await;
     link.send(events_body(many)).await;
     assert_refused(
@@ -402,14 +485,71 @@ async fn oversized_messages_get_a_clear_status_and_store_nothing() {
         "1001 events in one message; at most 1000",
     );
 
-    // A message over 4 MB: one event with a 5 MB field.
+    // One byte over the configured limit (and far below tonic's default of 4 MiB):
+    // a site message of one event with a long field.
+    let site_message = |event: &pb::SiteEvent| pb::SiteMessage {
+        body: Some(events_body(vec![event.clone()])),
+    };
+    let event_of = |size: usize| {
+        sized(
+            &first,
+            size,
+            |event, text| event.recorded_by = text,
+            |event| site_message(event).encoded_len(),
+        )
+    };
+    let over = event_of(MAX_MESSAGE_BYTES + 1);
+    let (mut link, _) = RawLink::hello(&hub, agent.data_dir()).await;
+    link.send(events_body(vec![over])).await;
+    let status = link.next().await.expect_err("refused");
+    println!(
+        "site message of max_message_bytes + 1: {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
+    assert!(
+        status.message().contains("too large")
+            && status
+                .message()
+                .contains(&format!("found {} bytes", MAX_MESSAGE_BYTES + 1))
+            && status.message().contains(&MAX_MESSAGE_BYTES.to_string()),
+        "names the size and the limit: {}",
+        status.message()
+    );
+
+    // A 5 MB message: over tonic's default as well.
     let mut huge = first.clone();
     huge.recorded_by = "x".repeat(5 * 1024 * 1024);
     let (mut link, _) = RawLink::hello(&hub, agent.data_dir()).await;
     link.send(events_body(vec![huge])).await;
-    let status = link.next().await.expect_err("refused");
+    assert_refused(link.next().await, Code::OutOfRange, "too large");
+
+    // The same limit on the people's API: one byte over is refused before it is
+    // read; at the limit the request is read, and refused for what it says.
+    let physician = hub.login(PHYSICIAN.0, PHYSICIAN.1).await.expect("login");
+    let mut orders = pb::order_service_client::OrderServiceClient::new(hub.channel().await)
+        .max_encoding_message_size(8 * MAX_MESSAGE_BYTES);
+    let form = pb::CreateOrderRequest {
+        patient_pseudonym: String::new(),
+        product: "cd19-car-t".into(),
+        site_id: "site-o".into(),
+        requested_collection_date: "2099-01-01".into(),
+    };
+    let order_of = |size: usize| {
+        sized(
+            &form,
+            size,
+            |form, text| form.patient_pseudonym = text,
+            |form| form.encoded_len(),
+        )
+    };
+    let status = orders
+        .create_order(authed(&physician, order_of(MAX_MESSAGE_BYTES + 1)))
+        .await
+        .expect_err("refused");
     println!(
-        "5 MB site message: {:?}: {}",
+        "order of max_message_bytes + 1: {:?}: {}",
         status.code(),
         status.message()
     );
@@ -419,49 +559,69 @@ async fn oversized_messages_get_a_clear_status_and_store_nothing() {
         "{}",
         status.message()
     );
-
-    // The same on the people's API.
-    let physician = hub.login(PHYSICIAN.0, PHYSICIAN.1).await.expect("login");
-    let big_order = pb::order_service_client::OrderServiceClient::new(hub.channel().await)
-        .create_order(authed(
-            &physician,
-            pb::CreateOrderRequest {
-                patient_pseudonym: "P".repeat(5 * 1024 * 1024),
-                product: "cd19-car-t".into(),
-                site_id: "site-o".into(),
-                requested_collection_date: "2099-01-01".into(),
-            },
-        ))
-        .await;
-    let status = big_order.expect_err("refused");
-    println!("5 MB order: {:?}: {}", status.code(), status.message());
-    assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
-    assert!(
-        status.message().contains("too large"),
-        "{}",
-        status.message()
+    assert_refused(
+        orders
+            .create_order(authed(&physician, order_of(MAX_MESSAGE_BYTES)))
+            .await,
+        Code::InvalidArgument,
+        "patient_pseudonym must be 3 to 64",
     );
     assert_eq!(stored(&db).await, before, "nothing stored");
 
-    // The hub is none the worse: the same site's good record goes in.
+    // The hub is none the worse: the same site's record of exactly max_message_bytes
+    // goes in.
+    let at_limit = event_of(MAX_MESSAGE_BYTES);
     let (mut link, _) = RawLink::hello(&hub, agent.data_dir()).await;
-    link.send(events_body(vec![first])).await;
+    link.send(events_body(vec![at_limit.clone()])).await;
     link.expect_ack(1).await;
     assert_eq!(count(&db, "SELECT COUNT(*) FROM site_events").await, 1);
+    let recorded_by: String = sqlx::query_scalar(
+        "SELECT json_extract(body, '$.recorded_by') FROM site_events WHERE site_id = 'site-o'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("stored event");
+    assert_eq!(recorded_by, at_limit.recorded_by);
+}
+
+/// The message rate limit the flood test configures.
+const RATE: u32 = 50;
+const BURST: u32 = 100;
+
+fn heartbeat(n: u64) -> pb::SiteMessage {
+    pb::SiteMessage {
+        body: Some(site_message::Body::Heartbeat(pb::Heartbeat {
+            sent_at_unix_ms: n,
+        })),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_heartbeats_changes_nothing_and_the_hub_stays_responsive() {
-    let hub = Hub::start().await;
+    let hub = Hub::start_with(&format!(
+        "site_link_max_messages_per_second = {RATE}\nsite_link_message_burst = {BURST}\n"
+    ))
+    .await;
     add_people(&hub);
     let token = hub.add_site("site-f");
     let agent = Agent::enroll(&hub, "site-f", &token).expect("enroll");
     let (_, _, order_id) = order_for(&hub, "site-f").await;
+    // Another site, manufacturing and replicating all along.
+    let token = hub.add_site("site-g");
+    let mut other = Agent::enroll(&hub, "site-g", &token)
+        .expect("enroll")
+        .with_time_compression(40_000.0);
+    other.start();
+    let (other_order, _) = create_order(&hub, "site-g", "P-9111");
     let physician = hub.login(PHYSICIAN.0, PHYSICIAN.1).await.expect("login");
     let db = hub.db().await;
-    let (link, _) = RawLink::hello(&hub, agent.data_dir()).await;
-    let before = stored(&db).await;
-    let audit_before = count(&db, "SELECT COUNT(*) FROM audit_log").await;
+    let other_db = other.db().await;
+    wait_order_state(&hub, &other_order, "in_process", Duration::from_secs(30)).await;
+    let (mut link, _) = RawLink::hello(&hub, agent.data_dir()).await;
+    let before = stored_at(&db, "site-f").await;
+    let site_f_audit =
+        "SELECT COUNT(*) FROM audit_log WHERE actor = 'site-f' OR object = 'site/site-f'";
+    let audit_before = count(&db, site_f_audit).await;
     let site_before: (i64, i64, Option<String>) = sqlx::query_as(
         "SELECT acked_event_seq, acked_command_seq, last_contact_at FROM sites WHERE site_id = 'site-f'",
     )
@@ -469,25 +629,81 @@ async fn a_flood_of_heartbeats_changes_nothing_and_the_hub_stays_responsive() {
     .await
     .expect("site");
 
+    // Within the limit: more messages than the burst, at a rate below the limit,
+    // and the link is still served.
+    let paced_rate = RATE * 3 / 5;
+    let paced = 3 * BURST / 2;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / paced_rate);
+    for n in 0..u64::from(paced) {
+        ticker.tick().await;
+        link.out
+            .send(heartbeat(n))
+            .await
+            .expect("the link takes a paced heartbeat");
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match link.inbound.message().await {
+                Ok(Some(pb::HubMessage {
+                    body: Some(hub_message::Body::Heartbeat(_)),
+                })) => return Ok(()),
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err("the stream ended".to_owned()),
+                Err(status) => return Err(format!("{:?}: {}", status.code(), status.message())),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        answer,
+        Ok(Ok(())),
+        "{paced} heartbeats at {paced_rate}/s (burst {BURST}, limit {RATE}/s) are served"
+    );
+
+    // A flood: the link is closed, saying which limit it broke.
     let flood_for = Duration::from_secs(5);
     let out = link.out.clone();
     let flood = tokio::spawn(async move {
         let started = Instant::now();
         let mut sent: u64 = 0;
         while started.elapsed() < flood_for {
-            let beat = pb::SiteMessage {
-                body: Some(site_message::Body::Heartbeat(pb::Heartbeat {
-                    sent_at_unix_ms: sent,
-                })),
-            };
-            if out.send(beat).await.is_err() {
-                break;
+            match tokio::time::timeout(Duration::from_secs(1), out.send(heartbeat(sent))).await {
+                Ok(Ok(())) => sent += 1,
+                _ => break,
             }
-            sent += 1;
         }
         sent
     });
-    // Meanwhile the hub answers health checks and people.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match link.inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the flooded link ends within 10 s")
+    .expect("with a status");
+    println!("flooded link: {:?}: {}", closed.code(), closed.message());
+    assert_eq!(
+        closed.code(),
+        Code::ResourceExhausted,
+        "{}",
+        closed.message()
+    );
+    assert!(
+        closed.message().contains(&format!(
+            "site_link_max_messages_per_second = {RATE}, site_link_message_burst = {BURST}"
+        )),
+        "names the limit: {}",
+        closed.message()
+    );
+
+    // Meanwhile the hub answers health checks and people, and the other site's
+    // records keep arriving on its own link.
+    let other_acked = hub_acked(&db, "site-g").await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(hub.channel().await);
     let mut orders = pb::order_service_client::OrderServiceClient::new(hub.channel().await);
     let mut slowest = Duration::ZERO;
@@ -524,37 +740,28 @@ async fn a_flood_of_heartbeats_changes_nothing_and_the_hub_stays_responsive() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let sent = flood.await.expect("flood");
-    assert!(sent > 1_000, "only {sent} heartbeats sent");
+    assert!(
+        sent > u64::from(BURST),
+        "the flood got only {sent} heartbeats out"
+    );
     assert!(
         slowest < Duration::from_secs(1),
         "the slowest answer during the flood took {slowest:?}"
     );
-    // The flooding link is still served, and nothing changed.
-    let mut link = link;
-    link.send(site_message::Body::Heartbeat(pb::Heartbeat::default()))
-        .await;
-    let answer = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match link.inbound.message().await {
-                Ok(Some(pb::HubMessage {
-                    body: Some(hub_message::Body::Heartbeat(_)),
-                })) => return true,
-                Ok(Some(_)) => continue,
-                _ => return false,
-            }
-        }
-    })
-    .await;
-    assert_eq!(
-        answer,
-        Ok(true),
-        "the hub still heartbeats on the flooded link"
+    assert!(
+        hub_acked(&db, "site-g").await > other_acked,
+        "the other site's events kept arriving"
     );
-    assert_eq!(stored(&db).await, before);
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM audit_log").await,
-        audit_before
+        occurrences(&other.log(), "link to the hub lost"),
+        0,
+        "the other site's link was never cut"
     );
+    assert!(last_seq(&other_db).await > 0);
+
+    // Nothing of the flooding site changed.
+    assert_eq!(stored_at(&db, "site-f").await, before);
+    assert_eq!(count(&db, site_f_audit).await, audit_before);
     let site_after: (i64, i64, Option<String>) = sqlx::query_as(
         "SELECT acked_event_seq, acked_command_seq, last_contact_at FROM sites WHERE site_id = 'site-f'",
     )
@@ -563,8 +770,9 @@ async fn a_flood_of_heartbeats_changes_nothing_and_the_hub_stays_responsive() {
     .expect("site");
     assert_eq!(site_after, site_before);
     println!(
-        "heartbeat flood: {sent} heartbeats in {flood_for:?} ({:.0}/s); {checks} health checks and order reads answered, slowest {slowest:?}; nothing stored",
-        sent as f64 / flood_for.as_secs_f64()
+        "heartbeat flood: {paced} paced heartbeats served; the flooder pushed {sent} heartbeats in {flood_for:?} and its link was closed \
+         ({RATE}/s, burst {BURST}); {checks} health checks and order reads answered, slowest {slowest:?}; \
+         the other site went on replicating; nothing stored"
     );
 }
 

@@ -436,3 +436,179 @@ async fn a_hub_database_that_is_damaged_or_unreadable_stops_the_hub_with_a_clear
         "3 bad hub databases refused at start, each with its own message; the good one served"
     );
 }
+
+/// strace attached to a running process, making every fsync and fdatasync of it
+/// fail with EIO, as a failing disk would. Detached (strace killed) on drop.
+struct FsyncFaults {
+    child: std::process::Child,
+    /// What strace traced: one line per failed call.
+    trace: PathBuf,
+}
+
+impl FsyncFaults {
+    /// Attaches to every thread of `pid`; an error says why strace cannot.
+    fn inject(pid: u32, dir: &Path) -> Result<FsyncFaults, String> {
+        let trace = dir.join("strace.out");
+        let said = dir.join("strace.err");
+        let mut child = Command::new("strace")
+            .args(["-f", "-p", &pid.to_string()])
+            .args(["-e", "trace=fsync,fdatasync"])
+            .args(["-e", "inject=fsync,fdatasync:error=EIO"])
+            .arg("-o")
+            .arg(&trace)
+            .stderr(std::fs::File::create(&said).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("strace cannot run ({e}); install the Debian package strace"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&said).unwrap_or_default();
+            if text.contains("attached") {
+                return Ok(FsyncFaults { child, trace });
+            }
+            if let Some(status) = child.try_wait().ok().flatten() {
+                return Err(format!("strace exited with {status}: {}", text.trim()));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "strace did not attach within 10 s: {}",
+                    text.trim()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The calls made to fail so far.
+    fn injected(&self) -> usize {
+        std::fs::read_to_string(&self.trace)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("(INJECTED)"))
+            .count()
+    }
+}
+
+impl Drop for FsyncFaults {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent's own note of what the hub acknowledged.
+async fn agent_acked(agent_db: &sqlx::SqlitePool) -> i64 {
+    count(agent_db, "SELECT hub_acked_event_seq FROM link_state").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hub_whose_fsync_fails_acknowledges_nothing_it_did_not_keep_and_stops() {
+    let mut hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-s");
+    let mut agent = Agent::enroll(&hub, "site-s", &token)
+        .expect("enroll")
+        .with_time_compression(40_000.0);
+    agent.start();
+    let (order_id, batch_id) = create_order(&hub, "site-s", "P-9601");
+    let agent_db = agent.db().await;
+    let hub_db = hub.db().await;
+    wait_step_running(&agent_db, &batch_id, "expansion", Duration::from_secs(60)).await;
+    eventually(Duration::from_secs(30), "the hub to keep up", || {
+        let (agent_db, hub_db) = (agent_db.clone(), hub_db.clone());
+        async move {
+            let last = last_seq(&agent_db).await;
+            (hub_acked(&hub_db, "site-s").await + 3 >= last).then_some(())
+        }
+    })
+    .await;
+
+    // From now on every fsync of the hub fails.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let faults = match FsyncFaults::inject(hub.pid().expect("running"), scratch.path()) {
+        Ok(faults) => faults,
+        Err(why) if std::env::var("CI").as_deref() != Ok("true") => {
+            println!("SKIPPED: strace cannot inject fsync failures here: {why}");
+            return;
+        }
+        Err(why) => panic!("strace cannot inject fsync failures (in CI it must): {why}"),
+    };
+    let acked_at_injection = hub_acked(&hub_db, "site-s").await;
+    let recorded_at_injection = last_seq(&agent_db).await;
+
+    // The first commit whose fsync fails stops the hub, saying why.
+    let status = hub
+        .wait_exit(Duration::from_secs(30))
+        .expect("the hub stops when a commit cannot be made durable");
+    assert!(!status.success(), "the hub exits with an error: {status}");
+    let injected = faults.injected();
+    drop(faults);
+    assert!(injected >= 1, "strace made no fsync fail");
+    let log = hub.log();
+    assert!(
+        log.contains("the hub's store failed") && log.contains("(code: 1034) disk I/O error"),
+        "the hub says its store failed at an fsync (SQLITE_IOERR_FSYNC = 1034):\n{log}"
+    );
+    assert!(
+        log.contains("stopping the hub because its store failed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("stopped because the hub's store failed"),
+        "the exit status says why:\n{log}"
+    );
+    // What the hub holds is what it acknowledged, and the site knows no more than that.
+    let hub_rows = count(
+        &hub_db,
+        "SELECT COALESCE(MAX(seq), 0) FROM site_events WHERE site_id = 'site-s'",
+    )
+    .await;
+    let hub_cursor = hub_acked(&hub_db, "site-s").await;
+    hub_db.close().await;
+    assert_eq!(hub_rows, hub_cursor);
+    let site_acked = agent_acked(&agent_db).await;
+    assert!(
+        site_acked <= hub_rows,
+        "the site holds an acknowledgement of event {site_acked}, but the hub kept only {hub_rows}"
+    );
+    // The site went on recording; what the hub failed to keep waits at the site.
+    eventually(Duration::from_secs(30), "the site to record more", || {
+        let db = agent_db.clone();
+        async move { (last_seq(&db).await > recorded_at_injection + 3).then_some(()) }
+    })
+    .await;
+    let status_text = String::from_utf8_lossy(&agent.cli(&["status"], "").stdout).into_owned();
+    let last = last_seq(&agent_db).await;
+    let acked = agent_acked(&agent_db).await;
+    assert!(acked <= hub_rows && last > hub_rows);
+    assert!(
+        status_text.contains(&format!("{acked} acknowledged by the hub")),
+        "{status_text}"
+    );
+    // The site was told why its events were not acknowledged.
+    let told = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("link to the hub lost") && l.contains("the hub's store failed"))
+        .count();
+    assert!(told >= 1, "the agent logs the hub's error");
+    println!(
+        "fsync failing: {injected} fsync calls failed (EIO); hub stopped ({status}); hub had acknowledged {acked_at_injection} at injection, \
+         kept {hub_rows}; site acked {acked}, recorded {last}; {told} agent log lines carry the hub's error; agent status: {}",
+        status_text.lines().next().unwrap_or_default()
+    );
+
+    // Started again on a working disk, the hub recovers what it committed, and
+    // every event arrives exactly once, in order.
+    hub.restart().await;
+    wait_order_state(
+        &hub,
+        &order_id,
+        "awaiting_release",
+        Duration::from_secs(120),
+    )
+    .await;
+    let moved = assert_hub_has_the_site_log(&hub, &agent, Duration::from_secs(30)).await;
+    println!("after the restart: {moved} events at the hub, once each, in order");
+}

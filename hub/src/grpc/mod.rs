@@ -35,6 +35,8 @@ pub struct Shared {
     pub instance_id: String,
     /// How long committing site events takes, for `/metrics`.
     pub commit_latency: crate::metrics::Histogram,
+    /// Refusals audited lately, so that a flood of them cannot fill the database.
+    refusals: Mutex<crate::audit::Throttle>,
 }
 
 impl Shared {
@@ -45,7 +47,9 @@ impl Shared {
         shutdown: CancellationToken,
     ) -> Arc<Shared> {
         let (changes, _) = broadcast::channel(1024);
+        let window = std::time::Duration::from_secs(u64::from(config.audit_refusals_window_secs));
         Arc::new(Shared {
+            refusals: Mutex::new(crate::audit::Throttle::new(window)),
             store,
             config,
             ca,
@@ -75,6 +79,63 @@ impl Shared {
     pub fn commands_added(&self, site_id: &str, batch_id: Uuid) {
         self.links.notifier(site_id).notify_one();
         let _ = self.changes.send(batch_id);
+    }
+}
+
+impl Shared {
+    /// Audits a refused request of a site (or of an agent not yet enrolled): the
+    /// first of its `kind` from `entry.actor` at once, those that follow within the
+    /// window only counted ([`crate::audit::Throttle`]). A failure to write is
+    /// logged; the request is refused all the same.
+    pub async fn audit_refusal(&self, kind: &str, entry: crate::audit::NewEntry) {
+        let key = format!("{}\u{0}{}\u{0}{kind}", entry.actor, entry.action);
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(&key, &entry, std::time::Instant::now());
+        if admitted {
+            self.write_audit(&entry).await;
+        }
+    }
+
+    /// Enters the counts of refusal windows that have ended (all of them when
+    /// `all`, at shutdown).
+    pub async fn audit_counted_refusals(&self, all: bool) {
+        let mut now = std::time::Instant::now();
+        if all {
+            now +=
+                std::time::Duration::from_secs(u64::from(self.config.audit_refusals_window_secs));
+        }
+        let due = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(now);
+        for entry in due {
+            self.write_audit(&entry).await;
+        }
+    }
+
+    /// Runs [`Shared::audit_counted_refusals`] every second until shutdown.
+    pub fn audit_refusals_periodically(self: &Arc<Self>) {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = tick.tick() => shared.audit_counted_refusals(false).await,
+                }
+            }
+            shared.audit_counted_refusals(true).await;
+        });
+    }
+
+    async fn write_audit(&self, entry: &crate::audit::NewEntry) {
+        if let Err(e) = self.store.audit(entry).await {
+            tracing::error!(error = %e, action = %entry.action, actor = %entry.actor, "cannot audit a refusal");
+        }
     }
 }
 
@@ -175,6 +236,10 @@ pub fn status(error: store::Error) -> Status {
             tracing::error!(error = %e, "store failure");
             Status::unavailable("the hub's store is unavailable; try again")
         }
+        // Logged where it happened; the hub is stopping.
+        E::Failed(why) => Status::unavailable(format!(
+            "the hub's store failed and the hub is stopping; this is not acknowledged: {why}"
+        )),
     }
 }
 

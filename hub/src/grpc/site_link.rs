@@ -38,6 +38,41 @@ pub const MAX_EVENTS_PER_MESSAGE: usize = 1_000;
 /// Most commands sent in one message.
 const COMMANDS_PER_MESSAGE: u32 = 100;
 
+/// How many messages a site may still send on its link: a token bucket that holds
+/// at most `burst` and refills at `per_second`. Checking it costs nothing that
+/// grows with the flood, so a site over its rate is cut off cheaply.
+#[derive(Debug)]
+struct Allowance {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Allowance {
+    fn new(per_second: u32, burst: u32, now: Instant) -> Allowance {
+        Allowance {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            at: now,
+        }
+    }
+
+    /// Takes one message's worth; false when the site is over its rate.
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// A site that passed identification, and whether it should renew its certificate.
 struct Identified {
     site_id: String,
@@ -45,6 +80,8 @@ struct Identified {
 }
 
 /// Who is at the other end of the stream, from the TLS client certificate alone.
+/// A certificate that names a site but is refused for it (the site is unknown,
+/// suspended or ceased, or the certificate is not the one issued to it) is audited.
 async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<Identified, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated("Sync needs the site's client certificate; enroll the agent first")
@@ -55,49 +92,61 @@ async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<Ident
     let site_id = pki::site_id_of(leaf.as_ref()).ok_or_else(|| {
         Status::unauthenticated("the client certificate does not name a Carrel site")
     })?;
-    let site = match shared.store.site(&site_id).await {
-        Ok(site) => site,
-        Err(store::Error::NotFound(_)) => {
-            return Err(Status::permission_denied(format!(
-                "site {site_id:?} is not registered at this hub"
-            )))
-        }
+    let fingerprint = pki::fingerprint(leaf.as_ref());
+    let (kind, refused) = match shared.store.site(&site_id).await {
+        Err(store::Error::NotFound(_)) => (
+            "unregistered",
+            format!("site {site_id:?} is not registered at this hub"),
+        ),
         Err(e) => return Err(status(e)),
+        Ok(site) if site.status == SiteStatus::Suspended => {
+            ("suspended", format!("site {site_id:?} is suspended"))
+        }
+        Ok(site) if site.status == SiteStatus::Ceased => (
+            "ceased",
+            format!(
+                "site {site_id:?} has ceased; it can no longer connect (its records stay at the hub)"
+            ),
+        ),
+        Ok(site) if site.pending_cert_sha256.as_deref() == Some(fingerprint.as_str()) => {
+            // The first connection with a renewed certificate: from now on only it
+            // is accepted.
+            shared
+                .store
+                .promote_pending_certificate(&site_id, &fingerprint, Utc::now())
+                .await
+                .map_err(status)?;
+            tracing::info!(%site_id, certificate = %fingerprint, "site now uses its renewed certificate");
+            return Ok(identified(shared, site_id, leaf.as_ref()));
+        }
+        Ok(site) if site.cert_sha256.as_deref() != Some(fingerprint.as_str()) => (
+            "certificate",
+            format!(
+                "this certificate is not the one issued to site {site_id:?} at its last enrollment or renewal"
+            ),
+        ),
+        Ok(_) => return Ok(identified(shared, site_id, leaf.as_ref())),
     };
-    match site.status {
-        SiteStatus::Suspended => {
-            return Err(Status::permission_denied(format!(
-                "site {site_id:?} is suspended"
-            )))
-        }
-        SiteStatus::Ceased => {
-            return Err(Status::permission_denied(format!(
-            "site {site_id:?} has ceased; it can no longer connect (its records stay at the hub)"
-        )))
-        }
-        SiteStatus::Pending | SiteStatus::Active => {}
-    }
-    let presented = pki::fingerprint(leaf.as_ref());
-    if site.pending_cert_sha256.as_deref() == Some(presented.as_str()) {
-        // The first connection with a renewed certificate: from now on only it is accepted.
-        shared
-            .store
-            .promote_pending_certificate(&site_id, &presented, Utc::now())
-            .await
-            .map_err(status)?;
-        tracing::info!(%site_id, certificate = %presented, "site now uses its renewed certificate");
-    } else if site.cert_sha256.as_deref() != Some(presented.as_str()) {
-        return Err(Status::permission_denied(format!(
-            "this certificate is not the one issued to site {site_id:?} at its last enrollment or renewal"
-        )));
-    }
+    shared
+        .audit_refusal(
+            kind,
+            NewEntry::new(&site_id, "site.link_refused", format!("site/{site_id}"))
+                .reason(format!("{refused} (certificate sha256 {fingerprint})")),
+        )
+        .await;
+    Err(Status::permission_denied(refused))
+}
+
+/// An accepted site, told to renew when its certificate is near its end or the
+/// hub's current CA did not issue it.
+fn identified(shared: &Shared, site_id: String, leaf_der: &[u8]) -> Identified {
     let renew = pki::renewal_reason(
-        leaf.as_ref(),
+        leaf_der,
         &shared.ca,
         chrono::Duration::days(i64::from(shared.config.site_certificate_renew_days)),
         Utc::now(),
     );
-    Ok(Identified { site_id, renew })
+    Identified { site_id, renew }
 }
 
 #[tonic::async_trait]
@@ -127,14 +176,14 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
             Ok(site) => site,
             Err(e) => {
                 tracing::warn!(error = %e, "enrollment refused");
+                let reason = e.to_string();
                 self.0
-                    .store
-                    .audit(
-                        &NewEntry::new("unknown agent", "site.enrollment_refused", "site/?")
-                            .reason(e.to_string()),
+                    .audit_refusal(
+                        &reason,
+                        NewEntry::new("unknown agent", "site.enrollment_refused", "site/?")
+                            .reason(&reason),
                     )
-                    .await
-                    .map_err(status)?;
+                    .await;
                 return Err(status(e));
             }
         };
@@ -291,6 +340,7 @@ impl Link {
             protocol_version: carrel_proto::protocol::current(),
             trusted_ca_pem: self.shared.ca.trust_bundle(),
             renew_certificate: self.renew.is_some(),
+            max_message_bytes: config.max_message_bytes as u64,
         }))
         .await?;
         if let Some(reason) = &self.renew {
@@ -302,6 +352,11 @@ impl Link {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        let mut allowance = Allowance::new(
+            config.site_link_max_messages_per_second,
+            config.site_link_message_burst,
+            last_heard,
+        );
         loop {
             let commands = store
                 .commands_after(&self.site_id, sent_command_seq, COMMANDS_PER_MESSAGE)
@@ -343,6 +398,16 @@ impl Link {
                 message = inbound.message() => {
                     last_heard = Instant::now();
                     let Some(message) = message? else { return Ok(()) };
+                    if !allowance.take(last_heard) {
+                        return Err(Status::resource_exhausted(format!(
+                            "site {:?} sent messages faster than its link allows \
+                             (site_link_max_messages_per_second = {}, site_link_message_burst = {}); \
+                             the link is closed",
+                            self.site_id,
+                            config.site_link_max_messages_per_second,
+                            config.site_link_message_burst
+                        )));
+                    }
                     self.handle(message).await?;
                 }
             }
@@ -415,10 +480,29 @@ impl Link {
                     events.push(event);
                 }
                 let started = std::time::Instant::now();
-                let ingested = store
+                let ingested = match store
                     .ingest_events(&self.site_id, &events, Utc::now())
                     .await
-                    .map_err(status)?;
+                {
+                    Ok(ingested) => ingested,
+                    // Records for a batch that is not the site's own: a matter of
+                    // authority, so it goes into the audit trail.
+                    Err(store::Error::PermissionDenied(why)) => {
+                        self.shared
+                            .audit_refusal(
+                                "events",
+                                NewEntry::new(
+                                    &self.site_id,
+                                    "site.events_refused",
+                                    format!("site/{}", self.site_id),
+                                )
+                                .reason(&why),
+                            )
+                            .await;
+                        return Err(Status::permission_denied(why));
+                    }
+                    Err(e) => return Err(status(e)),
+                };
                 self.shared.commit_latency.observe(started.elapsed());
                 tracing::debug!(
                     acked = ingested.acked_event_seq,
@@ -452,5 +536,27 @@ impl Link {
                 "a message without a body (unknown message type?)",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Allowance;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn the_allowance_is_the_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut allowance = Allowance::new(10, 5, start);
+        assert_eq!((0..5).filter(|_| allowance.take(start)).count(), 5);
+        assert!(!allowance.take(start), "the burst is spent");
+        // A tenth of a second later, one more; a second later, ten more, not fifteen.
+        assert!(allowance.take(start + Duration::from_millis(100)));
+        assert!(!allowance.take(start + Duration::from_millis(100)));
+        let later = start + Duration::from_millis(1_100);
+        assert_eq!((0..20).filter(|_| allowance.take(later)).count(), 5);
+        let much_later = start + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| allowance.take(much_later)).count(), 5);
     }
 }

@@ -50,7 +50,12 @@ pub enum Error {
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// The database could not do what it must to keep a commit (an I/O error, such
+    /// as a failed fsync): what is on disk may differ from what it said it holds.
+    /// The hub stops rather than go on as if committed ([`failure`]).
+    #[error("the database failed: {0}")]
+    Failed(String),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
@@ -58,6 +63,73 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        if !is_io_error(&error) {
+            return Error::Database(error);
+        }
+        let why = format!(
+            "{error}; a commit may not be on disk although the database was told to keep it"
+        );
+        failure().fail(&why);
+        Error::Failed(why)
+    }
+}
+
+/// SQLite's SQLITE_IOERR family (SQLITE_IOERR_FSYNC for a failed fsync, say): the
+/// disk did not do what SQLite asked, so a transaction may be lost or half-written.
+/// PostgreSQL handles a failed fsync itself (the server stops and recovers from its
+/// write-ahead log), so its errors are not classified here.
+fn is_io_error(error: &sqlx::Error) -> bool {
+    const SQLITE_IOERR: i32 = 10;
+    error
+        .as_database_error()
+        .filter(|db| db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some())
+        .and_then(|db| db.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_IOERR)
+}
+
+/// A failure of the store that makes it unsafe to go on: after a failed fsync the
+/// kernel may have dropped the pages it could not write, so a later fsync that
+/// succeeds proves nothing about them (PostgreSQL panics on a failed fsync for the
+/// same reason). Once failed, the store takes no more writes and the hub stops; at
+/// the next start the database recovers what really was committed, and the sites
+/// send again what the hub did not acknowledge.
+///
+/// One per process: the hub serves one store, and the failure is the disk's.
+#[derive(Debug, Default)]
+pub struct Failure {
+    reason: std::sync::OnceLock<String>,
+    failed: tokio_util::sync::CancellationToken,
+}
+
+impl Failure {
+    fn fail(&self, why: &str) {
+        if self.reason.set(why.to_owned()).is_ok() {
+            tracing::error!(error = %why, "the hub's store failed: no more writes are taken");
+        }
+        self.failed.cancel();
+    }
+
+    /// Why the store failed, if it has.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.get().map(String::as_str)
+    }
+
+    /// Resolves when the store fails; returns why.
+    pub async fn wait(&self) -> &str {
+        self.failed.cancelled().await;
+        self.reason().unwrap_or("unknown")
+    }
+}
+
+/// This process's store failure (see [`Failure`]).
+pub fn failure() -> &'static Failure {
+    static FAILURE: std::sync::OnceLock<Failure> = std::sync::OnceLock::new();
+    FAILURE.get_or_init(Failure::default)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -481,11 +481,13 @@ impl SqliteStore {
                 let why = e.to_string();
                 tracing::error!(error = %why, requests = group.len(), "a group commit of site events failed; none of it is acknowledged");
                 for request in group {
-                    let _ = request
-                        .reply
-                        .send(Err(Error::Database(sqlx::Error::Protocol(format!(
+                    let error = match &e {
+                        Error::Failed(why) => Error::Failed(why.clone()),
+                        _ => Error::Database(sqlx::Error::Protocol(format!(
                             "the commit of these events failed: {why}"
-                        )))));
+                        ))),
+                    };
+                    let _ = request.reply.send(Err(error));
                 }
             }
         }
@@ -502,7 +504,11 @@ impl SqliteStore {
 
     /// A write transaction, holding SQLite's write lock from its first statement
     /// (BEGIN IMMEDIATE), so it never fails half-way when another process wrote first.
+    /// Refused once the store has failed ([`failure`]).
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        if let Some(why) = failure().reason() {
+            return Err(Error::Failed(why.to_owned()));
+        }
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
