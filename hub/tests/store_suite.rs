@@ -1585,6 +1585,49 @@ async fn case_a_renewed_certificate_replaces_the_old_one_when_first_used(store: 
     );
 }
 
+async fn case_one_message_may_repeat_and_correct_its_own_records(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let first = log.record(order.batch_id, accepted(&order, &recipe));
+    let correction = log.record(
+        order.batch_id,
+        EventKind::Correction {
+            corrects_seq: 1,
+            reason: "typed the wrong lot".into(),
+            field: "note".into(),
+            new_value: "lot 7".into(),
+        },
+    );
+    // The first record twice (a resend inside one message), then a correction of it.
+    let ingested = ingest(&*store, SITE_A, &[first.clone(), first.clone(), correction]).await;
+    assert_eq!((ingested.acked_event_seq, ingested.new_events), (2, 2));
+    let stored = store.order(order.order_id).await.expect("order");
+    assert!(
+        stored
+            .progress
+            .anomalies
+            .iter()
+            .all(|a| !a.contains("not a record of this batch")),
+        "the correction found the record it corrects in the same message: {:?}",
+        stored.progress
+    );
+    assert_eq!(
+        store.audit_count("record.corrected").await.expect("count"),
+        1
+    );
+
+    // A changed repeat inside one message is refused, and nothing of it is stored.
+    let next = log.record(order.batch_id, step_started("collection"));
+    let mut changed = next.clone();
+    changed.recorded_by = "someone-else".into();
+    assert_refused!(
+        store.ingest_events(SITE_A, &[next, changed], now()).await,
+        Error::Protocol
+    );
+    assert_eq!(store.site(SITE_A).await.expect("site").acked_event_seq, 2);
+}
+
 async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothing(
     store: Arc<dyn Store>,
 ) {
@@ -1930,6 +1973,7 @@ store_cases!(sqlite, open_sqlite:
     case_a_site_ceases_only_when_its_batches_are_closed_and_for_good,
     case_a_renewed_certificate_replaces_the_old_one_when_first_used,
     case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothing,
+    case_one_message_may_repeat_and_correct_its_own_records,
 );
 
 store_cases!(postgres, open_postgres:
@@ -1964,6 +2008,7 @@ store_cases!(postgres, open_postgres:
     case_a_site_ceases_only_when_its_batches_are_closed_and_for_good,
     case_a_renewed_certificate_replaces_the_old_one_when_first_used,
     case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothing,
+    case_one_message_may_repeat_and_correct_its_own_records,
 );
 
 #[tokio::test(flavor = "multi_thread")]

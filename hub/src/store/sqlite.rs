@@ -177,6 +177,49 @@ fn audit_from_row(row: &SqliteRow) -> Result<(audit::Entry, String)> {
     ))
 }
 
+/// A site event as its `site_events` row, before it is written.
+struct EventRow {
+    seq: i64,
+    event_id: String,
+    batch_id: String,
+    kind: &'static str,
+    recorded_at: String,
+    body: String,
+    sha256: String,
+}
+
+/// Rows per INSERT statement (9 values each, well under SQLite's variable limit).
+const EVENT_ROWS_PER_STATEMENT: usize = 200;
+
+/// Writes and empties `rows`.
+async fn insert_event_rows(
+    tx: &mut Transaction<'_, Sqlite>,
+    site_id: &str,
+    now: DateTime<Utc>,
+    rows: &mut Vec<EventRow>,
+) -> Result<()> {
+    let received_at = ts(now);
+    for chunk in rows.chunks(EVENT_ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) ",
+        );
+        insert.push_values(chunk, |mut row, event| {
+            row.push_bind(site_id)
+                .push_bind(event.seq)
+                .push_bind(&event.event_id)
+                .push_bind(&event.batch_id)
+                .push_bind(event.kind)
+                .push_bind(&event.recorded_at)
+                .push_bind(&received_at)
+                .push_bind(&event.body)
+                .push_bind(&event.sha256);
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    rows.clear();
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs the embedded migrations.
     pub async fn open(path: &Path) -> Result<SqliteStore> {
@@ -259,7 +302,10 @@ impl SqliteStore {
         // The hash the next event must carry as prev_sha256 (the site's log is a chain).
         let mut chain_head: Option<String> = None;
         // Batches touched in this transaction, with their projection, saved once at the end.
-        let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
+        let mut touched: HashMap<Uuid, (Order, Projection, StoredRecipe)> = HashMap::new();
+        // New rows, written in multi-row INSERTs: one statement per chunk instead of
+        // one per event.
+        let mut rows: Vec<EventRow> = Vec::with_capacity(events.len());
         for event in events {
             if event.seq == 0 {
                 return Err(Error::Protocol(
@@ -267,13 +313,23 @@ impl SqliteStore {
                 ));
             }
             if event.seq <= cursor {
-                let stored: Option<String> = sqlx::query_scalar(
-                    "SELECT body FROM site_events WHERE site_id = ? AND seq = ?",
-                )
-                .bind(site_id)
-                .bind(i64_of(event.seq)?)
-                .fetch_optional(&mut **tx)
-                .await?;
+                // A repeat: of a row stored earlier, or of one earlier in this message.
+                let pending = rows
+                    .iter()
+                    .find(|row| row.seq == event.seq as i64)
+                    .map(|row| row.body.clone());
+                let stored: Option<String> = match pending {
+                    Some(body) => Some(body),
+                    None => {
+                        sqlx::query_scalar(
+                            "SELECT body FROM site_events WHERE site_id = ? AND seq = ?",
+                        )
+                        .bind(site_id)
+                        .bind(i64_of(event.seq)?)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                    }
+                };
                 match stored {
                     Some(body) if body == event.canonical_json() => continue,
                     Some(_) => {
@@ -310,7 +366,10 @@ impl SqliteStore {
                     )));
                 }
                 let projection = projection_of(&order);
-                slot.insert((order, projection));
+                let recipe = self
+                    .recipe_in(tx, &order.recipe_id, order.recipe_version)
+                    .await?;
+                slot.insert((order, projection, recipe));
             }
             let expected_prev = match chain_head.take() {
                 Some(head) => head,
@@ -340,26 +399,26 @@ impl SqliteStore {
             }
             let body = event.canonical_json();
             let sha = carrel_proto::event::body_sha256(&body);
-            let (order, projection) = touched.get_mut(&event.batch_id).expect("inserted above");
-            let recipe = self
-                .recipe_in(tx, &order.recipe_id, order.recipe_version)
-                .await?;
-            sqlx::query(
-                "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(site_id)
-            .bind(i64_of(event.seq)?)
-            .bind(event.event_id.to_string())
-            .bind(event.batch_id.to_string())
-            .bind(event.kind.name())
-            .bind(ts(event.recorded_at))
-            .bind(ts(now))
-            .bind(&body)
-            .bind(&sha)
-            .execute(&mut **tx)
-            .await?;
+            let (order, projection, recipe) =
+                touched.get_mut(&event.batch_id).expect("inserted above");
+            rows.push(EventRow {
+                seq: i64_of(event.seq)?,
+                event_id: event.event_id.to_string(),
+                batch_id: event.batch_id.to_string(),
+                kind: event.kind.name(),
+                recorded_at: ts(event.recorded_at),
+                body,
+                sha256: sha.clone(),
+            });
             chain_head = Some(sha);
+            if matches!(
+                event.kind,
+                carrel_proto::event::EventKind::Correction { .. }
+            ) {
+                // A correction looks up the record it corrects, which may be in this
+                // message: everything before it is written first.
+                insert_event_rows(tx, site_id, now, &mut rows).await?;
+            }
             let state_before = projection.state;
             let qc = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi);
             self.audit_site_event(tx, site_id, event, order, projection, state_before, now)
@@ -383,7 +442,8 @@ impl SqliteStore {
             cursor = event.seq;
             new_events += 1;
         }
-        for (batch_id, (_, projection)) in &touched {
+        insert_event_rows(tx, site_id, now, &mut rows).await?;
+        for (batch_id, (_, projection, _)) in &touched {
             Self::save_projection(tx, *batch_id, projection, now).await?;
         }
         if new_events > 0 {
