@@ -988,3 +988,69 @@ async fn unknown_enum_values_and_missing_fields_are_refused_naming_the_field() {
     assert_eq!(site, "active");
     println!("{tried} messages with unknown enum values or missing fields refused, each naming its field");
 }
+
+/// The hub commits event messages that wait for it together; a bad message among
+/// them must not cost the good ones before it, and gets its own answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_sent_back_to_back_are_kept_up_to_a_bad_one_which_alone_is_refused() {
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-b2b");
+    let agent = Agent::enroll(&hub, "site-b2b", &token).expect("enroll");
+    let (batch_id, coi, _) = order_for(&hub, "site-b2b").await;
+    let db = hub.db().await;
+    let (mut link, _) = RawLink::hello(&hub, agent.data_dir()).await;
+    let mut log = SiteLog::default();
+    let mut good = vec![accepted(&mut log, batch_id, &coi)];
+    for _ in 0..39 {
+        good.push(pb::SiteEvent::from(&log.event(
+            batch_id,
+            chrono::Utc::now(),
+            EventKind::StepStarted {
+                step_id: "collection".into(),
+                instrument_id: "sim".into(),
+                resumed: true,
+            },
+        )));
+    }
+    // After the 40 good ones, one that skips a seq; all sent without waiting.
+    let mut gap = pb::SiteEvent::from(&log.event(
+        batch_id,
+        chrono::Utc::now(),
+        EventKind::StepStarted {
+            step_id: "collection".into(),
+            instrument_id: "sim".into(),
+            resumed: true,
+        },
+    ));
+    gap.seq += 1;
+    for event in good {
+        link.send(events_body(vec![event])).await;
+    }
+    link.send(events_body(vec![gap])).await;
+
+    let mut highest_ack = 0;
+    let refusal = loop {
+        match link.next().await {
+            Ok(pb::HubMessage {
+                body: Some(hub_message::Body::EventAck(ack)),
+            }) => {
+                assert!(ack.seq > highest_ack, "acknowledgements go forward");
+                highest_ack = ack.seq;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refusal.code(), Code::InvalidArgument, "{refusal:?}");
+    assert!(refusal.message().contains("gap"), "{refusal:?}");
+    assert_eq!(highest_ack, 40, "every good event was acknowledged");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM site_events WHERE site_id = 'site-b2b'"
+        )
+        .await,
+        40
+    );
+}

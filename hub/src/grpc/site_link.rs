@@ -398,17 +398,52 @@ impl Link {
                 message = inbound.message() => {
                     last_heard = Instant::now();
                     let Some(message) = message? else { return Ok(()) };
+                    let over_rate = || Status::resource_exhausted(format!(
+                        "site {:?} sent messages faster than its link allows \
+                         (site_link_max_messages_per_second = {}, site_link_message_burst = {}); \
+                         the link is closed",
+                        self.site_id,
+                        config.site_link_max_messages_per_second,
+                        config.site_link_message_burst
+                    ));
                     if !allowance.take(last_heard) {
-                        return Err(Status::resource_exhausted(format!(
-                            "site {:?} sent messages faster than its link allows \
-                             (site_link_max_messages_per_second = {}, site_link_message_burst = {}); \
-                             the link is closed",
-                            self.site_id,
-                            config.site_link_max_messages_per_second,
-                            config.site_link_message_burst
-                        )));
+                        return Err(over_rate());
                     }
-                    self.handle(message).await?;
+                    let Some(site_message::Body::Events(first)) = message.body else {
+                        self.handle(message).await?;
+                        continue;
+                    };
+                    // Event messages the site sent meanwhile and that already wait here
+                    // are committed together with this one: one transaction and one
+                    // acknowledgement for the lot.
+                    let mut batches = vec![first];
+                    let mut held = batches[0].events.len();
+                    let mut next = None;
+                    while held < MAX_EVENTS_PER_MESSAGE {
+                        let Ok(ready) = tokio::time::timeout(Duration::ZERO, inbound.message()).await else {
+                            break;
+                        };
+                        let Some(message) = ready? else { break };
+                        if !allowance.take(Instant::now()) {
+                            return Err(over_rate());
+                        }
+                        match message.body {
+                            Some(site_message::Body::Events(more))
+                                if held + more.events.len() <= MAX_EVENTS_PER_MESSAGE =>
+                            {
+                                held += more.events.len();
+                                batches.push(more);
+                            }
+                            body => {
+                                next = Some(pb::SiteMessage { body });
+                                break;
+                            }
+                        }
+                    }
+                    self.handle_events(batches).await?;
+                    if let Some(message) = next {
+                        self.handle(message).await?;
+                    }
                 }
             }
         }
@@ -462,63 +497,110 @@ impl Link {
         }
     }
 
+    /// Commits the events of one or more consecutive messages of the site and
+    /// acknowledges them. Should the messages together be refused, each is taken on
+    /// its own, in order, so that what comes before a bad message is kept and
+    /// acknowledged as if it had come alone, and the bad one gets its own answer.
+    async fn handle_events(&self, batches: Vec<pb::SiteEventBatch>) -> Result<(), Status> {
+        let mut messages = Vec::with_capacity(batches.len());
+        for batch in batches {
+            if batch.events.len() > MAX_EVENTS_PER_MESSAGE {
+                return self
+                    .fail_after(
+                        messages,
+                        Status::invalid_argument(format!(
+                            "{} events in one message; at most {MAX_EVENTS_PER_MESSAGE}",
+                            batch.events.len()
+                        )),
+                    )
+                    .await;
+            }
+            let mut events = Vec::with_capacity(batch.events.len());
+            for wire in batch.events {
+                let seq = wire.seq;
+                match SiteEvent::try_from(wire) {
+                    Ok(event) => events.push(event),
+                    Err(e) => {
+                        return self
+                            .fail_after(
+                                messages,
+                                Status::invalid_argument(format!("event seq {seq}: {e}")),
+                            )
+                            .await
+                    }
+                }
+            }
+            messages.push(events);
+        }
+        if messages.len() > 1 {
+            let all: Vec<SiteEvent> = messages.iter().flatten().cloned().collect();
+            // A refusal here is not audited: the messages are taken again one by one
+            // below, and the one refused then is.
+            if self.ingest(&all, false).await.is_ok() {
+                return Ok(());
+            }
+        }
+        for events in messages {
+            self.ingest(&events, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps what came before a malformed message, then refuses it.
+    async fn fail_after(&self, before: Vec<Vec<SiteEvent>>, error: Status) -> Result<(), Status> {
+        for events in before {
+            self.ingest(&events, true).await?;
+        }
+        Err(error)
+    }
+
+    /// Commits one run of the site's events and acknowledges it; a refusal for
+    /// authority reasons is audited when `audit` says so.
+    async fn ingest(&self, events: &[SiteEvent], audit: bool) -> Result<(), Status> {
+        let store = &self.shared.store;
+        let started = std::time::Instant::now();
+        let ingested = match store.ingest_events(&self.site_id, events, Utc::now()).await {
+            Ok(ingested) => ingested,
+            // Records for a batch that is not the site's own: a matter of
+            // authority, so it goes into the audit trail.
+            Err(store::Error::PermissionDenied(why)) if audit => {
+                self.shared
+                    .audit_refusal(
+                        "events",
+                        NewEntry::new(
+                            &self.site_id,
+                            "site.events_refused",
+                            format!("site/{}", self.site_id),
+                        )
+                        .reason(&why),
+                    )
+                    .await;
+                return Err(Status::permission_denied(why));
+            }
+            Err(store::Error::PermissionDenied(why)) => return Err(Status::permission_denied(why)),
+            Err(e) => return Err(status(e)),
+        };
+        self.shared.commit_latency.observe(started.elapsed());
+        tracing::debug!(
+            acked = ingested.acked_event_seq,
+            new = ingested.new_events,
+            "events committed"
+        );
+        self.send(hub_message::Body::EventAck(pb::EventAck {
+            seq: ingested.acked_event_seq,
+        }))
+        .await?;
+        let batches: BTreeSet<_> = events.iter().map(|e| e.batch_id).collect();
+        for batch_id in batches {
+            let _ = self.shared.changes.send(batch_id);
+        }
+        Ok(())
+    }
+
     async fn handle(&self, message: pb::SiteMessage) -> Result<(), Status> {
         let store = &self.shared.store;
         match message.body {
-            Some(site_message::Body::Events(batch)) => {
-                if batch.events.len() > MAX_EVENTS_PER_MESSAGE {
-                    return Err(Status::invalid_argument(format!(
-                        "{} events in one message; at most {MAX_EVENTS_PER_MESSAGE}",
-                        batch.events.len()
-                    )));
-                }
-                let mut events = Vec::with_capacity(batch.events.len());
-                for wire in batch.events {
-                    let seq = wire.seq;
-                    let event = SiteEvent::try_from(wire)
-                        .map_err(|e| Status::invalid_argument(format!("event seq {seq}: {e}")))?;
-                    events.push(event);
-                }
-                let started = std::time::Instant::now();
-                let ingested = match store
-                    .ingest_events(&self.site_id, &events, Utc::now())
-                    .await
-                {
-                    Ok(ingested) => ingested,
-                    // Records for a batch that is not the site's own: a matter of
-                    // authority, so it goes into the audit trail.
-                    Err(store::Error::PermissionDenied(why)) => {
-                        self.shared
-                            .audit_refusal(
-                                "events",
-                                NewEntry::new(
-                                    &self.site_id,
-                                    "site.events_refused",
-                                    format!("site/{}", self.site_id),
-                                )
-                                .reason(&why),
-                            )
-                            .await;
-                        return Err(Status::permission_denied(why));
-                    }
-                    Err(e) => return Err(status(e)),
-                };
-                self.shared.commit_latency.observe(started.elapsed());
-                tracing::debug!(
-                    acked = ingested.acked_event_seq,
-                    new = ingested.new_events,
-                    "events committed"
-                );
-                self.send(hub_message::Body::EventAck(pb::EventAck {
-                    seq: ingested.acked_event_seq,
-                }))
-                .await?;
-                let batches: BTreeSet<_> = events.iter().map(|e| e.batch_id).collect();
-                for batch_id in batches {
-                    let _ = self.shared.changes.send(batch_id);
-                }
-                Ok(())
-            }
+            Some(site_message::Body::Events(batch)) => self.handle_events(vec![batch]).await,
             Some(site_message::Body::CommandAck(ack)) => store
                 .ack_commands(&self.site_id, ack.seq)
                 .await
