@@ -103,6 +103,15 @@ pub enum EventKind {
         step_id: String,
         process_hours: f64,
     },
+    /// An instrument accepted the command running a step and named its execution
+    /// (a SiLA 2 command execution UUID): recorded before the agent waits on it, so a
+    /// restarted agent re-attaches to the same execution.
+    InstrumentCommandStarted {
+        step_id: String,
+        instrument_id: String,
+        command: String,
+        execution_id: String,
+    },
     InstrumentAlarm {
         step_id: String,
         instrument_id: String,
@@ -159,6 +168,7 @@ impl EventKind {
             EventKind::StepStarted { .. } => "step_started",
             EventKind::ProcessSamples { .. } => "process_samples",
             EventKind::StepCompleted { .. } => "step_completed",
+            EventKind::InstrumentCommandStarted { .. } => "instrument_command_started",
             EventKind::InstrumentAlarm { .. } => "instrument_alarm",
             EventKind::DeviationRaised { .. } => "deviation_raised",
             EventKind::QcResult { .. } => "qc_result",
@@ -346,6 +356,15 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                     samples,
                 }
             }
+            Kind::InstrumentCommandStarted(k) => EventKind::InstrumentCommandStarted {
+                step_id: required("instrument_command_started.step_id", k.step_id)?,
+                instrument_id: required(
+                    "instrument_command_started.instrument_id",
+                    k.instrument_id,
+                )?,
+                command: required("instrument_command_started.command", k.command)?,
+                execution_id: required("instrument_command_started.execution_id", k.execution_id)?,
+            },
             Kind::StepCompleted(k) => EventKind::StepCompleted {
                 step_id: required("step_completed.step_id", k.step_id)?,
                 process_hours: finite("step_completed.process_hours", k.process_hours)?,
@@ -510,6 +529,17 @@ impl From<&SiteEvent> for pb::SiteEvent {
             } => Kind::StepCompleted(pb::StepCompleted {
                 step_id,
                 process_hours,
+            }),
+            EventKind::InstrumentCommandStarted {
+                step_id,
+                instrument_id,
+                command,
+                execution_id,
+            } => Kind::InstrumentCommandStarted(pb::InstrumentCommandStarted {
+                step_id,
+                instrument_id,
+                command,
+                execution_id,
             }),
             EventKind::InstrumentAlarm {
                 step_id,

@@ -6,6 +6,7 @@
 //! The binaries are found next to the test executable (`target/<profile>/`); build
 //! them first, which `cargo test --workspace` does.
 
+pub mod peers;
 pub mod proxy;
 pub mod raw_link;
 pub mod scenario;
