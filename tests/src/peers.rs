@@ -222,3 +222,48 @@ fn tempdir(prefix: &str) -> tempfile::TempDir {
         .tempdir()
         .expect("tempdir")
 }
+
+/// Makes an OPC UA application instance certificate (RSA 2048, self-signed, with the
+/// application URI in its SAN, as OPC UA wants) and its key in `dir`, with the peers'
+/// Python `cryptography`. Returns (certificate DER path, key PEM path).
+pub fn opcua_client_identity(python: &Path, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.der"));
+    let key = dir.join(format!("{name}.pem"));
+    let script = r#"
+import datetime, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
+cert_path, key_path, uri = sys.argv[1], sys.argv[2], sys.argv[3]
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Carrel site agent")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+    .not_valid_after(now + datetime.timedelta(days=30))
+    .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")]), critical=False)
+    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=True,
+        data_encipherment=True, key_agreement=False, key_cert_sign=False, crl_sign=False,
+        encipher_only=False, decipher_only=False), critical=True)
+    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    .sign(key, hashes.SHA256()))
+open(cert_path, "wb").write(cert.public_bytes(serialization.Encoding.DER))
+open(key_path, "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+"#;
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(&cert)
+        .arg(&key)
+        .arg("urn:carrel:site-agent")
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "making an OPC UA client certificate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}

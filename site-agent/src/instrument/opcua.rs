@@ -156,28 +156,38 @@ impl OpcuaInstrument {
                 .connect_to_matching_endpoint(endpoint, IdentityToken::Anonymous)
                 .await
                 .map_err(|e| ua_error(e.status(), &e.to_string()))?;
-            let connection = Connected {
+            // Dropped (and its event loop aborted) if the attempt times out.
+            let mut connection = Connected {
                 session: session.clone(),
                 event_loop: event_loop.spawn(),
             };
-            tokio::select! {
-                connected = session.wait_for_connection() => {
-                    if connected {
-                        Ok(connection)
-                    } else {
-                        Err(Error::Connection("the session could not be established".into()))
-                    }
+            let connected = tokio::select! {
+                connected = session.wait_for_connection() => Some(connected),
+                _ = wait_finished(&connection.event_loop) => None,
+            };
+            match connected {
+                Some(true) => Ok(connection),
+                Some(false) => Err(Error::Connection(
+                    "the session could not be established".into(),
+                )),
+                // The event loop gave up (its retry limit): say why.
+                None => {
+                    let status = (&mut connection.event_loop)
+                        .await
+                        .unwrap_or(StatusCode::BadUnexpectedError);
+                    Err(ua_error(status, "the session ended while connecting"))
                 }
-                // The event loop gives up (retry limit): say why.
-                ended = wait_finished(&connection.event_loop) => Err(ua_error(ended, "the session ended while connecting")),
             }
         };
-        let connection = bounded(self.timeout(), attempt).await.map_err(|e| {
-            Error::Connection(format!(
-                "OPC UA server {} ({} {}): {e}",
-                self.config.endpoint, self.config.security_policy, self.config.security_mode
-            ))
-        })?;
+        let connection = bounded(self.timeout(), attempt)
+            .await
+            .map_err(|e| match e {
+                Error::Connection(why) => Error::Connection(format!(
+                    "OPC UA server {} ({} {}): {why}",
+                    self.config.endpoint, self.config.security_policy, self.config.security_mode
+                )),
+                other => other,
+            })?;
         tracing::info!(instrument = %self.config.name, endpoint = %self.config.endpoint, "connected to the OPC UA server");
         let session = connection.session.clone();
         *connected = Some(Arc::new(connection));
@@ -226,10 +236,10 @@ impl OpcuaInstrument {
     }
 }
 
-async fn wait_finished(handle: &tokio::task::JoinHandle<StatusCode>) -> StatusCode {
+async fn wait_finished(handle: &tokio::task::JoinHandle<StatusCode>) {
     loop {
         if handle.is_finished() {
-            return StatusCode::BadConnectionClosed;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
