@@ -580,6 +580,29 @@ mod tests {
         assert!(plain_ua.to_string().contains("insecure"), "{plain_ua}");
     }
 
+    /// The README's example of a site's instrument mapping is a valid config.
+    #[test]
+    fn readme_instrument_example_parses() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Mapping a site's instruments")
+            .nth(1)
+            .expect("the README section");
+        let example = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block");
+        let config: Config = toml::from_str(&format!("hub = \"https://h:1\"\n{example}"))
+            .unwrap_or_else(|e| panic!("README example: {e}"));
+        assert_eq!(config.instruments.len(), 2);
+        assert_eq!(config.steps.len(), 2);
+        let error = config
+            .validate()
+            .expect_err("its certificate files are not here");
+        assert!(error.to_string().contains("does not exist"), "{error}");
+    }
+
     #[test]
     fn bad_time_compression_is_named() {
         let mut config = Config {
