@@ -48,9 +48,11 @@ pub struct Config {
     /// another instrument.
     pub simulator: SimulatorConfig,
     /// The site's instruments (SiLA 2 servers, OPC UA servers), by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub instruments: Vec<InstrumentConfig>,
     /// Which instrument runs which recipe step, with which command and parameters,
     /// and where the step's process parameters are read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepMapping>,
 }
 
@@ -96,6 +98,10 @@ pub struct SilaConfig {
     /// `org.carrel/bioprocess/CellExpansionController/v1`; checked at connection.
     #[serde(default)]
     pub features: Vec<String>,
+    /// The server's SiLA server UUID, when the site wants the agent to refuse any other
+    /// server at this address (a swapped or re-installed instrument).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_uuid: Option<String>,
     /// Bound on connecting and on each unary call, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -166,6 +172,18 @@ pub struct StepMapping {
     /// Seconds between two samples of `readings`.
     #[serde(default = "default_sample_interval_s")]
     pub sample_interval_s: f64,
+    /// Defined execution errors (identifiers, e.g. `InstrumentBusy`) that mean the
+    /// command did not run and may be started again after `retry_interval_s`, rather
+    /// than a failed step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+    /// Seconds between two attempts after a `retry_on` error.
+    #[serde(default = "default_retry_interval_s")]
+    pub retry_interval_s: f64,
+}
+
+fn default_retry_interval_s() -> f64 {
+    30.0
 }
 
 fn default_sample_interval_s() -> f64 {
@@ -484,6 +502,12 @@ impl Config {
                         mapping.step
                     ));
                 }
+            }
+            if !(mapping.retry_interval_s.is_finite() && mapping.retry_interval_s > 0.0) {
+                return bad(format!(
+                    "steps: step {:?}: retry_interval_s must be positive",
+                    mapping.step
+                ));
             }
             if !(mapping.sample_interval_s.is_finite() && mapping.sample_interval_s > 0.0) {
                 return bad(format!(

@@ -575,11 +575,32 @@ impl BatchRun {
                 .await
             {
                 Ok(()) => break,
+                Err(Followed::Stop(Stop::Inactive)) if execution.reattachable => {
+                    // The batch was cancelled or decided while the instrument runs its
+                    // step: ask the instrument to stop.
+                    match instrument.cancel(&execution.id).await {
+                        Ok(()) => tracing::info!(batch_id = %self.batch.batch_id, step = %step.id,
+                            execution = %execution.id, "instrument command cancelled"),
+                        Err(e) => tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id,
+                            execution = %execution.id, error = %e,
+                            "cannot cancel the instrument command; stop it at the instrument"),
+                    }
+                    return Err(Stop::Inactive);
+                }
                 Err(Followed::Stop(stop)) => return Err(stop),
                 Err(Followed::Instrument(e)) if e.is_transient() && execution.reattachable => {
                     tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,
                         error = %e, "lost the instrument while following the step; re-attaching");
                     self.pause(INSTRUMENT_RETRY).await?;
+                }
+                Err(Followed::Instrument(e)) if retried(mapping, &e) => {
+                    tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,
+                        error = %e, "the instrument did not run the command; starting it again later");
+                    execution_id = None;
+                    self.pause(Duration::from_secs_f64(
+                        mapping.map_or(30.0, |m| m.retry_interval_s),
+                    ))
+                    .await?;
                 }
                 Err(Followed::Instrument(e)) if e.is_execution_failure() => {
                     return self
@@ -834,6 +855,17 @@ impl BatchRun {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// The site's mapping says this error means the command did not run: start it again.
+fn retried(mapping: Option<&StepMapping>, error: &instrument::Error) -> bool {
+    match (mapping, error) {
+        (Some(m), instrument::Error::DefinedExecution { identifier, .. }) => {
+            let short = identifier.rsplit('/').next().unwrap_or(identifier);
+            m.retry_on.iter().any(|r| r == short || r == identifier)
+        }
+        _ => false,
     }
 }
 

@@ -42,6 +42,8 @@ instrument = "cps-sila"
 command = "RunExpansion"
 parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, BatchId = "{{batch_id}}" }}
 sample_interval_s = 0.5
+retry_on = ["InstrumentBusy"]
+retry_interval_s = 1.0
 readings = [
   {{ parameter = "temperature", instrument = "bioreactor-ua", source = "ns=2;s=Bioreactor.Temperature", unit = "degC" }},
   {{ parameter = "ph", instrument = "bioreactor-ua", source = "ns=2;s=Bioreactor.pH", unit = "pH" }},
@@ -302,4 +304,59 @@ async fn contamination_reported_by_the_instrument_is_a_deviation_qa_sees() {
         .collect();
     assert_eq!(kinds, ["instrument alarm", "deviation raised"], "{record}");
     assert!(str_field(&record["exceptions"][1], "summary").contains("ContaminationDetected"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_batches_share_one_instrument_the_second_waits_while_it_is_busy() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    // 168 process hours in about 6 s.
+    let sila = Peer::sila(&python, &["--time-compression", "100000"]);
+    let opcua = Peer::opcua(
+        &python,
+        &[
+            "--trust-client-cert",
+            &agent_cert.display().to_string(),
+            "--time-compression",
+            "100000",
+        ],
+    );
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-busy");
+    let mut agent = Agent::enroll(&hub, "site-busy", &token).expect("enrollment");
+    map_instruments(&agent, &sila, &opcua, keys.path());
+    agent.start();
+    let (first, _) = create_order(&hub, "site-busy", "P-BUSY-1");
+    let (second, _) = create_order(&hub, "site-busy", "P-BUSY-2");
+    wait_order_state(&hub, &first, "awaiting_release", Duration::from_secs(120)).await;
+    wait_order_state(&hub, &second, "awaiting_release", Duration::from_secs(120)).await;
+
+    // The instrument refused the command it was busy for (InstrumentBusy): that batch
+    // started it again later, with no alarm and no deviation, and both expansions ran.
+    let log = site_log(&agent).await;
+    assert_eq!(of_type(&log, "instrument_alarm").count(), 0, "{log:?}");
+    assert_eq!(of_type(&log, "deviation_raised").count(), 0, "{log:?}");
+    let commands: Vec<&serde_json::Value> = log
+        .iter()
+        .filter(|(_, e)| e["kind"]["type"] == "instrument_command_started")
+        .map(|(_, e)| e)
+        .collect();
+    let per_batch = |batch: &str| {
+        commands
+            .iter()
+            .filter(|e| e["batch_id"] == batch)
+            .count()
+    };
+    let batches: std::collections::BTreeSet<&str> = commands
+        .iter()
+        .map(|e| e["batch_id"].as_str().expect("batch id"))
+        .collect();
+    assert_eq!(batches.len(), 2, "{commands:?}");
+    assert!(
+        batches.iter().any(|b| per_batch(b) >= 2),
+        "one batch had to start its command again: {commands:?}"
+    );
+    assert!(agent.log().contains("did not run the command; starting it again later"));
 }

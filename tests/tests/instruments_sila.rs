@@ -19,6 +19,7 @@ fn config(peer: &Peer) -> SilaConfig {
         pinned_certificate: Some(peer.sila_certificate()),
         insecure: false,
         features: vec![FEATURE.into()],
+        server_uuid: Some(peer.sila_uuid().to_owned()),
         timeout_ms: 5_000,
     }
 }
@@ -306,6 +307,19 @@ async fn tls_accepts_only_the_pinned_certificate_and_features_are_checked() {
         .expect_err("feature missing");
     assert!(
         matches!(&refused, Error::Mapping(m) if m.contains("Centrifuge")),
+        "{refused:?}"
+    );
+
+    // Another server than the one the site configured is refused.
+    let mut swapped = config(&peer);
+    swapped.server_uuid = Some(uuid::Uuid::new_v4().to_string());
+    let refused = SilaInstrument::new(&swapped)
+        .expect("adapter")
+        .server()
+        .await
+        .expect_err("another server");
+    assert!(
+        matches!(&refused, Error::Mapping(m) if m.contains("not the configured server")),
         "{refused:?}"
     );
 

@@ -649,6 +649,14 @@ impl SilaInstrument {
         };
         server.name = server.service_property("ServerName").await?.concat();
         server.uuid = server.service_property("ServerUUID").await?.concat();
+        if let Some(expected) = &self.config.server_uuid {
+            if !server.uuid.eq_ignore_ascii_case(expected) {
+                return Err(Error::Mapping(format!(
+                    "the SiLA server at {address} is {} ({}), not the configured server {expected}",
+                    server.name, server.uuid
+                )));
+            }
+        }
         server.implemented_features = server.service_property("ImplementedFeatures").await?;
         for expected in &self.config.features {
             if !server.implemented_features.contains(expected) {
