@@ -797,6 +797,30 @@ mod tests {
     }
 
     #[test]
+    fn instrument_command_round_trips_and_needs_its_execution_id() {
+        let mut event = sample_event();
+        event.kind = EventKind::InstrumentCommandStarted {
+            step_id: "expansion".into(),
+            instrument_id: "cps-1".into(),
+            command: "RunExpansion".into(),
+            execution_id: "6c1f4a52-55a3-4a3c-9d1e-0b7c2f7e9a10".into(),
+        };
+        let wire = pb::SiteEvent::from(&event);
+        assert_eq!(SiteEvent::try_from(wire.clone()), Ok(event.clone()));
+        assert_eq!(event.kind.name(), "instrument_command_started");
+        let mut wire = wire;
+        if let Some(pb::site_event::Kind::InstrumentCommandStarted(k)) = wire.kind.as_mut() {
+            k.execution_id.clear();
+        }
+        assert_eq!(
+            SiteEvent::try_from(wire)
+                .expect_err("no execution id")
+                .field,
+            "instrument_command_started.execution_id"
+        );
+    }
+
+    #[test]
     fn qc_value_must_be_finite() {
         let mut wire = pb::SiteEvent::from(&sample_event());
         if let Some(pb::site_event::Kind::QcResult(q)) = wire.kind.as_mut() {

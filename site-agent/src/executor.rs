@@ -877,3 +877,99 @@ fn lock(sim: &Mutex<Simulator>) -> std::sync::MutexGuard<'_, Simulator> {
 fn hours_since(since: DateTime<Utc>) -> f64 {
     ((Utc::now() - since).num_milliseconds().max(0) as f64) / 3_600_000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, minute: u32, kind: EventKind) -> SiteEvent {
+        SiteEvent {
+            seq,
+            event_id: Uuid::new_v4(),
+            recorded_at: DateTime::parse_from_rfc3339(&format!("2026-11-27T08:{minute:02}:00Z"))
+                .expect("time")
+                .with_timezone(&Utc),
+            batch_id: Uuid::nil(),
+            recorded_by: AGENT.into(),
+            prev_sha256: String::new(),
+            kind,
+        }
+    }
+
+    fn started(resumed: bool) -> EventKind {
+        EventKind::StepStarted {
+            step_id: "expansion".into(),
+            instrument_id: "cps-1".into(),
+            resumed,
+        }
+    }
+
+    #[test]
+    fn a_recorded_execution_is_found_again_after_a_restart() {
+        let samples = EventKind::ProcessSamples {
+            step_id: "expansion".into(),
+            samples: vec![carrel_proto::event::Sample {
+                step_hours: 0.25,
+                parameter: "temperature".into(),
+                value: 37.0,
+                unit: "degC".into(),
+            }],
+        };
+        let command = EventKind::InstrumentCommandStarted {
+            step_id: "expansion".into(),
+            instrument_id: "cps-1".into(),
+            command: "RunExpansion".into(),
+            execution_id: "uuid-1".into(),
+        };
+        let events = [
+            event(1, 0, started(false)),
+            event(2, 1, command),
+            event(3, 2, samples),
+            // A first restart: the step is resumed, the execution is still the same.
+            event(4, 3, started(true)),
+        ];
+        let progress = Progress::of(&events);
+        let in_flight = progress.in_flight.expect("the step is under way");
+        assert_eq!(in_flight.step_id, "expansion");
+        assert_eq!(in_flight.execution_id.as_deref(), Some("uuid-1"));
+        assert_eq!(in_flight.hours, 0.25);
+        assert_eq!(
+            in_flight.started_at, events[0].recorded_at,
+            "first start counts"
+        );
+
+        let mut done = events.to_vec();
+        done.push(event(
+            5,
+            4,
+            EventKind::StepCompleted {
+                step_id: "expansion".into(),
+                process_hours: 0.5,
+            },
+        ));
+        let progress = Progress::of(&done);
+        assert!(progress.in_flight.is_none());
+        assert!(progress.completed_steps.contains("expansion"));
+    }
+
+    #[test]
+    fn only_the_mapped_not_run_errors_are_retried() {
+        let mut mapping: StepMapping = toml::from_str(
+            "step = \"expansion\"\ninstrument = \"cps-1\"\ncommand = \"RunExpansion\"\nretry_on = [\"InstrumentBusy\"]\n",
+        )
+        .expect("mapping");
+        let busy = instrument::Error::DefinedExecution {
+            identifier: "org.carrel/bioprocess/CellExpansionController/v1/DefinedExecutionError/InstrumentBusy".into(),
+            message: "busy".into(),
+        };
+        let contaminated = instrument::Error::DefinedExecution {
+            identifier: "org.carrel/bioprocess/CellExpansionController/v1/DefinedExecutionError/ContaminationDetected".into(),
+            message: "contamination".into(),
+        };
+        assert!(retried(Some(&mapping), &busy));
+        assert!(!retried(Some(&mapping), &contaminated));
+        assert!(!retried(None, &busy));
+        mapping.retry_on.clear();
+        assert!(!retried(Some(&mapping), &busy));
+    }
+}
