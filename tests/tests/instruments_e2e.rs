@@ -311,8 +311,8 @@ async fn two_batches_share_one_instrument_the_second_waits_while_it_is_busy() {
     let Some(python) = python() else { return };
     let keys = tempfile::tempdir().expect("tempdir");
     let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
-    // 168 process hours in about 6 s.
-    let sila = Peer::sila(&python, &["--time-compression", "100000"]);
+    // 168 process hours in about 12 s: long enough for both batches to want it at once.
+    let sila = Peer::sila(&python, &["--time-compression", "50000"]);
     let opcua = Peer::opcua(
         &python,
         &[
@@ -343,12 +343,7 @@ async fn two_batches_share_one_instrument_the_second_waits_while_it_is_busy() {
         .filter(|(_, e)| e["kind"]["type"] == "instrument_command_started")
         .map(|(_, e)| e)
         .collect();
-    let per_batch = |batch: &str| {
-        commands
-            .iter()
-            .filter(|e| e["batch_id"] == batch)
-            .count()
-    };
+    let per_batch = |batch: &str| commands.iter().filter(|e| e["batch_id"] == batch).count();
     let batches: std::collections::BTreeSet<&str> = commands
         .iter()
         .map(|e| e["batch_id"].as_str().expect("batch id"))
@@ -358,5 +353,7 @@ async fn two_batches_share_one_instrument_the_second_waits_while_it_is_busy() {
         batches.iter().any(|b| per_batch(b) >= 2),
         "one batch had to start its command again: {commands:?}"
     );
-    assert!(agent.log().contains("did not run the command; starting it again later"));
+    assert!(agent
+        .log()
+        .contains("did not run the command; starting it again later"));
 }
