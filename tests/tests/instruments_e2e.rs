@@ -357,3 +357,64 @@ async fn two_batches_share_one_instrument_the_second_waits_while_it_is_busy() {
         .log()
         .contains("did not run the command; starting it again later"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_cancelled_mid_command_stops_following_and_asks_the_instrument_to_stop() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    // 168 process hours in about 60 s: the order is cancelled long before the end.
+    let sila = Peer::sila(&python, &["--time-compression", "10000"]);
+    let opcua = Peer::opcua(
+        &python,
+        &[
+            "--trust-client-cert",
+            &agent_cert.display().to_string(),
+            "--time-compression",
+            "100000",
+        ],
+    );
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-cancel");
+    let mut agent = Agent::enroll(&hub, "site-cancel", &token).expect("enrollment");
+    map_instruments(&agent, &sila, &opcua, keys.path());
+    agent.start();
+    let (order_id, _) = create_order(&hub, "site-cancel", "P-SILA-3");
+    eventually(Duration::from_secs(60), "the SiLA command to run", || {
+        let agent = &agent;
+        async move {
+            let log = site_log(agent).await;
+            (of_type(&log, "instrument_command_started").count() == 1).then_some(())
+        }
+    })
+    .await;
+    hub.cli_ok(
+        carrel_tests::scenario::PHYSICIAN.0,
+        &["order", "cancel", &order_id, "--reason", "patient too ill"],
+        None,
+    );
+    wait_order_state(&hub, &order_id, "cancelled", Duration::from_secs(30)).await;
+    // The agent stops following and asks the instrument to stop; this server has no
+    // SiLA CancelController, so the agent says the run must be stopped at the instrument.
+    eventually(
+        Duration::from_secs(20),
+        "the agent to give up the command",
+        || {
+            let text = agent.log();
+            async move {
+                text.contains("cannot cancel the instrument command; stop it at the instrument")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        agent.log().contains("CancelController"),
+        "the reason is named"
+    );
+    let log = site_log(&agent).await;
+    assert_eq!(of_type(&log, "batch_cancelled").count(), 1);
+    assert!(of_type(&log, "step_completed").all(|k| k["step_id"] != "expansion"));
+    assert_eq!(of_type(&log, "instrument_alarm").count(), 0);
+}

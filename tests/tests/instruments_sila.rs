@@ -186,6 +186,12 @@ async fn sila_errors_become_domain_errors() {
         other => panic!("expected a framework error, got {other:?}"),
     }
 
+    // This server has no SiLA CancelController: cancelling says so rather than pretend.
+    assert!(matches!(
+        sila.cancel(&unknown).await,
+        Err(Error::Mapping(m)) if m.contains("CancelController")
+    ));
+
     // A parameter the mapping does not give is refused before anything is sent.
     let mut incomplete = expansion("B-4", 1.0);
     incomplete.parameters.remove("BatchId");
