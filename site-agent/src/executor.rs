@@ -54,8 +54,10 @@ pub const MIN_FREE_BYTES_TO_START_STEP: u64 = 8 * 1024 * 1024;
 /// How often a batch waiting for disk space looks again.
 const DISK_RETRY: Duration = Duration::from_secs(1);
 
-/// How long to wait before reaching an instrument again after a lost connection.
+/// How long to wait before reaching an instrument again after a lost connection; the
+/// wait doubles while the instrument stays away, up to [`INSTRUMENT_RETRY_MAX`].
 const INSTRUMENT_RETRY: Duration = Duration::from_secs(1);
+const INSTRUMENT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How long a batch stopped by an instrument refusing its step waits before it tries
 /// again (the site fixes its mapping or the instrument meanwhile).
@@ -531,6 +533,7 @@ impl BatchRun {
             resume_from_hours: resume.map(|f| f.hours),
         };
         let mut alarms = progress.alarms.clone();
+        let mut retry = INSTRUMENT_RETRY;
         loop {
             let opened = match &execution_id {
                 Some(id) => instrument.attach(&request, id).await,
@@ -540,8 +543,9 @@ impl BatchRun {
                 Ok(execution) => execution,
                 Err(e) if e.is_transient() => {
                     tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,
-                        error = %e, "cannot reach the instrument; trying again");
-                    self.pause(INSTRUMENT_RETRY).await?;
+                        error = %e, retry_in = ?retry, "cannot reach the instrument; trying again");
+                    self.pause(retry).await?;
+                    retry = (retry * 2).min(INSTRUMENT_RETRY_MAX);
                     continue;
                 }
                 Err(e) if e.is_execution_failure() => {
@@ -551,6 +555,7 @@ impl BatchRun {
                 }
                 Err(e) => return self.refused(step, &instrument_id, e).await,
             };
+            retry = INSTRUMENT_RETRY;
             if execution.reattachable && execution_id.as_deref() != Some(execution.id.as_str()) {
                 self.record(EventKind::InstrumentCommandStarted {
                     step_id: step.id.clone(),
@@ -591,7 +596,8 @@ impl BatchRun {
                 Err(Followed::Instrument(e)) if e.is_transient() && execution.reattachable => {
                     tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,
                         error = %e, "lost the instrument while following the step; re-attaching");
-                    self.pause(INSTRUMENT_RETRY).await?;
+                    self.pause(retry).await?;
+                    retry = (retry * 2).min(INSTRUMENT_RETRY_MAX);
                 }
                 Err(Followed::Instrument(e)) if retried(mapping, &e) => {
                     tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,

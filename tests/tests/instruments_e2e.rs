@@ -418,3 +418,84 @@ async fn a_batch_cancelled_mid_command_stops_following_and_asks_the_instrument_t
     assert!(of_type(&log, "step_completed").all(|k| k["step_id"] != "expansion"));
     assert_eq!(of_type(&log, "instrument_alarm").count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_waits_for_an_instrument_that_is_not_up_yet() {
+    let Some(python) = python() else { return };
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-late");
+    let mut agent = Agent::enroll(&hub, "site-late", &token).expect("enrollment");
+    // The SiLA server's port is known, but nothing listens there yet (plain HTTP/2,
+    // as the site allows for this instrument).
+    let port = free_port();
+    let mapping = format!(
+        r#"
+[[instruments]]
+name = "cps-late"
+kind = "sila2"
+address = "127.0.0.1:{port}"
+insecure = true
+features = ["org.carrel/bioprocess/CellExpansionController/v1"]
+timeout_ms = 2000
+
+[[steps]]
+step = "expansion"
+instrument = "cps-late"
+command = "RunExpansion"
+parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, BatchId = "{{batch_id}}" }}
+"#
+    );
+    let table: toml::Table = toml::from_str(&mapping).expect("mapping parses");
+    for (key, value) in table {
+        agent.configure(&[&key], value);
+    }
+    agent.start();
+    let (order_id, _) = create_order(&hub, "site-late", "P-SILA-4");
+    eventually(
+        Duration::from_secs(60),
+        "the agent to find the instrument away",
+        || {
+            let text = agent.log();
+            async move {
+                text.contains("cannot reach the instrument; trying again")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let log = site_log(&agent).await;
+    assert!(
+        of_type(&log, "step_started").any(|k| k["step_id"] == "expansion"),
+        "the step waits, started"
+    );
+    assert_eq!(of_type(&log, "instrument_command_started").count(), 0);
+    assert_eq!(
+        of_type(&log, "deviation_raised").count(),
+        0,
+        "an absent instrument is not a deviation by itself"
+    );
+
+    // The instrument comes up; the step runs on it and the batch goes on to QA.
+    let sila = Peer::sila(
+        &python,
+        &[
+            "--insecure",
+            "--port",
+            &port.to_string(),
+            "--time-compression",
+            "100000",
+        ],
+    );
+    assert_eq!(sila.port, port);
+    wait_order_state(
+        &hub,
+        &order_id,
+        "awaiting_release",
+        Duration::from_secs(120),
+    )
+    .await;
+    let log = site_log(&agent).await;
+    assert_eq!(of_type(&log, "instrument_command_started").count(), 1);
+    assert_eq!(of_type(&log, "instrument_alarm").count(), 0);
+}
