@@ -148,7 +148,7 @@ impl Projection {
                 }
                 self.current_step = None;
             }
-            EventKind::ProcessSamples { .. } => {}
+            EventKind::ProcessSamples { .. } | EventKind::InstrumentCommandStarted { .. } => {}
         }
         if exception {
             self.progress.exceptions.push(event.seq);

@@ -81,6 +81,15 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
             "step completed".into(),
             format!("{step_id} after {process_hours:.1} h"),
         ),
+        K::InstrumentCommandStarted {
+            step_id,
+            instrument_id,
+            command,
+            execution_id,
+        } => (
+            "instrument command started".into(),
+            format!("{step_id} on {instrument_id}: {command}, execution {execution_id}"),
+        ),
         K::InstrumentAlarm {
             code,
             message,

@@ -103,6 +103,15 @@ pub enum EventKind {
         step_id: String,
         process_hours: f64,
     },
+    /// An instrument accepted the command running a step and named its execution
+    /// (a SiLA 2 command execution UUID): recorded before the agent waits on it, so a
+    /// restarted agent re-attaches to the same execution.
+    InstrumentCommandStarted {
+        step_id: String,
+        instrument_id: String,
+        command: String,
+        execution_id: String,
+    },
     InstrumentAlarm {
         step_id: String,
         instrument_id: String,
@@ -159,6 +168,7 @@ impl EventKind {
             EventKind::StepStarted { .. } => "step_started",
             EventKind::ProcessSamples { .. } => "process_samples",
             EventKind::StepCompleted { .. } => "step_completed",
+            EventKind::InstrumentCommandStarted { .. } => "instrument_command_started",
             EventKind::InstrumentAlarm { .. } => "instrument_alarm",
             EventKind::DeviationRaised { .. } => "deviation_raised",
             EventKind::QcResult { .. } => "qc_result",
@@ -352,6 +362,15 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                     samples,
                 }
             }
+            Kind::InstrumentCommandStarted(k) => EventKind::InstrumentCommandStarted {
+                step_id: required("instrument_command_started.step_id", k.step_id)?,
+                instrument_id: required(
+                    "instrument_command_started.instrument_id",
+                    k.instrument_id,
+                )?,
+                command: required("instrument_command_started.command", k.command)?,
+                execution_id: required("instrument_command_started.execution_id", k.execution_id)?,
+            },
             Kind::StepCompleted(k) => EventKind::StepCompleted {
                 step_id: required("step_completed.step_id", k.step_id)?,
                 process_hours: finite("step_completed.process_hours", k.process_hours)?,
@@ -516,6 +535,17 @@ impl From<&SiteEvent> for pb::SiteEvent {
             } => Kind::StepCompleted(pb::StepCompleted {
                 step_id,
                 process_hours,
+            }),
+            EventKind::InstrumentCommandStarted {
+                step_id,
+                instrument_id,
+                command,
+                execution_id,
+            } => Kind::InstrumentCommandStarted(pb::InstrumentCommandStarted {
+                step_id,
+                instrument_id,
+                command,
+                execution_id,
             }),
             EventKind::InstrumentAlarm {
                 step_id,
@@ -770,6 +800,30 @@ mod tests {
         let mut wire = pb::SiteEvent::from(&sample_event());
         wire.seq = 0;
         assert_eq!(SiteEvent::try_from(wire).expect_err("seq 0").field, "seq");
+    }
+
+    #[test]
+    fn instrument_command_round_trips_and_needs_its_execution_id() {
+        let mut event = sample_event();
+        event.kind = EventKind::InstrumentCommandStarted {
+            step_id: "expansion".into(),
+            instrument_id: "cps-1".into(),
+            command: "RunExpansion".into(),
+            execution_id: "6c1f4a52-55a3-4a3c-9d1e-0b7c2f7e9a10".into(),
+        };
+        let wire = pb::SiteEvent::from(&event);
+        assert_eq!(SiteEvent::try_from(wire.clone()), Ok(event.clone()));
+        assert_eq!(event.kind.name(), "instrument_command_started");
+        let mut wire = wire;
+        if let Some(pb::site_event::Kind::InstrumentCommandStarted(k)) = wire.kind.as_mut() {
+            k.execution_id.clear();
+        }
+        assert_eq!(
+            SiteEvent::try_from(wire)
+                .expect_err("no execution id")
+                .field,
+            "instrument_command_started.execution_id"
+        );
     }
 
     #[test]

@@ -44,8 +44,165 @@ pub struct Config {
     /// The site console for technicians (plain HTTP: keep it on loopback or behind a
     /// TLS proxy). Env: `CARREL_AGENT_CONSOLE_LISTEN`.
     pub console_listen: std::net::SocketAddr,
-    /// Instrument simulation (this build's instrument adapter).
+    /// Instrument simulation: runs every recipe step that `steps` does not map to
+    /// another instrument.
     pub simulator: SimulatorConfig,
+    /// The site's instruments (SiLA 2 servers, OPC UA servers), by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instruments: Vec<InstrumentConfig>,
+    /// Which instrument runs which recipe step, with which command and parameters,
+    /// and where the step's process parameters are read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepMapping>,
+}
+
+/// One instrument: the protocol it speaks (`kind`), its name and how to reach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum InstrumentConfig {
+    /// The simulated instrument (`[simulator]` section); useful to name it in a mapping.
+    Simulator {
+        name: String,
+    },
+    Sila2(SilaConfig),
+    Opcua(OpcuaConfig),
+}
+
+impl InstrumentConfig {
+    /// Name the step mappings use; also the instrument id written into step records.
+    pub fn name(&self) -> &str {
+        match self {
+            InstrumentConfig::Simulator { name } => name,
+            InstrumentConfig::Sila2(c) => &c.name,
+            InstrumentConfig::Opcua(c) => &c.name,
+        }
+    }
+}
+
+/// A SiLA 2 server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilaConfig {
+    /// Name the step mappings use; also the instrument id written into step records.
+    pub name: String,
+    /// `host:port` of the server, e.g. `10.20.0.12:50052`.
+    pub address: String,
+    /// PEM file with the server's own certificate. The agent accepts exactly this
+    /// certificate (SiLA servers present self-signed ones, often naming only their IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_certificate: Option<PathBuf>,
+    /// Plain HTTP/2 without TLS. Only for an instrument network the site vouches for.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Fully qualified identifiers of the features the server must implement, e.g.
+    /// `org.carrel/bioprocess/CellExpansionController/v1`; checked at connection.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// The server's SiLA server UUID, when the site wants the agent to refuse any other
+    /// server at this address (a swapped or re-installed instrument).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_uuid: Option<String>,
+    /// Bound on connecting and on each unary call, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// An OPC UA server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaConfig {
+    /// Name the step mappings use; also the instrument id written into step records.
+    pub name: String,
+    /// Endpoint URL, e.g. `opc.tcp://10.20.0.13:4840/carrel/`.
+    pub endpoint: String,
+    /// `Basic256Sha256` (the default) or `None` (only with `insecure = true`).
+    #[serde(default = "default_security_policy")]
+    pub security_policy: String,
+    /// `SignAndEncrypt` (the default), `Sign`, or `None` (only with `insecure = true`).
+    #[serde(default = "default_security_mode")]
+    pub security_mode: String,
+    /// The agent's application instance certificate (DER or PEM) and its private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// The server's certificate (DER or PEM), trusted for this connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<PathBuf>,
+    /// Allows security policy and mode `None`.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Bound on each connection attempt and each request, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_security_policy() -> String {
+    "Basic256Sha256".into()
+}
+
+fn default_security_mode() -> String {
+    "SignAndEncrypt".into()
+}
+
+/// One recipe step run on a configured instrument.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepMapping {
+    /// The recipe step id (e.g. `expansion`), or `operation:<operation>` for every step
+    /// of that operation.
+    pub step: String,
+    /// The instrument (by name) that runs the step.
+    pub instrument: String,
+    /// The command: for SiLA 2, `<feature id>/Command/<Command>` or just `<Command>`
+    /// when the instrument lists one feature; for OPC UA, `<object node id>|<method node id>`.
+    #[serde(default)]
+    pub command: String,
+    /// Command parameters by identifier: a literal (number, boolean, string), or one of
+    /// the placeholders `{batch_id}`, `{step_id}`, `{duration_hours}`.
+    #[serde(default)]
+    pub parameters: toml::Table,
+    /// Process parameters read while the step runs.
+    #[serde(default)]
+    pub readings: Vec<ReadingMapping>,
+    /// Seconds between two samples of `readings`.
+    #[serde(default = "default_sample_interval_s")]
+    pub sample_interval_s: f64,
+    /// Defined execution errors (identifiers, e.g. `InstrumentBusy`) that mean the
+    /// command did not run and may be started again after `retry_interval_s`, rather
+    /// than a failed step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+    /// Seconds between two attempts after a `retry_on` error.
+    #[serde(default = "default_retry_interval_s")]
+    pub retry_interval_s: f64,
+}
+
+fn default_retry_interval_s() -> f64 {
+    30.0
+}
+
+fn default_sample_interval_s() -> f64 {
+    60.0
+}
+
+/// One recipe process parameter read from an instrument.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingMapping {
+    /// Recipe parameter name, e.g. `temperature`.
+    pub parameter: String,
+    /// Instrument (by name) to read it from.
+    pub instrument: String,
+    /// SiLA 2 property identifier (`<feature id>/Property/<P>` or `<P>`), or OPC UA
+    /// variable node id (e.g. `ns=2;s=Bioreactor.Temperature`).
+    pub source: String,
+    /// Unit recorded with the value.
+    pub unit: String,
 }
 
 /// The simulated closed cell-processing system.
@@ -94,6 +251,8 @@ impl Default for Config {
             events_per_message: 200,
             console_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7445)),
             simulator: SimulatorConfig::default(),
+            instruments: Vec::new(),
+            steps: Vec::new(),
         }
     }
 }
@@ -208,8 +367,186 @@ impl Config {
                 "simulator.sample_interval_hours must be positive".into(),
             ));
         }
+        self.validate_instruments()
+    }
+
+    /// The instrument named `name`.
+    pub fn instrument(&self, name: &str) -> Option<&InstrumentConfig> {
+        self.instruments.iter().find(|i| i.name() == name)
+    }
+
+    fn validate_instruments(&self) -> Result<(), Error> {
+        let bad = |message: String| Err(Error::Invalid(message));
+        let mut names = std::collections::HashSet::new();
+        for instrument in &self.instruments {
+            let name = instrument.name();
+            if name.is_empty() {
+                return bad("instruments: an instrument has no name".into());
+            }
+            if !names.insert(name) {
+                return bad(format!("instruments: {name:?} is configured twice"));
+            }
+            let must_exist = |what: &str, path: &Option<PathBuf>| -> Result<(), Error> {
+                match path {
+                    Some(path) if !path.exists() => Err(Error::Invalid(format!(
+                        "instrument {name:?}: {what} {} does not exist",
+                        path.display()
+                    ))),
+                    _ => Ok(()),
+                }
+            };
+            match instrument {
+                InstrumentConfig::Simulator { .. } => {}
+                InstrumentConfig::Sila2(sila) => {
+                    if sila.address.is_empty() || sila.address.contains("://") {
+                        return bad(format!(
+                            "instrument {name:?}: address must be host:port, not {:?}",
+                            sila.address
+                        ));
+                    }
+                    match (&sila.pinned_certificate, sila.insecure) {
+                        (None, false) => return bad(format!(
+                            "instrument {name:?}: pinned_certificate is required (the server's own certificate), or insecure = true for a plain connection"
+                        )),
+                        (Some(_), true) => return bad(format!(
+                            "instrument {name:?}: pinned_certificate and insecure = true contradict each other"
+                        )),
+                        _ => {}
+                    }
+                    must_exist("pinned_certificate", &sila.pinned_certificate)?;
+                    if sila.timeout_ms == 0 {
+                        return bad(format!("instrument {name:?}: timeout_ms must be positive"));
+                    }
+                }
+                InstrumentConfig::Opcua(ua) => {
+                    if !ua.endpoint.starts_with("opc.tcp://") {
+                        return bad(format!(
+                            "instrument {name:?}: endpoint must be an opc.tcp:// URL, not {:?}",
+                            ua.endpoint
+                        ));
+                    }
+                    let policy_none = ua.security_policy == "None";
+                    let mode_none = ua.security_mode == "None";
+                    if !["None", "Basic256Sha256"].contains(&ua.security_policy.as_str()) {
+                        return bad(format!(
+                            "instrument {name:?}: security_policy {:?} is not supported (Basic256Sha256, or None with insecure = true)",
+                            ua.security_policy
+                        ));
+                    }
+                    if !["None", "Sign", "SignAndEncrypt"].contains(&ua.security_mode.as_str()) {
+                        return bad(format!(
+                            "instrument {name:?}: security_mode {:?} is not one of SignAndEncrypt, Sign, None",
+                            ua.security_mode
+                        ));
+                    }
+                    if (policy_none || mode_none) && !ua.insecure {
+                        return bad(format!(
+                            "instrument {name:?}: security None needs insecure = true"
+                        ));
+                    }
+                    if policy_none != mode_none {
+                        return bad(format!(
+                            "instrument {name:?}: security_policy and security_mode must both be None or neither"
+                        ));
+                    }
+                    if !policy_none {
+                        for (what, path) in [
+                            ("client_certificate", &ua.client_certificate),
+                            ("client_key", &ua.client_key),
+                            ("server_certificate", &ua.server_certificate),
+                        ] {
+                            if path.is_none() {
+                                return bad(format!(
+                                    "instrument {name:?}: {what} is required with security_policy {}",
+                                    ua.security_policy
+                                ));
+                            }
+                            must_exist(what, path)?;
+                        }
+                    }
+                    if ua.timeout_ms == 0 {
+                        return bad(format!("instrument {name:?}: timeout_ms must be positive"));
+                    }
+                }
+            }
+        }
+        let mut mapped = std::collections::HashSet::new();
+        for mapping in &self.steps {
+            if !mapped.insert(mapping.step.as_str()) {
+                return bad(format!("steps: step {:?} is mapped twice", mapping.step));
+            }
+            let Some(instrument) = self.instrument(&mapping.instrument) else {
+                return bad(format!(
+                    "steps: step {:?} names instrument {:?}, which is not configured",
+                    mapping.step, mapping.instrument
+                ));
+            };
+            if !matches!(instrument, InstrumentConfig::Simulator { .. })
+                && mapping.command.is_empty()
+            {
+                return bad(format!(
+                    "steps: step {:?} runs on {:?} but names no command",
+                    mapping.step, mapping.instrument
+                ));
+            }
+            for (key, value) in &mapping.parameters {
+                if !matches!(
+                    value,
+                    toml::Value::String(_)
+                        | toml::Value::Integer(_)
+                        | toml::Value::Float(_)
+                        | toml::Value::Boolean(_)
+                ) {
+                    return bad(format!(
+                        "steps: step {:?}: parameter {key:?} must be a number, a boolean or a string",
+                        mapping.step
+                    ));
+                }
+            }
+            if !(mapping.retry_interval_s.is_finite() && mapping.retry_interval_s > 0.0) {
+                return bad(format!(
+                    "steps: step {:?}: retry_interval_s must be positive",
+                    mapping.step
+                ));
+            }
+            if !(mapping.sample_interval_s.is_finite() && mapping.sample_interval_s > 0.0) {
+                return bad(format!(
+                    "steps: step {:?}: sample_interval_s must be positive",
+                    mapping.step
+                ));
+            }
+            for reading in &mapping.readings {
+                match self.instrument(&reading.instrument) {
+                    None => {
+                        return bad(format!(
+                            "steps: step {:?} reads {:?} from instrument {:?}, which is not configured",
+                            mapping.step, reading.parameter, reading.instrument
+                        ))
+                    }
+                    Some(InstrumentConfig::Simulator { .. }) => {
+                        return bad(format!(
+                            "steps: step {:?} reads {:?} from the simulator, which has no values to read",
+                            mapping.step, reading.parameter
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// The mapping of a recipe step, by step id first, then by `operation:<operation>`.
+pub fn mapping_for<'a>(
+    steps: &'a [StepMapping],
+    step: &carrel_proto::recipe::Step,
+) -> Option<&'a StepMapping> {
+    let by_operation = format!("operation:{}", step.operation);
+    steps
+        .iter()
+        .find(|m| m.step == step.id)
+        .or_else(|| steps.iter().find(|m| m.step == by_operation))
 }
 
 #[cfg(test)]
@@ -222,6 +559,72 @@ mod tests {
         assert!(config.validate().is_err(), "no hub address");
         config.hub = "https://127.0.0.1:7443".into();
         config.validate().expect("valid");
+    }
+
+    fn with_instruments(extra: &str) -> Result<(), Error> {
+        let text = format!("hub = \"https://h:1\"\n{extra}");
+        let config: Config = toml::from_str(&text).map_err(|e| Error::Invalid(e.to_string()))?;
+        config.validate()
+    }
+
+    #[test]
+    fn instrument_mappings_are_checked_on_load() {
+        let sila = "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\ninsecure = true\n";
+        with_instruments(&format!(
+            "{sila}[[steps]]\nstep = \"expansion\"\ninstrument = \"cps\"\ncommand = \"RunExpansion\"\nparameters = {{ DurationHours = \"{{duration_hours}}\", TargetDensity = 8.0 }}\n"
+        ))
+        .expect("a valid mapping");
+        let unknown = with_instruments(
+            "[[steps]]\nstep = \"expansion\"\ninstrument = \"nope\"\ncommand = \"X\"\n",
+        )
+        .expect_err("unknown instrument");
+        assert!(unknown.to_string().contains("not configured"), "{unknown}");
+        let twice = with_instruments(&format!(
+            "{sila}[[steps]]\nstep = \"expansion\"\ninstrument = \"cps\"\ncommand = \"X\"\n[[steps]]\nstep = \"expansion\"\ninstrument = \"cps\"\ncommand = \"Y\"\n"
+        ))
+        .expect_err("mapped twice");
+        assert!(twice.to_string().contains("mapped twice"), "{twice}");
+        let no_pin = with_instruments(
+            "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\n",
+        )
+        .expect_err("neither pin nor insecure");
+        assert!(
+            no_pin.to_string().contains("pinned_certificate"),
+            "{no_pin}"
+        );
+        let missing = with_instruments(
+            "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\npinned_certificate = \"/nonexistent/cps.pem\"\n",
+        )
+        .expect_err("missing certificate file");
+        assert!(missing.to_string().contains("does not exist"), "{missing}");
+        let plain_ua = with_instruments(
+            "[[instruments]]\nname = \"plc\"\nkind = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:4840\"\nsecurity_policy = \"None\"\nsecurity_mode = \"None\"\n",
+        )
+        .expect_err("security None without insecure");
+        assert!(plain_ua.to_string().contains("insecure"), "{plain_ua}");
+    }
+
+    /// The README's example of a site's instrument mapping is a valid config.
+    #[test]
+    fn readme_instrument_example_parses() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Mapping a site's instruments")
+            .nth(1)
+            .expect("the README section");
+        let example = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block");
+        let config: Config = toml::from_str(&format!("hub = \"https://h:1\"\n{example}"))
+            .unwrap_or_else(|e| panic!("README example: {e}"));
+        assert_eq!(config.instruments.len(), 2);
+        assert_eq!(config.steps.len(), 2);
+        let error = config
+            .validate()
+            .expect_err("its certificate files are not here");
+        assert!(error.to_string().contains("does not exist"), "{error}");
     }
 
     #[test]

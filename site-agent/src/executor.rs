@@ -1,25 +1,38 @@
-//! Runs each batch's pinned recipe, step by step, on the instrument (this build: the
-//! simulator), recording every start, sample, alarm, result and completion in the
-//! local store first.
+//! Runs each batch's pinned recipe, step by step, on the site's instruments (the ones
+//! its configuration maps to each step, the simulator otherwise), recording every
+//! start, command execution, sample, alarm, result and completion in the local store
+//! first.
 //!
 //! Architecture invariant: the executor's only memory is the local event log. On
 //! start (or after a crash) it re-derives where each batch stands from the records,
 //! resumes an interrupted step from its last recorded sample, and records the
-//! interruption as a deviation, so nothing is done twice and nothing is skipped.
+//! interruption as a deviation, so nothing is done twice and nothing is skipped. A
+//! step running on an instrument that names its executions (a SiLA 2 observable
+//! command) has the execution id recorded before the agent waits on it; a restarted
+//! agent re-attaches to that execution instead of starting the step again.
+//!
+//! An instrument error that ends a command (a defined or undefined execution error)
+//! becomes an alarm and a deviation, and the step is recorded as completed after the
+//! time it ran: QA reviews it. An error before anything ran (a refused parameter, an
+//! execution the instrument no longer knows) becomes a deviation and the batch waits
+//! for the site to act. A lost connection is retried.
 //!
 //! A full disk stops nothing that is recorded from being kept: a step is not started
 //! without room for its records ([`MIN_FREE_BYTES_TO_START_STEP`]), and a record that
 //! cannot be written because the disk filled up is retried, in order, until space
 //! is freed; the batch waits meanwhile and says so in the log.
 
-use crate::config::SimulatorConfig;
+use crate::config::StepMapping;
 use crate::custody;
+use crate::instrument::{self, Instrument, Instruments, StepRequest, Update};
 use crate::simulator::Simulator;
 use crate::store::{self, LocalBatch, Store};
 use carrel_proto::event::{AlarmSeverity, EventKind, SiteEvent};
 use carrel_proto::recipe::{QcTest, Recipe, Step};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +54,15 @@ pub const MIN_FREE_BYTES_TO_START_STEP: u64 = 8 * 1024 * 1024;
 /// How often a batch waiting for disk space looks again.
 const DISK_RETRY: Duration = Duration::from_secs(1);
 
+/// How long to wait before reaching an instrument again after a lost connection; the
+/// wait doubles while the instrument stays away, up to [`INSTRUMENT_RETRY_MAX`].
+const INSTRUMENT_RETRY: Duration = Duration::from_secs(1);
+const INSTRUMENT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How long a batch stopped by an instrument refusing its step waits before it tries
+/// again (the site fixes its mapping or the instrument meanwhile).
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 enum Stop {
     #[error("shutting down")]
@@ -51,10 +73,18 @@ enum Stop {
     Store(#[from] store::Error),
     #[error("custody: {0}")]
     Custody(String),
+    #[error("instrument: {0}")]
+    Instrument(instrument::Error),
+}
+
+/// Why following an execution stopped.
+enum Followed {
+    Stop(Stop),
+    Instrument(instrument::Error),
 }
 
 /// Watches the store for active batches and runs each in its own task.
-pub async fn run(store: Arc<Store>, config: SimulatorConfig, shutdown: CancellationToken) {
+pub async fn run(store: Arc<Store>, instruments: Arc<Instruments>, shutdown: CancellationToken) {
     let mut running: HashMap<Uuid, JoinHandle<()>> = HashMap::new();
     loop {
         running.retain(|_, task| !task.is_finished());
@@ -67,7 +97,7 @@ pub async fn run(store: Arc<Store>, config: SimulatorConfig, shutdown: Cancellat
                     let id = batch.batch_id;
                     let runner = BatchRun {
                         store: store.clone(),
-                        config: config.clone(),
+                        instruments: instruments.clone(),
                         shutdown: shutdown.clone(),
                         batch,
                     };
@@ -88,12 +118,23 @@ pub async fn run(store: Arc<Store>, config: SimulatorConfig, shutdown: Cancellat
 }
 
 /// Where a batch stands, derived from its records.
+#[derive(Debug, Clone)]
+struct InFlight {
+    step_id: String,
+    /// Last sampled process hour.
+    hours: f64,
+    /// When the step was first started.
+    started_at: DateTime<Utc>,
+    /// The instrument's execution running the step, when it names one.
+    execution_id: Option<String>,
+}
+
 #[derive(Debug, Default)]
 struct Progress {
     accepted: bool,
     completed_steps: HashSet<String>,
-    /// Step started and not completed, with the last sampled process hour.
-    in_flight: Option<(String, f64)>,
+    /// Step started and not completed.
+    in_flight: Option<InFlight>,
     tests_recorded: HashSet<String>,
     alarms: HashSet<(String, String)>,
     deviations: HashSet<String>,
@@ -107,23 +148,38 @@ impl Progress {
             match &event.kind {
                 EventKind::BatchAccepted { .. } => p.accepted = true,
                 EventKind::StepStarted { step_id, .. } => {
-                    p.in_flight = Some((
-                        step_id.clone(),
-                        last_sample.get(step_id).copied().unwrap_or(0.0),
-                    ));
+                    let hours = last_sample.get(step_id).copied().unwrap_or(0.0);
+                    match p.in_flight.as_mut() {
+                        Some(f) if f.step_id == *step_id => f.hours = hours,
+                        _ => {
+                            p.in_flight = Some(InFlight {
+                                step_id: step_id.clone(),
+                                hours,
+                                started_at: event.recorded_at,
+                                execution_id: None,
+                            })
+                        }
+                    }
+                }
+                EventKind::InstrumentCommandStarted {
+                    step_id,
+                    execution_id,
+                    ..
+                } => {
+                    if let Some(f) = p.in_flight.as_mut().filter(|f| f.step_id == *step_id) {
+                        f.execution_id = Some(execution_id.clone());
+                    }
                 }
                 EventKind::ProcessSamples { step_id, samples } => {
                     let at = samples.iter().map(|s| s.step_hours).fold(0.0, f64::max);
                     last_sample.insert(step_id.clone(), at);
-                    if let Some((s, h)) = p.in_flight.as_mut() {
-                        if s == step_id {
-                            *h = at;
-                        }
+                    if let Some(f) = p.in_flight.as_mut().filter(|f| f.step_id == *step_id) {
+                        f.hours = at;
                     }
                 }
                 EventKind::StepCompleted { step_id, .. } => {
                     p.completed_steps.insert(step_id.clone());
-                    if p.in_flight.as_ref().is_some_and(|(s, _)| s == step_id) {
+                    if p.in_flight.as_ref().is_some_and(|f| f.step_id == *step_id) {
                         p.in_flight = None;
                     }
                 }
@@ -145,7 +201,7 @@ impl Progress {
 
 struct BatchRun {
     store: Arc<Store>,
-    config: SimulatorConfig,
+    instruments: Arc<Instruments>,
     shutdown: CancellationToken,
     batch: LocalBatch,
 }
@@ -164,6 +220,13 @@ impl BatchRun {
             }
             Err(Stop::Store(e)) => {
                 tracing::error!(%batch_id, error = %e, "cannot record; the batch stops here and is tried again in a few seconds")
+            }
+            Err(Stop::Instrument(e)) => {
+                tracing::error!(%batch_id, error = %e, "the instrument refused the step; the batch stops here and is tried again later");
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(REFUSED_RETRY) => {}
+                }
             }
         }
     }
@@ -258,7 +321,7 @@ impl BatchRun {
 
     /// Waits `process_hours` of process time, compressed.
     async fn wait(&self, process_hours: f64) -> Result<(), Stop> {
-        let seconds = process_hours * 3600.0 / self.config.time_compression;
+        let seconds = process_hours * 3600.0 / self.instruments.simulator.time_compression;
         tokio::select! {
             _ = self.shutdown.cancelled() => Err(Stop::Shutdown),
             _ = tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))) => Ok(()),
@@ -302,29 +365,26 @@ impl BatchRun {
             tracing::info!(batch_id = %batch.batch_id, coi = %batch.coi, "batch accepted");
         }
         let (hi, lo) = batch.batch_id.as_u64_pair();
-        let mut sim = Simulator::new(
-            self.config.seed ^ hi ^ lo.rotate_left(17),
-            self.config.faults.clone(),
-        );
+        let simulator = &self.instruments.simulator;
+        let sim = Arc::new(Mutex::new(Simulator::new(
+            simulator.seed ^ hi ^ lo.rotate_left(17),
+            simulator.faults.clone(),
+        )));
         for step in &recipe.steps {
             if progress.completed_steps.contains(&step.id) {
                 // Bring the model to where the records say the culture is.
-                sim.readings(step, step.duration_hours);
+                lock(&sim).readings(step, step.duration_hours);
                 continue;
             }
-            let resume_from = match &progress.in_flight {
-                Some((id, hours)) if *id == step.id => Some(*hours),
-                _ => None,
-            };
+            let resume_from = progress.in_flight.as_ref().filter(|f| f.step_id == step.id);
             // A step already under way goes on being recorded whatever the space
             // left: its cells are in the process. Only new steps wait for room.
             if resume_from.is_none() {
                 self.wait_for_room(step).await?;
             }
             self.pass_checkpoint(step).await?;
-            self.run_step(&mut sim, step, resume_from, &progress)
-                .await?;
-            self.record_tests(&mut sim, &step.in_process_tests, &progress)
+            self.run_step(&sim, step, resume_from, &progress).await?;
+            self.record_tests(&sim, &step.in_process_tests, &progress)
                 .await?;
         }
         if recipe
@@ -334,7 +394,7 @@ impl BatchRun {
         {
             self.wait(QC_TURNAROUND_HOURS).await?;
         }
-        self.record_tests(&mut sim, &recipe.release_tests, &progress)
+        self.record_tests(&sim, &recipe.release_tests, &progress)
             .await?;
         self.while_disk_full("awaiting release", || async {
             Ok(self.store.mark_awaiting_release(batch.batch_id).await?)
@@ -364,7 +424,7 @@ impl BatchRun {
             {
                 return Err(Stop::Inactive);
             }
-            if self.config.auto_scan {
+            if self.instruments.simulator.auto_scan {
                 let verifiers: Vec<String> = custody::SIMULATED_OPERATORS
                     .iter()
                     .take(usize::from(checkpoint.verifiers))
@@ -400,107 +460,392 @@ impl BatchRun {
 
     async fn run_step(
         &self,
-        sim: &mut Simulator,
+        sim: &Arc<Mutex<Simulator>>,
         step: &Step,
-        resume_from: Option<f64>,
+        resume: Option<&InFlight>,
         progress: &Progress,
     ) -> Result<(), Stop> {
-        let instrument_id = self.config.instrument_id.clone();
-        if let Some(hours) = resume_from {
+        let mapping = self.instruments.mapping_for(step);
+        let adapter = mapping.and_then(|m| self.instruments.adapter(&m.instrument));
+        let simulated = adapter.is_none();
+        let instrument: Arc<dyn Instrument> = match adapter {
+            Some(adapter) => adapter,
+            None => Arc::new(instrument::simulator::SimulatedInstrument::new(
+                sim.clone(),
+                self.instruments.simulator.clone(),
+            )),
+        };
+        let instrument_id = instrument.id().to_owned();
+        let mut execution_id = resume.and_then(|f| f.execution_id.clone());
+        if let Some(f) = resume {
             let id = format!(
                 "DEV-{}-{}-RESTART",
                 &self.batch.batch_id.simple().to_string()[..8],
                 step.id
             );
+            let how = match &execution_id {
+                Some(execution) => format!(
+                    "the agent re-attached to execution {execution} still known to instrument {instrument_id}"
+                ),
+                None => "resumed from the last recorded sample".to_owned(),
+            };
             if !progress.deviations.contains(&id) {
                 self.record(EventKind::DeviationRaised {
                     deviation_id: id,
                     step_id: step.id.clone(),
                     description: format!(
-                        "step {} was interrupted by an agent restart after {hours:.1} process hours; resumed from the last recorded sample",
-                        step.id
+                        "step {} was interrupted by an agent restart after {:.1} process hours; {how}",
+                        step.id, f.hours
                     ),
                     classification: "minor".into(),
                 })
                 .await?;
             }
         }
-        self.record(EventKind::StepStarted {
-            step_id: step.id.clone(),
-            instrument_id: instrument_id.clone(),
-            resumed: resume_from.is_some(),
-        })
-        .await?;
-        tracing::info!(batch_id = %self.batch.batch_id, step = %step.id, resumed = resume_from.is_some(), "step started");
-        let interval = self.config.sample_interval_hours;
-        let mut at = resume_from.unwrap_or(0.0);
+        let started = self
+            .record(EventKind::StepStarted {
+                step_id: step.id.clone(),
+                instrument_id: instrument_id.clone(),
+                resumed: resume.is_some(),
+            })
+            .await?;
+        let started_at = resume.map_or(started.recorded_at, |f| f.started_at);
+        tracing::info!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,
+            resumed = resume.is_some(), "step started");
+        let request = StepRequest {
+            batch_id: self.batch.batch_id,
+            step: step.clone(),
+            command: mapping.map(|m| m.command.clone()).unwrap_or_default(),
+            parameters: match mapping {
+                Some(m) => {
+                    match instrument::resolve_parameters(
+                        m,
+                        self.batch.batch_id,
+                        &self.batch.coi,
+                        step,
+                    ) {
+                        Ok(parameters) => parameters,
+                        Err(e) => return self.refused(step, &instrument_id, e).await,
+                    }
+                }
+                None => Default::default(),
+            },
+            resume_from_hours: resume.map(|f| f.hours),
+        };
         let mut alarms = progress.alarms.clone();
-        while at < step.duration_hours {
-            let next = (at + interval).min(step.duration_hours);
-            self.wait(next - at).await?;
-            at = next;
-            let readings = sim.readings(step, at);
-            if !readings.is_empty() {
-                self.record(EventKind::ProcessSamples {
+        let mut retry = INSTRUMENT_RETRY;
+        loop {
+            let opened = match &execution_id {
+                Some(id) => instrument.attach(&request, id).await,
+                None => instrument.start(&request).await,
+            };
+            let mut execution = match opened {
+                Ok(execution) => execution,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,
+                        error = %e, retry_in = ?retry, "cannot reach the instrument; trying again");
+                    self.pause(retry).await?;
+                    retry = (retry * 2).min(INSTRUMENT_RETRY_MAX);
+                    continue;
+                }
+                Err(e) if e.is_execution_failure() => {
+                    return self
+                        .execution_failed(step, &instrument_id, e, started_at, &mut alarms)
+                        .await;
+                }
+                Err(e) => return self.refused(step, &instrument_id, e).await,
+            };
+            retry = INSTRUMENT_RETRY;
+            if execution.reattachable && execution_id.as_deref() != Some(execution.id.as_str()) {
+                self.record(EventKind::InstrumentCommandStarted {
                     step_id: step.id.clone(),
-                    samples: readings
-                        .iter()
-                        .map(|r| carrel_proto::event::Sample {
-                            step_hours: at,
-                            parameter: r.parameter.clone(),
-                            value: r.value,
-                            unit: r.unit.clone(),
-                        })
-                        .collect(),
+                    instrument_id: instrument_id.clone(),
+                    command: request.command.clone(),
+                    execution_id: execution.id.clone(),
                 })
                 .await?;
+                tracing::info!(batch_id = %self.batch.batch_id, step = %step.id, execution = %execution.id,
+                    "instrument command started");
+                execution_id = Some(execution.id.clone());
             }
-            if let Some(alarm) = sim.alarm(step, &readings) {
-                if alarms.insert((step.id.clone(), alarm.code.clone())) {
-                    tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, code = %alarm.code, "instrument alarm");
-                    self.record(EventKind::InstrumentAlarm {
-                        step_id: step.id.clone(),
-                        instrument_id: instrument_id.clone(),
-                        code: alarm.code.clone(),
-                        message: alarm.message.clone(),
-                        severity: if alarm.critical {
-                            AlarmSeverity::Critical
-                        } else {
-                            AlarmSeverity::Warning
-                        },
-                    })
-                    .await?;
-                    self.record(EventKind::DeviationRaised {
-                        deviation_id: format!(
-                            "DEV-{}-{}-{}",
-                            &self.batch.batch_id.simple().to_string()[..8],
-                            step.id,
-                            alarm.code
-                        ),
-                        step_id: step.id.clone(),
-                        description: format!("instrument alarm {}: {}", alarm.code, alarm.message),
-                        classification: if alarm.critical { "major" } else { "minor" }.into(),
-                    })
+            match self
+                .follow(
+                    &mut execution,
+                    step,
+                    mapping,
+                    &instrument_id,
+                    started_at,
+                    &mut alarms,
+                )
+                .await
+            {
+                Ok(()) => break,
+                Err(Followed::Stop(Stop::Inactive)) if execution.reattachable => {
+                    // The batch was cancelled or decided while the instrument runs its
+                    // step: ask the instrument to stop.
+                    match instrument.cancel(&execution.id).await {
+                        Ok(()) => tracing::info!(batch_id = %self.batch.batch_id, step = %step.id,
+                            execution = %execution.id, "instrument command cancelled"),
+                        Err(e) => tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id,
+                            execution = %execution.id, error = %e,
+                            "cannot cancel the instrument command; stop it at the instrument"),
+                    }
+                    return Err(Stop::Inactive);
+                }
+                Err(Followed::Stop(stop)) => return Err(stop),
+                Err(Followed::Instrument(e)) if e.is_transient() && execution.reattachable => {
+                    tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,
+                        error = %e, "lost the instrument while following the step; re-attaching");
+                    self.pause(retry).await?;
+                    retry = (retry * 2).min(INSTRUMENT_RETRY_MAX);
+                }
+                Err(Followed::Instrument(e)) if retried(mapping, &e) => {
+                    tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,
+                        error = %e, "the instrument did not run the command; starting it again later");
+                    execution_id = None;
+                    self.pause(Duration::from_secs_f64(
+                        mapping.map_or(30.0, |m| m.retry_interval_s),
+                    ))
                     .await?;
                 }
+                Err(Followed::Instrument(e)) if e.is_execution_failure() => {
+                    return self
+                        .execution_failed(step, &instrument_id, e, started_at, &mut alarms)
+                        .await;
+                }
+                Err(Followed::Instrument(e)) => return self.refused(step, &instrument_id, e).await,
             }
         }
         self.record(EventKind::StepCompleted {
             step_id: step.id.clone(),
-            process_hours: step.duration_hours,
+            process_hours: if simulated {
+                step.duration_hours
+            } else {
+                hours_since(started_at)
+            },
         })
         .await?;
         Ok(())
     }
 
+    /// Follows an execution to its end, recording what it reports and, every
+    /// `sample_interval_s`, the process parameters the site maps to other sources.
+    async fn follow(
+        &self,
+        execution: &mut instrument::Execution,
+        step: &Step,
+        mapping: Option<&StepMapping>,
+        instrument_id: &str,
+        started_at: DateTime<Utc>,
+        alarms: &mut HashSet<(String, String)>,
+    ) -> Result<(), Followed> {
+        let readings = mapping.map(|m| m.readings.as_slice()).unwrap_or_default();
+        let period = Duration::from_secs_f64(mapping.map_or(60.0, |m| m.sample_interval_s));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Followed::Stop(Stop::Shutdown)),
+                _ = ticker.tick(), if !readings.is_empty() => {
+                    let at = hours_since(started_at);
+                    let mut sampled = Vec::new();
+                    for reading in readings {
+                        let Some(source) = self.instruments.adapter(&reading.instrument) else { continue };
+                        match source.read(&reading.source).await.and_then(|v| v.as_f64().ok_or_else(|| {
+                            instrument::Error::Mapping(format!("{} reads {v}, not a number", reading.source))
+                        })) {
+                            Ok(value) => sampled.push(instrument::Reading {
+                                parameter: reading.parameter.clone(),
+                                value,
+                                unit: reading.unit.clone(),
+                            }),
+                            Err(e) => tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id,
+                                parameter = %reading.parameter, instrument = %reading.instrument, error = %e,
+                                "cannot read a process parameter; the sample is skipped"),
+                        }
+                    }
+                    if !sampled.is_empty() {
+                        self.record_samples(step, at, &sampled).await.map_err(Followed::Stop)?;
+                        if let Some(alarm) = instrument::limit_alarm(step, &sampled) {
+                            self.raise_alarm(step, instrument_id, &alarm, alarms).await.map_err(Followed::Stop)?;
+                        }
+                    }
+                }
+                update = execution.updates.next() => match update {
+                    None => return Err(Followed::Instrument(instrument::Error::Connection(
+                        "the execution's updates ended without a result".into(),
+                    ))),
+                    Some(Err(e)) => return Err(Followed::Instrument(e)),
+                    Some(Ok(Update::Readings { step_hours, readings })) => {
+                        self.record_samples(step, step_hours, &readings).await.map_err(Followed::Stop)?;
+                    }
+                    Some(Ok(Update::Alarm(alarm))) => {
+                        self.raise_alarm(step, instrument_id, &alarm, alarms).await.map_err(Followed::Stop)?;
+                    }
+                    Some(Ok(Update::Status { status, progress, remaining })) => {
+                        tracing::debug!(batch_id = %self.batch.batch_id, step = %step.id, ?status, ?progress, ?remaining,
+                            "instrument status");
+                    }
+                    Some(Ok(Update::Intermediate(values))) => {
+                        tracing::debug!(batch_id = %self.batch.batch_id, step = %step.id, ?values, "intermediate values");
+                    }
+                    Some(Ok(Update::Finished(results))) => {
+                        if !results.is_empty() {
+                            tracing::info!(batch_id = %self.batch.batch_id, step = %step.id, ?results, "instrument results");
+                        }
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    }
+
+    async fn record_samples(
+        &self,
+        step: &Step,
+        at: f64,
+        readings: &[instrument::Reading],
+    ) -> Result<(), Stop> {
+        if readings.is_empty() {
+            return Ok(());
+        }
+        self.record(EventKind::ProcessSamples {
+            step_id: step.id.clone(),
+            samples: readings
+                .iter()
+                .map(|r| carrel_proto::event::Sample {
+                    step_hours: at,
+                    parameter: r.parameter.clone(),
+                    value: r.value,
+                    unit: r.unit.clone(),
+                })
+                .collect(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Records an alarm and its deviation, once per step and alarm code.
+    async fn raise_alarm(
+        &self,
+        step: &Step,
+        instrument_id: &str,
+        alarm: &instrument::Alarm,
+        alarms: &mut HashSet<(String, String)>,
+    ) -> Result<(), Stop> {
+        if !alarms.insert((step.id.clone(), alarm.code.clone())) {
+            return Ok(());
+        }
+        tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, code = %alarm.code, "instrument alarm");
+        self.record(EventKind::InstrumentAlarm {
+            step_id: step.id.clone(),
+            instrument_id: instrument_id.to_owned(),
+            code: alarm.code.clone(),
+            message: alarm.message.clone(),
+            severity: if alarm.critical {
+                AlarmSeverity::Critical
+            } else {
+                AlarmSeverity::Warning
+            },
+        })
+        .await?;
+        self.record(EventKind::DeviationRaised {
+            deviation_id: format!(
+                "DEV-{}-{}-{}",
+                &self.batch.batch_id.simple().to_string()[..8],
+                step.id,
+                alarm.code
+            ),
+            step_id: step.id.clone(),
+            description: format!("instrument alarm {}: {}", alarm.code, alarm.message),
+            classification: if alarm.critical { "major" } else { "minor" }.into(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The command ended with an error at the instrument: a critical alarm and a major
+    /// deviation, and the step is over after the time it ran; QA reviews the batch.
+    async fn execution_failed(
+        &self,
+        step: &Step,
+        instrument_id: &str,
+        error: instrument::Error,
+        started_at: DateTime<Utc>,
+        alarms: &mut HashSet<(String, String)>,
+    ) -> Result<(), Stop> {
+        let code = match &error {
+            instrument::Error::DefinedExecution { identifier, .. } => identifier
+                .rsplit('/')
+                .next()
+                .unwrap_or(identifier)
+                .to_owned(),
+            _ => "UndefinedExecutionError".to_owned(),
+        };
+        tracing::error!(batch_id = %self.batch.batch_id, coi = %self.batch.coi, step = %step.id,
+            instrument = %instrument_id, error = %error, "the instrument command failed");
+        let alarm = instrument::Alarm {
+            code,
+            message: format!("the command running step {} failed: {error}", step.id),
+            critical: true,
+        };
+        self.raise_alarm(step, instrument_id, &alarm, alarms)
+            .await?;
+        self.record(EventKind::StepCompleted {
+            step_id: step.id.clone(),
+            process_hours: hours_since(started_at),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The instrument refused the step before running it (or cannot find its
+    /// execution again): a deviation, and the batch waits for the site to act.
+    async fn refused(
+        &self,
+        step: &Step,
+        instrument_id: &str,
+        error: instrument::Error,
+    ) -> Result<(), Stop> {
+        let id = format!(
+            "DEV-{}-{}-INSTRUMENT",
+            &self.batch.batch_id.simple().to_string()[..8],
+            step.id
+        );
+        let events = self.store.batch_events(self.batch.batch_id).await?;
+        let known = events.iter().any(|e| {
+            matches!(&e.kind, EventKind::DeviationRaised { deviation_id, .. } if *deviation_id == id)
+        });
+        if !known {
+            self.record(EventKind::DeviationRaised {
+                deviation_id: id,
+                step_id: step.id.clone(),
+                description: format!(
+                    "instrument {instrument_id} did not run step {}: {error}; the batch waits until the site resolves it",
+                    step.id
+                ),
+                classification: "major".into(),
+            })
+            .await?;
+        }
+        Err(Stop::Instrument(error))
+    }
+
+    /// Waits, unless the agent shuts down.
+    async fn pause(&self, how_long: Duration) -> Result<(), Stop> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(Stop::Shutdown),
+            _ = tokio::time::sleep(how_long) => Ok(()),
+        }
+    }
+
     async fn record_tests(
         &self,
-        sim: &mut Simulator,
+        sim: &Mutex<Simulator>,
         tests: &[QcTest],
         progress: &Progress,
     ) -> Result<(), Stop> {
         for test in tests {
-            let value = sim.qc_result(test);
+            let value = lock(sim).qc_result(test);
             if progress.tests_recorded.contains(&test.id) {
                 continue;
             }
@@ -516,5 +861,121 @@ impl BatchRun {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// The site's mapping says this error means the command did not run: start it again.
+fn retried(mapping: Option<&StepMapping>, error: &instrument::Error) -> bool {
+    match (mapping, error) {
+        (Some(m), instrument::Error::DefinedExecution { identifier, .. }) => {
+            let short = identifier.rsplit('/').next().unwrap_or(identifier);
+            m.retry_on.iter().any(|r| r == short || r == identifier)
+        }
+        _ => false,
+    }
+}
+
+fn lock(sim: &Mutex<Simulator>) -> std::sync::MutexGuard<'_, Simulator> {
+    sim.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Process hours from `since` to now.
+fn hours_since(since: DateTime<Utc>) -> f64 {
+    ((Utc::now() - since).num_milliseconds().max(0) as f64) / 3_600_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, minute: u32, kind: EventKind) -> SiteEvent {
+        SiteEvent {
+            seq,
+            event_id: Uuid::new_v4(),
+            recorded_at: DateTime::parse_from_rfc3339(&format!("2026-11-27T08:{minute:02}:00Z"))
+                .expect("time")
+                .with_timezone(&Utc),
+            batch_id: Uuid::nil(),
+            recorded_by: AGENT.into(),
+            prev_sha256: String::new(),
+            kind,
+        }
+    }
+
+    fn started(resumed: bool) -> EventKind {
+        EventKind::StepStarted {
+            step_id: "expansion".into(),
+            instrument_id: "cps-1".into(),
+            resumed,
+        }
+    }
+
+    #[test]
+    fn a_recorded_execution_is_found_again_after_a_restart() {
+        let samples = EventKind::ProcessSamples {
+            step_id: "expansion".into(),
+            samples: vec![carrel_proto::event::Sample {
+                step_hours: 0.25,
+                parameter: "temperature".into(),
+                value: 37.0,
+                unit: "degC".into(),
+            }],
+        };
+        let command = EventKind::InstrumentCommandStarted {
+            step_id: "expansion".into(),
+            instrument_id: "cps-1".into(),
+            command: "RunExpansion".into(),
+            execution_id: "uuid-1".into(),
+        };
+        let events = [
+            event(1, 0, started(false)),
+            event(2, 1, command),
+            event(3, 2, samples),
+            // A first restart: the step is resumed, the execution is still the same.
+            event(4, 3, started(true)),
+        ];
+        let progress = Progress::of(&events);
+        let in_flight = progress.in_flight.expect("the step is under way");
+        assert_eq!(in_flight.step_id, "expansion");
+        assert_eq!(in_flight.execution_id.as_deref(), Some("uuid-1"));
+        assert_eq!(in_flight.hours, 0.25);
+        assert_eq!(
+            in_flight.started_at, events[0].recorded_at,
+            "first start counts"
+        );
+
+        let mut done = events.to_vec();
+        done.push(event(
+            5,
+            4,
+            EventKind::StepCompleted {
+                step_id: "expansion".into(),
+                process_hours: 0.5,
+            },
+        ));
+        let progress = Progress::of(&done);
+        assert!(progress.in_flight.is_none());
+        assert!(progress.completed_steps.contains("expansion"));
+    }
+
+    #[test]
+    fn only_the_mapped_not_run_errors_are_retried() {
+        let mut mapping: StepMapping = toml::from_str(
+            "step = \"expansion\"\ninstrument = \"cps-1\"\ncommand = \"RunExpansion\"\nretry_on = [\"InstrumentBusy\"]\n",
+        )
+        .expect("mapping");
+        let busy = instrument::Error::DefinedExecution {
+            identifier: "org.carrel/bioprocess/CellExpansionController/v1/DefinedExecutionError/InstrumentBusy".into(),
+            message: "busy".into(),
+        };
+        let contaminated = instrument::Error::DefinedExecution {
+            identifier: "org.carrel/bioprocess/CellExpansionController/v1/DefinedExecutionError/ContaminationDetected".into(),
+            message: "contamination".into(),
+        };
+        assert!(retried(Some(&mapping), &busy));
+        assert!(!retried(Some(&mapping), &contaminated));
+        assert!(!retried(None, &busy));
+        mapping.retry_on.clear();
+        assert!(!retried(Some(&mapping), &busy));
     }
 }

@@ -1,14 +1,16 @@
 //! The Carrel site agent: runs next to a hospital site's manufacturing equipment.
 //!
 //! It receives batch orders from the hub, runs each pinned recipe on the site's
-//! instrument (this build: a simulator that behaves like one), records every event in
+//! instruments (SiLA 2 and OPC UA servers, as the site maps them, or a simulator that
+//! behaves like one), records every event in
 //! its own SQLite store first, and replicates that log to the hub over one outbound
 //! mutual-TLS gRPC stream. It keeps manufacturing and recording while the network is
 //! down, and catches up when the link returns. It never accepts connections from the hub.
 //!
 //! Map: [`identity`] enrolls the site and holds its key and certificates; [`tls`]
 //! builds the TLS client; [`link`] replicates both logs; [`store`] is the local log
-//! and batch projection; [`executor`] runs recipes; [`simulator`] is the instrument.
+//! and batch projection; [`executor`] runs recipes; [`instrument`] is the interface to
+//! the equipment and its adapters; [`simulator`] is the simulated process model.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -17,6 +19,7 @@ pub mod custody;
 pub mod entries;
 pub mod executor;
 pub mod identity;
+pub mod instrument;
 pub mod link;
 pub mod simulator;
 pub mod store;
@@ -73,13 +76,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         state,
         renewal: Some(link::Renewal::new(config.data_dir.clone())),
     };
+    let instruments = Arc::new(
+        instrument::Instruments::from_config(&config)
+            .context("setting up the site's instruments")?,
+    );
     let tasks = TaskTracker::new();
     tasks.spawn(link.run(shutdown.clone()));
-    tasks.spawn(executor::run(
-        store.clone(),
-        config.simulator.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn(executor::run(store.clone(), instruments, shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.console_listen)
         .await
         .with_context(|| format!("binding the site console address {}", config.console_listen))?;

@@ -155,26 +155,7 @@ impl Simulator {
                 });
             }
         }
-        // A temperature alarm outranks a pH, DO or viability deviation.
-        readings
-            .iter()
-            .filter_map(|r| {
-                let p = step.parameters.iter().find(|p| p.name == r.parameter)?;
-                let (side, limit) = match r.value {
-                    v if v < p.low => ("low", p.low),
-                    v if v > p.high => ("high", p.high),
-                    _ => return None,
-                };
-                Some(Alarm {
-                    code: format!("{}-{side}", r.parameter),
-                    message: format!(
-                        "{} {} {} is beyond the {side} limit {limit} in step {}",
-                        r.parameter, r.value, r.unit, step.id
-                    ),
-                    critical: r.parameter.contains("temperature"),
-                })
-            })
-            .min_by_key(|a| !a.critical)
+        crate::instrument::limit_alarm(step, readings)
     }
 
     /// Result of a QC test (in-process or release) on the product made so far, by test id:

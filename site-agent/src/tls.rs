@@ -205,3 +205,84 @@ pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
         .map_err(|e| Error::Pem(format!("site key: {e}")))?
         .ok_or_else(|| Error::Pem("no private key in the site key file".into()))
 }
+
+/// TLS to an instrument that presents a self-signed certificate (SiLA 2 servers
+/// commonly do, naming only their IP address): the server must present exactly the
+/// pinned certificate and prove it holds its key. No CA, name or validity check: the
+/// pin is the identity, and replacing the instrument's certificate means pinning the
+/// new one.
+pub fn pinned_certificate_config(pinned_pem: &str) -> Result<Arc<ClientConfig>, Error> {
+    let pinned = certs_from_pem(pinned_pem)?.remove(0);
+    let verifier = Arc::new(PinnedCertificate {
+        pinned,
+        provider: provider(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct PinnedCertificate {
+    pinned: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.pinned.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the instrument presented certificate SHA-256 {}, not the pinned one {}",
+                fingerprint(end_entity.as_ref()),
+                fingerprint(self.pinned.as_ref())
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

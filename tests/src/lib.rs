@@ -7,6 +7,7 @@
 //! them first, which `cargo test --workspace` does.
 
 pub mod otlp;
+pub mod peers;
 pub mod proxy;
 pub mod raw_link;
 pub mod scenario;

@@ -1,0 +1,352 @@
+//! One interface to the site's equipment, whatever it speaks: the [`Instrument`] trait,
+//! with three adapters: the [`simulator`] (a process model for demonstrations and tests),
+//! [`sila`] (SiLA 2 servers: lab automation over gRPC) and [`opcua`] (OPC UA servers:
+//! bioreactors, PLCs). Which adapter runs a recipe step, with which command and
+//! parameters, and where a step's process parameters are read, is site configuration
+//! ([`crate::config::InstrumentConfig`], [`crate::config::StepMapping`]), not code.
+//!
+//! Architecture invariant: an adapter holds no batch state that the agent cannot get
+//! back. What a restarted agent needs to find a running execution again (its
+//! [`Execution::id`]) is recorded in the site's log before the agent waits on it, and
+//! [`Instrument::attach`] takes it back from there.
+//!
+//! Instrument wire types (SiLA protobuf, OPC UA variants) stay inside the adapters:
+//! the executor sees [`Value`], [`Update`] and [`Error`] only.
+
+pub mod opcua;
+pub mod sila;
+pub mod simulator;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use crate::simulator::{Alarm, Reading};
+
+/// A boxed future: keeps [`Instrument`] object-safe without a macro crate.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed stream of results.
+pub type BoxStream<T> = Pin<Box<dyn futures_util::Stream<Item = Result<T, Error>> + Send>>;
+
+/// What went wrong at an instrument, in domain terms.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// The instrument refused a parameter before running anything (SiLA validation error).
+    #[error("the instrument refused parameter {parameter}: {message}")]
+    Validation { parameter: String, message: String },
+    /// The command failed with an error the instrument's interface defines, e.g.
+    /// contamination detected (SiLA defined execution error).
+    #[error("the instrument reported {identifier}: {message}")]
+    DefinedExecution { identifier: String, message: String },
+    /// The command failed with an error the interface does not define.
+    #[error("the instrument failed: {0}")]
+    UndefinedExecution(String),
+    /// The instrument's protocol layer refused the request (SiLA framework error),
+    /// for example an unknown command execution UUID.
+    #[error("the instrument refused the request ({kind}): {message}")]
+    Framework { kind: String, message: String },
+    /// Cannot reach the instrument, or the connection broke.
+    #[error("cannot reach the instrument: {0}")]
+    Connection(String),
+    /// The instrument did not answer in time.
+    #[error("the instrument did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The instrument answered something this adapter or the site's mapping cannot
+    /// use (a missing feature, a wrong type).
+    #[error("{0}")]
+    Mapping(String),
+}
+
+impl Error {
+    /// The command is over and failed at the instrument: it becomes an alarm and a
+    /// deviation. Other errors are about reaching the instrument and are retried.
+    pub fn is_execution_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::DefinedExecution { .. } | Error::UndefinedExecution(_)
+        )
+    }
+
+    /// Trying again later may help (the instrument may come back).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Connection(_) | Error::Timeout(_))
+    }
+}
+
+/// A value read from or written to an instrument.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Real(f64),
+    Integer(i64),
+    Boolean(bool),
+    String(String),
+    List(Vec<Value>),
+}
+
+impl Value {
+    /// The value as a number, for process parameters.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Real(v) => Some(*v),
+            Value::Integer(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Real(v) => write!(f, "{v}"),
+            Value::Integer(v) => write!(f, "{v}"),
+            Value::Boolean(v) => write!(f, "{v}"),
+            Value::String(v) => f.write_str(v),
+            Value::List(items) => {
+                let parts: Vec<String> = items.iter().map(ToString::to_string).collect();
+                write!(f, "[{}]", parts.join(", "))
+            }
+        }
+    }
+}
+
+/// Values by identifier: command parameters, intermediate responses, results.
+pub type Values = BTreeMap<String, Value>;
+
+/// What an instrument is asked to do for one recipe step.
+#[derive(Debug, Clone)]
+pub struct StepRequest {
+    pub batch_id: uuid::Uuid,
+    pub step: carrel_proto::recipe::Step,
+    /// The command to run (adapter-specific name, from the site's mapping).
+    pub command: String,
+    /// Command parameters, already resolved from the recipe and the site's mapping.
+    pub parameters: Values,
+    /// For a step interrupted by an agent restart: process hours already recorded.
+    pub resume_from_hours: Option<f64>,
+}
+
+/// Where a command execution stands, as the instrument reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Waiting,
+    Running,
+    FinishedSuccessfully,
+    FinishedWithError,
+}
+
+/// One thing an execution reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// Status and progress (0 to 1), with the instrument's estimate of the time left.
+    Status {
+        status: Status,
+        progress: Option<f64>,
+        remaining: Option<Duration>,
+    },
+    /// Process parameter readings at `step_hours` process hours into the step.
+    Readings {
+        step_hours: f64,
+        readings: Vec<Reading>,
+    },
+    /// Intermediate values the command sends while it runs (SiLA intermediate responses).
+    Intermediate(Values),
+    /// The instrument raised an alarm.
+    Alarm(Alarm),
+    /// The command finished successfully with these results; nothing follows.
+    Finished(Values),
+}
+
+/// A running command: its id, and a stream of what it reports, ending with
+/// [`Update::Finished`] or an error.
+pub struct Execution {
+    /// The instrument's id of this execution (a SiLA command execution UUID).
+    pub id: String,
+    /// True when [`Instrument::attach`] can find this execution again after an agent
+    /// restart: the executor then records the id before waiting on it.
+    pub reattachable: bool,
+    pub updates: BoxStream<Update>,
+}
+
+impl fmt::Debug for Execution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Execution")
+            .field("id", &self.id)
+            .field("reattachable", &self.reattachable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One instrument, whatever protocol it speaks.
+pub trait Instrument: Send + Sync {
+    /// The id written into step records.
+    fn id(&self) -> &str;
+
+    /// Starts the command that runs a recipe step.
+    fn start<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Execution, Error>>;
+
+    /// Finds an execution started before (by an agent since restarted) and follows it
+    /// from where it is now.
+    fn attach<'a>(
+        &'a self,
+        request: &'a StepRequest,
+        execution_id: &'a str,
+    ) -> BoxFuture<'a, Result<Execution, Error>>;
+
+    /// Asks the instrument to stop an execution.
+    fn cancel<'a>(&'a self, execution_id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Reads a value now (a SiLA property, an OPC UA variable node id).
+    fn read<'a>(&'a self, source: &'a str) -> BoxFuture<'a, Result<Value, Error>>;
+
+    /// Follows a value as it changes.
+    fn subscribe<'a>(&'a self, source: &'a str) -> BoxFuture<'a, Result<BoxStream<Value>, Error>>;
+
+    /// Writes a value (an OPC UA variable). Instruments whose values are set through
+    /// commands (SiLA 2) refuse.
+    fn write<'a>(&'a self, target: &'a str, value: &'a Value) -> BoxFuture<'a, Result<(), Error>> {
+        let _ = value;
+        Box::pin(async move {
+            Err(Error::Mapping(format!(
+                "{target} cannot be written on instrument {}: set it with a command",
+                self.id()
+            )))
+        })
+    }
+}
+
+/// An alarm when a reading lies outside its recipe limits (critical for temperatures,
+/// which endanger the cells at once; pH, DO and viability excursions are deviations
+/// for the operator to assess). A temperature alarm outranks the others.
+pub fn limit_alarm(step: &carrel_proto::recipe::Step, readings: &[Reading]) -> Option<Alarm> {
+    readings
+        .iter()
+        .filter_map(|r| {
+            let p = step.parameters.iter().find(|p| p.name == r.parameter)?;
+            let (side, limit) = match r.value {
+                v if v < p.low => ("low", p.low),
+                v if v > p.high => ("high", p.high),
+                _ => return None,
+            };
+            Some(Alarm {
+                code: format!("{}-{side}", r.parameter),
+                message: format!(
+                    "{} {} {} is beyond the {side} limit {limit} in step {}",
+                    r.parameter, r.value, r.unit, step.id
+                ),
+                critical: r.parameter.contains("temperature"),
+            })
+        })
+        .min_by_key(|a| !a.critical)
+}
+
+/// Runs `future` with a bound, turning the elapsed bound into [`Error::Timeout`].
+pub async fn bounded<T>(
+    limit: Duration,
+    future: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or(Err(Error::Timeout(limit)))
+}
+
+/// The site's instruments and which of them runs which step.
+pub struct Instruments {
+    /// Runs every step no mapping names another instrument for.
+    pub simulator: crate::config::SimulatorConfig,
+    steps: Vec<crate::config::StepMapping>,
+    adapters: BTreeMap<String, std::sync::Arc<dyn Instrument>>,
+}
+
+impl fmt::Debug for Instruments {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instruments")
+            .field("adapters", &self.adapters.keys().collect::<Vec<_>>())
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instruments {
+    /// Builds the adapters a (validated) config names. Reads certificates and keys;
+    /// connects to nothing yet (each adapter connects when first used).
+    pub fn from_config(config: &crate::Config) -> Result<Instruments, Error> {
+        use crate::config::InstrumentConfig;
+        let mut adapters: BTreeMap<String, std::sync::Arc<dyn Instrument>> = BTreeMap::new();
+        for instrument in &config.instruments {
+            let adapter: std::sync::Arc<dyn Instrument> = match instrument {
+                InstrumentConfig::Simulator { .. } => continue,
+                InstrumentConfig::Sila2(sila) => {
+                    std::sync::Arc::new(sila::SilaInstrument::new(sila)?)
+                }
+                InstrumentConfig::Opcua(ua) => std::sync::Arc::new(opcua::OpcuaInstrument::new(
+                    ua,
+                    &config.data_dir.join("opcua-pki"),
+                )?),
+            };
+            adapters.insert(instrument.name().to_owned(), adapter);
+        }
+        Ok(Instruments {
+            simulator: config.simulator.clone(),
+            steps: config.steps.clone(),
+            adapters,
+        })
+    }
+
+    /// Only the simulator, as in a site without instrument mappings.
+    pub fn simulated(simulator: crate::config::SimulatorConfig) -> Instruments {
+        Instruments {
+            simulator,
+            steps: Vec::new(),
+            adapters: BTreeMap::new(),
+        }
+    }
+
+    /// The site's mapping for a recipe step, if any.
+    pub fn mapping_for(
+        &self,
+        step: &carrel_proto::recipe::Step,
+    ) -> Option<&crate::config::StepMapping> {
+        crate::config::mapping_for(&self.steps, step)
+    }
+
+    /// The adapter of a configured instrument; `None` for the simulator.
+    pub fn adapter(&self, name: &str) -> Option<std::sync::Arc<dyn Instrument>> {
+        self.adapters.get(name).cloned()
+    }
+}
+
+/// Resolves a step mapping's parameters: literals as they are, placeholders from the
+/// batch and the recipe step.
+pub fn resolve_parameters(
+    mapping: &crate::config::StepMapping,
+    batch_id: uuid::Uuid,
+    coi: &str,
+    step: &carrel_proto::recipe::Step,
+) -> Result<Values, Error> {
+    mapping
+        .parameters
+        .iter()
+        .map(|(key, value)| {
+            let value = match value {
+                toml::Value::Integer(v) => Value::Integer(*v),
+                toml::Value::Float(v) => Value::Real(*v),
+                toml::Value::Boolean(v) => Value::Boolean(*v),
+                toml::Value::String(text) => match text.as_str() {
+                    "{batch_id}" => Value::String(batch_id.to_string()),
+                    "{coi}" => Value::String(coi.to_owned()),
+                    "{step_id}" => Value::String(step.id.clone()),
+                    "{duration_hours}" => Value::Real(step.duration_hours),
+                    _ => Value::String(text.clone()),
+                },
+                other => {
+                    return Err(Error::Mapping(format!(
+                        "parameter {key:?}: {other} is not a number, boolean or string"
+                    )))
+                }
+            };
+            Ok((key.clone(), value))
+        })
+        .collect()
+}

@@ -1,0 +1,156 @@
+# Started from the sila2 code generator's skeleton; the behaviour below is ours (a simulated instrument).
+"""CellExpansionController: a simulated cell-expansion bioreactor behind the generated SiLA 2 feature.
+
+One background tick (every 0.1 s of wall time) moves the shared `Culture` forward by the elapsed wall
+time multiplied by the time compression, and pushes changed values to the observable properties.
+`RunExpansion` seeds the culture and then only watches it, reporting progress until the planned duration
+has passed. Faults are injected per server (`fault`) or per run (a marker in the BatchId).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Optional
+
+from culture import Culture
+from sila2.framework import UndefinedExecutionError
+from sila2.server import MetadataDict, ObservableCommandInstanceWithIntermediateResponses
+
+from ..generated.cellexpansioncontroller import (
+    CellExpansionControllerBase,
+    ContaminationDetected,
+    InstrumentBusy,
+    RunExpansion_IntermediateResponses,
+    RunExpansion_Responses,
+    SetTemperatureSetpoint_Responses,
+)
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+TICK_SECONDS = 0.1
+FAULT_AT_PROGRESS = 0.5  # injected faults strike half-way through a run
+FAULTS = ("contamination", "sensor-failure")
+BATCH_MARKERS = {"CONTAMINATED": "contamination", "SENSORFAIL": "sensor-failure"}
+
+
+class CellExpansionControllerImpl(CellExpansionControllerBase):
+    def __init__(self, parent_server: Server, time_compression: float = 3600.0, fault: Optional[str] = None) -> None:
+        super().__init__(parent_server=parent_server)
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}, expected one of {FAULTS}")
+        self.time_compression = time_compression  # process seconds per wall-clock second
+        self.fault = fault
+        # Finished runs stay queryable (RunExpansion_Info / _Result) for 30 minutes.
+        self.RunExpansion_default_lifetime_of_execution = timedelta(minutes=30)
+
+        self._lock = threading.Lock()
+        self._culture = Culture()
+        self._running = False
+        self._stopping = threading.Event()
+        self._last_tick = time.monotonic()
+        self._published: dict = {}
+        self.update_InstrumentState("Idle")
+        self._publish()
+        self.run_periodically(self._tick, delay_seconds=TICK_SECONDS)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        super().stop()
+
+    # ---------------------------------------------------------------- simulation clock
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._culture.advance((now - self._last_tick) * self.time_compression / 3600.0)
+            self._last_tick = now
+        self._publish()
+
+    def _publish(self) -> None:
+        """Pushes observable property values that changed visibly since the last push."""
+        with self._lock:
+            values = {
+                "CurrentTemperature": round(self._culture.temperature_c, 2),
+                "ViableCellDensity": round(self._culture.density, 3),
+            }
+        for name, value in values.items():
+            if self._published.get(name) != value:
+                self._published[name] = value
+                getattr(self, f"update_{name}")(value)
+
+    # ---------------------------------------------------------------- properties and commands
+
+    def get_TemperatureSetpoint(self, *, metadata: MetadataDict) -> float:
+        with self._lock:
+            return self._culture.setpoint_c
+
+    def SetTemperatureSetpoint(
+        self, TemperatureSetpoint: float, *, metadata: MetadataDict
+    ) -> SetTemperatureSetpoint_Responses:
+        # The 30..40 degC range is a constraint in the feature definition: sila2 has already rejected
+        # anything outside it with a ValidationError before this is called.
+        with self._lock:
+            self._culture.setpoint_c = TemperatureSetpoint
+        return SetTemperatureSetpoint_Responses()
+
+    def RunExpansion(
+        self,
+        DurationHours: float,
+        TargetDensity: float,
+        BatchId: str,
+        *,
+        metadata: MetadataDict,
+        instance: ObservableCommandInstanceWithIntermediateResponses[RunExpansion_IntermediateResponses],
+    ) -> RunExpansion_Responses:
+        # DurationHours (0 < d <= 336), TargetDensity (0 < x <= 50) and BatchId (1..64 chars) are checked by
+        # sila2 against the feature definition's constraints when the command is initiated.
+        with self._lock:
+            if self._running:
+                raise InstrumentBusy(f"Batch {BatchId!r} cannot start: another expansion run is in progress")
+            self._running = True
+            self._culture.seed(DurationHours, TargetDensity)
+        fault = next((kind for marker, kind in BATCH_MARKERS.items() if marker in BatchId.upper()), self.fault)
+        instance.begin_execution()
+        self.update_InstrumentState("Running")
+        try:
+            result = self._watch_run(instance, DurationHours, BatchId, fault)
+        except BaseException:
+            self.update_InstrumentState("Faulted")
+            raise
+        finally:
+            with self._lock:
+                self._running = False
+        self.update_InstrumentState("Completed")
+        return result
+
+    def _watch_run(self, instance, duration_h: float, batch_id: str, fault: Optional[str]) -> RunExpansion_Responses:
+        while not self._stopping.wait(TICK_SECONDS):
+            with self._lock:
+                culture = self._culture
+                progress, remaining_h = culture.progress, culture.remaining_h
+                density, temperature = culture.density, culture.temperature_c
+                faulted = fault is not None and progress >= FAULT_AT_PROGRESS
+                if faulted:
+                    culture.halt(contaminated=fault == "contamination")
+            if faulted and fault == "contamination":
+                raise ContaminationDetected(
+                    f"Batch {batch_id}: microbial contamination detected at {progress * duration_h:.1f} h "
+                    f"of {duration_h:g} h (dissolved oxygen and pH fell abruptly); run stopped"
+                )
+            if faulted:  # not an error of the FDL: sila2 sends it as an undefined execution error
+                raise RuntimeError(f"Batch {batch_id}: temperature probe signal lost; run stopped")
+
+            instance.progress = progress
+            instance.estimated_remaining_time = timedelta(seconds=remaining_h * 3600.0 / self.time_compression)
+            instance.send_intermediate_response(RunExpansion_IntermediateResponses(density, temperature))
+            if progress >= 1.0:
+                with self._lock:
+                    return RunExpansion_Responses(
+                        FinalViableCellDensity=culture.density,
+                        Viability=culture.viability_pct,
+                        FoldExpansion=culture.fold_expansion,
+                    )
+        raise UndefinedExecutionError(f"Batch {batch_id}: the instrument server is shutting down; run aborted")

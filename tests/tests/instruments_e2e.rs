@@ -1,0 +1,501 @@
+//! End to end with real instruments: a hub, site agents, and instrument servers
+//! written by others. A site maps its expansion step to a SiLA 2 server (TLS, pinned
+//! certificate) and reads the step's process parameters from an OPC UA server
+//! (Basic256Sha256, Sign & Encrypt); every other step runs on the simulator.
+//!
+//! - The batch reaches QA with the SiLA command recorded and the OPC UA readings in
+//!   its record, and the hub holds exactly the site's log.
+//! - The agent is SIGKILLed while the SiLA command runs; restarted, it re-attaches to
+//!   the same command execution (no second run) and records the interruption.
+//! - At another site the instrument reports contamination: the defined execution error
+//!   becomes an alarm and a deviation that QA sees among the batch's exceptions.
+
+use carrel_tests::peers::{opcua_client_identity, python, Peer};
+use carrel_tests::scenario::{add_people, create_order, wait_order_state, QA};
+use carrel_tests::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// Maps the site's instruments: expansion on the SiLA 2 server, its temperature, pH,
+/// dissolved oxygen and cell density read from the OPC UA server every 0.5 s.
+fn map_instruments(agent: &Agent, sila: &Peer, opcua: &Peer, keys: &Path) {
+    let text = format!(
+        r#"
+[[instruments]]
+name = "cps-sila"
+kind = "sila2"
+address = "{sila_address}"
+pinned_certificate = "{sila_cert}"
+features = ["org.carrel/bioprocess/CellExpansionController/v1"]
+
+[[instruments]]
+name = "bioreactor-ua"
+kind = "opcua"
+endpoint = "{ua_endpoint}"
+client_certificate = "{keys}/agent.der"
+client_key = "{keys}/agent.pem"
+server_certificate = "{ua_cert}"
+
+[[steps]]
+step = "expansion"
+instrument = "cps-sila"
+command = "RunExpansion"
+parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, BatchId = "{{batch_id}}" }}
+sample_interval_s = 0.5
+retry_on = ["InstrumentBusy"]
+retry_interval_s = 1.0
+readings = [
+  {{ parameter = "temperature", instrument = "bioreactor-ua", source = "ns=2;s=Bioreactor.Temperature", unit = "degC" }},
+  {{ parameter = "ph", instrument = "bioreactor-ua", source = "ns=2;s=Bioreactor.pH", unit = "pH" }},
+  {{ parameter = "dissolved_o2", instrument = "bioreactor-ua", source = "ns=2;s=Bioreactor.DissolvedOxygen", unit = "%" }},
+]
+"#,
+        sila_address = sila.address(),
+        sila_cert = sila.sila_certificate().display(),
+        ua_endpoint = opcua.opcua_endpoint(),
+        ua_cert = opcua.opcua_certificate().display(),
+        keys = keys.display(),
+    );
+    let table: toml::Table = toml::from_str(&text).expect("instrument mapping parses");
+    for (key, value) in table {
+        agent.configure(&[&key], value);
+    }
+}
+
+/// The agent's own log, as (seq, JSON body).
+async fn site_log(agent: &Agent) -> Vec<(i64, serde_json::Value)> {
+    agent_events(&agent.db().await)
+        .await
+        .into_iter()
+        .map(|(seq, body)| (seq, serde_json::from_str(&body).expect("JSON event")))
+        .collect()
+}
+
+fn of_type<'a>(
+    log: &'a [(i64, serde_json::Value)],
+    kind: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    log.iter()
+        .map(|(_, e)| &e["kind"])
+        .filter(move |k| k["type"] == kind)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expansion_runs_on_sila_with_opcua_readings_and_survives_an_agent_kill() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    // 168 process hours in about 20 s, so that the agent can be killed mid-command.
+    let sila = Peer::sila(&python, &["--time-compression", "30000"]);
+    let opcua = Peer::opcua(
+        &python,
+        &[
+            "--trust-client-cert",
+            &agent_cert.display().to_string(),
+            "--time-compression",
+            "100000",
+        ],
+    );
+
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-sila");
+    let mut agent = Agent::enroll(&hub, "site-sila", &token).expect("enrollment");
+    map_instruments(&agent, &sila, &opcua, keys.path());
+    agent.start();
+    let (order_id, batch_id) = create_order(&hub, "site-sila", "P-SILA-1");
+
+    // The command's execution UUID is on the record before the agent waits on it.
+    let execution_id = eventually(
+        Duration::from_secs(60),
+        "the SiLA command to be recorded",
+        || {
+            let agent = &agent;
+            async move {
+                let log = site_log(agent).await;
+                let id = of_type(&log, "instrument_command_started")
+                    .next()
+                    .map(|k| k["execution_id"].as_str().expect("id").to_owned());
+                id
+            }
+        },
+    )
+    .await;
+    uuid::Uuid::parse_str(&execution_id).expect("a SiLA command execution UUID");
+    // Let a few readings arrive, then kill the agent mid-command.
+    eventually(
+        Duration::from_secs(15),
+        "OPC UA readings of the expansion",
+        || {
+            let agent = &agent;
+            async move {
+                let log = site_log(agent).await;
+                (of_type(&log, "process_samples")
+                    .filter(|k| k["step_id"] == "expansion")
+                    .count()
+                    >= 2)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    agent.kill();
+    let before = site_log(&agent).await;
+    assert!(
+        of_type(&before, "step_completed").all(|k| k["step_id"] != "expansion"),
+        "killed while the expansion still ran"
+    );
+    agent.start();
+
+    wait_order_state(
+        &hub,
+        &order_id,
+        "awaiting_release",
+        Duration::from_secs(120),
+    )
+    .await;
+    let log = site_log(&agent).await;
+
+    // One command, re-attached to: no second run, no instrument alarm, and the
+    // interruption is a deviation that says what happened.
+    let started: Vec<_> = of_type(&log, "instrument_command_started").collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0]["instrument_id"], "cps-sila");
+    assert_eq!(started[0]["command"], "RunExpansion");
+    assert_eq!(of_type(&log, "instrument_alarm").count(), 0);
+    let restarts: Vec<_> = of_type(&log, "deviation_raised")
+        .filter(|k| {
+            k["deviation_id"]
+                .as_str()
+                .is_some_and(|d| d.ends_with("-expansion-RESTART"))
+        })
+        .collect();
+    assert_eq!(restarts.len(), 1, "{log:?}");
+    let description = restarts[0]["description"].as_str().expect("text");
+    assert!(
+        description.contains(&format!("re-attached to execution {execution_id}")),
+        "{description}"
+    );
+    let expansion_starts: Vec<_> = of_type(&log, "step_started")
+        .filter(|k| k["step_id"] == "expansion")
+        .collect();
+    assert_eq!(expansion_starts.len(), 2);
+    assert!(expansion_starts
+        .iter()
+        .all(|k| k["instrument_id"] == "cps-sila"));
+    assert_eq!(expansion_starts[1]["resumed"], true);
+    // The other steps ran on the simulator, as before.
+    assert!(of_type(&log, "step_started")
+        .filter(|k| k["step_id"] != "expansion")
+        .all(|k| k["instrument_id"] == "sim-cps-01"));
+    // Process parameters of the expansion come from the OPC UA server: three per sample,
+    // the temperature at the bioreactor's setpoint.
+    let samples: Vec<&serde_json::Value> = of_type(&log, "process_samples")
+        .filter(|k| k["step_id"] == "expansion")
+        .flat_map(|k| k["samples"].as_array().expect("samples"))
+        .collect();
+    let temperatures: Vec<f64> = samples
+        .iter()
+        .filter(|s| s["parameter"] == "temperature")
+        .map(|s| s["value"].as_f64().expect("number"))
+        .collect();
+    assert!(temperatures.len() >= 4, "{samples:?}");
+    assert!(
+        temperatures.iter().all(|t| (36.0..=38.0).contains(t)),
+        "{temperatures:?}"
+    );
+    assert!(samples.iter().any(|s| s["parameter"] == "ph"));
+    assert!(samples.iter().any(|s| s["parameter"] == "dissolved_o2"));
+
+    // The hub holds exactly the site's log, and shows the command in the record.
+    let hub_db = hub.db().await;
+    eventually(
+        Duration::from_secs(30),
+        "the hub to hold the site's log",
+        || {
+            let hub_db = &hub_db;
+            let agent = &agent;
+            async move {
+                let site = agent_events(&agent.db().await).await;
+                (hub_events(hub_db, "site-sila").await.len() == site.len()).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_same_log(
+        &hub_events(&hub_db, "site-sila").await,
+        &agent_events(&agent.db().await).await,
+    );
+    let record = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
+    let exceptions: Vec<(&str, &str)> = record["exceptions"]
+        .as_array()
+        .expect("exceptions")
+        .iter()
+        .map(|e| (str_field(e, "kind"), str_field(e, "summary")))
+        .collect();
+    assert_eq!(exceptions.len(), 1, "only the restart: {exceptions:?}");
+    assert!(exceptions[0].1.contains("re-attached"), "{exceptions:?}");
+    let text = record.to_string();
+    assert!(text.contains("instrument command started"), "{record}");
+    assert!(text.contains(&execution_id), "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contamination_reported_by_the_instrument_is_a_deviation_qa_sees() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    let sila = Peer::sila(
+        &python,
+        &["--time-compression", "100000", "--fault", "contamination"],
+    );
+    let opcua = Peer::opcua(
+        &python,
+        &[
+            "--trust-client-cert",
+            &agent_cert.display().to_string(),
+            "--time-compression",
+            "100000",
+        ],
+    );
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-contaminated");
+    let mut agent = Agent::enroll(&hub, "site-contaminated", &token).expect("enrollment");
+    map_instruments(&agent, &sila, &opcua, keys.path());
+    agent.start();
+    let (order_id, batch_id) = create_order(&hub, "site-contaminated", "P-SILA-2");
+    wait_order_state(
+        &hub,
+        &order_id,
+        "awaiting_release",
+        Duration::from_secs(120),
+    )
+    .await;
+
+    let log = site_log(&agent).await;
+    let alarms: Vec<_> = of_type(&log, "instrument_alarm").collect();
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(alarms[0]["code"], "ContaminationDetected");
+    assert_eq!(alarms[0]["severity"], "critical");
+    assert_eq!(alarms[0]["instrument_id"], "cps-sila");
+    let deviations: Vec<_> = of_type(&log, "deviation_raised").collect();
+    assert_eq!(deviations.len(), 1, "{deviations:?}");
+    assert_eq!(deviations[0]["classification"], "major");
+    assert_eq!(deviations[0]["step_id"], "expansion");
+    assert!(
+        deviations[0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("ContaminationDetected") && d.contains("contamination")),
+        "{deviations:?}"
+    );
+
+    // QA sees the alarm and the deviation first, in the record as the hub has it.
+    let record = eventually(Duration::from_secs(30), "the record at the hub", || {
+        let record = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
+        async move { (record["exceptions"].as_array().map(Vec::len) == Some(2)).then_some(record) }
+    })
+    .await;
+    let kinds: Vec<&str> = record["exceptions"]
+        .as_array()
+        .expect("exceptions")
+        .iter()
+        .map(|e| str_field(e, "kind"))
+        .collect();
+    assert_eq!(kinds, ["instrument alarm", "deviation raised"], "{record}");
+    assert!(str_field(&record["exceptions"][1], "summary").contains("ContaminationDetected"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_batches_share_one_instrument_the_second_waits_while_it_is_busy() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    // 168 process hours in about 12 s: long enough for both batches to want it at once.
+    let sila = Peer::sila(&python, &["--time-compression", "50000"]);
+    let opcua = Peer::opcua(
+        &python,
+        &[
+            "--trust-client-cert",
+            &agent_cert.display().to_string(),
+            "--time-compression",
+            "100000",
+        ],
+    );
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-busy");
+    let mut agent = Agent::enroll(&hub, "site-busy", &token).expect("enrollment");
+    map_instruments(&agent, &sila, &opcua, keys.path());
+    agent.start();
+    let (first, _) = create_order(&hub, "site-busy", "P-BUSY-1");
+    let (second, _) = create_order(&hub, "site-busy", "P-BUSY-2");
+    wait_order_state(&hub, &first, "awaiting_release", Duration::from_secs(120)).await;
+    wait_order_state(&hub, &second, "awaiting_release", Duration::from_secs(120)).await;
+
+    // The instrument refused the command it was busy for (InstrumentBusy): that batch
+    // started it again later, with no alarm and no deviation, and both expansions ran.
+    let log = site_log(&agent).await;
+    assert_eq!(of_type(&log, "instrument_alarm").count(), 0, "{log:?}");
+    assert_eq!(of_type(&log, "deviation_raised").count(), 0, "{log:?}");
+    let commands: Vec<&serde_json::Value> = log
+        .iter()
+        .filter(|(_, e)| e["kind"]["type"] == "instrument_command_started")
+        .map(|(_, e)| e)
+        .collect();
+    let per_batch = |batch: &str| commands.iter().filter(|e| e["batch_id"] == batch).count();
+    let batches: std::collections::BTreeSet<&str> = commands
+        .iter()
+        .map(|e| e["batch_id"].as_str().expect("batch id"))
+        .collect();
+    assert_eq!(batches.len(), 2, "{commands:?}");
+    assert!(
+        batches.iter().any(|b| per_batch(b) >= 2),
+        "one batch had to start its command again: {commands:?}"
+    );
+    assert!(agent
+        .log()
+        .contains("did not run the command; starting it again later"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_cancelled_mid_command_stops_following_and_asks_the_instrument_to_stop() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    // 168 process hours in about 60 s: the order is cancelled long before the end.
+    let sila = Peer::sila(&python, &["--time-compression", "10000"]);
+    let opcua = Peer::opcua(
+        &python,
+        &[
+            "--trust-client-cert",
+            &agent_cert.display().to_string(),
+            "--time-compression",
+            "100000",
+        ],
+    );
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-cancel");
+    let mut agent = Agent::enroll(&hub, "site-cancel", &token).expect("enrollment");
+    map_instruments(&agent, &sila, &opcua, keys.path());
+    agent.start();
+    let (order_id, _) = create_order(&hub, "site-cancel", "P-SILA-3");
+    eventually(Duration::from_secs(60), "the SiLA command to run", || {
+        let agent = &agent;
+        async move {
+            let log = site_log(agent).await;
+            (of_type(&log, "instrument_command_started").count() == 1).then_some(())
+        }
+    })
+    .await;
+    hub.cli_ok(
+        carrel_tests::scenario::PHYSICIAN.0,
+        &["order", "cancel", &order_id, "--reason", "patient too ill"],
+        None,
+    );
+    wait_order_state(&hub, &order_id, "cancelled", Duration::from_secs(30)).await;
+    // The agent stops following and asks the instrument to stop; this server has no
+    // SiLA CancelController, so the agent says the run must be stopped at the instrument.
+    eventually(
+        Duration::from_secs(20),
+        "the agent to give up the command",
+        || {
+            let text = agent.log();
+            async move {
+                text.contains("cannot cancel the instrument command; stop it at the instrument")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        agent.log().contains("CancelController"),
+        "the reason is named"
+    );
+    let log = site_log(&agent).await;
+    assert_eq!(of_type(&log, "batch_cancelled").count(), 1);
+    assert!(of_type(&log, "step_completed").all(|k| k["step_id"] != "expansion"));
+    assert_eq!(of_type(&log, "instrument_alarm").count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_waits_for_an_instrument_that_is_not_up_yet() {
+    let Some(python) = python() else { return };
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site("site-late");
+    let mut agent = Agent::enroll(&hub, "site-late", &token).expect("enrollment");
+    // The SiLA server's port is known, but nothing listens there yet (plain HTTP/2,
+    // as the site allows for this instrument).
+    let port = free_port();
+    let mapping = format!(
+        r#"
+[[instruments]]
+name = "cps-late"
+kind = "sila2"
+address = "127.0.0.1:{port}"
+insecure = true
+features = ["org.carrel/bioprocess/CellExpansionController/v1"]
+timeout_ms = 2000
+
+[[steps]]
+step = "expansion"
+instrument = "cps-late"
+command = "RunExpansion"
+parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, BatchId = "{{batch_id}}" }}
+"#
+    );
+    let table: toml::Table = toml::from_str(&mapping).expect("mapping parses");
+    for (key, value) in table {
+        agent.configure(&[&key], value);
+    }
+    agent.start();
+    let (order_id, _) = create_order(&hub, "site-late", "P-SILA-4");
+    eventually(
+        Duration::from_secs(60),
+        "the agent to find the instrument away",
+        || {
+            let text = agent.log();
+            async move {
+                text.contains("cannot reach the instrument; trying again")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let log = site_log(&agent).await;
+    assert!(
+        of_type(&log, "step_started").any(|k| k["step_id"] == "expansion"),
+        "the step waits, started"
+    );
+    assert_eq!(of_type(&log, "instrument_command_started").count(), 0);
+    assert_eq!(
+        of_type(&log, "deviation_raised").count(),
+        0,
+        "an absent instrument is not a deviation by itself"
+    );
+
+    // The instrument comes up; the step runs on it and the batch goes on to QA.
+    let sila = Peer::sila(
+        &python,
+        &[
+            "--insecure",
+            "--port",
+            &port.to_string(),
+            "--time-compression",
+            "100000",
+        ],
+    );
+    assert_eq!(sila.port, port);
+    wait_order_state(
+        &hub,
+        &order_id,
+        "awaiting_release",
+        Duration::from_secs(120),
+    )
+    .await;
+    let log = site_log(&agent).await;
+    assert_eq!(of_type(&log, "instrument_command_started").count(), 1);
+    assert_eq!(of_type(&log, "instrument_alarm").count(), 0);
+}
