@@ -68,8 +68,8 @@ pub fn mtls_config(
 
 /// TLS for enrollment: the hub is trusted through the CA fingerprint in the token.
 pub fn pinned_config(ca_sha256: &str) -> Result<Arc<ClientConfig>, Error> {
-    let verifier = Arc::new(PinnedCa {
-        ca_sha256: ca_sha256.to_ascii_lowercase(),
+    let verifier = Arc::new(Pinned {
+        pin: Pin::CaSha256(ca_sha256.to_ascii_lowercase()),
         provider: provider(),
     });
     let mut config = ClientConfig::builder_with_provider(provider())
@@ -81,16 +81,25 @@ pub fn pinned_config(ca_sha256: &str) -> Result<Arc<ClientConfig>, Error> {
     Ok(Arc::new(config))
 }
 
-/// Verifies the server chain against the CA certificate that the hub sends in its
-/// chain and whose fingerprint the token carries. Full WebPKI verification happens;
-/// only the trust anchor comes from the chain, and only if it matches the pin.
+/// What a pinned connection trusts instead of a root store.
 #[derive(Debug)]
-struct PinnedCa {
-    ca_sha256: String,
+enum Pin {
+    /// Enrollment: the CA certificate that the hub sends in its chain and whose
+    /// fingerprint the token carries. Full WebPKI verification happens; only the trust
+    /// anchor comes from the chain, and only if it matches the pin.
+    CaSha256(String),
+    /// An instrument's self-signed certificate, exactly (see
+    /// [`pinned_certificate_config`]).
+    Certificate(CertificateDer<'static>),
+}
+
+#[derive(Debug)]
+struct Pinned {
+    pin: Pin,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCa {
+impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -99,21 +108,35 @@ impl ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| fingerprint(c.as_ref()) == self.ca_sha256)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the hub did not present the CA named in the enrollment token (wrong hub, or a forged token)".into(),
+        match &self.pin {
+            Pin::CaSha256(ca_sha256) => {
+                let ca = intermediates
+                    .iter()
+                    .find(|c| fingerprint(c.as_ref()) == *ca_sha256)
+                    .ok_or_else(|| {
+                        rustls::Error::General(
+                            "the hub did not present the CA named in the enrollment token (wrong hub, or a forged token)".into(),
+                        )
+                    })?;
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.clone().into_owned())?;
+                let webpki = WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    self.provider.clone(),
                 )
-            })?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let webpki =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-        webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+                webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+            }
+            Pin::Certificate(pinned) if end_entity.as_ref() == pinned.as_ref() => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Pin::Certificate(pinned) => Err(rustls::Error::General(format!(
+                "the instrument presented certificate SHA-256 {}, not the pinned one {}",
+                fingerprint(end_entity.as_ref()),
+                fingerprint(pinned.as_ref())
+            ))),
+        }
     }
 
     fn verify_tls12_signature(
@@ -213,8 +236,8 @@ pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
 /// new one.
 pub fn pinned_certificate_config(pinned_pem: &str) -> Result<Arc<ClientConfig>, Error> {
     let pinned = certs_from_pem(pinned_pem)?.remove(0);
-    let verifier = Arc::new(PinnedCertificate {
-        pinned,
+    let verifier = Arc::new(Pinned {
+        pin: Pin::Certificate(pinned),
         provider: provider(),
     });
     let mut config = ClientConfig::builder_with_provider(provider())
@@ -224,65 +247,4 @@ pub fn pinned_certificate_config(pinned_pem: &str) -> Result<Arc<ClientConfig>, 
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
-}
-
-#[derive(Debug)]
-struct PinnedCertificate {
-    pinned: CertificateDer<'static>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.pinned.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the instrument presented certificate SHA-256 {}, not the pinned one {}",
-                fingerprint(end_entity.as_ref()),
-                fingerprint(self.pinned.as_ref())
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

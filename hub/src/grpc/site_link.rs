@@ -15,6 +15,7 @@ use carrel_proto::event::SiteEvent;
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
 use chrono::Utc;
+use futures_util::FutureExt;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -420,7 +421,8 @@ impl Link {
                     let mut held = batches[0].events.len();
                     let mut next = None;
                     while held < MAX_EVENTS_PER_MESSAGE {
-                        let Ok(ready) = tokio::time::timeout(Duration::ZERO, inbound.message()).await else {
+                        // Only what is already here: polled once, never waited for.
+                        let Some(ready) = inbound.message().now_or_never() else {
                             break;
                         };
                         let Some(message) = ready? else { break };
