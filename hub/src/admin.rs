@@ -72,7 +72,7 @@ pub async fn register_site(
     }
     let token = EnrollmentToken {
         secret: new_secret(),
-        ca_sha256: ca.fingerprint(),
+        ca_sha256: ca.fingerprint().to_owned(),
     };
     let expires_at = Utc::now() + Duration::seconds(i64::from(ttl_secs));
     let site = store

@@ -710,18 +710,6 @@ fn local_operator() -> String {
     format!("os-user:{user}")
 }
 
-/// Sites that can still connect but hold a certificate the current CA did not issue.
-fn sites_on_other_cas<'a>(
-    sites: &'a [crate::store::Site],
-    current: &str,
-) -> Vec<&'a crate::store::Site> {
-    sites
-        .iter()
-        .filter(|s| s.status != crate::store::SiteStatus::Ceased && s.cert_sha256.is_some())
-        .filter(|s| s.cert_ca_sha256.as_deref() != Some(current))
-        .collect()
-}
-
 async fn ca_command(command: CaCommand) -> anyhow::Result<()> {
     match command {
         CaCommand::Status { store } => {
@@ -768,7 +756,7 @@ async fn ca_command(command: CaCommand) -> anyhow::Result<()> {
         CaCommand::Rotate { store } => {
             let config = store_config(&store)?;
             let (cert, key) = config.ca_paths();
-            let old = crate::server::load_ca(&config)?.fingerprint();
+            let old = crate::server::load_ca(&config)?.fingerprint().to_owned();
             let new = crate::pki::Ca::rotate(&cert, &key)?;
             let db = crate::server::open_store(&config).await?;
             db.audit(
@@ -793,7 +781,10 @@ async fn ca_command(command: CaCommand) -> anyhow::Result<()> {
             };
             let db = crate::server::open_store(&config).await?;
             let sites = db.list_sites().await?;
-            let behind = sites_on_other_cas(&sites, &ca.fingerprint());
+            let behind: Vec<_> = sites
+                .iter()
+                .filter(|s| s.holds_certificate_of_another_ca(ca.fingerprint()))
+                .collect();
             if !behind.is_empty() && !force {
                 let names: Vec<_> = behind.iter().map(|s| s.site_id.as_str()).collect();
                 anyhow::bail!(

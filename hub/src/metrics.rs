@@ -209,8 +209,7 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
             String::new(),
             sites
                 .iter()
-                .filter(|s| s.status != crate::store::SiteStatus::Ceased && s.cert_sha256.is_some())
-                .filter(|s| s.cert_ca_sha256.as_deref() != Some(shared.ca.fingerprint().as_str()))
+                .filter(|s| s.holds_certificate_of_another_ca(shared.ca.fingerprint()))
                 .count() as f64,
         )],
     );

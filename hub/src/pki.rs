@@ -44,6 +44,8 @@ pub enum Error {
 pub struct Ca {
     cert_pem: String,
     cert_der: Vec<u8>,
+    /// SHA-256 of `cert_der`, computed once.
+    sha256: String,
     /// During a rotation: the previous CA's certificate (still trusted) and the
     /// cross-certificate that chains this CA to it.
     previous_pem: Option<String>,
@@ -186,6 +188,7 @@ impl Ca {
         let issuer = params.self_signed(&key)?;
         Ok(Ca {
             cert_pem: cert_pem.to_owned(),
+            sha256: fingerprint(&cert_der),
             cert_der,
             previous_pem: None,
             cross_pem: None,
@@ -315,8 +318,8 @@ impl Ca {
     }
 
     /// SHA-256 of the CA certificate: what an enrollment token pins.
-    pub fn fingerprint(&self) -> String {
-        fingerprint(&self.cert_der)
+    pub fn fingerprint(&self) -> &str {
+        &self.sha256
     }
 
     /// A TLS server certificate for the hub, for the given DNS names and IP addresses.
@@ -378,7 +381,7 @@ impl Ca {
             cert_pem: cert.pem(),
             sha256: fingerprint(cert.der()),
             not_after,
-            ca_sha256: self.fingerprint(),
+            ca_sha256: self.sha256.clone(),
         })
     }
 }

@@ -45,9 +45,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/batches/{id}", get(pages::batch_record))
         .route("/batches/{id}/sign", post(pages::sign))
         .route("/admin/sites", get(pages::sites).post(pages::add_site))
-        .route("/admin/sites/{id}/suspend", post(pages::suspend_site))
-        .route("/admin/sites/{id}/cease", post(pages::cease_site))
-        .route("/admin/sites/{id}/resume", post(pages::resume_site))
+        .route(
+            "/admin/sites/{id}/{action}",
+            post(pages::change_site_status),
+        )
         .route("/admin/users", get(pages::users).post(pages::add_user))
         .route("/style.css", get(view::stylesheet))
         .route("/metrics", get(metrics))

@@ -704,7 +704,7 @@ fn sites_markup(
                                     " " span.badge.rejected { "expiring" }
                                 }
                             } @else if s.cert_sha256.is_some() { span.muted { "expiry not recorded" } }
-                            @if s.cert_sha256.is_some() && s.cert_ca_sha256.as_deref() != Some(hub.ca.fingerprint().as_str()) {
+                            @if s.holds_certificate_of_another_ca(hub.ca.fingerprint()) {
                                 " " span.badge { "previous CA" }
                             }
                         }
@@ -802,46 +802,30 @@ pub struct ReasonForm {
     reason: String,
 }
 
-async fn set_status(
+/// Suspend, resume or cease a site (`/admin/sites/{id}/{action}`), with a reason.
+pub async fn change_site_status(
     hub: Hub,
     session: Session,
-    site_id: String,
-    form: ReasonForm,
-    status: SiteStatus,
+    Path((site_id, action)): Path<(String, String)>,
+    Form(form): Form<ReasonForm>,
 ) -> Page {
+    let status = match action.as_str() {
+        "suspend" => SiteStatus::Suspended,
+        "resume" => SiteStatus::Active,
+        "cease" => SiteStatus::Ceased,
+        other => {
+            return Err(problem(
+                StatusCode::NOT_FOUND,
+                format!("no site action {other:?} (suspend, resume or cease)"),
+            ))
+        }
+    };
     require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
     crate::service::change_site_status(&hub, &session.user, &site_id, status, &form.reason)
         .await
         .map_err(refused)?;
     Ok(Redirect::to("/admin/sites").into_response())
-}
-
-pub async fn suspend_site(
-    hub: Hub,
-    session: Session,
-    Path(id): Path<String>,
-    Form(form): Form<ReasonForm>,
-) -> Page {
-    set_status(hub, session, id, form, SiteStatus::Suspended).await
-}
-
-pub async fn resume_site(
-    hub: Hub,
-    session: Session,
-    Path(id): Path<String>,
-    Form(form): Form<ReasonForm>,
-) -> Page {
-    set_status(hub, session, id, form, SiteStatus::Active).await
-}
-
-pub async fn cease_site(
-    hub: Hub,
-    session: Session,
-    Path(id): Path<String>,
-    Form(form): Form<ReasonForm>,
-) -> Page {
-    set_status(hub, session, id, form, SiteStatus::Ceased).await
 }
 
 fn users_markup(session: &Session, users: &[store::User], notice: Option<Markup>) -> Markup {

@@ -49,7 +49,7 @@ impl AdminApi {
             acked_command_seq: site.acked_command_seq,
             certificate_expires_at: site.cert_not_after.map(to_timestamp),
             certificate_from_current_ca: site.cert_ca_sha256.as_deref()
-                == Some(self.0.ca.fingerprint().as_str()),
+                == Some(self.0.ca.fingerprint()),
         }
     }
 }

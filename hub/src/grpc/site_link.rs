@@ -504,56 +504,48 @@ impl Link {
     /// its own, in order, so that what comes before a bad message is kept and
     /// acknowledged as if it had come alone, and the bad one gets its own answer.
     async fn handle_events(&self, batches: Vec<pb::SiteEventBatch>) -> Result<(), Status> {
-        let mut messages = Vec::with_capacity(batches.len());
-        for batch in batches {
+        // All the events in order, and where each message's events end.
+        let mut events = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
+        let mut ends = Vec::with_capacity(batches.len());
+        let mut malformed = None;
+        'messages: for batch in batches {
             if batch.events.len() > MAX_EVENTS_PER_MESSAGE {
-                return self
-                    .fail_after(
-                        messages,
-                        Status::invalid_argument(format!(
-                            "{} events in one message; at most {MAX_EVENTS_PER_MESSAGE}",
-                            batch.events.len()
-                        )),
-                    )
-                    .await;
+                malformed = Some(Status::invalid_argument(format!(
+                    "{} events in one message; at most {MAX_EVENTS_PER_MESSAGE}",
+                    batch.events.len()
+                )));
+                break;
             }
-            let mut events = Vec::with_capacity(batch.events.len());
+            let start = events.len();
             for wire in batch.events {
                 let seq = wire.seq;
                 match SiteEvent::try_from(wire) {
                     Ok(event) => events.push(event),
                     Err(e) => {
-                        return self
-                            .fail_after(
-                                messages,
-                                Status::invalid_argument(format!("event seq {seq}: {e}")),
-                            )
-                            .await
+                        events.truncate(start);
+                        malformed = Some(Status::invalid_argument(format!("event seq {seq}: {e}")));
+                        break 'messages;
                     }
                 }
             }
-            messages.push(events);
+            ends.push(events.len());
         }
-        if messages.len() > 1 {
-            let all: Vec<SiteEvent> = messages.iter().flatten().cloned().collect();
+        // What came before a malformed message is kept as if it had come alone.
+        let together = ends.len() > 1
             // A refusal here is not audited: the messages are taken again one by one
             // below, and the one refused then is.
-            if self.ingest(&all, false).await.is_ok() {
-                return Ok(());
+            && self.ingest(&events, false).await.is_ok();
+        if !together {
+            let mut start = 0;
+            for end in ends {
+                self.ingest(&events[start..end], true).await?;
+                start = end;
             }
         }
-        for events in messages {
-            self.ingest(&events, true).await?;
+        match malformed {
+            Some(error) => Err(error),
+            None => Ok(()),
         }
-        Ok(())
-    }
-
-    /// Keeps what came before a malformed message, then refuses it.
-    async fn fail_after(&self, before: Vec<Vec<SiteEvent>>, error: Status) -> Result<(), Status> {
-        for events in before {
-            self.ingest(&events, true).await?;
-        }
-        Err(error)
     }
 
     /// Commits one run of the site's events and acknowledges it; a refusal for

@@ -225,6 +225,16 @@ pub struct Site {
     pub last_contact_at: Option<DateTime<Utc>>,
 }
 
+impl Site {
+    /// The site can still connect, and the certificate it holds was not issued by the
+    /// CA with fingerprint `ca_sha256` (during a CA rotation: it has yet to renew).
+    pub fn holds_certificate_of_another_ca(&self, ca_sha256: &str) -> bool {
+        self.status != SiteStatus::Ceased
+            && self.cert_sha256.is_some()
+            && self.cert_ca_sha256.as_deref() != Some(ca_sha256)
+    }
+}
+
 /// A certificate the hub's CA issued to a site, as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IssuedCert {
@@ -315,12 +325,54 @@ impl BatchState {
     }
 }
 
-/// Checks a move of a site's lifecycle and names its audit action. `open_batches`
-/// are the site's batches that are not closed (see [`BatchState::is_closed`]).
+/// A batch of a site that is not closed (see [`BatchState::is_closed`]), as a
+/// lifecycle move sees it.
+pub(crate) struct OpenBatch {
+    pub batch_id: Uuid,
+    pub state: BatchState,
+    /// The stored progress (JSON).
+    progress: String,
+}
+
+impl OpenBatch {
+    /// The batch from its stored state and progress, when it is not closed.
+    pub(crate) fn from_stored(
+        batch_id: Uuid,
+        state: &str,
+        progress: String,
+    ) -> Result<Option<OpenBatch>> {
+        let state = BatchState::parse(state)
+            .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?;
+        Ok((!state.is_closed()).then_some(OpenBatch {
+            batch_id,
+            state,
+            progress,
+        }))
+    }
+
+    /// The progress (JSON) to store when the batch's site is suspended while it runs:
+    /// flagged for a QA decision.
+    pub(crate) fn flagged_for_suspension(
+        &self,
+        actor: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<String> {
+        let mut progress: Progress = serde_json::from_str(&self.progress)
+            .map_err(|e| Error::Corrupt(format!("batch {} progress: {e}", self.batch_id)))?;
+        progress.anomalies.push(format!(
+            "site suspended while this batch was running ({} by {actor}: {reason}); QA decision required",
+            at.format("%Y-%m-%d %H:%M UTC")
+        ));
+        json_text(&progress)
+    }
+}
+
+/// Checks a move of a site's lifecycle and names its audit action.
 pub(crate) fn site_transition(
     site: &Site,
     to: SiteStatus,
-    open_batches: &[(Uuid, BatchState)],
+    open_batches: &[OpenBatch],
 ) -> Result<&'static str> {
     let id = &site.site_id;
     let from = site.status;
@@ -336,7 +388,7 @@ pub(crate) fn site_transition(
                 "site {id:?} still has {} open batch(es) ({}); each must be infused, rejected or cancelled before the site can cease",
                 open.len(),
                 open.iter()
-                    .map(|(batch, state)| format!("{batch} {state}"))
+                    .map(|b| format!("{} {}", b.batch_id, b.state))
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),
@@ -354,14 +406,6 @@ pub(crate) fn site_transition(
             to.as_str()
         ))),
     }
-}
-
-/// What a running batch's record says when its site is suspended.
-pub(crate) fn suspension_flag(actor: &str, reason: &str, at: DateTime<Utc>) -> String {
-    format!(
-        "site suspended while this batch was running ({} by {actor}: {reason}); QA decision required",
-        at.format("%Y-%m-%d %H:%M UTC")
-    )
 }
 
 impl fmt::Display for BatchState {

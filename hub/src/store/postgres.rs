@@ -935,17 +935,13 @@ impl Store for PgStore {
         .fetch_all(w.conn())
         .await?
         {
-            let state: String = row.try_get("state")?;
-            let state = BatchState::parse(&state)
-                .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?;
-            if !state.is_closed() {
-                let batch: Uuid = row.try_get("batch_id")?;
-                let progress: String = row.try_get("progress")?;
-                open.push((batch, state, progress));
-            }
+            open.extend(OpenBatch::from_stored(
+                row.try_get("batch_id")?,
+                row.try_get("state")?,
+                row.try_get("progress")?,
+            )?);
         }
-        let states: Vec<(Uuid, BatchState)> = open.iter().map(|(b, s, _)| (*b, *s)).collect();
-        let action = site_transition(&site, status, &states)?;
+        let action = site_transition(&site, status, &open)?;
         sqlx::query(
             "UPDATE sites SET status = $1, \
              token_sha256 = CASE WHEN $1 = 'ceased' THEN NULL ELSE token_sha256 END, \
@@ -957,21 +953,18 @@ impl Store for PgStore {
         .execute(w.conn())
         .await?;
         if status == SiteStatus::Suspended {
-            for (batch, state, progress) in open.iter().filter(|(_, s, _)| s.is_running()) {
-                let mut progress: Progress = serde_json::from_str(progress)
-                    .map_err(|e| Error::Corrupt(format!("batch {batch} progress: {e}")))?;
-                progress.anomalies.push(suspension_flag(actor, reason, now));
+            for batch in open.iter().filter(|b| b.state.is_running()) {
                 sqlx::query(
                     "UPDATE batches SET progress = $1::jsonb, updated_at = $2 WHERE batch_id = $3",
                 )
-                .bind(json_text(&progress)?)
+                .bind(batch.flagged_for_suspension(actor, reason, now)?)
                 .bind(stored(now))
-                .bind(batch)
+                .bind(batch.batch_id)
                 .execute(w.conn())
                 .await?;
                 w.audit(
-                    NewEntry::new(actor, "batch.flagged", format!("batch/{batch}"))
-                        .value(format!("{state}: site {site_id} suspended"))
+                    NewEntry::new(actor, "batch.flagged", format!("batch/{}", batch.batch_id))
+                        .value(format!("{}: site {site_id} suspended", batch.state))
                         .reason(reason),
                     now,
                 );

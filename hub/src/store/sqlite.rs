@@ -1180,17 +1180,14 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await?
         {
-            let state: String = row.try_get("state")?;
-            let state = BatchState::parse(&state)
-                .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?;
-            if !state.is_closed() {
-                let batch: String = row.try_get("batch_id")?;
-                let progress: String = row.try_get("progress")?;
-                open.push((parse_uuid(&batch)?, state, progress));
-            }
+            let batch: String = row.try_get("batch_id")?;
+            open.extend(OpenBatch::from_stored(
+                parse_uuid(&batch)?,
+                row.try_get("state")?,
+                row.try_get("progress")?,
+            )?);
         }
-        let states: Vec<(Uuid, BatchState)> = open.iter().map(|(b, s, _)| (*b, *s)).collect();
-        let action = site_transition(&site, status, &states)?;
+        let action = site_transition(&site, status, &open)?;
         sqlx::query(
             "UPDATE sites SET status = ?, \
              token_sha256 = CASE WHEN ? = 'ceased' THEN NULL ELSE token_sha256 END, \
@@ -1204,20 +1201,17 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if status == SiteStatus::Suspended {
-            for (batch, state, progress) in open.iter().filter(|(_, s, _)| s.is_running()) {
-                let mut progress: Progress = serde_json::from_str(progress)
-                    .map_err(|e| Error::Corrupt(format!("batch {batch} progress: {e}")))?;
-                progress.anomalies.push(suspension_flag(actor, reason, now));
+            for batch in open.iter().filter(|b| b.state.is_running()) {
                 sqlx::query("UPDATE batches SET progress = ?, updated_at = ? WHERE batch_id = ?")
-                    .bind(json_text(&progress)?)
+                    .bind(batch.flagged_for_suspension(actor, reason, now)?)
                     .bind(ts(now))
-                    .bind(batch.to_string())
+                    .bind(batch.batch_id.to_string())
                     .execute(&mut *tx)
                     .await?;
                 Self::append_audit(
                     &mut tx,
-                    &NewEntry::new(actor, "batch.flagged", format!("batch/{batch}"))
-                        .value(format!("{state}: site {site_id} suspended"))
+                    &NewEntry::new(actor, "batch.flagged", format!("batch/{}", batch.batch_id))
+                        .value(format!("{}: site {site_id} suspended", batch.state))
                         .reason(reason),
                     now,
                 )
