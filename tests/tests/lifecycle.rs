@@ -273,3 +273,56 @@ async fn suspension_flags_the_running_batch_and_a_ceased_site_keeps_its_records(
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_certificate_request_is_answered_with_the_reason_and_changes_nothing() {
+    let hub = Hub::start().await;
+    let token = hub.add_site("site-q");
+    let agent = Agent::enroll(&hub, "site-q", &token).expect("enroll");
+    let db = hub.db().await;
+    let (link, _) = RawLink::hello(&hub, agent.data_dir()).await;
+    let mut link = link;
+    link.send(carrel_proto::pb::site_message::Body::CertificateRequest(
+        carrel_proto::pb::CertificateRequest {
+            csr_pem: "not a certificate signing request".into(),
+        },
+    ))
+    .await;
+    let answer = loop {
+        match link
+            .next()
+            .await
+            .expect("an answer, the link stays up")
+            .body
+        {
+            Some(hub_message::Body::CertificateIssued(issued)) => break issued,
+            Some(hub_message::Body::EventAck(_)) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(answer.certificate_pem.is_empty());
+    assert!(
+        answer.error.contains("signing request is not valid"),
+        "{answer:?}"
+    );
+    let pending: Option<String> =
+        sqlx::query_scalar("SELECT pending_cert_sha256 FROM sites WHERE site_id = 'site-q'")
+            .fetch_one(&db)
+            .await
+            .expect("site");
+    assert_eq!(pending, None, "nothing was issued");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'site.certificate_issued'"
+        )
+        .await,
+        0
+    );
+    // The link is still up: a heartbeat is answered in kind.
+    link.send(carrel_proto::pb::site_message::Body::Heartbeat(
+        carrel_proto::pb::Heartbeat { sent_at_unix_ms: 1 },
+    ))
+    .await;
+    assert!(link.inbound.message().await.expect("still up").is_some());
+}
