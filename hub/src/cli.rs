@@ -36,6 +36,8 @@ pub enum LogFormat {
     Json,
 }
 
+mod schedule;
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the hub.
@@ -78,6 +80,9 @@ pub enum Command {
     /// QA release.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Capacity, collection proposals, utilisation and vein-to-vein figures.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// The audit trail (run on the hub machine).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -267,6 +272,17 @@ pub enum OrderCommand {
     /// Show an order's status and timeline.
     Show {
         order_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Move an order's collection to another date (before collection).
+    Reschedule {
+        order_id: String,
+        /// New collection date, YYYY-MM-DD.
+        #[arg(long)]
+        collection_date: String,
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -643,6 +659,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Order(command) => order_command(command).await,
         Command::Release(command) => release_command(command).await,
+        Command::Schedule(command) => schedule::run(command).await,
     }
 }
 
@@ -1037,6 +1054,9 @@ async fn order_command(command: OrderCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|t| serde_json::json!({"at": time_text(t.at), "source": t.source, "what": t.what, "detail": t.detail}))
                     .collect();
+                if let Some(clock) = &response.clock {
+                    value["clock"] = schedule::clock_json(clock);
+                }
                 println!("{}", serde_json::to_string_pretty(&value)?);
                 return Ok(());
             }
@@ -1056,6 +1076,10 @@ async fn order_command(command: OrderCommand) -> anyhow::Result<()> {
                 order.product,
                 order.recipe_version
             );
+            if let Some(clock) = &response.clock {
+                println!();
+                schedule::print_clock(clock);
+            }
             println!();
             for t in response.timeline {
                 println!(
@@ -1068,6 +1092,12 @@ async fn order_command(command: OrderCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        OrderCommand::Reschedule {
+            order_id,
+            collection_date,
+            reason,
+            client,
+        } => schedule::reschedule(order_id, collection_date, reason, client).await,
         OrderCommand::Cancel {
             order_id,
             reason,

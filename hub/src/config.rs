@@ -100,6 +100,8 @@ pub struct Config {
     /// OpenTelemetry: send traces over OTLP/gRPC to this collector endpoint
     /// (e.g. `http://127.0.0.1:4317`); none when unset. Env: `CARREL_HUB_OTLP_ENDPOINT`.
     pub otlp_endpoint: Option<String>,
+    /// Planning of the vein-to-vein clock and re-planning of bookings.
+    pub schedule: crate::clock::ScheduleSettings,
 }
 
 /// tonic's own default: 4 MiB.
@@ -135,6 +137,7 @@ impl Default for Config {
             site_certificate_renew_days: 30,
             certificate_warning_days: 30,
             otlp_endpoint: None,
+            schedule: crate::clock::ScheduleSettings::default(),
         }
     }
 }
@@ -305,6 +308,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.schedule.check().map_err(Error::Invalid)?;
         if self.audit_refusals_window_secs == 0 {
             return Err(Error::Invalid(
                 "audit_refusals_window_secs must be positive".into(),

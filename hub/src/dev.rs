@@ -127,6 +127,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("enrolling {site_id}"))?;
         }
+        if store.capacity(site_id).await?.is_none() {
+            store
+                .set_capacity(site_id, &demo_capacity(), DEV_ACTOR, Utc::now())
+                .await?;
+        }
         let mut agent_config = carrel_site_agent::Config::load(&data_dir)?;
         agent_config.hub = hub_url.clone();
         agent_config.heartbeat_timeout_ms = 5_000;
@@ -296,19 +301,39 @@ async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> a
         })
         .await?
         .into_inner();
-    let mut orders =
-        pb::order_service_client::OrderServiceClient::new(with_token(channel, &login.token)?);
-    let date = (Utc::now() + chrono::Duration::days(2))
-        .format("%Y-%m-%d")
-        .to_string();
+    let mut orders = pb::order_service_client::OrderServiceClient::new(with_token(
+        channel.clone(),
+        &login.token,
+    )?);
+    let mut schedule = pb::schedule_service_client::ScheduleServiceClient::new(with_token(
+        channel.clone(),
+        &login.token,
+    )?);
     for i in 0..count {
         let (site_id, _) = DEMO_SITES[i as usize % DEMO_SITES.len()];
+        // The first collection date the site can book, two days from now or later.
+        let date = schedule
+            .propose_collection(pb::ProposeCollectionRequest {
+                product: "cd19-car-t".into(),
+                site_id: site_id.into(),
+                from: (Utc::now() + chrono::Duration::days(2))
+                    .format("%Y-%m-%d")
+                    .to_string(),
+                other_sites: false,
+                count: 1,
+            })
+            .await?
+            .into_inner()
+            .proposals
+            .first()
+            .map(|p| p.collection_date.clone())
+            .with_context(|| format!("no collection date is free at {site_id}"))?;
         let order = orders
             .create_order(pb::CreateOrderRequest {
                 patient_pseudonym: format!("DEMO-{:04}", i + 1),
                 product: "cd19-car-t".into(),
                 site_id: site_id.into(),
-                requested_collection_date: date.clone(),
+                requested_collection_date: date,
             })
             .await?
             .into_inner()
@@ -321,4 +346,18 @@ async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> a
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+/// The demo sites' capacity: open every day, with room for many demo orders.
+fn demo_capacity() -> crate::schedule::Capacity {
+    let mut capacity = crate::schedule::Capacity::example();
+    capacity.working_days = (0..7)
+        .filter_map(|d| chrono::Weekday::try_from(d).ok())
+        .collect();
+    capacity.collection_slots_per_day = 4;
+    capacity.instruments.insert("apheresis".into(), 2);
+    capacity
+        .instruments
+        .insert("closed-processing-system".into(), 12);
+    capacity
 }

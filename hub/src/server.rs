@@ -150,6 +150,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("listening for other hub replicas' notifications")?;
     shared.audit_refusals_periodically();
+    tokio::spawn(crate::service::schedule::run_replanner(shared.clone()));
     // A store that failed to keep a commit must not be used on as if it had (see
     // store::Failure): stop serving, so nothing more is acknowledged.
     let stop = shutdown.clone();
@@ -230,6 +231,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         )
         .add_service(
             pb::admin_service_server::AdminServiceServer::new(grpc::admin::AdminApi(
+                shared.clone(),
+            ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::schedule_service_server::ScheduleServiceServer::new(grpc::schedule::ScheduleApi(
                 shared.clone(),
             ))
             .max_decoding_message_size(max),

@@ -10,6 +10,8 @@ use carrel_proto::event::ReleaseMeaning;
 use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
 use uuid::Uuid;
 
+pub mod schedule;
+
 /// Why a request was refused. `Field` names the input that is wrong, so a form can
 /// show the message next to it.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +183,12 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
         }
         Err(store::Error::Invalid(message)) if message.starts_with("product") => {
             return Err(field("product", message))
+        }
+        // The date cannot be booked: say what is free instead.
+        Err(store::Error::Unavailable(why)) => {
+            return Err(
+                schedule::with_next_free(shared, user, &new.recipe_id, &new.site_id, why).await,
+            )
         }
         other => other?,
     };

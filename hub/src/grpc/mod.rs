@@ -7,6 +7,7 @@ pub mod auth;
 pub mod orders;
 pub mod refusals;
 pub mod release;
+pub mod schedule;
 pub mod site_link;
 
 use crate::pki::Ca;
@@ -228,7 +229,7 @@ pub fn status(error: store::Error) -> Status {
     match error {
         E::NotFound(what) => Status::not_found(format!("{what} not found")),
         E::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
-        E::FailedPrecondition(why) => Status::failed_precondition(why),
+        E::FailedPrecondition(why) | E::Unavailable(why) => Status::failed_precondition(why),
         E::Invalid(why) => Status::invalid_argument(why),
         E::PermissionDenied(why) => Status::permission_denied(why),
         E::Protocol(why) => Status::invalid_argument(format!("protocol violation: {why}")),

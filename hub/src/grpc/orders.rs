@@ -73,9 +73,11 @@ impl pb::order_service_server::OrderService for OrderApi {
                 detail: e.detail,
             })
             .collect();
+        let clock = super::schedule::order_clock_pb(&self.0, &order).await?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order_to_pb(&order)),
             timeline,
+            clock: Some(clock),
         }))
     }
 

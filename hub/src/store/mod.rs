@@ -18,6 +18,7 @@
 //! the same semantics, checked by one test suite (`hub/tests/store_suite.rs`).
 
 pub mod postgres;
+pub mod schedule;
 pub mod sqlite;
 
 use crate::batch::Projection;
@@ -46,6 +47,10 @@ pub enum Error {
     /// The caller is not allowed to touch this record.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The collection slot or instrument time asked for is not free (or the date
+    /// cannot be booked at all); the message says why.
+    #[error("{0}")]
+    Unavailable(String),
     /// A replicated log was sent out of order or with changed content.
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -522,7 +527,7 @@ pub enum Notification {
 
 /// The one interface to the hub's persistent state.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: schedule::ScheduleStore + Send + Sync + 'static {
     // -- recipes --
     /// Publishes a recipe version; publishing the same document again is a no-op, a
     /// different document under an existing version is refused.

@@ -35,6 +35,9 @@ use std::str::FromStr;
 use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 
+mod schedule;
+use super::schedule as schedule_store;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Key of the advisory lock that serialises appends to the audit chain. Any constant
@@ -1426,6 +1429,15 @@ impl Store for PgStore {
         .bind(stored(now))
         .execute(w.conn())
         .await?;
+        let booked = Self::book_in(
+            w.conn(),
+            order_id,
+            &new.site_id,
+            &recipe.recipe,
+            &new.requested_collection_date,
+            now,
+        )
+        .await?;
         Self::append_command(
             &mut w,
             &new.site_id,
@@ -1453,7 +1465,8 @@ impl Store for PgStore {
                     recipe.recipe.id,
                     recipe.recipe.version,
                     new.requested_collection_date
-                )),
+                ))
+                .reason(schedule_store::booking_note(booked.as_ref())),
             now,
         );
         let order = Self::order_in(w.conn(), "order_id", order_id).await?;
@@ -1509,6 +1522,7 @@ impl Store for PgStore {
         projection.state = BatchState::Cancelled;
         projection.current_step = None;
         Self::save_projection(w.conn(), order.batch_id, &projection, now).await?;
+        Self::release_booking_in(w.conn(), order_id, now).await?;
         Self::append_command(
             &mut w,
             &order.site_id,

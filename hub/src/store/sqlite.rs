@@ -23,6 +23,9 @@ use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+mod schedule;
+use super::schedule as schedule_store;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// One site's events waiting for the next group commit.
@@ -1492,6 +1495,15 @@ impl Store for SqliteStore {
         .bind(ts(now))
         .execute(&mut *tx)
         .await?;
+        let booked = Self::book_in(
+            &mut tx,
+            order_id,
+            &new.site_id,
+            &recipe.recipe,
+            &new.requested_collection_date,
+            now,
+        )
+        .await?;
         Self::append_command(
             &mut tx,
             &new.site_id,
@@ -1520,7 +1532,8 @@ impl Store for SqliteStore {
                     recipe.recipe.id,
                     recipe.recipe.version,
                     new.requested_collection_date
-                )),
+                ))
+                .reason(schedule_store::booking_note(booked.as_ref())),
             now,
         )
         .await?;
@@ -1581,6 +1594,7 @@ impl Store for SqliteStore {
         projection.state = BatchState::Cancelled;
         projection.current_step = None;
         Self::save_projection(&mut tx, order.batch_id, &projection, now).await?;
+        Self::release_booking_in(&mut tx, order_id, now).await?;
         Self::append_command(
             &mut tx,
             &order.site_id,

@@ -1,0 +1,435 @@
+//! Scheduling as people use it, whichever door they come in by: declaring a site's
+//! capacity, proposing and moving collection dates, utilisation, the vein-to-vein
+//! clock and its figures, and the re-planning that runs in the background.
+
+use super::{field, require_role, visible_order, Error};
+use crate::clock::{self, Clock, Summary};
+use crate::grpc::Shared;
+use crate::schedule::{self, Booking, Capacity, Plan, Utilisation};
+use crate::store::schedule::DelayNotice;
+use crate::store::{self, BatchState, Order, Role, SiteStatus, User};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// How many weeks of utilisation may be asked for at once.
+pub const MAX_WEEKS: u32 = 26;
+
+/// The site's declared capacity, `None` when it declares none. Anyone signed in may read it.
+pub async fn capacity(shared: &Shared, site_id: &str) -> Result<Option<Capacity>, Error> {
+    Ok(shared.store.capacity(site_id.trim()).await?)
+}
+
+/// Declares or replaces a site's capacity (administrators).
+pub async fn set_capacity(
+    shared: &Shared,
+    user: &User,
+    site_id: &str,
+    capacity: &Capacity,
+) -> Result<(), Error> {
+    require_role(user, &[Role::Admin])?;
+    capacity.check().map_err(|why| field("capacity", why))?;
+    shared
+        .store
+        .set_capacity(site_id.trim(), capacity, &user.username, Utc::now())
+        .await?;
+    tracing::info!(site_id, by = %user.username, "site capacity declared");
+    Ok(())
+}
+
+/// A collection date that can be booked, and the release it leads to.
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    pub plan: Plan,
+    pub expected_release: DateTime<Utc>,
+}
+
+/// The earliest feasible collection dates for `product` at `site_id` (and at every
+/// other active site with a declared capacity when `other_sites`), earliest first.
+pub async fn propose(
+    shared: &Shared,
+    user: &User,
+    product: &str,
+    site_id: &str,
+    from: &str,
+    other_sites: bool,
+    count: usize,
+) -> Result<Vec<Proposal>, Error> {
+    require_role(user, &[Role::Physician, Role::Admin, Role::Qa])?;
+    let now = Utc::now();
+    let recipe = match shared.store.latest_recipe(product.trim()).await {
+        Err(store::Error::NotFound(_)) => {
+            return Err(field(
+                "product",
+                format!("product (recipe) {product:?} is not known to the hub"),
+            ))
+        }
+        other => other?.recipe,
+    };
+    let from = match from.trim() {
+        "" => now.date_naive(),
+        text => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map_err(|_| field("from", format!("from {text:?} is not a date (YYYY-MM-DD)")))?,
+    };
+    if from < now.date_naive() {
+        return Err(field("from", format!("from {from} is in the past")));
+    }
+    let count = count.clamp(1, 20);
+    let mut sites = Vec::new();
+    let site_id = site_id.trim();
+    if !site_id.is_empty() {
+        let site = match shared.store.site(site_id).await {
+            Err(store::Error::NotFound(_)) => {
+                return Err(field(
+                    "site_id",
+                    format!("site {site_id:?} is not known to the hub"),
+                ))
+            }
+            other => other?,
+        };
+        if site.status != SiteStatus::Active {
+            return Err(field(
+                "site_id",
+                format!(
+                    "site {site_id:?} is {} and cannot take orders",
+                    site.status.as_str()
+                ),
+            ));
+        }
+        sites.push(site.site_id);
+    } else if !other_sites {
+        return Err(field(
+            "site_id",
+            "site_id is required unless other sites are allowed",
+        ));
+    }
+    if other_sites {
+        for site in shared.store.list_sites().await? {
+            if site.status == SiteStatus::Active && site.site_id != site_id {
+                sites.push(site.site_id);
+            }
+        }
+    }
+    let mut proposals = Vec::new();
+    let mut declared = false;
+    for site in &sites {
+        let Some(capacity) = shared.store.capacity(site).await? else {
+            continue;
+        };
+        declared = true;
+        let booked = shared.store.booked(site).await?;
+        for plan in schedule::propose(site, &capacity, &recipe, &booked, from, now, count) {
+            let expected_release = plan.end()
+                + schedule::step_duration(
+                    shared.config.schedule.qc_hours + shared.config.schedule.release_hours,
+                );
+            proposals.push(Proposal {
+                plan,
+                expected_release,
+            });
+        }
+    }
+    if !declared {
+        return Err(store::Error::FailedPrecondition(format!(
+            "no site asked for declares its capacity ({}); orders for such a site are not booked",
+            sites.join(", ")
+        ))
+        .into());
+    }
+    proposals.sort_by_key(|p| (p.plan.collection_start(), p.plan.site_id.clone()));
+    proposals.truncate(count);
+    Ok(proposals)
+}
+
+/// A refusal to book, with the next dates that can be booked at the same site.
+pub async fn with_next_free(
+    shared: &Shared,
+    user: &User,
+    product: &str,
+    site_id: &str,
+    why: String,
+) -> Error {
+    let next = propose(shared, user, product, site_id, "", false, 3).await;
+    let text = match next {
+        Ok(next) if !next.is_empty() => format!(
+            "{why}; next free: {}",
+            next.iter()
+                .map(proposal_text)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => format!(
+            "{why}; no date is free in the next {} days",
+            schedule::HORIZON_DAYS
+        ),
+    };
+    store::Error::Unavailable(text).into()
+}
+
+/// A proposal in a few words: "2026-12-03 at site-a (slot 1, 08:00 UTC)".
+pub fn proposal_text(p: &Proposal) -> String {
+    format!(
+        "{} at {} (slot {}, {})",
+        p.plan.collection_date,
+        p.plan.site_id,
+        p.plan.slot + 1,
+        p.plan.collection_start().format("%H:%M UTC")
+    )
+}
+
+/// Moves an order's collection to another date (its physician or an administrator),
+/// audited with the reason.
+pub async fn reschedule(
+    shared: &Shared,
+    user: &User,
+    order_id: Uuid,
+    date: &str,
+    reason: &str,
+) -> Result<Booking, Error> {
+    require_role(user, &[Role::Physician, Role::Admin])?;
+    let order = visible_order(shared, user, order_id).await?;
+    let date = NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d").map_err(|_| {
+        field(
+            "collection_date",
+            format!("collection_date {date:?} is not a date (YYYY-MM-DD)"),
+        )
+    })?;
+    if reason.trim().is_empty() {
+        return Err(field("reason", "a reason is required to reschedule"));
+    }
+    match shared
+        .store
+        .reschedule_order(order_id, date, reason.trim(), &user.username, Utc::now())
+        .await
+    {
+        Err(store::Error::Unavailable(why)) => {
+            Err(with_next_free(shared, user, &order.recipe_id, &order.site_id, why).await)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Utilisation of a site's instruments and collection slots, week by week.
+pub async fn utilisation(
+    shared: &Shared,
+    site_id: &str,
+    from: &str,
+    weeks: u32,
+) -> Result<Vec<Utilisation>, Error> {
+    if !(1..=MAX_WEEKS).contains(&weeks) {
+        return Err(field(
+            "weeks",
+            format!("weeks is {weeks}; it must be 1 to {MAX_WEEKS}"),
+        ));
+    }
+    let from = match from.trim() {
+        "" => Utc::now().date_naive(),
+        text => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map_err(|_| field("from", format!("from {text:?} is not a date (YYYY-MM-DD)")))?,
+    };
+    let capacity = shared
+        .store
+        .capacity(site_id.trim())
+        .await?
+        .ok_or_else(|| {
+            store::Error::FailedPrecondition(format!("site {site_id:?} declares no capacity"))
+        })?;
+    let booked = shared.store.booked(site_id.trim()).await?;
+    Ok(schedule::utilisation(&capacity, &booked, from, weeks))
+}
+
+/// The vein-to-vein clock of an order as of now.
+pub async fn order_clock(shared: &Shared, order: &Order) -> Result<Clock, Error> {
+    let record = shared.store.batch_record(order.batch_id).await?;
+    let booking = shared.store.booking(order.order_id).await?;
+    Ok(clock::clock(
+        &record,
+        booking.as_ref(),
+        &shared.config.schedule,
+        Utc::now(),
+    ))
+}
+
+/// Vein-to-vein figures for the whole network (`""`) and each site, of the orders
+/// `user` may see.
+pub async fn summary(
+    shared: &Shared,
+    user: &User,
+    site_id: Option<&str>,
+) -> Result<Vec<(String, Summary)>, Error> {
+    let physician = (user.role == Role::Physician).then_some(user.username.as_str());
+    let mut clocks: BTreeMap<String, Vec<Clock>> = BTreeMap::new();
+    for order in shared.store.list_orders(physician, None).await? {
+        if site_id.is_some_and(|s| s != order.site_id) {
+            continue;
+        }
+        let clock = order_clock(shared, &order).await?;
+        clocks.entry(order.site_id.clone()).or_default().push(clock);
+    }
+    let mut rows = vec![(String::new(), clock::summarize(clocks.values().flatten()))];
+    rows.extend(
+        clocks
+            .iter()
+            .map(|(site, clocks)| (site.clone(), clock::summarize(clocks))),
+    );
+    Ok(rows)
+}
+
+/// What one pass of re-planning did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replanned {
+    /// Bookings whose expected times moved.
+    pub moved: usize,
+    /// Delays announced (`order.delayed`).
+    pub delays: usize,
+    /// Bookings freed because their batch was closed at the site.
+    pub freed: usize,
+}
+
+/// Re-plans every site's bookings from what the sites recorded, stores the moves,
+/// and announces releases that slip (by more than the tolerance past what was last
+/// announced, or past plan the first time).
+pub async fn replan_all(shared: &Shared, now: DateTime<Utc>) -> Result<Replanned, Error> {
+    let settings = &shared.config.schedule;
+    let mut done = Replanned::default();
+    for site in shared.store.list_sites().await? {
+        let Some(capacity) = shared.store.capacity(&site.site_id).await? else {
+            continue;
+        };
+        let mut bookings = Vec::new();
+        let mut records = BTreeMap::new();
+        for mut booking in shared.store.bookings(&site.site_id).await? {
+            let record = shared.store.batch_record(booking.batch_id).await?;
+            if matches!(
+                record.order.state,
+                BatchState::Cancelled | BatchState::Rejected
+            ) {
+                shared.store.release_booking(booking.order_id, now).await?;
+                done.freed += 1;
+                continue;
+            }
+            fill_actuals(&mut booking, &record);
+            records.insert(booking.order_id, record);
+            bookings.push(booking);
+        }
+        let moved: BTreeMap<Uuid, schedule::Moved> = schedule::replan(&capacity, &bookings, now)
+            .into_iter()
+            .map(|m| (m.order_id, m))
+            .collect();
+        for mut booking in bookings {
+            let record = &records[&booking.order_id];
+            let moved = moved.get(&booking.order_id);
+            if let Some(m) = moved {
+                for (step, (_, start, end)) in booking.steps.iter_mut().zip(&m.steps) {
+                    step.expected_start = *start;
+                    step.expected_end = *end;
+                }
+            }
+            let clock = clock::clock(record, Some(&booking), settings, now);
+            let notice = match &clock.delay {
+                Some(delay) if clock.released_on_time.is_none() => {
+                    let announced = shared.store.announced_release(booking.order_id).await?;
+                    let news =
+                        announced.is_none_or(|a| clock.expected_release - a > settings.tolerance());
+                    news.then(|| DelayNotice {
+                        expected_release: clock.expected_release,
+                        planned_release: clock.planned_release,
+                        reason: delay_reason(&clock, delay, moved),
+                    })
+                }
+                _ => None,
+            };
+            if moved.is_some() || notice.is_some() {
+                let m = moved.cloned().unwrap_or_else(|| schedule::Moved {
+                    order_id: booking.order_id,
+                    steps: booking
+                        .steps
+                        .iter()
+                        .map(|s| (s.step_id.clone(), s.expected_start, s.expected_end))
+                        .collect(),
+                    cause: String::new(),
+                });
+                shared.store.store_replan(&m, notice.as_ref(), now).await?;
+                done.moved += usize::from(moved.is_some());
+                if notice.is_some() {
+                    done.delays += 1;
+                    tracing::warn!(order_id = %booking.order_id, coi = %booking.coi, expected_release = %clock.expected_release, "order delayed");
+                    let _ = shared.changes.send(booking.batch_id);
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// The reason announced with a delay: why the booking moved, or what slipped.
+fn delay_reason(clock: &Clock, delay: &clock::Delay, moved: Option<&schedule::Moved>) -> String {
+    let mut parts = vec![format!(
+        "expected release {} is {} later than planned ({} behind plan since {})",
+        clock.expected_release.format("%Y-%m-%d %H:%M UTC"),
+        clock::span_text(delay.by),
+        clock::span_text(delay.by),
+        delay.since.as_str()
+    )];
+    if let Some(m) = moved.filter(|m| !m.cause.is_empty()) {
+        parts.push(m.cause.clone());
+    }
+    parts.extend(delay.reasons.iter().take(3).cloned());
+    parts.dedup();
+    parts.join("; ")
+}
+
+/// Sets the started and completed times of a booking's steps from the batch's records.
+fn fill_actuals(booking: &mut Booking, record: &store::BatchRecord) {
+    use carrel_proto::event::EventKind;
+    for stored in &record.events {
+        let at = stored.event.recorded_at.min(stored.received_at);
+        match &stored.event.kind {
+            EventKind::StepStarted { step_id, .. } => {
+                if let Some(step) = booking.steps.iter_mut().find(|s| &s.step_id == step_id) {
+                    step.started_at.get_or_insert(at);
+                }
+            }
+            EventKind::StepCompleted { step_id, .. } => {
+                if let Some(step) = booking.steps.iter_mut().find(|s| &s.step_id == step_id) {
+                    step.started_at.get_or_insert(at);
+                    step.completed_at = Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Re-plans every `replan_interval_secs` until the hub stops.
+pub async fn run_replanner(shared: std::sync::Arc<Shared>) {
+    let every =
+        std::time::Duration::from_secs(u64::from(shared.config.schedule.replan_interval_secs));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match replan_all(&shared, Utc::now()).await {
+            Ok(done) if done != Replanned::default() => {
+                tracing::info!(
+                    moved = done.moved,
+                    delays = done.delays,
+                    freed = done.freed,
+                    "bookings re-planned"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "re-planning failed; trying again at the next interval")
+            }
+        }
+    }
+}
+
+/// Hours for people: "5.5 h".
+pub fn hours_text(d: Duration) -> String {
+    format!("{:.1} h", d.num_minutes() as f64 / 60.0)
+}

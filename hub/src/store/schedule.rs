@@ -1,0 +1,197 @@
+//! Scheduling in the store: each site's declared capacity, and the bookings made
+//! against it ([`crate::schedule`] decides; this keeps).
+//!
+//! A booking is made in the same transaction as its order (`Store::create_order`),
+//! with the site's row locked (PostgreSQL) or the single writer held (SQLite), so two
+//! bookings of the last slot or instrument cannot both succeed. A partial unique index
+//! on (site, date, slot) of active bookings backs that up in the database itself.
+
+use super::{Error, Result};
+use crate::schedule::{self, Booked, Booking, Capacity, Moved, Plan};
+use async_trait::async_trait;
+use carrel_proto::recipe::Recipe;
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
+
+/// The expected release of an order has slipped past what was last announced: the
+/// store audits it as `order.delayed` (which notifications pick up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DelayNotice {
+    pub expected_release: DateTime<Utc>,
+    pub planned_release: DateTime<Utc>,
+    pub reason: String,
+}
+
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// Declares or replaces a site's capacity, audited with the old and new document.
+    /// Bookings already made stay; re-planning fits them to the new capacity.
+    async fn set_capacity(
+        &self,
+        site_id: &str,
+        capacity: &Capacity,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// The site's capacity; `None` when it has declared none (orders for it are not booked).
+    async fn capacity(&self, site_id: &str) -> Result<Option<Capacity>>;
+    /// What the site's active bookings hold: slots, and instrument time as now expected.
+    async fn booked(&self, site_id: &str) -> Result<Booked>;
+    /// The site's active bookings with their steps, collection order.
+    async fn bookings(&self, site_id: &str) -> Result<Vec<Booking>>;
+    /// The booking of an order, active or not; `None` for an order made without one.
+    async fn booking(&self, order_id: Uuid) -> Result<Option<Booking>>;
+    /// Moves an order's collection to `date` (the earliest free slot that day), in one
+    /// transaction: refused, and nothing changed, unless the order is booked, its
+    /// collection has not started, and the new date is free.
+    async fn reschedule_order(
+        &self,
+        order_id: Uuid,
+        date: NaiveDate,
+        reason: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Booking>;
+    /// Stores re-planned expected times of a booking; with a notice, also audits the
+    /// delay (`order.delayed`) and remembers the release announced.
+    async fn store_replan(
+        &self,
+        moved: &Moved,
+        notice: Option<&DelayNotice>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// The release last announced as a delay for the order, if any.
+    async fn announced_release(&self, order_id: Uuid) -> Result<Option<DateTime<Utc>>>;
+    /// Frees what a booking holds (its batch was closed at the site).
+    async fn release_booking(&self, order_id: Uuid, now: DateTime<Utc>) -> Result<()>;
+}
+
+/// What to book for a new order at a site, decided inside the order's transaction:
+/// `None` when the site declares no capacity (the order is not booked), a plan when
+/// the date is feasible, and a refusal saying why not otherwise.
+pub(crate) fn decide(
+    site_id: &str,
+    capacity: Option<&Capacity>,
+    recipe: &Recipe,
+    booked: &Booked,
+    requested_date: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Plan>> {
+    let Some(capacity) = capacity else {
+        return Ok(None);
+    };
+    let date = parse_date(requested_date)?;
+    schedule::plan_for(site_id, capacity, recipe, booked, date, now)
+        .map(Some)
+        .map_err(|refusal| unavailable(site_id, date, &refusal))
+}
+
+pub(crate) fn parse_date(text: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        Error::Invalid(format!(
+            "collection date {text:?} is not a date (YYYY-MM-DD)"
+        ))
+    })
+}
+
+/// The error for a date that cannot be booked.
+pub(crate) fn unavailable(site_id: &str, date: NaiveDate, refusal: &schedule::Refusal) -> Error {
+    Error::Unavailable(format!(
+        "cannot book collection on {date} at site {site_id:?}: {refusal}"
+    ))
+}
+
+/// The capacity document as stored (JSON).
+pub(crate) fn capacity_json(capacity: &Capacity) -> Result<String> {
+    serde_json::to_string(capacity).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+pub(crate) fn capacity_of_json(text: &str) -> Result<Capacity> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("stored capacity: {e}")))
+}
+
+/// One row of a booking's step, as both backends read it.
+pub(crate) struct BookingRow {
+    pub order_id: Uuid,
+    pub batch_id: Uuid,
+    pub coi: String,
+    pub site_id: String,
+    pub collection_date: NaiveDate,
+    pub slot: u32,
+    pub step: schedule::BookedStep,
+}
+
+/// Bookings from their step rows (ordered by booking, then step position).
+pub(crate) fn group(rows: Vec<BookingRow>) -> Vec<Booking> {
+    let mut bookings: Vec<Booking> = Vec::new();
+    for row in rows {
+        match bookings.last_mut() {
+            Some(b) if b.order_id == row.order_id => b.steps.push(row.step),
+            _ => bookings.push(Booking {
+                order_id: row.order_id,
+                batch_id: row.batch_id,
+                coi: row.coi,
+                site_id: row.site_id,
+                collection_date: row.collection_date,
+                slot: row.slot,
+                steps: vec![row.step],
+            }),
+        }
+    }
+    bookings
+}
+
+/// What bookings hold: their slots, and instrument time as now expected.
+pub fn booked_from(bookings: &[Booking]) -> Booked {
+    let mut booked = Booked::default();
+    for b in bookings {
+        booked
+            .slots
+            .entry(b.collection_date)
+            .or_default()
+            .insert(b.slot);
+        for s in &b.steps {
+            booked.reservations.push(schedule::Reservation {
+                order_id: b.order_id,
+                instrument_type: s.instrument_type.clone(),
+                start: s.expected_start,
+                end: s.expected_end,
+            });
+        }
+    }
+    booked
+}
+
+/// Whether an order's collection can still move: booked, and nothing done yet.
+pub(crate) fn check_reschedulable(order: &super::Order, booking: Option<&Booking>) -> Result<()> {
+    use super::BatchState;
+    if booking.is_none() {
+        return Err(Error::FailedPrecondition(format!(
+            "order {} has no booking to move (its site declares no capacity, or the order was cancelled)",
+            order.order_id
+        )));
+    }
+    let untouched = matches!(order.state, BatchState::Ordered | BatchState::Accepted)
+        && order.current_step.is_none()
+        && order.progress.steps_completed.is_empty();
+    if !untouched {
+        return Err(Error::FailedPrecondition(format!(
+            "order {} is {} and its collection has started; only an order not yet collected can be rescheduled",
+            order.order_id, order.state
+        )));
+    }
+    Ok(())
+}
+
+/// How the `order.created` audit entry names the booking made with the order.
+pub(crate) fn booking_note(plan: Option<&Plan>) -> String {
+    match plan {
+        Some(plan) => format!(
+            "booked collection slot {} on {} ({})",
+            plan.slot + 1,
+            plan.collection_date,
+            plan.collection_start().format("%H:%M UTC")
+        ),
+        None => "not booked: the site declares no capacity".to_owned(),
+    }
+}
