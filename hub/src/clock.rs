@@ -161,7 +161,13 @@ impl Clock {
 }
 
 /// A step's id, planned start and end, and re-planned start and end.
-type StepTimes = (String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+type StepTimes = (
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
 
 /// A milestone, its planned time, its re-planned time (if the booking has one) and
 /// its actual time (once it happened).

@@ -784,7 +784,10 @@ mod tests {
         "#;
         let capacity = Capacity::from_toml(good).expect("valid");
         assert_eq!(capacity.instruments["closed-processing-system"], 2);
-        assert_eq!(capacity.opens, NaiveTime::from_hms_opt(8, 0, 0).expect("present"));
+        assert_eq!(
+            capacity.opens,
+            NaiveTime::from_hms_opt(8, 0, 0).expect("present")
+        );
         assert_eq!(
             Capacity::from_toml(&capacity.to_toml()).expect("round trip"),
             capacity
@@ -793,14 +796,16 @@ mod tests {
         let overlapping = format!("{good}\n[[closures]]\nfrom = \"2026-12-26\"\nto = \"2026-12-31\"\nreason = \"year end\"\n");
         let err = Capacity::from_toml(&overlapping).expect_err("refused");
         assert!(err.contains("closures overlap"), "{err}");
-        let err = Capacity::from_toml(&good.replace("\"18:00\"", "\"07:00\"")).expect_err("refused");
+        let err =
+            Capacity::from_toml(&good.replace("\"18:00\"", "\"07:00\"")).expect_err("refused");
         assert!(err.contains("must be before closes"), "{err}");
-        let err = Capacity::from_toml(&good.replace("bench = 1", "bench = 0")).expect_err("refused");
+        let err =
+            Capacity::from_toml(&good.replace("bench = 1", "bench = 0")).expect_err("refused");
         assert!(err.contains("\"bench\" has count 0"), "{err}");
         let err = Capacity::from_toml(&good.replace("\"fri\"", "\"fry\"")).expect_err("refused");
         assert!(!err.is_empty());
-        let err =
-            Capacity::from_toml(&good.replace("\"2026-12-24\"", "\"2026-12-27\"")).expect_err("refused");
+        let err = Capacity::from_toml(&good.replace("\"2026-12-24\"", "\"2026-12-27\""))
+            .expect_err("refused");
         assert!(err.contains("ends before it starts"), "{err}");
     }
 
@@ -835,8 +840,8 @@ mod tests {
         );
         // Both processing systems are busy for the next ten days or so: Tuesday's
         // slots are free, but the instruments are not.
-        let refused =
-            plan_for("s", &capacity, &recipe, &booked, date("2026-12-01"), now).expect_err("refused");
+        let refused = plan_for("s", &capacity, &recipe, &booked, date("2026-12-01"), now)
+            .expect_err("refused");
         assert!(
             matches!(refused, Refusal::InstrumentBusy { ref instrument_type, .. } if instrument_type == "closed-processing-system"),
             "{refused}"
@@ -857,8 +862,9 @@ mod tests {
         let recipe = recipe();
         let now = at("2026-11-30T12:00:00Z");
         let booked = Booked::default();
-        let refuse =
-            |d: &str| plan_for("s", &capacity, &recipe, &booked, date(d), now).expect_err("refused");
+        let refuse = |d: &str| {
+            plan_for("s", &capacity, &recipe, &booked, date(d), now).expect_err("refused")
+        };
         assert_eq!(
             refuse("2026-11-29"),
             Refusal::InThePast {
@@ -892,7 +898,8 @@ mod tests {
         let recipe = recipe();
         let now = at("2026-11-30T07:00:00Z");
         let mut booked = Booked::default();
-        let plan = plan_for("s", &capacity, &recipe, &booked, date("2026-11-30"), now).expect("present");
+        let plan =
+            plan_for("s", &capacity, &recipe, &booked, date("2026-11-30"), now).expect("present");
         book(&mut booked, &plan, Uuid::now_v7());
         let rows = utilisation(&capacity, &booked, date("2026-12-02"), 2);
         let row = |week: &str, resource: &str| {
