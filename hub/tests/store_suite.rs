@@ -1674,12 +1674,6 @@ async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothi
 }
 
 // ---------------------------------------------------------------------------------
-// Backends.
-// ---------------------------------------------------------------------------------
-
-/// One `#[tokio::test]` per case, each on a fresh store from `$open`, which returns
-/// a guard (kept alive for the test) and the store.
-// ---------------------------------------------------------------------------------
 // 11. Scheduling: capacity, atomic booking, re-planning, the vein-to-vein clock.
 // ---------------------------------------------------------------------------------
 
@@ -2174,6 +2168,12 @@ async fn case_the_clock_reads_milestones_from_the_record(store: Arc<dyn Store>) 
     assert_eq!(summary.on_time_share(), Some(1.0));
 }
 
+// ---------------------------------------------------------------------------------
+// Backends.
+// ---------------------------------------------------------------------------------
+
+/// One `#[tokio::test]` per case, each on a fresh store from `$open`, which returns
+/// a guard (kept alive for the test) and the store.
 macro_rules! store_cases {
     ($backend:ident, $open:ident: $($case:ident),+ $(,)?) => {
         mod $backend {
