@@ -186,9 +186,15 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
         }
         // The date cannot be booked: say what is free instead.
         Err(store::Error::Unavailable(why)) => {
-            return Err(
-                schedule::with_next_free(shared, user, &new.recipe_id, &new.site_id, why).await,
+            return Err(schedule::with_next_free(
+                shared,
+                user,
+                &new.recipe_id,
+                &new.site_id,
+                date,
+                why,
             )
+            .await)
         }
         other => other?,
     };

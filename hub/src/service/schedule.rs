@@ -141,15 +141,18 @@ pub async fn propose(
     Ok(proposals)
 }
 
-/// A refusal to book, with the next dates that can be booked at the same site.
+/// A refusal to book, with the next dates that can be booked at the same site from
+/// the date asked for.
 pub async fn with_next_free(
     shared: &Shared,
     user: &User,
     product: &str,
     site_id: &str,
+    from: NaiveDate,
     why: String,
 ) -> Error {
-    let next = propose(shared, user, product, site_id, "", false, 3).await;
+    let from = from.max(Utc::now().date_naive()).to_string();
+    let next = propose(shared, user, product, site_id, &from, false, 3).await;
     let text = match next {
         Ok(next) if !next.is_empty() => format!(
             "{why}; next free: {}",
@@ -203,7 +206,7 @@ pub async fn reschedule(
         .await
     {
         Err(store::Error::Unavailable(why)) => {
-            Err(with_next_free(shared, user, &order.recipe_id, &order.site_id, why).await)
+            Err(with_next_free(shared, user, &order.recipe_id, &order.site_id, date, why).await)
         }
         other => Ok(other?),
     }
