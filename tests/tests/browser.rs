@@ -411,3 +411,95 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
     shots.take(&client, "physician-order-released").await;
     client.close().await.expect("close browser");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrator_declares_capacity_in_the_console_and_the_order_page_shows_the_booking() {
+    const ADMIN: (&str, &str) = ("adm.console", "admin-password-123");
+    let hub = Hub::start().await;
+    hub.add_user(ADMIN.0, "admin", ADMIN.1);
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    let token = hub.add_site("site-c");
+    let _agent = Agent::enroll(&hub, "site-c", &token).expect("enroll");
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+
+    sign_in(&client, &console, ADMIN).await;
+    client
+        .goto(&format!("{console}/capacity/site-c"))
+        .await
+        .expect("capacity page");
+    expect_text(&client, "capacity page", "declares no capacity").await;
+    // A document that does not hold is shown again with the reason; nothing is stored.
+    let every_day =
+        "working_days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n\
+        opens = \"07:00\"\ncloses = \"19:00\"\ncollection_slots_per_day = 1\n\n[instruments]\n\
+        apheresis = 1\nbench = 1\nclosed-processing-system = 2\n";
+    fill(
+        &client,
+        "#document",
+        &every_day.replace("\"19:00\"", "\"06:00\""),
+    )
+    .await;
+    click(
+        &client,
+        "form[action='/capacity/site-c'] button[type=submit]",
+    )
+    .await;
+    expect_text(
+        &client,
+        "refused capacity",
+        "Not declared: opens (07:00) must be before closes (06:00)",
+    )
+    .await;
+    let out = hub.cli(ADMIN.0, &["schedule", "capacity", "site-c"], None);
+    assert!(!out.status.success(), "nothing was declared");
+    fill(&client, "#document", every_day).await;
+    click(
+        &client,
+        "form[action='/capacity/site-c'] button[type=submit]",
+    )
+    .await;
+    expect_text(&client, "declared capacity", "Utilisation, next weeks").await;
+    let shown = hub.cli_ok(ADMIN.0, &["schedule", "capacity", "site-c"], None);
+    assert!(shown.contains("closed-processing-system = 2"), "{shown}");
+    sign_out(&client).await;
+
+    // The physician's order books the day's slot; its page shows the booking and the clock.
+    let date = (chrono::Utc::now() + chrono::Duration::days(3)).date_naive();
+    let order = hub.cli_json(
+        PHYSICIAN.0,
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-7101",
+            "--site",
+            "site-c",
+            "--collection-date",
+            &date.to_string(),
+        ],
+        None,
+    );
+    sign_in(&client, &console, PHYSICIAN).await;
+    client
+        .goto(&format!(
+            "{console}/orders/{}",
+            str_field(&order, "order_id")
+        ))
+        .await
+        .expect("order page");
+    expect_text(
+        &client,
+        "order page",
+        &format!("Booked: collection {date}, slot 1 at site-c"),
+    )
+    .await;
+    expect_text(&client, "order page", "manufacturing end").await;
+    client
+        .goto(&format!("{console}/schedule"))
+        .await
+        .expect("schedule page");
+    expect_text(&client, "schedule page", "Network").await;
+}

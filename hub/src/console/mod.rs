@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 mod pages;
+mod schedule;
 mod view;
 
 use crate::auth::secret_sha256;
@@ -50,6 +51,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
             post(pages::change_site_status),
         )
         .route("/admin/users", get(pages::users).post(pages::add_user))
+        .route("/schedule", get(schedule::overview))
+        .route(
+            "/capacity/{site_id}",
+            get(schedule::capacity).post(schedule::set_capacity),
+        )
         .route("/style.css", get(view::stylesheet))
         .route("/metrics", get(metrics))
         .with_state(shared)

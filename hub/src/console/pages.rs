@@ -23,16 +23,16 @@ use uuid::Uuid;
 
 type Page = Result<Response, Response>;
 
-fn html_page(markup: Markup) -> Response {
+pub(super) fn html_page(markup: Markup) -> Response {
     Html(markup.into_string()).into_response()
 }
 
-fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn problem(status: StatusCode, message: impl Into<String>) -> Response {
     (status, message.into()).into_response()
 }
 
 /// Turns a service refusal into an error page (forms show field errors themselves).
-fn refused(error: service::Error) -> Response {
+pub(super) fn refused(error: service::Error) -> Response {
     use service::Error as E;
     match error {
         E::Field { message, .. } => problem(StatusCode::BAD_REQUEST, message),
@@ -41,7 +41,9 @@ fn refused(error: service::Error) -> Response {
         E::Store(store::Error::NotFound(what)) => {
             problem(StatusCode::NOT_FOUND, format!("{what} not found"))
         }
-        E::Store(store::Error::FailedPrecondition(m)) => problem(StatusCode::CONFLICT, m),
+        E::Store(store::Error::FailedPrecondition(m) | store::Error::Unavailable(m)) => {
+            problem(StatusCode::CONFLICT, m)
+        }
         E::Store(e) => {
             tracing::error!(error = %e, "console request failed");
             problem(
@@ -52,7 +54,7 @@ fn refused(error: service::Error) -> Response {
     }
 }
 
-fn require(session: &Session, roles: &[Role]) -> Result<(), Response> {
+pub(super) fn require(session: &Session, roles: &[Role]) -> Result<(), Response> {
     service::require_role(&session.user, roles).map_err(refused)
 }
 
@@ -374,6 +376,7 @@ pub async fn order_page(hub: Hub, session: Session, Path(id): Path<String>) -> P
         .batch_record(order.batch_id)
         .await
         .map_err(|e| refused(e.into()))?;
+    let clock = super::schedule::order_clock_markup(&hub, &order).await?;
     Ok(html_page(page(
         &format!("Order {}", order.coi),
         Some((&session.user, &session.csrf)),
@@ -382,7 +385,7 @@ pub async fn order_page(hub: Hub, session: Session, Path(id): Path<String>) -> P
             p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (order.recipe_id) " v" (order.recipe_version)
                 " · collection requested for " (order.requested_collection_date) " · ordered by " (order.physician) }
             @if session.user.role == Role::Qa { p { a href=(format!("/batches/{}", order.batch_id)) { "Batch record" } } }
-            div id="order-live" { (order_live_markup(&record)) }
+            div id="order-live" { (order_live_markup(&record)) (clock) }
             (live("order-live", &format!("/orders/{}/live", order.order_id)))
         },
     )))
@@ -397,7 +400,8 @@ pub async fn order_live(hub: Hub, session: Session, Path(id): Path<String>) -> P
         .batch_record(order.batch_id)
         .await
         .map_err(|e| refused(e.into()))?;
-    Ok(Html(order_live_markup(&record).into_string()).into_response())
+    let clock = super::schedule::order_clock_markup(&hub, &order).await?;
+    Ok(Html(html! { (order_live_markup(&record)) (clock) }.into_string()).into_response())
 }
 
 // ---- QA ----

@@ -65,10 +65,10 @@ pub fn page(title: &str, session: Option<(&User, &str)>, body: Markup) -> Markup
                     @if let Some((user, csrf)) = session {
                         nav aria-label="main" {
                             @match user.role {
-                                Role::Physician => { a href="/orders" { "My orders" } a href="/orders/new" { "New order" } }
-                                Role::Qa => { a href="/release" { "Release queue" } a href="/orders" { "All orders" } }
-                                Role::Admin => { a href="/admin/sites" { "Sites" } a href="/admin/users" { "Users" } a href="/orders" { "Orders" } }
-                                Role::Technician => { a href="/orders" { "Orders" } }
+                                Role::Physician => { a href="/orders" { "My orders" } a href="/orders/new" { "New order" } a href="/schedule" { "Schedule" } }
+                                Role::Qa => { a href="/release" { "Release queue" } a href="/orders" { "All orders" } a href="/schedule" { "Schedule" } }
+                                Role::Admin => { a href="/admin/sites" { "Sites" } a href="/admin/users" { "Users" } a href="/orders" { "Orders" } a href="/schedule" { "Schedule" } }
+                                Role::Technician => { a href="/orders" { "Orders" } a href="/schedule" { "Schedule" } }
                             }
                         }
                         span.muted { (user.full_name) " (" (user.role) ")" }
