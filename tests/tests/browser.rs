@@ -497,6 +497,44 @@ async fn an_administrator_declares_capacity_in_the_console_and_the_order_page_sh
     )
     .await;
     expect_text(&client, "order page", "manufacturing end").await;
+
+    // The order form lists the free dates; the taken day is refused on the form with
+    // the next free ones.
+    client
+        .goto(&format!("{console}/orders/new"))
+        .await
+        .expect("order form");
+    expect_text(&client, "order form", "Free collection dates").await;
+    let free = client
+        .find(Locator::Css("table[data-free-dates]"))
+        .await
+        .expect("free dates table")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        !free.contains(&date.to_string()),
+        "the booked day is not offered: {free}"
+    );
+    fill(&client, "#patient_pseudonym", "P-7102").await;
+    client
+        .execute(
+            "document.getElementById('requested_collection_date').value = arguments[0];",
+            vec![json!(date.to_string())],
+        )
+        .await
+        .expect("set the date");
+    click(&client, "form[action='/orders'] button[type=submit]").await;
+    expect_text(
+        &client,
+        "refused order",
+        &format!(
+            "every collection slot on {date} is taken; next free: {}",
+            date + chrono::Duration::days(1)
+        ),
+    )
+    .await;
+
     client
         .goto(&format!("{console}/schedule"))
         .await

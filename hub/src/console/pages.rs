@@ -229,6 +229,7 @@ fn order_form_page(
     sites: &[store::Site],
     form: &OrderForm,
     errors: &BTreeMap<&str, String>,
+    free: &[service::schedule::Proposal],
 ) -> Markup {
     let err = |f: &str| errors.get(f).cloned();
     page(
@@ -262,8 +263,28 @@ fn order_form_page(
                     p { button type="submit" { "Place order" } }
                 }
             }
+            @if !free.is_empty() {
+                h2 { "Free collection dates" }
+                p.muted { "The earliest dates with a collection slot and the instruments free for the whole manufacturing window, at sites that declare their capacity." }
+                table data-free-dates {
+                    thead { tr { th { "Date" } th { "Site" } th { "Slot" } th { "Expected release" } } }
+                    tbody { @for p in free { tr {
+                        td { (p.plan.collection_date) } td { (p.plan.site_id) }
+                        td { (p.plan.slot + 1) " · " (p.plan.collection_start().format("%H:%M UTC")) }
+                        td { (when(p.expected_release)) }
+                    } } }
+                }
+            }
         },
     )
+}
+
+/// The earliest free collection dates across the network, for the order form; none
+/// when no site declares its capacity.
+async fn free_dates(hub: &Hub, session: &Session) -> Vec<service::schedule::Proposal> {
+    service::schedule::propose(hub, &session.user, "cd19-car-t", "", "", true, 6)
+        .await
+        .unwrap_or_default()
 }
 
 pub async fn new_order(hub: Hub, session: Session) -> Page {
@@ -279,11 +300,13 @@ pub async fn new_order(hub: Hub, session: Session) -> Page {
             .to_string(),
         ..OrderForm::default()
     };
+    let free = free_dates(&hub, &session).await;
     Ok(html_page(order_form_page(
         &session,
         &sites,
         &form,
         &BTreeMap::new(),
+        &free,
     )))
 }
 
@@ -312,7 +335,9 @@ pub async fn create_order(hub: Hub, session: Session, Form(input): Form<NewOrder
         Ok(order) => Ok(Redirect::to(&format!("/orders/{}", order.order_id)).into_response()),
         Err(
             e @ (service::Error::Field { .. }
-            | service::Error::Store(store::Error::FailedPrecondition(_))),
+            | service::Error::Store(
+                store::Error::FailedPrecondition(_) | store::Error::Unavailable(_),
+            )),
         ) => {
             let mut errors = BTreeMap::new();
             match e {
@@ -324,7 +349,8 @@ pub async fn create_order(hub: Hub, session: Session, Form(input): Form<NewOrder
                 .list_sites()
                 .await
                 .map_err(|e| refused(e.into()))?;
-            let mut response = html_page(order_form_page(&session, &sites, &form, &errors));
+            let free = free_dates(&hub, &session).await;
+            let mut response = html_page(order_form_page(&session, &sites, &form, &errors, &free));
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(response)
         }
