@@ -285,7 +285,7 @@ pub struct Replanned {
     pub moved: usize,
     /// Delays announced (`order.delayed`).
     pub delays: usize,
-    /// Bookings freed because their batch was closed at the site.
+    /// Bookings freed because their batch was decided, cancelled or closed.
     pub freed: usize,
 }
 
@@ -303,10 +303,16 @@ pub async fn replan_all(shared: &Shared, now: DateTime<Utc>) -> Result<Replanned
         let mut records = BTreeMap::new();
         for mut booking in shared.store.bookings(&site.site_id).await? {
             let record = shared.store.batch_record(booking.batch_id).await?;
-            if matches!(
+            // Released, rejected, cancelled or later: the batch holds no instrument
+            // from now on, so its booking stops counting against the site.
+            let still_held = matches!(
                 record.order.state,
-                BatchState::Cancelled | BatchState::Rejected
-            ) {
+                BatchState::Ordered
+                    | BatchState::Accepted
+                    | BatchState::InProcess
+                    | BatchState::AwaitingRelease
+            );
+            if !still_held {
                 shared.store.release_booking(booking.order_id, now).await?;
                 done.freed += 1;
                 continue;
@@ -335,6 +341,7 @@ pub async fn replan_all(shared: &Shared, now: DateTime<Utc>) -> Result<Replanned
                     let news =
                         announced.is_none_or(|a| clock.expected_release - a > settings.tolerance());
                     news.then(|| DelayNotice {
+                        replaces: announced,
                         expected_release: clock.expected_release,
                         planned_release: clock.planned_release,
                         reason: delay_reason(&clock, delay, moved),
@@ -352,9 +359,9 @@ pub async fn replan_all(shared: &Shared, now: DateTime<Utc>) -> Result<Replanned
                         .collect(),
                     cause: String::new(),
                 });
-                shared.store.store_replan(&m, notice.as_ref(), now).await?;
+                let announced = shared.store.store_replan(&m, notice.as_ref(), now).await?;
                 done.moved += usize::from(moved.is_some());
-                if notice.is_some() {
+                if announced {
                     done.delays += 1;
                     tracing::warn!(order_id = %booking.order_id, coi = %booking.coi, expected_release = %clock.expected_release, "order delayed");
                     let _ = shared.changes.send(booking.batch_id);

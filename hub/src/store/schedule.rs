@@ -17,6 +17,9 @@ use uuid::Uuid;
 /// store audits it as `order.delayed` (which notifications pick up).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DelayNotice {
+    /// The release last announced, as the caller read it: the notice is dropped if
+    /// another hub process has announced since (so a delay is announced once).
+    pub replaces: Option<DateTime<Utc>>,
     pub expected_release: DateTime<Utc>,
     pub planned_release: DateTime<Utc>,
     pub reason: String,
@@ -53,16 +56,18 @@ pub trait ScheduleStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Booking>;
     /// Stores re-planned expected times of a booking; with a notice, also audits the
-    /// delay (`order.delayed`) and remembers the release announced.
+    /// delay (`order.delayed`) and remembers the release announced. Returns whether
+    /// the notice was recorded (not when another process announced first).
     async fn store_replan(
         &self,
         moved: &Moved,
         notice: Option<&DelayNotice>,
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<bool>;
     /// The release last announced as a delay for the order, if any.
     async fn announced_release(&self, order_id: Uuid) -> Result<Option<DateTime<Utc>>>;
-    /// Frees what a booking holds (its batch was closed at the site).
+    /// Frees what a booking holds (its batch was decided, cancelled or closed); the
+    /// booking stays readable for the order's clock.
     async fn release_booking(&self, order_id: Uuid, now: DateTime<Utc>) -> Result<()>;
 }
 

@@ -299,7 +299,7 @@ impl ScheduleStore for PgStore {
         moved: &Moved,
         notice: Option<&DelayNotice>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut w = self.begin_write().await?;
         let order = Self::lock_order(&mut w, "order_id", moved.order_id).await?;
         for (step_id, start, end) in &moved.steps {
@@ -313,15 +313,24 @@ impl ScheduleStore for PgStore {
             .execute(w.conn())
             .await?;
         }
+        let mut announced = false;
         if let Some(notice) = notice {
-            sqlx::query(
-                "UPDATE bookings SET announced_release = $1, updated_at = $2 WHERE order_id = $3",
+            // Only if no other hub process announced another release since the
+            // caller looked (the row lock of `lock_order` orders the two).
+            announced = sqlx::query(
+                "UPDATE bookings SET announced_release = $1, updated_at = $2 \
+                 WHERE order_id = $3 AND announced_release IS NOT DISTINCT FROM $4",
             )
             .bind(stored(notice.expected_release))
             .bind(stored(now))
             .bind(moved.order_id)
+            .bind(notice.replaces.map(stored))
             .execute(w.conn())
-            .await?;
+            .await?
+            .rows_affected()
+                == 1;
+        }
+        if let Some(notice) = notice.filter(|_| announced) {
             w.audit(
                 NewEntry::new("hub", "order.delayed", format!("order/{}", moved.order_id))
                     .batch(order.batch_id)
@@ -331,7 +340,7 @@ impl ScheduleStore for PgStore {
             );
         }
         w.commit().await?;
-        Ok(())
+        Ok(announced)
     }
 
     async fn announced_release(&self, order_id: Uuid) -> Result<Option<DateTime<Utc>>> {

@@ -320,7 +320,7 @@ impl ScheduleStore for SqliteStore {
         moved: &Moved,
         notice: Option<&DelayNotice>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
         let order = Self::order_in(&mut tx, "order_id", moved.order_id).await?;
@@ -335,15 +335,23 @@ impl ScheduleStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        let mut announced = false;
         if let Some(notice) = notice {
-            sqlx::query(
-                "UPDATE bookings SET announced_release = ?, updated_at = ? WHERE order_id = ?",
+            // Only if nobody announced another release since the caller looked.
+            announced = sqlx::query(
+                "UPDATE bookings SET announced_release = ?, updated_at = ? \
+                 WHERE order_id = ? AND announced_release IS ?",
             )
             .bind(ts(notice.expected_release))
             .bind(ts(now))
             .bind(moved.order_id.to_string())
+            .bind(notice.replaces.map(ts))
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+                == 1;
+        }
+        if let Some(notice) = notice.filter(|_| announced) {
             Self::append_audit(
                 &mut tx,
                 &NewEntry::new("hub", "order.delayed", format!("order/{}", moved.order_id))
@@ -355,7 +363,7 @@ impl ScheduleStore for SqliteStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(announced)
     }
 
     async fn announced_release(&self, order_id: Uuid) -> Result<Option<DateTime<Utc>>> {
