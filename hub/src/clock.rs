@@ -12,7 +12,7 @@
 use crate::schedule::{self, Booking};
 use crate::store::{BatchRecord, BatchState};
 use carrel_proto::event::{EventKind, ReleaseMeaning};
-use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -134,8 +134,11 @@ pub struct Delay {
     pub by: Duration,
     /// The first milestone that slipped by more than the tolerance.
     pub since: Milestone,
-    /// Reasons recorded for it: deviations, re-planning, reschedules.
+    /// Reasons recorded for it: the step that ran over, deviations, reschedules.
     pub reasons: Vec<String>,
+    /// What the hub announced the last time the release slipped (`order.delayed`):
+    /// names the batch in the way when a booking was pushed.
+    pub announced: Option<String>,
 }
 
 /// An order's vein-to-vein clock.
@@ -237,7 +240,11 @@ pub fn clock(
     let mut reasons: Vec<String> = Vec::new();
     for stored in &record.events {
         // A site clock running ahead must not make things look early or late.
-        let at = stored.event.recorded_at.min(stored.received_at);
+        let at = stored
+            .event
+            .recorded_at
+            .min(stored.received_at)
+            .trunc_subsecs(6);
         match &stored.event.kind {
             EventKind::StepStarted { step_id, .. } => {
                 started.entry(step_id).or_insert(at);
@@ -266,11 +273,16 @@ pub fn clock(
             _ => {}
         }
     }
+    // Reschedules as recorded, and the latest delay announced (earlier ones name
+    // times that no longer hold).
+    let mut announced = None;
     for entry in &record.audit {
-        if matches!(entry.action.as_str(), "order.delayed" | "order.rescheduled")
-            && !entry.reason.is_empty()
-        {
-            reasons.push(entry.reason.clone());
+        match entry.action.as_str() {
+            "order.rescheduled" if !entry.reason.is_empty() => {
+                reasons.push(format!("rescheduled: {}", entry.reason))
+            }
+            "order.delayed" => announced = Some(entry.reason.clone()),
+            _ => {}
         }
     }
     let qc_complete = recipe
@@ -379,6 +391,7 @@ pub fn clock(
             by: expected_release - planned_release,
             since,
             reasons,
+            announced: announced.clone(),
         }
     });
     let collected = milestones[Milestone::Collection as usize].actual;

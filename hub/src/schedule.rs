@@ -157,11 +157,23 @@ impl Capacity {
         self.working_days.contains(&date.weekday()) && self.closure_on(date).is_none()
     }
 
-    /// When collection slot `slot` (0-based) starts on `date`.
-    pub fn slot_start(&self, date: NaiveDate, slot: u32) -> DateTime<Utc> {
-        let open = (self.closes - self.opens).num_seconds();
-        let offset = open * i64::from(slot) / i64::from(self.collection_slots_per_day);
-        date.and_time(self.opens).and_utc() + Duration::seconds(offset)
+    /// When collection slot `slot` (0-based) starts on `date`, for a collection that
+    /// takes `length`: the slots are spread evenly from opening time to the last start
+    /// that still ends by closing time. `None` when such a collection does not fit the
+    /// opening hours at all.
+    pub fn slot_start(
+        &self,
+        date: NaiveDate,
+        slot: u32,
+        length: Duration,
+    ) -> Option<DateTime<Utc>> {
+        let room = (self.closes - self.opens - length).num_seconds();
+        if room < 0 {
+            return None;
+        }
+        let gaps = i64::from(self.collection_slots_per_day.saturating_sub(1)).max(1);
+        let offset = room * i64::from(slot) / gaps;
+        Some(date.and_time(self.opens).and_utc() + Duration::seconds(offset))
     }
 
     /// The closure that `[start, end)` runs into, if any.
@@ -292,7 +304,7 @@ impl Booked {
 }
 
 /// Why a collection date cannot be booked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     InThePast {
         date: NaiveDate,
@@ -313,6 +325,10 @@ pub enum Refusal {
     },
     SlotsTaken {
         date: NaiveDate,
+    },
+    /// The recipe's collection does not fit the opening hours.
+    CollectionTooLong {
+        hours: f64,
     },
     InstrumentBusy {
         step_id: String,
@@ -345,6 +361,10 @@ impl fmt::Display for Refusal {
                 f,
                 "every {instrument_type} is booked when step {step_id:?} would start ({})",
                 from.format("%Y-%m-%d %H:%M UTC")
+            ),
+            Refusal::CollectionTooLong { hours } => write!(
+                f,
+                "a collection takes {hours} h, longer than the site's opening hours"
             ),
             Refusal::WindowClosed { step_id, closure } => write!(
                 f,
@@ -398,8 +418,17 @@ pub fn plan_for(
     let taken = booked.slots.get(&date);
     let mut refusal = None;
     let mut any_future_slot = false;
+    let collection = recipe
+        .steps
+        .first()
+        .map(|s| step_duration(s.duration_hours))
+        .unwrap_or_default();
     for slot in 0..capacity.collection_slots_per_day {
-        let start = capacity.slot_start(date, slot);
+        let Some(start) = capacity.slot_start(date, slot, collection) else {
+            return Err(Refusal::CollectionTooLong {
+                hours: collection.num_minutes() as f64 / 60.0,
+            });
+        };
         if start <= now {
             continue;
         }
@@ -638,15 +667,16 @@ pub fn replan(capacity: &Capacity, bookings: &[Booking], now: DateTime<Utc>) -> 
                     }
                     // A step not started cannot start in the past.
                     earliest = earliest.max(now);
-                    let units = capacity
-                        .instruments
-                        .get(&step.instrument_type)
-                        .copied()
-                        .unwrap_or(0);
                     let start =
-                        earliest_free(&placed, &step.instrument_type, units, earliest, duration);
+                        earliest_free(capacity, &placed, &step.instrument_type, earliest, duration);
                     if start > earliest && cause.is_none() {
-                        cause = Some(
+                        let closed = capacity.closure_during(earliest, earliest + duration);
+                        cause = Some(if let Some(c) = closed {
+                            format!(
+                                "step {} waits for the site's closure {} to {} ({}) to end",
+                                step.step_id, c.from, c.to, c.reason
+                            )
+                        } else {
                             blocker(&placed, &owner, &step.instrument_type, earliest, duration)
                                 .map(|b| {
                                     format!(
@@ -656,8 +686,8 @@ pub fn replan(capacity: &Capacity, bookings: &[Booking], now: DateTime<Utc>) -> 
                                 })
                                 .unwrap_or_else(|| {
                                     format!("every {} is held", step.instrument_type)
-                                }),
-                        );
+                                })
+                        });
                     }
                     (start, start + duration)
                 }
@@ -689,27 +719,102 @@ pub fn replan(capacity: &Capacity, bookings: &[Booking], now: DateTime<Utc>) -> 
     moved
 }
 
+/// What in the site's bookings a new capacity could not keep: collections on days
+/// it closes or in slots it no longer has, steps still ahead that need an instrument
+/// type it drops or run into a closure, and more reservations of a type at once than
+/// it has. Empty when the bookings fit.
+pub fn conflicts(capacity: &Capacity, bookings: &[Booking], now: DateTime<Utc>) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut ahead = Booked::default();
+    for b in bookings {
+        let who = format!("order {} (COI {})", b.order_id, b.coi);
+        let collecting = b.steps.first().is_some_and(|s| s.expected_start > now);
+        if collecting {
+            if !capacity.is_open_on(b.collection_date) {
+                found.push(format!(
+                    "{who} is booked for collection on {}, when the site would be closed",
+                    b.collection_date
+                ));
+            } else if b.slot >= capacity.collection_slots_per_day {
+                found.push(format!(
+                    "{who} holds collection slot {} on {}, more slots than the {} a day declared",
+                    b.slot + 1,
+                    b.collection_date,
+                    capacity.collection_slots_per_day
+                ));
+            }
+        }
+        for step in b.steps.iter().filter(|s| s.expected_end > now) {
+            if !capacity.instruments.contains_key(&step.instrument_type) {
+                found.push(format!(
+                    "{who} needs a {} for step {}, a type the capacity leaves out",
+                    step.instrument_type, step.step_id
+                ));
+            } else if let Some(c) =
+                capacity.closure_during(step.expected_start.max(now), step.expected_end)
+            {
+                found.push(format!(
+                    "{who} runs step {} into the closure {} to {} ({})",
+                    step.step_id, c.from, c.to, c.reason
+                ));
+            }
+            ahead.reservations.push(Reservation {
+                order_id: b.order_id,
+                instrument_type: step.instrument_type.clone(),
+                start: step.expected_start.max(now),
+                end: step.expected_end,
+            });
+        }
+    }
+    for (kind, units) in &capacity.instruments {
+        let far = now + Duration::days(HORIZON_DAYS * 2);
+        let most = ahead.peak(kind, now, far);
+        if most > *units {
+            found.push(format!(
+                "{most} bookings hold a {kind} at the same time, and the capacity has {units}"
+            ));
+        }
+    }
+    found
+}
+
 /// The earliest time from `earliest` at which fewer than `units` reservations of
 /// `kind` overlap `[t, t + duration)`.
 fn earliest_free(
+    capacity: &Capacity,
     placed: &Booked,
     kind: &str,
-    units: u32,
     earliest: DateTime<Utc>,
     duration: Duration,
 ) -> DateTime<Utc> {
+    let units = capacity.instruments.get(kind).copied().unwrap_or(0);
+    // A step can start when an instrument frees up or a closure ends.
     let mut candidates: Vec<DateTime<Utc>> = placed
         .reservations
         .iter()
         .filter(|r| r.instrument_type == kind && r.end > earliest)
         .map(|r| r.end)
+        .chain(
+            capacity
+                .closures
+                .iter()
+                .map(|c| {
+                    (c.to + Duration::days(1))
+                        .and_time(NaiveTime::MIN)
+                        .and_utc()
+                })
+                .filter(|t| *t > earliest),
+        )
         .collect();
     candidates.push(earliest);
     candidates.sort();
     candidates.dedup();
     candidates
         .into_iter()
-        .find(|t| placed.peak(kind, *t, *t + duration) < units)
+        .find(|t| {
+            placed.peak(kind, *t, *t + duration) < units
+                && capacity.closure_during(*t, *t + duration).is_none()
+        })
         .unwrap_or(earliest)
 }
 
@@ -829,7 +934,7 @@ mod tests {
             plan_for("s", &capacity, &recipe, &booked, date("2026-11-30"), now).expect("free");
         assert_eq!(
             (second.slot, second.collection_start()),
-            (1, at("2026-11-30T13:00:00Z"))
+            (1, at("2026-11-30T15:00:00Z"))
         );
         book(&mut booked, &second, Uuid::now_v7());
         assert_eq!(
@@ -871,7 +976,8 @@ mod tests {
                 date: date("2026-11-29")
             }
         );
-        // Monday: the 08:00 slot has passed, the 13:00 one has not.
+        // Monday: the 08:00 slot has passed, the 15:00 one (the last that ends by
+        // 18:00) has not.
         assert!(plan_for("s", &capacity, &recipe, &booked, date("2026-11-30"), now).is_ok());
         assert_eq!(
             refuse("2026-12-05"),
@@ -1036,5 +1142,124 @@ mod tests {
         let mut b2 = b.clone();
         apply(&mut b2, moved_b);
         assert_eq!(replan(&capacity, &[a2, b2], now), vec![]);
+    }
+
+    #[test]
+    fn slots_end_by_closing_time_and_a_collection_longer_than_the_day_is_refused() {
+        let mut capacity = Capacity::example();
+        capacity.collection_slots_per_day = 4;
+        let three_hours = Duration::hours(3);
+        let starts: Vec<String> = (0..4)
+            .map(|slot| {
+                capacity
+                    .slot_start(date("2026-11-30"), slot, three_hours)
+                    .expect("fits")
+                    .format("%H:%M")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(starts, ["08:00", "10:20", "12:40", "15:00"]);
+        capacity.closes = NaiveTime::from_hms_opt(10, 0, 0).expect("time");
+        let refused = plan_for(
+            "s",
+            &capacity,
+            &recipe(),
+            &Booked::default(),
+            date("2026-12-01"),
+            at("2026-11-30T07:00:00Z"),
+        );
+        assert!(
+            matches!(refused, Err(Refusal::CollectionTooLong { .. })),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_capacity_that_breaks_bookings_names_them() {
+        let capacity = Capacity::example();
+        let recipe = recipe();
+        let now = at("2026-11-30T07:00:00Z");
+        let mut booked = Booked::default();
+        let first =
+            plan_for("s", &capacity, &recipe, &booked, date("2026-12-01"), now).expect("free");
+        book(&mut booked, &first, Uuid::now_v7());
+        let second =
+            plan_for("s", &capacity, &recipe, &booked, date("2026-12-01"), now).expect("free");
+        let bookings = [booking(&first, "A"), booking(&second, "B")];
+        assert_eq!(conflicts(&capacity, &bookings, now), Vec::<String>::new());
+
+        let mut fewer = capacity.clone();
+        fewer.collection_slots_per_day = 1;
+        fewer
+            .instruments
+            .insert("closed-processing-system".into(), 1);
+        fewer.closures.push(Closure {
+            from: date("2026-12-05"),
+            to: date("2026-12-05"),
+            reason: "power work".into(),
+        });
+        let found = conflicts(&fewer, &bookings, now);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("COI B") && f.contains("collection slot 2")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("2 bookings hold a closed-processing-system at the same time")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("COI A") && f.contains("power work")),
+            "{found:?}"
+        );
+        let mut without = capacity.clone();
+        without.instruments.remove("bench");
+        assert!(conflicts(&without, &bookings, now)
+            .iter()
+            .any(|f| f.contains("needs a bench")));
+    }
+
+    #[test]
+    fn re_planning_does_not_push_a_step_into_a_closure() {
+        let mut capacity = Capacity::example();
+        capacity
+            .instruments
+            .insert("closed-processing-system".into(), 1);
+        let recipe = recipe();
+        let booked_at = at("2026-11-23T07:00:00Z");
+        let first = plan_for(
+            "s",
+            &capacity,
+            &recipe,
+            &Booked::default(),
+            date("2026-11-23"),
+            booked_at,
+        )
+        .expect("free");
+        let mut a = booking(&first, "A");
+        for step in &mut a.steps[..5] {
+            step.started_at = Some(step.planned_start);
+            step.completed_at = Some(step.planned_end);
+        }
+        // Expansion has run over; harvest would now fall on a closed day.
+        let expansion = a.steps[5].planned_start;
+        a.steps[5].started_at = Some(expansion);
+        let now = a.steps[5].planned_end + Duration::hours(2);
+        capacity.closures.push(Closure {
+            from: now.date_naive() + Duration::days(0),
+            to: now.date_naive(),
+            reason: "fire drill".into(),
+        });
+        let moved = replan(&capacity, &[a.clone()], now);
+        let harvest = &moved[0].steps[6];
+        let reopens = (now.date_naive() + Duration::days(1))
+            .and_time(NaiveTime::MIN)
+            .and_utc();
+        assert_eq!(harvest.1, reopens.max(now), "{moved:?}");
     }
 }

@@ -1877,13 +1877,14 @@ fn on_plan(
     for step in &booking.steps {
         if completed.contains(&step.step_id.as_str()) || running == Some(step.step_id.as_str()) {
             let mut started = log.record(order.batch_id, step_started(&step.step_id));
-            started.recorded_at = step.planned_start;
+            // Site clocks stamp nanoseconds; the hub keeps microseconds.
+            started.recorded_at = step.planned_start + Duration::nanoseconds(789);
             *log = resign(log, &mut started);
             events.push(started);
         }
         if completed.contains(&step.step_id.as_str()) {
             let mut done = log.record(order.batch_id, step_completed(&step.step_id));
-            done.recorded_at = step.planned_end;
+            done.recorded_at = step.planned_end + Duration::nanoseconds(789);
             *log = resign(log, &mut done);
             events.push(done);
         }
@@ -2088,6 +2089,28 @@ async fn case_a_batch_running_long_pushes_the_bookings_behind_it(store: Arc<dyn 
         .await
         .expect("reschedule");
     assert!(selection(&moved) >= b2.expected_end());
+    // A re-planning pass that read C before the move cannot write its old plan over
+    // the new booking, nor announce a delay for it.
+    let stale = carrel_hub::schedule::Moved {
+        order_id: orders[2].order_id,
+        steps: c2
+            .steps
+            .iter()
+            .map(|s| (s.step_id.clone(), s.expected_start, s.expected_end))
+            .collect(),
+        cause: "stale".into(),
+    };
+    let notice = carrel_hub::store::schedule::DelayNotice {
+        replaces: None,
+        expected_release: real_now + Duration::days(30),
+        planned_release: real_now,
+        reason: "stale".into(),
+    };
+    assert!(!store
+        .store_replan(&c2, &stale, Some(&notice), real_now)
+        .await
+        .expect("store"));
+    assert_eq!(booking(2).await, moved);
     let after = carrel_hub::clock::clock(&record, Some(&moved), &Default::default(), real_now);
     assert_eq!(
         (after.delay.clone(), after.expected_release),
@@ -2105,8 +2128,14 @@ async fn case_the_clock_reads_milestones_from_the_record(store: Arc<dyn Store>) 
     let recipe = seed(&*store).await;
     let mut log = SiteLog::new();
     let mut clocks = Vec::new();
-    for _ in 0..2 {
-        let order = order_at(&*store, SITE_A).await;
+    // Requested a few days from now, so the plan is ahead of the records whenever
+    // this runs.
+    let requested = now().date_naive() + Duration::days(4);
+    for i in 0..2 {
+        let order = store
+            .create_order(&order_for(SITE_A, &format!("PAT-{i:04}"), requested), now())
+            .await
+            .expect("create order");
         let mut events = complete_record(&mut log, &order, &recipe);
         ingest(&*store, SITE_A, &events).await;
         let sha = reviewed_sha256(&*store, order.batch_id).await;
@@ -2127,7 +2156,7 @@ async fn case_the_clock_reads_milestones_from_the_record(store: Arc<dyn Store>) 
                 .iter()
                 .rev()
                 .find(|e| pick(&e.kind))
-                .map(|e| e.recorded_at)
+                .map(|e| e.recorded_at.trunc_subsecs(6))
                 .expect("event")
         };
         let c = clock(&record, None, &Default::default(), now());
@@ -2156,8 +2185,8 @@ async fn case_the_clock_reads_milestones_from_the_record(store: Arc<dyn Store>) 
         assert_eq!(c.vein_to_vein, Some(infused - collected));
         // Planned from the requested date (no booking): collection at 08:00 plus 3 h.
         assert_eq!(
-            c.milestone(Milestone::Collection).planned.to_rfc3339(),
-            "2026-12-01T11:00:00+00:00"
+            c.milestone(Milestone::Collection).planned,
+            requested.and_hms_opt(11, 0, 0).expect("time").and_utc()
         );
         assert_eq!((c.released_on_time, c.delay.clone()), (Some(true), None));
         clocks.push(c);
@@ -2176,6 +2205,100 @@ async fn case_the_clock_reads_milestones_from_the_record(store: Arc<dyn Store>) 
     );
     assert_eq!(summary.median_vein_to_vein, Some((spans[0] + spans[1]) / 2));
     assert_eq!(summary.on_time_share(), Some(1.0));
+}
+
+async fn case_two_bookings_racing_for_the_last_instrument_give_one_success(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    // Plenty of slots, one processing system: orders on two different days would
+    // both need it for most of the same nine days.
+    store
+        .set_capacity(SITE_B, &capacity(8, 1), ADMIN, now())
+        .await
+        .expect("declare capacity");
+    let day = now().date_naive() + Duration::days(5);
+    let attempts = [day, day + Duration::days(1)].map(|date| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .create_order(&order_for(SITE_B, &format!("PAT-{date}"), date), now())
+                .await
+        })
+    });
+    let results: Vec<_> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    let refused = results
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .expect("one refused");
+    assert!(
+        matches!(refused, Error::Unavailable(why) if why.contains("every closed-processing-system is booked")),
+        "{refused:?}"
+    );
+    assert_eq!(store.bookings(SITE_B).await.expect("bookings").len(), 1);
+}
+
+async fn case_a_capacity_that_breaks_bookings_or_misses_open_orders_is_refused(
+    store: Arc<dyn Store>,
+) {
+    seed(&*store).await;
+    // An order placed before the site declared its capacity holds instruments the
+    // hub knows nothing of: declaring is refused until it is past manufacturing.
+    let unbooked = order_at(&*store, SITE_A).await;
+    match store
+        .set_capacity(SITE_A, &capacity(2, 4), ADMIN, now())
+        .await
+    {
+        Err(Error::FailedPrecondition(why)) => {
+            assert!(why.contains(&unbooked.order_id.to_string()), "{why}")
+        }
+        other => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+    assert_eq!(store.capacity(SITE_A).await.expect("read"), None);
+    store
+        .cancel_order(unbooked.order_id, "entered twice", PHYSICIAN, now())
+        .await
+        .expect("cancel");
+    store
+        .set_capacity(SITE_A, &capacity(2, 4), ADMIN, now())
+        .await
+        .expect("declare once nothing is unbooked");
+
+    // A closure over a booked collection is refused, naming the order; the capacity
+    // stays as it was.
+    let date = now().date_naive() + Duration::days(6);
+    let booked = store
+        .create_order(&order_for(SITE_A, "PAT-0009", date), now())
+        .await
+        .expect("book");
+    let mut closing = capacity(2, 4);
+    closing.closures.push(carrel_hub::schedule::Closure {
+        from: date,
+        to: date,
+        reason: "inspection".into(),
+    });
+    match store.set_capacity(SITE_A, &closing, ADMIN, now()).await {
+        Err(Error::FailedPrecondition(why)) => {
+            assert!(why.contains(&booked.coi) && why.contains("closed"), "{why}")
+        }
+        other => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+    assert_eq!(
+        store.capacity(SITE_A).await.expect("read"),
+        Some(capacity(2, 4))
+    );
+    let changes = store
+        .audit_count("site.capacity_changed")
+        .await
+        .expect("count");
+    assert_eq!(changes, 1, "only the accepted declaration is audited");
 }
 
 // ---------------------------------------------------------------------------------
@@ -2448,6 +2571,8 @@ async fn case_failed_sign_ins_count_until_a_success(store: Arc<dyn Store>) {
 }
 
 store_cases!(sqlite, open_sqlite:
+    case_two_bookings_racing_for_the_last_instrument_give_one_success,
+    case_a_capacity_that_breaks_bookings_or_misses_open_orders_is_refused,
     case_concurrent_bookings_of_the_last_slot_give_one_success,
     case_cancelling_frees_a_slot_and_rescheduling_moves_it,
     case_a_batch_running_long_pushes_the_bookings_behind_it,
@@ -2487,6 +2612,8 @@ store_cases!(sqlite, open_sqlite:
 );
 
 store_cases!(postgres, open_postgres:
+    case_two_bookings_racing_for_the_last_instrument_give_one_success,
+    case_a_capacity_that_breaks_bookings_or_misses_open_orders_is_refused,
     case_concurrent_bookings_of_the_last_slot_give_one_success,
     case_cancelling_frees_a_slot_and_rescheduling_moves_it,
     case_a_batch_running_long_pushes_the_bookings_behind_it,

@@ -37,7 +37,7 @@ fn order_request(patient: &str, date: &str) -> pb::CreateOrderRequest {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn capacity_booking_rescheduling_and_the_clock_through_the_hub() {
-    let hub = Hub::start_with("[schedule]\nreplan_interval_secs = 1\n").await;
+    let hub = Hub::start().await;
     for (user, role, password) in [
         (ADMIN.0, "admin", ADMIN.1),
         (DR_A.0, "physician", DR_A.1),
@@ -194,6 +194,31 @@ async fn capacity_booking_rescheduling_and_the_clock_through_the_hub() {
         Some(day.to_string())
     );
     assert_eq!(clock.milestones.len(), 9);
+    // The other physician cannot see it, let alone move it.
+    let other = if who == DR_A { &dr_b } else { &dr_a };
+    let refused = schedule
+        .reschedule_order(authed(
+            other,
+            pb::RescheduleOrderRequest {
+                order_id: order.order_id.clone(),
+                collection_date: next.to_string(),
+                reason: "mine now".into(),
+            },
+        ))
+        .await
+        .expect_err("another physician's order");
+    assert_eq!(refused.code(), Code::NotFound);
+    // A date far beyond the horizon is refused up front.
+    let refused = pb::order_service_client::OrderServiceClient::new(channel.clone())
+        .create_order(authed(other, order_request("PAT-B9", "+262143-12-31")))
+        .await
+        .expect_err("far future");
+    assert_eq!(
+        refused.code(),
+        Code::InvalidArgument,
+        "{}",
+        refused.message()
+    );
     let later = day + Duration::days(3);
     let out = hub.cli(
         who.0,
@@ -240,7 +265,6 @@ async fn capacity_booking_rescheduling_and_the_clock_through_the_hub() {
         assert!(shown.contains(milestone), "{milestone} missing: {shown}");
     }
     // The freed day can be booked by the other physician now.
-    let other = if who == DR_A { &dr_b } else { &dr_a };
     pb::order_service_client::OrderServiceClient::new(channel.clone())
         .create_order(authed(other, order_request("PAT-B2", &day.to_string())))
         .await

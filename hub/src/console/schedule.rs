@@ -41,7 +41,7 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
                 p.muted { "Not booked: the site declares no capacity; planned from the requested date." }
             }
             @if let Some(delay) = &clock.delay {
-                ul { @for reason in &delay.reasons { li { (reason) } } }
+                ul { @for reason in delay.reasons.iter().chain(&delay.announced) { li { (reason) } } }
             }
             @if let Some(v2v) = clock.vein_to_vein { p { "Vein to vein: " strong { (span_text(v2v)) } } }
         }

@@ -135,10 +135,9 @@ pub fn clock_to_pb(clock: &Clock, booking: Option<&Booking>) -> pb::VeinToVein {
             .delay
             .as_ref()
             .map_or(String::new(), |d| d.since.as_str().into()),
-        delay_reasons: clock
-            .delay
-            .as_ref()
-            .map_or(Vec::new(), |d| d.reasons.clone()),
+        delay_reasons: clock.delay.as_ref().map_or(Vec::new(), |d| {
+            d.reasons.iter().chain(&d.announced).cloned().collect()
+        }),
         vein_to_vein_secs: clock.vein_to_vein.map_or(0, |d| d.num_seconds()),
         booking: booking.map(booking_to_pb),
         stopped: clock.stopped.is_some(),

@@ -8,12 +8,33 @@ use crate::grpc::Shared;
 use crate::schedule::{self, Booking, Capacity, Plan, Utilisation};
 use crate::store::schedule::DelayNotice;
 use crate::store::{self, BatchState, Order, Role, SiteStatus, User};
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// How many weeks of utilisation may be asked for at once.
 pub const MAX_WEEKS: u32 = 26;
+
+/// How far ahead (and back, for utilisation) dates may be asked for.
+pub const HORIZON_DAYS: i64 = schedule::HORIZON_DAYS;
+
+/// A date as a form or a request gives it; today when empty; refused when it is not
+/// a date or lies beyond the horizon either way.
+fn date_within_horizon(name: &'static str, text: &str) -> Result<NaiveDate, Error> {
+    let today = Utc::now().date_naive();
+    let date = match text.trim() {
+        "" => return Ok(today),
+        text => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map_err(|_| field(name, format!("{name} {text:?} is not a date (YYYY-MM-DD)")))?,
+    };
+    if (date - today).num_days().abs() > HORIZON_DAYS {
+        return Err(field(
+            name,
+            format!("{name} {date} is more than {HORIZON_DAYS} days from today"),
+        ));
+    }
+    Ok(date)
+}
 
 /// The site's declared capacity, `None` when it declares none. Anyone signed in may read it.
 pub async fn capacity(shared: &Shared, site_id: &str) -> Result<Option<Capacity>, Error> {
@@ -66,11 +87,7 @@ pub async fn propose(
         }
         other => other?.recipe,
     };
-    let from = match from.trim() {
-        "" => now.date_naive(),
-        text => NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .map_err(|_| field("from", format!("from {text:?} is not a date (YYYY-MM-DD)")))?,
-    };
+    let from = date_within_horizon("from", from)?;
     if from < now.date_naive() {
         return Err(field("from", format!("from {from} is in the past")));
     }
@@ -225,11 +242,7 @@ pub async fn utilisation(
             format!("weeks is {weeks}; it must be 1 to {MAX_WEEKS}"),
         ));
     }
-    let from = match from.trim() {
-        "" => Utc::now().date_naive(),
-        text => NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .map_err(|_| field("from", format!("from {text:?} is not a date (YYYY-MM-DD)")))?,
-    };
+    let from = date_within_horizon("from", from)?;
     let capacity = shared
         .store
         .capacity(site_id.trim())
@@ -293,83 +306,114 @@ pub struct Replanned {
 /// and announces releases that slip (by more than the tolerance past what was last
 /// announced, or past plan the first time).
 pub async fn replan_all(shared: &Shared, now: DateTime<Utc>) -> Result<Replanned, Error> {
-    let settings = &shared.config.schedule;
     let mut done = Replanned::default();
     for site in shared.store.list_sites().await? {
-        let Some(capacity) = shared.store.capacity(&site.site_id).await? else {
-            continue;
-        };
-        let mut bookings = Vec::new();
-        let mut records = BTreeMap::new();
-        for mut booking in shared.store.bookings(&site.site_id).await? {
-            let record = shared.store.batch_record(booking.batch_id).await?;
-            // Released, rejected, cancelled or later: the batch holds no instrument
-            // from now on, so its booking stops counting against the site.
-            let still_held = matches!(
-                record.order.state,
-                BatchState::Ordered
-                    | BatchState::Accepted
-                    | BatchState::InProcess
-                    | BatchState::AwaitingRelease
-            );
-            if !still_held {
-                shared.store.release_booking(booking.order_id, now).await?;
-                done.freed += 1;
-                continue;
-            }
-            fill_actuals(&mut booking, &record);
-            records.insert(booking.order_id, record);
-            bookings.push(booking);
-        }
-        let moved: BTreeMap<Uuid, schedule::Moved> = schedule::replan(&capacity, &bookings, now)
-            .into_iter()
-            .map(|m| (m.order_id, m))
-            .collect();
-        for mut booking in bookings {
-            let record = &records[&booking.order_id];
-            let moved = moved.get(&booking.order_id);
-            if let Some(m) = moved {
-                for (step, (_, start, end)) in booking.steps.iter_mut().zip(&m.steps) {
-                    step.expected_start = *start;
-                    step.expected_end = *end;
-                }
-            }
-            let clock = clock::clock(record, Some(&booking), settings, now);
-            let notice = match &clock.delay {
-                Some(delay) if clock.released_on_time.is_none() => {
-                    let announced = shared.store.announced_release(booking.order_id).await?;
-                    let news =
-                        announced.is_none_or(|a| clock.expected_release - a > settings.tolerance());
-                    news.then(|| DelayNotice {
-                        replaces: announced,
-                        expected_release: clock.expected_release,
-                        planned_release: clock.planned_release,
-                        reason: delay_reason(&clock, delay, moved),
-                    })
-                }
-                _ => None,
-            };
-            if moved.is_some() || notice.is_some() {
-                let m = moved.cloned().unwrap_or_else(|| schedule::Moved {
-                    order_id: booking.order_id,
-                    steps: booking
-                        .steps
-                        .iter()
-                        .map(|s| (s.step_id.clone(), s.expected_start, s.expected_end))
-                        .collect(),
-                    cause: String::new(),
-                });
-                let announced = shared.store.store_replan(&m, notice.as_ref(), now).await?;
-                done.moved += usize::from(moved.is_some());
-                if announced {
-                    done.delays += 1;
-                    tracing::warn!(order_id = %booking.order_id, coi = %booking.coi, expected_release = %clock.expected_release, "order delayed");
-                    let _ = shared.changes.send(booking.batch_id);
-                }
-            }
+        // One site's trouble (a record that cannot be read, say) does not stop the others.
+        if let Err(e) = replan_site(shared, &site, now, &mut done).await {
+            tracing::warn!(site_id = %site.site_id, error = %e, "re-planning the site failed");
         }
     }
     Ok(done)
+}
+
+/// The time up to which the hub knows what a site did: now while the site is in
+/// touch, its last contact while it is out of touch (the site keeps working and
+/// reports later, so a silence is no evidence of a delay).
+fn known_until(shared: &Shared, site: &store::Site, now: DateTime<Utc>) -> DateTime<Utc> {
+    let timeout = Duration::milliseconds(i64::from(shared.config.heartbeat_timeout_ms));
+    match site.last_contact_at {
+        _ if shared.links.is_connected(&site.site_id) => now,
+        Some(contact) if contact + timeout < now => contact,
+        _ => now,
+    }
+}
+
+async fn replan_site(
+    shared: &Shared,
+    site: &store::Site,
+    now: DateTime<Utc>,
+    done: &mut Replanned,
+) -> Result<(), Error> {
+    let settings = &shared.config.schedule;
+    let Some(capacity) = shared.store.capacity(&site.site_id).await? else {
+        return Ok(());
+    };
+    let known = known_until(shared, site, now);
+    let mut bookings = Vec::new();
+    let mut records = BTreeMap::new();
+    for mut booking in shared.store.bookings(&site.site_id).await? {
+        let record = shared.store.batch_record(booking.batch_id).await?;
+        // Released, rejected, cancelled or later: the batch holds no instrument
+        // from now on, so its booking stops counting against the site.
+        let still_held = matches!(
+            record.order.state,
+            BatchState::Ordered
+                | BatchState::Accepted
+                | BatchState::InProcess
+                | BatchState::AwaitingRelease
+        );
+        if !still_held {
+            shared.store.release_booking(booking.order_id, now).await?;
+            done.freed += 1;
+            continue;
+        }
+        fill_actuals(&mut booking, &record);
+        records.insert(booking.order_id, record);
+        bookings.push(booking);
+    }
+    let moved: BTreeMap<Uuid, schedule::Moved> = schedule::replan(&capacity, &bookings, known)
+        .into_iter()
+        .map(|m| (m.order_id, m))
+        .collect();
+    for seen in &bookings {
+        let record = &records[&seen.order_id];
+        let moved = moved.get(&seen.order_id);
+        let mut booking = seen.clone();
+        if let Some(m) = moved {
+            for (step, (_, start, end)) in booking.steps.iter_mut().zip(&m.steps) {
+                step.expected_start = *start;
+                step.expected_end = *end;
+            }
+        }
+        let clock = clock::clock(record, Some(&booking), settings, known);
+        let notice = match &clock.delay {
+            Some(delay) if clock.released_on_time.is_none() => {
+                let announced = shared.store.announced_release(booking.order_id).await?;
+                let news =
+                    announced.is_none_or(|a| clock.expected_release - a > settings.tolerance());
+                news.then(|| DelayNotice {
+                    replaces: announced,
+                    expected_release: clock.expected_release,
+                    planned_release: clock.planned_release,
+                    reason: delay_reason(&clock, delay, moved),
+                })
+            }
+            _ => None,
+        };
+        if moved.is_none() && notice.is_none() {
+            continue;
+        }
+        let m = moved.cloned().unwrap_or_else(|| schedule::Moved {
+            order_id: booking.order_id,
+            steps: booking
+                .steps
+                .iter()
+                .map(|s| (s.step_id.clone(), s.expected_start, s.expected_end))
+                .collect(),
+            cause: String::new(),
+        });
+        let announced = shared
+            .store
+            .store_replan(seen, &m, notice.as_ref(), now)
+            .await?;
+        done.moved += usize::from(moved.is_some());
+        if announced {
+            done.delays += 1;
+            tracing::warn!(order_id = %booking.order_id, coi = %booking.coi, expected_release = %clock.expected_release, "order delayed");
+            let _ = shared.changes.send(booking.batch_id);
+        }
+    }
+    Ok(())
 }
 
 /// The reason announced with a delay: why the booking moved, or what slipped.
@@ -393,7 +437,12 @@ fn delay_reason(clock: &Clock, delay: &clock::Delay, moved: Option<&schedule::Mo
 fn fill_actuals(booking: &mut Booking, record: &store::BatchRecord) {
     use carrel_proto::event::EventKind;
     for stored in &record.events {
-        let at = stored.event.recorded_at.min(stored.received_at);
+        // To the microsecond the store keeps, so a re-planned time read back compares equal.
+        let at = stored
+            .event
+            .recorded_at
+            .min(stored.received_at)
+            .trunc_subsecs(6);
         match &stored.event.kind {
             EventKind::StepStarted { step_id, .. } => {
                 if let Some(step) = booking.steps.iter_mut().find(|s| &s.step_id == step_id) {

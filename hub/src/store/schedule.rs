@@ -28,7 +28,9 @@ pub struct DelayNotice {
 #[async_trait]
 pub trait ScheduleStore: Send + Sync {
     /// Declares or replaces a site's capacity, audited with the old and new document.
-    /// Bookings already made stay; re-planning fits them to the new capacity.
+    /// Refused, and nothing changed, while the site has open orders placed without a
+    /// booking (their instrument time would be unaccounted for), or when the site's
+    /// bookings would not fit the new capacity ([`schedule::conflicts`]).
     async fn set_capacity(
         &self,
         site_id: &str,
@@ -56,10 +58,13 @@ pub trait ScheduleStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Booking>;
     /// Stores re-planned expected times of a booking; with a notice, also audits the
-    /// delay (`order.delayed`) and remembers the release announced. Returns whether
-    /// the notice was recorded (not when another process announced first).
+    /// delay (`order.delayed`) and remembers the release announced. Nothing is
+    /// changed unless the booking is still active and as `seen` (not rescheduled
+    /// meanwhile). Returns whether the notice was recorded (not when another process
+    /// announced first).
     async fn store_replan(
         &self,
+        seen: &Booking,
         moved: &Moved,
         notice: Option<&DelayNotice>,
         now: DateTime<Utc>,
@@ -200,3 +205,55 @@ pub(crate) fn booking_note(plan: Option<&Plan>) -> String {
         None => "not booked: the site declares no capacity".to_owned(),
     }
 }
+
+/// Refuses a new capacity that would leave instrument time unaccounted for or break
+/// existing bookings; says which orders are in the way.
+pub(crate) fn check_new_capacity(
+    site_id: &str,
+    capacity: &Capacity,
+    bookings: &[Booking],
+    unbooked: &[(Uuid, String)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if !unbooked.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "site {site_id:?} has {} open order(s) placed without a booking ({}); declare its capacity once they are past manufacturing, or cancel them",
+            unbooked.len(),
+            unbooked
+                .iter()
+                .map(|(id, coi)| format!("{id} COI {coi}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let conflicts = schedule::conflicts(capacity, bookings, now);
+    if !conflicts.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "the new capacity of site {site_id:?} does not fit its bookings: {}; reschedule or cancel them first",
+            conflicts.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the booking read inside a transaction is still the one a re-planning pass
+/// read (active, same collection, same planned steps).
+pub(crate) fn unchanged(current: Option<&(Booking, bool)>, seen: &Booking) -> bool {
+    current.is_some_and(|(b, active)| {
+        *active
+            && b.collection_date == seen.collection_date
+            && b.slot == seen.slot
+            && b.steps.len() == seen.steps.len()
+            && b.steps
+                .iter()
+                .zip(&seen.steps)
+                .all(|(a, z)| a.step_id == z.step_id && a.planned_start == z.planned_start)
+    })
+}
+
+/// The open orders of a site with no booking, as the backends read them.
+pub(crate) const UNBOOKED_OPEN_ORDERS: &str = "SELECT o.order_id, o.coi FROM orders o \
+     JOIN batches b ON b.batch_id = o.batch_id \
+     LEFT JOIN bookings k ON k.order_id = o.order_id \
+     WHERE o.site_id = $1 AND k.order_id IS NULL AND b.state IN ('ordered', 'accepted', 'in_process') \
+     ORDER BY o.created_at";

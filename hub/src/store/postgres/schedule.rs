@@ -176,6 +176,15 @@ impl ScheduleStore for PgStore {
             )));
         }
         let old = Self::capacity_in(w.conn(), site_id).await?;
+        let unbooked = sqlx::query(store_schedule::UNBOOKED_OPEN_ORDERS)
+            .bind(site_id)
+            .fetch_all(w.conn())
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("order_id")?, r.try_get("coi")?)))
+            .collect::<Result<Vec<_>>>()?;
+        let bookings = Self::site_bookings_in(w.conn(), site_id).await?;
+        store_schedule::check_new_capacity(site_id, capacity, &bookings, &unbooked, now)?;
         let document = capacity_json(capacity)?;
         sqlx::query(
             "INSERT INTO site_capacity (site_id, document, updated_at, updated_by) VALUES ($1, $2, $3, $4) \
@@ -271,6 +280,11 @@ impl ScheduleStore for PgStore {
             .bind(order_id)
             .execute(w.conn())
             .await?;
+        sqlx::query("UPDATE orders SET requested_collection_date = $1 WHERE order_id = $2")
+            .bind(plan.collection_date.to_string())
+            .bind(order_id)
+            .execute(w.conn())
+            .await?;
         sqlx::query("DELETE FROM booking_steps WHERE order_id = $1")
             .bind(order_id)
             .execute(w.conn())
@@ -296,12 +310,17 @@ impl ScheduleStore for PgStore {
 
     async fn store_replan(
         &self,
+        seen: &Booking,
         moved: &Moved,
         notice: Option<&DelayNotice>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let mut w = self.begin_write().await?;
         let order = Self::lock_order(&mut w, "order_id", moved.order_id).await?;
+        let current = Self::order_booking_in(w.conn(), moved.order_id).await?;
+        if !store_schedule::unchanged(current.as_ref(), seen) {
+            return Ok(false);
+        }
         for (step_id, start, end) in &moved.steps {
             sqlx::query(
                 "UPDATE booking_steps SET expected_start = $1, expected_end = $2 WHERE order_id = $3 AND step_id = $4",

@@ -190,6 +190,20 @@ impl ScheduleStore for SqliteStore {
             )));
         }
         let old = Self::capacity_in(&mut tx, site_id).await?;
+        let unbooked = sqlx::query(store_schedule::UNBOOKED_OPEN_ORDERS)
+            .bind(site_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    parse_uuid(&r.try_get::<String, _>("order_id")?)?,
+                    r.try_get("coi")?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bookings = Self::site_bookings_in(&mut tx, site_id).await?;
+        store_schedule::check_new_capacity(site_id, capacity, &bookings, &unbooked, now)?;
         let document = capacity_json(capacity)?;
         sqlx::query(
             "INSERT INTO site_capacity (site_id, document, updated_at, updated_by) VALUES (?, ?, ?, ?) \
@@ -290,6 +304,11 @@ impl ScheduleStore for SqliteStore {
             .bind(order_id.to_string())
             .execute(&mut *tx)
             .await?;
+        sqlx::query("UPDATE orders SET requested_collection_date = ? WHERE order_id = ?")
+            .bind(plan.collection_date.to_string())
+            .bind(order_id.to_string())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM booking_steps WHERE order_id = ?")
             .bind(order_id.to_string())
             .execute(&mut *tx)
@@ -317,6 +336,7 @@ impl ScheduleStore for SqliteStore {
 
     async fn store_replan(
         &self,
+        seen: &Booking,
         moved: &Moved,
         notice: Option<&DelayNotice>,
         now: DateTime<Utc>,
@@ -324,6 +344,10 @@ impl ScheduleStore for SqliteStore {
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
         let order = Self::order_in(&mut tx, "order_id", moved.order_id).await?;
+        let current = Self::order_booking_in(&mut tx, moved.order_id).await?;
+        if !store_schedule::unchanged(current.as_ref(), seen) {
+            return Ok(false);
+        }
         for (step_id, start, end) in &moved.steps {
             sqlx::query(
                 "UPDATE booking_steps SET expected_start = ?, expected_end = ? WHERE order_id = ? AND step_id = ?",
