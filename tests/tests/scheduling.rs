@@ -254,6 +254,7 @@ async fn capacity_booking_rescheduling_and_the_clock_through_the_hub() {
         shown.contains(&format!("Booked: collection {later} slot 1 at {SITE}")),
         "{shown}"
     );
+    assert!(shown.contains("waiting: "), "{shown}");
     for milestone in [
         "ordered",
         "collection",

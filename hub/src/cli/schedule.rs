@@ -6,6 +6,7 @@ use crate::clock::span_text;
 use crate::grpc::schedule::{capacity_from_pb, capacity_to_pb};
 use crate::schedule::Capacity;
 use anyhow::Context;
+use carrel_proto::event::from_timestamp;
 use carrel_proto::pb;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -331,6 +332,25 @@ pub fn print_clock(clock: &pb::VeinToVein) {
             "  vein to vein: {}",
             span_text(chrono::Duration::seconds(clock.vein_to_vein_secs))
         );
+    } else if !clock.stopped {
+        // The patient is still waiting: since the order, and since the collection.
+        let since = |name: &str| {
+            clock
+                .milestones
+                .iter()
+                .find(|m| m.name == name)
+                .and_then(|m| m.actual)
+                .and_then(|t| from_timestamp("at", Some(t)).ok())
+                .map(|t| span_text(chrono::Utc::now() - t))
+        };
+        if let Some(ordered) = since("ordered") {
+            match since("collection") {
+                Some(collected) => {
+                    println!("  waiting: {ordered} since the order, {collected} since collection")
+                }
+                None => println!("  waiting: {ordered} since the order"),
+            }
+        }
     }
 }
 
