@@ -100,6 +100,8 @@ pub struct Config {
     /// OpenTelemetry: send traces over OTLP/gRPC to this collector endpoint
     /// (e.g. `http://127.0.0.1:4317`); none when unset. Env: `CARREL_HUB_OTLP_ENDPOINT`.
     pub otlp_endpoint: Option<String>,
+    /// Notifications by e-mail and webhook (`[notifications]`).
+    pub notifications: crate::notify::NotificationsConfig,
 }
 
 /// tonic's own default: 4 MiB.
@@ -135,6 +137,7 @@ impl Default for Config {
             site_certificate_renew_days: 30,
             certificate_warning_days: 30,
             otlp_endpoint: None,
+            notifications: Default::default(),
         }
     }
 }
@@ -199,6 +202,7 @@ impl Config {
             self.ca_key = Some(v.into());
         }
         env_parse("CARREL_HUB_FACILITY", &mut self.facility)?;
+        self.notifications.apply_env()?;
         env_parse(
             "CARREL_HUB_SITE_CERTIFICATE_DAYS",
             &mut self.site_certificate_days,
@@ -341,7 +345,7 @@ impl Config {
                 "session_ttl_secs and enrollment_ttl_secs must be positive".into(),
             ));
         }
-        Ok(())
+        self.notifications.validate()
     }
 
     pub fn database_url(&self) -> String {

@@ -35,6 +35,8 @@ use std::str::FromStr;
 use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 
+mod notify;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Key of the advisory lock that serialises appends to the audit chain. Any constant

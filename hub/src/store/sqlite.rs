@@ -23,6 +23,8 @@ use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+mod notify;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// One site's events waiting for the next group commit.
