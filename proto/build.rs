@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "carrel/v1/orders.proto",
         "carrel/v1/release.proto",
         "carrel/v1/admin.proto",
+        "carrel/v1/notifications.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

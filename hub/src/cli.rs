@@ -2,6 +2,8 @@
 //! hub; `site add` and `user add` work on the hub machine's own store; the rest are
 //! clients of the gRPC API and need `login` first.
 
+mod notify;
+
 use crate::admin;
 use crate::store::Role;
 use crate::Config;
@@ -78,6 +80,9 @@ pub enum Command {
     /// QA release.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Notifications by e-mail and webhook: subscribe, list, see what was sent.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
     /// The audit trail (run on the hub machine).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -643,6 +648,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Order(command) => order_command(command).await,
         Command::Release(command) => release_command(command).await,
+        Command::Notify(command) => notify::run(command).await,
     }
 }
 

@@ -206,6 +206,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     health_reporter
         .set_serving::<pb::auth_service_server::AuthServiceServer<grpc::auth::AuthApi>>()
         .await;
+    health_reporter
+        .set_serving::<pb::notification_service_server::NotificationServiceServer<
+            grpc::notifications::NotificationApi,
+        >>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -246,6 +251,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             pb::admin_service_server::AdminServiceServer::new(grpc::admin::AdminApi(
                 shared.clone(),
             ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::notification_service_server::NotificationServiceServer::new(
+                grpc::notifications::NotificationApi(shared.clone()),
+            )
             .max_decoding_message_size(max),
         );
 

@@ -12,7 +12,7 @@ CREATE TABLE notification_subscriptions (
     kinds           TEXT NOT NULL,     -- comma-separated kind names
     channel         TEXT NOT NULL CHECK (channel IN ('email', 'webhook')),
     target          TEXT NOT NULL,     -- e-mail address or webhook URL
-    secret          TEXT,              -- webhook HMAC key (hex); NULL for e-mail
+    secret          TEXT,              -- webhook HMAC key (its text is the key); NULL for e-mail
     site_id         TEXT,              -- only this site's happenings, when set
     created_at      TEXT NOT NULL,
     removed_at      TEXT               -- unsubscribed: matches nothing more

@@ -18,6 +18,7 @@
 
 pub mod deliver;
 pub mod derive;
+pub mod service;
 
 use crate::store::{self, Role, Store};
 use chrono::{DateTime, Utc};
@@ -260,7 +261,7 @@ pub enum Channel {
     Email {
         address: String,
     },
-    /// The secret is the HMAC-SHA256 key the hub signs each request with (hex).
+    /// The secret is the HMAC-SHA256 key the hub signs each request with (its text is the key).
     Webhook {
         url: String,
         secret: String,
