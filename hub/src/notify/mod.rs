@@ -355,14 +355,14 @@ impl NewSubscription {
     }
 }
 
-/// A plain check of an e-mail address: one `@`, something on each side, a dot in the
-/// domain, no spaces or angle brackets (it goes into a mail header).
+/// A plain check of an e-mail address: one `@`, something on each side, no spaces,
+/// angle brackets or separators (it goes into a mail header). A domain without a dot
+/// (`localhost`) is allowed: the SMTP server decides what it delivers.
 pub fn check_email(address: &str) -> Result<(), Error> {
     let bad = || Error::Invalid(format!("{address:?} is not an e-mail address"));
     let (local, domain) = address.split_once('@').ok_or_else(bad)?;
     if local.is_empty()
-        || domain.len() < 3
-        || !domain.contains('.')
+        || domain.is_empty()
         || domain.starts_with('.')
         || domain.ends_with('.')
         || domain.contains('@')
@@ -537,4 +537,66 @@ pub fn payload(notification_id: Uuid, happening: &Happening) -> String {
         "coi": order.map(|o| o.coi.clone()),
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_maximum_then_stop() {
+        let config = NotificationsConfig {
+            retry_base_ms: 100,
+            retry_max_ms: 500,
+            max_attempts: 5,
+            ..NotificationsConfig::default()
+        };
+        let delays: Vec<_> = (1..=5).map(|n| config.retry_delay(n)).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            delays,
+            vec![
+                Some(ms(100)),
+                Some(ms(200)),
+                Some(ms(400)),
+                Some(ms(500)),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn addresses_and_urls_are_checked() {
+        assert!(check_email("qa@clinic.test").is_ok());
+        assert!(check_email("carrel@localhost").is_ok());
+        for bad in [
+            "qa at clinic",
+            "@clinic.test",
+            "qa@",
+            "qa@.test",
+            "a b@c.d",
+            "<qa@c.d>",
+        ] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+        assert!(check_webhook_url("https://receiver.test/hook", false).is_ok());
+        assert!(check_webhook_url("http://127.0.0.1:9/hook", true).is_ok());
+        let err = check_webhook_url("http://receiver.test/hook", false).expect_err("http");
+        assert!(err.to_string().contains("is not https"), "{err}");
+        assert!(check_webhook_url("ftp://receiver.test", true).is_err());
+        assert!(check_webhook_url("https:///nohost", false).is_err());
+    }
+
+    #[test]
+    fn kinds_parse_by_name_and_unknown_ones_are_named() {
+        assert_eq!(
+            parse_kinds("released, awaiting_release").expect("kinds"),
+            BTreeSet::from([Kind::Released, Kind::AwaitingRelease])
+        );
+        let err = parse_kinds("released,relased").expect_err("typo");
+        assert!(err.to_string().contains("\"relased\""), "{err}");
+        for kind in Kind::ALL {
+            assert_eq!(Kind::parse(kind.as_str()).expect("round trip"), kind);
+        }
+    }
 }
