@@ -94,6 +94,24 @@ fn header<'a>(mail: &'a str, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// The hub's Prometheus metrics (over the console's HTTPS, trusting the hub's CA).
+fn metrics(hub: &Hub) -> String {
+    let console =
+        std::fs::read_to_string(hub.data_dir().join("console.addr")).expect("console addr");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(hub.ca_cert())
+        .arg(format!("https://{}/metrics", console.trim()))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn email_and_webhook_notifications_wait_for_receivers_that_are_down() {
     let Some(python) = python() else { return };
@@ -290,6 +308,15 @@ async fn a_site_link_down_is_notified_and_failing_receivers_are_retried_then_req
     assert_eq!(receiver.refused(), 3);
     assert_eq!(outbox(&hub).len(), 1, "one notification per outage");
     let id = str_field(&failed, "notification_id").to_owned();
+    let shown = metrics(&hub);
+    assert!(
+        shown.contains("carrel_hub_notifications{state=\"failed\"} 1\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("carrel_hub_notifications{state=\"pending\"} 0\n"),
+        "{shown}"
+    );
 
     // Requeued while the receiver is slow: each attempt times out, and fails again.
     receiver.answer(Answer::Slow(Duration::from_secs(3)));

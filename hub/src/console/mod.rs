@@ -13,6 +13,7 @@
 // `Result<_, Response>` (axum's idiom); boxing it would add noise and save nothing.
 #![allow(clippy::result_large_err)]
 
+mod notifications;
 mod pages;
 mod view;
 
@@ -50,6 +51,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
             post(pages::change_site_status),
         )
         .route("/admin/users", get(pages::users).post(pages::add_user))
+        .route(
+            "/notifications",
+            get(notifications::notifications).post(notifications::subscribe),
+        )
+        .route(
+            "/notifications/subscriptions/{id}/unsubscribe",
+            post(notifications::unsubscribe),
+        )
+        .route(
+            "/notifications/outbox/{id}/requeue",
+            post(notifications::requeue),
+        )
         .route("/style.css", get(view::stylesheet))
         .route("/metrics", get(metrics))
         .with_state(shared)

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 type Page = Result<Response, Response>;
 
-fn html_page(markup: Markup) -> Response {
+pub(super) fn html_page(markup: Markup) -> Response {
     Html(markup.into_string()).into_response()
 }
 
@@ -32,7 +32,7 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Turns a service refusal into an error page (forms show field errors themselves).
-fn refused(error: service::Error) -> Response {
+pub(super) fn refused(error: service::Error) -> Response {
     use service::Error as E;
     match error {
         E::Field { message, .. } => problem(StatusCode::BAD_REQUEST, message),
@@ -56,7 +56,7 @@ fn require(session: &Session, roles: &[Role]) -> Result<(), Response> {
     service::require_role(&session.user, roles).map_err(refused)
 }
 
-fn parse_uuid(text: &str) -> Result<Uuid, Response> {
+pub(super) fn parse_uuid(text: &str) -> Result<Uuid, Response> {
     Uuid::parse_str(text)
         .map_err(|_| problem(StatusCode::NOT_FOUND, format!("{text:?} is not a valid id")))
 }
