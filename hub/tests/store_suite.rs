@@ -2696,11 +2696,75 @@ async fn case_a_site_link_down_is_reported_once_per_outage(store: Arc<dyn Store>
     assert_eq!(rows[0].site_id.as_deref(), Some(SITE_A));
 }
 
+async fn case_concurrent_notifiers_and_workers_queue_and_claim_each_once(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let mut subscriptions = Vec::new();
+    for _ in 0..4 {
+        subscriptions.push(subscribe(&*store, QA, &[Kind::OrderDispatched], None).await);
+    }
+    let mut log = SiteLog::new();
+    for _ in 0..5 {
+        let order = order_at(&*store, SITE_A).await;
+        ingest(
+            &*store,
+            SITE_A,
+            &[log.record(order.batch_id, accepted(&order, &recipe))],
+        )
+        .await;
+    }
+    // Two notifiers (as in two hub processes) at once, one entry a pass.
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { notify_all(&*store, 1).await })
+        })
+        .collect();
+    let mut queued = 0;
+    for run in runs {
+        queued += run.await.expect("notifier task");
+    }
+    assert_eq!(queued, 4 * 5);
+    for subscription in &subscriptions {
+        assert_eq!(
+            outbox_of(&*store, subscription.subscription_id).await.len(),
+            5
+        );
+    }
+
+    // Two workers at once: each due head is handed to one of them only.
+    let at = now();
+    let claims: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_deliveries(10, std::time::Duration::from_secs(60), at)
+                    .await
+                    .expect("claim")
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for claim in claims {
+        claimed.extend(
+            claim
+                .await
+                .expect("claim task")
+                .into_iter()
+                .map(|d| d.entry.notification_id),
+        );
+    }
+    let distinct: BTreeSet<_> = claimed.iter().collect();
+    assert_eq!(claimed.len(), 4, "one head per subscription: {claimed:?}");
+    assert_eq!(distinct.len(), 4);
+}
+
 store_cases!(sqlite_notify, open_sqlite:
     case_notifier_queues_each_happening_once,
     case_a_physicians_subscription_matches_only_their_orders,
     case_deliveries_back_off_fail_and_can_be_requeued,
     case_a_site_link_down_is_reported_once_per_outage,
+    case_concurrent_notifiers_and_workers_queue_and_claim_each_once,
 );
 
 store_cases!(postgres_notify, open_postgres:
@@ -2708,4 +2772,5 @@ store_cases!(postgres_notify, open_postgres:
     case_a_physicians_subscription_matches_only_their_orders,
     case_deliveries_back_off_fail_and_can_be_requeued,
     case_a_site_link_down_is_reported_once_per_outage,
+    case_concurrent_notifiers_and_workers_queue_and_claim_each_once,
 );

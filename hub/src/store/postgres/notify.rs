@@ -287,6 +287,15 @@ impl NotifyStore for PgStore {
     }
 
     async fn run_notifier(&self, limit: u32, now: DateTime<Utc>) -> Result<NotifierPass> {
+        // Idle most of the time: look before locking the cursor.
+        let behind: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_log WHERE position > (SELECT position FROM notification_cursor WHERE name = 'audit'))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !behind {
+            return Ok(NotifierPass::default());
+        }
         let mut w = self.begin_write().await?;
         // One notifier at a time: the others wait here, then read the moved cursor.
         let cursor: i64 = sqlx::query_scalar(
@@ -368,8 +377,20 @@ impl NotifyStore for PgStore {
         down_after: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        let mut w = self.begin_write().await?;
         let silent_since = stored(now - chrono::Duration::from_std(down_after).unwrap_or_default());
+        let changes: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sites s WHERE s.status = 'active' AND s.last_contact_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id)) \
+             OR EXISTS (SELECT 1 FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
+             WHERE s.last_contact_at > d.last_contact_at)",
+        )
+        .bind(silent_since)
+        .fetch_one(&self.pool)
+        .await?;
+        if !changes {
+            return Ok(Vec::new());
+        }
+        let mut w = self.begin_write().await?;
         // A row per episode: of two processes checking at once, one inserts it (and
         // audits), the other's insert does nothing.
         let down: Vec<(String, DateTime<Utc>)> = sqlx::query_as(

@@ -300,6 +300,15 @@ impl NotifyStore for SqliteStore {
     }
 
     async fn run_notifier(&self, limit: u32, now: DateTime<Utc>) -> Result<NotifierPass> {
+        // Idle most of the time: look before taking the write lock.
+        let behind: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_log WHERE position > (SELECT position FROM notification_cursor WHERE name = 'audit'))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !behind {
+            return Ok(NotifierPass::default());
+        }
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
         let cursor: i64 =
@@ -382,9 +391,21 @@ impl NotifyStore for SqliteStore {
         down_after: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>> {
+        let silent_since = ts(now - chrono::Duration::from_std(down_after).unwrap_or_default());
+        let changes: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sites s WHERE s.status = 'active' AND s.last_contact_at < ?1 \
+             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id)) \
+             OR EXISTS (SELECT 1 FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
+             WHERE s.last_contact_at > d.last_contact_at)",
+        )
+        .bind(&silent_since)
+        .fetch_one(&self.pool)
+        .await?;
+        if !changes {
+            return Ok(Vec::new());
+        }
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
-        let silent_since = ts(now - chrono::Duration::from_std(down_after).unwrap_or_default());
         let down: Vec<(String, String)> = sqlx::query_as(
             "SELECT s.site_id, s.last_contact_at FROM sites s \
              WHERE s.status = 'active' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < ? \
@@ -446,6 +467,16 @@ impl NotifyStore for SqliteStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<Delivery>> {
+        let due: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM notification_outbox WHERE state = 'pending' AND next_attempt_at <= ?1 \
+             AND (leased_until IS NULL OR leased_until <= ?1))",
+        )
+        .bind(ts(now))
+        .fetch_one(&self.pool)
+        .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(&format!(
