@@ -20,7 +20,7 @@ pub mod deliver;
 pub mod derive;
 pub mod service;
 
-use crate::store::{self, Role, Store};
+use crate::store::{Role, Store};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -512,13 +512,6 @@ pub async fn run_notifier(
                 return;
             }
         }
-    }
-}
-
-/// Maps the store's errors for callers of this module.
-impl From<Error> for store::Error {
-    fn from(e: Error) -> Self {
-        store::Error::Invalid(e.to_string())
     }
 }
 
