@@ -382,7 +382,14 @@ impl Link {
                     return Err(Status::aborted("link closed by the hub: another connection of this site took over, or the site was suspended"));
                 }
                 _ = self.shared.shutdown.cancelled() => {
-                    return Err(Status::unavailable("the hub is shutting down"));
+                    // The hub may be stopping because a commit of another task (the
+                    // notifier, a person's request) failed: the site is told that too.
+                    return Err(match crate::store::failure().reason() {
+                        Some(why) => Status::unavailable(format!(
+                            "the hub's store failed and the hub is stopping; what it did not acknowledge is not kept: {why}"
+                        )),
+                        None => Status::unavailable("the hub is shutting down"),
+                    });
                 }
                 _ = notify.notified() => {
                     self.check_claim(claim).await?;
