@@ -77,12 +77,12 @@ pub enum Command {
     /// Orders (physicians create; everyone follows).
     #[command(subcommand)]
     Order(OrderCommand),
-    /// QA release.
-    #[command(subcommand)]
-    Release(ReleaseCommand),
     /// Notifications by e-mail and webhook: subscribe, list, see what was sent.
     #[command(subcommand)]
     Notify(notify::NotifyCommand),
+    /// QA release.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// The audit trail (run on the hub machine).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -647,8 +647,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             restore(&config, &from, force).await
         }
         Command::Order(command) => order_command(command).await,
-        Command::Release(command) => release_command(command).await,
         Command::Notify(command) => notify::run(command).await,
+        Command::Release(command) => release_command(command).await,
     }
 }
 

@@ -97,11 +97,11 @@ pub struct Config {
     /// expiring on the admin console and counted in metrics.
     /// Env: `CARREL_HUB_CERTIFICATE_WARNING_DAYS`.
     pub certificate_warning_days: u32,
+    /// Notifications by e-mail and webhook (`[notifications]`).
+    pub notifications: crate::notify::NotificationsConfig,
     /// OpenTelemetry: send traces over OTLP/gRPC to this collector endpoint
     /// (e.g. `http://127.0.0.1:4317`); none when unset. Env: `CARREL_HUB_OTLP_ENDPOINT`.
     pub otlp_endpoint: Option<String>,
-    /// Notifications by e-mail and webhook (`[notifications]`).
-    pub notifications: crate::notify::NotificationsConfig,
 }
 
 /// tonic's own default: 4 MiB.
@@ -136,8 +136,8 @@ impl Default for Config {
             site_certificate_days: 730,
             site_certificate_renew_days: 30,
             certificate_warning_days: 30,
-            otlp_endpoint: None,
             notifications: Default::default(),
+            otlp_endpoint: None,
         }
     }
 }

@@ -150,20 +150,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("listening for other hub replicas' notifications")?;
     shared.audit_refusals_periodically();
-    // Notifications: the notifier turns audit entries into outbox rows, the worker
-    // delivers them (see crate::notify).
-    let sender = crate::notify::deliver::Sender::new(&config.notifications)?;
-    tokio::spawn(crate::notify::run_notifier(
-        shared.store.clone(),
-        config.notifications.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(crate::notify::deliver::run(
-        shared.store.clone(),
-        sender,
-        config.notifications.clone(),
-        shutdown.clone(),
-    ));
     // A store that failed to keep a commit must not be used on as if it had (see
     // store::Failure): stop serving, so nothing more is acknowledged.
     let stop = shutdown.clone();
@@ -180,6 +166,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             _ = stop.cancelled() => {}
         }
     });
+    // Notifications: the notifier turns audit entries into outbox rows, the worker
+    // delivers them (see crate::notify).
+    let sender = crate::notify::deliver::Sender::new(&config.notifications)?;
+    tokio::spawn(crate::notify::run_notifier(
+        shared.store.clone(),
+        config.notifications.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::notify::deliver::run(
+        shared.store.clone(),
+        sender,
+        config.notifications.clone(),
+        shutdown.clone(),
+    ));
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             format!("{}{}", server_cert.cert_pem, ca.server_chain_pem()),

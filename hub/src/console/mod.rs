@@ -45,12 +45,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/release", get(pages::release_queue))
         .route("/batches/{id}", get(pages::batch_record))
         .route("/batches/{id}/sign", post(pages::sign))
-        .route("/admin/sites", get(pages::sites).post(pages::add_site))
-        .route(
-            "/admin/sites/{id}/{action}",
-            post(pages::change_site_status),
-        )
-        .route("/admin/users", get(pages::users).post(pages::add_user))
         .route(
             "/notifications",
             get(notifications::notifications).post(notifications::subscribe),
@@ -63,6 +57,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/notifications/outbox/{id}/requeue",
             post(notifications::requeue),
         )
+        .route("/admin/sites", get(pages::sites).post(pages::add_site))
+        .route(
+            "/admin/sites/{id}/{action}",
+            post(pages::change_site_status),
+        )
+        .route("/admin/users", get(pages::users).post(pages::add_user))
         .route("/style.css", get(view::stylesheet))
         .route("/metrics", get(metrics))
         .with_state(shared)

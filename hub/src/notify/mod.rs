@@ -225,11 +225,6 @@ impl Kind {
             .find(|k| k.as_str() == text)
             .ok_or_else(|| Error::UnknownKind(text.to_owned()))
     }
-
-    /// Whether a happening of this kind concerns one order (and so its physician).
-    pub fn is_about_an_order(self) -> bool {
-        !matches!(self, Kind::SiteLinkDown | Kind::SiteLinkRestored)
-    }
 }
 
 impl fmt::Display for Kind {

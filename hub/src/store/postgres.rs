@@ -35,8 +35,6 @@ use std::str::FromStr;
 use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 
-mod notify;
-
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Key of the advisory lock that serialises appends to the audit chain. Any constant
@@ -1730,3 +1728,6 @@ mod tests {
         assert_eq!(ts(stored(before_2000)), "1999-12-31T23:59:59.999999Z");
     }
 }
+
+/// [`NotifyStore`](super::NotifyStore) on this backend.
+mod notify;

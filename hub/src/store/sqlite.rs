@@ -23,8 +23,6 @@ use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-mod notify;
-
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// One site's events waiting for the next group commit.
@@ -1773,3 +1771,6 @@ impl Store for SqliteStore {
         Ok(order)
     }
 }
+
+/// [`NotifyStore`](super::NotifyStore) on this backend.
+mod notify;
