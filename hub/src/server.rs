@@ -248,15 +248,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .max_decoding_message_size(max),
         )
         .add_service(
-            pb::admin_service_server::AdminServiceServer::new(grpc::admin::AdminApi(
-                shared.clone(),
-            ))
-            .max_decoding_message_size(max),
-        )
-        .add_service(
             pb::notification_service_server::NotificationServiceServer::new(
                 grpc::notifications::NotificationApi(shared.clone()),
             )
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::admin_service_server::AdminServiceServer::new(grpc::admin::AdminApi(
+                shared.clone(),
+            ))
             .max_decoding_message_size(max),
         );
 
