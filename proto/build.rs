@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "carrel/v1/auth.proto",
         "carrel/v1/orders.proto",
         "carrel/v1/release.proto",
+        "carrel/v1/notifications.proto",
         "carrel/v1/admin.proto",
         "carrel/v1/schedule.proto",
     ];

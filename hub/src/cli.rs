@@ -2,6 +2,8 @@
 //! hub; `site add` and `user add` work on the hub machine's own store; the rest are
 //! clients of the gRPC API and need `login` first.
 
+mod notify;
+
 use crate::admin;
 use crate::store::Role;
 use crate::Config;
@@ -77,6 +79,9 @@ pub enum Command {
     /// Orders (physicians create; everyone follows).
     #[command(subcommand)]
     Order(OrderCommand),
+    /// Notifications by e-mail and webhook: subscribe, list, see what was sent.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
     /// QA release.
     #[command(subcommand)]
     Release(ReleaseCommand),
@@ -658,6 +663,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             restore(&config, &from, force).await
         }
         Command::Order(command) => order_command(command).await,
+        Command::Notify(command) => notify::run(command).await,
         Command::Release(command) => release_command(command).await,
         Command::Schedule(command) => schedule::run(command).await,
     }

@@ -97,6 +97,8 @@ pub struct Config {
     /// expiring on the admin console and counted in metrics.
     /// Env: `CARREL_HUB_CERTIFICATE_WARNING_DAYS`.
     pub certificate_warning_days: u32,
+    /// Notifications by e-mail and webhook (`[notifications]`).
+    pub notifications: crate::notify::NotificationsConfig,
     /// OpenTelemetry: send traces over OTLP/gRPC to this collector endpoint
     /// (e.g. `http://127.0.0.1:4317`); none when unset. Env: `CARREL_HUB_OTLP_ENDPOINT`.
     pub otlp_endpoint: Option<String>,
@@ -136,6 +138,7 @@ impl Default for Config {
             site_certificate_days: 730,
             site_certificate_renew_days: 30,
             certificate_warning_days: 30,
+            notifications: Default::default(),
             otlp_endpoint: None,
             schedule: crate::clock::ScheduleSettings::default(),
         }
@@ -202,6 +205,7 @@ impl Config {
             self.ca_key = Some(v.into());
         }
         env_parse("CARREL_HUB_FACILITY", &mut self.facility)?;
+        self.notifications.apply_env()?;
         env_parse(
             "CARREL_HUB_SITE_CERTIFICATE_DAYS",
             &mut self.site_certificate_days,
@@ -345,7 +349,7 @@ impl Config {
                 "session_ttl_secs and enrollment_ttl_secs must be positive".into(),
             ));
         }
-        Ok(())
+        self.notifications.validate()
     }
 
     pub fn database_url(&self) -> String {

@@ -80,6 +80,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: root.join("hub"),
         heartbeat_interval_ms: 1_000,
         heartbeat_timeout_ms: 5_000,
+        // Dev mode runs on loopback: a webhook receiver of one's own may be plain http.
+        notifications: crate::notify::NotificationsConfig {
+            allow_http_webhooks: true,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let shutdown = CancellationToken::new();

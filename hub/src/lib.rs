@@ -9,7 +9,8 @@
 //! [`store`] is the database behind one interface; [`batch`] derives batch state from
 //! site events; [`record`] builds and hashes the batch record; [`pki`] is the CA;
 //! [`auth`] holds passwords and tokens; [`admin`] registers sites and users;
-//! [`cli`] is the command line for people; [`dev`] runs a whole network on loopback.
+//! [`cli`] is the command line for people; [`dev`] runs a whole network on loopback;
+//! [`notify`] turns the audit trail into e-mail and webhook notifications.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod console;
 pub mod dev;
 pub mod grpc;
 pub mod metrics;
+pub mod notify;
 pub mod pki;
 pub mod record;
 pub mod schedule;

@@ -71,6 +71,7 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
     let sites = store.list_sites().await?;
     let orders = store.list_orders(None, None).await?;
     let failed_sign_ins = store.audit_count("user.sign_in_failed").await?;
+    let outbox = store.outbox_counts().await?;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -117,6 +118,15 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
                 )
             })
             .collect(),
+    );
+    gauge(
+        "carrel_hub_notifications",
+        "Notifications waiting for delivery (pending) and given up after their attempts (failed; an admin can requeue them).",
+        "gauge",
+        vec![
+            ("{state=\"pending\"}".into(), outbox.pending as f64),
+            ("{state=\"failed\"}".into(), outbox.failed as f64),
+        ],
     );
     let states = [
         BatchState::Ordered,

@@ -167,6 +167,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             _ = stop.cancelled() => {}
         }
     });
+    // Notifications: the notifier turns audit entries into outbox rows, the worker
+    // delivers them (see crate::notify).
+    let sender = crate::notify::deliver::Sender::new(&config.notifications)?;
+    tokio::spawn(crate::notify::run_notifier(
+        shared.store.clone(),
+        config.notifications.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::notify::deliver::run(
+        shared.store.clone(),
+        sender,
+        config.notifications.clone(),
+        shutdown.clone(),
+    ));
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             format!("{}{}", server_cert.cert_pem, ca.server_chain_pem()),
@@ -192,6 +206,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await;
     health_reporter
         .set_serving::<pb::auth_service_server::AuthServiceServer<grpc::auth::AuthApi>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::notification_service_server::NotificationServiceServer<
+            grpc::notifications::NotificationApi,
+        >>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -227,6 +246,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             pb::release_service_server::ReleaseServiceServer::new(grpc::release::ReleaseApi(
                 shared.clone(),
             ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::notification_service_server::NotificationServiceServer::new(
+                grpc::notifications::NotificationApi(shared.clone()),
+            )
             .max_decoding_message_size(max),
         )
         .add_service(

@@ -11,6 +11,7 @@ pub mod peers;
 pub mod proxy;
 pub mod raw_link;
 pub mod scenario;
+pub mod webhook;
 
 use anyhow::{bail, Context};
 use carrel_proto::pb;

@@ -1,5 +1,6 @@
-//! Real instrument servers written by others (`tests/peers/`: a SiLA 2 server on the
-//! Python `sila2` package, an OPC UA server on `asyncua`) as test processes: each
+//! Real servers written by others (`tests/peers/`: a SiLA 2 server on the Python
+//! `sila2` package, an OPC UA server on `asyncua`, an SMTP server on `aiosmtpd`) as
+//! test processes: each
 //! starts on a port the OS picks, is waited for until it says `READY`, and is killed
 //! by its PID when dropped.
 //!
@@ -151,6 +152,23 @@ impl Peer {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Peer::start(python, "opcua/server.py", &args, dir)
+    }
+
+    /// An SMTP server (aiosmtpd) on `port` (0: any) that saves each message it accepts
+    /// as a file in `out_dir` (names sort in order of arrival).
+    pub fn smtp(python: &Path, port: u16, out_dir: &Path) -> Peer {
+        let args = vec![
+            "--port".into(),
+            port.to_string(),
+            "--out-dir".into(),
+            out_dir.display().to_string(),
+        ];
+        Peer::start(
+            python,
+            "smtp/server.py",
+            &args,
+            tempdir("carrel-smtp-peer-"),
+        )
     }
 
     /// `host:port` of the peer.

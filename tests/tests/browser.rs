@@ -188,6 +188,74 @@ fn read_addr(path: PathBuf) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn notifications_page_subscribes_shows_the_secret_once_and_unsubscribes() {
+    let hub = Hub::start().await;
+    hub.add_user(QA.0, "qa", QA.1);
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("notifications");
+
+    sign_in(&client, &console, QA).await;
+    click(&client, "a[href='/notifications']").await;
+    expect_text(&client, "notifications page", "My subscriptions").await;
+
+    // Outside dev mode a plain-http webhook is refused, with the reason.
+    click(&client, "input[name='kind_released']").await;
+    client
+        .find(Locator::Css("#channel option[value='webhook']"))
+        .await
+        .expect("webhook option")
+        .click()
+        .await
+        .expect("choose webhook");
+    fill(&client, "#target", "http://receiver.test/hook").await;
+    click(&client, "form[action='/notifications'] button[type=submit]").await;
+    expect_text(&client, "refused subscription", "is not https").await;
+    shots.take(&client, "notifications-refused").await;
+
+    click(&client, "input[name='kind_released']").await;
+    click(&client, "input[name='kind_coi_mismatch']").await;
+    client
+        .find(Locator::Css("#channel option[value='webhook']"))
+        .await
+        .expect("webhook option")
+        .click()
+        .await
+        .expect("choose webhook");
+    fill(&client, "#target", "https://receiver.test/hook").await;
+    click(&client, "form[action='/notifications'] button[type=submit]").await;
+    expect_text(&client, "new subscription", "It is shown only now").await;
+    let secret = client
+        .find(Locator::Css("[data-secret]"))
+        .await
+        .expect("the secret")
+        .text()
+        .await
+        .expect("text");
+    assert!(secret.len() >= 32, "{secret:?}");
+    let body = body_text(&client).await;
+    assert!(body.contains("coi_mismatch, released"), "{body}");
+    shots.take(&client, "notifications-subscribed").await;
+    let listed = hub.cli_json(QA.0, &["notify", "list"], None);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    // The secret is not shown again.
+    client
+        .goto(&format!("{console}/notifications"))
+        .await
+        .expect("reload");
+    expect_text(&client, "notifications page", "https://receiver.test/hook").await;
+    assert!(!body_text(&client).await.contains(&secret));
+
+    click(&client, "form[action$='/unsubscribe'] button").await;
+    expect_text(&client, "after unsubscribing", "Subscription ended.").await;
+    let listed = hub.cli_json(QA.0, &["notify", "list"], None);
+    assert_eq!(listed, json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn order_scan_and_release_through_the_consoles_in_chromium() {
     let hub = Hub::start().await;
     hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);

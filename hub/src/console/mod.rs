@@ -13,6 +13,7 @@
 // `Result<_, Response>` (axum's idiom); boxing it would add noise and save nothing.
 #![allow(clippy::result_large_err)]
 
+mod notifications;
 mod pages;
 mod schedule;
 mod view;
@@ -45,6 +46,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/release", get(pages::release_queue))
         .route("/batches/{id}", get(pages::batch_record))
         .route("/batches/{id}/sign", post(pages::sign))
+        .route(
+            "/notifications",
+            get(notifications::notifications).post(notifications::subscribe),
+        )
+        .route(
+            "/notifications/subscriptions/{id}/unsubscribe",
+            post(notifications::unsubscribe),
+        )
+        .route(
+            "/notifications/outbox/{id}/requeue",
+            post(notifications::requeue),
+        )
         .route("/admin/sites", get(pages::sites).post(pages::add_site))
         .route(
             "/admin/sites/{id}/{action}",

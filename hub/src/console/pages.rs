@@ -58,7 +58,7 @@ pub(super) fn require(session: &Session, roles: &[Role]) -> Result<(), Response>
     service::require_role(&session.user, roles).map_err(refused)
 }
 
-fn parse_uuid(text: &str) -> Result<Uuid, Response> {
+pub(super) fn parse_uuid(text: &str) -> Result<Uuid, Response> {
     Uuid::parse_str(text)
         .map_err(|_| problem(StatusCode::NOT_FOUND, format!("{text:?} is not a valid id")))
 }

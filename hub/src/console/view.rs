@@ -70,6 +70,7 @@ pub fn page(title: &str, session: Option<(&User, &str)>, body: Markup) -> Markup
                                 Role::Admin => { a href="/admin/sites" { "Sites" } a href="/admin/users" { "Users" } a href="/orders" { "Orders" } a href="/schedule" { "Schedule" } }
                                 Role::Technician => { a href="/orders" { "Orders" } a href="/schedule" { "Schedule" } }
                             }
+                            a href="/notifications" { "Notifications" }
                         }
                         span.muted { (user.full_name) " (" (user.role) ")" }
                         form method="post" action="/logout" {

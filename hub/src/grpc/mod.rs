@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod notifications;
 pub mod orders;
 pub mod refusals;
 pub mod release;

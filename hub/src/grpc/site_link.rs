@@ -353,6 +353,12 @@ impl Link {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        // The site's last contact is recorded often enough for the link-down check
+        // (notifications) to tell a quiet link from a lost one.
+        let touch_every = (config.notifications.link_down_after() / 3)
+            .min(Duration::from_secs(60))
+            .max(interval);
+        let mut last_touch = Instant::now();
         let mut allowance = Allowance::new(
             config.site_link_max_messages_per_second,
             config.site_link_message_burst,
@@ -376,7 +382,14 @@ impl Link {
                     return Err(Status::aborted("link closed by the hub: another connection of this site took over, or the site was suspended"));
                 }
                 _ = self.shared.shutdown.cancelled() => {
-                    return Err(Status::unavailable("the hub is shutting down"));
+                    // The hub may be stopping because a commit of another task (the
+                    // notifier, a person's request) failed: the site is told that too.
+                    return Err(match crate::store::failure().reason() {
+                        Some(why) => Status::unavailable(format!(
+                            "the hub's store failed and the hub is stopping; what it did not acknowledge is not kept: {why}"
+                        )),
+                        None => Status::unavailable("the hub is shutting down"),
+                    });
                 }
                 _ = notify.notified() => {
                     self.check_claim(claim).await?;
@@ -391,6 +404,10 @@ impl Link {
                     let site = store.site(&self.site_id).await.map_err(status)?;
                     if site.status != SiteStatus::Active {
                         return Err(Status::permission_denied(format!("site {:?} is {}", self.site_id, site.status.as_str())));
+                    }
+                    if last_touch.elapsed() >= touch_every && last_heard.elapsed() < touch_every {
+                        store.touch_site(&self.site_id, Utc::now()).await.map_err(status)?;
+                        last_touch = Instant::now();
                     }
                     self.send(hub_message::Body::Heartbeat(pb::Heartbeat {
                         sent_at_unix_ms: Utc::now().timestamp_millis() as u64,

@@ -17,9 +17,12 @@
 //! backend, [`postgres::PgStore`] the one several hub processes can share. Both have
 //! the same semantics, checked by one test suite (`hub/tests/store_suite.rs`).
 
+pub mod notify;
 pub mod postgres;
 pub mod schedule;
 pub mod sqlite;
+
+pub use notify::NotifyStore;
 
 use crate::batch::Projection;
 use async_trait::async_trait;
@@ -527,7 +530,7 @@ pub enum Notification {
 
 /// The one interface to the hub's persistent state.
 #[async_trait]
-pub trait Store: schedule::ScheduleStore + Send + Sync + 'static {
+pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + 'static {
     // -- recipes --
     /// Publishes a recipe version; publishing the same document again is a no-op, a
     /// different document under an existing version is refused.

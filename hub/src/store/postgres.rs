@@ -1742,3 +1742,6 @@ mod tests {
         assert_eq!(ts(stored(before_2000)), "1999-12-31T23:59:59.999999Z");
     }
 }
+
+/// [`NotifyStore`](super::NotifyStore) on this backend.
+mod notify;

@@ -1785,3 +1785,6 @@ impl Store for SqliteStore {
         Ok(order)
     }
 }
+
+/// [`NotifyStore`](super::NotifyStore) on this backend.
+mod notify;

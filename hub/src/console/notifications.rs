@@ -1,0 +1,223 @@
+//! The Notifications page: a signed-in user subscribes by e-mail or webhook, sees
+//! and ends their subscriptions, and sees what was sent to them with its delivery
+//! state. QA and admins see everyone's notifications and requeue failed ones.
+
+#![allow(clippy::result_large_err)]
+
+use super::pages::{html_page, parse_uuid, refused};
+use super::view::{page, when};
+use super::{Hub, Session};
+use crate::notify::service::{self, Target};
+use crate::notify::{Kind, OutboxEntry, OutboxState, Subscription};
+use crate::store::Role;
+use axum::extract::{Form, Path};
+use axum::response::Response;
+use maud::{html, Markup};
+use std::collections::HashMap;
+
+type Page = Result<Response, Response>;
+
+fn oversees(session: &Session) -> bool {
+    matches!(session.user.role, Role::Qa | Role::Admin)
+}
+
+async fn render(hub: &Hub, session: &Session, notice: Option<Markup>) -> Page {
+    let subscriptions = service::subscriptions(hub, &session.user, false)
+        .await
+        .map_err(refused)?;
+    let sent = service::notifications(hub, &session.user, oversees(session), None, 200)
+        .await
+        .map_err(refused)?;
+    Ok(html_page(markup(session, &subscriptions, &sent, notice)))
+}
+
+pub async fn notifications(hub: Hub, session: Session) -> Page {
+    render(&hub, &session, None).await
+}
+
+/// Subscribe form: `kind_<name>` checkboxes, `channel`, `target`, `site`, `csrf`.
+pub async fn subscribe(
+    hub: Hub,
+    session: Session,
+    Form(form): Form<HashMap<String, String>>,
+) -> Page {
+    session.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
+    let kinds: Vec<String> = form
+        .keys()
+        .filter_map(|k| k.strip_prefix("kind_"))
+        .map(str::to_owned)
+        .collect();
+    let target = form.get("target").cloned().unwrap_or_default();
+    let target = match form.get("channel").map(String::as_str) {
+        Some("webhook") => Target::Webhook(target),
+        _ => Target::Email(target),
+    };
+    let site = form.get("site").map(String::as_str);
+    let notice = match service::subscribe(&hub, &session.user, &kinds, target, site).await {
+        Ok((subscription, secret)) => html! {
+            div.notice.ok {
+                "Subscribed: " (subscription.channel.name()) " " (subscription.channel.target()) "."
+                @if let Some(secret) = secret {
+                    p { "The hub signs each request to this webhook with this secret. It is shown only now:" }
+                    p.token data-secret { (secret) }
+                }
+            }
+        },
+        Err(crate::service::Error::Field { message, .. }) => {
+            html! { div.notice.bad role="alert" { (message) } }
+        }
+        Err(e) => return Err(refused(e)),
+    };
+    render(&hub, &session, Some(notice)).await
+}
+
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub async fn unsubscribe(
+    hub: Hub,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Page {
+    session.check_csrf(&form.csrf)?;
+    let id = parse_uuid(&id)?;
+    service::unsubscribe(&hub, &session.user, id)
+        .await
+        .map_err(refused)?;
+    render(
+        &hub,
+        &session,
+        Some(html! { div.notice.ok { "Subscription ended." } }),
+    )
+    .await
+}
+
+pub async fn requeue(
+    hub: Hub,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Page {
+    session.check_csrf(&form.csrf)?;
+    let id = parse_uuid(&id)?;
+    service::requeue(&hub, &session.user, id)
+        .await
+        .map_err(refused)?;
+    render(
+        &hub,
+        &session,
+        Some(html! { div.notice.ok { "Notification requeued." } }),
+    )
+    .await
+}
+
+fn state_badge(state: OutboxState) -> Markup {
+    let class = match state {
+        OutboxState::Pending => "awaiting_release",
+        OutboxState::Delivered => "released",
+        OutboxState::Failed => "rejected",
+    };
+    html! { span class={ "badge " (class) } data-delivery=(state.as_str()) { (state.as_str()) } }
+}
+
+fn markup(
+    session: &Session,
+    subscriptions: &[Subscription],
+    sent: &[OutboxEntry],
+    notice: Option<Markup>,
+) -> Markup {
+    let csrf = &session.csrf;
+    let body = html! {
+        h1 { "Notifications" }
+        @if let Some(notice) = notice { (notice) }
+        section.card {
+            h2 { "Subscribe" }
+            form method="post" action="/notifications" {
+                input type="hidden" name="csrf" value=(csrf);
+                fieldset {
+                    legend { "Tell me when" }
+                    @for kind in Kind::ALL {
+                        label style="font-weight:400" {
+                            input type="checkbox" name={ "kind_" (kind.as_str()) } style="width:auto";
+                            " " (kind.as_str().replace('_', " "))
+                        }
+                    }
+                }
+                label for="channel" { "By" }
+                select id="channel" name="channel" {
+                    option value="email" { "e-mail" }
+                    option value="webhook" { "webhook (https POST, signed)" }
+                }
+                label for="target" { "E-mail address or webhook URL" }
+                input id="target" name="target" required;
+                label for="site" { "Only for site (optional)" }
+                input id="site" name="site";
+                p { button type="submit" { "Subscribe" } }
+            }
+            @if session.user.role == Role::Physician {
+                p.muted { "You hear only of orders you placed." }
+            }
+        }
+        h2 { "My subscriptions" }
+        @if subscriptions.is_empty() {
+            p.muted { "None yet." }
+        } @else {
+            table {
+                thead { tr { th { "Channel" } th { "To" } th { "Kinds" } th { "Site" } th { "Since" } th {} } }
+                tbody {
+                    @for s in subscriptions {
+                        tr {
+                            td { (s.channel.name()) }
+                            td { (s.channel.target()) }
+                            td { (s.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")) }
+                            td { (s.site_id.as_deref().unwrap_or("all")) }
+                            td.muted { (when(s.created_at)) }
+                            td {
+                                form method="post" action={ "/notifications/subscriptions/" (s.subscription_id) "/unsubscribe" } {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button.secondary type="submit" { "Unsubscribe" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { @if oversees(session) { "Sent to everyone" } @else { "Sent to me" } }
+        @if sent.is_empty() {
+            p.muted { "Nothing yet." }
+        } @else {
+            table {
+                thead { tr { th { "Queued" } th { "What" } th { "To" } th { "State" } th { "Attempts" } th { "Last error" } th {} } }
+                tbody {
+                    @for n in sent {
+                        tr data-notification=(n.notification_id) {
+                            td.muted { (when(n.created_at)) }
+                            td { strong { (n.kind.as_str().replace('_', " ")) } br; (n.summary) }
+                            td { (n.owner) ": " (n.channel) " " (n.target) }
+                            td {
+                                (state_badge(n.state))
+                                @if let Some(at) = n.delivered_at { br; span.muted { (when(at)) } }
+                                @if n.state == OutboxState::Pending && n.attempts > 0 { br; span.muted { "next try " (when(n.next_attempt_at)) } }
+                            }
+                            td { (n.attempts) }
+                            td.muted { (n.last_error.as_deref().unwrap_or("")) }
+                            td {
+                                @if n.state == OutboxState::Failed && oversees(session) {
+                                    form method="post" action={ "/notifications/outbox/" (n.notification_id) "/requeue" } {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        button type="submit" { "Requeue" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Notifications", Some((&session.user, csrf)), body)
+}

@@ -1,0 +1,636 @@
+//! [`NotifyStore`] on SQLite: writers hold the store's write lock, as every other
+//! writer here does, so the notifier's cursor and the outbox are changed by one
+//! writer at a time.
+
+use super::*;
+use crate::notify::derive::{self, Needs, OrderFacts, SiteEventFacts};
+use crate::notify::{
+    kinds_text, parse_kinds, payload, Channel, Delivery, Kind, NewSubscription, NotifierPass,
+    OutboxEntry, OutboxState, Subscription,
+};
+use crate::store::notify::{NotifyStore, OutboxCounts, OutboxFilter};
+
+fn subscription_from_row(row: &SqliteRow) -> Result<Subscription> {
+    let channel: String = row.try_get("channel")?;
+    let target: String = row.try_get("target")?;
+    let channel = match channel.as_str() {
+        "email" => Channel::Email { address: target },
+        "webhook" => Channel::Webhook {
+            url: target,
+            secret: row
+                .try_get::<Option<String>, _>("secret")?
+                .unwrap_or_default(),
+        },
+        other => return Err(Error::Corrupt(format!("unknown channel {other:?}"))),
+    };
+    Ok(Subscription {
+        subscription_id: parse_uuid(&row.try_get::<String, _>("subscription_id")?)?,
+        owner: row.try_get("owner")?,
+        kinds: parse_kinds(&row.try_get::<String, _>("kinds")?)
+            .map_err(|e| Error::Corrupt(e.to_string()))?,
+        channel,
+        site_id: row.try_get("site_id")?,
+        created_at: parse_ts(&row.try_get::<String, _>("created_at")?)?,
+    })
+}
+
+/// Columns of an outbox row with its subscription's owner and channel.
+const OUTBOX_COLUMNS: &str = "o.notification_id, o.subscription_id, s.owner, s.channel, s.target, s.secret, \
+     o.source, o.kind, o.site_id, o.batch_id, o.coi, o.summary, o.payload, o.created_at, o.state, \
+     o.attempts, o.next_attempt_at, o.last_error, o.delivered_at \
+     FROM notification_outbox o JOIN notification_subscriptions s ON s.subscription_id = o.subscription_id";
+
+fn outbox_from_row(row: &SqliteRow) -> Result<OutboxEntry> {
+    let kind: String = row.try_get("kind")?;
+    let state: String = row.try_get("state")?;
+    Ok(OutboxEntry {
+        notification_id: parse_uuid(&row.try_get::<String, _>("notification_id")?)?,
+        subscription_id: parse_uuid(&row.try_get::<String, _>("subscription_id")?)?,
+        owner: row.try_get("owner")?,
+        channel: row.try_get("channel")?,
+        target: row.try_get("target")?,
+        source: row.try_get("source")?,
+        kind: Kind::parse(&kind).map_err(|e| Error::Corrupt(e.to_string()))?,
+        site_id: row.try_get("site_id")?,
+        batch_id: row
+            .try_get::<Option<String>, _>("batch_id")?
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?,
+        coi: row.try_get("coi")?,
+        summary: row.try_get("summary")?,
+        payload: row.try_get("payload")?,
+        created_at: parse_ts(&row.try_get::<String, _>("created_at")?)?,
+        state: OutboxState::parse(&state)
+            .ok_or_else(|| Error::Corrupt(format!("unknown outbox state {state:?}")))?,
+        attempts: u64_of(row, "attempts")? as u32,
+        next_attempt_at: parse_ts(&row.try_get::<String, _>("next_attempt_at")?)?,
+        last_error: row.try_get("last_error")?,
+        delivered_at: row
+            .try_get::<Option<String>, _>("delivered_at")?
+            .as_deref()
+            .map(parse_ts)
+            .transpose()?,
+    })
+}
+
+fn delivery_from_row(row: &SqliteRow) -> Result<Delivery> {
+    let entry = outbox_from_row(row)?;
+    let channel = match entry.channel.as_str() {
+        "email" => Channel::Email {
+            address: entry.target.clone(),
+        },
+        _ => Channel::Webhook {
+            url: entry.target.clone(),
+            secret: row
+                .try_get::<Option<String>, _>("secret")?
+                .unwrap_or_default(),
+        },
+    };
+    Ok(Delivery { entry, channel })
+}
+
+fn order_facts_from_row(row: &SqliteRow) -> Result<OrderFacts> {
+    Ok(OrderFacts {
+        order_id: parse_uuid(&row.try_get::<String, _>("order_id")?)?,
+        batch_id: parse_uuid(&row.try_get::<String, _>("batch_id")?)?,
+        coi: row.try_get("coi")?,
+        site_id: row.try_get("site_id")?,
+        physician: row.try_get("physician")?,
+    })
+}
+
+fn later(now: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX)
+}
+
+impl SqliteStore {
+    async fn outbox_entry_in(
+        tx: &mut Transaction<'_, Sqlite>,
+        notification_id: Uuid,
+    ) -> Result<OutboxEntry> {
+        let row = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} WHERE o.notification_id = ?"
+        ))
+        .bind(notification_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("notification {notification_id}")))?;
+        outbox_from_row(&row)
+    }
+
+    /// The facts [`derive::needs`] asks for, read inside the notifier's transaction.
+    async fn facts_in(
+        tx: &mut Transaction<'_, Sqlite>,
+        needs: Needs,
+    ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)> {
+        match needs {
+            Needs::Nothing => Ok((None, Vec::new())),
+            Needs::Order(batch_id) => {
+                let row = sqlx::query(
+                    "SELECT order_id, batch_id, coi, site_id, physician FROM orders WHERE batch_id = ?",
+                )
+                .bind(batch_id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok((
+                    row.as_ref().map(order_facts_from_row).transpose()?,
+                    Vec::new(),
+                ))
+            }
+            Needs::SiteEvents {
+                site_id,
+                first,
+                last,
+            } => {
+                let rows = sqlx::query(&format!(
+                    "SELECT e.body, o.order_id, o.batch_id, o.coi, o.site_id, o.physician, q.hub_outcome \
+                     FROM site_events e JOIN orders o ON o.batch_id = e.batch_id \
+                     LEFT JOIN qc_results q ON q.site_id = e.site_id AND q.site_seq = e.seq \
+                     WHERE e.site_id = ? AND e.seq BETWEEN ? AND ? AND e.kind IN ({}) ORDER BY e.seq",
+                    derive::EVENT_KINDS.map(|k| format!("'{k}'")).join(", ")
+                ))
+                .bind(&site_id)
+                .bind(i64_of(first)?)
+                .bind(i64_of(last)?)
+                .fetch_all(&mut **tx)
+                .await?;
+                let mut events = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let body: String = row.try_get("body")?;
+                    let outcome: Option<String> = row.try_get("hub_outcome")?;
+                    events.push(SiteEventFacts {
+                        site_id: site_id.clone(),
+                        event: serde_json::from_str(&body)
+                            .map_err(|e| Error::Corrupt(format!("site event: {e}")))?,
+                        order: order_facts_from_row(row)?,
+                        hub_out_of_specification: outcome.as_deref()
+                            == Some(outcome_str(Outcome::OutOfSpecification)),
+                    });
+                }
+                Ok((None, events))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl NotifyStore for SqliteStore {
+    async fn subscribe(&self, new: &NewSubscription, now: DateTime<Utc>) -> Result<Subscription> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        if let Some(site_id) = &new.site_id {
+            Self::site_in(&mut tx, site_id).await?;
+        }
+        let subscription = Subscription {
+            subscription_id: Uuid::now_v7(),
+            owner: new.owner.clone(),
+            kinds: new.kinds.clone(),
+            channel: new.channel.clone(),
+            site_id: new.site_id.clone(),
+            created_at: now.trunc_subsecs(6),
+        };
+        let secret = match &new.channel {
+            Channel::Webhook { secret, .. } => Some(secret.as_str()),
+            Channel::Email { .. } => None,
+        };
+        sqlx::query(
+            "INSERT INTO notification_subscriptions (subscription_id, owner, kinds, channel, target, secret, site_id, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(subscription.subscription_id.to_string())
+        .bind(&new.owner)
+        .bind(kinds_text(&new.kinds))
+        .bind(new.channel.name())
+        .bind(new.channel.target())
+        .bind(secret)
+        .bind(new.site_id.as_deref())
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(
+                &new.owner,
+                "notification.subscribed",
+                format!("subscription/{}", subscription.subscription_id),
+            )
+            .value(format!(
+                "{} {} for {}{}",
+                new.channel.name(),
+                new.channel.target(),
+                kinds_text(&new.kinds),
+                new.site_id
+                    .as_deref()
+                    .map(|s| format!(" at site {s}"))
+                    .unwrap_or_default()
+            )),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(subscription)
+    }
+
+    async fn subscriptions(&self, owner: Option<&str>) -> Result<Vec<Subscription>> {
+        sqlx::query(
+            "SELECT * FROM notification_subscriptions WHERE removed_at IS NULL AND (?1 IS NULL OR owner = ?1) \
+             ORDER BY created_at, subscription_id",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(subscription_from_row)
+        .collect()
+    }
+
+    async fn subscription(&self, subscription_id: Uuid) -> Result<Subscription> {
+        let row = sqlx::query(
+            "SELECT * FROM notification_subscriptions WHERE subscription_id = ? AND removed_at IS NULL",
+        )
+        .bind(subscription_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("subscription {subscription_id}")))?;
+        subscription_from_row(&row)
+    }
+
+    async fn unsubscribe(
+        &self,
+        subscription_id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        let removed = sqlx::query(
+            "UPDATE notification_subscriptions SET removed_at = ? WHERE subscription_id = ? AND removed_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(subscription_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if removed.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("subscription {subscription_id}")));
+        }
+        let dropped = sqlx::query(
+            "UPDATE notification_outbox SET state = 'failed', last_error = 'unsubscribed', leased_until = NULL \
+             WHERE subscription_id = ? AND state = 'pending'",
+        )
+        .bind(subscription_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(
+                actor,
+                "notification.unsubscribed",
+                format!("subscription/{subscription_id}"),
+            )
+            .value(format!(
+                "{} undelivered notification(s) dropped",
+                dropped.rows_affected()
+            )),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn run_notifier(&self, limit: u32, now: DateTime<Utc>) -> Result<NotifierPass> {
+        // Idle most of the time: look before taking the write lock.
+        let behind: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_log WHERE position > (SELECT position FROM notification_cursor WHERE name = 'audit'))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !behind {
+            return Ok(NotifierPass::default());
+        }
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        let cursor: i64 =
+            sqlx::query_scalar("SELECT position FROM notification_cursor WHERE name = 'audit'")
+                .fetch_one(&mut *tx)
+                .await?;
+        let entries: Vec<audit::Entry> =
+            sqlx::query("SELECT * FROM audit_log WHERE position > ? ORDER BY position LIMIT ?")
+                .bind(cursor)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| Ok(audit_from_row(row)?.0))
+                .collect::<Result<_>>()?;
+        let Some(last) = entries.last() else {
+            return Ok(NotifierPass::default());
+        };
+        let last_position = last.position;
+        // Subscriptions of people who can still sign in, with their role.
+        let mut subscribers = Vec::new();
+        for row in sqlx::query(
+            "SELECT s.*, u.role FROM notification_subscriptions s JOIN users u ON u.username = s.owner \
+             WHERE s.removed_at IS NULL AND u.disabled = 0",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let role: String = row.try_get("role")?;
+            let role =
+                Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("role {role:?}")))?;
+            subscribers.push((subscription_from_row(&row)?, role));
+        }
+        let mut queued = 0;
+        if !subscribers.is_empty() {
+            for entry in &entries {
+                let (order, events) = Self::facts_in(&mut tx, derive::needs(entry)).await?;
+                for happening in derive::happenings(entry, order.as_ref(), &events) {
+                    for (subscription, role) in &subscribers {
+                        if !subscription.wants(*role, &happening) {
+                            continue;
+                        }
+                        let notification_id = Uuid::now_v7();
+                        let order = happening.order.as_ref();
+                        let inserted = sqlx::query(
+                            "INSERT INTO notification_outbox (notification_id, subscription_id, source, kind, site_id, batch_id, coi, summary, payload, created_at, state, next_attempt_at) \
+                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (subscription_id, source) DO NOTHING",
+                        )
+                        .bind(notification_id.to_string())
+                        .bind(subscription.subscription_id.to_string())
+                        .bind(&happening.source)
+                        .bind(happening.kind.as_str())
+                        .bind(happening.site_id.as_deref())
+                        .bind(order.map(|o| o.batch_id.to_string()))
+                        .bind(order.map(|o| o.coi.as_str()))
+                        .bind(&happening.summary)
+                        .bind(payload(notification_id, &happening))
+                        .bind(ts(now))
+                        .bind(ts(now))
+                        .execute(&mut *tx)
+                        .await?;
+                        queued += inserted.rows_affected() as usize;
+                    }
+                }
+            }
+        }
+        sqlx::query("UPDATE notification_cursor SET position = ? WHERE name = 'audit'")
+            .bind(i64_of(last_position)?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(NotifierPass {
+            entries: entries.len(),
+            queued,
+        })
+    }
+
+    async fn check_site_links(
+        &self,
+        down_after: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let silent_since = ts(now - chrono::Duration::from_std(down_after).unwrap_or_default());
+        let changes: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sites s WHERE s.status = 'active' AND s.last_contact_at < ?1 \
+             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id)) \
+             OR EXISTS (SELECT 1 FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
+             WHERE s.last_contact_at > d.last_contact_at)",
+        )
+        .bind(&silent_since)
+        .fetch_one(&self.pool)
+        .await?;
+        if !changes {
+            return Ok(Vec::new());
+        }
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        let down: Vec<(String, String)> = sqlx::query_as(
+            "SELECT s.site_id, s.last_contact_at FROM sites s \
+             WHERE s.status = 'active' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < ? \
+             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id) ORDER BY s.site_id",
+        )
+        .bind(&silent_since)
+        .fetch_all(&mut *tx)
+        .await?;
+        let back: Vec<(String, String)> = sqlx::query_as(
+            "SELECT d.site_id, s.last_contact_at FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
+             WHERE s.last_contact_at > d.last_contact_at ORDER BY d.site_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = Vec::new();
+        for (site_id, last_contact) in down {
+            sqlx::query(
+                "INSERT INTO site_link_down (site_id, last_contact_at, detected_at) VALUES (?, ?, ?)",
+            )
+            .bind(&site_id)
+            .bind(&last_contact)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+            Self::append_audit(
+                &mut tx,
+                &NewEntry::new("hub", "site.link_down", format!("site/{site_id}"))
+                    .change(last_contact, "")
+                    .reason(format!(
+                        "not heard from for more than {} s",
+                        down_after.as_secs()
+                    )),
+                now,
+            )
+            .await?;
+            changed.push(site_id);
+        }
+        for (site_id, last_contact) in back {
+            sqlx::query("DELETE FROM site_link_down WHERE site_id = ?")
+                .bind(&site_id)
+                .execute(&mut *tx)
+                .await?;
+            Self::append_audit(
+                &mut tx,
+                &NewEntry::new("hub", "site.link_restored", format!("site/{site_id}"))
+                    .value(last_contact),
+                now,
+            )
+            .await?;
+            changed.push(site_id);
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        limit: u32,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Delivery>> {
+        let due: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM notification_outbox WHERE state = 'pending' AND next_attempt_at <= ?1 \
+             AND (leased_until IS NULL OR leased_until <= ?1))",
+        )
+        .bind(ts(now))
+        .fetch_one(&self.pool)
+        .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 \
+             AND (o.leased_until IS NULL OR o.leased_until <= ?1) \
+             AND o.id = (SELECT MIN(p.id) FROM notification_outbox p WHERE p.subscription_id = o.subscription_id AND p.state = 'pending') \
+             ORDER BY o.id LIMIT ?2"
+        ))
+        .bind(ts(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let deliveries: Vec<Delivery> =
+            rows.iter().map(delivery_from_row).collect::<Result<_>>()?;
+        for delivery in &deliveries {
+            sqlx::query(
+                "UPDATE notification_outbox SET leased_until = ? WHERE notification_id = ?",
+            )
+            .bind(ts(later(now, lease)))
+            .bind(delivery.entry.notification_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(deliveries)
+    }
+
+    async fn delivery_succeeded(&self, notification_id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE notification_outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1, leased_until = NULL \
+             WHERE notification_id = ? AND state = 'pending'",
+        )
+        .bind(ts(now))
+        .bind(notification_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delivery_failed(
+        &self,
+        notification_id: Uuid,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+        _now: DateTime<Utc>,
+    ) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE notification_outbox SET attempts = attempts + 1, last_error = ?1, leased_until = NULL, \
+             state = CASE WHEN ?2 IS NULL THEN 'failed' ELSE 'pending' END, \
+             next_attempt_at = COALESCE(?2, next_attempt_at) \
+             WHERE notification_id = ?3 AND state = 'pending'",
+        )
+        .bind(error)
+        .bind(retry_at.map(ts))
+        .bind(notification_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox(&self, filter: &OutboxFilter) -> Result<Vec<OutboxEntry>> {
+        sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} WHERE (?1 IS NULL OR s.owner = ?1) AND (?2 IS NULL OR o.state = ?2) \
+             AND (?3 IS NULL OR o.subscription_id = ?3) ORDER BY o.id DESC LIMIT ?4"
+        ))
+        .bind(filter.owner.as_deref())
+        .bind(filter.state.map(OutboxState::as_str))
+        .bind(filter.subscription_id.map(|s| s.to_string()))
+        .bind(if filter.limit == 0 { -1 } else { i64::from(filter.limit) })
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox_from_row)
+        .collect()
+    }
+
+    async fn outbox_entry(&self, notification_id: Uuid) -> Result<OutboxEntry> {
+        let mut tx = self.pool.begin().await?;
+        Self::outbox_entry_in(&mut tx, notification_id).await
+    }
+
+    async fn requeue(
+        &self,
+        notification_id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxEntry> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        let entry = Self::outbox_entry_in(&mut tx, notification_id).await?;
+        if entry.state != OutboxState::Failed {
+            return Err(Error::FailedPrecondition(format!(
+                "notification {notification_id} is {}; only a failed one can be requeued",
+                entry.state.as_str()
+            )));
+        }
+        let live: Option<String> = sqlx::query_scalar(
+            "SELECT subscription_id FROM notification_subscriptions WHERE subscription_id = ? AND removed_at IS NULL",
+        )
+        .bind(entry.subscription_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if live.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "notification {notification_id} belongs to subscription {}, which was ended",
+                entry.subscription_id
+            )));
+        }
+        sqlx::query(
+            "UPDATE notification_outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, leased_until = NULL \
+             WHERE notification_id = ?",
+        )
+        .bind(ts(now))
+        .bind(notification_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        Self::append_audit(
+            &mut tx,
+            &NewEntry::new(
+                actor,
+                "notification.requeued",
+                format!("notification/{notification_id}"),
+            )
+            .change(
+                format!(
+                    "failed after {} attempt(s): {}",
+                    entry.attempts,
+                    entry.last_error.as_deref().unwrap_or("")
+                ),
+                "pending",
+            ),
+            now,
+        )
+        .await?;
+        let entry = Self::outbox_entry_in(&mut tx, notification_id).await?;
+        tx.commit().await?;
+        Ok(entry)
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        let (pending, failed): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'failed'), 0) FROM notification_outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxCounts {
+            pending: pending as u64,
+            failed: failed as u64,
+        })
+    }
+}

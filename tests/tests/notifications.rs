@@ -1,0 +1,466 @@
+//! Notifications end to end, with real processes and real receivers: a hub and a
+//! site agent, an SMTP server (Python `aiosmtpd`, tests/peers/smtp) and a webhook
+//! receiver of the test's own that checks signatures. Receivers start down and come
+//! back; what was queued meanwhile arrives once each, in order.
+
+use carrel_tests::peers::{python, Peer};
+use carrel_tests::scenario::{
+    add_people, create_order, sign_release, wait_order_state, PHYSICIAN, QA,
+};
+use carrel_tests::webhook::{Answer, Receiver};
+use carrel_tests::*;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+/// Fast polls, short timeouts and retries, and a link reported down after 3 s.
+fn notifications_config(smtp_port: u16, max_attempts: u32) -> String {
+    format!(
+        "[notifications]\n\
+         smtp_url = \"smtp://127.0.0.1:{smtp_port}\"\n\
+         smtp_from = \"carrel@hub.test\"\n\
+         allow_http_webhooks = true\n\
+         poll_interval_ms = 100\n\
+         request_timeout_ms = 1000\n\
+         retry_base_ms = 200\n\
+         retry_max_ms = 800\n\
+         max_attempts = {max_attempts}\n\
+         link_down_after_secs = 3\n"
+    )
+}
+
+/// Subscribes `user` to a webhook; returns (subscription id, secret).
+fn subscribe_webhook(hub: &Hub, user: &str, kinds: &str, url: &str) -> (String, String) {
+    let answer = hub.cli_json(
+        user,
+        &["notify", "subscribe", "--kinds", kinds, "--webhook", url],
+        None,
+    );
+    let secret = str_field(&answer, "webhook_secret").to_owned();
+    assert!(
+        secret.len() >= 32,
+        "a webhook gets a strong secret: {answer}"
+    );
+    (str_field(&answer, "subscription_id").to_owned(), secret)
+}
+
+fn subscribe_email(hub: &Hub, user: &str, kinds: &str, address: &str) -> String {
+    let answer = hub.cli_json(
+        user,
+        &["notify", "subscribe", "--kinds", kinds, "--email", address],
+        None,
+    );
+    assert_eq!(str_field(&answer, "webhook_secret"), "");
+    str_field(&answer, "subscription_id").to_owned()
+}
+
+/// Every notification, oldest first, as QA sees them.
+fn outbox(hub: &Hub) -> Vec<Value> {
+    let rows = hub.cli_json(QA.0, &["notify", "outbox", "--all"], None);
+    let mut rows = rows.as_array().expect("a list").clone();
+    rows.reverse();
+    rows
+}
+
+fn of_subscription<'a>(rows: &'a [Value], subscription_id: &str) -> Vec<&'a Value> {
+    rows.iter()
+        .filter(|r| str_field(r, "subscription_id") == subscription_id)
+        .collect()
+}
+
+/// The e-mails the SMTP server saved, in order of arrival.
+fn mails(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("mail directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read mail"))
+        .collect()
+}
+
+fn header<'a>(mail: &'a str, name: &str) -> &'a str {
+    mail.lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+        })
+        .unwrap_or_default()
+}
+
+/// The hub's Prometheus metrics (over the console's HTTPS, trusting the hub's CA).
+fn metrics(hub: &Hub) -> String {
+    let console =
+        std::fs::read_to_string(hub.data_dir().join("console.addr")).expect("console addr");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(hub.ca_cert())
+        .arg(format!("https://{}/metrics", console.trim()))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_and_webhook_notifications_wait_for_receivers_that_are_down() {
+    let Some(python) = python() else { return };
+    let smtp_port = free_port();
+    let mut receiver = Receiver::new(free_port());
+    let hub = Hub::start_with(&notifications_config(smtp_port, 100)).await;
+    add_people(&hub);
+    hub.add_user("dr.other", "physician", "other-password-12");
+    let token = hub.add_site("site-n");
+    let mut agent = Agent::enroll(&hub, "site-n", &token)
+        .expect("enrollment")
+        .with_time_compression(200_000.0);
+    agent.start();
+
+    // QA follows every order by webhook; the ordering physician by e-mail; another
+    // physician subscribes too but must hear nothing of someone else's order.
+    let order_kinds = "order_dispatched,cells_received,awaiting_release,released";
+    let (qa_sub, secret) = subscribe_webhook(&hub, QA.0, order_kinds, &receiver.url("qa"));
+    receiver.set_secret("qa", &secret);
+    let mail_sub = subscribe_email(&hub, PHYSICIAN.0, order_kinds, "dr.fault@clinic.test");
+    let other_sub = subscribe_email(&hub, "dr.other", order_kinds, "dr.other@clinic.test");
+    let listed = hub.cli_json(PHYSICIAN.0, &["notify", "list"], None);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    // Both receivers are down while the order runs to release.
+    let (order_id, batch_id) = create_order(&hub, "site-n", "PT-NOTE-1");
+    wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
+    sign_release(&hub, &batch_id);
+    wait_order_state(&hub, &order_id, "released", Duration::from_secs(30)).await;
+
+    // Everything is queued, the head of each subscription is retried, none delivered.
+    let queued = eventually(
+        Duration::from_secs(30),
+        "all four notifications of each subscription queued and retried",
+        || {
+            let rows = outbox(&hub);
+            let ready = of_subscription(&rows, &qa_sub).len() == 4
+                && of_subscription(&rows, &mail_sub).len() == 4
+                && rows.iter().any(|r| {
+                    r["attempts"].as_u64() >= Some(2) && str_field(r, "channel") == "webhook"
+                })
+                && rows.iter().any(|r| {
+                    r["attempts"].as_u64() >= Some(2) && str_field(r, "channel") == "email"
+                });
+            async move { ready.then_some(rows) }
+        },
+    )
+    .await;
+    assert!(
+        queued.iter().all(|r| str_field(r, "state") == "pending"),
+        "{queued:?}"
+    );
+    assert!(of_subscription(&queued, &other_sub).is_empty());
+    let errors: Vec<&str> = queued
+        .iter()
+        .map(|r| str_field(r, "last_error"))
+        .filter(|e| !e.is_empty())
+        .collect();
+    assert!(errors.iter().any(|e| e.contains("webhook")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("SMTP")), "{errors:?}");
+    assert!(receiver.received().is_empty());
+    for row in &queued {
+        assert!(
+            !str_field(row, "summary").contains("PT-NOTE-1"),
+            "no patient pseudonym: {row}"
+        );
+    }
+
+    // They come back: everything arrives, once each, in order per subscription.
+    let mail_dir = tempfile::tempdir().expect("mail dir");
+    let _smtp = Peer::smtp(&python, smtp_port, mail_dir.path());
+    receiver.start().await;
+    let rows = eventually(
+        Duration::from_secs(30),
+        "every notification delivered",
+        || {
+            let rows = outbox(&hub);
+            let done = rows.len() == 8 && rows.iter().all(|r| str_field(r, "state") == "delivered");
+            async move { done.then_some(rows) }
+        },
+    )
+    .await;
+    let expected_kinds = [
+        "order_dispatched",
+        "cells_received",
+        "awaiting_release",
+        "released",
+    ];
+    let qa_rows = of_subscription(&rows, &qa_sub);
+    assert_eq!(
+        qa_rows
+            .iter()
+            .map(|r| str_field(r, "kind"))
+            .collect::<Vec<_>>(),
+        expected_kinds
+    );
+
+    let received = receiver.received();
+    assert_eq!(
+        received
+            .iter()
+            .map(|r| r.notification_id.as_str())
+            .collect::<Vec<_>>(),
+        qa_rows
+            .iter()
+            .map(|r| str_field(r, "notification_id"))
+            .collect::<Vec<_>>(),
+        "the webhook got each notification once, in order"
+    );
+    for r in &received {
+        assert!(r.signature_valid, "signature of {}", r.notification_id);
+        assert_eq!(str_field(&r.body, "notification_id"), r.notification_id);
+        assert_eq!(str_field(&r.body, "batch_id"), batch_id);
+        assert_eq!(str_field(&r.body, "site_id"), "site-n");
+    }
+
+    let delivered_mail = mails(mail_dir.path());
+    let mail_rows = of_subscription(&rows, &mail_sub);
+    assert_eq!(
+        delivered_mail
+            .iter()
+            .map(|m| header(m, "Message-ID").to_owned())
+            .collect::<Vec<_>>(),
+        mail_rows
+            .iter()
+            .map(|r| format!("<{}@carrel>", str_field(r, "notification_id")))
+            .collect::<Vec<_>>(),
+        "each e-mail arrived once, in order"
+    );
+    for (mail, kind) in delivered_mail.iter().zip(expected_kinds) {
+        assert_eq!(header(mail, "X-Envelope-To"), "dr.fault@clinic.test");
+        assert!(header(mail, "Subject").contains(kind), "{mail}");
+        assert!(
+            !mail.contains("PT-NOTE-1"),
+            "no patient pseudonym in e-mail: {mail}"
+        );
+    }
+
+    // Nothing is sent again later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received().len(), 4);
+    assert_eq!(mails(mail_dir.path()).len(), 4);
+    agent.kill();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_link_down_is_notified_and_failing_receivers_are_retried_then_requeued() {
+    let mut receiver = Receiver::new(free_port());
+    let hub = Hub::start_with(&notifications_config(free_port(), 3)).await;
+    hub.add_user(QA.0, "qa", QA.1);
+    hub.add_user("admin.ann", "admin", "admin-password-12");
+    let token = hub.add_site("site-l");
+    let mut agent = Agent::enroll(&hub, "site-l", &token).expect("enrollment");
+    agent.start();
+    let (sub, secret) = subscribe_webhook(
+        &hub,
+        QA.0,
+        "site_link_down,site_link_restored",
+        &receiver.url("links"),
+    );
+    receiver.set_secret("links", &secret);
+    receiver.answer(Answer::Error);
+    receiver.start().await;
+
+    // A connected site is not down, however quiet (the link records contact).
+    eventually(Duration::from_secs(20), "the site to connect", || {
+        let log = hub.log();
+        async move { log.contains("site link open").then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(outbox(&hub).is_empty(), "a live site was reported down");
+
+    // The agent stops: one link-down notification; the receiver answers 500 until
+    // the attempts are used up.
+    agent.kill();
+    let failed = eventually(
+        Duration::from_secs(30),
+        "the link-down notification to fail",
+        || {
+            let rows = outbox(&hub);
+            let found = rows
+                .iter()
+                .find(|r| {
+                    str_field(r, "kind") == "site_link_down" && str_field(r, "state") == "failed"
+                })
+                .cloned();
+            async move { found }
+        },
+    )
+    .await;
+    assert_eq!(failed["attempts"].as_u64(), Some(3));
+    assert!(str_field(&failed, "last_error").contains("500"), "{failed}");
+    assert_eq!(receiver.refused(), 3);
+    assert_eq!(outbox(&hub).len(), 1, "one notification per outage");
+    let id = str_field(&failed, "notification_id").to_owned();
+    let shown = metrics(&hub);
+    assert!(
+        shown.contains("carrel_hub_notifications{state=\"failed\"} 1\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("carrel_hub_notifications{state=\"pending\"} 0\n"),
+        "{shown}"
+    );
+
+    // Requeued while the receiver is slow: each attempt times out, and fails again.
+    receiver.answer(Answer::Slow(Duration::from_secs(3)));
+    let out = hub.cli(QA.0, &["notify", "requeue", &id], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = eventually(
+        Duration::from_secs(30),
+        "the slow receiver to time out three times",
+        || {
+            let rows = outbox(&hub);
+            let found = rows
+                .iter()
+                .find(|r| {
+                    str_field(r, "notification_id") == id && str_field(r, "state") == "failed"
+                })
+                .cloned();
+            async move { found }
+        },
+    )
+    .await;
+    assert!(
+        str_field(&failed, "last_error").contains("no answer within 1000 ms"),
+        "{failed}"
+    );
+    assert!(receiver.received().is_empty());
+
+    // A physician may not requeue; an admin may, and now it is delivered, once.
+    receiver.answer(Answer::Ok);
+    hub.add_user("dr.p", "physician", "physician-password-2");
+    let refused = hub.cli("dr.p", &["notify", "requeue", &id], None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("qa or admin"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    hub.cli_ok("admin.ann", &["notify", "requeue", &id], None);
+    eventually(
+        Duration::from_secs(10),
+        "the requeued notification delivered",
+        || {
+            let n = receiver.received().len();
+            async move { (n >= 1).then_some(()) }
+        },
+    )
+    .await;
+
+    // The site comes back: restored, delivered after the down one.
+    agent.start();
+    let received = eventually(
+        Duration::from_secs(30),
+        "the link-restored notification",
+        || {
+            let received = receiver.received();
+            async move { (received.len() >= 2).then_some(received) }
+        },
+    )
+    .await;
+    let kinds: Vec<&str> = received
+        .iter()
+        .map(|r| str_field(&r.body, "kind"))
+        .collect();
+    assert_eq!(kinds, ["site_link_down", "site_link_restored"]);
+    assert!(received.iter().all(|r| r.signature_valid));
+    let ids: HashSet<&str> = received
+        .iter()
+        .map(|r| r.notification_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(of_subscription(&outbox(&hub), &sub).len(), 2);
+    agent.kill();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_subscriptions_are_refused_with_clear_errors_and_store_nothing() {
+    // Outside dev mode http:// webhooks are refused.
+    let hub = Hub::start_with("[notifications]\nsmtp_url = \"smtp://127.0.0.1:2525\"\n").await;
+    hub.add_user(QA.0, "qa", QA.1);
+    let refused = |args: &[&str]| {
+        let mut all = vec!["notify", "subscribe"];
+        all.extend_from_slice(args);
+        let out = hub.cli(QA.0, &all, None);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let error = refused(&[
+        "--kinds",
+        "released",
+        "--webhook",
+        "http://receiver.test/hook",
+    ]);
+    assert!(error.contains("is not https"), "{error}");
+    let error = refused(&[
+        "--kinds",
+        "released",
+        "--webhook",
+        "ftp://receiver.test/hook",
+    ]);
+    assert!(error.contains("must start with https://"), "{error}");
+    let error = refused(&[
+        "--kinds",
+        "relased",
+        "--webhook",
+        "https://receiver.test/hook",
+    ]);
+    assert!(
+        error.contains("unknown notification kind \"relased\""),
+        "{error}"
+    );
+    assert!(error.contains("released"), "names the known kinds: {error}");
+    let error = refused(&["--kinds", "released", "--email", "qa at clinic"]);
+    assert!(error.contains("is not an e-mail address"), "{error}");
+    let error = refused(&[
+        "--kinds",
+        "released",
+        "--email",
+        "qa@clinic.test",
+        "--site",
+        "nowhere",
+    ]);
+    assert!(error.contains("site \"nowhere\" not found"), "{error}");
+    let listed = hub.cli_json(QA.0, &["notify", "list", "--all"], None);
+    assert_eq!(listed, serde_json::json!([]));
+
+    // A good one is kept, and its secret is not shown again.
+    let (id, _secret) = subscribe_webhook(
+        &hub,
+        QA.0,
+        "released,rejected",
+        "https://receiver.test/hook",
+    );
+    let listed = hub.cli_json(QA.0, &["notify", "list"], None);
+    assert_eq!(str_field(&listed[0], "subscription_id"), id);
+    assert!(listed[0].get("webhook_secret").is_none());
+    let db = hub.db().await;
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'notification.subscribed'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!(audited, 1);
+}
