@@ -43,6 +43,42 @@ pub struct SqliteStore {
     ingest_queue: SyncMutex<Vec<IngestRequest>>,
     /// Recipes are immutable once published, so they are cached by (id, version).
     recipes: SyncMutex<HashMap<(String, u32), StoredRecipe>>,
+    /// Stops the background checkpoints when the store is dropped.
+    #[allow(dead_code)]
+    checkpointer: tokio_util::sync::DropGuard,
+}
+
+/// How often the write-ahead log is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies the write-ahead log back into the database file every
+/// [`CHECKPOINT_EVERY`], on a connection of its own, so that no commit waits for it.
+/// SQLite's automatic checkpoint would run inside the commit that crosses 1000 WAL
+/// pages, and a site's acknowledgement would wait for a few megabytes to be copied
+/// and synced. PASSIVE never blocks writers or readers; what it cannot copy yet (a
+/// reader still needs an older page) it copies next time, so the log stays small
+/// and a restart replays little. A failure to write is a store failure like any
+/// other ([`failure`]).
+async fn checkpoint_in_background(pool: SqlitePool, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        if pool.is_closed() || failure().reason().is_some() {
+            return;
+        }
+        let done = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
+            .await
+            .map_err(Error::from);
+        if let Err(e) = done {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "checkpointing the write-ahead log failed; trying again");
+        }
+    }
 }
 
 /// A database written by a newer carrel-hub is refused rather than misread.
@@ -276,15 +312,20 @@ impl SqliteStore {
             )));
         }
         conn.close().await?;
+        // Checkpoints run in the background (see `checkpoint_in_background`), not
+        // inside whichever commit crosses SQLite's threshold.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .connect_with(options.pragma("wal_autocheckpoint", "0"))
             .await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(checkpoint_in_background(pool.clone(), stop.clone()));
         Ok(SqliteStore {
             pool,
             write_lock: Mutex::new(()),
             ingest_queue: SyncMutex::new(Vec::new()),
             recipes: SyncMutex::new(HashMap::new()),
+            checkpointer: stop.drop_guard(),
         })
     }
 
