@@ -3,12 +3,6 @@
 
 use clap::Parser;
 
-/// mimalloc instead of the system allocator: the hub and the agent allocate and free
-/// small buffers on many threads (events, JSON, protobuf, TLS records), where glibc's
-/// malloc spent about 14 % of the catch-up benchmark's CPU (docs/benchmark.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = carrel_hub::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

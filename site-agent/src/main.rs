@@ -9,12 +9,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of the system allocator: the hub and the agent allocate and free
-/// small buffers on many threads (events, JSON, protobuf, TLS records), where glibc's
-/// malloc spent about 14 % of the catch-up benchmark's CPU (docs/benchmark.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "carrel-site-agent",

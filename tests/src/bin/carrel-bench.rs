@@ -31,12 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-/// mimalloc instead of the system allocator: the hub and the agents it runs in-process allocate and free
-/// small buffers on many threads (events, JSON, protobuf, TLS records), where glibc's
-/// malloc spent about 14 % of the catch-up benchmark's CPU (docs/benchmark.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "carrel-bench",
