@@ -89,18 +89,6 @@ pub enum Milestone {
 }
 
 impl Milestone {
-    pub const ALL: [Milestone; 9] = [
-        Milestone::Ordered,
-        Milestone::Collection,
-        Milestone::Receipt,
-        Milestone::ManufacturingStart,
-        Milestone::ManufacturingEnd,
-        Milestone::QcComplete,
-        Milestone::Release,
-        Milestone::HandOver,
-        Milestone::Infusion,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Milestone::Ordered => "ordered",

@@ -605,10 +605,6 @@ pub struct Booking {
 }
 
 impl Booking {
-    pub fn planned_end(&self) -> DateTime<Utc> {
-        self.steps.last().map(|s| s.planned_end).unwrap_or_default()
-    }
-
     pub fn expected_end(&self) -> DateTime<Utc> {
         self.steps
             .last()

@@ -168,13 +168,13 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
             format!("requested_collection_date {date} is in the past"),
         ));
     }
-    let horizon = Utc::now().date_naive() + Duration::days(schedule::HORIZON_DAYS);
+    let horizon = Utc::now().date_naive() + Duration::days(crate::schedule::HORIZON_DAYS);
     if date > horizon {
         return Err(field(
             "requested_collection_date",
             format!(
                 "requested_collection_date {date} is more than {} days ahead (after {horizon})",
-                schedule::HORIZON_DAYS
+                crate::schedule::HORIZON_DAYS
             ),
         ));
     }

@@ -63,12 +63,7 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
 
 /// The clock markup of an order, for its page and its live part.
 pub async fn order_clock_markup(hub: &Hub, order: &Order) -> Result<Markup, Response> {
-    let clock = service::order_clock(hub, order).await.map_err(refused)?;
-    let booking = hub
-        .store
-        .booking(order.order_id)
-        .await
-        .map_err(|e| refused(e.into()))?;
+    let (clock, booking) = service::order_clock(hub, order).await.map_err(refused)?;
     Ok(clock_markup(&clock, booking.as_ref()))
 }
 

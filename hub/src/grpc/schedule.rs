@@ -1,7 +1,7 @@
 //! `ScheduleService`: capacity, booking, utilisation and the vein-to-vein clock.
 
-use super::{authenticate, parse_id, service_status, status, Shared};
-use crate::clock::{Clock, Milestone};
+use super::{authenticate, parse_id, service_status, Shared};
+use crate::clock::Clock;
 use crate::schedule::{Booking, Capacity, Closure};
 use crate::service::schedule as service;
 use carrel_proto::event::to_timestamp;
@@ -149,11 +149,9 @@ pub async fn order_clock_pb(
     shared: &Shared,
     order: &crate::store::Order,
 ) -> Result<pb::VeinToVein, Status> {
-    let clock = service::order_clock(shared, order)
+    let (clock, booking) = service::order_clock(shared, order)
         .await
         .map_err(service_status)?;
-    let booking = shared.store.booking(order.order_id).await.map_err(status)?;
-    debug_assert_eq!(clock.milestones.len(), Milestone::ALL.len());
     Ok(clock_to_pb(&clock, booking.as_ref()))
 }
 

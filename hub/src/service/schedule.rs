@@ -15,9 +15,6 @@ use uuid::Uuid;
 /// How many weeks of utilisation may be asked for at once.
 pub const MAX_WEEKS: u32 = 26;
 
-/// How far ahead (and back, for utilisation) dates may be asked for.
-pub const HORIZON_DAYS: i64 = schedule::HORIZON_DAYS;
-
 /// A date as a form or a request gives it; today when empty; refused when it is not
 /// a date or lies beyond the horizon either way.
 fn date_within_horizon(name: &'static str, text: &str) -> Result<NaiveDate, Error> {
@@ -27,10 +24,13 @@ fn date_within_horizon(name: &'static str, text: &str) -> Result<NaiveDate, Erro
         text => NaiveDate::parse_from_str(text, "%Y-%m-%d")
             .map_err(|_| field(name, format!("{name} {text:?} is not a date (YYYY-MM-DD)")))?,
     };
-    if (date - today).num_days().abs() > HORIZON_DAYS {
+    if (date - today).num_days().abs() > schedule::HORIZON_DAYS {
         return Err(field(
             name,
-            format!("{name} {date} is more than {HORIZON_DAYS} days from today"),
+            format!(
+                "{name} {date} is more than {} days from today",
+                schedule::HORIZON_DAYS
+            ),
         ));
     }
     Ok(date)
@@ -254,16 +254,21 @@ pub async fn utilisation(
     Ok(schedule::utilisation(&capacity, &booked, from, weeks))
 }
 
-/// The vein-to-vein clock of an order as of now.
-pub async fn order_clock(shared: &Shared, order: &Order) -> Result<Clock, Error> {
+/// The vein-to-vein clock of an order as of now, and the booking it was computed
+/// from (`None` for an order made without one).
+pub async fn order_clock(
+    shared: &Shared,
+    order: &Order,
+) -> Result<(Clock, Option<Booking>), Error> {
     let record = shared.store.batch_record(order.batch_id).await?;
     let booking = shared.store.booking(order.order_id).await?;
-    Ok(clock::clock(
+    let clock = clock::clock(
         &record,
         booking.as_ref(),
         &shared.config.schedule,
         Utc::now(),
-    ))
+    );
+    Ok((clock, booking))
 }
 
 /// Vein-to-vein figures for the whole network (`""`) and each site, of the orders
@@ -279,7 +284,7 @@ pub async fn summary(
         if site_id.is_some_and(|s| s != order.site_id) {
             continue;
         }
-        let clock = order_clock(shared, &order).await?;
+        let (clock, _) = order_clock(shared, &order).await?;
         clocks.entry(order.site_id.clone()).or_default().push(clock);
     }
     let mut rows = vec![(String::new(), clock::summarize(clocks.values().flatten()))];
@@ -486,9 +491,4 @@ pub async fn run_replanner(shared: std::sync::Arc<Shared>) {
             }
         }
     }
-}
-
-/// Hours for people: "5.5 h".
-pub fn hours_text(d: Duration) -> String {
-    format!("{:.1} h", d.num_minutes() as f64 / 60.0)
 }
