@@ -1639,17 +1639,38 @@ async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothi
         add_active_site(&*store, site).await;
         orders.push(order_at(&*store, site).await);
     }
-    // Every site sends its first event at the same moment, and one site also sends a
+    // A message whose first event is good and changes its batch's state (audited),
+    // then leaves a gap: refused whole, its audit entries with it, and the entries
+    // of the messages committed with it still chain without them.
+    let late = "site-g8".to_owned();
+    add_active_site(&*store, &late).await;
+    let late_order = order_at(&*store, &late).await;
+    let mut late_log = SiteLog::new();
+    let good = late_log.record(late_order.batch_id, accepted(&late_order, &recipe));
+    late_log.record(late_order.batch_id, step_started("collection"));
+    let after_gap = late_log.record(late_order.batch_id, step_started("receipt"));
+    // Every site sends its first event at the same moment, and two sites send a
     // message with a gap: the SQLite backend commits whatever arrives together in one
-    // transaction, each message in a savepoint of its own.
+    // transaction, each message in a savepoint of its own. The half-good message
+    // goes second, so that it is not alone in its group (the first caller finds the
+    // write lock free and commits alone) and messages follow it in the same group.
     let mut tasks = Vec::new();
-    for (site, order) in sites.iter().zip(&orders) {
+    let mut half_good = None;
+    for (i, (site, order)) in sites.iter().zip(&orders).enumerate() {
         let event = SiteLog::new().record(order.batch_id, accepted(order, &recipe));
-        let (store, site) = (store.clone(), site.clone());
+        let (shared, site) = (store.clone(), site.clone());
         tasks.push(tokio::spawn(async move {
-            store.ingest_events(&site, &[event], now()).await
+            shared.ingest_events(&site, &[event], now()).await
         }));
+        if i == 0 {
+            let (store, site) = (store.clone(), late.clone());
+            let events = [good.clone(), after_gap.clone()];
+            half_good = Some(tokio::spawn(async move {
+                store.ingest_events(&site, &events, now()).await
+            }));
+        }
     }
+    let half_good = half_good.expect("spawned");
     let mut gap_log = SiteLog::new();
     gap_log.record(orders[0].batch_id, accepted(&orders[0], &recipe));
     gap_log.record(orders[0].batch_id, step_started("collection"));
@@ -1666,11 +1687,31 @@ async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothi
         assert_eq!(ingested.acked_event_seq, 1);
     }
     assert_refused!(refused.await.expect("task"), Error::Protocol);
+    assert_refused!(half_good.await.expect("task"), Error::Protocol);
     for (site, order) in sites.iter().zip(&orders) {
         assert_eq!(store.site(site).await.expect("site").acked_event_seq, 1);
         let events = store.batch_events(order.batch_id).await.expect("events");
         assert_eq!(events.len(), 1, "site {site}: {events:?}");
     }
+    assert_eq!(store.site(&late).await.expect("site").acked_event_seq, 0);
+    assert!(store
+        .batch_events(late_order.batch_id)
+        .await
+        .expect("events")
+        .is_empty());
+    assert_eq!(
+        store.order(late_order.order_id).await.expect("order").state,
+        BatchState::Ordered,
+        "the refused message's state change is not kept"
+    );
+    assert_eq!(
+        store
+            .audit_count("site_events.replicated")
+            .await
+            .expect("count"),
+        8
+    );
+    assert!(store.verify_audit().await.expect("read").is_ok());
 }
 
 // ---------------------------------------------------------------------------------

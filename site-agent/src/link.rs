@@ -23,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 /// Events sent but not yet acknowledged, at most.
 const WINDOW: u64 = 2_000;
 
+/// How often, at most, the hub's acknowledgement is saved in the local store while
+/// acknowledgements stream in (the link state others watch is updated on each).
+const NOTE_ACKED_EVERY: Duration = Duration::from_secs(1);
+
 /// What the hub reads at most in one message when its Welcome does not say.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -314,6 +318,8 @@ impl Link {
         let mut acked = welcome.acked_event_seq;
         let mut sent = acked;
         self.note_acked(acked).await;
+        // What was last saved of the hub's acknowledgement, and when.
+        let (mut noted, mut noted_at) = (acked, Instant::now());
         self.state.send_modify(|s| {
             s.connected = true;
             s.hub_acked_event_seq = acked;
@@ -356,6 +362,10 @@ impl Link {
                     if last_heard.elapsed() > self.heartbeat_timeout {
                         return Err(Error::Silent(self.heartbeat_timeout));
                     }
+                    if noted < acked {
+                        self.note_acked(acked).await;
+                        (noted, noted_at) = (acked, Instant::now());
+                    }
                     send(site_message::Body::Heartbeat(pb::Heartbeat {
                         sent_at_unix_ms: chrono::Utc::now().timestamp_millis() as u64,
                     })).await?;
@@ -385,8 +395,14 @@ impl Link {
                                 )));
                             }
                             acked = ack.seq;
-                            self.note_acked(acked).await;
                             self.state.send_modify(|s| s.hub_acked_event_seq = acked);
+                            // Saved at most once a second (and on the next heartbeat):
+                            // one durable write per acknowledgement would cost the site
+                            // an fsync per message, and competes with recording.
+                            if noted_at.elapsed() >= NOTE_ACKED_EVERY {
+                                self.note_acked(acked).await;
+                                (noted, noted_at) = (acked, Instant::now());
+                            }
                         }
                         Some(hub_message::Body::Heartbeat(_)) => {}
                         Some(hub_message::Body::CertificateIssued(issued)) => {

@@ -234,7 +234,7 @@ pub fn status(error: store::Error) -> Status {
         E::Invalid(why) => Status::invalid_argument(why),
         E::PermissionDenied(why) => Status::permission_denied(why),
         E::Protocol(why) => Status::invalid_argument(format!("protocol violation: {why}")),
-        e @ (E::Database(_) | E::Migrate(_) | E::Corrupt(_)) => {
+        e @ (E::Database(_) | E::Engine(_) | E::Migrate(_) | E::Corrupt(_)) => {
             tracing::error!(error = %e, "store failure");
             Status::unavailable("the hub's store is unavailable; try again")
         }

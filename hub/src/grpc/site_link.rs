@@ -364,18 +364,27 @@ impl Link {
             config.site_link_message_burst,
             last_heard,
         );
+        // Whether the command log may hold something not yet sent: at the start, when
+        // a command is added (here, or at another replica that announces it), and on
+        // each heartbeat as a fallback. Not on every message of the site: a link
+        // streaming events would otherwise read the command log once per message.
+        let mut commands_due = true;
         loop {
-            let commands = store
-                .commands_after(&self.site_id, sent_command_seq, COMMANDS_PER_MESSAGE)
-                .await
-                .map_err(status)?;
-            if let Some(last) = commands.last() {
-                sent_command_seq = last.seq;
-                self.send(hub_message::Body::Commands(pb::HubCommandBatch {
-                    commands: commands.iter().map(pb::HubCommand::from).collect(),
-                }))
-                .await?;
-                continue;
+            if commands_due {
+                let commands = store
+                    .commands_after(&self.site_id, sent_command_seq, COMMANDS_PER_MESSAGE)
+                    .await
+                    .map_err(status)?;
+                // A full message may leave more behind it.
+                commands_due = commands.len() == COMMANDS_PER_MESSAGE as usize;
+                if let Some(last) = commands.last() {
+                    sent_command_seq = last.seq;
+                    self.send(hub_message::Body::Commands(pb::HubCommandBatch {
+                        commands: commands.iter().map(pb::HubCommand::from).collect(),
+                    }))
+                    .await?;
+                    continue;
+                }
             }
             tokio::select! {
                 _ = closed.cancelled() => {
@@ -393,9 +402,11 @@ impl Link {
                 }
                 _ = notify.notified() => {
                     self.check_claim(claim).await?;
+                    commands_due = true;
                 }
                 _ = ticker.tick() => {
                     self.check_claim(claim).await?;
+                    commands_due = true;
                     if last_heard.elapsed() > timeout {
                         return Err(Status::deadline_exceeded(format!(
                             "nothing heard from the site for {} ms", timeout.as_millis()

@@ -59,6 +59,10 @@ pub enum Error {
     Protocol(String),
     #[error("database: {0}")]
     Database(sqlx::Error),
+    /// An error of the SQLite library where the store calls it without sqlx (the
+    /// ingest path of the SQLite backend).
+    #[error("database: {0}")]
+    Engine(String),
     /// The database could not do what it must to keep a commit (an I/O error, such
     /// as a failed fsync): what is on disk may differ from what it said it holds.
     /// The hub stops rather than go on as if committed ([`failure`]).

@@ -4,6 +4,8 @@
 //! when `commit` returns. Writers are serialised by an async mutex inside the process
 //! (SQLite has one writer at a time anyway, and taking the lock up front avoids
 //! deadlocking read-to-write upgrades); readers run concurrently from the pool.
+//! Everything goes through sqlx except the hot path, site events, whose group
+//! commits run on a connection of their own with rusqlite (`ingest.rs` says why).
 
 use super::*;
 use crate::audit::{self, NewEntry};
@@ -16,13 +18,13 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqlitePool, Transaction};
-use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+mod ingest;
 mod schedule;
 use super::schedule as schedule_store;
 
@@ -41,8 +43,10 @@ pub struct SqliteStore {
     write_lock: Mutex<()>,
     /// Site events waiting for the write lock (see `group_commit`).
     ingest_queue: SyncMutex<Vec<IngestRequest>>,
+    /// The connection group commits run on (see `ingest.rs`).
+    writer: Arc<ingest::Writer>,
     /// Recipes are immutable once published, so they are cached by (id, version).
-    recipes: SyncMutex<HashMap<(String, u32), StoredRecipe>>,
+    recipes: ingest::RecipeCache,
     /// Stops the background checkpoints when the store is dropped.
     #[allow(dead_code)]
     checkpointer: tokio_util::sync::DropGuard,
@@ -216,65 +220,11 @@ fn audit_from_row(row: &SqliteRow) -> Result<(audit::Entry, String)> {
     ))
 }
 
-/// A site event as its `site_events` row, before it is written.
-struct EventRow {
-    seq: i64,
-    event_id: String,
-    batch_id: String,
-    kind: &'static str,
-    recorded_at: String,
-    body: String,
-    sha256: String,
-}
-
-/// Rows per INSERT statement (9 values each, well under SQLite's variable limit).
-const EVENT_ROWS_PER_STATEMENT: usize = 200;
-
-/// Writes and empties `rows`.
-async fn insert_event_rows(
-    tx: &mut Transaction<'_, Sqlite>,
-    site_id: &str,
-    now: DateTime<Utc>,
-    rows: &mut Vec<EventRow>,
-) -> Result<()> {
-    let received_at = ts(now);
-    for chunk in rows.chunks(EVENT_ROWS_PER_STATEMENT) {
-        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-            "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) ",
-        );
-        insert.push_values(chunk, |mut row, event| {
-            row.push_bind(site_id)
-                .push_bind(event.seq)
-                .push_bind(&event.event_id)
-                .push_bind(&event.batch_id)
-                .push_bind(event.kind)
-                .push_bind(&event.recorded_at)
-                .push_bind(&received_at)
-                .push_bind(&event.body)
-                .push_bind(&event.sha256);
-        });
-        insert.build().execute(&mut **tx).await?;
-    }
-    rows.clear();
-    Ok(())
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs the embedded migrations.
     pub async fn open(path: &Path) -> Result<SqliteStore> {
         let options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::open_with(options).await
-    }
-
-    /// Opens from a `sqlite://` URL.
-    pub async fn open_url(url: &str) -> Result<SqliteStore> {
-        let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -316,205 +266,22 @@ impl SqliteStore {
         // inside whichever commit crosses SQLite's threshold.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options.pragma("wal_autocheckpoint", "0"))
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
+        let recipes = ingest::RecipeCache::default();
+        let writer = Arc::new(ingest::Writer::open(
+            options.get_filename(),
+            recipes.clone(),
+        )?);
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(checkpoint_in_background(pool.clone(), stop.clone()));
         Ok(SqliteStore {
             pool,
             write_lock: Mutex::new(()),
             ingest_queue: SyncMutex::new(Vec::new()),
-            recipes: SyncMutex::new(HashMap::new()),
+            writer,
+            recipes,
             checkpointer: stop.drop_guard(),
-        })
-    }
-
-    /// Stores one site's events inside `tx` (a savepoint of a group commit): the
-    /// checks and the projection as [`Store::ingest_events`] describes. An error
-    /// leaves the savepoint to be rolled back.
-    async fn ingest_in(
-        &self,
-        tx: &mut Transaction<'_, Sqlite>,
-        site_id: &str,
-        events: &[SiteEvent],
-        now: DateTime<Utc>,
-    ) -> Result<Ingested> {
-        let site = Self::site_in(tx, site_id).await?;
-        let mut cursor = site.acked_event_seq;
-        let first_new = cursor + 1;
-        let mut new_events = 0;
-        // The hash the next event must carry as prev_sha256 (the site's log is a chain).
-        let mut chain_head: Option<String> = None;
-        // Batches touched in this transaction, with their projection, saved once at the end.
-        let mut touched: HashMap<Uuid, (Order, Projection, StoredRecipe)> = HashMap::new();
-        // New rows, written in multi-row INSERTs: one statement per chunk instead of
-        // one per event.
-        let mut rows: Vec<EventRow> = Vec::with_capacity(events.len());
-        for event in events {
-            if event.seq == 0 {
-                return Err(Error::Protocol(
-                    "event seq 0: a site log starts at 1".into(),
-                ));
-            }
-            if event.seq <= cursor {
-                // A repeat: of a row stored earlier, or of one earlier in this message.
-                let pending = rows
-                    .iter()
-                    .find(|row| row.seq == event.seq as i64)
-                    .map(|row| row.body.clone());
-                let stored: Option<String> = match pending {
-                    Some(body) => Some(body),
-                    None => {
-                        sqlx::query_scalar(
-                            "SELECT body FROM site_events WHERE site_id = ? AND seq = ?",
-                        )
-                        .bind(site_id)
-                        .bind(i64_of(event.seq)?)
-                        .fetch_optional(&mut **tx)
-                        .await?
-                    }
-                };
-                match stored {
-                    Some(body) if body == event.canonical_json() => continue,
-                    Some(_) => {
-                        return Err(Error::Protocol(format!(
-                            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
-                            event.seq
-                        )))
-                    }
-                    None => return Err(Error::Corrupt(format!("site {site_id} event {} is missing below the cursor", event.seq))),
-                }
-            }
-            if event.seq != cursor + 1 {
-                return Err(Error::Protocol(format!(
-                    "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
-                    event.seq,
-                    cursor + 1
-                )));
-            }
-            if let std::collections::hash_map::Entry::Vacant(slot) = touched.entry(event.batch_id) {
-                let order = match Self::order_in(tx, "batch_id", event.batch_id).await {
-                    Ok(order) => order,
-                    Err(Error::NotFound(_)) => {
-                        return Err(Error::PermissionDenied(format!(
-                            "event seq {} is for batch {}, which the hub never ordered",
-                            event.seq, event.batch_id
-                        )))
-                    }
-                    Err(e) => return Err(e),
-                };
-                if order.site_id != site_id {
-                    return Err(Error::PermissionDenied(format!(
-                        "event seq {} is for batch {}, which belongs to another site",
-                        event.seq, event.batch_id
-                    )));
-                }
-                let projection = projection_of(&order);
-                let recipe = self
-                    .recipe_in(tx, &order.recipe_id, order.recipe_version)
-                    .await?;
-                slot.insert((order, projection, recipe));
-            }
-            let expected_prev = match chain_head.take() {
-                Some(head) => head,
-                None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
-                None => sqlx::query_scalar(
-                    "SELECT sha256 FROM site_events WHERE site_id = ? AND seq = ?",
-                )
-                .bind(site_id)
-                .bind(i64_of(event.seq - 1)?)
-                .fetch_optional(&mut **tx)
-                .await?
-                .ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "site {site_id} event {} is missing below the cursor",
-                        event.seq - 1
-                    ))
-                })?,
-            };
-            if event.prev_sha256 != expected_prev {
-                return Err(Error::Protocol(format!(
-                    "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
-                     but event {} hashes to {expected_prev}; the site's log was altered",
-                    event.seq,
-                    event.prev_sha256,
-                    event.seq - 1
-                )));
-            }
-            let body = event.canonical_json();
-            let sha = carrel_proto::event::body_sha256(&body);
-            let (order, projection, recipe) =
-                touched.get_mut(&event.batch_id).expect("inserted above");
-            rows.push(EventRow {
-                seq: i64_of(event.seq)?,
-                event_id: event.event_id.to_string(),
-                batch_id: event.batch_id.to_string(),
-                kind: event.kind.name(),
-                recorded_at: ts(event.recorded_at),
-                body,
-                sha256: sha.clone(),
-            });
-            chain_head = Some(sha);
-            if matches!(
-                event.kind,
-                carrel_proto::event::EventKind::Correction { .. }
-            ) {
-                // A correction looks up the record it corrects, which may be in this
-                // message: everything before it is written first.
-                insert_event_rows(tx, site_id, now, &mut rows).await?;
-            }
-            let state_before = projection.state;
-            let qc = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi);
-            self.audit_site_event(tx, site_id, event, order, projection, state_before, now)
-                .await?;
-            if let Some(qc) = qc {
-                sqlx::query(
-                    "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(event.batch_id.to_string())
-                .bind(site_id)
-                .bind(i64_of(qc.site_seq)?)
-                .bind(&qc.test_id)
-                .bind(serde_json::to_string(&qc.value).map_err(|e| Error::Corrupt(e.to_string()))?)
-                .bind(outcome_str(qc.hub_outcome))
-                .bind(outcome_str(qc.site_outcome))
-                .bind(&qc.reason)
-                .execute(&mut **tx)
-                .await?;
-            }
-            cursor = event.seq;
-            new_events += 1;
-        }
-        insert_event_rows(tx, site_id, now, &mut rows).await?;
-        for (batch_id, (_, projection, _)) in &touched {
-            Self::save_projection(tx, *batch_id, projection, now).await?;
-        }
-        if new_events > 0 {
-            Self::append_audit(
-                tx,
-                &NewEntry::new(
-                    site_id,
-                    "site_events.replicated",
-                    format!("site/{site_id}/events/{first_new}..{cursor}"),
-                )
-                .value(format!(
-                    "{new_events} events; last hash {}",
-                    chain_head.clone().unwrap_or_default()
-                )),
-                now,
-            )
-            .await?;
-        }
-        sqlx::query("UPDATE sites SET acked_event_seq = ?, last_contact_at = ? WHERE site_id = ?")
-            .bind(i64_of(cursor)?)
-            .bind(ts(now))
-            .bind(site_id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(Ingested {
-            acked_event_seq: cursor,
-            new_events,
         })
     }
 
@@ -522,7 +289,8 @@ impl SqliteStore {
     /// transaction. Each caller queues its request and takes the write lock; the
     /// holder takes every request queued so far, runs each in a savepoint of its own
     /// (a refused request rolls back alone and changes nothing), commits once, and
-    /// answers them all. A caller whose request an earlier holder already committed
+    /// answers them all; the transaction runs on a blocking thread (`ingest.rs`),
+    /// under the same write lock as every other writer. A caller whose request an earlier holder already committed
     /// finds its answer waiting. Nothing is answered before the commit returned, and a
     /// failed commit (a full disk, an fsync error) fails every request in it.
     async fn group_commit(
@@ -547,51 +315,44 @@ impl SqliteStore {
         }
         let group =
             std::mem::take(&mut *self.ingest_queue.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut results = Vec::with_capacity(group.len());
-        let outcome = async {
-            let mut tx = self.begin_write().await?;
-            for request in &group {
-                let mut savepoint = tx.begin().await?;
-                match self
-                    .ingest_in(
-                        &mut savepoint,
-                        &request.site_id,
-                        &request.events,
-                        request.now,
-                    )
+        let (requests, replies): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|r| {
+                let request = ingest::Request {
+                    site_id: r.site_id,
+                    events: r.events,
+                    now: r.now,
+                };
+                (request, r.reply)
+            })
+            .unzip();
+        let outcome = match failure().reason() {
+            Some(why) => Err(Error::Failed(why.to_owned())),
+            None => {
+                // The whole transaction on one blocking thread (see `ingest.rs`).
+                let writer = self.writer.clone();
+                tokio::task::spawn_blocking(move || writer.commit_group(&requests))
                     .await
-                {
-                    Ok(ingested) => {
-                        savepoint.commit().await?;
-                        results.push(Ok(ingested));
-                    }
-                    Err(e) => {
-                        savepoint.rollback().await?;
-                        results.push(Err(e));
-                    }
-                }
+                    .unwrap_or_else(|e| {
+                        Err(Error::Corrupt(format!("the group commit stopped: {e}")))
+                    })
             }
-            tx.commit().await?;
-            Ok::<(), Error>(())
-        }
-        .await;
+        };
         match outcome {
-            Ok(()) => {
-                for (request, result) in group.into_iter().zip(results) {
-                    let _ = request.reply.send(result);
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
                 let why = e.to_string();
-                tracing::error!(error = %why, requests = group.len(), "a group commit of site events failed; none of it is acknowledged");
-                for request in group {
+                tracing::error!(error = %why, requests = replies.len(), "a group commit of site events failed; none of it is acknowledged");
+                for reply in replies {
                     let error = match &e {
                         Error::Failed(why) => Error::Failed(why.clone()),
-                        _ => Error::Database(sqlx::Error::Protocol(format!(
-                            "the commit of these events failed: {why}"
-                        ))),
+                        _ => Error::Engine(format!("the commit of these events failed: {why}")),
                     };
-                    let _ = request.reply.send(Err(error));
+                    let _ = reply.send(Err(error));
                 }
             }
         }
@@ -715,91 +476,6 @@ impl SqliteStore {
             .iter()
             .map(event_from_row)
             .collect()
-    }
-
-    /// Audits what one site event changed or revealed: batch state changes, custody
-    /// mismatches (raised to QA), and corrections (with their reason). A correction
-    /// must point at an earlier record of the same batch.
-    #[allow(clippy::too_many_arguments)]
-    async fn audit_site_event(
-        &self,
-        tx: &mut Transaction<'_, Sqlite>,
-        site_id: &str,
-        event: &SiteEvent,
-        order: &Order,
-        projection: &mut Projection,
-        state_before: BatchState,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        use carrel_proto::event::EventKind;
-        let object = format!("site/{site_id}/event/{}", event.seq);
-        match &event.kind {
-            EventKind::CustodyScan {
-                checkpoint_id,
-                expected_coi,
-                scanned_coi,
-                matched: false,
-                ..
-            } => {
-                tracing::warn!(site_id, batch_id = %event.batch_id, checkpoint_id, scanned_coi, "COI MISMATCH at custody checkpoint: raised to QA");
-                Self::append_audit(
-                    tx,
-                    &NewEntry::new(&event.recorded_by, "custody.mismatch", object.clone())
-                        .batch(event.batch_id)
-                        .change(expected_coi.clone(), scanned_coi.clone())
-                        .reason(format!("hard stop at checkpoint {checkpoint_id}")),
-                    now,
-                )
-                .await?;
-            }
-            EventKind::Correction {
-                corrects_seq,
-                reason,
-                field,
-                new_value,
-            } => {
-                let target: Option<String> = sqlx::query_scalar(
-                    "SELECT batch_id FROM site_events WHERE site_id = ? AND seq = ?",
-                )
-                .bind(site_id)
-                .bind(i64_of(*corrects_seq)?)
-                .fetch_optional(&mut **tx)
-                .await?;
-                if target.as_deref() != Some(event.batch_id.to_string().as_str()) {
-                    projection.flag(event, format!("correction points at record {corrects_seq}, which is not a record of this batch"));
-                }
-                Self::append_audit(
-                    tx,
-                    &NewEntry::new(
-                        &event.recorded_by,
-                        "record.corrected",
-                        format!("site/{site_id}/event/{corrects_seq}"),
-                    )
-                    .batch(event.batch_id)
-                    .value(format!("{field} = {new_value} (by record {})", event.seq))
-                    .reason(reason.clone()),
-                    now,
-                )
-                .await?;
-            }
-            _ => {}
-        }
-        if projection.state != state_before {
-            Self::append_audit(
-                tx,
-                &NewEntry::new(
-                    site_id,
-                    "batch.state_changed",
-                    format!("batch/{}", order.batch_id),
-                )
-                .batch(order.batch_id)
-                .change(state_before.as_str(), projection.state.as_str())
-                .reason(format!("site record {}", event.seq)),
-                now,
-            )
-            .await?;
-        }
-        Ok(())
     }
 
     /// Appends a command to a site's log inside `tx`; returns its seq.

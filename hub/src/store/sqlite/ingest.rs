@@ -1,0 +1,479 @@
+//! Site events into the SQLite file: the transaction of a group commit, run whole
+//! on one thread with a connection of its own.
+//!
+//! Why not through sqlx like the rest of this backend: sqlx runs each statement on
+//! its connection's own thread and hands every result back to the async task, two
+//! thread wake-ups per statement. Storing a message of events takes about a dozen
+//! statements (the site's cursor, the order, the chain head, the rows, the
+//! projection, the audit entry), and `perf` on the benchmark
+//! (`carrel-bench --only ingest`) showed a third of the CPU in those wake-ups. Here
+//! a group of requests costs one hand-off to a blocking thread, statements are
+//! prepared once and cached, and the semantics are those [`Store::ingest_events`]
+//! documents.
+
+use super::super::*;
+use crate::audit::{self, NewEntry};
+use crate::batch::Projection;
+use carrel_proto::event::EventKind;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Recipes by (id, version): immutable once published, so shared with the store.
+pub(super) type RecipeCache = Arc<Mutex<HashMap<(String, u32), StoredRecipe>>>;
+
+/// One site's events in a group commit.
+pub(super) struct Request {
+    pub site_id: String,
+    pub events: Vec<SiteEvent>,
+    pub now: DateTime<Utc>,
+}
+
+impl From<rusqlite::Error> for Error {
+    /// SQLite's I/O errors (a failed fsync, say) fail the store as sqlx's do
+    /// ([`failure`]); the message keeps SQLite's extended code.
+    fn from(error: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(code, message) = &error {
+            let text = message.clone().unwrap_or_else(|| code.to_string());
+            let text = format!("(code: {}) {text}", code.extended_code);
+            if code.code == rusqlite::ErrorCode::SystemIoFailure {
+                let why = format!(
+                    "{text}; a commit may not be on disk although the database was told to keep it"
+                );
+                failure().fail(&why);
+                return Error::Failed(why);
+            }
+            return Error::Engine(text);
+        }
+        Error::Engine(error.to_string())
+    }
+}
+
+/// The connection that writes site events.
+pub(super) struct Writer {
+    conn: Mutex<Connection>,
+    recipes: RecipeCache,
+}
+
+impl Writer {
+    /// Opens the database file the pool uses, with the same settings: WAL,
+    /// `synchronous=FULL`, foreign keys, and no automatic checkpoint (the store
+    /// checkpoints in the background).
+    pub fn open(path: &Path, recipes: RecipeCache) -> Result<Writer> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+        )?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(Writer {
+            conn: Mutex::new(conn),
+            recipes,
+        })
+    }
+
+    /// Stores every request in one transaction, each in a savepoint of its own (a
+    /// refused request rolls back alone and changes nothing), and commits once.
+    /// Blocking: run it off the async threads. The outer error is a failure of the
+    /// transaction itself (BEGIN or COMMIT), which answers every request.
+    pub fn commit_group(&self, group: &[Request]) -> Result<Vec<Result<Ingested>>> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(group.len());
+        // The audit trail's head, carried from one request to the next.
+        let mut audit_head = None;
+        for request in group {
+            let mut savepoint = tx.savepoint()?;
+            let mut head = audit_head.clone();
+            match self.ingest(&savepoint, &mut head, request) {
+                Ok(ingested) => {
+                    savepoint.commit()?;
+                    audit_head = head;
+                    results.push(Ok(ingested));
+                }
+                Err(e @ Error::Failed(_)) => return Err(e),
+                Err(e) => {
+                    savepoint.rollback()?;
+                    savepoint.commit()?;
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    /// One site's events, as [`Store::ingest_events`] describes.
+    fn ingest(
+        &self,
+        tx: &Connection,
+        audit_head: &mut Option<(u64, String)>,
+        request: &Request,
+    ) -> Result<Ingested> {
+        let Request {
+            site_id,
+            events,
+            now,
+        } = request;
+        let (site_id, now) = (site_id.as_str(), *now);
+        let mut cursor: u64 = tx
+            .prepare_cached("SELECT acked_event_seq FROM sites WHERE site_id = ?")?
+            .query_row([site_id], |row| row.get::<_, i64>(0))
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?
+            .try_into()
+            .map_err(|_| Error::Corrupt(format!("site {site_id:?} has a negative cursor")))?;
+        let first_new = cursor + 1;
+        let mut new_events = 0;
+        // The hash the next event must carry as prev_sha256 (the site's log is a chain).
+        let mut chain_head: Option<String> = None;
+        // Batches touched here, with their projection, saved once at the end.
+        let mut touched: HashMap<Uuid, (Order, Projection, StoredRecipe)> = HashMap::new();
+        let received_at = ts(now);
+        let mut audit = Audit {
+            tx,
+            head: audit_head,
+            now,
+        };
+        for event in events {
+            if event.seq == 0 {
+                return Err(Error::Protocol(
+                    "event seq 0: a site log starts at 1".into(),
+                ));
+            }
+            if event.seq <= cursor {
+                // A repeat: of a row stored earlier, or earlier in this request (the
+                // rows are written as they come, so both are in the table).
+                let stored: Option<String> = tx
+                    .prepare_cached("SELECT body FROM site_events WHERE site_id = ? AND seq = ?")?
+                    .query_row(params![site_id, i64_of(event.seq)?], |row| row.get(0))
+                    .optional()?;
+                match stored {
+                    Some(body) if body == event.canonical_json() => continue,
+                    Some(_) => {
+                        return Err(Error::Protocol(format!(
+                            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
+                            event.seq
+                        )))
+                    }
+                    None => {
+                        return Err(Error::Corrupt(format!(
+                            "site {site_id} event {} is missing below the cursor",
+                            event.seq
+                        )))
+                    }
+                }
+            }
+            if event.seq != cursor + 1 {
+                return Err(Error::Protocol(format!(
+                    "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
+                    event.seq,
+                    cursor + 1
+                )));
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = touched.entry(event.batch_id) {
+                let order = match order_of_batch(tx, event.batch_id)? {
+                    Some(order) => order,
+                    None => {
+                        return Err(Error::PermissionDenied(format!(
+                            "event seq {} is for batch {}, which the hub never ordered",
+                            event.seq, event.batch_id
+                        )))
+                    }
+                };
+                if order.site_id != site_id {
+                    return Err(Error::PermissionDenied(format!(
+                        "event seq {} is for batch {}, which belongs to another site",
+                        event.seq, event.batch_id
+                    )));
+                }
+                let projection = projection_of(&order);
+                let recipe = self.recipe(tx, &order.recipe_id, order.recipe_version)?;
+                slot.insert((order, projection, recipe));
+            }
+            let expected_prev = match chain_head.take() {
+                Some(head) => head,
+                None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
+                None => tx
+                    .prepare_cached("SELECT sha256 FROM site_events WHERE site_id = ? AND seq = ?")?
+                    .query_row(params![site_id, i64_of(event.seq - 1)?], |row| row.get(0))
+                    .optional()?
+                    .ok_or_else(|| {
+                        Error::Corrupt(format!(
+                            "site {site_id} event {} is missing below the cursor",
+                            event.seq - 1
+                        ))
+                    })?,
+            };
+            if event.prev_sha256 != expected_prev {
+                return Err(Error::Protocol(format!(
+                    "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
+                     but event {} hashes to {expected_prev}; the site's log was altered",
+                    event.seq,
+                    event.prev_sha256,
+                    event.seq - 1
+                )));
+            }
+            let body = event.canonical_json();
+            let sha = carrel_proto::event::body_sha256(&body);
+            tx.prepare_cached(
+                "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                site_id,
+                i64_of(event.seq)?,
+                event.event_id.to_string(),
+                event.batch_id.to_string(),
+                event.kind.name(),
+                ts(event.recorded_at),
+                received_at,
+                body,
+                sha,
+            ])?;
+            chain_head = Some(sha);
+            let (order, projection, recipe) =
+                touched.get_mut(&event.batch_id).expect("inserted above");
+            let state_before = projection.state;
+            let qc = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi);
+            audit_site_event(&mut audit, site_id, event, order, projection, state_before)?;
+            if let Some(qc) = qc {
+                tx.prepare_cached(
+                    "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    event.batch_id.to_string(),
+                    site_id,
+                    i64_of(qc.site_seq)?,
+                    qc.test_id,
+                    json_text(&qc.value)?,
+                    outcome_str(qc.hub_outcome),
+                    outcome_str(qc.site_outcome),
+                    qc.reason,
+                ])?;
+            }
+            cursor = event.seq;
+            new_events += 1;
+        }
+        for (batch_id, (_, p, _)) in &touched {
+            tx.prepare_cached(
+                "UPDATE batches SET state = ?, current_step = ?, progress = ?, decision_recorded = ?, updated_at = ? WHERE batch_id = ?",
+            )?
+            .execute(params![
+                p.state.as_str(),
+                p.current_step.as_deref(),
+                json_text(&p.progress)?,
+                p.decision_recorded as i64,
+                received_at,
+                batch_id.to_string(),
+            ])?;
+        }
+        if new_events > 0 {
+            audit.append(
+                &NewEntry::new(
+                    site_id,
+                    "site_events.replicated",
+                    format!("site/{site_id}/events/{first_new}..{cursor}"),
+                )
+                .value(format!(
+                    "{new_events} events; last hash {}",
+                    chain_head.unwrap_or_default()
+                )),
+            )?;
+        }
+        tx.prepare_cached(
+            "UPDATE sites SET acked_event_seq = ?, last_contact_at = ? WHERE site_id = ?",
+        )?
+        .execute(params![i64_of(cursor)?, received_at, site_id])?;
+        Ok(Ingested {
+            acked_event_seq: cursor,
+            new_events,
+        })
+    }
+
+    fn recipe(&self, tx: &Connection, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
+        let key = (recipe_id.to_owned(), version);
+        if let Some(found) = self.cache().get(&key) {
+            return Ok(found.clone());
+        }
+        let (sha256, document): (String, String) = tx
+            .prepare_cached(
+                "SELECT sha256, document FROM recipes WHERE recipe_id = ? AND version = ?",
+            )?
+            .query_row(params![recipe_id, i64::from(version)], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
+        let recipe = Recipe::from_json(&document)
+            .map_err(|e| Error::Corrupt(format!("stored recipe: {e}")))?;
+        let stored = StoredRecipe {
+            sha256,
+            canonical_json: document,
+            recipe,
+        };
+        self.cache().insert(key, stored.clone());
+        Ok(stored)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), StoredRecipe>> {
+        self.recipes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The order of a batch, with its batch's projection.
+fn order_of_batch(tx: &Connection, batch_id: Uuid) -> Result<Option<Order>> {
+    let sql = format!("SELECT {} WHERE o.batch_id = ?", super::ORDER_COLUMNS);
+    let mut statement = tx.prepare_cached(&sql)?;
+    let mut rows = statement.query([batch_id.to_string()])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let text = |name: &str| row.get::<_, String>(name);
+    let state = text("state")?;
+    let recipe_version: i64 = row.get("recipe_version")?;
+    Ok(Some(Order {
+        order_id: super::parse_uuid(&text("order_id")?)?,
+        batch_id: super::parse_uuid(&text("batch_id")?)?,
+        coi: text("coi")?,
+        patient_pseudonym: text("patient_pseudonym")?,
+        recipe_id: text("recipe_id")?,
+        recipe_version: u32::try_from(recipe_version)
+            .map_err(|_| Error::Corrupt("recipe version out of range".into()))?,
+        site_id: text("site_id")?,
+        requested_collection_date: row.get("requested_collection_date")?,
+        physician: text("physician")?,
+        created_at: super::parse_ts(&text("created_at")?)?,
+        state: BatchState::parse(&state)
+            .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
+        current_step: row.get("current_step")?,
+        progress: serde_json::from_str(&text("progress")?)
+            .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
+        decision_recorded: row.get::<_, i64>("decision_recorded")? != 0,
+        updated_at: super::parse_ts(&text("updated_at")?)?,
+    }))
+}
+
+/// Appends to the audit trail inside the transaction, keeping its head (position
+/// and hash) so that consecutive entries of a group read it once.
+struct Audit<'a> {
+    tx: &'a Connection,
+    head: &'a mut Option<(u64, String)>,
+    now: DateTime<Utc>,
+}
+
+impl Audit<'_> {
+    fn append(&mut self, entry: &NewEntry) -> Result<()> {
+        let (last, prev) = match self.head.take() {
+            Some(head) => head,
+            None => self
+                .tx
+                .prepare_cached(
+                    "SELECT position, sha256 FROM audit_log ORDER BY position DESC LIMIT 1",
+                )?
+                .query_row([], |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)))
+                .optional()?
+                .unwrap_or_else(|| (0, audit::GENESIS.to_owned())),
+        };
+        let position = last + 1;
+        let at = ts(self.now);
+        let sha = audit::entry_sha256(&prev, position, &at, entry);
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit_log (position, at, actor, action, object, batch_id, old_value, new_value, reason, prev_sha256, sha256) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                i64_of(position)?,
+                at,
+                entry.actor,
+                entry.action,
+                entry.object,
+                entry.batch_id.map(|b| b.to_string()),
+                entry.old_value,
+                entry.new_value,
+                entry.reason,
+                prev,
+                sha,
+            ])?;
+        *self.head = Some((position, sha));
+        Ok(())
+    }
+}
+
+/// Audits what one site event changed or revealed: batch state changes, custody
+/// mismatches (raised to QA), and corrections (with their reason). A correction
+/// must point at an earlier record of the same batch.
+fn audit_site_event(
+    audit: &mut Audit<'_>,
+    site_id: &str,
+    event: &SiteEvent,
+    order: &Order,
+    projection: &mut Projection,
+    state_before: BatchState,
+) -> Result<()> {
+    let object = format!("site/{site_id}/event/{}", event.seq);
+    match &event.kind {
+        EventKind::CustodyScan {
+            checkpoint_id,
+            expected_coi,
+            scanned_coi,
+            matched: false,
+            ..
+        } => {
+            tracing::warn!(site_id, batch_id = %event.batch_id, checkpoint_id, scanned_coi, "COI MISMATCH at custody checkpoint: raised to QA");
+            audit.append(
+                &NewEntry::new(&event.recorded_by, "custody.mismatch", object)
+                    .batch(event.batch_id)
+                    .change(expected_coi.clone(), scanned_coi.clone())
+                    .reason(format!("hard stop at checkpoint {checkpoint_id}")),
+            )?;
+        }
+        EventKind::Correction {
+            corrects_seq,
+            reason,
+            field,
+            new_value,
+        } => {
+            let target: Option<String> = audit
+                .tx
+                .prepare_cached("SELECT batch_id FROM site_events WHERE site_id = ? AND seq = ?")?
+                .query_row(params![site_id, i64_of(*corrects_seq)?], |row| row.get(0))
+                .optional()?;
+            if target.as_deref() != Some(event.batch_id.to_string().as_str()) {
+                projection.flag(
+                    event,
+                    format!("correction points at record {corrects_seq}, which is not a record of this batch"),
+                );
+            }
+            audit.append(
+                &NewEntry::new(
+                    &event.recorded_by,
+                    "record.corrected",
+                    format!("site/{site_id}/event/{corrects_seq}"),
+                )
+                .batch(event.batch_id)
+                .value(format!("{field} = {new_value} (by record {})", event.seq))
+                .reason(reason.clone()),
+            )?;
+        }
+        _ => {}
+    }
+    if projection.state != state_before {
+        audit.append(
+            &NewEntry::new(
+                site_id,
+                "batch.state_changed",
+                format!("batch/{}", order.batch_id),
+            )
+            .batch(order.batch_id)
+            .change(state_before.as_str(), projection.state.as_str())
+            .reason(format!("site record {}", event.seq)),
+        )?;
+    }
+    Ok(())
+}
