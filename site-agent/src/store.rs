@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
@@ -197,13 +197,23 @@ impl Store {
             // connection believing it is still in a transaction that SQLite has
             // already rolled back; such a connection refuses every later BEGIN
             // ("non-zero transaction depth"), so it is closed instead of reused.
-            // The ping runs after the rollback queued by the dropped transaction.
+            // A connection released inside a transaction has a rollback queued (by
+            // the dropped transaction); the ping waits for it before the depth is
+            // read again. At depth 0 nothing is queued (a BEGIN whose caller gave
+            // up before its answer is rolled back by sqlx's worker before it takes
+            // the next command), so the common case costs no round trip to the
+            // connection's thread.
             .after_release(|conn, _| {
                 Box::pin(async move {
                     use sqlx::{Connection, Database, TransactionManager};
+                    let depth_of = |conn: &SqliteConnection| {
+                        <Sqlite as Database>::TransactionManager::get_transaction_depth(conn)
+                    };
+                    if depth_of(conn) == 0 {
+                        return Ok(true);
+                    }
                     conn.ping().await?;
-                    let depth =
-                        <Sqlite as Database>::TransactionManager::get_transaction_depth(conn);
+                    let depth = depth_of(conn);
                     if depth > 0 {
                         tracing::warn!(
                             depth,
@@ -524,6 +534,7 @@ impl Store {
         Ok(last as u64)
     }
 
+    /// The events after `seq`, in order, at most `limit`.
     pub async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<SiteEvent>> {
         sqlx::query("SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
             .bind(seq as i64)
@@ -667,6 +678,31 @@ mod tests {
         assert_eq!(store.last_event_seq().await.expect("seq"), 5);
         let after = store.events_after(3, 10).await.expect("after");
         assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+    }
+
+    #[tokio::test]
+    async fn events_after_reads_in_order_within_the_limit() {
+        let (_dir, store) = store().await;
+        let batch = Uuid::new_v4();
+        let mut appended = Vec::new();
+        for i in 0..1_203u32 {
+            let kind = EventKind::StepCompleted {
+                step_id: format!("step \"{i}\"\nline two"),
+                process_hours: f64::from(i),
+            };
+            appended.push(store.append(batch, "agent", kind).await.expect("append"));
+        }
+        let all = store.events_after(0, usize::MAX >> 1).await.expect("all");
+        assert_eq!(all, appended, "every event, as recorded, in order");
+        let some = store.events_after(2, 1_100).await.expect("some");
+        assert_eq!(some.len(), 1_100);
+        assert_eq!(some.first().map(|e| e.seq), Some(3));
+        assert_eq!(some.last().map(|e| e.seq), Some(1_102));
+        assert!(store
+            .events_after(1_203, 10)
+            .await
+            .expect("none")
+            .is_empty());
     }
 
     #[tokio::test]
