@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 /// Events sent but not yet acknowledged, at most.
-const WINDOW: u64 = 2_000;
+const WINDOW: u64 = 10_000;
 
 /// How often, at most, the hub's acknowledgement is saved in the local store while
 /// acknowledgements stream in (the link state others watch is updated on each).

@@ -239,6 +239,7 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
 }
 
 /// One live site link.
+#[derive(Clone)]
 struct Link {
     shared: Arc<Shared>,
     site_id: String,
@@ -364,6 +365,18 @@ impl Link {
             config.site_link_message_burst,
             last_heard,
         );
+        // Event runs are committed in a task of their own, one after another, so
+        // that the link goes on receiving and decoding while a run commits (a site
+        // catching up streams messages back to back). What arrives meanwhile is
+        // committed as the next run. Each run's outcome comes back through `done`;
+        // a refusal ends the link.
+        let (done_tx, mut done) = mpsc::channel(1);
+        let mut committing = Committing {
+            busy: false,
+            waiting: Vec::new(),
+            waiting_events: 0,
+            done: done_tx,
+        };
         // Whether the command log may hold something not yet sent: at the start, when
         // a command is added (here, or at another replica that announces it), and on
         // each heartbeat as a fallback. Not on every message of the site: a link
@@ -387,6 +400,7 @@ impl Link {
                 }
             }
             tokio::select! {
+                Some(outcome) = done.recv() => committing.finished(&self, outcome)?,
                 _ = closed.cancelled() => {
                     return Err(Status::aborted("link closed by the hub: another connection of this site took over, or the site was suspended"));
                 }
@@ -426,7 +440,14 @@ impl Link {
                 }
                 message = inbound.message() => {
                     last_heard = Instant::now();
-                    let Some(message) = message? else { return Ok(()) };
+                    let Some(message) = message? else {
+                        // The site closed its side: what it sent is still committed.
+                        while committing.busy {
+                            let outcome = done.recv().await.unwrap_or(Ok(()));
+                            committing.finished(&self, outcome)?;
+                        }
+                        return Ok(());
+                    };
                     let over_rate = || Status::resource_exhausted(format!(
                         "site {:?} sent messages faster than its link allows \
                          (site_link_max_messages_per_second = {}, site_link_message_burst = {}); \
@@ -470,9 +491,17 @@ impl Link {
                             }
                         }
                     }
-                    self.handle_events(batches).await?;
-                    if let Some(message) = next {
+                    committing.add(&self, batches);
+                    if let Some(pb::SiteMessage { body: Some(site_message::Body::Events(batch)) }) = next {
+                        committing.add(&self, vec![batch]);
+                    } else if let Some(message) = next {
                         self.handle(message).await?;
+                    }
+                    // Enough waits for the next run: nothing more is read until the
+                    // run being committed is done.
+                    if committing.busy && committing.waiting_events >= MAX_EVENTS_PER_MESSAGE {
+                        let outcome = done.recv().await.unwrap_or(Ok(()));
+                        committing.finished(&self, outcome)?;
                     }
                 }
             }
@@ -531,7 +560,41 @@ impl Link {
     /// acknowledges them. Should the messages together be refused, each is taken on
     /// its own, in order, so that what comes before a bad message is kept and
     /// acknowledged as if it had come alone, and the bad one gets its own answer.
-    async fn handle_events(&self, batches: Vec<pb::SiteEventBatch>) -> Result<(), Status> {
+    async fn commit_run(&self, run: Run) -> Result<(), Status> {
+        let Run {
+            events,
+            ends,
+            malformed,
+        } = run;
+        // What came before a malformed message is kept as if it had come alone.
+        let together = ends.len() > 1
+            // A refusal here is not audited: the messages are taken again one by one
+            // below, and the one refused then is.
+            && self.ingest(&events, false).await.is_ok();
+        if !together {
+            let mut start = 0;
+            for end in ends {
+                self.ingest(&events[start..end], true).await?;
+                start = end;
+            }
+        }
+        match malformed {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The events of consecutive messages of a site, decoded, with where each message
+/// ends, and the error of a malformed message that ended the run.
+struct Run {
+    events: Vec<SiteEvent>,
+    ends: Vec<usize>,
+    malformed: Option<Status>,
+}
+
+impl Run {
+    fn decode(batches: Vec<pb::SiteEventBatch>) -> Run {
         // All the events in order, and where each message's events end.
         let mut events = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
         let mut ends = Vec::with_capacity(batches.len());
@@ -558,24 +621,65 @@ impl Link {
             }
             ends.push(events.len());
         }
-        // What came before a malformed message is kept as if it had come alone.
-        let together = ends.len() > 1
-            // A refusal here is not audited: the messages are taken again one by one
-            // below, and the one refused then is.
-            && self.ingest(&events, false).await.is_ok();
-        if !together {
-            let mut start = 0;
-            for end in ends {
-                self.ingest(&events[start..end], true).await?;
-                start = end;
-            }
+        Run {
+            events,
+            ends,
+            malformed,
         }
-        match malformed {
-            Some(error) => Err(error),
-            None => Ok(()),
+    }
+}
+
+/// A link's event runs: the one being committed, and the messages waiting for it.
+struct Committing {
+    /// A run is being committed; its outcome comes through `done`.
+    busy: bool,
+    waiting: Vec<pb::SiteEventBatch>,
+    waiting_events: usize,
+    done: mpsc::Sender<Result<(), Status>>,
+}
+
+impl Committing {
+    /// Takes the site's next event messages: committed now if no run is being
+    /// committed, or else as the next run.
+    fn add(&mut self, link: &Link, batches: Vec<pb::SiteEventBatch>) {
+        self.waiting_events += batches.iter().map(|b| b.events.len()).sum::<usize>();
+        self.waiting.extend(batches);
+        if !self.busy {
+            self.start(link);
         }
     }
 
+    /// The outcome of the run being committed: a refusal ends the link; otherwise
+    /// what waits is committed next.
+    fn finished(&mut self, link: &Link, outcome: Result<(), Status>) -> Result<(), Status> {
+        self.busy = false;
+        outcome?;
+        if !self.waiting.is_empty() {
+            self.start(link);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, link: &Link) {
+        let batches = std::mem::take(&mut self.waiting);
+        self.waiting_events = 0;
+        self.busy = true;
+        let (link, done) = (link.clone(), self.done.clone());
+        tokio::spawn(async move {
+            let outcome = std::panic::AssertUnwindSafe(link.commit_run(Run::decode(batches)))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::internal(
+                        "committing these events stopped; send them again",
+                    ))
+                });
+            let _ = done.send(outcome).await;
+        });
+    }
+}
+
+impl Link {
     /// Commits one run of the site's events and acknowledges it; a refusal for
     /// authority reasons is audited when `audit` says so.
     async fn ingest(&self, events: &[SiteEvent], audit: bool) -> Result<(), Status> {
@@ -622,7 +726,9 @@ impl Link {
     async fn handle(&self, message: pb::SiteMessage) -> Result<(), Status> {
         let store = &self.shared.store;
         match message.body {
-            Some(site_message::Body::Events(batch)) => self.handle_events(vec![batch]).await,
+            Some(site_message::Body::Events(_)) => Err(Status::internal(
+                "event messages are committed in order by the link, not here",
+            )),
             Some(site_message::Body::CommandAck(ack)) => store
                 .ack_commands(&self.site_id, ack.seq)
                 .await

@@ -614,11 +614,14 @@ async fn run(
         for rep in 0..p.reps {
             let c = figures::catch_up(&hub, site_root.path(), rep, p.backlog).await?;
             progress(format!(
-                "catch-up rep {rep}: {:.0} events/s ({:.2} s; first ack after {:.1} ms; backlog written in {:.1} s)",
-                c.events_per_sec, c.secs, c.first_ack_ms, c.generate_secs
+                "catch-up rep {rep}: {:.0} events/s ({:.2} s; first ack after {:.1} ms; backlog written in {:.1} s; CPU-s by threads {})",
+                c.events_per_sec, c.secs, c.first_ack_ms, c.generate_secs, c.cpu_by_threads
             ));
             row.samples.push(c.events_per_sec);
-            catch_details.push(json!({"secs": c.secs, "first_ack_ms": c.first_ack_ms, "generate_secs": c.generate_secs}));
+            catch_details.push(json!({
+                "secs": c.secs, "first_ack_ms": c.first_ack_ms, "generate_secs": c.generate_secs,
+                "cpu_secs_by_threads": c.cpu_by_threads,
+            }));
         }
         details.insert("catch_up".into(), json!(catch_details));
         rows.push(row);

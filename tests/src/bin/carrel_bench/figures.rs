@@ -550,6 +550,8 @@ pub struct CatchUp {
     pub secs: f64,
     pub first_ack_ms: f64,
     pub generate_secs: f64,
+    /// CPU seconds of each thread group while it drained (`stats::cpu_by_thread_group`).
+    pub cpu_by_threads: serde_json::Value,
 }
 
 /// A new site records `backlog` events while its link is down, then connects;
@@ -570,6 +572,7 @@ pub async fn catch_up(hub: &Hub, dir: &Path, rep: usize, backlog: u64) -> anyhow
     pool.close().await;
     let generate_secs = generate.elapsed().as_secs_f64();
     let store = Arc::new(carrel_site_agent::store::Store::open(&site_dir.join("agent.db")).await?);
+    let threads_before = stats::cpu_by_thread_group();
     let started = Instant::now();
     let (mut link, stop, task) = fleet::start_link(&hub.url, &site_dir, store.clone())?;
     let mut first_ack = None;
@@ -592,6 +595,7 @@ pub async fn catch_up(hub: &Hub, dir: &Path, rep: usize, backlog: u64) -> anyhow
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu_by_threads = stats::cpu_delta(&threads_before, &stats::cpu_by_thread_group());
     stop.cancel();
     let _ = task.await;
     store.close().await;
@@ -601,6 +605,7 @@ pub async fn catch_up(hub: &Hub, dir: &Path, rep: usize, backlog: u64) -> anyhow
         secs,
         first_ack_ms: first_ack.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
         generate_secs,
+        cpu_by_threads,
     })
 }
 
