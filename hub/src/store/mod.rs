@@ -714,6 +714,87 @@ fn parse_outcome(text: &str) -> Result<Outcome> {
     }
 }
 
+/// Where a site event stands against the hub's cursor for its site.
+#[derive(Debug, PartialEq, Eq)]
+enum Placement {
+    /// At or below the cursor: must repeat the stored record exactly.
+    Repeat,
+    /// The next one.
+    Next,
+}
+
+/// Checks a site event's seq against the cursor (the highest seq stored): seq 0
+/// and gaps are refused. Shared by both backends' ingest.
+fn place(event: &SiteEvent, cursor: u64) -> Result<Placement> {
+    if event.seq == 0 {
+        return Err(Error::Protocol(
+            "event seq 0: a site log starts at 1".into(),
+        ));
+    }
+    if event.seq <= cursor {
+        return Ok(Placement::Repeat);
+    }
+    if event.seq != cursor + 1 {
+        return Err(Error::Protocol(format!(
+            "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
+            event.seq,
+            cursor + 1
+        )));
+    }
+    Ok(Placement::Next)
+}
+
+/// A repeated event must be what is stored under its seq (`stored`, the body).
+fn check_repeat(site_id: &str, event: &SiteEvent, stored: Option<&str>) -> Result<()> {
+    match stored {
+        Some(body) if body == event.canonical_json() => Ok(()),
+        Some(_) => Err(Error::Protocol(format!(
+            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
+            event.seq
+        ))),
+        None => Err(missing_below_cursor(site_id, event.seq)),
+    }
+}
+
+/// The order an event's batch belongs to (`found`, looked up by batch), which must
+/// be one the hub placed at this site.
+fn check_batch_of_site(site_id: &str, event: &SiteEvent, found: Option<Order>) -> Result<Order> {
+    let order = found.ok_or_else(|| {
+        Error::PermissionDenied(format!(
+            "event seq {} is for batch {}, which the hub never ordered",
+            event.seq, event.batch_id
+        ))
+    })?;
+    if order.site_id != site_id {
+        return Err(Error::PermissionDenied(format!(
+            "event seq {} is for batch {}, which belongs to another site",
+            event.seq, event.batch_id
+        )));
+    }
+    Ok(order)
+}
+
+/// The event must name `expected_prev`, the hash of the site's previous event.
+fn check_chain(event: &SiteEvent, expected_prev: &str) -> Result<()> {
+    if event.prev_sha256 != expected_prev {
+        return Err(Error::Protocol(format!(
+            "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
+             but event {} hashes to {expected_prev}; the site's log was altered",
+            event.seq,
+            event.prev_sha256,
+            event.seq - 1
+        )));
+    }
+    Ok(())
+}
+
+/// The error for a site event missing below the cursor.
+fn missing_below_cursor(site_id: &str, seq: u64) -> Error {
+    Error::Corrupt(format!(
+        "site {site_id} event {seq} is missing below the cursor"
+    ))
+}
+
 /// The projection an order's batch is in, to apply further records to.
 fn projection_of(order: &Order) -> Projection {
     Projection {

@@ -1086,12 +1086,7 @@ impl Store for PgStore {
         // Batches touched in this transaction, with their projection, saved once at the end.
         let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
         for event in events {
-            if event.seq == 0 {
-                return Err(Error::Protocol(
-                    "event seq 0: a site log starts at 1".into(),
-                ));
-            }
-            if event.seq <= cursor {
+            if place(event, cursor)? == Placement::Repeat {
                 let stored_body: Option<String> = sqlx::query_scalar(
                     "SELECT body FROM site_events WHERE site_id = $1 AND seq = $2",
                 )
@@ -1099,43 +1094,18 @@ impl Store for PgStore {
                 .bind(i64_of(event.seq)?)
                 .fetch_optional(w.conn())
                 .await?;
-                match stored_body {
-                    Some(body) if body == event.canonical_json() => continue,
-                    Some(_) => {
-                        return Err(Error::Protocol(format!(
-                            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
-                            event.seq
-                        )))
-                    }
-                    None => return Err(Error::Corrupt(format!("site {site_id} event {} is missing below the cursor", event.seq))),
-                }
-            }
-            if event.seq != cursor + 1 {
-                return Err(Error::Protocol(format!(
-                    "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
-                    event.seq,
-                    cursor + 1
-                )));
+                check_repeat(site_id, event, stored_body.as_deref())?;
+                continue;
             }
             let (order, projection) = match touched.entry(event.batch_id) {
                 Slot::Occupied(slot) => slot.into_mut(),
                 Slot::Vacant(slot) => {
-                    let order = match Self::order_in(w.conn(), "batch_id", event.batch_id).await {
-                        Ok(order) => order,
-                        Err(Error::NotFound(_)) => {
-                            return Err(Error::PermissionDenied(format!(
-                                "event seq {} is for batch {}, which the hub never ordered",
-                                event.seq, event.batch_id
-                            )))
-                        }
+                    let found = match Self::order_in(w.conn(), "batch_id", event.batch_id).await {
+                        Ok(order) => Some(order),
+                        Err(Error::NotFound(_)) => None,
                         Err(e) => return Err(e),
                     };
-                    if order.site_id != site_id {
-                        return Err(Error::PermissionDenied(format!(
-                            "event seq {} is for batch {}, which belongs to another site",
-                            event.seq, event.batch_id
-                        )));
-                    }
+                    let order = check_batch_of_site(site_id, event, found)?;
                     let projection = projection_of(&order);
                     slot.insert((order, projection))
                 }
@@ -1150,22 +1120,9 @@ impl Store for PgStore {
                 .bind(i64_of(event.seq - 1)?)
                 .fetch_optional(w.conn())
                 .await?
-                .ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "site {site_id} event {} is missing below the cursor",
-                        event.seq - 1
-                    ))
-                })?,
+                .ok_or_else(|| missing_below_cursor(site_id, event.seq - 1))?,
             };
-            if event.prev_sha256 != expected_prev {
-                return Err(Error::Protocol(format!(
-                    "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
-                     but event {} hashes to {expected_prev}; the site's log was altered",
-                    event.seq,
-                    event.prev_sha256,
-                    event.seq - 1
-                )));
-            }
+            check_chain(event, &expected_prev)?;
             let sha = event.sha256();
             let recipe = self
                 .recipe_in(w.conn(), &order.recipe_id, order.recipe_version)

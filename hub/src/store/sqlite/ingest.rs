@@ -139,57 +139,19 @@ impl Writer {
             now,
         };
         for event in events {
-            if event.seq == 0 {
-                return Err(Error::Protocol(
-                    "event seq 0: a site log starts at 1".into(),
-                ));
-            }
-            if event.seq <= cursor {
+            if place(event, cursor)? == Placement::Repeat {
                 // A repeat: of a row stored earlier, or earlier in this request (the
                 // rows are written as they come, so both are in the table).
                 let stored: Option<String> = tx
                     .prepare_cached("SELECT body FROM site_events WHERE site_id = ? AND seq = ?")?
                     .query_row(params![site_id, i64_of(event.seq)?], |row| row.get(0))
                     .optional()?;
-                match stored {
-                    Some(body) if body == event.canonical_json() => continue,
-                    Some(_) => {
-                        return Err(Error::Protocol(format!(
-                            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
-                            event.seq
-                        )))
-                    }
-                    None => {
-                        return Err(Error::Corrupt(format!(
-                            "site {site_id} event {} is missing below the cursor",
-                            event.seq
-                        )))
-                    }
-                }
-            }
-            if event.seq != cursor + 1 {
-                return Err(Error::Protocol(format!(
-                    "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
-                    event.seq,
-                    cursor + 1
-                )));
+                check_repeat(site_id, event, stored.as_deref())?;
+                continue;
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = touched.entry(event.batch_id) {
-                let order = match order_of_batch(tx, event.batch_id)? {
-                    Some(order) => order,
-                    None => {
-                        return Err(Error::PermissionDenied(format!(
-                            "event seq {} is for batch {}, which the hub never ordered",
-                            event.seq, event.batch_id
-                        )))
-                    }
-                };
-                if order.site_id != site_id {
-                    return Err(Error::PermissionDenied(format!(
-                        "event seq {} is for batch {}, which belongs to another site",
-                        event.seq, event.batch_id
-                    )));
-                }
+                let order =
+                    check_batch_of_site(site_id, event, order_of_batch(tx, event.batch_id)?)?;
                 let projection = projection_of(&order);
                 let recipe = self.recipe(tx, &order.recipe_id, order.recipe_version)?;
                 slot.insert((order, projection, recipe));
@@ -201,22 +163,9 @@ impl Writer {
                     .prepare_cached("SELECT sha256 FROM site_events WHERE site_id = ? AND seq = ?")?
                     .query_row(params![site_id, i64_of(event.seq - 1)?], |row| row.get(0))
                     .optional()?
-                    .ok_or_else(|| {
-                        Error::Corrupt(format!(
-                            "site {site_id} event {} is missing below the cursor",
-                            event.seq - 1
-                        ))
-                    })?,
+                    .ok_or_else(|| missing_below_cursor(site_id, event.seq - 1))?,
             };
-            if event.prev_sha256 != expected_prev {
-                return Err(Error::Protocol(format!(
-                    "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
-                     but event {} hashes to {expected_prev}; the site's log was altered",
-                    event.seq,
-                    event.prev_sha256,
-                    event.seq - 1
-                )));
-            }
+            check_chain(event, &expected_prev)?;
             let body = event.canonical_json();
             let sha = carrel_proto::event::body_sha256(&body);
             tx.prepare_cached(
