@@ -13,8 +13,8 @@ use carrel_hub::schedule::Capacity;
 use carrel_hub::store::postgres::{Options as PgOptions, PgStore};
 use carrel_hub::store::sqlite::SqliteStore;
 use carrel_hub::store::{
-    BatchState, Error, Ingested, IssuedCert, NewOrder, Order, QcRecord, Role, Signature, Site,
-    SiteStatus, Store, StoredEvent, User,
+    BatchState, Error, Ingested, IssuedCert, NewOrder, Order, QcRecord, Received, Role, Signature,
+    Site, SiteStatus, Store, StoredEvent, User,
 };
 use carrel_proto::coi::Coi;
 use carrel_proto::event::{
@@ -278,9 +278,14 @@ fn complete_record(log: &mut SiteLog, order: &Order, recipe: &Recipe) -> Vec<Sit
     events
 }
 
+/// Events as a site link hands them to the store (decoded and hashed).
+fn received(events: &[SiteEvent]) -> Vec<Received> {
+    events.iter().cloned().map(Received::new).collect()
+}
+
 async fn ingest(store: &dyn Store, site_id: &str, events: &[SiteEvent]) -> Ingested {
     store
-        .ingest_events(site_id, events, now())
+        .ingest_events(site_id, &received(events), now())
         .await
         .expect("ingest site events")
 }
@@ -464,7 +469,7 @@ async fn case_ingest_refuses_a_changed_repeat(store: Arc<dyn Store>) {
     changed.kind = step_started("selection");
     assert_refused!(
         store
-            .ingest_events(SITE_A, std::slice::from_ref(&changed), now())
+            .ingest_events(SITE_A, &received(std::slice::from_ref(&changed)), now())
             .await,
         Error::Protocol
     );
@@ -473,7 +478,9 @@ async fn case_ingest_refuses_a_changed_repeat(store: Arc<dyn Store>) {
     // A changed repeat also takes the new events of the same call down with it.
     let new = log.record(order.batch_id, step_completed("receipt"));
     assert_refused!(
-        store.ingest_events(SITE_A, &[changed, new], now()).await,
+        store
+            .ingest_events(SITE_A, &received(&[changed, new]), now())
+            .await,
         Error::Protocol
     );
     assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
@@ -494,7 +501,11 @@ async fn case_ingest_refuses_a_gap_and_stores_nothing_of_the_call(store: Arc<dyn
     let five = event(5, order.batch_id, step_started("selection"));
     assert_refused!(
         store
-            .ingest_events(SITE_A, &[two.clone(), three.clone(), five], now())
+            .ingest_events(
+                SITE_A,
+                &received(&[two.clone(), three.clone(), five]),
+                now()
+            )
             .await,
         Error::Protocol
     );
@@ -510,7 +521,7 @@ async fn case_ingest_refuses_a_gap_and_stores_nothing_of_the_call(store: Arc<dyn
     // A call that starts past the cursor is a gap too.
     assert_refused!(
         store
-            .ingest_events(SITE_A, std::slice::from_ref(&three), now())
+            .ingest_events(SITE_A, &received(std::slice::from_ref(&three)), now())
             .await,
         Error::Protocol
     );
@@ -536,14 +547,16 @@ async fn case_ingest_refuses_events_for_another_sites_batch(store: Arc<dyn Store
     let intrusion = event(1, order_a.batch_id, accepted(&order_a, &recipe));
     assert_refused!(
         store
-            .ingest_events(SITE_B, std::slice::from_ref(&intrusion), now())
+            .ingest_events(SITE_B, &received(std::slice::from_ref(&intrusion)), now())
             .await,
         Error::PermissionDenied
     );
     let own = event(1, order_b.batch_id, accepted(&order_b, &recipe));
     let intrusion = event(2, order_a.batch_id, step_started("receipt"));
     assert_refused!(
-        store.ingest_events(SITE_B, &[own, intrusion], now()).await,
+        store
+            .ingest_events(SITE_B, &received(&[own, intrusion]), now())
+            .await,
         Error::PermissionDenied
     );
 
@@ -562,14 +575,16 @@ async fn case_ingest_refuses_events_for_a_batch_never_ordered(store: Arc<dyn Sto
     let alone = event(1, stranger, step_started("receipt"));
     assert_refused!(
         store
-            .ingest_events(SITE_A, std::slice::from_ref(&alone), now())
+            .ingest_events(SITE_A, &received(std::slice::from_ref(&alone)), now())
             .await,
         Error::PermissionDenied
     );
     let own = event(1, order.batch_id, accepted(&order, &recipe));
     let after_own = event(2, stranger, step_started("receipt"));
     assert_refused!(
-        store.ingest_events(SITE_A, &[own, after_own], now()).await,
+        store
+            .ingest_events(SITE_A, &received(&[own, after_own]), now())
+            .await,
         Error::PermissionDenied
     );
 
@@ -1623,7 +1638,9 @@ async fn case_one_message_may_repeat_and_correct_its_own_records(store: Arc<dyn 
     let mut changed = next.clone();
     changed.recorded_by = "someone-else".into();
     assert_refused!(
-        store.ingest_events(SITE_A, &[next, changed], now()).await,
+        store
+            .ingest_events(SITE_A, &received(&[next, changed]), now())
+            .await,
         Error::Protocol
     );
     assert_eq!(store.site(SITE_A).await.expect("site").acked_event_seq, 2);
@@ -1660,13 +1677,15 @@ async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothi
         let event = SiteLog::new().record(order.batch_id, accepted(order, &recipe));
         let (shared, site) = (store.clone(), site.clone());
         tasks.push(tokio::spawn(async move {
-            shared.ingest_events(&site, &[event], now()).await
+            shared
+                .ingest_events(&site, &received(&[event]), now())
+                .await
         }));
         if i == 0 {
             let (store, site) = (store.clone(), late.clone());
             let events = [good.clone(), after_gap.clone()];
             half_good = Some(tokio::spawn(async move {
-                store.ingest_events(&site, &events, now()).await
+                store.ingest_events(&site, &received(&events), now()).await
             }));
         }
     }
@@ -1677,7 +1696,7 @@ async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_nothi
     let gap = gap_log.record(orders[0].batch_id, step_started("receipt"));
     let refused = {
         let (store, site) = (store.clone(), sites[0].clone());
-        tokio::spawn(async move { store.ingest_events(&site, &[gap], now()).await })
+        tokio::spawn(async move { store.ingest_events(&site, &received(&[gap]), now()).await })
     };
     for task in tasks {
         let ingested = task
@@ -2436,7 +2455,9 @@ async fn case_site_log_must_be_a_hash_chain(store: Arc<dyn Store>) {
     let mut forged = log.record(order.batch_id, step_started("collection"));
     forged.prev_sha256 = "ab".repeat(32);
     assert_refused!(
-        store.ingest_events(SITE_A, &[forged], now()).await,
+        store
+            .ingest_events(SITE_A, &received(&[forged]), now())
+            .await,
         Error::Protocol
     );
     assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
@@ -2791,9 +2812,10 @@ async fn postgres_hubs_sharing_a_database_keep_every_log_gapless() {
         .expect("an order at site A");
     let mut log = SiteLog::new();
     let events = complete_record(&mut log, order, &recipe);
+    let sent = received(&events);
     let (first, second) = tokio::join!(
-        hubs[0].ingest_events(SITE_A, &events, now()),
-        hubs[1].ingest_events(SITE_A, &events, now()),
+        hubs[0].ingest_events(SITE_A, &sent, now()),
+        hubs[1].ingest_events(SITE_A, &sent, now()),
     );
     let (first, second) = (first.expect("ingest"), second.expect("ingest"));
     let all = events.len() as u64;

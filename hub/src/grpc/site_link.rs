@@ -10,7 +10,7 @@ use super::{status, Shared};
 use crate::audit::NewEntry;
 use crate::auth::{secret_sha256, EnrollmentToken};
 use crate::pki;
-use crate::store::{self, SiteStatus};
+use crate::store::{self, Received, SiteStatus};
 use carrel_proto::event::SiteEvent;
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
@@ -373,8 +373,7 @@ impl Link {
         let (done_tx, mut done) = mpsc::channel(1);
         let mut committing = Committing {
             busy: false,
-            waiting: Vec::new(),
-            waiting_events: 0,
+            waiting: Run::default(),
             done: done_tx,
         };
         // Whether the command log may hold something not yet sent: at the start, when
@@ -499,7 +498,7 @@ impl Link {
                     }
                     // Enough waits for the next run: nothing more is read until the
                     // run being committed is done.
-                    if committing.busy && committing.waiting_events >= MAX_EVENTS_PER_MESSAGE {
+                    if committing.busy && committing.next_run_full() {
                         let outcome = done.recv().await.unwrap_or(Ok(()));
                         committing.finished(&self, outcome)?;
                     }
@@ -585,56 +584,58 @@ impl Link {
     }
 }
 
-/// The events of consecutive messages of a site, decoded, with where each message
-/// ends, and the error of a malformed message that ended the run.
+/// The events of consecutive messages of a site, decoded and hashed, with where
+/// each message ends, and the error of a malformed message that ended the run.
+#[derive(Default)]
 struct Run {
-    events: Vec<SiteEvent>,
+    events: Vec<Received>,
     ends: Vec<usize>,
     malformed: Option<Status>,
 }
 
 impl Run {
-    fn decode(batches: Vec<pb::SiteEventBatch>) -> Run {
-        // All the events in order, and where each message's events end.
-        let mut events = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
-        let mut ends = Vec::with_capacity(batches.len());
-        let mut malformed = None;
-        'messages: for batch in batches {
-            if batch.events.len() > MAX_EVENTS_PER_MESSAGE {
-                malformed = Some(Status::invalid_argument(format!(
-                    "{} events in one message; at most {MAX_EVENTS_PER_MESSAGE}",
-                    batch.events.len()
-                )));
-                break;
-            }
-            let start = events.len();
-            for wire in batch.events {
-                let seq = wire.seq;
-                match SiteEvent::try_from(wire) {
-                    Ok(event) => events.push(event),
-                    Err(e) => {
-                        events.truncate(start);
-                        malformed = Some(Status::invalid_argument(format!("event seq {seq}: {e}")));
-                        break 'messages;
-                    }
+    /// Adds one message's events. After a malformed message nothing more is taken:
+    /// the link ends once what came before it is committed.
+    fn push(&mut self, batch: pb::SiteEventBatch) {
+        if self.malformed.is_some() {
+            return;
+        }
+        if batch.events.len() > MAX_EVENTS_PER_MESSAGE {
+            self.malformed = Some(Status::invalid_argument(format!(
+                "{} events in one message; at most {MAX_EVENTS_PER_MESSAGE}",
+                batch.events.len()
+            )));
+            return;
+        }
+        let start = self.events.len();
+        self.events.reserve(batch.events.len());
+        for wire in batch.events {
+            let seq = wire.seq;
+            match SiteEvent::try_from(wire) {
+                Ok(event) => self.events.push(Received::new(event)),
+                Err(e) => {
+                    self.events.truncate(start);
+                    self.malformed =
+                        Some(Status::invalid_argument(format!("event seq {seq}: {e}")));
+                    return;
                 }
             }
-            ends.push(events.len());
         }
-        Run {
-            events,
-            ends,
-            malformed,
-        }
+        self.ends.push(self.events.len());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty() && self.malformed.is_none()
     }
 }
 
-/// A link's event runs: the one being committed, and the messages waiting for it.
+/// A link's event runs: the one being committed, and the next one, which takes the
+/// messages that arrive meanwhile. Messages are decoded and their events hashed
+/// as they arrive, in the link's task, while the run before them commits.
 struct Committing {
     /// A run is being committed; its outcome comes through `done`.
     busy: bool,
-    waiting: Vec<pb::SiteEventBatch>,
-    waiting_events: usize,
+    waiting: Run,
     done: mpsc::Sender<Result<(), Status>>,
 }
 
@@ -642,11 +643,18 @@ impl Committing {
     /// Takes the site's next event messages: committed now if no run is being
     /// committed, or else as the next run.
     fn add(&mut self, link: &Link, batches: Vec<pb::SiteEventBatch>) {
-        self.waiting_events += batches.iter().map(|b| b.events.len()).sum::<usize>();
-        self.waiting.extend(batches);
+        for batch in batches {
+            self.waiting.push(batch);
+        }
         if !self.busy {
             self.start(link);
         }
+    }
+
+    /// Enough waits for the next run (or it ends with a malformed message): nothing
+    /// more is read until the run being committed is done.
+    fn next_run_full(&self) -> bool {
+        self.waiting.malformed.is_some() || self.waiting.events.len() >= MAX_EVENTS_PER_MESSAGE
     }
 
     /// The outcome of the run being committed: a refusal ends the link; otherwise
@@ -661,12 +669,11 @@ impl Committing {
     }
 
     fn start(&mut self, link: &Link) {
-        let batches = std::mem::take(&mut self.waiting);
-        self.waiting_events = 0;
+        let run = std::mem::take(&mut self.waiting);
         self.busy = true;
         let (link, done) = (link.clone(), self.done.clone());
         tokio::spawn(async move {
-            let outcome = std::panic::AssertUnwindSafe(link.commit_run(Run::decode(batches)))
+            let outcome = std::panic::AssertUnwindSafe(link.commit_run(run))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
@@ -682,7 +689,7 @@ impl Committing {
 impl Link {
     /// Commits one run of the site's events and acknowledges it; a refusal for
     /// authority reasons is audited when `audit` says so.
-    async fn ingest(&self, events: &[SiteEvent], audit: bool) -> Result<(), Status> {
+    async fn ingest(&self, events: &[Received], audit: bool) -> Result<(), Status> {
         let store = &self.shared.store;
         let started = std::time::Instant::now();
         let ingested = match store.ingest_events(&self.site_id, events, Utc::now()).await {
@@ -716,7 +723,7 @@ impl Link {
             seq: ingested.acked_event_seq,
         }))
         .await?;
-        let batches: BTreeSet<_> = events.iter().map(|e| e.batch_id).collect();
+        let batches: BTreeSet<_> = events.iter().map(|e| e.event().batch_id).collect();
         for batch_id in batches {
             let _ = self.shared.changes.send(batch_id);
         }

@@ -514,6 +514,49 @@ pub struct BatchRecord {
     pub audit: Vec<crate::audit::Entry>,
 }
 
+/// A site event as received, with the canonical JSON that is stored as its body and
+/// the hash of that JSON, both computed once by the link that received it. The
+/// store's writer is one at a time for every site; what can be done before it, in
+/// each site's own task, is not done there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    event: SiteEvent,
+    body: String,
+    sha256: String,
+}
+
+impl Received {
+    pub fn new(event: SiteEvent) -> Received {
+        let body = event.canonical_json();
+        let sha256 = carrel_proto::event::body_sha256(&body);
+        Received {
+            event,
+            body,
+            sha256,
+        }
+    }
+
+    pub fn event(&self) -> &SiteEvent {
+        &self.event
+    }
+
+    /// The event's canonical JSON (what the site hashed).
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
+    /// SHA-256 (hex) of [`Received::body`]: what the next event names as previous.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+impl From<SiteEvent> for Received {
+    fn from(event: SiteEvent) -> Received {
+        Received::new(event)
+    }
+}
+
 /// Result of storing a batch of site events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
@@ -630,7 +673,7 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
     async fn ingest_events(
         &self,
         site_id: &str,
-        events: &[SiteEvent],
+        events: &[Received],
         now: DateTime<Utc>,
     ) -> Result<Ingested>;
     async fn commands_after(
@@ -745,9 +788,10 @@ fn place(event: &SiteEvent, cursor: u64) -> Result<Placement> {
 }
 
 /// A repeated event must be what is stored under its seq (`stored`, the body).
-fn check_repeat(site_id: &str, event: &SiteEvent, stored: Option<&str>) -> Result<()> {
+fn check_repeat(site_id: &str, received: &Received, stored: Option<&str>) -> Result<()> {
+    let event = received.event();
     match stored {
-        Some(body) if body == event.canonical_json() => Ok(()),
+        Some(body) if body == received.body() => Ok(()),
         Some(_) => Err(Error::Protocol(format!(
             "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
             event.seq

@@ -1073,7 +1073,7 @@ impl Store for PgStore {
     async fn ingest_events(
         &self,
         site_id: &str,
-        events: &[SiteEvent],
+        events: &[Received],
         now: DateTime<Utc>,
     ) -> Result<Ingested> {
         let mut w = self.begin_write().await?;
@@ -1085,7 +1085,8 @@ impl Store for PgStore {
         let mut chain_head: Option<String> = None;
         // Batches touched in this transaction, with their projection, saved once at the end.
         let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
-        for event in events {
+        for received in events {
+            let event = received.event();
             if place(event, cursor)? == Placement::Repeat {
                 let stored_body: Option<String> = sqlx::query_scalar(
                     "SELECT body FROM site_events WHERE site_id = $1 AND seq = $2",
@@ -1094,7 +1095,7 @@ impl Store for PgStore {
                 .bind(i64_of(event.seq)?)
                 .fetch_optional(w.conn())
                 .await?;
-                check_repeat(site_id, event, stored_body.as_deref())?;
+                check_repeat(site_id, received, stored_body.as_deref())?;
                 continue;
             }
             let (order, projection) = match touched.entry(event.batch_id) {
@@ -1123,7 +1124,7 @@ impl Store for PgStore {
                 .ok_or_else(|| missing_below_cursor(site_id, event.seq - 1))?,
             };
             check_chain(event, &expected_prev)?;
-            let sha = event.sha256();
+            let sha = received.sha256().to_owned();
             let recipe = self
                 .recipe_in(w.conn(), &order.recipe_id, order.recipe_version)
                 .await?;
@@ -1138,7 +1139,7 @@ impl Store for PgStore {
             .bind(event.kind.name())
             .bind(stored(event.recorded_at))
             .bind(stored(now))
-            .bind(event.canonical_json())
+            .bind(received.body())
             .bind(&sha)
             .execute(w.conn())
             .await?;

@@ -33,7 +33,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// One site's events waiting for the next group commit.
 struct IngestRequest {
     site_id: String,
-    events: Vec<SiteEvent>,
+    events: Vec<Received>,
     now: DateTime<Utc>,
     reply: tokio::sync::oneshot::Sender<Result<Ingested>>,
 }
@@ -296,7 +296,7 @@ impl SqliteStore {
     async fn group_commit(
         &self,
         site_id: &str,
-        events: &[SiteEvent],
+        events: &[Received],
         now: DateTime<Utc>,
     ) -> Result<Ingested> {
         let (reply, mut answer) = tokio::sync::oneshot::channel();
@@ -1047,7 +1047,7 @@ impl Store for SqliteStore {
     async fn ingest_events(
         &self,
         site_id: &str,
-        events: &[SiteEvent],
+        events: &[Received],
         now: DateTime<Utc>,
     ) -> Result<Ingested> {
         self.group_commit(site_id, events, now).await

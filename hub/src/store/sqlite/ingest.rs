@@ -27,7 +27,7 @@ pub(super) type RecipeCache = Arc<Mutex<HashMap<(String, u32), StoredRecipe>>>;
 /// One site's events in a group commit.
 pub(super) struct Request {
     pub site_id: String,
-    pub events: Vec<SiteEvent>,
+    pub events: Vec<Received>,
     pub now: DateTime<Utc>,
 }
 
@@ -138,7 +138,8 @@ impl Writer {
             head: audit_head,
             now,
         };
-        for event in events {
+        for received in events {
+            let event = received.event();
             if place(event, cursor)? == Placement::Repeat {
                 // A repeat: of a row stored earlier, or earlier in this request (the
                 // rows are written as they come, so both are in the table).
@@ -146,7 +147,7 @@ impl Writer {
                     .prepare_cached("SELECT body FROM site_events WHERE site_id = ? AND seq = ?")?
                     .query_row(params![site_id, i64_of(event.seq)?], |row| row.get(0))
                     .optional()?;
-                check_repeat(site_id, event, stored.as_deref())?;
+                check_repeat(site_id, received, stored.as_deref())?;
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = touched.entry(event.batch_id) {
@@ -166,8 +167,6 @@ impl Writer {
                     .ok_or_else(|| missing_below_cursor(site_id, event.seq - 1))?,
             };
             check_chain(event, &expected_prev)?;
-            let body = event.canonical_json();
-            let sha = carrel_proto::event::body_sha256(&body);
             tx.prepare_cached(
                 "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -180,10 +179,10 @@ impl Writer {
                 event.kind.name(),
                 ts(event.recorded_at),
                 received_at,
-                body,
-                sha,
+                received.body(),
+                received.sha256(),
             ])?;
-            chain_head = Some(sha);
+            chain_head = Some(received.sha256().to_owned());
             let (order, projection, recipe) =
                 touched.get_mut(&event.batch_id).expect("inserted above");
             let state_before = projection.state;
