@@ -35,6 +35,9 @@ pub enum Error {
     DiskFull(String),
     #[error("local database: {0}")]
     Database(sqlx::Error),
+    /// An error of the connection that reads the log for the link (see [`Reader`]).
+    #[error("local database: {0}")]
+    Read(String),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
@@ -50,6 +53,12 @@ impl From<sqlx::Error> for Error {
             }
         }
         Error::Database(e)
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Read(e.to_string())
     }
 }
 
@@ -138,6 +147,7 @@ pub enum Applied {
 
 pub struct Store {
     pool: SqlitePool,
+    reader: Reader,
     /// The directory holding the database, for asking how much room is left.
     dir: std::path::PathBuf,
     write_lock: Mutex<()>,
@@ -181,6 +191,43 @@ fn batch_from_row(row: &SqliteRow) -> Result<LocalBatch> {
 
 fn event_from_body(body: &str) -> Result<SiteEvent> {
     serde_json::from_str(body).map_err(|e| Error::Corrupt(format!("event: {e}")))
+}
+
+/// A read-only connection of its own for the event log, which the link reads
+/// back in chunks of up to a message (1,000 events) to send them. Through sqlx
+/// each row is handed from the connection's thread to the async task on its own;
+/// here the rows are read and parsed on one blocking thread and handed over once.
+/// WAL lets it read while the pool writes.
+#[derive(Clone)]
+struct Reader(std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>);
+
+impl Reader {
+    fn open(path: &Path) -> Result<Reader> {
+        use rusqlite::OpenFlags;
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(Reader(std::sync::Arc::new(std::sync::Mutex::new(conn))))
+    }
+
+    /// Blocking: run it off the async threads.
+    fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<SiteEvent>> {
+        let conn = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut statement =
+            conn.prepare_cached("SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?")?;
+        let mut rows = statement.query(rusqlite::params![
+            i64::try_from(seq).unwrap_or(i64::MAX),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ])?;
+        let mut events = Vec::with_capacity(limit.min(1_000));
+        while let Some(row) = rows.next()? {
+            let body = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            events.push(event_from_body(body)?);
+        }
+        Ok(events)
+    }
 }
 
 impl Store {
@@ -234,8 +281,10 @@ impl Store {
             )));
         }
         MIGRATOR.run(&pool).await?;
+        let reader = Reader::open(path)?;
         Ok(Store {
             pool,
+            reader,
             dir: path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -536,14 +585,10 @@ impl Store {
 
     /// The events after `seq`, in order, at most `limit`.
     pub async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<SiteEvent>> {
-        sqlx::query("SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(seq as i64)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| event_from_body(&row.try_get::<String, _>("body")?))
-            .collect()
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || reader.events_after(seq, limit))
+            .await
+            .map_err(|e| Error::Read(format!("reading the log stopped: {e}")))?
     }
 
     pub async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<SiteEvent>> {
@@ -703,6 +748,42 @@ mod tests {
             .await
             .expect("none")
             .is_empty());
+        // The log is read on a connection of its own: what is appended after a
+        // read is seen by the next one.
+        let later = store
+            .append(
+                batch,
+                "agent",
+                EventKind::StepCompleted {
+                    step_id: "later".into(),
+                    process_hours: 1.0,
+                },
+            )
+            .await
+            .expect("append");
+        assert_eq!(
+            store.events_after(1_203, 10).await.expect("later"),
+            vec![later]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stored_event_that_is_not_an_event_is_reported_as_corrupt() {
+        let (_dir, store) = store().await;
+        let batch = Uuid::new_v4();
+        let kind = EventKind::StepCompleted {
+            step_id: "s".into(),
+            process_hours: 1.0,
+        };
+        store.append(batch, "agent", kind).await.expect("append");
+        sqlx::query("UPDATE events SET body = '{\"seq\": 1' WHERE seq = 1")
+            .execute(&store.pool)
+            .await
+            .expect("damage");
+        match store.events_after(0, 10).await {
+            Err(Error::Corrupt(why)) => assert!(why.starts_with("event:"), "{why}"),
+            other => panic!("expected a corrupt-data error, got {other:?}"),
+        }
     }
 
     #[tokio::test]
