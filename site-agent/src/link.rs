@@ -348,7 +348,7 @@ impl Link {
                     .min((WINDOW - (sent - acked)) as usize);
                 let events = self.store.events_after(sent, limit).await?;
                 let events = fit(
-                    events.iter().map(pb::SiteEvent::from).collect(),
+                    events.into_iter().map(pb::SiteEvent::from).collect(),
                     max_message_bytes,
                 )?;
                 let Some(last) = events.last() else { break };
