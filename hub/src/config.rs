@@ -41,6 +41,14 @@ pub struct Config {
     /// PostgreSQL only: longest one statement may run or wait for a lock.
     /// Env: `CARREL_HUB_DATABASE_STATEMENT_TIMEOUT_MS`.
     pub database_statement_timeout_ms: u64,
+    /// SQLite only: a database file up to this size (MiB) is checked whole (`PRAGMA
+    /// quick_check` and `foreign_key_check`) before the hub serves. In a bigger one,
+    /// every table but the site event log is checked before serving, and the whole
+    /// file right after, while the hub serves; damage found then stops the hub. The
+    /// log is nearly all of a grown database and is only ever appended to, so a
+    /// hub with 10 million events starts in about a second instead of six.
+    /// Env: `CARREL_HUB_SQLITE_CHECK_BEFORE_SERVING_MIB`.
+    pub sqlite_check_before_serving_mib: u64,
     /// DNS names and IP addresses the hub's server certificate carries.
     /// Env: `CARREL_HUB_SERVER_NAMES` (comma-separated).
     pub server_names: Vec<String>,
@@ -120,6 +128,7 @@ impl Default for Config {
             database: None,
             database_max_connections: 16,
             database_statement_timeout_ms: 30_000,
+            sqlite_check_before_serving_mib: 1024,
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             ca_cert: None,
             ca_key: None,
@@ -228,6 +237,10 @@ impl Config {
         env_parse(
             "CARREL_HUB_DATABASE_STATEMENT_TIMEOUT_MS",
             &mut self.database_statement_timeout_ms,
+        )?;
+        env_parse(
+            "CARREL_HUB_SQLITE_CHECK_BEFORE_SERVING_MIB",
+            &mut self.sqlite_check_before_serving_mib,
         )?;
         env_parse(
             "CARREL_HUB_HEARTBEAT_INTERVAL_MS",

@@ -70,9 +70,14 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let store = SqliteStore::open(path)
-            .await
-            .with_context(|| format!("opening the hub database {}", path.display()))?;
+        let store = SqliteStore::open_checking(
+            path,
+            config
+                .sqlite_check_before_serving_mib
+                .saturating_mul(1 << 20),
+        )
+        .await
+        .with_context(|| format!("opening the hub database {}", path.display()))?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // The store's errors name the server without the URL's password. Their

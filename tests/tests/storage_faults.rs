@@ -437,6 +437,105 @@ async fn a_hub_database_that_is_damaged_or_unreadable_stops_the_hub_with_a_clear
     );
 }
 
+/// A hub whose database is bigger than `sqlite_check_before_serving_mib` checks
+/// every table but the site event log before it serves, and the whole file right
+/// after: a damaged page of the log is found then, and stops the hub. The same file
+/// under the default limit is refused before the hub serves at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_event_log_in_a_big_database_stops_the_hub_once_it_serves() {
+    let mut hub = Hub::start().await;
+    hub.add_site("site-a");
+    hub.stop();
+    let db_path = hub.data_dir().join("hub.db");
+    let pool = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(&db_path),
+    )
+    .await
+    .expect("open hub.db");
+    // Enough of a log to take pages of its own (the hub checks rows as they come;
+    // here only the pages matter).
+    for seq in 1..=400i64 {
+        sqlx::query(
+            "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
+             VALUES ('site-a', ?, ?, ?, 'step_completed', '2026-11-27T00:00:00Z', '2026-11-27T00:00:00Z', ?, ?)",
+        )
+        .bind(seq)
+        .bind(format!("00000000-0000-7000-8000-{seq:012}"))
+        .bind("00000000-0000-7000-8000-000000000001")
+        .bind("x".repeat(600))
+        .bind("0".repeat(64))
+        .execute(&pool)
+        .await
+        .expect("insert a log row");
+    }
+    let root: i64 =
+        sqlx::query_scalar("SELECT rootpage FROM sqlite_schema WHERE name = 'site_events'")
+            .fetch_one(&pool)
+            .await
+            .expect("the log's root page");
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await
+        .expect("checkpoint");
+    pool.close().await;
+    let mut file = std::fs::read(&db_path).expect("hub.db");
+    let page = 4096;
+    let at = (root as usize - 1) * page;
+    for (i, byte) in file[at..at + page].iter_mut().enumerate() {
+        *byte = (i * 7 + 13) as u8;
+    }
+    std::fs::write(&db_path, &file).expect("damage the log's root page");
+
+    // Under the default limit: refused before serving.
+    let said = serve_must_refuse(&hub);
+    assert!(
+        said.contains("integrity check failed") || said.contains("malformed"),
+        "the hub says its database is damaged:\n{said}"
+    );
+
+    // Over the limit (0 MiB): the hub starts, and the check of the whole file stops it.
+    let _ = std::fs::remove_file(hub.data_dir().join("hub.addr"));
+    let mut child = Command::new(binary("carrel-hub"))
+        .args(["serve", "--config"])
+        .arg(hub.config_path())
+        .env("CARREL_HUB_SQLITE_CHECK_BEFORE_SERVING_MIB", "0")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start carrel-hub");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "carrel-hub kept serving on a damaged event log:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // On a small file the check may finish before the hub is done starting; then
+    // it stops before it serves, which is as good.
+    assert!(!status.success(), "carrel-hub must exit non-zero:\n{text}");
+    assert!(
+        text.contains("all but the site event log checked")
+            && text.contains("database integrity check failed"),
+        "the hub says what it checked, and why it stopped:\n{text}"
+    );
+}
+
 /// strace attached to a running process, making every fsync and fdatasync of it
 /// fail with EIO, as a failing disk would. Detached (strace killed) on drop.
 struct FsyncFaults {

@@ -220,9 +220,94 @@ fn audit_from_row(row: &SqliteRow) -> Result<(audit::Entry, String)> {
     ))
 }
 
+/// The site event log: nearly all of a grown database, and only ever appended to.
+const EVENT_LOG: &str = "site_events";
+
+/// The size up to which [`SqliteStore::open`] checks the whole database before it
+/// returns (see [`SqliteStore::open_checking`]).
+pub const CHECK_BEFORE_SERVING_BYTES: u64 = 1 << 30;
+
+/// `PRAGMA quick_check` of the whole file, or of one table and its indexes.
+async fn quick_check(conn: &mut sqlx::SqliteConnection, table: Option<&str>) -> Result<()> {
+    let sql = match table {
+        Some(table) => format!("PRAGMA quick_check(\"{table}\")"),
+        None => "PRAGMA quick_check".to_owned(),
+    };
+    let check: String = sqlx::query_scalar(&sql).fetch_one(&mut *conn).await?;
+    if check != "ok" {
+        return Err(Error::Corrupt(format!(
+            "database integrity check failed: {check}"
+        )));
+    }
+    Ok(())
+}
+
+/// `PRAGMA foreign_key_check` of the whole file, or of the references one table holds.
+async fn foreign_key_check(conn: &mut sqlx::SqliteConnection, table: Option<&str>) -> Result<()> {
+    let sql = match table {
+        Some(table) => format!("PRAGMA foreign_key_check(\"{table}\")"),
+        None => "PRAGMA foreign_key_check".to_owned(),
+    };
+    let dangling = sqlx::query(&sql).fetch_all(&mut *conn).await?;
+    if let Some(row) = dangling.first() {
+        let table: String = row.try_get(0)?;
+        return Err(Error::Corrupt(format!(
+            "{} rows reference missing rows (first in table {table})",
+            dangling.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The checks of the whole file that a big database leaves until after start (see
+/// [`SqliteStore::open_checking`]). A damage found fails the store ([`failure`]),
+/// which stops the hub; stops quietly when the store is dropped first.
+async fn check_in_background(
+    options: SqliteConnectOptions,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let started = std::time::Instant::now();
+    let check = async {
+        let mut conn = options.connect().await?;
+        quick_check(&mut conn, None).await?;
+        foreign_key_check(&mut conn, Some(EVENT_LOG)).await?;
+        conn.close().await?;
+        Ok::<_, Error>(())
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        outcome = check => match outcome {
+            Ok(()) => tracing::info!(
+                secs = started.elapsed().as_secs_f64(),
+                "integrity check of the whole database passed"
+            ),
+            Err(Error::Corrupt(why)) => failure().fail(&why),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the integrity check of the whole database could not run; it runs again at the next start"
+            ),
+        },
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and runs the embedded migrations.
+    /// Opens (creating if needed) the database file and runs the embedded
+    /// migrations; checks the whole file first when it is up to
+    /// [`CHECK_BEFORE_SERVING_BYTES`].
     pub async fn open(path: &Path) -> Result<SqliteStore> {
+        Self::open_checking(path, CHECK_BEFORE_SERVING_BYTES).await
+    }
+
+    /// Opens the database file as [`SqliteStore::open`] does. A damaged database is
+    /// refused before anything is written to it: a file up to `check_before`
+    /// bytes is checked whole (`PRAGMA quick_check`, `foreign_key_check`) before this
+    /// returns. In a bigger one every table but the site event log is checked
+    /// before, and the whole file right after, in the background: the log is nearly
+    /// all of a grown database (checking 10 million events takes about six seconds
+    /// here), and while the check runs it is only appended to, at pages SQLite
+    /// checks as it reads them. A damage the background check finds fails the
+    /// store ([`failure`]), which stops the hub.
+    pub async fn open_checking(path: &Path, check_before: u64) -> Result<SqliteStore> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -230,36 +315,49 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        Self::open_with(options).await
+        Self::open_with(options, check_before).await
     }
 
-    async fn open_with(options: SqliteConnectOptions) -> Result<SqliteStore> {
+    async fn open_with(options: SqliteConnectOptions, check_before: u64) -> Result<SqliteStore> {
         // Integrity check and migrations on a connection of their own, with foreign
         // keys off: a migration may rebuild a table that other rows reference (the
         // procedure SQLite documents for changes ALTER TABLE cannot make), which must
         // not delete or reject those rows. Foreign keys are checked once it is done.
         let mut conn = options.clone().foreign_keys(false).connect().await?;
-        let check: String = sqlx::query_scalar("PRAGMA quick_check")
-            .fetch_one(&mut conn)
-            .await?;
-        if check != "ok" {
-            return Err(Error::Corrupt(format!(
-                "database integrity check failed: {check}"
-            )));
+        let size: i64 = sqlx::query_scalar(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        let whole_now = u64::try_from(size).unwrap_or(0) <= check_before;
+        // Every table but the event log, when that is left for later.
+        let tables: Vec<String> = if whole_now {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name <> ? ORDER BY name",
+            )
+            .bind(EVENT_LOG)
+            .fetch_all(&mut conn)
+            .await?
+        };
+        if whole_now {
+            quick_check(&mut conn, None).await?;
+        } else {
+            for table in &tables {
+                quick_check(&mut conn, Some(table)).await?;
+            }
         }
         MIGRATOR
             .run_direct(&mut conn)
             .await
             .map_err(migrate_error)?;
-        let dangling = sqlx::query("PRAGMA foreign_key_check")
-            .fetch_all(&mut conn)
-            .await?;
-        if let Some(row) = dangling.first() {
-            let table: String = row.try_get(0)?;
-            return Err(Error::Corrupt(format!(
-                "{} rows reference missing rows (first in table {table})",
-                dangling.len()
-            )));
+        if whole_now {
+            foreign_key_check(&mut conn, None).await?;
+        } else {
+            for table in &tables {
+                foreign_key_check(&mut conn, Some(table)).await?;
+            }
         }
         conn.close().await?;
         // Checkpoints run in the background (see `checkpoint_in_background`), not
@@ -275,6 +373,13 @@ impl SqliteStore {
         )?);
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(checkpoint_in_background(pool.clone(), stop.clone()));
+        if !whole_now {
+            tracing::info!(
+                bytes = size,
+                "database bigger than sqlite_check_before_serving_mib: all but the site event log checked; the whole file is checked now, while serving"
+            );
+            tokio::spawn(check_in_background(options.clone(), stop.clone()));
+        }
         Ok(SqliteStore {
             pool,
             write_lock: Mutex::new(()),
