@@ -259,6 +259,17 @@ async fn foreign_key_check(conn: &mut sqlx::SqliteConnection, table: Option<&str
     Ok(())
 }
 
+/// SQLITE_CORRUPT or SQLITE_NOTADB: the file is damaged.
+fn is_corruption(error: &sqlx::Error) -> bool {
+    const SQLITE_CORRUPT: i32 = 11;
+    const SQLITE_NOTADB: i32 = 26;
+    error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_CORRUPT | SQLITE_NOTADB))
+}
+
 /// The checks of the whole file that a big database leaves until after start (see
 /// [`SqliteStore::open_checking`]). A damage found fails the store ([`failure`]),
 /// which stops the hub; stops quietly when the store is dropped first.
@@ -282,6 +293,10 @@ async fn check_in_background(
                 "integrity check of the whole database passed"
             ),
             Err(Error::Corrupt(why)) => failure().fail(&why),
+            // SQLite may also answer a damaged page with an error instead of rows.
+            Err(Error::Database(e)) if is_corruption(&e) => {
+                failure().fail(&format!("database integrity check failed: {e}"))
+            }
             Err(e) => tracing::warn!(
                 error = %e,
                 "the integrity check of the whole database could not run; it runs again at the next start"
@@ -1610,3 +1625,32 @@ impl Store for SqliteStore {
 
 /// [`NotifyStore`](super::NotifyStore) on this backend.
 mod notify;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first error of opening `path` and checking it.
+    async fn open_and_check(path: &Path) -> Option<sqlx::Error> {
+        let mut conn = match SqliteConnectOptions::new().filename(path).connect().await {
+            Ok(conn) => conn,
+            Err(e) => return Some(e),
+        };
+        sqlx::query_scalar::<_, String>("PRAGMA quick_check")
+            .fetch_one(&mut conn)
+            .await
+            .err()
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_corruption_and_a_timeout_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.db");
+        std::fs::write(&path, [0x5a; 8192]).expect("write");
+        let error = open_and_check(&path)
+            .await
+            .expect("a file that is not a database is refused");
+        assert!(is_corruption(&error), "{error}");
+        assert!(!is_corruption(&sqlx::Error::PoolTimedOut));
+    }
+}
