@@ -2,8 +2,9 @@
 //! their one-time enrollment token) and adding users.
 
 use crate::auth::{hash_password, new_secret, secret_sha256, EnrollmentToken};
+use crate::model::{Role, Site, User};
 use crate::pki::Ca;
-use crate::store::{self, Role, Site, Store, User};
+use crate::store::{self, Store};
 use chrono::{DateTime, Duration, Utc};
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 mod notify;
 
 use crate::admin;
-use crate::store::Role;
+use crate::model::Role;
 use crate::Config;
 use anyhow::{bail, Context};
 use carrel_proto::event::from_timestamp;

@@ -9,8 +9,8 @@
 //! before it, never comes before its plan or its booking's re-planned time, and a
 //! milestone that is due but has not happened is expected no earlier than now.
 
+use crate::model::{BatchRecord, BatchState};
 use crate::schedule::{self, Booking};
-use crate::store::{BatchRecord, BatchState};
 use carrel_proto::event::{EventKind, ReleaseMeaning};
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};

@@ -6,8 +6,8 @@
 //! the process boundary is saved: the agents run inside this process.
 
 use crate::cli::{with_token, ClientArgs};
+use crate::model::{BatchState, Role};
 use crate::server;
-use crate::store::{BatchState, Role};
 use crate::Config;
 use anyhow::Context;
 use carrel_proto::pb;

@@ -6,8 +6,9 @@
 //! physicians follow their orders. Sites connect to it; it never connects to a site.
 //!
 //! Map: [`server`] wires everything; [`grpc`] is the API edge (wire types end there);
-//! [`store`] is the database behind one interface; [`batch`] derives batch state from
-//! site events; [`record`] builds and hashes the batch record; [`pki`] is the CA;
+//! [`model`] is the domain (people, sites, orders, the batch record, and how site
+//! events move a batch), with no I/O; [`store`] is the database behind one
+//! interface; [`record`] builds and hashes the batch record; [`pki`] is the CA;
 //! [`auth`] holds passwords and tokens; [`admin`] registers sites and users;
 //! [`cli`] is the command line for people; [`dev`] runs a whole network on loopback;
 //! [`notify`] turns the audit trail into e-mail and webhook notifications.
@@ -16,7 +17,6 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
-pub mod batch;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,6 +24,7 @@ pub mod console;
 pub mod dev;
 pub mod grpc;
 pub mod metrics;
+pub mod model;
 pub mod notify;
 pub mod pki;
 pub mod record;

@@ -6,7 +6,7 @@
 //! it happens, in a fixed-bucket histogram.
 
 use crate::grpc::Shared;
-use crate::store::BatchState;
+use crate::model::BatchState;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -179,7 +179,7 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
         "gauge",
         sites
             .iter()
-            .filter(|s| s.status != crate::store::SiteStatus::Ceased)
+            .filter(|s| s.status != crate::model::SiteStatus::Ceased)
             .filter_map(|s| {
                 Some((
                     format!("{{site=\"{}\"}}", label(&s.site_id)),
@@ -192,7 +192,7 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
     let ca_expires = shared.ca.not_after();
     let expiring = sites
         .iter()
-        .filter(|s| s.status != crate::store::SiteStatus::Ceased)
+        .filter(|s| s.status != crate::model::SiteStatus::Ceased)
         .filter_map(|s| s.cert_not_after)
         .chain(ca_expires)
         .filter(|until| *until - now < window)

@@ -6,7 +6,7 @@
 //! signature made on an earlier view of the record is refused (Part 11: a signature
 //! is bound to the exact record it signs).
 
-use crate::store::{Order, StoredEvent};
+use crate::model::{Order, StoredEvent};
 use sha2::{Digest, Sha256};
 
 pub fn record_sha256(order: &Order, recipe_sha256: &str, events: &[StoredEvent]) -> String {
@@ -188,7 +188,7 @@ fn span(d: chrono::Duration) -> String {
 /// order itself, and no later than when the hub received it. Each shows the time
 /// the site stamped on it, with a note when that stamp shows the site's clock was
 /// off: ahead of the hub, behind the order it acts on, or gone backwards.
-pub fn timeline(record: &crate::store::BatchRecord) -> Vec<TimelineEntry> {
+pub fn timeline(record: &crate::model::BatchRecord) -> Vec<TimelineEntry> {
     let order = &record.order;
     let tolerance = chrono::Duration::seconds(CLOCK_TOLERANCE_SECS);
     // (where it sorts, by the hub's clock; the entry)
@@ -271,8 +271,8 @@ pub fn timeline(record: &crate::store::BatchRecord) -> Vec<TimelineEntry> {
 }
 
 /// What has to happen next for an order, in words.
-pub fn next_step(record: &crate::store::BatchRecord) -> String {
-    use crate::store::BatchState as S;
+pub fn next_step(record: &crate::model::BatchRecord) -> String {
+    use crate::model::BatchState as S;
     let order = &record.order;
     let recipe = &record.recipe.recipe;
     match order.state {
@@ -305,7 +305,7 @@ pub fn next_step(record: &crate::store::BatchRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{BatchRecord, BatchState, Order, Progress, StoredEvent, StoredRecipe};
+    use crate::model::{BatchRecord, BatchState, Order, Progress, StoredEvent, StoredRecipe};
     use carrel_proto::event::{EventKind, SiteEvent, GENESIS_SHA256};
     use carrel_proto::recipe::Recipe;
     use chrono::{DateTime, Duration, Utc};

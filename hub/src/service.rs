@@ -5,7 +5,9 @@
 use crate::audit::NewEntry;
 use crate::auth::{new_secret, secret_sha256, verify_password};
 use crate::grpc::Shared;
-use crate::store::{self, NewOrder, Order, Role, Signature, User};
+use crate::model;
+use crate::model::{NewOrder, Order, Role, Signature, User};
+use crate::store;
 use carrel_proto::event::ReleaseMeaning;
 use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
 use uuid::Uuid;
@@ -243,7 +245,7 @@ pub async fn visible_order(shared: &Shared, user: &User, order_id: Uuid) -> Resu
 pub async fn visible_orders(
     shared: &Shared,
     user: &User,
-    state: Option<store::BatchState>,
+    state: Option<model::BatchState>,
 ) -> Result<Vec<Order>, Error> {
     let physician = (user.role == Role::Physician).then_some(user.username.as_str());
     Ok(shared.store.list_orders(physician, state).await?)
@@ -372,9 +374,9 @@ pub async fn change_site_status(
     shared: &Shared,
     user: &User,
     site_id: &str,
-    status: store::SiteStatus,
+    status: model::SiteStatus,
     reason: &str,
-) -> Result<store::Site, Error> {
+) -> Result<model::Site, Error> {
     require_role(user, &[Role::Admin])?;
     let reason = reason.trim();
     if reason.is_empty() {
@@ -387,7 +389,7 @@ pub async fn change_site_status(
         .store
         .set_site_status(site_id.trim(), status, &user.username, reason)
         .await?;
-    if status != store::SiteStatus::Active {
+    if status != model::SiteStatus::Active {
         shared.links.close(&site.site_id);
     }
     tracing::warn!(site_id = %site.site_id, status = status.as_str(), %reason, by = %user.username, "site status changed");

@@ -8,14 +8,15 @@
 //! throw-away PostgreSQL server they use and names it in `CARREL_TEST_POSTGRES_URL`.
 
 use carrel_hub::audit::NewEntry;
+use carrel_hub::model::{
+    BatchState, IssuedCert, NewOrder, Order, QcRecord, Role, Signature, Site, SiteStatus,
+    StoredEvent, User,
+};
 use carrel_hub::record::record_sha256;
 use carrel_hub::schedule::Capacity;
 use carrel_hub::store::postgres::{Options as PgOptions, PgStore};
 use carrel_hub::store::sqlite::SqliteStore;
-use carrel_hub::store::{
-    BatchState, Error, Ingested, IssuedCert, NewOrder, Order, QcRecord, Received, Role, Signature,
-    Site, SiteStatus, Store, StoredEvent, User,
-};
+use carrel_hub::store::{Error, Ingested, Received, Store};
 use carrel_proto::coi::Coi;
 use carrel_proto::event::{
     CommandKind, EventKind, HubCommand, ReleaseMeaning, SiteEvent, GENESIS_SHA256,

@@ -20,7 +20,8 @@ mod view;
 
 use crate::auth::secret_sha256;
 use crate::grpc::Shared;
-use crate::store::{self, User};
+use crate::model::User;
+use crate::store;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};

@@ -7,9 +7,9 @@
 use super::pages::{html_page, parse_uuid, refused};
 use super::view::{page, when};
 use super::{Hub, Session};
+use crate::model::Role;
 use crate::notify::service::{self, Target};
 use crate::notify::{Kind, OutboxEntry, OutboxState, Subscription};
-use crate::store::Role;
 use axum::extract::{Form, Path};
 use axum::response::Response;
 use maud::{html, Markup};

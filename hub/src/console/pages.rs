@@ -8,9 +8,11 @@ use super::view::{chart, elapsed, live, page, state_badge, when};
 use super::{cookie, Hub, Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::admin;
 use crate::auth::{new_secret, secret_sha256};
+use crate::model;
+use crate::model::{BatchRecord, BatchState, Order, Role, SiteStatus};
 use crate::record::{next_step, record_sha256, timeline};
 use crate::service::{self, OrderForm};
-use crate::store::{self, BatchRecord, BatchState, Order, Role, SiteStatus};
+use crate::store;
 use axum::extract::{Form, Path};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
@@ -226,7 +228,7 @@ pub async fn order_rows(hub: Hub, session: Session) -> Page {
 
 fn order_form_page(
     session: &Session,
-    sites: &[store::Site],
+    sites: &[model::Site],
     form: &OrderForm,
     errors: &BTreeMap<&str, String>,
     free: &[service::schedule::Proposal],
@@ -477,7 +479,7 @@ fn batch_record_markup(session: &Session, record: &BatchRecord, notice: Option<&
     let sha = record_sha256(order, &record.recipe.sha256, &record.events);
     let exceptions: std::collections::HashSet<u64> =
         order.progress.exceptions.iter().copied().collect();
-    let describe = |e: &store::StoredEvent| crate::record::describe(&e.event.kind);
+    let describe = |e: &model::StoredEvent| crate::record::describe(&e.event.kind);
     // Steps: start and end from the records.
     let mut steps: Vec<StepTimes> = Vec::new();
     let mut samples: Series = BTreeMap::new();
@@ -709,7 +711,7 @@ pub async fn sign(
 
 fn sites_markup(
     session: &Session,
-    sites: &[store::Site],
+    sites: &[model::Site],
     hub: &crate::grpc::Shared,
     notice: Option<Markup>,
 ) -> Markup {
@@ -858,7 +860,7 @@ pub async fn change_site_status(
     Ok(Redirect::to("/admin/sites").into_response())
 }
 
-fn users_markup(session: &Session, users: &[store::User], notice: Option<Markup>) -> Markup {
+fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>) -> Markup {
     page(
         "Users",
         Some((&session.user, &session.csrf)),

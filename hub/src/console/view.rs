@@ -1,6 +1,6 @@
 //! Layout, styles and small pieces of HTML the console pages share.
 
-use crate::store::{BatchState, Role, User};
+use crate::model::{BatchState, Role, User};
 use axum::http::header;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};

@@ -2,7 +2,7 @@
 
 use super::{require, role_from_pb, service_status, status, user_to_pb, Shared};
 use crate::admin::{self, register_site};
-use crate::store::{Role, Site, SiteStatus};
+use crate::model::{Role, Site, SiteStatus};
 use carrel_proto::event::to_timestamp;
 use carrel_proto::pb;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ fn admin_status(error: admin::Error) -> Status {
 impl AdminApi {
     async fn change(
         &self,
-        user: &crate::store::User,
+        user: &crate::model::User,
         site_id: &str,
         to: SiteStatus,
         reason: &str,

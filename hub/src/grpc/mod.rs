@@ -11,8 +11,9 @@ pub mod release;
 pub mod schedule;
 pub mod site_link;
 
+use crate::model::{BatchState, Order, Role, User};
 use crate::pki::Ca;
-use crate::store::{self, BatchState, Order, Role, Store, User};
+use crate::store::{self, Store};
 use crate::Config;
 use carrel_proto::event::to_timestamp;
 use carrel_proto::pb;

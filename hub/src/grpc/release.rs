@@ -1,9 +1,9 @@
 //! `ReleaseService`: QA reviews the batch record by exception and signs.
 
 use super::{authenticate, order_to_pb, parse_id, require, service_status, status, Shared};
+use crate::model::{BatchRecord, BatchState, Role, Signature};
 use crate::record::{describe, record_sha256};
 use crate::service;
-use crate::store::{BatchRecord, BatchState, Role, Signature};
 use carrel_proto::event::{meaning_to_wire, outcome_to_wire, to_timestamp, ReleaseMeaning};
 use carrel_proto::pb;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ pub fn audit_to_pb(entry: &crate::audit::Entry) -> pb::AuditEntry {
 pub fn record_to_pb(record: &BatchRecord) -> pb::BatchRecord {
     let exceptions: std::collections::HashSet<u64> =
         record.order.progress.exceptions.iter().copied().collect();
-    let entry = |stored: &crate::store::StoredEvent| {
+    let entry = |stored: &crate::model::StoredEvent| {
         let (kind, summary) = describe(&stored.event.kind);
         pb::RecordEntry {
             site_seq: stored.event.seq,

@@ -147,7 +147,7 @@ pub fn clock_to_pb(clock: &Clock, booking: Option<&Booking>) -> pb::VeinToVein {
 /// The order's clock for `GetOrder`.
 pub async fn order_clock_pb(
     shared: &Shared,
-    order: &crate::store::Order,
+    order: &crate::model::Order,
 ) -> Result<pb::VeinToVein, Status> {
     let (clock, booking) = service::order_clock(shared, order)
         .await

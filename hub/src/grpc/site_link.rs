@@ -9,8 +9,10 @@
 use super::{status, Shared};
 use crate::audit::NewEntry;
 use crate::auth::{secret_sha256, EnrollmentToken};
+use crate::model;
+use crate::model::SiteStatus;
 use crate::pki;
-use crate::store::{self, Received, SiteStatus};
+use crate::store::{self, Received};
 use carrel_proto::event::SiteEvent;
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
@@ -26,8 +28,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub struct SiteLinkApi(pub Arc<Shared>);
 
-fn issued(cert: &pki::SiteCert) -> store::IssuedCert {
-    store::IssuedCert {
+fn issued(cert: &pki::SiteCert) -> model::IssuedCert {
+    model::IssuedCert {
         sha256: cert.sha256.clone(),
         not_after: cert.not_after,
         ca_sha256: cert.ca_sha256.clone(),

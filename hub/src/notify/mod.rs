@@ -20,7 +20,8 @@ pub mod deliver;
 pub mod derive;
 pub mod service;
 
-use crate::store::{Role, Store};
+use crate::model::Role;
+use crate::store::Store;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;

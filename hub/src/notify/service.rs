@@ -3,9 +3,9 @@
 
 use super::{Channel, Kind, NewSubscription, OutboxEntry, OutboxState, Subscription};
 use crate::grpc::Shared;
+use crate::model::{Role, User};
 use crate::service::{require_role, Error};
 use crate::store::notify::OutboxFilter;
-use crate::store::{Role, User};
 use chrono::Utc;
 use std::collections::BTreeSet;
 use uuid::Uuid;

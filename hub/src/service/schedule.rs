@@ -5,9 +5,11 @@
 use super::{field, require_role, visible_order, Error};
 use crate::clock::{self, Clock, Summary};
 use crate::grpc::Shared;
+use crate::model;
+use crate::model::{BatchState, Order, Role, SiteStatus, User};
 use crate::schedule::{self, Booking, Capacity, Plan, Utilisation};
+use crate::store;
 use crate::store::schedule::DelayNotice;
-use crate::store::{self, BatchState, Order, Role, SiteStatus, User};
 use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -324,7 +326,7 @@ pub async fn replan_all(shared: &Shared, now: DateTime<Utc>) -> Result<Replanned
 /// The time up to which the hub knows what a site did: now while the site is in
 /// touch, its last contact while it is out of touch (the site keeps working and
 /// reports later, so a silence is no evidence of a delay).
-fn known_until(shared: &Shared, site: &store::Site, now: DateTime<Utc>) -> DateTime<Utc> {
+fn known_until(shared: &Shared, site: &model::Site, now: DateTime<Utc>) -> DateTime<Utc> {
     let timeout = Duration::milliseconds(i64::from(shared.config.heartbeat_timeout_ms));
     match site.last_contact_at {
         _ if shared.links.is_connected(&site.site_id) => now,
@@ -335,7 +337,7 @@ fn known_until(shared: &Shared, site: &store::Site, now: DateTime<Utc>) -> DateT
 
 async fn replan_site(
     shared: &Shared,
-    site: &store::Site,
+    site: &model::Site,
     now: DateTime<Utc>,
     done: &mut Replanned,
 ) -> Result<(), Error> {
@@ -439,7 +441,7 @@ fn delay_reason(clock: &Clock, delay: &clock::Delay, moved: Option<&schedule::Mo
 }
 
 /// Sets the started and completed times of a booking's steps from the batch's records.
-fn fill_actuals(booking: &mut Booking, record: &store::BatchRecord) {
+fn fill_actuals(booking: &mut Booking, record: &model::BatchRecord) {
     use carrel_proto::event::EventKind;
     for stored in &record.events {
         // To the microsecond the store keeps, so a re-planned time read back compares equal.

@@ -17,21 +17,25 @@
 //! backend, [`postgres::PgStore`] the one several hub processes can share. Both have
 //! the same semantics, checked by one test suite (`hub/tests/store_suite.rs`).
 
+pub mod backend;
+mod ingest;
 pub mod notify;
 pub mod postgres;
 pub mod schedule;
 pub mod sqlite;
+mod transactions;
 
 pub use notify::NotifyStore;
 
-use crate::batch::Projection;
+use crate::model::{
+    BatchRecord, BatchState, IssuedCert, NewOrder, Order, Refusal, Signature, Site, SiteStatus,
+    StoredEvent, StoredRecipe, User,
+};
 use async_trait::async_trait;
 use carrel_proto::event::{HubCommand, SiteEvent};
-use carrel_proto::recipe::{Outcome, QcValue, Recipe};
+use carrel_proto::recipe::{Outcome, Recipe};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
-use std::fmt;
+use serde::Serialize;
 use uuid::Uuid;
 
 /// Store errors. Each one says what is wrong in words a caller can pass on.
@@ -75,6 +79,16 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::FailedPrecondition(why) => Error::FailedPrecondition(why),
+            Refusal::Invalid(why) => Error::Invalid(why),
+            Refusal::PermissionDenied(why) => Error::PermissionDenied(why),
+        }
+    }
+}
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
@@ -143,377 +157,6 @@ pub fn failure() -> &'static Failure {
     FAILURE.get_or_init(Failure::default)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Physician,
-    Qa,
-    Technician,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Physician => "physician",
-            Role::Qa => "qa",
-            Role::Technician => "technician",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Role> {
-        match text {
-            "physician" => Some(Role::Physician),
-            "qa" => Some(Role::Qa),
-            "technician" => Some(Role::Technician),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct User {
-    pub username: String,
-    pub full_name: String,
-    pub role: Role,
-    pub disabled: bool,
-    pub password_hash: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SiteStatus {
-    Pending,
-    Active,
-    Suspended,
-    /// Retired from the network for good: no connections, no orders, records kept.
-    Ceased,
-}
-
-impl SiteStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SiteStatus::Pending => "pending",
-            SiteStatus::Active => "active",
-            SiteStatus::Suspended => "suspended",
-            SiteStatus::Ceased => "ceased",
-        }
-    }
-
-    fn parse(text: &str) -> Result<SiteStatus> {
-        match text {
-            "pending" => Ok(SiteStatus::Pending),
-            "active" => Ok(SiteStatus::Active),
-            "suspended" => Ok(SiteStatus::Suspended),
-            "ceased" => Ok(SiteStatus::Ceased),
-            other => Err(Error::Corrupt(format!("unknown site status {other:?}"))),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Site {
-    pub site_id: String,
-    pub name: String,
-    pub status: SiteStatus,
-    pub cert_sha256: Option<String>,
-    /// Expiry of the site's certificate (unknown for sites enrolled before it was kept).
-    pub cert_not_after: Option<DateTime<Utc>>,
-    /// Fingerprint of the CA that issued it (unknown likewise).
-    pub cert_ca_sha256: Option<String>,
-    /// A renewed certificate issued over the link that the site has not used yet.
-    /// Both it and `cert_sha256` are accepted until the site connects with it.
-    pub pending_cert_sha256: Option<String>,
-    pub acked_event_seq: u64,
-    pub last_command_seq: u64,
-    pub acked_command_seq: u64,
-    pub last_contact_at: Option<DateTime<Utc>>,
-}
-
-impl Site {
-    /// The site can still connect, and the certificate it holds was not issued by the
-    /// CA with fingerprint `ca_sha256` (during a CA rotation: it has yet to renew).
-    pub fn holds_certificate_of_another_ca(&self, ca_sha256: &str) -> bool {
-        self.status != SiteStatus::Ceased
-            && self.cert_sha256.is_some()
-            && self.cert_ca_sha256.as_deref() != Some(ca_sha256)
-    }
-}
-
-/// A certificate the hub's CA issued to a site, as the store keeps it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IssuedCert {
-    pub sha256: String,
-    pub not_after: DateTime<Utc>,
-    /// The issuing CA's fingerprint.
-    pub ca_sha256: String,
-}
-
-/// A stored recipe version.
-#[derive(Debug, Clone)]
-pub struct StoredRecipe {
-    pub recipe: Recipe,
-    pub sha256: String,
-    pub canonical_json: String,
-}
-
-/// Lifecycle state of a batch, derived from its records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BatchState {
-    Ordered,
-    Accepted,
-    InProcess,
-    AwaitingRelease,
-    Released,
-    Rejected,
-    Cancelled,
-    /// Released product handed over for infusion.
-    HandedOver,
-    /// Infusion confirmed at the bedside: the chain of identity is closed.
-    Infused,
-}
-
-impl BatchState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BatchState::Ordered => "ordered",
-            BatchState::Accepted => "accepted",
-            BatchState::InProcess => "in_process",
-            BatchState::AwaitingRelease => "awaiting_release",
-            BatchState::Released => "released",
-            BatchState::Rejected => "rejected",
-            BatchState::Cancelled => "cancelled",
-            BatchState::HandedOver => "handed_over",
-            BatchState::Infused => "infused",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<BatchState> {
-        Some(match text {
-            "ordered" => BatchState::Ordered,
-            "accepted" => BatchState::Accepted,
-            "in_process" => BatchState::InProcess,
-            "awaiting_release" => BatchState::AwaitingRelease,
-            "released" => BatchState::Released,
-            "rejected" => BatchState::Rejected,
-            "cancelled" => BatchState::Cancelled,
-            "handed_over" => BatchState::HandedOver,
-            "infused" => BatchState::Infused,
-            _ => return None,
-        })
-    }
-
-    /// No further manufacturing happens in this state.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            BatchState::Released | BatchState::Rejected | BatchState::Cancelled
-        )
-    }
-}
-
-impl BatchState {
-    /// Nothing more will happen to this batch at its site.
-    pub fn is_closed(self) -> bool {
-        matches!(
-            self,
-            BatchState::Rejected | BatchState::Cancelled | BatchState::Infused
-        )
-    }
-
-    /// The site holds the patient's cells and is manufacturing or awaiting release.
-    pub fn is_running(self) -> bool {
-        matches!(
-            self,
-            BatchState::Accepted | BatchState::InProcess | BatchState::AwaitingRelease
-        )
-    }
-}
-
-/// A batch of a site that is not closed (see [`BatchState::is_closed`]), as a
-/// lifecycle move sees it.
-pub(crate) struct OpenBatch {
-    pub batch_id: Uuid,
-    pub state: BatchState,
-    /// The stored progress (JSON).
-    progress: String,
-}
-
-impl OpenBatch {
-    /// The batch from its stored state and progress, when it is not closed.
-    pub(crate) fn from_stored(
-        batch_id: Uuid,
-        state: &str,
-        progress: String,
-    ) -> Result<Option<OpenBatch>> {
-        let state = BatchState::parse(state)
-            .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?;
-        Ok((!state.is_closed()).then_some(OpenBatch {
-            batch_id,
-            state,
-            progress,
-        }))
-    }
-
-    /// The progress (JSON) to store when the batch's site is suspended while it runs:
-    /// flagged for a QA decision.
-    pub(crate) fn flagged_for_suspension(
-        &self,
-        actor: &str,
-        reason: &str,
-        at: DateTime<Utc>,
-    ) -> Result<String> {
-        let mut progress: Progress = serde_json::from_str(&self.progress)
-            .map_err(|e| Error::Corrupt(format!("batch {} progress: {e}", self.batch_id)))?;
-        progress.anomalies.push(format!(
-            "site suspended while this batch was running ({} by {actor}: {reason}); QA decision required",
-            at.format("%Y-%m-%d %H:%M UTC")
-        ));
-        json_text(&progress)
-    }
-}
-
-/// Checks a move of a site's lifecycle and names its audit action.
-pub(crate) fn site_transition(
-    site: &Site,
-    to: SiteStatus,
-    open_batches: &[OpenBatch],
-) -> Result<&'static str> {
-    let id = &site.site_id;
-    let from = site.status;
-    match (from, to) {
-        (SiteStatus::Ceased, _) => Err(Error::FailedPrecondition(format!(
-            "site {id:?} has ceased; a ceased site cannot change again (its records stay readable)"
-        ))),
-        (SiteStatus::Pending | SiteStatus::Active, SiteStatus::Suspended) => Ok("site.suspended"),
-        (SiteStatus::Suspended, SiteStatus::Active) => Ok("site.resumed"),
-        (_, SiteStatus::Ceased) => match open_batches {
-            [] => Ok("site.ceased"),
-            open => Err(Error::FailedPrecondition(format!(
-                "site {id:?} still has {} open batch(es) ({}); each must be infused, rejected or cancelled before the site can cease",
-                open.len(),
-                open.iter()
-                    .map(|b| format!("{} {}", b.batch_id, b.state))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        },
-        (from, to) if from == to => Err(Error::FailedPrecondition(format!(
-            "site {id:?} is already {}",
-            to.as_str()
-        ))),
-        (SiteStatus::Pending, SiteStatus::Active) => Err(Error::FailedPrecondition(format!(
-            "site {id:?} has not enrolled yet; it becomes active when its agent enrolls"
-        ))),
-        (from, to) => Err(Error::FailedPrecondition(format!(
-            "site {id:?} cannot go from {} to {}",
-            from.as_str(),
-            to.as_str()
-        ))),
-    }
-}
-
-impl fmt::Display for BatchState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What the batch projection remembers besides its state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    pub steps_completed: BTreeSet<String>,
-    /// Custody checkpoints passed with a matching scan.
-    #[serde(default)]
-    pub checkpoints_passed: BTreeSet<String>,
-    pub tests_recorded: BTreeSet<String>,
-    /// Site seqs of records QA must see first (alarms, deviations, OOS, corrections, anomalies).
-    pub exceptions: Vec<u64>,
-    /// Things the hub noticed that the site did not report as such.
-    pub anomalies: Vec<String>,
-}
-
-/// An order with its batch projection, as people see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Order {
-    pub order_id: Uuid,
-    pub batch_id: Uuid,
-    pub coi: String,
-    pub patient_pseudonym: String,
-    pub recipe_id: String,
-    pub recipe_version: u32,
-    pub site_id: String,
-    pub requested_collection_date: String,
-    pub physician: String,
-    pub created_at: DateTime<Utc>,
-    pub state: BatchState,
-    pub current_step: Option<String>,
-    pub progress: Progress,
-    pub decision_recorded: bool,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// A new order, validated by the caller.
-#[derive(Debug, Clone)]
-pub struct NewOrder {
-    pub patient_pseudonym: String,
-    pub recipe_id: String,
-    pub site_id: String,
-    pub requested_collection_date: String,
-    pub physician: String,
-    /// Facility identification number used in COI identifiers.
-    pub facility: String,
-}
-
-/// A site event as stored at the hub.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredEvent {
-    pub site_id: String,
-    pub event: SiteEvent,
-    pub received_at: DateTime<Utc>,
-}
-
-/// The hub's evaluation of one QC result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QcRecord {
-    pub site_seq: u64,
-    pub test_id: String,
-    pub value: QcValue,
-    pub hub_outcome: Outcome,
-    pub site_outcome: Outcome,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Signature {
-    pub signature_id: Uuid,
-    pub batch_id: Uuid,
-    pub signer: String,
-    pub signer_name: String,
-    pub meaning: carrel_proto::event::ReleaseMeaning,
-    pub record_sha256: String,
-    pub reason: String,
-    pub signed_at: DateTime<Utc>,
-}
-
-/// Everything the batch record is made of.
-#[derive(Debug, Clone)]
-pub struct BatchRecord {
-    pub order: Order,
-    pub recipe: StoredRecipe,
-    pub events: Vec<StoredEvent>,
-    pub qc: Vec<QcRecord>,
-    pub signatures: Vec<Signature>,
-    pub audit: Vec<crate::audit::Entry>,
-}
-
 /// A site event as received, with the canonical JSON that is stored as its body and
 /// the hash of that JSON, both computed once by the link that received it. The
 /// store's writer is one at a time for every site; what can be done before it, in
@@ -577,18 +220,28 @@ pub enum Notification {
 
 /// The one interface to the hub's persistent state.
 #[async_trait]
-pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + 'static {
+///
+/// The methods that change anything are written here, once, as one transaction
+/// ([`transactions`]) on the backend's primitives ([`backend::WriteTx`]); a backend
+/// implements the reads and [`backend::Writes::write`].
+pub trait Store:
+    backend::Writes + schedule::ScheduleStore + notify::NotifyStore + Send + Sync + 'static
+{
     // -- recipes --
     /// Publishes a recipe version; publishing the same document again is a no-op, a
     /// different document under an existing version is refused.
-    async fn publish_recipe(&self, recipe: &Recipe) -> Result<()>;
+    async fn publish_recipe(&self, recipe: &Recipe) -> Result<()> {
+        transactions::publish_recipe(self.write().await?, recipe, Utc::now()).await
+    }
     async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe>;
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe>;
     async fn list_recipes(&self) -> Result<Vec<StoredRecipe>>;
 
     // -- people --
     /// Adds a user; `actor` is who added them (audited).
-    async fn add_user(&self, user: &User, actor: &str) -> Result<()>;
+    async fn add_user(&self, user: &User, actor: &str) -> Result<()> {
+        transactions::add_user(self.write().await?, user, actor, Utc::now()).await
+    }
     async fn user(&self, username: &str) -> Result<User>;
     async fn list_users(&self) -> Result<Vec<User>>;
     async fn create_session(
@@ -596,16 +249,23 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
         token_sha256: &str,
         username: &str,
         expires_at: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let tx = self.write().await?;
+        transactions::create_session(tx, token_sha256, username, expires_at, Utc::now()).await
+    }
     /// The user of a live session, or `NotFound` when unknown or expired.
     async fn session_user(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<User>;
-    async fn delete_session(&self, token_sha256: &str) -> Result<()>;
+    async fn delete_session(&self, token_sha256: &str) -> Result<()> {
+        transactions::delete_session(self.write().await?, token_sha256, Utc::now()).await
+    }
 
     // -- audit trail --
     /// Appends an entry on its own (for happenings that change no other record, such
     /// as a failed sign-in). Changes made by the other methods are audited by them,
     /// in the same transaction.
-    async fn audit(&self, entry: &crate::audit::NewEntry) -> Result<()>;
+    async fn audit(&self, entry: &crate::audit::NewEntry) -> Result<()> {
+        transactions::audit(self.write().await?, entry, Utc::now()).await
+    }
     /// Entries in position order; only those of one batch when `batch_id` is given.
     async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<crate::audit::Entry>>;
     async fn audit_count(&self, action: &str) -> Result<u64>;
@@ -623,7 +283,19 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
         token_sha256: &str,
         token_expires_at: DateTime<Utc>,
         actor: &str,
-    ) -> Result<Site>;
+    ) -> Result<Site> {
+        let tx = self.write().await?;
+        transactions::add_site(
+            tx,
+            site_id,
+            name,
+            token_sha256,
+            token_expires_at,
+            actor,
+            Utc::now(),
+        )
+        .await
+    }
     /// The site an unused, unexpired enrollment token belongs to.
     async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site>;
     /// Uses the token up and records the certificate issued with it; fails if the
@@ -634,7 +306,10 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
         token_sha256: &str,
         cert: &IssuedCert,
         now: DateTime<Utc>,
-    ) -> Result<Site>;
+    ) -> Result<Site> {
+        let tx = self.write().await?;
+        transactions::complete_enrollment(tx, site_id, token_sha256, cert, now).await
+    }
     async fn site(&self, site_id: &str) -> Result<Site>;
     async fn list_sites(&self) -> Result<Vec<Site>>;
     /// Moves a site through its lifecycle, audited with the reason:
@@ -647,7 +322,10 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
         status: SiteStatus,
         actor: &str,
         reason: &str,
-    ) -> Result<Site>;
+    ) -> Result<Site> {
+        let tx = self.write().await?;
+        transactions::set_site_status(tx, site_id, status, actor, reason, Utc::now()).await
+    }
     /// Records a certificate renewed over the site's link as pending: it becomes the
     /// site's certificate when the site first connects with it.
     async fn record_renewed_certificate(
@@ -655,7 +333,10 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
         site_id: &str,
         cert: &IssuedCert,
         now: DateTime<Utc>,
-    ) -> Result<Site>;
+    ) -> Result<Site> {
+        let tx = self.write().await?;
+        transactions::record_renewed_certificate(tx, site_id, cert, now).await
+    }
     /// The site connected with its pending certificate: it replaces the old one,
     /// which is no longer accepted.
     async fn promote_pending_certificate(
@@ -663,7 +344,10 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
         site_id: &str,
         cert_sha256: &str,
         now: DateTime<Utc>,
-    ) -> Result<Site>;
+    ) -> Result<Site> {
+        let tx = self.write().await?;
+        transactions::promote_pending_certificate(tx, site_id, cert_sha256, now).await
+    }
     async fn touch_site(&self, site_id: &str, now: DateTime<Utc>) -> Result<()>;
 
     // -- the two logs --
@@ -683,7 +367,9 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
         limit: u32,
     ) -> Result<Vec<HubCommand>>;
     /// Records that the site committed every command up to `seq`.
-    async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()>;
+    async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()> {
+        transactions::ack_commands(self.write().await?, site_id, seq).await
+    }
 
     // -- operations --
     /// Writes a consistent copy of the whole database to `path` while the hub runs
@@ -701,7 +387,9 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
     async fn notifications(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notification>>>;
 
     // -- orders and release --
-    async fn create_order(&self, order: &NewOrder, now: DateTime<Utc>) -> Result<Order>;
+    async fn create_order(&self, order: &NewOrder, now: DateTime<Utc>) -> Result<Order> {
+        transactions::create_order(self.write().await?, order, now).await
+    }
     async fn order(&self, order_id: Uuid) -> Result<Order>;
     async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order>;
     /// Orders, newest first; only one physician's when `physician` is given.
@@ -716,13 +404,17 @@ pub trait Store: schedule::ScheduleStore + notify::NotifyStore + Send + Sync + '
         reason: &str,
         by: &str,
         now: DateTime<Utc>,
-    ) -> Result<Order>;
+    ) -> Result<Order> {
+        transactions::cancel_order(self.write().await?, order_id, reason, by, now).await
+    }
     async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>>;
     async fn batch_record(&self, batch_id: Uuid) -> Result<BatchRecord>;
     /// Stores a signature, moves the batch to its final state and queues the decision
     /// for the site, in one transaction; refused unless the batch awaits release and
     /// its record still hashes to `signature.record_sha256`.
-    async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order>;
+    async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order> {
+        transactions::sign_release(self.write().await?, signature, now).await
+    }
 }
 
 // -- shared by the backends: the text forms both of them store --
@@ -754,97 +446,5 @@ fn parse_outcome(text: &str) -> Result<Outcome> {
         "pass" => Ok(Outcome::Pass),
         "out_of_specification" => Ok(Outcome::OutOfSpecification),
         other => Err(Error::Corrupt(format!("unknown QC outcome {other:?}"))),
-    }
-}
-
-/// Where a site event stands against the hub's cursor for its site.
-#[derive(Debug, PartialEq, Eq)]
-enum Placement {
-    /// At or below the cursor: must repeat the stored record exactly.
-    Repeat,
-    /// The next one.
-    Next,
-}
-
-/// Checks a site event's seq against the cursor (the highest seq stored): seq 0
-/// and gaps are refused. Shared by both backends' ingest.
-fn place(event: &SiteEvent, cursor: u64) -> Result<Placement> {
-    if event.seq == 0 {
-        return Err(Error::Protocol(
-            "event seq 0: a site log starts at 1".into(),
-        ));
-    }
-    if event.seq <= cursor {
-        return Ok(Placement::Repeat);
-    }
-    if event.seq != cursor + 1 {
-        return Err(Error::Protocol(format!(
-            "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
-            event.seq,
-            cursor + 1
-        )));
-    }
-    Ok(Placement::Next)
-}
-
-/// A repeated event must be what is stored under its seq (`stored`, the body).
-fn check_repeat(site_id: &str, received: &Received, stored: Option<&str>) -> Result<()> {
-    let event = received.event();
-    match stored {
-        Some(body) if body == received.body() => Ok(()),
-        Some(_) => Err(Error::Protocol(format!(
-            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
-            event.seq
-        ))),
-        None => Err(missing_below_cursor(site_id, event.seq)),
-    }
-}
-
-/// The order an event's batch belongs to (`found`, looked up by batch), which must
-/// be one the hub placed at this site.
-fn check_batch_of_site(site_id: &str, event: &SiteEvent, found: Option<Order>) -> Result<Order> {
-    let order = found.ok_or_else(|| {
-        Error::PermissionDenied(format!(
-            "event seq {} is for batch {}, which the hub never ordered",
-            event.seq, event.batch_id
-        ))
-    })?;
-    if order.site_id != site_id {
-        return Err(Error::PermissionDenied(format!(
-            "event seq {} is for batch {}, which belongs to another site",
-            event.seq, event.batch_id
-        )));
-    }
-    Ok(order)
-}
-
-/// The event must name `expected_prev`, the hash of the site's previous event.
-fn check_chain(event: &SiteEvent, expected_prev: &str) -> Result<()> {
-    if event.prev_sha256 != expected_prev {
-        return Err(Error::Protocol(format!(
-            "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
-             but event {} hashes to {expected_prev}; the site's log was altered",
-            event.seq,
-            event.prev_sha256,
-            event.seq - 1
-        )));
-    }
-    Ok(())
-}
-
-/// The error for a site event missing below the cursor.
-fn missing_below_cursor(site_id: &str, seq: u64) -> Error {
-    Error::Corrupt(format!(
-        "site {site_id} event {seq} is missing below the cursor"
-    ))
-}
-
-/// The projection an order's batch is in, to apply further records to.
-fn projection_of(order: &Order) -> Projection {
-    Projection {
-        state: order.state,
-        current_step: order.current_step.clone(),
-        progress: order.progress.clone(),
-        decision_recorded: order.decision_recorded,
     }
 }

@@ -21,22 +21,23 @@
 //! Reads that must agree with each other (a batch record) run in one REPEATABLE READ
 //! snapshot.
 
+use super::backend::{OrderKey, WriteTx};
+use super::ingest as plan;
 use super::*;
 use crate::audit::{self, NewEntry};
-use crate::record::record_sha256;
-use carrel_proto::coi::Coi;
-use carrel_proto::event::{CommandKind, EventKind, ReleaseMeaning};
-use chrono::{Datelike, SubsecRound};
+use crate::model::{QcRecord, Role};
+use carrel_proto::event::ReleaseMeaning;
+use chrono::SubsecRound;
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Executor, PgConnection, PgPool, Postgres, Row, Transaction};
-use std::collections::hash_map::{Entry as Slot, HashMap};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 
 mod schedule;
-use super::schedule as schedule_store;
+mod write;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -143,7 +144,8 @@ fn site_from_row(row: &PgRow) -> Result<Site> {
     Ok(Site {
         site_id: row.try_get("site_id")?,
         name: row.try_get("name")?,
-        status: SiteStatus::parse(&status)?,
+        status: SiteStatus::parse(&status)
+            .ok_or_else(|| Error::Corrupt(format!("unknown site status {status:?}")))?,
         cert_sha256: row.try_get("cert_sha256")?,
         cert_not_after: row.try_get("cert_not_after")?,
         cert_ca_sha256: row.try_get("cert_ca_sha256")?,
@@ -234,12 +236,13 @@ const COMMANDS_CHANNEL: &str = "carrel_commands";
 /// LISTEN/NOTIFY channel: a site's live link was claimed (payload: site id).
 const LINKS_CHANNEL: &str = "carrel_links";
 
-struct Write {
+struct Write<'a> {
+    store: &'a PgStore,
     tx: Transaction<'static, Postgres>,
     audit: Vec<(NewEntry, DateTime<Utc>)>,
 }
 
-impl Write {
+impl Write<'_> {
     fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
@@ -342,12 +345,13 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    async fn begin_write(&self) -> Result<Write> {
+    async fn begin_write(&self) -> Result<Write<'_>> {
         let tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await?;
         Ok(Write {
+            store: self,
             tx,
             audit: Vec::new(),
         })
@@ -408,21 +412,16 @@ impl PgStore {
         site_from_row(&row)
     }
 
-    async fn order_in(conn: &mut PgConnection, column: &str, id: Uuid) -> Result<Order> {
-        let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} WHERE o.{column} = $1"))
-            .bind(id)
-            .fetch_optional(conn)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("{} {id}", column.trim_end_matches("_id"))))?;
+    async fn order_in(conn: &mut PgConnection, key: OrderKey) -> Result<Order> {
+        let row = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE o.{} = $1",
+            key.column()
+        ))
+        .bind(key.id())
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| key.not_found())?;
         order_from_row(&row)
-    }
-
-    /// The order of a batch, read after locking the batch's site, so nothing else
-    /// changes its projection or its log until this transaction ends.
-    async fn lock_order(w: &mut Write, column: &str, id: Uuid) -> Result<Order> {
-        let unlocked = Self::order_in(w.conn(), column, id).await?;
-        Self::lock_site(w.conn(), &unlocked.site_id).await?;
-        Self::order_in(w.conn(), column, id).await
     }
 
     async fn events_of_batch(conn: &mut PgConnection, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
@@ -437,200 +436,17 @@ impl PgStore {
         .map(event_from_row)
         .collect()
     }
+}
 
-    /// Audits what one site event changed or revealed: batch state changes, custody
-    /// mismatches (raised to QA), and corrections (with their reason). A correction
-    /// must point at an earlier record of the same batch.
-    async fn audit_site_event(
-        w: &mut Write,
-        site_id: &str,
-        event: &SiteEvent,
-        projection: &mut Projection,
-        state_before: BatchState,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let object = format!("site/{site_id}/event/{}", event.seq);
-        match &event.kind {
-            EventKind::CustodyScan {
-                checkpoint_id,
-                expected_coi,
-                scanned_coi,
-                matched: false,
-                ..
-            } => {
-                tracing::warn!(site_id, batch_id = %event.batch_id, checkpoint_id, scanned_coi, "COI MISMATCH at custody checkpoint: raised to QA");
-                w.audit(
-                    NewEntry::new(&event.recorded_by, "custody.mismatch", object)
-                        .batch(event.batch_id)
-                        .change(expected_coi.clone(), scanned_coi.clone())
-                        .reason(format!("hard stop at checkpoint {checkpoint_id}")),
-                    now,
-                );
-            }
-            EventKind::Correction {
-                corrects_seq,
-                reason,
-                field,
-                new_value,
-            } => {
-                let target: Option<Uuid> = sqlx::query_scalar(
-                    "SELECT batch_id FROM site_events WHERE site_id = $1 AND seq = $2",
-                )
-                .bind(site_id)
-                .bind(i64_of(*corrects_seq)?)
-                .fetch_optional(w.conn())
-                .await?;
-                if target != Some(event.batch_id) {
-                    projection.flag(event, format!("correction points at record {corrects_seq}, which is not a record of this batch"));
-                }
-                w.audit(
-                    NewEntry::new(
-                        &event.recorded_by,
-                        "record.corrected",
-                        format!("site/{site_id}/event/{corrects_seq}"),
-                    )
-                    .batch(event.batch_id)
-                    .value(format!("{field} = {new_value} (by record {})", event.seq))
-                    .reason(reason.clone()),
-                    now,
-                );
-            }
-            _ => {}
-        }
-        if projection.state != state_before {
-            w.audit(
-                NewEntry::new(
-                    site_id,
-                    "batch.state_changed",
-                    format!("batch/{}", event.batch_id),
-                )
-                .batch(event.batch_id)
-                .change(state_before.as_str(), projection.state.as_str())
-                .reason(format!("site record {}", event.seq)),
-                now,
-            );
-        }
-        Ok(())
-    }
-
-    /// Appends a command to a site's log inside `w` (locking the site); returns it.
-    async fn append_command(
-        w: &mut Write,
-        site_id: &str,
-        batch_id: Uuid,
-        kind: CommandKind,
-        now: DateTime<Utc>,
-    ) -> Result<HubCommand> {
-        let site = Self::lock_site(w.conn(), site_id).await?;
-        let command = HubCommand {
-            seq: site.last_command_seq + 1,
-            command_id: Uuid::now_v7(),
-            issued_at: now,
-            batch_id,
-            kind,
-        };
-        sqlx::query(
-            "INSERT INTO hub_commands (site_id, seq, command_id, batch_id, kind, issued_at, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(site_id)
-        .bind(i64_of(command.seq)?)
-        .bind(command.command_id)
-        .bind(batch_id)
-        .bind(command.kind.name())
-        .bind(stored(now))
-        .bind(command.canonical_json())
-        .execute(w.conn())
-        .await?;
-        sqlx::query("UPDATE sites SET last_command_seq = $1 WHERE site_id = $2")
-            .bind(i64_of(command.seq)?)
-            .bind(site_id)
-            .execute(w.conn())
-            .await?;
-        // Wakes the replica holding the site's link, whichever it is, at commit.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(COMMANDS_CHANNEL)
-            .bind(site_id)
-            .execute(w.conn())
-            .await?;
-        Ok(command)
-    }
-
-    async fn save_projection(
-        conn: &mut PgConnection,
-        batch_id: Uuid,
-        p: &Projection,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE batches SET state = $1, current_step = $2, progress = $3::jsonb, \
-             decision_recorded = $4, updated_at = $5 WHERE batch_id = $6",
-        )
-        .bind(p.state.as_str())
-        .bind(p.current_step.as_deref())
-        .bind(json_text(&p.progress)?)
-        .bind(p.decision_recorded)
-        .bind(stored(now))
-        .bind(batch_id)
-        .execute(conn)
-        .await?;
-        Ok(())
+#[async_trait]
+impl backend::Writes for PgStore {
+    async fn write(&self) -> Result<backend::Tx<'_>> {
+        Ok(Box::new(self.begin_write().await?))
     }
 }
 
 #[async_trait]
 impl Store for PgStore {
-    async fn publish_recipe(&self, recipe: &Recipe) -> Result<()> {
-        recipe
-            .validate()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let sha = recipe.sha256();
-        let now = Utc::now();
-        let mut w = self.begin_write().await?;
-        // Inserting first (rather than looking first) is what makes two hubs that
-        // publish at once agree: the second waits for the first and then finds its row.
-        let inserted = sqlx::query(
-            "INSERT INTO recipes (recipe_id, version, title, sha256, document, published_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (recipe_id, version) DO NOTHING",
-        )
-        .bind(&recipe.id)
-        .bind(i64::from(recipe.version))
-        .bind(&recipe.title)
-        .bind(&sha)
-        .bind(recipe.to_canonical_json())
-        .bind(stored(now))
-        .execute(w.conn())
-        .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            let stored: String = sqlx::query_scalar(
-                "SELECT sha256 FROM recipes WHERE recipe_id = $1 AND version = $2",
-            )
-            .bind(&recipe.id)
-            .bind(i64::from(recipe.version))
-            .fetch_one(w.conn())
-            .await?;
-            if stored == sha {
-                return Ok(());
-            }
-            return Err(Error::FailedPrecondition(format!(
-                "recipe {} v{} is already published with SHA-256 {stored}; a changed process needs a new version",
-                recipe.id, recipe.version
-            )));
-        }
-        w.audit(
-            NewEntry::new(
-                "system",
-                "recipe.published",
-                format!("recipe/{}/v{}", recipe.id, recipe.version),
-            )
-            .value(sha),
-            now,
-        );
-        w.commit().await
-    }
-
     async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
         let mut conn = self.pool.acquire().await?;
         self.recipe_in(&mut conn, recipe_id, version).await
@@ -658,32 +474,6 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn add_user(&self, user: &User, actor: &str) -> Result<()> {
-        let now = Utc::now();
-        let mut w = self.begin_write().await?;
-        let done = sqlx::query(
-            "INSERT INTO users (username, full_name, role, password_hash, disabled, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING",
-        )
-        .bind(&user.username)
-        .bind(&user.full_name)
-        .bind(user.role.as_str())
-        .bind(&user.password_hash)
-        .bind(user.disabled)
-        .bind(stored(now))
-        .execute(w.conn())
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::AlreadyExists(format!("user {:?}", user.username)));
-        }
-        w.audit(
-            NewEntry::new(actor, "user.created", format!("user/{}", user.username))
-                .value(format!("{} ({})", user.full_name, user.role)),
-            now,
-        );
-        w.commit().await
-    }
-
     async fn user(&self, username: &str) -> Result<User> {
         let row = sqlx::query("SELECT * FROM users WHERE username = $1")
             .bind(username)
@@ -702,35 +492,6 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn create_session(
-        &self,
-        token_sha256: &str,
-        username: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()> {
-        let now = Utc::now();
-        let mut w = self.begin_write().await?;
-        sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
-            .bind(stored(now))
-            .execute(w.conn())
-            .await?;
-        sqlx::query(
-            "INSERT INTO sessions (token_sha256, username, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(token_sha256)
-        .bind(username)
-        .bind(stored(now))
-        .bind(stored(expires_at))
-        .execute(w.conn())
-        .await?;
-        w.audit(
-            NewEntry::new(username, "user.signed_in", format!("user/{username}"))
-                .value(format!("session until {}", ts(expires_at))),
-            now,
-        );
-        w.commit().await
-    }
-
     async fn session_user(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<User> {
         let row = sqlx::query(
             "SELECT u.* FROM sessions s JOIN users u ON u.username = s.username \
@@ -742,28 +503,6 @@ impl Store for PgStore {
         .await?
         .ok_or_else(|| Error::NotFound("session".into()))?;
         user_from_row(&row)
-    }
-
-    async fn delete_session(&self, token_sha256: &str) -> Result<()> {
-        let mut w = self.begin_write().await?;
-        let username: Option<String> =
-            sqlx::query_scalar("DELETE FROM sessions WHERE token_sha256 = $1 RETURNING username")
-                .bind(token_sha256)
-                .fetch_optional(w.conn())
-                .await?;
-        if let Some(username) = username {
-            w.audit(
-                NewEntry::new(&username, "user.signed_out", format!("user/{username}")),
-                Utc::now(),
-            );
-        }
-        w.commit().await
-    }
-
-    async fn audit(&self, entry: &NewEntry) -> Result<()> {
-        let mut w = self.begin_write().await?;
-        w.audit(entry.clone(), Utc::now());
-        w.commit().await
     }
 
     async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<audit::Entry>> {
@@ -811,42 +550,6 @@ impl Store for PgStore {
         Ok(audit::verify(entries))
     }
 
-    async fn add_site(
-        &self,
-        site_id: &str,
-        name: &str,
-        token_sha256: &str,
-        token_expires_at: DateTime<Utc>,
-        actor: &str,
-    ) -> Result<Site> {
-        let now = Utc::now();
-        let mut w = self.begin_write().await?;
-        let done = sqlx::query(
-            "INSERT INTO sites (site_id, name, status, token_sha256, token_expires_at, created_at) \
-             VALUES ($1, $2, 'pending', $3, $4, $5) ON CONFLICT (site_id) DO NOTHING",
-        )
-        .bind(site_id)
-        .bind(name)
-        .bind(token_sha256)
-        .bind(stored(token_expires_at))
-        .bind(stored(now))
-        .execute(w.conn())
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::AlreadyExists(format!("site {site_id:?}")));
-        }
-        w.audit(
-            NewEntry::new(actor, "site.registered", format!("site/{site_id}")).value(format!(
-                "{name}; enrollment token valid until {}",
-                ts(token_expires_at)
-            )),
-            now,
-        );
-        let site = Self::site_in(w.conn(), site_id).await?;
-        w.commit().await?;
-        Ok(site)
-    }
-
     async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site> {
         let row = sqlx::query("SELECT * FROM sites WHERE token_sha256 = $1")
             .bind(token_sha256)
@@ -864,48 +567,6 @@ impl Store for PgStore {
         }
     }
 
-    async fn complete_enrollment(
-        &self,
-        site_id: &str,
-        token_sha256: &str,
-        cert: &IssuedCert,
-        now: DateTime<Utc>,
-    ) -> Result<Site> {
-        let mut w = self.begin_write().await?;
-        // One statement: of two enrollments with one token, the second finds it used.
-        let done = sqlx::query(
-            "UPDATE sites SET token_sha256 = NULL, token_expires_at = NULL, cert_sha256 = $1, \
-             cert_not_after = $5, cert_ca_sha256 = $6, \
-             pending_cert_sha256 = NULL, pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL, \
-             status = CASE WHEN status = 'pending' THEN 'active' ELSE status END \
-             WHERE site_id = $2 AND token_sha256 = $3 AND token_expires_at > $4",
-        )
-        .bind(&cert.sha256)
-        .bind(site_id)
-        .bind(token_sha256)
-        .bind(stored(now))
-        .bind(stored(cert.not_after))
-        .bind(&cert.ca_sha256)
-        .execute(w.conn())
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::PermissionDenied(
-                "enrollment token is unknown, expired or was already used".into(),
-            ));
-        }
-        w.audit(
-            NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}")).value(format!(
-                "certificate {} valid until {}",
-                cert.sha256,
-                ts(cert.not_after)
-            )),
-            now,
-        );
-        let site = Self::site_in(w.conn(), site_id).await?;
-        w.commit().await?;
-        Ok(site)
-    }
-
     async fn site(&self, site_id: &str) -> Result<Site> {
         let mut conn = self.pool.acquire().await?;
         Self::site_in(&mut conn, site_id).await
@@ -918,147 +579,6 @@ impl Store for PgStore {
             .iter()
             .map(site_from_row)
             .collect()
-    }
-
-    async fn set_site_status(
-        &self,
-        site_id: &str,
-        status: SiteStatus,
-        actor: &str,
-        reason: &str,
-    ) -> Result<Site> {
-        let mut w = self.begin_write().await?;
-        let now = Utc::now();
-        let site = Self::lock_site(w.conn(), site_id).await?;
-        let mut open = Vec::new();
-        for row in sqlx::query(
-            "SELECT batch_id, state, progress::text AS progress FROM batches WHERE site_id = $1",
-        )
-        .bind(site_id)
-        .fetch_all(w.conn())
-        .await?
-        {
-            open.extend(OpenBatch::from_stored(
-                row.try_get("batch_id")?,
-                row.try_get("state")?,
-                row.try_get("progress")?,
-            )?);
-        }
-        let action = site_transition(&site, status, &open)?;
-        sqlx::query(
-            "UPDATE sites SET status = $1, \
-             token_sha256 = CASE WHEN $1 = 'ceased' THEN NULL ELSE token_sha256 END, \
-             token_expires_at = CASE WHEN $1 = 'ceased' THEN NULL ELSE token_expires_at END \
-             WHERE site_id = $2",
-        )
-        .bind(status.as_str())
-        .bind(site_id)
-        .execute(w.conn())
-        .await?;
-        if status == SiteStatus::Suspended {
-            for batch in open.iter().filter(|b| b.state.is_running()) {
-                sqlx::query(
-                    "UPDATE batches SET progress = $1::jsonb, updated_at = $2 WHERE batch_id = $3",
-                )
-                .bind(batch.flagged_for_suspension(actor, reason, now)?)
-                .bind(stored(now))
-                .bind(batch.batch_id)
-                .execute(w.conn())
-                .await?;
-                w.audit(
-                    NewEntry::new(actor, "batch.flagged", format!("batch/{}", batch.batch_id))
-                        .value(format!("{}: site {site_id} suspended", batch.state))
-                        .reason(reason),
-                    now,
-                );
-            }
-        }
-        w.audit(
-            NewEntry::new(actor, action, format!("site/{site_id}"))
-                .change(site.status.as_str(), status.as_str())
-                .reason(reason),
-            now,
-        );
-        let site = Self::site_in(w.conn(), site_id).await?;
-        w.commit().await?;
-        Ok(site)
-    }
-
-    async fn record_renewed_certificate(
-        &self,
-        site_id: &str,
-        cert: &IssuedCert,
-        now: DateTime<Utc>,
-    ) -> Result<Site> {
-        let mut w = self.begin_write().await?;
-        let site = Self::lock_site(w.conn(), site_id).await?;
-        if site.status != SiteStatus::Active {
-            return Err(Error::FailedPrecondition(format!(
-                "site {site_id:?} is {}; only an active site renews its certificate",
-                site.status.as_str()
-            )));
-        }
-        sqlx::query(
-            "UPDATE sites SET pending_cert_sha256 = $1, pending_cert_not_after = $2, \
-             pending_cert_ca_sha256 = $4 WHERE site_id = $3",
-        )
-        .bind(&cert.sha256)
-        .bind(stored(cert.not_after))
-        .bind(site_id)
-        .bind(&cert.ca_sha256)
-        .execute(w.conn())
-        .await?;
-        w.audit(
-            NewEntry::new(
-                site_id,
-                "site.certificate_issued",
-                format!("site/{site_id}"),
-            )
-            .value(format!(
-                "certificate {} valid until {}",
-                cert.sha256,
-                ts(cert.not_after)
-            )),
-            now,
-        );
-        let site = Self::site_in(w.conn(), site_id).await?;
-        w.commit().await?;
-        Ok(site)
-    }
-
-    async fn promote_pending_certificate(
-        &self,
-        site_id: &str,
-        cert_sha256: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Site> {
-        let mut w = self.begin_write().await?;
-        let site = Self::lock_site(w.conn(), site_id).await?;
-        if site.pending_cert_sha256.as_deref() != Some(cert_sha256) {
-            return Err(Error::FailedPrecondition(format!(
-                "certificate {cert_sha256} is not the one renewed for site {site_id:?}"
-            )));
-        }
-        sqlx::query(
-            "UPDATE sites SET cert_sha256 = pending_cert_sha256, cert_not_after = pending_cert_not_after, \
-             cert_ca_sha256 = pending_cert_ca_sha256, pending_cert_sha256 = NULL, \
-             pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL WHERE site_id = $1",
-        )
-        .bind(site_id)
-        .execute(w.conn())
-        .await?;
-        w.audit(
-            NewEntry::new(
-                site_id,
-                "site.certificate_replaced",
-                format!("site/{site_id}"),
-            )
-            .change(site.cert_sha256.as_deref().unwrap_or(""), cert_sha256),
-            now,
-        );
-        let site = Self::site_in(w.conn(), site_id).await?;
-        w.commit().await?;
-        Ok(site)
     }
 
     async fn touch_site(&self, site_id: &str, now: DateTime<Utc>) -> Result<()> {
@@ -1077,57 +597,51 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Ingested> {
         let mut w = self.begin_write().await?;
-        let site = Self::lock_site(w.conn(), site_id).await?;
-        let mut cursor = site.acked_event_seq;
-        let first_new = cursor + 1;
-        let mut new_events = 0;
-        // The hash the next event must carry as prev_sha256 (the site's log is a chain).
-        let mut chain_head: Option<String> = None;
-        // Batches touched in this transaction, with their projection, saved once at the end.
-        let mut touched: HashMap<Uuid, (Order, Projection)> = HashMap::new();
-        for received in events {
-            let event = received.event();
-            if place(event, cursor)? == Placement::Repeat {
-                let stored_body: Option<String> = sqlx::query_scalar(
-                    "SELECT body FROM site_events WHERE site_id = $1 AND seq = $2",
-                )
-                .bind(site_id)
-                .bind(i64_of(event.seq)?)
-                .fetch_optional(w.conn())
-                .await?;
-                check_repeat(site_id, received, stored_body.as_deref())?;
-                continue;
+        let cursor = Self::lock_site(w.conn(), site_id).await?.acked_event_seq;
+        let needs = plan::needs(cursor, events);
+        let mut found = plan::Found::default();
+        for row in sqlx::query(
+            "SELECT seq, body, sha256, batch_id FROM site_events WHERE site_id = $1 AND seq = ANY($2)",
+        )
+        .bind(site_id)
+        .bind(
+            needs
+                .stored_bodies
+                .iter()
+                .chain(&needs.chain_head)
+                .chain(&needs.correction_targets)
+                .map(|&seq| i64_of(seq))
+                .collect::<Result<Vec<_>>>()?,
+        )
+        .fetch_all(w.conn())
+        .await?
+        {
+            let seq = u64_of(&row, "seq")?;
+            if needs.stored_bodies.contains(&seq) {
+                found.stored_bodies.insert(seq, row.try_get("body")?);
             }
-            let (order, projection) = match touched.entry(event.batch_id) {
-                Slot::Occupied(slot) => slot.into_mut(),
-                Slot::Vacant(slot) => {
-                    let found = match Self::order_in(w.conn(), "batch_id", event.batch_id).await {
-                        Ok(order) => Some(order),
-                        Err(Error::NotFound(_)) => None,
-                        Err(e) => return Err(e),
-                    };
-                    let order = check_batch_of_site(site_id, event, found)?;
-                    let projection = projection_of(&order);
-                    slot.insert((order, projection))
+            if needs.chain_head == Some(seq) {
+                found.chain_head = Some(row.try_get("sha256")?);
+            }
+            if needs.correction_targets.contains(&seq) {
+                found.correction_targets.insert(seq, row.try_get("batch_id")?);
+            }
+        }
+        for batch_id in needs.batches {
+            match Self::order_in(w.conn(), OrderKey::Batch(batch_id)).await {
+                Ok(order) => {
+                    let recipe = self
+                        .recipe_in(w.conn(), &order.recipe_id, order.recipe_version)
+                        .await?;
+                    found.orders.insert(batch_id, (order, recipe));
                 }
-            };
-            let expected_prev = match chain_head.take() {
-                Some(head) => head,
-                None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
-                None => sqlx::query_scalar(
-                    "SELECT sha256 FROM site_events WHERE site_id = $1 AND seq = $2",
-                )
-                .bind(site_id)
-                .bind(i64_of(event.seq - 1)?)
-                .fetch_optional(w.conn())
-                .await?
-                .ok_or_else(|| missing_below_cursor(site_id, event.seq - 1))?,
-            };
-            check_chain(event, &expected_prev)?;
-            let sha = received.sha256().to_owned();
-            let recipe = self
-                .recipe_in(w.conn(), &order.recipe_id, order.recipe_version)
-                .await?;
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let plan = plan::plan(site_id, cursor, events, &found)?;
+        for received in &plan.events {
+            let event = received.event();
             sqlx::query(
                 "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -1140,62 +654,42 @@ impl Store for PgStore {
             .bind(stored(event.recorded_at))
             .bind(stored(now))
             .bind(received.body())
-            .bind(&sha)
+            .bind(received.sha256())
             .execute(w.conn())
             .await?;
-            chain_head = Some(sha);
-            let state_before = projection.state;
-            let qc = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi);
-            Self::audit_site_event(&mut w, site_id, event, projection, state_before, now).await?;
-            if let Some(qc) = qc {
-                sqlx::query(
-                    "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(event.batch_id)
-                .bind(site_id)
-                .bind(i64_of(qc.site_seq)?)
-                .bind(&qc.test_id)
-                .bind(json_text(&qc.value)?)
-                .bind(outcome_str(qc.hub_outcome))
-                .bind(outcome_str(qc.site_outcome))
-                .bind(&qc.reason)
-                .execute(w.conn())
-                .await?;
-            }
-            cursor = event.seq;
-            new_events += 1;
         }
-        for (batch_id, (_, projection)) in &touched {
-            Self::save_projection(w.conn(), *batch_id, projection, now).await?;
+        for (batch_id, qc) in &plan.qc {
+            sqlx::query(
+                "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(batch_id)
+            .bind(site_id)
+            .bind(i64_of(qc.site_seq)?)
+            .bind(&qc.test_id)
+            .bind(json_text(&qc.value)?)
+            .bind(outcome_str(qc.hub_outcome))
+            .bind(outcome_str(qc.site_outcome))
+            .bind(&qc.reason)
+            .execute(w.conn())
+            .await?;
         }
-        if new_events > 0 {
-            w.audit(
-                NewEntry::new(
-                    site_id,
-                    "site_events.replicated",
-                    format!("site/{site_id}/events/{first_new}..{cursor}"),
-                )
-                .value(format!(
-                    "{new_events} events; last hash {}",
-                    chain_head.clone().unwrap_or_default()
-                )),
-                now,
-            );
+        for (batch_id, projection) in &plan.projections {
+            w.save_projection(*batch_id, projection, now).await?;
+        }
+        for entry in plan.audit {
+            w.audit.push((entry, now));
         }
         sqlx::query(
             "UPDATE sites SET acked_event_seq = $1, last_contact_at = $2 WHERE site_id = $3",
         )
-        .bind(i64_of(cursor)?)
+        .bind(i64_of(plan.ingested.acked_event_seq)?)
         .bind(stored(now))
         .bind(site_id)
         .execute(w.conn())
         .await?;
         w.commit().await?;
-        Ok(Ingested {
-            acked_event_seq: cursor,
-            new_events,
-        })
+        Ok(plan.ingested)
     }
 
     async fn commands_after(
@@ -1289,157 +783,14 @@ impl Store for PgStore {
         Ok(Some(rx))
     }
 
-    async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()> {
-        let mut w = self.begin_write().await?;
-        let site = Self::lock_site(w.conn(), site_id).await?;
-        if seq > site.last_command_seq {
-            return Err(Error::Protocol(format!(
-                "site acknowledged command {seq}, but the hub issued only {} commands to it",
-                site.last_command_seq
-            )));
-        }
-        sqlx::query(
-            "UPDATE sites SET acked_command_seq = GREATEST(acked_command_seq, $1) WHERE site_id = $2",
-        )
-        .bind(i64_of(seq)?)
-        .bind(site_id)
-        .execute(w.conn())
-        .await?;
-        w.commit().await
-    }
-
-    async fn create_order(&self, new: &NewOrder, now: DateTime<Utc>) -> Result<Order> {
-        let mut w = self.begin_write().await?;
-        let site = match Self::lock_site(w.conn(), &new.site_id).await {
-            Err(Error::NotFound(_)) => {
-                return Err(Error::Invalid(format!(
-                    "site {:?} is not known to the hub",
-                    new.site_id
-                )))
-            }
-            other => other?,
-        };
-        if site.status != SiteStatus::Active {
-            return Err(Error::FailedPrecondition(format!(
-                "site {:?} is {} and cannot take orders",
-                site.site_id,
-                site.status.as_str()
-            )));
-        }
-        let row = sqlx::query(
-            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(&new.recipe_id)
-        .fetch_optional(w.conn())
-        .await?
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "product (recipe) {:?} is not known to the hub",
-                new.recipe_id
-            ))
-        })?;
-        let recipe = recipe_from_row(&row)?;
-        let year = now.year();
-        // One statement allocates the serial and locks its row until commit, so two
-        // hubs never hand out the same one.
-        let serial: i64 = sqlx::query_scalar(
-            "INSERT INTO coi_serials (facility, year, last) VALUES ($1, $2, 1) \
-             ON CONFLICT (facility, year) DO UPDATE SET last = coi_serials.last + 1 RETURNING last",
-        )
-        .bind(&new.facility)
-        .bind(year)
-        .fetch_one(w.conn())
-        .await?;
-        if serial >= 1_000_000 {
-            return Err(Error::FailedPrecondition(format!(
-                "COI serials for facility {} in {year} are exhausted",
-                new.facility
-            )));
-        }
-        let coi = Coi::new(&new.facility, year as u16, serial as u32)
-            .map_err(|e| Error::Invalid(format!("facility id: {e}")))?;
-        let order_id = Uuid::now_v7();
-        let batch_id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO orders (order_id, batch_id, coi, patient_pseudonym, recipe_id, recipe_version, site_id, \
-             requested_collection_date, physician, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(order_id)
-        .bind(batch_id)
-        .bind(coi.as_str())
-        .bind(&new.patient_pseudonym)
-        .bind(&recipe.recipe.id)
-        .bind(i64::from(recipe.recipe.version))
-        .bind(&new.site_id)
-        .bind(&new.requested_collection_date)
-        .bind(&new.physician)
-        .bind(stored(now))
-        .execute(w.conn())
-        .await?;
-        sqlx::query(
-            "INSERT INTO batches (batch_id, site_id, state, current_step, progress, decision_recorded, updated_at) \
-             VALUES ($1, $2, $3, NULL, $4::jsonb, FALSE, $5)",
-        )
-        .bind(batch_id)
-        .bind(&new.site_id)
-        .bind(BatchState::Ordered.as_str())
-        .bind(json_text(&Progress::default())?)
-        .bind(stored(now))
-        .execute(w.conn())
-        .await?;
-        let booked = Self::book_in(
-            w.conn(),
-            order_id,
-            &new.site_id,
-            &recipe.recipe,
-            &new.requested_collection_date,
-            now,
-        )
-        .await?;
-        Self::append_command(
-            &mut w,
-            &new.site_id,
-            batch_id,
-            CommandKind::BatchOrder {
-                order_id,
-                coi: coi.to_string(),
-                patient_pseudonym: new.patient_pseudonym.clone(),
-                requested_collection_date: new.requested_collection_date.clone(),
-                recipe_id: recipe.recipe.id.clone(),
-                recipe_version: recipe.recipe.version,
-                recipe_json: recipe.canonical_json.clone(),
-                recipe_sha256: recipe.sha256.clone(),
-            },
-            now,
-        )
-        .await?;
-        w.audit(
-            NewEntry::new(&new.physician, "order.created", format!("order/{order_id}"))
-                .batch(batch_id)
-                .value(format!(
-                    "COI {coi}, patient {}, site {}, recipe {} v{}, collection {}",
-                    new.patient_pseudonym,
-                    new.site_id,
-                    recipe.recipe.id,
-                    recipe.recipe.version,
-                    new.requested_collection_date
-                ))
-                .reason(schedule_store::booking_note(booked.as_ref())),
-            now,
-        );
-        let order = Self::order_in(w.conn(), "order_id", order_id).await?;
-        w.commit().await?;
-        Ok(order)
-    }
-
     async fn order(&self, order_id: Uuid) -> Result<Order> {
         let mut conn = self.pool.acquire().await?;
-        Self::order_in(&mut conn, "order_id", order_id).await
+        Self::order_in(&mut conn, OrderKey::Order(order_id)).await
     }
 
     async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order> {
         let mut conn = self.pool.acquire().await?;
-        Self::order_in(&mut conn, "batch_id", batch_id).await
+        Self::order_in(&mut conn, OrderKey::Batch(batch_id)).await
     }
 
     async fn list_orders(
@@ -1461,49 +812,6 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn cancel_order(
-        &self,
-        order_id: Uuid,
-        reason: &str,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Order> {
-        let mut w = self.begin_write().await?;
-        let order = Self::lock_order(&mut w, "order_id", order_id).await?;
-        if order.state.is_final() || order.state == BatchState::AwaitingRelease {
-            return Err(Error::FailedPrecondition(format!(
-                "order {order_id} is {}; only an order still in manufacturing can be cancelled (a finished batch is rejected by QA instead)",
-                order.state
-            )));
-        }
-        let mut projection = projection_of(&order);
-        projection.state = BatchState::Cancelled;
-        projection.current_step = None;
-        Self::save_projection(w.conn(), order.batch_id, &projection, now).await?;
-        Self::release_booking_in(w.conn(), order_id, now).await?;
-        Self::append_command(
-            &mut w,
-            &order.site_id,
-            order.batch_id,
-            CommandKind::CancelBatch {
-                reason: reason.to_owned(),
-                cancelled_by: by.to_owned(),
-            },
-            now,
-        )
-        .await?;
-        w.audit(
-            NewEntry::new(by, "order.cancelled", format!("order/{order_id}"))
-                .batch(order.batch_id)
-                .change(order.state.as_str(), BatchState::Cancelled.as_str())
-                .reason(reason),
-            now,
-        );
-        let order = Self::order_in(w.conn(), "order_id", order_id).await?;
-        w.commit().await?;
-        Ok(order)
-    }
-
     async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
         let mut conn = self.pool.acquire().await?;
         Self::events_of_batch(&mut conn, batch_id).await
@@ -1515,7 +823,7 @@ impl Store for PgStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        let order = Self::order_in(&mut tx, "batch_id", batch_id).await?;
+        let order = Self::order_in(&mut tx, OrderKey::Batch(batch_id)).await?;
         let recipe = self
             .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
             .await?;
@@ -1576,100 +884,6 @@ impl Store for PgStore {
             signatures,
             audit,
         })
-    }
-
-    async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order> {
-        // Stored times keep microseconds; the copy sent to the site must be the same value.
-        let signature = &Signature {
-            signed_at: stored(signature.signed_at),
-            ..signature.clone()
-        };
-        let mut w = self.begin_write().await?;
-        // With the site locked, no new record of the batch arrives between checking
-        // the record's hash and committing the signature.
-        let order = Self::lock_order(&mut w, "batch_id", signature.batch_id).await?;
-        if order.state != BatchState::AwaitingRelease {
-            return Err(Error::FailedPrecondition(format!(
-                "batch {} is {}, not awaiting release; only a batch whose record is complete can be released or rejected",
-                order.batch_id, order.state
-            )));
-        }
-        let recipe = self
-            .recipe_in(w.conn(), &order.recipe_id, order.recipe_version)
-            .await?;
-        let events = Self::events_of_batch(w.conn(), order.batch_id).await?;
-        let current = record_sha256(&order, &recipe.sha256, &events);
-        if current != signature.record_sha256 {
-            return Err(Error::FailedPrecondition(format!(
-                "the batch record changed since it was reviewed (reviewed {}, now {current}); review it again before signing",
-                signature.record_sha256
-            )));
-        }
-        let operators: Vec<String> = events.iter().map(|e| e.event.recorded_by.clone()).collect();
-        if operators.contains(&signature.signer) {
-            return Err(Error::PermissionDenied(format!(
-                "{} recorded part of this batch and may not release it",
-                signature.signer
-            )));
-        }
-        sqlx::query(
-            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(signature.signature_id)
-        .bind(signature.batch_id)
-        .bind(&signature.signer)
-        .bind(&signature.signer_name)
-        .bind(signature.meaning.as_str())
-        .bind(&signature.record_sha256)
-        .bind(&signature.reason)
-        .bind(signature.signed_at)
-        .execute(w.conn())
-        .await?;
-        let mut projection = projection_of(&order);
-        projection.state = match signature.meaning {
-            ReleaseMeaning::Released => BatchState::Released,
-            ReleaseMeaning::Rejected => BatchState::Rejected,
-        };
-        Self::save_projection(w.conn(), order.batch_id, &projection, now).await?;
-        Self::append_command(
-            &mut w,
-            &order.site_id,
-            order.batch_id,
-            CommandKind::ReleaseDecision {
-                signature_id: signature.signature_id,
-                meaning: signature.meaning,
-                signer: signature.signer.clone(),
-                signer_name: signature.signer_name.clone(),
-                signed_at: signature.signed_at,
-                record_sha256: signature.record_sha256.clone(),
-                reason: signature.reason.clone(),
-            },
-            now,
-        )
-        .await?;
-        w.audit(
-            NewEntry::new(
-                &signature.signer,
-                "release.signed",
-                format!("batch/{}", order.batch_id),
-            )
-            .batch(order.batch_id)
-            .change(order.state.as_str(), projection.state.as_str())
-            .value(format!(
-                "{} by {} ({}), signature {} on record {}",
-                signature.meaning.as_str(),
-                signature.signer_name,
-                signature.signer,
-                signature.signature_id,
-                signature.record_sha256
-            ))
-            .reason(signature.reason.clone()),
-            now,
-        );
-        let order = Self::order_in(w.conn(), "batch_id", order.batch_id).await?;
-        w.commit().await?;
-        Ok(order)
     }
 }
 

@@ -26,7 +26,7 @@ pub struct DelayNotice {
 }
 
 #[async_trait]
-pub trait ScheduleStore: Send + Sync {
+pub trait ScheduleStore: super::backend::Writes {
     /// Declares or replaces a site's capacity, audited with the old and new document.
     /// Refused, and nothing changed, while the site has open orders placed without a
     /// booking (their instrument time would be unaccounted for), or when the site's
@@ -37,7 +37,10 @@ pub trait ScheduleStore: Send + Sync {
         capacity: &Capacity,
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let tx = self.write().await?;
+        super::transactions::set_capacity(tx, site_id, capacity, actor, now).await
+    }
     /// The site's capacity; `None` when it has declared none (orders for it are not booked).
     async fn capacity(&self, site_id: &str) -> Result<Option<Capacity>>;
     /// What the site's active bookings hold: slots, and instrument time as now expected.
@@ -56,7 +59,10 @@ pub trait ScheduleStore: Send + Sync {
         reason: &str,
         by: &str,
         now: DateTime<Utc>,
-    ) -> Result<Booking>;
+    ) -> Result<Booking> {
+        let tx = self.write().await?;
+        super::transactions::reschedule_order(tx, order_id, date, reason, by, now).await
+    }
     /// Stores re-planned expected times of a booking; with a notice, also audits the
     /// delay (`order.delayed`) and remembers the release announced. Nothing is
     /// changed unless the booking is still active and as `seen` (not rescheduled
@@ -68,12 +74,19 @@ pub trait ScheduleStore: Send + Sync {
         moved: &Moved,
         notice: Option<&DelayNotice>,
         now: DateTime<Utc>,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let tx = self.write().await?;
+        super::transactions::store_replan(tx, seen, moved, notice, now).await
+    }
     /// The release last announced as a delay for the order, if any.
     async fn announced_release(&self, order_id: Uuid) -> Result<Option<DateTime<Utc>>>;
     /// Frees what a booking holds (its batch was decided, cancelled or closed); the
     /// booking stays readable for the order's clock.
-    async fn release_booking(&self, order_id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    async fn release_booking(&self, order_id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.write().await?;
+        tx.release_booking(order_id, now).await?;
+        tx.commit().await
+    }
 }
 
 /// What to book for a new order at a site, decided inside the order's transaction:
@@ -173,8 +186,11 @@ pub fn booked_from(bookings: &[Booking]) -> Booked {
 }
 
 /// Whether an order's collection can still move: booked, and nothing done yet.
-pub(crate) fn check_reschedulable(order: &super::Order, booking: Option<&Booking>) -> Result<()> {
-    use super::BatchState;
+pub(crate) fn check_reschedulable(
+    order: &crate::model::Order,
+    booking: Option<&Booking>,
+) -> Result<()> {
+    use crate::model::BatchState;
     if booking.is_none() {
         return Err(Error::FailedPrecondition(format!(
             "order {} has no booking to move (its site declares no capacity, or the order was cancelled)",

@@ -7,13 +7,11 @@
 //! Everything goes through sqlx except the hot path, site events, whose group
 //! commits run on a connection of their own with rusqlite (`ingest.rs` says why).
 
+use super::backend::OrderKey;
 use super::*;
-use crate::audit::{self, NewEntry};
-use crate::batch::Projection;
-use crate::record::record_sha256;
-use carrel_proto::coi::Coi;
-use carrel_proto::event::{CommandKind, ReleaseMeaning};
-use chrono::{Datelike, SubsecRound};
+use crate::audit;
+use crate::model::{QcRecord, Role};
+use carrel_proto::event::ReleaseMeaning;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -26,7 +24,7 @@ use tokio::sync::Mutex;
 
 mod ingest;
 mod schedule;
-use super::schedule as schedule_store;
+mod write;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -130,7 +128,8 @@ fn site_from_row(row: &SqliteRow) -> Result<Site> {
     Ok(Site {
         site_id: row.try_get("site_id")?,
         name: row.try_get("name")?,
-        status: SiteStatus::parse(&status)?,
+        status: SiteStatus::parse(&status)
+            .ok_or_else(|| Error::Corrupt(format!("unknown site status {status:?}")))?,
         cert_sha256: row.try_get("cert_sha256")?,
         cert_not_after: row
             .try_get::<Option<String>, _>("cert_not_after")?
@@ -487,52 +486,6 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    /// A write transaction, holding SQLite's write lock from its first statement
-    /// (BEGIN IMMEDIATE), so it never fails half-way when another process wrote first.
-    /// Refused once the store has failed ([`failure`]).
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        if let Some(why) = failure().reason() {
-            return Err(Error::Failed(why.to_owned()));
-        }
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    /// Appends an audit entry inside `tx`, chained to the last one.
-    async fn append_audit(
-        tx: &mut Transaction<'_, Sqlite>,
-        entry: &NewEntry,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT position, sha256 FROM audit_log ORDER BY position DESC LIMIT 1")
-                .fetch_optional(&mut **tx)
-                .await?;
-        let (position, prev) = match last {
-            Some((position, sha)) => (position as u64 + 1, sha),
-            None => (1, audit::GENESIS.to_owned()),
-        };
-        let at = ts(now);
-        let sha = audit::entry_sha256(&prev, position, &at, entry);
-        sqlx::query(
-            "INSERT INTO audit_log (position, at, actor, action, object, batch_id, old_value, new_value, reason, prev_sha256, sha256) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(i64_of(position)?)
-        .bind(&at)
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.object)
-        .bind(entry.batch_id.map(|b| b.to_string()))
-        .bind(&entry.old_value)
-        .bind(&entry.new_value)
-        .bind(&entry.reason)
-        .bind(&prev)
-        .bind(&sha)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
     async fn recipe_in(
         &self,
         tx: &mut Transaction<'_, Sqlite>,
@@ -576,12 +529,15 @@ impl SqliteStore {
         site_from_row(&row)
     }
 
-    async fn order_in(tx: &mut Transaction<'_, Sqlite>, column: &str, id: Uuid) -> Result<Order> {
-        let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} WHERE o.{column} = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("{} {id}", column.trim_end_matches("_id"))))?;
+    async fn order_in(tx: &mut Transaction<'_, Sqlite>, key: OrderKey) -> Result<Order> {
+        let row = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE o.{} = ?",
+            key.column()
+        ))
+        .bind(key.id().to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| key.not_found())?;
         order_from_row(&row)
     }
 
@@ -597,113 +553,17 @@ impl SqliteStore {
             .map(event_from_row)
             .collect()
     }
+}
 
-    /// Appends a command to a site's log inside `tx`; returns its seq.
-    async fn append_command(
-        tx: &mut Transaction<'_, Sqlite>,
-        site_id: &str,
-        batch_id: Uuid,
-        kind: CommandKind,
-        now: DateTime<Utc>,
-    ) -> Result<HubCommand> {
-        let site = Self::site_in(tx, site_id).await?;
-        let command = HubCommand {
-            seq: site.last_command_seq + 1,
-            command_id: Uuid::now_v7(),
-            issued_at: now,
-            batch_id,
-            kind,
-        };
-        sqlx::query(
-            "INSERT INTO hub_commands (site_id, seq, command_id, batch_id, kind, issued_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(site_id)
-        .bind(i64_of(command.seq)?)
-        .bind(command.command_id.to_string())
-        .bind(batch_id.to_string())
-        .bind(command.kind.name())
-        .bind(ts(now))
-        .bind(command.canonical_json())
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query("UPDATE sites SET last_command_seq = ? WHERE site_id = ?")
-            .bind(i64_of(command.seq)?)
-            .bind(site_id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(command)
-    }
-
-    async fn save_projection(
-        tx: &mut Transaction<'_, Sqlite>,
-        batch_id: Uuid,
-        p: &Projection,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE batches SET state = ?, current_step = ?, progress = ?, decision_recorded = ?, updated_at = ? WHERE batch_id = ?",
-        )
-        .bind(p.state.as_str())
-        .bind(p.current_step.as_deref())
-        .bind(serde_json::to_string(&p.progress).map_err(|e| Error::Corrupt(e.to_string()))?)
-        .bind(p.decision_recorded as i64)
-        .bind(ts(now))
-        .bind(batch_id.to_string())
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+#[async_trait]
+impl backend::Writes for SqliteStore {
+    async fn write(&self) -> Result<backend::Tx<'_>> {
+        Ok(Box::new(self.begin_write().await?))
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn publish_recipe(&self, recipe: &Recipe) -> Result<()> {
-        recipe
-            .validate()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let sha = recipe.sha256();
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT sha256 FROM recipes WHERE recipe_id = ? AND version = ?")
-                .bind(&recipe.id)
-                .bind(recipe.version as i64)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match existing {
-            Some(stored) if stored == sha => return Ok(()),
-            Some(stored) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "recipe {} v{} is already published with SHA-256 {stored}; a changed process needs a new version",
-                    recipe.id, recipe.version
-                )))
-            }
-            None => {}
-        }
-        sqlx::query("INSERT INTO recipes (recipe_id, version, title, sha256, document, published_at) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&recipe.id)
-            .bind(recipe.version as i64)
-            .bind(&recipe.title)
-            .bind(&sha)
-            .bind(recipe.to_canonical_json())
-            .bind(ts(Utc::now()))
-            .execute(&mut *tx)
-            .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(
-                "system",
-                "recipe.published",
-                format!("recipe/{}/v{}", recipe.id, recipe.version),
-            )
-            .value(sha),
-            Utc::now(),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
         let mut tx = self.pool.begin().await?;
         let found = self.recipe_in(&mut tx, recipe_id, version).await;
@@ -729,35 +589,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn add_user(&self, user: &User, actor: &str) -> Result<()> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "INSERT INTO users (username, full_name, role, password_hash, disabled, created_at) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (username) DO NOTHING",
-        )
-        .bind(&user.username)
-        .bind(&user.full_name)
-        .bind(user.role.as_str())
-        .bind(&user.password_hash)
-        .bind(user.disabled as i64)
-        .bind(ts(Utc::now()))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::AlreadyExists(format!("user {:?}", user.username)));
-        }
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(actor, "user.created", format!("user/{}", user.username))
-                .value(format!("{} ({})", user.full_name, user.role)),
-            Utc::now(),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     async fn user(&self, username: &str) -> Result<User> {
         let row = sqlx::query("SELECT * FROM users WHERE username = ?")
             .bind(username)
@@ -776,37 +607,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn create_session(
-        &self,
-        token_sha256: &str,
-        username: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()> {
-        let _w = self.write_lock.lock().await;
-        let now = Utc::now();
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
-            .bind(ts(now))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO sessions (token_sha256, username, created_at, expires_at) VALUES (?, ?, ?, ?)")
-            .bind(token_sha256)
-            .bind(username)
-            .bind(ts(now))
-            .bind(ts(expires_at))
-            .execute(&mut *tx)
-            .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(username, "user.signed_in", format!("user/{username}"))
-                .value(format!("session until {}", ts(expires_at))),
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     async fn session_user(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<User> {
         let row = sqlx::query(
             "SELECT u.* FROM sessions s JOIN users u ON u.username = s.username WHERE s.token_sha256 = ? AND s.expires_at > ?",
@@ -817,34 +617,6 @@ impl Store for SqliteStore {
         .await?
         .ok_or_else(|| Error::NotFound("session".into()))?;
         user_from_row(&row)
-    }
-
-    async fn delete_session(&self, token_sha256: &str) -> Result<()> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let username: Option<String> =
-            sqlx::query_scalar("DELETE FROM sessions WHERE token_sha256 = ? RETURNING username")
-                .bind(token_sha256)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(username) = username {
-            Self::append_audit(
-                &mut tx,
-                &NewEntry::new(&username, "user.signed_out", format!("user/{username}")),
-                Utc::now(),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn audit(&self, entry: &NewEntry) -> Result<()> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        Self::append_audit(&mut tx, entry, Utc::now()).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<audit::Entry>> {
@@ -888,44 +660,6 @@ impl Store for SqliteStore {
         Ok(audit::verify(entries))
     }
 
-    async fn add_site(
-        &self,
-        site_id: &str,
-        name: &str,
-        token_sha256: &str,
-        token_expires_at: DateTime<Utc>,
-        actor: &str,
-    ) -> Result<Site> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "INSERT INTO sites (site_id, name, status, token_sha256, token_expires_at, created_at) VALUES (?, ?, 'pending', ?, ?, ?) \
-             ON CONFLICT (site_id) DO NOTHING",
-        )
-        .bind(site_id)
-        .bind(name)
-        .bind(token_sha256)
-        .bind(ts(token_expires_at))
-        .bind(ts(Utc::now()))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::AlreadyExists(format!("site {site_id:?}")));
-        }
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(actor, "site.registered", format!("site/{site_id}")).value(format!(
-                "{name}; enrollment token valid until {}",
-                ts(token_expires_at)
-            )),
-            Utc::now(),
-        )
-        .await?;
-        let site = Self::site_in(&mut tx, site_id).await?;
-        tx.commit().await?;
-        Ok(site)
-    }
-
     async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site> {
         let row = sqlx::query("SELECT * FROM sites WHERE token_sha256 = ?")
             .bind(token_sha256)
@@ -943,50 +677,6 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn complete_enrollment(
-        &self,
-        site_id: &str,
-        token_sha256: &str,
-        cert: &IssuedCert,
-        now: DateTime<Utc>,
-    ) -> Result<Site> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE sites SET token_sha256 = NULL, token_expires_at = NULL, cert_sha256 = ?, \
-             cert_not_after = ?, cert_ca_sha256 = ?, \
-             pending_cert_sha256 = NULL, pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL, \
-             status = CASE WHEN status = 'pending' THEN 'active' ELSE status END \
-             WHERE site_id = ? AND token_sha256 = ? AND token_expires_at > ?",
-        )
-        .bind(&cert.sha256)
-        .bind(ts(cert.not_after))
-        .bind(&cert.ca_sha256)
-        .bind(site_id)
-        .bind(token_sha256)
-        .bind(ts(now))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::PermissionDenied(
-                "enrollment token is unknown, expired or was already used".into(),
-            ));
-        }
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}")).value(format!(
-                "certificate {} valid until {}",
-                cert.sha256,
-                ts(cert.not_after)
-            )),
-            now,
-        )
-        .await?;
-        let site = Self::site_in(&mut tx, site_id).await?;
-        tx.commit().await?;
-        Ok(site)
-    }
-
     async fn site(&self, site_id: &str) -> Result<Site> {
         let mut tx = self.pool.begin().await?;
         let site = Self::site_in(&mut tx, site_id).await;
@@ -1001,157 +691,6 @@ impl Store for SqliteStore {
             .iter()
             .map(site_from_row)
             .collect()
-    }
-
-    async fn set_site_status(
-        &self,
-        site_id: &str,
-        status: SiteStatus,
-        actor: &str,
-        reason: &str,
-    ) -> Result<Site> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let now = Utc::now();
-        let site = Self::site_in(&mut tx, site_id).await?;
-        let mut open = Vec::new();
-        for row in sqlx::query("SELECT batch_id, state, progress FROM batches WHERE site_id = ?")
-            .bind(site_id)
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            let batch: String = row.try_get("batch_id")?;
-            open.extend(OpenBatch::from_stored(
-                parse_uuid(&batch)?,
-                row.try_get("state")?,
-                row.try_get("progress")?,
-            )?);
-        }
-        let action = site_transition(&site, status, &open)?;
-        sqlx::query(
-            "UPDATE sites SET status = ?, \
-             token_sha256 = CASE WHEN ? = 'ceased' THEN NULL ELSE token_sha256 END, \
-             token_expires_at = CASE WHEN ? = 'ceased' THEN NULL ELSE token_expires_at END \
-             WHERE site_id = ?",
-        )
-        .bind(status.as_str())
-        .bind(status.as_str())
-        .bind(status.as_str())
-        .bind(site_id)
-        .execute(&mut *tx)
-        .await?;
-        if status == SiteStatus::Suspended {
-            for batch in open.iter().filter(|b| b.state.is_running()) {
-                sqlx::query("UPDATE batches SET progress = ?, updated_at = ? WHERE batch_id = ?")
-                    .bind(batch.flagged_for_suspension(actor, reason, now)?)
-                    .bind(ts(now))
-                    .bind(batch.batch_id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                Self::append_audit(
-                    &mut tx,
-                    &NewEntry::new(actor, "batch.flagged", format!("batch/{}", batch.batch_id))
-                        .value(format!("{}: site {site_id} suspended", batch.state))
-                        .reason(reason),
-                    now,
-                )
-                .await?;
-            }
-        }
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(actor, action, format!("site/{site_id}"))
-                .change(site.status.as_str(), status.as_str())
-                .reason(reason),
-            now,
-        )
-        .await?;
-        let site = Self::site_in(&mut tx, site_id).await?;
-        tx.commit().await?;
-        Ok(site)
-    }
-
-    async fn record_renewed_certificate(
-        &self,
-        site_id: &str,
-        cert: &IssuedCert,
-        now: DateTime<Utc>,
-    ) -> Result<Site> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let site = Self::site_in(&mut tx, site_id).await?;
-        if site.status != SiteStatus::Active {
-            return Err(Error::FailedPrecondition(format!(
-                "site {site_id:?} is {}; only an active site renews its certificate",
-                site.status.as_str()
-            )));
-        }
-        sqlx::query(
-            "UPDATE sites SET pending_cert_sha256 = ?, pending_cert_not_after = ?, \
-             pending_cert_ca_sha256 = ? WHERE site_id = ?",
-        )
-        .bind(&cert.sha256)
-        .bind(ts(cert.not_after))
-        .bind(&cert.ca_sha256)
-        .bind(site_id)
-        .execute(&mut *tx)
-        .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(
-                site_id,
-                "site.certificate_issued",
-                format!("site/{site_id}"),
-            )
-            .value(format!(
-                "certificate {} valid until {}",
-                cert.sha256,
-                ts(cert.not_after)
-            )),
-            now,
-        )
-        .await?;
-        let site = Self::site_in(&mut tx, site_id).await?;
-        tx.commit().await?;
-        Ok(site)
-    }
-
-    async fn promote_pending_certificate(
-        &self,
-        site_id: &str,
-        cert_sha256: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Site> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let site = Self::site_in(&mut tx, site_id).await?;
-        if site.pending_cert_sha256.as_deref() != Some(cert_sha256) {
-            return Err(Error::FailedPrecondition(format!(
-                "certificate {cert_sha256} is not the one renewed for site {site_id:?}"
-            )));
-        }
-        sqlx::query(
-            "UPDATE sites SET cert_sha256 = pending_cert_sha256, cert_not_after = pending_cert_not_after, \
-             cert_ca_sha256 = pending_cert_ca_sha256, pending_cert_sha256 = NULL, \
-             pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL WHERE site_id = ?",
-        )
-        .bind(site_id)
-        .execute(&mut *tx)
-        .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(
-                site_id,
-                "site.certificate_replaced",
-                format!("site/{site_id}"),
-            )
-            .change(site.cert_sha256.as_deref().unwrap_or(""), cert_sha256),
-            now,
-        )
-        .await?;
-        let site = Self::site_in(&mut tx, site_id).await?;
-        tx.commit().await?;
-        Ok(site)
     }
 
     async fn touch_site(&self, site_id: &str, now: DateTime<Utc>) -> Result<()> {
@@ -1240,155 +779,16 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
-    async fn ack_commands(&self, site_id: &str, seq: u64) -> Result<()> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let site = Self::site_in(&mut tx, site_id).await?;
-        if seq > site.last_command_seq {
-            return Err(Error::Protocol(format!(
-                "site acknowledged command {seq}, but the hub issued only {} commands to it",
-                site.last_command_seq
-            )));
-        }
-        sqlx::query(
-            "UPDATE sites SET acked_command_seq = MAX(acked_command_seq, ?) WHERE site_id = ?",
-        )
-        .bind(i64_of(seq)?)
-        .bind(site_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn create_order(&self, new: &NewOrder, now: DateTime<Utc>) -> Result<Order> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let site = match Self::site_in(&mut tx, &new.site_id).await {
-            Err(Error::NotFound(_)) => {
-                return Err(Error::Invalid(format!(
-                    "site {:?} is not known to the hub",
-                    new.site_id
-                )))
-            }
-            other => other?,
-        };
-        if site.status != SiteStatus::Active {
-            return Err(Error::FailedPrecondition(format!(
-                "site {:?} is {} and cannot take orders",
-                site.site_id,
-                site.status.as_str()
-            )));
-        }
-        let row = sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? ORDER BY version DESC LIMIT 1")
-            .bind(&new.recipe_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Error::Invalid(format!("product (recipe) {:?} is not known to the hub", new.recipe_id)))?;
-        let recipe = recipe_from_row(&row)?;
-        let year = now.year();
-        let serial: i64 = sqlx::query_scalar(
-            "INSERT INTO coi_serials (facility, year, last) VALUES (?, ?, 1) \
-             ON CONFLICT (facility, year) DO UPDATE SET last = last + 1 RETURNING last",
-        )
-        .bind(&new.facility)
-        .bind(year as i64)
-        .fetch_one(&mut *tx)
-        .await?;
-        if serial >= 1_000_000 {
-            return Err(Error::FailedPrecondition(format!(
-                "COI serials for facility {} in {year} are exhausted",
-                new.facility
-            )));
-        }
-        let coi = Coi::new(&new.facility, year as u16, serial as u32)
-            .map_err(|e| Error::Invalid(format!("facility id: {e}")))?;
-        let order_id = Uuid::now_v7();
-        let batch_id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO orders (order_id, batch_id, coi, patient_pseudonym, recipe_id, recipe_version, site_id, \
-             requested_collection_date, physician, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(order_id.to_string())
-        .bind(batch_id.to_string())
-        .bind(coi.as_str())
-        .bind(&new.patient_pseudonym)
-        .bind(&recipe.recipe.id)
-        .bind(recipe.recipe.version as i64)
-        .bind(&new.site_id)
-        .bind(&new.requested_collection_date)
-        .bind(&new.physician)
-        .bind(ts(now))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO batches (batch_id, site_id, state, current_step, progress, decision_recorded, updated_at) \
-             VALUES (?, ?, ?, NULL, ?, 0, ?)",
-        )
-        .bind(batch_id.to_string())
-        .bind(&new.site_id)
-        .bind(BatchState::Ordered.as_str())
-        .bind(serde_json::to_string(&Progress::default()).map_err(|e| Error::Corrupt(e.to_string()))?)
-        .bind(ts(now))
-        .execute(&mut *tx)
-        .await?;
-        let booked = Self::book_in(
-            &mut tx,
-            order_id,
-            &new.site_id,
-            &recipe.recipe,
-            &new.requested_collection_date,
-            now,
-        )
-        .await?;
-        Self::append_command(
-            &mut tx,
-            &new.site_id,
-            batch_id,
-            CommandKind::BatchOrder {
-                order_id,
-                coi: coi.to_string(),
-                patient_pseudonym: new.patient_pseudonym.clone(),
-                requested_collection_date: new.requested_collection_date.clone(),
-                recipe_id: recipe.recipe.id.clone(),
-                recipe_version: recipe.recipe.version,
-                recipe_json: recipe.canonical_json.clone(),
-                recipe_sha256: recipe.sha256.clone(),
-            },
-            now,
-        )
-        .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(&new.physician, "order.created", format!("order/{order_id}"))
-                .batch(batch_id)
-                .value(format!(
-                    "COI {coi}, patient {}, site {}, recipe {} v{}, collection {}",
-                    new.patient_pseudonym,
-                    new.site_id,
-                    recipe.recipe.id,
-                    recipe.recipe.version,
-                    new.requested_collection_date
-                ))
-                .reason(schedule_store::booking_note(booked.as_ref())),
-            now,
-        )
-        .await?;
-        let order = Self::order_in(&mut tx, "order_id", order_id).await?;
-        tx.commit().await?;
-        Ok(order)
-    }
-
     async fn order(&self, order_id: Uuid) -> Result<Order> {
         let mut tx = self.pool.begin().await?;
-        let order = Self::order_in(&mut tx, "order_id", order_id).await;
+        let order = Self::order_in(&mut tx, OrderKey::Order(order_id)).await;
         tx.commit().await?;
         order
     }
 
     async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order> {
         let mut tx = self.pool.begin().await?;
-        let order = Self::order_in(&mut tx, "batch_id", batch_id).await;
+        let order = Self::order_in(&mut tx, OrderKey::Batch(batch_id)).await;
         tx.commit().await?;
         order
     }
@@ -1411,52 +811,6 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn cancel_order(
-        &self,
-        order_id: Uuid,
-        reason: &str,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Order> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let order = Self::order_in(&mut tx, "order_id", order_id).await?;
-        if order.state.is_final() || order.state == BatchState::AwaitingRelease {
-            return Err(Error::FailedPrecondition(format!(
-                "order {order_id} is {}; only an order still in manufacturing can be cancelled (a finished batch is rejected by QA instead)",
-                order.state
-            )));
-        }
-        let mut projection = projection_of(&order);
-        projection.state = BatchState::Cancelled;
-        projection.current_step = None;
-        Self::save_projection(&mut tx, order.batch_id, &projection, now).await?;
-        Self::release_booking_in(&mut tx, order_id, now).await?;
-        Self::append_command(
-            &mut tx,
-            &order.site_id,
-            order.batch_id,
-            CommandKind::CancelBatch {
-                reason: reason.to_owned(),
-                cancelled_by: by.to_owned(),
-            },
-            now,
-        )
-        .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(by, "order.cancelled", format!("order/{order_id}"))
-                .batch(order.batch_id)
-                .change(order.state.as_str(), BatchState::Cancelled.as_str())
-                .reason(reason),
-            now,
-        )
-        .await?;
-        let order = Self::order_in(&mut tx, "order_id", order_id).await?;
-        tx.commit().await?;
-        Ok(order)
-    }
-
     async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
         Self::events_of_batch(&self.pool, batch_id).await
     }
@@ -1464,7 +818,7 @@ impl Store for SqliteStore {
     async fn batch_record(&self, batch_id: Uuid) -> Result<BatchRecord> {
         // One read transaction, so the parts agree with each other.
         let mut tx = self.pool.begin().await?;
-        let order = Self::order_in(&mut tx, "batch_id", batch_id).await?;
+        let order = Self::order_in(&mut tx, OrderKey::Batch(batch_id)).await?;
         let recipe = self
             .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
             .await?;
@@ -1525,101 +879,6 @@ impl Store for SqliteStore {
             signatures,
             audit,
         })
-    }
-
-    async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order> {
-        // Stored times keep microseconds; the copy sent to the site must be the same value.
-        let signature = &Signature {
-            signed_at: signature.signed_at.trunc_subsecs(6),
-            ..signature.clone()
-        };
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let order = Self::order_in(&mut tx, "batch_id", signature.batch_id).await?;
-        if order.state != BatchState::AwaitingRelease {
-            return Err(Error::FailedPrecondition(format!(
-                "batch {} is {}, not awaiting release; only a batch whose record is complete can be released or rejected",
-                order.batch_id, order.state
-            )));
-        }
-        let recipe = self
-            .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
-            .await?;
-        let events = Self::events_of_batch(&mut *tx, order.batch_id).await?;
-        let current = record_sha256(&order, &recipe.sha256, &events);
-        if current != signature.record_sha256 {
-            return Err(Error::FailedPrecondition(format!(
-                "the batch record changed since it was reviewed (reviewed {}, now {current}); review it again before signing",
-                signature.record_sha256
-            )));
-        }
-        let operators: Vec<String> = events.iter().map(|e| e.event.recorded_by.clone()).collect();
-        if operators.contains(&signature.signer) {
-            return Err(Error::PermissionDenied(format!(
-                "{} recorded part of this batch and may not release it",
-                signature.signer
-            )));
-        }
-        sqlx::query(
-            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(signature.signature_id.to_string())
-        .bind(signature.batch_id.to_string())
-        .bind(&signature.signer)
-        .bind(&signature.signer_name)
-        .bind(signature.meaning.as_str())
-        .bind(&signature.record_sha256)
-        .bind(&signature.reason)
-        .bind(ts(signature.signed_at))
-        .execute(&mut *tx)
-        .await?;
-        let mut projection = projection_of(&order);
-        projection.state = match signature.meaning {
-            ReleaseMeaning::Released => BatchState::Released,
-            ReleaseMeaning::Rejected => BatchState::Rejected,
-        };
-        Self::save_projection(&mut tx, order.batch_id, &projection, now).await?;
-        Self::append_command(
-            &mut tx,
-            &order.site_id,
-            order.batch_id,
-            CommandKind::ReleaseDecision {
-                signature_id: signature.signature_id,
-                meaning: signature.meaning,
-                signer: signature.signer.clone(),
-                signer_name: signature.signer_name.clone(),
-                signed_at: signature.signed_at,
-                record_sha256: signature.record_sha256.clone(),
-                reason: signature.reason.clone(),
-            },
-            now,
-        )
-        .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(
-                &signature.signer,
-                "release.signed",
-                format!("batch/{}", order.batch_id),
-            )
-            .batch(order.batch_id)
-            .change(order.state.as_str(), projection.state.as_str())
-            .value(format!(
-                "{} by {} ({}), signature {} on record {}",
-                signature.meaning.as_str(),
-                signature.signer_name,
-                signature.signer,
-                signature.signature_id,
-                signature.record_sha256
-            ))
-            .reason(signature.reason.clone()),
-            now,
-        )
-        .await?;
-        let order = Self::order_in(&mut tx, "batch_id", order.batch_id).await?;
-        tx.commit().await?;
-        Ok(order)
     }
 }
 

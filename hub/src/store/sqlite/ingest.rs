@@ -11,10 +11,10 @@
 //! prepared once and cached, and the semantics are those [`Store::ingest_events`]
 //! documents.
 
+use super::super::ingest as plan;
 use super::super::*;
 use crate::audit::{self, NewEntry};
-use crate::batch::Projection;
-use carrel_proto::event::EventKind;
+use crate::model::{BatchState, Order, StoredRecipe};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::Path;
@@ -106,7 +106,8 @@ impl Writer {
         Ok(results)
     }
 
-    /// One site's events, as [`Store::ingest_events`] describes.
+    /// One site's events, as [`Store::ingest_events`] describes: what the plan
+    /// ([`super::super::ingest`]) needs is read, and what it decides is written.
     fn ingest(
         &self,
         tx: &Connection,
@@ -119,54 +120,47 @@ impl Writer {
             now,
         } = request;
         let (site_id, now) = (site_id.as_str(), *now);
-        let mut cursor: u64 = tx
+        let cursor: u64 = tx
             .prepare_cached("SELECT acked_event_seq FROM sites WHERE site_id = ?")?
             .query_row([site_id], |row| row.get::<_, i64>(0))
             .optional()?
             .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?
             .try_into()
             .map_err(|_| Error::Corrupt(format!("site {site_id:?} has a negative cursor")))?;
-        let first_new = cursor + 1;
-        let mut new_events = 0;
-        // The hash the next event must carry as prev_sha256 (the site's log is a chain).
-        let mut chain_head: Option<String> = None;
-        // Batches touched here, with their projection, saved once at the end.
-        let mut touched: HashMap<Uuid, (Order, Projection, StoredRecipe)> = HashMap::new();
-        let received_at = ts(now);
-        let mut audit = Audit {
-            tx,
-            head: audit_head,
-            now,
+        let needs = plan::needs(cursor, events);
+        let mut found = plan::Found::default();
+        let event_column = |column: &str, seq: u64| -> Result<Option<String>> {
+            let sql = format!("SELECT {column} FROM site_events WHERE site_id = ? AND seq = ?");
+            Ok(tx
+                .prepare_cached(&sql)?
+                .query_row(params![site_id, i64_of(seq)?], |row| row.get(0))
+                .optional()?)
         };
-        for received in events {
-            let event = received.event();
-            if place(event, cursor)? == Placement::Repeat {
-                // A repeat: of a row stored earlier, or earlier in this request (the
-                // rows are written as they come, so both are in the table).
-                let stored: Option<String> = tx
-                    .prepare_cached("SELECT body FROM site_events WHERE site_id = ? AND seq = ?")?
-                    .query_row(params![site_id, i64_of(event.seq)?], |row| row.get(0))
-                    .optional()?;
-                check_repeat(site_id, received, stored.as_deref())?;
-                continue;
+        for seq in needs.stored_bodies {
+            if let Some(body) = event_column("body", seq)? {
+                found.stored_bodies.insert(seq, body);
             }
-            if let std::collections::hash_map::Entry::Vacant(slot) = touched.entry(event.batch_id) {
-                let order =
-                    check_batch_of_site(site_id, event, order_of_batch(tx, event.batch_id)?)?;
-                let projection = projection_of(&order);
+        }
+        if let Some(seq) = needs.chain_head {
+            found.chain_head = event_column("sha256", seq)?;
+        }
+        for seq in needs.correction_targets {
+            if let Some(batch) = event_column("batch_id", seq)? {
+                found
+                    .correction_targets
+                    .insert(seq, super::parse_uuid(&batch)?);
+            }
+        }
+        for batch_id in needs.batches {
+            if let Some(order) = order_of_batch(tx, batch_id)? {
                 let recipe = self.recipe(tx, &order.recipe_id, order.recipe_version)?;
-                slot.insert((order, projection, recipe));
+                found.orders.insert(batch_id, (order, recipe));
             }
-            let expected_prev = match chain_head.take() {
-                Some(head) => head,
-                None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
-                None => tx
-                    .prepare_cached("SELECT sha256 FROM site_events WHERE site_id = ? AND seq = ?")?
-                    .query_row(params![site_id, i64_of(event.seq - 1)?], |row| row.get(0))
-                    .optional()?
-                    .ok_or_else(|| missing_below_cursor(site_id, event.seq - 1))?,
-            };
-            check_chain(event, &expected_prev)?;
+        }
+        let plan = plan::plan(site_id, cursor, events, &found)?;
+        let received_at = ts(now);
+        for received in &plan.events {
+            let event = received.event();
             tx.prepare_cached(
                 "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -182,32 +176,24 @@ impl Writer {
                 received.body(),
                 received.sha256(),
             ])?;
-            chain_head = Some(received.sha256().to_owned());
-            let (order, projection, recipe) =
-                touched.get_mut(&event.batch_id).expect("inserted above");
-            let state_before = projection.state;
-            let qc = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi);
-            audit_site_event(&mut audit, site_id, event, order, projection, state_before)?;
-            if let Some(qc) = qc {
-                tx.prepare_cached(
-                    "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )?
-                .execute(params![
-                    event.batch_id.to_string(),
-                    site_id,
-                    i64_of(qc.site_seq)?,
-                    qc.test_id,
-                    json_text(&qc.value)?,
-                    outcome_str(qc.hub_outcome),
-                    outcome_str(qc.site_outcome),
-                    qc.reason,
-                ])?;
-            }
-            cursor = event.seq;
-            new_events += 1;
         }
-        for (batch_id, (_, p, _)) in &touched {
+        for (batch_id, qc) in &plan.qc {
+            tx.prepare_cached(
+                "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                batch_id.to_string(),
+                site_id,
+                i64_of(qc.site_seq)?,
+                qc.test_id,
+                json_text(&qc.value)?,
+                outcome_str(qc.hub_outcome),
+                outcome_str(qc.site_outcome),
+                qc.reason,
+            ])?;
+        }
+        for (batch_id, p) in &plan.projections {
             tx.prepare_cached(
                 "UPDATE batches SET state = ?, current_step = ?, progress = ?, decision_recorded = ?, updated_at = ? WHERE batch_id = ?",
             )?
@@ -220,27 +206,23 @@ impl Writer {
                 batch_id.to_string(),
             ])?;
         }
-        if new_events > 0 {
-            audit.append(
-                &NewEntry::new(
-                    site_id,
-                    "site_events.replicated",
-                    format!("site/{site_id}/events/{first_new}..{cursor}"),
-                )
-                .value(format!(
-                    "{new_events} events; last hash {}",
-                    chain_head.unwrap_or_default()
-                )),
-            )?;
+        let mut audit = Audit {
+            tx,
+            head: audit_head,
+            now,
+        };
+        for entry in &plan.audit {
+            audit.append(entry)?;
         }
         tx.prepare_cached(
             "UPDATE sites SET acked_event_seq = ?, last_contact_at = ? WHERE site_id = ?",
         )?
-        .execute(params![i64_of(cursor)?, received_at, site_id])?;
-        Ok(Ingested {
-            acked_event_seq: cursor,
-            new_events,
-        })
+        .execute(params![
+            i64_of(plan.ingested.acked_event_seq)?,
+            received_at,
+            site_id
+        ])?;
+        Ok(plan.ingested)
     }
 
     fn recipe(&self, tx: &Connection, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
@@ -351,77 +333,4 @@ impl Audit<'_> {
         *self.head = Some((position, sha));
         Ok(())
     }
-}
-
-/// Audits what one site event changed or revealed: batch state changes, custody
-/// mismatches (raised to QA), and corrections (with their reason). A correction
-/// must point at an earlier record of the same batch.
-fn audit_site_event(
-    audit: &mut Audit<'_>,
-    site_id: &str,
-    event: &SiteEvent,
-    order: &Order,
-    projection: &mut Projection,
-    state_before: BatchState,
-) -> Result<()> {
-    let object = format!("site/{site_id}/event/{}", event.seq);
-    match &event.kind {
-        EventKind::CustodyScan {
-            checkpoint_id,
-            expected_coi,
-            scanned_coi,
-            matched: false,
-            ..
-        } => {
-            tracing::warn!(site_id, batch_id = %event.batch_id, checkpoint_id, scanned_coi, "COI MISMATCH at custody checkpoint: raised to QA");
-            audit.append(
-                &NewEntry::new(&event.recorded_by, "custody.mismatch", object)
-                    .batch(event.batch_id)
-                    .change(expected_coi.clone(), scanned_coi.clone())
-                    .reason(format!("hard stop at checkpoint {checkpoint_id}")),
-            )?;
-        }
-        EventKind::Correction {
-            corrects_seq,
-            reason,
-            field,
-            new_value,
-        } => {
-            let target: Option<String> = audit
-                .tx
-                .prepare_cached("SELECT batch_id FROM site_events WHERE site_id = ? AND seq = ?")?
-                .query_row(params![site_id, i64_of(*corrects_seq)?], |row| row.get(0))
-                .optional()?;
-            if target.as_deref() != Some(event.batch_id.to_string().as_str()) {
-                projection.flag(
-                    event,
-                    format!("correction points at record {corrects_seq}, which is not a record of this batch"),
-                );
-            }
-            audit.append(
-                &NewEntry::new(
-                    &event.recorded_by,
-                    "record.corrected",
-                    format!("site/{site_id}/event/{corrects_seq}"),
-                )
-                .batch(event.batch_id)
-                .value(format!("{field} = {new_value} (by record {})", event.seq))
-                .reason(reason.clone()),
-            )?;
-        }
-        _ => {}
-    }
-    if projection.state != state_before {
-        audit.append(
-            &NewEntry::new(
-                site_id,
-                "batch.state_changed",
-                format!("batch/{}", order.batch_id),
-            )
-            .batch(order.batch_id)
-            .change(state_before.as_str(), projection.state.as_str())
-            .reason(format!("site record {}", event.seq)),
-        )?;
-    }
-    Ok(())
 }

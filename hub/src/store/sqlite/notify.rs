@@ -2,13 +2,16 @@
 //! writer here does, so the notifier's cursor and the outbox are changed by one
 //! writer at a time.
 
+use super::super::backend::WriteTx;
 use super::*;
+use crate::audit::NewEntry;
 use crate::notify::derive::{self, Needs, OrderFacts, SiteEventFacts};
 use crate::notify::{
     kinds_text, parse_kinds, payload, Channel, Delivery, Kind, NewSubscription, NotifierPass,
     OutboxEntry, OutboxState, Subscription,
 };
 use crate::store::notify::{NotifyStore, OutboxCounts, OutboxFilter};
+use chrono::SubsecRound;
 
 fn subscription_from_row(row: &SqliteRow) -> Result<Subscription> {
     let channel: String = row.try_get("channel")?;
@@ -177,10 +180,9 @@ impl SqliteStore {
 #[async_trait]
 impl NotifyStore for SqliteStore {
     async fn subscribe(&self, new: &NewSubscription, now: DateTime<Utc>) -> Result<Subscription> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut w = self.begin_write().await?;
         if let Some(site_id) = &new.site_id {
-            Self::site_in(&mut tx, site_id).await?;
+            Self::site_in(&mut w.tx, site_id).await?;
         }
         let subscription = Subscription {
             subscription_id: Uuid::now_v7(),
@@ -206,11 +208,10 @@ impl NotifyStore for SqliteStore {
         .bind(secret)
         .bind(new.site_id.as_deref())
         .bind(ts(now))
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(
+        w.audit(
+            NewEntry::new(
                 &new.owner,
                 "notification.subscribed",
                 format!("subscription/{}", subscription.subscription_id),
@@ -228,7 +229,7 @@ impl NotifyStore for SqliteStore {
             now,
         )
         .await?;
-        tx.commit().await?;
+        w.commit().await?;
         Ok(subscription)
     }
 
@@ -262,14 +263,13 @@ impl NotifyStore for SqliteStore {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut w = self.begin_write().await?;
         let removed = sqlx::query(
             "UPDATE notification_subscriptions SET removed_at = ? WHERE subscription_id = ? AND removed_at IS NULL",
         )
         .bind(ts(now))
         .bind(subscription_id.to_string())
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await?;
         if removed.rows_affected() == 0 {
             return Err(Error::NotFound(format!("subscription {subscription_id}")));
@@ -279,11 +279,10 @@ impl NotifyStore for SqliteStore {
              WHERE subscription_id = ? AND state = 'pending'",
         )
         .bind(subscription_id.to_string())
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(
+        w.audit(
+            NewEntry::new(
                 actor,
                 "notification.unsubscribed",
                 format!("subscription/{subscription_id}"),
@@ -295,7 +294,7 @@ impl NotifyStore for SqliteStore {
             now,
         )
         .await?;
-        tx.commit().await?;
+        w.commit().await?;
         Ok(())
     }
 
@@ -309,17 +308,16 @@ impl NotifyStore for SqliteStore {
         if !behind {
             return Ok(NotifierPass::default());
         }
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut w = self.begin_write().await?;
         let cursor: i64 =
             sqlx::query_scalar("SELECT position FROM notification_cursor WHERE name = 'audit'")
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut *w.tx)
                 .await?;
         let entries: Vec<audit::Entry> =
             sqlx::query("SELECT * FROM audit_log WHERE position > ? ORDER BY position LIMIT ?")
                 .bind(cursor)
                 .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut *w.tx)
                 .await?
                 .iter()
                 .map(|row| Ok(audit_from_row(row)?.0))
@@ -334,7 +332,7 @@ impl NotifyStore for SqliteStore {
             "SELECT s.*, u.role FROM notification_subscriptions s JOIN users u ON u.username = s.owner \
              WHERE s.removed_at IS NULL AND u.disabled = 0",
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *w.tx)
         .await?
         {
             let role: String = row.try_get("role")?;
@@ -345,7 +343,7 @@ impl NotifyStore for SqliteStore {
         let mut queued = 0;
         if !subscribers.is_empty() {
             for entry in &entries {
-                let (order, events) = Self::facts_in(&mut tx, derive::needs(entry)).await?;
+                let (order, events) = Self::facts_in(&mut w.tx, derive::needs(entry)).await?;
                 for happening in derive::happenings(entry, order.as_ref(), &events) {
                     for (subscription, role) in &subscribers {
                         if !subscription.wants(*role, &happening) {
@@ -368,7 +366,7 @@ impl NotifyStore for SqliteStore {
                         .bind(payload(notification_id, &happening))
                         .bind(ts(now))
                         .bind(ts(now))
-                        .execute(&mut *tx)
+                        .execute(&mut *w.tx)
                         .await?;
                         queued += inserted.rows_affected() as usize;
                     }
@@ -377,9 +375,9 @@ impl NotifyStore for SqliteStore {
         }
         sqlx::query("UPDATE notification_cursor SET position = ? WHERE name = 'audit'")
             .bind(i64_of(last_position)?)
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?;
-        tx.commit().await?;
+        w.commit().await?;
         Ok(NotifierPass {
             entries: entries.len(),
             queued,
@@ -404,21 +402,20 @@ impl NotifyStore for SqliteStore {
         if !changes {
             return Ok(Vec::new());
         }
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut w = self.begin_write().await?;
         let down: Vec<(String, String)> = sqlx::query_as(
             "SELECT s.site_id, s.last_contact_at FROM sites s \
              WHERE s.status = 'active' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < ? \
              AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id) ORDER BY s.site_id",
         )
         .bind(&silent_since)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *w.tx)
         .await?;
         let back: Vec<(String, String)> = sqlx::query_as(
             "SELECT d.site_id, s.last_contact_at FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
              WHERE s.last_contact_at > d.last_contact_at ORDER BY d.site_id",
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *w.tx)
         .await?;
         let mut changed = Vec::new();
         for (site_id, last_contact) in down {
@@ -428,11 +425,10 @@ impl NotifyStore for SqliteStore {
             .bind(&site_id)
             .bind(&last_contact)
             .bind(ts(now))
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?;
-            Self::append_audit(
-                &mut tx,
-                &NewEntry::new("hub", "site.link_down", format!("site/{site_id}"))
+            w.audit(
+                NewEntry::new("hub", "site.link_down", format!("site/{site_id}"))
                     .change(last_contact, "")
                     .reason(format!(
                         "not heard from for more than {} s",
@@ -446,18 +442,17 @@ impl NotifyStore for SqliteStore {
         for (site_id, last_contact) in back {
             sqlx::query("DELETE FROM site_link_down WHERE site_id = ?")
                 .bind(&site_id)
-                .execute(&mut *tx)
+                .execute(&mut *w.tx)
                 .await?;
-            Self::append_audit(
-                &mut tx,
-                &NewEntry::new("hub", "site.link_restored", format!("site/{site_id}"))
+            w.audit(
+                NewEntry::new("hub", "site.link_restored", format!("site/{site_id}"))
                     .value(last_contact),
                 now,
             )
             .await?;
             changed.push(site_id);
         }
-        tx.commit().await?;
+        w.commit().await?;
         Ok(changed)
     }
 
@@ -477,8 +472,7 @@ impl NotifyStore for SqliteStore {
         if !due {
             return Ok(Vec::new());
         }
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut w = self.begin_write().await?;
         let rows = sqlx::query(&format!(
             "SELECT {OUTBOX_COLUMNS} WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 \
              AND (o.leased_until IS NULL OR o.leased_until <= ?1) \
@@ -487,7 +481,7 @@ impl NotifyStore for SqliteStore {
         ))
         .bind(ts(now))
         .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *w.tx)
         .await?;
         let deliveries: Vec<Delivery> =
             rows.iter().map(delivery_from_row).collect::<Result<_>>()?;
@@ -497,25 +491,24 @@ impl NotifyStore for SqliteStore {
             )
             .bind(ts(later(now, lease)))
             .bind(delivery.entry.notification_id.to_string())
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?;
         }
-        tx.commit().await?;
+        w.commit().await?;
         Ok(deliveries)
     }
 
     async fn delivery_succeeded(&self, notification_id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut w = self.begin_write().await?;
         sqlx::query(
             "UPDATE notification_outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1, leased_until = NULL \
              WHERE notification_id = ? AND state = 'pending'",
         )
         .bind(ts(now))
         .bind(notification_id.to_string())
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await?;
-        tx.commit().await?;
+        w.commit().await?;
         Ok(())
     }
 
@@ -526,8 +519,7 @@ impl NotifyStore for SqliteStore {
         retry_at: Option<DateTime<Utc>>,
         _now: DateTime<Utc>,
     ) -> Result<()> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut w = self.begin_write().await?;
         sqlx::query(
             "UPDATE notification_outbox SET attempts = attempts + 1, last_error = ?1, leased_until = NULL, \
              state = CASE WHEN ?2 IS NULL THEN 'failed' ELSE 'pending' END, \
@@ -537,9 +529,9 @@ impl NotifyStore for SqliteStore {
         .bind(error)
         .bind(retry_at.map(ts))
         .bind(notification_id.to_string())
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await?;
-        tx.commit().await?;
+        w.commit().await?;
         Ok(())
     }
 
@@ -570,9 +562,8 @@ impl NotifyStore for SqliteStore {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<OutboxEntry> {
-        let _w = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let entry = Self::outbox_entry_in(&mut tx, notification_id).await?;
+        let mut w = self.begin_write().await?;
+        let entry = Self::outbox_entry_in(&mut w.tx, notification_id).await?;
         if entry.state != OutboxState::Failed {
             return Err(Error::FailedPrecondition(format!(
                 "notification {notification_id} is {}; only a failed one can be requeued",
@@ -583,7 +574,7 @@ impl NotifyStore for SqliteStore {
             "SELECT subscription_id FROM notification_subscriptions WHERE subscription_id = ? AND removed_at IS NULL",
         )
         .bind(entry.subscription_id.to_string())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *w.tx)
         .await?;
         if live.is_none() {
             return Err(Error::FailedPrecondition(format!(
@@ -597,11 +588,10 @@ impl NotifyStore for SqliteStore {
         )
         .bind(ts(now))
         .bind(notification_id.to_string())
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await?;
-        Self::append_audit(
-            &mut tx,
-            &NewEntry::new(
+        w.audit(
+            NewEntry::new(
                 actor,
                 "notification.requeued",
                 format!("notification/{notification_id}"),
@@ -617,8 +607,8 @@ impl NotifyStore for SqliteStore {
             now,
         )
         .await?;
-        let entry = Self::outbox_entry_in(&mut tx, notification_id).await?;
-        tx.commit().await?;
+        let entry = Self::outbox_entry_in(&mut w.tx, notification_id).await?;
+        w.commit().await?;
         Ok(entry)
     }
 

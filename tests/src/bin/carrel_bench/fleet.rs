@@ -2,7 +2,7 @@
 //! enrolled for real, keep their own real agent store and run the real agent link.
 
 use anyhow::{bail, Context};
-use carrel_hub::store::{Order, Role, User};
+use carrel_hub::model::{Order, Role, User};
 use carrel_hub::{admin, server, service};
 use carrel_proto::event::{EventKind, Sample, SiteEvent, GENESIS_SHA256};
 use carrel_proto::recipe::{Outcome, QcValue};

@@ -6,7 +6,7 @@
 //! entry would block every later one. What does not fit the recipe or the batch's
 //! state is stored, marked as an exception for QA, and explained in `anomalies`.
 
-use crate::store::{BatchState, Progress, QcRecord};
+use super::{BatchState, Order, Progress, QcRecord};
 use carrel_proto::event::{EventKind, SiteEvent};
 use carrel_proto::recipe::{Outcome, Recipe};
 
@@ -17,6 +17,18 @@ pub struct Projection {
     pub current_step: Option<String>,
     pub progress: Progress,
     pub decision_recorded: bool,
+}
+
+impl Order {
+    /// The projection this order's batch is in, to apply further records to.
+    pub fn projection(&self) -> Projection {
+        Projection {
+            state: self.state,
+            current_step: self.current_step.clone(),
+            progress: self.progress.clone(),
+            decision_recorded: self.decision_recorded,
+        }
+    }
 }
 
 impl Projection {
@@ -267,7 +279,7 @@ mod tests {
     const COI: &str = "G123426000042X";
 
     fn recipe() -> Recipe {
-        Recipe::from_toml(include_str!("../recipes/cd19-car-t.v1.toml")).expect("valid recipe")
+        Recipe::from_toml(include_str!("../../recipes/cd19-car-t.v1.toml")).expect("valid recipe")
     }
 
     fn event(seq: u64, kind: EventKind) -> SiteEvent {

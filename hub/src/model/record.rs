@@ -1,0 +1,58 @@
+//! The batch record: the recipe, the site's records, the hub's QC evaluation and
+//! the signatures, as the store keeps them.
+
+use super::Order;
+use carrel_proto::event::SiteEvent;
+use carrel_proto::recipe::{Outcome, QcValue, Recipe};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A stored recipe version.
+#[derive(Debug, Clone)]
+pub struct StoredRecipe {
+    pub recipe: Recipe,
+    pub sha256: String,
+    pub canonical_json: String,
+}
+
+/// A site event as stored at the hub.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub site_id: String,
+    pub event: SiteEvent,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The hub's evaluation of one QC result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QcRecord {
+    pub site_seq: u64,
+    pub test_id: String,
+    pub value: QcValue,
+    pub hub_outcome: Outcome,
+    pub site_outcome: Outcome,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signature {
+    pub signature_id: Uuid,
+    pub batch_id: Uuid,
+    pub signer: String,
+    pub signer_name: String,
+    pub meaning: carrel_proto::event::ReleaseMeaning,
+    pub record_sha256: String,
+    pub reason: String,
+    pub signed_at: DateTime<Utc>,
+}
+
+/// Everything the batch record is made of.
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    pub order: Order,
+    pub recipe: StoredRecipe,
+    pub events: Vec<StoredEvent>,
+    pub qc: Vec<QcRecord>,
+    pub signatures: Vec<Signature>,
+    pub audit: Vec<crate::audit::Entry>,
+}

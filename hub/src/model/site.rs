@@ -1,0 +1,144 @@
+//! Sites of the network and their lifecycle.
+
+use super::{BatchState, Progress, Refusal};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteStatus {
+    Pending,
+    Active,
+    Suspended,
+    /// Retired from the network for good: no connections, no orders, records kept.
+    Ceased,
+}
+
+impl SiteStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteStatus::Pending => "pending",
+            SiteStatus::Active => "active",
+            SiteStatus::Suspended => "suspended",
+            SiteStatus::Ceased => "ceased",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SiteStatus> {
+        match text {
+            "pending" => Some(SiteStatus::Pending),
+            "active" => Some(SiteStatus::Active),
+            "suspended" => Some(SiteStatus::Suspended),
+            "ceased" => Some(SiteStatus::Ceased),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    pub site_id: String,
+    pub name: String,
+    pub status: SiteStatus,
+    pub cert_sha256: Option<String>,
+    /// Expiry of the site's certificate (unknown for sites enrolled before it was kept).
+    pub cert_not_after: Option<DateTime<Utc>>,
+    /// Fingerprint of the CA that issued it (unknown likewise).
+    pub cert_ca_sha256: Option<String>,
+    /// A renewed certificate issued over the link that the site has not used yet.
+    /// Both it and `cert_sha256` are accepted until the site connects with it.
+    pub pending_cert_sha256: Option<String>,
+    pub acked_event_seq: u64,
+    pub last_command_seq: u64,
+    pub acked_command_seq: u64,
+    pub last_contact_at: Option<DateTime<Utc>>,
+}
+
+impl Site {
+    /// The site can still connect, and the certificate it holds was not issued by the
+    /// CA with fingerprint `ca_sha256` (during a CA rotation: it has yet to renew).
+    pub fn holds_certificate_of_another_ca(&self, ca_sha256: &str) -> bool {
+        self.status != SiteStatus::Ceased
+            && self.cert_sha256.is_some()
+            && self.cert_ca_sha256.as_deref() != Some(ca_sha256)
+    }
+}
+
+/// A certificate the hub's CA issued to a site, as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuedCert {
+    pub sha256: String,
+    pub not_after: DateTime<Utc>,
+    /// The issuing CA's fingerprint.
+    pub ca_sha256: String,
+}
+
+/// A batch of a site that is not closed (see [`BatchState::is_closed`]), as a
+/// lifecycle move sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenBatch {
+    pub batch_id: Uuid,
+    pub state: BatchState,
+    pub progress: Progress,
+}
+
+impl OpenBatch {
+    /// The batch, when it is not closed.
+    pub fn of(batch_id: Uuid, state: BatchState, progress: Progress) -> Option<OpenBatch> {
+        (!state.is_closed()).then_some(OpenBatch {
+            batch_id,
+            state,
+            progress,
+        })
+    }
+
+    /// The progress to store when the batch's site is suspended while it runs:
+    /// flagged for a QA decision.
+    pub fn flagged_for_suspension(&self, actor: &str, reason: &str, at: DateTime<Utc>) -> Progress {
+        let mut progress = self.progress.clone();
+        progress.anomalies.push(format!(
+            "site suspended while this batch was running ({} by {actor}: {reason}); QA decision required",
+            at.format("%Y-%m-%d %H:%M UTC")
+        ));
+        progress
+    }
+}
+
+/// Checks a move of a site's lifecycle and names its audit action.
+pub fn site_transition(
+    site: &Site,
+    to: SiteStatus,
+    open_batches: &[OpenBatch],
+) -> Result<&'static str, Refusal> {
+    let id = &site.site_id;
+    let from = site.status;
+    match (from, to) {
+        (SiteStatus::Ceased, _) => Err(Refusal::FailedPrecondition(format!(
+            "site {id:?} has ceased; a ceased site cannot change again (its records stay readable)"
+        ))),
+        (SiteStatus::Pending | SiteStatus::Active, SiteStatus::Suspended) => Ok("site.suspended"),
+        (SiteStatus::Suspended, SiteStatus::Active) => Ok("site.resumed"),
+        (_, SiteStatus::Ceased) => match open_batches {
+            [] => Ok("site.ceased"),
+            open => Err(Refusal::FailedPrecondition(format!(
+                "site {id:?} still has {} open batch(es) ({}); each must be infused, rejected or cancelled before the site can cease",
+                open.len(),
+                open.iter()
+                    .map(|b| format!("{} {}", b.batch_id, b.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        },
+        (from, to) if from == to => Err(Refusal::FailedPrecondition(format!(
+            "site {id:?} is already {}",
+            to.as_str()
+        ))),
+        (SiteStatus::Pending, SiteStatus::Active) => Err(Refusal::FailedPrecondition(format!(
+            "site {id:?} has not enrolled yet; it becomes active when its agent enrolls"
+        ))),
+        (from, to) => Err(Refusal::FailedPrecondition(format!(
+            "site {id:?} cannot go from {} to {}",
+            from.as_str(),
+            to.as_str()
+        ))),
+    }
+}

@@ -1,0 +1,218 @@
+//! What a database backend supplies to the store's transactions: the primitives of
+//! one write transaction, each a statement or two of the backend's own SQL.
+//!
+//! No rule lives here. Who may do what, in which state, and what is audited is
+//! decided once, in [`super::transactions`], over these primitives; a backend only
+//! says how to read and write its tables. A backend that adds a primitive adds it
+//! here and in every backend; a new transaction is written once, in
+//! `transactions.rs`, with a case in the store suite (`hub/tests/store_suite`) that
+//! runs on every backend.
+
+use super::Result;
+use crate::audit::NewEntry;
+use crate::model::{
+    BatchState, IssuedCert, Order, Progress, Projection, Signature, Site, SiteStatus, StoredEvent,
+    StoredRecipe, User,
+};
+use crate::schedule::{Booking, Capacity, Plan};
+use async_trait::async_trait;
+use carrel_proto::event::HubCommand;
+use carrel_proto::recipe::Recipe;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Which id an order is looked up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderKey {
+    Order(Uuid),
+    Batch(Uuid),
+}
+
+impl OrderKey {
+    /// The column of `orders` this id is kept in.
+    pub fn column(self) -> &'static str {
+        match self {
+            OrderKey::Order(_) => "order_id",
+            OrderKey::Batch(_) => "batch_id",
+        }
+    }
+
+    pub fn id(self) -> Uuid {
+        match self {
+            OrderKey::Order(id) | OrderKey::Batch(id) => id,
+        }
+    }
+
+    /// What was not found, in the words of a `NotFound` error.
+    pub fn not_found(self) -> super::Error {
+        match self {
+            OrderKey::Order(id) => super::Error::NotFound(format!("order {id}")),
+            OrderKey::Batch(id) => super::Error::NotFound(format!("batch {id}")),
+        }
+    }
+}
+
+/// One write transaction of a backend. Dropped without [`WriteTx::commit`], it rolls
+/// back and nothing of it is kept.
+///
+/// Isolation: SQLite holds its one writer for the whole transaction; PostgreSQL
+/// runs at READ COMMITTED and locks a site's row ([`WriteTx::lock_site`]) before
+/// anything of the site (its logs, cursors, batches) is read to be changed.
+#[async_trait]
+pub trait WriteTx: Send {
+    // -- reads inside the transaction --
+
+    /// The site, locked until the transaction ends; `NotFound` when unknown.
+    async fn lock_site(&mut self, site_id: &str) -> Result<Site>;
+    /// The order with its batch projection; `NotFound` when unknown.
+    async fn order(&mut self, key: OrderKey) -> Result<Order>;
+    /// The order, read after locking its site, so nothing else changes its batch or
+    /// its site's logs until this transaction ends.
+    async fn lock_order(&mut self, key: OrderKey) -> Result<Order> {
+        let unlocked = self.order(key).await?;
+        self.lock_site(&unlocked.site_id).await?;
+        self.order(key).await
+    }
+    async fn recipe(&mut self, recipe_id: &str, version: u32) -> Result<StoredRecipe>;
+    /// The newest version of a product's recipe, if any was published.
+    async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>>;
+    /// The SHA-256 a recipe version was published with, if it was.
+    async fn recipe_sha256(&mut self, recipe_id: &str, version: u32) -> Result<Option<String>>;
+    /// Every batch of a site with its state and progress.
+    async fn batches_of_site(&mut self, site_id: &str)
+        -> Result<Vec<(Uuid, BatchState, Progress)>>;
+    /// The site events of a batch, in the order they are hashed into its record.
+    async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>>;
+    /// The capacity a site declared, if any.
+    async fn capacity(&mut self, site_id: &str) -> Result<Option<Capacity>>;
+    /// The active bookings of a site.
+    async fn site_bookings(&mut self, site_id: &str) -> Result<Vec<Booking>>;
+    /// An order's booking, and whether it is still active.
+    async fn order_booking(&mut self, order_id: Uuid) -> Result<Option<(Booking, bool)>>;
+    /// Open orders of a site that hold no booking: (order id, COI).
+    async fn unbooked_open_orders(&mut self, site_id: &str) -> Result<Vec<(Uuid, String)>>;
+
+    // -- writes --
+
+    /// Inserts a recipe version; `false` when that version is already stored.
+    async fn insert_recipe(
+        &mut self,
+        recipe: &Recipe,
+        sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Inserts a user; `false` when the user name is taken.
+    async fn insert_user(&mut self, user: &User, now: DateTime<Utc>) -> Result<bool>;
+    /// Drops expired sessions and starts one.
+    async fn insert_session(
+        &mut self,
+        token_sha256: &str,
+        username: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Ends a session; returns whose it was, if it existed.
+    async fn delete_session(&mut self, token_sha256: &str) -> Result<Option<String>>;
+    /// Inserts a pending site with its enrollment token; `false` when the id is taken.
+    async fn insert_site(
+        &mut self,
+        site_id: &str,
+        name: &str,
+        token_sha256: &str,
+        token_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// In one statement: if the site holds this unexpired token, uses it up, records
+    /// the certificate (dropping any pending one) and makes a pending site active.
+    /// `false` when the token is unknown, expired or used.
+    async fn enroll_site(
+        &mut self,
+        site_id: &str,
+        token_sha256: &str,
+        cert: &IssuedCert,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Sets a site's status; a ceased site's enrollment token is dropped.
+    async fn set_site_status(&mut self, site_id: &str, status: SiteStatus) -> Result<()>;
+    async fn set_pending_certificate(&mut self, site_id: &str, cert: &IssuedCert) -> Result<()>;
+    /// The pending certificate becomes the site's; the old one is dropped.
+    async fn promote_pending_certificate(&mut self, site_id: &str) -> Result<()>;
+    /// Raises the site's acknowledged command seq to `seq` (never lowers it).
+    async fn ack_commands(&mut self, site_id: &str, seq: u64) -> Result<()>;
+    /// Allocates the next COI serial of a facility and year (1, 2, ...).
+    async fn next_coi_serial(&mut self, facility: &str, year: i32) -> Result<i64>;
+    /// Inserts an order and its batch (state and progress from `order`).
+    async fn insert_order(&mut self, order: &Order) -> Result<()>;
+    /// Sets a site's capacity document (JSON), kept with who set it.
+    async fn set_capacity(
+        &mut self,
+        site_id: &str,
+        document: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Inserts an order's booking and its planned steps.
+    async fn insert_booking(
+        &mut self,
+        order_id: Uuid,
+        site_id: &str,
+        plan: &Plan,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Moves an order's booking to the plan's date and slot (and the order's
+    /// requested collection date with it), replacing its steps; a release date
+    /// announced for the old plan is forgotten.
+    async fn move_booking(&mut self, order_id: Uuid, plan: &Plan, now: DateTime<Utc>)
+        -> Result<()>;
+    /// Sets when a booked step is now expected.
+    async fn set_expected(
+        &mut self,
+        order_id: Uuid,
+        step_id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Records the release time announced for an order, only if the one announced
+    /// before is still `replaces`; `false` when another was announced meanwhile.
+    async fn announce_release(
+        &mut self,
+        order_id: Uuid,
+        expected: DateTime<Utc>,
+        replaces: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Frees an order's booking, if it has one.
+    async fn release_booking(&mut self, order_id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    async fn save_projection(
+        &mut self,
+        batch_id: Uuid,
+        projection: &Projection,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Replaces a batch's progress only.
+    async fn set_progress(
+        &mut self,
+        batch_id: Uuid,
+        progress: &Progress,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    async fn insert_signature(&mut self, signature: &Signature) -> Result<()>;
+    /// Appends a command to a site's log and raises its last command seq to it (the
+    /// caller has locked the site and chosen the seq); the site's link hears of it
+    /// at commit, in whichever hub process holds it.
+    async fn insert_command(&mut self, site_id: &str, command: &HubCommand) -> Result<()>;
+    /// Appends an entry to the audit trail, chained after the entries committed
+    /// before this transaction and those appended in it.
+    async fn audit(&mut self, entry: NewEntry, now: DateTime<Utc>) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// A write transaction as the store's transactions take it.
+pub type Tx<'a> = Box<dyn WriteTx + 'a>;
+
+/// Where the store's transactions get a write transaction of the backend.
+#[async_trait]
+pub trait Writes: Send + Sync {
+    /// A write transaction, refused once the store has failed ([`super::failure`]).
+    async fn write(&self) -> Result<Tx<'_>>;
+}

@@ -1,0 +1,344 @@
+//! A site's message of events, planned once for every backend: which events are
+//! new, whether each is the next link of the site's chain and belongs to a batch the
+//! hub placed at that site, how each moves its batch, the QC results the hub
+//! evaluates, and what is audited. Pure: the backend looks up what [`needs`] names,
+//! [`plan`] decides, and the backend writes the [`Plan`] in one transaction (SQLite
+//! in its group commit, `sqlite/ingest.rs`; PostgreSQL in `postgres.rs`).
+//!
+//! The semantics are those [`super::Store::ingest_events`] documents: repeats of
+//! stored events are accepted and skipped; a gap, a changed repeat, a broken chain
+//! or a record for another site's batch refuses the whole message.
+
+use super::{Error, Ingested, Received, Result};
+use crate::audit::NewEntry;
+use crate::model::{Order, Projection, QcRecord, StoredRecipe};
+use carrel_proto::event::{EventKind, SiteEvent};
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+/// What the backend must look up, in its transaction, before planning a message.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Seqs at or below the cursor that the message repeats: their stored bodies.
+    pub stored_bodies: Vec<u64>,
+    /// The seq whose hash the first new event must name (none when it is seq 1).
+    pub chain_head: Option<u64>,
+    /// Batches of the new events: their orders, and the recipes those pin.
+    pub batches: Vec<Uuid>,
+    /// Seqs stored before this message that a correction points at: their batch.
+    pub correction_targets: Vec<u64>,
+}
+
+/// What the backend found for [`Needs`]; a missing key is a row that does not exist.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub stored_bodies: HashMap<u64, String>,
+    pub chain_head: Option<String>,
+    pub orders: HashMap<Uuid, (Order, StoredRecipe)>,
+    pub correction_targets: HashMap<u64, Uuid>,
+}
+
+/// What to write for a message, in this order: the new events' rows, their QC
+/// evaluations, the projections of the batches they touched, the audit entries,
+/// and the site's cursor (`ingested.acked_event_seq`).
+#[derive(Debug)]
+pub struct Plan<'a> {
+    pub events: Vec<&'a Received>,
+    pub qc: Vec<(Uuid, QcRecord)>,
+    pub projections: Vec<(Uuid, Projection)>,
+    pub audit: Vec<NewEntry>,
+    pub ingested: Ingested,
+}
+
+/// What a message at `cursor` (the highest seq stored for the site) needs looked
+/// up. Stops at the first event that will be refused: nothing after it is needed.
+pub fn needs(cursor: u64, events: &[Received]) -> Needs {
+    let mut needs = Needs::default();
+    let mut next = cursor;
+    let mut batches = HashSet::new();
+    for received in events {
+        let event = received.event();
+        match place(event, next) {
+            Err(_) => break,
+            Ok(Placement::Repeat) => {
+                if event.seq <= cursor {
+                    needs.stored_bodies.push(event.seq);
+                }
+            }
+            Ok(Placement::Next) => {
+                if next == cursor && event.seq > 1 {
+                    needs.chain_head = Some(cursor);
+                }
+                next = event.seq;
+                if batches.insert(event.batch_id) {
+                    needs.batches.push(event.batch_id);
+                }
+                if let EventKind::Correction { corrects_seq, .. } = &event.kind {
+                    if *corrects_seq <= cursor {
+                        needs.correction_targets.push(*corrects_seq);
+                    }
+                }
+            }
+        }
+    }
+    needs
+}
+
+/// Plans a message of `site_id`'s events at `cursor`, from what the backend
+/// [`Found`] for its [`needs`]; refuses it whole, with the first reason, or says
+/// what to write.
+pub fn plan<'a>(
+    site_id: &str,
+    cursor: u64,
+    events: &'a [Received],
+    found: &Found,
+) -> Result<Plan<'a>> {
+    let first_new = cursor + 1;
+    let mut next = cursor;
+    let mut plan = Plan {
+        events: Vec::new(),
+        qc: Vec::new(),
+        projections: Vec::new(),
+        audit: Vec::new(),
+        ingested: Ingested {
+            acked_event_seq: cursor,
+            new_events: 0,
+        },
+    };
+    // The events of this message already planned, by seq (for repeats and
+    // corrections that point into the message itself).
+    let mut planned: HashMap<u64, &Received> = HashMap::new();
+    // The hash the next event must carry as prev_sha256 (the site's log is a chain).
+    let mut chain_head: Option<String> = None;
+    // Batches touched, with their projection, in the order first touched.
+    let mut touched: Vec<(Order, Projection, &StoredRecipe)> = Vec::new();
+    for received in events {
+        let event = received.event();
+        if place(event, next)? == Placement::Repeat {
+            let stored = match planned.get(&event.seq) {
+                Some(earlier) => Some(earlier.body()),
+                None => found.stored_bodies.get(&event.seq).map(String::as_str),
+            };
+            check_repeat(site_id, received, stored)?;
+            continue;
+        }
+        let slot = match touched
+            .iter()
+            .position(|(o, _, _)| o.batch_id == event.batch_id)
+        {
+            Some(slot) => slot,
+            None => {
+                let found_order = found.orders.get(&event.batch_id);
+                let order =
+                    check_batch_of_site(site_id, event, found_order.map(|(o, _)| o.clone()))?;
+                let recipe = &found_order.expect("checked above").1;
+                let projection = order.projection();
+                touched.push((order, projection, recipe));
+                touched.len() - 1
+            }
+        };
+        let expected_prev = match chain_head.take() {
+            Some(head) => head,
+            None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
+            None => found
+                .chain_head
+                .clone()
+                .ok_or_else(|| missing_below_cursor(site_id, event.seq - 1))?,
+        };
+        check_chain(event, &expected_prev)?;
+        chain_head = Some(received.sha256().to_owned());
+        planned.insert(event.seq, received);
+        plan.events.push(received);
+        let (order, projection, recipe) = &mut touched[slot];
+        let state_before = projection.state;
+        if let Some(qc) = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi) {
+            plan.qc.push((event.batch_id, qc));
+        }
+        let target = |seq: u64| match planned.get(&seq) {
+            Some(earlier) => Some(earlier.event().batch_id),
+            None => found.correction_targets.get(&seq).copied(),
+        };
+        audit_site_event(
+            &mut plan.audit,
+            site_id,
+            event,
+            order,
+            projection,
+            state_before,
+            target,
+        );
+        next = event.seq;
+        plan.ingested.new_events += 1;
+    }
+    plan.ingested.acked_event_seq = next;
+    plan.projections = touched
+        .into_iter()
+        .map(|(order, projection, _)| (order.batch_id, projection))
+        .collect();
+    if plan.ingested.new_events > 0 {
+        plan.audit.push(
+            NewEntry::new(
+                site_id,
+                "site_events.replicated",
+                format!("site/{site_id}/events/{first_new}..{next}"),
+            )
+            .value(format!(
+                "{} events; last hash {}",
+                plan.ingested.new_events,
+                chain_head.unwrap_or_default()
+            )),
+        );
+    }
+    Ok(plan)
+}
+
+/// Audits what one site event changed or revealed: batch state changes, custody
+/// mismatches (raised to QA), and corrections (with their reason). A correction
+/// must point at an earlier record of the same batch (`target` tells the batch of
+/// a seq of the site's log).
+fn audit_site_event(
+    audit: &mut Vec<NewEntry>,
+    site_id: &str,
+    event: &SiteEvent,
+    order: &Order,
+    projection: &mut Projection,
+    state_before: crate::model::BatchState,
+    target: impl Fn(u64) -> Option<Uuid>,
+) {
+    let object = format!("site/{site_id}/event/{}", event.seq);
+    match &event.kind {
+        EventKind::CustodyScan {
+            checkpoint_id,
+            expected_coi,
+            scanned_coi,
+            matched: false,
+            ..
+        } => {
+            tracing::warn!(site_id, batch_id = %event.batch_id, checkpoint_id, scanned_coi, "COI MISMATCH at custody checkpoint: raised to QA");
+            audit.push(
+                NewEntry::new(&event.recorded_by, "custody.mismatch", object)
+                    .batch(event.batch_id)
+                    .change(expected_coi.clone(), scanned_coi.clone())
+                    .reason(format!("hard stop at checkpoint {checkpoint_id}")),
+            );
+        }
+        EventKind::Correction {
+            corrects_seq,
+            reason,
+            field,
+            new_value,
+        } => {
+            if target(*corrects_seq) != Some(event.batch_id) {
+                projection.flag(
+                    event,
+                    format!("correction points at record {corrects_seq}, which is not a record of this batch"),
+                );
+            }
+            audit.push(
+                NewEntry::new(
+                    &event.recorded_by,
+                    "record.corrected",
+                    format!("site/{site_id}/event/{corrects_seq}"),
+                )
+                .batch(event.batch_id)
+                .value(format!("{field} = {new_value} (by record {})", event.seq))
+                .reason(reason.clone()),
+            );
+        }
+        _ => {}
+    }
+    if projection.state != state_before {
+        audit.push(
+            NewEntry::new(
+                site_id,
+                "batch.state_changed",
+                format!("batch/{}", order.batch_id),
+            )
+            .batch(order.batch_id)
+            .change(state_before.as_str(), projection.state.as_str())
+            .reason(format!("site record {}", event.seq)),
+        );
+    }
+}
+
+/// Where a site event stands against the hub's cursor for its site.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// At or below the cursor: must repeat the stored record exactly.
+    Repeat,
+    /// The next one.
+    Next,
+}
+
+/// Checks a site event's seq against the cursor (the highest seq stored): seq 0
+/// and gaps are refused. Shared by both backends' ingest.
+pub(crate) fn place(event: &SiteEvent, cursor: u64) -> Result<Placement> {
+    if event.seq == 0 {
+        return Err(Error::Protocol(
+            "event seq 0: a site log starts at 1".into(),
+        ));
+    }
+    if event.seq <= cursor {
+        return Ok(Placement::Repeat);
+    }
+    if event.seq != cursor + 1 {
+        return Err(Error::Protocol(format!(
+            "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
+            event.seq,
+            cursor + 1
+        )));
+    }
+    Ok(Placement::Next)
+}
+
+/// A repeated event must be what is stored under its seq (`stored`, the body).
+fn check_repeat(site_id: &str, received: &Received, stored: Option<&str>) -> Result<()> {
+    let event = received.event();
+    match stored {
+        Some(body) if body == received.body() => Ok(()),
+        Some(_) => Err(Error::Protocol(format!(
+            "event seq {} is already stored with different content; a record cannot be changed, send a correction instead",
+            event.seq
+        ))),
+        None => Err(missing_below_cursor(site_id, event.seq)),
+    }
+}
+
+/// The order an event's batch belongs to (`found`, looked up by batch), which must
+/// be one the hub placed at this site.
+fn check_batch_of_site(site_id: &str, event: &SiteEvent, found: Option<Order>) -> Result<Order> {
+    let order = found.ok_or_else(|| {
+        Error::PermissionDenied(format!(
+            "event seq {} is for batch {}, which the hub never ordered",
+            event.seq, event.batch_id
+        ))
+    })?;
+    if order.site_id != site_id {
+        return Err(Error::PermissionDenied(format!(
+            "event seq {} is for batch {}, which belongs to another site",
+            event.seq, event.batch_id
+        )));
+    }
+    Ok(order)
+}
+
+/// The event must name `expected_prev`, the hash of the site's previous event.
+fn check_chain(event: &SiteEvent, expected_prev: &str) -> Result<()> {
+    if event.prev_sha256 != expected_prev {
+        return Err(Error::Protocol(format!(
+            "event seq {} breaks the site's hash chain: it names {} as the previous event's hash, \
+             but event {} hashes to {expected_prev}; the site's log was altered",
+            event.seq,
+            event.prev_sha256,
+            event.seq - 1
+        )));
+    }
+    Ok(())
+}
+
+/// The error for a site event missing below the cursor.
+fn missing_below_cursor(site_id: &str, seq: u64) -> Error {
+    Error::Corrupt(format!(
+        "site {site_id} event {seq} is missing below the cursor"
+    ))
+}

@@ -1,0 +1,521 @@
+//! The primitives of a write transaction ([`WriteTx`]) on PostgreSQL: the store's
+//! transactions (`store/transactions.rs`) run on these. Locks are taken in the
+//! order the module above documents: the site's row, then a COI serial's, then (at
+//! commit) the audit chain.
+
+use super::super::backend::{OrderKey, WriteTx};
+use super::super::*;
+use super::{stored, PgStore, Write, COMMANDS_CHANNEL};
+use crate::audit::NewEntry;
+use crate::model::{Progress, Projection};
+use crate::schedule::{Booking, Capacity, Plan};
+use sqlx::Row;
+
+#[async_trait]
+impl WriteTx for Write<'_> {
+    async fn lock_site(&mut self, site_id: &str) -> Result<Site> {
+        PgStore::lock_site(self.conn(), site_id).await
+    }
+
+    async fn order(&mut self, key: OrderKey) -> Result<Order> {
+        PgStore::order_in(self.conn(), key).await
+    }
+
+    async fn recipe(&mut self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
+        let store = self.store;
+        store.recipe_in(self.conn(), recipe_id, version).await
+    }
+
+    async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>> {
+        sqlx::query(
+            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(recipe_id)
+        .fetch_optional(self.conn())
+        .await?
+        .as_ref()
+        .map(super::recipe_from_row)
+        .transpose()
+    }
+
+    async fn recipe_sha256(&mut self, recipe_id: &str, version: u32) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT sha256 FROM recipes WHERE recipe_id = $1 AND version = $2")
+                .bind(recipe_id)
+                .bind(i64::from(version))
+                .fetch_optional(self.conn())
+                .await?,
+        )
+    }
+
+    async fn batches_of_site(
+        &mut self,
+        site_id: &str,
+    ) -> Result<Vec<(Uuid, BatchState, Progress)>> {
+        sqlx::query(
+            "SELECT batch_id, state, progress::text AS progress FROM batches WHERE site_id = $1",
+        )
+        .bind(site_id)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(|row| {
+            let state: String = row.try_get("state")?;
+            let progress: String = row.try_get("progress")?;
+            Ok((
+                row.try_get("batch_id")?,
+                BatchState::parse(&state)
+                    .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
+                serde_json::from_str(&progress)
+                    .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
+            ))
+        })
+        .collect()
+    }
+
+    async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
+        PgStore::events_of_batch(self.conn(), batch_id).await
+    }
+
+    async fn insert_recipe(
+        &mut self,
+        recipe: &Recipe,
+        sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO recipes (recipe_id, version, title, sha256, document, published_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (recipe_id, version) DO NOTHING",
+        )
+        .bind(&recipe.id)
+        .bind(i64::from(recipe.version))
+        .bind(&recipe.title)
+        .bind(sha256)
+        .bind(recipe.to_canonical_json())
+        .bind(stored(now))
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_user(&mut self, user: &User, now: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO users (username, full_name, role, password_hash, disabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&user.username)
+        .bind(&user.full_name)
+        .bind(user.role.as_str())
+        .bind(&user.password_hash)
+        .bind(user.disabled)
+        .bind(stored(now))
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_session(
+        &mut self,
+        token_sha256: &str,
+        username: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(stored(now))
+            .execute(self.conn())
+            .await?;
+        sqlx::query(
+            "INSERT INTO sessions (token_sha256, username, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_sha256)
+        .bind(username)
+        .bind(stored(now))
+        .bind(stored(expires_at))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_session(&mut self, token_sha256: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("DELETE FROM sessions WHERE token_sha256 = $1 RETURNING username")
+                .bind(token_sha256)
+                .fetch_optional(self.conn())
+                .await?,
+        )
+    }
+
+    async fn insert_site(
+        &mut self,
+        site_id: &str,
+        name: &str,
+        token_sha256: &str,
+        token_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO sites (site_id, name, status, token_sha256, token_expires_at, created_at) \
+             VALUES ($1, $2, 'pending', $3, $4, $5) ON CONFLICT (site_id) DO NOTHING",
+        )
+        .bind(site_id)
+        .bind(name)
+        .bind(token_sha256)
+        .bind(stored(token_expires_at))
+        .bind(stored(now))
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn enroll_site(
+        &mut self,
+        site_id: &str,
+        token_sha256: &str,
+        cert: &IssuedCert,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sites SET token_sha256 = NULL, token_expires_at = NULL, cert_sha256 = $1, \
+             cert_not_after = $5, cert_ca_sha256 = $6, \
+             pending_cert_sha256 = NULL, pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL, \
+             status = CASE WHEN status = 'pending' THEN 'active' ELSE status END \
+             WHERE site_id = $2 AND token_sha256 = $3 AND token_expires_at > $4",
+        )
+        .bind(&cert.sha256)
+        .bind(site_id)
+        .bind(token_sha256)
+        .bind(stored(now))
+        .bind(stored(cert.not_after))
+        .bind(&cert.ca_sha256)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_site_status(&mut self, site_id: &str, status: SiteStatus) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET status = $1, \
+             token_sha256 = CASE WHEN $1 = 'ceased' THEN NULL ELSE token_sha256 END, \
+             token_expires_at = CASE WHEN $1 = 'ceased' THEN NULL ELSE token_expires_at END \
+             WHERE site_id = $2",
+        )
+        .bind(status.as_str())
+        .bind(site_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn set_pending_certificate(&mut self, site_id: &str, cert: &IssuedCert) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET pending_cert_sha256 = $1, pending_cert_not_after = $2, \
+             pending_cert_ca_sha256 = $4 WHERE site_id = $3",
+        )
+        .bind(&cert.sha256)
+        .bind(stored(cert.not_after))
+        .bind(site_id)
+        .bind(&cert.ca_sha256)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn promote_pending_certificate(&mut self, site_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET cert_sha256 = pending_cert_sha256, cert_not_after = pending_cert_not_after, \
+             cert_ca_sha256 = pending_cert_ca_sha256, pending_cert_sha256 = NULL, \
+             pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL WHERE site_id = $1",
+        )
+        .bind(site_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn ack_commands(&mut self, site_id: &str, seq: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET acked_command_seq = GREATEST(acked_command_seq, $1) WHERE site_id = $2",
+        )
+        .bind(i64_of(seq)?)
+        .bind(site_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn next_coi_serial(&mut self, facility: &str, year: i32) -> Result<i64> {
+        // One statement allocates the serial and locks its row until commit, so two
+        // hubs never hand out the same one.
+        Ok(sqlx::query_scalar(
+            "INSERT INTO coi_serials (facility, year, last) VALUES ($1, $2, 1) \
+             ON CONFLICT (facility, year) DO UPDATE SET last = coi_serials.last + 1 RETURNING last",
+        )
+        .bind(facility)
+        .bind(year)
+        .fetch_one(self.conn())
+        .await?)
+    }
+
+    async fn insert_order(&mut self, order: &Order) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO orders (order_id, batch_id, coi, patient_pseudonym, recipe_id, recipe_version, site_id, \
+             requested_collection_date, physician, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(order.order_id)
+        .bind(order.batch_id)
+        .bind(&order.coi)
+        .bind(&order.patient_pseudonym)
+        .bind(&order.recipe_id)
+        .bind(i64::from(order.recipe_version))
+        .bind(&order.site_id)
+        .bind(&order.requested_collection_date)
+        .bind(&order.physician)
+        .bind(stored(order.created_at))
+        .execute(self.conn())
+        .await?;
+        sqlx::query(
+            "INSERT INTO batches (batch_id, site_id, state, current_step, progress, decision_recorded, updated_at) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)",
+        )
+        .bind(order.batch_id)
+        .bind(&order.site_id)
+        .bind(order.state.as_str())
+        .bind(order.current_step.as_deref())
+        .bind(json_text(&order.progress)?)
+        .bind(order.decision_recorded)
+        .bind(stored(order.updated_at))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn capacity(&mut self, site_id: &str) -> Result<Option<Capacity>> {
+        PgStore::capacity_in(self.conn(), site_id).await
+    }
+
+    async fn site_bookings(&mut self, site_id: &str) -> Result<Vec<Booking>> {
+        PgStore::site_bookings_in(self.conn(), site_id).await
+    }
+
+    async fn order_booking(&mut self, order_id: Uuid) -> Result<Option<(Booking, bool)>> {
+        PgStore::order_booking_in(self.conn(), order_id).await
+    }
+
+    async fn unbooked_open_orders(&mut self, site_id: &str) -> Result<Vec<(Uuid, String)>> {
+        sqlx::query(super::super::schedule::UNBOOKED_OPEN_ORDERS)
+            .bind(site_id)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("order_id")?, r.try_get("coi")?)))
+            .collect()
+    }
+
+    async fn set_capacity(
+        &mut self,
+        site_id: &str,
+        document: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO site_capacity (site_id, document, updated_at, updated_by) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (site_id) DO UPDATE SET document = excluded.document, \
+             updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+        )
+        .bind(site_id)
+        .bind(document)
+        .bind(stored(now))
+        .bind(actor)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_booking(
+        &mut self,
+        order_id: Uuid,
+        site_id: &str,
+        plan: &Plan,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO bookings (order_id, site_id, collection_date, slot, active, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, TRUE, $5, $6)",
+        )
+        .bind(order_id)
+        .bind(site_id)
+        .bind(plan.collection_date)
+        .bind(plan.slot as i32)
+        .bind(stored(now))
+        .bind(stored(now))
+        .execute(self.conn())
+        .await?;
+        PgStore::insert_steps_in(self.conn(), order_id, plan).await
+    }
+
+    async fn move_booking(
+        &mut self,
+        order_id: Uuid,
+        plan: &Plan,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE bookings SET collection_date = $1, slot = $2, announced_release = NULL, \
+             updated_at = $3 WHERE order_id = $4",
+        )
+        .bind(plan.collection_date)
+        .bind(plan.slot as i32)
+        .bind(stored(now))
+        .bind(order_id)
+        .execute(self.conn())
+        .await?;
+        sqlx::query("UPDATE orders SET requested_collection_date = $1 WHERE order_id = $2")
+            .bind(plan.collection_date.to_string())
+            .bind(order_id)
+            .execute(self.conn())
+            .await?;
+        sqlx::query("DELETE FROM booking_steps WHERE order_id = $1")
+            .bind(order_id)
+            .execute(self.conn())
+            .await?;
+        PgStore::insert_steps_in(self.conn(), order_id, plan).await
+    }
+
+    async fn set_expected(
+        &mut self,
+        order_id: Uuid,
+        step_id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE booking_steps SET expected_start = $1, expected_end = $2 \
+             WHERE order_id = $3 AND step_id = $4",
+        )
+        .bind(stored(start))
+        .bind(stored(end))
+        .bind(order_id)
+        .bind(step_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn announce_release(
+        &mut self,
+        order_id: Uuid,
+        expected: DateTime<Utc>,
+        replaces: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE bookings SET announced_release = $1, updated_at = $2 \
+             WHERE order_id = $3 AND announced_release IS NOT DISTINCT FROM $4",
+        )
+        .bind(stored(expected))
+        .bind(stored(now))
+        .bind(order_id)
+        .bind(replaces.map(stored))
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_booking(&mut self, order_id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        PgStore::release_booking_in(self.conn(), order_id, now).await
+    }
+
+    async fn save_projection(
+        &mut self,
+        batch_id: Uuid,
+        p: &Projection,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET state = $1, current_step = $2, progress = $3::jsonb, \
+             decision_recorded = $4, updated_at = $5 WHERE batch_id = $6",
+        )
+        .bind(p.state.as_str())
+        .bind(p.current_step.as_deref())
+        .bind(json_text(&p.progress)?)
+        .bind(p.decision_recorded)
+        .bind(stored(now))
+        .bind(batch_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn set_progress(
+        &mut self,
+        batch_id: Uuid,
+        progress: &Progress,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE batches SET progress = $1::jsonb, updated_at = $2 WHERE batch_id = $3")
+            .bind(json_text(progress)?)
+            .bind(stored(now))
+            .bind(batch_id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_signature(&mut self, signature: &Signature) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(signature.signature_id)
+        .bind(signature.batch_id)
+        .bind(&signature.signer)
+        .bind(&signature.signer_name)
+        .bind(signature.meaning.as_str())
+        .bind(&signature.record_sha256)
+        .bind(&signature.reason)
+        .bind(stored(signature.signed_at))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_command(&mut self, site_id: &str, command: &HubCommand) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO hub_commands (site_id, seq, command_id, batch_id, kind, issued_at, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(site_id)
+        .bind(i64_of(command.seq)?)
+        .bind(command.command_id)
+        .bind(command.batch_id)
+        .bind(command.kind.name())
+        .bind(stored(command.issued_at))
+        .bind(command.canonical_json())
+        .execute(self.conn())
+        .await?;
+        sqlx::query("UPDATE sites SET last_command_seq = $1 WHERE site_id = $2")
+            .bind(i64_of(command.seq)?)
+            .bind(site_id)
+            .execute(self.conn())
+            .await?;
+        // Wakes the replica holding the site's link, whichever it is, at commit.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(COMMANDS_CHANNEL)
+            .bind(site_id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn audit(&mut self, entry: NewEntry, now: DateTime<Utc>) -> Result<()> {
+        // Appended to the chain at commit (see `Write::commit`).
+        Write::audit(self, entry, now);
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Write::commit(*self).await
+    }
+}

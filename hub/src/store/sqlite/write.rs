@@ -1,0 +1,568 @@
+//! The primitives of a write transaction ([`WriteTx`]) on SQLite: the store's
+//! transactions (`store/transactions.rs`) run on these.
+
+use super::super::backend::{OrderKey, WriteTx};
+use super::super::*;
+use super::SqliteStore;
+use crate::audit::{self, NewEntry};
+use crate::model::{Progress, Projection};
+use crate::schedule::{Booking, Capacity, Plan};
+use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::MutexGuard;
+
+/// A write transaction: the store's write lock and SQLite's (BEGIN IMMEDIATE), both
+/// held from the start, so it never fails half-way because another writer came first.
+pub(super) struct SqliteWrite<'a> {
+    pub(super) store: &'a SqliteStore,
+    pub(super) _lock: MutexGuard<'a, ()>,
+    pub(super) tx: Transaction<'static, Sqlite>,
+}
+
+impl SqliteStore {
+    /// A write transaction; refused once the store has failed ([`failure`]).
+    pub(super) async fn begin_write(&self) -> Result<SqliteWrite<'_>> {
+        let lock = self.write_lock.lock().await;
+        if let Some(why) = failure().reason() {
+            return Err(Error::Failed(why.to_owned()));
+        }
+        Ok(SqliteWrite {
+            store: self,
+            _lock: lock,
+            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+}
+
+impl SqliteWrite<'_> {
+    pub(super) async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WriteTx for SqliteWrite<'_> {
+    async fn lock_site(&mut self, site_id: &str) -> Result<Site> {
+        // The one writer is held already: reading the row is enough.
+        SqliteStore::site_in(&mut self.tx, site_id).await
+    }
+
+    async fn order(&mut self, key: OrderKey) -> Result<Order> {
+        SqliteStore::order_in(&mut self.tx, key).await
+    }
+
+    async fn lock_order(&mut self, key: OrderKey) -> Result<Order> {
+        self.order(key).await
+    }
+
+    async fn recipe(&mut self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
+        self.store.recipe_in(&mut self.tx, recipe_id, version).await
+    }
+
+    async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>> {
+        sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? ORDER BY version DESC LIMIT 1")
+            .bind(recipe_id)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .as_ref()
+            .map(super::recipe_from_row)
+            .transpose()
+    }
+
+    async fn recipe_sha256(&mut self, recipe_id: &str, version: u32) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT sha256 FROM recipes WHERE recipe_id = ? AND version = ?")
+                .bind(recipe_id)
+                .bind(i64::from(version))
+                .fetch_optional(&mut *self.tx)
+                .await?,
+        )
+    }
+
+    async fn batches_of_site(
+        &mut self,
+        site_id: &str,
+    ) -> Result<Vec<(Uuid, BatchState, Progress)>> {
+        sqlx::query("SELECT batch_id, state, progress FROM batches WHERE site_id = ?")
+            .bind(site_id)
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                let progress: String = row.try_get("progress")?;
+                Ok((
+                    super::parse_uuid(&row.try_get::<String, _>("batch_id")?)?,
+                    BatchState::parse(&state)
+                        .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
+                    serde_json::from_str(&progress)
+                        .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
+        SqliteStore::events_of_batch(&mut *self.tx, batch_id).await
+    }
+
+    async fn insert_recipe(
+        &mut self,
+        recipe: &Recipe,
+        sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO recipes (recipe_id, version, title, sha256, document, published_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (recipe_id, version) DO NOTHING",
+        )
+        .bind(&recipe.id)
+        .bind(i64::from(recipe.version))
+        .bind(&recipe.title)
+        .bind(sha256)
+        .bind(recipe.to_canonical_json())
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_user(&mut self, user: &User, now: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO users (username, full_name, role, password_hash, disabled, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&user.username)
+        .bind(&user.full_name)
+        .bind(user.role.as_str())
+        .bind(&user.password_hash)
+        .bind(user.disabled as i64)
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_session(
+        &mut self,
+        token_sha256: &str,
+        username: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
+            .bind(ts(now))
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("INSERT INTO sessions (token_sha256, username, created_at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(token_sha256)
+            .bind(username)
+            .bind(ts(now))
+            .bind(ts(expires_at))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_session(&mut self, token_sha256: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("DELETE FROM sessions WHERE token_sha256 = ? RETURNING username")
+                .bind(token_sha256)
+                .fetch_optional(&mut *self.tx)
+                .await?,
+        )
+    }
+
+    async fn insert_site(
+        &mut self,
+        site_id: &str,
+        name: &str,
+        token_sha256: &str,
+        token_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO sites (site_id, name, status, token_sha256, token_expires_at, created_at) VALUES (?, ?, 'pending', ?, ?, ?) \
+             ON CONFLICT (site_id) DO NOTHING",
+        )
+        .bind(site_id)
+        .bind(name)
+        .bind(token_sha256)
+        .bind(ts(token_expires_at))
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn enroll_site(
+        &mut self,
+        site_id: &str,
+        token_sha256: &str,
+        cert: &IssuedCert,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sites SET token_sha256 = NULL, token_expires_at = NULL, cert_sha256 = ?, \
+             cert_not_after = ?, cert_ca_sha256 = ?, \
+             pending_cert_sha256 = NULL, pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL, \
+             status = CASE WHEN status = 'pending' THEN 'active' ELSE status END \
+             WHERE site_id = ? AND token_sha256 = ? AND token_expires_at > ?",
+        )
+        .bind(&cert.sha256)
+        .bind(ts(cert.not_after))
+        .bind(&cert.ca_sha256)
+        .bind(site_id)
+        .bind(token_sha256)
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_site_status(&mut self, site_id: &str, status: SiteStatus) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET status = ?1, \
+             token_sha256 = CASE WHEN ?1 = 'ceased' THEN NULL ELSE token_sha256 END, \
+             token_expires_at = CASE WHEN ?1 = 'ceased' THEN NULL ELSE token_expires_at END \
+             WHERE site_id = ?2",
+        )
+        .bind(status.as_str())
+        .bind(site_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_pending_certificate(&mut self, site_id: &str, cert: &IssuedCert) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET pending_cert_sha256 = ?, pending_cert_not_after = ?, \
+             pending_cert_ca_sha256 = ? WHERE site_id = ?",
+        )
+        .bind(&cert.sha256)
+        .bind(ts(cert.not_after))
+        .bind(&cert.ca_sha256)
+        .bind(site_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn promote_pending_certificate(&mut self, site_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET cert_sha256 = pending_cert_sha256, cert_not_after = pending_cert_not_after, \
+             cert_ca_sha256 = pending_cert_ca_sha256, pending_cert_sha256 = NULL, \
+             pending_cert_not_after = NULL, pending_cert_ca_sha256 = NULL WHERE site_id = ?",
+        )
+        .bind(site_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn ack_commands(&mut self, site_id: &str, seq: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET acked_command_seq = MAX(acked_command_seq, ?) WHERE site_id = ?",
+        )
+        .bind(i64_of(seq)?)
+        .bind(site_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_coi_serial(&mut self, facility: &str, year: i32) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO coi_serials (facility, year, last) VALUES (?, ?, 1) \
+             ON CONFLICT (facility, year) DO UPDATE SET last = last + 1 RETURNING last",
+        )
+        .bind(facility)
+        .bind(i64::from(year))
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    async fn insert_order(&mut self, order: &Order) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO orders (order_id, batch_id, coi, patient_pseudonym, recipe_id, recipe_version, site_id, \
+             requested_collection_date, physician, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(order.order_id.to_string())
+        .bind(order.batch_id.to_string())
+        .bind(&order.coi)
+        .bind(&order.patient_pseudonym)
+        .bind(&order.recipe_id)
+        .bind(i64::from(order.recipe_version))
+        .bind(&order.site_id)
+        .bind(&order.requested_collection_date)
+        .bind(&order.physician)
+        .bind(ts(order.created_at))
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO batches (batch_id, site_id, state, current_step, progress, decision_recorded, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(order.batch_id.to_string())
+        .bind(&order.site_id)
+        .bind(order.state.as_str())
+        .bind(order.current_step.as_deref())
+        .bind(json_text(&order.progress)?)
+        .bind(order.decision_recorded as i64)
+        .bind(ts(order.updated_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn capacity(&mut self, site_id: &str) -> Result<Option<Capacity>> {
+        SqliteStore::capacity_in(&mut self.tx, site_id).await
+    }
+
+    async fn site_bookings(&mut self, site_id: &str) -> Result<Vec<Booking>> {
+        SqliteStore::site_bookings_in(&mut self.tx, site_id).await
+    }
+
+    async fn order_booking(&mut self, order_id: Uuid) -> Result<Option<(Booking, bool)>> {
+        SqliteStore::order_booking_in(&mut self.tx, order_id).await
+    }
+
+    async fn unbooked_open_orders(&mut self, site_id: &str) -> Result<Vec<(Uuid, String)>> {
+        sqlx::query(super::super::schedule::UNBOOKED_OPEN_ORDERS)
+            .bind(site_id)
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    super::parse_uuid(&r.try_get::<String, _>("order_id")?)?,
+                    r.try_get("coi")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn set_capacity(
+        &mut self,
+        site_id: &str,
+        document: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO site_capacity (site_id, document, updated_at, updated_by) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (site_id) DO UPDATE SET document = excluded.document, \
+             updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+        )
+        .bind(site_id)
+        .bind(document)
+        .bind(ts(now))
+        .bind(actor)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_booking(
+        &mut self,
+        order_id: Uuid,
+        site_id: &str,
+        plan: &Plan,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO bookings (order_id, site_id, collection_date, slot, active, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, 1, ?, ?)",
+        )
+        .bind(order_id.to_string())
+        .bind(site_id)
+        .bind(plan.collection_date.to_string())
+        .bind(i64::from(plan.slot))
+        .bind(ts(now))
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        SqliteStore::insert_steps_in(&mut self.tx, order_id, plan).await
+    }
+
+    async fn move_booking(
+        &mut self,
+        order_id: Uuid,
+        plan: &Plan,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE bookings SET collection_date = ?, slot = ?, announced_release = NULL, \
+             updated_at = ? WHERE order_id = ?",
+        )
+        .bind(plan.collection_date.to_string())
+        .bind(i64::from(plan.slot))
+        .bind(ts(now))
+        .bind(order_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("UPDATE orders SET requested_collection_date = ? WHERE order_id = ?")
+            .bind(plan.collection_date.to_string())
+            .bind(order_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM booking_steps WHERE order_id = ?")
+            .bind(order_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        SqliteStore::insert_steps_in(&mut self.tx, order_id, plan).await
+    }
+
+    async fn set_expected(
+        &mut self,
+        order_id: Uuid,
+        step_id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE booking_steps SET expected_start = ?, expected_end = ? \
+             WHERE order_id = ? AND step_id = ?",
+        )
+        .bind(ts(start))
+        .bind(ts(end))
+        .bind(order_id.to_string())
+        .bind(step_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn announce_release(
+        &mut self,
+        order_id: Uuid,
+        expected: DateTime<Utc>,
+        replaces: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE bookings SET announced_release = ?, updated_at = ? \
+             WHERE order_id = ? AND announced_release IS ?",
+        )
+        .bind(ts(expected))
+        .bind(ts(now))
+        .bind(order_id.to_string())
+        .bind(replaces.map(ts))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_booking(&mut self, order_id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        SqliteStore::release_booking_in(&mut self.tx, order_id, now).await
+    }
+
+    async fn save_projection(
+        &mut self,
+        batch_id: Uuid,
+        p: &Projection,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET state = ?, current_step = ?, progress = ?, decision_recorded = ?, updated_at = ? WHERE batch_id = ?",
+        )
+        .bind(p.state.as_str())
+        .bind(p.current_step.as_deref())
+        .bind(json_text(&p.progress)?)
+        .bind(p.decision_recorded as i64)
+        .bind(ts(now))
+        .bind(batch_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_progress(
+        &mut self,
+        batch_id: Uuid,
+        progress: &Progress,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE batches SET progress = ?, updated_at = ? WHERE batch_id = ?")
+            .bind(json_text(progress)?)
+            .bind(ts(now))
+            .bind(batch_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_signature(&mut self, signature: &Signature) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(signature.signature_id.to_string())
+        .bind(signature.batch_id.to_string())
+        .bind(&signature.signer)
+        .bind(&signature.signer_name)
+        .bind(signature.meaning.as_str())
+        .bind(&signature.record_sha256)
+        .bind(&signature.reason)
+        .bind(ts(signature.signed_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_command(&mut self, site_id: &str, command: &HubCommand) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO hub_commands (site_id, seq, command_id, batch_id, kind, issued_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(site_id)
+        .bind(i64_of(command.seq)?)
+        .bind(command.command_id.to_string())
+        .bind(command.batch_id.to_string())
+        .bind(command.kind.name())
+        .bind(ts(command.issued_at))
+        .bind(command.canonical_json())
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("UPDATE sites SET last_command_seq = ? WHERE site_id = ?")
+            .bind(i64_of(command.seq)?)
+            .bind(site_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit(&mut self, entry: NewEntry, now: DateTime<Utc>) -> Result<()> {
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT position, sha256 FROM audit_log ORDER BY position DESC LIMIT 1")
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        let (position, prev) = match last {
+            Some((position, sha)) => (position as u64 + 1, sha),
+            None => (1, audit::GENESIS.to_owned()),
+        };
+        let at = ts(now);
+        let sha = audit::entry_sha256(&prev, position, &at, &entry);
+        sqlx::query(
+            "INSERT INTO audit_log (position, at, actor, action, object, batch_id, old_value, new_value, reason, prev_sha256, sha256) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(i64_of(position)?)
+        .bind(&at)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.object)
+        .bind(entry.batch_id.map(|b| b.to_string()))
+        .bind(&entry.old_value)
+        .bind(&entry.new_value)
+        .bind(&entry.reason)
+        .bind(&prev)
+        .bind(&sha)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        SqliteWrite::commit(*self).await
+    }
+}

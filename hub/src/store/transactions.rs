@@ -1,0 +1,702 @@
+//! The store's write transactions, each written once for every backend: what is
+//! checked, what is written, and what is audited, in one transaction that commits
+//! before the caller hears of it. The backends supply only the primitives
+//! ([`WriteTx`]); [`super::Store`] runs these on a transaction of its backend.
+//!
+//! The site link's ingest is the one write not here: it is planned by the pure
+//! [`super::ingest`] and executed by each backend on its fastest path.
+
+use super::backend::{OrderKey, Tx};
+use super::schedule::{self as schedule_store, booked_from, capacity_json, DelayNotice};
+use super::{ts, Error, Result};
+use crate::audit::NewEntry;
+use crate::model::{
+    site_transition, BatchState, IssuedCert, NewOrder, OpenBatch, Order, Progress, Signature, Site,
+    SiteStatus, User,
+};
+use crate::schedule::{Booked, Booking, Capacity, Moved, Plan};
+use carrel_proto::coi::Coi;
+use carrel_proto::event::{CommandKind, HubCommand, ReleaseMeaning};
+use carrel_proto::recipe::Recipe;
+use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, Utc};
+use uuid::Uuid;
+
+pub(crate) async fn publish_recipe(
+    mut tx: Tx<'_>,
+    recipe: &Recipe,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    recipe
+        .validate()
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let sha = recipe.sha256();
+    // Inserting first (rather than looking first) is what makes two hubs that
+    // publish at once agree: the second waits for the first and then finds its row.
+    if !tx.insert_recipe(recipe, &sha, now).await? {
+        let stored = tx.recipe_sha256(&recipe.id, recipe.version).await?;
+        return match stored {
+            Some(stored) if stored == sha => Ok(()),
+            stored => Err(Error::FailedPrecondition(format!(
+                "recipe {} v{} is already published with SHA-256 {}; a changed process needs a new version",
+                recipe.id,
+                recipe.version,
+                stored.unwrap_or_default()
+            ))),
+        };
+    }
+    tx.audit(
+        NewEntry::new(
+            "system",
+            "recipe.published",
+            format!("recipe/{}/v{}", recipe.id, recipe.version),
+        )
+        .value(sha),
+        now,
+    )
+    .await?;
+    tx.commit().await
+}
+
+pub(crate) async fn add_user(
+    mut tx: Tx<'_>,
+    user: &User,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if !tx.insert_user(user, now).await? {
+        return Err(Error::AlreadyExists(format!("user {:?}", user.username)));
+    }
+    tx.audit(
+        NewEntry::new(actor, "user.created", format!("user/{}", user.username))
+            .value(format!("{} ({})", user.full_name, user.role)),
+        now,
+    )
+    .await?;
+    tx.commit().await
+}
+
+pub(crate) async fn create_session(
+    mut tx: Tx<'_>,
+    token_sha256: &str,
+    username: &str,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    tx.insert_session(token_sha256, username, expires_at, now)
+        .await?;
+    tx.audit(
+        NewEntry::new(username, "user.signed_in", format!("user/{username}"))
+            .value(format!("session until {}", ts(expires_at))),
+        now,
+    )
+    .await?;
+    tx.commit().await
+}
+
+pub(crate) async fn delete_session(
+    mut tx: Tx<'_>,
+    token_sha256: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if let Some(username) = tx.delete_session(token_sha256).await? {
+        tx.audit(
+            NewEntry::new(&username, "user.signed_out", format!("user/{username}")),
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+pub(crate) async fn audit(mut tx: Tx<'_>, entry: &NewEntry, now: DateTime<Utc>) -> Result<()> {
+    tx.audit(entry.clone(), now).await?;
+    tx.commit().await
+}
+
+pub(crate) async fn add_site(
+    mut tx: Tx<'_>,
+    site_id: &str,
+    name: &str,
+    token_sha256: &str,
+    token_expires_at: DateTime<Utc>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Site> {
+    if !tx
+        .insert_site(site_id, name, token_sha256, token_expires_at, now)
+        .await?
+    {
+        return Err(Error::AlreadyExists(format!("site {site_id:?}")));
+    }
+    tx.audit(
+        NewEntry::new(actor, "site.registered", format!("site/{site_id}")).value(format!(
+            "{name}; enrollment token valid until {}",
+            ts(token_expires_at)
+        )),
+        now,
+    )
+    .await?;
+    let site = tx.lock_site(site_id).await?;
+    tx.commit().await?;
+    Ok(site)
+}
+
+pub(crate) async fn complete_enrollment(
+    mut tx: Tx<'_>,
+    site_id: &str,
+    token_sha256: &str,
+    cert: &IssuedCert,
+    now: DateTime<Utc>,
+) -> Result<Site> {
+    // One statement: of two enrollments with one token, the second finds it used.
+    if !tx.enroll_site(site_id, token_sha256, cert, now).await? {
+        return Err(Error::PermissionDenied(
+            "enrollment token is unknown, expired or was already used".into(),
+        ));
+    }
+    tx.audit(
+        NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}")).value(format!(
+            "certificate {} valid until {}",
+            cert.sha256,
+            ts(cert.not_after)
+        )),
+        now,
+    )
+    .await?;
+    let site = tx.lock_site(site_id).await?;
+    tx.commit().await?;
+    Ok(site)
+}
+
+pub(crate) async fn set_site_status(
+    mut tx: Tx<'_>,
+    site_id: &str,
+    status: SiteStatus,
+    actor: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Site> {
+    let site = tx.lock_site(site_id).await?;
+    let open: Vec<OpenBatch> = tx
+        .batches_of_site(site_id)
+        .await?
+        .into_iter()
+        .filter_map(|(batch_id, state, progress)| OpenBatch::of(batch_id, state, progress))
+        .collect();
+    let action = site_transition(&site, status, &open)?;
+    tx.set_site_status(site_id, status).await?;
+    if status == SiteStatus::Suspended {
+        for batch in open.iter().filter(|b| b.state.is_running()) {
+            let flagged = batch.flagged_for_suspension(actor, reason, now);
+            tx.set_progress(batch.batch_id, &flagged, now).await?;
+            tx.audit(
+                NewEntry::new(actor, "batch.flagged", format!("batch/{}", batch.batch_id))
+                    .value(format!("{}: site {site_id} suspended", batch.state))
+                    .reason(reason),
+                now,
+            )
+            .await?;
+        }
+    }
+    tx.audit(
+        NewEntry::new(actor, action, format!("site/{site_id}"))
+            .change(site.status.as_str(), status.as_str())
+            .reason(reason),
+        now,
+    )
+    .await?;
+    let site = tx.lock_site(site_id).await?;
+    tx.commit().await?;
+    Ok(site)
+}
+
+pub(crate) async fn record_renewed_certificate(
+    mut tx: Tx<'_>,
+    site_id: &str,
+    cert: &IssuedCert,
+    now: DateTime<Utc>,
+) -> Result<Site> {
+    let site = tx.lock_site(site_id).await?;
+    if site.status != SiteStatus::Active {
+        return Err(Error::FailedPrecondition(format!(
+            "site {site_id:?} is {}; only an active site renews its certificate",
+            site.status.as_str()
+        )));
+    }
+    tx.set_pending_certificate(site_id, cert).await?;
+    tx.audit(
+        NewEntry::new(
+            site_id,
+            "site.certificate_issued",
+            format!("site/{site_id}"),
+        )
+        .value(format!(
+            "certificate {} valid until {}",
+            cert.sha256,
+            ts(cert.not_after)
+        )),
+        now,
+    )
+    .await?;
+    let site = tx.lock_site(site_id).await?;
+    tx.commit().await?;
+    Ok(site)
+}
+
+pub(crate) async fn promote_pending_certificate(
+    mut tx: Tx<'_>,
+    site_id: &str,
+    cert_sha256: &str,
+    now: DateTime<Utc>,
+) -> Result<Site> {
+    let site = tx.lock_site(site_id).await?;
+    if site.pending_cert_sha256.as_deref() != Some(cert_sha256) {
+        return Err(Error::FailedPrecondition(format!(
+            "certificate {cert_sha256} is not the one renewed for site {site_id:?}"
+        )));
+    }
+    tx.promote_pending_certificate(site_id).await?;
+    tx.audit(
+        NewEntry::new(
+            site_id,
+            "site.certificate_replaced",
+            format!("site/{site_id}"),
+        )
+        .change(site.cert_sha256.as_deref().unwrap_or(""), cert_sha256),
+        now,
+    )
+    .await?;
+    let site = tx.lock_site(site_id).await?;
+    tx.commit().await?;
+    Ok(site)
+}
+
+pub(crate) async fn ack_commands(mut tx: Tx<'_>, site_id: &str, seq: u64) -> Result<()> {
+    let site = tx.lock_site(site_id).await?;
+    if seq > site.last_command_seq {
+        return Err(Error::Protocol(format!(
+            "site acknowledged command {seq}, but the hub issued only {} commands to it",
+            site.last_command_seq
+        )));
+    }
+    tx.ack_commands(site_id, seq).await?;
+    tx.commit().await
+}
+
+/// Appends a command to a site's log (locking the site); returns it.
+pub(crate) async fn append_command(
+    tx: &mut Tx<'_>,
+    site_id: &str,
+    batch_id: Uuid,
+    kind: CommandKind,
+    now: DateTime<Utc>,
+) -> Result<HubCommand> {
+    let site = tx.lock_site(site_id).await?;
+    let command = HubCommand {
+        seq: site.last_command_seq + 1,
+        command_id: Uuid::now_v7(),
+        issued_at: now,
+        batch_id,
+        kind,
+    };
+    tx.insert_command(site_id, &command).await?;
+    Ok(command)
+}
+
+pub(crate) async fn create_order(
+    mut tx: Tx<'_>,
+    new: &NewOrder,
+    now: DateTime<Utc>,
+) -> Result<Order> {
+    let site = match tx.lock_site(&new.site_id).await {
+        Err(Error::NotFound(_)) => {
+            return Err(Error::Invalid(format!(
+                "site {:?} is not known to the hub",
+                new.site_id
+            )))
+        }
+        other => other?,
+    };
+    if site.status != SiteStatus::Active {
+        return Err(Error::FailedPrecondition(format!(
+            "site {:?} is {} and cannot take orders",
+            site.site_id,
+            site.status.as_str()
+        )));
+    }
+    let recipe = tx.latest_recipe(&new.recipe_id).await?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "product (recipe) {:?} is not known to the hub",
+            new.recipe_id
+        ))
+    })?;
+    let year = now.year();
+    let serial = tx.next_coi_serial(&new.facility, year).await?;
+    if serial >= 1_000_000 {
+        return Err(Error::FailedPrecondition(format!(
+            "COI serials for facility {} in {year} are exhausted",
+            new.facility
+        )));
+    }
+    let coi = Coi::new(&new.facility, year as u16, serial as u32)
+        .map_err(|e| Error::Invalid(format!("facility id: {e}")))?;
+    let order = Order {
+        order_id: Uuid::now_v7(),
+        batch_id: Uuid::now_v7(),
+        coi: coi.to_string(),
+        patient_pseudonym: new.patient_pseudonym.clone(),
+        recipe_id: recipe.recipe.id.clone(),
+        recipe_version: recipe.recipe.version,
+        site_id: new.site_id.clone(),
+        requested_collection_date: new.requested_collection_date.clone(),
+        physician: new.physician.clone(),
+        created_at: now,
+        state: BatchState::Ordered,
+        current_step: None,
+        progress: Progress::default(),
+        decision_recorded: false,
+        updated_at: now,
+    };
+    tx.insert_order(&order).await?;
+    let booked = book(
+        &mut tx,
+        order.order_id,
+        &new.site_id,
+        &recipe.recipe,
+        &new.requested_collection_date,
+        now,
+    )
+    .await?;
+    append_command(
+        &mut tx,
+        &new.site_id,
+        order.batch_id,
+        CommandKind::BatchOrder {
+            order_id: order.order_id,
+            coi: order.coi.clone(),
+            patient_pseudonym: new.patient_pseudonym.clone(),
+            requested_collection_date: new.requested_collection_date.clone(),
+            recipe_id: recipe.recipe.id.clone(),
+            recipe_version: recipe.recipe.version,
+            recipe_json: recipe.canonical_json.clone(),
+            recipe_sha256: recipe.sha256.clone(),
+        },
+        now,
+    )
+    .await?;
+    tx.audit(
+        NewEntry::new(
+            &new.physician,
+            "order.created",
+            format!("order/{}", order.order_id),
+        )
+        .batch(order.batch_id)
+        .value(format!(
+            "COI {coi}, patient {}, site {}, recipe {} v{}, collection {}",
+            new.patient_pseudonym,
+            new.site_id,
+            recipe.recipe.id,
+            recipe.recipe.version,
+            new.requested_collection_date
+        ))
+        .reason(schedule_store::booking_note(booked.as_ref())),
+        now,
+    )
+    .await?;
+    let order = tx.order(OrderKey::Order(order.order_id)).await?;
+    tx.commit().await?;
+    Ok(order)
+}
+
+pub(crate) async fn cancel_order(
+    mut tx: Tx<'_>,
+    order_id: Uuid,
+    reason: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Order> {
+    let order = tx.lock_order(OrderKey::Order(order_id)).await?;
+    if order.state.is_final() || order.state == BatchState::AwaitingRelease {
+        return Err(Error::FailedPrecondition(format!(
+            "order {order_id} is {}; only an order still in manufacturing can be cancelled (a finished batch is rejected by QA instead)",
+            order.state
+        )));
+    }
+    let mut projection = order.projection();
+    projection.state = BatchState::Cancelled;
+    projection.current_step = None;
+    tx.save_projection(order.batch_id, &projection, now).await?;
+    tx.release_booking(order_id, now).await?;
+    append_command(
+        &mut tx,
+        &order.site_id,
+        order.batch_id,
+        CommandKind::CancelBatch {
+            reason: reason.to_owned(),
+            cancelled_by: by.to_owned(),
+        },
+        now,
+    )
+    .await?;
+    tx.audit(
+        NewEntry::new(by, "order.cancelled", format!("order/{order_id}"))
+            .batch(order.batch_id)
+            .change(order.state.as_str(), BatchState::Cancelled.as_str())
+            .reason(reason),
+        now,
+    )
+    .await?;
+    let order = tx.order(OrderKey::Order(order_id)).await?;
+    tx.commit().await?;
+    Ok(order)
+}
+
+pub(crate) async fn sign_release(
+    mut tx: Tx<'_>,
+    signature: &Signature,
+    now: DateTime<Utc>,
+) -> Result<Order> {
+    // Stored times keep microseconds; the copy sent to the site must be the same value.
+    let signature = &Signature {
+        signed_at: signature.signed_at.trunc_subsecs(6),
+        ..signature.clone()
+    };
+    let order = tx.lock_order(OrderKey::Batch(signature.batch_id)).await?;
+    if order.state != BatchState::AwaitingRelease {
+        return Err(Error::FailedPrecondition(format!(
+            "batch {} is {}, not awaiting release; only a batch whose record is complete can be released or rejected",
+            order.batch_id, order.state
+        )));
+    }
+    let recipe = tx.recipe(&order.recipe_id, order.recipe_version).await?;
+    let events = tx.events_of_batch(order.batch_id).await?;
+    let current = crate::record::record_sha256(&order, &recipe.sha256, &events);
+    if current != signature.record_sha256 {
+        return Err(Error::FailedPrecondition(format!(
+            "the batch record changed since it was reviewed (reviewed {}, now {current}); review it again before signing",
+            signature.record_sha256
+        )));
+    }
+    if events
+        .iter()
+        .any(|e| e.event.recorded_by == signature.signer)
+    {
+        return Err(Error::PermissionDenied(format!(
+            "{} recorded part of this batch and may not release it",
+            signature.signer
+        )));
+    }
+    tx.insert_signature(signature).await?;
+    let mut projection = order.projection();
+    projection.state = match signature.meaning {
+        ReleaseMeaning::Released => BatchState::Released,
+        ReleaseMeaning::Rejected => BatchState::Rejected,
+    };
+    tx.save_projection(order.batch_id, &projection, now).await?;
+    append_command(
+        &mut tx,
+        &order.site_id,
+        order.batch_id,
+        CommandKind::ReleaseDecision {
+            signature_id: signature.signature_id,
+            meaning: signature.meaning,
+            signer: signature.signer.clone(),
+            signer_name: signature.signer_name.clone(),
+            signed_at: signature.signed_at,
+            record_sha256: signature.record_sha256.clone(),
+            reason: signature.reason.clone(),
+        },
+        now,
+    )
+    .await?;
+    tx.audit(
+        NewEntry::new(
+            &signature.signer,
+            "release.signed",
+            format!("batch/{}", order.batch_id),
+        )
+        .batch(order.batch_id)
+        .change(order.state.as_str(), projection.state.as_str())
+        .value(format!(
+            "{} by {} ({}), signature {} on record {}",
+            signature.meaning.as_str(),
+            signature.signer_name,
+            signature.signer,
+            signature.signature_id,
+            signature.record_sha256
+        ))
+        .reason(signature.reason.clone()),
+        now,
+    )
+    .await?;
+    let order = tx.order(OrderKey::Batch(order.batch_id)).await?;
+    tx.commit().await?;
+    Ok(order)
+}
+
+/// Books an order's collection inside the order's transaction, with its site
+/// locked, so the feasibility check and the insert see the same bookings
+/// ([`schedule_store::decide`]); `None` when the site declares no capacity.
+async fn book(
+    tx: &mut Tx<'_>,
+    order_id: Uuid,
+    site_id: &str,
+    recipe: &Recipe,
+    requested_date: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Plan>> {
+    let capacity = tx.capacity(site_id).await?;
+    let booked = match capacity {
+        Some(_) => booked_from(&tx.site_bookings(site_id).await?),
+        None => Booked::default(),
+    };
+    let Some(plan) = schedule_store::decide(
+        site_id,
+        capacity.as_ref(),
+        recipe,
+        &booked,
+        requested_date,
+        now,
+    )?
+    else {
+        return Ok(None);
+    };
+    tx.insert_booking(order_id, site_id, &plan, now).await?;
+    Ok(Some(plan))
+}
+
+pub(crate) async fn set_capacity(
+    mut tx: Tx<'_>,
+    site_id: &str,
+    capacity: &Capacity,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    capacity.check().map_err(Error::Invalid)?;
+    let site = tx.lock_site(site_id).await?;
+    if site.status == SiteStatus::Ceased {
+        return Err(Error::FailedPrecondition(format!(
+            "site {site_id:?} has ceased; its capacity cannot change"
+        )));
+    }
+    let old = tx.capacity(site_id).await?;
+    let unbooked = tx.unbooked_open_orders(site_id).await?;
+    let bookings = tx.site_bookings(site_id).await?;
+    schedule_store::check_new_capacity(site_id, capacity, &bookings, &unbooked, now)?;
+    let document = capacity_json(capacity)?;
+    tx.set_capacity(site_id, &document, actor, now).await?;
+    let old = old
+        .as_ref()
+        .map(capacity_json)
+        .transpose()?
+        .unwrap_or_default();
+    tx.audit(
+        NewEntry::new(
+            actor,
+            "site.capacity_changed",
+            format!("site/{site_id}/capacity"),
+        )
+        .change(old, document),
+        now,
+    )
+    .await?;
+    tx.commit().await
+}
+
+pub(crate) async fn reschedule_order(
+    mut tx: Tx<'_>,
+    order_id: Uuid,
+    date: NaiveDate,
+    reason: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Booking> {
+    let order = tx.lock_order(OrderKey::Order(order_id)).await?;
+    let current = tx
+        .order_booking(order_id)
+        .await?
+        .filter(|(_, active)| *active)
+        .map(|(b, _)| b);
+    schedule_store::check_reschedulable(&order, current.as_ref())?;
+    let current = current.expect("checked above");
+    let capacity = tx.capacity(&order.site_id).await?;
+    let recipe = tx.recipe(&order.recipe_id, order.recipe_version).await?;
+    let mut others = tx.site_bookings(&order.site_id).await?;
+    others.retain(|b| b.order_id != order_id);
+    let plan = schedule_store::decide(
+        &order.site_id,
+        capacity.as_ref(),
+        &recipe.recipe,
+        &booked_from(&others),
+        &date.to_string(),
+        now,
+    )?
+    .ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "site {:?} no longer declares its capacity; declare it before rescheduling",
+            order.site_id
+        ))
+    })?;
+    tx.move_booking(order_id, &plan, now).await?;
+    tx.audit(
+        NewEntry::new(by, "order.rescheduled", format!("order/{order_id}"))
+            .batch(order.batch_id)
+            .change(
+                format!("{} slot {}", current.collection_date, current.slot + 1),
+                format!("{} slot {}", plan.collection_date, plan.slot + 1),
+            )
+            .reason(reason),
+        now,
+    )
+    .await?;
+    let booking = tx
+        .order_booking(order_id)
+        .await?
+        .map(|(b, _)| b)
+        .ok_or_else(|| Error::Corrupt(format!("booking of order {order_id} vanished")))?;
+    tx.commit().await?;
+    Ok(booking)
+}
+
+pub(crate) async fn store_replan(
+    mut tx: Tx<'_>,
+    seen: &Booking,
+    moved: &Moved,
+    notice: Option<&DelayNotice>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let order = tx.lock_order(OrderKey::Order(moved.order_id)).await?;
+    let current = tx.order_booking(moved.order_id).await?;
+    if !schedule_store::unchanged(current.as_ref(), seen) {
+        return Ok(false);
+    }
+    for (step_id, start, end) in &moved.steps {
+        tx.set_expected(moved.order_id, step_id, *start, *end)
+            .await?;
+    }
+    let mut announced = false;
+    if let Some(notice) = notice {
+        // Only if nobody announced another release since the caller looked (the
+        // site's lock orders two hub processes doing this at once).
+        announced = tx
+            .announce_release(
+                moved.order_id,
+                notice.expected_release,
+                notice.replaces,
+                now,
+            )
+            .await?;
+    }
+    if let Some(notice) = notice.filter(|_| announced) {
+        tx.audit(
+            NewEntry::new("hub", "order.delayed", format!("order/{}", moved.order_id))
+                .batch(order.batch_id)
+                .change(ts(notice.planned_release), ts(notice.expected_release))
+                .reason(&notice.reason),
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(announced)
+}
