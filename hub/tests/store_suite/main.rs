@@ -49,7 +49,7 @@ fn now() -> DateTime<Utc> {
 }
 
 fn shipped_recipe() -> Recipe {
-    Recipe::from_toml(include_str!("../recipes/cd19-car-t.v1.toml"))
+    Recipe::from_toml(include_str!("../../recipes/cd19-car-t.v1.toml"))
         .expect("the shipped recipe is valid")
 }
 
