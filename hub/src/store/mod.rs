@@ -15,7 +15,7 @@
 //!
 //! [`Store`] is the one interface callers use; [`sqlite::SqliteStore`] is the embedded
 //! backend, [`postgres::PgStore`] the one several hub processes can share. Both have
-//! the same semantics, checked by one test suite (`hub/tests/store_suite.rs`).
+//! the same semantics, checked by one test suite (`hub/tests/store_suite/`, one case list run on every backend).
 
 pub mod backend;
 mod ingest;

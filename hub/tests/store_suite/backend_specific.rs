@@ -1,0 +1,285 @@
+//! Cases of one backend only: several PostgreSQL hubs over one database, the
+//! database refusing changes to the audit log, opening an unreachable server, and
+//! each backend's schema upgrades.
+
+use crate::backends::*;
+use crate::fixtures::*;
+use carrel_hub::audit::NewEntry;
+use carrel_hub::model::{BatchState, NewOrder, Role, SiteStatus};
+use carrel_hub::store::postgres::{Options as PgOptions, PgStore};
+use carrel_hub::store::sqlite::SqliteStore;
+use carrel_hub::store::{Error, Store};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// Two stores over one database stand for two hub processes: nothing in one process
+/// serialises them, only the database does.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_hubs_sharing_a_database_keep_every_log_gapless() {
+    let database = fresh_postgres_database().await;
+    let hubs: [Arc<dyn Store>; 2] = [
+        open_postgres_at(&database).await,
+        open_postgres_at(&database).await,
+    ];
+    let recipe = seed(&*hubs[0]).await;
+
+    // Orders from both hubs at once, for two sites, each from its own facility so
+    // that only the site's command log and the audit chain are shared; and entries
+    // audited on their own meanwhile.
+    let mut placing = tokio::task::JoinSet::new();
+    let mut auditing = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let hub = hubs[i % 2].clone();
+        let order = NewOrder {
+            facility: format!("G{}", 1000 + i),
+            ..new_order(if i % 4 < 2 { SITE_A } else { SITE_B })
+        };
+        placing.spawn(async move { hub.create_order(&order, now()).await });
+        let hub = hubs[(i + 1) % 2].clone();
+        auditing.spawn(async move {
+            hub.audit(&NewEntry::new(
+                QA,
+                "user.sign_in_failed",
+                format!("user/{QA}"),
+            ))
+            .await
+        });
+    }
+    let mut orders = Vec::new();
+    while let Some(placed) = placing.join_next().await {
+        orders.push(placed.expect("task").expect("create order"));
+    }
+    while let Some(audited) = auditing.join_next().await {
+        audited.expect("task").expect("audit");
+    }
+    let mut cois: Vec<&str> = orders.iter().map(|o| o.coi.as_str()).collect();
+    cois.sort_unstable();
+    cois.dedup();
+    assert_eq!(cois.len(), 16, "every order has its own COI");
+    for site_id in [SITE_A, SITE_B] {
+        let seqs: Vec<u64> = commands(&*hubs[1], site_id)
+            .await
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(seqs, (1..=8).collect::<Vec<u64>>(), "{site_id}");
+        let site = hubs[0].site(site_id).await.expect("site");
+        assert_eq!(site.last_command_seq, 8, "{site_id}");
+    }
+
+    // A site reconnects to the other hub while the first is still storing the same
+    // events: they are stored once.
+    let order = orders
+        .iter()
+        .find(|o| o.site_id == SITE_A)
+        .expect("an order at site A");
+    let mut log = SiteLog::new();
+    let events = complete_record(&mut log, order, &recipe);
+    let sent = received(&events);
+    let (first, second) = tokio::join!(
+        hubs[0].ingest_events(SITE_A, &sent, now()),
+        hubs[1].ingest_events(SITE_A, &sent, now()),
+    );
+    let (first, second) = (first.expect("ingest"), second.expect("ingest"));
+    let all = events.len() as u64;
+    assert_eq!((first.acked_event_seq, second.acked_event_seq), (all, all));
+    assert_eq!(first.new_events + second.new_events, events.len());
+    assert_eq!(stored_events(&*hubs[1], order.batch_id).await, events);
+    assert_eq!(
+        state_of(&*hubs[0], order.batch_id).await,
+        BatchState::AwaitingRelease
+    );
+
+    // One audit chain, written by both.
+    let entries = hubs[0].audit_entries(None).await.expect("audit");
+    for action in ["order.created", "user.sign_in_failed"] {
+        let count = entries.iter().filter(|e| e.action == action).count();
+        assert_eq!(count, 16, "{action}");
+    }
+    let intact = hubs[1]
+        .verify_audit()
+        .await
+        .expect("read audit")
+        .expect("the chain holds");
+    assert_eq!(intact.entries, entries.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_audit_log_refuses_changes() {
+    let database = fresh_postgres_database().await;
+    let store = open_postgres_at(&database).await;
+    add_user(&*store, QA, Role::Qa).await;
+    let mut conn = database.connect().await.expect("connect");
+    for statement in [
+        "UPDATE audit_log SET reason = 'forged'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ] {
+        let error = conn
+            .execute(statement)
+            .await
+            .expect_err(statement)
+            .to_string();
+        assert!(error.contains("append-only"), "{statement}: {error}");
+    }
+    assert_eq!(store.audit_count("user.created").await.expect("count"), 1);
+    let intact = store
+        .verify_audit()
+        .await
+        .expect("read audit")
+        .expect("the chain holds");
+    assert_eq!(intact.entries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_refuses_a_database_whose_schema_is_newer() {
+    let database = fresh_postgres_database().await;
+    open_postgres_at(&database).await.close().await;
+    let mut conn = database.connect().await.expect("connect");
+    conn.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29991231000000, 'from a newer carrel-hub', TRUE, '\\x00', 0)",
+    )
+    .await
+    .expect("record a migration this binary does not have");
+
+    match PgStore::connect(database.clone(), &PgOptions::default()).await {
+        Ok(_) => panic!("a database with a newer schema was opened"),
+        Err(Error::FailedPrecondition(message)) => {
+            assert!(message.contains("newer"), "{message}");
+            assert!(message.contains("29991231000000"), "{message}");
+            assert!(message.contains("upgrade"), "{message}");
+        }
+        Err(other) => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_unreachable_server_is_named_without_its_password() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("postgres://carrel:s3cret@127.0.0.1:{port}/carrel");
+    let options = PgOptions {
+        acquire_timeout: std::time::Duration::from_secs(1),
+        ..PgOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let error = match PgStore::connect(
+        PgConnectOptions::from_str(&url).expect("a valid URL"),
+        &options,
+    )
+    .await
+    {
+        Ok(_) => panic!("connected to a port nothing listens on"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains(&format!("postgres://carrel@127.0.0.1:{port}/carrel")),
+        "{error}"
+    );
+    assert!(!error.contains("s3cret"), "{error}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "gave up after {:?}, not within the acquire timeout",
+        started.elapsed()
+    );
+}
+
+/// A database made by the previous release (every migration but the site lifecycle
+/// one, which rebuilds the sites table) is upgraded on open, and every row that refers
+/// to a site still refers to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_upgrade_rebuilds_the_sites_table_and_keeps_what_refers_to_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let old_migrations = dir.path().join("migrations");
+    std::fs::create_dir(&old_migrations).expect("mkdir");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&shipped).expect("read migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < "20261127080000" {
+            std::fs::copy(&path, old_migrations.join(&name)).expect("copy");
+        }
+    }
+    let path = dir.path().join("hub.db");
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let mut conn = options.connect().await.expect("create the old database");
+        sqlx::migrate::Migrator::new(old_migrations.as_path())
+            .await
+            .expect("old migrations")
+            .run_direct(&mut conn)
+            .await
+            .expect("apply the old schema");
+        for sql in [
+            "INSERT INTO sites (site_id, name, status, cert_sha256, acked_event_seq, created_at) \
+             VALUES ('site-old', 'Old site', 'suspended', 'cert-old', 1, '2026-11-01T00:00:00.000000Z')",
+            "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
+             VALUES ('site-old', 1, 'e1', 'b1', 'batch_accepted', '2026-11-01T00:00:00.000000Z', \
+                     '2026-11-01T00:00:00.000000Z', '{}', 'h1')",
+            "INSERT INTO site_links (site_id, holder, generation, claimed_at) \
+             VALUES ('site-old', 'hub-1', 3, '2026-11-01T00:00:00.000000Z')",
+        ] {
+            conn.execute(sql).await.expect("seed the old database");
+        }
+        conn.close().await.expect("close");
+    }
+
+    let store = open_sqlite_at(&path).await;
+    let site = store.site("site-old").await.expect("the site survived");
+    assert_eq!(site.status, SiteStatus::Suspended);
+    assert_eq!(site.cert_sha256.as_deref(), Some("cert-old"));
+    assert_eq!((site.cert_not_after, site.cert_ca_sha256), (None, None));
+    assert_eq!(site.acked_event_seq, 1);
+    assert_eq!(
+        store.site_link_generation("site-old").await.expect("link"),
+        3,
+        "the row referring to the site is intact"
+    );
+    // The new status is allowed by the rebuilt table.
+    let ceased = store
+        .set_site_status("site-old", SiteStatus::Ceased, ADMIN, "retired")
+        .await
+        .expect("cease");
+    assert_eq!(ceased.status, SiteStatus::Ceased);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_refuses_a_database_whose_schema_is_newer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hub.db");
+    open_sqlite_at(&path).await.close().await;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .expect("connect");
+    conn.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29991231000000, 'from a newer carrel-hub', 1, x'00', 0)",
+    )
+    .await
+    .expect("record a migration this binary does not have");
+    conn.close().await.expect("close");
+    match SqliteStore::open(&path).await {
+        Ok(_) => panic!("a database with a newer schema was opened"),
+        Err(Error::FailedPrecondition(message)) => {
+            assert!(message.contains("newer"), "{message}");
+            assert!(message.contains("29991231000000"), "{message}");
+        }
+        Err(other) => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+}
