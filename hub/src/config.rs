@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -106,7 +107,7 @@ pub struct Config {
     /// Env: `CARREL_HUB_CERTIFICATE_WARNING_DAYS`.
     pub certificate_warning_days: u32,
     /// Notifications by e-mail and webhook (`[notifications]`).
-    pub notifications: crate::notify::NotificationsConfig,
+    pub notifications: NotificationsConfig,
     /// OpenTelemetry: send traces over OTLP/gRPC to this collector endpoint
     /// (e.g. `http://127.0.0.1:4317`); none when unset. Env: `CARREL_HUB_OTLP_ENDPOINT`.
     pub otlp_endpoint: Option<String>,
@@ -379,6 +380,129 @@ impl Config {
                 self.data_dir.join("pki/ca.key"),
             ),
         }
+    }
+}
+
+/// `[notifications]` in the hub's config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// SMTP server for e-mail notifications: `smtp://host:port` (plain, for a relay on
+    /// the same machine), `smtp://host:port?tls=required` (STARTTLS) or
+    /// `smtps://host:port`; user and password may be given in the URL. E-mail
+    /// subscriptions are refused while unset. Env: `CARREL_HUB_SMTP_URL`.
+    pub smtp_url: Option<String>,
+    /// Sender address of notification e-mail. Env: `CARREL_HUB_SMTP_FROM`.
+    pub smtp_from: String,
+    /// Accept `http://` webhook URLs (dev mode and tests only; outside them a
+    /// webhook must be `https://`). Env: `CARREL_HUB_ALLOW_HTTP_WEBHOOKS`.
+    pub allow_http_webhooks: bool,
+    /// How often the notifier reads new audit entries and the worker looks for due
+    /// deliveries, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Longest one delivery (an HTTP request, an SMTP conversation) may take.
+    pub request_timeout_ms: u64,
+    /// Delay before the first retry; it doubles with each failed attempt...
+    pub retry_base_ms: u64,
+    /// ...up to this.
+    pub retry_max_ms: u64,
+    /// Attempts after which a notification is marked failed (an admin can requeue it).
+    pub max_attempts: u32,
+    /// A site not heard from for this long has its link reported down (once per
+    /// outage), and restored when it is heard from again.
+    /// Env: `CARREL_HUB_LINK_DOWN_AFTER_SECS`.
+    pub link_down_after_secs: u64,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            smtp_url: None,
+            smtp_from: "carrel@localhost".into(),
+            allow_http_webhooks: false,
+            poll_interval_ms: 1_000,
+            request_timeout_ms: 10_000,
+            retry_base_ms: 5_000,
+            retry_max_ms: 30 * 60 * 1_000,
+            max_attempts: 12,
+            link_down_after_secs: 600,
+        }
+    }
+}
+
+impl NotificationsConfig {
+    pub fn apply_env(&mut self) -> Result<(), Error> {
+        let var = |name: &'static str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("CARREL_HUB_SMTP_URL") {
+            self.smtp_url = Some(v);
+        }
+        if let Some(v) = var("CARREL_HUB_SMTP_FROM") {
+            self.smtp_from = v;
+        }
+        if let Some(v) = var("CARREL_HUB_ALLOW_HTTP_WEBHOOKS") {
+            self.allow_http_webhooks = v.parse().map_err(|e| Error::Env {
+                name: "CARREL_HUB_ALLOW_HTTP_WEBHOOKS",
+                message: format!("{v:?}: {e}"),
+            })?;
+        }
+        if let Some(v) = var("CARREL_HUB_LINK_DOWN_AFTER_SECS") {
+            self.link_down_after_secs = v.parse().map_err(|e| Error::Env {
+                name: "CARREL_HUB_LINK_DOWN_AFTER_SECS",
+                message: format!("{v:?}: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |m: String| Err(Error::Invalid(format!("notifications: {m}")));
+        if let Some(url) = &self.smtp_url {
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                return invalid(format!(
+                    "smtp_url {url:?} must start with smtp:// or smtps://"
+                ));
+            }
+        }
+        if crate::model::notification::check_email(&self.smtp_from).is_err() {
+            return invalid(format!(
+                "smtp_from {:?} is not an e-mail address",
+                self.smtp_from
+            ));
+        }
+        if self.poll_interval_ms == 0
+            || self.request_timeout_ms == 0
+            || self.retry_base_ms == 0
+            || self.max_attempts == 0
+            || self.link_down_after_secs == 0
+        {
+            return invalid("poll_interval_ms, request_timeout_ms, retry_base_ms, max_attempts and link_down_after_secs must be positive".into());
+        }
+        if self.retry_max_ms < self.retry_base_ms {
+            return invalid("retry_max_ms must be at least retry_base_ms".into());
+        }
+        Ok(())
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn link_down_after(&self) -> Duration {
+        Duration::from_secs(self.link_down_after_secs)
+    }
+
+    /// When to try again after `attempts` failed attempts; `None` once they are used up.
+    pub fn retry_delay(&self, attempts: u32) -> Option<Duration> {
+        if attempts >= self.max_attempts {
+            return None;
+        }
+        let doublings = attempts.saturating_sub(1).min(30);
+        let delay = self.retry_base_ms.saturating_mul(1 << doublings);
+        Some(Duration::from_millis(delay.min(self.retry_max_ms)))
     }
 }
 

@@ -31,10 +31,12 @@ use crate::model::{
     BatchRecord, BatchState, IssuedCert, NewOrder, Order, Refusal, Signature, Site, SiteStatus,
     StoredEvent, StoredRecipe, User,
 };
+use crate::schedule::{Booking, Capacity, Moved};
 use async_trait::async_trait;
 use carrel_proto::event::{HubCommand, SiteEvent};
 use carrel_proto::recipe::{Outcome, Recipe};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use schedule::DelayNotice;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -385,6 +387,58 @@ pub trait Store:
     /// Notifications from other hub processes sharing the database, when the backend
     /// has them (PostgreSQL LISTEN/NOTIFY); `None` for a single-process backend.
     async fn notifications(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notification>>>;
+
+    // -- scheduling (reads in [`schedule::ScheduleStore`]) --
+    /// Declares or replaces a site's capacity, audited with the old and new document.
+    /// Refused, and nothing changed, while the site has open orders placed without a
+    /// booking (their instrument time would be unaccounted for), or when the site's
+    /// bookings would not fit the new capacity ([`schedule::conflicts`]).
+    async fn set_capacity(
+        &self,
+        site_id: &str,
+        capacity: &Capacity,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let tx = self.write().await?;
+        transactions::set_capacity(tx, site_id, capacity, actor, now).await
+    }
+    /// Moves an order's collection to `date` (the earliest free slot that day), in one
+    /// transaction: refused, and nothing changed, unless the order is booked, its
+    /// collection has not started, and the new date is free.
+    async fn reschedule_order(
+        &self,
+        order_id: Uuid,
+        date: NaiveDate,
+        reason: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Booking> {
+        let tx = self.write().await?;
+        transactions::reschedule_order(tx, order_id, date, reason, by, now).await
+    }
+    /// Stores re-planned expected times of a booking; with a notice, also audits the
+    /// delay (`order.delayed`) and remembers the release announced. Nothing is
+    /// changed unless the booking is still active and as `seen` (not rescheduled
+    /// meanwhile). Returns whether the notice was recorded (not when another process
+    /// announced first).
+    async fn store_replan(
+        &self,
+        seen: &Booking,
+        moved: &Moved,
+        notice: Option<&DelayNotice>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let tx = self.write().await?;
+        transactions::store_replan(tx, seen, moved, notice, now).await
+    }
+    /// Frees what a booking holds (its batch was decided, cancelled or closed); the
+    /// booking stays readable for the order's clock.
+    async fn release_booking(&self, order_id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.write().await?;
+        tx.release_booking(order_id, now).await?;
+        tx.commit().await
+    }
 
     // -- orders and release --
     async fn create_order(&self, order: &NewOrder, now: DateTime<Utc>) -> Result<Order> {

@@ -9,7 +9,7 @@
 //! a delivery is marked delivered only after the receiver took it.
 
 use super::Result;
-use crate::notify::{
+use crate::model::notification::{
     Delivery, NewSubscription, NotifierPass, OutboxEntry, OutboxState, Subscription,
 };
 use async_trait::async_trait;

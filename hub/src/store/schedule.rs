@@ -7,7 +7,7 @@
 //! on (site, date, slot) of active bookings backs that up in the database itself.
 
 use super::{Error, Result};
-use crate::schedule::{self, Booked, Booking, Capacity, Moved, Plan};
+use crate::schedule::{self, Booked, Booking, Capacity, Plan};
 use async_trait::async_trait;
 use carrel_proto::recipe::Recipe;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -26,21 +26,7 @@ pub struct DelayNotice {
 }
 
 #[async_trait]
-pub trait ScheduleStore: super::backend::Writes {
-    /// Declares or replaces a site's capacity, audited with the old and new document.
-    /// Refused, and nothing changed, while the site has open orders placed without a
-    /// booking (their instrument time would be unaccounted for), or when the site's
-    /// bookings would not fit the new capacity ([`schedule::conflicts`]).
-    async fn set_capacity(
-        &self,
-        site_id: &str,
-        capacity: &Capacity,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let tx = self.write().await?;
-        super::transactions::set_capacity(tx, site_id, capacity, actor, now).await
-    }
+pub trait ScheduleStore: Send + Sync {
     /// The site's capacity; `None` when it has declared none (orders for it are not booked).
     async fn capacity(&self, site_id: &str) -> Result<Option<Capacity>>;
     /// What the site's active bookings hold: slots, and instrument time as now expected.
@@ -49,44 +35,8 @@ pub trait ScheduleStore: super::backend::Writes {
     async fn bookings(&self, site_id: &str) -> Result<Vec<Booking>>;
     /// The booking of an order, active or not; `None` for an order made without one.
     async fn booking(&self, order_id: Uuid) -> Result<Option<Booking>>;
-    /// Moves an order's collection to `date` (the earliest free slot that day), in one
-    /// transaction: refused, and nothing changed, unless the order is booked, its
-    /// collection has not started, and the new date is free.
-    async fn reschedule_order(
-        &self,
-        order_id: Uuid,
-        date: NaiveDate,
-        reason: &str,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Booking> {
-        let tx = self.write().await?;
-        super::transactions::reschedule_order(tx, order_id, date, reason, by, now).await
-    }
-    /// Stores re-planned expected times of a booking; with a notice, also audits the
-    /// delay (`order.delayed`) and remembers the release announced. Nothing is
-    /// changed unless the booking is still active and as `seen` (not rescheduled
-    /// meanwhile). Returns whether the notice was recorded (not when another process
-    /// announced first).
-    async fn store_replan(
-        &self,
-        seen: &Booking,
-        moved: &Moved,
-        notice: Option<&DelayNotice>,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let tx = self.write().await?;
-        super::transactions::store_replan(tx, seen, moved, notice, now).await
-    }
     /// The release last announced as a delay for the order, if any.
     async fn announced_release(&self, order_id: Uuid) -> Result<Option<DateTime<Utc>>>;
-    /// Frees what a booking holds (its batch was decided, cancelled or closed); the
-    /// booking stays readable for the order's clock.
-    async fn release_booking(&self, order_id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        let mut tx = self.write().await?;
-        tx.release_booking(order_id, now).await?;
-        tx.commit().await
-    }
 }
 
 /// What to book for a new order at a site, decided inside the order's transaction:

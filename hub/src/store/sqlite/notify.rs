@@ -5,8 +5,8 @@
 use super::super::backend::WriteTx;
 use super::*;
 use crate::audit::NewEntry;
-use crate::notify::derive::{self, Needs, OrderFacts, SiteEventFacts};
-use crate::notify::{
+use crate::model::notification::happening::{self as derive, Needs, OrderFacts, SiteEventFacts};
+use crate::model::notification::{
     kinds_text, parse_kinds, payload, Channel, Delivery, Kind, NewSubscription, NotifierPass,
     OutboxEntry, OutboxState, Subscription,
 };

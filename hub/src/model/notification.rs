@@ -1,0 +1,338 @@
+//! Notifications as the domain sees them: what people can subscribe to, where they
+//! are told, and the outbox of notifications with their delivery state. The
+//! happenings an audit entry records are derived in [`happening`].
+
+pub mod happening;
+
+use super::Role;
+use chrono::{DateTime, Utc};
+use happening::Happening;
+use std::collections::BTreeSet;
+use std::fmt;
+use uuid::Uuid;
+
+/// Notification errors: what a caller did wrong, in words they can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown notification kind {0:?}; known kinds: {known}", known = Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "))]
+    UnknownKind(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a subscription can ask to hear about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// The site accepted the batch order (the batch moved from ordered to accepted).
+    OrderDispatched,
+    /// The patient's cells passed the custody scan at the site's `receipt` checkpoint.
+    CellsReceived,
+    /// A custody scan found a COI other than the expected one (a hard stop).
+    CoiMismatch,
+    /// The hub's evaluation of a QC result is out of specification.
+    OutOfSpecification,
+    /// The site raised a deviation.
+    Deviation,
+    AwaitingRelease,
+    Released,
+    Rejected,
+    /// The expected release of an order moved later (`order.delayed`).
+    Delayed,
+    /// A site has not been heard from for longer than `link_down_after_secs`.
+    SiteLinkDown,
+    /// A site reported down was heard from again.
+    SiteLinkRestored,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 11] = [
+        Kind::OrderDispatched,
+        Kind::CellsReceived,
+        Kind::CoiMismatch,
+        Kind::OutOfSpecification,
+        Kind::Deviation,
+        Kind::AwaitingRelease,
+        Kind::Released,
+        Kind::Rejected,
+        Kind::Delayed,
+        Kind::SiteLinkDown,
+        Kind::SiteLinkRestored,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::OrderDispatched => "order_dispatched",
+            Kind::CellsReceived => "cells_received",
+            Kind::CoiMismatch => "coi_mismatch",
+            Kind::OutOfSpecification => "out_of_specification",
+            Kind::Deviation => "deviation",
+            Kind::AwaitingRelease => "awaiting_release",
+            Kind::Released => "released",
+            Kind::Rejected => "rejected",
+            Kind::Delayed => "delayed",
+            Kind::SiteLinkDown => "site_link_down",
+            Kind::SiteLinkRestored => "site_link_restored",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Kind, Error> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == text)
+            .ok_or_else(|| Error::UnknownKind(text.to_owned()))
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Kinds as stored: comma-separated names.
+pub fn kinds_text(kinds: &BTreeSet<Kind>) -> String {
+    kinds
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn parse_kinds(text: &str) -> Result<BTreeSet<Kind>, Error> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Kind::parse)
+        .collect()
+}
+
+/// Where a subscription's notifications go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    Email {
+        address: String,
+    },
+    /// The secret is the HMAC-SHA256 key the hub signs each request with (its text is the key).
+    Webhook {
+        url: String,
+        secret: String,
+    },
+}
+
+impl Channel {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Channel::Email { .. } => "email",
+            Channel::Webhook { .. } => "webhook",
+        }
+    }
+
+    pub fn target(&self) -> &str {
+        match self {
+            Channel::Email { address } => address,
+            Channel::Webhook { url, .. } => url,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub subscription_id: Uuid,
+    pub owner: String,
+    pub kinds: BTreeSet<Kind>,
+    pub channel: Channel,
+    pub site_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Subscription {
+    /// Whether this subscription, owned by someone in `owner_role`, wants `happening`.
+    /// A physician's subscription only matches happenings of orders they placed
+    /// (what they may see elsewhere in the hub), so never a site's link state.
+    pub fn wants(&self, owner_role: Role, happening: &Happening) -> bool {
+        if !self.kinds.contains(&happening.kind) {
+            return false;
+        }
+        if let Some(site) = &self.site_id {
+            if happening.site_id.as_deref() != Some(site.as_str()) {
+                return false;
+            }
+        }
+        match owner_role {
+            Role::Physician => happening
+                .order
+                .as_ref()
+                .is_some_and(|o| o.physician == self.owner),
+            Role::Qa | Role::Admin | Role::Technician => true,
+        }
+    }
+}
+
+/// A subscription asked for, before the hub checks and stores it.
+#[derive(Debug, Clone)]
+pub struct NewSubscription {
+    pub owner: String,
+    pub kinds: BTreeSet<Kind>,
+    pub channel: Channel,
+    pub site_id: Option<String>,
+}
+
+impl NewSubscription {
+    /// Checks everything a caller gave; `allow_http` accepts `http://` webhooks.
+    pub fn validate(&self, allow_http: bool, email_configured: bool) -> Result<(), Error> {
+        if self.kinds.is_empty() {
+            return Err(Error::Invalid(format!(
+                "name at least one kind to subscribe to ({})",
+                Kind::ALL.map(Kind::as_str).join(", ")
+            )));
+        }
+        match &self.channel {
+            Channel::Email { address } => {
+                check_email(address)?;
+                if !email_configured {
+                    return Err(Error::Invalid(
+                        "this hub has no SMTP server configured ([notifications] smtp_url), so it cannot send e-mail".into(),
+                    ));
+                }
+            }
+            Channel::Webhook { url, .. } => check_webhook_url(url, allow_http)?,
+        }
+        if let Some(site) = &self.site_id {
+            if site.trim().is_empty() {
+                return Err(Error::Invalid("the site filter is empty".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A plain check of an e-mail address: one `@`, something on each side, no spaces,
+/// angle brackets or separators (it goes into a mail header). A domain without a dot
+/// (`localhost`) is allowed: the SMTP server decides what it delivers.
+pub fn check_email(address: &str) -> Result<(), Error> {
+    let bad = || Error::Invalid(format!("{address:?} is not an e-mail address"));
+    let (local, domain) = address.split_once('@').ok_or_else(bad)?;
+    if local.is_empty()
+        || domain.is_empty()
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+        || domain.contains('@')
+        || address
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'))
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// A webhook URL must be `https://host...` (or `http://` when allowed) and parse as a URI.
+pub fn check_webhook_url(url: &str, allow_http: bool) -> Result<(), Error> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| Error::Invalid(format!("webhook URL {url:?} does not parse: {e}")))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_http => {}
+        Some("http") => {
+            return Err(Error::Invalid(format!(
+                "webhook URL {url:?} is not https: notifications leave the hub only over TLS \
+                 (http:// is accepted in dev mode, or with [notifications] allow_http_webhooks)"
+            )))
+        }
+        _ => {
+            return Err(Error::Invalid(format!(
+                "webhook URL {url:?} must start with https://"
+            )))
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(Error::Invalid(format!("webhook URL {url:?} names no host")));
+    }
+    Ok(())
+}
+
+/// Delivery state of an outbox row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Delivered => "delivered",
+            OutboxState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OutboxState> {
+        match text {
+            "pending" => Some(OutboxState::Pending),
+            "delivered" => Some(OutboxState::Delivered),
+            "failed" => Some(OutboxState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A queued notification and how its delivery went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub notification_id: Uuid,
+    pub subscription_id: Uuid,
+    pub owner: String,
+    /// `email` or `webhook`, and the address or URL.
+    pub channel: String,
+    pub target: String,
+    pub source: String,
+    pub kind: Kind,
+    pub site_id: Option<String>,
+    pub batch_id: Option<Uuid>,
+    pub coi: Option<String>,
+    pub summary: String,
+    /// The JSON document sent (the webhook body; the e-mail carries it too).
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+    pub state: OutboxState,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A due notification claimed by a worker, with where it goes.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub entry: OutboxEntry,
+    pub channel: Channel,
+}
+
+/// What one pass of the notifier did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotifierPass {
+    /// Audit entries read (the cursor moved past them).
+    pub entries: usize,
+    /// Outbox rows queued.
+    pub queued: usize,
+}
+
+/// The JSON document of a notification (webhook body, e-mail attachment of sorts).
+pub fn payload(notification_id: Uuid, happening: &Happening) -> String {
+    let order = happening.order.as_ref();
+    serde_json::json!({
+        "notification_id": notification_id,
+        "kind": happening.kind.as_str(),
+        "summary": happening.summary,
+        "occurred_at": happening.at,
+        "source": happening.source,
+        "site_id": happening.site_id,
+        "order_id": order.map(|o| o.order_id),
+        "batch_id": order.map(|o| o.batch_id),
+        "coi": order.map(|o| o.coi.clone()),
+    })
+    .to_string()
+}
