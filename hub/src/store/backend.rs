@@ -9,10 +9,12 @@
 //! runs on every backend.
 
 use super::Result;
-use crate::audit::NewEntry;
+use crate::audit::{Entry, NewEntry};
+use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
+use crate::model::notification::{OutboxEntry, Subscription};
 use crate::model::{
-    BatchState, IssuedCert, Order, Progress, Projection, Signature, Site, SiteStatus, StoredEvent,
-    StoredRecipe, User,
+    BatchState, IssuedCert, Order, Progress, Projection, Role, Signature, Site, SiteStatus,
+    StoredEvent, StoredRecipe, User,
 };
 use crate::schedule::{Booking, Capacity, Plan};
 use async_trait::async_trait;
@@ -91,6 +93,22 @@ pub trait WriteTx: Send {
     async fn order_booking(&mut self, order_id: Uuid) -> Result<Option<(Booking, bool)>>;
     /// Open orders of a site that hold no booking: (order id, COI).
     async fn unbooked_open_orders(&mut self, site_id: &str) -> Result<Vec<(Uuid, String)>>;
+    /// The notifier's position in the audit trail, locked until the transaction
+    /// ends (one notifier at a time).
+    async fn notifier_cursor(&mut self) -> Result<u64>;
+    /// Up to `limit` audit entries after `position`, in order.
+    async fn audit_after(&mut self, position: u64, limit: u32) -> Result<Vec<Entry>>;
+    /// Live subscriptions of people who can still sign in, with their role.
+    async fn subscribers(&mut self) -> Result<Vec<(Subscription, Role)>>;
+    /// The facts an audit entry's happenings need ([`happening::needs`]).
+    async fn happening_facts(
+        &mut self,
+        needs: happening::Needs,
+    ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)>;
+    /// A notification of the outbox; `NotFound` when unknown.
+    async fn outbox_entry(&mut self, notification_id: Uuid) -> Result<OutboxEntry>;
+    /// Whether a subscription is live (not ended).
+    async fn subscription_live(&mut self, subscription_id: Uuid) -> Result<bool>;
 
     // -- writes --
 
@@ -183,6 +201,46 @@ pub trait WriteTx: Send {
     ) -> Result<bool>;
     /// Frees an order's booking, if it has one.
     async fn release_booking(&mut self, order_id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    /// Stores a subscription (with its webhook secret, if any).
+    async fn insert_subscription(
+        &mut self,
+        subscription: &Subscription,
+        secret: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Ends a live subscription and marks its undelivered notifications failed;
+    /// returns how many were dropped, or `None` when it is not live.
+    async fn end_subscription(
+        &mut self,
+        subscription_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>>;
+    /// Queues a notification of a happening for a subscription; `false` when that
+    /// subscription already has one for the happening's source.
+    async fn queue_notification(
+        &mut self,
+        notification_id: Uuid,
+        subscription: &Subscription,
+        happening: &Happening,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    async fn set_notifier_cursor(&mut self, position: u64) -> Result<()>;
+    /// Records, once per outage, each active site not heard from since
+    /// `silent_since`; returns those newly recorded with when they were last heard.
+    async fn mark_links_down(
+        &mut self,
+        silent_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>>;
+    /// Forgets the outage of each recorded site heard from since; returns them with
+    /// when they were last heard.
+    async fn mark_links_restored(&mut self) -> Result<Vec<(String, Option<DateTime<Utc>>)>>;
+    /// Puts a notification back in the queue, due now, with its attempts reset.
+    async fn requeue_notification(
+        &mut self,
+        notification_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     async fn save_projection(
         &mut self,
         batch_id: Uuid,

@@ -8,7 +8,7 @@
 //! one transaction, so an audit entry is turned into notifications exactly once;
 //! a delivery is marked delivered only after the receiver took it.
 
-use super::Result;
+use super::{transactions, Result};
 use crate::model::notification::{
     Delivery, NewSubscription, NotifierPass, OutboxEntry, OutboxState, Subscription,
 };
@@ -37,10 +37,12 @@ pub struct OutboxCounts {
 }
 
 #[async_trait]
-pub trait NotifyStore: Send + Sync {
+pub trait NotifyStore: super::backend::Writes {
     /// Stores a validated subscription (audited `notification.subscribed`). The
     /// webhook secret is stored as given.
-    async fn subscribe(&self, new: &NewSubscription, now: DateTime<Utc>) -> Result<Subscription>;
+    async fn subscribe(&self, new: &NewSubscription, now: DateTime<Utc>) -> Result<Subscription> {
+        transactions::subscribe(self.write().await?, new, now).await
+    }
     /// Live subscriptions, oldest first; one user's when `owner` is given.
     async fn subscriptions(&self, owner: Option<&str>) -> Result<Vec<Subscription>>;
     /// A live subscription.
@@ -52,13 +54,25 @@ pub trait NotifyStore: Send + Sync {
         subscription_id: Uuid,
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let tx = self.write().await?;
+        transactions::unsubscribe(tx, subscription_id, actor, now).await
+    }
 
     /// Reads up to `limit` audit entries after the notifier's cursor, queues the
     /// notifications they mean for every matching subscription, and moves the cursor
     /// past them: all in one transaction. Concurrent notifiers (several hub
     /// processes) take turns on the cursor.
-    async fn run_notifier(&self, limit: u32, now: DateTime<Utc>) -> Result<NotifierPass>;
+    async fn run_notifier(&self, limit: u32, now: DateTime<Utc>) -> Result<NotifierPass> {
+        // Idle most of the time: look before taking the writer.
+        if !self.notifier_behind().await? {
+            return Ok(NotifierPass::default());
+        }
+        transactions::run_notifier(self.write().await?, limit, now).await
+    }
+    /// Whether the audit trail holds entries after the notifier's cursor (a cheap
+    /// look, outside any write transaction).
+    async fn notifier_behind(&self) -> Result<bool>;
     /// Reports (audits `site.link_down`) each active site not heard from for
     /// `down_after`, once per outage, and (`site.link_restored`) each reported site
     /// heard from since. Returns the sites whose report changed.
@@ -66,7 +80,17 @@ pub trait NotifyStore: Send + Sync {
         &self,
         down_after: Duration,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>>;
+    ) -> Result<Vec<String>> {
+        let silent_since = now - chrono::Duration::from_std(down_after).unwrap_or_default();
+        if !self.site_links_changed(silent_since).await? {
+            return Ok(Vec::new());
+        }
+        transactions::check_site_links(self.write().await?, down_after, now).await
+    }
+    /// Whether a site's link should be reported down (active, silent since
+    /// `silent_since`, not reported) or restored (reported, heard from since): a
+    /// cheap look, outside any write transaction.
+    async fn site_links_changed(&self, silent_since: DateTime<Utc>) -> Result<bool>;
 
     /// Claims up to `limit` due notifications for delivery until `now + lease`: the
     /// oldest pending one of each subscription (so each subscription's arrive in
@@ -97,6 +121,9 @@ pub trait NotifyStore: Send + Sync {
         notification_id: Uuid,
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<OutboxEntry>;
+    ) -> Result<OutboxEntry> {
+        let tx = self.write().await?;
+        transactions::requeue(tx, notification_id, actor, now).await
+    }
     async fn outbox_counts(&self) -> Result<OutboxCounts>;
 }

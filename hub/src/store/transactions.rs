@@ -10,6 +10,10 @@ use super::backend::{OrderKey, Tx};
 use super::schedule::{self as schedule_store, booked_from, capacity_json, DelayNotice};
 use super::{ts, Error, Result};
 use crate::audit::NewEntry;
+use crate::model::notification::happening;
+use crate::model::notification::{
+    kinds_text, Channel, NewSubscription, NotifierPass, OutboxEntry, OutboxState, Subscription,
+};
 use crate::model::{
     site_transition, BatchState, IssuedCert, NewOrder, OpenBatch, Order, Progress, Signature, Site,
     SiteStatus, User,
@@ -699,4 +703,188 @@ pub(crate) async fn store_replan(
     }
     tx.commit().await?;
     Ok(announced)
+}
+
+pub(crate) async fn subscribe(
+    mut tx: Tx<'_>,
+    new: &NewSubscription,
+    now: DateTime<Utc>,
+) -> Result<Subscription> {
+    if let Some(site_id) = &new.site_id {
+        tx.lock_site(site_id).await?;
+    }
+    let subscription = Subscription {
+        subscription_id: Uuid::now_v7(),
+        owner: new.owner.clone(),
+        kinds: new.kinds.clone(),
+        channel: new.channel.clone(),
+        site_id: new.site_id.clone(),
+        created_at: now.trunc_subsecs(6),
+    };
+    let secret = match &new.channel {
+        Channel::Webhook { secret, .. } => Some(secret.as_str()),
+        Channel::Email { .. } => None,
+    };
+    tx.insert_subscription(&subscription, secret, now).await?;
+    tx.audit(
+        NewEntry::new(
+            &new.owner,
+            "notification.subscribed",
+            format!("subscription/{}", subscription.subscription_id),
+        )
+        .value(format!(
+            "{} {} for {}{}",
+            new.channel.name(),
+            new.channel.target(),
+            kinds_text(&new.kinds),
+            new.site_id
+                .as_deref()
+                .map(|s| format!(" at site {s}"))
+                .unwrap_or_default()
+        )),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(subscription)
+}
+
+pub(crate) async fn unsubscribe(
+    mut tx: Tx<'_>,
+    subscription_id: Uuid,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let Some(dropped) = tx.end_subscription(subscription_id, now).await? else {
+        return Err(Error::NotFound(format!("subscription {subscription_id}")));
+    };
+    tx.audit(
+        NewEntry::new(
+            actor,
+            "notification.unsubscribed",
+            format!("subscription/{subscription_id}"),
+        )
+        .value(format!("{dropped} undelivered notification(s) dropped")),
+        now,
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// One pass of the notifier (see [`super::notify::NotifyStore::run_notifier`]).
+pub(crate) async fn run_notifier(
+    mut tx: Tx<'_>,
+    limit: u32,
+    now: DateTime<Utc>,
+) -> Result<NotifierPass> {
+    let cursor = tx.notifier_cursor().await?;
+    let entries = tx.audit_after(cursor, limit).await?;
+    let Some(last) = entries.last() else {
+        return Ok(NotifierPass::default());
+    };
+    let last_position = last.position;
+    let subscribers = tx.subscribers().await?;
+    let mut queued = 0;
+    if !subscribers.is_empty() {
+        for entry in &entries {
+            let (order, events) = tx.happening_facts(happening::needs(entry)).await?;
+            for happening in happening::happenings(entry, order.as_ref(), &events) {
+                for (subscription, role) in &subscribers {
+                    if subscription.wants(*role, &happening)
+                        && tx
+                            .queue_notification(Uuid::now_v7(), subscription, &happening, now)
+                            .await?
+                    {
+                        queued += 1;
+                    }
+                }
+            }
+        }
+    }
+    tx.set_notifier_cursor(last_position).await?;
+    tx.commit().await?;
+    Ok(NotifierPass {
+        entries: entries.len(),
+        queued,
+    })
+}
+
+/// Reports site links down and restored (see
+/// [`super::notify::NotifyStore::check_site_links`]); returns the sites, sorted.
+pub(crate) async fn check_site_links(
+    mut tx: Tx<'_>,
+    down_after: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let silent_since = now - chrono::Duration::from_std(down_after).unwrap_or_default();
+    let down = tx.mark_links_down(silent_since, now).await?;
+    let back = tx.mark_links_restored().await?;
+    let mut changed = Vec::new();
+    for (site_id, last_contact) in down {
+        tx.audit(
+            NewEntry::new("hub", "site.link_down", format!("site/{site_id}"))
+                .change(ts(last_contact), "")
+                .reason(format!(
+                    "not heard from for more than {} s",
+                    down_after.as_secs()
+                )),
+            now,
+        )
+        .await?;
+        changed.push(site_id);
+    }
+    for (site_id, last_contact) in back {
+        tx.audit(
+            NewEntry::new("hub", "site.link_restored", format!("site/{site_id}"))
+                .value(last_contact.map(ts).unwrap_or_default()),
+            now,
+        )
+        .await?;
+        changed.push(site_id);
+    }
+    changed.sort();
+    tx.commit().await?;
+    Ok(changed)
+}
+
+pub(crate) async fn requeue(
+    mut tx: Tx<'_>,
+    notification_id: Uuid,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<OutboxEntry> {
+    let entry = tx.outbox_entry(notification_id).await?;
+    if entry.state != OutboxState::Failed {
+        return Err(Error::FailedPrecondition(format!(
+            "notification {notification_id} is {}; only a failed one can be requeued",
+            entry.state.as_str()
+        )));
+    }
+    if !tx.subscription_live(entry.subscription_id).await? {
+        return Err(Error::FailedPrecondition(format!(
+            "notification {notification_id} belongs to subscription {}, which was ended",
+            entry.subscription_id
+        )));
+    }
+    tx.requeue_notification(notification_id, now).await?;
+    tx.audit(
+        NewEntry::new(
+            actor,
+            "notification.requeued",
+            format!("notification/{notification_id}"),
+        )
+        .change(
+            format!(
+                "failed after {} attempt(s): {}",
+                entry.attempts,
+                entry.last_error.as_deref().unwrap_or("")
+            ),
+            "pending",
+        ),
+        now,
+    )
+    .await?;
+    let entry = tx.outbox_entry(notification_id).await?;
+    tx.commit().await?;
+    Ok(entry)
 }

@@ -7,12 +7,11 @@
 use super::*;
 use crate::model::notification::happening::{self as derive, Needs, OrderFacts, SiteEventFacts};
 use crate::model::notification::{
-    kinds_text, parse_kinds, payload, Channel, Delivery, Kind, NewSubscription, NotifierPass,
-    OutboxEntry, OutboxState, Subscription,
+    parse_kinds, Channel, Delivery, Kind, OutboxEntry, OutboxState, Subscription,
 };
 use crate::store::notify::{NotifyStore, OutboxCounts, OutboxFilter};
 
-fn subscription_from_row(row: &PgRow) -> Result<Subscription> {
+pub(super) fn subscription_from_row(row: &PgRow) -> Result<Subscription> {
     let channel: String = row.try_get("channel")?;
     let target: String = row.try_get("target")?;
     let channel = match channel.as_str() {
@@ -99,7 +98,7 @@ fn later(now: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
 }
 
 impl PgStore {
-    async fn outbox_entry_in(
+    pub(super) async fn outbox_entry_in(
         conn: &mut PgConnection,
         notification_id: Uuid,
     ) -> Result<OutboxEntry> {
@@ -114,7 +113,7 @@ impl PgStore {
     }
 
     /// The facts [`derive::needs`] asks for, read inside the notifier's transaction.
-    async fn facts_in(
+    pub(super) async fn facts_in(
         conn: &mut PgConnection,
         needs: Needs,
     ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)> {
@@ -170,57 +169,24 @@ impl PgStore {
 
 #[async_trait]
 impl NotifyStore for PgStore {
-    async fn subscribe(&self, new: &NewSubscription, now: DateTime<Utc>) -> Result<Subscription> {
-        let mut w = self.begin_write().await?;
-        if let Some(site_id) = &new.site_id {
-            Self::site_in(w.conn(), site_id).await?;
-        }
-        let subscription = Subscription {
-            subscription_id: Uuid::now_v7(),
-            owner: new.owner.clone(),
-            kinds: new.kinds.clone(),
-            channel: new.channel.clone(),
-            site_id: new.site_id.clone(),
-            created_at: stored(now),
-        };
-        let secret = match &new.channel {
-            Channel::Webhook { secret, .. } => Some(secret.as_str()),
-            Channel::Email { .. } => None,
-        };
-        sqlx::query(
-            "INSERT INTO notification_subscriptions (subscription_id, owner, kinds, channel, target, secret, site_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    async fn notifier_behind(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_log WHERE position > (SELECT position FROM notification_cursor WHERE name = 'audit'))",
         )
-        .bind(subscription.subscription_id)
-        .bind(&new.owner)
-        .bind(kinds_text(&new.kinds))
-        .bind(new.channel.name())
-        .bind(new.channel.target())
-        .bind(secret)
-        .bind(new.site_id.as_deref())
-        .bind(stored(now))
-        .execute(w.conn())
-        .await?;
-        w.audit(
-            NewEntry::new(
-                &new.owner,
-                "notification.subscribed",
-                format!("subscription/{}", subscription.subscription_id),
-            )
-            .value(format!(
-                "{} {} for {}{}",
-                new.channel.name(),
-                new.channel.target(),
-                kinds_text(&new.kinds),
-                new.site_id
-                    .as_deref()
-                    .map(|s| format!(" at site {s}"))
-                    .unwrap_or_default()
-            )),
-            now,
-        );
-        w.commit().await?;
-        Ok(subscription)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn site_links_changed(&self, silent_since: DateTime<Utc>) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sites s WHERE s.status = 'active' AND s.last_contact_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id)) \
+             OR EXISTS (SELECT 1 FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
+             WHERE s.last_contact_at > d.last_contact_at)",
+        )
+        .bind(stored(silent_since))
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn subscriptions(&self, owner: Option<&str>) -> Result<Vec<Subscription>> {
@@ -245,195 +211,6 @@ impl NotifyStore for PgStore {
         .await?
         .ok_or_else(|| Error::NotFound(format!("subscription {subscription_id}")))?;
         subscription_from_row(&row)
-    }
-
-    async fn unsubscribe(
-        &self,
-        subscription_id: Uuid,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let mut w = self.begin_write().await?;
-        let removed = sqlx::query(
-            "UPDATE notification_subscriptions SET removed_at = $1 WHERE subscription_id = $2 AND removed_at IS NULL",
-        )
-        .bind(stored(now))
-        .bind(subscription_id)
-        .execute(w.conn())
-        .await?;
-        if removed.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("subscription {subscription_id}")));
-        }
-        let dropped = sqlx::query(
-            "UPDATE notification_outbox SET state = 'failed', last_error = 'unsubscribed', leased_until = NULL \
-             WHERE subscription_id = $1 AND state = 'pending'",
-        )
-        .bind(subscription_id)
-        .execute(w.conn())
-        .await?;
-        w.audit(
-            NewEntry::new(
-                actor,
-                "notification.unsubscribed",
-                format!("subscription/{subscription_id}"),
-            )
-            .value(format!(
-                "{} undelivered notification(s) dropped",
-                dropped.rows_affected()
-            )),
-            now,
-        );
-        w.commit().await
-    }
-
-    async fn run_notifier(&self, limit: u32, now: DateTime<Utc>) -> Result<NotifierPass> {
-        // Idle most of the time: look before locking the cursor.
-        let behind: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM audit_log WHERE position > (SELECT position FROM notification_cursor WHERE name = 'audit'))",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if !behind {
-            return Ok(NotifierPass::default());
-        }
-        let mut w = self.begin_write().await?;
-        // One notifier at a time: the others wait here, then read the moved cursor.
-        let cursor: i64 = sqlx::query_scalar(
-            "SELECT position FROM notification_cursor WHERE name = 'audit' FOR UPDATE",
-        )
-        .fetch_one(w.conn())
-        .await?;
-        let entries: Vec<audit::Entry> =
-            sqlx::query("SELECT * FROM audit_log WHERE position > $1 ORDER BY position LIMIT $2")
-                .bind(cursor)
-                .bind(i64::from(limit))
-                .fetch_all(w.conn())
-                .await?
-                .iter()
-                .map(|row| Ok(audit_from_row(row)?.0))
-                .collect::<Result<_>>()?;
-        let Some(last) = entries.last() else {
-            return Ok(NotifierPass::default());
-        };
-        let last_position = last.position;
-        let mut subscribers = Vec::new();
-        for row in sqlx::query(
-            "SELECT s.*, u.role FROM notification_subscriptions s JOIN users u ON u.username = s.owner \
-             WHERE s.removed_at IS NULL AND NOT u.disabled",
-        )
-        .fetch_all(w.conn())
-        .await?
-        {
-            let role: String = row.try_get("role")?;
-            let role =
-                Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("role {role:?}")))?;
-            subscribers.push((subscription_from_row(&row)?, role));
-        }
-        let mut queued = 0;
-        if !subscribers.is_empty() {
-            for entry in &entries {
-                let (order, events) = Self::facts_in(w.conn(), derive::needs(entry)).await?;
-                for happening in derive::happenings(entry, order.as_ref(), &events) {
-                    for (subscription, role) in &subscribers {
-                        if !subscription.wants(*role, &happening) {
-                            continue;
-                        }
-                        let notification_id = Uuid::now_v7();
-                        let order = happening.order.as_ref();
-                        let inserted = sqlx::query(
-                            "INSERT INTO notification_outbox (notification_id, subscription_id, source, kind, site_id, batch_id, coi, summary, payload, created_at, state, next_attempt_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $10) ON CONFLICT (subscription_id, source) DO NOTHING",
-                        )
-                        .bind(notification_id)
-                        .bind(subscription.subscription_id)
-                        .bind(&happening.source)
-                        .bind(happening.kind.as_str())
-                        .bind(happening.site_id.as_deref())
-                        .bind(order.map(|o| o.batch_id))
-                        .bind(order.map(|o| o.coi.as_str()))
-                        .bind(&happening.summary)
-                        .bind(payload(notification_id, &happening))
-                        .bind(stored(now))
-                        .execute(w.conn())
-                        .await?;
-                        queued += inserted.rows_affected() as usize;
-                    }
-                }
-            }
-        }
-        sqlx::query("UPDATE notification_cursor SET position = $1 WHERE name = 'audit'")
-            .bind(i64_of(last_position)?)
-            .execute(w.conn())
-            .await?;
-        w.commit().await?;
-        Ok(NotifierPass {
-            entries: entries.len(),
-            queued,
-        })
-    }
-
-    async fn check_site_links(
-        &self,
-        down_after: Duration,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
-        let silent_since = stored(now - chrono::Duration::from_std(down_after).unwrap_or_default());
-        let changes: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sites s WHERE s.status = 'active' AND s.last_contact_at < $1 \
-             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id)) \
-             OR EXISTS (SELECT 1 FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
-             WHERE s.last_contact_at > d.last_contact_at)",
-        )
-        .bind(silent_since)
-        .fetch_one(&self.pool)
-        .await?;
-        if !changes {
-            return Ok(Vec::new());
-        }
-        let mut w = self.begin_write().await?;
-        // A row per episode: of two processes checking at once, one inserts it (and
-        // audits), the other's insert does nothing.
-        let down: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-            "INSERT INTO site_link_down (site_id, last_contact_at, detected_at) \
-             SELECT s.site_id, s.last_contact_at, $2 FROM sites s \
-             WHERE s.status = 'active' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < $1 \
-             ON CONFLICT (site_id) DO NOTHING RETURNING site_id, last_contact_at",
-        )
-        .bind(silent_since)
-        .bind(stored(now))
-        .fetch_all(w.conn())
-        .await?;
-        let back: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "DELETE FROM site_link_down d USING sites s \
-             WHERE s.site_id = d.site_id AND s.last_contact_at > d.last_contact_at \
-             RETURNING d.site_id, s.last_contact_at",
-        )
-        .fetch_all(w.conn())
-        .await?;
-        let mut changed = Vec::new();
-        for (site_id, last_contact) in down {
-            w.audit(
-                NewEntry::new("hub", "site.link_down", format!("site/{site_id}"))
-                    .change(ts(last_contact), "")
-                    .reason(format!(
-                        "not heard from for more than {} s",
-                        down_after.as_secs()
-                    )),
-                now,
-            );
-            changed.push(site_id);
-        }
-        for (site_id, last_contact) in back {
-            w.audit(
-                NewEntry::new("hub", "site.link_restored", format!("site/{site_id}"))
-                    .value(last_contact.map(ts).unwrap_or_default()),
-                now,
-            );
-            changed.push(site_id);
-        }
-        changed.sort();
-        w.commit().await?;
-        Ok(changed)
     }
 
     async fn claim_deliveries(
@@ -519,65 +296,6 @@ impl NotifyStore for PgStore {
     async fn outbox_entry(&self, notification_id: Uuid) -> Result<OutboxEntry> {
         let mut conn = self.pool.acquire().await?;
         Self::outbox_entry_in(&mut conn, notification_id).await
-    }
-
-    async fn requeue(
-        &self,
-        notification_id: Uuid,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OutboxEntry> {
-        let mut w = self.begin_write().await?;
-        sqlx::query("SELECT 1 FROM notification_outbox WHERE notification_id = $1 FOR UPDATE")
-            .bind(notification_id)
-            .execute(w.conn())
-            .await?;
-        let entry = Self::outbox_entry_in(w.conn(), notification_id).await?;
-        if entry.state != OutboxState::Failed {
-            return Err(Error::FailedPrecondition(format!(
-                "notification {notification_id} is {}; only a failed one can be requeued",
-                entry.state.as_str()
-            )));
-        }
-        let live: Option<Uuid> = sqlx::query_scalar(
-            "SELECT subscription_id FROM notification_subscriptions WHERE subscription_id = $1 AND removed_at IS NULL",
-        )
-        .bind(entry.subscription_id)
-        .fetch_optional(w.conn())
-        .await?;
-        if live.is_none() {
-            return Err(Error::FailedPrecondition(format!(
-                "notification {notification_id} belongs to subscription {}, which was ended",
-                entry.subscription_id
-            )));
-        }
-        sqlx::query(
-            "UPDATE notification_outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, leased_until = NULL \
-             WHERE notification_id = $2",
-        )
-        .bind(stored(now))
-        .bind(notification_id)
-        .execute(w.conn())
-        .await?;
-        w.audit(
-            NewEntry::new(
-                actor,
-                "notification.requeued",
-                format!("notification/{notification_id}"),
-            )
-            .change(
-                format!(
-                    "failed after {} attempt(s): {}",
-                    entry.attempts,
-                    entry.last_error.as_deref().unwrap_or("")
-                ),
-                "pending",
-            ),
-            now,
-        );
-        let entry = Self::outbox_entry_in(w.conn(), notification_id).await?;
-        w.commit().await?;
-        Ok(entry)
     }
 
     async fn outbox_counts(&self) -> Result<OutboxCounts> {

@@ -6,7 +6,11 @@
 use super::super::backend::{OrderKey, WriteTx};
 use super::super::*;
 use super::{stored, PgStore, Write, COMMANDS_CHANNEL};
-use crate::audit::NewEntry;
+use crate::audit::{self, NewEntry};
+use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
+use crate::model::notification::{kinds_text, payload, OutboxEntry, Subscription};
+use crate::model::Role;
+
 use crate::model::{Progress, Projection};
 use crate::schedule::{Booking, Capacity, Plan};
 use sqlx::Row;
@@ -75,6 +79,65 @@ impl WriteTx for Write<'_> {
 
     async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
         PgStore::events_of_batch(self.conn(), batch_id).await
+    }
+
+    async fn notifier_cursor(&mut self) -> Result<u64> {
+        // One notifier at a time: the others wait here, then read the moved cursor.
+        let position: i64 = sqlx::query_scalar(
+            "SELECT position FROM notification_cursor WHERE name = 'audit' FOR UPDATE",
+        )
+        .fetch_one(self.conn())
+        .await?;
+        u64::try_from(position).map_err(|_| Error::Corrupt("notifier cursor is negative".into()))
+    }
+
+    async fn audit_after(&mut self, position: u64, limit: u32) -> Result<Vec<audit::Entry>> {
+        sqlx::query("SELECT * FROM audit_log WHERE position > $1 ORDER BY position LIMIT $2")
+            .bind(i64_of(position)?)
+            .bind(i64::from(limit))
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(|row| Ok(super::audit_from_row(row)?.0))
+            .collect()
+    }
+
+    async fn subscribers(&mut self) -> Result<Vec<(Subscription, Role)>> {
+        sqlx::query(
+            "SELECT s.*, u.role FROM notification_subscriptions s JOIN users u ON u.username = s.owner \
+             WHERE s.removed_at IS NULL AND NOT u.disabled",
+        )
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(|row| {
+            let role: String = row.try_get("role")?;
+            let role =
+                Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("role {role:?}")))?;
+            Ok((super::notify::subscription_from_row(row)?, role))
+        })
+        .collect()
+    }
+
+    async fn happening_facts(
+        &mut self,
+        needs: happening::Needs,
+    ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)> {
+        PgStore::facts_in(self.conn(), needs).await
+    }
+
+    async fn outbox_entry(&mut self, notification_id: Uuid) -> Result<OutboxEntry> {
+        PgStore::outbox_entry_in(self.conn(), notification_id).await
+    }
+
+    async fn subscription_live(&mut self, subscription_id: Uuid) -> Result<bool> {
+        let live: Option<Uuid> = sqlx::query_scalar(
+            "SELECT subscription_id FROM notification_subscriptions WHERE subscription_id = $1 AND removed_at IS NULL",
+        )
+        .bind(subscription_id)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(live.is_some())
     }
 
     async fn insert_recipe(
@@ -425,6 +488,134 @@ impl WriteTx for Write<'_> {
 
     async fn release_booking(&mut self, order_id: Uuid, now: DateTime<Utc>) -> Result<()> {
         PgStore::release_booking_in(self.conn(), order_id, now).await
+    }
+
+    async fn insert_subscription(
+        &mut self,
+        subscription: &Subscription,
+        secret: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO notification_subscriptions (subscription_id, owner, kinds, channel, target, secret, site_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(subscription.subscription_id)
+        .bind(&subscription.owner)
+        .bind(kinds_text(&subscription.kinds))
+        .bind(subscription.channel.name())
+        .bind(subscription.channel.target())
+        .bind(secret)
+        .bind(subscription.site_id.as_deref())
+        .bind(stored(now))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn end_subscription(
+        &mut self,
+        subscription_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>> {
+        let removed = sqlx::query(
+            "UPDATE notification_subscriptions SET removed_at = $1 WHERE subscription_id = $2 AND removed_at IS NULL",
+        )
+        .bind(stored(now))
+        .bind(subscription_id)
+        .execute(self.conn())
+        .await?;
+        if removed.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let dropped = sqlx::query(
+            "UPDATE notification_outbox SET state = 'failed', last_error = 'unsubscribed', leased_until = NULL \
+             WHERE subscription_id = $1 AND state = 'pending'",
+        )
+        .bind(subscription_id)
+        .execute(self.conn())
+        .await?;
+        Ok(Some(dropped.rows_affected()))
+    }
+
+    async fn queue_notification(
+        &mut self,
+        notification_id: Uuid,
+        subscription: &Subscription,
+        happening: &Happening,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let order = happening.order.as_ref();
+        let inserted = sqlx::query(
+            "INSERT INTO notification_outbox (notification_id, subscription_id, source, kind, site_id, batch_id, coi, summary, payload, created_at, state, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $10) ON CONFLICT (subscription_id, source) DO NOTHING",
+        )
+        .bind(notification_id)
+        .bind(subscription.subscription_id)
+        .bind(&happening.source)
+        .bind(happening.kind.as_str())
+        .bind(happening.site_id.as_deref())
+        .bind(order.map(|o| o.batch_id))
+        .bind(order.map(|o| o.coi.as_str()))
+        .bind(&happening.summary)
+        .bind(payload(notification_id, happening))
+        .bind(stored(now))
+        .execute(self.conn())
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn set_notifier_cursor(&mut self, position: u64) -> Result<()> {
+        sqlx::query("UPDATE notification_cursor SET position = $1 WHERE name = 'audit'")
+            .bind(i64_of(position)?)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_links_down(
+        &mut self,
+        silent_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>> {
+        // A row per episode: of two processes checking at once, one inserts it (and
+        // audits), the other's insert does nothing.
+        Ok(sqlx::query_as(
+            "INSERT INTO site_link_down (site_id, last_contact_at, detected_at) \
+             SELECT s.site_id, s.last_contact_at, $2 FROM sites s \
+             WHERE s.status = 'active' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < $1 \
+             ON CONFLICT (site_id) DO NOTHING RETURNING site_id, last_contact_at",
+        )
+        .bind(stored(silent_since))
+        .bind(stored(now))
+        .fetch_all(self.conn())
+        .await?)
+    }
+
+    async fn mark_links_restored(&mut self) -> Result<Vec<(String, Option<DateTime<Utc>>)>> {
+        Ok(sqlx::query_as(
+            "DELETE FROM site_link_down d USING sites s \
+             WHERE s.site_id = d.site_id AND s.last_contact_at > d.last_contact_at \
+             RETURNING d.site_id, s.last_contact_at",
+        )
+        .fetch_all(self.conn())
+        .await?)
+    }
+
+    async fn requeue_notification(
+        &mut self,
+        notification_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE notification_outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, leased_until = NULL \
+             WHERE notification_id = $2",
+        )
+        .bind(stored(now))
+        .bind(notification_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
     }
 
     async fn save_projection(

@@ -2,18 +2,14 @@
 //! writer here does, so the notifier's cursor and the outbox are changed by one
 //! writer at a time.
 
-use super::super::backend::WriteTx;
 use super::*;
-use crate::audit::NewEntry;
 use crate::model::notification::happening::{self as derive, Needs, OrderFacts, SiteEventFacts};
 use crate::model::notification::{
-    kinds_text, parse_kinds, payload, Channel, Delivery, Kind, NewSubscription, NotifierPass,
-    OutboxEntry, OutboxState, Subscription,
+    parse_kinds, Channel, Delivery, Kind, OutboxEntry, OutboxState, Subscription,
 };
 use crate::store::notify::{NotifyStore, OutboxCounts, OutboxFilter};
-use chrono::SubsecRound;
 
-fn subscription_from_row(row: &SqliteRow) -> Result<Subscription> {
+pub(super) fn subscription_from_row(row: &SqliteRow) -> Result<Subscription> {
     let channel: String = row.try_get("channel")?;
     let target: String = row.try_get("target")?;
     let channel = match channel.as_str() {
@@ -108,7 +104,7 @@ fn later(now: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
 }
 
 impl SqliteStore {
-    async fn outbox_entry_in(
+    pub(super) async fn outbox_entry_in(
         tx: &mut Transaction<'_, Sqlite>,
         notification_id: Uuid,
     ) -> Result<OutboxEntry> {
@@ -123,7 +119,7 @@ impl SqliteStore {
     }
 
     /// The facts [`derive::needs`] asks for, read inside the notifier's transaction.
-    async fn facts_in(
+    pub(super) async fn facts_in(
         tx: &mut Transaction<'_, Sqlite>,
         needs: Needs,
     ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)> {
@@ -179,58 +175,24 @@ impl SqliteStore {
 
 #[async_trait]
 impl NotifyStore for SqliteStore {
-    async fn subscribe(&self, new: &NewSubscription, now: DateTime<Utc>) -> Result<Subscription> {
-        let mut w = self.begin_write().await?;
-        if let Some(site_id) = &new.site_id {
-            Self::site_in(&mut w.tx, site_id).await?;
-        }
-        let subscription = Subscription {
-            subscription_id: Uuid::now_v7(),
-            owner: new.owner.clone(),
-            kinds: new.kinds.clone(),
-            channel: new.channel.clone(),
-            site_id: new.site_id.clone(),
-            created_at: now.trunc_subsecs(6),
-        };
-        let secret = match &new.channel {
-            Channel::Webhook { secret, .. } => Some(secret.as_str()),
-            Channel::Email { .. } => None,
-        };
-        sqlx::query(
-            "INSERT INTO notification_subscriptions (subscription_id, owner, kinds, channel, target, secret, site_id, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    async fn notifier_behind(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_log WHERE position > (SELECT position FROM notification_cursor WHERE name = 'audit'))",
         )
-        .bind(subscription.subscription_id.to_string())
-        .bind(&new.owner)
-        .bind(kinds_text(&new.kinds))
-        .bind(new.channel.name())
-        .bind(new.channel.target())
-        .bind(secret)
-        .bind(new.site_id.as_deref())
-        .bind(ts(now))
-        .execute(&mut *w.tx)
-        .await?;
-        w.audit(
-            NewEntry::new(
-                &new.owner,
-                "notification.subscribed",
-                format!("subscription/{}", subscription.subscription_id),
-            )
-            .value(format!(
-                "{} {} for {}{}",
-                new.channel.name(),
-                new.channel.target(),
-                kinds_text(&new.kinds),
-                new.site_id
-                    .as_deref()
-                    .map(|s| format!(" at site {s}"))
-                    .unwrap_or_default()
-            )),
-            now,
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn site_links_changed(&self, silent_since: DateTime<Utc>) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sites s WHERE s.status = 'active' AND s.last_contact_at < ?1 \
+             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id)) \
+             OR EXISTS (SELECT 1 FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
+             WHERE s.last_contact_at > d.last_contact_at)",
         )
-        .await?;
-        w.commit().await?;
-        Ok(subscription)
+        .bind(ts(silent_since))
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn subscriptions(&self, owner: Option<&str>) -> Result<Vec<Subscription>> {
@@ -255,205 +217,6 @@ impl NotifyStore for SqliteStore {
         .await?
         .ok_or_else(|| Error::NotFound(format!("subscription {subscription_id}")))?;
         subscription_from_row(&row)
-    }
-
-    async fn unsubscribe(
-        &self,
-        subscription_id: Uuid,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let mut w = self.begin_write().await?;
-        let removed = sqlx::query(
-            "UPDATE notification_subscriptions SET removed_at = ? WHERE subscription_id = ? AND removed_at IS NULL",
-        )
-        .bind(ts(now))
-        .bind(subscription_id.to_string())
-        .execute(&mut *w.tx)
-        .await?;
-        if removed.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("subscription {subscription_id}")));
-        }
-        let dropped = sqlx::query(
-            "UPDATE notification_outbox SET state = 'failed', last_error = 'unsubscribed', leased_until = NULL \
-             WHERE subscription_id = ? AND state = 'pending'",
-        )
-        .bind(subscription_id.to_string())
-        .execute(&mut *w.tx)
-        .await?;
-        w.audit(
-            NewEntry::new(
-                actor,
-                "notification.unsubscribed",
-                format!("subscription/{subscription_id}"),
-            )
-            .value(format!(
-                "{} undelivered notification(s) dropped",
-                dropped.rows_affected()
-            )),
-            now,
-        )
-        .await?;
-        w.commit().await?;
-        Ok(())
-    }
-
-    async fn run_notifier(&self, limit: u32, now: DateTime<Utc>) -> Result<NotifierPass> {
-        // Idle most of the time: look before taking the write lock.
-        let behind: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM audit_log WHERE position > (SELECT position FROM notification_cursor WHERE name = 'audit'))",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if !behind {
-            return Ok(NotifierPass::default());
-        }
-        let mut w = self.begin_write().await?;
-        let cursor: i64 =
-            sqlx::query_scalar("SELECT position FROM notification_cursor WHERE name = 'audit'")
-                .fetch_one(&mut *w.tx)
-                .await?;
-        let entries: Vec<audit::Entry> =
-            sqlx::query("SELECT * FROM audit_log WHERE position > ? ORDER BY position LIMIT ?")
-                .bind(cursor)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *w.tx)
-                .await?
-                .iter()
-                .map(|row| Ok(audit_from_row(row)?.0))
-                .collect::<Result<_>>()?;
-        let Some(last) = entries.last() else {
-            return Ok(NotifierPass::default());
-        };
-        let last_position = last.position;
-        // Subscriptions of people who can still sign in, with their role.
-        let mut subscribers = Vec::new();
-        for row in sqlx::query(
-            "SELECT s.*, u.role FROM notification_subscriptions s JOIN users u ON u.username = s.owner \
-             WHERE s.removed_at IS NULL AND u.disabled = 0",
-        )
-        .fetch_all(&mut *w.tx)
-        .await?
-        {
-            let role: String = row.try_get("role")?;
-            let role =
-                Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("role {role:?}")))?;
-            subscribers.push((subscription_from_row(&row)?, role));
-        }
-        let mut queued = 0;
-        if !subscribers.is_empty() {
-            for entry in &entries {
-                let (order, events) = Self::facts_in(&mut w.tx, derive::needs(entry)).await?;
-                for happening in derive::happenings(entry, order.as_ref(), &events) {
-                    for (subscription, role) in &subscribers {
-                        if !subscription.wants(*role, &happening) {
-                            continue;
-                        }
-                        let notification_id = Uuid::now_v7();
-                        let order = happening.order.as_ref();
-                        let inserted = sqlx::query(
-                            "INSERT INTO notification_outbox (notification_id, subscription_id, source, kind, site_id, batch_id, coi, summary, payload, created_at, state, next_attempt_at) \
-                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (subscription_id, source) DO NOTHING",
-                        )
-                        .bind(notification_id.to_string())
-                        .bind(subscription.subscription_id.to_string())
-                        .bind(&happening.source)
-                        .bind(happening.kind.as_str())
-                        .bind(happening.site_id.as_deref())
-                        .bind(order.map(|o| o.batch_id.to_string()))
-                        .bind(order.map(|o| o.coi.as_str()))
-                        .bind(&happening.summary)
-                        .bind(payload(notification_id, &happening))
-                        .bind(ts(now))
-                        .bind(ts(now))
-                        .execute(&mut *w.tx)
-                        .await?;
-                        queued += inserted.rows_affected() as usize;
-                    }
-                }
-            }
-        }
-        sqlx::query("UPDATE notification_cursor SET position = ? WHERE name = 'audit'")
-            .bind(i64_of(last_position)?)
-            .execute(&mut *w.tx)
-            .await?;
-        w.commit().await?;
-        Ok(NotifierPass {
-            entries: entries.len(),
-            queued,
-        })
-    }
-
-    async fn check_site_links(
-        &self,
-        down_after: Duration,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
-        let silent_since = ts(now - chrono::Duration::from_std(down_after).unwrap_or_default());
-        let changes: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sites s WHERE s.status = 'active' AND s.last_contact_at < ?1 \
-             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id)) \
-             OR EXISTS (SELECT 1 FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
-             WHERE s.last_contact_at > d.last_contact_at)",
-        )
-        .bind(&silent_since)
-        .fetch_one(&self.pool)
-        .await?;
-        if !changes {
-            return Ok(Vec::new());
-        }
-        let mut w = self.begin_write().await?;
-        let down: Vec<(String, String)> = sqlx::query_as(
-            "SELECT s.site_id, s.last_contact_at FROM sites s \
-             WHERE s.status = 'active' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < ? \
-             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id) ORDER BY s.site_id",
-        )
-        .bind(&silent_since)
-        .fetch_all(&mut *w.tx)
-        .await?;
-        let back: Vec<(String, String)> = sqlx::query_as(
-            "SELECT d.site_id, s.last_contact_at FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
-             WHERE s.last_contact_at > d.last_contact_at ORDER BY d.site_id",
-        )
-        .fetch_all(&mut *w.tx)
-        .await?;
-        let mut changed = Vec::new();
-        for (site_id, last_contact) in down {
-            sqlx::query(
-                "INSERT INTO site_link_down (site_id, last_contact_at, detected_at) VALUES (?, ?, ?)",
-            )
-            .bind(&site_id)
-            .bind(&last_contact)
-            .bind(ts(now))
-            .execute(&mut *w.tx)
-            .await?;
-            w.audit(
-                NewEntry::new("hub", "site.link_down", format!("site/{site_id}"))
-                    .change(last_contact, "")
-                    .reason(format!(
-                        "not heard from for more than {} s",
-                        down_after.as_secs()
-                    )),
-                now,
-            )
-            .await?;
-            changed.push(site_id);
-        }
-        for (site_id, last_contact) in back {
-            sqlx::query("DELETE FROM site_link_down WHERE site_id = ?")
-                .bind(&site_id)
-                .execute(&mut *w.tx)
-                .await?;
-            w.audit(
-                NewEntry::new("hub", "site.link_restored", format!("site/{site_id}"))
-                    .value(last_contact),
-                now,
-            )
-            .await?;
-            changed.push(site_id);
-        }
-        w.commit().await?;
-        Ok(changed)
     }
 
     async fn claim_deliveries(
@@ -554,62 +317,6 @@ impl NotifyStore for SqliteStore {
     async fn outbox_entry(&self, notification_id: Uuid) -> Result<OutboxEntry> {
         let mut tx = self.pool.begin().await?;
         Self::outbox_entry_in(&mut tx, notification_id).await
-    }
-
-    async fn requeue(
-        &self,
-        notification_id: Uuid,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OutboxEntry> {
-        let mut w = self.begin_write().await?;
-        let entry = Self::outbox_entry_in(&mut w.tx, notification_id).await?;
-        if entry.state != OutboxState::Failed {
-            return Err(Error::FailedPrecondition(format!(
-                "notification {notification_id} is {}; only a failed one can be requeued",
-                entry.state.as_str()
-            )));
-        }
-        let live: Option<String> = sqlx::query_scalar(
-            "SELECT subscription_id FROM notification_subscriptions WHERE subscription_id = ? AND removed_at IS NULL",
-        )
-        .bind(entry.subscription_id.to_string())
-        .fetch_optional(&mut *w.tx)
-        .await?;
-        if live.is_none() {
-            return Err(Error::FailedPrecondition(format!(
-                "notification {notification_id} belongs to subscription {}, which was ended",
-                entry.subscription_id
-            )));
-        }
-        sqlx::query(
-            "UPDATE notification_outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, leased_until = NULL \
-             WHERE notification_id = ?",
-        )
-        .bind(ts(now))
-        .bind(notification_id.to_string())
-        .execute(&mut *w.tx)
-        .await?;
-        w.audit(
-            NewEntry::new(
-                actor,
-                "notification.requeued",
-                format!("notification/{notification_id}"),
-            )
-            .change(
-                format!(
-                    "failed after {} attempt(s): {}",
-                    entry.attempts,
-                    entry.last_error.as_deref().unwrap_or("")
-                ),
-                "pending",
-            ),
-            now,
-        )
-        .await?;
-        let entry = Self::outbox_entry_in(&mut w.tx, notification_id).await?;
-        w.commit().await?;
-        Ok(entry)
     }
 
     async fn outbox_counts(&self) -> Result<OutboxCounts> {

@@ -5,6 +5,10 @@ use super::super::backend::{OrderKey, WriteTx};
 use super::super::*;
 use super::SqliteStore;
 use crate::audit::{self, NewEntry};
+use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
+use crate::model::notification::{kinds_text, payload, OutboxEntry, Subscription};
+use crate::model::Role;
+
 use crate::model::{Progress, Projection};
 use crate::schedule::{Booking, Capacity, Plan};
 use sqlx::{Row, Sqlite, Transaction};
@@ -104,6 +108,63 @@ impl WriteTx for SqliteWrite<'_> {
 
     async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
         SqliteStore::events_of_batch(&mut *self.tx, batch_id).await
+    }
+
+    async fn notifier_cursor(&mut self) -> Result<u64> {
+        let position: i64 =
+            sqlx::query_scalar("SELECT position FROM notification_cursor WHERE name = 'audit'")
+                .fetch_one(&mut *self.tx)
+                .await?;
+        u64::try_from(position).map_err(|_| Error::Corrupt("notifier cursor is negative".into()))
+    }
+
+    async fn audit_after(&mut self, position: u64, limit: u32) -> Result<Vec<audit::Entry>> {
+        sqlx::query("SELECT * FROM audit_log WHERE position > ? ORDER BY position LIMIT ?")
+            .bind(i64_of(position)?)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(|row| Ok(super::audit_from_row(row)?.0))
+            .collect()
+    }
+
+    async fn subscribers(&mut self) -> Result<Vec<(Subscription, Role)>> {
+        sqlx::query(
+            "SELECT s.*, u.role FROM notification_subscriptions s JOIN users u ON u.username = s.owner \
+             WHERE s.removed_at IS NULL AND u.disabled = 0",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(|row| {
+            let role: String = row.try_get("role")?;
+            let role =
+                Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("role {role:?}")))?;
+            Ok((super::notify::subscription_from_row(row)?, role))
+        })
+        .collect()
+    }
+
+    async fn happening_facts(
+        &mut self,
+        needs: happening::Needs,
+    ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)> {
+        SqliteStore::facts_in(&mut self.tx, needs).await
+    }
+
+    async fn outbox_entry(&mut self, notification_id: Uuid) -> Result<OutboxEntry> {
+        SqliteStore::outbox_entry_in(&mut self.tx, notification_id).await
+    }
+
+    async fn subscription_live(&mut self, subscription_id: Uuid) -> Result<bool> {
+        let live: Option<String> = sqlx::query_scalar(
+            "SELECT subscription_id FROM notification_subscriptions WHERE subscription_id = ? AND removed_at IS NULL",
+        )
+        .bind(subscription_id.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(live.is_some())
     }
 
     async fn insert_recipe(
@@ -455,6 +516,144 @@ impl WriteTx for SqliteWrite<'_> {
 
     async fn release_booking(&mut self, order_id: Uuid, now: DateTime<Utc>) -> Result<()> {
         SqliteStore::release_booking_in(&mut self.tx, order_id, now).await
+    }
+
+    async fn insert_subscription(
+        &mut self,
+        subscription: &Subscription,
+        secret: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO notification_subscriptions (subscription_id, owner, kinds, channel, target, secret, site_id, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(subscription.subscription_id.to_string())
+        .bind(&subscription.owner)
+        .bind(kinds_text(&subscription.kinds))
+        .bind(subscription.channel.name())
+        .bind(subscription.channel.target())
+        .bind(secret)
+        .bind(subscription.site_id.as_deref())
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn end_subscription(
+        &mut self,
+        subscription_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>> {
+        let removed = sqlx::query(
+            "UPDATE notification_subscriptions SET removed_at = ? WHERE subscription_id = ? AND removed_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(subscription_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        if removed.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let dropped = sqlx::query(
+            "UPDATE notification_outbox SET state = 'failed', last_error = 'unsubscribed', leased_until = NULL \
+             WHERE subscription_id = ? AND state = 'pending'",
+        )
+        .bind(subscription_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(Some(dropped.rows_affected()))
+    }
+
+    async fn queue_notification(
+        &mut self,
+        notification_id: Uuid,
+        subscription: &Subscription,
+        happening: &Happening,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let order = happening.order.as_ref();
+        let inserted = sqlx::query(
+            "INSERT INTO notification_outbox (notification_id, subscription_id, source, kind, site_id, batch_id, coi, summary, payload, created_at, state, next_attempt_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?10) ON CONFLICT (subscription_id, source) DO NOTHING",
+        )
+        .bind(notification_id.to_string())
+        .bind(subscription.subscription_id.to_string())
+        .bind(&happening.source)
+        .bind(happening.kind.as_str())
+        .bind(happening.site_id.as_deref())
+        .bind(order.map(|o| o.batch_id.to_string()))
+        .bind(order.map(|o| o.coi.as_str()))
+        .bind(&happening.summary)
+        .bind(payload(notification_id, happening))
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn set_notifier_cursor(&mut self, position: u64) -> Result<()> {
+        sqlx::query("UPDATE notification_cursor SET position = ? WHERE name = 'audit'")
+            .bind(i64_of(position)?)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_links_down(
+        &mut self,
+        silent_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let down: Vec<(String, String)> = sqlx::query_as(
+            "INSERT INTO site_link_down (site_id, last_contact_at, detected_at) \
+             SELECT s.site_id, s.last_contact_at, ?2 FROM sites s \
+             WHERE s.status = 'active' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < ?1 \
+             AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id) \
+             ORDER BY s.site_id RETURNING site_id, last_contact_at",
+        )
+        .bind(ts(silent_since))
+        .bind(ts(now))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        down.into_iter()
+            .map(|(site, at)| Ok((site, super::parse_ts(&at)?)))
+            .collect()
+    }
+
+    async fn mark_links_restored(&mut self) -> Result<Vec<(String, Option<DateTime<Utc>>)>> {
+        let back: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT d.site_id, s.last_contact_at FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
+             WHERE s.last_contact_at > d.last_contact_at ORDER BY d.site_id",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for (site_id, _) in &back {
+            sqlx::query("DELETE FROM site_link_down WHERE site_id = ?")
+                .bind(site_id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        back.into_iter()
+            .map(|(site, at)| Ok((site, at.as_deref().map(super::parse_ts).transpose()?)))
+            .collect()
+    }
+
+    async fn requeue_notification(
+        &mut self,
+        notification_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE notification_outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, leased_until = NULL \
+             WHERE notification_id = ?",
+        )
+        .bind(ts(now))
+        .bind(notification_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     async fn save_projection(
