@@ -21,6 +21,7 @@ pub mod backend;
 mod ingest;
 pub mod notify;
 pub mod postgres;
+mod rows;
 pub mod schedule;
 pub mod sqlite;
 mod transactions;
@@ -486,19 +487,4 @@ fn json_text<T: Serialize>(value: &T) -> Result<String> {
 /// A sequence number or version as the databases store it (signed 64-bit).
 fn i64_of(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::Invalid(format!("{v} is too large")))
-}
-
-fn outcome_str(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Pass => "pass",
-        Outcome::OutOfSpecification => "out_of_specification",
-    }
-}
-
-fn parse_outcome(text: &str) -> Result<Outcome> {
-    match text {
-        "pass" => Ok(Outcome::Pass),
-        "out_of_specification" => Ok(Outcome::OutOfSpecification),
-        other => Err(Error::Corrupt(format!("unknown QC outcome {other:?}"))),
-    }
 }

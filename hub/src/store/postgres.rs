@@ -25,8 +25,6 @@ use super::backend::{OrderKey, WriteTx};
 use super::ingest as plan;
 use super::*;
 use crate::audit::{self, NewEntry};
-use crate::model::{QcRecord, Role};
-use carrel_proto::event::ReleaseMeaning;
 use chrono::SubsecRound;
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -123,38 +121,42 @@ fn migrate_error(error: MigrateError) -> Error {
     }
 }
 
-fn u64_of(row: &PgRow, col: &str) -> Result<u64> {
-    let v: i64 = row.try_get(col)?;
-    u64::try_from(v).map_err(|_| Error::Corrupt(format!("{col} is negative")))
-}
-
-fn user_from_row(row: &PgRow) -> Result<User> {
-    let role: String = row.try_get("role")?;
-    Ok(User {
-        username: row.try_get("username")?,
-        full_name: row.try_get("full_name")?,
-        role: Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("unknown role {role:?}")))?,
-        disabled: row.try_get("disabled")?,
-        password_hash: row.try_get("password_hash")?,
-    })
-}
-
-fn site_from_row(row: &PgRow) -> Result<Site> {
-    let status: String = row.try_get("status")?;
-    Ok(Site {
-        site_id: row.try_get("site_id")?,
-        name: row.try_get("name")?,
-        status: SiteStatus::parse(&status)
-            .ok_or_else(|| Error::Corrupt(format!("unknown site status {status:?}")))?,
-        cert_sha256: row.try_get("cert_sha256")?,
-        cert_not_after: row.try_get("cert_not_after")?,
-        cert_ca_sha256: row.try_get("cert_ca_sha256")?,
-        pending_cert_sha256: row.try_get("pending_cert_sha256")?,
-        acked_event_seq: u64_of(row, "acked_event_seq")?,
-        last_command_seq: u64_of(row, "last_command_seq")?,
-        acked_command_seq: u64_of(row, "acked_command_seq")?,
-        last_contact_at: row.try_get("last_contact_at")?,
-    })
+/// PostgreSQL keeps ids as `uuid`, times as `timestamptz` (to the microsecond, see
+/// [`stored`]) and flags as `boolean`.
+impl rows::Columns for PgRow {
+    fn text(&self, column: &str) -> Result<String> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        match self.try_get::<i64, _>(column) {
+            Ok(value) => Ok(value),
+            Err(_) => Ok(i64::from(self.try_get::<i32, _>(column)?)),
+        }
+    }
+    fn flag(&self, column: &str) -> Result<bool> {
+        Ok(self.try_get(column)?)
+    }
+    fn uuid(&self, column: &str) -> Result<Uuid> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>> {
+        Ok(self.try_get(column)?)
+    }
+    fn time(&self, column: &str) -> Result<DateTime<Utc>> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.try_get(column)?)
+    }
+    fn time_text(&self, column: &str) -> Result<String> {
+        Ok(ts(self.time(column)?))
+    }
+    fn date(&self, column: &str) -> Result<chrono::NaiveDate> {
+        Ok(self.try_get(column)?)
+    }
 }
 
 const ORDER_COLUMNS: &str =
@@ -162,73 +164,6 @@ const ORDER_COLUMNS: &str =
      o.site_id, o.requested_collection_date, o.physician, o.created_at, \
      b.state, b.current_step, b.progress::text AS progress, b.decision_recorded, b.updated_at \
      FROM orders o JOIN batches b ON b.batch_id = o.batch_id";
-
-fn order_from_row(row: &PgRow) -> Result<Order> {
-    let state: String = row.try_get("state")?;
-    let progress: String = row.try_get("progress")?;
-    Ok(Order {
-        order_id: row.try_get("order_id")?,
-        batch_id: row.try_get("batch_id")?,
-        coi: row.try_get("coi")?,
-        patient_pseudonym: row.try_get("patient_pseudonym")?,
-        recipe_id: row.try_get("recipe_id")?,
-        recipe_version: u32::try_from(row.try_get::<i64, _>("recipe_version")?)
-            .map_err(|_| Error::Corrupt("recipe version out of range".into()))?,
-        site_id: row.try_get("site_id")?,
-        requested_collection_date: row.try_get("requested_collection_date")?,
-        physician: row.try_get("physician")?,
-        created_at: row.try_get("created_at")?,
-        state: BatchState::parse(&state)
-            .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
-        current_step: row.try_get("current_step")?,
-        progress: serde_json::from_str(&progress)
-            .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
-        decision_recorded: row.try_get("decision_recorded")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn event_from_row(row: &PgRow) -> Result<StoredEvent> {
-    let body: String = row.try_get("body")?;
-    Ok(StoredEvent {
-        site_id: row.try_get("site_id")?,
-        event: serde_json::from_str(&body)
-            .map_err(|e| Error::Corrupt(format!("site event: {e}")))?,
-        received_at: row.try_get("received_at")?,
-    })
-}
-
-fn recipe_from_row(row: &PgRow) -> Result<StoredRecipe> {
-    let document: String = row.try_get("document")?;
-    let recipe =
-        Recipe::from_json(&document).map_err(|e| Error::Corrupt(format!("stored recipe: {e}")))?;
-    Ok(StoredRecipe {
-        sha256: row.try_get("sha256")?,
-        canonical_json: document,
-        recipe,
-    })
-}
-
-/// An audit entry and its `at` as the text its hash covers.
-fn audit_from_row(row: &PgRow) -> Result<(audit::Entry, String)> {
-    let at: DateTime<Utc> = row.try_get("at")?;
-    Ok((
-        audit::Entry {
-            position: u64_of(row, "position")?,
-            at,
-            actor: row.try_get("actor")?,
-            action: row.try_get("action")?,
-            object: row.try_get("object")?,
-            batch_id: row.try_get("batch_id")?,
-            old_value: row.try_get("old_value")?,
-            new_value: row.try_get("new_value")?,
-            reason: row.try_get("reason")?,
-            prev_sha256: row.try_get("prev_sha256")?,
-            sha256: row.try_get("sha256")?,
-        },
-        ts(at),
-    ))
-}
 
 /// A write transaction (READ COMMITTED) with the audit entries it will append.
 /// LISTEN/NOTIFY channel: a site's command log grew (payload: site id).
@@ -374,7 +309,7 @@ impl PgStore {
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
-        let stored = recipe_from_row(&row)?;
+        let stored = rows::recipe(&row)?;
         self.cache_recipe(&stored);
         Ok(stored)
     }
@@ -398,7 +333,7 @@ impl PgStore {
             .fetch_optional(conn)
             .await?
             .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
-        site_from_row(&row)
+        rows::site(&row)
     }
 
     /// The site, locked until the transaction ends: the one writer of its logs,
@@ -409,7 +344,7 @@ impl PgStore {
             .fetch_optional(conn)
             .await?
             .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
-        site_from_row(&row)
+        rows::site(&row)
     }
 
     async fn order_in(conn: &mut PgConnection, key: OrderKey) -> Result<Order> {
@@ -421,7 +356,7 @@ impl PgStore {
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| key.not_found())?;
-        order_from_row(&row)
+        rows::order(&row)
     }
 
     async fn events_of_batch(conn: &mut PgConnection, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
@@ -433,7 +368,7 @@ impl PgStore {
         .fetch_all(conn)
         .await?
         .iter()
-        .map(event_from_row)
+        .map(rows::event)
         .collect()
     }
 }
@@ -460,7 +395,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| Error::NotFound(format!("product (recipe) {recipe_id:?}")))?;
-        recipe_from_row(&row)
+        rows::recipe(&row)
     }
 
     async fn list_recipes(&self) -> Result<Vec<StoredRecipe>> {
@@ -470,7 +405,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(recipe_from_row)
+        .map(rows::recipe)
         .collect()
     }
 
@@ -480,7 +415,7 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {username:?}")))?;
-        user_from_row(&row)
+        rows::user(&row)
     }
 
     async fn list_users(&self) -> Result<Vec<User>> {
@@ -488,7 +423,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(user_from_row)
+            .map(rows::user)
             .collect()
     }
 
@@ -502,7 +437,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| Error::NotFound("session".into()))?;
-        user_from_row(&row)
+        rows::user(&row)
     }
 
     async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<audit::Entry>> {
@@ -513,7 +448,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|row| Ok(audit_from_row(row)?.0))
+        .map(|row| Ok(rows::audit_entry(row)?.0))
         .collect()
     }
 
@@ -545,7 +480,7 @@ impl Store for PgStore {
             .await?;
         let entries = rows
             .iter()
-            .map(audit_from_row)
+            .map(rows::audit_entry)
             .collect::<Result<Vec<_>>>()?;
         Ok(audit::verify(entries))
     }
@@ -560,7 +495,7 @@ impl Store for PgStore {
             })?;
         let expires: Option<DateTime<Utc>> = row.try_get("token_expires_at")?;
         match expires {
-            Some(at) if at > now => site_from_row(&row),
+            Some(at) if at > now => rows::site(&row),
             _ => Err(Error::PermissionDenied(
                 "enrollment token has expired".into(),
             )),
@@ -577,7 +512,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(site_from_row)
+            .map(rows::site)
             .collect()
     }
 
@@ -616,7 +551,7 @@ impl Store for PgStore {
         .fetch_all(w.conn())
         .await?
         {
-            let seq = u64_of(&row, "seq")?;
+            let seq = rows::Columns::count(&row, "seq")?;
             if needs.stored_bodies.contains(&seq) {
                 found.stored_bodies.insert(seq, row.try_get("body")?);
             }
@@ -668,8 +603,8 @@ impl Store for PgStore {
             .bind(i64_of(qc.site_seq)?)
             .bind(&qc.test_id)
             .bind(json_text(&qc.value)?)
-            .bind(outcome_str(qc.hub_outcome))
-            .bind(outcome_str(qc.site_outcome))
+            .bind(rows::outcome_text(qc.hub_outcome))
+            .bind(rows::outcome_text(qc.site_outcome))
             .bind(&qc.reason)
             .execute(w.conn())
             .await?;
@@ -808,7 +743,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(order_from_row)
+        .map(rows::order)
         .collect()
     }
 
@@ -833,18 +768,7 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await?
             .iter()
-            .map(|row| {
-                let value: String = row.try_get("value")?;
-                Ok(QcRecord {
-                    site_seq: u64_of(row, "site_seq")?,
-                    test_id: row.try_get("test_id")?,
-                    value: serde_json::from_str(&value)
-                        .map_err(|e| Error::Corrupt(format!("QC value: {e}")))?,
-                    hub_outcome: parse_outcome(&row.try_get::<String, _>("hub_outcome")?)?,
-                    site_outcome: parse_outcome(&row.try_get::<String, _>("site_outcome")?)?,
-                    reason: row.try_get("reason")?,
-                })
-            })
+            .map(rows::qc)
             .collect::<Result<Vec<_>>>()?;
         let signatures =
             sqlx::query("SELECT * FROM signatures WHERE batch_id = $1 ORDER BY signed_at")
@@ -852,28 +776,14 @@ impl Store for PgStore {
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(|row| {
-                    let meaning: String = row.try_get("meaning")?;
-                    Ok(Signature {
-                        signature_id: row.try_get("signature_id")?,
-                        batch_id,
-                        signer: row.try_get("signer")?,
-                        signer_name: row.try_get("signer_name")?,
-                        meaning: ReleaseMeaning::parse(&meaning).ok_or_else(|| {
-                            Error::Corrupt(format!("unknown meaning {meaning:?}"))
-                        })?,
-                        record_sha256: row.try_get("record_sha256")?,
-                        reason: row.try_get("reason")?,
-                        signed_at: row.try_get("signed_at")?,
-                    })
-                })
+                .map(rows::signature)
                 .collect::<Result<Vec<_>>>()?;
         let audit = sqlx::query("SELECT * FROM audit_log WHERE batch_id = $1 ORDER BY position")
             .bind(batch_id)
             .fetch_all(&mut *tx)
             .await?
             .iter()
-            .map(|row| Ok(audit_from_row(row)?.0))
+            .map(|row| Ok(rows::audit_entry(row)?.0))
             .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(BatchRecord {

@@ -10,8 +10,6 @@
 use super::backend::OrderKey;
 use super::*;
 use crate::audit;
-use crate::model::{QcRecord, Role};
-use carrel_proto::event::ReleaseMeaning;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -106,43 +104,43 @@ fn parse_uuid(text: &str) -> Result<Uuid> {
     Uuid::parse_str(text).map_err(|e| Error::Corrupt(format!("id {text:?}: {e}")))
 }
 
-fn u64_of(row: &SqliteRow, col: &str) -> Result<u64> {
-    let v: i64 = row.try_get(col)?;
-    u64::try_from(v).map_err(|_| Error::Corrupt(format!("{col} is negative")))
-}
-
-fn user_from_row(row: &SqliteRow) -> Result<User> {
-    let role: String = row.try_get("role")?;
-    Ok(User {
-        username: row.try_get("username")?,
-        full_name: row.try_get("full_name")?,
-        role: Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("unknown role {role:?}")))?,
-        disabled: row.try_get::<i64, _>("disabled")? != 0,
-        password_hash: row.try_get("password_hash")?,
-    })
-}
-
-fn site_from_row(row: &SqliteRow) -> Result<Site> {
-    let status: String = row.try_get("status")?;
-    let last_contact: Option<String> = row.try_get("last_contact_at")?;
-    Ok(Site {
-        site_id: row.try_get("site_id")?,
-        name: row.try_get("name")?,
-        status: SiteStatus::parse(&status)
-            .ok_or_else(|| Error::Corrupt(format!("unknown site status {status:?}")))?,
-        cert_sha256: row.try_get("cert_sha256")?,
-        cert_not_after: row
-            .try_get::<Option<String>, _>("cert_not_after")?
+/// SQLite keeps ids and times as text (RFC 3339, see [`ts`]) and flags as integers.
+impl rows::Columns for SqliteRow {
+    fn text(&self, column: &str) -> Result<String> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        Ok(self.try_get(column)?)
+    }
+    fn flag(&self, column: &str) -> Result<bool> {
+        Ok(self.try_get::<i64, _>(column)? != 0)
+    }
+    fn uuid(&self, column: &str) -> Result<Uuid> {
+        parse_uuid(&self.text(column)?)
+    }
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>> {
+        self.opt_text(column)?
             .as_deref()
-            .map(parse_ts)
-            .transpose()?,
-        cert_ca_sha256: row.try_get("cert_ca_sha256")?,
-        pending_cert_sha256: row.try_get("pending_cert_sha256")?,
-        acked_event_seq: u64_of(row, "acked_event_seq")?,
-        last_command_seq: u64_of(row, "last_command_seq")?,
-        acked_command_seq: u64_of(row, "acked_command_seq")?,
-        last_contact_at: last_contact.as_deref().map(parse_ts).transpose()?,
-    })
+            .map(parse_uuid)
+            .transpose()
+    }
+    fn time(&self, column: &str) -> Result<DateTime<Utc>> {
+        parse_ts(&self.text(column)?)
+    }
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
+        self.opt_text(column)?.as_deref().map(parse_ts).transpose()
+    }
+    fn time_text(&self, column: &str) -> Result<String> {
+        self.text(column)
+    }
+    fn date(&self, column: &str) -> Result<chrono::NaiveDate> {
+        let text = self.text(column)?;
+        chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+            .map_err(|e| Error::Corrupt(format!("{column} {text:?}: {e}")))
+    }
 }
 
 const ORDER_COLUMNS: &str =
@@ -150,74 +148,6 @@ const ORDER_COLUMNS: &str =
      o.site_id, o.requested_collection_date, o.physician, o.created_at, \
      b.state, b.current_step, b.progress, b.decision_recorded, b.updated_at \
      FROM orders o JOIN batches b ON b.batch_id = o.batch_id";
-
-fn order_from_row(row: &SqliteRow) -> Result<Order> {
-    let state: String = row.try_get("state")?;
-    let progress: String = row.try_get("progress")?;
-    Ok(Order {
-        order_id: parse_uuid(&row.try_get::<String, _>("order_id")?)?,
-        batch_id: parse_uuid(&row.try_get::<String, _>("batch_id")?)?,
-        coi: row.try_get("coi")?,
-        patient_pseudonym: row.try_get("patient_pseudonym")?,
-        recipe_id: row.try_get("recipe_id")?,
-        recipe_version: u32::try_from(row.try_get::<i64, _>("recipe_version")?)
-            .map_err(|_| Error::Corrupt("recipe version out of range".into()))?,
-        site_id: row.try_get("site_id")?,
-        requested_collection_date: row.try_get("requested_collection_date")?,
-        physician: row.try_get("physician")?,
-        created_at: parse_ts(&row.try_get::<String, _>("created_at")?)?,
-        state: BatchState::parse(&state)
-            .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
-        current_step: row.try_get("current_step")?,
-        progress: serde_json::from_str(&progress)
-            .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
-        decision_recorded: row.try_get::<i64, _>("decision_recorded")? != 0,
-        updated_at: parse_ts(&row.try_get::<String, _>("updated_at")?)?,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
-    let body: String = row.try_get("body")?;
-    Ok(StoredEvent {
-        site_id: row.try_get("site_id")?,
-        event: serde_json::from_str(&body)
-            .map_err(|e| Error::Corrupt(format!("site event: {e}")))?,
-        received_at: parse_ts(&row.try_get::<String, _>("received_at")?)?,
-    })
-}
-
-fn recipe_from_row(row: &SqliteRow) -> Result<StoredRecipe> {
-    let document: String = row.try_get("document")?;
-    let recipe =
-        Recipe::from_json(&document).map_err(|e| Error::Corrupt(format!("stored recipe: {e}")))?;
-    Ok(StoredRecipe {
-        sha256: row.try_get("sha256")?,
-        canonical_json: document,
-        recipe,
-    })
-}
-
-/// An audit entry and its `at` exactly as stored (the hash covers that text).
-fn audit_from_row(row: &SqliteRow) -> Result<(audit::Entry, String)> {
-    let at: String = row.try_get("at")?;
-    let batch_id: Option<String> = row.try_get("batch_id")?;
-    Ok((
-        audit::Entry {
-            position: u64_of(row, "position")?,
-            at: parse_ts(&at)?,
-            actor: row.try_get("actor")?,
-            action: row.try_get("action")?,
-            object: row.try_get("object")?,
-            batch_id: batch_id.as_deref().map(parse_uuid).transpose()?,
-            old_value: row.try_get("old_value")?,
-            new_value: row.try_get("new_value")?,
-            reason: row.try_get("reason")?,
-            prev_sha256: row.try_get("prev_sha256")?,
-            sha256: row.try_get("sha256")?,
-        },
-        at,
-    ))
-}
 
 /// The site event log: nearly all of a grown database, and only ever appended to.
 const EVENT_LOG: &str = "site_events";
@@ -502,7 +432,7 @@ impl SqliteStore {
                 .fetch_optional(&mut **tx)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
-        let stored = recipe_from_row(&row)?;
+        let stored = rows::recipe(&row)?;
         self.cache_recipe(&stored);
         Ok(stored)
     }
@@ -526,7 +456,7 @@ impl SqliteStore {
             .fetch_optional(&mut **tx)
             .await?
             .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
-        site_from_row(&row)
+        rows::site(&row)
     }
 
     async fn order_in(tx: &mut Transaction<'_, Sqlite>, key: OrderKey) -> Result<Order> {
@@ -538,7 +468,7 @@ impl SqliteStore {
         .fetch_optional(&mut **tx)
         .await?
         .ok_or_else(|| key.not_found())?;
-        order_from_row(&row)
+        rows::order(&row)
     }
 
     async fn events_of_batch<'e, E>(executor: E, batch_id: Uuid) -> Result<Vec<StoredEvent>>
@@ -550,7 +480,7 @@ impl SqliteStore {
             .fetch_all(executor)
             .await?
             .iter()
-            .map(event_from_row)
+            .map(rows::event)
             .collect()
     }
 }
@@ -577,7 +507,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| Error::NotFound(format!("product (recipe) {recipe_id:?}")))?;
-        recipe_from_row(&row)
+        rows::recipe(&row)
     }
 
     async fn list_recipes(&self) -> Result<Vec<StoredRecipe>> {
@@ -585,7 +515,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(recipe_from_row)
+            .map(rows::recipe)
             .collect()
     }
 
@@ -595,7 +525,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {username:?}")))?;
-        user_from_row(&row)
+        rows::user(&row)
     }
 
     async fn list_users(&self) -> Result<Vec<User>> {
@@ -603,7 +533,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(user_from_row)
+            .map(rows::user)
             .collect()
     }
 
@@ -616,7 +546,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| Error::NotFound("session".into()))?;
-        user_from_row(&row)
+        rows::user(&row)
     }
 
     async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<audit::Entry>> {
@@ -625,7 +555,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(|row| Ok(audit_from_row(row)?.0))
+            .map(|row| Ok(rows::audit_entry(row)?.0))
             .collect()
     }
 
@@ -655,7 +585,7 @@ impl Store for SqliteStore {
             .await?;
         let entries = rows
             .iter()
-            .map(audit_from_row)
+            .map(rows::audit_entry)
             .collect::<Result<Vec<_>>>()?;
         Ok(audit::verify(entries))
     }
@@ -670,7 +600,7 @@ impl Store for SqliteStore {
             })?;
         let expires: Option<String> = row.try_get("token_expires_at")?;
         match expires.as_deref().map(parse_ts).transpose()? {
-            Some(at) if at > now => site_from_row(&row),
+            Some(at) if at > now => rows::site(&row),
             _ => Err(Error::PermissionDenied(
                 "enrollment token has expired".into(),
             )),
@@ -689,7 +619,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(site_from_row)
+            .map(rows::site)
             .collect()
     }
 
@@ -807,7 +737,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(order_from_row)
+        .map(rows::order)
         .collect()
     }
 
@@ -828,18 +758,7 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await?
             .iter()
-            .map(|row| {
-                let value: String = row.try_get("value")?;
-                Ok(QcRecord {
-                    site_seq: u64_of(row, "site_seq")?,
-                    test_id: row.try_get("test_id")?,
-                    value: serde_json::from_str(&value)
-                        .map_err(|e| Error::Corrupt(format!("QC value: {e}")))?,
-                    hub_outcome: parse_outcome(&row.try_get::<String, _>("hub_outcome")?)?,
-                    site_outcome: parse_outcome(&row.try_get::<String, _>("site_outcome")?)?,
-                    reason: row.try_get("reason")?,
-                })
-            })
+            .map(rows::qc)
             .collect::<Result<Vec<_>>>()?;
         let signatures =
             sqlx::query("SELECT * FROM signatures WHERE batch_id = ? ORDER BY signed_at")
@@ -847,28 +766,14 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(|row| {
-                    let meaning: String = row.try_get("meaning")?;
-                    Ok(Signature {
-                        signature_id: parse_uuid(&row.try_get::<String, _>("signature_id")?)?,
-                        batch_id,
-                        signer: row.try_get("signer")?,
-                        signer_name: row.try_get("signer_name")?,
-                        meaning: ReleaseMeaning::parse(&meaning).ok_or_else(|| {
-                            Error::Corrupt(format!("unknown meaning {meaning:?}"))
-                        })?,
-                        record_sha256: row.try_get("record_sha256")?,
-                        reason: row.try_get("reason")?,
-                        signed_at: parse_ts(&row.try_get::<String, _>("signed_at")?)?,
-                    })
-                })
+                .map(rows::signature)
                 .collect::<Result<Vec<_>>>()?;
         let audit = sqlx::query("SELECT * FROM audit_log WHERE batch_id = ? ORDER BY position")
             .bind(batch_id.to_string())
             .fetch_all(&mut *tx)
             .await?
             .iter()
-            .map(|row| Ok(audit_from_row(row)?.0))
+            .map(|row| Ok(rows::audit_entry(row)?.0))
             .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(BatchRecord {

@@ -6,92 +6,9 @@
 
 use super::*;
 use crate::model::notification::happening::{self as derive, Needs, OrderFacts, SiteEventFacts};
-use crate::model::notification::{
-    parse_kinds, Channel, Delivery, Kind, OutboxEntry, OutboxState, Subscription,
-};
+use crate::model::notification::{Delivery, OutboxEntry, OutboxState, Subscription};
 use crate::store::notify::{NotifyStore, OutboxCounts, OutboxFilter};
-
-pub(super) fn subscription_from_row(row: &PgRow) -> Result<Subscription> {
-    let channel: String = row.try_get("channel")?;
-    let target: String = row.try_get("target")?;
-    let channel = match channel.as_str() {
-        "email" => Channel::Email { address: target },
-        "webhook" => Channel::Webhook {
-            url: target,
-            secret: row
-                .try_get::<Option<String>, _>("secret")?
-                .unwrap_or_default(),
-        },
-        other => return Err(Error::Corrupt(format!("unknown channel {other:?}"))),
-    };
-    Ok(Subscription {
-        subscription_id: row.try_get("subscription_id")?,
-        owner: row.try_get("owner")?,
-        kinds: parse_kinds(&row.try_get::<String, _>("kinds")?)
-            .map_err(|e| Error::Corrupt(e.to_string()))?,
-        channel,
-        site_id: row.try_get("site_id")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-/// Columns of an outbox row with its subscription's owner and channel.
-const OUTBOX_COLUMNS: &str = "o.notification_id, o.subscription_id, s.owner, s.channel, s.target, s.secret, \
-     o.source, o.kind, o.site_id, o.batch_id, o.coi, o.summary, o.payload, o.created_at, o.state, \
-     o.attempts, o.next_attempt_at, o.last_error, o.delivered_at \
-     FROM notification_outbox o JOIN notification_subscriptions s ON s.subscription_id = o.subscription_id";
-
-fn outbox_from_row(row: &PgRow) -> Result<OutboxEntry> {
-    let kind: String = row.try_get("kind")?;
-    let state: String = row.try_get("state")?;
-    Ok(OutboxEntry {
-        notification_id: row.try_get("notification_id")?,
-        subscription_id: row.try_get("subscription_id")?,
-        owner: row.try_get("owner")?,
-        channel: row.try_get("channel")?,
-        target: row.try_get("target")?,
-        source: row.try_get("source")?,
-        kind: Kind::parse(&kind).map_err(|e| Error::Corrupt(e.to_string()))?,
-        site_id: row.try_get("site_id")?,
-        batch_id: row.try_get("batch_id")?,
-        coi: row.try_get("coi")?,
-        summary: row.try_get("summary")?,
-        payload: row.try_get("payload")?,
-        created_at: row.try_get("created_at")?,
-        state: OutboxState::parse(&state)
-            .ok_or_else(|| Error::Corrupt(format!("unknown outbox state {state:?}")))?,
-        attempts: u64_of(row, "attempts")? as u32,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        last_error: row.try_get("last_error")?,
-        delivered_at: row.try_get("delivered_at")?,
-    })
-}
-
-fn delivery_from_row(row: &PgRow) -> Result<Delivery> {
-    let entry = outbox_from_row(row)?;
-    let channel = match entry.channel.as_str() {
-        "email" => Channel::Email {
-            address: entry.target.clone(),
-        },
-        _ => Channel::Webhook {
-            url: entry.target.clone(),
-            secret: row
-                .try_get::<Option<String>, _>("secret")?
-                .unwrap_or_default(),
-        },
-    };
-    Ok(Delivery { entry, channel })
-}
-
-fn order_facts_from_row(row: &PgRow) -> Result<OrderFacts> {
-    Ok(OrderFacts {
-        order_id: row.try_get("order_id")?,
-        batch_id: row.try_get("batch_id")?,
-        coi: row.try_get("coi")?,
-        site_id: row.try_get("site_id")?,
-        physician: row.try_get("physician")?,
-    })
-}
+use crate::store::rows::OUTBOX_COLUMNS;
 
 fn later(now: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX)
@@ -109,7 +26,7 @@ impl PgStore {
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| Error::NotFound(format!("notification {notification_id}")))?;
-        outbox_from_row(&row)
+        rows::outbox(&row)
     }
 
     /// The facts [`derive::needs`] asks for, read inside the notifier's transaction.
@@ -126,10 +43,7 @@ impl PgStore {
                 .bind(batch_id)
                 .fetch_optional(conn)
                 .await?;
-                Ok((
-                    row.as_ref().map(order_facts_from_row).transpose()?,
-                    Vec::new(),
-                ))
+                Ok((row.as_ref().map(rows::order_facts).transpose()?, Vec::new()))
             }
             Needs::SiteEvents {
                 site_id,
@@ -156,9 +70,9 @@ impl PgStore {
                         site_id: site_id.clone(),
                         event: serde_json::from_str(&body)
                             .map_err(|e| Error::Corrupt(format!("site event: {e}")))?,
-                        order: order_facts_from_row(row)?,
+                        order: rows::order_facts(row)?,
                         hub_out_of_specification: outcome.as_deref()
-                            == Some(outcome_str(Outcome::OutOfSpecification)),
+                            == Some(rows::outcome_text(Outcome::OutOfSpecification)),
                     });
                 }
                 Ok((None, events))
@@ -198,7 +112,7 @@ impl NotifyStore for PgStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(subscription_from_row)
+        .map(rows::subscription)
         .collect()
     }
 
@@ -210,7 +124,7 @@ impl NotifyStore for PgStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| Error::NotFound(format!("subscription {subscription_id}")))?;
-        subscription_from_row(&row)
+        rows::subscription(&row)
     }
 
     async fn claim_deliveries(
@@ -239,7 +153,7 @@ impl NotifyStore for PgStore {
         .bind(&claimed)
         .fetch_all(w.conn())
         .await?;
-        let deliveries = rows.iter().map(delivery_from_row).collect::<Result<_>>()?;
+        let deliveries = rows.iter().map(rows::delivery).collect::<Result<_>>()?;
         w.commit().await?;
         Ok(deliveries)
     }
@@ -289,7 +203,7 @@ impl NotifyStore for PgStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(outbox_from_row)
+        .map(rows::outbox)
         .collect()
     }
 

@@ -3,37 +3,15 @@
 //! and the feasibility check and the insert see the same bookings.
 
 use super::*;
-use crate::schedule::{Booked, BookedStep, Booking, Capacity, Plan};
+use crate::schedule::{Booked, Booking, Capacity, Plan};
 use crate::store::schedule::{
-    self as store_schedule, booked_from, capacity_of_json, BookingRow, ScheduleStore,
+    self as store_schedule, booked_from, capacity_of_json, ScheduleStore,
 };
 
 const BOOKING_COLUMNS: &str = "b.order_id, o.batch_id, o.coi, b.site_id, b.collection_date, b.slot, \
      s.step_id, s.instrument_type, s.planned_start, s.planned_end, s.expected_start, s.expected_end \
      FROM bookings b JOIN orders o ON o.order_id = b.order_id \
      JOIN booking_steps s ON s.order_id = b.order_id";
-
-fn booking_row(row: &PgRow) -> Result<BookingRow> {
-    Ok(BookingRow {
-        order_id: row.try_get("order_id")?,
-        batch_id: row.try_get("batch_id")?,
-        coi: row.try_get("coi")?,
-        site_id: row.try_get("site_id")?,
-        collection_date: row.try_get("collection_date")?,
-        slot: u32::try_from(row.try_get::<i32, _>("slot")?)
-            .map_err(|_| Error::Corrupt("booking slot is negative".into()))?,
-        step: BookedStep {
-            step_id: row.try_get("step_id")?,
-            instrument_type: row.try_get("instrument_type")?,
-            planned_start: row.try_get("planned_start")?,
-            planned_end: row.try_get("planned_end")?,
-            expected_start: row.try_get("expected_start")?,
-            expected_end: row.try_get("expected_end")?,
-            started_at: None,
-            completed_at: None,
-        },
-    })
-}
 
 impl PgStore {
     pub(super) async fn capacity_in(
@@ -61,7 +39,7 @@ impl PgStore {
         .fetch_all(conn)
         .await?;
         Ok(store_schedule::group(
-            rows.iter().map(booking_row).collect::<Result<_>>()?,
+            rows.iter().map(rows::booking).collect::<Result<_>>()?,
         ))
     }
 
@@ -79,7 +57,7 @@ impl PgStore {
             .first()
             .map(|r| r.try_get::<bool, _>("active"))
             .transpose()?;
-        let booking = store_schedule::group(rows.iter().map(booking_row).collect::<Result<_>>()?)
+        let booking = store_schedule::group(rows.iter().map(rows::booking).collect::<Result<_>>()?)
             .into_iter()
             .next();
         Ok(booking.zip(active))

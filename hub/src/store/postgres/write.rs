@@ -38,7 +38,7 @@ impl WriteTx for Write<'_> {
         .fetch_optional(self.conn())
         .await?
         .as_ref()
-        .map(super::recipe_from_row)
+        .map(rows::recipe)
         .transpose()
     }
 
@@ -98,7 +98,7 @@ impl WriteTx for Write<'_> {
             .fetch_all(self.conn())
             .await?
             .iter()
-            .map(|row| Ok(super::audit_from_row(row)?.0))
+            .map(|row| Ok(rows::audit_entry(row)?.0))
             .collect()
     }
 
@@ -114,7 +114,7 @@ impl WriteTx for Write<'_> {
             let role: String = row.try_get("role")?;
             let role =
                 Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("role {role:?}")))?;
-            Ok((super::notify::subscription_from_row(row)?, role))
+            Ok((rows::subscription(row)?, role))
         })
         .collect()
     }

@@ -188,8 +188,8 @@ impl Writer {
                 i64_of(qc.site_seq)?,
                 qc.test_id,
                 json_text(&qc.value)?,
-                outcome_str(qc.hub_outcome),
-                outcome_str(qc.site_outcome),
+                rows::outcome_text(qc.hub_outcome),
+                rows::outcome_text(qc.site_outcome),
                 qc.reason,
             ])?;
         }

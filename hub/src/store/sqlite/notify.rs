@@ -4,100 +4,9 @@
 
 use super::*;
 use crate::model::notification::happening::{self as derive, Needs, OrderFacts, SiteEventFacts};
-use crate::model::notification::{
-    parse_kinds, Channel, Delivery, Kind, OutboxEntry, OutboxState, Subscription,
-};
+use crate::model::notification::{Delivery, OutboxEntry, OutboxState, Subscription};
 use crate::store::notify::{NotifyStore, OutboxCounts, OutboxFilter};
-
-pub(super) fn subscription_from_row(row: &SqliteRow) -> Result<Subscription> {
-    let channel: String = row.try_get("channel")?;
-    let target: String = row.try_get("target")?;
-    let channel = match channel.as_str() {
-        "email" => Channel::Email { address: target },
-        "webhook" => Channel::Webhook {
-            url: target,
-            secret: row
-                .try_get::<Option<String>, _>("secret")?
-                .unwrap_or_default(),
-        },
-        other => return Err(Error::Corrupt(format!("unknown channel {other:?}"))),
-    };
-    Ok(Subscription {
-        subscription_id: parse_uuid(&row.try_get::<String, _>("subscription_id")?)?,
-        owner: row.try_get("owner")?,
-        kinds: parse_kinds(&row.try_get::<String, _>("kinds")?)
-            .map_err(|e| Error::Corrupt(e.to_string()))?,
-        channel,
-        site_id: row.try_get("site_id")?,
-        created_at: parse_ts(&row.try_get::<String, _>("created_at")?)?,
-    })
-}
-
-/// Columns of an outbox row with its subscription's owner and channel.
-const OUTBOX_COLUMNS: &str = "o.notification_id, o.subscription_id, s.owner, s.channel, s.target, s.secret, \
-     o.source, o.kind, o.site_id, o.batch_id, o.coi, o.summary, o.payload, o.created_at, o.state, \
-     o.attempts, o.next_attempt_at, o.last_error, o.delivered_at \
-     FROM notification_outbox o JOIN notification_subscriptions s ON s.subscription_id = o.subscription_id";
-
-fn outbox_from_row(row: &SqliteRow) -> Result<OutboxEntry> {
-    let kind: String = row.try_get("kind")?;
-    let state: String = row.try_get("state")?;
-    Ok(OutboxEntry {
-        notification_id: parse_uuid(&row.try_get::<String, _>("notification_id")?)?,
-        subscription_id: parse_uuid(&row.try_get::<String, _>("subscription_id")?)?,
-        owner: row.try_get("owner")?,
-        channel: row.try_get("channel")?,
-        target: row.try_get("target")?,
-        source: row.try_get("source")?,
-        kind: Kind::parse(&kind).map_err(|e| Error::Corrupt(e.to_string()))?,
-        site_id: row.try_get("site_id")?,
-        batch_id: row
-            .try_get::<Option<String>, _>("batch_id")?
-            .as_deref()
-            .map(parse_uuid)
-            .transpose()?,
-        coi: row.try_get("coi")?,
-        summary: row.try_get("summary")?,
-        payload: row.try_get("payload")?,
-        created_at: parse_ts(&row.try_get::<String, _>("created_at")?)?,
-        state: OutboxState::parse(&state)
-            .ok_or_else(|| Error::Corrupt(format!("unknown outbox state {state:?}")))?,
-        attempts: u64_of(row, "attempts")? as u32,
-        next_attempt_at: parse_ts(&row.try_get::<String, _>("next_attempt_at")?)?,
-        last_error: row.try_get("last_error")?,
-        delivered_at: row
-            .try_get::<Option<String>, _>("delivered_at")?
-            .as_deref()
-            .map(parse_ts)
-            .transpose()?,
-    })
-}
-
-fn delivery_from_row(row: &SqliteRow) -> Result<Delivery> {
-    let entry = outbox_from_row(row)?;
-    let channel = match entry.channel.as_str() {
-        "email" => Channel::Email {
-            address: entry.target.clone(),
-        },
-        _ => Channel::Webhook {
-            url: entry.target.clone(),
-            secret: row
-                .try_get::<Option<String>, _>("secret")?
-                .unwrap_or_default(),
-        },
-    };
-    Ok(Delivery { entry, channel })
-}
-
-fn order_facts_from_row(row: &SqliteRow) -> Result<OrderFacts> {
-    Ok(OrderFacts {
-        order_id: parse_uuid(&row.try_get::<String, _>("order_id")?)?,
-        batch_id: parse_uuid(&row.try_get::<String, _>("batch_id")?)?,
-        coi: row.try_get("coi")?,
-        site_id: row.try_get("site_id")?,
-        physician: row.try_get("physician")?,
-    })
-}
+use crate::store::rows::OUTBOX_COLUMNS;
 
 fn later(now: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX)
@@ -115,7 +24,7 @@ impl SqliteStore {
         .fetch_optional(&mut **tx)
         .await?
         .ok_or_else(|| Error::NotFound(format!("notification {notification_id}")))?;
-        outbox_from_row(&row)
+        rows::outbox(&row)
     }
 
     /// The facts [`derive::needs`] asks for, read inside the notifier's transaction.
@@ -132,10 +41,7 @@ impl SqliteStore {
                 .bind(batch_id.to_string())
                 .fetch_optional(&mut **tx)
                 .await?;
-                Ok((
-                    row.as_ref().map(order_facts_from_row).transpose()?,
-                    Vec::new(),
-                ))
+                Ok((row.as_ref().map(rows::order_facts).transpose()?, Vec::new()))
             }
             Needs::SiteEvents {
                 site_id,
@@ -162,9 +68,9 @@ impl SqliteStore {
                         site_id: site_id.clone(),
                         event: serde_json::from_str(&body)
                             .map_err(|e| Error::Corrupt(format!("site event: {e}")))?,
-                        order: order_facts_from_row(row)?,
+                        order: rows::order_facts(row)?,
                         hub_out_of_specification: outcome.as_deref()
-                            == Some(outcome_str(Outcome::OutOfSpecification)),
+                            == Some(rows::outcome_text(Outcome::OutOfSpecification)),
                     });
                 }
                 Ok((None, events))
@@ -204,7 +110,7 @@ impl NotifyStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(subscription_from_row)
+        .map(rows::subscription)
         .collect()
     }
 
@@ -216,7 +122,7 @@ impl NotifyStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| Error::NotFound(format!("subscription {subscription_id}")))?;
-        subscription_from_row(&row)
+        rows::subscription(&row)
     }
 
     async fn claim_deliveries(
@@ -246,8 +152,7 @@ impl NotifyStore for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *w.tx)
         .await?;
-        let deliveries: Vec<Delivery> =
-            rows.iter().map(delivery_from_row).collect::<Result<_>>()?;
+        let deliveries: Vec<Delivery> = rows.iter().map(rows::delivery).collect::<Result<_>>()?;
         for delivery in &deliveries {
             sqlx::query(
                 "UPDATE notification_outbox SET leased_until = ? WHERE notification_id = ?",
@@ -310,7 +215,7 @@ impl NotifyStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(outbox_from_row)
+        .map(rows::outbox)
         .collect()
     }
 

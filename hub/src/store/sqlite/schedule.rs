@@ -3,41 +3,16 @@
 //! the same bookings.
 
 use super::*;
-use crate::schedule::{Booked, BookedStep, Booking, Capacity, Plan};
+use crate::schedule::{Booked, Booking, Capacity, Plan};
 use crate::store::schedule::{
-    self as store_schedule, booked_from, capacity_of_json, BookingRow, ScheduleStore,
+    self as store_schedule, booked_from, capacity_of_json, ScheduleStore,
 };
-use chrono::NaiveDate;
 use sqlx::SqliteConnection;
 
 const BOOKING_COLUMNS: &str = "b.order_id, o.batch_id, o.coi, b.site_id, b.collection_date, b.slot, \
      s.step_id, s.instrument_type, s.planned_start, s.planned_end, s.expected_start, s.expected_end \
      FROM bookings b JOIN orders o ON o.order_id = b.order_id \
      JOIN booking_steps s ON s.order_id = b.order_id";
-
-fn booking_row(row: &SqliteRow) -> Result<BookingRow> {
-    let date: String = row.try_get("collection_date")?;
-    Ok(BookingRow {
-        order_id: parse_uuid(&row.try_get::<String, _>("order_id")?)?,
-        batch_id: parse_uuid(&row.try_get::<String, _>("batch_id")?)?,
-        coi: row.try_get("coi")?,
-        site_id: row.try_get("site_id")?,
-        collection_date: NaiveDate::parse_from_str(&date, "%Y-%m-%d")
-            .map_err(|e| Error::Corrupt(format!("booking date {date:?}: {e}")))?,
-        slot: u32::try_from(row.try_get::<i64, _>("slot")?)
-            .map_err(|_| Error::Corrupt("booking slot is negative".into()))?,
-        step: BookedStep {
-            step_id: row.try_get("step_id")?,
-            instrument_type: row.try_get("instrument_type")?,
-            planned_start: parse_ts(&row.try_get::<String, _>("planned_start")?)?,
-            planned_end: parse_ts(&row.try_get::<String, _>("planned_end")?)?,
-            expected_start: parse_ts(&row.try_get::<String, _>("expected_start")?)?,
-            expected_end: parse_ts(&row.try_get::<String, _>("expected_end")?)?,
-            started_at: None,
-            completed_at: None,
-        },
-    })
-}
 
 impl SqliteStore {
     pub(super) async fn capacity_in(
@@ -65,7 +40,7 @@ impl SqliteStore {
         .fetch_all(conn)
         .await?;
         Ok(store_schedule::group(
-            rows.iter().map(booking_row).collect::<Result<_>>()?,
+            rows.iter().map(rows::booking).collect::<Result<_>>()?,
         ))
     }
 
@@ -83,7 +58,7 @@ impl SqliteStore {
             .first()
             .map(|r| r.try_get::<bool, _>("active"))
             .transpose()?;
-        let booking = store_schedule::group(rows.iter().map(booking_row).collect::<Result<_>>()?)
+        let booking = store_schedule::group(rows.iter().map(rows::booking).collect::<Result<_>>()?)
             .into_iter()
             .next();
         Ok(booking.zip(active))

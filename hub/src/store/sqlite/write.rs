@@ -69,7 +69,7 @@ impl WriteTx for SqliteWrite<'_> {
             .fetch_optional(&mut *self.tx)
             .await?
             .as_ref()
-            .map(super::recipe_from_row)
+            .map(rows::recipe)
             .transpose()
     }
 
@@ -125,7 +125,7 @@ impl WriteTx for SqliteWrite<'_> {
             .fetch_all(&mut *self.tx)
             .await?
             .iter()
-            .map(|row| Ok(super::audit_from_row(row)?.0))
+            .map(|row| Ok(rows::audit_entry(row)?.0))
             .collect()
     }
 
@@ -141,7 +141,7 @@ impl WriteTx for SqliteWrite<'_> {
             let role: String = row.try_get("role")?;
             let role =
                 Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("role {role:?}")))?;
-            Ok((super::notify::subscription_from_row(row)?, role))
+            Ok((rows::subscription(row)?, role))
         })
         .collect()
     }

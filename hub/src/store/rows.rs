@@ -1,0 +1,283 @@
+//! Rows into domain values, written once for both databases.
+//!
+//! The two schemas keep the same columns with the same meaning; they differ only in
+//! how a value is typed (SQLite keeps ids and times as text, PostgreSQL as `uuid`
+//! and `timestamptz`). Each backend says how to read one column of each kind
+//! ([`Columns`]); what a row means is decided here, and a value that cannot be what
+//! the column promises is reported as corrupt data, never guessed.
+
+use super::{Error, Result};
+use crate::audit;
+use crate::model::notification::happening::OrderFacts;
+use crate::model::notification::{
+    parse_kinds, Channel, Delivery, Kind, OutboxEntry, OutboxState, Subscription,
+};
+use crate::model::{
+    BatchState, Order, QcRecord, Role, Signature, Site, SiteStatus, StoredEvent, StoredRecipe, User,
+};
+use crate::schedule::BookedStep;
+use carrel_proto::event::ReleaseMeaning;
+use carrel_proto::recipe::{Outcome, Recipe};
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
+
+/// How a backend reads one column of a row, by the kind of value it holds.
+pub(crate) trait Columns {
+    fn text(&self, column: &str) -> Result<String>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>>;
+    /// A whole number (of any width the schema uses).
+    fn int(&self, column: &str) -> Result<i64>;
+    fn flag(&self, column: &str) -> Result<bool>;
+    fn uuid(&self, column: &str) -> Result<Uuid>;
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>>;
+    fn time(&self, column: &str) -> Result<DateTime<Utc>>;
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>>;
+    /// A time as the text an audit entry's hash covers.
+    fn time_text(&self, column: &str) -> Result<String>;
+    fn date(&self, column: &str) -> Result<NaiveDate>;
+
+    /// A count, sequence number or position: never negative.
+    fn count(&self, column: &str) -> Result<u64> {
+        u64::try_from(self.int(column)?)
+            .map_err(|_| Error::Corrupt(format!("{column} is negative")))
+    }
+}
+
+fn corrupt<T>(what: &str, text: &str) -> Result<T> {
+    Err(Error::Corrupt(format!("unknown {what} {text:?}")))
+}
+
+fn json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+pub(crate) fn user(row: &impl Columns) -> Result<User> {
+    let role = row.text("role")?;
+    Ok(User {
+        username: row.text("username")?,
+        full_name: row.text("full_name")?,
+        role: Role::parse(&role).map_or_else(|| corrupt("role", &role), Ok)?,
+        disabled: row.flag("disabled")?,
+        password_hash: row.text("password_hash")?,
+    })
+}
+
+pub(crate) fn site(row: &impl Columns) -> Result<Site> {
+    let status = row.text("status")?;
+    Ok(Site {
+        site_id: row.text("site_id")?,
+        name: row.text("name")?,
+        status: SiteStatus::parse(&status).map_or_else(|| corrupt("site status", &status), Ok)?,
+        cert_sha256: row.opt_text("cert_sha256")?,
+        cert_not_after: row.opt_time("cert_not_after")?,
+        cert_ca_sha256: row.opt_text("cert_ca_sha256")?,
+        pending_cert_sha256: row.opt_text("pending_cert_sha256")?,
+        acked_event_seq: row.count("acked_event_seq")?,
+        last_command_seq: row.count("last_command_seq")?,
+        acked_command_seq: row.count("acked_command_seq")?,
+        last_contact_at: row.opt_time("last_contact_at")?,
+    })
+}
+
+/// An order with its batch (the backend's `ORDER_COLUMNS`).
+pub(crate) fn order(row: &impl Columns) -> Result<Order> {
+    let state = row.text("state")?;
+    Ok(Order {
+        order_id: row.uuid("order_id")?,
+        batch_id: row.uuid("batch_id")?,
+        coi: row.text("coi")?,
+        patient_pseudonym: row.text("patient_pseudonym")?,
+        recipe_id: row.text("recipe_id")?,
+        recipe_version: u32::try_from(row.int("recipe_version")?)
+            .map_err(|_| Error::Corrupt("recipe version out of range".into()))?,
+        site_id: row.text("site_id")?,
+        requested_collection_date: row.text("requested_collection_date")?,
+        physician: row.text("physician")?,
+        created_at: row.time("created_at")?,
+        state: BatchState::parse(&state).map_or_else(|| corrupt("batch state", &state), Ok)?,
+        current_step: row.opt_text("current_step")?,
+        progress: json("batch progress", &row.text("progress")?)?,
+        decision_recorded: row.flag("decision_recorded")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
+
+pub(crate) fn event(row: &impl Columns) -> Result<StoredEvent> {
+    Ok(StoredEvent {
+        site_id: row.text("site_id")?,
+        event: json("site event", &row.text("body")?)?,
+        received_at: row.time("received_at")?,
+    })
+}
+
+pub(crate) fn recipe(row: &impl Columns) -> Result<StoredRecipe> {
+    let document = row.text("document")?;
+    let recipe =
+        Recipe::from_json(&document).map_err(|e| Error::Corrupt(format!("stored recipe: {e}")))?;
+    Ok(StoredRecipe {
+        sha256: row.text("sha256")?,
+        canonical_json: document,
+        recipe,
+    })
+}
+
+/// An audit entry and its `at` as the text its hash covers.
+pub(crate) fn audit_entry(row: &impl Columns) -> Result<(audit::Entry, String)> {
+    Ok((
+        audit::Entry {
+            position: row.count("position")?,
+            at: row.time("at")?,
+            actor: row.text("actor")?,
+            action: row.text("action")?,
+            object: row.text("object")?,
+            batch_id: row.opt_uuid("batch_id")?,
+            old_value: row.text("old_value")?,
+            new_value: row.text("new_value")?,
+            reason: row.text("reason")?,
+            prev_sha256: row.text("prev_sha256")?,
+            sha256: row.text("sha256")?,
+        },
+        row.time_text("at")?,
+    ))
+}
+
+fn outcome(text: &str) -> Result<Outcome> {
+    match text {
+        "pass" => Ok(Outcome::Pass),
+        "out_of_specification" => Ok(Outcome::OutOfSpecification),
+        other => corrupt("QC outcome", other),
+    }
+}
+
+/// How a QC outcome is stored.
+pub(crate) fn outcome_text(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Pass => "pass",
+        Outcome::OutOfSpecification => "out_of_specification",
+    }
+}
+
+pub(crate) fn qc(row: &impl Columns) -> Result<QcRecord> {
+    Ok(QcRecord {
+        site_seq: row.count("site_seq")?,
+        test_id: row.text("test_id")?,
+        value: json("QC value", &row.text("value")?)?,
+        hub_outcome: outcome(&row.text("hub_outcome")?)?,
+        site_outcome: outcome(&row.text("site_outcome")?)?,
+        reason: row.text("reason")?,
+    })
+}
+
+pub(crate) fn signature(row: &impl Columns) -> Result<Signature> {
+    let meaning = row.text("meaning")?;
+    Ok(Signature {
+        signature_id: row.uuid("signature_id")?,
+        batch_id: row.uuid("batch_id")?,
+        signer: row.text("signer")?,
+        signer_name: row.text("signer_name")?,
+        meaning: ReleaseMeaning::parse(&meaning)
+            .map_or_else(|| corrupt("meaning", &meaning), Ok)?,
+        record_sha256: row.text("record_sha256")?,
+        reason: row.text("reason")?,
+        signed_at: row.time("signed_at")?,
+    })
+}
+
+/// One step of a booking (the backend's `BOOKING_COLUMNS`).
+pub(crate) fn booking(row: &impl Columns) -> Result<super::schedule::BookingRow> {
+    Ok(super::schedule::BookingRow {
+        order_id: row.uuid("order_id")?,
+        batch_id: row.uuid("batch_id")?,
+        coi: row.text("coi")?,
+        site_id: row.text("site_id")?,
+        collection_date: row.date("collection_date")?,
+        slot: u32::try_from(row.int("slot")?)
+            .map_err(|_| Error::Corrupt("booking slot is negative".into()))?,
+        step: BookedStep {
+            step_id: row.text("step_id")?,
+            instrument_type: row.text("instrument_type")?,
+            planned_start: row.time("planned_start")?,
+            planned_end: row.time("planned_end")?,
+            expected_start: row.time("expected_start")?,
+            expected_end: row.time("expected_end")?,
+            started_at: None,
+            completed_at: None,
+        },
+    })
+}
+
+fn channel(row: &impl Columns, name: &str, target: String) -> Result<Channel> {
+    match name {
+        "email" => Ok(Channel::Email { address: target }),
+        "webhook" => Ok(Channel::Webhook {
+            url: target,
+            secret: row.opt_text("secret")?.unwrap_or_default(),
+        }),
+        other => corrupt("channel", other),
+    }
+}
+
+pub(crate) fn subscription(row: &impl Columns) -> Result<Subscription> {
+    Ok(Subscription {
+        subscription_id: row.uuid("subscription_id")?,
+        owner: row.text("owner")?,
+        kinds: parse_kinds(&row.text("kinds")?).map_err(|e| Error::Corrupt(e.to_string()))?,
+        channel: channel(row, &row.text("channel")?, row.text("target")?)?,
+        site_id: row.opt_text("site_id")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// Columns of an outbox row with its subscription's owner and channel.
+pub(crate) const OUTBOX_COLUMNS: &str = "o.notification_id, o.subscription_id, s.owner, s.channel, s.target, s.secret, \
+     o.source, o.kind, o.site_id, o.batch_id, o.coi, o.summary, o.payload, o.created_at, o.state, \
+     o.attempts, o.next_attempt_at, o.last_error, o.delivered_at \
+     FROM notification_outbox o JOIN notification_subscriptions s ON s.subscription_id = o.subscription_id";
+
+/// A notification of the outbox ([`OUTBOX_COLUMNS`]).
+pub(crate) fn outbox(row: &impl Columns) -> Result<OutboxEntry> {
+    let kind = row.text("kind")?;
+    let state = row.text("state")?;
+    Ok(OutboxEntry {
+        notification_id: row.uuid("notification_id")?,
+        subscription_id: row.uuid("subscription_id")?,
+        owner: row.text("owner")?,
+        channel: row.text("channel")?,
+        target: row.text("target")?,
+        source: row.text("source")?,
+        kind: Kind::parse(&kind).map_err(|e| Error::Corrupt(e.to_string()))?,
+        site_id: row.opt_text("site_id")?,
+        batch_id: row.opt_uuid("batch_id")?,
+        coi: row.opt_text("coi")?,
+        summary: row.text("summary")?,
+        payload: row.text("payload")?,
+        created_at: row.time("created_at")?,
+        state: OutboxState::parse(&state).map_or_else(|| corrupt("outbox state", &state), Ok)?,
+        attempts: u32::try_from(row.count("attempts")?).unwrap_or(u32::MAX),
+        next_attempt_at: row.time("next_attempt_at")?,
+        last_error: row.opt_text("last_error")?,
+        delivered_at: row.opt_time("delivered_at")?,
+    })
+}
+
+/// A notification to send, with where to ([`OUTBOX_COLUMNS`]).
+pub(crate) fn delivery(row: &impl Columns) -> Result<Delivery> {
+    let entry = outbox(row)?;
+    let name = if entry.channel == "email" {
+        "email"
+    } else {
+        "webhook"
+    };
+    let channel = channel(row, name, entry.target.clone())?;
+    Ok(Delivery { entry, channel })
+}
+
+pub(crate) fn order_facts(row: &impl Columns) -> Result<OrderFacts> {
+    Ok(OrderFacts {
+        order_id: row.uuid("order_id")?,
+        batch_id: row.uuid("batch_id")?,
+        coi: row.text("coi")?,
+        site_id: row.text("site_id")?,
+        physician: row.text("physician")?,
+    })
+}
