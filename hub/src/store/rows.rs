@@ -102,6 +102,16 @@ pub(crate) fn order(row: &impl Columns) -> Result<Order> {
     })
 }
 
+/// A batch's id, state and progress.
+pub(crate) fn batch(row: &impl Columns) -> Result<(Uuid, BatchState, crate::model::Progress)> {
+    let state = row.text("state")?;
+    Ok((
+        row.uuid("batch_id")?,
+        BatchState::parse(&state).map_or_else(|| corrupt("batch state", &state), Ok)?,
+        json("batch progress", &row.text("progress")?)?,
+    ))
+}
+
 pub(crate) fn event(row: &impl Columns) -> Result<StoredEvent> {
     Ok(StoredEvent {
         site_id: row.text("site_id")?,

@@ -4,6 +4,7 @@
 //! commit) the audit chain.
 
 use super::super::backend::{OrderKey, WriteTx};
+use super::super::rows;
 use super::super::*;
 use super::{stored, PgStore, Write, COMMANDS_CHANNEL};
 use crate::audit::{self, NewEntry};
@@ -63,17 +64,7 @@ impl WriteTx for Write<'_> {
         .fetch_all(self.conn())
         .await?
         .iter()
-        .map(|row| {
-            let state: String = row.try_get("state")?;
-            let progress: String = row.try_get("progress")?;
-            Ok((
-                row.try_get("batch_id")?,
-                BatchState::parse(&state)
-                    .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
-                serde_json::from_str(&progress)
-                    .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
-            ))
-        })
+        .map(rows::batch)
         .collect()
     }
 

@@ -12,9 +12,10 @@
 //! documents.
 
 use super::super::ingest as plan;
+use super::super::rows;
 use super::super::*;
 use crate::audit::{self, NewEntry};
-use crate::model::{BatchState, Order, StoredRecipe};
+use crate::model::{Order, StoredRecipe};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::Path;
@@ -230,22 +231,15 @@ impl Writer {
         if let Some(found) = self.cache().get(&key) {
             return Ok(found.clone());
         }
-        let (sha256, document): (String, String) = tx
+        let stored = tx
             .prepare_cached(
                 "SELECT sha256, document FROM recipes WHERE recipe_id = ? AND version = ?",
             )?
-            .query_row(params![recipe_id, i64::from(version)], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()?
+            .query(params![recipe_id, i64::from(version)])?
+            .next()?
+            .map(|row| rows::recipe(&Row(row)))
+            .transpose()?
             .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
-        let recipe = Recipe::from_json(&document)
-            .map_err(|e| Error::Corrupt(format!("stored recipe: {e}")))?;
-        let stored = StoredRecipe {
-            sha256,
-            canonical_json: document,
-            recipe,
-        };
         self.cache().insert(key, stored.clone());
         Ok(stored)
     }
@@ -260,32 +254,51 @@ fn order_of_batch(tx: &Connection, batch_id: Uuid) -> Result<Option<Order>> {
     let sql = format!("SELECT {} WHERE o.batch_id = ?", super::ORDER_COLUMNS);
     let mut statement = tx.prepare_cached(&sql)?;
     let mut rows = statement.query([batch_id.to_string()])?;
-    let Some(row) = rows.next()? else {
-        return Ok(None);
-    };
-    let text = |name: &str| row.get::<_, String>(name);
-    let state = text("state")?;
-    let recipe_version: i64 = row.get("recipe_version")?;
-    Ok(Some(Order {
-        order_id: super::parse_uuid(&text("order_id")?)?,
-        batch_id: super::parse_uuid(&text("batch_id")?)?,
-        coi: text("coi")?,
-        patient_pseudonym: text("patient_pseudonym")?,
-        recipe_id: text("recipe_id")?,
-        recipe_version: u32::try_from(recipe_version)
-            .map_err(|_| Error::Corrupt("recipe version out of range".into()))?,
-        site_id: text("site_id")?,
-        requested_collection_date: row.get("requested_collection_date")?,
-        physician: text("physician")?,
-        created_at: super::parse_ts(&text("created_at")?)?,
-        state: BatchState::parse(&state)
-            .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
-        current_step: row.get("current_step")?,
-        progress: serde_json::from_str(&text("progress")?)
-            .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
-        decision_recorded: row.get::<_, i64>("decision_recorded")? != 0,
-        updated_at: super::parse_ts(&text("updated_at")?)?,
-    }))
+    rows.next()?.map(|row| rows::order(&Row(row))).transpose()
+}
+
+/// A row of the writer's connection, read as the sqlx rows are ([`rows::Columns`]).
+struct Row<'a, 'r>(&'a rusqlite::Row<'r>);
+
+impl rows::Columns for Row<'_, '_> {
+    fn text(&self, column: &str) -> Result<String> {
+        Ok(self.0.get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.0.get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        Ok(self.0.get(column)?)
+    }
+    fn flag(&self, column: &str) -> Result<bool> {
+        Ok(self.int(column)? != 0)
+    }
+    fn uuid(&self, column: &str) -> Result<Uuid> {
+        super::parse_uuid(&self.text(column)?)
+    }
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>> {
+        self.opt_text(column)?
+            .as_deref()
+            .map(super::parse_uuid)
+            .transpose()
+    }
+    fn time(&self, column: &str) -> Result<DateTime<Utc>> {
+        super::parse_ts(&self.text(column)?)
+    }
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
+        self.opt_text(column)?
+            .as_deref()
+            .map(super::parse_ts)
+            .transpose()
+    }
+    fn time_text(&self, column: &str) -> Result<String> {
+        self.text(column)
+    }
+    fn date(&self, column: &str) -> Result<chrono::NaiveDate> {
+        let text = self.text(column)?;
+        chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+            .map_err(|e| Error::Corrupt(format!("{column} {text:?}: {e}")))
+    }
 }
 
 /// Appends to the audit trail inside the transaction, keeping its head (position

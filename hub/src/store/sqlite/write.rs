@@ -2,6 +2,7 @@
 //! transactions (`store/transactions.rs`) run on these.
 
 use super::super::backend::{OrderKey, WriteTx};
+use super::super::rows;
 use super::super::*;
 use super::SqliteStore;
 use crate::audit::{self, NewEntry};
@@ -92,17 +93,7 @@ impl WriteTx for SqliteWrite<'_> {
             .fetch_all(&mut *self.tx)
             .await?
             .iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                let progress: String = row.try_get("progress")?;
-                Ok((
-                    super::parse_uuid(&row.try_get::<String, _>("batch_id")?)?,
-                    BatchState::parse(&state)
-                        .ok_or_else(|| Error::Corrupt(format!("unknown batch state {state:?}")))?,
-                    serde_json::from_str(&progress)
-                        .map_err(|e| Error::Corrupt(format!("batch progress: {e}")))?,
-                ))
-            })
+            .map(rows::batch)
             .collect()
     }
 
