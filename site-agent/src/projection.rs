@@ -85,14 +85,6 @@ pub struct RecordProgress {
 }
 
 impl RecordProgress {
-    pub fn of<'e>(events: impl IntoIterator<Item = &'e EventKind>) -> RecordProgress {
-        let mut record = RecordProgress::default();
-        for event in events {
-            record.apply(event);
-        }
-        record
-    }
-
     pub fn apply(&mut self, event: &EventKind) {
         match event {
             EventKind::StepCompleted { step_id, .. } => {
@@ -406,6 +398,26 @@ mod tests {
             .collect();
         let p = fold(Some(&recipe), &events);
         assert_eq!(p.state, BatchState::InProcess, "{last} was never completed");
+    }
+
+    #[test]
+    fn the_record_is_read_back_by_the_names_of_the_events_that_change_it() {
+        let kinds = [completed("s"), result("t")];
+        let names: Vec<&str> = kinds.iter().map(EventKind::name).collect();
+        assert_eq!(names, RecordProgress::EVENT_KINDS);
+        let mut record = RecordProgress::default();
+        for kind in [accepted(&recipe()), started("s"), scan("c")] {
+            record.apply(&kind);
+        }
+        assert_eq!(
+            record,
+            RecordProgress::default(),
+            "no other event changes it"
+        );
+        for kind in &kinds {
+            record.apply(kind);
+        }
+        assert!(record.steps_completed.contains("s") && record.tests_recorded.contains("t"));
     }
 
     #[test]
