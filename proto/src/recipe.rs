@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 
 /// Why a recipe document is not acceptable.
@@ -263,6 +263,23 @@ impl Recipe {
         self.all_tests().find(|t| t.id == id)
     }
 
+    /// The batch record is complete, so QA may review it for release: every step of
+    /// this recipe completed and every test recorded that must precede release (a
+    /// test that may follow release, such as sterility, is not waited for). Ids that
+    /// are not in the recipe count for nothing. The hub and the site agent both ask
+    /// this, so a batch awaits release at both under the same rule.
+    pub fn record_complete(
+        &self,
+        steps_completed: &BTreeSet<String>,
+        tests_recorded: &BTreeSet<String>,
+    ) -> bool {
+        self.steps.iter().all(|s| steps_completed.contains(&s.id))
+            && self
+                .all_tests()
+                .filter(|t| !t.may_follow_release)
+                .all(|t| tests_recorded.contains(&t.id))
+    }
+
     /// Checks what serde cannot: ids unique, ranges sensible, at least one step.
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |problem: String| Error::Invalid {
@@ -464,6 +481,46 @@ mod tests {
 
         let err = Recipe::from_toml("id = 'x'").expect_err("incomplete");
         assert!(err.to_string().contains("missing field"), "{err}");
+    }
+
+    #[test]
+    fn the_record_is_complete_with_every_step_and_every_test_due_before_release() {
+        let recipe = Recipe::from_toml(EXAMPLE).expect("valid");
+        let ids = |items: &mut dyn Iterator<Item = &str>| -> BTreeSet<String> {
+            items.map(str::to_owned).collect()
+        };
+        let steps = ids(&mut recipe.steps.iter().map(|s| s.id.as_str()));
+        let due: BTreeSet<String> = ids(&mut recipe
+            .all_tests()
+            .filter(|t| !t.may_follow_release)
+            .map(|t| t.id.as_str()));
+        assert!(
+            recipe.all_tests().any(|t| t.may_follow_release),
+            "the example has a test that may follow release"
+        );
+        assert!(
+            recipe.record_complete(&steps, &due),
+            "a test that may follow release is not waited for"
+        );
+        assert!(!recipe.record_complete(&BTreeSet::new(), &BTreeSet::new()));
+
+        let mut one_step_short = steps.clone();
+        let last_step = recipe.steps.last().expect("a step").id.clone();
+        one_step_short.remove(&last_step);
+        assert!(!recipe.record_complete(&one_step_short, &due));
+        // A step that is not in the recipe does not stand in for one that is.
+        one_step_short.insert("not-a-step".into());
+        assert!(!recipe.record_complete(&one_step_short, &due));
+
+        for test in &due {
+            let mut one_test_short = due.clone();
+            one_test_short.remove(test);
+            one_test_short.insert("not-a-test".into());
+            assert!(
+                !recipe.record_complete(&steps, &one_test_short),
+                "{test} is due before release"
+            );
+        }
     }
 
     /// The example recipe that ships with the hub.

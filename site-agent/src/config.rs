@@ -2,7 +2,6 @@
 //! enrollment, editable), then `CARREL_AGENT_*` environment variables, then flags,
 //! then [`Config::validate`]. The process environment is read only here.
 
-use crate::simulator::Faults;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -203,6 +202,18 @@ pub struct ReadingMapping {
     pub source: String,
     /// Unit recorded with the value.
     pub unit: String,
+}
+
+/// Fault switches, set in site configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Viability falls during expansion, ending well below 70 %.
+    pub low_viability: bool,
+    /// Bacterial contamination: sterility shows growth, endotoxin is high, pH falls, DO collapses.
+    pub contamination: bool,
+    /// Step id at which the instrument raises a temperature excursion alarm halfway through.
+    pub alarm_at_step: Option<String>,
 }
 
 /// The simulated closed cell-processing system.

@@ -194,18 +194,9 @@ pub async fn scan(store: &Store, scan: Scan<'_>) -> Result<Scanned, Error> {
     }
     let scanned = Coi::parse_scan(scan.label).map_err(Error::Unreadable)?;
     let matched = scanned.as_str() == batch.coi;
-    let bedside = recipe
-        .bedside_checkpoints
-        .iter()
-        .position(|cp| cp.id == open.id);
-    let new_state = match (matched, bedside) {
-        (true, Some(0)) => Some(BatchState::HandedOver),
-        (true, Some(_)) => Some(BatchState::Infused),
-        _ => None,
-    };
     let recorded_by = verifiers[0].clone();
     let event = store
-        .append_setting_state(
+        .append(
             batch.batch_id,
             &recorded_by,
             EventKind::CustodyScan {
@@ -216,7 +207,6 @@ pub async fn scan(store: &Store, scan: Scan<'_>) -> Result<Scanned, Error> {
                 matched,
                 location: scan.location.trim().to_owned(),
             },
-            new_state,
         )
         .await?;
     if matched {

@@ -25,6 +25,7 @@
 use crate::config::StepMapping;
 use crate::custody;
 use crate::instrument::{self, Instrument, Instruments, StepRequest, Update};
+use crate::projection::{BatchState, RecordProgress};
 use crate::simulator::Simulator;
 use crate::store::{self, LocalBatch, Store};
 use carrel_proto::event::{AlarmSeverity, EventKind, SiteEvent};
@@ -132,10 +133,10 @@ struct InFlight {
 #[derive(Debug, Default)]
 struct Progress {
     accepted: bool,
-    completed_steps: HashSet<String>,
+    /// The steps completed and the tests recorded, as the store's projection reads them.
+    record: RecordProgress,
     /// Step started and not completed.
     in_flight: Option<InFlight>,
-    tests_recorded: HashSet<String>,
     alarms: HashSet<(String, String)>,
     deviations: HashSet<String>,
 }
@@ -145,6 +146,7 @@ impl Progress {
         let mut p = Progress::default();
         let mut last_sample: BTreeMap<String, f64> = BTreeMap::new();
         for event in events {
+            p.record.apply(&event.kind);
             match &event.kind {
                 EventKind::BatchAccepted { .. } => p.accepted = true,
                 EventKind::StepStarted { step_id, .. } => {
@@ -177,14 +179,10 @@ impl Progress {
                         f.hours = at;
                     }
                 }
-                EventKind::StepCompleted { step_id, .. } => {
-                    p.completed_steps.insert(step_id.clone());
-                    if p.in_flight.as_ref().is_some_and(|f| f.step_id == *step_id) {
-                        p.in_flight = None;
-                    }
-                }
-                EventKind::QcResult { test_id, .. } => {
-                    p.tests_recorded.insert(test_id.clone());
+                EventKind::StepCompleted { step_id, .. }
+                    if p.in_flight.as_ref().is_some_and(|f| f.step_id == *step_id) =>
+                {
+                    p.in_flight = None;
                 }
                 EventKind::InstrumentAlarm { step_id, code, .. } => {
                     p.alarms.insert((step_id.clone(), code.clone()));
@@ -231,12 +229,23 @@ impl BatchRun {
         }
     }
 
+    /// Records an event of the batch while it is active.
     async fn record(&self, kind: EventKind) -> Result<SiteEvent, Stop> {
+        self.record_while(kind, BatchState::is_active).await
+    }
+
+    /// Records an event of the batch if its state still lets it be recorded (`open`);
+    /// otherwise stops with [`Stop::Inactive`].
+    async fn record_while(
+        &self,
+        kind: EventKind,
+        open: fn(BatchState) -> bool,
+    ) -> Result<SiteEvent, Stop> {
         let batch_id = self.batch.batch_id;
         self.while_disk_full(kind.name(), || {
             let kind = kind.clone();
             async move {
-                if !self.store.batch(batch_id).await?.state.is_active() {
+                if !open(self.store.batch(batch_id).await?.state) {
                     return Err(Stop::Inactive);
                 }
                 Ok(self.store.append(batch_id, AGENT, kind).await?)
@@ -371,7 +380,7 @@ impl BatchRun {
             simulator.faults.clone(),
         )));
         for step in &recipe.steps {
-            if progress.completed_steps.contains(&step.id) {
+            if progress.record.steps_completed.contains(&step.id) {
                 // Bring the model to where the records say the culture is.
                 lock(&sim).readings(step, step.duration_hours);
                 continue;
@@ -390,16 +399,15 @@ impl BatchRun {
         if recipe
             .release_tests
             .iter()
-            .any(|t| !progress.tests_recorded.contains(&t.id))
+            .any(|t| !progress.record.tests_recorded.contains(&t.id))
         {
             self.wait(QC_TURNAROUND_HOURS).await?;
         }
+        // The result that completes the record moves the batch to awaiting release
+        // (the store's projection); results that may follow release are still
+        // recorded after it, in the recipe's order.
         self.record_tests(&sim, &recipe.release_tests, &progress)
             .await?;
-        self.while_disk_full("awaiting release", || async {
-            Ok(self.store.mark_awaiting_release(batch.batch_id).await?)
-        })
-        .await?;
         Ok(())
     }
 
@@ -846,18 +854,28 @@ impl BatchRun {
     ) -> Result<(), Stop> {
         for test in tests {
             let value = lock(sim).qc_result(test);
-            if progress.tests_recorded.contains(&test.id) {
+            if progress.record.tests_recorded.contains(&test.id) {
                 continue;
             }
             let evaluation = test.spec.evaluate(&value);
-            self.record(EventKind::QcResult {
-                test_id: test.id.clone(),
-                value,
-                unit: test.unit.clone(),
-                method: test.method.clone(),
-                site_outcome: evaluation.outcome,
-                retest_of: None,
-            })
+            // The record is complete without a result that may follow release, and
+            // the batch may await release before it is recorded.
+            let open: fn(BatchState) -> bool = if test.may_follow_release {
+                |state| state.is_active() || state == BatchState::AwaitingRelease
+            } else {
+                BatchState::is_active
+            };
+            self.record_while(
+                EventKind::QcResult {
+                    test_id: test.id.clone(),
+                    value,
+                    unit: test.unit.clone(),
+                    method: test.method.clone(),
+                    site_outcome: evaluation.outcome,
+                    retest_of: None,
+                },
+                open,
+            )
             .await?;
         }
         Ok(())
@@ -955,7 +973,7 @@ mod tests {
         ));
         let progress = Progress::of(&done);
         assert!(progress.in_flight.is_none());
-        assert!(progress.completed_steps.contains("expansion"));
+        assert!(progress.record.steps_completed.contains("expansion"));
     }
 
     #[test]

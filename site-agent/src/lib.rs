@@ -9,8 +9,11 @@
 //!
 //! Map: [`identity`] enrolls the site and holds its key and certificates; [`tls`]
 //! builds the TLS client; [`link`] replicates both logs; [`store`] is the local log
-//! and batch projection; [`executor`] runs recipes; [`instrument`] is the interface to
-//! the equipment and its adapters; [`simulator`] is the simulated process model.
+//! and batch projection, whose rules are in [`projection`]; [`executor`] runs
+//! recipes; [`instrument`] is the interface to the equipment and its adapters;
+//! [`simulator`] is the simulated process model; [`process`] holds the readings and
+//! alarms both report; [`config`] is the site's configuration, and depends on none of
+//! the others.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -21,6 +24,8 @@ pub mod executor;
 pub mod identity;
 pub mod instrument;
 pub mod link;
+pub mod process;
+pub mod projection;
 pub mod simulator;
 pub mod store;
 pub mod tls;

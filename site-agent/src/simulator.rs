@@ -9,6 +9,8 @@
 //! figure derives from the seed, the step id, the parameter and the sample time, so a
 //! restarted agent that resumes a step part-way continues exactly the same curve.
 
+use crate::config::Faults;
+use crate::process::{limit_alarm, Alarm, Reading};
 use carrel_proto::recipe::{Parameter, QcTest, QcValue, Spec, Step};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -20,34 +22,6 @@ const NOMINAL_EXPANSION_HOURS: f64 = 168.0;
 const CONTAMINATION_MIDPOINT: f64 = 0.8;
 /// The alarm_at_step fault acts between these fractions of the step's planned duration.
 const EXCURSION_WINDOW: std::ops::RangeInclusive<f64> = 0.4..=0.6;
-
-/// Fault switches, set in site configuration.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Faults {
-    /// Viability falls during expansion, ending well below 70 %.
-    pub low_viability: bool,
-    /// Bacterial contamination: sterility shows growth, endotoxin is high, pH falls, DO collapses.
-    pub contamination: bool,
-    /// Step id at which the instrument raises a temperature excursion alarm halfway through.
-    pub alarm_at_step: Option<String>,
-}
-
-/// One process parameter reading.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
-    pub parameter: String,
-    pub value: f64,
-    pub unit: String,
-}
-
-/// An alarm the instrument raises.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Alarm {
-    pub code: String,
-    pub message: String,
-    pub critical: bool,
-}
 
 /// How this patient's cells behave: drawn once per batch from the seed.
 #[derive(Debug, Clone)]
@@ -155,7 +129,7 @@ impl Simulator {
                 });
             }
         }
-        crate::instrument::limit_alarm(step, readings)
+        limit_alarm(step, readings)
     }
 
     /// Result of a QC test (in-process or release) on the product made so far, by test id:

@@ -3,15 +3,21 @@
 //! What we store: the site's own **event log** (seq 1, 2, 3... without gaps), every
 //! **hub command** the site has committed (by the hub's seq), and the **local batch
 //! projection** derived from both, in the same transaction as the record it derives
-//! from. Everything the site records goes here first, then to the hub (invariant 2).
+//! from. A committed command changes a batch only through the event the site records
+//! for it (a cancellation, a release decision); [`crate::projection`] says what each
+//! event does. Everything the site records goes here first, then to the hub
+//! (invariant 2).
 //!
 //! Why it is durable: SQLite in WAL mode with `synchronous=FULL`, so a record is on
 //! disk when `append` or `apply_command` returns; only then is it shown, acted on, or
 //! acknowledged to the hub. Writers are serialised in-process.
 
+pub use crate::projection::BatchState;
+use crate::projection::{Projection, RecordProgress};
 use carrel_proto::event::{
     CommandKind, EventKind, HubCommand, ReleaseMeaning, SiteEvent, GENESIS_SHA256,
 };
+use carrel_proto::recipe::Recipe;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -63,62 +69,6 @@ impl From<rusqlite::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Local state of a batch at this site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchState {
-    /// Order received, not yet accepted.
-    Ordered,
-    Accepted,
-    InProcess,
-    AwaitingRelease,
-    Released,
-    Rejected,
-    Cancelled,
-    /// The released product was handed over for infusion.
-    HandedOver,
-    /// Infusion confirmed at the bedside.
-    Infused,
-}
-
-impl BatchState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BatchState::Ordered => "ordered",
-            BatchState::Accepted => "accepted",
-            BatchState::InProcess => "in_process",
-            BatchState::AwaitingRelease => "awaiting_release",
-            BatchState::Released => "released",
-            BatchState::Rejected => "rejected",
-            BatchState::Cancelled => "cancelled",
-            BatchState::HandedOver => "handed_over",
-            BatchState::Infused => "infused",
-        }
-    }
-
-    fn parse(text: &str) -> Result<BatchState> {
-        Ok(match text {
-            "ordered" => BatchState::Ordered,
-            "accepted" => BatchState::Accepted,
-            "in_process" => BatchState::InProcess,
-            "awaiting_release" => BatchState::AwaitingRelease,
-            "released" => BatchState::Released,
-            "rejected" => BatchState::Rejected,
-            "cancelled" => BatchState::Cancelled,
-            "handed_over" => BatchState::HandedOver,
-            "infused" => BatchState::Infused,
-            other => return Err(Error::Corrupt(format!("unknown batch state {other:?}"))),
-        })
-    }
-
-    /// Manufacturing still has work to do in this state.
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            BatchState::Ordered | BatchState::Accepted | BatchState::InProcess
-        )
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalBatch {
@@ -182,11 +132,23 @@ fn batch_from_row(row: &SqliteRow) -> Result<LocalBatch> {
             .map_err(|_| Error::Corrupt("recipe version out of range".into()))?,
         recipe_json: row.try_get("recipe_json")?,
         recipe_sha256: row.try_get("recipe_sha256")?,
-        state: BatchState::parse(&row.try_get::<String, _>("state")?)?,
+        state: parse_state(&row.try_get::<String, _>("state")?)?,
         current_step: row.try_get("current_step")?,
         decision: row.try_get("decision")?,
         updated_at: parse_ts(&row.try_get::<String, _>("updated_at")?)?,
     })
+}
+
+fn parse_state(text: &str) -> Result<BatchState> {
+    BatchState::parse(text).ok_or_else(|| Error::Corrupt(format!("unknown batch state {text:?}")))
+}
+
+fn parse_decision(text: Option<String>) -> Result<Option<ReleaseMeaning>> {
+    text.map(|text| {
+        ReleaseMeaning::parse(&text)
+            .ok_or_else(|| Error::Corrupt(format!("unknown release decision {text:?}")))
+    })
+    .transpose()
 }
 
 fn event_from_body(body: &str) -> Result<SiteEvent> {
@@ -281,6 +243,7 @@ impl Store {
             )));
         }
         MIGRATOR.run(&pool).await?;
+        Self::complete_records(&pool).await?;
         let reader = Reader::open(path)?;
         Ok(Store {
             pool,
@@ -294,6 +257,37 @@ impl Store {
             appended: Notify::new(),
             batches_changed: Notify::new(),
         })
+    }
+
+    /// Moves each batch under way whose record is already complete to awaiting
+    /// release. Appends do that with the completing event; an agent before them did
+    /// it in a write of its own after the last result, and may have stopped between
+    /// the two, leaving such a batch in its store.
+    async fn complete_records(pool: &SqlitePool) -> Result<()> {
+        let under_way = "SELECT batch_id FROM batches WHERE state IN ('accepted', 'in_process')";
+        let any: Option<String> = sqlx::query_scalar(under_way).fetch_optional(pool).await?;
+        if any.is_none() {
+            return Ok(());
+        }
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let under_way: Vec<String> = sqlx::query_scalar(under_way).fetch_all(&mut *tx).await?;
+        let now = Utc::now();
+        for batch_id in under_way {
+            let batch_id = parse_uuid(&batch_id)?;
+            let Some(mut projection) = Self::projection_in(&mut tx, batch_id).await? else {
+                continue;
+            };
+            let before = projection.clone();
+            if let (Some(recipe), record) = Self::recipe_and_record_in(&mut tx, batch_id).await? {
+                projection.complete(&recipe, &record);
+            }
+            if projection != before {
+                tracing::info!(%batch_id, "the batch record is complete: awaiting release");
+                Self::set_projection_in(&mut tx, batch_id, &projection, now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn close(&self) {
@@ -356,62 +350,110 @@ impl Store {
             .bind(event.sha256())
             .execute(&mut **tx)
             .await?;
-        // The local projection, in the same transaction.
-        let (state, step): (Option<BatchState>, Option<Option<String>>) = match &event.kind {
-            EventKind::BatchAccepted { .. } => (Some(BatchState::Accepted), None),
-            EventKind::StepStarted { step_id, .. } => {
-                (Some(BatchState::InProcess), Some(Some(step_id.clone())))
-            }
-            EventKind::StepCompleted { .. } => (None, Some(None)),
-            _ => (None, None),
-        };
-        if state.is_some() || step.is_some() {
-            sqlx::query(
-                "UPDATE batches SET state = CASE WHEN ?1 IS NOT NULL AND state IN ('ordered', 'accepted', 'in_process') THEN ?1 ELSE state END, \
-                 current_step = CASE WHEN ?2 THEN ?3 ELSE current_step END, updated_at = ?4 WHERE batch_id = ?5",
-            )
-            .bind(state.map(|s| s.as_str()))
-            .bind(step.is_some())
-            .bind(step.flatten())
-            .bind(ts(now))
-            .bind(batch_id.to_string())
-            .execute(&mut **tx)
-            .await?;
-        }
+        Self::project_in(tx, &event).await?;
         Ok(event)
     }
 
-    /// Records an event (committed and fsynced when this returns).
+    /// Where a batch stands, as its row says, if the site has its order.
+    async fn projection_in(
+        tx: &mut Transaction<'_, Sqlite>,
+        batch_id: Uuid,
+    ) -> Result<Option<Projection>> {
+        let row: Option<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT state, current_step, decision FROM batches WHERE batch_id = ?")
+                .bind(batch_id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?;
+        row.map(|(state, current_step, decision)| {
+            Ok(Projection {
+                state: parse_state(&state)?,
+                current_step,
+                decision: parse_decision(decision)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The recipe the batch's order pinned (None if the site cannot read it or it is
+    /// not the one pinned: the executor runs no other), and its record so far.
+    async fn recipe_and_record_in(
+        tx: &mut Transaction<'_, Sqlite>,
+        batch_id: Uuid,
+    ) -> Result<(Option<Recipe>, RecordProgress)> {
+        let (recipe_json, recipe_sha256): (String, String) =
+            sqlx::query_as("SELECT recipe_json, recipe_sha256 FROM batches WHERE batch_id = ?")
+                .bind(batch_id.to_string())
+                .fetch_one(&mut **tx)
+                .await?;
+        let recipe = Recipe::from_json(&recipe_json)
+            .ok()
+            .filter(|r| r.sha256() == recipe_sha256);
+        let bodies: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM events WHERE batch_id = ? AND kind IN (?, ?) ORDER BY seq",
+        )
+        .bind(batch_id.to_string())
+        .bind(RecordProgress::EVENT_KINDS[0])
+        .bind(RecordProgress::EVENT_KINDS[1])
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut record = RecordProgress::default();
+        for body in &bodies {
+            record.apply(&event_from_body(body)?.kind);
+        }
+        Ok((recipe, record))
+    }
+
+    /// Writes a batch's projection to its row.
+    async fn set_projection_in(
+        tx: &mut Transaction<'_, Sqlite>,
+        batch_id: Uuid,
+        projection: &Projection,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET state = ?, current_step = ?, decision = ?, updated_at = ? WHERE batch_id = ?",
+        )
+        .bind(projection.state.as_str())
+        .bind(projection.current_step.as_deref())
+        .bind(projection.decision.map(ReleaseMeaning::as_str))
+        .bind(ts(at))
+        .bind(batch_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Applies a just-appended event to its batch's row (the local projection), in
+    /// the same transaction. The recipe and the record so far are read back only for
+    /// the few events whose effect depends on them.
+    async fn project_in(tx: &mut Transaction<'_, Sqlite>, event: &SiteEvent) -> Result<()> {
+        let Some(mut projection) = Self::projection_in(tx, event.batch_id).await? else {
+            return Ok(());
+        };
+        let before = projection.clone();
+        if projection.needs_recipe(&event.kind) {
+            let (recipe, record) = Self::recipe_and_record_in(tx, event.batch_id).await?;
+            projection.apply(&event.kind, recipe.as_ref(), &record);
+        } else {
+            projection.apply(&event.kind, None, &RecordProgress::default());
+        }
+        if projection != before {
+            Self::set_projection_in(tx, event.batch_id, &projection, event.recorded_at).await?;
+        }
+        Ok(())
+    }
+
+    /// Records an event (committed and fsynced when this returns), and moves its
+    /// batch's local state as the event says, in the same transaction.
     pub async fn append(
         &self,
         batch_id: Uuid,
         recorded_by: &str,
         kind: EventKind,
     ) -> Result<SiteEvent> {
-        self.append_setting_state(batch_id, recorded_by, kind, None)
-            .await
-    }
-
-    /// Records an event and, in the same transaction, sets the batch's local state
-    /// (a hand-over or an infusion at the bedside).
-    pub async fn append_setting_state(
-        &self,
-        batch_id: Uuid,
-        recorded_by: &str,
-        kind: EventKind,
-        state: Option<BatchState>,
-    ) -> Result<SiteEvent> {
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
         let event = Self::append_in(&mut tx, batch_id, recorded_by, kind, Utc::now()).await?;
-        if let Some(state) = state {
-            sqlx::query("UPDATE batches SET state = ?, updated_at = ? WHERE batch_id = ?")
-                .bind(state.as_str())
-                .bind(ts(event.recorded_at))
-                .bind(batch_id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
         self.appended.notify_one();
         Ok(event)
@@ -422,20 +464,6 @@ impl Store {
     /// of failing half-way.
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    /// Moves a batch whose record is complete to awaiting release.
-    pub async fn mark_awaiting_release(&self, batch_id: Uuid) -> Result<()> {
-        let _w = self.write_lock.lock().await;
-        sqlx::query(
-            "UPDATE batches SET state = 'awaiting_release', current_step = NULL, updated_at = ? \
-             WHERE batch_id = ? AND state IN ('accepted', 'in_process')",
-        )
-        .bind(ts(Utc::now()))
-        .bind(batch_id.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Commits a hub command and its effects in one transaction. Idempotent by seq:
@@ -495,7 +523,7 @@ impl Store {
             } => {
                 sqlx::query(
                     "INSERT INTO batches (batch_id, order_id, coi, patient_pseudonym, recipe_id, recipe_version, recipe_json, \
-                     recipe_sha256, state, current_step, decision, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ordered', NULL, NULL, ?) \
+                     recipe_sha256, state, current_step, decision, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?) \
                      ON CONFLICT (batch_id) DO NOTHING",
                 )
                 .bind(&batch_id)
@@ -506,20 +534,16 @@ impl Store {
                 .bind(*recipe_version as i64)
                 .bind(recipe_json)
                 .bind(recipe_sha256)
+                .bind(Projection::ordered().state.as_str())
                 .bind(ts(now))
                 .execute(&mut *tx)
                 .await?;
             }
             CommandKind::CancelBatch { reason, .. } => {
-                let changed = sqlx::query(
-                    "UPDATE batches SET state = 'cancelled', current_step = NULL, updated_at = ? \
-                     WHERE batch_id = ? AND state NOT IN ('released', 'rejected', 'cancelled')",
-                )
-                .bind(ts(now))
-                .bind(&batch_id)
-                .execute(&mut *tx)
-                .await?;
-                if changed.rows_affected() > 0 {
+                let cancellable = Self::projection_in(&mut tx, command.batch_id)
+                    .await?
+                    .is_some_and(|p| p.cancellable());
+                if cancellable {
                     Self::append_in(
                         &mut tx,
                         command.batch_id,
@@ -538,17 +562,6 @@ impl Store {
                 meaning,
                 ..
             } => {
-                let state = match meaning {
-                    ReleaseMeaning::Released => BatchState::Released,
-                    ReleaseMeaning::Rejected => BatchState::Rejected,
-                };
-                sqlx::query("UPDATE batches SET state = ?, decision = ?, current_step = NULL, updated_at = ? WHERE batch_id = ?")
-                    .bind(state.as_str())
-                    .bind(meaning.as_str())
-                    .bind(ts(now))
-                    .bind(&batch_id)
-                    .execute(&mut *tx)
-                    .await?;
                 Self::append_in(
                     &mut tx,
                     command.batch_id,
@@ -811,6 +824,194 @@ mod tests {
         ));
         assert_eq!(store.batches().await.expect("batches").len(), 1);
         assert_eq!(store.last_command_seq().await.expect("seq"), 1);
+    }
+
+    const RECIPE: &str = include_str!("../../hub/recipes/cd19-car-t.v1.toml");
+
+    /// An order for the example recipe.
+    fn real_order(seq: u64, batch_id: Uuid) -> (HubCommand, Recipe) {
+        let recipe = Recipe::from_toml(RECIPE).expect("recipe");
+        let mut command = order(seq, batch_id);
+        if let CommandKind::BatchOrder {
+            recipe_id,
+            recipe_version,
+            recipe_json,
+            recipe_sha256,
+            ..
+        } = &mut command.kind
+        {
+            *recipe_id = recipe.id.clone();
+            *recipe_version = recipe.version;
+            *recipe_json = recipe.to_canonical_json();
+            *recipe_sha256 = recipe.sha256();
+        }
+        (command, recipe)
+    }
+
+    /// Every event of the batch's record, as the executor records them: accepted,
+    /// each step started, sampled and completed, then every test.
+    fn record_of(recipe: &Recipe) -> Vec<EventKind> {
+        let mut kinds = vec![EventKind::BatchAccepted {
+            coi: "G123426000001X".into(),
+            recipe_id: recipe.id.clone(),
+            recipe_version: recipe.version,
+            recipe_sha256: recipe.sha256(),
+        }];
+        for step in &recipe.steps {
+            kinds.push(EventKind::StepStarted {
+                step_id: step.id.clone(),
+                instrument_id: "sim".into(),
+                resumed: false,
+            });
+            kinds.push(EventKind::ProcessSamples {
+                step_id: step.id.clone(),
+                samples: vec![],
+            });
+            kinds.push(EventKind::StepCompleted {
+                step_id: step.id.clone(),
+                process_hours: step.duration_hours,
+            });
+        }
+        for test in recipe.all_tests() {
+            kinds.push(EventKind::QcResult {
+                test_id: test.id.clone(),
+                value: carrel_proto::recipe::QcValue::Numeric(1.0),
+                unit: String::new(),
+                method: String::new(),
+                site_outcome: carrel_proto::recipe::Outcome::Pass,
+                retest_of: None,
+            });
+        }
+        kinds
+    }
+
+    #[tokio::test]
+    async fn the_state_moves_with_the_append_that_completes_the_record() {
+        let (_dir, store) = store().await;
+        let batch = Uuid::new_v4();
+        let (command, recipe) = real_order(1, batch);
+        store.apply_command(&command).await.expect("order");
+        let last_due = recipe
+            .all_tests()
+            .filter(|t| !t.may_follow_release)
+            .last()
+            .expect("a test due before release")
+            .id
+            .clone();
+        let mut awaiting_from = None;
+        for kind in record_of(&recipe) {
+            let completes =
+                matches!(&kind, EventKind::QcResult { test_id, .. } if *test_id == last_due);
+            let event = store.append(batch, "agent", kind).await.expect("append");
+            let row = store.batch(batch).await.expect("batch");
+            // The row is what the whole fold of the log says, after every append.
+            let folded = crate::projection::fold(
+                Some(&recipe),
+                &store.batch_events(batch).await.expect("events"),
+            );
+            assert_eq!(row.state, folded.state, "after seq {}", event.seq);
+            assert_eq!(
+                row.current_step, folded.current_step,
+                "after seq {}",
+                event.seq
+            );
+            if completes {
+                assert_eq!(
+                    row.state,
+                    BatchState::AwaitingRelease,
+                    "with the completing result"
+                );
+                assert_eq!(
+                    ts(row.updated_at),
+                    ts(event.recorded_at),
+                    "moved by that append"
+                );
+                awaiting_from = Some(event.seq);
+            } else if awaiting_from.is_none() {
+                assert!(
+                    row.state.is_active(),
+                    "seq {} is {:?}",
+                    event.seq,
+                    row.state
+                );
+            }
+        }
+        assert!(awaiting_from.is_some());
+        assert_eq!(
+            store.batch(batch).await.expect("batch").state,
+            BatchState::AwaitingRelease
+        );
+        assert!(store.active_batches().await.expect("active").is_empty());
+
+        let release = HubCommand {
+            seq: 2,
+            command_id: Uuid::new_v4(),
+            issued_at: Utc::now(),
+            batch_id: batch,
+            kind: CommandKind::ReleaseDecision {
+                signature_id: Uuid::new_v4(),
+                meaning: ReleaseMeaning::Released,
+                signer: "qp".into(),
+                signer_name: "Q. P.".into(),
+                signed_at: Utc::now(),
+                record_sha256: "00".into(),
+                reason: String::new(),
+            },
+        };
+        store.apply_command(&release).await.expect("release");
+        let row = store.batch(batch).await.expect("batch");
+        assert_eq!(row.state, BatchState::Released);
+        assert_eq!(row.decision.as_deref(), Some("released"));
+        let events = store.batch_events(batch).await.expect("events");
+        assert!(matches!(
+            events.last().map(|e| &e.kind),
+            Some(EventKind::ReleaseDecisionRecorded { command_seq: 2, .. })
+        ));
+        // A cancel after the decision stops nothing and records nothing.
+        let cancel = HubCommand {
+            seq: 3,
+            command_id: Uuid::new_v4(),
+            issued_at: Utc::now(),
+            batch_id: batch,
+            kind: CommandKind::CancelBatch {
+                reason: "too late".into(),
+                cancelled_by: "dr".into(),
+            },
+        };
+        store.apply_command(&cancel).await.expect("cancel");
+        assert_eq!(
+            store.batch(batch).await.expect("batch").state,
+            BatchState::Released
+        );
+        assert_eq!(
+            store.batch_events(batch).await.expect("events").len(),
+            events.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_complete_record_left_under_way_awaits_release_when_the_store_opens() {
+        let (dir, store) = store().await;
+        let batch = Uuid::new_v4();
+        let (command, recipe) = real_order(1, batch);
+        store.apply_command(&command).await.expect("order");
+        for kind in record_of(&recipe) {
+            store.append(batch, "agent", kind).await.expect("append");
+        }
+        // As an agent that moved the state in a write of its own left it when it
+        // stopped before that write.
+        sqlx::query("UPDATE batches SET state = 'in_process'")
+            .execute(&store.pool)
+            .await
+            .expect("set back");
+        store.close().await;
+        let store = Store::open(&dir.path().join("agent.db"))
+            .await
+            .expect("reopen");
+        assert_eq!(
+            store.batch(batch).await.expect("batch").state,
+            BatchState::AwaitingRelease
+        );
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use crate::simulator::{Alarm, Reading};
+pub use crate::process::{limit_alarm, Alarm, Reading};
 
 /// A boxed future: keeps [`Instrument`] object-safe without a macro crate.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -216,31 +216,6 @@ pub trait Instrument: Send + Sync {
     }
 }
 
-/// An alarm when a reading lies outside its recipe limits (critical for temperatures,
-/// which endanger the cells at once; pH, DO and viability excursions are deviations
-/// for the operator to assess). A temperature alarm outranks the others.
-pub fn limit_alarm(step: &carrel_proto::recipe::Step, readings: &[Reading]) -> Option<Alarm> {
-    readings
-        .iter()
-        .filter_map(|r| {
-            let p = step.parameters.iter().find(|p| p.name == r.parameter)?;
-            let (side, limit) = match r.value {
-                v if v < p.low => ("low", p.low),
-                v if v > p.high => ("high", p.high),
-                _ => return None,
-            };
-            Some(Alarm {
-                code: format!("{}-{side}", r.parameter),
-                message: format!(
-                    "{} {} {} is beyond the {side} limit {limit} in step {}",
-                    r.parameter, r.value, r.unit, step.id
-                ),
-                critical: r.parameter.contains("temperature"),
-            })
-        })
-        .min_by_key(|a| !a.critical)
-}
-
 /// Runs `future` with a bound, turning the elapsed bound into [`Error::Timeout`].
 pub async fn bounded<T>(
     limit: Duration,
@@ -271,7 +246,7 @@ impl fmt::Debug for Instruments {
 impl Instruments {
     /// Builds the adapters a (validated) config names. Reads certificates and keys;
     /// connects to nothing yet (each adapter connects when first used).
-    pub fn from_config(config: &crate::Config) -> Result<Instruments, Error> {
+    pub fn from_config(config: &crate::config::Config) -> Result<Instruments, Error> {
         use crate::config::InstrumentConfig;
         let mut adapters: BTreeMap<String, std::sync::Arc<dyn Instrument>> = BTreeMap::new();
         for instrument in &config.instruments {
