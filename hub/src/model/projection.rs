@@ -175,15 +175,12 @@ impl Projection {
     }
 
     /// Every step completed and every test recorded that must precede release.
+    /// The rule is the recipe's, shared with the site agent ([`Recipe::record_complete`]).
     pub fn record_complete(&self, recipe: &Recipe) -> bool {
-        recipe
-            .steps
-            .iter()
-            .all(|s| self.progress.steps_completed.contains(&s.id))
-            && recipe
-                .all_tests()
-                .filter(|t| !t.may_follow_release)
-                .all(|t| self.progress.tests_recorded.contains(&t.id))
+        recipe.record_complete(
+            &self.progress.steps_completed,
+            &self.progress.tests_recorded,
+        )
     }
 
     /// A scan the site reports; returns true when it is an exception for QA. The hub
