@@ -15,17 +15,110 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::fmt;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// `prev_sha256` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// What an audit entry records: one typed action per kind of change or security
+/// event. The text form (`order.created`) is what is stored and hashed, and what
+/// people read in the trail.
+macro_rules! actions {
+    ($($(#[$doc:meta])* $name:ident = $text:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Action {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Action {
+            /// Every action, in the order declared.
+            pub const ALL: &'static [Action] = &[$(Action::$name,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Action::$name => $text,)*
+                }
+            }
+
+            pub fn parse(text: &str) -> Option<Action> {
+                match text {
+                    $($text => Some(Action::$name),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+actions! {
+    RecipePublished = "recipe.published",
+    UserCreated = "user.created",
+    UserSignedIn = "user.signed_in",
+    UserSignedOut = "user.signed_out",
+    UserSignInFailed = "user.sign_in_failed",
+    /// Sign-in refused because of too many recent failures.
+    UserSignInLocked = "user.sign_in_locked",
+    SiteRegistered = "site.registered",
+    SiteEnrolled = "site.enrolled",
+    SiteEnrollmentRefused = "site.enrollment_refused",
+    SiteSuspended = "site.suspended",
+    SiteResumed = "site.resumed",
+    SiteCeased = "site.ceased",
+    SiteCertificateIssued = "site.certificate_issued",
+    SiteCertificateReplaced = "site.certificate_replaced",
+    SiteCapacityChanged = "site.capacity_changed",
+    SiteLinkDown = "site.link_down",
+    SiteLinkRestored = "site.link_restored",
+    SiteLinkRefused = "site.link_refused",
+    SiteEventsRefused = "site.events_refused",
+    /// A run of a site's events stored (object `site/{id}/events/{first}..{last}`).
+    SiteEventsReplicated = "site_events.replicated",
+    /// A running batch flagged for a QA decision (its site was suspended).
+    BatchFlagged = "batch.flagged",
+    BatchStateChanged = "batch.state_changed",
+    CustodyMismatch = "custody.mismatch",
+    RecordCorrected = "record.corrected",
+    OrderCreated = "order.created",
+    OrderCancelled = "order.cancelled",
+    OrderRescheduled = "order.rescheduled",
+    /// The expected release slipped past what was last announced.
+    OrderDelayed = "order.delayed",
+    OrderAccessRefused = "order.access_refused",
+    ReleaseSigned = "release.signed",
+    ReleaseSigningRefused = "release.signing_refused",
+    ReleaseSigningFailed = "release.signing_failed",
+    NotificationSubscribed = "notification.subscribed",
+    NotificationUnsubscribed = "notification.unsubscribed",
+    NotificationRequeued = "notification.requeued",
+    CaRotated = "ca.rotated",
+    CaPreviousRetired = "ca.previous_retired",
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for Action {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Action {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// An entry to append; the store assigns position, time and hashes.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewEntry {
     pub actor: String,
-    pub action: String,
+    pub action: Action,
     pub object: String,
     pub batch_id: Option<Uuid>,
     pub old_value: String,
@@ -34,12 +127,15 @@ pub struct NewEntry {
 }
 
 impl NewEntry {
-    pub fn new(actor: &str, action: &str, object: impl Into<String>) -> NewEntry {
+    pub fn new(actor: &str, action: Action, object: impl Into<String>) -> NewEntry {
         NewEntry {
             actor: actor.to_owned(),
-            action: action.to_owned(),
+            action,
             object: object.into(),
-            ..NewEntry::default()
+            batch_id: None,
+            old_value: String::new(),
+            new_value: String::new(),
+            reason: String::new(),
         }
     }
 
@@ -75,7 +171,7 @@ pub struct Entry {
     pub position: u64,
     pub at: DateTime<Utc>,
     pub actor: String,
-    pub action: String,
+    pub action: Action,
     pub object: String,
     pub batch_id: Option<Uuid>,
     pub old_value: String,
@@ -104,7 +200,7 @@ pub fn entry_sha256(prev_sha256: &str, position: u64, at: &str, entry: &NewEntry
         position,
         at,
         actor: &entry.actor,
-        action: &entry.action,
+        action: entry.action.as_str(),
         object: &entry.object,
         batch_id: entry.batch_id.map(|b| b.to_string()),
         old_value: &entry.old_value,
@@ -161,7 +257,7 @@ pub fn verify(entries: impl IntoIterator<Item = (Entry, String)>) -> Result<Inta
         }
         let fields = NewEntry {
             actor: entry.actor.clone(),
-            action: entry.action.clone(),
+            action: entry.action,
             object: entry.object.clone(),
             batch_id: entry.batch_id,
             old_value: entry.old_value.clone(),
@@ -269,8 +365,9 @@ mod tests {
         (1..=n)
             .map(|position| {
                 let at = format!("2026-11-27T00:00:{position:02}.000000Z");
-                let new = NewEntry::new("qa.one", "release.signed", format!("batch/{position}"))
-                    .value("released");
+                let new =
+                    NewEntry::new("qa.one", Action::ReleaseSigned, format!("batch/{position}"))
+                        .value("released");
                 let sha = entry_sha256(&prev, position, &at, &new);
                 let entry = Entry {
                     position,
@@ -332,9 +429,9 @@ mod tests {
         let start = Instant::now();
         let minute = Duration::from_secs(60);
         let mut throttle = Throttle::new(minute);
-        let suspended = NewEntry::new("site-a", "site.link_refused", "site/site-a")
+        let suspended = NewEntry::new("site-a", Action::SiteLinkRefused, "site/site-a")
             .reason("site \"site-a\" is suspended");
-        let other = NewEntry::new("site-b", "site.link_refused", "site/site-b");
+        let other = NewEntry::new("site-b", Action::SiteLinkRefused, "site/site-b");
         assert!(throttle.admit("site-a suspended", &suspended, start));
         assert!(throttle.admit("site-b", &other, start));
         for i in 0..1_000 {

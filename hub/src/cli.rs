@@ -5,6 +5,7 @@
 mod notify;
 
 use crate::admin;
+use crate::audit::Action;
 use crate::model::Role;
 use crate::Config;
 use anyhow::{bail, Context};
@@ -783,7 +784,7 @@ async fn ca_command(command: CaCommand) -> anyhow::Result<()> {
             let new = crate::pki::Ca::rotate(&cert, &key)?;
             let db = crate::server::open_store(&config).await?;
             db.audit(
-                &crate::audit::NewEntry::new(&local_operator(), "ca.rotated", "ca")
+                &crate::audit::NewEntry::new(&local_operator(), Action::CaRotated, "ca")
                     .change(&old, new.fingerprint()),
             )
             .await?;
@@ -820,7 +821,7 @@ async fn ca_command(command: CaCommand) -> anyhow::Result<()> {
             let (cert, _) = config.ca_paths();
             crate::pki::Ca::retire_previous(&cert)?;
             db.audit(
-                &crate::audit::NewEntry::new(&local_operator(), "ca.previous_retired", "ca")
+                &crate::audit::NewEntry::new(&local_operator(), Action::CaPreviousRetired, "ca")
                     .value(previous.clone())
                     .reason(if force {
                         "forced"

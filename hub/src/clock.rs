@@ -9,6 +9,7 @@
 //! before it, never comes before its plan or its booking's re-planned time, and a
 //! milestone that is due but has not happened is expected no earlier than now.
 
+use crate::audit::Action;
 use crate::model::{BatchRecord, BatchState};
 use crate::schedule::{self, Booking};
 use carrel_proto::event::{EventKind, ReleaseMeaning};
@@ -265,11 +266,11 @@ pub fn clock(
     // times that no longer hold).
     let mut announced = None;
     for entry in &record.audit {
-        match entry.action.as_str() {
-            "order.rescheduled" if !entry.reason.is_empty() => {
+        match entry.action {
+            Action::OrderRescheduled if !entry.reason.is_empty() => {
                 reasons.push(format!("rescheduled: {}", entry.reason))
             }
-            "order.delayed" => announced = Some(entry.reason.clone()),
+            Action::OrderDelayed => announced = Some(entry.reason.clone()),
             _ => {}
         }
     }

@@ -70,7 +70,9 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
     let store = &shared.store;
     let sites = store.list_sites().await?;
     let orders = store.list_orders(None, None).await?;
-    let failed_sign_ins = store.audit_count("user.sign_in_failed").await?;
+    let failed_sign_ins = store
+        .audit_count(crate::audit::Action::UserSignInFailed)
+        .await?;
     let outbox = store.outbox_counts().await?;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {

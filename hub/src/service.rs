@@ -2,7 +2,7 @@
 //! and the web console ([`crate::console`]) both call these, so the rules (validation,
 //! roles, Part 11 signing, audit) live in one place.
 
-use crate::audit::NewEntry;
+use crate::audit::{Action, NewEntry};
 use crate::auth::{new_secret, secret_sha256, verify_password};
 use crate::grpc::Shared;
 use crate::model;
@@ -65,8 +65,12 @@ pub async fn sign_in(
         shared
             .store
             .audit(
-                &NewEntry::new(username, "user.sign_in_locked", format!("user/{username}"))
-                    .reason(format!("{failures} failed sign-ins in a row")),
+                &NewEntry::new(
+                    username,
+                    Action::UserSignInLocked,
+                    format!("user/{username}"),
+                )
+                .reason(format!("{failures} failed sign-ins in a row")),
             )
             .await?;
         return Err(Error::Unauthenticated(format!(
@@ -87,8 +91,12 @@ pub async fn sign_in(
         shared
             .store
             .audit(
-                &NewEntry::new(username, "user.sign_in_failed", format!("user/{username}"))
-                    .reason("wrong password, unknown or disabled user"),
+                &NewEntry::new(
+                    username,
+                    Action::UserSignInFailed,
+                    format!("user/{username}"),
+                )
+                .reason("wrong password, unknown or disabled user"),
             )
             .await?;
         return Err(Error::Unauthenticated(BAD_CREDENTIALS.into()));
@@ -227,7 +235,7 @@ pub async fn visible_order(shared: &Shared, user: &User, order_id: Uuid) -> Resu
             .audit(
                 &NewEntry::new(
                     &user.username,
-                    "order.access_refused",
+                    Action::OrderAccessRefused,
                     format!("order/{order_id}"),
                 )
                 .reason(format!(
@@ -293,7 +301,7 @@ pub async fn sign_release(
             .audit(
                 &NewEntry::new(
                     &user.username,
-                    "release.signing_refused",
+                    Action::ReleaseSigningRefused,
                     format!("batch/{}", form.batch_id),
                 )
                 .batch(form.batch_id)
@@ -319,7 +327,7 @@ pub async fn sign_release(
             .audit(
                 &NewEntry::new(
                     &user.username,
-                    "release.signing_failed",
+                    Action::ReleaseSigningFailed,
                     format!("batch/{}", form.batch_id),
                 )
                 .batch(form.batch_id)

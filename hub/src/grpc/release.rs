@@ -34,7 +34,7 @@ pub fn audit_to_pb(entry: &crate::audit::Entry) -> pb::AuditEntry {
         position: entry.position,
         at: Some(to_timestamp(entry.at)),
         actor: entry.actor.clone(),
-        action: entry.action.clone(),
+        action: entry.action.to_string(),
         object: entry.object.clone(),
         old_value: entry.old_value.clone(),
         new_value: entry.new_value.clone(),

@@ -7,7 +7,7 @@
 //! its last enrollment, and the site must not be suspended.
 
 use super::{status, Shared};
-use crate::audit::NewEntry;
+use crate::audit::{Action, NewEntry};
 use crate::auth::{secret_sha256, EnrollmentToken};
 use crate::model;
 use crate::model::SiteStatus;
@@ -133,7 +133,7 @@ async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<Ident
     shared
         .audit_refusal(
             kind,
-            NewEntry::new(&site_id, "site.link_refused", format!("site/{site_id}"))
+            NewEntry::new(&site_id, Action::SiteLinkRefused, format!("site/{site_id}"))
                 .reason(format!("{refused} (certificate sha256 {fingerprint})")),
         )
         .await;
@@ -183,7 +183,7 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
                 self.0
                     .audit_refusal(
                         &reason,
-                        NewEntry::new("unknown agent", "site.enrollment_refused", "site/?")
+                        NewEntry::new("unknown agent", Action::SiteEnrollmentRefused, "site/?")
                             .reason(&reason),
                     )
                     .await;
@@ -704,7 +704,7 @@ impl Link {
                         "events",
                         NewEntry::new(
                             &self.site_id,
-                            "site.events_refused",
+                            Action::SiteEventsRefused,
                             format!("site/{}", self.site_id),
                         )
                         .reason(&why),

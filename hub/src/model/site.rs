@@ -1,6 +1,7 @@
 //! Sites of the network and their lifecycle.
 
 use super::{BatchState, Progress, Refusal};
+use crate::audit::Action;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -108,17 +109,17 @@ pub fn site_transition(
     site: &Site,
     to: SiteStatus,
     open_batches: &[OpenBatch],
-) -> Result<&'static str, Refusal> {
+) -> Result<Action, Refusal> {
     let id = &site.site_id;
     let from = site.status;
     match (from, to) {
         (SiteStatus::Ceased, _) => Err(Refusal::FailedPrecondition(format!(
             "site {id:?} has ceased; a ceased site cannot change again (its records stay readable)"
         ))),
-        (SiteStatus::Pending | SiteStatus::Active, SiteStatus::Suspended) => Ok("site.suspended"),
-        (SiteStatus::Suspended, SiteStatus::Active) => Ok("site.resumed"),
+        (SiteStatus::Pending | SiteStatus::Active, SiteStatus::Suspended) => Ok(Action::SiteSuspended),
+        (SiteStatus::Suspended, SiteStatus::Active) => Ok(Action::SiteResumed),
         (_, SiteStatus::Ceased) => match open_batches {
-            [] => Ok("site.ceased"),
+            [] => Ok(Action::SiteCeased),
             open => Err(Refusal::FailedPrecondition(format!(
                 "site {id:?} still has {} open batch(es) ({}); each must be infused, rejected or cancelled before the site can cease",
                 open.len(),

@@ -10,7 +10,7 @@
 //! or a record for another site's batch refuses the whole message.
 
 use super::{Error, Ingested, Received, Result};
-use crate::audit::NewEntry;
+use crate::audit::{Action, NewEntry};
 use crate::model::{Order, Projection, QcRecord, StoredRecipe};
 use carrel_proto::event::{EventKind, SiteEvent};
 use std::collections::{HashMap, HashSet};
@@ -179,7 +179,7 @@ pub fn plan<'a>(
         plan.audit.push(
             NewEntry::new(
                 site_id,
-                "site_events.replicated",
+                Action::SiteEventsReplicated,
                 format!("site/{site_id}/events/{first_new}..{next}"),
             )
             .value(format!(
@@ -216,7 +216,7 @@ fn audit_site_event(
         } => {
             tracing::warn!(site_id, batch_id = %event.batch_id, checkpoint_id, scanned_coi, "COI MISMATCH at custody checkpoint: raised to QA");
             audit.push(
-                NewEntry::new(&event.recorded_by, "custody.mismatch", object)
+                NewEntry::new(&event.recorded_by, Action::CustodyMismatch, object)
                     .batch(event.batch_id)
                     .change(expected_coi.clone(), scanned_coi.clone())
                     .reason(format!("hard stop at checkpoint {checkpoint_id}")),
@@ -237,7 +237,7 @@ fn audit_site_event(
             audit.push(
                 NewEntry::new(
                     &event.recorded_by,
-                    "record.corrected",
+                    Action::RecordCorrected,
                     format!("site/{site_id}/event/{corrects_seq}"),
                 )
                 .batch(event.batch_id)
@@ -251,7 +251,7 @@ fn audit_site_event(
         audit.push(
             NewEntry::new(
                 site_id,
-                "batch.state_changed",
+                Action::BatchStateChanged,
                 format!("batch/{}", order.batch_id),
             )
             .batch(order.batch_id)

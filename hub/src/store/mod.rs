@@ -271,7 +271,7 @@ pub trait Store:
     }
     /// Entries in position order; only those of one batch when `batch_id` is given.
     async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<crate::audit::Entry>>;
-    async fn audit_count(&self, action: &str) -> Result<u64>;
+    async fn audit_count(&self, action: crate::audit::Action) -> Result<u64>;
     /// Failed sign-ins recorded for `username` after `since` and after its last
     /// successful sign-in (for locking an account under a password-guessing attack).
     async fn sign_in_failures_since(&self, username: &str, since: DateTime<Utc>) -> Result<u64>;

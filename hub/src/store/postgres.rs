@@ -220,7 +220,7 @@ impl Write<'_> {
                 .bind(i64_of(position)?)
                 .bind(at)
                 .bind(&entry.actor)
-                .bind(&entry.action)
+                .bind(entry.action.as_str())
                 .bind(&entry.object)
                 .bind(entry.batch_id)
                 .bind(&entry.old_value)
@@ -452,9 +452,9 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn audit_count(&self, action: &str) -> Result<u64> {
+    async fn audit_count(&self, action: crate::audit::Action) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = $1")
-            .bind(action)
+            .bind(action.as_str())
             .fetch_one(&self.pool)
             .await?;
         u64::try_from(n).map_err(|_| Error::Corrupt("negative count".into()))

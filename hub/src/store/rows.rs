@@ -138,7 +138,11 @@ pub(crate) fn audit_entry(row: &impl Columns) -> Result<(audit::Entry, String)> 
             position: row.count("position")?,
             at: row.time("at")?,
             actor: row.text("actor")?,
-            action: row.text("action")?,
+            action: {
+                let action = row.text("action")?;
+                audit::Action::parse(&action)
+                    .map_or_else(|| corrupt("audit action", &action), Ok)?
+            },
             object: row.text("object")?,
             batch_id: row.opt_uuid("batch_id")?,
             old_value: row.text("old_value")?,

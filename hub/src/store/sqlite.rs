@@ -559,9 +559,9 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn audit_count(&self, action: &str) -> Result<u64> {
+    async fn audit_count(&self, action: crate::audit::Action) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = ?")
-            .bind(action)
+            .bind(action.as_str())
             .fetch_one(&self.pool)
             .await?;
         Ok(n as u64)

@@ -9,7 +9,7 @@
 use super::backend::{OrderKey, Tx};
 use super::schedule::{self as schedule_store, booked_from, capacity_json, DelayNotice};
 use super::{ts, Error, Result};
-use crate::audit::NewEntry;
+use crate::audit::{Action, NewEntry};
 use crate::model::notification::happening;
 use crate::model::notification::{
     kinds_text, Channel, NewSubscription, NotifierPass, OutboxEntry, OutboxState, Subscription,
@@ -51,7 +51,7 @@ pub(crate) async fn publish_recipe(
     tx.audit(
         NewEntry::new(
             "system",
-            "recipe.published",
+            Action::RecipePublished,
             format!("recipe/{}/v{}", recipe.id, recipe.version),
         )
         .value(sha),
@@ -71,8 +71,12 @@ pub(crate) async fn add_user(
         return Err(Error::AlreadyExists(format!("user {:?}", user.username)));
     }
     tx.audit(
-        NewEntry::new(actor, "user.created", format!("user/{}", user.username))
-            .value(format!("{} ({})", user.full_name, user.role)),
+        NewEntry::new(
+            actor,
+            Action::UserCreated,
+            format!("user/{}", user.username),
+        )
+        .value(format!("{} ({})", user.full_name, user.role)),
         now,
     )
     .await?;
@@ -89,7 +93,7 @@ pub(crate) async fn create_session(
     tx.insert_session(token_sha256, username, expires_at, now)
         .await?;
     tx.audit(
-        NewEntry::new(username, "user.signed_in", format!("user/{username}"))
+        NewEntry::new(username, Action::UserSignedIn, format!("user/{username}"))
             .value(format!("session until {}", ts(expires_at))),
         now,
     )
@@ -104,7 +108,7 @@ pub(crate) async fn delete_session(
 ) -> Result<()> {
     if let Some(username) = tx.delete_session(token_sha256).await? {
         tx.audit(
-            NewEntry::new(&username, "user.signed_out", format!("user/{username}")),
+            NewEntry::new(&username, Action::UserSignedOut, format!("user/{username}")),
             now,
         )
         .await?;
@@ -133,7 +137,7 @@ pub(crate) async fn add_site(
         return Err(Error::AlreadyExists(format!("site {site_id:?}")));
     }
     tx.audit(
-        NewEntry::new(actor, "site.registered", format!("site/{site_id}")).value(format!(
+        NewEntry::new(actor, Action::SiteRegistered, format!("site/{site_id}")).value(format!(
             "{name}; enrollment token valid until {}",
             ts(token_expires_at)
         )),
@@ -159,7 +163,7 @@ pub(crate) async fn complete_enrollment(
         ));
     }
     tx.audit(
-        NewEntry::new(site_id, "site.enrolled", format!("site/{site_id}")).value(format!(
+        NewEntry::new(site_id, Action::SiteEnrolled, format!("site/{site_id}")).value(format!(
             "certificate {} valid until {}",
             cert.sha256,
             ts(cert.not_after)
@@ -194,9 +198,13 @@ pub(crate) async fn set_site_status(
             let flagged = batch.flagged_for_suspension(actor, reason, now);
             tx.set_progress(batch.batch_id, &flagged, now).await?;
             tx.audit(
-                NewEntry::new(actor, "batch.flagged", format!("batch/{}", batch.batch_id))
-                    .value(format!("{}: site {site_id} suspended", batch.state))
-                    .reason(reason),
+                NewEntry::new(
+                    actor,
+                    Action::BatchFlagged,
+                    format!("batch/{}", batch.batch_id),
+                )
+                .value(format!("{}: site {site_id} suspended", batch.state))
+                .reason(reason),
                 now,
             )
             .await?;
@@ -231,7 +239,7 @@ pub(crate) async fn record_renewed_certificate(
     tx.audit(
         NewEntry::new(
             site_id,
-            "site.certificate_issued",
+            Action::SiteCertificateIssued,
             format!("site/{site_id}"),
         )
         .value(format!(
@@ -263,7 +271,7 @@ pub(crate) async fn promote_pending_certificate(
     tx.audit(
         NewEntry::new(
             site_id,
-            "site.certificate_replaced",
+            Action::SiteCertificateReplaced,
             format!("site/{site_id}"),
         )
         .change(site.cert_sha256.as_deref().unwrap_or(""), cert_sha256),
@@ -391,7 +399,7 @@ pub(crate) async fn create_order(
     tx.audit(
         NewEntry::new(
             &new.physician,
-            "order.created",
+            Action::OrderCreated,
             format!("order/{}", order.order_id),
         )
         .batch(order.batch_id)
@@ -443,7 +451,7 @@ pub(crate) async fn cancel_order(
     )
     .await?;
     tx.audit(
-        NewEntry::new(by, "order.cancelled", format!("order/{order_id}"))
+        NewEntry::new(by, Action::OrderCancelled, format!("order/{order_id}"))
             .batch(order.batch_id)
             .change(order.state.as_str(), BatchState::Cancelled.as_str())
             .reason(reason),
@@ -516,7 +524,7 @@ pub(crate) async fn sign_release(
     tx.audit(
         NewEntry::new(
             &signature.signer,
-            "release.signed",
+            Action::ReleaseSigned,
             format!("batch/{}", order.batch_id),
         )
         .batch(order.batch_id)
@@ -597,7 +605,7 @@ pub(crate) async fn set_capacity(
     tx.audit(
         NewEntry::new(
             actor,
-            "site.capacity_changed",
+            Action::SiteCapacityChanged,
             format!("site/{site_id}/capacity"),
         )
         .change(old, document),
@@ -643,7 +651,7 @@ pub(crate) async fn reschedule_order(
     })?;
     tx.move_booking(order_id, &plan, now).await?;
     tx.audit(
-        NewEntry::new(by, "order.rescheduled", format!("order/{order_id}"))
+        NewEntry::new(by, Action::OrderRescheduled, format!("order/{order_id}"))
             .batch(order.batch_id)
             .change(
                 format!("{} slot {}", current.collection_date, current.slot + 1),
@@ -693,10 +701,14 @@ pub(crate) async fn store_replan(
     }
     if let Some(notice) = notice.filter(|_| announced) {
         tx.audit(
-            NewEntry::new("hub", "order.delayed", format!("order/{}", moved.order_id))
-                .batch(order.batch_id)
-                .change(ts(notice.planned_release), ts(notice.expected_release))
-                .reason(&notice.reason),
+            NewEntry::new(
+                "hub",
+                Action::OrderDelayed,
+                format!("order/{}", moved.order_id),
+            )
+            .batch(order.batch_id)
+            .change(ts(notice.planned_release), ts(notice.expected_release))
+            .reason(&notice.reason),
             now,
         )
         .await?;
@@ -729,7 +741,7 @@ pub(crate) async fn subscribe(
     tx.audit(
         NewEntry::new(
             &new.owner,
-            "notification.subscribed",
+            Action::NotificationSubscribed,
             format!("subscription/{}", subscription.subscription_id),
         )
         .value(format!(
@@ -761,7 +773,7 @@ pub(crate) async fn unsubscribe(
     tx.audit(
         NewEntry::new(
             actor,
-            "notification.unsubscribed",
+            Action::NotificationUnsubscribed,
             format!("subscription/{subscription_id}"),
         )
         .value(format!("{dropped} undelivered notification(s) dropped")),
@@ -822,7 +834,7 @@ pub(crate) async fn check_site_links(
     let mut changed = Vec::new();
     for (site_id, last_contact) in down {
         tx.audit(
-            NewEntry::new("hub", "site.link_down", format!("site/{site_id}"))
+            NewEntry::new("hub", Action::SiteLinkDown, format!("site/{site_id}"))
                 .change(ts(last_contact), "")
                 .reason(format!(
                     "not heard from for more than {} s",
@@ -835,7 +847,7 @@ pub(crate) async fn check_site_links(
     }
     for (site_id, last_contact) in back {
         tx.audit(
-            NewEntry::new("hub", "site.link_restored", format!("site/{site_id}"))
+            NewEntry::new("hub", Action::SiteLinkRestored, format!("site/{site_id}"))
                 .value(last_contact.map(ts).unwrap_or_default()),
             now,
         )
@@ -870,7 +882,7 @@ pub(crate) async fn requeue(
     tx.audit(
         NewEntry::new(
             actor,
-            "notification.requeued",
+            Action::NotificationRequeued,
             format!("notification/{notification_id}"),
         )
         .change(

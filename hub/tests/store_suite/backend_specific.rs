@@ -42,7 +42,7 @@ async fn postgres_hubs_sharing_a_database_keep_every_log_gapless() {
         auditing.spawn(async move {
             hub.audit(&NewEntry::new(
                 QA,
-                "user.sign_in_failed",
+                carrel_hub::audit::Action::UserSignInFailed,
                 format!("user/{QA}"),
             ))
             .await
@@ -125,7 +125,13 @@ async fn postgres_audit_log_refuses_changes() {
             .to_string();
         assert!(error.contains("append-only"), "{statement}: {error}");
     }
-    assert_eq!(store.audit_count("user.created").await.expect("count"), 1);
+    assert_eq!(
+        store
+            .audit_count(carrel_hub::audit::Action::UserCreated)
+            .await
+            .expect("count"),
+        1
+    );
     let intact = store
         .verify_audit()
         .await

@@ -280,7 +280,10 @@ pub async fn case_one_message_may_repeat_and_correct_its_own_records(store: Arc<
         stored.progress
     );
     assert_eq!(
-        store.audit_count("record.corrected").await.expect("count"),
+        store
+            .audit_count(carrel_hub::audit::Action::RecordCorrected)
+            .await
+            .expect("count"),
         1
     );
 
@@ -376,7 +379,7 @@ pub async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_n
     );
     assert_eq!(
         store
-            .audit_count("site_events.replicated")
+            .audit_count(carrel_hub::audit::Action::SiteEventsReplicated)
             .await
             .expect("count"),
         8
@@ -553,7 +556,10 @@ pub async fn case_custody_mismatch_is_an_exception_and_audited(store: Arc<dyn St
     assert_eq!(current.progress.exceptions, vec![2]);
     assert!(current.progress.checkpoints_passed.is_empty());
     assert_eq!(
-        store.audit_count("custody.mismatch").await.expect("count"),
+        store
+            .audit_count(carrel_hub::audit::Action::CustodyMismatch)
+            .await
+            .expect("count"),
         1
     );
 }

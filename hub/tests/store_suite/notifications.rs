@@ -106,10 +106,14 @@ pub async fn case_notifier_queues_each_happening_once(store: Arc<dyn Store>) {
     // The scheduling side records delays as `order.delayed`.
     store
         .audit(
-            &NewEntry::new("hub", "order.delayed", format!("order/{}", first.order_id))
-                .batch(first.batch_id)
-                .value("2026-12-24T10:00:00Z")
-                .reason("incubator fault"),
+            &NewEntry::new(
+                "hub",
+                carrel_hub::audit::Action::OrderDelayed,
+                format!("order/{}", first.order_id),
+            )
+            .batch(first.batch_id)
+            .value("2026-12-24T10:00:00Z")
+            .reason("incubator fault"),
         )
         .await
         .expect("audit a delay");
@@ -297,7 +301,7 @@ pub async fn case_deliveries_back_off_fail_and_can_be_requeued(store: Arc<dyn St
     );
     assert_eq!(
         store
-            .audit_count("notification.requeued")
+            .audit_count(carrel_hub::audit::Action::NotificationRequeued)
             .await
             .expect("count"),
         1
@@ -355,7 +359,13 @@ pub async fn case_a_site_link_down_is_reported_once_per_outage(store: Arc<dyn St
         .await
         .expect("check")
         .is_empty());
-    assert_eq!(store.audit_count("site.link_down").await.expect("count"), 1);
+    assert_eq!(
+        store
+            .audit_count(carrel_hub::audit::Action::SiteLinkDown)
+            .await
+            .expect("count"),
+        1
+    );
 
     store.touch_site(SITE_A, now()).await.expect("touch");
     assert_eq!(
@@ -367,7 +377,7 @@ pub async fn case_a_site_link_down_is_reported_once_per_outage(store: Arc<dyn St
     );
     assert_eq!(
         store
-            .audit_count("site.link_restored")
+            .audit_count(carrel_hub::audit::Action::SiteLinkRestored)
             .await
             .expect("count"),
         1

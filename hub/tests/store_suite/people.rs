@@ -58,7 +58,7 @@ pub async fn case_failed_sign_ins_count_until_a_success(store: Arc<dyn Store>) {
     let fail = || {
         carrel_hub::audit::NewEntry::new(
             PHYSICIAN,
-            "user.sign_in_failed",
+            carrel_hub::audit::Action::UserSignInFailed,
             format!("user/{PHYSICIAN}"),
         )
         .reason("wrong password")

@@ -286,7 +286,7 @@ pub async fn case_a_capacity_that_breaks_bookings_or_misses_open_orders_is_refus
         Some(capacity(2, 4))
     );
     let changes = store
-        .audit_count("site.capacity_changed")
+        .audit_count(carrel_hub::audit::Action::SiteCapacityChanged)
         .await
         .expect("count");
     assert_eq!(changes, 1, "only the accepted declaration is audited");

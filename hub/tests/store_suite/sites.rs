@@ -125,7 +125,10 @@ pub async fn case_suspending_a_site_flags_its_running_batches_for_qa(store: Arc<
         ],
     )
     .await;
-    let audited_before = store.audit_count("batch.flagged").await.expect("count");
+    let audited_before = store
+        .audit_count(carrel_hub::audit::Action::BatchFlagged)
+        .await
+        .expect("count");
     let anomalies_before = store
         .order(running.order_id)
         .await
@@ -170,10 +173,19 @@ pub async fn case_suspending_a_site_flags_its_running_batches_for_qa(store: Arc<
         );
     }
     assert_eq!(
-        store.audit_count("batch.flagged").await.expect("count"),
+        store
+            .audit_count(carrel_hub::audit::Action::BatchFlagged)
+            .await
+            .expect("count"),
         audited_before + 1
     );
-    assert_eq!(store.audit_count("site.suspended").await.expect("count"), 1);
+    assert_eq!(
+        store
+            .audit_count(carrel_hub::audit::Action::SiteSuspended)
+            .await
+            .expect("count"),
+        1
+    );
 }
 
 pub async fn case_a_site_ceases_only_when_its_batches_are_closed_and_for_good(
@@ -204,7 +216,13 @@ pub async fn case_a_site_ceases_only_when_its_batches_are_closed_and_for_good(
         store.site(SITE_A).await.expect("site").status,
         SiteStatus::Active
     );
-    assert_eq!(store.audit_count("site.ceased").await.expect("count"), 0);
+    assert_eq!(
+        store
+            .audit_count(carrel_hub::audit::Action::SiteCeased)
+            .await
+            .expect("count"),
+        0
+    );
 
     store
         .cancel_order(order.order_id, "site closing", PHYSICIAN, now())
@@ -215,7 +233,13 @@ pub async fn case_a_site_ceases_only_when_its_batches_are_closed_and_for_good(
         .await
         .expect("cease");
     assert_eq!(ceased.status, SiteStatus::Ceased);
-    assert_eq!(store.audit_count("site.ceased").await.expect("count"), 1);
+    assert_eq!(
+        store
+            .audit_count(carrel_hub::audit::Action::SiteCeased)
+            .await
+            .expect("count"),
+        1
+    );
 
     // Final: no resume, no suspend, no orders; its records are still there.
     for to in [
@@ -281,14 +305,14 @@ pub async fn case_a_renewed_certificate_replaces_the_old_one_when_first_used(
     assert_eq!(promoted.pending_cert_sha256, None);
     assert_eq!(
         store
-            .audit_count("site.certificate_issued")
+            .audit_count(carrel_hub::audit::Action::SiteCertificateIssued)
             .await
             .expect("count"),
         1
     );
     assert_eq!(
         store
-            .audit_count("site.certificate_replaced")
+            .audit_count(carrel_hub::audit::Action::SiteCertificateReplaced)
             .await
             .expect("count"),
         1

@@ -2,7 +2,7 @@
 //! records. Pure: the store fetches what [`needs`] names and passes it in.
 
 use super::Kind;
-use crate::audit::Entry;
+use crate::audit::{Action, Entry};
 use carrel_proto::event::{EventKind, SiteEvent};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -62,8 +62,8 @@ pub enum Needs {
 }
 
 pub fn needs(entry: &Entry) -> Needs {
-    match entry.action.as_str() {
-        "site_events.replicated" => match parse_event_range(&entry.object) {
+    match entry.action {
+        Action::SiteEventsReplicated => match parse_event_range(&entry.object) {
             Some((site_id, first, last)) => Needs::SiteEvents {
                 site_id,
                 first,
@@ -71,9 +71,10 @@ pub fn needs(entry: &Entry) -> Needs {
             },
             None => Needs::Nothing,
         },
-        "batch.state_changed" | "custody.mismatch" | "release.signed" | "order.delayed" => {
-            entry.batch_id.map_or(Needs::Nothing, Needs::Order)
-        }
+        Action::BatchStateChanged
+        | Action::CustodyMismatch
+        | Action::ReleaseSigned
+        | Action::OrderDelayed => entry.batch_id.map_or(Needs::Nothing, Needs::Order),
         _ => Needs::Nothing,
     }
 }
@@ -109,8 +110,8 @@ pub fn happenings(
     };
     let coi = order.map(|o| o.coi.as_str()).unwrap_or("?");
     let site = order.map(|o| o.site_id.as_str()).unwrap_or("?");
-    match entry.action.as_str() {
-        "batch.state_changed" => match (entry.old_value.as_str(), entry.new_value.as_str()) {
+    match entry.action {
+        Action::BatchStateChanged => match (entry.old_value.as_str(), entry.new_value.as_str()) {
             ("ordered", "accepted") => of_order(
                 Kind::OrderDispatched,
                 format!("Site {site} accepted the order for COI {coi}"),
@@ -121,7 +122,7 @@ pub fn happenings(
             ),
             _ => Vec::new(),
         },
-        "release.signed" => {
+        Action::ReleaseSigned => {
             // new_value starts with the meaning signed ("released by ...").
             let meaning = entry.new_value.split_whitespace().next().unwrap_or("");
             match meaning {
@@ -136,25 +137,25 @@ pub fn happenings(
                 _ => Vec::new(),
             }
         }
-        "custody.mismatch" => of_order(
+        Action::CustodyMismatch => of_order(
             Kind::CoiMismatch,
             format!(
                 "COI MISMATCH for batch COI {coi} at site {site}: expected {}, scanned {} ({})",
                 entry.old_value, entry.new_value, entry.reason
             ),
         ),
-        "order.delayed" => of_order(
+        Action::OrderDelayed => of_order(
             Kind::Delayed,
             format!(
                 "Order for COI {coi} at site {site} is delayed: release now expected {} ({})",
                 entry.new_value, entry.reason
             ),
         ),
-        "site.link_down" | "site.link_restored" => {
+        Action::SiteLinkDown | Action::SiteLinkRestored => {
             let Some(site_id) = entry.object.strip_prefix("site/") else {
                 return Vec::new();
             };
-            let (kind, summary) = if entry.action == "site.link_down" {
+            let (kind, summary) = if entry.action == Action::SiteLinkDown {
                 (
                     Kind::SiteLinkDown,
                     format!(
@@ -177,7 +178,7 @@ pub fn happenings(
                 summary,
             }]
         }
-        "site_events.replicated" => events
+        Action::SiteEventsReplicated => events
             .iter()
             .filter_map(|facts| of_event(entry, &source, facts))
             .collect(),

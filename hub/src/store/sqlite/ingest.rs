@@ -334,7 +334,7 @@ impl Audit<'_> {
                 i64_of(position)?,
                 at,
                 entry.actor,
-                entry.action,
+                entry.action.as_str(),
                 entry.object,
                 entry.batch_id.map(|b| b.to_string()),
                 entry.old_value,

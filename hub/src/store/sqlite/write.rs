@@ -739,7 +739,7 @@ impl WriteTx for SqliteWrite<'_> {
         .bind(i64_of(position)?)
         .bind(&at)
         .bind(&entry.actor)
-        .bind(&entry.action)
+        .bind(entry.action.as_str())
         .bind(&entry.object)
         .bind(entry.batch_id.map(|b| b.to_string()))
         .bind(&entry.old_value)

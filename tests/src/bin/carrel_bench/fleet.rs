@@ -137,7 +137,7 @@ impl Hub {
         Ok(self
             .shared
             .store
-            .audit_count("site_events.replicated")
+            .audit_count(carrel_hub::audit::Action::SiteEventsReplicated)
             .await?)
     }
 
