@@ -6,6 +6,7 @@ mod notify;
 
 use crate::admin;
 use crate::model::Role;
+use crate::telemetry::LogFormat;
 use crate::Config;
 use anyhow::{bail, Context};
 use carrel_proto::event::from_timestamp;
@@ -30,12 +31,6 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, global = true, env = "CARREL_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 mod schedule;
