@@ -2,6 +2,7 @@
 //! hub; `site add` and `user add` work on the hub machine's own store; the rest are
 //! clients of the gRPC API and need `login` first.
 
+pub mod dev;
 mod notify;
 
 use crate::admin;
@@ -53,7 +54,7 @@ pub enum Command {
         dump_config: bool,
     },
     /// Run a whole network on loopback: a hub, its CA, demo users and two simulated sites.
-    Dev(crate::dev::DevArgs),
+    Dev(dev::DevArgs),
     /// Sites (run on the hub machine for `add`; `list`, `suspend`, `resume` use the API).
     #[command(subcommand)]
     Site(SiteCommand),
@@ -406,7 +407,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dev(args) => {
             let telemetry = crate::telemetry::init(cli.log_format, None)?;
-            let result = crate::dev::run(args).await;
+            let result = dev::run(args).await;
             telemetry.shutdown().await;
             result
         }
