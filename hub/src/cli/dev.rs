@@ -5,7 +5,7 @@
 //! and connect over real mutual-TLS gRPC, exactly as separate machines would. Only
 //! the process boundary is saved: the agents run inside this process.
 
-use super::{with_token, ClientArgs};
+use super::client::{with_token, ClientArgs};
 use crate::model::{BatchState, Role};
 use crate::server;
 use crate::Config;
@@ -298,7 +298,7 @@ async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> a
         token_file: None,
         json: false,
     };
-    let channel = super::connect(&client).await?;
+    let channel = super::client::connect(&client).await?;
     let login = pb::auth_service_client::AuthServiceClient::new(channel.clone())
         .login(pb::LoginRequest {
             username: "dr.ada".into(),
