@@ -10,7 +10,8 @@
 //! events move a batch), with no I/O; [`store`] is the database behind one
 //! interface; [`record`] builds and hashes the batch record; [`pki`] is the CA;
 //! [`auth`] holds passwords and tokens; [`admin`] registers sites and users;
-//! [`cli`] is the command line for people; [`dev`] runs a whole network on loopback;
+//! [`cli`] is the command line for people ([`cli::dev`] runs a whole network on
+//! loopback); [`telemetry`] writes the logs and traces;
 //! [`notify`] turns the audit trail into e-mail and webhook notifications.
 #![forbid(unsafe_code)]
 
@@ -21,7 +22,6 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod console;
-pub mod dev;
 pub mod grpc;
 pub mod metrics;
 pub mod model;

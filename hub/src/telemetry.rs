@@ -7,7 +7,7 @@
 //! batch processor): tonic needs a tokio reactor, which the SDK's default batch thread
 //! does not have.
 
-use crate::cli::LogFormat;
+use clap::ValueEnum;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
@@ -16,6 +16,14 @@ use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// How logs are written to standard error: plain text, or one JSON object a line
+/// (`--log-format`, `CARREL_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Keeps the trace exporter alive; [`Telemetry::shutdown`] sends what is buffered.
 #[must_use = "dropping it without shutdown loses the last spans"]

@@ -1,7 +1,8 @@
 //! `carrel-hub notify ...`: subscriptions and the notifications sent for them, over
 //! the API like `carrel-hub order ...`.
 
-use super::{authed, time_text, ClientArgs};
+use super::client::{authed, ClientArgs};
+use super::output::time_text;
 use anyhow::Context;
 use carrel_proto::pb;
 use clap::Subcommand;

@@ -1,7 +1,8 @@
 //! `carrel-hub schedule …` and the vein-to-vein clock in `order show`: clients of
 //! the `ScheduleService` API.
 
-use super::{authed, time_text, ClientArgs};
+use super::client::{authed, ClientArgs};
+use super::output::time_text;
 use crate::clock::span_text;
 use crate::grpc::schedule::{capacity_from_pb, capacity_to_pb};
 use crate::schedule::Capacity;
@@ -62,8 +63,8 @@ pub enum ScheduleCommand {
 }
 
 fn schedule_api(
-    channel: super::Authed,
-) -> pb::schedule_service_client::ScheduleServiceClient<super::Authed> {
+    channel: super::client::Authed,
+) -> pb::schedule_service_client::ScheduleServiceClient<super::client::Authed> {
     pb::schedule_service_client::ScheduleServiceClient::new(channel)
 }
 

@@ -5,7 +5,7 @@
 //! and connect over real mutual-TLS gRPC, exactly as separate machines would. Only
 //! the process boundary is saved: the agents run inside this process.
 
-use crate::cli::{with_token, ClientArgs};
+use super::client::{with_token, ClientArgs};
 use crate::model::{BatchState, Role};
 use crate::server;
 use crate::Config;
@@ -88,7 +88,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(crate::cli::shutdown_signal(shutdown.clone()));
+    tokio::spawn(super::shutdown_signal(shutdown.clone()));
     let hub = server::start(config.clone(), shutdown.clone()).await?;
     let addr = hub.addr;
     let hub_url = format!("https://{addr}");
@@ -298,7 +298,7 @@ async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> a
         token_file: None,
         json: false,
     };
-    let channel = crate::cli::connect(&client).await?;
+    let channel = super::client::connect(&client).await?;
     let login = pb::auth_service_client::AuthServiceClient::new(channel.clone())
         .login(pb::LoginRequest {
             username: "dr.ada".into(),
