@@ -300,7 +300,22 @@ pub trait Store:
         .await
     }
     /// The site an unused, unexpired enrollment token belongs to.
-    async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site>;
+    async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site> {
+        match self.site_holding_token(token_sha256).await? {
+            None => Err(Error::PermissionDenied(
+                "enrollment token is unknown or was already used".into(),
+            )),
+            Some((site, Some(expires))) if expires > now => Ok(site),
+            Some(_) => Err(Error::PermissionDenied(
+                "enrollment token has expired".into(),
+            )),
+        }
+    }
+    /// The site holding an enrollment token, with when the token expires.
+    async fn site_holding_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<(Site, Option<DateTime<Utc>>)>>;
     /// Uses the token up and records the certificate issued with it; fails if the
     /// token was used meanwhile.
     async fn complete_enrollment(

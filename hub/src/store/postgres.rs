@@ -485,21 +485,21 @@ impl Store for PgStore {
         Ok(audit::verify(entries))
     }
 
-    async fn site_for_token(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<Site> {
-        let row = sqlx::query("SELECT * FROM sites WHERE token_sha256 = $1")
+    async fn site_holding_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<(Site, Option<DateTime<Utc>>)>> {
+        sqlx::query("SELECT * FROM sites WHERE token_sha256 = $1")
             .bind(token_sha256)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| {
-                Error::PermissionDenied("enrollment token is unknown or was already used".into())
-            })?;
-        let expires: Option<DateTime<Utc>> = row.try_get("token_expires_at")?;
-        match expires {
-            Some(at) if at > now => rows::site(&row),
-            _ => Err(Error::PermissionDenied(
-                "enrollment token has expired".into(),
-            )),
-        }
+            .map(|row| {
+                Ok((
+                    rows::site(&row)?,
+                    rows::Columns::opt_time(&row, "token_expires_at")?,
+                ))
+            })
+            .transpose()
     }
 
     async fn site(&self, site_id: &str) -> Result<Site> {
