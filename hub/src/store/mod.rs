@@ -203,6 +203,29 @@ impl From<SiteEvent> for Received {
     }
 }
 
+/// Recipe versions by (id, version), kept in memory: a published version never
+/// changes, so a version read once is never read again. Shared by a backend's
+/// connections (cloning shares it).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RecipeCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, u32), StoredRecipe>>>,
+);
+
+impl RecipeCache {
+    pub(crate) fn get(&self, recipe_id: &str, version: u32) -> Option<StoredRecipe> {
+        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&(recipe_id.to_owned(), version)).cloned()
+    }
+
+    pub(crate) fn keep(&self, stored: &StoredRecipe) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(
+            (stored.recipe.id.clone(), stored.recipe.version),
+            stored.clone(),
+        );
+    }
+}
+
 /// Result of storing a batch of site events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
@@ -460,8 +483,14 @@ pub trait Store:
     async fn create_order(&self, order: &NewOrder, now: DateTime<Utc>) -> Result<Order> {
         transactions::create_order(self.write().await?, order, now).await
     }
-    async fn order(&self, order_id: Uuid) -> Result<Order>;
-    async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order>;
+    async fn order(&self, order_id: Uuid) -> Result<Order> {
+        self.order_by(backend::OrderKey::Order(order_id)).await
+    }
+    async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order> {
+        self.order_by(backend::OrderKey::Batch(batch_id)).await
+    }
+    /// An order with its batch, by order id or batch id; `NotFound` when unknown.
+    async fn order_by(&self, key: backend::OrderKey) -> Result<Order>;
     /// Orders, newest first; only one physician's when `physician` is given.
     async fn list_orders(
         &self,

@@ -29,9 +29,7 @@ use chrono::SubsecRound;
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Executor, PgConnection, PgPool, Postgres, Row, Transaction};
-use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 
 mod schedule;
@@ -69,7 +67,7 @@ impl Default for Options {
 pub struct PgStore {
     pool: PgPool,
     /// Recipes are immutable once published, so they are cached by (id, version).
-    recipes: SyncMutex<HashMap<(String, u32), StoredRecipe>>,
+    recipes: RecipeCache,
 }
 
 /// A time as stored: to the microsecond, cut the way [`ts`] cuts it, so the text an
@@ -272,7 +270,7 @@ impl PgStore {
         MIGRATOR.run(&pool).await.map_err(migrate_error)?;
         Ok(PgStore {
             pool,
-            recipes: SyncMutex::new(HashMap::new()),
+            recipes: RecipeCache::default(),
         })
     }
 
@@ -298,7 +296,7 @@ impl PgStore {
         recipe_id: &str,
         version: u32,
     ) -> Result<StoredRecipe> {
-        if let Some(found) = self.cached_recipe(recipe_id, version) {
+        if let Some(found) = self.recipes.get(recipe_id, version) {
             return Ok(found);
         }
         let row = sqlx::query(
@@ -310,21 +308,8 @@ impl PgStore {
         .await?
         .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
         let stored = rows::recipe(&row)?;
-        self.cache_recipe(&stored);
+        self.recipes.keep(&stored);
         Ok(stored)
-    }
-
-    fn cached_recipe(&self, recipe_id: &str, version: u32) -> Option<StoredRecipe> {
-        let cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(&(recipe_id.to_owned(), version)).cloned()
-    }
-
-    fn cache_recipe(&self, stored: &StoredRecipe) {
-        let mut cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(
-            (stored.recipe.id.clone(), stored.recipe.version),
-            stored.clone(),
-        );
     }
 
     async fn site_in(conn: &mut PgConnection, site_id: &str) -> Result<Site> {
@@ -718,14 +703,9 @@ impl Store for PgStore {
         Ok(Some(rx))
     }
 
-    async fn order(&self, order_id: Uuid) -> Result<Order> {
+    async fn order_by(&self, key: OrderKey) -> Result<Order> {
         let mut conn = self.pool.acquire().await?;
-        Self::order_in(&mut conn, OrderKey::Order(order_id)).await
-    }
-
-    async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order> {
-        let mut conn = self.pool.acquire().await?;
-        Self::order_in(&mut conn, OrderKey::Batch(batch_id)).await
+        Self::order_in(&mut conn, key).await
     }
 
     async fn list_orders(

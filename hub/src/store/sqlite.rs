@@ -42,7 +42,7 @@ pub struct SqliteStore {
     /// The connection group commits run on (see `ingest.rs`).
     writer: Arc<ingest::Writer>,
     /// Recipes are immutable once published, so they are cached by (id, version).
-    recipes: ingest::RecipeCache,
+    recipes: RecipeCache,
     /// Stops the background checkpoints when the store is dropped.
     #[allow(dead_code)]
     checkpointer: tokio_util::sync::DropGuard,
@@ -310,7 +310,7 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
-        let recipes = ingest::RecipeCache::default();
+        let recipes = RecipeCache::default();
         let writer = Arc::new(ingest::Writer::open(
             options.get_filename(),
             recipes.clone(),
@@ -422,7 +422,7 @@ impl SqliteStore {
         recipe_id: &str,
         version: u32,
     ) -> Result<StoredRecipe> {
-        if let Some(found) = self.cached_recipe(recipe_id, version) {
+        if let Some(found) = self.recipes.get(recipe_id, version) {
             return Ok(found);
         }
         let row =
@@ -433,21 +433,8 @@ impl SqliteStore {
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
         let stored = rows::recipe(&row)?;
-        self.cache_recipe(&stored);
+        self.recipes.keep(&stored);
         Ok(stored)
-    }
-
-    fn cached_recipe(&self, recipe_id: &str, version: u32) -> Option<StoredRecipe> {
-        let cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(&(recipe_id.to_owned(), version)).cloned()
-    }
-
-    fn cache_recipe(&self, stored: &StoredRecipe) {
-        let mut cache = self.recipes.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(
-            (stored.recipe.id.clone(), stored.recipe.version),
-            stored.clone(),
-        );
     }
 
     async fn site_in(tx: &mut Transaction<'_, Sqlite>, site_id: &str) -> Result<Site> {
@@ -709,16 +696,9 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
-    async fn order(&self, order_id: Uuid) -> Result<Order> {
+    async fn order_by(&self, key: OrderKey) -> Result<Order> {
         let mut tx = self.pool.begin().await?;
-        let order = Self::order_in(&mut tx, OrderKey::Order(order_id)).await;
-        tx.commit().await?;
-        order
-    }
-
-    async fn order_by_batch(&self, batch_id: Uuid) -> Result<Order> {
-        let mut tx = self.pool.begin().await?;
-        let order = Self::order_in(&mut tx, OrderKey::Batch(batch_id)).await;
+        let order = Self::order_in(&mut tx, key).await;
         tx.commit().await?;
         order
     }

@@ -3,6 +3,10 @@
 //! before the caller hears of it. The backends supply only the primitives
 //! ([`WriteTx`]); [`super::Store`] runs these on a transaction of its backend.
 //!
+//! What each transaction promises is documented on the `Store` (or `NotifyStore`)
+//! method that runs it; here is how. Each takes the transaction by value and
+//! commits it last, so an early return (a refusal) drops it and nothing is kept.
+//!
 //! The site link's ingest is the one write not here: it is planned by the pure
 //! [`super::ingest`] and executed by each backend on its fastest path.
 

@@ -17,13 +17,9 @@ use super::super::*;
 use crate::audit::{self, NewEntry};
 use crate::model::{Order, StoredRecipe};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-
-/// Recipes by (id, version): immutable once published, so shared with the store.
-pub(super) type RecipeCache = Arc<Mutex<HashMap<(String, u32), StoredRecipe>>>;
 
 /// One site's events in a group commit.
 pub(super) struct Request {
@@ -227,9 +223,8 @@ impl Writer {
     }
 
     fn recipe(&self, tx: &Connection, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
-        let key = (recipe_id.to_owned(), version);
-        if let Some(found) = self.cache().get(&key) {
-            return Ok(found.clone());
+        if let Some(found) = self.recipes.get(recipe_id, version) {
+            return Ok(found);
         }
         let stored = tx
             .prepare_cached(
@@ -240,12 +235,8 @@ impl Writer {
             .map(|row| rows::recipe(&Row(row)))
             .transpose()?
             .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
-        self.cache().insert(key, stored.clone());
+        self.recipes.keep(&stored);
         Ok(stored)
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), StoredRecipe>> {
-        self.recipes.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
