@@ -2,9 +2,9 @@
 //! and the web console ([`crate::console`]) both call these, so the rules (validation,
 //! roles, Part 11 signing, audit) live in one place.
 
+use crate::app::Hub;
 use crate::audit::NewEntry;
 use crate::auth::{new_secret, secret_sha256, verify_password};
-use crate::grpc::Shared;
 use crate::model;
 use crate::model::{NewOrder, Order, Role, Signature, User};
 use crate::store;
@@ -44,7 +44,7 @@ pub const BAD_CREDENTIALS: &str = "unknown user or wrong password";
 
 /// A new session for a user who proved their password; failures are audited.
 pub async fn sign_in(
-    shared: &Shared,
+    hub: &Hub,
     username: &str,
     password: &str,
 ) -> Result<(String, DateTime<Utc>, User), Error> {
@@ -55,15 +55,14 @@ pub async fn sign_in(
     // Password guessing: after too many failures in a row the account is locked for a
     // while, whatever is typed. Counted per user name, so an unknown name locks too
     // and the answer reveals nothing about which names exist.
-    let window = Duration::seconds(i64::from(shared.config.sign_in_lockout_secs));
-    let failures = shared
+    let window = Duration::seconds(i64::from(hub.config.sign_in_lockout_secs));
+    let failures = hub
         .store
         .sign_in_failures_since(username, Utc::now() - window)
         .await?;
-    if failures >= u64::from(shared.config.sign_in_max_failures) {
+    if failures >= u64::from(hub.config.sign_in_max_failures) {
         tracing::warn!(username, failures, "sign-in refused: account locked");
-        shared
-            .store
+        hub.store
             .audit(
                 &NewEntry::new(username, "user.sign_in_locked", format!("user/{username}"))
                     .reason(format!("{failures} failed sign-ins in a row")),
@@ -71,10 +70,10 @@ pub async fn sign_in(
             .await?;
         return Err(Error::Unauthenticated(format!(
             "this account is locked after {failures} failed sign-ins; try again in {} minutes or ask an administrator",
-            shared.config.sign_in_lockout_secs.div_ceil(60)
+            hub.config.sign_in_lockout_secs.div_ceil(60)
         )));
     }
-    let user = match shared.store.user(username).await {
+    let user = match hub.store.user(username).await {
         Ok(user) => Some(user),
         Err(store::Error::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
@@ -84,8 +83,7 @@ pub async fn sign_in(
         .is_some_and(|u| !u.disabled && verify_password(password, &u.password_hash));
     let Some(user) = user.filter(|_| ok) else {
         tracing::warn!(username, "failed sign-in");
-        shared
-            .store
+        hub.store
             .audit(
                 &NewEntry::new(username, "user.sign_in_failed", format!("user/{username}"))
                     .reason("wrong password, unknown or disabled user"),
@@ -94,9 +92,8 @@ pub async fn sign_in(
         return Err(Error::Unauthenticated(BAD_CREDENTIALS.into()));
     };
     let token = new_secret();
-    let expires_at = Utc::now() + Duration::seconds(i64::from(shared.config.session_ttl_secs));
-    shared
-        .store
+    let expires_at = Utc::now() + Duration::seconds(i64::from(hub.config.session_ttl_secs));
+    hub.store
         .create_session(&secret_sha256(&token), &user.username, expires_at)
         .await?;
     tracing::info!(username, role = %user.role, "signed in");
@@ -142,7 +139,7 @@ fn validate_pseudonym(text: &str) -> Result<String, Error> {
 }
 
 /// Validates and stores an order, and wakes the site's link.
-pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Result<Order, Error> {
+pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Order, Error> {
     require_role(user, &[Role::Physician])?;
     let patient_pseudonym = validate_pseudonym(&form.patient_pseudonym)?;
     if form.product.trim().is_empty() {
@@ -186,9 +183,9 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
         site_id: form.site_id.trim().to_owned(),
         requested_collection_date: date.to_string(),
         physician: user.username.clone(),
-        facility: shared.config.facility.clone(),
+        facility: hub.config.facility.clone(),
     };
-    let order = match shared.store.create_order(&new, Utc::now()).await {
+    let order = match hub.store.create_order(&new, Utc::now()).await {
         // Which input an unknown site or product came from, for the form.
         Err(store::Error::Invalid(message)) if message.starts_with("site") => {
             return Err(field("site_id", message))
@@ -199,7 +196,7 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
         // The date cannot be booked: say what is free instead.
         Err(store::Error::Unavailable(why)) => {
             return Err(schedule::with_next_free(
-                shared,
+                hub,
                 user,
                 &new.recipe_id,
                 &new.site_id,
@@ -211,19 +208,18 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
         other => other?,
     };
     tracing::info!(order_id = %order.order_id, batch_id = %order.batch_id, coi = %order.coi, "order created");
-    shared.commands_added(&order.site_id, order.batch_id);
+    hub.commands_added(&order.site_id, order.batch_id);
     Ok(order)
 }
 
 /// The order, if `user` may see it: a physician sees only their own (another's is
 /// reported as not found, so its existence is not revealed).
 /// The refusal is audited: an attempt to read another's patient is kept on record.
-pub async fn visible_order(shared: &Shared, user: &User, order_id: Uuid) -> Result<Order, Error> {
-    let order = shared.store.order(order_id).await?;
+pub async fn visible_order(hub: &Hub, user: &User, order_id: Uuid) -> Result<Order, Error> {
+    let order = hub.store.order(order_id).await?;
     if user.role == Role::Physician && order.physician != user.username {
         tracing::warn!(username = %user.username, %order_id, "refused: another physician's order");
-        shared
-            .store
+        hub.store
             .audit(
                 &NewEntry::new(
                     &user.username,
@@ -243,12 +239,12 @@ pub async fn visible_order(shared: &Shared, user: &User, order_id: Uuid) -> Resu
 
 /// Orders `user` may see, newest first.
 pub async fn visible_orders(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     state: Option<model::BatchState>,
 ) -> Result<Vec<Order>, Error> {
     let physician = (user.role == Role::Physician).then_some(user.username.as_str());
-    Ok(shared.store.list_orders(physician, state).await?)
+    Ok(hub.store.list_orders(physician, state).await?)
 }
 
 /// The signature as it is shown: printed name, date-time and meaning (Part 11).
@@ -282,14 +278,13 @@ pub struct SignForm<'a> {
 /// with the password; the signature binds to the record as reviewed. An attempt
 /// by someone without the authority to sign is refused and audited.
 pub async fn sign_release(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     form: SignForm<'_>,
 ) -> Result<(Signature, Order), Error> {
     if let Err(refused) = require_role(user, &[Role::Qa]) {
         tracing::warn!(username = %user.username, batch_id = %form.batch_id, "refused: signing without the QA role");
-        shared
-            .store
+        hub.store
             .audit(
                 &NewEntry::new(
                     &user.username,
@@ -314,8 +309,7 @@ pub async fn sign_release(
     }
     if !verify_password(form.password, &user.password_hash) {
         tracing::warn!(signer = %user.username, "failed signing attempt");
-        shared
-            .store
+        hub.store
             .audit(
                 &NewEntry::new(
                     &user.username,
@@ -340,15 +334,15 @@ pub async fn sign_release(
         reason: form.reason.trim().to_owned(),
         signed_at: Utc::now().trunc_subsecs(6),
     };
-    let order = shared.store.sign_release(&signature, Utc::now()).await?;
+    let order = hub.store.sign_release(&signature, Utc::now()).await?;
     tracing::info!(batch_id = %order.batch_id, meaning = form.meaning.as_str(), signer = %user.username, "release decision signed");
-    shared.commands_added(&order.site_id, order.batch_id);
+    hub.commands_added(&order.site_id, order.batch_id);
     Ok((signature, order))
 }
 
 /// Cancels an order still in manufacturing.
 pub async fn cancel_order(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     order_id: Uuid,
     reason: &str,
@@ -357,13 +351,13 @@ pub async fn cancel_order(
     if reason.trim().is_empty() {
         return Err(field("reason", "a reason is required to cancel an order"));
     }
-    visible_order(shared, user, order_id).await?;
-    let order = shared
+    visible_order(hub, user, order_id).await?;
+    let order = hub
         .store
         .cancel_order(order_id, reason.trim(), &user.username, Utc::now())
         .await?;
     tracing::info!(%order_id, "order cancelled");
-    shared.commands_added(&order.site_id, order.batch_id);
+    hub.commands_added(&order.site_id, order.batch_id);
     Ok(order)
 }
 
@@ -371,7 +365,7 @@ pub async fn cancel_order(
 /// with the reason the audit trail keeps. A suspended or ceased site's live link is
 /// closed at once.
 pub async fn change_site_status(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     site_id: &str,
     status: model::SiteStatus,
@@ -385,12 +379,12 @@ pub async fn change_site_status(
             format!("a reason is required to make a site {}", status.as_str()),
         ));
     }
-    let site = shared
+    let site = hub
         .store
         .set_site_status(site_id.trim(), status, &user.username, reason)
         .await?;
     if status != model::SiteStatus::Active {
-        shared.links.close(&site.site_id);
+        hub.links.close(&site.site_id);
     }
     tracing::warn!(site_id = %site.site_id, status = status.as_str(), %reason, by = %user.username, "site status changed");
     Ok(site)

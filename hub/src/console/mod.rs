@@ -18,8 +18,8 @@ mod pages;
 mod schedule;
 mod view;
 
+use crate::app::Hub;
 use crate::auth::secret_sha256;
-use crate::grpc::Shared;
 use crate::model::User;
 use crate::store;
 use axum::extract::{FromRequestParts, State};
@@ -34,7 +34,7 @@ pub const SESSION_COOKIE: &str = "carrel_session";
 pub const LOGIN_CSRF_COOKIE: &str = "carrel_login_csrf";
 
 /// The console's routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/", get(pages::home))
         .route("/login", get(pages::login_form).post(pages::login))
@@ -72,7 +72,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/style.css", get(view::stylesheet))
         .route("/metrics", get(metrics))
-        .with_state(shared)
+        .with_state(hub)
 }
 
 /// Reads one cookie from the request headers.
@@ -111,18 +111,18 @@ impl Session {
     }
 }
 
-impl FromRequestParts<Arc<Shared>> for Session {
+impl FromRequestParts<Arc<Hub>> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        shared: &Arc<Shared>,
+        hub: &Arc<Hub>,
     ) -> Result<Self, Self::Rejection> {
         let to_login = || Redirect::to("/login").into_response();
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(to_login());
         };
-        match shared
+        match hub
             .store
             .session_user(&secret_sha256(&token), chrono::Utc::now())
             .await
@@ -146,8 +146,8 @@ impl FromRequestParts<Arc<Shared>> for Session {
 
 /// Prometheus text exposition. Served without a session, like most exporters:
 /// the figures are counts, never patient data; restrict the port if that matters.
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    match crate::metrics::render(&shared).await {
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    match crate::metrics::render(&hub).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "metrics: cannot read the store");
@@ -160,13 +160,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Shared state for handlers.
-pub type Hub = State<Arc<Shared>>;
+/// The hub ([`Hub`]) as handlers extract it.
+pub type HubState = State<Arc<Hub>>;
 
 /// Serves the console over HTTPS on `listener` until `shutdown`, with the hub's
 /// server certificate.
 pub fn serve(
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     listener: std::net::TcpListener,
     cert_chain_pem: &str,
     key_pem: &str,
@@ -195,7 +195,7 @@ pub fn serve(
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
     )
     .handle(handle);
-    let app = router(shared);
+    let app = router(hub);
     Ok(tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!(error = %e, "web console stopped");

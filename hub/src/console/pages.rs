@@ -5,7 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::view::{chart, elapsed, live, page, state_badge, when};
-use super::{cookie, Hub, Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
+use super::{cookie, HubState, Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::admin;
 use crate::auth::{new_secret, secret_sha256};
 use crate::model;
@@ -106,7 +106,7 @@ pub async fn login_form() -> Response {
     with_login_csrf(&csrf, login_page(&csrf, "", None))
 }
 
-pub async fn login(hub: Hub, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(hub: HubState, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
     if cookie(&headers, LOGIN_CSRF_COOKIE).as_deref() != Some(form.csrf.as_str())
         || form.csrf.is_empty()
     {
@@ -149,7 +149,7 @@ pub struct CsrfOnly {
 }
 
 pub async fn logout(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     headers: HeaderMap,
     Form(form): Form<CsrfOnly>,
@@ -195,7 +195,7 @@ fn order_rows_markup(orders: &[Order]) -> Markup {
     }
 }
 
-pub async fn orders(hub: Hub, session: Session) -> Page {
+pub async fn orders(hub: HubState, session: Session) -> Page {
     let orders = service::visible_orders(&hub, &session.user, None)
         .await
         .map_err(refused)?;
@@ -219,7 +219,7 @@ pub async fn orders(hub: Hub, session: Session) -> Page {
     )))
 }
 
-pub async fn order_rows(hub: Hub, session: Session) -> Page {
+pub async fn order_rows(hub: HubState, session: Session) -> Page {
     let orders = service::visible_orders(&hub, &session.user, None)
         .await
         .map_err(refused)?;
@@ -283,13 +283,13 @@ fn order_form_page(
 
 /// The earliest free collection dates across the network, for the order form; none
 /// when no site declares its capacity.
-async fn free_dates(hub: &Hub, session: &Session) -> Vec<service::schedule::Proposal> {
+async fn free_dates(hub: &HubState, session: &Session) -> Vec<service::schedule::Proposal> {
     service::schedule::propose(hub, &session.user, "cd19-car-t", "", "", true, 6)
         .await
         .unwrap_or_default()
 }
 
-pub async fn new_order(hub: Hub, session: Session) -> Page {
+pub async fn new_order(hub: HubState, session: Session) -> Page {
     require(&session, &[Role::Physician])?;
     let sites = hub
         .store
@@ -325,7 +325,11 @@ pub struct NewOrderForm {
     requested_collection_date: String,
 }
 
-pub async fn create_order(hub: Hub, session: Session, Form(input): Form<NewOrderForm>) -> Page {
+pub async fn create_order(
+    hub: HubState,
+    session: Session,
+    Form(input): Form<NewOrderForm>,
+) -> Page {
     session.check_csrf(&input.csrf)?;
     let form = OrderForm {
         patient_pseudonym: input.patient_pseudonym,
@@ -395,7 +399,7 @@ fn order_live_markup(record: &BatchRecord) -> Markup {
     }
 }
 
-pub async fn order_page(hub: Hub, session: Session, Path(id): Path<String>) -> Page {
+pub async fn order_page(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
     let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
         .await
         .map_err(refused)?;
@@ -419,7 +423,7 @@ pub async fn order_page(hub: Hub, session: Session, Path(id): Path<String>) -> P
     )))
 }
 
-pub async fn order_live(hub: Hub, session: Session, Path(id): Path<String>) -> Page {
+pub async fn order_live(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
     let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
         .await
         .map_err(refused)?;
@@ -434,7 +438,7 @@ pub async fn order_live(hub: Hub, session: Session, Path(id): Path<String>) -> P
 
 // ---- QA ----
 
-pub async fn release_queue(hub: Hub, session: Session) -> Page {
+pub async fn release_queue(hub: HubState, session: Session) -> Page {
     require(&session, &[Role::Qa])?;
     let pending = hub
         .store
@@ -637,7 +641,7 @@ fn outcome(o: carrel_proto::recipe::Outcome) -> &'static str {
     }
 }
 
-pub async fn batch_record(hub: Hub, session: Session, Path(id): Path<String>) -> Page {
+pub async fn batch_record(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
     require(&session, &[Role::Qa])?;
     let record = hub
         .store
@@ -663,7 +667,7 @@ pub struct SignInput {
 }
 
 pub async fn sign(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     Path(id): Path<String>,
     Form(input): Form<SignInput>,
@@ -712,7 +716,7 @@ pub async fn sign(
 fn sites_markup(
     session: &Session,
     sites: &[model::Site],
-    hub: &crate::grpc::Shared,
+    hub: &crate::app::Hub,
     notice: Option<Markup>,
 ) -> Markup {
     page(
@@ -778,7 +782,7 @@ fn sites_markup(
     )
 }
 
-pub async fn sites(hub: Hub, session: Session) -> Page {
+pub async fn sites(hub: HubState, session: Session) -> Page {
     require(&session, &[Role::Admin])?;
     let sites = hub
         .store
@@ -795,7 +799,7 @@ pub struct AddSiteForm {
     name: String,
 }
 
-pub async fn add_site(hub: Hub, session: Session, Form(form): Form<AddSiteForm>) -> Page {
+pub async fn add_site(hub: HubState, session: Session, Form(form): Form<AddSiteForm>) -> Page {
     require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
     let result = admin::register_site(
@@ -836,7 +840,7 @@ pub struct ReasonForm {
 
 /// Suspend, resume or cease a site (`/admin/sites/{id}/{action}`), with a reason.
 pub async fn change_site_status(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     Path((site_id, action)): Path<(String, String)>,
     Form(form): Form<ReasonForm>,
@@ -888,7 +892,7 @@ fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>
     )
 }
 
-pub async fn users(hub: Hub, session: Session) -> Page {
+pub async fn users(hub: HubState, session: Session) -> Page {
     require(&session, &[Role::Admin])?;
     let users = hub
         .store
@@ -907,7 +911,7 @@ pub struct AddUserForm {
     password: String,
 }
 
-pub async fn add_user(hub: Hub, session: Session, Form(form): Form<AddUserForm>) -> Page {
+pub async fn add_user(hub: HubState, session: Session, Form(form): Form<AddUserForm>) -> Page {
     require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
     let result = match Role::parse(&form.role) {

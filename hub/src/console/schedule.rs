@@ -7,7 +7,7 @@
 
 use super::pages::{html_page, refused, require};
 use super::view::{page, when};
-use super::{Hub, Session};
+use super::{HubState, Session};
 use crate::clock::{span_text, Clock, Summary};
 use crate::model::{Order, Role};
 use crate::schedule::{Booking, Capacity};
@@ -62,7 +62,7 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
 }
 
 /// The clock markup of an order, for its page and its live part.
-pub async fn order_clock_markup(hub: &Hub, order: &Order) -> Result<Markup, Response> {
+pub async fn order_clock_markup(hub: &HubState, order: &Order) -> Result<Markup, Response> {
     let (clock, booking) = service::order_clock(hub, order).await.map_err(refused)?;
     Ok(clock_markup(&clock, booking.as_ref()))
 }
@@ -81,7 +81,7 @@ fn summary_row(site: &str, s: &Summary) -> Markup {
 
 /// `/schedule`: vein-to-vein figures of the orders the user may see, and the sites'
 /// capacity pages.
-pub async fn overview(hub: Hub, session: Session) -> Page {
+pub async fn overview(hub: HubState, session: Session) -> Page {
     let rows = service::summary(&hub, &session.user, None)
         .await
         .map_err(refused)?;
@@ -107,7 +107,7 @@ pub async fn overview(hub: Hub, session: Session) -> Page {
 }
 
 fn capacity_page(
-    hub: &Hub,
+    hub: &HubState,
     session: &Session,
     site_id: &str,
     document: &str,
@@ -150,7 +150,7 @@ fn capacity_page(
 }
 
 /// `/capacity/{site}`: the site's capacity and utilisation.
-pub async fn capacity(hub: Hub, session: Session, Path(site_id): Path<String>) -> Page {
+pub async fn capacity(hub: HubState, session: Session, Path(site_id): Path<String>) -> Page {
     let declared = service::capacity(&hub, &site_id).await.map_err(refused)?;
     let utilisation = match &declared {
         Some(_) => Some(
@@ -183,7 +183,7 @@ pub struct CapacityForm {
 /// Declares the capacity from the form; a document that does not hold is shown
 /// again with what is wrong, and nothing is stored.
 pub async fn set_capacity(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     Path(site_id): Path<String>,
     Form(form): Form<CapacityForm>,

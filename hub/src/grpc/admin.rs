@@ -1,14 +1,15 @@
 //! `AdminService`: sites, users and recipes, for administrators.
 
-use super::{require, role_from_pb, service_status, status, user_to_pb, Shared};
+use super::{require, role_from_pb, service_status, status, user_to_pb};
 use crate::admin::{self, register_site};
+use crate::app::Hub;
 use crate::model::{Role, Site, SiteStatus};
 use carrel_proto::event::to_timestamp;
 use carrel_proto::pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct AdminApi(pub Arc<Shared>);
+pub struct AdminApi(pub Arc<Hub>);
 
 fn admin_status(error: admin::Error) -> Status {
     match error {

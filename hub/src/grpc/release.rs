@@ -1,6 +1,7 @@
 //! `ReleaseService`: QA reviews the batch record by exception and signs.
 
-use super::{authenticate, order_to_pb, parse_id, require, service_status, status, Shared};
+use super::{authenticate, order_to_pb, parse_id, require, service_status, status};
+use crate::app::Hub;
 use crate::model::{BatchRecord, BatchState, Role, Signature};
 use crate::record::{describe, record_sha256};
 use crate::service;
@@ -9,7 +10,7 @@ use carrel_proto::pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct ReleaseApi(pub Arc<Shared>);
+pub struct ReleaseApi(pub Arc<Hub>);
 
 fn signature_to_pb(sig: &Signature) -> pb::Signature {
     pb::Signature {
