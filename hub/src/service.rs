@@ -6,12 +6,12 @@ use crate::app::Hub;
 use crate::audit::NewEntry;
 use crate::auth::{new_secret, secret_sha256, verify_password};
 use crate::model;
-use crate::model::{NewOrder, Order, Role, Signature, User};
+use crate::model::{NewOrder, Order, Role, User};
 use crate::store;
-use carrel_proto::event::ReleaseMeaning;
-use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use uuid::Uuid;
 
+pub mod release;
 pub mod schedule;
 
 /// Why a request was refused. `Field` names the input that is wrong, so a form can
@@ -245,99 +245,6 @@ pub async fn visible_orders(
 ) -> Result<Vec<Order>, Error> {
     let physician = (user.role == Role::Physician).then_some(user.username.as_str());
     Ok(hub.store.list_orders(physician, state).await?)
-}
-
-/// The signature as it is shown: printed name, date-time and meaning (Part 11).
-pub fn manifestation(
-    signer_name: &str,
-    signer: &str,
-    meaning: ReleaseMeaning,
-    at: DateTime<Utc>,
-) -> String {
-    let meaning = match meaning {
-        ReleaseMeaning::Released => "Released",
-        ReleaseMeaning::Rejected => "Rejected",
-    };
-    format!(
-        "{meaning} by {signer_name} ({signer}) on {} UTC",
-        at.format("%Y-%m-%d %H:%M:%S")
-    )
-}
-
-/// A QA decision as entered: meaning, password again, the hash of the record as
-/// reviewed, and a reason (required to reject).
-pub struct SignForm<'a> {
-    pub batch_id: Uuid,
-    pub meaning: ReleaseMeaning,
-    pub password: &'a str,
-    pub record_sha256: &'a str,
-    pub reason: &'a str,
-}
-
-/// Signs release or rejection (21 CFR Part 11): the signer proves identity again
-/// with the password; the signature binds to the record as reviewed. An attempt
-/// by someone without the authority to sign is refused and audited.
-pub async fn sign_release(
-    hub: &Hub,
-    user: &User,
-    form: SignForm<'_>,
-) -> Result<(Signature, Order), Error> {
-    if let Err(refused) = require_role(user, &[Role::Qa]) {
-        tracing::warn!(username = %user.username, batch_id = %form.batch_id, "refused: signing without the QA role");
-        hub.store
-            .audit(
-                &NewEntry::new(
-                    &user.username,
-                    "release.signing_refused",
-                    format!("batch/{}", form.batch_id),
-                )
-                .batch(form.batch_id)
-                .reason(refused.to_string()),
-            )
-            .await?;
-        return Err(refused);
-    }
-    let sha = form.record_sha256.trim().to_ascii_lowercase();
-    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(field(
-            "record_sha256",
-            "record_sha256 must be the 64-hex-digit SHA-256 of the batch record as reviewed",
-        ));
-    }
-    if form.meaning == ReleaseMeaning::Rejected && form.reason.trim().is_empty() {
-        return Err(field("reason", "a rejection needs a reason"));
-    }
-    if !verify_password(form.password, &user.password_hash) {
-        tracing::warn!(signer = %user.username, "failed signing attempt");
-        hub.store
-            .audit(
-                &NewEntry::new(
-                    &user.username,
-                    "release.signing_failed",
-                    format!("batch/{}", form.batch_id),
-                )
-                .batch(form.batch_id)
-                .reason("wrong password at signing"),
-            )
-            .await?;
-        return Err(Error::Unauthenticated(
-            "wrong password: the signature was not made".into(),
-        ));
-    }
-    let signature = Signature {
-        signature_id: Uuid::now_v7(),
-        batch_id: form.batch_id,
-        signer: user.username.clone(),
-        signer_name: user.full_name.clone(),
-        meaning: form.meaning,
-        record_sha256: sha,
-        reason: form.reason.trim().to_owned(),
-        signed_at: Utc::now().trunc_subsecs(6),
-    };
-    let order = hub.store.sign_release(&signature, Utc::now()).await?;
-    tracing::info!(batch_id = %order.batch_id, meaning = form.meaning.as_str(), signer = %user.username, "release decision signed");
-    hub.commands_added(&order.site_id, order.batch_id);
-    Ok((signature, order))
 }
 
 /// Cancels an order still in manufacturing.

@@ -9,8 +9,10 @@ use super::{cookie, HubState, Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::admin;
 use crate::auth::{new_secret, secret_sha256};
 use crate::model;
-use crate::model::{BatchRecord, BatchState, Order, Role, SiteStatus};
-use crate::record::{next_step, record_sha256, timeline};
+use crate::model::{BatchRecord, Order, Role, SiteStatus};
+use crate::record::{next_step, timeline};
+use crate::record::{Exception, Review};
+use crate::service::release;
 use crate::service::{self, OrderForm};
 use crate::store;
 use axum::extract::{Form, Path};
@@ -416,7 +418,7 @@ pub async fn order_page(hub: HubState, session: Session, Path(id): Path<String>)
             h1 { "Order " (order.coi) }
             p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (order.recipe_id) " v" (order.recipe_version)
                 " · collection requested for " (order.requested_collection_date) " · ordered by " (order.physician) }
-            @if session.user.role == Role::Qa { p { a href=(format!("/batches/{}", order.batch_id)) { "Batch record" } } }
+            @if release::may_review(&session.user) { p { a href=(format!("/batches/{}", order.batch_id)) { "Batch record" } } }
             div id="order-live" { (order_live_markup(&record)) (clock) }
             (live("order-live", &format!("/orders/{}/live", order.order_id)))
         },
@@ -439,12 +441,7 @@ pub async fn order_live(hub: HubState, session: Session, Path(id): Path<String>)
 // ---- QA ----
 
 pub async fn release_queue(hub: HubState, session: Session) -> Page {
-    require(&session, &[Role::Qa])?;
-    let pending = hub
-        .store
-        .list_orders(None, Some(BatchState::AwaitingRelease))
-        .await
-        .map_err(|e| refused(e.into()))?;
+    let pending = release::queue(&hub, &session.user).await.map_err(refused)?;
     Ok(html_page(page(
         "Release queue",
         Some((&session.user, &session.csrf)),
@@ -468,92 +465,44 @@ pub async fn release_queue(hub: HubState, session: Session) -> Page {
     )))
 }
 
-/// When a step started and completed, from the records.
-struct StepTimes {
-    step_id: String,
-    started: chrono::DateTime<Utc>,
-    completed: Option<chrono::DateTime<Utc>>,
-}
-
-/// Process samples per (step, parameter): the unit and (process hours, value) points.
-type Series = BTreeMap<(String, String), (String, Vec<(f64, f64)>)>;
-
-fn batch_record_markup(session: &Session, record: &BatchRecord, notice: Option<&str>) -> Markup {
-    let order = &record.order;
-    let sha = record_sha256(order, &record.recipe.sha256, &record.events);
-    let exceptions: std::collections::HashSet<u64> =
-        order.progress.exceptions.iter().copied().collect();
-    let describe = |e: &model::StoredEvent| crate::record::describe(&e.event.kind);
-    // Steps: start and end from the records.
-    let mut steps: Vec<StepTimes> = Vec::new();
-    let mut samples: Series = BTreeMap::new();
-    for stored in &record.events {
-        match &stored.event.kind {
-            EventKind::StepStarted { step_id, .. }
-                if !steps.iter().any(|s| &s.step_id == step_id) =>
-            {
-                steps.push(StepTimes {
-                    step_id: step_id.clone(),
-                    started: stored.event.recorded_at,
-                    completed: None,
-                });
-            }
-            EventKind::StepCompleted { step_id, .. } => {
-                if let Some(step) = steps.iter_mut().find(|s| &s.step_id == step_id) {
-                    step.completed = Some(stored.event.recorded_at);
-                }
-            }
-            EventKind::ProcessSamples {
-                step_id,
-                samples: list,
-            } => {
-                for s in list {
-                    samples
-                        .entry((step_id.clone(), s.parameter.clone()))
-                        .or_insert_with(|| (s.unit.clone(), Vec::new()))
-                        .1
-                        .push((s.step_hours, s.value));
-                }
-            }
-            _ => {}
-        }
-    }
-    let recipe = &record.recipe.recipe;
-    let signable = order.state == BatchState::AwaitingRelease;
+fn batch_record_markup(session: &Session, review: &Review, notice: Option<&str>) -> Markup {
+    let order = &review.order;
+    let sha = &review.record_sha256;
     html! {
         h1 { "Batch record " (order.coi) }
-        p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (recipe.title) " v" (recipe.version)
+        p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (review.recipe_title) " v" (review.recipe_version)
             " · batch " (order.batch_id) }
         p { "State: " (state_badge(order.state)) }
         @if let Some(notice) = notice { div.notice.bad role="alert" { (notice) } }
-        @for sig in &record.signatures {
-            div.notice.ok { strong.manifestation { (service::manifestation(&sig.signer_name, &sig.signer, sig.meaning, sig.signed_at)) }
+        @for signed in &review.signatures {
+            @let sig = &signed.signature;
+            div.notice.ok { strong.manifestation { (signed.manifestation) }
                 @if !sig.reason.is_empty() { p { "Reason: " (sig.reason) } }
                 p.muted { "Bound to record " code { (sig.record_sha256) } }
             }
         }
-        h2 id="exceptions" { "Exceptions (" (exceptions.len() + order.progress.anomalies.len()) ")" }
+        h2 id="exceptions" { "Exceptions (" (review.exceptions.len()) ")" }
         table.exceptions {
             thead { tr { th { "#" } th { "When" } th { "By" } th { "What" } th { "Details" } } }
             tbody {
-                @for stored in record.events.iter().filter(|e| exceptions.contains(&e.event.seq)) {
-                    @let (what, detail) = describe(stored);
-                    tr { td { (stored.event.seq) } td.muted { (when(stored.event.recorded_at)) } td { (stored.event.recorded_by) } td { strong { (what) } } td { (detail) } }
+                @for exception in &review.exceptions {
+                    @match exception {
+                        Exception::Record(e) => { tr { td { (e.seq) } td.muted { (when(e.recorded_at)) } td { (e.recorded_by) } td { strong { (e.what) } } td { (e.detail) } } }
+                        Exception::Anomaly(anomaly) => { tr { td { "hub" } td {} td { "hub check" } td { strong { "anomaly" } } td { (anomaly) } } }
+                    }
                 }
-                @for anomaly in &order.progress.anomalies { tr { td { "hub" } td {} td { "hub check" } td { strong { "anomaly" } } td { (anomaly) } } }
-                @if exceptions.is_empty() && order.progress.anomalies.is_empty() { tr { td colspan="5" .muted { "No exceptions." } } }
+                @if review.exceptions.is_empty() { tr { td colspan="5" .muted { "No exceptions." } } }
             }
         }
         h2 { "QC results against specification" }
         table {
             thead { tr { th { "Test" } th { "Result" } th { "Specification" } th { "Hub" } th { "Site" } } }
             tbody {
-                @for q in &record.qc {
-                    @let test = recipe.test(&q.test_id);
+                @for q in &review.qc {
                     tr {
-                        td { (test.map(|t| t.name.clone()).unwrap_or_else(|| q.test_id.clone())) @if let Some(t) = test { span.muted { " (" (t.method) ")" } } }
-                        td { (q.value) " " (test.map(|t| t.unit.clone()).unwrap_or_default()) }
-                        td { (test.map(|t| t.spec.to_string()).unwrap_or_else(|| "not in recipe".into())) }
+                        td { (q.test_name.clone().unwrap_or_else(|| q.test_id.clone())) @if let Some(method) = &q.method { span.muted { " (" (method) ")" } } }
+                        td { (q.value) " " (q.unit) }
+                        td { (q.specification) }
                         td { span class={ "badge " (outcome(q.hub_outcome)) } { (outcome(q.hub_outcome).replace('_', " ")) } @if !q.reason.is_empty() { br; span.muted { (q.reason) } } }
                         td { (outcome(q.site_outcome).replace('_', " ")) }
                     }
@@ -563,39 +512,37 @@ fn batch_record_markup(session: &Session, record: &BatchRecord, notice: Option<&
         h2 { "Steps" }
         table {
             thead { tr { th { "Step" } th { "Started" } th { "Completed" } } }
-            tbody { @for step in &steps {
-                tr { td { (recipe.step(&step.step_id).map(|s| s.name.clone()).unwrap_or_else(|| step.step_id.clone())) }
+            tbody { @for step in &review.steps {
+                tr { td { (step.name) }
                      td.muted { (when(step.started)) } td.muted { (step.completed.map(when).unwrap_or_else(|| "running".into())) } }
             } }
         }
         h2 { "Process parameters" }
-        @for ((step, parameter), (unit, points)) in &samples {
-            @if points.len() >= 3 {
-                @let range = recipe.step(step).and_then(|s| s.parameters.iter().find(|p| &p.name == parameter)).map(|p| (p.low, p.high));
-                (chart(&format!("{step}: {parameter}"), unit, points, range))
+        @for series in &review.parameters {
+            @if series.points.len() >= 3 {
+                (chart(&format!("{}: {}", series.step_id, series.parameter), &series.unit, &series.points, series.range))
             }
         }
-        h2 { "Record (" (record.events.len()) " entries)" }
+        h2 { "Record (" (review.entries.len()) " entries)" }
         details {
             summary { "Every entry, in the order the site recorded them" }
             table {
                 thead { tr { th { "#" } th { "When" } th { "By" } th { "What" } th { "Details" } } }
-                tbody { @for stored in &record.events {
-                    @let (what, detail) = describe(stored);
-                    tr { td { (stored.event.seq) } td.muted { (when(stored.event.recorded_at)) } td { (stored.event.recorded_by) } td { (what) } td { (detail) } }
+                tbody { @for e in &review.entries {
+                    tr { td { (e.seq) } td.muted { (when(e.recorded_at)) } td { (e.recorded_by) } td { (e.what) } td { (e.detail) } }
                 } }
             }
         }
         h2 { "Audit trail" }
         table {
             thead { tr { th { "#" } th { "When" } th { "Who" } th { "Action" } th { "Change" } th { "Reason" } } }
-            tbody { @for a in &record.audit {
+            tbody { @for a in &review.audit {
                 tr { td { (a.position) } td.muted { (when(a.at)) } td { (a.actor) } td { (a.action) }
                      td { @if !a.old_value.is_empty() { (a.old_value) " → " } (a.new_value) } td { (a.reason) } }
             } }
         }
         p.muted { "Record SHA-256: " code id="record-sha" { (sha) } }
-        @if signable && session.user.role == Role::Qa {
+        @if review.awaits_decision() && release::may_sign(&session.user) {
             h2 { "Decision" }
             div.card {
                 form id="sign-form" method="post" action=(format!("/batches/{}/sign", order.batch_id)) {
@@ -642,16 +589,13 @@ fn outcome(o: carrel_proto::recipe::Outcome) -> &'static str {
 }
 
 pub async fn batch_record(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
-    require(&session, &[Role::Qa])?;
-    let record = hub
-        .store
-        .batch_record(parse_uuid(&id)?)
+    let review = release::review(&hub, &session.user, parse_uuid(&id)?)
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(refused)?;
     Ok(html_page(page(
-        &format!("Batch record {}", record.order.coi),
+        &format!("Batch record {}", review.order.coi),
         Some((&session.user, &session.csrf)),
-        batch_record_markup(&session, &record, None),
+        batch_record_markup(&session, &review, None),
     )))
 }
 
@@ -680,29 +624,27 @@ pub async fn sign(
             "meaning must be released or rejected",
         )
     })?;
-    let form = service::SignForm {
+    let form = release::SignForm {
         batch_id,
         meaning,
         password: &input.password,
         record_sha256: &input.record_sha256,
         reason: &input.reason,
     };
-    match service::sign_release(&hub, &session.user, form).await {
+    match release::sign(&hub, &session.user, form).await {
         Ok(_) => Ok(Redirect::to(&format!("/batches/{batch_id}")).into_response()),
         Err(
             e @ (service::Error::Field { .. }
             | service::Error::Unauthenticated(_)
             | service::Error::Store(store::Error::FailedPrecondition(_))),
         ) => {
-            let record = hub
-                .store
-                .batch_record(batch_id)
+            let review = release::review(&hub, &session.user, batch_id)
                 .await
-                .map_err(|e| refused(e.into()))?;
+                .map_err(refused)?;
             let mut response = html_page(page(
-                &format!("Batch record {}", record.order.coi),
+                &format!("Batch record {}", review.order.coi),
                 Some((&session.user, &session.csrf)),
-                batch_record_markup(&session, &record, Some(&format!("Not signed: {e}"))),
+                batch_record_markup(&session, &review, Some(&format!("Not signed: {e}"))),
             ));
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(response)
