@@ -1,6 +1,13 @@
 //! What people do, whichever door they come in by: the gRPC API ([`crate::grpc`])
 //! and the web console ([`crate::console`]) both call these, so the rules (validation,
 //! roles, Part 11 signing, audit) live in one place.
+//!
+//! This is the only place where roles are checked: a door authenticates the caller
+//! (session cookie or bearer token) and passes the user here; whether that user's
+//! role may do the thing is decided by the function it calls ([`require_role`] with
+//! the roles named beside it). Where a page only shows or hides something by role,
+//! it asks a `may_…` function here rather than comparing roles itself. The release
+//! path is [`release`], administration [`admin`], scheduling [`schedule`].
 
 use crate::app::Hub;
 use crate::audit::NewEntry;
@@ -11,6 +18,7 @@ use crate::store;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use uuid::Uuid;
 
+pub mod admin;
 pub mod release;
 pub mod schedule;
 
@@ -114,6 +122,20 @@ pub fn require_role(user: &User, roles: &[Role]) -> Result<(), Error> {
     )))
 }
 
+/// Who places orders.
+const PRESCRIBERS: [Role; 1] = [Role::Physician];
+
+/// Whether `user` may place orders (the console offers the order form only then).
+pub fn may_order(user: &User) -> bool {
+    require_role(user, &PRESCRIBERS).is_ok()
+}
+
+/// The sites an order can name, for the order form (physicians).
+pub async fn order_sites(hub: &Hub, user: &User) -> Result<Vec<model::Site>, Error> {
+    require_role(user, &PRESCRIBERS)?;
+    Ok(hub.store.list_sites().await?)
+}
+
 /// An order as a physician fills it in.
 #[derive(Debug, Clone, Default)]
 pub struct OrderForm {
@@ -140,7 +162,7 @@ fn validate_pseudonym(text: &str) -> Result<String, Error> {
 
 /// Validates and stores an order, and wakes the site's link.
 pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Order, Error> {
-    require_role(user, &[Role::Physician])?;
+    require_role(user, &PRESCRIBERS)?;
     let patient_pseudonym = validate_pseudonym(&form.patient_pseudonym)?;
     if form.product.trim().is_empty() {
         return Err(field(
@@ -266,33 +288,4 @@ pub async fn cancel_order(
     tracing::info!(%order_id, "order cancelled");
     hub.commands_added(&order.site_id, order.batch_id);
     Ok(order)
-}
-
-/// Moves a site through its lifecycle (suspend, resume, cease) for an administrator,
-/// with the reason the audit trail keeps. A suspended or ceased site's live link is
-/// closed at once.
-pub async fn change_site_status(
-    hub: &Hub,
-    user: &User,
-    site_id: &str,
-    status: model::SiteStatus,
-    reason: &str,
-) -> Result<model::Site, Error> {
-    require_role(user, &[Role::Admin])?;
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(field(
-            "reason",
-            format!("a reason is required to make a site {}", status.as_str()),
-        ));
-    }
-    let site = hub
-        .store
-        .set_site_status(site_id.trim(), status, &user.username, reason)
-        .await?;
-    if status != model::SiteStatus::Active {
-        hub.links.close(&site.site_id);
-    }
-    tracing::warn!(site_id = %site.site_id, status = status.as_str(), %reason, by = %user.username, "site status changed");
-    Ok(site)
 }

@@ -21,6 +21,7 @@ mod view;
 use crate::app::Hub;
 use crate::auth::secret_sha256;
 use crate::model::User;
+use crate::service;
 use crate::store;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -142,6 +143,45 @@ impl FromRequestParts<Arc<Hub>> for Session {
             }
         }
     }
+}
+
+/// What a handler answers: the page, or the error page it stopped at (`?`).
+type Page = Result<Response, Response>;
+
+fn html_page(markup: maud::Markup) -> Response {
+    axum::response::Html(markup.into_string()).into_response()
+}
+
+fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+/// Turns a service refusal into an error page (forms show field errors themselves).
+fn refused(error: service::Error) -> Response {
+    use service::Error as E;
+    match error {
+        E::Field { message, .. } => problem(StatusCode::BAD_REQUEST, message),
+        E::Unauthenticated(m) => problem(StatusCode::UNAUTHORIZED, m),
+        E::PermissionDenied(m) => problem(StatusCode::FORBIDDEN, m),
+        E::Store(store::Error::NotFound(what)) => {
+            problem(StatusCode::NOT_FOUND, format!("{what} not found"))
+        }
+        E::Store(store::Error::FailedPrecondition(m) | store::Error::Unavailable(m)) => {
+            problem(StatusCode::CONFLICT, m)
+        }
+        E::Store(e) => {
+            tracing::error!(error = %e, "console request failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The hub's store is unavailable; try again.",
+            )
+        }
+    }
+}
+
+fn parse_uuid(text: &str) -> Result<uuid::Uuid, Response> {
+    uuid::Uuid::parse_str(text)
+        .map_err(|_| problem(StatusCode::NOT_FOUND, format!("{text:?} is not a valid id")))
 }
 
 /// Prometheus text exposition. Served without a session, like most exporters:

@@ -4,21 +4,17 @@
 
 #![allow(clippy::result_large_err)]
 
-use super::pages::{html_page, parse_uuid, refused};
 use super::view::{page, when};
-use super::{HubState, Session};
+use super::{html_page, parse_uuid, refused, HubState, Page, Session};
 use crate::model::Role;
 use crate::notify::service::{self, Target};
 use crate::notify::{Kind, OutboxEntry, OutboxState, Subscription};
 use axum::extract::{Form, Path};
-use axum::response::Response;
 use maud::{html, Markup};
 use std::collections::HashMap;
 
-type Page = Result<Response, Response>;
-
 fn oversees(session: &Session) -> bool {
-    matches!(session.user.role, Role::Qa | Role::Admin)
+    service::oversees(&session.user)
 }
 
 async fn render(hub: &HubState, session: &Session, notice: Option<Markup>) -> Page {

@@ -5,15 +5,17 @@
 #![allow(clippy::result_large_err)]
 
 use super::view::{chart, elapsed, live, page, state_badge, when};
-use super::{cookie, HubState, Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
-use crate::admin;
+use super::{
+    cookie, html_page, parse_uuid, problem, refused, HubState, Page, Session, LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+};
 use crate::auth::{new_secret, secret_sha256};
 use crate::model;
 use crate::model::{BatchRecord, Order, Role, SiteStatus};
 use crate::record::{next_step, timeline};
 use crate::record::{Exception, Review};
-use crate::service::release;
 use crate::service::{self, OrderForm};
+use crate::service::{admin, release};
 use crate::store;
 use axum::extract::{Form, Path};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -23,49 +25,6 @@ use chrono::Utc;
 use maud::{html, Markup};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use uuid::Uuid;
-
-type Page = Result<Response, Response>;
-
-pub(super) fn html_page(markup: Markup) -> Response {
-    Html(markup.into_string()).into_response()
-}
-
-pub(super) fn problem(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, message.into()).into_response()
-}
-
-/// Turns a service refusal into an error page (forms show field errors themselves).
-pub(super) fn refused(error: service::Error) -> Response {
-    use service::Error as E;
-    match error {
-        E::Field { message, .. } => problem(StatusCode::BAD_REQUEST, message),
-        E::Unauthenticated(m) => problem(StatusCode::UNAUTHORIZED, m),
-        E::PermissionDenied(m) => problem(StatusCode::FORBIDDEN, m),
-        E::Store(store::Error::NotFound(what)) => {
-            problem(StatusCode::NOT_FOUND, format!("{what} not found"))
-        }
-        E::Store(store::Error::FailedPrecondition(m) | store::Error::Unavailable(m)) => {
-            problem(StatusCode::CONFLICT, m)
-        }
-        E::Store(e) => {
-            tracing::error!(error = %e, "console request failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The hub's store is unavailable; try again.",
-            )
-        }
-    }
-}
-
-pub(super) fn require(session: &Session, roles: &[Role]) -> Result<(), Response> {
-    service::require_role(&session.user, roles).map_err(refused)
-}
-
-pub(super) fn parse_uuid(text: &str) -> Result<Uuid, Response> {
-    Uuid::parse_str(text)
-        .map_err(|_| problem(StatusCode::NOT_FOUND, format!("{text:?} is not a valid id")))
-}
 
 // ---- sign-in ----
 
@@ -211,7 +170,7 @@ pub async fn orders(hub: HubState, session: Session) -> Page {
         Some((&session.user, &session.csrf)),
         html! {
             h1 { (title) }
-            @if session.user.role == Role::Physician { p { a.button href="/orders/new" { "New order" } } }
+            @if service::may_order(&session.user) { p { a.button href="/orders/new" { "New order" } } }
             table {
                 thead { tr { th { "COI" } th { "Patient" } th { "Site" } th { "State" } th { "Step" } th { "Ordered" } } }
                 tbody id="order-rows" { (order_rows_markup(&orders)) }
@@ -292,12 +251,9 @@ async fn free_dates(hub: &HubState, session: &Session) -> Vec<service::schedule:
 }
 
 pub async fn new_order(hub: HubState, session: Session) -> Page {
-    require(&session, &[Role::Physician])?;
-    let sites = hub
-        .store
-        .list_sites()
+    let sites = service::order_sites(&hub, &session.user)
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(refused)?;
     let form = OrderForm {
         requested_collection_date: (Utc::now() + chrono::Duration::days(2))
             .format("%Y-%m-%d")
@@ -352,11 +308,9 @@ pub async fn create_order(
                 service::Error::Field { field, message } => errors.insert(field, message),
                 other => errors.insert("form", other.to_string()),
             };
-            let sites = hub
-                .store
-                .list_sites()
+            let sites = service::order_sites(&hub, &session.user)
                 .await
-                .map_err(|e| refused(e.into()))?;
+                .map_err(refused)?;
             let free = free_dates(&hub, &session).await;
             let mut response = html_page(order_form_page(&session, &sites, &form, &errors, &free));
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
@@ -725,12 +679,9 @@ fn sites_markup(
 }
 
 pub async fn sites(hub: HubState, session: Session) -> Page {
-    require(&session, &[Role::Admin])?;
-    let sites = hub
-        .store
-        .list_sites()
+    let sites = admin::sites_to_administer(&hub, &session.user)
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(refused)?;
     Ok(html_page(sites_markup(&session, &sites, &hub, None)))
 }
 
@@ -742,17 +693,12 @@ pub struct AddSiteForm {
 }
 
 pub async fn add_site(hub: HubState, session: Session, Form(form): Form<AddSiteForm>) -> Page {
-    require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
-    let result = admin::register_site(
-        hub.store.as_ref(),
-        &hub.ca,
-        form.site_id.trim(),
-        &form.name,
-        hub.config.enrollment_ttl_secs,
-        &session.user.username,
-    )
-    .await;
+    let result =
+        match admin::register_site(&hub, &session.user, &form.site_id, &form.name, None).await {
+            Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
+            result => result,
+        };
     let notice = match &result {
         Ok(registered) => html! { div.notice.ok {
             p { "Site " (registered.site.site_id) " registered. Give its administrator this one-time enrollment token (valid until " (when(registered.expires_at)) "):" }
@@ -761,11 +707,9 @@ pub async fn add_site(hub: HubState, session: Session, Form(form): Form<AddSiteF
         } },
         Err(e) => html! { div.notice.bad role="alert" { (e) } },
     };
-    let sites = hub
-        .store
-        .list_sites()
+    let sites = admin::sites_to_administer(&hub, &session.user)
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(refused)?;
     let mut response = html_page(sites_markup(&session, &sites, &hub, Some(notice)));
     if result.is_err() {
         *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
@@ -798,9 +742,8 @@ pub async fn change_site_status(
             ))
         }
     };
-    require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
-    crate::service::change_site_status(&hub, &session.user, &site_id, status, &form.reason)
+    admin::change_site_status(&hub, &session.user, &site_id, status, &form.reason)
         .await
         .map_err(refused)?;
     Ok(Redirect::to("/admin/sites").into_response())
@@ -835,12 +778,7 @@ fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>
 }
 
 pub async fn users(hub: HubState, session: Session) -> Page {
-    require(&session, &[Role::Admin])?;
-    let users = hub
-        .store
-        .list_users()
-        .await
-        .map_err(|e| refused(e.into()))?;
+    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
     Ok(html_page(users_markup(&session, &users, None)))
 }
 
@@ -854,30 +792,27 @@ pub struct AddUserForm {
 }
 
 pub async fn add_user(hub: HubState, session: Session, Form(form): Form<AddUserForm>) -> Page {
-    require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
     let result = match Role::parse(&form.role) {
-        Some(role) => admin::add_user(
-            hub.store.as_ref(),
-            form.username.trim(),
-            &form.full_name,
-            role,
-            &form.password,
-            &session.user.username,
-        )
-        .await
-        .map(|u| format!("User {} added.", u.username))
-        .map_err(|e| e.to_string()),
+        Some(role) => {
+            let new = admin::NewUser {
+                username: &form.username,
+                full_name: &form.full_name,
+                role,
+                password: &form.password,
+            };
+            match admin::add_user(&hub, &session.user, new).await {
+                Ok(user) => Ok(format!("User {} added.", user.username)),
+                Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
         None => Err(format!("{:?} is not a role", form.role)),
     };
     let notice = match &result {
         Ok(text) => html! { div.notice.ok { (text) } },
         Err(text) => html! { div.notice.bad role="alert" { (text) } },
     };
-    let users = hub
-        .store
-        .list_users()
-        .await
-        .map_err(|e| refused(e.into()))?;
+    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
     Ok(html_page(users_markup(&session, &users, Some(notice))))
 }

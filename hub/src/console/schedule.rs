@@ -5,11 +5,10 @@
 // Handlers answer `Result<Response, Response>` like the other pages.
 #![allow(clippy::result_large_err)]
 
-use super::pages::{html_page, refused, require};
 use super::view::{page, when};
-use super::{HubState, Session};
+use super::{html_page, refused, HubState, Page, Session};
 use crate::clock::{span_text, Clock, Summary};
-use crate::model::{Order, Role};
+use crate::model::Order;
 use crate::schedule::{Booking, Capacity};
 use crate::service::schedule as service;
 use axum::extract::{Form, Path};
@@ -17,8 +16,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
-
-type Page = Result<Response, Response>;
 
 /// The clock of an order: planned, actual and expected milestones, and any delay.
 pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
@@ -134,7 +131,7 @@ fn capacity_page(
                 p.muted { "The site declares no capacity: its orders are not booked." }
             }
             h2 { "Declared capacity" }
-            @if session.user.role == Role::Admin {
+            @if service::may_declare_capacity(&session.user) {
                 form method="post" action=(format!("/capacity/{site_id}")) {
                     input type="hidden" name="csrf" value=(session.csrf);
                     label for="document" { "Capacity (TOML: working_days, opens, closes, collection_slots_per_day, [instruments], [[closures]]; times UTC)" }
@@ -188,14 +185,12 @@ pub async fn set_capacity(
     Path(site_id): Path<String>,
     Form(form): Form<CapacityForm>,
 ) -> Page {
-    require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
-    let result = match Capacity::from_toml(&form.document) {
-        Ok(capacity) => service::set_capacity(&hub, &session.user, &site_id, &capacity)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(why) => Err(why),
-    };
+    let result =
+        match service::declare_capacity(&hub, &session.user, &site_id, &form.document).await {
+            Err(e @ crate::service::Error::PermissionDenied(_)) => return Err(refused(e)),
+            result => result.map_err(|e| e.to_string()),
+        };
     match result {
         Ok(()) => Ok(Redirect::to(&format!("/capacity/{site_id}")).into_response()),
         Err(why) => {

@@ -1,6 +1,9 @@
 //! The gRPC edge of the hub: wire types are converted to domain types here and
 //! nowhere else (invariant 8), and store errors become `tonic::Status` in exactly
-//! one place ([`status`]).
+//! one place ([`status`]). Each call is authenticated here ([`authenticate`], the
+//! bearer token of the request's metadata); what the user's role allows is decided
+//! by [`crate::service`], which the services call. The state they share is
+//! [`crate::app::Hub`].
 
 pub mod admin;
 pub mod auth;
@@ -77,13 +80,6 @@ pub async fn authenticate<T>(hub: &Hub, request: &Request<T>) -> Result<User, St
     if user.disabled {
         return Err(Status::unauthenticated("this account is disabled"));
     }
-    Ok(user)
-}
-
-/// Authenticates and checks that the user has one of `roles`.
-pub async fn require<T>(hub: &Hub, request: &Request<T>, roles: &[Role]) -> Result<User, Status> {
-    let user = authenticate(hub, request).await?;
-    crate::service::require_role(&user, roles).map_err(service_status)?;
     Ok(user)
 }
 

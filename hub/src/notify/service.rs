@@ -23,6 +23,11 @@ pub enum Target {
 /// Roles that may see everyone's subscriptions and notifications and requeue them.
 const OVERSEERS: [Role; 2] = [Role::Qa, Role::Admin];
 
+/// Whether `user` oversees notifications: sees everyone's and requeues failed ones.
+pub fn oversees(user: &User) -> bool {
+    require_role(user, &OVERSEERS).is_ok()
+}
+
 fn field(field: &'static str, message: impl Into<String>) -> Error {
     Error::Field {
         field,

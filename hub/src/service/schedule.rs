@@ -43,6 +43,27 @@ pub async fn capacity(hub: &Hub, site_id: &str) -> Result<Option<Capacity>, Erro
     Ok(hub.store.capacity(site_id.trim()).await?)
 }
 
+/// Who declares sites' capacity.
+const CAPACITY_DECLARERS: [Role; 1] = [Role::Admin];
+
+/// Whether `user` may declare capacity (the console shows the form only then).
+pub fn may_declare_capacity(user: &User) -> bool {
+    require_role(user, &CAPACITY_DECLARERS).is_ok()
+}
+
+/// Declares or replaces a site's capacity from its TOML document, as the console's
+/// form gives it (administrators). A document that does not hold is refused.
+pub async fn declare_capacity(
+    hub: &Hub,
+    user: &User,
+    site_id: &str,
+    document: &str,
+) -> Result<(), Error> {
+    require_role(user, &CAPACITY_DECLARERS)?;
+    let capacity = Capacity::from_toml(document).map_err(|why| field("capacity", why))?;
+    set_capacity(hub, user, site_id, &capacity).await
+}
+
 /// Declares or replaces a site's capacity (administrators).
 pub async fn set_capacity(
     hub: &Hub,
@@ -50,7 +71,7 @@ pub async fn set_capacity(
     site_id: &str,
     capacity: &Capacity,
 ) -> Result<(), Error> {
-    require_role(user, &[Role::Admin])?;
+    require_role(user, &CAPACITY_DECLARERS)?;
     capacity.check().map_err(|why| field("capacity", why))?;
     hub.store
         .set_capacity(site_id.trim(), capacity, &user.username, Utc::now())
