@@ -2,7 +2,7 @@
 //! console): the rules on who may see and change which subscription live here.
 
 use super::{Channel, Kind, NewSubscription, OutboxEntry, OutboxState, Subscription};
-use crate::app::Hub;
+use crate::app::Hub as Shared;
 use crate::model::{Role, User};
 use crate::service::{require_role, Error};
 use crate::store::notify::OutboxFilter;
@@ -23,11 +23,6 @@ pub enum Target {
 /// Roles that may see everyone's subscriptions and notifications and requeue them.
 const OVERSEERS: [Role; 2] = [Role::Qa, Role::Admin];
 
-/// Whether `user` oversees notifications: sees everyone's and requeues failed ones.
-pub fn oversees(user: &User) -> bool {
-    require_role(user, &OVERSEERS).is_ok()
-}
-
 fn field(field: &'static str, message: impl Into<String>) -> Error {
     Error::Field {
         field,
@@ -38,7 +33,7 @@ fn field(field: &'static str, message: impl Into<String>) -> Error {
 /// Subscribes `user`; returns the subscription and, for a webhook, the secret the hub
 /// signs its requests with (shown to the user once, here).
 pub async fn subscribe(
-    hub: &Hub,
+    shared: &Shared,
     user: &User,
     kinds: &[String],
     target: Target,
@@ -79,7 +74,7 @@ pub async fn subscribe(
             .filter(|s| !s.is_empty())
             .map(str::to_owned),
     };
-    let config = &hub.config.notifications;
+    let config = &shared.config.notifications;
     new.validate(config.allow_http_webhooks, config.smtp_url.is_some())
         .map_err(|e| {
             let name = match &new.channel {
@@ -89,30 +84,35 @@ pub async fn subscribe(
             };
             field(name, e.to_string())
         })?;
-    let subscription = hub.store.subscribe(&new, Utc::now()).await?;
+    let subscription = shared.store.subscribe(&new, Utc::now()).await?;
     tracing::info!(subscription_id = %subscription.subscription_id, owner = %user.username, channel = new.channel.name(), "subscribed to notifications");
     Ok((subscription, secret))
 }
 
 /// The user's subscriptions, or everyone's when `all` and the user is QA or admin.
-pub async fn subscriptions(hub: &Hub, user: &User, all: bool) -> Result<Vec<Subscription>, Error> {
+pub async fn subscriptions(
+    shared: &Shared,
+    user: &User,
+    all: bool,
+) -> Result<Vec<Subscription>, Error> {
     if all {
         require_role(user, &OVERSEERS)?;
     }
     let owner = (!all).then_some(user.username.as_str());
-    Ok(hub.store.subscriptions(owner).await?)
+    Ok(shared.store.subscriptions(owner).await?)
 }
 
 /// Ends a subscription: the owner's own, or any for an admin.
-pub async fn unsubscribe(hub: &Hub, user: &User, subscription_id: Uuid) -> Result<(), Error> {
-    let subscription = hub.store.subscription(subscription_id).await?;
+pub async fn unsubscribe(shared: &Shared, user: &User, subscription_id: Uuid) -> Result<(), Error> {
+    let subscription = shared.store.subscription(subscription_id).await?;
     if subscription.owner != user.username && user.role != Role::Admin {
         return Err(Error::PermissionDenied(format!(
             "subscription {subscription_id} belongs to {}; only they or an admin may end it",
             subscription.owner
         )));
     }
-    hub.store
+    shared
+        .store
         .unsubscribe(subscription_id, &user.username, Utc::now())
         .await?;
     Ok(())
@@ -121,7 +121,7 @@ pub async fn unsubscribe(hub: &Hub, user: &User, subscription_id: Uuid) -> Resul
 /// Notifications of the user's subscriptions, newest first, or everyone's when `all`
 /// and the user is QA or admin.
 pub async fn notifications(
-    hub: &Hub,
+    shared: &Shared,
     user: &User,
     all: bool,
     state: Option<OutboxState>,
@@ -130,7 +130,7 @@ pub async fn notifications(
     if all {
         require_role(user, &OVERSEERS)?;
     }
-    Ok(hub
+    Ok(shared
         .store
         .outbox(&OutboxFilter {
             owner: (!all).then(|| user.username.clone()),
@@ -146,9 +146,13 @@ pub async fn notifications(
 }
 
 /// Puts a failed notification back in the queue (QA and admins).
-pub async fn requeue(hub: &Hub, user: &User, notification_id: Uuid) -> Result<OutboxEntry, Error> {
+pub async fn requeue(
+    shared: &Shared,
+    user: &User,
+    notification_id: Uuid,
+) -> Result<OutboxEntry, Error> {
     require_role(user, &OVERSEERS)?;
-    let entry = hub
+    let entry = shared
         .store
         .requeue(notification_id, &user.username, Utc::now())
         .await?;
