@@ -5,7 +5,11 @@
 //! transaction), lets QA review batch records by exception and sign release, and lets
 //! physicians follow their orders. Sites connect to it; it never connects to a site.
 //!
-//! Map: [`server`] wires everything; [`grpc`] is the API edge (wire types end there);
+//! Map: [`server`] wires everything; [`app`] is the state one hub process shares
+//! (store, config, CA, live links) and knows no door; [`service`] is what people do,
+//! whichever door they come in by, and the only place where roles are checked;
+//! [`grpc`] is the API edge (wire types end there) and [`console`] the web console,
+//! the two doors over [`service`];
 //! [`model`] is the domain (people, sites, orders, the batch record, and how site
 //! events move a batch), with no I/O; [`store`] is the database behind one
 //! interface; [`record`] builds and hashes the batch record; [`pki`] is the CA;
@@ -16,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cli;

@@ -5,57 +5,9 @@
 //! cost nothing on the hot path. The commit latency of site events is measured where
 //! it happens, in a fixed-bucket histogram.
 
-use crate::grpc::Shared;
+use crate::app::Hub;
 use crate::model::BatchState;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-/// Upper bounds of the commit latency buckets, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-/// A latency histogram with fixed buckets, safe to update from any task.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            if seconds <= *bound {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                count.load(Ordering::Relaxed)
-            );
-        }
-        let total = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {total}");
-    }
-}
 
 /// Escapes a label value for the text exposition format.
 fn label(value: &str) -> String {
@@ -66,8 +18,8 @@ fn label(value: &str) -> String {
 }
 
 /// The text exposition of every hub metric.
-pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
-    let store = &shared.store;
+pub async fn render(hub: &Hub) -> Result<String, crate::store::Error> {
+    let store = &hub.store;
     let sites = store.list_sites().await?;
     let orders = store.list_orders(None, None).await?;
     let failed_sign_ins = store
@@ -89,7 +41,7 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
             String::new(),
             sites
                 .iter()
-                .filter(|s| shared.links.is_connected(&s.site_id))
+                .filter(|s| hub.links.is_connected(&s.site_id))
                 .count() as f64,
         )],
     );
@@ -190,8 +142,8 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
             })
             .collect(),
     );
-    let window = chrono::Duration::days(i64::from(shared.config.certificate_warning_days));
-    let ca_expires = shared.ca.not_after();
+    let window = chrono::Duration::days(i64::from(hub.config.certificate_warning_days));
+    let ca_expires = hub.ca.not_after();
     let expiring = sites
         .iter()
         .filter(|s| s.status != crate::model::SiteStatus::Ceased)
@@ -221,11 +173,11 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
             String::new(),
             sites
                 .iter()
-                .filter(|s| s.holds_certificate_of_another_ca(shared.ca.fingerprint()))
+                .filter(|s| s.holds_certificate_of_another_ca(hub.ca.fingerprint()))
                 .count() as f64,
         )],
     );
-    shared.commit_latency.render(
+    hub.commit_latency.render(
         "carrel_hub_event_commit_seconds",
         "Time to commit one message of site events (and their projections) durably.",
         &mut out,
@@ -236,19 +188,6 @@ pub async fn render(shared: &Shared) -> Result<String, crate::store::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_counts_each_observation_in_every_bucket_above_it() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(700));
-        h.observe(Duration::from_millis(30));
-        let mut out = String::new();
-        h.render("x", "test", &mut out);
-        assert!(out.contains("x_bucket{le=\"0.0005\"} 0"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.001\"} 1"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.05\"} 2"), "{out}");
-        assert!(out.contains("x_count 2"), "{out}");
-    }
 
     #[test]
     fn label_values_are_escaped() {

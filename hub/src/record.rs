@@ -1,13 +1,24 @@
 //! The batch record as QA reviews it, and the hash a release signature binds to.
 //!
+//! [`review`] computes, once for both doors (the gRPC API and the web console), what
+//! a reviewer sees: the record's hash, the exceptions first, the QC results against
+//! their specification, the steps and process parameters, every entry, the
+//! signatures as they are shown (Part 11 manifestation) and the audit trail. The
+//! doors only render it. [`timeline`] and [`next_step`] tell an order's story to the
+//! physician who placed it.
+//!
 //! The hash covers the order's identity (batch, COI, patient pseudonym, site, pinned
 //! recipe and its SHA-256) and every site event of the batch in log order, each as
 //! its canonical JSON. Any new or different record gives a different hash, so a
 //! signature made on an earlier view of the record is refused (Part 11: a signature
 //! is bound to the exact record it signs).
 
-use crate::model::{Order, StoredEvent};
+use crate::model::{BatchRecord, Order, Signature, StoredEvent};
+use carrel_proto::event::{EventKind, ReleaseMeaning};
+use carrel_proto::recipe::{Outcome, QcValue};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
 
 pub fn record_sha256(order: &Order, recipe_sha256: &str, events: &[StoredEvent]) -> String {
     let mut hash = Sha256::new();
@@ -151,6 +162,248 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
             "correction".into(),
             format!("record {corrects_seq}: {field} = {new_value} ({reason})"),
         ),
+    }
+}
+
+/// The batch record as QA reviews it: computed once by [`review`], rendered by each
+/// door (protobuf in the API, HTML in the console).
+#[derive(Debug, Clone)]
+pub struct Review {
+    pub order: Order,
+    /// Title and version of the recipe the batch was made to.
+    pub recipe_title: String,
+    pub recipe_version: u32,
+    /// The hash a signature on this review binds to ([`record_sha256`]).
+    pub record_sha256: String,
+    /// What needs QA's attention, first: the site's records flagged as exceptions,
+    /// in log order, then what the hub's own checks found.
+    pub exceptions: Vec<Exception>,
+    /// The hub's evaluation of each QC result against the recipe's specification.
+    pub qc: Vec<QcLine>,
+    /// Each step as the records show it: when it started and completed.
+    pub steps: Vec<StepTimes>,
+    /// The process samples, one series per (step, parameter), in that order.
+    pub parameters: Vec<ParameterSeries>,
+    /// Every entry of the record, in the order the site recorded them.
+    pub entries: Vec<Entry>,
+    pub signatures: Vec<Signed>,
+    pub audit: Vec<crate::audit::Entry>,
+}
+
+impl Review {
+    /// Whether the batch waits for a release decision (the one state it can be signed in).
+    pub fn awaits_decision(&self) -> bool {
+        self.order.state == crate::model::BatchState::AwaitingRelease
+    }
+}
+
+/// One entry of the record, described in words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub seq: u64,
+    pub recorded_at: DateTime<Utc>,
+    pub recorded_by: String,
+    pub what: String,
+    pub detail: String,
+}
+
+/// An exception: a site record flagged by the projection, or an anomaly the hub's
+/// own checks found (no site record behind it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exception {
+    Record(Entry),
+    Anomaly(String),
+}
+
+/// A QC result against its specification. Without the test in the recipe, the name,
+/// method and unit are empty and the specification says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QcLine {
+    pub test_id: String,
+    pub test_name: Option<String>,
+    pub method: Option<String>,
+    pub value: QcValue,
+    pub unit: String,
+    pub specification: String,
+    pub hub_outcome: Outcome,
+    pub site_outcome: Outcome,
+    pub reason: String,
+}
+
+/// When a step started and completed, from the records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepTimes {
+    pub step_id: String,
+    /// The recipe's name for the step (its id when the recipe does not name it).
+    pub name: String,
+    pub started: DateTime<Utc>,
+    pub completed: Option<DateTime<Utc>>,
+}
+
+/// The samples of one process parameter during one step: (process hours, value)
+/// points, and the recipe's normal range when it gives one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterSeries {
+    pub step_id: String,
+    pub parameter: String,
+    pub unit: String,
+    pub points: Vec<(f64, f64)>,
+    pub range: Option<(f64, f64)>,
+}
+
+/// A signature and how it is shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signed {
+    pub signature: Signature,
+    /// Printed name, date-time and meaning ([`manifestation`]).
+    pub manifestation: String,
+}
+
+impl Signed {
+    pub fn new(signature: Signature) -> Signed {
+        Signed {
+            manifestation: manifestation(
+                &signature.signer_name,
+                &signature.signer,
+                signature.meaning,
+                signature.signed_at,
+            ),
+            signature,
+        }
+    }
+}
+
+/// The signature as it is shown: printed name, date-time and meaning (Part 11).
+pub fn manifestation(
+    signer_name: &str,
+    signer: &str,
+    meaning: ReleaseMeaning,
+    at: DateTime<Utc>,
+) -> String {
+    let meaning = match meaning {
+        ReleaseMeaning::Released => "Released",
+        ReleaseMeaning::Rejected => "Rejected",
+    };
+    format!(
+        "{meaning} by {signer_name} ({signer}) on {} UTC",
+        at.format("%Y-%m-%d %H:%M:%S")
+    )
+}
+
+/// The review of a batch record: everything QA sees, computed once.
+pub fn review(record: BatchRecord) -> Review {
+    let BatchRecord {
+        order,
+        recipe,
+        events,
+        qc,
+        signatures,
+        audit,
+    } = record;
+    let recipe_sha256 = recipe.sha256;
+    let recipe = recipe.recipe;
+    let entry = |stored: &StoredEvent| {
+        let (what, detail) = describe(&stored.event.kind);
+        Entry {
+            seq: stored.event.seq,
+            recorded_at: stored.event.recorded_at,
+            recorded_by: stored.event.recorded_by.clone(),
+            what,
+            detail,
+        }
+    };
+    let flagged: HashSet<u64> = order.progress.exceptions.iter().copied().collect();
+    let exceptions = events
+        .iter()
+        .filter(|e| flagged.contains(&e.event.seq))
+        .map(|e| Exception::Record(entry(e)))
+        .chain(
+            order
+                .progress
+                .anomalies
+                .iter()
+                .map(|a| Exception::Anomaly(a.clone())),
+        )
+        .collect();
+    let qc = qc
+        .into_iter()
+        .map(|q| {
+            let test = recipe.test(&q.test_id);
+            QcLine {
+                test_name: test.map(|t| t.name.clone()),
+                method: test.map(|t| t.method.clone()),
+                unit: test.map(|t| t.unit.clone()).unwrap_or_default(),
+                specification: test
+                    .map(|t| t.spec.to_string())
+                    .unwrap_or_else(|| "not in recipe".into()),
+                test_id: q.test_id,
+                value: q.value,
+                hub_outcome: q.hub_outcome,
+                site_outcome: q.site_outcome,
+                reason: q.reason,
+            }
+        })
+        .collect();
+    let mut steps: Vec<StepTimes> = Vec::new();
+    let mut samples: BTreeMap<(String, String), ParameterSeries> = BTreeMap::new();
+    for stored in &events {
+        match &stored.event.kind {
+            EventKind::StepStarted { step_id, .. }
+                if !steps.iter().any(|s| &s.step_id == step_id) =>
+            {
+                steps.push(StepTimes {
+                    step_id: step_id.clone(),
+                    name: recipe
+                        .step(step_id)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_else(|| step_id.clone()),
+                    started: stored.event.recorded_at,
+                    completed: None,
+                });
+            }
+            EventKind::StepCompleted { step_id, .. } => {
+                if let Some(step) = steps.iter_mut().find(|s| &s.step_id == step_id) {
+                    step.completed = Some(stored.event.recorded_at);
+                }
+            }
+            EventKind::ProcessSamples {
+                step_id,
+                samples: list,
+            } => {
+                for s in list {
+                    samples
+                        .entry((step_id.clone(), s.parameter.clone()))
+                        .or_insert_with(|| ParameterSeries {
+                            step_id: step_id.clone(),
+                            parameter: s.parameter.clone(),
+                            unit: s.unit.clone(),
+                            points: Vec::new(),
+                            range: recipe
+                                .step(step_id)
+                                .and_then(|step| {
+                                    step.parameters.iter().find(|p| p.name == s.parameter)
+                                })
+                                .map(|p| (p.low, p.high)),
+                        })
+                        .points
+                        .push((s.step_hours, s.value));
+                }
+            }
+            _ => {}
+        }
+    }
+    Review {
+        record_sha256: record_sha256(&order, &recipe_sha256, &events),
+        recipe_title: recipe.title.clone(),
+        recipe_version: recipe.version,
+        exceptions,
+        qc,
+        steps,
+        parameters: samples.into_values().collect(),
+        entries: events.iter().map(entry).collect(),
+        signatures: signatures.into_iter().map(Signed::new).collect(),
+        audit,
+        order,
     }
 }
 
@@ -439,5 +692,59 @@ mod tests {
             timeline[2].detail
         );
         assert!(!timeline[1].detail.contains("site clock"));
+    }
+
+    #[test]
+    fn the_review_puts_exceptions_first_and_shows_signatures_as_signed() {
+        let created = Utc::now();
+        let s = Duration::seconds;
+        let events = [
+            (created + s(1), created + s(1), step("collection")),
+            (
+                created + s(2),
+                created + s(2),
+                EventKind::StepCompleted {
+                    step_id: "collection".into(),
+                    process_hours: 1.5,
+                },
+            ),
+        ];
+        let mut record = record(&events, created);
+        record.order.progress.exceptions = vec![2];
+        record.order.progress.anomalies = vec!["custody scans out of order".into()];
+        let signed_at = created + s(60);
+        record.signatures.push(crate::model::Signature {
+            signature_id: Uuid::now_v7(),
+            batch_id: record.order.batch_id,
+            signer: "qa.b".into(),
+            signer_name: "B. Quality".into(),
+            meaning: ReleaseMeaning::Rejected,
+            record_sha256: "0".repeat(64),
+            reason: "test".into(),
+            signed_at,
+        });
+        let sha = record_sha256(&record.order, &record.recipe.sha256, &record.events);
+        let review = review(record);
+        assert_eq!(review.record_sha256, sha);
+        assert_eq!(review.exceptions.len(), 2, "{:#?}", review.exceptions);
+        assert!(
+            matches!(&review.exceptions[0], Exception::Record(e) if e.seq == 2 && e.what == "step completed"),
+            "{:#?}",
+            review.exceptions
+        );
+        assert_eq!(
+            review.exceptions[1],
+            Exception::Anomaly("custody scans out of order".into())
+        );
+        assert_eq!(review.entries.len(), 2);
+        assert_eq!(review.steps.len(), 1);
+        assert_eq!(review.steps[0].completed, Some(created + s(2)));
+        assert_eq!(
+            review.signatures[0].manifestation,
+            format!(
+                "Rejected by B. Quality (qa.b) on {} UTC",
+                signed_at.format("%Y-%m-%d %H:%M:%S")
+            )
+        );
     }
 }

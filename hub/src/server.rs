@@ -1,7 +1,8 @@
 //! Starting a hub: store, recipes, CA, TLS, and the gRPC server with health and
 //! reflection. Used by `carrel-hub serve`, by `carrel-hub dev` and by tests.
 
-use crate::grpc::{self, Shared};
+use crate::app::Hub;
+use crate::grpc;
 use crate::pki::{self, Ca};
 use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
 use crate::Config;
@@ -31,7 +32,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Address of the web console (HTTPS).
     pub console_addr: SocketAddr,
-    pub shared: Arc<Shared>,
+    /// The hub's application state, as its services share it.
+    pub shared: Arc<Hub>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -148,13 +150,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         false,
     )?;
 
-    let shared = Shared::new(store, config.clone(), ca.clone(), shutdown.clone());
-    shared
-        .relay_notifications()
+    let hub = Hub::new(store, config.clone(), ca.clone(), shutdown.clone());
+    hub.relay_notifications()
         .await
         .context("listening for other hub replicas' notifications")?;
-    shared.audit_refusals_periodically();
-    tokio::spawn(crate::service::schedule::run_replanner(shared.clone()));
+    hub.audit_refusals_periodically();
+    tokio::spawn(crate::service::schedule::run_replanner(hub.clone()));
     // A store that failed to keep a commit must not be used on as if it had (see
     // store::Failure): stop serving, so nothing more is acknowledged.
     let stop = shutdown.clone();
@@ -175,12 +176,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     // delivers them (see crate::notify).
     let sender = crate::notify::deliver::Sender::new(&config.notifications)?;
     tokio::spawn(crate::notify::run_notifier(
-        shared.store.clone(),
+        hub.store.clone(),
         config.notifications.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(crate::notify::deliver::run(
-        shared.store.clone(),
+        hub.store.clone(),
         sender,
         config.notifications.clone(),
         shutdown.clone(),
@@ -232,41 +233,37 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .add_service(reflection.max_decoding_message_size(max))
         .add_service(
             pb::site_link_service_server::SiteLinkServiceServer::new(grpc::site_link::SiteLinkApi(
-                shared.clone(),
+                hub.clone(),
             ))
             .max_decoding_message_size(max),
         )
         .add_service(
-            pb::auth_service_server::AuthServiceServer::new(grpc::auth::AuthApi(shared.clone()))
+            pb::auth_service_server::AuthServiceServer::new(grpc::auth::AuthApi(hub.clone()))
                 .max_decoding_message_size(max),
         )
         .add_service(
-            pb::order_service_server::OrderServiceServer::new(grpc::orders::OrderApi(
-                shared.clone(),
-            ))
-            .max_decoding_message_size(max),
+            pb::order_service_server::OrderServiceServer::new(grpc::orders::OrderApi(hub.clone()))
+                .max_decoding_message_size(max),
         )
         .add_service(
             pb::release_service_server::ReleaseServiceServer::new(grpc::release::ReleaseApi(
-                shared.clone(),
+                hub.clone(),
             ))
             .max_decoding_message_size(max),
         )
         .add_service(
             pb::notification_service_server::NotificationServiceServer::new(
-                grpc::notifications::NotificationApi(shared.clone()),
+                grpc::notifications::NotificationApi(hub.clone()),
             )
             .max_decoding_message_size(max),
         )
         .add_service(
-            pb::admin_service_server::AdminServiceServer::new(grpc::admin::AdminApi(
-                shared.clone(),
-            ))
-            .max_decoding_message_size(max),
+            pb::admin_service_server::AdminServiceServer::new(grpc::admin::AdminApi(hub.clone()))
+                .max_decoding_message_size(max),
         )
         .add_service(
             pb::schedule_service_server::ScheduleServiceServer::new(grpc::schedule::ScheduleApi(
-                shared.clone(),
+                hub.clone(),
             ))
             .max_decoding_message_size(max),
         );
@@ -300,7 +297,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         false,
     )?;
     crate::console::serve(
-        shared.clone(),
+        hub.clone(),
         console_listener,
         &format!("{}{}", server_cert.cert_pem, ca.server_chain_pem()),
         &server_cert.key_pem,
@@ -310,7 +307,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(Running {
         addr,
         console_addr,
-        shared,
+        shared: hub,
         task,
     })
 }

@@ -1,17 +1,25 @@
 //! What people do, whichever door they come in by: the gRPC API ([`crate::grpc`])
 //! and the web console ([`crate::console`]) both call these, so the rules (validation,
 //! roles, Part 11 signing, audit) live in one place.
+//!
+//! This is the only place where roles are checked: a door authenticates the caller
+//! (session cookie or bearer token) and passes the user here; whether that user's
+//! role may do the thing is decided by the function it calls ([`require_role`] with
+//! the roles named beside it). Where a page only shows or hides something by role,
+//! it asks a `may_…` function here rather than comparing roles itself. The release
+//! path is [`release`], administration [`admin`], scheduling [`schedule`].
 
+use crate::app::Hub;
 use crate::audit::{Action, NewEntry};
 use crate::auth::{new_secret, secret_sha256, verify_password};
-use crate::grpc::Shared;
 use crate::model;
-use crate::model::{NewOrder, Order, Role, Signature, User};
+use crate::model::{NewOrder, Order, Role, User};
 use crate::store;
-use carrel_proto::event::ReleaseMeaning;
-use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use uuid::Uuid;
 
+pub mod admin;
+pub mod release;
 pub mod schedule;
 
 /// Why a request was refused. `Field` names the input that is wrong, so a form can
@@ -44,7 +52,7 @@ pub const BAD_CREDENTIALS: &str = "unknown user or wrong password";
 
 /// A new session for a user who proved their password; failures are audited.
 pub async fn sign_in(
-    shared: &Shared,
+    hub: &Hub,
     username: &str,
     password: &str,
 ) -> Result<(String, DateTime<Utc>, User), Error> {
@@ -55,15 +63,14 @@ pub async fn sign_in(
     // Password guessing: after too many failures in a row the account is locked for a
     // while, whatever is typed. Counted per user name, so an unknown name locks too
     // and the answer reveals nothing about which names exist.
-    let window = Duration::seconds(i64::from(shared.config.sign_in_lockout_secs));
-    let failures = shared
+    let window = Duration::seconds(i64::from(hub.config.sign_in_lockout_secs));
+    let failures = hub
         .store
         .sign_in_failures_since(username, Utc::now() - window)
         .await?;
-    if failures >= u64::from(shared.config.sign_in_max_failures) {
+    if failures >= u64::from(hub.config.sign_in_max_failures) {
         tracing::warn!(username, failures, "sign-in refused: account locked");
-        shared
-            .store
+        hub.store
             .audit(
                 &NewEntry::new(
                     username,
@@ -75,10 +82,10 @@ pub async fn sign_in(
             .await?;
         return Err(Error::Unauthenticated(format!(
             "this account is locked after {failures} failed sign-ins; try again in {} minutes or ask an administrator",
-            shared.config.sign_in_lockout_secs.div_ceil(60)
+            hub.config.sign_in_lockout_secs.div_ceil(60)
         )));
     }
-    let user = match shared.store.user(username).await {
+    let user = match hub.store.user(username).await {
         Ok(user) => Some(user),
         Err(store::Error::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
@@ -88,8 +95,7 @@ pub async fn sign_in(
         .is_some_and(|u| !u.disabled && verify_password(password, &u.password_hash));
     let Some(user) = user.filter(|_| ok) else {
         tracing::warn!(username, "failed sign-in");
-        shared
-            .store
+        hub.store
             .audit(
                 &NewEntry::new(
                     username,
@@ -102,9 +108,8 @@ pub async fn sign_in(
         return Err(Error::Unauthenticated(BAD_CREDENTIALS.into()));
     };
     let token = new_secret();
-    let expires_at = Utc::now() + Duration::seconds(i64::from(shared.config.session_ttl_secs));
-    shared
-        .store
+    let expires_at = Utc::now() + Duration::seconds(i64::from(hub.config.session_ttl_secs));
+    hub.store
         .create_session(&secret_sha256(&token), &user.username, expires_at)
         .await?;
     tracing::info!(username, role = %user.role, "signed in");
@@ -123,6 +128,20 @@ pub fn require_role(user: &User, roles: &[Role]) -> Result<(), Error> {
         user.role,
         allowed.join(" or ")
     )))
+}
+
+/// Who places orders.
+const PRESCRIBERS: [Role; 1] = [Role::Physician];
+
+/// Whether `user` may place orders (the console offers the order form only then).
+pub fn may_order(user: &User) -> bool {
+    require_role(user, &PRESCRIBERS).is_ok()
+}
+
+/// The sites an order can name, for the order form (physicians).
+pub async fn order_sites(hub: &Hub, user: &User) -> Result<Vec<model::Site>, Error> {
+    require_role(user, &PRESCRIBERS)?;
+    Ok(hub.store.list_sites().await?)
 }
 
 /// An order as a physician fills it in.
@@ -150,8 +169,8 @@ fn validate_pseudonym(text: &str) -> Result<String, Error> {
 }
 
 /// Validates and stores an order, and wakes the site's link.
-pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Result<Order, Error> {
-    require_role(user, &[Role::Physician])?;
+pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Order, Error> {
+    require_role(user, &PRESCRIBERS)?;
     let patient_pseudonym = validate_pseudonym(&form.patient_pseudonym)?;
     if form.product.trim().is_empty() {
         return Err(field(
@@ -194,9 +213,9 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
         site_id: form.site_id.trim().to_owned(),
         requested_collection_date: date.to_string(),
         physician: user.username.clone(),
-        facility: shared.config.facility.clone(),
+        facility: hub.config.facility.clone(),
     };
-    let order = match shared.store.create_order(&new, Utc::now()).await {
+    let order = match hub.store.create_order(&new, Utc::now()).await {
         // Which input an unknown site or product came from, for the form.
         Err(store::Error::Invalid(message)) if message.starts_with("site") => {
             return Err(field("site_id", message))
@@ -207,7 +226,7 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
         // The date cannot be booked: say what is free instead.
         Err(store::Error::Unavailable(why)) => {
             return Err(schedule::with_next_free(
-                shared,
+                hub,
                 user,
                 &new.recipe_id,
                 &new.site_id,
@@ -219,19 +238,18 @@ pub async fn create_order(shared: &Shared, user: &User, form: &OrderForm) -> Res
         other => other?,
     };
     tracing::info!(order_id = %order.order_id, batch_id = %order.batch_id, coi = %order.coi, "order created");
-    shared.commands_added(&order.site_id, order.batch_id);
+    hub.commands_added(&order.site_id, order.batch_id);
     Ok(order)
 }
 
 /// The order, if `user` may see it: a physician sees only their own (another's is
 /// reported as not found, so its existence is not revealed).
 /// The refusal is audited: an attempt to read another's patient is kept on record.
-pub async fn visible_order(shared: &Shared, user: &User, order_id: Uuid) -> Result<Order, Error> {
-    let order = shared.store.order(order_id).await?;
+pub async fn visible_order(hub: &Hub, user: &User, order_id: Uuid) -> Result<Order, Error> {
+    let order = hub.store.order(order_id).await?;
     if user.role == Role::Physician && order.physician != user.username {
         tracing::warn!(username = %user.username, %order_id, "refused: another physician's order");
-        shared
-            .store
+        hub.store
             .audit(
                 &NewEntry::new(
                     &user.username,
@@ -251,112 +269,17 @@ pub async fn visible_order(shared: &Shared, user: &User, order_id: Uuid) -> Resu
 
 /// Orders `user` may see, newest first.
 pub async fn visible_orders(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     state: Option<model::BatchState>,
 ) -> Result<Vec<Order>, Error> {
     let physician = (user.role == Role::Physician).then_some(user.username.as_str());
-    Ok(shared.store.list_orders(physician, state).await?)
-}
-
-/// The signature as it is shown: printed name, date-time and meaning (Part 11).
-pub fn manifestation(
-    signer_name: &str,
-    signer: &str,
-    meaning: ReleaseMeaning,
-    at: DateTime<Utc>,
-) -> String {
-    let meaning = match meaning {
-        ReleaseMeaning::Released => "Released",
-        ReleaseMeaning::Rejected => "Rejected",
-    };
-    format!(
-        "{meaning} by {signer_name} ({signer}) on {} UTC",
-        at.format("%Y-%m-%d %H:%M:%S")
-    )
-}
-
-/// A QA decision as entered: meaning, password again, the hash of the record as
-/// reviewed, and a reason (required to reject).
-pub struct SignForm<'a> {
-    pub batch_id: Uuid,
-    pub meaning: ReleaseMeaning,
-    pub password: &'a str,
-    pub record_sha256: &'a str,
-    pub reason: &'a str,
-}
-
-/// Signs release or rejection (21 CFR Part 11): the signer proves identity again
-/// with the password; the signature binds to the record as reviewed. An attempt
-/// by someone without the authority to sign is refused and audited.
-pub async fn sign_release(
-    shared: &Shared,
-    user: &User,
-    form: SignForm<'_>,
-) -> Result<(Signature, Order), Error> {
-    if let Err(refused) = require_role(user, &[Role::Qa]) {
-        tracing::warn!(username = %user.username, batch_id = %form.batch_id, "refused: signing without the QA role");
-        shared
-            .store
-            .audit(
-                &NewEntry::new(
-                    &user.username,
-                    Action::ReleaseSigningRefused,
-                    format!("batch/{}", form.batch_id),
-                )
-                .batch(form.batch_id)
-                .reason(refused.to_string()),
-            )
-            .await?;
-        return Err(refused);
-    }
-    let sha = form.record_sha256.trim().to_ascii_lowercase();
-    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(field(
-            "record_sha256",
-            "record_sha256 must be the 64-hex-digit SHA-256 of the batch record as reviewed",
-        ));
-    }
-    if form.meaning == ReleaseMeaning::Rejected && form.reason.trim().is_empty() {
-        return Err(field("reason", "a rejection needs a reason"));
-    }
-    if !verify_password(form.password, &user.password_hash) {
-        tracing::warn!(signer = %user.username, "failed signing attempt");
-        shared
-            .store
-            .audit(
-                &NewEntry::new(
-                    &user.username,
-                    Action::ReleaseSigningFailed,
-                    format!("batch/{}", form.batch_id),
-                )
-                .batch(form.batch_id)
-                .reason("wrong password at signing"),
-            )
-            .await?;
-        return Err(Error::Unauthenticated(
-            "wrong password: the signature was not made".into(),
-        ));
-    }
-    let signature = Signature {
-        signature_id: Uuid::now_v7(),
-        batch_id: form.batch_id,
-        signer: user.username.clone(),
-        signer_name: user.full_name.clone(),
-        meaning: form.meaning,
-        record_sha256: sha,
-        reason: form.reason.trim().to_owned(),
-        signed_at: Utc::now().trunc_subsecs(6),
-    };
-    let order = shared.store.sign_release(&signature, Utc::now()).await?;
-    tracing::info!(batch_id = %order.batch_id, meaning = form.meaning.as_str(), signer = %user.username, "release decision signed");
-    shared.commands_added(&order.site_id, order.batch_id);
-    Ok((signature, order))
+    Ok(hub.store.list_orders(physician, state).await?)
 }
 
 /// Cancels an order still in manufacturing.
 pub async fn cancel_order(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     order_id: Uuid,
     reason: &str,
@@ -365,41 +288,12 @@ pub async fn cancel_order(
     if reason.trim().is_empty() {
         return Err(field("reason", "a reason is required to cancel an order"));
     }
-    visible_order(shared, user, order_id).await?;
-    let order = shared
+    visible_order(hub, user, order_id).await?;
+    let order = hub
         .store
         .cancel_order(order_id, reason.trim(), &user.username, Utc::now())
         .await?;
     tracing::info!(%order_id, "order cancelled");
-    shared.commands_added(&order.site_id, order.batch_id);
+    hub.commands_added(&order.site_id, order.batch_id);
     Ok(order)
-}
-
-/// Moves a site through its lifecycle (suspend, resume, cease) for an administrator,
-/// with the reason the audit trail keeps. A suspended or ceased site's live link is
-/// closed at once.
-pub async fn change_site_status(
-    shared: &Shared,
-    user: &User,
-    site_id: &str,
-    status: model::SiteStatus,
-    reason: &str,
-) -> Result<model::Site, Error> {
-    require_role(user, &[Role::Admin])?;
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(field(
-            "reason",
-            format!("a reason is required to make a site {}", status.as_str()),
-        ));
-    }
-    let site = shared
-        .store
-        .set_site_status(site_id.trim(), status, &user.username, reason)
-        .await?;
-    if status != model::SiteStatus::Active {
-        shared.links.close(&site.site_id);
-    }
-    tracing::warn!(site_id = %site.site_id, status = status.as_str(), %reason, by = %user.username, "site status changed");
-    Ok(site)
 }

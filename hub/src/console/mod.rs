@@ -18,9 +18,10 @@ mod pages;
 mod schedule;
 mod view;
 
+use crate::app::Hub;
 use crate::auth::secret_sha256;
-use crate::grpc::Shared;
 use crate::model::User;
+use crate::service;
 use crate::store;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -34,7 +35,7 @@ pub const SESSION_COOKIE: &str = "carrel_session";
 pub const LOGIN_CSRF_COOKIE: &str = "carrel_login_csrf";
 
 /// The console's routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/", get(pages::home))
         .route("/login", get(pages::login_form).post(pages::login))
@@ -72,7 +73,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/style.css", get(view::stylesheet))
         .route("/metrics", get(metrics))
-        .with_state(shared)
+        .with_state(hub)
 }
 
 /// Reads one cookie from the request headers.
@@ -111,18 +112,18 @@ impl Session {
     }
 }
 
-impl FromRequestParts<Arc<Shared>> for Session {
+impl FromRequestParts<Arc<Hub>> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        shared: &Arc<Shared>,
+        hub: &Arc<Hub>,
     ) -> Result<Self, Self::Rejection> {
         let to_login = || Redirect::to("/login").into_response();
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(to_login());
         };
-        match shared
+        match hub
             .store
             .session_user(&secret_sha256(&token), chrono::Utc::now())
             .await
@@ -144,10 +145,49 @@ impl FromRequestParts<Arc<Shared>> for Session {
     }
 }
 
+/// What a handler answers: the page, or the error page it stopped at (`?`).
+type Page = Result<Response, Response>;
+
+fn html_page(markup: maud::Markup) -> Response {
+    axum::response::Html(markup.into_string()).into_response()
+}
+
+fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+/// Turns a service refusal into an error page (forms show field errors themselves).
+fn refused(error: service::Error) -> Response {
+    use service::Error as E;
+    match error {
+        E::Field { message, .. } => problem(StatusCode::BAD_REQUEST, message),
+        E::Unauthenticated(m) => problem(StatusCode::UNAUTHORIZED, m),
+        E::PermissionDenied(m) => problem(StatusCode::FORBIDDEN, m),
+        E::Store(store::Error::NotFound(what)) => {
+            problem(StatusCode::NOT_FOUND, format!("{what} not found"))
+        }
+        E::Store(store::Error::FailedPrecondition(m) | store::Error::Unavailable(m)) => {
+            problem(StatusCode::CONFLICT, m)
+        }
+        E::Store(e) => {
+            tracing::error!(error = %e, "console request failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The hub's store is unavailable; try again.",
+            )
+        }
+    }
+}
+
+fn parse_uuid(text: &str) -> Result<uuid::Uuid, Response> {
+    uuid::Uuid::parse_str(text)
+        .map_err(|_| problem(StatusCode::NOT_FOUND, format!("{text:?} is not a valid id")))
+}
+
 /// Prometheus text exposition. Served without a session, like most exporters:
 /// the figures are counts, never patient data; restrict the port if that matters.
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    match crate::metrics::render(&shared).await {
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    match crate::metrics::render(&hub).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "metrics: cannot read the store");
@@ -160,13 +200,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Shared state for handlers.
-pub type Hub = State<Arc<Shared>>;
+/// The hub ([`Hub`]) as handlers extract it.
+pub type HubState = State<Arc<Hub>>;
 
 /// Serves the console over HTTPS on `listener` until `shutdown`, with the hub's
 /// server certificate.
 pub fn serve(
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     listener: std::net::TcpListener,
     cert_chain_pem: &str,
     key_pem: &str,
@@ -195,7 +235,7 @@ pub fn serve(
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
     )
     .handle(handle);
-    let app = router(shared);
+    let app = router(hub);
     Ok(tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!(error = %e, "web console stopped");

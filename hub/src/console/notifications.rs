@@ -4,24 +4,20 @@
 
 #![allow(clippy::result_large_err)]
 
-use super::pages::{html_page, parse_uuid, refused};
 use super::view::{page, when};
-use super::{Hub, Session};
+use super::{html_page, parse_uuid, refused, HubState, Page, Session};
 use crate::model::Role;
 use crate::notify::service::{self, Target};
 use crate::notify::{Kind, OutboxEntry, OutboxState, Subscription};
 use axum::extract::{Form, Path};
-use axum::response::Response;
 use maud::{html, Markup};
 use std::collections::HashMap;
-
-type Page = Result<Response, Response>;
 
 fn oversees(session: &Session) -> bool {
     matches!(session.user.role, Role::Qa | Role::Admin)
 }
 
-async fn render(hub: &Hub, session: &Session, notice: Option<Markup>) -> Page {
+async fn render(hub: &HubState, session: &Session, notice: Option<Markup>) -> Page {
     let subscriptions = service::subscriptions(hub, &session.user, false)
         .await
         .map_err(refused)?;
@@ -31,13 +27,13 @@ async fn render(hub: &Hub, session: &Session, notice: Option<Markup>) -> Page {
     Ok(html_page(markup(session, &subscriptions, &sent, notice)))
 }
 
-pub async fn notifications(hub: Hub, session: Session) -> Page {
+pub async fn notifications(hub: HubState, session: Session) -> Page {
     render(&hub, &session, None).await
 }
 
 /// Subscribe form: `kind_<name>` checkboxes, `channel`, `target`, `site`, `csrf`.
 pub async fn subscribe(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     Form(form): Form<HashMap<String, String>>,
 ) -> Page {
@@ -77,7 +73,7 @@ pub struct CsrfForm {
 }
 
 pub async fn unsubscribe(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
@@ -96,7 +92,7 @@ pub async fn unsubscribe(
 }
 
 pub async fn requeue(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,

@@ -5,13 +5,17 @@
 #![allow(clippy::result_large_err)]
 
 use super::view::{chart, elapsed, live, page, state_badge, when};
-use super::{cookie, Hub, Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
-use crate::admin;
+use super::{
+    cookie, html_page, parse_uuid, problem, refused, HubState, Page, Session, LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+};
 use crate::auth::{new_secret, secret_sha256};
 use crate::model;
-use crate::model::{BatchRecord, BatchState, Order, Role, SiteStatus};
-use crate::record::{next_step, record_sha256, timeline};
+use crate::model::{BatchRecord, Order, Role, SiteStatus};
+use crate::record::{next_step, timeline};
+use crate::record::{Exception, Review};
 use crate::service::{self, OrderForm};
+use crate::service::{admin, release};
 use crate::store;
 use axum::extract::{Form, Path};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -21,49 +25,6 @@ use chrono::Utc;
 use maud::{html, Markup};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use uuid::Uuid;
-
-type Page = Result<Response, Response>;
-
-pub(super) fn html_page(markup: Markup) -> Response {
-    Html(markup.into_string()).into_response()
-}
-
-pub(super) fn problem(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, message.into()).into_response()
-}
-
-/// Turns a service refusal into an error page (forms show field errors themselves).
-pub(super) fn refused(error: service::Error) -> Response {
-    use service::Error as E;
-    match error {
-        E::Field { message, .. } => problem(StatusCode::BAD_REQUEST, message),
-        E::Unauthenticated(m) => problem(StatusCode::UNAUTHORIZED, m),
-        E::PermissionDenied(m) => problem(StatusCode::FORBIDDEN, m),
-        E::Store(store::Error::NotFound(what)) => {
-            problem(StatusCode::NOT_FOUND, format!("{what} not found"))
-        }
-        E::Store(store::Error::FailedPrecondition(m) | store::Error::Unavailable(m)) => {
-            problem(StatusCode::CONFLICT, m)
-        }
-        E::Store(e) => {
-            tracing::error!(error = %e, "console request failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The hub's store is unavailable; try again.",
-            )
-        }
-    }
-}
-
-pub(super) fn require(session: &Session, roles: &[Role]) -> Result<(), Response> {
-    service::require_role(&session.user, roles).map_err(refused)
-}
-
-pub(super) fn parse_uuid(text: &str) -> Result<Uuid, Response> {
-    Uuid::parse_str(text)
-        .map_err(|_| problem(StatusCode::NOT_FOUND, format!("{text:?} is not a valid id")))
-}
 
 // ---- sign-in ----
 
@@ -106,7 +67,7 @@ pub async fn login_form() -> Response {
     with_login_csrf(&csrf, login_page(&csrf, "", None))
 }
 
-pub async fn login(hub: Hub, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(hub: HubState, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
     if cookie(&headers, LOGIN_CSRF_COOKIE).as_deref() != Some(form.csrf.as_str())
         || form.csrf.is_empty()
     {
@@ -149,7 +110,7 @@ pub struct CsrfOnly {
 }
 
 pub async fn logout(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     headers: HeaderMap,
     Form(form): Form<CsrfOnly>,
@@ -195,7 +156,7 @@ fn order_rows_markup(orders: &[Order]) -> Markup {
     }
 }
 
-pub async fn orders(hub: Hub, session: Session) -> Page {
+pub async fn orders(hub: HubState, session: Session) -> Page {
     let orders = service::visible_orders(&hub, &session.user, None)
         .await
         .map_err(refused)?;
@@ -209,7 +170,7 @@ pub async fn orders(hub: Hub, session: Session) -> Page {
         Some((&session.user, &session.csrf)),
         html! {
             h1 { (title) }
-            @if session.user.role == Role::Physician { p { a.button href="/orders/new" { "New order" } } }
+            @if service::may_order(&session.user) { p { a.button href="/orders/new" { "New order" } } }
             table {
                 thead { tr { th { "COI" } th { "Patient" } th { "Site" } th { "State" } th { "Step" } th { "Ordered" } } }
                 tbody id="order-rows" { (order_rows_markup(&orders)) }
@@ -219,7 +180,7 @@ pub async fn orders(hub: Hub, session: Session) -> Page {
     )))
 }
 
-pub async fn order_rows(hub: Hub, session: Session) -> Page {
+pub async fn order_rows(hub: HubState, session: Session) -> Page {
     let orders = service::visible_orders(&hub, &session.user, None)
         .await
         .map_err(refused)?;
@@ -283,19 +244,16 @@ fn order_form_page(
 
 /// The earliest free collection dates across the network, for the order form; none
 /// when no site declares its capacity.
-async fn free_dates(hub: &Hub, session: &Session) -> Vec<service::schedule::Proposal> {
+async fn free_dates(hub: &HubState, session: &Session) -> Vec<service::schedule::Proposal> {
     service::schedule::propose(hub, &session.user, "cd19-car-t", "", "", true, 6)
         .await
         .unwrap_or_default()
 }
 
-pub async fn new_order(hub: Hub, session: Session) -> Page {
-    require(&session, &[Role::Physician])?;
-    let sites = hub
-        .store
-        .list_sites()
+pub async fn new_order(hub: HubState, session: Session) -> Page {
+    let sites = service::order_sites(&hub, &session.user)
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(refused)?;
     let form = OrderForm {
         requested_collection_date: (Utc::now() + chrono::Duration::days(2))
             .format("%Y-%m-%d")
@@ -325,7 +283,11 @@ pub struct NewOrderForm {
     requested_collection_date: String,
 }
 
-pub async fn create_order(hub: Hub, session: Session, Form(input): Form<NewOrderForm>) -> Page {
+pub async fn create_order(
+    hub: HubState,
+    session: Session,
+    Form(input): Form<NewOrderForm>,
+) -> Page {
     session.check_csrf(&input.csrf)?;
     let form = OrderForm {
         patient_pseudonym: input.patient_pseudonym,
@@ -346,11 +308,9 @@ pub async fn create_order(hub: Hub, session: Session, Form(input): Form<NewOrder
                 service::Error::Field { field, message } => errors.insert(field, message),
                 other => errors.insert("form", other.to_string()),
             };
-            let sites = hub
-                .store
-                .list_sites()
+            let sites = service::order_sites(&hub, &session.user)
                 .await
-                .map_err(|e| refused(e.into()))?;
+                .map_err(refused)?;
             let free = free_dates(&hub, &session).await;
             let mut response = html_page(order_form_page(&session, &sites, &form, &errors, &free));
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
@@ -395,7 +355,7 @@ fn order_live_markup(record: &BatchRecord) -> Markup {
     }
 }
 
-pub async fn order_page(hub: Hub, session: Session, Path(id): Path<String>) -> Page {
+pub async fn order_page(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
     let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
         .await
         .map_err(refused)?;
@@ -412,14 +372,14 @@ pub async fn order_page(hub: Hub, session: Session, Path(id): Path<String>) -> P
             h1 { "Order " (order.coi) }
             p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (order.recipe_id) " v" (order.recipe_version)
                 " · collection requested for " (order.requested_collection_date) " · ordered by " (order.physician) }
-            @if session.user.role == Role::Qa { p { a href=(format!("/batches/{}", order.batch_id)) { "Batch record" } } }
+            @if release::may_review(&session.user) { p { a href=(format!("/batches/{}", order.batch_id)) { "Batch record" } } }
             div id="order-live" { (order_live_markup(&record)) (clock) }
             (live("order-live", &format!("/orders/{}/live", order.order_id)))
         },
     )))
 }
 
-pub async fn order_live(hub: Hub, session: Session, Path(id): Path<String>) -> Page {
+pub async fn order_live(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
     let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
         .await
         .map_err(refused)?;
@@ -434,13 +394,8 @@ pub async fn order_live(hub: Hub, session: Session, Path(id): Path<String>) -> P
 
 // ---- QA ----
 
-pub async fn release_queue(hub: Hub, session: Session) -> Page {
-    require(&session, &[Role::Qa])?;
-    let pending = hub
-        .store
-        .list_orders(None, Some(BatchState::AwaitingRelease))
-        .await
-        .map_err(|e| refused(e.into()))?;
+pub async fn release_queue(hub: HubState, session: Session) -> Page {
+    let pending = release::queue(&hub, &session.user).await.map_err(refused)?;
     Ok(html_page(page(
         "Release queue",
         Some((&session.user, &session.csrf)),
@@ -464,92 +419,44 @@ pub async fn release_queue(hub: Hub, session: Session) -> Page {
     )))
 }
 
-/// When a step started and completed, from the records.
-struct StepTimes {
-    step_id: String,
-    started: chrono::DateTime<Utc>,
-    completed: Option<chrono::DateTime<Utc>>,
-}
-
-/// Process samples per (step, parameter): the unit and (process hours, value) points.
-type Series = BTreeMap<(String, String), (String, Vec<(f64, f64)>)>;
-
-fn batch_record_markup(session: &Session, record: &BatchRecord, notice: Option<&str>) -> Markup {
-    let order = &record.order;
-    let sha = record_sha256(order, &record.recipe.sha256, &record.events);
-    let exceptions: std::collections::HashSet<u64> =
-        order.progress.exceptions.iter().copied().collect();
-    let describe = |e: &model::StoredEvent| crate::record::describe(&e.event.kind);
-    // Steps: start and end from the records.
-    let mut steps: Vec<StepTimes> = Vec::new();
-    let mut samples: Series = BTreeMap::new();
-    for stored in &record.events {
-        match &stored.event.kind {
-            EventKind::StepStarted { step_id, .. }
-                if !steps.iter().any(|s| &s.step_id == step_id) =>
-            {
-                steps.push(StepTimes {
-                    step_id: step_id.clone(),
-                    started: stored.event.recorded_at,
-                    completed: None,
-                });
-            }
-            EventKind::StepCompleted { step_id, .. } => {
-                if let Some(step) = steps.iter_mut().find(|s| &s.step_id == step_id) {
-                    step.completed = Some(stored.event.recorded_at);
-                }
-            }
-            EventKind::ProcessSamples {
-                step_id,
-                samples: list,
-            } => {
-                for s in list {
-                    samples
-                        .entry((step_id.clone(), s.parameter.clone()))
-                        .or_insert_with(|| (s.unit.clone(), Vec::new()))
-                        .1
-                        .push((s.step_hours, s.value));
-                }
-            }
-            _ => {}
-        }
-    }
-    let recipe = &record.recipe.recipe;
-    let signable = order.state == BatchState::AwaitingRelease;
+fn batch_record_markup(session: &Session, review: &Review, notice: Option<&str>) -> Markup {
+    let order = &review.order;
+    let sha = &review.record_sha256;
     html! {
         h1 { "Batch record " (order.coi) }
-        p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (recipe.title) " v" (recipe.version)
+        p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (review.recipe_title) " v" (review.recipe_version)
             " · batch " (order.batch_id) }
         p { "State: " (state_badge(order.state)) }
         @if let Some(notice) = notice { div.notice.bad role="alert" { (notice) } }
-        @for sig in &record.signatures {
-            div.notice.ok { strong.manifestation { (service::manifestation(&sig.signer_name, &sig.signer, sig.meaning, sig.signed_at)) }
+        @for signed in &review.signatures {
+            @let sig = &signed.signature;
+            div.notice.ok { strong.manifestation { (signed.manifestation) }
                 @if !sig.reason.is_empty() { p { "Reason: " (sig.reason) } }
                 p.muted { "Bound to record " code { (sig.record_sha256) } }
             }
         }
-        h2 id="exceptions" { "Exceptions (" (exceptions.len() + order.progress.anomalies.len()) ")" }
+        h2 id="exceptions" { "Exceptions (" (review.exceptions.len()) ")" }
         table.exceptions {
             thead { tr { th { "#" } th { "When" } th { "By" } th { "What" } th { "Details" } } }
             tbody {
-                @for stored in record.events.iter().filter(|e| exceptions.contains(&e.event.seq)) {
-                    @let (what, detail) = describe(stored);
-                    tr { td { (stored.event.seq) } td.muted { (when(stored.event.recorded_at)) } td { (stored.event.recorded_by) } td { strong { (what) } } td { (detail) } }
+                @for exception in &review.exceptions {
+                    @match exception {
+                        Exception::Record(e) => { tr { td { (e.seq) } td.muted { (when(e.recorded_at)) } td { (e.recorded_by) } td { strong { (e.what) } } td { (e.detail) } } }
+                        Exception::Anomaly(anomaly) => { tr { td { "hub" } td {} td { "hub check" } td { strong { "anomaly" } } td { (anomaly) } } }
+                    }
                 }
-                @for anomaly in &order.progress.anomalies { tr { td { "hub" } td {} td { "hub check" } td { strong { "anomaly" } } td { (anomaly) } } }
-                @if exceptions.is_empty() && order.progress.anomalies.is_empty() { tr { td colspan="5" .muted { "No exceptions." } } }
+                @if review.exceptions.is_empty() { tr { td colspan="5" .muted { "No exceptions." } } }
             }
         }
         h2 { "QC results against specification" }
         table {
             thead { tr { th { "Test" } th { "Result" } th { "Specification" } th { "Hub" } th { "Site" } } }
             tbody {
-                @for q in &record.qc {
-                    @let test = recipe.test(&q.test_id);
+                @for q in &review.qc {
                     tr {
-                        td { (test.map(|t| t.name.clone()).unwrap_or_else(|| q.test_id.clone())) @if let Some(t) = test { span.muted { " (" (t.method) ")" } } }
-                        td { (q.value) " " (test.map(|t| t.unit.clone()).unwrap_or_default()) }
-                        td { (test.map(|t| t.spec.to_string()).unwrap_or_else(|| "not in recipe".into())) }
+                        td { (q.test_name.clone().unwrap_or_else(|| q.test_id.clone())) @if let Some(method) = &q.method { span.muted { " (" (method) ")" } } }
+                        td { (q.value) " " (q.unit) }
+                        td { (q.specification) }
                         td { span class={ "badge " (outcome(q.hub_outcome)) } { (outcome(q.hub_outcome).replace('_', " ")) } @if !q.reason.is_empty() { br; span.muted { (q.reason) } } }
                         td { (outcome(q.site_outcome).replace('_', " ")) }
                     }
@@ -559,39 +466,37 @@ fn batch_record_markup(session: &Session, record: &BatchRecord, notice: Option<&
         h2 { "Steps" }
         table {
             thead { tr { th { "Step" } th { "Started" } th { "Completed" } } }
-            tbody { @for step in &steps {
-                tr { td { (recipe.step(&step.step_id).map(|s| s.name.clone()).unwrap_or_else(|| step.step_id.clone())) }
+            tbody { @for step in &review.steps {
+                tr { td { (step.name) }
                      td.muted { (when(step.started)) } td.muted { (step.completed.map(when).unwrap_or_else(|| "running".into())) } }
             } }
         }
         h2 { "Process parameters" }
-        @for ((step, parameter), (unit, points)) in &samples {
-            @if points.len() >= 3 {
-                @let range = recipe.step(step).and_then(|s| s.parameters.iter().find(|p| &p.name == parameter)).map(|p| (p.low, p.high));
-                (chart(&format!("{step}: {parameter}"), unit, points, range))
+        @for series in &review.parameters {
+            @if series.points.len() >= 3 {
+                (chart(&format!("{}: {}", series.step_id, series.parameter), &series.unit, &series.points, series.range))
             }
         }
-        h2 { "Record (" (record.events.len()) " entries)" }
+        h2 { "Record (" (review.entries.len()) " entries)" }
         details {
             summary { "Every entry, in the order the site recorded them" }
             table {
                 thead { tr { th { "#" } th { "When" } th { "By" } th { "What" } th { "Details" } } }
-                tbody { @for stored in &record.events {
-                    @let (what, detail) = describe(stored);
-                    tr { td { (stored.event.seq) } td.muted { (when(stored.event.recorded_at)) } td { (stored.event.recorded_by) } td { (what) } td { (detail) } }
+                tbody { @for e in &review.entries {
+                    tr { td { (e.seq) } td.muted { (when(e.recorded_at)) } td { (e.recorded_by) } td { (e.what) } td { (e.detail) } }
                 } }
             }
         }
         h2 { "Audit trail" }
         table {
             thead { tr { th { "#" } th { "When" } th { "Who" } th { "Action" } th { "Change" } th { "Reason" } } }
-            tbody { @for a in &record.audit {
+            tbody { @for a in &review.audit {
                 tr { td { (a.position) } td.muted { (when(a.at)) } td { (a.actor) } td { (a.action) }
                      td { @if !a.old_value.is_empty() { (a.old_value) " → " } (a.new_value) } td { (a.reason) } }
             } }
         }
         p.muted { "Record SHA-256: " code id="record-sha" { (sha) } }
-        @if signable && session.user.role == Role::Qa {
+        @if review.awaits_decision() && release::may_sign(&session.user) {
             h2 { "Decision" }
             div.card {
                 form id="sign-form" method="post" action=(format!("/batches/{}/sign", order.batch_id)) {
@@ -637,17 +542,14 @@ fn outcome(o: carrel_proto::recipe::Outcome) -> &'static str {
     }
 }
 
-pub async fn batch_record(hub: Hub, session: Session, Path(id): Path<String>) -> Page {
-    require(&session, &[Role::Qa])?;
-    let record = hub
-        .store
-        .batch_record(parse_uuid(&id)?)
+pub async fn batch_record(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
+    let review = release::review(&hub, &session.user, parse_uuid(&id)?)
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(refused)?;
     Ok(html_page(page(
-        &format!("Batch record {}", record.order.coi),
+        &format!("Batch record {}", review.order.coi),
         Some((&session.user, &session.csrf)),
-        batch_record_markup(&session, &record, None),
+        batch_record_markup(&session, &review, None),
     )))
 }
 
@@ -663,7 +565,7 @@ pub struct SignInput {
 }
 
 pub async fn sign(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     Path(id): Path<String>,
     Form(input): Form<SignInput>,
@@ -676,29 +578,27 @@ pub async fn sign(
             "meaning must be released or rejected",
         )
     })?;
-    let form = service::SignForm {
+    let form = release::SignForm {
         batch_id,
         meaning,
         password: &input.password,
         record_sha256: &input.record_sha256,
         reason: &input.reason,
     };
-    match service::sign_release(&hub, &session.user, form).await {
+    match release::sign(&hub, &session.user, form).await {
         Ok(_) => Ok(Redirect::to(&format!("/batches/{batch_id}")).into_response()),
         Err(
             e @ (service::Error::Field { .. }
             | service::Error::Unauthenticated(_)
             | service::Error::Store(store::Error::FailedPrecondition(_))),
         ) => {
-            let record = hub
-                .store
-                .batch_record(batch_id)
+            let review = release::review(&hub, &session.user, batch_id)
                 .await
-                .map_err(|e| refused(e.into()))?;
+                .map_err(refused)?;
             let mut response = html_page(page(
-                &format!("Batch record {}", record.order.coi),
+                &format!("Batch record {}", review.order.coi),
                 Some((&session.user, &session.csrf)),
-                batch_record_markup(&session, &record, Some(&format!("Not signed: {e}"))),
+                batch_record_markup(&session, &review, Some(&format!("Not signed: {e}"))),
             ));
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(response)
@@ -712,7 +612,7 @@ pub async fn sign(
 fn sites_markup(
     session: &Session,
     sites: &[model::Site],
-    hub: &crate::grpc::Shared,
+    hub: &crate::app::Hub,
     notice: Option<Markup>,
 ) -> Markup {
     page(
@@ -778,13 +678,10 @@ fn sites_markup(
     )
 }
 
-pub async fn sites(hub: Hub, session: Session) -> Page {
-    require(&session, &[Role::Admin])?;
-    let sites = hub
-        .store
-        .list_sites()
+pub async fn sites(hub: HubState, session: Session) -> Page {
+    let sites = admin::sites_to_administer(&hub, &session.user)
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(refused)?;
     Ok(html_page(sites_markup(&session, &sites, &hub, None)))
 }
 
@@ -795,18 +692,13 @@ pub struct AddSiteForm {
     name: String,
 }
 
-pub async fn add_site(hub: Hub, session: Session, Form(form): Form<AddSiteForm>) -> Page {
-    require(&session, &[Role::Admin])?;
+pub async fn add_site(hub: HubState, session: Session, Form(form): Form<AddSiteForm>) -> Page {
     session.check_csrf(&form.csrf)?;
-    let result = admin::register_site(
-        hub.store.as_ref(),
-        &hub.ca,
-        form.site_id.trim(),
-        &form.name,
-        hub.config.enrollment_ttl_secs,
-        &session.user.username,
-    )
-    .await;
+    let result =
+        match admin::register_site(&hub, &session.user, &form.site_id, &form.name, None).await {
+            Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
+            result => result,
+        };
     let notice = match &result {
         Ok(registered) => html! { div.notice.ok {
             p { "Site " (registered.site.site_id) " registered. Give its administrator this one-time enrollment token (valid until " (when(registered.expires_at)) "):" }
@@ -815,11 +707,9 @@ pub async fn add_site(hub: Hub, session: Session, Form(form): Form<AddSiteForm>)
         } },
         Err(e) => html! { div.notice.bad role="alert" { (e) } },
     };
-    let sites = hub
-        .store
-        .list_sites()
+    let sites = admin::sites_to_administer(&hub, &session.user)
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(refused)?;
     let mut response = html_page(sites_markup(&session, &sites, &hub, Some(notice)));
     if result.is_err() {
         *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
@@ -836,7 +726,7 @@ pub struct ReasonForm {
 
 /// Suspend, resume or cease a site (`/admin/sites/{id}/{action}`), with a reason.
 pub async fn change_site_status(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     Path((site_id, action)): Path<(String, String)>,
     Form(form): Form<ReasonForm>,
@@ -852,9 +742,8 @@ pub async fn change_site_status(
             ))
         }
     };
-    require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
-    crate::service::change_site_status(&hub, &session.user, &site_id, status, &form.reason)
+    admin::change_site_status(&hub, &session.user, &site_id, status, &form.reason)
         .await
         .map_err(refused)?;
     Ok(Redirect::to("/admin/sites").into_response())
@@ -888,13 +777,8 @@ fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>
     )
 }
 
-pub async fn users(hub: Hub, session: Session) -> Page {
-    require(&session, &[Role::Admin])?;
-    let users = hub
-        .store
-        .list_users()
-        .await
-        .map_err(|e| refused(e.into()))?;
+pub async fn users(hub: HubState, session: Session) -> Page {
+    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
     Ok(html_page(users_markup(&session, &users, None)))
 }
 
@@ -907,31 +791,28 @@ pub struct AddUserForm {
     password: String,
 }
 
-pub async fn add_user(hub: Hub, session: Session, Form(form): Form<AddUserForm>) -> Page {
-    require(&session, &[Role::Admin])?;
+pub async fn add_user(hub: HubState, session: Session, Form(form): Form<AddUserForm>) -> Page {
     session.check_csrf(&form.csrf)?;
     let result = match Role::parse(&form.role) {
-        Some(role) => admin::add_user(
-            hub.store.as_ref(),
-            form.username.trim(),
-            &form.full_name,
-            role,
-            &form.password,
-            &session.user.username,
-        )
-        .await
-        .map(|u| format!("User {} added.", u.username))
-        .map_err(|e| e.to_string()),
+        Some(role) => {
+            let new = admin::NewUser {
+                username: &form.username,
+                full_name: &form.full_name,
+                role,
+                password: &form.password,
+            };
+            match admin::add_user(&hub, &session.user, new).await {
+                Ok(user) => Ok(format!("User {} added.", user.username)),
+                Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
         None => Err(format!("{:?} is not a role", form.role)),
     };
     let notice = match &result {
         Ok(text) => html! { div.notice.ok { (text) } },
         Err(text) => html! { div.notice.bad role="alert" { (text) } },
     };
-    let users = hub
-        .store
-        .list_users()
-        .await
-        .map_err(|e| refused(e.into()))?;
+    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
     Ok(html_page(users_markup(&session, &users, Some(notice))))
 }

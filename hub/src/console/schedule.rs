@@ -5,11 +5,10 @@
 // Handlers answer `Result<Response, Response>` like the other pages.
 #![allow(clippy::result_large_err)]
 
-use super::pages::{html_page, refused, require};
 use super::view::{page, when};
-use super::{Hub, Session};
+use super::{html_page, refused, HubState, Page, Session};
 use crate::clock::{span_text, Clock, Summary};
-use crate::model::{Order, Role};
+use crate::model::Order;
 use crate::schedule::{Booking, Capacity};
 use crate::service::schedule as service;
 use axum::extract::{Form, Path};
@@ -17,8 +16,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
-
-type Page = Result<Response, Response>;
 
 /// The clock of an order: planned, actual and expected milestones, and any delay.
 pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
@@ -62,7 +59,7 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
 }
 
 /// The clock markup of an order, for its page and its live part.
-pub async fn order_clock_markup(hub: &Hub, order: &Order) -> Result<Markup, Response> {
+pub async fn order_clock_markup(hub: &HubState, order: &Order) -> Result<Markup, Response> {
     let (clock, booking) = service::order_clock(hub, order).await.map_err(refused)?;
     Ok(clock_markup(&clock, booking.as_ref()))
 }
@@ -81,7 +78,7 @@ fn summary_row(site: &str, s: &Summary) -> Markup {
 
 /// `/schedule`: vein-to-vein figures of the orders the user may see, and the sites'
 /// capacity pages.
-pub async fn overview(hub: Hub, session: Session) -> Page {
+pub async fn overview(hub: HubState, session: Session) -> Page {
     let rows = service::summary(&hub, &session.user, None)
         .await
         .map_err(refused)?;
@@ -107,7 +104,7 @@ pub async fn overview(hub: Hub, session: Session) -> Page {
 }
 
 fn capacity_page(
-    hub: &Hub,
+    hub: &HubState,
     session: &Session,
     site_id: &str,
     document: &str,
@@ -134,7 +131,7 @@ fn capacity_page(
                 p.muted { "The site declares no capacity: its orders are not booked." }
             }
             h2 { "Declared capacity" }
-            @if session.user.role == Role::Admin {
+            @if service::may_declare_capacity(&session.user) {
                 form method="post" action=(format!("/capacity/{site_id}")) {
                     input type="hidden" name="csrf" value=(session.csrf);
                     label for="document" { "Capacity (TOML: working_days, opens, closes, collection_slots_per_day, [instruments], [[closures]]; times UTC)" }
@@ -150,7 +147,7 @@ fn capacity_page(
 }
 
 /// `/capacity/{site}`: the site's capacity and utilisation.
-pub async fn capacity(hub: Hub, session: Session, Path(site_id): Path<String>) -> Page {
+pub async fn capacity(hub: HubState, session: Session, Path(site_id): Path<String>) -> Page {
     let declared = service::capacity(&hub, &site_id).await.map_err(refused)?;
     let utilisation = match &declared {
         Some(_) => Some(
@@ -183,19 +180,17 @@ pub struct CapacityForm {
 /// Declares the capacity from the form; a document that does not hold is shown
 /// again with what is wrong, and nothing is stored.
 pub async fn set_capacity(
-    hub: Hub,
+    hub: HubState,
     session: Session,
     Path(site_id): Path<String>,
     Form(form): Form<CapacityForm>,
 ) -> Page {
-    require(&session, &[Role::Admin])?;
     session.check_csrf(&form.csrf)?;
-    let result = match Capacity::from_toml(&form.document) {
-        Ok(capacity) => service::set_capacity(&hub, &session.user, &site_id, &capacity)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(why) => Err(why),
-    };
+    let result =
+        match service::declare_capacity(&hub, &session.user, &site_id, &form.document).await {
+            Err(e @ crate::service::Error::PermissionDenied(_)) => return Err(refused(e)),
+            result => result.map_err(|e| e.to_string()),
+        };
     match result {
         Ok(()) => Ok(Redirect::to(&format!("/capacity/{site_id}")).into_response()),
         Err(why) => {

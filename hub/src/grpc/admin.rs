@@ -1,22 +1,15 @@
 //! `AdminService`: sites, users and recipes, for administrators.
 
-use super::{require, role_from_pb, service_status, status, user_to_pb, Shared};
-use crate::admin::{self, register_site};
-use crate::model::{Role, Site, SiteStatus};
+use super::{authenticate, role_from_pb, service_status, status, user_to_pb};
+use crate::app::Hub;
+use crate::model::{Site, SiteStatus};
+use crate::service::admin;
 use carrel_proto::event::to_timestamp;
 use carrel_proto::pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct AdminApi(pub Arc<Shared>);
-
-fn admin_status(error: admin::Error) -> Status {
-    match error {
-        admin::Error::Invalid(why) => Status::invalid_argument(why),
-        admin::Error::Auth(e) => Status::invalid_argument(e.to_string()),
-        admin::Error::Store(e) => status(e),
-    }
-}
+pub struct AdminApi(pub Arc<Hub>);
 
 impl AdminApi {
     async fn change(
@@ -26,7 +19,7 @@ impl AdminApi {
         to: SiteStatus,
         reason: &str,
     ) -> Result<pb::Site, Status> {
-        let site = crate::service::change_site_status(&self.0, user, site_id, to, reason)
+        let site = admin::change_site_status(&self.0, user, site_id, to, reason)
             .await
             .map_err(service_status)?;
         Ok(self.site_to_pb(&site))
@@ -60,23 +53,12 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::AddSiteRequest>,
     ) -> Result<Response<pb::AddSiteResponse>, Status> {
-        let admin = require(&self.0, &request, &[Role::Admin]).await?;
+        let user = authenticate(&self.0, &request).await?;
         let req = request.into_inner();
-        let ttl = if req.token_ttl_seconds == 0 {
-            self.0.config.enrollment_ttl_secs
-        } else {
-            req.token_ttl_seconds
-        };
-        let registered = register_site(
-            self.0.store.as_ref(),
-            &self.0.ca,
-            req.site_id.trim(),
-            &req.name,
-            ttl,
-            &admin.username,
-        )
-        .await
-        .map_err(admin_status)?;
+        let ttl = (req.token_ttl_seconds != 0).then_some(req.token_ttl_seconds);
+        let registered = admin::register_site(&self.0, &user, &req.site_id, &req.name, ttl)
+            .await
+            .map_err(service_status)?;
         Ok(Response::new(pb::AddSiteResponse {
             site: Some(self.site_to_pb(&registered.site)),
             enrollment_token: registered.token,
@@ -88,8 +70,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListSitesRequest>,
     ) -> Result<Response<pb::ListSitesResponse>, Status> {
-        require(&self.0, &request, &[Role::Admin, Role::Qa]).await?;
-        let sites = self.0.store.list_sites().await.map_err(status)?;
+        let user = authenticate(&self.0, &request).await?;
+        let sites = admin::sites(&self.0, &user).await.map_err(service_status)?;
         Ok(Response::new(pb::ListSitesResponse {
             sites: sites.iter().map(|s| self.site_to_pb(s)).collect(),
         }))
@@ -99,7 +81,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::SuspendSiteRequest>,
     ) -> Result<Response<pb::SuspendSiteResponse>, Status> {
-        let user = require(&self.0, &request, &[Role::Admin]).await?;
+        let user = authenticate(&self.0, &request).await?;
         let req = request.into_inner();
         let site = self
             .change(&user, &req.site_id, SiteStatus::Suspended, &req.reason)
@@ -111,7 +93,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ResumeSiteRequest>,
     ) -> Result<Response<pb::ResumeSiteResponse>, Status> {
-        let user = require(&self.0, &request, &[Role::Admin]).await?;
+        let user = authenticate(&self.0, &request).await?;
         let req = request.into_inner();
         let site = self
             .change(&user, &req.site_id, SiteStatus::Active, &req.reason)
@@ -123,7 +105,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::CeaseSiteRequest>,
     ) -> Result<Response<pb::CeaseSiteResponse>, Status> {
-        let user = require(&self.0, &request, &[Role::Admin]).await?;
+        let user = authenticate(&self.0, &request).await?;
         let req = request.into_inner();
         let site = self
             .change(&user, &req.site_id, SiteStatus::Ceased, &req.reason)
@@ -135,19 +117,17 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::AddUserRequest>,
     ) -> Result<Response<pb::AddUserResponse>, Status> {
-        let admin = require(&self.0, &request, &[Role::Admin]).await?;
+        let user = authenticate(&self.0, &request).await?;
         let req = request.into_inner();
-        let role = role_from_pb(req.role)?;
-        let user = admin::add_user(
-            self.0.store.as_ref(),
-            req.username.trim(),
-            &req.full_name,
-            role,
-            &req.password,
-            &admin.username,
-        )
-        .await
-        .map_err(admin_status)?;
+        let new = admin::NewUser {
+            username: &req.username,
+            full_name: &req.full_name,
+            role: role_from_pb(req.role)?,
+            password: &req.password,
+        };
+        let user = admin::add_user(&self.0, &user, new)
+            .await
+            .map_err(service_status)?;
         Ok(Response::new(pb::AddUserResponse {
             user: Some(user_to_pb(&user)),
         }))
@@ -157,8 +137,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        require(&self.0, &request, &[Role::Admin]).await?;
-        let users = self.0.store.list_users().await.map_err(status)?;
+        let user = authenticate(&self.0, &request).await?;
+        let users = admin::users(&self.0, &user).await.map_err(service_status)?;
         Ok(Response::new(pb::ListUsersResponse {
             users: users.iter().map(user_to_pb).collect(),
         }))
@@ -168,7 +148,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListRecipesRequest>,
     ) -> Result<Response<pb::ListRecipesResponse>, Status> {
-        super::authenticate(&self.0, &request).await?;
+        authenticate(&self.0, &request).await?;
         let recipes = self.0.store.list_recipes().await.map_err(status)?;
         Ok(Response::new(pb::ListRecipesResponse {
             recipes: recipes

@@ -1,6 +1,7 @@
 //! `AuthService`: sign-in for people.
 
-use super::{authenticate, service_status, status, user_to_pb, Shared};
+use super::{authenticate, service_status, status, user_to_pb};
+use crate::app::Hub;
 use crate::auth::secret_sha256;
 use crate::service;
 use carrel_proto::event::to_timestamp;
@@ -8,7 +9,7 @@ use carrel_proto::pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct AuthApi(pub Arc<Shared>);
+pub struct AuthApi(pub Arc<Hub>);
 
 #[tonic::async_trait]
 impl pb::auth_service_server::AuthService for AuthApi {

@@ -1,6 +1,7 @@
 //! `NotificationService`: subscriptions and the notifications sent for them.
 
-use super::{authenticate, parse_id, service_status, Shared};
+use super::{authenticate, parse_id, service_status};
+use crate::app::Hub;
 use crate::notify::service::{self, Target};
 use crate::notify::{OutboxEntry, OutboxState, Subscription};
 use carrel_proto::event::to_timestamp;
@@ -8,7 +9,7 @@ use carrel_proto::pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct NotificationApi(pub Arc<Shared>);
+pub struct NotificationApi(pub Arc<Hub>);
 
 fn subscription_to_pb(s: &Subscription) -> pb::Subscription {
     pb::Subscription {

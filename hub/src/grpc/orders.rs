@@ -1,6 +1,7 @@
 //! `OrderService`: physicians order therapies and follow them to release.
 
-use super::{authenticate, order_to_pb, parse_id, service_status, state_from_pb, status, Shared};
+use super::{authenticate, order_to_pb, parse_id, service_status, state_from_pb, status};
+use crate::app::Hub;
 use crate::record::timeline;
 use crate::service::{self, OrderForm};
 use carrel_proto::event::to_timestamp;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-pub struct OrderApi(pub Arc<Shared>);
+pub struct OrderApi(pub Arc<Hub>);
 
 #[tonic::async_trait]
 impl pb::order_service_server::OrderService for OrderApi {
@@ -109,7 +110,7 @@ impl pb::order_service_server::OrderService for OrderApi {
             .await
             .map_err(service_status)?;
         let mut changes = self.0.changes.subscribe();
-        let shared = self.0.clone();
+        let hub = self.0.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let batch_id = first.batch_id;
@@ -133,7 +134,7 @@ impl pb::order_service_server::OrderService for OrderApi {
                         Err(RecvError::Closed) => return,
                     },
                 }
-                let order = match shared.store.order_by_batch(batch_id).await {
+                let order = match hub.store.order_by_batch(batch_id).await {
                     Ok(order) => order,
                     Err(e) => {
                         let _ = tx.send(Err(status(e))).await;

@@ -1,17 +1,20 @@
-//! `ReleaseService`: QA reviews the batch record by exception and signs.
+//! `ReleaseService`: QA reviews the batch record by exception and signs. The release
+//! path itself is [`crate::service::release`]; this file only turns its answers into
+//! protobuf.
 
-use super::{authenticate, order_to_pb, parse_id, require, service_status, status, Shared};
-use crate::model::{BatchRecord, BatchState, Role, Signature};
-use crate::record::{describe, record_sha256};
-use crate::service;
+use super::{authenticate, order_to_pb, parse_id, service_status};
+use crate::app::Hub;
+use crate::record::{Exception, Review, Signed};
+use crate::service::release;
 use carrel_proto::event::{meaning_to_wire, outcome_to_wire, to_timestamp, ReleaseMeaning};
 use carrel_proto::pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct ReleaseApi(pub Arc<Shared>);
+pub struct ReleaseApi(pub Arc<Hub>);
 
-fn signature_to_pb(sig: &Signature) -> pb::Signature {
+fn signature_to_pb(signed: &Signed) -> pb::Signature {
+    let sig = &signed.signature;
     pb::Signature {
         signature_id: sig.signature_id.to_string(),
         signer: sig.signer.clone(),
@@ -20,12 +23,7 @@ fn signature_to_pb(sig: &Signature) -> pb::Signature {
         signed_at: Some(to_timestamp(sig.signed_at)),
         record_sha256: sig.record_sha256.clone(),
         reason: sig.reason.clone(),
-        manifestation: service::manifestation(
-            &sig.signer_name,
-            &sig.signer,
-            sig.meaning,
-            sig.signed_at,
-        ),
+        manifestation: signed.manifestation.clone(),
     }
 }
 
@@ -43,63 +41,56 @@ pub fn audit_to_pb(entry: &crate::audit::Entry) -> pb::AuditEntry {
     }
 }
 
-pub fn record_to_pb(record: &BatchRecord) -> pb::BatchRecord {
-    let exceptions: std::collections::HashSet<u64> =
-        record.order.progress.exceptions.iter().copied().collect();
-    let entry = |stored: &crate::model::StoredEvent| {
-        let (kind, summary) = describe(&stored.event.kind);
-        pb::RecordEntry {
-            site_seq: stored.event.seq,
-            recorded_at: Some(to_timestamp(stored.event.recorded_at)),
-            recorded_by: stored.event.recorded_by.clone(),
-            kind,
-            summary,
-        }
-    };
-    let qc = record
-        .qc
+fn entry_to_pb(entry: &crate::record::Entry) -> pb::RecordEntry {
+    pb::RecordEntry {
+        site_seq: entry.seq,
+        recorded_at: Some(to_timestamp(entry.recorded_at)),
+        recorded_by: entry.recorded_by.clone(),
+        kind: entry.what.clone(),
+        summary: entry.detail.clone(),
+    }
+}
+
+pub fn review_to_pb(review: &Review) -> pb::BatchRecord {
+    let exceptions = review
+        .exceptions
         .iter()
-        .map(|q| {
-            let test = record.recipe.recipe.test(&q.test_id);
-            pb::QcEvaluation {
-                test_id: q.test_id.clone(),
-                test_name: test.map(|t| t.name.clone()).unwrap_or_default(),
-                result: match test {
-                    Some(t) if !t.unit.is_empty() => format!("{} {}", q.value, t.unit),
-                    _ => q.value.to_string(),
-                },
-                specification: test
-                    .map(|t| t.spec.to_string())
-                    .unwrap_or_else(|| "not in recipe".into()),
-                hub_outcome: outcome_to_wire(q.hub_outcome) as i32,
-                site_outcome: outcome_to_wire(q.site_outcome) as i32,
-                reason: q.reason.clone(),
-            }
+        .map(|exception| match exception {
+            Exception::Record(entry) => entry_to_pb(entry),
+            Exception::Anomaly(anomaly) => pb::RecordEntry {
+                site_seq: 0,
+                recorded_at: None,
+                recorded_by: "hub".into(),
+                kind: "hub check".into(),
+                summary: anomaly.clone(),
+            },
         })
         .collect();
-    let mut exception_entries: Vec<pb::RecordEntry> = record
-        .events
+    let qc = review
+        .qc
         .iter()
-        .filter(|e| exceptions.contains(&e.event.seq))
-        .map(entry)
+        .map(|q| pb::QcEvaluation {
+            test_id: q.test_id.clone(),
+            test_name: q.test_name.clone().unwrap_or_default(),
+            result: if q.unit.is_empty() {
+                q.value.to_string()
+            } else {
+                format!("{} {}", q.value, q.unit)
+            },
+            specification: q.specification.clone(),
+            hub_outcome: outcome_to_wire(q.hub_outcome) as i32,
+            site_outcome: outcome_to_wire(q.site_outcome) as i32,
+            reason: q.reason.clone(),
+        })
         .collect();
-    for anomaly in &record.order.progress.anomalies {
-        exception_entries.push(pb::RecordEntry {
-            site_seq: 0,
-            recorded_at: None,
-            recorded_by: "hub".into(),
-            kind: "hub check".into(),
-            summary: anomaly.clone(),
-        });
-    }
     pb::BatchRecord {
-        order: Some(order_to_pb(&record.order)),
-        exceptions: exception_entries,
-        entries: record.events.iter().map(entry).collect(),
+        order: Some(order_to_pb(&review.order)),
+        exceptions,
+        entries: review.entries.iter().map(entry_to_pb).collect(),
         qc,
-        record_sha256: record_sha256(&record.order, &record.recipe.sha256, &record.events),
-        signatures: record.signatures.iter().map(signature_to_pb).collect(),
-        audit: record.audit.iter().map(audit_to_pb).collect(),
+        record_sha256: review.record_sha256.clone(),
+        signatures: review.signatures.iter().map(signature_to_pb).collect(),
+        audit: review.audit.iter().map(audit_to_pb).collect(),
     }
 }
 
@@ -109,13 +100,10 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         &self,
         request: Request<pb::ListPendingRequest>,
     ) -> Result<Response<pb::ListPendingResponse>, Status> {
-        require(&self.0, &request, &[Role::Qa]).await?;
-        let orders = self
-            .0
-            .store
-            .list_orders(None, Some(BatchState::AwaitingRelease))
+        let user = authenticate(&self.0, &request).await?;
+        let orders = release::queue(&self.0, &user)
             .await
-            .map_err(status)?;
+            .map_err(service_status)?;
         Ok(Response::new(pb::ListPendingResponse {
             batches: orders.iter().map(order_to_pb).collect(),
         }))
@@ -125,11 +113,13 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         &self,
         request: Request<pb::GetBatchRecordRequest>,
     ) -> Result<Response<pb::GetBatchRecordResponse>, Status> {
-        require(&self.0, &request, &[Role::Qa]).await?;
+        let user = authenticate(&self.0, &request).await?;
         let batch_id = parse_id("batch_id", &request.get_ref().batch_id)?;
-        let record = self.0.store.batch_record(batch_id).await.map_err(status)?;
+        let review = release::review(&self.0, &user, batch_id)
+            .await
+            .map_err(service_status)?;
         Ok(Response::new(pb::GetBatchRecordResponse {
-            record: Some(record_to_pb(&record)),
+            record: Some(review_to_pb(&review)),
         }))
     }
 
@@ -150,18 +140,18 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
                 ))
             }
         };
-        let form = service::SignForm {
+        let form = release::SignForm {
             batch_id,
             meaning,
             password: &req.password,
             record_sha256: &req.record_sha256,
             reason: &req.reason,
         };
-        let (signature, order) = service::sign_release(&self.0, &user, form)
+        let (signed, order) = release::sign(&self.0, &user, form)
             .await
             .map_err(service_status)?;
         Ok(Response::new(pb::SignReleaseResponse {
-            signature: Some(signature_to_pb(&signature)),
+            signature: Some(signature_to_pb(&signed)),
             order: Some(order_to_pb(&order)),
         }))
     }

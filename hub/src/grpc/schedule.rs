@@ -1,6 +1,7 @@
 //! `ScheduleService`: capacity, booking, utilisation and the vein-to-vein clock.
 
-use super::{authenticate, parse_id, service_status, Shared};
+use super::{authenticate, parse_id, service_status};
+use crate::app::Hub;
 use crate::clock::Clock;
 use crate::schedule::{Booking, Capacity, Closure};
 use crate::service::schedule as service;
@@ -10,7 +11,7 @@ use chrono::{NaiveDate, NaiveTime, Weekday};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct ScheduleApi(pub Arc<Shared>);
+pub struct ScheduleApi(pub Arc<Hub>);
 
 /// A capacity as the API carries it, checked; the error names what is wrong.
 pub fn capacity_from_pb(pb: pb::Capacity) -> Result<Capacity, Status> {
@@ -146,10 +147,10 @@ pub fn clock_to_pb(clock: &Clock, booking: Option<&Booking>) -> pb::VeinToVein {
 
 /// The order's clock for `GetOrder`.
 pub async fn order_clock_pb(
-    shared: &Shared,
+    hub: &Hub,
     order: &crate::model::Order,
 ) -> Result<pb::VeinToVein, Status> {
-    let (clock, booking) = service::order_clock(shared, order)
+    let (clock, booking) = service::order_clock(hub, order)
         .await
         .map_err(service_status)?;
     Ok(clock_to_pb(&clock, booking.as_ref()))

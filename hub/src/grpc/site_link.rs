@@ -6,7 +6,8 @@
 //! (invariant 7): the certificate must name the site and be the one issued to it at
 //! its last enrollment, and the site must not be suspended.
 
-use super::{status, Shared};
+use super::status;
+use crate::app::Hub;
 use crate::audit::{Action, NewEntry};
 use crate::auth::{secret_sha256, EnrollmentToken};
 use crate::model;
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub struct SiteLinkApi(pub Arc<Shared>);
+pub struct SiteLinkApi(pub Arc<Hub>);
 
 fn issued(cert: &pki::SiteCert) -> model::IssuedCert {
     model::IssuedCert {
@@ -85,7 +86,7 @@ struct Identified {
 /// Who is at the other end of the stream, from the TLS client certificate alone.
 /// A certificate that names a site but is refused for it (the site is unknown,
 /// suspended or ceased, or the certificate is not the one issued to it) is audited.
-async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<Identified, Status> {
+async fn identify_site<T>(hub: &Hub, request: &Request<T>) -> Result<Identified, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated("Sync needs the site's client certificate; enroll the agent first")
     })?;
@@ -96,7 +97,7 @@ async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<Ident
         Status::unauthenticated("the client certificate does not name a Carrel site")
     })?;
     let fingerprint = pki::fingerprint(leaf.as_ref());
-    let (kind, refused) = match shared.store.site(&site_id).await {
+    let (kind, refused) = match hub.store.site(&site_id).await {
         Err(store::Error::NotFound(_)) => (
             "unregistered",
             format!("site {site_id:?} is not registered at this hub"),
@@ -114,13 +115,13 @@ async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<Ident
         Ok(site) if site.pending_cert_sha256.as_deref() == Some(fingerprint.as_str()) => {
             // The first connection with a renewed certificate: from now on only it
             // is accepted.
-            shared
+            hub
                 .store
                 .promote_pending_certificate(&site_id, &fingerprint, Utc::now())
                 .await
                 .map_err(status)?;
             tracing::info!(%site_id, certificate = %fingerprint, "site now uses its renewed certificate");
-            return Ok(identified(shared, site_id, leaf.as_ref()));
+            return Ok(identified(hub, site_id, leaf.as_ref()));
         }
         Ok(site) if site.cert_sha256.as_deref() != Some(fingerprint.as_str()) => (
             "certificate",
@@ -128,25 +129,24 @@ async fn identify_site<T>(shared: &Shared, request: &Request<T>) -> Result<Ident
                 "this certificate is not the one issued to site {site_id:?} at its last enrollment or renewal"
             ),
         ),
-        Ok(_) => return Ok(identified(shared, site_id, leaf.as_ref())),
+        Ok(_) => return Ok(identified(hub, site_id, leaf.as_ref())),
     };
-    shared
-        .audit_refusal(
-            kind,
-            NewEntry::new(&site_id, Action::SiteLinkRefused, format!("site/{site_id}"))
-                .reason(format!("{refused} (certificate sha256 {fingerprint})")),
-        )
-        .await;
+    hub.audit_refusal(
+        kind,
+        NewEntry::new(&site_id, Action::SiteLinkRefused, format!("site/{site_id}"))
+            .reason(format!("{refused} (certificate sha256 {fingerprint})")),
+    )
+    .await;
     Err(Status::permission_denied(refused))
 }
 
 /// An accepted site, told to renew when its certificate is near its end or the
 /// hub's current CA did not issue it.
-fn identified(shared: &Shared, site_id: String, leaf_der: &[u8]) -> Identified {
+fn identified(hub: &Hub, site_id: String, leaf_der: &[u8]) -> Identified {
     let renew = pki::renewal_reason(
         leaf_der,
-        &shared.ca,
-        chrono::Duration::days(i64::from(shared.config.site_certificate_renew_days)),
+        &hub.ca,
+        chrono::Duration::days(i64::from(hub.config.site_certificate_renew_days)),
         Utc::now(),
     );
     Identified { site_id, renew }
@@ -219,11 +219,11 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
         let Identified { site_id, renew } = identify_site(&self.0, &request).await?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(32);
-        let shared = self.0.clone();
+        let hub = self.0.clone();
         tokio::spawn(async move {
             let span = tracing::info_span!("site_link", site_id = %site_id);
             let link = Link {
-                shared,
+                hub,
                 site_id: site_id.clone(),
                 renew,
                 tx: tx.clone(),
@@ -243,7 +243,7 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
 /// One live site link.
 #[derive(Clone)]
 struct Link {
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     site_id: String,
     /// Why the site should renew its certificate, told in Welcome.
     renew: Option<String>,
@@ -252,14 +252,14 @@ struct Link {
 
 /// Removes the link from the registry however the session ends.
 struct Registration<'a> {
-    shared: &'a Shared,
+    hub: &'a Hub,
     site_id: &'a str,
     generation: u64,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.shared.links.release(self.site_id, self.generation);
+        self.hub.links.release(self.site_id, self.generation);
     }
 }
 
@@ -272,10 +272,10 @@ impl Link {
     }
 
     async fn run(self, mut inbound: Streaming<pb::SiteMessage>) -> Result<(), Status> {
-        let config = &self.shared.config;
+        let config = &self.hub.config;
         let interval = Duration::from_millis(u64::from(config.heartbeat_interval_ms));
         let timeout = Duration::from_millis(u64::from(config.heartbeat_timeout_ms));
-        let store = &self.shared.store;
+        let store = &self.hub.store;
 
         let hello = match tokio::time::timeout(timeout, inbound.message()).await {
             Err(_) => {
@@ -296,9 +296,9 @@ impl Link {
         };
         carrel_proto::protocol::check(&hello.protocol_version)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let (generation, closed) = self.shared.links.take_over(&self.site_id);
+        let (generation, closed) = self.hub.links.take_over(&self.site_id);
         let _registration = Registration {
-            shared: &self.shared,
+            hub: &self.hub,
             site_id: &self.site_id,
             generation,
         };
@@ -324,7 +324,7 @@ impl Link {
         // One live link per site across every hub process on this database: the
         // newest connection claims it, and the holder of an older claim closes.
         let claim = store
-            .claim_site_link(&self.site_id, &self.shared.instance_id)
+            .claim_site_link(&self.site_id, &self.hub.instance_id)
             .await
             .map_err(status)?;
         store
@@ -342,7 +342,7 @@ impl Link {
             acked_event_seq: site.acked_event_seq,
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             protocol_version: carrel_proto::protocol::current(),
-            trusted_ca_pem: self.shared.ca.trust_bundle(),
+            trusted_ca_pem: self.hub.ca.trust_bundle(),
             renew_certificate: self.renew.is_some(),
             max_message_bytes: config.max_message_bytes as u64,
         }))
@@ -351,7 +351,7 @@ impl Link {
             tracing::info!(%reason, "asked the site to renew its certificate");
         }
 
-        let notify = self.shared.links.notifier(&self.site_id);
+        let notify = self.hub.links.notifier(&self.site_id);
         let mut sent_command_seq = hello.acked_command_seq;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -405,7 +405,7 @@ impl Link {
                 _ = closed.cancelled() => {
                     return Err(Status::aborted("link closed by the hub: another connection of this site took over, or the site was suspended"));
                 }
-                _ = self.shared.shutdown.cancelled() => {
+                _ = self.hub.shutdown.cancelled() => {
                     // The hub may be stopping because a commit of another task (the
                     // notifier, a person's request) failed: the site is told that too.
                     return Err(match crate::store::failure().reason() {
@@ -513,7 +513,7 @@ impl Link {
     /// process) has claimed it since.
     async fn check_claim(&self, claim: u64) -> Result<(), Status> {
         let current = self
-            .shared
+            .hub
             .store
             .site_link_generation(&self.site_id)
             .await
@@ -537,12 +537,12 @@ impl Link {
                 ..Default::default()
             }
         };
-        let cert = match self.shared.sign_site_csr(csr_pem, &self.site_id) {
+        let cert = match self.hub.sign_site_csr(csr_pem, &self.site_id) {
             Ok(cert) => cert,
             Err(e) => return refused(e.to_string()),
         };
         if let Err(e) = self
-            .shared
+            .hub
             .store
             .record_renewed_certificate(&self.site_id, &issued(&cert), Utc::now())
             .await
@@ -552,7 +552,7 @@ impl Link {
         tracing::info!(certificate = %cert.sha256, not_after = %cert.not_after, "site certificate renewed");
         pb::CertificateIssued {
             certificate_pem: cert.cert_pem,
-            trusted_ca_pem: self.shared.ca.trust_bundle(),
+            trusted_ca_pem: self.hub.ca.trust_bundle(),
             error: String::new(),
         }
     }
@@ -692,14 +692,14 @@ impl Link {
     /// Commits one run of the site's events and acknowledges it; a refusal for
     /// authority reasons is audited when `audit` says so.
     async fn ingest(&self, events: &[Received], audit: bool) -> Result<(), Status> {
-        let store = &self.shared.store;
+        let store = &self.hub.store;
         let started = std::time::Instant::now();
         let ingested = match store.ingest_events(&self.site_id, events, Utc::now()).await {
             Ok(ingested) => ingested,
             // Records for a batch that is not the site's own: a matter of
             // authority, so it goes into the audit trail.
             Err(store::Error::PermissionDenied(why)) if audit => {
-                self.shared
+                self.hub
                     .audit_refusal(
                         "events",
                         NewEntry::new(
@@ -715,7 +715,7 @@ impl Link {
             Err(store::Error::PermissionDenied(why)) => return Err(Status::permission_denied(why)),
             Err(e) => return Err(status(e)),
         };
-        self.shared.commit_latency.observe(started.elapsed());
+        self.hub.commit_latency.observe(started.elapsed());
         tracing::debug!(
             acked = ingested.acked_event_seq,
             new = ingested.new_events,
@@ -727,13 +727,13 @@ impl Link {
         .await?;
         let batches: BTreeSet<_> = events.iter().map(|e| e.event().batch_id).collect();
         for batch_id in batches {
-            let _ = self.shared.changes.send(batch_id);
+            let _ = self.hub.changes.send(batch_id);
         }
         Ok(())
     }
 
     async fn handle(&self, message: pb::SiteMessage) -> Result<(), Status> {
-        let store = &self.shared.store;
+        let store = &self.hub.store;
         match message.body {
             Some(site_message::Body::Events(_)) => Err(Status::internal(
                 "event messages are committed in order by the link, not here",

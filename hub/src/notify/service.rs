@@ -2,7 +2,7 @@
 //! console): the rules on who may see and change which subscription live here.
 
 use super::{Channel, Kind, NewSubscription, OutboxEntry, OutboxState, Subscription};
-use crate::grpc::Shared;
+use crate::app::Hub as Shared;
 use crate::model::{Role, User};
 use crate::service::{require_role, Error};
 use crate::store::notify::OutboxFilter;

@@ -3,8 +3,8 @@
 //! clock and its figures, and the re-planning that runs in the background.
 
 use super::{field, require_role, visible_order, Error};
+use crate::app::Hub;
 use crate::clock::{self, Clock, Summary};
-use crate::grpc::Shared;
 use crate::model;
 use crate::model::{BatchState, Order, Role, SiteStatus, User};
 use crate::schedule::{self, Booking, Capacity, Plan, Utilisation};
@@ -39,21 +39,41 @@ fn date_within_horizon(name: &'static str, text: &str) -> Result<NaiveDate, Erro
 }
 
 /// The site's declared capacity, `None` when it declares none. Anyone signed in may read it.
-pub async fn capacity(shared: &Shared, site_id: &str) -> Result<Option<Capacity>, Error> {
-    Ok(shared.store.capacity(site_id.trim()).await?)
+pub async fn capacity(hub: &Hub, site_id: &str) -> Result<Option<Capacity>, Error> {
+    Ok(hub.store.capacity(site_id.trim()).await?)
+}
+
+/// Who declares sites' capacity.
+const CAPACITY_DECLARERS: [Role; 1] = [Role::Admin];
+
+/// Whether `user` may declare capacity (the console shows the form only then).
+pub fn may_declare_capacity(user: &User) -> bool {
+    require_role(user, &CAPACITY_DECLARERS).is_ok()
+}
+
+/// Declares or replaces a site's capacity from its TOML document, as the console's
+/// form gives it (administrators). A document that does not hold is refused.
+pub async fn declare_capacity(
+    hub: &Hub,
+    user: &User,
+    site_id: &str,
+    document: &str,
+) -> Result<(), Error> {
+    require_role(user, &CAPACITY_DECLARERS)?;
+    let capacity = Capacity::from_toml(document).map_err(|why| field("capacity", why))?;
+    set_capacity(hub, user, site_id, &capacity).await
 }
 
 /// Declares or replaces a site's capacity (administrators).
 pub async fn set_capacity(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     site_id: &str,
     capacity: &Capacity,
 ) -> Result<(), Error> {
-    require_role(user, &[Role::Admin])?;
+    require_role(user, &CAPACITY_DECLARERS)?;
     capacity.check().map_err(|why| field("capacity", why))?;
-    shared
-        .store
+    hub.store
         .set_capacity(site_id.trim(), capacity, &user.username, Utc::now())
         .await?;
     tracing::info!(site_id, by = %user.username, "site capacity declared");
@@ -70,7 +90,7 @@ pub struct Proposal {
 /// The earliest feasible collection dates for `product` at `site_id` (and at every
 /// other active site with a declared capacity when `other_sites`), earliest first.
 pub async fn propose(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     product: &str,
     site_id: &str,
@@ -80,7 +100,7 @@ pub async fn propose(
 ) -> Result<Vec<Proposal>, Error> {
     require_role(user, &[Role::Physician, Role::Admin, Role::Qa])?;
     let now = Utc::now();
-    let recipe = match shared.store.latest_recipe(product.trim()).await {
+    let recipe = match hub.store.latest_recipe(product.trim()).await {
         Err(store::Error::NotFound(_)) => {
             return Err(field(
                 "product",
@@ -97,7 +117,7 @@ pub async fn propose(
     let mut sites = Vec::new();
     let site_id = site_id.trim();
     if !site_id.is_empty() {
-        let site = match shared.store.site(site_id).await {
+        let site = match hub.store.site(site_id).await {
             Err(store::Error::NotFound(_)) => {
                 return Err(field(
                     "site_id",
@@ -123,7 +143,7 @@ pub async fn propose(
         ));
     }
     if other_sites {
-        for site in shared.store.list_sites().await? {
+        for site in hub.store.list_sites().await? {
             if site.status == SiteStatus::Active && site.site_id != site_id {
                 sites.push(site.site_id);
             }
@@ -132,15 +152,15 @@ pub async fn propose(
     let mut proposals = Vec::new();
     let mut declared = false;
     for site in &sites {
-        let Some(capacity) = shared.store.capacity(site).await? else {
+        let Some(capacity) = hub.store.capacity(site).await? else {
             continue;
         };
         declared = true;
-        let booked = shared.store.booked(site).await?;
+        let booked = hub.store.booked(site).await?;
         for plan in schedule::propose(site, &capacity, &recipe, &booked, from, now, count) {
             let expected_release = plan.end()
                 + schedule::step_duration(
-                    shared.config.schedule.qc_hours + shared.config.schedule.release_hours,
+                    hub.config.schedule.qc_hours + hub.config.schedule.release_hours,
                 );
             proposals.push(Proposal {
                 plan,
@@ -163,7 +183,7 @@ pub async fn propose(
 /// A refusal to book, with the next dates that can be booked at the same site from
 /// the date asked for.
 pub async fn with_next_free(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     product: &str,
     site_id: &str,
@@ -171,7 +191,7 @@ pub async fn with_next_free(
     why: String,
 ) -> Error {
     let from = from.max(Utc::now().date_naive()).to_string();
-    let next = propose(shared, user, product, site_id, &from, false, 3).await;
+    let next = propose(hub, user, product, site_id, &from, false, 3).await;
     let text = match next {
         Ok(next) if !next.is_empty() => format!(
             "{why}; next free: {}",
@@ -202,14 +222,14 @@ pub fn proposal_text(p: &Proposal) -> String {
 /// Moves an order's collection to another date (its physician or an administrator),
 /// audited with the reason.
 pub async fn reschedule(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     order_id: Uuid,
     date: &str,
     reason: &str,
 ) -> Result<Booking, Error> {
     require_role(user, &[Role::Physician, Role::Admin])?;
-    let order = visible_order(shared, user, order_id).await?;
+    let order = visible_order(hub, user, order_id).await?;
     let date = NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d").map_err(|_| {
         field(
             "collection_date",
@@ -219,13 +239,13 @@ pub async fn reschedule(
     if reason.trim().is_empty() {
         return Err(field("reason", "a reason is required to reschedule"));
     }
-    match shared
+    match hub
         .store
         .reschedule_order(order_id, date, reason.trim(), &user.username, Utc::now())
         .await
     {
         Err(store::Error::Unavailable(why)) => {
-            Err(with_next_free(shared, user, &order.recipe_id, &order.site_id, date, why).await)
+            Err(with_next_free(hub, user, &order.recipe_id, &order.site_id, date, why).await)
         }
         other => Ok(other?),
     }
@@ -233,7 +253,7 @@ pub async fn reschedule(
 
 /// Utilisation of a site's instruments and collection slots, week by week.
 pub async fn utilisation(
-    shared: &Shared,
+    hub: &Hub,
     site_id: &str,
     from: &str,
     weeks: u32,
@@ -245,48 +265,36 @@ pub async fn utilisation(
         ));
     }
     let from = date_within_horizon("from", from)?;
-    let capacity = shared
-        .store
-        .capacity(site_id.trim())
-        .await?
-        .ok_or_else(|| {
-            store::Error::FailedPrecondition(format!("site {site_id:?} declares no capacity"))
-        })?;
-    let booked = shared.store.booked(site_id.trim()).await?;
+    let capacity = hub.store.capacity(site_id.trim()).await?.ok_or_else(|| {
+        store::Error::FailedPrecondition(format!("site {site_id:?} declares no capacity"))
+    })?;
+    let booked = hub.store.booked(site_id.trim()).await?;
     Ok(schedule::utilisation(&capacity, &booked, from, weeks))
 }
 
 /// The vein-to-vein clock of an order as of now, and the booking it was computed
 /// from (`None` for an order made without one).
-pub async fn order_clock(
-    shared: &Shared,
-    order: &Order,
-) -> Result<(Clock, Option<Booking>), Error> {
-    let record = shared.store.batch_record(order.batch_id).await?;
-    let booking = shared.store.booking(order.order_id).await?;
-    let clock = clock::clock(
-        &record,
-        booking.as_ref(),
-        &shared.config.schedule,
-        Utc::now(),
-    );
+pub async fn order_clock(hub: &Hub, order: &Order) -> Result<(Clock, Option<Booking>), Error> {
+    let record = hub.store.batch_record(order.batch_id).await?;
+    let booking = hub.store.booking(order.order_id).await?;
+    let clock = clock::clock(&record, booking.as_ref(), &hub.config.schedule, Utc::now());
     Ok((clock, booking))
 }
 
 /// Vein-to-vein figures for the whole network (`""`) and each site, of the orders
 /// `user` may see.
 pub async fn summary(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     site_id: Option<&str>,
 ) -> Result<Vec<(String, Summary)>, Error> {
     let physician = (user.role == Role::Physician).then_some(user.username.as_str());
     let mut clocks: BTreeMap<String, Vec<Clock>> = BTreeMap::new();
-    for order in shared.store.list_orders(physician, None).await? {
+    for order in hub.store.list_orders(physician, None).await? {
         if site_id.is_some_and(|s| s != order.site_id) {
             continue;
         }
-        let (clock, _) = order_clock(shared, &order).await?;
+        let (clock, _) = order_clock(hub, &order).await?;
         clocks.entry(order.site_id.clone()).or_default().push(clock);
     }
     let mut rows = vec![(String::new(), clock::summarize(clocks.values().flatten()))];
@@ -312,11 +320,11 @@ pub struct Replanned {
 /// Re-plans every site's bookings from what the sites recorded, stores the moves,
 /// and announces releases that slip (by more than the tolerance past what was last
 /// announced, or past plan the first time).
-pub async fn replan_all(shared: &Shared, now: DateTime<Utc>) -> Result<Replanned, Error> {
+pub async fn replan_all(hub: &Hub, now: DateTime<Utc>) -> Result<Replanned, Error> {
     let mut done = Replanned::default();
-    for site in shared.store.list_sites().await? {
+    for site in hub.store.list_sites().await? {
         // One site's trouble (a record that cannot be read, say) does not stop the others.
-        if let Err(e) = replan_site(shared, &site, now, &mut done).await {
+        if let Err(e) = replan_site(hub, &site, now, &mut done).await {
             tracing::warn!(site_id = %site.site_id, error = %e, "re-planning the site failed");
         }
     }
@@ -326,30 +334,30 @@ pub async fn replan_all(shared: &Shared, now: DateTime<Utc>) -> Result<Replanned
 /// The time up to which the hub knows what a site did: now while the site is in
 /// touch, its last contact while it is out of touch (the site keeps working and
 /// reports later, so a silence is no evidence of a delay).
-fn known_until(shared: &Shared, site: &model::Site, now: DateTime<Utc>) -> DateTime<Utc> {
-    let timeout = Duration::milliseconds(i64::from(shared.config.heartbeat_timeout_ms));
+fn known_until(hub: &Hub, site: &model::Site, now: DateTime<Utc>) -> DateTime<Utc> {
+    let timeout = Duration::milliseconds(i64::from(hub.config.heartbeat_timeout_ms));
     match site.last_contact_at {
-        _ if shared.links.is_connected(&site.site_id) => now,
+        _ if hub.links.is_connected(&site.site_id) => now,
         Some(contact) if contact + timeout < now => contact,
         _ => now,
     }
 }
 
 async fn replan_site(
-    shared: &Shared,
+    hub: &Hub,
     site: &model::Site,
     now: DateTime<Utc>,
     done: &mut Replanned,
 ) -> Result<(), Error> {
-    let settings = &shared.config.schedule;
-    let Some(capacity) = shared.store.capacity(&site.site_id).await? else {
+    let settings = &hub.config.schedule;
+    let Some(capacity) = hub.store.capacity(&site.site_id).await? else {
         return Ok(());
     };
-    let known = known_until(shared, site, now);
+    let known = known_until(hub, site, now);
     let mut bookings = Vec::new();
     let mut records = BTreeMap::new();
-    for mut booking in shared.store.bookings(&site.site_id).await? {
-        let record = shared.store.batch_record(booking.batch_id).await?;
+    for mut booking in hub.store.bookings(&site.site_id).await? {
+        let record = hub.store.batch_record(booking.batch_id).await?;
         // Released, rejected, cancelled or later: the batch holds no instrument
         // from now on, so its booking stops counting against the site.
         let still_held = matches!(
@@ -360,7 +368,7 @@ async fn replan_site(
                 | BatchState::AwaitingRelease
         );
         if !still_held {
-            shared.store.release_booking(booking.order_id, now).await?;
+            hub.store.release_booking(booking.order_id, now).await?;
             done.freed += 1;
             continue;
         }
@@ -385,7 +393,7 @@ async fn replan_site(
         let clock = clock::clock(record, Some(&booking), settings, known);
         let notice = match &clock.delay {
             Some(delay) if clock.released_on_time.is_none() => {
-                let announced = shared.store.announced_release(booking.order_id).await?;
+                let announced = hub.store.announced_release(booking.order_id).await?;
                 let news =
                     announced.is_none_or(|a| clock.expected_release - a > settings.tolerance());
                 news.then(|| DelayNotice {
@@ -409,7 +417,7 @@ async fn replan_site(
                 .collect(),
             cause: String::new(),
         });
-        let announced = shared
+        let announced = hub
             .store
             .store_replan(seen, &m, notice.as_ref(), now)
             .await?;
@@ -417,7 +425,7 @@ async fn replan_site(
         if announced {
             done.delays += 1;
             tracing::warn!(order_id = %booking.order_id, coi = %booking.coi, expected_release = %clock.expected_release, "order delayed");
-            let _ = shared.changes.send(booking.batch_id);
+            let _ = hub.changes.send(booking.batch_id);
         }
     }
     Ok(())
@@ -468,17 +476,16 @@ fn fill_actuals(booking: &mut Booking, record: &model::BatchRecord) {
 }
 
 /// Re-plans every `replan_interval_secs` until the hub stops.
-pub async fn run_replanner(shared: std::sync::Arc<Shared>) {
-    let every =
-        std::time::Duration::from_secs(u64::from(shared.config.schedule.replan_interval_secs));
+pub async fn run_replanner(hub: std::sync::Arc<Hub>) {
+    let every = std::time::Duration::from_secs(u64::from(hub.config.schedule.replan_interval_secs));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = hub.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match replan_all(&shared, Utc::now()).await {
+        match replan_all(&hub, Utc::now()).await {
             Ok(done) if done != Replanned::default() => {
                 tracing::info!(
                     moved = done.moved,

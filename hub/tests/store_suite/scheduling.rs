@@ -337,7 +337,7 @@ pub async fn case_a_batch_running_long_pushes_the_bookings_behind_it(store: Arc<
         .set_capacity(SITE_A, &capacity(1, 1), ADMIN, past)
         .await
         .expect("declare");
-    let shared = carrel_hub::grpc::Shared::new(
+    let shared = carrel_hub::app::Hub::new(
         store.clone(),
         carrel_hub::Config::default(),
         Arc::new(carrel_hub::pki::Ca::create("test CA").expect("CA")),
@@ -415,7 +415,7 @@ pub async fn case_a_batch_running_long_pushes_the_bookings_behind_it(store: Arc<
     .await;
 
     // Two hub processes re-plan at the same moment: each delay is announced once.
-    let replica = carrel_hub::grpc::Shared::new(
+    let replica = carrel_hub::app::Hub::new(
         store.clone(),
         carrel_hub::Config::default(),
         Arc::new(carrel_hub::pki::Ca::create("test CA").expect("CA")),

@@ -28,7 +28,7 @@ const RECORDED_BY: &str = "agent";
 /// A hub serving in-process, on its own runtime.
 pub struct Hub {
     pub url: String,
-    pub shared: Arc<carrel_hub::grpc::Shared>,
+    pub shared: Arc<carrel_hub::app::Hub>,
     pub config: carrel_hub::Config,
     pub physician: User,
     running: std::sync::Mutex<Option<server::Running>>,

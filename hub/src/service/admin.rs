@@ -1,0 +1,117 @@
+//! Administration as people do it, whichever door they come in by (the gRPC
+//! `AdminService`, the console's Sites and Users pages): registering sites, moving
+//! them through their lifecycle, adding and listing users. The checks on names and
+//! the enrollment token are [`crate::admin`]'s, shared with the command line; who
+//! may do what is decided here.
+
+use super::{field, require_role, Error};
+use crate::admin::{self, Registered};
+use crate::app::Hub;
+use crate::model::{Role, Site, SiteStatus, User};
+
+/// Who administers sites and users.
+const ADMINS: [Role; 1] = [Role::Admin];
+/// Who may see the network's sites and their links (QA follows them too).
+const SITE_READERS: [Role; 2] = [Role::Admin, Role::Qa];
+
+/// A refusal of [`crate::admin`]: an input that does not hold is an error of the
+/// form as a whole (field `form`); what the store refuses stays the store's.
+fn refusal(error: admin::Error) -> Error {
+    match error {
+        admin::Error::Invalid(why) => field("form", why),
+        admin::Error::Auth(e) => field("form", e.to_string()),
+        admin::Error::Store(e) => e.into(),
+    }
+}
+
+/// The network's sites, for administrators and QA.
+pub async fn sites(hub: &Hub, user: &User) -> Result<Vec<Site>, Error> {
+    require_role(user, &SITE_READERS)?;
+    Ok(hub.store.list_sites().await?)
+}
+
+/// The sites as an administrator manages them (the console's Sites page).
+pub async fn sites_to_administer(hub: &Hub, user: &User) -> Result<Vec<Site>, Error> {
+    require_role(user, &ADMINS)?;
+    Ok(hub.store.list_sites().await?)
+}
+
+/// Registers a site and makes its one-time enrollment token, valid for `ttl_secs`
+/// (the configured `enrollment_ttl_secs` when `None`).
+pub async fn register_site(
+    hub: &Hub,
+    user: &User,
+    site_id: &str,
+    name: &str,
+    ttl_secs: Option<u32>,
+) -> Result<Registered, Error> {
+    require_role(user, &ADMINS)?;
+    admin::register_site(
+        hub.store.as_ref(),
+        &hub.ca,
+        site_id.trim(),
+        name,
+        ttl_secs.unwrap_or(hub.config.enrollment_ttl_secs),
+        &user.username,
+    )
+    .await
+    .map_err(refusal)
+}
+
+/// The hub's users, for administrators.
+pub async fn users(hub: &Hub, user: &User) -> Result<Vec<User>, Error> {
+    require_role(user, &ADMINS)?;
+    Ok(hub.store.list_users().await?)
+}
+
+/// A user as an administrator enters them.
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub full_name: &'a str,
+    pub role: Role,
+    pub password: &'a str,
+}
+
+/// Adds a user (administrators).
+pub async fn add_user(hub: &Hub, user: &User, new: NewUser<'_>) -> Result<User, Error> {
+    require_role(user, &ADMINS)?;
+    admin::add_user(
+        hub.store.as_ref(),
+        new.username.trim(),
+        new.full_name,
+        new.role,
+        new.password,
+        &user.username,
+    )
+    .await
+    .map_err(refusal)
+}
+
+/// Moves a site through its lifecycle (suspend, resume, cease) for an administrator,
+/// with the reason the audit trail keeps. A suspended or ceased site's live link is
+/// closed at once.
+pub async fn change_site_status(
+    hub: &Hub,
+    user: &User,
+    site_id: &str,
+    status: SiteStatus,
+    reason: &str,
+) -> Result<Site, Error> {
+    require_role(user, &ADMINS)?;
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(field(
+            "reason",
+            format!("a reason is required to make a site {}", status.as_str()),
+        ));
+    }
+    let site = hub
+        .store
+        .set_site_status(site_id.trim(), status, &user.username, reason)
+        .await?;
+    if status != SiteStatus::Active {
+        hub.links.close(&site.site_id);
+    }
+    tracing::warn!(site_id = %site.site_id, status = status.as_str(), %reason, by = %user.username, "site status changed");
+    Ok(site)
+}
