@@ -14,7 +14,7 @@ use maud::{html, Markup};
 use std::collections::HashMap;
 
 fn oversees(session: &Session) -> bool {
-    matches!(session.user.role, Role::Qa | Role::Admin)
+    service::oversees(&session.user)
 }
 
 async fn render(hub: &HubState, session: &Session, notice: Option<Markup>) -> Page {

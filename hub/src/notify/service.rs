@@ -2,7 +2,7 @@
 //! console): the rules on who may see and change which subscription live here.
 
 use super::{Channel, Kind, NewSubscription, OutboxEntry, OutboxState, Subscription};
-use crate::app::Hub as Shared;
+use crate::app::Hub;
 use crate::model::{Role, User};
 use crate::service::{require_role, Error};
 use crate::store::notify::OutboxFilter;
@@ -23,6 +23,11 @@ pub enum Target {
 /// Roles that may see everyone's subscriptions and notifications and requeue them.
 const OVERSEERS: [Role; 2] = [Role::Qa, Role::Admin];
 
+/// `user` may see everyone's subscriptions and notifications and requeue them.
+pub fn oversees(user: &User) -> bool {
+    OVERSEERS.contains(&user.role)
+}
+
 fn field(field: &'static str, message: impl Into<String>) -> Error {
     Error::Field {
         field,
@@ -33,7 +38,7 @@ fn field(field: &'static str, message: impl Into<String>) -> Error {
 /// Subscribes `user`; returns the subscription and, for a webhook, the secret the hub
 /// signs its requests with (shown to the user once, here).
 pub async fn subscribe(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     kinds: &[String],
     target: Target,
@@ -74,7 +79,7 @@ pub async fn subscribe(
             .filter(|s| !s.is_empty())
             .map(str::to_owned),
     };
-    let config = &shared.config.notifications;
+    let config = &hub.config.notifications;
     new.validate(config.allow_http_webhooks, config.smtp_url.is_some())
         .map_err(|e| {
             let name = match &new.channel {
@@ -84,35 +89,30 @@ pub async fn subscribe(
             };
             field(name, e.to_string())
         })?;
-    let subscription = shared.store.subscribe(&new, Utc::now()).await?;
+    let subscription = hub.store.subscribe(&new, Utc::now()).await?;
     tracing::info!(subscription_id = %subscription.subscription_id, owner = %user.username, channel = new.channel.name(), "subscribed to notifications");
     Ok((subscription, secret))
 }
 
 /// The user's subscriptions, or everyone's when `all` and the user is QA or admin.
-pub async fn subscriptions(
-    shared: &Shared,
-    user: &User,
-    all: bool,
-) -> Result<Vec<Subscription>, Error> {
+pub async fn subscriptions(hub: &Hub, user: &User, all: bool) -> Result<Vec<Subscription>, Error> {
     if all {
         require_role(user, &OVERSEERS)?;
     }
     let owner = (!all).then_some(user.username.as_str());
-    Ok(shared.store.subscriptions(owner).await?)
+    Ok(hub.store.subscriptions(owner).await?)
 }
 
 /// Ends a subscription: the owner's own, or any for an admin.
-pub async fn unsubscribe(shared: &Shared, user: &User, subscription_id: Uuid) -> Result<(), Error> {
-    let subscription = shared.store.subscription(subscription_id).await?;
+pub async fn unsubscribe(hub: &Hub, user: &User, subscription_id: Uuid) -> Result<(), Error> {
+    let subscription = hub.store.subscription(subscription_id).await?;
     if subscription.owner != user.username && user.role != Role::Admin {
         return Err(Error::PermissionDenied(format!(
             "subscription {subscription_id} belongs to {}; only they or an admin may end it",
             subscription.owner
         )));
     }
-    shared
-        .store
+    hub.store
         .unsubscribe(subscription_id, &user.username, Utc::now())
         .await?;
     Ok(())
@@ -121,7 +121,7 @@ pub async fn unsubscribe(shared: &Shared, user: &User, subscription_id: Uuid) ->
 /// Notifications of the user's subscriptions, newest first, or everyone's when `all`
 /// and the user is QA or admin.
 pub async fn notifications(
-    shared: &Shared,
+    hub: &Hub,
     user: &User,
     all: bool,
     state: Option<OutboxState>,
@@ -130,7 +130,7 @@ pub async fn notifications(
     if all {
         require_role(user, &OVERSEERS)?;
     }
-    Ok(shared
+    Ok(hub
         .store
         .outbox(&OutboxFilter {
             owner: (!all).then(|| user.username.clone()),
@@ -146,13 +146,9 @@ pub async fn notifications(
 }
 
 /// Puts a failed notification back in the queue (QA and admins).
-pub async fn requeue(
-    shared: &Shared,
-    user: &User,
-    notification_id: Uuid,
-) -> Result<OutboxEntry, Error> {
+pub async fn requeue(hub: &Hub, user: &User, notification_id: Uuid) -> Result<OutboxEntry, Error> {
     require_role(user, &OVERSEERS)?;
-    let entry = shared
+    let entry = hub
         .store
         .requeue(notification_id, &user.username, Utc::now())
         .await?;
