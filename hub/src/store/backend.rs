@@ -1,5 +1,6 @@
-//! What a database backend supplies to the store's transactions: the primitives of
-//! one write transaction, each a statement or two of the backend's own SQL.
+//! What a database backend supplies to the store: the reads of one transaction
+//! ([`ReadTx`], also a read-only snapshot) and the primitives of one write
+//! transaction ([`WriteTx`]), each a statement or two of the backend's own SQL.
 //!
 //! No rule lives here. Who may do what, in which state, and what is audited is
 //! decided once, in [`super::transactions`], over these primitives; a backend only
@@ -13,8 +14,8 @@ use crate::audit::{Entry, NewEntry};
 use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
 use crate::model::notification::{OutboxEntry, Subscription};
 use crate::model::{
-    BatchState, IssuedCert, Order, Progress, Projection, Role, Signature, Site, SiteStatus,
-    StoredEvent, StoredRecipe, User,
+    BatchState, IssuedCert, Order, Progress, Projection, QcRecord, Role, Signature, Site,
+    SiteStatus, StoredEvent, StoredRecipe, User,
 };
 use crate::schedule::{Booking, Capacity, Plan};
 use async_trait::async_trait;
@@ -54,6 +55,36 @@ impl OrderKey {
     }
 }
 
+/// The reads of one transaction: of a read-only snapshot ([`Reads::read`]), where
+/// every read sees the same committed state, or of a write transaction.
+#[async_trait]
+pub trait ReadTx: Send {
+    /// The site; `NotFound` when unknown.
+    async fn site(&mut self, site_id: &str) -> Result<Site>;
+    /// The order with its batch projection; `NotFound` when unknown.
+    async fn order(&mut self, key: OrderKey) -> Result<Order>;
+    /// A published recipe version; `NotFound` when unknown.
+    async fn recipe(&mut self, recipe_id: &str, version: u32) -> Result<StoredRecipe>;
+    /// The site events of a batch, in the order they are hashed into its record.
+    async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>>;
+    /// The QC results of a batch, in the site's order.
+    async fn qc_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<QcRecord>>;
+    /// The release signatures of a batch, oldest first.
+    async fn signatures_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<Signature>>;
+    /// The audit trail in position order (only one batch's entries when `batch_id`
+    /// is given), each entry with its time as it was hashed.
+    async fn audit_trail(&mut self, batch_id: Option<Uuid>) -> Result<Vec<(Entry, String)>>;
+}
+
+/// A read-only snapshot as the store's provided reads take it; dropped, it ends.
+pub type Snapshot<'a> = Box<dyn ReadTx + 'a>;
+
+/// Where the store gets a read-only snapshot of the backend.
+#[async_trait]
+pub trait Reads: Send + Sync {
+    async fn read(&self) -> Result<Snapshot<'_>>;
+}
+
 /// One write transaction of a backend. Dropped without [`WriteTx::commit`], it rolls
 /// back and nothing of it is kept.
 ///
@@ -61,13 +92,11 @@ impl OrderKey {
 /// runs at READ COMMITTED and locks a site's row ([`WriteTx::lock_site`]) before
 /// anything of the site (its logs, cursors, batches) is read to be changed.
 #[async_trait]
-pub trait WriteTx: Send {
-    // -- reads inside the transaction --
+pub trait WriteTx: ReadTx {
+    // -- reads inside the transaction (besides those of [`ReadTx`]) --
 
     /// The site, locked until the transaction ends; `NotFound` when unknown.
     async fn lock_site(&mut self, site_id: &str) -> Result<Site>;
-    /// The order with its batch projection; `NotFound` when unknown.
-    async fn order(&mut self, key: OrderKey) -> Result<Order>;
     /// The order, read after locking its site, so nothing else changes its batch or
     /// its site's logs until this transaction ends.
     async fn lock_order(&mut self, key: OrderKey) -> Result<Order> {
@@ -75,7 +104,6 @@ pub trait WriteTx: Send {
         self.lock_site(&unlocked.site_id).await?;
         self.order(key).await
     }
-    async fn recipe(&mut self, recipe_id: &str, version: u32) -> Result<StoredRecipe>;
     /// The newest version of a product's recipe, if any was published.
     async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>>;
     /// The SHA-256 a recipe version was published with, if it was.
@@ -83,8 +111,6 @@ pub trait WriteTx: Send {
     /// Every batch of a site with its state and progress.
     async fn batches_of_site(&mut self, site_id: &str)
         -> Result<Vec<(Uuid, BatchState, Progress)>>;
-    /// The site events of a batch, in the order they are hashed into its record.
-    async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>>;
     /// The capacity a site declared, if any.
     async fn capacity(&mut self, site_id: &str) -> Result<Option<Capacity>>;
     /// The active bookings of a site.

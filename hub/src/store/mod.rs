@@ -248,10 +248,17 @@ pub enum Notification {
 #[async_trait]
 ///
 /// The methods that change anything are written here, once, as one transaction
-/// ([`transactions`]) on the backend's primitives ([`backend::WriteTx`]); a backend
-/// implements the reads and [`backend::Writes::write`].
+/// ([`transactions`]) on the backend's primitives ([`backend::WriteTx`]), and so are
+/// the reads that need one snapshot ([`backend::ReadTx`]); a backend implements the
+/// other reads, [`backend::Reads::read`] and [`backend::Writes::write`].
 pub trait Store:
-    backend::Writes + schedule::ScheduleStore + notify::NotifyStore + Send + Sync + 'static
+    backend::Reads
+    + backend::Writes
+    + schedule::ScheduleStore
+    + notify::NotifyStore
+    + Send
+    + Sync
+    + 'static
 {
     // -- recipes --
     /// Publishes a recipe version; publishing the same document again is a no-op, a
@@ -259,7 +266,9 @@ pub trait Store:
     async fn publish_recipe(&self, recipe: &Recipe) -> Result<()> {
         transactions::publish_recipe(self.write().await?, recipe, Utc::now()).await
     }
-    async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe>;
+    async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
+        self.read().await?.recipe(recipe_id, version).await
+    }
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe>;
     async fn list_recipes(&self) -> Result<Vec<StoredRecipe>>;
 
@@ -293,13 +302,20 @@ pub trait Store:
         transactions::audit(self.write().await?, entry, Utc::now()).await
     }
     /// Entries in position order; only those of one batch when `batch_id` is given.
-    async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<crate::audit::Entry>>;
+    async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<crate::audit::Entry>> {
+        let trail = self.read().await?.audit_trail(batch_id).await?;
+        Ok(trail.into_iter().map(|(entry, _)| entry).collect())
+    }
     async fn audit_count(&self, action: crate::audit::Action) -> Result<u64>;
     /// Failed sign-ins recorded for `username` after `since` and after its last
     /// successful sign-in (for locking an account under a password-guessing attack).
     async fn sign_in_failures_since(&self, username: &str, since: DateTime<Utc>) -> Result<u64>;
     /// Walks the whole chain.
-    async fn verify_audit(&self) -> Result<Result<crate::audit::Intact, crate::audit::Broken>>;
+    async fn verify_audit(&self) -> Result<Result<crate::audit::Intact, crate::audit::Broken>> {
+        Ok(crate::audit::verify(
+            self.read().await?.audit_trail(None).await?,
+        ))
+    }
 
     // -- sites and enrollment --
     async fn add_site(
@@ -351,7 +367,9 @@ pub trait Store:
         let tx = self.write().await?;
         transactions::complete_enrollment(tx, site_id, token_sha256, cert, now).await
     }
-    async fn site(&self, site_id: &str) -> Result<Site>;
+    async fn site(&self, site_id: &str) -> Result<Site> {
+        self.read().await?.site(site_id).await
+    }
     async fn list_sites(&self) -> Result<Vec<Site>>;
     /// Moves a site through its lifecycle, audited with the reason:
     /// suspend (from pending or active; its running batches are flagged for a QA
@@ -490,7 +508,9 @@ pub trait Store:
         self.order_by(backend::OrderKey::Batch(batch_id)).await
     }
     /// An order with its batch, by order id or batch id; `NotFound` when unknown.
-    async fn order_by(&self, key: backend::OrderKey) -> Result<Order>;
+    async fn order_by(&self, key: backend::OrderKey) -> Result<Order> {
+        self.read().await?.order(key).await
+    }
     /// Orders, newest first; only one physician's when `physician` is given.
     async fn list_orders(
         &self,
@@ -506,8 +526,25 @@ pub trait Store:
     ) -> Result<Order> {
         transactions::cancel_order(self.write().await?, order_id, reason, by, now).await
     }
-    async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>>;
-    async fn batch_record(&self, batch_id: Uuid) -> Result<BatchRecord>;
+    async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
+        self.read().await?.events_of_batch(batch_id).await
+    }
+    /// Everything recorded of a batch, read from one snapshot so the parts agree.
+    async fn batch_record(&self, batch_id: Uuid) -> Result<BatchRecord> {
+        let mut snapshot = self.read().await?;
+        let order = snapshot.order(backend::OrderKey::Batch(batch_id)).await?;
+        Ok(BatchRecord {
+            recipe: (snapshot.recipe(&order.recipe_id, order.recipe_version)).await?,
+            events: snapshot.events_of_batch(batch_id).await?,
+            qc: snapshot.qc_of_batch(batch_id).await?,
+            signatures: snapshot.signatures_of_batch(batch_id).await?,
+            audit: (snapshot.audit_trail(Some(batch_id)).await?)
+                .into_iter()
+                .map(|(entry, _)| entry)
+                .collect(),
+            order,
+        })
+    }
     /// Stores a signature, moves the batch to its final state and queues the decision
     /// for the site, in one transaction; refused unless the batch awaits release and
     /// its record still hashes to `signature.record_sha256`.

@@ -21,7 +21,7 @@
 //! Reads that must agree with each other (a batch record) run in one REPEATABLE READ
 //! snapshot.
 
-use super::backend::{OrderKey, WriteTx};
+use super::backend::{OrderKey, ReadTx, WriteTx};
 use super::ingest as plan;
 use super::*;
 use crate::audit::{self, NewEntry};
@@ -163,19 +163,20 @@ const ORDER_COLUMNS: &str =
      b.state, b.current_step, b.progress::text AS progress, b.decision_recorded, b.updated_at \
      FROM orders o JOIN batches b ON b.batch_id = o.batch_id";
 
-/// A write transaction (READ COMMITTED) with the audit entries it will append.
 /// LISTEN/NOTIFY channel: a site's command log grew (payload: site id).
 const COMMANDS_CHANNEL: &str = "carrel_commands";
 /// LISTEN/NOTIFY channel: a site's live link was claimed (payload: site id).
 const LINKS_CHANNEL: &str = "carrel_links";
 
-struct Write<'a> {
+/// A transaction: a write transaction (READ COMMITTED) with the audit entries it
+/// will append, or a read-only snapshot (REPEATABLE READ), which appends none.
+struct PgTx<'a> {
     store: &'a PgStore,
     tx: Transaction<'static, Postgres>,
     audit: Vec<(NewEntry, DateTime<Utc>)>,
 }
 
-impl Write<'_> {
+impl PgTx<'_> {
     fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
@@ -278,47 +279,16 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    async fn begin_write(&self) -> Result<Write<'_>> {
+    async fn begin_write(&self) -> Result<PgTx<'_>> {
         let tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await?;
-        Ok(Write {
+        Ok(PgTx {
             store: self,
             tx,
             audit: Vec::new(),
         })
-    }
-
-    async fn recipe_in(
-        &self,
-        conn: &mut PgConnection,
-        recipe_id: &str,
-        version: u32,
-    ) -> Result<StoredRecipe> {
-        if let Some(found) = self.recipes.get(recipe_id, version) {
-            return Ok(found);
-        }
-        let row = sqlx::query(
-            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 AND version = $2",
-        )
-        .bind(recipe_id)
-        .bind(i64::from(version))
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
-        let stored = rows::recipe(&row)?;
-        self.recipes.keep(&stored);
-        Ok(stored)
-    }
-
-    async fn site_in(conn: &mut PgConnection, site_id: &str) -> Result<Site> {
-        let row = sqlx::query("SELECT * FROM sites WHERE site_id = $1")
-            .bind(site_id)
-            .fetch_optional(conn)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
-        rows::site(&row)
     }
 
     /// The site, locked until the transaction ends: the one writer of its logs,
@@ -331,31 +301,6 @@ impl PgStore {
             .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
         rows::site(&row)
     }
-
-    async fn order_in(conn: &mut PgConnection, key: OrderKey) -> Result<Order> {
-        let row = sqlx::query(&format!(
-            "SELECT {ORDER_COLUMNS} WHERE o.{} = $1",
-            key.column()
-        ))
-        .bind(key.id())
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| key.not_found())?;
-        rows::order(&row)
-    }
-
-    async fn events_of_batch(conn: &mut PgConnection, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
-        sqlx::query(
-            "SELECT site_id, body, received_at FROM site_events WHERE batch_id = $1 \
-             ORDER BY site_id COLLATE \"C\", seq",
-        )
-        .bind(batch_id)
-        .fetch_all(conn)
-        .await?
-        .iter()
-        .map(rows::event)
-        .collect()
-    }
 }
 
 #[async_trait]
@@ -366,12 +311,22 @@ impl backend::Writes for PgStore {
 }
 
 #[async_trait]
-impl Store for PgStore {
-    async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
-        let mut conn = self.pool.acquire().await?;
-        self.recipe_in(&mut conn, recipe_id, version).await
+impl backend::Reads for PgStore {
+    async fn read(&self) -> Result<backend::Snapshot<'_>> {
+        // One snapshot for every read, so the parts of a record agree.
+        let tx = (self.pool)
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        Ok(Box::new(PgTx {
+            store: self,
+            tx,
+            audit: Vec::new(),
+        }))
     }
+}
 
+#[async_trait]
+impl Store for PgStore {
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe> {
         let row = sqlx::query(
             "SELECT sha256, document FROM recipes WHERE recipe_id = $1 ORDER BY version DESC LIMIT 1",
@@ -425,18 +380,6 @@ impl Store for PgStore {
         rows::user(&row)
     }
 
-    async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<audit::Entry>> {
-        sqlx::query(
-            "SELECT * FROM audit_log WHERE ($1::uuid IS NULL OR batch_id = $1) ORDER BY position",
-        )
-        .bind(batch_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| Ok(rows::audit_entry(row)?.0))
-        .collect()
-    }
-
     async fn audit_count(&self, action: crate::audit::Action) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = $1")
             .bind(action.as_str())
@@ -457,19 +400,6 @@ impl Store for PgStore {
         u64::try_from(n).map_err(|_| Error::Corrupt("negative count".into()))
     }
 
-    async fn verify_audit(&self) -> Result<Result<audit::Intact, audit::Broken>> {
-        // One statement, so one snapshot: entries commit in position order, so a
-        // snapshot that holds an entry holds every entry before it.
-        let rows = sqlx::query("SELECT * FROM audit_log ORDER BY position")
-            .fetch_all(&self.pool)
-            .await?;
-        let entries = rows
-            .iter()
-            .map(rows::audit_entry)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(audit::verify(entries))
-    }
-
     async fn site_holding_token(
         &self,
         token_sha256: &str,
@@ -485,11 +415,6 @@ impl Store for PgStore {
                 ))
             })
             .transpose()
-    }
-
-    async fn site(&self, site_id: &str) -> Result<Site> {
-        let mut conn = self.pool.acquire().await?;
-        Self::site_in(&mut conn, site_id).await
     }
 
     async fn list_sites(&self) -> Result<Vec<Site>> {
@@ -548,11 +473,9 @@ impl Store for PgStore {
             }
         }
         for batch_id in needs.batches {
-            match Self::order_in(w.conn(), OrderKey::Batch(batch_id)).await {
+            match w.order(OrderKey::Batch(batch_id)).await {
                 Ok(order) => {
-                    let recipe = self
-                        .recipe_in(w.conn(), &order.recipe_id, order.recipe_version)
-                        .await?;
+                    let recipe = w.recipe(&order.recipe_id, order.recipe_version).await?;
                     found.orders.insert(batch_id, (order, recipe));
                 }
                 Err(Error::NotFound(_)) => {}
@@ -703,11 +626,6 @@ impl Store for PgStore {
         Ok(Some(rx))
     }
 
-    async fn order_by(&self, key: OrderKey) -> Result<Order> {
-        let mut conn = self.pool.acquire().await?;
-        Self::order_in(&mut conn, key).await
-    }
-
     async fn list_orders(
         &self,
         physician: Option<&str>,
@@ -725,55 +643,6 @@ impl Store for PgStore {
         .iter()
         .map(rows::order)
         .collect()
-    }
-
-    async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
-        let mut conn = self.pool.acquire().await?;
-        Self::events_of_batch(&mut conn, batch_id).await
-    }
-
-    async fn batch_record(&self, batch_id: Uuid) -> Result<BatchRecord> {
-        // One snapshot, so the parts agree with each other.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let order = Self::order_in(&mut tx, OrderKey::Batch(batch_id)).await?;
-        let recipe = self
-            .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
-            .await?;
-        let events = Self::events_of_batch(&mut tx, batch_id).await?;
-        let qc = sqlx::query("SELECT * FROM qc_results WHERE batch_id = $1 ORDER BY site_seq")
-            .bind(batch_id)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(rows::qc)
-            .collect::<Result<Vec<_>>>()?;
-        let signatures =
-            sqlx::query("SELECT * FROM signatures WHERE batch_id = $1 ORDER BY signed_at")
-                .bind(batch_id)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(rows::signature)
-                .collect::<Result<Vec<_>>>()?;
-        let audit = sqlx::query("SELECT * FROM audit_log WHERE batch_id = $1 ORDER BY position")
-            .bind(batch_id)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| Ok(rows::audit_entry(row)?.0))
-            .collect::<Result<Vec<_>>>()?;
-        tx.commit().await?;
-        Ok(BatchRecord {
-            order,
-            recipe,
-            events,
-            qc,
-            signatures,
-            audit,
-        })
     }
 }
 

@@ -7,9 +7,7 @@
 //! Everything goes through sqlx except the hot path, site events, whose group
 //! commits run on a connection of their own with rusqlite (`ingest.rs` says why).
 
-use super::backend::OrderKey;
 use super::*;
-use crate::audit;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -415,61 +413,6 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-
-    async fn recipe_in(
-        &self,
-        tx: &mut Transaction<'_, Sqlite>,
-        recipe_id: &str,
-        version: u32,
-    ) -> Result<StoredRecipe> {
-        if let Some(found) = self.recipes.get(recipe_id, version) {
-            return Ok(found);
-        }
-        let row =
-            sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? AND version = ?")
-                .bind(recipe_id)
-                .bind(version as i64)
-                .fetch_optional(&mut **tx)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
-        let stored = rows::recipe(&row)?;
-        self.recipes.keep(&stored);
-        Ok(stored)
-    }
-
-    async fn site_in(tx: &mut Transaction<'_, Sqlite>, site_id: &str) -> Result<Site> {
-        let row = sqlx::query("SELECT * FROM sites WHERE site_id = ?")
-            .bind(site_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
-        rows::site(&row)
-    }
-
-    async fn order_in(tx: &mut Transaction<'_, Sqlite>, key: OrderKey) -> Result<Order> {
-        let row = sqlx::query(&format!(
-            "SELECT {ORDER_COLUMNS} WHERE o.{} = ?",
-            key.column()
-        ))
-        .bind(key.id().to_string())
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| key.not_found())?;
-        rows::order(&row)
-    }
-
-    async fn events_of_batch<'e, E>(executor: E, batch_id: Uuid) -> Result<Vec<StoredEvent>>
-    where
-        E: sqlx::Executor<'e, Database = Sqlite>,
-    {
-        sqlx::query("SELECT site_id, body, received_at FROM site_events WHERE batch_id = ? ORDER BY site_id, seq")
-            .bind(batch_id.to_string())
-            .fetch_all(executor)
-            .await?
-            .iter()
-            .map(rows::event)
-            .collect()
-    }
 }
 
 #[async_trait]
@@ -480,14 +423,19 @@ impl backend::Writes for SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
-        let mut tx = self.pool.begin().await?;
-        let found = self.recipe_in(&mut tx, recipe_id, version).await;
-        tx.commit().await?;
-        found
+impl backend::Reads for SqliteStore {
+    async fn read(&self) -> Result<backend::Snapshot<'_>> {
+        // A deferred transaction reads one snapshot of the WAL and takes no lock.
+        Ok(Box::new(write::SqliteTx {
+            store: self,
+            _lock: None,
+            tx: self.pool.begin().await?,
+        }))
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe> {
         let row = sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? ORDER BY version DESC LIMIT 1")
             .bind(recipe_id)
@@ -536,16 +484,6 @@ impl Store for SqliteStore {
         rows::user(&row)
     }
 
-    async fn audit_entries(&self, batch_id: Option<Uuid>) -> Result<Vec<audit::Entry>> {
-        sqlx::query("SELECT * FROM audit_log WHERE (?1 IS NULL OR batch_id = ?1) ORDER BY position")
-            .bind(batch_id.map(|b| b.to_string()))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| Ok(rows::audit_entry(row)?.0))
-            .collect()
-    }
-
     async fn audit_count(&self, action: crate::audit::Action) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = ?")
             .bind(action.as_str())
@@ -566,17 +504,6 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
-    async fn verify_audit(&self) -> Result<Result<audit::Intact, audit::Broken>> {
-        let rows = sqlx::query("SELECT * FROM audit_log ORDER BY position")
-            .fetch_all(&self.pool)
-            .await?;
-        let entries = rows
-            .iter()
-            .map(rows::audit_entry)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(audit::verify(entries))
-    }
-
     async fn site_holding_token(
         &self,
         token_sha256: &str,
@@ -592,13 +519,6 @@ impl Store for SqliteStore {
                 ))
             })
             .transpose()
-    }
-
-    async fn site(&self, site_id: &str) -> Result<Site> {
-        let mut tx = self.pool.begin().await?;
-        let site = Self::site_in(&mut tx, site_id).await;
-        tx.commit().await?;
-        site
     }
 
     async fn list_sites(&self) -> Result<Vec<Site>> {
@@ -696,13 +616,6 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
-    async fn order_by(&self, key: OrderKey) -> Result<Order> {
-        let mut tx = self.pool.begin().await?;
-        let order = Self::order_in(&mut tx, key).await;
-        tx.commit().await?;
-        order
-    }
-
     async fn list_orders(
         &self,
         physician: Option<&str>,
@@ -719,51 +632,6 @@ impl Store for SqliteStore {
         .iter()
         .map(rows::order)
         .collect()
-    }
-
-    async fn batch_events(&self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
-        Self::events_of_batch(&self.pool, batch_id).await
-    }
-
-    async fn batch_record(&self, batch_id: Uuid) -> Result<BatchRecord> {
-        // One read transaction, so the parts agree with each other.
-        let mut tx = self.pool.begin().await?;
-        let order = Self::order_in(&mut tx, OrderKey::Batch(batch_id)).await?;
-        let recipe = self
-            .recipe_in(&mut tx, &order.recipe_id, order.recipe_version)
-            .await?;
-        let events = Self::events_of_batch(&mut *tx, batch_id).await?;
-        let qc = sqlx::query("SELECT * FROM qc_results WHERE batch_id = ? ORDER BY site_seq")
-            .bind(batch_id.to_string())
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(rows::qc)
-            .collect::<Result<Vec<_>>>()?;
-        let signatures =
-            sqlx::query("SELECT * FROM signatures WHERE batch_id = ? ORDER BY signed_at")
-                .bind(batch_id.to_string())
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(rows::signature)
-                .collect::<Result<Vec<_>>>()?;
-        let audit = sqlx::query("SELECT * FROM audit_log WHERE batch_id = ? ORDER BY position")
-            .bind(batch_id.to_string())
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| Ok(rows::audit_entry(row)?.0))
-            .collect::<Result<Vec<_>>>()?;
-        tx.commit().await?;
-        Ok(BatchRecord {
-            order,
-            recipe,
-            events,
-            qc,
-            signatures,
-            audit,
-        })
     }
 }
 

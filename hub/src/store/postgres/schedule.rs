@@ -105,8 +105,8 @@ impl PgStore {
 #[async_trait]
 impl ScheduleStore for PgStore {
     async fn capacity(&self, site_id: &str) -> Result<Option<Capacity>> {
+        Store::site(self, site_id).await?; // NotFound for an unknown site
         let mut conn = self.pool.acquire().await?;
-        Self::site_in(&mut conn, site_id).await?;
         Self::capacity_in(&mut conn, site_id).await
     }
 

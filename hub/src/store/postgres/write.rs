@@ -1,34 +1,111 @@
-//! The primitives of a write transaction ([`WriteTx`]) on PostgreSQL: the store's
-//! transactions (`store/transactions.rs`) run on these. Locks are taken in the
+//! The reads ([`ReadTx`]) and write primitives ([`WriteTx`]) of a transaction on
+//! PostgreSQL: the store's transactions (`store/transactions.rs`) run on these. Locks are taken in the
 //! order the module above documents: the site's row, then a COI serial's, then (at
 //! commit) the audit chain.
 
-use super::super::backend::{OrderKey, WriteTx};
+use super::super::backend::{OrderKey, ReadTx, WriteTx};
 use super::super::rows;
 use super::super::*;
-use super::{stored, PgStore, Write, COMMANDS_CHANNEL};
+use super::{stored, PgStore, PgTx, COMMANDS_CHANNEL, ORDER_COLUMNS};
 use crate::audit::{self, NewEntry};
 use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
 use crate::model::notification::{kinds_text, payload, OutboxEntry, Subscription};
-use crate::model::Role;
+use crate::model::{QcRecord, Role};
 
 use crate::model::{Progress, Projection};
 use crate::schedule::{Booking, Capacity, Plan};
 use sqlx::Row;
 
 #[async_trait]
-impl WriteTx for Write<'_> {
-    async fn lock_site(&mut self, site_id: &str) -> Result<Site> {
-        PgStore::lock_site(self.conn(), site_id).await
+impl ReadTx for PgTx<'_> {
+    async fn site(&mut self, site_id: &str) -> Result<Site> {
+        let row = sqlx::query("SELECT * FROM sites WHERE site_id = $1")
+            .bind(site_id)
+            .fetch_optional(self.conn())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
+        rows::site(&row)
     }
 
     async fn order(&mut self, key: OrderKey) -> Result<Order> {
-        PgStore::order_in(self.conn(), key).await
+        let row = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE o.{} = $1",
+            key.column()
+        ))
+        .bind(key.id())
+        .fetch_optional(self.conn())
+        .await?
+        .ok_or_else(|| key.not_found())?;
+        rows::order(&row)
     }
 
     async fn recipe(&mut self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
-        let store = self.store;
-        store.recipe_in(self.conn(), recipe_id, version).await
+        if let Some(found) = self.store.recipes.get(recipe_id, version) {
+            return Ok(found);
+        }
+        let row = sqlx::query(
+            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 AND version = $2",
+        )
+        .bind(recipe_id)
+        .bind(i64::from(version))
+        .fetch_optional(self.conn())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
+        let stored = rows::recipe(&row)?;
+        self.store.recipes.keep(&stored);
+        Ok(stored)
+    }
+
+    async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
+        sqlx::query(
+            "SELECT site_id, body, received_at FROM site_events WHERE batch_id = $1 \
+             ORDER BY site_id COLLATE \"C\", seq",
+        )
+        .bind(batch_id)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(rows::event)
+        .collect()
+    }
+
+    async fn qc_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<QcRecord>> {
+        sqlx::query("SELECT * FROM qc_results WHERE batch_id = $1 ORDER BY site_seq")
+            .bind(batch_id)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(rows::qc)
+            .collect()
+    }
+
+    async fn signatures_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<Signature>> {
+        sqlx::query("SELECT * FROM signatures WHERE batch_id = $1 ORDER BY signed_at")
+            .bind(batch_id)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(rows::signature)
+            .collect()
+    }
+
+    async fn audit_trail(&mut self, batch_id: Option<Uuid>) -> Result<Vec<(audit::Entry, String)>> {
+        sqlx::query(
+            "SELECT * FROM audit_log WHERE ($1::uuid IS NULL OR batch_id = $1) ORDER BY position",
+        )
+        .bind(batch_id)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(rows::audit_entry)
+        .collect()
+    }
+}
+
+#[async_trait]
+impl WriteTx for PgTx<'_> {
+    async fn lock_site(&mut self, site_id: &str) -> Result<Site> {
+        PgStore::lock_site(self.conn(), site_id).await
     }
 
     async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>> {
@@ -66,10 +143,6 @@ impl WriteTx for Write<'_> {
         .iter()
         .map(rows::batch)
         .collect()
-    }
-
-    async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
-        PgStore::events_of_batch(self.conn(), batch_id).await
     }
 
     async fn notifier_cursor(&mut self) -> Result<u64> {
@@ -692,12 +765,12 @@ impl WriteTx for Write<'_> {
     }
 
     async fn audit(&mut self, entry: NewEntry, now: DateTime<Utc>) -> Result<()> {
-        // Appended to the chain at commit (see `Write::commit`).
-        Write::audit(self, entry, now);
+        // Appended to the chain at commit (see `PgTx::commit`).
+        PgTx::audit(self, entry, now);
         Ok(())
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
-        Write::commit(*self).await
+        PgTx::commit(*self).await
     }
 }

@@ -108,11 +108,9 @@ impl SqliteStore {
 #[async_trait]
 impl ScheduleStore for SqliteStore {
     async fn capacity(&self, site_id: &str) -> Result<Option<Capacity>> {
-        let mut tx = self.pool.begin().await?;
-        Self::site_in(&mut tx, site_id).await?;
-        let capacity = Self::capacity_in(&mut tx, site_id).await;
-        tx.commit().await?;
-        capacity
+        Store::site(self, site_id).await?; // NotFound for an unknown site
+        let mut conn = self.pool.acquire().await?;
+        Self::capacity_in(&mut conn, site_id).await
     }
 
     async fn booked(&self, site_id: &str) -> Result<Booked> {

@@ -1,44 +1,45 @@
-//! The primitives of a write transaction ([`WriteTx`]) on SQLite: the store's
-//! transactions (`store/transactions.rs`) run on these.
+//! The reads ([`ReadTx`]) and write primitives ([`WriteTx`]) of a transaction on
+//! SQLite: the store's transactions (`store/transactions.rs`) run on these.
 
-use super::super::backend::{OrderKey, WriteTx};
+use super::super::backend::{OrderKey, ReadTx, WriteTx};
 use super::super::rows;
 use super::super::*;
-use super::SqliteStore;
+use super::{SqliteStore, ORDER_COLUMNS};
 use crate::audit::{self, NewEntry};
 use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
 use crate::model::notification::{kinds_text, payload, OutboxEntry, Subscription};
-use crate::model::Role;
+use crate::model::{QcRecord, Role};
 
 use crate::model::{Progress, Projection};
 use crate::schedule::{Booking, Capacity, Plan};
 use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::MutexGuard;
 
-/// A write transaction: the store's write lock and SQLite's (BEGIN IMMEDIATE), both
-/// held from the start, so it never fails half-way because another writer came first.
-pub(super) struct SqliteWrite<'a> {
+/// A transaction. A write transaction holds the store's write lock and SQLite's
+/// (BEGIN IMMEDIATE) from the start, so it never fails half-way because another
+/// writer came first; a read snapshot holds neither.
+pub(super) struct SqliteTx<'a> {
     pub(super) store: &'a SqliteStore,
-    pub(super) _lock: MutexGuard<'a, ()>,
+    pub(super) _lock: Option<MutexGuard<'a, ()>>,
     pub(super) tx: Transaction<'static, Sqlite>,
 }
 
 impl SqliteStore {
     /// A write transaction; refused once the store has failed ([`failure`]).
-    pub(super) async fn begin_write(&self) -> Result<SqliteWrite<'_>> {
+    pub(super) async fn begin_write(&self) -> Result<SqliteTx<'_>> {
         let lock = self.write_lock.lock().await;
         if let Some(why) = failure().reason() {
             return Err(Error::Failed(why.to_owned()));
         }
-        Ok(SqliteWrite {
+        Ok(SqliteTx {
             store: self,
-            _lock: lock,
+            _lock: Some(lock),
             tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
         })
     }
 }
 
-impl SqliteWrite<'_> {
+impl SqliteTx<'_> {
     pub(super) async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
         Ok(())
@@ -46,22 +47,94 @@ impl SqliteWrite<'_> {
 }
 
 #[async_trait]
-impl WriteTx for SqliteWrite<'_> {
-    async fn lock_site(&mut self, site_id: &str) -> Result<Site> {
-        // The one writer is held already: reading the row is enough.
-        SqliteStore::site_in(&mut self.tx, site_id).await
+impl ReadTx for SqliteTx<'_> {
+    async fn site(&mut self, site_id: &str) -> Result<Site> {
+        let row = sqlx::query("SELECT * FROM sites WHERE site_id = ?")
+            .bind(site_id)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("site {site_id:?}")))?;
+        rows::site(&row)
     }
 
     async fn order(&mut self, key: OrderKey) -> Result<Order> {
-        SqliteStore::order_in(&mut self.tx, key).await
+        let row = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE o.{} = ?",
+            key.column()
+        ))
+        .bind(key.id().to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .ok_or_else(|| key.not_found())?;
+        rows::order(&row)
+    }
+
+    async fn recipe(&mut self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
+        if let Some(found) = self.store.recipes.get(recipe_id, version) {
+            return Ok(found);
+        }
+        let row =
+            sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? AND version = ?")
+                .bind(recipe_id)
+                .bind(version as i64)
+                .fetch_optional(&mut *self.tx)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
+        let stored = rows::recipe(&row)?;
+        self.store.recipes.keep(&stored);
+        Ok(stored)
+    }
+
+    async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
+        sqlx::query("SELECT site_id, body, received_at FROM site_events WHERE batch_id = ? ORDER BY site_id, seq")
+            .bind(batch_id.to_string())
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(rows::event)
+            .collect()
+    }
+
+    async fn qc_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<QcRecord>> {
+        sqlx::query("SELECT * FROM qc_results WHERE batch_id = ? ORDER BY site_seq")
+            .bind(batch_id.to_string())
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(rows::qc)
+            .collect()
+    }
+
+    async fn signatures_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<Signature>> {
+        sqlx::query("SELECT * FROM signatures WHERE batch_id = ? ORDER BY signed_at")
+            .bind(batch_id.to_string())
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(rows::signature)
+            .collect()
+    }
+
+    async fn audit_trail(&mut self, batch_id: Option<Uuid>) -> Result<Vec<(audit::Entry, String)>> {
+        sqlx::query("SELECT * FROM audit_log WHERE (?1 IS NULL OR batch_id = ?1) ORDER BY position")
+            .bind(batch_id.map(|b| b.to_string()))
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(rows::audit_entry)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl WriteTx for SqliteTx<'_> {
+    async fn lock_site(&mut self, site_id: &str) -> Result<Site> {
+        // The one writer is held already: reading the row is enough.
+        self.site(site_id).await
     }
 
     async fn lock_order(&mut self, key: OrderKey) -> Result<Order> {
         self.order(key).await
-    }
-
-    async fn recipe(&mut self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
-        self.store.recipe_in(&mut self.tx, recipe_id, version).await
     }
 
     async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>> {
@@ -95,10 +168,6 @@ impl WriteTx for SqliteWrite<'_> {
             .iter()
             .map(rows::batch)
             .collect()
-    }
-
-    async fn events_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<StoredEvent>> {
-        SqliteStore::events_of_batch(&mut *self.tx, batch_id).await
     }
 
     async fn notifier_cursor(&mut self) -> Result<u64> {
@@ -753,6 +822,6 @@ impl WriteTx for SqliteWrite<'_> {
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
-        SqliteWrite::commit(*self).await
+        SqliteTx::commit(*self).await
     }
 }
