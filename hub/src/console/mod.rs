@@ -13,9 +13,12 @@
 // `Result<_, Response>` (axum's idiom); boxing it would add noise and save nothing.
 #![allow(clippy::result_large_err)]
 
+mod admin;
 mod notifications;
-mod pages;
+mod orders;
+mod release;
 mod schedule;
+mod signin;
 mod view;
 
 use crate::app::Hub;
@@ -37,17 +40,17 @@ pub const LOGIN_CSRF_COOKIE: &str = "carrel_login_csrf";
 /// The console's routes.
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
-        .route("/", get(pages::home))
-        .route("/login", get(pages::login_form).post(pages::login))
-        .route("/logout", post(pages::logout))
-        .route("/orders", get(pages::orders).post(pages::create_order))
-        .route("/orders/rows", get(pages::order_rows))
-        .route("/orders/new", get(pages::new_order))
-        .route("/orders/{id}", get(pages::order_page))
-        .route("/orders/{id}/live", get(pages::order_live))
-        .route("/release", get(pages::release_queue))
-        .route("/batches/{id}", get(pages::batch_record))
-        .route("/batches/{id}/sign", post(pages::sign))
+        .route("/", get(signin::home))
+        .route("/login", get(signin::login_form).post(signin::login))
+        .route("/logout", post(signin::logout))
+        .route("/orders", get(orders::orders).post(orders::create_order))
+        .route("/orders/rows", get(orders::order_rows))
+        .route("/orders/new", get(orders::new_order))
+        .route("/orders/{id}", get(orders::order_page))
+        .route("/orders/{id}/live", get(orders::order_live))
+        .route("/release", get(release::release_queue))
+        .route("/batches/{id}", get(release::batch_record))
+        .route("/batches/{id}/sign", post(release::sign))
         .route(
             "/notifications",
             get(notifications::notifications).post(notifications::subscribe),
@@ -60,12 +63,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
             "/notifications/outbox/{id}/requeue",
             post(notifications::requeue),
         )
-        .route("/admin/sites", get(pages::sites).post(pages::add_site))
+        .route("/admin/sites", get(admin::sites).post(admin::add_site))
         .route(
             "/admin/sites/{id}/{action}",
-            post(pages::change_site_status),
+            post(admin::change_site_status),
         )
-        .route("/admin/users", get(pages::users).post(pages::add_user))
+        .route("/admin/users", get(admin::users).post(admin::add_user))
         .route("/schedule", get(schedule::overview))
         .route(
             "/capacity/{site_id}",

@@ -1,0 +1,221 @@
+//! Administration: sites (add, suspend, resume, cease) and users.
+
+use super::view::{page, when};
+use super::{html_page, problem, refused, HubState, Page, Session};
+use crate::model;
+use crate::model::{Role, SiteStatus};
+use crate::service;
+use crate::service::admin;
+use axum::extract::{Form, Path};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+fn sites_markup(
+    session: &Session,
+    sites: &[model::Site],
+    hub: &crate::app::Hub,
+    notice: Option<Markup>,
+) -> Markup {
+    page(
+        "Sites",
+        Some((&session.user, &session.csrf)),
+        html! {
+            h1 { "Sites" }
+            @if let Some(notice) = notice { (notice) }
+            table {
+                thead { tr { th { "Site" } th { "Name" } th { "Status" } th { "Link" } th { "Last contact" } th { "Events" } th { "Commands acked" } th { "Certificate" } th {} } }
+                tbody { @for s in sites {
+                    tr data-site=(s.site_id) {
+                        td { (s.site_id) } td { (s.name) } td { (s.status.as_str()) }
+                        td { @if hub.links.is_connected(&s.site_id) { span.badge.pass { "connected" } } @else { span.badge { "not connected" } } }
+                        td.muted { (s.last_contact_at.map(when).unwrap_or_else(|| "never".into())) }
+                        td { (s.acked_event_seq) } td { (s.acked_command_seq) "/" (s.last_command_seq) }
+                        td.certificate {
+                            @if let Some(until) = s.cert_not_after {
+                                "until " (until.format("%Y-%m-%d"))
+                                @if until - chrono::Utc::now() < chrono::Duration::days(i64::from(hub.config.certificate_warning_days)) {
+                                    " " span.badge.rejected { "expiring" }
+                                }
+                            } @else if s.cert_sha256.is_some() { span.muted { "expiry not recorded" } }
+                            @if s.holds_certificate_of_another_ca(hub.ca.fingerprint()) {
+                                " " span.badge { "previous CA" }
+                            }
+                        }
+                        td {
+                            @if s.status == SiteStatus::Active {
+                                form method="post" action=(format!("/admin/sites/{}/suspend", s.site_id)) {
+                                    input type="hidden" name="csrf" value=(session.csrf);
+                                    input name="reason" placeholder="reason" required aria-label="reason for suspending";
+                                    button.danger type="submit" { "Suspend" }
+                                }
+                            } @else if s.status == SiteStatus::Suspended {
+                                form method="post" action=(format!("/admin/sites/{}/resume", s.site_id)) {
+                                    input type="hidden" name="csrf" value=(session.csrf);
+                                    input name="reason" placeholder="reason" required aria-label="reason for resuming";
+                                    button type="submit" { "Resume" }
+                                }
+                                form method="post" action=(format!("/admin/sites/{}/cease", s.site_id)) {
+                                    input type="hidden" name="csrf" value=(session.csrf);
+                                    input name="reason" placeholder="reason" required aria-label="reason for ceasing";
+                                    button.danger type="submit" { "Cease (final)" }
+                                }
+                            }
+                        }
+                    }
+                } }
+            }
+            h2 { "Onboard a site" }
+            div.card {
+                form method="post" action="/admin/sites" {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    label for="site_id" { "Site id (lower case, e.g. st-elsewhere)" }
+                    input id="site_id" name="site_id" required;
+                    label for="name" { "Name" }
+                    input id="name" name="name" required;
+                    p { button type="submit" { "Register and make an enrollment token" } }
+                }
+            }
+        },
+    )
+}
+
+pub async fn sites(hub: HubState, session: Session) -> Page {
+    let sites = admin::sites_to_administer(&hub, &session.user)
+        .await
+        .map_err(refused)?;
+    Ok(html_page(sites_markup(&session, &sites, &hub, None)))
+}
+
+#[derive(Deserialize)]
+pub struct AddSiteForm {
+    csrf: String,
+    site_id: String,
+    name: String,
+}
+
+pub async fn add_site(hub: HubState, session: Session, Form(form): Form<AddSiteForm>) -> Page {
+    session.check_csrf(&form.csrf)?;
+    let result =
+        match admin::register_site(&hub, &session.user, &form.site_id, &form.name, None).await {
+            Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
+            result => result,
+        };
+    let notice = match &result {
+        Ok(registered) => html! { div.notice.ok {
+            p { "Site " (registered.site.site_id) " registered. Give its administrator this one-time enrollment token (valid until " (when(registered.expires_at)) "):" }
+            p.token id="enrollment-token" { (registered.token) }
+            p.muted { "On the site machine: carrel-site-agent enroll --hub https://HUB:PORT --token TOKEN --data-dir DIR" }
+        } },
+        Err(e) => html! { div.notice.bad role="alert" { (e) } },
+    };
+    let sites = admin::sites_to_administer(&hub, &session.user)
+        .await
+        .map_err(refused)?;
+    let mut response = html_page(sites_markup(&session, &sites, &hub, Some(notice)));
+    if result.is_err() {
+        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+pub struct ReasonForm {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Suspend, resume or cease a site (`/admin/sites/{id}/{action}`), with a reason.
+pub async fn change_site_status(
+    hub: HubState,
+    session: Session,
+    Path((site_id, action)): Path<(String, String)>,
+    Form(form): Form<ReasonForm>,
+) -> Page {
+    let status = match action.as_str() {
+        "suspend" => SiteStatus::Suspended,
+        "resume" => SiteStatus::Active,
+        "cease" => SiteStatus::Ceased,
+        other => {
+            return Err(problem(
+                StatusCode::NOT_FOUND,
+                format!("no site action {other:?} (suspend, resume or cease)"),
+            ))
+        }
+    };
+    session.check_csrf(&form.csrf)?;
+    admin::change_site_status(&hub, &session.user, &site_id, status, &form.reason)
+        .await
+        .map_err(refused)?;
+    Ok(Redirect::to("/admin/sites").into_response())
+}
+
+fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>) -> Markup {
+    page(
+        "Users",
+        Some((&session.user, &session.csrf)),
+        html! {
+            h1 { "Users" }
+            @if let Some(notice) = notice { (notice) }
+            table {
+                thead { tr { th { "User" } th { "Name" } th { "Role" } } }
+                tbody { @for u in users { tr { td { (u.username) } td { (u.full_name) } td { (u.role) } } } }
+            }
+            h2 { "Add a user" }
+            div.card {
+                form method="post" action="/admin/users" {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    label for="username" { "User name" } input id="username" name="username" required;
+                    label for="full_name" { "Printed name (shown on signatures)" } input id="full_name" name="full_name" required;
+                    label for="role" { "Role" }
+                    select id="role" name="role" { option { "physician" } option { "qa" } option { "technician" } option { "admin" } }
+                    label for="password" { "Initial password (10 characters or more)" }
+                    input id="password" name="password" type="password" autocomplete="new-password" required;
+                    p { button type="submit" { "Add user" } }
+                }
+            }
+        },
+    )
+}
+
+pub async fn users(hub: HubState, session: Session) -> Page {
+    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
+    Ok(html_page(users_markup(&session, &users, None)))
+}
+
+#[derive(Deserialize)]
+pub struct AddUserForm {
+    csrf: String,
+    username: String,
+    full_name: String,
+    role: String,
+    password: String,
+}
+
+pub async fn add_user(hub: HubState, session: Session, Form(form): Form<AddUserForm>) -> Page {
+    session.check_csrf(&form.csrf)?;
+    let result = match Role::parse(&form.role) {
+        Some(role) => {
+            let new = admin::NewUser {
+                username: &form.username,
+                full_name: &form.full_name,
+                role,
+                password: &form.password,
+            };
+            match admin::add_user(&hub, &session.user, new).await {
+                Ok(user) => Ok(format!("User {} added.", user.username)),
+                Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        None => Err(format!("{:?} is not a role", form.role)),
+    };
+    let notice = match &result {
+        Ok(text) => html! { div.notice.ok { (text) } },
+        Err(text) => html! { div.notice.bad role="alert" { (text) } },
+    };
+    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
+    Ok(html_page(users_markup(&session, &users, Some(notice))))
+}
