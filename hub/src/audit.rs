@@ -114,6 +114,108 @@ impl PartialEq<&str> for Action {
     }
 }
 
+/// Which record an audit entry is about. Its text form (`order/{id}`,
+/// `site/{id}/events/{first}..{last}`) is what is stored and hashed;
+/// [`Object::parse`] reads it back, so the format is written here and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    /// The hub's certificate authority.
+    Ca,
+    Recipe {
+        id: String,
+        version: u32,
+    },
+    User(String),
+    Site(String),
+    /// A site that could not be identified (a refused enrollment).
+    UnknownSite,
+    SiteCapacity(String),
+    /// One event of a site's log.
+    SiteEvent {
+        site_id: String,
+        seq: u64,
+    },
+    /// A run of a site's log, both ends included.
+    SiteEvents {
+        site_id: String,
+        first: u64,
+        last: u64,
+    },
+    Order(Uuid),
+    Batch(Uuid),
+    Subscription(Uuid),
+    Notification(Uuid),
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::Ca => write!(f, "ca"),
+            Object::Recipe { id, version } => write!(f, "recipe/{id}/v{version}"),
+            Object::User(name) => write!(f, "user/{name}"),
+            Object::Site(id) => write!(f, "site/{id}"),
+            Object::UnknownSite => write!(f, "site/?"),
+            Object::SiteCapacity(id) => write!(f, "site/{id}/capacity"),
+            Object::SiteEvent { site_id, seq } => write!(f, "site/{site_id}/event/{seq}"),
+            Object::SiteEvents {
+                site_id,
+                first,
+                last,
+            } => write!(f, "site/{site_id}/events/{first}..{last}"),
+            Object::Order(id) => write!(f, "order/{id}"),
+            Object::Batch(id) => write!(f, "batch/{id}"),
+            Object::Subscription(id) => write!(f, "subscription/{id}"),
+            Object::Notification(id) => write!(f, "notification/{id}"),
+        }
+    }
+}
+
+impl Object {
+    /// The object a stored text names; `None` for text this hub never writes.
+    pub fn parse(text: &str) -> Option<Object> {
+        if text == "ca" {
+            return Some(Object::Ca);
+        }
+        let (kind, rest) = text.split_once('/')?;
+        let id = |rest: &str| rest.parse::<Uuid>().ok();
+        Some(match kind {
+            "recipe" => {
+                let (id, version) = rest.rsplit_once("/v")?;
+                Object::Recipe {
+                    id: id.to_owned(),
+                    version: version.parse().ok()?,
+                }
+            }
+            "user" => Object::User(rest.to_owned()),
+            "order" => Object::Order(id(rest)?),
+            "batch" => Object::Batch(id(rest)?),
+            "subscription" => Object::Subscription(id(rest)?),
+            "notification" => Object::Notification(id(rest)?),
+            "site" if rest == "?" => Object::UnknownSite,
+            "site" => {
+                if let Some(site_id) = rest.strip_suffix("/capacity") {
+                    Object::SiteCapacity(site_id.to_owned())
+                } else if let Some((site_id, range)) = rest.rsplit_once("/events/") {
+                    let (first, last) = range.split_once("..")?;
+                    Object::SiteEvents {
+                        site_id: site_id.to_owned(),
+                        first: first.parse().ok()?,
+                        last: last.parse().ok()?,
+                    }
+                } else if let Some((site_id, seq)) = rest.rsplit_once("/event/") {
+                    Object::SiteEvent {
+                        site_id: site_id.to_owned(),
+                        seq: seq.parse().ok()?,
+                    }
+                } else {
+                    Object::Site(rest.to_owned())
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// An entry to append; the store assigns position, time and hashes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEntry {
@@ -127,11 +229,11 @@ pub struct NewEntry {
 }
 
 impl NewEntry {
-    pub fn new(actor: &str, action: Action, object: impl Into<String>) -> NewEntry {
+    pub fn new(actor: &str, action: Action, object: Object) -> NewEntry {
         NewEntry {
             actor: actor.to_owned(),
             action,
-            object: object.into(),
+            object: object.to_string(),
             batch_id: None,
             old_value: String::new(),
             new_value: String::new(),
@@ -179,6 +281,13 @@ pub struct Entry {
     pub reason: String,
     pub prev_sha256: String,
     pub sha256: String,
+}
+
+impl Entry {
+    /// The record this entry is about, read back from its stored text.
+    pub fn about(&self) -> Option<Object> {
+        Object::parse(&self.object)
+    }
 }
 
 #[derive(Serialize)]
@@ -360,14 +469,77 @@ impl Throttle {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_object_reads_back_from_its_stored_text() {
+        let id = Uuid::from_u128(7);
+        let objects = [
+            Object::Ca,
+            Object::Recipe {
+                id: "car-t/v".into(),
+                version: 3,
+            },
+            Object::User("qa.grace".into()),
+            Object::Site("site-a".into()),
+            Object::UnknownSite,
+            Object::SiteCapacity("site-a".into()),
+            Object::SiteEvent {
+                site_id: "site-a".into(),
+                seq: 9,
+            },
+            Object::SiteEvents {
+                site_id: "site-a".into(),
+                first: 3,
+                last: 17,
+            },
+            Object::Order(id),
+            Object::Batch(id),
+            Object::Subscription(id),
+            Object::Notification(id),
+        ];
+        for object in objects {
+            let text = object.to_string();
+            assert_eq!(Object::parse(&text), Some(object), "{text}");
+        }
+        assert_eq!(
+            Object::SiteEvents {
+                site_id: "site-a".into(),
+                first: 3,
+                last: 17
+            }
+            .to_string(),
+            "site/site-a/events/3..17"
+        );
+        // One event is not a run of events.
+        assert_eq!(
+            Object::parse("site/site-a/event/3"),
+            Some(Object::SiteEvent {
+                site_id: "site-a".into(),
+                seq: 3
+            })
+        );
+        for foreign in [
+            "",
+            "order/x",
+            "order/not-a-uuid",
+            "site/a/events/3",
+            "lot/1",
+            "recipe/x",
+        ] {
+            assert_eq!(Object::parse(foreign), None, "{foreign}");
+        }
+    }
+
     fn chain(n: u64) -> Vec<(Entry, String)> {
         let mut prev = GENESIS.to_owned();
         (1..=n)
             .map(|position| {
                 let at = format!("2026-11-27T00:00:{position:02}.000000Z");
-                let new =
-                    NewEntry::new("qa.one", Action::ReleaseSigned, format!("batch/{position}"))
-                        .value("released");
+                let new = NewEntry::new(
+                    "qa.one",
+                    Action::ReleaseSigned,
+                    Object::Batch(Uuid::from_u128(position.into())),
+                )
+                .value("released");
                 let sha = entry_sha256(&prev, position, &at, &new);
                 let entry = Entry {
                     position,
@@ -429,9 +601,17 @@ mod tests {
         let start = Instant::now();
         let minute = Duration::from_secs(60);
         let mut throttle = Throttle::new(minute);
-        let suspended = NewEntry::new("site-a", Action::SiteLinkRefused, "site/site-a")
-            .reason("site \"site-a\" is suspended");
-        let other = NewEntry::new("site-b", Action::SiteLinkRefused, "site/site-b");
+        let suspended = NewEntry::new(
+            "site-a",
+            Action::SiteLinkRefused,
+            Object::Site("site-a".into()),
+        )
+        .reason("site \"site-a\" is suspended");
+        let other = NewEntry::new(
+            "site-b",
+            Action::SiteLinkRefused,
+            Object::Site("site-b".into()),
+        );
         assert!(throttle.admit("site-a suspended", &suspended, start));
         assert!(throttle.admit("site-b", &other, start));
         for i in 0..1_000 {

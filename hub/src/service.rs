@@ -10,7 +10,7 @@
 //! path is [`release`], administration [`admin`], scheduling [`schedule`].
 
 use crate::app::Hub;
-use crate::audit::{Action, NewEntry};
+use crate::audit::{Action, NewEntry, Object};
 use crate::auth::{new_secret, secret_sha256, verify_password};
 use crate::model;
 use crate::model::{NewOrder, Order, Role, User};
@@ -75,7 +75,7 @@ pub async fn sign_in(
                 &NewEntry::new(
                     username,
                     Action::UserSignInLocked,
-                    format!("user/{username}"),
+                    Object::User(username.to_owned()),
                 )
                 .reason(format!("{failures} failed sign-ins in a row")),
             )
@@ -100,7 +100,7 @@ pub async fn sign_in(
                 &NewEntry::new(
                     username,
                     Action::UserSignInFailed,
-                    format!("user/{username}"),
+                    Object::User(username.to_owned()),
                 )
                 .reason("wrong password, unknown or disabled user"),
             )
@@ -254,7 +254,7 @@ pub async fn visible_order(hub: &Hub, user: &User, order_id: Uuid) -> Result<Ord
                 &NewEntry::new(
                     &user.username,
                     Action::OrderAccessRefused,
-                    format!("order/{order_id}"),
+                    Object::Order(order_id),
                 )
                 .reason(format!(
                     "{} asked for an order of another physician",

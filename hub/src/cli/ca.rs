@@ -84,7 +84,7 @@ pub async fn run(command: CaCommand) -> anyhow::Result<()> {
                 &crate::audit::NewEntry::new(
                     &local_operator(),
                     crate::audit::Action::CaRotated,
-                    "ca",
+                    crate::audit::Object::Ca,
                 )
                 .change(&old, new.fingerprint()),
             )
@@ -125,7 +125,7 @@ pub async fn run(command: CaCommand) -> anyhow::Result<()> {
                 &crate::audit::NewEntry::new(
                     &local_operator(),
                     crate::audit::Action::CaPreviousRetired,
-                    "ca",
+                    crate::audit::Object::Ca,
                 )
                 .value(previous.clone())
                 .reason(if force {

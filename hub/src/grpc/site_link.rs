@@ -8,7 +8,7 @@
 
 use super::status;
 use crate::app::Hub;
-use crate::audit::{Action, NewEntry};
+use crate::audit::{Action, NewEntry, Object};
 use crate::auth::{secret_sha256, EnrollmentToken};
 use crate::model;
 use crate::model::SiteStatus;
@@ -133,8 +133,12 @@ async fn identify_site<T>(hub: &Hub, request: &Request<T>) -> Result<Identified,
     };
     hub.audit_refusal(
         kind,
-        NewEntry::new(&site_id, Action::SiteLinkRefused, format!("site/{site_id}"))
-            .reason(format!("{refused} (certificate sha256 {fingerprint})")),
+        NewEntry::new(
+            &site_id,
+            Action::SiteLinkRefused,
+            Object::Site(site_id.to_owned()),
+        )
+        .reason(format!("{refused} (certificate sha256 {fingerprint})")),
     )
     .await;
     Err(Status::permission_denied(refused))
@@ -183,8 +187,12 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
                 self.0
                     .audit_refusal(
                         &reason,
-                        NewEntry::new("unknown agent", Action::SiteEnrollmentRefused, "site/?")
-                            .reason(&reason),
+                        NewEntry::new(
+                            "unknown agent",
+                            Action::SiteEnrollmentRefused,
+                            Object::UnknownSite,
+                        )
+                        .reason(&reason),
                     )
                     .await;
                 return Err(status(e));
@@ -705,7 +713,7 @@ impl Link {
                         NewEntry::new(
                             &self.site_id,
                             Action::SiteEventsRefused,
-                            format!("site/{}", self.site_id),
+                            Object::Site(self.site_id.clone()),
                         )
                         .reason(&why),
                     )

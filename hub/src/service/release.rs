@@ -6,7 +6,7 @@
 
 use super::{field, require_role, Error};
 use crate::app::Hub;
-use crate::audit::{Action, NewEntry};
+use crate::audit::{Action, NewEntry, Object};
 use crate::auth::verify_password;
 use crate::model::{BatchState, Order, Role, Signature, User};
 use crate::record::{self, Review, Signed};
@@ -68,7 +68,7 @@ pub async fn sign(hub: &Hub, user: &User, form: SignForm<'_>) -> Result<(Signed,
                 &NewEntry::new(
                     &user.username,
                     Action::ReleaseSigningRefused,
-                    format!("batch/{}", form.batch_id),
+                    Object::Batch(form.batch_id),
                 )
                 .batch(form.batch_id)
                 .reason(refused.to_string()),
@@ -93,7 +93,7 @@ pub async fn sign(hub: &Hub, user: &User, form: SignForm<'_>) -> Result<(Signed,
                 &NewEntry::new(
                     &user.username,
                     Action::ReleaseSigningFailed,
-                    format!("batch/{}", form.batch_id),
+                    Object::Batch(form.batch_id),
                 )
                 .batch(form.batch_id)
                 .reason("wrong password at signing"),

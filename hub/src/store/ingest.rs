@@ -10,7 +10,7 @@
 //! or a record for another site's batch refuses the whole message.
 
 use super::{Error, Ingested, Received, Result};
-use crate::audit::{Action, NewEntry};
+use crate::audit::{Action, NewEntry, Object};
 use crate::model::{Order, Projection, QcRecord, StoredRecipe};
 use carrel_proto::event::{EventKind, SiteEvent};
 use std::collections::{HashMap, HashSet};
@@ -180,7 +180,11 @@ pub fn plan<'a>(
             NewEntry::new(
                 site_id,
                 Action::SiteEventsReplicated,
-                format!("site/{site_id}/events/{first_new}..{next}"),
+                Object::SiteEvents {
+                    site_id: site_id.to_owned(),
+                    first: first_new,
+                    last: next,
+                },
             )
             .value(format!(
                 "{} events; last hash {}",
@@ -205,7 +209,10 @@ fn audit_site_event(
     state_before: crate::model::BatchState,
     target: impl Fn(u64) -> Option<Uuid>,
 ) {
-    let object = format!("site/{site_id}/event/{}", event.seq);
+    let object = Object::SiteEvent {
+        site_id: site_id.to_owned(),
+        seq: event.seq,
+    };
     match &event.kind {
         EventKind::CustodyScan {
             checkpoint_id,
@@ -238,7 +245,10 @@ fn audit_site_event(
                 NewEntry::new(
                     &event.recorded_by,
                     Action::RecordCorrected,
-                    format!("site/{site_id}/event/{corrects_seq}"),
+                    Object::SiteEvent {
+                        site_id: site_id.to_owned(),
+                        seq: *corrects_seq,
+                    },
                 )
                 .batch(event.batch_id)
                 .value(format!("{field} = {new_value} (by record {})", event.seq))
@@ -252,7 +262,7 @@ fn audit_site_event(
             NewEntry::new(
                 site_id,
                 Action::BatchStateChanged,
-                format!("batch/{}", order.batch_id),
+                Object::Batch(order.batch_id),
             )
             .batch(order.batch_id)
             .change(state_before.as_str(), projection.state.as_str())

@@ -13,7 +13,7 @@
 use super::backend::{OrderKey, Tx};
 use super::schedule::{self as schedule_store, booked_from, capacity_json, DelayNotice};
 use super::{ts, Error, Result};
-use crate::audit::{Action, NewEntry};
+use crate::audit::{Action, NewEntry, Object};
 use crate::model::notification::happening;
 use crate::model::notification::{
     kinds_text, Channel, NewSubscription, NotifierPass, OutboxEntry, OutboxState, Subscription,
@@ -56,7 +56,10 @@ pub(crate) async fn publish_recipe(
         NewEntry::new(
             "system",
             Action::RecipePublished,
-            format!("recipe/{}/v{}", recipe.id, recipe.version),
+            Object::Recipe {
+                id: recipe.id.clone(),
+                version: recipe.version,
+            },
         )
         .value(sha),
         now,
@@ -78,7 +81,7 @@ pub(crate) async fn add_user(
         NewEntry::new(
             actor,
             Action::UserCreated,
-            format!("user/{}", user.username),
+            Object::User(user.username.clone()),
         )
         .value(format!("{} ({})", user.full_name, user.role)),
         now,
@@ -97,8 +100,12 @@ pub(crate) async fn create_session(
     tx.insert_session(token_sha256, username, expires_at, now)
         .await?;
     tx.audit(
-        NewEntry::new(username, Action::UserSignedIn, format!("user/{username}"))
-            .value(format!("session until {}", ts(expires_at))),
+        NewEntry::new(
+            username,
+            Action::UserSignedIn,
+            Object::User(username.to_owned()),
+        )
+        .value(format!("session until {}", ts(expires_at))),
         now,
     )
     .await?;
@@ -112,7 +119,11 @@ pub(crate) async fn delete_session(
 ) -> Result<()> {
     if let Some(username) = tx.delete_session(token_sha256).await? {
         tx.audit(
-            NewEntry::new(&username, Action::UserSignedOut, format!("user/{username}")),
+            NewEntry::new(
+                &username,
+                Action::UserSignedOut,
+                Object::User(username.to_owned()),
+            ),
             now,
         )
         .await?;
@@ -141,7 +152,12 @@ pub(crate) async fn add_site(
         return Err(Error::AlreadyExists(format!("site {site_id:?}")));
     }
     tx.audit(
-        NewEntry::new(actor, Action::SiteRegistered, format!("site/{site_id}")).value(format!(
+        NewEntry::new(
+            actor,
+            Action::SiteRegistered,
+            Object::Site(site_id.to_owned()),
+        )
+        .value(format!(
             "{name}; enrollment token valid until {}",
             ts(token_expires_at)
         )),
@@ -167,7 +183,12 @@ pub(crate) async fn complete_enrollment(
         ));
     }
     tx.audit(
-        NewEntry::new(site_id, Action::SiteEnrolled, format!("site/{site_id}")).value(format!(
+        NewEntry::new(
+            site_id,
+            Action::SiteEnrolled,
+            Object::Site(site_id.to_owned()),
+        )
+        .value(format!(
             "certificate {} valid until {}",
             cert.sha256,
             ts(cert.not_after)
@@ -202,20 +223,16 @@ pub(crate) async fn set_site_status(
             let flagged = batch.flagged_for_suspension(actor, reason, now);
             tx.set_progress(batch.batch_id, &flagged, now).await?;
             tx.audit(
-                NewEntry::new(
-                    actor,
-                    Action::BatchFlagged,
-                    format!("batch/{}", batch.batch_id),
-                )
-                .value(format!("{}: site {site_id} suspended", batch.state))
-                .reason(reason),
+                NewEntry::new(actor, Action::BatchFlagged, Object::Batch(batch.batch_id))
+                    .value(format!("{}: site {site_id} suspended", batch.state))
+                    .reason(reason),
                 now,
             )
             .await?;
         }
     }
     tx.audit(
-        NewEntry::new(actor, action, format!("site/{site_id}"))
+        NewEntry::new(actor, action, Object::Site(site_id.to_owned()))
             .change(site.status.as_str(), status.as_str())
             .reason(reason),
         now,
@@ -244,7 +261,7 @@ pub(crate) async fn record_renewed_certificate(
         NewEntry::new(
             site_id,
             Action::SiteCertificateIssued,
-            format!("site/{site_id}"),
+            Object::Site(site_id.to_owned()),
         )
         .value(format!(
             "certificate {} valid until {}",
@@ -276,7 +293,7 @@ pub(crate) async fn promote_pending_certificate(
         NewEntry::new(
             site_id,
             Action::SiteCertificateReplaced,
-            format!("site/{site_id}"),
+            Object::Site(site_id.to_owned()),
         )
         .change(site.cert_sha256.as_deref().unwrap_or(""), cert_sha256),
         now,
@@ -404,7 +421,7 @@ pub(crate) async fn create_order(
         NewEntry::new(
             &new.physician,
             Action::OrderCreated,
-            format!("order/{}", order.order_id),
+            Object::Order(order.order_id),
         )
         .batch(order.batch_id)
         .value(format!(
@@ -455,7 +472,7 @@ pub(crate) async fn cancel_order(
     )
     .await?;
     tx.audit(
-        NewEntry::new(by, Action::OrderCancelled, format!("order/{order_id}"))
+        NewEntry::new(by, Action::OrderCancelled, Object::Order(order_id))
             .batch(order.batch_id)
             .change(order.state.as_str(), BatchState::Cancelled.as_str())
             .reason(reason),
@@ -529,7 +546,7 @@ pub(crate) async fn sign_release(
         NewEntry::new(
             &signature.signer,
             Action::ReleaseSigned,
-            format!("batch/{}", order.batch_id),
+            Object::Batch(order.batch_id),
         )
         .batch(order.batch_id)
         .change(order.state.as_str(), projection.state.as_str())
@@ -610,7 +627,7 @@ pub(crate) async fn set_capacity(
         NewEntry::new(
             actor,
             Action::SiteCapacityChanged,
-            format!("site/{site_id}/capacity"),
+            Object::SiteCapacity(site_id.to_owned()),
         )
         .change(old, document),
         now,
@@ -655,7 +672,7 @@ pub(crate) async fn reschedule_order(
     })?;
     tx.move_booking(order_id, &plan, now).await?;
     tx.audit(
-        NewEntry::new(by, Action::OrderRescheduled, format!("order/{order_id}"))
+        NewEntry::new(by, Action::OrderRescheduled, Object::Order(order_id))
             .batch(order.batch_id)
             .change(
                 format!("{} slot {}", current.collection_date, current.slot + 1),
@@ -705,14 +722,10 @@ pub(crate) async fn store_replan(
     }
     if let Some(notice) = notice.filter(|_| announced) {
         tx.audit(
-            NewEntry::new(
-                "hub",
-                Action::OrderDelayed,
-                format!("order/{}", moved.order_id),
-            )
-            .batch(order.batch_id)
-            .change(ts(notice.planned_release), ts(notice.expected_release))
-            .reason(&notice.reason),
+            NewEntry::new("hub", Action::OrderDelayed, Object::Order(moved.order_id))
+                .batch(order.batch_id)
+                .change(ts(notice.planned_release), ts(notice.expected_release))
+                .reason(&notice.reason),
             now,
         )
         .await?;
@@ -746,7 +759,7 @@ pub(crate) async fn subscribe(
         NewEntry::new(
             &new.owner,
             Action::NotificationSubscribed,
-            format!("subscription/{}", subscription.subscription_id),
+            Object::Subscription(subscription.subscription_id),
         )
         .value(format!(
             "{} {} for {}{}",
@@ -778,7 +791,7 @@ pub(crate) async fn unsubscribe(
         NewEntry::new(
             actor,
             Action::NotificationUnsubscribed,
-            format!("subscription/{subscription_id}"),
+            Object::Subscription(subscription_id),
         )
         .value(format!("{dropped} undelivered notification(s) dropped")),
         now,
@@ -838,12 +851,16 @@ pub(crate) async fn check_site_links(
     let mut changed = Vec::new();
     for (site_id, last_contact) in down {
         tx.audit(
-            NewEntry::new("hub", Action::SiteLinkDown, format!("site/{site_id}"))
-                .change(ts(last_contact), "")
-                .reason(format!(
-                    "not heard from for more than {} s",
-                    down_after.as_secs()
-                )),
+            NewEntry::new(
+                "hub",
+                Action::SiteLinkDown,
+                Object::Site(site_id.to_owned()),
+            )
+            .change(ts(last_contact), "")
+            .reason(format!(
+                "not heard from for more than {} s",
+                down_after.as_secs()
+            )),
             now,
         )
         .await?;
@@ -851,8 +868,12 @@ pub(crate) async fn check_site_links(
     }
     for (site_id, last_contact) in back {
         tx.audit(
-            NewEntry::new("hub", Action::SiteLinkRestored, format!("site/{site_id}"))
-                .value(last_contact.map(ts).unwrap_or_default()),
+            NewEntry::new(
+                "hub",
+                Action::SiteLinkRestored,
+                Object::Site(site_id.to_owned()),
+            )
+            .value(last_contact.map(ts).unwrap_or_default()),
             now,
         )
         .await?;
@@ -887,7 +908,7 @@ pub(crate) async fn requeue(
         NewEntry::new(
             actor,
             Action::NotificationRequeued,
-            format!("notification/{notification_id}"),
+            Object::Notification(notification_id),
         )
         .change(
             format!(

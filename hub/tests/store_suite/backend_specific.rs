@@ -43,7 +43,7 @@ async fn postgres_hubs_sharing_a_database_keep_every_log_gapless() {
             hub.audit(&NewEntry::new(
                 QA,
                 carrel_hub::audit::Action::UserSignInFailed,
-                format!("user/{QA}"),
+                carrel_hub::audit::Object::User(QA.into()),
             ))
             .await
         });

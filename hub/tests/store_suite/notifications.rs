@@ -109,7 +109,7 @@ pub async fn case_notifier_queues_each_happening_once(store: Arc<dyn Store>) {
             &NewEntry::new(
                 "hub",
                 carrel_hub::audit::Action::OrderDelayed,
-                format!("order/{}", first.order_id),
+                carrel_hub::audit::Object::Order(first.order_id),
             )
             .batch(first.batch_id)
             .value("2026-12-24T10:00:00Z")

@@ -59,7 +59,7 @@ pub async fn case_failed_sign_ins_count_until_a_success(store: Arc<dyn Store>) {
         carrel_hub::audit::NewEntry::new(
             PHYSICIAN,
             carrel_hub::audit::Action::UserSignInFailed,
-            format!("user/{PHYSICIAN}"),
+            carrel_hub::audit::Object::User(PHYSICIAN.into()),
         )
         .reason("wrong password")
     };

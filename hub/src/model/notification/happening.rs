@@ -2,7 +2,7 @@
 //! records. Pure: the store fetches what [`needs`] names and passes it in.
 
 use super::Kind;
-use crate::audit::{Action, Entry};
+use crate::audit::{Action, Entry, Object};
 use carrel_proto::event::{EventKind, SiteEvent};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -63,13 +63,17 @@ pub enum Needs {
 
 pub fn needs(entry: &Entry) -> Needs {
     match entry.action {
-        Action::SiteEventsReplicated => match parse_event_range(&entry.object) {
-            Some((site_id, first, last)) => Needs::SiteEvents {
+        Action::SiteEventsReplicated => match entry.about() {
+            Some(Object::SiteEvents {
+                site_id,
+                first,
+                last,
+            }) => Needs::SiteEvents {
                 site_id,
                 first,
                 last,
             },
-            None => Needs::Nothing,
+            _ => Needs::Nothing,
         },
         Action::BatchStateChanged
         | Action::CustodyMismatch
@@ -77,14 +81,6 @@ pub fn needs(entry: &Entry) -> Needs {
         | Action::OrderDelayed => entry.batch_id.map_or(Needs::Nothing, Needs::Order),
         _ => Needs::Nothing,
     }
-}
-
-/// `site/{site_id}/events/{first}..{last}`.
-fn parse_event_range(object: &str) -> Option<(String, u64, u64)> {
-    let rest = object.strip_prefix("site/")?;
-    let (site_id, range) = rest.rsplit_once("/events/")?;
-    let (first, last) = range.split_once("..")?;
-    Some((site_id.to_owned(), first.parse().ok()?, last.parse().ok()?))
 }
 
 /// The happenings an entry records. `order` is the order [`needs`] asked for (if
@@ -152,7 +148,7 @@ pub fn happenings(
             ),
         ),
         Action::SiteLinkDown | Action::SiteLinkRestored => {
-            let Some(site_id) = entry.object.strip_prefix("site/") else {
+            let Some(Object::Site(site_id)) = entry.about() else {
                 return Vec::new();
             };
             let (kind, summary) = if entry.action == Action::SiteLinkDown {
@@ -230,19 +226,4 @@ fn of_event(entry: &Entry, source: &str, facts: &SiteEventFacts) -> Option<Happe
         order: Some(o.clone()),
         summary,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_range_of_replicated_events_is_read_from_the_object() {
-        assert_eq!(
-            parse_event_range("site/site-a/events/3..17"),
-            Some(("site-a".to_owned(), 3, 17))
-        );
-        assert_eq!(parse_event_range("site/site-a/event/3"), None);
-        assert_eq!(parse_event_range("order/x"), None);
-    }
 }
