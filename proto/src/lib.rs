@@ -3,6 +3,7 @@
 //!
 //! - [`pb`]: the generated protobuf and gRPC types of `package carrel.v1`. They are
 //!   wire types: convert them to domain types at the edge (ARCHITECTURE.md, invariant 8).
+//! - [`batch`]: the states of a batch, as hub and site agent both name them.
 //! - [`coi`]: chain-of-identity identifiers (ISBT 128 style, ISO 7064 mod 37-2 check).
 //! - [`recipe`]: the master batch record (recipe) model and the evaluation of QC
 //!   results against its specification.
@@ -21,6 +22,7 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("carrel_descriptor");
 }
 
+pub mod batch;
 pub mod coi;
 pub mod enrollment;
 pub mod event;

@@ -14,67 +14,7 @@ use carrel_proto::event::{EventKind, ReleaseMeaning, SiteEvent};
 use carrel_proto::recipe::Recipe;
 use std::collections::BTreeSet;
 
-/// Local state of a batch at this site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchState {
-    /// Order received, not yet accepted.
-    Ordered,
-    Accepted,
-    InProcess,
-    AwaitingRelease,
-    Released,
-    Rejected,
-    Cancelled,
-    /// The released product was handed over for infusion.
-    HandedOver,
-    /// Infusion confirmed at the bedside.
-    Infused,
-}
-
-impl BatchState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BatchState::Ordered => "ordered",
-            BatchState::Accepted => "accepted",
-            BatchState::InProcess => "in_process",
-            BatchState::AwaitingRelease => "awaiting_release",
-            BatchState::Released => "released",
-            BatchState::Rejected => "rejected",
-            BatchState::Cancelled => "cancelled",
-            BatchState::HandedOver => "handed_over",
-            BatchState::Infused => "infused",
-        }
-    }
-
-    /// The state named by [`BatchState::as_str`], if `text` names one.
-    pub fn parse(text: &str) -> Option<BatchState> {
-        Some(match text {
-            "ordered" => BatchState::Ordered,
-            "accepted" => BatchState::Accepted,
-            "in_process" => BatchState::InProcess,
-            "awaiting_release" => BatchState::AwaitingRelease,
-            "released" => BatchState::Released,
-            "rejected" => BatchState::Rejected,
-            "cancelled" => BatchState::Cancelled,
-            "handed_over" => BatchState::HandedOver,
-            "infused" => BatchState::Infused,
-            _ => return None,
-        })
-    }
-
-    /// Manufacturing still has work to do in this state.
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            BatchState::Ordered | BatchState::Accepted | BatchState::InProcess
-        )
-    }
-
-    /// Manufacturing has started and its record is not complete yet.
-    pub fn under_way(self) -> bool {
-        matches!(self, BatchState::Accepted | BatchState::InProcess)
-    }
-}
+pub use carrel_proto::batch::BatchState;
 
 /// What the log says of a batch's record so far: the steps completed and the tests
 /// recorded (by id, whether or not the recipe has them).
