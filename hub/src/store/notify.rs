@@ -81,8 +81,7 @@ pub trait NotifyStore: super::backend::Writes {
         down_after: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        let silent_since = now - chrono::Duration::from_std(down_after).unwrap_or_default();
-        if !self.site_links_changed(silent_since).await? {
+        if !(self.site_links_changed(transactions::silent_since(down_after, now))).await? {
             return Ok(Vec::new());
         }
         transactions::check_site_links(self.write().await?, down_after, now).await

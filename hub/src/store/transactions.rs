@@ -838,6 +838,11 @@ pub(crate) async fn run_notifier(
     })
 }
 
+/// A site not heard from since this time is down.
+pub(crate) fn silent_since(down_after: std::time::Duration, now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(down_after).unwrap_or_default()
+}
+
 /// Reports site links down and restored (see
 /// [`super::notify::NotifyStore::check_site_links`]); returns the sites, sorted.
 pub(crate) async fn check_site_links(
@@ -845,8 +850,9 @@ pub(crate) async fn check_site_links(
     down_after: std::time::Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
-    let silent_since = now - chrono::Duration::from_std(down_after).unwrap_or_default();
-    let down = tx.mark_links_down(silent_since, now).await?;
+    let down = tx
+        .mark_links_down(silent_since(down_after, now), now)
+        .await?;
     let back = tx.mark_links_restored().await?;
     let mut changed = Vec::new();
     for (site_id, last_contact) in down {
