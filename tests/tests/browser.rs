@@ -4,6 +4,10 @@
 //! (MATCH) at the site console, QA reviews the record and signs release in the signing
 //! dialog, and the physician's page turns to released without a reload.
 //!
+//! QA's signature is checked where a slip would record the wrong decision: nothing
+//! is chosen for the signer, a mistyped password keeps a rejection a rejection, and
+//! a confirmation that differs from what was reviewed is refused.
+//!
 //! Screenshots of every page go to `target/browser-screenshots/`.
 
 use carrel_tests::*;
@@ -441,7 +445,7 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
         "parameter charts"
     );
     shots.take(&client, "qa-batch-record").await;
-    fill(&client, "#password", QA.1).await;
+    click(&client, "#meaning-released").await;
     click(&client, "#review-signature").await;
     expect_text(
         &client,
@@ -450,6 +454,7 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
     )
     .await;
     shots.take(&client, "qa-signing-manifestation").await;
+    fill(&client, "#password", QA.1).await;
     click(&client, "#confirm-signature").await;
     expect_text(&client, "signed record", "Bound to record").await;
     shots.take(&client, "qa-signed-record").await;
@@ -608,4 +613,146 @@ async fn an_administrator_declares_capacity_in_the_console_and_the_order_page_sh
         .await
         .expect("schedule page");
     expect_text(&client, "schedule page", "Network").await;
+}
+
+/// A batch of the simulator that awaits QA release, ordered through the CLI.
+async fn batch_awaiting_release(hub: &Hub, site_id: &str) -> (Agent, String, String) {
+    let token = hub.add_site(site_id);
+    let mut agent = Agent::enroll(hub, site_id, &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    agent.start();
+    let date = (chrono::Utc::now() + chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let order = hub.cli_json(
+        PHYSICIAN.0,
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-7101",
+            "--site",
+            site_id,
+            "--collection-date",
+            &date,
+        ],
+        None,
+    );
+    let order_id = str_field(&order, "order_id").to_owned();
+    let batch_id = str_field(&order, "batch_id").to_owned();
+    eventually(
+        Duration::from_secs(90),
+        "the batch to await release",
+        || {
+            let shown = order_show(hub, PHYSICIAN.0, &order_id);
+            async move { (shown["state"] == "awaiting_release").then_some(()) }
+        },
+    )
+    .await;
+    (agent, order_id, batch_id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mistyped_password_keeps_a_rejection_and_a_changed_decision_is_refused() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let (_agent, order_id, batch_id) = batch_awaiting_release(&hub, "site-r").await;
+    let state = || order_show(&hub, PHYSICIAN.0, &order_id)["state"].clone();
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("signature_safety");
+    sign_in(&client, &console, QA).await;
+    let record = format!("{console}/batches/{batch_id}");
+    client.goto(&record).await.expect("batch record");
+    expect_text(&client, "batch record", "Your decision on this batch").await;
+
+    // Nothing is chosen for the signer, and there is no password before the wording.
+    for id in ["#meaning-released", "#meaning-rejected"] {
+        let checked = client
+            .find(Locator::Css(id))
+            .await
+            .expect("meaning")
+            .prop("checked")
+            .await
+            .expect("checked");
+        assert_eq!(
+            checked.as_deref(),
+            Some("false"),
+            "{id} is not pre-selected"
+        );
+    }
+    assert!(client.find(Locator::Css("#password")).await.is_err());
+
+    // Reject without a reason: the choice is kept and the reason is asked for.
+    click(&client, "#meaning-rejected").await;
+    click(&client, "#review-signature").await;
+    expect_text(&client, "decision form", "A rejection needs a reason").await;
+    let rejected = client
+        .find(Locator::Css("#meaning-rejected"))
+        .await
+        .expect("meaning")
+        .prop("checked")
+        .await
+        .expect("checked");
+    assert_eq!(rejected.as_deref(), Some("true"), "the rejection is kept");
+    fill(&client, "#reason", "Viability below specification").await;
+    click(&client, "#review-signature").await;
+    expect_text(
+        &client,
+        "signing step",
+        "Rejected by Test qa.web (qa.web) on",
+    )
+    .await;
+
+    // A mistyped password: still a rejection, with its reason, and nothing signed.
+    fill(&client, "#password", "not-my-password").await;
+    click(&client, "#confirm-signature").await;
+    expect_text(&client, "signing step", "wrong password").await;
+    shots
+        .take(&client, "qa-wrong-password-keeps-rejection")
+        .await;
+    let body = body_text(&client).await;
+    assert!(body.contains("Rejected by Test qa.web"), "{body}");
+    assert!(!body.contains("Released by"), "{body}");
+    assert!(body.contains("Viability below specification"), "{body}");
+    assert_eq!(state(), "awaiting_release");
+
+    // The confirmation altered after review (a stale or tampered form) is refused.
+    client
+        .execute(
+            "document.querySelector('#sign-form input[name=meaning]').value='released';",
+            vec![],
+        )
+        .await
+        .expect("alter the form");
+    fill(&client, "#password", QA.1).await;
+    click(&client, "#confirm-signature").await;
+    expect_text(
+        &client,
+        "decision form",
+        "differs from the one you reviewed",
+    )
+    .await;
+    assert_eq!(state(), "awaiting_release", "nothing was signed");
+
+    // Retyping the password after a review signs what was reviewed: the rejection.
+    click(&client, "#meaning-rejected").await;
+    fill(&client, "#reason", "Viability below specification").await;
+    click(&client, "#review-signature").await;
+    expect_text(
+        &client,
+        "signing step",
+        "Rejected by Test qa.web (qa.web) on",
+    )
+    .await;
+    fill(&client, "#password", QA.1).await;
+    click(&client, "#confirm-signature").await;
+    expect_text(&client, "signed record", "Bound to record").await;
+    shots.take(&client, "qa-signed-rejection").await;
+    assert_eq!(state(), "rejected");
+    client.close().await.expect("close browser");
 }

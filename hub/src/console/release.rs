@@ -3,16 +3,20 @@
 
 use super::view::{chart, page, state_badge, when};
 use super::{html_page, parse_uuid, problem, refused, HubState, Page, Session};
-use crate::record::{Exception, Review};
+use crate::record::{self, Exception, Review};
 use crate::service;
 use crate::service::release;
 use crate::store;
 use axum::extract::{Form, Path};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect};
+use axum::response::{IntoResponse, Redirect, Response};
 use carrel_proto::event::ReleaseMeaning;
+use chrono::Utc;
+use hmac::{Hmac, Mac};
 use maud::{html, Markup};
 use serde::Deserialize;
+use sha2::Sha256;
+use uuid::Uuid;
 
 pub async fn release_queue(hub: HubState, session: Session) -> Page {
     let pending = release::queue(&hub, &session.user).await.map_err(refused)?;
@@ -39,7 +43,12 @@ pub async fn release_queue(hub: HubState, session: Session) -> Page {
     )))
 }
 
-fn batch_record_markup(session: &Session, review: &Review, notice: Option<&str>) -> Markup {
+fn batch_record_markup(
+    session: &Session,
+    review: &Review,
+    notice: Option<&str>,
+    decision: &Decision,
+) -> Markup {
     let order = &review.order;
     let sha = &review.record_sha256;
     html! {
@@ -117,43 +126,138 @@ fn batch_record_markup(session: &Session, review: &Review, notice: Option<&str>)
         }
         p.muted { "Record SHA-256: " code id="record-sha" { (sha) } }
         @if review.awaits_decision() && release::may_sign(&session.user) {
-            h2 { "Decision" }
-            div.card {
-                form id="sign-form" method="post" action=(format!("/batches/{}/sign", order.batch_id)) {
-                    input type="hidden" name="csrf" value=(session.csrf);
-                    input type="hidden" name="record_sha256" value=(sha);
-                    label for="meaning" { "Meaning" }
-                    select id="meaning" name="meaning" { option value="released" { "Released" } option value="rejected" { "Rejected" } }
-                    label for="reason" { "Reason (required to reject)" }
-                    textarea id="reason" name="reason" rows="2" {}
-                    label for="password" { "Your password, to sign" }
-                    input id="password" name="password" type="password" autocomplete="current-password" required;
-                    p.muted { "Signing binds your signature to this record as shown (SHA-256 above). If the record changes before you confirm, the signature is refused." }
-                    div id="manifestation-preview" hidden {
-                        p { "Your signature will read:" }
-                        p.manifestation id="manifestation-text" data-name=(session.user.full_name) data-user=(session.user.username) {}
-                    }
-                    p {
-                        button type="button" id="review-signature" { "Review signature" }
-                        " "
-                        button type="submit" id="confirm-signature" { "Confirm signature" }
-                    }
-                }
-            }
-            script { (maud::PreEscaped(SIGN_SCRIPT)) }
+            h2 id="decision" { "Decision" }
+            div.card { (decision_markup(session, review, decision)) }
         }
     }
 }
 
-/// Shows the signature manifestation (printed name, date-time, meaning) before the
-/// signature is confirmed. Without JavaScript the form still works.
-const SIGN_SCRIPT: &str = r#"(function(){
-var b=document.getElementById('review-signature'),f=document.getElementById('sign-form');
-var box=document.getElementById('manifestation-preview'),t=document.getElementById('manifestation-text');
-function show(){var m=f.meaning.value==='released'?'Released':'Rejected';var d=new Date().toISOString().replace('T',' ').slice(0,19);
-t.textContent=m+' by '+t.dataset.name+' ('+t.dataset.user+') on '+d+' UTC';box.hidden=false;}
-b.addEventListener('click',show);f.meaning.addEventListener('change',function(){if(!box.hidden)show();});
-})();"#;
+/// Where a QA person's decision stands on the batch record page. Signing takes two
+/// steps: choose the meaning (none is chosen for you) and a reason, then read the
+/// signature's wording and confirm it with the password. After any error the page
+/// comes back at the same step with everything entered kept, except the password.
+enum Decision {
+    Choose {
+        meaning: Option<ReleaseMeaning>,
+        reason: String,
+        /// The field that is wrong (`meaning`, `reason` or `form`) and why.
+        error: Option<(&'static str, String)>,
+    },
+    Confirm {
+        meaning: ReleaseMeaning,
+        reason: String,
+        error: Option<String>,
+    },
+}
+
+impl Decision {
+    fn start() -> Decision {
+        Decision::Choose {
+            meaning: None,
+            reason: String::new(),
+            error: None,
+        }
+    }
+}
+
+/// Binds a confirmation to the decision that was reviewed: a MAC, keyed with the
+/// session's CSRF secret, of the batch, the record's hash, the meaning and the
+/// reason. A confirmation whose fields differ from what the signer read is refused.
+fn reviewed_token(
+    session: &Session,
+    batch_id: Uuid,
+    sha: &str,
+    meaning: ReleaseMeaning,
+    reason: &str,
+) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(session.csrf.as_bytes())
+        .expect("HMAC takes a key of any length");
+    for part in [
+        batch_id.to_string().as_str(),
+        sha,
+        meaning.as_str(),
+        reason.trim(),
+    ] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part.as_bytes());
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn decision_markup(session: &Session, review: &Review, decision: &Decision) -> Markup {
+    let batch_id = review.order.batch_id;
+    let sha = &review.record_sha256;
+    let action = format!("/batches/{batch_id}/sign");
+    match decision {
+        Decision::Choose {
+            meaning,
+            reason,
+            error,
+        } => {
+            let err = |field: &str| {
+                error
+                    .as_ref()
+                    .filter(|(f, _)| *f == field)
+                    .map(|(_, m)| m.clone())
+            };
+            let checked = |m: ReleaseMeaning| *meaning == Some(m);
+            html! {
+                form id="decision-form" method="post" action=(action) {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    input type="hidden" name="record_sha256" value=(sha);
+                    input type="hidden" name="step" value="review";
+                    @if let Some(e) = err("form") { p.error role="alert" { (e) } }
+                    fieldset aria-describedby="meaning-error" {
+                        legend { "Your decision on this batch" }
+                        label { input type="radio" id="meaning-released" name="meaning" value="released" required checked[checked(ReleaseMeaning::Released)]; " Release it for infusion" }
+                        label { input type="radio" id="meaning-rejected" name="meaning" value="rejected" required checked[checked(ReleaseMeaning::Rejected)]; " Reject it" }
+                    }
+                    @if let Some(e) = err("meaning") { p.error id="meaning-error" role="alert" { (e) } }
+                    label for="reason" { "Reason (required to reject)" }
+                    textarea id="reason" name="reason" rows="2" aria-describedby="reason-error" { (reason) }
+                    @if let Some(e) = err("reason") { p.error id="reason-error" role="alert" { (e) } }
+                    p { button type="submit" id="review-signature" { "Review signature" } }
+                }
+            }
+        }
+        Decision::Confirm {
+            meaning,
+            reason,
+            error,
+        } => {
+            let user = &session.user;
+            let wording =
+                record::manifestation(&user.full_name, &user.username, *meaning, Utc::now());
+            let token = reviewed_token(session, batch_id, sha, *meaning, reason);
+            html! {
+                p { "Your signature will read:" }
+                p.manifestation id="manifestation-text" { (wording) }
+                @if !reason.trim().is_empty() { p { "Reason: " (reason) } }
+                p.muted { "Signing binds your signature to this record as shown (SHA-256 above). If the record changes before you confirm, the signature is refused." }
+                @if let Some(e) = error { p.error id="password-error" role="alert" { (e) } }
+                form id="sign-form" method="post" action=(action) {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    input type="hidden" name="record_sha256" value=(sha);
+                    input type="hidden" name="step" value="confirm";
+                    input type="hidden" name="meaning" value=(meaning.as_str());
+                    input type="hidden" name="reason" value=(reason);
+                    input type="hidden" name="reviewed" value=(token);
+                    label for="password" { "Your password, to sign" }
+                    input id="password" name="password" type="password" autocomplete="current-password" required autofocus aria-describedby="password-error";
+                    p { button type="submit" id="confirm-signature" { "Confirm signature" } }
+                }
+                form method="post" action=(action) {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    input type="hidden" name="record_sha256" value=(sha);
+                    input type="hidden" name="step" value="change";
+                    input type="hidden" name="meaning" value=(meaning.as_str());
+                    input type="hidden" name="reason" value=(reason);
+                    button type="submit" id="change-decision" { "Change the decision" }
+                }
+            }
+        }
+    }
+}
 
 fn outcome(o: carrel_proto::recipe::Outcome) -> &'static str {
     match o {
@@ -166,24 +270,42 @@ pub async fn batch_record(hub: HubState, session: Session, Path(id): Path<String
     let review = release::review(&hub, &session.user, parse_uuid(&id)?)
         .await
         .map_err(refused)?;
-    Ok(html_page(page(
+    Ok(record_page(&session, &review, None, &Decision::start()))
+}
+
+fn record_page(
+    session: &Session,
+    review: &Review,
+    notice: Option<&str>,
+    decision: &Decision,
+) -> Response {
+    html_page(page(
         &format!("Batch record {}", review.order.coi),
         Some((&session.user, &session.csrf)),
-        batch_record_markup(&session, &review, None),
-    )))
+        batch_record_markup(session, review, notice, decision),
+    ))
 }
 
 #[derive(Deserialize)]
 pub struct SignInput {
     csrf: String,
+    /// `review` (meaning and reason chosen), `confirm` (password given) or
+    /// `change` (back to choosing, with the choice kept).
+    step: String,
+    #[serde(default)]
     meaning: String,
     #[serde(default)]
     reason: String,
     #[serde(default)]
     password: String,
+    #[serde(default)]
+    reviewed: String,
     record_sha256: String,
 }
 
+/// Both steps of a signature: `review` checks the choice and shows the wording to
+/// sign; `confirm` signs, refusing anything other than what was reviewed. Every
+/// refusal comes back on the record page (422) with the input kept.
 pub async fn sign(
     hub: HubState,
     session: Session,
@@ -192,37 +314,119 @@ pub async fn sign(
 ) -> Page {
     session.check_csrf(&input.csrf)?;
     let batch_id = parse_uuid(&id)?;
-    let meaning = ReleaseMeaning::parse(&input.meaning).ok_or_else(|| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "meaning must be released or rejected",
-        )
-    })?;
-    let form = release::SignForm {
-        batch_id,
+    let review = release::review(&hub, &session.user, batch_id)
+        .await
+        .map_err(refused)?;
+    let meaning = ReleaseMeaning::parse(&input.meaning);
+    let reason = input.reason.clone();
+    let choose = |field: &'static str, message: String| Decision::Choose {
         meaning,
-        password: &input.password,
-        record_sha256: &input.record_sha256,
-        reason: &input.reason,
+        reason: reason.clone(),
+        error: Some((field, message)),
     };
-    match release::sign(&hub, &session.user, form).await {
-        Ok(_) => Ok(Redirect::to(&format!("/batches/{batch_id}")).into_response()),
-        Err(
-            e @ (service::Error::Field { .. }
-            | service::Error::Unauthenticated(_)
-            | service::Error::Store(store::Error::FailedPrecondition(_))),
-        ) => {
-            let review = release::review(&hub, &session.user, batch_id)
-                .await
-                .map_err(refused)?;
-            let mut response = html_page(page(
-                &format!("Batch record {}", review.order.coi),
-                Some((&session.user, &session.csrf)),
-                batch_record_markup(&session, &review, Some(&format!("Not signed: {e}"))),
-            ));
-            *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-            Ok(response)
+    let again = |notice: Option<&str>, decision: Decision| -> Page {
+        let mut response = record_page(&session, &review, notice, &decision);
+        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+        Ok(response)
+    };
+    let Some(meaning) = meaning else {
+        return again(
+            None,
+            choose(
+                "meaning",
+                "Choose whether to release or reject the batch.".into(),
+            ),
+        );
+    };
+    match input.step.as_str() {
+        "change" => Ok(record_page(
+            &session,
+            &review,
+            None,
+            &Decision::Choose {
+                meaning: Some(meaning),
+                reason,
+                error: None,
+            },
+        )),
+        "review" => {
+            if meaning == ReleaseMeaning::Rejected && input.reason.trim().is_empty() {
+                return again(
+                    None,
+                    choose(
+                        "reason",
+                        "A rejection needs a reason: say what is wrong with the batch.".into(),
+                    ),
+                );
+            }
+            Ok(record_page(
+                &session,
+                &review,
+                None,
+                &Decision::Confirm {
+                    meaning,
+                    reason,
+                    error: None,
+                },
+            ))
         }
-        Err(e) => Err(refused(e)),
+        "confirm" => {
+            let expected =
+                reviewed_token(&session, batch_id, &input.record_sha256, meaning, &reason);
+            if input.reviewed != expected {
+                tracing::warn!(signer = %session.user.username, %batch_id, "refused: a confirmation that differs from the decision reviewed");
+                return again(
+                    None,
+                    choose(
+                        "form",
+                        "Not signed: the decision differs from the one you reviewed. Check it and review the signature again.".into(),
+                    ),
+                );
+            }
+            let form = release::SignForm {
+                batch_id,
+                meaning,
+                password: &input.password,
+                record_sha256: &input.record_sha256,
+                reason: &input.reason,
+            };
+            match release::sign(&hub, &session.user, form).await {
+                Ok(_) => Ok(Redirect::to(&format!("/batches/{batch_id}")).into_response()),
+                Err(e @ service::Error::Unauthenticated(_)) => again(
+                    None,
+                    Decision::Confirm {
+                        meaning,
+                        reason,
+                        error: Some(format!("{e}. Type your password again.")),
+                    },
+                ),
+                Err(e @ service::Error::Field { field, .. }) => {
+                    again(None, choose(field, e.to_string()))
+                }
+                Err(e @ service::Error::Store(store::Error::FailedPrecondition(_))) => {
+                    // The record changed since it was reviewed: show the new one.
+                    let review = release::review(&hub, &session.user, batch_id)
+                        .await
+                        .map_err(refused)?;
+                    let mut response = record_page(
+                        &session,
+                        &review,
+                        Some(&format!("Not signed: {e}")),
+                        &Decision::Choose {
+                            meaning: Some(meaning),
+                            reason,
+                            error: None,
+                        },
+                    );
+                    *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                    Ok(response)
+                }
+                Err(e) => Err(refused(e)),
+            }
+        }
+        other => Err(problem(
+            StatusCode::BAD_REQUEST,
+            format!("unknown signing step {other:?}: reload the batch record"),
+        )),
     }
 }
