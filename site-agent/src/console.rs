@@ -12,9 +12,9 @@ use crate::custody::{self, Scanned};
 use crate::entries;
 use crate::link::LinkState;
 use crate::store::{BatchState, LocalBatch, Store};
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use carrel_proto::event::EventKind;
@@ -25,11 +25,17 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+mod submissions;
+
+use submissions::{Claim, Recorded, Submissions};
+
 pub struct Console {
     pub store: Arc<Store>,
     pub link: watch::Receiver<LinkState>,
     pub site_id: String,
     csrf: String,
+    /// The one-time tokens of the recording forms.
+    submissions: Submissions,
 }
 
 type Shared = State<Arc<Console>>;
@@ -42,6 +48,7 @@ pub fn router(store: Arc<Store>, link: watch::Receiver<LinkState>, site_id: Stri
         link,
         site_id,
         csrf: hex::encode(secret),
+        submissions: Submissions::default(),
     });
     Router::new()
         .route("/", get(home))
@@ -276,6 +283,7 @@ fn batch_markup(
                 h2 { "Custody checkpoint: " (cp.name) }
                 form method="post" action=(format!("/batches/{}/scan", batch.batch_id)) {
                     input type="hidden" name="csrf" value=(console.csrf);
+                    input type="hidden" name="submission" value=(console.submissions.issue());
                     input type="hidden" name="checkpoint" value=(cp.id);
                     @for i in 0..cp.verifiers {
                         label for=(format!("verifier{i}")) { "Verifier " (i + 1) }
@@ -295,6 +303,7 @@ fn batch_markup(
                     h2 { "Record a manual reading: " (step.name) }
                     form method="post" action=(format!("/batches/{}/reading", batch.batch_id)) id="reading-form" {
                         input type="hidden" name="csrf" value=(console.csrf);
+                        input type="hidden" name="submission" value=(console.submissions.issue());
                         label for="parameter" { "Parameter" }
                         select id="parameter" name="parameter" {
                             @for p in &step.parameters {
@@ -317,6 +326,7 @@ fn batch_markup(
             h2 { "Record an off-line QC result" }
             form method="post" action=(format!("/batches/{}/qc", batch.batch_id)) id="qc-form" {
                 input type="hidden" name="csrf" value=(console.csrf);
+                input type="hidden" name="submission" value=(console.submissions.issue());
                 label for="test" { "Test" }
                 select id="test" name="test" {
                     @for t in recipe.all_tests() {
@@ -370,6 +380,8 @@ s.addEventListener('change',check);v.addEventListener('input',check);check();})(
 #[derive(Deserialize)]
 struct ReadingForm {
     csrf: String,
+    #[serde(default)]
+    submission: String,
     parameter: String,
     value: String,
     by: String,
@@ -390,6 +402,9 @@ async fn record_reading(
         Ok(loaded) => loaded,
         Err(response) => return response,
     };
+    if let Some(refused) = claim(&console, &id, &form.submission).await {
+        return refused;
+    }
     let outcome = entries::record_reading(
         &console.store,
         entries::ManualReading {
@@ -400,21 +415,66 @@ async fn record_reading(
         },
     )
     .await;
-    let (status, result) = match outcome {
-        Ok((event, false)) => (
-            StatusCode::OK,
+    let outcome = match outcome {
+        Ok((event, false)) => Ok((
+            event.seq,
             html! { p data-result="reading" { "Recorded " (form.parameter) " = " (form.value) " (record " (event.seq) ")." } },
-        ),
-        Ok((event, true)) => (
-            StatusCode::OK,
+        )),
+        Ok((event, true)) => Ok((
+            event.seq,
             html! { p.oos data-result="reading-out-of-range" { "Recorded " (form.parameter) " = " (form.value) " (record " (event.seq) "): OUTSIDE THE NORMAL RANGE. Raise a deviation if the instrument did not." } },
-        ),
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } },
-        ),
+        )),
+        Err(e) => {
+            Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
+        }
     };
-    batch_page_with(&console, &id, status, Some(result)).await
+    answer(&console, &id, &form.submission, outcome).await
+}
+
+/// Takes a form's one-time token; `Some` is the answer when it may not record
+/// (sent before, being recorded, or not issued here), with nothing recorded.
+async fn claim(console: &Console, id: &str, token: &str) -> Option<Response> {
+    let notice = match console.submissions.claim(token) {
+        Claim::Fresh => return None,
+        Claim::Recorded(recorded) => html! {
+            p.error role="alert" data-result="repeat" { "Already recorded as record " (recorded.seq) ": this form was sent before, and nothing was recorded again." }
+            (PreEscaped(recorded.outcome))
+        },
+        Claim::InFlight => html! {
+            p.error role="alert" data-result="repeat" { "This form is being recorded right now; nothing was recorded again. Reload the page in a moment to see the record." }
+        },
+        Claim::Unknown => html! {
+            p.error role="alert" data-result="expired" { "This form has expired (the console restarted, or the page is old), so nothing was recorded. Enter it again below." }
+        },
+    };
+    Some(batch_page_with(console, id, StatusCode::CONFLICT, Some(notice)).await)
+}
+
+/// Ends a claimed submission: a record made is kept with its token and the browser
+/// is sent to the batch page to show it (POST-redirect-GET, so a reload does not
+/// send the form again); a refusal recorded nothing and shows the page with why.
+async fn answer(
+    console: &Console,
+    id: &str,
+    token: &str,
+    outcome: Result<(u64, Markup), Markup>,
+) -> Response {
+    match outcome {
+        Ok((seq, markup)) => {
+            console.submissions.finish(
+                token,
+                Some(Recorded {
+                    seq,
+                    outcome: markup.into_string(),
+                }),
+            );
+            Redirect::to(&format!("/batches/{id}?recorded={token}")).into_response()
+        }
+        Err(markup) => {
+            console.submissions.finish(token, None);
+            batch_page_with(console, id, StatusCode::UNPROCESSABLE_ENTITY, Some(markup)).await
+        }
+    }
 }
 
 async fn load(
@@ -434,8 +494,23 @@ async fn load(
     Ok((batch, recipe, events))
 }
 
-async fn batch_page(console: Shared, Path(id): Path<String>) -> Response {
-    batch_page_with(&console, &id, StatusCode::OK, None).await
+#[derive(Deserialize)]
+struct BatchQuery {
+    /// The token of a submission just recorded, whose outcome the page shows.
+    #[serde(default)]
+    recorded: String,
+}
+
+async fn batch_page(
+    console: Shared,
+    Path(id): Path<String>,
+    Query(query): Query<BatchQuery>,
+) -> Response {
+    let result = console
+        .submissions
+        .recorded(&query.recorded)
+        .map(|recorded| PreEscaped(recorded.outcome));
+    batch_page_with(&console, &id, StatusCode::OK, result).await
 }
 
 /// The batch page, with the outcome of what was just submitted on top.
@@ -480,6 +555,10 @@ async fn scan(console: Shared, Path(id): Path<String>, Form(fields): Form<Fields
         Ok(id) => id,
         Err(_) => return problem(StatusCode::NOT_FOUND, "no such batch"),
     };
+    let token = field(&fields, "submission");
+    if let Some(refused) = claim(&console, &id, token).await {
+        return refused;
+    }
     let verifiers: Vec<String> = fields
         .iter()
         .filter(|(k, _)| k == "verifier")
@@ -496,35 +575,36 @@ async fn scan(console: Shared, Path(id): Path<String>, Form(fields): Form<Fields
         },
     )
     .await;
-    let (status, result) = match outcome {
-        Ok(Scanned::Match(_)) => (
-            StatusCode::OK,
-            html! { div.result.match role="alert" data-result="match" { "MATCH" } },
-        ),
+    let outcome = match outcome {
+        Ok(Scanned::Match(event)) => Ok((
+            event.seq,
+            html! { div.result.match role="alert" data-result="match" { "MATCH" } p { "Recorded as record " (event.seq) "." } },
+        )),
         Ok(Scanned::Mismatch(event)) => {
             let scanned = match &event.kind {
                 EventKind::CustodyScan { scanned_coi, .. } => scanned_coi.clone(),
                 _ => String::new(),
             };
-            (
-                StatusCode::OK,
+            Ok((
+                event.seq,
                 html! {
                     div.result.mismatch role="alert" data-result="mismatch" { "MISMATCH — STOP" }
                     p.error { "The label reads " (scanned) ". This is not this patient's product. The step does not start; the mismatch is recorded (record " (event.seq) ") and raised to QA." }
                 },
-            )
+            ))
         }
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } },
-        ),
+        Err(e) => {
+            Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
+        }
     };
-    batch_page_with(&console, &id, status, Some(result)).await
+    answer(&console, &id, token, outcome).await
 }
 
 #[derive(Deserialize)]
 struct QcForm {
     csrf: String,
+    #[serde(default)]
+    submission: String,
     test: String,
     value: String,
     by: String,
@@ -543,15 +623,16 @@ async fn record_qc(console: Shared, Path(id): Path<String>, Form(form): Form<QcF
         Ok(loaded) => loaded,
         Err(response) => return response,
     };
+    if let Some(refused) = claim(&console, &id, &form.submission).await {
+        return refused;
+    }
     let retest_of = match form.retest_of.trim() {
         "" => None,
         text => match text.parse() {
             Ok(seq) => Some(seq),
             Err(_) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    format!("{text:?} is not a record number"),
-                )
+                let why = format!("{text:?} is not a record number");
+                return answer(&console, &id, &form.submission, Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (why) } })).await;
             }
         },
     };
@@ -566,19 +647,18 @@ async fn record_qc(console: Shared, Path(id): Path<String>, Form(form): Form<QcF
         },
     )
     .await;
-    let (status, result) = match outcome {
-        Ok((event, evaluation)) if evaluation.outcome == Outcome::Pass => (
-            StatusCode::OK,
+    let outcome = match outcome {
+        Ok((event, evaluation)) if evaluation.outcome == Outcome::Pass => Ok((
+            event.seq,
             html! { p data-result="pass" { "Recorded " (form.test) " = " (form.value) " (record " (event.seq) "): within specification." } },
-        ),
-        Ok((event, evaluation)) => (
-            StatusCode::OK,
+        )),
+        Ok((event, evaluation)) => Ok((
+            event.seq,
             html! { p.oos data-result="oos" { "Recorded " (form.test) " = " (form.value) " (record " (event.seq) "): OUT OF SPECIFICATION: " (evaluation.reason) ". QA will see it first." } },
-        ),
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } },
-        ),
+        )),
+        Err(e) => {
+            Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
+        }
     };
-    batch_page_with(&console, &id, status, Some(result)).await
+    answer(&console, &id, &form.submission, outcome).await
 }

@@ -756,3 +756,125 @@ async fn a_mistyped_password_keeps_a_rejection_and_a_changed_decision_is_refused
     assert_eq!(state(), "rejected");
     client.close().await.expect("close browser");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_form_records_once_however_often_it_is_sent() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    let token = hub.add_site("site-p");
+    let mut agent = Agent::enroll(&hub, "site-p", &token).expect("enroll");
+    agent.configure(&["simulator", "auto_scan"], false.into());
+    agent.start();
+    let date = (chrono::Utc::now() + chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let order = hub.cli_json(
+        PHYSICIAN.0,
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-7201",
+            "--site",
+            "site-p",
+            "--collection-date",
+            &date,
+        ],
+        None,
+    );
+    let batch = str_field(&order, "batch_id").to_owned();
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("site_one_time_forms");
+    let page = format!("{site_console}/batches/{batch}");
+    reload_until(&client, &page, "Record an off-line QC result").await;
+    let db = agent.db().await;
+    let recorded = || async {
+        agent_events(&db)
+            .await
+            .into_iter()
+            .filter(|(_, body)| body.contains("0.1234"))
+            .map(|(seq, _)| seq)
+            .collect::<Vec<_>>()
+    };
+
+    // Recorded once; the answer is a redirect, so reloading only shows the page.
+    client
+        .find(Locator::Css("#test option[value='endotoxin']"))
+        .await
+        .expect("endotoxin test")
+        .click()
+        .await
+        .expect("select");
+    fill(&client, "#value", "0.1234").await;
+    fill(&client, "#by", "tech.ann").await;
+    let form_body: String = client
+        .execute(
+            "return new URLSearchParams(new FormData(document.getElementById('qc-form'))).toString();",
+            vec![],
+        )
+        .await
+        .expect("the form's fields")
+        .as_str()
+        .expect("text")
+        .to_owned();
+    click(&client, "#qc-form button[type=submit]").await;
+    expect_text(&client, "QC result", "within specification").await;
+    let seqs = recorded().await;
+    assert_eq!(seqs.len(), 1, "one record: {seqs:?}");
+    let url = client.current_url().await.expect("url");
+    assert_eq!(url.path(), format!("/batches/{batch}"), "redirected to the batch page");
+    client.refresh().await.expect("reload");
+    expect_text(&client, "reloaded page", "within specification").await;
+    shots.take(&client, "site-qc-recorded-once").await;
+    assert_eq!(recorded().await, seqs, "a reload records nothing");
+
+    // The same form sent again (a double click, the back button): refused, naming the record.
+    let answer = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0], {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: arguments[1]})
+               .then(r => r.text().then(t => done([r.status, t])));",
+            vec![json!(format!("/batches/{batch}/qc")), json!(form_body)],
+        )
+        .await
+        .expect("send the form again");
+    assert_eq!(answer[0], 409, "{answer}");
+    let text = answer[1].as_str().expect("page");
+    assert!(
+        text.contains(&format!("Already recorded as record {}", seqs[0])),
+        "{text}"
+    );
+    assert_eq!(recorded().await, seqs, "nothing recorded again");
+
+    // A token the console never issued records nothing.
+    let forged = form_body
+        .split('&')
+        .map(|pair| {
+            if pair.starts_with("submission=") {
+                "submission=0000".to_owned()
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let answer = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0], {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: arguments[1]})
+               .then(r => r.text().then(t => done([r.status, t])));",
+            vec![json!(format!("/batches/{batch}/qc")), json!(forged)],
+        )
+        .await
+        .expect("send a forged form");
+    assert_eq!(answer[0], 409, "{answer}");
+    assert!(answer[1].as_str().expect("page").contains("has expired"));
+    assert_eq!(recorded().await, seqs, "nothing recorded for a forged token");
+    client.close().await.expect("close browser");
+}
