@@ -43,6 +43,12 @@ pub struct Config {
     /// The site console for technicians (plain HTTP: keep it on loopback or behind a
     /// TLS proxy). Env: `CARREL_AGENT_CONSOLE_LISTEN`.
     pub console_listen: std::net::SocketAddr,
+    /// Host names the site console answers to besides loopback names (`localhost`,
+    /// `127.0.0.1`, `[::1]`) and the address it listens on: a request naming any
+    /// other host is refused, so a web page elsewhere cannot reach the console by
+    /// DNS rebinding. Env: `CARREL_AGENT_CONSOLE_HOSTS` (comma-separated).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub console_hosts: Vec<String>,
     /// Instrument simulation: runs every recipe step that `steps` does not map to
     /// another instrument.
     pub simulator: SimulatorConfig,
@@ -261,6 +267,7 @@ impl Default for Config {
             heartbeat_timeout_ms: 20_000,
             events_per_message: 200,
             console_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7445)),
+            console_hosts: Vec::new(),
             simulator: SimulatorConfig::default(),
             instruments: Vec::new(),
             steps: Vec::new(),
@@ -317,6 +324,13 @@ impl Config {
                 .collect();
         }
         env_parse("CARREL_AGENT_CONSOLE_LISTEN", &mut config.console_listen)?;
+        if let Some(list) = env_var("CARREL_AGENT_CONSOLE_HOSTS") {
+            config.console_hosts = list
+                .split(',')
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect();
+        }
         env_parse(
             "CARREL_AGENT_HEARTBEAT_TIMEOUT_MS",
             &mut config.heartbeat_timeout_ms,

@@ -40,7 +40,90 @@ pub struct Console {
 
 type Shared = State<Arc<Console>>;
 
-pub fn router(store: Arc<Store>, link: watch::Receiver<LinkState>, site_id: String) -> Router {
+/// The host names a request to the console may name (its `Host` header): loopback
+/// names, the address it listens on, and the configured names; with any port.
+#[derive(Debug, Clone)]
+pub struct AllowedHosts {
+    names: Vec<String>,
+}
+
+impl AllowedHosts {
+    pub fn new(listen: std::net::SocketAddr, configured: &[String]) -> AllowedHosts {
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if !listen.ip().is_unspecified() {
+            names.push(match listen.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+        }
+        names.extend(configured.iter().map(|n| n.to_ascii_lowercase()));
+        AllowedHosts { names }
+    }
+
+    /// Whether a `Host` header value names this console.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        // Strip a port: after the bracket of an IPv6 literal, or after the one colon.
+        let name = match host.rfind(':') {
+            Some(colon) if host.starts_with('[') && host[..colon].ends_with(']') => &host[..colon],
+            Some(colon) if !host.starts_with('[') => &host[..colon],
+            _ => host.as_str(),
+        };
+        self.names
+            .iter()
+            .any(|allowed| allowed == name || *allowed == host)
+    }
+}
+
+/// Refuses a request whose `Host` is not this console's (DNS rebinding), and adds
+/// the security headers to every answer.
+async fn guard(
+    State(hosts): State<Arc<AllowedHosts>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let mut response = if hosts.allows(host) {
+        next.run(request).await
+    } else {
+        tracing::warn!(host, "refused a console request naming a foreign host");
+        problem(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("This console does not answer to the host name {host:?}. Open it by its own address, or add the name to console_hosts in agent.toml."),
+        )
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+             frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(header::HeaderValue::from_static("no-store"));
+    response
+}
+
+pub fn router(
+    store: Arc<Store>,
+    link: watch::Receiver<LinkState>,
+    site_id: String,
+    hosts: AllowedHosts,
+) -> Router {
     let mut secret = [0u8; 16];
     rand::Rng::fill(&mut rand::thread_rng(), &mut secret);
     let console = Arc::new(Console {
@@ -59,6 +142,7 @@ pub fn router(store: Arc<Store>, link: watch::Receiver<LinkState>, site_id: Stri
         .route("/batches/{id}/qc", post(record_qc))
         .route("/batches/{id}/reading", post(record_reading))
         .with_state(console)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(hosts), guard))
 }
 
 const CSS: &str = r#"
@@ -661,4 +745,39 @@ async fn record_qc(console: Shared, Path(id): Path<String>, Form(form): Form<QcF
         }
     };
     answer(&console, &id, &form.submission, outcome).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AllowedHosts;
+
+    #[test]
+    fn only_this_consoles_names_are_allowed() {
+        let hosts = AllowedHosts::new(
+            "127.0.0.1:7445".parse().expect("address"),
+            &["Bench-3.site".into()],
+        );
+        for ok in [
+            "127.0.0.1:7445",
+            "localhost",
+            "LOCALHOST:7445",
+            "[::1]:7445",
+            "bench-3.site:7445",
+        ] {
+            assert!(hosts.allows(ok), "{ok}");
+        }
+        for foreign in [
+            "attacker.example",
+            "attacker.example:7445",
+            "",
+            "127.0.0.2:7445",
+            "localhost.attacker.example",
+        ] {
+            assert!(!hosts.allows(foreign), "{foreign}");
+        }
+        let wide = AllowedHosts::new("10.1.2.3:7445".parse().expect("address"), &[]);
+        assert!(wide.allows("10.1.2.3:7445"));
+        let any = AllowedHosts::new("0.0.0.0:7445".parse().expect("address"), &[]);
+        assert!(!any.allows("0.0.0.0:7445"));
+    }
 }

@@ -96,7 +96,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.data_dir.join("console.addr"),
         format!("{console_addr}\n"),
     )?;
-    let app = console::router(store.clone(), link_state.clone(), identity.site_id.clone());
+    if !console_addr.ip().is_loopback() {
+        tracing::warn!(%console_addr, "the site console listens beyond loopback over plain HTTP: put it behind a TLS proxy, and list the names it is reached by in console_hosts");
+    }
+    let hosts = console::AllowedHosts::new(console_addr, &config.console_hosts);
+    let app = console::router(
+        store.clone(),
+        link_state.clone(),
+        identity.site_id.clone(),
+        hosts,
+    );
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let served = axum::serve(listener, app)

@@ -828,7 +828,11 @@ async fn a_site_form_records_once_however_often_it_is_sent() {
     let seqs = recorded().await;
     assert_eq!(seqs.len(), 1, "one record: {seqs:?}");
     let url = client.current_url().await.expect("url");
-    assert_eq!(url.path(), format!("/batches/{batch}"), "redirected to the batch page");
+    assert_eq!(
+        url.path(),
+        format!("/batches/{batch}"),
+        "redirected to the batch page"
+    );
     client.refresh().await.expect("reload");
     expect_text(&client, "reloaded page", "within specification").await;
     shots.take(&client, "site-qc-recorded-once").await;
@@ -875,6 +879,10 @@ async fn a_site_form_records_once_however_often_it_is_sent() {
         .expect("send a forged form");
     assert_eq!(answer[0], 409, "{answer}");
     assert!(answer[1].as_str().expect("page").contains("has expired"));
-    assert_eq!(recorded().await, seqs, "nothing recorded for a forged token");
+    assert_eq!(
+        recorded().await,
+        seqs,
+        "nothing recorded for a forged token"
+    );
     client.close().await.expect("close browser");
 }

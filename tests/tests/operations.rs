@@ -1,5 +1,6 @@
 //! Operations with real processes: Prometheus metrics that move with the work, and
-//! backups taken while the hub and a site are busy, restored and verified.
+//! backups taken while the hub and a site are busy, restored and verified, and the
+//! consoles' protective headers and host check as curl sees them.
 
 use carrel_tests::*;
 use std::time::Duration;
@@ -279,4 +280,82 @@ async fn traces_reach_an_otlp_collector_when_one_is_configured() {
     assert!(spans.iter().all(|s| s.service == "carrel-hub"), "{spans:?}");
     assert!(spans.iter().all(|s| s.trace_id.len() == 16));
     println!("OTLP: {} spans received", spans.len());
+}
+
+/// `curl -si` of a URL: the status line and headers (lower-cased) and the body.
+async fn curl_head_and_body(args: &[&str]) -> (String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "5"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers and body");
+    (head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_consoles_forbid_framing_and_the_site_console_answers_only_to_its_own_name() {
+    let hub = Hub::start().await;
+    let token = hub.add_site("site-h");
+    let mut agent = Agent::enroll(&hub, "site-h", &token).expect("enroll");
+    agent.start();
+    let site_console = read_console(&agent.data_dir().join("console.addr")).await;
+    let hub_console = read_console(&hub.data_dir().join("console.addr")).await;
+    let ca = hub.ca_cert().display().to_string();
+
+    let (head, _) =
+        curl_head_and_body(&["--cacert", &ca, &format!("https://{hub_console}/login")]).await;
+    assert!(head.starts_with("http/"), "{head}");
+    for expected in [
+        "frame-ancestors 'none'",
+        "x-content-type-options: nosniff",
+        "strict-transport-security: max-age=",
+        "cache-control: no-store",
+    ] {
+        assert!(
+            head.contains(expected),
+            "hub console lacks {expected:?}:\n{head}"
+        );
+    }
+
+    let (head, body) = curl_head_and_body(&[&format!("http://{site_console}/")]).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("Batches at this site"), "{body}");
+    for expected in [
+        "frame-ancestors 'none'",
+        "x-content-type-options: nosniff",
+        "cache-control: no-store",
+    ] {
+        assert!(
+            head.contains(expected),
+            "site console lacks {expected:?}:\n{head}"
+        );
+    }
+
+    // DNS rebinding: a page of another name that resolves to the console.
+    let (head, body) = curl_head_and_body(&[
+        "-H",
+        "Host: attacker.example",
+        &format!("http://{site_console}/"),
+    ])
+    .await;
+    assert!(head.starts_with("http/1.1 421"), "{head}");
+    assert!(body.contains("does not answer to the host name"), "{body}");
+    assert!(!body.contains("Batches at this site"));
+}
+
+async fn read_console(path: &std::path::Path) -> String {
+    eventually(Duration::from_secs(20), "the console address", || async {
+        let text = std::fs::read_to_string(path).ok()?;
+        let text = text.trim().to_owned();
+        (!text.is_empty()).then_some(text)
+    })
+    .await
 }
