@@ -252,7 +252,7 @@ fn decision_markup(session: &Session, review: &Review, decision: &Decision) -> M
                     input type="hidden" name="step" value="change";
                     input type="hidden" name="meaning" value=(meaning.as_str());
                     input type="hidden" name="reason" value=(reason);
-                    button type="submit" id="change-decision" { "Change the decision" }
+                    button.secondary type="submit" id="change-decision" { "Change the decision" }
                 }
             }
         }

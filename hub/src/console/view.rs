@@ -24,6 +24,9 @@ th { font-size:.85rem; color:var(--muted); font-weight:600; }
 .card { background:#fff; border:1px solid var(--line); border-radius:6px; padding:1rem; margin-bottom:1rem; }
 label { display:block; font-weight:600; margin:.8rem 0 .2rem; }
 input, select, textarea { font:inherit; padding:.55rem .6rem; border:1px solid #8a939e; border-radius:4px; width:100%; max-width:28rem; background:#fff; }
+fieldset { border:1px solid var(--line); border-radius:4px; padding:.4rem .8rem .6rem; margin:0; }
+fieldset label { display:flex; align-items:center; gap:.6rem; font-weight:400; margin:.5rem 0; min-height:2.6rem; }
+input[type=radio], input[type=checkbox] { width:1.4rem; height:1.4rem; margin:0; flex:none; }
 button, .button { font:inherit; padding:.55rem 1rem; border-radius:4px; border:1px solid var(--accent); background:var(--accent); color:#fff; cursor:pointer; min-height:2.6rem; text-decoration:none; display:inline-block; }
 button.secondary { background:#fff; color:var(--accent); }
 button.danger { background:var(--bad); border-color:var(--bad); }
