@@ -82,17 +82,7 @@ pub async fn render(hub: &Hub) -> Result<String, crate::store::Error> {
             ("{state=\"failed\"}".into(), outbox.failed as f64),
         ],
     );
-    let states = [
-        BatchState::Ordered,
-        BatchState::Accepted,
-        BatchState::InProcess,
-        BatchState::AwaitingRelease,
-        BatchState::Released,
-        BatchState::Rejected,
-        BatchState::Cancelled,
-        BatchState::HandedOver,
-        BatchState::Infused,
-    ];
+    let states = BatchState::ALL;
     gauge(
         "carrel_hub_batches",
         "Batches by state.",

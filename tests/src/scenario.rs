@@ -16,11 +16,17 @@ pub fn add_people(hub: &Hub) {
 
 /// Orders a batch at `site`; returns (order id, batch id).
 pub fn create_order(hub: &Hub, site: &str, patient: &str) -> (String, String) {
+    create_order_as(hub, PHYSICIAN.0, site, patient)
+}
+
+/// Orders a batch at `site` as `physician` (signed in for the CLI), for collection
+/// in three days; returns (order id, batch id).
+pub fn create_order_as(hub: &Hub, physician: &str, site: &str, patient: &str) -> (String, String) {
     let date = (chrono::Utc::now() + chrono::Duration::days(3))
         .format("%Y-%m-%d")
         .to_string();
     let order = hub.cli_json(
-        PHYSICIAN.0,
+        physician,
         &[
             "order",
             "create",

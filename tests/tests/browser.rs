@@ -622,25 +622,7 @@ async fn batch_awaiting_release(hub: &Hub, site_id: &str) -> (Agent, String, Str
         .expect("enroll")
         .with_time_compression(400_000.0);
     agent.start();
-    let date = (chrono::Utc::now() + chrono::Duration::days(2))
-        .format("%Y-%m-%d")
-        .to_string();
-    let order = hub.cli_json(
-        PHYSICIAN.0,
-        &[
-            "order",
-            "create",
-            "--patient",
-            "P-7101",
-            "--site",
-            site_id,
-            "--collection-date",
-            &date,
-        ],
-        None,
-    );
-    let order_id = str_field(&order, "order_id").to_owned();
-    let batch_id = str_field(&order, "batch_id").to_owned();
+    let (order_id, batch_id) = scenario::create_order_as(hub, PHYSICIAN.0, site_id, "P-7101");
     eventually(
         Duration::from_secs(90),
         "the batch to await release",
@@ -757,6 +739,20 @@ async fn a_mistyped_password_keeps_a_rejection_and_a_changed_decision_is_refused
     client.close().await.expect("close browser");
 }
 
+/// Posts form fields from the open page, as a browser sending a form again would;
+/// answers `[status, body]`.
+async fn post_from_page(client: &Client, path: &str, body: &str) -> serde_json::Value {
+    client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0], {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: arguments[1]})
+               .then(r => r.text().then(t => done([r.status, t])));",
+            vec![json!(path), json!(body)],
+        )
+        .await
+        .expect("post from the page")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_site_form_records_once_however_often_it_is_sent() {
     let hub = Hub::start().await;
@@ -765,24 +761,7 @@ async fn a_site_form_records_once_however_often_it_is_sent() {
     let mut agent = Agent::enroll(&hub, "site-p", &token).expect("enroll");
     agent.configure(&["simulator", "auto_scan"], false.into());
     agent.start();
-    let date = (chrono::Utc::now() + chrono::Duration::days(2))
-        .format("%Y-%m-%d")
-        .to_string();
-    let order = hub.cli_json(
-        PHYSICIAN.0,
-        &[
-            "order",
-            "create",
-            "--patient",
-            "P-7201",
-            "--site",
-            "site-p",
-            "--collection-date",
-            &date,
-        ],
-        None,
-    );
-    let batch = str_field(&order, "batch_id").to_owned();
+    let (_, batch) = scenario::create_order_as(&hub, PHYSICIAN.0, "site-p", "P-7201");
     let site_console = format!(
         "http://{}",
         read_addr(agent.data_dir().join("console.addr"))
@@ -839,15 +818,7 @@ async fn a_site_form_records_once_however_often_it_is_sent() {
     assert_eq!(recorded().await, seqs, "a reload records nothing");
 
     // The same form sent again (a double click, the back button): refused, naming the record.
-    let answer = client
-        .execute_async(
-            "const done = arguments[arguments.length - 1];
-             fetch(arguments[0], {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: arguments[1]})
-               .then(r => r.text().then(t => done([r.status, t])));",
-            vec![json!(format!("/batches/{batch}/qc")), json!(form_body)],
-        )
-        .await
-        .expect("send the form again");
+    let answer = post_from_page(&client, &format!("/batches/{batch}/qc"), &form_body).await;
     assert_eq!(answer[0], 409, "{answer}");
     let text = answer[1].as_str().expect("page");
     assert!(
@@ -868,15 +839,7 @@ async fn a_site_form_records_once_however_often_it_is_sent() {
         })
         .collect::<Vec<_>>()
         .join("&");
-    let answer = client
-        .execute_async(
-            "const done = arguments[arguments.length - 1];
-             fetch(arguments[0], {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: arguments[1]})
-               .then(r => r.text().then(t => done([r.status, t])));",
-            vec![json!(format!("/batches/{batch}/qc")), json!(forged)],
-        )
-        .await
-        .expect("send a forged form");
+    let answer = post_from_page(&client, &format!("/batches/{batch}/qc"), &forged).await;
     assert_eq!(answer[0], 409, "{answer}");
     assert!(answer[1].as_str().expect("page").contains("has expired"));
     assert_eq!(

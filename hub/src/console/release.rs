@@ -3,13 +3,14 @@
 
 use super::view::{chart, page, state_badge, when};
 use super::{html_page, parse_uuid, problem, refused, HubState, Page, Session};
+use crate::app::Hub;
 use crate::record::{self, Exception, Review};
 use crate::service;
 use crate::service::release;
 use crate::store;
 use axum::extract::{Form, Path};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use carrel_proto::event::ReleaseMeaning;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
@@ -267,23 +268,38 @@ fn outcome(o: carrel_proto::recipe::Outcome) -> &'static str {
 }
 
 pub async fn batch_record(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
-    let review = release::review(&hub, &session.user, parse_uuid(&id)?)
-        .await
-        .map_err(refused)?;
-    Ok(record_page(&session, &review, None, &Decision::start()))
+    let batch_id = parse_uuid(&id)?;
+    decision_page(
+        &hub,
+        &session,
+        batch_id,
+        StatusCode::OK,
+        None,
+        Decision::start(),
+    )
+    .await
 }
 
-fn record_page(
+/// The batch record page, read afresh, with the decision at the step given;
+/// `status` is 422 when the page answers a refusal.
+async fn decision_page(
+    hub: &Hub,
     session: &Session,
-    review: &Review,
-    notice: Option<&str>,
-    decision: &Decision,
-) -> Response {
-    html_page(page(
+    batch_id: Uuid,
+    status: StatusCode,
+    notice: Option<String>,
+    decision: Decision,
+) -> Page {
+    let review = release::review(hub, &session.user, batch_id)
+        .await
+        .map_err(refused)?;
+    let mut response = html_page(page(
         &format!("Batch record {}", review.order.coi),
         Some((&session.user, &session.csrf)),
-        batch_record_markup(session, review, notice, decision),
-    ))
+        batch_record_markup(session, &review, notice.as_deref(), &decision),
+    ));
+    *response.status_mut() = status;
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -314,74 +330,52 @@ pub async fn sign(
 ) -> Page {
     session.check_csrf(&input.csrf)?;
     let batch_id = parse_uuid(&id)?;
-    let review = release::review(&hub, &session.user, batch_id)
-        .await
-        .map_err(refused)?;
     let meaning = ReleaseMeaning::parse(&input.meaning);
     let reason = input.reason.clone();
-    let choose = |field: &'static str, message: String| Decision::Choose {
+    let choose = |field: &'static str, message: &str| Decision::Choose {
         meaning,
         reason: reason.clone(),
-        error: Some((field, message)),
+        error: Some((field, message.to_owned())),
     };
-    let again = |notice: Option<&str>, decision: Decision| -> Page {
-        let mut response = record_page(&session, &review, notice, &decision);
-        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-        Ok(response)
-    };
+    let refusal = StatusCode::UNPROCESSABLE_ENTITY;
     let Some(meaning) = meaning else {
-        return again(
-            None,
-            choose(
-                "meaning",
-                "Choose whether to release or reject the batch.".into(),
-            ),
-        );
+        let decision = choose("meaning", "Choose whether to release or reject the batch.");
+        return decision_page(&hub, &session, batch_id, refusal, None, decision).await;
     };
     match input.step.as_str() {
-        "change" => Ok(record_page(
-            &session,
-            &review,
-            None,
-            &Decision::Choose {
+        "change" => {
+            let decision = Decision::Choose {
                 meaning: Some(meaning),
                 reason,
                 error: None,
-            },
-        )),
+            };
+            decision_page(&hub, &session, batch_id, StatusCode::OK, None, decision).await
+        }
         "review" => {
             if meaning == ReleaseMeaning::Rejected && input.reason.trim().is_empty() {
-                return again(
-                    None,
-                    choose(
-                        "reason",
-                        "A rejection needs a reason: say what is wrong with the batch.".into(),
-                    ),
+                let decision = choose(
+                    "reason",
+                    "A rejection needs a reason: say what is wrong with the batch.",
                 );
+                return decision_page(&hub, &session, batch_id, refusal, None, decision).await;
             }
-            Ok(record_page(
-                &session,
-                &review,
-                None,
-                &Decision::Confirm {
-                    meaning,
-                    reason,
-                    error: None,
-                },
-            ))
+            let decision = Decision::Confirm {
+                meaning,
+                reason,
+                error: None,
+            };
+            decision_page(&hub, &session, batch_id, StatusCode::OK, None, decision).await
         }
         "confirm" => {
             let expected =
                 reviewed_token(&session, batch_id, &input.record_sha256, meaning, &reason);
             if input.reviewed != expected {
                 tracing::warn!(signer = %session.user.username, %batch_id, "refused: a confirmation that differs from the decision reviewed");
-                return again(
-                    None,
-                    choose(
-                        "form",
-                        "Not signed: the decision differs from the one you reviewed. Check it and review the signature again.".into(),
-                    ),
+                let decision = choose(
+                    "form",
+                    "Not signed: the decision differs from the one you reviewed. Check it and review the signature again.",
                 );
+                return decision_page(&hub, &session, batch_id, refusal, None, decision).await;
             }
             let form = release::SignForm {
                 batch_id,
@@ -390,9 +384,9 @@ pub async fn sign(
                 record_sha256: &input.record_sha256,
                 reason: &input.reason,
             };
-            match release::sign(&hub, &session.user, form).await {
-                Ok(_) => Ok(Redirect::to(&format!("/batches/{batch_id}")).into_response()),
-                Err(e @ service::Error::Unauthenticated(_)) => again(
+            let (notice, decision) = match release::sign(&hub, &session.user, form).await {
+                Ok(_) => return Ok(Redirect::to(&format!("/batches/{batch_id}")).into_response()),
+                Err(e @ service::Error::Unauthenticated(_)) => (
                     None,
                     Decision::Confirm {
                         meaning,
@@ -401,28 +395,20 @@ pub async fn sign(
                     },
                 ),
                 Err(e @ service::Error::Field { field, .. }) => {
-                    again(None, choose(field, e.to_string()))
+                    (None, choose(field, &e.to_string()))
                 }
-                Err(e @ service::Error::Store(store::Error::FailedPrecondition(_))) => {
-                    // The record changed since it was reviewed: show the new one.
-                    let review = release::review(&hub, &session.user, batch_id)
-                        .await
-                        .map_err(refused)?;
-                    let mut response = record_page(
-                        &session,
-                        &review,
-                        Some(&format!("Not signed: {e}")),
-                        &Decision::Choose {
-                            meaning: Some(meaning),
-                            reason,
-                            error: None,
-                        },
-                    );
-                    *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-                    Ok(response)
-                }
-                Err(e) => Err(refused(e)),
-            }
+                // The record changed since it was reviewed: the page shows the new one.
+                Err(e @ service::Error::Store(store::Error::FailedPrecondition(_))) => (
+                    Some(format!("Not signed: {e}")),
+                    Decision::Choose {
+                        meaning: Some(meaning),
+                        reason,
+                        error: None,
+                    },
+                ),
+                Err(e) => return Err(refused(e)),
+            };
+            decision_page(&hub, &session, batch_id, refusal, notice, decision).await
         }
         other => Err(problem(
             StatusCode::BAD_REQUEST,
