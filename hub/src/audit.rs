@@ -60,6 +60,15 @@ actions! {
     UserSignInFailed = "user.sign_in_failed",
     /// Sign-in refused because of too many recent failures.
     UserSignInLocked = "user.sign_in_locked",
+    UserDisabled = "user.disabled",
+    UserEnabled = "user.enabled",
+    /// A person assigned to a site (or their entry sent again, which unlocks them there).
+    UserAssignedToSite = "user.assigned_to_site",
+    UserRemovedFromSite = "user.removed_from_site",
+    /// A bedside badge (with its PIN) issued to a person, replacing any earlier one.
+    UserBadgeIssued = "user.badge_issued",
+    /// A person locked at a site after failed sign-ins there (reported by the site).
+    UserLockedAtSite = "user.locked_at_site",
     SiteRegistered = "site.registered",
     SiteEnrolled = "site.enrolled",
     SiteEnrollmentRefused = "site.enrollment_refused",

@@ -33,6 +33,37 @@ pub fn hash_password(password: &str) -> Result<String, Error> {
         .map_err(|e| Error::Hash(e.to_string()))
 }
 
+/// Shortest PIN of a bedside badge.
+pub const MIN_PIN_LEN: usize = 6;
+
+/// The argon2id hash of a badge's PIN, which must be at least [`MIN_PIN_LEN`] digits.
+pub fn hash_pin(pin: &str) -> Result<String, String> {
+    let pin = pin.trim();
+    if pin.len() < MIN_PIN_LEN || !pin.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "a PIN is {MIN_PIN_LEN} or more digits, and nothing else"
+        ));
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(pin.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("PIN hashing failed: {e}"))
+}
+
+/// A new badge id: what its barcode encodes and the hand-held scanner types
+/// (`BDG-` and 12 characters of Crockford's base 32, without I, L, O, U).
+pub fn new_badge_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut bytes = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let text: String = bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    format!("BDG-{text}")
+}
+
 /// Whether `password` matches the stored hash. A malformed hash never matches.
 pub fn verify_password(password: &str, stored_hash: &str) -> bool {
     match PasswordHash::new(stored_hash) {

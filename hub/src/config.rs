@@ -86,6 +86,10 @@ pub struct Config {
     pub audit_refusals_window_secs: u32,
     /// Lifetime of a person's session token. Env: `CARREL_HUB_SESSION_TTL_SECS`.
     pub session_ttl_secs: u32,
+    /// Release batches whose records were made by a site simulator's operators
+    /// rather than people (dev mode and tests only: a production hub refuses to
+    /// release them). Env: `CARREL_HUB_ACCEPT_SIMULATED_PEOPLE`.
+    pub accept_simulated_people: bool,
     /// Failed sign-ins in a row after which an account is locked (counted per user
     /// name, known or not). Env: `CARREL_HUB_SIGN_IN_MAX_FAILURES`.
     pub sign_in_max_failures: u32,
@@ -141,6 +145,7 @@ impl Default for Config {
             site_link_message_burst: 2_000,
             audit_refusals_window_secs: 60,
             session_ttl_secs: 3_600,
+            accept_simulated_people: false,
             enrollment_ttl_secs: 86_400,
             sign_in_max_failures: 5,
             sign_in_lockout_secs: 900,
@@ -265,6 +270,10 @@ impl Config {
             &mut self.audit_refusals_window_secs,
         )?;
         env_parse("CARREL_HUB_SESSION_TTL_SECS", &mut self.session_ttl_secs)?;
+        env_parse(
+            "CARREL_HUB_ACCEPT_SIMULATED_PEOPLE",
+            &mut self.accept_simulated_people,
+        )?;
         env_parse(
             "CARREL_HUB_SIGN_IN_MAX_FAILURES",
             &mut self.sign_in_max_failures,

@@ -13,8 +13,8 @@
 //! signature made on an earlier view of the record is refused (Part 11: a signature
 //! is bound to the exact record it signs).
 
-use crate::model::{BatchRecord, Order, Signature, StoredEvent};
-use carrel_proto::event::{EventKind, ReleaseMeaning};
+use crate::model::{BatchRecord, Order, Signature, SiteDirectory, StoredEvent};
+use carrel_proto::event::{EventKind, Identity, ReleaseMeaning};
 use carrel_proto::recipe::{Outcome, QcValue};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -162,6 +162,10 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
             "correction".into(),
             format!("record {corrects_seq}: {field} = {new_value} ({reason})"),
         ),
+        K::PersonLocked { username, failures } => (
+            "person locked at the site".into(),
+            format!("{username} after {failures} failed sign-ins"),
+        ),
     }
 }
 
@@ -290,8 +294,31 @@ pub fn manifestation(
     )
 }
 
-/// The review of a batch record: everything QA sees, computed once.
-pub fn review(record: BatchRecord) -> Review {
+/// Who made a record, as QA reads it: the people with their full names from the
+/// site's directory, and how the site knew them when it was not by sign-in.
+pub fn who(event: &carrel_proto::event::SiteEvent, directory: &SiteDirectory) -> String {
+    let named = |person: &str| match directory.full_name(person) {
+        Some(full) => format!("{full} ({person})"),
+        None => person.to_owned(),
+    };
+    match event.identity {
+        Identity::Agent => event.recorded_by.clone(),
+        Identity::Authenticated { .. } => event
+            .people()
+            .into_iter()
+            .map(named)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        Identity::Simulated => format!("{} (simulated)", event.people().join(" and ")),
+        Identity::Unverified if event.recorded_by == "agent" => event.recorded_by.clone(),
+        Identity::Unverified => format!("{} (identity not verified)", event.people().join(" and ")),
+    }
+}
+
+/// The review of a batch record: everything QA sees, computed once. With
+/// `accept_simulated` (a hub in dev mode), records of a simulator's operators are
+/// marked as simulated but are no exception.
+pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
     let BatchRecord {
         order,
         recipe,
@@ -299,24 +326,55 @@ pub fn review(record: BatchRecord) -> Review {
         qc,
         signatures,
         audit,
+        directory,
     } = record;
     let recipe_sha256 = recipe.sha256;
     let recipe = recipe.recipe;
+    let directory = SiteDirectory::new(&directory);
     let entry = |stored: &StoredEvent| {
         let (what, detail) = describe(&stored.event.kind);
         Entry {
             seq: stored.event.seq,
             recorded_at: stored.event.recorded_at,
-            recorded_by: stored.event.recorded_by.clone(),
+            recorded_by: who(&stored.event, &directory),
             what,
             detail,
         }
     };
     let flagged: HashSet<u64> = order.progress.exceptions.iter().copied().collect();
+    // Who made each record, checked against the site's directory as the site had it.
+    let mut identity: Vec<Exception> = Vec::new();
+    let mut unverified = 0;
+    for stored in &events {
+        let event = &stored.event;
+        if event.identity == Identity::Unverified && event.recorded_by != "agent" {
+            unverified += 1;
+        }
+        let bedside = match &event.kind {
+            EventKind::CustodyScan { checkpoint_id, .. } => recipe
+                .bedside_checkpoints
+                .iter()
+                .any(|cp| &cp.id == checkpoint_id),
+            _ => false,
+        };
+        let problems = directory.problems(event, bedside, accept_simulated);
+        if !problems.is_empty() {
+            let mut flagged = entry(stored);
+            flagged.what = format!("who made it: {}", flagged.what);
+            flagged.detail = problems.join("; ");
+            identity.push(Exception::Record(flagged));
+        }
+    }
+    if unverified > 0 {
+        identity.push(Exception::Anomaly(format!(
+            "{unverified} record(s) name people by a name typed at the site before sign-in there: identity not verified"
+        )));
+    }
     let exceptions = events
         .iter()
         .filter(|e| flagged.contains(&e.event.seq))
         .map(|e| Exception::Record(entry(e)))
+        .chain(identity)
         .chain(
             order
                 .progress
@@ -582,6 +640,7 @@ mod tests {
                     recorded_at: *stamp,
                     batch_id,
                     recorded_by: "agent".into(),
+                    identity: carrel_proto::event::Identity::Agent,
                     prev_sha256: GENESIS_SHA256.into(),
                     kind: kind.clone(),
                 },
@@ -614,6 +673,7 @@ mod tests {
             qc: Vec::new(),
             signatures: Vec::new(),
             audit: Vec::new(),
+            directory: Vec::new(),
         }
     }
 
@@ -724,7 +784,7 @@ mod tests {
             signed_at,
         });
         let sha = record_sha256(&record.order, &record.recipe.sha256, &record.events);
-        let review = review(record);
+        let review = review(record, false);
         assert_eq!(review.record_sha256, sha);
         assert_eq!(review.exceptions.len(), 2, "{:#?}", review.exceptions);
         assert!(

@@ -6,6 +6,7 @@
 //! what a duplicate is compared against and what the batch record hash covers.
 
 use crate::pb;
+use crate::people::PersonStatus;
 use crate::recipe::{Outcome, QcValue};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -39,7 +40,53 @@ pub struct SiteEvent {
     pub recorded_by: String,
     /// SHA-256 of the previous event of the site's log ([`GENESIS_SHA256`] for seq 1).
     pub prev_sha256: String,
+    /// How the site knew who made it. Absent from the stored form of records made
+    /// before sign-in at the site, so their bytes (and hashes) stay what they were.
+    #[serde(default, skip_serializing_if = "Identity::is_unverified")]
+    pub identity: Identity,
     pub kind: EventKind,
+}
+
+/// How the site knew who made a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Identity {
+    /// A name typed before the site had sign-in: not verified.
+    #[default]
+    Unverified,
+    /// The agent's own record.
+    Agent,
+    /// People who signed in with their own credentials, checked against the site's
+    /// copy of the hub's directory as of `directory_version`.
+    Authenticated { directory_version: u64 },
+    /// The simulator's operators (dev mode): not people.
+    Simulated,
+}
+
+impl Identity {
+    pub fn is_unverified(&self) -> bool {
+        *self == Identity::Unverified
+    }
+}
+
+impl SiteEvent {
+    /// A record about the site rather than one batch (its batch id is the nil UUID).
+    pub fn is_site_wide(&self) -> bool {
+        self.batch_id.is_nil()
+    }
+
+    /// The people a record names: who recorded it, then the other verifiers of a scan.
+    pub fn people(&self) -> Vec<&str> {
+        let mut people = vec![self.recorded_by.as_str()];
+        if let EventKind::CustodyScan { verifiers, .. } = &self.kind {
+            for v in verifiers {
+                if !people.iter().any(|p| p.eq_ignore_ascii_case(v)) {
+                    people.push(v);
+                }
+            }
+        }
+        people
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +205,11 @@ pub enum EventKind {
         field: String,
         new_value: String,
     },
+    /// A person was locked at the site after too many failed sign-ins (site-wide).
+    PersonLocked {
+        username: String,
+        failures: u32,
+    },
 }
 
 impl EventKind {
@@ -176,6 +228,7 @@ impl EventKind {
             EventKind::BatchCancelled { .. } => "batch_cancelled",
             EventKind::CustodyScan { .. } => "custody_scan",
             EventKind::Correction { .. } => "correction",
+            EventKind::PersonLocked { .. } => "person_locked",
         }
     }
 }
@@ -247,6 +300,18 @@ pub enum CommandKind {
         record_sha256: String,
         reason: String,
     },
+    /// One person of the site's directory (site-wide: the command's batch id is nil;
+    /// its seq is the directory version).
+    PersonUpdated {
+        username: String,
+        full_name: String,
+        role: String,
+        password_verifier: String,
+        status: PersonStatus,
+        /// The bedside badge (empty: none) and its PIN's verifier.
+        badge_id: String,
+        pin_verifier: String,
+    },
 }
 
 impl CommandKind {
@@ -255,6 +320,7 @@ impl CommandKind {
             CommandKind::BatchOrder { .. } => "batch_order",
             CommandKind::CancelBatch { .. } => "cancel_batch",
             CommandKind::ReleaseDecision { .. } => "release_decision",
+            CommandKind::PersonUpdated { .. } => "person_updated",
         }
     }
 }
@@ -474,12 +540,49 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                 field: required("correction.field", k.field)?,
                 new_value: k.new_value,
             },
+            Kind::PersonLocked(k) => EventKind::PersonLocked {
+                username: required("person_locked.username", k.username)?,
+                failures: k.failures,
+            },
+        };
+        let batch_id = uuid("batch_id", &wire.batch_id)?;
+        if batch_id.is_nil() != matches!(kind, EventKind::PersonLocked { .. }) {
+            return Err(invalid(
+                "batch_id",
+                "is the nil UUID exactly for site-wide records (person_locked)",
+            ));
+        }
+        let identity = match wire.identity {
+            None => Identity::Unverified,
+            Some(identity) => match pb::IdentityKind::try_from(identity.kind) {
+                Ok(pb::IdentityKind::Unspecified) => Identity::Unverified,
+                Ok(pb::IdentityKind::Agent) => Identity::Agent,
+                Ok(pb::IdentityKind::Simulated) => Identity::Simulated,
+                Ok(pb::IdentityKind::Authenticated) if identity.directory_version > 0 => {
+                    Identity::Authenticated {
+                        directory_version: identity.directory_version,
+                    }
+                }
+                Ok(pb::IdentityKind::Authenticated) => {
+                    return Err(invalid(
+                        "identity.directory_version",
+                        "is required for an authenticated record",
+                    ))
+                }
+                Err(_) => {
+                    return Err(invalid(
+                        "identity.kind",
+                        format!("{} is not an identity kind", identity.kind),
+                    ))
+                }
+            },
         };
         Ok(SiteEvent {
+            identity,
             seq: wire.seq,
             event_id: uuid("event_id", &wire.event_id)?,
             recorded_at: from_timestamp("recorded_at", wire.recorded_at)?,
-            batch_id: uuid("batch_id", &wire.batch_id)?,
+            batch_id,
             recorded_by: required("recorded_by", wire.recorded_by)?,
             prev_sha256: if wire.prev_sha256.len() == 64
                 && wire.prev_sha256.chars().all(|c| c.is_ascii_hexdigit())
@@ -647,8 +750,24 @@ impl From<SiteEvent> for pb::SiteEvent {
                 field,
                 new_value,
             }),
+            EventKind::PersonLocked { username, failures } => {
+                Kind::PersonLocked(pb::PersonLocked { username, failures })
+            }
         };
+        let identity = match event.identity {
+            Identity::Unverified => None,
+            Identity::Agent => Some((pb::IdentityKind::Agent, 0)),
+            Identity::Authenticated { directory_version } => {
+                Some((pb::IdentityKind::Authenticated, directory_version))
+            }
+            Identity::Simulated => Some((pb::IdentityKind::Simulated, 0)),
+        }
+        .map(|(kind, directory_version)| pb::Identity {
+            kind: kind as i32,
+            directory_version,
+        });
         pb::SiteEvent {
+            identity,
             seq: event.seq,
             event_id: event.event_id.to_string(),
             recorded_at: Some(to_timestamp(event.recorded_at)),
@@ -694,6 +813,27 @@ impl TryFrom<pb::HubCommand> for HubCommand {
                 signed_at: from_timestamp("release_decision.signed_at", k.signed_at)?,
                 record_sha256: required("release_decision.record_sha256", k.record_sha256)?,
                 reason: k.reason,
+            },
+            Kind::PersonUpdated(k) => CommandKind::PersonUpdated {
+                username: required("person_updated.username", k.username)?,
+                full_name: required("person_updated.full_name", k.full_name)?,
+                role: required("person_updated.role", k.role)?,
+                password_verifier: k.password_verifier,
+                status: PersonStatus::parse(&k.status).ok_or_else(|| {
+                    invalid(
+                        "person_updated.status",
+                        format!("{:?} is not active, disabled or removed", k.status),
+                    )
+                })?,
+                pin_verifier: if k.badge_id.is_empty() || !k.pin_verifier.is_empty() {
+                    k.pin_verifier
+                } else {
+                    return Err(invalid(
+                        "person_updated.pin_verifier",
+                        "is required with a badge",
+                    ));
+                },
+                badge_id: k.badge_id,
             },
         };
         Ok(HubCommand {
@@ -753,6 +893,23 @@ impl From<&HubCommand> for pb::HubCommand {
                 record_sha256,
                 reason,
             }),
+            CommandKind::PersonUpdated {
+                username,
+                full_name,
+                role,
+                password_verifier,
+                status,
+                badge_id,
+                pin_verifier,
+            } => Kind::PersonUpdated(pb::PersonUpdated {
+                username,
+                full_name,
+                role,
+                password_verifier,
+                status: status.as_str().to_owned(),
+                badge_id,
+                pin_verifier,
+            }),
         };
         pb::HubCommand {
             seq: command.seq,
@@ -776,6 +933,7 @@ mod tests {
             batch_id: Uuid::new_v4(),
             recorded_by: "agent".into(),
             prev_sha256: GENESIS_SHA256.into(),
+            identity: Identity::Unverified,
             kind: EventKind::QcResult {
                 test_id: "viability".into(),
                 value: QcValue::Numeric(82.5),
@@ -793,6 +951,78 @@ mod tests {
         let wire = pb::SiteEvent::from(&event);
         assert_eq!(SiteEvent::try_from(wire.clone()), Ok(event.clone()));
         assert_eq!(pb::SiteEvent::from(event), wire, "owned and borrowed agree");
+    }
+
+    #[test]
+    fn identity_round_trips_and_leaves_older_records_byte_identical() {
+        let unverified = sample_event();
+        assert!(
+            !unverified.canonical_json().contains("identity"),
+            "a record from before sign-in keeps its stored bytes"
+        );
+        for identity in [
+            Identity::Agent,
+            Identity::Simulated,
+            Identity::Authenticated {
+                directory_version: 12,
+            },
+        ] {
+            let event = SiteEvent {
+                identity,
+                ..sample_event()
+            };
+            let wire = pb::SiteEvent::from(&event);
+            assert_eq!(SiteEvent::try_from(wire), Ok(event.clone()));
+            let back: SiteEvent =
+                serde_json::from_str(&event.canonical_json()).expect("stored form reads back");
+            assert_eq!(back, event);
+        }
+        let mut wire = pb::SiteEvent::from(&SiteEvent {
+            identity: Identity::Authenticated {
+                directory_version: 3,
+            },
+            ..sample_event()
+        });
+        wire.identity = Some(pb::Identity {
+            kind: pb::IdentityKind::Authenticated as i32,
+            directory_version: 0,
+        });
+        assert_eq!(
+            SiteEvent::try_from(wire).expect_err("no version").field,
+            "identity.directory_version"
+        );
+    }
+
+    #[test]
+    fn only_site_wide_records_have_the_nil_batch() {
+        let locked = SiteEvent {
+            batch_id: Uuid::nil(),
+            identity: Identity::Agent,
+            kind: EventKind::PersonLocked {
+                username: "tech.ann".into(),
+                failures: 10,
+            },
+            ..sample_event()
+        };
+        assert!(locked.is_site_wide());
+        let wire = pb::SiteEvent::from(&locked);
+        assert_eq!(SiteEvent::try_from(wire), Ok(locked.clone()));
+        let mut elsewhere = pb::SiteEvent::from(&locked);
+        elsewhere.batch_id = Uuid::new_v4().to_string();
+        assert_eq!(
+            SiteEvent::try_from(elsewhere)
+                .expect_err("a lock is site-wide")
+                .field,
+            "batch_id"
+        );
+        let mut nil = pb::SiteEvent::from(&sample_event());
+        nil.batch_id = Uuid::nil().to_string();
+        assert_eq!(
+            SiteEvent::try_from(nil)
+                .expect_err("a QC result names its batch")
+                .field,
+            "batch_id"
+        );
     }
 
     #[test]
@@ -883,5 +1113,30 @@ mod tests {
         };
         let wire = pb::HubCommand::from(&command);
         assert_eq!(HubCommand::try_from(wire), Ok(command));
+
+        let person = HubCommand {
+            seq: 4,
+            command_id: Uuid::new_v4(),
+            issued_at: DateTime::from_timestamp(1_800_000_200, 0).expect("valid"),
+            batch_id: Uuid::nil(),
+            kind: CommandKind::PersonUpdated {
+                username: "tech.ann".into(),
+                full_name: "Ann Tech".into(),
+                role: "technician".into(),
+                password_verifier: "$argon2id$v=19$...".into(),
+                status: PersonStatus::Disabled,
+                badge_id: "BDG-0123456789AB".into(),
+                pin_verifier: "$argon2id$v=19$...".into(),
+            },
+        };
+        let mut wire = pb::HubCommand::from(&person);
+        assert_eq!(HubCommand::try_from(wire.clone()), Ok(person));
+        if let Some(pb::hub_command::Kind::PersonUpdated(p)) = wire.kind.as_mut() {
+            p.status = "gone".into();
+        }
+        assert_eq!(
+            HubCommand::try_from(wire).expect_err("bad status").field,
+            "person_updated.status"
+        );
     }
 }

@@ -9,6 +9,7 @@
 //!   results against its specification.
 //! - [`event`]: the domain form of site events and hub commands, converted from and to
 //!   the wire form in one place.
+//! - [`people`]: the people of a site's directory, and which role may make which record.
 //!
 //! It holds no I/O and no state.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod batch;
 pub mod coi;
 pub mod enrollment;
 pub mod event;
+pub mod people;
 pub mod recipe;
 
 /// The site link protocol's version, exchanged in `Hello` and `Welcome`.
@@ -36,7 +38,9 @@ pub mod protocol {
     ///
     /// 1.1: Welcome carries the CA bundle to trust and a request to renew; the site
     /// renews its certificate over the link (CertificateRequest / CertificateIssued).
-    pub const VERSION: (u32, u32) = (1, 1);
+    /// 1.2: the site's directory of people (PersonUpdated commands), who made each
+    /// record and how the site knew (Identity), and PersonLocked.
+    pub const VERSION: (u32, u32) = (1, 2);
 
     /// Why a peer's protocol version is not accepted.
     #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,11 +83,12 @@ pub mod protocol {
 
         #[test]
         fn one_minor_apart_works_and_more_does_not() {
-            assert!(check("1.0").is_ok());
             assert!(check("1.1").is_ok());
             assert!(check("1.2").is_ok());
-            assert!(check("").is_ok(), "a peer from before versioning is 1.0");
-            assert!(check("1.3").is_err());
+            assert!(check("1.3").is_ok());
+            assert!(check("1.0").is_err());
+            assert!(check("").is_err(), "a peer from before versioning is 1.0");
+            assert!(check("1.4").is_err());
             assert!(check("2.0").is_err());
             assert!(check("one").is_err());
         }

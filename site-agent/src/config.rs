@@ -49,6 +49,12 @@ pub struct Config {
     /// DNS rebinding. Env: `CARREL_AGENT_CONSOLE_HOSTS` (comma-separated).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub console_hosts: Vec<String>,
+    /// A console session ends after this many minutes without a request from the
+    /// person (the bench screen goes back to sign-in). Env: `CARREL_AGENT_CONSOLE_IDLE_MINUTES`.
+    pub console_idle_minutes: u64,
+    /// Failed sign-ins (console or command line) after which a person is locked at
+    /// this site until the hub sends their entry again. Env: `CARREL_AGENT_SIGN_IN_ATTEMPTS`.
+    pub sign_in_attempts: u32,
     /// Instrument simulation: runs every recipe step that `steps` does not map to
     /// another instrument.
     pub simulator: SimulatorConfig,
@@ -268,6 +274,8 @@ impl Default for Config {
             events_per_message: 200,
             console_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7445)),
             console_hosts: Vec::new(),
+            console_idle_minutes: 5,
+            sign_in_attempts: 10,
             simulator: SimulatorConfig::default(),
             instruments: Vec::new(),
             steps: Vec::new(),
@@ -332,6 +340,14 @@ impl Config {
                 .collect();
         }
         env_parse(
+            "CARREL_AGENT_CONSOLE_IDLE_MINUTES",
+            &mut config.console_idle_minutes,
+        )?;
+        env_parse(
+            "CARREL_AGENT_SIGN_IN_ATTEMPTS",
+            &mut config.sign_in_attempts,
+        )?;
+        env_parse(
             "CARREL_AGENT_HEARTBEAT_TIMEOUT_MS",
             &mut config.heartbeat_timeout_ms,
         )?;
@@ -380,6 +396,18 @@ impl Config {
             return Err(Error::Invalid(
                 "events_per_message must be 1 to 1000".into(),
             ));
+        }
+        if !(1..=480).contains(&self.console_idle_minutes) {
+            return Err(Error::Invalid(format!(
+                "console_idle_minutes must be 1 to 480, not {}",
+                self.console_idle_minutes
+            )));
+        }
+        if !(3..=100).contains(&self.sign_in_attempts) {
+            return Err(Error::Invalid(format!(
+                "sign_in_attempts must be 3 to 100, not {}",
+                self.sign_in_attempts
+            )));
         }
         let sim = &self.simulator;
         if !(sim.time_compression.is_finite() && sim.time_compression > 0.0) {

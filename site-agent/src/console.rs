@@ -5,19 +5,23 @@
 //! specification beside the input. It reads and writes only the local store, so it
 //! keeps working while the hub is unreachable, and says so.
 //!
-//! Forms carry a CSRF token (a random secret of this process), so another web page
-//! open in the same browser cannot post to the console.
+//! People sign in with their own user name and password (checked against the site's
+//! copy of the hub's directory, `crate::people`); every record names the signed-in
+//! person, and the second person of a two-person verification signs in on the same
+//! form with their own credentials. Forms carry the session's CSRF token, so another
+//! web page open in the same browser cannot post to the console.
 
 use crate::custody::{self, Scanned};
 use crate::entries;
 use crate::link::LinkState;
+use crate::people::{self, SignedIn};
 use crate::store::{BatchState, LocalBatch, Store};
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use carrel_proto::event::EventKind;
+use carrel_proto::event::{EventKind, Identity};
 use carrel_proto::recipe::{Outcome, Recipe};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
@@ -25,17 +29,29 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+mod sessions;
 mod submissions;
 
+use sessions::{Ended, Session, Sessions};
 use submissions::{Claim, Recorded, Submissions};
 
 pub struct Console {
     pub store: Arc<Store>,
     pub link: watch::Receiver<LinkState>,
     pub site_id: String,
-    csrf: String,
+    /// Who is signed in, by session cookie.
+    sessions: Sessions,
+    /// Failed sign-ins that lock a person at this site.
+    lock_after: u32,
     /// The one-time tokens of the recording forms.
     submissions: Submissions,
+}
+
+/// How the console treats people: idle time of a session, failed sign-ins that lock.
+#[derive(Debug, Clone, Copy)]
+pub struct PeopleSettings {
+    pub idle: std::time::Duration,
+    pub lock_after: u32,
 }
 
 type Shared = State<Arc<Console>>;
@@ -123,18 +139,20 @@ pub fn router(
     link: watch::Receiver<LinkState>,
     site_id: String,
     hosts: AllowedHosts,
+    settings: PeopleSettings,
 ) -> Router {
-    let mut secret = [0u8; 16];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut secret);
     let console = Arc::new(Console {
         store,
         link,
         site_id,
-        csrf: hex::encode(secret),
+        sessions: Sessions::new(settings.idle),
+        lock_after: settings.lock_after,
         submissions: Submissions::default(),
     });
     Router::new()
         .route("/", get(home))
+        .route("/signin", get(sign_in_page).post(sign_in))
+        .route("/signout", post(sign_out))
         .route("/status", get(status_fragment))
         .route("/metrics", get(metrics))
         .route("/batches/{id}", get(batch_page))
@@ -159,23 +177,50 @@ button{font:inherit;padding:.6rem 1.2rem;border:0;border-radius:4px;background:#
 .result{font-size:3.2rem;font-weight:900;text-align:center;padding:2rem;border-radius:8px;margin:1rem 0}
 .result.match{background:#1e7b34;color:#fff}.result.mismatch{background:#b3261e;color:#fff}
 .oos{color:#b3261e;font-weight:700}.error{color:#b3261e;font-weight:700}.next{font-size:1.2rem;font-weight:700}
+.who{margin-left:auto;display:flex;gap:.6rem;align-items:center;flex-wrap:wrap} .who form{margin:0}
+.who button{background:#fff;color:#0b5cad;border:1px solid #0b5cad;min-height:2.4rem;padding:.3rem .8rem}
+fieldset{border:1px solid #d5dae1;border-radius:6px;margin:1rem 0;padding:.6rem 1rem} legend{font-weight:700}
+.notice{background:#fff4ce;border:1px solid #e0c25c;border-radius:4px;padding:.6rem 1rem}
+table{display:block;overflow-x:auto}
 "#;
 
-fn page(console: &Console, title: &str, body: Markup) -> Markup {
+/// The person signed in at this browser and their session, for the page header
+/// and the forms.
+struct Who<'a> {
+    person: &'a SignedIn,
+    session: &'a Session,
+}
+
+fn page(console: &Console, who: Option<Who<'_>>, title: &str, body: Markup) -> Markup {
+    // A screen left alone goes back to sign-in a little after the session ends.
+    let idle_refresh = format!(
+        "{};url=/signin?why=idle",
+        console.sessions.idle().as_secs() + 2
+    );
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if who.is_some() { meta http-equiv="refresh" content=(idle_refresh); }
                 title { (title) " · Carrel site " (console.site_id) }
                 style { (PreEscaped(CSS)) }
             }
             body {
                 header {
                     strong { "Carrel · site " (console.site_id) }
-                    a href="/" { "Batches" }
+                    @if who.is_some() { a href="/" { "Batches" } }
                     span id="link-status" { (link_status(console)) }
+                    @if let Some(who) = &who {
+                        span.who {
+                            span data-signed-in=(who.person.username) { "Signed in: " strong { (who.person.full_name) } " (" (who.person.username) ", " (who.person.role) ")" }
+                            form method="post" action="/signout" {
+                                input type="hidden" name="csrf" value=(who.session.csrf);
+                                button type="submit" id="sign-out" { "Sign out" }
+                            }
+                        }
+                    }
                 }
                 main { (body) }
                 script { (PreEscaped("setInterval(function(){fetch('/status').then(function(r){return r.text()}).then(function(t){document.getElementById('link-status').innerHTML=t}).catch(function(){})},2000);")) }
@@ -316,7 +361,207 @@ fn problem(status: StatusCode, message: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-async fn home(console: Shared) -> Response {
+/// The person signed in at this browser, checked again against the directory as it
+/// stands now (a person disabled at the hub stops here as soon as the site has it).
+/// Without one, a page asks to sign in and a form records nothing.
+async fn gate(
+    console: &Console,
+    headers: &HeaderMap,
+    path: &str,
+    posting: bool,
+) -> Result<(Session, SignedIn), Response> {
+    let why = match sessions::token_of(headers).map(|t| (console.sessions.touch(&t), t)) {
+        Some((Ok(session), token)) => {
+            match people::current(&console.store, &session.username).await {
+                Ok(person) => return Ok((session, person)),
+                Err(refused) => {
+                    console.sessions.end(&token);
+                    refused.to_string()
+                }
+            }
+        }
+        Some((Err(Ended::Idle), _)) => format!(
+            "Your session ended after {} minutes without use.",
+            console.sessions.idle().as_secs() / 60
+        ),
+        _ => "Sign in to use the site console.".to_owned(),
+    };
+    if posting {
+        let notice = format!("Nothing was recorded. {why} Sign in, then enter it again.");
+        Err((
+            StatusCode::UNAUTHORIZED,
+            Html(sign_in_markup(console, &notice, "", path).into_string()),
+        )
+            .into_response())
+    } else {
+        let query = serde_urlencoded::to_string([("next", path), ("why", why.as_str())])
+            .unwrap_or_default();
+        Err(Redirect::to(&format!("/signin?{query}")).into_response())
+    }
+}
+
+/// Where to go after signing in: a path of this console only.
+fn local_path(next: &str) -> &str {
+    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+        next
+    } else {
+        "/"
+    }
+}
+
+fn sign_in_markup(console: &Console, notice: &str, username: &str, next: &str) -> Markup {
+    page(
+        console,
+        None,
+        "Sign in",
+        html! {
+            h1 { "Sign in" }
+            @if !notice.is_empty() { p.notice role="alert" data-notice { (notice) } }
+            div.card {
+                form method="post" action="/signin" {
+                    input type="hidden" name="next" value=(local_path(next));
+                    label for="username" { "User name, or scan your badge" }
+                    input id="username" name="username" value=(username) required autocomplete="username" autocapitalize="none" autofocus[username.is_empty()];
+                    label for="password" { "Password (with a badge: its PIN)" }
+                    input id="password" name="password" type="password" required autocomplete="current-password" autofocus[!username.is_empty()];
+                    p { button type="submit" id="sign-in" { "Sign in" } }
+                }
+                p { "Every record you make here carries your name. The hub's admin gives you an account and assigns you to this site. The session ends after "
+                    (console.sessions.idle().as_secs() / 60) " minutes without use." }
+            }
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct SignInQuery {
+    #[serde(default)]
+    next: String,
+    #[serde(default)]
+    why: String,
+}
+
+async fn sign_in_page(
+    console: Shared,
+    headers: HeaderMap,
+    Query(query): Query<SignInQuery>,
+) -> Response {
+    let why = match query.why.as_str() {
+        "idle" => format!(
+            "Your session ended after {} minutes without use.",
+            console.sessions.idle().as_secs() / 60
+        ),
+        "out" => "You are signed out.".to_owned(),
+        other => other.chars().take(300).collect(),
+    };
+    if query.why != "idle" {
+        if let Some(token) = sessions::token_of(&headers) {
+            if console.sessions.touch(&token).is_ok() {
+                return Redirect::to(local_path(&query.next)).into_response();
+            }
+        }
+    }
+    Html(sign_in_markup(&console, &why, "", &query.next).into_string()).into_response()
+}
+
+#[derive(Deserialize)]
+struct SignInForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn sign_in(console: Shared, Form(form): Form<SignInForm>) -> Response {
+    match people::sign_in(
+        &console.store,
+        &form.username,
+        &form.password,
+        console.lock_after,
+    )
+    .await
+    {
+        Ok(person) => {
+            let token = console.sessions.start(&person.username);
+            tracing::info!(username = %person.username, "signed in at the site console");
+            let cookie = format!(
+                "{}={token}; Path=/; HttpOnly; SameSite=Strict",
+                sessions::COOKIE
+            );
+            (
+                [(header::SET_COOKIE, cookie)],
+                Redirect::to(local_path(&form.next)),
+            )
+                .into_response()
+        }
+        Err(refused) => {
+            tracing::warn!(username = %form.username.trim(), %refused, "sign-in refused at the site console");
+            let status = match refused {
+                people::Refused::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            let notice = format!("Not signed in: {refused}");
+            (
+                status,
+                Html(
+                    sign_in_markup(&console, &notice, form.username.trim(), &form.next)
+                        .into_string(),
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SignOutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn sign_out(console: Shared, headers: HeaderMap, Form(form): Form<SignOutForm>) -> Response {
+    if let Some(token) = sessions::token_of(&headers) {
+        if let Ok(session) = console.sessions.touch(&token) {
+            if session.csrf != form.csrf {
+                return problem(
+                    StatusCode::FORBIDDEN,
+                    "The form did not come from this console; reload the page.",
+                );
+            }
+            console.sessions.end(&token);
+            tracing::info!(username = %session.username, "signed out of the site console");
+        }
+    }
+    let cookie = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        sessions::COOKIE
+    );
+    (
+        [(header::SET_COOKIE, cookie)],
+        Redirect::to("/signin?why=out"),
+    )
+        .into_response()
+}
+
+/// The refusal of a form whose CSRF token is not its session's.
+fn csrf_refusal(session: &Session, sent: &str) -> Option<Response> {
+    if sent == session.csrf {
+        None
+    } else {
+        Some(problem(
+            StatusCode::FORBIDDEN,
+            "The form did not come from this console session; reload the page. Nothing was recorded.",
+        ))
+    }
+}
+
+async fn home(console: Shared, headers: HeaderMap) -> Response {
+    let (session, person) = match gate(&console, &headers, "/", false).await {
+        Ok(who) => who,
+        Err(response) => return response,
+    };
     let batches = match console.store.batches().await {
         Ok(b) => b,
         Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -334,7 +579,11 @@ async fn home(console: Shared) -> Response {
         };
         rows.push((batch, action));
     }
-    Html(page(&console, "Batches", html! {
+    let who = Who {
+        person: &person,
+        session: &session,
+    };
+    Html(page(&console, Some(who), "Batches", html! {
         h1 { "Batches at this site" }
         table {
             thead { tr { th { "COI" } th { "Patient" } th { "State" } th { "Step" } th { "Next" } } }
@@ -351,6 +600,7 @@ async fn home(console: Shared) -> Response {
 
 fn batch_markup(
     console: &Console,
+    who: &Who<'_>,
     batch: &LocalBatch,
     recipe: &Recipe,
     events: &[carrel_proto::event::SiteEvent],
@@ -366,12 +616,18 @@ fn batch_markup(
             div.card {
                 h2 { "Custody checkpoint: " (cp.name) }
                 form method="post" action=(format!("/batches/{}/scan", batch.batch_id)) {
-                    input type="hidden" name="csrf" value=(console.csrf);
+                    input type="hidden" name="csrf" value=(who.session.csrf);
                     input type="hidden" name="submission" value=(console.submissions.issue());
                     input type="hidden" name="checkpoint" value=(cp.id);
-                    @for i in 0..cp.verifiers {
-                        label for=(format!("verifier{i}")) { "Verifier " (i + 1) }
-                        input id=(format!("verifier{i}")) name="verifier" required autocomplete="off";
+                    p { "Verifier 1: " strong { (who.person.full_name) } " (you, " (who.person.username) ")" }
+                    @for i in 1..cp.verifiers {
+                        fieldset {
+                            legend { "Verifier " (i + 1) ": a second person signs with their own credentials" }
+                            label for=(format!("verifier-username{i}")) { "Their user name, or scan their badge" }
+                            input id=(format!("verifier-username{i}")) name="verifier_username" required autocomplete="off" autocapitalize="none";
+                            label for=(format!("verifier-password{i}")) { "Their password (with a badge: its PIN)" }
+                            input id=(format!("verifier-password{i}")) name="verifier_password" type="password" required autocomplete="off";
+                        }
                     }
                     label for="location" { "Location" }
                     input id="location" name="location" placeholder="room, bench or ward";
@@ -386,7 +642,7 @@ fn batch_markup(
                 div.card {
                     h2 { "Record a manual reading: " (step.name) }
                     form method="post" action=(format!("/batches/{}/reading", batch.batch_id)) id="reading-form" {
-                        input type="hidden" name="csrf" value=(console.csrf);
+                        input type="hidden" name="csrf" value=(who.session.csrf);
                         input type="hidden" name="submission" value=(console.submissions.issue());
                         label for="parameter" { "Parameter" }
                         select id="parameter" name="parameter" {
@@ -398,8 +654,7 @@ fn batch_markup(
                         label for="reading-value" { "Reading" }
                         input id="reading-value" name="value" required autocomplete="off" inputmode="decimal";
                         p id="reading-flag" aria-live="polite" {}
-                        label for="reading-by" { "Read by" }
-                        input id="reading-by" name="by" required;
+                        p { "Read by " strong { (who.person.full_name) } " (you)" }
                         p { button type="submit" { "Record reading" } }
                     }
                     script { (PreEscaped(READING_SCRIPT)) }
@@ -409,7 +664,7 @@ fn batch_markup(
         div.card {
             h2 { "Record an off-line QC result" }
             form method="post" action=(format!("/batches/{}/qc", batch.batch_id)) id="qc-form" {
-                input type="hidden" name="csrf" value=(console.csrf);
+                input type="hidden" name="csrf" value=(who.session.csrf);
                 input type="hidden" name="submission" value=(console.submissions.issue());
                 label for="test" { "Test" }
                 select id="test" name="test" {
@@ -423,8 +678,7 @@ fn batch_markup(
                 label for="value" { "Result" }
                 input id="value" name="value" required autocomplete="off";
                 p id="qc-flag" aria-live="polite" {}
-                label for="by" { "Measured by" }
-                input id="by" name="by" required;
+                p { "Measured by " strong { (who.person.full_name) } " (you)" }
                 label for="retest_of" { "Retest of record (optional)" }
                 input id="retest_of" name="retest_of" inputmode="numeric";
                 p { button type="submit" { "Record result" } }
@@ -434,10 +688,19 @@ fn batch_markup(
         h2 { "Records of this batch" }
         table {
             thead { tr { th { "#" } th { "When" } th { "By" } th { "What" } } }
-            tbody { @for e in events.iter().rev().filter(|e| !matches!(e.kind, EventKind::ProcessSamples { .. })).take(40) {
-                tr { td { (e.seq) } td { (e.recorded_at.format("%Y-%m-%d %H:%M:%S")) } td { (e.recorded_by) } td { (e.kind.name().replace('_', " ")) } }
+            tbody { @for e in events.iter().rev().filter(|e| !matches!(e.kind, EventKind::ProcessSamples { .. }) || !matches!(e.identity, Identity::Agent)).take(40) {
+                tr { td { (e.seq) } td { (e.recorded_at.format("%Y-%m-%d %H:%M:%S")) } td { (e.recorded_by) (identity_note(&e.identity)) } td { (e.kind.name().replace('_', " ")) } }
             } }
         }
+    }
+}
+
+/// How a record's maker is shown beside their name.
+fn identity_note(identity: &Identity) -> &'static str {
+    match identity {
+        Identity::Authenticated { .. } | Identity::Agent => "",
+        Identity::Simulated => " (simulated)",
+        Identity::Unverified => " (identity not verified)",
     }
 }
 
@@ -463,30 +726,38 @@ s.addEventListener('change',check);v.addEventListener('input',check);check();})(
 
 #[derive(Deserialize)]
 struct ReadingForm {
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     submission: String,
+    #[serde(default)]
     parameter: String,
+    #[serde(default)]
     value: String,
-    by: String,
 }
 
 async fn record_reading(
     console: Shared,
+    headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<ReadingForm>,
 ) -> Response {
-    if form.csrf != console.csrf {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "The form did not come from this console; reload the page.",
-        );
+    let (session, person) = match gate(&console, &headers, &format!("/batches/{id}"), true).await {
+        Ok(who) => who,
+        Err(response) => return response,
+    };
+    if let Some(refused) = csrf_refusal(&session, &form.csrf) {
+        return refused;
     }
+    let who = Who {
+        person: &person,
+        session: &session,
+    };
     let (batch, _, _) = match load(&console, &id).await {
         Ok(loaded) => loaded,
         Err(response) => return response,
     };
-    if let Some(refused) = claim(&console, &id, &form.submission).await {
+    if let Some(refused) = claim(&console, &who, &id, &form.submission).await {
         return refused;
     }
     let outcome = entries::record_reading(
@@ -495,7 +766,7 @@ async fn record_reading(
             batch: &batch,
             parameter: &form.parameter,
             value: &form.value,
-            by: &form.by,
+            by: &person,
         },
     )
     .await;
@@ -512,12 +783,12 @@ async fn record_reading(
             Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
         }
     };
-    answer(&console, &id, &form.submission, outcome).await
+    answer(&console, &who, &id, &form.submission, outcome).await
 }
 
 /// Takes a form's one-time token; `Some` is the answer when it may not record
 /// (sent before, being recorded, or not issued here), with nothing recorded.
-async fn claim(console: &Console, id: &str, token: &str) -> Option<Response> {
+async fn claim(console: &Console, who: &Who<'_>, id: &str, token: &str) -> Option<Response> {
     let notice = match console.submissions.claim(token) {
         Claim::Fresh => return None,
         Claim::Recorded(recorded) => html! {
@@ -531,7 +802,7 @@ async fn claim(console: &Console, id: &str, token: &str) -> Option<Response> {
             p.error role="alert" data-result="expired" { "This form has expired (the console restarted, or the page is old), so nothing was recorded. Enter it again below." }
         },
     };
-    Some(batch_page_with(console, id, StatusCode::CONFLICT, Some(notice)).await)
+    Some(batch_page_with(console, who, id, StatusCode::CONFLICT, Some(notice)).await)
 }
 
 /// Ends a claimed submission: a record made is kept with its token and the browser
@@ -539,6 +810,7 @@ async fn claim(console: &Console, id: &str, token: &str) -> Option<Response> {
 /// send the form again); a refusal recorded nothing and shows the page with why.
 async fn answer(
     console: &Console,
+    who: &Who<'_>,
     id: &str,
     token: &str,
     outcome: Result<(u64, Markup), Markup>,
@@ -556,7 +828,14 @@ async fn answer(
         }
         Err(markup) => {
             console.submissions.finish(token, None);
-            batch_page_with(console, id, StatusCode::UNPROCESSABLE_ENTITY, Some(markup)).await
+            batch_page_with(
+                console,
+                who,
+                id,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(markup),
+            )
+            .await
         }
     }
 }
@@ -587,19 +866,29 @@ struct BatchQuery {
 
 async fn batch_page(
     console: Shared,
+    headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<BatchQuery>,
 ) -> Response {
+    let (session, person) = match gate(&console, &headers, &format!("/batches/{id}"), false).await {
+        Ok(who) => who,
+        Err(response) => return response,
+    };
+    let who = Who {
+        person: &person,
+        session: &session,
+    };
     let result = console
         .submissions
         .recorded(&query.recorded)
         .map(|recorded| PreEscaped(recorded.outcome));
-    batch_page_with(&console, &id, StatusCode::OK, result).await
+    batch_page_with(&console, &who, &id, StatusCode::OK, result).await
 }
 
 /// The batch page, with the outcome of what was just submitted on top.
 async fn batch_page_with(
     console: &Console,
+    who: &Who<'_>,
     id: &str,
     status: StatusCode,
     result: Option<Markup>,
@@ -608,8 +897,12 @@ async fn batch_page_with(
         Ok((batch, recipe, events)) => {
             let body = page(
                 console,
+                Some(Who {
+                    person: who.person,
+                    session: who.session,
+                }),
                 &batch.coi,
-                batch_markup(console, &batch, &recipe, &events, result),
+                batch_markup(console, who, &batch, &recipe, &events, result),
             );
             (status, Html(body.into_string())).into_response()
         }
@@ -628,33 +921,69 @@ fn field<'a>(fields: &'a Fields, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-async fn scan(console: Shared, Path(id): Path<String>, Form(fields): Form<Fields>) -> Response {
-    if field(&fields, "csrf") != console.csrf {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "The form did not come from this console; reload the page.",
-        );
+/// The people of a two-person verification: the signed-in person, then each other
+/// verifier checked with their own credentials on the same form (a wrong password
+/// counts towards their lock; the same person twice is refused before any check).
+async fn verifiers(
+    console: &Console,
+    person: &SignedIn,
+    fields: &Fields,
+) -> Result<Vec<SignedIn>, people::Refused> {
+    let names = fields.iter().filter(|(k, _)| k == "verifier_username");
+    let passwords = fields.iter().filter(|(k, _)| k == "verifier_password");
+    let mut people = vec![person.clone()];
+    for ((_, name), (_, password)) in names.zip(passwords) {
+        if people
+            .iter()
+            .any(|p| p.username.eq_ignore_ascii_case(name.trim()))
+        {
+            return Err(people::Refused::SamePerson(name.trim().to_owned()));
+        }
+        people.push(people::sign_in(&console.store, name, password, console.lock_after).await?);
     }
+    Ok(people)
+}
+
+async fn scan(
+    console: Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let (session, person) = match gate(&console, &headers, &format!("/batches/{id}"), true).await {
+        Ok(who) => who,
+        Err(response) => return response,
+    };
+    if let Some(refused) = csrf_refusal(&session, field(&fields, "csrf")) {
+        return refused;
+    }
+    let who = Who {
+        person: &person,
+        session: &session,
+    };
     let batch_id = match Uuid::parse_str(&id) {
         Ok(id) => id,
         Err(_) => return problem(StatusCode::NOT_FOUND, "no such batch"),
     };
     let token = field(&fields, "submission");
-    if let Some(refused) = claim(&console, &id, token).await {
+    if let Some(refused) = claim(&console, &who, &id, token).await {
         return refused;
     }
-    let verifiers: Vec<String> = fields
-        .iter()
-        .filter(|(k, _)| k == "verifier")
-        .map(|(_, v)| v.clone())
-        .collect();
+    let people = match verifiers(&console, &person, &fields).await {
+        Ok(people) => people,
+        Err(e) => {
+            let refused =
+                html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } };
+            return answer(&console, &who, &id, token, Err(refused)).await;
+        }
+    };
     let outcome = custody::scan(
         &console.store,
         custody::Scan {
             batch_id,
             checkpoint_id: field(&fields, "checkpoint"),
             label: field(&fields, "label"),
-            verifiers: &verifiers,
+            verifiers: custody::Verifiers::People(&people),
             location: field(&fields, "location"),
         },
     )
@@ -681,33 +1010,45 @@ async fn scan(console: Shared, Path(id): Path<String>, Form(fields): Form<Fields
             Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
         }
     };
-    answer(&console, &id, token, outcome).await
+    answer(&console, &who, &id, token, outcome).await
 }
 
 #[derive(Deserialize)]
 struct QcForm {
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     submission: String,
+    #[serde(default)]
     test: String,
+    #[serde(default)]
     value: String,
-    by: String,
     #[serde(default)]
     retest_of: String,
 }
 
-async fn record_qc(console: Shared, Path(id): Path<String>, Form(form): Form<QcForm>) -> Response {
-    if form.csrf != console.csrf {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "The form did not come from this console; reload the page.",
-        );
+async fn record_qc(
+    console: Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<QcForm>,
+) -> Response {
+    let (session, person) = match gate(&console, &headers, &format!("/batches/{id}"), true).await {
+        Ok(who) => who,
+        Err(response) => return response,
+    };
+    if let Some(refused) = csrf_refusal(&session, &form.csrf) {
+        return refused;
     }
+    let who = Who {
+        person: &person,
+        session: &session,
+    };
     let (batch, _, _) = match load(&console, &id).await {
         Ok(loaded) => loaded,
         Err(response) => return response,
     };
-    if let Some(refused) = claim(&console, &id, &form.submission).await {
+    if let Some(refused) = claim(&console, &who, &id, &form.submission).await {
         return refused;
     }
     let retest_of = match form.retest_of.trim() {
@@ -716,7 +1057,7 @@ async fn record_qc(console: Shared, Path(id): Path<String>, Form(form): Form<QcF
             Ok(seq) => Some(seq),
             Err(_) => {
                 let why = format!("{text:?} is not a record number");
-                return answer(&console, &id, &form.submission, Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (why) } })).await;
+                return answer(&console, &who, &id, &form.submission, Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (why) } })).await;
             }
         },
     };
@@ -726,7 +1067,7 @@ async fn record_qc(console: Shared, Path(id): Path<String>, Form(form): Form<QcF
             batch: &batch,
             test_id: &form.test,
             value: &form.value,
-            by: &form.by,
+            by: &person,
             retest_of,
         },
     )
@@ -744,7 +1085,7 @@ async fn record_qc(console: Shared, Path(id): Path<String>, Form(form): Form<QcF
             Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
         }
     };
-    answer(&console, &id, &form.submission, outcome).await
+    answer(&console, &who, &id, &form.submission, outcome).await
 }
 
 #[cfg(test)]

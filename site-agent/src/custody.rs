@@ -8,9 +8,11 @@
 //! scan is on the record. Bedside checkpoints (hand-over, infusion) open only for a
 //! released batch, in order, and close the chain of identity.
 
-use crate::store::{self, BatchState, LocalBatch, Store};
+use crate::people::{self, SignedIn};
+use crate::store::{self, BatchState, By, LocalBatch, Store};
 use carrel_proto::coi::{self, Coi};
 use carrel_proto::event::{EventKind, SiteEvent};
+use carrel_proto::people::SiteAction;
 use carrel_proto::recipe::{CustodyCheckpoint, Recipe};
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -32,10 +34,10 @@ pub enum Error {
     Unreadable(coi::Error),
     #[error("checkpoint {given:?} is not open: {why}")]
     NotOpen { given: String, why: String },
-    #[error("a verifier's name is empty")]
-    EmptyVerifier,
-    #[error("{0:?} is named twice: each verifier must be a different person")]
+    #[error("{0} is named twice: the second verifier must be a different person, signing in with their own credentials")]
     SameVerifierTwice(String),
+    #[error(transparent)]
+    Person(#[from] people::Refused),
     #[error("checkpoint {checkpoint:?} needs {needed} verifier(s), {given} given")]
     NotEnoughVerifiers {
         checkpoint: String,
@@ -139,13 +141,21 @@ pub async fn find_batch(store: &Store, id: &str) -> Result<LocalBatch, Error> {
     }
 }
 
+/// Who verifies a scan: people who signed in (the first records it), or the
+/// simulator's operators (dev mode), whose records say they are simulated.
+#[derive(Debug, Clone, Copy)]
+pub enum Verifiers<'a> {
+    People(&'a [SignedIn]),
+    Simulated(&'a [&'a str]),
+}
+
 /// One scan at a checkpoint, as a technician (or the simulated operators) makes it.
 pub struct Scan<'a> {
     pub batch_id: Uuid,
     pub checkpoint_id: &'a str,
     /// What the scanner typed, or what a person typed from the eye-readable label.
     pub label: &'a str,
-    pub verifiers: &'a [String],
+    pub verifiers: Verifiers<'a>,
     pub location: &'a str,
 }
 
@@ -175,12 +185,29 @@ pub async fn scan(store: &Store, scan: Scan<'_>) -> Result<Scanned, Error> {
             ),
         });
     }
-    let verifiers: Vec<String> = scan.verifiers.iter().map(|v| v.trim().to_owned()).collect();
+    let bedside = recipe.bedside_checkpoints.iter().any(|cp| cp.id == open.id);
+    let action = if bedside {
+        SiteAction::BedsideScan
+    } else {
+        SiteAction::CustodyScan
+    };
+    let (verifiers, by): (Vec<String>, Option<By>) = match scan.verifiers {
+        Verifiers::People(people) => {
+            for person in people {
+                people::authorize(person, action)?;
+            }
+            (
+                people.iter().map(|p| p.username.clone()).collect(),
+                people.first().map(SignedIn::by),
+            )
+        }
+        Verifiers::Simulated(names) => (
+            names.iter().map(|n| n.to_string()).collect(),
+            names.first().map(|n| By::simulated(n)),
+        ),
+    };
     let mut seen = HashSet::new();
     for verifier in &verifiers {
-        if verifier.is_empty() {
-            return Err(Error::EmptyVerifier);
-        }
         if !seen.insert(verifier.to_lowercase()) {
             return Err(Error::SameVerifierTwice(verifier.clone()));
         }
@@ -194,11 +221,11 @@ pub async fn scan(store: &Store, scan: Scan<'_>) -> Result<Scanned, Error> {
     }
     let scanned = Coi::parse_scan(scan.label).map_err(Error::Unreadable)?;
     let matched = scanned.as_str() == batch.coi;
-    let recorded_by = verifiers[0].clone();
+    let by = by.expect("at least one verifier, checked above");
     let event = store
         .append(
             batch.batch_id,
-            &recorded_by,
+            &by,
             EventKind::CustodyScan {
                 checkpoint_id: open.id.clone(),
                 expected_coi: batch.coi.clone(),

@@ -5,8 +5,10 @@
 //! record. An out-of-specification result is never corrected or overwritten: it can
 //! only be followed by a retest, which is a new result pointing at it.
 
+use crate::people::{self, SignedIn};
 use crate::store::{self, LocalBatch, Store};
 use carrel_proto::event::{EventKind, SiteEvent};
+use carrel_proto::people::SiteAction;
 use carrel_proto::recipe::{Evaluation, Outcome, QcValue, Recipe};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +17,8 @@ pub enum Error {
     Invalid(String),
     #[error("no record {0} at this site")]
     NoSuchRecord(u64),
+    #[error(transparent)]
+    Person(#[from] people::Refused),
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -28,7 +32,7 @@ pub struct ManualResult<'a> {
     pub batch: &'a LocalBatch,
     pub test_id: &'a str,
     pub value: &'a str,
-    pub by: &'a str,
+    pub by: &'a SignedIn,
     /// The earlier result this retests.
     pub retest_of: Option<u64>,
 }
@@ -40,9 +44,7 @@ pub async fn record_result(
     entry: ManualResult<'_>,
 ) -> Result<(SiteEvent, Evaluation), Error> {
     let batch = entry.batch;
-    if entry.by.trim().is_empty() {
-        return Err(invalid("who recorded the result is required"));
-    }
+    people::authorize(entry.by, SiteAction::QcResult)?;
     if matches!(
         batch.state,
         store::BatchState::Cancelled | store::BatchState::Ordered
@@ -94,7 +96,7 @@ pub async fn record_result(
     let event = store
         .append(
             batch.batch_id,
-            entry.by.trim(),
+            &entry.by.by(),
             EventKind::QcResult {
                 test_id: test.id.clone(),
                 value,
@@ -124,16 +126,14 @@ pub async fn correct(
     field: &str,
     new_value: &str,
     reason: &str,
-    by: &str,
+    by: &SignedIn,
 ) -> Result<SiteEvent, Error> {
+    people::authorize(by, SiteAction::Correction)?;
     if reason.trim().is_empty() {
         return Err(invalid("a correction needs a reason"));
     }
     if field.trim().is_empty() {
         return Err(invalid("say which field is corrected"));
-    }
-    if by.trim().is_empty() {
-        return Err(invalid("who makes the correction is required"));
     }
     let original = record(store, seq).await?;
     match &original.kind {
@@ -156,7 +156,7 @@ pub async fn correct(
     Ok(store
         .append(
             original.batch_id,
-            by.trim(),
+            &by.by(),
             EventKind::Correction {
                 corrects_seq: seq,
                 reason: reason.trim().to_owned(),
@@ -173,7 +173,7 @@ pub struct ManualReading<'a> {
     pub batch: &'a LocalBatch,
     pub parameter: &'a str,
     pub value: &'a str,
-    pub by: &'a str,
+    pub by: &'a SignedIn,
 }
 
 /// Records a manual reading for the step that is running now. Returns the record and
@@ -183,9 +183,7 @@ pub async fn record_reading(
     entry: ManualReading<'_>,
 ) -> Result<(SiteEvent, bool), Error> {
     let batch = entry.batch;
-    if entry.by.trim().is_empty() {
-        return Err(invalid("who took the reading is required"));
-    }
+    people::authorize(entry.by, SiteAction::ManualReading)?;
     let step_id = batch.current_step.clone().ok_or_else(|| {
         invalid(format!(
             "no step is running for batch {} now",
@@ -240,7 +238,7 @@ pub async fn record_reading(
     let event = store
         .append(
             batch.batch_id,
-            entry.by.trim(),
+            &entry.by.by(),
             EventKind::ProcessSamples {
                 step_id: step_id.clone(),
                 samples: vec![carrel_proto::event::Sample {
@@ -293,7 +291,7 @@ mod tests {
         store
             .append(
                 batch_id,
-                "agent",
+                &store::By::agent(),
                 EventKind::StepStarted {
                     step_id: "expansion".into(),
                     instrument_id: "sim".into(),
@@ -309,17 +307,29 @@ mod tests {
     #[tokio::test]
     async fn a_manual_reading_is_recorded_for_the_running_step_and_flagged_out_of_range() {
         let (_dir, store, batch) = batch_in_expansion().await;
+        let ann = SignedIn {
+            username: "tech.ann".into(),
+            full_name: "Ann".into(),
+            role: "technician".into(),
+            directory_version: 4,
+        };
         let reading = |parameter: &'static str, value: &'static str| ManualReading {
             batch: &batch,
             parameter,
             value,
-            by: "tech.ann",
+            by: &ann,
         };
         let (event, out_of_range) = record_reading(&store, reading("ph", "7.1"))
             .await
             .expect("recorded");
         assert!(!out_of_range);
         assert_eq!(event.recorded_by, "tech.ann");
+        assert_eq!(
+            event.identity,
+            carrel_proto::event::Identity::Authenticated {
+                directory_version: 4
+            }
+        );
         assert!(
             matches!(&event.kind, EventKind::ProcessSamples { step_id, samples } if step_id == "expansion" && samples[0].value == 7.1)
         );
@@ -338,6 +348,23 @@ mod tests {
                 .expect_err("refused");
             assert!(err.to_string().contains(words), "{err}");
         }
+        let physician = SignedIn {
+            role: "physician".into(),
+            ..ann.clone()
+        };
+        let err = record_reading(
+            &store,
+            ManualReading {
+                by: &physician,
+                ..reading("ph", "7.0")
+            },
+        )
+        .await
+        .expect_err("a physician takes no readings");
+        assert!(
+            err.to_string().contains("may not record a manual reading"),
+            "{err}"
+        );
         assert_eq!(
             store.last_event_seq().await.expect("seq"),
             before,

@@ -27,7 +27,7 @@ use crate::custody;
 use crate::instrument::{self, Instrument, Instruments, StepRequest, Update};
 use crate::projection::{BatchState, RecordProgress};
 use crate::simulator::Simulator;
-use crate::store::{self, LocalBatch, Store};
+use crate::store::{self, By, LocalBatch, Store};
 use carrel_proto::event::{AlarmSeverity, EventKind, SiteEvent};
 use carrel_proto::recipe::{QcTest, Recipe, Step};
 use chrono::{DateTime, Utc};
@@ -248,7 +248,7 @@ impl BatchRun {
                 if !open(self.store.batch(batch_id).await?.state) {
                     return Err(Stop::Inactive);
                 }
-                Ok(self.store.append(batch_id, AGENT, kind).await?)
+                Ok(self.store.append(batch_id, &By::agent(), kind).await?)
             }
         })
         .await
@@ -433,10 +433,10 @@ impl BatchRun {
                 return Err(Stop::Inactive);
             }
             if self.instruments.simulator.auto_scan {
-                let verifiers: Vec<String> = custody::SIMULATED_OPERATORS
+                let verifiers: Vec<&str> = custody::SIMULATED_OPERATORS
                     .iter()
                     .take(usize::from(checkpoint.verifiers))
-                    .map(|s| s.to_string())
+                    .copied()
                     .collect();
                 let label =
                     custody::label_of(&self.batch).map_err(|e| Stop::Custody(e.to_string()))?;
@@ -446,7 +446,7 @@ impl BatchRun {
                         batch_id: self.batch.batch_id,
                         checkpoint_id: &checkpoint.id,
                         label: &label,
-                        verifiers: &verifiers,
+                        verifiers: custody::Verifiers::Simulated(&verifiers),
                         location: "simulated",
                     },
                 )
@@ -916,6 +916,7 @@ mod tests {
             batch_id: Uuid::nil(),
             recorded_by: AGENT.into(),
             prev_sha256: String::new(),
+            identity: carrel_proto::event::Identity::Agent,
             kind,
         }
     }

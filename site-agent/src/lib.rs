@@ -24,6 +24,7 @@ pub mod executor;
 pub mod identity;
 pub mod instrument;
 pub mod link;
+pub mod people;
 pub mod process;
 pub mod projection;
 pub mod simulator;
@@ -105,6 +106,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         link_state.clone(),
         identity.site_id.clone(),
         hosts,
+        console::PeopleSettings {
+            idle: std::time::Duration::from_secs(config.console_idle_minutes * 60),
+            lock_after: config.sign_in_attempts,
+        },
     );
     let stop = shutdown.clone();
     tasks.spawn(async move {

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use carrel_proto::event::EventKind;
 use carrel_proto::recipe::Outcome;
-use carrel_site_agent::{custody, entries, identity, Config};
+use carrel_site_agent::{custody, entries, identity, people, Config};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -59,9 +59,11 @@ enum Command {
         #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
         data_dir: PathBuf,
     },
-    /// Scan a label at a custody checkpoint. The label is read from standard input,
-    /// as a hand-held scanner types it (or typed from the eye-readable text).
-    /// Exits 0 on a match, 3 on a MISMATCH (recorded; the step does not start).
+    /// Scan a label at a custody checkpoint. Each person's password is read from a
+    /// prompt (or, when standard input is not a terminal, one line each from it,
+    /// the second verifier's after yours); then the label, as a hand-held scanner
+    /// types it (or typed from the eye-readable text). Exits 0 on a match, 3 on a
+    /// MISMATCH (recorded; the step does not start), 4 when a person is refused.
     Scan {
         #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
         data_dir: PathBuf,
@@ -71,9 +73,14 @@ enum Command {
         /// Checkpoint id from the recipe (e.g. receipt, handover, infusion).
         #[arg(long)]
         checkpoint: String,
-        /// A person who verified the scan; repeat for two-person verification.
-        #[arg(long = "verifier", required = true)]
-        verifiers: Vec<String>,
+        /// Your user name (as the hub's directory names you), or your badge as scanned
+        /// (then its PIN is asked instead of the password).
+        #[arg(long)]
+        user: String,
+        /// The second person of a two-person verification (user name or badge; their
+        /// own password or PIN is asked).
+        #[arg(long = "second-user")]
+        second_users: Vec<String>,
         /// Where the scan happens.
         #[arg(long, default_value = "")]
         location: String,
@@ -89,9 +96,9 @@ enum Command {
         test: String,
         #[arg(long)]
         value: String,
-        /// Who measured it.
+        /// Your user name; the password is read from a prompt or standard input.
         #[arg(long)]
-        by: String,
+        user: String,
         /// The record this retests (an out-of-specification result is never overwritten).
         #[arg(long)]
         retest_of: Option<u64>,
@@ -109,8 +116,9 @@ enum Command {
         value: String,
         #[arg(long)]
         reason: String,
+        /// Your user name; the password is read from a prompt or standard input.
         #[arg(long)]
-        by: String,
+        user: String,
     },
     /// Write a consistent backup of the site's store while the agent runs.
     Backup {
@@ -131,6 +139,42 @@ enum Command {
 
 /// Exit code of a scan whose label did not match: the hard stop.
 const EXIT_MISMATCH: u8 = 3;
+/// Exit code when a person may not act (unknown, wrong password, locked, disabled).
+const EXIT_REFUSED: u8 = 4;
+
+/// Reads a secret: from a prompt without echo on a terminal, else one line of
+/// standard input.
+fn read_secret(prompt: &str) -> anyhow::Result<String> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Ok(rpassword::prompt_password(prompt)?);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading a password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Signs a person in against the site's directory for one command.
+async fn sign_in(
+    store: &carrel_site_agent::store::Store,
+    data_dir: &std::path::Path,
+    username: &str,
+) -> Result<people::SignedIn, people::Refused> {
+    let lock_after = Config::load(data_dir)
+        .map(|c| c.sign_in_attempts)
+        .unwrap_or(10);
+    let password =
+        read_secret(&format!("Password (or badge PIN) for {username}: ")).map_err(|e| {
+            people::Refused::Store(carrel_site_agent::store::Error::Read(e.to_string()))
+        })?;
+    people::sign_in(store, username, &password, lock_after).await
+}
+
+fn refused(e: people::Refused) -> anyhow::Result<std::process::ExitCode> {
+    eprintln!("Nothing was recorded: {e}");
+    Ok(std::process::ExitCode::from(EXIT_REFUSED))
+}
 
 async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<carrel_site_agent::store::Store> {
     identity::Identity::load(data_dir)?;
@@ -258,11 +302,28 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             data_dir,
             batch,
             checkpoint,
-            verifiers,
+            user,
+            second_users,
             location,
         } => {
             let store = open_store(&data_dir).await?;
             let batch = custody::find_batch(&store, &batch).await?;
+            let mut verifiers = Vec::new();
+            for name in std::iter::once(&user).chain(&second_users) {
+                if verifiers
+                    .iter()
+                    .any(|p: &people::SignedIn| p.username.eq_ignore_ascii_case(name.trim()))
+                {
+                    return refused(people::Refused::SamePerson(name.trim().to_owned()));
+                }
+                match sign_in(&store, &data_dir, name).await {
+                    Ok(person) => verifiers.push(person),
+                    Err(e) => return refused(e),
+                }
+            }
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("Scan the label (or type it from the eye-readable text): ");
+            }
             let mut label = String::new();
             std::io::stdin()
                 .read_line(&mut label)
@@ -273,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     batch_id: batch.batch_id,
                     checkpoint_id: &checkpoint,
                     label: &label,
-                    verifiers: &verifiers,
+                    verifiers: custody::Verifiers::People(&verifiers),
                     location: &location,
                 },
             )
@@ -303,11 +364,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             batch,
             test,
             value,
-            by,
+            user,
             retest_of,
         } => {
             let store = open_store(&data_dir).await?;
             let batch = custody::find_batch(&store, &batch).await?;
+            let by = match sign_in(&store, &data_dir, &user).await {
+                Ok(person) => person,
+                Err(e) => return refused(e),
+            };
             let (event, evaluation) = entries::record_result(
                 &store,
                 entries::ManualResult {
@@ -334,9 +399,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             field,
             value,
             reason,
-            by,
+            user,
         } => {
             let store = open_store(&data_dir).await?;
+            let by = match sign_in(&store, &data_dir, &user).await {
+                Ok(person) => person,
+                Err(e) => return refused(e),
+            };
             let event = entries::correct(&store, seq, &field, &value, &reason, &by).await?;
             println!(
                 "Recorded correction {} of record {seq}; both stay on the record.",

@@ -181,6 +181,7 @@ mod tests {
             batch_id: Uuid::nil(),
             recorded_by: "agent".into(),
             prev_sha256: String::new(),
+            identity: carrel_proto::event::Identity::Agent,
             kind,
         }
     }

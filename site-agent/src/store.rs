@@ -15,8 +15,9 @@
 pub use crate::projection::BatchState;
 use crate::projection::{Projection, RecordProgress};
 use carrel_proto::event::{
-    CommandKind, EventKind, HubCommand, ReleaseMeaning, SiteEvent, GENESIS_SHA256,
+    CommandKind, EventKind, HubCommand, Identity, ReleaseMeaning, SiteEvent, GENESIS_SHA256,
 };
+use carrel_proto::people::PersonStatus;
 use carrel_proto::recipe::Recipe;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{
@@ -84,6 +85,65 @@ pub struct LocalBatch {
     pub current_step: Option<String>,
     pub decision: Option<String>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Who makes a record, and how the site knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct By {
+    pub name: String,
+    pub identity: Identity,
+}
+
+impl By {
+    /// The agent's own records (an instrument, a hub command applied).
+    pub fn agent() -> By {
+        By {
+            name: "agent".into(),
+            identity: Identity::Agent,
+        }
+    }
+
+    /// One of the simulator's operators (dev mode): not a person.
+    pub fn simulated(name: &str) -> By {
+        By {
+            name: name.into(),
+            identity: Identity::Simulated,
+        }
+    }
+
+    /// A person who signed in, as the directory at `directory_version` knows them.
+    pub fn person(username: &str, directory_version: u64) -> By {
+        By {
+            name: username.into(),
+            identity: Identity::Authenticated { directory_version },
+        }
+    }
+}
+
+/// One person of the site's copy of the hub's directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Person {
+    pub username: String,
+    pub full_name: String,
+    pub role: String,
+    pub password_verifier: String,
+    /// The bedside badge the hub issued (empty: none), and its PIN's verifier.
+    pub badge_id: String,
+    pub pin_verifier: String,
+    pub status: PersonStatus,
+    /// The directory version (command seq) of this person's entry.
+    pub directory_version: u64,
+    /// Failed sign-ins since the last success.
+    pub failures: u32,
+    pub locked_at: Option<DateTime<Utc>>,
+}
+
+/// What a failed sign-in did to the person's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed {
+    pub failures: u32,
+    /// This failure locked the person (and was recorded as a site event).
+    pub locked_now: bool,
 }
 
 /// What applying a hub command did.
@@ -319,7 +379,7 @@ impl Store {
     async fn append_in(
         tx: &mut Transaction<'_, Sqlite>,
         batch_id: Uuid,
-        recorded_by: &str,
+        by: &By,
         kind: EventKind,
         now: DateTime<Utc>,
     ) -> Result<SiteEvent> {
@@ -336,8 +396,9 @@ impl Store {
             event_id: Uuid::now_v7(),
             recorded_at: now,
             batch_id,
-            recorded_by: recorded_by.to_owned(),
+            recorded_by: by.name.clone(),
             prev_sha256,
+            identity: by.identity,
             kind,
         };
         sqlx::query("INSERT INTO events (seq, event_id, batch_id, kind, recorded_at, body, sha256) VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -427,6 +488,9 @@ impl Store {
     /// the same transaction. The recipe and the record so far are read back only for
     /// the few events whose effect depends on them.
     async fn project_in(tx: &mut Transaction<'_, Sqlite>, event: &SiteEvent) -> Result<()> {
+        if event.is_site_wide() {
+            return Ok(());
+        }
         let Some(mut projection) = Self::projection_in(tx, event.batch_id).await? else {
             return Ok(());
         };
@@ -445,15 +509,10 @@ impl Store {
 
     /// Records an event (committed and fsynced when this returns), and moves its
     /// batch's local state as the event says, in the same transaction.
-    pub async fn append(
-        &self,
-        batch_id: Uuid,
-        recorded_by: &str,
-        kind: EventKind,
-    ) -> Result<SiteEvent> {
+    pub async fn append(&self, batch_id: Uuid, by: &By, kind: EventKind) -> Result<SiteEvent> {
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
-        let event = Self::append_in(&mut tx, batch_id, recorded_by, kind, Utc::now()).await?;
+        let event = Self::append_in(&mut tx, batch_id, by, kind, Utc::now()).await?;
         tx.commit().await?;
         self.appended.notify_one();
         Ok(event)
@@ -547,7 +606,7 @@ impl Store {
                     Self::append_in(
                         &mut tx,
                         command.batch_id,
-                        "agent",
+                        &By::agent(),
                         EventKind::BatchCancelled {
                             reason: reason.clone(),
                             command_seq: command.seq,
@@ -565,7 +624,7 @@ impl Store {
                 Self::append_in(
                     &mut tx,
                     command.batch_id,
-                    "agent",
+                    &By::agent(),
                     EventKind::ReleaseDecisionRecorded {
                         signature_id: *signature_id,
                         meaning: *meaning,
@@ -575,11 +634,153 @@ impl Store {
                 )
                 .await?;
             }
+            CommandKind::PersonUpdated {
+                username,
+                full_name,
+                role,
+                password_verifier,
+                status,
+                badge_id,
+                pin_verifier,
+            } => {
+                // A new entry from the hub replaces the person's row and lifts a
+                // lock (the hub re-sends the entry to unlock someone).
+                sqlx::query(
+                    "INSERT INTO people (username, full_name, role, password_verifier, status, directory_version, failures, locked_at, badge_id, pin_verifier) \
+                     VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?) \
+                     ON CONFLICT (username) DO UPDATE SET full_name = excluded.full_name, role = excluded.role, \
+                     password_verifier = excluded.password_verifier, status = excluded.status, \
+                     directory_version = excluded.directory_version, failures = 0, locked_at = NULL, \
+                     badge_id = excluded.badge_id, pin_verifier = excluded.pin_verifier",
+                )
+                .bind(username.to_lowercase())
+                .bind(full_name)
+                .bind(role)
+                .bind(password_verifier)
+                .bind(status.as_str())
+                .bind(command.seq as i64)
+                .bind(badge_id)
+                .bind(pin_verifier)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         self.appended.notify_one();
         self.batches_changed.notify_one();
         Ok(Applied::New)
+    }
+
+    /// A person of the site's directory, by user name (any case).
+    pub async fn person(&self, username: &str) -> Result<Option<Person>> {
+        self.person_where("username = ?", &username.trim().to_lowercase())
+            .await
+    }
+
+    /// The person a bedside badge was issued to (as the scanner typed it, any case).
+    pub async fn person_by_badge(&self, badge_id: &str) -> Result<Option<Person>> {
+        let badge = badge_id.trim().to_uppercase();
+        if badge.is_empty() {
+            return Ok(None);
+        }
+        self.person_where("badge_id = ?", &badge).await
+    }
+
+    async fn person_where(&self, condition: &str, value: &str) -> Result<Option<Person>> {
+        let row = sqlx::query(&format!(
+            "SELECT username, full_name, role, password_verifier, status, directory_version, failures, locked_at, \
+             badge_id, pin_verifier FROM people WHERE {condition}"
+        ))
+        .bind(value)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let status: String = row.try_get("status")?;
+            Ok(Person {
+                username: row.try_get("username")?,
+                full_name: row.try_get("full_name")?,
+                role: row.try_get("role")?,
+                password_verifier: row.try_get("password_verifier")?,
+                badge_id: row.try_get("badge_id")?,
+                pin_verifier: row.try_get("pin_verifier")?,
+                status: PersonStatus::parse(&status)
+                    .ok_or_else(|| Error::Corrupt(format!("person status {status:?}")))?,
+                directory_version: row.try_get::<i64, _>("directory_version")? as u64,
+                failures: row.try_get::<i64, _>("failures")? as u32,
+                locked_at: row
+                    .try_get::<Option<String>, _>("locked_at")?
+                    .map(|t| parse_ts(&t))
+                    .transpose()?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The site's directory version: the seq of the last directory command applied
+    /// (0 before the hub sent any).
+    pub async fn directory_version(&self) -> Result<u64> {
+        let version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(directory_version), 0) FROM people")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(version as u64)
+    }
+
+    /// Counts a failed sign-in of a person of the directory. The failure that reaches
+    /// `lock_after` locks them here and records it (a site-wide event the hub
+    /// audits), in the same transaction.
+    pub async fn sign_in_failed(&self, username: &str, lock_after: u32) -> Result<Failed> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        let username = username.trim().to_lowercase();
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(
+            "UPDATE people SET failures = failures + 1 WHERE username = ? RETURNING failures, locked_at",
+        )
+        .bind(&username)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((failures, locked_at)) = row else {
+            return Err(Error::NotFound(format!("person {username}")));
+        };
+        let failures = failures as u32;
+        let locked_now = locked_at.is_none() && failures >= lock_after;
+        let now = Utc::now();
+        if locked_now {
+            sqlx::query("UPDATE people SET locked_at = ? WHERE username = ?")
+                .bind(ts(now))
+                .bind(&username)
+                .execute(&mut *tx)
+                .await?;
+            Self::append_in(
+                &mut tx,
+                Uuid::nil(),
+                &By::agent(),
+                EventKind::PersonLocked {
+                    username: username.clone(),
+                    failures,
+                },
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if locked_now {
+            self.appended.notify_one();
+        }
+        Ok(Failed {
+            failures,
+            locked_now,
+        })
+    }
+
+    /// A successful sign-in clears the count of failures.
+    pub async fn sign_in_succeeded(&self, username: &str) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        sqlx::query("UPDATE people SET failures = 0 WHERE username = ? AND locked_at IS NULL")
+            .bind(username.trim().to_lowercase())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn last_event_seq(&self) -> Result<u64> {
@@ -719,7 +920,7 @@ mod tests {
             let e = store
                 .append(
                     batch,
-                    "agent",
+                    &By::agent(),
                     EventKind::StepCompleted {
                         step_id: format!("s{i}"),
                         process_hours: 1.0,
@@ -748,7 +949,12 @@ mod tests {
                 step_id: format!("step \"{i}\"\nline two"),
                 process_hours: f64::from(i),
             };
-            appended.push(store.append(batch, "agent", kind).await.expect("append"));
+            appended.push(
+                store
+                    .append(batch, &By::agent(), kind)
+                    .await
+                    .expect("append"),
+            );
         }
         let all = store.events_after(0, usize::MAX >> 1).await.expect("all");
         assert_eq!(all, appended, "every event, as recorded, in order");
@@ -766,7 +972,7 @@ mod tests {
         let later = store
             .append(
                 batch,
-                "agent",
+                &By::agent(),
                 EventKind::StepCompleted {
                     step_id: "later".into(),
                     process_hours: 1.0,
@@ -788,7 +994,10 @@ mod tests {
             step_id: "s".into(),
             process_hours: 1.0,
         };
-        store.append(batch, "agent", kind).await.expect("append");
+        store
+            .append(batch, &By::agent(), kind)
+            .await
+            .expect("append");
         sqlx::query("UPDATE events SET body = '{\"seq\": 1' WHERE seq = 1")
             .execute(&store.pool)
             .await
@@ -902,7 +1111,10 @@ mod tests {
         for kind in record_of(&recipe) {
             let completes =
                 matches!(&kind, EventKind::QcResult { test_id, .. } if *test_id == last_due);
-            let event = store.append(batch, "agent", kind).await.expect("append");
+            let event = store
+                .append(batch, &By::agent(), kind)
+                .await
+                .expect("append");
             let row = store.batch(batch).await.expect("batch");
             // The row is what the whole fold of the log says, after every append.
             let folded = crate::projection::fold(
@@ -996,7 +1208,10 @@ mod tests {
         let (command, recipe) = real_order(1, batch);
         store.apply_command(&command).await.expect("order");
         for kind in record_of(&recipe) {
-            store.append(batch, "agent", kind).await.expect("append");
+            store
+                .append(batch, &By::agent(), kind)
+                .await
+                .expect("append");
         }
         // As an agent that moved the state in a write of its own left it when it
         // stopped before that write.

@@ -24,6 +24,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+/// The password of the hub administrator the harness adds ([`Hub::ensure_admin`]).
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
 /// Path of one of the workspace's binaries.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -129,8 +132,15 @@ impl Hub {
         // parallel can take it first: then another port is tried.
         for attempt in 1..=5 {
             hub.port = free_port();
+            // Test sites run simulators whose operators are not people: a test hub
+            // releases their work unless a test says otherwise.
+            let simulated = if extra.contains("accept_simulated_people") {
+                ""
+            } else {
+                "accept_simulated_people = true\n"
+            };
             let config = format!(
-                "listen = \"127.0.0.1:{}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n{extra}",
+                "listen = \"127.0.0.1:{}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n{simulated}{extra}",
                 hub.port,
                 hub.dir.path().join("data").display()
             );
@@ -304,6 +314,32 @@ impl Hub {
             Some(password),
         );
         self.cli_ok(username, &["login", "--user", username], Some(password));
+    }
+
+    /// Adds the hub's administrator (`admin`, [`ADMIN_PASSWORD`]) once, signed in for
+    /// later CLI calls as "admin".
+    pub fn ensure_admin(&self) {
+        if !self.dir.path().join("token-admin").exists() {
+            self.add_user("admin", "admin", ADMIN_PASSWORD);
+        }
+    }
+
+    /// Adds a person who works at `site_id`: a hub user with `role`, assigned to the
+    /// site by the admin through the API (the site gets their directory entry over
+    /// its link), and signed in at the hub for later CLI calls.
+    pub fn add_person(&self, username: &str, role: &str, password: &str, site_id: &str) {
+        self.add_user(username, role, password);
+        self.assign(username, site_id);
+    }
+
+    /// Assigns an existing user to a site (or sends their entry again).
+    pub fn assign(&self, username: &str, site_id: &str) {
+        self.ensure_admin();
+        self.cli_ok(
+            "admin",
+            &["user", "assign", username, "--site", site_id],
+            None,
+        );
     }
 
     /// Registers a site and returns its one-time enrollment token.
@@ -582,6 +618,30 @@ impl Drop for Agent {
 }
 
 impl Agent {
+    /// Waits until the site's directory holds `username` with `status` ("active",
+    /// "disabled", "removed"): the hub's directory command has been applied.
+    pub async fn wait_for_person(&self, username: &str, status: &str) {
+        let db = self.db().await;
+        eventually(
+            Duration::from_secs(30),
+            &format!("{username} to be {status} in the site's directory"),
+            || {
+                let db = db.clone();
+                async move {
+                    let found: Option<String> =
+                        sqlx::query_scalar("SELECT status FROM people WHERE username = ?")
+                            .bind(username)
+                            .fetch_optional(&db)
+                            .await
+                            .ok()
+                            .flatten();
+                    (found.as_deref() == Some(status)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
     /// Runs a `carrel-site-agent` command on this agent's data directory, with `stdin`.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = Command::new(binary("carrel-site-agent"))

@@ -3,7 +3,7 @@
 //! clock-skewed agent might.
 
 use crate::Hub;
-use carrel_proto::event::{EventKind, SiteEvent, GENESIS_SHA256};
+use carrel_proto::event::{EventKind, Identity, SiteEvent, GENESIS_SHA256};
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
 use chrono::{DateTime, Utc};
@@ -150,6 +150,8 @@ pub struct SiteLog {
     next_seq: u64,
     prev_sha256: String,
     pub recorded_by: String,
+    /// How the records say the site knew who made them.
+    pub identity: Identity,
 }
 
 impl Default for SiteLog {
@@ -158,6 +160,7 @@ impl Default for SiteLog {
             next_seq: 1,
             prev_sha256: GENESIS_SHA256.into(),
             recorded_by: "agent".into(),
+            identity: Identity::Agent,
         }
     }
 }
@@ -176,6 +179,7 @@ impl SiteLog {
             batch_id,
             recorded_by: self.recorded_by.clone(),
             prev_sha256: self.prev_sha256.clone(),
+            identity: self.identity,
             kind,
         };
         self.next_seq += 1;

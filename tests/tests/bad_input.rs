@@ -315,6 +315,7 @@ fn accepted(seq: u64, batch_id: &str, coi: &str) -> pb::SiteEvent {
         batch_id: batch_id.into(),
         recorded_by: "agent".into(),
         prev_sha256: carrel_proto::event::GENESIS_SHA256.into(),
+        identity: None,
         kind: Some(pb::site_event::Kind::BatchAccepted(pb::BatchAccepted {
             coi: coi.into(),
             recipe_id: "cd19-car-t".into(),

@@ -8,6 +8,10 @@
 //! is chosen for the signer, a mistyped password keeps a rejection a rejection, and
 //! a confirmation that differs from what was reviewed is refused.
 //!
+//! At the site console people sign in with their own passwords; the second person of
+//! a two-person verification signs on the same form, and the same person twice, a
+//! wrong password or a form sent after signing out records nothing.
+//!
 //! Screenshots of every page go to `target/browser-screenshots/`.
 
 use carrel_tests::*;
@@ -19,6 +23,8 @@ use std::time::Duration;
 
 const PHYSICIAN: (&str, &str) = ("dr.web", "physician-password-1");
 const QA: (&str, &str) = ("qa.web", "qa-password-12345");
+const ANN: (&str, &str) = ("tech.ann", "tech-ann-password-1");
+const BOB: (&str, &str) = ("tech.bob", "tech-bob-password-1");
 
 /// A chromedriver process on a free port, killed on drop.
 struct Driver {
@@ -184,6 +190,33 @@ async fn sign_out(client: &Client) {
     .await;
 }
 
+/// Signs in at the site console (a page of it without a session asks to).
+async fn site_sign_in(client: &Client, site_console: &str, person: (&str, &str)) {
+    client
+        .goto(&format!("{site_console}/signin"))
+        .await
+        .expect("site sign-in page");
+    fill(client, "#username", person.0).await;
+    fill(client, "#password", person.1).await;
+    click(client, "#sign-in").await;
+    expect_text(
+        client,
+        "the site console after signing in",
+        &format!("({}, ", person.0),
+    )
+    .await;
+}
+
+/// The people who work at the site in these tests, once its directory has them.
+async fn technicians_at(hub: &Hub, agent: &Agent, site_id: &str) {
+    for person in [ANN, BOB] {
+        hub.add_person(person.0, "technician", person.1, site_id);
+    }
+    for person in [ANN, BOB] {
+        agent.wait_for_person(person.0, "active").await;
+    }
+}
+
 fn read_addr(path: PathBuf) -> String {
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -270,6 +303,7 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
         .with_time_compression(400_000.0);
     agent.configure(&["simulator", "auto_scan"], false.into());
     agent.start();
+    technicians_at(&hub, &agent, "site-w").await;
     let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
     let site_console = format!(
         "http://{}",
@@ -326,7 +360,9 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
     );
     let other_coi = str_field(&other, "coi").to_owned();
 
-    // Technician at the site console: the wrong label, then the right one at each checkpoint.
+    // Technician at the site console: the wrong label, then the right one at each
+    // checkpoint, a second technician verifying with their own password.
+    site_sign_in(&client, &site_console, ANN).await;
     client.goto(&site_console).await.expect("site console");
     expect_text(&client, "site console", &coi).await;
     shots.take(&client, "site-batches").await;
@@ -335,8 +371,8 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
         .await
         .expect("batch");
     expect_text(&client, "site batch page", "Custody checkpoint").await;
-    fill(&client, "#verifier0", "tech.ann").await;
-    fill(&client, "#verifier1", "tech.bob").await;
+    fill(&client, "#verifier-username1", BOB.0).await;
+    fill(&client, "#verifier-password1", BOB.1).await;
     let label = client
         .find(Locator::Css("#label"))
         .await
@@ -364,15 +400,14 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
             &format!("Custody checkpoint: {checkpoint}"),
         )
         .await;
-        let verifiers = client
-            .find_all(Locator::Css("input[name=verifier]"))
+        // Checkpoints that need a second person show their fields.
+        let second = client
+            .find_all(Locator::Css("#verifier-username1"))
             .await
-            .expect("verifier fields");
-        for (i, field) in verifiers.iter().enumerate() {
-            field
-                .send_keys(["tech.ann", "tech.bob"][i])
-                .await
-                .expect("verifier");
+            .expect("fields");
+        if !second.is_empty() {
+            fill(&client, "#verifier-username1", BOB.0).await;
+            fill(&client, "#verifier-password1", BOB.1).await;
         }
         client
             .find(Locator::Css("#label"))
@@ -761,6 +796,7 @@ async fn a_site_form_records_once_however_often_it_is_sent() {
     let mut agent = Agent::enroll(&hub, "site-p", &token).expect("enroll");
     agent.configure(&["simulator", "auto_scan"], false.into());
     agent.start();
+    technicians_at(&hub, &agent, "site-p").await;
     let (_, batch) = scenario::create_order_as(&hub, PHYSICIAN.0, "site-p", "P-7201");
     let site_console = format!(
         "http://{}",
@@ -770,6 +806,7 @@ async fn a_site_form_records_once_however_often_it_is_sent() {
     let profile = tempfile::tempdir().expect("profile");
     let client = browser(&driver, profile.path()).await;
     let mut shots = Shots::new("site_one_time_forms");
+    site_sign_in(&client, &site_console, ANN).await;
     let page = format!("{site_console}/batches/{batch}");
     reload_until(&client, &page, "Record an off-line QC result").await;
     let db = agent.db().await;
@@ -791,7 +828,6 @@ async fn a_site_form_records_once_however_often_it_is_sent() {
         .await
         .expect("select");
     fill(&client, "#value", "0.1234").await;
-    fill(&client, "#by", "tech.ann").await;
     let form_body: String = client
         .execute(
             "return new URLSearchParams(new FormData(document.getElementById('qc-form'))).toString();",
@@ -847,5 +883,120 @@ async fn a_site_form_records_once_however_often_it_is_sent() {
         seqs,
         "nothing recorded for a forged token"
     );
+    client.close().await.expect("close browser");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_technician_signs_in_at_the_site_and_a_second_person_verifies_with_their_own_password() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let token = hub.add_site("site-s");
+    let mut agent = Agent::enroll(&hub, "site-s", &token).expect("enroll");
+    agent.configure(&["simulator", "auto_scan"], false.into());
+    agent.start();
+    technicians_at(&hub, &agent, "site-s").await;
+    let (_, batch) = scenario::create_order_as(&hub, PHYSICIAN.0, "site-s", "P-7301");
+    let shown = hub.cli_json(QA.0, &["release", "show", &batch], None);
+    let coi = str_field(&shown["order"], "coi").to_owned();
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("site_sign_in");
+    let db = agent.db().await;
+    let scans = || async {
+        scenario::count(
+            &db,
+            "SELECT COUNT(*) FROM events WHERE kind = 'custody_scan'",
+        )
+        .await
+    };
+
+    // Without a session the console asks to sign in; a wrong password is refused.
+    let page = format!("{site_console}/batches/{batch}");
+    client.goto(&page).await.expect("batch page");
+    expect_text(&client, "sign-in page", "Sign in to use the site console").await;
+    fill(&client, "#username", ANN.0).await;
+    fill(&client, "#password", "not-her-password").await;
+    click(&client, "#sign-in").await;
+    expect_text(&client, "refused sign-in", "wrong password for tech.ann").await;
+    shots.take(&client, "site-sign-in-refused").await;
+    fill(&client, "#password", ANN.1).await;
+    click(&client, "#sign-in").await;
+    expect_text(
+        &client,
+        "the batch page she asked for",
+        "Signed in: Test tech.ann",
+    )
+    .await;
+    shots.take(&client, "site-signed-in").await;
+    reload_until(&client, &page, "Custody checkpoint").await;
+
+    // The same person twice, or the second person's wrong password: nothing recorded.
+    for (name, password, refusal) in [
+        (ANN.0, ANN.1, "tech.ann is named twice"),
+        (BOB.0, "not-his-password", "wrong password for tech.bob"),
+    ] {
+        fill(&client, "#verifier-username1", name).await;
+        fill(&client, "#verifier-password1", password).await;
+        fill(&client, "#label", &format!("{coi}\n")).await;
+        expect_text(&client, "refused scan", refusal).await;
+        reload_until(&client, &page, "Custody checkpoint").await;
+    }
+    assert_eq!(scans().await, 0, "refusals record nothing");
+
+    // The second person signs with their own password: recorded, naming both.
+    fill(&client, "#verifier-username1", BOB.0).await;
+    fill(&client, "#verifier-password1", BOB.1).await;
+    let form_body: String = client
+        .execute(
+            "return new URLSearchParams(new FormData(document.querySelector('form[action$=\"/scan\"]'))).toString();",
+            vec![],
+        )
+        .await
+        .expect("the form's fields")
+        .as_str()
+        .expect("text")
+        .to_owned();
+    fill(&client, "#label", &format!("{coi}\n")).await;
+    expect_text(&client, "scan result", "MATCH").await;
+    shots.take(&client, "site-two-person-scan").await;
+    assert_eq!(scans().await, 1);
+    let by = eventually(Duration::from_secs(30), "the scan at the hub", || {
+        let record = hub.cli_json(QA.0, &["release", "show", &batch], None);
+        async move {
+            record["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .find(|e| e["kind"] == "custody scan")
+                .map(|e| str_field(e, "by").to_owned())
+        }
+    })
+    .await;
+    assert_eq!(by, "Test tech.ann (tech.ann) and Test tech.bob (tech.bob)");
+
+    // Signed out, the same form (with a fresh label) records nothing.
+    click(&client, "#sign-out").await;
+    expect_text(&client, "signed out", "You are signed out.").await;
+    let answer = post_from_page(
+        &client,
+        &format!("/batches/{batch}/scan"),
+        &format!("{form_body}&label={coi}"),
+    )
+    .await;
+    assert_eq!(answer[0], 401, "{answer}");
+    assert!(
+        answer[1]
+            .as_str()
+            .expect("page")
+            .contains("Nothing was recorded"),
+        "{answer}"
+    );
+    assert_eq!(scans().await, 1, "nothing recorded without a session");
     client.close().await.expect("close browser");
 }

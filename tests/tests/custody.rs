@@ -1,7 +1,7 @@
 //! Chain of identity and custody with real processes: technicians scan labels at
-//! each checkpoint (no simulated operators here), a mismatch is a hard stop that QA
-//! sees first, two-person verification is enforced, and a bedside match after
-//! release closes the chain.
+//! each checkpoint (no simulated operators here), signing in at the site with their
+//! own passwords; a mismatch is a hard stop that QA sees first, two-person
+//! verification is enforced, and a bedside match after release closes the chain.
 
 use carrel_proto::coi::Coi;
 use carrel_tests::*;
@@ -43,7 +43,40 @@ async fn wait_at_checkpoint(agent: &Agent, checkpoint: &str) {
     .await;
 }
 
-fn scan(agent: &Agent, batch: &str, checkpoint: &str, label: &str, verifiers: &[&str]) -> Output {
+/// Each person's password in these tests.
+fn password_of(username: &str) -> String {
+    if username == PHYSICIAN.0 {
+        return PHYSICIAN.1.to_owned();
+    }
+    format!("{}-password-1", username.to_lowercase())
+}
+
+/// Adds people who work at `site_id` (a physician may be added already, then only
+/// assigned) and waits until the site's directory has them.
+async fn people_at(hub: &Hub, agent: &Agent, site_id: &str, people: &[(&str, &str)]) {
+    for (username, role) in people {
+        hub.add_person(username, role, &password_of(username), site_id);
+    }
+    for (username, _) in people {
+        agent.wait_for_person(username, "active").await;
+    }
+}
+
+/// A scan at the command line: the first person records it, the others verify; each
+/// types their password (one line each on standard input), then the label is read.
+fn scan(agent: &Agent, batch: &str, checkpoint: &str, label: &str, people: &[&str]) -> Output {
+    let passwords: Vec<String> = people.iter().map(|p| password_of(p)).collect();
+    scan_typing(agent, batch, checkpoint, label, people, &passwords)
+}
+
+fn scan_typing(
+    agent: &Agent,
+    batch: &str,
+    checkpoint: &str,
+    label: &str,
+    people: &[&str],
+    passwords: &[String],
+) -> Output {
     let mut args = vec![
         "scan",
         "--batch",
@@ -52,12 +85,27 @@ fn scan(agent: &Agent, batch: &str, checkpoint: &str, label: &str, verifiers: &[
         checkpoint,
         "--location",
         "clean room 2",
+        "--user",
+        people[0],
     ];
-    for v in verifiers {
-        args.push("--verifier");
+    for v in &people[1..] {
+        args.push("--second-user");
         args.push(v);
     }
-    agent.cli(&args, &format!("{label}\r\n"))
+    let mut stdin = String::new();
+    for password in passwords {
+        stdin.push_str(password);
+        stdin.push('\n');
+    }
+    stdin.push_str(&format!("{label}\r\n"));
+    agent.cli(&args, &stdin)
+}
+
+/// A QC result or correction at the command line, as `user` (password on stdin).
+fn as_person(agent: &Agent, user: &str, args: &[&str]) -> Output {
+    let mut args = args.to_vec();
+    args.extend(["--user", user]);
+    agent.cli(&args, &format!("{}\n", password_of(user)))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -71,6 +119,19 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
         .with_time_compression(400_000.0);
     agent.configure(&["simulator", "auto_scan"], false.into());
     agent.start();
+    hub.assign(PHYSICIAN.0, "site-c");
+    people_at(
+        &hub,
+        &agent,
+        "site-c",
+        &[
+            ("tech.a", "technician"),
+            ("tech.b", "technician"),
+            ("nurse.n", "technician"),
+        ],
+    )
+    .await;
+    agent.wait_for_person(PHYSICIAN.0, "active").await;
     let date = (chrono::Utc::now() + chrono::Duration::days(2))
         .format("%Y-%m-%d")
         .to_string();
@@ -142,6 +203,27 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
             scan(&agent, &batch, "collection", &label, &["tech.a"]),
             "needs 2 verifier(s), 1 given",
         ),
+        (
+            scan_typing(
+                &agent,
+                &batch,
+                "collection",
+                &label,
+                &["tech.a", "tech.b"],
+                &[password_of("tech.a"), "not-their-password".into()],
+            ),
+            "wrong password for tech.b",
+        ),
+        (
+            scan(
+                &agent,
+                &batch,
+                "collection",
+                &label,
+                &["tech.a", "someone.else"],
+            ),
+            "no one called \"someone.else\" works at this site",
+        ),
     ];
     for (out, words) in cases {
         assert!(!out.status.success());
@@ -194,6 +276,16 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
     // Not released yet: the bedside refuses the product.
     let out = scan(&agent, &batch, "handover", &label, &["nurse.n"]);
     assert!(text(&out).contains("awaits QA release"), "{}", text(&out));
+    // Each record names the person who signed in, with the full name the hub knows.
+    let record = hub.cli_json(QA.0, &["release", "show", &batch], None);
+    assert!(
+        record["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["by"] == "Test tech.a (tech.a) and Test tech.b (tech.b)"),
+        "{record}"
+    );
 
     let record = hub.cli_json(QA.0, &["release", "show", &batch], None);
     let first = &record["exceptions"][0];
@@ -303,6 +395,13 @@ async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
         .expect("enroll")
         .with_time_compression(400_000.0);
     agent.start();
+    people_at(
+        &hub,
+        &agent,
+        "site-d",
+        &[("tech.a", "technician"), ("lab.l", "technician")],
+    )
+    .await;
     let date = (chrono::Utc::now() + chrono::Duration::days(2))
         .format("%Y-%m-%d")
         .to_string();
@@ -337,15 +436,18 @@ async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
     let step_seq = step_seq.to_string();
 
     // A correction needs a reason; with one, it is a new record pointing at the old.
-    let out = agent.cli(
+    let out = as_person(
+        &agent,
+        "tech.a",
         &[
             "correct", "--seq", &step_seq, "--field", "operator", "--value", "tech.b", "--reason",
-            " ", "--by", "tech.a",
+            " ",
         ],
-        "",
     );
     assert!(text(&out).contains("needs a reason"), "{}", text(&out));
-    let out = agent.cli(
+    let out = as_person(
+        &agent,
+        "tech.a",
         &[
             "correct",
             "--seq",
@@ -356,15 +458,14 @@ async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
             "tech.b",
             "--reason",
             "wrong badge scanned",
-            "--by",
-            "tech.a",
         ],
-        "",
     );
     assert!(out.status.success(), "{}", text(&out));
 
     // An out-of-specification result cannot be corrected, only retested.
-    let out = agent.cli(
+    let out = as_person(
+        &agent,
+        "lab.l",
         &[
             "qc",
             "--batch",
@@ -373,10 +474,7 @@ async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
             "endotoxin",
             "--value",
             "0.9",
-            "--by",
-            "lab.l",
         ],
-        "",
     );
     assert!(
         text(&out).contains("OUT OF SPECIFICATION"),
@@ -388,19 +486,21 @@ async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
         .await
         .expect("oos seq");
     let oos_seq = oos_seq.to_string();
-    let out = agent.cli(
+    let out = as_person(
+        &agent,
+        "lab.l",
         &[
             "correct", "--seq", &oos_seq, "--field", "value", "--value", "0.1", "--reason", "typo",
-            "--by", "lab.l",
         ],
-        "",
     );
     assert!(
         text(&out).contains("never corrected or overwritten"),
         "{}",
         text(&out)
     );
-    let out = agent.cli(
+    let out = as_person(
+        &agent,
+        "lab.l",
         &[
             "qc",
             "--batch",
@@ -409,13 +509,12 @@ async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
             "endotoxin",
             "--value",
             "abc",
-            "--by",
-            "lab.l",
         ],
-        "",
     );
     assert!(text(&out).contains("is not a number"), "{}", text(&out));
-    let out = agent.cli(
+    let out = as_person(
+        &agent,
+        "lab.l",
         &[
             "qc",
             "--batch",
@@ -424,12 +523,9 @@ async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
             "endotoxin",
             "--value",
             "0.12",
-            "--by",
-            "lab.l",
             "--retest-of",
             &oos_seq,
         ],
-        "",
     );
     assert!(
         text(&out).contains("within specification"),

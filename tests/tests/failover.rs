@@ -31,7 +31,8 @@ impl Replica {
             &config,
             format!(
                 "listen = \"127.0.0.1:{port}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase = \"{database}\"\n\
-                 ca_cert = \"{}\"\nca_key = \"{}\"\nheartbeat_interval_ms = 5000\nheartbeat_timeout_ms = 15000\n",
+                 ca_cert = \"{}\"\nca_key = \"{}\"\nheartbeat_interval_ms = 5000\nheartbeat_timeout_ms = 15000\n\
+                 accept_simulated_people = true\n",
                 dir.join("data").display(),
                 root.join("pki/ca.crt").display(),
                 root.join("pki/ca.key").display(),

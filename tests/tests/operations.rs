@@ -303,8 +303,10 @@ async fn curl_head_and_body(args: &[&str]) -> (String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn both_consoles_forbid_framing_and_the_site_console_answers_only_to_its_own_name() {
     let hub = Hub::start().await;
+    scenario::add_people(&hub);
     let token = hub.add_site("site-h");
     let mut agent = Agent::enroll(&hub, "site-h", &token).expect("enroll");
+    agent.configure(&["simulator", "auto_scan"], false.into());
     agent.start();
     let site_console = read_console(&agent.data_dir().join("console.addr")).await;
     let hub_console = read_console(&hub.data_dir().join("console.addr")).await;
@@ -325,9 +327,17 @@ async fn both_consoles_forbid_framing_and_the_site_console_answers_only_to_its_o
         );
     }
 
-    let (head, body) = curl_head_and_body(&[&format!("http://{site_console}/")]).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(body.contains("Batches at this site"), "{body}");
+    // Without a session: the sign-in page, and nothing else.
+    let (head, _) = curl_head_and_body(&[&format!("http://{site_console}/")]).await;
+    assert!(head.starts_with("http/1.1 303"), "{head}");
+    assert!(
+        !head.contains("set-cookie"),
+        "no session is handed out: {head}"
+    );
+    assert!(head.contains("location: /signin?"), "{head}");
+    let (_, body) = curl_head_and_body(&["-L", &format!("http://{site_console}/")]).await;
+    assert!(body.contains("Sign in to use the site console"), "{body}");
+    assert!(!body.contains("Batches at this site"), "{body}");
     for expected in [
         "frame-ancestors 'none'",
         "x-content-type-options: nosniff",
@@ -338,6 +348,37 @@ async fn both_consoles_forbid_framing_and_the_site_console_answers_only_to_its_o
             "site console lacks {expected:?}:\n{head}"
         );
     }
+
+    // A form sent without a session records nothing.
+    let (_, batch) = scenario::create_order(&hub, "site-h", "P-8401");
+    eventually(Duration::from_secs(30), "the batch at the site", || {
+        let db = agent.db();
+        let batch = batch.clone();
+        async move {
+            let found: Option<String> =
+                sqlx::query_scalar("SELECT state FROM batches WHERE batch_id = ?")
+                    .bind(&batch)
+                    .fetch_optional(&db.await)
+                    .await
+                    .ok()
+                    .flatten();
+            found.filter(|s| s != "ordered").map(|_| ())
+        }
+    })
+    .await;
+    let events = |db: sqlx::SqlitePool| async move {
+        scenario::count(&db, "SELECT COUNT(*) FROM events WHERE kind = 'qc_result'").await
+    };
+    let before = events(agent.db().await).await;
+    let (head, body) = curl_head_and_body(&[
+        "-d",
+        "csrf=x&submission=y&test=viability&value=91",
+        &format!("http://{site_console}/batches/{batch}/qc"),
+    ])
+    .await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(body.contains("Nothing was recorded"), "{body}");
+    assert_eq!(events(agent.db().await).await, before, "nothing recorded");
 
     // DNS rebinding: a page of another name that resolves to the console.
     let (head, body) = curl_head_and_body(&[

@@ -55,6 +55,9 @@ pub const DEMO_USERS: &[(&str, &str, Role, &str)] = &[
     ),
 ];
 
+/// Demo users who work at both demo sites (the site consoles and bedside scans).
+pub const SITE_PEOPLE: &[&str] = &["tech.tom", "dr.ada"];
+
 /// Who the audit trail names for what dev mode sets up.
 const DEV_ACTOR: &str = "carrel-hub dev";
 
@@ -85,6 +88,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             allow_http_webhooks: true,
             ..Default::default()
         },
+        // The simulated sites' operators are not people; dev mode may release their work.
+        accept_simulated_people: true,
         ..Config::default()
     };
     let shutdown = CancellationToken::new();
@@ -131,6 +136,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("enrolling {site_id}"))?;
+            for person in SITE_PEOPLE {
+                store
+                    .assign_user_to_site(person, site_id, DEV_ACTOR)
+                    .await?;
+            }
         }
         if store.capacity(site_id).await?.is_none() {
             store
@@ -276,13 +286,16 @@ fn print_welcome(
     println!("  carrel-hub release show BATCH_ID");
     println!("  echo dev-qa-password | carrel-hub release sign BATCH_ID --meaning released");
     println!();
-    println!("At the bedside, once released (the label comes from `carrel-hub order show`):");
+    println!("Site consoles: sign in as {SITE_PEOPLE:?} (their passwords above). The simulated");
+    println!("technicians' scans are marked as simulated; only a hub in dev mode releases them.");
+    println!("At the bedside, once released (the label comes from `carrel-hub order show`;");
+    println!("each person's password is asked, then the label):");
     println!(
-        "  echo COI | carrel-site-agent scan --data-dir {} --batch BATCH_ID --checkpoint handover --verifier nurse.ann",
+        "  carrel-site-agent scan --data-dir {} --batch BATCH_ID --checkpoint handover --user tech.tom",
         root.join("site-a").display()
     );
     println!(
-        "  echo COI | carrel-site-agent scan --data-dir {} --batch BATCH_ID --checkpoint infusion --verifier nurse.ann --verifier dr.ada",
+        "  carrel-site-agent scan --data-dir {} --batch BATCH_ID --checkpoint infusion --user tech.tom --second-user dr.ada",
         root.join("site-a").display()
     );
     println!();

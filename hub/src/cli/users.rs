@@ -1,11 +1,14 @@
-//! `carrel-hub user add`: add a user to the hub machine's store, with a password read
-//! from a prompt or standard input.
+//! `carrel-hub user`: add a user to the hub machine's store (`add`, with a password
+//! read from a prompt or standard input); and, through the API as an admin, assign
+//! people to the sites they work at, remove them, disable or enable them. A site
+//! hears each change over its link as a directory command.
 
-use super::client::read_secret;
+use super::client::{authed, read_secret, ClientArgs};
 use super::local::{local_operator, store_config, StoreArgs};
 use crate::admin;
 use crate::model::Role;
 use anyhow::bail;
+use carrel_proto::pb;
 use clap::{Subcommand, ValueEnum};
 use std::io::IsTerminal;
 
@@ -23,6 +26,75 @@ pub enum UserCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Assign a person (technician, QA or physician) to a site, so they can sign in
+    /// there. Run it again to send their entry again, which unlocks them at the site.
+    Assign {
+        username: String,
+        #[arg(long)]
+        site: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The person no longer works at the site.
+    Remove {
+        username: String,
+        #[arg(long)]
+        site: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Disable a user: their hub sessions end, and every site they work at refuses
+    /// them once its link delivers the change.
+    Disable {
+        username: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Issue a bedside badge: the person types a PIN of 6 or more digits (prompt, or
+    /// standard input); the badge id printed is what its barcode encodes. A new badge
+    /// replaces any earlier one at every site they work at.
+    Badge {
+        username: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Enable a disabled user again (at the hub and at their sites).
+    Enable {
+        username: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn print_directory_change(
+    what: &str,
+    response: pb::DirectoryChangeResponse,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        let sites: Vec<_> = response
+            .sites
+            .iter()
+            .map(|s| serde_json::json!({"site_id": s.site_id, "directory_version": s.directory_version}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "sites": sites }))?
+        );
+        return Ok(());
+    }
+    println!("{what}.");
+    for site in response.sites {
+        println!(
+            "  site {}: directory version {} (sent over its link; an offline site gets it when it reconnects)",
+            site.site_id, site.directory_version
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,6 +142,111 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
                 user.username, user.full_name, user.role
             );
             Ok(())
+        }
+        UserCommand::Assign {
+            username,
+            site,
+            client,
+        } => {
+            let mut api = pb::admin_service_client::AdminServiceClient::new(authed(&client).await?);
+            let response = api
+                .assign_user_to_site(pb::AssignUserToSiteRequest {
+                    username: username.clone(),
+                    site_id: site.clone(),
+                })
+                .await?
+                .into_inner();
+            print_directory_change(
+                &format!("{username} works at site {site}"),
+                response,
+                client.json,
+            )
+        }
+        UserCommand::Remove {
+            username,
+            site,
+            client,
+        } => {
+            let mut api = pb::admin_service_client::AdminServiceClient::new(authed(&client).await?);
+            let response = api
+                .remove_user_from_site(pb::RemoveUserFromSiteRequest {
+                    username: username.clone(),
+                    site_id: site.clone(),
+                })
+                .await?
+                .into_inner();
+            print_directory_change(
+                &format!("{username} no longer works at site {site}"),
+                response,
+                client.json,
+            )
+        }
+        UserCommand::Disable {
+            username,
+            reason,
+            client,
+        } => {
+            let mut api = pb::admin_service_client::AdminServiceClient::new(authed(&client).await?);
+            let response = api
+                .disable_user(pb::SetUserDisabledRequest {
+                    username: username.clone(),
+                    reason,
+                })
+                .await?
+                .into_inner();
+            print_directory_change(&format!("{username} is disabled"), response, client.json)
+        }
+        UserCommand::Badge { username, client } => {
+            let pin = read_secret("PIN for the badge (6 or more digits): ")?;
+            if std::io::stdin().is_terminal() {
+                let again = rpassword::prompt_password("Repeat the PIN: ")?;
+                if again != pin {
+                    bail!("the PINs differ");
+                }
+            }
+            let mut api = pb::admin_service_client::AdminServiceClient::new(authed(&client).await?);
+            let response = api
+                .issue_badge(pb::IssueBadgeRequest {
+                    username: username.clone(),
+                    pin,
+                })
+                .await?
+                .into_inner();
+            if client.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "badge_id": response.badge_id,
+                        "sites": response.sites.iter().map(|s| serde_json::json!({"site_id": s.site_id, "directory_version": s.directory_version})).collect::<Vec<_>>(),
+                    }))?
+                );
+                return Ok(());
+            }
+            print_directory_change(
+                &format!(
+                    "Badge {} issued to {username}; print it as a barcode (Code 128)",
+                    response.badge_id
+                ),
+                pb::DirectoryChangeResponse {
+                    sites: response.sites,
+                },
+                false,
+            )
+        }
+        UserCommand::Enable {
+            username,
+            reason,
+            client,
+        } => {
+            let mut api = pb::admin_service_client::AdminServiceClient::new(authed(&client).await?);
+            let response = api
+                .enable_user(pb::SetUserDisabledRequest {
+                    username: username.clone(),
+                    reason,
+                })
+                .await?
+                .into_inner();
+            print_directory_change(&format!("{username} is enabled"), response, client.json)
         }
     }
 }

@@ -133,6 +133,69 @@ impl pb::admin_service_server::AdminService for AdminApi {
         }))
     }
 
+    async fn assign_user_to_site(
+        &self,
+        request: Request<pb::AssignUserToSiteRequest>,
+    ) -> Result<Response<pb::DirectoryChangeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let version = admin::assign_user_to_site(&self.0, &user, &req.username, &req.site_id)
+            .await
+            .map_err(service_status)?;
+        Ok(directory_changed(vec![(req.site_id, version)]))
+    }
+
+    async fn remove_user_from_site(
+        &self,
+        request: Request<pb::RemoveUserFromSiteRequest>,
+    ) -> Result<Response<pb::DirectoryChangeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let version = admin::remove_user_from_site(&self.0, &user, &req.username, &req.site_id)
+            .await
+            .map_err(service_status)?;
+        Ok(directory_changed(vec![(req.site_id, version)]))
+    }
+
+    async fn disable_user(
+        &self,
+        request: Request<pb::SetUserDisabledRequest>,
+    ) -> Result<Response<pb::DirectoryChangeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let sites = admin::set_user_disabled(&self.0, &user, &req.username, true, &req.reason)
+            .await
+            .map_err(service_status)?;
+        Ok(directory_changed(sites))
+    }
+
+    async fn enable_user(
+        &self,
+        request: Request<pb::SetUserDisabledRequest>,
+    ) -> Result<Response<pb::DirectoryChangeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let sites = admin::set_user_disabled(&self.0, &user, &req.username, false, &req.reason)
+            .await
+            .map_err(service_status)?;
+        Ok(directory_changed(sites))
+    }
+
+    async fn issue_badge(
+        &self,
+        request: Request<pb::IssueBadgeRequest>,
+    ) -> Result<Response<pb::IssueBadgeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let (badge_id, sites) = admin::issue_badge(&self.0, &user, &req.username, &req.pin)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::IssueBadgeResponse {
+            badge_id,
+            sites: directory_changed(sites).into_inner().sites,
+        }))
+    }
+
     async fn list_users(
         &self,
         request: Request<pb::ListUsersRequest>,
@@ -164,4 +227,16 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 .collect(),
         }))
     }
+}
+
+fn directory_changed(sites: Vec<(String, u64)>) -> Response<pb::DirectoryChangeResponse> {
+    Response::new(pb::DirectoryChangeResponse {
+        sites: sites
+            .into_iter()
+            .map(|(site_id, directory_version)| pb::SiteDirectoryVersion {
+                site_id,
+                directory_version,
+            })
+            .collect(),
+    })
 }

@@ -14,7 +14,7 @@ mod record;
 mod site;
 
 pub use batch::{BatchState, NewOrder, Order, Progress};
-pub use people::{Role, User};
+pub use people::{DirectoryEntry, Role, SiteDirectory, User};
 pub use projection::Projection;
 pub use record::{BatchRecord, QcRecord, Signature, StoredEvent, StoredRecipe};
 pub use site::{site_transition, IssuedCert, OpenBatch, Site, SiteStatus};

@@ -154,6 +154,8 @@ impl Projection {
             EventKind::ReleaseDecisionRecorded { .. } => {
                 self.decision_recorded = true;
             }
+            // Site-wide: never reaches a batch's projection.
+            EventKind::PersonLocked { .. } => {}
             EventKind::BatchCancelled { .. } => {
                 if !self.state.is_final() {
                     self.state = BatchState::Cancelled;
@@ -286,6 +288,7 @@ mod tests {
             recorded_at: Utc::now(),
             batch_id: Uuid::nil(),
             recorded_by: "agent".into(),
+            identity: carrel_proto::event::Identity::Agent,
             prev_sha256: carrel_proto::event::GENESIS_SHA256.into(),
             kind,
         }

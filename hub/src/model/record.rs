@@ -55,4 +55,7 @@ pub struct BatchRecord {
     pub qc: Vec<QcRecord>,
     pub signatures: Vec<Signature>,
     pub audit: Vec<crate::audit::Entry>,
+    /// The directory commands of the batch's site: who could act there, version by
+    /// version (the record's people are checked against it).
+    pub directory: Vec<carrel_proto::event::HubCommand>,
 }

@@ -87,6 +87,92 @@ pub async fn add_user(hub: &Hub, user: &User, new: NewUser<'_>) -> Result<User, 
     .map_err(refusal)
 }
 
+/// Assigns a person to a site (or sends their entry again, which unlocks them
+/// there); returns the site's new directory version. The site's link is woken to
+/// send it at once.
+pub async fn assign_user_to_site(
+    hub: &Hub,
+    user: &User,
+    username: &str,
+    site_id: &str,
+) -> Result<u64, Error> {
+    require_role(user, &ADMINS)?;
+    let version = hub
+        .store
+        .assign_user_to_site(username.trim(), site_id.trim(), &user.username)
+        .await?;
+    hub.links.notifier(site_id.trim()).notify_one();
+    tracing::info!(username, site_id, version, by = %user.username, "person assigned to a site");
+    Ok(version)
+}
+
+/// The person no longer works at the site; returns its new directory version.
+pub async fn remove_user_from_site(
+    hub: &Hub,
+    user: &User,
+    username: &str,
+    site_id: &str,
+) -> Result<u64, Error> {
+    require_role(user, &ADMINS)?;
+    let version = hub
+        .store
+        .remove_user_from_site(username.trim(), site_id.trim(), &user.username)
+        .await?;
+    hub.links.notifier(site_id.trim()).notify_one();
+    tracing::warn!(username, site_id, version, by = %user.username, "person removed from a site");
+    Ok(version)
+}
+
+/// Disables (or enables again) a user at the hub and at every site they work at;
+/// returns those sites, whose links are woken to send the change at once.
+pub async fn set_user_disabled(
+    hub: &Hub,
+    user: &User,
+    username: &str,
+    disabled: bool,
+    reason: &str,
+) -> Result<Vec<(String, u64)>, Error> {
+    require_role(user, &ADMINS)?;
+    if reason.trim().is_empty() {
+        return Err(field(
+            "reason",
+            "a reason is required (it goes into the audit trail)",
+        ));
+    }
+    let sites = hub
+        .store
+        .set_user_disabled(username.trim(), disabled, reason, &user.username)
+        .await?;
+    for (site, _) in &sites {
+        hub.links.notifier(site).notify_one();
+    }
+    tracing::warn!(username, disabled, by = %user.username, ?sites, "user disabled or enabled");
+    Ok(sites)
+}
+
+/// Issues a person a bedside badge with the PIN they chose (replacing any earlier
+/// badge at every site they work at); returns the badge id, to print as a barcode,
+/// and the sites that hear of it.
+pub async fn issue_badge(
+    hub: &Hub,
+    user: &User,
+    username: &str,
+    pin: &str,
+) -> Result<(String, Vec<(String, u64)>), Error> {
+    require_role(user, &ADMINS)?;
+    let pin_hash = crate::auth::hash_pin(pin).map_err(|why| field("pin", why))?;
+    let badge_id = crate::auth::new_badge_id();
+    let sites = hub
+        .store
+        .issue_badge(username.trim(), &badge_id, &pin_hash, &user.username)
+        .await?;
+    for (site, _) in &sites {
+        hub.links.notifier(site).notify_one();
+    }
+    tracing::info!(username, by = %user.username, "badge issued");
+    Ok((badge_id, sites))
+}
+
 /// Moves a site through its lifecycle (suspend, resume, cease) for an administrator,
 /// with the reason the audit trail keeps. A suspended or ceased site's live link is
 /// closed at once.

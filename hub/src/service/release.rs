@@ -41,7 +41,10 @@ pub async fn queue(hub: &Hub, user: &User) -> Result<Vec<Order>, Error> {
 /// A batch record as QA reviews it ([`record::review`]).
 pub async fn review(hub: &Hub, user: &User, batch_id: Uuid) -> Result<Review, Error> {
     require_role(user, &REVIEWERS)?;
-    Ok(record::review(hub.store.batch_record(batch_id).await?))
+    Ok(record::review(
+        hub.store.batch_record(batch_id).await?,
+        hub.config.accept_simulated_people,
+    ))
 }
 
 /// A QA decision as entered: meaning, password again, the hash of the record as
@@ -113,7 +116,10 @@ pub async fn sign(hub: &Hub, user: &User, form: SignForm<'_>) -> Result<(Signed,
         reason: form.reason.trim().to_owned(),
         signed_at: Utc::now().trunc_subsecs(6),
     };
-    let order = hub.store.sign_release(&signature, Utc::now()).await?;
+    let order = hub
+        .store
+        .sign_release(&signature, hub.config.accept_simulated_people, Utc::now())
+        .await?;
     tracing::info!(batch_id = %order.batch_id, meaning = form.meaning.as_str(), signer = %user.username, "release decision signed");
     hub.commands_added(&order.site_id, order.batch_id);
     Ok((Signed::new(signature), order))

@@ -74,6 +74,9 @@ pub trait ReadTx: Send {
     /// The audit trail in position order (only one batch's entries when `batch_id`
     /// is given), each entry with its time as it was hashed.
     async fn audit_trail(&mut self, batch_id: Option<Uuid>) -> Result<Vec<(Entry, String)>>;
+    /// The site's directory commands (`person_updated`), in seq order: the history
+    /// of who could act at the site, version by version.
+    async fn site_directory(&mut self, site_id: &str) -> Result<Vec<HubCommand>>;
 }
 
 /// A read-only snapshot as the store's provided reads take it; dropped, it ends.
@@ -147,6 +150,31 @@ pub trait WriteTx: ReadTx {
     ) -> Result<bool>;
     /// Inserts a user; `false` when the user name is taken.
     async fn insert_user(&mut self, user: &User, now: DateTime<Utc>) -> Result<bool>;
+    /// The user, locked until the transaction ends; `NotFound` when unknown.
+    async fn lock_user(&mut self, username: &str) -> Result<User>;
+    /// Sets whether a user is disabled; disabling ends their sessions.
+    async fn set_user_disabled(&mut self, username: &str, disabled: bool) -> Result<()>;
+    /// The user's bedside badge: (badge id, PIN hash), if the hub issued one.
+    async fn badge_of(&mut self, username: &str) -> Result<Option<(String, String)>>;
+    /// Issues (or replaces) a user's badge; `false` when the badge id is taken.
+    async fn set_badge(
+        &mut self,
+        username: &str,
+        badge_id: &str,
+        pin_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// The sites a user is assigned to, by id.
+    async fn sites_of_user(&mut self, username: &str) -> Result<Vec<String>>;
+    /// Assigns a user to a site (`true`) or removes the assignment (`false`);
+    /// returns whether anything changed.
+    async fn set_user_site(
+        &mut self,
+        username: &str,
+        site_id: &str,
+        assigned: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
     /// Drops expired sessions and starts one.
     async fn insert_session(
         &mut self,

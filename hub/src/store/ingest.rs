@@ -70,7 +70,7 @@ pub fn needs(cursor: u64, events: &[Received]) -> Needs {
                     needs.chain_head = Some(cursor);
                 }
                 next = event.seq;
-                if batches.insert(event.batch_id) {
+                if !event.is_site_wide() && batches.insert(event.batch_id) {
                     needs.batches.push(event.batch_id);
                 }
                 if let EventKind::Correction { corrects_seq, .. } = &event.kind {
@@ -112,6 +112,21 @@ pub fn plan<'a>(
     let mut chain_head: Option<String> = None;
     // Batches touched, with their projection, in the order first touched.
     let mut touched: Vec<(Order, Projection, &StoredRecipe)> = Vec::new();
+    // Checks that an event is the next link of the site's chain after `head` (the
+    // hash of the event before it in this message, if any); returns its own hash.
+    let link = |received: &Received, head: Option<String>| -> Result<String> {
+        let event = received.event();
+        let expected_prev = match head {
+            Some(head) => head,
+            None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
+            None => found
+                .chain_head
+                .clone()
+                .ok_or_else(|| missing_below_cursor(site_id, event.seq - 1))?,
+        };
+        check_chain(event, &expected_prev)?;
+        Ok(received.sha256().to_owned())
+    };
     for received in events {
         let event = received.event();
         if place(event, next)? == Placement::Repeat {
@@ -120,6 +135,36 @@ pub fn plan<'a>(
                 None => found.stored_bodies.get(&event.seq).map(String::as_str),
             };
             check_repeat(site_id, received, stored)?;
+            continue;
+        }
+        if event.is_site_wide() {
+            // A record about the site, not a batch: chained and stored like any
+            // other, audited, and no batch moves.
+            chain_head = Some(link(received, chain_head.take())?);
+            planned.insert(event.seq, received);
+            plan.events.push(received);
+            if let EventKind::PersonLocked { username, failures } = &event.kind {
+                tracing::warn!(
+                    site_id,
+                    username,
+                    failures,
+                    "a person was locked at a site after failed sign-ins"
+                );
+                plan.audit.push(
+                    NewEntry::new(
+                        site_id,
+                        Action::UserLockedAtSite,
+                        Object::User(username.clone()),
+                    )
+                    .value(format!(
+                        "locked at site {site_id} (site record {})",
+                        event.seq
+                    ))
+                    .reason(format!("{failures} failed sign-ins at the site")),
+                );
+            }
+            next = event.seq;
+            plan.ingested.new_events += 1;
             continue;
         }
         let slot = match touched
@@ -137,16 +182,7 @@ pub fn plan<'a>(
                 touched.len() - 1
             }
         };
-        let expected_prev = match chain_head.take() {
-            Some(head) => head,
-            None if event.seq == 1 => carrel_proto::event::GENESIS_SHA256.to_owned(),
-            None => found
-                .chain_head
-                .clone()
-                .ok_or_else(|| missing_below_cursor(site_id, event.seq - 1))?,
-        };
-        check_chain(event, &expected_prev)?;
-        chain_head = Some(received.sha256().to_owned());
+        chain_head = Some(link(received, chain_head.take())?);
         planned.insert(event.seq, received);
         plan.events.push(received);
         let (order, projection, recipe) = &mut touched[slot];

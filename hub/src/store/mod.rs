@@ -288,6 +288,70 @@ pub trait Store:
         let tx = self.write().await?;
         transactions::create_session(tx, token_sha256, username, expires_at, Utc::now()).await
     }
+    /// Assigns a person to a site and sends the site their entry; returns the site's
+    /// new directory version. Assigning again re-sends it (and unlocks them there).
+    async fn assign_user_to_site(&self, username: &str, site_id: &str, actor: &str) -> Result<u64> {
+        transactions::assign_user_to_site(self.write().await?, username, site_id, actor, Utc::now())
+            .await
+    }
+    /// Removes a person from a site; returns the site's new directory version.
+    async fn remove_user_from_site(
+        &self,
+        username: &str,
+        site_id: &str,
+        actor: &str,
+    ) -> Result<u64> {
+        transactions::remove_user_from_site(
+            self.write().await?,
+            username,
+            site_id,
+            actor,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Disables or enables a user, at the hub and at every site they work at;
+    /// returns those sites with their new directory versions.
+    async fn set_user_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Vec<(String, u64)>> {
+        transactions::set_user_disabled(
+            self.write().await?,
+            username,
+            disabled,
+            reason,
+            actor,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Issues (or replaces) a person's bedside badge, sent to every site they work at;
+    /// returns those sites with their new directory versions.
+    async fn issue_badge(
+        &self,
+        username: &str,
+        badge_id: &str,
+        pin_hash: &str,
+        actor: &str,
+    ) -> Result<Vec<(String, u64)>> {
+        transactions::issue_badge(
+            self.write().await?,
+            username,
+            badge_id,
+            pin_hash,
+            actor,
+            Utc::now(),
+        )
+        .await
+    }
+    /// The site's directory commands, in seq order.
+    async fn site_directory(&self, site_id: &str) -> Result<Vec<HubCommand>> {
+        self.read().await?.site_directory(site_id).await
+    }
     /// The user of a live session, or `NotFound` when unknown or expired.
     async fn session_user(&self, token_sha256: &str, now: DateTime<Utc>) -> Result<User>;
     async fn delete_session(&self, token_sha256: &str) -> Result<()> {
@@ -542,14 +606,22 @@ pub trait Store:
                 .into_iter()
                 .map(|(entry, _)| entry)
                 .collect(),
+            directory: snapshot.site_directory(&order.site_id).await?,
             order,
         })
     }
     /// Stores a signature, moves the batch to its final state and queues the decision
     /// for the site, in one transaction; refused unless the batch awaits release and
-    /// its record still hashes to `signature.record_sha256`.
-    async fn sign_release(&self, signature: &Signature, now: DateTime<Utc>) -> Result<Order> {
-        transactions::sign_release(self.write().await?, signature, now).await
+    /// its record still hashes to `signature.record_sha256`, the signer made or
+    /// verified none of its records, and (unless `accept_simulated`) no record of it
+    /// was made by a simulator's operators.
+    async fn sign_release(
+        &self,
+        signature: &Signature,
+        accept_simulated: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Order> {
+        transactions::sign_release(self.write().await?, signature, accept_simulated, now).await
     }
 }
 

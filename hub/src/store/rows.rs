@@ -112,6 +112,11 @@ pub(crate) fn batch(row: &impl Columns) -> Result<(Uuid, BatchState, crate::mode
     ))
 }
 
+/// A stored hub command (its canonical JSON in `body`).
+pub(crate) fn command(row: &impl Columns) -> Result<carrel_proto::event::HubCommand> {
+    json("hub command", &row.text("body")?)
+}
+
 pub(crate) fn event(row: &impl Columns) -> Result<StoredEvent> {
     Ok(StoredEvent {
         site_id: row.text("site_id")?,

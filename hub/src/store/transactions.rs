@@ -24,7 +24,8 @@ use crate::model::{
 };
 use crate::schedule::{Booked, Booking, Capacity, Moved, Plan};
 use carrel_proto::coi::Coi;
-use carrel_proto::event::{CommandKind, HubCommand, ReleaseMeaning};
+use carrel_proto::event::{CommandKind, HubCommand, Identity, ReleaseMeaning};
+use carrel_proto::people::{PersonStatus, SITE_ROLES};
 use carrel_proto::recipe::Recipe;
 use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, Utc};
 use uuid::Uuid;
@@ -88,6 +89,211 @@ pub(crate) async fn add_user(
     )
     .await?;
     tx.commit().await
+}
+
+/// A site's directory entry for a user, as it stands now (with their badge, if any).
+async fn person_entry(tx: &mut Tx<'_>, user: &User, status: PersonStatus) -> Result<CommandKind> {
+    let (badge_id, pin_verifier) = tx.badge_of(&user.username).await?.unwrap_or_default();
+    Ok(CommandKind::PersonUpdated {
+        username: user.username.clone(),
+        full_name: user.full_name.clone(),
+        role: user.role.as_str().to_owned(),
+        password_verifier: user.password_hash.clone(),
+        status,
+        badge_id,
+        pin_verifier,
+    })
+}
+
+/// Issues (or replaces) a person's bedside badge and sends it to every site they work
+/// at; returns those sites with their new directory versions.
+pub(crate) async fn issue_badge(
+    mut tx: Tx<'_>,
+    username: &str,
+    badge_id: &str,
+    pin_hash: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, u64)>> {
+    let user = tx.lock_user(username).await?;
+    if user.disabled {
+        return Err(Error::FailedPrecondition(format!(
+            "{username} is disabled; enable them before issuing a badge"
+        )));
+    }
+    if !tx.set_badge(username, badge_id, pin_hash, now).await? {
+        return Err(Error::AlreadyExists(format!("badge {badge_id:?}")));
+    }
+    let mut versions = Vec::new();
+    for site_id in tx.sites_of_user(username).await? {
+        let entry = person_entry(&mut tx, &user, PersonStatus::Active).await?;
+        let command = append_command(&mut tx, &site_id, Uuid::nil(), entry, now).await?;
+        versions.push((site_id, command.seq));
+    }
+    tx.audit(
+        NewEntry::new(
+            actor,
+            Action::UserBadgeIssued,
+            Object::User(user.username.clone()),
+        )
+        .value(format!("badge {badge_id}"))
+        .reason("a new badge replaces any earlier one at every site"),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(versions)
+}
+
+/// Assigns a person to a site and sends the site their entry (sent again when they
+/// are assigned already: that lifts a lock at the site).
+pub(crate) async fn assign_user_to_site(
+    mut tx: Tx<'_>,
+    username: &str,
+    site_id: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let user = tx.lock_user(username).await?;
+    if !SITE_ROLES.contains(&user.role.as_str()) {
+        return Err(Error::Invalid(format!(
+            "{username} is a {} user; only {} work at sites",
+            user.role,
+            SITE_ROLES.join(", ")
+        )));
+    }
+    if user.disabled {
+        return Err(Error::FailedPrecondition(format!(
+            "{username} is disabled; enable them before assigning them to a site"
+        )));
+    }
+    let site = match tx.site(site_id).await {
+        Err(Error::NotFound(_)) => {
+            return Err(Error::Invalid(format!(
+                "site {site_id:?} is not known to the hub"
+            )))
+        }
+        other => other?,
+    };
+    if site.status == SiteStatus::Ceased {
+        return Err(Error::FailedPrecondition(format!(
+            "site {site_id} has ceased; no one can be assigned to it"
+        )));
+    }
+    let new = tx.set_user_site(username, site_id, true, now).await?;
+    let entry = person_entry(&mut tx, &user, PersonStatus::Active).await?;
+    let command = append_command(&mut tx, site_id, Uuid::nil(), entry, now).await?;
+    tx.audit(
+        NewEntry::new(
+            actor,
+            Action::UserAssignedToSite,
+            Object::User(user.username.clone()),
+        )
+        .value(format!("site {site_id}, directory version {}", command.seq))
+        .reason(if new {
+            "assigned"
+        } else {
+            "entry sent again (lifts a lock at the site)"
+        }),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(command.seq)
+}
+
+/// Removes a person from a site; the site hears they no longer work there.
+pub(crate) async fn remove_user_from_site(
+    mut tx: Tx<'_>,
+    username: &str,
+    site_id: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let user = tx.lock_user(username).await?;
+    if !tx.set_user_site(username, site_id, false, now).await? {
+        return Err(Error::FailedPrecondition(format!(
+            "{username} is not assigned to site {site_id}"
+        )));
+    }
+    let entry = person_entry(&mut tx, &user, PersonStatus::Removed).await?;
+    let command = append_command(&mut tx, site_id, Uuid::nil(), entry, now).await?;
+    tx.audit(
+        NewEntry::new(
+            actor,
+            Action::UserRemovedFromSite,
+            Object::User(user.username.clone()),
+        )
+        .value(format!("site {site_id}, directory version {}", command.seq)),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(command.seq)
+}
+
+/// Disables (or enables again) a user: their hub sessions end, and every site they
+/// are assigned to hears it in the same transaction.
+pub(crate) async fn set_user_disabled(
+    mut tx: Tx<'_>,
+    username: &str,
+    disabled: bool,
+    reason: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, u64)>> {
+    if reason.trim().is_empty() {
+        return Err(Error::Invalid(
+            "a reason is required (it goes into the audit trail)".into(),
+        ));
+    }
+    let mut user = tx.lock_user(username).await?;
+    if user.disabled == disabled {
+        return Err(Error::FailedPrecondition(format!(
+            "{username} is already {}",
+            if disabled { "disabled" } else { "enabled" }
+        )));
+    }
+    if disabled && user.username.eq_ignore_ascii_case(actor) {
+        return Err(Error::FailedPrecondition(
+            "you may not disable your own account".into(),
+        ));
+    }
+    tx.set_user_disabled(username, disabled).await?;
+    user.disabled = disabled;
+    let sites = tx.sites_of_user(username).await?;
+    let status = if disabled {
+        PersonStatus::Disabled
+    } else {
+        PersonStatus::Active
+    };
+    let mut versions = Vec::new();
+    for site_id in &sites {
+        let entry = person_entry(&mut tx, &user, status).await?;
+        let command = append_command(&mut tx, site_id, Uuid::nil(), entry, now).await?;
+        versions.push((site_id.clone(), command.seq));
+    }
+    tx.audit(
+        NewEntry::new(
+            actor,
+            if disabled {
+                Action::UserDisabled
+            } else {
+                Action::UserEnabled
+            },
+            Object::User(user.username.clone()),
+        )
+        .value(if sites.is_empty() {
+            "no site".to_owned()
+        } else {
+            format!("sent to sites {}", sites.join(", "))
+        })
+        .reason(reason.trim()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(versions)
 }
 
 pub(crate) async fn create_session(
@@ -487,6 +693,7 @@ pub(crate) async fn cancel_order(
 pub(crate) async fn sign_release(
     mut tx: Tx<'_>,
     signature: &Signature,
+    accept_simulated: bool,
     now: DateTime<Utc>,
 ) -> Result<Order> {
     // Stored times keep microseconds; the copy sent to the site must be the same value.
@@ -510,14 +717,31 @@ pub(crate) async fn sign_release(
             signature.record_sha256
         )));
     }
-    if events
-        .iter()
-        .any(|e| e.event.recorded_by == signature.signer)
-    {
+    // Who took part is who signed in at the site; a name typed into a free field
+    // before sign-in there proves nothing either way.
+    if let Some(took_part) = events.iter().find(|e| {
+        matches!(e.event.identity, Identity::Authenticated { .. })
+            && e.event
+                .people()
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(&signature.signer))
+    }) {
+        let (what, _) = crate::record::describe(&took_part.event.kind);
         return Err(Error::PermissionDenied(format!(
-            "{} recorded part of this batch and may not release it",
-            signature.signer
+            "{} took part in this batch (record {}: {what}, made or verified by them at the site) and may not sign its release; another QA person must",
+            signature.signer, took_part.event.seq
         )));
+    }
+    if !accept_simulated {
+        if let Some(simulated) = events
+            .iter()
+            .find(|e| e.event.identity == Identity::Simulated)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "record {} of this batch was made by a site simulator's operator ({}), not by a person; only a hub in dev mode releases such a batch",
+                simulated.event.seq, simulated.event.recorded_by
+            )));
+        }
     }
     tx.insert_signature(signature).await?;
     let mut projection = order.projection();

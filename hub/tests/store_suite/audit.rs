@@ -11,7 +11,7 @@ pub async fn case_changes_are_audited_in_one_chain(store: Arc<dyn Store>) {
     ingest(&*store, SITE_A, &complete_record(&mut log, &order, &recipe)).await;
     let sha = reviewed_sha256(&*store, order.batch_id).await;
     store
-        .sign_release(&signature(&order, QA, sha), now())
+        .sign_release(&signature(&order, QA, sha), false, now())
         .await
         .expect("sign");
 

@@ -7,7 +7,9 @@ use carrel_hub::model::{
 };
 use carrel_hub::record::record_sha256;
 use carrel_hub::store::{Ingested, Received, Store};
-use carrel_proto::event::{EventKind, HubCommand, ReleaseMeaning, SiteEvent, GENESIS_SHA256};
+use carrel_proto::event::{
+    EventKind, HubCommand, Identity, ReleaseMeaning, SiteEvent, GENESIS_SHA256,
+};
 use carrel_proto::recipe::{Outcome, QcTest, QcValue, Recipe};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use uuid::Uuid;
@@ -137,6 +139,8 @@ pub fn event(seq: u64, batch_id: Uuid, kind: EventKind) -> SiteEvent {
         batch_id,
         recorded_by: TECHNICIAN.into(),
         prev_sha256,
+        // A name as sites typed it before sign-in there.
+        identity: Identity::Unverified,
         kind,
     };
     LAST_HASH_BY_SEQ.with(|m| m.borrow_mut().insert(seq, event.sha256()));
@@ -159,7 +163,20 @@ impl SiteLog {
     }
 
     pub fn record(&mut self, batch_id: Uuid, kind: EventKind) -> SiteEvent {
+        self.record_as(batch_id, TECHNICIAN, Identity::Unverified, kind)
+    }
+
+    /// A record made by `by`, whom the site knew as `identity` says.
+    pub fn record_as(
+        &mut self,
+        batch_id: Uuid,
+        by: &str,
+        identity: Identity,
+        kind: EventKind,
+    ) -> SiteEvent {
         let mut recorded = event(self.next_seq, batch_id, kind);
+        recorded.recorded_by = by.into();
+        recorded.identity = identity;
         recorded.prev_sha256 = self.last_sha256.clone();
         self.last_sha256 = recorded.sha256();
         self.next_seq += 1;

@@ -91,6 +91,9 @@ every_backend! {
     people: [
         case_sessions_expire_and_end,
         case_failed_sign_ins_count_until_a_success,
+        case_people_reach_their_sites_as_directory_commands,
+        case_records_are_checked_against_the_directory_the_site_used,
+        case_a_lock_at_a_site_is_stored_and_audited,
     ],
     audit: [
         case_changes_are_audited_in_one_chain,
@@ -128,7 +131,9 @@ every_backend! {
     release: [
         case_release_needs_a_complete_record,
         case_release_is_bound_to_the_record_as_reviewed,
-        case_an_operator_may_not_release_their_own_batch,
+        case_a_qa_who_took_part_at_the_site_may_not_release_it,
+        case_a_name_typed_at_a_site_neither_bars_nor_clears_a_qa,
+        case_simulated_operators_work_is_released_only_where_accepted,
         case_release_decision_matches_the_stored_signature,
     ],
     scheduling: [

@@ -86,7 +86,7 @@ pub async fn case_notifier_queues_each_happening_once(store: Arc<dyn Store>) {
     ingest(&*store, SITE_A, &complete_record(&mut log, &first, &recipe)).await;
     let sha = reviewed_sha256(&*store, first.batch_id).await;
     store
-        .sign_release(&signature(&first, QA, sha), now())
+        .sign_release(&signature(&first, QA, sha), false, now())
         .await
         .expect("sign");
     let second = order_at(&*store, SITE_A).await;

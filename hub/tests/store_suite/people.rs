@@ -1,8 +1,11 @@
-//! People and sessions: sessions expire and end, failed sign-ins are counted.
+//! People and sessions: sessions expire and end, failed sign-ins are counted; the
+//! directory of people each site gets, and site records checked against it.
 
 use crate::fixtures::*;
 use carrel_hub::model::Role;
 use carrel_hub::store::{Error, Store};
+use carrel_proto::event::{CommandKind, EventKind, Identity};
+use carrel_proto::people::PersonStatus;
 use chrono::Duration;
 use std::sync::Arc;
 
@@ -116,4 +119,274 @@ pub async fn case_failed_sign_ins_count_until_a_success(store: Arc<dyn Store>) {
             .expect("count"),
         1
     );
+}
+
+/// The directory commands a site holds for one person, as (status, verifier).
+async fn entries_for(
+    store: &dyn Store,
+    site_id: &str,
+    username: &str,
+) -> Vec<(PersonStatus, String)> {
+    commands(store, site_id)
+        .await
+        .into_iter()
+        .filter_map(|c| match c.kind {
+            CommandKind::PersonUpdated {
+                username: who,
+                status,
+                password_verifier,
+                ..
+            } if who == username => {
+                assert!(c.batch_id.is_nil(), "a directory command is site-wide");
+                Some((status, password_verifier))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+pub async fn case_people_reach_their_sites_as_directory_commands(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    add_user(&*store, ADMIN, Role::Admin).await;
+    let v1 = store
+        .assign_user_to_site(TECHNICIAN, SITE_A, ADMIN)
+        .await
+        .expect("assign to site A");
+    store
+        .assign_user_to_site(TECHNICIAN, SITE_B, ADMIN)
+        .await
+        .expect("assign to site B");
+    assert_eq!(
+        entries_for(&*store, SITE_A, TECHNICIAN).await,
+        vec![(PersonStatus::Active, "x".into())],
+        "the site gets the person's verifier, never a password"
+    );
+    assert_eq!(
+        store.site_directory(SITE_A).await.expect("directory").len(),
+        1
+    );
+    assert_eq!(
+        store.site_directory(SITE_A).await.expect("directory")[0].seq,
+        v1
+    );
+
+    // Refusals change nothing.
+    let before = commands(&*store, SITE_A).await;
+    assert_refused!(
+        store.assign_user_to_site(ADMIN, SITE_A, ADMIN).await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store.assign_user_to_site("nobody", SITE_A, ADMIN).await,
+        Error::NotFound
+    );
+    assert_refused!(
+        store.assign_user_to_site(TECHNICIAN, "site-z", ADMIN).await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store.set_user_disabled(TECHNICIAN, true, " ", ADMIN).await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store.set_user_disabled(ADMIN, true, "leaving", ADMIN).await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(commands(&*store, SITE_A).await, before);
+
+    // Disabled: both sites hear it in the same transaction, and the hub refuses them.
+    let sites = store
+        .set_user_disabled(TECHNICIAN, true, "left the hospital", ADMIN)
+        .await
+        .expect("disable");
+    assert_eq!(
+        sites.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+        vec![SITE_A, SITE_B]
+    );
+    assert!(store.user(TECHNICIAN).await.expect("user").disabled);
+    for site in [SITE_A, SITE_B] {
+        assert_eq!(
+            entries_for(&*store, site, TECHNICIAN)
+                .await
+                .last()
+                .map(|e| e.0),
+            Some(PersonStatus::Disabled)
+        );
+    }
+    assert_refused!(
+        store.assign_user_to_site(TECHNICIAN, SITE_A, ADMIN).await,
+        Error::FailedPrecondition
+    );
+    assert_refused!(
+        store
+            .set_user_disabled(TECHNICIAN, true, "again", ADMIN)
+            .await,
+        Error::FailedPrecondition
+    );
+    store
+        .set_user_disabled(TECHNICIAN, false, "back from leave", ADMIN)
+        .await
+        .expect("enable");
+
+    // A bedside badge reaches the sites they work at, in their entry; a badge id is
+    // one person's.
+    let sites = store
+        .issue_badge(TECHNICIAN, "BDG-TEST00000001", "pin-hash", ADMIN)
+        .await
+        .expect("issue a badge");
+    assert_eq!(sites.len(), 2);
+    let badge = commands(&*store, SITE_A)
+        .await
+        .into_iter()
+        .rev()
+        .find_map(|c| match c.kind {
+            CommandKind::PersonUpdated {
+                badge_id,
+                pin_verifier,
+                ..
+            } => Some((badge_id, pin_verifier)),
+            _ => None,
+        });
+    assert_eq!(badge, Some(("BDG-TEST00000001".into(), "pin-hash".into())));
+    add_user(&*store, "tech-two", Role::Technician).await;
+    assert_refused!(
+        store
+            .issue_badge("tech-two", "BDG-TEST00000001", "other", ADMIN)
+            .await,
+        Error::AlreadyExists
+    );
+
+    // Removed from site B only.
+    store
+        .remove_user_from_site(TECHNICIAN, SITE_B, ADMIN)
+        .await
+        .expect("remove");
+    assert_eq!(
+        entries_for(&*store, SITE_B, TECHNICIAN)
+            .await
+            .last()
+            .map(|e| e.0),
+        Some(PersonStatus::Removed)
+    );
+    assert_refused!(
+        store.remove_user_from_site(TECHNICIAN, SITE_B, ADMIN).await,
+        Error::FailedPrecondition
+    );
+
+    let actions: Vec<carrel_hub::audit::Action> = store
+        .audit_entries(None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.object == format!("user/{TECHNICIAN}"))
+        .map(|e| e.action)
+        .collect();
+    for expected in [
+        "user.assigned_to_site",
+        "user.disabled",
+        "user.enabled",
+        "user.removed_from_site",
+        "user.badge_issued",
+    ] {
+        assert!(
+            actions.iter().any(|a| *a == expected),
+            "{expected} in {actions:?}"
+        );
+    }
+}
+
+pub async fn case_records_are_checked_against_the_directory_the_site_used(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let version = store
+        .assign_user_to_site(TECHNICIAN, SITE_A, ADMIN)
+        .await
+        .expect("assign");
+    let mut log = SiteLog::new();
+    let signed_in = Identity::Authenticated {
+        directory_version: version,
+    };
+    let first = [
+        log.record(order.batch_id, accepted(&order, &recipe)),
+        log.record_as(
+            order.batch_id,
+            TECHNICIAN,
+            signed_in,
+            deviation("expansion"),
+        ),
+    ];
+    ingest(&*store, SITE_A, &first).await;
+    let reviewed = review(&*store, order.batch_id).await;
+    assert!(
+        !reviewed
+            .exceptions
+            .iter()
+            .any(|e| format!("{e:?}").contains("who made it")),
+        "{:?}",
+        reviewed.exceptions
+    );
+
+    // Disabled at the hub; the site, offline, still had the old directory.
+    store
+        .set_user_disabled(TECHNICIAN, true, "badge lost", ADMIN)
+        .await
+        .expect("disable");
+    let offline = log.record_as(
+        order.batch_id,
+        TECHNICIAN,
+        signed_in,
+        deviation("expansion"),
+    );
+    ingest(&*store, SITE_A, &[offline]).await;
+    let stale = log.record_as(
+        order.batch_id,
+        "tech-unknown",
+        Identity::Authenticated {
+            directory_version: version + 40,
+        },
+        deviation("expansion"),
+    );
+    ingest(&*store, SITE_A, &[stale]).await;
+    let flagged: Vec<String> = review(&*store, order.batch_id)
+        .await
+        .exceptions
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .filter(|e| e.contains("who made it"))
+        .collect();
+    assert_eq!(flagged.len(), 2, "{flagged:?}");
+    assert!(flagged[0].contains("disabled at the hub"), "{flagged:?}");
+    assert!(flagged[1].contains("never sent"), "{flagged:?}");
+}
+
+pub async fn case_a_lock_at_a_site_is_stored_and_audited(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    let mut log = SiteLog::new();
+    let locked = log.record_as(
+        uuid::Uuid::nil(),
+        "agent",
+        Identity::Agent,
+        EventKind::PersonLocked {
+            username: TECHNICIAN.into(),
+            failures: 10,
+        },
+    );
+    let ingested = ingest(&*store, SITE_A, &[locked]).await;
+    assert_eq!(
+        ingested.acked_event_seq, 1,
+        "a site-wide record moves the cursor"
+    );
+    let entry = store
+        .audit_entries(None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .find(|e| e.action == "user.locked_at_site")
+        .expect("the lock is audited");
+    assert_eq!(entry.object, format!("user/{TECHNICIAN}"));
+    assert_eq!(entry.actor, SITE_A);
+}
+
+async fn review(store: &dyn Store, batch_id: uuid::Uuid) -> carrel_hub::record::Review {
+    carrel_hub::record::review(store.batch_record(batch_id).await.expect("record"), false)
 }

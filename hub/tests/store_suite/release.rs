@@ -1,10 +1,11 @@
-//! Release: an e-signature bound to the record as reviewed, by someone who did not
-//! operate the batch, and the decision queued for the site.
+//! Release: an e-signature bound to the record as reviewed, by a QA person who took
+//! no part in the batch at its site, and the decision queued for the site.
 
 use crate::fixtures::*;
-use carrel_hub::model::BatchState;
+use carrel_hub::model::{BatchState, Role};
 use carrel_hub::store::{Error, Store};
-use carrel_proto::event::{CommandKind, ReleaseMeaning};
+use carrel_proto::event::{CommandKind, EventKind, Identity, ReleaseMeaning};
+use carrel_proto::recipe::Outcome;
 use chrono::Duration;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ pub async fn case_release_needs_a_complete_record(store: Arc<dyn Store>) {
 
     assert_refused!(
         store
-            .sign_release(&signature(&order, QA, hash), now())
+            .sign_release(&signature(&order, QA, hash), false, now())
             .await,
         Error::FailedPrecondition
     );
@@ -47,7 +48,7 @@ pub async fn case_release_is_bound_to_the_record_as_reviewed(store: Arc<dyn Stor
     let before = snapshot(&*store, SITE_A, order.batch_id).await;
     assert_refused!(
         store
-            .sign_release(&signature(&order, QA, stale.clone()), now())
+            .sign_release(&signature(&order, QA, stale.clone()), false, now())
             .await,
         Error::FailedPrecondition
     );
@@ -63,7 +64,7 @@ pub async fn case_release_is_bound_to_the_record_as_reviewed(store: Arc<dyn Stor
     assert_ne!(current, stale);
     let signed = signature(&order, QA, current.clone());
     let released = store
-        .sign_release(&signed, now())
+        .sign_release(&signed, false, now())
         .await
         .expect("sign release");
     assert_eq!(released.state, BatchState::Released);
@@ -93,7 +94,7 @@ pub async fn case_release_is_bound_to_the_record_as_reviewed(store: Arc<dyn Stor
     // A second signature on a released batch is refused.
     assert_refused!(
         store
-            .sign_release(&signature(&order, QA, current), now())
+            .sign_release(&signature(&order, QA, current), false, now())
             .await,
         Error::FailedPrecondition
     );
@@ -102,38 +103,179 @@ pub async fn case_release_is_bound_to_the_record_as_reviewed(store: Arc<dyn Stor
     assert_eq!(commands(&*store, SITE_A).await.len(), 2);
 }
 
-pub async fn case_an_operator_may_not_release_their_own_batch(store: Arc<dyn Store>) {
+/// A record made by a person who signed in at the site (with the directory version
+/// the hub sent it).
+fn authenticated(version: u64) -> Identity {
+    Identity::Authenticated {
+        directory_version: version,
+    }
+}
+
+pub async fn case_a_qa_who_took_part_at_the_site_may_not_release_it(store: Arc<dyn Store>) {
     let recipe = seed(&*store).await;
+    add_user(&*store, "qa-bea", Role::Qa).await;
     let order = order_at(&*store, SITE_A).await;
+    store
+        .assign_user_to_site(TECHNICIAN, SITE_A, ADMIN)
+        .await
+        .expect("assign the technician");
+    let version = store
+        .assign_user_to_site(QA, SITE_A, ADMIN)
+        .await
+        .expect("assign QA");
+    // The technician scans; QA verifies (the site wrote their name in its own case).
+    // The agent records the rest.
     let mut log = SiteLog::new();
-    ingest(&*store, SITE_A, &complete_record(&mut log, &order, &recipe)).await;
+    let batch = order.batch_id;
+    let agent = |log: &mut SiteLog, kind| log.record_as(batch, "agent", Identity::Agent, kind);
+    let mut events = vec![agent(&mut log, accepted(&order, &recipe))];
+    for step in &recipe.steps {
+        if let Some(checkpoint) = &step.custody_checkpoint {
+            let mut scan = matched_scan(&order, &checkpoint.id);
+            if let EventKind::CustodyScan { verifiers, .. } = &mut scan {
+                *verifiers = vec![TECHNICIAN.into(), QA.to_uppercase()];
+            }
+            events.push(log.record_as(batch, TECHNICIAN, authenticated(version), scan));
+        }
+        events.push(agent(&mut log, step_started(&step.id)));
+        events.push(agent(&mut log, step_completed(&step.id)));
+    }
+    for test in release_gating_tests(&recipe) {
+        let kind = qc_result(&test.id, passing_value(test), Outcome::Pass);
+        events.push(log.record_as(batch, TECHNICIAN, authenticated(version), kind));
+    }
+    ingest(&*store, SITE_A, &events).await;
     let hash = reviewed_sha256(&*store, order.batch_id).await;
     let before = snapshot(&*store, SITE_A, order.batch_id).await;
 
-    // TECHNICIAN recorded this batch's events.
-    assert_refused!(
-        store
-            .sign_release(&signature(&order, TECHNICIAN, hash.clone()), now())
-            .await,
-        Error::PermissionDenied
-    );
-    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
-    assert!(store
-        .batch_record(order.batch_id)
+    match store
+        .sign_release(&signature(&order, QA, hash.clone()), false, now())
         .await
-        .expect("record")
-        .signatures
-        .is_empty());
+    {
+        Err(Error::PermissionDenied(why)) => {
+            assert!(why.contains("took part") && why.contains(QA), "{why}")
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
     assert_eq!(
         state_of(&*store, order.batch_id).await,
         BatchState::AwaitingRelease
     );
+    // The review names the people with their full names, and finds nothing wrong.
+    let review = carrel_hub::record::review(
+        store.batch_record(order.batch_id).await.expect("record"),
+        false,
+    );
+    assert!(review.exceptions.is_empty(), "{:?}", review.exceptions);
+    assert!(review.entries.iter().any(|e| e.recorded_by
+        == format!(
+            "{TECHNICIAN} (test) ({TECHNICIAN}) and {QA} (test) ({})",
+            QA.to_uppercase()
+        )));
 
-    // The same record signed by someone independent goes through.
+    // Another QA person, who took no part, signs the same record.
     store
-        .sign_release(&signature(&order, QA, hash), now())
+        .sign_release(&signature(&order, "qa-bea", hash), false, now())
         .await
         .expect("independent QA signs");
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::Released
+    );
+}
+
+pub async fn case_a_name_typed_at_a_site_neither_bars_nor_clears_a_qa(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let mut events = complete_record(&mut log, &order, &recipe);
+    // Before sign-in at sites, a technician typed the QA's name as the one who measured.
+    let test = &release_gating_tests(&recipe)[0];
+    events.push(log.record_as(
+        order.batch_id,
+        QA,
+        Identity::Unverified,
+        qc_result(&test.id, passing_value(test), Outcome::Pass),
+    ));
+    ingest(&*store, SITE_A, &events).await;
+    let review = carrel_hub::record::review(
+        store.batch_record(order.batch_id).await.expect("record"),
+        false,
+    );
+    assert!(
+        review.exceptions.iter().any(|e| matches!(e, carrel_hub::record::Exception::Anomaly(a) if a.contains("identity not verified"))),
+        "{:?}",
+        review.exceptions
+    );
+    let hash = review.record_sha256.clone();
+    store
+        .sign_release(&signature(&order, QA, hash), false, now())
+        .await
+        .expect("a typed name proves nothing: QA may sign");
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::Released
+    );
+}
+
+pub async fn case_simulated_operators_work_is_released_only_where_accepted(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let mut events = vec![log.record(order.batch_id, accepted(&order, &recipe))];
+    for step in &recipe.steps {
+        if let Some(checkpoint) = &step.custody_checkpoint {
+            let mut scan = matched_scan(&order, &checkpoint.id);
+            if let EventKind::CustodyScan { verifiers, .. } = &mut scan {
+                *verifiers = vec!["sim-operator-1".into(), "sim-operator-2".into()];
+            }
+            events.push(log.record_as(order.batch_id, "sim-operator-1", Identity::Simulated, scan));
+        }
+        events.push(log.record(order.batch_id, step_started(&step.id)));
+        events.push(log.record(order.batch_id, step_completed(&step.id)));
+    }
+    for test in release_gating_tests(&recipe) {
+        let kind = qc_result(&test.id, passing_value(test), Outcome::Pass);
+        events.push(log.record(order.batch_id, kind));
+    }
+    ingest(&*store, SITE_A, &events).await;
+    // QA sees them as exceptions where they will not be released, and marked as
+    // simulated everywhere.
+    let simulated_exceptions = |accept: bool| {
+        let store = store.clone();
+        async move {
+            let record = store.batch_record(order.batch_id).await.expect("record");
+            let review = carrel_hub::record::review(record, accept);
+            assert!(review
+                .entries
+                .iter()
+                .any(|e| e.recorded_by == "sim-operator-1 and sim-operator-2 (simulated)"));
+            review
+                .exceptions
+                .iter()
+                .filter(|e| format!("{e:?}").contains("simulator's operator"))
+                .count()
+        }
+    };
+    assert!(simulated_exceptions(false).await > 0);
+    assert_eq!(simulated_exceptions(true).await, 0);
+    let hash = reviewed_sha256(&*store, order.batch_id).await;
+    match store
+        .sign_release(&signature(&order, QA, hash.clone()), false, now())
+        .await
+    {
+        Err(Error::FailedPrecondition(why)) => assert!(why.contains("simulator"), "{why}"),
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::AwaitingRelease
+    );
+    store
+        .sign_release(&signature(&order, QA, hash), true, now())
+        .await
+        .expect("a dev hub releases simulated work");
     assert_eq!(
         state_of(&*store, order.batch_id).await,
         BatchState::Released
@@ -152,7 +294,7 @@ pub async fn case_release_decision_matches_the_stored_signature(store: Arc<dyn S
     let mut signed = signature(&order, QA, hash);
     signed.signed_at = now() + Duration::nanoseconds(789);
     store
-        .sign_release(&signed, now())
+        .sign_release(&signed, false, now())
         .await
         .expect("sign release");
 

@@ -569,7 +569,7 @@ pub async fn case_the_clock_reads_milestones_from_the_record(store: Arc<dyn Stor
         ingest(&*store, SITE_A, &events).await;
         let sha = reviewed_sha256(&*store, order.batch_id).await;
         store
-            .sign_release(&signature(&order, QA, sha), now())
+            .sign_release(&signature(&order, QA, sha), false, now())
             .await
             .expect("sign");
         let bedside: Vec<SiteEvent> = recipe

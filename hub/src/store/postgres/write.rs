@@ -100,6 +100,16 @@ impl ReadTx for PgTx<'_> {
         .map(rows::audit_entry)
         .collect()
     }
+
+    async fn site_directory(&mut self, site_id: &str) -> Result<Vec<HubCommand>> {
+        sqlx::query("SELECT body FROM hub_commands WHERE site_id = $1 AND kind = 'person_updated' ORDER BY seq")
+            .bind(site_id)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(rows::command)
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -772,5 +782,100 @@ impl WriteTx for PgTx<'_> {
 
     async fn commit(self: Box<Self>) -> Result<()> {
         PgTx::commit(*self).await
+    }
+
+    async fn lock_user(&mut self, username: &str) -> Result<User> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = $1 FOR UPDATE")
+            .bind(username)
+            .fetch_optional(self.conn())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {username:?}")))?;
+        rows::user(&row)
+    }
+
+    async fn set_user_disabled(&mut self, username: &str, disabled: bool) -> Result<()> {
+        sqlx::query("UPDATE users SET disabled = $1 WHERE username = $2")
+            .bind(disabled)
+            .bind(username)
+            .execute(self.conn())
+            .await?;
+        if disabled {
+            sqlx::query("DELETE FROM sessions WHERE username = $1")
+                .bind(username)
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn sites_of_user(&mut self, username: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT site_id FROM user_sites WHERE username = $1 ORDER BY site_id COLLATE \"C\"",
+        )
+        .bind(username)
+        .fetch_all(self.conn())
+        .await?)
+    }
+
+    async fn set_user_site(
+        &mut self,
+        username: &str,
+        site_id: &str,
+        assigned: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = if assigned {
+            sqlx::query("INSERT INTO user_sites (username, site_id, assigned_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(username)
+                .bind(site_id)
+                .bind(now)
+                .execute(self.conn())
+                .await?
+        } else {
+            sqlx::query("DELETE FROM user_sites WHERE username = $1 AND site_id = $2")
+                .bind(username)
+                .bind(site_id)
+                .execute(self.conn())
+                .await?
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn badge_of(&mut self, username: &str) -> Result<Option<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT badge_id, pin_hash FROM badges WHERE username = $1")
+                .bind(username)
+                .fetch_optional(self.conn())
+                .await?,
+        )
+    }
+
+    async fn set_badge(
+        &mut self,
+        username: &str,
+        badge_id: &str,
+        pin_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let taken: Option<String> =
+            sqlx::query_scalar("SELECT username FROM badges WHERE badge_id = $1")
+                .bind(badge_id)
+                .fetch_optional(self.conn())
+                .await?;
+        if taken.is_some() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO badges (username, badge_id, pin_hash, issued_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (username) DO UPDATE SET badge_id = excluded.badge_id, \
+             pin_hash = excluded.pin_hash, issued_at = excluded.issued_at",
+        )
+        .bind(username)
+        .bind(badge_id)
+        .bind(pin_hash)
+        .bind(now)
+        .execute(self.conn())
+        .await?;
+        Ok(true)
     }
 }

@@ -124,6 +124,16 @@ impl ReadTx for SqliteTx<'_> {
             .map(rows::audit_entry)
             .collect()
     }
+
+    async fn site_directory(&mut self, site_id: &str) -> Result<Vec<HubCommand>> {
+        sqlx::query("SELECT body FROM hub_commands WHERE site_id = ? AND kind = 'person_updated' ORDER BY seq")
+            .bind(site_id)
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(rows::command)
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -823,5 +833,102 @@ impl WriteTx for SqliteTx<'_> {
 
     async fn commit(self: Box<Self>) -> Result<()> {
         SqliteTx::commit(*self).await
+    }
+
+    async fn lock_user(&mut self, username: &str) -> Result<User> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {username:?}")))?;
+        rows::user(&row)
+    }
+
+    async fn set_user_disabled(&mut self, username: &str, disabled: bool) -> Result<()> {
+        sqlx::query("UPDATE users SET disabled = ? WHERE username = ?")
+            .bind(disabled as i64)
+            .bind(username)
+            .execute(&mut *self.tx)
+            .await?;
+        if disabled {
+            sqlx::query("DELETE FROM sessions WHERE username = ?")
+                .bind(username)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn sites_of_user(&mut self, username: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT site_id FROM user_sites WHERE username = ? ORDER BY site_id",
+            )
+            .bind(username)
+            .fetch_all(&mut *self.tx)
+            .await?,
+        )
+    }
+
+    async fn set_user_site(
+        &mut self,
+        username: &str,
+        site_id: &str,
+        assigned: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = if assigned {
+            sqlx::query("INSERT INTO user_sites (username, site_id, assigned_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(username)
+                .bind(site_id)
+                .bind(ts(now))
+                .execute(&mut *self.tx)
+                .await?
+        } else {
+            sqlx::query("DELETE FROM user_sites WHERE username = ? AND site_id = ?")
+                .bind(username)
+                .bind(site_id)
+                .execute(&mut *self.tx)
+                .await?
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn badge_of(&mut self, username: &str) -> Result<Option<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT badge_id, pin_hash FROM badges WHERE username = ?")
+                .bind(username)
+                .fetch_optional(&mut *self.tx)
+                .await?,
+        )
+    }
+
+    async fn set_badge(
+        &mut self,
+        username: &str,
+        badge_id: &str,
+        pin_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let taken: Option<String> =
+            sqlx::query_scalar("SELECT username FROM badges WHERE badge_id = ?")
+                .bind(badge_id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        if taken.is_some() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO badges (username, badge_id, pin_hash, issued_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (username) DO UPDATE SET badge_id = excluded.badge_id, \
+             pin_hash = excluded.pin_hash, issued_at = excluded.issued_at",
+        )
+        .bind(username)
+        .bind(badge_id)
+        .bind(pin_hash)
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(true)
     }
 }

@@ -259,7 +259,10 @@ impl Site {
     pub async fn append_next(&mut self) -> anyhow::Result<SiteEvent> {
         let kind = event_kind(self.generated, &self.coi);
         self.generated += 1;
-        Ok(self.store.append(self.batch_id, RECORDED_BY, kind).await?)
+        Ok(self
+            .store
+            .append(self.batch_id, &carrel_site_agent::store::By::agent(), kind)
+            .await?)
     }
 
     /// Takes the link down (the site keeps recording, as when the network is out).
@@ -396,6 +399,7 @@ impl Chain {
             batch_id: self.batch_id,
             recorded_by: RECORDED_BY.into(),
             prev_sha256: std::mem::take(&mut self.prev_sha256),
+            identity: carrel_proto::event::Identity::Agent,
             kind: event_kind(self.next_seq - 1, &self.coi),
         };
         let body = event.canonical_json();

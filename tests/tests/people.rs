@@ -1,0 +1,368 @@
+//! People at the site, with the real hub and agent: the hub's directory reaches the
+//! site over its link; people sign in with their own passwords at the site's command
+//! line (the console's sign-in is in `browser.rs`); a person disabled at the hub is
+//! refused at an online site within seconds, and at a partitioned one once the link
+//! returns, with what they recorded meanwhile flagged for QA; failed sign-ins lock a
+//! person at the site and the hub's audit trail shows it; and a QA person who took
+//! part in a batch at the site may not release it.
+
+use carrel_tests::proxy::{Fault, Proxy};
+use carrel_tests::scenario::*;
+use carrel_tests::*;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn password_of(username: &str) -> String {
+    format!("{}-password-1", username.to_lowercase())
+}
+
+/// A QC result recorded at the site's command line by `user`, typing `password`.
+fn qc_typing(agent: &Agent, batch: &str, user: &str, password: &str, value: &str) -> Output {
+    agent.cli(
+        &[
+            "qc",
+            "--batch",
+            batch,
+            "--test",
+            "viability",
+            "--value",
+            value,
+            "--user",
+            user,
+        ],
+        &format!("{password}\n"),
+    )
+}
+
+fn qc_as(agent: &Agent, batch: &str, user: &str, value: &str) -> Output {
+    qc_typing(agent, batch, user, &password_of(user), value)
+}
+
+/// A scan at the command line by `people` (the first records, the others verify).
+fn scan(agent: &Agent, batch: &str, checkpoint: &str, label: &str, people: &[&str]) -> Output {
+    let mut args = vec![
+        "scan",
+        "--batch",
+        batch,
+        "--checkpoint",
+        checkpoint,
+        "--user",
+        people[0],
+    ];
+    for other in &people[1..] {
+        args.extend(["--second-user", other]);
+    }
+    let mut stdin: String = people.iter().map(|p| password_of(p) + "\n").collect();
+    stdin.push_str(label);
+    stdin.push('\n');
+    agent.cli(&args, &stdin)
+}
+
+async fn qc_results(agent: &Agent) -> i64 {
+    count(
+        &agent.db().await,
+        "SELECT COUNT(*) FROM events WHERE kind = 'qc_result'",
+    )
+    .await
+}
+
+/// A hub and one site whose agent dials it through a proxy, simulated instruments
+/// and no simulated operators; `people` (technicians) work there.
+async fn site_with_people(site: &str, people: &[&str]) -> (Hub, Agent, Proxy) {
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site(site);
+    let mut agent = Agent::enroll(&hub, site, &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    agent.configure(&["simulator", "auto_scan"], false.into());
+    let proxy = Proxy::start(hub.addr());
+    agent.dial(&proxy.url());
+    agent.start();
+    for person in people {
+        hub.add_person(person, "technician", &password_of(person), site);
+    }
+    for person in people {
+        agent.wait_for_person(person, "active").await;
+    }
+    (hub, agent, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disabled_person_is_refused_online_within_seconds_and_flagged_after_a_partition() {
+    let (hub, agent, proxy) =
+        site_with_people("site-dir", &["tech.ann", "tech.bob", "tech.cy"]).await;
+    let (_, batch) = create_order(&hub, "site-dir", "P-8101");
+    eventually(Duration::from_secs(30), "the batch at the site", || {
+        let out = qc_as(&agent, &batch, "tech.ann", "91");
+        async move { out.status.success().then_some(()) }
+    })
+    .await;
+
+    // Online: disabled at the hub, refused at the site within 5 s.
+    let disabled_at = Instant::now();
+    hub.cli_ok(
+        "admin",
+        &["user", "disable", "tech.cy", "--reason", "left the unit"],
+        None,
+    );
+    eventually(
+        Duration::from_secs(5),
+        "tech.cy to be refused at the site",
+        || {
+            let out = qc_as(&agent, &batch, "tech.cy", "90");
+            async move {
+                text(&out)
+                    .contains("tech.cy is disabled at the hub")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(disabled_at.elapsed() <= Duration::from_secs(5));
+    let before = qc_results(&agent).await;
+
+    // Partitioned: the site keeps the directory it had. tech.bob, disabled at the hub
+    // meanwhile, still records there; tech.ann works on.
+    proxy.set(Fault::BlackHole);
+    wait_log(
+        "the agent",
+        || agent.log(),
+        "link to the hub lost",
+        0,
+        Duration::from_secs(20),
+    )
+    .await;
+    hub.cli_ok(
+        "admin",
+        &[
+            "user",
+            "disable",
+            "tech.bob",
+            "--reason",
+            "badge reported stolen",
+        ],
+        None,
+    );
+    // The site's clock must pass the hub's time of disabling before tech.bob records.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = qc_as(&agent, &batch, "tech.bob", "88");
+    assert!(
+        out.status.success(),
+        "offline, the site had no news: {}",
+        text(&out)
+    );
+    let out = qc_as(&agent, &batch, "tech.ann", "89");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(qc_results(&agent).await, before + 2);
+
+    // The link returns: the site hears it, and refuses tech.bob from then on.
+    proxy.set(Fault::None);
+    agent.wait_for_person("tech.bob", "disabled").await;
+    let out = qc_as(&agent, &batch, "tech.bob", "87");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("disabled at the hub"), "{}", text(&out));
+    assert_eq!(
+        qc_results(&agent).await,
+        before + 2,
+        "refused: nothing recorded"
+    );
+
+    // QA review flags what tech.bob recorded while the site was offline, and only that.
+    let flagged = eventually(
+        Duration::from_secs(30),
+        "the offline records to reach the hub and be flagged",
+        || {
+            let record = hub.cli_json(QA.0, &["release", "show", &batch], None);
+            async move {
+                let flagged: Vec<String> = record["exceptions"]
+                    .as_array()
+                    .expect("exceptions")
+                    .iter()
+                    .map(|e| e.to_string())
+                    .filter(|e| e.contains("who made it"))
+                    .collect();
+                (!flagged.is_empty()).then_some(flagged)
+            }
+        },
+    )
+    .await;
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    assert!(
+        flagged[0].contains("tech.bob was disabled at the hub at"),
+        "{flagged:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_wrong_passwords_lock_a_person_at_the_site_and_the_hub_audits_it() {
+    let (hub, agent, _proxy) = site_with_people("site-lock", &["tech.dee"]).await;
+    let (_, batch) = create_order(&hub, "site-lock", "P-8201");
+    eventually(Duration::from_secs(30), "the batch at the site", || {
+        let out = qc_as(&agent, &batch, "tech.dee", "91");
+        async move { out.status.success().then_some(()) }
+    })
+    .await;
+    let before = qc_results(&agent).await;
+
+    for attempt in 1..=9 {
+        let out = qc_typing(&agent, &batch, "tech.dee", "not-my-password", "90");
+        assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("{} more failed attempt(s)", 10 - attempt)),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = qc_typing(&agent, &batch, "tech.dee", "not-my-password", "90");
+    assert!(
+        text(&out).contains("tech.dee is locked at this site"),
+        "{}",
+        text(&out)
+    );
+    let out = qc_as(&agent, &batch, "tech.dee", "90");
+    assert!(
+        text(&out).contains("locked at this site"),
+        "the right password does not open a lock: {}",
+        text(&out)
+    );
+    assert_eq!(qc_results(&agent).await, before, "nothing recorded");
+
+    // The hub's audit trail shows the lock, reported by the site.
+    let audit = eventually(
+        Duration::from_secs(30),
+        "the lock in the hub's audit trail",
+        || {
+            let out = hub.cli_ok("admin", &["audit", "list"], None);
+            async move {
+                out.lines()
+                    .find(|l| l.contains("user.locked_at_site"))
+                    .map(str::to_owned)
+            }
+        },
+    )
+    .await;
+    assert!(audit.contains("site-lock"), "{audit}");
+    assert!(audit.contains("user/tech.dee"), "{audit}");
+    assert!(audit.contains("10 failed sign-ins"), "{audit}");
+
+    // The admin sends the entry again: unlocked at the site.
+    hub.assign("tech.dee", "site-lock");
+    eventually(Duration::from_secs(10), "tech.dee to be unlocked", || {
+        let out = qc_as(&agent, &batch, "tech.dee", "92");
+        async move { out.status.success().then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qa_person_who_verified_a_scan_may_not_release_the_batch() {
+    let (hub, agent, _proxy) = site_with_people("site-qa", &["tech.eve"]).await;
+    const VERA: (&str, &str) = ("qa.vera", "qa.vera-password-1");
+    hub.add_person(VERA.0, "qa", VERA.1, "site-qa");
+    agent.wait_for_person(VERA.0, "active").await;
+    let (order_id, batch) = create_order(&hub, "site-qa", "P-8301");
+    let coi =
+        carrel_proto::coi::Coi::parse(str_field(&order_show(&hub, PHYSICIAN.0, &order_id), "coi"))
+            .expect("COI");
+    // qa.vera verifies every manufacturing scan, her name in capitals.
+    for checkpoint in ["collection", "receipt", "manufacturing-start", "fill"] {
+        let done = eventually(
+            Duration::from_secs(60),
+            &format!("the scan at {checkpoint}"),
+            || {
+                let out = scan(
+                    &agent,
+                    &batch,
+                    checkpoint,
+                    &coi.barcode_data(),
+                    &["tech.eve", "QA.VERA"],
+                );
+                async move { out.status.success().then_some(out) }
+            },
+        )
+        .await;
+        assert!(text(&done).contains("MATCH"), "{}", text(&done));
+    }
+    wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
+
+    let out = hub.cli(
+        VERA.0,
+        &["release", "sign", &batch, "--meaning", "released"],
+        Some(VERA.1),
+    );
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("PermissionDenied") || said.contains("permission"),
+        "{said}"
+    );
+    assert!(said.contains("qa.vera took part in this batch"), "{said}");
+    assert_eq!(order_state(&hub, &order_id), "awaiting_release");
+
+    // Another QA person, who took no part, releases it.
+    sign_release(&hub, &batch);
+    assert_eq!(order_state(&hub, &order_id), "released");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bedside_badge_signs_in_with_its_pin() {
+    let (hub, agent, _proxy) = site_with_people("site-badge", &["nurse.ida"]).await;
+    let issued = hub.cli_json("admin", &["user", "badge", "nurse.ida"], Some("271828"));
+    let badge = str_field(&issued, "badge_id").to_owned();
+    assert!(badge.starts_with("BDG-") && badge.len() == 16, "{badge}");
+    let short = hub.cli("admin", &["user", "badge", "nurse.ida"], Some("1234"));
+    assert!(!short.status.success());
+    assert!(
+        text(&short).contains("6 or more digits"),
+        "{}",
+        text(&short)
+    );
+
+    let (_, batch) = create_order(&hub, "site-badge", "P-8501");
+    // The scanner types the badge where the user name goes; the PIN follows.
+    let badge_qc = |pin: &str| qc_typing(&agent, &batch, &badge.to_lowercase(), pin, "93");
+    let recorded = eventually(
+        Duration::from_secs(30),
+        "the badge to work at the site",
+        || {
+            let out = badge_qc("271828");
+            async move { out.status.success().then_some(out) }
+        },
+    )
+    .await;
+    assert!(
+        text(&recorded).contains("within specification"),
+        "{}",
+        text(&recorded)
+    );
+    let out = badge_qc("000000");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("wrong PIN for nurse.ida"),
+        "{}",
+        text(&out)
+    );
+
+    let by = eventually(Duration::from_secs(30), "the result at the hub", || {
+        let record = hub.cli_json(QA.0, &["release", "show", &batch], None);
+        async move {
+            record["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .find(|e| e["kind"] == "QC result")
+                .map(|e| str_field(e, "by").to_owned())
+        }
+    })
+    .await;
+    assert_eq!(by, "Test nurse.ida (nurse.ida)");
+}
