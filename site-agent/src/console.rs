@@ -376,27 +376,74 @@ async fn gate(
                 Ok(person) => return Ok((session, person)),
                 Err(refused) => {
                     console.sessions.end(&token);
-                    refused.to_string()
+                    Why::Refused(refused)
                 }
             }
         }
-        Some((Err(Ended::Idle), _)) => format!(
-            "Your session ended after {} minutes without use.",
-            console.sessions.idle().as_secs() / 60
-        ),
-        _ => "Sign in to use the site console.".to_owned(),
+        Some((Err(Ended::Idle), _)) => Why::Idle,
+        _ => Why::SignIn,
     };
     if posting {
-        let notice = format!("Nothing was recorded. {why} Sign in, then enter it again.");
+        let notice = format!(
+            "Nothing was recorded. {} Sign in, then enter it again.",
+            why.text(console)
+        );
         Err((
             StatusCode::UNAUTHORIZED,
             Html(sign_in_markup(console, &notice, "", path).into_string()),
         )
             .into_response())
     } else {
-        let query = serde_urlencoded::to_string([("next", path), ("why", why.as_str())])
-            .unwrap_or_default();
+        let query =
+            serde_urlencoded::to_string([("next", path), ("why", why.code())]).unwrap_or_default();
         Err(Redirect::to(&format!("/signin?{query}")).into_response())
+    }
+}
+
+/// Why the sign-in page is shown. The page's address carries only a code, so a link
+/// from elsewhere cannot put words of its own on the console.
+enum Why {
+    SignIn,
+    Idle,
+    Out,
+    Refused(people::Refused),
+    /// A code from the address (the person's reason was given when it was made).
+    Code(String),
+}
+
+impl Why {
+    fn code(&self) -> &str {
+        match self {
+            Why::SignIn => "",
+            Why::Idle => "idle",
+            Why::Out => "out",
+            Why::Refused(people::Refused::Disabled(_)) => "disabled",
+            Why::Refused(people::Refused::Removed(_)) => "removed",
+            Why::Refused(people::Refused::Locked(_)) => "locked",
+            Why::Refused(_) => "",
+            Why::Code(code) => code,
+        }
+    }
+
+    fn text(&self, console: &Console) -> String {
+        match self {
+            Why::Refused(refused) => return format!("You were signed out: {refused}."),
+            Why::Idle => {
+                return format!(
+                    "Your session ended after {} minutes without use.",
+                    console.sessions.idle().as_secs() / 60
+                )
+            }
+            _ => {}
+        }
+        match self.code() {
+            "idle" => Why::Idle.text(console),
+            "out" => "You are signed out.".into(),
+            "disabled" => "You were signed out: your account is disabled at the hub.".into(),
+            "removed" => "You were signed out: you no longer work at this site.".into(),
+            "locked" => "You were signed out: you are locked at this site after failed sign-ins; ask the hub's admin to unlock you.".into(),
+            _ => "Sign in to use the site console.".into(),
+        }
     }
 }
 
@@ -446,14 +493,7 @@ async fn sign_in_page(
     headers: HeaderMap,
     Query(query): Query<SignInQuery>,
 ) -> Response {
-    let why = match query.why.as_str() {
-        "idle" => format!(
-            "Your session ended after {} minutes without use.",
-            console.sessions.idle().as_secs() / 60
-        ),
-        "out" => "You are signed out.".to_owned(),
-        other => other.chars().take(300).collect(),
-    };
+    let why = Why::Code(query.why.clone()).text(&console);
     if query.why != "idle" {
         if let Some(token) = sessions::token_of(&headers) {
             if console.sessions.touch(&token).is_ok() {
@@ -540,7 +580,7 @@ async fn sign_out(console: Shared, headers: HeaderMap, Form(form): Form<SignOutF
     );
     (
         [(header::SET_COOKIE, cookie)],
-        Redirect::to("/signin?why=out"),
+        Redirect::to(&format!("/signin?why={}", Why::Out.code())),
     )
         .into_response()
 }

@@ -998,5 +998,22 @@ async fn a_technician_signs_in_at_the_site_and_a_second_person_verifies_with_the
         "{answer}"
     );
     assert_eq!(scans().await, 1, "nothing recorded without a session");
+
+    // A person disabled at the hub is signed out at their next request.
+    site_sign_in(&client, &site_console, BOB).await;
+    hub.cli_ok(
+        "admin",
+        &["user", "disable", BOB.0, "--reason", "left the unit"],
+        None,
+    );
+    agent.wait_for_person(BOB.0, "disabled").await;
+    client.goto(&page).await.expect("batch page");
+    expect_text(
+        &client,
+        "the sign-in page",
+        "You were signed out: your account is disabled at the hub.",
+    )
+    .await;
+    shots.take(&client, "site-disabled-signed-out").await;
     client.close().await.expect("close browser");
 }
