@@ -151,6 +151,9 @@ pub struct OrderForm {
     pub product: String,
     pub site_id: String,
     pub requested_collection_date: String,
+    /// The request's one-time key (a UUID; empty: none): the same key again answers
+    /// with the order it placed.
+    pub request_id: String,
 }
 
 fn validate_pseudonym(text: &str) -> Result<String, Error> {
@@ -207,6 +210,17 @@ pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Or
             ),
         ));
     }
+    let request_id = match form.request_id.trim() {
+        "" => None,
+        text => Some(Uuid::parse_str(text).map_err(|_| {
+            field(
+                "request_id",
+                format!(
+                    "request_id {text:?} is not a UUID; leave it empty or make a new one per order"
+                ),
+            )
+        })?),
+    };
     let new = NewOrder {
         patient_pseudonym,
         recipe_id: form.product.trim().to_owned(),
@@ -214,6 +228,7 @@ pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Or
         requested_collection_date: date.to_string(),
         physician: user.username.clone(),
         facility: hub.config.facility.clone(),
+        request_id,
     };
     let order = match hub.store.create_order(&new, Utc::now()).await {
         // Which input an unknown site or product came from, for the form.

@@ -23,6 +23,7 @@ fn order_request(site: &str, product: &str, date: &str, patient: &str) -> pb::Cr
         product: product.into(),
         site_id: site.into(),
         requested_collection_date: date.into(),
+        request_id: String::new(),
     }
 }
 
@@ -90,6 +91,14 @@ async fn user_facing_api_refuses_bad_requests_and_stores_nothing() {
             order_request("site-pending", "cd19-car-t", &date, "P-1"),
             Code::FailedPrecondition,
             "is pending",
+        ),
+        (
+            pb::CreateOrderRequest {
+                request_id: "twice".into(),
+                ..order_request("site-a", "cd19-car-t", &date, "P-1")
+            },
+            Code::InvalidArgument,
+            "request_id \"twice\" is not a UUID",
         ),
     ];
     for (request, code, words) in bad {

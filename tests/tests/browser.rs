@@ -1017,3 +1017,52 @@ async fn a_technician_signs_in_at_the_site_and_a_second_person_verifies_with_the
     shots.take(&client, "site-disabled-signed-out").await;
     client.close().await.expect("close browser");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_form_sent_twice_places_one_order() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    let token = hub.add_site("site-o");
+    // Enrolled (so the site takes orders); its agent need not run.
+    let _agent = Agent::enroll(&hub, "site-o", &token).expect("enroll");
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    sign_in(&client, &console, PHYSICIAN).await;
+    client
+        .goto(&format!("{console}/orders/new"))
+        .await
+        .expect("new order");
+    fill(&client, "#patient_pseudonym", "P-7401").await;
+    let form_body: String = client
+        .execute(
+            "return new URLSearchParams(new FormData(document.querySelector('form[action=\"/orders\"]'))).toString();",
+            vec![],
+        )
+        .await
+        .expect("the form's fields")
+        .as_str()
+        .expect("text")
+        .to_owned();
+    click(&client, "form[action='/orders'] button[type=submit]").await;
+    expect_text(&client, "order page", "Vein-to-vein clock").await;
+    let placed = client.current_url().await.expect("url").to_string();
+
+    // The same form again (a double click, the back button and Place order again).
+    let answer = post_from_page(&client, "/orders", &form_body).await;
+    assert_eq!(answer[0], 200, "{answer}");
+    let orders = hub.cli_json(PHYSICIAN.0, &["order", "list"], None);
+    let for_patient: Vec<&serde_json::Value> = orders
+        .as_array()
+        .expect("orders")
+        .iter()
+        .filter(|o| o["patient_pseudonym"] == "P-7401")
+        .collect();
+    assert_eq!(for_patient.len(), 1, "one order placed: {orders}");
+    assert!(
+        placed.ends_with(str_field(for_patient[0], "order_id")),
+        "{placed}"
+    );
+    client.close().await.expect("close browser");
+}

@@ -50,6 +50,7 @@ async fn a_site_clock_minutes_off_does_not_reorder_the_record_and_is_noted() {
                 requested_collection_date: (Utc::now() + Duration::days(2))
                     .format("%Y-%m-%d")
                     .to_string(),
+                request_id: String::new(),
             },
         ))
         .await

@@ -290,6 +290,7 @@ async fn a_site_fails_over_between_replicas_and_commands_cross_replicas() {
                 product: "cd19-car-t".into(),
                 site_id: "site-f".into(),
                 requested_collection_date: date,
+                request_id: String::new(),
             },
         ))
         .await

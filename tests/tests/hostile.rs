@@ -535,6 +535,7 @@ async fn oversized_messages_get_a_clear_status_and_store_nothing() {
         product: "cd19-car-t".into(),
         site_id: "site-o".into(),
         requested_collection_date: "2099-01-01".into(),
+        request_id: String::new(),
     };
     let order_of = |size: usize| {
         sized(
@@ -939,6 +940,7 @@ async fn unknown_enum_values_and_missing_fields_are_refused_naming_the_field() {
         product: product.into(),
         site_id: site.into(),
         requested_collection_date: "2099-01-01".into(),
+        request_id: String::new(),
     };
     assert_refused(
         orders

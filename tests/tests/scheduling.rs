@@ -32,6 +32,7 @@ fn order_request(patient: &str, date: &str) -> pb::CreateOrderRequest {
         product: "cd19-car-t".into(),
         site_id: SITE.into(),
         requested_collection_date: date.into(),
+        request_id: String::new(),
     }
 }
 

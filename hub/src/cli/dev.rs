@@ -352,6 +352,7 @@ async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> a
                 product: "cd19-car-t".into(),
                 site_id: site_id.into(),
                 requested_collection_date: date,
+                request_id: uuid::Uuid::now_v7().to_string(),
             })
             .await?
             .into_inner()

@@ -24,6 +24,11 @@ pub enum OrderCommand {
         /// Requested collection date, YYYY-MM-DD.
         #[arg(long)]
         collection_date: String,
+        /// A UUID naming this request (default: a new one). Run the command again with
+        /// the same id (after a lost answer, say) and it shows the order the first run
+        /// placed instead of placing another.
+        #[arg(long)]
+        request_id: Option<uuid::Uuid>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -69,6 +74,7 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
             product,
             site,
             collection_date,
+            request_id,
             client,
         } => {
             let mut api = pb::order_service_client::OrderServiceClient::new(authed(&client).await?);
@@ -78,6 +84,7 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
                     product,
                     site_id: site,
                     requested_collection_date: collection_date,
+                    request_id: request_id.unwrap_or_else(uuid::Uuid::now_v7).to_string(),
                 })
                 .await?
                 .into_inner()

@@ -81,6 +81,9 @@ fn order_form_page(
                 @if let Some(e) = err("form") { p.error role="alert" { (e) } }
                 form method="post" action="/orders" novalidate {
                     input type="hidden" name="csrf" value=(session.csrf);
+                    // One key per order form shown: the same form sent twice (a double
+                    // click, the back button) finds the order it placed.
+                    input type="hidden" name="request_id" value=(form.request_id);
                     label for="patient_pseudonym" { "Patient pseudonym" }
                     input id="patient_pseudonym" name="patient_pseudonym" value=(form.patient_pseudonym) autofocus
                         aria-describedby="patient_pseudonym-error";
@@ -135,6 +138,7 @@ pub async fn new_order(hub: HubState, session: Session) -> Page {
         requested_collection_date: (Utc::now() + chrono::Duration::days(2))
             .format("%Y-%m-%d")
             .to_string(),
+        request_id: uuid::Uuid::now_v7().to_string(),
         ..OrderForm::default()
     };
     let free = free_dates(&hub, &session).await;
@@ -158,6 +162,8 @@ pub struct NewOrderForm {
     site_id: String,
     #[serde(default)]
     requested_collection_date: String,
+    #[serde(default)]
+    request_id: String,
 }
 
 pub async fn create_order(
@@ -171,6 +177,8 @@ pub async fn create_order(
         product: input.product,
         site_id: input.site_id,
         requested_collection_date: input.requested_collection_date,
+        // Kept when the form comes back with an error: nothing was placed under it.
+        request_id: input.request_id,
     };
     match service::create_order(&hub, &session.user, &form).await {
         Ok(order) => Ok(Redirect::to(&format!("/orders/{}", order.order_id)).into_response()),

@@ -27,6 +27,7 @@ impl pb::order_service_server::OrderService for OrderApi {
             product: req.product,
             site_id: req.site_id,
             requested_collection_date: req.requested_collection_date,
+            request_id: req.request_id,
         };
         let order = service::create_order(&self.0, &user, &form)
             .await

@@ -51,4 +51,7 @@ pub struct NewOrder {
     pub physician: String,
     /// Facility identification number used in COI identifiers.
     pub facility: String,
+    /// The request's one-time key: the same key again (from the same physician)
+    /// answers with the order it placed, and places nothing.
+    pub request_id: Option<Uuid>,
 }

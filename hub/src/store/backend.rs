@@ -164,6 +164,16 @@ pub trait WriteTx: ReadTx {
         pin_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<bool>;
+    /// The order a physician's request with this one-time key placed, if any.
+    async fn order_of_request(&mut self, physician: &str, request_id: Uuid)
+        -> Result<Option<Uuid>>;
+    /// Keeps which order a physician's request placed.
+    async fn insert_order_request(
+        &mut self,
+        physician: &str,
+        request_id: Uuid,
+        order_id: Uuid,
+    ) -> Result<()>;
     /// The sites a user is assigned to, by id.
     async fn sites_of_user(&mut self, username: &str) -> Result<Vec<String>>;
     /// Assigns a user to a site (`true`) or removes the assignment (`false`);

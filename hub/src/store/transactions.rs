@@ -556,6 +556,14 @@ pub(crate) async fn create_order(
         }
         other => other?,
     };
+    // A request sent again (under the site's lock, so after the first committed)
+    // answers with the order it placed.
+    if let Some(request_id) = new.request_id {
+        if let Some(order_id) = tx.order_of_request(&new.physician, request_id).await? {
+            tracing::info!(%order_id, %request_id, "order request repeated: nothing placed again");
+            return tx.order(OrderKey::Order(order_id)).await;
+        }
+    }
     if site.status != SiteStatus::Active {
         return Err(Error::FailedPrecondition(format!(
             "site {:?} is {} and cannot take orders",
@@ -597,6 +605,10 @@ pub(crate) async fn create_order(
         updated_at: now,
     };
     tx.insert_order(&order).await?;
+    if let Some(request_id) = new.request_id {
+        tx.insert_order_request(&new.physician, request_id, order.order_id)
+            .await?;
+    }
     let booked = book(
         &mut tx,
         order.order_id,

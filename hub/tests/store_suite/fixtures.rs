@@ -106,6 +106,7 @@ pub fn new_order(site_id: &str) -> NewOrder {
         requested_collection_date: "2026-12-01".into(),
         physician: PHYSICIAN.into(),
         facility: "G1234".into(),
+        request_id: None,
     }
 }
 

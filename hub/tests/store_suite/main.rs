@@ -127,6 +127,7 @@ every_backend! {
         case_successive_orders_get_distinct_valid_cois,
         case_refused_orders_create_nothing,
         case_cancel_stops_a_batch_in_process,
+        case_an_order_request_sent_twice_places_one_order,
     ],
     release: [
         case_release_needs_a_complete_record,

@@ -192,3 +192,42 @@ pub async fn case_cancel_stops_a_batch_in_process(store: Arc<dyn Store>) {
         BatchState::Cancelled
     );
 }
+
+pub async fn case_an_order_request_sent_twice_places_one_order(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    let key = uuid::Uuid::now_v7();
+    let request = NewOrder {
+        request_id: Some(key),
+        ..new_order(SITE_A)
+    };
+    // A double click: both at once; then a reload of the answer.
+    let (first, second) = tokio::join!(
+        store.create_order(&request, now()),
+        store.create_order(&request, now())
+    );
+    let first = first.expect("placed");
+    assert_eq!(second.expect("answered").order_id, first.order_id);
+    let again = store.create_order(&request, now()).await.expect("answered");
+    assert_eq!(again.order_id, first.order_id);
+    let orders = store.list_orders(None, None).await.expect("list orders");
+    assert_eq!(orders.len(), 1, "one order for one request");
+    assert_eq!(
+        commands(&*store, SITE_A).await.len(),
+        1,
+        "one batch order sent"
+    );
+
+    // Another request (a new form) is another order.
+    let next = store
+        .create_order(
+            &NewOrder {
+                request_id: Some(uuid::Uuid::now_v7()),
+                ..new_order(SITE_A)
+            },
+            now(),
+        )
+        .await
+        .expect("a second order");
+    assert_ne!(next.order_id, first.order_id);
+    assert_eq!(store.list_orders(None, None).await.expect("list").len(), 2);
+}

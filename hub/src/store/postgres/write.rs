@@ -878,4 +878,35 @@ impl WriteTx for PgTx<'_> {
         .await?;
         Ok(true)
     }
+
+    async fn order_of_request(
+        &mut self,
+        physician: &str,
+        request_id: Uuid,
+    ) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT order_id FROM order_requests WHERE physician = $1 AND request_id = $2",
+        )
+        .bind(physician)
+        .bind(request_id)
+        .fetch_optional(self.conn())
+        .await?)
+    }
+
+    async fn insert_order_request(
+        &mut self,
+        physician: &str,
+        request_id: Uuid,
+        order_id: Uuid,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO order_requests (physician, request_id, order_id) VALUES ($1, $2, $3)",
+        )
+        .bind(physician)
+        .bind(request_id)
+        .bind(order_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
 }

@@ -931,4 +931,40 @@ impl WriteTx for SqliteTx<'_> {
         .await?;
         Ok(true)
     }
+
+    async fn order_of_request(
+        &mut self,
+        physician: &str,
+        request_id: Uuid,
+    ) -> Result<Option<Uuid>> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT order_id FROM order_requests WHERE physician = ? AND request_id = ?",
+        )
+        .bind(physician)
+        .bind(request_id.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        found
+            .map(|id| {
+                Uuid::parse_str(&id).map_err(|e| Error::Corrupt(format!("order id {id:?}: {e}")))
+            })
+            .transpose()
+    }
+
+    async fn insert_order_request(
+        &mut self,
+        physician: &str,
+        request_id: Uuid,
+        order_id: Uuid,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO order_requests (physician, request_id, order_id) VALUES (?, ?, ?)",
+        )
+        .bind(physician)
+        .bind(request_id.to_string())
+        .bind(order_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
 }

@@ -118,6 +118,7 @@ impl Hub {
             product: PRODUCT.into(),
             site_id: site_id.into(),
             requested_collection_date: (Utc::now().date_naive() + chrono::Days::new(7)).to_string(),
+            request_id: String::new(),
         };
         service::create_order(&self.shared, &self.physician, &form)
             .await
