@@ -585,16 +585,22 @@ async fn sign_out(console: Shared, headers: HeaderMap, Form(form): Form<SignOutF
         .into_response()
 }
 
-/// The refusal of a form whose CSRF token is not its session's.
-fn csrf_refusal(session: &Session, sent: &str) -> Option<Response> {
-    if sent == session.csrf {
-        None
-    } else {
-        Some(problem(
+/// The gate of a recording form of batch `id`: the signed-in person, and the form's
+/// CSRF token must be their session's.
+async fn form_gate(
+    console: &Console,
+    headers: &HeaderMap,
+    id: &str,
+    csrf: &str,
+) -> Result<(Session, SignedIn), Response> {
+    let (session, person) = gate(console, headers, &format!("/batches/{id}"), true).await?;
+    if csrf != session.csrf {
+        return Err(problem(
             StatusCode::FORBIDDEN,
             "The form did not come from this console session; reload the page. Nothing was recorded.",
-        ))
+        ));
     }
+    Ok((session, person))
 }
 
 async fn home(console: Shared, headers: HeaderMap) -> Response {
@@ -782,13 +788,10 @@ async fn record_reading(
     Path(id): Path<String>,
     Form(form): Form<ReadingForm>,
 ) -> Response {
-    let (session, person) = match gate(&console, &headers, &format!("/batches/{id}"), true).await {
+    let (session, person) = match form_gate(&console, &headers, &id, &form.csrf).await {
         Ok(who) => who,
         Err(response) => return response,
     };
-    if let Some(refused) = csrf_refusal(&session, &form.csrf) {
-        return refused;
-    }
     let who = Who {
         person: &person,
         session: &session,
@@ -990,13 +993,10 @@ async fn scan(
     Path(id): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Response {
-    let (session, person) = match gate(&console, &headers, &format!("/batches/{id}"), true).await {
+    let (session, person) = match form_gate(&console, &headers, &id, field(&fields, "csrf")).await {
         Ok(who) => who,
         Err(response) => return response,
     };
-    if let Some(refused) = csrf_refusal(&session, field(&fields, "csrf")) {
-        return refused;
-    }
     let who = Who {
         person: &person,
         session: &session,
@@ -1073,13 +1073,10 @@ async fn record_qc(
     Path(id): Path<String>,
     Form(form): Form<QcForm>,
 ) -> Response {
-    let (session, person) = match gate(&console, &headers, &format!("/batches/{id}"), true).await {
+    let (session, person) = match form_gate(&console, &headers, &id, &form.csrf).await {
         Ok(who) => who,
         Err(response) => return response,
     };
-    if let Some(refused) = csrf_refusal(&session, &form.csrf) {
-        return refused;
-    }
     let who = Who {
         person: &person,
         session: &session,

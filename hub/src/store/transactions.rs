@@ -105,6 +105,23 @@ async fn person_entry(tx: &mut Tx<'_>, user: &User, status: PersonStatus) -> Res
     })
 }
 
+/// Sends a person's entry, as it stands now with `status`, to every site they work
+/// at; returns those sites with their new directory versions.
+async fn send_entry_to_their_sites(
+    tx: &mut Tx<'_>,
+    user: &User,
+    status: PersonStatus,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, u64)>> {
+    let mut versions = Vec::new();
+    for site_id in tx.sites_of_user(&user.username).await? {
+        let entry = person_entry(tx, user, status).await?;
+        let command = append_command(tx, &site_id, Uuid::nil(), entry, now).await?;
+        versions.push((site_id, command.seq));
+    }
+    Ok(versions)
+}
+
 /// Issues (or replaces) a person's bedside badge and sends it to every site they work
 /// at; returns those sites with their new directory versions.
 pub(crate) async fn issue_badge(
@@ -124,12 +141,7 @@ pub(crate) async fn issue_badge(
     if !tx.set_badge(username, badge_id, pin_hash, now).await? {
         return Err(Error::AlreadyExists(format!("badge {badge_id:?}")));
     }
-    let mut versions = Vec::new();
-    for site_id in tx.sites_of_user(username).await? {
-        let entry = person_entry(&mut tx, &user, PersonStatus::Active).await?;
-        let command = append_command(&mut tx, &site_id, Uuid::nil(), entry, now).await?;
-        versions.push((site_id, command.seq));
-    }
+    let versions = send_entry_to_their_sites(&mut tx, &user, PersonStatus::Active, now).await?;
     tx.audit(
         NewEntry::new(
             actor,
@@ -261,18 +273,13 @@ pub(crate) async fn set_user_disabled(
     }
     tx.set_user_disabled(username, disabled).await?;
     user.disabled = disabled;
-    let sites = tx.sites_of_user(username).await?;
     let status = if disabled {
         PersonStatus::Disabled
     } else {
         PersonStatus::Active
     };
-    let mut versions = Vec::new();
-    for site_id in &sites {
-        let entry = person_entry(&mut tx, &user, status).await?;
-        let command = append_command(&mut tx, site_id, Uuid::nil(), entry, now).await?;
-        versions.push((site_id.clone(), command.seq));
-    }
+    let versions = send_entry_to_their_sites(&mut tx, &user, status, now).await?;
+    let sites: Vec<&str> = versions.iter().map(|(site, _)| site.as_str()).collect();
     tx.audit(
         NewEntry::new(
             actor,
