@@ -113,6 +113,7 @@ pub async fn add_user(
         role,
         disabled: false,
         password_hash: hash_password(password)?,
+        signature_acknowledged_at: None,
     };
     store.add_user(&user, actor).await?;
     tracing::info!(username, role = %role, "user added");

@@ -60,6 +60,15 @@ actions! {
     UserSignInFailed = "user.sign_in_failed",
     /// Sign-in refused because of too many recent failures.
     UserSignInLocked = "user.sign_in_locked",
+    /// The failed sign-ins (and signings) of one user name from one source in one
+    /// window, counted: strangers' attempts reach the trail as counts, not one by one.
+    UserSignInFailuresCounted = "user.sign_in_failures_counted",
+    /// A source address refused further sign-ins for the rest of a window after too
+    /// many failures for any user names.
+    SourceSignInThrottled = "source.sign_in_throttled",
+    /// A person acknowledged that their electronic signature is the legally binding
+    /// equivalent of their handwritten signature.
+    UserSignatureAcknowledged = "user.signature_acknowledged",
     UserDisabled = "user.disabled",
     UserEnabled = "user.enabled",
     /// A person assigned to a site (or their entry sent again, which unlocks them there).
@@ -98,6 +107,10 @@ actions! {
     ReleaseSigned = "release.signed",
     ReleaseSigningRefused = "release.signing_refused",
     ReleaseSigningFailed = "release.signing_failed",
+    /// A record arrived after the batch's release decision and changes what QA reviewed.
+    BatchChangedAfterDecision = "batch.changed_after_decision",
+    /// A QA person reviewed, with a signature, the records that arrived after the decision.
+    BatchChangeReviewed = "batch.change_reviewed",
     NotificationSubscribed = "notification.subscribed",
     NotificationUnsubscribed = "notification.unsubscribed",
     NotificationRequeued = "notification.requeued",
@@ -154,6 +167,8 @@ pub enum Object {
     Batch(Uuid),
     Subscription(Uuid),
     Notification(Uuid),
+    /// A network address people sign in from (failed sign-ins are counted per source).
+    Source(String),
 }
 
 impl fmt::Display for Object {
@@ -175,6 +190,7 @@ impl fmt::Display for Object {
             Object::Batch(id) => write!(f, "batch/{id}"),
             Object::Subscription(id) => write!(f, "subscription/{id}"),
             Object::Notification(id) => write!(f, "notification/{id}"),
+            Object::Source(address) => write!(f, "source/{address}"),
         }
     }
 }
@@ -200,6 +216,7 @@ impl Object {
             "batch" => Object::Batch(id(rest)?),
             "subscription" => Object::Subscription(id(rest)?),
             "notification" => Object::Notification(id(rest)?),
+            "source" => Object::Source(rest.to_owned()),
             "site" if rest == "?" => Object::UnknownSite,
             "site" => {
                 if let Some(site_id) = rest.strip_suffix("/capacity") {
@@ -504,6 +521,7 @@ mod tests {
             Object::Batch(id),
             Object::Subscription(id),
             Object::Notification(id),
+            Object::Source("127.0.0.2".into()),
         ];
         for object in objects {
             let text = object.to_string();

@@ -90,12 +90,18 @@ pub struct Config {
     /// rather than people (dev mode and tests only: a production hub refuses to
     /// release them). Env: `CARREL_HUB_ACCEPT_SIMULATED_PEOPLE`.
     pub accept_simulated_people: bool,
-    /// Failed sign-ins in a row after which an account is locked (counted per user
-    /// name, known or not). Env: `CARREL_HUB_SIGN_IN_MAX_FAILURES`.
+    /// Failed sign-ins (and signings) in one window after which a user name is locked
+    /// for the rest of the window, counted per user name (known or not) and source
+    /// address: a stranger elsewhere cannot lock the person out.
+    /// Env: `CARREL_HUB_SIGN_IN_MAX_FAILURES`.
     pub sign_in_max_failures: u32,
-    /// How long the lock lasts, and the window failures are counted in.
+    /// The window failed sign-ins are counted in, and so the longest a lock lasts.
     /// Env: `CARREL_HUB_SIGN_IN_LOCKOUT_SECS`.
     pub sign_in_lockout_secs: u32,
+    /// Failed sign-ins from one source address, for any user names, after which that
+    /// source is refused for the rest of the window.
+    /// Env: `CARREL_HUB_SIGN_IN_SOURCE_MAX_FAILURES`.
+    pub sign_in_source_max_failures: u32,
     /// Default lifetime of a site enrollment token. Env: `CARREL_HUB_ENROLLMENT_TTL_SECS`.
     pub enrollment_ttl_secs: u32,
     /// Extra recipe files (TOML) to publish at start, besides the ones shipped with the hub.
@@ -149,6 +155,7 @@ impl Default for Config {
             enrollment_ttl_secs: 86_400,
             sign_in_max_failures: 5,
             sign_in_lockout_secs: 900,
+            sign_in_source_max_failures: 50,
             recipe_files: Vec::new(),
             site_certificate_days: 730,
             site_certificate_renew_days: 30,
@@ -283,6 +290,10 @@ impl Config {
             &mut self.sign_in_lockout_secs,
         )?;
         env_parse(
+            "CARREL_HUB_SIGN_IN_SOURCE_MAX_FAILURES",
+            &mut self.sign_in_source_max_failures,
+        )?;
+        env_parse(
             "CARREL_HUB_ENROLLMENT_TTL_SECS",
             &mut self.enrollment_ttl_secs,
         )?;
@@ -319,9 +330,12 @@ impl Config {
                     .into(),
             ));
         }
-        if self.sign_in_max_failures == 0 || self.sign_in_lockout_secs == 0 {
+        if self.sign_in_max_failures == 0
+            || self.sign_in_lockout_secs == 0
+            || self.sign_in_source_max_failures == 0
+        {
             return Err(Error::Invalid(
-                "sign_in_max_failures and sign_in_lockout_secs must be positive".into(),
+                "sign_in_max_failures, sign_in_lockout_secs and sign_in_source_max_failures must be positive".into(),
             ));
         }
         if self.max_message_bytes < MIN_MAX_MESSAGE_BYTES {

@@ -191,6 +191,11 @@ pub struct Review {
     /// Every entry of the record, in the order the site recorded them.
     pub entries: Vec<Entry>,
     pub signatures: Vec<Signed>,
+    /// Records that arrived after the release decision and no QA person has
+    /// reviewed yet: while there are any, the batch is "changed after decision".
+    pub changed_after_decision: Vec<Entry>,
+    /// QA's signed reviews of such records.
+    pub change_reviews: Vec<crate::model::ChangeReview>,
     pub audit: Vec<crate::audit::Entry>,
 }
 
@@ -217,6 +222,16 @@ pub struct Entry {
 pub enum Exception {
     Record(Entry),
     Anomaly(String),
+}
+
+impl Exception {
+    /// The exception in one line, as a justification of it records it.
+    pub fn text(&self) -> String {
+        match self {
+            Exception::Record(e) => format!("record {}: {} ({})", e.seq, e.what, e.detail),
+            Exception::Anomaly(anomaly) => format!("hub check: {anomaly}"),
+        }
+    }
 }
 
 /// A QC result against its specification. Without the test in the recipe, the name,
@@ -325,6 +340,7 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
         events,
         qc,
         signatures,
+        change_reviews,
         audit,
         directory,
     } = record;
@@ -450,7 +466,14 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
             _ => {}
         }
     }
+    let unreviewed: HashSet<u64> = order.progress.unreviewed_changes().into_iter().collect();
     Review {
+        changed_after_decision: events
+            .iter()
+            .filter(|e| unreviewed.contains(&e.event.seq))
+            .map(entry)
+            .collect(),
+        change_reviews,
         record_sha256: record_sha256(&order, &recipe_sha256, &events),
         recipe_title: recipe.title.clone(),
         recipe_version: recipe.version,
@@ -672,6 +695,7 @@ mod tests {
             events,
             qc: Vec::new(),
             signatures: Vec::new(),
+            change_reviews: Vec::new(),
             audit: Vec::new(),
             directory: Vec::new(),
         }
@@ -782,6 +806,7 @@ mod tests {
             record_sha256: "0".repeat(64),
             reason: "test".into(),
             signed_at,
+            justifications: Vec::new(),
         });
         let sha = record_sha256(&record.order, &record.recipe.sha256, &record.events);
         let review = review(record, false);

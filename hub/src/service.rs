@@ -50,60 +50,108 @@ fn field(field: &'static str, message: impl Into<String>) -> Error {
 /// reveal which user names exist.
 pub const BAD_CREDENTIALS: &str = "unknown user or wrong password";
 
-/// A new session for a user who proved their password; failures are audited.
+/// The longest user name the hub counts or audits (longer ones are cut): no user
+/// name is longer ([`crate::admin::validate_username`]), and a stranger's input must
+/// not grow the audit trail.
+pub const MAX_USERNAME_CHARS: usize = 64;
+
+/// A user name as failed sign-ins count and audit it: at most [`MAX_USERNAME_CHARS`].
+pub fn bounded_username(username: &str) -> String {
+    username.chars().take(MAX_USERNAME_CHARS).collect()
+}
+
+/// The window failed sign-ins are counted in now: (start, end).
+pub fn failure_window(hub: &Hub) -> (DateTime<Utc>, DateTime<Utc>) {
+    let secs = i64::from(hub.config.sign_in_lockout_secs);
+    let now = Utc::now().timestamp();
+    let start = DateTime::from_timestamp(now - now.rem_euclid(secs), 0).unwrap_or_default();
+    (start, start + Duration::seconds(secs))
+}
+
+pub fn failure_limits(hub: &Hub) -> store::FailureLimits {
+    store::FailureLimits {
+        per_user_and_source: u64::from(hub.config.sign_in_max_failures),
+        per_source: u64::from(hub.config.sign_in_source_max_failures),
+    }
+}
+
+/// What a refused attempt says when the counts of failures stop it.
+fn locked(gate: store::Gate, until: DateTime<Utc>) -> Option<Error> {
+    let until = until.format("%H:%M UTC");
+    match gate {
+        store::Gate::Open => None,
+        store::Gate::UserLocked(n) => Some(Error::Unauthenticated(format!(
+            "too many failed attempts ({n}) for this user name from your address: try again after {until}, or ask an administrator"
+        ))),
+        store::Gate::SourceThrottled(n) => Some(Error::Unauthenticated(format!(
+            "too many failed sign-ins ({n}) from your address: try again after {until}"
+        ))),
+    }
+}
+
+/// Whether `password` matches `hash`, checked off the async workers (argon2 takes a
+/// tenth of a second on purpose). Without a usable hash (an unknown or disabled
+/// user) the same work is done against a hash nobody knows the password of, so the
+/// answer takes as long for every user name.
+async fn password_matches(password: &str, hash: Option<&str>) -> bool {
+    static UNUSABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let usable = hash.is_some();
+    let hash = match hash {
+        Some(hash) => hash.to_owned(),
+        None => UNUSABLE
+            .get_or_init(|| {
+                crate::auth::hash_password(&new_secret()).expect("hashing a random secret")
+            })
+            .clone(),
+    };
+    let password = password.to_owned();
+    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
+    usable && matches
+}
+
+/// A new session for a user who proved their password, signing in from `source`
+/// (the client's address). Failures are counted per user name and source; a lock
+/// applies only to that source, and the audit trail gets the counts
+/// ([`store::Store::count_sign_in_failure`]).
 pub async fn sign_in(
     hub: &Hub,
     username: &str,
     password: &str,
+    source: &str,
 ) -> Result<(String, DateTime<Utc>, User), Error> {
     let username = username.trim();
     if username.is_empty() || password.is_empty() {
         return Err(field("username", "user name and password are required"));
     }
-    // Password guessing: after too many failures in a row the account is locked for a
-    // while, whatever is typed. Counted per user name, so an unknown name locks too
-    // and the answer reveals nothing about which names exist.
-    let window = Duration::seconds(i64::from(hub.config.sign_in_lockout_secs));
-    let failures = hub
+    let key = bounded_username(username);
+    let window = failure_window(hub);
+    let limits = failure_limits(hub);
+    let gate = hub
         .store
-        .sign_in_failures_since(username, Utc::now() - window)
+        .sign_in_gate(&key, source, window.0, limits)
         .await?;
-    if failures >= u64::from(hub.config.sign_in_max_failures) {
-        tracing::warn!(username, failures, "sign-in refused: account locked");
-        hub.store
-            .audit(
-                &NewEntry::new(
-                    username,
-                    Action::UserSignInLocked,
-                    Object::User(username.to_owned()),
-                )
-                .reason(format!("{failures} failed sign-ins in a row")),
-            )
-            .await?;
-        return Err(Error::Unauthenticated(format!(
-            "this account is locked after {failures} failed sign-ins; try again in {} minutes or ask an administrator",
-            hub.config.sign_in_lockout_secs.div_ceil(60)
-        )));
+    if let Some(refused) = locked(gate, window.1) {
+        tracing::warn!(username = %key, source, "sign-in refused: too many failures");
+        return Err(refused);
     }
-    let user = match hub.store.user(username).await {
-        Ok(user) => Some(user),
-        Err(store::Error::NotFound(_)) => None,
-        Err(e) => return Err(e.into()),
+    // A name longer than any user's is nobody's; it is not looked up.
+    let user = if key.len() == username.len() {
+        match hub.store.user(username).await {
+            Ok(user) => Some(user),
+            Err(store::Error::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
     };
-    let ok = user
-        .as_ref()
-        .is_some_and(|u| !u.disabled && verify_password(password, &u.password_hash));
-    let Some(user) = user.filter(|_| ok) else {
-        tracing::warn!(username, "failed sign-in");
+    let usable = user.as_ref().filter(|u| !u.disabled);
+    let ok = password_matches(password, usable.map(|u| u.password_hash.as_str())).await;
+    let Some(user) = usable.filter(|_| ok).cloned() else {
+        tracing::warn!(username = %key, source, "failed sign-in");
         hub.store
-            .audit(
-                &NewEntry::new(
-                    username,
-                    Action::UserSignInFailed,
-                    Object::User(username.to_owned()),
-                )
-                .reason("wrong password, unknown or disabled user"),
-            )
+            .count_sign_in_failure(&key, source, window, limits)
             .await?;
         return Err(Error::Unauthenticated(BAD_CREDENTIALS.into()));
     };

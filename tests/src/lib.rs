@@ -364,9 +364,16 @@ impl Hub {
 
     /// A TLS channel to the hub without a client certificate (as people connect).
     pub async fn channel(&self) -> Channel {
+        self.channel_from(None).await
+    }
+
+    /// A channel whose connection comes from `local` (an address of this machine,
+    /// such as 127.0.0.2), as a client elsewhere on the network would.
+    pub async fn channel_from(&self, local: Option<std::net::IpAddr>) -> Channel {
         let pem = std::fs::read_to_string(self.ca_cert()).expect("CA certificate");
         Endpoint::from_shared(self.url())
             .expect("url")
+            .local_address(local)
             .tls_config(
                 ClientTlsConfig::new()
                     .ca_certificate(Certificate::from_pem(pem))

@@ -59,13 +59,34 @@ pub async fn wait_order_state(hub: &Hub, order_id: &str, state: &str, timeout: D
     .await;
 }
 
-/// QA signs release of a batch awaiting it (the record as the hub has it now).
+/// QA signs release of a batch awaiting it: the record as the hub has it now, each
+/// exception (if any) justified.
 pub fn sign_release(hub: &Hub, batch_id: &str) {
-    hub.cli_ok(
+    let record = hub.cli_json(QA.0, &["release", "show", batch_id], None);
+    let sha = record["record_sha256"]
+        .as_str()
+        .expect("record_sha256")
+        .to_owned();
+    let exceptions = record["exceptions"].as_array().map_or(0, Vec::len);
+    let justifications: Vec<String> = (1..=exceptions)
+        .map(|i| format!("reviewed in this test scenario (exception {i})"))
+        .collect();
+    let mut args = vec![
+        "release",
+        "sign",
+        batch_id,
+        "--meaning",
+        "released",
+        "--record-sha256",
+        &sha,
+        "--user",
         QA.0,
-        &["release", "sign", batch_id, "--meaning", "released"],
-        Some(QA.1),
-    );
+        "--acknowledge-signature-meaning",
+    ];
+    for j in &justifications {
+        args.extend(["--justification", j.as_str()]);
+    }
+    hub.cli_ok(QA.0, &args, Some(QA.1));
 }
 
 pub async fn count(db: &sqlx::SqlitePool, sql: &str) -> i64 {

@@ -55,13 +55,17 @@ async fn only_qa_signs_release_and_every_refusal_is_audited() {
         .record
         .expect("record")
         .record_sha256;
-    let sign = |password: &str| pb::SignReleaseRequest {
+    let sign_as = |username: &str, password: &str, acknowledge: bool| pb::SignReleaseRequest {
         batch_id: batch_id.clone(),
         meaning: pb::ReleaseMeaning::Released as i32,
         password: password.into(),
         record_sha256: record_sha256.clone(),
         reason: String::new(),
+        username: username.into(),
+        acknowledge_signature_meaning: acknowledge,
+        justifications: Vec::new(),
     };
+    let sign = |password: &str| sign_as("", password, true);
 
     // Everyone but QA is refused, with their own correct password and the right
     // record hash: it is the role that is missing.
@@ -108,11 +112,62 @@ async fn only_qa_signs_release_and_every_refusal_is_audited() {
         "the attempts are in the batch's audit trail"
     );
 
-    // QA signs.
+    // QA signs: the first signature of a session needs the user name as well as the
+    // password, and a person's first signature the acknowledgement of what it means.
+    let refused = release
+        .sign_release(authed(&qa, sign_as("", QA.1, true)))
+        .await
+        .expect_err("no user name at the session's first signature");
+    assert_eq!(
+        refused.code(),
+        Code::InvalidArgument,
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("user name"),
+        "{}",
+        refused.message()
+    );
+    let refused = release
+        .sign_release(authed(&qa, sign_as(QA.0, QA.1, false)))
+        .await
+        .expect_err("no acknowledgement at the first signature");
+    assert_eq!(
+        refused.code(),
+        Code::InvalidArgument,
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("acknowledge"),
+        "{}",
+        refused.message()
+    );
+    let refused = release
+        .sign_release(authed(&qa, sign_as(PHYSICIAN.0, QA.1, true)))
+        .await
+        .expect_err("someone else's user name");
+    assert_eq!(
+        refused.code(),
+        Code::Unauthenticated,
+        "{}",
+        refused.message()
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM signatures").await, 0);
+    assert_eq!(audited(&db, "user.signature_acknowledged", QA.0).await, 0);
     release
-        .sign_release(authed(&qa, sign(QA.1)))
+        .sign_release(authed(&qa, sign_as(QA.0, QA.1, true)))
         .await
         .expect("QA signs");
+    assert_eq!(audited(&db, "user.signature_acknowledged", QA.0).await, 1);
+    let acknowledged: Option<String> =
+        sqlx::query_scalar("SELECT signature_acknowledged_at FROM users WHERE username = ?")
+            .bind(QA.0)
+            .fetch_one(&db)
+            .await
+            .expect("user");
+    assert!(acknowledged.is_some(), "kept with the account");
     assert_eq!(count(&db, "SELECT COUNT(*) FROM signatures").await, 1);
     assert_eq!(audited(&db, "release.signing_refused", QA.0).await, 0);
 
@@ -183,55 +238,142 @@ async fn a_site_cannot_write_another_sites_batch() {
     assert_eq!(order_state(&hub, &order_id), "ordered");
 }
 
+/// What the audit trail and the failure counts hold, in bytes of text.
+async fn stored_bytes(db: &sqlx::SqlitePool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT (SELECT COALESCE(SUM(LENGTH(actor) + LENGTH(object) + LENGTH(old_value) + LENGTH(new_value) + LENGTH(reason) + 200), 0) FROM audit_log) \
+              + (SELECT COALESCE(SUM(LENGTH(username) + LENGTH(source) + 60), 0) FROM sign_in_failures)",
+    )
+    .fetch_one(db)
+    .await
+    .expect("bytes")
+}
+
+async fn login_via(
+    channel: &tonic::transport::Channel,
+    username: &str,
+    password: &str,
+) -> Result<String, tonic::Status> {
+    pb::auth_service_client::AuthServiceClient::new(channel.clone())
+        .login(pb::LoginRequest {
+            username: username.into(),
+            password: password.into(),
+        })
+        .await
+        .map(|r| r.into_inner().token)
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn repeated_wrong_passwords_lock_the_account_and_are_audited() {
+async fn strangers_cannot_lock_a_person_out_enumerate_names_or_grow_the_audit_trail() {
     let hub = Hub::start().await;
     hub.add_user("dr.lock", "physician", "physician-password-1");
-    for _ in 0..5 {
-        let refused = hub
-            .login("dr.lock", "guess-guess-guess")
+    hub.add_user("dr.other", "physician", "physician-password-2");
+    let db = hub.db().await;
+    let entries_before = count(&db, "SELECT COUNT(*) FROM audit_log").await;
+    let bytes_before = stored_bytes(&db).await;
+
+    // 1,000 wrong passwords for dr.lock from 127.0.0.2.
+    let stranger = hub
+        .channel_from(Some("127.0.0.2".parse().expect("address")))
+        .await;
+    for i in 0..1000 {
+        let refused = login_via(&stranger, "dr.lock", "guess-guess-guess")
             .await
             .expect_err("wrong password");
-        assert!(
-            refused.message().contains("wrong password"),
-            "{}",
-            refused.message()
-        );
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        if i >= 5 {
+            assert!(
+                refused.message().contains("too many failed attempts"),
+                "attempt {i}: {}",
+                refused.message()
+            );
+        }
     }
-    // The right password no longer helps while the account is locked.
-    let locked = hub
-        .login("dr.lock", "physician-password-1")
+    // There, even the right password is refused for now...
+    let refused = login_via(&stranger, "dr.lock", "physician-password-1")
         .await
-        .expect_err("locked");
-    assert_eq!(locked.code(), tonic::Code::Unauthenticated);
+        .expect_err("locked at that address");
     assert!(
-        locked.message().contains("locked after 5 failed sign-ins"),
+        refused.message().contains("from your address"),
         "{}",
-        locked.message()
+        refused.message()
     );
-    // An unknown name locks the same way, so the answer tells nothing about who exists.
-    for _ in 0..6 {
-        let _ = hub.login("nobody.here", "guess-guess-guess").await;
+    // ...but dr.lock signs in from 127.0.0.1.
+    hub.login("dr.lock", "physician-password-1")
+        .await
+        .expect("not locked out from another address");
+
+    // The trail grew by the lock (once) and the sign-in: no entry per attempt.
+    let added = count(&db, "SELECT COUNT(*) FROM audit_log").await - entries_before;
+    assert!(added <= 3, "{added} audit entries for 1,000 failures");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'user.sign_in_locked' AND actor = 'dr.lock'"
+        )
+        .await,
+        1
+    );
+
+    // A 1 MB user name adds at most 1 KB.
+    let before = stored_bytes(&db).await;
+    let huge = "u".repeat(1_000_000);
+    let refused = login_via(&stranger, &huge, "guess-guess-guess")
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        refused.code(),
+        Code::Unauthenticated,
+        "{}",
+        refused.message()
+    );
+    let grown = stored_bytes(&db).await - before;
+    assert!(grown <= 1024, "a 1 MB user name stored {grown} bytes");
+    assert!(
+        stored_bytes(&db).await - bytes_before < 4096,
+        "everything the strangers did"
+    );
+
+    // The same time for known and unknown names (argon2 either way), from a third
+    // address, below the lock.
+    let third = hub
+        .channel_from(Some("127.0.0.3".parse().expect("address")))
+        .await;
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        for (name, exists) in [
+            ("dr.lock", true),
+            ("nobody.one", false),
+            ("dr.other", true),
+            ("nobody.two", false),
+        ] {
+            let start = std::time::Instant::now();
+            let refused = login_via(&third, name, "guess-guess-guess")
+                .await
+                .expect_err("wrong");
+            let took = start.elapsed().as_secs_f64();
+            if exists {
+                known.push(took);
+            } else {
+                unknown.push(took);
+            }
+            assert_eq!(refused.message(), "unknown user or wrong password");
+        }
     }
-    let unknown = hub
-        .login("nobody.here", "guess-guess-guess")
-        .await
-        .expect_err("locked");
-    assert!(
-        unknown.message().contains("locked"),
-        "{}",
-        unknown.message()
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    let (known, unknown) = (median(&mut known), median(&mut unknown));
+    let difference = (known - unknown).abs() / known.max(unknown);
+    println!(
+        "sign-in median: known {known:.4} s, unknown {unknown:.4} s ({:.1} %)",
+        difference * 100.0
     );
-    let db = hub.db().await;
-    let audited: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM audit_log WHERE action = 'user.sign_in_locked' AND actor = 'dr.lock'",
-    )
-    .fetch_one(&db)
-    .await
-    .expect("count");
-    assert_eq!(audited, 1);
-    // Nobody else is affected.
-    hub.add_user("dr.other", "physician", "physician-password-2");
+    assert!(
+        difference < 0.10,
+        "known {known:.4} s vs unknown {unknown:.4} s"
+    );
 }
 
 /// The audit entries of `action` by `actor`: (new_value, reason), in order.

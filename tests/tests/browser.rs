@@ -148,6 +148,49 @@ async fn fill(client: &Client, css: &str, value: &str) {
     field.send_keys(value).await.expect("type");
 }
 
+/// The signature's last step as a person does it: their user name at the first
+/// signature of the session, the one-time acknowledgement, the password.
+async fn confirm_signature(client: &Client, user: (&str, &str)) {
+    if let Ok(field) = client.find(Locator::Css("#username")).await {
+        if field
+            .prop("value")
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            field.send_keys(user.0).await.expect("type");
+        }
+    }
+    if let Ok(box_) = client.find(Locator::Css("#acknowledge")).await {
+        if box_.prop("checked").await.ok().flatten().as_deref() != Some("true") {
+            box_.click().await.expect("acknowledge");
+        }
+    }
+    fill(client, "#password", user.1).await;
+    click(client, "#confirm-signature").await;
+}
+
+/// Writes a justification into each exception's field of the decision form.
+async fn justify_each_exception(client: &Client) -> usize {
+    let fields = client
+        .find_all(Locator::Css("textarea[id^=justification-]"))
+        .await
+        .expect("justification fields");
+    for (i, field) in fields.iter().enumerate() {
+        field.clear().await.expect("clear");
+        field
+            .send_keys(&format!(
+                "Exception {} reviewed: it does not affect the product",
+                i + 1
+            ))
+            .await
+            .expect("type");
+    }
+    fields.len()
+}
+
 async fn click(client: &Client, css: &str) {
     client
         .find(Locator::Css(css))
@@ -481,6 +524,18 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
     );
     shots.take(&client, "qa-batch-record").await;
     click(&client, "#meaning-released").await;
+    // Releasing despite exceptions: refused until each one is justified.
+    click(&client, "#review-signature").await;
+    expect_text(
+        &client,
+        "decision form",
+        "write why it does not stop the release",
+    )
+    .await;
+    assert!(
+        justify_each_exception(&client).await >= 1,
+        "the mismatch is an exception"
+    );
     click(&client, "#review-signature").await;
     expect_text(
         &client,
@@ -488,10 +543,11 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
         "Released by Test qa.web (qa.web) on",
     )
     .await;
+    expect_text(&client, "signing dialog", "legally binding equivalent").await;
     shots.take(&client, "qa-signing-manifestation").await;
-    fill(&client, "#password", QA.1).await;
-    click(&client, "#confirm-signature").await;
+    confirm_signature(&client, QA).await;
     expect_text(&client, "signed record", "Bound to record").await;
+    expect_text(&client, "signed record", "does not affect the product").await;
     shots.take(&client, "qa-signed-record").await;
 
     // The physician's page shows the release without a reload.
@@ -726,8 +782,7 @@ async fn a_mistyped_password_keeps_a_rejection_and_a_changed_decision_is_refused
     .await;
 
     // A mistyped password: still a rejection, with its reason, and nothing signed.
-    fill(&client, "#password", "not-my-password").await;
-    click(&client, "#confirm-signature").await;
+    confirm_signature(&client, (QA.0, "not-my-password")).await;
     expect_text(&client, "signing step", "wrong password").await;
     shots
         .take(&client, "qa-wrong-password-keeps-rejection")
@@ -746,8 +801,7 @@ async fn a_mistyped_password_keeps_a_rejection_and_a_changed_decision_is_refused
         )
         .await
         .expect("alter the form");
-    fill(&client, "#password", QA.1).await;
-    click(&client, "#confirm-signature").await;
+    confirm_signature(&client, QA).await;
     expect_text(
         &client,
         "decision form",
@@ -766,8 +820,7 @@ async fn a_mistyped_password_keeps_a_rejection_and_a_changed_decision_is_refused
         "Rejected by Test qa.web (qa.web) on",
     )
     .await;
-    fill(&client, "#password", QA.1).await;
-    click(&client, "#confirm-signature").await;
+    confirm_signature(&client, QA).await;
     expect_text(&client, "signed record", "Bound to record").await;
     shots.take(&client, "qa-signed-rejection").await;
     assert_eq!(state(), "rejected");

@@ -300,7 +300,8 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
     assert!(audit.contains(&"custody.mismatch"), "{audit:?}");
     assert!(audit.contains(&"order.created"));
     let sha = str_field(&record, "record_sha256").to_owned();
-    hub.cli_ok(
+    // Releasing despite the mismatch needs a written justification of it.
+    let out = hub.cli(
         QA.0,
         &[
             "release",
@@ -310,8 +311,50 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
             "released",
             "--record-sha256",
             &sha,
+            "--user",
+            QA.0,
+            "--acknowledge-signature-meaning",
         ],
         Some(QA.1),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("justification"), "{}", text(&out));
+    let justifications: Vec<String> = record["exceptions"]
+        .as_array()
+        .expect("exceptions")
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            format!(
+                "exception {} investigated: the right bag was found and scanned",
+                i + 1
+            )
+        })
+        .collect();
+    let mut args = vec![
+        "release",
+        "sign",
+        &batch,
+        "--meaning",
+        "released",
+        "--record-sha256",
+        &sha,
+        "--user",
+        QA.0,
+        "--acknowledge-signature-meaning",
+    ];
+    for j in &justifications {
+        args.extend(["--justification", j.as_str()]);
+    }
+    let signed = hub.cli_json(QA.0, &args, Some(QA.1));
+    assert_eq!(
+        signed["justifications"].as_array().map(Vec::len),
+        Some(justifications.len()),
+        "{signed}"
+    );
+    assert!(
+        str_field(&signed["justifications"][0], "exception").contains("custody MISMATCH"),
+        "{signed}"
     );
 
     // Bedside: hand-over, then the infusion with the wrong patient's label (stop),

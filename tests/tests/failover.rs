@@ -409,6 +409,9 @@ async fn a_site_fails_over_between_replicas_and_commands_cross_replicas() {
                 password: "qa-password-12345".into(),
                 record_sha256: record.record_sha256,
                 reason: String::new(),
+                username: "qa.f".into(),
+                acknowledge_signature_meaning: true,
+                justifications: Vec::new(),
             },
         ))
         .await

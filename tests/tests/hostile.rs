@@ -914,6 +914,7 @@ async fn unknown_enum_values_and_missing_fields_are_refused_naming_the_field() {
                     password: QA.1.into(),
                     record_sha256: "0".repeat(64),
                     reason: String::new(),
+                    ..Default::default()
                 },
             ))
             .await,

@@ -464,3 +464,112 @@ async fn bad_subscriptions_are_refused_with_clear_errors_and_store_nothing() {
     .expect("count");
     assert_eq!(audited, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_after_release_marks_the_batch_notifies_and_waits_for_qa_review() {
+    let mut receiver = Receiver::new(free_port());
+    receiver.start().await;
+    let hub = Hub::start_with(&notifications_config(free_port(), 5)).await;
+    add_people(&hub);
+    let token = hub.add_site("site-l");
+    let mut agent = Agent::enroll(&hub, "site-l", &token)
+        .expect("enrollment")
+        .with_time_compression(200_000.0);
+    agent.start();
+    hub.add_person("tech.late", "technician", "tech-late-password-1", "site-l");
+    agent.wait_for_person("tech.late", "active").await;
+    let (_, secret) = subscribe_webhook(&hub, QA.0, "changed_after_decision", &receiver.url("qa"));
+    receiver.set_secret("qa", &secret);
+    let (_, secret) = subscribe_webhook(
+        &hub,
+        PHYSICIAN.0,
+        "changed_after_decision",
+        &receiver.url("physician"),
+    );
+    receiver.set_secret("physician", &secret);
+
+    let (order_id, batch_id) = create_order(&hub, "site-l", "PT-LATE-1");
+    wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
+    sign_release(&hub, &batch_id);
+    wait_order_state(&hub, &order_id, "released", Duration::from_secs(30)).await;
+    assert!(receiver.received().is_empty(), "nothing changed yet");
+
+    // The sterility culture reads positive after release.
+    let out = agent.cli(
+        &[
+            "qc",
+            "--batch",
+            &batch_id,
+            "--test",
+            "sterility",
+            "--value",
+            "growth detected",
+            "--user",
+            "tech.late",
+        ],
+        "tech-late-password-1\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = eventually(
+        Duration::from_secs(30),
+        "the hub to mark the batch changed after its decision",
+        || {
+            let record = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
+            let marked = record["changed_after_decision"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
+            async move { marked.then_some(record) }
+        },
+    )
+    .await;
+    assert_eq!(
+        str_field(&record["changed_after_decision"][0], "kind"),
+        "QC result",
+        "{record}"
+    );
+    // QA and the ordering physician are told.
+    let heard = eventually(Duration::from_secs(30), "both to be told", || {
+        let heard = receiver.received();
+        async move { (heard.len() >= 2).then_some(heard) }
+    })
+    .await;
+    let mut hooks: Vec<&str> = heard.iter().map(|r| r.hook.as_str()).collect();
+    hooks.sort();
+    assert_eq!(hooks, ["physician", "qa"]);
+    for r in &heard {
+        assert!(r.signature_valid);
+        assert_eq!(r.body["kind"], "changed_after_decision", "{}", r.body);
+    }
+    let text = hub.cli_ok(QA.0, &["release", "show", &batch_id], None);
+    assert!(text.contains("CHANGED AFTER DECISION"), "{text}");
+
+    // QA reviews the new record with a signature: the mark goes.
+    let sha = str_field(&record, "record_sha256").to_owned();
+    hub.cli_ok(
+        QA.0,
+        &[
+            "release",
+            "review-change",
+            &batch_id,
+            "--comment",
+            "sterility positive after release: recall started with the treating physician",
+            "--record-sha256",
+            &sha,
+            "--user",
+            QA.0,
+        ],
+        Some(QA.1),
+    );
+    let after = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
+    assert_eq!(
+        after["changed_after_decision"].as_array().map(Vec::len),
+        Some(0),
+        "{after}"
+    );
+    assert_eq!(after["change_reviews"].as_array().map(Vec::len), Some(1));
+    assert!(str_field(&after["change_reviews"][0], "comment").contains("recall started"));
+}

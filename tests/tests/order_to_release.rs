@@ -157,6 +157,9 @@ async fn order_reaches_release_and_the_site_records_the_decision() {
             "released",
             "--record-sha256",
             &sha,
+            "--user",
+            QA.0,
+            "--acknowledge-signature-meaning",
         ],
         Some("not-my-password"),
     );
@@ -191,6 +194,9 @@ async fn order_reaches_release_and_the_site_records_the_decision() {
             "released",
             "--record-sha256",
             &sha,
+            "--user",
+            QA.0,
+            "--acknowledge-signature-meaning",
         ],
         Some(QA.1),
     );
@@ -225,6 +231,7 @@ async fn order_reaches_release_and_the_site_records_the_decision() {
     );
 
     // Signing again is an invalid transition.
+    let now = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
     let out = hub.cli(
         QA.0,
         &[
@@ -236,7 +243,9 @@ async fn order_reaches_release_and_the_site_records_the_decision() {
             "--reason",
             "again",
             "--record-sha256",
-            &sha,
+            str_field(&now, "record_sha256"),
+            "--user",
+            QA.0,
         ],
         Some(QA.1),
     );
@@ -318,7 +327,10 @@ async fn faults_at_the_site_reach_qa_as_exceptions_and_qa_rejects() {
         Some(QA.1),
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("a rejection needs a reason"));
-    hub.cli_ok(
+    // Signed as a person at a terminal does: the CLI shows the exceptions and the
+    // hash, and asks to confirm, for the user name, the password, and (at this
+    // person's first signature) the acknowledgement of what it means.
+    let out = hub.cli(
         QA.0,
         &[
             "release",
@@ -329,8 +341,13 @@ async fn faults_at_the_site_reach_qa_as_exceptions_and_qa_rejects() {
             "--reason",
             "sterility failed (growth detected)",
         ],
-        Some(QA.1),
+        Some(&format!("yes\n{}\n{}\nyes", QA.0, QA.1)),
     );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("exception 1:"), "{said}");
+    assert!(said.contains(str_field(&record, "record_sha256")), "{said}");
+    assert!(said.contains("legally binding equivalent"), "{said}");
     eventually(
         Duration::from_secs(30),
         "the site to record the rejection",

@@ -294,9 +294,21 @@ async fn a_qa_person_who_verified_a_scan_may_not_release_the_batch() {
     }
     wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
 
+    let record = hub.cli_json(VERA.0, &["release", "show", &batch], None);
     let out = hub.cli(
         VERA.0,
-        &["release", "sign", &batch, "--meaning", "released"],
+        &[
+            "release",
+            "sign",
+            &batch,
+            "--meaning",
+            "released",
+            "--record-sha256",
+            record["record_sha256"].as_str().expect("sha"),
+            "--user",
+            VERA.0,
+            "--acknowledge-signature-meaning",
+        ],
         Some(VERA.1),
     );
     assert!(!out.status.success());

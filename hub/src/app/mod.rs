@@ -128,10 +128,22 @@ impl Hub {
         let hub = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let window = chrono::Duration::seconds(i64::from(hub.config.sign_in_lockout_secs));
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
                     _ = hub.shutdown.cancelled() => break,
-                    _ = tick.tick() => hub.audit_counted_refusals(false).await,
+                    _ = tick.tick() => {
+                        hub.audit_counted_refusals(false).await;
+                        // Failed sign-ins reach the trail as one count per user
+                        // name, source and window, once the window has ended.
+                        if ticks.is_multiple_of(10) {
+                            if let Err(e) = hub.store.report_sign_in_failures(window).await {
+                                tracing::error!(error = %e, "cannot audit the counts of failed sign-ins");
+                            }
+                        }
+                        ticks += 1;
+                    }
                 }
             }
             hub.audit_counted_refusals(true).await;

@@ -54,6 +54,14 @@ pub async fn login(client: ClientArgs, user: String) -> anyhow::Result<()> {
 }
 
 /// Reads a secret: a hidden prompt on a terminal, else one line of standard input.
+/// One line typed in answer to `prompt` (on standard error), without its newline.
+pub fn read_line(prompt: &str) -> anyhow::Result<String> {
+    eprint!("{prompt}");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 pub fn read_secret(prompt: &str) -> anyhow::Result<String> {
     let secret = if std::io::stdin().is_terminal() {
         rpassword::prompt_password(prompt)?

@@ -284,7 +284,11 @@ fn print_welcome(
     println!("  echo dev-qa-password | carrel-hub login --user qa.grace");
     println!("  carrel-hub release list");
     println!("  carrel-hub release show BATCH_ID");
-    println!("  echo dev-qa-password | carrel-hub release sign BATCH_ID --meaning released");
+    println!(
+        "  carrel-hub release sign BATCH_ID --meaning released --record-sha256 SHA --user qa.grace"
+    );
+    println!("      (SHA from `release show`; asks for the password, and at a first signature the");
+    println!("      acknowledgement that it binds you as your handwritten signature would)");
     println!();
     println!("Site consoles: sign in as {SITE_PEOPLE:?} (their passwords above). The simulated");
     println!("technicians' scans are marked as simulated; only a hub in dev mode releases them.");

@@ -1,12 +1,12 @@
 //! `carrel-hub release`: the QA release queue, the batch record exceptions first, and
 //! signing release or rejection, through the API.
 
-use super::client::{authed, read_secret, ClientArgs};
+use super::client::{authed, read_line, read_secret, ClientArgs};
 use super::output::{order_json, print_orders, state_name, time_text};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use carrel_proto::pb;
 use clap::{Subcommand, ValueEnum};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
@@ -21,7 +21,11 @@ pub enum ReleaseCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Sign release or rejection. Asks for the password again.
+    /// Sign release or rejection. Shows the record's exceptions and hash, and signs
+    /// only that record: with --record-sha256 the one you reviewed (refused if it
+    /// changed), without it after you confirm the record shown. Asks for your user
+    /// name (unless --user) and password, and for a release despite exceptions a
+    /// justification of each (unless given with --justification, in order).
     Sign {
         batch_id: String,
         #[arg(long)]
@@ -29,10 +33,37 @@ pub enum ReleaseCommand {
         /// Reason (required to reject).
         #[arg(long, default_value = "")]
         reason: String,
-        /// SHA-256 of the record as you reviewed it (from `release show`); default:
-        /// the record as fetched just before signing, after showing its summary.
+        /// SHA-256 of the record as you reviewed it (from `release show`).
         #[arg(long)]
         record_sha256: Option<String>,
+        /// Why the batch may be released despite an exception; once per exception,
+        /// in the order `release show` lists them.
+        #[arg(long = "justification")]
+        justifications: Vec<String>,
+        /// Your user name (asked for when not given).
+        #[arg(long)]
+        user: Option<String>,
+        /// Acknowledge, at your first electronic signature, that it is the legally
+        /// binding equivalent of your handwritten signature (asked when needed).
+        #[arg(long)]
+        acknowledge_signature_meaning: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Sign the review of records that arrived after a batch's release decision.
+    ReviewChange {
+        batch_id: String,
+        /// What you concluded from the new records.
+        #[arg(long)]
+        comment: String,
+        /// SHA-256 of the record as you reviewed it (from `release show`).
+        #[arg(long)]
+        record_sha256: String,
+        /// Your user name (asked for when not given).
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        acknowledge_signature_meaning: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -72,47 +103,120 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             meaning,
             reason,
             record_sha256,
+            justifications,
+            user,
+            acknowledge_signature_meaning,
             client,
         } => {
+            if matches!(meaning, MeaningArg::Rejected) && reason.trim().is_empty() {
+                bail!("not signed: a rejection needs a reason; give --reason");
+            }
             let mut api =
                 pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
-            let record_sha256 = match record_sha256 {
-                Some(sha) => sha,
-                None => {
-                    let record = api
-                        .get_batch_record(pb::GetBatchRecordRequest {
-                            batch_id: batch_id.clone(),
-                        })
-                        .await?
-                        .into_inner()
-                        .record
-                        .context("hub returned no record")?;
-                    let order = record.order.clone().unwrap_or_default();
-                    eprintln!(
-                        "Signing batch {} (COI {}): {} exceptions, {} QC results, record SHA-256 {}",
-                        order.batch_id,
-                        order.coi,
-                        record.exceptions.len(),
-                        record.qc.len(),
-                        record.record_sha256
-                    );
-                    record.record_sha256
-                }
-            };
-            let password = read_secret("Password (to sign): ")?;
-            let response = api
-                .sign_release(pb::SignReleaseRequest {
-                    batch_id,
-                    meaning: match meaning {
-                        MeaningArg::Released => pb::ReleaseMeaning::Released,
-                        MeaningArg::Rejected => pb::ReleaseMeaning::Rejected,
-                    } as i32,
-                    password,
-                    record_sha256,
-                    reason,
+            let record = api
+                .get_batch_record(pb::GetBatchRecordRequest {
+                    batch_id: batch_id.clone(),
                 })
                 .await?
-                .into_inner();
+                .into_inner()
+                .record
+                .context("hub returned no record")?;
+            let order = record.order.clone().unwrap_or_default();
+            eprintln!(
+                "Batch {} (COI {}, patient {}, site {}): {} exception(s), {} QC result(s)",
+                order.batch_id,
+                order.coi,
+                order.patient_pseudonym,
+                order.site_id,
+                record.exceptions.len(),
+                record.qc.len()
+            );
+            for (i, e) in record.exceptions.iter().enumerate() {
+                eprintln!(
+                    "  exception {}: #{} {} ({})",
+                    i + 1,
+                    e.site_seq,
+                    e.kind,
+                    e.summary
+                );
+            }
+            eprintln!("Record SHA-256 {}", record.record_sha256);
+            match &record_sha256 {
+                Some(reviewed) if !reviewed.trim().eq_ignore_ascii_case(&record.record_sha256) => {
+                    bail!(
+                        "not signed: the record changed since you reviewed it (you reviewed {}, it is now {}); run `carrel-hub release show {batch_id}` again",
+                        reviewed.trim(),
+                        record.record_sha256
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    let answer = read_line(&format!(
+                        "Sign this record ({}) as {}? Type yes to go on: ",
+                        record.record_sha256,
+                        meaning_word(meaning)
+                    ))?;
+                    if answer.trim() != "yes" {
+                        bail!("not signed: you did not confirm the record shown");
+                    }
+                }
+            }
+            let mut justifications = justifications;
+            if matches!(meaning, MeaningArg::Released) {
+                if justifications.len() > record.exceptions.len() {
+                    bail!(
+                        "{} justification(s) given for {} exception(s): give one per exception, in the order shown",
+                        justifications.len(),
+                        record.exceptions.len()
+                    );
+                }
+                let missing = record.exceptions.len() - justifications.len();
+                if missing > 0 && !std::io::stdin().is_terminal() {
+                    bail!(
+                        "not signed: releasing despite {} exception(s) needs a justification of each; give --justification once per exception, in the order shown ({missing} missing)",
+                        record.exceptions.len()
+                    );
+                }
+                for (i, e) in record
+                    .exceptions
+                    .iter()
+                    .enumerate()
+                    .skip(justifications.len())
+                {
+                    justifications.push(read_line(&format!(
+                        "Justify releasing despite exception {} (#{} {}): ",
+                        i + 1,
+                        e.site_seq,
+                        e.kind
+                    ))?);
+                }
+            }
+            let username = match user {
+                Some(user) => user,
+                None => read_line("Your user name (to sign): ")?,
+            };
+            let password = read_secret("Password (to sign): ")?;
+            let mut request = pb::SignReleaseRequest {
+                batch_id,
+                meaning: match meaning {
+                    MeaningArg::Released => pb::ReleaseMeaning::Released,
+                    MeaningArg::Rejected => pb::ReleaseMeaning::Rejected,
+                } as i32,
+                password,
+                record_sha256: record.record_sha256.clone(),
+                reason,
+                username,
+                justifications,
+                acknowledge_signature_meaning,
+            };
+            let response = match api.sign_release(request.clone()).await {
+                Err(status) if needs_acknowledgement(&status) => {
+                    request.acknowledge_signature_meaning = acknowledge()?;
+                    api.sign_release(request).await?
+                }
+                other => other?,
+            }
+            .into_inner();
             let signature = response.signature.context("hub returned no signature")?;
             if client.json {
                 let order = response.order.as_ref().map(order_json).unwrap_or_default();
@@ -121,6 +225,9 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                     serde_json::to_string_pretty(&serde_json::json!({
                         "signature_id": signature.signature_id, "manifestation": signature.manifestation,
                         "record_sha256": signature.record_sha256, "order": order,
+                        "justifications": signature.justifications.iter().map(|j| serde_json::json!({
+                            "exception": j.exception, "justification": j.justification,
+                        })).collect::<Vec<_>>(),
                     }))?
                 );
             } else {
@@ -132,7 +239,74 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ReleaseCommand::ReviewChange {
+            batch_id,
+            comment,
+            record_sha256,
+            user,
+            acknowledge_signature_meaning,
+            client,
+        } => {
+            let mut api =
+                pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
+            let username = match user {
+                Some(user) => user,
+                None => read_line("Your user name (to sign): ")?,
+            };
+            let password = read_secret("Password (to sign): ")?;
+            let mut request = pb::ReviewChangeRequest {
+                batch_id,
+                username,
+                password,
+                record_sha256,
+                comment,
+                acknowledge_signature_meaning,
+            };
+            let response = match api.review_change(request.clone()).await {
+                Err(status) if needs_acknowledgement(&status) => {
+                    request.acknowledge_signature_meaning = acknowledge()?;
+                    api.review_change(request).await?
+                }
+                other => other?,
+            }
+            .into_inner();
+            let order = response.order.unwrap_or_default();
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&order_json(&order))?);
+            } else {
+                println!(
+                    "Reviewed: batch {} (COI {}) is no longer marked as changed after its decision.",
+                    order.batch_id, order.coi
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+fn meaning_word(meaning: MeaningArg) -> &'static str {
+    match meaning {
+        MeaningArg::Released => "RELEASED",
+        MeaningArg::Rejected => "REJECTED",
+    }
+}
+
+/// Whether the hub refused a signature for want of the signer's one-time
+/// acknowledgement of what their electronic signature means.
+fn needs_acknowledgement(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::InvalidArgument && status.message().contains("acknowledge")
+}
+
+/// Shows what the signer acknowledges and asks them to; `true` when they do.
+fn acknowledge() -> anyhow::Result<bool> {
+    eprintln!(
+        "Before your first electronic signature:\n  {}",
+        crate::service::release::SIGNATURE_MEANING
+    );
+    if read_line("Type yes to acknowledge: ")?.trim() != "yes" {
+        bail!("not signed: the acknowledgement is required before a first signature");
+    }
+    Ok(true)
 }
 
 fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
@@ -159,6 +333,16 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "signatures": record.signatures.iter().map(|s| serde_json::json!({
                 "signature_id": s.signature_id, "manifestation": s.manifestation, "record_sha256": s.record_sha256,
+                "reason": s.reason,
+                "justifications": s.justifications.iter().map(|j| serde_json::json!({
+                    "exception": j.exception, "justification": j.justification,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "changed_after_decision": record.changed_after_decision.iter().map(entry).collect::<Vec<_>>(),
+            "change_reviews": record.change_reviews.iter().map(|r| serde_json::json!({
+                "review_id": r.review_id, "signer": r.signer, "signer_name": r.signer_name,
+                "through_seq": r.through_seq, "record_sha256": r.record_sha256, "comment": r.comment,
+                "signed_at": time_text(r.signed_at),
             })).collect::<Vec<_>>(),
             "audit": record.audit.iter().map(|a| serde_json::json!({
                 "position": a.position, "at": time_text(a.at), "actor": a.actor, "action": a.action,
@@ -178,6 +362,16 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
         state_name(order.state)
     )?;
     writeln!(out, "Record SHA-256 {}", record.record_sha256)?;
+    if !record.changed_after_decision.is_empty() {
+        writeln!(
+            out,
+            "\nCHANGED AFTER DECISION ({} record(s) arrived after it; QA must review them: `release review-change`)",
+            record.changed_after_decision.len()
+        )?;
+        for e in &record.changed_after_decision {
+            writeln!(out, "  #{:<5} {:<20} {}", e.site_seq, e.kind, e.summary)?;
+        }
+    }
     writeln!(out, "\nEXCEPTIONS ({})", record.exceptions.len())?;
     for e in &record.exceptions {
         writeln!(out, "  #{:<5} {:<20} {}", e.site_seq, e.kind, e.summary)?;
@@ -208,6 +402,20 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
         writeln!(out, "\nSIGNATURES")?;
         for s in &record.signatures {
             writeln!(out, "  {}  (record {})", s.manifestation, s.record_sha256)?;
+            for j in &s.justifications {
+                writeln!(out, "    despite {}: {}", j.exception, j.justification)?;
+            }
+        }
+        for r in &record.change_reviews {
+            writeln!(
+                out,
+                "  Changes up to record {} reviewed by {} ({}) on {}: {}",
+                r.through_seq,
+                r.signer_name,
+                r.signer,
+                time_text(r.signed_at),
+                r.comment
+            )?;
         }
     }
     writeln!(out, "\nAUDIT TRAIL ({} entries)", record.audit.len())?;

@@ -75,6 +75,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/release", get(release::release_queue))
         .route("/batches/{id}", get(release::batch_record))
         .route("/batches/{id}/sign", post(release::sign))
+        .route("/batches/{id}/review-change", post(release::review_change))
         .route(
             "/notifications",
             get(notifications::notifications).post(notifications::subscribe),
@@ -127,6 +128,29 @@ pub fn csrf_for(session_token: &str) -> String {
 pub struct Session {
     pub user: User,
     pub csrf: String,
+    /// SHA-256 of the session's token, as the store knows the session.
+    pub token_sha256: String,
+    /// The client's address (failed sign-ins and signings are counted per source).
+    pub source: String,
+}
+
+/// The client's address of a request; "unknown" when the server was not told it.
+pub struct Source(pub String);
+
+fn source_of(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Source(source_of(parts)))
+    }
 }
 
 impl Session {
@@ -158,6 +182,8 @@ impl FromRequestParts<Arc<Hub>> for Session {
         {
             Ok(user) if !user.disabled => Ok(Session {
                 csrf: csrf_for(&token),
+                token_sha256: secret_sha256(&token),
+                source: source_of(parts),
                 user,
             }),
             Ok(_) | Err(store::Error::NotFound(_)) => Err(to_login()),
@@ -265,7 +291,8 @@ pub fn serve(
     .handle(handle);
     let app = router(hub);
     Ok(tokio::spawn(async move {
-        if let Err(e) = server.serve(app.into_make_service()).await {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = server.serve(app).await {
             tracing::error!(error = %e, "web console stopped");
         }
     }))

@@ -220,7 +220,15 @@ fn order_live_markup(record: &BatchRecord) -> Markup {
             _ => None,
         });
     let clock_end = infused_at.unwrap_or_else(Utc::now);
+    let changed = order.progress.unreviewed_changes();
     html! {
+        @if !changed.is_empty() {
+            div.notice.bad id="changed-after-decision" role="alert" {
+                strong { "The batch record changed after QA's decision. " }
+                (changed.len()) " record(s) arrived after the batch was " (order.state.as_str().replace('_', " "))
+                "; QA has been asked to review them. Check with QA before going on with this product."
+            }
+        }
         div.card {
             p { "State: " (state_badge(order.state))
                 @if order.decision_recorded { " · decision recorded at the site" } }

@@ -15,17 +15,28 @@ use carrel_proto::event::ReleaseMeaning;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use maud::{html, Markup};
-use serde::Deserialize;
 use sha2::Sha256;
 use uuid::Uuid;
 
 pub async fn release_queue(hub: HubState, session: Session) -> Page {
     let pending = release::queue(&hub, &session.user).await.map_err(refused)?;
+    let changed = release::changed_after_decision(&hub, &session.user)
+        .await
+        .map_err(refused)?;
     Ok(html_page(page(
         "Release queue",
         Some((&session.user, &session.csrf)),
         html! {
             h1 { "Release queue" }
+            @if !changed.is_empty() {
+                div.notice.bad id="changed-after-decision" role="alert" {
+                    strong { "Changed after decision: " } "records arrived after these batches were decided. Review each:"
+                    ul { @for o in &changed {
+                        li { a href=(format!("/batches/{}#changed-after-decision", o.batch_id)) { (o.coi) } " (" (o.state.as_str().replace('_', " ")) ", "
+                            (o.progress.unreviewed_changes().len()) " new record(s))" }
+                    } }
+                }
+            }
             table {
                 thead { tr { th { "COI" } th { "Patient" } th { "Site" } th { "Exceptions" } th { "Complete since" } } }
                 tbody {
@@ -49,6 +60,7 @@ fn batch_record_markup(
     review: &Review,
     notice: Option<&str>,
     decision: &Decision,
+    change: &ChangeNote,
 ) -> Markup {
     let order = &review.order;
     let sha = &review.record_sha256;
@@ -58,11 +70,35 @@ fn batch_record_markup(
             " · batch " (order.batch_id) }
         p { "State: " (state_badge(order.state)) }
         @if let Some(notice) = notice { div.notice.bad role="alert" { (notice) } }
+        @if !review.changed_after_decision.is_empty() {
+            div.notice.bad id="changed-after-decision" role="alert" {
+                strong { "Changed after decision. " }
+                (review.changed_after_decision.len()) " record(s) arrived after this batch was "
+                (review.order.state.as_str().replace('_', " ")) ". The decision was made without them; a QA person must review them."
+                ul { @for e in &review.changed_after_decision {
+                    li { "Record " (e.seq) ", " (when(e.recorded_at)) ", " (e.recorded_by) ": " strong { (e.what) } " " (e.detail) }
+                } }
+                @if release::may_sign(&session.user) { (change_review_markup(session, review, change)) }
+            }
+        }
         @for signed in &review.signatures {
             @let sig = &signed.signature;
             div.notice.ok { strong.manifestation { (signed.manifestation) }
                 @if !sig.reason.is_empty() { p { "Reason: " (sig.reason) } }
+                @if !sig.justifications.is_empty() {
+                    p { "Released despite " (sig.justifications.len()) " exception(s):" }
+                    ul.justifications { @for j in &sig.justifications {
+                        li { (j.exception) br; "Justification: " em { (j.justification) } }
+                    } }
+                }
                 p.muted { "Bound to record " code { (sig.record_sha256) } }
+            }
+        }
+        @for r in &review.change_reviews {
+            div.notice.ok {
+                strong { "Changes after the decision reviewed by " (r.signer_name) " (" (r.signer) ") on " (when(r.signed_at)) }
+                p { "Records up to " (r.through_seq) ". Conclusion: " (r.comment) }
+                p.muted { "Bound to record " code { (r.record_sha256) } }
             }
         }
         h2 id="exceptions" { "Exceptions (" (review.exceptions.len()) ")" }
@@ -128,26 +164,34 @@ fn batch_record_markup(
         p.muted { "Record SHA-256: " code id="record-sha" { (sha) } }
         @if review.awaits_decision() && release::may_sign(&session.user) {
             h2 id="decision" { "Decision" }
-            div.card { (decision_markup(session, review, decision)) }
+            div.card { (decision_markup(session, review, decision, change.first_signature, change.acknowledged)) }
         }
     }
 }
 
 /// Where a QA person's decision stands on the batch record page. Signing takes two
-/// steps: choose the meaning (none is chosen for you) and a reason, then read the
-/// signature's wording and confirm it with the password. After any error the page
-/// comes back at the same step with everything entered kept, except the password.
+/// steps: choose the meaning (none is chosen for you), a reason, and for a release
+/// despite exceptions a justification of each; then read the signature's wording
+/// and confirm it with the password (and the user name at the first signature of
+/// the session). After any error the page comes back at the same step with
+/// everything entered kept, except the password.
 enum Decision {
     Choose {
         meaning: Option<ReleaseMeaning>,
         reason: String,
-        /// The field that is wrong (`meaning`, `reason` or `form`) and why.
+        justifications: Vec<String>,
+        /// The field that is wrong (`meaning`, `reason`, `justifications` or `form`) and why.
         error: Option<(&'static str, String)>,
     },
     Confirm {
         meaning: ReleaseMeaning,
         reason: String,
-        error: Option<String>,
+        justifications: Vec<String>,
+        username: String,
+        /// The acknowledgement box as the signer left it.
+        acknowledge: bool,
+        /// The field that is wrong (`username`, `acknowledge` or `password`) and why.
+        error: Option<(&'static str, String)>,
     },
 }
 
@@ -156,36 +200,103 @@ impl Decision {
         Decision::Choose {
             meaning: None,
             reason: String::new(),
+            justifications: Vec::new(),
             error: None,
         }
     }
 }
 
+/// The review of changes after a decision, as the page shows its form: what the
+/// signer typed and what is wrong with it; and what the signer must add to a
+/// signature (their user name at the session's first, the acknowledgement once).
+struct ChangeNote {
+    comment: String,
+    error: Option<String>,
+    first_signature: bool,
+    acknowledged: bool,
+}
+
 /// Binds a confirmation to the decision that was reviewed: a MAC, keyed with the
-/// session's CSRF secret, of the batch, the record's hash, the meaning and the
-/// reason. A confirmation whose fields differ from what the signer read is refused.
+/// session's CSRF secret, of the batch, the record's hash, the meaning, the reason
+/// and the justifications. A confirmation whose fields differ from what the signer
+/// read is refused.
 fn reviewed_token(
     session: &Session,
     batch_id: Uuid,
     sha: &str,
     meaning: ReleaseMeaning,
     reason: &str,
+    justifications: &[String],
 ) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(session.csrf.as_bytes())
         .expect("HMAC takes a key of any length");
-    for part in [
-        batch_id.to_string().as_str(),
-        sha,
-        meaning.as_str(),
-        reason.trim(),
-    ] {
+    let batch = batch_id.to_string();
+    let fixed = [batch.as_str(), sha, meaning.as_str(), reason.trim()];
+    for part in fixed
+        .into_iter()
+        .chain(justifications.iter().map(|j| j.trim()))
+    {
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part.as_bytes());
     }
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn decision_markup(session: &Session, review: &Review, decision: &Decision) -> Markup {
+/// The fields a signature adds to a confirming form: the user name at the first
+/// signature of the session, the one-time acknowledgement, and the password.
+fn proof_fields(
+    first_signature: bool,
+    acknowledged: bool,
+    (username, acknowledge): (&str, bool),
+    error: Option<(&'static str, String)>,
+    prefix: &str,
+) -> Markup {
+    let err = |field: &str| {
+        error
+            .as_ref()
+            .filter(|(f, _)| *f == field)
+            .map(|(_, m)| m.clone())
+    };
+    let id = |name: &str| format!("{prefix}{name}");
+    html! {
+        @if first_signature {
+            label for=(id("username")) { "Your user name (the first signature of a session needs it)" }
+            input id=(id("username")) name="username" autocomplete="username" required value=(username) aria-describedby=(id("username-error"));
+            @if let Some(e) = err("username") { p.error id=(id("username-error")) role="alert" { (e) } }
+        }
+        @if !acknowledged {
+            p.muted { "Before your first electronic signature:" }
+            label { input type="checkbox" id=(id("acknowledge")) name="acknowledge" value="yes" required checked[acknowledge]; " " (release::SIGNATURE_MEANING) }
+            @if let Some(e) = err("acknowledge") { p.error role="alert" { (e) } }
+        }
+        label for=(id("password")) { "Your password, to sign" }
+        input id=(id("password")) name="password" type="password" autocomplete="current-password" required autofocus aria-describedby=(id("password-error"));
+        @if let Some(e) = err("password") { p.error id=(id("password-error")) role="alert" { (e) } }
+    }
+}
+
+fn change_review_markup(session: &Session, review: &Review, change: &ChangeNote) -> Markup {
+    let action = format!("/batches/{}/review-change", review.order.batch_id);
+    html! {
+        form id="review-change-form" method="post" action=(action) {
+            input type="hidden" name="csrf" value=(session.csrf);
+            input type="hidden" name="record_sha256" value=(review.record_sha256);
+            label for="change-comment" { "What you concluded from these records (it goes with your signature)" }
+            textarea id="change-comment" name="comment" rows="2" required { (change.comment) }
+            (proof_fields(change.first_signature, change.acknowledged, ("", false),
+                change.error.clone().map(|e| ("password", e)), "change-"))
+            p { button type="submit" id="review-change" { "Sign the review of these records" } }
+        }
+    }
+}
+
+fn decision_markup(
+    session: &Session,
+    review: &Review,
+    decision: &Decision,
+    first_signature: bool,
+    acknowledged: bool,
+) -> Markup {
     let batch_id = review.order.batch_id;
     let sha = &review.record_sha256;
     let action = format!("/batches/{batch_id}/sign");
@@ -193,6 +304,7 @@ fn decision_markup(session: &Session, review: &Review, decision: &Decision) -> M
         Decision::Choose {
             meaning,
             reason,
+            justifications,
             error,
         } => {
             let err = |field: &str| {
@@ -217,6 +329,18 @@ fn decision_markup(session: &Session, review: &Review, decision: &Decision) -> M
                     label for="reason" { "Reason (required to reject)" }
                     textarea id="reason" name="reason" rows="2" aria-describedby="reason-error" { (reason) }
                     @if let Some(e) = err("reason") { p.error id="reason-error" role="alert" { (e) } }
+                    @if !review.exceptions.is_empty() {
+                        fieldset aria-describedby="justifications-error" {
+                            legend { "To release: justify each exception (why it does not stop the release)" }
+                            @for (i, exception) in review.exceptions.iter().enumerate() {
+                                label for=(format!("justification-{i}")) { "Exception " (i + 1) ": " (exception.text()) }
+                                textarea id=(format!("justification-{i}")) name=(format!("justification_{i}")) rows="2" {
+                                    (justifications.get(i).map(String::as_str).unwrap_or(""))
+                                }
+                            }
+                        }
+                        @if let Some(e) = err("justifications") { p.error id="justifications-error" role="alert" { (e) } }
+                    }
                     p { button type="submit" id="review-signature" { "Review signature" } }
                 }
             }
@@ -224,35 +348,45 @@ fn decision_markup(session: &Session, review: &Review, decision: &Decision) -> M
         Decision::Confirm {
             meaning,
             reason,
+            justifications,
+            username,
+            acknowledge,
             error,
         } => {
             let user = &session.user;
             let wording =
                 record::manifestation(&user.full_name, &user.username, *meaning, Utc::now());
-            let token = reviewed_token(session, batch_id, sha, *meaning, reason);
+            let token = reviewed_token(session, batch_id, sha, *meaning, reason, justifications);
+            let hidden = html! {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="record_sha256" value=(sha);
+                input type="hidden" name="meaning" value=(meaning.as_str());
+                input type="hidden" name="reason" value=(reason);
+                @for (i, j) in justifications.iter().enumerate() {
+                    input type="hidden" name=(format!("justification_{i}")) value=(j);
+                }
+            };
             html! {
                 p { "Your signature will read:" }
                 p.manifestation id="manifestation-text" { (wording) }
                 @if !reason.trim().is_empty() { p { "Reason: " (reason) } }
+                @if *meaning == ReleaseMeaning::Released && !justifications.is_empty() {
+                    p { "Released despite " (justifications.len()) " exception(s), with your justifications:" }
+                    ol { @for (exception, j) in review.exceptions.iter().zip(justifications) {
+                        li { (exception.text()) br; em { (j) } }
+                    } }
+                }
                 p.muted { "Signing binds your signature to this record as shown (SHA-256 above). If the record changes before you confirm, the signature is refused." }
-                @if let Some(e) = error { p.error id="password-error" role="alert" { (e) } }
                 form id="sign-form" method="post" action=(action) {
-                    input type="hidden" name="csrf" value=(session.csrf);
-                    input type="hidden" name="record_sha256" value=(sha);
+                    (hidden)
                     input type="hidden" name="step" value="confirm";
-                    input type="hidden" name="meaning" value=(meaning.as_str());
-                    input type="hidden" name="reason" value=(reason);
                     input type="hidden" name="reviewed" value=(token);
-                    label for="password" { "Your password, to sign" }
-                    input id="password" name="password" type="password" autocomplete="current-password" required autofocus aria-describedby="password-error";
+                    (proof_fields(first_signature, acknowledged, (username, *acknowledge), error.clone(), ""))
                     p { button type="submit" id="confirm-signature" { "Confirm signature" } }
                 }
                 form method="post" action=(action) {
-                    input type="hidden" name="csrf" value=(session.csrf);
-                    input type="hidden" name="record_sha256" value=(sha);
+                    (hidden)
                     input type="hidden" name="step" value="change";
-                    input type="hidden" name="meaning" value=(meaning.as_str());
-                    input type="hidden" name="reason" value=(reason);
                     button.secondary type="submit" id="change-decision" { "Change the decision" }
                 }
             }
@@ -276,12 +410,14 @@ pub async fn batch_record(hub: HubState, session: Session, Path(id): Path<String
         StatusCode::OK,
         None,
         Decision::start(),
+        (String::new(), None),
     )
     .await
 }
 
-/// The batch record page, read afresh, with the decision at the step given;
-/// `status` is 422 when the page answers a refusal.
+/// The batch record page, read afresh, with the decision at the step given and the
+/// review-of-changes form with (comment, error); `status` is 422 when the page
+/// answers a refusal.
 async fn decision_page(
     hub: &Hub,
     session: &Session,
@@ -289,34 +425,77 @@ async fn decision_page(
     status: StatusCode,
     notice: Option<String>,
     decision: Decision,
+    (comment, change_error): (String, Option<String>),
 ) -> Page {
     let review = release::review(hub, &session.user, batch_id)
         .await
         .map_err(refused)?;
+    let change = ChangeNote {
+        comment,
+        error: change_error,
+        first_signature: !release::session_has_signed(hub, &session.token_sha256)
+            .await
+            .map_err(refused)?,
+        acknowledged: session.user.signature_acknowledged_at.is_some(),
+    };
     let mut response = html_page(page(
         &format!("Batch record {}", review.order.coi),
         Some((&session.user, &session.csrf)),
-        batch_record_markup(session, &review, notice.as_deref(), &decision),
+        batch_record_markup(session, &review, notice.as_deref(), &decision, &change),
     ));
     *response.status_mut() = status;
     Ok(response)
 }
 
-#[derive(Deserialize)]
+/// A signing form as sent: the repeated `justification_N` fields are read in order.
+#[derive(Default)]
 pub struct SignInput {
     csrf: String,
     /// `review` (meaning and reason chosen), `confirm` (password given) or
     /// `change` (back to choosing, with the choice kept).
     step: String,
-    #[serde(default)]
     meaning: String,
-    #[serde(default)]
     reason: String,
-    #[serde(default)]
+    justifications: Vec<String>,
+    username: String,
+    acknowledge: bool,
     password: String,
-    #[serde(default)]
     reviewed: String,
     record_sha256: String,
+    comment: String,
+}
+
+impl SignInput {
+    fn parse(fields: Vec<(String, String)>) -> SignInput {
+        let mut input = SignInput::default();
+        let mut justifications: Vec<(usize, String)> = Vec::new();
+        for (name, value) in fields {
+            match name.as_str() {
+                "csrf" => input.csrf = value,
+                "step" => input.step = value,
+                "meaning" => input.meaning = value,
+                "reason" => input.reason = value,
+                "username" => input.username = value,
+                "acknowledge" => input.acknowledge = value == "yes",
+                "password" => input.password = value,
+                "reviewed" => input.reviewed = value,
+                "record_sha256" => input.record_sha256 = value,
+                "comment" => input.comment = value,
+                other => {
+                    if let Some(i) = other
+                        .strip_prefix("justification_")
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .filter(|i| *i < 1000)
+                    {
+                        justifications.push((i, value));
+                    }
+                }
+            }
+        }
+        justifications.sort_by_key(|(i, _)| *i);
+        input.justifications = justifications.into_iter().map(|(_, j)| j).collect();
+        input
+    }
 }
 
 /// Both steps of a signature: `review` checks the choice and shows the wording to
@@ -326,30 +505,45 @@ pub async fn sign(
     hub: HubState,
     session: Session,
     Path(id): Path<String>,
-    Form(input): Form<SignInput>,
+    Form(fields): Form<Vec<(String, String)>>,
 ) -> Page {
+    let input = SignInput::parse(fields);
     session.check_csrf(&input.csrf)?;
     let batch_id = parse_uuid(&id)?;
     let meaning = ReleaseMeaning::parse(&input.meaning);
     let reason = input.reason.clone();
+    let justifications = input.justifications.clone();
     let choose = |field: &'static str, message: &str| Decision::Choose {
         meaning,
         reason: reason.clone(),
+        justifications: justifications.clone(),
         error: Some((field, message.to_owned())),
     };
     let refusal = StatusCode::UNPROCESSABLE_ENTITY;
+    let page = |status, notice, decision| {
+        decision_page(
+            &hub,
+            &session,
+            batch_id,
+            status,
+            notice,
+            decision,
+            (String::new(), None),
+        )
+    };
     let Some(meaning) = meaning else {
         let decision = choose("meaning", "Choose whether to release or reject the batch.");
-        return decision_page(&hub, &session, batch_id, refusal, None, decision).await;
+        return page(refusal, None, decision).await;
     };
     match input.step.as_str() {
         "change" => {
             let decision = Decision::Choose {
                 meaning: Some(meaning),
                 reason,
+                justifications,
                 error: None,
             };
-            decision_page(&hub, &session, batch_id, StatusCode::OK, None, decision).await
+            page(StatusCode::OK, None, decision).await
         }
         "review" => {
             if meaning == ReleaseMeaning::Rejected && input.reason.trim().is_empty() {
@@ -357,43 +551,98 @@ pub async fn sign(
                     "reason",
                     "A rejection needs a reason: say what is wrong with the batch.",
                 );
-                return decision_page(&hub, &session, batch_id, refusal, None, decision).await;
+                return page(refusal, None, decision).await;
+            }
+            let review = release::review(&hub, &session.user, batch_id)
+                .await
+                .map_err(refused)?;
+            if meaning == ReleaseMeaning::Released {
+                let missing = (0..review.exceptions.len()).find(|i| {
+                    justifications
+                        .get(*i)
+                        .map_or(0, |j| j.trim().chars().count())
+                        < release::MIN_JUSTIFICATION_CHARS
+                });
+                if let Some(i) = missing {
+                    let decision = choose(
+                        "justifications",
+                        &format!(
+                            "To release despite exception {}, write why it does not stop the release (at least {} characters).",
+                            i + 1,
+                            release::MIN_JUSTIFICATION_CHARS
+                        ),
+                    );
+                    return page(refusal, None, decision).await;
+                }
             }
             let decision = Decision::Confirm {
                 meaning,
                 reason,
+                justifications: if meaning == ReleaseMeaning::Released {
+                    justifications
+                } else {
+                    Vec::new()
+                },
+                username: String::new(),
+                acknowledge: false,
                 error: None,
             };
-            decision_page(&hub, &session, batch_id, StatusCode::OK, None, decision).await
+            page(StatusCode::OK, None, decision).await
         }
         "confirm" => {
-            let expected =
-                reviewed_token(&session, batch_id, &input.record_sha256, meaning, &reason);
+            let expected = reviewed_token(
+                &session,
+                batch_id,
+                &input.record_sha256,
+                meaning,
+                &reason,
+                &justifications,
+            );
             if input.reviewed != expected {
                 tracing::warn!(signer = %session.user.username, %batch_id, "refused: a confirmation that differs from the decision reviewed");
                 let decision = choose(
                     "form",
                     "Not signed: the decision differs from the one you reviewed. Check it and review the signature again.",
                 );
-                return decision_page(&hub, &session, batch_id, refusal, None, decision).await;
+                return page(refusal, None, decision).await;
             }
+            let signer = release::Signer {
+                user: &session.user,
+                session: &session.token_sha256,
+                source: &session.source,
+            };
             let form = release::SignForm {
                 batch_id,
                 meaning,
-                password: &input.password,
+                proof: release::Proof {
+                    username: &input.username,
+                    password: &input.password,
+                    acknowledge_meaning: input.acknowledge,
+                },
                 record_sha256: &input.record_sha256,
                 reason: &input.reason,
+                justifications: &justifications,
             };
-            let (notice, decision) = match release::sign(&hub, &session.user, form).await {
+            let confirm = |field: &'static str, message: String| Decision::Confirm {
+                meaning,
+                reason: reason.clone(),
+                justifications: justifications.clone(),
+                username: input.username.clone(),
+                acknowledge: input.acknowledge,
+                error: Some((field, message)),
+            };
+            let (notice, decision) = match release::sign(&hub, &signer, form).await {
                 Ok(_) => return Ok(Redirect::to(&format!("/batches/{batch_id}")).into_response()),
                 Err(e @ service::Error::Unauthenticated(_)) => (
                     None,
-                    Decision::Confirm {
-                        meaning,
-                        reason,
-                        error: Some(format!("{e}. Type your password again.")),
-                    },
+                    confirm("password", format!("{e}. Type your password again.")),
                 ),
+                Err(
+                    e @ service::Error::Field {
+                        field: f @ ("username" | "acknowledge"),
+                        ..
+                    },
+                ) => (None, confirm(f, e.to_string())),
                 Err(e @ service::Error::Field { field, .. }) => {
                     (None, choose(field, &e.to_string()))
                 }
@@ -403,16 +652,72 @@ pub async fn sign(
                     Decision::Choose {
                         meaning: Some(meaning),
                         reason,
+                        justifications,
                         error: None,
                     },
                 ),
                 Err(e) => return Err(refused(e)),
             };
-            decision_page(&hub, &session, batch_id, refusal, notice, decision).await
+            page(refusal, notice, decision).await
         }
         other => Err(problem(
             StatusCode::BAD_REQUEST,
             format!("unknown signing step {other:?}: reload the batch record"),
         )),
+    }
+}
+
+/// A QA person signs their review of records that arrived after the decision.
+pub async fn review_change(
+    hub: HubState,
+    session: Session,
+    Path(id): Path<String>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Page {
+    let input = SignInput::parse(fields);
+    session.check_csrf(&input.csrf)?;
+    let batch_id = parse_uuid(&id)?;
+    let signer = release::Signer {
+        user: &session.user,
+        session: &session.token_sha256,
+        source: &session.source,
+    };
+    let form = release::ChangeReviewForm {
+        batch_id,
+        proof: release::Proof {
+            username: &input.username,
+            password: &input.password,
+            acknowledge_meaning: input.acknowledge,
+        },
+        record_sha256: &input.record_sha256,
+        comment: &input.comment,
+    };
+    match release::review_change(&hub, &signer, form).await {
+        Ok(_) => Ok(Redirect::to(&format!("/batches/{batch_id}")).into_response()),
+        Err(e @ (service::Error::Unauthenticated(_) | service::Error::Field { .. })) => {
+            decision_page(
+                &hub,
+                &session,
+                batch_id,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                Decision::start(),
+                (input.comment.clone(), Some(format!("Not signed: {e}."))),
+            )
+            .await
+        }
+        Err(e @ service::Error::Store(store::Error::FailedPrecondition(_))) => {
+            decision_page(
+                &hub,
+                &session,
+                batch_id,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(format!("Not signed: {e}")),
+                Decision::start(),
+                (input.comment.clone(), None),
+            )
+            .await
+        }
+        Err(e) => Err(refused(e)),
     }
 }

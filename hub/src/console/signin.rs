@@ -1,7 +1,9 @@
 //! Signing in and out, and where each role lands.
 
 use super::view::page;
-use super::{cookie, problem, refused, HubState, Page, Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
+use super::{
+    cookie, problem, refused, HubState, Page, Session, Source, LOGIN_CSRF_COOKIE, SESSION_COOKIE,
+};
 use crate::auth::{new_secret, secret_sha256};
 use crate::model::Role;
 use crate::service;
@@ -50,7 +52,12 @@ pub async fn login_form() -> Response {
     with_login_csrf(&csrf, login_page(&csrf, "", None))
 }
 
-pub async fn login(hub: HubState, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(
+    hub: HubState,
+    Source(source): Source,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     if cookie(&headers, LOGIN_CSRF_COOKIE).as_deref() != Some(form.csrf.as_str())
         || form.csrf.is_empty()
     {
@@ -59,7 +66,7 @@ pub async fn login(hub: HubState, headers: HeaderMap, Form(form): Form<LoginForm
             "The sign-in form has expired; reload the page and try again.",
         );
     }
-    match service::sign_in(&hub, &form.username, &form.password).await {
+    match service::sign_in(&hub, &form.username, &form.password, &source).await {
         Ok((token, _, user)) => {
             let session =
                 format!("{SESSION_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict");
@@ -79,7 +86,11 @@ pub async fn login(hub: HubState, headers: HeaderMap, Form(form): Form<LoginForm
             let csrf = new_secret();
             let mut response = with_login_csrf(
                 &csrf,
-                login_page(&csrf, &form.username, Some(&e.to_string())),
+                login_page(
+                    &csrf,
+                    &service::bounded_username(&form.username),
+                    Some(&e.to_string()),
+                ),
             );
             *response.status_mut() = StatusCode::UNAUTHORIZED;
             response

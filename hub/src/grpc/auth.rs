@@ -13,15 +13,17 @@ pub struct AuthApi(pub Arc<Hub>);
 
 #[tonic::async_trait]
 impl pb::auth_service_server::AuthService for AuthApi {
-    #[tracing::instrument(skip_all, fields(username = %request.get_ref().username))]
+    #[tracing::instrument(skip_all, fields(username = %service::bounded_username(&request.get_ref().username)))]
     async fn login(
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let source = super::source(&request);
         let req = request.into_inner();
-        let (token, expires_at, user) = service::sign_in(&self.0, &req.username, &req.password)
-            .await
-            .map_err(service_status)?;
+        let (token, expires_at, user) =
+            service::sign_in(&self.0, &req.username, &req.password, &source)
+                .await
+                .map_err(service_status)?;
         Ok(Response::new(pb::LoginResponse {
             token,
             expires_at: Some(to_timestamp(expires_at)),

@@ -54,6 +54,26 @@ pub fn service_status(error: crate::service::Error) -> Status {
     }
 }
 
+/// The client's address: failed sign-ins and signings are counted per source.
+pub fn source<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The SHA-256 of the request's session token (empty without one): what the store
+/// knows the session by.
+pub fn session_of<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(crate::auth::secret_sha256)
+        .unwrap_or_default()
+}
+
 /// The user of the session token in the request's `authorization` metadata.
 pub async fn authenticate<T>(hub: &Hub, request: &Request<T>) -> Result<User, Status> {
     let header = request.metadata().get("authorization").ok_or_else(|| {

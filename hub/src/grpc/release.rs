@@ -24,6 +24,14 @@ fn signature_to_pb(signed: &Signed) -> pb::Signature {
         record_sha256: sig.record_sha256.clone(),
         reason: sig.reason.clone(),
         manifestation: signed.manifestation.clone(),
+        justifications: sig
+            .justifications
+            .iter()
+            .map(|j| pb::Justification {
+                exception: j.exception.clone(),
+                justification: j.justification.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -91,6 +99,24 @@ pub fn review_to_pb(review: &Review) -> pb::BatchRecord {
         record_sha256: review.record_sha256.clone(),
         signatures: review.signatures.iter().map(signature_to_pb).collect(),
         audit: review.audit.iter().map(audit_to_pb).collect(),
+        changed_after_decision: review
+            .changed_after_decision
+            .iter()
+            .map(entry_to_pb)
+            .collect(),
+        change_reviews: review
+            .change_reviews
+            .iter()
+            .map(|r| pb::ChangeReview {
+                review_id: r.review_id.to_string(),
+                signer: r.signer.clone(),
+                signer_name: r.signer_name.clone(),
+                through_seq: r.through_seq,
+                record_sha256: r.record_sha256.clone(),
+                comment: r.comment.clone(),
+                signed_at: Some(to_timestamp(r.signed_at)),
+            })
+            .collect(),
     }
 }
 
@@ -129,6 +155,7 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         request: Request<pb::SignReleaseRequest>,
     ) -> Result<Response<pb::SignReleaseResponse>, Status> {
         let user = authenticate(&self.0, &request).await?;
+        let (session, source) = (super::session_of(&request), super::source(&request));
         let req = request.into_inner();
         let batch_id = parse_id("batch_id", &req.batch_id)?;
         let meaning = match pb::ReleaseMeaning::try_from(req.meaning) {
@@ -140,18 +167,60 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
                 ))
             }
         };
+        let signer = release::Signer {
+            user: &user,
+            session: &session,
+            source: &source,
+        };
         let form = release::SignForm {
             batch_id,
             meaning,
-            password: &req.password,
+            proof: release::Proof {
+                username: &req.username,
+                password: &req.password,
+                acknowledge_meaning: req.acknowledge_signature_meaning,
+            },
             record_sha256: &req.record_sha256,
             reason: &req.reason,
+            justifications: &req.justifications,
         };
-        let (signed, order) = release::sign(&self.0, &user, form)
+        let (signed, order) = release::sign(&self.0, &signer, form)
             .await
             .map_err(service_status)?;
         Ok(Response::new(pb::SignReleaseResponse {
             signature: Some(signature_to_pb(&signed)),
+            order: Some(order_to_pb(&order)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]
+    async fn review_change(
+        &self,
+        request: Request<pb::ReviewChangeRequest>,
+    ) -> Result<Response<pb::ReviewChangeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let (session, source) = (super::session_of(&request), super::source(&request));
+        let req = request.into_inner();
+        let batch_id = parse_id("batch_id", &req.batch_id)?;
+        let signer = release::Signer {
+            user: &user,
+            session: &session,
+            source: &source,
+        };
+        let form = release::ChangeReviewForm {
+            batch_id,
+            proof: release::Proof {
+                username: &req.username,
+                password: &req.password,
+                acknowledge_meaning: req.acknowledge_signature_meaning,
+            },
+            record_sha256: &req.record_sha256,
+            comment: &req.comment,
+        };
+        let order = release::review_change(&self.0, &signer, form)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ReviewChangeResponse {
             order: Some(order_to_pb(&order)),
         }))
     }

@@ -19,6 +19,30 @@ pub struct Progress {
     pub exceptions: Vec<u64>,
     /// Things the hub noticed that the site did not report as such.
     pub anomalies: Vec<String>,
+    /// Site seqs of records that arrived after QA's release decision and change what
+    /// QA reviewed (anything but the expected hand-over and infusion scans and the
+    /// site's recording of the decision). The batch is "changed after decision" until
+    /// a QA person reviews them with a signature.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_after_decision: Vec<u64>,
+    /// The highest of those a QA person has reviewed (signed for).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub changes_reviewed_through: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Progress {
+    /// The records that arrived after the decision and no QA person has reviewed yet.
+    pub fn unreviewed_changes(&self) -> Vec<u64> {
+        self.changed_after_decision
+            .iter()
+            .copied()
+            .filter(|seq| *seq > self.changes_reviewed_through)
+            .collect()
+    }
 }
 
 /// An order with its batch projection, as people see it.

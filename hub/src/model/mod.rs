@@ -16,7 +16,9 @@ mod site;
 pub use batch::{BatchState, NewOrder, Order, Progress};
 pub use people::{DirectoryEntry, Role, SiteDirectory, User};
 pub use projection::Projection;
-pub use record::{BatchRecord, QcRecord, Signature, StoredEvent, StoredRecipe};
+pub use record::{
+    BatchRecord, ChangeReview, Justification, QcRecord, Signature, StoredEvent, StoredRecipe,
+};
 pub use site::{site_transition, IssuedCert, OpenBatch, Site, SiteStatus};
 
 /// Why a rule of the model refuses a change, in words a caller can pass on.

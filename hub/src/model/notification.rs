@@ -42,10 +42,13 @@ pub enum Kind {
     SiteLinkDown,
     /// A site reported down was heard from again.
     SiteLinkRestored,
+    /// A record arrived after a batch's release decision (a late QC result, a
+    /// deviation, a correction): QA must review it.
+    ChangedAfterDecision,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::OrderDispatched,
         Kind::CellsReceived,
         Kind::CoiMismatch,
@@ -57,6 +60,7 @@ impl Kind {
         Kind::Delayed,
         Kind::SiteLinkDown,
         Kind::SiteLinkRestored,
+        Kind::ChangedAfterDecision,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Kind {
             Kind::Delayed => "delayed",
             Kind::SiteLinkDown => "site_link_down",
             Kind::SiteLinkRestored => "site_link_restored",
+            Kind::ChangedAfterDecision => "changed_after_decision",
         }
     }
 

@@ -49,6 +49,9 @@ pub struct User {
     pub role: Role,
     pub disabled: bool,
     pub password_hash: String,
+    /// When they acknowledged that their electronic signature is the legally binding
+    /// equivalent of their handwritten one; they sign nothing before that.
+    pub signature_acknowledged_at: Option<DateTime<Utc>>,
 }
 
 /// A site's directory as the hub sent it (its `person_updated` commands): who could

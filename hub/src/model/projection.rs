@@ -53,6 +53,13 @@ impl Projection {
     ) -> Option<QcRecord> {
         let mut qc = None;
         let mut exception = false;
+        let decided = matches!(
+            self.state,
+            BatchState::Released
+                | BatchState::Rejected
+                | BatchState::HandedOver
+                | BatchState::Infused
+        );
         match &event.kind {
             EventKind::BatchAccepted {
                 recipe_sha256: accepted,
@@ -166,6 +173,17 @@ impl Projection {
         }
         if exception {
             self.progress.exceptions.push(event.seq);
+        }
+        // After QA's decision the record goes on with the hand-over and infusion
+        // scans and the site's note of the decision; anything else changes what QA
+        // reviewed and signed.
+        let expected_after_decision = match &event.kind {
+            EventKind::ReleaseDecisionRecorded { .. } | EventKind::PersonLocked { .. } => true,
+            EventKind::CustodyScan { .. } => !exception,
+            _ => false,
+        };
+        if decided && !expected_after_decision {
+            self.progress.changed_after_decision.push(event.seq);
         }
         if matches!(self.state, BatchState::Accepted | BatchState::InProcess)
             && self.record_complete(recipe)

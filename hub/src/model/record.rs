@@ -44,6 +44,31 @@ pub struct Signature {
     pub record_sha256: String,
     pub reason: String,
     pub signed_at: DateTime<Utc>,
+    /// A release despite exceptions: QA's written justification of each exception
+    /// of the record as reviewed, in the order the review listed them.
+    pub justifications: Vec<Justification>,
+}
+
+/// Why a batch may be released despite one of its exceptions, as QA wrote it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Justification {
+    /// The exception as QA saw it when signing.
+    pub exception: String,
+    pub justification: String,
+}
+
+/// A QA person's signed acknowledgement that they reviewed the records that
+/// arrived after a batch's release decision (through site seq `through_seq`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeReview {
+    pub review_id: Uuid,
+    pub batch_id: Uuid,
+    pub signer: String,
+    pub signer_name: String,
+    pub through_seq: u64,
+    pub record_sha256: String,
+    pub comment: String,
+    pub signed_at: DateTime<Utc>,
 }
 
 /// Everything the batch record is made of.
@@ -54,6 +79,8 @@ pub struct BatchRecord {
     pub events: Vec<StoredEvent>,
     pub qc: Vec<QcRecord>,
     pub signatures: Vec<Signature>,
+    /// QA's signed reviews of records that arrived after the decision.
+    pub change_reviews: Vec<ChangeReview>,
     pub audit: Vec<crate::audit::Entry>,
     /// The directory commands of the batch's site: who could act there, version by
     /// version (the record's people are checked against it).

@@ -7,8 +7,7 @@
 use super::{field, require_role, Error};
 use crate::app::Hub;
 use crate::audit::{Action, NewEntry, Object};
-use crate::auth::verify_password;
-use crate::model::{BatchState, Order, Role, Signature, User};
+use crate::model::{BatchState, ChangeReview, Justification, Order, Role, Signature, User};
 use crate::record::{self, Review, Signed};
 use carrel_proto::event::ReleaseMeaning;
 use chrono::{SubsecRound, Utc};
@@ -38,6 +37,27 @@ pub async fn queue(hub: &Hub, user: &User) -> Result<Vec<Order>, Error> {
         .await?)
 }
 
+/// Decided batches whose record changed after the decision and await QA's review.
+pub async fn changed_after_decision(hub: &Hub, user: &User) -> Result<Vec<Order>, Error> {
+    require_role(user, &REVIEWERS)?;
+    let mut changed = Vec::new();
+    for state in [
+        BatchState::Released,
+        BatchState::Rejected,
+        BatchState::HandedOver,
+        BatchState::Infused,
+    ] {
+        changed.extend(
+            hub.store
+                .list_orders(None, Some(state))
+                .await?
+                .into_iter()
+                .filter(|o| !o.progress.unreviewed_changes().is_empty()),
+        );
+    }
+    Ok(changed)
+}
+
 /// A batch record as QA reviews it ([`record::review`]).
 pub async fn review(hub: &Hub, user: &User, batch_id: Uuid) -> Result<Review, Error> {
     require_role(user, &REVIEWERS)?;
@@ -47,23 +67,159 @@ pub async fn review(hub: &Hub, user: &User, batch_id: Uuid) -> Result<Review, Er
     ))
 }
 
-/// A QA decision as entered: meaning, password again, the hash of the record as
-/// reviewed, and a reason (required to reject).
+/// What a person acknowledges, once, before their first electronic signature
+/// (21 CFR 11.100(c)); kept with their account and in the audit trail.
+pub const SIGNATURE_MEANING: &str = "I understand that my electronic signature in Carrel is the legally binding equivalent of my handwritten signature, and that I am accountable for every record I sign with it.";
+
+/// Who is signing, as the door that carries the request knows them.
+pub struct Signer<'a> {
+    pub user: &'a User,
+    /// SHA-256 of the session's token: its first signature asks for the user name.
+    pub session: &'a str,
+    /// The client's address: failed signings count towards the lock of this user
+    /// name from there, as failed sign-ins do.
+    pub source: &'a str,
+}
+
+/// The signer's identity, proved again: the user name at the first signature of a
+/// session and the password every time; a person who has not yet acknowledged what
+/// their signature means must do so with it. Failures count towards the lock, and
+/// the attempt that reaches it ends the session.
+pub struct Proof<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    pub acknowledge_meaning: bool,
+}
+
+/// A QA decision as entered: meaning, the hash of the record as reviewed, a reason
+/// (required to reject), and for a release one justification per exception of the
+/// record as reviewed, in the review's order.
 pub struct SignForm<'a> {
     pub batch_id: Uuid,
     pub meaning: ReleaseMeaning,
-    pub password: &'a str,
+    pub proof: Proof<'a>,
     pub record_sha256: &'a str,
     pub reason: &'a str,
+    pub justifications: &'a [String],
+}
+
+/// The shortest justification of an exception accepted: a sentence, not a tick.
+pub const MIN_JUSTIFICATION_CHARS: usize = 10;
+
+fn check_sha(sha: &str) -> Result<String, Error> {
+    let sha = sha.trim().to_ascii_lowercase();
+    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(field(
+            "record_sha256",
+            "record_sha256 must be the 64-hex-digit SHA-256 of the batch record as reviewed",
+        ));
+    }
+    Ok(sha)
+}
+
+/// Whether this session has signed before (its next signature needs only the password).
+pub async fn session_has_signed(hub: &Hub, session: &str) -> Result<bool, Error> {
+    Ok(hub.store.session_signed_at(session).await?.is_some())
+}
+
+/// Checks the signer's proof of identity. Refusals of the proof itself are
+/// `Unauthenticated`; a missing user name or acknowledgement is a field error.
+async fn prove(
+    hub: &Hub,
+    signer: &Signer<'_>,
+    proof: &Proof<'_>,
+    batch_id: Uuid,
+) -> Result<(), Error> {
+    let user = signer.user;
+    let first = !session_has_signed(hub, signer.session).await?;
+    let typed = proof.username.trim();
+    if first && typed.is_empty() {
+        return Err(field(
+            "username",
+            "this is the first signature of your session: enter your user name as well as your password",
+        ));
+    }
+    if user.signature_acknowledged_at.is_none() && !proof.acknowledge_meaning {
+        return Err(field(
+            "acknowledge",
+            "before your first electronic signature, acknowledge that it is the legally binding equivalent of your handwritten signature",
+        ));
+    }
+    let window = super::failure_window(hub);
+    let limits = super::failure_limits(hub);
+    let key = super::bounded_username(&user.username);
+    let gate = hub
+        .store
+        .sign_in_gate(&key, signer.source, window.0, limits)
+        .await?;
+    if let Some(refused) = super::locked(gate, window.1) {
+        return Err(refused);
+    }
+    let name_ok = typed.is_empty() || typed.eq_ignore_ascii_case(&user.username);
+    let ok = super::password_matches(proof.password, Some(&user.password_hash)).await && name_ok;
+    if ok {
+        return Ok(());
+    }
+    tracing::warn!(signer = %user.username, "failed signing attempt");
+    hub.store
+        .audit(
+            &NewEntry::new(
+                &user.username,
+                Action::ReleaseSigningFailed,
+                Object::Batch(batch_id),
+            )
+            .batch(batch_id)
+            .reason(if name_ok {
+                "wrong password at signing"
+            } else {
+                "wrong user name at signing"
+            }),
+        )
+        .await?;
+    let gate = hub
+        .store
+        .count_sign_in_failure(&key, signer.source, window, limits)
+        .await?;
+    if gate != crate::store::Gate::Open {
+        hub.store.delete_session(signer.session).await?;
+        return Err(Error::Unauthenticated(format!(
+            "too many failed attempts: the signature was not made and your session has ended; sign in again after {}",
+            window.1.format("%H:%M UTC")
+        )));
+    }
+    Err(Error::Unauthenticated(
+        if name_ok {
+            "wrong password: the signature was not made"
+        } else {
+            "that is not your user name: the signature was not made"
+        }
+        .into(),
+    ))
+}
+
+/// Keeps the signer's acknowledgement of what their signature means, the first time.
+async fn acknowledge(hub: &Hub, user: &User, proof: &Proof<'_>) -> Result<(), Error> {
+    if user.signature_acknowledged_at.is_none() && proof.acknowledge_meaning {
+        hub.store
+            .acknowledge_signature(&user.username, SIGNATURE_MEANING)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Signs release or rejection (21 CFR Part 11): the signer proves identity again
-/// with the password; the signature binds to the record as reviewed. The store
-/// writes the signature, the batch's new state and the command that tells the site
-/// in one transaction (refusing a record that changed since it was reviewed); the
-/// site's live link is woken to carry the command. An attempt by someone without
-/// the authority to sign is refused and audited.
-pub async fn sign(hub: &Hub, user: &User, form: SignForm<'_>) -> Result<(Signed, Order), Error> {
+/// ([`Proof`]); the signature binds to the record as reviewed, and a release despite
+/// exceptions carries a written justification of each. The store writes the
+/// signature, the batch's new state and the command that tells the site in one
+/// transaction (refusing a record that changed since it was reviewed); the site's
+/// live link is woken to carry the command. An attempt by someone without the
+/// authority to sign is refused and audited.
+pub async fn sign(
+    hub: &Hub,
+    signer: &Signer<'_>,
+    form: SignForm<'_>,
+) -> Result<(Signed, Order), Error> {
+    let user = signer.user;
     if let Err(refused) = require_role(user, &SIGNERS) {
         tracing::warn!(username = %user.username, batch_id = %form.batch_id, "refused: signing without the QA role");
         hub.store
@@ -79,33 +235,34 @@ pub async fn sign(hub: &Hub, user: &User, form: SignForm<'_>) -> Result<(Signed,
             .await?;
         return Err(refused);
     }
-    let sha = form.record_sha256.trim().to_ascii_lowercase();
-    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(field(
-            "record_sha256",
-            "record_sha256 must be the 64-hex-digit SHA-256 of the batch record as reviewed",
-        ));
-    }
+    let sha = check_sha(form.record_sha256)?;
     if form.meaning == ReleaseMeaning::Rejected && form.reason.trim().is_empty() {
         return Err(field("reason", "a rejection needs a reason"));
     }
-    if !verify_password(form.password, &user.password_hash) {
-        tracing::warn!(signer = %user.username, "failed signing attempt");
-        hub.store
-            .audit(
-                &NewEntry::new(
-                    &user.username,
-                    Action::ReleaseSigningFailed,
-                    Object::Batch(form.batch_id),
-                )
-                .batch(form.batch_id)
-                .reason("wrong password at signing"),
-            )
-            .await?;
-        return Err(Error::Unauthenticated(
-            "wrong password: the signature was not made".into(),
-        ));
+    // The record as it is now: the signature is refused unless it is the one
+    // reviewed, and a release must justify each of its exceptions.
+    let review = record::review(
+        hub.store.batch_record(form.batch_id).await?,
+        hub.config.accept_simulated_people,
+    );
+    if !review.awaits_decision() {
+        return Err(Error::Store(crate::store::Error::FailedPrecondition(format!(
+            "batch {} is {}, not awaiting release; only a batch whose record is complete can be released or rejected",
+            review.order.batch_id, review.order.state
+        ))));
     }
+    if review.record_sha256 != sha {
+        return Err(Error::Store(crate::store::Error::FailedPrecondition(format!(
+            "the batch record changed since it was reviewed (reviewed {sha}, now {}); review it again before signing",
+            review.record_sha256
+        ))));
+    }
+    let justifications = match form.meaning {
+        ReleaseMeaning::Rejected => Vec::new(),
+        ReleaseMeaning::Released => justify(&review, form.justifications)?,
+    };
+    prove(hub, signer, &form.proof, form.batch_id).await?;
+    acknowledge(hub, user, &form.proof).await?;
     let signature = Signature {
         signature_id: Uuid::now_v7(),
         batch_id: form.batch_id,
@@ -115,12 +272,96 @@ pub async fn sign(hub: &Hub, user: &User, form: SignForm<'_>) -> Result<(Signed,
         record_sha256: sha,
         reason: form.reason.trim().to_owned(),
         signed_at: Utc::now().trunc_subsecs(6),
+        justifications,
     };
     let order = hub
         .store
         .sign_release(&signature, hub.config.accept_simulated_people, Utc::now())
         .await?;
+    hub.store.mark_session_signed(signer.session).await?;
     tracing::info!(batch_id = %order.batch_id, meaning = form.meaning.as_str(), signer = %user.username, "release decision signed");
     hub.commands_added(&order.site_id, order.batch_id);
     Ok((Signed::new(signature), order))
+}
+
+/// One justification per exception of the review, each a real sentence.
+fn justify(review: &Review, given: &[String]) -> Result<Vec<Justification>, Error> {
+    let exceptions = &review.exceptions;
+    if given.len() != exceptions.len() {
+        return Err(field(
+            "justifications",
+            format!(
+                "releasing this batch despite its {} exception(s) needs a written justification for each ({} given)",
+                exceptions.len(),
+                given.len()
+            ),
+        ));
+    }
+    exceptions
+        .iter()
+        .zip(given)
+        .enumerate()
+        .map(|(i, (exception, text))| {
+            let text = text.trim();
+            if text.chars().count() < MIN_JUSTIFICATION_CHARS {
+                return Err(field(
+                    "justifications",
+                    format!(
+                        "exception {} ({}) needs a justification of at least {MIN_JUSTIFICATION_CHARS} characters: say why it does not stop the release",
+                        i + 1,
+                        exception.text()
+                    ),
+                ));
+            }
+            Ok(Justification {
+                exception: exception.text(),
+                justification: text.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// A QA person's review of the records that arrived after a batch's decision.
+pub struct ChangeReviewForm<'a> {
+    pub batch_id: Uuid,
+    pub proof: Proof<'a>,
+    pub record_sha256: &'a str,
+    pub comment: &'a str,
+}
+
+/// Signs the review of records that arrived after the release decision: the
+/// "changed after decision" mark is cleared once a QA person has read them and
+/// says, with their signature, what they concluded.
+pub async fn review_change(
+    hub: &Hub,
+    signer: &Signer<'_>,
+    form: ChangeReviewForm<'_>,
+) -> Result<Order, Error> {
+    let user = signer.user;
+    require_role(user, &SIGNERS)?;
+    let sha = check_sha(form.record_sha256)?;
+    if form.comment.trim().chars().count() < MIN_JUSTIFICATION_CHARS {
+        return Err(field(
+            "comment",
+            format!("say what you concluded from the new records (at least {MIN_JUSTIFICATION_CHARS} characters)"),
+        ));
+    }
+    prove(hub, signer, &form.proof, form.batch_id).await?;
+    acknowledge(hub, user, &form.proof).await?;
+    let order = hub
+        .store
+        .review_change(&ChangeReview {
+            review_id: Uuid::now_v7(),
+            batch_id: form.batch_id,
+            signer: user.username.clone(),
+            signer_name: user.full_name.clone(),
+            through_seq: 0,
+            record_sha256: sha,
+            comment: form.comment.trim().to_owned(),
+            signed_at: Utc::now(),
+        })
+        .await?;
+    hub.store.mark_session_signed(signer.session).await?;
+    tracing::info!(batch_id = %order.batch_id, signer = %user.username, "change after decision reviewed");
+    Ok(order)
 }

@@ -14,8 +14,8 @@ use crate::audit::{Entry, NewEntry};
 use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
 use crate::model::notification::{OutboxEntry, Subscription};
 use crate::model::{
-    BatchState, IssuedCert, Order, Progress, Projection, QcRecord, Role, Signature, Site,
-    SiteStatus, StoredEvent, StoredRecipe, User,
+    BatchState, ChangeReview, IssuedCert, Order, Progress, Projection, QcRecord, Role, Signature,
+    Site, SiteStatus, StoredEvent, StoredRecipe, User,
 };
 use crate::schedule::{Booking, Capacity, Plan};
 use async_trait::async_trait;
@@ -77,6 +77,18 @@ pub trait ReadTx: Send {
     /// The site's directory commands (`person_updated`), in seq order: the history
     /// of who could act at the site, version by version.
     async fn site_directory(&mut self, site_id: &str) -> Result<Vec<HubCommand>>;
+    /// QA's signed reviews of records that arrived after a batch's decision, oldest first.
+    async fn change_reviews_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<ChangeReview>>;
+    /// When a live session first signed, if it has.
+    async fn session_signed_at(&mut self, token_sha256: &str) -> Result<Option<DateTime<Utc>>>;
+    /// Failures counted for (user name, source) in the window starting at
+    /// `window_start`, and whether the lock they reached has been audited.
+    async fn sign_in_failures(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<(u64, bool)>;
 }
 
 /// A read-only snapshot as the store's provided reads take it; dropped, it ends.
@@ -319,6 +331,42 @@ pub trait WriteTx: ReadTx {
         now: DateTime<Utc>,
     ) -> Result<()>;
     async fn insert_signature(&mut self, signature: &Signature) -> Result<()>;
+    async fn insert_change_review(&mut self, review: &ChangeReview) -> Result<()>;
+    /// Notes that a session signed (the first time only).
+    async fn mark_session_signed(&mut self, token_sha256: &str, now: DateTime<Utc>) -> Result<()>;
+    /// Notes when a user acknowledged what their electronic signature means.
+    async fn set_signature_acknowledged(&mut self, username: &str, at: DateTime<Utc>)
+        -> Result<()>;
+    /// Counts one more failure for (user name, source) in the window; returns the count.
+    async fn bump_sign_in_failures(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<u64>;
+    /// Notes that the lock of (user name, source) in the window was audited.
+    async fn set_sign_in_lock_audited(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Windows that began before `before` whose counts are not yet in the audit trail:
+    /// (user name, source, window start, failures), oldest first, at most `limit`.
+    async fn unreported_sign_in_failures(
+        &mut self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, String, DateTime<Utc>, u64)>>;
+    /// Marks a window's count as audited.
+    async fn set_sign_in_failures_reported(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Forgets reported windows that began before `before`.
+    async fn forget_sign_in_failures(&mut self, before: DateTime<Utc>) -> Result<()>;
     /// Appends a command to a site's log and raises its last command seq to it (the
     /// caller has locked the site and chosen the seq); the site's link hears of it
     /// at commit, in whichever hub process holds it.

@@ -293,6 +293,26 @@ fn audit_site_event(
         }
         _ => {}
     }
+    if projection.progress.changed_after_decision.last() == Some(&event.seq) {
+        let (what, detail) = crate::record::describe(&event.kind);
+        tracing::warn!(site_id, batch_id = %order.batch_id, seq = event.seq, what, "a record arrived after the release decision: QA must review it");
+        audit.push(
+            NewEntry::new(
+                site_id,
+                Action::BatchChangedAfterDecision,
+                Object::SiteEvent {
+                    site_id: site_id.to_owned(),
+                    seq: event.seq,
+                },
+            )
+            .batch(order.batch_id)
+            .value(format!("{what}: {detail}"))
+            .reason(format!(
+                "arrived after the batch was {}; QA must review it",
+                state_before
+            )),
+        );
+    }
     if projection.state != state_before {
         audit.push(
             NewEntry::new(

@@ -371,9 +371,53 @@ pub trait Store:
         Ok(trail.into_iter().map(|(entry, _)| entry).collect())
     }
     async fn audit_count(&self, action: crate::audit::Action) -> Result<u64>;
-    /// Failed sign-ins recorded for `username` after `since` and after its last
-    /// successful sign-in (for locking an account under a password-guessing attack).
-    async fn sign_in_failures_since(&self, username: &str, since: DateTime<Utc>) -> Result<u64>;
+    /// Whether `username` may try to sign in (or sign) from `source` in the window
+    /// starting at `window_start`, given the failures counted there.
+    async fn sign_in_gate(
+        &self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+        limits: FailureLimits,
+    ) -> Result<Gate> {
+        transactions::sign_in_gate(self.read().await?, username, source, window_start, limits).await
+    }
+    /// Counts a failed sign-in or signing; audits a lock or throttle as it begins.
+    async fn count_sign_in_failure(
+        &self,
+        username: &str,
+        source: &str,
+        window: (DateTime<Utc>, DateTime<Utc>),
+        limits: FailureLimits,
+    ) -> Result<Gate> {
+        transactions::count_sign_in_failure(
+            self.write().await?,
+            username,
+            source,
+            window.0,
+            window.1,
+            limits,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Writes the counts of ended windows of failed sign-ins into the audit trail.
+    async fn report_sign_in_failures(&self, window: chrono::Duration) -> Result<usize> {
+        transactions::report_sign_in_failures(self.write().await?, window, Utc::now()).await
+    }
+    /// When a session first signed, if it has.
+    async fn session_signed_at(&self, token_sha256: &str) -> Result<Option<DateTime<Utc>>> {
+        self.read().await?.session_signed_at(token_sha256).await
+    }
+    async fn mark_session_signed(&self, token_sha256: &str) -> Result<()> {
+        transactions::mark_session_signed(self.write().await?, token_sha256, Utc::now()).await
+    }
+    /// Keeps (once) that `username` acknowledged the meaning of their electronic
+    /// signature, in the words of `statement`; returns the user as now stored.
+    async fn acknowledge_signature(&self, username: &str, statement: &str) -> Result<User> {
+        transactions::acknowledge_signature(self.write().await?, username, statement, Utc::now())
+            .await
+    }
     /// Walks the whole chain.
     async fn verify_audit(&self) -> Result<Result<crate::audit::Intact, crate::audit::Broken>> {
         Ok(crate::audit::verify(
@@ -602,6 +646,7 @@ pub trait Store:
             events: snapshot.events_of_batch(batch_id).await?,
             qc: snapshot.qc_of_batch(batch_id).await?,
             signatures: snapshot.signatures_of_batch(batch_id).await?,
+            change_reviews: snapshot.change_reviews_of_batch(batch_id).await?,
             audit: (snapshot.audit_trail(Some(batch_id)).await?)
                 .into_iter()
                 .map(|(entry, _)| entry)
@@ -623,6 +668,32 @@ pub trait Store:
     ) -> Result<Order> {
         transactions::sign_release(self.write().await?, signature, accept_simulated, now).await
     }
+    /// Stores a QA person's signed review of the records that arrived after the
+    /// batch's decision; refused unless some await review and the record still
+    /// hashes to `review.record_sha256`.
+    async fn review_change(&self, review: &crate::model::ChangeReview) -> Result<Order> {
+        transactions::review_change(self.write().await?, review, Utc::now()).await
+    }
+}
+
+/// The row of `sign_in_failures` that counts every failure of a source.
+pub(crate) const ANY_USER: &str = "*";
+
+/// What the failures counted so far allow, before a password is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    /// This user name from this source has failed too often in this window.
+    UserLocked(u64),
+    /// This source has failed too often in this window, for any user names.
+    SourceThrottled(u64),
+}
+
+/// Limits of failed sign-ins per window.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureLimits {
+    pub per_user_and_source: u64,
+    pub per_source: u64,
 }
 
 // -- shared by the backends: the text forms both of them store --

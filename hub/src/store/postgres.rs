@@ -388,18 +388,6 @@ impl Store for PgStore {
         u64::try_from(n).map_err(|_| Error::Corrupt("negative count".into()))
     }
 
-    async fn sign_in_failures_since(&self, username: &str, since: DateTime<Utc>) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM audit_log WHERE actor = $1 AND action = 'user.sign_in_failed' AND at > $2 \
-             AND at > COALESCE((SELECT MAX(at) FROM audit_log WHERE actor = $1 AND action = 'user.signed_in'), '-infinity'::timestamptz)",
-        )
-        .bind(username)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        u64::try_from(n).map_err(|_| Error::Corrupt("negative count".into()))
-    }
-
     async fn site_holding_token(
         &self,
         token_sha256: &str,

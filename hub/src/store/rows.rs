@@ -59,6 +59,7 @@ pub(crate) fn user(row: &impl Columns) -> Result<User> {
         role: Role::parse(&role).map_or_else(|| corrupt("role", &role), Ok)?,
         disabled: row.flag("disabled")?,
         password_hash: row.text("password_hash")?,
+        signature_acknowledged_at: row.opt_time("signature_acknowledged_at")?,
     })
 }
 
@@ -198,6 +199,21 @@ pub(crate) fn signature(row: &impl Columns) -> Result<Signature> {
             .map_or_else(|| corrupt("meaning", &meaning), Ok)?,
         record_sha256: row.text("record_sha256")?,
         reason: row.text("reason")?,
+        signed_at: row.time("signed_at")?,
+        justifications: serde_json::from_str(&row.text("justifications")?)
+            .map_err(|e| Error::Corrupt(format!("signature justifications: {e}")))?,
+    })
+}
+
+pub(crate) fn change_review(row: &impl Columns) -> Result<crate::model::ChangeReview> {
+    Ok(crate::model::ChangeReview {
+        review_id: row.uuid("review_id")?,
+        batch_id: row.uuid("batch_id")?,
+        signer: row.text("signer")?,
+        signer_name: row.text("signer_name")?,
+        through_seq: row.count("through_seq")?,
+        record_sha256: row.text("record_sha256")?,
+        comment: row.text("comment")?,
         signed_at: row.time("signed_at")?,
     })
 }

@@ -492,18 +492,6 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
-    async fn sign_in_failures_since(&self, username: &str, since: DateTime<Utc>) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM audit_log WHERE actor = ?1 AND action = 'user.sign_in_failed' AND at > ?2 \
-             AND at > COALESCE((SELECT MAX(at) FROM audit_log WHERE actor = ?1 AND action = 'user.signed_in'), '')",
-        )
-        .bind(username)
-        .bind(ts(since))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n as u64)
-    }
-
     async fn site_holding_token(
         &self,
         token_sha256: &str,

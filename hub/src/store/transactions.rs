@@ -12,15 +12,15 @@
 
 use super::backend::{OrderKey, Tx};
 use super::schedule::{self as schedule_store, booked_from, capacity_json, DelayNotice};
-use super::{ts, Error, Result};
+use super::{ts, Error, FailureLimits, Gate, Result, ANY_USER};
 use crate::audit::{Action, NewEntry, Object};
 use crate::model::notification::happening;
 use crate::model::notification::{
     kinds_text, Channel, NewSubscription, NotifierPass, OutboxEntry, OutboxState, Subscription,
 };
 use crate::model::{
-    site_transition, BatchState, IssuedCert, NewOrder, OpenBatch, Order, Progress, Signature, Site,
-    SiteStatus, User,
+    site_transition, BatchState, ChangeReview, IssuedCert, NewOrder, OpenBatch, Order, Progress,
+    Signature, Site, SiteStatus, User,
 };
 use crate::schedule::{Booked, Booking, Capacity, Moved, Plan};
 use carrel_proto::coi::Coi;
@@ -801,13 +801,247 @@ pub(crate) async fn sign_release(
             signature.signature_id,
             signature.record_sha256
         ))
-        .reason(signature.reason.clone()),
+        .reason(
+            std::iter::once(signature.reason.clone())
+                .filter(|r| !r.is_empty())
+                .chain(signature.justifications.iter().map(|j| {
+                    format!(
+                        "exception \"{}\" justified: {}",
+                        j.exception, j.justification
+                    )
+                }))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
         now,
     )
     .await?;
     let order = tx.order(OrderKey::Batch(order.batch_id)).await?;
     tx.commit().await?;
     Ok(order)
+}
+
+/// A QA person's signed review of the records that arrived after a batch's release
+/// decision: refused unless there are unreviewed ones and the record still hashes to
+/// what they reviewed. Clears the batch's "changed after decision" mark up to
+/// `review.through_seq`.
+pub(crate) async fn review_change(
+    mut tx: Tx<'_>,
+    review: &ChangeReview,
+    now: DateTime<Utc>,
+) -> Result<Order> {
+    let review = &ChangeReview {
+        signed_at: review.signed_at.trunc_subsecs(6),
+        ..review.clone()
+    };
+    let order = tx.lock_order(OrderKey::Batch(review.batch_id)).await?;
+    let unreviewed = order.progress.unreviewed_changes();
+    let Some(&last) = unreviewed.last() else {
+        return Err(Error::FailedPrecondition(format!(
+            "batch {} has no records that arrived after its decision and await review",
+            order.batch_id
+        )));
+    };
+    let recipe = tx.recipe(&order.recipe_id, order.recipe_version).await?;
+    let events = tx.events_of_batch(order.batch_id).await?;
+    let current = crate::record::record_sha256(&order, &recipe.sha256, &events);
+    if current != review.record_sha256 {
+        return Err(Error::FailedPrecondition(format!(
+            "the batch record changed since it was reviewed (reviewed {}, now {current}); review it again before signing",
+            review.record_sha256
+        )));
+    }
+    let review = &ChangeReview {
+        through_seq: last,
+        ..review.clone()
+    };
+    tx.insert_change_review(review).await?;
+    let mut progress = order.progress.clone();
+    progress.changes_reviewed_through = last;
+    tx.set_progress(order.batch_id, &progress, now).await?;
+    tx.audit(
+        NewEntry::new(
+            &review.signer,
+            Action::BatchChangeReviewed,
+            Object::Batch(order.batch_id),
+        )
+        .batch(order.batch_id)
+        .value(format!(
+            "records {} reviewed by {} ({}), signature {} on record {}",
+            unreviewed
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            review.signer_name,
+            review.signer,
+            review.review_id,
+            review.record_sha256
+        ))
+        .reason(review.comment.clone()),
+        now,
+    )
+    .await?;
+    let order = tx.order(OrderKey::Batch(order.batch_id)).await?;
+    tx.commit().await?;
+    Ok(order)
+}
+
+/// Keeps, once, that a person acknowledged what their electronic signature means.
+pub(crate) async fn acknowledge_signature(
+    mut tx: Tx<'_>,
+    username: &str,
+    statement: &str,
+    now: DateTime<Utc>,
+) -> Result<User> {
+    let user = tx.lock_user(username).await?;
+    if user.signature_acknowledged_at.is_some() {
+        return Ok(user);
+    }
+    tx.set_signature_acknowledged(username, now.trunc_subsecs(6))
+        .await?;
+    tx.audit(
+        NewEntry::new(
+            username,
+            Action::UserSignatureAcknowledged,
+            Object::User(username.to_owned()),
+        )
+        .value(statement),
+        now,
+    )
+    .await?;
+    let user = tx.lock_user(username).await?;
+    tx.commit().await?;
+    Ok(user)
+}
+
+/// Notes that a session made its first signature.
+pub(crate) async fn mark_session_signed(
+    mut tx: Tx<'_>,
+    token_sha256: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    tx.mark_session_signed(token_sha256, now).await?;
+    tx.commit().await
+}
+
+/// Whether a sign-in (or signing) by `username` from `source` may be tried now.
+pub(crate) async fn sign_in_gate(
+    mut tx: super::backend::Snapshot<'_>,
+    username: &str,
+    source: &str,
+    window_start: DateTime<Utc>,
+    limits: FailureLimits,
+) -> Result<Gate> {
+    let (by_source, _) = tx.sign_in_failures(ANY_USER, source, window_start).await?;
+    if by_source >= limits.per_source {
+        return Ok(Gate::SourceThrottled(by_source));
+    }
+    let (by_user, _) = tx.sign_in_failures(username, source, window_start).await?;
+    if by_user >= limits.per_user_and_source {
+        return Ok(Gate::UserLocked(by_user));
+    }
+    Ok(Gate::Open)
+}
+
+/// Counts a failed sign-in (or signing) of `username` from `source`. The audit trail
+/// hears of it only when a lock or throttle begins (once per window), and later as a
+/// count per window ([`report_sign_in_failures`]): unauthenticated traffic adds a
+/// bounded amount to it.
+pub(crate) async fn count_sign_in_failure(
+    mut tx: Tx<'_>,
+    username: &str,
+    source: &str,
+    window_start: DateTime<Utc>,
+    window_end: DateTime<Utc>,
+    limits: FailureLimits,
+    now: DateTime<Utc>,
+) -> Result<Gate> {
+    let by_source = tx
+        .bump_sign_in_failures(ANY_USER, source, window_start)
+        .await?;
+    let by_user = tx
+        .bump_sign_in_failures(username, source, window_start)
+        .await?;
+    let mut gate = Gate::Open;
+    if by_user >= limits.per_user_and_source {
+        gate = Gate::UserLocked(by_user);
+        let (_, audited) = tx.sign_in_failures(username, source, window_start).await?;
+        if !audited {
+            tx.set_sign_in_lock_audited(username, source, window_start)
+                .await?;
+            tx.audit(
+                NewEntry::new(
+                    username,
+                    Action::UserSignInLocked,
+                    Object::User(username.to_owned()),
+                )
+                .value(format!("from {source} until {}", ts(window_end)))
+                .reason(format!("{by_user} failed sign-ins from {source}")),
+                now,
+            )
+            .await?;
+        }
+    }
+    if by_source >= limits.per_source {
+        gate = Gate::SourceThrottled(by_source);
+        let (_, audited) = tx.sign_in_failures(ANY_USER, source, window_start).await?;
+        if !audited {
+            tx.set_sign_in_lock_audited(ANY_USER, source, window_start)
+                .await?;
+            tx.audit(
+                NewEntry::new(
+                    source,
+                    Action::SourceSignInThrottled,
+                    Object::Source(source.to_owned()),
+                )
+                .value(format!("sign-ins refused until {}", ts(window_end)))
+                .reason(format!(
+                    "{by_source} failed sign-ins from {source} for any user names"
+                )),
+                now,
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(gate)
+}
+
+/// Puts the counts of failed sign-ins of windows that ended before `now` into the
+/// audit trail (one entry per user name and source and window), and forgets counts
+/// older than a day. Returns how many entries it wrote.
+pub(crate) async fn report_sign_in_failures(
+    mut tx: Tx<'_>,
+    window: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    let ended = tx.unreported_sign_in_failures(now - window, 500).await?;
+    for (username, source, start, failures) in &ended {
+        tx.set_sign_in_failures_reported(username, source, *start)
+            .await?;
+        if username == ANY_USER {
+            continue;
+        }
+        tx.audit(
+            NewEntry::new(
+                username,
+                Action::UserSignInFailuresCounted,
+                Object::User(username.clone()),
+            )
+            .value(format!(
+                "{failures} failed from {source} between {} and {}",
+                ts(*start),
+                ts(*start + window)
+            )),
+            now,
+        )
+        .await?;
+    }
+    tx.forget_sign_in_failures(now - chrono::Duration::days(1))
+        .await?;
+    tx.commit().await?;
+    Ok(ended.len())
 }
 
 /// Books an order's collection inside the order's transaction, with its site

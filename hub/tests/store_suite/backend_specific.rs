@@ -141,6 +141,42 @@ async fn postgres_audit_log_refuses_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn postgres_logs_and_signatures_refuse_changes() {
+    let database = fresh_postgres_database().await;
+    let store = open_postgres_at(&database).await;
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(&*store, SITE_A, &complete_record(&mut log, &order, &recipe)).await;
+    let hash = reviewed_sha256(&*store, order.batch_id).await;
+    store
+        .sign_release(&signature(&order, QA, hash), false, now())
+        .await
+        .expect("sign");
+    let mut conn = database.connect().await.expect("connect");
+    for statement in [
+        "UPDATE site_events SET body = '{}'",
+        "DELETE FROM site_events",
+        "TRUNCATE site_events CASCADE",
+        "UPDATE hub_commands SET body = '{}'",
+        "DELETE FROM hub_commands",
+        "UPDATE signatures SET meaning = 'rejected'",
+        "DELETE FROM signatures",
+        "TRUNCATE signatures",
+    ] {
+        let error = conn
+            .execute(statement)
+            .await
+            .expect_err(statement)
+            .to_string();
+        assert!(error.contains("append-only"), "{statement}: {error}");
+    }
+    let record = store.batch_record(order.batch_id).await.expect("record");
+    assert_eq!(record.signatures.len(), 1);
+    assert_eq!(record.events.len() as u64, log.next_seq - 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn postgres_refuses_a_database_whose_schema_is_newer() {
     let database = fresh_postgres_database().await;
     open_postgres_at(&database).await.close().await;

@@ -63,6 +63,7 @@ pub async fn add_user(store: &dyn Store, username: &str, role: Role) {
                 role,
                 disabled: false,
                 password_hash: "x".into(),
+                signature_acknowledged_at: None,
             },
             ADMIN,
         )
@@ -329,6 +330,7 @@ pub fn signature(order: &Order, signer: &str, record_sha256: String) -> Signatur
         record_sha256,
         reason: "record reviewed, all results within specification".into(),
         signed_at: now(),
+        justifications: Vec::new(),
     }
 }
 

@@ -90,7 +90,8 @@ every_backend! {
     ],
     people: [
         case_sessions_expire_and_end,
-        case_failed_sign_ins_count_until_a_success,
+        case_failed_sign_ins_are_counted_per_user_and_source,
+        case_the_first_signature_of_a_session_and_the_acknowledgement_are_kept,
         case_people_reach_their_sites_as_directory_commands,
         case_records_are_checked_against_the_directory_the_site_used,
         case_a_lock_at_a_site_is_stored_and_audited,
@@ -136,6 +137,7 @@ every_backend! {
         case_a_name_typed_at_a_site_neither_bars_nor_clears_a_qa,
         case_simulated_operators_work_is_released_only_where_accepted,
         case_release_decision_matches_the_stored_signature,
+        case_a_record_after_the_decision_marks_the_batch_until_qa_reviews_it,
     ],
     scheduling: [
         case_concurrent_bookings_of_the_last_slot_give_one_success,

@@ -2,8 +2,9 @@
 //! directory of people each site gets, and site records checked against it.
 
 use crate::fixtures::*;
+use carrel_hub::audit::Action;
 use carrel_hub::model::Role;
-use carrel_hub::store::{Error, Store};
+use carrel_hub::store::{Error, FailureLimits, Gate, Store};
 use carrel_proto::event::{CommandKind, EventKind, Identity};
 use carrel_proto::people::PersonStatus;
 use chrono::Duration;
@@ -56,65 +57,157 @@ pub async fn case_sessions_expire_and_end(store: Arc<dyn Store>) {
     assert_eq!(other.username, QA);
 }
 
-pub async fn case_failed_sign_ins_count_until_a_success(store: Arc<dyn Store>) {
+pub async fn case_failed_sign_ins_are_counted_per_user_and_source(store: Arc<dyn Store>) {
     seed(&*store).await;
-    let fail = || {
-        carrel_hub::audit::NewEntry::new(
-            PHYSICIAN,
-            carrel_hub::audit::Action::UserSignInFailed,
-            carrel_hub::audit::Object::User(PHYSICIAN.into()),
-        )
-        .reason("wrong password")
+    let limits = FailureLimits {
+        per_user_and_source: 3,
+        per_source: 5,
     };
-    for _ in 0..3 {
-        store.audit(&fail()).await.expect("audit");
+    let start = now() - Duration::minutes(20);
+    let window = (start, start + Duration::minutes(15));
+    let gate = |user: &'static str, source: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .sign_in_gate(user, source, window.0, limits)
+                .await
+                .expect("gate")
+        }
+    };
+    let audited = |action: Action| {
+        let store = store.clone();
+        async move { store.audit_count(action).await.expect("count") }
+    };
+    assert_eq!(gate(QA, "10.0.0.2").await, Gate::Open);
+    // A stranger at 10.0.0.2 fails many times for qa: locked there, not elsewhere.
+    let mut last = Gate::Open;
+    for _ in 0..4 {
+        last = store
+            .count_sign_in_failure(QA, "10.0.0.2", window, limits)
+            .await
+            .expect("count");
     }
-    let an_hour_ago = now() - Duration::hours(1);
+    assert_eq!(last, Gate::UserLocked(4));
+    assert_eq!(gate(QA, "10.0.0.2").await, Gate::UserLocked(4));
     assert_eq!(
-        store
-            .sign_in_failures_since(PHYSICIAN, an_hour_ago)
-            .await
-            .expect("count"),
-        3
+        gate(QA, "10.0.0.1").await,
+        Gate::Open,
+        "the lock is per source"
     );
     assert_eq!(
-        store
-            .sign_in_failures_since(QA, an_hour_ago)
-            .await
-            .expect("count"),
-        0,
-        "per user"
+        gate(PHYSICIAN, "10.0.0.2").await,
+        Gate::Open,
+        "and per user name"
     );
     assert_eq!(
-        store
-            .sign_in_failures_since(PHYSICIAN, now() + Duration::hours(1))
-            .await
-            .expect("count"),
-        0,
-        "only inside the window"
+        audited(Action::UserSignInLocked).await,
+        1,
+        "a lock is audited once, as it begins"
     );
-    // A successful sign-in starts the count again.
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // The source fails for another name too, and is throttled for every name.
     store
-        .create_session(
-            "session-after-failures",
-            PHYSICIAN,
-            now() + Duration::hours(1),
-        )
+        .count_sign_in_failure(PHYSICIAN, "10.0.0.2", window, limits)
+        .await
+        .expect("count");
+    assert_eq!(gate(TECHNICIAN, "10.0.0.2").await, Gate::SourceThrottled(5));
+    assert_eq!(audited(Action::SourceSignInThrottled).await, 1);
+    assert_eq!(audited(Action::UserSignInFailuresCounted).await, 0);
+
+    // When the window has ended, each user name and source gets one count entry.
+    let written = store
+        .report_sign_in_failures(Duration::minutes(15))
+        .await
+        .expect("report");
+    assert_eq!(written, 3, "qa, the physician and the source's own row");
+    let counted: Vec<_> = store
+        .audit_entries(None)
+        .await
+        .expect("trail")
+        .into_iter()
+        .filter(|e| e.action == Action::UserSignInFailuresCounted)
+        .map(|e| (e.actor, e.new_value))
+        .collect();
+    assert_eq!(counted.len(), 2, "{counted:?}");
+    assert!(
+        counted
+            .iter()
+            .any(|(who, what)| who == QA && what.starts_with("4 failed from 10.0.0.2")),
+        "{counted:?}"
+    );
+    assert_eq!(
+        store
+            .report_sign_in_failures(Duration::minutes(15))
+            .await
+            .expect("report"),
+        0,
+        "reported once"
+    );
+    // A window that has not ended yet is not reported.
+    let current = (now(), now() + Duration::minutes(15));
+    store
+        .count_sign_in_failure(QA, "10.0.0.3", current, limits)
+        .await
+        .expect("count");
+    assert_eq!(
+        store
+            .report_sign_in_failures(Duration::minutes(15))
+            .await
+            .expect("report"),
+        0
+    );
+}
+
+pub async fn case_the_first_signature_of_a_session_and_the_acknowledgement_are_kept(
+    store: Arc<dyn Store>,
+) {
+    add_user(&*store, QA, Role::Qa).await;
+    store
+        .create_session("session-q", QA, now() + Duration::hours(1))
         .await
         .expect("session");
     assert_eq!(
-        store
-            .sign_in_failures_since(PHYSICIAN, an_hour_ago)
-            .await
-            .expect("count"),
-        0
+        store.session_signed_at("session-q").await.expect("read"),
+        None
     );
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    store.audit(&fail()).await.expect("audit");
+    store.mark_session_signed("session-q").await.expect("mark");
+    let first = store
+        .session_signed_at("session-q")
+        .await
+        .expect("read")
+        .expect("signed");
+    store.mark_session_signed("session-q").await.expect("mark");
+    assert_eq!(
+        store.session_signed_at("session-q").await.expect("read"),
+        Some(first),
+        "the first signature's time stays"
+    );
+    assert!(store
+        .user(QA)
+        .await
+        .expect("user")
+        .signature_acknowledged_at
+        .is_none());
+    let user = store
+        .acknowledge_signature(QA, "my signature binds me")
+        .await
+        .expect("acknowledge");
+    let at = user.signature_acknowledged_at.expect("kept");
+    store
+        .acknowledge_signature(QA, "again")
+        .await
+        .expect("acknowledge again");
     assert_eq!(
         store
-            .sign_in_failures_since(PHYSICIAN, an_hour_ago)
+            .user(QA)
+            .await
+            .expect("user")
+            .signature_acknowledged_at,
+        Some(at),
+        "acknowledged once"
+    );
+    assert_eq!(
+        store
+            .audit_count(Action::UserSignatureAcknowledged)
             .await
             .expect("count"),
         1

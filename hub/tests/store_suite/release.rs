@@ -321,3 +321,75 @@ pub async fn case_release_decision_matches_the_stored_signature(store: Arc<dyn S
         "the site's copy of the signature differs from the hub's"
     );
 }
+
+pub async fn case_a_record_after_the_decision_marks_the_batch_until_qa_reviews_it(
+    store: Arc<dyn Store>,
+) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(&*store, SITE_A, &complete_record(&mut log, &order, &recipe)).await;
+    let hash = reviewed_sha256(&*store, order.batch_id).await;
+    store
+        .sign_release(&signature(&order, QA, hash), false, now())
+        .await
+        .expect("sign release");
+
+    // The hand-over scan is what follows a release: no mark.
+    ingest(
+        &*store,
+        SITE_A,
+        &[log.record(order.batch_id, matched_scan(&order, "handover"))],
+    )
+    .await;
+    let after = store.order_by_batch(order.batch_id).await.expect("order");
+    assert_eq!(after.state, BatchState::HandedOver);
+    assert!(after.progress.unreviewed_changes().is_empty());
+
+    // A QC result that arrives now changes what QA signed.
+    let test = &release_gating_tests(&recipe)[0];
+    let late = log.record(
+        order.batch_id,
+        qc_result(&test.id, passing_value(test), Outcome::Pass),
+    );
+    ingest(&*store, SITE_A, std::slice::from_ref(&late)).await;
+    let changed = store.order_by_batch(order.batch_id).await.expect("order");
+    assert_eq!(changed.progress.unreviewed_changes(), vec![late.seq]);
+    assert_eq!(
+        store
+            .audit_count(carrel_hub::audit::Action::BatchChangedAfterDecision)
+            .await
+            .expect("count"),
+        1
+    );
+
+    // The review is bound to the record as it is now, and clears the mark.
+    let review = |sha: String| carrel_hub::model::ChangeReview {
+        review_id: uuid::Uuid::new_v4(),
+        batch_id: order.batch_id,
+        signer: QA.into(),
+        signer_name: "Q A".into(),
+        through_seq: 0,
+        record_sha256: sha,
+        comment: "the late result is within specification".into(),
+        signed_at: now(),
+    };
+    assert_refused!(
+        store.review_change(&review("0".repeat(64))).await,
+        Error::FailedPrecondition
+    );
+    let current = reviewed_sha256(&*store, order.batch_id).await;
+    let reviewed = store
+        .review_change(&review(current.clone()))
+        .await
+        .expect("review");
+    assert!(reviewed.progress.unreviewed_changes().is_empty());
+    assert_eq!(reviewed.progress.changes_reviewed_through, late.seq);
+    let record = store.batch_record(order.batch_id).await.expect("record");
+    assert_eq!(record.change_reviews.len(), 1);
+    assert_eq!(record.change_reviews[0].through_seq, late.seq);
+    assert_refused!(
+        store.review_change(&review(current)).await,
+        Error::FailedPrecondition
+    );
+}

@@ -78,6 +78,7 @@ pub fn needs(entry: &Entry) -> Needs {
         Action::BatchStateChanged
         | Action::CustodyMismatch
         | Action::ReleaseSigned
+        | Action::BatchChangedAfterDecision
         | Action::OrderDelayed => entry.batch_id.map_or(Needs::Nothing, Needs::Order),
         _ => Needs::Nothing,
     }
@@ -138,6 +139,13 @@ pub fn happenings(
             format!(
                 "COI MISMATCH for batch COI {coi} at site {site}: expected {}, scanned {} ({})",
                 entry.old_value, entry.new_value, entry.reason
+            ),
+        ),
+        Action::BatchChangedAfterDecision => of_order(
+            Kind::ChangedAfterDecision,
+            format!(
+                "Batch COI {coi} at site {site} changed after its release decision: {} ({}). QA must review it",
+                entry.new_value, entry.reason
             ),
         ),
         Action::OrderDelayed => of_order(

@@ -110,6 +110,46 @@ impl ReadTx for PgTx<'_> {
             .map(rows::command)
             .collect()
     }
+
+    async fn change_reviews_of_batch(
+        &mut self,
+        batch_id: Uuid,
+    ) -> Result<Vec<crate::model::ChangeReview>> {
+        sqlx::query("SELECT * FROM change_reviews WHERE batch_id = $1 ORDER BY signed_at")
+            .bind(batch_id)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(rows::change_review)
+            .collect()
+    }
+
+    async fn session_signed_at(&mut self, token_sha256: &str) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<Option<DateTime<Utc>>> =
+            sqlx::query_scalar("SELECT signed_at FROM sessions WHERE token_sha256 = $1")
+                .bind(token_sha256)
+                .fetch_optional(self.conn())
+                .await?;
+        Ok(at.flatten())
+    }
+
+    async fn sign_in_failures(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<(u64, bool)> {
+        let row: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT failures, lock_audited FROM sign_in_failures \
+             WHERE username = $1 AND source = $2 AND window_start = $3",
+        )
+        .bind(username)
+        .bind(source)
+        .bind(stored(window_start))
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(row.map_or((0, false), |(n, audited)| (n as u64, audited)))
+    }
 }
 
 #[async_trait]
@@ -730,8 +770,8 @@ impl WriteTx for PgTx<'_> {
 
     async fn insert_signature(&mut self, signature: &Signature) -> Result<()> {
         sqlx::query(
-            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at, justifications) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(signature.signature_id)
         .bind(signature.batch_id)
@@ -741,8 +781,131 @@ impl WriteTx for PgTx<'_> {
         .bind(&signature.record_sha256)
         .bind(&signature.reason)
         .bind(stored(signature.signed_at))
+        .bind(json_text(&signature.justifications)?)
         .execute(self.conn())
         .await?;
+        Ok(())
+    }
+
+    async fn insert_change_review(&mut self, review: &crate::model::ChangeReview) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO change_reviews (review_id, batch_id, signer, signer_name, through_seq, record_sha256, comment, signed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(review.review_id)
+        .bind(review.batch_id)
+        .bind(&review.signer)
+        .bind(&review.signer_name)
+        .bind(i64_of(review.through_seq)?)
+        .bind(&review.record_sha256)
+        .bind(&review.comment)
+        .bind(stored(review.signed_at))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_session_signed(&mut self, token_sha256: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE sessions SET signed_at = $1 WHERE token_sha256 = $2 AND signed_at IS NULL",
+        )
+        .bind(stored(now))
+        .bind(token_sha256)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn set_signature_acknowledged(
+        &mut self,
+        username: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE users SET signature_acknowledged_at = $1 WHERE username = $2")
+            .bind(stored(at))
+            .bind(username)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn bump_sign_in_failures(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "INSERT INTO sign_in_failures (username, source, window_start, failures) VALUES ($1, $2, $3, 1) \
+             ON CONFLICT (username, source, window_start) DO UPDATE SET failures = sign_in_failures.failures + 1 \
+             RETURNING failures",
+        )
+        .bind(username)
+        .bind(source)
+        .bind(stored(window_start))
+        .fetch_one(self.conn())
+        .await?;
+        Ok(n as u64)
+    }
+
+    async fn set_sign_in_lock_audited(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sign_in_failures SET lock_audited = TRUE WHERE username = $1 AND source = $2 AND window_start = $3",
+        )
+        .bind(username)
+        .bind(source)
+        .bind(stored(window_start))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn unreported_sign_in_failures(
+        &mut self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, String, DateTime<Utc>, u64)>> {
+        let rows: Vec<(String, String, DateTime<Utc>, i64)> = sqlx::query_as(
+            "SELECT username, source, window_start, failures FROM sign_in_failures \
+             WHERE NOT reported AND window_start < $1 ORDER BY window_start, username, source LIMIT $2",
+        )
+        .bind(stored(before))
+        .bind(i64::from(limit))
+        .fetch_all(self.conn())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(username, source, start, n)| (username, source, start, n as u64))
+            .collect())
+    }
+
+    async fn set_sign_in_failures_reported(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sign_in_failures SET reported = TRUE WHERE username = $1 AND source = $2 AND window_start = $3",
+        )
+        .bind(username)
+        .bind(source)
+        .bind(stored(window_start))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_sign_in_failures(&mut self, before: DateTime<Utc>) -> Result<()> {
+        sqlx::query("DELETE FROM sign_in_failures WHERE reported AND window_start < $1")
+            .bind(stored(before))
+            .execute(self.conn())
+            .await?;
         Ok(())
     }
 

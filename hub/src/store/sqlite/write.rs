@@ -134,6 +134,52 @@ impl ReadTx for SqliteTx<'_> {
             .map(rows::command)
             .collect()
     }
+
+    async fn change_reviews_of_batch(
+        &mut self,
+        batch_id: Uuid,
+    ) -> Result<Vec<crate::model::ChangeReview>> {
+        sqlx::query("SELECT * FROM change_reviews WHERE batch_id = ? ORDER BY signed_at")
+            .bind(batch_id.to_string())
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(rows::change_review)
+            .collect()
+    }
+
+    async fn session_signed_at(&mut self, token_sha256: &str) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<Option<String>> =
+            sqlx::query_scalar("SELECT signed_at FROM sessions WHERE token_sha256 = ?")
+                .bind(token_sha256)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        at.flatten()
+            .map(|text| {
+                DateTime::parse_from_rfc3339(&text)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| Error::Corrupt(format!("session signed_at {text:?}: {e}")))
+            })
+            .transpose()
+    }
+
+    async fn sign_in_failures(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<(u64, bool)> {
+        let row: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT failures, lock_audited FROM sign_in_failures \
+             WHERE username = ? AND source = ? AND window_start = ?",
+        )
+        .bind(username)
+        .bind(source)
+        .bind(ts(window_start))
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row.map_or((0, false), |(n, audited)| (n as u64, audited)))
+    }
 }
 
 #[async_trait]
@@ -763,8 +809,8 @@ impl WriteTx for SqliteTx<'_> {
 
     async fn insert_signature(&mut self, signature: &Signature) -> Result<()> {
         sqlx::query(
-            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at, justifications) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(signature.signature_id.to_string())
         .bind(signature.batch_id.to_string())
@@ -774,8 +820,135 @@ impl WriteTx for SqliteTx<'_> {
         .bind(&signature.record_sha256)
         .bind(&signature.reason)
         .bind(ts(signature.signed_at))
+        .bind(json_text(&signature.justifications)?)
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    async fn insert_change_review(&mut self, review: &crate::model::ChangeReview) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO change_reviews (review_id, batch_id, signer, signer_name, through_seq, record_sha256, comment, signed_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(review.review_id.to_string())
+        .bind(review.batch_id.to_string())
+        .bind(&review.signer)
+        .bind(&review.signer_name)
+        .bind(i64_of(review.through_seq)?)
+        .bind(&review.record_sha256)
+        .bind(&review.comment)
+        .bind(ts(review.signed_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_session_signed(&mut self, token_sha256: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE sessions SET signed_at = ? WHERE token_sha256 = ? AND signed_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(token_sha256)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_signature_acknowledged(
+        &mut self,
+        username: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE users SET signature_acknowledged_at = ? WHERE username = ?")
+            .bind(ts(at))
+            .bind(username)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn bump_sign_in_failures(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "INSERT INTO sign_in_failures (username, source, window_start, failures) VALUES (?, ?, ?, 1) \
+             ON CONFLICT (username, source, window_start) DO UPDATE SET failures = failures + 1 \
+             RETURNING failures",
+        )
+        .bind(username)
+        .bind(source)
+        .bind(ts(window_start))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(n as u64)
+    }
+
+    async fn set_sign_in_lock_audited(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sign_in_failures SET lock_audited = 1 WHERE username = ? AND source = ? AND window_start = ?",
+        )
+        .bind(username)
+        .bind(source)
+        .bind(ts(window_start))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn unreported_sign_in_failures(
+        &mut self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, String, DateTime<Utc>, u64)>> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT username, source, window_start, failures FROM sign_in_failures \
+             WHERE reported = 0 AND window_start < ? ORDER BY window_start, username, source LIMIT ?",
+        )
+        .bind(ts(before))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(username, source, start, n)| {
+                let start = DateTime::parse_from_rfc3339(&start)
+                    .map_err(|e| Error::Corrupt(format!("window_start {start:?}: {e}")))?
+                    .with_timezone(&Utc);
+                Ok((username, source, start, n as u64))
+            })
+            .collect()
+    }
+
+    async fn set_sign_in_failures_reported(
+        &mut self,
+        username: &str,
+        source: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sign_in_failures SET reported = 1 WHERE username = ? AND source = ? AND window_start = ?",
+        )
+        .bind(username)
+        .bind(source)
+        .bind(ts(window_start))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_sign_in_failures(&mut self, before: DateTime<Utc>) -> Result<()> {
+        sqlx::query("DELETE FROM sign_in_failures WHERE reported = 1 AND window_start < ?")
+            .bind(ts(before))
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
