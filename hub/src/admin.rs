@@ -107,6 +107,7 @@ pub async fn add_user(
             "a full name is required: it is printed on every electronic signature".into(),
         ));
     }
+    crate::auth::check_password(password, username)?;
     let user = User {
         username: username.to_owned(),
         full_name: full_name.trim().to_owned(),

@@ -70,6 +70,11 @@ actions! {
     /// equivalent of their handwritten signature.
     UserSignatureAcknowledged = "user.signature_acknowledged",
     UserDisabled = "user.disabled",
+    /// A password changed: by its owner, or chosen by them after a reset.
+    UserPasswordChanged = "user.password_changed",
+    /// An administrator issued a one-time password reset (the old password stops working).
+    UserPasswordReset = "user.password_reset",
+    UserRoleChanged = "user.role_changed",
     UserEnabled = "user.enabled",
     /// A person assigned to a site (or their entry sent again, which unlocks them there).
     UserAssignedToSite = "user.assigned_to_site",

@@ -11,20 +11,60 @@ use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// Shortest password accepted for a new user.
-pub const MIN_PASSWORD_LEN: usize = 10;
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// Passwords and stems people choose most, refused by [`check_password`].
+const COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("password must have at least {MIN_PASSWORD_LEN} characters")]
-    WeakPassword,
+    #[error("{0}")]
+    WeakPassword(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
 }
 
+/// The password policy, checked wherever a person's password is set (added, changed,
+/// chosen after a reset): at least [`MIN_PASSWORD_LEN`] characters, not the user
+/// name inside it, and neither a common password nor a common one with digits and
+/// punctuation around it.
+pub fn check_password(password: &str, username: &str) -> Result<(), Error> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(Error::WeakPassword(format!(
+            "a password must have at least {MIN_PASSWORD_LEN} characters"
+        )));
+    }
+    let lower = password.to_lowercase();
+    let name = username.trim().to_lowercase();
+    if !name.is_empty() && lower.contains(&name) {
+        return Err(Error::WeakPassword(
+            "a password must not contain the user name".into(),
+        ));
+    }
+    let stem =
+        lower.trim_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation() || c == ' ');
+    let distinct: std::collections::HashSet<char> = lower.chars().collect();
+    let common = COMMON_PASSWORDS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .any(|c| c == lower || c == stem);
+    if common || distinct.len() < 4 {
+        return Err(Error::WeakPassword(
+            "that password is one of the most common ones (or close to one); choose another".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The argon2id hash of a password that passed [`check_password`] (or of a random
+/// secret).
 pub fn hash_password(password: &str) -> Result<String, Error> {
     if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(Error::WeakPassword);
+        return Err(Error::WeakPassword(format!(
+            "a password must have at least {MIN_PASSWORD_LEN} characters"
+        )));
     }
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
@@ -102,6 +142,27 @@ mod tests {
 
     #[test]
     fn short_password_is_refused() {
-        assert!(matches!(hash_password("short"), Err(Error::WeakPassword)));
+        assert!(matches!(
+            hash_password("short"),
+            Err(Error::WeakPassword(_))
+        ));
+    }
+
+    #[test]
+    fn the_policy_refuses_short_common_and_name_bearing_passwords() {
+        assert!(check_password("correct horse battery", "qa.grace").is_ok());
+        assert!(check_password("qa-password-12345", "qa.one").is_ok());
+        for (password, why) in [
+            ("short-pass1", "at least 12"),
+            ("Password2026!", "common"),
+            ("password1234", "common"),
+            ("123456789012", "common"),
+            ("!!Qwertyuiop99", "common"),
+            ("aaaaaaaaaaaaaaa", "common"),
+            ("my-QA.Grace-password", "user name"),
+        ] {
+            let refused = check_password(password, "qa.grace").expect_err(password);
+            assert!(refused.to_string().contains(why), "{password}: {refused}");
+        }
     }
 }

@@ -389,6 +389,19 @@ impl Config {
         self.notifications.validate()
     }
 
+    /// The configuration as it may be shown or logged: passwords in the database
+    /// and SMTP URLs replaced by `***`.
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        shown.database = shown.database.as_deref().map(crate::server::redacted);
+        shown.notifications.smtp_url = shown
+            .notifications
+            .smtp_url
+            .as_deref()
+            .map(crate::server::redacted);
+        shown
+    }
+
     pub fn database_url(&self) -> String {
         self.database
             .clone()

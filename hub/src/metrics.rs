@@ -22,9 +22,9 @@ pub async fn render(hub: &Hub) -> Result<String, crate::store::Error> {
     let store = &hub.store;
     let sites = store.list_sites().await?;
     let orders = store.list_orders(None, None).await?;
-    let failed_sign_ins = store
-        .audit_count(crate::audit::Action::UserSignInFailed)
-        .await?;
+    let failed_sign_ins = hub
+        .failed_sign_ins
+        .load(std::sync::atomic::Ordering::Relaxed);
     let outbox = store.outbox_counts().await?;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
@@ -111,7 +111,7 @@ pub async fn render(hub: &Hub) -> Result<String, crate::store::Error> {
     );
     gauge(
         "carrel_hub_failed_sign_ins_total",
-        "Failed sign-ins (audit trail).",
+        "Failed sign-ins and signings answered by this hub process since it started.",
         "counter",
         vec![(String::new(), failed_sign_ins as f64)],
     );

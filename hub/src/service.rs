@@ -95,6 +95,9 @@ fn locked(gate: store::Gate, until: DateTime<Utc>) -> Option<Error> {
 /// answer takes as long for every user name.
 async fn password_matches(password: &str, hash: Option<&str>) -> bool {
     static UNUSABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    // A hash that is no argon2 hash (a pending reset) verifies nothing, after the
+    // same work.
+    let hash = hash.filter(|h| argon2::PasswordHash::new(h).is_ok());
     let usable = hash.is_some();
     let hash = match hash {
         Some(hash) => hash.to_owned(),
@@ -150,6 +153,8 @@ pub async fn sign_in(
     let ok = password_matches(password, usable.map(|u| u.password_hash.as_str())).await;
     let Some(user) = usable.filter(|_| ok).cloned() else {
         tracing::warn!(username = %key, source, "failed sign-in");
+        hub.failed_sign_ins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         hub.store
             .count_sign_in_failure(&key, source, window, limits)
             .await?;
@@ -162,6 +167,133 @@ pub async fn sign_in(
         .await?;
     tracing::info!(username, role = %user.role, "signed in");
     Ok((token, expires_at, user))
+}
+
+/// The argon2id hash of a new password that passed the policy, made off the async
+/// workers.
+async fn hash_new_password(password: &str, username: &str) -> Result<String, Error> {
+    crate::auth::check_password(password, username)
+        .map_err(|e| field("new_password", e.to_string()))?;
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
+        .await
+        .map_err(|e| field("new_password", format!("hashing failed: {e}")))?
+        .map_err(|e| field("new_password", e.to_string()))
+}
+
+/// Wakes the links of the sites that were sent a changed directory entry.
+fn wake(hub: &Hub, sites: &[(String, u64)]) {
+    for (site, _) in sites {
+        hub.links.notifier(site).notify_one();
+    }
+}
+
+/// A person changes their own password: the current one proves it is them (a wrong
+/// one counts towards the lock, as at sign-in); the new one must pass the policy. The
+/// new verifier reaches every site they work at.
+pub async fn change_password(
+    hub: &Hub,
+    user: &User,
+    current: &str,
+    new: &str,
+    source: &str,
+) -> Result<(), Error> {
+    let window = failure_window(hub);
+    let limits = failure_limits(hub);
+    let key = bounded_username(&user.username);
+    let gate = hub
+        .store
+        .sign_in_gate(&key, source, window.0, limits)
+        .await?;
+    if let Some(refused) = locked(gate, window.1) {
+        return Err(refused);
+    }
+    if !password_matches(current, Some(&user.password_hash)).await {
+        hub.failed_sign_ins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        hub.store
+            .count_sign_in_failure(&key, source, window, limits)
+            .await?;
+        return Err(field(
+            "current_password",
+            "your current password is wrong: the password was not changed",
+        ));
+    }
+    if current == new {
+        return Err(field(
+            "new_password",
+            "the new password must differ from the current one",
+        ));
+    }
+    let hash = hash_new_password(new, &user.username).await?;
+    let sites = hub
+        .store
+        .change_account(
+            &user.username,
+            &store::AccountChange::Password {
+                hash,
+                reset_code_sha256: None,
+            },
+            "changed by the person",
+            &user.username,
+        )
+        .await?;
+    wake(hub, &sites);
+    tracing::info!(username = %user.username, "password changed");
+    Ok(())
+}
+
+/// A person whose password an administrator reset chooses a new one with the
+/// one-time code. A wrong, used or expired code (or an unknown user name: the answer
+/// is the same) counts towards the lock of that name from that source.
+pub async fn complete_password_reset(
+    hub: &Hub,
+    username: &str,
+    code: &str,
+    new: &str,
+    source: &str,
+) -> Result<(), Error> {
+    let username = username.trim();
+    if username.is_empty() || code.trim().is_empty() {
+        return Err(field("username", "user name and reset code are required"));
+    }
+    let key = bounded_username(username);
+    let window = failure_window(hub);
+    let limits = failure_limits(hub);
+    let gate = hub
+        .store
+        .sign_in_gate(&key, source, window.0, limits)
+        .await?;
+    if let Some(refused) = locked(gate, window.1) {
+        return Err(refused);
+    }
+    let hash = hash_new_password(new, username).await?;
+    let change = store::AccountChange::Password {
+        hash,
+        reset_code_sha256: Some(secret_sha256(code.trim())),
+    };
+    match hub
+        .store
+        .change_account(username, &change, "password chosen after a reset", username)
+        .await
+    {
+        Ok(sites) => {
+            wake(hub, &sites);
+            tracing::info!(username, "password chosen after a reset");
+            Ok(())
+        }
+        Err(store::Error::PermissionDenied(_) | store::Error::NotFound(_)) => {
+            hub.failed_sign_ins
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            hub.store
+                .count_sign_in_failure(&key, source, window, limits)
+                .await?;
+            Err(Error::Unauthenticated(
+                "unknown user, or the reset code is wrong, used or expired; ask an administrator for a new one".into(),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Checks that `user` has one of `roles`.

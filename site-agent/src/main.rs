@@ -36,9 +36,12 @@ enum Command {
         /// Hub address, e.g. https://hub.example.org:7443
         #[arg(long)]
         hub: String,
-        /// The enrollment token (`carrel-hub site add` prints it).
-        #[arg(long, env = "CARREL_ENROLLMENT_TOKEN")]
-        token: String,
+        /// File holding the enrollment token that `carrel-hub site add` printed, or
+        /// `-` to read it from standard input. Without it, the token is taken from
+        /// the CARREL_ENROLLMENT_TOKEN environment variable; it is never an argument,
+        /// where any user of the machine could read it in the process list.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
         data_dir: PathBuf,
     },
@@ -198,6 +201,33 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
+/// The enrollment token from `--token-file` (`-`: standard input) or from the
+/// CARREL_ENROLLMENT_TOKEN environment variable.
+fn enrollment_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text = match file {
+        Some(path) if path == std::path::Path::new("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the enrollment token from standard input")?;
+            line
+        }
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the enrollment token from {}", path.display()))?,
+        None => std::env::var("CARREL_ENROLLMENT_TOKEN").map_err(|_| {
+            anyhow::anyhow!(
+                "no enrollment token: give --token-file PATH (or --token-file - to type or pipe it) or set CARREL_ENROLLMENT_TOKEN"
+            )
+        })?,
+    };
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        anyhow::bail!("the enrollment token is empty");
+    }
+    Ok(token)
+}
+
 async fn shutdown_signal(token: CancellationToken) {
     let wait = || async {
         let mut term =
@@ -218,10 +248,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Enroll {
             hub,
-            token,
+            token_file,
             data_dir,
         } => {
             init_tracing(cli.log_format);
+            let token = enrollment_token(token_file.as_deref())?;
             let enrolled =
                 identity::enroll(&hub, &token, &data_dir, env!("CARGO_PKG_VERSION")).await?;
             let mut config = Config::load(&data_dir)?;

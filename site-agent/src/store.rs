@@ -850,10 +850,26 @@ impl Store {
                 path.display()
             )));
         }
-        sqlx::query("VACUUM INTO ?")
+        // The copy holds the site's record and its people's verifiers: readable by
+        // the agent's user only, from the moment it exists (VACUUM INTO fills an
+        // empty file).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::Protocol(format!("backup file {}: {e}", path.display())))?;
+        }
+        let copied = sqlx::query("VACUUM INTO ?")
             .bind(path.to_string_lossy().into_owned())
             .execute(&self.pool)
-            .await?;
+            .await;
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(path);
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// The password of the hub administrator the harness adds ([`Hub::ensure_admin`]).
-pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub const ADMIN_PASSWORD: &str = "hub-operator-password-1";
 
 /// Path of one of the workspace's binaries.
 pub fn binary(name: &str) -> PathBuf {
@@ -672,19 +672,29 @@ impl Agent {
 
 /// Runs `carrel-site-agent enroll` into `dir`.
 pub fn enroll_into(hub: &Hub, token: &str, dir: &Path) -> anyhow::Result<Output> {
-    Command::new(binary("carrel-site-agent"))
-        .args([
-            "enroll",
-            "--hub",
-            &hub.url(),
-            "--token",
-            token,
-            "--data-dir",
-        ])
+    enroll_at(&hub.url(), token, dir)
+}
+
+/// Runs `carrel-site-agent enroll` against the hub at `url`, the token typed on
+/// standard input as an operator would paste it.
+pub fn enroll_at(url: &str, token: &str, dir: &Path) -> anyhow::Result<Output> {
+    let mut child = Command::new(binary("carrel-site-agent"))
+        .args(["enroll", "--hub", url, "--token-file", "-", "--data-dir"])
         .arg(dir)
         .env("RUST_LOG", "warn")
-        .output()
-        .context("run carrel-site-agent enroll")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run carrel-site-agent enroll")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(format!("{token}\n").as_bytes())?;
+    child
+        .wait_with_output()
+        .context("carrel-site-agent enroll output")
 }
 
 /// The ordered (seq, body) rows of a site's event log as the hub stores it.

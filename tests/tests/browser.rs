@@ -1119,3 +1119,131 @@ async fn an_order_form_sent_twice_places_one_order() {
     );
     client.close().await.expect("close browser");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrator_disables_re_roles_and_resets_and_the_person_chooses_their_password() {
+    const ADMIN: (&str, &str) = ("adm.people", "admin-password-123");
+    const DORA: (&str, &str) = ("dr.dora", "physician-password-1");
+    let hub = Hub::start().await;
+    hub.add_user(ADMIN.0, "admin", ADMIN.1);
+    hub.add_user(DORA.0, "physician", DORA.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("account");
+    let qa_session = hub.login(QA.0, QA.1).await.expect("qa signed in");
+    let whoami = |token: String| {
+        let hub = &hub;
+        async move {
+            carrel_proto::pb::auth_service_client::AuthServiceClient::new(hub.channel().await)
+                .who_am_i(authed(&token, carrel_proto::pb::WhoAmIRequest {}))
+                .await
+        }
+    };
+    assert!(whoami(qa_session.clone()).await.is_ok());
+
+    sign_in(&client, &console, ADMIN).await;
+    client
+        .goto(&format!("{console}/admin/users"))
+        .await
+        .expect("users page");
+    let apply = |user: &'static str, change: &'static str, reason: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .find(Locator::Css(&format!(
+                    "#change-{}",
+                    user.replace('.', "\\.")
+                )))
+                .await
+                .expect("change")
+                .select_by_value(change)
+                .await
+                .expect("select");
+            fill(
+                client,
+                &format!("#reason-{}", user.replace('.', "\\.")),
+                reason,
+            )
+            .await;
+            click(client, &format!("#apply-{}", user.replace('.', "\\."))).await;
+        }
+    };
+    // Disable the QA person: their open session is refused at once.
+    apply(QA.0, "disable", "left the company").await;
+    expect_text(
+        &client,
+        "users page",
+        "is disabled; their sessions have ended",
+    )
+    .await;
+    let refused = whoami(qa_session).await.expect_err("the session ended");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(hub.login(QA.0, QA.1).await.is_err());
+    // Re-role the physician.
+    apply(DORA.0, "role:technician", "moved to the cell lab").await;
+    expect_text(&client, "users page", "is now a technician").await;
+    // Reset the physician's password: the code is shown once; the admin never types
+    // or sees the new password.
+    apply(DORA.0, "reset", "forgot the password").await;
+    expect_text(&client, "users page", "one-time reset code").await;
+    shots.take(&client, "admin-reset-code").await;
+    let code = client
+        .find(Locator::Css("#reset-code"))
+        .await
+        .expect("code")
+        .text()
+        .await
+        .expect("text");
+    assert!(code.len() >= 32, "{code}");
+    let page = body_text(&client).await;
+    assert!(!page.contains("choice-of-words"));
+    assert!(
+        hub.login(DORA.0, DORA.1).await.is_err(),
+        "the old password stops"
+    );
+    sign_out(&client).await;
+
+    // The person chooses their own password with the code, from the sign-in page.
+    client
+        .goto(&format!("{console}/login"))
+        .await
+        .expect("login page");
+    click(&client, "a[href='/password-reset']").await;
+    expect_text(&client, "reset page", "Choose a new password").await;
+    fill(&client, "#reset-username", DORA.0).await;
+    fill(&client, "#reset-code", &code).await;
+    fill(&client, "#new-password", "Password2026!").await;
+    fill(&client, "#repeat-password", "Password2026!").await;
+    click(&client, "#choose-password").await;
+    expect_text(&client, "reset page", "most common").await;
+    fill(&client, "#reset-code", &code).await;
+    fill(&client, "#new-password", "dora-choice-of-words").await;
+    fill(&client, "#repeat-password", "dora-choice-of-words").await;
+    click(&client, "#choose-password").await;
+    expect_text(&client, "sign-in page", "Your new password is set").await;
+    sign_in(&client, &console, (DORA.0, "dora-choice-of-words")).await;
+
+    // And changes it on the Account page.
+    client
+        .goto(&format!("{console}/account"))
+        .await
+        .expect("account page");
+    fill(&client, "#current-password", "dora-choice-of-words").await;
+    fill(&client, "#new-password", "dora-second-choice").await;
+    fill(&client, "#repeat-password", "dora-second-choice").await;
+    click(&client, "#change-password").await;
+    expect_text(&client, "account page", "Your password was changed").await;
+    shots.take(&client, "account-password-changed").await;
+    assert!(hub.login(DORA.0, "dora-second-choice").await.is_ok());
+    let db = hub.db().await;
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE username = ?")
+        .bind(DORA.0)
+        .fetch_one(&db)
+        .await
+        .expect("role");
+    assert_eq!(role, "technician");
+    client.close().await.expect("close browser");
+}

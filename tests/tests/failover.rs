@@ -234,11 +234,7 @@ async fn a_site_fails_over_between_replicas_and_commands_cross_replicas() {
 
     // The site enrolls with replica A and knows B as a second address.
     let agent_dir = tempfile::tempdir().expect("agent dir");
-    let enrolled = Command::new(binary("carrel-site-agent"))
-        .args(["enroll", "--hub", &a.url(), "--token", &token, "--data-dir"])
-        .arg(agent_dir.path())
-        .output()
-        .expect("enroll");
+    let enrolled = enroll_at(&a.url(), &token, agent_dir.path()).expect("enroll");
     assert!(
         enrolled.status.success(),
         "{}",

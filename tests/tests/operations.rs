@@ -153,6 +153,40 @@ async fn metrics_move_with_the_work_and_a_backup_taken_under_load_restores_intac
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Both copies hold password hashes: only their owner may read them, whatever
+    // the umask of whoever made them.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for copy in [&backup, &site_backup] {
+            let mode = std::fs::metadata(copy)
+                .expect("backup")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{}: {mode:o}", copy.display());
+        }
+    }
+
+    // The effective configuration can be shown without its secrets.
+    let dumped = std::process::Command::new(binary("carrel-hub"))
+        .args(["serve", "--dump-config"])
+        .env("CARREL_HUB_CONFIG", hub.config_path())
+        .env(
+            "CARREL_HUB_DATABASE",
+            "postgres://carrel:db-s3cret@db.example:5432/carrel",
+        )
+        .output()
+        .expect("dump config");
+    let text = String::from_utf8_lossy(&dumped.stdout);
+    assert!(
+        dumped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    assert!(
+        text.contains("postgres://carrel:***@db.example:5432/carrel"),
+        "{text}"
+    );
+    assert!(!text.contains("db-s3cret"), "{text}");
 
     // Restore into a fresh data directory: checked, then in place.
     let restored = tempfile::tempdir().expect("tempdir");

@@ -41,6 +41,9 @@ pub struct Hub {
     pub instance_id: String,
     /// How long committing site events takes, for `/metrics`.
     pub commit_latency: Histogram,
+    /// Failed sign-ins and signings this process answered, for `/metrics` (the
+    /// audit trail holds them as counts per window).
+    pub failed_sign_ins: std::sync::atomic::AtomicU64,
     /// Refusals audited lately, so that a flood of them cannot fill the database.
     refusals: Mutex<crate::audit::Throttle>,
 }
@@ -56,6 +59,7 @@ impl Hub {
         let window = std::time::Duration::from_secs(u64::from(config.audit_refusals_window_secs));
         Arc::new(Hub {
             refusals: Mutex::new(crate::audit::Throttle::new(window)),
+            failed_sign_ins: std::sync::atomic::AtomicU64::new(0),
             store,
             config,
             ca,

@@ -39,7 +39,7 @@ pub struct DevArgs {
 
 /// Demo users: (user name, full name, role, password).
 pub const DEMO_USERS: &[(&str, &str, Role, &str)] = &[
-    ("admin", "Ada Admin", Role::Admin, "dev-admin-password"),
+    ("admin", "Ada Admin", Role::Admin, "dev-operator-password"),
     (
         "dr.ada",
         "Dr Ada Byron",

@@ -73,6 +73,9 @@ pub enum Command {
     /// The hub's certificate authority: status and rotation (run on the hub machine).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Your own password: change it, or choose one with a reset code.
+    #[command(subcommand)]
+    Password(users::PasswordCommand),
     /// Sign in and keep the session token for the other commands.
     Login {
         #[command(flatten)]
@@ -136,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(command) => ca::run(command).await,
         Command::User(command) => users::run(command).await,
         Command::Login { client, user } => client::login(client, user).await,
+        Command::Password(command) => users::run_password(command).await,
         Command::Audit(command) => audit::run(command).await,
         Command::Backup { to, store } => backup::backup(to, store).await,
         Command::Restore { from, force, store } => backup::run_restore(from, force, store).await,

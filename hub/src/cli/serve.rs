@@ -25,7 +25,7 @@ pub async fn run(
     }
     config.validate()?;
     if dump_config {
-        print!("{}", toml::to_string_pretty(&config)?);
+        print!("{}", toml::to_string_pretty(&config.redacted())?);
         return Ok(());
     }
     let telemetry = crate::telemetry::init(log_format, config.otlp_endpoint.as_deref())?;

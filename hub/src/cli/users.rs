@@ -68,6 +68,76 @@ pub enum UserCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Change a person's role (never your own): their sessions end, and their sites
+    /// hear of it.
+    Role {
+        username: String,
+        #[arg(long)]
+        role: RoleArg,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reset a person's password: the old one stops working, and the one-time code
+    /// printed (once) lets them choose a new one with `carrel-hub password reset`
+    /// or on the console's sign-in page. You never learn their password.
+    Reset {
+        username: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `carrel-hub password`: a person's own password.
+#[derive(Debug, Subcommand)]
+pub enum PasswordCommand {
+    /// Change your password (signed in): asks for the current one and the new one.
+    Change {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Choose a new password with the one-time code an administrator gave you: asks
+    /// for the code and the new password.
+    Reset {
+        /// Your user name.
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub async fn run_password(command: PasswordCommand) -> anyhow::Result<()> {
+    match command {
+        PasswordCommand::Change { client } => {
+            let current_password = read_secret("Current password: ")?;
+            let new_password = read_new_password()?;
+            pb::auth_service_client::AuthServiceClient::new(authed(&client).await?)
+                .change_password(pb::ChangePasswordRequest {
+                    current_password,
+                    new_password,
+                })
+                .await?;
+            println!("Password changed; your sites get the new one over their links.");
+            Ok(())
+        }
+        PasswordCommand::Reset { user, client } => {
+            let reset_code = read_secret("Reset code: ")?;
+            let new_password = read_new_password()?;
+            pb::auth_service_client::AuthServiceClient::new(super::client::connect(&client).await?)
+                .complete_password_reset(pb::CompletePasswordResetRequest {
+                    username: user.clone(),
+                    reset_code,
+                    new_password,
+                })
+                .await?;
+            println!("Password chosen; sign in with `carrel-hub login --user {user}`.");
+            Ok(())
+        }
+    }
 }
 
 fn print_directory_change(
@@ -232,6 +302,58 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
                 },
                 false,
             )
+        }
+        UserCommand::Role {
+            username,
+            role,
+            reason,
+            client,
+        } => {
+            let mut api = pb::admin_service_client::AdminServiceClient::new(authed(&client).await?);
+            let role: Role = role.into();
+            let response = api
+                .change_role(pb::ChangeRoleRequest {
+                    username: username.clone(),
+                    role: crate::grpc::role_to_pb(role) as i32,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            print_directory_change(
+                &format!("{username} is now a {role}"),
+                response,
+                client.json,
+            )
+        }
+        UserCommand::Reset {
+            username,
+            reason,
+            client,
+        } => {
+            let mut api = pb::admin_service_client::AdminServiceClient::new(authed(&client).await?);
+            let response = api
+                .reset_password(pb::ResetPasswordRequest {
+                    username: username.clone(),
+                    reason,
+                })
+                .await?
+                .into_inner();
+            let expires = super::output::time_text(response.expires_at);
+            if client.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "reset_code": response.reset_code, "expires_at": expires,
+                    }))?
+                );
+            } else {
+                println!("{username}'s password no longer works; their sessions have ended.");
+                println!("Give them this one-time reset code (shown once, valid until {expires}):");
+                println!("  {}", response.reset_code);
+                println!("They choose a new password on the console's sign-in page or with");
+                println!("  carrel-hub password reset --user {username}");
+            }
+            Ok(())
         }
         UserCommand::Enable {
             username,

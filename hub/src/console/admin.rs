@@ -160,8 +160,33 @@ fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>
             h1 { "Users" }
             @if let Some(notice) = notice { (notice) }
             table {
-                thead { tr { th { "User" } th { "Name" } th { "Role" } } }
-                tbody { @for u in users { tr { td { (u.username) } td { (u.full_name) } td { (u.role) } } } }
+                thead { tr { th scope="col" { "User" } th scope="col" { "Name" } th scope="col" { "Role" } th scope="col" { "Account" } th scope="col" { "Change (audited, with the reason)" } } }
+                tbody { @for u in users {
+                    tr {
+                        td { (u.username) } td { (u.full_name) } td { (u.role) }
+                        td { @if u.disabled { span.badge.rejected { "disabled" } } @else if u.password_hash == crate::store::RESET_PENDING { span.badge { "reset pending" } } @else { span.badge.pass { "active" } } }
+                        td {
+                            @if u.username != session.user.username {
+                                form.inline method="post" action=(format!("/admin/users/{}/change", u.username)) {
+                                    input type="hidden" name="csrf" value=(session.csrf);
+                                    label.visually-hidden for=(format!("change-{}", u.username)) { "Change for " (u.username) }
+                                    select id=(format!("change-{}", u.username)) name="change" required {
+                                        option value="" { "Choose a change…" }
+                                        @if u.disabled { option value="enable" { "Enable the account" } }
+                                        @else { option value="disable" { "Disable the account (ends their sessions)" } }
+                                        option value="reset" { "Reset the password (one-time code)" }
+                                        @for role in ["physician", "qa", "technician", "admin"] {
+                                            @if role != u.role.as_str() { option value=(format!("role:{role}")) { "Make them " (role) } }
+                                        }
+                                    }
+                                    label.visually-hidden for=(format!("reason-{}", u.username)) { "Reason" }
+                                    input id=(format!("reason-{}", u.username)) name="reason" placeholder="Reason (required)" required;
+                                    button.secondary type="submit" id=(format!("apply-{}", u.username)) { "Apply" }
+                                }
+                            } @else { span.muted { "your own account: " a href="/account" { "change your password" } } }
+                        }
+                    }
+                } }
             }
             h2 { "Add a user" }
             div.card {
@@ -171,7 +196,7 @@ fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>
                     label for="full_name" { "Printed name (shown on signatures)" } input id="full_name" name="full_name" required;
                     label for="role" { "Role" }
                     select id="role" name="role" { option { "physician" } option { "qa" } option { "technician" } option { "admin" } }
-                    label for="password" { "Initial password (10 characters or more)" }
+                    label for="password" { "Initial password (12 characters or more, not containing the user name; the person changes it on the Account page)" }
                     input id="password" name="password" type="password" autocomplete="new-password" required;
                     p { button type="submit" { "Add user" } }
                 }
@@ -215,6 +240,56 @@ pub async fn add_user(hub: HubState, session: Session, Form(form): Form<AddUserF
     let notice = match &result {
         Ok(text) => html! { div.notice.ok { (text) } },
         Err(text) => html! { div.notice.bad role="alert" { (text) } },
+    };
+    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
+    Ok(html_page(users_markup(&session, &users, Some(notice))))
+}
+
+#[derive(Deserialize)]
+pub struct ChangeUserForm {
+    csrf: String,
+    change: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// An administrator's change to someone's account, from the Users page: disable,
+/// enable, reset the password (the one-time code is shown once, here), or a new role.
+pub async fn change_user(
+    hub: HubState,
+    session: Session,
+    Path(username): Path<String>,
+    Form(form): Form<ChangeUserForm>,
+) -> Page {
+    session.check_csrf(&form.csrf)?;
+    let result = match form.change.as_str() {
+        "disable" | "enable" => {
+            let disable = form.change == "disable";
+            admin::set_user_disabled(&hub, &session.user, &username, disable, &form.reason)
+                .await
+                .map(|_| html! { (username) " is " (if disable { "disabled; their sessions have ended" } else { "enabled again" }) "." })
+        }
+        "reset" => admin::reset_password(&hub, &session.user, &username, &form.reason)
+            .await
+            .map(|(code, expires)| html! {
+                (username) "'s password no longer works and their sessions have ended. Give them this one-time reset code, shown only now (valid until " (super::view::when(expires)) "):"
+                p { code id="reset-code" { (code) } }
+                "They choose their own password with it on the sign-in page (\"Choose a new password\")."
+            }),
+        other => match other.strip_prefix("role:").and_then(Role::parse) {
+            Some(role) => admin::change_role(&hub, &session.user, &username, role, &form.reason)
+                .await
+                .map(|_| html! { (username) " is now a " (role) "; their sessions have ended." }),
+            None => Err(service::Error::Field {
+                field: "change",
+                message: format!("{other:?} is not a change this page makes"),
+            }),
+        },
+    };
+    let notice = match result {
+        Ok(text) => html! { div.notice.ok role="status" { (text) } },
+        Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
+        Err(e) => html! { div.notice.bad role="alert" { "Not changed: " (e) } },
     };
     let users = admin::users(&hub, &session.user).await.map_err(refused)?;
     Ok(html_page(users_markup(&session, &users, Some(notice))))

@@ -94,6 +94,13 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(admin::change_site_status),
         )
         .route("/admin/users", get(admin::users).post(admin::add_user))
+        .route("/admin/users/{username}/change", post(admin::change_user))
+        .route("/account", get(signin::account))
+        .route("/account/password", post(signin::change_password))
+        .route(
+            "/password-reset",
+            get(signin::reset_form).post(signin::reset),
+        )
         .route("/schedule", get(schedule::overview))
         .route(
             "/capacity/{site_id}",

@@ -44,6 +44,9 @@ button.danger { background:var(--bad); border-color:var(--bad); }
 dialog { border:1px solid var(--line); border-radius:6px; max-width:32rem; }
 .manifestation { font-size:1.1rem; font-weight:700; padding:.6rem; border:2px solid var(--fg); margin:.6rem 0; }
 svg.chart { background:#fff; border:1px solid var(--line); }
+form.inline { display:flex; flex-wrap:wrap; gap:.4rem; align-items:center; }
+form.inline select, form.inline input { width:auto; max-width:16rem; }
+.visually-hidden { position:absolute; width:1px; height:1px; overflow:hidden; clip:rect(0 0 0 0); white-space:nowrap; }
 @media (max-width: 700px) { th, td { padding:.35rem; font-size:.9rem; } }
 "#;
 
@@ -74,6 +77,7 @@ pub fn page(title: &str, session: Option<(&User, &str)>, body: Markup) -> Markup
                                 Role::Technician => { a href="/orders" { "Orders" } a href="/schedule" { "Schedule" } }
                             }
                             a href="/notifications" { "Notifications" }
+                            a href="/account" { "Account" }
                         }
                         span.muted { (user.full_name) " (" (user.role) ")" }
                         form method="post" action="/logout" {

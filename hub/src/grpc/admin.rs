@@ -181,6 +181,35 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(directory_changed(sites))
     }
 
+    async fn change_role(
+        &self,
+        request: Request<pb::ChangeRoleRequest>,
+    ) -> Result<Response<pb::DirectoryChangeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let role = role_from_pb(req.role)?;
+        let sites = admin::change_role(&self.0, &user, &req.username, role, &req.reason)
+            .await
+            .map_err(service_status)?;
+        Ok(directory_changed(sites))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let (code, expires_at) = admin::reset_password(&self.0, &user, &req.username, &req.reason)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ResetPasswordResponse {
+            reset_code: code,
+            expires_at: Some(to_timestamp(expires_at)),
+            sites: Vec::new(),
+        }))
+    }
+
     async fn issue_badge(
         &self,
         request: Request<pb::IssueBadgeRequest>,

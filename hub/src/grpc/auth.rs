@@ -31,6 +31,44 @@ impl pb::auth_service_server::AuthService for AuthApi {
         }))
     }
 
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let source = super::source(&request);
+        let req = request.into_inner();
+        service::change_password(
+            &self.0,
+            &user,
+            &req.current_password,
+            &req.new_password,
+            &source,
+        )
+        .await
+        .map_err(service_status)?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(username = %service::bounded_username(&request.get_ref().username)))]
+    async fn complete_password_reset(
+        &self,
+        request: Request<pb::CompletePasswordResetRequest>,
+    ) -> Result<Response<pb::CompletePasswordResetResponse>, Status> {
+        let source = super::source(&request);
+        let req = request.into_inner();
+        service::complete_password_reset(
+            &self.0,
+            &req.username,
+            &req.reset_code,
+            &req.new_password,
+            &source,
+        )
+        .await
+        .map_err(service_status)?;
+        Ok(Response::new(pb::CompletePasswordResetResponse {}))
+    }
+
     async fn logout(
         &self,
         request: Request<pb::LogoutRequest>,

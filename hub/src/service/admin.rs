@@ -19,7 +19,7 @@ const SITE_READERS: [Role; 2] = [Role::Admin, Role::Qa];
 fn refusal(error: admin::Error) -> Error {
     match error {
         admin::Error::Invalid(why) => field("form", why),
-        admin::Error::Auth(e) => field("form", e.to_string()),
+        admin::Error::Auth(e) => field("password", e.to_string()),
         admin::Error::Store(e) => e.into(),
     }
 }
@@ -148,6 +148,64 @@ pub async fn set_user_disabled(
     }
     tracing::warn!(username, disabled, by = %user.username, ?sites, "user disabled or enabled");
     Ok(sites)
+}
+
+/// How long a password reset code works.
+pub const RESET_VALID_HOURS: i64 = 24;
+
+/// Changes a person's role (never one's own), with the reason the audit trail keeps.
+/// Their sessions end (what they may do changed) and their sites hear of it.
+pub async fn change_role(
+    hub: &Hub,
+    user: &User,
+    username: &str,
+    role: Role,
+    reason: &str,
+) -> Result<Vec<(String, u64)>, Error> {
+    require_role(user, &ADMINS)?;
+    let sites = hub
+        .store
+        .change_account(
+            username.trim(),
+            &crate::store::AccountChange::Role(role),
+            reason,
+            &user.username,
+        )
+        .await?;
+    super::wake(hub, &sites);
+    tracing::warn!(username, %role, by = %user.username, "role changed");
+    Ok(sites)
+}
+
+/// Resets a person's password: the old one stops working at once (at the hub and,
+/// as soon as the entry arrives, at their sites), their sessions end, and the
+/// returned one-time code, valid for [`RESET_VALID_HOURS`], lets them choose a new
+/// password the administrator never learns. The code is shown once; only its
+/// SHA-256 is kept.
+pub async fn reset_password(
+    hub: &Hub,
+    user: &User,
+    username: &str,
+    reason: &str,
+) -> Result<(String, chrono::DateTime<chrono::Utc>), Error> {
+    require_role(user, &ADMINS)?;
+    let code = crate::auth::new_secret();
+    let expires_at = chrono::Utc::now() + chrono::Duration::hours(RESET_VALID_HOURS);
+    let sites = hub
+        .store
+        .change_account(
+            username.trim(),
+            &crate::store::AccountChange::Reset {
+                code_sha256: crate::auth::secret_sha256(&code),
+                expires_at,
+            },
+            reason,
+            &user.username,
+        )
+        .await?;
+    super::wake(hub, &sites);
+    tracing::warn!(username, by = %user.username, "password reset");
+    Ok((code, expires_at))
 }
 
 /// Issues a person a bedside badge with the PIN they chose (replacing any earlier

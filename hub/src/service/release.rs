@@ -161,6 +161,8 @@ async fn prove(
         return Ok(());
     }
     tracing::warn!(signer = %user.username, "failed signing attempt");
+    hub.failed_sign_ins
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     hub.store
         .audit(
             &NewEntry::new(

@@ -166,6 +166,22 @@ pub trait WriteTx: ReadTx {
     async fn lock_user(&mut self, username: &str) -> Result<User>;
     /// Sets whether a user is disabled; disabling ends their sessions.
     async fn set_user_disabled(&mut self, username: &str, disabled: bool) -> Result<()>;
+    /// Replaces a user's password hash.
+    async fn set_user_password(&mut self, username: &str, password_hash: &str) -> Result<()>;
+    async fn set_user_role(&mut self, username: &str, role: Role) -> Result<()>;
+    /// A pending password reset of the user: (SHA-256 of the code, expiry).
+    async fn password_reset_of(
+        &mut self,
+        username: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>>;
+    /// Sets (or, with `None`, clears) a user's pending password reset.
+    async fn set_password_reset(
+        &mut self,
+        username: &str,
+        reset: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<()>;
+    /// Ends every session of a user.
+    async fn delete_sessions_of(&mut self, username: &str) -> Result<()>;
     /// The user's bedside badge: (badge id, PIN hash), if the hub issued one.
     async fn badge_of(&mut self, username: &str) -> Result<Option<(String, String)>>;
     /// Issues (or replaces) a user's badge; `false` when the badge id is taken.

@@ -27,6 +27,7 @@ pub mod sqlite;
 mod transactions;
 
 pub use notify::NotifyStore;
+pub use transactions::{AccountChange, RESET_PENDING};
 
 use crate::model::{
     BatchRecord, BatchState, IssuedCert, NewOrder, Order, Refusal, Signature, Site, SiteStatus,
@@ -323,6 +324,25 @@ pub trait Store:
             self.write().await?,
             username,
             disabled,
+            reason,
+            actor,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Changes an account (password, role, a reset) and sends the person's entry to
+    /// every site they work at; returns those sites with their new directory versions.
+    async fn change_account(
+        &self,
+        username: &str,
+        change: &AccountChange,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Vec<(String, u64)>> {
+        transactions::change_account(
+            self.write().await?,
+            username,
+            change,
             reason,
             actor,
             Utc::now(),

@@ -566,12 +566,29 @@ impl Store for SqliteStore {
                 path.display()
             )));
         }
+        // The copy holds password hashes and the whole record: only the hub's
+        // user may read it, whatever the umask. The file is made empty with that
+        // mode first (VACUUM INTO fills an empty file), so it is never readable by
+        // others, not even for a moment.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::Invalid(format!("backup file {}: {e}", path.display())))?;
+        }
         // VACUUM INTO writes a transactionally consistent copy from one read
         // snapshot, without stopping writers (WAL).
-        sqlx::query("VACUUM INTO ?")
+        let copied = sqlx::query("VACUUM INTO ?")
             .bind(path.to_string_lossy().into_owned())
             .execute(&self.pool)
-            .await?;
+            .await;
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(path);
+            return Err(e.into());
+        }
         Ok(())
     }
 

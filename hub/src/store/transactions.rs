@@ -20,7 +20,7 @@ use crate::model::notification::{
 };
 use crate::model::{
     site_transition, BatchState, ChangeReview, IssuedCert, NewOrder, OpenBatch, Order, Progress,
-    Signature, Site, SiteStatus, User,
+    Role, Signature, Site, SiteStatus, User,
 };
 use crate::schedule::{Booked, Booking, Capacity, Moved, Plan};
 use carrel_proto::coi::Coi;
@@ -299,6 +299,126 @@ pub(crate) async fn set_user_disabled(
         now,
     )
     .await?;
+    tx.commit().await?;
+    Ok(versions)
+}
+
+/// A change to an account, as [`change_account`] makes it.
+#[derive(Debug, Clone)]
+pub enum AccountChange {
+    /// A new password hash the person chose (`after_reset`: with a reset code whose
+    /// SHA-256 is given, checked here).
+    Password {
+        hash: String,
+        reset_code_sha256: Option<String>,
+    },
+    Role(Role),
+    /// A one-time reset: the old password stops working, the person's sessions end,
+    /// and the code (its SHA-256 kept) lets them choose a new one until `expires_at`.
+    Reset {
+        code_sha256: String,
+        expires_at: DateTime<Utc>,
+    },
+}
+
+/// The hash that stands in for a password while a reset is pending: no password
+/// verifies against it, at the hub or at a site.
+pub const RESET_PENDING: &str = "!reset-pending";
+
+/// Changes an account and sends the person's entry, as it now stands, to every site
+/// they work at, in one transaction, audited with `reason`; returns those sites.
+pub(crate) async fn change_account(
+    mut tx: Tx<'_>,
+    username: &str,
+    change: &AccountChange,
+    reason: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, u64)>> {
+    if reason.trim().is_empty() {
+        return Err(Error::Invalid(
+            "a reason is required (it goes into the audit trail)".into(),
+        ));
+    }
+    let mut user = tx.lock_user(username).await?;
+    let entry = match change {
+        AccountChange::Password {
+            hash,
+            reset_code_sha256,
+        } => {
+            if let Some(code) = reset_code_sha256 {
+                match tx.password_reset_of(username).await? {
+                    Some((sha, expires)) if &sha == code && expires > now => {}
+                    _ => {
+                        return Err(Error::PermissionDenied(
+                            "the reset code is wrong, used or expired; ask an administrator for a new one".into(),
+                        ))
+                    }
+                }
+            }
+            tx.set_user_password(username, hash).await?;
+            tx.set_password_reset(username, None).await?;
+            user.password_hash = hash.clone();
+            NewEntry::new(
+                actor,
+                Action::UserPasswordChanged,
+                Object::User(user.username.clone()),
+            )
+            .value(if reset_code_sha256.is_some() {
+                "chosen by the person with a reset code"
+            } else {
+                "changed by the person"
+            })
+        }
+        AccountChange::Role(role) => {
+            if user.username.eq_ignore_ascii_case(actor) {
+                return Err(Error::FailedPrecondition(
+                    "you may not change your own role; another administrator must".into(),
+                ));
+            }
+            if user.role == *role {
+                return Err(Error::FailedPrecondition(format!(
+                    "{username} is a {role} already"
+                )));
+            }
+            tx.set_user_role(username, *role).await?;
+            tx.delete_sessions_of(username).await?;
+            let old = user.role;
+            user.role = *role;
+            NewEntry::new(
+                actor,
+                Action::UserRoleChanged,
+                Object::User(user.username.clone()),
+            )
+            .change(old.as_str(), role.as_str())
+        }
+        AccountChange::Reset {
+            code_sha256,
+            expires_at,
+        } => {
+            tx.set_user_password(username, RESET_PENDING).await?;
+            tx.set_password_reset(username, Some((code_sha256, *expires_at)))
+                .await?;
+            tx.delete_sessions_of(username).await?;
+            user.password_hash = RESET_PENDING.to_owned();
+            NewEntry::new(
+                actor,
+                Action::UserPasswordReset,
+                Object::User(user.username.clone()),
+            )
+            .value(format!(
+                "one-time reset code issued, valid until {}",
+                ts(*expires_at)
+            ))
+        }
+    };
+    let status = if user.disabled {
+        PersonStatus::Disabled
+    } else {
+        PersonStatus::Active
+    };
+    let versions = send_entry_to_their_sites(&mut tx, &user, status, now).await?;
+    tx.audit(entry.reason(reason.trim()), now).await?;
     tx.commit().await?;
     Ok(versions)
 }

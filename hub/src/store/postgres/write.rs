@@ -909,6 +909,63 @@ impl WriteTx for PgTx<'_> {
         Ok(())
     }
 
+    async fn set_user_password(&mut self, username: &str, password_hash: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
+            .bind(password_hash)
+            .bind(username)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn set_user_role(&mut self, username: &str, role: Role) -> Result<()> {
+        sqlx::query("UPDATE users SET role = $1 WHERE username = $2")
+            .bind(role.as_str())
+            .bind(username)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn password_reset_of(
+        &mut self,
+        username: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>> {
+        let row: Option<(Option<String>, Option<DateTime<Utc>>)> =
+            sqlx::query_as("SELECT reset_sha256, reset_expires_at FROM users WHERE username = $1")
+                .bind(username)
+                .fetch_optional(self.conn())
+                .await?;
+        Ok(match row {
+            Some((Some(sha), Some(expires))) => Some((sha, expires)),
+            _ => None,
+        })
+    }
+
+    async fn set_password_reset(
+        &mut self,
+        username: &str,
+        reset: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE users SET reset_sha256 = $1, reset_expires_at = $2 WHERE username = $3",
+        )
+        .bind(reset.map(|(sha, _)| sha.to_owned()))
+        .bind(reset.map(|(_, at)| stored(at)))
+        .bind(username)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_sessions_of(&mut self, username: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE username = $1")
+            .bind(username)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
     async fn insert_command(&mut self, site_id: &str, command: &HubCommand) -> Result<()> {
         sqlx::query(
             "INSERT INTO hub_commands (site_id, seq, command_id, batch_id, kind, issued_at, body) \

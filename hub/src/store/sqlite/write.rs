@@ -952,6 +952,66 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
+    async fn set_user_password(&mut self, username: &str, password_hash: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET password_hash = ? WHERE username = ?")
+            .bind(password_hash)
+            .bind(username)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_user_role(&mut self, username: &str, role: Role) -> Result<()> {
+        sqlx::query("UPDATE users SET role = ? WHERE username = ?")
+            .bind(role.as_str())
+            .bind(username)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn password_reset_of(
+        &mut self,
+        username: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>> {
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT reset_sha256, reset_expires_at FROM users WHERE username = ?")
+                .bind(username)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        match row {
+            Some((Some(sha), Some(expires))) => {
+                let expires = DateTime::parse_from_rfc3339(&expires)
+                    .map_err(|e| Error::Corrupt(format!("reset_expires_at {expires:?}: {e}")))?
+                    .with_timezone(&Utc);
+                Ok(Some((sha, expires)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn set_password_reset(
+        &mut self,
+        username: &str,
+        reset: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE users SET reset_sha256 = ?, reset_expires_at = ? WHERE username = ?")
+            .bind(reset.map(|(sha, _)| sha.to_owned()))
+            .bind(reset.map(|(_, at)| ts(at)))
+            .bind(username)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_sessions_of(&mut self, username: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE username = ?")
+            .bind(username)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
     async fn insert_command(&mut self, site_id: &str, command: &HubCommand) -> Result<()> {
         sqlx::query(
             "INSERT INTO hub_commands (site_id, seq, command_id, batch_id, kind, issued_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
