@@ -119,6 +119,10 @@ actions! {
     NotificationSubscribed = "notification.subscribed",
     NotificationUnsubscribed = "notification.unsubscribed",
     NotificationRequeued = "notification.requeued",
+    /// A site's witness contradicts the trail: entries removed, or an older backup restored.
+    AuditIntegrityFinding = "audit.integrity_finding",
+    /// An administrator acknowledged the integrity findings; people are served again.
+    AuditFindingsAcknowledged = "audit.findings_acknowledged",
     CaRotated = "ca.rotated",
     CaPreviousRetired = "ca.previous_retired",
 }
@@ -664,4 +668,18 @@ mod tests {
         assert_eq!(throttle.open_windows(), 0);
         assert!(throttle.admit("site-a suspended", &suspended, start + 3 * minute));
     }
+}
+
+/// A site's witness that the trail contradicts: the site was sent the head
+/// (`position`, `sha256`) and the trail now ends before it, or holds another hash
+/// there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub site_id: String,
+    pub position: u64,
+    pub sha256: String,
+    pub found_at: DateTime<Utc>,
+    pub detail: String,
+    /// Who acknowledged it, when and why; `None` while it holds the hub.
+    pub acknowledged: Option<(String, DateTime<Utc>, String)>,
 }

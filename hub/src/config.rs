@@ -65,6 +65,10 @@ pub struct Config {
     pub heartbeat_interval_ms: u32,
     /// A site link that is silent this long is closed. Env: `CARREL_HUB_HEARTBEAT_TIMEOUT_MS`.
     pub heartbeat_timeout_ms: u32,
+    /// How often the hub sends a site the head of its audit trail to witness (besides
+    /// when the link opens), and checks what the site reports having witnessed.
+    /// Env: `CARREL_HUB_AUDIT_WITNESS_INTERVAL_SECS`.
+    pub audit_witness_interval_secs: u32,
     /// Largest gRPC message the hub reads, in bytes, on every service (sites and
     /// people alike); a bigger one is refused with OUT_OF_RANGE before it is decoded.
     /// The hub tells site agents in its Welcome, and they keep each batch below it.
@@ -146,6 +150,7 @@ impl Default for Config {
             facility: "G1234".into(),
             heartbeat_interval_ms: 5_000,
             heartbeat_timeout_ms: 20_000,
+            audit_witness_interval_secs: 30,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             site_link_max_messages_per_second: 1_000,
             site_link_message_burst: 2_000,
@@ -258,6 +263,10 @@ impl Config {
         env_parse(
             "CARREL_HUB_HEARTBEAT_INTERVAL_MS",
             &mut self.heartbeat_interval_ms,
+        )?;
+        env_parse(
+            "CARREL_HUB_AUDIT_WITNESS_INTERVAL_SECS",
+            &mut self.audit_witness_interval_secs,
         )?;
         env_parse(
             "CARREL_HUB_HEARTBEAT_TIMEOUT_MS",
@@ -393,12 +402,8 @@ impl Config {
     /// and SMTP URLs replaced by `***`.
     pub fn redacted(&self) -> Config {
         let mut shown = self.clone();
-        shown.database = shown.database.as_deref().map(crate::server::redacted);
-        shown.notifications.smtp_url = shown
-            .notifications
-            .smtp_url
-            .as_deref()
-            .map(crate::server::redacted);
+        shown.database = shown.database.as_deref().map(redacted);
+        shown.notifications.smtp_url = shown.notifications.smtp_url.as_deref().map(redacted);
         shown
     }
 
@@ -433,6 +438,12 @@ pub struct NotificationsConfig {
     /// Accept `http://` webhook URLs (dev mode and tests only; outside them a
     /// webhook must be `https://`). Env: `CARREL_HUB_ALLOW_HTTP_WEBHOOKS`.
     pub allow_http_webhooks: bool,
+    /// Where webhooks may go: hosts (`hooks.example.org`, `10.1.2.3`), subdomain
+    /// wildcards (`*.example.org`) or `*` for any. An internal address (loopback,
+    /// link-local, private; as written or as DNS resolves it) must be listed by
+    /// itself. Empty (the default): no webhooks. Env: `CARREL_HUB_WEBHOOK_ALLOWLIST`
+    /// (comma-separated).
+    pub webhook_allowlist: Vec<String>,
     /// How often the notifier reads new audit entries and the worker looks for due
     /// deliveries, in milliseconds.
     pub poll_interval_ms: u64,
@@ -456,6 +467,7 @@ impl Default for NotificationsConfig {
             smtp_url: None,
             smtp_from: "carrel@localhost".into(),
             allow_http_webhooks: false,
+            webhook_allowlist: Vec::new(),
             poll_interval_ms: 1_000,
             request_timeout_ms: 10_000,
             retry_base_ms: 5_000,
@@ -474,6 +486,14 @@ impl NotificationsConfig {
         }
         if let Some(v) = var("CARREL_HUB_SMTP_FROM") {
             self.smtp_from = v;
+        }
+        if let Some(v) = var("CARREL_HUB_WEBHOOK_ALLOWLIST") {
+            self.webhook_allowlist = v
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         if let Some(v) = var("CARREL_HUB_ALLOW_HTTP_WEBHOOKS") {
             self.allow_http_webhooks = v.parse().map_err(|e| Error::Env {
@@ -539,6 +559,20 @@ impl NotificationsConfig {
         let doublings = attempts.saturating_sub(1).min(30);
         let delay = self.retry_base_ms.saturating_mul(1 << doublings);
         Some(Duration::from_millis(delay.min(self.retry_max_ms)))
+    }
+}
+
+/// A URL (of a database, of an SMTP server) fit for a log line: any password replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 

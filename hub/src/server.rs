@@ -49,19 +49,7 @@ impl Running {
     }
 }
 
-/// A database URL fit for a log line: any password replaced by `***`.
-pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+pub use crate::config::redacted;
 
 /// Opens the store named by the config's database URL.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -154,6 +142,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     hub.relay_notifications()
         .await
         .context("listening for other hub replicas' notifications")?;
+    // The sites' witnesses of the audit trail are checked against it before anyone
+    // is served: a removed tail shows here; a restored older backup shows when a site
+    // that witnessed more connects.
+    for finding in hub.store.check_witnesses().await? {
+        tracing::error!(site_id = %finding.site_id, detail = %finding.detail, "AUDIT TRAIL INTEGRITY FINDING: people are refused until an administrator acknowledges it");
+    }
+    hub.refresh_integrity().await;
     hub.audit_refusals_periodically();
     tokio::spawn(crate::service::schedule::run_replanner(hub.clone()));
     // A store that failed to keep a commit must not be used on as if it had (see

@@ -104,7 +104,7 @@ fn user_and_site_add_work_on_the_store_and_refuse_bad_input() {
         data,
     ]);
     let out = with_stdin(weak, "short\n");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 10 characters"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 12 characters"));
 
     let out = hub()
         .args(["site", "add", "site-a", "--name", "A", "--data-dir", data])

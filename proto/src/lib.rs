@@ -40,7 +40,9 @@ pub mod protocol {
     /// renews its certificate over the link (CertificateRequest / CertificateIssued).
     /// 1.2: the site's directory of people (PersonUpdated commands), who made each
     /// record and how the site knew (Identity), and PersonLocked.
-    pub const VERSION: (u32, u32) = (1, 2);
+    /// 1.3: the hub's audit head in Welcome and heartbeats; the site witnesses it and
+    /// reports the last one it witnessed (Hello, heartbeats).
+    pub const VERSION: (u32, u32) = (1, 3);
 
     /// Why a peer's protocol version is not accepted.
     #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,12 +85,12 @@ pub mod protocol {
 
         #[test]
         fn one_minor_apart_works_and_more_does_not() {
-            assert!(check("1.1").is_ok());
             assert!(check("1.2").is_ok());
             assert!(check("1.3").is_ok());
-            assert!(check("1.0").is_err());
+            assert!(check("1.4").is_ok());
+            assert!(check("1.1").is_err());
             assert!(check("").is_err(), "a peer from before versioning is 1.0");
-            assert!(check("1.4").is_err());
+            assert!(check("1.5").is_err());
             assert!(check("2.0").is_err());
             assert!(check("one").is_err());
         }

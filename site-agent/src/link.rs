@@ -252,6 +252,24 @@ impl Link {
         }
     }
 
+    /// Witnesses a head of the hub's audit trail: kept in the site's store when it
+    /// differs from the last one, and reported from then on.
+    async fn witness(
+        &self,
+        witnessed: &mut Option<(u64, String)>,
+        sent: &pb::AuditHead,
+    ) -> Result<(), Error> {
+        let head = (sent.position, sent.sha256.clone());
+        if sent.sha256.is_empty() || witnessed.as_ref() == Some(&head) {
+            return Ok(());
+        }
+        self.store
+            .witness_audit_head(sent.position, &sent.sha256)
+            .await?;
+        *witnessed = Some(head);
+        Ok(())
+    }
+
     /// Keeps the hub's acknowledgement for status and metrics. It is not needed for
     /// correctness (the hub's Welcome is the authority), so a failure to save it, for
     /// example on a full disk, must not stop replication of what is already recorded.
@@ -282,11 +300,21 @@ impl Link {
             }
         };
         let last_event_seq = self.store.last_event_seq().await?;
+        // The last head of the hub's audit trail witnessed here: the hub checks it
+        // against its trail before it sends a newer one.
+        let mut witnessed = self.store.last_witnessed_audit_head().await?;
+        let head = |w: &Option<(u64, String)>| {
+            w.as_ref().map(|(position, sha256)| pb::AuditHead {
+                position: *position,
+                sha256: sha256.clone(),
+            })
+        };
         send(site_message::Body::Hello(pb::Hello {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             acked_command_seq: self.store.last_command_seq().await?,
             protocol_version: carrel_proto::protocol::current(),
             last_event_seq,
+            witnessed_audit_head: head(&witnessed),
         }))
         .await?;
         let mut inbound = client.sync(ReceiverStream::new(out_rx)).await?.into_inner();
@@ -309,6 +337,9 @@ impl Link {
                  the local store was replaced or restored from an old backup",
                 welcome.acked_event_seq
             )));
+        }
+        if let Some(sent) = &welcome.audit_head {
+            self.witness(&mut witnessed, sent).await?;
         }
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
         let max_message_bytes = match welcome.max_message_bytes {
@@ -368,6 +399,7 @@ impl Link {
                     }
                     send(site_message::Body::Heartbeat(pb::Heartbeat {
                         sent_at_unix_ms: chrono::Utc::now().timestamp_millis() as u64,
+                        audit_head: head(&witnessed),
                     })).await?;
                 }
                 message = inbound.message() => {
@@ -404,7 +436,11 @@ impl Link {
                                 (noted, noted_at) = (acked, Instant::now());
                             }
                         }
-                        Some(hub_message::Body::Heartbeat(_)) => {}
+                        Some(hub_message::Body::Heartbeat(beat)) => {
+                            if let Some(sent) = &beat.audit_head {
+                                self.witness(&mut witnessed, sent).await?;
+                            }
+                        }
                         Some(hub_message::Body::CertificateIssued(issued)) => {
                             match &self.renewal {
                                 Some(renewal) if issued.error.is_empty() => {

@@ -797,6 +797,38 @@ impl Store {
         Ok(last as u64)
     }
 
+    /// Keeps a head of the hub's audit trail the hub sent (when it differs from the
+    /// last one kept).
+    pub async fn witness_audit_head(&self, position: u64, sha256: &str) -> Result<()> {
+        if self
+            .last_witnessed_audit_head()
+            .await?
+            .as_ref()
+            .map(|(p, s)| (*p, s.as_str()))
+            == Some((position, sha256))
+        {
+            return Ok(());
+        }
+        let _w = self.write_lock.lock().await;
+        sqlx::query("INSERT INTO audit_witness (position, sha256, received_at) VALUES (?, ?, ?)")
+            .bind(position as i64)
+            .bind(sha256)
+            .bind(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The last head of the hub's audit trail this site witnessed.
+    pub async fn last_witnessed_audit_head(&self) -> Result<Option<(u64, String)>> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT position, sha256 FROM audit_witness ORDER BY received DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(p, s)| (p as u64, s)))
+    }
+
     /// The events after `seq`, in order, at most `limit`.
     pub async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<SiteEvent>> {
         let reader = self.reader.clone();

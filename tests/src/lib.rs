@@ -140,7 +140,7 @@ impl Hub {
                 "accept_simulated_people = true\n"
             };
             let config = format!(
-                "listen = \"127.0.0.1:{}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\n{simulated}{extra}",
+                "listen = \"127.0.0.1:{}\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nheartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000\naudit_witness_interval_secs = 1\n{simulated}{extra}",
                 hub.port,
                 hub.dir.path().join("data").display()
             );

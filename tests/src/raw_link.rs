@@ -135,6 +135,7 @@ pub fn hello() -> site_message::Body {
         agent_version: "test".into(),
         acked_command_seq: 0,
         last_event_seq: 0,
+        witnessed_audit_head: None,
     })
 }
 

@@ -395,6 +395,7 @@ async fn site_link_refuses_protocol_violations_and_stores_nothing_of_them() {
         agent_version: "t".into(),
         acked_command_seq: 99,
         last_event_seq: 0,
+        witnessed_audit_head: None,
     });
     let mut link = RawLink::open(&hub, agent.data_dir(), hello)
         .await
@@ -484,6 +485,7 @@ async fn the_site_link_accepts_one_minor_protocol_version_apart_and_refuses_more
             agent_version: "test".into(),
             acked_command_seq: 0,
             last_event_seq: 0,
+            witnessed_audit_head: None,
         })
     };
     // The next minor version (a newer agent) still works.

@@ -269,7 +269,7 @@ fn read_addr(path: PathBuf) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_page_subscribes_shows_the_secret_once_and_unsubscribes() {
-    let hub = Hub::start().await;
+    let hub = Hub::start_with("[notifications]\nwebhook_allowlist = [\"receiver.test\"]\n").await;
     hub.add_user(QA.0, "qa", QA.1);
     let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
     let driver = Driver::start();

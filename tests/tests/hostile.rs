@@ -593,6 +593,7 @@ fn heartbeat(n: u64) -> pb::SiteMessage {
     pb::SiteMessage {
         body: Some(site_message::Body::Heartbeat(pb::Heartbeat {
             sent_at_unix_ms: n,
+            audit_head: None,
         })),
     }
 }

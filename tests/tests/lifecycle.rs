@@ -321,7 +321,10 @@ async fn a_bad_certificate_request_is_answered_with_the_reason_and_changes_nothi
     );
     // The link is still up: a heartbeat is answered in kind.
     link.send(carrel_proto::pb::site_message::Body::Heartbeat(
-        carrel_proto::pb::Heartbeat { sent_at_unix_ms: 1 },
+        carrel_proto::pb::Heartbeat {
+            sent_at_unix_ms: 1,
+            audit_head: None,
+        },
     ))
     .await;
     assert!(link.inbound.message().await.expect("still up").is_some());

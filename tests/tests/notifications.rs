@@ -21,6 +21,7 @@ fn notifications_config(smtp_port: u16, max_attempts: u32) -> String {
          smtp_url = \"smtp://127.0.0.1:{smtp_port}\"\n\
          smtp_from = \"carrel@hub.test\"\n\
          allow_http_webhooks = true\n\
+         webhook_allowlist = [\"127.0.0.1\"]\n\
          poll_interval_ms = 100\n\
          request_timeout_ms = 1000\n\
          retry_base_ms = 200\n\
@@ -61,6 +62,18 @@ fn outbox(hub: &Hub) -> Vec<Value> {
     let mut rows = rows.as_array().expect("a list").clone();
     rows.reverse();
     rows
+}
+
+/// One notification as an administrator sees it (with why a delivery failed).
+fn admin_view(hub: &Hub, notification_id: &str) -> Value {
+    hub.ensure_admin();
+    let rows = hub.cli_json("admin", &["notify", "outbox", "--all"], None);
+    rows.as_array()
+        .expect("a list")
+        .iter()
+        .find(|r| str_field(r, "notification_id") == notification_id)
+        .cloned()
+        .expect("the notification")
 }
 
 fn of_subscription<'a>(rows: &'a [Value], subscription_id: &str) -> Vec<&'a Value> {
@@ -165,7 +178,25 @@ async fn email_and_webhook_notifications_wait_for_receivers_that_are_down() {
         "{queued:?}"
     );
     assert!(of_subscription(&queued, &other_sub).is_empty());
+    // A subscriber hears that delivery failed and when it is tried again; why (a
+    // refused connection, which says something about the network) is for admins.
     let errors: Vec<&str> = queued
+        .iter()
+        .map(|r| str_field(r, "last_error"))
+        .filter(|e| !e.is_empty())
+        .collect();
+    assert!(!errors.is_empty());
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.starts_with("delivery failed; next attempt at ")),
+        "{errors:?}"
+    );
+    hub.ensure_admin();
+    let detailed = hub.cli_json("admin", &["notify", "outbox", "--all"], None);
+    let errors: Vec<&str> = detailed
+        .as_array()
+        .expect("outbox")
         .iter()
         .map(|r| str_field(r, "last_error"))
         .filter(|e| !e.is_empty())
@@ -304,10 +335,14 @@ async fn a_site_link_down_is_notified_and_failing_receivers_are_retried_then_req
     )
     .await;
     assert_eq!(failed["attempts"].as_u64(), Some(3));
-    assert!(str_field(&failed, "last_error").contains("500"), "{failed}");
+    let id = str_field(&failed, "notification_id").to_owned();
+    assert!(
+        str_field(&failed, "last_error").contains("no more attempts"),
+        "{failed}"
+    );
+    assert!(str_field(&admin_view(&hub, &id), "last_error").contains("500"));
     assert_eq!(receiver.refused(), 3);
     assert_eq!(outbox(&hub).len(), 1, "one notification per outage");
-    let id = str_field(&failed, "notification_id").to_owned();
     let shown = metrics(&hub);
     assert!(
         shown.contains("carrel_hub_notifications{state=\"failed\"} 1\n"),
@@ -342,7 +377,7 @@ async fn a_site_link_down_is_notified_and_failing_receivers_are_retried_then_req
     )
     .await;
     assert!(
-        str_field(&failed, "last_error").contains("no answer within 1000 ms"),
+        str_field(&admin_view(&hub, &id), "last_error").contains("no answer within 1000 ms"),
         "{failed}"
     );
     assert!(receiver.received().is_empty());
@@ -397,7 +432,10 @@ async fn a_site_link_down_is_notified_and_failing_receivers_are_retried_then_req
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_subscriptions_are_refused_with_clear_errors_and_store_nothing() {
     // Outside dev mode http:// webhooks are refused.
-    let hub = Hub::start_with("[notifications]\nsmtp_url = \"smtp://127.0.0.1:2525\"\n").await;
+    let hub = Hub::start_with(
+        "[notifications]\nsmtp_url = \"smtp://127.0.0.1:2525\"\nwebhook_allowlist = [\"receiver.test\", \"*.hooks.test\"]\n",
+    )
+    .await;
     hub.add_user(QA.0, "qa", QA.1);
     let refused = |args: &[&str]| {
         let mut all = vec!["notify", "subscribe"];
@@ -431,6 +469,24 @@ async fn bad_subscriptions_are_refused_with_clear_errors_and_store_nothing() {
         "{error}"
     );
     assert!(error.contains("released"), "names the known kinds: {error}");
+    // Only to the allow-list, and never to an internal address it does not name.
+    let error = refused(&["--kinds", "released", "--webhook", "https://127.0.0.1:1/"]);
+    assert!(error.contains("internal address"), "{error}");
+    assert!(error.contains("allow-list"), "{error}");
+    let error = refused(&[
+        "--kinds",
+        "released",
+        "--webhook",
+        "https://elsewhere.test/hook",
+    ]);
+    assert!(
+        error.contains("not on the hub's webhook allow-list"),
+        "{error}"
+    );
+    assert!(
+        error.contains("receiver.test, *.hooks.test"),
+        "names the list: {error}"
+    );
     let error = refused(&["--kinds", "released", "--email", "qa at clinic"]);
     assert!(error.contains("is not an e-mail address"), "{error}");
     let error = refused(&[

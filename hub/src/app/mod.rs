@@ -41,6 +41,11 @@ pub struct Hub {
     pub instance_id: String,
     /// How long committing site events takes, for `/metrics`.
     pub commit_latency: Histogram,
+    /// The head of the audit trail (position, hash), refreshed every second: sent to
+    /// the sites to witness.
+    pub audit_head: std::sync::Mutex<Option<(u64, String)>>,
+    /// Open audit integrity findings: while there are any, people are refused.
+    pub findings: std::sync::Mutex<Vec<crate::audit::Finding>>,
     /// Failed sign-ins and signings this process answered, for `/metrics` (the
     /// audit trail holds them as counts per window).
     pub failed_sign_ins: std::sync::atomic::AtomicU64,
@@ -60,6 +65,8 @@ impl Hub {
         Arc::new(Hub {
             refusals: Mutex::new(crate::audit::Throttle::new(window)),
             failed_sign_ins: std::sync::atomic::AtomicU64::new(0),
+            audit_head: std::sync::Mutex::new(None),
+            findings: std::sync::Mutex::new(Vec::new()),
             store,
             config,
             ca,
@@ -139,6 +146,7 @@ impl Hub {
                     _ = hub.shutdown.cancelled() => break,
                     _ = tick.tick() => {
                         hub.audit_counted_refusals(false).await;
+                        hub.refresh_integrity().await;
                         // Failed sign-ins reach the trail as one count per user
                         // name, source and window, once the window has ended.
                         if ticks.is_multiple_of(10) {
@@ -152,6 +160,72 @@ impl Hub {
             }
             hub.audit_counted_refusals(true).await;
         });
+    }
+
+    /// Why people are refused now, if they are: the open integrity findings.
+    pub fn held(&self) -> Option<String> {
+        let findings = self.findings.lock().expect("findings lock");
+        if findings.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "the hub serves nobody until an administrator acknowledges an audit trail integrity finding on the hub machine \
+             (`carrel-hub audit verify`, then `carrel-hub audit acknowledge --reason ...`): {}",
+            findings
+                .iter()
+                .map(|f| f.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    }
+
+    /// The audit head to send to a site, as the protocol carries it.
+    pub fn audit_head_pb(&self) -> Option<carrel_proto::pb::AuditHead> {
+        self.audit_head
+            .lock()
+            .expect("audit head lock")
+            .as_ref()
+            .map(|(position, sha256)| carrel_proto::pb::AuditHead {
+                position: *position,
+                sha256: sha256.clone(),
+            })
+    }
+
+    /// Reads the audit head and the open findings again (an acknowledgement is made
+    /// by another process, on the hub machine).
+    pub async fn refresh_integrity(&self) {
+        match self.store.audit_head().await {
+            Ok(head) => *self.audit_head.lock().expect("audit head lock") = head,
+            Err(e) => tracing::error!(error = %e, "cannot read the audit head"),
+        }
+        match self.store.audit_findings(true).await {
+            Ok(open) => *self.findings.lock().expect("findings lock") = open,
+            Err(e) => tracing::error!(error = %e, "cannot read the audit integrity findings"),
+        }
+    }
+
+    /// Checks a head a site says it witnessed; an open finding holds the hub.
+    pub async fn witnessed(&self, site_id: &str, head: &carrel_proto::pb::AuditHead) {
+        if head.sha256.is_empty() {
+            return;
+        }
+        match self
+            .store
+            .check_witness(site_id, head.position, &head.sha256)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(finding)) => {
+                tracing::error!(site_id, position = head.position, detail = %finding.detail, "AUDIT TRAIL INTEGRITY FINDING: people are refused until an administrator acknowledges it");
+                let mut open = self.findings.lock().expect("findings lock");
+                if !open.iter().any(|f| f == &finding) {
+                    open.push(finding);
+                }
+            }
+            Err(e) => {
+                tracing::error!(site_id, error = %e, "cannot check the site's witness of the audit trail")
+            }
+        }
     }
 
     async fn write_audit(&self, entry: &crate::audit::NewEntry) {

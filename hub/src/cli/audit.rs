@@ -7,9 +7,20 @@ use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Walk the hash chain; report the first entry altered, removed or inserted.
-    /// Exits 1 when the chain is broken.
+    /// Walk the hash chain; report the first entry altered, removed or inserted;
+    /// then check it against what each site witnessed of it (a removed tail, a
+    /// restored older backup). Exits 1 when the chain is broken or a site's witness
+    /// contradicts it.
     Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Acknowledge the open integrity findings (after investigating them), so the
+    /// hub serves people again. Audited with the reason.
+    Acknowledge {
+        /// What was found and what was done about it.
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -33,7 +44,26 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                         "Audit chain intact: {} entries, head {}",
                         intact.entries, intact.head_sha256
                     );
-                    Ok(())
+                    let open = db.check_witnesses().await?;
+                    for (site_id, position, _, at) in db.audit_witnesses().await? {
+                        println!(
+                            "  witnessed by site {site_id}: entry {position} ({})",
+                            at.format("%Y-%m-%d %H:%M:%S UTC")
+                        );
+                    }
+                    if open.is_empty() {
+                        return Ok(());
+                    }
+                    for finding in &open {
+                        println!("WITNESS CONTRADICTS THE TRAIL: {}", finding.detail);
+                    }
+                    anyhow::bail!(
+                        "the audit trail lost entries its sites witnessed ({}); investigate, then `carrel-hub audit acknowledge --reason ...`",
+                        open.iter()
+                            .map(|f| f.site_id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 }
                 Err(broken) => {
                     println!(
@@ -46,6 +76,18 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                     )
                 }
             }
+        }
+        AuditCommand::Acknowledge { reason, store } => {
+            let config = store_config(&store)?;
+            let db = crate::server::open_store(&config).await?;
+            let acknowledged = db
+                .acknowledge_findings(&super::local::local_operator(), &reason)
+                .await?;
+            for finding in &acknowledged {
+                println!("Acknowledged: {}", finding.detail);
+            }
+            println!("The hub serves people again (within a second, if it runs).");
+            Ok(())
         }
         AuditCommand::List { batch, store } => {
             let config = store_config(&store)?;

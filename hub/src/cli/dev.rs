@@ -83,9 +83,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: root.join("hub"),
         heartbeat_interval_ms: 1_000,
         heartbeat_timeout_ms: 5_000,
-        // Dev mode runs on loopback: a webhook receiver of one's own may be plain http.
+        // Dev mode runs on loopback: a webhook receiver of one's own may be plain
+        // http, on this machine, or anywhere.
         notifications: crate::notify::NotificationsConfig {
             allow_http_webhooks: true,
+            webhook_allowlist: ["*", "localhost", "127.0.0.1", "::1"]
+                .map(str::to_owned)
+                .to_vec(),
             ..Default::default()
         },
         // The simulated sites' operators are not people; dev mode may release their work.

@@ -187,6 +187,10 @@ impl FromRequestParts<Arc<Hub>> for Session {
             .session_user(&secret_sha256(&token), chrono::Utc::now())
             .await
         {
+            Ok(user) if !user.disabled && hub.held().is_some() => Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                hub.held().unwrap_or_default(),
+            )),
             Ok(user) if !user.disabled => Ok(Session {
                 csrf: csrf_for(&token),
                 token_sha256: secret_sha256(&token),
@@ -224,6 +228,7 @@ fn refused(error: service::Error) -> Response {
         E::Field { message, .. } => problem(StatusCode::BAD_REQUEST, message),
         E::Unauthenticated(m) => problem(StatusCode::UNAUTHORIZED, m),
         E::PermissionDenied(m) => problem(StatusCode::FORBIDDEN, m),
+        E::Held(m) => problem(StatusCode::SERVICE_UNAVAILABLE, m),
         E::Store(store::Error::NotFound(what)) => {
             problem(StatusCode::NOT_FOUND, format!("{what} not found"))
         }

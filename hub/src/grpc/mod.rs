@@ -50,6 +50,7 @@ pub fn service_status(error: crate::service::Error) -> Status {
         E::Field { message, .. } => Status::invalid_argument(message),
         E::Unauthenticated(why) => Status::unauthenticated(why),
         E::PermissionDenied(why) => Status::permission_denied(why),
+        E::Held(why) => Status::unavailable(why),
         E::Store(e) => status(e),
     }
 }
@@ -99,6 +100,9 @@ pub async fn authenticate<T>(hub: &Hub, request: &Request<T>) -> Result<User, St
     };
     if user.disabled {
         return Err(Status::unauthenticated("this account is disabled"));
+    }
+    if let Some(why) = hub.held() {
+        return Err(Status::unavailable(why));
     }
     Ok(user)
 }

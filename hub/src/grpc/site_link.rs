@@ -304,6 +304,13 @@ impl Link {
         };
         carrel_proto::protocol::check(&hello.protocol_version)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        // What the site witnessed of the audit trail is checked first, before anything
+        // else about its state (a hub restored from an older backup also refuses the
+        // site's link below) and before it is sent the head as the trail now is.
+        let mut witnessed = hello.witnessed_audit_head.clone();
+        if let Some(head) = &witnessed {
+            self.hub.witnessed(&self.site_id, head).await;
+        }
         let (generation, closed) = self.hub.links.take_over(&self.site_id);
         let _registration = Registration {
             hub: &self.hub,
@@ -329,6 +336,7 @@ impl Link {
             .ack_commands(&self.site_id, hello.acked_command_seq)
             .await
             .map_err(status)?;
+
         // One live link per site across every hub process on this database: the
         // newest connection claims it, and the holder of an older claim closes.
         let claim = store
@@ -353,6 +361,7 @@ impl Link {
             trusted_ca_pem: self.hub.ca.trust_bundle(),
             renew_certificate: self.renew.is_some(),
             max_message_bytes: config.max_message_bytes as u64,
+            audit_head: self.hub.audit_head_pb(),
         }))
         .await?;
         if let Some(reason) = &self.renew {
@@ -370,6 +379,11 @@ impl Link {
             .min(Duration::from_secs(60))
             .max(interval);
         let mut last_touch = Instant::now();
+        // The audit head goes to the site (and what it witnessed is checked) at most
+        // this often: each new head is a write at the site and a check here.
+        let witness_every = Duration::from_secs(u64::from(config.audit_witness_interval_secs));
+        let mut last_witness = Instant::now();
+        let mut last_checked = Instant::now();
         let mut allowance = Allowance::new(
             config.site_link_max_messages_per_second,
             config.site_link_message_burst,
@@ -443,8 +457,15 @@ impl Link {
                         store.touch_site(&self.site_id, Utc::now()).await.map_err(status)?;
                         last_touch = Instant::now();
                     }
+                    let audit_head = (last_witness.elapsed() >= witness_every)
+                        .then(|| self.hub.audit_head_pb())
+                        .flatten();
+                    if audit_head.is_some() {
+                        last_witness = Instant::now();
+                    }
                     self.send(hub_message::Body::Heartbeat(pb::Heartbeat {
                         sent_at_unix_ms: Utc::now().timestamp_millis() as u64,
+                        audit_head,
                     })).await?;
                 }
                 message = inbound.message() => {
@@ -467,6 +488,18 @@ impl Link {
                     ));
                     if !allowance.take(last_heard) {
                         return Err(over_rate());
+                    }
+                    if let Some(site_message::Body::Heartbeat(beat)) = &message.body {
+                        if beat.audit_head.is_some()
+                            && beat.audit_head != witnessed
+                            && last_checked.elapsed() >= witness_every
+                        {
+                            last_checked = Instant::now();
+                            witnessed = beat.audit_head.clone();
+                            if let Some(head) = &witnessed {
+                                self.hub.witnessed(&self.site_id, head).await;
+                            }
+                        }
                     }
                     let Some(site_message::Body::Events(first)) = message.body else {
                         self.handle(message).await?;

@@ -184,7 +184,12 @@ pub struct NewSubscription {
 
 impl NewSubscription {
     /// Checks everything a caller gave; `allow_http` accepts `http://` webhooks.
-    pub fn validate(&self, allow_http: bool, email_configured: bool) -> Result<(), Error> {
+    pub fn validate(
+        &self,
+        allow_http: bool,
+        allowlist: Allowlist<'_>,
+        email_configured: bool,
+    ) -> Result<(), Error> {
         if self.kinds.is_empty() {
             return Err(Error::Invalid(format!(
                 "name at least one kind to subscribe to ({})",
@@ -200,7 +205,7 @@ impl NewSubscription {
                     ));
                 }
             }
-            Channel::Webhook { url, .. } => check_webhook_url(url, allow_http)?,
+            Channel::Webhook { url, .. } => check_webhook_url(url, allow_http, allowlist)?,
         }
         if let Some(site) = &self.site_id {
             if site.trim().is_empty() {
@@ -231,8 +236,107 @@ pub fn check_email(address: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A webhook URL must be `https://host...` (or `http://` when allowed) and parse as a URI.
-pub fn check_webhook_url(url: &str, allow_http: bool) -> Result<(), Error> {
+/// Whether an address is one a webhook must not reach unless an administrator
+/// listed it by itself: loopback, link-local, private, shared (CGNAT), unique-local
+/// or unspecified, in IPv4 or IPv6 (also an IPv4 address mapped into IPv6).
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Where webhooks may go: the administrator's `[notifications] webhook_allowlist`.
+/// An entry is a host (`hooks.example.org`, `10.1.2.3`), a subdomain wildcard
+/// (`*.example.org`) or `*` (any host). An internal address (loopback, link-local,
+/// private) or `localhost` is allowed only when listed by itself, never by a
+/// wildcard.
+#[derive(Debug, Clone, Copy)]
+pub struct Allowlist<'a>(pub &'a [String]);
+
+impl Allowlist<'_> {
+    fn listed(&self, host: &str) -> bool {
+        self.0.iter().any(|e| e.trim().eq_ignore_ascii_case(host))
+    }
+
+    fn matched(&self, host: &str) -> bool {
+        self.listed(host)
+            || self
+                .0
+                .iter()
+                .map(|e| e.trim().to_ascii_lowercase())
+                .any(|e| {
+                    e == "*"
+                        || e.strip_prefix("*.")
+                            .is_some_and(|domain| host.ends_with(&format!(".{domain}")))
+                })
+    }
+
+    fn shown(&self) -> String {
+        if self.0.is_empty() {
+            "empty".into()
+        } else {
+            self.0.join(", ")
+        }
+    }
+
+    /// Whether a webhook may go to `host`, which is (or resolves to) an internal
+    /// address when `internal`.
+    pub fn permits(&self, host: &str, internal: bool) -> Result<(), Error> {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if internal && !self.listed(&host) {
+            return Err(Error::Invalid(format!(
+                "webhook host {host} is an internal address (loopback, link-local or private):                  only an administrator can allow it, by listing it itself in the hub's webhook                  allow-list ([notifications] webhook_allowlist: {})",
+                self.shown()
+            )));
+        }
+        if !self.matched(&host) {
+            return Err(Error::Invalid(format!(
+                "webhook host {host} is not on the hub's webhook allow-list                  ([notifications] webhook_allowlist: {}); ask an administrator to add it",
+                self.shown()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a URL's host, as written, is internal (an internal IP literal or `localhost`).
+pub fn written_internal(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.to_ascii_lowercase().ends_with(".localhost")
+        || bare.parse::<std::net::IpAddr>().is_ok_and(is_internal)
+}
+
+/// A webhook URL must be `https://host...` (or `http://` when allowed), parse as a
+/// URI, and name a host the allow-list permits.
+pub fn check_webhook_url(
+    url: &str,
+    allow_http: bool,
+    allowlist: Allowlist<'_>,
+) -> Result<(), Error> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| Error::Invalid(format!("webhook URL {url:?} does not parse: {e}")))?;
@@ -251,10 +355,10 @@ pub fn check_webhook_url(url: &str, allow_http: bool) -> Result<(), Error> {
             )))
         }
     }
-    if uri.host().is_none_or(str::is_empty) {
+    let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
         return Err(Error::Invalid(format!("webhook URL {url:?} names no host")));
-    }
-    Ok(())
+    };
+    allowlist.permits(host, written_internal(host))
 }
 
 /// Delivery state of an outbox row.

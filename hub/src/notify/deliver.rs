@@ -12,7 +12,7 @@
 //! it in constant time, refuses a timestamp far from its clock (a replay), and drops
 //! a notification id it has seen. Any 2xx answer counts as delivered.
 
-use super::{Channel, Delivery, NotificationsConfig};
+use super::{is_internal, written_internal, Allowlist, Channel, Delivery, NotificationsConfig};
 use crate::store::Store;
 use bytes::Bytes;
 use chrono::Utc;
@@ -135,6 +135,7 @@ impl Sender {
                 "webhook URL {url} is not https and allow_http_webhooks is off"
             ));
         }
+        self.check_destination(url).await?;
         let body = delivery.entry.payload.clone().into_bytes();
         let request = http::Request::post(url)
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -157,6 +158,37 @@ impl Sender {
         } else {
             Err(format!("webhook {url} answered {status}"))
         }
+    }
+
+    /// The allow-list again, at delivery (it may have changed since the subscription),
+    /// with the host resolved: a name that resolves to an internal address is refused
+    /// unless the name itself is listed.
+    async fn check_destination(&self, url: &str) -> Result<(), String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("webhook URL {url}: {e}"))?;
+        let host = uri.host().unwrap_or_default().to_owned();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            });
+        let allowlist = Allowlist(&self.config.webhook_allowlist);
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let internal = if written_internal(&host) {
+            true
+        } else {
+            tokio::net::lookup_host((bare.as_str(), port))
+                .await
+                .map_err(|e| format!("webhook host {host} does not resolve: {e}"))?
+                .any(|addr| is_internal(addr.ip()))
+        };
+        allowlist
+            .permits(&host, internal)
+            .map_err(|e| e.to_string())
     }
 
     async fn mail(&self, delivery: &Delivery, address: &str) -> Result<(), String> {

@@ -120,12 +120,47 @@ mod tests {
         ] {
             assert!(check_email(bad).is_err(), "{bad}");
         }
-        assert!(check_webhook_url("https://receiver.test/hook", false).is_ok());
-        assert!(check_webhook_url("http://127.0.0.1:9/hook", true).is_ok());
-        let err = check_webhook_url("http://receiver.test/hook", false).expect_err("http");
+        let list = ["receiver.test".to_owned(), "127.0.0.1".to_owned()];
+        let allow = Allowlist(&list);
+        assert!(check_webhook_url("https://receiver.test/hook", false, allow).is_ok());
+        assert!(check_webhook_url("http://127.0.0.1:9/hook", true, allow).is_ok());
+        let err = check_webhook_url("http://receiver.test/hook", false, allow).expect_err("http");
         assert!(err.to_string().contains("is not https"), "{err}");
-        assert!(check_webhook_url("ftp://receiver.test", true).is_err());
-        assert!(check_webhook_url("https:///nohost", false).is_err());
+        assert!(check_webhook_url("ftp://receiver.test", true, allow).is_err());
+        assert!(check_webhook_url("https:///nohost", false, allow).is_err());
+        let err = check_webhook_url("https://elsewhere.test/hook", false, allow).expect_err("list");
+        assert!(err.to_string().contains("allow-list"), "{err}");
+    }
+
+    #[test]
+    fn internal_addresses_need_their_own_entry_on_the_allow_list() {
+        let any = ["*".to_owned(), "*.example.org".to_owned()];
+        let allow = Allowlist(&any);
+        assert!(check_webhook_url("https://hooks.example.org/x", false, allow).is_ok());
+        assert!(check_webhook_url("https://anything.test/x", false, allow).is_ok());
+        for internal in [
+            "https://127.0.0.1:1/",
+            "https://10.1.2.3/",
+            "https://172.20.0.5/",
+            "https://192.168.1.1/",
+            "https://169.254.169.254/latest",
+            "https://100.64.0.1/",
+            "https://[::1]/",
+            "https://[fe80::1]/",
+            "https://[fd00::5]/",
+            "https://[::ffff:10.0.0.1]/",
+            "https://localhost:22/",
+            "https://0.0.0.0/",
+        ] {
+            let err = check_webhook_url(internal, false, allow).expect_err(internal);
+            assert!(
+                err.to_string().contains("internal address"),
+                "{internal}: {err}"
+            );
+        }
+        let listed = ["10.1.2.3".to_owned()];
+        assert!(check_webhook_url("https://10.1.2.3/", false, Allowlist(&listed)).is_ok());
+        assert!(check_webhook_url("https://8.8.8.8/", false, Allowlist(&any)).is_ok());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What people do with notifications, whichever door they come in by (gRPC, the
 //! console): the rules on who may see and change which subscription live here.
 
-use super::{Channel, Kind, NewSubscription, OutboxEntry, OutboxState, Subscription};
+use super::{Allowlist, Channel, Kind, NewSubscription, OutboxEntry, OutboxState, Subscription};
 use crate::app::Hub;
 use crate::model::{Role, User};
 use crate::service::{require_role, Error};
@@ -80,15 +80,19 @@ pub async fn subscribe(
             .map(str::to_owned),
     };
     let config = &hub.config.notifications;
-    new.validate(config.allow_http_webhooks, config.smtp_url.is_some())
-        .map_err(|e| {
-            let name = match &new.channel {
-                _ if matches!(e, super::Error::UnknownKind(_)) => "kinds",
-                Channel::Email { .. } => "email",
-                Channel::Webhook { .. } => "webhook_url",
-            };
-            field(name, e.to_string())
-        })?;
+    new.validate(
+        config.allow_http_webhooks,
+        Allowlist(&config.webhook_allowlist),
+        config.smtp_url.is_some(),
+    )
+    .map_err(|e| {
+        let name = match &new.channel {
+            _ if matches!(e, super::Error::UnknownKind(_)) => "kinds",
+            Channel::Email { .. } => "email",
+            Channel::Webhook { .. } => "webhook_url",
+        };
+        field(name, e.to_string())
+    })?;
     let subscription = hub.store.subscribe(&new, Utc::now()).await?;
     tracing::info!(subscription_id = %subscription.subscription_id, owner = %user.username, channel = new.channel.name(), "subscribed to notifications");
     Ok((subscription, secret))
@@ -130,7 +134,7 @@ pub async fn notifications(
     if all {
         require_role(user, &OVERSEERS)?;
     }
-    Ok(hub
+    let mut entries = hub
         .store
         .outbox(&OutboxFilter {
             owner: (!all).then(|| user.username.clone()),
@@ -142,7 +146,28 @@ pub async fn notifications(
                 limit
             },
         })
-        .await?)
+        .await?;
+    // Why a delivery failed (a refused connection, an unknown certificate issuer) says
+    // something about the network behind the hub: administrators see it, and the log
+    // keeps it; everyone else sees that it failed and what happens next.
+    if user.role != Role::Admin {
+        for entry in &mut entries {
+            if entry.last_error.is_some() {
+                entry.last_error = Some(match entry.state {
+                    OutboxState::Pending => format!(
+                        "delivery failed; next attempt at {}",
+                        entry.next_attempt_at.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
+                    OutboxState::Failed => {
+                        "delivery failed; no more attempts (an administrator can requeue it)"
+                            .to_owned()
+                    }
+                    OutboxState::Delivered => "delivered after a failed attempt".to_owned(),
+                });
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// Puts a failed notification back in the queue (QA and admins).

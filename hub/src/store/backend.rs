@@ -89,6 +89,15 @@ pub trait ReadTx: Send {
         source: &str,
         window_start: DateTime<Utc>,
     ) -> Result<(u64, bool)>;
+    /// The hash of the audit entry at `position`, if there is one.
+    async fn audit_sha_at(&mut self, position: u64) -> Result<Option<String>>;
+    /// The newest audit entry: (position, hash).
+    async fn audit_head(&mut self) -> Result<Option<(u64, String)>>;
+    /// The latest head each site witnessed that the trail agreed with:
+    /// (site, position, hash, when reported).
+    async fn audit_witnesses(&mut self) -> Result<Vec<(String, u64, String, DateTime<Utc>)>>;
+    /// Integrity findings, oldest first; only those not yet acknowledged when `open`.
+    async fn audit_findings(&mut self, open: bool) -> Result<Vec<crate::audit::Finding>>;
 }
 
 /// A read-only snapshot as the store's provided reads take it; dropped, it ends.
@@ -348,6 +357,25 @@ pub trait WriteTx: ReadTx {
     ) -> Result<()>;
     async fn insert_signature(&mut self, signature: &Signature) -> Result<()>;
     async fn insert_change_review(&mut self, review: &ChangeReview) -> Result<()>;
+    /// Keeps the latest head a site witnessed (that the trail agrees with).
+    async fn set_audit_witness(
+        &mut self,
+        site_id: &str,
+        position: u64,
+        sha256: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Forgets what a site witnessed (after its finding was acknowledged).
+    async fn forget_audit_witness(&mut self, site_id: &str) -> Result<()>;
+    /// Records a finding; `false` when the same (site, position, hash) was found before.
+    async fn insert_audit_finding(&mut self, finding: &crate::audit::Finding) -> Result<bool>;
+    /// Marks every open finding acknowledged.
+    async fn acknowledge_audit_findings(
+        &mut self,
+        by: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
     /// Notes that a session signed (the first time only).
     async fn mark_session_signed(&mut self, token_sha256: &str, now: DateTime<Utc>) -> Result<()>;
     /// Notes when a user acknowledged what their electronic signature means.

@@ -438,6 +438,45 @@ pub trait Store:
         transactions::acknowledge_signature(self.write().await?, username, statement, Utc::now())
             .await
     }
+    /// The newest audit entry: (position, hash).
+    async fn audit_head(&self) -> Result<Option<(u64, String)>> {
+        self.read().await?.audit_head().await
+    }
+    /// Checks a head a site witnessed against the trail ([`transactions::check_witness`]).
+    async fn check_witness(
+        &self,
+        site_id: &str,
+        position: u64,
+        sha256: &str,
+    ) -> Result<Option<crate::audit::Finding>> {
+        transactions::check_witness(self.write().await?, site_id, position, sha256, Utc::now())
+            .await
+    }
+    /// Checks every kept witness against the trail (at start, and `audit verify`):
+    /// returns the findings open after that.
+    async fn check_witnesses(&self) -> Result<Vec<crate::audit::Finding>> {
+        let witnesses = self.read().await?.audit_witnesses().await?;
+        for (site_id, position, sha256, _) in witnesses {
+            self.check_witness(&site_id, position, &sha256).await?;
+        }
+        self.read().await?.audit_findings(true).await
+    }
+    /// Integrity findings; only open ones when `open`.
+    async fn audit_findings(&self, open: bool) -> Result<Vec<crate::audit::Finding>> {
+        self.read().await?.audit_findings(open).await
+    }
+    /// The latest head each site witnessed: (site, position, hash, when).
+    async fn audit_witnesses(&self) -> Result<Vec<(String, u64, String, DateTime<Utc>)>> {
+        self.read().await?.audit_witnesses().await
+    }
+    /// An administrator acknowledges the open findings, with a reason.
+    async fn acknowledge_findings(
+        &self,
+        by: &str,
+        reason: &str,
+    ) -> Result<Vec<crate::audit::Finding>> {
+        transactions::acknowledge_findings(self.write().await?, by, reason, Utc::now()).await
+    }
     /// Walks the whole chain.
     async fn verify_audit(&self) -> Result<Result<crate::audit::Intact, crate::audit::Broken>> {
         Ok(crate::audit::verify(

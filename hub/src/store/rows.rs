@@ -316,3 +316,22 @@ pub(crate) fn order_facts(row: &impl Columns) -> Result<OrderFacts> {
         physician: row.text("physician")?,
     })
 }
+
+pub(crate) fn audit_finding(row: &impl Columns) -> Result<crate::audit::Finding> {
+    let acknowledged = match row.opt_time("acknowledged_at")? {
+        Some(at) => Some((
+            row.opt_text("acknowledged_by")?.unwrap_or_default(),
+            at,
+            row.opt_text("reason")?.unwrap_or_default(),
+        )),
+        None => None,
+    };
+    Ok(crate::audit::Finding {
+        site_id: row.text("site_id")?,
+        position: row.count("position")?,
+        sha256: row.text("sha256")?,
+        found_at: row.time("found_at")?,
+        detail: row.text("detail")?,
+        acknowledged,
+    })
+}

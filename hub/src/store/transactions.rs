@@ -303,6 +303,105 @@ pub(crate) async fn set_user_disabled(
     Ok(versions)
 }
 
+/// Checks a head of the audit trail a site reports having witnessed. When the trail
+/// agrees, the witness is kept (the site's latest); when it does not (the trail ends
+/// before it, or holds another hash there), it is a finding, recorded and audited
+/// once. Returns the finding when it is new or still open.
+pub(crate) async fn check_witness(
+    mut tx: Tx<'_>,
+    site_id: &str,
+    position: u64,
+    sha256: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<crate::audit::Finding>> {
+    let finding = match tx.audit_sha_at(position).await? {
+        Some(ours) if ours == sha256 => {
+            tx.set_audit_witness(site_id, position, sha256, now).await?;
+            tx.commit().await?;
+            return Ok(None);
+        }
+        Some(ours) => format!(
+            "site {site_id} witnessed audit entry {position} with hash {sha256}, but the trail holds {ours} there: it was rewritten, or an older backup was restored"
+        ),
+        None => {
+            let ends = tx.audit_head().await?.map_or(0, |(p, _)| p);
+            format!(
+                "site {site_id} witnessed audit entry {position} (hash {sha256}), but the trail ends at entry {ends}: entries were removed, or an older backup was restored"
+            )
+        }
+    };
+    let finding = crate::audit::Finding {
+        site_id: site_id.to_owned(),
+        position,
+        sha256: sha256.to_owned(),
+        found_at: now.trunc_subsecs(6),
+        detail: finding,
+        acknowledged: None,
+    };
+    if tx.insert_audit_finding(&finding).await? {
+        tx.audit(
+            NewEntry::new(
+                site_id,
+                Action::AuditIntegrityFinding,
+                Object::Site(site_id.to_owned()),
+            )
+            .value(finding.detail.clone()),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(Some(finding));
+    }
+    let open = tx
+        .audit_findings(true)
+        .await?
+        .into_iter()
+        .find(|f| f.site_id == site_id && f.position == position && f.sha256 == sha256);
+    tx.commit().await?;
+    Ok(open)
+}
+
+/// Acknowledges every open finding (an administrator, with the reason they give):
+/// the witnesses of the sites concerned are forgotten, so what they report next is
+/// checked against the trail as it now is. Returns the findings acknowledged.
+pub(crate) async fn acknowledge_findings(
+    mut tx: Tx<'_>,
+    by: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<crate::audit::Finding>> {
+    if reason.trim().chars().count() < 10 {
+        return Err(Error::Invalid(
+            "say what was found and done about it (a reason of at least 10 characters)".into(),
+        ));
+    }
+    let open = tx.audit_findings(true).await?;
+    if open.is_empty() {
+        return Err(Error::FailedPrecondition(
+            "there is no open finding to acknowledge".into(),
+        ));
+    }
+    tx.acknowledge_audit_findings(by, reason.trim(), now)
+        .await?;
+    for finding in &open {
+        tx.forget_audit_witness(&finding.site_id).await?;
+    }
+    tx.audit(
+        NewEntry::new(by, Action::AuditFindingsAcknowledged, Object::Ca)
+            .value(
+                open.iter()
+                    .map(|f| f.detail.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+            .reason(reason.trim()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(open)
+}
+
 /// A change to an account, as [`change_account`] makes it.
 #[derive(Debug, Clone)]
 pub enum AccountChange {

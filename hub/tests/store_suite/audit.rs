@@ -48,3 +48,83 @@ pub async fn case_changes_are_audited_in_one_chain(store: Arc<dyn Store>) {
     assert_eq!(intact.entries, all.len() as u64);
     assert_eq!(intact.head_sha256, all.last().expect("entries").sha256);
 }
+
+pub async fn case_a_witness_the_trail_contradicts_is_a_finding_until_acknowledged(
+    store: Arc<dyn Store>,
+) {
+    seed(&*store).await;
+    let (head, sha) = store.audit_head().await.expect("head").expect("entries");
+    // A witness the trail agrees with is kept, the latest per site.
+    assert_eq!(
+        store
+            .check_witness(SITE_A, head, &sha)
+            .await
+            .expect("check"),
+        None
+    );
+    let kept = store.audit_witnesses().await.expect("witnesses");
+    assert_eq!(kept.len(), 1);
+    assert_eq!((kept[0].0.as_str(), kept[0].1), (SITE_A, head));
+
+    // A site that witnessed more than the trail holds, or another hash.
+    let beyond = store
+        .check_witness(SITE_B, head + 10, "ab".repeat(32).as_str())
+        .await
+        .expect("check")
+        .expect("a finding");
+    assert!(
+        beyond
+            .detail
+            .contains(&format!("the trail ends at entry {head}")),
+        "{}",
+        beyond.detail
+    );
+    let other = store
+        .check_witness(SITE_A, head, "cd".repeat(32).as_str())
+        .await
+        .expect("check")
+        .expect("a finding");
+    assert!(other.detail.contains("holds"), "{}", other.detail);
+    // Found once: reported again, it is the same open finding and audited once.
+    assert_eq!(
+        store
+            .check_witness(SITE_B, head + 10, "ab".repeat(32).as_str())
+            .await
+            .expect("check"),
+        Some(beyond.clone())
+    );
+    assert_eq!(store.audit_findings(true).await.expect("open").len(), 2);
+    assert_eq!(
+        store
+            .audit_count(carrel_hub::audit::Action::AuditIntegrityFinding)
+            .await
+            .expect("count"),
+        2
+    );
+
+    // Acknowledged with a reason: nothing open, the sites' witnesses forgotten, and
+    // the same report again is no new finding.
+    assert!(
+        store.acknowledge_findings(ADMIN, "ok").await.is_err(),
+        "a real reason"
+    );
+    let acknowledged = store
+        .acknowledge_findings(ADMIN, "restored from backup after a disk failure")
+        .await
+        .expect("acknowledge");
+    assert_eq!(acknowledged.len(), 2);
+    assert!(store.audit_findings(true).await.expect("open").is_empty());
+    assert!(store.audit_witnesses().await.expect("witnesses").is_empty());
+    assert_eq!(
+        store
+            .check_witness(SITE_B, head + 10, "ab".repeat(32).as_str())
+            .await
+            .expect("check"),
+        None
+    );
+    let all = store.audit_findings(false).await.expect("all");
+    assert!(all.iter().all(|f| f
+        .acknowledged
+        .as_ref()
+        .is_some_and(|(by, _, why)| by == ADMIN && why.contains("disk failure"))));
+}

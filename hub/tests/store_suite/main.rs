@@ -98,6 +98,7 @@ every_backend! {
     ],
     audit: [
         case_changes_are_audited_in_one_chain,
+        case_a_witness_the_trail_contradicts_is_a_finding_until_acknowledged,
     ],
     sites: [
         case_expired_enrollment_token_is_refused,

@@ -180,6 +180,52 @@ impl ReadTx for SqliteTx<'_> {
         .await?;
         Ok(row.map_or((0, false), |(n, audited)| (n as u64, audited)))
     }
+
+    async fn audit_sha_at(&mut self, position: u64) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT sha256 FROM audit_log WHERE position = ?")
+                .bind(i64_of(position)?)
+                .fetch_optional(&mut *self.tx)
+                .await?,
+        )
+    }
+
+    async fn audit_head(&mut self) -> Result<Option<(u64, String)>> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT position, sha256 FROM audit_log ORDER BY position DESC LIMIT 1")
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        Ok(row.map(|(p, s)| (p as u64, s)))
+    }
+
+    async fn audit_witnesses(&mut self) -> Result<Vec<(String, u64, String, DateTime<Utc>)>> {
+        sqlx::query("SELECT * FROM audit_witnesses ORDER BY site_id")
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(|row| {
+                use rows::Columns;
+                Ok((
+                    row.text("site_id")?,
+                    row.count("position")?,
+                    row.text("sha256")?,
+                    row.time("reported_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn audit_findings(&mut self, open: bool) -> Result<Vec<crate::audit::Finding>> {
+        sqlx::query(
+            "SELECT * FROM audit_findings WHERE (?1 = 0 OR acknowledged_at IS NULL) ORDER BY found_at",
+        )
+        .bind(open)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(rows::audit_finding)
+        .collect()
+    }
 }
 
 #[async_trait]
@@ -1009,6 +1055,68 @@ impl WriteTx for SqliteTx<'_> {
             .bind(username)
             .execute(&mut *self.tx)
             .await?;
+        Ok(())
+    }
+
+    async fn set_audit_witness(
+        &mut self,
+        site_id: &str,
+        position: u64,
+        sha256: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_witnesses (site_id, position, sha256, reported_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (site_id) DO UPDATE SET position = excluded.position, sha256 = excluded.sha256, \
+             reported_at = excluded.reported_at",
+        )
+        .bind(site_id)
+        .bind(i64_of(position)?)
+        .bind(sha256)
+        .bind(ts(at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_audit_witness(&mut self, site_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM audit_witnesses WHERE site_id = ?")
+            .bind(site_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_audit_finding(&mut self, finding: &crate::audit::Finding) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO audit_findings (site_id, position, sha256, found_at, detail) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&finding.site_id)
+        .bind(i64_of(finding.position)?)
+        .bind(&finding.sha256)
+        .bind(ts(finding.found_at))
+        .bind(&finding.detail)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn acknowledge_audit_findings(
+        &mut self,
+        by: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE audit_findings SET acknowledged_by = ?, acknowledged_at = ?, reason = ? \
+             WHERE acknowledged_at IS NULL",
+        )
+        .bind(by)
+        .bind(ts(at))
+        .bind(reason)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 

@@ -179,6 +179,7 @@ async fn site(
             _ = ticker.tick() => {
                 let beat = pb::SiteMessage { body: Some(site_message::Body::Heartbeat(pb::Heartbeat {
                     sent_at_unix_ms: chrono::Utc::now().timestamp_millis() as u64,
+                    audit_head: None,
                 })) };
                 if out.send(beat).await.is_err() {
                     counters.lost.fetch_add(1, Ordering::SeqCst);
@@ -221,6 +222,7 @@ async fn open(hub: &str, dir: &std::path::Path) -> anyhow::Result<Open> {
             agent_version: "carrel-bench-idle".into(),
             acked_command_seq: 0,
             last_event_seq: 0,
+            witnessed_audit_head: None,
         })),
     })
     .await
