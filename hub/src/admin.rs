@@ -107,13 +107,20 @@ pub async fn add_user(
             "a full name is required: it is printed on every electronic signature".into(),
         ));
     }
-    crate::auth::check_password(password, username)?;
+    // Without a password the account waits for the person to choose one with a
+    // one-time code (no password verifies against the placeholder).
+    let password_hash = if password.is_empty() {
+        crate::store::RESET_PENDING.to_owned()
+    } else {
+        crate::auth::check_password(password, username)?;
+        hash_password(password)?
+    };
     let user = User {
         username: username.to_owned(),
         full_name: full_name.trim().to_owned(),
         role,
         disabled: false,
-        password_hash: hash_password(password)?,
+        password_hash,
         signature_acknowledged_at: None,
     };
     store.add_user(&user, actor).await?;

@@ -75,6 +75,9 @@ actions! {
     /// An administrator issued a one-time password reset (the old password stops working).
     UserPasswordReset = "user.password_reset",
     UserRoleChanged = "user.role_changed",
+    /// The qa or admin role asked for, waiting for a second administrator.
+    UserRoleGrantRequested = "user.role_grant_requested",
+    UserRoleGrantApproved = "user.role_grant_approved",
     UserEnabled = "user.enabled",
     /// A person assigned to a site (or their entry sent again, which unlocks them there).
     UserAssignedToSite = "user.assigned_to_site",

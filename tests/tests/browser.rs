@@ -1204,7 +1204,34 @@ async fn an_administrator_disables_re_roles_and_resets_and_the_person_chooses_th
         hub.login(DORA.0, DORA.1).await.is_err(),
         "the old password stops"
     );
+    // A new person is added without a password: they get a one-time code too.
+    fill(&client, "#username", "dr.newcomer").await;
+    fill(&client, "#full_name", "Nora Newcomer").await;
+    click(&client, "form[action='/admin/users'] button[type=submit]").await;
+    expect_text(&client, "users page", "User dr.newcomer added").await;
+    let setup = client
+        .find(Locator::Css("#setup-code"))
+        .await
+        .expect("setup code")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        hub.login("dr.newcomer", &setup).await.is_err(),
+        "a code is no password"
+    );
     sign_out(&client).await;
+    client
+        .goto(&format!("{console}/password-reset"))
+        .await
+        .expect("reset page");
+    fill(&client, "#reset-username", "dr.newcomer").await;
+    fill(&client, "#reset-code", &setup).await;
+    fill(&client, "#new-password", "nora-own-choice-1").await;
+    fill(&client, "#repeat-password", "nora-own-choice-1").await;
+    click(&client, "#choose-password").await;
+    expect_text(&client, "sign-in page", "Your new password is set").await;
+    assert!(hub.login("dr.newcomer", "nora-own-choice-1").await.is_ok());
 
     // The person chooses their own password with the code, from the sign-in page.
     client

@@ -407,7 +407,7 @@ async fn wait_for_entry(agent: &Agent, username: &str, ok: impl Fn(&str, &str) -
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_reset_role_change_and_own_change_reach_the_hub_and_the_site() {
     let (hub, agent, _proxy) = site_with_people("site-acc", &["tech.eve"]).await;
-    let (_, batch) = create_order(&hub, "site-acc", "P-8301");
+    let (order_id, batch) = create_order(&hub, "site-acc", "P-8301");
     eventually(Duration::from_secs(30), "the batch at the site", || {
         let out = qc_as(&agent, &batch, "tech.eve", "91");
         async move { out.status.success().then_some(()) }
@@ -515,6 +515,19 @@ async fn a_password_reset_role_change_and_own_change_reach_the_hub_and_the_site(
         .login("tech.eve", "third-choice-of-words")
         .await
         .expect("session");
+    // A stream the person follows an order with ends with their session.
+    let mut watching =
+        carrel_proto::pb::order_service_client::OrderServiceClient::new(hub.channel().await)
+            .watch_order(authed(
+                &session,
+                carrel_proto::pb::WatchOrderRequest {
+                    order_id: order_id.clone(),
+                },
+            ))
+            .await
+            .expect("watch")
+            .into_inner();
+    watching.message().await.expect("first").expect("the order");
     hub.cli_ok(
         "admin",
         &[
@@ -533,6 +546,20 @@ async fn a_password_reset_role_change_and_own_change_reach_the_hub_and_the_site(
         .await
         .expect_err("sessions end with a role change");
     assert_eq!(whoami.code(), tonic::Code::Unauthenticated);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watching.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within seconds");
+    assert_eq!(
+        ended.expect_err("ended with a status").code(),
+        tonic::Code::Unauthenticated
+    );
     wait_for_entry(&agent, "tech.eve", |_, role| role == "physician").await;
     let out = qc_typing(&agent, &batch, "tech.eve", "third-choice-of-words", "88");
     assert!(
@@ -547,11 +574,79 @@ async fn a_password_reset_role_change_and_own_change_reach_the_hub_and_the_site(
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("your own role"), "{}", text(&out));
+
+    // With two administrators, granting qa (or admin) needs the second one.
+    hub.add_user("admin.two", "admin", "second-operator-pw-1");
+    let asked = hub.cli_ok(
+        "admin",
+        &[
+            "user", "role", "tech.eve", "--role", "qa", "--reason", "joins QA",
+        ],
+        None,
+    );
+    assert!(
+        asked.contains("waits for a second administrator"),
+        "{asked}"
+    );
+    let out = hub.cli(
+        "admin",
+        &["user", "approve", "tech.eve", "--reason", "my own request"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("another administrator"),
+        "{}",
+        text(&out)
+    );
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE username = 'tech.eve'")
+        .fetch_one(&hub.db().await)
+        .await
+        .expect("role");
+    assert_eq!(role, "physician", "nothing changed before the approval");
+    hub.cli_ok(
+        "admin.two",
+        &[
+            "user",
+            "approve",
+            "tech.eve",
+            "--reason",
+            "checked the training record",
+        ],
+        None,
+    );
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE username = 'tech.eve'")
+        .fetch_one(&hub.db().await)
+        .await
+        .expect("role");
+    assert_eq!(role, "qa");
+    // And a new qa account through the API is refused: it is granted, not created.
+    let admin = hub.login("admin", ADMIN_PASSWORD).await.expect("admin");
+    let refused =
+        carrel_proto::pb::admin_service_client::AdminServiceClient::new(hub.channel().await)
+            .add_user(authed(
+                &admin,
+                carrel_proto::pb::AddUserRequest {
+                    username: "qa.new".into(),
+                    full_name: "Q New".into(),
+                    role: carrel_proto::pb::Role::Qa as i32,
+                    password: "a-long-new-password".into(),
+                },
+            ))
+            .await
+            .expect_err("needs a second administrator");
+    assert!(
+        refused.message().contains("second administrator"),
+        "{}",
+        refused.message()
+    );
     let db = hub.db().await;
     for action in [
         "user.password_reset",
         "user.password_changed",
         "user.role_changed",
+        "user.role_grant_requested",
+        "user.role_grant_approved",
     ] {
         assert!(
             count(

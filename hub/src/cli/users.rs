@@ -79,6 +79,15 @@ pub enum UserCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Approve the qa or admin role another administrator asked to grant a person
+    /// (needed on a hub with two or more administrators).
+    Approve {
+        username: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Reset a person's password: the old one stops working, and the one-time code
     /// printed (once) lets them choose a new one with `carrel-hub password reset`
     /// or on the console's sign-in page. You never learn their password.
@@ -299,6 +308,7 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
                 ),
                 pb::DirectoryChangeResponse {
                     sites: response.sites,
+                    awaits_approval: false,
                 },
                 false,
             )
@@ -319,8 +329,43 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
+            if response.awaits_approval {
+                if client.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "awaits_approval": true })
+                        )?
+                    );
+                } else {
+                    println!(
+                        "Making {username} a {role} waits for a second administrator: \
+                         carrel-hub user approve {username} --reason \"...\""
+                    );
+                }
+                return Ok(());
+            }
             print_directory_change(
                 &format!("{username} is now a {role}"),
+                response,
+                client.json,
+            )
+        }
+        UserCommand::Approve {
+            username,
+            reason,
+            client,
+        } => {
+            let mut api = pb::admin_service_client::AdminServiceClient::new(authed(&client).await?);
+            let response = api
+                .approve_role(pb::ApproveRoleRequest {
+                    username: username.clone(),
+                    reason,
+                })
+                .await?
+                .into_inner();
+            print_directory_change(
+                &format!("The role grant of {username} is approved and made"),
                 response,
                 client.json,
             )

@@ -152,7 +152,12 @@ pub async fn change_site_status(
     Ok(Redirect::to("/admin/sites").into_response())
 }
 
-fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>) -> Markup {
+fn users_markup(
+    session: &Session,
+    users: &[model::User],
+    grants: &[crate::store::backend::RoleGrant],
+    notice: Option<Markup>,
+) -> Markup {
     page(
         "Users",
         Some((&session.user, &session.csrf)),
@@ -164,7 +169,12 @@ fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>
                 tbody { @for u in users {
                     tr {
                         td { (u.username) } td { (u.full_name) } td { (u.role) }
-                        td { @if u.disabled { span.badge.rejected { "disabled" } } @else if u.password_hash == crate::store::RESET_PENDING { span.badge { "reset pending" } } @else { span.badge.pass { "active" } } }
+                        td {
+                            @if u.disabled { span.badge.rejected { "disabled" } } @else if u.password_hash == crate::store::RESET_PENDING { span.badge { "reset pending" } } @else { span.badge.pass { "active" } }
+                            @for g in grants.iter().filter(|g| g.username == u.username) {
+                                br; span.muted { "to be made " (g.role) " (asked by " (g.requested_by) "): waits for a second administrator" }
+                            }
+                        }
                         td {
                             @if u.username != session.user.username {
                                 form.inline method="post" action=(format!("/admin/users/{}/change", u.username)) {
@@ -175,6 +185,9 @@ fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>
                                         @if u.disabled { option value="enable" { "Enable the account" } }
                                         @else { option value="disable" { "Disable the account (ends their sessions)" } }
                                         option value="reset" { "Reset the password (one-time code)" }
+                                        @if grants.iter().any(|g| g.username == u.username && g.requested_by != session.user.username) {
+                                            option value="approve" { "Approve the role asked for" }
+                                        }
                                         @for role in ["physician", "qa", "technician", "admin"] {
                                             @if role != u.role.as_str() { option value=(format!("role:{role}")) { "Make them " (role) } }
                                         }
@@ -196,8 +209,8 @@ fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>
                     label for="full_name" { "Printed name (shown on signatures)" } input id="full_name" name="full_name" required;
                     label for="role" { "Role" }
                     select id="role" name="role" { option { "physician" } option { "qa" } option { "technician" } option { "admin" } }
-                    label for="password" { "Initial password (12 characters or more, not containing the user name; the person changes it on the Account page)" }
-                    input id="password" name="password" type="password" autocomplete="new-password" required;
+                    label for="password" { "Initial password: leave empty (recommended) to get a one-time code with which the person chooses their own password, which you never learn" }
+                    input id="password" name="password" type="password" autocomplete="new-password";
                     p { button type="submit" { "Add user" } }
                 }
             }
@@ -207,7 +220,10 @@ fn users_markup(session: &Session, users: &[model::User], notice: Option<Markup>
 
 pub async fn users(hub: HubState, session: Session) -> Page {
     let users = admin::users(&hub, &session.user).await.map_err(refused)?;
-    Ok(html_page(users_markup(&session, &users, None)))
+    let grants = admin::pending_role_grants(&hub, &session.user)
+        .await
+        .map_err(refused)?;
+    Ok(html_page(users_markup(&session, &users, &grants, None)))
 }
 
 #[derive(Deserialize)]
@@ -229,8 +245,12 @@ pub async fn add_user(hub: HubState, session: Session, Form(form): Form<AddUserF
                 role,
                 password: &form.password,
             };
-            match admin::add_user(&hub, &session.user, new).await {
-                Ok(user) => Ok(format!("User {} added.", user.username)),
+            match admin::add_user_with_code(&hub, &session.user, new).await {
+                Ok((user, None)) => Ok(html! { "User " (user.username) " added." }),
+                Ok((user, Some((code, expires)))) => Ok(html! {
+                    "User " (user.username) " added. Give them this one-time code, shown only now (valid until " (when(expires)) "), to choose their own password (\"Choose a new password\" on the sign-in page):"
+                    p { code id="setup-code" { (code) } }
+                }),
                 Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
                 Err(e) => Err(e.to_string()),
             }
@@ -238,11 +258,19 @@ pub async fn add_user(hub: HubState, session: Session, Form(form): Form<AddUserF
         None => Err(format!("{:?} is not a role", form.role)),
     };
     let notice = match &result {
-        Ok(text) => html! { div.notice.ok { (text) } },
-        Err(text) => html! { div.notice.bad role="alert" { (text) } },
+        Ok(text) => html! { div.notice.ok role="status" { (text) } },
+        Err(text) => html! { div.notice.bad role="alert" { "Not added: " (text) } },
     };
     let users = admin::users(&hub, &session.user).await.map_err(refused)?;
-    Ok(html_page(users_markup(&session, &users, Some(notice))))
+    let grants = admin::pending_role_grants(&hub, &session.user)
+        .await
+        .map_err(refused)?;
+    Ok(html_page(users_markup(
+        &session,
+        &users,
+        &grants,
+        Some(notice),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -269,6 +297,9 @@ pub async fn change_user(
                 .await
                 .map(|_| html! { (username) " is " (if disable { "disabled; their sessions have ended" } else { "enabled again" }) "." })
         }
+        "approve" => admin::approve_role(&hub, &session.user, &username, &form.reason)
+            .await
+            .map(|(role, _)| html! { (username) " is now a " (role) " (approved); their sessions have ended." }),
         "reset" => admin::reset_password(&hub, &session.user, &username, &form.reason)
             .await
             .map(|(code, expires)| html! {
@@ -279,7 +310,10 @@ pub async fn change_user(
         other => match other.strip_prefix("role:").and_then(Role::parse) {
             Some(role) => admin::change_role(&hub, &session.user, &username, role, &form.reason)
                 .await
-                .map(|_| html! { (username) " is now a " (role) "; their sessions have ended." }),
+                .map(|change| match change {
+                    admin::RoleChange::Changed(_) => html! { (username) " is now a " (role) "; their sessions have ended." },
+                    admin::RoleChange::AwaitsApproval => html! { "Making " (username) " a " (role) " waits for a second administrator's approval." },
+                }),
             None => Err(service::Error::Field {
                 field: "change",
                 message: format!("{other:?} is not a change this page makes"),
@@ -292,5 +326,13 @@ pub async fn change_user(
         Err(e) => html! { div.notice.bad role="alert" { "Not changed: " (e) } },
     };
     let users = admin::users(&hub, &session.user).await.map_err(refused)?;
-    Ok(html_page(users_markup(&session, &users, Some(notice))))
+    let grants = admin::pending_role_grants(&hub, &session.user)
+        .await
+        .map_err(refused)?;
+    Ok(html_page(users_markup(
+        &session,
+        &users,
+        &grants,
+        Some(notice),
+    )))
 }

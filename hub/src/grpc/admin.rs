@@ -125,11 +125,13 @@ impl pb::admin_service_server::AdminService for AdminApi {
             role: role_from_pb(req.role)?,
             password: &req.password,
         };
-        let user = admin::add_user(&self.0, &user, new)
+        let (user, code) = admin::add_user_with_code(&self.0, &user, new)
             .await
             .map_err(service_status)?;
         Ok(Response::new(pb::AddUserResponse {
             user: Some(user_to_pb(&user)),
+            setup_code: code.as_ref().map(|(c, _)| c.clone()).unwrap_or_default(),
+            setup_code_expires_at: code.map(|(_, at)| to_timestamp(at)),
         }))
     }
 
@@ -188,7 +190,25 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let user = authenticate(&self.0, &request).await?;
         let req = request.into_inner();
         let role = role_from_pb(req.role)?;
-        let sites = admin::change_role(&self.0, &user, &req.username, role, &req.reason)
+        match admin::change_role(&self.0, &user, &req.username, role, &req.reason)
+            .await
+            .map_err(service_status)?
+        {
+            admin::RoleChange::Changed(sites) => Ok(directory_changed(sites)),
+            admin::RoleChange::AwaitsApproval => Ok(Response::new(pb::DirectoryChangeResponse {
+                sites: Vec::new(),
+                awaits_approval: true,
+            })),
+        }
+    }
+
+    async fn approve_role(
+        &self,
+        request: Request<pb::ApproveRoleRequest>,
+    ) -> Result<Response<pb::DirectoryChangeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let (_, sites) = admin::approve_role(&self.0, &user, &req.username, &req.reason)
             .await
             .map_err(service_status)?;
         Ok(directory_changed(sites))
@@ -267,5 +287,6 @@ fn directory_changed(sites: Vec<(String, u64)>) -> Response<pb::DirectoryChangeR
                 directory_version,
             })
             .collect(),
+        awaits_approval: false,
     })
 }

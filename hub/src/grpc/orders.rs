@@ -112,10 +112,20 @@ impl pb::order_service_server::OrderService for OrderApi {
             .map_err(service_status)?;
         let mut changes = self.0.changes.subscribe();
         let hub = self.0.clone();
+        let session = super::session_of(&request);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let batch_id = first.batch_id;
             let mut last = first;
+            // The stream lives only as long as the session: signing out, being
+            // disabled, a new role or a password reset end it within seconds.
+            let mut recheck = tokio::time::interval(std::time::Duration::from_secs(2));
+            let live = |hub: Arc<Hub>, session: String| async move {
+                matches!(
+                    hub.store.session_user(&session, chrono::Utc::now()).await,
+                    Ok(user) if !user.disabled
+                )
+            };
             if tx
                 .send(Ok(pb::WatchOrderResponse {
                     order: Some(order_to_pb(&last)),
@@ -129,6 +139,15 @@ impl pb::order_service_server::OrderService for OrderApi {
                 use tokio::sync::broadcast::error::RecvError;
                 tokio::select! {
                     _ = tx.closed() => return,
+                    _ = recheck.tick() => {
+                        if !live(hub.clone(), session.clone()).await {
+                            let _ = tx.send(Err(Status::unauthenticated(
+                                "your session has ended (signed out, disabled, a new role or a password reset); sign in again",
+                            ))).await;
+                            return;
+                        }
+                        continue;
+                    }
                     change = changes.recv() => match change {
                         Ok(id) if id != batch_id => continue,
                         Ok(_) | Err(RecvError::Lagged(_)) => {}

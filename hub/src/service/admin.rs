@@ -72,9 +72,53 @@ pub struct NewUser<'a> {
     pub password: &'a str,
 }
 
-/// Adds a user (administrators).
+/// Adds a user and, when no password was given (the way the console and the API
+/// recommend), issues the one-time code with which the person chooses their own
+/// password: the administrator never learns it. Returns the user and the code with
+/// its expiry.
+pub async fn add_user_with_code(
+    hub: &Hub,
+    user: &User,
+    new: NewUser<'_>,
+) -> Result<(User, Option<(String, chrono::DateTime<chrono::Utc>)>), Error> {
+    let without_password = new.password.is_empty();
+    let added = add_user(hub, user, new).await?;
+    if !without_password {
+        return Ok((added, None));
+    }
+    let code = reset_password(
+        hub,
+        user,
+        &added.username,
+        "new account: the person chooses their own password",
+    )
+    .await?;
+    Ok((added, Some(code)))
+}
+
+/// Adds a user (administrators). On a hub with two or more administrators, a new qa
+/// or admin account is refused here: add the person with another role and grant it
+/// ([`change_role`]), which a second administrator approves.
 pub async fn add_user(hub: &Hub, user: &User, new: NewUser<'_>) -> Result<User, Error> {
     require_role(user, &ADMINS)?;
+    if crate::store::GUARDED_ROLES.contains(&new.role) {
+        let admins = hub
+            .store
+            .list_users()
+            .await?
+            .iter()
+            .filter(|u| u.role == Role::Admin && !u.disabled)
+            .count();
+        if admins >= 2 {
+            return Err(field(
+                "role",
+                format!(
+                    "this hub has {admins} administrators: the {} role is granted only with a second administrator's approval; add the person with another role, then grant it (Users page, or `carrel-hub user role`)",
+                    new.role
+                ),
+            ));
+        }
+    }
     admin::add_user(
         hub.store.as_ref(),
         new.username.trim(),
@@ -153,16 +197,35 @@ pub async fn set_user_disabled(
 /// How long a password reset code works.
 pub const RESET_VALID_HOURS: i64 = 24;
 
+/// What became of a role change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoleChange {
+    /// Made: the sites that heard of it.
+    Changed(Vec<(String, u64)>),
+    /// It grants qa or admin on a hub with two or more administrators: it waits for
+    /// a second one to approve ([`approve_role`]).
+    AwaitsApproval,
+}
+
 /// Changes a person's role (never one's own), with the reason the audit trail keeps.
-/// Their sessions end (what they may do changed) and their sites hear of it.
+/// Their sessions end (what they may do changed) and their sites hear of it. Granting
+/// qa or admin needs a second administrator's approval when the hub has two or more.
 pub async fn change_role(
     hub: &Hub,
     user: &User,
     username: &str,
     role: Role,
     reason: &str,
-) -> Result<Vec<(String, u64)>, Error> {
+) -> Result<RoleChange, Error> {
     require_role(user, &ADMINS)?;
+    if hub
+        .store
+        .request_role_grant(username.trim(), role, reason, &user.username)
+        .await?
+    {
+        tracing::warn!(username, %role, by = %user.username, "role grant waits for a second administrator");
+        return Ok(RoleChange::AwaitsApproval);
+    }
     let sites = hub
         .store
         .change_account(
@@ -174,7 +237,39 @@ pub async fn change_role(
         .await?;
     super::wake(hub, &sites);
     tracing::warn!(username, %role, by = %user.username, "role changed");
-    Ok(sites)
+    Ok(RoleChange::Changed(sites))
+}
+
+/// A second administrator approves the role grant waiting for `username`.
+pub async fn approve_role(
+    hub: &Hub,
+    user: &User,
+    username: &str,
+    reason: &str,
+) -> Result<(Role, Vec<(String, u64)>), Error> {
+    require_role(user, &ADMINS)?;
+    if reason.trim().is_empty() {
+        return Err(field(
+            "reason",
+            "a reason is required (it goes into the audit trail)",
+        ));
+    }
+    let (role, sites) = hub
+        .store
+        .approve_role_grant(username.trim(), reason, &user.username)
+        .await?;
+    super::wake(hub, &sites);
+    tracing::warn!(username, %role, by = %user.username, "role grant approved");
+    Ok((role, sites))
+}
+
+/// Role grants waiting for a second administrator.
+pub async fn pending_role_grants(
+    hub: &Hub,
+    user: &User,
+) -> Result<Vec<crate::store::backend::RoleGrant>, Error> {
+    require_role(user, &ADMINS)?;
+    Ok(hub.store.pending_role_grants().await?)
 }
 
 /// Resets a person's password: the old one stops working at once (at the hub and,

@@ -100,6 +100,17 @@ pub trait ReadTx: Send {
     async fn audit_findings(&mut self, open: bool) -> Result<Vec<crate::audit::Finding>>;
 }
 
+/// A request to grant the qa or admin role, waiting for a second administrator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleGrant {
+    pub grant_id: Uuid,
+    pub username: String,
+    pub role: Role,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub reason: String,
+}
+
 /// A read-only snapshot as the store's provided reads take it; dropped, it ends.
 pub type Snapshot<'a> = Box<dyn ReadTx + 'a>;
 
@@ -191,6 +202,18 @@ pub trait WriteTx: ReadTx {
     ) -> Result<()>;
     /// Ends every session of a user.
     async fn delete_sessions_of(&mut self, username: &str) -> Result<()>;
+    /// Administrators who can sign in (not disabled).
+    async fn count_active_admins(&mut self) -> Result<u64>;
+    /// Role grants waiting for a second administrator, oldest first (of one user, or all).
+    async fn pending_role_grants(&mut self, username: Option<&str>) -> Result<Vec<RoleGrant>>;
+    async fn insert_role_grant(&mut self, grant: &RoleGrant) -> Result<()>;
+    /// Marks a grant decided (approved) by `by`.
+    async fn decide_role_grant(
+        &mut self,
+        grant_id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
     /// The user's bedside badge: (badge id, PIN hash), if the hub issued one.
     async fn badge_of(&mut self, username: &str) -> Result<Option<(String, String)>>;
     /// Issues (or replaces) a user's badge; `false` when the badge id is taken.

@@ -27,7 +27,7 @@ pub mod sqlite;
 mod transactions;
 
 pub use notify::NotifyStore;
-pub use transactions::{AccountChange, RESET_PENDING};
+pub use transactions::{AccountChange, GUARDED_ROLES, RESET_PENDING};
 
 use crate::model::{
     BatchRecord, BatchState, IssuedCert, NewOrder, Order, Refusal, Signature, Site, SiteStatus,
@@ -348,6 +348,46 @@ pub trait Store:
             Utc::now(),
         )
         .await
+    }
+    /// Asks for a role change; `true` when it waits for a second administrator
+    /// ([`transactions::request_role_grant`]).
+    async fn request_role_grant(
+        &self,
+        username: &str,
+        role: crate::model::Role,
+        reason: &str,
+        actor: &str,
+    ) -> Result<bool> {
+        transactions::request_role_grant(
+            self.write().await?,
+            username,
+            role,
+            reason,
+            actor,
+            Utc::now(),
+        )
+        .await
+    }
+    /// A second administrator approves the grant waiting for `username`.
+    async fn approve_role_grant(
+        &self,
+        username: &str,
+        reason: &str,
+        approver: &str,
+    ) -> Result<(crate::model::Role, Vec<(String, u64)>)> {
+        transactions::approve_role_grant(
+            self.write().await?,
+            username,
+            reason,
+            approver,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Role grants waiting for a second administrator.
+    async fn pending_role_grants(&self) -> Result<Vec<backend::RoleGrant>> {
+        let mut tx = self.write().await?;
+        tx.pending_role_grants(None).await
     }
     /// Issues (or replaces) a person's bedside badge, sent to every site they work at;
     /// returns those sites with their new directory versions.

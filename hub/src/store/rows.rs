@@ -335,3 +335,15 @@ pub(crate) fn audit_finding(row: &impl Columns) -> Result<crate::audit::Finding>
         acknowledged,
     })
 }
+
+pub(crate) fn role_grant(row: &impl Columns) -> Result<super::backend::RoleGrant> {
+    let role = row.text("role")?;
+    Ok(super::backend::RoleGrant {
+        grant_id: row.uuid("grant_id")?,
+        username: row.text("username")?,
+        role: Role::parse(&role).map_or_else(|| corrupt("role", &role), Ok)?,
+        requested_by: row.text("requested_by")?,
+        requested_at: row.time("requested_at")?,
+        reason: row.text("reason")?,
+    })
+}

@@ -420,6 +420,143 @@ pub enum AccountChange {
     },
 }
 
+/// Checks a role change and makes it (the user's sessions end: what they may do
+/// changed); returns its audit entry.
+async fn apply_role(tx: &mut Tx<'_>, user: &mut User, role: Role, actor: &str) -> Result<NewEntry> {
+    if user.username.eq_ignore_ascii_case(actor) {
+        return Err(Error::FailedPrecondition(
+            "you may not change your own role; another administrator must".into(),
+        ));
+    }
+    if user.role == role {
+        return Err(Error::FailedPrecondition(format!(
+            "{} is a {role} already",
+            user.username
+        )));
+    }
+    tx.set_user_role(&user.username, role).await?;
+    tx.delete_sessions_of(&user.username).await?;
+    let old = user.role;
+    user.role = role;
+    Ok(NewEntry::new(
+        actor,
+        Action::UserRoleChanged,
+        Object::User(user.username.clone()),
+    )
+    .change(old.as_str(), role.as_str()))
+}
+
+/// The roles whose grant needs a second administrator when the hub has two or more.
+pub const GUARDED_ROLES: [Role; 2] = [Role::Qa, Role::Admin];
+
+/// Asks for a role change: when it grants a guarded role and the hub has two or more
+/// administrators, it is stored to wait for a second one (`true`); otherwise nothing
+/// is stored (`false`) and the caller makes the change.
+pub(crate) async fn request_role_grant(
+    mut tx: Tx<'_>,
+    username: &str,
+    role: Role,
+    reason: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    if reason.trim().is_empty() {
+        return Err(Error::Invalid(
+            "a reason is required (it goes into the audit trail)".into(),
+        ));
+    }
+    let user = tx.lock_user(username).await?;
+    if !GUARDED_ROLES.contains(&role) || tx.count_active_admins().await? < 2 {
+        return Ok(false);
+    }
+    if user.username.eq_ignore_ascii_case(actor) {
+        return Err(Error::FailedPrecondition(
+            "you may not change your own role; another administrator must".into(),
+        ));
+    }
+    if user.role == role {
+        return Err(Error::FailedPrecondition(format!(
+            "{username} is a {role} already"
+        )));
+    }
+    if let Some(waiting) = tx.pending_role_grants(Some(&user.username)).await?.first() {
+        return Err(Error::FailedPrecondition(format!(
+            "{} asked to make {username} a {} already; a second administrator approves or the request stands",
+            waiting.requested_by, waiting.role
+        )));
+    }
+    let grant = super::backend::RoleGrant {
+        grant_id: Uuid::now_v7(),
+        username: user.username.clone(),
+        role,
+        requested_by: actor.to_owned(),
+        requested_at: now.trunc_subsecs(6),
+        reason: reason.trim().to_owned(),
+    };
+    tx.insert_role_grant(&grant).await?;
+    tx.audit(
+        NewEntry::new(
+            actor,
+            Action::UserRoleGrantRequested,
+            Object::User(user.username.clone()),
+        )
+        .change(user.role.as_str(), role.as_str())
+        .value(format!("{role}: waits for a second administrator"))
+        .reason(reason.trim()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A second administrator approves a waiting role grant: the role changes (sessions
+/// end, the sites hear of it) in the same transaction; returns the sites told.
+pub(crate) async fn approve_role_grant(
+    mut tx: Tx<'_>,
+    username: &str,
+    reason: &str,
+    approver: &str,
+    now: DateTime<Utc>,
+) -> Result<(Role, Vec<(String, u64)>)> {
+    let mut user = tx.lock_user(username).await?;
+    let Some(grant) = tx.pending_role_grants(Some(&user.username)).await?.pop() else {
+        return Err(Error::NotFound(format!(
+            "a role grant waiting for {username}"
+        )));
+    };
+    if grant.requested_by.eq_ignore_ascii_case(approver) {
+        return Err(Error::PermissionDenied(format!(
+            "you asked for this grant; another administrator than {approver} must approve it"
+        )));
+    }
+    let entry = apply_role(&mut tx, &mut user, grant.role, &grant.requested_by).await?;
+    tx.decide_role_grant(grant.grant_id, approver, now).await?;
+    let status = if user.disabled {
+        PersonStatus::Disabled
+    } else {
+        PersonStatus::Active
+    };
+    let versions = send_entry_to_their_sites(&mut tx, &user, status, now).await?;
+    tx.audit(entry.reason(grant.reason.clone()), now).await?;
+    tx.audit(
+        NewEntry::new(
+            approver,
+            Action::UserRoleGrantApproved,
+            Object::User(user.username.clone()),
+        )
+        .value(format!(
+            "{} asked for by {}",
+            grant.role, grant.requested_by
+        ))
+        .reason(reason.trim()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((grant.role, versions))
+}
+
 /// The hash that stands in for a password while a reset is pending: no password
 /// verifies against it, at the hub or at a site.
 pub const RESET_PENDING: &str = "!reset-pending";
@@ -469,28 +606,7 @@ pub(crate) async fn change_account(
                 "changed by the person"
             })
         }
-        AccountChange::Role(role) => {
-            if user.username.eq_ignore_ascii_case(actor) {
-                return Err(Error::FailedPrecondition(
-                    "you may not change your own role; another administrator must".into(),
-                ));
-            }
-            if user.role == *role {
-                return Err(Error::FailedPrecondition(format!(
-                    "{username} is a {role} already"
-                )));
-            }
-            tx.set_user_role(username, *role).await?;
-            tx.delete_sessions_of(username).await?;
-            let old = user.role;
-            user.role = *role;
-            NewEntry::new(
-                actor,
-                Action::UserRoleChanged,
-                Object::User(user.username.clone()),
-            )
-            .change(old.as_str(), role.as_str())
-        }
+        AccountChange::Role(role) => apply_role(&mut tx, &mut user, *role, actor).await?,
         AccountChange::Reset {
             code_sha256,
             expires_at,

@@ -3,7 +3,7 @@
 //! order the module above documents: the site's row, then a COI serial's, then (at
 //! commit) the audit chain.
 
-use super::super::backend::{OrderKey, ReadTx, WriteTx};
+use super::super::backend::{OrderKey, ReadTx, RoleGrant, WriteTx};
 use super::super::rows;
 use super::super::*;
 use super::{stored, PgStore, PgTx, COMMANDS_CHANNEL, ORDER_COLUMNS};
@@ -1071,6 +1071,56 @@ impl WriteTx for PgTx<'_> {
         .bind(reason)
         .execute(self.conn())
         .await?;
+        Ok(())
+    }
+
+    async fn count_active_admins(&mut self) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND NOT disabled")
+                .fetch_one(self.conn())
+                .await?;
+        Ok(n as u64)
+    }
+
+    async fn pending_role_grants(&mut self, username: Option<&str>) -> Result<Vec<RoleGrant>> {
+        sqlx::query(
+            "SELECT * FROM role_grants WHERE decided_at IS NULL AND ($1::text IS NULL OR username = $1) ORDER BY requested_at",
+        )
+        .bind(username)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(rows::role_grant)
+        .collect()
+    }
+
+    async fn insert_role_grant(&mut self, grant: &RoleGrant) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO role_grants (grant_id, username, role, requested_by, requested_at, reason) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(grant.grant_id)
+        .bind(&grant.username)
+        .bind(grant.role.as_str())
+        .bind(&grant.requested_by)
+        .bind(stored(grant.requested_at))
+        .bind(&grant.reason)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn decide_role_grant(
+        &mut self,
+        grant_id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE role_grants SET decided_by = $1, decided_at = $2 WHERE grant_id = $3")
+            .bind(by)
+            .bind(stored(at))
+            .bind(grant_id)
+            .execute(self.conn())
+            .await?;
         Ok(())
     }
 

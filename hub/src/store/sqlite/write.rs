@@ -1,7 +1,7 @@
 //! The reads ([`ReadTx`]) and write primitives ([`WriteTx`]) of a transaction on
 //! SQLite: the store's transactions (`store/transactions.rs`) run on these.
 
-use super::super::backend::{OrderKey, ReadTx, WriteTx};
+use super::super::backend::{OrderKey, ReadTx, RoleGrant, WriteTx};
 use super::super::rows;
 use super::super::*;
 use super::{SqliteStore, ORDER_COLUMNS};
@@ -1117,6 +1117,56 @@ impl WriteTx for SqliteTx<'_> {
         .bind(reason)
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    async fn count_active_admins(&mut self) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND NOT disabled")
+                .fetch_one(&mut *self.tx)
+                .await?;
+        Ok(n as u64)
+    }
+
+    async fn pending_role_grants(&mut self, username: Option<&str>) -> Result<Vec<RoleGrant>> {
+        sqlx::query(
+            "SELECT * FROM role_grants WHERE decided_at IS NULL AND (?1 IS NULL OR username = ?1) ORDER BY requested_at",
+        )
+        .bind(username)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(rows::role_grant)
+        .collect()
+    }
+
+    async fn insert_role_grant(&mut self, grant: &RoleGrant) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO role_grants (grant_id, username, role, requested_by, requested_at, reason) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(grant.grant_id.to_string())
+        .bind(&grant.username)
+        .bind(grant.role.as_str())
+        .bind(&grant.requested_by)
+        .bind(ts(grant.requested_at))
+        .bind(&grant.reason)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn decide_role_grant(
+        &mut self,
+        grant_id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE role_grants SET decided_by = ?, decided_at = ? WHERE grant_id = ?")
+            .bind(by)
+            .bind(ts(at))
+            .bind(grant_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
