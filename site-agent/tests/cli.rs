@@ -36,6 +36,8 @@ fn run_without_enrollment_says_what_to_do() {
 fn malformed_token_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("site");
+    // The token comes from a file, standard input or the environment, never an
+    // argument (any user of the machine can read those in the process list).
     let out = agent()
         .args([
             "enroll",
@@ -46,6 +48,29 @@ fn malformed_token_is_refused_before_anything_is_written() {
             "--data-dir",
         ])
         .arg(&data)
+        .output()
+        .expect("enroll");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = dir.path().join("token.txt");
+    std::fs::write(&token, "hello\n").expect("token file");
+    let out = agent()
+        .args(["enroll", "--hub", "https://127.0.0.1:1", "--token-file"])
+        .arg(&token)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("enroll");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed"));
+    let out = agent()
+        .args(["enroll", "--hub", "https://127.0.0.1:1", "--data-dir"])
+        .arg(&data)
+        .env("CARREL_ENROLLMENT_TOKEN", "hello")
         .output()
         .expect("enroll");
     assert!(!out.status.success());

@@ -336,6 +336,31 @@ async fn a_removed_tail_or_an_older_backup_is_found_by_a_site_and_holds_the_hub(
         text(&out)
     );
 
+    // The logs refuse changes as the audit trail does.
+    {
+        let writable = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(hub.data_dir().join("hub.db")),
+        )
+        .await
+        .expect("open");
+        for statement in [
+            "DELETE FROM site_events",
+            "UPDATE site_events SET body = '{}'",
+            "DELETE FROM hub_commands",
+            "UPDATE hub_commands SET body = '{}'",
+        ] {
+            let refused = sqlx::query(statement).execute(&writable).await;
+            assert!(
+                refused
+                    .expect_err(statement)
+                    .to_string()
+                    .contains("append-only"),
+                "{statement}"
+            );
+        }
+        writable.close().await;
+    }
+
     // Someone with the database file removes the newest 10 entries (dropping the
     // guard first). The chain still holds; the site's witness does not.
     hub.stop();
