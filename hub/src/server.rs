@@ -149,6 +149,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::error!(site_id = %finding.site_id, detail = %finding.detail, "AUDIT TRAIL INTEGRITY FINDING: people are refused until an administrator acknowledges it");
     }
     hub.refresh_integrity().await;
+    tokio::task::spawn_blocking(crate::service::unusable_hash).await?;
     hub.audit_refusals_periodically();
     tokio::spawn(crate::service::schedule::run_replanner(hub.clone()));
     // A store that failed to keep a commit must not be used on as if it had (see

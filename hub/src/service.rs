@@ -92,23 +92,27 @@ fn locked(gate: store::Gate, until: DateTime<Utc>) -> Option<Error> {
     }
 }
 
+/// A hash nobody knows the password of, made once (the hub makes it at start, so
+/// the first unknown user name is not answered later than the others).
+pub fn unusable_hash() -> &'static str {
+    static UNUSABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    UNUSABLE
+        .get_or_init(|| crate::auth::hash_password(&new_secret()).expect("hashing a random secret"))
+}
+
 /// Whether `password` matches `hash`, checked off the async workers (argon2 takes a
 /// tenth of a second on purpose). Without a usable hash (an unknown or disabled
 /// user) the same work is done against a hash nobody knows the password of, so the
 /// answer takes as long for every user name.
 async fn password_matches(password: &str, hash: Option<&str>) -> bool {
-    static UNUSABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let unusable = unusable_hash();
     // A hash that is no argon2 hash (a pending reset) verifies nothing, after the
     // same work.
     let hash = hash.filter(|h| argon2::PasswordHash::new(h).is_ok());
     let usable = hash.is_some();
     let hash = match hash {
         Some(hash) => hash.to_owned(),
-        None => UNUSABLE
-            .get_or_init(|| {
-                crate::auth::hash_password(&new_secret()).expect("hashing a random secret")
-            })
-            .clone(),
+        None => unusable.to_owned(),
     };
     let password = password.to_owned();
     let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))

@@ -334,45 +334,53 @@ async fn strangers_cannot_lock_a_person_out_enumerate_names_or_grow_the_audit_tr
         "everything the strangers did"
     );
 
-    // The same time for known and unknown names (argon2 either way), from a third
-    // address, below the lock.
-    let third = hub
-        .channel_from(Some("127.0.0.3".parse().expect("address")))
-        .await;
-    let (mut known, mut unknown) = (Vec::new(), Vec::new());
-    for _ in 0..4 {
-        for (name, exists) in [
-            ("dr.lock", true),
-            ("nobody.one", false),
-            ("dr.other", true),
-            ("nobody.two", false),
-        ] {
-            let start = std::time::Instant::now();
-            let refused = login_via(&third, name, "guess-guess-guess")
-                .await
-                .expect_err("wrong");
-            let took = start.elapsed().as_secs_f64();
-            if exists {
-                known.push(took);
-            } else {
-                unknown.push(took);
+    // The same time for known and unknown names (argon2 either way), from other
+    // addresses, below the lock. Tests run side by side on few cores, so each kind's
+    // fastest of 40 answers is compared (its floor is the work done, not the
+    // neighbours'); a round spoiled by a neighbour is measured again, up to three
+    // times. A leak (2 ms against 140 ms) fails every round.
+    let mut rounds = Vec::new();
+    for round in 0..3u8 {
+        let (mut known, mut unknown) = (Vec::new(), Vec::new());
+        for host in 0..5u8 {
+            let address = std::net::IpAddr::from([127, 0, 1 + round, 3 + host]);
+            let channel = hub.channel_from(Some(address)).await;
+            for _ in 0..4 {
+                for (name, exists) in [
+                    ("dr.lock", true),
+                    ("nobody.one", false),
+                    ("dr.other", true),
+                    ("nobody.two", false),
+                ] {
+                    let start = std::time::Instant::now();
+                    let refused = login_via(&channel, name, "guess-guess-guess")
+                        .await
+                        .expect_err("wrong");
+                    let took = start.elapsed().as_secs_f64();
+                    if exists {
+                        known.push(took);
+                    } else {
+                        unknown.push(took);
+                    }
+                    assert_eq!(refused.message(), "unknown user or wrong password");
+                }
             }
-            assert_eq!(refused.message(), "unknown user or wrong password");
+        }
+        let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let (known, unknown) = (fastest(&known), fastest(&unknown));
+        let difference = (known - unknown).abs() / known.max(unknown);
+        println!(
+            "sign-in, fastest of 40 each: known {known:.4} s, unknown {unknown:.4} s ({:.1} %)",
+            difference * 100.0
+        );
+        rounds.push((known, unknown, difference));
+        if difference < 0.10 {
+            break;
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    let (known, unknown) = (median(&mut known), median(&mut unknown));
-    let difference = (known - unknown).abs() / known.max(unknown);
-    println!(
-        "sign-in median: known {known:.4} s, unknown {unknown:.4} s ({:.1} %)",
-        difference * 100.0
-    );
     assert!(
-        difference < 0.10,
-        "known {known:.4} s vs unknown {unknown:.4} s"
+        rounds.iter().any(|(_, _, difference)| *difference < 0.10),
+        "known and unknown names answered at different speeds in every round: {rounds:?}"
     );
 }
 
