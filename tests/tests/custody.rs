@@ -48,7 +48,7 @@ fn password_of(username: &str) -> String {
     if username == PHYSICIAN.0 {
         return PHYSICIAN.1.to_owned();
     }
-    format!("{}-password-1", username.to_lowercase())
+    format!("{}-password-1", username.to_lowercase().replace('.', "-"))
 }
 
 /// Adds people who work at `site_id` (a physician may be added already, then only
