@@ -125,10 +125,17 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
             value,
             unit,
             site_outcome,
+            retest_of,
             ..
         } => (
             "QC result".into(),
-            format!("{test_id} = {value} {unit} (site: {site_outcome:?})"),
+            format!(
+                "{test_id} = {value} {unit}, {} at the site{}",
+                outcome_words(*site_outcome),
+                retest_of
+                    .map(|seq| format!(", retest of record {seq}"))
+                    .unwrap_or_default()
+            ),
         ),
         K::ReleaseDecisionRecorded { meaning, .. } => (
             "decision recorded at site".into(),
@@ -182,7 +189,9 @@ pub struct Review {
     /// What needs QA's attention, first: the site's records flagged as exceptions,
     /// in log order, then what the hub's own checks found.
     pub exceptions: Vec<Exception>,
-    /// The hub's evaluation of each QC result against the recipe's specification.
+    /// The hub's evaluation of each QC result against the recipe's specification,
+    /// grouped per test (in the recipe's order), each test's results in log order,
+    /// each saying whether it is the value that counts ([`Counts`]).
     pub qc: Vec<QcLine>,
     /// Each step as the records show it: when it started and completed.
     pub steps: Vec<StepTimes>,
@@ -238,6 +247,12 @@ impl Exception {
 /// method and unit are empty and the specification says so.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QcLine {
+    /// The site record of the result.
+    pub seq: u64,
+    /// The result it retests, as the site recorded it.
+    pub retest_of: Option<u64>,
+    /// Whether this is the test's reportable value.
+    pub counts: Counts,
     pub test_id: String,
     pub test_name: Option<String>,
     pub method: Option<String>,
@@ -247,6 +262,19 @@ pub struct QcLine {
     pub hub_outcome: Outcome,
     pub site_outcome: Outcome,
     pub reason: String,
+}
+
+/// Whether a QC result is the one that counts for its test ([`carrel_proto::qc`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counts {
+    /// The test's reportable value: its only result, or the last of its retests.
+    Reportable,
+    /// Retested by this later result, which replaces it as the value that counts
+    /// (it stays on the record).
+    RetestedBy(u64),
+    /// One of several results of the test that no retest links: which counts is
+    /// not stated, and the review lists it as an exception.
+    Unstated,
 }
 
 /// When a step started and completed, from the records.
@@ -386,10 +414,90 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
             "{unverified} record(s) name people by a name typed at the site before sign-in there: identity not verified"
         )));
     }
+    let mut unlinked: Vec<Exception> = Vec::new();
+    // QC results grouped per test, in the recipe's order, then tests it does not
+    // name; a test whose results do not say which counts is an exception.
+    let mut tests = carrel_proto::qc::by_test(events.iter().map(|e| &e.event));
+    let order_of = |test_id: &str| {
+        recipe
+            .all_tests()
+            .position(|t| t.id == test_id)
+            .unwrap_or(usize::MAX)
+    };
+    tests.sort_by_key(|t| order_of(&t.test_id));
+    let mut qc_lines = Vec::new();
+    for results in &tests {
+        let test = recipe.test(&results.test_id);
+        let name = test
+            .map(|t| t.name.clone())
+            .unwrap_or_else(|| results.test_id.clone());
+        let current = results.current();
+        for &seq in &results.results {
+            let Some(q) = qc.iter().find(|q| q.site_seq == seq) else {
+                continue;
+            };
+            let retest_of =
+                events
+                    .iter()
+                    .find(|e| e.event.seq == seq)
+                    .and_then(|e| match &e.event.kind {
+                        EventKind::QcResult { retest_of, .. } => *retest_of,
+                        _ => None,
+                    });
+            qc_lines.push(QcLine {
+                seq,
+                retest_of,
+                counts: match results.retested_by.get(&seq) {
+                    Some(&by) => Counts::RetestedBy(by),
+                    None if current.len() == 1 => Counts::Reportable,
+                    None => Counts::Unstated,
+                },
+                test_name: test.map(|t| t.name.clone()),
+                method: test.map(|t| t.method.clone()),
+                unit: test.map(|t| t.unit.clone()).unwrap_or_default(),
+                specification: test
+                    .map(|t| t.spec.to_string())
+                    .unwrap_or_else(|| "not in recipe".into()),
+                test_id: q.test_id.clone(),
+                value: q.value.clone(),
+                hub_outcome: q.hub_outcome,
+                site_outcome: q.site_outcome,
+                reason: q.reason.clone(),
+            });
+        }
+        if current.len() > 1 {
+            let last = current[current.len() - 1];
+            if let Some(stored) = events.iter().find(|e| e.event.seq == last) {
+                let values: Vec<String> = current
+                    .iter()
+                    .filter_map(|seq| qc.iter().find(|q| q.site_seq == *seq))
+                    .map(|q| {
+                        let unit = test.map(|t| t.unit.as_str()).unwrap_or("");
+                        format!(
+                            "record {} = {}{}{unit} ({})",
+                            q.site_seq,
+                            q.value,
+                            if unit.is_empty() { "" } else { " " },
+                            outcome_words(q.hub_outcome)
+                        )
+                    })
+                    .collect();
+                let mut flagged = entry(stored);
+                flagged.what = "QC result repeated without a retest link".into();
+                flagged.detail = format!(
+                    "{name}: {} all stand; none names another as the result it retests, so which counts is not stated",
+                    values.join(", ")
+                );
+                unlinked.push(Exception::Record(flagged));
+            }
+        }
+    }
+    let qc = qc_lines;
     let exceptions = events
         .iter()
         .filter(|e| flagged.contains(&e.event.seq))
         .map(|e| Exception::Record(entry(e)))
+        .chain(unlinked)
         .chain(identity)
         .chain(
             order
@@ -398,25 +506,6 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
                 .iter()
                 .map(|a| Exception::Anomaly(a.clone())),
         )
-        .collect();
-    let qc = qc
-        .into_iter()
-        .map(|q| {
-            let test = recipe.test(&q.test_id);
-            QcLine {
-                test_name: test.map(|t| t.name.clone()),
-                method: test.map(|t| t.method.clone()),
-                unit: test.map(|t| t.unit.clone()).unwrap_or_default(),
-                specification: test
-                    .map(|t| t.spec.to_string())
-                    .unwrap_or_else(|| "not in recipe".into()),
-                test_id: q.test_id,
-                value: q.value,
-                hub_outcome: q.hub_outcome,
-                site_outcome: q.site_outcome,
-                reason: q.reason,
-            }
-        })
         .collect();
     let mut steps: Vec<StepTimes> = Vec::new();
     let mut samples: BTreeMap<(String, String), ParameterSeries> = BTreeMap::new();
@@ -485,6 +574,14 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
         signatures: signatures.into_iter().map(Signed::new).collect(),
         audit,
         order,
+    }
+}
+
+/// An outcome in words.
+fn outcome_words(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Pass => "within specification",
+        Outcome::OutOfSpecification => "out of specification",
     }
 }
 
@@ -830,6 +927,98 @@ mod tests {
                 "Rejected by B. Quality (qa.b) on {} UTC",
                 signed_at.format("%Y-%m-%d %H:%M:%S")
             )
+        );
+    }
+
+    fn qc(test: &str, value: f64, retest_of: Option<u64>) -> EventKind {
+        EventKind::QcResult {
+            test_id: test.into(),
+            value: QcValue::Numeric(value),
+            unit: "%".into(),
+            method: String::new(),
+            site_outcome: if value < 70.0 {
+                Outcome::OutOfSpecification
+            } else {
+                Outcome::Pass
+            },
+            retest_of,
+        }
+    }
+
+    /// The hub's evaluation rows, as the projection stores them.
+    fn evaluated(record: &mut BatchRecord) {
+        let recipe = record.recipe.recipe.clone();
+        record.qc = record
+            .events
+            .iter()
+            .filter_map(|e| match &e.event.kind {
+                EventKind::QcResult {
+                    test_id,
+                    value,
+                    site_outcome,
+                    ..
+                } => {
+                    let evaluation = recipe.test(test_id).expect("test").spec.evaluate(value);
+                    Some(crate::model::QcRecord {
+                        site_seq: e.event.seq,
+                        test_id: test_id.clone(),
+                        value: value.clone(),
+                        hub_outcome: evaluation.outcome,
+                        site_outcome: *site_outcome,
+                        reason: evaluation.reason,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+    }
+
+    #[test]
+    fn qc_results_are_grouped_per_test_and_an_unlinked_repeat_is_an_exception() {
+        let created = Utc::now();
+        let at = |n| created + Duration::seconds(n);
+        // Viability fails and is retested (linked); endotoxin's second result names nothing.
+        let events = [
+            (at(1), at(1), qc("viability", 55.0, None)),
+            (at(2), at(2), qc("endotoxin", 0.1, None)),
+            (at(3), at(3), qc("viability", 80.0, Some(1))),
+            (at(4), at(4), qc("endotoxin", 0.1, None)),
+        ];
+        let mut record = record(&events, created);
+        evaluated(&mut record);
+        let review = review(record, false);
+        let lines: Vec<(&str, u64, Counts)> = review
+            .qc
+            .iter()
+            .map(|q| (q.test_id.as_str(), q.seq, q.counts))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("viability", 1, Counts::RetestedBy(3)),
+                ("viability", 3, Counts::Reportable),
+                ("endotoxin", 2, Counts::Unstated),
+                ("endotoxin", 4, Counts::Unstated),
+            ],
+            "grouped in the recipe's order of tests"
+        );
+        assert_eq!(review.qc[1].retest_of, Some(1));
+        let unlinked: Vec<&Exception> = review
+            .exceptions
+            .iter()
+            .filter(
+                |e| matches!(e, Exception::Record(r) if r.what.contains("without a retest link")),
+            )
+            .collect();
+        assert_eq!(unlinked.len(), 1, "{:#?}", review.exceptions);
+        let Exception::Record(entry) = unlinked[0] else {
+            unreachable!()
+        };
+        assert_eq!(entry.seq, 4);
+        assert!(
+            entry.detail.contains("record 2 = 0.1") && entry.detail.contains("record 4 = 0.1"),
+            "{}",
+            entry.detail
         );
     }
 }

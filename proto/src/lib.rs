@@ -9,6 +9,7 @@
 //!   results against its specification.
 //! - [`event`]: the domain form of site events and hub commands, converted from and to
 //!   the wire form in one place.
+//! - [`qc`]: which QC result counts when a test was run more than once.
 //! - [`people`]: the people of a site's directory, and which role may make which record.
 //!
 //! It holds no I/O and no state.
@@ -28,6 +29,7 @@ pub mod coi;
 pub mod enrollment;
 pub mod event;
 pub mod people;
+pub mod qc;
 pub mod recipe;
 
 /// The site link protocol's version, exchanged in `Hello` and `Welcome`.

@@ -651,8 +651,22 @@ fn batch_markup(
     recipe: &Recipe,
     events: &[carrel_proto::event::SiteEvent],
     result: Option<Markup>,
+    kept: &Kept,
 ) -> Markup {
     let open = custody::open_checkpoint(recipe, batch, events).ok();
+    // A refusal is shown in the form it refuses, with what was typed kept.
+    let (result, refusal) = match kept.form {
+        Some(_) => (None, result),
+        None => (result, None),
+    };
+    let refused_in = |form: KeptForm| {
+        if kept.form == Some(form) {
+            refusal.clone()
+        } else {
+            None
+        }
+    };
+    let qc_tests = carrel_proto::qc::by_test(events);
     html! {
         h1 { "Batch " (batch.coi) }
         p { "Patient " (batch.patient_pseudonym) " · " (recipe.title) " v" (recipe.version) " · state " strong { (batch.state.as_str()) } }
@@ -661,6 +675,7 @@ fn batch_markup(
         @if let Some(cp) = open {
             div.card {
                 h2 { "Custody checkpoint: " (cp.name) }
+                @if let Some(refusal) = refused_in(KeptForm::Scan) { (refusal) }
                 form method="post" action=(format!("/batches/{}/scan", batch.batch_id)) {
                     input type="hidden" name="csrf" value=(who.session.csrf);
                     input type="hidden" name="submission" value=(console.submissions.issue());
@@ -676,7 +691,7 @@ fn batch_markup(
                         }
                     }
                     label for="location" { "Location" }
-                    input id="location" name="location" placeholder="room, bench or ward";
+                    input id="location" name="location" placeholder="room, bench or ward" value=[kept.get(KeptForm::Scan, "location")];
                     label for="label" { "Scan the label (the scanner types it and presses Enter)" }
                     input id="label" name="label" required autofocus autocomplete="off";
                     p { button type="submit" { "Check label" } }
@@ -687,18 +702,21 @@ fn batch_markup(
             @if !step.parameters.is_empty() {
                 div.card {
                     h2 { "Record a manual reading: " (step.name) }
+                    @if let Some(refusal) = refused_in(KeptForm::Reading) { (refusal) }
                     form method="post" action=(format!("/batches/{}/reading", batch.batch_id)) id="reading-form" {
                         input type="hidden" name="csrf" value=(who.session.csrf);
                         input type="hidden" name="submission" value=(console.submissions.issue());
                         label for="parameter" { "Parameter" }
                         select id="parameter" name="parameter" {
                             @for p in &step.parameters {
-                                option value=(p.name) data-min=(p.low) data-max=(p.high) data-accepted="" data-spec=(format!("{} to {} {}", p.low, p.high, p.unit)) { (p.name) }
+                                option value=(p.name) data-min=(p.low) data-max=(p.high) data-accepted="" data-spec=(format!("{} to {} {}", p.low, p.high, p.unit))
+                                    selected[kept.get(KeptForm::Reading, "parameter") == Some(p.name.as_str())] { (p.name) }
                             }
                         }
                         p { "Normal range: " strong id="reading-spec" {} }
                         label for="reading-value" { "Reading" }
-                        input id="reading-value" name="value" required autocomplete="off" inputmode="decimal";
+                        input id="reading-value" name="value" required autocomplete="off" inputmode="decimal"
+                            value=[kept.get(KeptForm::Reading, "value")];
                         p id="reading-flag" aria-live="polite" {}
                         p { "Read by " strong { (who.person.full_name) } " (you)" }
                         p { button type="submit" { "Record reading" } }
@@ -707,8 +725,9 @@ fn batch_markup(
                 }
             }
         }
-        div.card {
+        div.card id="qc" {
             h2 { "Record an off-line QC result" }
+            @if let Some(refusal) = refused_in(KeptForm::Qc) { (refusal) }
             form method="post" action=(format!("/batches/{}/qc", batch.batch_id)) id="qc-form" {
                 input type="hidden" name="csrf" value=(who.session.csrf);
                 input type="hidden" name="submission" value=(console.submissions.issue());
@@ -717,16 +736,34 @@ fn batch_markup(
                     @for t in recipe.all_tests() {
                         option value=(t.id) data-min=(t.spec.min.map(|v| v.to_string()).unwrap_or_default())
                             data-max=(t.spec.max.map(|v| v.to_string()).unwrap_or_default())
-                            data-accepted=(t.spec.accepted.join("|")) data-spec=(format!("{} {}", t.spec, t.unit)) { (t.name) }
+                            data-accepted=(t.spec.accepted.join("|")) data-spec=(format!("{} {}", t.spec, t.unit))
+                            selected[kept.get(KeptForm::Qc, "test") == Some(t.id.as_str())] { (t.name) }
                     }
                 }
                 p { "Specification: " strong id="qc-spec" {} }
                 label for="value" { "Result" }
-                input id="value" name="value" required autocomplete="off";
+                input id="value" name="value" required autocomplete="off" value=[kept.get(KeptForm::Qc, "value")];
                 p id="qc-flag" aria-live="polite" {}
                 p { "Measured by " strong { (who.person.full_name) } " (you)" }
-                label for="retest_of" { "Retest of record (optional)" }
-                input id="retest_of" name="retest_of" inputmode="numeric";
+                // A test that already has a result: the new one says which result it
+                // retests, chosen from that test's current results (never typed).
+                div id="retest" {
+                    label for="retest_of" { "Retest of" }
+                    select id="retest_of" name="retest_of" aria-describedby="retest-hint" {
+                        option value="" { "Choose the result this one retests" }
+                        @for results in &qc_tests {
+                            @for seq in results.current() {
+                                @if let Some(event) = events.iter().find(|e| e.seq == seq) {
+                                    option value=(seq) data-test=(results.test_id)
+                                        selected[kept.get(KeptForm::Qc, "retest_of") == Some(seq.to_string().as_str())] {
+                                        (entries::result_words(event)) ", " (event.recorded_at.format("%Y-%m-%d %H:%M")) " UTC, by " (event.recorded_by)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    p.muted id="retest-hint" { "This test already has a result. The new result is a retest: both stay on the record, and the retest is the one that counts." }
+                }
                 p { button type="submit" { "Record result" } }
             }
             script { (PreEscaped(QC_SCRIPT)) }
@@ -751,16 +788,22 @@ fn identity_note(identity: &Identity) -> &'static str {
 }
 
 /// Shows the selected test's specification, and flags an out-of-specification value
-/// as it is typed (the agent evaluates again when it records).
+/// as it is typed (the agent evaluates again when it records). When the test already
+/// has a result, it offers that test's results to choose the one retested, and asks
+/// for the choice.
 const QC_SCRIPT: &str = r#"(function(){
 var s=document.getElementById('test'),v=document.getElementById('value'),f=document.getElementById('qc-flag'),sp=document.getElementById('qc-spec');
+var rb=document.getElementById('retest'),r=document.getElementById('retest_of');
 function opt(){return s.options[s.selectedIndex]}
+function retests(){var id=opt().value,any=false;
+for(var i=1;i<r.options.length;i++){var o=r.options[i],mine=o.dataset.test===id;o.hidden=!mine;o.disabled=!mine;if(mine)any=true;else if(o.selected)r.selectedIndex=0}
+rb.hidden=!any;r.required=any}
 function check(){var o=opt();sp.textContent=o.dataset.spec;var t=v.value.trim();if(!t){f.textContent='';f.className='';return}
 var bad=false;if(o.dataset.accepted){bad=o.dataset.accepted.split('|').map(function(a){return a.toLowerCase()}).indexOf(t.toLowerCase())<0}
 else{var n=Number(t);if(isNaN(n)){f.textContent='Not a number';f.className='error';return}
 if(o.dataset.min!==''&&n<Number(o.dataset.min))bad=true;if(o.dataset.max!==''&&n>Number(o.dataset.max))bad=true}
 f.textContent=bad?'OUT OF SPECIFICATION':'within specification';f.className=bad?'oos':''}
-s.addEventListener('change',check);v.addEventListener('input',check);check();})();"#;
+s.addEventListener('change',function(){retests();check()});v.addEventListener('input',check);retests();check();})();"#;
 
 /// Shows the parameter's normal range and flags a reading outside it as it is typed.
 const READING_SCRIPT: &str = r#"(function(){
@@ -826,7 +869,11 @@ async fn record_reading(
             Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
         }
     };
-    answer(&console, &who, &id, &form.submission, outcome).await
+    let kept = Kept::of(
+        KeptForm::Reading,
+        &[("parameter", &form.parameter), ("value", &form.value)],
+    );
+    answer(&console, &who, &id, &form.submission, outcome, kept).await
 }
 
 /// Takes a form's one-time token; `Some` is the answer when it may not record
@@ -845,18 +892,72 @@ async fn claim(console: &Console, who: &Who<'_>, id: &str, token: &str) -> Optio
             p.error role="alert" data-result="expired" { "This form has expired (the console restarted, or the page is old), so nothing was recorded. Enter it again below." }
         },
     };
-    Some(batch_page_with(console, who, id, StatusCode::CONFLICT, Some(notice)).await)
+    Some(
+        batch_page_with(
+            console,
+            who,
+            id,
+            StatusCode::CONFLICT,
+            Some(notice),
+            Kept::none(),
+        )
+        .await,
+    )
 }
 
 /// Ends a claimed submission: a record made is kept with its token and the browser
 /// is sent to the batch page to show it (POST-redirect-GET, so a reload does not
 /// send the form again); a refusal recorded nothing and shows the page with why.
+/// A recording form of the batch page.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KeptForm {
+    Qc,
+    Reading,
+    Scan,
+}
+
+/// A refused form's input, shown again in the form with why it was refused
+/// (passwords and scanned labels are never kept: they are entered again).
+#[derive(Debug, Default)]
+struct Kept {
+    form: Option<KeptForm>,
+    fields: Vec<(String, String)>,
+}
+
+impl Kept {
+    fn none() -> Kept {
+        Kept::default()
+    }
+
+    fn of(form: KeptForm, fields: &[(&str, &str)]) -> Kept {
+        Kept {
+            form: Some(form),
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// What was typed in `name`, if this is the form that was refused.
+    fn get(&self, form: KeptForm, name: &str) -> Option<&str> {
+        if self.form != Some(form) {
+            return None;
+        }
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 async fn answer(
     console: &Console,
     who: &Who<'_>,
     id: &str,
     token: &str,
     outcome: Result<(u64, Markup), Markup>,
+    kept: Kept,
 ) -> Response {
     match outcome {
         Ok((seq, markup)) => {
@@ -877,6 +978,7 @@ async fn answer(
                 id,
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Some(markup),
+                kept,
             )
             .await
         }
@@ -925,7 +1027,7 @@ async fn batch_page(
         .submissions
         .recorded(&query.recorded)
         .map(|recorded| PreEscaped(recorded.outcome));
-    batch_page_with(&console, &who, &id, StatusCode::OK, result).await
+    batch_page_with(&console, &who, &id, StatusCode::OK, result, Kept::none()).await
 }
 
 /// The batch page, with the outcome of what was just submitted on top.
@@ -935,6 +1037,7 @@ async fn batch_page_with(
     id: &str,
     status: StatusCode,
     result: Option<Markup>,
+    kept: Kept,
 ) -> Response {
     match load(console, id).await {
         Ok((batch, recipe, events)) => {
@@ -945,7 +1048,7 @@ async fn batch_page_with(
                     session: who.session,
                 }),
                 &batch.coi,
-                batch_markup(console, who, &batch, &recipe, &events, result),
+                batch_markup(console, who, &batch, &recipe, &events, result, &kept),
             );
             (status, Html(body.into_string())).into_response()
         }
@@ -1014,7 +1117,8 @@ async fn scan(
         Err(e) => {
             let refused =
                 html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } };
-            return answer(&console, &who, &id, token, Err(refused)).await;
+            let kept = Kept::of(KeptForm::Scan, &[("location", field(&fields, "location"))]);
+            return answer(&console, &who, &id, token, Err(refused), kept).await;
         }
     };
     let outcome = custody::scan(
@@ -1050,7 +1154,8 @@ async fn scan(
             Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
         }
     };
-    answer(&console, &who, &id, token, outcome).await
+    let kept = Kept::of(KeptForm::Scan, &[("location", field(&fields, "location"))]);
+    answer(&console, &who, &id, token, outcome, kept).await
 }
 
 #[derive(Deserialize)]
@@ -1081,20 +1186,28 @@ async fn record_qc(
         person: &person,
         session: &session,
     };
-    let (batch, _, _) = match load(&console, &id).await {
+    let (batch, recipe, _) = match load(&console, &id).await {
         Ok(loaded) => loaded,
         Err(response) => return response,
     };
     if let Some(refused) = claim(&console, &who, &id, &form.submission).await {
         return refused;
     }
+    let kept = Kept::of(
+        KeptForm::Qc,
+        &[
+            ("test", &form.test),
+            ("value", &form.value),
+            ("retest_of", &form.retest_of),
+        ],
+    );
     let retest_of = match form.retest_of.trim() {
         "" => None,
         text => match text.parse() {
             Ok(seq) => Some(seq),
             Err(_) => {
                 let why = format!("{text:?} is not a record number");
-                return answer(&console, &who, &id, &form.submission, Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (why) } })).await;
+                return answer(&console, &who, &id, &form.submission, Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (why) } }), kept).await;
             }
         },
     };
@@ -1110,19 +1223,29 @@ async fn record_qc(
     )
     .await;
     let outcome = match outcome {
-        Ok((event, evaluation)) if evaluation.outcome == Outcome::Pass => Ok((
-            event.seq,
-            html! { p data-result="pass" { "Recorded " (form.test) " = " (form.value) " (record " (event.seq) "): within specification." } },
-        )),
-        Ok((event, evaluation)) => Ok((
-            event.seq,
-            html! { p.oos data-result="oos" { "Recorded " (form.test) " = " (form.value) " (record " (event.seq) "): OUT OF SPECIFICATION: " (evaluation.reason) ". QA will see it first." } },
-        )),
+        Ok((event, evaluation)) => {
+            let name = recipe
+                .test(&form.test)
+                .map(|t| t.name.as_str())
+                .unwrap_or(&form.test);
+            let recorded = html! {
+                "Recorded " (name) " = " (form.value) " (record " (event.seq) ")"
+                @if let Some(original) = retest_of { ", a retest of record " (original) }
+            };
+            Ok((
+                event.seq,
+                if evaluation.outcome == Outcome::Pass {
+                    html! { p data-result="pass" { (recorded) ": within specification." } }
+                } else {
+                    html! { p.oos data-result="oos" { (recorded) ": OUT OF SPECIFICATION: " (evaluation.reason) ". QA will see it first." } }
+                },
+            ))
+        }
         Err(e) => {
             Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
         }
     };
-    answer(&console, &who, &id, &form.submission, outcome).await
+    answer(&console, &who, &id, &form.submission, outcome, kept).await
 }
 
 #[cfg(test)]

@@ -85,13 +85,7 @@ pub async fn record_result(
         }
         QcValue::Text(text.to_owned())
     };
-    if let Some(seq) = entry.retest_of {
-        let original = record(store, seq).await?;
-        let same_test = matches!(&original.kind, EventKind::QcResult { test_id, .. } if test_id == entry.test_id);
-        if original.batch_id != batch.batch_id || !same_test {
-            return Err(invalid(format!("record {seq} is not a {} result of this batch; a retest must point at the result it retests", test.id)));
-        }
-    }
+    check_retest(store, batch, test, entry.retest_of).await?;
     let evaluation = test.spec.evaluate(&value);
     let event = store
         .append(
@@ -108,6 +102,76 @@ pub async fn record_result(
         )
         .await?;
     Ok((event, evaluation))
+}
+
+/// A result of a test that already has one must name the result it retests, and
+/// that must be the test's current result (the end of its chain of retests): then
+/// the record always says which result counts ([`carrel_proto::qc`]).
+async fn check_retest(
+    store: &Store,
+    batch: &LocalBatch,
+    test: &carrel_proto::recipe::QcTest,
+    retest_of: Option<u64>,
+) -> Result<(), Error> {
+    let events = store.batch_events(batch.batch_id).await?;
+    let results = carrel_proto::qc::by_test(&events)
+        .into_iter()
+        .find(|t| t.test_id == test.id);
+    let current = results.as_ref().map(|t| t.current()).unwrap_or_default();
+    let describe = |seq: u64| {
+        events
+            .iter()
+            .find(|e| e.seq == seq)
+            .map(result_words)
+            .unwrap_or_else(|| format!("record {seq}"))
+    };
+    match retest_of {
+        None if current.is_empty() => Ok(()),
+        None => Err(invalid(format!(
+            "{} already has a result ({}). A second result must say which result it retests: choose it under \"Retest of\" (on the command line: --retest-of {})",
+            test.name,
+            current.iter().map(|&s| describe(s)).collect::<Vec<_>>().join("; "),
+            current[current.len() - 1]
+        ))),
+        Some(seq) if current.contains(&seq) => Ok(()),
+        Some(seq) => {
+            let retested_by = results.and_then(|t| t.retested_by.get(&seq).copied());
+            if let Some(by) = retested_by {
+                Err(invalid(format!(
+                    "record {seq} was already retested by record {by}; a retest names the latest result of {} ({})",
+                    test.name,
+                    current.iter().map(|&s| describe(s)).collect::<Vec<_>>().join("; ")
+                )))
+            } else {
+                Err(invalid(format!(
+                    "record {seq} is not a {} result of this batch; a retest must name the result it retests",
+                    test.name
+                )))
+            }
+        }
+    }
+}
+
+/// A QC result in words, as the retest list and its refusals show it:
+/// "record 364: 55 % (out of specification)".
+pub fn result_words(event: &SiteEvent) -> String {
+    match &event.kind {
+        EventKind::QcResult {
+            value,
+            unit,
+            site_outcome,
+            ..
+        } => format!(
+            "record {}: {value}{}{unit} ({})",
+            event.seq,
+            if unit.is_empty() { "" } else { " " },
+            match site_outcome {
+                Outcome::Pass => "within specification",
+                Outcome::OutOfSpecification => "out of specification",
+            }
+        ),
+        _ => format!("record {}", event.seq),
+    }
 }
 
 async fn record(store: &Store, seq: u64) -> Result<SiteEvent, Error> {

@@ -1274,3 +1274,183 @@ async fn an_administrator_disables_re_roles_and_resets_and_the_person_chooses_th
     assert_eq!(role, "technician");
     client.close().await.expect("close browser");
 }
+
+/// Chooses an option of a select by its value, as a person picks it from the list.
+async fn choose(client: &Client, select: &str, value: &str) {
+    client
+        .find(Locator::Css(&format!("{select} option[value='{value}']")))
+        .await
+        .unwrap_or_else(|e| panic!("no option {value} in {select}: {e}"))
+        .click()
+        .await
+        .expect("choose");
+}
+
+/// The values of the retest list's options a person can see now.
+async fn retest_choices(client: &Client) -> Vec<String> {
+    let options = client
+        .execute(
+            "return Array.from(document.querySelectorAll('#retest_of option'))
+               .filter(o => o.value && !o.hidden && !o.disabled).map(o => o.value);",
+            vec![],
+        )
+        .await
+        .expect("the retest list");
+    serde_json::from_value(options).expect("values")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retest_is_chosen_from_the_tests_results_and_qa_sees_which_result_counts() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let token = hub.add_site("site-q");
+    let mut agent = Agent::enroll(&hub, "site-q", &token).expect("enroll");
+    // No simulated operators: the batch waits at its first checkpoint and records
+    // no QC of its own.
+    agent.configure(&["simulator", "auto_scan"], false.into());
+    agent.start();
+    technicians_at(&hub, &agent, "site-q").await;
+    let (_, batch) = scenario::create_order_as(&hub, PHYSICIAN.0, "site-q", "P-7301");
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("qc_retests");
+    site_sign_in(&client, &site_console, ANN).await;
+    let page = format!("{site_console}/batches/{batch}");
+    reload_until(&client, &page, "Record an off-line QC result").await;
+    let db = agent.db().await;
+    let results = || async {
+        agent_events(&db)
+            .await
+            .into_iter()
+            .filter(|(_, body)| body.contains("\"qc_result\""))
+            .collect::<Vec<_>>()
+    };
+
+    // A first viability result and an endotoxin result: no retest is asked for.
+    assert!(
+        !client
+            .find(Locator::Css("#retest"))
+            .await
+            .expect("retest block")
+            .is_displayed()
+            .await
+            .expect("shown"),
+        "a first result is no retest"
+    );
+    choose(&client, "#test", "viability").await;
+    fill(&client, "#value", "55").await;
+    click(&client, "#qc-form button[type=submit]").await;
+    expect_text(&client, "QC result", "OUT OF SPECIFICATION").await;
+    choose(&client, "#test", "endotoxin").await;
+    fill(&client, "#value", "0.1").await;
+    click(&client, "#qc-form button[type=submit]").await;
+    expect_text(&client, "QC result", "within specification").await;
+    let recorded = results().await;
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    let (viability, endotoxin) = (recorded[0].0, recorded[1].0);
+
+    // A second viability result: the list offers viability's result only, and the
+    // choice is required.
+    choose(&client, "#test", "viability").await;
+    assert_eq!(retest_choices(&client).await, vec![viability.to_string()]);
+    choose(&client, "#test", "endotoxin").await;
+    assert_eq!(retest_choices(&client).await, vec![endotoxin.to_string()]);
+    choose(&client, "#test", "viability").await;
+    fill(&client, "#value", "80").await;
+    shots.take(&client, "site-retest-list").await;
+    let required = client
+        .find(Locator::Css("#retest_of"))
+        .await
+        .expect("retest list")
+        .prop("required")
+        .await
+        .expect("required");
+    assert_eq!(required.as_deref(), Some("true"));
+
+    // Sent without naming the result (a form from before, a script): refused with
+    // what to do, the input kept, nothing recorded.
+    let body: String = client
+        .execute(
+            "const f = new FormData(document.getElementById('qc-form')); f.set('retest_of', '');
+             return new URLSearchParams(f).toString();",
+            vec![],
+        )
+        .await
+        .expect("form")
+        .as_str()
+        .expect("text")
+        .to_owned();
+    let answer = post_from_page(&client, &format!("/batches/{batch}/qc"), &body).await;
+    assert_eq!(answer[0], 422, "{answer}");
+    let text = answer[1].as_str().expect("page");
+    assert!(
+        text.contains("Viability already has a result (record")
+            && text.contains(&format!("record {viability}: 55 %")),
+        "{text}"
+    );
+    assert!(text.contains("value=\"80\""), "the result typed is kept");
+    assert_eq!(results().await.len(), 2, "nothing recorded");
+
+    // Chosen from the list: recorded as a retest of that result.
+    choose(&client, "#retest_of", &viability.to_string()).await;
+    click(&client, "#qc-form button[type=submit]").await;
+    expect_text(
+        &client,
+        "QC result",
+        &format!("a retest of record {viability}: within specification"),
+    )
+    .await;
+    let recorded = results().await;
+    assert_eq!(recorded.len(), 3);
+    assert!(
+        recorded[2]
+            .1
+            .contains(&format!("\"retest_of\":{viability}")),
+        "{}",
+        recorded[2].1
+    );
+    let retest = recorded[2].0;
+    // Only the retest can be retested now.
+    choose(&client, "#test", "viability").await;
+    assert_eq!(retest_choices(&client).await, vec![retest.to_string()]);
+    shots.take(&client, "site-retest-recorded").await;
+
+    // QA: viability's results grouped, the retest the reportable value.
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    sign_in(&client, &console, QA).await;
+    let record = format!("{console}/batches/{batch}");
+    reload_until(&client, &record, &format!("retest of record {viability}")).await;
+    let rows: Vec<(String, String)> = serde_json::from_value(
+        client
+            .execute(
+                "return Array.from(document.querySelectorAll('tbody.qc-test[data-test=viability] tr'))
+                   .map(r => [r.dataset.seq, r.dataset.counts]);",
+                vec![],
+            )
+            .await
+            .expect("qc rows"),
+    )
+    .expect("rows");
+    assert_eq!(
+        rows,
+        vec![
+            (viability.to_string(), "retested".to_owned()),
+            (retest.to_string(), "reportable".to_owned()),
+        ]
+    );
+    expect_text(&client, "QA record", "Reportable value").await;
+    expect_text(
+        &client,
+        "QA record",
+        &format!("Replaced by the retest, record {retest}"),
+    )
+    .await;
+    shots.take(&client, "qa-qc-grouped").await;
+    client.close().await.expect("close browser");
+}

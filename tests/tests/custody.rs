@@ -505,19 +505,49 @@ async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
     );
     assert!(out.status.success(), "{}", text(&out));
 
+    // Endotoxin already has the simulator's result: a second one must say which
+    // result it retests, and records nothing until it does.
+    let first_seq: i64 = sqlx::query_scalar(
+        "SELECT seq FROM events WHERE kind = 'qc_result' AND body LIKE '%\"endotoxin\"%' ORDER BY seq LIMIT 1",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("the simulator's endotoxin result");
+    let results_before: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE kind = 'qc_result'")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+    let endotoxin = [
+        "qc",
+        "--batch",
+        &batch,
+        "--test",
+        "endotoxin",
+        "--value",
+        "0.9",
+    ];
+    let out = as_person(&agent, "lab.l", &endotoxin);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("already has a result (record {first_seq}: "))
+            && text(&out).contains(&format!("--retest-of {first_seq}")),
+        "{}",
+        text(&out)
+    );
+    let results_after: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE kind = 'qc_result'")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+    assert_eq!(results_after, results_before, "nothing recorded");
+
     // An out-of-specification result cannot be corrected, only retested.
+    let first = first_seq.to_string();
     let out = as_person(
         &agent,
         "lab.l",
-        &[
-            "qc",
-            "--batch",
-            &batch,
-            "--test",
-            "endotoxin",
-            "--value",
-            "0.9",
-        ],
+        &[endotoxin.as_slice(), &["--retest-of", &first]].concat(),
     );
     assert!(
         text(&out).contains("OUT OF SPECIFICATION"),
@@ -607,6 +637,26 @@ async fn corrections_keep_the_original_and_an_oos_result_is_only_retested() {
         endotoxin,
         vec!["pass", "out_of_specification", "pass"],
         "original, OOS, retest: none overwritten"
+    );
+    let counts: Vec<&str> = record["qc"]
+        .as_array()
+        .expect("qc")
+        .iter()
+        .filter(|q| q["test_id"] == "endotoxin")
+        .map(|q| str_field(q, "counts"))
+        .collect();
+    assert_eq!(
+        counts,
+        vec!["retested", "retested", "reportable"],
+        "the last retest is the reportable value"
+    );
+    assert!(
+        !record["exceptions"]
+            .as_array()
+            .expect("exceptions")
+            .iter()
+            .any(|e| str_field(e, "kind").contains("without a retest link")),
+        "linked retests are no repeat"
     );
     let corrected = record["audit"]
         .as_array()

@@ -550,7 +550,15 @@ async fn a_result_after_release_marks_the_batch_notifies_and_waits_for_qa_review
     wait_order_state(&hub, &order_id, "released", Duration::from_secs(30)).await;
     assert!(receiver.received().is_empty(), "nothing changed yet");
 
-    // The sterility culture reads positive after release.
+    // The sterility culture reads positive after release: a retest of the
+    // simulator's early reading, which it replaces as the value that counts.
+    let early: i64 = sqlx::query_scalar(
+        "SELECT seq FROM events WHERE kind = 'qc_result' AND body LIKE '%\"sterility\"%' ORDER BY seq LIMIT 1",
+    )
+    .fetch_one(&agent.db().await)
+    .await
+    .expect("the simulator's sterility reading");
+    let early = early.to_string();
     let out = agent.cli(
         &[
             "qc",
@@ -560,6 +568,8 @@ async fn a_result_after_release_marks_the_batch_notifies_and_waits_for_qa_review
             "sterility",
             "--value",
             "growth detected",
+            "--retest-of",
+            &early,
             "--user",
             "tech.late",
         ],

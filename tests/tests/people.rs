@@ -25,20 +25,34 @@ fn password_of(username: &str) -> String {
     format!("{}-password-1", username.to_lowercase().replace('.', "-"))
 }
 
-/// A QC result recorded at the site's command line by `user`, typing `password`.
+/// A viability result recorded at the site's command line by `user`, typing
+/// `password`. When viability already has a result, the site says which result
+/// a new one must retest; like a technician, this sends it again naming that one.
 fn qc_typing(agent: &Agent, batch: &str, user: &str, password: &str, value: &str) -> Output {
+    let args = [
+        "qc",
+        "--batch",
+        batch,
+        "--test",
+        "viability",
+        "--value",
+        value,
+        "--user",
+        user,
+    ];
+    let out = agent.cli(&args, &format!("{password}\n"));
+    let said = text(&out);
+    let Some(current) = said
+        .split("--retest-of ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter(|seq| !seq.is_empty() && said.contains("already has a result"))
+    else {
+        return out;
+    };
+    let current = current.to_owned();
     agent.cli(
-        &[
-            "qc",
-            "--batch",
-            batch,
-            "--test",
-            "viability",
-            "--value",
-            value,
-            "--user",
-            user,
-        ],
+        &[args.as_slice(), &["--retest-of", &current]].concat(),
         &format!("{password}\n"),
     )
 }

@@ -330,6 +330,8 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
             "qc": record.qc.iter().map(|q| serde_json::json!({
                 "test_id": q.test_id, "name": q.test_name, "result": q.result, "specification": q.specification,
                 "hub_outcome": outcome(q.hub_outcome), "site_outcome": outcome(q.site_outcome), "reason": q.reason,
+                "site_seq": q.site_seq, "retest_of_seq": (q.retest_of_seq != 0).then_some(q.retest_of_seq),
+                "counts": counts(q), "retested_by_seq": (q.retested_by_seq != 0).then_some(q.retested_by_seq),
             })).collect::<Vec<_>>(),
             "signatures": record.signatures.iter().map(|s| serde_json::json!({
                 "signature_id": s.signature_id, "manifestation": s.manifestation, "record_sha256": s.record_sha256,
@@ -376,15 +378,26 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
     for e in &record.exceptions {
         writeln!(out, "  #{:<5} {:<20} {}", e.site_seq, e.kind, e.summary)?;
     }
-    writeln!(out, "\nQC RESULTS")?;
+    writeln!(
+        out,
+        "\nQC RESULTS (per test; the reportable value first marked *)"
+    )?;
     for q in &record.qc {
+        let mark = match pb::QcCounts::try_from(q.counts) {
+            Ok(pb::QcCounts::Reportable) => "*".to_owned(),
+            Ok(pb::QcCounts::Retested) => format!("retested by #{}", q.retested_by_seq),
+            Ok(pb::QcCounts::Unstated) => "WHICH COUNTS NOT STATED".to_owned(),
+            _ => String::new(),
+        };
         writeln!(
             out,
-            "  {:<32} {:<22} spec {:<22} {}",
+            "  #{:<5} {:<28} {:<16} spec {:<22} {:<20} {}",
+            q.site_seq,
             q.test_name,
             q.result,
             q.specification,
-            outcome(q.hub_outcome).to_uppercase()
+            outcome(q.hub_outcome).to_uppercase(),
+            mark
         )?;
     }
     writeln!(out, "\nRECORD ({} entries)", record.entries.len())?;
@@ -440,4 +453,14 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Whether a QC result counts for its test, as the JSON output names it.
+fn counts(q: &pb::QcEvaluation) -> &'static str {
+    match pb::QcCounts::try_from(q.counts) {
+        Ok(pb::QcCounts::Reportable) => "reportable",
+        Ok(pb::QcCounts::Retested) => "retested",
+        Ok(pb::QcCounts::Unstated) => "unstated",
+        _ => "unknown",
+    }
 }

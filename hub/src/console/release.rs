@@ -4,7 +4,7 @@
 use super::view::{chart, page, state_badge, when};
 use super::{html_page, parse_uuid, problem, refused, HubState, Page, Session};
 use crate::app::Hub;
-use crate::record::{self, Exception, Review};
+use crate::record::{self, Counts, Exception, Review};
 use crate::service;
 use crate::service::release;
 use crate::store;
@@ -115,16 +115,26 @@ fn batch_record_markup(
             }
         }
         h2 { "QC results against specification" }
-        table {
-            thead { tr { th { "Test" } th { "Result" } th { "Specification" } th { "Hub" } th { "Site" } } }
-            tbody {
-                @for q in &review.qc {
-                    tr {
-                        td { (q.test_name.clone().unwrap_or_else(|| q.test_id.clone())) @if let Some(method) = &q.method { span.muted { " (" (method) ")" } } }
-                        td { (q.value) " " (q.unit) }
-                        td { (q.specification) }
-                        td { span class={ "badge " (outcome(q.hub_outcome)) } { (outcome(q.hub_outcome).replace('_', " ")) } @if !q.reason.is_empty() { br; span.muted { (q.reason) } } }
-                        td { (outcome(q.site_outcome).replace('_', " ")) }
+        p.muted { "Per test, every result in the order recorded; a retest names the result it retests and replaces it as the value that counts." }
+        table.qc {
+            thead { tr { th scope="col" { "Test" } th scope="col" { "Result" } th scope="col" { "Specification" } th scope="col" { "Hub" } th scope="col" { "Site" } th scope="col" { "Counts" } } }
+            @for group in review.qc.chunk_by(|a, b| a.test_id == b.test_id) {
+                tbody.qc-test data-test=(group[0].test_id) {
+                    @for (i, q) in group.iter().enumerate() {
+                        tr.qc-result data-seq=(q.seq) data-counts=(counts_code(q.counts)) {
+                            @if i == 0 {
+                                th scope="row" rowspan=(group.len()) { (q.test_name.clone().unwrap_or_else(|| q.test_id.clone())) @if let Some(method) = &q.method { span.muted { " (" (method) ")" } } }
+                            }
+                            td { (q.value) " " (q.unit) br; span.muted { "record " (q.seq) @if let Some(of) = q.retest_of { ", retest of record " (of) } } }
+                            td { (q.specification) }
+                            td { span class={ "badge " (outcome(q.hub_outcome)) } { (outcome_words(q.hub_outcome)) } @if !q.reason.is_empty() { br; span.muted { (q.reason) } } }
+                            td { (outcome_words(q.site_outcome)) }
+                            td { @match q.counts {
+                                Counts::Reportable => strong { "Reportable value" },
+                                Counts::RetestedBy(by) => span.muted { "Replaced by the retest, record " (by) },
+                                Counts::Unstated => span class="badge out_of_specification" { "Which result counts is not stated" },
+                            } }
+                        }
                     }
                 }
             }
@@ -391,6 +401,23 @@ fn decision_markup(
                 }
             }
         }
+    }
+}
+
+/// How a result counts, as the page's `data-counts` names it (for tests and scripts).
+fn counts_code(counts: Counts) -> &'static str {
+    match counts {
+        Counts::Reportable => "reportable",
+        Counts::RetestedBy(_) => "retested",
+        Counts::Unstated => "unstated",
+    }
+}
+
+/// An outcome in the words the page shows.
+fn outcome_words(o: carrel_proto::recipe::Outcome) -> &'static str {
+    match o {
+        carrel_proto::recipe::Outcome::Pass => "within specification",
+        carrel_proto::recipe::Outcome::OutOfSpecification => "out of specification",
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::{authenticate, order_to_pb, parse_id, service_status};
 use crate::app::Hub;
-use crate::record::{Exception, Review, Signed};
+use crate::record::{Counts, Exception, Review, Signed};
 use crate::service::release;
 use carrel_proto::event::{meaning_to_wire, outcome_to_wire, to_timestamp, ReleaseMeaning};
 use carrel_proto::pb;
@@ -89,6 +89,17 @@ pub fn review_to_pb(review: &Review) -> pb::BatchRecord {
             hub_outcome: outcome_to_wire(q.hub_outcome) as i32,
             site_outcome: outcome_to_wire(q.site_outcome) as i32,
             reason: q.reason.clone(),
+            site_seq: q.seq,
+            retest_of_seq: q.retest_of.unwrap_or(0),
+            counts: match q.counts {
+                Counts::Reportable => pb::QcCounts::Reportable,
+                Counts::RetestedBy(_) => pb::QcCounts::Retested,
+                Counts::Unstated => pb::QcCounts::Unstated,
+            } as i32,
+            retested_by_seq: match q.counts {
+                Counts::RetestedBy(by) => by,
+                _ => 0,
+            },
         })
         .collect();
     pb::BatchRecord {
