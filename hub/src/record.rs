@@ -147,6 +147,7 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
             scanned_coi,
             matched,
             verifiers,
+            wristband,
             ..
         } => (
             if *matched {
@@ -155,10 +156,16 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
                 "custody MISMATCH"
             }
             .into(),
-            format!(
-                "{checkpoint_id}: scanned {scanned_coi}, verified by {}",
-                verifiers.join(", ")
-            ),
+            match wristband {
+                Some(w) => format!(
+                    "{checkpoint_id}: wristband {w}, bag {scanned_coi}, verified by {}",
+                    verifiers.join(", ")
+                ),
+                None => format!(
+                    "{checkpoint_id}: scanned {scanned_coi}, verified by {}",
+                    verifiers.join(", ")
+                ),
+            },
         ),
         K::Correction {
             corrects_seq,

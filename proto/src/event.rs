@@ -198,6 +198,11 @@ pub enum EventKind {
         verifiers: Vec<String>,
         matched: bool,
         location: String,
+        /// At a bedside checkpoint: the patient's wristband as scanned before the bag
+        /// (its COI, or the patient's pseudonym). Absent from scans made before the
+        /// wristband was scanned, so their bytes (and hashes) stay what they were.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wristband: Option<String>,
     },
     Correction {
         corrects_seq: u64,
@@ -526,6 +531,7 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                 verifiers: k.verifiers,
                 matched: k.matched,
                 location: k.location,
+                wristband: (!k.wristband.is_empty()).then_some(k.wristband),
             },
             Kind::Correction(k) => EventKind::Correction {
                 corrects_seq: if k.corrects_seq == 0 || k.corrects_seq >= wire.seq {
@@ -731,6 +737,7 @@ impl From<SiteEvent> for pb::SiteEvent {
                 verifiers,
                 matched,
                 location,
+                wristband,
             } => Kind::CustodyScan(pb::CustodyScan {
                 checkpoint_id,
                 expected_coi,
@@ -738,6 +745,7 @@ impl From<SiteEvent> for pb::SiteEvent {
                 verifiers,
                 matched,
                 location,
+                wristband: wristband.unwrap_or_default(),
             }),
             EventKind::Correction {
                 corrects_seq,

@@ -169,7 +169,17 @@ header{background:#fff;border-bottom:1px solid #d5dae1;padding:.6rem 1rem;displa
 main{max-width:1000px;margin:0 auto;padding:1rem}
 a{color:#0b5cad} table{border-collapse:collapse;width:100%;background:#fff} th,td{padding:.5rem;border-bottom:1px solid #d5dae1;text-align:left}
 label{display:block;font-weight:600;margin:.7rem 0 .2rem} input,select{font:inherit;padding:.6rem;border:1px solid #8a939e;border-radius:4px;width:100%;max-width:30rem}
-input#label{font-size:1.6rem;font-family:ui-monospace,monospace}
+input#label,input#wristband{font-size:1.6rem;font-family:ui-monospace,monospace}
+.scan-fields{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-start;margin-top:.7rem}
+.scan-inputs{flex:1 1 18rem;min-width:0}
+.patient-id{flex:0 1 15rem;position:sticky;top:.5rem;z-index:1;display:flex;flex-direction:column;gap:.1rem;border:3px solid #1b1f24;border-radius:6px;padding:.6rem .8rem;background:#fff}
+.patient-id .pseudonym{font-size:1.6rem}.patient-id .coi{font-size:1.1rem;word-break:break-all}
+.muted{color:#4a5560}
+dialog.scan-result{position:fixed;inset:0;margin:auto;max-width:min(40rem,calc(100vw - 2rem));max-height:calc(100vh - 2rem);overflow:auto;border:0;border-radius:10px;padding:0;box-shadow:0 10px 40px rgba(0,0,0,.5);z-index:10}
+dialog.scan-result::backdrop{background:rgba(0,0,0,.6)}
+dialog.scan-result .result{margin:0;border-radius:10px 10px 0 0}
+dialog.scan-result .body{padding:1rem 1.2rem}
+dialog.scan-result button{width:100%;font-size:1.3rem}
 button{font:inherit;padding:.6rem 1.2rem;border:0;border-radius:4px;background:#0b5cad;color:#fff;min-height:2.8rem}
 :focus{outline:3px solid #ffbf47;outline-offset:1px}
 .card{background:#fff;border:1px solid #d5dae1;border-radius:6px;padding:1rem;margin-bottom:1rem}
@@ -331,8 +341,14 @@ fn next_action(
     events: &[carrel_proto::event::SiteEvent],
 ) -> String {
     if let Ok(cp) = custody::open_checkpoint(recipe, batch, events) {
+        let bedside = recipe.bedside_checkpoints.iter().any(|c| c.id == cp.id);
         return format!(
-            "Scan the label: {} ({} verifier{})",
+            "{}: {} ({} verifier{})",
+            if bedside {
+                "Scan the patient's wristband, then the bag"
+            } else {
+                "Scan the label"
+            },
             cp.name,
             cp.verifiers,
             if cp.verifiers == 1 { "" } else { "s" }
@@ -673,7 +689,8 @@ fn batch_markup(
         @if let Some(result) = result { (result) }
         p.next data-next { "Next: " (next_action(batch, recipe, events)) }
         @if let Some(cp) = open {
-            div.card {
+            @let bedside = recipe.bedside_checkpoints.iter().any(|c| c.id == cp.id);
+            div.card.scan {
                 h2 { "Custody checkpoint: " (cp.name) }
                 @if let Some(refusal) = refused_in(KeptForm::Scan) { (refusal) }
                 form method="post" action=(format!("/batches/{}/scan", batch.batch_id)) {
@@ -692,10 +709,31 @@ fn batch_markup(
                     }
                     label for="location" { "Location" }
                     input id="location" name="location" placeholder="room, bench or ward" value=[kept.get(KeptForm::Scan, "location")];
-                    label for="label" { "Scan the label (the scanner types it and presses Enter)" }
-                    input id="label" name="label" required autofocus autocomplete="off";
-                    p { button type="submit" { "Check label" } }
+                    div.scan-fields {
+                        // Whose product this page is for, beside the scan fields.
+                        div.patient-id aria-label="This batch is for" {
+                            span.muted { "This batch is for" }
+                            strong.pseudonym data-pseudonym { (batch.patient_pseudonym) }
+                            span.muted { "COI" }
+                            code.coi data-coi { (batch.coi) }
+                        }
+                        div.scan-inputs {
+                            @if bedside {
+                                label for="wristband" { "1. Scan the patient's wristband" }
+                                input id="wristband" name="wristband" required autofocus autocomplete="off" aria-describedby="wristband-hint"
+                                    value=[kept.get(KeptForm::Scan, "wristband")];
+                                p.muted id="wristband-hint" { "Its COI, or the patient's code. Then the bag." }
+                                label for="label" { "2. Scan the product bag's label" }
+                                input id="label" name="label" required autocomplete="off";
+                            } @else {
+                                label for="label" { "Scan the label (the scanner types it and presses Enter)" }
+                                input id="label" name="label" required autofocus autocomplete="off";
+                            }
+                        }
+                    }
+                    p { button type="submit" { @if bedside { "Compare patient and bag" } @else { "Check label" } } }
                 }
+                script { (PreEscaped(SCAN_SCRIPT)) }
             }
         }
         @if let Some(step) = batch.current_step.as_deref().and_then(|s| recipe.step(s)) {
@@ -804,6 +842,33 @@ else{var n=Number(t);if(isNaN(n)){f.textContent='Not a number';f.className='erro
 if(o.dataset.min!==''&&n<Number(o.dataset.min))bad=true;if(o.dataset.max!==''&&n>Number(o.dataset.max))bad=true}
 f.textContent=bad?'OUT OF SPECIFICATION':'within specification';f.className=bad?'oos':''}
 s.addEventListener('change',function(){retests();check()});v.addEventListener('input',check);retests();check();})();"#;
+
+/// The scan form and its result. At the bedside the scanner's Enter after the
+/// wristband moves on to the bag instead of sending the form. The result of a scan
+/// opens as a modal that must be acknowledged (Escape does not dismiss it: a close
+/// without the acknowledgement opens it again), with a
+/// sound; closing it puts the cursor back in the first scan field and drops the
+/// result from the address, so a reload does not show it again.
+const SCAN_SCRIPT: &str = r#"(function(){
+var w=document.getElementById('wristband'),l=document.getElementById('label');
+if(w){w.addEventListener('focus',function(){w.select()});w.addEventListener('keydown',function(e){if(e.key==='Enter'){e.preventDefault();if(w.value.trim())l.focus()}})}
+var first=w||l,d=document.getElementById('scan-result');
+function ready(){var b=document.querySelector('.scan-fields');if(b&&b.scrollIntoView)b.scrollIntoView({block:'center'});if(first)first.focus({preventScroll:true})}
+if(!d){if(first)ready();return}
+function sound(kind){try{var C=window.AudioContext||window.webkitAudioContext;if(!C)return 'none';var c=new C();
+var tones=kind==='match'?[[880,0,.18]]:[[330,0,.35],[220,.45,.35],[330,.9,.35],[220,1.35,.35]];
+tones.forEach(function(t){var o=c.createOscillator(),g=c.createGain();o.type=kind==='match'?'sine':'square';o.frequency.value=t[0];
+g.gain.value=.25;o.connect(g);g.connect(c.destination);o.start(c.currentTime+t[1]);o.stop(c.currentTime+t[1]+t[2])});
+if(c.state==='suspended'){document.addEventListener('pointerdown',function(){c.resume()},{once:true});document.addEventListener('keydown',function(){c.resume()},{once:true})}
+return c.state}catch(e){return 'none'}}
+if(d.showModal){d.close();d.showModal()}
+d.dataset.sound=sound(d.dataset.result);
+d.addEventListener('cancel',function(e){e.preventDefault()});
+d.addEventListener('close',function(){
+if(d.returnValue!=='acknowledged'&&d.showModal){d.showModal();var a=document.getElementById('acknowledge-scan');if(a)a.focus();return}
+if(first)ready();
+if(history.replaceState)history.replaceState(null,'',location.pathname)});
+var ack=document.getElementById('acknowledge-scan');if(ack)ack.focus();})();"#;
 
 /// Shows the parameter's normal range and flags a reading outside it as it is typed.
 const READING_SCRIPT: &str = r#"(function(){
@@ -1129,33 +1194,66 @@ async fn scan(
             label: field(&fields, "label"),
             verifiers: custody::Verifiers::People(&people),
             location: field(&fields, "location"),
+            wristband: Some(field(&fields, "wristband")),
         },
     )
     .await;
     let outcome = match outcome {
-        Ok(Scanned::Match(event)) => Ok((
-            event.seq,
-            html! { div.result.match role="alert" data-result="match" { "MATCH" } p { "Recorded as record " (event.seq) "." } },
-        )),
-        Ok(Scanned::Mismatch(event)) => {
-            let scanned = match &event.kind {
-                EventKind::CustodyScan { scanned_coi, .. } => scanned_coi.clone(),
-                _ => String::new(),
-            };
-            Ok((
-                event.seq,
-                html! {
-                    div.result.mismatch role="alert" data-result="mismatch" { "MISMATCH — STOP" }
-                    p.error { "The label reads " (scanned) ". This is not this patient's product. The step does not start; the mismatch is recorded (record " (event.seq) ") and raised to QA." }
-                },
-            ))
-        }
+        Ok(Scanned::Match(event)) => Ok((event.seq, scan_result(&event, true))),
+        Ok(Scanned::Mismatch(event)) => Ok((event.seq, scan_result(&event, false))),
         Err(e) => {
             Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (e) } })
         }
     };
-    let kept = Kept::of(KeptForm::Scan, &[("location", field(&fields, "location"))]);
+    let kept = Kept::of(
+        KeptForm::Scan,
+        &[
+            ("location", field(&fields, "location")),
+            ("wristband", field(&fields, "wristband")),
+        ],
+    );
     answer(&console, &who, &id, token, outcome, kept).await
+}
+
+/// The outcome of a recorded scan, as the modal the page opens over everything
+/// else: it stays until acknowledged (and shows without JavaScript too).
+fn scan_result(event: &carrel_proto::event::SiteEvent, matched: bool) -> Markup {
+    let EventKind::CustodyScan {
+        scanned_coi,
+        expected_coi,
+        wristband,
+        ..
+    } = &event.kind
+    else {
+        return html! {};
+    };
+    let kind = if matched { "match" } else { "mismatch" };
+    html! {
+        dialog.scan-result open id="scan-result" role="alertdialog" aria-modal="true"
+            aria-labelledby="scan-result-title" aria-describedby="scan-result-text" data-result=(kind) {
+            p.result.(kind) id="scan-result-title" { @if matched { "MATCH" } @else { "MISMATCH — STOP" } }
+            div.body {
+                p id="scan-result-text" {
+                    @if matched {
+                        @if let Some(w) = wristband { "The wristband (" (w) ") and the bag (" (scanned_coi) ") are this patient's. " }
+                        @else { "The label reads " (scanned_coi) ", this batch's COI. " }
+                        "Recorded as record " (event.seq) "."
+                    } @else {
+                        @if let Some(w) = wristband {
+                            "Wristband " strong { (w) } ", bag " strong { (scanned_coi) } ": they do not both belong to this batch (COI " (expected_coi) "). "
+                            "Do not give this product. "
+                        } @else {
+                            "The label reads " strong { (scanned_coi) } ". This is not this patient's product. "
+                        }
+                        "The step does not start; the mismatch is recorded (record " (event.seq) ") and raised to QA."
+                    }
+                }
+                form method="dialog" {
+                    button id="acknowledge-scan" type="submit" value="acknowledged" autofocus { "I have read this: acknowledge" }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,13 @@
 //! checkpoint: the executor does not start a step with a checkpoint until a matching
 //! scan is on the record. Bedside checkpoints (hand-over, infusion) open only for a
 //! released batch, in order, and close the chain of identity.
+//!
+//! At the bedside the patient is scanned first (the wristband: its COI, or the
+//! patient's pseudonym), then the bag, and the two are compared: a match needs the
+//! wristband to name this batch's patient and the bag to carry this batch's COI. A
+//! wristband and bag that agree with each other but belong to another batch of the
+//! site record nothing and say which batch to open: the page (or `--batch`) was the
+//! wrong one, not the product.
 
 use crate::people::{self, SignedIn};
 use crate::store::{self, BatchState, By, LocalBatch, Store};
@@ -44,6 +51,12 @@ pub enum Error {
         needed: u8,
         given: usize,
     },
+    #[error(
+        "at the bedside, scan the patient's wristband first, then the bag; nothing was recorded"
+    )]
+    NoWristband,
+    #[error("this wristband and this bag are both for patient {pseudonym} (COI {coi}), not for this batch: open that patient's batch and scan there; nothing was recorded")]
+    OtherBatch { coi: String, pseudonym: String },
     #[error("the batch's recipe cannot be read: {0}")]
     Recipe(String),
     #[error(transparent)]
@@ -157,6 +170,49 @@ pub struct Scan<'a> {
     pub label: &'a str,
     pub verifiers: Verifiers<'a>,
     pub location: &'a str,
+    /// At a bedside checkpoint: the patient's wristband as scanned (its COI or the
+    /// patient's pseudonym); required there, ignored elsewhere.
+    pub wristband: Option<&'a str>,
+}
+
+/// What a scanned wristband names: the patient's COI or their pseudonym.
+#[derive(Debug, Clone, PartialEq)]
+enum Wristband {
+    Coi(Coi),
+    Pseudonym(String),
+}
+
+impl Wristband {
+    fn read(scanned: Option<&str>) -> Result<Wristband, Error> {
+        let text = scanned.map(str::trim).unwrap_or("");
+        if text.is_empty() {
+            return Err(Error::NoWristband);
+        }
+        Ok(match Coi::parse_scan(text) {
+            Ok(coi) => Wristband::Coi(coi),
+            // A scanner may prefix a symbology identifier ("]C0") to any barcode.
+            Err(_) => Wristband::Pseudonym(match text.strip_prefix(']') {
+                Some(rest) => rest.get(2..).unwrap_or("").trim().to_owned(),
+                None => text.to_owned(),
+            }),
+        })
+    }
+
+    /// Whether it names the patient of `batch`.
+    fn names(&self, batch: &LocalBatch) -> bool {
+        match self {
+            Wristband::Coi(coi) => coi.as_str() == batch.coi,
+            Wristband::Pseudonym(p) => p.eq_ignore_ascii_case(batch.patient_pseudonym.trim()),
+        }
+    }
+
+    /// As the record keeps it.
+    fn text(&self) -> String {
+        match self {
+            Wristband::Coi(coi) => coi.to_string(),
+            Wristband::Pseudonym(p) => p.clone(),
+        }
+    }
 }
 
 /// Checks a scan and records its outcome. Errors (unreadable label, checkpoint not
@@ -219,8 +275,26 @@ pub async fn scan(store: &Store, scan: Scan<'_>) -> Result<Scanned, Error> {
             given: verifiers.len(),
         });
     }
+    let wristband = if bedside {
+        Some(Wristband::read(scan.wristband)?)
+    } else {
+        None
+    };
     let scanned = Coi::parse_scan(scan.label).map_err(Error::Unreadable)?;
-    let matched = scanned.as_str() == batch.coi;
+    let matched =
+        scanned.as_str() == batch.coi && wristband.as_ref().is_none_or(|w| w.names(&batch));
+    if let (false, Some(wristband)) = (matched, &wristband) {
+        // Patient and bag agree, but on another batch: the wrong page, not the product.
+        let other = store.batches().await?.into_iter().find(|b| {
+            b.batch_id != batch.batch_id && b.coi == scanned.as_str() && wristband.names(b)
+        });
+        if let Some(other) = other {
+            return Err(Error::OtherBatch {
+                coi: other.coi,
+                pseudonym: other.patient_pseudonym,
+            });
+        }
+    }
     let by = by.expect("at least one verifier, checked above");
     let event = store
         .append(
@@ -233,6 +307,7 @@ pub async fn scan(store: &Store, scan: Scan<'_>) -> Result<Scanned, Error> {
                 verifiers,
                 matched,
                 location: scan.location.trim().to_owned(),
+                wristband: wristband.as_ref().map(Wristband::text),
             },
         )
         .await?;
@@ -250,4 +325,29 @@ pub fn label_of(batch: &LocalBatch) -> Result<String, Error> {
     Coi::parse(&batch.coi)
         .map(|c| c.barcode_data())
         .map_err(Error::Unreadable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wristband_reads_as_a_coi_or_a_pseudonym_whatever_the_scanner_adds() {
+        let coi = Coi::parse("G123426000042N").expect("coi");
+        assert_eq!(
+            Wristband::read(Some(&format!("]C0{}\r\n", coi.barcode_data()))).expect("read"),
+            Wristband::Coi(coi.clone())
+        );
+        assert_eq!(
+            Wristband::read(Some(" ]C0P-7401\r\n")).expect("read"),
+            Wristband::Pseudonym("P-7401".into())
+        );
+        assert_eq!(
+            Wristband::read(Some("P-7401")).expect("read").text(),
+            "P-7401"
+        );
+        for nothing in [None, Some(""), Some(" \r\n")] {
+            assert!(matches!(Wristband::read(nothing), Err(Error::NoWristband)));
+        }
+    }
 }

@@ -448,6 +448,7 @@ impl BatchRun {
                         label: &label,
                         verifiers: custody::Verifiers::Simulated(&verifiers),
                         location: "simulated",
+                        wristband: None,
                     },
                 )
                 .await

@@ -64,8 +64,9 @@ enum Command {
     },
     /// Scan a label at a custody checkpoint. Each person's password is read from a
     /// prompt (or, when standard input is not a terminal, one line each from it,
-    /// the second verifier's after yours); then the label, as a hand-held scanner
-    /// types it (or typed from the eye-readable text). Exits 0 on a match, 3 on a
+    /// the second verifier's after yours); then, at a bedside checkpoint, the
+    /// patient's wristband (its COI or the patient's pseudonym); then the label, as
+    /// a hand-held scanner types it (or typed from the eye-readable text). Exits 0 on a match, 3 on a
     /// MISMATCH (recorded; the step does not start), 4 when a person is refused.
     Scan {
         #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
@@ -352,7 +353,27 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     Err(e) => return refused(e),
                 }
             }
-            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+            // At the bedside the patient's wristband is scanned first, then the bag.
+            let recipe = carrel_proto::recipe::Recipe::from_json(&batch.recipe_json)
+                .context("the batch's recipe")?;
+            let wristband = if recipe
+                .bedside_checkpoints
+                .iter()
+                .any(|c| c.id == checkpoint)
+            {
+                if interactive {
+                    eprint!("Scan the patient's wristband (its COI or the patient's code): ");
+                }
+                let mut wristband = String::new();
+                std::io::stdin()
+                    .read_line(&mut wristband)
+                    .context("reading the wristband from standard input")?;
+                Some(wristband)
+            } else {
+                None
+            };
+            if interactive {
                 eprint!("Scan the label (or type it from the eye-readable text): ");
             }
             let mut label = String::new();
@@ -367,6 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     label: &label,
                     verifiers: custody::Verifiers::People(&verifiers),
                     location: &location,
+                    wristband: wristband.as_deref(),
                 },
             )
             .await?;

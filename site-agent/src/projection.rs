@@ -229,6 +229,7 @@ mod tests {
             verifiers: vec!["a".into(), "b".into()],
             matched: true,
             location: "bench".into(),
+            wristband: None,
         }
     }
 

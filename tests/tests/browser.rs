@@ -61,7 +61,7 @@ async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
             "binary": "/usr/bin/chromium",
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                      "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--window-size=1200,1600", format!("--user-data-dir={}", profile.display())]
+                     "--disable-sync", "--window-size=1200,1600", "--autoplay-policy=no-user-gesture-required", format!("--user-data-dir={}", profile.display())]
         }),
     );
     let url = format!("http://127.0.0.1:{}", driver.port);
@@ -1453,4 +1453,225 @@ async fn a_retest_is_chosen_from_the_tests_results_and_qa_sees_which_result_coun
     .await;
     shots.take(&client, "qa-qc-grouped").await;
     client.close().await.expect("close browser");
+}
+
+/// The scan result's modal: open, modal, and wholly inside the viewport.
+async fn scan_result_in_view(client: &Client) -> serde_json::Value {
+    client
+        .execute(
+            "const d = document.getElementById('scan-result');
+             if (!d) return null;
+             const r = d.getBoundingClientRect();
+             return {open: d.open, modal: d.matches(':modal'), result: d.dataset.result,
+                     sound: d.dataset.sound || '', text: d.innerText,
+                     inside: r.top >= 0 && r.left >= 0 && r.bottom <= innerHeight && r.right <= innerWidth,
+                     focused: document.activeElement && document.activeElement.id};",
+            vec![],
+        )
+        .await
+        .expect("the scan result")
+}
+
+/// Whether the element is wholly inside the viewport.
+async fn in_view(client: &Client, css: &str) -> bool {
+    client
+        .execute(
+            "const r = document.querySelector(arguments[0]).getBoundingClientRect();
+             return r.top >= 0 && r.left >= 0 && r.bottom <= innerHeight && r.right <= innerWidth;",
+            vec![json!(css)],
+        )
+        .await
+        .expect("rect")
+        .as_bool()
+        .expect("bool")
+}
+
+async fn focused_id(client: &Client) -> String {
+    client
+        .execute("return document.activeElement.id;", vec![])
+        .await
+        .expect("focus")
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_the_bedside_the_wristband_is_compared_with_the_bag_and_the_result_must_be_acknowledged()
+{
+    let hub = Hub::start().await;
+    scenario::add_people(&hub);
+    let token = hub.add_site("site-b");
+    let mut agent = Agent::enroll(&hub, "site-b", &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    agent.start();
+    technicians_at(&hub, &agent, "site-b").await;
+    let (order_id, batch) = scenario::create_order(&hub, "site-b", "P-7401");
+    let (_, other_batch) = scenario::create_order(&hub, "site-b", "P-7402");
+    let coi_of =
+        |order: &str| str_field(&order_show(&hub, scenario::PHYSICIAN.0, order), "coi").to_owned();
+    let coi = coi_of(&order_id);
+    scenario::wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
+    scenario::sign_release(&hub, &batch);
+    let db = agent.db().await;
+    let bedside_scans = || async {
+        agent_events(&db)
+            .await
+            .into_iter()
+            .filter(|(_, body)| body.contains("\"custody_scan\"") && body.contains("\"handover\""))
+            .map(|(_, body)| body)
+            .collect::<Vec<_>>()
+    };
+    let other_coi = eventually(
+        Duration::from_secs(30),
+        "the other batch at the site",
+        || {
+            let db = db.clone();
+            let other_batch = other_batch.clone();
+            async move {
+                sqlx::query_scalar::<_, String>("SELECT coi FROM batches WHERE batch_id = ?")
+                    .bind(&other_batch)
+                    .fetch_optional(&db)
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        },
+    )
+    .await;
+
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("bedside");
+    site_sign_in(&client, &site_console, ANN).await;
+    let page = format!("{site_console}/batches/{batch}");
+    reload_until(
+        &client,
+        &page,
+        "Custody checkpoint: Hand-over of the released product",
+    )
+    .await;
+    // The patient is scanned first; the page says whose batch it is beside the fields.
+    assert_eq!(focused_id(&client).await, "wristband");
+    let patient = client
+        .find(Locator::Css(".patient-id"))
+        .await
+        .expect("the patient box")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        patient.contains("P-7401") && patient.contains(&coi),
+        "{patient}"
+    );
+
+    // The other patient's wristband and bag, on this patient's page: they agree
+    // with each other, so the page is the wrong one. Nothing is recorded.
+    client
+        .find(Locator::Css("#wristband"))
+        .await
+        .expect("wristband field")
+        .send_keys("P-7402\n")
+        .await
+        .expect("scan");
+    assert_eq!(
+        focused_id(&client).await,
+        "label",
+        "the scanner's Enter moves on to the bag"
+    );
+    client
+        .find(Locator::Css("#label"))
+        .await
+        .expect("bag field")
+        .send_keys(&format!("{other_coi}\n"))
+        .await
+        .expect("scan");
+    expect_text(&client, "refused scan", "open that patient's batch").await;
+    shots.take(&client, "bedside-other-patients-batch").await;
+    assert!(bedside_scans().await.is_empty(), "nothing recorded");
+
+    // The right bag at the wrong patient's bed: MISMATCH, in a modal that stays in
+    // view at each width until it is acknowledged.
+    for (n, (width, height)) in [(1280, 800), (1024, 768), (390, 844)]
+        .into_iter()
+        .enumerate()
+    {
+        client
+            .set_window_size(width, height)
+            .await
+            .expect("window size");
+        client.goto(&page).await.expect("batch page");
+        fill(&client, "#wristband", "P-7402").await;
+        fill(&client, "#label", &format!("{coi}\n")).await;
+        let shown = eventually(Duration::from_secs(20), "the scan result", || async {
+            let v = scan_result_in_view(&client).await;
+            (!v.is_null()).then_some(v)
+        })
+        .await;
+        assert_eq!(shown["result"], "mismatch", "{shown}");
+        assert_eq!(shown["open"], true, "{shown}");
+        assert_eq!(shown["modal"], true, "{shown}");
+        assert_eq!(shown["inside"], true, "at {width}x{height}: {shown}");
+        assert_eq!(shown["sound"], "running", "a sound is played: {shown}");
+        assert_eq!(shown["focused"], "acknowledge-scan", "{shown}");
+        assert!(str_field(&shown, "text").contains("MISMATCH"), "{shown}");
+        shots
+            .take(&client, &format!("bedside-mismatch-{width}"))
+            .await;
+        assert_eq!(
+            bedside_scans().await.len(),
+            n + 1,
+            "the mismatch is recorded"
+        );
+        // Escape does not dismiss it; acknowledging does, and the cursor is back in
+        // the first scan field with the patient's box beside it.
+        client
+            .active_element()
+            .await
+            .expect("focus")
+            .send_keys("\u{e00c}")
+            .await
+            .expect("escape");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after_escape = scan_result_in_view(&client).await;
+        assert_eq!(after_escape["open"], true, "{after_escape}");
+        assert_eq!(after_escape["modal"], true, "{after_escape}");
+        click(&client, "#acknowledge-scan").await;
+        assert_eq!(scan_result_in_view(&client).await["open"], false);
+        assert_eq!(focused_id(&client).await, "wristband");
+        assert!(in_view(&client, ".patient-id").await, "at {width}x{height}");
+        let url = client.current_url().await.expect("url");
+        assert_eq!(url.query(), None, "a reload does not show the result again");
+    }
+
+    // The patient's wristband and their bag: MATCH, and the hand-over is recorded.
+    client
+        .set_window_size(1280, 800)
+        .await
+        .expect("window size");
+    client.goto(&page).await.expect("batch page");
+    fill(&client, "#wristband", "P-7401").await;
+    fill(&client, "#label", &format!("{coi}\n")).await;
+    let shown = eventually(Duration::from_secs(20), "the scan result", || async {
+        let v = scan_result_in_view(&client).await;
+        (!v.is_null()).then_some(v)
+    })
+    .await;
+    assert_eq!(shown["result"], "match", "{shown}");
+    assert_eq!(shown["inside"], true, "{shown}");
+    shots.take(&client, "bedside-match").await;
+    let scans = bedside_scans().await;
+    assert_eq!(scans.len(), 4);
+    assert!(
+        scans[3].contains("\"matched\":true") && scans[3].contains("\"wristband\":\"P-7401\""),
+        "{}",
+        scans[3]
+    );
+    scenario::wait_order_state(&hub, &order_id, "handed_over", Duration::from_secs(30)).await;
 }

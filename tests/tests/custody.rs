@@ -1,7 +1,8 @@
 //! Chain of identity and custody with real processes: technicians scan labels at
 //! each checkpoint (no simulated operators here), signing in at the site with their
 //! own passwords; a mismatch is a hard stop that QA sees first, two-person
-//! verification is enforced, and a bedside match after release closes the chain.
+//! verification is enforced, and a bedside match after release (the patient's
+//! wristband, then the bag) closes the chain.
 
 use carrel_proto::coi::Coi;
 use carrel_tests::*;
@@ -66,13 +67,35 @@ async fn people_at(hub: &Hub, agent: &Agent, site_id: &str, people: &[(&str, &st
 /// types their password (one line each on standard input), then the label is read.
 fn scan(agent: &Agent, batch: &str, checkpoint: &str, label: &str, people: &[&str]) -> Output {
     let passwords: Vec<String> = people.iter().map(|p| password_of(p)).collect();
-    scan_typing(agent, batch, checkpoint, label, people, &passwords)
+    scan_typing(agent, batch, checkpoint, None, label, people, &passwords)
+}
+
+/// A scan at the bedside: the patient's wristband first, then the bag's label.
+fn bedside(
+    agent: &Agent,
+    batch: &str,
+    checkpoint: &str,
+    wristband: &str,
+    label: &str,
+    people: &[&str],
+) -> Output {
+    let passwords: Vec<String> = people.iter().map(|p| password_of(p)).collect();
+    scan_typing(
+        agent,
+        batch,
+        checkpoint,
+        Some(wristband),
+        label,
+        people,
+        &passwords,
+    )
 }
 
 fn scan_typing(
     agent: &Agent,
     batch: &str,
     checkpoint: &str,
+    wristband: Option<&str>,
     label: &str,
     people: &[&str],
     passwords: &[String],
@@ -96,6 +119,9 @@ fn scan_typing(
     for password in passwords {
         stdin.push_str(password);
         stdin.push('\n');
+    }
+    if let Some(wristband) = wristband {
+        stdin.push_str(&format!("{wristband}\r\n"));
     }
     stdin.push_str(&format!("{label}\r\n"));
     agent.cli(&args, &stdin)
@@ -208,6 +234,7 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
                 &agent,
                 &batch,
                 "collection",
+                None,
                 &label,
                 &["tech.a", "tech.b"],
                 &[password_of("tech.a"), "not-their-password".into()],
@@ -274,7 +301,7 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
     .await;
     assert_eq!(str_field(&shown, "state"), "awaiting_release");
     // Not released yet: the bedside refuses the product.
-    let out = scan(&agent, &batch, "handover", &label, &["nurse.n"]);
+    let out = bedside(&agent, &batch, "handover", "P-9001", &label, &["nurse.n"]);
     assert!(text(&out).contains("awaits QA release"), "{}", text(&out));
     // Each record names the person who signed in, with the full name the hub knows.
     let record = hub.cli_json(QA.0, &["release", "show", &batch], None);
@@ -368,32 +395,85 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
         },
     )
     .await;
-    let out = scan(&agent, &batch, "infusion", &label, &["nurse.n", "dr.coi"]);
+    let out = bedside(
+        &agent,
+        &batch,
+        "infusion",
+        "P-9001",
+        &label,
+        &["nurse.n", "dr.coi"],
+    );
     assert!(
         text(&out).contains("waits at checkpoint \"handover\""),
         "{}",
         text(&out)
     );
-    let out = scan(
+    // The patient is scanned first: without the wristband nothing is compared.
+    let scans = "SELECT COUNT(*) FROM events WHERE kind = 'custody_scan'";
+    let before = site_count(&agent, scans).await;
+    let out = bedside(&agent, &batch, "handover", "", &label, &["nurse.n"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("scan the patient's wristband first"),
+        "{}",
+        text(&out)
+    );
+    // The other patient's wristband and bag agree with each other: this was the
+    // wrong batch to scan against, and it says which one to open.
+    let out = bedside(
         &agent,
         &batch,
         "handover",
+        "P-9002",
+        &other_coi,
+        &["nurse.n"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("both for patient P-9002")
+            && text(&out).contains("open that patient's batch"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        site_count(&agent, scans).await,
+        before,
+        "refusals record nothing"
+    );
+    let out = bedside(
+        &agent,
+        &batch,
+        "handover",
+        "]C0P-9001",
         &coi.eye_readable(),
         &["nurse.n"],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let out = scan(
+    // The right bag at the wrong patient's bed: a hard stop.
+    let out = bedside(
         &agent,
         &batch,
         "infusion",
+        "P-9002",
+        &label,
+        &["nurse.n", "dr.coi"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let out = bedside(
+        &agent,
+        &batch,
+        "infusion",
+        "P-9001",
         &other_coi,
         &["nurse.n", "dr.coi"],
     );
     assert_eq!(out.status.code(), Some(3));
-    let out = scan(
+    // The wristband's COI barcode names the patient as well as the pseudonym does.
+    let out = bedside(
         &agent,
         &batch,
         "infusion",
+        &format!("]C0{label}"),
         &coi.to_string().to_lowercase(),
         &["nurse.n", "dr.coi"],
     );
@@ -416,7 +496,7 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
         .collect();
     assert_eq!(
         timeline.iter().filter(|w| *w == "custody MISMATCH").count(),
-        2,
+        3,
         "{timeline:?}"
     );
     assert_eq!(timeline.last().map(String::as_str), Some("custody scan"));

@@ -15,7 +15,7 @@ mod site;
 
 pub use batch::{BatchState, NewOrder, Order, Progress};
 pub use people::{DirectoryEntry, Role, SiteDirectory, User};
-pub use projection::Projection;
+pub use projection::{Patient, Projection};
 pub use record::{
     BatchRecord, ChangeReview, Justification, QcRecord, Signature, StoredEvent, StoredRecipe,
 };

@@ -243,6 +243,7 @@ mod tests {
                 verifiers: verifiers.iter().map(|v| v.to_string()).collect(),
                 matched: true,
                 location: String::new(),
+                wristband: None,
             },
         }
     }

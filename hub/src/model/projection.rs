@@ -31,6 +31,21 @@ impl Order {
     }
 }
 
+/// Whose batch a projection follows: the order's COI and patient pseudonym.
+#[derive(Debug, Clone, Copy)]
+pub struct Patient<'a> {
+    pub coi: &'a str,
+    pub pseudonym: &'a str,
+}
+
+impl Patient<'_> {
+    /// Whether a scanned wristband names this patient (its COI or pseudonym).
+    pub fn named_by(&self, wristband: &str) -> bool {
+        let w = wristband.trim();
+        w == self.coi || w.eq_ignore_ascii_case(self.pseudonym.trim())
+    }
+}
+
 impl Projection {
     pub fn new() -> Projection {
         Projection {
@@ -41,15 +56,14 @@ impl Projection {
         }
     }
 
-    /// Applies one site event; returns the hub's evaluation when it is a QC result.
-    /// Applies one site event of the batch whose order carries `coi`; returns the
-    /// hub's evaluation when it is a QC result.
+    /// Applies one site event of `patient`'s batch; returns the hub's evaluation
+    /// when it is a QC result.
     pub fn apply(
         &mut self,
         event: &SiteEvent,
         recipe: &Recipe,
         recipe_sha256: &str,
-        coi: &str,
+        patient: Patient<'_>,
     ) -> Option<QcRecord> {
         let mut qc = None;
         let mut exception = false;
@@ -156,7 +170,7 @@ impl Projection {
                 exception = true;
             }
             EventKind::CustodyScan { .. } => {
-                exception = self.custody(event, recipe, coi);
+                exception = self.custody(event, recipe, patient);
             }
             EventKind::ReleaseDecisionRecorded { .. } => {
                 self.decision_recorded = true;
@@ -204,13 +218,16 @@ impl Projection {
     }
 
     /// A scan the site reports; returns true when it is an exception for QA. The hub
-    /// trusts the site's "matched" only when the identifiers say the same.
-    fn custody(&mut self, event: &SiteEvent, recipe: &Recipe, coi: &str) -> bool {
+    /// trusts the site's "matched" only when the identifiers say the same: at the
+    /// bedside that includes the patient's wristband (their COI or pseudonym).
+    fn custody(&mut self, event: &SiteEvent, recipe: &Recipe, patient: Patient<'_>) -> bool {
+        let coi = patient.coi;
         let EventKind::CustodyScan {
             checkpoint_id,
             expected_coi,
             scanned_coi,
             matched,
+            wristband,
             ..
         } = &event.kind
         else {
@@ -237,6 +254,17 @@ impl Projection {
                 .as_ref()
                 .is_some_and(|c| &c.id == checkpoint_id)
         });
+        let at_bedside = bedside.contains(&checkpoint_id.as_str());
+        if at_bedside && !wristband.as_deref().is_some_and(|w| patient.named_by(w)) {
+            self.anomaly(
+                event,
+                match wristband {
+                    None => format!("site reported a match at {checkpoint_id:?} without scanning the patient's wristband"),
+                    Some(w) => format!("site reported a match at {checkpoint_id:?} with wristband {w:?}, which names neither the order's COI nor its patient"),
+                },
+            );
+            return true;
+        }
         match bedside.iter().position(|id| *id == checkpoint_id) {
             Some(0) if self.state == BatchState::Released => self.state = BatchState::HandedOver,
             Some(1) if self.state == BatchState::HandedOver => self.state = BatchState::Infused,
@@ -294,6 +322,10 @@ mod tests {
     use uuid::Uuid;
 
     const COI: &str = "G123426000042X";
+    const PATIENT: Patient<'static> = Patient {
+        coi: COI,
+        pseudonym: "P-0042",
+    };
 
     fn recipe() -> Recipe {
         Recipe::from_toml(include_str!("../../recipes/cd19-car-t.v1.toml")).expect("valid recipe")
@@ -322,6 +354,8 @@ mod tests {
                 verifiers: vec!["a".into(), "b".into()],
                 matched,
                 location: "bench 1".into(),
+                // At the bedside the wristband is scanned too; it carries the COI.
+                wristband: matches!(checkpoint, "handover" | "infusion").then(|| COI.into()),
             },
         )
     }
@@ -356,13 +390,13 @@ mod tests {
             ),
             recipe,
             sha,
-            COI,
+            PATIENT,
         );
         assert_eq!(p.state, BatchState::Accepted);
         for step in &recipe.steps {
             if let Some(cp) = &step.custody_checkpoint {
                 seq += 1;
-                p.apply(&scan(seq, &cp.id, COI, true), recipe, sha, COI);
+                p.apply(&scan(seq, &cp.id, COI, true), recipe, sha, PATIENT);
             }
             seq += 1;
             p.apply(
@@ -376,7 +410,7 @@ mod tests {
                 ),
                 recipe,
                 sha,
-                COI,
+                PATIENT,
             );
             assert_eq!(p.state, BatchState::InProcess);
             assert_eq!(p.current_step.as_deref(), Some(step.id.as_str()));
@@ -391,7 +425,7 @@ mod tests {
                 ),
                 recipe,
                 sha,
-                COI,
+                PATIENT,
             );
         }
         let tests: Vec<_> = recipe
@@ -405,7 +439,12 @@ mod tests {
             } else {
                 QcValue::Text(test.spec.accepted[0].clone())
             };
-            let q = p.apply(&qc(seq, &test.id, value, Outcome::Pass), recipe, sha, COI);
+            let q = p.apply(
+                &qc(seq, &test.id, value, Outcome::Pass),
+                recipe,
+                sha,
+                PATIENT,
+            );
             assert_eq!(q.map(|q| q.hub_outcome), Some(Outcome::Pass), "{}", test.id);
         }
         (p, seq)
@@ -426,7 +465,7 @@ mod tests {
             &qc(seq + 1, &last.id, QcValue::Numeric(1.0), Outcome::Pass),
             &recipe,
             &sha,
-            COI,
+            PATIENT,
         );
         assert_eq!(p.state, BatchState::AwaitingRelease);
         assert!(
@@ -442,28 +481,62 @@ mod tests {
         let sha = recipe.sha256();
         let mut p = Projection::new();
         p.state = BatchState::AwaitingRelease;
-        p.apply(&scan(1, "handover", COI, true), &recipe, &sha, COI);
+        p.apply(&scan(1, "handover", COI, true), &recipe, &sha, PATIENT);
         assert_eq!(p.state, BatchState::AwaitingRelease, "not released yet");
         assert_eq!(p.progress.exceptions, vec![1]);
         p.state = BatchState::Released;
-        p.apply(&scan(2, "infusion", COI, true), &recipe, &sha, COI);
+        p.apply(&scan(2, "infusion", COI, true), &recipe, &sha, PATIENT);
         assert_eq!(p.state, BatchState::Released, "infusion before hand-over");
-        p.apply(&scan(3, "handover", COI, true), &recipe, &sha, COI);
+        p.apply(&scan(3, "handover", COI, true), &recipe, &sha, PATIENT);
         assert_eq!(p.state, BatchState::HandedOver);
         p.apply(
             &scan(4, "infusion", "G123426000043Z", true),
             &recipe,
             &sha,
-            COI,
+            PATIENT,
         );
         assert_eq!(
             p.state,
             BatchState::HandedOver,
             "a 'match' on another COI is not believed"
         );
-        p.apply(&scan(5, "infusion", COI, true), &recipe, &sha, COI);
+        p.apply(&scan(5, "infusion", COI, true), &recipe, &sha, PATIENT);
         assert_eq!(p.state, BatchState::Infused);
         assert_eq!(p.progress.exceptions, vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn a_bedside_match_is_believed_only_when_the_wristband_names_the_patient() {
+        let recipe = recipe();
+        let sha = recipe.sha256();
+        let mut p = Projection::new();
+        p.state = BatchState::Released;
+        let with_wristband = |seq: u64, wristband: Option<&str>| {
+            let mut e = scan(seq, "handover", COI, true);
+            if let EventKind::CustodyScan { wristband: w, .. } = &mut e.kind {
+                *w = wristband.map(str::to_owned);
+            }
+            e
+        };
+        p.apply(&with_wristband(1, None), &recipe, &sha, PATIENT);
+        p.apply(&with_wristband(2, Some("P-0043")), &recipe, &sha, PATIENT);
+        p.apply(
+            &with_wristband(3, Some("G123426000043Z")),
+            &recipe,
+            &sha,
+            PATIENT,
+        );
+        assert_eq!(p.state, BatchState::Released, "no bedside match believed");
+        assert_eq!(p.progress.exceptions, vec![1, 2, 3]);
+        assert!(
+            p.progress.anomalies[0].contains("without scanning the patient's wristband"),
+            "{:?}",
+            p.progress.anomalies
+        );
+        // The pseudonym as the wristband's barcode reads it (any case) is the patient.
+        p.apply(&with_wristband(4, Some("p-0042")), &recipe, &sha, PATIENT);
+        assert_eq!(p.state, BatchState::HandedOver);
+        assert_eq!(p.progress.exceptions, vec![1, 2, 3]);
     }
 
     #[test]
@@ -475,7 +548,7 @@ mod tests {
             &scan(1, "receipt", "G123426000043Z", false),
             &recipe,
             &sha,
-            COI,
+            PATIENT,
         );
         p.apply(
             &event(
@@ -488,7 +561,7 @@ mod tests {
             ),
             &recipe,
             &sha,
-            COI,
+            PATIENT,
         );
         assert_eq!(p.progress.exceptions, vec![1, 2]);
         assert!(
@@ -508,7 +581,7 @@ mod tests {
                 &qc(5, "viability", QcValue::Numeric(55.0), Outcome::Pass),
                 &recipe,
                 &sha,
-                COI,
+                PATIENT,
             )
             .expect("a qc record");
         assert_eq!(q.hub_outcome, Outcome::OutOfSpecification);
@@ -531,7 +604,7 @@ mod tests {
             ),
             &recipe,
             &sha,
-            COI,
+            PATIENT,
         );
         assert!(p.progress.steps_completed.is_empty());
         assert_eq!(p.progress.exceptions, vec![1]);
@@ -552,7 +625,7 @@ mod tests {
             ),
             &recipe,
             &sha,
-            COI,
+            PATIENT,
         );
         assert_eq!(p.state, BatchState::Cancelled);
         p.apply(
@@ -566,7 +639,7 @@ mod tests {
             ),
             &recipe,
             &sha,
-            COI,
+            PATIENT,
         );
         assert_eq!(p.state, BatchState::Cancelled);
     }

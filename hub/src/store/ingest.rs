@@ -187,7 +187,15 @@ pub fn plan<'a>(
         plan.events.push(received);
         let (order, projection, recipe) = &mut touched[slot];
         let state_before = projection.state;
-        if let Some(qc) = projection.apply(event, &recipe.recipe, &recipe.sha256, &order.coi) {
+        if let Some(qc) = projection.apply(
+            event,
+            &recipe.recipe,
+            &recipe.sha256,
+            crate::model::Patient {
+                coi: &order.coi,
+                pseudonym: &order.patient_pseudonym,
+            },
+        ) {
             plan.qc.push((event.batch_id, qc));
         }
         let target = |seq: u64| match planned.get(&seq) {

@@ -255,6 +255,9 @@ pub fn matched_scan(order: &Order, checkpoint_id: &str) -> EventKind {
         verifiers: vec![TECHNICIAN.into(), "tech-two".into()],
         matched: true,
         location: "clean room 1".into(),
+        // At the bedside the patient's wristband is scanned first.
+        wristband: matches!(checkpoint_id, "handover" | "infusion")
+            .then(|| order.patient_pseudonym.clone()),
     }
 }
 

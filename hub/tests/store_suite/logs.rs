@@ -542,6 +542,7 @@ pub async fn case_custody_mismatch_is_an_exception_and_audited(store: Arc<dyn St
         verifiers: vec![TECHNICIAN.into(), "tech-two".into()],
         matched: false,
         location: "apheresis unit".into(),
+        wristband: None,
     };
     ingest(
         &*store,

@@ -330,6 +330,7 @@ pub fn event_kind(i: u64, coi: &str) -> EventKind {
             verifiers: vec!["tech.alice".into(), "tech.bob".into()],
             matched: true,
             location: "cleanroom B, bench 2".into(),
+            wristband: None,
         },
         9 => EventKind::QcResult {
             test_id: "ip-viability".into(),
