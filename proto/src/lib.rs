@@ -11,6 +11,7 @@
 //!   the wire form in one place.
 //! - [`qc`]: which QC result counts when a test was run more than once.
 //! - [`people`]: the people of a site's directory, and which role may make which record.
+//! - [`suspension`]: who suspended a site and why, as the hub's refusal of its link tells it.
 //!
 //! It holds no I/O and no state.
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod event;
 pub mod people;
 pub mod qc;
 pub mod recipe;
+pub mod suspension;
 
 /// The site link protocol's version, exchanged in `Hello` and `Welcome`.
 pub mod protocol {

@@ -184,6 +184,7 @@ button{font:inherit;padding:.6rem 1.2rem;border:0;border-radius:4px;background:#
 :focus{outline:3px solid #ffbf47;outline-offset:1px}
 .card{background:#fff;border:1px solid #d5dae1;border-radius:6px;padding:1rem;margin-bottom:1rem}
 .link-up{color:#1e7b34;font-weight:700}.link-down{color:#b3261e;font-weight:700}
+.suspended{background:#b3261e;color:#fff;padding:.8rem 1rem;font-size:1.1rem}.suspended p{margin:.3rem 0 0}.suspended q{font-weight:700}
 .result{font-size:3.2rem;font-weight:900;text-align:center;padding:2rem;border-radius:8px;margin:1rem 0}
 .result.match{background:#1e7b34;color:#fff}.result.mismatch{background:#b3261e;color:#fff}
 .oos{color:#b3261e;font-weight:700}.error{color:#b3261e;font-weight:700}.next{font-size:1.2rem;font-weight:700}
@@ -232,8 +233,32 @@ fn page(console: &Console, who: Option<Who<'_>>, title: &str, body: Markup) -> M
                         }
                     }
                 }
+                div #site-suspension { (suspension_banner(console)) }
                 main { (body) }
-                script { (PreEscaped("setInterval(function(){fetch('/status').then(function(r){return r.text()}).then(function(t){document.getElementById('link-status').innerHTML=t}).catch(function(){})},2000);")) }
+                script { (PreEscaped(STATUS_SCRIPT)) }
+            }
+        }
+    }
+}
+
+/// Keeps the header's link status and the suspension banner current: `/status`
+/// answers both, and only what changed is replaced (nothing takes the focus).
+const STATUS_SCRIPT: &str = "setInterval(function(){fetch('/status').then(function(r){return r.text()}).then(function(t){\
+var d=document.createElement('div');d.innerHTML=t;['link-status','site-suspension'].forEach(function(id){\
+var n=d.querySelector('#'+id),o=document.getElementById(id);if(n&&o&&o.innerHTML!==n.innerHTML){o.innerHTML=n.innerHTML}})}).catch(function(){})},2000);";
+
+/// Why this site is suspended, as the hub said, and what that stops; nothing when
+/// it is not.
+fn suspension_banner(console: &Console) -> Markup {
+    let suspended = console.link.borrow().suspended.clone();
+    html! {
+        @if let Some(s) = suspended {
+            div.suspended role="alert" data-suspended-by=(s.by) {
+                strong { "This site is suspended by the control site." }
+                " " (s.by) " suspended it on " (s.at.format("%Y-%m-%d at %H:%M UTC")) ". "
+                "Reason: " q.reason { (s.reason) }
+                p { "New manufacturing steps do not start and no product is handed over to a patient until the control site resumes the site. "
+                    "Steps already running go on; keep recording what happens (readings, QC results, custody scans before hand-over)." }
             }
         }
     }
@@ -245,7 +270,11 @@ fn link_status(console: &Console) -> Markup {
         @if state.connected {
             span.link-up data-link="up" { "Hub link up" }
         } @else {
-            span.link-down data-link="down" { "Hub link DOWN: working offline, records are kept and sent when it returns" }
+            @if state.suspended.is_some() {
+                span.link-down data-link="refused" { "Hub link refused: this site is suspended (records are kept and sent when it is resumed)" }
+            } @else {
+                span.link-down data-link="down" { "Hub link DOWN: working offline, records are kept and sent when it returns" }
+            }
         }
     }
 }
@@ -332,16 +361,23 @@ async fn status_fragment(console: Shared) -> Response {
         Ok(last) => last.saturating_sub(state.hub_acked_event_seq),
         Err(_) => 0,
     };
-    Html(html! { (link_status(&console)) " · " span data-waiting=(waiting) { (waiting) " records waiting to send" } }.into_string()).into_response()
+    Html(html! {
+        span #link-status { (link_status(&console)) " · " span data-waiting=(waiting) { (waiting) " records waiting to send" } }
+        div #site-suspension { (suspension_banner(&console)) }
+    }.into_string()).into_response()
 }
 
 fn next_action(
     batch: &LocalBatch,
     recipe: &Recipe,
     events: &[carrel_proto::event::SiteEvent],
+    suspended: bool,
 ) -> String {
     if let Ok(cp) = custody::open_checkpoint(recipe, batch, events) {
         let bedside = recipe.bedside_checkpoints.iter().any(|c| c.id == cp.id);
+        if bedside && suspended {
+            return "Do not hand over: the site is suspended (see above); keep the product and contact the control site".into();
+        }
         return format!(
             "{}: {} ({} verifier{})",
             if bedside {
@@ -358,6 +394,7 @@ fn next_action(
         BatchState::Ordered | BatchState::Accepted => "The agent is accepting the order".into(),
         BatchState::InProcess => match &batch.current_step {
             Some(step) => format!("Step {step} is running on the instrument"),
+            None if suspended => "The next step waits: the site is suspended (see above)".into(),
             None => "Waiting for QC results".into(),
         },
         BatchState::AwaitingRelease => "Waiting for QA release at the control site".into(),
@@ -628,6 +665,7 @@ async fn home(console: Shared, headers: HeaderMap) -> Response {
         Ok(b) => b,
         Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e),
     };
+    let suspended = console.link.borrow().suspended.is_some();
     let mut rows = Vec::new();
     for batch in &batches {
         let events = console
@@ -636,7 +674,7 @@ async fn home(console: Shared, headers: HeaderMap) -> Response {
             .await
             .unwrap_or_default();
         let action = match Recipe::from_json(&batch.recipe_json) {
-            Ok(recipe) => next_action(batch, &recipe, &events),
+            Ok(recipe) => next_action(batch, &recipe, &events, suspended),
             Err(e) => format!("recipe unreadable: {e}"),
         };
         rows.push((batch, action));
@@ -683,13 +721,23 @@ fn batch_markup(
         }
     };
     let qc_tests = carrel_proto::qc::by_test(events);
+    let suspended = console.link.borrow().suspended.clone();
     html! {
         h1 { "Batch " (batch.coi) }
         p { "Patient " (batch.patient_pseudonym) " · " (recipe.title) " v" (recipe.version) " · state " strong { (batch.state.as_str()) } }
         @if let Some(result) = result { (result) }
-        p.next data-next { "Next: " (next_action(batch, recipe, events)) }
+        p.next data-next { "Next: " (next_action(batch, recipe, events, suspended.is_some())) }
         @if let Some(cp) = open {
             @let bedside = recipe.bedside_checkpoints.iter().any(|c| c.id == cp.id);
+            @if let (true, Some(s)) = (bedside, &suspended) {
+                div.card.scan data-handover="refused" {
+                    h2 { "Custody checkpoint: " (cp.name) }
+                    @if let Some(refusal) = refused_in(KeptForm::Scan) { (refusal) } @else {
+                        p.error { "Hand-over to the patient is refused: this site is " (s.describe()) "." }
+                    }
+                    p { "Keep the product where it is and contact the control site. The scan is offered again when the control site resumes this site." }
+                }
+            } @else {
             div.card.scan {
                 h2 { "Custody checkpoint: " (cp.name) }
                 @if let Some(refusal) = refused_in(KeptForm::Scan) { (refusal) }
@@ -734,6 +782,7 @@ fn batch_markup(
                     p { button type="submit" { @if bedside { "Compare patient and bag" } @else { "Check label" } } }
                 }
                 script { (PreEscaped(SCAN_SCRIPT)) }
+            }
             }
         }
         @if let Some(step) = batch.current_step.as_deref().and_then(|s| recipe.step(s)) {

@@ -21,6 +21,7 @@ use carrel_proto::coi::{self, Coi};
 use carrel_proto::event::{EventKind, SiteEvent};
 use carrel_proto::people::SiteAction;
 use carrel_proto::recipe::{CustodyCheckpoint, Recipe};
+use carrel_proto::suspension::Suspension;
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -57,6 +58,8 @@ pub enum Error {
     NoWristband,
     #[error("this wristband and this bag are both for patient {pseudonym} (COI {coi}), not for this batch: open that patient's batch and scan there; nothing was recorded")]
     OtherBatch { coi: String, pseudonym: String },
+    #[error("hand-over to the patient is refused: this site is {}; it is offered again when the control site resumes the site; nothing was recorded", .0.describe())]
+    Suspended(Suspension),
     #[error("the batch's recipe cannot be read: {0}")]
     Recipe(String),
     #[error(transparent)]
@@ -242,6 +245,11 @@ pub async fn scan(store: &Store, scan: Scan<'_>) -> Result<Scanned, Error> {
         });
     }
     let bedside = recipe.bedside_checkpoints.iter().any(|cp| cp.id == open.id);
+    if bedside {
+        if let Some(suspension) = store.suspension().await? {
+            return Err(Error::Suspended(suspension));
+        }
+    }
     let action = if bedside {
         SiteAction::BedsideScan
     } else {

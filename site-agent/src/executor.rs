@@ -392,6 +392,11 @@ impl BatchRun {
                 self.wait_for_room(step).await?;
             }
             self.pass_checkpoint(step).await?;
+            // A custody scan is a fact and is recorded whatever the site's status;
+            // the step itself does not start while the site is suspended.
+            if resume_from.is_none() {
+                self.wait_while_suspended(step).await?;
+            }
             self.run_step(&sim, step, resume_from, &progress).await?;
             self.record_tests(&sim, &step.in_process_tests, &progress)
                 .await?;
@@ -408,6 +413,24 @@ impl BatchRun {
         // recorded after it, in the recipe's order.
         self.record_tests(&sim, &recipe.release_tests, &progress)
             .await?;
+        Ok(())
+    }
+
+    /// Waits while the hub has this site suspended: a new step is not started
+    /// (one under way goes on, its cells are in the process).
+    async fn wait_while_suspended(&self, step: &Step) -> Result<(), Stop> {
+        let mut announced = false;
+        while let Some(suspension) = self.store.suspension().await? {
+            if !announced {
+                tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id,
+                    "step not started: this site is {}", suspension.describe());
+                announced = true;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
         Ok(())
     }
 

@@ -70,7 +70,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .await
             .with_context(|| format!("opening the site store {}", db.display()))?,
     );
-    let (state, link_state) = watch::channel(link::LinkState::default());
+    let (state, link_state) = watch::channel(link::LinkState {
+        suspended: store.suspension().await?,
+        ..Default::default()
+    });
     let link = link::Link {
         store: store.clone(),
         hubs: config.hub_addresses(),

@@ -11,6 +11,7 @@ use crate::tls;
 use carrel_proto::event::HubCommand;
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
+use carrel_proto::suspension::Suspension;
 use rand::Rng;
 use rustls::ClientConfig;
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub enum Error {
     Silent(Duration),
     #[error("site identity: {0}")]
     Identity(String),
+    #[error("the hub refuses the link: this site is {}", .0.describe())]
+    Suspended(Suspension),
 }
 
 /// How a session ended without an error.
@@ -84,6 +87,9 @@ enum Ended {
 
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
+        if let Some(suspension) = Suspension::of(&s) {
+            return Error::Suspended(suspension);
+        }
         Error::Status {
             code: s.code(),
             message: s.message().to_owned(),
@@ -97,6 +103,8 @@ pub struct LinkState {
     pub connected: bool,
     pub hub_acked_event_seq: u64,
     pub last_error: Option<String>,
+    /// The hub's word that this site is suspended (kept in the store too).
+    pub suspended: Option<Suspension>,
 }
 
 /// Keeping the site's identity current over the link: the CA bundle the hub sends,
@@ -219,6 +227,20 @@ impl Link {
                     continue;
                 }
                 Ok(Ended::Closed) => tracing::info!("link to the hub closed"),
+                Err(Error::Suspended(suspension)) => {
+                    // Kept, so that new steps and bedside hand-over stay refused while
+                    // the hub cannot be reached, and the console says why.
+                    tracing::warn!(%hub, suspended_by = %suspension.by, reason = %suspension.reason, "the hub refuses the link: this site is suspended");
+                    if let Err(e) = self.store.set_suspension(Some(&suspension)).await {
+                        tracing::error!(error = %e, "cannot keep the hub's suspension of this site");
+                    }
+                    next += 1;
+                    let error = Error::Suspended(suspension.clone()).to_string();
+                    self.state.send_modify(|s| {
+                        s.last_error = Some(error);
+                        s.suspended = Some(suspension);
+                    });
+                }
                 Err(e) => {
                     tracing::warn!(%hub, error = %e, "link to the hub lost");
                     // Try the next replica; with one address this is the same hub.
@@ -346,6 +368,11 @@ impl Link {
             0 => DEFAULT_MAX_MESSAGE_BYTES,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
+        // The hub accepted the link: whatever suspension the site knew of is over.
+        if self.store.suspension().await?.is_some() {
+            self.store.set_suspension(None).await?;
+            tracing::info!("the hub accepted the link: this site is no longer suspended");
+        }
         let mut acked = welcome.acked_event_seq;
         let mut sent = acked;
         self.note_acked(acked).await;
@@ -355,6 +382,7 @@ impl Link {
             s.connected = true;
             s.hub_acked_event_seq = acked;
             s.last_error = None;
+            s.suspended = None;
         });
         tracing::info!(site_id = %welcome.site_id, hub_acked = acked, local_last = last_event_seq, "link to the hub up");
         tracing::info!(%hub, "connected");

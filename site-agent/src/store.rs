@@ -19,6 +19,7 @@ use carrel_proto::event::{
 };
 use carrel_proto::people::PersonStatus;
 use carrel_proto::recipe::Recipe;
+use carrel_proto::suspension::Suspension;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -913,6 +914,42 @@ impl Store {
         )
         .bind(seq as i64)
         .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The hub's word that this site is suspended, kept until the hub accepts the
+    /// link again (`None`: not suspended as far as the site knows).
+    pub async fn suspension(&self) -> Result<Option<Suspension>> {
+        let row = sqlx::query(
+            "SELECT suspended_by, suspended_at, suspension_reason FROM link_state WHERE id = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let by: Option<String> = row.try_get("suspended_by")?;
+        let at: Option<String> = row.try_get("suspended_at")?;
+        match (by, at) {
+            (Some(by), Some(at)) => Ok(Some(Suspension {
+                by,
+                at: parse_ts(&at)?,
+                reason: row
+                    .try_get::<Option<String>, _>("suspension_reason")?
+                    .unwrap_or_default(),
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Keeps (or, with `None`, clears) the hub's word that this site is suspended.
+    pub async fn set_suspension(&self, suspension: Option<&Suspension>) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        sqlx::query(
+            "UPDATE link_state SET suspended_by = ?, suspended_at = ?, suspension_reason = ? WHERE id = 1",
+        )
+        .bind(suspension.map(|s| s.by.clone()))
+        .bind(suspension.map(|s| ts(s.at)))
+        .bind(suspension.map(|s| s.reason.clone()))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -1675,3 +1675,173 @@ async fn at_the_bedside_the_wristband_is_compared_with_the_bag_and_the_result_mu
     );
     scenario::wait_order_state(&hub, &order_id, "handed_over", Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suspended_site_says_why_and_refuses_hand_over_until_it_is_resumed() {
+    let hub = Hub::start().await;
+    scenario::add_people(&hub);
+    hub.ensure_admin();
+    let token = hub.add_site("site-b");
+    let mut agent = Agent::enroll(&hub, "site-b", &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    agent.configure(&["reconnect_max_ms"], 1_000.into());
+    agent.start();
+    technicians_at(&hub, &agent, "site-b").await;
+    let (order_id, batch) = scenario::create_order(&hub, "site-b", "P-7501");
+    let coi = str_field(&order_show(&hub, scenario::PHYSICIAN.0, &order_id), "coi").to_owned();
+    scenario::wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
+    scenario::sign_release(&hub, &batch);
+    let db = agent.db().await;
+    let custody_scans = || async {
+        agent_events(&db)
+            .await
+            .into_iter()
+            .filter(|(_, body)| body.contains("\"custody_scan\"") && body.contains("\"handover\""))
+            .count()
+    };
+
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("suspended");
+    site_sign_in(&client, &site_console, ANN).await;
+    let page = format!("{site_console}/batches/{batch}");
+    reload_until(
+        &client,
+        &page,
+        "Custody checkpoint: Hand-over of the released product",
+    )
+    .await;
+    assert!(
+        client.find(Locator::Css(".suspended")).await.is_err(),
+        "no banner on an active site"
+    );
+
+    // The control site suspends the site while the hand-over page is open: the
+    // banner appears without a reload, with who and why.
+    let reason = "Clean room failed its particle count; requalify before any hand-over.";
+    hub.cli_ok(
+        "admin",
+        &["site", "suspend", "site-b", "--reason", reason],
+        None,
+    );
+    let banner = eventually(Duration::from_secs(30), "the suspension banner", || async {
+        match client
+            .find(Locator::Css("#site-suspension .suspended"))
+            .await
+        {
+            Ok(banner) => banner.text().await.ok(),
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert!(
+        banner.contains("suspended by the control site")
+            && banner.contains("admin suspended it on")
+            && banner.contains(reason),
+        "{banner}"
+    );
+    // The header says the link is refused, not that the network is down.
+    let link = eventually(Duration::from_secs(10), "the link status", || async {
+        let link = client
+            .find(Locator::Css("#link-status [data-link]"))
+            .await
+            .ok()?
+            .attr("data-link")
+            .await
+            .ok()
+            .flatten()?;
+        (link == "refused").then_some(link)
+    })
+    .await;
+    assert_eq!(link, "refused");
+    shots.take(&client, "suspended-banner-appears").await;
+
+    // The form that was open is refused with the reason; nothing is recorded.
+    fill(&client, "#wristband", "P-7501").await;
+    fill(&client, "#label", &format!("{coi}\n")).await;
+    expect_text(
+        &client,
+        "refused hand-over",
+        "hand-over to the patient is refused",
+    )
+    .await;
+    let body = client
+        .find(Locator::Css("body"))
+        .await
+        .expect("body")
+        .text()
+        .await
+        .expect("text");
+    assert!(body.contains(reason), "{body}");
+    assert_eq!(custody_scans().await, 0, "nothing recorded");
+
+    // A fresh page offers no hand-over scan at all, at every width, and says why.
+    for (width, height) in [(1280, 800), (1024, 768), (390, 844)] {
+        client
+            .set_window_size(width, height)
+            .await
+            .expect("window size");
+        client.goto(&page).await.expect("batch page");
+        assert!(
+            client.find(Locator::Css("#wristband")).await.is_err(),
+            "no scan field while suspended"
+        );
+        let refused = client
+            .find(Locator::Css("[data-handover=refused]"))
+            .await
+            .expect("the refusal in place of the scan")
+            .text()
+            .await
+            .expect("text");
+        assert!(refused.contains(reason), "{refused}");
+        let next = client
+            .find(Locator::Css("[data-next]"))
+            .await
+            .expect("next")
+            .text()
+            .await
+            .expect("text");
+        assert!(next.contains("Do not hand over"), "{next}");
+        assert!(in_view(&client, ".suspended").await, "at {width}x{height}");
+        shots
+            .take(&client, &format!("suspended-batch-{width}"))
+            .await;
+    }
+
+    // Resumed: the banner goes without a reload, and the scan is offered again.
+    hub.cli_ok(
+        "admin",
+        &[
+            "site",
+            "resume",
+            "site-b",
+            "--reason",
+            "Requalified: particle counts within limits.",
+        ],
+        None,
+    );
+    eventually(Duration::from_secs(30), "the banner to go", || async {
+        client
+            .find(Locator::Css("#site-suspension .suspended"))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    client.goto(&page).await.expect("batch page");
+    fill(&client, "#wristband", "P-7501").await;
+    fill(&client, "#label", &format!("{coi}\n")).await;
+    let shown = eventually(Duration::from_secs(20), "the scan result", || async {
+        let v = scan_result_in_view(&client).await;
+        (!v.is_null()).then_some(v)
+    })
+    .await;
+    assert_eq!(shown["result"], "match", "{shown}");
+    assert_eq!(custody_scans().await, 1);
+}

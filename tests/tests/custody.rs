@@ -395,6 +395,76 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
         },
     )
     .await;
+    // A suspended site hands nothing over, and says who suspended it and why; the
+    // site keeps the reason while it cannot reach the hub, and forgets it only when
+    // the hub accepts its link again.
+    hub.ensure_admin();
+    let scans = "SELECT COUNT(*) FROM events WHERE kind = 'custody_scan'";
+    let before = site_count(&agent, scans).await;
+    hub.cli_ok(
+        "admin",
+        &[
+            "site",
+            "suspend",
+            "site-c",
+            "--reason",
+            "Clean room failed its particle count; requalify before any hand-over.",
+        ],
+        None,
+    );
+    let suspended = "SELECT COUNT(*) FROM link_state WHERE suspended_by = 'admin' \
+                     AND suspension_reason LIKE 'Clean room failed%'";
+    eventually(
+        Duration::from_secs(30),
+        "the site to learn it is suspended",
+        || {
+            let agent = &agent;
+            async move { (site_count(agent, suspended).await == 1).then_some(()) }
+        },
+    )
+    .await;
+    let out = bedside(&agent, &batch, "handover", "P-9001", &label, &["nurse.n"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("suspended by admin")
+            && text(&out).contains("Clean room failed its particle count")
+            && text(&out).contains("hand-over to the patient is refused"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        site_count(&agent, scans).await,
+        before,
+        "a refusal records nothing"
+    );
+    let listed = hub.cli("admin", &["site", "list"], None);
+    assert!(
+        text(&listed).contains("by admin on") && text(&listed).contains("Clean room failed"),
+        "{}",
+        text(&listed)
+    );
+    hub.cli_ok(
+        "admin",
+        &[
+            "site",
+            "resume",
+            "site-c",
+            "--reason",
+            "Requalified: particle counts within limits.",
+        ],
+        None,
+    );
+    let cleared = "SELECT COUNT(*) FROM link_state WHERE suspended_by IS NULL";
+    eventually(
+        Duration::from_secs(30),
+        "the site to be accepted again",
+        || {
+            let agent = &agent;
+            async move { (site_count(agent, cleared).await == 1).then_some(()) }
+        },
+    )
+    .await;
+
     let out = bedside(
         &agent,
         &batch,
@@ -409,7 +479,6 @@ async fn custody_scans_gate_every_step_and_a_bedside_match_closes_the_chain() {
         text(&out)
     );
     // The patient is scanned first: without the wristband nothing is compared.
-    let scans = "SELECT COUNT(*) FROM events WHERE kind = 'custody_scan'";
     let before = site_count(&agent, scans).await;
     let out = bedside(&agent, &batch, "handover", "", &label, &["nurse.n"]);
     assert!(!out.status.success());

@@ -190,6 +190,36 @@ async fn suspension_flags_the_running_batch_and_a_ceased_site_keeps_its_records(
     );
     assert!(text.contains("sterility breach in suite 2"), "{text}");
 
+    // The site is told who suspended it and why when its link is refused; the step
+    // under way goes on, the next one does not start.
+    let refused = eventually(
+        Duration::from_secs(30),
+        "the site to hold its next step",
+        || {
+            let log = agent.log();
+            async move {
+                log.lines()
+                    .find(|l| l.contains("step not started: this site is suspended by admin"))
+                    .map(str::to_owned)
+            }
+        },
+    )
+    .await;
+    assert!(refused.contains("sterility breach in suite 2"), "{refused}");
+    let steps_started = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM events WHERE kind = 'step_started'")
+            .fetch_one(&agent.db().await)
+            .await
+            .expect("count")
+    };
+    let held = steps_started().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        steps_started().await,
+        held,
+        "no step starts while suspended"
+    );
+
     // Ceasing is refused while the batch is open, and says which batch.
     let out = hub.cli(
         ADMIN.0,

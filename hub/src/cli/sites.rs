@@ -102,6 +102,9 @@ pub async fn run(command: SiteCommand) -> anyhow::Result<()> {
                             "last_command_seq": s.last_command_seq, "acked_command_seq": s.acked_command_seq,
                             "certificate_expires_at": carrel_proto::event::from_timestamp("certificate_expires_at", s.certificate_expires_at).ok().map(|t| t.to_rfc3339()),
                             "certificate_from_current_ca": s.certificate_from_current_ca,
+                            "status_changed_by": (!s.status_changed_by.is_empty()).then_some(&s.status_changed_by),
+                            "status_changed_at": carrel_proto::event::from_timestamp("status_changed_at", s.status_changed_at).ok().map(|t| t.to_rfc3339()),
+                            "status_reason": (!s.status_changed_by.is_empty()).then_some(&s.status_reason),
                         })
                     })
                     .collect();
@@ -141,6 +144,21 @@ pub async fn run(command: SiteCommand) -> anyhow::Result<()> {
                         s.acked_command_seq,
                         s.last_command_seq
                     );
+                    let status_changed_at = carrel_proto::event::from_timestamp(
+                        "status_changed_at",
+                        s.status_changed_at,
+                    );
+                    if let (Some(pb::SiteStatus::Suspended | pb::SiteStatus::Ceased), Ok(at)) =
+                        (pb::SiteStatus::try_from(s.status).ok(), status_changed_at)
+                    {
+                        println!(
+                            "{:<16} by {} on {}: {}",
+                            "",
+                            s.status_changed_by,
+                            at.format("%Y-%m-%d %H:%M UTC"),
+                            s.status_reason
+                        );
+                    }
                 }
             }
             Ok(())

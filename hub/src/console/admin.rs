@@ -28,7 +28,11 @@ fn sites_markup(
                 thead { tr { th { "Site" } th { "Name" } th { "Status" } th { "Link" } th { "Last contact" } th { "Events" } th { "Commands acked" } th { "Certificate" } th {} } }
                 tbody { @for s in sites {
                     tr data-site=(s.site_id) {
-                        td { (s.site_id) } td { (s.name) } td { (s.status.as_str()) }
+                        td { (s.site_id) } td { (s.name) } td.status { (s.status.as_str())
+                            @if let (SiteStatus::Suspended | SiteStatus::Ceased, Some(c)) = (s.status, &s.status_change) {
+                                br; span.muted data-status-reason { "by " (c.by) " " (when(c.at)) ": " (c.reason) }
+                            }
+                        }
                         td { @if hub.links.is_connected(&s.site_id) { span.badge.pass { "connected" } } @else { span.badge { "not connected" } } }
                         td.muted { (s.last_contact_at.map(when).unwrap_or_else(|| "never".into())) }
                         td { (s.acked_event_seq) } td { (s.acked_command_seq) "/" (s.last_command_seq) }

@@ -43,6 +43,17 @@ impl AdminApi {
             certificate_expires_at: site.cert_not_after.map(to_timestamp),
             certificate_from_current_ca: site.cert_ca_sha256.as_deref()
                 == Some(self.0.ca.fingerprint()),
+            status_changed_by: site
+                .status_change
+                .as_ref()
+                .map(|c| c.by.clone())
+                .unwrap_or_default(),
+            status_changed_at: site.status_change.as_ref().map(|c| to_timestamp(c.at)),
+            status_reason: site
+                .status_change
+                .as_ref()
+                .map(|c| c.reason.clone())
+                .unwrap_or_default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::store::{self, Received};
 use carrel_proto::event::SiteEvent;
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
+use carrel_proto::suspension::Suspension;
 use chrono::Utc;
 use futures_util::FutureExt;
 use std::collections::BTreeSet;
@@ -104,7 +105,22 @@ async fn identify_site<T>(hub: &Hub, request: &Request<T>) -> Result<Identified,
         ),
         Err(e) => return Err(status(e)),
         Ok(site) if site.status == SiteStatus::Suspended => {
-            ("suspended", format!("site {site_id:?} is suspended"))
+            // The site is told who suspended it and why, so its technicians know.
+            let suspension = match &site.status_change {
+                Some(change) => Suspension {
+                    by: change.by.clone(),
+                    at: change.at,
+                    reason: change.reason.clone(),
+                },
+                None => Suspension {
+                    by: "an administrator".into(),
+                    at: site.last_contact_at.unwrap_or_default(),
+                    reason: "(no reason kept; see the hub's audit trail)".into(),
+                },
+            };
+            let refusal = suspension.refusal(&site_id);
+            audit_link_refusal(hub, &site_id, "suspended", refusal.message(), &fingerprint).await;
+            return Err(refusal);
         }
         Ok(site) if site.status == SiteStatus::Ceased => (
             "ceased",
@@ -131,17 +147,27 @@ async fn identify_site<T>(hub: &Hub, request: &Request<T>) -> Result<Identified,
         ),
         Ok(_) => return Ok(identified(hub, site_id, leaf.as_ref())),
     };
+    audit_link_refusal(hub, &site_id, kind, &refused, &fingerprint).await;
+    Err(Status::permission_denied(refused))
+}
+
+async fn audit_link_refusal(
+    hub: &Hub,
+    site_id: &str,
+    kind: &str,
+    refused: &str,
+    fingerprint: &str,
+) {
     hub.audit_refusal(
         kind,
         NewEntry::new(
-            &site_id,
+            site_id,
             Action::SiteLinkRefused,
             Object::Site(site_id.to_owned()),
         )
         .reason(format!("{refused} (certificate sha256 {fingerprint})")),
     )
     .await;
-    Err(Status::permission_denied(refused))
 }
 
 /// An accepted site, told to renew when its certificate is near its end or the

@@ -52,6 +52,17 @@ pub struct Site {
     pub last_command_seq: u64,
     pub acked_command_seq: u64,
     pub last_contact_at: Option<DateTime<Utc>>,
+    /// Who put the site in its status, when and why (kept since suspensions were
+    /// told to sites; `None` for a status no person set).
+    pub status_change: Option<StatusChange>,
+}
+
+/// A person's move of a site's lifecycle, as the site row keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub by: String,
+    pub at: DateTime<Utc>,
+    pub reason: String,
 }
 
 impl Site {

@@ -15,7 +15,7 @@ use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEve
 use crate::model::notification::{OutboxEntry, Subscription};
 use crate::model::{
     BatchState, ChangeReview, IssuedCert, Order, Progress, Projection, QcRecord, Role, Signature,
-    Site, SiteStatus, StoredEvent, StoredRecipe, User,
+    Site, SiteStatus, StatusChange, StoredEvent, StoredRecipe, User,
 };
 use crate::schedule::{Booking, Capacity, Plan};
 use async_trait::async_trait;
@@ -274,8 +274,14 @@ pub trait WriteTx: ReadTx {
         cert: &IssuedCert,
         now: DateTime<Utc>,
     ) -> Result<bool>;
-    /// Sets a site's status; a ceased site's enrollment token is dropped.
-    async fn set_site_status(&mut self, site_id: &str, status: SiteStatus) -> Result<()>;
+    /// Sets a site's status with who set it, when and why; a ceased site's enrollment
+    /// token is dropped.
+    async fn set_site_status(
+        &mut self,
+        site_id: &str,
+        status: SiteStatus,
+        change: &StatusChange,
+    ) -> Result<()>;
     async fn set_pending_certificate(&mut self, site_id: &str, cert: &IssuedCert) -> Result<()>;
     /// The pending certificate becomes the site's; the old one is dropped.
     async fn promote_pending_certificate(&mut self, site_id: &str) -> Result<()>;

@@ -13,7 +13,8 @@ use crate::model::notification::{
     parse_kinds, Channel, Delivery, Kind, OutboxEntry, OutboxState, Subscription,
 };
 use crate::model::{
-    BatchState, Order, QcRecord, Role, Signature, Site, SiteStatus, StoredEvent, StoredRecipe, User,
+    BatchState, Order, QcRecord, Role, Signature, Site, SiteStatus, StatusChange, StoredEvent,
+    StoredRecipe, User,
 };
 use crate::schedule::BookedStep;
 use carrel_proto::event::ReleaseMeaning;
@@ -77,6 +78,17 @@ pub(crate) fn site(row: &impl Columns) -> Result<Site> {
         last_command_seq: row.count("last_command_seq")?,
         acked_command_seq: row.count("acked_command_seq")?,
         last_contact_at: row.opt_time("last_contact_at")?,
+        status_change: match (
+            row.opt_text("status_changed_by")?,
+            row.opt_time("status_changed_at")?,
+        ) {
+            (Some(by), Some(at)) => Some(StatusChange {
+                by,
+                at,
+                reason: row.opt_text("status_reason")?.unwrap_or_default(),
+            }),
+            _ => None,
+        },
     })
 }
 

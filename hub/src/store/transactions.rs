@@ -20,7 +20,7 @@ use crate::model::notification::{
 };
 use crate::model::{
     site_transition, BatchState, ChangeReview, IssuedCert, NewOrder, OpenBatch, Order, Progress,
-    Role, Signature, Site, SiteStatus, User,
+    Role, Signature, Site, SiteStatus, StatusChange, User,
 };
 use crate::schedule::{Booked, Booking, Capacity, Moved, Plan};
 use carrel_proto::coi::Coi;
@@ -765,7 +765,12 @@ pub(crate) async fn set_site_status(
         .filter_map(|(batch_id, state, progress)| OpenBatch::of(batch_id, state, progress))
         .collect();
     let action = site_transition(&site, status, &open)?;
-    tx.set_site_status(site_id, status).await?;
+    let change = StatusChange {
+        by: actor.to_owned(),
+        at: now,
+        reason: reason.to_owned(),
+    };
+    tx.set_site_status(site_id, status, &change).await?;
     if status == SiteStatus::Suspended {
         for batch in open.iter().filter(|b| b.state.is_running()) {
             let flagged = batch.flagged_for_suspension(actor, reason, now);

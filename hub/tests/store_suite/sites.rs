@@ -147,6 +147,22 @@ pub async fn case_suspending_a_site_flags_its_running_batches_for_qa(store: Arc<
         .await
         .expect("suspend");
     assert_eq!(site.status, SiteStatus::Suspended);
+    // Who suspended it and why is kept on the site, read back as stored, for the
+    // site to be told when its link is refused.
+    let change = store
+        .site(SITE_A)
+        .await
+        .expect("site")
+        .status_change
+        .expect("the suspension is kept with the site");
+    assert_eq!(
+        (change.by.as_str(), change.reason.as_str()),
+        (ADMIN, "inspection finding 12")
+    );
+    assert!(
+        (chrono::Utc::now() - change.at).num_seconds().abs() < 60,
+        "{change:?}"
+    );
 
     let flagged = store.order(running.order_id).await.expect("order");
     assert_eq!(

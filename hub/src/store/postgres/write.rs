@@ -10,7 +10,7 @@ use super::{stored, PgStore, PgTx, COMMANDS_CHANNEL, ORDER_COLUMNS};
 use crate::audit::{self, NewEntry};
 use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
 use crate::model::notification::{kinds_text, payload, OutboxEntry, Subscription};
-use crate::model::{QcRecord, Role};
+use crate::model::{QcRecord, Role, StatusChange};
 
 use crate::model::{Progress, Projection};
 use crate::schedule::{Booking, Capacity, Plan};
@@ -416,15 +416,24 @@ impl WriteTx for PgTx<'_> {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn set_site_status(&mut self, site_id: &str, status: SiteStatus) -> Result<()> {
+    async fn set_site_status(
+        &mut self,
+        site_id: &str,
+        status: SiteStatus,
+        change: &StatusChange,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE sites SET status = $1, \
+             status_reason = $3, status_changed_by = $4, status_changed_at = $5, \
              token_sha256 = CASE WHEN $1 = 'ceased' THEN NULL ELSE token_sha256 END, \
              token_expires_at = CASE WHEN $1 = 'ceased' THEN NULL ELSE token_expires_at END \
              WHERE site_id = $2",
         )
         .bind(status.as_str())
         .bind(site_id)
+        .bind(&change.reason)
+        .bind(&change.by)
+        .bind(change.at)
         .execute(self.conn())
         .await?;
         Ok(())
