@@ -501,10 +501,14 @@ async fn refused_site_link_requests_are_audited_once_per_window_with_a_count() {
         );
     }
     let entries = wait_refusals(&db, "site.link_refused", "site-2", 2).await;
+    // The entry says who suspended the site and why, as the site is told.
     assert!(
         entries[0]
             .1
-            .starts_with("site \"site-2\" is suspended (certificate sha256 "),
+            .starts_with(&format!("site \"site-2\" is suspended by {} on ", ADMIN.0))
+            && entries[0]
+                .1
+                .contains("reason: \"audit test\" (certificate sha256 "),
         "{entries:?}"
     );
     assert_eq!(

@@ -334,7 +334,16 @@ async fn a_suspended_site_is_cut_off_at_once_refused_until_resumed_and_loses_not
         .rfind(|l| l.contains("is suspended"))
         .unwrap_or_default()
         .to_owned();
-    assert!(refused.contains("PermissionDenied"), "{refused}");
+    // The site is told who suspended it and why, and keeps it.
+    assert!(refused.contains("certificate reported stolen"), "{refused}");
+    assert_eq!(
+        count(
+            &agent_db,
+            "SELECT COUNT(*) FROM link_state WHERE suspension_reason = 'certificate reported stolen'"
+        )
+        .await,
+        1
+    );
     assert_eq!(
         count(
             &hub_db,
