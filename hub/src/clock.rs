@@ -144,6 +144,8 @@ pub struct Clock {
     pub vein_to_vein: Option<Duration>,
     /// Cancelled or rejected: the clock stopped and nothing more is expected.
     pub stopped: Option<BatchState>,
+    /// When it stopped: QA's rejection signature, or the cancellation.
+    pub stopped_at: Option<DateTime<Utc>>,
 }
 
 impl Clock {
@@ -384,7 +386,21 @@ pub fn clock(
         }
     });
     let collected = milestones[Milestone::Collection as usize].actual;
+    let stopped_at = match stopped {
+        Some(BatchState::Rejected) => record
+            .signatures
+            .iter()
+            .find(|s| s.meaning == ReleaseMeaning::Rejected)
+            .map(|s| s.signed_at),
+        Some(_) => record
+            .audit
+            .iter()
+            .find(|e| e.action == Action::OrderCancelled)
+            .map(|e| e.at),
+        None => None,
+    };
     Clock {
+        stopped_at,
         planned_release,
         expected_release,
         released_on_time: release.map(|at| at - planned_release <= tolerance),

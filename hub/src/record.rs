@@ -4,8 +4,8 @@
 //! a reviewer sees: the record's hash, the exceptions first, the QC results against
 //! their specification, the steps and process parameters, every entry, the
 //! signatures as they are shown (Part 11 manifestation) and the audit trail. The
-//! doors only render it. [`timeline`] and [`next_step`] tell an order's story to the
-//! physician who placed it.
+//! doors only render it. [`timeline`], [`next_step`] and [`alerts`] tell an order's
+//! story to the physician who placed it.
 //!
 //! The hash covers the order's identity (batch, COI, patient pseudonym, site, pinned
 //! recipe and its SHA-256) and every site event of the batch in log order, each as
@@ -740,6 +740,101 @@ pub fn next_step(record: &crate::model::BatchRecord) -> String {
     }
 }
 
+/// News about an order its physician must see first, above everything else.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Alert {
+    /// A QC result that counts for its test is out of specification.
+    OutOfSpecification {
+        test: String,
+        value: String,
+        recorded_at: DateTime<Utc>,
+        /// The product had been released (`released_at`) and infused (`infused_at`)
+        /// before the result was recorded.
+        released_at: Option<DateTime<Utc>>,
+        infused_at: Option<DateTime<Utc>>,
+    },
+    /// QA rejected the batch.
+    Rejected {
+        by: String,
+        at: DateTime<Utc>,
+        reason: String,
+    },
+    /// The order was cancelled.
+    Cancelled {
+        by: String,
+        at: DateTime<Utc>,
+        reason: String,
+    },
+}
+
+/// The alerts of an order, rejection and cancellation first. A result replaced by a
+/// retest is not an alert; one still counting is, whenever it was recorded.
+pub fn alerts(record: &crate::model::BatchRecord) -> Vec<Alert> {
+    let recipe = &record.recipe.recipe;
+    let mut alerts = Vec::new();
+    if let Some(s) = record
+        .signatures
+        .iter()
+        .find(|s| s.meaning == ReleaseMeaning::Rejected)
+    {
+        alerts.push(Alert::Rejected {
+            by: format!("{} ({})", s.signer_name, s.signer),
+            at: s.signed_at,
+            reason: s.reason.clone(),
+        });
+    }
+    if let Some(e) = record
+        .audit
+        .iter()
+        .find(|e| e.action == crate::audit::Action::OrderCancelled)
+    {
+        alerts.push(Alert::Cancelled {
+            by: e.actor.clone(),
+            at: e.at,
+            reason: e.reason.clone(),
+        });
+    }
+    let released_at = record
+        .signatures
+        .iter()
+        .find(|s| s.meaning == ReleaseMeaning::Released)
+        .map(|s| s.signed_at);
+    let infused_at = recipe.bedside_checkpoints.last().and_then(|last| {
+        record.events.iter().find_map(|e| match &e.event.kind {
+            EventKind::CustodyScan {
+                checkpoint_id,
+                matched: true,
+                ..
+            } if *checkpoint_id == last.id => Some(e.event.recorded_at),
+            _ => None,
+        })
+    });
+    let counting: HashSet<u64> = carrel_proto::qc::by_test(record.events.iter().map(|e| &e.event))
+        .iter()
+        .flat_map(|t| t.current())
+        .collect();
+    for qc in record
+        .qc
+        .iter()
+        .filter(|q| q.hub_outcome == Outcome::OutOfSpecification && counting.contains(&q.site_seq))
+    {
+        let Some(stored) = record.events.iter().find(|e| e.event.seq == qc.site_seq) else {
+            continue;
+        };
+        let at = stored.event.recorded_at;
+        let test = recipe.test(&qc.test_id);
+        let unit = test.map(|t| t.unit.as_str()).unwrap_or_default();
+        alerts.push(Alert::OutOfSpecification {
+            test: test.map_or_else(|| qc.test_id.clone(), |t| t.name.clone()),
+            value: format!("{} {unit}", qc.value).trim_end().to_owned(),
+            recorded_at: at,
+            released_at: released_at.filter(|r| *r <= at),
+            infused_at: infused_at.filter(|i| *i <= at),
+        });
+    }
+    alerts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1027,5 +1122,68 @@ mod tests {
             "{}",
             entry.detail
         );
+    }
+
+    fn hub_verdict(seq: u64, test: &str, value: f64, outcome: Outcome) -> crate::model::QcRecord {
+        crate::model::QcRecord {
+            site_seq: seq,
+            test_id: test.into(),
+            value: QcValue::Numeric(value),
+            hub_outcome: outcome,
+            site_outcome: outcome,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_order_alerts_on_a_counting_out_of_specification_result_and_on_rejection() {
+        let created = Utc::now();
+        let s = Duration::seconds;
+        // Viability 55 % fails, then a retest of it passes: no alert for it. CD3 at
+        // 40 % fails and nothing retests it: an alert, with the test's name.
+        let events = [
+            (created + s(1), created + s(1), qc("viability", 55.0, None)),
+            (
+                created + s(2),
+                created + s(2),
+                qc("viability", 82.0, Some(1)),
+            ),
+            (created + s(3), created + s(3), qc("cd3", 40.0, None)),
+        ];
+        let mut record = record(&events, created);
+        record.qc = vec![
+            hub_verdict(1, "viability", 55.0, Outcome::OutOfSpecification),
+            hub_verdict(2, "viability", 82.0, Outcome::Pass),
+            hub_verdict(3, "cd3", 40.0, Outcome::OutOfSpecification),
+        ];
+        let alerts = alerts(&record);
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        assert!(
+            matches!(&alerts[0], Alert::OutOfSpecification { test, value, infused_at: None, released_at: None, .. }
+                if test == "CD3+ T cells" && value == "40 %"),
+            "{alerts:#?}"
+        );
+
+        record.signatures.push(crate::model::Signature {
+            signature_id: Uuid::now_v7(),
+            batch_id: record.order.batch_id,
+            signer: "qa.a".into(),
+            signer_name: "Ann QA".into(),
+            meaning: ReleaseMeaning::Rejected,
+            record_sha256: String::new(),
+            reason: "CD3+ below specification".into(),
+            signed_at: created + s(10),
+            justifications: Vec::new(),
+        });
+        let alerts = super::alerts(&record);
+        assert_eq!(
+            alerts[0],
+            Alert::Rejected {
+                by: "Ann QA (qa.a)".into(),
+                at: created + s(10),
+                reason: "CD3+ below specification".into()
+            }
+        );
+        assert_eq!(alerts.len(), 2);
     }
 }

@@ -294,8 +294,24 @@ async fn notifications_page_subscribes_shows_the_secret_once_and_unsubscribes() 
     click(&client, "form[action='/notifications'] button[type=submit]").await;
     expect_text(&client, "refused subscription", "is not https").await;
     shots.take(&client, "notifications-refused").await;
+    // The refused form comes back as it was sent.
+    let kept = client
+        .find(Locator::Css("input[name='kind_released']"))
+        .await
+        .expect("released box")
+        .prop("checked")
+        .await
+        .expect("checked");
+    assert_eq!(kept.as_deref(), Some("true"), "the kinds chosen are kept");
+    let target = client
+        .find(Locator::Css("#target"))
+        .await
+        .expect("target")
+        .prop("value")
+        .await
+        .expect("value");
+    assert_eq!(target.as_deref(), Some("http://receiver.test/hook"));
 
-    click(&client, "input[name='kind_released']").await;
     click(&client, "input[name='kind_coi_mismatch']").await;
     client
         .find(Locator::Css("#channel option[value='webhook']"))
@@ -316,7 +332,10 @@ async fn notifications_page_subscribes_shows_the_secret_once_and_unsubscribes() 
         .expect("text");
     assert!(secret.len() >= 32, "{secret:?}");
     let body = body_text(&client).await;
-    assert!(body.contains("coi_mismatch, released"), "{body}");
+    assert!(
+        body.contains("Chain-of-identity mismatch, Released"),
+        "{body}"
+    );
     shots.take(&client, "notifications-subscribed").await;
     let listed = hub.cli_json(QA.0, &["notify", "list"], None);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
@@ -1844,4 +1863,238 @@ async fn a_suspended_site_says_why_and_refuses_hand_over_until_it_is_resumed() {
     .await;
     assert_eq!(shown["result"], "match", "{shown}");
     assert_eq!(custody_scans().await, 1);
+}
+
+/// Signs QA's decision on a batch through the CLI, as `QA`, bound to the record as shown.
+fn sign_decision(hub: &Hub, batch_id: &str, meaning: &str, reason: &str) {
+    let record = hub.cli_json(QA.0, &["release", "show", batch_id], None);
+    let sha = str_field(&record, "record_sha256").to_owned();
+    let exceptions = record["exceptions"].as_array().map_or(0, Vec::len);
+    let justifications: Vec<String> = (1..=exceptions)
+        .map(|i| format!("reviewed in this test (exception {i})"))
+        .collect();
+    let mut args = vec![
+        "release",
+        "sign",
+        batch_id,
+        "--meaning",
+        meaning,
+        "--record-sha256",
+        &sha,
+        "--user",
+        QA.0,
+        "--acknowledge-signature-meaning",
+    ];
+    if !reason.is_empty() {
+        args.extend(["--reason", reason]);
+    }
+    if meaning == "released" {
+        for j in &justifications {
+            args.extend(["--justification", j.as_str()]);
+        }
+    }
+    hub.cli_ok(QA.0, &args, Some(QA.1));
+}
+
+async fn wait_state(hub: &Hub, order_id: &str, state: &str) {
+    eventually(
+        Duration::from_secs(90),
+        &format!("order {order_id} to be {state}"),
+        || {
+            let shown = order_show(hub, PHYSICIAN.0, order_id);
+            async move { (shown["state"] == state).then_some(()) }
+        },
+    )
+    .await;
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_physician_sees_rejections_cancellations_and_late_failures_on_the_order_and_in_the_console(
+) {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let (agent, released_order, released_batch) = batch_awaiting_release(&hub, "site-n").await;
+    hub.add_person(ANN.0, "technician", ANN.1, "site-n");
+    agent.wait_for_person(ANN.0, "active").await;
+    let (rejected_order, rejected_batch) =
+        scenario::create_order_as(&hub, PHYSICIAN.0, "site-n", "P-7102");
+    let (cancelled_order, _) = scenario::create_order_as(&hub, PHYSICIAN.0, "site-n", "P-7103");
+
+    // QA cancels one order (the physician did not: they are told), releases one,
+    // and rejects another with a reason.
+    hub.add_user("admin.web", "admin", "admin-password-123");
+    hub.cli_ok(
+        "admin.web",
+        &[
+            "order",
+            "cancel",
+            &cancelled_order,
+            "--reason",
+            "Patient withdrew consent before collection",
+        ],
+        None,
+    );
+    sign_decision(&hub, &released_batch, "released", "");
+    wait_state(&hub, &released_order, "released").await;
+    wait_state(&hub, &rejected_order, "awaiting_release").await;
+    sign_decision(
+        &hub,
+        &rejected_batch,
+        "rejected",
+        "Viability 55 % is below the 70 % specification",
+    );
+    wait_state(&hub, &rejected_order, "rejected").await;
+
+    // The sterility culture of the released product reads positive: a retest of
+    // the simulator's early reading, which it replaces as the value that counts.
+    let early: i64 = sqlx::query_scalar(
+        "SELECT seq FROM events WHERE kind = 'qc_result' AND batch_id = ? AND body LIKE '%\"sterility\"%' ORDER BY seq LIMIT 1",
+    )
+    .bind(&released_batch)
+    .fetch_one(&agent.db().await)
+    .await
+    .expect("the simulator's sterility reading");
+    let early = early.to_string();
+    let out = agent.cli(
+        &[
+            "qc",
+            "--batch",
+            &released_batch,
+            "--test",
+            "sterility",
+            "--value",
+            "growth detected",
+            "--retest-of",
+            &early,
+            "--user",
+            ANN.0,
+        ],
+        &format!("{}\n", ANN.1),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("safety_news");
+    sign_in(&client, &console, PHYSICIAN).await;
+
+    // The late failure, on the order page of the released product.
+    let page = format!("{console}/orders/{released_order}");
+    reload_until(&client, &page, "Out of specification: Sterility").await;
+    let banner = text_of(&client, "[data-alert=out-of-specification]").await;
+    assert!(banner.contains("growth detected"), "{banner}");
+    assert!(banner.contains("after QA released the product"), "{banner}");
+    assert!(banner.contains("Do not infuse it"), "{banner}");
+    shots
+        .take(&client, "physician-late-sterility-failure")
+        .await;
+
+    // The rejection: QA's reason, what to do next, and the clock stopped.
+    client
+        .goto(&format!("{console}/orders/{rejected_order}"))
+        .await
+        .expect("rejected order");
+    let banner = text_of(&client, "#order-rejected").await;
+    assert!(
+        banner.contains("Viability 55 % is below the 70 % specification"),
+        "{banner}"
+    );
+    assert!(banner.contains("What to do next"), "{banner}");
+    assert!(
+        banner.contains(&format!("signed by Test {} ({})", QA.0, QA.0)),
+        "{banner}"
+    );
+    let clock = text_of(&client, "[data-vein-to-vein]").await;
+    assert!(
+        clock.contains("stopped: the batch was rejected on"),
+        "{clock}"
+    );
+    assert!(
+        client
+            .find(Locator::Css("[data-clock][data-stopped]"))
+            .await
+            .is_ok(),
+        "{clock}"
+    );
+    shots.take(&client, "physician-rejected-order").await;
+
+    // The cancellation, with its reason; its clock never started.
+    client
+        .goto(&format!("{console}/orders/{cancelled_order}"))
+        .await
+        .expect("cancelled order");
+    let banner = text_of(&client, "#order-cancelled").await;
+    assert!(
+        banner.contains("Patient withdrew consent before collection"),
+        "{banner}"
+    );
+    assert!(banner.contains("by admin.web"), "{banner}");
+    // The simulator may have collected before the cancellation reached it.
+    let clock = text_of(&client, "[data-vein-to-vein]").await;
+    assert!(
+        clock.contains("not started; the order was cancelled before collection")
+            || clock.contains("stopped: the batch was cancelled on"),
+        "{clock}"
+    );
+
+    // The console's own list has each, unread, with no subscription and no e-mail.
+    let unread: u64 = client
+        .find(Locator::Css("header a[href='/notifications']"))
+        .await
+        .expect("notifications link")
+        .attr("data-unread")
+        .await
+        .expect("attr")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(unread >= 3, "unread {unread}");
+    click(&client, "header a[href='/notifications']").await;
+    expect_text(&client, "notifications", "For you").await;
+    let list = text_of(&client, "#inbox").await;
+    for what in [
+        "Rejected by QA",
+        "Order cancelled",
+        "Result out of specification",
+        "Record changed after QA's decision",
+        "Patient withdrew consent before collection",
+    ] {
+        assert!(list.contains(what), "{what} missing from: {list}");
+    }
+    shots.take(&client, "physician-notification-list").await;
+    click(&client, "#mark-all-read").await;
+    expect_text(&client, "notifications", "For you").await;
+    assert!(
+        client
+            .find_all(Locator::Css("#inbox tr[data-read=false]"))
+            .await
+            .expect("rows")
+            .is_empty(),
+        "every notification is read"
+    );
+    let unread = client
+        .find(Locator::Css("header a[href='/notifications']"))
+        .await
+        .expect("notifications link")
+        .attr("data-unread")
+        .await
+        .expect("attr");
+    assert_eq!(unread.as_deref(), Some("0"));
+    client.close().await.expect("close browser");
 }

@@ -20,7 +20,7 @@ fn sites_markup(
 ) -> Markup {
     page(
         "Sites",
-        Some((&session.user, &session.csrf)),
+        Some(session),
         html! {
             h1 { "Sites" }
             @if let Some(notice) = notice { (notice) }
@@ -164,7 +164,7 @@ fn users_markup(
 ) -> Markup {
     page(
         "Users",
-        Some((&session.user, &session.csrf)),
+        Some(session),
         html! {
             h1 { "Users" }
             @if let Some(notice) = notice { (notice) }

@@ -80,6 +80,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
             "/notifications",
             get(notifications::notifications).post(notifications::subscribe),
         )
+        .route("/notifications/read", post(notifications::mark_read))
         .route(
             "/notifications/subscriptions/{id}/unsubscribe",
             post(notifications::unsubscribe),
@@ -139,6 +140,8 @@ pub struct Session {
     pub token_sha256: String,
     /// The client's address (failed sign-ins and signings are counted per source).
     pub source: String,
+    /// How many of the user's console notifications are unread (shown in the header).
+    pub unread: u64,
 }
 
 /// The client's address of a request; "unknown" when the server was not told it.
@@ -195,6 +198,14 @@ impl FromRequestParts<Arc<Hub>> for Session {
                 csrf: csrf_for(&token),
                 token_sha256: secret_sha256(&token),
                 source: source_of(parts),
+                unread: hub
+                    .store
+                    .inbox_unread(&user.username)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "console: cannot count unread notifications");
+                        0
+                    }),
                 user,
             }),
             Ok(_) | Err(store::Error::NotFound(_)) => Err(to_login()),

@@ -1,34 +1,76 @@
-//! The Notifications page: a signed-in user subscribes by e-mail or webhook, sees
-//! and ends their subscriptions, and sees what was sent to them with its delivery
-//! state. QA and admins see everyone's notifications and requeue failed ones.
+//! The Notifications page: a signed-in user reads their console notification list
+//! (critical news of the orders a physician placed, there whatever they subscribed
+//! to), subscribes by e-mail or webhook, sees and ends their subscriptions, and sees
+//! what was sent to them with its delivery state. QA and admins see everyone's
+//! notifications and requeue failed ones.
 
 #![allow(clippy::result_large_err)]
 
 use super::view::{page, when};
 use super::{html_page, parse_uuid, refused, HubState, Page, Session};
+use crate::model::notification::InboxEntry;
 use crate::model::Role;
 use crate::notify::service::{self, Target};
 use crate::notify::{Kind, OutboxEntry, OutboxState, Subscription};
 use axum::extract::{Form, Path};
+use axum::response::{IntoResponse, Redirect};
 use maud::{html, Markup};
 use std::collections::HashMap;
+
+/// How many of a person's console notifications the page lists.
+const INBOX_SHOWN: u32 = 100;
 
 fn oversees(session: &Session) -> bool {
     service::oversees(&session.user)
 }
 
-async fn render(hub: &HubState, session: &Session, notice: Option<Markup>) -> Page {
+async fn render(
+    hub: &HubState,
+    session: &Session,
+    notice: Option<Markup>,
+    input: &HashMap<String, String>,
+) -> Page {
+    let inbox = hub
+        .store
+        .inbox(&session.user.username, INBOX_SHOWN)
+        .await
+        .map_err(|e| refused(e.into()))?;
     let subscriptions = service::subscriptions(hub, &session.user, false)
         .await
         .map_err(refused)?;
     let sent = service::notifications(hub, &session.user, oversees(session), None, 200)
         .await
         .map_err(refused)?;
-    Ok(html_page(markup(session, &subscriptions, &sent, notice)))
+    Ok(html_page(markup(
+        session,
+        &inbox,
+        &subscriptions,
+        &sent,
+        notice,
+        input,
+    )))
 }
 
 pub async fn notifications(hub: HubState, session: Session) -> Page {
-    render(&hub, &session, None).await
+    render(&hub, &session, None, &HashMap::new()).await
+}
+
+/// Mark-read form: `csrf`, and `inbox_id` for one notification (all without it).
+pub async fn mark_read(
+    hub: HubState,
+    session: Session,
+    Form(form): Form<HashMap<String, String>>,
+) -> Page {
+    session.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
+    let one = match form.get("inbox_id").filter(|id| !id.is_empty()) {
+        Some(id) => Some(parse_uuid(id)?),
+        None => None,
+    };
+    hub.store
+        .mark_inbox_read(&session.user.username, one, chrono::Utc::now())
+        .await
+        .map_err(|e| refused(e.into()))?;
+    Ok(Redirect::to("/notifications").into_response())
 }
 
 /// Subscribe form: `kind_<name>` checkboxes, `channel`, `target`, `site`, `csrf`.
@@ -49,6 +91,7 @@ pub async fn subscribe(
         _ => Target::Email(target),
     };
     let site = form.get("site").map(String::as_str);
+    let mut keep = HashMap::new();
     let notice = match service::subscribe(&hub, &session.user, &kinds, target, site).await {
         Ok((subscription, secret)) => html! {
             div.notice.ok {
@@ -60,11 +103,13 @@ pub async fn subscribe(
             }
         },
         Err(crate::service::Error::Field { message, .. }) => {
+            // The form comes back as it was sent, with what is wrong above it.
+            keep = form;
             html! { div.notice.bad role="alert" { (message) } }
         }
         Err(e) => return Err(refused(e)),
     };
-    render(&hub, &session, Some(notice)).await
+    render(&hub, &session, Some(notice), &keep).await
 }
 
 #[derive(serde::Deserialize)]
@@ -87,6 +132,7 @@ pub async fn unsubscribe(
         &hub,
         &session,
         Some(html! { div.notice.ok { "Subscription ended." } }),
+        &HashMap::new(),
     )
     .await
 }
@@ -106,6 +152,7 @@ pub async fn requeue(
         &hub,
         &session,
         Some(html! { div.notice.ok { "Notification requeued." } }),
+        &HashMap::new(),
     )
     .await
 }
@@ -119,16 +166,69 @@ fn state_badge(state: OutboxState) -> Markup {
     html! { span class={ "badge " (class) } data-delivery=(state.as_str()) { (state.as_str()) } }
 }
 
+/// The user's console notification list, newest first, unread ones marked.
+fn inbox_markup(session: &Session, inbox: &[InboxEntry]) -> Markup {
+    let csrf = &session.csrf;
+    html! {
+        section.card id="inbox" aria-labelledby="inbox-title" {
+            h2 id="inbox-title" { "For you"
+                @if session.unread > 0 { " " span.badge.rejected data-inbox-unread=(session.unread) { (session.unread) " unread" } } }
+            @if session.user.role == Role::Physician {
+                p.muted { "Critical news of the orders you placed (a chain-of-identity mismatch, a result out of specification, a deviation, a rejection, a cancellation, a delay, a record changed after QA's decision) always comes here, whether or not you subscribed below." }
+            }
+            @if inbox.is_empty() {
+                p.muted { "Nothing for you yet." }
+            } @else {
+                @if session.unread > 0 {
+                    form method="post" action="/notifications/read" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button.secondary type="submit" id="mark-all-read" { "Mark all as read" }
+                    }
+                }
+                table {
+                    thead { tr { th scope="col" { "When" } th scope="col" { "What" } th scope="col" { "" } } }
+                    tbody {
+                        @for n in inbox {
+                            tr data-inbox=(n.kind.as_str()) data-read=(n.read_at.is_some()) {
+                                td.muted { (when(n.happened_at)) }
+                                td {
+                                    strong { (n.kind.label()) }
+                                    @if n.read_at.is_none() { " " span.badge.awaiting_release { "new" } }
+                                    br; (n.summary)
+                                    @if let Some(order) = n.order_id { br; a href=(format!("/orders/{order}")) { "Open the order" } }
+                                }
+                                td {
+                                    @if n.read_at.is_none() {
+                                        form method="post" action="/notifications/read" {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            input type="hidden" name="inbox_id" value=(n.inbox_id);
+                                            button.secondary type="submit" { "Mark read" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn markup(
     session: &Session,
+    inbox: &[InboxEntry],
     subscriptions: &[Subscription],
     sent: &[OutboxEntry],
     notice: Option<Markup>,
+    input: &HashMap<String, String>,
 ) -> Markup {
     let csrf = &session.csrf;
+    let kept = |name: &str| input.get(name).map(String::as_str).unwrap_or("");
     let body = html! {
         h1 { "Notifications" }
         @if let Some(notice) = notice { (notice) }
+        (inbox_markup(session, inbox))
         section.card {
             h2 { "Subscribe" }
             form method="post" action="/notifications" {
@@ -137,20 +237,21 @@ fn markup(
                     legend { "Tell me when" }
                     @for kind in Kind::ALL {
                         label style="font-weight:400" {
-                            input type="checkbox" name={ "kind_" (kind.as_str()) } style="width:auto";
-                            " " (kind.as_str().replace('_', " "))
+                            input type="checkbox" name={ "kind_" (kind.as_str()) } style="width:auto"
+                                checked[input.contains_key(&format!("kind_{}", kind.as_str()))];
+                            " " (kind.label())
                         }
                     }
                 }
                 label for="channel" { "By" }
                 select id="channel" name="channel" {
                     option value="email" { "e-mail" }
-                    option value="webhook" { "webhook (https POST, signed)" }
+                    option value="webhook" selected[kept("channel") == "webhook"] { "webhook (https POST, signed)" }
                 }
                 label for="target" { "E-mail address or webhook URL" }
-                input id="target" name="target" required;
+                input id="target" name="target" required value=(kept("target"));
                 label for="site" { "Only for site (optional)" }
-                input id="site" name="site";
+                input id="site" name="site" value=(kept("site"));
                 p { button type="submit" { "Subscribe" } }
             }
             @if session.user.role == Role::Physician {
@@ -168,7 +269,7 @@ fn markup(
                         tr {
                             td { (s.channel.name()) }
                             td { (s.channel.target()) }
-                            td { (s.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")) }
+                            td { (s.kinds.iter().map(|k| k.label()).collect::<Vec<_>>().join(", ")) }
                             td { (s.site_id.as_deref().unwrap_or("all")) }
                             td.muted { (when(s.created_at)) }
                             td {
@@ -192,7 +293,7 @@ fn markup(
                     @for n in sent {
                         tr data-notification=(n.notification_id) {
                             td.muted { (when(n.created_at)) }
-                            td { strong { (n.kind.as_str().replace('_', " ")) } br; (n.summary) }
+                            td { strong { (n.kind.label()) } br; (n.summary) }
                             td { (n.owner) ": " (n.channel) " " (n.target) }
                             td {
                                 (state_badge(n.state))
@@ -215,5 +316,5 @@ fn markup(
             }
         }
     };
-    page("Notifications", Some((&session.user, csrf)), body)
+    page("Notifications", Some(session), body)
 }

@@ -2,16 +2,16 @@
 
 use super::view::{elapsed, live, page, state_badge, when};
 use super::{html_page, parse_uuid, refused, HubState, Page, Session};
+use crate::clock::{self, Clock, Milestone};
 use crate::model;
-use crate::model::{BatchRecord, Order, Role, SiteStatus};
-use crate::record::{next_step, timeline};
+use crate::model::{BatchRecord, BatchState, Order, Role, SiteStatus};
+use crate::record::{alerts, next_step, timeline, Alert};
 use crate::service::release;
 use crate::service::{self, OrderForm};
 use crate::store;
 use axum::extract::{Form, Path};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect};
-use carrel_proto::event::EventKind;
 use chrono::Utc;
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -44,7 +44,7 @@ pub async fn orders(hub: HubState, session: Session) -> Page {
     };
     Ok(html_page(page(
         title,
-        Some((&session.user, &session.csrf)),
+        Some(&session),
         html! {
             h1 { (title) }
             @if service::may_order(&session.user) { p { a.button href="/orders/new" { "New order" } } }
@@ -74,7 +74,7 @@ fn order_form_page(
     let err = |f: &str| errors.get(f).cloned();
     page(
         "New order",
-        Some((&session.user, &session.csrf)),
+        Some(session),
         html! {
             h1 { "New order" }
             div.card {
@@ -205,23 +205,76 @@ pub async fn create_order(
     }
 }
 
-fn order_live_markup(record: &BatchRecord) -> Markup {
+/// The banners an order's physician must see first (see [`alerts`]).
+fn alerts_markup(record: &BatchRecord) -> Markup {
+    html! {
+        @for alert in alerts(record) {
+            @match alert {
+                Alert::Rejected { by, at, reason } => div.notice.bad id="order-rejected" role="alert" {
+                    strong { "QA rejected this batch" } " on " (when(at)) ", signed by " (by) "."
+                    p { "Reason given: " strong { (reason) } }
+                    p { "What to do next: this product will not be released for infusion. Talk with QA and the site about the patient's options; if the patient is to be treated, a new collection needs a new order." }
+                },
+                Alert::Cancelled { by, at, reason } => div.notice.bad id="order-cancelled" role="alert" {
+                    strong { "This order was cancelled" } " on " (when(at)) " by " (by) "."
+                    p { "Reason given: " strong { (reason) } }
+                    p { "Nothing more is made or handed over under this order; the site was told to stop." }
+                },
+                Alert::OutOfSpecification { test, value, recorded_at, released_at, infused_at } => div.notice.bad data-alert="out-of-specification" role="alert" {
+                    strong { "Out of specification: " (test) " — " (value) } " (recorded " (when(recorded_at)) ")."
+                    @if let Some(infused) = infused_at {
+                        p { "This result came after the product was infused on " (when(infused)) ". Follow the patient as your protocol for an out-of-specification product requires, and contact QA, who review the result." }
+                    } @else if let Some(released) = released_at {
+                        p { "This result came after QA released the product on " (when(released)) ". Do not infuse it until QA has reviewed this result; contact QA." }
+                    } @else {
+                        p { "QA review this result before deciding on release; nothing is needed from you now." }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The vein-to-vein clock: from collection (apheresis) to infusion, stopped at a
+/// rejection or cancellation.
+fn vein_to_vein_markup(clock: &Clock) -> Markup {
+    let collected = clock.milestone(Milestone::Collection);
+    let infused = clock.milestone(Milestone::Infusion).actual;
+    let stopped = |state: BatchState| match state {
+        BatchState::Rejected => "rejected",
+        _ => "cancelled",
+    };
+    html! {
+        p data-vein-to-vein {
+            "Vein-to-vein clock: "
+            @match (collected.actual, infused, clock.stopped) {
+                (None, _, Some(state)) => {
+                    "not started; the order was " (stopped(state)) " before collection."
+                }
+                (None, _, None) => {
+                    "starts at collection (apheresis), planned " (when(collected.planned)) "."
+                }
+                (Some(from), Some(to), _) => {
+                    span.clock data-clock { (elapsed(from, to)) } " (collection to infusion)"
+                }
+                (Some(from), None, Some(state)) => {
+                    span.clock data-clock data-stopped { (elapsed(from, clock.stopped_at.unwrap_or(from))) }
+                    " stopped: the batch was " (stopped(state))
+                    @if let Some(at) = clock.stopped_at { " on " (when(at)) }
+                }
+                (Some(from), None, None) => {
+                    span.clock data-clock { (elapsed(from, Utc::now())) } " since collection"
+                }
+            }
+        }
+    }
+}
+
+fn order_live_markup(record: &BatchRecord, clock: &Clock) -> Markup {
     let order = &record.order;
-    let infused_at = record
-        .events
-        .iter()
-        .rev()
-        .find_map(|e| match &e.event.kind {
-            EventKind::CustodyScan {
-                checkpoint_id,
-                matched: true,
-                ..
-            } if checkpoint_id == "infusion" => Some(e.event.recorded_at),
-            _ => None,
-        });
-    let clock_end = infused_at.unwrap_or_else(Utc::now);
     let changed = order.progress.unreviewed_changes();
     html! {
+        (alerts_markup(record))
         @if !changed.is_empty() {
             div.notice.bad id="changed-after-decision" role="alert" {
                 strong { "The batch record changed after QA's decision. " }
@@ -232,8 +285,7 @@ fn order_live_markup(record: &BatchRecord) -> Markup {
         div.card {
             p { "State: " (state_badge(order.state))
                 @if order.decision_recorded { " · decision recorded at the site" } }
-            p { "Vein-to-vein clock: " span.clock data-clock { (elapsed(order.created_at, clock_end)) }
-                @if infused_at.is_some() { " (order to infusion)" } @else { " since the order" } }
+            (vein_to_vein_markup(clock))
             p { "Expected next step: " strong data-next { (next_step(record)) } }
         }
         h2 { "Timeline" }
@@ -248,25 +300,39 @@ fn order_live_markup(record: &BatchRecord) -> Markup {
     }
 }
 
-pub async fn order_page(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
-    let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
-        .await
-        .map_err(refused)?;
+/// An order's live part: alerts, state, clock, timeline and the schedule.
+async fn live_markup(hub: &HubState, order: &Order) -> Result<Markup, axum::response::Response> {
     let record = hub
         .store
         .batch_record(order.batch_id)
         .await
         .map_err(|e| refused(e.into()))?;
-    let clock = super::schedule::order_clock_markup(&hub, &order).await?;
+    let booking = hub
+        .store
+        .booking(order.order_id)
+        .await
+        .map_err(|e| refused(e.into()))?;
+    let clock = clock::clock(&record, booking.as_ref(), &hub.config.schedule, Utc::now());
+    Ok(html! {
+        (order_live_markup(&record, &clock))
+        (super::schedule::clock_markup(&clock, booking.as_ref()))
+    })
+}
+
+pub async fn order_page(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
+    let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
+        .await
+        .map_err(refused)?;
+    let live_part = live_markup(&hub, &order).await?;
     Ok(html_page(page(
         &format!("Order {}", order.coi),
-        Some((&session.user, &session.csrf)),
+        Some(&session),
         html! {
             h1 { "Order " (order.coi) }
             p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (order.recipe_id) " v" (order.recipe_version)
                 " · collection requested for " (order.requested_collection_date) " · ordered by " (order.physician) }
             @if release::may_review(&session.user) { p { a href=(format!("/batches/{}", order.batch_id)) { "Batch record" } } }
-            div id="order-live" { (order_live_markup(&record)) (clock) }
+            div id="order-live" { (live_part) }
             (live("order-live", &format!("/orders/{}/live", order.order_id)))
         },
     )))
@@ -276,11 +342,5 @@ pub async fn order_live(hub: HubState, session: Session, Path(id): Path<String>)
     let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
         .await
         .map_err(refused)?;
-    let record = hub
-        .store
-        .batch_record(order.batch_id)
-        .await
-        .map_err(|e| refused(e.into()))?;
-    let clock = super::schedule::order_clock_markup(&hub, &order).await?;
-    Ok(Html(html! { (order_live_markup(&record)) (clock) }.into_string()).into_response())
+    Ok(Html(live_markup(&hub, &order).await?.into_string()).into_response())
 }

@@ -25,7 +25,7 @@ pub async fn release_queue(hub: HubState, session: Session) -> Page {
         .map_err(refused)?;
     Ok(html_page(page(
         "Release queue",
-        Some((&session.user, &session.csrf)),
+        Some(&session),
         html! {
             h1 { "Release queue" }
             @if !changed.is_empty() {
@@ -467,7 +467,7 @@ async fn decision_page(
     };
     let mut response = html_page(page(
         &format!("Batch record {}", review.order.coi),
-        Some((&session.user, &session.csrf)),
+        Some(session),
         batch_record_markup(session, &review, notice.as_deref(), &decision, &change),
     ));
     *response.status_mut() = status;

@@ -8,7 +8,6 @@
 use super::view::{page, when};
 use super::{html_page, refused, HubState, Page, Session};
 use crate::clock::{span_text, Clock, Summary};
-use crate::model::Order;
 use crate::schedule::{Booking, Capacity};
 use crate::service::schedule as service;
 use axum::extract::{Form, Path};
@@ -50,7 +49,7 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
                         td { (m.milestone.as_str().replace('_', " ")) }
                         td.muted { (when(m.planned)) }
                         td { @if let Some(a) = m.actual { (when(a)) } @else { "–" } }
-                        td { @if m.actual.is_none() { (when(m.expected)) } }
+                        td { @if m.actual.is_none() { @if clock.stopped.is_some() { span.muted { "not expected" } } @else { (when(m.expected)) } } }
                     }
                 }
             }
@@ -59,11 +58,6 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
 }
 
 /// The clock markup of an order, for its page and its live part.
-pub async fn order_clock_markup(hub: &HubState, order: &Order) -> Result<Markup, Response> {
-    let (clock, booking) = service::order_clock(hub, order).await.map_err(refused)?;
-    Ok(clock_markup(&clock, booking.as_ref()))
-}
-
 fn summary_row(site: &str, s: &Summary) -> Markup {
     html! {
         tr {
@@ -89,7 +83,7 @@ pub async fn overview(hub: HubState, session: Session) -> Page {
         .map_err(|e| refused(e.into()))?;
     Ok(html_page(page(
         "Schedule",
-        Some((&session.user, &session.csrf)),
+        Some(&session),
         html! {
             h1 { "Schedule" }
             h2 { "Vein-to-vein" }
@@ -113,7 +107,7 @@ fn capacity_page(
 ) -> Response {
     html_page(page(
         &format!("Capacity of {site_id}"),
-        Some((&session.user, &session.csrf)),
+        Some(session),
         html! {
             h1 { "Capacity of " (site_id) }
             @if let Some(n) = notice { (n) }

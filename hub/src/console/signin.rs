@@ -246,7 +246,7 @@ fn account_page(session: &Session, notice: Option<Markup>) -> Markup {
     let user = &session.user;
     page(
         "Your account",
-        Some((user, &session.csrf)),
+        Some(session),
         html! {
             h1 { "Your account" }
             @if let Some(notice) = notice { (notice) }

@@ -1,6 +1,7 @@
 //! Layout, styles and small pieces of HTML the console pages share.
 
-use crate::model::{BatchState, Role, User};
+use super::Session;
+use crate::model::{BatchState, Role};
 use axum::http::header;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -55,7 +56,7 @@ pub async fn stylesheet() -> impl IntoResponse {
 }
 
 /// A whole page: header with the user's navigation and sign-out, then `body`.
-pub fn page(title: &str, session: Option<(&User, &str)>, body: Markup) -> Markup {
+pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -68,7 +69,7 @@ pub fn page(title: &str, session: Option<(&User, &str)>, body: Markup) -> Markup
             body {
                 header {
                     span.brand { "Carrel" }
-                    @if let Some((user, csrf)) = session {
+                    @if let Some(Session { user, csrf, unread, .. }) = session {
                         nav aria-label="main" {
                             @match user.role {
                                 Role::Physician => { a href="/orders" { "My orders" } a href="/orders/new" { "New order" } a href="/schedule" { "Schedule" } }
@@ -76,7 +77,12 @@ pub fn page(title: &str, session: Option<(&User, &str)>, body: Markup) -> Markup
                                 Role::Admin => { a href="/admin/sites" { "Sites" } a href="/admin/users" { "Users" } a href="/orders" { "Orders" } a href="/schedule" { "Schedule" } }
                                 Role::Technician => { a href="/orders" { "Orders" } a href="/schedule" { "Schedule" } }
                             }
-                            a href="/notifications" { "Notifications" }
+                            a href="/notifications" data-unread=(unread) {
+                                "Notifications"
+                                @if *unread > 0 {
+                                    " " span.badge.rejected { (unread) span.visually-hidden { " unread" } }
+                                }
+                            }
                             a href="/account" { "Account" }
                         }
                         span.muted { (user.full_name) " (" (user.role) ")" }

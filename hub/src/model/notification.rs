@@ -45,10 +45,12 @@ pub enum Kind {
     /// A record arrived after a batch's release decision (a late QC result, a
     /// deviation, a correction): QA must review it.
     ChangedAfterDecision,
+    /// The order was cancelled (`order.cancelled`), with the reason given.
+    Cancelled,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::OrderDispatched,
         Kind::CellsReceived,
         Kind::CoiMismatch,
@@ -61,7 +63,43 @@ impl Kind {
         Kind::SiteLinkDown,
         Kind::SiteLinkRestored,
         Kind::ChangedAfterDecision,
+        Kind::Cancelled,
     ];
+
+    /// Happenings the physician who placed an order must hear of without asking:
+    /// the notifier puts them in that physician's console notification list
+    /// whether or not they subscribed and whether or not e-mail is configured.
+    pub fn is_critical(self) -> bool {
+        matches!(
+            self,
+            Kind::CoiMismatch
+                | Kind::OutOfSpecification
+                | Kind::Deviation
+                | Kind::Rejected
+                | Kind::Delayed
+                | Kind::ChangedAfterDecision
+                | Kind::Cancelled
+        )
+    }
+
+    /// The kind in words, for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::OrderDispatched => "Order accepted by the site",
+            Kind::CellsReceived => "Cells received",
+            Kind::CoiMismatch => "Chain-of-identity mismatch",
+            Kind::OutOfSpecification => "Result out of specification",
+            Kind::Deviation => "Deviation",
+            Kind::AwaitingRelease => "Awaiting QA release",
+            Kind::Released => "Released",
+            Kind::Rejected => "Rejected by QA",
+            Kind::Delayed => "Delayed",
+            Kind::SiteLinkDown => "Site link down",
+            Kind::SiteLinkRestored => "Site link back up",
+            Kind::ChangedAfterDecision => "Record changed after QA's decision",
+            Kind::Cancelled => "Order cancelled",
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -77,6 +115,7 @@ impl Kind {
             Kind::SiteLinkDown => "site_link_down",
             Kind::SiteLinkRestored => "site_link_restored",
             Kind::ChangedAfterDecision => "changed_after_decision",
+            Kind::Cancelled => "cancelled",
         }
     }
 
@@ -411,6 +450,20 @@ pub struct OutboxEntry {
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A notification in a person's console notification list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxEntry {
+    pub inbox_id: Uuid,
+    pub recipient: String,
+    pub kind: Kind,
+    pub site_id: Option<String>,
+    pub order_id: Option<Uuid>,
+    pub coi: Option<String>,
+    pub summary: String,
+    pub happened_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
 }
 
 /// A due notification claimed by a worker, with where it goes.

@@ -354,6 +354,15 @@ pub trait WriteTx: ReadTx {
         happening: &Happening,
         now: DateTime<Utc>,
     ) -> Result<bool>;
+    /// Puts a happening of an order in `recipient`'s console notification list;
+    /// `false` when it is there already.
+    async fn deliver_to_inbox(
+        &mut self,
+        inbox_id: Uuid,
+        recipient: &str,
+        happening: &Happening,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
     async fn set_notifier_cursor(&mut self, position: u64) -> Result<()>;
     /// Records, once per outage, each active site not heard from since
     /// `silent_since`; returns those newly recorded with when they were last heard.

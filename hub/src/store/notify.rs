@@ -1,7 +1,8 @@
 //! The part of the store that notifications use (see [`crate::notify`]).
 //!
 //! What we store: subscriptions (who, which kinds, where to), the outbox of queued
-//! notifications with their delivery state, the notifier's cursor into the audit
+//! notifications with their delivery state, each person's console notification
+//! list (critical news of the orders a physician placed, read or not), the notifier's cursor into the audit
 //! trail, and the sites whose link is currently reported down.
 //!
 //! Why it is durable: the notifier queues outbox rows and advances its cursor in
@@ -10,7 +11,7 @@
 
 use super::{transactions, Result};
 use crate::model::notification::{
-    Delivery, NewSubscription, NotifierPass, OutboxEntry, OutboxState, Subscription,
+    Delivery, InboxEntry, NewSubscription, NotifierPass, OutboxEntry, OutboxState, Subscription,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -125,4 +126,17 @@ pub trait NotifyStore: super::backend::Writes {
         transactions::requeue(tx, notification_id, actor, now).await
     }
     async fn outbox_counts(&self) -> Result<OutboxCounts>;
+
+    /// A person's console notification list, newest first (at most `limit`).
+    async fn inbox(&self, recipient: &str, limit: u32) -> Result<Vec<InboxEntry>>;
+    /// How many of a person's console notifications are not read yet.
+    async fn inbox_unread(&self, recipient: &str) -> Result<u64>;
+    /// Marks a person's unread console notifications read (all of them, or the
+    /// one given); answers how many it marked.
+    async fn mark_inbox_read(
+        &self,
+        recipient: &str,
+        inbox_id: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
 }

@@ -10,7 +10,7 @@ use super::{Error, Result};
 use crate::audit;
 use crate::model::notification::happening::OrderFacts;
 use crate::model::notification::{
-    parse_kinds, Channel, Delivery, Kind, OutboxEntry, OutboxState, Subscription,
+    parse_kinds, Channel, Delivery, InboxEntry, Kind, OutboxEntry, OutboxState, Subscription,
 };
 use crate::model::{
     BatchState, Order, QcRecord, Role, Signature, Site, SiteStatus, StatusChange, StoredEvent,
@@ -304,6 +304,25 @@ pub(crate) fn outbox(row: &impl Columns) -> Result<OutboxEntry> {
         next_attempt_at: row.time("next_attempt_at")?,
         last_error: row.opt_text("last_error")?,
         delivered_at: row.opt_time("delivered_at")?,
+    })
+}
+
+pub(crate) const INBOX_COLUMNS: &str =
+    "inbox_id, recipient, kind, site_id, order_id, coi, summary, happened_at, read_at FROM inbox";
+
+/// A notification of a person's console list ([`INBOX_COLUMNS`]).
+pub(crate) fn inbox(row: &impl Columns) -> Result<InboxEntry> {
+    let kind = row.text("kind")?;
+    Ok(InboxEntry {
+        inbox_id: row.uuid("inbox_id")?,
+        recipient: row.text("recipient")?,
+        kind: Kind::parse(&kind).map_err(|e| Error::Corrupt(e.to_string()))?,
+        site_id: row.opt_text("site_id")?,
+        order_id: row.opt_uuid("order_id")?,
+        coi: row.opt_text("coi")?,
+        summary: row.text("summary")?,
+        happened_at: row.time("happened_at")?,
+        read_at: row.opt_time("read_at")?,
     })
 }
 

@@ -1631,18 +1631,26 @@ pub(crate) async fn run_notifier(
     let last_position = last.position;
     let subscribers = tx.subscribers().await?;
     let mut queued = 0;
-    if !subscribers.is_empty() {
-        for entry in &entries {
-            let (order, events) = tx.happening_facts(happening::needs(entry)).await?;
-            for happening in happening::happenings(entry, order.as_ref(), &events) {
-                for (subscription, role) in &subscribers {
-                    if subscription.wants(*role, &happening)
-                        && tx
-                            .queue_notification(Uuid::now_v7(), subscription, &happening, now)
-                            .await?
-                    {
-                        queued += 1;
-                    }
+    for entry in &entries {
+        let (order, events) = tx.happening_facts(happening::needs(entry)).await?;
+        for happening in happening::happenings(entry, order.as_ref(), &events) {
+            // The ordering physician hears of critical news in the console whatever
+            // they subscribed to (not of what they did themselves).
+            if let Some(facts) = happening.order.as_ref().filter(|o| {
+                happening.kind.is_critical()
+                    && !o.physician.is_empty()
+                    && o.physician != entry.actor
+            }) {
+                tx.deliver_to_inbox(Uuid::now_v7(), &facts.physician, &happening, now)
+                    .await?;
+            }
+            for (subscription, role) in &subscribers {
+                if subscription.wants(*role, &happening)
+                    && tx
+                        .queue_notification(Uuid::now_v7(), subscription, &happening, now)
+                        .await?
+                {
+                    queued += 1;
                 }
             }
         }

@@ -151,6 +151,7 @@ every_backend! {
     notifications: [
         case_notifier_queues_each_happening_once,
         case_a_physicians_subscription_matches_only_their_orders,
+        case_the_ordering_physician_finds_critical_news_in_the_console_list,
         case_deliveries_back_off_fail_and_can_be_requeued,
         case_a_site_link_down_is_reported_once_per_outage,
         case_concurrent_notifiers_and_workers_queue_and_claim_each_once,

@@ -197,6 +197,111 @@ pub async fn case_a_physicians_subscription_matches_only_their_orders(store: Arc
         .is_empty());
 }
 
+pub async fn case_the_ordering_physician_finds_critical_news_in_the_console_list(
+    store: Arc<dyn Store>,
+) {
+    let recipe = seed(&*store).await;
+    add_user(&*store, "dr-other", Role::Physician).await;
+    // Nobody subscribed to anything.
+    let first = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(&*store, SITE_A, &complete_record(&mut log, &first, &recipe)).await;
+    let sha = reviewed_sha256(&*store, first.batch_id).await;
+    store
+        .sign_release(&signature(&first, QA, sha), false, now())
+        .await
+        .expect("sign");
+    let second = order_at(&*store, SITE_A).await;
+    ingest(
+        &*store,
+        SITE_A,
+        &[
+            log.record(second.batch_id, accepted(&second, &recipe)),
+            log.record(second.batch_id, deviation("selection")),
+            log.record(
+                second.batch_id,
+                qc_result("viability", QcValue::Numeric(20.0), Outcome::Pass),
+            ),
+        ],
+    )
+    .await;
+    // An administrator cancels one order; the physician cancels another themself.
+    let by_admin = order_at(&*store, SITE_A).await;
+    store
+        .cancel_order(
+            by_admin.order_id,
+            "patient moved to another hospital",
+            ADMIN,
+            now(),
+        )
+        .await
+        .expect("cancel");
+    let by_physician = order_at(&*store, SITE_A).await;
+    store
+        .cancel_order(by_physician.order_id, "ordered twice", PHYSICIAN, now())
+        .await
+        .expect("cancel");
+    notify_all(&*store, 5).await;
+
+    let inbox = store.inbox(PHYSICIAN, 100).await.expect("inbox");
+    let mut kinds: Vec<Kind> = inbox.iter().map(|n| n.kind).collect();
+    kinds.reverse();
+    assert_eq!(
+        kinds,
+        vec![Kind::Deviation, Kind::OutOfSpecification, Kind::Cancelled],
+        "critical news only, and not what the physician did themself: {inbox:#?}"
+    );
+    let cancelled = &inbox[0];
+    assert_eq!(cancelled.order_id, Some(by_admin.order_id));
+    assert_eq!(cancelled.coi.as_deref(), Some(by_admin.coi.as_str()));
+    assert!(
+        cancelled
+            .summary
+            .contains("patient moved to another hospital")
+            && cancelled.summary.contains(ADMIN),
+        "{}",
+        cancelled.summary
+    );
+    assert!(inbox.iter().all(|n| n.read_at.is_none()));
+    assert!(store
+        .inbox("dr-other", 100)
+        .await
+        .expect("inbox")
+        .is_empty());
+
+    // The notifier reading the trail again adds nothing twice.
+    notify_all(&*store, 100).await;
+    assert_eq!(store.inbox(PHYSICIAN, 100).await.expect("inbox"), inbox);
+
+    // Read one, then the rest; someone else cannot mark them.
+    assert_eq!(store.inbox_unread(PHYSICIAN).await.expect("unread"), 3);
+    assert_eq!(
+        store
+            .mark_inbox_read("dr-other", Some(inbox[1].inbox_id), now())
+            .await
+            .expect("mark"),
+        0
+    );
+    assert_eq!(
+        store
+            .mark_inbox_read(PHYSICIAN, Some(inbox[1].inbox_id), now())
+            .await
+            .expect("mark"),
+        1
+    );
+    assert_eq!(store.inbox_unread(PHYSICIAN).await.expect("unread"), 2);
+    assert_eq!(
+        store
+            .mark_inbox_read(PHYSICIAN, None, now())
+            .await
+            .expect("mark"),
+        2
+    );
+    assert_eq!(store.inbox_unread(PHYSICIAN).await.expect("unread"), 0);
+    let read = store.inbox(PHYSICIAN, 100).await.expect("inbox");
+    assert!(read.iter().all(|n| n.read_at.is_some()));
+}
+
 pub async fn case_deliveries_back_off_fail_and_can_be_requeued(store: Arc<dyn Store>) {
     let recipe = seed(&*store).await;
     let sub = subscribe(&*store, QA, &[Kind::OrderDispatched, Kind::Deviation], None).await;

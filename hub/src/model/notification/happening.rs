@@ -79,7 +79,8 @@ pub fn needs(entry: &Entry) -> Needs {
         | Action::CustodyMismatch
         | Action::ReleaseSigned
         | Action::BatchChangedAfterDecision
-        | Action::OrderDelayed => entry.batch_id.map_or(Needs::Nothing, Needs::Order),
+        | Action::OrderDelayed
+        | Action::OrderCancelled => entry.batch_id.map_or(Needs::Nothing, Needs::Order),
         _ => Needs::Nothing,
     }
 }
@@ -129,7 +130,14 @@ pub fn happenings(
                 ),
                 "rejected" => of_order(
                     Kind::Rejected,
-                    format!("Batch COI {coi} at site {site} was rejected by QA"),
+                    if entry.reason.is_empty() {
+                        format!("Batch COI {coi} at site {site} was rejected by QA")
+                    } else {
+                        format!(
+                            "Batch COI {coi} at site {site} was rejected by QA: {}",
+                            entry.reason
+                        )
+                    },
                 ),
                 _ => Vec::new(),
             }
@@ -153,6 +161,13 @@ pub fn happenings(
             format!(
                 "Order for COI {coi} at site {site} is delayed: release now expected {} ({})",
                 entry.new_value, entry.reason
+            ),
+        ),
+        Action::OrderCancelled => of_order(
+            Kind::Cancelled,
+            format!(
+                "Order for COI {coi} at site {site} was cancelled by {}: {}",
+                entry.actor, entry.reason
             ),
         ),
         Action::SiteLinkDown | Action::SiteLinkRestored => {

@@ -6,9 +6,10 @@
 
 use super::*;
 use crate::model::notification::happening::{self as derive, Needs, OrderFacts, SiteEventFacts};
+use crate::model::notification::InboxEntry;
 use crate::model::notification::{Delivery, OutboxEntry, OutboxState, Subscription};
 use crate::store::notify::{NotifyStore, OutboxCounts, OutboxFilter};
-use crate::store::rows::OUTBOX_COLUMNS;
+use crate::store::rows::{INBOX_COLUMNS, OUTBOX_COLUMNS};
 
 fn later(now: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX)
@@ -222,5 +223,45 @@ impl NotifyStore for PgStore {
             pending: pending as u64,
             failed: failed as u64,
         })
+    }
+
+    async fn inbox(&self, recipient: &str, limit: u32) -> Result<Vec<InboxEntry>> {
+        sqlx::query(&format!(
+            "SELECT {INBOX_COLUMNS} WHERE recipient = $1 ORDER BY created_at DESC, inbox_id DESC LIMIT $2"
+        ))
+        .bind(recipient)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::inbox)
+        .collect()
+    }
+
+    async fn inbox_unread(&self, recipient: &str) -> Result<u64> {
+        let unread: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM inbox WHERE recipient = $1 AND read_at IS NULL",
+        )
+        .bind(recipient)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(unread.max(0) as u64)
+    }
+
+    async fn mark_inbox_read(
+        &self,
+        recipient: &str,
+        inbox_id: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE inbox SET read_at = $1 WHERE recipient = $2 AND read_at IS NULL AND ($3::uuid IS NULL OR inbox_id = $3)",
+        )
+        .bind(stored(now))
+        .bind(recipient)
+        .bind(inbox_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 }

@@ -734,6 +734,34 @@ impl WriteTx for PgTx<'_> {
         Ok(inserted.rows_affected() == 1)
     }
 
+    async fn deliver_to_inbox(
+        &mut self,
+        inbox_id: Uuid,
+        recipient: &str,
+        happening: &Happening,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let order = happening.order.as_ref();
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (inbox_id, recipient, source, kind, site_id, order_id, batch_id, coi, summary, happened_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (recipient, source, kind) DO NOTHING",
+        )
+        .bind(inbox_id)
+        .bind(recipient)
+        .bind(&happening.source)
+        .bind(happening.kind.as_str())
+        .bind(happening.site_id.as_deref())
+        .bind(order.map(|o| o.order_id))
+        .bind(order.map(|o| o.batch_id))
+        .bind(order.map(|o| o.coi.as_str()))
+        .bind(&happening.summary)
+        .bind(stored(happening.at))
+        .bind(stored(now))
+        .execute(self.conn())
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
     async fn set_notifier_cursor(&mut self, position: u64) -> Result<()> {
         sqlx::query("UPDATE notification_cursor SET position = $1 WHERE name = 'audit'")
             .bind(i64_of(position)?)

@@ -4,9 +4,10 @@
 
 use super::*;
 use crate::model::notification::happening::{self as derive, Needs, OrderFacts, SiteEventFacts};
+use crate::model::notification::InboxEntry;
 use crate::model::notification::{Delivery, OutboxEntry, OutboxState, Subscription};
 use crate::store::notify::{NotifyStore, OutboxCounts, OutboxFilter};
-use crate::store::rows::OUTBOX_COLUMNS;
+use crate::store::rows::{INBOX_COLUMNS, OUTBOX_COLUMNS};
 
 fn later(now: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX)
@@ -234,5 +235,48 @@ impl NotifyStore for SqliteStore {
             pending: pending as u64,
             failed: failed as u64,
         })
+    }
+
+    async fn inbox(&self, recipient: &str, limit: u32) -> Result<Vec<InboxEntry>> {
+        sqlx::query(&format!(
+            "SELECT {INBOX_COLUMNS} WHERE recipient = ? ORDER BY created_at DESC, inbox_id DESC LIMIT ?"
+        ))
+        .bind(recipient)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::inbox)
+        .collect()
+    }
+
+    async fn inbox_unread(&self, recipient: &str) -> Result<u64> {
+        let unread: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM inbox WHERE recipient = ? AND read_at IS NULL",
+        )
+        .bind(recipient)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(unread.max(0) as u64)
+    }
+
+    async fn mark_inbox_read(
+        &self,
+        recipient: &str,
+        inbox_id: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut w = self.begin_write().await?;
+        let marked = sqlx::query(
+            "UPDATE inbox SET read_at = ?1 WHERE recipient = ?2 AND read_at IS NULL AND (?3 IS NULL OR inbox_id = ?3)",
+        )
+        .bind(ts(now))
+        .bind(recipient)
+        .bind(inbox_id.map(|i| i.to_string()))
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected();
+        w.commit().await?;
+        Ok(marked)
     }
 }
