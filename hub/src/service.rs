@@ -49,6 +49,32 @@ fn field(field: &'static str, message: impl Into<String>) -> Error {
     }
 }
 
+/// The fewest characters a reason for an irreversible or far-reaching change
+/// (cancelling an order, moving its collection, suspending or ceasing a site) may
+/// have: a sentence the people affected can act on, not "x" or "test".
+pub const REASON_MIN_CHARS: usize = 15;
+
+/// A reason given for `what` (e.g. "cancel this order"), trimmed, or the field error
+/// that says what a reason must be.
+pub fn sentence_reason(reason: &str, what: &str) -> Result<String, Error> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(field(
+            "reason",
+            format!("Say why you {what}: the reason goes into the audit trail and is shown to the people affected."),
+        ));
+    }
+    if reason.chars().count() < REASON_MIN_CHARS || reason.split_whitespace().count() < 2 {
+        return Err(field(
+            "reason",
+            format!(
+                "\"{reason}\" is too short to say why you {what}; write it as a sentence (at least {REASON_MIN_CHARS} characters) that the people affected can act on."
+            ),
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
 /// The same answer for an unknown user and a wrong password, so sign-in does not
 /// reveal which user names exist.
 pub const BAD_CREDENTIALS: &str = "unknown user or wrong password";
@@ -344,6 +370,9 @@ pub struct OrderForm {
     /// The request's one-time key (a UUID; empty: none): the same key again answers
     /// with the order it placed.
     pub request_id: String,
+    /// The prescriber saw that the patient already has an open order for the
+    /// product and means to place a second one.
+    pub confirm_second_order: bool,
 }
 
 fn validate_pseudonym(text: &str) -> Result<String, Error> {
@@ -420,6 +449,43 @@ pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Or
         facility: hub.config.facility.clone(),
         request_id,
     };
+    // A second open order for the same patient and product is most often the same
+    // order placed twice: it needs the prescriber's confirmation. A request sent
+    // again finds the order it placed, not a warning about it.
+    let repeated = match request_id {
+        Some(key) => hub
+            .store
+            .order_of_request(&user.username, key)
+            .await?
+            .is_some(),
+        None => false,
+    };
+    if !repeated && !form.confirm_second_order {
+        let open = hub
+            .store
+            .open_orders_of_patient(&new.patient_pseudonym, &new.recipe_id)
+            .await?;
+        if let Some(first) = open.first() {
+            let by = if first.physician == user.username {
+                "by you".to_owned()
+            } else {
+                "by another physician".to_owned()
+            };
+            return Err(field(
+                "confirm_second_order",
+                format!(
+                    "Patient {} already has an open order for {}: COI {} at site {}, placed {by} on {}, now {}. \
+                     Check that this is not the same order twice; to place a second order anyway, confirm it.",
+                    new.patient_pseudonym,
+                    new.recipe_id,
+                    first.coi,
+                    first.site_id,
+                    first.created_at.format("%Y-%m-%d"),
+                    first.state.as_str().replace('_', " "),
+                ),
+            ));
+        }
+    }
     let order = match hub.store.create_order(&new, Utc::now()).await {
         // Which input an unknown site or product came from, for the form.
         Err(store::Error::Invalid(message)) if message.starts_with("site") => {
@@ -490,13 +556,11 @@ pub async fn cancel_order(
     reason: &str,
 ) -> Result<Order, Error> {
     require_role(user, &[Role::Physician, Role::Admin])?;
-    if reason.trim().is_empty() {
-        return Err(field("reason", "a reason is required to cancel an order"));
-    }
+    let reason = sentence_reason(reason, "cancel this order")?;
     visible_order(hub, user, order_id).await?;
     let order = hub
         .store
-        .cancel_order(order_id, reason.trim(), &user.username, Utc::now())
+        .cancel_order(order_id, &reason, &user.username, Utc::now())
         .await?;
     tracing::info!(%order_id, "order cancelled");
     hub.commands_added(&order.site_id, order.batch_id);

@@ -480,7 +480,13 @@ async fn refused_site_link_requests_are_audited_once_per_window_with_a_count() {
     // A suspended site dialling in, again and again.
     hub.cli_ok(
         ADMIN.0,
-        &["site", "suspend", "site-2", "--reason", "audit test"],
+        &[
+            "site",
+            "suspend",
+            "site-2",
+            "--reason",
+            "flood test of a suspended site",
+        ],
         None,
     );
     for _ in 0..FLOOD {
@@ -508,7 +514,7 @@ async fn refused_site_link_requests_are_audited_once_per_window_with_a_count() {
             .starts_with(&format!("site \"site-2\" is suspended by {} on ", ADMIN.0))
             && entries[0]
                 .1
-                .contains("reason: \"audit test\" (certificate sha256 "),
+                .contains("reason: \"flood test of a suspended site\" (certificate sha256 "),
         "{entries:?}"
     );
     assert_eq!(

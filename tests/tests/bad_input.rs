@@ -24,6 +24,7 @@ fn order_request(site: &str, product: &str, date: &str, patient: &str) -> pb::Cr
         site_id: site.into(),
         requested_collection_date: date.into(),
         request_id: String::new(),
+        confirm_second_order: false,
     }
 }
 
@@ -194,6 +195,38 @@ async fn user_facing_api_refuses_bad_requests_and_stores_nothing() {
         .await
         .expect("list");
     assert!(bobs.into_inner().orders.is_empty());
+
+    // A second open order for the same patient and product is held until the
+    // prescriber confirms it; the refusal names the open order, and stores nothing.
+    assert_refused(
+        orders
+            .create_order(authed(
+                &bob,
+                order_request("site-a", "cd19-car-t", &date, "P-42"),
+            ))
+            .await,
+        Code::InvalidArgument,
+        &format!(
+            "Patient P-42 already has an open order for cd19-car-t: COI {} at site site-a, placed by another physician",
+            order.coi
+        ),
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM orders").await, 1);
+    let second = orders
+        .create_order(authed(
+            &bob,
+            pb::CreateOrderRequest {
+                confirm_second_order: true,
+                ..order_request("site-a", "cd19-car-t", &date, "P-42")
+            },
+        ))
+        .await
+        .expect("a confirmed second order")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_ne!(second.coi, order.coi);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM orders").await, 2);
     assert_refused(
         orders
             .get_order(authed(
@@ -217,7 +250,7 @@ async fn user_facing_api_refuses_bad_requests_and_stores_nothing() {
             ))
             .await,
         Code::InvalidArgument,
-        "reason is required",
+        "Say why you cancel this order",
     );
 
     // Release: only for a complete record, only with a well-formed hash.
@@ -249,8 +282,8 @@ async fn user_facing_api_refuses_bad_requests_and_stores_nothing() {
         "role qa",
     );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM signatures").await, 0);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM orders").await, 1);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM hub_commands").await, 1);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM orders").await, 2);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM hub_commands").await, 2);
 
     // Each refusal left a log line with the RPC, the code and the reason.
     let log = hub.log();

@@ -2098,3 +2098,302 @@ async fn a_physician_sees_rejections_cancellations_and_late_failures_on_the_orde
     assert_eq!(unread.as_deref(), Some("0"));
     client.close().await.expect("close browser");
 }
+
+/// Sets a date field's value as the date picker would.
+async fn set_date(client: &Client, id: &str, date: chrono::NaiveDate) {
+    client
+        .execute(
+            "document.getElementById(arguments[0]).value = arguments[1];",
+            vec![json!(id), json!(date.to_string())],
+        )
+        .await
+        .expect("set the date");
+}
+
+async fn value_of(client: &Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .prop("value")
+        .await
+        .expect("value")
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_physician_is_warned_of_a_second_open_order_and_reschedules_and_cancels_with_a_reason() {
+    const ADMIN: (&str, &str) = ("adm.change", "admin-password-123");
+    let hub = Hub::start().await;
+    hub.add_user(ADMIN.0, "admin", ADMIN.1);
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    let token = hub.add_site("site-m");
+    // Enrolled, not started: the orders stay untouched, so they can be moved.
+    let _agent = Agent::enroll(&hub, "site-m", &token).expect("enroll");
+    let capacity = hub.data_dir().join("capacity.toml");
+    std::fs::write(
+        &capacity,
+        "working_days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n\
+         opens = \"07:00\"\ncloses = \"19:00\"\ncollection_slots_per_day = 1\n\n[instruments]\n\
+         apheresis = 1\nbench = 1\nclosed-processing-system = 4\n",
+    )
+    .expect("capacity file");
+    hub.cli_ok(
+        ADMIN.0,
+        &[
+            "schedule",
+            "capacity",
+            "site-m",
+            "--set",
+            capacity.to_str().expect("path"),
+        ],
+        None,
+    );
+    let orders_of = |hub: &Hub| {
+        hub.cli_json(PHYSICIAN.0, &["order", "list"], None)
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("order_changes");
+    sign_in(&client, &console, PHYSICIAN).await;
+    let today = chrono::Utc::now().date_naive();
+
+    // The first order goes through.
+    client
+        .goto(&format!("{console}/orders/new"))
+        .await
+        .expect("order form");
+    fill(&client, "#patient_pseudonym", "P-8801").await;
+    set_date(
+        &client,
+        "requested_collection_date",
+        today + chrono::Days::new(3),
+    )
+    .await;
+    click(&client, "form[action='/orders'] button[type=submit]").await;
+    expect_text(&client, "order page", "Order G").await;
+    let first = client.current_url().await.expect("url").to_string();
+    assert_eq!(orders_of(&hub), 1);
+
+    // A second for the same patient and product is held with a warning that names the
+    // open order; the form keeps what was typed; nothing is placed.
+    client
+        .goto(&format!("{console}/orders/new"))
+        .await
+        .expect("order form");
+    fill(&client, "#patient_pseudonym", "P-8801").await;
+    set_date(
+        &client,
+        "requested_collection_date",
+        today + chrono::Days::new(5),
+    )
+    .await;
+    click(&client, "form[action='/orders'] button[type=submit]").await;
+    expect_text(&client, "second order", "already has an open order").await;
+    let warning = text_of(&client, "#second-order").await;
+    assert!(
+        warning.contains("Patient P-8801 already has an open order for cd19-car-t")
+            && warning.contains("placed by you"),
+        "{warning}"
+    );
+    assert_eq!(value_of(&client, "#patient_pseudonym").await, "P-8801");
+    assert_eq!(
+        value_of(&client, "#requested_collection_date").await,
+        (today + chrono::Days::new(5)).to_string()
+    );
+    shots.take(&client, "second-order-warning").await;
+    assert_eq!(orders_of(&hub), 1, "nothing placed without confirmation");
+    click(&client, "#confirm_second_order").await;
+    click(&client, "form[action='/orders'] button[type=submit]").await;
+    expect_text(&client, "second order page", "Change this order").await;
+    let second = client.current_url().await.expect("url").to_string();
+    assert_ne!(first, second);
+    assert_eq!(orders_of(&hub), 2);
+
+    // Cancelling asks for a confirmation and a reason that is a sentence; a refusal
+    // says both beside their fields and keeps the reason typed.
+    fill(&client, "#cancel-reason", "dup").await;
+    click(&client, "#cancel-submit").await;
+    expect_text(&client, "refused cancel", "too short").await;
+    assert!(text_of(&client, "#cancel-reason-error")
+        .await
+        .contains("\"dup\" is too short"));
+    assert!(text_of(&client, "#cancel-confirm-error")
+        .await
+        .contains("Tick the box"));
+    assert_eq!(value_of(&client, "#cancel-reason").await, "dup");
+    shots.take(&client, "cancel-refused").await;
+    let second_id = second.rsplit('/').next().expect("order id").to_owned();
+    assert_eq!(
+        order_show(&hub, PHYSICIAN.0, &second_id)["state"],
+        "ordered"
+    );
+    fill(
+        &client,
+        "#cancel-reason",
+        "Ordered twice by mistake; the first order stands.",
+    )
+    .await;
+    click(&client, "#cancel-confirm").await;
+    click(&client, "#cancel-submit").await;
+    expect_text(&client, "cancelled order", "This order was cancelled").await;
+    assert_eq!(
+        order_show(&hub, PHYSICIAN.0, &second_id)["state"],
+        "cancelled"
+    );
+    assert!(text_of(&client, "#order-cancelled")
+        .await
+        .contains("Ordered twice by mistake; the first order stands."));
+    assert!(
+        client.find(Locator::Css("#cancel")).await.is_err(),
+        "no second cancel"
+    );
+
+    // Moving the first order's collection needs a reason too; then the booking moves.
+    client.goto(&first).await.expect("first order");
+    let later = today + chrono::Days::new(7);
+    set_date(&client, "collection_date", later).await;
+    click(&client, "#reschedule-submit").await;
+    expect_text(
+        &client,
+        "refused reschedule",
+        "Say why you move this collection",
+    )
+    .await;
+    assert_eq!(
+        value_of(&client, "#collection_date").await,
+        later.to_string()
+    );
+    fill(
+        &client,
+        "#reschedule-reason",
+        "Patient has a fever; collection postponed by the team.",
+    )
+    .await;
+    click(&client, "#reschedule-submit").await;
+    expect_text(
+        &client,
+        "moved order",
+        &format!("Booked: collection {later}, slot 1 at site-m"),
+    )
+    .await;
+    shots.take(&client, "rescheduled").await;
+    client.close().await.expect("close browser");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrator_sees_what_a_suspension_touches_and_confirms_it_with_a_reason() {
+    const ADMIN: (&str, &str) = ("adm.status", "admin-password-123");
+    let hub = Hub::start().await;
+    hub.add_user(ADMIN.0, "admin", ADMIN.1);
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    let token = hub.add_site("site-z");
+    let _agent = Agent::enroll(&hub, "site-z", &token).expect("enroll");
+    let (order_id, _) = scenario::create_order_as(&hub, PHYSICIAN.0, "site-z", "P-9901");
+    let coi = str_field(&order_show(&hub, PHYSICIAN.0, &order_id), "coi").to_owned();
+    let status = |hub: &Hub| {
+        hub.cli_json(ADMIN.0, &["site", "list"], None)
+            .as_array()
+            .and_then(|sites| {
+                sites
+                    .iter()
+                    .find(|s| s["site_id"] == "site-z")
+                    .map(|s| str_field(s, "status").to_owned())
+            })
+            .expect("site-z listed")
+    };
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("site_status");
+    sign_in(&client, &console, ADMIN).await;
+    client
+        .goto(&format!("{console}/admin/sites"))
+        .await
+        .expect("sites");
+    // No one-click suspension from the list: the change has its own page.
+    assert!(client
+        .find(Locator::Css("form[action='/admin/sites/site-z/suspend']"))
+        .await
+        .is_err());
+    click(&client, "[data-change-status=site-z]").await;
+    expect_text(&client, "status page", "What a change touches").await;
+    let impact = text_of(&client, "#impact").await;
+    assert!(impact.contains("1 open order(s)"), "{impact}");
+    assert!(text_of(&client, "table[data-impact]").await.contains(&coi));
+    assert!(
+        client.find(Locator::Css("#cease")).await.is_err(),
+        "no cease for an active site"
+    );
+
+    // A one-word reason and no confirmation: both said, the reason kept, nothing changed.
+    fill(&client, "#suspend-reason", "audit").await;
+    click(&client, "#suspend-submit").await;
+    expect_text(&client, "refused suspension", "Nothing was changed").await;
+    assert!(text_of(&client, "#suspend-reason-error")
+        .await
+        .contains("too short"));
+    expect_text(&client, "refused suspension", "Tick the box").await;
+    assert_eq!(value_of(&client, "#suspend-reason").await, "audit");
+    shots.take(&client, "suspend-refused").await;
+    assert_eq!(status(&hub), "SITE_STATUS_ACTIVE");
+
+    let reason = "Incubator alarm unexplained; hold the site until QA has investigated.";
+    fill(&client, "#suspend-reason", reason).await;
+    click(&client, "#suspend-confirm").await;
+    click(&client, "#suspend-submit").await;
+    expect_text(&client, "sites", "Onboard a site").await;
+    assert_eq!(status(&hub), "SITE_STATUS_SUSPENDED");
+    expect_text(&client, "sites", reason).await;
+
+    // Suspended: resume and cease are apart, and cease waits for the open order.
+    click(&client, "[data-change-status=site-z]").await;
+    expect_text(&client, "status page", "Cease this site (final)").await;
+    assert_eq!(
+        client
+            .find_all(Locator::Css("#resume button"))
+            .await
+            .expect("buttons")
+            .len(),
+        1,
+        "only Resume beside the resume reason"
+    );
+    assert!(text_of(&client, "#cease")
+        .await
+        .contains("Not possible yet"));
+    assert!(client
+        .find(Locator::Css("form[action='/admin/sites/site-z/cease']"))
+        .await
+        .is_err());
+    shots.take(&client, "suspended-status-page").await;
+
+    hub.cli_ok(
+        PHYSICIAN.0,
+        &[
+            "order",
+            "cancel",
+            &order_id,
+            "--reason",
+            "The site is closing; the patient is referred elsewhere.",
+        ],
+        None,
+    );
+    client.refresh().await.expect("reload");
+    expect_text(&client, "status page", "No open orders at this site").await;
+    fill(
+        &client,
+        "#cease-reason",
+        "The programme at this hospital has ended for good.",
+    )
+    .await;
+    click(&client, "#cease-confirm").await;
+    click(&client, "#cease-submit").await;
+    expect_text(&client, "sites", "Onboard a site").await;
+    assert_eq!(status(&hub), "SITE_STATUS_CEASED");
+    client.close().await.expect("close browser");
+}

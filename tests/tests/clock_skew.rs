@@ -51,6 +51,7 @@ async fn a_site_clock_minutes_off_does_not_reorder_the_record_and_is_noted() {
                     .format("%Y-%m-%d")
                     .to_string(),
                 request_id: String::new(),
+                confirm_second_order: false,
             },
         ))
         .await

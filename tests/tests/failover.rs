@@ -287,6 +287,7 @@ async fn a_site_fails_over_between_replicas_and_commands_cross_replicas() {
                 site_id: "site-f".into(),
                 requested_collection_date: date,
                 request_id: String::new(),
+                confirm_second_order: false,
             },
         ))
         .await

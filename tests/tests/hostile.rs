@@ -545,6 +545,7 @@ async fn oversized_messages_get_a_clear_status_and_store_nothing() {
         site_id: "site-o".into(),
         requested_collection_date: "2099-01-01".into(),
         request_id: String::new(),
+        confirm_second_order: false,
     };
     let order_of = |size: usize| {
         sized(
@@ -952,6 +953,7 @@ async fn unknown_enum_values_and_missing_fields_are_refused_naming_the_field() {
         site_id: site.into(),
         requested_collection_date: "2099-01-01".into(),
         request_id: String::new(),
+        confirm_second_order: false,
     };
     assert_refused(
         orders
@@ -990,7 +992,7 @@ async fn unknown_enum_values_and_missing_fields_are_refused_naming_the_field() {
             ))
             .await,
         Code::InvalidArgument,
-        "a reason is required",
+        "Say why you suspend this site",
     );
     tried += 7;
     assert_eq!(stored(&db).await, before, "nothing stored");

@@ -229,12 +229,24 @@ async fn suspension_flags_the_running_batch_and_a_ceased_site_keeps_its_records(
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("open batch"), "{stderr}");
-    assert!(stderr.contains(&batch_id), "{stderr}");
+    // Named by its COI, as people know it; never by the internal batch id.
+    let coi = order_show(&hub, PHYSICIAN.0, &order_id)["coi"]
+        .as_str()
+        .expect("coi")
+        .to_owned();
+    assert!(stderr.contains(&format!("COI {coi}")), "{stderr}");
+    assert!(!stderr.contains(&batch_id), "{stderr}");
 
     // Cancelled, the batch closes; then the site ceases for good.
     hub.cli_ok(
         PHYSICIAN.0,
-        &["order", "cancel", &order_id, "--reason", "site closing"],
+        &[
+            "order",
+            "cancel",
+            &order_id,
+            "--reason",
+            "the site is closing its programme",
+        ],
         None,
     );
     hub.cli_ok(

@@ -33,6 +33,7 @@ fn order_request(patient: &str, date: &str) -> pb::CreateOrderRequest {
         site_id: SITE.into(),
         requested_collection_date: date.into(),
         request_id: String::new(),
+        confirm_second_order: false,
     }
 }
 
@@ -235,7 +236,7 @@ async fn capacity_booking_rescheduling_and_the_clock_through_the_hub() {
         None,
     );
     assert!(!out.status.success(), "a reschedule needs a reason");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("a reason is required"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Say why you move this collection"));
     hub.cli_ok(
         who.0,
         &[

@@ -361,6 +361,8 @@ async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> a
                 site_id: site_id.into(),
                 requested_collection_date: date,
                 request_id: uuid::Uuid::now_v7().to_string(),
+                // A demo patient of an earlier run may still have an open order.
+                confirm_second_order: true,
             })
             .await?
             .into_inner()

@@ -29,6 +29,10 @@ pub enum OrderCommand {
         /// placed instead of placing another.
         #[arg(long)]
         request_id: Option<uuid::Uuid>,
+        /// Place the order even though the patient already has an open order for
+        /// the product (without it, such an order is refused and the open one named).
+        #[arg(long)]
+        second_order: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -75,6 +79,7 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
             site,
             collection_date,
             request_id,
+            second_order,
             client,
         } => {
             let mut api = pb::order_service_client::OrderServiceClient::new(authed(&client).await?);
@@ -85,6 +90,7 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
                     site_id: site,
                     requested_collection_date: collection_date,
                     request_id: request_id.unwrap_or_else(uuid::Uuid::now_v7).to_string(),
+                    confirm_second_order: second_order,
                 })
                 .await?
                 .into_inner()

@@ -48,22 +48,10 @@ fn sites_markup(
                             }
                         }
                         td {
-                            @if s.status == SiteStatus::Active {
-                                form method="post" action=(format!("/admin/sites/{}/suspend", s.site_id)) {
-                                    input type="hidden" name="csrf" value=(session.csrf);
-                                    input name="reason" placeholder="reason" required aria-label="reason for suspending";
-                                    button.danger type="submit" { "Suspend" }
-                                }
-                            } @else if s.status == SiteStatus::Suspended {
-                                form method="post" action=(format!("/admin/sites/{}/resume", s.site_id)) {
-                                    input type="hidden" name="csrf" value=(session.csrf);
-                                    input name="reason" placeholder="reason" required aria-label="reason for resuming";
-                                    button type="submit" { "Resume" }
-                                }
-                                form method="post" action=(format!("/admin/sites/{}/cease", s.site_id)) {
-                                    input type="hidden" name="csrf" value=(session.csrf);
-                                    input name="reason" placeholder="reason" required aria-label="reason for ceasing";
-                                    button.danger type="submit" { "Cease (final)" }
+                            @if matches!(s.status, SiteStatus::Active | SiteStatus::Suspended) {
+                                a.button.secondary href=(format!("/admin/sites/{}/status", s.site_id)) data-change-status=(s.site_id) {
+                                    @if s.status == SiteStatus::Active { "Suspend…" } @else { "Resume or cease…" }
+                                    span.visually-hidden { " site " (s.site_id) }
                                 }
                             }
                         }
@@ -124,24 +112,160 @@ pub async fn add_site(hub: HubState, session: Session, Form(form): Form<AddSiteF
     Ok(response)
 }
 
+/// What an administrator typed on a site's status page, kept when refused.
+#[derive(Default)]
+struct StatusForms {
+    /// "suspend", "resume" or "cease": the form that was sent.
+    sent: String,
+    reason: String,
+    errors: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// One site's status page: what a change would touch (its open orders), then the
+/// change itself, each with a reason and a confirmation. Ceasing, which is final,
+/// sits apart from resuming, under its own heading, and is offered only when no
+/// batch is open.
+fn status_markup(
+    session: &Session,
+    site: &model::Site,
+    open: &[model::Order],
+    forms: &StatusForms,
+) -> Markup {
+    let running = open.iter().filter(|o| o.state.is_running()).count();
+    let err = |form: &str, field: &str| {
+        (forms.sent == form)
+            .then(|| forms.errors.get(field).cloned())
+            .flatten()
+    };
+    let kept = |form: &str| {
+        if forms.sent == form {
+            forms.reason.clone()
+        } else {
+            String::new()
+        }
+    };
+    let reason_field = |form: &'static str, label: &str| {
+        html! {
+            label for=(format!("{form}-reason")) { (label) }
+            textarea id=(format!("{form}-reason")) name="reason" rows="2" required
+                autofocus[err(form, "reason").is_some()]
+                aria-describedby=(format!("{form}-reason-error"))
+                aria-invalid=[err(form, "reason").map(|_| "true")] { (kept(form)) }
+            @if let Some(e) = err(form, "reason") { p.error id=(format!("{form}-reason-error")) { (e) } }
+            label.check for=(format!("{form}-confirm")) {
+                input type="checkbox" id=(format!("{form}-confirm")) name="confirm" value="yes"
+                    autofocus[err(form, "reason").is_none() && err(form, "confirm").is_some()];
+                " I have read what this changes"
+            }
+            @if let Some(e) = err(form, "confirm") { p.error { (e) } }
+        }
+    };
+    page(
+        &format!("Site {}", site.site_id),
+        Some(session),
+        html! {
+            p { a href="/admin/sites" { "← All sites" } }
+            h1 { "Site " (site.site_id) " · " (site.name) }
+            @if !forms.errors.is_empty() {
+                div.notice.bad role="alert" id="status-refused" {
+                    strong { "Nothing was changed." } " "
+                    @if let Some(e) = err(&forms.sent, "form") { (e) } @else { "See what to correct below." }
+                }
+            }
+            p { "Status: " strong data-site-status=(site.status.as_str()) { (site.status.as_str()) }
+                @if let Some(c) = &site.status_change { span.muted { " · by " (c.by) " on " (when(c.at)) ": " (c.reason) } } }
+            h2 { "What a change touches" }
+            @if open.is_empty() {
+                p id="impact" { "No open orders at this site." }
+            } @else {
+                p id="impact" { strong { (open.len()) " open order(s)" } ", " (running) " of them running at the site (cells there, manufacturing or awaiting release)." }
+                table data-impact {
+                    thead { tr { th scope="col" { "COI" } th scope="col" { "State" } th scope="col" { "Step" } th scope="col" { "Ordered by" } } }
+                    tbody { @for o in open { tr {
+                        td { a href=(format!("/orders/{}", o.order_id)) { (o.coi) } }
+                        td { (super::view::state_badge(o.state)) }
+                        td { (o.current_step.clone().unwrap_or_default()) }
+                        td { (o.physician) }
+                    } } }
+                }
+            }
+            @if site.status == SiteStatus::Active {
+                section.card id="suspend" aria-labelledby="suspend-title" {
+                    h2 id="suspend-title" { "Suspend this site" }
+                    p { "The site's link is closed at once and refused until it is resumed. Its technicians see who suspended it and why, and can start no new step and hand nothing over."
+                        @if running > 0 { " " strong { (running) " running batch(es) are flagged for a QA decision." } } }
+                    form method="post" action=(format!("/admin/sites/{}/suspend", site.site_id)) novalidate {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        (reason_field("suspend", "Why (shown to the site's technicians and kept in the audit trail)"))
+                        p { button.danger type="submit" id="suspend-submit" { "Suspend " (site.site_id) } }
+                    }
+                }
+            }
+            @if site.status == SiteStatus::Suspended {
+                section.card id="resume" aria-labelledby="resume-title" {
+                    h2 id="resume-title" { "Resume this site" }
+                    p { "The site may dial in again; what it recorded meanwhile arrives, and its technicians may go on." }
+                    form method="post" action=(format!("/admin/sites/{}/resume", site.site_id)) novalidate {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        (reason_field("resume", "Why it may go on (kept in the audit trail)"))
+                        p { button type="submit" id="resume-submit" { "Resume " (site.site_id) } }
+                    }
+                }
+                section.card.danger-zone id="cease" aria-labelledby="cease-title" {
+                    h2 id="cease-title" { "Cease this site (final)" }
+                    @if open.is_empty() {
+                        p { "A ceased site can never be resumed or take orders again; its records stay readable. This cannot be undone." }
+                        form method="post" action=(format!("/admin/sites/{}/cease", site.site_id)) novalidate {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            (reason_field("cease", "Why the site closes for good (kept in the audit trail)"))
+                            p { button.danger type="submit" id="cease-submit" { "Cease " (site.site_id) " for good" } }
+                        }
+                    } @else {
+                        p { "Not possible yet: the " (open.len()) " open order(s) listed above must each be infused, rejected or cancelled first." }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub async fn site_status_page(
+    hub: HubState,
+    session: Session,
+    Path(site_id): Path<String>,
+) -> Page {
+    let (site, open) = admin::site_impact(&hub, &session.user, &site_id)
+        .await
+        .map_err(refused)?;
+    Ok(html_page(status_markup(
+        &session,
+        &site,
+        &open,
+        &StatusForms::default(),
+    )))
+}
+
 #[derive(Deserialize)]
 pub struct ReasonForm {
     csrf: String,
     #[serde(default)]
     reason: String,
+    #[serde(default)]
+    confirm: String,
 }
 
-/// Suspend, resume or cease a site (`/admin/sites/{id}/{action}`), with a reason.
+/// Suspend, resume or cease a site (`/admin/sites/{id}/{action}`), with a reason
+/// and a confirmation; a refusal comes back on the site's status page.
 pub async fn change_site_status(
     hub: HubState,
     session: Session,
     Path((site_id, action)): Path<(String, String)>,
     Form(form): Form<ReasonForm>,
 ) -> Page {
-    let status = match action.as_str() {
-        "suspend" => SiteStatus::Suspended,
-        "resume" => SiteStatus::Active,
-        "cease" => SiteStatus::Ceased,
+    let (status, what) = match action.as_str() {
+        "suspend" => (SiteStatus::Suspended, "suspend this site"),
+        "resume" => (SiteStatus::Active, "resume this site"),
+        "cease" => (SiteStatus::Ceased, "cease this site"),
         other => {
             return Err(problem(
                 StatusCode::NOT_FOUND,
@@ -150,10 +274,55 @@ pub async fn change_site_status(
         }
     };
     session.check_csrf(&form.csrf)?;
-    admin::change_site_status(&hub, &session.user, &site_id, status, &form.reason)
+    let mut forms = StatusForms {
+        sent: action.clone(),
+        reason: form.reason.clone(),
+        ..StatusForms::default()
+    };
+    let result = if form.confirm != "yes" {
+        if let Err(service::Error::Field { field, message }) =
+            service::sentence_reason(&form.reason, what)
+        {
+            forms.errors.insert(field, message);
+        }
+        Err(service::Error::Field {
+            field: "confirm",
+            message: "Tick the box to confirm you have read what this changes.".into(),
+        })
+    } else {
+        admin::change_site_status(&hub, &session.user, &site_id, status, &form.reason)
+            .await
+            .map(|_| ())
+    };
+    match result {
+        Ok(()) => Ok(Redirect::to("/admin/sites").into_response()),
+        Err(service::Error::Field { field, message }) => {
+            forms.errors.insert(field, message);
+            status_refused(&hub, &session, &site_id, &forms).await
+        }
+        Err(service::Error::Store(
+            crate::store::Error::FailedPrecondition(message)
+            | crate::store::Error::Invalid(message),
+        )) => {
+            forms.errors.insert("form", message);
+            status_refused(&hub, &session, &site_id, &forms).await
+        }
+        Err(e) => Err(refused(e)),
+    }
+}
+
+async fn status_refused(
+    hub: &HubState,
+    session: &Session,
+    site_id: &str,
+    forms: &StatusForms,
+) -> Page {
+    let (site, open) = admin::site_impact(hub, &session.user, site_id)
         .await
         .map_err(refused)?;
-    Ok(Redirect::to("/admin/sites").into_response())
+    let mut response = html_page(status_markup(session, &site, &open, forms));
+    *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    Ok(response)
 }
 
 fn users_markup(

@@ -72,6 +72,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/orders/new", get(orders::new_order))
         .route("/orders/{id}", get(orders::order_page))
         .route("/orders/{id}/live", get(orders::order_live))
+        .route("/orders/{id}/cancel", post(orders::cancel_order))
+        .route("/orders/{id}/reschedule", post(orders::reschedule_order))
         .route("/release", get(release::release_queue))
         .route("/batches/{id}", get(release::batch_record))
         .route("/batches/{id}/sign", post(release::sign))
@@ -90,6 +92,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(notifications::requeue),
         )
         .route("/admin/sites", get(admin::sites).post(admin::add_site))
+        .route("/admin/sites/{id}/status", get(admin::site_status_page))
         .route(
             "/admin/sites/{id}/{action}",
             post(admin::change_site_status),

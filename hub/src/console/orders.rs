@@ -88,6 +88,15 @@ fn order_form_page(
                     input id="patient_pseudonym" name="patient_pseudonym" value=(form.patient_pseudonym) autofocus
                         aria-describedby="patient_pseudonym-error";
                     @if let Some(e) = err("patient_pseudonym") { p.error id="patient_pseudonym-error" { (e) } }
+                    @if let Some(e) = err("confirm_second_order") {
+                        div.notice.warn id="second-order" role="alert" {
+                            p { strong { "This patient already has an open order. " } (e) }
+                            label.check for="confirm_second_order" {
+                                input type="checkbox" id="confirm_second_order" name="confirm_second_order" value="yes";
+                                " Yes, place a second order for this patient"
+                            }
+                        }
+                    }
                     label for="product" { "Product" }
                     select id="product" name="product" {
                         option value="cd19-car-t" selected[form.product.is_empty() || form.product == "cd19-car-t"] { "CD19 CAR-T (cd19-car-t)" }
@@ -164,6 +173,9 @@ pub struct NewOrderForm {
     requested_collection_date: String,
     #[serde(default)]
     request_id: String,
+    /// "yes" when the prescriber confirmed a second open order for the patient.
+    #[serde(default)]
+    confirm_second_order: String,
 }
 
 pub async fn create_order(
@@ -179,6 +191,7 @@ pub async fn create_order(
         requested_collection_date: input.requested_collection_date,
         // Kept when the form comes back with an error: nothing was placed under it.
         request_id: input.request_id,
+        confirm_second_order: input.confirm_second_order == "yes",
     };
     match service::create_order(&hub, &session.user, &form).await {
         Ok(order) => Ok(Redirect::to(&format!("/orders/{}", order.order_id)).into_response()),
@@ -319,23 +332,245 @@ async fn live_markup(hub: &HubState, order: &Order) -> Result<Markup, axum::resp
     })
 }
 
-pub async fn order_page(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
-    let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
+/// What the physician typed into the order page's change forms, kept when one is
+/// refused, with what is wrong.
+#[derive(Default)]
+struct ChangeForms {
+    /// "cancel" or "reschedule": the form that was sent.
+    sent: &'static str,
+    reason: String,
+    collection_date: String,
+    errors: BTreeMap<&'static str, String>,
+}
+
+/// May this user change the order (its physician, or an administrator)?
+fn may_change(session: &Session) -> bool {
+    matches!(session.user.role, Role::Physician | Role::Admin)
+}
+
+/// Reschedule and cancel, each with its reason, for an order that allows them. Kept
+/// outside the live part, so what is typed is never replaced while typing.
+fn change_markup(
+    session: &Session,
+    order: &Order,
+    reschedulable: bool,
+    forms: &ChangeForms,
+) -> Markup {
+    let cancellable = !order.state.is_final() && order.state != BatchState::AwaitingRelease;
+    let kept = |form: &str, text: &str| {
+        if forms.sent == form {
+            text.to_owned()
+        } else {
+            String::new()
+        }
+    };
+    let err = |form: &str, field: &str| {
+        (forms.sent == form)
+            .then(|| forms.errors.get(field).cloned())
+            .flatten()
+    };
+    // The first field a refusal is about takes the focus, so the browser shows it.
+    let focus = |form: &str, field: &str| {
+        forms.sent == form
+            && ["form", "collection_date", "reason", "confirm"]
+                .iter()
+                .find(|f| forms.errors.contains_key(**f))
+                == Some(&field)
+    };
+    html! {
+        @if may_change(session) && (reschedulable || cancellable) {
+            h2 id="change" { "Change this order" }
+            @if reschedulable {
+                section.card id="reschedule" aria-labelledby="reschedule-title" {
+                    h3 id="reschedule-title" { "Move the collection" }
+                    @if let Some(e) = err("reschedule", "form") { p.error role="alert" { (e) } }
+                    form method="post" action=(format!("/orders/{}/reschedule", order.order_id)) novalidate {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for="collection_date" { "New collection date" }
+                        input id="collection_date" name="collection_date" type="date" required
+                            autofocus[focus("reschedule", "collection_date")]
+                            value=(kept("reschedule", &forms.collection_date))
+                            aria-describedby="collection_date-error"
+                            aria-invalid=[err("reschedule", "collection_date").map(|_| "true")];
+                        @if let Some(e) = err("reschedule", "collection_date") { p.error id="collection_date-error" { (e) } }
+                        label for="reschedule-reason" { "Why (kept in the audit trail)" }
+                        textarea id="reschedule-reason" name="reason" rows="2" required
+                            autofocus[focus("reschedule", "reason")]
+                            aria-describedby="reschedule-reason-error"
+                            aria-invalid=[err("reschedule", "reason").map(|_| "true")] { (kept("reschedule", &forms.reason)) }
+                        @if let Some(e) = err("reschedule", "reason") { p.error id="reschedule-reason-error" { (e) } }
+                        p { button type="submit" id="reschedule-submit" { "Move the collection" } }
+                    }
+                }
+            }
+            @if cancellable {
+                section.card id="cancel" aria-labelledby="cancel-title" {
+                    h3 id="cancel-title" { "Cancel this order" }
+                    p { "The site stops making this product at once and nothing more is made or handed over under this order. This cannot be undone: treating the patient later needs a new order." }
+                    @if let Some(e) = err("cancel", "form") { p.error role="alert" { (e) } }
+                    form method="post" action=(format!("/orders/{}/cancel", order.order_id)) novalidate {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for="cancel-reason" { "Why (shown to the site and kept in the audit trail)" }
+                        textarea id="cancel-reason" name="reason" rows="2" required
+                            autofocus[focus("cancel", "reason")]
+                            aria-describedby="cancel-reason-error"
+                            aria-invalid=[err("cancel", "reason").map(|_| "true")] { (kept("cancel", &forms.reason)) }
+                        @if let Some(e) = err("cancel", "reason") { p.error id="cancel-reason-error" { (e) } }
+                        label.check for="cancel-confirm" {
+                            input type="checkbox" id="cancel-confirm" name="confirm" value="yes" aria-describedby="cancel-confirm-error"
+                                autofocus[focus("cancel", "confirm")];
+                            " I understand the site stops this batch and it cannot be undone"
+                        }
+                        @if let Some(e) = err("cancel", "confirm") { p.error id="cancel-confirm-error" { (e) } }
+                        p { button.danger type="submit" id="cancel-submit" { "Cancel this order" } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn render_order(
+    hub: &HubState,
+    session: &Session,
+    order: &Order,
+    forms: &ChangeForms,
+) -> Page {
+    let live_part = live_markup(hub, order).await?;
+    let booking = hub
+        .store
+        .booking(order.order_id)
         .await
-        .map_err(refused)?;
-    let live_part = live_markup(&hub, &order).await?;
-    Ok(html_page(page(
+        .map_err(|e| refused(e.into()))?;
+    let reschedulable =
+        crate::store::schedule::check_reschedulable(order, booking.as_ref()).is_ok();
+    let mut response = html_page(page(
         &format!("Order {}", order.coi),
-        Some(&session),
+        Some(session),
         html! {
             h1 { "Order " (order.coi) }
             p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (order.recipe_id) " v" (order.recipe_version)
                 " · collection requested for " (order.requested_collection_date) " · ordered by " (order.physician) }
+            @if !forms.errors.is_empty() {
+                div.notice.bad role="alert" id="change-refused" {
+                    @if forms.sent == "cancel" { strong { "The order was not cancelled." } } @else { strong { "The collection was not moved." } }
+                    " " a href=(format!("#{}", forms.sent)) { "See what to correct below." }
+                }
+            }
             @if release::may_review(&session.user) { p { a href=(format!("/batches/{}", order.batch_id)) { "Batch record" } } }
             div id="order-live" { (live_part) }
             (live("order-live", &format!("/orders/{}/live", order.order_id)))
+            (change_markup(session, order, reschedulable, forms))
         },
-    )))
+    ));
+    if !forms.errors.is_empty() {
+        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    Ok(response)
+}
+
+pub async fn order_page(hub: HubState, session: Session, Path(id): Path<String>) -> Page {
+    let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
+        .await
+        .map_err(refused)?;
+    render_order(&hub, &session, &order, &ChangeForms::default()).await
+}
+
+#[derive(Deserialize)]
+pub struct ChangeForm {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    collection_date: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// A refusal of a change form, shown in the order page beside the field it is about.
+async fn change_refused(
+    hub: &HubState,
+    session: &Session,
+    order_id: uuid::Uuid,
+    mut forms: ChangeForms,
+    error: service::Error,
+) -> Page {
+    match error {
+        service::Error::Field { field, message } => {
+            forms.errors.insert(field, message);
+        }
+        service::Error::Store(
+            store::Error::FailedPrecondition(message) | store::Error::Unavailable(message),
+        ) => {
+            forms.errors.insert("form", message);
+        }
+        other => return Err(refused(other)),
+    }
+    let order = service::visible_order(hub, &session.user, order_id)
+        .await
+        .map_err(refused)?;
+    render_order(hub, session, &order, &forms).await
+}
+
+pub async fn cancel_order(
+    hub: HubState,
+    session: Session,
+    Path(id): Path<String>,
+    Form(input): Form<ChangeForm>,
+) -> Page {
+    session.check_csrf(&input.csrf)?;
+    let order_id = parse_uuid(&id)?;
+    let forms = ChangeForms {
+        sent: "cancel",
+        reason: input.reason.clone(),
+        ..ChangeForms::default()
+    };
+    if input.confirm != "yes" {
+        let error = service::Error::Field {
+            field: "confirm",
+            message: "Tick the box to confirm that the site is to stop this batch.".into(),
+        };
+        // The reason is checked too, so both are said at once.
+        let mut forms = forms;
+        if let Err(service::Error::Field { field, message }) =
+            service::sentence_reason(&input.reason, "cancel this order")
+        {
+            forms.errors.insert(field, message);
+        }
+        return change_refused(&hub, &session, order_id, forms, error).await;
+    }
+    match service::cancel_order(&hub, &session.user, order_id, &input.reason).await {
+        Ok(_) => Ok(Redirect::to(&format!("/orders/{order_id}")).into_response()),
+        Err(e) => change_refused(&hub, &session, order_id, forms, e).await,
+    }
+}
+
+pub async fn reschedule_order(
+    hub: HubState,
+    session: Session,
+    Path(id): Path<String>,
+    Form(input): Form<ChangeForm>,
+) -> Page {
+    session.check_csrf(&input.csrf)?;
+    let order_id = parse_uuid(&id)?;
+    let forms = ChangeForms {
+        sent: "reschedule",
+        reason: input.reason.clone(),
+        collection_date: input.collection_date.clone(),
+        ..ChangeForms::default()
+    };
+    match service::schedule::reschedule(
+        &hub,
+        &session.user,
+        order_id,
+        &input.collection_date,
+        &input.reason,
+    )
+    .await
+    {
+        Ok(_) => Ok(Redirect::to(&format!("/orders/{order_id}")).into_response()),
+        Err(e) => change_refused(&hub, &session, order_id, forms, e).await,
+    }
 }
 
 pub async fn order_live(hub: HubState, session: Session, Path(id): Path<String>) -> Page {

@@ -34,6 +34,10 @@ button.danger { background:var(--bad); border-color:var(--bad); }
 .error { color:var(--bad); font-weight:600; margin:.2rem 0; }
 .notice { padding:.7rem 1rem; border-radius:4px; margin-bottom:1rem; }
 .notice.bad { background:#fbe9e7; border:1px solid var(--bad); } .notice.ok { background:#e7f4ea; border:1px solid var(--ok); }
+.notice.warn { background:#fff6e0; border:1px solid var(--warn); }
+.danger-zone { border-color:var(--bad); margin-top:2.5rem; }
+table + .card, table + section { margin-top:1rem; }
+label.check { display:flex; align-items:center; gap:.6rem; font-weight:600; min-height:2.6rem; }
 .badge { display:inline-block; padding:.1rem .5rem; border-radius:999px; font-size:.85rem; font-weight:600; background:#e8edf3; }
 .badge.released, .badge.infused, .badge.handed_over, .badge.pass { background:#dff1e4; color:var(--ok); }
 .badge.rejected, .badge.cancelled, .badge.out_of_specification { background:#fbe0dd; color:var(--bad); }

@@ -28,6 +28,7 @@ impl pb::order_service_server::OrderService for OrderApi {
             site_id: req.site_id,
             requested_collection_date: req.requested_collection_date,
             request_id: req.request_id,
+            confirm_second_order: req.confirm_second_order,
         };
         let order = service::create_order(&self.0, &user, &form)
             .await

@@ -89,6 +89,8 @@ pub struct IssuedCert {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenBatch {
     pub batch_id: Uuid,
+    /// The COI of the batch's order (how people name it); empty until looked up.
+    pub coi: String,
     pub state: BatchState,
     pub progress: Progress,
 }
@@ -98,6 +100,7 @@ impl OpenBatch {
     pub fn of(batch_id: Uuid, state: BatchState, progress: Progress) -> Option<OpenBatch> {
         (!state.is_closed()).then_some(OpenBatch {
             batch_id,
+            coi: String::new(),
             state,
             progress,
         })
@@ -135,7 +138,10 @@ pub fn site_transition(
                 "site {id:?} still has {} open batch(es) ({}); each must be infused, rejected or cancelled before the site can cease",
                 open.len(),
                 open.iter()
-                    .map(|b| format!("{} {}", b.batch_id, b.state))
+                    .map(|b| {
+                        let name = if b.coi.is_empty() { b.batch_id.to_string() } else { format!("COI {}", b.coi) };
+                        format!("{name}, {}", b.state.as_str().replace('_', " "))
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),

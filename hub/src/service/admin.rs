@@ -36,6 +36,26 @@ pub async fn sites_to_administer(hub: &Hub, user: &User) -> Result<Vec<Site>, Er
     Ok(hub.store.list_sites().await?)
 }
 
+/// A site and the orders a change of its status touches: every order there that is
+/// not closed (infused, rejected or cancelled), oldest first.
+pub async fn site_impact(
+    hub: &Hub,
+    user: &User,
+    site_id: &str,
+) -> Result<(Site, Vec<crate::model::Order>), Error> {
+    require_role(user, &ADMINS)?;
+    let site = hub.store.site(site_id.trim()).await?;
+    let mut open: Vec<_> = hub
+        .store
+        .list_orders(None, None)
+        .await?
+        .into_iter()
+        .filter(|o| o.site_id == site.site_id && !o.state.is_closed())
+        .collect();
+    open.reverse();
+    Ok((site, open))
+}
+
 /// Registers a site and makes its one-time enrollment token, valid for `ttl_secs`
 /// (the configured `enrollment_ttl_secs` when `None`).
 pub async fn register_site(
@@ -337,13 +357,13 @@ pub async fn change_site_status(
     reason: &str,
 ) -> Result<Site, Error> {
     require_role(user, &ADMINS)?;
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(field(
-            "reason",
-            format!("a reason is required to make a site {}", status.as_str()),
-        ));
-    }
+    let what = match status {
+        SiteStatus::Suspended => "suspend this site",
+        SiteStatus::Ceased => "cease this site",
+        _ => "resume this site",
+    };
+    let reason = super::sentence_reason(reason, what)?;
+    let reason = reason.as_str();
     let site = hub
         .store
         .set_site_status(site_id.trim(), status, &user.username, reason)

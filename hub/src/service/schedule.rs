@@ -236,12 +236,10 @@ pub async fn reschedule(
             format!("collection_date {date:?} is not a date (YYYY-MM-DD)"),
         )
     })?;
-    if reason.trim().is_empty() {
-        return Err(field("reason", "a reason is required to reschedule"));
-    }
+    let reason = super::sentence_reason(reason, "move this collection")?;
     match hub
         .store
-        .reschedule_order(order_id, date, reason.trim(), &user.username, Utc::now())
+        .reschedule_order(order_id, date, &reason, &user.username, Utc::now())
         .await
     {
         Err(store::Error::Unavailable(why)) => {

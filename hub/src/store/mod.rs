@@ -724,6 +724,15 @@ pub trait Store:
         physician: Option<&str>,
         state: Option<BatchState>,
     ) -> Result<Vec<Order>>;
+    /// The orders of a patient for a product that are still open (not infused,
+    /// rejected or cancelled), oldest first.
+    async fn open_orders_of_patient(
+        &self,
+        patient_pseudonym: &str,
+        recipe_id: &str,
+    ) -> Result<Vec<Order>>;
+    /// The order a physician's request (its one-time key) placed, if it did.
+    async fn order_of_request(&self, physician: &str, request_id: Uuid) -> Result<Option<Uuid>>;
     async fn cancel_order(
         &self,
         order_id: Uuid,

@@ -632,6 +632,33 @@ impl Store for PgStore {
         .map(rows::order)
         .collect()
     }
+    async fn open_orders_of_patient(
+        &self,
+        patient_pseudonym: &str,
+        recipe_id: &str,
+    ) -> Result<Vec<Order>> {
+        sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE o.patient_pseudonym = $1 AND o.recipe_id = $2 \
+             AND b.state NOT IN ('infused', 'rejected', 'cancelled') ORDER BY o.created_at, o.order_id"
+        ))
+        .bind(patient_pseudonym)
+        .bind(recipe_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::order)
+        .collect()
+    }
+
+    async fn order_of_request(&self, physician: &str, request_id: Uuid) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT order_id FROM order_requests WHERE physician = $1 AND request_id = $2",
+        )
+        .bind(physician)
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 }
 
 #[cfg(test)]

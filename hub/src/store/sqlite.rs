@@ -638,6 +638,38 @@ impl Store for SqliteStore {
         .map(rows::order)
         .collect()
     }
+    async fn open_orders_of_patient(
+        &self,
+        patient_pseudonym: &str,
+        recipe_id: &str,
+    ) -> Result<Vec<Order>> {
+        sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} WHERE o.patient_pseudonym = ?1 AND o.recipe_id = ?2 \
+             AND b.state NOT IN ('infused', 'rejected', 'cancelled') ORDER BY o.created_at, o.order_id"
+        ))
+        .bind(patient_pseudonym)
+        .bind(recipe_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::order)
+        .collect()
+    }
+
+    async fn order_of_request(&self, physician: &str, request_id: Uuid) -> Result<Option<Uuid>> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT order_id FROM order_requests WHERE physician = ? AND request_id = ?",
+        )
+        .bind(physician)
+        .bind(request_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        found
+            .map(|id| {
+                Uuid::parse_str(&id).map_err(|e| Error::Corrupt(format!("order id {id:?}: {e}")))
+            })
+            .transpose()
+    }
 }
 
 /// [`NotifyStore`](super::NotifyStore) on this backend.

@@ -758,12 +758,14 @@ pub(crate) async fn set_site_status(
     now: DateTime<Utc>,
 ) -> Result<Site> {
     let site = tx.lock_site(site_id).await?;
-    let open: Vec<OpenBatch> = tx
-        .batches_of_site(site_id)
-        .await?
-        .into_iter()
-        .filter_map(|(batch_id, state, progress)| OpenBatch::of(batch_id, state, progress))
-        .collect();
+    let mut open: Vec<OpenBatch> = Vec::new();
+    for (batch_id, state, progress) in tx.batches_of_site(site_id).await? {
+        if let Some(mut batch) = OpenBatch::of(batch_id, state, progress) {
+            // People name a batch by its COI, never by its internal id.
+            batch.coi = tx.order(OrderKey::Batch(batch_id)).await?.coi;
+            open.push(batch);
+        }
+    }
     let action = site_transition(&site, status, &open)?;
     let change = StatusChange {
         by: actor.to_owned(),

@@ -224,7 +224,9 @@ pub async fn case_a_site_ceases_only_when_its_batches_are_closed_and_for_good(
         .expect_err("an open batch blocks cessation");
     match &refused {
         Error::FailedPrecondition(why) => {
-            assert!(why.contains(&order.batch_id.to_string()), "{why}")
+            // Named by its COI, as people know it, not by the internal batch id.
+            assert!(why.contains(&format!("COI {}", order.coi)), "{why}");
+            assert!(!why.contains(&order.batch_id.to_string()), "{why}");
         }
         other => panic!("expected FailedPrecondition, got {other:?}"),
     }

@@ -119,6 +119,7 @@ impl Hub {
             site_id: site_id.into(),
             requested_collection_date: (Utc::now().date_naive() + chrono::Days::new(7)).to_string(),
             request_id: String::new(),
+            confirm_second_order: false,
         };
         service::create_order(&self.shared, &self.physician, &form)
             .await
