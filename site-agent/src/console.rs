@@ -192,7 +192,9 @@ button{font:inherit;padding:.6rem 1.2rem;border:0;border-radius:4px;background:#
 .who button{background:#fff;color:#0b5cad;border:1px solid #0b5cad;min-height:2.4rem;padding:.3rem .8rem}
 fieldset{border:1px solid #d5dae1;border-radius:6px;margin:1rem 0;padding:.6rem 1rem} legend{font-weight:700}
 .notice{background:#fff4ce;border:1px solid #e0c25c;border-radius:4px;padding:.6rem 1rem}
-table{display:block;overflow-x:auto}
+.scroll{overflow-x:auto;max-width:100%;position:relative} code{overflow-wrap:anywhere}
+.skip-link{position:absolute;left:-999px;top:0;background:#fff;padding:.6rem 1rem;z-index:10}.skip-link:focus{left:.5rem}
+.visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 "#;
 
 /// The person signed in at this browser and their session, for the page header
@@ -203,10 +205,11 @@ struct Who<'a> {
 }
 
 fn page(console: &Console, who: Option<Who<'_>>, title: &str, body: Markup) -> Markup {
-    // A screen left alone goes back to sign-in a little after the session ends.
-    let idle_refresh = format!(
-        "{};url=/signin?why=idle",
-        console.sessions.idle().as_secs() + 2
+    // A screen left alone goes back to sign-in a little after the session ends (a
+    // timer, not a meta refresh: assistive technology announces those as reloads).
+    let idle_return = format!(
+        "setTimeout(function(){{location.href='/signin?why=idle'}},{});",
+        (console.sessions.idle().as_secs() + 2) * 1000
     );
     html! {
         (DOCTYPE)
@@ -214,11 +217,11 @@ fn page(console: &Console, who: Option<Who<'_>>, title: &str, body: Markup) -> M
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                @if who.is_some() { meta http-equiv="refresh" content=(idle_refresh); }
                 title { (title) " · Carrel site " (console.site_id) }
                 style { (PreEscaped(CSS)) }
             }
             body {
+                a.skip-link href="#main" { "Skip to the page's content" }
                 header {
                     strong { "Carrel · site " (console.site_id) }
                     @if who.is_some() { a href="/" { "Batches" } }
@@ -234,8 +237,9 @@ fn page(console: &Console, who: Option<Who<'_>>, title: &str, body: Markup) -> M
                     }
                 }
                 div #site-suspension { (suspension_banner(console)) }
-                main { (body) }
+                main id="main" tabindex="-1" { (body) }
                 script { (PreEscaped(STATUS_SCRIPT)) }
+                @if who.is_some() { script { (PreEscaped(idle_return)) } }
             }
         }
     }
@@ -255,7 +259,7 @@ fn suspension_banner(console: &Console) -> Markup {
         @if let Some(s) = suspended {
             div.suspended role="alert" data-suspended-by=(s.by) {
                 strong { "This site is suspended by the control site." }
-                " " (s.by) " suspended it on " (s.at.format("%Y-%m-%d at %H:%M UTC")) ". "
+                " " (s.by) " suspended it on " (s.at.format("%Y-%m-%d %H:%M UTC")) ". "
                 "Reason: " q.reason { (s.reason) }
                 p { "New manufacturing steps do not start and no product is handed over to a patient until the control site resumes the site. "
                     "Steps already running go on; keep recording what happens (readings, QC results, custody scans before hand-over)." }
@@ -405,13 +409,44 @@ fn next_action(
     }
 }
 
+/// A refusal or failure as a page in the console's layout: what happened in words,
+/// and the way back. Nothing was recorded when a page like this answers a form.
 fn problem(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        message.to_string(),
-    )
-        .into_response()
+    let title = problem_title(status);
+    let body = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Carrel site console" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header { strong { "Carrel · site console" } a href="/" { "Batches" } }
+                main id="main" {
+                    h1 { (title) }
+                    div.notice.bad role="alert" data-problem=(status.as_u16()) { p { (message.to_string()) } }
+                    p { a href="/" { "Back to the batches" } }
+                }
+            }
+        }
+    };
+    (status, Html(body.into_string())).into_response()
+}
+
+/// The heading of an error page, in words.
+fn problem_title(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => "Not allowed",
+        StatusCode::CONFLICT => "This cannot be done now",
+        StatusCode::SERVICE_UNAVAILABLE => "The site's store is not answering",
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            "Something in the form is wrong"
+        }
+        _ => "Something went wrong",
+    }
 }
 
 /// The person signed in at this browser, checked again against the directory as it
@@ -685,8 +720,8 @@ async fn home(console: Shared, headers: HeaderMap) -> Response {
     };
     Html(page(&console, Some(who), "Batches", html! {
         h1 { "Batches at this site" }
-        table {
-            thead { tr { th { "COI" } th { "Patient" } th { "State" } th { "Step" } th { "Next" } } }
+        div.scroll tabindex="0" { table {
+            thead { tr { th scope="col" { "COI" } th scope="col" { "Patient" } th scope="col" { "State" } th scope="col" { "Step" } th scope="col" { "Next" } } }
             tbody {
                 @for (b, action) in &rows {
                     tr { td { a href=(format!("/batches/{}", b.batch_id)) { (b.coi) } } td { (b.patient_pseudonym) } td { (b.state.as_str()) }
@@ -694,7 +729,7 @@ async fn home(console: Shared, headers: HeaderMap) -> Response {
                 }
                 @if rows.is_empty() { tr { td colspan="5" { "No batches yet." } } }
             }
-        }
+        } }
     }).into_string()).into_response()
 }
 
@@ -856,12 +891,12 @@ fn batch_markup(
             script { (PreEscaped(QC_SCRIPT)) }
         }
         h2 { "Records of this batch" }
-        table {
-            thead { tr { th { "#" } th { "When" } th { "By" } th { "What" } } }
+        div.scroll tabindex="0" { table {
+            thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "By" } th scope="col" { "What" } } }
             tbody { @for e in events.iter().rev().filter(|e| !matches!(e.kind, EventKind::ProcessSamples { .. }) || !matches!(e.identity, Identity::Agent)).take(40) {
-                tr { td { (e.seq) } td { (e.recorded_at.format("%Y-%m-%d %H:%M:%S")) } td { (e.recorded_by) (identity_note(&e.identity)) } td { (e.kind.name().replace('_', " ")) } }
+                tr { td { (e.seq) } td { (e.recorded_at.format("%Y-%m-%d %H:%M")) " UTC" } td { (e.recorded_by) (identity_note(&e.identity)) } td { (e.kind.name().replace('_', " ")) } }
             } }
-        }
+        } }
     }
 }
 

@@ -12,6 +12,13 @@
 //! a two-person verification signs on the same form, and the same person twice, a
 //! wrong password or a form sent after signing out records nothing.
 //!
+//! A physician sees rejections, cancellations and late failures on the order page and
+//! in the console's own notification list, cancels and moves orders with a reason,
+//! and is warned of a second open order; an administrator sees what a suspension
+//! touches before confirming it. Refusals are pages in the layout. Every page of both
+//! consoles passes axe-core (WCAG 2.1 A/AA, no serious or critical violation) and fits
+//! a 390 px wide screen.
+//!
 //! Screenshots of every page go to `target/browser-screenshots/`.
 
 use carrel_tests::*;
@@ -2396,4 +2403,230 @@ async fn an_administrator_sees_what_a_suspension_touches_and_confirms_it_with_a_
     expect_text(&client, "sites", "Onboard a site").await;
     assert_eq!(status(&hub), "SITE_STATUS_CEASED");
     client.close().await.expect("close browser");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_pages_in_the_console_layout_in_words_with_the_way_back() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    let token = hub.add_site("site-e");
+    let mut agent = Agent::enroll(&hub, "site-e", &token).expect("enroll");
+    agent.start();
+    technicians_at(&hub, &agent, "site-e").await;
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("refusal_pages");
+    let in_layout = |what: &'static str| {
+        let client = client.clone();
+        async move {
+            // A page with the console's header and a heading, not bare text.
+            assert!(
+                client.find(Locator::Css("header")).await.is_ok(),
+                "{what}: no header"
+            );
+            let heading = text_of(&client, "h1").await;
+            let alert = text_of(&client, "[data-problem]").await;
+            assert!(
+                client.find(Locator::Css("main a[href='/']")).await.is_ok(),
+                "{what}: no way back"
+            );
+            (heading, alert)
+        }
+    };
+
+    // A physician opening QA's release queue.
+    sign_in(&client, &console, PHYSICIAN).await;
+    client
+        .goto(&format!("{console}/release"))
+        .await
+        .expect("release queue");
+    let (heading, alert) = in_layout("role refusal").await;
+    assert_eq!(heading, "Not open to you");
+    assert!(alert.contains("this needs the role qa"), "{alert}");
+    expect_text(&client, "role refusal", "ask an administrator").await;
+    shots.take(&client, "hub-role-refusal").await;
+
+    // An order that does not exist.
+    client
+        .goto(&format!("{console}/orders/{}", uuid::Uuid::now_v7()))
+        .await
+        .expect("unknown order");
+    let (heading, _) = in_layout("unknown order").await;
+    assert_eq!(heading, "Not found");
+
+    // At the site: a batch that does not exist.
+    site_sign_in(&client, &site_console, ANN).await;
+    client
+        .goto(&format!("{site_console}/batches/{}", uuid::Uuid::now_v7()))
+        .await
+        .expect("unknown batch");
+    let (heading, alert) = in_layout("unknown batch").await;
+    assert_eq!(heading, "Not found");
+    assert!(alert.contains("no batch"), "{alert}");
+    shots.take(&client, "site-unknown-batch").await;
+    client.close().await.expect("close browser");
+}
+
+/// axe-core's source, as `scripts/test` installs it (`npm ci` in tests/axe).
+fn axe_source() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("axe/node_modules/axe-core/axe.min.js");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/test, or `npm ci --prefix tests/axe`",
+            path.display()
+        )
+    })
+}
+
+/// Runs axe-core on the open page against WCAG 2.1 A and AA; answers the serious
+/// and critical violations, each with the elements it found.
+async fn accessibility_violations(client: &Client, axe: &str) -> Vec<String> {
+    client
+        .execute(&format!("{axe}\n;return true;"), vec![])
+        .await
+        .expect("load axe-core");
+    let found = client
+        .execute_async(
+            "var done = arguments[arguments.length - 1];\
+             axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})\
+               .then(function (r) { done(r.violations\
+                 .filter(function (v) { return v.impact === 'serious' || v.impact === 'critical'; })\
+                 .map(function (v) { return v.id + ' (' + v.impact + '): ' + v.help + ' at '\
+                   + v.nodes.slice(0, 3).map(function (n) { return n.target.join(' '); }).join(', '); })); })\
+               .catch(function (e) { done(['axe failed: ' + e]); });",
+            vec![],
+        )
+        .await
+        .expect("run axe-core");
+    serde_json::from_value(found).expect("a list of violations")
+}
+
+/// What makes the open page wider than the window (a table or form that does not
+/// fit makes the whole page scroll sideways): the outermost elements reaching past
+/// its right edge, outside a scrolling box; empty when it fits.
+async fn wider_than_the_window(client: &Client) -> Vec<String> {
+    let found = client
+        .execute(
+            "if (document.documentElement.scrollWidth <= window.innerWidth + 1) return [];\
+             var out = [];\
+             document.querySelectorAll('body *').forEach(function (e) {\
+               if (e.closest('.scroll') && !e.classList.contains('scroll')) return;\
+               var r = e.getBoundingClientRect();\
+               if (r.right > window.innerWidth + 1 && !(e.parentElement && e.parentElement.getBoundingClientRect().right > window.innerWidth + 1)) {\
+                 out.push(e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.getAttribute('class') ? '.' + e.getAttribute('class').split(' ').join('.') : '') + ' (' + Math.round(r.right) + ' px)');\
+               }\
+             });\
+             return out.length ? out.slice(0, 5) : ['the document (' + document.documentElement.scrollWidth + ' px)'];",
+            vec![],
+        )
+        .await
+        .expect("measure");
+    serde_json::from_value(found).expect("a list")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_console_page_passes_an_automated_accessibility_check_and_fits_390_px() {
+    const ADMIN: (&str, &str) = ("adm.a11y", "admin-password-123");
+    let axe = axe_source();
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    hub.add_user(ADMIN.0, "admin", ADMIN.1);
+    let (agent, order_id, batch_id) = batch_awaiting_release(&hub, "site-a11y").await;
+    technicians_at(&hub, &agent, "site-a11y").await;
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut failures: Vec<String> = Vec::new();
+    let check = |client: Client, name: String, url: String| {
+        let axe = axe.clone();
+        async move {
+            client.goto(&url).await.expect("page");
+            let mut found = Vec::new();
+            client
+                .set_window_size(1280, 800)
+                .await
+                .expect("window size");
+            for v in accessibility_violations(&client, &axe).await {
+                found.push(format!("{name}: {v}"));
+            }
+            client.set_window_size(390, 844).await.expect("window size");
+            for wide in wider_than_the_window(&client).await {
+                found.push(format!("{name}: wider than 390 px: {wide}"));
+            }
+            client
+                .set_window_size(1280, 800)
+                .await
+                .expect("window size");
+            found
+        }
+    };
+
+    let c = |path: &str| format!("{console}{path}");
+    failures.extend(check(client.clone(), "sign-in".into(), c("/login")).await);
+    sign_in(&client, &console, PHYSICIAN).await;
+    for (name, path) in [
+        ("my orders", "/orders".to_owned()),
+        ("new order", "/orders/new".to_owned()),
+        ("order", format!("/orders/{order_id}")),
+        ("notifications", "/notifications".to_owned()),
+        ("account", "/account".to_owned()),
+        ("schedule", "/schedule".to_owned()),
+    ] {
+        failures.extend(check(client.clone(), format!("physician {name}"), c(&path)).await);
+    }
+    sign_out(&client).await;
+    sign_in(&client, &console, QA).await;
+    for (name, path) in [
+        ("release queue", "/release".to_owned()),
+        ("batch record", format!("/batches/{batch_id}")),
+    ] {
+        failures.extend(check(client.clone(), format!("QA {name}"), c(&path)).await);
+    }
+    sign_out(&client).await;
+    sign_in(&client, &console, ADMIN).await;
+    for (name, path) in [
+        ("sites", "/admin/sites".to_owned()),
+        ("site status", "/admin/sites/site-a11y/status".to_owned()),
+        ("users", "/admin/users".to_owned()),
+        ("capacity", "/capacity/site-a11y".to_owned()),
+    ] {
+        failures.extend(check(client.clone(), format!("admin {name}"), c(&path)).await);
+    }
+    failures.extend(
+        check(
+            client.clone(),
+            "site sign-in".into(),
+            format!("{site_console}/signin"),
+        )
+        .await,
+    );
+    site_sign_in(&client, &site_console, ANN).await;
+    for (name, path) in [
+        ("batches", "/".to_owned()),
+        ("batch", format!("/batches/{batch_id}")),
+    ] {
+        failures.extend(
+            check(
+                client.clone(),
+                format!("site {name}"),
+                format!("{site_console}{path}"),
+            )
+            .await,
+        );
+    }
+    client.close().await.expect("close browser");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

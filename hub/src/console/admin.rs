@@ -24,8 +24,8 @@ fn sites_markup(
         html! {
             h1 { "Sites" }
             @if let Some(notice) = notice { (notice) }
-            table {
-                thead { tr { th { "Site" } th { "Name" } th { "Status" } th { "Link" } th { "Last contact" } th { "Events" } th { "Commands acked" } th { "Certificate" } th {} } }
+            div.scroll tabindex="0" { table {
+                thead { tr { th scope="col" { "Site" } th scope="col" { "Name" } th scope="col" { "Status" } th scope="col" { "Link" } th scope="col" { "Last contact" } th scope="col" { "Events" } th scope="col" { "Commands acked" } th scope="col" { "Certificate" } th scope="col" { span.visually-hidden { "Actions" } } } }
                 tbody { @for s in sites {
                     tr data-site=(s.site_id) {
                         td { (s.site_id) } td { (s.name) } td.status { (s.status.as_str())
@@ -57,7 +57,7 @@ fn sites_markup(
                         }
                     }
                 } }
-            }
+            } }
             h2 { "Onboard a site" }
             div.card {
                 form method="post" action="/admin/sites" {
@@ -179,7 +179,7 @@ fn status_markup(
                 p id="impact" { "No open orders at this site." }
             } @else {
                 p id="impact" { strong { (open.len()) " open order(s)" } ", " (running) " of them running at the site (cells there, manufacturing or awaiting release)." }
-                table data-impact {
+                div.scroll tabindex="0" { table data-impact {
                     thead { tr { th scope="col" { "COI" } th scope="col" { "State" } th scope="col" { "Step" } th scope="col" { "Ordered by" } } }
                     tbody { @for o in open { tr {
                         td { a href=(format!("/orders/{}", o.order_id)) { (o.coi) } }
@@ -187,7 +187,7 @@ fn status_markup(
                         td { (o.current_step.clone().unwrap_or_default()) }
                         td { (o.physician) }
                     } } }
-                }
+                } }
             }
             @if site.status == SiteStatus::Active {
                 section.card id="suspend" aria-labelledby="suspend-title" {
@@ -337,7 +337,7 @@ fn users_markup(
         html! {
             h1 { "Users" }
             @if let Some(notice) = notice { (notice) }
-            table {
+            div.scroll tabindex="0" { table {
                 thead { tr { th scope="col" { "User" } th scope="col" { "Name" } th scope="col" { "Role" } th scope="col" { "Account" } th scope="col" { "Change (audited, with the reason)" } } }
                 tbody { @for u in users {
                     tr {
@@ -373,7 +373,7 @@ fn users_markup(
                         }
                     }
                 } }
-            }
+            } }
             h2 { "Add a user" }
             div.card {
                 form method="post" action="/admin/users" {

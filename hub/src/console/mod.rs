@@ -145,6 +145,8 @@ pub struct Session {
     pub source: String,
     /// How many of the user's console notifications are unread (shown in the header).
     pub unread: u64,
+    /// The page asked for (its navigation link is marked current).
+    pub path: String,
 }
 
 /// The client's address of a request; "unknown" when the server was not told it.
@@ -172,7 +174,7 @@ impl Session {
         if token == self.csrf {
             Ok(())
         } else {
-            Err((StatusCode::FORBIDDEN, "The form has expired or did not come from this console; reload the page and try again.").into_response())
+            Err(problem(StatusCode::FORBIDDEN, "The form has expired or did not come from this console, so nothing was changed. Go back, reload the page and try again."))
         }
     }
 }
@@ -209,16 +211,16 @@ impl FromRequestParts<Arc<Hub>> for Session {
                         tracing::warn!(error = %e, "console: cannot count unread notifications");
                         0
                     }),
+                path: parts.uri.path().to_owned(),
                 user,
             }),
             Ok(_) | Err(store::Error::NotFound(_)) => Err(to_login()),
             Err(e) => {
                 tracing::error!(error = %e, "console: cannot read the session");
-                Err((
+                Err(problem(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "The hub's store is unavailable; try again.",
-                )
-                    .into_response())
+                    "The hub's store is unavailable; try again in a moment.",
+                ))
             }
         }
     }
@@ -231,8 +233,34 @@ fn html_page(markup: maud::Markup) -> Response {
     axum::response::Html(markup.into_string()).into_response()
 }
 
+/// A refusal or failure as a page in the console's layout: what happened in words,
+/// and the way back. Nothing was changed when a page like this answers a form.
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, message.into()).into_response()
+    let message = message.into();
+    let title = match status {
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::FORBIDDEN => "Not open to you",
+        StatusCode::UNAUTHORIZED => "Sign in first",
+        StatusCode::CONFLICT => "This cannot be done now",
+        StatusCode::SERVICE_UNAVAILABLE => "The hub cannot answer just now",
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            "Something in the form is wrong"
+        }
+        _ => "Something went wrong",
+    };
+    let body = view::page(
+        title,
+        None,
+        maud::html! {
+            h1 { (title) }
+            div.notice.bad role="alert" data-problem=(status.as_u16()) { p { (message) } }
+            @if status == StatusCode::FORBIDDEN {
+                p.muted { "Each page is open to the roles whose work it is. If you need this, ask an administrator." }
+            }
+            p { a href="/" { "Back to the console" } }
+        },
+    );
+    (status, axum::response::Html(body.into_string())).into_response()
 }
 
 /// Turns a service refusal into an error page (forms show field errors themselves).

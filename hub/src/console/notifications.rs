@@ -185,8 +185,8 @@ fn inbox_markup(session: &Session, inbox: &[InboxEntry]) -> Markup {
                         button.secondary type="submit" id="mark-all-read" { "Mark all as read" }
                     }
                 }
-                table {
-                    thead { tr { th scope="col" { "When" } th scope="col" { "What" } th scope="col" { "" } } }
+                div.scroll tabindex="0" { table {
+                    thead { tr { th scope="col" { "When" } th scope="col" { "What" } th scope="col" { span.visually-hidden { "Actions" } } } }
                     tbody {
                         @for n in inbox {
                             tr data-inbox=(n.kind.as_str()) data-read=(n.read_at.is_some()) {
@@ -209,7 +209,7 @@ fn inbox_markup(session: &Session, inbox: &[InboxEntry]) -> Markup {
                             }
                         }
                     }
-                }
+                } }
             }
         }
     }
@@ -262,8 +262,8 @@ fn markup(
         @if subscriptions.is_empty() {
             p.muted { "None yet." }
         } @else {
-            table {
-                thead { tr { th { "Channel" } th { "To" } th { "Kinds" } th { "Site" } th { "Since" } th {} } }
+            div.scroll tabindex="0" { table {
+                thead { tr { th scope="col" { "Channel" } th scope="col" { "To" } th scope="col" { "Kinds" } th scope="col" { "Site" } th scope="col" { "Since" } th scope="col" { span.visually-hidden { "Actions" } } } }
                 tbody {
                     @for s in subscriptions {
                         tr {
@@ -281,14 +281,14 @@ fn markup(
                         }
                     }
                 }
-            }
+            } }
         }
         h2 { @if oversees(session) { "Sent to everyone" } @else { "Sent to me" } }
         @if sent.is_empty() {
             p.muted { "Nothing yet." }
         } @else {
-            table {
-                thead { tr { th { "Queued" } th { "What" } th { "To" } th { "State" } th { "Attempts" } th { "Last error" } th {} } }
+            div.scroll tabindex="0" { table {
+                thead { tr { th scope="col" { "Queued" } th scope="col" { "What" } th scope="col" { "To" } th scope="col" { "State" } th scope="col" { "Attempts" } th scope="col" { "Last error" } th scope="col" { span.visually-hidden { "Actions" } } } }
                 tbody {
                     @for n in sent {
                         tr data-notification=(n.notification_id) {
@@ -313,7 +313,7 @@ fn markup(
                         }
                     }
                 }
-            }
+            } }
         }
     };
     page("Notifications", Some(session), body)

@@ -48,10 +48,10 @@ pub async fn orders(hub: HubState, session: Session) -> Page {
         html! {
             h1 { (title) }
             @if service::may_order(&session.user) { p { a.button href="/orders/new" { "New order" } } }
-            table {
-                thead { tr { th { "COI" } th { "Patient" } th { "Site" } th { "State" } th { "Step" } th { "Ordered" } } }
+            div.scroll tabindex="0" { table {
+                thead { tr { th scope="col" { "COI" } th scope="col" { "Patient" } th scope="col" { "Site" } th scope="col" { "State" } th scope="col" { "Step" } th scope="col" { "Ordered" } } }
                 tbody id="order-rows" { (order_rows_markup(&orders)) }
-            }
+            } }
             (live("order-rows", "/orders/rows"))
         },
     )))
@@ -118,14 +118,14 @@ fn order_form_page(
             @if !free.is_empty() {
                 h2 { "Free collection dates" }
                 p.muted { "The earliest dates with a collection slot and the instruments free for the whole manufacturing window, at sites that declare their capacity." }
-                table data-free-dates {
-                    thead { tr { th { "Date" } th { "Site" } th { "Slot" } th { "Expected release" } } }
+                div.scroll tabindex="0" { table data-free-dates {
+                    thead { tr { th scope="col" { "Date" } th scope="col" { "Site" } th scope="col" { "Slot" } th scope="col" { "Expected release" } } }
                     tbody { @for p in free { tr {
                         td { (p.plan.collection_date) } td { (p.plan.site_id) }
                         td { (p.plan.slot + 1) " · " (p.plan.collection_start().format("%H:%M UTC")) }
                         td { (when(p.expected_release)) }
                     } } }
-                }
+                } }
             }
         },
     )
@@ -302,14 +302,14 @@ fn order_live_markup(record: &BatchRecord, clock: &Clock) -> Markup {
             p { "Expected next step: " strong data-next { (next_step(record)) } }
         }
         h2 { "Timeline" }
-        table {
-            thead { tr { th { "When" } th { "Where" } th { "What" } th { "Details" } } }
+        div.scroll tabindex="0" { table {
+            thead { tr { th scope="col" { "When" } th scope="col" { "Where" } th scope="col" { "What" } th scope="col" { "Details" } } }
             tbody {
                 @for entry in timeline(record) {
                     tr { td.muted { (when(entry.at)) } td { (entry.source) } td { (entry.what) } td { (entry.detail) } }
                 }
             }
-        }
+        } }
     }
 }
 

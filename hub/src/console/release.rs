@@ -37,8 +37,9 @@ pub async fn release_queue(hub: HubState, session: Session) -> Page {
                     } }
                 }
             }
-            table {
-                thead { tr { th { "COI" } th { "Patient" } th { "Site" } th { "Exceptions" } th { "Complete since" } } }
+            div.scroll tabindex="0" { table {
+                caption.visually-hidden { "Batches awaiting release, the one waiting longest first" }
+                thead { tr { th scope="col" { "COI" } th scope="col" { "Patient" } th scope="col" { "Site" } th scope="col" { "Exceptions" } th scope="col" { "Waiting since" } } }
                 tbody {
                     @for o in &pending {
                         tr {
@@ -50,7 +51,7 @@ pub async fn release_queue(hub: HubState, session: Session) -> Page {
                     }
                     @if pending.is_empty() { tr { td colspan="5" .muted { "Nothing awaits release." } } }
                 }
-            }
+            } }
         },
     )))
 }
@@ -102,8 +103,8 @@ fn batch_record_markup(
             }
         }
         h2 id="exceptions" { "Exceptions (" (review.exceptions.len()) ")" }
-        table.exceptions {
-            thead { tr { th { "#" } th { "When" } th { "By" } th { "What" } th { "Details" } } }
+        div.scroll tabindex="0" { table.exceptions {
+            thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "By" } th scope="col" { "What" } th scope="col" { "Details" } } }
             tbody {
                 @for exception in &review.exceptions {
                     @match exception {
@@ -113,10 +114,10 @@ fn batch_record_markup(
                 }
                 @if review.exceptions.is_empty() { tr { td colspan="5" .muted { "No exceptions." } } }
             }
-        }
+        } }
         h2 { "QC results against specification" }
         p.muted { "Per test, every result in the order recorded; a retest names the result it retests and replaces it as the value that counts." }
-        table.qc {
+        div.scroll tabindex="0" { table.qc {
             thead { tr { th scope="col" { "Test" } th scope="col" { "Result" } th scope="col" { "Specification" } th scope="col" { "Hub" } th scope="col" { "Site" } th scope="col" { "Counts" } } }
             @for group in review.qc.chunk_by(|a, b| a.test_id == b.test_id) {
                 tbody.qc-test data-test=(group[0].test_id) {
@@ -138,15 +139,15 @@ fn batch_record_markup(
                     }
                 }
             }
-        }
+        } }
         h2 { "Steps" }
-        table {
-            thead { tr { th { "Step" } th { "Started" } th { "Completed" } } }
+        div.scroll tabindex="0" { table {
+            thead { tr { th scope="col" { "Step" } th scope="col" { "Started" } th scope="col" { "Completed" } } }
             tbody { @for step in &review.steps {
                 tr { td { (step.name) }
                      td.muted { (when(step.started)) } td.muted { (step.completed.map(when).unwrap_or_else(|| "running".into())) } }
             } }
-        }
+        } }
         h2 { "Process parameters" }
         @for series in &review.parameters {
             @if series.points.len() >= 3 {
@@ -156,21 +157,21 @@ fn batch_record_markup(
         h2 { "Record (" (review.entries.len()) " entries)" }
         details {
             summary { "Every entry, in the order the site recorded them" }
-            table {
-                thead { tr { th { "#" } th { "When" } th { "By" } th { "What" } th { "Details" } } }
+            div.scroll tabindex="0" { table {
+                thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "By" } th scope="col" { "What" } th scope="col" { "Details" } } }
                 tbody { @for e in &review.entries {
                     tr { td { (e.seq) } td.muted { (when(e.recorded_at)) } td { (e.recorded_by) } td { (e.what) } td { (e.detail) } }
                 } }
-            }
+            } }
         }
         h2 { "Audit trail" }
-        table {
-            thead { tr { th { "#" } th { "When" } th { "Who" } th { "Action" } th { "Change" } th { "Reason" } } }
+        div.scroll tabindex="0" { table {
+            thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "Action" } th scope="col" { "Change" } th scope="col" { "Reason" } } }
             tbody { @for a in &review.audit {
                 tr { td { (a.position) } td.muted { (when(a.at)) } td { (a.actor) } td { (a.action) }
                      td { @if !a.old_value.is_empty() { (a.old_value) " → " } (a.new_value) } td { (a.reason) } }
             } }
-        }
+        } }
         p.muted { "Record SHA-256: " code id="record-sha" { (sha) } }
         @if review.awaits_decision() && release::may_sign(&session.user) {
             h2 id="decision" { "Decision" }

@@ -41,8 +41,8 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
             }
             @if let Some(v2v) = clock.vein_to_vein { p { "Vein to vein: " strong { (span_text(v2v)) } } }
         }
-        table data-clock-table {
-            thead { tr { th { "Milestone" } th { "Planned" } th { "Actual" } th { "Expected" } } }
+        div.scroll tabindex="0" { table data-clock-table {
+            thead { tr { th scope="col" { "Milestone" } th scope="col" { "Planned" } th scope="col" { "Actual" } th scope="col" { "Expected" } } }
             tbody {
                 @for m in &clock.milestones {
                     tr {
@@ -53,7 +53,7 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
                     }
                 }
             }
-        }
+        } }
     }
 }
 
@@ -87,10 +87,10 @@ pub async fn overview(hub: HubState, session: Session) -> Page {
         html! {
             h1 { "Schedule" }
             h2 { "Vein-to-vein" }
-            table {
-                thead { tr { th { "Site" } th { "Orders" } th { "Open" } th { "Delayed" } th { "Released" } th { "On time" } th { "Median vein to vein" } th { "Median order to release" } } }
+            div.scroll tabindex="0" { table {
+                thead { tr { th scope="col" { "Site" } th scope="col" { "Orders" } th scope="col" { "Open" } th scope="col" { "Delayed" } th scope="col" { "Released" } th scope="col" { "On time" } th scope="col" { "Median vein to vein" } th scope="col" { "Median order to release" } } }
                 tbody { @for (site, s) in &rows { (summary_row(site, s)) } }
-            }
+            } }
             h2 { "Capacity" }
             ul { @for site in &sites { li { a href=(format!("/capacity/{}", site.site_id)) { (site.site_id) } " " span.muted { (site.name) } } } }
         },
@@ -113,14 +113,14 @@ fn capacity_page(
             @if let Some(n) = notice { (n) }
             @if let Some(rows) = utilisation {
                 h2 { "Utilisation, next weeks" }
-                table data-utilisation {
-                    thead { tr { th { "Week of" } th { "Resource" } th { "Units" } th { "Available" } th { "Booked" } th { "Used" } } }
+                div.scroll tabindex="0" { table data-utilisation {
+                    thead { tr { th scope="col" { "Week of" } th scope="col" { "Resource" } th scope="col" { "Units" } th scope="col" { "Available" } th scope="col" { "Booked" } th scope="col" { "Used" } } }
                     tbody { @for r in rows { tr {
                         td { (r.week_start) } td { (r.resource) } td { (r.units) }
                         td { (format!("{:.0}", r.available)) } td { (format!("{:.0}", r.booked)) }
                         td { (format!("{:.0} %", r.share() * 100.0)) }
                     } } }
-                }
+                } }
             } @else {
                 p.muted { "The site declares no capacity: its orders are not booked." }
             }

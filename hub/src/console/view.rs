@@ -13,7 +13,7 @@ const CSS: &str = r#"
 body { margin:0; font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
 header { background:#fff; border-bottom:1px solid var(--line); padding:.6rem 1rem; display:flex; gap:1rem; align-items:center; flex-wrap:wrap; }
 header .brand { font-weight:700; margin-right:1rem; }
-header nav a { margin-right:.8rem; }
+header nav { display:flex; flex-wrap:wrap; gap:.2rem .8rem; }
 header form { margin-left:auto; }
 main { max-width:1100px; margin:0 auto; padding:1rem; }
 a { color:var(--accent); }
@@ -48,9 +48,14 @@ label.check { display:flex; align-items:center; gap:.6rem; font-weight:600; min-
 .token { font-family: ui-monospace, monospace; word-break:break-all; background:#fff; border:1px dashed var(--line); padding:.6rem; }
 dialog { border:1px solid var(--line); border-radius:6px; max-width:32rem; }
 .manifestation { font-size:1.1rem; font-weight:700; padding:.6rem; border:2px solid var(--fg); margin:.6rem 0; }
-svg.chart { background:#fff; border:1px solid var(--line); }
+svg.chart { background:#fff; border:1px solid var(--line); max-width:100%; height:auto; }
 form.inline { display:flex; flex-wrap:wrap; gap:.4rem; align-items:center; }
 form.inline select, form.inline input { width:auto; max-width:16rem; }
+.skip-link { position:absolute; left:-999px; top:0; background:#fff; padding:.6rem 1rem; z-index:10; }
+.skip-link:focus { left:.5rem; }
+nav a[aria-current=page] { font-weight:700; text-decoration:none; border-bottom:3px solid var(--accent); }
+.scroll { overflow-x:auto; max-width:100%; position:relative; }
+code { overflow-wrap:anywhere; }
 .visually-hidden { position:absolute; width:1px; height:1px; overflow:hidden; clip:rect(0 0 0 0); white-space:nowrap; }
 @media (max-width: 700px) { th, td { padding:.35rem; font-size:.9rem; } }
 "#;
@@ -71,23 +76,27 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                 link rel="stylesheet" href="/style.css";
             }
             body {
+                a.skip-link href="#main" { "Skip to the page's content" }
                 header {
                     span.brand { "Carrel" }
-                    @if let Some(Session { user, csrf, unread, .. }) = session {
+                    @if let Some(Session { user, csrf, unread, path, .. }) = session {
                         nav aria-label="main" {
-                            @match user.role {
-                                Role::Physician => { a href="/orders" { "My orders" } a href="/orders/new" { "New order" } a href="/schedule" { "Schedule" } }
-                                Role::Qa => { a href="/release" { "Release queue" } a href="/orders" { "All orders" } a href="/schedule" { "Schedule" } }
-                                Role::Admin => { a href="/admin/sites" { "Sites" } a href="/admin/users" { "Users" } a href="/orders" { "Orders" } a href="/schedule" { "Schedule" } }
-                                Role::Technician => { a href="/orders" { "Orders" } a href="/schedule" { "Schedule" } }
+                            @let links: &[(&str, &str)] = match user.role {
+                                Role::Physician => &[("/orders", "My orders"), ("/orders/new", "New order"), ("/schedule", "Schedule")],
+                                Role::Qa => &[("/release", "Release queue"), ("/orders", "All orders"), ("/schedule", "Schedule")],
+                                Role::Admin => &[("/admin/sites", "Sites"), ("/admin/users", "Users"), ("/orders", "Orders"), ("/schedule", "Schedule")],
+                                Role::Technician => &[("/orders", "Orders"), ("/schedule", "Schedule")],
+                            };
+                            @for (href, label) in links {
+                                a href=(href) aria-current=[(path == href).then_some("page")] { (label) }
                             }
-                            a href="/notifications" data-unread=(unread) {
+                            a href="/notifications" data-unread=(unread) aria-current=[(path == "/notifications").then_some("page")] {
                                 "Notifications"
                                 @if *unread > 0 {
                                     " " span.badge.rejected { (unread) span.visually-hidden { " unread" } }
                                 }
                             }
-                            a href="/account" { "Account" }
+                            a href="/account" aria-current=[(path == "/account").then_some("page")] { "Account" }
                         }
                         span.muted { (user.full_name) " (" (user.role) ")" }
                         form method="post" action="/logout" {
@@ -96,7 +105,7 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                         }
                     }
                 }
-                main { (body) }
+                main id="main" tabindex="-1" { (body) }
             }
         }
     }
@@ -106,8 +115,11 @@ pub fn state_badge(state: BatchState) -> Markup {
     html! { span class={ "badge " (state.as_str()) } data-state=(state.as_str()) { (state.as_str().replace('_', " ")) } }
 }
 
+/// A time as every page shows it: date, hours and minutes, and the zone (UTC until
+/// sites have a local time zone). Signed records keep their seconds (the signature's
+/// manifestation), nothing else needs them.
 pub fn when(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 /// A duration as days, hours and minutes.
@@ -167,12 +179,14 @@ pub fn chart(title: &str, unit: &str, points: &[(f64, f64)], range: Option<(f64,
     }
 }
 
-/// Polls `url` every few seconds and replaces the element `id` with what it returns.
+/// Polls `url` every few seconds and replaces the element `id` with what it returns,
+/// never while the focus is inside it (a keyboard or screen-reader user keeps their
+/// place; the next poll catches up once they move on).
 pub fn live(id: &str, url: &str) -> Markup {
     html! {
         script {
             (PreEscaped(format!(
-                "(function(){{var el=document.getElementById('{id}');setInterval(function(){{fetch('{url}',{{credentials:'same-origin'}}).then(function(r){{return r.ok?r.text():null}}).then(function(t){{if(t!==null&&t!==el.innerHTML){{el.innerHTML=t}}}}).catch(function(){{}})}},2000)}})();"
+                "(function(){{var el=document.getElementById('{id}');setInterval(function(){{fetch('{url}',{{credentials:'same-origin'}}).then(function(r){{return r.ok?r.text():null}}).then(function(t){{if(t!==null&&t!==el.innerHTML&&!el.contains(document.activeElement)){{el.innerHTML=t}}}}).catch(function(){{}})}},2000)}})();"
             )))
         }
     }

@@ -29,12 +29,15 @@ pub fn may_sign(user: &User) -> bool {
 }
 
 /// Batches awaiting a release decision, for QA.
+/// The batches awaiting QA's decision, the one waiting longest first.
 pub async fn queue(hub: &Hub, user: &User) -> Result<Vec<Order>, Error> {
     require_role(user, &REVIEWERS)?;
-    Ok(hub
+    let mut waiting = hub
         .store
         .list_orders(None, Some(BatchState::AwaitingRelease))
-        .await?)
+        .await?;
+    waiting.sort_by_key(|o| (o.updated_at, o.created_at, o.order_id));
+    Ok(waiting)
 }
 
 /// Decided batches whose record changed after the decision and await QA's review.
