@@ -311,11 +311,13 @@ pub fn clock(
             None,
             Some(order.created_at),
         ),
+        // Collection is the apheresis as booked: planned at the slot's start, and
+        // happened when the site started it (the vein-to-vein clock starts there).
         (
             Milestone::Collection,
-            step(collection).map(|s| s.2).unwrap_or(order.created_at),
-            step(collection).map(|s| s.4),
-            completed.get(step_id(collection)).copied(),
+            step(collection).map(|s| s.1).unwrap_or(order.created_at),
+            step(collection).map(|s| s.3),
+            started.get(step_id(collection)).copied(),
         ),
         (
             Milestone::Receipt,

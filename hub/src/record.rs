@@ -43,7 +43,35 @@ pub fn record_sha256(order: &Order, recipe_sha256: &str, events: &[StoredEvent])
 }
 
 /// A one-line, human-readable account of a site event: (what happened, details).
+/// What a site event is and its details, with the ids the records use (for logs
+/// and the audit trail).
 pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
+    describe_in(None, kind)
+}
+
+/// What a site event is and its details in the words of `recipe` when given: step,
+/// test, checkpoint and parameter names instead of their ids, units as people write
+/// them (for pages and the record people read).
+pub fn describe_in(
+    recipe: Option<&carrel_proto::recipe::Recipe>,
+    kind: &carrel_proto::event::EventKind,
+) -> (String, String) {
+    use carrel_proto::recipe::unit_words;
+    let step = |id: &str| recipe.map_or(id.to_owned(), |r| r.step_name(id).to_owned());
+    let test = |id: &str| recipe.map_or(id.to_owned(), |r| r.test_name(id).to_owned());
+    let checkpoint = |id: &str| recipe.map_or(id.to_owned(), |r| r.checkpoint_name(id).to_owned());
+    let parameter = |name: &str| match recipe {
+        Some(r) => r.parameter_label(name),
+        None => name.to_owned(),
+    };
+    let unit = |u: &str| {
+        let u = if recipe.is_some() { unit_words(u) } else { u };
+        if u.is_empty() {
+            String::new()
+        } else {
+            format!(" {u}")
+        }
+    };
     use carrel_proto::event::EventKind as K;
     match kind {
         K::BatchAccepted {
@@ -65,24 +93,24 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
                 "step started"
             }
             .into(),
-            format!("{step_id} on {instrument_id}"),
+            format!("{} on {instrument_id}", step(step_id)),
         ),
         K::ProcessSamples { step_id, samples } => {
             let values: Vec<String> = samples
                 .iter()
                 .map(|s| {
                     format!(
-                        "{}={:.2}{}",
-                        s.parameter,
+                        "{} {:.2}{}",
+                        parameter(&s.parameter),
                         s.value,
-                        if s.unit.is_empty() { "" } else { " " }.to_owned() + &s.unit
+                        unit(&s.unit)
                     )
                 })
                 .collect();
             let at = samples.first().map(|s| s.step_hours).unwrap_or_default();
             (
                 "process samples".into(),
-                format!("{step_id} at {at:.1} h: {}", values.join(", ")),
+                format!("{} at {at:.1} h: {}", step(step_id), values.join(", ")),
             )
         }
         K::StepCompleted {
@@ -90,7 +118,7 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
             process_hours,
         } => (
             "step completed".into(),
-            format!("{step_id} after {process_hours:.1} h"),
+            format!("{} after {process_hours:.1} h", step(step_id)),
         ),
         K::InstrumentCommandStarted {
             step_id,
@@ -99,7 +127,10 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
             execution_id,
         } => (
             "instrument command started".into(),
-            format!("{step_id} on {instrument_id}: {command}, execution {execution_id}"),
+            format!(
+                "{} on {instrument_id}: {command}, execution {execution_id}",
+                step(step_id)
+            ),
         ),
         K::InstrumentAlarm {
             code,
@@ -109,7 +140,11 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
             ..
         } => (
             "instrument alarm".into(),
-            format!("{severity:?} {code} during {step_id}: {message}"),
+            format!(
+                "{} {code} during {}: {message}",
+                format!("{severity:?}").to_lowercase(),
+                step(step_id)
+            ),
         ),
         K::DeviationRaised {
             deviation_id,
@@ -123,14 +158,16 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
         K::QcResult {
             test_id,
             value,
-            unit,
+            unit: unit_of,
             site_outcome,
             retest_of,
             ..
         } => (
             "QC result".into(),
             format!(
-                "{test_id} = {value} {unit}, {} at the site{}",
+                "{} = {value}{}, {} at the site{}",
+                test(test_id),
+                unit(unit_of),
                 outcome_words(*site_outcome),
                 retest_of
                     .map(|seq| format!(", retest of record {seq}"))
@@ -158,11 +195,13 @@ pub fn describe(kind: &carrel_proto::event::EventKind) -> (String, String) {
             .into(),
             match wristband {
                 Some(w) => format!(
-                    "{checkpoint_id}: wristband {w}, bag {scanned_coi}, verified by {}",
+                    "{}: wristband {w}, bag {scanned_coi}, verified by {}",
+                    checkpoint(checkpoint_id),
                     verifiers.join(", ")
                 ),
                 None => format!(
-                    "{checkpoint_id}: scanned {scanned_coi}, verified by {}",
+                    "{}: scanned {scanned_coi}, verified by {}",
+                    checkpoint(checkpoint_id),
                     verifiers.join(", ")
                 ),
             },
@@ -301,6 +340,9 @@ pub struct ParameterSeries {
     pub step_id: String,
     pub parameter: String,
     pub unit: String,
+    /// The step's name and the parameter's label, as people read them.
+    pub step_name: String,
+    pub label: String,
     pub points: Vec<(f64, f64)>,
     pub range: Option<(f64, f64)>,
 }
@@ -383,7 +425,7 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
     let recipe = recipe.recipe;
     let directory = SiteDirectory::new(&directory);
     let entry = |stored: &StoredEvent| {
-        let (what, detail) = describe(&stored.event.kind);
+        let (what, detail) = describe_in(Some(&recipe), &stored.event.kind);
         Entry {
             seq: stored.event.seq,
             recorded_at: stored.event.recorded_at,
@@ -547,6 +589,8 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
                             step_id: step_id.clone(),
                             parameter: s.parameter.clone(),
                             unit: s.unit.clone(),
+                            step_name: recipe.step_name(step_id).to_owned(),
+                            label: recipe.parameter_label(&s.parameter),
                             points: Vec::new(),
                             range: recipe
                                 .step(step_id)
@@ -678,7 +722,7 @@ pub fn timeline(record: &crate::model::BatchRecord) -> Vec<TimelineEntry> {
         ) {
             continue;
         }
-        let (what, mut detail) = describe(&stored.event.kind);
+        let (what, mut detail) = describe_in(Some(&record.recipe.recipe), &stored.event.kind);
         if let Some(note) = skew {
             detail = format!("{detail} [{note}]");
         }
@@ -926,7 +970,8 @@ mod tests {
             .collect();
         assert_eq!(
             steps,
-            ["by", "collection", "receipt", "selection", "activation"],
+            // Steps by their names in the recipe, not their ids.
+            ["by", "Apheresis", "Receipt", "CD4/CD8", "T-cell"],
             "{timeline:#?}"
         );
         assert!(

@@ -73,7 +73,7 @@ impl Capacity {
     /// Checks everything that makes a capacity unusable, and says what is wrong.
     pub fn check(&self) -> Result<(), String> {
         if self.working_days.is_empty() {
-            return Err("working_days is empty: name at least one working day".into());
+            return Err("no working day is named: name at least one".into());
         }
         let days: BTreeSet<u32> = self
             .working_days
@@ -81,7 +81,7 @@ impl Capacity {
             .map(|d| d.num_days_from_monday())
             .collect();
         if days.len() != self.working_days.len() {
-            return Err("working_days names a day twice".into());
+            return Err("a working day is named twice".into());
         }
         if self.opens >= self.closes {
             return Err(format!(
@@ -92,12 +92,14 @@ impl Capacity {
         }
         if !(1..=48).contains(&self.collection_slots_per_day) {
             return Err(format!(
-                "collection_slots_per_day is {}; it must be 1 to 48",
+                "collection slots per day is {}; it must be 1 to 48",
                 self.collection_slots_per_day
             ));
         }
         if self.instruments.is_empty() {
-            return Err("instruments is empty: declare each instrument type and its count".into());
+            return Err(
+                "no instrument is declared: declare each instrument type and its count".into(),
+            );
         }
         for (kind, count) in &self.instruments {
             let name_ok = !kind.is_empty()

@@ -384,7 +384,7 @@ fn validate_pseudonym(text: &str) -> Result<String, Error> {
     if !ok {
         return Err(field(
             "patient_pseudonym",
-            "patient_pseudonym must be 3 to 64 letters, digits, '-', '_' or '.' (a pseudonym, never a name)",
+            "The patient pseudonym must be 3 to 64 letters, digits, '-', '_' or '.' (a pseudonym, never a name)",
         ));
     }
     Ok(text.to_owned())
@@ -397,18 +397,18 @@ pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Or
     if form.product.trim().is_empty() {
         return Err(field(
             "product",
-            "product is required (a recipe id such as cd19-car-t)",
+            "Choose the product (a recipe id such as cd19-car-t)",
         ));
     }
     if form.site_id.trim().is_empty() {
-        return Err(field("site_id", "site_id is required"));
+        return Err(field("site_id", "Choose the treating site"));
     }
     let date = NaiveDate::parse_from_str(form.requested_collection_date.trim(), "%Y-%m-%d")
         .map_err(|_| {
             field(
                 "requested_collection_date",
                 format!(
-                    "requested_collection_date {:?} is not a date (YYYY-MM-DD)",
+                    "The collection date {:?} is not a date (YYYY-MM-DD)",
                     form.requested_collection_date
                 ),
             )
@@ -416,7 +416,7 @@ pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Or
     if date < Utc::now().date_naive() {
         return Err(field(
             "requested_collection_date",
-            format!("requested_collection_date {date} is in the past"),
+            format!("The collection date {date} is in the past"),
         ));
     }
     let horizon = Utc::now().date_naive() + Duration::days(crate::schedule::HORIZON_DAYS);
@@ -424,7 +424,7 @@ pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Or
         return Err(field(
             "requested_collection_date",
             format!(
-                "requested_collection_date {date} is more than {} days ahead (after {horizon})",
+                "The collection date {date} is more than {} days ahead (after {horizon})",
                 crate::schedule::HORIZON_DAYS
             ),
         ));

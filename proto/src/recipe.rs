@@ -83,10 +83,56 @@ pub struct CustodyCheckpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Parameter {
+    /// The name instruments and records use (`dissolved_o2`).
     pub name: String,
     pub unit: String,
     pub low: f64,
     pub high: f64,
+    /// How people read the name ("Dissolved O₂"); without it, the name in words
+    /// ([`parameter_words`]). Not part of a recipe written without it, so adding the
+    /// field changed no published recipe's hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl Parameter {
+    /// The parameter as people read it.
+    pub fn label(&self) -> String {
+        self.label
+            .clone()
+            .unwrap_or_else(|| parameter_words(&self.name))
+    }
+}
+
+/// A parameter's name in words: the common process parameters as a person writes
+/// them, any other with its underscores as spaces and a capital first letter.
+pub fn parameter_words(name: &str) -> String {
+    match name {
+        "ph" => "pH".into(),
+        "dissolved_o2" => "Dissolved O₂".into(),
+        "co2" => "CO₂".into(),
+        _ => {
+            let spaced = name.replace('_', " ");
+            let mut chars = spaced.chars();
+            match chars.next() {
+                Some(first) => first.to_uppercase().chain(chars).collect(),
+                None => String::new(),
+            }
+        }
+    }
+}
+
+/// A unit as people write it (`degC` is °C); the unit itself when it has no other
+/// way of being written. A pH value has no unit beside it.
+pub fn unit_words(unit: &str) -> &str {
+    match unit {
+        "degC" => "°C",
+        "degF" => "°F",
+        "pct" | "percent" => "%",
+        "pH" => "",
+        "x10^6 cells/mL" => "×10⁶ cells/mL",
+        other => other,
+    }
 }
 
 /// A QC test and its acceptance criterion.
@@ -263,6 +309,33 @@ impl Recipe {
         self.all_tests().find(|t| t.id == id)
     }
 
+    /// A step's name, or its id when this recipe has no such step.
+    pub fn step_name<'a>(&'a self, id: &'a str) -> &'a str {
+        self.step(id).map_or(id, |s| s.name.as_str())
+    }
+
+    /// A test's name, or its id when this recipe has no such test.
+    pub fn test_name<'a>(&'a self, id: &'a str) -> &'a str {
+        self.test(id).map_or(id, |t| t.name.as_str())
+    }
+
+    /// A custody checkpoint's name, or its id when this recipe has none such.
+    pub fn checkpoint_name<'a>(&'a self, id: &'a str) -> &'a str {
+        self.checkpoints()
+            .find(|c| c.id == id)
+            .map_or(id, |c| c.name.as_str())
+    }
+
+    /// A process parameter's label (see [`Parameter::label`]), from the first step
+    /// that measures it; the name in words when none does.
+    pub fn parameter_label(&self, name: &str) -> String {
+        self.steps
+            .iter()
+            .flat_map(|s| s.parameters.iter())
+            .find(|p| p.name == name)
+            .map_or_else(|| parameter_words(name), Parameter::label)
+    }
+
     /// The batch record is complete, so QA may review it for release: every step of
     /// this recipe completed and every test recorded that must precede release (a
     /// test that may follow release, such as sterility, is not waited for). Ids that
@@ -392,6 +465,36 @@ mod tests {
             max: None,
             accepted: vec![],
         }
+    }
+
+    #[test]
+    fn names_units_and_labels_read_as_people_write_them() {
+        let recipe = Recipe::from_toml(EXAMPLE).expect("valid");
+        assert_eq!(recipe.step_name("expansion"), "Expansion");
+        assert_eq!(recipe.step_name("no-such-step"), "no-such-step");
+        assert_eq!(
+            recipe.test_name("ip-viability"),
+            "Viability at end of expansion"
+        );
+        assert_eq!(
+            recipe.checkpoint_name("manufacturing-start"),
+            "Start of manufacturing"
+        );
+        assert_eq!(recipe.parameter_label("dissolved_o2"), "Dissolved O₂");
+        assert_eq!(
+            recipe.parameter_label("viable_cell_density"),
+            "Viable cell density"
+        );
+        assert_eq!(recipe.parameter_label("ph"), "pH");
+        assert_eq!(unit_words("degC"), "°C");
+        assert_eq!(unit_words("pH"), "");
+        assert_eq!(unit_words("EU/mL"), "EU/mL");
+        // A recipe that names no labels hashes as it did before labels existed.
+        assert!(!recipe.to_canonical_json().contains("\"label\""));
+        let mut labelled = recipe.clone();
+        labelled.steps[3].parameters[2].label = Some("DO".into());
+        assert_eq!(labelled.parameter_label("dissolved_o2"), "DO");
+        assert_ne!(labelled.sha256(), recipe.sha256());
     }
 
     #[test]

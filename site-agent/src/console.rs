@@ -724,7 +724,7 @@ async fn home(console: Shared, headers: HeaderMap) -> Response {
             thead { tr { th scope="col" { "COI" } th scope="col" { "Patient" } th scope="col" { "State" } th scope="col" { "Step" } th scope="col" { "Next" } } }
             tbody {
                 @for (b, action) in &rows {
-                    tr { td { a href=(format!("/batches/{}", b.batch_id)) { (b.coi) } } td { (b.patient_pseudonym) } td { (b.state.as_str()) }
+                    tr { td { a href=(format!("/batches/{}", b.batch_id)) { (b.coi) } } td { (b.patient_pseudonym) } td { (b.state.as_str().replace('_', " ")) }
                          td { (b.current_step.clone().unwrap_or_default()) } td { (action) } }
                 }
                 @if rows.is_empty() { tr { td colspan="5" { "No batches yet." } } }
@@ -759,7 +759,7 @@ fn batch_markup(
     let suspended = console.link.borrow().suspended.clone();
     html! {
         h1 { "Batch " (batch.coi) }
-        p { "Patient " (batch.patient_pseudonym) " · " (recipe.title) " v" (recipe.version) " · state " strong { (batch.state.as_str()) } }
+        p { "Patient " (batch.patient_pseudonym) " · " (recipe.title) " v" (recipe.version) " · state " strong { (batch.state.as_str().replace('_', " ")) } }
         @if let Some(result) = result { (result) }
         p.next data-next { "Next: " (next_action(batch, recipe, events, suspended.is_some())) }
         @if let Some(cp) = open {
@@ -831,8 +831,8 @@ fn batch_markup(
                         label for="parameter" { "Parameter" }
                         select id="parameter" name="parameter" {
                             @for p in &step.parameters {
-                                option value=(p.name) data-min=(p.low) data-max=(p.high) data-accepted="" data-spec=(format!("{} to {} {}", p.low, p.high, p.unit))
-                                    selected[kept.get(KeptForm::Reading, "parameter") == Some(p.name.as_str())] { (p.name) }
+                                option value=(p.name) data-min=(p.low) data-max=(p.high) data-accepted="" data-spec=(format!("{} to {} {}", p.low, p.high, carrel_proto::recipe::unit_words(&p.unit)).trim_end().to_owned())
+                                    selected[kept.get(KeptForm::Reading, "parameter") == Some(p.name.as_str())] { (p.label()) }
                             }
                         }
                         p { "Normal range: " strong id="reading-spec" {} }
@@ -858,7 +858,7 @@ fn batch_markup(
                     @for t in recipe.all_tests() {
                         option value=(t.id) data-min=(t.spec.min.map(|v| v.to_string()).unwrap_or_default())
                             data-max=(t.spec.max.map(|v| v.to_string()).unwrap_or_default())
-                            data-accepted=(t.spec.accepted.join("|")) data-spec=(format!("{} {}", t.spec, t.unit))
+                            data-accepted=(t.spec.accepted.join("|")) data-spec=(format!("{} {}", t.spec, carrel_proto::recipe::unit_words(&t.unit)).trim_end().to_owned())
                             selected[kept.get(KeptForm::Qc, "test") == Some(t.id.as_str())] { (t.name) }
                     }
                 }

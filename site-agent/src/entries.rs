@@ -71,7 +71,12 @@ pub async fn record_result(
         let number: f64 = entry.value.trim().parse().map_err(|_| {
             invalid(format!(
                 "{:?} is not a number; {} is measured in {}",
-                entry.value, test.name, test.unit
+                entry.value,
+                test.name,
+                match carrel_proto::recipe::unit_words(&test.unit) {
+                    "" => test.unit.as_str(),
+                    words => words,
+                }
             ))
         })?;
         if !number.is_finite() {
@@ -281,7 +286,12 @@ pub async fn record_reading(
         .ok_or_else(|| {
             invalid(format!(
                 "{:?} is not a number ({} is in {})",
-                entry.value, parameter.name, parameter.unit
+                entry.value,
+                parameter.label(),
+                match carrel_proto::recipe::unit_words(&parameter.unit) {
+                    "" => parameter.unit.as_str(),
+                    words => words,
+                }
             ))
         })?;
     // The reading belongs to the step's current point in process time: the last

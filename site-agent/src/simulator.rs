@@ -542,6 +542,7 @@ mod tests {
             unit: "rpm".into(),
             low: 50.0,
             high: 150.0,
+            label: None,
         }];
         let mut sim = Simulator::new(9, Faults::default());
         for t in sample_times(&custom) {

@@ -621,39 +621,59 @@ async fn an_administrator_declares_capacity_in_the_console_and_the_order_page_sh
         .await
         .expect("capacity page");
     expect_text(&client, "capacity page", "declares no capacity").await;
-    // A document that does not hold is shown again with the reason; nothing is stored.
-    let every_day =
-        "working_days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n\
-        opens = \"07:00\"\ncloses = \"19:00\"\ncollection_slots_per_day = 1\n\n[instruments]\n\
-        apheresis = 1\nbench = 1\nclosed-processing-system = 2\n";
-    fill(
-        &client,
-        "#document",
-        &every_day.replace("\"19:00\"", "\"06:00\""),
-    )
-    .await;
-    click(
-        &client,
-        "form[action='/capacity/site-c'] button[type=submit]",
-    )
-    .await;
+    // Declared in a form: every day, 07:00 to 19:00, one slot, the instruments.
+    for key in ["sat", "sun"] {
+        click(&client, &format!("input[name=day_{key}]")).await;
+    }
+    fill(&client, "#opens", "07:00").await;
+    fill(&client, "#closes", "06:00").await;
+    fill(&client, "#collection-slots-per-day", "1").await;
+    for (row, (kind, count)) in [
+        ("apheresis", "1"),
+        ("bench", "1"),
+        ("closed-processing-system", "two"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        fill(&client, &format!("input[name=instrument_type_{row}]"), kind).await;
+        fill(
+            &client,
+            &format!("input[name=instrument_count_{row}]"),
+            count,
+        )
+        .await;
+    }
+    click(&client, "#capacity-save").await;
+    // What does not hold is said beside its field, the form kept as typed, nothing stored.
     expect_text(
         &client,
         "refused capacity",
-        "Not declared: opens (07:00) must be before closes (06:00)",
+        "The count of \"closed-processing-system\" (\"two\") is not a whole number",
+    )
+    .await;
+    assert_eq!(
+        value_of(&client, "input[name=instrument_count_2]").await,
+        "two"
+    );
+    assert_eq!(value_of(&client, "#closes").await, "06:00");
+    fill(&client, "input[name=instrument_count_2]", "2").await;
+    click(&client, "#capacity-save").await;
+    expect_text(
+        &client,
+        "refused capacity",
+        "Not saved. opens (07:00) must be before closes (06:00)",
     )
     .await;
     let out = hub.cli(ADMIN.0, &["schedule", "capacity", "site-c"], None);
     assert!(!out.status.success(), "nothing was declared");
-    fill(&client, "#document", every_day).await;
-    click(
-        &client,
-        "form[action='/capacity/site-c'] button[type=submit]",
-    )
-    .await;
+    fill(&client, "#closes", "19:00").await;
+    click(&client, "#capacity-save").await;
     expect_text(&client, "declared capacity", "Utilisation, next weeks").await;
     let shown = hub.cli_ok(ADMIN.0, &["schedule", "capacity", "site-c"], None);
     assert!(shown.contains("closed-processing-system = 2"), "{shown}");
+    assert!(shown.contains("\"Sun\""), "{shown}");
+    assert!(!body_text(&client).await.contains("-0 %"));
     sign_out(&client).await;
 
     // The physician's order books the day's slot; its page shows the booking and the clock.
@@ -2532,7 +2552,8 @@ async fn wider_than_the_window(client: &Client) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn every_console_page_passes_an_automated_accessibility_check_and_fits_390_px() {
+async fn every_console_page_passes_an_automated_accessibility_check_fits_390_px_and_shows_no_codes()
+{
     const ADMIN: (&str, &str) = ("adm.a11y", "admin-password-123");
     let axe = axe_source();
     let hub = Hub::start().await;
@@ -2561,6 +2582,24 @@ async fn every_console_page_passes_an_automated_accessibility_check_and_fits_390
                 .expect("window size");
             for v in accessibility_violations(&client, &axe).await {
                 found.push(format!("{name}: {v}"));
+            }
+            // Words, not the codes the records use.
+            let text = body_text(&client).await;
+            for code in [
+                "degC",
+                "dissolved_o2",
+                "ip-viability",
+                "ip-cd3-purity",
+                "patient_pseudonym",
+                "requested_collection_date",
+                "in_process",
+                "awaiting_release",
+                "OutOfSpecification",
+                "out_of_specification",
+            ] {
+                if text.contains(code) {
+                    found.push(format!("{name}: shows the code {code:?}"));
+                }
             }
             client.set_window_size(390, 844).await.expect("window size");
             for wide in wider_than_the_window(&client).await {

@@ -232,7 +232,8 @@ async fn a_site_clock_minutes_off_does_not_reorder_the_record_and_is_noted() {
         "{lines:#?}"
     );
     assert!(
-        details[2].starts_with("collection") && details[2].contains("[site clock behind: stamped"),
+        details[2].starts_with("Apheresis collection")
+            && details[2].contains("[site clock behind: stamped"),
         "{lines:#?}"
     );
     assert!(details[3].contains("[site clock ahead"), "{lines:#?}");

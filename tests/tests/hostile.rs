@@ -575,7 +575,7 @@ async fn oversized_messages_get_a_clear_status_and_store_nothing() {
             .create_order(authed(&physician, order_of(MAX_MESSAGE_BYTES)))
             .await,
         Code::InvalidArgument,
-        "patient_pseudonym must be 3 to 64",
+        "The patient pseudonym must be 3 to 64",
     );
     assert_eq!(stored(&db).await, before, "nothing stored");
 
@@ -960,14 +960,14 @@ async fn unknown_enum_values_and_missing_fields_are_refused_naming_the_field() {
             .create_order(authed(&physician, form("", "site-e")))
             .await,
         Code::InvalidArgument,
-        "product is required",
+        "Choose the product",
     );
     assert_refused(
         orders
             .create_order(authed(&physician, form("cd19-car-t", "")))
             .await,
         Code::InvalidArgument,
-        "site_id is required",
+        "Choose the treating site",
     );
     assert_refused(
         release

@@ -110,7 +110,13 @@ fn order_form_page(
                     }
                     @if let Some(e) = err("site_id") { p.error id="site_id-error" { (e) } }
                     label for="requested_collection_date" { "Requested collection date" }
-                    input id="requested_collection_date" name="requested_collection_date" type="date" value=(form.requested_collection_date);
+                    // Text, not the browser's date picker: the picker writes dates in the
+                    // browser's own format (02/03 or 03/02), every page here in one.
+                    p.muted id="requested_collection_date-hint" { "Year-month-day, for example " (Utc::now().date_naive() + chrono::Days::new(2)) "." }
+                    input id="requested_collection_date" name="requested_collection_date" type="text"
+                        inputmode="numeric" autocomplete="off" placeholder="YYYY-MM-DD" pattern="[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                        aria-describedby="requested_collection_date-hint requested_collection_date-error"
+                        value=(form.requested_collection_date);
                     @if let Some(e) = err("requested_collection_date") { p.error id="requested_collection_date-error" { (e) } }
                     p { button type="submit" { "Place order" } }
                 }
@@ -387,10 +393,12 @@ fn change_markup(
                     form method="post" action=(format!("/orders/{}/reschedule", order.order_id)) novalidate {
                         input type="hidden" name="csrf" value=(session.csrf);
                         label for="collection_date" { "New collection date" }
-                        input id="collection_date" name="collection_date" type="date" required
+                        p.muted id="collection_date-hint" { "Year-month-day, for example " (Utc::now().date_naive() + chrono::Days::new(7)) "." }
+                        input id="collection_date" name="collection_date" type="text" required
+                            inputmode="numeric" autocomplete="off" placeholder="YYYY-MM-DD" pattern="[0-9]{4}-[0-9]{2}-[0-9]{2}"
                             autofocus[focus("reschedule", "collection_date")]
                             value=(kept("reschedule", &forms.collection_date))
-                            aria-describedby="collection_date-error"
+                            aria-describedby="collection_date-hint collection_date-error"
                             aria-invalid=[err("reschedule", "collection_date").map(|_| "true")];
                         @if let Some(e) = err("reschedule", "collection_date") { p.error id="collection_date-error" { (e) } }
                         label for="reschedule-reason" { "Why (kept in the audit trail)" }

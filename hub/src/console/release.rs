@@ -12,6 +12,7 @@ use axum::extract::{Form, Path};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use carrel_proto::event::ReleaseMeaning;
+use carrel_proto::recipe::unit_words;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use maud::{html, Markup};
@@ -54,6 +55,14 @@ pub async fn release_queue(hub: HubState, session: Session) -> Page {
             } }
         },
     )))
+}
+
+/// An audit value in words when it is a batch state (`in_process`: "in process").
+fn state_words(value: &str) -> String {
+    match crate::model::BatchState::parse(value) {
+        Some(state) => state.as_str().replace('_', " "),
+        None => value.to_owned(),
+    }
 }
 
 fn batch_record_markup(
@@ -126,7 +135,7 @@ fn batch_record_markup(
                             @if i == 0 {
                                 th scope="row" rowspan=(group.len()) { (q.test_name.clone().unwrap_or_else(|| q.test_id.clone())) @if let Some(method) = &q.method { span.muted { " (" (method) ")" } } }
                             }
-                            td { (q.value) " " (q.unit) br; span.muted { "record " (q.seq) @if let Some(of) = q.retest_of { ", retest of record " (of) } } }
+                            td { (q.value) " " (unit_words(&q.unit)) br; span.muted { "record " (q.seq) @if let Some(of) = q.retest_of { ", retest of record " (of) } } }
                             td { (q.specification) }
                             td { span class={ "badge " (outcome(q.hub_outcome)) } { (outcome_words(q.hub_outcome)) } @if !q.reason.is_empty() { br; span.muted { (q.reason) } } }
                             td { (outcome_words(q.site_outcome)) }
@@ -151,7 +160,7 @@ fn batch_record_markup(
         h2 { "Process parameters" }
         @for series in &review.parameters {
             @if series.points.len() >= 3 {
-                (chart(&format!("{}: {}", series.step_id, series.parameter), &series.unit, &series.points, series.range))
+                (chart(&format!("{}: {}", series.step_name, series.label), unit_words(&series.unit), &series.points, series.range))
             }
         }
         h2 { "Record (" (review.entries.len()) " entries)" }
@@ -169,7 +178,7 @@ fn batch_record_markup(
             thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "Action" } th scope="col" { "Change" } th scope="col" { "Reason" } } }
             tbody { @for a in &review.audit {
                 tr { td { (a.position) } td.muted { (when(a.at)) } td { (a.actor) } td { (a.action) }
-                     td { @if !a.old_value.is_empty() { (a.old_value) " → " } (a.new_value) } td { (a.reason) } }
+                     td { @if !a.old_value.is_empty() { (state_words(&a.old_value)) " → " } (state_words(&a.new_value)) } td { (a.reason) } }
             } }
         } }
         p.muted { "Record SHA-256: " code id="record-sha" { (sha) } }

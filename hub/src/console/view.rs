@@ -170,7 +170,7 @@ pub fn chart(title: &str, unit: &str, points: &[(f64, f64)], range: Option<(f64,
                     rect x=(pad) y=(top) width=(w - 2.0 * pad) height=((bottom - top).max(0.0)) fill="#e7f4ea" {}
                 }
                 polyline points=(path.join(" ")) fill="none" stroke="#0b5cad" stroke-width="2" {}
-                text x="4" y="14" font-size="12" { (title) " (" (unit) ")" }
+                text x="4" y="14" font-size="12" { (title) @if !unit.is_empty() { " (" (unit) ")" } }
                 text x="4" y=(h - 6.0) font-size="11" fill="#5b6470" { (format!("{ymin:.1}")) }
                 text x="4" y=(pad + 4.0) font-size="11" fill="#5b6470" { (format!("{ymax:.1}")) }
                 text x=(w - pad - 30.0) y=(h - 6.0) font-size="11" fill="#5b6470" { (format!("{xmax:.0} h")) }

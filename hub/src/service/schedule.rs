@@ -233,7 +233,7 @@ pub async fn reschedule(
     let date = NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d").map_err(|_| {
         field(
             "collection_date",
-            format!("collection_date {date:?} is not a date (YYYY-MM-DD)"),
+            format!("The new collection date {date:?} is not a date (YYYY-MM-DD)"),
         )
     })?;
     let reason = super::sentence_reason(reason, "move this collection")?;

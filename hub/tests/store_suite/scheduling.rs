@@ -589,9 +589,8 @@ pub async fn case_the_clock_reads_milestones_from_the_record(store: Arc<dyn Stor
                 .expect("event")
         };
         let c = clock(&record, None, &Default::default(), now());
-        let collected = at(
-            &|k| matches!(k, EventKind::StepCompleted { step_id, .. } if step_id == "collection"),
-        );
+        let collected =
+            at(&|k| matches!(k, EventKind::StepStarted { step_id, .. } if step_id == "collection"));
         let infused = at(
             &|k| matches!(k, EventKind::CustodyScan { checkpoint_id, .. } if checkpoint_id == "infusion"),
         );
@@ -612,10 +611,10 @@ pub async fn case_the_clock_reads_milestones_from_the_record(store: Arc<dyn Stor
         );
         assert_eq!(c.milestone(Milestone::Infusion).actual, Some(infused));
         assert_eq!(c.vein_to_vein, Some(infused - collected));
-        // Planned from the requested date (no booking): collection at 08:00 plus 3 h.
+        // Planned from the requested date (no booking): the collection starts at 08:00.
         assert_eq!(
             c.milestone(Milestone::Collection).planned,
-            requested.and_hms_opt(11, 0, 0).expect("time").and_utc()
+            requested.and_hms_opt(8, 0, 0).expect("time").and_utc()
         );
         assert_eq!((c.released_on_time, c.delay.clone()), (Some(true), None));
         clocks.push(c);
