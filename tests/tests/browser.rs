@@ -1972,9 +1972,18 @@ async fn a_physician_sees_rejections_cancellations_and_late_failures_on_the_orde
         ],
         None,
     );
+    // QA's queue lists the batch waiting longest first.
+    wait_state(&hub, &rejected_order, "awaiting_release").await;
+    let queue: Vec<String> = hub
+        .cli_json(QA.0, &["release", "list"], None)
+        .as_array()
+        .expect("queue")
+        .iter()
+        .map(|o| str_field(o, "batch_id").to_owned())
+        .collect();
+    assert_eq!(queue, [released_batch.clone(), rejected_batch.clone()]);
     sign_decision(&hub, &released_batch, "released", "");
     wait_state(&hub, &released_order, "released").await;
-    wait_state(&hub, &rejected_order, "awaiting_release").await;
     sign_decision(
         &hub,
         &rejected_batch,

@@ -127,9 +127,14 @@ impl Hub {
     }
 
     pub async fn cancel(&self, order_id: Uuid) -> anyhow::Result<()> {
-        service::cancel_order(&self.shared, &self.physician, order_id, "benchmark done")
-            .await
-            .map_err(|e| anyhow::anyhow!("cancelling {order_id}: {e}"))?;
+        service::cancel_order(
+            &self.shared,
+            &self.physician,
+            order_id,
+            "The benchmark is done; nothing is made.",
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cancelling {order_id}: {e}"))?;
         Ok(())
     }
 
