@@ -65,7 +65,11 @@ pub fn describe_in(
         None => name.to_owned(),
     };
     let unit = |u: &str| {
-        let u = if recipe.is_some() { unit_words(u) } else { u };
+        let u = if recipe.is_some() {
+            unit_words(u)
+        } else {
+            std::borrow::Cow::Borrowed(u)
+        };
         if u.is_empty() {
             String::new()
         } else {

@@ -124,14 +124,21 @@ pub fn parameter_words(name: &str) -> String {
 
 /// A unit as people write it (`degC` is °C); the unit itself when it has no other
 /// way of being written. A pH value has no unit beside it.
-pub fn unit_words(unit: &str) -> &str {
+pub fn unit_words(unit: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
     match unit {
-        "degC" => "°C",
-        "degF" => "°F",
-        "pct" | "percent" => "%",
-        "pH" => "",
-        "x10^6 cells/mL" => "×10⁶ cells/mL",
-        other => other,
+        "degC" => Cow::Borrowed("°C"),
+        "degF" => Cow::Borrowed("°F"),
+        "pct" | "percent" => Cow::Borrowed("%"),
+        "pH" => Cow::Borrowed(""),
+        // Powers of ten as written on paper: x10^6 cells/mL is ×10⁶ cells/mL.
+        other if other.contains("x10^") => Cow::Owned(
+            other
+                .replace("x10^6", "×10⁶")
+                .replace("x10^9", "×10⁹")
+                .replace("x10^3", "×10³"),
+        ),
+        other => Cow::Borrowed(other),
     }
 }
 
@@ -489,6 +496,7 @@ mod tests {
         assert_eq!(unit_words("degC"), "°C");
         assert_eq!(unit_words("pH"), "");
         assert_eq!(unit_words("EU/mL"), "EU/mL");
+        assert_eq!(unit_words("x10^6 CAR+ cells/kg"), "×10⁶ CAR+ cells/kg");
         // A recipe that names no labels hashes as it did before labels existed.
         assert!(!recipe.to_canonical_json().contains("\"label\""));
         let mut labelled = recipe.clone();

@@ -74,7 +74,7 @@ pub async fn record_result(
                 entry.value,
                 test.name,
                 match carrel_proto::recipe::unit_words(&test.unit) {
-                    "" => test.unit.as_str(),
+                    words if words.is_empty() => std::borrow::Cow::Borrowed(test.unit.as_str()),
                     words => words,
                 }
             ))
@@ -289,7 +289,8 @@ pub async fn record_reading(
                 entry.value,
                 parameter.label(),
                 match carrel_proto::recipe::unit_words(&parameter.unit) {
-                    "" => parameter.unit.as_str(),
+                    words if words.is_empty() =>
+                        std::borrow::Cow::Borrowed(parameter.unit.as_str()),
                     words => words,
                 }
             ))

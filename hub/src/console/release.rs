@@ -160,7 +160,7 @@ fn batch_record_markup(
         h2 { "Process parameters" }
         @for series in &review.parameters {
             @if series.points.len() >= 3 {
-                (chart(&format!("{}: {}", series.step_name, series.label), unit_words(&series.unit), &series.points, series.range))
+                (chart(&format!("{}: {}", series.step_name, series.label), &unit_words(&series.unit), &series.points, series.range))
             }
         }
         h2 { "Record (" (review.entries.len()) " entries)" }
