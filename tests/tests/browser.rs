@@ -1542,24 +1542,79 @@ async fn focused_id(client: &Client) -> String {
         .to_owned()
 }
 
+/// A released batch of the simulator, its site console open in Chromium at the
+/// hand-over checkpoint, with a technician signed in: where the bedside tests start.
+struct AtHandOver {
+    client: Client,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+    agent: Agent,
+    order_id: String,
+    batch: String,
+    coi: String,
+    site_console: String,
+}
+
+async fn released_batch_at_hand_over(
+    hub: &Hub,
+    site_id: &str,
+    patient: &str,
+    before_start: impl FnOnce(&Agent),
+) -> AtHandOver {
+    scenario::add_people(hub);
+    let token = hub.add_site(site_id);
+    let mut agent = Agent::enroll(hub, site_id, &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    before_start(&agent);
+    agent.start();
+    technicians_at(hub, &agent, site_id).await;
+    let (order_id, batch) = scenario::create_order(hub, site_id, patient);
+    let coi = str_field(&order_show(hub, scenario::PHYSICIAN.0, &order_id), "coi").to_owned();
+    scenario::wait_order_state(hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
+    scenario::sign_release(hub, &batch);
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    site_sign_in(&client, &site_console, ANN).await;
+    reload_until(
+        &client,
+        &format!("{site_console}/batches/{batch}"),
+        "Custody checkpoint: Hand-over of the released product",
+    )
+    .await;
+    AtHandOver {
+        client,
+        _driver: driver,
+        _profile: profile,
+        agent,
+        order_id,
+        batch,
+        coi,
+        site_console,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn at_the_bedside_the_wristband_is_compared_with_the_bag_and_the_result_must_be_acknowledged()
 {
     let hub = Hub::start().await;
-    scenario::add_people(&hub);
-    let token = hub.add_site("site-b");
-    let mut agent = Agent::enroll(&hub, "site-b", &token)
-        .expect("enroll")
-        .with_time_compression(400_000.0);
-    agent.start();
-    technicians_at(&hub, &agent, "site-b").await;
-    let (order_id, batch) = scenario::create_order(&hub, "site-b", "P-7401");
+    let AtHandOver {
+        client,
+        agent,
+        order_id,
+        batch,
+        coi,
+        site_console,
+        // Kept to the end of the test: chromedriver and the browser profile.
+        _driver,
+        _profile,
+    } = released_batch_at_hand_over(&hub, "site-b", "P-7401", |_| {}).await;
     let (_, other_batch) = scenario::create_order(&hub, "site-b", "P-7402");
-    let coi_of =
-        |order: &str| str_field(&order_show(&hub, scenario::PHYSICIAN.0, order), "coi").to_owned();
-    let coi = coi_of(&order_id);
-    scenario::wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
-    scenario::sign_release(&hub, &batch);
     let db = agent.db().await;
     let bedside_scans = || async {
         agent_events(&db)
@@ -1586,23 +1641,8 @@ async fn at_the_bedside_the_wristband_is_compared_with_the_bag_and_the_result_mu
         },
     )
     .await;
-
-    let site_console = format!(
-        "http://{}",
-        read_addr(agent.data_dir().join("console.addr"))
-    );
-    let driver = Driver::start();
-    let profile = tempfile::tempdir().expect("profile");
-    let client = browser(&driver, profile.path()).await;
     let mut shots = Shots::new("bedside");
-    site_sign_in(&client, &site_console, ANN).await;
     let page = format!("{site_console}/batches/{batch}");
-    reload_until(
-        &client,
-        &page,
-        "Custody checkpoint: Hand-over of the released product",
-    )
-    .await;
     // The patient is scanned first; the page says whose batch it is beside the fields.
     assert_eq!(focused_id(&client).await, "wristband");
     let patient = client
@@ -1725,19 +1765,21 @@ async fn at_the_bedside_the_wristband_is_compared_with_the_bag_and_the_result_mu
 #[tokio::test(flavor = "multi_thread")]
 async fn a_suspended_site_says_why_and_refuses_hand_over_until_it_is_resumed() {
     let hub = Hub::start().await;
-    scenario::add_people(&hub);
     hub.ensure_admin();
-    let token = hub.add_site("site-b");
-    let mut agent = Agent::enroll(&hub, "site-b", &token)
-        .expect("enroll")
-        .with_time_compression(400_000.0);
-    agent.configure(&["reconnect_max_ms"], 1_000.into());
-    agent.start();
-    technicians_at(&hub, &agent, "site-b").await;
-    let (order_id, batch) = scenario::create_order(&hub, "site-b", "P-7501");
-    let coi = str_field(&order_show(&hub, scenario::PHYSICIAN.0, &order_id), "coi").to_owned();
-    scenario::wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
-    scenario::sign_release(&hub, &batch);
+    let AtHandOver {
+        client,
+        agent,
+        order_id: _,
+        batch,
+        coi,
+        site_console,
+        // Kept to the end of the test: chromedriver and the browser profile.
+        _driver,
+        _profile,
+    } = released_batch_at_hand_over(&hub, "site-b", "P-7501", |agent| {
+        agent.configure(&["reconnect_max_ms"], 1_000.into())
+    })
+    .await;
     let db = agent.db().await;
     let custody_scans = || async {
         agent_events(&db)
@@ -1746,23 +1788,8 @@ async fn a_suspended_site_says_why_and_refuses_hand_over_until_it_is_resumed() {
             .filter(|(_, body)| body.contains("\"custody_scan\"") && body.contains("\"handover\""))
             .count()
     };
-
-    let site_console = format!(
-        "http://{}",
-        read_addr(agent.data_dir().join("console.addr"))
-    );
-    let driver = Driver::start();
-    let profile = tempfile::tempdir().expect("profile");
-    let client = browser(&driver, profile.path()).await;
     let mut shots = Shots::new("suspended");
-    site_sign_in(&client, &site_console, ANN).await;
     let page = format!("{site_console}/batches/{batch}");
-    reload_until(
-        &client,
-        &page,
-        "Custody checkpoint: Hand-over of the released product",
-    )
-    .await;
     assert!(
         client.find(Locator::Css(".suspended")).await.is_err(),
         "no banner on an active site"

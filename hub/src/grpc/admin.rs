@@ -26,6 +26,7 @@ impl AdminApi {
     }
 
     fn site_to_pb(&self, site: &Site) -> pb::Site {
+        let change = site.status_change.as_ref();
         pb::Site {
             site_id: site.site_id.clone(),
             name: site.name.clone(),
@@ -43,17 +44,9 @@ impl AdminApi {
             certificate_expires_at: site.cert_not_after.map(to_timestamp),
             certificate_from_current_ca: site.cert_ca_sha256.as_deref()
                 == Some(self.0.ca.fingerprint()),
-            status_changed_by: site
-                .status_change
-                .as_ref()
-                .map(|c| c.by.clone())
-                .unwrap_or_default(),
-            status_changed_at: site.status_change.as_ref().map(|c| to_timestamp(c.at)),
-            status_reason: site
-                .status_change
-                .as_ref()
-                .map(|c| c.reason.clone())
-                .unwrap_or_default(),
+            status_changed_by: change.map(|c| c.by.clone()).unwrap_or_default(),
+            status_changed_at: change.map(|c| to_timestamp(c.at)),
+            status_reason: change.map(|c| c.reason.clone()).unwrap_or_default(),
         }
     }
 }

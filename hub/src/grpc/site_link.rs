@@ -107,11 +107,7 @@ async fn identify_site<T>(hub: &Hub, request: &Request<T>) -> Result<Identified,
         Ok(site) if site.status == SiteStatus::Suspended => {
             // The site is told who suspended it and why, so its technicians know.
             let suspension = match &site.status_change {
-                Some(change) => Suspension {
-                    by: change.by.clone(),
-                    at: change.at,
-                    reason: change.reason.clone(),
-                },
+                Some(change) => Suspension::from(change),
                 None => Suspension {
                     by: "an administrator".into(),
                     at: site.last_contact_at.unwrap_or_default(),

@@ -65,6 +65,17 @@ pub struct StatusChange {
     pub reason: String,
 }
 
+/// What a suspended site is told of its suspension: who, when and why.
+impl From<&StatusChange> for carrel_proto::suspension::Suspension {
+    fn from(change: &StatusChange) -> Self {
+        carrel_proto::suspension::Suspension {
+            by: change.by.clone(),
+            at: change.at,
+            reason: change.reason.clone(),
+        }
+    }
+}
+
 impl Site {
     /// The site can still connect, and the certificate it holds was not issued by the
     /// CA with fingerprint `ca_sha256` (during a CA rotation: it has yet to renew).
