@@ -40,15 +40,39 @@ struct Driver {
 }
 
 impl Driver {
+    /// Starts chromedriver and waits until it says it is listening. A port picked as
+    /// free can be taken by another test's process before chromedriver binds it; then
+    /// chromedriver exits ("port not available") and another port is tried.
     fn start() -> Driver {
-        let port = free_port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (Debian package chromium-driver; scripts/test installs it)");
-        Driver { child, port }
+        use std::io::{BufRead, BufReader};
+        let mut last = String::new();
+        for _ in 0..10 {
+            let port = free_port();
+            let mut child = Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver (Debian package chromium-driver; scripts/test installs it)");
+            let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+            let mut listening = false;
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if line.contains("started successfully") {
+                    listening = true;
+                    break;
+                }
+                last = line;
+            }
+            if listening {
+                // Keep reading so chromedriver never blocks on a full pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return Driver { child, port };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("chromedriver did not start listening on any of 10 ports; it last said: {last}");
     }
 }
 
@@ -73,17 +97,22 @@ async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
     );
     let url = format!("http://127.0.0.1:{}", driver.port);
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    for _ in 0..50 {
+    // Chromium can be slow to start on a busy two-core machine; give it a minute.
+    let mut last = String::new();
+    for _ in 0..60 {
         match ClientBuilder::new(connector.clone())
             .capabilities(caps.clone())
             .connect(&url)
             .await
         {
             Ok(client) => return client,
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => {
+                last = e.to_string();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
-    panic!("could not start a Chromium session through chromedriver");
+    panic!("could not start a Chromium session through chromedriver: {last}");
 }
 
 struct Shots {
