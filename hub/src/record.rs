@@ -136,6 +136,35 @@ pub fn describe_in(
                 step(step_id)
             ),
         ),
+        K::InstrumentCommandRequested {
+            step_id,
+            instrument_id,
+            command,
+        } => (
+            "instrument command requested".into(),
+            format!("{} on {instrument_id}: {command}", step(step_id)),
+        ),
+        K::InstrumentResults {
+            step_id,
+            instrument_id,
+            command,
+            results,
+        } => (
+            "instrument results".into(),
+            format!(
+                "{} on {instrument_id}: {command} returned {}",
+                step(step_id),
+                if results.is_empty() {
+                    "no values".to_owned()
+                } else {
+                    results
+                        .iter()
+                        .map(|r| format!("{} {}{}", r.name, r.value, unit(&r.unit)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+        ),
         K::InstrumentAlarm {
             code,
             message,
@@ -489,14 +518,18 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
             let Some(q) = qc.iter().find(|q| q.site_seq == seq) else {
                 continue;
             };
-            let retest_of =
-                events
-                    .iter()
-                    .find(|e| e.event.seq == seq)
-                    .and_then(|e| match &e.event.kind {
-                        EventKind::QcResult { retest_of, .. } => *retest_of,
-                        _ => None,
-                    });
+            // How this result was measured, as the site recorded it: the recipe's
+            // method, and whether an instrument measured it or the simulator made it.
+            let (retest_of, recorded_method) = events
+                .iter()
+                .find(|e| e.event.seq == seq)
+                .and_then(|e| match &e.event.kind {
+                    EventKind::QcResult {
+                        retest_of, method, ..
+                    } => Some((*retest_of, Some(method.clone()).filter(|m| !m.is_empty()))),
+                    _ => None,
+                })
+                .unwrap_or_default();
             qc_lines.push(QcLine {
                 seq,
                 retest_of,
@@ -506,7 +539,7 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
                     None => Counts::Unstated,
                 },
                 test_name: test.map(|t| t.name.clone()),
-                method: test.map(|t| t.method.clone()),
+                method: recorded_method.or_else(|| test.map(|t| t.method.clone())),
                 unit: test.map(|t| t.unit.clone()).unwrap_or_default(),
                 specification: test
                     .map(|t| t.spec.to_string())

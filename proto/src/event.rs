@@ -128,6 +128,15 @@ pub struct Sample {
     pub unit: String,
 }
 
+/// One value a command returned: its name, the value as the instrument sent it, and
+/// the unit the site's mapping gives it (empty when it has none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstrumentResult {
+    pub name: String,
+    pub value: String,
+    pub unit: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
@@ -158,6 +167,20 @@ pub enum EventKind {
         instrument_id: String,
         command: String,
         execution_id: String,
+    },
+    /// The agent is about to send the command that runs a step: recorded before it is
+    /// sent, so a command requested and never confirmed is never sent again.
+    InstrumentCommandRequested {
+        step_id: String,
+        instrument_id: String,
+        command: String,
+    },
+    /// What a command returned when it finished, by name.
+    InstrumentResults {
+        step_id: String,
+        instrument_id: String,
+        command: String,
+        results: Vec<InstrumentResult>,
     },
     InstrumentAlarm {
         step_id: String,
@@ -226,6 +249,8 @@ impl EventKind {
             EventKind::ProcessSamples { .. } => "process_samples",
             EventKind::StepCompleted { .. } => "step_completed",
             EventKind::InstrumentCommandStarted { .. } => "instrument_command_started",
+            EventKind::InstrumentCommandRequested { .. } => "instrument_command_requested",
+            EventKind::InstrumentResults { .. } => "instrument_results",
             EventKind::InstrumentAlarm { .. } => "instrument_alarm",
             EventKind::DeviationRaised { .. } => "deviation_raised",
             EventKind::QcResult { .. } => "qc_result",
@@ -446,6 +471,30 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                 )?,
                 command: required("instrument_command_started.command", k.command)?,
                 execution_id: required("instrument_command_started.execution_id", k.execution_id)?,
+            },
+            Kind::InstrumentCommandRequested(k) => EventKind::InstrumentCommandRequested {
+                step_id: required("instrument_command_requested.step_id", k.step_id)?,
+                instrument_id: required(
+                    "instrument_command_requested.instrument_id",
+                    k.instrument_id,
+                )?,
+                command: required("instrument_command_requested.command", k.command)?,
+            },
+            Kind::InstrumentResults(k) => EventKind::InstrumentResults {
+                step_id: required("instrument_results.step_id", k.step_id)?,
+                instrument_id: required("instrument_results.instrument_id", k.instrument_id)?,
+                command: required("instrument_results.command", k.command)?,
+                results: k
+                    .results
+                    .into_iter()
+                    .map(|r| {
+                        Ok(InstrumentResult {
+                            name: required("instrument_results.results.name", r.name)?,
+                            value: r.value,
+                            unit: r.unit,
+                        })
+                    })
+                    .collect::<Result<_, Error>>()?,
             },
             Kind::StepCompleted(k) => EventKind::StepCompleted {
                 step_id: required("step_completed.step_id", k.step_id)?,
@@ -668,6 +717,33 @@ impl From<SiteEvent> for pb::SiteEvent {
                 instrument_id,
                 command,
                 execution_id,
+            }),
+            EventKind::InstrumentCommandRequested {
+                step_id,
+                instrument_id,
+                command,
+            } => Kind::InstrumentCommandRequested(pb::InstrumentCommandRequested {
+                step_id,
+                instrument_id,
+                command,
+            }),
+            EventKind::InstrumentResults {
+                step_id,
+                instrument_id,
+                command,
+                results,
+            } => Kind::InstrumentResults(pb::InstrumentResults {
+                step_id,
+                instrument_id,
+                command,
+                results: results
+                    .into_iter()
+                    .map(|r| pb::InstrumentResult {
+                        name: r.name,
+                        value: r.value,
+                        unit: r.unit,
+                    })
+                    .collect(),
             }),
             EventKind::InstrumentAlarm {
                 step_id,

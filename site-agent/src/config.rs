@@ -191,6 +191,24 @@ pub struct StepMapping {
     /// Seconds between two attempts after a `retry_on` error.
     #[serde(default = "default_retry_interval_s")]
     pub retry_interval_s: f64,
+    /// In-process QC results the instrument measures: which recipe test each command
+    /// result is. A test of the step that no entry names is entered by a person at
+    /// the site console; until then the record says it is missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qc: Vec<QcMapping>,
+}
+
+/// One QC result taken from what the command returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QcMapping {
+    /// The recipe's test id, e.g. `ip-viability`.
+    pub test: String,
+    /// The command result it is, e.g. `Viability` (a SiLA response identifier, or an
+    /// OPC UA output argument `out1`, `out2`, ...).
+    pub result: String,
+    /// The unit the instrument gives it in; it must be the recipe test's unit.
+    pub unit: String,
 }
 
 fn default_retry_interval_s() -> f64 {
@@ -567,6 +585,21 @@ impl Config {
                     "steps: step {:?}: sample_interval_s must be positive",
                     mapping.step
                 ));
+            }
+            let mut tests = std::collections::HashSet::new();
+            for qc in &mapping.qc {
+                if qc.test.trim().is_empty() || qc.result.trim().is_empty() {
+                    return bad(format!(
+                        "steps: step {:?}: each qc entry names a test and the result it comes from",
+                        mapping.step
+                    ));
+                }
+                if !tests.insert(qc.test.as_str()) {
+                    return bad(format!(
+                        "steps: step {:?}: QC test {:?} is mapped twice",
+                        mapping.step, qc.test
+                    ));
+                }
             }
             for reading in &mapping.readings {
                 match self.instrument(&reading.instrument) {

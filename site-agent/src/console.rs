@@ -397,9 +397,35 @@ fn next_action(
     match batch.state {
         BatchState::Ordered | BatchState::Accepted => "The agent is accepting the order".into(),
         BatchState::InProcess => match &batch.current_step {
-            Some(step) => format!("Step {step} is running on the instrument"),
+            Some(step) => match held(events, step) {
+                Some(why) => format!("Held: {why}"),
+                None => format!("Step {step} is running on the instrument"),
+            },
             None if suspended => "The next step waits: the site is suspended (see above)".into(),
-            None => "Waiting for QC results".into(),
+            None => {
+                let recorded: std::collections::HashSet<&str> = events
+                    .iter()
+                    .filter_map(|e| match &e.kind {
+                        carrel_proto::event::EventKind::QcResult { test_id, .. } => {
+                            Some(test_id.as_str())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let missing: Vec<&str> = recipe
+                    .all_tests()
+                    .filter(|t| !t.may_follow_release && !recorded.contains(t.id.as_str()))
+                    .map(|t| t.name.as_str())
+                    .collect();
+                if missing.is_empty() {
+                    "Waiting for QC results".into()
+                } else {
+                    format!(
+                        "Waiting for QC results: {} (record each below when the laboratory has it)",
+                        missing.join(", ")
+                    )
+                }
+            }
         },
         BatchState::AwaitingRelease => "Waiting for QA release at the control site".into(),
         BatchState::Rejected => "Rejected by QA: do not hand over".into(),
@@ -407,6 +433,39 @@ fn next_action(
         BatchState::Released | BatchState::HandedOver => "Bedside scan".into(),
         BatchState::Infused => "Done: the chain of identity is closed".into(),
     }
+}
+
+/// Why the agent holds a step, when it does: the instrument refused its command, or
+/// a command was sent and never confirmed (the deviation says what to do). A new
+/// attempt, or a person's check that nothing runs, ends the hold.
+fn held<'a>(events: &'a [carrel_proto::event::SiteEvent], step: &str) -> Option<&'a str> {
+    use carrel_proto::event::EventKind;
+    let mut hold = None;
+    for event in events {
+        match &event.kind {
+            EventKind::DeviationRaised {
+                deviation_id,
+                step_id,
+                description,
+                ..
+            } if step_id == step
+                && (deviation_id.contains(&format!("-{step}-INSTRUMENT"))
+                    || deviation_id.contains(&format!("-{step}-UNCONFIRMED"))) =>
+            {
+                hold = Some(description.as_str());
+            }
+            EventKind::InstrumentCommandRequested { step_id, .. }
+            | EventKind::InstrumentCommandStarted { step_id, .. }
+            | EventKind::StepCompleted { step_id, .. }
+                if step_id == step =>
+            {
+                hold = None;
+            }
+            EventKind::Correction { field, .. } if field == "running" => hold = None,
+            _ => {}
+        }
+    }
+    hold
 }
 
 /// A refusal or failure as a page in the console's layout: what happened in words,

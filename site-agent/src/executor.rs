@@ -24,12 +24,12 @@
 
 use crate::config::StepMapping;
 use crate::custody;
-use crate::instrument::{self, Instrument, Instruments, StepRequest, Update};
+use crate::instrument::{self, Instrument, Instruments, StepRequest, Update, Values};
 use crate::projection::{BatchState, RecordProgress};
 use crate::simulator::Simulator;
 use crate::store::{self, By, LocalBatch, Store};
-use carrel_proto::event::{AlarmSeverity, EventKind, SiteEvent};
-use carrel_proto::recipe::{QcTest, Recipe, Step};
+use carrel_proto::event::{AlarmSeverity, EventKind, InstrumentResult, SiteEvent};
+use carrel_proto::recipe::{QcTest, QcValue, Recipe, Step};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -60,9 +60,8 @@ const DISK_RETRY: Duration = Duration::from_secs(1);
 const INSTRUMENT_RETRY: Duration = Duration::from_secs(1);
 const INSTRUMENT_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// How long a batch stopped by an instrument refusing its step waits before it tries
-/// again (the site fixes its mapping or the instrument meanwhile).
-const REFUSED_RETRY: Duration = Duration::from_secs(30);
+/// How often a held batch looks whether it is still active.
+const HELD_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 enum Stop {
@@ -74,8 +73,14 @@ enum Stop {
     Store(#[from] store::Error),
     #[error("custody: {0}")]
     Custody(String),
-    #[error("instrument: {0}")]
-    Instrument(instrument::Error),
+    /// The step cannot go on until the site acts (a refused configuration, a command
+    /// that may be running): the deviation on the record says what to do.
+    #[error("held: {0}")]
+    Held(String),
+    /// A command was sent and not confirmed: held until a person records that the
+    /// instrument is not running it.
+    #[error("held: {0}")]
+    Unconfirmed(String),
 }
 
 /// Why following an execution stopped.
@@ -128,6 +133,15 @@ struct InFlight {
     started_at: DateTime<Utc>,
     /// The instrument's execution running the step, when it names one.
     execution_id: Option<String>,
+    /// A command sent for the step and never confirmed (the seq of its "instrument
+    /// command requested" record): it may be running, and is not sent again.
+    requested: Option<u64>,
+    /// What the step's command returned, once it finished.
+    results: Option<Vec<InstrumentResult>>,
+    /// Nothing runs the step: the instrument refused its command last time it was
+    /// sent, or a person checked that it does not run it. Sending it again is a new
+    /// attempt, not a restart.
+    refused: bool,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +173,9 @@ impl Progress {
                                 hours,
                                 started_at: event.recorded_at,
                                 execution_id: None,
+                                requested: None,
+                                results: None,
+                                refused: false,
                             })
                         }
                     }
@@ -170,6 +187,39 @@ impl Progress {
                 } => {
                     if let Some(f) = p.in_flight.as_mut().filter(|f| f.step_id == *step_id) {
                         f.execution_id = Some(execution_id.clone());
+                        f.requested = None;
+                    }
+                }
+                EventKind::InstrumentCommandRequested { step_id, .. } => {
+                    if let Some(f) = p.in_flight.as_mut().filter(|f| f.step_id == *step_id) {
+                        f.requested = Some(event.seq);
+                        f.execution_id = None;
+                        f.refused = false;
+                    }
+                }
+                EventKind::InstrumentResults {
+                    step_id, results, ..
+                } => {
+                    if let Some(f) = p.in_flight.as_mut().filter(|f| f.step_id == *step_id) {
+                        f.requested = None;
+                        f.results = Some(results.clone());
+                    }
+                }
+                // A person checked the instrument and says the command is not running:
+                // it may be sent again.
+                EventKind::Correction {
+                    corrects_seq,
+                    field,
+                    new_value,
+                    ..
+                } if field == "running" && new_value.trim().eq_ignore_ascii_case("no") => {
+                    if let Some(f) = p
+                        .in_flight
+                        .as_mut()
+                        .filter(|f| f.requested == Some(*corrects_seq))
+                    {
+                        f.requested = None;
+                        f.refused = true;
                     }
                 }
                 EventKind::ProcessSamples { step_id, samples } => {
@@ -187,7 +237,18 @@ impl Progress {
                 EventKind::InstrumentAlarm { step_id, code, .. } => {
                     p.alarms.insert((step_id.clone(), code.clone()));
                 }
-                EventKind::DeviationRaised { deviation_id, .. } => {
+                EventKind::DeviationRaised {
+                    deviation_id,
+                    step_id,
+                    ..
+                } => {
+                    // The instrument answered "no": nothing is running.
+                    if deviation_id.contains(&format!("-{step_id}-INSTRUMENT")) {
+                        if let Some(f) = p.in_flight.as_mut().filter(|f| f.step_id == *step_id) {
+                            f.requested = None;
+                            f.refused = true;
+                        }
+                    }
                     p.deviations.insert(deviation_id.clone());
                 }
                 _ => {}
@@ -219,11 +280,44 @@ impl BatchRun {
             Err(Stop::Store(e)) => {
                 tracing::error!(%batch_id, error = %e, "cannot record; the batch stops here and is tried again in a few seconds")
             }
-            Err(Stop::Instrument(e)) => {
-                tracing::error!(%batch_id, error = %e, "the instrument refused the step; the batch stops here and is tried again later");
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(REFUSED_RETRY) => {}
+            Err(Stop::Held(why)) => {
+                // Held until the site acts: the batch is not tried again in this run
+                // of the agent (a configuration is fixed by restarting the agent).
+                tracing::error!(%batch_id, coi = %self.batch.coi, %why,
+                    "batch held: fix the site's configuration or the instrument, then restart the agent");
+                self.held(false).await;
+            }
+            Err(Stop::Unconfirmed(why)) => {
+                tracing::error!(%batch_id, coi = %self.batch.coi, %why,
+                    "batch held: check the instrument and record whether it runs the command");
+                self.held(true).await;
+            }
+        }
+    }
+
+    /// Keeps a held batch's task (so it is not started again) until the batch is no
+    /// longer active, the agent shuts down, or, for a command that may be running,
+    /// a person records that the instrument is not running it.
+    async fn held(&self, until_checked: bool) {
+        let batch_id = self.batch.batch_id;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(HELD_POLL) => {}
+            }
+            match self.store.batch(batch_id).await {
+                Ok(batch) if !batch.state.is_active() => return,
+                _ => {}
+            }
+            if until_checked {
+                if let Ok(events) = self.store.batch_events(batch_id).await {
+                    if Progress::of(&events)
+                        .in_flight
+                        .is_some_and(|f| f.requested.is_none())
+                    {
+                        tracing::info!(%batch_id, "the instrument was checked: sending the step's command again");
+                        return;
+                    }
                 }
             }
         }
@@ -398,8 +492,18 @@ impl BatchRun {
                 self.wait_while_suspended(step).await?;
             }
             self.run_step(&sim, step, resume_from, &progress).await?;
-            self.record_tests(&sim, &step.in_process_tests, &progress)
-                .await?;
+            // The simulator measures only what it ran; a real instrument's results
+            // were recorded with its step (or are entered at the site console).
+            if self.simulates(step) {
+                self.record_tests(&sim, &step.in_process_tests, &progress)
+                    .await?;
+            }
+        }
+        // Release tests are the QC laboratory's. The simulator stands in for it only
+        // for a batch it made from start to end; otherwise people enter the results
+        // at the site console.
+        if !recipe.steps.iter().all(|step| self.simulates(step)) {
+            return self.await_results(&recipe).await;
         }
         if recipe
             .release_tests
@@ -414,6 +518,43 @@ impl BatchRun {
         self.record_tests(&sim, &recipe.release_tests, &progress)
             .await?;
         Ok(())
+    }
+
+    /// True when the simulator runs `step` (the site maps no instrument to it).
+    fn simulates(&self, step: &Step) -> bool {
+        self.instruments
+            .mapping_for(step)
+            .and_then(|m| self.instruments.adapter(&m.instrument))
+            .is_none()
+    }
+
+    /// Waits until people have entered every result the record needs (the batch
+    /// then awaits release and is no longer active), saying once which ones.
+    async fn await_results(&self, recipe: &Recipe) -> Result<(), Stop> {
+        let mut announced = false;
+        loop {
+            let batch = self.store.batch(self.batch.batch_id).await?;
+            if !batch.state.is_active() {
+                return Ok(());
+            }
+            if !announced {
+                let events = self.store.batch_events(self.batch.batch_id).await?;
+                let recorded = Progress::of(&events).record.tests_recorded;
+                let missing: Vec<&str> = recipe
+                    .all_tests()
+                    .filter(|t| !t.may_follow_release && !recorded.contains(&t.id))
+                    .map(|t| t.id.as_str())
+                    .collect();
+                tracing::info!(batch_id = %self.batch.batch_id, coi = %self.batch.coi, missing = %missing.join(", "),
+                    "steps done; waiting for QC results to be entered at the site console");
+                announced = true;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = self.store.batches_changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
     }
 
     /// Waits while the hub has this site suspended: a new step is not started
@@ -508,18 +649,28 @@ impl BatchRun {
             )),
         };
         let instrument_id = instrument.id().to_owned();
+        let command = mapping.map(|m| m.command.clone()).unwrap_or_default();
+        // A command sent and never confirmed may be running: it is never sent again.
+        if let Some(seq) = resume.and_then(|f| f.requested) {
+            return self
+                .unconfirmed(step, &instrument_id, &command, seq, None)
+                .await;
+        }
         let mut execution_id = resume.and_then(|f| f.execution_id.clone());
-        if let Some(f) = resume {
+        if let Some(f) = resume.filter(|f| !f.refused) {
             let id = format!(
                 "DEV-{}-{}-RESTART",
                 &self.batch.batch_id.simple().to_string()[..8],
                 step.id
             );
-            let how = match &execution_id {
-                Some(execution) => format!(
+            let how = match (&execution_id, &f.results) {
+                (_, Some(_)) => format!(
+                    "the command had already finished on instrument {instrument_id} and is not sent again"
+                ),
+                (Some(execution), None) => format!(
                     "the agent re-attached to execution {execution} still known to instrument {instrument_id}"
                 ),
-                None => "resumed from the last recorded sample".to_owned(),
+                (None, None) => "resumed from the last recorded sample".to_owned(),
             };
             if !progress.deviations.contains(&id) {
                 self.record(EventKind::DeviationRaised {
@@ -544,10 +695,17 @@ impl BatchRun {
         let started_at = resume.map_or(started.recorded_at, |f| f.started_at);
         tracing::info!(batch_id = %self.batch.batch_id, step = %step.id, instrument = %instrument_id,
             resumed = resume.is_some(), "step started");
+        // The command finished before the agent stopped: what it returned is on the
+        // record; the step is completed from there.
+        if let Some(results) = resume.and_then(|f| f.results.as_ref()) {
+            self.record_qc_from(step, mapping, &instrument_id, &command, results, progress)
+                .await?;
+            return self.complete(step, simulated, started_at).await;
+        }
         let request = StepRequest {
             batch_id: self.batch.batch_id,
             step: step.clone(),
-            command: mapping.map(|m| m.command.clone()).unwrap_or_default(),
+            command: command.clone(),
             parameters: match mapping {
                 Some(m) => {
                     match instrument::resolve_parameters(
@@ -557,7 +715,9 @@ impl BatchRun {
                         step,
                     ) {
                         Ok(parameters) => parameters,
-                        Err(e) => return self.refused(step, &instrument_id, e).await,
+                        Err(e) => {
+                            return self.refused(step, &instrument_id, &Values::new(), e).await
+                        }
                     }
                 }
                 None => Default::default(),
@@ -566,10 +726,10 @@ impl BatchRun {
         };
         let mut alarms = progress.alarms.clone();
         let mut retry = INSTRUMENT_RETRY;
-        loop {
+        let results = loop {
             let opened = match &execution_id {
                 Some(id) => instrument.attach(&request, id).await,
-                None => instrument.start(&request).await,
+                None => self.send(&*instrument, &request, simulated).await?,
             };
             let mut execution = match opened {
                 Ok(execution) => execution,
@@ -582,10 +742,27 @@ impl BatchRun {
                 }
                 Err(e) if e.is_execution_failure() => {
                     return self
-                        .execution_failed(step, &instrument_id, e, started_at, &mut alarms)
+                        .execution_failed(
+                            step,
+                            &instrument_id,
+                            e,
+                            started_at,
+                            &mut alarms,
+                            (!simulated).then_some(mapping),
+                        )
                         .await;
                 }
-                Err(e) => return self.refused(step, &instrument_id, e).await,
+                Err(e @ instrument::Error::Unconfirmed(_)) => {
+                    let seq = self.last_request(step).await?;
+                    return self
+                        .unconfirmed(step, &instrument_id, &command, seq, Some(e))
+                        .await;
+                }
+                Err(e) => {
+                    return self
+                        .refused(step, &instrument_id, &request.parameters, e)
+                        .await
+                }
             };
             retry = INSTRUMENT_RETRY;
             if execution.reattachable && execution_id.as_deref() != Some(execution.id.as_str()) {
@@ -611,7 +788,7 @@ impl BatchRun {
                 )
                 .await
             {
-                Ok(()) => break,
+                Ok(results) => break results,
                 Err(Followed::Stop(Stop::Inactive)) if execution.reattachable => {
                     // The batch was cancelled or decided while the instrument runs its
                     // step: ask the instrument to stop.
@@ -642,12 +819,72 @@ impl BatchRun {
                 }
                 Err(Followed::Instrument(e)) if e.is_execution_failure() => {
                     return self
-                        .execution_failed(step, &instrument_id, e, started_at, &mut alarms)
+                        .execution_failed(
+                            step,
+                            &instrument_id,
+                            e,
+                            started_at,
+                            &mut alarms,
+                            (!simulated).then_some(mapping),
+                        )
                         .await;
                 }
-                Err(Followed::Instrument(e)) => return self.refused(step, &instrument_id, e).await,
+                Err(Followed::Instrument(e)) => {
+                    return self
+                        .refused(step, &instrument_id, &request.parameters, e)
+                        .await
+                }
             }
+        };
+        if !simulated {
+            let results = self
+                .record_results(step, mapping, &instrument_id, &command, &results)
+                .await?;
+            self.record_qc_from(step, mapping, &instrument_id, &command, &results, progress)
+                .await?;
         }
+        self.complete(step, simulated, started_at).await
+    }
+
+    /// Sends the step's command: connects first (an instrument that cannot be
+    /// reached is retried, nothing was sent), records that the command is sent, then
+    /// sends it. The outer error stops the batch; the inner one is the instrument's.
+    async fn send(
+        &self,
+        instrument: &dyn Instrument,
+        request: &StepRequest,
+        simulated: bool,
+    ) -> Result<Result<instrument::Execution, instrument::Error>, Stop> {
+        if let Err(e) = instrument.connect().await {
+            return Ok(Err(e));
+        }
+        if !simulated {
+            self.record(EventKind::InstrumentCommandRequested {
+                step_id: request.step.id.clone(),
+                instrument_id: instrument.id().to_owned(),
+                command: request.command.clone(),
+            })
+            .await?;
+        }
+        Ok(instrument.start(request).await)
+    }
+
+    /// The seq of the step's last "instrument command requested" record.
+    async fn last_request(&self, step: &Step) -> Result<u64, Stop> {
+        let events = self.store.batch_events(self.batch.batch_id).await?;
+        Ok(events
+            .iter()
+            .rev()
+            .find(|e| matches!(&e.kind, EventKind::InstrumentCommandRequested { step_id, .. } if *step_id == step.id))
+            .map_or(0, |e| e.seq))
+    }
+
+    async fn complete(
+        &self,
+        step: &Step,
+        simulated: bool,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), Stop> {
         self.record(EventKind::StepCompleted {
             step_id: step.id.clone(),
             process_hours: if simulated {
@@ -657,6 +894,131 @@ impl BatchRun {
             },
         })
         .await?;
+        Ok(())
+    }
+
+    /// Records what the command returned, by name, with the unit the site's QC
+    /// mapping gives a result.
+    async fn record_results(
+        &self,
+        step: &Step,
+        mapping: Option<&StepMapping>,
+        instrument_id: &str,
+        command: &str,
+        values: &Values,
+    ) -> Result<Vec<InstrumentResult>, Stop> {
+        let results: Vec<InstrumentResult> = values
+            .iter()
+            .map(|(name, value)| InstrumentResult {
+                name: name.clone(),
+                value: value.to_string(),
+                unit: mapping
+                    .and_then(|m| m.qc.iter().find(|q| q.result == *name))
+                    .map(|q| q.unit.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        self.record(EventKind::InstrumentResults {
+            step_id: step.id.clone(),
+            instrument_id: instrument_id.to_owned(),
+            command: command.to_owned(),
+            results: results.clone(),
+        })
+        .await?;
+        Ok(results)
+    }
+
+    /// The step's in-process QC results from what the instrument returned, as the
+    /// site's mapping says. A test the instrument did not give a usable result for is
+    /// a deviation: the record says the result is missing until a person enters it
+    /// at the site console.
+    async fn record_qc_from(
+        &self,
+        step: &Step,
+        mapping: Option<&StepMapping>,
+        instrument_id: &str,
+        command: &str,
+        results: &[InstrumentResult],
+        progress: &Progress,
+    ) -> Result<(), Stop> {
+        let events = self.store.batch_events(self.batch.batch_id).await?;
+        let recorded = Progress::of(&events);
+        for test in &step.in_process_tests {
+            if recorded.record.tests_recorded.contains(&test.id)
+                || progress.record.tests_recorded.contains(&test.id)
+            {
+                continue;
+            }
+            let qc = mapping.and_then(|m| m.qc.iter().find(|q| q.test == test.id));
+            let value = match qc {
+                None => Err(format!("the site maps no result of {command} to this test")),
+                Some(qc) => match results.iter().find(|r| r.name == qc.result) {
+                    None => Err(format!(
+                        "{command} returned no {} (it returned {})",
+                        qc.result,
+                        if results.is_empty() {
+                            "nothing".to_owned()
+                        } else {
+                            results
+                                .iter()
+                                .map(|r| r.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    )),
+                    Some(_) if qc.unit != test.unit => Err(format!(
+                        "the mapping gives {} in {:?}, the recipe's test is in {:?}",
+                        qc.result, qc.unit, test.unit
+                    )),
+                    Some(r) => r
+                        .value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite())
+                        .map(QcValue::Numeric)
+                        .ok_or_else(|| format!("{} = {:?} is not a number", qc.result, r.value)),
+                },
+            };
+            match value {
+                Ok(value) => {
+                    let evaluation = test.spec.evaluate(&value);
+                    self.record(EventKind::QcResult {
+                        test_id: test.id.clone(),
+                        value,
+                        unit: test.unit.clone(),
+                        method: format!(
+                            "{}, measured by instrument {instrument_id} ({command} {})",
+                            test.method,
+                            qc.map(|q| q.result.as_str()).unwrap_or_default()
+                        ),
+                        site_outcome: evaluation.outcome,
+                        retest_of: None,
+                    })
+                    .await?;
+                }
+                Err(why) => {
+                    let id = format!(
+                        "DEV-{}-{}-MISSING",
+                        &self.batch.batch_id.simple().to_string()[..8],
+                        test.id
+                    );
+                    if !recorded.deviations.contains(&id) {
+                        tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, test = %test.id,
+                            %why, "QC result missing: enter it at the site console");
+                        self.record(EventKind::DeviationRaised {
+                            deviation_id: id,
+                            step_id: step.id.clone(),
+                            description: format!(
+                                "QC result missing: {} ({}) did not come from instrument {instrument_id}: {why}; enter it at the site console",
+                                test.name, test.id
+                            ),
+                            classification: "minor".into(),
+                        })
+                        .await?;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -670,7 +1032,7 @@ impl BatchRun {
         instrument_id: &str,
         started_at: DateTime<Utc>,
         alarms: &mut HashSet<(String, String)>,
-    ) -> Result<(), Followed> {
+    ) -> Result<Values, Followed> {
         let readings = mapping.map(|m| m.readings.as_slice()).unwrap_or_default();
         let period = Duration::from_secs_f64(mapping.map_or(60.0, |m| m.sample_interval_s));
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -720,12 +1082,7 @@ impl BatchRun {
                     Some(Ok(Update::Intermediate(values))) => {
                         tracing::debug!(batch_id = %self.batch.batch_id, step = %step.id, ?values, "intermediate values");
                     }
-                    Some(Ok(Update::Finished(results))) => {
-                        if !results.is_empty() {
-                            tracing::info!(batch_id = %self.batch.batch_id, step = %step.id, ?results, "instrument results");
-                        }
-                        return Ok(());
-                    }
+                    Some(Ok(Update::Finished(results))) => return Ok(results),
                 },
             }
         }
@@ -804,6 +1161,8 @@ impl BatchRun {
         error: instrument::Error,
         started_at: DateTime<Utc>,
         alarms: &mut HashSet<(String, String)>,
+        // For a step on a real instrument: its mapping (None on the simulator).
+        real: Option<Option<&StepMapping>>,
     ) -> Result<(), Stop> {
         let code = match &error {
             instrument::Error::DefinedExecution { identifier, .. } => identifier
@@ -822,6 +1181,20 @@ impl BatchRun {
         };
         self.raise_alarm(step, instrument_id, &alarm, alarms)
             .await?;
+        // A real instrument's command that failed returned no results: the step's
+        // QC results are missing until a person enters them.
+        if let Some(mapping) = real {
+            let command = mapping.map(|m| m.command.as_str()).unwrap_or_default();
+            self.record_qc_from(
+                step,
+                mapping,
+                instrument_id,
+                command,
+                &[],
+                &Progress::default(),
+            )
+            .await?;
+        }
         self.record(EventKind::StepCompleted {
             step_id: step.id.clone(),
             process_hours: hours_since(started_at),
@@ -830,36 +1203,104 @@ impl BatchRun {
         Ok(())
     }
 
-    /// The instrument refused the step before running it (or cannot find its
-    /// execution again): a deviation, and the batch waits for the site to act.
+    /// The instrument refused the step before running it (a parameter it rejects, an
+    /// execution it no longer knows), or the site's mapping cannot make the command:
+    /// a configuration error. One deviation that says what was refused, with the
+    /// value sent, and the batch is held: the site fixes its mapping or the instrument
+    /// and restarts the agent, which then sends the step's command once more.
     async fn refused(
         &self,
         step: &Step,
         instrument_id: &str,
+        parameters: &Values,
         error: instrument::Error,
     ) -> Result<(), Stop> {
-        let id = format!(
+        let what = match &error {
+            instrument::Error::Validation { parameter, message } => {
+                let short = parameter.rsplit('/').next().unwrap_or(parameter);
+                match parameters.get(short) {
+                    Some(value) => format!(
+                        "instrument {instrument_id} refused parameter {short} = {value} for step {}: {message}",
+                        step.id
+                    ),
+                    None => format!(
+                        "instrument {instrument_id} refused parameter {short} for step {}: {message}",
+                        step.id
+                    ),
+                }
+            }
+            other => format!(
+                "instrument {instrument_id} did not run step {}: {other}",
+                step.id
+            ),
+        };
+        let prefix = format!(
             "DEV-{}-{}-INSTRUMENT",
             &self.batch.batch_id.simple().to_string()[..8],
             step.id
         );
+        // One deviation per attempt: in one run of the agent a refused step is sent
+        // once; each restart after a fix is a new attempt, with its own record.
         let events = self.store.batch_events(self.batch.batch_id).await?;
-        let known = events.iter().any(|e| {
-            matches!(&e.kind, EventKind::DeviationRaised { deviation_id, .. } if *deviation_id == id)
-        });
-        if !known {
+        let attempts = events
+            .iter()
+            .filter(|e| matches!(&e.kind, EventKind::DeviationRaised { deviation_id, .. } if deviation_id.starts_with(&prefix)))
+            .count();
+        let id = match attempts {
+            0 => prefix,
+            n => format!("{prefix}-{}", n + 1),
+        };
+        self.record(EventKind::DeviationRaised {
+            deviation_id: id,
+            step_id: step.id.clone(),
+            description: format!(
+                "{what}. The batch is held: correct the site's mapping of step {} (or the instrument), then restart the agent to send the command again",
+                step.id
+            ),
+            classification: "major".into(),
+        })
+        .await?;
+        Err(Stop::Held(what))
+    }
+
+    /// A command was sent and never confirmed: it may be running on the instrument,
+    /// so it is not sent again. One deviation says what to check; the batch is held
+    /// until a person records, as a correction of the request (field `running`,
+    /// value `no`), that the instrument is not running it.
+    async fn unconfirmed(
+        &self,
+        step: &Step,
+        instrument_id: &str,
+        command: &str,
+        request_seq: u64,
+        error: Option<instrument::Error>,
+    ) -> Result<(), Stop> {
+        let id = format!(
+            "DEV-{}-{}-UNCONFIRMED-{request_seq}",
+            &self.batch.batch_id.simple().to_string()[..8],
+            step.id
+        );
+        let why = match &error {
+            Some(e) => e.to_string(),
+            None => "the agent stopped before the instrument confirmed it".to_owned(),
+        };
+        let what = format!(
+            "command {command} for step {} was sent to instrument {instrument_id} (record {request_seq}) and not confirmed: {why}",
+            step.id
+        );
+        let events = self.store.batch_events(self.batch.batch_id).await?;
+        if !Progress::of(&events).deviations.contains(&id) {
             self.record(EventKind::DeviationRaised {
                 deviation_id: id,
                 step_id: step.id.clone(),
                 description: format!(
-                    "instrument {instrument_id} did not run step {}: {error}; the batch waits until the site resolves it",
-                    step.id
+                    "{what}. It may be running, so it is not sent again. Check the instrument: if it runs the command, stop it or let it finish; if it does not, record a correction of record {request_seq} (field running, value no) with what you checked, and the agent sends the command once more"
                 ),
                 classification: "major".into(),
             })
             .await?;
         }
-        Err(Stop::Instrument(error))
+        Err(Stop::Unconfirmed(what))
     }
 
     /// Waits, unless the agent shuts down.
@@ -894,7 +1335,8 @@ impl BatchRun {
                     test_id: test.id.clone(),
                     value,
                     unit: test.unit.clone(),
-                    method: test.method.clone(),
+                    // Says so in the record: nobody measured it.
+                    method: format!("{} (simulated)", test.method),
                     site_outcome: evaluation.outcome,
                     retest_of: None,
                 },
@@ -999,6 +1441,65 @@ mod tests {
         let progress = Progress::of(&done);
         assert!(progress.in_flight.is_none());
         assert!(progress.record.steps_completed.contains("expansion"));
+    }
+
+    #[test]
+    fn a_command_sent_and_not_confirmed_is_never_sent_again_until_a_person_checks() {
+        let requested = EventKind::InstrumentCommandRequested {
+            step_id: "expansion".into(),
+            instrument_id: "cps-1".into(),
+            command: "RunExpansion".into(),
+        };
+        let mut events = vec![event(1, 0, started(false)), event(2, 1, requested.clone())];
+        let f = Progress::of(&events).in_flight.expect("under way");
+        assert_eq!(f.requested, Some(2), "sent, not confirmed: may be running");
+        assert!(!f.refused);
+
+        // A correction of another field, or of another record, changes nothing.
+        events.push(event(
+            3,
+            2,
+            EventKind::Correction {
+                corrects_seq: 1,
+                reason: "checked".into(),
+                field: "running".into(),
+                new_value: "no".into(),
+            },
+        ));
+        assert_eq!(
+            Progress::of(&events).in_flight.expect("f").requested,
+            Some(2)
+        );
+        // A person checked the instrument: nothing runs, it may be sent again.
+        events.push(event(
+            4,
+            3,
+            EventKind::Correction {
+                corrects_seq: 2,
+                reason: "instrument idle, no run listed".into(),
+                field: "running".into(),
+                new_value: "no".into(),
+            },
+        ));
+        let f = Progress::of(&events).in_flight.expect("f");
+        assert_eq!(f.requested, None);
+        assert!(f.refused, "sending again is a new attempt, not a restart");
+
+        // Sent again and refused by the instrument: nothing runs either.
+        events.push(event(5, 4, requested));
+        events.push(event(
+            6,
+            5,
+            EventKind::DeviationRaised {
+                deviation_id: "DEV-00000000-expansion-INSTRUMENT".into(),
+                step_id: "expansion".into(),
+                description: "refused".into(),
+                classification: "major".into(),
+            },
+        ));
+        let f = Progress::of(&events).in_flight.expect("f");
+        assert_eq!(f.requested, None);
+        assert!(f.refused);
     }
 
     #[test]

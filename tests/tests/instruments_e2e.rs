@@ -9,6 +9,13 @@
 //!   the same command execution (no second run) and records the interruption.
 //! - At another site the instrument reports contamination: the defined execution error
 //!   becomes an alarm and a deviation that QA sees among the batch's exceptions.
+//! - A slow measurement whose first intermediate response comes after the connect
+//!   timeout is started once, across an agent kill, and its Viability is the in-process
+//!   QC result in the record; a refused parameter is one deviation and a held batch.
+//!
+//! The simulator makes up no result for a step it did not run: the expansion's QC
+//! comes from the instrument, and the release tests from the site's laboratory, typed
+//! in at the site (`carrel-site-agent qc`).
 
 use carrel_tests::peers::{opcua_client_identity, python, Peer};
 use carrel_tests::scenario::{add_people, create_order, wait_order_state, QA};
@@ -19,6 +26,26 @@ use std::time::Duration;
 /// Maps the site's instruments: expansion on the SiLA 2 server, its temperature, pH,
 /// dissolved oxygen and cell density read from the OPC UA server every 0.5 s.
 fn map_instruments(agent: &Agent, sila: &Peer, opcua: &Peer, keys: &Path) {
+    map_instruments_with(
+        agent,
+        sila,
+        opcua,
+        keys,
+        "",
+        "DurationHours = \"{duration_hours}\"",
+    );
+}
+
+/// As [`map_instruments`], with `sila_extra` lines in the SiLA instrument's table and
+/// `duration` as the command's DurationHours parameter.
+fn map_instruments_with(
+    agent: &Agent,
+    sila: &Peer,
+    opcua: &Peer,
+    keys: &Path,
+    sila_extra: &str,
+    duration: &str,
+) {
     let text = format!(
         r#"
 [[instruments]]
@@ -27,6 +54,7 @@ kind = "sila2"
 address = "{sila_address}"
 pinned_certificate = "{sila_cert}"
 features = ["org.carrel/bioprocess/CellExpansionController/v1"]
+{sila_extra}
 
 [[instruments]]
 name = "bioreactor-ua"
@@ -40,10 +68,11 @@ server_certificate = "{ua_cert}"
 step = "expansion"
 instrument = "cps-sila"
 command = "RunExpansion"
-parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, BatchId = "{{batch_id}}" }}
+parameters = {{ {duration}, TargetDensity = 8.0, BatchId = "{{batch_id}}" }}
 sample_interval_s = 0.5
 retry_on = ["InstrumentBusy"]
 retry_interval_s = 1.0
+qc = [{{ test = "ip-viability", result = "Viability", unit = "%" }}]
 readings = [
   {{ parameter = "temperature", instrument = "bioreactor-ua", source = "ns=2;s=Bioreactor.Temperature", unit = "degC" }},
   {{ parameter = "ph", instrument = "bioreactor-ua", source = "ns=2;s=Bioreactor.pH", unit = "pH" }},
@@ -59,6 +88,79 @@ readings = [
     let table: toml::Table = toml::from_str(&text).expect("instrument mapping parses");
     for (key, value) in table {
         agent.configure(&[&key], value);
+    }
+}
+
+/// The OPC UA peer, trusting the agent's client certificate, 100 000 times faster
+/// than real time.
+fn opcua_peer(python: &Path, agent_cert: &Path) -> Peer {
+    Peer::opcua(
+        python,
+        &[
+            "--trust-client-cert",
+            &agent_cert.display().to_string(),
+            "--time-compression",
+            "100000",
+        ],
+    )
+}
+
+/// A hub with a physician and QA, and an agent enrolled at `site` (not started).
+async fn hub_and_site(site: &str) -> (Hub, Agent) {
+    let hub = Hub::start().await;
+    add_people(&hub);
+    let token = hub.add_site(site);
+    let agent = Agent::enroll(&hub, site, &token).expect("enrollment");
+    (hub, agent)
+}
+
+/// The site laboratory's person, who types in release results.
+const LAB: (&str, &str) = ("lab.i", "lab-i-password-1");
+
+/// Adds the laboratory's person at `site` and waits until the site knows them.
+async fn add_lab(hub: &Hub, agent: &Agent, site: &str) {
+    hub.add_person(LAB.0, "technician", LAB.1, site);
+    agent.wait_for_person(LAB.0, "active").await;
+}
+
+/// Once the batch's last step is done, the laboratory types in its release results
+/// at the site: nothing else makes them for a batch a real instrument worked on.
+async fn lab_enters_release_results(agent: &Agent, batch: &str) {
+    eventually(
+        Duration::from_secs(120),
+        "the batch's steps to be done",
+        || async move {
+            let log = site_log(agent).await;
+            log.iter()
+                .any(|(_, e)| {
+                    e["batch_id"] == batch
+                        && e["kind"]["type"] == "step_completed"
+                        && e["kind"]["step_id"] == "formulation"
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    for (test, value) in [
+        ("viability", "91.5"),
+        ("cd3", "92"),
+        ("car-positive", "33"),
+        ("dose", "1.4"),
+        ("mycoplasma", "not detected"),
+        ("endotoxin", "0.1"),
+        ("vcn", "2.1"),
+    ] {
+        let out = agent.cli(
+            &[
+                "qc", "--batch", batch, "--test", test, "--value", value, "--user", LAB.0,
+            ],
+            &format!("{}\n", LAB.1),
+        );
+        assert!(
+            out.status.success(),
+            "{test}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -87,20 +189,9 @@ async fn expansion_runs_on_sila_with_opcua_readings_and_survives_an_agent_kill()
     let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
     // 168 process hours in about 20 s, so that the agent can be killed mid-command.
     let sila = Peer::sila(&python, &["--time-compression", "30000"]);
-    let opcua = Peer::opcua(
-        &python,
-        &[
-            "--trust-client-cert",
-            &agent_cert.display().to_string(),
-            "--time-compression",
-            "100000",
-        ],
-    );
+    let opcua = opcua_peer(&python, &agent_cert);
 
-    let hub = Hub::start().await;
-    add_people(&hub);
-    let token = hub.add_site("site-sila");
-    let mut agent = Agent::enroll(&hub, "site-sila", &token).expect("enrollment");
+    let (hub, mut agent) = hub_and_site("site-sila").await;
     map_instruments(&agent, &sila, &opcua, keys.path());
     agent.start();
     let (order_id, batch_id) = create_order(&hub, "site-sila", "P-SILA-1");
@@ -146,6 +237,8 @@ async fn expansion_runs_on_sila_with_opcua_readings_and_survives_an_agent_kill()
         "killed while the expansion still ran"
     );
     agent.start();
+    add_lab(&hub, &agent, "site-sila").await;
+    lab_enters_release_results(&agent, &batch_id).await;
 
     wait_order_state(
         &hub,
@@ -155,6 +248,42 @@ async fn expansion_runs_on_sila_with_opcua_readings_and_survives_an_agent_kill()
     )
     .await;
     let log = site_log(&agent).await;
+
+    // The expansion's in-process viability is what the instrument measured, with its
+    // unit, and says which instrument measured it.
+    let returned: Vec<_> = of_type(&log, "instrument_results").collect();
+    assert_eq!(returned.len(), 1, "{returned:?}");
+    assert_eq!(returned[0]["command"], "RunExpansion");
+    let viability = returned[0]["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["name"] == "Viability")
+        .expect("the instrument returned Viability");
+    assert_eq!(viability["unit"], "%");
+    let ip: Vec<_> = of_type(&log, "qc_result")
+        .filter(|k| k["test_id"] == "ip-viability")
+        .collect();
+    assert_eq!(ip.len(), 1, "{ip:?}");
+    assert_eq!(
+        ip[0]["value"]["numeric"].as_f64(),
+        viability["value"]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok()),
+        "{ip:?} {viability}"
+    );
+    assert!(
+        ip[0]["method"]
+            .as_str()
+            .is_some_and(|m| m.contains("measured by instrument cps-sila")),
+        "{ip:?}"
+    );
+    // The selection step ran on the simulator: its result says it was simulated.
+    assert!(of_type(&log, "qc_result")
+        .filter(|k| k["test_id"] == "ip-cd3-purity")
+        .all(|k| k["method"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("(simulated)"))));
 
     // One command, re-attached to: no second run, no instrument alarm, and the
     // interruption is a deviation that says what happened.
@@ -249,22 +378,33 @@ async fn contamination_reported_by_the_instrument_is_a_deviation_qa_sees() {
         &python,
         &["--time-compression", "100000", "--fault", "contamination"],
     );
-    let opcua = Peer::opcua(
-        &python,
-        &[
-            "--trust-client-cert",
-            &agent_cert.display().to_string(),
-            "--time-compression",
-            "100000",
-        ],
-    );
-    let hub = Hub::start().await;
-    add_people(&hub);
-    let token = hub.add_site("site-contaminated");
-    let mut agent = Agent::enroll(&hub, "site-contaminated", &token).expect("enrollment");
+    let opcua = opcua_peer(&python, &agent_cert);
+    let (hub, mut agent) = hub_and_site("site-contaminated").await;
     map_instruments(&agent, &sila, &opcua, keys.path());
     agent.start();
     let (order_id, batch_id) = create_order(&hub, "site-contaminated", "P-SILA-2");
+    add_lab(&hub, &agent, "site-contaminated").await;
+    lab_enters_release_results(&agent, &batch_id).await;
+    // The failed run returned no viability: the lab counts the cells.
+    let out = agent.cli(
+        &[
+            "qc",
+            "--batch",
+            &batch_id,
+            "--test",
+            "ip-viability",
+            "--value",
+            "75",
+            "--user",
+            LAB.0,
+        ],
+        &format!("{}\n", LAB.1),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_order_state(
         &hub,
         &order_id,
@@ -280,7 +420,17 @@ async fn contamination_reported_by_the_instrument_is_a_deviation_qa_sees() {
     assert_eq!(alarms[0]["severity"], "critical");
     assert_eq!(alarms[0]["instrument_id"], "cps-sila");
     let deviations: Vec<_> = of_type(&log, "deviation_raised").collect();
-    assert_eq!(deviations.len(), 1, "{deviations:?}");
+    assert_eq!(deviations.len(), 2, "{deviations:?}");
+    // The run stopped before its end: its viability is missing, not made up.
+    assert!(
+        deviations[1]["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("QC result missing: Viability at end of expansion")),
+        "{deviations:?}"
+    );
+    assert!(of_type(&log, "qc_result")
+        .filter(|k| k["test_id"] == "ip-viability")
+        .all(|k| k["value"]["numeric"] == 75.0));
     assert_eq!(deviations[0]["classification"], "major");
     assert_eq!(deviations[0]["step_id"], "expansion");
     assert!(
@@ -293,7 +443,7 @@ async fn contamination_reported_by_the_instrument_is_a_deviation_qa_sees() {
     // QA sees the alarm and the deviation first, in the record as the hub has it.
     let record = eventually(Duration::from_secs(30), "the record at the hub", || {
         let record = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
-        async move { (record["exceptions"].as_array().map(Vec::len) == Some(2)).then_some(record) }
+        async move { (record["exceptions"].as_array().map(Vec::len) == Some(3)).then_some(record) }
     })
     .await;
     let kinds: Vec<&str> = record["exceptions"]
@@ -302,7 +452,11 @@ async fn contamination_reported_by_the_instrument_is_a_deviation_qa_sees() {
         .iter()
         .map(|e| str_field(e, "kind"))
         .collect();
-    assert_eq!(kinds, ["instrument alarm", "deviation raised"], "{record}");
+    assert_eq!(
+        kinds,
+        ["instrument alarm", "deviation raised", "deviation raised"],
+        "{record}"
+    );
     assert!(str_field(&record["exceptions"][1], "summary").contains("ContaminationDetected"));
 }
 
@@ -313,23 +467,15 @@ async fn two_batches_share_one_instrument_the_second_waits_while_it_is_busy() {
     let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
     // 168 process hours in about 12 s: long enough for both batches to want it at once.
     let sila = Peer::sila(&python, &["--time-compression", "50000"]);
-    let opcua = Peer::opcua(
-        &python,
-        &[
-            "--trust-client-cert",
-            &agent_cert.display().to_string(),
-            "--time-compression",
-            "100000",
-        ],
-    );
-    let hub = Hub::start().await;
-    add_people(&hub);
-    let token = hub.add_site("site-busy");
-    let mut agent = Agent::enroll(&hub, "site-busy", &token).expect("enrollment");
+    let opcua = opcua_peer(&python, &agent_cert);
+    let (hub, mut agent) = hub_and_site("site-busy").await;
     map_instruments(&agent, &sila, &opcua, keys.path());
     agent.start();
-    let (first, _) = create_order(&hub, "site-busy", "P-BUSY-1");
-    let (second, _) = create_order(&hub, "site-busy", "P-BUSY-2");
+    let (first, first_batch) = create_order(&hub, "site-busy", "P-BUSY-1");
+    let (second, second_batch) = create_order(&hub, "site-busy", "P-BUSY-2");
+    add_lab(&hub, &agent, "site-busy").await;
+    lab_enters_release_results(&agent, &first_batch).await;
+    lab_enters_release_results(&agent, &second_batch).await;
     wait_order_state(&hub, &first, "awaiting_release", Duration::from_secs(120)).await;
     wait_order_state(&hub, &second, "awaiting_release", Duration::from_secs(120)).await;
 
@@ -365,19 +511,8 @@ async fn a_batch_cancelled_mid_command_stops_following_and_asks_the_instrument_t
     let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
     // 168 process hours in about 60 s: the order is cancelled long before the end.
     let sila = Peer::sila(&python, &["--time-compression", "10000"]);
-    let opcua = Peer::opcua(
-        &python,
-        &[
-            "--trust-client-cert",
-            &agent_cert.display().to_string(),
-            "--time-compression",
-            "100000",
-        ],
-    );
-    let hub = Hub::start().await;
-    add_people(&hub);
-    let token = hub.add_site("site-cancel");
-    let mut agent = Agent::enroll(&hub, "site-cancel", &token).expect("enrollment");
+    let opcua = opcua_peer(&python, &agent_cert);
+    let (hub, mut agent) = hub_and_site("site-cancel").await;
     map_instruments(&agent, &sila, &opcua, keys.path());
     agent.start();
     let (order_id, _) = create_order(&hub, "site-cancel", "P-SILA-3");
@@ -422,10 +557,7 @@ async fn a_batch_cancelled_mid_command_stops_following_and_asks_the_instrument_t
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_waits_for_an_instrument_that_is_not_up_yet() {
     let Some(python) = python() else { return };
-    let hub = Hub::start().await;
-    add_people(&hub);
-    let token = hub.add_site("site-late");
-    let mut agent = Agent::enroll(&hub, "site-late", &token).expect("enrollment");
+    let (hub, mut agent) = hub_and_site("site-late").await;
     // The SiLA server's port is known, but nothing listens there yet (plain HTTP/2,
     // as the site allows for this instrument).
     let port = free_port();
@@ -444,6 +576,7 @@ step = "expansion"
 instrument = "cps-late"
 command = "RunExpansion"
 parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, BatchId = "{{batch_id}}" }}
+qc = [{{ test = "ip-viability", result = "Viability", unit = "%" }}]
 "#
     );
     let table: toml::Table = toml::from_str(&mapping).expect("mapping parses");
@@ -451,7 +584,7 @@ parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, Batch
         agent.configure(&[&key], value);
     }
     agent.start();
-    let (order_id, _) = create_order(&hub, "site-late", "P-SILA-4");
+    let (order_id, batch_id) = create_order(&hub, "site-late", "P-SILA-4");
     eventually(
         Duration::from_secs(60),
         "the agent to find the instrument away",
@@ -471,6 +604,11 @@ parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, Batch
     );
     assert_eq!(of_type(&log, "instrument_command_started").count(), 0);
     assert_eq!(
+        of_type(&log, "instrument_command_requested").count(),
+        0,
+        "nothing is sent to an instrument the agent cannot reach"
+    );
+    assert_eq!(
         of_type(&log, "deviation_raised").count(),
         0,
         "an absent instrument is not a deviation by itself"
@@ -488,6 +626,8 @@ parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, Batch
         ],
     );
     assert_eq!(sila.port, port);
+    add_lab(&hub, &agent, "site-late").await;
+    lab_enters_release_results(&agent, &batch_id).await;
     wait_order_state(
         &hub,
         &order_id,
@@ -498,4 +638,142 @@ parameters = {{ DurationHours = "{{duration_hours}}", TargetDensity = 8.0, Batch
     let log = site_log(&agent).await;
     assert_eq!(of_type(&log, "instrument_command_started").count(), 1);
     assert_eq!(of_type(&log, "instrument_alarm").count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_measurement_is_started_once_across_an_agent_kill() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    // The first intermediate response comes 4 s after the command is accepted, well
+    // after the instrument's 1 s timeout; the run then takes about 8 s.
+    let sila = Peer::sila(
+        &python,
+        &[
+            "--time-compression",
+            "20000",
+            "--first-intermediate-after",
+            "4",
+        ],
+    );
+    let opcua = opcua_peer(&python, &agent_cert);
+    let (hub, mut agent) = hub_and_site("site-slow").await;
+    map_instruments_with(
+        &agent,
+        &sila,
+        &opcua,
+        keys.path(),
+        "timeout_ms = 1000",
+        "DurationHours = \"{duration_hours}\"",
+    );
+    agent.start();
+    let (order_id, batch_id) = create_order(&hub, "site-slow", "P-SLOW-1");
+
+    // The execution is on the record before its first intermediate response.
+    eventually(
+        Duration::from_secs(60),
+        "the SiLA command to be recorded",
+        || {
+            let agent = &agent;
+            async move {
+                let log = site_log(agent).await;
+                (of_type(&log, "instrument_command_started").count() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    // Still inside the slow start: the agent is killed and started again.
+    agent.kill();
+    agent.start();
+    add_lab(&hub, &agent, "site-slow").await;
+    lab_enters_release_results(&agent, &batch_id).await;
+    wait_order_state(
+        &hub,
+        &order_id,
+        "awaiting_release",
+        Duration::from_secs(120),
+    )
+    .await;
+
+    // The instrument was asked once; the agent recorded one request and one execution.
+    let initiated = sila
+        .log()
+        .lines()
+        .filter(|l| l.contains("RUN-EXPANSION-INITIATED"))
+        .count();
+    assert_eq!(initiated, 1, "{}", sila.log());
+    let log = site_log(&agent).await;
+    assert_eq!(of_type(&log, "instrument_command_requested").count(), 1);
+    assert_eq!(of_type(&log, "instrument_command_started").count(), 1);
+    assert!(
+        !agent.log().contains("cannot reach the instrument"),
+        "a slow answer is not a lost instrument"
+    );
+    let returned: Vec<_> = of_type(&log, "instrument_results").collect();
+    assert_eq!(returned.len(), 1, "{returned:?}");
+    let viability = returned[0]["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["name"] == "Viability")
+        .and_then(|r| r["value"].as_str())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("Viability");
+    let ip: Vec<_> = of_type(&log, "qc_result")
+        .filter(|k| k["test_id"] == "ip-viability")
+        .collect();
+    assert_eq!(ip.len(), 1, "{ip:?}");
+    assert_eq!(ip[0]["value"]["numeric"].as_f64(), Some(viability));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_parameter_is_one_deviation_and_holds_the_batch() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    let sila = Peer::sila(&python, &["--time-compression", "100000"]);
+    let opcua = opcua_peer(&python, &agent_cert);
+    let (hub, mut agent) = hub_and_site("site-refused").await;
+    // The feature allows at most 336 h: the instrument refuses 400.
+    map_instruments_with(
+        &agent,
+        &sila,
+        &opcua,
+        keys.path(),
+        "",
+        "DurationHours = 400.0",
+    );
+    agent.start();
+    let (order_id, _) = create_order(&hub, "site-refused", "P-REFUSED-1");
+    let deviation = eventually(Duration::from_secs(60), "the refusal on record", || {
+        let agent = &agent;
+        async move {
+            let log = site_log(agent).await;
+            let found = of_type(&log, "deviation_raised").next().cloned();
+            found
+        }
+    })
+    .await;
+    let text = deviation["description"].as_str().expect("text");
+    assert!(
+        text.contains("refused parameter DurationHours = 400")
+            && text.contains("restart the agent"),
+        "{text}"
+    );
+    assert_eq!(deviation["classification"], "major");
+    // Held: some seconds later nothing more was tried or recorded.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = site_log(&agent).await;
+    assert_eq!(of_type(&log, "deviation_raised").count(), 1, "{log:?}");
+    assert_eq!(of_type(&log, "instrument_command_requested").count(), 1);
+    assert_eq!(of_type(&log, "instrument_command_started").count(), 0);
+    assert_eq!(
+        of_type(&log, "step_started")
+            .filter(|k| k["step_id"] == "expansion")
+            .count(),
+        1
+    );
+    assert!(!sila.log().contains("RUN-EXPANSION-INITIATED"));
+    assert!(agent.log().contains("batch held"));
+    wait_order_state(&hub, &order_id, "in_process", Duration::from_secs(10)).await;
 }

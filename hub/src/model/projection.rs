@@ -183,7 +183,10 @@ impl Projection {
                 }
                 self.current_step = None;
             }
-            EventKind::ProcessSamples { .. } | EventKind::InstrumentCommandStarted { .. } => {}
+            EventKind::ProcessSamples { .. }
+            | EventKind::InstrumentCommandRequested { .. }
+            | EventKind::InstrumentCommandStarted { .. }
+            | EventKind::InstrumentResults { .. } => {}
         }
         if exception {
             self.progress.exceptions.push(event.seq);

@@ -53,6 +53,10 @@ pub enum Error {
     /// The instrument did not answer in time.
     #[error("the instrument did not answer within {0:?}")]
     Timeout(Duration),
+    /// The command was sent and its answer never came (the connection broke, or the
+    /// instrument did not answer in time): it may be running. Never sent again.
+    #[error("the instrument did not confirm the command ({0}); it may be running")]
+    Unconfirmed(String),
     /// The instrument answered something this adapter or the site's mapping cannot
     /// use (a missing feature, a wrong type).
     #[error("{0}")]
@@ -72,6 +76,17 @@ impl Error {
     /// Trying again later may help (the instrument may come back).
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Connection(_) | Error::Timeout(_))
+    }
+
+    /// For an error of the call that sends a command: a lost connection or a timeout
+    /// after the command was sent means it may be running ([`Error::Unconfirmed`]);
+    /// other errors say what they say.
+    pub fn after_sending(self) -> Error {
+        match self {
+            Error::Connection(e) => Error::Unconfirmed(e),
+            Error::Timeout(limit) => Error::Unconfirmed(format!("no answer within {limit:?}")),
+            other => other,
+        }
     }
 }
 
@@ -183,7 +198,17 @@ pub trait Instrument: Send + Sync {
     /// The id written into step records.
     fn id(&self) -> &str;
 
-    /// Starts the command that runs a recipe step.
+    /// Connects (or checks the connection) without sending any command. The executor
+    /// calls it before it records that it sends a command, so that an instrument it
+    /// cannot reach is retried instead of held as possibly running.
+    fn connect(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Starts the command that runs a recipe step. Returns as soon as the instrument
+    /// has accepted it (and named its execution, when it does); what it reports
+    /// afterwards comes through [`Execution::updates`]. An error after the command was
+    /// sent whose outcome is unknown is [`Error::Unconfirmed`].
     fn start<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Execution, Error>>;
 
     /// Finds an execution started before (by an agent since restarted) and follows it

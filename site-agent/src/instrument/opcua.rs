@@ -195,7 +195,7 @@ impl OpcuaInstrument {
     }
 
     async fn forget_if_broken(&self, error: &Error) {
-        if error.is_transient() {
+        if error.is_transient() || matches!(error, Error::Unconfirmed(_)) {
             *self.connected.lock().await = None;
         }
     }
@@ -366,6 +366,10 @@ impl Instrument for OpcuaInstrument {
         &self.config.name
     }
 
+    fn connect(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move { self.session().await.map(drop) })
+    }
+
     /// Calls the method; its output arguments are the result.
     fn start<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Execution, Error>> {
         Box::pin(async move {
@@ -396,7 +400,8 @@ impl Instrument for OpcuaInstrument {
                             input_arguments: Some(arguments),
                         })
                         .await
-                        .map_err(|e| ua_error(e.status(), &e.to_string()))?;
+                        // Sent: a lost answer means the method may have run.
+                        .map_err(|e| ua_error(e.status(), &e.to_string()).after_sending())?;
                     if !result.status_code.is_good() {
                         return Err(ua_error(result.status_code, &command));
                     }
@@ -408,7 +413,12 @@ impl Instrument for OpcuaInstrument {
                         .map(|(i, v)| Ok((format!("out{}", i + 1), from_variant(v)?)))
                         .collect::<Result<Values, Error>>()
                 })
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    // The method call itself took longer than the bound: it may have run.
+                    Error::Timeout(_) => e.after_sending(),
+                    e => e,
+                })?;
             Ok(Execution {
                 id: String::new(),
                 reattachable: false,

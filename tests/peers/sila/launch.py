@@ -100,6 +100,13 @@ def parse_args() -> argparse.Namespace:
         "env CARREL_PEERS_TIME_COMPRESSION)",
     )
     parser.add_argument("--fault", choices=FAULTS, help="make every RunExpansion fail half-way with this fault")
+    parser.add_argument(
+        "--first-intermediate-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a slow measurement: wall-clock seconds before a run sends its first intermediate response",
+    )
     parser.add_argument("--verbose", action="store_true", help="log sila2's INFO messages to stderr")
     args = parser.parse_args()
     if (args.cert is None) != (args.key is None):
@@ -125,7 +132,13 @@ def main() -> int:
 
     sila2.server.sila_server.SilaServiceBroadcaster = _NoDiscovery
     server_uuid = args.server_uuid or uuid4()
-    server = Server(server_uuid=server_uuid, name=args.name, time_compression=args.time_compression, fault=args.fault)
+    server = Server(
+        server_uuid=server_uuid,
+        name=args.name,
+        time_compression=args.time_compression,
+        fault=args.fault,
+        first_intermediate_after=args.first_intermediate_after,
+    )
 
     bound_ports = remember_bound_ports(server)
 

@@ -151,7 +151,7 @@ impl Server {
 pub struct SilaInstrument {
     config: SilaConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
-    connected: tokio::sync::Mutex<Option<Arc<Server>>>,
+    connected: Arc<tokio::sync::Mutex<Option<Arc<Server>>>>,
 }
 
 impl SilaInstrument {
@@ -185,7 +185,7 @@ impl SilaInstrument {
         Ok(SilaInstrument {
             config: config.clone(),
             tls,
-            connected: tokio::sync::Mutex::new(None),
+            connected: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -208,7 +208,7 @@ impl SilaInstrument {
 
     /// Drops the connection after an error that may have broken it.
     async fn forget_if_broken(&self, error: &Error) {
-        if error.is_transient() {
+        if error.is_transient() || matches!(error, Error::Unconfirmed(_)) {
             *self.connected.lock().await = None;
         }
     }
@@ -297,28 +297,50 @@ impl SilaInstrument {
             value: uuid.to_owned(),
         }
         .encode_to_vec();
-        let mut info = bounded(
-            self.timeout(),
-            server.server_stream(&format!("{base}_Info"), id.clone()),
-        )
-        .await?;
-        let mut intermediate = if command.intermediate_responses.is_empty() {
-            None
-        } else {
-            Some(
-                bounded(
-                    self.timeout(),
-                    server.server_stream(&format!("{base}_Intermediate"), id.clone()),
-                )
-                .await?,
-            )
-        };
+        let with_intermediates = !command.intermediate_responses.is_empty();
         let intermediates = command.intermediate_responses.clone();
         let responses = command.responses.clone();
         let timeout = self.timeout();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let server = server.clone();
+        let connected = self.connected.clone();
+        // Reports an error of the execution's streams, dropping a connection it broke
+        // so that the next call connects again.
+        let fail = move |tx: tokio::sync::mpsc::Sender<Result<Update, Error>>,
+                         server: Arc<Server>,
+                         e: Error| async move {
+            if e.is_transient() {
+                let mut connected = connected.lock().await;
+                if connected.as_ref().is_some_and(|c| Arc::ptr_eq(c, &server)) {
+                    *connected = None;
+                }
+            }
+            let _ = tx.send(Err(e)).await;
+        };
         tokio::spawn(async move {
+            // Opened here, not before returning: a server sends a stream's first
+            // message (and with it the response headers) when it has something to
+            // say, and a slow measurement's first intermediate response can come
+            // long after any connect timeout. A dead server is found by the
+            // channel's HTTP/2 keep-alive pings instead.
+            let mut info = match server
+                .server_stream(&format!("{base}_Info"), id.clone())
+                .await
+            {
+                Ok(stream) => stream,
+                Err(e) => return fail(tx, server, e).await,
+            };
+            let mut intermediate = if with_intermediates {
+                let opened = server
+                    .server_stream(&format!("{base}_Intermediate"), id.clone())
+                    .await;
+                match opened {
+                    Ok(stream) => Some(stream),
+                    Err(e) => return fail(tx, server, e).await,
+                }
+            } else {
+                None
+            };
             let finished = loop {
                 tokio::select! {
                     _ = tx.closed() => return,
@@ -353,10 +375,7 @@ impl SilaInstrument {
                         }
                         // The stream ended without a final status: ask for the result anyway.
                         Ok(None) => break false,
-                        Err(status) => {
-                            let _ = tx.send(Err(error_from_status(&status))).await;
-                            return;
-                        }
+                        Err(status) => return fail(tx, server, error_from_status(&status)).await,
                     },
                     message = next_message(&mut intermediate), if intermediate.is_some() => match message {
                         Some(bytes) => match decode_message(&bytes, &intermediates) {
@@ -375,7 +394,12 @@ impl SilaInstrument {
             let result = bounded(timeout, server.unary(&format!("{base}_Result"), id))
                 .await
                 .and_then(|bytes| decode_message(&bytes, &responses));
-            let _ = tx.send(result.map(Update::Finished)).await;
+            match result {
+                Ok(values) => {
+                    let _ = tx.send(Ok(Update::Finished(values))).await;
+                }
+                Err(e) => fail(tx, server, e).await,
+            }
         });
         Ok(Execution {
             id: uuid.to_owned(),
@@ -409,6 +433,10 @@ impl Instrument for SilaInstrument {
         &self.config.name
     }
 
+    fn connect(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move { self.server().await.map(drop) })
+    }
+
     fn start<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Execution, Error>> {
         Box::pin(async move {
             let server = self.server().await?;
@@ -419,7 +447,8 @@ impl Instrument for SilaInstrument {
             if let Err(e) = &answer {
                 self.forget_if_broken(e).await;
             }
-            let answer = answer?;
+            // Sent: from here a lost answer means the command may be running.
+            let answer = answer.map_err(Error::after_sending)?;
             if !command.observable {
                 let values = decode_message(&answer, &command.responses)?;
                 return Ok(Execution {

@@ -18,6 +18,7 @@ class Server(SilaServer):
         description: Optional[str] = None,
         time_compression: float = 3600.0,
         fault: Optional[str] = None,
+        first_intermediate_after: float = 0.0,
     ):
         if name is None:
             name = "Carrel simulated bioreactor"
@@ -32,5 +33,7 @@ class Server(SilaServer):
             server_uuid=server_uuid if server_uuid is not None else uuid4(),
         )
 
-        self.cellexpansioncontroller = CellExpansionControllerImpl(self, time_compression=time_compression, fault=fault)
+        self.cellexpansioncontroller = CellExpansionControllerImpl(
+            self, time_compression=time_compression, fault=fault, first_intermediate_after=first_intermediate_after
+        )
         self.set_feature_implementation(CellExpansionControllerFeature, self.cellexpansioncontroller)

@@ -9,6 +9,7 @@ has passed. Faults are injected per server (`fault`) or per run (a marker in the
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -37,12 +38,20 @@ BATCH_MARKERS = {"CONTAMINATED": "contamination", "SENSORFAIL": "sensor-failure"
 
 
 class CellExpansionControllerImpl(CellExpansionControllerBase):
-    def __init__(self, parent_server: Server, time_compression: float = 3600.0, fault: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        parent_server: Server,
+        time_compression: float = 3600.0,
+        fault: Optional[str] = None,
+        first_intermediate_after: float = 0.0,
+    ) -> None:
         super().__init__(parent_server=parent_server)
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}, expected one of {FAULTS}")
         self.time_compression = time_compression  # process seconds per wall-clock second
         self.fault = fault
+        # A slow measurement: wall-clock seconds before a run's first intermediate response.
+        self.first_intermediate_after = first_intermediate_after
         # Finished runs stay queryable (RunExpansion_Info / _Result) for 30 minutes.
         self.RunExpansion_default_lifetime_of_execution = timedelta(minutes=30)
 
@@ -107,6 +116,8 @@ class CellExpansionControllerImpl(CellExpansionControllerBase):
     ) -> RunExpansion_Responses:
         # DurationHours (0 < d <= 336), TargetDensity (0 < x <= 50) and BatchId (1..64 chars) are checked by
         # sila2 against the feature definition's constraints when the command is initiated.
+        # One line per execution, for tests that count how often a command was started.
+        print(f"RUN-EXPANSION-INITIATED batch={BatchId}", file=sys.stderr, flush=True)
         with self._lock:
             if self._running:
                 raise InstrumentBusy(f"Batch {BatchId!r} cannot start: another expansion run is in progress")
@@ -127,6 +138,8 @@ class CellExpansionControllerImpl(CellExpansionControllerBase):
         return result
 
     def _watch_run(self, instance, duration_h: float, batch_id: str, fault: Optional[str]) -> RunExpansion_Responses:
+        if self._stopping.wait(self.first_intermediate_after):
+            raise UndefinedExecutionError(f"Batch {batch_id}: the instrument server is shutting down; run aborted")
         while not self._stopping.wait(TICK_SECONDS):
             with self._lock:
                 culture = self._culture
