@@ -196,9 +196,15 @@ pub struct StepMapping {
     /// the site console; until then the record says it is missing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qc: Vec<QcMapping>,
+    /// How the step's end is known when it is not the command's own end (a method
+    /// that starts a long run and returns at once): a value the step's instrument
+    /// reaches. Until then the readings go on being sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_when: Option<DoneWhen>,
 }
 
-/// One QC result taken from what the command returned.
+/// One QC result: a result the command returned, or a value read from the step's
+/// instrument when the step ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QcMapping {
@@ -206,9 +212,37 @@ pub struct QcMapping {
     pub test: String,
     /// The command result it is, e.g. `Viability` (a SiLA response identifier, or an
     /// OPC UA output argument `out1`, `out2`, ...).
-    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Or: a SiLA property or OPC UA variable node id of the step's instrument, read
+    /// when the step ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<String>,
     /// The unit the instrument gives it in; it must be the recipe test's unit.
     pub unit: String,
+}
+
+impl QcMapping {
+    /// Where the value comes from, in words: `Viability`, or `read ns=2;s=X`.
+    pub fn source(&self) -> String {
+        match (&self.result, &self.read) {
+            (Some(result), _) => result.clone(),
+            (None, Some(read)) => format!("read {read}"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// A step is done when `source` on the step's instrument reads `equals` (compared as
+/// numbers when both are, as text otherwise); it failed when it reads one of `failed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoneWhen {
+    /// A SiLA property or OPC UA variable node id, e.g. `ns=2;s=Bioreactor.State`.
+    pub source: String,
+    pub equals: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
 }
 
 fn default_retry_interval_s() -> f64 {
@@ -588,9 +622,10 @@ impl Config {
             }
             let mut tests = std::collections::HashSet::new();
             for qc in &mapping.qc {
-                if qc.test.trim().is_empty() || qc.result.trim().is_empty() {
+                let named = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+                if qc.test.trim().is_empty() || named(&qc.result) == named(&qc.read) {
                     return bad(format!(
-                        "steps: step {:?}: each qc entry names a test and the result it comes from",
+                        "steps: step {:?}: each qc entry names a test and either the command result it comes from (result) or what to read at the step's end (read)",
                         mapping.step
                     ));
                 }
@@ -598,6 +633,20 @@ impl Config {
                     return bad(format!(
                         "steps: step {:?}: QC test {:?} is mapped twice",
                         mapping.step, qc.test
+                    ));
+                }
+            }
+            if let Some(done) = &mapping.done_when {
+                if done.source.trim().is_empty() || done.equals.trim().is_empty() {
+                    return bad(format!(
+                        "steps: step {:?}: done_when names a source and the value it reaches when the step is done (equals)",
+                        mapping.step
+                    ));
+                }
+                if matches!(instrument, InstrumentConfig::Simulator { .. }) {
+                    return bad(format!(
+                        "steps: step {:?}: done_when needs an instrument to read; the simulator ends its steps itself",
+                        mapping.step
                     ));
                 }
             }
@@ -692,6 +741,46 @@ mod tests {
 
     /// The README's example of a site's instrument mapping is a valid config.
     #[test]
+    fn qc_and_done_when_mappings_are_checked_on_load() {
+        let sila = "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\ninsecure = true\n[[steps]]\nstep = \"expansion\"\ninstrument = \"cps\"\ncommand = \"RunExpansion\"\n";
+        with_instruments(&format!(
+            "{sila}qc = [{{ test = \"ip-viability\", result = \"Viability\", unit = \"%\" }}, {{ test = \"ip-count\", read = \"CellCount\", unit = \"\" }}]\ndone_when = {{ source = \"InstrumentState\", equals = \"Completed\", failed = [\"Faulted\"] }}\n"
+        ))
+        .expect("a valid mapping");
+        for (extra, expected) in [
+            (
+                "qc = [{ test = \"ip-viability\", result = \"Viability\", read = \"V\", unit = \"%\" }]\n",
+                "either the command result",
+            ),
+            (
+                "qc = [{ test = \"ip-viability\", unit = \"%\" }]\n",
+                "either the command result",
+            ),
+            (
+                "qc = [{ test = \"t\", result = \"A\", unit = \"%\" }, { test = \"t\", result = \"B\", unit = \"%\" }]\n",
+                "mapped twice",
+            ),
+            (
+                "done_when = { source = \"InstrumentState\", equals = \"\" }\n",
+                "done_when names a source",
+            ),
+        ] {
+            let refused = with_instruments(&format!("{sila}{extra}")).expect_err(extra);
+            assert!(refused.to_string().contains(expected), "{extra}: {refused}");
+        }
+        let simulated = with_instruments(
+            "[[instruments]]\nname = \"sim\"\nkind = \"simulator\"\n[[steps]]\nstep = \"expansion\"\ninstrument = \"sim\"\ndone_when = { source = \"S\", equals = \"done\" }\n",
+        )
+        .expect_err("the simulator has nothing to read");
+        assert!(
+            simulated
+                .to_string()
+                .contains("done_when needs an instrument"),
+            "{simulated}"
+        );
+    }
+
+    #[test]
     fn readme_instrument_example_parses() {
         let readme = include_str!("../../README.md");
         let section = readme
@@ -706,7 +795,8 @@ mod tests {
         let config: Config = toml::from_str(&format!("hub = \"https://h:1\"\n{example}"))
             .unwrap_or_else(|e| panic!("README example: {e}"));
         assert_eq!(config.instruments.len(), 2);
-        assert_eq!(config.steps.len(), 2);
+        assert_eq!(config.steps.len(), 3);
+        assert!(config.steps[0].qc.len() == 1 && config.steps[2].done_when.is_some());
         let error = config
             .validate()
             .expect_err("its certificate files are not here");

@@ -664,6 +664,9 @@ impl BatchRun {
                 step.id
             );
             let how = match (&execution_id, &f.results) {
+                (_, Some(_)) if mapping.is_some_and(|m| m.done_when.is_some()) => format!(
+                    "the run {command} started goes on at instrument {instrument_id}; it is not started again and is followed to its end"
+                ),
                 (_, Some(_)) => format!(
                     "the command had already finished on instrument {instrument_id} and is not sent again"
                 ),
@@ -698,9 +701,17 @@ impl BatchRun {
         // The command finished before the agent stopped: what it returned is on the
         // record; the step is completed from there.
         if let Some(results) = resume.and_then(|f| f.results.as_ref()) {
-            self.record_qc_from(step, mapping, &instrument_id, &command, results, progress)
-                .await?;
-            return self.complete(step, simulated, started_at).await;
+            let mut alarms = progress.alarms.clone();
+            return self
+                .finish(
+                    step,
+                    mapping,
+                    &*instrument,
+                    results,
+                    (simulated, started_at),
+                    &mut alarms,
+                )
+                .await;
         }
         let request = StepRequest {
             batch_id: self.batch.batch_id,
@@ -836,14 +847,130 @@ impl BatchRun {
                 }
             }
         };
-        if !simulated {
-            let results = self
-                .record_results(step, mapping, &instrument_id, &command, &results)
-                .await?;
-            self.record_qc_from(step, mapping, &instrument_id, &command, &results, progress)
-                .await?;
+        if simulated {
+            return self.complete(step, simulated, started_at).await;
         }
+        let results = self
+            .record_results(step, mapping, &instrument_id, &command, &results)
+            .await?;
+        self.finish(
+            step,
+            mapping,
+            &*instrument,
+            &results,
+            (simulated, started_at),
+            &mut alarms,
+        )
+        .await
+    }
+
+    /// After the step's command returned (`results` on the record): waits for the
+    /// step's end when the mapping says how it is known (sampling the readings
+    /// meanwhile), records the QC results the instrument gives, and completes it.
+    async fn finish(
+        &self,
+        step: &Step,
+        mapping: Option<&StepMapping>,
+        instrument: &dyn Instrument,
+        results: &[InstrumentResult],
+        (simulated, started_at): (bool, DateTime<Utc>),
+        alarms: &mut HashSet<(String, String)>,
+    ) -> Result<(), Stop> {
+        let instrument_id = instrument.id();
+        let command = mapping.map(|m| m.command.as_str()).unwrap_or_default();
+        if let Some(done) = mapping.and_then(|m| m.done_when.as_ref()) {
+            if let Err(failed) = self
+                .until_done(step, mapping, instrument, done, started_at, alarms)
+                .await?
+            {
+                return self
+                    .execution_failed(
+                        step,
+                        instrument_id,
+                        failed,
+                        started_at,
+                        alarms,
+                        Some(mapping),
+                    )
+                    .await;
+            }
+        }
+        self.record_qc_from(
+            step,
+            mapping,
+            instrument_id,
+            command,
+            results,
+            Some(instrument),
+        )
+        .await?;
         self.complete(step, simulated, started_at).await
+    }
+
+    /// Samples the step's readings every `sample_interval_s` until `done.source`
+    /// reads `done.equals` (`Ok(Ok)`), or one of `done.failed` (`Ok(Err)`: the run
+    /// failed at the instrument).
+    async fn until_done(
+        &self,
+        step: &Step,
+        mapping: Option<&StepMapping>,
+        instrument: &dyn Instrument,
+        done: &crate::config::DoneWhen,
+        started_at: DateTime<Utc>,
+        alarms: &mut HashSet<(String, String)>,
+    ) -> Result<Result<(), instrument::Error>, Stop> {
+        let readings = mapping.map(|m| m.readings.as_slice()).unwrap_or_default();
+        let period = Duration::from_secs_f64(mapping.map_or(60.0, |m| m.sample_interval_s));
+        let mut ticker = tokio::time::interval(period);
+        let mut announced = false;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = ticker.tick() => {}
+            }
+            if !self
+                .store
+                .batch(self.batch.batch_id)
+                .await?
+                .state
+                .is_active()
+            {
+                return Err(Stop::Inactive);
+            }
+            self.sample(step, readings, instrument.id(), started_at, alarms)
+                .await?;
+            match instrument.read(&done.source).await {
+                Ok(value) => {
+                    let text = value.to_string();
+                    if same_value(&text, &done.equals) {
+                        tracing::info!(batch_id = %self.batch.batch_id, step = %step.id, source = %done.source,
+                            value = %text, "the instrument says the step is done");
+                        return Ok(Ok(()));
+                    }
+                    if done.failed.iter().any(|f| same_value(&text, f)) {
+                        return Ok(Err(instrument::Error::DefinedExecution {
+                            identifier: text.clone(),
+                            message: format!("{} reads {text}", done.source),
+                        }));
+                    }
+                    if !announced {
+                        tracing::info!(batch_id = %self.batch.batch_id, step = %step.id, source = %done.source,
+                            value = %text, until = %done.equals, "the run goes on at the instrument");
+                        announced = true;
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id, source = %done.source,
+                        error = %e, "cannot read whether the step is done; trying again");
+                }
+                Err(e) => {
+                    return self
+                        .refused(step, instrument.id(), &Values::new(), e)
+                        .await
+                        .map(Ok)
+                }
+            }
+        }
     }
 
     /// Sends the step's command: connects first (an instrument that cannot be
@@ -913,7 +1040,7 @@ impl BatchRun {
                 name: name.clone(),
                 value: value.to_string(),
                 unit: mapping
-                    .and_then(|m| m.qc.iter().find(|q| q.result == *name))
+                    .and_then(|m| m.qc.iter().find(|q| q.result.as_deref() == Some(name)))
                     .map(|q| q.unit.clone())
                     .unwrap_or_default(),
             })
@@ -939,45 +1066,18 @@ impl BatchRun {
         instrument_id: &str,
         command: &str,
         results: &[InstrumentResult],
-        progress: &Progress,
+        instrument: Option<&dyn Instrument>,
     ) -> Result<(), Stop> {
         let events = self.store.batch_events(self.batch.batch_id).await?;
         let recorded = Progress::of(&events);
         for test in &step.in_process_tests {
-            if recorded.record.tests_recorded.contains(&test.id)
-                || progress.record.tests_recorded.contains(&test.id)
-            {
+            if recorded.record.tests_recorded.contains(&test.id) {
                 continue;
             }
             let qc = mapping.and_then(|m| m.qc.iter().find(|q| q.test == test.id));
             let value = match qc {
                 None => Err(format!("the site maps no result of {command} to this test")),
-                Some(qc) => match results.iter().find(|r| r.name == qc.result) {
-                    None => Err(format!(
-                        "{command} returned no {} (it returned {})",
-                        qc.result,
-                        if results.is_empty() {
-                            "nothing".to_owned()
-                        } else {
-                            results
-                                .iter()
-                                .map(|r| r.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        }
-                    )),
-                    Some(_) if qc.unit != test.unit => Err(format!(
-                        "the mapping gives {} in {:?}, the recipe's test is in {:?}",
-                        qc.result, qc.unit, test.unit
-                    )),
-                    Some(r) => r
-                        .value
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|v| v.is_finite())
-                        .map(QcValue::Numeric)
-                        .ok_or_else(|| format!("{} = {:?} is not a number", qc.result, r.value)),
-                },
+                Some(qc) => qc_value(qc, test, command, results, instrument).await,
             };
             match value {
                 Ok(value) => {
@@ -989,7 +1089,7 @@ impl BatchRun {
                         method: format!(
                             "{}, measured by instrument {instrument_id} ({command} {})",
                             test.method,
-                            qc.map(|q| q.result.as_str()).unwrap_or_default()
+                            qc.map(|q| q.source()).unwrap_or_default()
                         ),
                         site_outcome: evaluation.outcome,
                         retest_of: None,
@@ -1040,29 +1140,9 @@ impl BatchRun {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(Followed::Stop(Stop::Shutdown)),
                 _ = ticker.tick(), if !readings.is_empty() => {
-                    let at = hours_since(started_at);
-                    let mut sampled = Vec::new();
-                    for reading in readings {
-                        let Some(source) = self.instruments.adapter(&reading.instrument) else { continue };
-                        match source.read(&reading.source).await.and_then(|v| v.as_f64().ok_or_else(|| {
-                            instrument::Error::Mapping(format!("{} reads {v}, not a number", reading.source))
-                        })) {
-                            Ok(value) => sampled.push(instrument::Reading {
-                                parameter: reading.parameter.clone(),
-                                value,
-                                unit: reading.unit.clone(),
-                            }),
-                            Err(e) => tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id,
-                                parameter = %reading.parameter, instrument = %reading.instrument, error = %e,
-                                "cannot read a process parameter; the sample is skipped"),
-                        }
-                    }
-                    if !sampled.is_empty() {
-                        self.record_samples(step, at, &sampled).await.map_err(Followed::Stop)?;
-                        if let Some(alarm) = instrument::limit_alarm(step, &sampled) {
-                            self.raise_alarm(step, instrument_id, &alarm, alarms).await.map_err(Followed::Stop)?;
-                        }
-                    }
+                    self.sample(step, readings, instrument_id, started_at, alarms)
+                        .await
+                        .map_err(Followed::Stop)?;
                 }
                 update = execution.updates.next() => match update {
                     None => return Err(Followed::Instrument(instrument::Error::Connection(
@@ -1086,6 +1166,51 @@ impl BatchRun {
                 },
             }
         }
+    }
+
+    /// Reads the step's mapped process parameters now and records them (with an
+    /// alarm for a value outside the recipe's range). A value that cannot be read is
+    /// skipped, and said in the log.
+    async fn sample(
+        &self,
+        step: &Step,
+        readings: &[crate::config::ReadingMapping],
+        instrument_id: &str,
+        started_at: DateTime<Utc>,
+        alarms: &mut HashSet<(String, String)>,
+    ) -> Result<(), Stop> {
+        let at = hours_since(started_at);
+        let mut sampled = Vec::new();
+        for reading in readings {
+            let Some(source) = self.instruments.adapter(&reading.instrument) else {
+                continue;
+            };
+            match source.read(&reading.source).await.and_then(|v| {
+                v.as_f64().ok_or_else(|| {
+                    instrument::Error::Mapping(format!(
+                        "{} reads {v}, not a number",
+                        reading.source
+                    ))
+                })
+            }) {
+                Ok(value) => sampled.push(instrument::Reading {
+                    parameter: reading.parameter.clone(),
+                    value,
+                    unit: reading.unit.clone(),
+                }),
+                Err(e) => tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id,
+                    parameter = %reading.parameter, instrument = %reading.instrument, error = %e,
+                    "cannot read a process parameter; the sample is skipped"),
+            }
+        }
+        if !sampled.is_empty() {
+            self.record_samples(step, at, &sampled).await?;
+            if let Some(alarm) = instrument::limit_alarm(step, &sampled) {
+                self.raise_alarm(step, instrument_id, &alarm, alarms)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn record_samples(
@@ -1185,15 +1310,8 @@ impl BatchRun {
         // QC results are missing until a person enters them.
         if let Some(mapping) = real {
             let command = mapping.map(|m| m.command.as_str()).unwrap_or_default();
-            self.record_qc_from(
-                step,
-                mapping,
-                instrument_id,
-                command,
-                &[],
-                &Progress::default(),
-            )
-            .await?;
+            self.record_qc_from(step, mapping, instrument_id, command, &[], None)
+                .await?;
         }
         self.record(EventKind::StepCompleted {
             step_id: step.id.clone(),
@@ -1357,6 +1475,73 @@ fn retried(mapping: Option<&StepMapping>, error: &instrument::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// True when an instrument's value (as text) is `expected`: equal numbers when both
+/// are numbers, equal text otherwise.
+fn same_value(value: &str, expected: &str) -> bool {
+    match (value.trim().parse::<f64>(), expected.trim().parse::<f64>()) {
+        (Ok(a), Ok(b)) => (a - b).abs() <= f64::EPSILON * a.abs().max(b.abs()).max(1.0),
+        _ => value.trim() == expected.trim(),
+    }
+}
+
+/// A QC result the site's mapping takes from the instrument: a result its command
+/// returned, or a value read from it now. `Err` says why there is none.
+async fn qc_value(
+    qc: &crate::config::QcMapping,
+    test: &QcTest,
+    command: &str,
+    results: &[InstrumentResult],
+    instrument: Option<&dyn Instrument>,
+) -> Result<QcValue, String> {
+    if qc.unit != test.unit {
+        return Err(format!(
+            "the mapping gives {} in {:?}, the recipe's test is in {:?}",
+            qc.source(),
+            qc.unit,
+            test.unit
+        ));
+    }
+    let text = match (&qc.result, &qc.read, instrument) {
+        (Some(name), _, _) => match results.iter().find(|r| r.name == *name) {
+            Some(r) => r.value.clone(),
+            None => {
+                return Err(format!(
+                    "{command} returned no {name} (it returned {})",
+                    if results.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        results
+                            .iter()
+                            .map(|r| r.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ))
+            }
+        },
+        (None, Some(source), Some(instrument)) => instrument
+            .read(source)
+            .await
+            .map_err(|e| format!("cannot read {source}: {e}"))?
+            .to_string(),
+        (None, Some(source), None) => {
+            return Err(format!(
+                "{source} was not read: the command did not end well"
+            ))
+        }
+        (None, None, _) => return Err("the mapping names no source".into()),
+    };
+    if !test.spec.accepted.is_empty() {
+        return Ok(QcValue::Text(text));
+    }
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map(QcValue::Numeric)
+        .ok_or_else(|| format!("{} = {text:?} is not a number", qc.source()))
 }
 
 fn lock(sim: &Mutex<Simulator>) -> std::sync::MutexGuard<'_, Simulator> {

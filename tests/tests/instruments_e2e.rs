@@ -777,3 +777,128 @@ async fn a_refused_parameter_is_one_deviation_and_holds_the_batch() {
     assert!(agent.log().contains("batch held"));
     wait_order_state(&hub, &order_id, "in_process", Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_started_by_an_opcua_method_is_sampled_until_its_state_says_done() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    // Activation (24 process hours) takes about 6 s: Start() returns at once, the
+    // State variable says Completed at the end.
+    let opcua = Peer::opcua(
+        &python,
+        &[
+            "--trust-client-cert",
+            &agent_cert.display().to_string(),
+            "--time-compression",
+            "15000",
+        ],
+    );
+    let (hub, mut agent) = hub_and_site("site-method").await;
+    let text = format!(
+        r#"
+[[instruments]]
+name = "bioreactor-ua"
+kind = "opcua"
+endpoint = "{endpoint}"
+client_certificate = "{keys}/agent.der"
+client_key = "{keys}/agent.pem"
+server_certificate = "{cert}"
+
+[[steps]]
+step = "activation"
+instrument = "bioreactor-ua"
+command = "ns=2;s=Bioreactor|ns=2;s=Bioreactor.Start(durationHours)"
+parameters = {{ durationHours = "{{duration_hours}}" }}
+sample_interval_s = 0.5
+done_when = {{ source = "ns=2;s=Bioreactor.State", equals = "Completed", failed = ["Faulted"] }}
+readings = [
+  {{ parameter = "temperature", instrument = "bioreactor-ua", source = "ns=2;s=Bioreactor.Temperature", unit = "degC" }},
+  {{ parameter = "ph", instrument = "bioreactor-ua", source = "ns=2;s=Bioreactor.pH", unit = "pH" }},
+]
+"#,
+        endpoint = opcua.opcua_endpoint(),
+        cert = opcua.opcua_certificate().display(),
+        keys = keys.path().display(),
+    );
+    let table: toml::Table = toml::from_str(&text).expect("mapping parses");
+    for (key, value) in table {
+        agent.configure(&[&key], value);
+    }
+    agent.start();
+    create_order(&hub, "site-method", "P-METHOD-1");
+
+    // The method returned (its output is on the record); the run goes on.
+    eventually(Duration::from_secs(60), "the method's results", || {
+        let agent = &agent;
+        async move {
+            let log = site_log(agent).await;
+            (of_type(&log, "instrument_results").count() == 1).then_some(())
+        }
+    })
+    .await;
+    // The agent stops and comes back mid-run: the run is not started again.
+    agent.kill();
+    agent.start();
+    let completed_activation = |log: &[(i64, serde_json::Value)]| {
+        log.iter()
+            .find(|(_, e)| {
+                e["kind"]["type"] == "step_completed" && e["kind"]["step_id"] == "activation"
+            })
+            .cloned()
+    };
+    let (completed_seq, completed) =
+        eventually(Duration::from_secs(90), "the activation to be done", || {
+            let agent = &agent;
+            async move { completed_activation(&site_log(agent).await) }
+        })
+        .await;
+
+    let log = site_log(&agent).await;
+    let starts = opcua
+        .log()
+        .lines()
+        .filter(|l| l.contains("START-CALLED"))
+        .count();
+    assert_eq!(starts, 1, "{}", opcua.log());
+    assert_eq!(of_type(&log, "instrument_command_requested").count(), 1);
+    let (results_seq, results) = log
+        .iter()
+        .find(|(_, e)| e["kind"]["type"] == "instrument_results")
+        .cloned()
+        .expect("results");
+    assert_eq!(results["kind"]["results"][0]["name"], "out1");
+    assert_eq!(results["kind"]["results"][0]["value"], "true");
+    // Sampled between the method's return and the State's Completed, across the kill.
+    let samples_during: Vec<_> = log
+        .iter()
+        .filter(|(seq, e)| {
+            *seq > results_seq
+                && *seq < completed_seq
+                && e["kind"]["type"] == "process_samples"
+                && e["kind"]["step_id"] == "activation"
+        })
+        .collect();
+    assert!(samples_during.len() >= 4, "{samples_during:?}");
+    let at = |e: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(e["recorded_at"].as_str().expect("time"))
+            .expect("rfc3339")
+    };
+    assert!(
+        at(&completed) - at(&results) >= chrono::Duration::seconds(3),
+        "completed when the State said so, not when the method returned: {results} {completed}"
+    );
+    let restart = of_type(&log, "deviation_raised")
+        .find(|k| {
+            k["deviation_id"]
+                .as_str()
+                .is_some_and(|d| d.ends_with("-activation-RESTART"))
+        })
+        .expect("the interruption is on record");
+    assert!(
+        restart["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("it is not started again")),
+        "{restart}"
+    );
+}

@@ -190,6 +190,8 @@ class Bioreactor:
             return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
         if not 0 < duration.Value <= 336:
             return ua.StatusCode(ua.StatusCodes.BadOutOfRange)
+        # One line per accepted call, for tests that count how often a run was started.
+        print(f"START-CALLED durationHours={duration.Value:g} state={self.state}", file=sys.stderr, flush=True)
         if self.state == "Running":
             return [ua.Variant(False, ua.VariantType.Boolean)]
         self.culture.seed(duration.Value, RUN_TARGET_DENSITY)
