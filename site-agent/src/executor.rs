@@ -323,6 +323,21 @@ impl BatchRun {
         }
     }
 
+    /// Stops with [`Stop::Inactive`] once the batch is cancelled or decided.
+    async fn still_active(&self) -> Result<(), Stop> {
+        if self
+            .store
+            .batch(self.batch.batch_id)
+            .await?
+            .state
+            .is_active()
+        {
+            Ok(())
+        } else {
+            Err(Stop::Inactive)
+        }
+    }
+
     /// Records an event of the batch while it is active.
     async fn record(&self, kind: EventKind) -> Result<SiteEvent, Stop> {
         self.record_while(kind, BatchState::is_active).await
@@ -406,15 +421,7 @@ impl BatchRun {
                     "DISK NEARLY FULL: refusing to start a new step until space is freed on the disk holding the site's records");
                 refused = true;
             }
-            if !self
-                .store
-                .batch(self.batch.batch_id)
-                .await?
-                .state
-                .is_active()
-            {
-                return Err(Stop::Inactive);
-            }
+            self.still_active().await?;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
                 _ = tokio::time::sleep(DISK_RETRY) => {}
@@ -587,15 +594,7 @@ impl BatchRun {
             if custody::passed(&events).contains(&checkpoint.id) {
                 return Ok(());
             }
-            if !self
-                .store
-                .batch(self.batch.batch_id)
-                .await?
-                .state
-                .is_active()
-            {
-                return Err(Stop::Inactive);
-            }
+            self.still_active().await?;
             if self.instruments.simulator.auto_scan {
                 let verifiers: Vec<&str> = custody::SIMULATED_OPERATORS
                     .iter()
@@ -928,15 +927,7 @@ impl BatchRun {
                 _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
                 _ = ticker.tick() => {}
             }
-            if !self
-                .store
-                .batch(self.batch.batch_id)
-                .await?
-                .state
-                .is_active()
-            {
-                return Err(Stop::Inactive);
-            }
+            self.still_active().await?;
             self.sample(step, readings, instrument.id(), started_at, alarms)
                 .await?;
             match instrument.read(&done.source).await {
