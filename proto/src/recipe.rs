@@ -93,9 +93,31 @@ pub struct Parameter {
     /// field changed no published recipe's hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// How grave a reading outside `low..high` is: `critical` (the cells are at risk
+    /// at once) or `warning` (for the operator to assess). Without it, a temperature
+    /// is critical and anything else a warning. Absent from recipes written without
+    /// it, so their hashes stay what they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<AlarmLevel>,
+}
+
+/// The severity of an alarm a recipe gives a process parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmLevel {
+    Critical,
+    Warning,
 }
 
 impl Parameter {
+    /// True when a reading outside the limits is a critical alarm.
+    pub fn critical(&self) -> bool {
+        match self.alarm {
+            Some(level) => level == AlarmLevel::Critical,
+            None => self.name.contains("temperature"),
+        }
+    }
+
     /// The parameter as people read it.
     pub fn label(&self) -> String {
         self.label

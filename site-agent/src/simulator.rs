@@ -543,6 +543,7 @@ mod tests {
             low: 50.0,
             high: 150.0,
             label: None,
+            alarm: None,
         }];
         let mut sim = Simulator::new(9, Faults::default());
         for t in sample_times(&custom) {

@@ -333,13 +333,15 @@ pub fn resolve_parameters(
                 toml::Value::Integer(v) => Value::Integer(*v),
                 toml::Value::Float(v) => Value::Real(*v),
                 toml::Value::Boolean(v) => Value::Boolean(*v),
-                toml::Value::String(text) => match text.as_str() {
-                    "{batch_id}" => Value::String(batch_id.to_string()),
-                    "{coi}" => Value::String(coi.to_owned()),
-                    "{step_id}" => Value::String(step.id.clone()),
-                    "{duration_hours}" => Value::Real(step.duration_hours),
-                    _ => Value::String(text.clone()),
-                },
+                // The planned duration alone is a number; anything else is text,
+                // with each placeholder in it replaced ("CLOG-{coi}").
+                toml::Value::String(text) if text == "{duration_hours}" => {
+                    Value::Real(step.duration_hours)
+                }
+                toml::Value::String(text) => Value::String(
+                    fill_placeholders(text, batch_id, coi, step)
+                        .map_err(|e| Error::Mapping(format!("parameter {key:?}: {e}")))?,
+                ),
                 other => {
                     return Err(Error::Mapping(format!(
                         "parameter {key:?}: {other} is not a number, boolean or string"
@@ -349,4 +351,77 @@ pub fn resolve_parameters(
             Ok((key.clone(), value))
         })
         .collect()
+}
+
+/// The placeholders a parameter's text may hold.
+pub const PLACEHOLDERS: [&str; 4] = ["{batch_id}", "{coi}", "{step_id}", "{duration_hours}"];
+
+/// Replaces each placeholder in `text`; a `{name}` that is not one is refused (a
+/// misspelt placeholder would otherwise reach the instrument as it is).
+fn fill_placeholders(
+    text: &str,
+    batch_id: uuid::Uuid,
+    coi: &str,
+    step: &carrel_proto::recipe::Step,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let Some(close) = after.find('}') else {
+            out.push_str(after);
+            return Ok(out);
+        };
+        let name = &after[..=close];
+        let value = match name {
+            "{batch_id}" => batch_id.to_string(),
+            "{coi}" => coi.to_owned(),
+            "{step_id}" => step.id.clone(),
+            "{duration_hours}" => step.duration_hours.to_string(),
+            other
+                if other[1..other.len() - 1]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && other.len() > 2 =>
+            {
+                return Err(format!(
+                    "{other} is not a placeholder (use {})",
+                    PLACEHOLDERS.join(", ")
+                ))
+            }
+            other => other.to_owned(),
+        };
+        out.push_str(&value);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled_inside_text_and_misspelt_ones_refused() {
+        let step: carrel_proto::recipe::Step = toml::from_str(
+            "id = \"expansion\"\nname = \"Expansion\"\noperation = \"expansion\"\ninstrument_type = \"bioreactor\"\nduration_hours = 168.0\n",
+        )
+        .expect("step");
+        let batch = uuid::Uuid::nil();
+        let fill = |text: &str| fill_placeholders(text, batch, "W1234 26 123456 00", &step);
+        assert_eq!(fill("CLOG-{coi}").as_deref(), Ok("CLOG-W1234 26 123456 00"));
+        assert_eq!(
+            fill("{step_id}/{duration_hours} h").as_deref(),
+            Ok("expansion/168 h")
+        );
+        assert_eq!(fill("plain { text }").as_deref(), Ok("plain { text }"));
+        assert_eq!(fill("open {").as_deref(), Ok("open {"));
+        let misspelt = fill("CLOG-{COI}").expect_err("misspelt");
+        assert!(
+            misspelt.contains("{COI} is not a placeholder"),
+            "{misspelt}"
+        );
+    }
 }
