@@ -146,6 +146,18 @@ pub struct OpcuaConfig {
     /// Bound on each connection attempt and each request, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The user the agent signs in as (a UserName identity token), with the file
+    /// holding the password (its first line; keep it readable by the agent only).
+    /// Without a user or a user certificate the session is anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Or an X.509 user identity: a certificate (DER or PEM) and its private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_certificate: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_key: Option<PathBuf>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -571,6 +583,21 @@ impl Config {
                     }
                     if ua.timeout_ms == 0 {
                         return bad(format!("instrument {name:?}: timeout_ms must be positive"));
+                    }
+                    if ua.username.is_some() != ua.password_file.is_some() {
+                        return bad(format!(
+                            "instrument {name:?}: username and password_file go together"
+                        ));
+                    }
+                    if ua.user_certificate.is_some() != ua.user_key.is_some() {
+                        return bad(format!(
+                            "instrument {name:?}: user_certificate and user_key go together"
+                        ));
+                    }
+                    if ua.username.is_some() && ua.user_certificate.is_some() {
+                        return bad(format!(
+                            "instrument {name:?}: sign in with a username or a user_certificate, not both"
+                        ));
                     }
                 }
             }

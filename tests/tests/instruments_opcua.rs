@@ -2,7 +2,9 @@
 //! `asyncua`, `tests/peers/opcua`): read, write, subscribe and method calls over
 //! Basic256Sha256 Sign & Encrypt with configured trust on both sides, and refusals
 //! (untrusted server certificate, a server that does not trust the agent) that come
-//! back within the configured timeout instead of retrying for ever.
+//! back within the configured timeout instead of retrying for ever. A server that
+//! requires a user name and password lets the agent in with the right ones, and a
+//! refused identity is a configuration error, not a connection to retry.
 
 use carrel_site_agent::config::OpcuaConfig;
 use carrel_site_agent::instrument::opcua::OpcuaInstrument;
@@ -28,6 +30,10 @@ fn config(peer: &Peer, cert: &Path, key: &Path) -> OpcuaConfig {
         server_certificate: Some(peer.opcua_certificate()),
         insecure: false,
         timeout_ms: 5_000,
+        username: None,
+        password_file: None,
+        user_certificate: None,
+        user_key: None,
     }
 }
 
@@ -203,6 +209,10 @@ async fn security_none_only_when_the_site_says_insecure() {
         server_certificate: None,
         insecure: true,
         timeout_ms: 5_000,
+        username: None,
+        password_file: None,
+        user_certificate: None,
+        user_key: None,
     };
     let ua = OpcuaInstrument::new(&plain, pki.path()).expect("adapter");
     assert!(ua.read(TEMPERATURE).await.expect("read").as_f64().is_some());
@@ -219,4 +229,65 @@ async fn security_none_only_when_the_site_says_insecure() {
         .expect_err("None without insecure")
         .to_string()
         .contains("insecure"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_requires_a_user_takes_the_password_from_a_file() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = opcua_client_identity(&python, keys.path(), "agent");
+    let peer = Peer::opcua(
+        &python,
+        &[
+            "--trust-client-cert",
+            &cert.display().to_string(),
+            "--require-user",
+            "operator:ua-secret-1",
+        ],
+    );
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let right = secrets.path().join("right");
+    std::fs::write(&right, "ua-secret-1\n").expect("password file");
+    let wrong = secrets.path().join("wrong");
+    std::fs::write(&wrong, "not-the-password\n").expect("password file");
+
+    // The right password: the session opens and values are read.
+    let pki = tempfile::tempdir().expect("tempdir");
+    let mut signed_in = config(&peer, &cert, &key);
+    signed_in.username = Some("operator".into());
+    signed_in.password_file = Some(right);
+    let ua = OpcuaInstrument::new(&signed_in, pki.path()).expect("adapter");
+    assert_eq!(
+        ua.read(STATE).await.expect("read as operator"),
+        Value::String("Idle".into())
+    );
+    assert!(
+        peer.log().contains("USER-ACCEPTED name=operator"),
+        "{}",
+        peer.log()
+    );
+
+    // A wrong password, or none: refused at once, and not as a lost connection.
+    let mut wrong_password = config(&peer, &cert, &key);
+    wrong_password.username = Some("operator".into());
+    wrong_password.password_file = Some(wrong);
+    for (what, config) in [
+        ("a wrong password", wrong_password),
+        ("anonymous", config(&peer, &cert, &key)),
+    ] {
+        let pki = tempfile::tempdir().expect("tempdir");
+        let ua = OpcuaInstrument::new(&config, pki.path()).expect("adapter");
+        let started = Instant::now();
+        let refused = ua.read(STATE).await.expect_err(what);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: {refused}"
+        );
+        assert!(!refused.is_transient(), "{what}: {refused:?}");
+        assert!(
+            refused.to_string().contains("user identity")
+                || refused.to_string().contains("Identity"),
+            "{what}: {refused}"
+        );
+    }
 }

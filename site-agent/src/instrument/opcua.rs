@@ -12,14 +12,15 @@
 //! A step mapped to an OPC UA instrument calls a method: `command` is
 //! `<object node id>|<method node id>(<argument>, ...)`, the arguments named in the
 //! order the method takes them and given in the mapping's `parameters`. The call's
-//! output arguments are the step's result, `out1`, `out2`, ... Not covered: Alarms &
-//! Conditions events, user name or certificate user identities, browsing.
+//! output arguments are the step's result, `out1`, `out2`, ... The agent signs in
+//! anonymously, as a user with a password (read from a file), or with an X.509 user
+//! certificate. Not covered: Alarms & Conditions events, browsing.
 
 use super::{bounded, BoxFuture, BoxStream, Error, Execution, Instrument, StepRequest, Update};
 use super::{Value, Values};
 use crate::config::OpcuaConfig;
 use opcua::client::{Client, ClientBuilder, DataChangeCallback, IdentityToken, Session};
-use opcua::crypto::{CertificateStore, SecurityPolicy, X509};
+use opcua::crypto::{CertificateStore, PrivateKey, SecurityPolicy, X509};
 use opcua::types::{
     AttributeId, CallMethodRequest, DataValue, MessageSecurityMode, MonitoredItemCreateRequest,
     NodeId, ReadValueId, StatusCode, TimestampsToReturn, UAString, UserTokenPolicy, Variant,
@@ -45,6 +46,8 @@ impl Drop for Connected {
 pub struct OpcuaInstrument {
     config: OpcuaConfig,
     pki_dir: PathBuf,
+    /// Who the agent signs in as: anonymous, a user name and password, or a user certificate.
+    identity: IdentityToken,
     connected: tokio::sync::Mutex<Option<Arc<Connected>>>,
 }
 
@@ -84,9 +87,33 @@ impl OpcuaInstrument {
         if let Some(path) = &config.client_certificate {
             read_certificate(path).map_err(bad)?;
         }
+        let identity = match (
+            &config.username,
+            &config.password_file,
+            &config.user_certificate,
+            &config.user_key,
+        ) {
+            (Some(user), Some(file), _, _) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| bad(format!("password_file {}: {e}", file.display())))?;
+                let password = text.lines().next().unwrap_or_default().to_owned();
+                if password.is_empty() {
+                    return Err(bad(format!("password_file {} is empty", file.display())));
+                }
+                IdentityToken::new_user_name(user.clone(), password)
+            }
+            (_, _, Some(cert), Some(key)) => {
+                let cert = read_certificate(cert).map_err(bad)?;
+                let key = PrivateKey::read_pem_file(key)
+                    .map_err(|e| bad(format!("user_key {}: {e:?}", key.display())))?;
+                IdentityToken::new_x509(cert, key)
+            }
+            _ => IdentityToken::Anonymous,
+        };
         Ok(OpcuaInstrument {
             config: config.clone(),
             pki_dir,
+            identity,
             connected: tokio::sync::Mutex::new(None),
         })
     }
@@ -153,9 +180,9 @@ impl OpcuaInstrument {
         );
         let attempt = async {
             let (session, event_loop) = client
-                .connect_to_matching_endpoint(endpoint, IdentityToken::Anonymous)
+                .connect_to_matching_endpoint(endpoint, self.identity.clone())
                 .await
-                .map_err(|e| ua_error(e.status(), &e.to_string()))?;
+                .map_err(|e| session_error(e.status(), &e.to_string()))?;
             // Dropped (and its event loop aborted) if the attempt times out.
             let mut connection = Connected {
                 session: session.clone(),
@@ -175,7 +202,7 @@ impl OpcuaInstrument {
                     let status = (&mut connection.event_loop)
                         .await
                         .unwrap_or(StatusCode::BadUnexpectedError);
-                    Err(ua_error(status, "the session ended while connecting"))
+                    Err(session_error(status, "the session ended while connecting"))
                 }
             }
         };
@@ -262,6 +289,28 @@ fn node_id(text: &str) -> Result<NodeId, Error> {
 
 /// A status code in domain terms: refused values are validation errors, lost
 /// connections and certificates are connection errors.
+/// A status code of opening a session: a refused user identity is a configuration
+/// error (trying again will not help); the rest as [`ua_error`].
+fn session_error(status: StatusCode, context: &str) -> Error {
+    if status == StatusCode::BadIdentityTokenRejected
+        || status == StatusCode::BadIdentityTokenInvalid
+        || status == StatusCode::BadUserSignatureInvalid
+        || status == StatusCode::BadUserAccessDenied
+    {
+        return Error::Mapping(format!(
+            "{context}: the instrument refused the agent's user identity ({status}); check username and password_file (or user_certificate) in its configuration"
+        ));
+    }
+    // No endpoint takes this policy, mode and kind of user identity together (a
+    // server that wants a user, asked anonymously): the configuration must change.
+    if status == StatusCode::BadSecurityPolicyRejected {
+        return Error::Mapping(format!(
+            "{context}: the instrument offers no endpoint for this security policy, mode and user identity ({status}); a server that requires a user needs username and password_file (or user_certificate)"
+        ));
+    }
+    ua_error(status, context)
+}
+
 fn ua_error(status: StatusCode, context: &str) -> Error {
     let name = status.to_string();
     let message = format!("{context}: {name}");
@@ -284,6 +333,7 @@ fn ua_error(status: StatusCode, context: &str) -> Error {
     {
         return Error::Mapping(message);
     }
+
     if status == StatusCode::BadTimeout || status == StatusCode::BadRequestTimeout {
         return Error::Timeout(Duration::ZERO);
     }

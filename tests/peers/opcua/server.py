@@ -3,7 +3,8 @@
     python server.py --port 0 --pki-dir /tmp/peer/pki [--trust-client-cert client.der] [--allow-insecure]
 
 Endpoint `opc.tcp://127.0.0.1:<port>/carrel/bioreactor/`, security policy Basic256Sha256 with
-SignAndEncrypt (and None only with `--allow-insecure`), anonymous user identity. Namespace
+SignAndEncrypt (and None only with `--allow-insecure`), anonymous user identity (or, with
+`--require-user NAME:PASSWORD`, only that user name and password). Namespace
 `urn:carrel:bioreactor`; every node of ours has a string node id, listed in NODE_IDS below and in
 tests/peers/README.md.
 
@@ -31,6 +32,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key, generate_self_signed_app_certificate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the shared culture model
@@ -67,6 +70,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--allow-insecure", action="store_true", help="also offer security policy None")
     parser.add_argument(
+        "--require-user",
+        metavar="NAME:PASSWORD",
+        help="accept only this user name and password (UserName identity token); default: anonymous only",
+    )
+    parser.add_argument(
         "--time-compression",
         type=float,
         default=float(os.environ.get("CARREL_PEERS_TIME_COMPRESSION", "3600")),
@@ -74,6 +82,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--verbose", action="store_true", help="log asyncua's INFO messages to stderr")
     args = parser.parse_args()
+    if args.require_user is not None and ":" not in args.require_user:
+        parser.error("--require-user takes NAME:PASSWORD")
     if args.time_compression <= 0:
         parser.error("--time-compression must be positive")
     return args
@@ -115,6 +125,20 @@ def only_this_client(trusted: x509.Certificate):
             raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
     return validate
+
+
+class OneUser(UserManager):
+    """Accepts exactly one user name and password; every other identity is refused."""
+
+    def __init__(self, name: str, password: str) -> None:
+        self.name, self.password = name, password
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username == self.name and password == self.password:
+            print(f"USER-ACCEPTED name={username}", file=sys.stderr, flush=True)
+            return User(role=UserRole.User, name=username)
+        print(f"USER-REFUSED name={username}", file=sys.stderr, flush=True)
+        return None
 
 
 def free_port() -> int:
@@ -249,7 +273,11 @@ async def serve(args: argparse.Namespace) -> None:
 
     port = args.port or free_port()
     endpoint = f"opc.tcp://{HOST}:{port}/carrel/bioreactor/"
-    server = Server()
+    if args.require_user is not None:
+        name, password = args.require_user.split(":", 1)
+        server = Server(user_manager=OneUser(name, password))
+    else:
+        server = Server()
     await server.init()
     server.set_endpoint(endpoint)
     server.set_server_name("Carrel simulated bioreactor (OPC UA)")
@@ -260,7 +288,9 @@ async def serve(args: argparse.Namespace) -> None:
     if args.allow_insecure:
         policies.append(ua.SecurityPolicyType.NoSecurity)
     server.set_security_policy(policies)
-    server.set_identity_tokens([ua.AnonymousIdentityToken])
+    server.set_identity_tokens(
+        [ua.UserNameIdentityToken] if args.require_user is not None else [ua.AnonymousIdentityToken]
+    )
     if args.trust_client_cert is not None:
         data = args.trust_client_cert.read_bytes()
         trusted = (
