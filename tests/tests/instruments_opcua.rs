@@ -127,6 +127,33 @@ async fn reads_writes_follows_and_calls_over_signed_and_encrypted_sessions() {
         ua.start(&method_call(START, -1.0)).await,
         Err(Error::Validation { .. })
     ));
+    // The method declares durationHours a Double: a whole number from the mapping
+    // (a TOML integer) is sent as one; text is refused, naming the argument.
+    let mut whole = method_call(START, 0.0);
+    whole
+        .parameters
+        .insert("durationHours".into(), Value::Integer(3));
+    let mut execution = ua.start(&whole).await.expect("an integer for a Double");
+    assert!(matches!(
+        execution.updates.next().await,
+        Some(Ok(Update::Finished(_)))
+    ));
+    let mut text = method_call(START, 0.0);
+    text.parameters
+        .insert("durationHours".into(), Value::String("three".into()));
+    match ua.start(&text).await {
+        Err(Error::Mapping(why)) => assert!(
+            why.contains("argument durationHours") && why.contains("not a number"),
+            "{why}"
+        ),
+        other => panic!("text for a Double: {other:?}"),
+    }
+    assert_eq!(
+        peer.log().matches("START-CALLED").count(),
+        2,
+        "2 h and 3 h started (-1 h was refused before the log line); the text was never sent: {}",
+        peer.log()
+    );
     // A mapping that names no such argument is refused before anything is sent.
     assert!(matches!(
         ua.start(&method_call(

@@ -22,8 +22,9 @@ use crate::config::OpcuaConfig;
 use opcua::client::{Client, ClientBuilder, DataChangeCallback, IdentityToken, Session};
 use opcua::crypto::{CertificateStore, PrivateKey, SecurityPolicy, X509};
 use opcua::types::{
-    AttributeId, CallMethodRequest, DataValue, MessageSecurityMode, MonitoredItemCreateRequest,
-    NodeId, ReadValueId, StatusCode, TimestampsToReturn, UAString, UserTokenPolicy, Variant,
+    Argument, AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, CallMethodRequest,
+    DataTypeId, DataValue, MessageSecurityMode, MonitoredItemCreateRequest, NodeId, ReadValueId,
+    ReferenceTypeId, StatusCode, TimestampsToReturn, UAString, UserTokenPolicy, Variant,
     WriteValue,
 };
 use std::path::{Path, PathBuf};
@@ -340,6 +341,123 @@ fn ua_error(status: StatusCode, context: &str) -> Error {
     Error::Connection(message)
 }
 
+/// The method's declared input arguments (its `InputArguments` property), or `None`
+/// for a method that declares none.
+async fn input_arguments(
+    session: &Session,
+    method: &NodeId,
+) -> Result<Option<Vec<Argument>>, Error> {
+    let browsed = session
+        .browse(
+            &[BrowseDescription {
+                node_id: method.clone(),
+                browse_direction: BrowseDirection::Forward,
+                reference_type_id: ReferenceTypeId::HasProperty.into(),
+                include_subtypes: true,
+                node_class_mask: 0,
+                result_mask: BrowseResultMask::All as u32,
+            }],
+            0,
+            None,
+        )
+        .await
+        .map_err(|e| ua_error(e.status(), "browsing the method's arguments"))?;
+    let Some(property) = browsed
+        .first()
+        .and_then(|r| r.references.as_ref())
+        .and_then(|refs| {
+            refs.iter()
+                .find(|r| r.browse_name.name.as_ref() == "InputArguments")
+        })
+        .map(|r| r.node_id.node_id.clone())
+    else {
+        return Ok(None);
+    };
+    let values = session
+        .read(
+            &[ReadValueId::from(property)],
+            TimestampsToReturn::Neither,
+            0.0,
+        )
+        .await
+        .map_err(|e| ua_error(e.status(), "reading the method's InputArguments"))?;
+    let Some(Variant::Array(array)) = values.first().and_then(|v| v.value.as_ref()) else {
+        return Ok(None);
+    };
+    array
+        .values
+        .iter()
+        .map(|v| match v {
+            Variant::ExtensionObject(object) => {
+                object.inner_as::<Argument>().cloned().ok_or_else(|| {
+                    Error::Mapping(
+                        "the method's InputArguments holds something other than arguments".into(),
+                    )
+                })
+            }
+            other => Err(Error::Mapping(format!(
+                "the method's InputArguments holds {other:?}"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A mapped value as the type the method declares for the argument; `Err` says why
+/// it cannot be.
+fn as_declared(value: &Value, argument: &Argument) -> Result<Variant, String> {
+    let ty = &argument.data_type;
+    let declared = ty.as_data_type_id().ok();
+    let is = |id: DataTypeId| declared == Some(id);
+    let whole = |v: &Value| match v {
+        Value::Integer(i) => Ok(*i),
+        Value::Real(r) if r.fract() == 0.0 && r.abs() < 9.0e15 => Ok(*r as i64),
+        other => Err(format!("{other} is not a whole number")),
+    };
+    let fits = |n: i64, low: i64, high: i64, name: &str| {
+        if (low..=high).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{n} does not fit in {name} ({low} to {high})"))
+        }
+    };
+    Ok(match value {
+        _ if is(DataTypeId::Double) => Variant::Double(
+            value
+                .as_f64()
+                .ok_or_else(|| format!("{value} is not a number"))?,
+        ),
+        _ if is(DataTypeId::Float) => Variant::Float(
+            value
+                .as_f64()
+                .ok_or_else(|| format!("{value} is not a number"))? as f32,
+        ),
+        _ if is(DataTypeId::Int64) => Variant::Int64(whole(value)?),
+        _ if is(DataTypeId::Int32) => {
+            Variant::Int32(fits(whole(value)?, i32::MIN.into(), i32::MAX.into(), "Int32")? as i32)
+        }
+        _ if is(DataTypeId::Int16) => {
+            Variant::Int16(fits(whole(value)?, i16::MIN.into(), i16::MAX.into(), "Int16")? as i16)
+        }
+        _ if is(DataTypeId::UInt32) => {
+            Variant::UInt32(fits(whole(value)?, 0, u32::MAX.into(), "UInt32")? as u32)
+        }
+        _ if is(DataTypeId::UInt16) => {
+            Variant::UInt16(fits(whole(value)?, 0, u16::MAX.into(), "UInt16")? as u16)
+        }
+        _ if is(DataTypeId::Byte) => {
+            Variant::Byte(fits(whole(value)?, 0, u8::MAX.into(), "Byte")? as u8)
+        }
+        _ if is(DataTypeId::Boolean) => match value {
+            Value::Boolean(b) => Variant::Boolean(*b),
+            other => return Err(format!("{other} is not true or false")),
+        },
+        _ if is(DataTypeId::String) => Variant::String(UAString::from(value.to_string().as_str())),
+        // A type this adapter does not convert: sent as the mapping has it.
+        _ => to_variant(value).map_err(|e| e.to_string())?,
+    })
+}
+
 fn to_variant(value: &Value) -> Result<Variant, Error> {
     Ok(match value {
         Value::Real(v) => Variant::Double(*v),
@@ -367,9 +485,10 @@ fn from_variant(variant: &Variant) -> Result<Value, Error> {
         Variant::UInt32(v) => Value::Integer(i64::from(*v)),
         Variant::Int64(v) => Value::Integer(*v),
         Variant::String(v) => Value::String(v.as_ref().to_owned()),
+        Variant::DateTime(v) => Value::String(v.to_rfc3339()),
         other => {
             return Err(Error::Mapping(format!(
-                "OPC UA value {other:?} is not a number, boolean or string"
+                "OPC UA value {other:?} is not a number, boolean, string or time"
             )))
         }
     })
@@ -443,6 +562,31 @@ impl Instrument for OpcuaInstrument {
             let command = request.command.clone();
             let outputs = self
                 .with_session(|session| async move {
+                    // Each value as the type the method declares (a TOML integer for a
+                    // Double argument is sent as a Double, not refused as an Int64).
+                    let arguments = match input_arguments(&session, &method_id).await? {
+                        None => arguments,
+                        Some(declared) => {
+                            if declared.len() != arguments.len() {
+                                return Err(Error::Mapping(format!(
+                                    "{command}: the method takes {} argument(s) ({}); the mapping names {}",
+                                    declared.len(),
+                                    declared.iter().map(|a| a.name.as_ref().to_owned()).collect::<Vec<_>>().join(", "),
+                                    names.len()
+                                )));
+                            }
+                            names
+                                .iter()
+                                .zip(&declared)
+                                .map(|(name, argument)| {
+                                    let value = &request.parameters[name];
+                                    as_declared(value, argument).map_err(|why| {
+                                        Error::Mapping(format!("argument {name} ({}): {why}", argument.name.as_ref()))
+                                    })
+                                })
+                                .collect::<Result<Vec<_>, _>>()?
+                        }
+                    };
                     let result = session
                         .call_one(CallMethodRequest {
                             object_id,
