@@ -613,6 +613,14 @@ impl Config {
                     mapping.step, mapping.instrument
                 ));
             };
+            if let InstrumentConfig::Sila2(sila) = instrument {
+                if sila.features.is_empty() {
+                    return bad(format!(
+                        "steps: step {:?} runs command {:?} on SiLA 2 instrument {:?}, which lists no features: name the feature that has the command (features = [\"<feature id>\"])",
+                        mapping.step, mapping.command, mapping.instrument
+                    ));
+                }
+            }
             if !matches!(instrument, InstrumentConfig::Simulator { .. })
                 && mapping.command.is_empty()
             {
@@ -691,11 +699,82 @@ impl Config {
                             mapping.step, reading.parameter
                         ))
                     }
+                    Some(InstrumentConfig::Sila2(sila)) if sila.features.is_empty() => {
+                        return bad(format!(
+                            "steps: step {:?} reads {:?} from SiLA 2 instrument {:?}, which lists no features: name the feature that has the property",
+                            mapping.step, reading.parameter, reading.instrument
+                        ))
+                    }
                     Some(_) => {}
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// What in the step mappings does not fit `recipe`: a step it does not have, a
+    /// reading of a parameter the step does not have or in another unit, a QC test
+    /// that is not one of the step's in-process tests or is in another unit. Empty
+    /// when everything fits.
+    pub fn check_against(&self, recipe: &carrel_proto::recipe::Recipe) -> Vec<String> {
+        let mut problems = Vec::new();
+        let of = format!("recipe {} v{}", recipe.id, recipe.version);
+        for mapping in &self.steps {
+            let steps: Vec<&carrel_proto::recipe::Step> = recipe
+                .steps
+                .iter()
+                .filter(|s| {
+                    mapping.step == s.id
+                        || mapping.step.strip_prefix("operation:") == Some(s.operation.as_str())
+                })
+                .collect();
+            if steps.is_empty() {
+                problems.push(format!(
+                    "step {:?} is not a step or operation:<operation> of {of} (its steps: {})",
+                    mapping.step,
+                    recipe
+                        .steps
+                        .iter()
+                        .map(|s| s.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            for step in steps {
+                for reading in &mapping.readings {
+                    match step.parameters.iter().find(|p| p.name == reading.parameter) {
+                        None => problems.push(format!(
+                            "step {:?}: reading {:?} is not a parameter of step {} in {of} (its parameters: {})",
+                            mapping.step,
+                            reading.parameter,
+                            step.id,
+                            step.parameters.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                        )),
+                        Some(p) if p.unit != reading.unit => problems.push(format!(
+                            "step {:?}: reading {:?} is in {:?}; {of} has it in {:?}",
+                            mapping.step, reading.parameter, reading.unit, p.unit
+                        )),
+                        Some(_) => {}
+                    }
+                }
+                for qc in &mapping.qc {
+                    match step.in_process_tests.iter().find(|t| t.id == qc.test) {
+                        None => problems.push(format!(
+                            "step {:?}: QC test {:?} is not an in-process test of step {} in {of}",
+                            mapping.step, qc.test, step.id
+                        )),
+                        Some(t) if t.unit != qc.unit => problems.push(format!(
+                            "step {:?}: QC test {:?} is given in {:?}; {of} has it in {:?}",
+                            mapping.step, qc.test, qc.unit, t.unit
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        problems
     }
 }
 
@@ -731,7 +810,7 @@ mod tests {
 
     #[test]
     fn instrument_mappings_are_checked_on_load() {
-        let sila = "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\ninsecure = true\n";
+        let sila = "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\ninsecure = true\nfeatures = [\"org.carrel/bioprocess/CellExpansionController/v1\"]\n";
         with_instruments(&format!(
             "{sila}[[steps]]\nstep = \"expansion\"\ninstrument = \"cps\"\ncommand = \"RunExpansion\"\nparameters = {{ DurationHours = \"{{duration_hours}}\", TargetDensity = 8.0 }}\n"
         ))
@@ -769,7 +848,7 @@ mod tests {
     /// The README's example of a site's instrument mapping is a valid config.
     #[test]
     fn qc_and_done_when_mappings_are_checked_on_load() {
-        let sila = "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\ninsecure = true\n[[steps]]\nstep = \"expansion\"\ninstrument = \"cps\"\ncommand = \"RunExpansion\"\n";
+        let sila = "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\ninsecure = true\nfeatures = [\"org.carrel/bioprocess/CellExpansionController/v1\"]\n[[steps]]\nstep = \"expansion\"\ninstrument = \"cps\"\ncommand = \"RunExpansion\"\n";
         with_instruments(&format!(
             "{sila}qc = [{{ test = \"ip-viability\", result = \"Viability\", unit = \"%\" }}, {{ test = \"ip-count\", read = \"CellCount\", unit = \"\" }}]\ndone_when = {{ source = \"InstrumentState\", equals = \"Completed\", failed = [\"Faulted\"] }}\n"
         ))

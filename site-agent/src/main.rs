@@ -56,6 +56,10 @@ enum Command {
         /// the agent would start, 2 with the reason when it would not.
         #[arg(long, conflicts_with = "dump_config")]
         check_config: bool,
+        /// With --check-config: also check the step mappings against this recipe
+        /// (TOML or JSON): steps, reading parameters and units, QC tests and units.
+        #[arg(long, requires = "check_config")]
+        recipe: Vec<PathBuf>,
     },
     /// Show the batches at this site and how far the hub has acknowledged the log.
     Status {
@@ -142,6 +146,57 @@ enum Command {
 }
 
 /// Exit code of a scan whose label did not match: the hard stop.
+/// `run --check-config`: 0 when the agent would start, 2 with every reason it would
+/// not (a file that does not parse, a setting, the enrolment, a recipe that does not
+/// fit the step mappings).
+fn check(data_dir: &std::path::Path, recipes: &[PathBuf]) -> std::process::ExitCode {
+    let mut problems = Vec::new();
+    match Config::load(data_dir) {
+        Err(e) => problems.push(format!("{e:#}")),
+        Ok(config) => {
+            if let Err(e) = config.validate() {
+                problems.push(e.to_string());
+            }
+            for path in recipes {
+                let text = match std::fs::read_to_string(path) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        problems.push(format!("recipe {}: {e}", path.display()));
+                        continue;
+                    }
+                };
+                let parsed = if text.trim_start().starts_with('{') {
+                    carrel_proto::recipe::Recipe::from_json(&text)
+                } else {
+                    carrel_proto::recipe::Recipe::from_toml(&text)
+                };
+                match parsed {
+                    Ok(recipe) => problems.extend(config.check_against(&recipe)),
+                    Err(e) => problems.push(format!("recipe {}: {e}", path.display())),
+                }
+            }
+            // Enrolment is looked at once the configuration itself is right.
+            match identity::Identity::load(&config.data_dir) {
+                _ if !problems.is_empty() => {}
+                Ok(identity) => {
+                    println!(
+                        "Configuration in {} is valid; enrolled as site {}, hub {}.",
+                        data_dir.display(),
+                        identity.site_id,
+                        config.hub_addresses().join(", ")
+                    );
+                    return std::process::ExitCode::SUCCESS;
+                }
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+    }
+    for problem in &problems {
+        eprintln!("carrel-site-agent: {problem}");
+    }
+    std::process::ExitCode::from(2)
+}
+
 const EXIT_MISMATCH: u8 = 3;
 /// Exit code when a person may not act (unknown, wrong password, locked, disabled).
 const EXIT_REFUSED: u8 = 4;
@@ -271,32 +326,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             data_dir,
             dump_config,
             check_config,
+            recipe,
         } => {
+            if check_config {
+                return Ok(check(&data_dir, &recipe));
+            }
             let config = Config::load(&data_dir)?;
             if dump_config {
                 print!("{}", toml::to_string_pretty(&config)?);
                 return Ok(std::process::ExitCode::SUCCESS);
-            }
-            if check_config {
-                let checked = config
-                    .validate()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|()| Ok(identity::Identity::load(&config.data_dir)?));
-                return Ok(match checked {
-                    Ok(identity) => {
-                        println!(
-                            "Configuration in {} is valid; enrolled as site {}, hub {}.",
-                            data_dir.display(),
-                            identity.site_id,
-                            config.hub_addresses().join(", ")
-                        );
-                        std::process::ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("carrel-site-agent: {e:#}");
-                        std::process::ExitCode::from(2)
-                    }
-                });
             }
             config.validate()?;
             init_tracing(cli.log_format);

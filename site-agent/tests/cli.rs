@@ -143,3 +143,71 @@ fn check_config_validates_then_requires_enrollment_and_exits_2_with_the_reason()
     assert!(stderr.contains("heartbeat"), "{stderr}");
     assert!(!stderr.contains("enrolled"), "{stderr}");
 }
+
+#[test]
+fn check_config_exits_2_on_a_parse_error_and_checks_mappings_against_a_recipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let recipe = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../hub/recipes/cd19-car-t.v1.toml"
+    );
+    let check = |extra: &[&str]| {
+        agent()
+            .args(["run", "--check-config", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .expect("check")
+    };
+    // A file that does not parse is a configuration error like any other: exit 2.
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        "hub = \"https://h:1\"\n[[steps\n",
+    )
+    .expect("config");
+    let out = check(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A SiLA 2 instrument that lists no features cannot hold the step's command.
+    let sila = "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\ninsecure = true\n";
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!("hub = \"https://h:1\"\n{sila}[[steps]]\nstep = \"expansion\"\ninstrument = \"cps\"\ncommand = \"RunExpansion\"\n"),
+    )
+    .expect("config");
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lists no features"), "{stderr}");
+
+    // Against the recipe: each misfit is named, all at once.
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            "hub = \"https://h:1\"\n{sila}features = [\"org.carrel/bioprocess/CellExpansionController/v1\"]\n\
+             [[steps]]\nstep = \"expansion\"\ninstrument = \"cps\"\ncommand = \"RunExpansion\"\n\
+             qc = [{{ test = \"ip-viability\", result = \"Viability\", unit = \"fraction\" }}]\n\
+             readings = [{{ parameter = \"temperature\", instrument = \"cps\", source = \"CurrentTemperature\", unit = \"degF\" }},\
+             {{ parameter = \"stirring\", instrument = \"cps\", source = \"Stirring\", unit = \"rpm\" }}]\n\
+             [[steps]]\nstep = \"expanson\"\ninstrument = \"cps\"\ncommand = \"RunExpansion\"\n"
+        ),
+    )
+    .expect("config");
+    let out = check(&["--recipe", recipe]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "reading \"temperature\" is in \"degF\"; recipe cd19-car-t v1 has it in \"degC\"",
+        "reading \"stirring\" is not a parameter of step expansion",
+        "QC test \"ip-viability\" is given in \"fraction\"",
+        "step \"expanson\" is not a step",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    assert!(!stderr.contains("enrolled"), "{stderr}");
+}
