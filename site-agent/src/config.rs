@@ -102,6 +102,15 @@ pub struct SilaConfig {
     /// certificate (SiLA servers present self-signed ones, often naming only their IP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_certificate: Option<PathBuf>,
+    /// Instead of `pinned_certificate`: PEM file with the CA that issues the server's
+    /// certificate (the site's own instrument CA). The certificate must chain to it
+    /// and name `server_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<PathBuf>,
+    /// The name the server's certificate must carry when `ca_certificate` is pinned
+    /// (a DNS name or an IP address); without it, the host of `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
     /// Plain HTTP/2 without TLS. Only for an instrument network the site vouches for.
     #[serde(default)]
     pub insecure: bool,
@@ -521,16 +530,32 @@ impl Config {
                             sila.address
                         ));
                     }
-                    match (&sila.pinned_certificate, sila.insecure) {
-                        (None, false) => return bad(format!(
-                            "instrument {name:?}: pinned_certificate is required (the server's own certificate), or insecure = true for a plain connection"
+                    match (&sila.pinned_certificate, &sila.ca_certificate, sila.insecure) {
+                        (None, None, false) => return bad(format!(
+                            "instrument {name:?}: pin the server's own certificate (pinned_certificate) or the CA that issued it (ca_certificate, with server_name), or set insecure = true for a plain connection"
                         )),
-                        (Some(_), true) => return bad(format!(
-                            "instrument {name:?}: pinned_certificate and insecure = true contradict each other"
+                        (Some(_), Some(_), _) => return bad(format!(
+                            "instrument {name:?}: pinned_certificate and ca_certificate are two ways to pin the server; give one"
+                        )),
+                        (Some(_), None, true) | (None, Some(_), true) => return bad(format!(
+                            "instrument {name:?}: a pinned certificate and insecure = true contradict each other"
                         )),
                         _ => {}
                     }
+                    if sila.server_name.is_some() && sila.ca_certificate.is_none() {
+                        return bad(format!(
+                            "instrument {name:?}: server_name is checked only against a pinned CA (ca_certificate); a pinned_certificate is the identity itself"
+                        ));
+                    }
+                    if let Some(server_name) = &sila.server_name {
+                        if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+                            return bad(format!(
+                                "instrument {name:?}: server_name {server_name:?} is not a DNS name or IP address"
+                            ));
+                        }
+                    }
                     must_exist("pinned_certificate", &sila.pinned_certificate)?;
+                    must_exist("ca_certificate", &sila.ca_certificate)?;
                     if sila.timeout_ms == 0 {
                         return bad(format!("instrument {name:?}: timeout_ms must be positive"));
                     }
@@ -629,18 +654,16 @@ impl Config {
                     mapping.step, mapping.instrument
                 ));
             }
-            for (key, value) in &mapping.parameters {
-                if !matches!(
-                    value,
-                    toml::Value::String(_)
-                        | toml::Value::Integer(_)
-                        | toml::Value::Float(_)
-                        | toml::Value::Boolean(_)
-                ) {
-                    return bad(format!(
-                        "steps: step {:?}: parameter {key:?} must be a number, a boolean or a string",
-                        mapping.step
-                    ));
+            // SiLA takes lists and structures (arrays and tables here); OPC UA
+            // methods here take single values only.
+            if matches!(instrument, InstrumentConfig::Opcua(_)) {
+                for (key, value) in &mapping.parameters {
+                    if matches!(value, toml::Value::Array(_) | toml::Value::Table(_)) {
+                        return bad(format!(
+                            "steps: step {:?}: parameter {key:?} must be a number, a boolean, text or a date and time (this OPC UA adapter sends no arrays or structures)",
+                            mapping.step
+                        ));
+                    }
                 }
             }
             if !(mapping.retry_interval_s.is_finite() && mapping.retry_interval_s > 0.0) {
@@ -838,6 +861,29 @@ mod tests {
         )
         .expect_err("missing certificate file");
         assert!(missing.to_string().contains("does not exist"), "{missing}");
+        let both = with_instruments(
+            "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\npinned_certificate = \"/etc/hosts\"\nca_certificate = \"/etc/hosts\"\n",
+        )
+        .expect_err("two pins");
+        assert!(both.to_string().contains("give one"), "{both}");
+        let name_without_ca = with_instruments(
+            "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\npinned_certificate = \"/etc/hosts\"\nserver_name = \"cps.lab\"\n",
+        )
+        .expect_err("a name checked against nothing");
+        assert!(
+            name_without_ca
+                .to_string()
+                .contains("only against a pinned CA"),
+            "{name_without_ca}"
+        );
+        let bad_name = with_instruments(
+            "[[instruments]]\nname = \"cps\"\nkind = \"sila2\"\naddress = \"127.0.0.1:1\"\nca_certificate = \"/etc/hosts\"\nserver_name = \"not a name\"\n",
+        )
+        .expect_err("not a DNS name");
+        assert!(
+            bad_name.to_string().contains("not a DNS name"),
+            "{bad_name}"
+        );
         let plain_ua = with_instruments(
             "[[instruments]]\nname = \"plc\"\nkind = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:4840\"\nsecurity_policy = \"None\"\nsecurity_mode = \"None\"\n",
         )

@@ -106,6 +106,7 @@ pub async fn run(store: Arc<Store>, instruments: Arc<Instruments>, shutdown: Can
                         instruments: instruments.clone(),
                         shutdown: shutdown.clone(),
                         batch,
+                        unreadable: Default::default(),
                     };
                     running.insert(id, tokio::spawn(runner.run()));
                 }
@@ -263,6 +264,9 @@ struct BatchRun {
     instruments: Arc<Instruments>,
     shutdown: CancellationToken,
     batch: LocalBatch,
+    /// Readings (step, parameter) whose mapping cannot work (not a number, no such
+    /// source): said once in the log, not at every sample.
+    unreadable: std::sync::Mutex<HashSet<(String, String)>>,
 }
 
 impl BatchRun {
@@ -1025,15 +1029,16 @@ impl BatchRun {
         command: &str,
         values: &Values,
     ) -> Result<Vec<InstrumentResult>, Stop> {
-        let results: Vec<InstrumentResult> = values
-            .iter()
+        // A structure's elements are results of their own (`Count.Viability`).
+        let results: Vec<InstrumentResult> = instrument::flatten(values)
+            .into_iter()
             .map(|(name, value)| InstrumentResult {
-                name: name.clone(),
-                value: value.to_string(),
                 unit: mapping
-                    .and_then(|m| m.qc.iter().find(|q| q.result.as_deref() == Some(name)))
+                    .and_then(|m| m.qc.iter().find(|q| q.result.as_deref() == Some(&name)))
                     .map(|q| q.unit.clone())
                     .unwrap_or_default(),
+                value: value.to_string(),
+                name,
             })
             .collect();
         self.record(EventKind::InstrumentResults {
@@ -1189,9 +1194,23 @@ impl BatchRun {
                     value,
                     unit: reading.unit.clone(),
                 }),
-                Err(e) => tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id,
                     parameter = %reading.parameter, instrument = %reading.instrument, error = %e,
-                    "cannot read a process parameter; the sample is skipped"),
+                    "cannot read a process parameter; the sample is skipped")
+                }
+                Err(e) => {
+                    let first = self
+                        .unreadable
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert((step.id.clone(), reading.parameter.clone()));
+                    if first {
+                        tracing::warn!(batch_id = %self.batch.batch_id, step = %step.id,
+                            parameter = %reading.parameter, instrument = %reading.instrument, error = %e,
+                            "the site's mapping of this process parameter cannot be read; it is not recorded for this step (said once; `run --check-config` finds such mappings before a batch)");
+                    }
+                }
             }
         }
         if !sampled.is_empty() {
@@ -1362,10 +1381,16 @@ impl BatchRun {
         self.record(EventKind::DeviationRaised {
             deviation_id: id,
             step_id: step.id.clone(),
-            description: format!(
-                "{what}. The batch is held: correct the site's mapping of step {} (or the instrument), then restart the agent to send the command again",
-                step.id
-            ),
+            description: match &error {
+                instrument::Error::Untrusted(_) => format!(
+                    "{what}. Nothing was sent to it. The batch is held: find out which machine answers at the instrument's address; once the right instrument answers (or its renewed certificate is pinned), restart the agent to send step {}'s command",
+                    step.id
+                ),
+                _ => format!(
+                    "{what}. The batch is held: correct the site's mapping of step {} (or the instrument), then restart the agent to send the command again",
+                    step.id
+                ),
+            },
             classification: "major".into(),
         })
         .await?;

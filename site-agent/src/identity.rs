@@ -249,7 +249,7 @@ pub async fn enroll(
         .and_then(|csr| csr.pem())
         .map_err(|e| Error::Cert(e.to_string()))?;
     let tls = tls::pinned_config(&token.ca_sha256)?;
-    let channel = tls::connect(hub, tls, Duration::from_secs(10)).await?;
+    let channel = tls::connect(tls::Peer::Hub, hub, None, tls, Duration::from_secs(10)).await?;
     let response = pb::site_link_service_client::SiteLinkServiceClient::new(channel)
         .enroll(pb::EnrollRequest {
             token: token.encode(),

@@ -310,7 +310,14 @@ impl Link {
     }
 
     async fn session(&self, hub: &str, shutdown: &CancellationToken) -> Result<Ended, Error> {
-        let channel = tls::connect(hub, self.tls(), Duration::from_secs(5)).await?;
+        let channel = tls::connect(
+            tls::Peer::Hub,
+            hub,
+            None,
+            self.tls(),
+            Duration::from_secs(5),
+        )
+        .await?;
         let mut client = pb::site_link_service_client::SiteLinkServiceClient::new(channel);
         let (out, out_rx) = mpsc::channel::<pb::SiteMessage>(16);
         let send = |body| {

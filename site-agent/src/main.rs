@@ -60,6 +60,12 @@ enum Command {
         /// (TOML or JSON): steps, reading parameters and units, QC tests and units.
         #[arg(long, requires = "check_config")]
         recipe: Vec<PathBuf>,
+        /// With --check-config: do not contact the instruments. Without it, each
+        /// instrument a step uses is connected to (pin, identity, features) and each
+        /// value the mappings read is read once and must be a number where one is
+        /// needed; an instrument that cannot be reached is noted, not refused.
+        #[arg(long, requires = "check_config")]
+        offline: bool,
     },
     /// Show the batches at this site and how far the hub has acknowledged the log.
     Status {
@@ -149,8 +155,13 @@ enum Command {
 /// `run --check-config`: 0 when the agent would start, 2 with every reason it would
 /// not (a file that does not parse, a setting, the enrolment, a recipe that does not
 /// fit the step mappings).
-fn check(data_dir: &std::path::Path, recipes: &[PathBuf]) -> std::process::ExitCode {
+async fn check(
+    data_dir: &std::path::Path,
+    recipes: &[PathBuf],
+    offline: bool,
+) -> std::process::ExitCode {
     let mut problems = Vec::new();
+    let mut checked = 0;
     match Config::load(data_dir) {
         Err(e) => problems.push(format!("{e:#}")),
         Ok(config) => {
@@ -175,6 +186,20 @@ fn check(data_dir: &std::path::Path, recipes: &[PathBuf]) -> std::process::ExitC
                     Err(e) => problems.push(format!("recipe {}: {e}", path.display())),
                 }
             }
+            // The instruments are asked once the configuration itself is right.
+            if problems.is_empty() && !offline {
+                match carrel_site_agent::instrument::Instruments::from_config(&config) {
+                    Err(e) => problems.push(e.to_string()),
+                    Ok(instruments) => {
+                        let asked = instruments.check().await;
+                        for note in &asked.unreachable {
+                            eprintln!("carrel-site-agent: note: {note}");
+                        }
+                        problems.extend(asked.problems);
+                        checked = asked.checked;
+                    }
+                }
+            }
             // Enrolment is looked at once the configuration itself is right.
             match identity::Identity::load(&config.data_dir) {
                 _ if !problems.is_empty() => {}
@@ -185,6 +210,9 @@ fn check(data_dir: &std::path::Path, recipes: &[PathBuf]) -> std::process::ExitC
                         identity.site_id,
                         config.hub_addresses().join(", ")
                     );
+                    if checked > 0 {
+                        println!("{checked} value(s) read at the instruments are as the step mappings need them.");
+                    }
                     return std::process::ExitCode::SUCCESS;
                 }
                 Err(e) => problems.push(format!("{e:#}")),
@@ -327,9 +355,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             dump_config,
             check_config,
             recipe,
+            offline,
         } => {
             if check_config {
-                return Ok(check(&data_dir, &recipe));
+                return Ok(check(&data_dir, &recipe, offline).await);
             }
             let config = Config::load(&data_dir)?;
             if dump_config {

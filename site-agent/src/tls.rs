@@ -1,9 +1,15 @@
-//! TLS for the agent's one outbound connection (invariant 1: the agent dials).
+//! TLS for the agent's outbound connections: its one link to the hub (invariant 1:
+//! the agent dials) and its links to TLS instruments.
 //!
 //! After enrollment the agent presents its certificate and trusts only the hub CA it
 //! received. At enrollment it has no CA yet: it trusts the server only if the chain
 //! the hub presents contains a CA certificate whose SHA-256 equals the fingerprint in
 //! the token, and the server certificate verifies against that CA. TLS 1.3 only.
+//!
+//! An instrument is trusted by its own certificate, pinned exactly, or by the CA the
+//! site pins for it together with the name its certificate must carry. A server the
+//! pin does not name is [`Error::Untrusted`]: not a network failure to retry, but
+//! another machine (or someone in between) answering at the instrument's address.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -22,11 +28,51 @@ pub enum Error {
     Rustls(#[from] rustls::Error),
     #[error("{0}")]
     Pem(String),
-    #[error("hub address {0:?} is not a valid https:// URL")]
-    Address(String),
-    #[error("connecting to the hub: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    #[error("{peer} address {address:?} is not a valid https:// URL")]
+    Address { peer: Peer, address: String },
+    #[error("connecting to {peer}: {source}")]
+    Connect {
+        peer: Peer,
+        source: tonic::transport::Error,
+    },
+    /// The server's certificate is not the one the pin names (another server, a
+    /// renewed certificate nobody pinned, or someone in between).
+    #[error("{peer} at {address} is not the server its pin names: {reason}")]
+    Untrusted {
+        peer: Peer,
+        address: String,
+        reason: String,
+    },
 }
+
+/// Who the agent connects to, as errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Hub,
+    Instrument,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Peer::Hub => "the hub",
+            Peer::Instrument => "the instrument",
+        })
+    }
+}
+
+/// A certificate the verifier refused, kept apart from other handshake failures so
+/// that [`connect`] can tell "not the pinned server" from "cannot connect".
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -99,6 +145,24 @@ struct Pinned {
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
+/// A certificate refused by a pin, in words.
+fn refused(reason: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(Refused(reason)),
+    )))
+}
+
+/// The reason, when a handshake failed because the server's certificate was refused.
+fn refusal_of(error: &std::io::Error) -> Option<String> {
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            Some(other.0.to_string())
+        }
+        rustls::Error::InvalidCertificate(refused) => Some(refused.to_string()),
+        _ => None,
+    }
+}
+
 impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
@@ -114,8 +178,8 @@ impl ServerCertVerifier for Pinned {
                     .iter()
                     .find(|c| fingerprint(c.as_ref()) == *ca_sha256)
                     .ok_or_else(|| {
-                        rustls::Error::General(
-                            "the hub did not present the CA named in the enrollment token (wrong hub, or a forged token)".into(),
+                        refused(
+                            "it did not present the CA named in the enrollment token (wrong hub, or a forged token)".into(),
                         )
                     })?;
                 let mut roots = RootCertStore::empty();
@@ -131,8 +195,8 @@ impl ServerCertVerifier for Pinned {
             Pin::Certificate(pinned) if end_entity.as_ref() == pinned.as_ref() => {
                 Ok(ServerCertVerified::assertion())
             }
-            Pin::Certificate(pinned) => Err(rustls::Error::General(format!(
-                "the instrument presented certificate SHA-256 {}, not the pinned one {}",
+            Pin::Certificate(pinned) => Err(refused(format!(
+                "it presented certificate SHA-256 {}, not the pinned one {}",
                 fingerprint(end_entity.as_ref()),
                 fingerprint(pinned.as_ref())
             ))),
@@ -174,52 +238,88 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-/// A gRPC channel to the hub over our own TLS configuration.
+/// A gRPC channel to `url` (`https://host:port`) over our own TLS configuration.
+/// The server's certificate is checked for `server_name` when given (an instrument
+/// whose CA is pinned, addressed by IP), else for the URL's host.
 ///
 /// tonic is given a plain `http://` endpoint so that it leaves TLS to the connector
 /// here; the bytes on the wire are TLS all the same.
 pub async fn connect(
-    hub: &str,
+    peer: Peer,
+    url: &str,
+    server_name: Option<&str>,
     tls: Arc<ClientConfig>,
     timeout: Duration,
 ) -> Result<Channel, Error> {
-    let uri: http::Uri = hub.parse().map_err(|_| Error::Address(hub.to_owned()))?;
+    let bad_address = || Error::Address {
+        peer,
+        address: url.to_owned(),
+    };
+    let uri: http::Uri = url.parse().map_err(|_| bad_address())?;
     if uri.scheme_str() != Some("https") {
-        return Err(Error::Address(hub.to_owned()));
+        return Err(bad_address());
     }
-    let host = uri
-        .host()
-        .ok_or_else(|| Error::Address(hub.to_owned()))?
-        .to_owned();
+    let host = uri.host().ok_or_else(bad_address)?.to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let name_text = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
+    let name_text = server_name
+        .unwrap_or(host.trim_start_matches('[').trim_end_matches(']'))
         .to_owned();
-    let server_name =
-        ServerName::try_from(name_text).map_err(|_| Error::Address(hub.to_owned()))?;
+    let server_name = ServerName::try_from(name_text).map_err(|_| bad_address())?;
     let connector = TlsConnector::from(tls);
     let endpoint = Endpoint::from_shared(format!("http://{host}:{port}"))
-        .map_err(|_| Error::Address(hub.to_owned()))?
+        .map_err(|_| bad_address())?
         .connect_timeout(timeout)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let address = format!("{host}:{port}");
-    let channel = endpoint
+    let dial = address.clone();
+    let connected = endpoint
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
             let connector = connector.clone();
             let server_name = server_name.clone();
-            let address = address.clone();
+            let address = dial.clone();
             async move {
                 let tcp = TcpStream::connect(address).await?;
                 tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
+                let tls =
+                    connector.connect(server_name, tcp).await.map_err(|e| {
+                        match refusal_of(&e) {
+                            Some(reason) => std::io::Error::other(Refused(reason)),
+                            None => e,
+                        }
+                    })?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
             }
         }))
-        .await?;
-    Ok(channel)
+        .await;
+    connected.map_err(|source| match refusal_in(&source) {
+        Some(reason) => Error::Untrusted {
+            peer,
+            address,
+            reason,
+        },
+        None => Error::Connect { peer, source },
+    })
+}
+
+/// The certificate refusal somewhere in an error's sources.
+fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(refused) = e.downcast_ref::<Refused>() {
+            return Some(refused.0.clone());
+        }
+        if let Some(refused) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<Refused>())
+        {
+            return Some(refused.0.clone());
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// Parses a PEM private key (for checks at load time).
@@ -227,6 +327,76 @@ pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
     rustls_pemfile::private_key(&mut pem.as_bytes())
         .map_err(|e| Error::Pem(format!("site key: {e}")))?
         .ok_or_else(|| Error::Pem("no private key in the site key file".into()))
+}
+
+/// TLS to an instrument whose certificate a CA the site pins has issued: the chain
+/// must lead to that CA (and nothing else: no system roots), and the certificate must
+/// name the server name [`connect`] is given.
+pub fn pinned_ca_config(ca_pem: &str) -> Result<Arc<ClientConfig>, Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs_from_pem(ca_pem)? {
+        roots.add(cert)?;
+    }
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| Error::Pem(format!("CA certificate: {e}")))?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CaPinned { webpki }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// WebPKI verification against the pinned CA, its refusals marked as such.
+#[derive(Debug)]
+struct CaPinned {
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for CaPinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(why) => refused(format!(
+                    "its certificate (SHA-256 {}) does not verify against the pinned CA for {}: {why}",
+                    fingerprint(end_entity.as_ref()),
+                    server_name.to_str()
+                )),
+                other => other,
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// TLS to an instrument that presents a self-signed certificate (SiLA 2 servers

@@ -61,9 +61,15 @@ impl RawLink {
             &credentials.key_pem,
         )
         .map_err(|e| OpenError::Connect(e.to_string()))?;
-        let channel = carrel_site_agent::tls::connect(&hub.url(), tls, Duration::from_secs(5))
-            .await
-            .map_err(|e| OpenError::Connect(format!("{e:?}")))?;
+        let channel = carrel_site_agent::tls::connect(
+            carrel_site_agent::tls::Peer::Hub,
+            &hub.url(),
+            None,
+            tls,
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| OpenError::Connect(format!("{e:?}")))?;
         let (out, rx) = tokio::sync::mpsc::channel(64);
         out.send(pb::SiteMessage { body: Some(first) })
             .await

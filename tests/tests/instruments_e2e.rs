@@ -745,15 +745,7 @@ async fn a_refused_parameter_is_one_deviation_and_holds_the_batch() {
     );
     agent.start();
     let (order_id, _) = create_order(&hub, "site-refused", "P-REFUSED-1");
-    let deviation = eventually(Duration::from_secs(60), "the refusal on record", || {
-        let agent = &agent;
-        async move {
-            let log = site_log(agent).await;
-            let found = of_type(&log, "deviation_raised").next().cloned();
-            found
-        }
-    })
-    .await;
+    let deviation = first_deviation(&agent).await;
     let text = deviation["description"].as_str().expect("text");
     assert!(
         text.contains("refused parameter DurationHours = 400")
@@ -776,6 +768,141 @@ async fn a_refused_parameter_is_one_deviation_and_holds_the_batch() {
     assert!(!sila.log().contains("RUN-EXPANSION-INITIATED"));
     assert!(agent.log().contains("batch held"));
     wait_order_state(&hub, &order_id, "in_process", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_server_at_the_instruments_address_is_a_deviation_not_a_silent_retry() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    let sila = Peer::sila(&python, &["--time-compression", "100000"]);
+    let opcua = opcua_peer(&python, &agent_cert);
+    let (_hub, mut agent) = hub_and_site("site-untrusted").await;
+    // The site pins a certificate the server at that address does not have (a
+    // swapped instrument, or someone in between).
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    std::fs::write(sila.sila_certificate(), other.cert.pem()).expect("replace the pin");
+    map_instruments(&agent, &sila, &opcua, keys.path());
+    agent.start();
+    let (_order_id, _) = create_order(&_hub, "site-untrusted", "P-UNTRUSTED-1");
+    let deviation = first_deviation(&agent).await;
+    let text = deviation["description"].as_str().expect("text");
+    assert!(
+        text.contains("the instrument at 127.0.0.1:")
+            && text.contains("not the pinned one")
+            && text.contains("Nothing was sent")
+            && !text.contains("hub"),
+        "{text}"
+    );
+    assert_eq!(deviation["classification"], "major");
+    assert_eq!(deviation["step_id"], "expansion");
+    // Held, not retried: nothing was asked of the instrument, nothing more recorded.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = site_log(&agent).await;
+    assert_eq!(of_type(&log, "deviation_raised").count(), 1, "{log:?}");
+    assert_eq!(of_type(&log, "instrument_command_requested").count(), 0);
+    assert!(!sila.log().contains("RUN-EXPANSION-INITIATED"));
+    assert!(agent.log().contains("batch held"));
+    assert!(!agent
+        .log()
+        .contains("cannot reach the instrument; trying again"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_asks_the_instruments_and_refuses_a_reading_that_is_not_a_number() {
+    let Some(python) = python() else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (agent_cert, _) = opcua_client_identity(&python, keys.path(), "agent");
+    let mut sila = Peer::sila(&python, &[]);
+    let opcua = opcua_peer(&python, &agent_cert);
+    let (_hub, agent) = hub_and_site("site-check").await;
+    map_instruments(&agent, &sila, &opcua, keys.path());
+    let check = |args: &[&str]| {
+        let mut all = vec!["run", "--check-config"];
+        all.extend_from_slice(args);
+        let out = agent.cli(&all, "");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // As mapped: three process parameters read from the OPC UA server, all numbers.
+    let (code, stdout, stderr) = check(&[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("3 value(s) read at the instruments"),
+        "{stdout}"
+    );
+
+    // The temperature mapped to the state text, pH to a SiLA timestamp property.
+    let mut steps = agent_steps(&agent);
+    let readings = steps[0]["readings"].as_array_mut().expect("readings");
+    readings[0]["source"] = "ns=2;s=Bioreactor.State".into();
+    readings[1] = toml::Value::Table(
+        toml::from_str(
+            r#"parameter = "ph"
+instrument = "cps-sila"
+source = "LastCalibration"
+unit = "pH""#,
+        )
+        .expect("reading"),
+    );
+    agent.configure(&["steps"], toml::Value::Array(steps.clone()));
+    let (code, stdout, stderr) = check(&[]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "reading temperature reads ns=2;s=Bioreactor.State on \"bioreactor-ua\", which is Idle, not a number"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("reading ph reads LastCalibration on \"cps-sila\", which is 2026-11-30T09:15:30.250+01:00, not a number"),
+        "{stderr}"
+    );
+    // Offline, nothing is asked and the mapping's own checks pass.
+    let (code, stdout, stderr) = check(&["--offline"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+
+    // A property the instrument does not have is named.
+    steps[0]["readings"].as_array_mut().expect("readings")[1]["source"] = "Viabilty".into();
+    agent.configure(&["steps"], toml::Value::Array(steps));
+    let (code, _, stderr) = check(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("Viabilty"), "{stderr}");
+
+    // An instrument that is off is noted, not refused: the check runs where it may be.
+    map_instruments(&agent, &sila, &opcua, keys.path());
+    sila.stop();
+    let (code, stdout, stderr) = check(&[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("note: instrument \"cps-sila\" not checked"),
+        "{stderr}"
+    );
+}
+
+/// The first deviation the site records (within a minute).
+async fn first_deviation(agent: &Agent) -> serde_json::Value {
+    eventually(
+        Duration::from_secs(60),
+        "a deviation on record",
+        || async move {
+            let log = site_log(agent).await;
+            let found = of_type(&log, "deviation_raised").next().cloned();
+            found
+        },
+    )
+    .await
+}
+
+/// The agent's `steps` as its configuration file holds them.
+fn agent_steps(agent: &Agent) -> Vec<toml::Value> {
+    let text = std::fs::read_to_string(agent.data_dir().join("agent.toml")).expect("agent.toml");
+    let doc: toml::Table = toml::from_str(&text).expect("parses");
+    doc["steps"].as_array().expect("steps").clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]

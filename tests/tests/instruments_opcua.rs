@@ -298,10 +298,17 @@ async fn a_server_that_requires_a_user_takes_the_password_from_a_file() {
     let mut wrong_password = config(&peer, &cert, &key);
     wrong_password.username = Some("operator".into());
     wrong_password.password_file = Some(wrong);
-    for (what, config) in [
+    identities_refused([
         ("a wrong password", wrong_password),
         ("anonymous", config(&peer, &cert, &key)),
-    ] {
+    ])
+    .await;
+}
+
+/// Each identity is refused at once, as a configuration error (not a lost
+/// connection to retry), in words that say it is the user identity.
+async fn identities_refused<const N: usize>(identities: [(&str, OpcuaConfig); N]) {
+    for (what, config) in identities {
         let pki = tempfile::tempdir().expect("tempdir");
         let ua = OpcuaInstrument::new(&config, pki.path()).expect("adapter");
         let started = Instant::now();
@@ -317,4 +324,49 @@ async fn a_server_that_requires_a_user_takes_the_password_from_a_file() {
             "{what}: {refused}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_requires_a_user_certificate_takes_the_configured_one_only() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = opcua_client_identity(&python, dir.path(), "agent");
+    let (user_cert, user_key) = opcua_client_identity(&python, dir.path(), "operator");
+    let (stranger_cert, stranger_key) = opcua_client_identity(&python, dir.path(), "stranger");
+    let peer = Peer::opcua(
+        &python,
+        &[
+            "--trust-client-cert",
+            &cert.display().to_string(),
+            "--require-user-cert",
+            &user_cert.display().to_string(),
+        ],
+    );
+
+    // The user certificate the server knows, signed with its key: values are read.
+    let pki = tempfile::tempdir().expect("tempdir");
+    let mut certified = config(&peer, &cert, &key);
+    certified.user_certificate = Some(user_cert.clone());
+    certified.user_key = Some(user_key.clone());
+    let ua = OpcuaInstrument::new(&certified, pki.path()).expect("adapter");
+    assert_eq!(
+        ua.read(STATE).await.expect("read as the certified user"),
+        Value::String("Idle".into())
+    );
+    assert!(
+        peer.log().contains("USER-ACCEPTED cert=certified-operator"),
+        "{}",
+        peer.log()
+    );
+
+    // Another certificate, or anonymous: refused at once, as a configuration error.
+    let mut stranger = config(&peer, &cert, &key);
+    stranger.user_certificate = Some(stranger_cert);
+    stranger.user_key = Some(stranger_key);
+    identities_refused([
+        ("another user certificate", stranger),
+        ("anonymous", config(&peer, &cert, &key)),
+    ])
+    .await;
+    assert!(peer.log().contains("USER-REFUSED cert"), "{}", peer.log());
 }

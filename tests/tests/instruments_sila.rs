@@ -1,7 +1,8 @@
 //! The SiLA 2 adapter against a real SiLA 2 server written by others (the Python
 //! `sila2` reference implementation, `tests/peers/sila`): observable and unobservable
-//! commands, intermediate responses, properties, every kind of SiLA error, TLS with a
-//! pinned self-signed certificate, and re-attaching to a running command by its UUID.
+//! commands, intermediate responses, properties, dates, times and structures, every
+//! kind of SiLA error, TLS with a pinned self-signed certificate or a pinned CA and
+//! server name, and re-attaching to a running command by its UUID.
 
 use carrel_site_agent::config::SilaConfig;
 use carrel_site_agent::instrument::sila::SilaInstrument;
@@ -17,6 +18,8 @@ fn config(peer: &Peer) -> SilaConfig {
         name: "cps-1".into(),
         address: peer.address(),
         pinned_certificate: Some(peer.sila_certificate()),
+        ca_certificate: None,
+        server_name: None,
         insecure: false,
         features: vec![FEATURE.into()],
         server_uuid: Some(peer.sila_uuid().to_owned()),
@@ -285,8 +288,10 @@ async fn tls_accepts_only_the_pinned_certificate_and_features_are_checked() {
         .server()
         .await
         .expect_err("the pin does not match");
+    // Not a connection to retry: another server answers at the instrument's address.
     assert!(
-        matches!(&refused, Error::Connection(m) if m.contains("not the pinned one")),
+        matches!(&refused, Error::Untrusted(m) if m.contains("the instrument at 127.0.0.1:")
+            && m.contains("not the pinned one") && !m.contains("hub")),
         "{refused:?}"
     );
 
@@ -378,5 +383,172 @@ async fn a_new_connection_reattaches_to_a_running_command_by_its_uuid() {
     assert!(
         first_progress.is_some_and(|p| p > 0.1),
         "the re-attached execution continues where it was: {first_progress:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dates_times_and_structures_cross_the_wire_as_the_instrument_means_them() {
+    let Some(python) = python() else { return };
+    let peer = Peer::sila(&python, &[]);
+    let sila = SilaInstrument::new(&config(&peer)).expect("adapter");
+
+    // A Timestamp property, with its milliseconds and UTC offset.
+    assert_eq!(
+        sila.read("LastCalibration")
+            .await
+            .expect("Get_LastCalibration"),
+        Value::String("2026-11-30T09:15:30.250+01:00".into())
+    );
+
+    // Date and Time parameters; a structure (a custom data type) with a Timestamp back.
+    let mut count = expansion("B-7", 1.0);
+    count.command = format!("{FEATURE}/Command/CountSample");
+    let sample = |on: &str, at: &str| -> carrel_site_agent::instrument::Values {
+        [
+            ("DrawnOn".to_owned(), Value::String(on.into())),
+            ("DrawnAt".to_owned(), Value::String(at.into())),
+        ]
+        .into()
+    };
+    for (on, at, drawn) in [
+        ("2026-12-05", "14:30:00+05:30", "2026-12-05T14:30:00+05:30"),
+        (
+            "2026-12-05",
+            "23:45:10.500-03:30",
+            "2026-12-05T23:45:10.500-03:30",
+        ),
+        ("2026-02-28", "08:00", "2026-02-28T08:00:00Z"),
+    ] {
+        count.parameters = sample(on, at);
+        let mut execution = sila.start(&count).await.expect("CountSample");
+        let (_, end) = run_to_end(&mut execution).await;
+        let Ok(Update::Finished(values)) = end else {
+            panic!("CountSample did not finish: {end:?}")
+        };
+        let Some(Value::Structure(fields)) = values.get("Count") else {
+            panic!("Count is not a structure: {values:?}")
+        };
+        assert_eq!(fields["DrawnAt"], Value::String(drawn.into()), "{on} {at}");
+        assert!(matches!(fields["Viability"], Value::Real(_)), "{fields:?}");
+        // Recorded as results of their own, by path.
+        let flat = carrel_site_agent::instrument::flatten(&values);
+        let names: Vec<&str> = flat.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Count.DrawnAt",
+                "Count.Viability",
+                "Count.ViableCellDensity"
+            ]
+        );
+    }
+    let counted = peer.log().matches("SAMPLE-COUNTED").count();
+    assert_eq!(counted, 3, "{}", peer.log());
+
+    // A date the instrument could misread is refused before anything is sent.
+    count.parameters = sample("05/12/2026", "14:30:00");
+    let refused = sila.start(&count).await.expect_err("not a date");
+    assert!(
+        matches!(&refused, Error::Mapping(m) if m.contains("DrawnOn") && m.contains("year-month-day")),
+        "{refused:?}"
+    );
+    count.parameters = sample("2026-12-05", "25:00");
+    assert!(matches!(
+        sila.start(&count).await,
+        Err(Error::Mapping(m)) if m.contains("DrawnAt") && m.contains("not a time of day")
+    ));
+    assert_eq!(
+        peer.log().matches("SAMPLE-COUNTED").count(),
+        counted,
+        "a refused parameter reached the instrument"
+    );
+}
+
+/// A CA and a server certificate it issued for `names`, written as PEM files into
+/// `dir`: (CA certificate, server certificate chain, server key).
+fn issue(dir: &std::path::Path, tag: &str, names: &[&str]) -> [std::path::PathBuf; 3] {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{tag} instrument CA"));
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("server params");
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
+    let paths = [
+        dir.join(format!("{tag}-ca.pem")),
+        dir.join(format!("{tag}-server.pem")),
+        dir.join(format!("{tag}-server.key")),
+    ];
+    std::fs::write(&paths[0], ca.pem()).expect("write CA");
+    std::fs::write(&paths[1], format!("{}{}", cert.pem(), ca.pem())).expect("write chain");
+    std::fs::write(&paths[2], key.serialize_pem()).expect("write key");
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_ca_trusts_the_certificates_it_issues_for_the_configured_name_only() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ca, chain, key] = issue(dir.path(), "site", &["cps-1.lab.example"]);
+    let peer = Peer::sila(
+        &python,
+        &[
+            "--cert",
+            chain.to_str().expect("path"),
+            "--key",
+            key.to_str().expect("path"),
+        ],
+    );
+    let pinned_ca = |server_name: Option<&str>, ca: &std::path::Path| SilaConfig {
+        pinned_certificate: None,
+        ca_certificate: Some(ca.to_owned()),
+        server_name: server_name.map(str::to_owned),
+        ..config(&peer)
+    };
+
+    // The CA the site pinned, and the name the certificate carries: connected.
+    let server = SilaInstrument::new(&pinned_ca(Some("cps-1.lab.example"), &ca))
+        .expect("adapter")
+        .server()
+        .await
+        .expect("the CA's certificate for the configured name");
+    assert_eq!(server.uuid, peer.sila_uuid());
+
+    // Without a server name the address's host is checked, and the certificate
+    // does not name 127.0.0.1.
+    let refused = SilaInstrument::new(&pinned_ca(None, &ca))
+        .expect("adapter")
+        .server()
+        .await
+        .expect_err("another name");
+    assert!(
+        matches!(&refused, Error::Untrusted(m) if m.contains("127.0.0.1") && m.contains("pinned CA")),
+        "{refused:?}"
+    );
+    // Another name than the certificate's.
+    let refused = SilaInstrument::new(&pinned_ca(Some("cps-2.lab.example"), &ca))
+        .expect("adapter")
+        .server()
+        .await
+        .expect_err("another name");
+    assert!(
+        matches!(&refused, Error::Untrusted(m) if m.contains("cps-2.lab.example")),
+        "{refused:?}"
+    );
+    // A certificate for the right name from another CA.
+    let [other_ca, ..] = issue(dir.path(), "other", &["cps-1.lab.example"]);
+    let refused = SilaInstrument::new(&pinned_ca(Some("cps-1.lab.example"), &other_ca))
+        .expect("adapter")
+        .server()
+        .await
+        .expect_err("another CA");
+    assert!(
+        matches!(&refused, Error::Untrusted(m) if m.contains("pinned CA")),
+        "{refused:?}"
     );
 }

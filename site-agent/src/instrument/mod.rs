@@ -57,6 +57,11 @@ pub enum Error {
     /// instrument did not answer in time): it may be running. Never sent again.
     #[error("the instrument did not confirm the command ({0}); it may be running")]
     Unconfirmed(String),
+    /// The server at the instrument's address is not the one the site pinned
+    /// (another certificate, another CA, another name): not retried, since trying
+    /// again cannot make it the right instrument.
+    #[error("{0}")]
+    Untrusted(String),
     /// The instrument answered something this adapter or the site's mapping cannot
     /// use (a missing feature, a wrong type).
     #[error("{0}")]
@@ -98,6 +103,8 @@ pub enum Value {
     Boolean(bool),
     String(String),
     List(Vec<Value>),
+    /// Named values (a SiLA structure).
+    Structure(Values),
 }
 
 impl Value {
@@ -109,6 +116,36 @@ impl Value {
             _ => None,
         }
     }
+
+    /// The value at a dotted path inside structures (`Count.Viability`); the value
+    /// itself for an empty path.
+    pub fn at(&self, path: &[&str]) -> Option<&Value> {
+        match (self, path) {
+            (_, []) => Some(self),
+            (Value::Structure(fields), [first, rest @ ..]) => fields.get(*first)?.at(rest),
+            _ => None,
+        }
+    }
+}
+
+/// Values by name with each structure opened into its elements, named by path
+/// (`Count.Viability`), as results are recorded and mapped to QC tests.
+pub fn flatten(values: &Values) -> Vec<(String, Value)> {
+    fn walk(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
+        match value {
+            Value::Structure(fields) => {
+                for (name, field) in fields {
+                    walk(&format!("{prefix}.{name}"), field, out);
+                }
+            }
+            other => out.push((prefix.to_owned(), other.clone())),
+        }
+    }
+    let mut out = Vec::new();
+    for (name, value) in values {
+        walk(name, value, &mut out);
+    }
+    out
 }
 
 impl fmt::Display for Value {
@@ -121,6 +158,13 @@ impl fmt::Display for Value {
             Value::List(items) => {
                 let parts: Vec<String> = items.iter().map(ToString::to_string).collect();
                 write!(f, "[{}]", parts.join(", "))
+            }
+            Value::Structure(fields) => {
+                let parts: Vec<String> = fields
+                    .iter()
+                    .map(|(name, value)| format!("{name}: {value}"))
+                    .collect();
+                write!(f, "{{{}}}", parts.join(", "))
             }
         }
     }
@@ -251,6 +295,17 @@ pub async fn bounded<T>(
         .unwrap_or(Err(Error::Timeout(limit)))
 }
 
+/// What [`Instruments::check`] found.
+#[derive(Debug, Default)]
+pub struct InstrumentCheck {
+    /// Sources read and found as the mappings need them.
+    pub checked: usize,
+    /// What would go wrong at run time.
+    pub problems: Vec<String>,
+    /// What could not be asked now (an instrument switched off or out of reach).
+    pub unreachable: Vec<String>,
+}
+
 /// The site's instruments and which of them runs which step.
 pub struct Instruments {
     /// Runs every step no mapping names another instrument for.
@@ -311,6 +366,83 @@ impl Instruments {
         crate::config::mapping_for(&self.steps, step)
     }
 
+    /// Asks each instrument a step mapping uses about what the mappings read from it:
+    /// connects (which checks its pin, identity and features), then reads each
+    /// process parameter, each QC value read at a step's end and each completion
+    /// source once. A value that is not a number where a number is needed, a source
+    /// the instrument does not have, or an instrument that is not the pinned one is a
+    /// problem; an instrument that cannot be reached now is only noted (the check
+    /// runs where the instruments may be off). Sends no command.
+    pub async fn check(&self) -> InstrumentCheck {
+        let mut check = InstrumentCheck::default();
+        // What each instrument is asked for: (step, what it is for, source, must be a number).
+        let mut asks: BTreeMap<&str, Vec<(&str, String, &str, bool)>> = BTreeMap::new();
+        for mapping in &self.steps {
+            for reading in &mapping.readings {
+                asks.entry(reading.instrument.as_str()).or_default().push((
+                    &mapping.step,
+                    format!("reading {}", reading.parameter),
+                    &reading.source,
+                    true,
+                ));
+            }
+            for qc in &mapping.qc {
+                if let Some(read) = qc.read.as_deref() {
+                    asks.entry(mapping.instrument.as_str()).or_default().push((
+                        &mapping.step,
+                        format!("QC test {}", qc.test),
+                        read,
+                        true,
+                    ));
+                }
+            }
+            if let Some(done) = &mapping.done_when {
+                asks.entry(mapping.instrument.as_str()).or_default().push((
+                    &mapping.step,
+                    "done_when".into(),
+                    &done.source,
+                    false,
+                ));
+            }
+            asks.entry(mapping.instrument.as_str()).or_default();
+        }
+        for (name, asks) in asks {
+            let Some(adapter) = self.adapter(name) else {
+                continue;
+            };
+            match adapter.connect().await {
+                Ok(()) => {}
+                Err(e) if e.is_transient() => {
+                    check
+                        .unreachable
+                        .push(format!("instrument {name:?} not checked: {e}"));
+                    continue;
+                }
+                Err(e) => {
+                    check.problems.push(format!("instrument {name:?}: {e}"));
+                    continue;
+                }
+            }
+            for (step, what, source, numeric) in asks {
+                match adapter.read(source).await {
+                    Ok(value) if numeric && value.as_f64().is_none() => {
+                        check.problems.push(format!(
+                            "steps: step {step:?}: {what} reads {source} on {name:?}, which is {value}, not a number; map a numeric property or variable"
+                        ))
+                    }
+                    Ok(_) => check.checked += 1,
+                    Err(e) if e.is_transient() => check.unreachable.push(format!(
+                        "steps: step {step:?}: {what} ({source} on {name:?}) not checked: {e}"
+                    )),
+                    Err(e) => check.problems.push(format!(
+                        "steps: step {step:?}: {what} ({source} on {name:?}): {e}"
+                    )),
+                }
+            }
+        }
+        check
+    }
+
     /// The adapter of a configured instrument; `None` for the simulator.
     pub fn adapter(&self, name: &str) -> Option<std::sync::Arc<dyn Instrument>> {
         self.adapters.get(name).cloned()
@@ -330,27 +462,51 @@ pub fn resolve_parameters(
         .iter()
         .map(|(key, value)| {
             let value = match value {
-                toml::Value::Integer(v) => Value::Integer(*v),
-                toml::Value::Float(v) => Value::Real(*v),
-                toml::Value::Boolean(v) => Value::Boolean(*v),
-                // The planned duration alone is a number; anything else is text,
-                // with each placeholder in it replaced ("CLOG-{coi}").
+                // The planned duration alone is a number; anything else is text.
                 toml::Value::String(text) if text == "{duration_hours}" => {
                     Value::Real(step.duration_hours)
                 }
-                toml::Value::String(text) => Value::String(
-                    fill_placeholders(text, batch_id, coi, step)
-                        .map_err(|e| Error::Mapping(format!("parameter {key:?}: {e}")))?,
-                ),
-                other => {
-                    return Err(Error::Mapping(format!(
-                        "parameter {key:?}: {other} is not a number, boolean or string"
-                    )))
-                }
+                other => literal(other, batch_id, coi, step)
+                    .map_err(|e| Error::Mapping(format!("parameter {key:?}: {e}")))?,
             };
             Ok((key.clone(), value))
         })
         .collect()
+}
+
+/// A parameter's value from the site's mapping: numbers, booleans, text with each
+/// placeholder in it replaced (`"CLOG-{coi}"`), dates and times as text (the adapter
+/// converts them to the type the instrument declares), arrays as lists and tables
+/// as structures.
+fn literal(
+    value: &toml::Value,
+    batch_id: uuid::Uuid,
+    coi: &str,
+    step: &carrel_proto::recipe::Step,
+) -> Result<Value, String> {
+    Ok(match value {
+        toml::Value::Integer(v) => Value::Integer(*v),
+        toml::Value::Float(v) => Value::Real(*v),
+        toml::Value::Boolean(v) => Value::Boolean(*v),
+        toml::Value::String(text) => Value::String(fill_placeholders(text, batch_id, coi, step)?),
+        toml::Value::Datetime(at) => Value::String(at.to_string()),
+        toml::Value::Array(items) => Value::List(
+            items
+                .iter()
+                .map(|item| literal(item, batch_id, coi, step))
+                .collect::<Result<_, _>>()?,
+        ),
+        toml::Value::Table(fields) => Value::Structure(
+            fields
+                .iter()
+                .map(|(name, field)| {
+                    literal(field, batch_id, coi, step)
+                        .map(|v| (name.clone(), v))
+                        .map_err(|e| format!("{name}: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
 }
 
 /// The placeholders a parameter's text may hold.
@@ -418,6 +574,27 @@ mod tests {
         );
         assert_eq!(fill("plain { text }").as_deref(), Ok("plain { text }"));
         assert_eq!(fill("open {").as_deref(), Ok("open {"));
+        let table: toml::Table = toml::from_str(
+            "drawn = 2026-12-05T14:30:00+01:00\nday = 2026-12-05\nsample = { id = \"S-{step_id}\", volume = 2.5 }\nwells = [1, 2]\n",
+        )
+        .expect("toml");
+        let literal = |key: &str| literal(&table[key], batch, "W1", &step).expect(key);
+        assert_eq!(
+            literal("drawn"),
+            Value::String("2026-12-05T14:30:00+01:00".into())
+        );
+        assert_eq!(literal("day"), Value::String("2026-12-05".into()));
+        assert_eq!(
+            literal("sample"),
+            Value::Structure(Values::from([
+                ("id".to_owned(), Value::String("S-expansion".into())),
+                ("volume".to_owned(), Value::Real(2.5)),
+            ]))
+        );
+        assert_eq!(
+            literal("wells"),
+            Value::List(vec![Value::Integer(1), Value::Integer(2)])
+        );
         let misspelt = fill("CLOG-{COI}").expect_err("misspelt");
         assert!(
             misspelt.contains("{COI} is not a placeholder"),

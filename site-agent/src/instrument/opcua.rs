@@ -469,6 +469,11 @@ fn to_variant(value: &Value) -> Result<Variant, Error> {
                 "OPC UA arrays are not supported by this adapter".into(),
             ))
         }
+        Value::Structure(_) => {
+            return Err(Error::Mapping(
+                "OPC UA structures are not supported by this adapter".into(),
+            ))
+        }
     })
 }
 

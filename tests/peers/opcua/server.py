@@ -4,7 +4,8 @@
 
 Endpoint `opc.tcp://127.0.0.1:<port>/carrel/bioreactor/`, security policy Basic256Sha256 with
 SignAndEncrypt (and None only with `--allow-insecure`), anonymous user identity (or, with
-`--require-user NAME:PASSWORD`, only that user name and password). Namespace
+`--require-user NAME:PASSWORD`, only that user name and password; with `--require-user-cert CERT`, only a
+user who signs in with that X.509 certificate and its key). Namespace
 `urn:carrel:bioreactor`; every node of ours has a string node id, listed in NODE_IDS below and in
 tests/peers/README.md.
 
@@ -33,7 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.user_managers import UserManager
+from asyncua.server.user_managers import CertificateUserManager, UserManager
 from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key, generate_self_signed_app_certificate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the shared culture model
@@ -75,6 +76,13 @@ def parse_args() -> argparse.Namespace:
         help="accept only this user name and password (UserName identity token); default: anonymous only",
     )
     parser.add_argument(
+        "--require-user-cert",
+        type=Path,
+        metavar="CERT",
+        help="accept only a user who signs in with this X.509 certificate (DER, or PEM by its .pem suffix) and "
+        "proves they hold its key (X509 identity token, checked by asyncua's CertificateUserManager)",
+    )
+    parser.add_argument(
         "--time-compression",
         type=float,
         default=float(os.environ.get("CARREL_PEERS_TIME_COMPRESSION", "3600")),
@@ -84,6 +92,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.require_user is not None and ":" not in args.require_user:
         parser.error("--require-user takes NAME:PASSWORD")
+    if args.require_user is not None and args.require_user_cert is not None:
+        parser.error("--require-user and --require-user-cert exclude each other")
     if args.time_compression <= 0:
         parser.error("--time-compression must be positive")
     return args
@@ -139,6 +149,18 @@ class OneUser(UserManager):
             return User(role=UserRole.User, name=username)
         print(f"USER-REFUSED name={username}", file=sys.stderr, flush=True)
         return None
+
+
+class OneCertificateUser(CertificateUserManager):
+    """asyncua's certificate user manager (the key proof is checked before it is asked), saying what it decided."""
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        user = super().get_user(iserver, username, password, certificate)
+        if user is not None:
+            print(f"USER-ACCEPTED cert={user.name}", file=sys.stderr, flush=True)
+        else:
+            print("USER-REFUSED cert", file=sys.stderr, flush=True)
+        return user
 
 
 def free_port() -> int:
@@ -276,6 +298,11 @@ async def serve(args: argparse.Namespace) -> None:
     if args.require_user is not None:
         name, password = args.require_user.split(":", 1)
         server = Server(user_manager=OneUser(name, password))
+    elif args.require_user_cert is not None:
+        users = OneCertificateUser()
+        fmt = ".pem" if args.require_user_cert.suffix == ".pem" else ".der"
+        await users.add_user(args.require_user_cert, name="certified-operator", format=fmt)
+        server = Server(user_manager=users)
     else:
         server = Server()
     await server.init()
@@ -288,9 +315,12 @@ async def serve(args: argparse.Namespace) -> None:
     if args.allow_insecure:
         policies.append(ua.SecurityPolicyType.NoSecurity)
     server.set_security_policy(policies)
-    server.set_identity_tokens(
-        [ua.UserNameIdentityToken] if args.require_user is not None else [ua.AnonymousIdentityToken]
-    )
+    if args.require_user is not None:
+        server.set_identity_tokens([ua.UserNameIdentityToken])
+    elif args.require_user_cert is not None:
+        server.set_identity_tokens([ua.X509IdentityToken])
+    else:
+        server.set_identity_tokens([ua.AnonymousIdentityToken])
     if args.trust_client_cert is not None:
         data = args.trust_client_cert.read_bytes()
         trusted = (

@@ -157,27 +157,35 @@ pub struct SilaInstrument {
 impl SilaInstrument {
     /// Reads the pinned certificate; connects to nothing yet.
     pub fn new(config: &SilaConfig) -> Result<SilaInstrument, Error> {
-        let tls = match (&config.pinned_certificate, config.insecure) {
-            (Some(path), _) => {
-                let pem = std::fs::read_to_string(path).map_err(|e| {
-                    Error::Mapping(format!(
-                        "instrument {}: reading pinned_certificate {}: {e}",
-                        config.name,
-                        path.display()
-                    ))
-                })?;
-                Some(crate::tls::pinned_certificate_config(&pem).map_err(|e| {
-                    Error::Mapping(format!(
-                        "instrument {}: pinned_certificate {}: {e}",
-                        config.name,
-                        path.display()
-                    ))
-                })?)
-            }
-            (None, true) => None,
-            (None, false) => {
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| {
+                Error::Mapping(format!(
+                    "instrument {}: reading {what} {}: {e}",
+                    config.name,
+                    path.display()
+                ))
+            })
+        };
+        let unusable = |what: &str, path: &std::path::Path, e: crate::tls::Error| {
+            Error::Mapping(format!(
+                "instrument {}: {what} {}: {e}",
+                config.name,
+                path.display()
+            ))
+        };
+        let tls = match (&config.pinned_certificate, &config.ca_certificate) {
+            (Some(path), _) => Some(
+                crate::tls::pinned_certificate_config(&read("pinned_certificate", path)?)
+                    .map_err(|e| unusable("pinned_certificate", path, e))?,
+            ),
+            (None, Some(path)) => Some(
+                crate::tls::pinned_ca_config(&read("ca_certificate", path)?)
+                    .map_err(|e| unusable("ca_certificate", path, e))?,
+            ),
+            (None, None) if config.insecure => None,
+            (None, None) => {
                 return Err(Error::Mapping(format!(
-                    "instrument {}: no pinned_certificate and not insecure",
+                    "instrument {}: no pinned_certificate or ca_certificate, and not insecure",
                     config.name
                 )))
             }
@@ -216,11 +224,20 @@ impl SilaInstrument {
     async fn connect(&self) -> Result<Server, Error> {
         let address = &self.config.address;
         let channel = match &self.tls {
-            Some(tls) => {
-                crate::tls::connect(&format!("https://{address}"), tls.clone(), self.timeout())
-                    .await
-                    .map_err(|e| Error::Connection(format!("{address}: {}", error_chain(&e))))?
-            }
+            Some(tls) => crate::tls::connect(
+                crate::tls::Peer::Instrument,
+                &format!("https://{address}"),
+                self.config.server_name.as_deref(),
+                tls.clone(),
+                self.timeout(),
+            )
+            .await
+            .map_err(|e| match e {
+                untrusted @ crate::tls::Error::Untrusted { .. } => {
+                    Error::Untrusted(untrusted.to_string())
+                }
+                other => Error::Connection(format!("{address}: {}", error_chain(&other))),
+            })?,
             None => tonic::transport::Endpoint::from_shared(format!("http://{address}"))
                 .map_err(|e| Error::Mapping(format!("address {address}: {e}")))?
                 .connect_timeout(self.timeout())
@@ -416,6 +433,30 @@ async fn next_message(stream: &mut Option<tonic::Streaming<Vec<u8>>>) -> Option<
     }
 }
 
+/// A property and the path to an element inside its structure:
+/// `CellCount.Viability` (or `<feature>/Property/CellCount.Viability`) is the
+/// element `Viability` of the property `CellCount`.
+fn field_path(source: &str) -> (&str, Vec<&str>) {
+    let tail = source.rfind('/').map_or(0, |i| i + 1);
+    match source[tail..].find('.') {
+        Some(dot) => (
+            &source[..tail + dot],
+            source[tail + dot + 1..].split('.').collect(),
+        ),
+        None => (source, Vec::new()),
+    }
+}
+
+/// The element at `path` of a property's value.
+fn element_at(value: Value, property: &str, path: &[&str]) -> Result<Value, Error> {
+    value.at(path).cloned().ok_or_else(|| {
+        Error::Mapping(format!(
+            "property {property} has no element {} (its value is {value})",
+            path.join(".")
+        ))
+    })
+}
+
 /// An error with its sources, which is where TLS says what it refused.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -523,7 +564,8 @@ impl Instrument for SilaInstrument {
     fn read<'a>(&'a self, source: &'a str) -> BoxFuture<'a, Result<Value, Error>> {
         Box::pin(async move {
             self.with_server(|server| async move {
-                let (feature, property) = server.property(source)?;
+                let (name, path) = field_path(source);
+                let (feature, property) = server.property(name)?;
                 let id = &property.element.identifier;
                 let bytes = if property.observable {
                     // An observable property has only Subscribe_P: its first message is the value now.
@@ -552,7 +594,7 @@ impl Instrument for SilaInstrument {
                     )
                     .await?
                 };
-                property_value(&bytes, &property.element)
+                element_at(property_value(&bytes, &property.element)?, id, &path)
             })
             .await
         })
@@ -561,7 +603,9 @@ impl Instrument for SilaInstrument {
     fn subscribe<'a>(&'a self, source: &'a str) -> BoxFuture<'a, Result<BoxStream<Value>, Error>> {
         Box::pin(async move {
             self.with_server(|server| async move {
-                let (feature, property) = server.property(source)?;
+                let (name, path) = field_path(source);
+                let path: Vec<String> = path.into_iter().map(str::to_owned).collect();
+                let (feature, property) = server.property(name)?;
                 if !property.observable {
                     return Err(Error::Mapping(format!(
                         "property {} is not observable: read it instead",
@@ -581,6 +625,10 @@ impl Instrument for SilaInstrument {
                     message
                         .map_err(|s| error_from_status(&s))
                         .and_then(|bytes| property_value(&bytes, &element))
+                        .and_then(|value| {
+                            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                            element_at(value, &element.identifier, &path)
+                        })
                 });
                 Ok(Box::pin(values) as BoxStream<Value>)
             })

@@ -16,12 +16,15 @@
 //! - Errors: gRPC `ABORTED` with a base64-encoded `SiLAError` in the message, decoded
 //!   into [`Error::Validation`], [`Error::DefinedExecution`],
 //!   [`Error::UndefinedExecution`] or [`Error::Framework`].
-//! - TLS with the server's certificate pinned exactly; plain HTTP/2 only when the site
-//!   configures `insecure = true`.
+//! - TLS with the server's certificate pinned exactly, or with the site's instrument CA
+//!   pinned and the server's name checked; plain HTTP/2 only when the site configures
+//!   `insecure = true`. A server the pin does not name is [`crate::instrument::Error::Untrusted`].
 //!
-//! Supported data types: the basic types String, Integer, Real and Boolean, constrained
-//! or in lists. Structures, custom data types, binaries, dates and SiLA client metadata
-//! are not (a mapping that needs them is refused with a clear error).
+//! Supported data types: the basic types String, Integer, Real, Boolean, Date, Time and
+//! Timestamp (as ISO 8601 text with the UTC offset), constrained or in lists; structures
+//! (a [`crate::instrument::Value::Structure`]); the feature's own data types. Binaries,
+//! Any and SiLA client metadata are not (a mapping that needs them is refused with a
+//! clear error).
 //!
 //! The code is split by concern: `fdl` reads feature definitions, `codec` encodes
 //! and decodes the messages and errors on the wire, and `client` connects to the

@@ -213,7 +213,7 @@ type Open = (
 async fn open(hub: &str, dir: &std::path::Path) -> anyhow::Result<Open> {
     let identity = identity::Identity::load(dir)?;
     let config = tls::mtls_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
-    let channel = tls::connect(hub, config, Duration::from_secs(60)).await?;
+    let channel = tls::connect(tls::Peer::Hub, hub, None, config, Duration::from_secs(60)).await?;
     let mut client = pb::site_link_service_client::SiteLinkServiceClient::new(channel);
     let (out, out_rx) = mpsc::channel(4);
     out.send(pb::SiteMessage {

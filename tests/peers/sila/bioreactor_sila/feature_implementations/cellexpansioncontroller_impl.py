@@ -12,16 +12,18 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, time as time_of_day, timedelta, timezone
 from typing import TYPE_CHECKING, Optional
 
 from culture import Culture
 from sila2.framework import UndefinedExecutionError
+from sila2.framework.data_types.date import SilaDateType
 from sila2.server import MetadataDict, ObservableCommandInstanceWithIntermediateResponses
 
 from ..generated.cellexpansioncontroller import (
     CellExpansionControllerBase,
     ContaminationDetected,
+    CountSample_Responses,
     InstrumentBusy,
     RunExpansion_IntermediateResponses,
     RunExpansion_Responses,
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from ..server import Server
 
 TICK_SECONDS = 0.1
+# When the (simulated) counter was last calibrated: fixed, with a UTC offset, so that a client's reading can be checked.
+LAST_CALIBRATION = datetime(2026, 11, 30, 9, 15, 30, 250000, tzinfo=timezone(timedelta(hours=1)))
 FAULT_AT_PROGRESS = 0.5  # injected faults strike half-way through a run
 FAULTS = ("contamination", "sensor-failure")
 BATCH_MARKERS = {"CONTAMINATED": "contamination", "SENSORFAIL": "sensor-failure"}
@@ -95,6 +99,18 @@ class CellExpansionControllerImpl(CellExpansionControllerBase):
     def get_TemperatureSetpoint(self, *, metadata: MetadataDict) -> float:
         with self._lock:
             return self._culture.setpoint_c
+
+    def get_LastCalibration(self, *, metadata: MetadataDict) -> datetime:
+        return LAST_CALIBRATION
+
+    def CountSample(self, DrawnOn: SilaDateType, DrawnAt: time_of_day, *, metadata: MetadataDict) -> CountSample_Responses:
+        # The drawing time comes back as one timestamp in the zone the time of day was given in, so a
+        # client can see that its Date and Time parameters arrived as it meant them.
+        drawn_at = datetime.combine(DrawnOn.date, DrawnAt.replace(tzinfo=None), tzinfo=DrawnAt.tzinfo)
+        with self._lock:
+            count = (round(self._culture.density, 4), round(self._culture.viability_pct, 2), drawn_at)
+        print(f"SAMPLE-COUNTED density={count[0]} viability={count[1]} drawn_at={drawn_at.isoformat()}", file=sys.stderr, flush=True)
+        return CountSample_Responses(Count=count)
 
     def SetTemperatureSetpoint(
         self, TemperatureSetpoint: float, *, metadata: MetadataDict

@@ -4,6 +4,8 @@ from .cellexpansioncontroller_client import CellExpansionControllerClient
 from .cellexpansioncontroller_errors import ContaminationDetected, InstrumentBusy
 from .cellexpansioncontroller_feature import CellExpansionControllerFeature
 from .cellexpansioncontroller_types import (
+    CellCount,
+    CountSample_Responses,
     RunExpansion_IntermediateResponses,
     RunExpansion_Responses,
     SetTemperatureSetpoint_Responses,
@@ -14,8 +16,10 @@ __all__ = [
     "CellExpansionControllerFeature",
     "CellExpansionControllerClient",
     "SetTemperatureSetpoint_Responses",
+    "CountSample_Responses",
     "RunExpansion_Responses",
     "RunExpansion_IntermediateResponses",
     "ContaminationDetected",
     "InstrumentBusy",
+    "CellCount",
 ]

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from queue import Queue
 from typing import TYPE_CHECKING, Optional, Union
 
+from sila2.framework.data_types.date import SilaDateType
 from sila2.server import FeatureImplementationBase, MetadataDict, ObservableCommandInstanceWithIntermediateResponses
 
 from .cellexpansioncontroller_types import (
+    CountSample_Responses,
     RunExpansion_IntermediateResponses,
     RunExpansion_Responses,
     SetTemperatureSetpoint_Responses,
@@ -59,6 +61,15 @@ class CellExpansionControllerBase(FeatureImplementationBase, ABC):
 
         :param metadata: The SiLA Client Metadata attached to the call
         :return: Current culture temperature setpoint, in degrees Celsius.
+        """
+
+    @abstractmethod
+    def get_LastCalibration(self, *, metadata: MetadataDict) -> datetime:
+        """
+        When the cell counter was last calibrated.
+
+        :param metadata: The SiLA Client Metadata attached to the call
+        :return: When the cell counter was last calibrated.
         """
 
     def update_CurrentTemperature(self, CurrentTemperature: float, queue: Optional[Queue[float]] = None) -> None:
@@ -210,6 +221,26 @@ class CellExpansionControllerBase(FeatureImplementationBase, ABC):
         :param TemperatureSetpoint: The new setpoint, in degrees Celsius, from 30 to 40 inclusive.
 
         :param metadata: The SiLA Client Metadata attached to the call
+
+        """
+
+    @abstractmethod
+    def CountSample(self, DrawnOn: SilaDateType, DrawnAt: time, *, metadata: MetadataDict) -> CountSample_Responses:
+        """
+          Counts a sample drawn from the culture: viable cell density and viability now, with when the
+        sample was drawn (the date and time given, in the time zone given).
+
+
+          :param DrawnOn: The day the sample was drawn.
+
+          :param DrawnAt: The time of day the sample was drawn.
+
+          :param metadata: The SiLA Client Metadata attached to the call
+
+          :return:
+
+              - Count: The count of the sample.
+
 
         """
 

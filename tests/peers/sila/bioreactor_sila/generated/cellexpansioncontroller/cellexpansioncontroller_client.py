@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
 
+    from datetime import datetime, time
     from typing import Iterable, Optional
 
     from cellexpansioncontroller_types import (
+        CountSample_Responses,
         RunExpansion_IntermediateResponses,
         RunExpansion_Responses,
         SetTemperatureSetpoint_Responses,
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
         ClientObservableProperty,
         ClientUnobservableProperty,
     )
+    from sila2.framework.data_types.date import SilaDateType
 
 
 class CellExpansionControllerClient:
@@ -38,6 +41,11 @@ class CellExpansionControllerClient:
     TemperatureSetpoint: ClientUnobservableProperty[float]
     """
     Current culture temperature setpoint, in degrees Celsius.
+    """
+
+    LastCalibration: ClientUnobservableProperty[datetime]
+    """
+    When the cell counter was last calibrated.
     """
 
     CurrentTemperature: ClientObservableProperty[float]
@@ -61,6 +69,15 @@ class CellExpansionControllerClient:
     ) -> SetTemperatureSetpoint_Responses:
         """
         Sets the culture temperature setpoint. The temperature then eases towards it.
+        """
+        ...
+
+    def CountSample(
+        self, DrawnOn: SilaDateType, DrawnAt: time, *, metadata: Optional[Iterable[ClientMetadataInstance]] = None
+    ) -> CountSample_Responses:
+        """
+          Counts a sample drawn from the culture: viable cell density and viability now, with when the
+        sample was drawn (the date and time given, in the time zone given).
         """
         ...
 
