@@ -159,6 +159,7 @@ pub fn router(
         .route("/batches/{id}/scan", post(scan))
         .route("/batches/{id}/qc", post(record_qc))
         .route("/batches/{id}/reading", post(record_reading))
+        .route("/batches/{id}/not-running", post(record_not_running))
         .with_state(console)
         .layer(axum::middleware::from_fn_with_state(Arc::new(hosts), guard))
 }
@@ -398,7 +399,13 @@ fn next_action(
         BatchState::Ordered | BatchState::Accepted => "The agent is accepting the order".into(),
         BatchState::InProcess => match &batch.current_step {
             Some(step) => match held(events, step) {
-                Some(why) => format!("Held: {why}"),
+                Some(Hold {
+                    unconfirmed_request: Some(request),
+                    ..
+                }) => format!(
+                    "Held: the command of record {request} was not confirmed by the instrument and may be running; check the instrument (see below)"
+                ),
+                Some(hold) => format!("Held: {}", hold.why),
                 None => format!("Step {step} is running on the instrument"),
             },
             None if suspended => "The next step waits: the site is suspended (see above)".into(),
@@ -438,9 +445,17 @@ fn next_action(
 /// Why the agent holds a step, when it does: the instrument refused its command, or
 /// a command was sent and never confirmed (the deviation says what to do). A new
 /// attempt, or a person's check that nothing runs, ends the hold.
-fn held<'a>(events: &'a [carrel_proto::event::SiteEvent], step: &str) -> Option<&'a str> {
+struct Hold<'a> {
+    why: &'a str,
+    /// For a command sent and never confirmed: the record of its request, which a
+    /// person's check ("not running") corrects.
+    unconfirmed_request: Option<u64>,
+}
+
+fn held<'a>(events: &'a [carrel_proto::event::SiteEvent], step: &str) -> Option<Hold<'a>> {
     use carrel_proto::event::EventKind;
     let mut hold = None;
+    let mut request = None;
     for event in events {
         match &event.kind {
             EventKind::DeviationRaised {
@@ -448,14 +463,28 @@ fn held<'a>(events: &'a [carrel_proto::event::SiteEvent], step: &str) -> Option<
                 step_id,
                 description,
                 ..
-            } if step_id == step
-                && (deviation_id.contains(&format!("-{step}-INSTRUMENT"))
-                    || deviation_id.contains(&format!("-{step}-UNCONFIRMED"))) =>
-            {
-                hold = Some(description.as_str());
+            } if step_id == step && deviation_id.contains(&format!("-{step}-INSTRUMENT")) => {
+                hold = Some(Hold {
+                    why: description,
+                    unconfirmed_request: None,
+                });
             }
-            EventKind::InstrumentCommandRequested { step_id, .. }
-            | EventKind::InstrumentCommandStarted { step_id, .. }
+            EventKind::DeviationRaised {
+                deviation_id,
+                step_id,
+                description,
+                ..
+            } if step_id == step && deviation_id.contains(&format!("-{step}-UNCONFIRMED")) => {
+                hold = Some(Hold {
+                    why: description,
+                    unconfirmed_request: request,
+                });
+            }
+            EventKind::InstrumentCommandRequested { step_id, .. } if step_id == step => {
+                request = Some(event.seq);
+                hold = None;
+            }
+            EventKind::InstrumentCommandStarted { step_id, .. }
             | EventKind::StepCompleted { step_id, .. }
                 if step_id == step =>
             {
@@ -750,6 +779,47 @@ async fn form_gate(
     Ok((session, person))
 }
 
+/// What a recording form starts from: who sends it (session and CSRF token
+/// checked), the batch it records for, and its one-time submission token claimed.
+struct Opened {
+    session: Session,
+    person: SignedIn,
+    batch: LocalBatch,
+    recipe: Recipe,
+    events: Vec<carrel_proto::event::SiteEvent>,
+}
+
+impl Opened {
+    fn who(&self) -> Who<'_> {
+        Who {
+            person: &self.person,
+            session: &self.session,
+        }
+    }
+}
+
+async fn open_form(
+    console: &Console,
+    headers: &HeaderMap,
+    id: &str,
+    csrf: &str,
+    submission: &str,
+) -> Result<Opened, Response> {
+    let (session, person) = form_gate(console, headers, id, csrf).await?;
+    let (batch, recipe, events) = load(console, id).await?;
+    let opened = Opened {
+        session,
+        person,
+        batch,
+        recipe,
+        events,
+    };
+    match claim(console, &opened.who(), id, submission).await {
+        Some(refused) => Err(refused),
+        None => Ok(opened),
+    }
+}
+
 async fn home(console: Shared, headers: HeaderMap) -> Response {
     let (session, person) = match gate(&console, &headers, "/", false).await {
         Ok(who) => who,
@@ -877,6 +947,30 @@ fn batch_markup(
                 }
                 script { (PreEscaped(SCAN_SCRIPT)) }
             }
+            }
+        }
+        @if let Some(request) = batch.current_step.as_deref().and_then(|s| held(events, s)).and_then(|h| h.unconfirmed_request) {
+            div.card.held id="not-running" {
+                h2 { "Is the instrument running the command?" }
+                p { "The agent sent the command (record " (request) ") and never heard that the instrument took it, so it may be running. It is not sent again until someone checks." }
+                ul {
+                    li { "If the instrument runs it: do not record anything here. Let it finish or stop it at the instrument, and tell QA." }
+                    li { "If it does not (its screen and log show no run for this batch): record that below, and the agent sends the command once more." }
+                }
+                @if let Some(refusal) = refused_in(KeptForm::NotRunning) { (refusal) }
+                form method="post" action=(format!("/batches/{}/not-running", batch.batch_id)) {
+                    input type="hidden" name="csrf" value=(who.session.csrf);
+                    input type="hidden" name="submission" value=(console.submissions.issue());
+                    input type="hidden" name="request" value=(request);
+                    label for="checked" { "What you checked at the instrument (kept in the record)" }
+                    textarea id="checked" name="checked" rows="2" required { (kept.get(KeptForm::NotRunning, "checked").unwrap_or_default()) }
+                    label.check for="not-running-confirm" {
+                        input type="checkbox" id="not-running-confirm" name="confirm" value="yes";
+                        " I checked: the instrument is not running this command"
+                    }
+                    p { "Recorded by " strong { (who.person.full_name) } " (you)" }
+                    p { button type="submit" id="not-running-submit" { "Record: not running; send the command again" } }
+                }
             }
         }
         @if let Some(step) = batch.current_step.as_deref().and_then(|s| recipe.step(s)) {
@@ -1039,28 +1133,18 @@ async fn record_reading(
     Path(id): Path<String>,
     Form(form): Form<ReadingForm>,
 ) -> Response {
-    let (session, person) = match form_gate(&console, &headers, &id, &form.csrf).await {
-        Ok(who) => who,
+    let opened = match open_form(&console, &headers, &id, &form.csrf, &form.submission).await {
+        Ok(opened) => opened,
         Err(response) => return response,
     };
-    let who = Who {
-        person: &person,
-        session: &session,
-    };
-    let (batch, _, _) = match load(&console, &id).await {
-        Ok(loaded) => loaded,
-        Err(response) => return response,
-    };
-    if let Some(refused) = claim(&console, &who, &id, &form.submission).await {
-        return refused;
-    }
+    let (who, batch, person) = (opened.who(), &opened.batch, &opened.person);
     let outcome = entries::record_reading(
         &console.store,
         entries::ManualReading {
-            batch: &batch,
+            batch,
             parameter: &form.parameter,
             value: &form.value,
-            by: &person,
+            by: person,
         },
     )
     .await;
@@ -1081,6 +1165,76 @@ async fn record_reading(
         KeptForm::Reading,
         &[("parameter", &form.parameter), ("value", &form.value)],
     );
+    answer(&console, &who, &id, &form.submission, outcome, kept).await
+}
+
+#[derive(Deserialize)]
+struct NotRunningForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    submission: String,
+    #[serde(default)]
+    request: String,
+    #[serde(default)]
+    checked: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// A person checked the instrument and found that a command sent and never confirmed
+/// is not running: recorded as a correction of the request record (field
+/// `running`, value `no`, with what they checked), after which the agent sends the
+/// command once more. Refused unless the batch is held for exactly that request.
+async fn record_not_running(
+    console: Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<NotRunningForm>,
+) -> Response {
+    let opened = match open_form(&console, &headers, &id, &form.csrf, &form.submission).await {
+        Ok(opened) => opened,
+        Err(response) => return response,
+    };
+    let (who, batch, events, person) =
+        (opened.who(), &opened.batch, &opened.events, &opened.person);
+    let waiting = batch
+        .current_step
+        .as_deref()
+        .and_then(|step| held(events, step))
+        .and_then(|hold| hold.unconfirmed_request);
+    let outcome = match (waiting, form.request.parse::<u64>().ok()) {
+        (Some(request), Some(asked)) if request == asked => {
+            if form.confirm != "yes" {
+                Err("tick the box to say you checked that the instrument is not running the command".to_owned())
+            } else if form.checked.split_whitespace().count() < 3 {
+                Err("say in a few words what you checked at the instrument (for example: its run log shows no run since 09:40)".to_owned())
+            } else {
+                entries::correct(
+                    &console.store,
+                    request,
+                    "running",
+                    "no",
+                    &form.checked,
+                    person,
+                )
+                .await
+                .map(|event| (event.seq, request))
+                .map_err(|e| e.to_string())
+            }
+        }
+        _ => Err("this batch is not waiting for a check of that command (any more); nothing was recorded".to_owned()),
+    };
+    let outcome = match outcome {
+        Ok((seq, request)) => Ok((
+            seq,
+            html! { p data-result="not-running" { "Recorded (record " (seq) "): the command of record " (request) " is not running. The agent sends it once more." } },
+        )),
+        Err(why) => {
+            Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (why) } })
+        }
+    };
+    let kept = Kept::of(KeptForm::NotRunning, &[("checked", &form.checked)]);
     answer(&console, &who, &id, &form.submission, outcome, kept).await
 }
 
@@ -1122,6 +1276,7 @@ enum KeptForm {
     Qc,
     Reading,
     Scan,
+    NotRunning,
 }
 
 /// A refused form's input, shown again in the form with why it was refused
@@ -1419,21 +1574,12 @@ async fn record_qc(
     Path(id): Path<String>,
     Form(form): Form<QcForm>,
 ) -> Response {
-    let (session, person) = match form_gate(&console, &headers, &id, &form.csrf).await {
-        Ok(who) => who,
+    let opened = match open_form(&console, &headers, &id, &form.csrf, &form.submission).await {
+        Ok(opened) => opened,
         Err(response) => return response,
     };
-    let who = Who {
-        person: &person,
-        session: &session,
-    };
-    let (batch, recipe, _) = match load(&console, &id).await {
-        Ok(loaded) => loaded,
-        Err(response) => return response,
-    };
-    if let Some(refused) = claim(&console, &who, &id, &form.submission).await {
-        return refused;
-    }
+    let (who, batch, recipe, person) =
+        (opened.who(), &opened.batch, &opened.recipe, &opened.person);
     let kept = Kept::of(
         KeptForm::Qc,
         &[
@@ -1455,10 +1601,10 @@ async fn record_qc(
     let outcome = entries::record_result(
         &console.store,
         entries::ManualResult {
-            batch: &batch,
+            batch,
             test_id: &form.test,
             value: &form.value,
-            by: &person,
+            by: person,
             retest_of,
         },
     )

@@ -1428,7 +1428,7 @@ impl BatchRun {
                 deviation_id: id,
                 step_id: step.id.clone(),
                 description: format!(
-                    "{what}. It may be running, so it is not sent again. Check the instrument: if it runs the command, stop it or let it finish; if it does not, record a correction of record {request_seq} (field running, value no) with what you checked, and the agent sends the command once more"
+                    "{what}. The command is not sent again until someone checks the instrument: if it runs the command, stop it or let it finish; if it does not, record that at the site console (or as a correction of record {request_seq}: field running, value no) with what you checked, and the agent sends the command once more"
                 ),
                 classification: "major".into(),
             })

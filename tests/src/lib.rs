@@ -714,6 +714,22 @@ pub async fn agent_events(agent: &sqlx::SqlitePool) -> Vec<(i64, String)> {
         .expect("agent events")
 }
 
+/// The agent's own log, as (seq, JSON body).
+pub async fn site_log(agent: &Agent) -> Vec<(i64, Value)> {
+    agent_events(&agent.db().await)
+        .await
+        .into_iter()
+        .map(|(seq, body)| (seq, serde_json::from_str(&body).expect("JSON event")))
+        .collect()
+}
+
+/// The kinds of the records of one type in a site log, in order.
+pub fn of_type<'a>(log: &'a [(i64, Value)], kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    log.iter()
+        .map(|(_, e)| &e["kind"])
+        .filter(move |k| k["type"] == kind)
+}
+
 /// Checks that the hub holds exactly the site's log: same seqs 1..=n, same content.
 pub fn assert_same_log(hub: &[(i64, String)], site: &[(i64, String)]) {
     let seqs: Vec<i64> = hub.iter().map(|(s, _)| *s).collect();

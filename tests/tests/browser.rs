@@ -2734,3 +2734,173 @@ async fn every_console_page_passes_an_automated_accessibility_check_fits_390_px_
     client.close().await.expect("close browser");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The first record of `kind` in the site's log that `wanted` accepts (within `limit`).
+async fn first_record(
+    agent: &Agent,
+    kind: &str,
+    limit: Duration,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let wanted = &wanted;
+    eventually(limit, kind, || async move {
+        let log = site_log(agent).await;
+        let found = of_type(&log, kind).find(|k| wanted(k)).cloned();
+        found
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_technician_checks_an_unconfirmed_command_at_the_console_and_the_agent_sends_it_again() {
+    let Some(python) = carrel_tests::peers::python() else {
+        return;
+    };
+    // The counter answers its first count after 4 s; the agent waits 1 s, so it
+    // cannot know whether the count runs, and holds the batch.
+    let sila = carrel_tests::peers::Peer::sila(&python, &["--first-count-after", "4"]);
+    let hub = Hub::start().await;
+    scenario::add_people(&hub);
+    let site_id = "site-unconfirmed";
+    let token = hub.add_site(site_id);
+    let mut agent = Agent::enroll(&hub, site_id, &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    let mapping: toml::Table = toml::from_str(&format!(
+        r#"
+[[instruments]]
+name = "counter"
+kind = "sila2"
+address = "{address}"
+pinned_certificate = "{cert}"
+features = ["org.carrel/bioprocess/CellExpansionController/v1"]
+timeout_ms = 1000
+
+[[steps]]
+step = "expansion"
+instrument = "counter"
+command = "CountSample"
+parameters = {{ DrawnOn = 2026-12-05, DrawnAt = "14:30:00+01:00" }}
+qc = [{{ test = "ip-viability", result = "Count.Viability", unit = "%" }}]
+"#,
+        address = sila.address(),
+        cert = sila.sila_certificate().display(),
+    ))
+    .expect("mapping");
+    for (key, value) in mapping {
+        agent.configure(&[&key], value);
+    }
+    agent.start();
+    technicians_at(&hub, &agent, site_id).await;
+    let (_order_id, batch) = scenario::create_order(&hub, site_id, "P-UNCONFIRMED-1");
+    let site_console = format!(
+        "http://{}",
+        read_addr(agent.data_dir().join("console.addr"))
+    );
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    site_sign_in(&client, &site_console, ANN).await;
+    let page = format!("{site_console}/batches/{batch}");
+    reload_until(&client, &page, "Is the instrument running the command?").await;
+    let next = text_of(&client, "[data-next]").await;
+    assert!(
+        next.contains("Held:") && next.contains("not confirmed") && next.contains("may be running"),
+        "{next}"
+    );
+    let mut shots = Shots::new("unconfirmed");
+    for width in [1280, 390] {
+        client
+            .set_window_size(width, 900)
+            .await
+            .expect("window size");
+        shots.take(&client, &format!("held-{width}")).await;
+    }
+
+    // Without the tick, nothing is recorded and what was typed stays.
+    fill(
+        &client,
+        "#checked",
+        "Run log on the counter shows no count since 09:40",
+    )
+    .await;
+    click(&client, "#not-running-submit").await;
+    expect_text(&client, "the refusal", "Not recorded: tick the box").await;
+    assert_eq!(
+        value_of(&client, "#checked").await,
+        "Run log on the counter shows no count since 09:40"
+    );
+    let log = site_log(&agent).await;
+    assert!(
+        !log.iter().any(|(_, e)| e["kind"]["type"] == "correction"),
+        "{log:?}"
+    );
+
+    // Checked and ticked: recorded by the signed-in person, and the agent sends the
+    // command once more.
+    click(&client, "#not-running-confirm").await;
+    click(&client, "#not-running-submit").await;
+    expect_text(
+        &client,
+        "the check on record",
+        "is not running. The agent sends it once more",
+    )
+    .await;
+    let results = first_record(
+        &agent,
+        "instrument_results",
+        Duration::from_secs(60),
+        |_| true,
+    )
+    .await;
+    let log = site_log(&agent).await;
+    let kinds: Vec<&serde_json::Value> = log.iter().map(|(_, e)| &e["kind"]).collect();
+    let correction = kinds
+        .iter()
+        .find(|k| k["type"] == "correction")
+        .expect("the correction");
+    assert_eq!(correction["field"], "running");
+    assert_eq!(correction["new_value"], "no");
+    let by = log
+        .iter()
+        .find(|(_, e)| e["kind"]["type"] == "correction")
+        .map(|(_, e)| e.to_string())
+        .unwrap_or_default();
+    assert!(by.contains(ANN.0), "{by}");
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k["type"] == "instrument_command_requested")
+            .count(),
+        2
+    );
+    // The structure's elements are results by path; the QC result is the count's.
+    let viability = results["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["name"] == "Count.Viability")
+        .and_then(|r| r["value"].as_str())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("Count.Viability");
+    let qc = first_record(&agent, "qc_result", Duration::from_secs(30), |k| {
+        k["test_id"] == "ip-viability"
+    })
+    .await;
+    assert_eq!(qc["value"]["numeric"].as_f64(), Some(viability), "{qc}");
+    assert!(
+        qc["method"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("measured by instrument counter"),
+        "{qc}"
+    );
+    // Two calls at the counter: the first (which did answer, late) and the one sent again.
+    assert_eq!(
+        sila.log().matches("SAMPLE-COUNT-STARTED").count(),
+        2,
+        "{}",
+        sila.log()
+    );
+    client.close().await.expect("close");
+}

@@ -164,24 +164,6 @@ async fn lab_enters_release_results(agent: &Agent, batch: &str) {
     }
 }
 
-/// The agent's own log, as (seq, JSON body).
-async fn site_log(agent: &Agent) -> Vec<(i64, serde_json::Value)> {
-    agent_events(&agent.db().await)
-        .await
-        .into_iter()
-        .map(|(seq, body)| (seq, serde_json::from_str(&body).expect("JSON event")))
-        .collect()
-}
-
-fn of_type<'a>(
-    log: &'a [(i64, serde_json::Value)],
-    kind: &'a str,
-) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
-    log.iter()
-        .map(|(_, e)| &e["kind"])
-        .filter(move |k| k["type"] == kind)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn expansion_runs_on_sila_with_opcua_readings_and_survives_an_agent_kill() {
     let Some(python) = python() else { return };

@@ -107,6 +107,13 @@ def parse_args() -> argparse.Namespace:
         metavar="SECONDS",
         help="a slow measurement: wall-clock seconds before a run sends its first intermediate response",
     )
+    parser.add_argument(
+        "--first-count-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a slow answer: wall-clock seconds before the first CountSample answers (later ones answer at once)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log sila2's INFO messages to stderr")
     args = parser.parse_args()
     if (args.cert is None) != (args.key is None):
@@ -138,6 +145,7 @@ def main() -> int:
         time_compression=args.time_compression,
         fault=args.fault,
         first_intermediate_after=args.first_intermediate_after,
+        first_count_after=args.first_count_after,
     )
 
     bound_ports = remember_bound_ports(server)

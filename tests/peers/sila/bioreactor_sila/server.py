@@ -19,6 +19,7 @@ class Server(SilaServer):
         time_compression: float = 3600.0,
         fault: Optional[str] = None,
         first_intermediate_after: float = 0.0,
+        first_count_after: float = 0.0,
     ):
         if name is None:
             name = "Carrel simulated bioreactor"
@@ -34,6 +35,10 @@ class Server(SilaServer):
         )
 
         self.cellexpansioncontroller = CellExpansionControllerImpl(
-            self, time_compression=time_compression, fault=fault, first_intermediate_after=first_intermediate_after
+            self,
+            time_compression=time_compression,
+            fault=fault,
+            first_intermediate_after=first_intermediate_after,
+            first_count_after=first_count_after,
         )
         self.set_feature_implementation(CellExpansionControllerFeature, self.cellexpansioncontroller)

@@ -48,6 +48,7 @@ class CellExpansionControllerImpl(CellExpansionControllerBase):
         time_compression: float = 3600.0,
         fault: Optional[str] = None,
         first_intermediate_after: float = 0.0,
+        first_count_after: float = 0.0,
     ) -> None:
         super().__init__(parent_server=parent_server)
         if fault is not None and fault not in FAULTS:
@@ -56,6 +57,9 @@ class CellExpansionControllerImpl(CellExpansionControllerBase):
         self.fault = fault
         # A slow measurement: wall-clock seconds before a run's first intermediate response.
         self.first_intermediate_after = first_intermediate_after
+        # A slow answer: wall-clock seconds before the first CountSample returns.
+        self.first_count_after = first_count_after
+        self._counts = 0
         # Finished runs stay queryable (RunExpansion_Info / _Result) for 30 minutes.
         self.RunExpansion_default_lifetime_of_execution = timedelta(minutes=30)
 
@@ -107,6 +111,12 @@ class CellExpansionControllerImpl(CellExpansionControllerBase):
         # The drawing time comes back as one timestamp in the zone the time of day was given in, so a
         # client can see that its Date and Time parameters arrived as it meant them.
         drawn_at = datetime.combine(DrawnOn.date, DrawnAt.replace(tzinfo=None), tzinfo=DrawnAt.tzinfo)
+        with self._lock:
+            self._counts += 1
+            n = self._counts
+        print(f"SAMPLE-COUNT-STARTED n={n}", file=sys.stderr, flush=True)
+        if n == 1 and self.first_count_after > 0:
+            self._stopping.wait(self.first_count_after)
         with self._lock:
             count = (round(self._culture.density, 4), round(self._culture.viability_pct, 2), drawn_at)
         print(f"SAMPLE-COUNTED density={count[0]} viability={count[1]} drawn_at={drawn_at.isoformat()}", file=sys.stderr, flush=True)
