@@ -45,6 +45,26 @@ pub async fn render(hub: &Hub) -> Result<String, crate::store::Error> {
                 .count() as f64,
         )],
     );
+    let ingest = store.ingest_counts();
+    for (name, help, value) in [
+        (
+            "carrel_hub_ingest_commits_total",
+            "Durable transactions that stored site events, committed by this hub process (a group commit is one).",
+            ingest.commits,
+        ),
+        (
+            "carrel_hub_ingest_requests_total",
+            "Sites' messages of events stored by this hub process (several share a group commit).",
+            ingest.requests,
+        ),
+        (
+            "carrel_hub_ingest_events_total",
+            "New site events stored by this hub process (repeats of stored events not counted).",
+            ingest.events,
+        ),
+    ] {
+        gauge(name, help, "counter", vec![(String::new(), value as f64)]);
+    }
     gauge(
         "carrel_hub_site_events_total",
         "Site events committed at the hub, per site.",

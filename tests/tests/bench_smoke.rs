@@ -9,14 +9,17 @@ use std::process::Command;
 const ROWS: &[&str] = &[
     "raw limit",
     "raw single-row commits",
+    "disk: 4 KiB write + fdatasync",
     "durable ingest, 5 sites",
     "durable ingest / raw limit",
-    "events per hub commit",
+    "events per durable commit",
+    "site messages per durable commit",
     "ingest, sites with a backlog",
     "ingest with a backlog / raw limit",
-    "events per hub commit, backlog",
+    "events per durable commit, backlog",
     "event->ack p50",
     "event->ack p99",
+    "event->ack p99.9",
     "event->ack max",
     "order->site p50",
     "order->site p99",
@@ -29,8 +32,8 @@ const ROWS: &[&str] = &[
     "idle links lost",
     "agent idle RSS",
     "agent idle CPU",
-    "agent RSS running a batch",
-    "agent CPU running a batch",
+    "agent RSS max, a whole batch",
+    "agent CPU, a whole batch",
     "hub start to serving, empty",
     "hub start to serving, 100000 events",
 ];
@@ -95,6 +98,22 @@ fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
         "the agent process was measured"
     );
     assert!(median("hub start to serving, 100000 events") > 0.0);
+    // One key per figure, units in the key; commits as the hub's writer counted them.
+    let figures = report["figures"].as_object().expect("figures");
+    assert_eq!(figures.len(), ROWS.len(), "one key per figure: {figures:?}");
+    let figure = |key: &str| {
+        figures
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(|| panic!("no figure {key:?} in {figures:?}"))
+    };
+    assert!(figure("raw_limit_rows_per_s") > 0.0);
+    assert!(figure("disk_fdatasync_per_s") > 0.0);
+    // A commit holds at least one site message, and each message at least one event.
+    let messages = figure("ingest_messages_per_commit");
+    assert!(messages >= 1.0, "{messages}");
+    assert!(figure("ingest_events_per_commit") >= messages);
+    assert!(figure("event_ack_p99_9_ms") >= figure("event_ack_p99_ms"));
     let acked = report["details"]["latency"][0]["event_to_ack"]["count"]
         .as_u64()
         .expect("latency count");

@@ -103,6 +103,19 @@ async fn metrics_move_with_the_work_and_a_backup_taken_under_load_restores_intac
         failed_before + 1.0
     );
     assert!(value(&during, "carrel_hub_event_commit_seconds_count") >= 1.0);
+    // The writer's own counts: every stored event in some commit, and no commit
+    // without a request (one group commit may hold several).
+    let commits = value(&during, "carrel_hub_ingest_commits_total");
+    let requests = value(&during, "carrel_hub_ingest_requests_total");
+    let events = value(&during, "carrel_hub_ingest_events_total");
+    assert!(
+        commits >= 1.0 && requests >= commits,
+        "{commits} {requests}"
+    );
+    assert!(
+        events >= value(&during, "carrel_hub_site_events_total{site=\"site-o\"}"),
+        "{events}"
+    );
     // The site's certificate from enrollment: two years ahead, nothing expiring soon.
     let expiry = value(
         &during,

@@ -16,6 +16,45 @@ use carrel_proto::event::{EventKind, SiteEvent};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
+/// What the writer of site events has committed since the store was opened, counted
+/// by the writer itself: durable transactions, the sites' requests they held and the
+/// new events in them. Events per commit is `events / commits` (a group commit holds
+/// many requests; an audit entry is written per request, not per commit).
+#[derive(Debug, Default)]
+pub struct Counters {
+    commits: std::sync::atomic::AtomicU64,
+    requests: std::sync::atomic::AtomicU64,
+    events: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub commits: u64,
+    pub requests: u64,
+    pub events: u64,
+}
+
+impl Counters {
+    /// One transaction committed, holding `requests` stored requests with `events`
+    /// new events between them.
+    pub fn committed(&self, requests: u64, events: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.requests.fetch_add(requests, Relaxed);
+        self.events.fetch_add(events, Relaxed);
+    }
+
+    pub fn counts(&self) -> Counts {
+        use std::sync::atomic::Ordering::Relaxed;
+        Counts {
+            commits: self.commits.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            events: self.events.load(Relaxed),
+        }
+    }
+}
+
 /// What the backend must look up, in its transaction, before planning a message.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Needs {

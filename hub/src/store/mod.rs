@@ -19,6 +19,7 @@
 
 pub mod backend;
 mod ingest;
+pub use ingest::Counts as IngestCounts;
 pub mod notify;
 pub mod postgres;
 mod rows;
@@ -626,6 +627,9 @@ pub trait Store:
         events: &[Received],
         now: DateTime<Utc>,
     ) -> Result<Ingested>;
+    /// What this process's writer of site events has committed since the store was
+    /// opened (transactions, requests, new events), as it counted them.
+    fn ingest_counts(&self) -> ingest::Counts;
     async fn commands_after(
         &self,
         site_id: &str,

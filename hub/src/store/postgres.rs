@@ -68,6 +68,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Recipes are immutable once published, so they are cached by (id, version).
     recipes: RecipeCache,
+    /// Site-event transactions committed by this process.
+    ingest_counters: plan::Counters,
 }
 
 /// A time as stored: to the microsecond, cut the way [`ts`] cuts it, so the text an
@@ -272,6 +274,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             recipes: RecipeCache::default(),
+            ingest_counters: plan::Counters::default(),
         })
     }
 
@@ -327,6 +330,10 @@ impl backend::Reads for PgStore {
 
 #[async_trait]
 impl Store for PgStore {
+    fn ingest_counts(&self) -> super::ingest::Counts {
+        self.ingest_counters.counts()
+    }
+
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe> {
         let row = sqlx::query(
             "SELECT sha256, document FROM recipes WHERE recipe_id = $1 ORDER BY version DESC LIMIT 1",
@@ -520,6 +527,8 @@ impl Store for PgStore {
         .execute(w.conn())
         .await?;
         w.commit().await?;
+        self.ingest_counters
+            .committed(1, plan.ingested.new_events as u64);
         Ok(plan.ingested)
     }
 

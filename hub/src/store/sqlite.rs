@@ -436,6 +436,10 @@ impl backend::Reads for SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn ingest_counts(&self) -> super::ingest::Counts {
+        self.writer.counters.counts()
+    }
+
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe> {
         let row = sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? ORDER BY version DESC LIMIT 1")
             .bind(recipe_id)

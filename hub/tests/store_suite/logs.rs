@@ -91,6 +91,36 @@ pub async fn case_ingest_accepts_identical_repeats_and_changes_nothing(store: Ar
     assert_eq!(stored_events(&*store, order.batch_id).await, expected);
 }
 
+pub async fn case_the_writer_counts_its_commits_requests_and_new_events(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let before = store.ingest_counts();
+    let sent = vec![
+        log.record(order.batch_id, accepted(&order, &recipe)),
+        log.record(order.batch_id, step_started("receipt")),
+    ];
+    ingest(&*store, SITE_A, &sent).await;
+    // A repeat is a request and a commit, with no new event.
+    ingest(&*store, SITE_A, &sent).await;
+    // A refused request (a gap) commits nothing of its own.
+    let mut ahead = SiteLog::new();
+    for _ in 0..4 {
+        ahead.record(order.batch_id, step_started("receipt"));
+    }
+    let gap = vec![ahead.record(order.batch_id, step_started("receipt"))];
+    assert!(store
+        .ingest_events(SITE_A, &received(&gap), now())
+        .await
+        .is_err());
+    let after = store.ingest_counts();
+    assert_eq!(after.events - before.events, 2);
+    assert_eq!(after.requests - before.requests, 2);
+    // One commit per stored request here (nothing else ingests at the same time;
+    // a group commit of concurrent requests would be fewer).
+    assert_eq!(after.commits - before.commits, 2);
+}
+
 pub async fn case_ingest_refuses_a_changed_repeat(store: Arc<dyn Store>) {
     let recipe = seed(&*store).await;
     let order = order_at(&*store, SITE_A).await;

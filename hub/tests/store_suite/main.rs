@@ -112,6 +112,7 @@ every_backend! {
     logs: [
         case_ingest_stores_consecutive_events_and_advances_cursor,
         case_ingest_accepts_identical_repeats_and_changes_nothing,
+        case_the_writer_counts_its_commits_requests_and_new_events,
         case_ingest_refuses_a_changed_repeat,
         case_ingest_refuses_a_gap_and_stores_nothing_of_the_call,
         case_ingest_refuses_events_for_another_sites_batch,

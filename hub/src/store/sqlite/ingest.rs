@@ -52,6 +52,8 @@ impl From<rusqlite::Error> for Error {
 pub(super) struct Writer {
     conn: Mutex<Connection>,
     recipes: RecipeCache,
+    /// Transactions committed, counted here where they are.
+    pub counters: plan::Counters,
 }
 
 impl Writer {
@@ -69,6 +71,7 @@ impl Writer {
         Ok(Writer {
             conn: Mutex::new(conn),
             recipes,
+            counters: plan::Counters::default(),
         })
     }
 
@@ -100,6 +103,14 @@ impl Writer {
             }
         }
         tx.commit()?;
+        // A group whose every request was refused wrote nothing that lasts: not
+        // counted as a durable commit.
+        let stored = results.iter().filter_map(|r| r.as_ref().ok());
+        let requests = stored.clone().count() as u64;
+        if requests > 0 {
+            self.counters
+                .committed(requests, stored.map(|i| i.new_events as u64).sum());
+        }
         Ok(results)
     }
 

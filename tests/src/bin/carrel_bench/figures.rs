@@ -17,12 +17,28 @@ use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------- 1. raw limit
 
-/// Rows per second for large transactions, and single-row commits per second, on a
-/// scratch copy of the hub's `site_events` table with the hub's SQLite settings.
+/// What the disk and SQLite allow for our records, written as the hub's writer
+/// writes them: the hub's own schema (made by opening a hub store on a scratch
+/// file: same table, primary key, index and triggers), rusqlite with the writer's
+/// settings (WAL, `synchronous=FULL`, foreign keys on, no automatic checkpoint, a
+/// PASSIVE checkpoint every 250 ms from another connection, as the hub runs them),
+/// and the writer's own INSERT statement, prepared once. Beside it, the bare
+/// `fdatasync` rate of a file in the same directory.
 pub struct Raw {
+    /// The best rows per second over the transaction sizes tried.
     pub rows_per_sec: f64,
+    /// The transaction size that gave it.
+    pub best_rows_per_txn: u64,
+    /// (rows per transaction, rows per second) for each size tried.
+    pub by_size: Vec<(u64, f64)>,
+    /// One row per transaction: durable commits per second.
     pub commits_per_sec: f64,
+    /// 4 KiB written and `fdatasync`ed, per second: the disk alone.
+    pub fdatasyncs_per_sec: f64,
 }
+
+/// Transaction sizes the raw limit tries (1 is the single-row commit rate).
+const RAW_TXN_SIZES: [u64; 4] = [10, 100, 1_000, 10_000];
 
 pub async fn raw_limit(
     dir: &Path,
@@ -30,53 +46,123 @@ pub async fn raw_limit(
     rows: u64,
     single_commits: u64,
 ) -> anyhow::Result<Raw> {
-    let pool = fleet::open_pool(&dir.join("raw-limit.db"), true).await?;
-    for ddl in [
-        "CREATE TABLE IF NOT EXISTS sites (site_id TEXT PRIMARY KEY)",
-        // The same shape as the hub's site_events (hub/migrations/sqlite).
-        "CREATE TABLE IF NOT EXISTS site_events (
-            site_id     TEXT    NOT NULL REFERENCES sites(site_id),
-            seq         INTEGER NOT NULL,
-            event_id    TEXT    NOT NULL,
-            batch_id    TEXT    NOT NULL,
-            kind        TEXT    NOT NULL,
-            recorded_at TEXT    NOT NULL,
-            received_at TEXT    NOT NULL,
-            body        TEXT    NOT NULL,
-            sha256      TEXT    NOT NULL,
-            PRIMARY KEY (site_id, seq))",
-        "CREATE INDEX IF NOT EXISTS site_events_batch ON site_events (batch_id, site_id, seq)",
-    ] {
-        sqlx::query(ddl).execute(&pool).await?;
+    let path = dir.join(format!("raw-limit-{rep}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    let site = format!("raw-{rep}");
-    sqlx::query("INSERT OR IGNORE INTO sites (site_id) VALUES (?)")
-        .bind(&site)
-        .execute(&pool)
-        .await?;
-    let mut chain = Chain::new(uuid::Uuid::now_v7(), "G123426000001X");
-    let now = Utc::now();
-    let prepared: Vec<fleet::Row> = (0..rows + single_commits)
-        .map(|_| chain.next_row(now))
-        .collect();
-    let (bulk, single) = prepared.split_at(rows as usize);
-
-    let started = Instant::now();
-    for txn in bulk.chunks(10_000) {
-        fleet::insert_rows(&pool, "site_events", Some(&site), txn, 100).await?;
-    }
-    let rows_per_sec = rows as f64 / started.elapsed().as_secs_f64();
-
-    let started = Instant::now();
-    for row in single.chunks(1) {
-        fleet::insert_rows(&pool, "site_events", Some(&site), row, 1).await?;
-    }
-    let commits_per_sec = single_commits as f64 / started.elapsed().as_secs_f64();
-    pool.close().await;
-    Ok(Raw {
-        rows_per_sec,
-        commits_per_sec,
+    // The hub's schema, by the hub's own migrations.
+    carrel_hub::store::sqlite::SqliteStore::open(&path)
+        .await
+        .map_err(|e| anyhow::anyhow!("making the raw-limit database: {e}"))?
+        .close()
+        .await;
+    let fsync_file = dir.join(format!("raw-fdatasync-{rep}"));
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Raw> {
+        let fdatasyncs_per_sec = fdatasync_rate(&fsync_file, single_commits.max(50))?;
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+        )?;
+        let site = format!("raw-{rep}");
+        conn.execute(
+            "INSERT INTO sites (site_id, name, status, created_at) VALUES (?1, ?1, 'active', ?2)",
+            rusqlite::params![site, fleet::ts(Utc::now())],
+        )?;
+        // The hub's background checkpoints, on their own connection.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpointer = {
+            let stop = stop.clone();
+            let path = path.clone();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let conn = rusqlite::Connection::open(&path)?;
+                conn.busy_timeout(Duration::from_secs(10))?;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+                }
+                Ok(())
+            })
+        };
+        let mut chain = Chain::new(uuid::Uuid::now_v7(), "G123426000001X");
+        let mut write = |count: u64, per_txn: u64| -> anyhow::Result<f64> {
+            let now = Utc::now();
+            let prepared: Vec<fleet::Row> = (0..count).map(|_| chain.next_row(now)).collect();
+            let started = Instant::now();
+            for txn in prepared.chunks(per_txn as usize) {
+                let tx = conn.unchecked_transaction()?;
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    )?;
+                    for row in txn {
+                        let event = &row.event;
+                        insert.execute(rusqlite::params![
+                            site,
+                            event.seq as i64,
+                            event.event_id.to_string(),
+                            event.batch_id.to_string(),
+                            event.kind.name(),
+                            fleet::ts(event.recorded_at),
+                            fleet::ts(now),
+                            row.body,
+                            row.sha256,
+                        ])?;
+                    }
+                }
+                tx.commit()?;
+            }
+            Ok(count as f64 / started.elapsed().as_secs_f64())
+        };
+        let commits_per_sec = write(single_commits, 1)?;
+        let mut by_size = Vec::new();
+        for size in RAW_TXN_SIZES {
+            // Small transactions are bounded by commits: fewer rows keep them short.
+            let count = rows.min(size * single_commits.max(50) * 4).max(size);
+            by_size.push((size, write(count, size)?));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        checkpointer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the checkpointer panicked"))??;
+        let (best_rows_per_txn, rows_per_sec) = by_size
+            .iter()
+            .copied()
+            .fold((0, 0.0), |best, (size, rate)| if rate > best.1 { (size, rate) } else { best });
+        Ok(Raw {
+            rows_per_sec,
+            best_rows_per_txn,
+            by_size,
+            commits_per_sec,
+            fdatasyncs_per_sec,
+        })
     })
+    .await
+    .context("raw limit thread")?
+}
+
+/// Writes 4 KiB and calls `fdatasync` `count` times on a file: syncs per second.
+fn fdatasync_rate(path: &Path, count: u64) -> anyhow::Result<f64> {
+    use std::io::{Seek, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let block = [0x5au8; 4096];
+    let started = Instant::now();
+    for _ in 0..count {
+        file.seek(std::io::SeekFrom::Start(0))?;
+        file.write_all(&block)?;
+        file.sync_data()?;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(path);
+    Ok(rate)
 }
 
 // ---------------------------------------------------------- 2. durable ingest
@@ -85,7 +171,10 @@ pub struct Ingest {
     pub events_per_sec: f64,
     pub events: u64,
     pub secs: f64,
+    /// Durable transactions the hub's writer committed (a group commit is one).
     pub commits: u64,
+    /// Sites' messages those transactions held.
+    pub requests: u64,
     pub cpu_secs: f64,
     pub cpu_by_threads: Value,
     pub sql: Option<Value>,
@@ -104,7 +193,7 @@ pub async fn ingest(
 ) -> anyhow::Result<(Vec<Site>, Ingest)> {
     let links: Vec<_> = sites.iter().map(|s| s.link.clone()).collect();
     let acked_before: Vec<u64> = sites.iter().map(|s| s.acked()).collect();
-    let commits_before = hub.ingest_commits().await?;
+    let counts_before = hub.ingest_counts();
     let cpu_before = stats::cpu_time(None)?;
     let threads_before = stats::cpu_by_thread_group();
     if let Some(p) = profile {
@@ -157,7 +246,9 @@ pub async fn ingest(
         .sum();
     let cpu = stats::cpu_time(None)?.saturating_sub(cpu_before);
     let threads_after = stats::cpu_by_thread_group();
-    let commits = hub.ingest_commits().await? - commits_before;
+    let counts = hub.ingest_counts();
+    let commits = counts.commits - counts_before.commits;
+    let requests = counts.requests - counts_before.requests;
     let sql = profile.map(|p| p.hub_report(acked, commits));
     stop.cancel();
     let mut sites = Vec::new();
@@ -174,6 +265,7 @@ pub async fn ingest(
             events: acked,
             secs,
             commits,
+            requests,
             cpu_secs: cpu.as_secs_f64(),
             cpu_by_threads: stats::cpu_delta(&threads_before, &threads_after),
             sql,
@@ -199,7 +291,7 @@ pub async fn ingest_recorded(
         site.record_offline(events_per_site).await?;
         targets.push(site.store.last_event_seq().await?);
     }
-    let commits_before = hub.ingest_commits().await?;
+    let counts_before = hub.ingest_counts();
     let cpu_before = stats::cpu_time(None)?;
     let threads_before = stats::cpu_by_thread_group();
     let started = Instant::now();
@@ -223,7 +315,9 @@ pub async fn ingest_recorded(
         .sum();
     let cpu = stats::cpu_time(None)?.saturating_sub(cpu_before);
     let threads_after = stats::cpu_by_thread_group();
-    let commits = hub.ingest_commits().await? - commits_before;
+    let counts = hub.ingest_counts();
+    let commits = counts.commits - counts_before.commits;
+    let requests = counts.requests - counts_before.requests;
     drain(&sites, Duration::from_secs(300)).await?;
     let secs = ended.duration_since(started).as_secs_f64();
     Ok((
@@ -233,6 +327,7 @@ pub async fn ingest_recorded(
             events: acked,
             secs,
             commits,
+            requests,
             cpu_secs: cpu.as_secs_f64(),
             cpu_by_threads: stats::cpu_delta(&threads_before, &threads_after),
             sql: None,
@@ -265,18 +360,25 @@ pub async fn drain(sites: &[Site], timeout: Duration) -> anyhow::Result<()> {
 // ---------------------------------------------------------------- 3. latency
 
 pub struct LatencyRep {
+    /// From each event's intended time to the acknowledgement (or the deadline).
     pub events: Vec<Duration>,
     pub orders: Vec<Duration>,
-    /// Events still unacknowledged when the drain deadline passed.
+    /// Events still unacknowledged when the drain deadline passed (each counted in
+    /// `events` at the deadline).
     pub unacked: usize,
     pub offered_per_sec: f64,
+    /// Acknowledgements that arrived within the measured window (not the drain).
     pub acked_per_sec: f64,
 }
 
 /// Sites record events at `rate` events/s in total (open loop, evenly spread, each
-/// site with its own phase) for `duration`; each event's time from being recorded to
-/// the hub's acknowledgement is noted. Meanwhile orders are created every
-/// `order_every`, and each one's time from commit at the hub to commit at the site.
+/// site with its own phase) for `duration`. Each event's latency runs from the time
+/// it was due at that rate, not from when the site got round to it, to the hub's
+/// acknowledgement observed at the site: a stall delays the events behind it and
+/// they count the stall (coordinated omission corrected). An event not acknowledged
+/// by the drain deadline counts as acknowledged at the deadline. Meanwhile orders
+/// are created every `order_every`, and each one's time from commit at the hub to
+/// commit at the site.
 pub async fn latency(
     hub: &Arc<Hub>,
     sites: Vec<Site>,
@@ -295,6 +397,7 @@ pub async fn latency(
         .collect();
     let mut tasks = JoinSet::new();
     for (i, mut site) in sites.into_iter().enumerate() {
+        // (seq, when it was due), in seq order.
         let pending: Arc<Mutex<VecDeque<(u64, Instant)>>> = Default::default();
         // The watcher: pops what each acknowledgement covers.
         let watcher = {
@@ -302,6 +405,7 @@ pub async fn latency(
             let mut link = site.link.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
+                let mut in_window = 0usize;
                 let mut producing_done = false;
                 loop {
                     let acked = link.borrow_and_update().hub_acked_event_seq;
@@ -309,17 +413,20 @@ pub async fn latency(
                     {
                         let mut queue = pending.lock().unwrap_or_else(|p| p.into_inner());
                         while queue.front().is_some_and(|(seq, _)| *seq <= acked) {
-                            if let Some((_, at)) = queue.pop_front() {
-                                seen.push(now.duration_since(at));
+                            if let Some((_, due)) = queue.pop_front() {
+                                seen.push(now.saturating_duration_since(due));
+                                if now <= end {
+                                    in_window += 1;
+                                }
                             }
                         }
                         if producing_done && queue.is_empty() {
-                            return (seen, 0);
+                            return (seen, 0, in_window);
                         }
                         if now >= end {
                             producing_done = true;
                             if queue.is_empty() {
-                                return (seen, 0);
+                                return (seen, 0, in_window);
                             }
                         }
                     }
@@ -331,8 +438,14 @@ pub async fn latency(
                         Err(_) => producing_done = true,
                     }
                 }
-                let left = pending.lock().map(|q| q.len()).unwrap_or(0);
-                (seen, left)
+                // What never came back counts at the deadline, not as nothing.
+                let queue = pending.lock().unwrap_or_else(|p| p.into_inner());
+                seen.extend(
+                    queue
+                        .iter()
+                        .map(|(_, due)| drain_deadline.saturating_duration_since(*due)),
+                );
+                (seen, queue.len(), in_window)
             })
         };
         tasks.spawn(async move {
@@ -342,8 +455,10 @@ pub async fn latency(
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut recorded = 0u64;
             loop {
-                ticker.tick().await;
-                if Instant::now() >= end {
+                // The time this event was due at the offered rate (a late tick
+                // fires at once and still says when it was due).
+                let due = ticker.tick().await.into_std();
+                if due >= end {
                     break;
                 }
                 let event = site.append_next().await?;
@@ -351,10 +466,10 @@ pub async fn latency(
                 pending
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push_back((event.seq, Instant::now()));
+                    .push_back((event.seq, due));
             }
-            let (seen, left) = watcher.await.context("watcher panicked")?;
-            anyhow::Ok((site, seen, left, recorded))
+            let (seen, left, in_window) = watcher.await.context("watcher panicked")?;
+            anyhow::Ok((site, seen, left, recorded, in_window))
         });
     }
     // Orders, round robin over the sites, while the events flow.
@@ -380,15 +495,16 @@ pub async fn latency(
     let mut events = Vec::new();
     let mut unacked = 0;
     let mut recorded = 0;
+    let mut acked_count = 0;
     while let Some(done) = tasks.join_next().await {
-        let (site, seen, left, count) = done.context("site task panicked")??;
+        let (site, seen, left, count, in_window) = done.context("site task panicked")??;
         sites.push(site);
         events.extend(seen);
         unacked += left;
         recorded += count;
+        acked_count += in_window;
     }
     sites.sort_by(|a, b| a.site_id.cmp(&b.site_id));
-    let acked_count = events.len();
     drain(&sites, Duration::from_secs(300)).await?;
     Ok((
         sites,
@@ -634,6 +750,48 @@ pub async fn sample_process(pid: u32, window: Duration) -> anyhow::Result<Sample
         rss_kib,
         rss_max_kib,
     })
+}
+
+/// CPU share and resident memory of a process while `going` says so (asked once a
+/// second, at most `max`), memory read every `every`: for a batch, from its order
+/// until manufacturing is over, through the whole expansion step.
+pub async fn sample_while<F, Fut>(
+    pid: u32,
+    every: Duration,
+    max: Duration,
+    mut going: F,
+) -> anyhow::Result<(Sampled, usize, f64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let cpu_before = stats::cpu_time(Some(pid))?;
+    let started = Instant::now();
+    let (mut rss_kib, mut rss_max_kib, mut samples) = (0, 0, 0);
+    let mut asked = Instant::now();
+    while started.elapsed() < max {
+        tokio::time::sleep(every).await;
+        rss_kib = stats::rss_kib(Some(pid))?;
+        rss_max_kib = rss_max_kib.max(rss_kib);
+        samples += 1;
+        if asked.elapsed() >= Duration::from_secs(1) {
+            asked = Instant::now();
+            if !going().await? {
+                break;
+            }
+        }
+    }
+    let cpu = stats::cpu_time(Some(pid))?.saturating_sub(cpu_before);
+    let secs = started.elapsed().as_secs_f64();
+    Ok((
+        Sampled {
+            cpu_percent: 100.0 * cpu.as_secs_f64() / secs,
+            rss_kib,
+            rss_max_kib,
+        },
+        samples,
+        secs,
+    ))
 }
 
 /// A real `carrel-site-agent run` process, enrolled at the hub.

@@ -138,14 +138,11 @@ impl Hub {
         Ok(())
     }
 
-    /// How many ingest transactions the hub has committed (each appends one
-    /// `site_events.replicated` audit entry).
-    pub async fn ingest_commits(&self) -> anyhow::Result<u64> {
-        Ok(self
-            .shared
-            .store
-            .audit_count(carrel_hub::audit::Action::SiteEventsReplicated)
-            .await?)
+    /// What the hub's writer of site events has committed, as it counts it:
+    /// durable transactions (a group commit is one, whatever it holds), requests
+    /// and new events.
+    pub fn ingest_counts(&self) -> carrel_hub::store::IngestCounts {
+        self.shared.store.ingest_counts()
     }
 
     pub async fn stop(&self) -> anyhow::Result<()> {

@@ -106,14 +106,21 @@ async fn fleet(args: Args) -> anyhow::Result<()> {
     {
         let arrivals = arrivals.lock().unwrap_or_else(|p| p.into_inner());
         for site in arrivals.iter() {
-            let inside: Vec<&Instant> = site
+            let inside: Vec<Instant> = site
                 .iter()
-                .filter(|t| **t >= window_start && **t <= window_end)
+                .copied()
+                .filter(|t| *t >= window_start && *t <= window_end)
                 .collect();
             if inside.is_empty() {
                 silent += 1;
             }
-            gaps.extend(inside.windows(2).map(|w| w[1].duration_since(*w[0])));
+            // The window's edges count: a site that hears nothing for the whole
+            // window has one gap as long as the window, not none.
+            let points: Vec<Instant> = std::iter::once(window_start)
+                .chain(inside)
+                .chain(std::iter::once(window_end))
+                .collect();
+            gaps.extend(points.windows(2).map(|w| w[1].duration_since(w[0])));
         }
     }
     let heartbeats = gaps.len();

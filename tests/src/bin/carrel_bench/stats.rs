@@ -51,11 +51,12 @@ pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
     samples[index].as_secs_f64() * 1_000.0
 }
 
-/// p50 / p99 / max of a set of latencies, in milliseconds.
+/// p50 / p99 / p99.9 / max of a set of latencies, in milliseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
     pub p50: f64,
     pub p99: f64,
+    pub p999: f64,
     pub max: f64,
     pub count: usize,
 }
@@ -64,6 +65,7 @@ pub fn latency(samples: &mut [Duration]) -> Latency {
     Latency {
         p50: percentile_ms(samples, 50.0),
         p99: percentile_ms(samples, 99.0),
+        p999: percentile_ms(samples, 99.9),
         max: percentile_ms(samples, 100.0),
         count: samples.len(),
     }
@@ -71,7 +73,7 @@ pub fn latency(samples: &mut [Duration]) -> Latency {
 
 impl Latency {
     pub fn json(&self) -> Value {
-        json!({"p50_ms": self.p50, "p99_ms": self.p99, "max_ms": self.max, "count": self.count})
+        json!({"p50_ms": self.p50, "p99_ms": self.p99, "p99_9_ms": self.p999, "max_ms": self.max, "count": self.count})
     }
 }
 
