@@ -1,6 +1,6 @@
 //! The fleet benchmark's smoke test: `carrel-bench --quick` runs every figure on a
 //! small fleet, prints every row of the table, and the hub really acknowledged
-//! events. It checks that the benchmark works, not how fast anything is.
+//! events (in process, and as a process of its own under the live fleet). It checks that the benchmark works, not how fast anything is.
 
 use carrel_tests::binary;
 use std::process::Command;
@@ -34,6 +34,13 @@ const ROWS: &[&str] = &[
     "agent idle CPU",
     "agent RSS max, a whole batch",
     "agent CPU, a whole batch",
+    "live capacity, 10 sites, 1-event messages",
+    "live capacity, 10 sites / raw limit",
+    "live capacity, 10 sites, 10-event messages",
+    "live 10 sites at half capacity, ack p99",
+    "live 10 sites at half capacity, ack p50",
+    "live 10 sites at half capacity, ack p99.9",
+    "live 10 sites at half capacity, ack max",
     "hub start to serving, empty",
     "hub start to serving, 100000 events",
 ];
@@ -114,6 +121,15 @@ fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
     assert!(messages >= 1.0, "{messages}");
     assert!(figure("ingest_events_per_commit") >= messages);
     assert!(figure("event_ack_p99_9_ms") >= figure("event_ack_p99_ms"));
+    // The live fleet's hub (a process of its own) acknowledged events.
+    assert!(figure("live_capacity_10_sites_events_per_s") > 0.0);
+    assert!(figure("live_capacity_10_sites_10_event_messages_events_per_s") > 0.0);
+    assert!(figure("live_10_sites_half_capacity_event_ack_p99_ms") > 0.0);
+    assert_eq!(
+        report["details"]["live"][0]["connected"].as_u64(),
+        Some(10),
+        "every live site connected"
+    );
     let acked = report["details"]["latency"][0]["event_to_ack"]["count"]
         .as_u64()
         .expect("latency count");

@@ -17,6 +17,8 @@ mod figures;
 mod fleet;
 #[path = "carrel_bench/idle.rs"]
 mod idle;
+#[path = "carrel_bench/live.rs"]
+mod live;
 #[path = "carrel_bench/sqlprofile.rs"]
 mod sqlprofile;
 #[path = "carrel_bench/stats.rs"]
@@ -65,6 +67,11 @@ struct Cli {
     /// 10000000 writes an 11 GB database in over two minutes); 100000 with --quick.
     #[arg(long)]
     restart_events: Option<u64>,
+    /// Live sites in figure 8's capacity runs (comma-separated). Default 100,1000
+    /// (10000 enrolls 10,000 more sites per run: add it for the full table);
+    /// 10 with --quick.
+    #[arg(long, value_delimiter = ',')]
+    live_sites: Vec<usize>,
     /// Repetitions of each figure. Default 3; 1 with --quick.
     #[arg(long)]
     reps: Option<usize>,
@@ -102,6 +109,9 @@ enum Command {
     /// (internal) The idle fleet of figure 4, run as a child process.
     #[command(hide = true)]
     IdleFleet(idle::Args),
+    /// (internal) The live fleet of figure 8, run as a child process.
+    #[command(hide = true)]
+    LiveFleet(live::Args),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,6 +123,7 @@ enum Figure {
     CatchUp,
     Footprint,
     Restart,
+    Live,
 }
 
 /// The run's parameters, after --quick and the flags.
@@ -132,6 +143,8 @@ struct Params {
     ingest_max: Duration,
     order_every: Duration,
     idle_window: Duration,
+    live_sites: Vec<usize>,
+    live_duration: Duration,
     footprint_window: Duration,
     restart_sites: usize,
     agent_time_compression: f64,
@@ -165,6 +178,14 @@ impl Params {
             ingest_max: Duration::from_secs(if q { 60 } else { 20 }),
             order_every: Duration::from_millis(if q { 200 } else { 50 }),
             idle_window: Duration::from_secs(if q { 6 } else { 12 }),
+            live_sites: if !cli.live_sites.is_empty() {
+                cli.live_sites.clone()
+            } else if q {
+                vec![10]
+            } else {
+                vec![100, 1000]
+            },
+            live_duration: Duration::from_secs(if q { 2 } else { 10 }),
             footprint_window: Duration::from_secs(if q { 1 } else { 5 }),
             restart_sites: if q { 2 } else { 10 },
             agent_time_compression: cli.agent_time_compression,
@@ -180,6 +201,7 @@ impl Params {
             "raw_rows": self.raw_rows, "outstanding_per_site": self.outstanding,
             "order_every_ms": self.order_every.as_millis() as u64,
             "idle_window_secs": self.idle_window.as_secs_f64(),
+            "live_sites": self.live_sites, "live_duration_secs": self.live_duration.as_secs_f64(),
             "agent_time_compression": self.agent_time_compression,
             "mean_event_bytes": fleet::mean_event_bytes(),
         })
@@ -195,7 +217,7 @@ enum Target {
 /// One line of the table.
 struct Row {
     /// The figure's key in `--json`'s `figures`, with its unit in the name.
-    key: &'static str,
+    key: String,
     figure: u8,
     name: String,
     unit: &'static str,
@@ -204,9 +226,9 @@ struct Row {
 }
 
 impl Row {
-    fn new(key: &'static str, figure: u8, name: impl Into<String>, unit: &'static str) -> Row {
+    fn new(key: impl Into<String>, figure: u8, name: impl Into<String>, unit: &'static str) -> Row {
         Row {
-            key,
+            key: key.into(),
             figure,
             name: name.into(),
             unit,
@@ -337,6 +359,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::IdleFleet(args)) => idle::run(args),
+        Some(Command::LiveFleet(args)) => live::run(args),
         None => bench(cli),
     };
     match result {
@@ -682,6 +705,7 @@ async fn run(
             site.stop().await;
         }
     }
+    let raw_median = stats::summary(&raw_rows.samples).median;
     if wants(&cli, Figure::Raw) || wants(&cli, Figure::Ingest) {
         rows.extend([raw_rows, raw_commits, raw_fdatasync]);
     }
@@ -799,6 +823,129 @@ async fn run(
             json!({"enroll_secs": enroll_secs, "reps": idle_details}),
         );
         rows.extend([connected, total, per_site, gap, lost]);
+    }
+
+    // ---- 8: the hub's own capacity under live load (see live.rs).
+    if wants(&cli, Figure::Live) {
+        let live_dir = disk.path().join("live-hub");
+        let live_hub = Arc::new(Hub::start(&hub_runtime, &live_dir).await?);
+        // Each run needs sites whose logs start empty: a set per run.
+        let mut runs = Vec::new();
+        for &n in &p.live_sites {
+            for per_message in [1u64, 10] {
+                runs.push((n, per_message, None));
+            }
+        }
+        let largest = p.live_sites.iter().copied().max().unwrap_or(0);
+        // Then the latency at half the largest fleet's capacity with 1-event messages.
+        runs.push((largest, 1, Some(())));
+        let mut lists = Vec::new();
+        for (i, (n, _, _)) in runs.iter().enumerate() {
+            progress(format!(
+                "enrolling and ordering for {n} live sites (run {i})"
+            ));
+            let list = site_root.path().join(format!("live-{i}.txt"));
+            figures::enroll_live(
+                &live_hub,
+                &site_root.path().join("live"),
+                &format!("live{i}"),
+                *n,
+                &list,
+            )
+            .await?;
+            lists.push(list);
+        }
+        live_hub.stop().await?;
+        drop(live_hub);
+        let mut live_details = Vec::new();
+        let mut capacity_of_largest = f64::NAN;
+        for ((n, per_message, latency), list) in runs.into_iter().zip(&lists) {
+            let rate = match latency {
+                Some(()) => (capacity_of_largest / 2.0).max(1.0),
+                None => 0.0,
+            };
+            // The events made ahead are bounded over the whole fleet (memory): more
+            // than the hub acknowledges in the window at these rates.
+            let budget: u64 = if p.quick { 100_000 } else { 600_000 };
+            let per_site = (budget / n.max(1) as u64).max(100);
+            let r = figures::live(
+                &live_dir,
+                list,
+                rate,
+                per_message,
+                p.live_duration,
+                per_site,
+            )
+            .await?;
+            let acked = r["acked_in_window_events_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
+            progress(format!(
+                "live {n} sites, {per_message}-event messages{}: {acked:.0} events/s acknowledged; {r}",
+                if latency.is_some() { format!(", offered {rate:.0}/s") } else { String::new() }
+            ));
+            let key = match latency {
+                Some(()) => format!("live_{n}_sites_half_capacity_event_ack_p99_ms"),
+                None if per_message == 1 => format!("live_capacity_{n}_sites_events_per_s"),
+                None => {
+                    format!("live_capacity_{n}_sites_{per_message}_event_messages_events_per_s")
+                }
+            };
+            match latency {
+                Some(()) => {
+                    let p99 = r["event_ack"]["p99_ms"].as_f64().unwrap_or(f64::NAN);
+                    let mut row = Row::new(
+                        key,
+                        8,
+                        format!("live {n} sites at half capacity, ack p99"),
+                        "ms",
+                    )
+                    .target(Target::AtMost(50.0));
+                    row.samples.push(p99);
+                    rows.push(row);
+                    for (suffix, name, field) in [
+                        ("p50", "p50", "p50_ms"),
+                        ("p99_9", "p99.9", "p99_9_ms"),
+                        ("max", "max", "max_ms"),
+                    ] {
+                        let key = format!("live_{n}_sites_half_capacity_event_ack_{suffix}_ms");
+                        let mut row = Row::new(
+                            key,
+                            8,
+                            format!("live {n} sites at half capacity, ack {name}"),
+                            "ms",
+                        );
+                        row.samples
+                            .push(r["event_ack"][field].as_f64().unwrap_or(f64::NAN));
+                        rows.push(row);
+                    }
+                }
+                None => {
+                    let mut row = Row::new(
+                        key,
+                        8,
+                        format!("live capacity, {n} sites, {per_message}-event messages"),
+                        "events/s",
+                    );
+                    row.samples.push(acked);
+                    rows.push(row);
+                    if n == largest && per_message == 1 {
+                        capacity_of_largest = acked;
+                        let mut ratio = Row::new(
+                            "live_capacity_ratio_to_raw_percent",
+                            8,
+                            format!("live capacity, {n} sites / raw limit"),
+                            "%",
+                        )
+                        .target(Target::AtLeast(40.0));
+                        ratio.samples.push(100.0 * acked / raw_median);
+                        rows.push(ratio);
+                    }
+                }
+            }
+            live_details.push(r);
+        }
+        details.insert("live".into(), json!(live_details));
     }
 
     // ---- 6: the agent's footprint.
@@ -948,7 +1095,7 @@ async fn run(
             // One key per figure (its median), units in the key.
             "figures": rows
                 .iter()
-                .map(|r| (r.key.to_owned(), finite(stats::summary(&r.samples).median)))
+                .map(|r| (r.key.clone(), finite(stats::summary(&r.samples).median)))
                 .collect::<serde_json::Map<_, _>>(),
             "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
             "details": Value::Object(details),

@@ -528,10 +528,21 @@ pub async fn enroll_idle(
     count: usize,
     concurrency: usize,
 ) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    enroll_idle_named(hub, dir, "idle", count, concurrency).await
+}
+
+/// As [`enroll_idle`], the sites named `<prefix>-00000`, ...
+pub async fn enroll_idle_named(
+    hub: &Arc<Hub>,
+    dir: &Path,
+    prefix: &str,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = JoinSet::new();
     for i in 0..count {
-        let site_id = format!("idle-{i:05}");
+        let site_id = format!("{prefix}-{i:05}");
         let site_dir = dir.join(&site_id);
         let hub = hub.clone();
         let gate = gate.clone();
@@ -657,6 +668,86 @@ pub async fn idle(hub_data_dir: &Path, list: &Path, window: Duration) -> anyhow:
         rss_after_kib,
         child: child_result,
     })
+}
+
+// ------------------------------------------------------------- 8. live capacity
+
+/// One run of the live fleet (`live.rs`) against a fresh `carrel-hub serve`
+/// process on the database its sites were enrolled in: the child's result, with the
+/// hub process's CPU seconds and resident memory added.
+pub async fn live(
+    hub_data_dir: &Path,
+    list: &Path,
+    rate: f64,
+    events_per_message: u64,
+    duration: Duration,
+    max_events_per_site: u64,
+) -> anyhow::Result<Value> {
+    let mut hub = serve_hub(hub_data_dir).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_before = stats::cpu_time(Some(hub.pid))?;
+    let exe = std::env::current_exe().context("locating carrel-bench")?;
+    let output = tokio::process::Command::new(exe)
+        .arg("live-fleet")
+        .arg("--hub")
+        .arg(&hub.url)
+        .arg("--list")
+        .arg(list)
+        .arg("--rate")
+        .arg(rate.to_string())
+        .arg("--events-per-message")
+        .arg(events_per_message.to_string())
+        .arg("--duration")
+        .arg(duration.as_secs_f64().to_string())
+        .arg("--max-events-per-site")
+        .arg(max_events_per_site.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running the live fleet")?;
+    let hub_cpu_secs = stats::cpu_time(Some(hub.pid))?
+        .saturating_sub(cpu_before)
+        .as_secs_f64();
+    let hub_rss_kib = stats::rss_kib(Some(hub.pid))?;
+    let _ = hub.child.start_kill();
+    let _ = hub.child.wait().await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(json) = stdout.lines().find_map(|l| l.strip_prefix("result ")) else {
+        bail!(
+            "the live fleet ended without a result ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let mut result: Value = serde_json::from_str(json).context("live fleet result")?;
+    result["hub_cpu_secs"] = json!(hub_cpu_secs);
+    result["hub_rss_kib"] = json!(hub_rss_kib);
+    Ok(result)
+}
+
+/// Enrolls `count` live sites at an in-process hub on `hub_dir` and orders a batch
+/// for each; writes the list the live fleet reads (directory, batch, COI).
+pub async fn enroll_live(
+    hub: &Arc<Hub>,
+    dir: &Path,
+    prefix: &str,
+    count: usize,
+    list: &Path,
+) -> anyhow::Result<()> {
+    let sites = enroll_idle_named(hub, dir, prefix, count, 16).await?;
+    let mut text = String::new();
+    for (site_id, site_dir) in sites {
+        let order = hub.order(&site_id).await?;
+        text.push_str(&format!(
+            "{}\t{}\t{}\n",
+            site_dir.display(),
+            order.batch_id,
+            order.coi
+        ));
+    }
+    std::fs::write(list, text)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- 5. catch-up

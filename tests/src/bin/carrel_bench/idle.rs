@@ -162,7 +162,7 @@ async fn site(
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let permit = gate.acquire_owned().await;
-    let opened = open(&hub, &dir).await;
+    let opened = open(&hub, &dir, "carrel-bench-idle").await;
     drop(permit);
     let (out, mut inbound, interval) = match opened {
         Ok(link) => {
@@ -210,14 +210,15 @@ async fn site(
     }
 }
 
-type Open = (
+pub type Open = (
     mpsc::Sender<pb::SiteMessage>,
     tonic::Streaming<pb::HubMessage>,
     Duration,
 );
 
-/// One site's TLS connection (its own certificate) and Sync stream, up to Welcome.
-async fn open(hub: &str, dir: &std::path::Path) -> anyhow::Result<Open> {
+/// One site's TLS connection (its own certificate) and Sync stream, up to Welcome:
+/// the stream's sender, the hub's messages and the heartbeat interval.
+pub async fn open(hub: &str, dir: &std::path::Path, agent_version: &str) -> anyhow::Result<Open> {
     let identity = identity::Identity::load(dir)?;
     let config = tls::mtls_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
     let channel = tls::connect(tls::Peer::Hub, hub, None, config, Duration::from_secs(60)).await?;
@@ -226,7 +227,7 @@ async fn open(hub: &str, dir: &std::path::Path) -> anyhow::Result<Open> {
     out.send(pb::SiteMessage {
         body: Some(site_message::Body::Hello(pb::Hello {
             protocol_version: carrel_proto::protocol::current(),
-            agent_version: "carrel-bench-idle".into(),
+            agent_version: agent_version.into(),
             acked_command_seq: 0,
             last_event_seq: 0,
             witnessed_audit_head: None,
