@@ -51,21 +51,33 @@ struct Counters {
 /// Runs the idle fleet; prints `connected ...` once all sites are up, `result {json}`
 /// after the window, then waits for a line (or EOF) on standard input and exits.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    child_runtime("idle-fleet")?.block_on(fleet(args))
+}
+
+/// The runtime of a fleet child process (two workers, as many files as allowed).
+pub fn child_runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     crate::raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("idle-fleet")
+        .thread_name(name)
         .enable_all()
-        .build()?;
-    runtime.block_on(fleet(args))
+        .build()?)
+}
+
+/// The non-empty lines of a fleet's list file.
+pub fn list_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 async fn fleet(args: Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.list)
-        .with_context(|| format!("reading {}", args.list.display()))?;
-    let dirs: Vec<PathBuf> = text
-        .lines()
-        .filter(|l| !l.is_empty())
+    let dirs: Vec<PathBuf> = list_lines(&args.list)?
+        .into_iter()
         .map(PathBuf::from)
         .collect();
     let counters = Arc::new(Counters::default());

@@ -17,7 +17,6 @@
 
 use crate::fleet::Chain;
 use crate::{idle, stats};
-use anyhow::Context;
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
 use serde_json::json;
@@ -78,21 +77,12 @@ struct LiveSite {
 
 /// Runs the live fleet; prints `result {json}` and exits.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    crate::raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("live-fleet")
-        .enable_all()
-        .build()?;
-    runtime.block_on(fleet(args))
+    idle::child_runtime("live-fleet")?.block_on(fleet(args))
 }
 
 async fn fleet(args: Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.list)
-        .with_context(|| format!("reading {}", args.list.display()))?;
-    let sites: Vec<LiveSite> = text
-        .lines()
-        .filter(|l| !l.is_empty())
+    let sites: Vec<LiveSite> = idle::list_lines(&args.list)?
+        .iter()
         .map(|line| {
             let mut parts = line.split('\t');
             let (Some(dir), Some(batch), Some(coi)) = (parts.next(), parts.next(), parts.next())
