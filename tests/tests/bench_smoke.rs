@@ -43,6 +43,8 @@ const ROWS: &[&str] = &[
     "live 10 sites at half capacity, ack max",
     "hub start to serving, empty",
     "hub start to serving, 100000 events",
+    "hub exec to SERVING, empty, cold",
+    "hub exec to SERVING, 100000 events, cold",
 ];
 
 #[test]
@@ -105,6 +107,7 @@ fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
         "the agent process was measured"
     );
     assert!(median("hub start to serving, 100000 events") > 0.0);
+    assert!(median("hub exec to SERVING, 100000 events, cold") > 0.0);
     // One key per figure, units in the key; commits as the hub's writer counted them.
     let figures = report["figures"].as_object().expect("figures");
     assert_eq!(figures.len(), ROWS.len(), "one key per figure: {figures:?}");
