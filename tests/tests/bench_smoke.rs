@@ -133,6 +133,10 @@ fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
         Some(10),
         "every live site connected"
     );
+    // Capacity runs count every event the fleet sent, up to the last acknowledgement.
+    let live = &report["details"]["live"][0];
+    assert_eq!(live["acked_events"], live["sent_events"], "{live}");
+    assert!(live["last_ack_secs"].as_f64().expect("last ack") > 0.0);
     let acked = report["details"]["latency"][0]["event_to_ack"]["count"]
         .as_u64()
         .expect("latency count");

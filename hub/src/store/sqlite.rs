@@ -12,6 +12,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqlitePool, Transaction};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex as SyncMutex;
@@ -23,6 +24,32 @@ mod schedule;
 mod write;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Most events in one group commit. Under a flood (every site sending at once) the
+/// queue can hold hundreds of thousands of events; committing them all in one
+/// transaction would hold every acknowledgement until the last row is written.
+/// Bounded, the first acknowledgements go out after one transaction of a few tens
+/// of milliseconds, and a person's write waits for one group at most. Large enough
+/// that the commit's fixed cost (one fsync) is spread over thousands of rows: the
+/// raw limit (`carrel-bench`, figure 1) stops growing past about 1,000 rows per
+/// transaction.
+pub const GROUP_EVENTS: usize = 4_000;
+
+/// The requests at the front of the queue up to [`GROUP_EVENTS`] events between
+/// them; always the first one, however large (a site's run is at most
+/// `MAX_EVENTS_PER_MESSAGE` events).
+fn take_group(queue: &mut VecDeque<IngestRequest>) -> Vec<IngestRequest> {
+    let mut group = Vec::new();
+    let mut events = 0;
+    while let Some(next) = queue.front() {
+        if !group.is_empty() && events + next.events.len() > GROUP_EVENTS {
+            break;
+        }
+        events += next.events.len();
+        group.extend(queue.pop_front());
+    }
+    group
+}
 
 /// One site's events waiting for the next group commit.
 struct IngestRequest {
@@ -36,7 +63,7 @@ pub struct SqliteStore {
     pool: SqlitePool,
     write_lock: Mutex<()>,
     /// Site events waiting for the write lock (see `group_commit`).
-    ingest_queue: SyncMutex<Vec<IngestRequest>>,
+    ingest_queue: SyncMutex<VecDeque<IngestRequest>>,
     /// The connection group commits run on (see `ingest.rs`).
     writer: Arc<ingest::Writer>,
     /// Recipes are immutable once published, so they are cached by (id, version).
@@ -325,7 +352,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             write_lock: Mutex::new(()),
-            ingest_queue: SyncMutex::new(Vec::new()),
+            ingest_queue: SyncMutex::new(VecDeque::new()),
             writer,
             recipes,
             checkpointer: stop.drop_guard(),
@@ -334,12 +361,15 @@ impl SqliteStore {
 
     /// Group commit: site links that ingest at the same time share one durable
     /// transaction. Each caller queues its request and takes the write lock; the
-    /// holder takes every request queued so far, runs each in a savepoint of its own
-    /// (a refused request rolls back alone and changes nothing), commits once, and
-    /// answers them all; the transaction runs on a blocking thread (`ingest.rs`),
-    /// under the same write lock as every other writer. A caller whose request an earlier holder already committed
-    /// finds its answer waiting. Nothing is answered before the commit returned, and a
-    /// failed commit (a full disk, an fsync error) fails every request in it.
+    /// holder takes the requests at the front of the queue, up to [`GROUP_EVENTS`]
+    /// events between them (always at least one request), runs each in a savepoint of
+    /// its own (a refused request rolls back alone and changes nothing), commits
+    /// once, and answers them all; the transaction runs on a blocking thread
+    /// (`ingest.rs`), under the same write lock as every other writer. A caller whose
+    /// request an earlier holder already committed finds its answer waiting; one whose
+    /// request is still queued behind a full group takes the lock again. Nothing is
+    /// answered before the commit returned, and a failed commit (a full disk, an
+    /// fsync error) fails every request in it.
     async fn group_commit(
         &self,
         site_id: &str,
@@ -350,18 +380,37 @@ impl SqliteStore {
         self.ingest_queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(IngestRequest {
+            .push_back(IngestRequest {
                 site_id: site_id.to_owned(),
                 events: events.to_vec(),
                 now,
                 reply,
             });
-        let _w = self.write_lock.lock().await;
-        if let Ok(result) = answer.try_recv() {
-            return result;
+        loop {
+            let _w = self.write_lock.lock().await;
+            if let Ok(result) = answer.try_recv() {
+                return result;
+            }
+            let group =
+                take_group(&mut self.ingest_queue.lock().unwrap_or_else(|e| e.into_inner()));
+            if group.is_empty() {
+                // Our request left the queue with a group that has not answered yet
+                // (its holder was cancelled mid-commit): the answer, or its loss,
+                // comes through the channel.
+                break;
+            }
+            self.commit_group(group).await;
         }
-        let group =
-            std::mem::take(&mut *self.ingest_queue.lock().unwrap_or_else(|e| e.into_inner()));
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::Corrupt(
+                "the group commit holding these events was interrupted before it answered; send them again".into(),
+            ))
+        })
+    }
+
+    /// Commits one group of queued requests and answers each; the caller holds the
+    /// write lock.
+    async fn commit_group(&self, group: Vec<IngestRequest>) {
         let (requests, replies): (Vec<_>, Vec<_>) = group
             .into_iter()
             .map(|r| {
@@ -403,11 +452,6 @@ impl SqliteStore {
                 }
             }
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(Error::Corrupt(
-                "the group commit holding these events was interrupted before it answered; send them again".into(),
-            ))
-        })
     }
 
     pub async fn close(&self) {
@@ -705,5 +749,53 @@ mod tests {
             .expect("a file that is not a database is refused");
         assert!(is_corruption(&error), "{error}");
         assert!(!is_corruption(&sqlx::Error::PoolTimedOut));
+    }
+
+    fn queued(sizes: &[usize]) -> VecDeque<IngestRequest> {
+        let event = carrel_proto::event::SiteEvent {
+            seq: 1,
+            event_id: uuid::Uuid::nil(),
+            recorded_at: Utc::now(),
+            batch_id: uuid::Uuid::nil(),
+            recorded_by: "tech".into(),
+            prev_sha256: String::new(),
+            identity: Default::default(),
+            kind: carrel_proto::event::EventKind::StepStarted {
+                step_id: "receipt".into(),
+                instrument_id: "sim-1".into(),
+                resumed: false,
+            },
+        };
+        sizes
+            .iter()
+            .map(|&n| IngestRequest {
+                site_id: format!("site-{n}"),
+                events: vec![Received::new(event.clone()); n],
+                now: Utc::now(),
+                reply: tokio::sync::oneshot::channel().0,
+            })
+            .collect()
+    }
+
+    fn sizes(group: &[IngestRequest]) -> Vec<usize> {
+        group.iter().map(|r| r.events.len()).collect()
+    }
+
+    #[test]
+    fn a_group_takes_the_front_of_the_queue_up_to_its_bound() {
+        // A flood: every request of 1,000 events; a group holds four, in order.
+        let mut queue = queued(&[1_000; 10]);
+        let first = take_group(&mut queue);
+        assert_eq!(sizes(&first), [1_000; 4]);
+        assert_eq!(queue.len(), 6, "the rest waits for the next holder");
+        // A request that would cross the bound waits, even if a smaller one behind it
+        // would fit: requests are committed in the order they came.
+        let mut queue = queued(&[3_000, 1_500, 10]);
+        assert_eq!(sizes(&take_group(&mut queue)), [3_000]);
+        assert_eq!(sizes(&take_group(&mut queue)), [1_500, 10]);
+        assert!(take_group(&mut queue).is_empty());
+        // One request larger than the bound still goes, alone.
+        let mut queue = queued(&[GROUP_EVENTS + 1, 1]);
+        assert_eq!(sizes(&take_group(&mut queue)), [GROUP_EVENTS + 1]);
     }
 }

@@ -299,6 +299,60 @@ async fn sqlite_upgrade_rebuilds_the_sites_table_and_keeps_what_refers_to_it() {
     assert_eq!(ceased.status, SiteStatus::Ceased);
 }
 
+/// A flood of site messages arriving together is committed in bounded groups, so
+/// the first sites are acknowledged after one group, not after all of it; every
+/// request is answered with its own acknowledgement.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_commits_a_flood_in_bounded_groups() {
+    use carrel_hub::store::sqlite::GROUP_EVENTS;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = open_sqlite_at(&dir.path().join("hub.db")).await;
+    let recipe = seed(&*store).await;
+    const SITES: usize = 12;
+    const PER_SITE: u64 = 1_000;
+    let mut messages = Vec::new();
+    for i in 0..SITES {
+        let site_id = format!("flood-{i}");
+        add_active_site(&*store, &site_id).await;
+        let order = store
+            .create_order(&new_order(&site_id), now())
+            .await
+            .expect("order");
+        let mut log = SiteLog::new();
+        let mut events = vec![log.record(order.batch_id, accepted(&order, &recipe))];
+        while events.len() < PER_SITE as usize {
+            events.push(log.record(order.batch_id, step_started("receipt")));
+        }
+        messages.push((site_id, received(&events)));
+    }
+    let before = store.ingest_counts();
+    // Every site's message is queued before any commit can take the lock: the
+    // requests start together on the runtime's threads.
+    let start = Arc::new(tokio::sync::Barrier::new(SITES));
+    let mut flood = tokio::task::JoinSet::new();
+    for (site_id, events) in messages {
+        let (store, start) = (store.clone(), start.clone());
+        flood.spawn(async move {
+            start.wait().await;
+            store.ingest_events(&site_id, &events, now()).await
+        });
+    }
+    while let Some(done) = flood.join_next().await {
+        let done = done.expect("join").expect("ingest");
+        assert_eq!(done.acked_event_seq, PER_SITE);
+        assert_eq!(done.new_events as u64, PER_SITE);
+    }
+    let after = store.ingest_counts();
+    let total = SITES as u64 * PER_SITE;
+    assert_eq!(after.events - before.events, total);
+    assert_eq!(after.requests - before.requests, SITES as u64);
+    let commits = after.commits - before.commits;
+    assert!(
+        commits >= total.div_ceil(GROUP_EVENTS as u64),
+        "{total} events in {commits} commits: a group holds at most {GROUP_EVENTS}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_refuses_a_database_whose_schema_is_newer() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -877,9 +877,14 @@ async fn run(
                 per_site,
             )
             .await?;
-            let acked = r["acked_in_window_events_per_s"]
-                .as_f64()
-                .unwrap_or(f64::NAN);
+            // Capacity: the whole fleet's events over the time to the last
+            // acknowledgement (the hub is busy throughout; see live.rs). With an
+            // offered rate, what was acknowledged within the window.
+            let acked = match latency {
+                Some(()) => r["acked_in_window_events_per_s"].as_f64(),
+                None => r["acked_until_last_events_per_s"].as_f64(),
+            }
+            .unwrap_or(f64::NAN);
             progress(format!(
                 "live {n} sites, {per_message}-event messages{}: {acked:.0} events/s acknowledged; {r}",
                 if latency.is_some() { format!(", offered {rate:.0}/s") } else { String::new() }
