@@ -421,6 +421,7 @@ impl Link {
             busy: false,
             waiting: Run::default(),
             done: done_tx,
+            last_commit: None,
         };
         // Whether the command log may hold something not yet sent: at the start, when
         // a command is added (here, or at another replica that announces it), and on
@@ -475,7 +476,10 @@ impl Link {
                     if site.status != SiteStatus::Active {
                         return Err(Status::permission_denied(format!("site {:?} is {}", self.site_id, site.status.as_str())));
                     }
-                    if last_touch.elapsed() >= touch_every && last_heard.elapsed() < touch_every {
+                    // A commit of the site's events sets its last contact too: no
+                    // write of its own (one fsync, under the write lock) while it streams.
+                    let touched = committing.last_commit.map_or(last_touch, |at| at.max(last_touch));
+                    if touched.elapsed() >= touch_every && last_heard.elapsed() < touch_every {
                         store.touch_site(&self.site_id, Utc::now()).await.map_err(status)?;
                         last_touch = Instant::now();
                     }
@@ -702,6 +706,8 @@ struct Committing {
     busy: bool,
     waiting: Run,
     done: mpsc::Sender<Result<(), Status>>,
+    /// When a run was last committed (which also records the site's last contact).
+    last_commit: Option<Instant>,
 }
 
 impl Committing {
@@ -727,6 +733,7 @@ impl Committing {
     fn finished(&mut self, link: &Link, outcome: Result<(), Status>) -> Result<(), Status> {
         self.busy = false;
         outcome?;
+        self.last_commit = Some(Instant::now());
         if !self.waiting.is_empty() {
             self.start(link);
         }

@@ -98,6 +98,18 @@ pub trait ReadTx: Send {
     async fn audit_witnesses(&mut self) -> Result<Vec<(String, u64, String, DateTime<Utc>)>>;
     /// Integrity findings, oldest first; only those not yet acknowledged when `open`.
     async fn audit_findings(&mut self, open: bool) -> Result<Vec<crate::audit::Finding>>;
+    /// The notifier's position in the audit trail, as committed (not locked; see
+    /// [`WriteTx::notifier_cursor`]).
+    async fn notifier_position(&mut self) -> Result<u64>;
+    /// Up to `limit` audit entries after `position`, in order.
+    async fn audit_after(&mut self, position: u64, limit: u32) -> Result<Vec<Entry>>;
+    /// Live subscriptions of people who can still sign in, with their role.
+    async fn subscribers(&mut self) -> Result<Vec<(Subscription, Role)>>;
+    /// The facts an audit entry's happenings need ([`happening::needs`]).
+    async fn happening_facts(
+        &mut self,
+        needs: happening::Needs,
+    ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)>;
 }
 
 /// A request to grant the qa or admin role, waiting for a second administrator.
@@ -157,15 +169,6 @@ pub trait WriteTx: ReadTx {
     /// The notifier's position in the audit trail, locked until the transaction
     /// ends (one notifier at a time).
     async fn notifier_cursor(&mut self) -> Result<u64>;
-    /// Up to `limit` audit entries after `position`, in order.
-    async fn audit_after(&mut self, position: u64, limit: u32) -> Result<Vec<Entry>>;
-    /// Live subscriptions of people who can still sign in, with their role.
-    async fn subscribers(&mut self) -> Result<Vec<(Subscription, Role)>>;
-    /// The facts an audit entry's happenings need ([`happening::needs`]).
-    async fn happening_facts(
-        &mut self,
-        needs: happening::Needs,
-    ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)>;
     /// A notification of the outbox; `NotFound` when unknown.
     async fn outbox_entry(&mut self, notification_id: Uuid) -> Result<OutboxEntry>;
     /// Whether a subscription is live (not ended).

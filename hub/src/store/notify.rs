@@ -38,7 +38,7 @@ pub struct OutboxCounts {
 }
 
 #[async_trait]
-pub trait NotifyStore: super::backend::Writes {
+pub trait NotifyStore: super::backend::Writes + super::backend::Reads {
     /// Stores a validated subscription (audited `notification.subscribed`). The
     /// webhook secret is stored as given.
     async fn subscribe(&self, new: &NewSubscription, now: DateTime<Utc>) -> Result<Subscription> {
@@ -62,14 +62,14 @@ pub trait NotifyStore: super::backend::Writes {
 
     /// Reads up to `limit` audit entries after the notifier's cursor, queues the
     /// notifications they mean for every matching subscription, and moves the cursor
-    /// past them: all in one transaction. Concurrent notifiers (several hub
+    /// past them: the queueing and the cursor in one transaction. Concurrent notifiers (several hub
     /// processes) take turns on the cursor.
     async fn run_notifier(&self, limit: u32, now: DateTime<Utc>) -> Result<NotifierPass> {
         // Idle most of the time: look before taking the writer.
         if !self.notifier_behind().await? {
             return Ok(NotifierPass::default());
         }
-        transactions::run_notifier(self.write().await?, limit, now).await
+        transactions::run_notifier(self, limit, now).await
     }
     /// Whether the audit trail holds entries after the notifier's cursor (a cheap
     /// look, outside any write transaction).

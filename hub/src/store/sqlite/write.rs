@@ -48,6 +48,49 @@ impl SqliteTx<'_> {
 
 #[async_trait]
 impl ReadTx for SqliteTx<'_> {
+    async fn notifier_position(&mut self) -> Result<u64> {
+        let position: i64 =
+            sqlx::query_scalar("SELECT position FROM notification_cursor WHERE name = 'audit'")
+                .fetch_one(&mut *self.tx)
+                .await?;
+        u64::try_from(position).map_err(|_| Error::Corrupt("notifier cursor is negative".into()))
+    }
+
+    async fn audit_after(&mut self, position: u64, limit: u32) -> Result<Vec<audit::Entry>> {
+        sqlx::query("SELECT * FROM audit_log WHERE position > ? ORDER BY position LIMIT ?")
+            .bind(i64_of(position)?)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(|row| Ok(rows::audit_entry(row)?.0))
+            .collect()
+    }
+
+    async fn subscribers(&mut self) -> Result<Vec<(Subscription, Role)>> {
+        sqlx::query(
+            "SELECT s.*, u.role FROM notification_subscriptions s JOIN users u ON u.username = s.owner \
+             WHERE s.removed_at IS NULL AND u.disabled = 0",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(|row| {
+            let role: String = row.try_get("role")?;
+            let role =
+                Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("role {role:?}")))?;
+            Ok((rows::subscription(row)?, role))
+        })
+        .collect()
+    }
+
+    async fn happening_facts(
+        &mut self,
+        needs: happening::Needs,
+    ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)> {
+        SqliteStore::facts_in(&mut self.tx, needs).await
+    }
+
     async fn site(&mut self, site_id: &str) -> Result<Site> {
         let row = sqlx::query("SELECT * FROM sites WHERE site_id = ?")
             .bind(site_id)
@@ -278,41 +321,6 @@ impl WriteTx for SqliteTx<'_> {
                 .fetch_one(&mut *self.tx)
                 .await?;
         u64::try_from(position).map_err(|_| Error::Corrupt("notifier cursor is negative".into()))
-    }
-
-    async fn audit_after(&mut self, position: u64, limit: u32) -> Result<Vec<audit::Entry>> {
-        sqlx::query("SELECT * FROM audit_log WHERE position > ? ORDER BY position LIMIT ?")
-            .bind(i64_of(position)?)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *self.tx)
-            .await?
-            .iter()
-            .map(|row| Ok(rows::audit_entry(row)?.0))
-            .collect()
-    }
-
-    async fn subscribers(&mut self) -> Result<Vec<(Subscription, Role)>> {
-        sqlx::query(
-            "SELECT s.*, u.role FROM notification_subscriptions s JOIN users u ON u.username = s.owner \
-             WHERE s.removed_at IS NULL AND u.disabled = 0",
-        )
-        .fetch_all(&mut *self.tx)
-        .await?
-        .iter()
-        .map(|row| {
-            let role: String = row.try_get("role")?;
-            let role =
-                Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("role {role:?}")))?;
-            Ok((rows::subscription(row)?, role))
-        })
-        .collect()
-    }
-
-    async fn happening_facts(
-        &mut self,
-        needs: happening::Needs,
-    ) -> Result<(Option<OrderFacts>, Vec<SiteEventFacts>)> {
-        SqliteStore::facts_in(&mut self.tx, needs).await
     }
 
     async fn outbox_entry(&mut self, notification_id: Uuid) -> Result<OutboxEntry> {
