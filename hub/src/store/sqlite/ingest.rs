@@ -65,7 +65,8 @@ impl Writer {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-             PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+             PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA cache_size = -65536;",
         )?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(Writer {
