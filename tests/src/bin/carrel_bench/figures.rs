@@ -63,7 +63,8 @@ pub async fn raw_limit(
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-             PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+             PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA cache_size = -65536;",
         )?;
         let site = format!("raw-{rep}");
         conn.execute(
