@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 /// writes them: the hub's own schema (made by opening a hub store on a scratch
 /// file: same table, primary key, index and triggers), rusqlite with the writer's
 /// settings (WAL, `synchronous=FULL`, foreign keys on, no automatic checkpoint, a
-/// PASSIVE checkpoint every 250 ms from another connection, as the hub runs them),
+/// PASSIVE checkpoint every `CHECKPOINT_EVERY` from another connection, as the hub
+/// runs them),
 /// and the writer's own INSERT statement, prepared once. Beside it, the bare
 /// `fdatasync` rate of a file in the same directory.
 pub struct Raw {
@@ -80,7 +81,7 @@ pub async fn raw_limit(
                 let conn = rusqlite::Connection::open(&path)?;
                 conn.busy_timeout(Duration::from_secs(10))?;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(250));
+                    std::thread::sleep(carrel_hub::store::sqlite::CHECKPOINT_EVERY);
                     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
                 }
                 Ok(())
