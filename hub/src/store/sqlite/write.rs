@@ -316,11 +316,9 @@ impl WriteTx for SqliteTx<'_> {
     }
 
     async fn notifier_cursor(&mut self) -> Result<u64> {
-        let position: i64 =
-            sqlx::query_scalar("SELECT position FROM notification_cursor WHERE name = 'audit'")
-                .fetch_one(&mut *self.tx)
-                .await?;
-        u64::try_from(position).map_err(|_| Error::Corrupt("notifier cursor is negative".into()))
+        // The write lock already makes this transaction the only notifier: the
+        // plain read is the locked one here.
+        self.notifier_position().await
     }
 
     async fn outbox_entry(&mut self, notification_id: Uuid) -> Result<OutboxEntry> {
