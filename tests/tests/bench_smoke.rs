@@ -47,11 +47,38 @@ const ROWS: &[&str] = &[
     "hub exec to SERVING, 100000 events, cold",
 ];
 
+/// Figure 9's rows, printed when a PostgreSQL server is given (`scripts/test` starts
+/// one and sets `CARREL_TEST_POSTGRES_URL`).
+const POSTGRES_ROWS: &[&str] = &[
+    "PostgreSQL raw: INSERT",
+    "PostgreSQL raw: COPY",
+    "PostgreSQL raw: single-row commits",
+    "PostgreSQL ingest, sites with a backlog",
+    "PostgreSQL backlog ingest / raw (best)",
+    "PostgreSQL events per commit, backlog",
+    "PostgreSQL event->ack p50",
+    "PostgreSQL event->ack p99",
+    "PostgreSQL event->ack p99.9",
+    "PostgreSQL event->ack max",
+    "PostgreSQL order->site p99",
+    "PostgreSQL catch-up,",
+];
+
 #[test]
 fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json_path = dir.path().join("bench.json");
-    let out = Command::new(binary("carrel-bench"))
+    let postgres = std::env::var("CARREL_TEST_POSTGRES_URL").ok();
+    let mut bench = Command::new(binary("carrel-bench"));
+    match &postgres {
+        Some(url) => bench.arg("--postgres").arg(url),
+        None => bench.env_remove("CARREL_BENCH_POSTGRES_URL"),
+    };
+    let expected: Vec<&str> = match &postgres {
+        Some(_) => ROWS.iter().chain(POSTGRES_ROWS).copied().collect(),
+        None => ROWS.to_vec(),
+    };
+    let out = bench
         .arg("--quick")
         .arg("--json")
         .arg(&json_path)
@@ -67,7 +94,7 @@ fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
         "carrel-bench --quick failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    for row in ROWS {
+    for row in &expected {
         assert!(
             stdout
                 .lines()
@@ -80,7 +107,7 @@ fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
         serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
             .expect("JSON parses");
     let rows = report["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), ROWS.len(), "one JSON row per table row");
+    assert_eq!(rows.len(), expected.len(), "one JSON row per table row");
     let median = |prefix: &str| {
         rows.iter()
             .find(|r| r["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
@@ -110,7 +137,11 @@ fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
     assert!(median("hub exec to SERVING, 100000 events, cold") > 0.0);
     // One key per figure, units in the key; commits as the hub's writer counted them.
     let figures = report["figures"].as_object().expect("figures");
-    assert_eq!(figures.len(), ROWS.len(), "one key per figure: {figures:?}");
+    assert_eq!(
+        figures.len(),
+        expected.len(),
+        "one key per figure: {figures:?}"
+    );
     let figure = |key: &str| {
         figures
             .get(key)
@@ -137,6 +168,19 @@ fn quick_benchmark_prints_every_figure_and_acknowledges_events() {
     let live = &report["details"]["live"][0];
     assert_eq!(live["acked_events"], live["sent_events"], "{live}");
     assert!(live["last_ack_secs"].as_f64().expect("last ack") > 0.0);
+    // The stopped hub's database was filled by the hub's own ingest: QC results,
+    // projections and audit entries, not only events.
+    let restart = &report["details"]["restart"]["table_rows"];
+    assert_eq!(restart["site_events"].as_u64(), Some(100_000), "{restart}");
+    assert!(restart["qc_results"].as_u64() > Some(0), "{restart}");
+    assert!(restart["audit_log"].as_u64() > Some(0), "{restart}");
+    if postgres.is_some() {
+        assert!(figure("postgres_raw_copy_rows_per_s") > 0.0);
+        assert!(figure("postgres_raw_insert_rows_per_s") > 0.0);
+        assert!(figure("postgres_backlog_ingest_events_per_s") > 0.0);
+        assert!(figure("postgres_catch_up_events_per_s") > 0.0);
+        assert!(figure("postgres_event_ack_p99_ms") > 0.0);
+    }
     let acked = report["details"]["latency"][0]["event_to_ack"]["count"]
         .as_u64()
         .expect("latency count");

@@ -19,6 +19,8 @@ mod fleet;
 mod idle;
 #[path = "carrel_bench/live.rs"]
 mod live;
+#[path = "carrel_bench/postgres.rs"]
+mod postgres;
 #[path = "carrel_bench/sqlprofile.rs"]
 mod sqlprofile;
 #[path = "carrel_bench/stats.rs"]
@@ -102,6 +104,11 @@ struct Cli {
     /// Keep the work directories (hub database, site stores) for a closer look.
     #[arg(long)]
     keep: bool,
+    /// A PostgreSQL server for figure 9 (`postgres://USER@HOST:PORT/DATABASE`, a user
+    /// who may CREATE DATABASE: scratch databases are made there and dropped at the
+    /// end). Without one, figure 9 is skipped with a message.
+    #[arg(long, env = "CARREL_BENCH_POSTGRES_URL")]
+    postgres: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +131,7 @@ enum Figure {
     Footprint,
     Restart,
     Live,
+    Postgres,
 }
 
 /// The run's parameters, after --quick and the flags.
@@ -335,6 +343,15 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// A count for a figure's key: 10000000 is "10m", 100000 is "100k".
+fn short_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
 fn progress(text: impl AsRef<str>) {
     eprintln!("[carrel-bench] {}", text.as_ref());
 }
@@ -417,6 +434,179 @@ async fn create_sites(hub: &Arc<Hub>, dir: &Path, count: usize) -> anyhow::Resul
     }
     sites.sort_by(|a, b| a.site_id.cmp(&b.site_id));
     Ok(sites)
+}
+
+/// Figure 9: a raw limit on a scratch database, then a hub on another one with
+/// `p.sites` enrolled sites: ingest with a backlog, latency at `rate` (what figure 3
+/// offered SQLite) and a catch-up of `p.backlog` events, as figures 2, 3 and 5
+/// measure them on SQLite.
+async fn postgres_figures(
+    server: &mut postgres::Server,
+    p: &Params,
+    hub_runtime: &tokio::runtime::Handle,
+    work: &Path,
+    site_root: &Path,
+    rate: f64,
+) -> anyhow::Result<(Vec<Row>, Value)> {
+    let mut insert = Row::new(
+        "postgres_raw_insert_rows_per_s",
+        9,
+        format!(
+            "PostgreSQL raw: INSERT, {} rows each",
+            postgres::INSERT_ROWS
+        ),
+        "rows/s",
+    );
+    let mut copy = Row::new(
+        "postgres_raw_copy_rows_per_s",
+        9,
+        "PostgreSQL raw: COPY",
+        "rows/s",
+    );
+    let mut single = Row::new(
+        "postgres_raw_single_row_commits_per_s",
+        9,
+        "PostgreSQL raw: single-row commits",
+        "commits/s",
+    );
+    let mut backlog = Row::new(
+        "postgres_backlog_ingest_events_per_s",
+        9,
+        "PostgreSQL ingest, sites with a backlog",
+        "events/s",
+    );
+    let mut backlog_ratio = Row::new(
+        "postgres_backlog_ingest_ratio_to_raw_percent",
+        9,
+        "PostgreSQL backlog ingest / raw (best)",
+        "%",
+    );
+    let mut per_commit = Row::new(
+        "postgres_backlog_events_per_commit",
+        9,
+        "PostgreSQL events per commit, backlog",
+        "events",
+    );
+    let mut raw_details = Vec::new();
+    let mut ingest_details = Vec::new();
+    for rep in 0..p.reps {
+        let url = server.scratch("raw").await?;
+        let raw = postgres::raw_limit(&url, p.raw_rows, p.raw_single_commits).await?;
+        progress(format!(
+            "PostgreSQL raw limit rep {rep}: INSERT {:.0} rows/s, COPY {:.0} rows/s, {:.0} single-row commits/s",
+            raw.insert_rows_per_sec, raw.copy_rows_per_sec, raw.commits_per_sec
+        ));
+        insert.samples.push(raw.insert_rows_per_sec);
+        copy.samples.push(raw.copy_rows_per_sec);
+        single.samples.push(raw.commits_per_sec);
+        raw_details.push(json!({
+            "insert_rows_per_s": raw.insert_rows_per_sec, "copy_rows_per_s": raw.copy_rows_per_sec,
+            "single_row_commits_per_s": raw.commits_per_sec,
+            "rows_per_insert": postgres::INSERT_ROWS, "rows_per_txn": postgres::TXN_ROWS,
+        }));
+    }
+    let url = server.scratch("hub").await?;
+    let hub = Arc::new(Hub::start_on(hub_runtime, &work.join("postgres-hub"), Some(url)).await?);
+    progress(format!(
+        "enrolling {} streaming sites on the PostgreSQL hub",
+        p.sites
+    ));
+    let mut sites = create_sites(&hub, &site_root.join("postgres"), p.sites).await?;
+    for rep in 0..p.reps {
+        let (back, r) = figures::ingest_recorded(&hub, sites, p.events, p.ingest_max).await?;
+        sites = back;
+        progress(format!(
+            "PostgreSQL ingest with a backlog rep {rep}: {:.0} events/s ({} events in {:.2} s, {} commits)",
+            r.events_per_sec, r.events, r.secs, r.commits
+        ));
+        backlog.samples.push(r.events_per_sec);
+        // Against the better of the two ways of writing the rows raw.
+        if let (Some(a), Some(b)) = (insert.samples.get(rep), copy.samples.get(rep)) {
+            backlog_ratio
+                .samples
+                .push(100.0 * r.events_per_sec / a.max(*b));
+        }
+        per_commit
+            .samples
+            .push(r.events as f64 / r.commits.max(1) as f64);
+        ingest_details.push(json!({
+            "events": r.events, "secs": r.secs, "commits": r.commits, "requests": r.requests,
+            "process_cpu_secs": r.cpu_secs, "cpu_secs_by_threads": r.cpu_by_threads,
+        }));
+    }
+    let name = |what: &str| format!("PostgreSQL event->ack {what} (at {rate:.0}/s)");
+    let mut p50 = Row::new("postgres_event_ack_p50_ms", 9, name("p50"), "ms");
+    let mut p99 = Row::new("postgres_event_ack_p99_ms", 9, name("p99"), "ms");
+    let mut p999 = Row::new("postgres_event_ack_p99_9_ms", 9, name("p99.9"), "ms");
+    let mut max = Row::new("postgres_event_ack_max_ms", 9, name("max"), "ms");
+    let mut order_p99 = Row::new(
+        "postgres_order_site_p99_ms",
+        9,
+        "PostgreSQL order->site p99",
+        "ms",
+    );
+    let mut latency_details = Vec::new();
+    for rep in 0..p.reps {
+        let (back, mut lat) =
+            figures::latency(&hub, sites, rate, p.duration, p.order_every).await?;
+        sites = back;
+        let events = stats::latency(&mut lat.events);
+        let orders = stats::latency(&mut lat.orders);
+        progress(format!(
+            "PostgreSQL latency rep {rep} at {rate:.0} events/s: p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms ({} events, {} unacknowledged at the deadline); order->site p99 {:.2} ms",
+            events.p50, events.p99, events.p999, events.max, events.count, lat.unacked, orders.p99
+        ));
+        p50.samples.push(events.p50);
+        p99.samples.push(events.p99);
+        p999.samples.push(events.p999);
+        max.samples.push(events.max);
+        order_p99.samples.push(orders.p99);
+        latency_details.push(json!({
+            "rate_target_per_sec": rate, "acked_in_window_per_sec": lat.acked_per_sec,
+            "unacked_at_deadline": lat.unacked, "event_to_ack": events.json(),
+            "order_to_site": orders.json(),
+        }));
+    }
+    for site in sites {
+        site.stop().await;
+    }
+    let mut catch_up = Row::new(
+        "postgres_catch_up_events_per_s",
+        9,
+        format!("PostgreSQL catch-up, {} events backlog", p.backlog),
+        "events/s",
+    );
+    let mut catch_details = Vec::new();
+    for rep in 0..p.reps {
+        let c = figures::catch_up(&hub, site_root, rep, p.backlog).await?;
+        progress(format!(
+            "PostgreSQL catch-up rep {rep}: {:.0} events/s ({:.2} s)",
+            c.events_per_sec, c.secs
+        ));
+        catch_up.samples.push(c.events_per_sec);
+        catch_details.push(json!({"secs": c.secs, "first_ack_ms": c.first_ack_ms}));
+    }
+    hub.stop().await?;
+    Ok((
+        vec![
+            insert,
+            copy,
+            single,
+            backlog,
+            backlog_ratio,
+            per_commit,
+            p50,
+            p99,
+            p999,
+            max,
+            order_p99,
+            catch_up,
+        ],
+        json!({
+            "raw_limit": raw_details, "ingest_with_backlog": ingest_details,
+            "latency": latency_details, "catch_up": catch_details,
+        }),
+    ))
 }
 
 fn git_commit() -> Option<String> {
@@ -565,6 +755,8 @@ async fn run(
     let mut or_p99 =
         Row::new("order_site_p99_ms", 3, "order->site p99", "ms").target(Target::AtMost(20.0));
     let mut or_max = Row::new("order_site_max_ms", 3, "order->site max", "ms");
+    // The rate figure 3 offered, offered again to PostgreSQL in figure 9.
+    let mut latency_rate = None;
     let streaming =
         wants(&cli, Figure::Raw) || wants(&cli, Figure::Ingest) || wants(&cli, Figure::Latency);
     if streaming {
@@ -674,6 +866,7 @@ async fn run(
                 _ => 1_000.0,
             };
             let rate = cli.latency_rate.unwrap_or(max_rate / 2.0).max(1.0);
+            latency_rate = Some(rate);
             let mut latency_details = Vec::new();
             for rep in 0..p.reps {
                 let (back, mut lat) =
@@ -748,6 +941,32 @@ async fn run(
         }
         details.insert("catch_up".into(), json!(catch_details));
         rows.push(row);
+    }
+
+    // ---- 9: the PostgreSQL backend, beside its own raw limit.
+    if wants(&cli, Figure::Postgres) {
+        match &cli.postgres {
+            None => progress(
+                "figure 9 (PostgreSQL) skipped: no server configured (--postgres URL or CARREL_BENCH_POSTGRES_URL)",
+            ),
+            Some(url) => {
+                let mut server = postgres::Server::connect(url).await?;
+                let rate = latency_rate.or(cli.latency_rate).unwrap_or(500.0);
+                let measured = postgres_figures(
+                    &mut server,
+                    &p,
+                    &hub_runtime,
+                    disk.path(),
+                    site_root.path(),
+                    rate,
+                )
+                .await;
+                server.drop_scratch().await?;
+                let (pg_rows, pg_details) = measured?;
+                rows.extend(pg_rows);
+                details.insert("postgres".into(), pg_details);
+            }
+        }
     }
 
     // ---- 4: idle sites, against a separate hub process (see figures::idle).
@@ -836,12 +1055,19 @@ async fn run(
                 runs.push((n, per_message, None));
             }
         }
+        // The target is stated at 1,000 live sites: the ratio to the raw limit and the
+        // latency runs are at that fleet when it is measured, else at the largest.
         let largest = p.live_sites.iter().copied().max().unwrap_or(0);
-        // Then the latency with 1-event messages at half the largest fleet's capacity
+        let target_fleet = if p.live_sites.contains(&1000) {
+            1000
+        } else {
+            largest
+        };
+        // Then the latency with 1-event messages at half that fleet's capacity
         // (the target), and at a tenth and a quarter of it (where the knee is).
         let fractions: &[f64] = if p.quick { &[0.5] } else { &[0.5, 0.1, 0.25] };
         for &fraction in fractions {
-            runs.push((largest, 1, Some(fraction)));
+            runs.push((target_fleet, 1, Some(fraction)));
         }
         let mut lists = Vec::new();
         for (i, (n, _, _)) in runs.iter().enumerate() {
@@ -862,10 +1088,10 @@ async fn run(
         live_hub.stop().await?;
         drop(live_hub);
         let mut live_details = Vec::new();
-        let mut capacity_of_largest = f64::NAN;
+        let mut capacity_of_target = f64::NAN;
         for ((n, per_message, latency), list) in runs.into_iter().zip(&lists) {
             let rate = match latency {
-                Some(fraction) => (capacity_of_largest * fraction).max(1.0),
+                Some(fraction) => (capacity_of_target * fraction).max(1.0),
                 None => 0.0,
             };
             // The events made ahead are bounded over the whole fleet (memory): more
@@ -956,8 +1182,8 @@ async fn run(
                     );
                     row.samples.push(acked);
                     rows.push(row);
-                    if n == largest && per_message == 1 {
-                        capacity_of_largest = acked;
+                    if n == target_fleet && per_message == 1 {
+                        capacity_of_target = acked;
                         let mut ratio = Row::new(
                             "live_capacity_ratio_to_raw_percent",
                             8,
@@ -1081,27 +1307,29 @@ async fn run(
             empty_cold.samples.push(secs);
         }
         progress(format!(
-            "writing {} events into the restart hub's database",
-            p.restart_events
+            "ingesting {} events into the restart hub's database (the hub's own ingest transaction, 200-event requests from {} sites)",
+            p.restart_events, p.restart_sites
         ));
         let fill_rate =
-            figures::fill_hub_database(&restart_dir.join("hub.db"), &batches, p.restart_events)
+            figures::fill_by_ingest(&restart_dir.join("hub.db"), &batches, p.restart_events)
                 .await?;
         let db_bytes = std::fs::metadata(restart_dir.join("hub.db"))
             .map(|m| m.len())
             .unwrap_or(0);
+        let table_rows = figures::table_rows(&restart_dir.join("hub.db"))?;
         progress(format!(
-            "written at {fill_rate:.0} rows/s; database {} MiB",
+            "ingested at {fill_rate:.0} events/s; database {} MiB; rows {table_rows}",
             db_bytes >> 20
         ));
+        let count = short_count(p.restart_events);
         let mut full = Row::new(
-            "restart_stored_s",
+            format!("restart_{count}_s"),
             7,
             format!("hub start to serving, {} events", p.restart_events),
             "s",
         );
         let mut full_cold = Row::new(
-            "restart_stored_cold_process_s",
+            format!("restart_{count}_cold_s"),
             7,
             format!("hub exec to SERVING, {} events, cold", p.restart_events),
             "s",
@@ -1119,7 +1347,7 @@ async fn run(
         }
         details.insert(
             "restart".into(),
-            json!({"fill_rows_per_sec": fill_rate, "database_bytes": db_bytes}),
+            json!({"fill_events_per_sec": fill_rate, "database_bytes": db_bytes, "table_rows": table_rows}),
         );
         rows.extend([empty, full, empty_cold, full_cold]);
     }

@@ -62,7 +62,20 @@ pub async fn start_server(
 
 impl Hub {
     pub async fn start(runtime: &Handle, data_dir: &Path) -> anyhow::Result<Hub> {
-        let config = hub_config(data_dir);
+        Hub::start_on(runtime, data_dir, None).await
+    }
+
+    /// A hub whose store is `database` (a `postgres://` URL) instead of the SQLite
+    /// file in `data_dir` (which still holds its PKI).
+    pub async fn start_on(
+        runtime: &Handle,
+        data_dir: &Path,
+        database: Option<String>,
+    ) -> anyhow::Result<Hub> {
+        let config = carrel_hub::Config {
+            database,
+            ..hub_config(data_dir)
+        };
         let shutdown = CancellationToken::new();
         let running = start_server(runtime, config.clone(), shutdown.clone()).await?;
         let shared = running.shared.clone();
@@ -396,7 +409,16 @@ impl Chain {
         }
     }
 
-    pub fn next_row(&mut self, now: DateTime<Utc>) -> Row {
+    /// The next event as the hub receives it (its canonical JSON and hash made by
+    /// the hub's own `Received::new`).
+    pub fn next_received(&mut self, now: DateTime<Utc>) -> carrel_hub::store::Received {
+        let received = carrel_hub::store::Received::new(self.next_event(now));
+        self.prev_sha256 = received.sha256().to_owned();
+        received
+    }
+
+    /// The next event; the caller moves `prev_sha256` on to its hash.
+    fn next_event(&mut self, now: DateTime<Utc>) -> SiteEvent {
         let event = SiteEvent {
             seq: self.next_seq,
             event_id: Uuid::now_v7(),
@@ -407,10 +429,15 @@ impl Chain {
             identity: carrel_proto::event::Identity::Agent,
             kind: event_kind(self.next_seq - 1, &self.coi),
         };
+        self.next_seq += 1;
+        event
+    }
+
+    pub fn next_row(&mut self, now: DateTime<Utc>) -> Row {
+        let event = self.next_event(now);
         let body = event.canonical_json();
         let sha256 = hex::encode(sha2::Sha256::digest(body.as_bytes()));
         self.prev_sha256 = sha256.clone();
-        self.next_seq += 1;
         Row {
             event,
             body,
