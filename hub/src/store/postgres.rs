@@ -478,21 +478,23 @@ impl Store for PgStore {
             }
         }
         let plan = plan::plan(site_id, cursor, events, &found)?;
-        for received in &plan.events {
-            let event = received.event();
+        // One statement for the message's events (arrays unnested into rows), not
+        // a round trip to the server per event.
+        if !plan.events.is_empty() {
+            let events: Vec<_> = plan.events.iter().map(|r| r.event()).collect();
             sqlx::query(
                 "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[], $7::timestamptz[], $8::text[], $9::text[])",
             )
             .bind(site_id)
-            .bind(i64_of(event.seq)?)
-            .bind(event.event_id)
-            .bind(event.batch_id)
-            .bind(event.kind.name())
-            .bind(stored(event.recorded_at))
-            .bind(stored(now))
-            .bind(received.body())
-            .bind(received.sha256())
+            .bind(events.iter().map(|e| i64_of(e.seq)).collect::<Result<Vec<_>>>()?)
+            .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.batch_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.kind.name()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| stored(e.recorded_at)).collect::<Vec<_>>())
+            .bind(vec![stored(now); events.len()])
+            .bind(plan.events.iter().map(|r| r.body()).collect::<Vec<_>>())
+            .bind(plan.events.iter().map(|r| r.sha256()).collect::<Vec<_>>())
             .execute(w.conn())
             .await?;
         }

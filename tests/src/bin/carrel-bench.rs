@@ -119,6 +119,9 @@ enum Command {
     /// (internal) The live fleet of figure 8, run as a child process.
     #[command(hide = true)]
     LiveFleet(live::Args),
+    /// (internal) Drops files from the page cache, in a process of its own (figure 7).
+    #[command(hide = true)]
+    DropPageCache { files: Vec<PathBuf> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -377,6 +380,12 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(Command::IdleFleet(args)) => idle::run(args),
         Some(Command::LiveFleet(args)) => live::run(args),
+        Some(Command::DropPageCache { files }) => {
+            return figures::drop_page_cache(&files).unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            })
+        }
         None => bench(cli),
     };
     match result {

@@ -1051,13 +1051,27 @@ pub fn table_rows(db: &Path) -> anyhow::Result<Value> {
 /// after an fsync so that nothing dirty stays). Returns the seconds and whether the
 /// cache was dropped for every file.
 pub async fn time_process_start(data_dir: &Path) -> anyhow::Result<(f64, bool)> {
-    let mut cold = true;
-    for name in ["hub.db", "hub.db-wal", "hub.db-shm"] {
-        let path = data_dir.join(name);
-        if path.exists() {
-            cold &= drop_from_page_cache(&path)?;
-        }
-    }
+    // In a child process: closing a descriptor of the database here would drop every
+    // POSIX lock this process holds on it, under any SQLite connection of an
+    // in-process hub still open on the file ("How To Corrupt An SQLite Database
+    // File", 2.2), and a stale connection without its locks can checkpoint over
+    // the new process's writes. A 10-million-event run was damaged that way.
+    let files: Vec<PathBuf> = ["hub.db", "hub.db-wal", "hub.db-shm"]
+        .iter()
+        .map(|name| data_dir.join(name))
+        .filter(|path| path.exists())
+        .collect();
+    let dropped = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("drop-page-cache")
+        .args(&files)
+        .status()
+        .await
+        .context("running carrel-bench drop-page-cache")?;
+    let cold = match dropped.code() {
+        Some(0) => true,
+        Some(3) => false,
+        _ => bail!("carrel-bench drop-page-cache failed ({dropped})"),
+    };
     let started = Instant::now();
     let mut hub = serve_hub(data_dir).await?;
     let ca = std::fs::read_to_string(data_dir.join("pki/ca.crt"))?;
@@ -1094,11 +1108,27 @@ pub async fn time_process_start(data_dir: &Path) -> anyhow::Result<(f64, bool)> 
     Ok((secs, cold))
 }
 
-/// Asks the kernel to forget a file's cached pages; false when it would not.
-fn drop_from_page_cache(path: &Path) -> anyhow::Result<bool> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    file.sync_all()?;
-    Ok(rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).is_ok())
+/// `carrel-bench drop-page-cache FILE...`: asks the kernel to forget the files'
+/// cached pages (after an fsync, so that nothing dirty stays). Exit 0 when it did for
+/// every file, 3 when the kernel would not for one. Run as a child process (see
+/// `time_process_start`).
+pub fn drop_page_cache(files: &[PathBuf]) -> anyhow::Result<std::process::ExitCode> {
+    let mut all = true;
+    for path in files {
+        // A WAL may be gone by now (its last connection closed): nothing to drop.
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        file.sync_all()?;
+        all &= rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).is_ok();
+    }
+    Ok(if all {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(3)
+    })
 }
 
 pub async fn time_start(runtime: &tokio::runtime::Handle, data_dir: &Path) -> anyhow::Result<f64> {

@@ -5,6 +5,7 @@
 
 use crate::fleet::{self, Chain};
 use anyhow::{bail, Context};
+use carrel_hub::config::redacted;
 use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Executor};
@@ -99,20 +100,6 @@ pub fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
         "{}://{authority}/{name}{query}",
         &url[..scheme_end]
     ))
-}
-
-/// The URL without its password, for messages.
-pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}://{user}:***{}", &url[..s], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// What PostgreSQL allows for the hub's event rows, written without the hub.
@@ -276,15 +263,6 @@ mod tests {
             "postgres://h:5432/z"
         );
         assert!(with_database("h:5432/db", "z").is_err());
-    }
-
-    #[test]
-    fn messages_never_carry_the_password() {
-        assert_eq!(
-            redacted("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(redacted("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]
