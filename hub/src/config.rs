@@ -562,23 +562,108 @@ impl NotificationsConfig {
     }
 }
 
-/// A URL (of a database, of an SMTP server) fit for a log line: any password replaced by `***`.
+/// A URL (of a database, of an SMTP server) fit for a log line or a config dump: a
+/// password in the user information (`user:PASSWORD@host`) and the value of any
+/// query parameter that names one (`?password=`, `sslpassword=`, as libpq and sqlx
+/// accept them) replaced by `***`.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
+            let credentials = &base[scheme_end + 3..at];
             match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
+                Some((user, _)) => {
+                    format!("{}{user}:***{}", &base[..scheme_end + 3], &base[at..])
+                }
+                None => base.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    match query {
+        None => base,
+        Some(query) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", pairs.join("&"))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_config_shows_every_setting() {
+        let example = include_str!("../../deploy/hub.example.toml");
+        // Settings with no default are shown too (commented out in the example).
+        let config = Config {
+            database: Some("postgres://u@h/db".into()),
+            ca_cert: Some("/c".into()),
+            ca_key: Some("/k".into()),
+            otlp_endpoint: Some("http://c".into()),
+            notifications: NotificationsConfig {
+                smtp_url: Some("smtp://m".into()),
+                ..NotificationsConfig::default()
+            },
+            ..Config::default()
+        };
+        let defaults = toml::Value::try_from(&config).expect("the defaults as TOML");
+        let missing = carrel_proto::config_example::settings_not_shown(&defaults, example);
+        assert!(
+            missing.is_empty(),
+            "deploy/hub.example.toml does not show {missing:?}"
+        );
+        // And the example, comments left out, is a valid config.
+        let parsed: Config = toml::from_str(example).expect("the example parses");
+        parsed.validate().expect("the example validates");
+    }
+
+    #[test]
+    fn redaction_hides_every_password_a_url_can_carry() {
+        assert_eq!(
+            redacted("postgres://carrel:s3cret@db:5432/carrel"),
+            "postgres://carrel:***@db:5432/carrel"
+        );
+        assert_eq!(
+            redacted("postgres://carrel@db/carrel?sslmode=require&password=s3cret"),
+            "postgres://carrel@db/carrel?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redacted("postgres://db/c?sslpassword=k3y&PASSWORD=p&application_name=hub"),
+            "postgres://db/c?sslpassword=***&PASSWORD=***&application_name=hub"
+        );
+        assert_eq!(
+            redacted("postgres://u:p%40ss@db/c?password=x"),
+            "postgres://u:***@db/c?password=***"
+        );
+        assert_eq!(
+            redacted("sqlite:///var/lib/hub.db"),
+            "sqlite:///var/lib/hub.db"
+        );
+        let dumped = Config {
+            database: Some("postgres://carrel@db/carrel?password=s3cret".into()),
+            notifications: NotificationsConfig {
+                smtp_url: Some("smtps://mail:m41l@smtp.example.org".into()),
+                ..NotificationsConfig::default()
+            },
+            ..Config::default()
+        }
+        .redacted();
+        let text = toml::to_string_pretty(&dumped).expect("dump");
+        assert!(!text.contains("s3cret") && !text.contains("m41l"), "{text}");
+    }
 
     #[test]
     fn defaults_are_valid() {

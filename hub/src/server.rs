@@ -127,10 +127,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let ca = Arc::new(load_ca(&config)?);
     let server_cert = ca.issue_server_cert(&config.server_names)?;
 
+    // Both addresses are bound before either is announced or served: a hub whose
+    // console port is taken stops here, before it says it serves.
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let console_listener = std::net::TcpListener::bind(config.console_listen)
+        .with_context(|| format!("binding the console address {}", config.console_listen))?;
+    let console_addr = console_listener.local_addr()?;
+    pki::write_file(
+        &config.data_dir.join("console.addr"),
+        &format!("{console_addr}\n"),
+        false,
+    )?;
     // Lets scripts and tests that asked for port 0 find the port.
     pki::write_file(
         &config.data_dir.join("hub.addr"),
@@ -284,14 +294,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::info!("hub stopped");
         Ok(())
     });
-    let console_listener = std::net::TcpListener::bind(config.console_listen)
-        .with_context(|| format!("binding the console address {}", config.console_listen))?;
-    let console_addr = console_listener.local_addr()?;
-    pki::write_file(
-        &config.data_dir.join("console.addr"),
-        &format!("{console_addr}\n"),
-        false,
-    )?;
     crate::console::serve(
         hub.clone(),
         console_listener,

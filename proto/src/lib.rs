@@ -27,6 +27,7 @@ pub mod pb {
 
 pub mod batch;
 pub mod coi;
+pub mod config_example;
 pub mod enrollment;
 pub mod event;
 pub mod people;

@@ -21,6 +21,10 @@ pub enum Error {
     Invalid(String),
 }
 
+/// The largest `reconnect_max_ms` accepted: past it, a site would wait too long to
+/// come back after its hub returns.
+pub const RECONNECT_MAX_LIMIT_MS: u64 = 30_000;
+
 /// Everything `carrel-site-agent run` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +38,8 @@ pub struct Config {
     pub hubs: Vec<String>,
     /// First reconnect delay after a lost link; doubles up to `reconnect_max_ms`, with jitter.
     pub reconnect_min_ms: u64,
+    /// The longest wait between two attempts (5 s by default): a site reconnects
+    /// within this long of its hub answering again. At most `RECONNECT_MAX_LIMIT_MS`.
     pub reconnect_max_ms: u64,
     /// The link is dropped when nothing is heard from the hub for this long.
     /// Env: `CARREL_AGENT_HEARTBEAT_TIMEOUT_MS`.
@@ -342,7 +348,7 @@ impl Default for Config {
             hub: String::new(),
             hubs: Vec::new(),
             reconnect_min_ms: 200,
-            reconnect_max_ms: 30_000,
+            reconnect_max_ms: 5_000,
             heartbeat_timeout_ms: 20_000,
             events_per_message: 200,
             console_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7445)),
@@ -459,6 +465,12 @@ impl Config {
             return Err(Error::Invalid(
                 "reconnect_min_ms must be positive and at most reconnect_max_ms".into(),
             ));
+        }
+        if self.reconnect_max_ms > RECONNECT_MAX_LIMIT_MS {
+            return Err(Error::Invalid(format!(
+                "reconnect_max_ms is {}: at most {RECONNECT_MAX_LIMIT_MS} (a site waiting longer stays away from a hub that is back)",
+                self.reconnect_max_ms
+            )));
         }
         if self.heartbeat_timeout_ms < 200 {
             return Err(Error::Invalid(
@@ -816,6 +828,21 @@ pub fn mapping_for<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_config_shows_every_setting() {
+        let example = include_str!("../../deploy/agent.example.toml");
+        let defaults = toml::Value::try_from(Config::default()).expect("the defaults as TOML");
+        let missing: Vec<_> = carrel_proto::config_example::settings_not_shown(&defaults, example)
+            .into_iter()
+            // The data directory is given on the command line, not in the file.
+            .filter(|key| key != "data_dir")
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/agent.example.toml does not show {missing:?}"
+        );
+    }
 
     #[test]
     fn defaults_need_only_a_hub() {

@@ -71,6 +71,9 @@ enum Command {
     Status {
         #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
         data_dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Scan a label at a custody checkpoint. Each person's password is read from a
     /// prompt (or, when standard input is not a terminal, one line each from it,
@@ -148,6 +151,9 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long)]
         batch: Option<String>,
+        /// Print JSON (each record as stored: its canonical JSON) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -373,11 +379,35 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             running.wait().await;
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Status { data_dir } => {
+        Command::Status { data_dir, json } => {
             let site_id = identity::Identity::load(&data_dir)?.site_id;
             let store = open_store(&data_dir).await?;
             let last = store.last_event_seq().await?;
             let acked = store.hub_acked().await?;
+            let batches = store.batches().await?;
+            if json {
+                let batches: Vec<_> = batches
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "batch_id": b.batch_id, "order_id": b.order_id, "coi": b.coi,
+                            "patient_pseudonym": b.patient_pseudonym, "recipe_id": b.recipe_id,
+                            "recipe_version": b.recipe_version, "state": b.state.as_str(),
+                            "current_step": b.current_step, "decision": b.decision,
+                            "updated_at": b.updated_at,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "site_id": site_id, "events_recorded": last,
+                        "events_acknowledged_by_hub": acked,
+                        "events_waiting": last - acked.min(last), "batches": batches,
+                    }))?
+                );
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
             println!(
                 "Site {site_id}: {last} events recorded, {acked} acknowledged by the hub ({} waiting)",
                 last - acked.min(last)
@@ -386,7 +416,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "{:<36} {:<14} {:<17} {:<12}",
                 "BATCH", "COI", "STATE", "STEP"
             );
-            for b in store.batches().await? {
+            for b in batches {
                 println!(
                     "{:<36} {:<14} {:<17} {:<12}",
                     b.batch_id,
@@ -539,7 +569,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("Backup of the site store written to {}.", to.display());
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Events { data_dir, batch } => {
+        Command::Events {
+            data_dir,
+            batch,
+            json,
+        } => {
             let store = open_store(&data_dir).await?;
             let events = match batch {
                 Some(id) => {
@@ -549,6 +583,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
                 None => store.events_after(0, usize::MAX >> 1).await?,
             };
+            if json {
+                let records = events
+                    .iter()
+                    .map(|event| serde_json::from_str(&event.canonical_json()))
+                    .collect::<Result<Vec<serde_json::Value>, _>>()?;
+                println!("{}", serde_json::to_string_pretty(&records)?);
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
             for event in events {
                 println!(
                     "{:>6}  {}  {:<10} {:<26} {}",
@@ -566,6 +608,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // `status | head -1` ends quietly when the reader stops, as Unix tools do (Rust
+    // ignores SIGPIPE, so printing to a closed pipe would panic); not for `run`,
+    // which a peer closing a socket must never stop.
+    if !matches!(cli.command, Command::Run { .. }) {
+        sigpipe::reset();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -32,6 +32,27 @@ use uuid::Uuid;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// An exclusive `flock` on `<store>.migrate-lock` beside the store, held while the
+/// returned file is open (see [`Store::open`]). A separate file: opening and closing the database file itself
+/// outside SQLite would drop SQLite's own POSIX locks on it in this process.
+async fn migration_turn(store: &Path) -> Result<std::fs::File> {
+    let mut name = store.as_os_str().to_owned();
+    name.push(".migrate-lock");
+    let path = std::path::PathBuf::from(name);
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| Error::Database(sqlx::Error::Io(std::io::Error::other(e))))?
+    .map_err(|e| Error::Database(sqlx::Error::Io(e)))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0} not found")]
@@ -255,6 +276,11 @@ impl Reader {
 
 impl Store {
     pub async fn open(path: &Path) -> Result<Store> {
+        // Two processes opening a store at once (`run`, and `status` a moment later,
+        // on a new store) take turns until it is checked and migrated: otherwise both
+        // would switch it to WAL and apply the migrations, and one would fail
+        // ("database is locked", or a table the other just made).
+        let turn = migration_turn(path).await?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -305,6 +331,7 @@ impl Store {
         }
         MIGRATOR.run(&pool).await?;
         Self::complete_records(&pool).await?;
+        drop(turn);
         let reader = Reader::open(path)?;
         Ok(Store {
             pool,

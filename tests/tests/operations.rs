@@ -447,3 +447,41 @@ async fn read_console(path: &std::path::Path) -> String {
     })
     .await
 }
+
+/// A site whose hub was away long enough for its backoff to reach the cap comes back
+/// within that cap (`reconnect_max_ms`, 5 s by default) of the hub answering again,
+/// not after the backoff of a long outage (it was 30 s, and sites took up to 14 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_reconnects_within_five_seconds_of_its_hub_returning() {
+    let mut hub = Hub::start().await;
+    let token = hub.add_site("site-r");
+    // The agent's own defaults: the test sets no reconnect settings.
+    let mut agent = Agent::enroll(&hub, "site-r", &token).expect("enroll");
+    agent.start();
+    let connected = |hub: &Hub| {
+        let console =
+            std::fs::read_to_string(hub.data_dir().join("console.addr")).expect("console addr");
+        let url = format!("https://{}/metrics", console.trim());
+        let ca = hub.ca_cert();
+        async move { value(&scrape(&url, Some(&ca)).await, "carrel_hub_sites_connected") }
+    };
+    eventually(Duration::from_secs(30), "the site connected", || async {
+        (connected(&hub).await == 1.0).then_some(())
+    })
+    .await;
+    // Away for 25 s: 200 ms doubling reaches any cap under 25 s.
+    hub.kill();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    hub.restart().await;
+    let back = std::time::Instant::now();
+    eventually(Duration::from_secs(30), "the site reconnected", || async {
+        (connected(&hub).await == 1.0).then_some(())
+    })
+    .await;
+    let after = back.elapsed();
+    assert!(
+        after < Duration::from_secs(7),
+        "the site took {after:?} to reconnect after the hub returned:\n{}",
+        agent.log()
+    );
+}

@@ -25,10 +25,49 @@ pub fn store_config(args: &StoreArgs) -> anyhow::Result<Config> {
 }
 
 /// Who runs an operator command on the hub machine, for the audit trail: the
-/// operating-system account, since these commands work without signing in.
+/// operating-system account, since these commands work without signing in. It is
+/// the process's real user id, named from the account database (`/etc/passwd`), not
+/// `USER` or `LOGNAME`, which any caller can set (or leave unset, as a service or a
+/// container does). A user id without an entry is named by its number.
 pub fn local_operator() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("os-user:{user}")
+    let uid = rustix::process::getuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    match account_name(&passwd, uid) {
+        Some(name) => format!("os-user:{name}"),
+        None => format!("os-user:uid-{uid}"),
+    }
+}
+
+/// The name of `uid` in an `/etc/passwd` text (`name:password:uid:...` per line).
+fn account_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        let id: u32 = fields.next()?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_is_named_from_the_account_database() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      # a comment\n\
+                      grace:x:1001:1001:Grace Hopper:/home/grace:/bin/sh\n";
+        assert_eq!(account_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(account_name(passwd, 1001).as_deref(), Some("grace"));
+        assert_eq!(account_name(passwd, 4242), None);
+    }
+
+    #[test]
+    fn the_operator_does_not_come_from_the_environment() {
+        // The test process's own uid is named the same whatever USER says.
+        let named = local_operator();
+        assert!(named.starts_with("os-user:"), "{named}");
+        assert_ne!(named, "os-user:unknown");
+    }
 }

@@ -1,5 +1,5 @@
 //! Text and JSON shared by the client commands: batch state and time as text, an
-//! order as JSON, and the order table that `order list` and `release list` print.
+//! order as JSON, the order table `order list` prints and the queue `release list` prints.
 
 use carrel_proto::event::from_timestamp;
 use carrel_proto::pb;
@@ -29,6 +29,32 @@ pub fn order_json(o: &pb::Order) -> serde_json::Value {
         "decision_recorded_at_site": o.decision_recorded_at_site,
         "created_at": time_text(o.created_at), "updated_at": time_text(o.updated_at),
     })
+}
+
+/// `release list`: the batches awaiting a decision, by batch id (what `release show`
+/// and `release sign` take), with their order, COI, patient and site.
+pub fn print_release_queue(batches: &[pb::Order], json: bool) -> anyhow::Result<()> {
+    if json {
+        let rows: Vec<_> = batches.iter().map(order_json).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:<14} {:<12} {:<8} {:<17} {:<36}",
+        "BATCH", "COI", "PATIENT", "SITE", "STATE", "ORDER"
+    );
+    for o in batches {
+        println!(
+            "{:<36} {:<14} {:<12} {:<8} {:<17} {:<36}",
+            o.batch_id,
+            o.coi,
+            o.patient_pseudonym,
+            o.site_id,
+            state_name(o.state),
+            o.order_id
+        );
+    }
+    Ok(())
 }
 
 pub fn print_orders(orders: &[pb::Order], json: bool) -> anyhow::Result<()> {

@@ -1,8 +1,8 @@
 //! `carrel-hub release`: the QA release queue, the batch record exceptions first, and
 //! signing release or rejection, through the API.
 
-use super::client::{authed, read_line, read_secret, ClientArgs};
-use super::output::{order_json, print_orders, state_name, time_text};
+use super::client::{authed, read_line, read_secret, Authed, ClientArgs};
+use super::output::{order_json, print_release_queue, state_name, time_text};
 use anyhow::{bail, Context};
 use carrel_proto::pb;
 use clap::{Subcommand, ValueEnum};
@@ -17,6 +17,7 @@ pub enum ReleaseCommand {
     },
     /// The batch record, exceptions first, with the hash a signature binds to.
     Show {
+        /// The batch id (`release list` shows it); the batch's order id is accepted too.
         batch_id: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -27,6 +28,7 @@ pub enum ReleaseCommand {
     /// name (unless --user) and password, and for a release despite exceptions a
     /// justification of each (unless given with --justification, in order).
     Sign {
+        /// The batch id (`release list` shows it); the batch's order id is accepted too.
         batch_id: String,
         #[arg(long)]
         meaning: MeaningArg,
@@ -69,6 +71,47 @@ pub enum ReleaseCommand {
     },
 }
 
+/// The batch record for `id`: a batch id, or else the id of the batch's order (what
+/// `order list` shows). Both are UUIDs made by the hub, so one names one batch.
+/// Returns the batch id with the record.
+async fn batch_record(channel: Authed, id: &str) -> anyhow::Result<(String, pb::BatchRecord)> {
+    let mut api = pb::release_service_client::ReleaseServiceClient::new(channel.clone());
+    let found = api
+        .get_batch_record(pb::GetBatchRecordRequest {
+            batch_id: id.to_owned(),
+        })
+        .await;
+    let response = match found {
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            let mut orders = pb::order_service_client::OrderServiceClient::new(channel);
+            let order = match orders
+                .get_order(pb::GetOrderRequest {
+                    order_id: id.to_owned(),
+                })
+                .await
+            {
+                Ok(answer) => answer.into_inner().order.unwrap_or_default(),
+                Err(_) => bail!("no batch and no order has the id {id}; `carrel-hub release list` shows the batches awaiting release"),
+            };
+            api.get_batch_record(pb::GetBatchRecordRequest {
+                batch_id: order.batch_id.clone(),
+            })
+            .await?
+        }
+        other => other?,
+    };
+    let record = response
+        .into_inner()
+        .record
+        .context("hub returned no record")?;
+    let batch_id = record
+        .order
+        .as_ref()
+        .map(|o| o.batch_id.clone())
+        .unwrap_or_else(|| id.to_owned());
+    Ok((batch_id, record))
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum MeaningArg {
     Released,
@@ -85,17 +128,10 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .batches;
-            print_orders(&batches, client.json)
+            print_release_queue(&batches, client.json)
         }
         ReleaseCommand::Show { batch_id, client } => {
-            let mut api =
-                pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
-            let record = api
-                .get_batch_record(pb::GetBatchRecordRequest { batch_id })
-                .await?
-                .into_inner()
-                .record
-                .context("hub returned no record")?;
+            let (_, record) = batch_record(authed(&client).await?, &batch_id).await?;
             print_record(&record, client.json)
         }
         ReleaseCommand::Sign {
@@ -111,16 +147,9 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             if matches!(meaning, MeaningArg::Rejected) && reason.trim().is_empty() {
                 bail!("not signed: a rejection needs a reason; give --reason");
             }
-            let mut api =
-                pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
-            let record = api
-                .get_batch_record(pb::GetBatchRecordRequest {
-                    batch_id: batch_id.clone(),
-                })
-                .await?
-                .into_inner()
-                .record
-                .context("hub returned no record")?;
+            let channel = authed(&client).await?;
+            let (batch_id, record) = batch_record(channel.clone(), &batch_id).await?;
+            let mut api = pb::release_service_client::ReleaseServiceClient::new(channel);
             let order = record.order.clone().unwrap_or_default();
             eprintln!(
                 "Batch {} (COI {}, patient {}, site {}): {} exception(s), {} QC result(s)",
@@ -247,8 +276,9 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             acknowledge_signature_meaning,
             client,
         } => {
-            let mut api =
-                pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
+            let channel = authed(&client).await?;
+            let (batch_id, _) = batch_record(channel.clone(), &batch_id).await?;
+            let mut api = pb::release_service_client::ReleaseServiceClient::new(channel);
             let username = match user {
                 Some(user) => user,
                 None => read_line("Your user name (to sign): ")?,

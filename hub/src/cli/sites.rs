@@ -81,7 +81,7 @@ pub async fn run(command: SiteCommand) -> anyhow::Result<()> {
                 registered.expires_at.format("%Y-%m-%d %H:%M UTC")
             );
             println!("{}", registered.token);
-            eprintln!("On the site machine: carrel-site-agent enroll --hub https://HUB:PORT --token TOKEN --data-dir DIR");
+            eprintln!("On the site machine, with the token in token.txt: carrel-site-agent enroll --hub https://HUB:PORT --token-file token.txt --data-dir DIR");
             Ok(())
         }
         SiteCommand::List { client } => {
