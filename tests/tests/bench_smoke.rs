@@ -14,6 +14,8 @@ const ROWS: &[&str] = &[
     "durable ingest / raw limit",
     "events per durable commit",
     "site messages per durable commit",
+    "disk flushes/s during ingest (device)",
+    "disk flushes per durable commit",
     "ingest, sites with a backlog",
     "ingest with a backlog / raw limit",
     "events per durable commit, backlog",

@@ -177,6 +177,8 @@ pub struct Ingest {
     pub commits: u64,
     /// Sites' messages those transactions held.
     pub requests: u64,
+    /// Flush requests the hub's disk completed in the window (`stats::disk_flushes`).
+    pub disk_flushes: Option<u64>,
     pub cpu_secs: f64,
     pub cpu_by_threads: Value,
     pub sql: Option<Value>,
@@ -196,6 +198,7 @@ pub async fn ingest(
     let links: Vec<_> = sites.iter().map(|s| s.link.clone()).collect();
     let acked_before: Vec<u64> = sites.iter().map(|s| s.acked()).collect();
     let counts_before = hub.ingest_counts();
+    let flushes_before = stats::disk_flushes(&hub.config.data_dir);
     let cpu_before = stats::cpu_time(None)?;
     let threads_before = stats::cpu_by_thread_group();
     if let Some(p) = profile {
@@ -249,6 +252,9 @@ pub async fn ingest(
     let cpu = stats::cpu_time(None)?.saturating_sub(cpu_before);
     let threads_after = stats::cpu_by_thread_group();
     let counts = hub.ingest_counts();
+    let disk_flushes = flushes_before
+        .zip(stats::disk_flushes(&hub.config.data_dir))
+        .map(|(before, after)| after.saturating_sub(before));
     let commits = counts.commits - counts_before.commits;
     let requests = counts.requests - counts_before.requests;
     let sql = profile.map(|p| p.hub_report(acked, commits));
@@ -268,6 +274,7 @@ pub async fn ingest(
             secs,
             commits,
             requests,
+            disk_flushes,
             cpu_secs: cpu.as_secs_f64(),
             cpu_by_threads: stats::cpu_delta(&threads_before, &threads_after),
             sql,
@@ -294,6 +301,7 @@ pub async fn ingest_recorded(
         targets.push(site.store.last_event_seq().await?);
     }
     let counts_before = hub.ingest_counts();
+    let flushes_before = stats::disk_flushes(&hub.config.data_dir);
     let cpu_before = stats::cpu_time(None)?;
     let threads_before = stats::cpu_by_thread_group();
     let started = Instant::now();
@@ -318,6 +326,9 @@ pub async fn ingest_recorded(
     let cpu = stats::cpu_time(None)?.saturating_sub(cpu_before);
     let threads_after = stats::cpu_by_thread_group();
     let counts = hub.ingest_counts();
+    let disk_flushes = flushes_before
+        .zip(stats::disk_flushes(&hub.config.data_dir))
+        .map(|(before, after)| after.saturating_sub(before));
     let commits = counts.commits - counts_before.commits;
     let requests = counts.requests - counts_before.requests;
     drain(&sites, Duration::from_secs(300)).await?;
@@ -330,6 +341,7 @@ pub async fn ingest_recorded(
             secs,
             commits,
             requests,
+            disk_flushes,
             cpu_secs: cpu.as_secs_f64(),
             cpu_by_threads: stats::cpu_delta(&threads_before, &threads_after),
             sql: None,
@@ -577,11 +589,49 @@ struct HubProcess {
     url: String,
 }
 
-async fn serve_hub(data_dir: &Path) -> anyhow::Result<HubProcess> {
+impl HubProcess {
+    /// Stops the hub as an operator does (SIGTERM), so it checkpoints its WAL and
+    /// the next hub on this database starts from a clean file instead of
+    /// replaying this one's log while it is measured; kills it after 60 s.
+    async fn stop(mut self) {
+        let pid = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
+                && tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+        }
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// When a hub's database is over `sqlite_check_before_serving_mib`, the whole-file
+/// integrity check runs after it starts serving (ten seconds on the live figure's
+/// 5 GB database), which a figure measuring the steady state must not include.
+#[derive(Clone, Copy, PartialEq)]
+enum WholeFileCheck {
+    /// The hub's own setting, as an operator runs it (the restart figure).
+    AsConfigured,
+    /// The whole file checked before serving, so it is done before measuring.
+    BeforeServing,
+}
+
+async fn serve_hub(data_dir: &Path, check: WholeFileCheck) -> anyhow::Result<HubProcess> {
     let addr_file = data_dir.join("hub.addr");
     let _ = std::fs::remove_file(&addr_file);
     let log = std::fs::File::create(data_dir.join("hub-process.log"))?;
-    let mut child = tokio::process::Command::new(sibling_binary("carrel-hub")?)
+    let mut command = tokio::process::Command::new(sibling_binary("carrel-hub")?);
+    if check == WholeFileCheck::BeforeServing {
+        // 1 TiB: every database here is checked whole before serving.
+        command.env("CARREL_HUB_SQLITE_CHECK_BEFORE_SERVING_MIB", "1048576");
+    }
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("CARREL_HUB_CONSOLE_LISTEN", "127.0.0.1:0")
@@ -592,7 +642,7 @@ async fn serve_hub(data_dir: &Path) -> anyhow::Result<HubProcess> {
         .spawn()
         .context("starting carrel-hub serve")?;
     let pid = child.id().context("hub pid")?;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Ok(text) = std::fs::read_to_string(&addr_file) {
             if text.ends_with('\n') {
@@ -610,7 +660,7 @@ async fn serve_hub(data_dir: &Path) -> anyhow::Result<HubProcess> {
             );
         }
         if Instant::now() > deadline {
-            bail!("carrel-hub serve did not start within 120 s");
+            bail!("carrel-hub serve did not start within 300 s");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -622,7 +672,7 @@ async fn serve_hub(data_dir: &Path) -> anyhow::Result<HubProcess> {
 /// after. A fresh process per repetition, so memory freed by an earlier one cannot
 /// hide what the connections take.
 pub async fn idle(hub_data_dir: &Path, list: &Path, window: Duration) -> anyhow::Result<Idle> {
-    let mut hub = serve_hub(hub_data_dir).await?;
+    let hub = serve_hub(hub_data_dir, WholeFileCheck::BeforeServing).await?;
     // Let the start settle (recipes published, pools opened) before the baseline.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before_kib = stats::rss_kib(Some(hub.pid))?;
@@ -657,8 +707,7 @@ pub async fn idle(hub_data_dir: &Path, list: &Path, window: Duration) -> anyhow:
     }
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
-    let _ = hub.child.start_kill();
-    let _ = hub.child.wait().await;
+    hub.stop().await;
     child_result["hub_rss_before_kib"] = json!(rss_before_kib);
     child_result["hub_rss_after_kib"] = json!(rss_after_kib);
     child_result["hub_cpu_secs"] = json!(hub_cpu_secs);
@@ -685,7 +734,7 @@ pub async fn live(
     duration: Duration,
     max_events_per_site: u64,
 ) -> anyhow::Result<Value> {
-    let mut hub = serve_hub(hub_data_dir).await?;
+    let hub = serve_hub(hub_data_dir, WholeFileCheck::BeforeServing).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu_before = stats::cpu_time(Some(hub.pid))?;
     let exe = std::env::current_exe().context("locating carrel-bench")?;
@@ -712,8 +761,7 @@ pub async fn live(
         .saturating_sub(cpu_before)
         .as_secs_f64();
     let hub_rss_kib = stats::rss_kib(Some(hub.pid))?;
-    let _ = hub.child.start_kill();
-    let _ = hub.child.wait().await;
+    hub.stop().await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let Some(json) = stdout.lines().find_map(|l| l.strip_prefix("result ")) else {
         bail!(
@@ -1073,7 +1121,7 @@ pub async fn time_process_start(data_dir: &Path) -> anyhow::Result<(f64, bool)> 
         _ => bail!("carrel-bench drop-page-cache failed ({dropped})"),
     };
     let started = Instant::now();
-    let mut hub = serve_hub(data_dir).await?;
+    let hub = serve_hub(data_dir, WholeFileCheck::AsConfigured).await?;
     let ca = std::fs::read_to_string(data_dir.join("pki/ca.crt"))?;
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca))
@@ -1103,8 +1151,7 @@ pub async fn time_process_start(data_dir: &Path) -> anyhow::Result<(f64, bool)> 
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let _ = hub.child.start_kill();
-    let _ = hub.child.wait().await;
+    hub.stop().await;
     Ok((secs, cold))
 }
 

@@ -77,6 +77,31 @@ impl Latency {
     }
 }
 
+/// Flush requests completed by the block device that holds `path`, since boot: the
+/// 16th field of `/sys/dev/block/MAJ:MIN/stat` (of the whole disk when `path` is on
+/// a partition). Each `fsync`/`fdatasync` that reaches a disk with a volatile write
+/// cache is one flush request, so the difference over a window is the syncs the disk
+/// did. `/proc/<pid>/io` counts no syncs, so this is the nearest counter there is;
+/// it includes every process's syncs on that disk (the benchmark's simulated sites
+/// keep their stores on tmpfs, off it). `None` where the kernel does not say: a
+/// file system on no block device (tmpfs, overlay), or a kernel older than 5.5.
+pub fn disk_flushes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let device = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let stat = if device.join("partition").exists() {
+        device.join("../stat")
+    } else {
+        device.join("stat")
+    };
+    parse_flushes(&std::fs::read_to_string(stat).ok()?)
+}
+
+fn parse_flushes(stat: &str) -> Option<u64> {
+    stat.split_whitespace().nth(15)?.parse().ok()
+}
+
 fn proc_path(pid: Option<u32>, file: &str) -> String {
     match pid {
         Some(pid) => format!("/proc/{pid}/{file}"),
@@ -205,5 +230,14 @@ mod tests {
     fn stat_lines_with_spaces_in_the_name_parse() {
         let line = "42 (a b) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
         assert_eq!(cpu_of_stat(line).expect("parses"), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn flushes_are_the_sixteenth_field_and_absent_on_old_kernels() {
+        let disk = "83120 6583 4380810 70838 77457 138210 24418144 128384 0 16952 202335 \
+                    9491 51 1675496 2025 18778 1086";
+        assert_eq!(parse_flushes(disk), Some(18778));
+        // Before Linux 5.5 the line ends after the discard fields.
+        assert_eq!(parse_flushes("1 2 3 4 5 6 7 8 9 10 11 12 13 14 15"), None);
     }
 }
