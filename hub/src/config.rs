@@ -565,39 +565,38 @@ impl NotificationsConfig {
 /// A URL (of a database, of an SMTP server) fit for a log line or a config dump: a
 /// password in the user information (`user:PASSWORD@host`) and the value of any
 /// query parameter that names one (`?password=`, `sslpassword=`, as libpq and sqlx
-/// accept them) replaced by `***`.
-pub fn redacted(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
+/// accept them) replaced by `***`. The URL is read by the same parser sqlx and the
+/// mail client read it with (`url`), so what they take as a password (a percent-
+/// encoded key included) is what is hidden; a URL that parser refuses shows
+/// nothing after its scheme, since where a password would end cannot be told.
+pub fn redacted(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        // A path (`/var/lib/carrel/hub.db`) carries no credentials.
+        return text.to_owned();
     };
-    let base = match (base.find("://"), base.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &base[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => {
-                    format!("{}{user}:***{}", &base[..scheme_end + 3], &base[at..])
-                }
-                None => base.to_owned(),
-            }
-        }
-        _ => base.to_owned(),
+    let Ok(mut url) = url::Url::parse(text) else {
+        return format!("{}://***", &text[..scheme_end]);
     };
-    match query {
-        None => base,
-        Some(query) => {
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
-                        format!("{key}=***")
-                    }
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{base}?{}", pairs.join("&"))
-        }
+    if url.password().is_some() {
+        // Refused only for URLs that cannot have a password, which this one has.
+        let _ = url.set_password(Some("***"));
     }
+    let is_secret = |key: &str| key.to_ascii_lowercase().contains("password");
+    if url.query_pairs().any(|(key, _)| is_secret(&key)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if is_secret(&key) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -652,6 +651,16 @@ mod tests {
             redacted("sqlite:///var/lib/hub.db"),
             "sqlite:///var/lib/hub.db"
         );
+        assert_eq!(redacted("/var/lib/hub.db"), "/var/lib/hub.db");
+        // sqlx decodes query keys: an encoded "password" is a password too.
+        assert_eq!(
+            redacted("postgres://u@db/c?pass%77ord=s3cret"),
+            "postgres://u@db/c?password=***"
+        );
+        // A raw '?' or '/' in the password: the parser cannot tell where it ends,
+        // so nothing after the scheme is shown.
+        assert_eq!(redacted("postgres://u:pa?ss@db/c"), "postgres://***");
+        assert_eq!(redacted("postgres://u:pa/ss@db/c"), "postgres://***");
         let dumped = Config {
             database: Some("postgres://carrel@db/carrel?password=s3cret".into()),
             notifications: NotificationsConfig {

@@ -6,11 +6,8 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = carrel_hub::cli::Cli::parse();
     // A listing piped into `head` ends quietly when the reader stops, as Unix tools
-    // do: Rust ignores SIGPIPE, so printing to a closed pipe would panic. Not for
-    // the commands that run servers, which a peer closing a socket must never stop.
-    if !cli.command.runs_a_server() {
-        sigpipe::reset();
-    }
+    // do (SIGPIPE itself stays ignored: see the module).
+    carrel_proto::closed_stdout::end_quietly_when_stdout_closes();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -274,6 +274,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .max_decoding_message_size(max),
         );
 
+    // The console first: whatever can fail (its TLS configuration) fails before the
+    // hub says it is serving.
+    crate::console::serve(
+        hub.clone(),
+        console_listener,
+        &format!("{}{}", server_cert.cert_pem, ca.server_chain_pem()),
+        &server_cert.key_pem,
+        shutdown.clone(),
+    )?;
     tracing::info!(%addr, ca_fingerprint = %ca.fingerprint(), database = %redacted(&config.database_url()), "hub serving");
     let drain = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -294,13 +303,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::info!("hub stopped");
         Ok(())
     });
-    crate::console::serve(
-        hub.clone(),
-        console_listener,
-        &format!("{}{}", server_cert.cert_pem, ca.server_chain_pem()),
-        &server_cert.key_pem,
-        shutdown.clone(),
-    )?;
     tracing::info!(console = %format!("https://{console_addr}"), "web console serving");
     Ok(Running {
         addr,

@@ -26,6 +26,7 @@ pub mod pb {
 }
 
 pub mod batch;
+pub mod closed_stdout;
 pub mod coi;
 pub mod config_example;
 pub mod enrollment;

@@ -608,12 +608,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // `status | head -1` ends quietly when the reader stops, as Unix tools do (Rust
-    // ignores SIGPIPE, so printing to a closed pipe would panic); not for `run`,
-    // which a peer closing a socket must never stop.
-    if !matches!(cli.command, Command::Run { .. }) {
-        sigpipe::reset();
-    }
+    // `status | head -1` ends quietly when the reader stops, as Unix tools do
+    // (SIGPIPE itself stays ignored: see the module).
+    carrel_proto::closed_stdout::end_quietly_when_stdout_closes();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -45,13 +45,6 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-impl Command {
-    /// `serve` and `dev`: the commands that run until they are stopped.
-    pub fn runs_a_server(&self) -> bool {
-        matches!(self, Command::Serve { .. } | Command::Dev(_))
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the hub.

@@ -6,7 +6,7 @@ use super::output::{order_json, print_release_queue, state_name, time_text};
 use anyhow::{bail, Context};
 use carrel_proto::pb;
 use clap::{Subcommand, ValueEnum};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
@@ -54,6 +54,7 @@ pub enum ReleaseCommand {
     },
     /// Sign the review of records that arrived after a batch's release decision.
     ReviewChange {
+        /// The batch id (`release list` shows it); the batch's order id is accepted too.
         batch_id: String,
         /// What you concluded from the new records.
         #[arg(long)]
@@ -90,8 +91,22 @@ async fn batch_record(channel: Authed, id: &str) -> anyhow::Result<(String, pb::
                 })
                 .await
             {
-                Ok(answer) => answer.into_inner().order.unwrap_or_default(),
-                Err(_) => bail!("no batch and no order has the id {id}; `carrel-hub release list` shows the batches awaiting release"),
+                Ok(answer) => answer
+                    .into_inner()
+                    .order
+                    .context("the hub answered GetOrder without an order")?,
+                // Only "no such order" means the id names nothing; any other
+                // refusal (unavailable, not signed in, not allowed) is reported
+                // as it is.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    bail!("no batch and no order has the id {id}; `carrel-hub release list` shows the batches awaiting release")
+                }
+                Err(status) => return Err(status.into()),
             };
             api.get_batch_record(pb::GetBatchRecordRequest {
                 batch_id: order.batch_id.clone(),
@@ -384,7 +399,10 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let mut out = std::io::stdout().lock();
+    // Written whole, then printed: a reader that stops early (`| head`) ends the
+    // command quietly through println!'s closed-pipe path (see main.rs).
+    use std::fmt::Write as _;
+    let mut out = String::new();
     writeln!(
         out,
         "Batch {}  COI {}  site {}  state {}",
@@ -482,6 +500,7 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
             a.action
         )?;
     }
+    print!("{out}");
     Ok(())
 }
 
