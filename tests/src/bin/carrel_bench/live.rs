@@ -205,6 +205,15 @@ async fn fleet(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn heartbeat_message() -> pb::SiteMessage {
+    pb::SiteMessage {
+        body: Some(site_message::Body::Heartbeat(pb::Heartbeat {
+            sent_at_unix_ms: chrono::Utc::now().timestamp_millis() as u64,
+            audit_head: None,
+        })),
+    }
+}
+
 struct LiveTask {
     hub: String,
     dir: PathBuf,
@@ -240,12 +249,22 @@ async fn live_site(mut task: LiveTask) {
         }
     };
     let _ = task.ready.send(());
+    // Heartbeats from the Welcome on, as an agent sends them: connecting 10,000
+    // sites takes about 20 s, and a site silent that long while it waits for the
+    // others is closed by the hub (heartbeat_timeout_ms), which the run would
+    // then count as a link the hub lost under load.
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = loop {
         if let Some(start) = *task.go.borrow_and_update() {
             break start;
         }
-        if task.go.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = task.go.changed() => if changed.is_err() { return },
+            _ = beat.tick() => if out.send(heartbeat_message()).await.is_err() {
+                task.counters.lost.fetch_add(1, Ordering::SeqCst);
+                return;
+            },
         }
     };
     let end = start + task.duration;
@@ -254,8 +273,6 @@ async fn live_site(mut task: LiveTask) {
     let mut pending: VecDeque<(u64, Instant, u64)> = VecDeque::new();
     let mut seen = Vec::new();
     let (mut sent, mut acked, mut next) = (0u64, 0u64, 0usize);
-    let mut beat = tokio::time::interval(heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::time::sleep_until((start + task.phase).into()).await;
     loop {
         let now = Instant::now();
@@ -286,11 +303,7 @@ async fn live_site(mut task: LiveTask) {
             }
             _ = tokio::time::sleep_until(deadline.into()), if !may_send => break,
             _ = beat.tick() => {
-                let heartbeat = pb::SiteMessage { body: Some(site_message::Body::Heartbeat(pb::Heartbeat {
-                    sent_at_unix_ms: chrono::Utc::now().timestamp_millis() as u64,
-                    audit_head: None,
-                })) };
-                if out.send(heartbeat).await.is_err() {
+                if out.send(heartbeat_message()).await.is_err() {
                     task.counters.lost.fetch_add(1, Ordering::SeqCst);
                     break;
                 }
