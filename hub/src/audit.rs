@@ -2,7 +2,7 @@
 //! when and why (21 CFR Part 11 / EU GMP Annex 11; ARCHITECTURE.md invariant 6).
 //!
 //! Each entry's `sha256 = SHA-256(prev_sha256 || canonical bytes)`, where the
-//! canonical bytes are the JSON array of the entry's position and fields. Changing
+//! canonical bytes are a JSON object of the entry's position and fields. Changing
 //! an entry breaks its own hash; removing one leaves a gap in positions; inserting
 //! one breaks the link of the entry after it. [`verify`] walks the chain and names
 //! the first entry that does not hold.
@@ -115,6 +115,8 @@ actions! {
     ReleaseSigned = "release.signed",
     ReleaseSigningRefused = "release.signing_refused",
     ReleaseSigningFailed = "release.signing_failed",
+    /// The batch record written out for archiving (PDF and JSON), by whom.
+    BatchRecordExported = "batch_record.exported",
     /// A record arrived after the batch's release decision and changes what QA reviewed.
     BatchChangedAfterDecision = "batch.changed_after_decision",
     /// A QA person reviewed, with a signature, the records that arrived after the decision.
@@ -326,6 +328,19 @@ impl Entry {
     pub fn about(&self) -> Option<Object> {
         Object::parse(&self.object)
     }
+
+    /// What the entry records, without its place in the chain.
+    pub fn fields(&self) -> NewEntry {
+        NewEntry {
+            actor: self.actor.clone(),
+            action: self.action,
+            object: self.object.clone(),
+            batch_id: self.batch_id,
+            old_value: self.old_value.clone(),
+            new_value: self.new_value.clone(),
+            reason: self.reason.clone(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -341,8 +356,9 @@ struct Canonical<'a> {
     reason: &'a str,
 }
 
-/// The hash of an entry at `position` after `prev_sha256`; `at` as stored (RFC 3339).
-pub fn entry_sha256(prev_sha256: &str, position: u64, at: &str, entry: &NewEntry) -> String {
+/// The bytes an entry's hash covers after `prev_sha256`: a JSON object of its
+/// position, its time as stored (`at`, RFC 3339) and its fields, in that order.
+pub fn canonical_json(position: u64, at: &str, entry: &NewEntry) -> String {
     let canonical = Canonical {
         position,
         at,
@@ -354,10 +370,20 @@ pub fn entry_sha256(prev_sha256: &str, position: u64, at: &str, entry: &NewEntry
         new_value: &entry.new_value,
         reason: &entry.reason,
     };
+    serde_json::to_string(&canonical).expect("an audit entry always serialises")
+}
+
+/// SHA-256 (hex) of `prev_sha256` followed by an entry's canonical JSON.
+pub fn chained_sha256(prev_sha256: &str, canonical_json: &str) -> String {
     let mut hash = Sha256::new();
     hash.update(prev_sha256.as_bytes());
-    hash.update(serde_json::to_vec(&canonical).expect("an audit entry always serialises"));
+    hash.update(canonical_json.as_bytes());
     hex::encode(hash.finalize())
+}
+
+/// The hash of an entry at `position` after `prev_sha256`; `at` as stored (RFC 3339).
+pub fn entry_sha256(prev_sha256: &str, position: u64, at: &str, entry: &NewEntry) -> String {
+    chained_sha256(prev_sha256, &canonical_json(position, at, entry))
 }
 
 /// The chain holds: this many entries, ending in this hash.
@@ -402,16 +428,7 @@ pub fn verify(entries: impl IntoIterator<Item = (Entry, String)>) -> Result<Inta
                     .into(),
             });
         }
-        let fields = NewEntry {
-            actor: entry.actor.clone(),
-            action: entry.action,
-            object: entry.object.clone(),
-            batch_id: entry.batch_id,
-            old_value: entry.old_value.clone(),
-            new_value: entry.new_value.clone(),
-            reason: entry.reason.clone(),
-        };
-        let recomputed = entry_sha256(&prev, entry.position, &at_text, &fields);
+        let recomputed = entry_sha256(&prev, entry.position, &at_text, &entry.fields());
         if recomputed != entry.sha256 {
             return Err(Broken {
                 position: entry.position,

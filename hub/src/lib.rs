@@ -27,6 +27,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod console;
+pub mod export;
 pub mod grpc;
 pub mod metrics;
 pub mod model;

@@ -21,8 +21,17 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 
 pub fn record_sha256(order: &Order, recipe_sha256: &str, events: &[StoredEvent]) -> String {
-    let mut hash = Sha256::new();
-    let header = serde_json::json!({
+    let mut hash = RecordHasher::new(&record_header(order, recipe_sha256));
+    for stored in events {
+        hash.add(&stored.site_id, &stored.event.canonical_json());
+    }
+    hash.hex()
+}
+
+/// The first bytes the record hash covers: the order's identity and its pinned
+/// recipe, as compact JSON with its keys in alphabetical order.
+pub fn record_header(order: &Order, recipe_sha256: &str) -> String {
+    serde_json::json!({
         "batch_id": order.batch_id,
         "order_id": order.order_id,
         "coi": order.coi,
@@ -31,15 +40,36 @@ pub fn record_sha256(order: &Order, recipe_sha256: &str, events: &[StoredEvent])
         "recipe_id": order.recipe_id,
         "recipe_version": order.recipe_version,
         "recipe_sha256": recipe_sha256,
-    });
-    hash.update(header.to_string().as_bytes());
-    for stored in events {
-        hash.update(b"\n");
-        hash.update(stored.site_id.as_bytes());
-        hash.update(b"\t");
-        hash.update(stored.event.canonical_json().as_bytes());
+    })
+    .to_string()
+}
+
+/// The record hash, fed one event at a time: SHA-256 over the header's bytes, then
+/// for each event in log order a newline, the site id, a tab and the event's
+/// canonical JSON. [`RecordHasher::hex`] may be read after any event: the hash of
+/// the record as it stood then (what an earlier signature bound to). An exported
+/// record is verified with this same code ([`crate::export`]).
+#[derive(Clone)]
+pub struct RecordHasher(Sha256);
+
+impl RecordHasher {
+    pub fn new(header: &str) -> RecordHasher {
+        let mut hash = Sha256::new();
+        hash.update(header.as_bytes());
+        RecordHasher(hash)
     }
-    hex::encode(hash.finalize())
+
+    pub fn add(&mut self, site_id: &str, canonical_json: &str) {
+        self.0.update(b"\n");
+        self.0.update(site_id.as_bytes());
+        self.0.update(b"\t");
+        self.0.update(canonical_json.as_bytes());
+    }
+
+    /// The hash of what was added so far.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0.clone().finalize())
+    }
 }
 
 /// A one-line, human-readable account of a site event: (what happened, details).
@@ -666,7 +696,7 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
 }
 
 /// An outcome in words.
-fn outcome_words(outcome: Outcome) -> &'static str {
+pub fn outcome_words(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Pass => "within specification",
         Outcome::OutOfSpecification => "out of specification",

@@ -92,7 +92,12 @@ async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
             "binary": "/usr/bin/chromium",
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                      "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--window-size=1200,1600", "--autoplay-policy=no-user-gesture-required", format!("--user-data-dir={}", profile.display())]
+                     "--disable-sync", "--window-size=1200,1600", "--autoplay-policy=no-user-gesture-required", format!("--user-data-dir={}", profile.display())],
+            // Downloads land in the profile's downloads/ without asking.
+            "prefs": {
+                "download.default_directory": profile.join("downloads").display().to_string(),
+                "download.prompt_for_download": false,
+            }
         }),
     );
     let url = format!("http://127.0.0.1:{}", driver.port);
@@ -604,6 +609,56 @@ async fn order_scan_and_release_through_the_consoles_in_chromium() {
     expect_text(&client, "signed record", "Bound to record").await;
     expect_text(&client, "signed record", "does not affect the product").await;
     shots.take(&client, "qa-signed-record").await;
+
+    // The archive copy, downloaded from the record page, holds without the hub.
+    let manifestation = text_of(&client, ".manifestation").await;
+    click(&client, "form.export button").await;
+    let downloads = profile.path().join("downloads");
+    let zip = eventually(
+        Duration::from_secs(30),
+        "the archive copy to download",
+        || {
+            let found = std::fs::read_dir(&downloads).ok().and_then(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "zip"))
+            });
+            async move { found }
+        },
+    )
+    .await;
+    assert!(
+        zip.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("batch-record-")),
+        "{zip:?}"
+    );
+    let unpacked = profile.path().join("unpacked");
+    let out = std::process::Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&zip)
+        .arg(&unpacked)
+        .output()
+        .expect("python3 zipfile");
+    assert!(out.status.success(), "{out:?}");
+    let folder = std::fs::read_dir(&unpacked)
+        .expect("unpacked")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .next()
+        .expect("one folder in the zip");
+    let verified = std::process::Command::new(binary("carrel-hub"))
+        .args(["release", "verify-export"])
+        .arg(&folder)
+        .output()
+        .expect("verify-export");
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("signature \"{manifestation}\"")),
+        "{said}"
+    );
 
     // The physician's page shows the release without a reload.
     sign_out(&client).await;

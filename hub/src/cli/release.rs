@@ -70,6 +70,28 @@ pub enum ReleaseCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Write the batch record out for archiving: record.pdf (A4, for people),
+    /// record.json (every event as stored, with its hash), README.txt and
+    /// SHA256SUMS, into a new directory. The export is recorded in the audit trail.
+    Export {
+        /// The batch id (`release list` shows it); the batch's order id is accepted too.
+        batch_id: String,
+        /// The directory to write (made; refused if it exists and is not empty).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Check an export from its files alone, without a hub: every event's hash, the
+    /// record hash, each signature against the record as its signer saw it, the
+    /// audit entries and SHA256SUMS. Exit 0: intact; 1: something does not hold;
+    /// 2: DIR is not an export.
+    VerifyExport {
+        dir: std::path::PathBuf,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The batch record for `id`: a batch id, or else the id of the batch's order (what
@@ -84,34 +106,9 @@ async fn batch_record(channel: Authed, id: &str) -> anyhow::Result<(String, pb::
         .await;
     let response = match found {
         Err(status) if status.code() == tonic::Code::NotFound => {
-            let mut orders = pb::order_service_client::OrderServiceClient::new(channel);
-            let order = match orders
-                .get_order(pb::GetOrderRequest {
-                    order_id: id.to_owned(),
-                })
-                .await
-            {
-                Ok(answer) => answer
-                    .into_inner()
-                    .order
-                    .context("the hub answered GetOrder without an order")?,
-                // Only "no such order" means the id names nothing; any other
-                // refusal (unavailable, not signed in, not allowed) is reported
-                // as it is.
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::NotFound | tonic::Code::InvalidArgument
-                    ) =>
-                {
-                    bail!("no batch and no order has the id {id}; `carrel-hub release list` shows the batches awaiting release")
-                }
-                Err(status) => return Err(status.into()),
-            };
-            api.get_batch_record(pb::GetBatchRecordRequest {
-                batch_id: order.batch_id.clone(),
-            })
-            .await?
+            let batch_id = batch_of_order(channel, id).await?;
+            api.get_batch_record(pb::GetBatchRecordRequest { batch_id })
+                .await?
         }
         other => other?,
     };
@@ -125,6 +122,35 @@ async fn batch_record(channel: Authed, id: &str) -> anyhow::Result<(String, pb::
         .map(|o| o.batch_id.clone())
         .unwrap_or_else(|| id.to_owned());
     Ok((batch_id, record))
+}
+
+/// The batch of the order `id`, for commands given an id that names no batch. Both
+/// are UUIDs made by the hub, so one names one batch.
+async fn batch_of_order(channel: Authed, id: &str) -> anyhow::Result<String> {
+    let mut orders = pb::order_service_client::OrderServiceClient::new(channel);
+    match orders
+        .get_order(pb::GetOrderRequest {
+            order_id: id.to_owned(),
+        })
+        .await
+    {
+        Ok(answer) => Ok(answer
+            .into_inner()
+            .order
+            .context("the hub answered GetOrder without an order")?
+            .batch_id),
+        // Only "no such order" means the id names nothing; any other refusal
+        // (unavailable, not signed in, not allowed) is reported as it is.
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::NotFound | tonic::Code::InvalidArgument
+            ) =>
+        {
+            bail!("no batch and no order has the id {id}; `carrel-hub release list` shows the batches awaiting release")
+        }
+        Err(status) => Err(status.into()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -145,6 +171,12 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 .batches;
             print_release_queue(&batches, client.json)
         }
+        ReleaseCommand::Export {
+            batch_id,
+            out,
+            client,
+        } => export(&client, &batch_id, &out).await,
+        ReleaseCommand::VerifyExport { dir, json } => verify_export(&dir, json),
         ReleaseCommand::Show { batch_id, client } => {
             let (_, record) = batch_record(authed(&client).await?, &batch_id).await?;
             print_record(&record, client.json)
@@ -512,4 +544,100 @@ fn counts(q: &pb::QcEvaluation) -> &'static str {
         Ok(pb::QcCounts::Unstated) => "unstated",
         _ => "unknown",
     }
+}
+
+/// gRPC's usual 4 MiB answer limit is too small for a long batch's export.
+const EXPORT_MAX_BYTES: usize = 1 << 30;
+
+async fn export(client: &ClientArgs, id: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    if let Ok(mut entries) = std::fs::read_dir(out) {
+        if entries.next().is_some() {
+            bail!(
+                "{} is not empty: an export goes into a new or empty directory, so no earlier export is overwritten",
+                out.display()
+            );
+        }
+    } else if out.exists() {
+        bail!("{} exists and is not a directory", out.display());
+    }
+    let channel = authed(client).await?;
+    let mut api = pb::release_service_client::ReleaseServiceClient::new(channel.clone())
+        .max_decoding_message_size(EXPORT_MAX_BYTES);
+    let ask = |batch_id: String| pb::ExportBatchRecordRequest { batch_id };
+    let answer = match api.export_batch_record(ask(id.to_owned())).await {
+        // An order id: export its batch.
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            let batch_id = batch_of_order(channel, id).await?;
+            api.export_batch_record(ask(batch_id)).await?
+        }
+        other => other?,
+    }
+    .into_inner();
+    std::fs::create_dir_all(out).with_context(|| format!("cannot make {}", out.display()))?;
+    for file in &answer.files {
+        // The hub names the files; a name that would leave the directory is refused.
+        if file.name.is_empty() || file.name.contains(['/', '\\']) || file.name.starts_with('.') {
+            bail!(
+                "the hub sent a file named {:?}; nothing more was written",
+                file.name
+            );
+        }
+        let path = out.join(&file.name);
+        std::fs::write(&path, &file.content)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "Exported the batch record to {} ({} files); record SHA-256 {}",
+        out.display(),
+        answer.files.len(),
+        answer.record_sha256
+    );
+    println!(
+        "Check it at any time, without the hub: carrel-hub release verify-export {}",
+        out.display()
+    );
+    Ok(())
+}
+
+fn verify_export(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let found = match crate::export::verify(dir) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let intact = found.intact();
+    if json {
+        let findings: Vec<serde_json::Value> = found
+            .findings
+            .iter()
+            .map(|f| serde_json::json!({"holds": f.holds, "what": f.what}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "intact": intact,
+                "record_sha256": found.record_sha256,
+                "findings": findings,
+            }))?
+        );
+    } else {
+        for f in &found.findings {
+            println!("{} {}", if f.holds { "ok  " } else { "FAIL" }, f.what);
+        }
+        let failed = found.findings.iter().filter(|f| !f.holds).count();
+        if intact {
+            println!("INTACT: every check holds");
+        } else {
+            println!(
+                "NOT INTACT: {failed} of {} checks do not hold",
+                found.findings.len()
+            );
+        }
+    }
+    if !intact {
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -78,6 +78,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/batches/{id}", get(release::batch_record))
         .route("/batches/{id}/sign", post(release::sign))
         .route("/batches/{id}/review-change", post(release::review_change))
+        .route("/batches/{id}/export", post(release::export))
         .route(
             "/notifications",
             get(notifications::notifications).post(notifications::subscribe),

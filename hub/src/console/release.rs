@@ -79,6 +79,11 @@ fn batch_record_markup(
         p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (review.recipe_title) " v" (review.recipe_version)
             " · batch " (order.batch_id) }
         p { "State: " (state_badge(order.state)) }
+        form.export method="post" action={ "/batches/" (order.batch_id) "/export" } {
+            input type="hidden" name="csrf" value=(session.csrf);
+            button.secondary type="submit" { "Download archive copy (PDF and JSON, zip)" }
+            span.muted { " Checked later without the hub by " code { "carrel-hub release verify-export" } "; each download is recorded in the audit trail." }
+        }
         @if let Some(notice) = notice { div.notice.bad role="alert" { (notice) } }
         @if !review.changed_after_decision.is_empty() {
             div.notice.bad id="changed-after-decision" role="alert" {
@@ -705,6 +710,40 @@ pub async fn sign(
 }
 
 /// A QA person signs their review of records that arrived after the decision.
+/// The archive copy of a batch record as a zip download ([`release::export`]).
+pub async fn export(
+    hub: HubState,
+    session: Session,
+    Path(id): Path<String>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Page {
+    let csrf = fields
+        .iter()
+        .find(|(name, _)| name == "csrf")
+        .map(|(_, value)| value.as_str())
+        .unwrap_or_default();
+    session.check_csrf(csrf)?;
+    let batch_id = parse_uuid(&id)?;
+    let export = release::export(&hub, &session.user, batch_id)
+        .await
+        .map_err(refused)?;
+    let folder = crate::export::Export::folder_name(&export.coi);
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/zip".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{folder}.zip\""),
+            ),
+        ],
+        export.zip(&folder),
+    )
+        .into_response())
+}
+
 pub async fn review_change(
     hub: HubState,
     session: Session,

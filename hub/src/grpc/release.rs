@@ -160,6 +160,25 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         }))
     }
 
+    async fn export_batch_record(
+        &self,
+        request: Request<pb::ExportBatchRecordRequest>,
+    ) -> Result<Response<pb::ExportBatchRecordResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let batch_id = parse_id("batch_id", &request.get_ref().batch_id)?;
+        let export = release::export(&self.0, &user, batch_id)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ExportBatchRecordResponse {
+            record_sha256: export.record_sha256,
+            files: export
+                .files
+                .into_iter()
+                .map(|(name, content)| pb::ExportedFile { name, content })
+                .collect(),
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]
     async fn sign_release(
         &self,

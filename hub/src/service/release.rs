@@ -70,6 +70,37 @@ pub async fn review(hub: &Hub, user: &User, batch_id: Uuid) -> Result<Review, Er
     ))
 }
 
+/// The batch record written out for archiving ([`crate::export`]): a PDF for people,
+/// the record as stored for machines, and their digests. Who exported which record
+/// (by its hash) goes into the audit trail.
+pub async fn export(
+    hub: &Hub,
+    user: &User,
+    batch_id: Uuid,
+) -> Result<crate::export::Export, Error> {
+    require_role(user, &REVIEWERS)?;
+    let record = hub.store.batch_record(batch_id).await?;
+    let exported_by = format!("{} ({})", user.full_name, user.username);
+    let export = crate::export::build(
+        record,
+        hub.config.accept_simulated_people,
+        &exported_by,
+        Utc::now().trunc_subsecs(0),
+    );
+    hub.store
+        .audit(
+            &NewEntry::new(
+                &user.username,
+                Action::BatchRecordExported,
+                Object::Batch(batch_id),
+            )
+            .batch(batch_id)
+            .value(format!("record_sha256 {}", export.record_sha256)),
+        )
+        .await?;
+    Ok(export)
+}
+
 /// What a person acknowledges, once, before their first electronic signature
 /// (21 CFR 11.100(c)); kept with their account and in the audit trail.
 pub const SIGNATURE_MEANING: &str = "I understand that my electronic signature in Carrel is the legally binding equivalent of my handwritten signature, and that I am accountable for every record I sign with it.";
