@@ -521,6 +521,16 @@ fn check_the_session(s: &mut Session) {
     let out = s.run(&command, "");
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.starts_with("BATCH"), "{listed}");
+    // The archive copy the README exported holds this batch, and verifies.
+    let command = s.here("carrel-hub release verify-export --json batch-record/");
+    let out = s.run(&command, "");
+    let verified: Value = serde_json::from_slice(&out.stdout).expect("verify-export --json");
+    assert!(out.status.success(), "{verified}");
+    assert_eq!(verified["intact"], true, "{verified}");
+    assert!(
+        verified.to_string().contains(&format!("batch {batch}")),
+        "{verified}"
+    );
     // The admin commands run on the hub machine name the operating-system account
     // from the process's uid, though this shell has no USER or LOGNAME.
     let command = s.here("carrel-hub audit list --config /etc/carrel/hub.toml");
