@@ -16,10 +16,19 @@
 //! booked (the patient's appointment); the manufacturing after them shifts.
 //!
 //! Everything here is pure: the store loads what it needs and stores what this
-//! decides. Times are UTC; a site's calendar is declared in UTC too.
+//! decides. Instants are UTC. A site's calendar is declared in its own time zone
+//! ([`Capacity::time_zone`], an IANA name; `UTC` when not given): working days,
+//! opening hours, closures and collection dates are the site's local ones, and
+//! [`Capacity::instant`] turns a local date and time into the instant. So on the
+//! day the clocks go forward a site open 08:00 to 18:00 is open for 10 real hours
+//! starting an hour earlier in UTC, and its day (for utilisation) has 23 hours.
 
 use carrel_proto::recipe::Recipe;
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
+    TimeZone, Utc, Weekday,
+};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -32,11 +41,15 @@ pub const HORIZON_DAYS: i64 = 180;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capacity {
+    /// The site's time zone, an IANA name such as `Europe/London`; the calendar below
+    /// is in it. `UTC` when not given (capacities declared before zones were).
+    #[serde(default = "utc_name")]
+    pub time_zone: String,
     /// Working days, such as `["mon", "tue", "wed", "thu", "fri"]`.
     pub working_days: Vec<Weekday>,
-    /// Opening time on a working day (UTC), `"08:00"`.
+    /// Opening time on a working day (the site's local time), `"08:00"`.
     pub opens: NaiveTime,
-    /// Closing time on a working day (UTC), `"18:00"`.
+    /// Closing time on a working day (the site's local time), `"18:00"`.
     pub closes: NaiveTime,
     /// Apheresis (collection) appointments per working day, spread evenly over the
     /// opening hours.
@@ -46,6 +59,45 @@ pub struct Capacity {
     /// Days the site is closed: no collection, no manufacturing.
     #[serde(default)]
     pub closures: Vec<Closure>,
+}
+
+fn utc_name() -> String {
+    "UTC".into()
+}
+
+/// The zone named `name` (an IANA name), or why it is not one.
+pub fn zone_named(name: &str) -> Result<Tz, String> {
+    name.trim().parse::<Tz>().map_err(|_| {
+        format!(
+            "time zone {name:?} is not an IANA time zone name (such as Europe/London, America/New_York or UTC)"
+        )
+    })
+}
+
+/// The instant of the local wall time `local` in `zone`. A time the clocks skip
+/// (the hour lost when they go forward) is read with the offset before the change,
+/// so it lands as far after the change as it was into the gap (02:30 on the spring
+/// day in New York is 03:30 EDT); a time that happens twice (the hour repeated when
+/// they go back) is the first of the two.
+pub fn instant_in(zone: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+    match zone.from_local_datetime(&local) {
+        LocalResult::Single(at) => at.with_timezone(&Utc),
+        LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        LocalResult::None => {
+            let before = zone
+                .offset_from_utc_datetime(&(local - Duration::days(1)))
+                .fix();
+            (local - Duration::seconds(i64::from(before.local_minus_utc()))).and_utc()
+        }
+    }
+}
+
+/// `at` as people at a site read it: local date and time and the zone's
+/// abbreviation, `2026-03-29 09:00 BST`.
+pub fn local_text(zone: Tz, at: DateTime<Utc>) -> String {
+    at.with_timezone(&zone)
+        .format("%Y-%m-%d %H:%M %Z")
+        .to_string()
 }
 
 /// Days a site is closed, both ends included.
@@ -72,6 +124,7 @@ impl Capacity {
 
     /// Checks everything that makes a capacity unusable, and says what is wrong.
     pub fn check(&self) -> Result<(), String> {
+        zone_named(&self.time_zone)?;
         if self.working_days.is_empty() {
             return Err("no working day is named: name at least one".into());
         }
@@ -147,6 +200,32 @@ impl Capacity {
         Ok(())
     }
 
+    /// The site's time zone ([`Capacity::time_zone`]; UTC if it does not name one,
+    /// which [`Capacity::check`] refuses).
+    pub fn zone(&self) -> Tz {
+        zone_named(&self.time_zone).unwrap_or(Tz::UTC)
+    }
+
+    /// The instant of local time `time` on the site's local `date` ([`instant_in`]).
+    pub fn instant(&self, date: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
+        instant_in(self.zone(), date.and_time(time))
+    }
+
+    /// When the site's local day `date` starts.
+    pub fn day_start(&self, date: NaiveDate) -> DateTime<Utc> {
+        self.instant(date, NaiveTime::MIN)
+    }
+
+    /// The site's local date at `at`.
+    pub fn local_date(&self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.zone()).date_naive()
+    }
+
+    /// `at` in the site's local time with the zone's abbreviation ([`local_text`]).
+    pub fn local_text(&self, at: DateTime<Utc>) -> String {
+        local_text(self.zone(), at)
+    }
+
     /// The closure covering `date`, if any.
     pub fn closure_on(&self, date: NaiveDate) -> Option<&Closure> {
         self.closures
@@ -159,32 +238,32 @@ impl Capacity {
         self.working_days.contains(&date.weekday()) && self.closure_on(date).is_none()
     }
 
-    /// When collection slot `slot` (0-based) starts on `date`, for a collection that
-    /// takes `length`: the slots are spread evenly from opening time to the last start
-    /// that still ends by closing time. `None` when such a collection does not fit the
-    /// opening hours at all.
+    /// When collection slot `slot` (0-based) starts on the local `date`, for a
+    /// collection that takes `length`: the slots are spread evenly from opening time to
+    /// the last start that still ends by closing time, in real elapsed time (on the
+    /// day the clocks change, the opening hours are an hour shorter or longer).
+    /// `None` when such a collection does not fit the opening hours at all.
     pub fn slot_start(
         &self,
         date: NaiveDate,
         slot: u32,
         length: Duration,
     ) -> Option<DateTime<Utc>> {
-        let room = (self.closes - self.opens - length).num_seconds();
+        let opens = self.instant(date, self.opens);
+        let room = (self.instant(date, self.closes) - opens - length).num_seconds();
         if room < 0 {
             return None;
         }
         let gaps = i64::from(self.collection_slots_per_day.saturating_sub(1)).max(1);
         let offset = room * i64::from(slot) / gaps;
-        Some(date.and_time(self.opens).and_utc() + Duration::seconds(offset))
+        Some(opens + Duration::seconds(offset))
     }
 
     /// The closure that `[start, end)` runs into, if any.
     fn closure_during(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> Option<&Closure> {
         self.closures.iter().find(|c| {
-            let closed_from = c.from.and_time(NaiveTime::MIN).and_utc();
-            let closed_to = (c.to + Duration::days(1))
-                .and_time(NaiveTime::MIN)
-                .and_utc();
+            let closed_from = self.day_start(c.from);
+            let closed_to = self.day_start(c.to + Duration::days(1));
             start < closed_to && closed_from < end
         })
     }
@@ -192,6 +271,7 @@ impl Capacity {
     /// A capacity that can make the shipped recipe: for `carrel-hub dev` and tests.
     pub fn example() -> Capacity {
         Capacity {
+            time_zone: utc_name(),
             working_days: vec![
                 Weekday::Mon,
                 Weekday::Tue,
@@ -402,10 +482,11 @@ pub fn plan_for(
     if let Some(missing) = missing_instrument(capacity, recipe) {
         return Err(missing);
     }
-    if date < now.date_naive() {
+    let today = capacity.local_date(now);
+    if date < today {
         return Err(Refusal::InThePast { date });
     }
-    if date > now.date_naive() + Duration::days(HORIZON_DAYS) {
+    if date > today + Duration::days(HORIZON_DAYS) {
         return Err(Refusal::TooFarAhead { date });
     }
     if let Some(closure) = capacity.closure_on(date) {
@@ -495,8 +576,9 @@ pub fn propose(
     if missing_instrument(capacity, recipe).is_some() {
         return Vec::new();
     }
-    let first = from.max(now.date_naive());
-    let last = now.date_naive() + Duration::days(HORIZON_DAYS);
+    let today = capacity.local_date(now);
+    let first = from.max(today);
+    let last = today + Duration::days(HORIZON_DAYS);
     first
         .iter_days()
         .take_while(|d| *d <= last)
@@ -542,12 +624,19 @@ pub fn utilisation(
     for week in 0..weeks {
         let week_start = monday + Duration::weeks(i64::from(week));
         let days: Vec<NaiveDate> = week_start.iter_days().take(7).collect();
-        let open_days = days
+        // Hours of the days the site is not closed: a local day is 23 or 25 hours
+        // long when the clocks change.
+        let open_hours: f64 = days
             .iter()
             .filter(|d| capacity.closure_on(**d).is_none())
-            .count();
-        let start = week_start.and_time(NaiveTime::MIN).and_utc();
-        let end = start + Duration::weeks(1);
+            .map(|d| {
+                (capacity.day_start(*d + Duration::days(1)) - capacity.day_start(*d)).num_seconds()
+                    as f64
+                    / 3600.0
+            })
+            .sum();
+        let start = capacity.day_start(week_start);
+        let end = capacity.day_start(week_start + Duration::weeks(1));
         for (kind, units) in &capacity.instruments {
             let booked_hours: f64 = booked
                 .reservations
@@ -559,7 +648,7 @@ pub fn utilisation(
                 week_start,
                 resource: kind.clone(),
                 units: *units,
-                available: f64::from(*units) * 24.0 * open_days as f64,
+                available: f64::from(*units) * open_hours,
                 booked: booked_hours,
             });
         }
@@ -796,11 +885,7 @@ fn earliest_free(
             capacity
                 .closures
                 .iter()
-                .map(|c| {
-                    (c.to + Duration::days(1))
-                        .and_time(NaiveTime::MIN)
-                        .and_utc()
-                })
+                .map(|c| capacity.day_start(c.to + Duration::days(1)))
                 .filter(|t| *t > earliest),
         )
         .collect();
@@ -910,6 +995,185 @@ mod tests {
         let err = Capacity::from_toml(&good.replace("\"2026-12-24\"", "\"2026-12-27\""))
             .expect_err("refused");
         assert!(err.contains("ends before it starts"), "{err}");
+        // A document without a zone is in UTC; a zone must be an IANA name.
+        assert_eq!(capacity.time_zone, "UTC");
+        let zoned = format!("time_zone = \"Europe/London\"\n{good}");
+        assert_eq!(
+            Capacity::from_toml(&zoned).expect("valid").zone(),
+            chrono_tz::Europe::London
+        );
+        let err = Capacity::from_toml(&format!("time_zone = \"Europe/Londn\"\n{good}"))
+            .expect_err("refused");
+        assert!(err.contains("not an IANA time zone name"), "{err}");
+        // The example the README points at is a valid capacity.
+        let example = Capacity::from_toml(include_str!("../../deploy/capacity.example.toml"))
+            .expect("deploy/capacity.example.toml");
+        assert_eq!(example.zone(), chrono_tz::Europe::London);
+    }
+
+    /// Open every day 08:00 to 18:00 local in `zone`, two collection slots.
+    fn every_day_in(zone: &str) -> Capacity {
+        let mut capacity = Capacity::example();
+        capacity.time_zone = zone.into();
+        capacity.working_days = vec![
+            Weekday::Mon,
+            Weekday::Tue,
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+            Weekday::Sat,
+            Weekday::Sun,
+        ];
+        capacity.check().expect("valid");
+        capacity
+    }
+
+    #[test]
+    fn slots_are_at_local_opening_hours_on_both_days_the_clocks_change() {
+        let three_hours = Duration::hours(3);
+        // (zone, day before, spring-forward day, fall-back day, opening in UTC on each)
+        for (zone, days) in [
+            (
+                "Europe/London",
+                [
+                    ("2026-03-28", "2026-03-28T08:00:00Z", "2026-03-28T15:00:00Z"),
+                    ("2026-03-29", "2026-03-29T07:00:00Z", "2026-03-29T14:00:00Z"),
+                    ("2026-10-25", "2026-10-25T08:00:00Z", "2026-10-25T15:00:00Z"),
+                ],
+            ),
+            (
+                "America/New_York",
+                [
+                    ("2026-03-07", "2026-03-07T13:00:00Z", "2026-03-07T20:00:00Z"),
+                    ("2026-03-08", "2026-03-08T12:00:00Z", "2026-03-08T19:00:00Z"),
+                    ("2026-11-01", "2026-11-01T13:00:00Z", "2026-11-01T20:00:00Z"),
+                ],
+            ),
+        ] {
+            let capacity = every_day_in(zone);
+            for (day, first, last) in days {
+                assert_eq!(
+                    capacity.slot_start(date(day), 0, three_hours),
+                    Some(at(first)),
+                    "{zone} {day} first slot"
+                );
+                // The last slot ends at 18:00 local.
+                assert_eq!(
+                    capacity.slot_start(date(day), 1, three_hours),
+                    Some(at(last)),
+                    "{zone} {day} last slot"
+                );
+                assert_eq!(
+                    capacity.local_text(at(first)),
+                    format!(
+                        "{day} 08:00 {}",
+                        at(first).with_timezone(&capacity.zone()).format("%Z")
+                    )
+                );
+            }
+        }
+        assert_eq!(
+            every_day_in("Europe/London").local_text(at("2026-03-29T07:00:00Z")),
+            "2026-03-29 08:00 BST"
+        );
+        assert_eq!(
+            every_day_in("America/New_York").local_text(at("2026-11-01T13:00:00Z")),
+            "2026-11-01 08:00 EST"
+        );
+    }
+
+    #[test]
+    fn a_skipped_local_time_lands_after_the_change_and_a_repeated_one_is_the_first() {
+        let new_york = chrono_tz::America::New_York;
+        let local =
+            |text: &str| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").expect("local time");
+        // 02:30 does not happen on 2026-03-08: it is read as 03:30 EDT.
+        assert_eq!(
+            instant_in(new_york, local("2026-03-08 02:30")),
+            at("2026-03-08T07:30:00Z")
+        );
+        // 01:30 happens twice on 2026-11-01: the first, in EDT.
+        assert_eq!(
+            instant_in(new_york, local("2026-11-01 01:30")),
+            at("2026-11-01T05:30:00Z")
+        );
+        // Opening in the gap still gives a slot, at the first real time after it.
+        let mut capacity = every_day_in("America/New_York");
+        capacity.opens = NaiveTime::from_hms_opt(2, 30, 0).expect("time");
+        assert_eq!(
+            capacity.slot_start(date("2026-03-08"), 0, Duration::hours(3)),
+            Some(at("2026-03-08T07:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_local_day_is_booked_closed_and_counted_in_the_sites_zone() {
+        let recipe = recipe();
+        let mut capacity = every_day_in("Europe/London");
+        // 00:30 BST on 30 March is 23:30 UTC on the 29th: locally the 29th is past.
+        let now = at("2026-03-29T23:30:00Z");
+        assert_eq!(
+            plan_for(
+                "s",
+                &capacity,
+                &recipe,
+                &Booked::default(),
+                date("2026-03-29"),
+                now
+            ),
+            Err(Refusal::InThePast {
+                date: date("2026-03-29")
+            })
+        );
+        let plan = plan_for(
+            "s",
+            &capacity,
+            &recipe,
+            &Booked::default(),
+            date("2026-03-30"),
+            now,
+        )
+        .expect("the next local day");
+        assert_eq!(plan.collection_start(), at("2026-03-30T07:00:00Z"));
+        // A closure on a local date closes that local day, midnight to midnight.
+        capacity.closures = vec![Closure {
+            from: date("2026-03-29"),
+            to: date("2026-03-29"),
+            reason: "the clocks change".into(),
+        }];
+        let closed = |from: &str, to: &str| capacity.closure_during(at(from), at(to)).is_some();
+        assert!(
+            !closed("2026-03-28T22:00:00Z", "2026-03-28T23:59:00Z"),
+            "Saturday 23:59 GMT"
+        );
+        assert!(
+            closed("2026-03-29T00:00:00Z", "2026-03-29T00:30:00Z"),
+            "Sunday 00:30 GMT"
+        );
+        assert!(
+            closed("2026-03-29T22:30:00Z", "2026-03-29T22:59:00Z"),
+            "Sunday 23:59 BST"
+        );
+        assert!(
+            !closed("2026-03-29T23:00:00Z", "2026-03-29T23:30:00Z"),
+            "Monday 00:00 BST"
+        );
+        // The week of the spring change has an hour less; the autumn one an hour more.
+        let hours_of_week = |monday: &str| {
+            utilisation(
+                &every_day_in("Europe/London"),
+                &Booked::default(),
+                date(monday),
+                1,
+            )
+            .into_iter()
+            .find(|u| u.resource == "bench")
+            .map(|u| u.available / f64::from(u.units))
+            .expect("bench row")
+        };
+        assert_eq!(hours_of_week("2026-03-23"), 167.0);
+        assert_eq!(hours_of_week("2026-10-19"), 169.0);
+        assert_eq!(hours_of_week("2026-06-01"), 168.0);
     }
 
     #[test]

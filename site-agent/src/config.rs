@@ -61,6 +61,9 @@ pub struct Config {
     /// Failed sign-ins (console or command line) after which a person is locked at
     /// this site until the hub sends their entry again. Env: `CARREL_AGENT_SIGN_IN_ATTEMPTS`.
     pub sign_in_attempts: u32,
+    /// The site's IANA time zone (`Europe/London`; the one its calendar at the hub
+    /// declares): the console and `events` show times in it, with its abbreviation.
+    pub time_zone: String,
     /// Instrument simulation: runs every recipe step that `steps` does not map to
     /// another instrument.
     pub simulator: SimulatorConfig,
@@ -355,6 +358,7 @@ impl Default for Config {
             console_hosts: Vec::new(),
             console_idle_minutes: 5,
             sign_in_attempts: 10,
+            time_zone: "UTC".into(),
             simulator: SimulatorConfig::default(),
             instruments: Vec::new(),
             steps: Vec::new(),
@@ -449,6 +453,16 @@ impl Config {
         })
     }
 
+    /// The site's time zone ([`Config::time_zone`]).
+    pub fn zone(&self) -> Result<chrono_tz::Tz, Error> {
+        self.time_zone.trim().parse().map_err(|_| {
+            Error::Invalid(format!(
+                "time_zone {:?} is not an IANA time zone name (such as Europe/London or UTC)",
+                self.time_zone
+            ))
+        })
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         if !self.hub.starts_with("https://") {
             return Err(Error::Invalid(format!(
@@ -494,6 +508,7 @@ impl Config {
                 self.sign_in_attempts
             )));
         }
+        self.zone()?;
         let sim = &self.simulator;
         if !(sim.time_compression.is_finite() && sim.time_compression > 0.0) {
             return Err(Error::Invalid(

@@ -45,13 +45,26 @@ pub struct Console {
     lock_after: u32,
     /// The one-time tokens of the recording forms.
     submissions: Submissions,
+    /// The site's time zone: every time on the pages is shown in it.
+    zone: chrono_tz::Tz,
 }
 
-/// How the console treats people: idle time of a session, failed sign-ins that lock.
+impl Console {
+    /// A time as the site's people read it: local, with the zone's abbreviation.
+    fn local(&self, at: chrono::DateTime<chrono::Utc>) -> String {
+        at.with_timezone(&self.zone)
+            .format("%Y-%m-%d %H:%M %Z")
+            .to_string()
+    }
+}
+
+/// How the console treats people: idle time of a session, failed sign-ins that lock,
+/// and the time zone it shows times in.
 #[derive(Debug, Clone, Copy)]
 pub struct PeopleSettings {
     pub idle: std::time::Duration,
     pub lock_after: u32,
+    pub zone: chrono_tz::Tz,
 }
 
 type Shared = State<Arc<Console>>;
@@ -148,6 +161,7 @@ pub fn router(
         sessions: Sessions::new(settings.idle),
         lock_after: settings.lock_after,
         submissions: Submissions::default(),
+        zone: settings.zone,
     });
     Router::new()
         .route("/", get(home))
@@ -260,7 +274,7 @@ fn suspension_banner(console: &Console) -> Markup {
         @if let Some(s) = suspended {
             div.suspended role="alert" data-suspended-by=(s.by) {
                 strong { "This site is suspended by the control site." }
-                " " (s.by) " suspended it on " (s.at.format("%Y-%m-%d %H:%M UTC")) ". "
+                " " (s.by) " suspended it on " (console.local(s.at)) ". "
                 "Reason: " q.reason { (s.reason) }
                 p { "New manufacturing steps do not start and no product is handed over to a patient until the control site resumes the site. "
                     "Steps already running go on; keep recording what happens (readings, QC results, custody scans before hand-over)." }
@@ -1031,7 +1045,7 @@ fn batch_markup(
                                 @if let Some(event) = events.iter().find(|e| e.seq == seq) {
                                     option value=(seq) data-test=(results.test_id)
                                         selected[kept.get(KeptForm::Qc, "retest_of") == Some(seq.to_string().as_str())] {
-                                        (entries::result_words(event)) ", " (event.recorded_at.format("%Y-%m-%d %H:%M")) " UTC, by " (event.recorded_by)
+                                        (entries::result_words(event)) ", " (console.local(event.recorded_at)) ", by " (event.recorded_by)
                                     }
                                 }
                             }
@@ -1047,7 +1061,7 @@ fn batch_markup(
         div.scroll tabindex="0" { table {
             thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "By" } th scope="col" { "What" } } }
             tbody { @for e in events.iter().rev().filter(|e| !matches!(e.kind, EventKind::ProcessSamples { .. }) || !matches!(e.identity, Identity::Agent)).take(40) {
-                tr { td { (e.seq) } td { (e.recorded_at.format("%Y-%m-%d %H:%M")) " UTC" } td { (e.recorded_by) (identity_note(&e.identity)) } td { (e.kind.name().replace('_', " ")) } }
+                tr { td { (e.seq) } td { (console.local(e.recorded_at)) } td { (e.recorded_by) (identity_note(&e.identity)) } td { (e.kind.name().replace('_', " ")) } }
             } }
         } }
     }

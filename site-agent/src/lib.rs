@@ -112,6 +112,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         console::PeopleSettings {
             idle: std::time::Duration::from_secs(config.console_idle_minutes * 60),
             lock_after: config.sign_in_attempts,
+            zone: config.zone()?,
         },
     );
     let stop = shutdown.clone();

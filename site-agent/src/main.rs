@@ -591,11 +591,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&records)?);
                 return Ok(std::process::ExitCode::SUCCESS);
             }
+            // Times in the site's zone (its config); UTC without one.
+            let zone = Config::load(&data_dir)
+                .ok()
+                .and_then(|c| c.zone().ok())
+                .unwrap_or(chrono_tz::Tz::UTC);
             for event in events {
                 println!(
                     "{:>6}  {}  {:<10} {:<26} {}",
                     event.seq,
-                    event.recorded_at.format("%Y-%m-%d %H:%M:%S"),
+                    event
+                        .recorded_at
+                        .with_timezone(&zone)
+                        .format("%Y-%m-%d %H:%M:%S %Z"),
                     event.recorded_by,
                     event.kind.name(),
                     serde_json::to_string(&event.kind).unwrap_or_default()

@@ -249,8 +249,20 @@ impl Hub {
 
     /// Runs `carrel-hub` with this hub's address and CA, and the token file of `user`.
     pub fn cli(&self, user: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        self.cli_env(user, args, stdin, &[])
+    }
+
+    /// [`Hub::cli`] with more environment variables (`TZ`, say).
+    pub fn cli_env(
+        &self,
+        user: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut child = Command::new(binary("carrel-hub"))
             .args(args)
+            .envs(env.iter().copied())
             .env("CARREL_ADDR", self.url())
             .env("CARREL_CA_CERT", self.ca_cert())
             .env("CARREL_HUB_CONFIG", self.config_path())

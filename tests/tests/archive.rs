@@ -66,6 +66,7 @@ async fn a_released_batch_is_exported_read_by_other_programs_and_verified_withou
     let mut agent = Agent::enroll(&hub, "site-a", &token)
         .expect("enroll")
         .with_time_compression(200_000.0);
+    agent.configure(&["time_zone"], "Asia/Tokyo".into());
     agent.start();
     let (order_id, batch_id) = scenario::create_order(&hub, "site-a", "P-4401");
     scenario::wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
@@ -81,6 +82,14 @@ async fn a_released_batch_is_exported_read_by_other_programs_and_verified_withou
         },
     )
     .await;
+    // The site lists its records in its own time zone.
+    let listed = agent.cli(&["events", "--batch", &batch_id], "");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.lines().count() > 10, "{listed}");
+    assert!(
+        listed.lines().all(|l| l.contains(" JST ")),
+        "every record in JST:\n{listed}"
+    );
     let record = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
     let record_sha = str_field(&record, "record_sha256").to_owned();
     let signature = &record["signatures"][0];

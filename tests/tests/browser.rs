@@ -752,9 +752,16 @@ async fn an_administrator_declares_capacity_in_the_console_and_the_order_page_sh
     let out = hub.cli(ADMIN.0, &["schedule", "capacity", "site-c"], None);
     assert!(!out.status.success(), "nothing was declared");
     fill(&client, "#closes", "19:00").await;
+    // The site's own time zone: a name that is not one is refused beside the field.
+    fill(&client, "#time-zone", "Asia/Tokio").await;
+    click(&client, "#capacity-save").await;
+    expect_text(&client, "refused capacity", "is not an IANA time zone name").await;
+    assert_eq!(value_of(&client, "#time-zone").await, "Asia/Tokio");
+    fill(&client, "#time-zone", "Asia/Tokyo").await;
     click(&client, "#capacity-save").await;
     expect_text(&client, "declared capacity", "Utilisation, next weeks").await;
     let shown = hub.cli_ok(ADMIN.0, &["schedule", "capacity", "site-c"], None);
+    assert!(shown.contains("time_zone = \"Asia/Tokyo\""), "{shown}");
     assert!(shown.contains("closed-processing-system = 2"), "{shown}");
     assert!(shown.contains("\"Sun\""), "{shown}");
     assert!(!body_text(&client).await.contains("-0 %"));
@@ -791,6 +798,10 @@ async fn an_administrator_declares_capacity_in_the_console_and_the_order_page_sh
     )
     .await;
     expect_text(&client, "order page", "manufacturing end").await;
+    // Its times are the site's (Tokyo, 07:00 opening), with the browser's own beside
+    // them: this browser is not nine hours ahead of UTC.
+    expect_text(&client, "order page", "07:00 JST").await;
+    expect_text(&client, "order page", "your time)").await;
 
     // The order form lists the free dates; the taken day is refused on the form with
     // the next free ones.
@@ -807,7 +818,7 @@ async fn an_administrator_declares_capacity_in_the_console_and_the_order_page_sh
         .await
         .expect("text");
     assert!(
-        !free.contains(&date.to_string()),
+        !free.lines().any(|row| row.starts_with(&date.to_string())),
         "the booked day is not offered: {free}"
     );
     fill(&client, "#patient_pseudonym", "P-7102").await;

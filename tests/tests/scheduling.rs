@@ -26,6 +26,21 @@ bench = 1
 closed-processing-system = 4
 "#;
 
+/// The administrator declares the site's capacity from `file` with the CLI.
+fn declare_capacity(hub: &Hub, file: &std::path::Path) {
+    hub.cli_ok(
+        ADMIN.0,
+        &[
+            "schedule",
+            "capacity",
+            SITE,
+            "--set",
+            file.to_str().expect("path"),
+        ],
+        None,
+    );
+}
+
 fn order_request(patient: &str, date: &str) -> pb::CreateOrderRequest {
     pb::CreateOrderRequest {
         patient_pseudonym: patient.into(),
@@ -68,6 +83,7 @@ async fn capacity_booking_rescheduling_and_the_clock_through_the_hub() {
             count: 1,
         }],
         closures: vec![],
+        time_zone: String::new(),
     };
     let refused = schedule
         .set_capacity(authed(
@@ -114,17 +130,7 @@ async fn capacity_booking_rescheduling_and_the_clock_through_the_hub() {
     // Declared from a file with the CLI, and read back.
     let file = hub.data_dir().join("capacity.toml");
     std::fs::write(&file, CAPACITY).expect("write capacity file");
-    hub.cli_ok(
-        ADMIN.0,
-        &[
-            "schedule",
-            "capacity",
-            SITE,
-            "--set",
-            file.to_str().expect("path"),
-        ],
-        None,
-    );
+    declare_capacity(&hub, &file);
     let shown = hub.cli_ok(DR_A.0, &["schedule", "capacity", SITE], None);
     assert!(shown.contains("collection_slots_per_day = 1"), "{shown}");
 
@@ -293,4 +299,202 @@ async fn capacity_booking_rescheduling_and_the_clock_through_the_hub() {
     let summary = hub.cli_json(ADMIN.0, &["schedule", "summary"], None);
     assert_eq!(summary[0]["site_id"], "");
     assert_eq!(summary[0]["orders"], 2);
+}
+
+/// The next day within the booking horizon on which `zone`'s clocks change, and
+/// whether they go forward (a 23-hour day).
+fn next_change(zone: chrono_tz::Tz) -> Option<(chrono::NaiveDate, bool)> {
+    use chrono::{Offset, TimeZone};
+    let today = Utc::now().date_naive();
+    let noon_offset = |d: chrono::NaiveDate| {
+        zone.offset_from_utc_datetime(&d.and_hms_opt(12, 0, 0).expect("noon"))
+            .fix()
+            .local_minus_utc()
+    };
+    (2..170)
+        .map(|n| today + Duration::days(n))
+        .find(|d| noon_offset(*d) != noon_offset(*d - Duration::days(1)))
+        .map(|d| (d, noon_offset(d) > noon_offset(d - Duration::days(1))))
+}
+
+/// A site declares its calendar in its own zone: on the day its clocks change, and on
+/// the day before, a collection is booked at 08:00 local (a different UTC hour), and
+/// the CLI shows it in the site's time with the viewer's own beside it. Europe/London
+/// and America/New_York are tried first; when neither changes within the horizon
+/// (from April to September) Australia/Sydney does. Both kinds of change in both
+/// zones are covered at fixed dates by the schedule's unit tests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_books_in_its_own_time_zone_across_a_change_of_the_clocks() {
+    let (zone, (day, forward)) = [
+        chrono_tz::Europe::London,
+        chrono_tz::America::New_York,
+        chrono_tz::Australia::Sydney,
+    ]
+    .into_iter()
+    .find_map(|zone| next_change(zone).map(|change| (zone, change)))
+    .expect("some zone changes its clocks within the horizon");
+    let hub = Hub::start().await;
+    hub.add_user(ADMIN.0, "admin", ADMIN.1);
+    hub.add_user(DR_A.0, "physician", DR_A.1);
+    let token = hub.add_site(SITE);
+    let _agent = Agent::enroll(&hub, SITE, &token).expect("enroll");
+    let file = hub.data_dir().join("capacity.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "time_zone = \"{}\"\n{}",
+            zone.name(),
+            CAPACITY.replace("\"07:00\"", "\"08:00\"")
+        ),
+    )
+    .expect("write capacity file");
+    // A zone that is not one is refused with the reason, and nothing is stored.
+    let bad = hub.data_dir().join("bad.toml");
+    std::fs::write(&bad, format!("time_zone = \"Mars/Olympus\"\n{CAPACITY}")).expect("write");
+    let out = hub.cli(
+        ADMIN.0,
+        &[
+            "schedule",
+            "capacity",
+            SITE,
+            "--set",
+            bad.to_str().expect("path"),
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an IANA time zone name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    declare_capacity(&hub, &file);
+    let shown = hub.cli_ok(ADMIN.0, &["schedule", "capacity", SITE], None);
+    assert!(
+        shown.contains(&format!("time_zone = \"{}\"", zone.name())),
+        "{shown}"
+    );
+
+    let channel = hub.channel().await;
+    let dr = hub.login(DR_A.0, DR_A.1).await.expect("sign in");
+    let mut orders = pb::order_service_client::OrderServiceClient::new(channel.clone());
+    let mut booked = Vec::new();
+    for (patient, date) in [("PAT-Z1", day - Duration::days(1)), ("PAT-Z2", day)] {
+        let order = orders
+            .create_order(authed(&dr, order_request(patient, &date.to_string())))
+            .await
+            .unwrap_or_else(|e| panic!("book {date} in {}: {e}", zone.name()))
+            .into_inner()
+            .order
+            .expect("order");
+        let clock = orders
+            .get_order(authed(
+                &dr,
+                pb::GetOrderRequest {
+                    order_id: order.order_id.clone(),
+                },
+            ))
+            .await
+            .expect("get order")
+            .into_inner()
+            .clock
+            .expect("clock");
+        assert_eq!(clock.time_zone, zone.name());
+        let booking = clock.booking.as_ref().expect("booked");
+        assert_eq!(booking.time_zone, zone.name());
+        assert_eq!(booking.collection_date, date.to_string());
+        let collection = clock
+            .milestones
+            .iter()
+            .find(|m| m.name == "collection")
+            .and_then(|m| m.planned)
+            .expect("planned collection");
+        let at = chrono::DateTime::from_timestamp(collection.seconds, 0).expect("instant");
+        let local = at.with_timezone(&zone);
+        assert_eq!(
+            (local.date_naive(), local.format("%H:%M").to_string()),
+            (date, "08:00".to_owned()),
+            "collection on {date} at 08:00 in {} (UTC {at})",
+            zone.name()
+        );
+        booked.push((order.order_id, at));
+    }
+    // The same local hour on both days is an hour apart in UTC the other way round
+    // from the change: an hour earlier after the clocks go forward.
+    let shift = booked[1].1 - booked[0].1 - Duration::days(1);
+    assert_eq!(
+        shift,
+        if forward {
+            Duration::hours(-1)
+        } else {
+            Duration::hours(1)
+        },
+        "{booked:?}"
+    );
+
+    // The CLI shows the site's time with its abbreviation, and a viewer elsewhere
+    // their own time beside it.
+    let (order_id, at) = &booked[1];
+    let site_text = at
+        .with_timezone(&zone)
+        .format("%Y-%m-%d %H:%M %Z")
+        .to_string();
+    let out = hub.cli_env(
+        DR_A.0,
+        &["order", "show", order_id],
+        None,
+        &[("TZ", zone.name())],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("{site_text} ")),
+        "{site_text} in:\n{shown}"
+    );
+    assert!(
+        !shown.contains(" here)"),
+        "the viewer is in the site's zone:\n{shown}"
+    );
+    let viewer = if zone == chrono_tz::Asia::Tokyo {
+        chrono_tz::Europe::London
+    } else {
+        chrono_tz::Asia::Tokyo
+    };
+    let out = hub.cli_env(
+        DR_A.0,
+        &["order", "show", order_id],
+        None,
+        &[("TZ", viewer.name())],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let theirs = at.with_timezone(&viewer);
+    let beside = if theirs.date_naive() == at.with_timezone(&zone).date_naive() {
+        theirs.format("%H:%M %Z").to_string()
+    } else {
+        theirs.format("%Y-%m-%d %H:%M %Z").to_string()
+    };
+    assert!(
+        shown.contains(&format!("{site_text} ({beside} here)")),
+        "{site_text} ({beside} here) in:\n{shown}"
+    );
+    // Proposals name each date's local slot time too.
+    let out = hub.cli_env(
+        DR_A.0,
+        &[
+            "schedule",
+            "propose",
+            "--site",
+            SITE,
+            "--from",
+            &day.to_string(),
+        ],
+        None,
+        &[("TZ", zone.name())],
+    );
+    let proposed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{proposed}");
+    assert!(
+        proposed.contains(&format!("{} 08:00", day + Duration::days(1))),
+        "{proposed}"
+    );
 }

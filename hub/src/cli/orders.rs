@@ -2,7 +2,7 @@
 //! API.
 
 use super::client::{authed, ClientArgs};
-use super::output::{order_json, print_orders, state_name, time_text};
+use super::output::{order_json, print_orders, site_time, state_name, time_text};
 use super::schedule;
 use anyhow::Context;
 use carrel_proto::pb;
@@ -167,10 +167,14 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
                 schedule::print_clock(clock);
             }
             println!();
+            let zone = response
+                .clock
+                .as_ref()
+                .map_or(String::new(), |c| c.time_zone.clone());
             for t in response.timeline {
                 println!(
                     "{}  {:<4}  {:<26} {}",
-                    time_text(t.at),
+                    site_time(t.at, &zone),
                     t.source,
                     t.what,
                     t.detail

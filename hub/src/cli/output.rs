@@ -14,6 +14,68 @@ pub fn state_name(value: i32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// A time at a site, as people there read it: the site's local date and time with
+/// its zone's abbreviation (`2026-03-29 09:00 BST`), and the viewer's own clock after
+/// it where their zone's offset differs then (`2026-03-29 09:00 BST (04:00 EDT here)`).
+/// `zone` is the site's IANA name as the hub sends it (empty or unknown: UTC).
+pub fn site_time(ts: Option<prost_types::Timestamp>, zone: &str) -> String {
+    let Ok(at) = from_timestamp("at", ts) else {
+        return String::new();
+    };
+    site_time_for(at, zone, viewer_zone())
+}
+
+fn site_time_for(
+    at: chrono::DateTime<chrono::Utc>,
+    zone: &str,
+    viewer: Option<chrono_tz::Tz>,
+) -> String {
+    use chrono::Offset;
+    let site = zone.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::Tz::UTC);
+    let local = at.with_timezone(&site);
+    let mut text = local.format("%Y-%m-%d %H:%M %Z").to_string();
+    if let Some(viewer) = viewer {
+        let theirs = at.with_timezone(&viewer);
+        if theirs.offset().fix() != local.offset().fix() {
+            let format = if theirs.date_naive() == local.date_naive() {
+                "%H:%M %Z"
+            } else {
+                "%Y-%m-%d %H:%M %Z"
+            };
+            text.push_str(&format!(" ({} here)", theirs.format(format)));
+        }
+    }
+    text
+}
+
+/// The zone of the person running the command: `TZ` when it names an IANA zone,
+/// else the system's (`/etc/timezone`, or where `/etc/localtime` points).
+fn viewer_zone() -> Option<chrono_tz::Tz> {
+    let named = |text: &str| {
+        text.trim()
+            .trim_start_matches(':')
+            .parse::<chrono_tz::Tz>()
+            .ok()
+    };
+    if let Ok(tz) = std::env::var("TZ") {
+        return named(&tz);
+    }
+    if let Some(zone) = std::fs::read_to_string("/etc/timezone")
+        .ok()
+        .and_then(|t| named(&t))
+    {
+        return Some(zone);
+    }
+    std::fs::read_link("/etc/localtime")
+        .ok()
+        .and_then(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target
+                .split_once("zoneinfo/")
+                .and_then(|(_, name)| named(name))
+        })
+}
+
 pub fn time_text(ts: Option<prost_types::Timestamp>) -> String {
     from_timestamp("at", ts)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -79,4 +141,42 @@ pub fn print_orders(orders: &[pb::Order], json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::site_time_for;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_site_time_carries_its_zone_and_the_viewers_where_it_differs() {
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 3, 29, 8, 0, 0)
+            .single()
+            .expect("a time");
+        let london = chrono_tz::Europe::London;
+        let new_york = chrono_tz::America::New_York;
+        // The day the clocks go forward in London: 08:00 UTC is 09:00 BST.
+        assert_eq!(
+            site_time_for(at, "Europe/London", Some(london)),
+            "2026-03-29 09:00 BST"
+        );
+        assert_eq!(
+            site_time_for(at, "Europe/London", Some(new_york)),
+            "2026-03-29 09:00 BST (04:00 EDT here)"
+        );
+        assert_eq!(
+            site_time_for(at, "", None),
+            "2026-03-29 08:00 UTC",
+            "no zone declared: UTC"
+        );
+        let late = chrono::Utc
+            .with_ymd_and_hms(2026, 3, 29, 2, 30, 0)
+            .single()
+            .expect("a time");
+        assert_eq!(
+            site_time_for(late, "Europe/London", Some(new_york)),
+            "2026-03-29 03:30 BST (2026-03-28 22:30 EDT here)"
+        );
+    }
 }

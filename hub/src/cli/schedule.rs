@@ -2,7 +2,7 @@
 //! the `ScheduleService` API.
 
 use super::client::{authed, ClientArgs};
-use super::output::time_text;
+use super::output::{site_time, time_text};
 use crate::clock::span_text;
 use crate::grpc::schedule::{capacity_from_pb, capacity_to_pb};
 use crate::schedule::Capacity;
@@ -127,24 +127,26 @@ pub async fn run(command: ScheduleCommand) -> anyhow::Result<()> {
                         "collection_start": time_text(p.collection_start),
                         "manufacturing_end": time_text(p.manufacturing_end),
                         "expected_release": time_text(p.expected_release),
+                        "time_zone": p.time_zone,
                     }))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
             }
+            // Dates and times are each site's local ones.
             println!(
-                "{:<10} {:<11} {:>4}  {:<19}  {:<19}  {:<19}",
-                "SITE", "DATE", "SLOT", "COLLECTION", "MANUFACTURING END", "EXPECTED RELEASE"
+                "{:<10} {:<11} {:>4}  {:<21}  {:<21}  EXPECTED RELEASE",
+                "SITE", "DATE", "SLOT", "COLLECTION", "MANUFACTURING END"
             );
             for p in proposals {
                 println!(
-                    "{:<10} {:<11} {:>4}  {:<19}  {:<19}  {:<19}",
+                    "{:<10} {:<11} {:>4}  {:<21}  {:<21}  {}",
                     p.site_id,
                     p.collection_date,
                     p.slot,
-                    time_text(p.collection_start),
-                    time_text(p.manufacturing_end),
-                    time_text(p.expected_release)
+                    site_time(p.collection_start, &p.time_zone),
+                    site_time(p.manufacturing_end, &p.time_zone),
+                    site_time(p.expected_release, &p.time_zone)
                 );
             }
             Ok(())
@@ -275,10 +277,8 @@ pub async fn run(command: ScheduleCommand) -> anyhow::Result<()> {
 
 /// The vein-to-vein clock as `order show` prints it.
 pub fn print_clock(clock: &pb::VeinToVein) {
-    let short = |ts: Option<prost_types::Timestamp>| {
-        let text = time_text(ts);
-        text.get(..16).unwrap_or(&text).to_owned()
-    };
+    // Times are the order's site's local ones.
+    let short = |ts: Option<prost_types::Timestamp>| site_time(ts, &clock.time_zone);
     let verdict = if clock.stopped {
         "stopped".to_owned()
     } else if clock.delayed {
@@ -304,8 +304,15 @@ pub fn print_clock(clock: &pb::VeinToVein) {
         println!("Not booked (the site declares no capacity): planned from the requested date");
     }
     println!(
-        "  {:<20} {:<16}  {:<16}  {:<16}",
-        "MILESTONE", "PLANNED", "ACTUAL", "EXPECTED"
+        "  {:<20} {:<21}  {:<21}  EXPECTED    (times at the site, {})",
+        "MILESTONE",
+        "PLANNED",
+        "ACTUAL",
+        if clock.time_zone.is_empty() {
+            "UTC"
+        } else {
+            &clock.time_zone
+        }
     );
     for m in &clock.milestones {
         let expected = if m.actual.is_some() {
@@ -314,7 +321,7 @@ pub fn print_clock(clock: &pb::VeinToVein) {
             short(m.expected)
         };
         println!(
-            "  {:<20} {:<16}  {:<16}  {:<16}",
+            "  {:<20} {:<21}  {:<21}  {}",
             m.name,
             short(m.planned),
             if m.actual.is_some() {
@@ -366,6 +373,7 @@ pub fn clock_json(clock: &pb::VeinToVein) -> serde_json::Value {
         "delay_reasons": clock.delay_reasons,
         "vein_to_vein_secs": clock.vein_to_vein_secs,
         "stopped": clock.stopped,
+        "time_zone": clock.time_zone,
         "booking": clock.booking.as_ref().map(|b| serde_json::json!({
             "site_id": b.site_id, "collection_date": b.collection_date, "slot": b.slot,
         })),

@@ -1,6 +1,6 @@
 //! Orders, as physicians see them: the list, the order form, one order's progress.
 
-use super::view::{elapsed, live, page, state_badge, when};
+use super::view::{elapsed, live, page, state_badge, when, when_in};
 use super::{html_page, parse_uuid, refused, HubState, Page, Session};
 use crate::clock::{self, Clock, Milestone};
 use crate::model;
@@ -13,6 +13,7 @@ use axum::extract::{Form, Path};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect};
 use chrono::Utc;
+use chrono_tz::Tz;
 use maud::{html, Markup};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -128,8 +129,8 @@ fn order_form_page(
                     thead { tr { th scope="col" { "Date" } th scope="col" { "Site" } th scope="col" { "Slot" } th scope="col" { "Expected release" } } }
                     tbody { @for p in free { tr {
                         td { (p.plan.collection_date) } td { (p.plan.site_id) }
-                        td { (p.plan.slot + 1) " · " (p.plan.collection_start().format("%H:%M UTC")) }
-                        td { (when(p.expected_release)) }
+                        td { (p.plan.slot + 1) " · " (when_in(p.plan.collection_start(), p.zone)) }
+                        td { (when_in(p.expected_release, p.zone)) }
                     } } }
                 } }
             }
@@ -225,26 +226,26 @@ pub async fn create_order(
 }
 
 /// The banners an order's physician must see first (see [`alerts`]).
-fn alerts_markup(record: &BatchRecord) -> Markup {
+fn alerts_markup(record: &BatchRecord, zone: Tz) -> Markup {
     html! {
         @for alert in alerts(record) {
             @match alert {
                 Alert::Rejected { by, at, reason } => div.notice.bad id="order-rejected" role="alert" {
-                    strong { "QA rejected this batch" } " on " (when(at)) ", signed by " (by) "."
+                    strong { "QA rejected this batch" } " on " (when_in(at, zone)) ", signed by " (by) "."
                     p { "Reason given: " strong { (reason) } }
                     p { "What to do next: this product will not be released for infusion. Talk with QA and the site about the patient's options; if the patient is to be treated, a new collection needs a new order." }
                 },
                 Alert::Cancelled { by, at, reason } => div.notice.bad id="order-cancelled" role="alert" {
-                    strong { "This order was cancelled" } " on " (when(at)) " by " (by) "."
+                    strong { "This order was cancelled" } " on " (when_in(at, zone)) " by " (by) "."
                     p { "Reason given: " strong { (reason) } }
                     p { "Nothing more is made or handed over under this order; the site was told to stop." }
                 },
                 Alert::OutOfSpecification { test, value, recorded_at, released_at, infused_at } => div.notice.bad data-alert="out-of-specification" role="alert" {
-                    strong { "Out of specification: " (test) " — " (value) } " (recorded " (when(recorded_at)) ")."
+                    strong { "Out of specification: " (test) " — " (value) } " (recorded " (when_in(recorded_at, zone)) ")."
                     @if let Some(infused) = infused_at {
-                        p { "This result came after the product was infused on " (when(infused)) ". Follow the patient as your protocol for an out-of-specification product requires, and contact QA, who review the result." }
+                        p { "This result came after the product was infused on " (when_in(infused, zone)) ". Follow the patient as your protocol for an out-of-specification product requires, and contact QA, who review the result." }
                     } @else if let Some(released) = released_at {
-                        p { "This result came after QA released the product on " (when(released)) ". Do not infuse it until QA has reviewed this result; contact QA." }
+                        p { "This result came after QA released the product on " (when_in(released, zone)) ". Do not infuse it until QA has reviewed this result; contact QA." }
                     } @else {
                         p { "QA review this result before deciding on release; nothing is needed from you now." }
                     }
@@ -256,7 +257,7 @@ fn alerts_markup(record: &BatchRecord) -> Markup {
 
 /// The vein-to-vein clock: from collection (apheresis) to infusion, stopped at a
 /// rejection or cancellation.
-fn vein_to_vein_markup(clock: &Clock) -> Markup {
+fn vein_to_vein_markup(clock: &Clock, zone: Tz) -> Markup {
     let collected = clock.milestone(Milestone::Collection);
     let infused = clock.milestone(Milestone::Infusion).actual;
     let stopped = |state: BatchState| match state {
@@ -271,7 +272,7 @@ fn vein_to_vein_markup(clock: &Clock) -> Markup {
                     "not started; the order was " (stopped(state)) " before collection."
                 }
                 (None, _, None) => {
-                    "starts at collection (apheresis), planned " (when(collected.planned)) "."
+                    "starts at collection (apheresis), planned " (when_in(collected.planned, zone)) "."
                 }
                 (Some(from), Some(to), _) => {
                     span.clock data-clock { (elapsed(from, to)) } " (collection to infusion)"
@@ -279,7 +280,7 @@ fn vein_to_vein_markup(clock: &Clock) -> Markup {
                 (Some(from), None, Some(state)) => {
                     span.clock data-clock data-stopped { (elapsed(from, clock.stopped_at.unwrap_or(from))) }
                     " stopped: the batch was " (stopped(state))
-                    @if let Some(at) = clock.stopped_at { " on " (when(at)) }
+                    @if let Some(at) = clock.stopped_at { " on " (when_in(at, zone)) }
                 }
                 (Some(from), None, None) => {
                     span.clock data-clock { (elapsed(from, Utc::now())) } " since collection"
@@ -289,11 +290,11 @@ fn vein_to_vein_markup(clock: &Clock) -> Markup {
     }
 }
 
-fn order_live_markup(record: &BatchRecord, clock: &Clock) -> Markup {
+fn order_live_markup(record: &BatchRecord, clock: &Clock, zone: Tz) -> Markup {
     let order = &record.order;
     let changed = order.progress.unreviewed_changes();
     html! {
-        (alerts_markup(record))
+        (alerts_markup(record, zone))
         @if !changed.is_empty() {
             div.notice.bad id="changed-after-decision" role="alert" {
                 strong { "The batch record changed after QA's decision. " }
@@ -304,7 +305,7 @@ fn order_live_markup(record: &BatchRecord, clock: &Clock) -> Markup {
         div.card {
             p { "State: " (state_badge(order.state))
                 @if order.decision_recorded { " · decision recorded at the site" } }
-            (vein_to_vein_markup(clock))
+            (vein_to_vein_markup(clock, zone))
             p { "Expected next step: " strong data-next { (next_step(record)) } }
         }
         h2 { "Timeline" }
@@ -312,7 +313,7 @@ fn order_live_markup(record: &BatchRecord, clock: &Clock) -> Markup {
             thead { tr { th scope="col" { "When" } th scope="col" { "Where" } th scope="col" { "What" } th scope="col" { "Details" } } }
             tbody {
                 @for entry in timeline(record) {
-                    tr { td.muted { (when(entry.at)) } td { (entry.source) } td { (entry.what) } td { (entry.detail) } }
+                    tr { td.muted { (when_in(entry.at, zone)) } td { (entry.source) } td { (entry.what) } td { (entry.detail) } }
                 }
             }
         } }
@@ -332,9 +333,12 @@ async fn live_markup(hub: &HubState, order: &Order) -> Result<Markup, axum::resp
         .await
         .map_err(|e| refused(e.into()))?;
     let clock = clock::clock(&record, booking.as_ref(), &hub.config.schedule, Utc::now());
+    let zone = crate::service::schedule::site_zone(hub, &order.site_id)
+        .await
+        .map_err(refused)?;
     Ok(html! {
-        (order_live_markup(&record, &clock))
-        (super::schedule::clock_markup(&clock, booking.as_ref()))
+        (order_live_markup(&record, &clock, zone))
+        (super::schedule::clock_markup(&clock, booking.as_ref(), zone))
     })
 }
 

@@ -5,7 +5,7 @@
 // Handlers answer `Result<Response, Response>` like the other pages.
 #![allow(clippy::result_large_err)]
 
-use super::view::{page, when};
+use super::view::{page, when_in};
 use super::{html_page, refused, HubState, Page, Session};
 use crate::clock::{span_text, Clock, Summary};
 use crate::schedule::{Booking, Capacity};
@@ -17,12 +17,12 @@ use maud::{html, Markup};
 use std::collections::{BTreeMap, HashMap};
 
 /// The clock of an order: planned, actual and expected milestones, and any delay.
-pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
+pub fn clock_markup(clock: &Clock, booking: Option<&Booking>, zone: chrono_tz::Tz) -> Markup {
     html! {
         h2 { "Vein-to-vein" }
         div.card {
             p {
-                "Planned release " (when(clock.planned_release)) " · expected " strong { (when(clock.expected_release)) }
+                "Planned release " (when_in(clock.planned_release, zone)) " · expected " strong { (when_in(clock.expected_release, zone)) }
                 @if let Some(delay) = &clock.delay {
                     " · " span.badge.bad { "delayed " (span_text(delay.by)) } " since " (delay.since.as_str())
                 } @else if clock.stopped.is_some() {
@@ -32,7 +32,7 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
                 }
             }
             @if let Some(b) = booking {
-                p.muted { "Booked: collection " (b.collection_date) ", slot " (b.slot + 1) " at " (b.site_id) }
+                p.muted { "Booked: collection " (b.collection_date) ", slot " (b.slot + 1) " at " (b.site_id) " · times are the site's (" (zone.name()) ")" }
             } @else {
                 p.muted { "Not booked: the site declares no capacity; planned from the requested date." }
             }
@@ -47,9 +47,9 @@ pub fn clock_markup(clock: &Clock, booking: Option<&Booking>) -> Markup {
                 @for m in &clock.milestones {
                     tr {
                         td { (m.milestone.as_str().replace('_', " ")) }
-                        td.muted { (when(m.planned)) }
-                        td { @if let Some(a) = m.actual { (when(a)) } @else { "–" } }
-                        td { @if m.actual.is_none() { @if clock.stopped.is_some() { span.muted { "not expected" } } @else { (when(m.expected)) } } }
+                        td.muted { (when_in(m.planned, zone)) }
+                        td { @if let Some(a) = m.actual { (when_in(a, zone)) } @else { "–" } }
+                        td { @if m.actual.is_none() { @if clock.stopped.is_some() { span.muted { "not expected" } } @else { (when_in(m.expected, zone)) } } }
                     }
                 }
             }
@@ -126,6 +126,7 @@ const SPARE_ROWS: usize = 2;
 /// The capacity form as typed: kept as text, so a refused form comes back as sent.
 #[derive(Debug, Default)]
 struct CapacityInput {
+    time_zone: String,
     days: Vec<String>,
     opens: String,
     closes: String,
@@ -139,6 +140,7 @@ struct CapacityInput {
 impl CapacityInput {
     fn of(c: &Capacity) -> CapacityInput {
         CapacityInput {
+            time_zone: c.time_zone.clone(),
             days: c
                 .working_days
                 .iter()
@@ -175,6 +177,7 @@ impl CapacityInput {
             n
         };
         CapacityInput {
+            time_zone: get("time_zone".into()),
             days: DAYS
                 .iter()
                 .filter(|(key, _)| form.contains_key(&format!("day_{key}")))
@@ -215,7 +218,7 @@ impl CapacityInput {
             chrono::NaiveTime::parse_from_str(text, "%H:%M").map_err(|_| {
                 (
                     field.to_owned(),
-                    format!("{label} {text:?} is not a time of day (HH:MM, 24-hour, UTC)"),
+                    format!("{label} {text:?} is not a time of day (HH:MM, 24-hour, the site's local time)"),
                 )
             })
         };
@@ -255,7 +258,16 @@ impl CapacityInput {
                 reason: reason.clone(),
             });
         }
+        let time_zone = if self.time_zone.is_empty() {
+            "UTC".to_owned()
+        } else {
+            crate::schedule::zone_named(&self.time_zone)
+                .map_err(|why| ("time_zone".to_owned(), why))?
+                .name()
+                .to_owned()
+        };
         Ok(Capacity {
+            time_zone,
             working_days: self
                 .days
                 .iter()
@@ -317,8 +329,15 @@ fn capacity_form(
                     label { input type="checkbox" name=(format!("day_{key}")) checked[input.days.iter().any(|d| d == key)]; " " (name) }
                 }
             }
-            (text_field("opens", "Opens (UTC)", &input.opens, "24-hour time, for example 07:30."))
-            (text_field("closes", "Closes (UTC)", &input.closes, ""))
+            label for="time-zone" { "Time zone" }
+            p.muted id="time-zone-hint" { "The site's IANA time zone, for example Europe/London or America/New_York. Opening hours, closures and collection dates are the site's local ones, and the site's times are shown in it." }
+            input id="time-zone" name="time_zone" value=(input.time_zone) autocomplete="off" list="time-zones"
+                aria-describedby="time-zone-hint time-zone-error"
+                aria-invalid=[err("time_zone").map(|_| "true")] autofocus[err("time_zone").is_some()];
+            datalist id="time-zones" { @for zone in chrono_tz::TZ_VARIANTS { option value=(zone.name()) {} } }
+            @if let Some(e) = err("time_zone") { p.error id="time-zone-error" { (e) } }
+            (text_field("opens", "Opens (the site's local time)", &input.opens, "24-hour time, for example 07:30."))
+            (text_field("closes", "Closes (the site's local time)", &input.closes, ""))
             (text_field("collection_slots_per_day", "Collection (apheresis) slots per working day", &input.slots, "Spread evenly over the opening hours; 1 to 48."))
             h3 { "Instruments" }
             p.muted { "Each type as the recipes name it, and how many the site has. Leave a row empty to remove a type." }
@@ -405,7 +424,7 @@ fn capacity_page(
                     form method="post" action=(format!("/capacity/{site_id}")) {
                         input type="hidden" name="csrf" value=(session.csrf);
                         input type="hidden" name="mode" value="toml";
-                        label for="document" { "Capacity (TOML: working_days, opens, closes, collection_slots_per_day, [instruments], [[closures]]; times UTC)" }
+                        label for="document" { "Capacity (TOML: time_zone, working_days, opens, closes, collection_slots_per_day, [instruments], [[closures]]; times and dates are local to time_zone)" }
                         textarea id="document" name="document" rows="18" cols="70" { (document) }
                         button type="submit" id="toml-submit" { "Declare from TOML" }
                     }

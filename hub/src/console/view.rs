@@ -106,20 +106,40 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                     }
                 }
                 main id="main" tabindex="-1" { (body) }
+                script { (PreEscaped(VIEWER_TIME_SCRIPT)) }
             }
         }
     }
 }
 
+/// Adds the viewer's own clock time after each site time ([`when_in`]) whose offset
+/// differs from the browser's at that instant: "09:00 BST (04:00 your time)". The
+/// live parts of a page call it again on what they replace.
+const VIEWER_TIME_SCRIPT: &str = "window.carrelViewerTimes=function(root){root.querySelectorAll('time[data-site-offset]').forEach(function(t){if(t.dataset.viewer)return;var at=new Date(t.getAttribute('datetime'));if(isNaN(at))return;if(-at.getTimezoneOffset()===Number(t.dataset.siteOffset))return;var p=function(n){return String(n).padStart(2,'0')};var same=at.getFullYear()+'-'+p(at.getMonth()+1)+'-'+p(at.getDate());var text=p(at.getHours())+':'+p(at.getMinutes());if(t.textContent.slice(0,10)!==same)text=same+' '+text;var s=document.createElement('span');s.className='muted';s.textContent=' ('+text+' your time)';t.dataset.viewer='1';t.after(s)})};carrelViewerTimes(document);";
+
 pub fn state_badge(state: BatchState) -> Markup {
     html! { span class={ "badge " (state.as_str()) } data-state=(state.as_str()) { (state.as_str().replace('_', " ")) } }
 }
 
-/// A time as every page shows it: date, hours and minutes, and the zone (UTC until
-/// sites have a local time zone). Signed records keep their seconds (the signature's
-/// manifestation), nothing else needs them.
+/// A time of the hub as every page shows it: date, hours and minutes, UTC. Signed
+/// records keep their seconds (the signature's manifestation), nothing else needs them.
+/// Times of a site's calendar and of its orders are shown with [`when_in`].
 pub fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// A time at a site: the site's local date and time with its zone's abbreviation
+/// (`2026-03-29 09:00 BST`), in a `time` element that carries the instant and the
+/// site's offset, so the page can add the viewer's own time where it differs.
+pub fn when_in(at: DateTime<Utc>, zone: chrono_tz::Tz) -> Markup {
+    use chrono::Offset;
+    let local = at.with_timezone(&zone);
+    html! {
+        time datetime=(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            data-site-offset=(local.offset().fix().local_minus_utc() / 60) {
+            (local.format("%Y-%m-%d %H:%M %Z"))
+        }
+    }
 }
 
 /// A duration as days, hours and minutes.
@@ -186,7 +206,7 @@ pub fn live(id: &str, url: &str) -> Markup {
     html! {
         script {
             (PreEscaped(format!(
-                "(function(){{var el=document.getElementById('{id}');setInterval(function(){{fetch('{url}',{{credentials:'same-origin'}}).then(function(r){{return r.ok?r.text():null}}).then(function(t){{if(t!==null&&t!==el.innerHTML&&!el.contains(document.activeElement)){{el.innerHTML=t}}}}).catch(function(){{}})}},2000)}})();"
+                "(function(){{var el=document.getElementById('{id}');el.dataset.served=el.innerHTML;setInterval(function(){{fetch('{url}',{{credentials:'same-origin'}}).then(function(r){{return r.ok?r.text():null}}).then(function(t){{if(t!==null&&t!==el.dataset.served&&!el.contains(document.activeElement)){{el.dataset.served=t;el.innerHTML=t;if(window.carrelViewerTimes)carrelViewerTimes(el)}}}}).catch(function(){{}})}},2000)}})();"
             )))
         }
     }

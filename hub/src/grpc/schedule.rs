@@ -37,6 +37,11 @@ pub fn capacity_from_pb(pb: pb::Capacity) -> Result<Capacity, Status> {
         }
     }
     let capacity = Capacity {
+        time_zone: if pb.time_zone.trim().is_empty() {
+            "UTC".into()
+        } else {
+            pb.time_zone.trim().to_owned()
+        },
         working_days: pb
             .working_days
             .iter()
@@ -92,10 +97,11 @@ pub fn capacity_to_pb(c: &Capacity) -> pb::Capacity {
                 reason: c.reason.clone(),
             })
             .collect(),
+        time_zone: c.time_zone.clone(),
     }
 }
 
-pub fn booking_to_pb(b: &Booking) -> pb::Booking {
+pub fn booking_to_pb(b: &Booking, zone: chrono_tz::Tz) -> pb::Booking {
     pb::Booking {
         order_id: b.order_id.to_string(),
         site_id: b.site_id.clone(),
@@ -113,10 +119,15 @@ pub fn booking_to_pb(b: &Booking) -> pb::Booking {
                 expected_end: Some(to_timestamp(s.expected_end)),
             })
             .collect(),
+        time_zone: zone.name().into(),
     }
 }
 
-pub fn clock_to_pb(clock: &Clock, booking: Option<&Booking>) -> pb::VeinToVein {
+pub fn clock_to_pb(
+    clock: &Clock,
+    booking: Option<&Booking>,
+    zone: chrono_tz::Tz,
+) -> pb::VeinToVein {
     pb::VeinToVein {
         milestones: clock
             .milestones
@@ -140,8 +151,9 @@ pub fn clock_to_pb(clock: &Clock, booking: Option<&Booking>) -> pb::VeinToVein {
             d.reasons.iter().chain(&d.announced).cloned().collect()
         }),
         vein_to_vein_secs: clock.vein_to_vein.map_or(0, |d| d.num_seconds()),
-        booking: booking.map(booking_to_pb),
+        booking: booking.map(|b| booking_to_pb(b, zone)),
         stopped: clock.stopped.is_some(),
+        time_zone: zone.name().into(),
     }
 }
 
@@ -153,7 +165,10 @@ pub async fn order_clock_pb(
     let (clock, booking) = service::order_clock(hub, order)
         .await
         .map_err(service_status)?;
-    Ok(clock_to_pb(&clock, booking.as_ref()))
+    let zone = service::site_zone(hub, &order.site_id)
+        .await
+        .map_err(service_status)?;
+    Ok(clock_to_pb(&clock, booking.as_ref(), zone))
 }
 
 #[tonic::async_trait]
@@ -221,6 +236,7 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
                     collection_start: Some(to_timestamp(p.plan.collection_start())),
                     manufacturing_end: Some(to_timestamp(p.plan.end())),
                     expected_release: Some(to_timestamp(p.expected_release)),
+                    time_zone: p.zone.name().into(),
                 })
                 .collect(),
         }))
@@ -237,8 +253,11 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
             service::reschedule(&self.0, &user, order_id, &req.collection_date, &req.reason)
                 .await
                 .map_err(service_status)?;
+        let zone = service::site_zone(&self.0, &booking.site_id)
+            .await
+            .map_err(service_status)?;
         Ok(Response::new(pb::RescheduleOrderResponse {
-            booking: Some(booking_to_pb(&booking)),
+            booking: Some(booking_to_pb(&booking, zone)),
         }))
     }
 

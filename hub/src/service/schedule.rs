@@ -85,6 +85,18 @@ pub async fn set_capacity(
 pub struct Proposal {
     pub plan: Plan,
     pub expected_release: DateTime<Utc>,
+    /// The site's time zone: the plan's date is local there.
+    pub zone: chrono_tz::Tz,
+}
+
+/// A site's time zone, as its declared calendar names it; UTC for a site that
+/// declares none.
+pub async fn site_zone(hub: &Hub, site_id: &str) -> Result<chrono_tz::Tz, Error> {
+    Ok(hub
+        .store
+        .capacity(site_id)
+        .await?
+        .map_or(chrono_tz::Tz::UTC, |c| c.zone()))
 }
 
 /// The earliest feasible collection dates for `product` at `site_id` (and at every
@@ -165,6 +177,7 @@ pub async fn propose(
             proposals.push(Proposal {
                 plan,
                 expected_release,
+                zone: capacity.zone(),
             });
         }
     }
@@ -208,14 +221,18 @@ pub async fn with_next_free(
     store::Error::Unavailable(text).into()
 }
 
-/// A proposal in a few words: "2026-12-03 at site-a (slot 1, 08:00 UTC)".
+/// A proposal in a few words, in the site's local time: "2026-12-03 at site-a
+/// (slot 1, 08:00 GMT)".
 pub fn proposal_text(p: &Proposal) -> String {
     format!(
         "{} at {} (slot {}, {})",
         p.plan.collection_date,
         p.plan.site_id,
         p.plan.slot + 1,
-        p.plan.collection_start().format("%H:%M UTC")
+        p.plan
+            .collection_start()
+            .with_timezone(&p.zone)
+            .format("%H:%M %Z")
     )
 }
 
