@@ -278,6 +278,23 @@ pub fn describe_in(
             "correction".into(),
             format!("record {corrects_seq}: {field} = {new_value} ({reason})"),
         ),
+        K::LabelPrinted {
+            checkpoint_id,
+            format,
+            copy,
+            barcode_data,
+        } => (
+            if *copy > 1 {
+                "label reprinted"
+            } else {
+                "label printed"
+            }
+            .into(),
+            format!(
+                "{} label ({format}), copy {copy}, barcode {barcode_data}",
+                checkpoint(checkpoint_id)
+            ),
+        ),
         K::PersonLocked { username, failures } => (
             "person locked at the site".into(),
             format!("{username} after {failures} failed sign-ins"),

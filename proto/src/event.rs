@@ -233,6 +233,14 @@ pub enum EventKind {
         field: String,
         new_value: String,
     },
+    /// A label of the batch was printed at a custody checkpoint (copy 2 and up are
+    /// reprints); `barcode_data` is what its barcodes carry.
+    LabelPrinted {
+        checkpoint_id: String,
+        format: String,
+        copy: u32,
+        barcode_data: String,
+    },
     /// A person was locked at the site after too many failed sign-ins (site-wide).
     PersonLocked {
         username: String,
@@ -259,6 +267,7 @@ impl EventKind {
             EventKind::CustodyScan { .. } => "custody_scan",
             EventKind::Correction { .. } => "correction",
             EventKind::PersonLocked { .. } => "person_locked",
+            EventKind::LabelPrinted { .. } => "label_printed",
         }
     }
 }
@@ -599,6 +608,19 @@ impl TryFrom<pb::SiteEvent> for SiteEvent {
                 username: required("person_locked.username", k.username)?,
                 failures: k.failures,
             },
+            Kind::LabelPrinted(k) => EventKind::LabelPrinted {
+                checkpoint_id: required("label_printed.checkpoint_id", k.checkpoint_id)?,
+                format: match k.format.as_str() {
+                    "pdf" | "png" | "zpl" => k.format,
+                    _ => return Err(invalid("label_printed.format", "must be pdf, png or zpl")),
+                },
+                copy: if k.copy == 0 {
+                    return Err(invalid("label_printed.copy", "must be 1 or more"));
+                } else {
+                    k.copy
+                },
+                barcode_data: required("label_printed.barcode_data", k.barcode_data)?,
+            },
         };
         let batch_id = uuid("batch_id", &wire.batch_id)?;
         if batch_id.is_nil() != matches!(kind, EventKind::PersonLocked { .. }) {
@@ -833,6 +855,17 @@ impl From<SiteEvent> for pb::SiteEvent {
                 reason,
                 field,
                 new_value,
+            }),
+            EventKind::LabelPrinted {
+                checkpoint_id,
+                format,
+                copy,
+                barcode_data,
+            } => Kind::LabelPrinted(pb::LabelPrinted {
+                checkpoint_id,
+                format,
+                copy,
+                barcode_data,
             }),
             EventKind::PersonLocked { username, failures } => {
                 Kind::PersonLocked(pb::PersonLocked { username, failures })

@@ -55,6 +55,8 @@ pub enum SiteAction {
     QcResult,
     ManualReading,
     Correction,
+    /// Print or reprint a batch's label.
+    LabelPrint,
 }
 
 impl SiteAction {
@@ -67,6 +69,7 @@ impl SiteAction {
             EventKind::QcResult { .. } => Some(SiteAction::QcResult),
             EventKind::ProcessSamples { .. } => Some(SiteAction::ManualReading),
             EventKind::Correction { .. } => Some(SiteAction::Correction),
+            EventKind::LabelPrinted { .. } => Some(SiteAction::LabelPrint),
             _ => None,
         }
     }
@@ -78,6 +81,7 @@ impl SiteAction {
             SiteAction::QcResult => "record a QC result",
             SiteAction::ManualReading => "record a manual reading",
             SiteAction::Correction => "correct a record",
+            SiteAction::LabelPrint => "print a label",
         }
     }
 
@@ -89,7 +93,8 @@ impl SiteAction {
             SiteAction::CustodyScan
             | SiteAction::QcResult
             | SiteAction::ManualReading
-            | SiteAction::Correction => &["technician", "qa"],
+            | SiteAction::Correction
+            | SiteAction::LabelPrint => &["technician", "qa"],
         }
     }
 

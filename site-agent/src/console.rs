@@ -13,6 +13,7 @@
 
 use crate::custody::{self, Scanned};
 use crate::entries;
+use crate::labels;
 use crate::link::LinkState;
 use crate::people::{self, SignedIn};
 use crate::store::{BatchState, LocalBatch, Store};
@@ -174,6 +175,7 @@ pub fn router(
         .route("/batches/{id}/qc", post(record_qc))
         .route("/batches/{id}/reading", post(record_reading))
         .route("/batches/{id}/not-running", post(record_not_running))
+        .route("/batches/{id}/label", post(print_label))
         .with_state(console)
         .layer(axum::middleware::from_fn_with_state(Arc::new(hosts), guard))
 }
@@ -1057,6 +1059,7 @@ fn batch_markup(
             }
             script { (PreEscaped(QC_SCRIPT)) }
         }
+        (labels_markup(console, who, batch, recipe, events))
         h2 { "Records of this batch" }
         div.scroll tabindex="0" { table {
             thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "By" } th scope="col" { "What" } } }
@@ -1200,6 +1203,144 @@ struct NotRunningForm {
 /// is not running: recorded as a correction of the request record (field
 /// `running`, value `no`, with what they checked), after which the agent sends the
 /// command once more. Refused unless the batch is held for exactly that request.
+/// The batch's labels, one per manufacturing custody checkpoint: how often each was
+/// printed and by whom last, and a Print (or Reprint) button that records the print
+/// and opens the label in a new tab, to print from there.
+fn labels_markup(
+    console: &Console,
+    who: &Who<'_>,
+    batch: &LocalBatch,
+    recipe: &Recipe,
+    events: &[carrel_proto::event::SiteEvent],
+) -> Markup {
+    let checkpoints: Vec<_> = recipe
+        .steps
+        .iter()
+        .filter_map(|s| s.custody_checkpoint.as_ref())
+        .collect();
+    html! {
+        @if !checkpoints.is_empty() && batch.state != BatchState::Cancelled {
+            h2 { "Labels" }
+            div.scroll tabindex="0" { table data-labels {
+                thead { tr { th scope="col" { "Label" } th scope="col" { "Printed" } th scope="col" { "Print" } } }
+                tbody { @for cp in &checkpoints {
+                    @let prints: Vec<&carrel_proto::event::SiteEvent> = events.iter().filter(|e| matches!(&e.kind, EventKind::LabelPrinted { checkpoint_id, .. } if checkpoint_id == &cp.id)).collect();
+                    tr data-label=(cp.id) {
+                        td { (cp.name) }
+                        td { @match prints.last() {
+                            Some(last) => { (prints.len()) " time(s), last by " (last.recorded_by) " at " (console.local(last.recorded_at)) }
+                            None => span.muted { "not yet" }
+                        } }
+                        td {
+                            form method="post" action=(format!("/batches/{}/label", batch.batch_id)) target="_blank" {
+                                input type="hidden" name="csrf" value=(who.session.csrf);
+                                input type="hidden" name="submission" value=(console.submissions.issue());
+                                input type="hidden" name="checkpoint" value=(cp.id);
+                                label { "Format " select name="format" {
+                                    option value="pdf" selected { "PDF (any printer)" }
+                                    option value="zpl" { "ZPL (Zebra printer)" }
+                                    option value="png" { "PNG" }
+                                } }
+                                " "
+                                button type="submit" data-print=(cp.id) { @if prints.is_empty() { "Print label" } @else { "Reprint label" } }
+                            }
+                        }
+                    }
+                } }
+            } }
+            p.muted { "Each print and reprint is recorded with your name. The label opens in a new tab; print it from there. A form sent twice prints once: reload this page to reprint." }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LabelForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    submission: String,
+    #[serde(default)]
+    checkpoint: String,
+    #[serde(default)]
+    format: String,
+}
+
+/// Records the print of a label and answers the label itself; a refusal (or a form
+/// sent again) comes back as the batch page with why, and nothing recorded.
+async fn print_label(
+    console: Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<LabelForm>,
+) -> Response {
+    let opened = match open_form(&console, &headers, &id, &form.csrf, &form.submission).await {
+        Ok(opened) => opened,
+        Err(response) => return response,
+    };
+    let printed = async {
+        let format = labels::Format::parse(&form.format)?;
+        let label = labels::label_of(
+            &opened.batch,
+            &form.checkpoint,
+            &console.site_id,
+            console.zone,
+            chrono::Utc::now(),
+        )?;
+        let (event, bytes) = labels::print(
+            &console.store,
+            &opened.batch,
+            &form.checkpoint,
+            &label,
+            format,
+            &opened.person,
+        )
+        .await?;
+        Ok::<_, labels::Error>((event, bytes, format, label))
+    }
+    .await;
+    match printed {
+        Ok((event, bytes, format, label)) => {
+            console.submissions.finish(
+                &form.submission,
+                Some(Recorded {
+                    seq: event.seq,
+                    outcome: html! { p data-result="label" { "Label printed (record " (event.seq) ")." } }.into_string(),
+                }),
+            );
+            let name = format!(
+                "label-{}-{}.{}",
+                label.coi.as_str(),
+                form.checkpoint,
+                format.as_str()
+            );
+            (
+                [
+                    (header::CONTENT_TYPE, format.content_type().to_owned()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("inline; filename=\"{name}\""),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(why) => {
+            let markup =
+                html! { p.error role="alert" data-result="refused" { "Not printed: " (why) } };
+            answer(
+                &console,
+                &opened.who(),
+                &id,
+                &form.submission,
+                Err(markup),
+                Kept::default(),
+            )
+            .await
+        }
+    }
+}
+
 async fn record_not_running(
     console: Shared,
     headers: HeaderMap,

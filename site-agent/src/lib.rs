@@ -23,6 +23,7 @@ pub mod entries;
 pub mod executor;
 pub mod identity;
 pub mod instrument;
+pub mod labels;
 pub mod link;
 pub mod people;
 pub mod process;

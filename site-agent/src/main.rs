@@ -4,7 +4,7 @@
 use anyhow::Context;
 use carrel_proto::event::EventKind;
 use carrel_proto::recipe::Outcome;
-use carrel_site_agent::{custody, entries, identity, people, Config};
+use carrel_site_agent::{custody, entries, identity, labels, people, Config};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -133,6 +133,28 @@ enum Command {
         value: String,
         #[arg(long)]
         reason: String,
+        /// Your user name; the password is read from a prompt or standard input.
+        #[arg(long)]
+        user: String,
+    },
+    /// Print a batch's label for a custody checkpoint (the apheresis bag at
+    /// collection, the final bag at fill...) as PDF, PNG or ZPL (Zebra printers).
+    /// Every print and reprint is recorded: who, when, which label.
+    Label {
+        #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The batch: its id or COI.
+        #[arg(long)]
+        batch: String,
+        /// The recipe's custody checkpoint, e.g. collection or fill.
+        #[arg(long)]
+        checkpoint: String,
+        /// pdf, png or zpl.
+        #[arg(long, default_value = "pdf")]
+        format: String,
+        /// Where to write the label (a ZPL file can be sent to a Zebra printer as is).
+        #[arg(long)]
+        out: PathBuf,
         /// Your user name; the password is read from a prompt or standard input.
         #[arg(long)]
         user: String,
@@ -560,6 +582,53 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!(
                 "Recorded correction {} of record {seq}; both stay on the record.",
                 event.seq
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Label {
+            data_dir,
+            batch,
+            checkpoint,
+            format,
+            out,
+            user,
+        } => {
+            let format = labels::Format::parse(&format)?;
+            let store = open_store(&data_dir).await?;
+            let batch = custody::find_batch(&store, &batch).await?;
+            let config = Config::load(&data_dir)?;
+            let site_id = identity::Identity::load(&data_dir)?.site_id;
+            let label = labels::label_of(
+                &batch,
+                &checkpoint,
+                &site_id,
+                config.zone()?,
+                chrono::Utc::now(),
+            )?;
+            let by = match sign_in(&store, &data_dir, &user).await {
+                Ok(person) => person,
+                Err(e) => return refused(e),
+            };
+            let (event, bytes) =
+                labels::print(&store, &batch, &checkpoint, &label, format, &by).await?;
+            std::fs::write(&out, &bytes)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            let copy = match &event.kind {
+                carrel_proto::event::EventKind::LabelPrinted { copy, .. } => *copy,
+                _ => 1,
+            };
+            println!(
+                "Label of {} ({}) for {checkpoint} written to {} as {}; recorded as record {} ({}).",
+                batch.coi,
+                label.coi.eye_readable(),
+                out.display(),
+                format.as_str(),
+                event.seq,
+                if copy > 1 {
+                    format!("reprint, copy {copy}")
+                } else {
+                    "first print".to_owned()
+                }
             );
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -1174,6 +1174,31 @@ async fn a_technician_signs_in_at_the_site_and_a_second_person_verifies_with_the
     .await;
     assert_eq!(by, "Test tech.ann (tech.ann) and Test tech.bob (tech.bob)");
 
+    // The collection label: Print records who printed it and opens it in a new tab.
+    let tabs = client.windows().await.expect("windows").len();
+    click(&client, "button[data-print=collection]").await;
+    let printed = || async {
+        scenario::count(
+            &agent.db().await,
+            "SELECT COUNT(*) FROM events WHERE kind = 'label_printed' AND body LIKE '%\"recorded_by\":\"tech.ann\"%'",
+        )
+        .await
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the label print recorded",
+        || async { (printed().await == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(client.windows().await.expect("windows").len(), tabs + 1);
+    // The batch page again (not the scan's answer, whose dialog would open again).
+    client
+        .goto(&format!("{site_console}/batches/{batch}"))
+        .await
+        .expect("batch page");
+    expect_text(&client, "labels", "1 time(s), last by tech.ann").await;
+    expect_text(&client, "labels", "Reprint label").await;
+
     // Signed out, the same form (with a fresh label) records nothing.
     click(&client, "#sign-out").await;
     expect_text(&client, "signed out", "You are signed out.").await;

@@ -136,7 +136,9 @@ impl SiteDirectory {
             }
             Identity::Agent => {
                 return match event.kind {
-                    EventKind::CustodyScan { .. } | EventKind::Correction { .. } => vec![format!(
+                    EventKind::CustodyScan { .. }
+                    | EventKind::Correction { .. }
+                    | EventKind::LabelPrinted { .. } => vec![format!(
                         "a {} must be made by a person, and this one names none",
                         event.kind.name().replace('_', " ")
                     )],

@@ -186,7 +186,8 @@ impl Projection {
             EventKind::ProcessSamples { .. }
             | EventKind::InstrumentCommandRequested { .. }
             | EventKind::InstrumentCommandStarted { .. }
-            | EventKind::InstrumentResults { .. } => {}
+            | EventKind::InstrumentResults { .. }
+            | EventKind::LabelPrinted { .. } => {}
         }
         if exception {
             self.progress.exceptions.push(event.seq);
@@ -195,7 +196,10 @@ impl Projection {
         // scans and the site's note of the decision; anything else changes what QA
         // reviewed and signed.
         let expected_after_decision = match &event.kind {
-            EventKind::ReleaseDecisionRecorded { .. } | EventKind::PersonLocked { .. } => true,
+            // A label (re)printed for the hand-over changes nothing QA reviewed.
+            EventKind::ReleaseDecisionRecorded { .. }
+            | EventKind::PersonLocked { .. }
+            | EventKind::LabelPrinted { .. } => true,
             EventKind::CustodyScan { .. } => !exception,
             _ => false,
         };
