@@ -28,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod export;
+pub mod fhir;
 pub mod grpc;
 pub mod metrics;
 pub mod model;

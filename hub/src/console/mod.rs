@@ -113,6 +113,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/style.css", get(view::stylesheet))
         .route("/metrics", get(metrics))
+        .nest("/fhir", crate::fhir::router())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(hub)
 }
