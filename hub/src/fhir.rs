@@ -151,24 +151,9 @@ async fn user(hub: &Hub, headers: &HeaderMap) -> Result<User> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| login("authenticate with \"Authorization: Bearer <token>\" (carrel-hub login, or the API's Login)"))?;
-    let user = match hub
-        .store
-        .session_user(&crate::auth::secret_sha256(token.trim()), Utc::now())
+    service::bearer_user(hub, token.trim())
         .await
-    {
-        Ok(user) => user,
-        Err(crate::store::Error::NotFound(_)) => {
-            return Err(login("the token is unknown or has expired; sign in again"))
-        }
-        Err(e) => return Err(refused(e.into())),
-    };
-    if user.disabled {
-        return Err(login("this account is disabled"));
-    }
-    if let Some(why) = hub.held() {
-        return Err(outcome(StatusCode::SERVICE_UNAVAILABLE, "transient", why));
-    }
-    Ok(user)
+        .map_err(refused)
 }
 
 fn instant(at: DateTime<Utc>) -> String {
@@ -294,23 +279,6 @@ fn patient_resource(pseudonym: &str) -> Value {
     })
 }
 
-/// A pseudonym as a resource id: what the order's own check accepts.
-fn checked_pseudonym(text: &str) -> Result<String> {
-    let ok = (3..=64).contains(&text.len())
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
-    if ok {
-        Ok(text.to_owned())
-    } else {
-        Err(outcome(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            format!("pseudonym {text:?} must be 3 to 64 letters, digits, '-' or '.'"),
-        ))
-    }
-}
-
 async fn create_patient(
     State(hub): State<Arc<Hub>>,
     headers: HeaderMap,
@@ -318,7 +286,8 @@ async fn create_patient(
 ) -> Result<Answer> {
     user(&hub, &headers).await?;
     let patient = parse_body(&body)?;
-    let pseudonym = checked_pseudonym(&pseudonym_of_patient(&patient)?)?;
+    let pseudonym =
+        service::validate_pseudonym(&pseudonym_of_patient(&patient)?).map_err(refused)?;
     Ok(Answer {
         status: StatusCode::CREATED,
         body: patient_resource(&pseudonym),

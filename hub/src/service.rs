@@ -375,7 +375,33 @@ pub struct OrderForm {
     pub confirm_second_order: bool,
 }
 
-fn validate_pseudonym(text: &str) -> Result<String, Error> {
+/// The user of a bearer token (the API's and the FHIR door's sessions): refused when
+/// the session is unknown or expired, the account disabled, or the hub held.
+pub async fn bearer_user(hub: &Hub, token: &str) -> Result<User, Error> {
+    let user = match hub
+        .store
+        .session_user(&crate::auth::secret_sha256(token), Utc::now())
+        .await
+    {
+        Ok(user) => user,
+        Err(store::Error::NotFound(_)) => {
+            return Err(Error::Unauthenticated(
+                "session is unknown or has expired; sign in again".into(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if user.disabled {
+        return Err(Error::Unauthenticated("this account is disabled".into()));
+    }
+    if let Some(why) = hub.held() {
+        return Err(Error::Held(why));
+    }
+    Ok(user)
+}
+
+/// A patient pseudonym as every door takes it, trimmed.
+pub fn validate_pseudonym(text: &str) -> Result<String, Error> {
     let text = text.trim();
     let ok = (3..=64).contains(&text.len())
         && text

@@ -33,7 +33,7 @@ fn site_time_for(
     use chrono::Offset;
     let site = zone.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::Tz::UTC);
     let local = at.with_timezone(&site);
-    let mut text = local.format("%Y-%m-%d %H:%M %Z").to_string();
+    let mut text = crate::schedule::local_text(site, at);
     if let Some(viewer) = viewer {
         let theirs = at.with_timezone(&viewer);
         if theirs.offset().fix() != local.offset().fix() {

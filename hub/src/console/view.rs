@@ -137,7 +137,7 @@ pub fn when_in(at: DateTime<Utc>, zone: chrono_tz::Tz) -> Markup {
     html! {
         time datetime=(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             data-site-offset=(local.offset().fix().local_minus_utc() / 60) {
-            (local.format("%Y-%m-%d %H:%M %Z"))
+            (crate::schedule::local_text(zone, at))
         }
     }
 }

@@ -520,6 +520,19 @@ fn check_sums(found: &mut Verification, sums: &[u8], dir: &Path) -> Result<(), U
     Ok(())
 }
 
+/// The record hash after each prefix of the document's events, from the header
+/// alone to all of them: (hash, events in the prefix, seq of the last one, 0 for
+/// none). A signature binds to one of these.
+pub(crate) fn prefix_hashes(d: &Document) -> Vec<(String, usize, u64)> {
+    let mut hasher = RecordHasher::new(&d.record_header);
+    let mut prefixes = vec![(hasher.hex(), 0, 0)];
+    for (i, e) in d.events.iter().enumerate() {
+        hasher.add(&e.site_id, &e.canonical_json);
+        prefixes.push((hasher.hex(), i + 1, e.seq));
+    }
+    prefixes
+}
+
 /// The record header's fields, as hashed.
 #[derive(Deserialize)]
 struct Header {
@@ -617,10 +630,7 @@ fn check_document(found: &mut Verification, d: &Document) {
             );
         }
     }
-    // Each event's hash, its place in its site's log, and the record hash after it.
-    let mut hasher = RecordHasher::new(&d.record_header);
-    // The record hash after each prefix: (hash, events in the prefix, last seq).
-    let mut prefixes: Vec<(String, usize, u64)> = vec![(hasher.hex(), 0, 0)];
+    // Each event's hash and its place in its site's log.
     let mut last: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
     let mut bad_events = Vec::new();
     for (i, e) in d.events.iter().enumerate() {
@@ -661,10 +671,9 @@ fn check_document(found: &mut Verification, d: &Document) {
                 last.insert(&e.site_id, (head.seq, &e.sha256));
             }
         }
-        hasher.add(&e.site_id, bytes);
-        prefixes.push((hasher.hex(), n, e.seq));
     }
     let total = d.events.len();
+    let prefixes = prefix_hashes(d);
     found.check(
         bad_events.is_empty(),
         if bad_events.is_empty() {
@@ -675,7 +684,10 @@ fn check_document(found: &mut Verification, d: &Document) {
             bad_events.join("; ")
         },
     );
-    let recomputed = hasher.hex();
+    let recomputed = prefixes
+        .last()
+        .map(|(hash, _, _)| hash.clone())
+        .unwrap_or_default();
     found.check(
         recomputed == d.record_sha256,
         if recomputed == d.record_sha256 {

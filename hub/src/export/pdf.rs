@@ -465,13 +465,14 @@ pub fn render(review: &Review, document: &Document, events: &[StoredEvent]) -> V
     if review.signatures.is_empty() {
         l.para("No release decision has been signed.");
     }
+    let prefixes = super::prefix_hashes(document);
     for Signed {
         signature,
         manifestation,
     } in &review.signatures
     {
         l.subheading(manifestation);
-        let covers = prefix_covering(document, &signature.record_sha256);
+        let covers = prefix_covering(&prefixes, document.events.len(), &signature.record_sha256);
         l.fields(&[
             (
                 "Printed name",
@@ -753,22 +754,14 @@ fn entry_line(l: &mut Layout, e: &crate::record::Entry) {
     );
 }
 
-/// Which events a signature's record hash covers, in words.
-fn prefix_covering(document: &Document, sha: &str) -> String {
-    let mut hasher = crate::record::RecordHasher::new(&document.record_header);
-    if hasher.hex() == sha {
-        return "the order only (no site record)".into();
-    }
-    for (i, e) in document.events.iter().enumerate() {
-        hasher.add(&e.site_id, &e.canonical_json);
-        if hasher.hex() == sha {
-            return format!(
-                "the first {} of the {} site records (through seq {})",
-                i + 1,
-                document.events.len(),
-                e.seq
-            );
+/// Which events a signature's record hash covers, in words, among the record's
+/// prefix hashes ([`super::prefix_hashes`]).
+fn prefix_covering(prefixes: &[(String, usize, u64)], total: usize, sha: &str) -> String {
+    match prefixes.iter().find(|(hash, _, _)| hash == sha) {
+        Some((_, 0, _)) => "the order only (no site record)".into(),
+        Some((_, n, seq)) => {
+            format!("the first {n} of the {total} site records (through seq {seq})")
         }
+        None => "a record that is not this one at any point".into(),
     }
-    "a record that is not this one at any point".into()
 }

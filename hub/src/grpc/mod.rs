@@ -85,26 +85,9 @@ pub async fn authenticate<T>(hub: &Hub, request: &Request<T>) -> Result<User, St
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
-    let user = match hub
-        .store
-        .session_user(&crate::auth::secret_sha256(token), chrono::Utc::now())
+    crate::service::bearer_user(hub, token)
         .await
-    {
-        Ok(user) => user,
-        Err(store::Error::NotFound(_)) => {
-            return Err(Status::unauthenticated(
-                "session is unknown or has expired; sign in again",
-            ))
-        }
-        Err(e) => return Err(status(e)),
-    };
-    if user.disabled {
-        return Err(Status::unauthenticated("this account is disabled"));
-    }
-    if let Some(why) = hub.held() {
-        return Err(Status::unavailable(why));
-    }
-    Ok(user)
+        .map_err(service_status)
 }
 
 pub fn parse_id(field: &str, text: &str) -> Result<Uuid, Status> {
