@@ -86,6 +86,16 @@ actions! {
     UserBadgeIssued = "user.badge_issued",
     /// A person locked at a site after failed sign-ins there (reported by the site).
     UserLockedAtSite = "user.locked_at_site",
+    /// An integration engine's system account made, with the physicians it acts for.
+    SystemAccountAdded = "system_account.added",
+    /// Physicians put in or taken out of a system account's scope.
+    SystemAccountScopeChanged = "system_account.scope_changed",
+    SystemAccountDisabled = "system_account.disabled",
+    SystemAccountEnabled = "system_account.enabled",
+    /// A new client secret issued; the old one and every token stop working.
+    SystemAccountSecretRotated = "system_account.secret_rotated",
+    /// An access token issued at the token endpoint (client credentials).
+    SystemAccountTokenIssued = "system_account.token_issued",
     SiteRegistered = "site.registered",
     SiteEnrolled = "site.enrolled",
     SiteEnrollmentRefused = "site.enrollment_refused",
@@ -162,6 +172,8 @@ pub enum Object {
         version: u32,
     },
     User(String),
+    /// An integration engine's system account, by client id.
+    SystemAccount(String),
     Site(String),
     /// A site that could not be identified (a refused enrollment).
     UnknownSite,
@@ -191,6 +203,7 @@ impl fmt::Display for Object {
             Object::Ca => write!(f, "ca"),
             Object::Recipe { id, version } => write!(f, "recipe/{id}/v{version}"),
             Object::User(name) => write!(f, "user/{name}"),
+            Object::SystemAccount(id) => write!(f, "system_account/{id}"),
             Object::Site(id) => write!(f, "site/{id}"),
             Object::UnknownSite => write!(f, "site/?"),
             Object::SiteCapacity(id) => write!(f, "site/{id}/capacity"),
@@ -226,6 +239,7 @@ impl Object {
                 }
             }
             "user" => Object::User(rest.to_owned()),
+            "system_account" => Object::SystemAccount(rest.to_owned()),
             "order" => Object::Order(id(rest)?),
             "batch" => Object::Batch(id(rest)?),
             "subscription" => Object::Subscription(id(rest)?),

@@ -18,18 +18,25 @@
 //!   `businessStatus`. An integration engine follows changes by polling
 //!   `_lastUpdated=gt...`.
 //!
-//! Callers authenticate with the hub's bearer tokens (`carrel-hub login`, the API's
-//! `Login`); roles are checked by the service as for every other door. Errors are
-//! OperationOutcome resources with the matching 4xx status.
+//! Callers authenticate with bearer tokens: people with the hub's sessions
+//! (`carrel-hub login`, the API's `Login`), their roles checked by the service as
+//! for every other door; a hospital's integration engine with a system account's
+//! access token from the token endpoint (`POST /fhir/auth/token`, OAuth 2 client
+//! credentials, advertised in the CapabilityStatement and at
+//! `/.well-known/smart-configuration`), ordering for and seeing the orders of only
+//! the physicians its account names ([`integration`]). Errors are OperationOutcome
+//! resources with the matching 4xx status (the token endpoint answers OAuth 2's own
+//! error objects).
 
 use crate::app::Hub;
-use crate::model::{BatchState, Order, User};
-use crate::service::{self, Error, OrderForm};
+use crate::model::{BatchState, Order, SystemAccount, User};
+use crate::service::{self, integration, Error, OrderForm};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -47,6 +54,8 @@ const BATCH_SYSTEM: &str = "urn:carrel:batch";
 const COI_SYSTEM: &str = "urn:carrel:coi";
 /// The extension carrying a Task's expected release (the vein-to-vein clock).
 const EXPECTED_RELEASE: &str = "urn:carrel:fhir:expected-release";
+/// The identifier system of the hub's accounts (a requester by user name).
+const ACCOUNT_SYSTEM: &str = "urn:carrel:account";
 /// A business identifier becomes the order's one-time key in this UUID namespace.
 const REQUEST_NAMESPACE: Uuid = Uuid::from_u128(0x5f0e_6c1a_2b4d_4e8f_9a7b_3c2d_1e0f_a9b8);
 
@@ -55,6 +64,8 @@ const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub fn router() -> Router<Arc<Hub>> {
     Router::new()
         .route("/metadata", get(metadata))
+        .route("/.well-known/smart-configuration", get(smart_configuration))
+        .route("/auth/token", post(token_endpoint))
         .route("/Patient", post(create_patient))
         .route("/Patient/{id}", get(read_patient))
         .route(
@@ -143,16 +154,65 @@ fn refused(error: Error) -> Answer {
     }
 }
 
-/// The user of the bearer token in the request.
-async fn user(hub: &Hub, headers: &HeaderMap) -> Result<User> {
+/// Who sends a request: a person with a session (`carrel-hub login`, the API's
+/// `Login`), or an integration engine with an access token from the token endpoint.
+enum Caller {
+    Person(User),
+    Engine(SystemAccount),
+}
+
+impl Caller {
+    /// The orders the caller may see, newest first.
+    async fn orders(&self, hub: &Hub) -> Result<Vec<Order>> {
+        match self {
+            Caller::Person(user) => service::visible_orders(hub, user, None).await,
+            Caller::Engine(engine) => integration::orders(hub, engine).await,
+        }
+        .map_err(refused)
+    }
+
+    /// The order, if the caller may see it (another is not found, and audited).
+    async fn order(&self, hub: &Hub, order_id: Uuid) -> Result<Order> {
+        match self {
+            Caller::Person(user) => service::visible_order(hub, user, order_id).await,
+            Caller::Engine(engine) => integration::order(hub, engine, order_id).await,
+        }
+        .map_err(refused)
+    }
+
+    /// The order a request with this one-time key placed for the caller (a person's
+    /// own, or any of an engine's physicians').
+    async fn order_of_request(&self, hub: &Hub, key: Uuid) -> Result<Option<Uuid>> {
+        match self {
+            Caller::Person(user) => hub
+                .store
+                .order_of_request(&user.username, key)
+                .await
+                .map_err(Error::from),
+            Caller::Engine(engine) => integration::order_of_request(hub, engine, key).await,
+        }
+        .map_err(refused)
+    }
+}
+
+/// The caller of the bearer token in the request.
+async fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Caller> {
     let login = |text: &str| outcome(StatusCode::UNAUTHORIZED, "login", text);
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| login("authenticate with \"Authorization: Bearer <token>\" (carrel-hub login, or the API's Login)"))?;
-    service::bearer_user(hub, token.trim())
+        .ok_or_else(|| login("authenticate with \"Authorization: Bearer <token>\" (a person: carrel-hub login, or the API's Login; an integration engine: the token endpoint, POST /fhir/auth/token)"))?
+        .trim();
+    if let Some(engine) = integration::bearer_engine(hub, token)
         .await
+        .map_err(refused)?
+    {
+        return Ok(Caller::Engine(engine));
+    }
+    service::bearer_user(hub, token)
+        .await
+        .map(Caller::Person)
         .map_err(refused)
 }
 
@@ -160,7 +220,7 @@ fn instant(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-async fn metadata() -> Answer {
+async fn metadata(uri: Uri, headers: HeaderMap) -> Answer {
     let param = |name: &str, kind: &str, doc: &str| json!({"name": name, "type": kind, "documentation": doc});
     ok(json!({
         "resourceType": "CapabilityStatement",
@@ -175,7 +235,12 @@ async fn metadata() -> Answer {
             "mode": "server",
             "documentation": "Orders for autologous batches and their progress. Patients are pseudonymous: a resource carrying a name, birth date, address, telecom, photo or contact is refused.",
             "security": {
-                "description": "Bearer tokens of the hub's accounts (carrel-hub login, or the gRPC API's Login): Authorization: Bearer <token>. Roles are those of the account.",
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": format!("{}/auth/token", base_url(&uri, &headers))}],
+                }],
+                "description": "Authorization: Bearer <token>. People: a session of their hub account (carrel-hub login, or the gRPC API's Login), acting with their role. Integration engines: a system account's access token from the token endpoint (OAuth 2 client credentials, client_secret_basic or client_secret_post; /fhir/.well-known/smart-configuration), ordering for and seeing the orders of only the physicians an administrator named; the requester of a ServiceRequest names the physician.",
             },
             "resource": [
                 {
@@ -185,7 +250,7 @@ async fn metadata() -> Answer {
                 },
                 {
                     "type": "ServiceRequest",
-                    "documentation": format!("One order: code in {PRODUCT_SYSTEM}, subject Patient/<pseudonym>, performer Organization/<site id> (or identifier in {SITE_SYSTEM}), occurrenceDateTime the requested collection date, requester the authenticated physician. Idempotent by business identifier."),
+                    "documentation": format!("One order: code in {PRODUCT_SYSTEM}, subject Patient/<pseudonym>, performer Organization/<site id> (or identifier in {SITE_SYSTEM}), occurrenceDateTime the requested collection date, requester the physician (the authenticated one, or for an integration engine one it orders for). Idempotent by business identifier."),
                     "interaction": [{"code": "create"}, {"code": "read"}, {"code": "search-type"}],
                     "conditionalCreate": true,
                     "searchParam": [
@@ -209,6 +274,172 @@ async fn metadata() -> Answer {
             ],
         }],
     }))
+}
+
+/// The scopes an access token carries (SMART "system" scopes): what an engine may do
+/// at this door, for the physicians of its account.
+const SYSTEM_SCOPES: &str = "system/Patient.cr system/ServiceRequest.crs system/Task.rs";
+
+/// This door's base address as the caller reached it (`https://host/fhir`): the
+/// authority of the request (HTTP/2) or its Host header (HTTP/1.1).
+fn base_url(uri: &Uri, headers: &HeaderMap) -> String {
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("https://{host}/fhir")
+}
+
+/// The SMART configuration: where an integration engine gets its access token.
+async fn smart_configuration(uri: Uri, headers: HeaderMap) -> Response {
+    let body = json!({
+        "token_endpoint": format!("{}/auth/token", base_url(&uri, &headers)),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": SYSTEM_SCOPES.split(' ').collect::<Vec<_>>(),
+        "capabilities": ["client-confidential-symmetric"],
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// An OAuth 2 error answer (RFC 6749 section 5.2).
+fn oauth_error(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        json!({"error": error, "error_description": description.into()}).to_string(),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"carrel-fhir\""),
+        );
+    }
+    response
+}
+
+/// The client id and secret of an HTTP Basic header (each form-urlencoded, RFC 6749
+/// section 2.3.1), if the request has one.
+fn basic_credentials(headers: &HeaderMap) -> Option<std::result::Result<(String, String), String>> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok());
+    let Some((id, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+        return Some(Err(
+            "the Basic credentials are not base64 of client_id:client_secret".into(),
+        ));
+    };
+    Some(Ok((percent_decode(id), percent_decode(secret))))
+}
+
+/// The token endpoint (OAuth 2 client credentials, RFC 6749 section 4.4): an
+/// integration engine's client id and secret, by HTTP Basic or in the form, for an
+/// access token to use as `Authorization: Bearer` at this door.
+async fn token_endpoint(
+    State(hub): State<Arc<Hub>>,
+    crate::client_address::Source(source): crate::client_address::Source,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let param = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    match param("grant_type") {
+        Some("client_credentials") => {}
+        Some(other) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported; this door issues tokens for client_credentials only"),
+            )
+        }
+        None => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type=client_credentials is required (application/x-www-form-urlencoded body)",
+            )
+        }
+    }
+    let in_form = param("client_secret").map(|secret| (param("client_id").unwrap_or(""), secret));
+    let (client_id, secret) = match (basic_credentials(&headers), in_form) {
+        (Some(_), Some(_)) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "authenticate the client one way: HTTP Basic or client_id and client_secret in the form, not both",
+            )
+        }
+        (Some(Err(why)), None) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why),
+        (Some(Ok(pair)), None) => pair,
+        (None, Some((id, secret))) => (id.to_owned(), secret.to_owned()),
+        (None, None) => {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "authenticate the client: HTTP Basic (client_id:client_secret) or client_id and client_secret in the form",
+            )
+        }
+    };
+    match integration::issue_token(&hub, &client_id, &secret, &source).await {
+        Ok((token, expires_at, _)) => {
+            let expires_in = (expires_at - Utc::now()).num_seconds().max(0);
+            (
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, "no-store"),
+                    (header::PRAGMA, "no-cache"),
+                ],
+                json!({
+                    "access_token": token,
+                    "token_type": "Bearer",
+                    "expires_in": expires_in,
+                    "scope": SYSTEM_SCOPES,
+                })
+                .to_string(),
+            )
+                .into_response()
+        }
+        Err(Error::Unauthenticated(why)) => {
+            oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why)
+        }
+        Err(Error::Held(why)) => oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            why,
+        ),
+        Err(other) => {
+            tracing::error!(error = %other, "token request failed");
+            oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the hub could not answer; try again",
+            )
+        }
+    }
 }
 
 async fn not_supported() -> Answer {
@@ -284,7 +515,7 @@ async fn create_patient(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Answer> {
-    user(&hub, &headers).await?;
+    caller(&hub, &headers).await?;
     let patient = parse_body(&body)?;
     let pseudonym =
         service::validate_pseudonym(&pseudonym_of_patient(&patient)?).map_err(refused)?;
@@ -300,10 +531,8 @@ async fn read_patient(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Answer> {
-    let user = user(&hub, &headers).await?;
-    let orders = service::visible_orders(&hub, &user, None)
-        .await
-        .map_err(refused)?;
+    let caller = caller(&hub, &headers).await?;
+    let orders = caller.orders(&hub).await?;
     if orders.iter().any(|o| o.patient_pseudonym == id) {
         Ok(ok(patient_resource(&id)))
     } else {
@@ -352,7 +581,7 @@ async fn create_service_request(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Answer> {
-    let user = user(&hub, &headers).await?;
+    let caller = caller(&hub, &headers).await?;
     let request = parse_body(&body)?;
     let bad = |code: &str, text: String| outcome(StatusCode::UNPROCESSABLE_ENTITY, code, text);
     if request["resourceType"] != "ServiceRequest" {
@@ -393,15 +622,50 @@ async fn create_service_request(
         }
         None => request_key(&identifier),
     };
+    // Whose order it is: a person's own; an engine names the physician.
+    let requester = request
+        .get("requester")
+        .map(|r| referenced(r, "Practitioner", ACCOUNT_SYSTEM));
+    let physician = match &caller {
+        Caller::Person(user) => {
+            if let Some(named) = &requester {
+                if named.as_deref() != Some(user.username.as_str()) {
+                    return Err(outcome(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        format!(
+                            "the requester must be you (Practitioner/{}): an order is placed by the account that sends it",
+                            user.username
+                        ),
+                    ));
+                }
+            }
+            user.username.clone()
+        }
+        Caller::Engine(engine) => {
+            let named = requester.flatten().ok_or_else(|| {
+                bad(
+                    "required",
+                    format!(
+                        "requester must name the ordering physician (Practitioner/<user name> or an identifier in {ACCOUNT_SYSTEM}); {} orders for {}",
+                        engine.client_id,
+                        engine.physicians.join(", ")
+                    ),
+                )
+            })?;
+            integration::physician_of(&hub, engine, &named)
+                .await
+                .map_err(refused)?;
+            named
+        }
+    };
     if let Some(order_id) = hub
         .store
-        .order_of_request(&user.username, key)
+        .order_of_request(&physician, key)
         .await
         .map_err(|e| refused(e.into()))?
     {
-        let order = service::visible_order(&hub, &user, order_id)
-            .await
-            .map_err(refused)?;
+        let order = caller.order(&hub, order_id).await?;
         return Ok(ok(service_request(&order)));
     }
     let product = request["code"]["coding"]
@@ -425,19 +689,6 @@ async fn create_service_request(
         .and_then(|p| p.first())
         .and_then(|p| referenced(p, "Organization", SITE_SYSTEM))
         .ok_or_else(|| bad("required", format!("performer must name the treating site: Organization/<site id> or an identifier in {SITE_SYSTEM}")))?;
-    if let Some(requester) = request.get("requester") {
-        let named = referenced(requester, "Practitioner", "urn:carrel:account");
-        if named.as_deref() != Some(user.username.as_str()) {
-            return Err(outcome(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "the requester must be you (Practitioner/{}): an order is placed by the account that sends it",
-                    user.username
-                ),
-            ));
-        }
-    }
     let date = request["occurrenceDateTime"]
         .as_str()
         .map(|d| d.get(..10).unwrap_or(d).to_owned())
@@ -455,9 +706,11 @@ async fn create_service_request(
         request_id: key.to_string(),
         confirm_second_order: false,
     };
-    let order = service::create_order(&hub, &user, &form)
-        .await
-        .map_err(refused)?;
+    let order = match &caller {
+        Caller::Person(user) => service::create_order(&hub, user, &form).await,
+        Caller::Engine(engine) => integration::create_order(&hub, engine, &physician, &form).await,
+    }
+    .map_err(refused)?;
     Ok(Answer {
         status: StatusCode::CREATED,
         location: Some(format!("ServiceRequest/{}", order.order_id)),
@@ -566,8 +819,8 @@ async fn read_service_request(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Answer> {
-    let user = user(&hub, &headers).await?;
-    let order = visible(&hub, &user, &id).await?;
+    let caller = caller(&hub, &headers).await?;
+    let order = visible(&hub, &caller, &id).await?;
     Ok(ok(service_request(&order)))
 }
 
@@ -576,12 +829,12 @@ async fn read_task(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Answer> {
-    let user = user(&hub, &headers).await?;
-    let order = visible(&hub, &user, &id).await?;
+    let caller = caller(&hub, &headers).await?;
+    let order = visible(&hub, &caller, &id).await?;
     Ok(ok(task(&hub, &order).await?))
 }
 
-async fn visible(hub: &Hub, user: &User, id: &str) -> Result<Order> {
+async fn visible(hub: &Hub, caller: &Caller, id: &str) -> Result<Order> {
     let order_id = Uuid::parse_str(id).map_err(|_| {
         outcome(
             StatusCode::NOT_FOUND,
@@ -589,9 +842,7 @@ async fn visible(hub: &Hub, user: &User, id: &str) -> Result<Order> {
             format!("{id:?} is not a resource id of this hub"),
         )
     })?;
-    service::visible_order(hub, user, order_id)
-        .await
-        .map_err(refused)
+    caller.order(hub, order_id).await
 }
 
 /// A `_lastUpdated` condition: `gt2026-12-01`, `le2026-12-01T10:00:00Z`...
@@ -630,14 +881,12 @@ fn matches_time(cond: &(String, DateTime<Utc>), at: DateTime<Utc>) -> bool {
 /// resource searched, `patient` its patient parameter.
 async fn search(
     hub: &Hub,
-    user: &User,
+    caller: &Caller,
     params: &[(String, String)],
     patient: &str,
     status_of: fn(BatchState) -> &'static str,
 ) -> Result<Vec<Order>> {
-    let mut orders = service::visible_orders(hub, user, None)
-        .await
-        .map_err(refused)?;
+    let mut orders = caller.orders(hub).await?;
     for (name, value) in params {
         match name.as_str() {
             "_count" | "_format" | "_sort" => {}
@@ -651,12 +900,7 @@ async fn search(
             }
             "identifier" if patient == "subject" => {
                 let key = request_key(value);
-                match hub
-                    .store
-                    .order_of_request(&user.username, key)
-                    .await
-                    .map_err(|e| refused(e.into()))?
-                {
+                match caller.order_of_request(hub, key).await? {
                     Some(found) => orders.retain(|o| o.order_id == found),
                     None => orders.clear(),
                 }
@@ -700,8 +944,8 @@ async fn search_service_requests(
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Answer> {
-    let user = user(&hub, &headers).await?;
-    let orders = search(&hub, &user, &params, "subject", request_status).await?;
+    let caller = caller(&hub, &headers).await?;
+    let orders = search(&hub, &caller, &params, "subject", request_status).await?;
     Ok(ok(bundle(
         "ServiceRequest",
         orders.iter().map(service_request).collect(),
@@ -713,8 +957,8 @@ async fn search_tasks(
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Answer> {
-    let user = user(&hub, &headers).await?;
-    let orders = search(&hub, &user, &params, "patient", task_status).await?;
+    let caller = caller(&hub, &headers).await?;
+    let orders = search(&hub, &caller, &params, "patient", task_status).await?;
     let mut tasks = Vec::with_capacity(orders.len());
     for order in &orders {
         tasks.push(task(&hub, order).await?);

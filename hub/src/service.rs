@@ -19,6 +19,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use uuid::Uuid;
 
 pub mod admin;
+pub mod integration;
 pub mod release;
 pub mod schedule;
 
@@ -104,6 +105,26 @@ pub fn failure_limits(hub: &Hub) -> store::FailureLimits {
     }
 }
 
+/// The failure window and limits of an attempt to sign in (or get a token) as `key`
+/// from `source`, or the refusal when the failures counted there stop it.
+async fn failure_gate(
+    hub: &Hub,
+    key: &str,
+    source: &str,
+) -> Result<((DateTime<Utc>, DateTime<Utc>), store::FailureLimits), Error> {
+    let window = failure_window(hub);
+    let limits = failure_limits(hub);
+    let gate = hub
+        .store
+        .sign_in_gate(key, source, window.0, limits)
+        .await?;
+    if let Some(refused) = locked(gate, window.1) {
+        tracing::warn!(key, source, "refused: too many failures");
+        return Err(refused);
+    }
+    Ok((window, limits))
+}
+
 /// What a refused attempt says when the counts of failures stop it.
 fn locked(gate: store::Gate, until: DateTime<Utc>) -> Option<Error> {
     let until = until.format("%H:%M UTC");
@@ -165,16 +186,7 @@ pub async fn sign_in(
         return Err(Error::Held(why));
     }
     let key = bounded_username(username);
-    let window = failure_window(hub);
-    let limits = failure_limits(hub);
-    let gate = hub
-        .store
-        .sign_in_gate(&key, source, window.0, limits)
-        .await?;
-    if let Some(refused) = locked(gate, window.1) {
-        tracing::warn!(username = %key, source, "sign-in refused: too many failures");
-        return Err(refused);
-    }
+    let (window, limits) = failure_gate(hub, &key, source).await?;
     // A name longer than any user's is nobody's; it is not looked up.
     let user = if key.len() == username.len() {
         match hub.store.user(username).await {
@@ -234,16 +246,8 @@ pub async fn change_password(
     new: &str,
     source: &str,
 ) -> Result<(), Error> {
-    let window = failure_window(hub);
-    let limits = failure_limits(hub);
     let key = bounded_username(&user.username);
-    let gate = hub
-        .store
-        .sign_in_gate(&key, source, window.0, limits)
-        .await?;
-    if let Some(refused) = locked(gate, window.1) {
-        return Err(refused);
-    }
+    let (window, limits) = failure_gate(hub, &key, source).await?;
     if !password_matches(current, Some(&user.password_hash)).await {
         hub.failed_sign_ins
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -294,15 +298,7 @@ pub async fn complete_password_reset(
         return Err(field("username", "user name and reset code are required"));
     }
     let key = bounded_username(username);
-    let window = failure_window(hub);
-    let limits = failure_limits(hub);
-    let gate = hub
-        .store
-        .sign_in_gate(&key, source, window.0, limits)
-        .await?;
-    if let Some(refused) = locked(gate, window.1) {
-        return Err(refused);
-    }
+    let (window, limits) = failure_gate(hub, &key, source).await?;
     let hash = hash_new_password(new, username).await?;
     let change = store::AccountChange::Password {
         hash,
@@ -419,6 +415,18 @@ pub fn validate_pseudonym(text: &str) -> Result<String, Error> {
 /// Validates and stores an order, and wakes the site's link.
 pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Order, Error> {
     require_role(user, &PRESCRIBERS)?;
+    place_order(hub, user, None, form).await
+}
+
+/// Places an order for `user` (a prescriber), entered by them or, with
+/// `entered_by`, by an integration engine in their name
+/// ([`integration::create_order`]).
+async fn place_order(
+    hub: &Hub,
+    user: &User,
+    entered_by: Option<String>,
+    form: &OrderForm,
+) -> Result<Order, Error> {
     let patient_pseudonym = validate_pseudonym(&form.patient_pseudonym)?;
     if form.product.trim().is_empty() {
         return Err(field(
@@ -474,6 +482,7 @@ pub async fn create_order(hub: &Hub, user: &User, form: &OrderForm) -> Result<Or
         physician: user.username.clone(),
         facility: hub.config.facility.clone(),
         request_id,
+        entered_by,
     };
     // A second open order for the same patient and product is most often the same
     // order placed twice: it needs the prescriber's confirmation. A request sent
@@ -546,22 +555,26 @@ pub async fn visible_order(hub: &Hub, user: &User, order_id: Uuid) -> Result<Ord
     let order = hub.store.order(order_id).await?;
     if user.role == Role::Physician && order.physician != user.username {
         tracing::warn!(username = %user.username, %order_id, "refused: another physician's order");
-        hub.store
-            .audit(
-                &NewEntry::new(
-                    &user.username,
-                    Action::OrderAccessRefused,
-                    Object::Order(order_id),
-                )
-                .reason(format!(
-                    "{} asked for an order of another physician",
-                    user.username
-                )),
-            )
-            .await?;
-        return Err(store::Error::NotFound(format!("order {order_id}")).into());
+        return Err(refuse_order_access(
+            hub,
+            &user.username,
+            order_id,
+            format!("{} asked for an order of another physician", user.username),
+        )
+        .await);
     }
     Ok(order)
+}
+
+/// Keeps a refused attempt to read an order on record, and answers as if the order
+/// did not exist, so that its existence is not revealed.
+async fn refuse_order_access(hub: &Hub, actor: &str, order_id: Uuid, why: String) -> Error {
+    let entry =
+        NewEntry::new(actor, Action::OrderAccessRefused, Object::Order(order_id)).reason(why);
+    match hub.store.audit(&entry).await {
+        Ok(()) => store::Error::NotFound(format!("order {order_id}")).into(),
+        Err(e) => e.into(),
+    }
 }
 
 /// Orders `user` may see, newest first.

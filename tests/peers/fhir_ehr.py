@@ -1,8 +1,10 @@
 """An EHR integration engine for the FHIR tests, written with FHIR clients we did not
 write: fhirpy (orders, searches) and the SMART on FHIR fhirclient (reads). Every
-resource the hub answers is validated with the fhir.resources R4B models.
+resource the hub answers is validated with the fhir.resources R4B models. A system
+account gets its access token with requests-oauthlib (OAuth 2 client credentials).
 
     fhir_ehr.py BASE_URL TOKEN COMMAND [ARGS...]
+    fhir_ehr.py BASE_URL - token CLIENT_ID CLIENT_SECRET basic|post
 
 Prints one JSON document: what the command found. The hub's CA is taken from
 REQUESTS_CA_BUNDLE (requests) and SSL_CERT_FILE (aiohttp) by the caller.
@@ -17,6 +19,8 @@ from fhirclient.models.servicerequest import ServiceRequest as SmartServiceReque
 from fhirclient.models.task import Task as SmartTask
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import AuthorizationError, OperationOutcome
+from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
+from requests_oauthlib import OAuth2Session
 
 PSEUDONYM = "urn:carrel:patient-pseudonym"
 PRODUCT = "urn:carrel:product"
@@ -35,13 +39,32 @@ def main():
     auth = f"Bearer {token}"
     fhir = SyncFHIRClient(base, authorization=auth)
     out = {}
-    if command == "metadata":
+    if command == "token":
+        # OAuth 2 client credentials; the token endpoint found where the hub says.
+        client_id, secret, how = args
+        smart = requests.get(f"{base}/.well-known/smart-configuration").json()
+        session = OAuth2Session(client=BackendApplicationClient(client_id=client_id))
+        try:
+            if how == "basic":
+                token = session.fetch_token(smart["token_endpoint"], client_id=client_id,
+                                            client_secret=secret)
+            else:
+                token = session.fetch_token(smart["token_endpoint"], client_id=client_id,
+                                            client_secret=secret, include_client_id=True,
+                                            auth=False)
+            out = {"granted": True, "token": dict(token)}
+        except OAuth2Error as refusal:
+            out = {"granted": False, "error": refusal.error, "status": refusal.status_code,
+                   "description": refusal.description}
+    elif command == "metadata":
         # No token needed for the CapabilityStatement.
         answer = requests.get(f"{base}/metadata", headers={"Accept": "application/fhir+json"})
         out = {"status": answer.status_code, "content_type": answer.headers["Content-Type"],
                "resource": validated(answer.json())}
     elif command == "order":
-        patient, site, date, ident = args
+        # An integration engine names the physician: a fifth argument.
+        patient, site, date, ident = args[:4]
+        extra = {"requester": {"reference": f"Practitioner/{args[4]}"}} if len(args) > 4 else {}
         order = fhir.resource(
             "ServiceRequest",
             status="active",
@@ -51,6 +74,7 @@ def main():
             subject={"reference": f"Patient/{patient}"},
             performer=[{"identifier": {"system": SITE, "value": site}}],
             occurrenceDateTime=date,
+            **extra,
         )
         order.save()
         out = validated(order.serialize())
@@ -77,6 +101,12 @@ def main():
         resource = validated(answer.json())
         out = {"status": answer.status_code, "resourceType": resource["resourceType"],
                "diagnostics": [i.get("diagnostics", "") for i in resource.get("issue", [])]}
+    elif command == "get":
+        # A read as the raw API answers it: (status, resource or OperationOutcome).
+        kind, ident = args
+        answer = requests.get(f"{base}/{kind}/{ident}", headers={
+            "Authorization": auth, "Accept": "application/fhir+json"})
+        out = {"status": answer.status_code, "resource": validated(answer.json())}
     elif command == "pseudonymous-patient":
         patient = fhir.resource("Patient", identifier=[{"system": PSEUDONYM, "value": args[0]}])
         patient.save()

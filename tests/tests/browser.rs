@@ -1386,6 +1386,62 @@ async fn an_administrator_disables_re_roles_and_resets_and_the_person_chooses_th
         hub.login("dr.newcomer", &setup).await.is_err(),
         "a code is no password"
     );
+    // A hospital's integration engine gets a system account for the newcomer: its
+    // secret is shown once, and only a hash is kept; then it is disabled, with a reason.
+    fill(&client, "#client_id", "st-elsewhere-ehr").await;
+    fill(&client, "#engine_name", "St Elsewhere EHR interface engine").await;
+    click(&client, "input[name=physician][value='dr.newcomer']").await;
+    click(
+        &client,
+        "form[action='/admin/system-accounts'] button[type=submit]",
+    )
+    .await;
+    expect_text(
+        &client,
+        "users page",
+        "System account st-elsewhere-ehr made",
+    )
+    .await;
+    let secret = client
+        .find(Locator::Css("#client-secret"))
+        .await
+        .expect("client secret")
+        .text()
+        .await
+        .expect("text");
+    let db = hub.db().await;
+    let (hash, scope): (String, String) = sqlx::query_as(
+        "SELECT a.secret_hash, p.physician FROM system_accounts a \
+         JOIN system_account_physicians p ON p.client_id = a.client_id",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("the account");
+    assert_eq!(scope, "dr.newcomer");
+    assert!(secret.len() >= 32 && !hash.contains(&secret) && hash.starts_with("$argon2"));
+    shots.take(&client, "admin-system-account-secret").await;
+    client
+        .find(Locator::Css("#sys-change-st-elsewhere-ehr"))
+        .await
+        .expect("change")
+        .select_by_value("disable")
+        .await
+        .expect("select");
+    fill(
+        &client,
+        "#sys-reason-st-elsewhere-ehr",
+        "interface not live yet",
+    )
+    .await;
+    click(&client, "#sys-apply-st-elsewhere-ehr").await;
+    expect_text(&client, "users page", "its access tokens no longer work").await;
+    let disabled: bool = sqlx::query_scalar(
+        "SELECT disabled FROM system_accounts WHERE client_id = 'st-elsewhere-ehr'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("disabled");
+    assert!(disabled);
     sign_out(&client).await;
     client
         .goto(&format!("{console}/password-reset"))

@@ -15,6 +15,7 @@ mod backup;
 mod ca;
 pub mod client;
 pub mod dev;
+mod integration;
 mod local;
 mod notify;
 mod orders;
@@ -70,6 +71,10 @@ pub enum Command {
     /// Users (run on the hub machine).
     #[command(subcommand)]
     User(users::UserCommand),
+    /// System accounts of hospitals' integration engines (FHIR, OAuth 2 client
+    /// credentials), scoped to the physicians they order for (administrators).
+    #[command(subcommand)]
+    Integration(integration::IntegrationCommand),
     /// The hub's certificate authority: status and rotation (run on the hub machine).
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -138,6 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Site(command) => sites::run(command).await,
         Command::Ca(command) => ca::run(command).await,
         Command::User(command) => users::run(command).await,
+        Command::Integration(command) => integration::run(command).await,
         Command::Login { client, user } => client::login(client, user).await,
         Command::Password(command) => users::run_password(command).await,
         Command::Audit(command) => audit::run(command).await,

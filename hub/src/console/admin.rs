@@ -5,7 +5,7 @@ use super::{html_page, problem, refused, HubState, Page, Session};
 use crate::model;
 use crate::model::{Role, SiteStatus};
 use crate::service;
-use crate::service::admin;
+use crate::service::{admin, integration};
 use axum::extract::{Form, Path};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
@@ -329,8 +329,13 @@ fn users_markup(
     session: &Session,
     users: &[model::User],
     grants: &[crate::store::backend::RoleGrant],
+    accounts: &[model::SystemAccount],
     notice: Option<Markup>,
 ) -> Markup {
+    let physicians: Vec<&model::User> = users
+        .iter()
+        .filter(|u| u.role == Role::Physician && !u.disabled)
+        .collect();
     page(
         "Users",
         Some(session),
@@ -387,16 +392,83 @@ fn users_markup(
                     p { button type="submit" { "Add user" } }
                 }
             }
+            h2 id="system-accounts" { "System accounts (integration engines)" }
+            p.muted { "A hospital's integration engine orders through the FHIR door (" code { "/fhir" } ") for the physicians named here, and sees only their orders. It trades its client secret for an access token at " code { "/fhir/auth/token" } " (OAuth 2 client credentials)." }
+            @if accounts.is_empty() {
+                p { "No system accounts." }
+            } @else {
+                div.scroll tabindex="0" { table {
+                    thead { tr { th scope="col" { "Client id" } th scope="col" { "Engine" } th scope="col" { "Orders for" } th scope="col" { "Account" } th scope="col" { "Change (audited, with the reason)" } } }
+                    tbody { @for a in accounts {
+                        tr {
+                            td { code { (a.client_id) } } td { (a.name) } td { (a.physicians.join(", ")) }
+                            td { @if a.disabled { span.badge.rejected { "disabled" } } @else { span.badge.pass { "active" } } }
+                            td {
+                                form.inline method="post" action=(format!("/admin/system-accounts/{}/change", a.client_id)) {
+                                    input type="hidden" name="csrf" value=(session.csrf);
+                                    label.visually-hidden for=(format!("sys-change-{}", a.client_id)) { "Change for " (a.client_id) }
+                                    select id=(format!("sys-change-{}", a.client_id)) name="change" required {
+                                        option value="" { "Choose a change…" }
+                                        @if a.disabled { option value="enable" { "Enable the account" } }
+                                        @else { option value="disable" { "Disable the account (its tokens stop working)" } }
+                                        option value="rotate" { "Issue a new client secret (the old one stops working)" }
+                                        @for p in &physicians {
+                                            @if !a.physicians.contains(&p.username) { option value=(format!("add:{}", p.username)) { "Order also for " (p.full_name) " (" (p.username) ")" } }
+                                        }
+                                        @for name in &a.physicians {
+                                            option value=(format!("remove:{name}")) { "No longer order for " (name) }
+                                        }
+                                    }
+                                    label.visually-hidden for=(format!("sys-reason-{}", a.client_id)) { "Reason" }
+                                    input id=(format!("sys-reason-{}", a.client_id)) name="reason" placeholder="Reason (required)" required;
+                                    button.secondary type="submit" id=(format!("sys-apply-{}", a.client_id)) { "Apply" }
+                                }
+                            }
+                        }
+                    } }
+                } }
+            }
+            h3 { "Add a system account" }
+            div.card {
+                form method="post" action="/admin/system-accounts" {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    label for="client_id" { "Client id (3 to 64 lower-case letters, digits, '-', '_' or '.')" }
+                    input id="client_id" name="client_id" required pattern="[a-z0-9._\\-]{3,64}";
+                    label for="engine_name" { "What the engine is" }
+                    input id="engine_name" name="name" required placeholder="St Elsewhere EHR interface engine";
+                    fieldset {
+                        legend { "Physicians it orders for" }
+                        @if physicians.is_empty() { p.muted { "No physician accounts yet: add one first." } }
+                        @for p in &physicians {
+                            label.check {
+                                input type="checkbox" name="physician" value=(p.username);
+                                " " (p.full_name) " (" (p.username) ")"
+                            }
+                        }
+                    }
+                    p { button type="submit" { "Add system account" } }
+                }
+            }
         },
     )
 }
 
-pub async fn users(hub: HubState, session: Session) -> Page {
-    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
-    let grants = admin::pending_role_grants(&hub, &session.user)
+/// The Users page with a notice at the top.
+async fn users_page(hub: &crate::app::Hub, session: &Session, notice: Option<Markup>) -> Page {
+    let users = admin::users(hub, &session.user).await.map_err(refused)?;
+    let grants = admin::pending_role_grants(hub, &session.user)
         .await
         .map_err(refused)?;
-    Ok(html_page(users_markup(&session, &users, &grants, None)))
+    let accounts = integration::list(hub, &session.user)
+        .await
+        .map_err(refused)?;
+    Ok(html_page(users_markup(
+        session, &users, &grants, &accounts, notice,
+    )))
+}
+
+pub async fn users(hub: HubState, session: Session) -> Page {
+    users_page(&hub, &session, None).await
 }
 
 #[derive(Deserialize)]
@@ -434,16 +506,7 @@ pub async fn add_user(hub: HubState, session: Session, Form(form): Form<AddUserF
         Ok(text) => html! { div.notice.ok role="status" { (text) } },
         Err(text) => html! { div.notice.bad role="alert" { "Not added: " (text) } },
     };
-    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
-    let grants = admin::pending_role_grants(&hub, &session.user)
-        .await
-        .map_err(refused)?;
-    Ok(html_page(users_markup(
-        &session,
-        &users,
-        &grants,
-        Some(notice),
-    )))
+    users_page(&hub, &session, Some(notice)).await
 }
 
 #[derive(Deserialize)]
@@ -498,14 +561,82 @@ pub async fn change_user(
         Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
         Err(e) => html! { div.notice.bad role="alert" { "Not changed: " (e) } },
     };
-    let users = admin::users(&hub, &session.user).await.map_err(refused)?;
-    let grants = admin::pending_role_grants(&hub, &session.user)
-        .await
-        .map_err(refused)?;
-    Ok(html_page(users_markup(
-        &session,
-        &users,
-        &grants,
-        Some(notice),
-    )))
+    users_page(&hub, &session, Some(notice)).await
+}
+
+/// Makes a system account; its client secret is shown once, here.
+/// The form is read by hand: `physician` repeats, once per box ticked, which
+/// axum's `Form` does not collect.
+pub async fn add_system_account(hub: HubState, session: Session, body: axum::body::Bytes) -> Page {
+    let mut csrf = String::new();
+    let (mut client_id, mut name, mut physicians) = (String::new(), String::new(), Vec::new());
+    for (key, value) in url::form_urlencoded::parse(&body) {
+        match key.as_ref() {
+            "csrf" => csrf = value.into_owned(),
+            "client_id" => client_id = value.into_owned(),
+            "name" => name = value.into_owned(),
+            "physician" => physicians.push(value.into_owned()),
+            _ => {}
+        }
+    }
+    session.check_csrf(&csrf)?;
+    let notice = match integration::add(&hub, &session.user, &client_id, &name, &physicians).await {
+        Ok((account, secret)) => html! { div.notice.ok role="status" {
+            "System account " code { (account.client_id) } " made, ordering for " (account.physicians.join(", ")) ". Give the hospital's integration team its client secret, shown only now (the hub keeps only a hash):"
+            p { code id="client-secret" { (secret) } }
+            "The engine asks " code { "POST /fhir/auth/token" } " (grant_type=client_credentials, HTTP Basic with the client id and secret) for an access token."
+        } },
+        Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
+        Err(e) => html! { div.notice.bad role="alert" { "Not added: " (e) } },
+    };
+    users_page(&hub, &session, Some(notice)).await
+}
+
+/// An administrator's change to a system account: disable, enable, a new secret
+/// (shown once, here), or a physician put in or taken out of its scope.
+pub async fn change_system_account(
+    hub: HubState,
+    session: Session,
+    Path(client_id): Path<String>,
+    Form(form): Form<ChangeUserForm>,
+) -> Page {
+    session.check_csrf(&form.csrf)?;
+    let user = &session.user;
+    let result = match form.change.as_str() {
+        "disable" | "enable" => {
+            let disable = form.change == "disable";
+            integration::set_disabled(&hub, user, &client_id, disable, &form.reason)
+                .await
+                .map(|_| html! { (client_id) " is " (if disable { "disabled; its access tokens no longer work" } else { "enabled again" }) "." })
+        }
+        "rotate" => integration::rotate_secret(&hub, user, &client_id, &form.reason)
+            .await
+            .map(|(_, secret)| html! {
+                "New client secret for " (client_id) ", shown only now; the old one and its tokens no longer work:"
+                p { code id="client-secret" { (secret) } }
+            }),
+        other => {
+            let (add, remove) = match other.split_once(':') {
+                Some(("add", name)) => (vec![name.to_owned()], Vec::new()),
+                Some(("remove", name)) => (Vec::new(), vec![name.to_owned()]),
+                _ => (Vec::new(), Vec::new()),
+            };
+            if add.is_empty() && remove.is_empty() {
+                Err(service::Error::Field {
+                    field: "change",
+                    message: format!("{other:?} is not a change this page makes"),
+                })
+            } else {
+                integration::change_scope(&hub, user, &client_id, &add, &remove, &form.reason)
+                    .await
+                    .map(|account| html! { (client_id) " now orders for " (account.physicians.join(", ")) "." })
+            }
+        }
+    };
+    let notice = match result {
+        Ok(text) => html! { div.notice.ok role="status" { (text) } },
+        Err(e @ service::Error::PermissionDenied(_)) => return Err(refused(e)),
+        Err(e) => html! { div.notice.bad role="alert" { "Not changed: " (e) } },
+    };
+    users_page(&hub, &session, Some(notice)).await
 }

@@ -100,6 +100,11 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/admin/users", get(admin::users).post(admin::add_user))
         .route("/admin/users/{username}/change", post(admin::change_user))
+        .route("/admin/system-accounts", post(admin::add_system_account))
+        .route(
+            "/admin/system-accounts/{client_id}/change",
+            post(admin::change_system_account),
+        )
         .route("/account", get(signin::account))
         .route("/account/password", post(signin::change_password))
         .route(
@@ -151,24 +156,7 @@ pub struct Session {
     pub path: String,
 }
 
-/// The client's address of a request; "unknown" when the server was not told it.
-pub struct Source(pub String);
-
-fn source_of(parts: &Parts) -> String {
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Source {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Source(source_of(parts)))
-    }
-}
+pub use crate::client_address::Source;
 
 impl Session {
     /// Refuses a form whose CSRF token is not this session's.
@@ -204,7 +192,7 @@ impl FromRequestParts<Arc<Hub>> for Session {
             Ok(user) if !user.disabled => Ok(Session {
                 csrf: csrf_for(&token),
                 token_sha256: secret_sha256(&token),
-                source: source_of(parts),
+                source: crate::client_address::of(parts),
                 unread: hub
                     .store
                     .inbox_unread(&user.username)

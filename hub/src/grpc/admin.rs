@@ -3,7 +3,7 @@
 use super::{authenticate, role_from_pb, service_status, status, user_to_pb};
 use crate::app::Hub;
 use crate::model::{Site, SiteStatus};
-use crate::service::admin;
+use crate::service::{admin, integration};
 use carrel_proto::event::to_timestamp;
 use carrel_proto::pb;
 use std::sync::Arc;
@@ -279,6 +279,105 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn add_system_account(
+        &self,
+        request: Request<pb::AddSystemAccountRequest>,
+    ) -> Result<Response<pb::SystemAccountSecret>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let (account, secret) =
+            integration::add(&self.0, &user, &req.client_id, &req.name, &req.physicians)
+                .await
+                .map_err(service_status)?;
+        Ok(Response::new(pb::SystemAccountSecret {
+            account: Some(system_account_to_pb(&account)),
+            client_secret: secret,
+        }))
+    }
+
+    async fn list_system_accounts(
+        &self,
+        request: Request<pb::ListSystemAccountsRequest>,
+    ) -> Result<Response<pb::ListSystemAccountsResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let accounts = integration::list(&self.0, &user)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ListSystemAccountsResponse {
+            accounts: accounts.iter().map(system_account_to_pb).collect(),
+        }))
+    }
+
+    async fn change_system_account_scope(
+        &self,
+        request: Request<pb::ChangeSystemAccountScopeRequest>,
+    ) -> Result<Response<pb::SystemAccount>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let account = integration::change_scope(
+            &self.0,
+            &user,
+            &req.client_id,
+            &req.add_physicians,
+            &req.remove_physicians,
+            &req.reason,
+        )
+        .await
+        .map_err(service_status)?;
+        Ok(Response::new(system_account_to_pb(&account)))
+    }
+
+    async fn disable_system_account(
+        &self,
+        request: Request<pb::SetSystemAccountDisabledRequest>,
+    ) -> Result<Response<pb::SystemAccount>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let account = integration::set_disabled(&self.0, &user, &req.client_id, true, &req.reason)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(system_account_to_pb(&account)))
+    }
+
+    async fn enable_system_account(
+        &self,
+        request: Request<pb::SetSystemAccountDisabledRequest>,
+    ) -> Result<Response<pb::SystemAccount>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let account = integration::set_disabled(&self.0, &user, &req.client_id, false, &req.reason)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(system_account_to_pb(&account)))
+    }
+
+    async fn rotate_system_account_secret(
+        &self,
+        request: Request<pb::RotateSystemAccountSecretRequest>,
+    ) -> Result<Response<pb::SystemAccountSecret>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let (account, secret) =
+            integration::rotate_secret(&self.0, &user, &req.client_id, &req.reason)
+                .await
+                .map_err(service_status)?;
+        Ok(Response::new(pb::SystemAccountSecret {
+            account: Some(system_account_to_pb(&account)),
+            client_secret: secret,
+        }))
+    }
+}
+
+fn system_account_to_pb(account: &crate::model::SystemAccount) -> pb::SystemAccount {
+    pb::SystemAccount {
+        client_id: account.client_id.clone(),
+        name: account.name.clone(),
+        disabled: account.disabled,
+        physicians: account.physicians.clone(),
+        created_by: account.created_by.clone(),
+        created_at: Some(to_timestamp(account.created_at)),
     }
 }
 

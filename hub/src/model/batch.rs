@@ -78,4 +78,8 @@ pub struct NewOrder {
     /// The request's one-time key: the same key again (from the same physician)
     /// answers with the order it placed, and places nothing.
     pub request_id: Option<Uuid>,
+    /// Who entered the order for the physician, when not the physician: an
+    /// integration engine's system account ([`super::SystemAccount::actor`]),
+    /// the actor of its audit entry.
+    pub entered_by: Option<String>,
 }

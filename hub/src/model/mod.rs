@@ -14,7 +14,7 @@ mod record;
 mod site;
 
 pub use batch::{BatchState, NewOrder, Order, Progress};
-pub use people::{DirectoryEntry, Role, SiteDirectory, User};
+pub use people::{DirectoryEntry, Role, SiteDirectory, SystemAccount, User};
 pub use projection::{Patient, Projection};
 pub use record::{
     BatchRecord, ChangeReview, Justification, QcRecord, Signature, StoredEvent, StoredRecipe,

@@ -54,6 +54,35 @@ pub struct User {
     pub signature_acknowledged_at: Option<DateTime<Utc>>,
 }
 
+/// A hospital's integration engine (its EHR's interface engine), ordering through
+/// the FHIR door on behalf of the physicians an administrator named. Not a person:
+/// no password, site or signature; it proves itself with a client secret (OAuth 2
+/// client credentials), of which the hub keeps only the argon2 hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemAccount {
+    /// The OAuth 2 `client_id`.
+    pub client_id: String,
+    /// What the engine is, for people ("St Elsewhere EHR interface engine").
+    pub name: String,
+    pub secret_hash: String,
+    pub disabled: bool,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    /// The physicians it may order for and follow the orders of, by user name.
+    pub physicians: Vec<String>,
+}
+
+impl SystemAccount {
+    /// How the account is named in the audit trail: never mistaken for a person.
+    pub fn actor(&self) -> String {
+        Self::actor_of(&self.client_id)
+    }
+
+    pub fn actor_of(client_id: &str) -> String {
+        format!("system:{client_id}")
+    }
+}
+
 /// A site's directory as the hub sent it (its `person_updated` commands): who could
 /// act at the site at each directory version, and when the hub changed that.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -179,16 +179,8 @@ async fn prove(
             "before your first electronic signature, acknowledge that it is the legally binding equivalent of your handwritten signature",
         ));
     }
-    let window = super::failure_window(hub);
-    let limits = super::failure_limits(hub);
     let key = super::bounded_username(&user.username);
-    let gate = hub
-        .store
-        .sign_in_gate(&key, signer.source, window.0, limits)
-        .await?;
-    if let Some(refused) = super::locked(gate, window.1) {
-        return Err(refused);
-    }
+    let (window, limits) = super::failure_gate(hub, &key, signer.source).await?;
     let name_ok = typed.is_empty() || typed.eq_ignore_ascii_case(&user.username);
     let ok = super::password_matches(proof.password, Some(&user.password_hash)).await && name_ok;
     if ok {

@@ -15,7 +15,7 @@ use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEve
 use crate::model::notification::{OutboxEntry, Subscription};
 use crate::model::{
     BatchState, ChangeReview, IssuedCert, Order, Progress, Projection, QcRecord, Role, Signature,
-    Site, SiteStatus, StatusChange, StoredEvent, StoredRecipe, User,
+    Site, SiteStatus, StatusChange, StoredEvent, StoredRecipe, SystemAccount, User,
 };
 use crate::schedule::{Booking, Capacity, Plan};
 use async_trait::async_trait;
@@ -79,6 +79,16 @@ pub trait ReadTx: Send {
     async fn site_directory(&mut self, site_id: &str) -> Result<Vec<HubCommand>>;
     /// QA's signed reviews of records that arrived after a batch's decision, oldest first.
     async fn change_reviews_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<ChangeReview>>;
+    /// A system account with the physicians it acts for; `NotFound` when unknown.
+    async fn system_account(&mut self, client_id: &str) -> Result<SystemAccount>;
+    /// Every system account, by client id.
+    async fn system_accounts(&mut self) -> Result<Vec<SystemAccount>>;
+    /// The client id holding this live (unexpired) access token, if any.
+    async fn system_token_client(
+        &mut self,
+        token_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>>;
     /// When a live session first signed, if it has.
     async fn session_signed_at(&mut self, token_sha256: &str) -> Result<Option<DateTime<Utc>>>;
     /// Failures counted for (user name, source) in the window starting at
@@ -248,6 +258,31 @@ pub trait WriteTx: ReadTx {
         assigned: bool,
         now: DateTime<Utc>,
     ) -> Result<bool>;
+    /// The system account, locked until the transaction ends; `NotFound` when unknown.
+    async fn lock_system_account(&mut self, client_id: &str) -> Result<SystemAccount>;
+    /// Inserts a system account and its physicians; `false` when the client id is taken.
+    async fn insert_system_account(&mut self, account: &SystemAccount) -> Result<bool>;
+    /// Sets whether a system account is disabled; disabling ends its access tokens.
+    async fn set_system_account_disabled(&mut self, client_id: &str, disabled: bool) -> Result<()>;
+    /// Replaces a system account's secret hash and ends its access tokens.
+    async fn set_system_account_secret(&mut self, client_id: &str, secret_hash: &str)
+        -> Result<()>;
+    /// Puts a physician in a system account's scope (`true`) or takes them out;
+    /// returns whether anything changed.
+    async fn set_system_scope(
+        &mut self,
+        client_id: &str,
+        physician: &str,
+        in_scope: bool,
+    ) -> Result<bool>;
+    /// Drops expired access tokens and keeps a new one.
+    async fn insert_system_token(
+        &mut self,
+        token_sha256: &str,
+        client_id: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     /// Drops expired sessions and starts one.
     async fn insert_session(
         &mut self,

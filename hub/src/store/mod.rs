@@ -25,6 +25,7 @@ pub mod postgres;
 mod rows;
 pub mod schedule;
 pub mod sqlite;
+mod system;
 mod transactions;
 
 pub use notify::NotifyStore;
@@ -408,6 +409,109 @@ pub trait Store:
             Utc::now(),
         )
         .await
+    }
+    // -- system accounts (integration engines at the FHIR door) --
+    /// Makes a system account for the physicians it names (each a physician's account,
+    /// not disabled), audited as done by `account.created_by`; `AlreadyExists` when
+    /// the client id is taken.
+    async fn add_system_account(
+        &self,
+        account: &crate::model::SystemAccount,
+    ) -> Result<crate::model::SystemAccount> {
+        system::add_system_account(self.write().await?, account, Utc::now()).await
+    }
+    /// A system account; `NotFound` when unknown.
+    async fn system_account(&self, client_id: &str) -> Result<crate::model::SystemAccount> {
+        self.read().await?.system_account(client_id).await
+    }
+    async fn list_system_accounts(&self) -> Result<Vec<crate::model::SystemAccount>> {
+        self.read().await?.system_accounts().await
+    }
+    /// Adds physicians to and removes them from an account's scope, with a reason.
+    async fn change_system_scope(
+        &self,
+        client_id: &str,
+        add: &[String],
+        remove: &[String],
+        reason: &str,
+        actor: &str,
+    ) -> Result<crate::model::SystemAccount> {
+        system::change_system_scope(
+            self.write().await?,
+            client_id,
+            add,
+            remove,
+            reason,
+            actor,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Disables (ending its tokens) or enables a system account, with a reason.
+    async fn set_system_account_disabled(
+        &self,
+        client_id: &str,
+        disabled: bool,
+        reason: &str,
+        actor: &str,
+    ) -> Result<crate::model::SystemAccount> {
+        system::set_system_account_disabled(
+            self.write().await?,
+            client_id,
+            disabled,
+            reason,
+            actor,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Replaces a system account's secret hash; its tokens end.
+    async fn rotate_system_secret(
+        &self,
+        client_id: &str,
+        secret_hash: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<crate::model::SystemAccount> {
+        system::rotate_system_secret(
+            self.write().await?,
+            client_id,
+            secret_hash,
+            reason,
+            actor,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Keeps an access token of a system account (refused when it is disabled).
+    async fn issue_system_token(
+        &self,
+        client_id: &str,
+        token_sha256: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        system::issue_system_token(
+            self.write().await?,
+            client_id,
+            token_sha256,
+            expires_at,
+            Utc::now(),
+        )
+        .await
+    }
+    /// The system account holding a live access token; `NotFound` when the token
+    /// is unknown or expired.
+    async fn system_token_account(
+        &self,
+        token_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::SystemAccount> {
+        let mut tx = self.read().await?;
+        let client_id = tx
+            .system_token_client(token_sha256, now)
+            .await?
+            .ok_or_else(|| Error::NotFound("access token".into()))?;
+        tx.system_account(&client_id).await
     }
     /// The site's directory commands, in seq order.
     async fn site_directory(&self, site_id: &str) -> Result<Vec<HubCommand>> {

@@ -378,3 +378,19 @@ pub(crate) fn role_grant(row: &impl Columns) -> Result<super::backend::RoleGrant
         reason: row.text("reason")?,
     })
 }
+
+/// A system account from its row, with the physicians it acts for.
+pub(crate) fn system_account(
+    row: &impl Columns,
+    physicians: Vec<String>,
+) -> Result<crate::model::SystemAccount> {
+    Ok(crate::model::SystemAccount {
+        client_id: row.text("client_id")?,
+        name: row.text("name")?,
+        secret_hash: row.text("secret_hash")?,
+        disabled: row.flag("disabled")?,
+        created_by: row.text("created_by")?,
+        created_at: row.time("created_at")?,
+        physicians,
+    })
+}

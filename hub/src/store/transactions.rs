@@ -30,6 +30,17 @@ use carrel_proto::recipe::Recipe;
 use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, Utc};
 use uuid::Uuid;
 
+/// A reason for a change, which goes into the audit trail: required.
+pub(crate) fn required_reason(reason: &str) -> Result<&str> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(Error::Invalid(
+            "a reason is required (it goes into the audit trail)".into(),
+        ));
+    }
+    Ok(reason)
+}
+
 pub(crate) async fn publish_recipe(
     mut tx: Tx<'_>,
     recipe: &Recipe,
@@ -254,11 +265,7 @@ pub(crate) async fn set_user_disabled(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, u64)>> {
-    if reason.trim().is_empty() {
-        return Err(Error::Invalid(
-            "a reason is required (it goes into the audit trail)".into(),
-        ));
-    }
+    required_reason(reason)?;
     let mut user = tx.lock_user(username).await?;
     if user.disabled == disabled {
         return Err(Error::FailedPrecondition(format!(
@@ -460,11 +467,7 @@ pub(crate) async fn request_role_grant(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    if reason.trim().is_empty() {
-        return Err(Error::Invalid(
-            "a reason is required (it goes into the audit trail)".into(),
-        ));
-    }
+    required_reason(reason)?;
     let user = tx.lock_user(username).await?;
     if !GUARDED_ROLES.contains(&role) || tx.count_active_admins().await? < 2 {
         return Ok(false);
@@ -571,11 +574,7 @@ pub(crate) async fn change_account(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, u64)>> {
-    if reason.trim().is_empty() {
-        return Err(Error::Invalid(
-            "a reason is required (it goes into the audit trail)".into(),
-        ));
-    }
+    required_reason(reason)?;
     let mut user = tx.lock_user(username).await?;
     let entry = match change {
         AccountChange::Password {
@@ -984,15 +983,21 @@ pub(crate) async fn create_order(
         now,
     )
     .await?;
+    // An order an integration engine entered names the engine as its actor, and
+    // the physician it was placed for.
+    let for_physician = match &new.entered_by {
+        Some(_) => format!(", for physician {}", new.physician),
+        None => String::new(),
+    };
     tx.audit(
         NewEntry::new(
-            &new.physician,
+            new.entered_by.as_deref().unwrap_or(&new.physician),
             Action::OrderCreated,
             Object::Order(order.order_id),
         )
         .batch(order.batch_id)
         .value(format!(
-            "COI {coi}, patient {}, site {}, recipe {} v{}, collection {}",
+            "COI {coi}, patient {}, site {}, recipe {} v{}, collection {}{for_physician}",
             new.patient_pseudonym,
             new.site_id,
             recipe.recipe.id,

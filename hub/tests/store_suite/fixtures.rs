@@ -108,6 +108,7 @@ pub fn new_order(site_id: &str) -> NewOrder {
         physician: PHYSICIAN.into(),
         facility: "G1234".into(),
         request_id: None,
+        entered_by: None,
     }
 }
 

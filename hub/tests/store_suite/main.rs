@@ -95,6 +95,7 @@ every_backend! {
         case_people_reach_their_sites_as_directory_commands,
         case_records_are_checked_against_the_directory_the_site_used,
         case_a_lock_at_a_site_is_stored_and_audited,
+        case_a_system_account_acts_for_its_physicians_until_disabled,
     ],
     audit: [
         case_changes_are_audited_in_one_chain,

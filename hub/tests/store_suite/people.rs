@@ -483,3 +483,174 @@ pub async fn case_a_lock_at_a_site_is_stored_and_audited(store: Arc<dyn Store>) 
 async fn review(store: &dyn Store, batch_id: uuid::Uuid) -> carrel_hub::record::Review {
     carrel_hub::record::review(store.batch_record(batch_id).await.expect("record"), false)
 }
+
+/// A system account as an administrator makes it, for `physicians`.
+fn engine(physicians: &[&str]) -> carrel_hub::model::SystemAccount {
+    carrel_hub::model::SystemAccount {
+        client_id: "st-elsewhere-ehr".into(),
+        name: "St Elsewhere EHR interface engine".into(),
+        secret_hash: "hash-1".into(),
+        disabled: false,
+        created_by: ADMIN.into(),
+        created_at: now(),
+        physicians: physicians.iter().map(|p| (*p).to_owned()).collect(),
+    }
+}
+
+pub async fn case_a_system_account_acts_for_its_physicians_until_disabled(store: Arc<dyn Store>) {
+    add_user(&*store, PHYSICIAN, Role::Physician).await;
+    add_user(&*store, "dr-kim", Role::Physician).await;
+    add_user(&*store, QA, Role::Qa).await;
+    let id = "st-elsewhere-ehr";
+
+    // Only physicians, and a client id once; a refusal stores nothing.
+    assert_refused!(
+        store.add_system_account(&engine(&[PHYSICIAN, QA])).await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store.add_system_account(&engine(&["dr-nobody"])).await,
+        Error::Invalid
+    );
+    assert_refused!(store.add_system_account(&engine(&[])).await, Error::Invalid);
+    assert!(store.list_system_accounts().await.expect("list").is_empty());
+    let made = store
+        .add_system_account(&engine(&[PHYSICIAN]))
+        .await
+        .expect("add");
+    assert_eq!(made.physicians, [PHYSICIAN]);
+    assert_refused!(
+        store.add_system_account(&engine(&["dr-kim"])).await,
+        Error::AlreadyExists
+    );
+    assert_eq!(
+        store.system_account(id).await.expect("read").physicians,
+        [PHYSICIAN]
+    );
+
+    // A token lives until it expires.
+    let start = now();
+    store
+        .issue_system_token(id, "token-1", start + Duration::hours(1))
+        .await
+        .expect("token");
+    assert_eq!(
+        store
+            .system_token_account("token-1", start)
+            .await
+            .expect("live token")
+            .client_id,
+        id
+    );
+    assert_refused!(
+        store
+            .system_token_account("token-1", start + Duration::hours(2))
+            .await,
+        Error::NotFound
+    );
+
+    // The scope: a reason, physicians only, and a removal of someone in it.
+    let both = |add: &[&str], remove: &[&str]| {
+        (
+            add.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>(),
+            remove.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>(),
+        )
+    };
+    let (add, remove) = both(&["dr-kim"], &[PHYSICIAN]);
+    assert_refused!(
+        store
+            .change_system_scope(id, &add, &remove, " ", ADMIN)
+            .await,
+        Error::Invalid
+    );
+    let (qa, none) = both(&[QA], &[]);
+    assert_refused!(
+        store
+            .change_system_scope(id, &qa, &none, "why", ADMIN)
+            .await,
+        Error::Invalid
+    );
+    let (none2, stranger) = both(&[], &["dr-kim"]);
+    assert_refused!(
+        store
+            .change_system_scope(id, &none2, &stranger, "why", ADMIN)
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(
+        store.system_account(id).await.expect("read").physicians,
+        [PHYSICIAN],
+        "refused changes change nothing"
+    );
+    let changed = store
+        .change_system_scope(id, &add, &remove, "Dr Lee moved", ADMIN)
+        .await
+        .expect("scope");
+    assert_eq!(changed.physicians, ["dr-kim"]);
+
+    // Disabling ends its tokens and refuses new ones; enabling again does not revive them.
+    store
+        .issue_system_token(id, "token-2", start + Duration::hours(1))
+        .await
+        .expect("token");
+    let disabled = store
+        .set_system_account_disabled(id, true, "Interface retired", ADMIN)
+        .await
+        .expect("disable");
+    assert!(disabled.disabled);
+    assert_refused!(
+        store.system_token_account("token-2", start).await,
+        Error::NotFound
+    );
+    assert_refused!(
+        store
+            .issue_system_token(id, "token-3", start + Duration::hours(1))
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_refused!(
+        store
+            .set_system_account_disabled(id, true, "again", ADMIN)
+            .await,
+        Error::FailedPrecondition
+    );
+    store
+        .set_system_account_disabled(id, false, "Interface back", ADMIN)
+        .await
+        .expect("enable");
+    assert_refused!(
+        store.system_token_account("token-2", start).await,
+        Error::NotFound
+    );
+
+    // A new secret ends the tokens of the old one.
+    store
+        .issue_system_token(id, "token-4", start + Duration::hours(1))
+        .await
+        .expect("token");
+    let rotated = store
+        .rotate_system_secret(id, "hash-2", "Secret seen in a log", ADMIN)
+        .await
+        .expect("rotate");
+    assert_eq!(rotated.secret_hash, "hash-2");
+    assert_refused!(
+        store.system_token_account("token-4", start).await,
+        Error::NotFound
+    );
+
+    // Each change audited once.
+    for (action, n) in [
+        (Action::SystemAccountAdded, 1),
+        (Action::SystemAccountScopeChanged, 1),
+        (Action::SystemAccountDisabled, 1),
+        (Action::SystemAccountEnabled, 1),
+        (Action::SystemAccountSecretRotated, 1),
+        (Action::SystemAccountTokenIssued, 3),
+    ] {
+        assert_eq!(
+            store.audit_count(action).await.expect("count"),
+            n,
+            "{action}"
+        );
+    }
+}

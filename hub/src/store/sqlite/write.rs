@@ -48,6 +48,47 @@ impl SqliteTx<'_> {
 
 #[async_trait]
 impl ReadTx for SqliteTx<'_> {
+    async fn system_account(&mut self, client_id: &str) -> Result<crate::model::SystemAccount> {
+        let row = sqlx::query("SELECT * FROM system_accounts WHERE client_id = ?")
+            .bind(client_id)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("system account {client_id}")))?;
+        let physicians: Vec<String> = sqlx::query_scalar(
+            "SELECT physician FROM system_account_physicians WHERE client_id = ? ORDER BY physician",
+        )
+        .bind(client_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows::system_account(&row, physicians)
+    }
+
+    async fn system_accounts(&mut self) -> Result<Vec<crate::model::SystemAccount>> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT client_id FROM system_accounts ORDER BY client_id")
+                .fetch_all(&mut *self.tx)
+                .await?;
+        let mut accounts = Vec::with_capacity(ids.len());
+        for id in ids {
+            accounts.push(self.system_account(&id).await?);
+        }
+        Ok(accounts)
+    }
+
+    async fn system_token_client(
+        &mut self,
+        token_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT client_id FROM system_tokens WHERE token_sha256 = ? AND expires_at > ?",
+        )
+        .bind(token_sha256)
+        .bind(ts(now))
+        .fetch_optional(&mut *self.tx)
+        .await?)
+    }
+
     async fn notifier_position(&mut self) -> Result<u64> {
         let position: i64 =
             sqlx::query_scalar("SELECT position FROM notification_cursor WHERE name = 'audit'")
@@ -273,6 +314,121 @@ impl ReadTx for SqliteTx<'_> {
 
 #[async_trait]
 impl WriteTx for SqliteTx<'_> {
+    async fn lock_system_account(
+        &mut self,
+        client_id: &str,
+    ) -> Result<crate::model::SystemAccount> {
+        // The one writer is held already: reading the row is enough.
+        self.system_account(client_id).await
+    }
+
+    async fn insert_system_account(
+        &mut self,
+        account: &crate::model::SystemAccount,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO system_accounts (client_id, name, secret_hash, disabled, created_by, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
+        )
+        .bind(&account.client_id)
+        .bind(&account.name)
+        .bind(&account.secret_hash)
+        .bind(account.disabled)
+        .bind(&account.created_by)
+        .bind(ts(account.created_at))
+        .execute(&mut *self.tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for physician in &account.physicians {
+            self.set_system_scope(&account.client_id, physician, true)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    async fn set_system_account_disabled(&mut self, client_id: &str, disabled: bool) -> Result<()> {
+        sqlx::query("UPDATE system_accounts SET disabled = ? WHERE client_id = ?")
+            .bind(disabled)
+            .bind(client_id)
+            .execute(&mut *self.tx)
+            .await?;
+        if disabled {
+            sqlx::query("DELETE FROM system_tokens WHERE client_id = ?")
+                .bind(client_id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn set_system_account_secret(
+        &mut self,
+        client_id: &str,
+        secret_hash: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE system_accounts SET secret_hash = ? WHERE client_id = ?")
+            .bind(secret_hash)
+            .bind(client_id)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM system_tokens WHERE client_id = ?")
+            .bind(client_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_system_scope(
+        &mut self,
+        client_id: &str,
+        physician: &str,
+        in_scope: bool,
+    ) -> Result<bool> {
+        let done = if in_scope {
+            sqlx::query(
+                "INSERT INTO system_account_physicians (client_id, physician) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(client_id)
+            .bind(physician)
+            .execute(&mut *self.tx)
+            .await?
+        } else {
+            sqlx::query(
+                "DELETE FROM system_account_physicians WHERE client_id = ? AND physician = ?",
+            )
+            .bind(client_id)
+            .bind(physician)
+            .execute(&mut *self.tx)
+            .await?
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_system_token(
+        &mut self,
+        token_sha256: &str,
+        client_id: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM system_tokens WHERE expires_at < ?")
+            .bind(ts(now))
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO system_tokens (token_sha256, client_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(token_sha256)
+        .bind(client_id)
+        .bind(ts(now))
+        .bind(ts(expires_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     async fn lock_site(&mut self, site_id: &str) -> Result<Site> {
         // The one writer is held already: reading the row is enough.
         self.site(site_id).await
