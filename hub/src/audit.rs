@@ -116,6 +116,12 @@ actions! {
     BatchStateChanged = "batch.state_changed",
     CustodyMismatch = "custody.mismatch",
     RecordCorrected = "record.corrected",
+    /// A deviation raised by a person at the hub (the site's are its records).
+    DeviationRaised = "deviation.raised",
+    /// An investigation note on a deviation.
+    DeviationNoteAdded = "deviation.note_added",
+    /// QA closed a deviation with a signed root cause and CAPA reference.
+    DeviationClosed = "deviation.closed",
     OrderCreated = "order.created",
     OrderCancelled = "order.cancelled",
     OrderRescheduled = "order.rescheduled",

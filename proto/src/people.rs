@@ -57,6 +57,8 @@ pub enum SiteAction {
     Correction,
     /// Print or reprint a batch's label.
     LabelPrint,
+    /// Raise a deviation by hand (the agent raises its own automatically).
+    RaiseDeviation,
 }
 
 impl SiteAction {
@@ -70,6 +72,7 @@ impl SiteAction {
             EventKind::ProcessSamples { .. } => Some(SiteAction::ManualReading),
             EventKind::Correction { .. } => Some(SiteAction::Correction),
             EventKind::LabelPrinted { .. } => Some(SiteAction::LabelPrint),
+            EventKind::DeviationRaised { .. } => Some(SiteAction::RaiseDeviation),
             _ => None,
         }
     }
@@ -82,6 +85,7 @@ impl SiteAction {
             SiteAction::ManualReading => "record a manual reading",
             SiteAction::Correction => "correct a record",
             SiteAction::LabelPrint => "print a label",
+            SiteAction::RaiseDeviation => "raise a deviation",
         }
     }
 
@@ -94,7 +98,8 @@ impl SiteAction {
             | SiteAction::QcResult
             | SiteAction::ManualReading
             | SiteAction::Correction
-            | SiteAction::LabelPrint => &["technician", "qa"],
+            | SiteAction::LabelPrint
+            | SiteAction::RaiseDeviation => &["technician", "qa"],
         }
     }
 

@@ -176,6 +176,7 @@ pub fn router(
         .route("/batches/{id}/reading", post(record_reading))
         .route("/batches/{id}/not-running", post(record_not_running))
         .route("/batches/{id}/label", post(print_label))
+        .route("/batches/{id}/deviation", post(raise_deviation))
         .with_state(console)
         .layer(axum::middleware::from_fn_with_state(Arc::new(hosts), guard))
 }
@@ -1060,6 +1061,36 @@ fn batch_markup(
             script { (PreEscaped(QC_SCRIPT)) }
         }
         (labels_markup(console, who, batch, recipe, events))
+        @if batch.state != BatchState::Cancelled {
+            div.card id="deviation" {
+                h2 { "Raise a deviation" }
+                p.muted { "Something departed from the recipe or the site's procedure. QA investigates it and closes it at the hub; a major or critical deviation stops the batch's release until then." }
+                @if let Some(refusal) = refused_in(KeptForm::Deviation) { (refusal) }
+                form method="post" action=(format!("/batches/{}/deviation", batch.batch_id)) {
+                    input type="hidden" name="csrf" value=(who.session.csrf);
+                    input type="hidden" name="submission" value=(console.submissions.issue());
+                    label for="deviation-step" { "Step" }
+                    select id="deviation-step" name="step" {
+                        option value="" { "The batch as a whole" }
+                        @for step in &recipe.steps {
+                            option value=(step.id)
+                                selected[kept.get(KeptForm::Deviation, "step").map_or(batch.current_step.as_deref() == Some(step.id.as_str()), |k| k == step.id)] { (step.name) }
+                        }
+                    }
+                    label for="deviation-classification" { "Classification" }
+                    select id="deviation-classification" name="classification" required {
+                        option value="" { "Choose…" }
+                        @for (value, words) in [("minor", "Minor: no effect on the product's quality"), ("major", "Major: may affect quality; release waits for QA to close it"), ("critical", "Critical: affects safety or quality; release waits for QA to close it")] {
+                            option value=(value) selected[kept.get(KeptForm::Deviation, "classification") == Some(value)] { (words) }
+                        }
+                    }
+                    label for="deviation-description" { "What happened, where, and what was done" }
+                    textarea id="deviation-description" name="description" rows="3" required { (kept.get(KeptForm::Deviation, "description").unwrap_or_default()) }
+                    p { "Raised by " strong { (who.person.full_name) } " (you)" }
+                    p { button type="submit" id="deviation-submit" { "Raise deviation" } }
+                }
+            }
+        }
         h2 { "Records of this batch" }
         div.scroll tabindex="0" { table {
             thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "By" } th scope="col" { "What" } } }
@@ -1393,6 +1424,76 @@ async fn record_not_running(
     answer(&console, &who, &id, &form.submission, outcome, kept).await
 }
 
+#[derive(Deserialize)]
+struct DeviationForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    submission: String,
+    #[serde(default)]
+    step: String,
+    #[serde(default)]
+    classification: String,
+    #[serde(default)]
+    description: String,
+}
+
+/// A deviation raised by hand by the signed-in person.
+async fn raise_deviation(
+    console: Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<DeviationForm>,
+) -> Response {
+    let opened = match open_form(&console, &headers, &id, &form.csrf, &form.submission).await {
+        Ok(opened) => opened,
+        Err(response) => return response,
+    };
+    let raised = entries::raise_deviation(
+        &console.store,
+        entries::ManualDeviation {
+            batch: &opened.batch,
+            step_id: &form.step,
+            classification: &form.classification,
+            description: &form.description,
+            by: &opened.person,
+        },
+    )
+    .await;
+    let outcome = match raised {
+        Ok(event) => {
+            let id = match &event.kind {
+                EventKind::DeviationRaised { deviation_id, .. } => deviation_id.clone(),
+                _ => String::new(),
+            };
+            Ok((
+                event.seq,
+                html! { p data-result="deviation" { "Deviation " (id) " raised (record " (event.seq) "). QA investigates and closes it at the hub." } },
+            ))
+        }
+        Err(why) => {
+            Err(html! { p.error role="alert" data-result="refused" { "Not recorded: " (why) } })
+        }
+    };
+    let kept = Kept::of(
+        KeptForm::Deviation,
+        &[
+            ("step", &form.step),
+            ("classification", &form.classification),
+            ("description", &form.description),
+        ],
+    );
+    answer(
+        &console,
+        &opened.who(),
+        &id,
+        &form.submission,
+        outcome,
+        kept,
+    )
+    .await
+}
+
 /// Takes a form's one-time token; `Some` is the answer when it may not record
 /// (sent before, being recorded, or not issued here), with nothing recorded.
 async fn claim(console: &Console, who: &Who<'_>, id: &str, token: &str) -> Option<Response> {
@@ -1432,6 +1533,7 @@ enum KeptForm {
     Reading,
     Scan,
     NotRunning,
+    Deviation,
 }
 
 /// A refused form's input, shown again in the form with why it was refused

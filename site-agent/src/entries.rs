@@ -328,6 +328,88 @@ pub async fn record_reading(
     Ok((event, value < parameter.low || value > parameter.high))
 }
 
+/// A deviation a person raises by hand: something that departed from the recipe or
+/// the site's procedure, in their words, classified by them (QA at the hub may
+/// investigate and closes it).
+pub struct ManualDeviation<'a> {
+    pub batch: &'a LocalBatch,
+    /// The recipe step it concerns; empty: the batch as a whole.
+    pub step_id: &'a str,
+    /// minor, major or critical.
+    pub classification: &'a str,
+    pub description: &'a str,
+    pub by: &'a SignedIn,
+}
+
+/// The fewest words a deviation is described in: what happened, not a tick.
+pub const MIN_DEVIATION_WORDS: usize = 4;
+
+/// Records a deviation raised by hand. Its id is `MAN-`, the number of deviations
+/// raised by hand on the batch so far plus one, and a few random characters (two
+/// people raising one at the same moment still get two ids).
+pub async fn raise_deviation(
+    store: &Store,
+    deviation: ManualDeviation<'_>,
+) -> Result<SiteEvent, Error> {
+    people::authorize(deviation.by, SiteAction::RaiseDeviation)?;
+    let batch = deviation.batch;
+    if batch.state == store::BatchState::Cancelled {
+        return Err(invalid(format!(
+            "batch {} is cancelled; no deviation is raised on it",
+            batch.batch_id
+        )));
+    }
+    let classification = deviation.classification.trim().to_ascii_lowercase();
+    if !matches!(classification.as_str(), "minor" | "major" | "critical") {
+        return Err(invalid(format!(
+            "classification {:?}: choose minor, major or critical",
+            deviation.classification
+        )));
+    }
+    let description = deviation.description.trim();
+    if description.split_whitespace().count() < MIN_DEVIATION_WORDS {
+        return Err(invalid(format!(
+            "describe what happened in at least {MIN_DEVIATION_WORDS} words (what, where, what was done)"
+        )));
+    }
+    let step_id = deviation.step_id.trim();
+    if !step_id.is_empty() {
+        let recipe =
+            Recipe::from_json(&batch.recipe_json).map_err(|e| invalid(format!("recipe: {e}")))?;
+        if !recipe.steps.iter().any(|s| s.id == step_id) {
+            let steps: Vec<&str> = recipe.steps.iter().map(|s| s.id.as_str()).collect();
+            return Err(invalid(format!(
+                "step {step_id:?} is not a step of {} (its steps: {})",
+                recipe.id,
+                steps.join(", ")
+            )));
+        }
+    }
+    let raised_by_hand = store
+        .batch_events(batch.batch_id)
+        .await?
+        .iter()
+        .filter(|e| {
+            matches!(&e.kind, EventKind::DeviationRaised { deviation_id, .. } if deviation_id.starts_with("MAN-"))
+        })
+        .count();
+    Ok(store
+        .append(
+            batch.batch_id,
+            &deviation.by.by(),
+            EventKind::DeviationRaised {
+                deviation_id: {
+                    let random = uuid::Uuid::now_v7().simple().to_string();
+                    format!("MAN-{}-{}", raised_by_hand + 1, &random[26..])
+                },
+                step_id: step_id.to_owned(),
+                description: description.to_owned(),
+                classification,
+            },
+        )
+        .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

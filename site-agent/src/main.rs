@@ -159,6 +159,28 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+    /// Raise a deviation on a batch by hand (as the signed-in person): what departed
+    /// from the recipe or the site's procedure. QA investigates and closes it at the
+    /// hub; a major or critical one stops the batch's release until then.
+    Deviation {
+        #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The batch: its id or COI.
+        #[arg(long)]
+        batch: String,
+        /// minor, major or critical.
+        #[arg(long)]
+        classification: String,
+        /// What happened, where, and what was done (at least four words).
+        #[arg(long)]
+        description: String,
+        /// The recipe step it concerns (none: the batch as a whole).
+        #[arg(long, default_value = "")]
+        step: String,
+        /// Your user name; the password is read from a prompt or standard input.
+        #[arg(long)]
+        user: String,
+    },
     /// Write a consistent backup of the site's store while the agent runs.
     Backup {
         #[arg(long, env = "CARREL_AGENT_DATA_DIR")]
@@ -630,6 +652,50 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     "first print".to_owned()
                 }
             );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Deviation {
+            data_dir,
+            batch,
+            classification,
+            description,
+            step,
+            user,
+        } => {
+            let store = open_store(&data_dir).await?;
+            let batch = custody::find_batch(&store, &batch).await?;
+            let by = match sign_in(&store, &data_dir, &user).await {
+                Ok(person) => person,
+                Err(e) => return refused(e),
+            };
+            let event = entries::raise_deviation(
+                &store,
+                entries::ManualDeviation {
+                    batch: &batch,
+                    step_id: &step,
+                    classification: &classification,
+                    description: &description,
+                    by: &by,
+                },
+            )
+            .await?;
+            if let carrel_proto::event::EventKind::DeviationRaised {
+                deviation_id,
+                classification,
+                ..
+            } = &event.kind
+            {
+                println!(
+                    "Deviation {deviation_id} ({classification}) raised on {} as record {}; QA investigates and closes it at the hub{}.",
+                    batch.coi,
+                    event.seq,
+                    if classification == "minor" {
+                        ""
+                    } else {
+                        ", and the batch is not released before"
+                    }
+                );
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Backup { data_dir, to } => {

@@ -15,6 +15,7 @@ mod backup;
 mod ca;
 pub mod client;
 pub mod dev;
+mod deviations;
 mod integration;
 mod local;
 mod notify;
@@ -71,6 +72,10 @@ pub enum Command {
     /// Users (run on the hub machine).
     #[command(subcommand)]
     User(users::UserCommand),
+    /// Deviations (QA): list, raise at the hub, investigation notes, and closure with
+    /// an electronic signature; an open major or critical deviation stops release.
+    #[command(subcommand)]
+    Deviation(deviations::DeviationCommand),
     /// System accounts of hospitals' integration engines (FHIR, OAuth 2 client
     /// credentials), scoped to the physicians they order for (administrators).
     #[command(subcommand)]
@@ -144,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(command) => ca::run(command).await,
         Command::User(command) => users::run(command).await,
         Command::Integration(command) => integration::run(command).await,
+        Command::Deviation(command) => deviations::run(command).await,
         Command::Login { client, user } => client::login(client, user).await,
         Command::Password(command) => users::run_password(command).await,
         Command::Audit(command) => audit::run(command).await,

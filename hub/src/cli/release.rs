@@ -97,7 +97,10 @@ pub enum ReleaseCommand {
 /// The batch record for `id`: a batch id, or else the id of the batch's order (what
 /// `order list` shows). Both are UUIDs made by the hub, so one names one batch.
 /// Returns the batch id with the record.
-async fn batch_record(channel: Authed, id: &str) -> anyhow::Result<(String, pb::BatchRecord)> {
+pub(super) async fn batch_record(
+    channel: Authed,
+    id: &str,
+) -> anyhow::Result<(String, pb::BatchRecord)> {
     let mut api = pb::release_service_client::ReleaseServiceClient::new(channel.clone());
     let found = api
         .get_batch_record(pb::GetBatchRecordRequest {
@@ -370,12 +373,12 @@ fn meaning_word(meaning: MeaningArg) -> &'static str {
 
 /// Whether the hub refused a signature for want of the signer's one-time
 /// acknowledgement of what their electronic signature means.
-fn needs_acknowledgement(status: &tonic::Status) -> bool {
+pub(super) fn needs_acknowledgement(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::InvalidArgument && status.message().contains("acknowledge")
 }
 
 /// Shows what the signer acknowledges and asks them to; `true` when they do.
-fn acknowledge() -> anyhow::Result<bool> {
+pub(super) fn acknowledge() -> anyhow::Result<bool> {
     eprintln!(
         "Before your first electronic signature:\n  {}",
         crate::service::release::SIGNATURE_MEANING

@@ -5,7 +5,7 @@
 use super::{authenticate, order_to_pb, parse_id, service_status};
 use crate::app::Hub;
 use crate::record::{Counts, Exception, Review, Signed};
-use crate::service::release;
+use crate::service::{deviations, release};
 use carrel_proto::event::{meaning_to_wire, outcome_to_wire, to_timestamp, ReleaseMeaning};
 use carrel_proto::pb;
 use std::sync::Arc;
@@ -253,5 +253,138 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         Ok(Response::new(pb::ReviewChangeResponse {
             order: Some(order_to_pb(&order)),
         }))
+    }
+
+    async fn list_deviations(
+        &self,
+        request: Request<pb::ListDeviationsRequest>,
+    ) -> Result<Response<pb::ListDeviationsResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let mut found = if req.batch_id.trim().is_empty() {
+            deviations::list(&self.0, &user, false).await
+        } else {
+            let batch_id = parse_id("batch_id", &req.batch_id)?;
+            deviations::of_batch(&self.0, &user, batch_id).await
+        }
+        .map_err(service_status)?;
+        found.retain(|d| !req.open_only || d.is_open());
+        Ok(Response::new(pb::ListDeviationsResponse {
+            deviations: found.iter().map(deviation_to_pb).collect(),
+        }))
+    }
+
+    async fn raise_deviation(
+        &self,
+        request: Request<pb::RaiseDeviationRequest>,
+    ) -> Result<Response<pb::DeviationResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let batch_id = parse_id("batch_id", &req.batch_id)?;
+        let raised = deviations::raise(
+            &self.0,
+            &user,
+            batch_id,
+            &req.step_id,
+            &req.classification,
+            &req.description,
+        )
+        .await
+        .map_err(service_status)?;
+        Ok(Response::new(pb::DeviationResponse {
+            deviation: Some(deviation_to_pb(&raised)),
+        }))
+    }
+
+    async fn add_deviation_note(
+        &self,
+        request: Request<pb::AddDeviationNoteRequest>,
+    ) -> Result<Response<pb::DeviationResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let batch_id = parse_id("batch_id", &req.batch_id)?;
+        let noted = deviations::note(&self.0, &user, batch_id, &req.deviation_id, &req.text)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::DeviationResponse {
+            deviation: Some(deviation_to_pb(&noted)),
+        }))
+    }
+
+    async fn close_deviation(
+        &self,
+        request: Request<pb::CloseDeviationRequest>,
+    ) -> Result<Response<pb::DeviationResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let (session, source) = (super::session_of(&request), super::source(&request));
+        let req = request.into_inner();
+        let batch_id = parse_id("batch_id", &req.batch_id)?;
+        let signer = release::Signer {
+            user: &user,
+            session: &session,
+            source: &source,
+        };
+        let closed = deviations::close(
+            &self.0,
+            &signer,
+            deviations::CloseForm {
+                batch_id,
+                deviation_id: &req.deviation_id,
+                root_cause: &req.root_cause,
+                capa_ref: &req.capa_ref,
+                proof: release::Proof {
+                    username: &req.username,
+                    password: &req.password,
+                    acknowledge_meaning: req.acknowledge_signature_meaning,
+                },
+            },
+        )
+        .await
+        .map_err(service_status)?;
+        Ok(Response::new(pb::DeviationResponse {
+            deviation: Some(deviation_to_pb(&closed)),
+        }))
+    }
+}
+
+/// A deviation on the wire.
+fn deviation_to_pb(d: &crate::model::deviation::Deviation) -> pb::Deviation {
+    use crate::model::deviation::Origin;
+    let closure = d.closure.as_ref();
+    pb::Deviation {
+        batch_id: d.batch_id.to_string(),
+        deviation_id: d.deviation_id.clone(),
+        site_id: d.site_id.clone(),
+        origin: match d.origin {
+            Origin::Site { .. } => "site",
+            Origin::Hub => "hub",
+        }
+        .into(),
+        site_seq: match d.origin {
+            Origin::Site { seq, .. } => seq,
+            Origin::Hub => 0,
+        },
+        raised_by: d.raised_by.clone(),
+        raised_at: Some(to_timestamp(d.raised_at)),
+        step_id: d.step_id.clone(),
+        description: d.description.clone(),
+        classification: d.classification.clone(),
+        status: d.status().into(),
+        notes: d
+            .notes
+            .iter()
+            .map(|n| pb::DeviationNote {
+                author: n.author.clone(),
+                written_at: Some(to_timestamp(n.written_at)),
+                text: n.text.clone(),
+            })
+            .collect(),
+        root_cause: closure.map(|c| c.root_cause.clone()).unwrap_or_default(),
+        capa_ref: closure.map(|c| c.capa_ref.clone()).unwrap_or_default(),
+        closed_by: closure.map(|c| c.closed_by.clone()).unwrap_or_default(),
+        closed_by_name: closure
+            .map(|c| c.closed_by_name.clone())
+            .unwrap_or_default(),
+        closed_at: closure.map(|c| to_timestamp(c.closed_at)),
     }
 }

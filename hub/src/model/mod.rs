@@ -7,6 +7,7 @@
 //! pass on unchanged.
 
 mod batch;
+pub mod deviation;
 pub mod notification;
 mod people;
 mod projection;

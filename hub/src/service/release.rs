@@ -158,7 +158,7 @@ pub async fn session_has_signed(hub: &Hub, session: &str) -> Result<bool, Error>
 
 /// Checks the signer's proof of identity. Refusals of the proof itself are
 /// `Unauthenticated`; a missing user name or acknowledgement is a field error.
-async fn prove(
+pub(super) async fn prove(
     hub: &Hub,
     signer: &Signer<'_>,
     proof: &Proof<'_>,
@@ -226,7 +226,7 @@ async fn prove(
 }
 
 /// Keeps the signer's acknowledgement of what their signature means, the first time.
-async fn acknowledge(hub: &Hub, user: &User, proof: &Proof<'_>) -> Result<(), Error> {
+pub(super) async fn acknowledge(hub: &Hub, user: &User, proof: &Proof<'_>) -> Result<(), Error> {
     if user.signature_acknowledged_at.is_none() && proof.acknowledge_meaning {
         hub.store
             .acknowledge_signature(&user.username, SIGNATURE_MEANING)
@@ -284,6 +284,18 @@ pub async fn sign(
             "the batch record changed since it was reviewed (reviewed {sha}, now {}); review it again before signing",
             review.record_sha256
         ))));
+    }
+    if form.meaning == ReleaseMeaning::Released {
+        // Said before the password is asked for; the store checks it again when it
+        // writes the signature.
+        let open =
+            crate::model::deviation::blocking(&hub.store.deviations(Some(form.batch_id)).await?);
+        if !open.is_empty() {
+            return Err(Error::Store(crate::store::Error::FailedPrecondition(format!(
+                "the batch has open deviation(s) {}: a major or critical deviation must be investigated and closed by QA (root cause, CAPA) before the batch is released; it may be rejected",
+                open.join(", ")
+            ))));
+        }
     }
     let justifications = match form.meaning {
         ReleaseMeaning::Rejected => Vec::new(),

@@ -11,6 +11,7 @@
 
 use super::Result;
 use crate::audit::{Entry, NewEntry};
+use crate::model::deviation::{Closure, DeviationRow, Note as DeviationNote};
 use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
 use crate::model::notification::{OutboxEntry, Subscription};
 use crate::model::{
@@ -79,6 +80,13 @@ pub trait ReadTx: Send {
     async fn site_directory(&mut self, site_id: &str) -> Result<Vec<HubCommand>>;
     /// QA's signed reviews of records that arrived after a batch's decision, oldest first.
     async fn change_reviews_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<ChangeReview>>;
+    /// The site's `deviation_raised` records (of one batch, or of every batch), in
+    /// site and seq order.
+    async fn deviation_events(&mut self, batch_id: Option<Uuid>) -> Result<Vec<StoredEvent>>;
+    /// The hub's deviation rows (of one batch, or all).
+    async fn deviation_rows(&mut self, batch_id: Option<Uuid>) -> Result<Vec<DeviationRow>>;
+    /// Investigation notes (of one batch, or all), oldest first.
+    async fn deviation_notes(&mut self, batch_id: Option<Uuid>) -> Result<Vec<DeviationNote>>;
     /// A system account with the physicians it acts for; `NotFound` when unknown.
     async fn system_account(&mut self, client_id: &str) -> Result<SystemAccount>;
     /// Every system account, by client id.
@@ -258,6 +266,17 @@ pub trait WriteTx: ReadTx {
         assigned: bool,
         now: DateTime<Utc>,
     ) -> Result<bool>;
+    /// Keeps the hub's row of a deviation unless there is one already; `false` when
+    /// there was.
+    async fn insert_deviation_row(&mut self, row: &DeviationRow) -> Result<bool>;
+    /// Records QA's closure on the deviation's row.
+    async fn close_deviation_row(
+        &mut self,
+        batch_id: Uuid,
+        deviation_id: &str,
+        closure: &Closure,
+    ) -> Result<()>;
+    async fn insert_deviation_note(&mut self, note: &DeviationNote) -> Result<()>;
     /// The system account, locked until the transaction ends; `NotFound` when unknown.
     async fn lock_system_account(&mut self, client_id: &str) -> Result<SystemAccount>;
     /// Inserts a system account and its physicians; `false` when the client id is taken.

@@ -18,6 +18,7 @@
 //! the same semantics, checked by one test suite (`hub/tests/store_suite/`, one case list run on every backend).
 
 pub mod backend;
+pub mod deviations;
 mod ingest;
 pub use ingest::Counts as IngestCounts;
 pub mod notify;
@@ -410,6 +411,62 @@ pub trait Store:
         )
         .await
     }
+    // -- deviations --
+    /// The deviations of a batch, or of every batch, oldest first.
+    async fn deviations(
+        &self,
+        batch_id: Option<Uuid>,
+    ) -> Result<Vec<crate::model::deviation::Deviation>> {
+        let mut tx = self.read().await?;
+        let events = tx.deviation_events(batch_id).await?;
+        let rows = tx.deviation_rows(batch_id).await?;
+        let notes = tx.deviation_notes(batch_id).await?;
+        Ok(crate::model::deviation::register(&events, &rows, &notes))
+    }
+    /// Raises a deviation at the hub (audited); `Invalid` for a classification,
+    /// description or step that does not hold.
+    async fn raise_deviation(
+        &self,
+        new: &deviations::NewDeviation,
+    ) -> Result<crate::model::deviation::Deviation> {
+        deviations::raise(self.write().await?, new, Utc::now()).await
+    }
+    /// Adds an investigation note to an open deviation (audited).
+    async fn add_deviation_note(
+        &self,
+        batch_id: Uuid,
+        deviation_id: &str,
+        text: &str,
+        author: &str,
+    ) -> Result<crate::model::deviation::Deviation> {
+        deviations::add_note(
+            self.write().await?,
+            batch_id,
+            deviation_id,
+            text,
+            author,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Closes an open deviation with QA's signed root cause (audited); a closed one
+    /// is refused.
+    async fn close_deviation(
+        &self,
+        batch_id: Uuid,
+        deviation_id: &str,
+        closure: &crate::model::deviation::Closure,
+    ) -> Result<crate::model::deviation::Deviation> {
+        deviations::close(
+            self.write().await?,
+            batch_id,
+            deviation_id,
+            closure,
+            Utc::now(),
+        )
+        .await
+    }
+
     // -- system accounts (integration engines at the FHIR door) --
     /// Makes a system account for the physicians it names (each a physician's account,
     /// not disabled), audited as done by `account.created_by`; `AlreadyExists` when

@@ -394,3 +394,46 @@ pub(crate) fn system_account(
         physicians,
     })
 }
+
+/// The hub's part of a deviation from its row.
+pub(crate) fn deviation_row(row: &impl Columns) -> Result<crate::model::deviation::DeviationRow> {
+    let raised_at_hub = match (row.opt_text("raised_by")?, row.opt_time("raised_at")?) {
+        (Some(by), Some(at)) => Some((
+            by,
+            at,
+            row.opt_text("step_id")?.unwrap_or_default(),
+            row.opt_text("description")?.unwrap_or_default(),
+        )),
+        _ => None,
+    };
+    let closure = match (row.opt_text("closed_by")?, row.opt_time("closed_at")?) {
+        (Some(closed_by), Some(closed_at)) => Some(crate::model::deviation::Closure {
+            root_cause: row.opt_text("root_cause")?.unwrap_or_default(),
+            capa_ref: row.opt_text("capa_ref")?.unwrap_or_default(),
+            closed_by,
+            closed_by_name: row.opt_text("closed_by_name")?.unwrap_or_default(),
+            closed_at,
+        }),
+        _ => None,
+    };
+    Ok(crate::model::deviation::DeviationRow {
+        batch_id: row.uuid("batch_id")?,
+        deviation_id: row.text("deviation_id")?,
+        site_id: row.text("site_id")?,
+        raised_at_hub,
+        classification: row.text("classification")?,
+        closure,
+    })
+}
+
+/// An investigation note from its row.
+pub(crate) fn deviation_note(row: &impl Columns) -> Result<crate::model::deviation::Note> {
+    Ok(crate::model::deviation::Note {
+        note_id: row.uuid("note_id")?,
+        batch_id: row.uuid("batch_id")?,
+        deviation_id: row.text("deviation_id")?,
+        author: row.text("author")?,
+        written_at: row.time("written_at")?,
+        text: row.text("text")?,
+    })
+}

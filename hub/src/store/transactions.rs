@@ -1109,6 +1109,9 @@ pub(crate) async fn sign_release(
             )));
         }
     }
+    if signature.meaning == ReleaseMeaning::Released {
+        super::deviations::check_release(&mut tx, order.batch_id).await?;
+    }
     tx.insert_signature(signature).await?;
     let mut projection = order.projection();
     projection.state = match signature.meaning {

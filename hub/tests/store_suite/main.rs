@@ -141,6 +141,7 @@ every_backend! {
         case_simulated_operators_work_is_released_only_where_accepted,
         case_release_decision_matches_the_stored_signature,
         case_a_record_after_the_decision_marks_the_batch_until_qa_reviews_it,
+        case_an_open_major_deviation_stops_release_until_qa_closes_it,
     ],
     scheduling: [
         case_concurrent_bookings_of_the_last_slot_give_one_success,

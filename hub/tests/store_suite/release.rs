@@ -393,3 +393,161 @@ pub async fn case_a_record_after_the_decision_marks_the_batch_until_qa_reviews_i
         Error::FailedPrecondition
     );
 }
+
+pub async fn case_an_open_major_deviation_stops_release_until_qa_closes_it(store: Arc<dyn Store>) {
+    use carrel_hub::model::deviation::Closure;
+    use carrel_hub::store::deviations::NewDeviation;
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    let mut events = complete_record(&mut log, &order, &recipe);
+    events.push(log.record(
+        order.batch_id,
+        EventKind::DeviationRaised {
+            deviation_id: "MAN-1-abc".into(),
+            step_id: "expansion".into(),
+            description: "incubator door found open for forty minutes".into(),
+            classification: "major".into(),
+        },
+    ));
+    ingest(&*store, SITE_A, &events).await;
+    let found = store
+        .deviations(Some(order.batch_id))
+        .await
+        .expect("deviations");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].blocks_release());
+
+    // Release refused while it is open; nothing changes.
+    let hash = reviewed_sha256(&*store, order.batch_id).await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+    assert_refused!(
+        store
+            .sign_release(&signature(&order, QA, hash.clone()), false, now())
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+
+    // Bad input changes nothing: an unknown deviation, a short note, no root cause.
+    assert_refused!(
+        store
+            .add_deviation_note(order.batch_id, "MAN-9", "looked at the logs today", QA)
+            .await,
+        Error::NotFound
+    );
+    assert_refused!(
+        store
+            .add_deviation_note(order.batch_id, "MAN-1-abc", "ok", QA)
+            .await,
+        Error::Invalid
+    );
+    let closure = |root_cause: &str| Closure {
+        root_cause: root_cause.into(),
+        capa_ref: "CAPA-7".into(),
+        closed_by: QA.into(),
+        closed_by_name: "Q A".into(),
+        closed_at: now(),
+    };
+    assert_refused!(
+        store
+            .close_deviation(order.batch_id, "MAN-1-abc", &closure(""))
+            .await,
+        Error::Invalid
+    );
+    let untouched = store.deviations(Some(order.batch_id)).await.expect("read");
+    assert!(untouched[0].notes.is_empty() && untouched[0].is_open());
+
+    // A note, then the closure; a second closure is refused.
+    store
+        .add_deviation_note(
+            order.batch_id,
+            "MAN-1-abc",
+            "door sensor log shows 38 minutes open",
+            QA,
+        )
+        .await
+        .expect("note");
+    let closed = store
+        .close_deviation(
+            order.batch_id,
+            "MAN-1-abc",
+            &closure("worn latch; alarm muted during cleaning"),
+        )
+        .await
+        .expect("close");
+    assert!(!closed.is_open());
+    assert_eq!(closed.notes.len(), 1);
+    assert_eq!(
+        closed.closure.as_ref().map(|c| c.capa_ref.as_str()),
+        Some("CAPA-7")
+    );
+    assert_refused!(
+        store
+            .close_deviation(
+                order.batch_id,
+                "MAN-1-abc",
+                &closure("closing it a second time")
+            )
+            .await,
+        Error::FailedPrecondition
+    );
+
+    // One raised at the hub blocks too, until closed; a minor one does not.
+    let hub_raised = store
+        .raise_deviation(&NewDeviation {
+            batch_id: order.batch_id,
+            step_id: String::new(),
+            classification: "critical".into(),
+            description: "the shipper's temperature logger is missing".into(),
+            raised_by: QA.into(),
+        })
+        .await
+        .expect("raise");
+    assert_eq!(hub_raised.deviation_id, "HUB-1");
+    assert_refused!(
+        store
+            .raise_deviation(&NewDeviation {
+                batch_id: order.batch_id,
+                step_id: "no-such-step".into(),
+                classification: "minor".into(),
+                description: "something about a step that is not there".into(),
+                raised_by: QA.into(),
+            })
+            .await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store
+            .sign_release(&signature(&order, QA, hash.clone()), false, now())
+            .await,
+        Error::FailedPrecondition
+    );
+    store
+        .close_deviation(
+            order.batch_id,
+            "HUB-1",
+            &closure("logger found in the returns box, data complete"),
+        )
+        .await
+        .expect("close");
+    store
+        .sign_release(&signature(&order, QA, hash), false, now())
+        .await
+        .expect("released once every major or critical deviation is closed");
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::Released
+    );
+    for (action, n) in [
+        (carrel_hub::audit::Action::DeviationRaised, 1),
+        (carrel_hub::audit::Action::DeviationNoteAdded, 1),
+        (carrel_hub::audit::Action::DeviationClosed, 2),
+    ] {
+        assert_eq!(
+            store.audit_count(action).await.expect("count"),
+            n,
+            "{action}"
+        );
+    }
+}

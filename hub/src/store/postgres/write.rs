@@ -18,6 +18,44 @@ use sqlx::Row;
 
 #[async_trait]
 impl ReadTx for PgTx<'_> {
+    async fn deviation_events(&mut self, batch_id: Option<Uuid>) -> Result<Vec<StoredEvent>> {
+        sqlx::query(
+            "SELECT site_id, body, received_at FROM site_events WHERE kind = 'deviation_raised' AND ($1::uuid IS NULL OR batch_id = $1) ORDER BY site_id, seq",
+        )
+        .bind(batch_id)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(rows::event)
+        .collect()
+    }
+
+    async fn deviation_rows(
+        &mut self,
+        batch_id: Option<Uuid>,
+    ) -> Result<Vec<crate::model::deviation::DeviationRow>> {
+        sqlx::query("SELECT * FROM deviations WHERE $1::uuid IS NULL OR batch_id = $1 ORDER BY batch_id, deviation_id")
+            .bind(batch_id)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(rows::deviation_row)
+            .collect()
+    }
+
+    async fn deviation_notes(
+        &mut self,
+        batch_id: Option<Uuid>,
+    ) -> Result<Vec<crate::model::deviation::Note>> {
+        sqlx::query("SELECT * FROM deviation_notes WHERE $1::uuid IS NULL OR batch_id = $1 ORDER BY written_at, note_id")
+            .bind(batch_id)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(rows::deviation_note)
+            .collect()
+    }
+
     async fn system_account(&mut self, client_id: &str) -> Result<crate::model::SystemAccount> {
         let row = sqlx::query("SELECT * FROM system_accounts WHERE client_id = $1")
             .bind(client_id)
@@ -284,6 +322,65 @@ impl ReadTx for PgTx<'_> {
 
 #[async_trait]
 impl WriteTx for PgTx<'_> {
+    async fn insert_deviation_row(
+        &mut self,
+        row: &crate::model::deviation::DeviationRow,
+    ) -> Result<bool> {
+        let raised = row.raised_at_hub.as_ref();
+        let done = sqlx::query(
+            "INSERT INTO deviations (batch_id, deviation_id, site_id, raised_by, raised_at, step_id, description, classification) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (batch_id, deviation_id) DO NOTHING",
+        )
+        .bind(row.batch_id)
+        .bind(&row.deviation_id)
+        .bind(&row.site_id)
+        .bind(raised.map(|r| r.0.clone()))
+        .bind(raised.map(|r| r.1).map(stored))
+        .bind(raised.map(|r| r.2.clone()))
+        .bind(raised.map(|r| r.3.clone()))
+        .bind(&row.classification)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn close_deviation_row(
+        &mut self,
+        batch_id: Uuid,
+        deviation_id: &str,
+        closure: &crate::model::deviation::Closure,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deviations SET root_cause = $1, capa_ref = $2, closed_by = $3, closed_by_name = $4, closed_at = $5 \
+             WHERE batch_id = $6 AND deviation_id = $7",
+        )
+        .bind(&closure.root_cause)
+        .bind(&closure.capa_ref)
+        .bind(&closure.closed_by)
+        .bind(&closure.closed_by_name)
+        .bind(stored(closure.closed_at))
+        .bind(batch_id)
+        .bind(deviation_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_deviation_note(&mut self, note: &crate::model::deviation::Note) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deviation_notes (note_id, batch_id, deviation_id, author, written_at, text) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(note.note_id)
+        .bind(note.batch_id)
+        .bind(&note.deviation_id)
+        .bind(&note.author)
+        .bind(stored(note.written_at))
+        .bind(&note.text)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
     async fn lock_system_account(
         &mut self,
         client_id: &str,

@@ -48,6 +48,44 @@ impl SqliteTx<'_> {
 
 #[async_trait]
 impl ReadTx for SqliteTx<'_> {
+    async fn deviation_events(&mut self, batch_id: Option<Uuid>) -> Result<Vec<StoredEvent>> {
+        sqlx::query(
+            "SELECT site_id, body, received_at FROM site_events WHERE kind = 'deviation_raised' AND (?1 IS NULL OR batch_id = ?1) ORDER BY site_id, seq",
+        )
+        .bind(batch_id.map(|b| b.to_string()))
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(rows::event)
+        .collect()
+    }
+
+    async fn deviation_rows(
+        &mut self,
+        batch_id: Option<Uuid>,
+    ) -> Result<Vec<crate::model::deviation::DeviationRow>> {
+        sqlx::query("SELECT * FROM deviations WHERE ?1 IS NULL OR batch_id = ?1 ORDER BY batch_id, deviation_id")
+            .bind(batch_id.map(|b| b.to_string()))
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(rows::deviation_row)
+            .collect()
+    }
+
+    async fn deviation_notes(
+        &mut self,
+        batch_id: Option<Uuid>,
+    ) -> Result<Vec<crate::model::deviation::Note>> {
+        sqlx::query("SELECT * FROM deviation_notes WHERE ?1 IS NULL OR batch_id = ?1 ORDER BY written_at, note_id")
+            .bind(batch_id.map(|b| b.to_string()))
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(rows::deviation_note)
+            .collect()
+    }
+
     async fn system_account(&mut self, client_id: &str) -> Result<crate::model::SystemAccount> {
         let row = sqlx::query("SELECT * FROM system_accounts WHERE client_id = ?")
             .bind(client_id)
@@ -314,6 +352,65 @@ impl ReadTx for SqliteTx<'_> {
 
 #[async_trait]
 impl WriteTx for SqliteTx<'_> {
+    async fn insert_deviation_row(
+        &mut self,
+        row: &crate::model::deviation::DeviationRow,
+    ) -> Result<bool> {
+        let raised = row.raised_at_hub.as_ref();
+        let done = sqlx::query(
+            "INSERT INTO deviations (batch_id, deviation_id, site_id, raised_by, raised_at, step_id, description, classification) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id, deviation_id) DO NOTHING",
+        )
+        .bind(row.batch_id.to_string())
+        .bind(&row.deviation_id)
+        .bind(&row.site_id)
+        .bind(raised.map(|r| r.0.clone()))
+        .bind(raised.map(|r| r.1).map(ts))
+        .bind(raised.map(|r| r.2.clone()))
+        .bind(raised.map(|r| r.3.clone()))
+        .bind(&row.classification)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn close_deviation_row(
+        &mut self,
+        batch_id: Uuid,
+        deviation_id: &str,
+        closure: &crate::model::deviation::Closure,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deviations SET root_cause = ?, capa_ref = ?, closed_by = ?, closed_by_name = ?, closed_at = ? \
+             WHERE batch_id = ? AND deviation_id = ?",
+        )
+        .bind(&closure.root_cause)
+        .bind(&closure.capa_ref)
+        .bind(&closure.closed_by)
+        .bind(&closure.closed_by_name)
+        .bind(ts(closure.closed_at))
+        .bind(batch_id.to_string())
+        .bind(deviation_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_deviation_note(&mut self, note: &crate::model::deviation::Note) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deviation_notes (note_id, batch_id, deviation_id, author, written_at, text) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(note.note_id.to_string())
+        .bind(note.batch_id.to_string())
+        .bind(&note.deviation_id)
+        .bind(&note.author)
+        .bind(ts(note.written_at))
+        .bind(&note.text)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     async fn lock_system_account(
         &mut self,
         client_id: &str,
