@@ -3051,3 +3051,120 @@ qc = [{{ test = "ip-viability", result = "Count.Viability", unit = "%" }}]
     );
     client.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qa_raises_investigates_and_closes_a_deviation_and_the_physician_sees_only_that_it_exists()
+{
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let (_agent, order_id, batch_id) = batch_awaiting_release(&hub, "site-v").await;
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("deviations");
+    sign_in(&client, &console, QA).await;
+    client
+        .goto(&format!("{console}/batches/{batch_id}"))
+        .await
+        .expect("batch record");
+    expect_text(&client, "batch record", "No deviations.").await;
+
+    // Raised at the hub from the batch record: too short is refused, nothing stored.
+    click(&client, "#deviations + div + details summary").await;
+    choose(&client, "#raise-classification", "critical").await;
+    fill(&client, "#raise-description", "logger").await;
+    click(&client, "#raise-submit").await;
+    expect_text(&client, "batch record", "Deviation not raised").await;
+    let db = hub.db().await;
+    let rows = || {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM deviations")
+                .fetch_one(&db)
+                .await
+                .expect("count")
+        }
+    };
+    assert_eq!(rows().await, 0);
+    click(&client, "#deviations + div + details summary").await;
+    choose(&client, "#raise-classification", "critical").await;
+    fill(
+        &client,
+        "#raise-description",
+        "The shipper's temperature logger is missing from the box",
+    )
+    .await;
+    click(&client, "#raise-submit").await;
+    expect_text(&client, "deviation page", "Deviation HUB-1").await;
+    expect_text(&client, "deviation page", "stops the batch's release").await;
+    assert_eq!(rows().await, 1);
+
+    // A note, then the closure with a signature (a wrong password keeps the input).
+    fill(
+        &client,
+        "#note",
+        "Courier called: logger found in the returns box",
+    )
+    .await;
+    click(&client, "#note-submit").await;
+    expect_text(&client, "deviation page", "logger found in the returns box").await;
+    fill(
+        &client,
+        "#root-cause",
+        "Logger packed in the wrong box at dispatch",
+    )
+    .await;
+    fill(&client, "#capa", "CAPA-2026-118").await;
+    fill(&client, "#close-username", QA.0).await;
+    click(&client, "#close-acknowledge").await;
+    fill(&client, "#close-password", "not-the-password").await;
+    click(&client, "#close-submit").await;
+    expect_text(&client, "deviation page", "wrong password").await;
+    assert_eq!(
+        value_of(&client, "#root-cause").await,
+        "Logger packed in the wrong box at dispatch"
+    );
+    fill(&client, "#close-username", QA.0).await;
+    if client
+        .find(Locator::Css("#close-acknowledge"))
+        .await
+        .is_ok()
+    {
+        click(&client, "#close-acknowledge").await;
+    }
+    fill(&client, "#close-password", QA.1).await;
+    click(&client, "#close-submit").await;
+    expect_text(&client, "deviation page", "Closed by").await;
+    shots.take(&client, "deviation-closed").await;
+    let closed_by: Option<String> =
+        sqlx::query_scalar("SELECT closed_by FROM deviations WHERE deviation_id = 'HUB-1'")
+            .fetch_one(&db)
+            .await
+            .expect("closed_by");
+    assert_eq!(closed_by.as_deref(), Some(QA.0));
+    client
+        .goto(&format!("{console}/deviations"))
+        .await
+        .expect("list");
+    expect_text(&client, "deviations", "0 open, 1 closed").await;
+    shots.take(&client, "deviation-list").await;
+
+    // The physician sees that the batch had a deviation, not what it was.
+    sign_out(&client).await;
+    sign_in(&client, &console, PHYSICIAN).await;
+    client
+        .goto(&format!("{console}/orders/{order_id}"))
+        .await
+        .expect("order page");
+    expect_text(
+        &client,
+        "order page",
+        "Deviations: 1 raised on this batch, 0 still open",
+    )
+    .await;
+    let page = body_text(&client).await;
+    assert!(!page.contains("temperature logger"), "{page}");
+    client.close().await.expect("close browser");
+}

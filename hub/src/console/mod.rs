@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod deviations;
 mod notifications;
 mod orders;
 mod release;
@@ -79,6 +80,20 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/batches/{id}/sign", post(release::sign))
         .route("/batches/{id}/review-change", post(release::review_change))
         .route("/batches/{id}/export", post(release::export))
+        .route("/batches/{id}/deviations", post(release::raise_deviation))
+        .route(
+            "/batches/{id}/deviations/{deviation_id}",
+            get(deviations::show),
+        )
+        .route(
+            "/batches/{id}/deviations/{deviation_id}/note",
+            post(deviations::add_note),
+        )
+        .route(
+            "/batches/{id}/deviations/{deviation_id}/close",
+            post(deviations::close),
+        )
+        .route("/deviations", get(deviations::list))
         .route(
             "/notifications",
             get(notifications::notifications).post(notifications::subscribe),

@@ -456,6 +456,10 @@ async fn render_order(
         .map_err(|e| refused(e.into()))?;
     let reschedulable =
         crate::store::schedule::check_reschedulable(order, booking.as_ref()).is_ok();
+    // The physician is told that deviations exist, not what they are (QA's work).
+    let (deviations, open_deviations) = service::deviations::counts(hub, order)
+        .await
+        .map_err(refused)?;
     let mut response = html_page(page(
         &format!("Order {}", order.coi),
         Some(session),
@@ -470,6 +474,12 @@ async fn render_order(
                 }
             }
             @if release::may_review(&session.user) { p { a href=(format!("/batches/{}", order.batch_id)) { "Batch record" } } }
+            @if deviations > 0 {
+                p data-deviations {
+                    "Deviations: " (deviations) " raised on this batch, " (open_deviations) " still open. "
+                    span.muted { "QA investigates each and closes it before the batch is released; ask QA for details." }
+                }
+            }
             div id="order-live" { (live_part) }
             (live("order-live", &format!("/orders/{}/live", order.order_id)))
             (change_markup(session, order, reschedulable, forms))

@@ -1,7 +1,7 @@
 //! QA's release: the queue, the batch record reviewed exceptions first, and the
 //! electronic signature.
 
-use super::view::{chart, page, state_badge, when};
+use super::view::{chart, page, proof_fields, state_badge, when};
 use super::{html_page, parse_uuid, problem, refused, HubState, Page, Session};
 use crate::app::Hub;
 use crate::record::{self, Counts, Exception, Review};
@@ -16,6 +16,7 @@ use carrel_proto::recipe::unit_words;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use maud::{html, Markup};
+use serde::Deserialize;
 use sha2::Sha256;
 use uuid::Uuid;
 
@@ -71,6 +72,7 @@ fn batch_record_markup(
     notice: Option<&str>,
     decision: &Decision,
     change: &ChangeNote,
+    deviations: &Markup,
 ) -> Markup {
     let order = &review.order;
     let sha = &review.record_sha256;
@@ -116,6 +118,7 @@ fn batch_record_markup(
                 p.muted { "Bound to record " code { (r.record_sha256) } }
             }
         }
+        (deviations)
         h2 id="exceptions" { "Exceptions (" (review.exceptions.len()) ")" }
         div.scroll tabindex="0" { table.exceptions {
             thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "By" } th scope="col" { "What" } th scope="col" { "Details" } } }
@@ -269,37 +272,6 @@ fn reviewed_token(
 
 /// The fields a signature adds to a confirming form: the user name at the first
 /// signature of the session, the one-time acknowledgement, and the password.
-fn proof_fields(
-    first_signature: bool,
-    acknowledged: bool,
-    (username, acknowledge): (&str, bool),
-    error: Option<(&'static str, String)>,
-    prefix: &str,
-) -> Markup {
-    let err = |field: &str| {
-        error
-            .as_ref()
-            .filter(|(f, _)| *f == field)
-            .map(|(_, m)| m.clone())
-    };
-    let id = |name: &str| format!("{prefix}{name}");
-    html! {
-        @if first_signature {
-            label for=(id("username")) { "Your user name (the first signature of a session needs it)" }
-            input id=(id("username")) name="username" autocomplete="username" required value=(username) aria-describedby=(id("username-error"));
-            @if let Some(e) = err("username") { p.error id=(id("username-error")) role="alert" { (e) } }
-        }
-        @if !acknowledged {
-            p.muted { "Before your first electronic signature:" }
-            label { input type="checkbox" id=(id("acknowledge")) name="acknowledge" value="yes" required checked[acknowledge]; " " (release::SIGNATURE_MEANING) }
-            @if let Some(e) = err("acknowledge") { p.error role="alert" { (e) } }
-        }
-        label for=(id("password")) { "Your password, to sign" }
-        input id=(id("password")) name="password" type="password" autocomplete="current-password" required autofocus aria-describedby=(id("password-error"));
-        @if let Some(e) = err("password") { p.error id=(id("password-error")) role="alert" { (e) } }
-    }
-}
-
 fn change_review_markup(session: &Session, review: &Review, change: &ChangeNote) -> Markup {
     let action = format!("/batches/{}/review-change", review.order.batch_id);
     html! {
@@ -480,10 +452,33 @@ async fn decision_page(
             .map_err(refused)?,
         acknowledged: session.user.signature_acknowledged_at.is_some(),
     };
+    let deviations = service::deviations::of_batch(hub, &session.user, batch_id)
+        .await
+        .map_err(refused)?;
+    let steps: Vec<(String, String)> = hub
+        .store
+        .recipe(&review.order.recipe_id, review.order.recipe_version)
+        .await
+        .map(|r| {
+            r.recipe
+                .steps
+                .iter()
+                .map(|s| (s.id.clone(), s.name.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let deviations = super::deviations::batch_section(session, batch_id, &steps, &deviations);
     let mut response = html_page(page(
         &format!("Batch record {}", review.order.coi),
         Some(session),
-        batch_record_markup(session, &review, notice.as_deref(), &decision, &change),
+        batch_record_markup(
+            session,
+            &review,
+            notice.as_deref(),
+            &decision,
+            &change,
+            &deviations,
+        ),
     ));
     *response.status_mut() = status;
     Ok(response)
@@ -791,6 +786,58 @@ pub async fn review_change(
                 Some(format!("Not signed: {e}")),
                 Decision::start(),
                 (input.comment.clone(), None),
+            )
+            .await
+        }
+        Err(e) => Err(refused(e)),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RaiseDeviationForm {
+    csrf: String,
+    #[serde(default)]
+    step: String,
+    #[serde(default)]
+    classification: String,
+    #[serde(default)]
+    description: String,
+}
+
+/// A deviation raised at the hub from the batch record page: on success its own
+/// page; refused, the batch record page says why, nothing stored.
+pub async fn raise_deviation(
+    hub: HubState,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<RaiseDeviationForm>,
+) -> Page {
+    session.check_csrf(&form.csrf)?;
+    let batch_id = parse_uuid(&id)?;
+    match service::deviations::raise(
+        &hub,
+        &session.user,
+        batch_id,
+        &form.step,
+        &form.classification,
+        &form.description,
+    )
+    .await
+    {
+        Ok(d) => Ok(Redirect::to(&format!(
+            "/batches/{}/deviations/{}",
+            d.batch_id, d.deviation_id
+        ))
+        .into_response()),
+        Err(e @ (service::Error::Field { .. } | service::Error::Store(_))) => {
+            decision_page(
+                &hub,
+                &session,
+                batch_id,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(format!("Deviation not raised: {e}")),
+                Decision::start(),
+                (String::new(), None),
             )
             .await
         }

@@ -83,7 +83,7 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                         nav aria-label="main" {
                             @let links: &[(&str, &str)] = match user.role {
                                 Role::Physician => &[("/orders", "My orders"), ("/orders/new", "New order"), ("/schedule", "Schedule")],
-                                Role::Qa => &[("/release", "Release queue"), ("/orders", "All orders"), ("/schedule", "Schedule")],
+                                Role::Qa => &[("/release", "Release queue"), ("/deviations", "Deviations"), ("/orders", "All orders"), ("/schedule", "Schedule")],
                                 Role::Admin => &[("/admin/sites", "Sites"), ("/admin/users", "Users"), ("/orders", "Orders"), ("/schedule", "Schedule")],
                                 Role::Technician => &[("/orders", "Orders"), ("/schedule", "Schedule")],
                             };
@@ -209,5 +209,39 @@ pub fn live(id: &str, url: &str) -> Markup {
                 "(function(){{var el=document.getElementById('{id}');el.dataset.served=el.innerHTML;setInterval(function(){{fetch('{url}',{{credentials:'same-origin'}}).then(function(r){{return r.ok?r.text():null}}).then(function(t){{if(t!==null&&t!==el.dataset.served&&!el.contains(document.activeElement)){{el.dataset.served=t;el.innerHTML=t;if(window.carrelViewerTimes)carrelViewerTimes(el)}}}}).catch(function(){{}})}},2000)}})();"
             )))
         }
+    }
+}
+
+/// The signer's proof on a signing form: the user name at the first signature of a
+/// session, the one-time acknowledgement, and the password; `prefix` keeps ids apart
+/// when a page has two signing forms.
+pub fn proof_fields(
+    first_signature: bool,
+    acknowledged: bool,
+    (username, acknowledge): (&str, bool),
+    error: Option<(&'static str, String)>,
+    prefix: &str,
+) -> Markup {
+    let err = |field: &str| {
+        error
+            .as_ref()
+            .filter(|(f, _)| *f == field)
+            .map(|(_, m)| m.clone())
+    };
+    let id = |name: &str| format!("{prefix}{name}");
+    html! {
+        @if first_signature {
+            label for=(id("username")) { "Your user name (the first signature of a session needs it)" }
+            input id=(id("username")) name="username" autocomplete="username" required value=(username) aria-describedby=(id("username-error"));
+            @if let Some(e) = err("username") { p.error id=(id("username-error")) role="alert" { (e) } }
+        }
+        @if !acknowledged {
+            p.muted { "Before your first electronic signature:" }
+            label { input type="checkbox" id=(id("acknowledge")) name="acknowledge" value="yes" required checked[acknowledge]; " " (crate::service::release::SIGNATURE_MEANING) }
+            @if let Some(e) = err("acknowledge") { p.error role="alert" { (e) } }
+        }
+        label for=(id("password")) { "Your password, to sign" }
+        input id=(id("password")) name="password" type="password" autocomplete="current-password" required autofocus aria-describedby=(id("password-error"));
+        @if let Some(e) = err("password") { p.error id=(id("password-error")) role="alert" { (e) } }
     }
 }
