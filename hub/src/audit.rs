@@ -54,6 +54,15 @@ macro_rules! actions {
 
 actions! {
     RecipePublished = "recipe.published",
+    /// A recipe version drafted (or its draft edited), with the draft's hash.
+    RecipeDrafted = "recipe.drafted",
+    /// The author signed a draft as ready for approval.
+    RecipeSubmitted = "recipe.submitted",
+    /// Another QA person signed the submitted draft's approval; it is published,
+    /// effective from the date given.
+    RecipeApproved = "recipe.approved",
+    /// A published version retired: no new order pins it.
+    RecipeRetired = "recipe.retired",
     UserCreated = "user.created",
     UserSignedIn = "user.signed_in",
     UserSignedOut = "user.signed_out",

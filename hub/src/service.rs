@@ -21,6 +21,7 @@ use uuid::Uuid;
 pub mod admin;
 pub mod deviations;
 pub mod integration;
+pub mod recipes;
 pub mod release;
 pub mod schedule;
 

@@ -21,6 +21,7 @@ mod local;
 mod notify;
 mod orders;
 mod output;
+mod recipes;
 mod release;
 mod schedule;
 mod serve;
@@ -72,6 +73,10 @@ pub enum Command {
     /// Users (run on the hub machine).
     #[command(subcommand)]
     User(users::UserCommand),
+    /// Recipe versions under change control (QA): draft, diff, submit, approve,
+    /// retire, list.
+    #[command(subcommand)]
+    Recipe(recipes::RecipeCommand),
     /// Deviations (QA): list, raise at the hub, investigation notes, and closure with
     /// an electronic signature; an open major or critical deviation stops release.
     #[command(subcommand)]
@@ -150,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(command) => users::run(command).await,
         Command::Integration(command) => integration::run(command).await,
         Command::Deviation(command) => deviations::run(command).await,
+        Command::Recipe(command) => recipes::run(command).await,
         Command::Login { client, user } => client::login(client, user).await,
         Command::Password(command) => users::run_password(command).await,
         Command::Audit(command) => audit::run(command).await,

@@ -5,7 +5,7 @@
 use super::{authenticate, order_to_pb, parse_id, service_status};
 use crate::app::Hub;
 use crate::record::{Counts, Exception, Review, Signed};
-use crate::service::{deviations, release};
+use crate::service::{deviations, recipes, release};
 use carrel_proto::event::{meaning_to_wire, outcome_to_wire, to_timestamp, ReleaseMeaning};
 use carrel_proto::pb;
 use std::sync::Arc;
@@ -344,6 +344,168 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         Ok(Response::new(pb::DeviationResponse {
             deviation: Some(deviation_to_pb(&closed)),
         }))
+    }
+
+    async fn draft_recipe(
+        &self,
+        request: Request<pb::DraftRecipeRequest>,
+    ) -> Result<Response<pb::RecipeDraftResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let reviewed = recipes::draft(&self.0, &user, &request.into_inner().toml)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::RecipeDraftResponse {
+            draft: Some(draft_to_pb(&reviewed.draft, Some(&reviewed))),
+        }))
+    }
+
+    async fn show_recipe_draft(
+        &self,
+        request: Request<pb::ShowRecipeDraftRequest>,
+    ) -> Result<Response<pb::RecipeDraftResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let reviewed = recipes::review(&self.0, &user, &req.recipe_id, req.version)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::RecipeDraftResponse {
+            draft: Some(draft_to_pb(&reviewed.draft, Some(&reviewed))),
+        }))
+    }
+
+    async fn list_recipe_drafts(
+        &self,
+        request: Request<pb::ListRecipeDraftsRequest>,
+    ) -> Result<Response<pb::ListRecipeDraftsResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let drafts = recipes::drafts(&self.0, &user)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ListRecipeDraftsResponse {
+            drafts: drafts.iter().map(|d| draft_to_pb(d, None)).collect(),
+        }))
+    }
+
+    async fn submit_recipe(
+        &self,
+        request: Request<pb::SignRecipeRequest>,
+    ) -> Result<Response<pb::RecipeDraftResponse>, Status> {
+        self.sign_recipe(request, false).await
+    }
+
+    async fn approve_recipe(
+        &self,
+        request: Request<pb::SignRecipeRequest>,
+    ) -> Result<Response<pb::RecipeDraftResponse>, Status> {
+        self.sign_recipe(request, true).await
+    }
+
+    async fn retire_recipe(
+        &self,
+        request: Request<pb::RetireRecipeRequest>,
+    ) -> Result<Response<pb::RetireRecipeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        recipes::retire(&self.0, &user, &req.recipe_id, req.version, &req.reason)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::RetireRecipeResponse {}))
+    }
+}
+
+impl ReleaseApi {
+    /// A submission (`approve` false) or an approval, signed.
+    async fn sign_recipe(
+        &self,
+        request: Request<pb::SignRecipeRequest>,
+        approve: bool,
+    ) -> Result<Response<pb::RecipeDraftResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let (session, source) = (super::session_of(&request), super::source(&request));
+        let req = request.into_inner();
+        let signer = release::Signer {
+            user: &user,
+            session: &session,
+            source: &source,
+        };
+        let proof = release::Proof {
+            username: &req.username,
+            password: &req.password,
+            acknowledge_meaning: req.acknowledge_signature_meaning,
+        };
+        let signed = if approve {
+            recipes::approve(
+                &self.0,
+                &signer,
+                proof,
+                &req.recipe_id,
+                req.version,
+                &req.sha256,
+                &req.effective_from,
+            )
+            .await
+        } else {
+            recipes::submit(
+                &self.0,
+                &signer,
+                proof,
+                &req.recipe_id,
+                req.version,
+                &req.sha256,
+            )
+            .await
+        }
+        .map_err(service_status)?;
+        let reviewed = recipes::review(&self.0, &user, &signed.recipe.id, signed.recipe.version)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::RecipeDraftResponse {
+            draft: Some(draft_to_pb(&reviewed.draft, Some(&reviewed))),
+        }))
+    }
+}
+
+/// A recipe draft on the wire, with its changes when reviewed.
+fn draft_to_pb(
+    d: &crate::model::recipe_change::RecipeDraft,
+    reviewed: Option<&recipes::Reviewed>,
+) -> pb::RecipeDraft {
+    pb::RecipeDraft {
+        recipe_id: d.recipe.id.clone(),
+        version: d.recipe.version,
+        title: d.recipe.title.clone(),
+        sha256: d.sha256.clone(),
+        state: d.state().as_str().into(),
+        author: d.author.clone(),
+        drafted_at: Some(to_timestamp(d.drafted_at)),
+        submitted_by: d
+            .submitted
+            .as_ref()
+            .map(|s| s.by.clone())
+            .unwrap_or_default(),
+        submitted_at: d.submitted.as_ref().map(|s| to_timestamp(s.at)),
+        approved_by: d
+            .approved
+            .as_ref()
+            .map(|s| s.by.clone())
+            .unwrap_or_default(),
+        approved_at: d.approved.as_ref().map(|s| to_timestamp(s.at)),
+        effective_from: d.effective_from.map(to_timestamp),
+        in_force_version: reviewed
+            .and_then(|r| r.in_force.as_ref())
+            .map_or(0, |r| r.recipe.version),
+        changes: reviewed
+            .map(|r| {
+                r.changes
+                    .iter()
+                    .map(|c| pb::RecipeChange {
+                        what: c.what.clone(),
+                        before: c.before.clone(),
+                        after: c.after.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod deviation;
 pub mod notification;
 mod people;
 mod projection;
+pub mod recipe_change;
 mod record;
 mod site;
 

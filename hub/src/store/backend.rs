@@ -14,6 +14,7 @@ use crate::audit::{Entry, NewEntry};
 use crate::model::deviation::{Closure, DeviationRow, Note as DeviationNote};
 use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEventFacts};
 use crate::model::notification::{OutboxEntry, Subscription};
+use crate::model::recipe_change::RecipeDraft;
 use crate::model::{
     BatchState, ChangeReview, IssuedCert, Order, Progress, Projection, QcRecord, Role, Signature,
     Site, SiteStatus, StatusChange, StoredEvent, StoredRecipe, SystemAccount, User,
@@ -80,6 +81,16 @@ pub trait ReadTx: Send {
     async fn site_directory(&mut self, site_id: &str) -> Result<Vec<HubCommand>>;
     /// QA's signed reviews of records that arrived after a batch's decision, oldest first.
     async fn change_reviews_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<ChangeReview>>;
+    /// A recipe version under change control; `None` when never drafted.
+    async fn recipe_draft(&mut self, recipe_id: &str, version: u32) -> Result<Option<RecipeDraft>>;
+    /// Every recipe version under change control, by product and version.
+    async fn recipe_drafts(&mut self) -> Result<Vec<RecipeDraft>>;
+    /// (effective from, retired at) of a published version; `NotFound` when unknown.
+    async fn recipe_dates(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>;
     /// The site's `deviation_raised` records (of one batch, or of every batch), in
     /// site and seq order.
     async fn deviation_events(&mut self, batch_id: Option<Uuid>) -> Result<Vec<StoredEvent>>;
@@ -169,7 +180,8 @@ pub trait WriteTx: ReadTx {
         self.lock_site(&unlocked.site_id).await?;
         self.order(key).await
     }
-    /// The newest version of a product's recipe, if any was published.
+    /// The version of a product new orders pin now: the newest not retired and
+    /// effective (from publication, or from its approved date), if any.
     async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>>;
     /// The SHA-256 a recipe version was published with, if it was.
     async fn recipe_sha256(&mut self, recipe_id: &str, version: u32) -> Result<Option<String>>;
@@ -266,6 +278,23 @@ pub trait WriteTx: ReadTx {
         assigned: bool,
         now: DateTime<Utc>,
     ) -> Result<bool>;
+    /// Saves a draft (inserted, or replacing the one of the same product and version).
+    async fn save_recipe_draft(&mut self, draft: &RecipeDraft) -> Result<()>;
+    /// Sets from when a published version is effective.
+    async fn set_recipe_effective(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+        from: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Retires a published version: no new order pins it.
+    async fn retire_recipe(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
     /// Keeps the hub's row of a deviation unless there is one already; `false` when
     /// there was.
     async fn insert_deviation_row(&mut self, row: &DeviationRow) -> Result<bool>;

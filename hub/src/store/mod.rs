@@ -23,6 +23,7 @@ mod ingest;
 pub use ingest::Counts as IngestCounts;
 pub mod notify;
 pub mod postgres;
+mod recipe_changes;
 mod rows;
 pub mod schedule;
 pub mod sqlite;
@@ -273,6 +274,9 @@ pub trait Store:
     async fn recipe(&self, recipe_id: &str, version: u32) -> Result<StoredRecipe> {
         self.read().await?.recipe(recipe_id, version).await
     }
+    /// The version of a product new orders pin now: the newest that is not retired
+    /// and is effective (from its publication, or its approved date); `NotFound`
+    /// when there is none.
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe>;
     async fn list_recipes(&self) -> Result<Vec<StoredRecipe>>;
 
@@ -411,6 +415,89 @@ pub trait Store:
         )
         .await
     }
+    // -- recipes under change control --
+    /// Saves a draft of a new recipe version by its author (an edit takes a
+    /// submitted draft back to a draft); audited.
+    async fn save_recipe_draft(
+        &self,
+        recipe: &carrel_proto::recipe::Recipe,
+        author: &str,
+    ) -> Result<crate::model::recipe_change::RecipeDraft> {
+        recipe_changes::save_draft(self.write().await?, recipe, author, Utc::now()).await
+    }
+    /// The author's signed submission of a draft as read (`signature.sha256`).
+    async fn submit_recipe(
+        &self,
+        recipe_id: &str,
+        version: u32,
+        signature: &crate::model::recipe_change::DraftSignature,
+    ) -> Result<crate::model::recipe_change::RecipeDraft> {
+        recipe_changes::submit(
+            self.write().await?,
+            recipe_id,
+            version,
+            signature,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Another QA person's signed approval; the version is published, effective
+    /// from `effective_from`.
+    async fn approve_recipe(
+        &self,
+        recipe_id: &str,
+        version: u32,
+        signature: &crate::model::recipe_change::DraftSignature,
+        effective_from: DateTime<Utc>,
+    ) -> Result<crate::model::recipe_change::RecipeDraft> {
+        recipe_changes::approve(
+            self.write().await?,
+            recipe_id,
+            version,
+            signature,
+            effective_from,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Retires a published version, with a reason.
+    async fn retire_recipe(
+        &self,
+        recipe_id: &str,
+        version: u32,
+        reason: &str,
+        by: &str,
+    ) -> Result<()> {
+        recipe_changes::retire(
+            self.write().await?,
+            recipe_id,
+            version,
+            reason,
+            by,
+            Utc::now(),
+        )
+        .await
+    }
+    /// A draft; `None` when the version was never drafted.
+    async fn recipe_draft(
+        &self,
+        recipe_id: &str,
+        version: u32,
+    ) -> Result<Option<crate::model::recipe_change::RecipeDraft>> {
+        self.read().await?.recipe_draft(recipe_id, version).await
+    }
+    async fn recipe_drafts(&self) -> Result<Vec<crate::model::recipe_change::RecipeDraft>> {
+        self.read().await?.recipe_drafts().await
+    }
+    /// (effective from, retired at) of a published version.
+    async fn recipe_dates(
+        &self,
+        recipe_id: &str,
+        version: u32,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+        self.read().await?.recipe_dates(recipe_id, version).await
+    }
+
     // -- deviations --
     /// The deviations of a batch, or of every batch, oldest first.
     async fn deviations(

@@ -336,9 +336,11 @@ impl Store for PgStore {
 
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe> {
         let row = sqlx::query(
-            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 ORDER BY version DESC LIMIT 1",
+            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 AND retired_at IS NULL \
+             AND (effective_from IS NULL OR effective_from <= $2) ORDER BY version DESC LIMIT 1",
         )
         .bind(recipe_id)
+        .bind(stored(Utc::now()))
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| Error::NotFound(format!("product (recipe) {recipe_id:?}")))?;

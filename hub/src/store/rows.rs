@@ -437,3 +437,42 @@ pub(crate) fn deviation_note(row: &impl Columns) -> Result<crate::model::deviati
         text: row.text("text")?,
     })
 }
+
+/// A recipe version under change control from its row.
+pub(crate) fn recipe_draft(row: &impl Columns) -> Result<crate::model::recipe_change::RecipeDraft> {
+    use crate::model::recipe_change::DraftSignature;
+    let document = row.text("document")?;
+    let recipe =
+        Recipe::from_json(&document).map_err(|e| Error::Corrupt(format!("recipe draft: {e}")))?;
+    let signature =
+        |who: &str, name: &str, at: &str, sha: &str| -> Result<Option<DraftSignature>> {
+            Ok(match (row.opt_text(who)?, row.opt_time(at)?) {
+                (Some(by), Some(at)) => Some(DraftSignature {
+                    by,
+                    name: row.opt_text(name)?.unwrap_or_default(),
+                    at,
+                    sha256: row.opt_text(sha)?.unwrap_or_default(),
+                }),
+                _ => None,
+            })
+        };
+    Ok(crate::model::recipe_change::RecipeDraft {
+        recipe,
+        sha256: row.text("sha256")?,
+        author: row.text("author")?,
+        drafted_at: row.time("drafted_at")?,
+        submitted: signature(
+            "submitted_by",
+            "submitted_name",
+            "submitted_at",
+            "submitted_sha256",
+        )?,
+        approved: signature(
+            "approved_by",
+            "approved_name",
+            "approved_at",
+            "approved_sha256",
+        )?,
+        effective_from: row.opt_time("effective_from")?,
+    })
+}

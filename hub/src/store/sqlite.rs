@@ -543,11 +543,15 @@ impl Store for SqliteStore {
     }
 
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe> {
-        let row = sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? ORDER BY version DESC LIMIT 1")
-            .bind(recipe_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("product (recipe) {recipe_id:?}")))?;
+        let row = sqlx::query(
+            "SELECT sha256, document FROM recipes WHERE recipe_id = ? AND retired_at IS NULL \
+             AND (effective_from IS NULL OR effective_from <= ?) ORDER BY version DESC LIMIT 1",
+        )
+        .bind(recipe_id)
+        .bind(ts(Utc::now()))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("product (recipe) {recipe_id:?}")))?;
         rows::recipe(&row)
     }
 

@@ -87,6 +87,7 @@ macro_rules! case_test {
 every_backend! {
     recipes: [
         case_recipe_versions_are_immutable,
+        case_a_new_version_is_drafted_submitted_approved_by_another_and_pinned_when_effective,
     ],
     people: [
         case_sessions_expire_and_end,

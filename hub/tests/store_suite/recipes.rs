@@ -35,3 +35,174 @@ pub async fn case_recipe_versions_are_immutable(store: Arc<dyn Store>) {
     let v1 = store.recipe(RECIPE_ID, 1).await.expect("v1");
     assert_eq!(v1.sha256, recipe.sha256());
 }
+
+fn signed(by: &str, sha256: &str) -> carrel_hub::model::recipe_change::DraftSignature {
+    carrel_hub::model::recipe_change::DraftSignature {
+        by: by.into(),
+        name: format!("{by} (test)"),
+        at: now(),
+        sha256: sha256.into(),
+    }
+}
+
+pub async fn case_a_new_version_is_drafted_submitted_approved_by_another_and_pinned_when_effective(
+    store: Arc<dyn Store>,
+) {
+    use carrel_hub::model::recipe_change::DraftState;
+    use chrono::Duration;
+    let v1 = seed(&*store).await;
+    const AUTHOR: &str = "qa-author";
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.steps[0].duration_hours += 1.0;
+
+    // What breaks a rule, or changes a published version, is refused; nothing kept.
+    let mut broken = v2.clone();
+    broken.steps[1].id = broken.steps[0].id.clone();
+    assert_refused!(
+        store.save_recipe_draft(&broken, AUTHOR).await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store.save_recipe_draft(&v1, AUTHOR).await,
+        Error::FailedPrecondition
+    );
+    assert!(store.recipe_drafts().await.expect("drafts").is_empty());
+
+    let draft = store.save_recipe_draft(&v2, AUTHOR).await.expect("draft");
+    assert_eq!(draft.state(), DraftState::Draft);
+    // Only the author submits, and what they read.
+    assert_refused!(
+        store
+            .submit_recipe(RECIPE_ID, 2, &signed(QA, &draft.sha256))
+            .await,
+        Error::PermissionDenied
+    );
+    assert_refused!(
+        store
+            .submit_recipe(RECIPE_ID, 2, &signed(AUTHOR, &"0".repeat(64)))
+            .await,
+        Error::FailedPrecondition
+    );
+    store
+        .submit_recipe(RECIPE_ID, 2, &signed(AUTHOR, &draft.sha256))
+        .await
+        .expect("submit");
+    // Edited after submission: back to a draft, and not approvable as submitted.
+    let mut edited = v2.clone();
+    edited.title = "Edited after submission".into();
+    let edited_draft = store
+        .save_recipe_draft(&edited, AUTHOR)
+        .await
+        .expect("edit");
+    assert_eq!(edited_draft.state(), DraftState::Draft);
+    assert_refused!(
+        store
+            .approve_recipe(RECIPE_ID, 2, &signed(QA, &draft.sha256), now())
+            .await,
+        Error::FailedPrecondition
+    );
+    store
+        .submit_recipe(RECIPE_ID, 2, &signed(AUTHOR, &edited_draft.sha256))
+        .await
+        .expect("submit again");
+    // The author may not approve; another QA person does, effective tomorrow.
+    assert_refused!(
+        store
+            .approve_recipe(RECIPE_ID, 2, &signed(AUTHOR, &edited_draft.sha256), now())
+            .await,
+        Error::PermissionDenied
+    );
+    let approved = store
+        .approve_recipe(
+            RECIPE_ID,
+            2,
+            &signed(QA, &edited_draft.sha256),
+            now() + Duration::days(1),
+        )
+        .await
+        .expect("approve");
+    assert_eq!(approved.state(), DraftState::Approved);
+    assert_eq!(
+        store.recipe(RECIPE_ID, 2).await.expect("published").sha256,
+        edited_draft.sha256
+    );
+    // Not yet in force: new orders still pin v1.
+    assert_eq!(
+        store
+            .latest_recipe(RECIPE_ID)
+            .await
+            .expect("in force")
+            .recipe
+            .version,
+        1
+    );
+    let first = order_at(&*store, SITE_A).await;
+    assert_eq!(first.recipe_version, 1);
+
+    // v3, effective at once: the next order pins it; the first keeps v1.
+    let mut v3 = edited.clone();
+    v3.version = 3;
+    let d3 = store
+        .save_recipe_draft(&v3, AUTHOR)
+        .await
+        .expect("draft v3");
+    store
+        .submit_recipe(RECIPE_ID, 3, &signed(AUTHOR, &d3.sha256))
+        .await
+        .expect("submit v3");
+    store
+        .approve_recipe(RECIPE_ID, 3, &signed(QA, &d3.sha256), now())
+        .await
+        .expect("approve v3");
+    let second = store
+        .create_order(
+            &carrel_hub::model::NewOrder {
+                patient_pseudonym: "PAT-0002".into(),
+                ..new_order(SITE_A)
+            },
+            now(),
+        )
+        .await
+        .expect("second order");
+    assert_eq!(second.recipe_version, 3);
+    assert_eq!(
+        store
+            .order(first.order_id)
+            .await
+            .expect("first")
+            .recipe_version,
+        1
+    );
+
+    // Retired: no longer pinned; retiring twice is refused.
+    store
+        .retire_recipe(RECIPE_ID, 3, "superseded by a corrected version", QA)
+        .await
+        .expect("retire");
+    assert_eq!(
+        store
+            .latest_recipe(RECIPE_ID)
+            .await
+            .expect("in force")
+            .recipe
+            .version,
+        1
+    );
+    assert_refused!(
+        store.retire_recipe(RECIPE_ID, 3, "again", QA).await,
+        Error::FailedPrecondition
+    );
+    for (action, n) in [
+        (carrel_hub::audit::Action::RecipeDrafted, 3),
+        (carrel_hub::audit::Action::RecipeSubmitted, 3),
+        (carrel_hub::audit::Action::RecipeApproved, 2),
+        (carrel_hub::audit::Action::RecipeRetired, 1),
+    ] {
+        assert_eq!(
+            store.audit_count(action).await.expect("count"),
+            n,
+            "{action}"
+        );
+    }
+}

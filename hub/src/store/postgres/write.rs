@@ -18,6 +18,49 @@ use sqlx::Row;
 
 #[async_trait]
 impl ReadTx for PgTx<'_> {
+    async fn recipe_draft(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+    ) -> Result<Option<crate::model::recipe_change::RecipeDraft>> {
+        sqlx::query("SELECT * FROM recipe_drafts WHERE recipe_id = $1 AND version = $2")
+            .bind(recipe_id)
+            .bind(i64::from(version))
+            .fetch_optional(self.conn())
+            .await?
+            .as_ref()
+            .map(rows::recipe_draft)
+            .transpose()
+    }
+
+    async fn recipe_drafts(&mut self) -> Result<Vec<crate::model::recipe_change::RecipeDraft>> {
+        sqlx::query("SELECT * FROM recipe_drafts ORDER BY recipe_id, version")
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(rows::recipe_draft)
+            .collect()
+    }
+
+    async fn recipe_dates(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+        let row = sqlx::query(
+            "SELECT effective_from, retired_at FROM recipes WHERE recipe_id = $1 AND version = $2",
+        )
+        .bind(recipe_id)
+        .bind(i64::from(version))
+        .fetch_optional(self.conn())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
+        Ok((
+            rows::Columns::opt_time(&row, "effective_from")?,
+            rows::Columns::opt_time(&row, "retired_at")?,
+        ))
+    }
+
     async fn deviation_events(&mut self, batch_id: Option<Uuid>) -> Result<Vec<StoredEvent>> {
         sqlx::query(
             "SELECT site_id, body, received_at FROM site_events WHERE kind = 'deviation_raised' AND ($1::uuid IS NULL OR batch_id = $1) ORDER BY site_id, seq",
@@ -322,6 +365,74 @@ impl ReadTx for PgTx<'_> {
 
 #[async_trait]
 impl WriteTx for PgTx<'_> {
+    async fn save_recipe_draft(
+        &mut self,
+        draft: &crate::model::recipe_change::RecipeDraft,
+    ) -> Result<()> {
+        let (sub, app) = (draft.submitted.as_ref(), draft.approved.as_ref());
+        sqlx::query(
+            "INSERT INTO recipe_drafts (recipe_id, version, document, sha256, author, drafted_at, submitted_by, submitted_name, \
+             submitted_at, submitted_sha256, approved_by, approved_name, approved_at, approved_sha256, effective_from) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (recipe_id, version) DO UPDATE SET document = excluded.document, sha256 = excluded.sha256, \
+             author = excluded.author, drafted_at = excluded.drafted_at, submitted_by = excluded.submitted_by, \
+             submitted_name = excluded.submitted_name, submitted_at = excluded.submitted_at, \
+             submitted_sha256 = excluded.submitted_sha256, approved_by = excluded.approved_by, \
+             approved_name = excluded.approved_name, approved_at = excluded.approved_at, \
+             approved_sha256 = excluded.approved_sha256, effective_from = excluded.effective_from",
+        )
+        .bind(&draft.recipe.id)
+        .bind(i64::from(draft.recipe.version))
+        .bind(draft.recipe.to_canonical_json())
+        .bind(&draft.sha256)
+        .bind(&draft.author)
+        .bind(stored(draft.drafted_at))
+        .bind(sub.map(|s| s.by.clone()))
+        .bind(sub.map(|s| s.name.clone()))
+        .bind(sub.map(|s| s.at).map(stored))
+        .bind(sub.map(|s| s.sha256.clone()))
+        .bind(app.map(|s| s.by.clone()))
+        .bind(app.map(|s| s.name.clone()))
+        .bind(app.map(|s| s.at).map(stored))
+        .bind(app.map(|s| s.sha256.clone()))
+        .bind(draft.effective_from.map(stored))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn set_recipe_effective(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+        from: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE recipes SET effective_from = $1 WHERE recipe_id = $2 AND version = $3")
+            .bind(stored(from))
+            .bind(recipe_id)
+            .bind(i64::from(version))
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn retire_recipe(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE recipes SET retired_at = $1, retired_by = $2 WHERE recipe_id = $3 AND version = $4")
+            .bind(stored(at))
+            .bind(by)
+            .bind(recipe_id)
+            .bind(i64::from(version))
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
     async fn insert_deviation_row(
         &mut self,
         row: &crate::model::deviation::DeviationRow,
@@ -506,9 +617,11 @@ impl WriteTx for PgTx<'_> {
 
     async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>> {
         sqlx::query(
-            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 ORDER BY version DESC LIMIT 1",
+            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 AND retired_at IS NULL \
+             AND (effective_from IS NULL OR effective_from <= $2) ORDER BY version DESC LIMIT 1",
         )
         .bind(recipe_id)
+        .bind(stored(Utc::now()))
         .fetch_optional(self.conn())
         .await?
         .as_ref()

@@ -48,6 +48,49 @@ impl SqliteTx<'_> {
 
 #[async_trait]
 impl ReadTx for SqliteTx<'_> {
+    async fn recipe_draft(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+    ) -> Result<Option<crate::model::recipe_change::RecipeDraft>> {
+        sqlx::query("SELECT * FROM recipe_drafts WHERE recipe_id = ? AND version = ?")
+            .bind(recipe_id)
+            .bind(i64::from(version))
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .as_ref()
+            .map(rows::recipe_draft)
+            .transpose()
+    }
+
+    async fn recipe_drafts(&mut self) -> Result<Vec<crate::model::recipe_change::RecipeDraft>> {
+        sqlx::query("SELECT * FROM recipe_drafts ORDER BY recipe_id, version")
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(rows::recipe_draft)
+            .collect()
+    }
+
+    async fn recipe_dates(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+        let row = sqlx::query(
+            "SELECT effective_from, retired_at FROM recipes WHERE recipe_id = ? AND version = ?",
+        )
+        .bind(recipe_id)
+        .bind(i64::from(version))
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
+        Ok((
+            rows::Columns::opt_time(&row, "effective_from")?,
+            rows::Columns::opt_time(&row, "retired_at")?,
+        ))
+    }
+
     async fn deviation_events(&mut self, batch_id: Option<Uuid>) -> Result<Vec<StoredEvent>> {
         sqlx::query(
             "SELECT site_id, body, received_at FROM site_events WHERE kind = 'deviation_raised' AND (?1 IS NULL OR batch_id = ?1) ORDER BY site_id, seq",
@@ -352,6 +395,76 @@ impl ReadTx for SqliteTx<'_> {
 
 #[async_trait]
 impl WriteTx for SqliteTx<'_> {
+    async fn save_recipe_draft(
+        &mut self,
+        draft: &crate::model::recipe_change::RecipeDraft,
+    ) -> Result<()> {
+        let (sub, app) = (draft.submitted.as_ref(), draft.approved.as_ref());
+        sqlx::query(
+            "INSERT INTO recipe_drafts (recipe_id, version, document, sha256, author, drafted_at, submitted_by, submitted_name, \
+             submitted_at, submitted_sha256, approved_by, approved_name, approved_at, approved_sha256, effective_from) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (recipe_id, version) DO UPDATE SET document = excluded.document, sha256 = excluded.sha256, \
+             author = excluded.author, drafted_at = excluded.drafted_at, submitted_by = excluded.submitted_by, \
+             submitted_name = excluded.submitted_name, submitted_at = excluded.submitted_at, \
+             submitted_sha256 = excluded.submitted_sha256, approved_by = excluded.approved_by, \
+             approved_name = excluded.approved_name, approved_at = excluded.approved_at, \
+             approved_sha256 = excluded.approved_sha256, effective_from = excluded.effective_from",
+        )
+        .bind(&draft.recipe.id)
+        .bind(i64::from(draft.recipe.version))
+        .bind(draft.recipe.to_canonical_json())
+        .bind(&draft.sha256)
+        .bind(&draft.author)
+        .bind(ts(draft.drafted_at))
+        .bind(sub.map(|s| s.by.clone()))
+        .bind(sub.map(|s| s.name.clone()))
+        .bind(sub.map(|s| s.at).map(ts))
+        .bind(sub.map(|s| s.sha256.clone()))
+        .bind(app.map(|s| s.by.clone()))
+        .bind(app.map(|s| s.name.clone()))
+        .bind(app.map(|s| s.at).map(ts))
+        .bind(app.map(|s| s.sha256.clone()))
+        .bind(draft.effective_from.map(ts))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_recipe_effective(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+        from: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE recipes SET effective_from = ? WHERE recipe_id = ? AND version = ?")
+            .bind(ts(from))
+            .bind(recipe_id)
+            .bind(i64::from(version))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn retire_recipe(
+        &mut self,
+        recipe_id: &str,
+        version: u32,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE recipes SET retired_at = ?, retired_by = ? WHERE recipe_id = ? AND version = ?",
+        )
+        .bind(ts(at))
+        .bind(by)
+        .bind(recipe_id)
+        .bind(i64::from(version))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_deviation_row(
         &mut self,
         row: &crate::model::deviation::DeviationRow,
@@ -536,13 +649,17 @@ impl WriteTx for SqliteTx<'_> {
     }
 
     async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>> {
-        sqlx::query("SELECT sha256, document FROM recipes WHERE recipe_id = ? ORDER BY version DESC LIMIT 1")
-            .bind(recipe_id)
-            .fetch_optional(&mut *self.tx)
-            .await?
-            .as_ref()
-            .map(rows::recipe)
-            .transpose()
+        sqlx::query(
+            "SELECT sha256, document FROM recipes WHERE recipe_id = ? AND retired_at IS NULL \
+             AND (effective_from IS NULL OR effective_from <= ?) ORDER BY version DESC LIMIT 1",
+        )
+        .bind(recipe_id)
+        .bind(ts(Utc::now()))
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .as_ref()
+        .map(rows::recipe)
+        .transpose()
     }
 
     async fn recipe_sha256(&mut self, recipe_id: &str, version: u32) -> Result<Option<String>> {

@@ -1,0 +1,294 @@
+//! `carrel-hub recipe`: master batch records under change control (QA, through the
+//! API): draft a new version from TOML, see what it changes, submit it (your
+//! signature), approve another person's (your signature, effective from a date),
+//! retire a version, list them.
+
+use super::client::{authed, read_line, read_secret, ClientArgs};
+use super::release::{acknowledge, needs_acknowledgement};
+use carrel_proto::event::from_timestamp;
+use carrel_proto::pb;
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum RecipeCommand {
+    /// Save a draft of a new version from a TOML file (checked as it is saved); an
+    /// edit of your own draft saves it again. Prints what it changes.
+    Draft {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A draft, its state and signatures, and what it changes against the version
+    /// new orders pin now.
+    Show {
+        recipe_id: String,
+        version: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Alias of `show`: what a draft changes.
+    Diff {
+        recipe_id: String,
+        version: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The versions under change control.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Submit your draft for approval, with your signature (asks for your password).
+    Submit {
+        recipe_id: String,
+        version: u32,
+        /// The draft's SHA-256 as you read it (`recipe show`).
+        #[arg(long)]
+        sha256: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        acknowledge_signature_meaning: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Approve another person's submitted draft, with your signature; it is
+    /// published and new orders pin it from the date given.
+    Approve {
+        recipe_id: String,
+        version: u32,
+        #[arg(long)]
+        sha256: String,
+        /// YYYY-MM-DD (default: at once).
+        #[arg(long, default_value = "")]
+        effective_from: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        acknowledge_signature_meaning: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Retire a published version: new orders no longer pin it.
+    Retire {
+        recipe_id: String,
+        version: u32,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn time(t: &Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
+    from_timestamp("time", *t).ok()
+}
+
+fn draft_json(d: &pb::RecipeDraft) -> serde_json::Value {
+    serde_json::json!({
+        "recipe_id": d.recipe_id,
+        "version": d.version,
+        "title": d.title,
+        "sha256": d.sha256,
+        "state": d.state,
+        "author": d.author,
+        "submitted_by": d.submitted_by,
+        "approved_by": d.approved_by,
+        "effective_from": time(&d.effective_from).map(|t| t.to_rfc3339()),
+        "in_force_version": d.in_force_version,
+        "changes": d.changes.iter().map(|c| serde_json::json!({"what": c.what, "before": c.before, "after": c.after})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_draft(d: &pb::RecipeDraft, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&draft_json(d))?);
+        return Ok(());
+    }
+    println!(
+        "{} v{} \"{}\": {} (drafted by {})",
+        d.recipe_id, d.version, d.title, d.state, d.author
+    );
+    println!("  SHA-256 {}", d.sha256);
+    if !d.submitted_by.is_empty() {
+        println!("  submitted by {}", d.submitted_by);
+    }
+    if !d.approved_by.is_empty() {
+        println!(
+            "  approved by {}, effective from {}",
+            d.approved_by,
+            time(&d.effective_from)
+                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_default()
+        );
+    }
+    if d.in_force_version == 0 {
+        println!("  a new product (no version in force)");
+    } else {
+        println!("  changes against v{} (in force):", d.in_force_version);
+    }
+    for c in &d.changes {
+        match (c.before.is_empty(), c.after.is_empty()) {
+            (true, _) => println!("    + {}: {}", c.what, c.after),
+            (_, true) => println!("    - {}: {}", c.what, c.before),
+            _ => println!("    ~ {}: {} -> {}", c.what, c.before, c.after),
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(command: RecipeCommand) -> anyhow::Result<()> {
+    match command {
+        RecipeCommand::Draft { file, client } => {
+            let toml = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let draft =
+                pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?)
+                    .draft_recipe(pb::DraftRecipeRequest { toml })
+                    .await?
+                    .into_inner()
+                    .draft
+                    .unwrap_or_default();
+            print_draft(&draft, client.json)
+        }
+        RecipeCommand::Show {
+            recipe_id,
+            version,
+            client,
+        }
+        | RecipeCommand::Diff {
+            recipe_id,
+            version,
+            client,
+        } => {
+            let draft =
+                pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?)
+                    .show_recipe_draft(pb::ShowRecipeDraftRequest { recipe_id, version })
+                    .await?
+                    .into_inner()
+                    .draft
+                    .unwrap_or_default();
+            print_draft(&draft, client.json)
+        }
+        RecipeCommand::List { client } => {
+            let drafts =
+                pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?)
+                    .list_recipe_drafts(pb::ListRecipeDraftsRequest {})
+                    .await?
+                    .into_inner()
+                    .drafts;
+            if client.json {
+                let list: Vec<_> = drafts.iter().map(draft_json).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if drafts.is_empty() {
+                println!("No recipe versions under change control (`carrel-hub recipe draft FILE.toml`).");
+            } else {
+                for d in &drafts {
+                    println!(
+                        "{} v{} \"{}\": {} (by {})",
+                        d.recipe_id, d.version, d.title, d.state, d.author
+                    );
+                }
+            }
+            Ok(())
+        }
+        RecipeCommand::Submit {
+            recipe_id,
+            version,
+            sha256,
+            user,
+            acknowledge_signature_meaning,
+            client,
+        } => {
+            sign(
+                client,
+                pb::SignRecipeRequest {
+                    recipe_id,
+                    version,
+                    sha256,
+                    acknowledge_signature_meaning,
+                    ..Default::default()
+                },
+                user,
+                false,
+            )
+            .await
+        }
+        RecipeCommand::Approve {
+            recipe_id,
+            version,
+            sha256,
+            effective_from,
+            user,
+            acknowledge_signature_meaning,
+            client,
+        } => {
+            sign(
+                client,
+                pb::SignRecipeRequest {
+                    recipe_id,
+                    version,
+                    sha256,
+                    acknowledge_signature_meaning,
+                    effective_from,
+                    ..Default::default()
+                },
+                user,
+                true,
+            )
+            .await
+        }
+        RecipeCommand::Retire {
+            recipe_id,
+            version,
+            reason,
+            client,
+        } => {
+            pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?)
+                .retire_recipe(pb::RetireRecipeRequest {
+                    recipe_id: recipe_id.clone(),
+                    version,
+                    reason,
+                })
+                .await?;
+            println!("{recipe_id} v{version} retired: new orders no longer pin it; running batches keep it.");
+            Ok(())
+        }
+    }
+}
+
+/// A signed submission or approval: asks for the user name (unless given) and the
+/// password, and the one-time acknowledgement when the hub needs it.
+async fn sign(
+    client: ClientArgs,
+    mut request: pb::SignRecipeRequest,
+    user: Option<String>,
+    approve: bool,
+) -> anyhow::Result<()> {
+    let mut api = pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
+    request.username = match user {
+        Some(user) => user,
+        None => read_line("Your user name (to sign): ")?,
+    };
+    request.password = read_secret("Password (to sign): ")?;
+    let call = |api: &mut pb::release_service_client::ReleaseServiceClient<_>, request| {
+        let mut api = api.clone();
+        async move {
+            if approve {
+                api.approve_recipe(request).await
+            } else {
+                api.submit_recipe(request).await
+            }
+        }
+    };
+    let response = match call(&mut api, request.clone()).await {
+        Err(status) if needs_acknowledgement(&status) => {
+            request.acknowledge_signature_meaning = acknowledge()?;
+            call(&mut api, request).await?
+        }
+        other => other?,
+    }
+    .into_inner();
+    print_draft(&response.draft.unwrap_or_default(), client.json)
+}

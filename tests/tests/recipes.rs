@@ -1,0 +1,130 @@
+//! Master batch records under change control, through the CLI as QA people use it:
+//! a new version is drafted from TOML (a broken one is refused with the reason), its
+//! changes are shown, its author submits it with a signature, the author may not
+//! approve it, another QA person does, and the next order pins it while an order
+//! placed before keeps the version it pinned.
+
+use carrel_tests::scenario::{self, QA};
+use carrel_tests::*;
+use serde_json::Value;
+
+const SECOND_QA: (&str, &str) = ("qa.second", "second-qa-password-1");
+
+fn sign(
+    hub: &Hub,
+    who: (&str, &str),
+    what: &str,
+    sha: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "recipe",
+        what,
+        "cd19-car-t",
+        "2",
+        "--sha256",
+        sha,
+        "--user",
+        who.0,
+        "--acknowledge-signature-meaning",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    hub.cli(who.0, &args, Some(who.1))
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_recipe_version_is_approved_by_a_second_person_and_pinned_by_the_next_order() {
+    let hub = Hub::start().await;
+    scenario::add_people(&hub);
+    hub.add_user(SECOND_QA.0, "qa", SECOND_QA.1);
+    let token = hub.add_site("site-m");
+    let mut agent = Agent::enroll(&hub, "site-m", &token).expect("enroll");
+    agent.start();
+    let (first_order, _) = scenario::create_order(&hub, "site-m", "P-9101");
+    let work = tempfile::tempdir().expect("temp dir");
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hub/recipes/cd19-car-t.v1.toml"),
+    )
+    .expect("shipped recipe");
+
+    // A draft that breaks a rule is refused with the reason; nothing is kept.
+    let broken = work.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        shipped.replacen("version = 1", "version = 2\nsurprise = true", 1),
+    )
+    .expect("write");
+    let out = hub.cli(
+        QA.0,
+        &["recipe", "draft", broken.to_str().expect("path")],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("surprise"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = hub.cli_json(QA.0, &["recipe", "list"], None);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+
+    // The draft: collection takes 4 hours instead of 3; the diff says so.
+    let v2 = work.path().join("v2.toml");
+    std::fs::write(
+        &v2,
+        shipped.replacen("version = 1", "version = 2", 1).replacen(
+            "duration_hours = 3.0",
+            "duration_hours = 4.0",
+            1,
+        ),
+    )
+    .expect("write");
+    let draft = hub.cli_json(QA.0, &["recipe", "draft", v2.to_str().expect("path")], None);
+    assert_eq!(draft["state"], "draft");
+    assert_eq!(draft["in_force_version"], 1);
+    let changes = draft["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["what"], "step collection");
+    assert!(
+        changes[0]["after"]
+            .as_str()
+            .is_some_and(|a| a.contains("4 h")),
+        "{changes:?}"
+    );
+    let sha = draft["sha256"].as_str().expect("sha").to_owned();
+
+    // Submitted by its author; the author may not approve; the second QA person does.
+    let submitted = json_of(&sign(&hub, QA, "submit", &sha, &[]));
+    assert_eq!(submitted["state"], "submitted");
+    let refused = sign(&hub, QA, "approve", &sha, &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("may not approve"));
+    let approved = json_of(&sign(&hub, SECOND_QA, "approve", &sha, &[]));
+    assert_eq!(approved["state"], "approved");
+    assert_eq!(approved["approved_by"], SECOND_QA.0);
+
+    // The next order pins v2; the first keeps v1.
+    let (second_order, _) = scenario::create_order(&hub, "site-m", "P-9102");
+    let version =
+        |order: &str| order_show(&hub, scenario::PHYSICIAN.0, order)["recipe_version"].clone();
+    assert_eq!(version(&second_order), 2);
+    assert_eq!(version(&first_order), 1);
+    let trail = hub.cli_ok("admin", &["audit", "list"], None);
+    for (action, who) in [("recipe.submitted", QA.0), ("recipe.approved", SECOND_QA.0)] {
+        assert!(
+            trail.lines().any(|l| l.contains(action) && l.contains(who)),
+            "{action} by {who}:\n{trail}"
+        );
+    }
+    agent.kill();
+}
