@@ -3168,3 +3168,75 @@ async fn qa_raises_investigates_and_closes_a_deviation_and_the_physician_sees_on
     assert!(!page.contains("temperature logger"), "{page}");
     client.close().await.expect("close browser");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipe_version_is_drafted_in_the_editor_and_approved_by_a_second_qa_person() {
+    const AUTHOR: (&str, &str) = ("qa.author", "author-password-123");
+    let hub = Hub::start().await;
+    hub.add_user(AUTHOR.0, "qa", AUTHOR.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("recipes");
+    sign_in(&client, &console, AUTHOR).await;
+    client
+        .goto(&format!("{console}/recipes/new?from=cd19-car-t"))
+        .await
+        .expect("editor");
+    expect_text(&client, "editor", "Checked: cd19-car-t v2").await;
+    let toml = value_of(&client, "#toml").await;
+    // Checked as the author types: a field the format does not have is named.
+    fill(
+        &client,
+        "#toml",
+        &toml.replacen("[[steps]]", "[[steps]]\nbogus = 1", 1),
+    )
+    .await;
+    expect_text(&client, "editor", "unknown field `bogus`").await;
+    fill(
+        &client,
+        "#toml",
+        &toml.replacen("duration_hours = 3.0", "duration_hours = 4.0", 1),
+    )
+    .await;
+    expect_text(&client, "editor", "step collection").await;
+    shots.take(&client, "recipe-editor-diff").await;
+    click(&client, "#save-draft").await;
+    expect_text(&client, "draft page", "Changes against v1 (in force)").await;
+    fill(&client, "#submit-username", AUTHOR.0).await;
+    click(&client, "#submit-acknowledge").await;
+    fill(&client, "#submit-password", AUTHOR.1).await;
+    click(&client, "#submit-draft").await;
+    expect_text(&client, "draft page", "Submitted by").await;
+    let page = body_text(&client).await;
+    assert!(
+        !page.contains("Sign: approve"),
+        "the author is not offered the approval"
+    );
+
+    // Another QA person approves it; it is published.
+    sign_out(&client).await;
+    sign_in(&client, &console, QA).await;
+    client
+        .goto(&format!("{console}/recipes/cd19-car-t/2"))
+        .await
+        .expect("draft page");
+    expect_text(&client, "draft page", "4 h").await;
+    fill(&client, "#approve-username", QA.0).await;
+    click(&client, "#approve-acknowledge").await;
+    fill(&client, "#approve-password", QA.1).await;
+    click(&client, "#approve-draft").await;
+    expect_text(&client, "draft page", "Approved by").await;
+    shots.take(&client, "recipe-approved").await;
+    let db = hub.db().await;
+    let published: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM recipes WHERE recipe_id = 'cd19-car-t' AND version = 2",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!(published, 1);
+    client.close().await.expect("close browser");
+}

@@ -17,6 +17,7 @@ mod admin;
 mod deviations;
 mod notifications;
 mod orders;
+mod recipes;
 mod release;
 mod schedule;
 mod signin;
@@ -94,6 +95,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(deviations::close),
         )
         .route("/deviations", get(deviations::list))
+        .route("/recipes", get(recipes::list).post(recipes::save))
+        .route("/recipes/new", get(recipes::new_draft))
+        .route("/recipes/check", post(recipes::check))
+        .route("/recipes/{id}/{version}", get(recipes::show))
+        .route("/recipes/{id}/{version}/submit", post(recipes::submit))
+        .route("/recipes/{id}/{version}/approve", post(recipes::approve))
         .route(
             "/notifications",
             get(notifications::notifications).post(notifications::subscribe),

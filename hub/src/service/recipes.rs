@@ -24,6 +24,46 @@ pub struct Reviewed {
     pub changes: Vec<Change>,
 }
 
+/// Checks a draft's TOML text without saving it (QA): the recipe, the version in
+/// force and what the draft changes against it; refused with the reason when it does
+/// not parse or breaks a rule. The recipe editor calls it as the author types.
+pub async fn check(
+    hub: &Hub,
+    user: &User,
+    toml: &str,
+) -> Result<(Recipe, Option<StoredRecipe>, Vec<Change>), Error> {
+    require_role(user, &QUALITY)?;
+    let recipe = Recipe::from_toml(toml).map_err(|e| field("document", e.to_string()))?;
+    let in_force = match hub.store.latest_recipe(&recipe.id).await {
+        Ok(r) => Some(r),
+        Err(crate::store::Error::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(current) = in_force
+        .as_ref()
+        .filter(|r| r.recipe.version >= recipe.version)
+    {
+        return Err(field(
+            "document",
+            format!(
+                "version {} of {} is not new: v{} is in force; a change is a higher version",
+                recipe.version, recipe.id, current.recipe.version
+            ),
+        ));
+    }
+    let changes = diff(in_force.as_ref().map(|r| &r.recipe), &recipe);
+    Ok((recipe, in_force, changes))
+}
+
+/// The TOML of the version of a product in force, with its version number raised:
+/// where a new draft starts from.
+pub async fn next_version_toml(hub: &Hub, user: &User, recipe_id: &str) -> Result<String, Error> {
+    require_role(user, &QUALITY)?;
+    let mut recipe = hub.store.latest_recipe(recipe_id).await?.recipe;
+    recipe.version += 1;
+    toml::to_string(&recipe).map_err(|e| field("document", format!("cannot write TOML: {e}")))
+}
+
 /// Saves a draft from its TOML text (QA), refused with the reason when it does not
 /// parse or breaks a rule (unknown field, duplicate step id, empty specification...).
 pub async fn draft(hub: &Hub, user: &User, toml: &str) -> Result<Reviewed, Error> {
