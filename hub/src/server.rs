@@ -19,10 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Recipes shipped with the hub, published at every start (publishing is idempotent).
-pub const SHIPPED_RECIPES: &[(&str, &str)] = &[(
-    "cd19-car-t.v1.toml",
-    include_str!("../recipes/cd19-car-t.v1.toml"),
-)];
+pub const SHIPPED_RECIPES: &[(&str, &str)] = &[
+    (
+        "cd19-car-t.v1.toml",
+        include_str!("../recipes/cd19-car-t.v1.toml"),
+    ),
+    (
+        "bcma-car-t.v1.toml",
+        include_str!("../recipes/bcma-car-t.v1.toml"),
+    ),
+];
 
 /// How long in-flight requests get to finish after shutdown is requested.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);

@@ -358,6 +358,27 @@ pub async fn order_sites(hub: &Hub, user: &User) -> Result<Vec<model::Site>, Err
     Ok(hub.store.list_sites().await?)
 }
 
+/// The products an order can name, for the order form (physicians): each product
+/// with a version in force, as (id, title), the product longest in use first.
+pub async fn order_products(hub: &Hub, user: &User) -> Result<Vec<(String, String)>, Error> {
+    require_role(user, &PRESCRIBERS)?;
+    let mut ids: Vec<String> = Vec::new();
+    for r in hub.store.list_recipes().await? {
+        if !ids.contains(&r.recipe.id) {
+            ids.push(r.recipe.id);
+        }
+    }
+    let mut products = Vec::with_capacity(ids.len());
+    for id in ids {
+        match hub.store.latest_recipe(&id).await {
+            Ok(r) => products.push((id, r.recipe.title)),
+            Err(store::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(products)
+}
+
 /// An order as a physician fills it in.
 #[derive(Debug, Clone, Default)]
 pub struct OrderForm {

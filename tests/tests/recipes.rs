@@ -128,3 +128,79 @@ async fn a_new_recipe_version_is_approved_by_a_second_person_and_pinned_by_the_n
     }
     agent.kill();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_products_are_made_side_by_side_each_to_its_own_recipe() {
+    let hub = Hub::start().await;
+    scenario::add_people(&hub);
+    let token = hub.add_site("site-p");
+    let mut agent = Agent::enroll(&hub, "site-p", &token)
+        .expect("enroll")
+        .with_time_compression(200_000.0);
+    agent.start();
+    let date = (chrono::Utc::now() + chrono::Duration::days(3))
+        .format("%Y-%m-%d")
+        .to_string();
+    let order = |patient: &str, product: &str| {
+        let o = hub.cli_json(
+            scenario::PHYSICIAN.0,
+            &[
+                "order",
+                "create",
+                "--patient",
+                patient,
+                "--site",
+                "site-p",
+                "--collection-date",
+                &date,
+                "--product",
+                product,
+            ],
+            None,
+        );
+        (
+            str_field(&o, "order_id").to_owned(),
+            str_field(&o, "batch_id").to_owned(),
+        )
+    };
+    let (cd19, cd19_batch) = order("P-9201", "cd19-car-t");
+    let (bcma, bcma_batch) = order("P-9202", "bcma-car-t");
+    for id in [&cd19, &bcma] {
+        scenario::wait_order_state(
+            &hub,
+            id,
+            "awaiting_release",
+            std::time::Duration::from_secs(120),
+        )
+        .await;
+    }
+    let tests_of = |batch: &str| -> Vec<String> {
+        let record = hub.cli_json(QA.0, &["release", "show", batch], None);
+        let mut ids: Vec<String> = record["qc"]
+            .as_array()
+            .expect("qc")
+            .iter()
+            .map(|q| q["test_id"].as_str().expect("test").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (a, b) = (tests_of(&cd19_batch), tests_of(&bcma_batch));
+    assert!(
+        a.contains(&"cd3".to_owned()) && !a.contains(&"potency".to_owned()),
+        "{a:?}"
+    );
+    assert!(
+        b.contains(&"potency".to_owned()) && !b.contains(&"cd3".to_owned()),
+        "{b:?}"
+    );
+    let steps = |order: &str| order_show(&hub, scenario::PHYSICIAN.0, order)["product"].clone();
+    assert_eq!(steps(&cd19), "cd19-car-t");
+    assert_eq!(steps(&bcma), "bcma-car-t");
+    // Both are released, each to its own record.
+    scenario::sign_release(&hub, &cd19_batch);
+    scenario::sign_release(&hub, &bcma_batch);
+    assert_eq!(scenario::order_state(&hub, &bcma), "released");
+    assert_eq!(scenario::order_state(&hub, &cd19), "released");
+    agent.kill();
+}

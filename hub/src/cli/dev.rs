@@ -37,6 +37,9 @@ pub struct DevArgs {
     pub time_compression: f64,
 }
 
+/// The products demo orders are placed for, in turn (both shipped recipes).
+const DEMO_PRODUCTS: [&str; 2] = ["cd19-car-t", "bcma-car-t"];
+
 /// Demo users: (user name, full name, role, password).
 pub const DEMO_USERS: &[(&str, &str, Role, &str)] = &[
     ("admin", "Ada Admin", Role::Admin, "dev-operator-password"),
@@ -337,10 +340,12 @@ async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> a
     )?);
     for i in 0..count {
         let (site_id, _) = DEMO_SITES[i as usize % DEMO_SITES.len()];
+        // Both shipped products, side by side: the first order of each, then in turn.
+        let product = DEMO_PRODUCTS[i as usize % DEMO_PRODUCTS.len()];
         // The first collection date the site can book, two days from now or later.
         let date = schedule
             .propose_collection(pb::ProposeCollectionRequest {
-                product: "cd19-car-t".into(),
+                product: product.into(),
                 site_id: site_id.into(),
                 from: (Utc::now() + chrono::Duration::days(2))
                     .format("%Y-%m-%d")
@@ -357,7 +362,7 @@ async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> a
         let order = orders
             .create_order(pb::CreateOrderRequest {
                 patient_pseudonym: format!("DEMO-{:04}", i + 1),
-                product: "cd19-car-t".into(),
+                product: product.into(),
                 site_id: site_id.into(),
                 requested_collection_date: date,
                 request_id: uuid::Uuid::now_v7().to_string(),

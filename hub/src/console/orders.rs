@@ -67,6 +67,7 @@ pub async fn order_rows(hub: HubState, session: Session) -> Page {
 
 fn order_form_page(
     session: &Session,
+    products: &[(String, String)],
     sites: &[model::Site],
     form: &OrderForm,
     errors: &BTreeMap<&str, String>,
@@ -100,7 +101,9 @@ fn order_form_page(
                     }
                     label for="product" { "Product" }
                     select id="product" name="product" {
-                        option value="cd19-car-t" selected[form.product.is_empty() || form.product == "cd19-car-t"] { "CD19 CAR-T (cd19-car-t)" }
+                        @for (i, (id, title)) in products.iter().enumerate() {
+                            option value=(id) selected[form.product == *id || (form.product.is_empty() && i == 0)] { (title) " (" (id) ")" }
+                        }
                     }
                     @if let Some(e) = err("product") { p.error { (e) } }
                     label for="site_id" { "Treating site" }
@@ -158,8 +161,12 @@ pub async fn new_order(hub: HubState, session: Session) -> Page {
         ..OrderForm::default()
     };
     let free = free_dates(&hub, &session).await;
+    let products = service::order_products(&hub, &session.user)
+        .await
+        .map_err(refused)?;
     Ok(html_page(order_form_page(
         &session,
+        &products,
         &sites,
         &form,
         &BTreeMap::new(),
@@ -217,7 +224,12 @@ pub async fn create_order(
                 .await
                 .map_err(refused)?;
             let free = free_dates(&hub, &session).await;
-            let mut response = html_page(order_form_page(&session, &sites, &form, &errors, &free));
+            let products = service::order_products(&hub, &session.user)
+                .await
+                .map_err(refused)?;
+            let mut response = html_page(order_form_page(
+                &session, &products, &sites, &form, &errors, &free,
+            ));
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(response)
         }

@@ -349,7 +349,7 @@ impl Store for PgStore {
 
     async fn list_recipes(&self) -> Result<Vec<StoredRecipe>> {
         sqlx::query(
-            "SELECT sha256, document FROM recipes ORDER BY recipe_id COLLATE \"C\", version",
+            "SELECT sha256, document FROM recipes ORDER BY published_at, recipe_id COLLATE \"C\", version",
         )
         .fetch_all(&self.pool)
         .await?

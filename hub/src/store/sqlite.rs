@@ -556,12 +556,14 @@ impl Store for SqliteStore {
     }
 
     async fn list_recipes(&self) -> Result<Vec<StoredRecipe>> {
-        sqlx::query("SELECT sha256, document FROM recipes ORDER BY recipe_id, version")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(rows::recipe)
-            .collect()
+        sqlx::query(
+            "SELECT sha256, document FROM recipes ORDER BY published_at, recipe_id, version",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::recipe)
+        .collect()
     }
 
     async fn user(&self, username: &str) -> Result<User> {
