@@ -3,7 +3,7 @@
 //! signature (root cause and CAPA reference); a physician sees only that their
 //! order's batch has deviations, not what they are.
 
-use super::release::{acknowledge, prove, Proof, Signer};
+use super::release::{acknowledge, prove, Proof, SignedOn, Signer};
 use super::{field, require_role, Error};
 use crate::app::Hub;
 use crate::model::deviation::{Closure, Deviation, CLASSIFICATIONS, MIN_FINDING_CHARS};
@@ -150,7 +150,7 @@ pub async fn close(
         ))
         .into());
     }
-    prove(hub, signer, &form.proof, form.batch_id).await?;
+    prove(hub, signer, &form.proof, SignedOn::Batch(form.batch_id)).await?;
     acknowledge(hub, user, &form.proof).await?;
     let closed = hub
         .store

@@ -4,14 +4,13 @@
 //! signature, effective from a date; a version can be retired. New orders pin the
 //! version in force when they are placed; running batches keep theirs.
 
-use super::release::{acknowledge, prove, Proof, Signer};
+use super::release::{acknowledge, prove, Proof, SignedOn, Signer};
 use super::{field, require_role, sentence_reason, Error};
 use crate::app::Hub;
 use crate::model::recipe_change::{diff, Change, DraftSignature, RecipeDraft};
 use crate::model::{Role, StoredRecipe, User};
 use carrel_proto::recipe::Recipe;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
-use uuid::Uuid;
 
 /// Who authors and approves recipe versions (never the same person for one version).
 const QUALITY: [Role; 1] = [Role::Qa];
@@ -139,7 +138,13 @@ pub async fn submit(
     let user = signer.user;
     require_role(user, &QUALITY)?;
     let signed = signature(user, sha256)?;
-    prove(hub, signer, &proof, Uuid::nil()).await?;
+    prove(
+        hub,
+        signer,
+        &proof,
+        SignedOn::Recipe(recipe_id.to_owned(), version),
+    )
+    .await?;
     acknowledge(hub, user, &proof).await?;
     let draft = hub.store.submit_recipe(recipe_id, version, &signed).await?;
     hub.store.mark_session_signed(signer.session).await?;
@@ -182,7 +187,13 @@ pub async fn approve(
     require_role(user, &QUALITY)?;
     let signed = signature(user, sha256)?;
     let from = effective(effective_from)?;
-    prove(hub, signer, &proof, Uuid::nil()).await?;
+    prove(
+        hub,
+        signer,
+        &proof,
+        SignedOn::Recipe(recipe_id.to_owned(), version),
+    )
+    .await?;
     acknowledge(hub, user, &proof).await?;
     let draft = hub
         .store

@@ -156,13 +156,41 @@ pub async fn session_has_signed(hub: &Hub, session: &str) -> Result<bool, Error>
     Ok(hub.store.session_signed_at(session).await?.is_some())
 }
 
+/// What a signature is about, for the audit entry of a failed attempt: a batch
+/// (release, change review, deviation closure) or a recipe version.
+pub(super) enum SignedOn {
+    Batch(Uuid),
+    Recipe(String, u32),
+}
+
+impl SignedOn {
+    fn entry(&self, actor: &str) -> NewEntry {
+        match self {
+            SignedOn::Batch(batch_id) => NewEntry::new(
+                actor,
+                Action::ReleaseSigningFailed,
+                Object::Batch(*batch_id),
+            )
+            .batch(*batch_id),
+            SignedOn::Recipe(id, version) => NewEntry::new(
+                actor,
+                Action::ReleaseSigningFailed,
+                Object::Recipe {
+                    id: id.clone(),
+                    version: *version,
+                },
+            ),
+        }
+    }
+}
+
 /// Checks the signer's proof of identity. Refusals of the proof itself are
 /// `Unauthenticated`; a missing user name or acknowledgement is a field error.
 pub(super) async fn prove(
     hub: &Hub,
     signer: &Signer<'_>,
     proof: &Proof<'_>,
-    batch_id: Uuid,
+    signed: SignedOn,
 ) -> Result<(), Error> {
     let user = signer.user;
     let first = !session_has_signed(hub, signer.session).await?;
@@ -190,19 +218,11 @@ pub(super) async fn prove(
     hub.failed_sign_ins
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     hub.store
-        .audit(
-            &NewEntry::new(
-                &user.username,
-                Action::ReleaseSigningFailed,
-                Object::Batch(batch_id),
-            )
-            .batch(batch_id)
-            .reason(if name_ok {
-                "wrong password at signing"
-            } else {
-                "wrong user name at signing"
-            }),
-        )
+        .audit(&signed.entry(&user.username).reason(if name_ok {
+            "wrong password at signing"
+        } else {
+            "wrong user name at signing"
+        }))
         .await?;
     let gate = hub
         .store
@@ -301,7 +321,7 @@ pub async fn sign(
         ReleaseMeaning::Rejected => Vec::new(),
         ReleaseMeaning::Released => justify(&review, form.justifications)?,
     };
-    prove(hub, signer, &form.proof, form.batch_id).await?;
+    prove(hub, signer, &form.proof, SignedOn::Batch(form.batch_id)).await?;
     acknowledge(hub, user, &form.proof).await?;
     let signature = Signature {
         signature_id: Uuid::now_v7(),
@@ -386,7 +406,7 @@ pub async fn review_change(
             format!("say what you concluded from the new records (at least {MIN_JUSTIFICATION_CHARS} characters)"),
         ));
     }
-    prove(hub, signer, &form.proof, form.batch_id).await?;
+    prove(hub, signer, &form.proof, SignedOn::Batch(form.batch_id)).await?;
     acknowledge(hub, user, &form.proof).await?;
     let order = hub
         .store
