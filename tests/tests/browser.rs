@@ -3166,6 +3166,15 @@ async fn qa_raises_investigates_and_closes_a_deviation_and_the_physician_sees_on
     .await;
     let page = body_text(&client).await;
     assert!(!page.contains("temperature logger"), "{page}");
+    // Their notifications say that it was raised, not what it is.
+    reload_until(
+        &client,
+        &format!("{console}/notifications"),
+        "Deviation HUB-1 (critical) raised at the hub",
+    )
+    .await;
+    let page = body_text(&client).await;
+    assert!(!page.contains("temperature logger"), "{page}");
     client.close().await.expect("close browser");
 }
 

@@ -80,7 +80,8 @@ pub fn needs(entry: &Entry) -> Needs {
         | Action::ReleaseSigned
         | Action::BatchChangedAfterDecision
         | Action::OrderDelayed
-        | Action::OrderCancelled => entry.batch_id.map_or(Needs::Nothing, Needs::Order),
+        | Action::OrderCancelled
+        | Action::DeviationRaised => entry.batch_id.map_or(Needs::Nothing, Needs::Order),
         _ => Needs::Nothing,
     }
 }
@@ -161,6 +162,19 @@ pub fn happenings(
             format!(
                 "Order for COI {coi} at site {site} is delayed: release now expected {} ({})",
                 entry.new_value, entry.reason
+            ),
+        ),
+        // Raised by a person at the hub (the site's own arrive as its records).
+        Action::DeviationRaised => of_order(
+            Kind::Deviation,
+            // "HUB-1 (critical)", without what happened: that is QA's to read.
+            format!(
+                "Deviation {} raised at the hub by {} on batch COI {coi} at site {site}",
+                entry
+                    .new_value
+                    .split_once(": ")
+                    .map_or(entry.new_value.as_str(), |(id, _)| id),
+                entry.actor
             ),
         ),
         Action::OrderCancelled => of_order(
