@@ -2,9 +2,9 @@
 //! at the hub, add investigation notes, and close one with an electronic signature
 //! (root cause, CAPA reference). An open major or critical deviation stops release.
 
-use super::client::{authed, read_line, read_secret, ClientArgs};
-use super::release::{acknowledge, batch_record, needs_acknowledgement};
-use carrel_proto::event::from_timestamp;
+use super::client::{authed, ClientArgs};
+use super::output::time_of as time;
+use super::release::{batch_record, signed, signer};
 use carrel_proto::pb;
 use clap::Subcommand;
 
@@ -64,10 +64,6 @@ pub enum DeviationCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-}
-
-fn time(t: &Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
-    from_timestamp("time", *t).ok()
 }
 
 fn deviation_json(d: &pb::Deviation) -> serde_json::Value {
@@ -241,13 +237,9 @@ pub async fn run(command: DeviationCommand) -> anyhow::Result<()> {
         } => {
             let channel = authed(&client).await?;
             let (batch_id, _) = batch_record(channel.clone(), &batch_id).await?;
-            let mut api = pb::release_service_client::ReleaseServiceClient::new(channel);
-            let username = match user {
-                Some(user) => user,
-                None => read_line("Your user name (to sign): ")?,
-            };
-            let password = read_secret("Password (to sign): ")?;
-            let mut request = pb::CloseDeviationRequest {
+            let api = pb::release_service_client::ReleaseServiceClient::new(channel);
+            let (username, password) = signer(user)?;
+            let request = pb::CloseDeviationRequest {
                 batch_id,
                 deviation_id,
                 root_cause,
@@ -256,14 +248,15 @@ pub async fn run(command: DeviationCommand) -> anyhow::Result<()> {
                 password,
                 acknowledge_signature_meaning,
             };
-            let response = match api.close_deviation(request.clone()).await {
-                Err(status) if needs_acknowledgement(&status) => {
-                    request.acknowledge_signature_meaning = acknowledge()?;
-                    api.close_deviation(request).await?
-                }
-                other => other?,
-            }
-            .into_inner();
+            let response = signed(
+                request,
+                |r| r.acknowledge_signature_meaning = true,
+                |r| {
+                    let mut api = api.clone();
+                    async move { api.close_deviation(r).await }
+                },
+            )
+            .await?;
             print_one("Closed with your signature", response, client.json)
         }
     }

@@ -143,6 +143,11 @@ pub fn print_orders(orders: &[pb::Order], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A wire timestamp as a time, if it is set and representable.
+pub fn time_of(t: &Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
+    carrel_proto::event::from_timestamp("time", *t).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::site_time_for;

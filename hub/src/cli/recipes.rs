@@ -3,9 +3,9 @@
 //! signature), approve another person's (your signature, effective from a date),
 //! retire a version, list them.
 
-use super::client::{authed, read_line, read_secret, ClientArgs};
-use super::release::{acknowledge, needs_acknowledgement};
-use carrel_proto::event::from_timestamp;
+use super::client::{authed, ClientArgs};
+use super::output::time_of as time;
+use super::release::{signed, signer};
 use carrel_proto::pb;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -79,10 +79,6 @@ pub enum RecipeCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-}
-
-fn time(t: &Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
-    from_timestamp("time", *t).ok()
 }
 
 fn draft_json(d: &pb::RecipeDraft) -> serde_json::Value {
@@ -266,29 +262,22 @@ async fn sign(
     user: Option<String>,
     approve: bool,
 ) -> anyhow::Result<()> {
-    let mut api = pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
-    request.username = match user {
-        Some(user) => user,
-        None => read_line("Your user name (to sign): ")?,
-    };
-    request.password = read_secret("Password (to sign): ")?;
-    let call = |api: &mut pb::release_service_client::ReleaseServiceClient<_>, request| {
-        let mut api = api.clone();
-        async move {
-            if approve {
-                api.approve_recipe(request).await
-            } else {
-                api.submit_recipe(request).await
+    let api = pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
+    (request.username, request.password) = signer(user)?;
+    let response = signed(
+        request,
+        |r| r.acknowledge_signature_meaning = true,
+        |r| {
+            let mut api = api.clone();
+            async move {
+                if approve {
+                    api.approve_recipe(r).await
+                } else {
+                    api.submit_recipe(r).await
+                }
             }
-        }
-    };
-    let response = match call(&mut api, request.clone()).await {
-        Err(status) if needs_acknowledgement(&status) => {
-            request.acknowledge_signature_meaning = acknowledge()?;
-            call(&mut api, request).await?
-        }
-        other => other?,
-    }
-    .into_inner();
+        },
+    )
+    .await?;
     print_draft(&response.draft.unwrap_or_default(), client.json)
 }

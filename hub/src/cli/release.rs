@@ -199,7 +199,7 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             }
             let channel = authed(&client).await?;
             let (batch_id, record) = batch_record(channel.clone(), &batch_id).await?;
-            let mut api = pb::release_service_client::ReleaseServiceClient::new(channel);
+            let api = pb::release_service_client::ReleaseServiceClient::new(channel);
             let order = record.order.clone().unwrap_or_default();
             eprintln!(
                 "Batch {} (COI {}, patient {}, site {}): {} exception(s), {} QC result(s)",
@@ -270,12 +270,8 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                     ))?);
                 }
             }
-            let username = match user {
-                Some(user) => user,
-                None => read_line("Your user name (to sign): ")?,
-            };
-            let password = read_secret("Password (to sign): ")?;
-            let mut request = pb::SignReleaseRequest {
+            let (username, password) = signer(user)?;
+            let request = pb::SignReleaseRequest {
                 batch_id,
                 meaning: match meaning {
                     MeaningArg::Released => pb::ReleaseMeaning::Released,
@@ -288,14 +284,15 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 justifications,
                 acknowledge_signature_meaning,
             };
-            let response = match api.sign_release(request.clone()).await {
-                Err(status) if needs_acknowledgement(&status) => {
-                    request.acknowledge_signature_meaning = acknowledge()?;
-                    api.sign_release(request).await?
-                }
-                other => other?,
-            }
-            .into_inner();
+            let response = signed(
+                request,
+                |r| r.acknowledge_signature_meaning = true,
+                |r| {
+                    let mut api = api.clone();
+                    async move { api.sign_release(r).await }
+                },
+            )
+            .await?;
             let signature = response.signature.context("hub returned no signature")?;
             if client.json {
                 let order = response.order.as_ref().map(order_json).unwrap_or_default();
@@ -328,13 +325,9 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
         } => {
             let channel = authed(&client).await?;
             let (batch_id, _) = batch_record(channel.clone(), &batch_id).await?;
-            let mut api = pb::release_service_client::ReleaseServiceClient::new(channel);
-            let username = match user {
-                Some(user) => user,
-                None => read_line("Your user name (to sign): ")?,
-            };
-            let password = read_secret("Password (to sign): ")?;
-            let mut request = pb::ReviewChangeRequest {
+            let api = pb::release_service_client::ReleaseServiceClient::new(channel);
+            let (username, password) = signer(user)?;
+            let request = pb::ReviewChangeRequest {
                 batch_id,
                 username,
                 password,
@@ -342,14 +335,15 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 comment,
                 acknowledge_signature_meaning,
             };
-            let response = match api.review_change(request.clone()).await {
-                Err(status) if needs_acknowledgement(&status) => {
-                    request.acknowledge_signature_meaning = acknowledge()?;
-                    api.review_change(request).await?
-                }
-                other => other?,
-            }
-            .into_inner();
+            let response = signed(
+                request,
+                |r| r.acknowledge_signature_meaning = true,
+                |r| {
+                    let mut api = api.clone();
+                    async move { api.review_change(r).await }
+                },
+            )
+            .await?;
             let order = response.order.unwrap_or_default();
             if client.json {
                 println!("{}", serde_json::to_string_pretty(&order_json(&order))?);
@@ -371,14 +365,44 @@ fn meaning_word(meaning: MeaningArg) -> &'static str {
     }
 }
 
+/// The signer's user name (asked for unless given) and password (always asked).
+pub(super) fn signer(user: Option<String>) -> anyhow::Result<(String, String)> {
+    let username = match user {
+        Some(user) => user,
+        None => read_line("Your user name (to sign): ")?,
+    };
+    Ok((username, read_secret("Password (to sign): ")?))
+}
+
+/// Sends a signed request; when the hub asks for the signer's one-time
+/// acknowledgement of what their signature means, asks for it and sends the
+/// request again with it (`acknowledged` sets it).
+pub(super) async fn signed<R: Clone, T, Fut>(
+    mut request: R,
+    acknowledged: fn(&mut R),
+    send: impl Fn(R) -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    match send(request.clone()).await {
+        Err(status) if needs_acknowledgement(&status) => {
+            acknowledge()?;
+            acknowledged(&mut request);
+            Ok(send(request).await?.into_inner())
+        }
+        other => Ok(other?.into_inner()),
+    }
+}
+
 /// Whether the hub refused a signature for want of the signer's one-time
 /// acknowledgement of what their electronic signature means.
-pub(super) fn needs_acknowledgement(status: &tonic::Status) -> bool {
+fn needs_acknowledgement(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::InvalidArgument && status.message().contains("acknowledge")
 }
 
 /// Shows what the signer acknowledges and asks them to; `true` when they do.
-pub(super) fn acknowledge() -> anyhow::Result<bool> {
+fn acknowledge() -> anyhow::Result<bool> {
     eprintln!(
         "Before your first electronic signature:\n  {}",
         crate::service::release::SIGNATURE_MEANING
