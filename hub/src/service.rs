@@ -470,13 +470,21 @@ async fn place_order(
                 ),
             )
         })?;
-    if date < Utc::now().date_naive() {
+    // The date is the site's: "today" is today where the site is (UTC for a site
+    // that declared no time zone).
+    // An unknown site is said to be unknown where it is looked up to be placed.
+    let today = match hub.store.capacity(form.site_id.trim()).await {
+        Ok(Some(capacity)) => capacity.local_date(Utc::now()),
+        Ok(None) | Err(store::Error::NotFound(_)) => Utc::now().date_naive(),
+        Err(e) => return Err(e.into()),
+    };
+    if date < today {
         return Err(field(
             "requested_collection_date",
-            format!("The collection date {date} is in the past"),
+            format!("The collection date {date} is in the past (today is {today} at the site)"),
         ));
     }
-    let horizon = Utc::now().date_naive() + Duration::days(crate::schedule::HORIZON_DAYS);
+    let horizon = today + Duration::days(crate::schedule::HORIZON_DAYS);
     if date > horizon {
         return Err(field(
             "requested_collection_date",
