@@ -2840,9 +2840,26 @@ async fn every_console_page_passes_an_automated_accessibility_check_fits_390_px_
     }
     sign_out(&client).await;
     sign_in(&client, &console, QA).await;
+    hub.cli_ok(
+        QA.0,
+        &[
+            "deviation",
+            "raise",
+            &batch_id,
+            "--classification",
+            "minor",
+            "--description",
+            "Label printer jammed; the label was reprinted",
+        ],
+        None,
+    );
     for (name, path) in [
         ("release queue", "/release".to_owned()),
         ("batch record", format!("/batches/{batch_id}")),
+        ("deviations", "/deviations".to_owned()),
+        ("deviation", format!("/batches/{batch_id}/deviations/HUB-1")),
+        // (The recipe editor shows the TOML it edits: its codes are the text.)
+        ("recipes", "/recipes".to_owned()),
     ] {
         failures.extend(check(client.clone(), format!("QA {name}"), c(&path)).await);
     }

@@ -6,7 +6,7 @@
 //! [`diff`] says what a draft changes against the version it replaces, in the
 //! recipe's own terms: steps, their parameters and ranges, and QC specifications.
 
-use carrel_proto::recipe::{Parameter, QcTest, Recipe, Step};
+use carrel_proto::recipe::{unit_words, Parameter, QcTest, Recipe, Step};
 use chrono::{DateTime, Utc};
 
 /// Where a draft is in its lifecycle.
@@ -93,7 +93,7 @@ fn step_words(s: &Step) -> String {
 }
 
 fn parameter_words(p: &Parameter) -> String {
-    format!("{} to {} {}", p.low, p.high, p.unit)
+    format!("{} to {} {}", p.low, p.high, unit_words(&p.unit))
 }
 
 fn test_words(t: &QcTest) -> String {
@@ -102,7 +102,7 @@ fn test_words(t: &QcTest) -> String {
         t.name,
         t.method,
         t.spec,
-        t.unit,
+        unit_words(&t.unit),
         if t.may_follow_release {
             " (may follow release)"
         } else {
