@@ -63,6 +63,11 @@ actions! {
     RecipeApproved = "recipe.approved",
     /// A published version retired: no new order pins it.
     RecipeRetired = "recipe.retired",
+    /// QA signed a site's qualification for a product (and versions): orders of it
+    /// are taken there.
+    SiteQualified = "site.qualified",
+    /// A site's qualification for a product withdrawn: no new order of it there.
+    SiteQualificationWithdrawn = "site.qualification_withdrawn",
     UserCreated = "user.created",
     UserSignedIn = "user.signed_in",
     UserSignedOut = "user.signed_out",

@@ -21,6 +21,7 @@ use uuid::Uuid;
 pub mod admin;
 pub mod deviations;
 pub mod integration;
+pub mod qualifications;
 pub mod recipes;
 pub mod release;
 pub mod schedule;
@@ -356,6 +357,22 @@ pub fn may_order(user: &User) -> bool {
 pub async fn order_sites(hub: &Hub, user: &User) -> Result<Vec<model::Site>, Error> {
     require_role(user, &PRESCRIBERS)?;
     Ok(hub.store.list_sites().await?)
+}
+
+/// What each site is qualified to make now (site id to product ids), for the order
+/// form (physicians): an order for anything else is refused.
+pub async fn site_products(
+    hub: &Hub,
+    user: &User,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
+    require_role(user, &PRESCRIBERS)?;
+    let mut makes = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for q in hub.store.site_qualifications(None).await? {
+        if q.in_force() {
+            makes.entry(q.site_id).or_default().push(q.recipe_id);
+        }
+    }
+    Ok(makes)
 }
 
 /// The products an order can name, for the order form (physicians): each product

@@ -27,6 +27,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 /// The password of the hub administrator the harness adds ([`Hub::ensure_admin`]).
 pub const ADMIN_PASSWORD: &str = "hub-operator-password-1";
 
+/// The QA person the harness signs site qualifications with ([`Hub::qualify`]).
+pub const SITE_QA: (&str, &str) = ("qa.sites", "qa-sites-password-1");
+
+/// The products the hub ships, which [`Hub::add_site`] qualifies each site for.
+pub const SHIPPED_PRODUCTS: [&str; 2] = ["cd19-car-t", "bcma-car-t"];
+
 /// Path of one of the workspace's binaries.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -354,8 +360,47 @@ impl Hub {
         );
     }
 
-    /// Registers a site and returns its one-time enrollment token.
+    /// Registers a site, qualifies it for every shipped product (as QA does, with a
+    /// signature: [`Hub::qualify`]) and returns its one-time enrollment token.
     pub fn add_site(&self, site_id: &str) -> String {
+        let token = self.register_site(site_id);
+        for product in SHIPPED_PRODUCTS {
+            self.qualify(site_id, product);
+        }
+        token
+    }
+
+    /// Qualifies a site for a product (its version in force and later ones),
+    /// signed by the harness's own QA person ([`SITE_QA`], added once).
+    pub fn qualify(&self, site_id: &str, product: &str) {
+        if !self
+            .dir
+            .path()
+            .join(format!("token-{}", SITE_QA.0))
+            .exists()
+        {
+            self.add_user(SITE_QA.0, "qa", SITE_QA.1);
+        }
+        self.cli_ok(
+            SITE_QA.0,
+            &[
+                "site",
+                "qualify",
+                site_id,
+                product,
+                "--reason",
+                "Qualified by the test harness for this test",
+                "--user",
+                SITE_QA.0,
+                "--acknowledge-signature-meaning",
+            ],
+            Some(SITE_QA.1),
+        );
+    }
+
+    /// Registers a site without qualifying it for any product; returns its one-time
+    /// enrollment token.
+    pub fn register_site(&self, site_id: &str) -> String {
         let out = self.cli_ok(
             "admin",
             &[

@@ -548,3 +548,181 @@ async fn the_site_link_accepts_one_minor_protocol_version_apart_and_refuses_more
         );
     }
 }
+
+/// A site takes orders only for the products (and versions) QA qualified it for
+/// with a signature: an order for anything else is refused with the reason and
+/// stores nothing; a qualification refused (wrong password, not QA, no reason, an
+/// unknown product, the same one twice) stores nothing either; a withdrawal stops
+/// new orders again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_for_a_product_the_site_is_not_qualified_for_is_refused_until_qa_signs() {
+    let hub = Hub::start().await;
+    hub.add_user(ALICE.0, "physician", ALICE.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let token = hub.register_site("site-q");
+    let _agent = Agent::enroll(&hub, "site-q", &token).expect("enroll");
+    let alice = hub.login(ALICE.0, ALICE.1).await.expect("alice");
+    let qa = hub.login(QA.0, QA.1).await.expect("qa");
+    let mut orders = pb::order_service_client::OrderServiceClient::new(hub.channel().await);
+    let mut release = pb::release_service_client::ReleaseServiceClient::new(hub.channel().await);
+    let db = hub.db().await;
+    let date = tomorrow();
+
+    assert_refused(
+        orders
+            .create_order(authed(&alice, order_request("site-q", "cd19-car-t", &date, "P-1")))
+            .await,
+        Code::InvalidArgument,
+        "product cd19-car-t is not one site site-q is qualified to make (it is qualified for no product yet)",
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM orders").await, 0);
+    // Nor does the scheduler propose a date there for it.
+    let mut schedule = pb::schedule_service_client::ScheduleServiceClient::new(hub.channel().await);
+    let propose = || pb::ProposeCollectionRequest {
+        product: "cd19-car-t".into(),
+        site_id: "site-q".into(),
+        from: date.clone(),
+        other_sites: false,
+        count: 1,
+    };
+    assert_refused(
+        schedule.propose_collection(authed(&alice, propose())).await,
+        Code::InvalidArgument,
+        "not one site site-q is qualified to make",
+    );
+
+    let qualify = |product: &str, reason: &str, password: &str| pb::QualifySiteRequest {
+        site_id: "site-q".into(),
+        product: product.into(),
+        reason: reason.into(),
+        username: QA.0.into(),
+        password: password.into(),
+        acknowledge_signature_meaning: true,
+        ..Default::default()
+    };
+    const REASON: &str = "Process qualification runs PQ-1 to PQ-3 passed, report QR-0007";
+    assert_refused(
+        release
+            .qualify_site(authed(
+                &qa,
+                qualify("cd19-car-t", REASON, "wrong-password-1"),
+            ))
+            .await,
+        Code::Unauthenticated,
+        "wrong password",
+    );
+    assert_refused(
+        release
+            .qualify_site(authed(&alice, qualify("cd19-car-t", REASON, ALICE.1)))
+            .await,
+        Code::PermissionDenied,
+        "",
+    );
+    assert_refused(
+        release
+            .qualify_site(authed(&qa, qualify("cd19-car-t", "ok", QA.1)))
+            .await,
+        Code::InvalidArgument,
+        "too short",
+    );
+    assert_refused(
+        release
+            .qualify_site(authed(&qa, qualify("cd22", REASON, QA.1)))
+            .await,
+        Code::InvalidArgument,
+        "\"cd22\" is not published",
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM site_qualifications").await,
+        0
+    );
+
+    let signed = release
+        .qualify_site(authed(&qa, qualify("cd19-car-t", REASON, QA.1)))
+        .await
+        .expect("qualify")
+        .into_inner();
+    assert_eq!(
+        (
+            signed.versions.as_str(),
+            signed.qualified_by.as_str(),
+            signed.in_force
+        ),
+        ("v1 and later", QA.0, true)
+    );
+    // Sent twice, it is refused: one signature is recorded.
+    assert_refused(
+        release
+            .qualify_site(authed(&qa, qualify("cd19-car-t", REASON, QA.1)))
+            .await,
+        Code::FailedPrecondition,
+        "already qualified",
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM site_qualifications").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'site.qualified'"
+        )
+        .await,
+        1
+    );
+
+    orders
+        .create_order(authed(
+            &alice,
+            order_request("site-q", "cd19-car-t", &date, "P-1"),
+        ))
+        .await
+        .expect("a qualified product is ordered");
+    assert_refused(
+        orders
+            .create_order(authed(
+                &alice,
+                order_request("site-q", "bcma-car-t", &date, "P-2"),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "it is qualified for cd19-car-t",
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM orders").await, 1);
+
+    // Withdrawn through the CLI, as QA: new orders are refused again.
+    let out = hub.cli(
+        QA.0,
+        &[
+            "site",
+            "withdraw-qualification",
+            "site-q",
+            "cd19-car-t",
+            "--reason",
+            "Clean room excursion, CAPA-17 open",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_refused(
+        orders
+            .create_order(authed(
+                &alice,
+                order_request("site-q", "cd19-car-t", &date, "P-3"),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "qualified for no product yet",
+    );
+    let listed = hub.cli_json(QA.0, &["site", "qualifications", "site-q"], None);
+    assert_eq!(listed[0]["in_force"], false, "{listed}");
+    assert_eq!(
+        listed[0]["withdrawn_reason"],
+        "Clean room excursion, CAPA-17 open"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM orders").await, 1);
+}

@@ -2860,6 +2860,7 @@ async fn every_console_page_passes_an_automated_accessibility_check_fits_390_px_
         ("deviation", format!("/batches/{batch_id}/deviations/HUB-1")),
         // (The recipe editor shows the TOML it edits: its codes are the text.)
         ("recipes", "/recipes".to_owned()),
+        ("qualifications", "/qualifications".to_owned()),
     ] {
         failures.extend(check(client.clone(), format!("QA {name}"), c(&path)).await);
     }
@@ -3264,5 +3265,101 @@ async fn a_recipe_version_is_drafted_in_the_editor_and_approved_by_a_second_qa_p
     .await
     .expect("count");
     assert_eq!(published, 1);
+    client.close().await.expect("close browser");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qa_qualifies_a_site_for_a_product_with_a_signature_and_withdraws_it() {
+    let hub = Hub::start().await;
+    hub.add_user(QA.0, "qa", QA.1);
+    hub.register_site("site-n");
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("qualifications");
+    sign_in(&client, &console, QA).await;
+    click(&client, "a[href='/qualifications']").await;
+    expect_text(
+        &client,
+        "qualifications",
+        "No site is qualified for any product yet",
+    )
+    .await;
+
+    // A reason that says nothing is refused, the choices kept, nothing signed.
+    choose(&client, "#site", "site-n").await;
+    choose(&client, "#product", "bcma-car-t").await;
+    fill(&client, "#qualify-reason", "ok").await;
+    fill(&client, "#qualify-username", QA.0).await;
+    click(&client, "#qualify-acknowledge").await;
+    fill(&client, "#qualify-password", QA.1).await;
+    click(&client, "#qualify-submit").await;
+    expect_text(&client, "refusal", "too short").await;
+    assert_eq!(value_of(&client, "#site").await, "site-n");
+    assert_eq!(value_of(&client, "#product").await, "bcma-car-t");
+    // A wrong password: not signed.
+    fill(
+        &client,
+        "#qualify-reason",
+        "Process qualification run PQ-9 passed, report QR-0090",
+    )
+    .await;
+    fill(&client, "#qualify-username", QA.0).await;
+    fill(&client, "#qualify-password", "not-my-password-1").await;
+    click(&client, "#qualify-submit").await;
+    expect_text(&client, "refusal", "wrong password").await;
+    let db = hub.db().await;
+    let rows = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db)
+                .await
+                .expect(sql)
+        }
+    };
+    assert_eq!(rows("SELECT COUNT(*) FROM site_qualifications").await, 0);
+
+    fill(&client, "#qualify-username", QA.0).await;
+    fill(&client, "#qualify-password", QA.1).await;
+    click(&client, "#qualify-submit").await;
+    expect_text(&client, "qualifications", "v1 and later").await;
+    let row = "tr[data-site='site-n'][data-product='bcma-car-t']";
+    assert_eq!(
+        client
+            .find(Locator::Css(row))
+            .await
+            .expect("row")
+            .attr("data-in-force")
+            .await
+            .expect("attr")
+            .as_deref(),
+        Some("true")
+    );
+    shots.take(&client, "qualified").await;
+
+    // Withdrawn with a reason: the row stays, withdrawn.
+    fill(
+        &client,
+        &format!("{row} input[name=reason]"),
+        "Clean room excursion; CAPA-17 open",
+    )
+    .await;
+    click(&client, &format!("{row} button")).await;
+    expect_text(
+        &client,
+        "qualifications",
+        "Clean room excursion; CAPA-17 open",
+    )
+    .await;
+    assert_eq!(
+        rows("SELECT COUNT(*) FROM site_qualifications WHERE withdrawn_at IS NOT NULL").await,
+        1
+    );
+    assert_eq!(
+        rows("SELECT COUNT(*) FROM audit_log WHERE action = 'site.qualification_withdrawn'").await,
+        1
+    );
     client.close().await.expect("close browser");
 }

@@ -274,6 +274,24 @@ async fn a_site_fails_over_between_replicas_and_commands_cross_replicas() {
     )
     .await;
 
+    // QA qualifies the site for the product (signed), through replica A.
+    let qa = a.token(root, "qa.f", "qa-password-12345").await;
+    pb::release_service_client::ReleaseServiceClient::new(a.channel(root).await)
+        .qualify_site(authed(
+            &qa,
+            pb::QualifySiteRequest {
+                site_id: "site-f".into(),
+                product: "cd19-car-t".into(),
+                reason: "Qualification run PQ-F1 for the failover test".into(),
+                username: "qa.f".into(),
+                password: "qa-password-12345".into(),
+                acknowledge_signature_meaning: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("qualify site-f");
+
     let physician = a.token(root, "dr.f", "physician-password-1").await;
     let date = (chrono::Utc::now() + chrono::Duration::days(2))
         .format("%Y-%m-%d")

@@ -389,7 +389,10 @@ impl Session {
                 "{PASSWORD}\n{PASSWORD}\n{}\n",
                 self.value("COI").unwrap_or_default()
             )
-        } else if command.contains("release sign") || command.contains("release review-change") {
+        } else if command.contains("release sign")
+            || command.contains("release review-change")
+            || command.contains("site qualify")
+        {
             // Their user name, password, and "yes" to the meaning of a first signature.
             format!("qa.grace\n{PASSWORD}\nyes\n")
         } else {

@@ -11,7 +11,7 @@ use crate::server;
 use crate::Config;
 use anyhow::Context;
 use carrel_proto::pb;
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +68,14 @@ const DEV_ACTOR: &str = "carrel-hub dev";
 pub const DEMO_SITES: &[(&str, &str)] = &[
     ("site-a", "St Elsewhere University Hospital"),
     ("site-b", "Royal Infirmary Cell Therapy Unit"),
+];
+
+/// What each demo site is qualified to make: site-a one product, site-b both (the
+/// demo orders alternate sites and products, so site-a's are all cd19-car-t).
+pub const DEMO_QUALIFICATIONS: &[(&str, &str)] = &[
+    ("site-a", "cd19-car-t"),
+    ("site-b", "cd19-car-t"),
+    ("site-b", "bcma-car-t"),
 ];
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -168,6 +176,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         carrel_site_agent::write_config(&agent_config)?;
         agents.push(carrel_site_agent::start(agent_config, shutdown.clone()).await?);
     }
+
+    qualify_demo_sites(store.as_ref()).await?;
 
     let ca_path = config.ca_paths().0;
     let token_file = root.join("token");
@@ -315,6 +325,35 @@ fn print_welcome(
 }
 
 /// Places orders through the real API, signed in as the demo physician.
+/// Qualifies the demo sites for their products (once): recorded as dev mode's
+/// set-up, not as any person's signature.
+async fn qualify_demo_sites(store: &dyn crate::store::Store) -> anyhow::Result<()> {
+    let in_force = store.site_qualifications(None).await?;
+    for (site_id, product) in DEMO_QUALIFICATIONS {
+        if in_force
+            .iter()
+            .any(|q| q.site_id == *site_id && q.recipe_id == *product && q.in_force())
+        {
+            continue;
+        }
+        store
+            .qualify_site(&crate::model::Qualification {
+                site_id: (*site_id).to_owned(),
+                recipe_id: (*product).to_owned(),
+                min_version: 1,
+                max_version: None,
+                qualified_by: DEV_ACTOR.to_owned(),
+                qualified_name: "carrel-hub dev set-up (no person signed)".to_owned(),
+                qualified_at: Utc::now().trunc_subsecs(6),
+                meaning: crate::model::QUALIFICATION_MEANING.to_owned(),
+                reason: "A demo site of carrel-hub dev, qualified at set-up".to_owned(),
+                withdrawn: None,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> anyhow::Result<()> {
     let client = ClientArgs {
         addr: hub_url.to_owned(),

@@ -1,8 +1,10 @@
 //! `carrel-hub site`: register a site on the hub machine's store (`add`), and list,
-//! suspend, resume or cease sites through the API.
+//! suspend, resume or cease sites through the API; qualify a site for a product
+//! (QA, with a signature), withdraw a qualification, list them.
 
 use super::client::{authed, ClientArgs};
 use super::local::{local_operator, store_config, StoreArgs};
+use super::release::{signed, signer};
 use crate::admin;
 use carrel_proto::pb;
 use clap::Subcommand;
@@ -47,6 +49,45 @@ pub enum SiteCommand {
         site_id: String,
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Qualify a site for a product (QA), with your signature (asks for your
+    /// password): orders of the versions covered are taken there. Replaces the
+    /// qualification in force for that site and product.
+    Qualify {
+        site_id: String,
+        /// The product (recipe id), e.g. cd19-car-t.
+        product: String,
+        /// The first version covered (default: the version in force now).
+        #[arg(long)]
+        from_version: Option<u32>,
+        /// The last version covered (default: every later version too).
+        #[arg(long)]
+        to_version: Option<u32>,
+        /// Why: the qualification run and its report's reference.
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        acknowledge_signature_meaning: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Withdraw a site's qualification for a product (QA): no new order of it is
+    /// taken there; orders placed keep running.
+    WithdrawQualification {
+        site_id: String,
+        product: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// What each site (or one) is qualified to make, withdrawn qualifications too.
+    Qualifications {
+        site_id: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -205,5 +246,138 @@ pub async fn run(command: SiteCommand) -> anyhow::Result<()> {
             println!("Site {site_id} ceased; its records stay at the hub.");
             Ok(())
         }
+        SiteCommand::Qualify {
+            site_id,
+            product,
+            from_version,
+            to_version,
+            reason,
+            user,
+            acknowledge_signature_meaning,
+            client,
+        } => {
+            let api = pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
+            let mut request = pb::QualifySiteRequest {
+                site_id,
+                product,
+                from_version: from_version.unwrap_or_default(),
+                to_version: to_version.unwrap_or_default(),
+                reason,
+                acknowledge_signature_meaning,
+                ..Default::default()
+            };
+            (request.username, request.password) = signer(user)?;
+            let q = signed(
+                request,
+                |r| r.acknowledge_signature_meaning = true,
+                |r| {
+                    let mut api = api.clone();
+                    async move { api.qualify_site(r).await }
+                },
+            )
+            .await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&qualification_json(&q))?);
+            } else {
+                println!(
+                    "Site {} qualified for {} {}, signed by {} ({}) at {}.",
+                    q.site_id,
+                    q.product,
+                    q.versions,
+                    q.qualified_name,
+                    q.qualified_by,
+                    time(q.qualified_at)
+                );
+            }
+            Ok(())
+        }
+        SiteCommand::WithdrawQualification {
+            site_id,
+            product,
+            reason,
+            client,
+        } => {
+            pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?)
+                .withdraw_site_qualification(pb::WithdrawSiteQualificationRequest {
+                    site_id: site_id.clone(),
+                    product: product.clone(),
+                    reason,
+                })
+                .await?;
+            println!("Site {site_id} is no longer qualified for {product}: new orders of it there are refused; orders placed keep running.");
+            Ok(())
+        }
+        SiteCommand::Qualifications { site_id, client } => {
+            let all = pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?)
+                .list_site_qualifications(pb::ListSiteQualificationsRequest {
+                    site_id: site_id.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .qualifications;
+            if client.json {
+                let rows: Vec<_> = all.iter().map(qualification_json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if all.is_empty() {
+                println!(
+                    "No qualifications{}: QA qualifies a site with `carrel-hub site qualify SITE PRODUCT --reason ...`.",
+                    site_id.map(|s| format!(" for site {s}")).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<16} {:<16} {:<16} {:<10} SIGNED",
+                    "SITE", "PRODUCT", "VERSIONS", "STATE"
+                );
+                for q in &all {
+                    println!(
+                        "{:<16} {:<16} {:<16} {:<10} {} ({}) {}: {}",
+                        q.site_id,
+                        q.product,
+                        q.versions,
+                        if q.in_force { "in force" } else { "withdrawn" },
+                        q.qualified_name,
+                        q.qualified_by,
+                        time(q.qualified_at),
+                        q.reason
+                    );
+                    if !q.in_force {
+                        println!(
+                            "{:<16} withdrawn by {} {}: {}",
+                            "",
+                            q.withdrawn_by,
+                            time(q.withdrawn_at),
+                            q.withdrawn_reason
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
     }
+}
+
+/// A time the API sent, as the CLI prints it ("-" when absent).
+fn time(t: Option<prost_types::Timestamp>) -> String {
+    carrel_proto::event::from_timestamp("time", t)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| "-".into())
+}
+
+fn qualification_json(q: &pb::SiteQualification) -> serde_json::Value {
+    let at = |t| {
+        carrel_proto::event::from_timestamp("at", t)
+            .ok()
+            .map(|t| t.to_rfc3339())
+    };
+    serde_json::json!({
+        "site_id": q.site_id, "product": q.product,
+        "from_version": q.from_version,
+        "to_version": (q.to_version != 0).then_some(q.to_version),
+        "versions": q.versions, "in_force": q.in_force,
+        "qualified_by": q.qualified_by, "qualified_name": q.qualified_name,
+        "qualified_at": at(q.qualified_at), "meaning": q.meaning, "reason": q.reason,
+        "withdrawn_by": (!q.in_force).then_some(&q.withdrawn_by),
+        "withdrawn_at": at(q.withdrawn_at),
+        "withdrawn_reason": (!q.in_force).then_some(&q.withdrawn_reason),
+    })
 }

@@ -17,6 +17,7 @@ mod admin;
 mod deviations;
 mod notifications;
 mod orders;
+mod qualifications;
 mod recipes;
 mod release;
 mod schedule;
@@ -95,6 +96,11 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(deviations::close),
         )
         .route("/deviations", get(deviations::list))
+        .route(
+            "/qualifications",
+            get(qualifications::list).post(qualifications::qualify),
+        )
+        .route("/qualifications/withdraw", post(qualifications::withdraw))
         .route("/recipes", get(recipes::list).post(recipes::save))
         .route("/recipes/new", get(recipes::new_draft))
         .route("/recipes/check", post(recipes::check))

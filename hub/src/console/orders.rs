@@ -69,6 +69,7 @@ fn order_form_page(
     session: &Session,
     products: &[(String, String)],
     sites: &[model::Site],
+    makes: &std::collections::BTreeMap<String, Vec<String>>,
     form: &OrderForm,
     errors: &BTreeMap<&str, String>,
     free: &[service::schedule::Proposal],
@@ -109,7 +110,8 @@ fn order_form_page(
                     label for="site_id" { "Treating site" }
                     select id="site_id" name="site_id" {
                         @for site in sites.iter().filter(|s| s.status == SiteStatus::Active) {
-                            option value=(site.site_id) selected[form.site_id == site.site_id] { (site.name) " (" (site.site_id) ")" }
+                            option value=(site.site_id) selected[form.site_id == site.site_id] { (site.name) " (" (site.site_id) "): "
+                                @match makes.get(&site.site_id) { Some(products) => { "makes " (products.join(", ")) } None => { "qualified for no product yet" } } }
                         }
                     }
                     @if let Some(e) = err("site_id") { p.error id="site_id-error" { (e) } }
@@ -153,6 +155,9 @@ pub async fn new_order(hub: HubState, session: Session) -> Page {
     let sites = service::order_sites(&hub, &session.user)
         .await
         .map_err(refused)?;
+    let makes = service::site_products(&hub, &session.user)
+        .await
+        .map_err(refused)?;
     let form = OrderForm {
         requested_collection_date: (Utc::now() + chrono::Duration::days(2))
             .format("%Y-%m-%d")
@@ -168,6 +173,7 @@ pub async fn new_order(hub: HubState, session: Session) -> Page {
         &session,
         &products,
         &sites,
+        &makes,
         &form,
         &BTreeMap::new(),
         &free,
@@ -223,12 +229,15 @@ pub async fn create_order(
             let sites = service::order_sites(&hub, &session.user)
                 .await
                 .map_err(refused)?;
+            let makes = service::site_products(&hub, &session.user)
+                .await
+                .map_err(refused)?;
             let free = free_dates(&hub, &session).await;
             let products = service::order_products(&hub, &session.user)
                 .await
                 .map_err(refused)?;
             let mut response = html_page(order_form_page(
-                &session, &products, &sites, &form, &errors, &free,
+                &session, &products, &sites, &makes, &form, &errors, &free,
             ));
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(response)

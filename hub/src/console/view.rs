@@ -83,7 +83,7 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                         nav aria-label="main" {
                             @let links: &[(&str, &str)] = match user.role {
                                 Role::Physician => &[("/orders", "My orders"), ("/orders/new", "New order"), ("/schedule", "Schedule")],
-                                Role::Qa => &[("/release", "Release queue"), ("/deviations", "Deviations"), ("/recipes", "Recipes"), ("/orders", "All orders"), ("/schedule", "Schedule")],
+                                Role::Qa => &[("/release", "Release queue"), ("/deviations", "Deviations"), ("/recipes", "Recipes"), ("/qualifications", "Qualifications"), ("/orders", "All orders"), ("/schedule", "Schedule")],
                                 Role::Admin => &[("/admin/sites", "Sites"), ("/admin/users", "Users"), ("/orders", "Orders"), ("/schedule", "Schedule")],
                                 Role::Technician => &[("/orders", "Orders"), ("/schedule", "Schedule")],
                             };

@@ -5,7 +5,7 @@
 use super::{authenticate, order_to_pb, parse_id, service_status};
 use crate::app::Hub;
 use crate::record::{Counts, Exception, Review, Signed};
-use crate::service::{deviations, recipes, release};
+use crate::service::{deviations, qualifications, recipes, release};
 use carrel_proto::event::{meaning_to_wire, outcome_to_wire, to_timestamp, ReleaseMeaning};
 use carrel_proto::pb;
 use std::sync::Arc;
@@ -410,6 +410,82 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
             .await
             .map_err(service_status)?;
         Ok(Response::new(pb::RetireRecipeResponse {}))
+    }
+
+    async fn qualify_site(
+        &self,
+        request: Request<pb::QualifySiteRequest>,
+    ) -> Result<Response<pb::SiteQualification>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let (session, source) = (super::session_of(&request), super::source(&request));
+        let req = request.into_inner();
+        let signer = release::Signer {
+            user: &user,
+            session: &session,
+            source: &source,
+        };
+        let proof = release::Proof {
+            username: &req.username,
+            password: &req.password,
+            acknowledge_meaning: req.acknowledge_signature_meaning,
+        };
+        let asked = qualifications::Request {
+            site_id: &req.site_id,
+            recipe_id: &req.product,
+            from_version: req.from_version,
+            to_version: req.to_version,
+            reason: &req.reason,
+        };
+        let qualified = qualifications::qualify(&self.0, &signer, proof, &asked)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(qualification_to_pb(&qualified)))
+    }
+
+    async fn withdraw_site_qualification(
+        &self,
+        request: Request<pb::WithdrawSiteQualificationRequest>,
+    ) -> Result<Response<pb::WithdrawSiteQualificationResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        qualifications::withdraw(&self.0, &user, &req.site_id, &req.product, &req.reason)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::WithdrawSiteQualificationResponse {}))
+    }
+
+    async fn list_site_qualifications(
+        &self,
+        request: Request<pb::ListSiteQualificationsRequest>,
+    ) -> Result<Response<pb::ListSiteQualificationsResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let all = qualifications::list(&self.0, &user, Some(&req.site_id))
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ListSiteQualificationsResponse {
+            qualifications: all.iter().map(qualification_to_pb).collect(),
+        }))
+    }
+}
+
+fn qualification_to_pb(q: &crate::model::Qualification) -> pb::SiteQualification {
+    let withdrawn = q.withdrawn.as_ref();
+    pb::SiteQualification {
+        site_id: q.site_id.clone(),
+        product: q.recipe_id.clone(),
+        from_version: q.min_version,
+        to_version: q.max_version.unwrap_or_default(),
+        versions: q.versions(),
+        qualified_by: q.qualified_by.clone(),
+        qualified_name: q.qualified_name.clone(),
+        qualified_at: Some(to_timestamp(q.qualified_at)),
+        meaning: q.meaning.clone(),
+        reason: q.reason.clone(),
+        in_force: q.in_force(),
+        withdrawn_by: withdrawn.map(|w| w.by.clone()).unwrap_or_default(),
+        withdrawn_at: withdrawn.map(|w| to_timestamp(w.at)),
+        withdrawn_reason: withdrawn.map(|w| w.reason.clone()).unwrap_or_default(),
     }
 }
 

@@ -21,7 +21,10 @@ pub use projection::{Patient, Projection};
 pub use record::{
     BatchRecord, ChangeReview, Justification, QcRecord, Signature, StoredEvent, StoredRecipe,
 };
-pub use site::{site_transition, IssuedCert, OpenBatch, Site, SiteStatus, StatusChange};
+pub use site::{
+    site_transition, IssuedCert, OpenBatch, Qualification, Site, SiteStatus, StatusChange,
+    QUALIFICATION_MEANING,
+};
 
 /// Why a rule of the model refuses a change, in words a caller can pass on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

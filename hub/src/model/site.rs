@@ -86,6 +86,54 @@ impl Site {
     }
 }
 
+/// What a QA signature qualifying a site for a product means (kept with it).
+pub const QUALIFICATION_MEANING: &str =
+    "Qualified: I confirm that this site is qualified to make this product in the versions named";
+
+/// QA's signed authorisation of a site to make a product, for a range of its
+/// versions. Never changed once recorded: withdrawn (who, when, why) and, to change
+/// the range, recorded anew. An order is taken only for a site and product version
+/// that a qualification in force covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Qualification {
+    pub site_id: String,
+    pub recipe_id: String,
+    pub min_version: u32,
+    /// The highest version covered; `None`: every later version too.
+    pub max_version: Option<u32>,
+    /// The signer's user name (`system` for one carried over at upgrade).
+    pub qualified_by: String,
+    /// The signer's full name as signed.
+    pub qualified_name: String,
+    pub qualified_at: DateTime<Utc>,
+    pub meaning: String,
+    /// Why: the qualification run, its report's reference.
+    pub reason: String,
+    pub withdrawn: Option<StatusChange>,
+}
+
+impl Qualification {
+    pub fn in_force(&self) -> bool {
+        self.withdrawn.is_none()
+    }
+
+    /// Whether it is in force and covers `version` of its product.
+    pub fn covers(&self, version: u32) -> bool {
+        self.in_force()
+            && version >= self.min_version
+            && self.max_version.is_none_or(|max| version <= max)
+    }
+
+    /// The versions covered, in words: "v2 and later", "v1 to v3", "v2 only".
+    pub fn versions(&self) -> String {
+        match self.max_version {
+            None => format!("v{} and later", self.min_version),
+            Some(max) if max == self.min_version => format!("v{max} only"),
+            Some(max) => format!("v{} to v{max}", self.min_version),
+        }
+    }
+}
+
 /// A certificate the hub's CA issued to a site, as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IssuedCert {

@@ -161,6 +161,8 @@ pub async fn session_has_signed(hub: &Hub, session: &str) -> Result<bool, Error>
 pub(super) enum SignedOn {
     Batch(Uuid),
     Recipe(String, u32),
+    /// A site's qualification for a product.
+    Site(String),
 }
 
 impl SignedOn {
@@ -179,6 +181,11 @@ impl SignedOn {
                     id: id.clone(),
                     version: *version,
                 },
+            ),
+            SignedOn::Site(site_id) => NewEntry::new(
+                actor,
+                Action::ReleaseSigningFailed,
+                Object::Site(site_id.clone()),
             ),
         }
     }

@@ -126,8 +126,26 @@ pub async fn propose(
         return Err(field("from", format!("from {from} is in the past")));
     }
     let count = count.clamp(1, 20);
+    // Only sites qualified for the version an order would pin can take it.
+    let qualified: Vec<String> = hub
+        .store
+        .site_qualifications(None)
+        .await?
+        .into_iter()
+        .filter(|q| q.recipe_id == recipe.id && q.covers(recipe.version))
+        .map(|q| q.site_id)
+        .collect();
     let mut sites = Vec::new();
     let site_id = site_id.trim();
+    if !site_id.is_empty() && !qualified.iter().any(|s| s == site_id) {
+        return Err(field(
+            "product",
+            format!(
+                "product {} v{} is not one site {site_id} is qualified to make; QA qualifies a site for a product with a signature",
+                recipe.id, recipe.version
+            ),
+        ));
+    }
     if !site_id.is_empty() {
         let site = match hub.store.site(site_id).await {
             Err(store::Error::NotFound(_)) => {
@@ -156,7 +174,10 @@ pub async fn propose(
     }
     if other_sites {
         for site in hub.store.list_sites().await? {
-            if site.status == SiteStatus::Active && site.site_id != site_id {
+            if site.status == SiteStatus::Active
+                && site.site_id != site_id
+                && qualified.contains(&site.site_id)
+            {
                 sites.push(site.site_id);
             }
         }

@@ -16,8 +16,9 @@ use crate::model::notification::happening::{self, Happening, OrderFacts, SiteEve
 use crate::model::notification::{OutboxEntry, Subscription};
 use crate::model::recipe_change::RecipeDraft;
 use crate::model::{
-    BatchState, ChangeReview, IssuedCert, Order, Progress, Projection, QcRecord, Role, Signature,
-    Site, SiteStatus, StatusChange, StoredEvent, StoredRecipe, SystemAccount, User,
+    BatchState, ChangeReview, IssuedCert, Order, Progress, Projection, QcRecord, Qualification,
+    Role, Signature, Site, SiteStatus, StatusChange, StoredEvent, StoredRecipe, SystemAccount,
+    User,
 };
 use crate::schedule::{Booking, Capacity, Plan};
 use async_trait::async_trait;
@@ -85,6 +86,9 @@ pub trait ReadTx: Send {
     async fn recipe_draft(&mut self, recipe_id: &str, version: u32) -> Result<Option<RecipeDraft>>;
     /// Every recipe version under change control, by product and version.
     async fn recipe_drafts(&mut self) -> Result<Vec<RecipeDraft>>;
+    /// Sites' product qualifications, withdrawn ones too (one site's, or every
+    /// site's), by site, product and time qualified.
+    async fn site_qualifications(&mut self, site_id: Option<&str>) -> Result<Vec<Qualification>>;
     /// (effective from, retired at) of a published version; `NotFound` when unknown.
     async fn recipe_dates(
         &mut self,
@@ -277,6 +281,16 @@ pub trait WriteTx: ReadTx {
         site_id: &str,
         assigned: bool,
         now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Records a qualification (in force: the caller withdrew the one it replaces).
+    async fn insert_site_qualification(&mut self, qualification: &Qualification) -> Result<()>;
+    /// Withdraws the qualification in force of a site for a product; `false` when
+    /// there is none.
+    async fn withdraw_site_qualification(
+        &mut self,
+        site_id: &str,
+        recipe_id: &str,
+        withdrawal: &StatusChange,
     ) -> Result<bool>;
     /// Saves a draft (inserted, or replacing the one of the same product and version).
     async fn save_recipe_draft(&mut self, draft: &RecipeDraft) -> Result<()>;

@@ -23,6 +23,7 @@ mod ingest;
 pub use ingest::Counts as IngestCounts;
 pub mod notify;
 pub mod postgres;
+mod qualifications;
 mod recipe_changes;
 mod rows;
 pub mod schedule;
@@ -414,6 +415,28 @@ pub trait Store:
             Utc::now(),
         )
         .await
+    }
+    // -- per-site product authorisation --
+    /// Records QA's signed qualification of a site for a product (replacing the one
+    /// in force for them); audited.
+    async fn qualify_site(&self, qualification: &crate::model::Qualification) -> Result<()> {
+        qualifications::qualify(self.write().await?, qualification).await
+    }
+    /// Withdraws a site's qualification in force for a product; audited.
+    async fn withdraw_site_qualification(
+        &self,
+        site_id: &str,
+        recipe_id: &str,
+        withdrawal: &crate::model::StatusChange,
+    ) -> Result<()> {
+        qualifications::withdraw(self.write().await?, site_id, recipe_id, withdrawal).await
+    }
+    /// Qualifications, withdrawn ones too (one site's or all).
+    async fn site_qualifications(
+        &self,
+        site_id: Option<&str>,
+    ) -> Result<Vec<crate::model::Qualification>> {
+        self.read().await?.site_qualifications(site_id).await
     }
     // -- recipes under change control --
     /// Saves a draft of a new recipe version by its author (an edit takes a

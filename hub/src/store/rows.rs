@@ -476,3 +476,35 @@ pub(crate) fn recipe_draft(row: &impl Columns) -> Result<crate::model::recipe_ch
         effective_from: row.opt_time("effective_from")?,
     })
 }
+
+/// The columns [`qualification`] reads (an open range's `max_version` as 0).
+pub(crate) const QUALIFICATION_COLUMNS: &str = "site_id, recipe_id, min_version, COALESCE(max_version, 0) AS max_version, \
+     qualified_by, qualified_name, qualified_at, meaning, reason, withdrawn_by, withdrawn_at, withdrawn_reason";
+
+/// A site's qualification for a product from its row ([`QUALIFICATION_COLUMNS`]).
+pub(crate) fn qualification(row: &impl Columns) -> Result<crate::model::Qualification> {
+    let version = |column: &str| -> Result<u32> {
+        u32::try_from(row.int(column)?)
+            .map_err(|_| Error::Corrupt(format!("site_qualifications.{column} out of range")))
+    };
+    let withdrawn = match (row.opt_text("withdrawn_by")?, row.opt_time("withdrawn_at")?) {
+        (Some(by), Some(at)) => Some(crate::model::StatusChange {
+            by,
+            at,
+            reason: row.opt_text("withdrawn_reason")?.unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    Ok(crate::model::Qualification {
+        site_id: row.text("site_id")?,
+        recipe_id: row.text("recipe_id")?,
+        min_version: version("min_version")?,
+        max_version: Some(version("max_version")?).filter(|&v| v != 0),
+        qualified_by: row.text("qualified_by")?,
+        qualified_name: row.text("qualified_name")?,
+        qualified_at: row.time("qualified_at")?,
+        meaning: row.text("meaning")?,
+        reason: row.text("reason")?,
+        withdrawn,
+    })
+}

@@ -925,6 +925,13 @@ pub(crate) async fn create_order(
             new.recipe_id
         ))
     })?;
+    check_qualification(
+        &mut tx,
+        &new.site_id,
+        &recipe.recipe.id,
+        recipe.recipe.version,
+    )
+    .await?;
     let year = now.year();
     let serial = tx.next_coi_serial(&new.facility, year).await?;
     if serial >= 1_000_000 {
@@ -1801,4 +1808,42 @@ pub(crate) async fn requeue(
     let entry = tx.outbox_entry(notification_id).await?;
     tx.commit().await?;
     Ok(entry)
+}
+
+/// Refuses an order for `version` of `recipe_id` at `site_id` unless a
+/// qualification in force covers it, saying what the site is qualified for.
+async fn check_qualification(
+    tx: &mut Tx<'_>,
+    site_id: &str,
+    recipe_id: &str,
+    version: u32,
+) -> Result<()> {
+    let all = tx.site_qualifications(Some(site_id)).await?;
+    let in_force = all
+        .iter()
+        .find(|q| q.recipe_id == recipe_id && q.in_force());
+    match in_force {
+        Some(q) if q.covers(version) => Ok(()),
+        Some(q) => Err(Error::Invalid(format!(
+            "product {recipe_id} v{version} (the version in force) is not one site {site_id} is qualified for: \
+             it is qualified for {}; QA qualifies the site for v{version} before it can be ordered there",
+            q.versions()
+        ))),
+        None => {
+            let products: Vec<String> = all
+                .iter()
+                .filter(|q| q.in_force())
+                .map(|q| q.recipe_id.clone())
+                .collect();
+            let has = if products.is_empty() {
+                "no product yet".to_owned()
+            } else {
+                products.join(", ")
+            };
+            Err(Error::Invalid(format!(
+                "product {recipe_id} is not one site {site_id} is qualified to make (it is qualified for {has}); \
+                 QA qualifies a site for a product with a signature"
+            )))
+        }
+    }
 }

@@ -314,6 +314,7 @@ async fn sqlite_commits_a_flood_in_bounded_groups() {
     for i in 0..SITES {
         let site_id = format!("flood-{i}");
         add_active_site(&*store, &site_id).await;
+        qualify(&*store, &site_id, RECIPE_ID, 1, None).await;
         let order = store
             .create_order(&new_order(&site_id), now())
             .await
@@ -378,4 +379,73 @@ async fn sqlite_refuses_a_database_whose_schema_is_newer() {
         }
         Err(other) => panic!("expected FailedPrecondition, got {other:?}"),
     }
+}
+
+/// The migration that brings site qualifications carries over each site and
+/// product that had orders before it, as "carried over" (no person signed), so an
+/// upgraded hub keeps taking the orders it took; a site without orders gets none.
+async fn assert_carried_over(store: &dyn Store) {
+    let carried = store.site_qualifications(None).await.expect("list");
+    let carried: Vec<_> = carried
+        .iter()
+        .map(|q| {
+            (
+                q.site_id.as_str(),
+                q.recipe_id.as_str(),
+                q.qualified_by.as_str(),
+                q.in_force(),
+            )
+        })
+        .collect();
+    assert_eq!(carried, [(SITE_A, RECIPE_ID, "system", true)]);
+    store
+        .create_order(&new_order(SITE_A), now())
+        .await
+        .expect("site-a keeps taking orders");
+    assert_refused!(
+        store.create_order(&new_order(SITE_B), now()).await,
+        Error::Invalid
+    );
+}
+
+/// Undoes the qualifications migration on an open database, as if it was made by
+/// the hub before it.
+const UNDO_QUALIFICATIONS: [&str; 2] = [
+    "DROP TABLE site_qualifications",
+    "DELETE FROM _sqlx_migrations WHERE version = 20261206030000",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_upgrade_carries_over_the_sites_products() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hub.db");
+    let store = open_sqlite_at(&path).await;
+    seed(&*store).await;
+    order_at(&*store, SITE_A).await;
+    store.close().await;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .expect("connect");
+    for statement in UNDO_QUALIFICATIONS {
+        conn.execute(statement).await.expect(statement);
+    }
+    conn.close().await.expect("close");
+    assert_carried_over(&*open_sqlite_at(&path).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_upgrade_carries_over_the_sites_products() {
+    let database = fresh_postgres_database().await;
+    let store = open_postgres_at(&database).await;
+    seed(&*store).await;
+    order_at(&*store, SITE_A).await;
+    store.close().await;
+    let mut conn = database.connect().await.expect("connect");
+    for statement in UNDO_QUALIFICATIONS {
+        conn.execute(statement).await.expect(statement);
+    }
+    conn.close().await.expect("close");
+    assert_carried_over(&*open_postgres_at(&database).await).await;
 }

@@ -51,7 +51,45 @@ pub async fn seed(store: &dyn Store) -> Recipe {
     }
     add_active_site(store, SITE_A).await;
     add_active_site(store, SITE_B).await;
+    qualify(store, SITE_A, RECIPE_ID, 1, None).await;
+    qualify(store, SITE_B, RECIPE_ID, 1, None).await;
     recipe
+}
+
+/// QA's qualification of a site for versions `min`..=`max` (`None`: and later) of
+/// a product, as signed now.
+pub fn qualification(
+    site_id: &str,
+    recipe_id: &str,
+    min: u32,
+    max: Option<u32>,
+) -> carrel_hub::model::Qualification {
+    carrel_hub::model::Qualification {
+        site_id: site_id.into(),
+        recipe_id: recipe_id.into(),
+        min_version: min,
+        max_version: max,
+        qualified_by: QA.into(),
+        qualified_name: format!("{QA} (test)"),
+        qualified_at: now(),
+        meaning: carrel_hub::model::QUALIFICATION_MEANING.into(),
+        reason: "Process qualification run PQ-17, report QR-0042".into(),
+        withdrawn: None,
+    }
+}
+
+/// Qualifies a site for a product (see [`qualification`]).
+pub async fn qualify(
+    store: &dyn Store,
+    site_id: &str,
+    recipe_id: &str,
+    min: u32,
+    max: Option<u32>,
+) {
+    store
+        .qualify_site(&qualification(site_id, recipe_id, min, max))
+        .await
+        .expect("qualify the site");
 }
 
 pub async fn add_user(store: &dyn Store, username: &str, role: Role) {

@@ -338,6 +338,7 @@ pub async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_n
     let mut orders = Vec::new();
     for site in &sites {
         add_active_site(&*store, site).await;
+        qualify(&*store, site, RECIPE_ID, 1, None).await;
         orders.push(order_at(&*store, site).await);
     }
     // A message whose first event is good and changes its batch's state (audited),
@@ -345,6 +346,7 @@ pub async fn case_concurrent_ingests_commit_together_and_a_refused_one_changes_n
     // of the messages committed with it still chain without them.
     let late = "site-g8".to_owned();
     add_active_site(&*store, &late).await;
+    qualify(&*store, &late, RECIPE_ID, 1, None).await;
     let late_order = order_at(&*store, &late).await;
     let mut late_log = SiteLog::new();
     let good = late_log.record(late_order.batch_id, accepted(&late_order, &recipe));

@@ -110,6 +110,10 @@ every_backend! {
         case_a_site_ceases_only_when_its_batches_are_closed_and_for_good,
         case_a_renewed_certificate_replaces_the_old_one_when_first_used,
         case_the_newest_link_claim_wins,
+        case_an_order_needs_the_sites_qualification_for_the_product,
+        case_a_qualification_is_replaced_and_withdrawn_never_changed,
+        case_an_order_for_a_version_out_of_the_range_is_refused,
+        case_a_bad_qualification_is_refused_and_stores_nothing,
     ],
     logs: [
         case_ingest_stores_consecutive_events_and_advances_cursor,

@@ -381,3 +381,211 @@ pub async fn case_the_newest_link_claim_wins(store: Arc<dyn Store>) {
         "claims are per site"
     );
 }
+
+/// The qualifications of a site in force, as (product, min, max).
+async fn in_force(store: &dyn Store, site_id: &str) -> Vec<(String, u32, Option<u32>)> {
+    store
+        .site_qualifications(Some(site_id))
+        .await
+        .expect("qualifications")
+        .into_iter()
+        .filter(|q| q.in_force())
+        .map(|q| (q.recipe_id, q.min_version, q.max_version))
+        .collect()
+}
+
+async fn count(store: &dyn Store, action: carrel_hub::audit::Action) -> u64 {
+    store.audit_count(action).await.expect("count")
+}
+
+pub async fn case_an_order_needs_the_sites_qualification_for_the_product(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    add_active_site(&*store, "site-c").await;
+
+    // Not qualified: refused with the reason, and nothing is stored.
+    let refused = store
+        .create_order(&new_order("site-c"), now())
+        .await
+        .expect_err("an unqualified site takes no order");
+    match &refused {
+        Error::Invalid(why) => {
+            assert!(
+                why.starts_with("product cd19-car-t is not one site site-c is qualified"),
+                "{why}"
+            );
+            assert!(why.contains("qualified for no product yet"), "{why}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert!(store
+        .list_orders(None, None)
+        .await
+        .expect("orders")
+        .iter()
+        .all(|o| o.site_id != "site-c"));
+
+    qualify(&*store, "site-c", RECIPE_ID, 1, None).await;
+    let order = order_at(&*store, "site-c").await;
+    assert_eq!(
+        (order.site_id.as_str(), order.recipe_version),
+        ("site-c", 1)
+    );
+    let stored = store
+        .site_qualifications(Some("site-c"))
+        .await
+        .expect("list");
+    assert_eq!(stored.len(), 1);
+    let mut expected = qualification("site-c", RECIPE_ID, 1, None);
+    expected.qualified_at = stored[0].qualified_at;
+    assert_eq!(stored[0], expected);
+    assert_eq!(
+        count(&*store, carrel_hub::audit::Action::SiteQualified).await,
+        3
+    );
+}
+
+pub async fn case_a_qualification_is_replaced_and_withdrawn_never_changed(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    let placed = order_at(&*store, SITE_A).await;
+
+    // The same qualification again (a form sent twice) is refused: one signature.
+    assert_refused!(
+        store
+            .qualify_site(&qualification(SITE_A, RECIPE_ID, 1, None))
+            .await,
+        Error::FailedPrecondition
+    );
+    // A narrower range replaces the one in force; the old row stays, withdrawn.
+    qualify(&*store, SITE_A, RECIPE_ID, 1, Some(1)).await;
+    assert_eq!(
+        in_force(&*store, SITE_A).await,
+        [(RECIPE_ID.to_owned(), 1, Some(1))]
+    );
+    let all = store.site_qualifications(Some(SITE_A)).await.expect("list");
+    assert_eq!(all.len(), 2);
+    let replaced = all
+        .iter()
+        .find(|q| !q.in_force())
+        .expect("the replaced one");
+    assert_eq!(replaced.max_version, None);
+    let why = &replaced.withdrawn.as_ref().expect("withdrawn").reason;
+    assert!(
+        why.contains("replaced by the qualification for v1 only"),
+        "{why}"
+    );
+
+    // Withdrawn: no new order; the order placed before keeps running.
+    let withdrawal = carrel_hub::model::StatusChange {
+        by: QA.into(),
+        at: now(),
+        reason: "Deviation DEV-9 in the clean room; requalify after CAPA".into(),
+    };
+    store
+        .withdraw_site_qualification(SITE_A, RECIPE_ID, &withdrawal)
+        .await
+        .expect("withdraw");
+    assert!(in_force(&*store, SITE_A).await.is_empty());
+    assert_refused!(
+        store.create_order(&new_order(SITE_A), now()).await,
+        Error::Invalid
+    );
+    assert_eq!(
+        store.order(placed.order_id).await.expect("order").state,
+        BatchState::Ordered
+    );
+    // Nothing in force to withdraw again; the other site is untouched.
+    assert_refused!(
+        store
+            .withdraw_site_qualification(SITE_A, RECIPE_ID, &withdrawal)
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(in_force(&*store, SITE_B).await.len(), 1);
+    assert_eq!(
+        count(
+            &*store,
+            carrel_hub::audit::Action::SiteQualificationWithdrawn
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&*store, carrel_hub::audit::Action::SiteQualified).await,
+        3
+    );
+}
+
+pub async fn case_an_order_for_a_version_out_of_the_range_is_refused(store: Arc<dyn Store>) {
+    let recipe = seed(&*store).await;
+    qualify(&*store, SITE_A, RECIPE_ID, 1, Some(1)).await;
+    let mut v2 = recipe.clone();
+    v2.version = 2;
+    store.publish_recipe(&v2).await.expect("publish v2");
+
+    let refused = store
+        .create_order(&new_order(SITE_A), now())
+        .await
+        .expect_err("v2 is not qualified at site-a");
+    match &refused {
+        Error::Invalid(why) => assert!(
+            why.contains("v2") && why.contains("qualified for v1 only"),
+            "{why}"
+        ),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    // site-b is qualified for v1 and later: it takes v2.
+    let order = order_at(&*store, SITE_B).await;
+    assert_eq!(order.recipe_version, 2);
+    // Qualified for v2 now, site-a takes it too.
+    qualify(&*store, SITE_A, RECIPE_ID, 2, None).await;
+    assert_eq!(order_at(&*store, SITE_A).await.recipe_version, 2);
+}
+
+pub async fn case_a_bad_qualification_is_refused_and_stores_nothing(store: Arc<dyn Store>) {
+    seed(&*store).await;
+    add_active_site(&*store, "site-c").await;
+    let before = count(&*store, carrel_hub::audit::Action::SiteQualified).await;
+    let mut no_reason = qualification("site-c", RECIPE_ID, 1, None);
+    no_reason.reason = " ".into();
+    for (bad, what) in [
+        (qualification("site-x", RECIPE_ID, 1, None), "unknown site"),
+        (
+            qualification("site-c", "no-such-product", 1, None),
+            "unknown product",
+        ),
+        (
+            qualification("site-c", RECIPE_ID, 2, None),
+            "a version not published",
+        ),
+        (qualification("site-c", RECIPE_ID, 0, None), "version 0"),
+        (
+            qualification("site-c", RECIPE_ID, 1, Some(0)),
+            "an empty range",
+        ),
+        (no_reason, "no reason"),
+    ] {
+        match store.qualify_site(&bad).await {
+            Err(Error::Invalid(_)) => {}
+            other => panic!("{what}: expected Invalid, got {other:?}"),
+        }
+    }
+    store
+        .set_site_status("site-c", SiteStatus::Ceased, ADMIN, "programme closed")
+        .await
+        .expect("cease");
+    assert_refused!(
+        store
+            .qualify_site(&qualification("site-c", RECIPE_ID, 1, None))
+            .await,
+        Error::FailedPrecondition
+    );
+    assert!(store
+        .site_qualifications(Some("site-c"))
+        .await
+        .expect("list")
+        .is_empty());
+    assert_eq!(
+        count(&*store, carrel_hub::audit::Action::SiteQualified).await,
+        before
+    );
+}

@@ -33,6 +33,23 @@ impl ReadTx for PgTx<'_> {
             .transpose()
     }
 
+    async fn site_qualifications(
+        &mut self,
+        site_id: Option<&str>,
+    ) -> Result<Vec<crate::model::Qualification>> {
+        sqlx::query(&format!(
+            "SELECT {} FROM site_qualifications WHERE ($1::text IS NULL OR site_id = $1) \
+             ORDER BY site_id, recipe_id, qualified_at",
+            rows::QUALIFICATION_COLUMNS
+        ))
+        .bind(site_id)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(rows::qualification)
+        .collect()
+    }
+
     async fn recipe_drafts(&mut self) -> Result<Vec<crate::model::recipe_change::RecipeDraft>> {
         sqlx::query("SELECT * FROM recipe_drafts ORDER BY recipe_id, version")
             .fetch_all(self.conn())
@@ -365,6 +382,43 @@ impl ReadTx for PgTx<'_> {
 
 #[async_trait]
 impl WriteTx for PgTx<'_> {
+    async fn insert_site_qualification(&mut self, q: &crate::model::Qualification) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO site_qualifications (site_id, recipe_id, min_version, max_version, qualified_by, qualified_name, qualified_at, meaning, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&q.site_id)
+        .bind(&q.recipe_id)
+        .bind(i64::from(q.min_version))
+        .bind(q.max_version.map(i64::from))
+        .bind(&q.qualified_by)
+        .bind(&q.qualified_name)
+        .bind(stored(q.qualified_at))
+        .bind(&q.meaning)
+        .bind(&q.reason)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn withdraw_site_qualification(
+        &mut self,
+        site_id: &str,
+        recipe_id: &str,
+        withdrawal: &StatusChange,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE site_qualifications SET withdrawn_by = $1, withdrawn_at = $2, withdrawn_reason = $3 WHERE site_id = $4 AND recipe_id = $5 AND withdrawn_at IS NULL",
+        )
+        .bind(&withdrawal.by)
+        .bind(stored(withdrawal.at))
+        .bind(&withdrawal.reason)
+        .bind(site_id)
+        .bind(recipe_id)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn save_recipe_draft(
         &mut self,
         draft: &crate::model::recipe_change::RecipeDraft,

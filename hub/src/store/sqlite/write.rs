@@ -63,6 +63,24 @@ impl ReadTx for SqliteTx<'_> {
             .transpose()
     }
 
+    async fn site_qualifications(
+        &mut self,
+        site_id: Option<&str>,
+    ) -> Result<Vec<crate::model::Qualification>> {
+        sqlx::query(&format!(
+            "SELECT {} FROM site_qualifications WHERE (? IS NULL OR site_id = ?) \
+             ORDER BY site_id, recipe_id, qualified_at",
+            rows::QUALIFICATION_COLUMNS
+        ))
+        .bind(site_id)
+        .bind(site_id)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(rows::qualification)
+        .collect()
+    }
+
     async fn recipe_drafts(&mut self) -> Result<Vec<crate::model::recipe_change::RecipeDraft>> {
         sqlx::query("SELECT * FROM recipe_drafts ORDER BY recipe_id, version")
             .fetch_all(&mut *self.tx)
@@ -395,6 +413,43 @@ impl ReadTx for SqliteTx<'_> {
 
 #[async_trait]
 impl WriteTx for SqliteTx<'_> {
+    async fn insert_site_qualification(&mut self, q: &crate::model::Qualification) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO site_qualifications (site_id, recipe_id, min_version, max_version, qualified_by, qualified_name, qualified_at, meaning, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&q.site_id)
+        .bind(&q.recipe_id)
+        .bind(i64::from(q.min_version))
+        .bind(q.max_version.map(i64::from))
+        .bind(&q.qualified_by)
+        .bind(&q.qualified_name)
+        .bind(ts(q.qualified_at))
+        .bind(&q.meaning)
+        .bind(&q.reason)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn withdraw_site_qualification(
+        &mut self,
+        site_id: &str,
+        recipe_id: &str,
+        withdrawal: &StatusChange,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE site_qualifications SET withdrawn_by = ?, withdrawn_at = ?, withdrawn_reason = ? WHERE site_id = ? AND recipe_id = ? AND withdrawn_at IS NULL",
+        )
+        .bind(&withdrawal.by)
+        .bind(ts(withdrawal.at))
+        .bind(&withdrawal.reason)
+        .bind(site_id)
+        .bind(recipe_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn save_recipe_draft(
         &mut self,
         draft: &crate::model::recipe_change::RecipeDraft,

@@ -117,6 +117,24 @@ impl Hub {
         identity::enroll(&self.url, &registered.token, dir, "carrel-bench")
             .await
             .with_context(|| format!("enrolling {site_id}"))?;
+        // The site makes the benchmark's product: recorded as the benchmark's
+        // set-up, not as a person's signature.
+        self.shared
+            .store
+            .qualify_site(&carrel_hub::model::Qualification {
+                site_id: site_id.into(),
+                recipe_id: PRODUCT.into(),
+                min_version: 1,
+                max_version: None,
+                qualified_by: "carrel-bench".into(),
+                qualified_name: "benchmark set-up (no person signed)".into(),
+                qualified_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+                meaning: carrel_hub::model::QUALIFICATION_MEANING.into(),
+                reason: "A benchmark site, qualified at set-up".into(),
+                withdrawn: None,
+            })
+            .await
+            .with_context(|| format!("qualifying {site_id}"))?;
         Ok(())
     }
 
