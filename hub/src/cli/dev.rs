@@ -274,6 +274,21 @@ fn print_welcome(
             .join(", ")
     );
     println!(
+        "  makes      {}   (carrel-hub site qualifications)",
+        DEMO_SITES
+            .iter()
+            .map(|(id, _)| {
+                let products: Vec<&str> = DEMO_QUALIFICATIONS
+                    .iter()
+                    .filter(|(site, _)| site == id)
+                    .map(|(_, product)| *product)
+                    .collect();
+                format!("{id}: {}", products.join(" and "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    println!(
         "  data       {}{}",
         root.display(),
         if throwaway {

@@ -92,8 +92,8 @@ async fn qualifications_page(
                 tbody {
                     @for q in &all {
                         tr data-site=(q.site_id) data-product=(q.recipe_id) data-in-force=(q.in_force()) {
-                            td { (q.site_id) } td { (q.recipe_id) } td { (q.versions()) }
-                            td { @if let Some(w) = &q.withdrawn { span.badge { "withdrawn" } br; span.muted { (w.by) ", " (when(w.at)) ": " (w.reason) } } @else { span.badge.released { "in force" } } }
+                            td.nowrap { (q.site_id) } td.nowrap { (q.recipe_id) } td.nowrap { (q.versions()) }
+                            td { @if let Some(w) = &q.withdrawn { span.badge.nowrap { "withdrawn" } br; span.muted { (w.by) ", " (when(w.at)) ": " (w.reason) } } @else { span.badge.released.nowrap { "in force" } } }
                             td { (q.qualified_name) " (" (q.qualified_by) ")" br; span.muted { (when(q.qualified_at)) } }
                             td { (q.reason) }
                             @if is_qa { td { @if q.in_force() {

@@ -44,6 +44,7 @@ label.check { display:flex; align-items:center; gap:.6rem; font-weight:600; min-
 .badge.awaiting_release { background:#fff1cc; color:var(--warn); }
 .exceptions td { background:#fff6f5; }
 .muted { color:var(--muted); }
+.nowrap { white-space:nowrap; }
 .clock { font-size:1.6rem; font-weight:700; }
 .token { font-family: ui-monospace, monospace; word-break:break-all; background:#fff; border:1px dashed var(--line); padding:.6rem; }
 dialog { border:1px solid var(--line); border-radius:6px; max-width:32rem; }

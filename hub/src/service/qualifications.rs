@@ -48,17 +48,38 @@ pub async fn qualify(
         ));
     }
     let reason = sentence_reason(request.reason, "qualify this site")?;
+    // The site and the versions are checked again, with the rest, in the store's
+    // transaction; here so that a request that cannot be signed is refused before
+    // the signer is asked to sign.
+    match hub.store.site(site_id).await {
+        Err(crate::store::Error::NotFound(_)) => {
+            return Err(field(
+                "site_id",
+                format!("site {site_id:?} is not known to the hub"),
+            ))
+        }
+        other => {
+            other?;
+        }
+    }
+    let latest = match hub.store.latest_recipe(recipe_id).await {
+        Ok(r) => r.recipe.version,
+        Err(crate::store::Error::NotFound(_)) => {
+            return Err(field(
+                "product",
+                format!("product (recipe) {recipe_id:?} is not published at the hub"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let min_version = match request.from_version {
-        0 => match hub.store.latest_recipe(recipe_id).await {
-            Ok(r) => r.recipe.version,
-            Err(crate::store::Error::NotFound(_)) => {
-                return Err(field(
-                    "product",
-                    format!("product (recipe) {recipe_id:?} is not published at the hub"),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        },
+        0 => latest,
+        v if v > latest => {
+            return Err(field(
+                "from_version",
+                format!("{recipe_id} has no v{v} yet (v{latest} is in force); qualify the site for versions that exist"),
+            ))
+        }
         v => v,
     };
     let max_version = (request.to_version != 0).then_some(request.to_version);
