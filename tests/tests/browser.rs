@@ -3339,6 +3339,14 @@ async fn qa_qualifies_a_site_for_a_product_with_a_signature_and_withdraws_it() {
     );
     shots.take(&client, "qualified").await;
 
+    // A reason that says nothing is refused, and what was typed is kept.
+    fill(&client, &format!("{row} input[name=reason]"), "Because").await;
+    click(&client, &format!("{row} button")).await;
+    expect_text(&client, "refusal", "Not withdrawn (site-n, bcma-car-t)").await;
+    assert_eq!(
+        value_of(&client, &format!("{row} input[name=reason]")).await,
+        "Because"
+    );
     // Withdrawn with a reason: the row stays, withdrawn.
     fill(
         &client,

@@ -7,8 +7,8 @@
 CREATE TABLE site_qualifications (
     site_id          TEXT    NOT NULL REFERENCES sites(site_id),
     recipe_id        TEXT    NOT NULL,
-    min_version      INTEGER NOT NULL,
-    max_version      INTEGER,
+    min_version      BIGINT  NOT NULL,
+    max_version      BIGINT,
     qualified_by     TEXT    NOT NULL,
     qualified_name   TEXT    NOT NULL,
     qualified_at     TIMESTAMPTZ   NOT NULL,
@@ -26,7 +26,7 @@ CREATE UNIQUE INDEX site_qualifications_in_force
 -- person signed it; QA reviews and re-qualifies or withdraws it).
 INSERT INTO site_qualifications
     (site_id, recipe_id, min_version, max_version, qualified_by, qualified_name, qualified_at, meaning, reason)
-SELECT DISTINCT site_id, recipe_id, 1, NULL::integer, 'system', 'carried over at upgrade',
+SELECT DISTINCT site_id, recipe_id, 1, NULL::bigint, 'system', 'carried over at upgrade',
        now(),
        'carried over: not signed by a person',
        'the site had orders for this product before qualifications were recorded'

@@ -339,7 +339,6 @@ fn print_welcome(
     println!();
 }
 
-/// Places orders through the real API, signed in as the demo physician.
 /// Qualifies the demo sites for their products (once): recorded as dev mode's
 /// set-up, not as any person's signature.
 async fn qualify_demo_sites(store: &dyn crate::store::Store) -> anyhow::Result<()> {
@@ -369,6 +368,7 @@ async fn qualify_demo_sites(store: &dyn crate::store::Store) -> anyhow::Result<(
     Ok(())
 }
 
+/// Places orders through the real API, signed in as the demo physician.
 async fn place_demo_orders(hub_url: &str, ca: &std::path::Path, count: u32) -> anyhow::Result<()> {
     let client = ClientArgs {
         addr: hub_url.to_owned(),

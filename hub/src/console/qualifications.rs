@@ -20,8 +20,8 @@ use serde::Deserialize;
 struct Refusal {
     form: QualifyForm,
     qualify_error: Option<(&'static str, String)>,
-    /// (site, product, why) of a refused withdrawal.
-    withdraw_error: Option<(String, String, String)>,
+    /// (site, product, reason typed, why) of a refused withdrawal.
+    withdraw_error: Option<(String, String, String, String)>,
 }
 
 async fn qualifications_page(
@@ -41,11 +41,26 @@ async fn qualifications_page(
     } else {
         Vec::new()
     };
-    let products = hub
+    // Each product once, with the version new orders pin now.
+    let mut products = Vec::new();
+    for r in hub
         .store
         .list_recipes()
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(|e| refused(e.into()))?
+    {
+        if products
+            .iter()
+            .any(|p: &crate::model::StoredRecipe| p.recipe.id == r.recipe.id)
+        {
+            continue;
+        }
+        match hub.store.latest_recipe(&r.recipe.id).await {
+            Ok(in_force) => products.push(in_force),
+            Err(crate::store::Error::NotFound(_)) => {}
+            Err(e) => return Err(refused(e.into())),
+        }
+    }
     let first_signature = !release::session_has_signed(hub, &session.token_sha256)
         .await
         .map_err(refused)?;
@@ -83,7 +98,7 @@ async fn qualifications_page(
             h1 { "Site qualifications" }
             p { "A site makes a product only in the versions QA has qualified it for, with a signature. An order for anything else is refused with the reason; withdrawing a qualification stops new orders there, and orders placed keep running." }
             p.muted { (in_force) " in force, " (all.len() - in_force) " withdrawn or replaced." }
-            @if let Some((site, product, e)) = &refusal.withdraw_error {
+            @if let Some((site, product, _, e)) = &refusal.withdraw_error {
                 div.notice.bad role="alert" { "Not withdrawn (" (site) ", " (product) "): " (e) }
             }
             div.scroll tabindex="0" { table data-qualifications {
@@ -102,7 +117,8 @@ async fn qualifications_page(
                                     input type="hidden" name="site_id" value=(q.site_id);
                                     input type="hidden" name="product" value=(q.recipe_id);
                                     label.visually-hidden for=(format!("withdraw-{}-{}", q.site_id, q.recipe_id)) { "Why withdraw " (q.recipe_id) " at " (q.site_id) }
-                                    input id=(format!("withdraw-{}-{}", q.site_id, q.recipe_id)) name="reason" required placeholder="Why (a sentence)";
+                                    input id=(format!("withdraw-{}-{}", q.site_id, q.recipe_id)) name="reason" required placeholder="Why (a sentence)"
+                                        value=(refusal.withdraw_error.as_ref().filter(|(s, p, _, _)| *s == q.site_id && *p == q.recipe_id).map(|w| w.2.as_str()).unwrap_or_default());
                                     button.danger type="submit" { "Withdraw" }
                                 }
                             } } }
@@ -261,7 +277,7 @@ pub async fn withdraw(hub: HubState, session: Session, Form(form): Form<Withdraw
         Ok(()) => Ok(Redirect::to("/qualifications").into_response()),
         Err(e @ (service::Error::Field { .. } | service::Error::Store(_))) => {
             let refusal = Refusal {
-                withdraw_error: Some((form.site_id, form.product, e.to_string())),
+                withdraw_error: Some((form.site_id, form.product, form.reason, e.to_string())),
                 ..Refusal::default()
             };
             qualifications_page(&hub, &session, StatusCode::UNPROCESSABLE_ENTITY, refusal).await

@@ -23,7 +23,7 @@ pub use record::{
 };
 pub use site::{
     site_transition, IssuedCert, OpenBatch, Qualification, Site, SiteStatus, StatusChange,
-    QUALIFICATION_MEANING,
+    QUALIFICATION_CARRIED_OVER_BY, QUALIFICATION_MEANING,
 };
 
 /// Why a rule of the model refuses a change, in words a caller can pass on.

@@ -86,6 +86,9 @@ impl Site {
     }
 }
 
+/// Who the upgrade names for a qualification it carried over (no person signed).
+pub const QUALIFICATION_CARRIED_OVER_BY: &str = "system";
+
 /// What a QA signature qualifying a site for a product means (kept with it).
 pub const QUALIFICATION_MEANING: &str =
     "Qualified: I confirm that this site is qualified to make this product in the versions named";
@@ -122,6 +125,30 @@ impl Qualification {
         self.in_force()
             && version >= self.min_version
             && self.max_version.is_none_or(|max| version <= max)
+    }
+
+    /// Whether recording `new` would repeat this one: in force, the same site,
+    /// product and versions, signed by a person (one carried over at upgrade is
+    /// for QA to sign again as it is). What a form sent twice meets.
+    pub fn repeated_by(&self, new: &Qualification) -> bool {
+        self.in_force()
+            && self.site_id == new.site_id
+            && self.recipe_id == new.recipe_id
+            && self.min_version == new.min_version
+            && self.max_version == new.max_version
+            && self.qualified_by != QUALIFICATION_CARRIED_OVER_BY
+    }
+
+    /// Why a repeat of this one is refused.
+    pub fn repeat_refusal(&self) -> String {
+        format!(
+            "site {} is already qualified for {} {} (signed by {} on {}); nothing changed",
+            self.site_id,
+            self.recipe_id,
+            self.versions(),
+            self.qualified_name,
+            self.qualified_at.format("%Y-%m-%d %H:%M UTC")
+        )
     }
 
     /// The versions covered, in words: "v2 and later", "v1 to v3", "v2 only".

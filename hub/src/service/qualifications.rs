@@ -7,7 +7,7 @@
 use super::release::{acknowledge, prove, Proof, SignedOn, Signer};
 use super::{field, require_role, sentence_reason, Error};
 use crate::app::Hub;
-use crate::model::{Qualification, Role, StatusChange, User, QUALIFICATION_MEANING};
+use crate::model::{Qualification, Role, SiteStatus, StatusChange, User, QUALIFICATION_MEANING};
 use chrono::{SubsecRound, Utc};
 
 /// Who qualifies sites and withdraws qualifications.
@@ -58,6 +58,12 @@ pub async fn qualify(
                 format!("site {site_id:?} is not known to the hub"),
             ))
         }
+        Ok(site) if site.status == SiteStatus::Ceased => {
+            return Err(field(
+                "site_id",
+                format!("site {site_id} has ceased and takes no more orders"),
+            ))
+        }
         other => {
             other?;
         }
@@ -92,8 +98,6 @@ pub async fn qualify(
             ),
         ));
     }
-    prove(hub, signer, &proof, SignedOn::Site(site_id.to_owned())).await?;
-    acknowledge(hub, user, &proof).await?;
     let qualification = Qualification {
         site_id: site_id.to_owned(),
         recipe_id: recipe_id.to_owned(),
@@ -106,6 +110,21 @@ pub async fn qualify(
         reason,
         withdrawn: None,
     };
+    // Sent twice (a double click, the back button), it is refused before a
+    // second signature is asked for.
+    if let Some(same) = hub
+        .store
+        .site_qualifications(Some(site_id))
+        .await?
+        .iter()
+        .find(|c| c.repeated_by(&qualification))
+    {
+        return Err(Error::Store(crate::store::Error::FailedPrecondition(
+            same.repeat_refusal(),
+        )));
+    }
+    prove(hub, signer, &proof, SignedOn::Site(site_id.to_owned())).await?;
+    acknowledge(hub, user, &proof).await?;
     hub.store
         .qualify_site(&qualification)
         .await

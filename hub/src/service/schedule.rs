@@ -137,15 +137,6 @@ pub async fn propose(
         .collect();
     let mut sites = Vec::new();
     let site_id = site_id.trim();
-    if !site_id.is_empty() && !qualified.iter().any(|s| s == site_id) {
-        return Err(field(
-            "product",
-            format!(
-                "product {} v{} is not one site {site_id} is qualified to make; QA qualifies a site for a product with a signature",
-                recipe.id, recipe.version
-            ),
-        ));
-    }
     if !site_id.is_empty() {
         let site = match hub.store.site(site_id).await {
             Err(store::Error::NotFound(_)) => {
@@ -165,7 +156,17 @@ pub async fn propose(
                 ),
             ));
         }
-        sites.push(site.site_id);
+        if qualified.contains(&site.site_id) {
+            sites.push(site.site_id);
+        } else if !other_sites {
+            return Err(field(
+                "product",
+                format!(
+                    "product {} v{} is not one site {site_id} is qualified to make; QA qualifies a site for a product with a signature",
+                    recipe.id, recipe.version
+                ),
+            ));
+        }
     } else if !other_sites {
         return Err(field(
             "site_id",

@@ -49,29 +49,19 @@ pub(crate) async fn qualify(mut tx: Tx<'_>, qualification: &Qualification) -> Re
         )));
     }
     let current = tx.site_qualifications(Some(&q.site_id)).await?;
-    if let Some(same) = current.iter().find(|c| {
-        c.recipe_id == q.recipe_id
-            && c.in_force()
-            && c.min_version == q.min_version
-            && c.max_version == q.max_version
-    }) {
-        // Also what a form sent twice meets: one signature is recorded, not two.
-        return Err(Error::FailedPrecondition(format!(
-            "site {} is already qualified for {} {} (signed by {} on {}); nothing changed",
-            q.site_id,
-            q.recipe_id,
-            same.versions(),
-            same.qualified_name,
-            same.qualified_at.format("%Y-%m-%d %H:%M UTC")
-        )));
+    let in_force = current
+        .iter()
+        .find(|c| c.recipe_id == q.recipe_id && c.in_force());
+    if let Some(same) = in_force.filter(|c| c.repeated_by(q)) {
+        return Err(Error::FailedPrecondition(same.repeat_refusal()));
     }
     let replaced = StatusChange {
         by: q.qualified_by.clone(),
         at: q.qualified_at,
         reason: format!("replaced by the qualification for {}", q.versions()),
     };
-    let had = tx
-        .withdraw_site_qualification(&q.site_id, &q.recipe_id, &replaced)
+    let replaced_versions = in_force.map(|c| c.versions());
+    tx.withdraw_site_qualification(&q.site_id, &q.recipe_id, &replaced)
         .await?;
     tx.insert_site_qualification(q).await?;
     let entry = NewEntry::new(
@@ -80,9 +70,9 @@ pub(crate) async fn qualify(mut tx: Tx<'_>, qualification: &Qualification) -> Re
         Object::Site(q.site_id.clone()),
     )
     .reason(q.reason.clone());
-    let entry = if had {
+    let entry = if let Some(before) = replaced_versions {
         entry.change(
-            format!("{}: an earlier qualification", q.recipe_id),
+            format!("{} {before}", q.recipe_id),
             format!("{} {}", q.recipe_id, q.versions()),
         )
     } else {

@@ -398,6 +398,15 @@ async fn assert_carried_over(store: &dyn Store) {
         })
         .collect();
     assert_eq!(carried, [(SITE_A, RECIPE_ID, "system", true)]);
+    // QA signs it again as it is (not refused as a repeat): the carried-over row
+    // stays, withdrawn, beside QA's.
+    store
+        .qualify_site(&qualification(SITE_A, RECIPE_ID, 1, None))
+        .await
+        .expect("QA signs the carried-over qualification");
+    let rows = store.site_qualifications(Some(SITE_A)).await.expect("list");
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().any(|q| q.qualified_by == QA && q.in_force()));
     store
         .create_order(&new_order(SITE_A), now())
         .await

@@ -473,6 +473,16 @@ pub async fn case_a_qualification_is_replaced_and_withdrawn_never_changed(store:
         why.contains("replaced by the qualification for v1 only"),
         "{why}"
     );
+    // The audit trail names the range replaced and the new one.
+    let entries = store.audit_entries(None).await.expect("audit");
+    let replacing = entries
+        .iter()
+        .rfind(|e| e.action == carrel_hub::audit::Action::SiteQualified)
+        .expect("the replacing entry");
+    assert_eq!(
+        (replacing.old_value.as_str(), replacing.new_value.as_str()),
+        ("cd19-car-t v1 and later", "cd19-car-t v1 only")
+    );
 
     // Withdrawn: no new order; the order placed before keeps running.
     let withdrawal = carrel_hub::model::StatusChange {
