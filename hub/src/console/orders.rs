@@ -108,12 +108,19 @@ fn order_form_page(
                     }
                     @if let Some(e) = err("product") { p.error { (e) } }
                     label for="site_id" { "Treating site" }
-                    select id="site_id" name="site_id" {
+                    select id="site_id" name="site_id" aria-describedby="site_id-makes site_id-error" {
                         @for site in sites.iter().filter(|s| s.status == SiteStatus::Active) {
-                            option value=(site.site_id) selected[form.site_id == site.site_id] { (site.name) " (" (site.site_id) "): "
-                                @match makes.get(&site.site_id) { Some(products) => { "makes " (products.join(", ")) } None => { "qualified for no product yet" } } }
+                            option value=(site.site_id) selected[form.site_id == site.site_id] { (site.name) " (" (site.site_id) ")" }
                         }
                     }
+                    // A site makes only the products QA qualified it for.
+                    p.muted id="site_id-makes" { "What each site makes: "
+                        @for (i, site) in sites.iter().filter(|s| s.status == SiteStatus::Active).enumerate() {
+                            @if i > 0 { "; " }
+                            (site.site_id) ": "
+                            @match makes.get(&site.site_id) { Some(products) => { (products.join(", ")) } None => { "nothing yet" } }
+                        }
+                        "." }
                     @if let Some(e) = err("site_id") { p.error id="site_id-error" { (e) } }
                     label for="requested_collection_date" { "Requested collection date" }
                     // Text, not the browser's date picker: the picker writes dates in the
