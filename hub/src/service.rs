@@ -359,22 +359,6 @@ pub async fn order_sites(hub: &Hub, user: &User) -> Result<Vec<model::Site>, Err
     Ok(hub.store.list_sites().await?)
 }
 
-/// What each site is qualified to make now (site id to product ids), for the order
-/// form (physicians): an order for anything else is refused.
-pub async fn site_products(
-    hub: &Hub,
-    user: &User,
-) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
-    require_role(user, &PRESCRIBERS)?;
-    let mut makes = std::collections::BTreeMap::<String, Vec<String>>::new();
-    for q in hub.store.site_qualifications(None).await? {
-        if q.in_force() {
-            makes.entry(q.site_id).or_default().push(q.recipe_id);
-        }
-    }
-    Ok(makes)
-}
-
 /// The products an order can name, for the order form (physicians): each product
 /// with a version in force, as (id, title), the product longest in use first.
 pub async fn order_products(hub: &Hub, user: &User) -> Result<Vec<(String, String)>, Error> {

@@ -2555,6 +2555,11 @@ async fn an_administrator_sees_what_a_suspension_touches_and_confirms_it_with_a_
         .goto(&format!("{console}/admin/sites"))
         .await
         .expect("sites");
+    // The list says what each site makes (the harness qualified site-z for both).
+    assert_eq!(
+        text_of(&client, "tr[data-site=site-z] td.makes").await,
+        "bcma-car-t, cd19-car-t"
+    );
     // No one-click suspension from the list: the change has its own page.
     assert!(client
         .find(Locator::Css("form[action='/admin/sites/site-z/suspend']"))

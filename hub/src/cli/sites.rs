@@ -123,6 +123,10 @@ pub async fn run(command: SiteCommand) -> anyhow::Result<()> {
             );
             println!("{}", registered.token);
             eprintln!("On the site machine, with the token in token.txt: carrel-site-agent enroll --hub https://HUB:PORT --token-file token.txt --data-dir DIR");
+            eprintln!(
+                "The site takes orders once QA has qualified it for a product: carrel-hub site qualify {} PRODUCT --reason \"...\"",
+                registered.site.site_id
+            );
             Ok(())
         }
         SiteCommand::List { client } => {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 fn sites_markup(
     session: &Session,
     sites: &[model::Site],
+    makes: &std::collections::BTreeMap<String, Vec<String>>,
     hub: &crate::app::Hub,
     notice: Option<Markup>,
 ) -> Markup {
@@ -25,7 +26,7 @@ fn sites_markup(
             h1 { "Sites" }
             @if let Some(notice) = notice { (notice) }
             div.scroll tabindex="0" { table {
-                thead { tr { th scope="col" { "Site" } th scope="col" { "Name" } th scope="col" { "Status" } th scope="col" { "Link" } th scope="col" { "Last contact" } th scope="col" { "Events" } th scope="col" { "Commands acked" } th scope="col" { "Certificate" } th scope="col" { span.visually-hidden { "Actions" } } } }
+                thead { tr { th scope="col" { "Site" } th scope="col" { "Name" } th scope="col" { "Status" } th scope="col" { "Makes" } th scope="col" { "Link" } th scope="col" { "Last contact" } th scope="col" { "Events" } th scope="col" { "Commands acked" } th scope="col" { "Certificate" } th scope="col" { span.visually-hidden { "Actions" } } } }
                 tbody { @for s in sites {
                     tr data-site=(s.site_id) {
                         td { (s.site_id) } td { (s.name) } td.status { (s.status.as_str())
@@ -33,6 +34,10 @@ fn sites_markup(
                                 br; span.muted data-status-reason { "by " (c.by) " " (when(c.at)) ": " (c.reason) }
                             }
                         }
+                        td.makes { @match makes.get(&s.site_id) {
+                            Some(products) => { (products.join(", ")) }
+                            None => { span.muted { "nothing yet: QA qualifies it" } }
+                        } }
                         td { @if hub.links.is_connected(&s.site_id) { span.badge.pass { "connected" } } @else { span.badge { "not connected" } } }
                         td.muted { (s.last_contact_at.map(when).unwrap_or_else(|| "never".into())) }
                         td { (s.acked_event_seq) } td { (s.acked_command_seq) "/" (s.last_command_seq) }
@@ -77,7 +82,12 @@ pub async fn sites(hub: HubState, session: Session) -> Page {
     let sites = admin::sites_to_administer(&hub, &session.user)
         .await
         .map_err(refused)?;
-    Ok(html_page(sites_markup(&session, &sites, &hub, None)))
+    let makes = service::qualifications::products_by_site(&hub, &session.user)
+        .await
+        .map_err(refused)?;
+    Ok(html_page(sites_markup(
+        &session, &sites, &makes, &hub, None,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -99,13 +109,17 @@ pub async fn add_site(hub: HubState, session: Session, Form(form): Form<AddSiteF
             p { "Site " (registered.site.site_id) " registered. Give its administrator this one-time enrollment token (valid until " (when(registered.expires_at)) "):" }
             p.token id="enrollment-token" { (registered.token) }
             p.muted { "On the site machine: carrel-site-agent enroll --hub https://HUB:PORT --token TOKEN --data-dir DIR" }
+            p { "The site takes orders once QA has qualified it for a product (their Qualifications page, or carrel-hub site qualify)." }
         } },
         Err(e) => html! { div.notice.bad role="alert" { (e) } },
     };
     let sites = admin::sites_to_administer(&hub, &session.user)
         .await
         .map_err(refused)?;
-    let mut response = html_page(sites_markup(&session, &sites, &hub, Some(notice)));
+    let makes = service::qualifications::products_by_site(&hub, &session.user)
+        .await
+        .map_err(refused)?;
+    let mut response = html_page(sites_markup(&session, &sites, &makes, &hub, Some(notice)));
     if result.is_err() {
         *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
     }

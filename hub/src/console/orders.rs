@@ -162,7 +162,7 @@ pub async fn new_order(hub: HubState, session: Session) -> Page {
     let sites = service::order_sites(&hub, &session.user)
         .await
         .map_err(refused)?;
-    let makes = service::site_products(&hub, &session.user)
+    let makes = service::qualifications::products_by_site(&hub, &session.user)
         .await
         .map_err(refused)?;
     let form = OrderForm {
@@ -236,7 +236,7 @@ pub async fn create_order(
             let sites = service::order_sites(&hub, &session.user)
                 .await
                 .map_err(refused)?;
-            let makes = service::site_products(&hub, &session.user)
+            let makes = service::qualifications::products_by_site(&hub, &session.user)
                 .await
                 .map_err(refused)?;
             let free = free_dates(&hub, &session).await;

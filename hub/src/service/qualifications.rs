@@ -181,3 +181,18 @@ pub async fn list(
         .site_qualifications(site_id.map(str::trim).filter(|s| !s.is_empty()))
         .await?)
 }
+
+/// What each site is qualified to make now (site id to product ids): for the order
+/// form and the administrator's list of sites. Any signed-in user may see it.
+pub async fn products_by_site(
+    hub: &Hub,
+    _user: &User,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
+    let mut makes = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for q in hub.store.site_qualifications(None).await? {
+        if q.in_force() {
+            makes.entry(q.site_id).or_default().push(q.recipe_id);
+        }
+    }
+    Ok(makes)
+}
