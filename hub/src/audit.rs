@@ -151,6 +151,11 @@ actions! {
     BatchChangedAfterDecision = "batch.changed_after_decision",
     /// A QA person reviewed, with a signature, the records that arrived after the decision.
     BatchChangeReviewed = "batch.change_reviewed",
+    /// A result out of specification arrived after the batch's release: a patient
+    /// follow-up is open until QA closes it.
+    FollowUpOpened = "follow_up.opened",
+    /// QA closed a patient follow-up with a signature saying what was done.
+    FollowUpClosed = "follow_up.closed",
     NotificationSubscribed = "notification.subscribed",
     NotificationUnsubscribed = "notification.unsubscribed",
     NotificationRequeued = "notification.requeued",

@@ -331,6 +331,21 @@ pub struct Review {
     pub changed_after_decision: Vec<Entry>,
     /// QA's signed reviews of such records.
     pub change_reviews: Vec<crate::model::ChangeReview>,
+    /// Every test of the recipe: id to name.
+    pub test_names: BTreeMap<String, String>,
+    /// Tests that may follow release with no result yet (ids, the recipe's order):
+    /// while any are, a release can only be conditional and names them.
+    pub outstanding: Vec<String>,
+    /// A conditional release not yet completed: the tests it waits for (ids), and
+    /// `Ok` with those it would confirm when QA may complete it now, or why not.
+    pub release_awaits: Vec<String>,
+    pub completion: Result<Vec<String>, String>,
+    /// The batch's patient follow-ups (results out of specification after
+    /// release), each with its closure once QA signed it.
+    pub follow_ups: Vec<(
+        crate::model::FollowUpMark,
+        Option<crate::model::FollowUpClosure>,
+    )>,
     pub audit: Vec<crate::audit::Entry>,
 }
 
@@ -456,10 +471,8 @@ pub fn manifestation(
     meaning: ReleaseMeaning,
     at: DateTime<Utc>,
 ) -> String {
-    let meaning = match meaning {
-        ReleaseMeaning::Released => "Released",
-        ReleaseMeaning::Rejected => "Rejected",
-    };
+    let words = meaning.words();
+    let meaning = words[..1].to_uppercase() + &words[1..];
     format!(
         "{meaning} by {signer_name} ({signer}) on {} UTC",
         at.format("%Y-%m-%d %H:%M:%S")
@@ -498,6 +511,7 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
         qc,
         signatures,
         change_reviews,
+        follow_up_closures,
         audit,
         directory,
     } = record;
@@ -691,7 +705,31 @@ pub fn review(record: BatchRecord, accept_simulated: bool) -> Review {
         }
     }
     let unreviewed: HashSet<u64> = order.progress.unreviewed_changes().into_iter().collect();
+    let follow_ups = order
+        .progress
+        .follow_ups
+        .iter()
+        .map(|mark| {
+            let closure = follow_up_closures
+                .iter()
+                .find(|c| c.site_seq == mark.site_seq)
+                .cloned();
+            (mark.clone(), closure)
+        })
+        .collect();
     Review {
+        outstanding: if order.state == crate::model::BatchState::AwaitingRelease {
+            crate::model::release::outstanding(&order, &recipe)
+        } else {
+            Vec::new()
+        },
+        release_awaits: order.progress.release_awaits.iter().cloned().collect(),
+        test_names: recipe
+            .all_tests()
+            .map(|t| (t.id.clone(), t.name.clone()))
+            .collect(),
+        completion: crate::model::release::check_completion(&order, &recipe),
+        follow_ups,
         changed_after_decision: events
             .iter()
             .filter(|e| unreviewed.contains(&e.event.seq))
@@ -1023,6 +1061,7 @@ mod tests {
             qc: Vec::new(),
             signatures: Vec::new(),
             change_reviews: Vec::new(),
+            follow_up_closures: Vec::new(),
             audit: Vec::new(),
             directory: Vec::new(),
         }
@@ -1135,6 +1174,7 @@ mod tests {
             reason: "test".into(),
             signed_at,
             justifications: Vec::new(),
+            outstanding_tests: Vec::new(),
         });
         let sha = record_sha256(&record.order, &record.recipe.sha256, &record.events);
         let review = review(record, false);
@@ -1303,6 +1343,7 @@ mod tests {
             reason: "CD3+ below specification".into(),
             signed_at: created + s(10),
             justifications: Vec::new(),
+            outstanding_tests: Vec::new(),
         });
         let alerts = super::alerts(&record);
         assert_eq!(

@@ -101,22 +101,49 @@ pub enum AlarmSeverity {
 pub enum ReleaseMeaning {
     Released,
     Rejected,
+    /// Released before every result is in: the signature names the results that
+    /// may follow release (a sterility culture) still outstanding.
+    ReleasedConditionally,
+    /// A conditional release completed: the results it waited for arrived within
+    /// specification, as the QA person who signs confirms.
+    ReleaseCompleted,
 }
 
 impl ReleaseMeaning {
+    pub const ALL: [ReleaseMeaning; 4] = [
+        ReleaseMeaning::Released,
+        ReleaseMeaning::Rejected,
+        ReleaseMeaning::ReleasedConditionally,
+        ReleaseMeaning::ReleaseCompleted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReleaseMeaning::Released => "released",
             ReleaseMeaning::Rejected => "rejected",
+            ReleaseMeaning::ReleasedConditionally => "released_conditionally",
+            ReleaseMeaning::ReleaseCompleted => "release_completed",
+        }
+    }
+
+    /// The meaning in words, as a signature's manifestation shows it.
+    pub fn words(self) -> &'static str {
+        match self {
+            ReleaseMeaning::Released => "released",
+            ReleaseMeaning::Rejected => "rejected",
+            ReleaseMeaning::ReleasedConditionally => "released conditionally",
+            ReleaseMeaning::ReleaseCompleted => "release completed",
         }
     }
 
     pub fn parse(text: &str) -> Option<ReleaseMeaning> {
-        match text {
-            "released" => Some(ReleaseMeaning::Released),
-            "rejected" => Some(ReleaseMeaning::Rejected),
-            _ => None,
-        }
+        ReleaseMeaning::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+
+    /// Whether the batch may leave for the patient after this decision (all but a
+    /// rejection).
+    pub fn releases(self) -> bool {
+        self != ReleaseMeaning::Rejected
     }
 }
 
@@ -338,6 +365,10 @@ pub enum CommandKind {
         signed_at: DateTime<Utc>,
         record_sha256: String,
         reason: String,
+        /// Released conditionally: the tests whose results the release waits for;
+        /// release completed: those it confirms. Empty otherwise.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        outstanding_tests: Vec<String>,
     },
     /// One person of the site's directory (site-wide: the command's batch id is nil;
     /// its seq is the directory version).
@@ -407,9 +438,11 @@ fn meaning_from_wire(field: &'static str, value: i32) -> Result<ReleaseMeaning, 
     match pb::ReleaseMeaning::try_from(value) {
         Ok(pb::ReleaseMeaning::Released) => Ok(ReleaseMeaning::Released),
         Ok(pb::ReleaseMeaning::Rejected) => Ok(ReleaseMeaning::Rejected),
+        Ok(pb::ReleaseMeaning::ReleasedConditionally) => Ok(ReleaseMeaning::ReleasedConditionally),
+        Ok(pb::ReleaseMeaning::ReleaseCompleted) => Ok(ReleaseMeaning::ReleaseCompleted),
         _ => Err(invalid(
             field,
-            format!("{value} is not a release meaning (released or rejected)"),
+            format!("{value} is not a release meaning (released, rejected, released conditionally or release completed)"),
         )),
     }
 }
@@ -418,6 +451,8 @@ pub fn meaning_to_wire(meaning: ReleaseMeaning) -> pb::ReleaseMeaning {
     match meaning {
         ReleaseMeaning::Released => pb::ReleaseMeaning::Released,
         ReleaseMeaning::Rejected => pb::ReleaseMeaning::Rejected,
+        ReleaseMeaning::ReleasedConditionally => pb::ReleaseMeaning::ReleasedConditionally,
+        ReleaseMeaning::ReleaseCompleted => pb::ReleaseMeaning::ReleaseCompleted,
     }
 }
 
@@ -930,6 +965,7 @@ impl TryFrom<pb::HubCommand> for HubCommand {
                 signed_at: from_timestamp("release_decision.signed_at", k.signed_at)?,
                 record_sha256: required("release_decision.record_sha256", k.record_sha256)?,
                 reason: k.reason,
+                outstanding_tests: k.outstanding_tests,
             },
             Kind::PersonUpdated(k) => CommandKind::PersonUpdated {
                 username: required("person_updated.username", k.username)?,
@@ -1001,6 +1037,7 @@ impl From<&HubCommand> for pb::HubCommand {
                 signed_at,
                 record_sha256,
                 reason,
+                outstanding_tests,
             } => Kind::ReleaseDecision(pb::ReleaseDecision {
                 signature_id: signature_id.to_string(),
                 meaning: meaning_to_wire(meaning) as i32,
@@ -1009,6 +1046,7 @@ impl From<&HubCommand> for pb::HubCommand {
                 signed_at: Some(to_timestamp(signed_at)),
                 record_sha256,
                 reason,
+                outstanding_tests,
             }),
             CommandKind::PersonUpdated {
                 username,
@@ -1226,6 +1264,7 @@ mod tests {
                 signed_at: DateTime::from_timestamp(1_800_000_100, 0).expect("valid"),
                 record_sha256: "ab".repeat(32),
                 reason: String::new(),
+                outstanding_tests: vec!["sterility".into()],
             },
         };
         let wire = pb::HubCommand::from(&command);

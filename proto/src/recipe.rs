@@ -382,6 +382,17 @@ impl Recipe {
                 .all(|t| tests_recorded.contains(&t.id))
     }
 
+    /// The tests that may follow release and have no result yet, in the recipe's
+    /// order: a release signed while any is outstanding is conditional, and names
+    /// them.
+    pub fn outstanding_after_release<'a>(
+        &'a self,
+        tests_recorded: &'a BTreeSet<String>,
+    ) -> impl Iterator<Item = &'a QcTest> + 'a {
+        self.all_tests()
+            .filter(move |t| t.may_follow_release && !tests_recorded.contains(&t.id))
+    }
+
     /// Checks what serde cannot: ids unique, ranges sensible, at least one step.
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |problem: String| Error::Invalid {

@@ -329,6 +329,12 @@ pub struct SimulatorConfig {
     /// checkpoint, so a demonstration runs unattended. For `carrel-hub dev` and tests;
     /// never on a real site, where technicians scan (`carrel-site-agent scan`).
     pub auto_scan: bool,
+    /// The simulator stands in for the QC laboratory too: for a batch it makes from
+    /// start to end it records the release tests (each marked simulated). Off,
+    /// people enter every release test at the site console, as at a site with real
+    /// instruments; a result that may follow release (sterility) can then arrive
+    /// after QA released the batch conditionally.
+    pub qc_laboratory: bool,
 }
 
 impl Default for SimulatorConfig {
@@ -340,6 +346,7 @@ impl Default for SimulatorConfig {
             seed: 1,
             faults: Faults::default(),
             auto_scan: false,
+            qc_laboratory: true,
         }
     }
 }

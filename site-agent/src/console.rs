@@ -22,7 +22,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use carrel_proto::event::{EventKind, Identity};
+use carrel_proto::event::{EventKind, Identity, ReleaseMeaning};
 use carrel_proto::recipe::{Outcome, Recipe};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
@@ -906,6 +906,26 @@ fn batch_markup(
     html! {
         h1 { "Batch " (batch.coi) }
         p { "Patient " (batch.patient_pseudonym) " · " (recipe.title) " v" (recipe.version) " · state " strong { (batch.state.as_str().replace('_', " ")) } }
+        @if batch.decision.as_deref() == Some(ReleaseMeaning::ReleasedConditionally.as_str()) {
+            @let recorded = {
+                let mut record = crate::projection::RecordProgress::default();
+                for e in events { record.apply(&e.kind); }
+                record.tests_recorded
+            };
+            @let waiting: Vec<&str> = recipe.outstanding_after_release(&recorded).map(|t| t.name.as_str()).collect();
+            div.notice data-conditional="true" role="status" {
+                strong { "Released conditionally. " }
+                @if waiting.is_empty() {
+                    "Every result the release waited for is recorded; QA at the control site completes the release."
+                } @else {
+                    "QA released this batch before every result was in. Still outstanding: " strong { (waiting.join(", ")) }
+                    ". Record each below when the laboratory has it; QA and the treating physician are told at once of a result out of specification."
+                }
+            }
+        }
+        @if batch.decision.as_deref() == Some(ReleaseMeaning::ReleaseCompleted.as_str()) {
+            p data-conditional="completed" { "Release completed: QA confirmed the results the conditional release waited for." }
+        }
         @if let Some(result) = result { (result) }
         p.next data-next { "Next: " (next_action(batch, recipe, events, suspended.is_some())) }
         @if let Some(cp) = open {

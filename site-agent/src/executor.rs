@@ -511,9 +511,12 @@ impl BatchRun {
             }
         }
         // Release tests are the QC laboratory's. The simulator stands in for it only
-        // for a batch it made from start to end; otherwise people enter the results
-        // at the site console.
-        if !recipe.steps.iter().all(|step| self.simulates(step)) {
+        // for a batch it made from start to end, and only when the site lets it
+        // (`simulator.qc_laboratory`); otherwise people enter the results at the
+        // site console.
+        if !self.instruments.simulator.qc_laboratory
+            || !recipe.steps.iter().all(|step| self.simulates(step))
+        {
             return self.await_results(&recipe).await;
         }
         if recipe

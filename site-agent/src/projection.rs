@@ -108,10 +108,15 @@ impl Projection {
                 self.current_step = None;
             }
             EventKind::ReleaseDecisionRecorded { meaning, .. } => {
-                self.state = match meaning {
-                    ReleaseMeaning::Released => BatchState::Released,
-                    ReleaseMeaning::Rejected => BatchState::Rejected,
-                };
+                match meaning {
+                    ReleaseMeaning::Released | ReleaseMeaning::ReleasedConditionally => {
+                        self.state = BatchState::Released
+                    }
+                    ReleaseMeaning::Rejected => self.state = BatchState::Rejected,
+                    // Completes a conditional release: the product may already be
+                    // handed over or infused, and stays where it is.
+                    ReleaseMeaning::ReleaseCompleted => {}
+                }
                 self.decision = Some(*meaning);
                 self.current_step = None;
             }

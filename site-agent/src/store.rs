@@ -1280,6 +1280,7 @@ mod tests {
                 signed_at: Utc::now(),
                 record_sha256: "00".into(),
                 reason: String::new(),
+                outstanding_tests: Vec::new(),
             },
         };
         store.apply_command(&release).await.expect("release");

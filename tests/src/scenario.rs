@@ -71,12 +71,20 @@ pub fn sign_release(hub: &Hub, batch_id: &str) {
     let justifications: Vec<String> = (1..=exceptions)
         .map(|i| format!("reviewed in this test scenario (exception {i})"))
         .collect();
+    // A result that may follow release still outstanding makes it conditional.
+    let conditional = record["outstanding_results"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty());
     let mut args = vec![
         "release",
         "sign",
         batch_id,
         "--meaning",
-        "released",
+        if conditional {
+            "released-conditionally"
+        } else {
+            "released"
+        },
         "--record-sha256",
         &sha,
         "--user",

@@ -64,6 +64,7 @@ async fn only_qa_signs_release_and_every_refusal_is_audited() {
         username: username.into(),
         acknowledge_signature_meaning: acknowledge,
         justifications: Vec::new(),
+        outstanding_tests: Vec::new(),
     };
     let sign = |password: &str| sign_as("", password, true);
 

@@ -427,6 +427,7 @@ async fn a_site_fails_over_between_replicas_and_commands_cross_replicas() {
                 username: "qa.f".into(),
                 acknowledge_signature_meaning: true,
                 justifications: Vec::new(),
+                outstanding_tests: Vec::new(),
             },
         ))
         .await

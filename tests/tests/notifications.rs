@@ -639,3 +639,222 @@ async fn a_result_after_release_marks_the_batch_notifies_and_waits_for_qa_review
     assert_eq!(after["change_reviews"].as_array().map(Vec::len), Some(1));
     assert!(str_field(&after["change_reviews"][0], "comment").contains("recall started"));
 }
+
+/// A site whose people enter the release tests: QA releases conditionally before
+/// the 14-day sterility culture is in; it reads positive after release. The
+/// physician hears at once by e-mail (real SMTP), QA by webhook, both marked
+/// highest priority; a patient follow-up opens, the release can no longer be
+/// completed, and QA closes the follow-up with a signature.
+#[tokio::test(flavor = "multi_thread")]
+async fn sterility_growth_after_a_conditional_release_notifies_at_once_and_opens_a_follow_up() {
+    let Some(python) = python() else { return };
+    let smtp_port = free_port();
+    let mail_dir = tempfile::tempdir().expect("mail dir");
+    let _smtp = Peer::smtp(&python, smtp_port, mail_dir.path());
+    let mut receiver = Receiver::new(free_port());
+    receiver.start().await;
+    let hub = Hub::start_with(&notifications_config(smtp_port, 5)).await;
+    add_people(&hub);
+    let token = hub.add_site("site-c");
+    let mut agent = Agent::enroll(&hub, "site-c", &token)
+        .expect("enrollment")
+        .with_time_compression(200_000.0);
+    agent.configure(&["simulator", "qc_laboratory"], toml::Value::Boolean(false));
+    agent.start();
+    hub.add_person("tech.lab", "technician", "tech-lab-password-1", "site-c");
+    agent.wait_for_person("tech.lab", "active").await;
+    subscribe_email(
+        &hub,
+        PHYSICIAN.0,
+        "failed_after_release",
+        "dr.fault@clinic.test",
+    );
+    let (_, secret) = subscribe_webhook(&hub, QA.0, "failed_after_release", &receiver.url("qa"));
+    receiver.set_secret("qa", &secret);
+
+    let (order_id, batch_id) = create_order(&hub, "site-c", "PT-COND-1");
+    wait_order_state(&hub, &order_id, "in_process", Duration::from_secs(60)).await;
+    let qc = |test: &str, value: &str| {
+        let out = agent.cli(
+            &[
+                "qc", "--batch", &batch_id, "--test", test, "--value", value, "--user", "tech.lab",
+            ],
+            "tech-lab-password-1\n",
+        );
+        assert!(
+            out.status.success(),
+            "{test}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The laboratory's results, except the sterility culture (14 days).
+    for (test, value) in [
+        ("viability", "91"),
+        ("cd3", "88"),
+        ("car-positive", "41"),
+        ("dose", "2.1"),
+        ("mycoplasma", "not detected"),
+        ("endotoxin", "0.1"),
+        ("vcn", "2.2"),
+    ] {
+        qc(test, value);
+    }
+    wait_order_state(&hub, &order_id, "awaiting_release", Duration::from_secs(90)).await;
+
+    // Sterility is outstanding: a plain release is refused, with the reason.
+    let record = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
+    assert_eq!(
+        record["outstanding_results"],
+        serde_json::json!(["sterility"])
+    );
+    let sha = str_field(&record, "record_sha256").to_owned();
+    let sign = |meaning: &str, sha: &str| {
+        hub.cli(
+            QA.0,
+            &[
+                "release",
+                "sign",
+                &batch_id,
+                "--meaning",
+                meaning,
+                "--record-sha256",
+                sha,
+                "--user",
+                QA.0,
+                "--acknowledge-signature-meaning",
+            ],
+            Some(QA.1),
+        )
+    };
+    let refused = sign("released", &sha);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("Sterility (sterility)") && why.contains("released conditionally"),
+        "{why}"
+    );
+    assert_eq!(scenario::order_state(&hub, &order_id), "awaiting_release");
+
+    let signed = sign("released-conditionally", &sha);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&signed.stdout).contains("Released conditionally by"));
+    // The physician sees a conditional release; the site records it as such.
+    let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+    assert_eq!(str_field(&shown, "state"), "released");
+    assert_eq!(shown["release_awaits"], serde_json::json!(["sterility"]));
+    let text = hub.cli_ok(PHYSICIAN.0, &["order", "show", &order_id], None);
+    assert!(
+        text.contains("released conditionally (awaiting sterility)"),
+        "{text}"
+    );
+    let site_db = agent.db().await;
+    eventually(
+        Duration::from_secs(30),
+        "the site to record the conditional release",
+        || {
+            let db = site_db.clone();
+            let batch = batch_id.clone();
+            async move {
+                let decision: Option<String> =
+                    sqlx::query_scalar("SELECT decision FROM batches WHERE batch_id = ?")
+                        .bind(&batch)
+                        .fetch_one(&db)
+                        .await
+                        .ok()
+                        .flatten();
+                (decision.as_deref() == Some("released_conditionally")).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(mails(mail_dir.path()).is_empty(), "nothing urgent yet");
+
+    // Day 14: the culture shows growth.
+    qc("sterility", "growth detected");
+    let mail = eventually(Duration::from_secs(30), "the physician's e-mail", || {
+        let found = mails(mail_dir.path());
+        async move { found.into_iter().next() }
+    })
+    .await;
+    assert_eq!(header(&mail, "X-Envelope-To"), "dr.fault@clinic.test");
+    assert!(header(&mail, "Subject").contains("URGENT"), "{mail}");
+    assert!(
+        header(&mail, "Subject").contains("failed_after_release"),
+        "{mail}"
+    );
+    assert_eq!(header(&mail, "X-Priority"), "1 (Highest)");
+    assert_eq!(header(&mail, "Importance"), "high");
+    assert!(
+        !mail.contains("PT-COND-1"),
+        "no patient pseudonym in e-mail"
+    );
+    let heard = eventually(Duration::from_secs(30), "QA's webhook", || {
+        let heard = receiver.received();
+        async move { heard.into_iter().next() }
+    })
+    .await;
+    assert!(heard.signature_valid);
+    assert_eq!(heard.body["kind"], "failed_after_release");
+    assert_eq!(heard.body["priority"], "highest");
+    assert_eq!(heard.body["batch_id"], batch_id.as_str());
+
+    // The follow-up is open; the release cannot be completed.
+    let open = hub.cli_json(QA.0, &["release", "follow-ups"], None);
+    let open = open.as_array().expect("a list");
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(str_field(&open[0], "test_id"), "sterility");
+    assert_eq!(str_field(&open[0], "batch_id"), batch_id);
+    let seq = open[0]["site_seq"].as_u64().expect("site seq").to_string();
+    let record = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
+    let refused = sign("release-completed", str_field(&record, "record_sha256"));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cannot be completed"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // QA closes it with a signature; a one-word outcome is refused first.
+    let close = |outcome: &str| {
+        hub.cli(
+            QA.0,
+            &[
+                "release",
+                "close-follow-up",
+                &batch_id,
+                &seq,
+                "--outcome",
+                outcome,
+                "--user",
+                QA.0,
+            ],
+            Some(QA.1),
+        )
+    };
+    let short = close("done");
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least"));
+    let closed = close(
+        "physician informed at once; patient admitted, blood cultures taken, antibiotics started",
+    );
+    assert!(
+        closed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+    let open = hub.cli_json(QA.0, &["release", "follow-ups"], None);
+    assert_eq!(open, serde_json::json!([]));
+    let all = hub.cli_json(QA.0, &["release", "follow-ups", "--all"], None);
+    assert_eq!(str_field(&all[0], "closed_by"), QA.0);
+    let db = hub.db().await;
+    let closures: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM follow_up_closures")
+        .fetch_one(&db)
+        .await
+        .expect("count");
+    assert_eq!(closures, 1);
+    agent.kill();
+}

@@ -2,7 +2,7 @@
 //! API.
 
 use super::client::{authed, ClientArgs};
-use super::output::{order_json, print_orders, site_time, state_name, time_text};
+use super::output::{order_json, order_state_text, print_orders, site_time, state_name, time_text};
 use super::schedule;
 use anyhow::Context;
 use carrel_proto::pb;
@@ -152,7 +152,7 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
             );
             println!(
                 "State {}{}  site {}  recipe {} v{}",
-                state_name(order.state),
+                order_state_text(&order),
                 if order.current_step.is_empty() {
                     String::new()
                 } else {

@@ -14,6 +14,25 @@ pub fn state_name(value: i32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// An order's state as people read it: a conditional release not yet completed
+/// says so, and what it waits for.
+pub fn order_state_text(o: &pb::Order) -> String {
+    let state = state_name(o.state);
+    if o.release_awaits.is_empty() {
+        state
+    } else if o.state == pb::BatchState::Released as i32 {
+        format!(
+            "released conditionally (awaiting {})",
+            o.release_awaits.join(", ")
+        )
+    } else {
+        format!(
+            "{state} (released conditionally, awaiting {})",
+            o.release_awaits.join(", ")
+        )
+    }
+}
+
 /// A time at a site, as people there read it: the site's local date and time with
 /// its zone's abbreviation (`2026-03-29 09:00 BST`), and the viewer's own clock after
 /// it where their zone's offset differs then (`2026-03-29 09:00 BST (04:00 EDT here)`).
@@ -89,6 +108,7 @@ pub fn order_json(o: &pb::Order) -> serde_json::Value {
         "site_id": o.site_id, "requested_collection_date": o.requested_collection_date,
         "physician": o.physician, "state": state_name(o.state), "current_step": o.current_step,
         "decision_recorded_at_site": o.decision_recorded_at_site,
+        "release_awaits": o.release_awaits,
         "created_at": time_text(o.created_at), "updated_at": time_text(o.updated_at),
     })
 }

@@ -2,7 +2,7 @@
 //! signing release or rejection, through the API.
 
 use super::client::{authed, read_line, read_secret, Authed, ClientArgs};
-use super::output::{order_json, print_release_queue, state_name, time_text};
+use super::output::{order_json, order_state_text, print_release_queue, time_text};
 use anyhow::{bail, Context};
 use carrel_proto::pb;
 use clap::{Subcommand, ValueEnum};
@@ -27,6 +27,9 @@ pub enum ReleaseCommand {
     /// changed), without it after you confirm the record shown. Asks for your user
     /// name (unless --user) and password, and for a release despite exceptions a
     /// justification of each (unless given with --justification, in order).
+    /// While a result that may follow release (sterility) is outstanding, a release
+    /// is `released-conditionally` and names it; once every such result is in
+    /// within specification, `release-completed` completes it.
     Sign {
         /// The batch id (`release list` shows it); the batch's order id is accepted too.
         batch_id: String,
@@ -62,6 +65,32 @@ pub enum ReleaseCommand {
         /// SHA-256 of the record as you reviewed it (from `release show`).
         #[arg(long)]
         record_sha256: String,
+        /// Your user name (asked for when not given).
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        acknowledge_signature_meaning: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Patient follow-ups: each result out of specification that arrived after a
+    /// batch's release opens one until QA closes it (open ones unless --all).
+    FollowUps {
+        /// Also those already closed.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Close a patient follow-up with your signature, saying what was done for the
+    /// patient and what you concluded.
+    CloseFollowUp {
+        /// The batch id (`release follow-ups` shows it); its order id is accepted too.
+        batch_id: String,
+        /// The site record of the result that opened it (`release follow-ups`).
+        site_seq: u64,
+        #[arg(long)]
+        outcome: String,
         /// Your user name (asked for when not given).
         #[arg(long)]
         user: Option<String>,
@@ -160,6 +189,11 @@ async fn batch_of_order(channel: Authed, id: &str) -> anyhow::Result<String> {
 pub enum MeaningArg {
     Released,
     Rejected,
+    /// Released while results that may follow release are outstanding (named by
+    /// the record).
+    ReleasedConditionally,
+    /// A conditional release completed: its results arrived within specification.
+    ReleaseCompleted,
 }
 
 pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
@@ -180,6 +214,86 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             client,
         } => export(&client, &batch_id, &out).await,
         ReleaseCommand::VerifyExport { dir, json } => verify_export(&dir, json),
+        ReleaseCommand::FollowUps { all, client } => {
+            let mut api =
+                pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
+            let found = api
+                .list_follow_ups(pb::ListFollowUpsRequest { all })
+                .await?
+                .into_inner()
+                .follow_ups;
+            if client.json {
+                let rows: Vec<_> = found.iter().map(follow_up_json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            if found.is_empty() {
+                println!("No {}patient follow-ups.", if all { "" } else { "open " });
+            }
+            for f in &found {
+                println!(
+                    "{}  record {:<5} {}  opened {}{}",
+                    f.batch_id,
+                    f.site_seq,
+                    f.summary,
+                    time_text(f.opened_at),
+                    if f.closed_by.is_empty() {
+                        "  OPEN".to_owned()
+                    } else {
+                        format!(
+                            "  closed by {} ({}) on {}: {}",
+                            f.closed_by_name,
+                            f.closed_by,
+                            time_text(f.closed_at),
+                            f.outcome
+                        )
+                    }
+                );
+            }
+            Ok(())
+        }
+        ReleaseCommand::CloseFollowUp {
+            batch_id,
+            site_seq,
+            outcome,
+            user,
+            acknowledge_signature_meaning,
+            client,
+        } => {
+            let channel = authed(&client).await?;
+            let (batch_id, _) = batch_record(channel.clone(), &batch_id).await?;
+            let api = pb::release_service_client::ReleaseServiceClient::new(channel);
+            let (username, password) = signer(user)?;
+            let request = pb::CloseFollowUpRequest {
+                batch_id,
+                site_seq,
+                outcome,
+                password,
+                username,
+                acknowledge_signature_meaning,
+            };
+            let closed = signed(
+                request,
+                |r| r.acknowledge_signature_meaning = true,
+                |r| {
+                    let mut api = api.clone();
+                    async move { api.close_follow_up(r).await }
+                },
+            )
+            .await?;
+            if client.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&follow_up_json(&closed))?
+                );
+            } else {
+                println!(
+                    "Closed: the follow-up of record {} of batch {}, signed by {} ({}).",
+                    closed.site_seq, closed.batch_id, closed.closed_by_name, closed.closed_by
+                );
+            }
+            Ok(())
+        }
         ReleaseCommand::Show { batch_id, client } => {
             let (_, record) = batch_record(authed(&client).await?, &batch_id).await?;
             print_record(&record, client.json)
@@ -241,7 +355,33 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 }
             }
             let mut justifications = justifications;
-            if matches!(meaning, MeaningArg::Released) {
+            if matches!(
+                meaning,
+                MeaningArg::ReleasedConditionally | MeaningArg::ReleaseCompleted
+            ) {
+                let tests = if matches!(meaning, MeaningArg::ReleaseCompleted) {
+                    &record.release_awaits
+                } else {
+                    &record.outstanding_results
+                };
+                eprintln!(
+                    "{}: {}",
+                    if matches!(meaning, MeaningArg::ReleaseCompleted) {
+                        "Confirming the results the conditional release waited for"
+                    } else {
+                        "Results still outstanding, named by this conditional release"
+                    },
+                    if tests.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        tests.join(", ")
+                    }
+                );
+            }
+            if matches!(
+                meaning,
+                MeaningArg::Released | MeaningArg::ReleasedConditionally
+            ) {
                 if justifications.len() > record.exceptions.len() {
                     bail!(
                         "{} justification(s) given for {} exception(s): give one per exception, in the order shown",
@@ -276,6 +416,8 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 meaning: match meaning {
                     MeaningArg::Released => pb::ReleaseMeaning::Released,
                     MeaningArg::Rejected => pb::ReleaseMeaning::Rejected,
+                    MeaningArg::ReleasedConditionally => pb::ReleaseMeaning::ReleasedConditionally,
+                    MeaningArg::ReleaseCompleted => pb::ReleaseMeaning::ReleaseCompleted,
                 } as i32,
                 password,
                 record_sha256: record.record_sha256.clone(),
@@ -283,6 +425,11 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 username,
                 justifications,
                 acknowledge_signature_meaning,
+                outstanding_tests: match meaning {
+                    MeaningArg::ReleasedConditionally => record.outstanding_results.clone(),
+                    MeaningArg::ReleaseCompleted => record.release_awaits.clone(),
+                    _ => Vec::new(),
+                },
             };
             let response = signed(
                 request,
@@ -362,7 +509,19 @@ fn meaning_word(meaning: MeaningArg) -> &'static str {
     match meaning {
         MeaningArg::Released => "RELEASED",
         MeaningArg::Rejected => "REJECTED",
+        MeaningArg::ReleasedConditionally => "RELEASED CONDITIONALLY",
+        MeaningArg::ReleaseCompleted => "RELEASE COMPLETED",
     }
+}
+
+fn follow_up_json(f: &pb::FollowUp) -> serde_json::Value {
+    serde_json::json!({
+        "batch_id": f.batch_id, "site_seq": f.site_seq, "test_id": f.test_id,
+        "summary": f.summary, "opened_at": time_text(f.opened_at),
+        "closed": !f.closed_by.is_empty(), "closed_by": f.closed_by,
+        "closed_by_name": f.closed_by_name, "outcome": f.outcome,
+        "closed_at": time_text(f.closed_at),
+    })
 }
 
 /// The signer's user name (asked for unless given) and password (always asked).
@@ -439,12 +598,16 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "signatures": record.signatures.iter().map(|s| serde_json::json!({
                 "signature_id": s.signature_id, "manifestation": s.manifestation, "record_sha256": s.record_sha256,
-                "reason": s.reason,
+                "reason": s.reason, "outstanding_tests": s.outstanding_tests,
                 "justifications": s.justifications.iter().map(|j| serde_json::json!({
                     "exception": j.exception, "justification": j.justification,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "changed_after_decision": record.changed_after_decision.iter().map(entry).collect::<Vec<_>>(),
+            "outstanding_results": record.outstanding_results,
+            "release_awaits": record.release_awaits,
+            "release_completable": record.release_completable,
+            "follow_ups": record.follow_ups.iter().map(follow_up_json).collect::<Vec<_>>(),
             "change_reviews": record.change_reviews.iter().map(|r| serde_json::json!({
                 "review_id": r.review_id, "signer": r.signer, "signer_name": r.signer_name,
                 "through_seq": r.through_seq, "record_sha256": r.record_sha256, "comment": r.comment,
@@ -468,9 +631,43 @@ fn print_record(record: &pb::BatchRecord, json: bool) -> anyhow::Result<()> {
         order.batch_id,
         order.coi,
         order.site_id,
-        state_name(order.state)
+        order_state_text(&order)
     )?;
     writeln!(out, "Record SHA-256 {}", record.record_sha256)?;
+    if !record.outstanding_results.is_empty() {
+        writeln!(
+            out,
+            "\nOUTSTANDING: {} (may follow release). A release now is conditional: `release sign --meaning released-conditionally`",
+            record.outstanding_results.join(", ")
+        )?;
+    }
+    if !record.release_awaits.is_empty() {
+        writeln!(
+            out,
+            "\nRELEASED CONDITIONALLY, awaiting {}{}",
+            record.release_awaits.join(", "),
+            if record.release_completable {
+                ": every result is in within specification; complete it with `release sign --meaning release-completed`"
+            } else {
+                ""
+            }
+        )?;
+    }
+    let open: Vec<&pb::FollowUp> = record
+        .follow_ups
+        .iter()
+        .filter(|f| f.closed_by.is_empty())
+        .collect();
+    if !open.is_empty() {
+        writeln!(
+            out,
+            "\nPATIENT FOLLOW-UP OPEN ({}): `release close-follow-up BATCH SEQ --outcome ...`",
+            open.len()
+        )?;
+        for f in open {
+            writeln!(out, "  #{:<5} {}", f.site_seq, f.summary)?;
+        }
+    }
     if !record.changed_after_decision.is_empty() {
         writeln!(
             out,

@@ -81,6 +81,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/batches/{id}", get(release::batch_record))
         .route("/batches/{id}/sign", post(release::sign))
         .route("/batches/{id}/review-change", post(release::review_change))
+        .route(
+            "/batches/{id}/follow-ups/{seq}/close",
+            post(release::close_follow_up),
+        )
         .route("/batches/{id}/export", post(release::export))
         .route("/batches/{id}/deviations", post(release::raise_deviation))
         .route(

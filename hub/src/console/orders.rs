@@ -1,6 +1,6 @@
 //! Orders, as physicians see them: the list, the order form, one order's progress.
 
-use super::view::{elapsed, live, page, state_badge, when, when_in};
+use super::view::{elapsed, live, page, when, when_in};
 use super::{html_page, parse_uuid, refused, HubState, Page, Session};
 use crate::clock::{self, Clock, Milestone};
 use crate::model;
@@ -25,7 +25,7 @@ fn order_rows_markup(orders: &[Order]) -> Markup {
                 td { a href=(format!("/orders/{}", o.order_id)) { (o.coi) } }
                 td { (o.patient_pseudonym) }
                 td { (o.site_id) }
-                td { (state_badge(o.state)) }
+                td { (super::view::order_badge(o)) }
                 td { (o.current_step.clone().unwrap_or_default()) }
                 td.muted { (when(o.created_at)) }
             }
@@ -331,7 +331,7 @@ fn order_live_markup(record: &BatchRecord, clock: &Clock, zone: Tz) -> Markup {
             }
         }
         div.card {
-            p { "State: " (state_badge(order.state))
+            p { "State: " (super::view::order_badge(order))
                 @if order.decision_recorded { " · decision recorded at the site" } }
             (vein_to_vein_markup(clock, zone))
             p { "Expected next step: " strong data-next { (next_step(record)) } }

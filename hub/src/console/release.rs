@@ -1,7 +1,7 @@
 //! QA's release: the queue, the batch record reviewed exceptions first, and the
 //! electronic signature.
 
-use super::view::{chart, page, proof_fields, state_badge, when};
+use super::view::{chart, page, proof_fields, when};
 use super::{html_page, parse_uuid, problem, refused, HubState, Page, Session};
 use crate::app::Hub;
 use crate::record::{self, Counts, Exception, Review};
@@ -80,7 +80,7 @@ fn batch_record_markup(
         h1 { "Batch record " (order.coi) }
         p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (review.recipe_title) " v" (review.recipe_version)
             " · batch " (order.batch_id) }
-        p { "State: " (state_badge(order.state)) }
+        p { "State: " (super::view::order_badge(order)) }
         form.export method="post" action={ "/batches/" (order.batch_id) "/export" } {
             input type="hidden" name="csrf" value=(session.csrf);
             button.secondary type="submit" { "Download archive copy (PDF and JSON, zip)" }
@@ -109,6 +109,58 @@ fn batch_record_markup(
                     } }
                 }
                 p.muted { "Bound to record " code { (sig.record_sha256) } }
+            }
+        }
+        @if !review.release_awaits.is_empty() {
+            div.notice id="conditional-release" role="status" {
+                strong { "Released conditionally. " }
+                "The release waits for " strong { (outstanding_names(review, &review.release_awaits)) } "."
+                @match &review.completion {
+                    Ok(_) => {
+                        " Every result it waits for is in, within specification."
+                        @if release::may_sign(&session.user) {
+                            @let completing = match decision {
+                                Decision::Confirm { meaning: ReleaseMeaning::ReleaseCompleted, .. } => decision.clone(),
+                                _ => Decision::Confirm {
+                                    meaning: ReleaseMeaning::ReleaseCompleted,
+                                    reason: String::new(),
+                                    justifications: Vec::new(),
+                                    username: String::new(),
+                                    acknowledge: false,
+                                    error: None,
+                                },
+                            };
+                            h2 id="complete-release" { "Complete the release" }
+                            (decision_markup(session, review, &completing, change.first_signature, change.acknowledged))
+                        }
+                    }
+                    Err(why) => { p.muted { (why) } }
+                }
+            }
+        }
+        @for (mark, closure) in &review.follow_ups {
+            div.notice.bad.follow-up id=(format!("follow-up-{}", mark.site_seq)) role="alert" {
+                strong { "Patient follow-up. " }
+                (outstanding_names(review, std::slice::from_ref(&mark.test_id))) " arrived out of specification after the batch was released (record "
+                (mark.site_seq) ", " (when(mark.opened_at)) "). The ordering physician and QA were told at once."
+                @match closure {
+                    Some(c) => { p { "Closed by " (c.signer_name) " (" (c.signer) ") on " (when(c.signed_at)) ": " em { (c.outcome) } } }
+                    None => {
+                        @if release::may_sign(&session.user) {
+                            @let note = change.follow_up.as_ref().filter(|n| n.site_seq == mark.site_seq);
+                            form method="post" action={ "/batches/" (review.order.batch_id) "/follow-ups/" (mark.site_seq) "/close" } {
+                                input type="hidden" name="csrf" value=(session.csrf);
+                                label for=(format!("follow-up-outcome-{}", mark.site_seq)) { "What was done for the patient, and what you concluded (it goes with your signature)" }
+                                textarea id=(format!("follow-up-outcome-{}", mark.site_seq)) name="comment" rows="2" required { (note.map(|n| n.outcome.as_str()).unwrap_or("")) }
+                                (proof_fields(change.first_signature, change.acknowledged, ("", false),
+                                    note.map(|n| ("password", n.error.clone())), &format!("follow-up-{}-", mark.site_seq)))
+                                p { button type="submit" id=(format!("close-follow-up-{}", mark.site_seq)) { "Sign: close the follow-up" } }
+                            }
+                        } @else {
+                            p { strong { "Open: " } "a QA person closes it with a signature." }
+                        }
+                    }
+                }
             }
         }
         @for r in &review.change_reviews {
@@ -203,6 +255,7 @@ fn batch_record_markup(
 /// and confirm it with the password (and the user name at the first signature of
 /// the session). After any error the page comes back at the same step with
 /// everything entered kept, except the password.
+#[derive(Clone)]
 enum Decision {
     Choose {
         meaning: Option<ReleaseMeaning>,
@@ -240,6 +293,7 @@ impl Decision {
 struct ChangeNote {
     comment: String,
     error: Option<String>,
+    follow_up: Option<FollowUpNote>,
     first_signature: bool,
     acknowledged: bool,
 }
@@ -319,7 +373,12 @@ fn decision_markup(
                     @if let Some(e) = err("form") { p.error role="alert" { (e) } }
                     fieldset aria-describedby="meaning-error" {
                         legend { "Your decision on this batch" }
-                        label { input type="radio" id="meaning-released" name="meaning" value="released" required checked[checked(ReleaseMeaning::Released)]; " Release it for infusion" }
+                        @if review.outstanding.is_empty() {
+                            label { input type="radio" id="meaning-released" name="meaning" value="released" required checked[checked(ReleaseMeaning::Released)]; " Release it for infusion" }
+                        } @else {
+                            label { input type="radio" id="meaning-released" name="meaning" value="released_conditionally" required checked[checked(ReleaseMeaning::ReleasedConditionally)];
+                                " Release it conditionally for infusion: results still outstanding: " strong { (outstanding_names(review, &review.outstanding)) } }
+                        }
                         label { input type="radio" id="meaning-rejected" name="meaning" value="rejected" required checked[checked(ReleaseMeaning::Rejected)]; " Reject it" }
                     }
                     @if let Some(e) = err("meaning") { p.error id="meaning-error" role="alert" { (e) } }
@@ -367,7 +426,13 @@ fn decision_markup(
                 p { "Your signature will read:" }
                 p.manifestation id="manifestation-text" { (wording) }
                 @if !reason.trim().is_empty() { p { "Reason: " (reason) } }
-                @if *meaning == ReleaseMeaning::Released && !justifications.is_empty() {
+                @if *meaning == ReleaseMeaning::ReleasedConditionally {
+                    p id="conditional-note" { "Released conditionally: the release waits for " strong { (outstanding_names(review, &review.outstanding)) } ". When they arrive within specification, a QA person completes it with a signature; a result out of specification opens a patient follow-up and tells the physician at once." }
+                }
+                @if *meaning == ReleaseMeaning::ReleaseCompleted {
+                    p { "You confirm that the results the conditional release waited for (" strong { (outstanding_names(review, &review.release_awaits)) } ") arrived within specification." }
+                }
+                @if meaning.releases() && !justifications.is_empty() {
                     p { "Released despite " (justifications.len()) " exception(s), with your justifications:" }
                     ol { @for (exception, j) in review.exceptions.iter().zip(justifications) {
                         li { (exception.text()) br; em { (j) } }
@@ -381,14 +446,30 @@ fn decision_markup(
                     (proof_fields(first_signature, acknowledged, (username, *acknowledge), error.clone(), ""))
                     p { button type="submit" id="confirm-signature" { "Confirm signature" } }
                 }
-                form method="post" action=(action) {
-                    (hidden)
-                    input type="hidden" name="step" value="change";
-                    button.secondary type="submit" id="change-decision" { "Change the decision" }
+                @if *meaning != ReleaseMeaning::ReleaseCompleted {
+                    form method="post" action=(action) {
+                        (hidden)
+                        input type="hidden" name="step" value="change";
+                        button.secondary type="submit" id="change-decision" { "Change the decision" }
+                    }
                 }
             }
         }
     }
+}
+
+/// Test ids in the names the recipe gives them, for the page.
+fn outstanding_names(review: &Review, ids: &[String]) -> String {
+    ids.iter()
+        .map(|id| {
+            review
+                .test_names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| id.clone())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How a result counts, as the page's `data-counts` names it (for tests and scripts).
@@ -439,7 +520,32 @@ async fn decision_page(
     status: StatusCode,
     notice: Option<String>,
     decision: Decision,
+    change: (String, Option<String>),
+) -> Page {
+    decision_page_for(
+        hub, session, batch_id, status, notice, decision, change, None,
+    )
+    .await
+}
+
+/// A follow-up closure refused: the record of the result, the outcome as typed,
+/// and why.
+struct FollowUpNote {
+    site_seq: u64,
+    outcome: String,
+    error: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decision_page_for(
+    hub: &Hub,
+    session: &Session,
+    batch_id: Uuid,
+    status: StatusCode,
+    notice: Option<String>,
+    decision: Decision,
     (comment, change_error): (String, Option<String>),
+    follow_up: Option<FollowUpNote>,
 ) -> Page {
     let review = release::review(hub, &session.user, batch_id)
         .await
@@ -447,6 +553,7 @@ async fn decision_page(
     let change = ChangeNote {
         comment,
         error: change_error,
+        follow_up,
         first_signature: !release::session_has_signed(hub, &session.token_sha256)
             .await
             .map_err(refused)?,
@@ -593,7 +700,7 @@ pub async fn sign(
             let review = release::review(&hub, &session.user, batch_id)
                 .await
                 .map_err(refused)?;
-            if meaning == ReleaseMeaning::Released {
+            if meaning.releases() {
                 let missing = (0..review.exceptions.len()).find(|i| {
                     justifications
                         .get(*i)
@@ -615,7 +722,10 @@ pub async fn sign(
             let decision = Decision::Confirm {
                 meaning,
                 reason,
-                justifications: if meaning == ReleaseMeaning::Released {
+                justifications: if matches!(
+                    meaning,
+                    ReleaseMeaning::Released | ReleaseMeaning::ReleasedConditionally
+                ) {
                     justifications
                 } else {
                     Vec::new()
@@ -643,6 +753,19 @@ pub async fn sign(
                 );
                 return page(refusal, None, decision).await;
             }
+            let outstanding = match meaning {
+                ReleaseMeaning::ReleasedConditionally | ReleaseMeaning::ReleaseCompleted => {
+                    let review = release::review(&hub, &session.user, batch_id)
+                        .await
+                        .map_err(refused)?;
+                    if meaning == ReleaseMeaning::ReleaseCompleted {
+                        review.release_awaits
+                    } else {
+                        review.outstanding
+                    }
+                }
+                _ => Vec::new(),
+            };
             let signer = release::Signer {
                 user: &session.user,
                 session: &session.token_sha256,
@@ -659,6 +782,7 @@ pub async fn sign(
                 record_sha256: &input.record_sha256,
                 reason: &input.reason,
                 justifications: &justifications,
+                outstanding_tests: &outstanding,
             };
             let confirm = |field: &'static str, message: String| Decision::Confirm {
                 meaning,
@@ -737,6 +861,66 @@ pub async fn export(
         export.zip(&folder),
     )
         .into_response())
+}
+
+/// Closes a patient follow-up with the QA person's signature; a refusal comes
+/// back on the record page (422) with the outcome as typed.
+pub async fn close_follow_up(
+    hub: HubState,
+    session: Session,
+    Path((id, seq)): Path<(String, String)>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Page {
+    let input = SignInput::parse(fields);
+    session.check_csrf(&input.csrf)?;
+    let batch_id = parse_uuid(&id)?;
+    let site_seq: u64 = seq.parse().map_err(|_| {
+        refused(service::Error::Store(store::Error::NotFound(format!(
+            "follow-up {seq}"
+        ))))
+    })?;
+    let signer = release::Signer {
+        user: &session.user,
+        session: &session.token_sha256,
+        source: &session.source,
+    };
+    let form = release::FollowUpForm {
+        batch_id,
+        site_seq,
+        proof: release::Proof {
+            username: &input.username,
+            password: &input.password,
+            acknowledge_meaning: input.acknowledge,
+        },
+        outcome: &input.comment,
+    };
+    match release::close_follow_up(&hub, &signer, form).await {
+        Ok(_) => {
+            Ok(Redirect::to(&format!("/batches/{batch_id}#follow-up-{site_seq}")).into_response())
+        }
+        Err(
+            e @ (service::Error::Unauthenticated(_)
+            | service::Error::Field { .. }
+            | service::Error::Store(store::Error::FailedPrecondition(_))),
+        ) => {
+            decision_page_for(
+                &hub,
+                &session,
+                batch_id,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                Decision::start(),
+                (String::new(), None),
+                Some(FollowUpNote {
+                    site_seq,
+                    outcome: input.comment.clone(),
+                    error: format!("Not signed: {e}."),
+                }),
+            )
+            .await
+        }
+        Err(e) => Err(refused(e)),
+    }
 }
 
 pub async fn review_change(

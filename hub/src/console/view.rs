@@ -122,6 +122,20 @@ pub fn state_badge(state: BatchState) -> Markup {
     html! { span class={ "badge " (state.as_str()) } data-state=(state.as_str()) { (state.as_str().replace('_', " ")) } }
 }
 
+/// An order's state, and a conditional release not yet completed with the results
+/// it waits for (the physician and QA see that the release is conditional).
+pub fn order_badge(order: &crate::model::Order) -> Markup {
+    let awaits = &order.progress.release_awaits;
+    html! {
+        (state_badge(order.state))
+        @if !awaits.is_empty() {
+            " " span.badge.awaiting_release.conditional data-conditional="true" {
+                "released conditionally: awaiting " (awaits.iter().map(String::as_str).collect::<Vec<_>>().join(", "))
+            }
+        }
+    }
+}
+
 /// A time of the hub as every page shows it: date, hours and minutes, UTC. Signed
 /// records keep their seconds (the signature's manifestation), nothing else needs them.
 /// Times of a site's calendar and of its orders are shown with [`when_in`].

@@ -125,6 +125,10 @@ pub struct ExportedSignature {
     /// Printed name, date and time, and meaning, as shown wherever it is displayed.
     pub manifestation: String,
     pub justifications: Vec<Justification>,
+    /// Released conditionally: the tests (ids) whose results were outstanding;
+    /// release completed: those it confirms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outstanding_tests: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -297,7 +301,7 @@ pub fn build(
                 let s = &signed.signature;
                 ExportedSignature {
                     signature_id: s.signature_id.to_string(),
-                    meaning: meaning_text(s.meaning).into(),
+                    meaning: s.meaning.as_str().into(),
                     signer: s.signer.clone(),
                     signer_name: s.signer_name.clone(),
                     signed_at: s.signed_at,
@@ -305,6 +309,7 @@ pub fn build(
                     reason: s.reason.clone(),
                     manifestation: signed.manifestation.clone(),
                     justifications: s.justifications.clone(),
+                    outstanding_tests: s.outstanding_tests.clone(),
                 }
             })
             .collect(),
@@ -341,13 +346,6 @@ pub fn build(
             (README_FILE.into(), readme),
             (SUMS_FILE.into(), sums.into_bytes()),
         ],
-    }
-}
-
-fn meaning_text(meaning: carrel_proto::event::ReleaseMeaning) -> &'static str {
-    match meaning {
-        carrel_proto::event::ReleaseMeaning::Released => "released",
-        carrel_proto::event::ReleaseMeaning::Rejected => "rejected",
     }
 }
 
@@ -702,11 +700,7 @@ fn check_document(found: &mut Verification, d: &Document) {
     found.record_sha256 = Some(recomputed);
     let covered = |sha: &str| prefixes.iter().find(|(h, _, _)| h == sha);
     for s in &d.signatures {
-        let meaning = match s.meaning.as_str() {
-            "released" => Some(carrel_proto::event::ReleaseMeaning::Released),
-            "rejected" => Some(carrel_proto::event::ReleaseMeaning::Rejected),
-            _ => None,
-        };
+        let meaning = carrel_proto::event::ReleaseMeaning::parse(&s.meaning);
         let shown =
             meaning.map(|m| record::manifestation(&s.signer_name, &s.signer, m, s.signed_at));
         if shown.as_deref() != Some(s.manifestation.as_str()) {
@@ -961,8 +955,10 @@ mod tests {
                 reason: String::new(),
                 signed_at,
                 justifications: Vec::new(),
+                outstanding_tests: Vec::new(),
             }],
             change_reviews: Vec::new(),
+            follow_up_closures: Vec::new(),
             audit,
             directory: Vec::new(),
         }

@@ -479,7 +479,7 @@ pub fn render(review: &Review, document: &Document, events: &[StoredEvent]) -> V
                 format!("{} ({})", signature.signer_name, signature.signer),
             ),
             ("Date and time", utc(signature.signed_at)),
-            ("Meaning", super::meaning_text(signature.meaning).to_owned()),
+            ("Meaning", signature.meaning.words().to_owned()),
             ("Signed record SHA-256", signature.record_sha256.clone()),
             ("Covers", covers),
         ]);

@@ -175,5 +175,6 @@ pub fn order_to_pb(order: &Order) -> pb::Order {
         updated_at: Some(to_timestamp(order.updated_at)),
         current_step: order.current_step.clone().unwrap_or_default(),
         decision_recorded_at_site: order.decision_recorded,
+        release_awaits: order.progress.release_awaits.iter().cloned().collect(),
     }
 }

@@ -32,6 +32,28 @@ fn signature_to_pb(signed: &Signed) -> pb::Signature {
                 justification: j.justification.clone(),
             })
             .collect(),
+        outstanding_tests: sig.outstanding_tests.clone(),
+    }
+}
+
+pub fn follow_up_to_pb(
+    batch_id: uuid::Uuid,
+    mark: &crate::model::FollowUpMark,
+    closure: Option<&crate::model::FollowUpClosure>,
+) -> pb::FollowUp {
+    pb::FollowUp {
+        batch_id: batch_id.to_string(),
+        site_seq: mark.site_seq,
+        test_id: mark.test_id.clone(),
+        summary: format!(
+            "{} out of specification after release (record {})",
+            mark.test_id, mark.site_seq
+        ),
+        opened_at: Some(to_timestamp(mark.opened_at)),
+        closed_by: closure.map(|c| c.signer.clone()).unwrap_or_default(),
+        closed_by_name: closure.map(|c| c.signer_name.clone()).unwrap_or_default(),
+        outcome: closure.map(|c| c.outcome.clone()).unwrap_or_default(),
+        closed_at: closure.map(|c| to_timestamp(c.signed_at)),
     }
 }
 
@@ -128,6 +150,14 @@ pub fn review_to_pb(review: &Review) -> pb::BatchRecord {
                 signed_at: Some(to_timestamp(r.signed_at)),
             })
             .collect(),
+        outstanding_results: review.outstanding.clone(),
+        release_awaits: review.release_awaits.clone(),
+        release_completable: review.completion.is_ok(),
+        follow_ups: review
+            .follow_ups
+            .iter()
+            .map(|(mark, closure)| follow_up_to_pb(review.order.batch_id, mark, closure.as_ref()))
+            .collect(),
     }
 }
 
@@ -191,11 +221,11 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         let meaning = match pb::ReleaseMeaning::try_from(req.meaning) {
             Ok(pb::ReleaseMeaning::Released) => ReleaseMeaning::Released,
             Ok(pb::ReleaseMeaning::Rejected) => ReleaseMeaning::Rejected,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "meaning must be released or rejected",
-                ))
-            }
+            Ok(pb::ReleaseMeaning::ReleasedConditionally) => ReleaseMeaning::ReleasedConditionally,
+            Ok(pb::ReleaseMeaning::ReleaseCompleted) => ReleaseMeaning::ReleaseCompleted,
+            _ => return Err(Status::invalid_argument(
+                "meaning must be released, rejected, released conditionally or release completed",
+            )),
         };
         let signer = release::Signer {
             user: &user,
@@ -213,6 +243,7 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
             record_sha256: &req.record_sha256,
             reason: &req.reason,
             justifications: &req.justifications,
+            outstanding_tests: &req.outstanding_tests,
         };
         let (signed, order) = release::sign(&self.0, &signer, form)
             .await
@@ -221,6 +252,56 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
             signature: Some(signature_to_pb(&signed)),
             order: Some(order_to_pb(&order)),
         }))
+    }
+
+    async fn list_follow_ups(
+        &self,
+        request: Request<pb::ListFollowUpsRequest>,
+    ) -> Result<Response<pb::ListFollowUpsResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let found = release::follow_ups(&self.0, &user, request.get_ref().all)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ListFollowUpsResponse {
+            follow_ups: found
+                .iter()
+                .map(|f| follow_up_to_pb(f.order.batch_id, &f.mark, f.closure.as_ref()))
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]
+    async fn close_follow_up(
+        &self,
+        request: Request<pb::CloseFollowUpRequest>,
+    ) -> Result<Response<pb::FollowUp>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let (session, source) = (super::session_of(&request), super::source(&request));
+        let req = request.into_inner();
+        let batch_id = parse_id("batch_id", &req.batch_id)?;
+        let signer = release::Signer {
+            user: &user,
+            session: &session,
+            source: &source,
+        };
+        let form = release::FollowUpForm {
+            batch_id,
+            site_seq: req.site_seq,
+            proof: release::Proof {
+                username: &req.username,
+                password: &req.password,
+                acknowledge_meaning: req.acknowledge_signature_meaning,
+            },
+            outcome: &req.outcome,
+        };
+        let closed = release::close_follow_up(&self.0, &signer, form)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(follow_up_to_pb(
+            closed.order.batch_id,
+            &closed.mark,
+            closed.closure.as_ref(),
+        )))
     }
 
     #[tracing::instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]

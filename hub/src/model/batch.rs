@@ -28,6 +28,27 @@ pub struct Progress {
     /// The highest of those a QA person has reviewed (signed for).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub changes_reviewed_through: u64,
+    /// A conditional release not yet completed: the tests whose results it waits
+    /// for (set by the signature, emptied by the one that completes it).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub release_awaits: BTreeSet<String>,
+    /// Results out of specification that arrived after the batch was released:
+    /// each is a patient follow-up until a QA person closes it with a signature.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_ups: Vec<FollowUpMark>,
+}
+
+/// A patient follow-up as the batch projection keeps it: opened in the transaction
+/// that stores the result, closed by QA's signature (kept in its own table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpMark {
+    /// The site record of the result that opened it.
+    pub site_seq: u64,
+    pub test_id: String,
+    /// When the site recorded the result.
+    pub opened_at: DateTime<Utc>,
+    #[serde(default)]
+    pub closed: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -42,6 +63,11 @@ impl Progress {
             .copied()
             .filter(|seq| *seq > self.changes_reviewed_through)
             .collect()
+    }
+
+    /// The follow-ups no QA person has closed yet.
+    pub fn open_follow_ups(&self) -> impl Iterator<Item = &FollowUpMark> {
+        self.follow_ups.iter().filter(|f| !f.closed)
     }
 }
 

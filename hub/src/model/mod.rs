@@ -13,13 +13,15 @@ mod people;
 mod projection;
 pub mod recipe_change;
 mod record;
+pub mod release;
 mod site;
 
-pub use batch::{BatchState, NewOrder, Order, Progress};
+pub use batch::{BatchState, FollowUpMark, NewOrder, Order, Progress};
 pub use people::{DirectoryEntry, Role, SiteDirectory, SystemAccount, User};
 pub use projection::{Patient, Projection};
 pub use record::{
-    BatchRecord, ChangeReview, Justification, QcRecord, Signature, StoredEvent, StoredRecipe,
+    BatchRecord, ChangeReview, FollowUp, FollowUpClosure, Justification, QcRecord, Signature,
+    StoredEvent, StoredRecipe,
 };
 pub use site::{
     site_transition, IssuedCert, OpenBatch, Qualification, Site, SiteStatus, StatusChange,

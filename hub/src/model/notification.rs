@@ -47,10 +47,31 @@ pub enum Kind {
     ChangedAfterDecision,
     /// The order was cancelled (`order.cancelled`), with the reason given.
     Cancelled,
+    /// A result out of specification arrived after the batch was released (it may
+    /// have been infused): a patient follow-up is open. The highest priority.
+    FailedAfterRelease,
+}
+
+/// How urgently a notification must reach people: e-mail carries it in its
+/// priority headers, a webhook in its payload and a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Normal,
+    /// A patient may be at risk now: delivered first, marked urgent.
+    Highest,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Normal => "normal",
+            Priority::Highest => "highest",
+        }
+    }
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::OrderDispatched,
         Kind::CellsReceived,
         Kind::CoiMismatch,
@@ -64,7 +85,15 @@ impl Kind {
         Kind::SiteLinkRestored,
         Kind::ChangedAfterDecision,
         Kind::Cancelled,
+        Kind::FailedAfterRelease,
     ];
+
+    pub fn priority(self) -> Priority {
+        match self {
+            Kind::FailedAfterRelease => Priority::Highest,
+            _ => Priority::Normal,
+        }
+    }
 
     /// Happenings the physician who placed an order must hear of without asking:
     /// the notifier puts them in that physician's console notification list
@@ -79,6 +108,7 @@ impl Kind {
                 | Kind::Delayed
                 | Kind::ChangedAfterDecision
                 | Kind::Cancelled
+                | Kind::FailedAfterRelease
         )
     }
 
@@ -98,6 +128,7 @@ impl Kind {
             Kind::SiteLinkRestored => "Site link back up",
             Kind::ChangedAfterDecision => "Record changed after QA's decision",
             Kind::Cancelled => "Order cancelled",
+            Kind::FailedAfterRelease => "Out of specification after release: patient follow-up",
         }
     }
 
@@ -116,6 +147,7 @@ impl Kind {
             Kind::SiteLinkRestored => "site_link_restored",
             Kind::ChangedAfterDecision => "changed_after_decision",
             Kind::Cancelled => "cancelled",
+            Kind::FailedAfterRelease => "failed_after_release",
         }
     }
 
@@ -488,6 +520,7 @@ pub fn payload(notification_id: Uuid, happening: &Happening) -> String {
     serde_json::json!({
         "notification_id": notification_id,
         "kind": happening.kind.as_str(),
+        "priority": happening.kind.priority().as_str(),
         "summary": happening.summary,
         "occurred_at": happening.at,
         "source": happening.source,

@@ -155,6 +155,21 @@ impl Projection {
                     );
                 }
                 self.progress.tests_recorded.insert(test_id.clone());
+                // Out of specification after the batch was released (it may be
+                // infused already): a patient follow-up, opened with the record.
+                if hub_outcome != Outcome::Pass
+                    && matches!(
+                        self.state,
+                        BatchState::Released | BatchState::HandedOver | BatchState::Infused
+                    )
+                {
+                    self.progress.follow_ups.push(super::FollowUpMark {
+                        site_seq: event.seq,
+                        test_id: test_id.clone(),
+                        opened_at: event.recorded_at,
+                        closed: false,
+                    });
+                }
                 qc = Some(QcRecord {
                     site_seq: event.seq,
                     test_id: test_id.clone(),
@@ -201,6 +216,11 @@ impl Projection {
             | EventKind::PersonLocked { .. }
             | EventKind::LabelPrinted { .. } => true,
             EventKind::CustodyScan { .. } => !exception,
+            // A result a conditional release waits for, within specification, is
+            // what the release expected (QA completes the release with it).
+            EventKind::QcResult { test_id, .. } => {
+                !exception && self.progress.release_awaits.contains(test_id)
+            }
             _ => false,
         };
         if decided && !expected_after_decision {

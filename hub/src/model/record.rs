@@ -47,6 +47,32 @@ pub struct Signature {
     /// A release despite exceptions: QA's written justification of each exception
     /// of the record as reviewed, in the order the review listed them.
     pub justifications: Vec<Justification>,
+    /// Released conditionally: the tests (ids) whose results were outstanding;
+    /// release completed: those whose results QA confirmed. Empty otherwise.
+    pub outstanding_tests: Vec<String>,
+}
+
+/// A QA person's signed closure of a patient follow-up: what was done for the
+/// patient after a result out of specification arrived following release.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUpClosure {
+    pub closure_id: Uuid,
+    pub batch_id: Uuid,
+    /// The site record of the result that opened the follow-up.
+    pub site_seq: u64,
+    pub signer: String,
+    pub signer_name: String,
+    pub outcome: String,
+    pub signed_at: DateTime<Utc>,
+}
+
+/// A patient follow-up as QA lists it: the order, the result that opened it, and
+/// its closure once signed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUp {
+    pub order: Order,
+    pub mark: super::FollowUpMark,
+    pub closure: Option<FollowUpClosure>,
 }
 
 /// Why a batch may be released despite one of its exceptions, as QA wrote it.
@@ -81,6 +107,8 @@ pub struct BatchRecord {
     pub signatures: Vec<Signature>,
     /// QA's signed reviews of records that arrived after the decision.
     pub change_reviews: Vec<ChangeReview>,
+    /// QA's signed closures of the batch's patient follow-ups.
+    pub follow_up_closures: Vec<FollowUpClosure>,
     pub audit: Vec<crate::audit::Entry>,
     /// The directory commands of the batch's site: who could act there, version by
     /// version (the record's people are checked against it).

@@ -12,7 +12,9 @@
 //! it in constant time, refuses a timestamp far from its clock (a replay), and drops
 //! a notification id it has seen. Any 2xx answer counts as delivered.
 
-use super::{is_internal, written_internal, Allowlist, Channel, Delivery, NotificationsConfig};
+use super::{
+    is_internal, written_internal, Allowlist, Channel, Delivery, NotificationsConfig, Priority,
+};
 use crate::store::Store;
 use bytes::Bytes;
 use chrono::Utc;
@@ -141,6 +143,7 @@ impl Sender {
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::USER_AGENT, "carrel-hub")
             .header(ID_HEADER, delivery.entry.notification_id.to_string())
+            .header(PRIORITY_HEADER, delivery.entry.kind.priority().as_str())
             .header(
                 SIGNATURE_HEADER,
                 signature(secret, Utc::now().timestamp(), &body),
@@ -209,12 +212,27 @@ impl Sender {
             entry.notification_id,
             entry.owner,
         );
-        let message = Message::builder()
+        let urgent = entry.kind.priority() == Priority::Highest;
+        let mut message = Message::builder()
             .from(from.clone())
             .to(to)
-            .subject(format!("[Carrel] {}: {}", entry.kind, entry.summary))
+            .subject(format!(
+                "[Carrel]{} {}: {}",
+                if urgent { " URGENT" } else { "" },
+                entry.kind,
+                entry.summary
+            ))
             .message_id(Some(format!("<{}@carrel>", entry.notification_id)))
-            .header(ContentType::TEXT_PLAIN)
+            .header(ContentType::TEXT_PLAIN);
+        if urgent {
+            // What mail readers sort and flag by: X-Priority 1 (highest),
+            // Importance and Priority (RFC 2156).
+            message = message
+                .header(XPriorityHeader)
+                .header(ImportanceHeader)
+                .header(PriorityHeader);
+        }
+        let message = message
             .body(text)
             .map_err(|e| format!("building the e-mail: {e}"))?;
         transport
@@ -224,6 +242,34 @@ impl Sender {
             .map_err(|e| format!("SMTP: {e}"))
     }
 }
+
+/// The header carrying a webhook's priority (`normal` or `highest`; the payload
+/// says it too).
+pub const PRIORITY_HEADER: &str = "x-carrel-priority";
+
+/// The e-mail headers that mark a notification of the highest priority, each its
+/// own type (lettre keys headers by type).
+macro_rules! priority_header {
+    ($name:ident, $header:literal, $value:literal) => {
+        #[derive(Debug, Clone, Copy)]
+        struct $name;
+        impl lettre::message::header::Header for $name {
+            fn name() -> lettre::message::header::HeaderName {
+                lettre::message::header::HeaderName::new_from_ascii_str($header)
+            }
+            fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+                Ok($name)
+            }
+            fn display(&self) -> lettre::message::header::HeaderValue {
+                lettre::message::header::HeaderValue::new(Self::name(), $value.to_owned())
+            }
+        }
+    };
+}
+
+priority_header!(XPriorityHeader, "X-Priority", "1 (Highest)");
+priority_header!(ImportanceHeader, "Importance", "high");
+priority_header!(PriorityHeader, "Priority", "urgent");
 
 /// The chain of causes of a client error, which hyper keeps behind "client error".
 fn describe_http_error(url: &str, error: &dyn std::error::Error) -> String {

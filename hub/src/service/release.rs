@@ -135,6 +135,9 @@ pub struct SignForm<'a> {
     pub record_sha256: &'a str,
     pub reason: &'a str,
     pub justifications: &'a [String],
+    /// Released conditionally: the tests still outstanding, as the review listed
+    /// them (the signer names what the release waits for).
+    pub outstanding_tests: &'a [String],
 }
 
 /// The shortest justification of an exception accepted: a sentence, not a tick.
@@ -300,6 +303,9 @@ pub async fn sign(
         hub.store.batch_record(form.batch_id).await?,
         hub.config.accept_simulated_people,
     );
+    if form.meaning == ReleaseMeaning::ReleaseCompleted {
+        return complete(hub, signer, form, &review, sha).await;
+    }
     if !review.awaits_decision() {
         return Err(Error::Store(crate::store::Error::FailedPrecondition(format!(
             "batch {} is {}, not awaiting release; only a batch whose record is complete can be released or rejected",
@@ -312,9 +318,20 @@ pub async fn sign(
             review.record_sha256
         ))));
     }
-    if form.meaning == ReleaseMeaning::Released {
-        // Said before the password is asked for; the store checks it again when it
-        // writes the signature.
+    // Said before the password is asked for; the store checks it again when it
+    // writes the signature.
+    let recipe = hub
+        .store
+        .recipe(&review.order.recipe_id, review.order.recipe_version)
+        .await?;
+    crate::model::release::check_decision(
+        &review.order,
+        &recipe.recipe,
+        form.meaning,
+        form.outstanding_tests,
+    )
+    .map_err(|why| field("outstanding_tests", why))?;
+    if form.meaning.releases() {
         let open =
             crate::model::deviation::blocking(&hub.store.deviations(Some(form.batch_id)).await?);
         if !open.is_empty() {
@@ -324,9 +341,10 @@ pub async fn sign(
             ))));
         }
     }
-    let justifications = match form.meaning {
-        ReleaseMeaning::Rejected => Vec::new(),
-        ReleaseMeaning::Released => justify(&review, form.justifications)?,
+    let justifications = if form.meaning.releases() {
+        justify(&review, form.justifications)?
+    } else {
+        Vec::new()
     };
     prove(hub, signer, &form.proof, SignedOn::Batch(form.batch_id)).await?;
     acknowledge(hub, user, &form.proof).await?;
@@ -340,6 +358,12 @@ pub async fn sign(
         reason: form.reason.trim().to_owned(),
         signed_at: Utc::now().trunc_subsecs(6),
         justifications,
+        // What is outstanding, in the recipe's order (the store checks it again).
+        outstanding_tests: if form.meaning == ReleaseMeaning::ReleasedConditionally {
+            crate::model::release::outstanding(&review.order, &recipe.recipe)
+        } else {
+            Vec::new()
+        },
     };
     let order = hub
         .store
@@ -349,6 +373,140 @@ pub async fn sign(
     tracing::info!(batch_id = %order.batch_id, meaning = form.meaning.as_str(), signer = %user.username, "release decision signed");
     hub.commands_added(&order.site_id, order.batch_id);
     Ok((Signed::new(signature), order))
+}
+
+/// Completes a conditional release (meaning "release completed"): the results it
+/// waited for are in and within specification ([`crate::model::release::check_completion`]),
+/// which the signer confirms with their signature. Refused before the password is
+/// asked for when it cannot be completed; the store checks again.
+async fn complete(
+    hub: &Hub,
+    signer: &Signer<'_>,
+    form: SignForm<'_>,
+    review: &Review,
+    sha: String,
+) -> Result<(Signed, Order), Error> {
+    let user = signer.user;
+    if let Err(why) = &review.completion {
+        return Err(Error::Store(crate::store::Error::FailedPrecondition(
+            why.clone(),
+        )));
+    }
+    if review.record_sha256 != sha {
+        return Err(Error::Store(crate::store::Error::FailedPrecondition(format!(
+            "the batch record changed since it was reviewed (reviewed {sha}, now {}); review it again before signing",
+            review.record_sha256
+        ))));
+    }
+    prove(hub, signer, &form.proof, SignedOn::Batch(form.batch_id)).await?;
+    acknowledge(hub, user, &form.proof).await?;
+    let signature = Signature {
+        signature_id: Uuid::now_v7(),
+        batch_id: form.batch_id,
+        signer: user.username.clone(),
+        signer_name: user.full_name.clone(),
+        meaning: ReleaseMeaning::ReleaseCompleted,
+        record_sha256: sha,
+        reason: form.reason.trim().to_owned(),
+        signed_at: Utc::now().trunc_subsecs(6),
+        justifications: Vec::new(),
+        outstanding_tests: review.release_awaits.clone(),
+    };
+    let order = hub.store.complete_release(&signature).await?;
+    hub.store.mark_session_signed(signer.session).await?;
+    tracing::info!(batch_id = %order.batch_id, signer = %user.username, "conditional release completed");
+    hub.commands_added(&order.site_id, order.batch_id);
+    Ok((Signed::new(signature), order))
+}
+
+/// A QA person's closure of a patient follow-up: what was done for the patient.
+pub struct FollowUpForm<'a> {
+    pub batch_id: Uuid,
+    pub site_seq: u64,
+    pub proof: Proof<'a>,
+    pub outcome: &'a str,
+}
+
+/// Patient follow-ups for QA: open ones, or every one with `all`.
+pub async fn follow_ups(
+    hub: &Hub,
+    user: &User,
+    all: bool,
+) -> Result<Vec<crate::model::FollowUp>, Error> {
+    require_role(user, &REVIEWERS)?;
+    Ok(hub.store.follow_ups(all).await?)
+}
+
+/// Closes a patient follow-up with a signature saying what was done for the
+/// patient; refused before the password is asked for when there is no such open
+/// follow-up or the outcome is not a sentence.
+pub async fn close_follow_up(
+    hub: &Hub,
+    signer: &Signer<'_>,
+    form: FollowUpForm<'_>,
+) -> Result<crate::model::FollowUp, Error> {
+    let user = signer.user;
+    require_role(user, &SIGNERS)?;
+    let outcome = form.outcome.trim();
+    if outcome.chars().count() < MIN_JUSTIFICATION_CHARS {
+        return Err(field(
+            "outcome",
+            format!("say what was done for the patient and concluded (at least {MIN_JUSTIFICATION_CHARS} characters)"),
+        ));
+    }
+    let order = hub.store.order_by_batch(form.batch_id).await?;
+    match order
+        .progress
+        .follow_ups
+        .iter()
+        .find(|f| f.site_seq == form.site_seq)
+    {
+        None => {
+            return Err(Error::Store(crate::store::Error::NotFound(format!(
+                "follow-up of record {} of batch {}",
+                form.site_seq, form.batch_id
+            ))))
+        }
+        Some(f) if f.closed => {
+            return Err(Error::Store(crate::store::Error::FailedPrecondition(
+                format!(
+                    "the follow-up of record {} of batch {} is closed already; nothing changed",
+                    form.site_seq, form.batch_id
+                ),
+            )))
+        }
+        Some(_) => {}
+    }
+    prove(hub, signer, &form.proof, SignedOn::Batch(form.batch_id)).await?;
+    acknowledge(hub, user, &form.proof).await?;
+    let closure = crate::model::FollowUpClosure {
+        closure_id: Uuid::now_v7(),
+        batch_id: form.batch_id,
+        site_seq: form.site_seq,
+        signer: user.username.clone(),
+        signer_name: user.full_name.clone(),
+        outcome: outcome.to_owned(),
+        signed_at: Utc::now().trunc_subsecs(6),
+    };
+    let order = hub.store.close_follow_up(&closure).await?;
+    hub.store.mark_session_signed(signer.session).await?;
+    tracing::info!(batch_id = %order.batch_id, site_seq = form.site_seq, signer = %user.username, "patient follow-up closed");
+    let mark = order
+        .progress
+        .follow_ups
+        .iter()
+        .find(|f| f.site_seq == form.site_seq)
+        .cloned()
+        .ok_or_else(|| {
+            Error::Store(crate::store::Error::Corrupt(
+                "a closed follow-up is missing from its batch".into(),
+            ))
+        })?;
+    Ok(crate::model::FollowUp {
+        order,
+        mark,
+        closure: Some(closure),
+    })
 }
 
 /// One justification per exception of the review, each a real sentence.

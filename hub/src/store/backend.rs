@@ -82,6 +82,11 @@ pub trait ReadTx: Send {
     async fn site_directory(&mut self, site_id: &str) -> Result<Vec<HubCommand>>;
     /// QA's signed reviews of records that arrived after a batch's decision, oldest first.
     async fn change_reviews_of_batch(&mut self, batch_id: Uuid) -> Result<Vec<ChangeReview>>;
+    /// QA's closures of patient follow-ups (of one batch, or of every batch), oldest first.
+    async fn follow_up_closures(
+        &mut self,
+        batch_id: Option<Uuid>,
+    ) -> Result<Vec<crate::model::FollowUpClosure>>;
     /// A recipe version under change control; `None` when never drafted.
     async fn recipe_draft(&mut self, recipe_id: &str, version: u32) -> Result<Option<RecipeDraft>>;
     /// Every recipe version under change control, by product and version.
@@ -495,6 +500,10 @@ pub trait WriteTx: ReadTx {
     ) -> Result<()>;
     async fn insert_signature(&mut self, signature: &Signature) -> Result<()>;
     async fn insert_change_review(&mut self, review: &ChangeReview) -> Result<()>;
+    async fn insert_follow_up_closure(
+        &mut self,
+        closure: &crate::model::FollowUpClosure,
+    ) -> Result<()>;
     /// Keeps the latest head a site witnessed (that the trail agrees with).
     async fn set_audit_witness(
         &mut self,

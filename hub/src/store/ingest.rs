@@ -360,6 +360,30 @@ fn audit_site_event(
             )),
         );
     }
+    if let Some(opened) = projection
+        .progress
+        .follow_ups
+        .last()
+        .filter(|f| f.site_seq == event.seq)
+    {
+        let (_, detail) = crate::record::describe(&event.kind);
+        tracing::error!(site_id, batch_id = %order.batch_id, seq = event.seq, test_id = %opened.test_id, "a result out of specification arrived after release: patient follow-up opened");
+        audit.push(
+            NewEntry::new(
+                site_id,
+                Action::FollowUpOpened,
+                Object::SiteEvent {
+                    site_id: site_id.to_owned(),
+                    seq: event.seq,
+                },
+            )
+            .batch(order.batch_id)
+            .value(format!("{}: {detail}", opened.test_id))
+            .reason(format!(
+                "out of specification after the batch was {state_before}; QA must close the patient follow-up"
+            )),
+        );
+    }
     if projection.state != state_before {
         audit.push(
             NewEntry::new(

@@ -1030,6 +1030,7 @@ pub trait Store:
             qc: snapshot.qc_of_batch(batch_id).await?,
             signatures: snapshot.signatures_of_batch(batch_id).await?,
             change_reviews: snapshot.change_reviews_of_batch(batch_id).await?,
+            follow_up_closures: snapshot.follow_up_closures(Some(batch_id)).await?,
             audit: (snapshot.audit_trail(Some(batch_id)).await?)
                 .into_iter()
                 .map(|(entry, _)| entry)
@@ -1056,6 +1057,49 @@ pub trait Store:
     /// hashes to `review.record_sha256`.
     async fn review_change(&self, review: &crate::model::ChangeReview) -> Result<Order> {
         transactions::review_change(self.write().await?, review, Utc::now()).await
+    }
+    /// Completes a conditional release with QA's signature (see
+    /// [`transactions::complete_release`]).
+    async fn complete_release(&self, signature: &Signature) -> Result<Order> {
+        transactions::complete_release(self.write().await?, signature, Utc::now()).await
+    }
+    /// Closes a patient follow-up with QA's signature.
+    async fn close_follow_up(&self, closure: &crate::model::FollowUpClosure) -> Result<Order> {
+        transactions::close_follow_up(self.write().await?, closure, Utc::now()).await
+    }
+    /// Patient follow-ups: every batch's (open ones only unless `all`), oldest first.
+    async fn follow_ups(&self, all: bool) -> Result<Vec<crate::model::FollowUp>> {
+        let mut orders = Vec::new();
+        for state in [
+            BatchState::Released,
+            BatchState::HandedOver,
+            BatchState::Infused,
+        ] {
+            orders.extend(self.list_orders(None, Some(state)).await?);
+        }
+        // Read after the orders: a closure signed meanwhile is found with its mark.
+        let closures = self.read().await?.follow_up_closures(None).await?;
+        let mut found = Vec::new();
+        {
+            for order in orders {
+                for mark in &order.progress.follow_ups {
+                    if mark.closed && !all {
+                        continue;
+                    }
+                    let closure = closures
+                        .iter()
+                        .find(|c| c.batch_id == order.batch_id && c.site_seq == mark.site_seq)
+                        .cloned();
+                    found.push(crate::model::FollowUp {
+                        order: order.clone(),
+                        mark: mark.clone(),
+                        closure,
+                    });
+                }
+            }
+        }
+        found.sort_by_key(|f| (f.mark.opened_at, f.order.batch_id, f.mark.site_seq));
+        Ok(found)
     }
 }
 

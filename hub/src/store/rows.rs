@@ -214,6 +214,20 @@ pub(crate) fn signature(row: &impl Columns) -> Result<Signature> {
         signed_at: row.time("signed_at")?,
         justifications: serde_json::from_str(&row.text("justifications")?)
             .map_err(|e| Error::Corrupt(format!("signature justifications: {e}")))?,
+        outstanding_tests: serde_json::from_str(&row.text("outstanding_tests")?)
+            .map_err(|e| Error::Corrupt(format!("signature outstanding tests: {e}")))?,
+    })
+}
+
+pub(crate) fn follow_up_closure(row: &impl Columns) -> Result<crate::model::FollowUpClosure> {
+    Ok(crate::model::FollowUpClosure {
+        closure_id: row.uuid("closure_id")?,
+        batch_id: row.uuid("batch_id")?,
+        site_seq: row.count("site_seq")?,
+        signer: row.text("signer")?,
+        signer_name: row.text("signer_name")?,
+        outcome: row.text("outcome")?,
+        signed_at: row.time("signed_at")?,
     })
 }
 

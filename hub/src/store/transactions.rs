@@ -1116,29 +1116,40 @@ pub(crate) async fn sign_release(
             )));
         }
     }
-    if signature.meaning == ReleaseMeaning::Released {
+    crate::model::release::check_decision(
+        &order,
+        &recipe.recipe,
+        signature.meaning,
+        &signature.outstanding_tests,
+    )
+    .map_err(Error::FailedPrecondition)?;
+    if signature.meaning.releases() {
         super::deviations::check_release(&mut tx, order.batch_id).await?;
     }
+    // A conditional release names what is outstanding in the recipe's order.
+    let signature = &Signature {
+        outstanding_tests: match signature.meaning {
+            ReleaseMeaning::ReleasedConditionally => {
+                crate::model::release::outstanding(&order, &recipe.recipe)
+            }
+            _ => Vec::new(),
+        },
+        ..signature.clone()
+    };
     tx.insert_signature(signature).await?;
     let mut projection = order.projection();
-    projection.state = match signature.meaning {
-        ReleaseMeaning::Released => BatchState::Released,
-        ReleaseMeaning::Rejected => BatchState::Rejected,
+    projection.state = if signature.meaning.releases() {
+        BatchState::Released
+    } else {
+        BatchState::Rejected
     };
+    projection.progress.release_awaits = signature.outstanding_tests.iter().cloned().collect();
     tx.save_projection(order.batch_id, &projection, now).await?;
     append_command(
         &mut tx,
         &order.site_id,
         order.batch_id,
-        CommandKind::ReleaseDecision {
-            signature_id: signature.signature_id,
-            meaning: signature.meaning,
-            signer: signature.signer.clone(),
-            signer_name: signature.signer_name.clone(),
-            signed_at: signature.signed_at,
-            record_sha256: signature.record_sha256.clone(),
-            reason: signature.reason.clone(),
-        },
+        decision_command(signature),
         now,
     )
     .await?;
@@ -1150,14 +1161,7 @@ pub(crate) async fn sign_release(
         )
         .batch(order.batch_id)
         .change(order.state.as_str(), projection.state.as_str())
-        .value(format!(
-            "{} by {} ({}), signature {} on record {}",
-            signature.meaning.as_str(),
-            signature.signer_name,
-            signature.signer,
-            signature.signature_id,
-            signature.record_sha256
-        ))
+        .value(signed_value(signature))
         .reason(
             std::iter::once(signature.reason.clone())
                 .filter(|r| !r.is_empty())
@@ -1170,6 +1174,159 @@ pub(crate) async fn sign_release(
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
+        now,
+    )
+    .await?;
+    let order = tx.order(OrderKey::Batch(order.batch_id)).await?;
+    tx.commit().await?;
+    Ok(order)
+}
+
+/// The command that tells the site of a release signature.
+fn decision_command(signature: &Signature) -> CommandKind {
+    CommandKind::ReleaseDecision {
+        signature_id: signature.signature_id,
+        meaning: signature.meaning,
+        signer: signature.signer.clone(),
+        signer_name: signature.signer_name.clone(),
+        signed_at: signature.signed_at,
+        record_sha256: signature.record_sha256.clone(),
+        reason: signature.reason.clone(),
+        outstanding_tests: signature.outstanding_tests.clone(),
+    }
+}
+
+/// The audit entry's new value for a release signature: its meaning first (the
+/// notifier reads it), who signed, and the record it binds to.
+fn signed_value(signature: &Signature) -> String {
+    let tests = if signature.outstanding_tests.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} {})",
+            match signature.meaning {
+                ReleaseMeaning::ReleaseCompleted => "confirming",
+                _ => "awaiting",
+            },
+            signature.outstanding_tests.join(", ")
+        )
+    };
+    format!(
+        "{}{tests} by {} ({}), signature {} on record {}",
+        signature.meaning.as_str(),
+        signature.signer_name,
+        signature.signer,
+        signature.signature_id,
+        signature.record_sha256
+    )
+}
+
+/// Completes a conditional release with QA's signature (meaning "release
+/// completed"): refused unless every result the release waited for arrived within
+/// specification ([`crate::model::release::check_completion`]) and the record still
+/// hashes to what the signer reviewed. The batch keeps its state (it may be infused
+/// already); its release no longer waits, and the site is told.
+pub(crate) async fn complete_release(
+    mut tx: Tx<'_>,
+    signature: &Signature,
+    now: DateTime<Utc>,
+) -> Result<Order> {
+    let order = tx.lock_order(OrderKey::Batch(signature.batch_id)).await?;
+    let recipe = tx.recipe(&order.recipe_id, order.recipe_version).await?;
+    let confirmed = crate::model::release::check_completion(&order, &recipe.recipe)
+        .map_err(Error::FailedPrecondition)?;
+    let events = tx.events_of_batch(order.batch_id).await?;
+    let current = crate::record::record_sha256(&order, &recipe.sha256, &events);
+    if current != signature.record_sha256 {
+        return Err(Error::FailedPrecondition(format!(
+            "the batch record changed since it was reviewed (reviewed {}, now {current}); review it again before signing",
+            signature.record_sha256
+        )));
+    }
+    let signature = &Signature {
+        signed_at: signature.signed_at.trunc_subsecs(6),
+        meaning: ReleaseMeaning::ReleaseCompleted,
+        outstanding_tests: confirmed,
+        justifications: Vec::new(),
+        ..signature.clone()
+    };
+    tx.insert_signature(signature).await?;
+    let mut progress = order.progress.clone();
+    progress.release_awaits.clear();
+    tx.set_progress(order.batch_id, &progress, now).await?;
+    append_command(
+        &mut tx,
+        &order.site_id,
+        order.batch_id,
+        decision_command(signature),
+        now,
+    )
+    .await?;
+    tx.audit(
+        NewEntry::new(
+            &signature.signer,
+            Action::ReleaseSigned,
+            Object::Batch(order.batch_id),
+        )
+        .batch(order.batch_id)
+        .value(signed_value(signature))
+        .reason(signature.reason.clone()),
+        now,
+    )
+    .await?;
+    let order = tx.order(OrderKey::Batch(order.batch_id)).await?;
+    tx.commit().await?;
+    Ok(order)
+}
+
+/// Closes a patient follow-up with QA's signature: refused unless the batch has a
+/// follow-up opened by that record and still open.
+pub(crate) async fn close_follow_up(
+    mut tx: Tx<'_>,
+    closure: &crate::model::FollowUpClosure,
+    now: DateTime<Utc>,
+) -> Result<Order> {
+    let order = tx.lock_order(OrderKey::Batch(closure.batch_id)).await?;
+    let mut progress = order.progress.clone();
+    let Some(mark) = progress
+        .follow_ups
+        .iter_mut()
+        .find(|f| f.site_seq == closure.site_seq)
+    else {
+        return Err(Error::NotFound(format!(
+            "follow-up of record {} of batch {}",
+            closure.site_seq, order.batch_id
+        )));
+    };
+    if mark.closed {
+        return Err(Error::FailedPrecondition(format!(
+            "the follow-up of record {} of batch {} is closed already; nothing changed",
+            closure.site_seq, order.batch_id
+        )));
+    }
+    mark.closed = true;
+    let test_id = mark.test_id.clone();
+    let closure = &crate::model::FollowUpClosure {
+        signed_at: closure.signed_at.trunc_subsecs(6),
+        ..closure.clone()
+    };
+    tx.insert_follow_up_closure(closure).await?;
+    tx.set_progress(order.batch_id, &progress, now).await?;
+    tx.audit(
+        NewEntry::new(
+            &closure.signer,
+            Action::FollowUpClosed,
+            Object::SiteEvent {
+                site_id: order.site_id.clone(),
+                seq: closure.site_seq,
+            },
+        )
+        .batch(order.batch_id)
+        .value(format!(
+            "follow-up of {test_id} (record {}) closed by {} ({}), signature {}",
+            closure.site_seq, closure.signer_name, closure.signer, closure.closure_id
+        ))
+        .reason(closure.outcome.clone()),
         now,
     )
     .await?;

@@ -301,8 +301,24 @@ pub fn matched_scan(order: &Order, checkpoint_id: &str) -> EventKind {
 }
 
 /// A complete batch record: accepted, every custody checkpoint passed, every step
-/// started and completed, every test that gates release recorded with a passing result.
+/// started and completed, every test recorded with a passing result (those that
+/// may follow release last, so the batch awaits release before them).
 pub fn complete_record(log: &mut SiteLog, order: &Order, recipe: &Recipe) -> Vec<SiteEvent> {
+    let mut events = record_before_late_results(log, order, recipe);
+    for test in recipe.all_tests().filter(|t| t.may_follow_release) {
+        let kind = qc_result(&test.id, passing_value(test), Outcome::Pass);
+        events.push(log.record(order.batch_id, kind));
+    }
+    events
+}
+
+/// A batch record complete for review with the results that may follow release
+/// (sterility) still outstanding: a release now is conditional.
+pub fn record_before_late_results(
+    log: &mut SiteLog,
+    order: &Order,
+    recipe: &Recipe,
+) -> Vec<SiteEvent> {
     let mut events = vec![log.record(order.batch_id, accepted(order, recipe))];
     for step in &recipe.steps {
         if let Some(checkpoint) = &step.custody_checkpoint {
@@ -373,6 +389,7 @@ pub fn signature(order: &Order, signer: &str, record_sha256: String) -> Signatur
         reason: "record reviewed, all results within specification".into(),
         signed_at: now(),
         justifications: Vec::new(),
+        outstanding_tests: Vec::new(),
     }
 }
 

@@ -147,6 +147,8 @@ every_backend! {
         case_release_decision_matches_the_stored_signature,
         case_a_record_after_the_decision_marks_the_batch_until_qa_reviews_it,
         case_an_open_major_deviation_stops_release_until_qa_closes_it,
+        case_a_conditional_release_names_what_is_outstanding_and_completes_with_a_signature,
+        case_a_result_out_of_specification_after_release_opens_a_follow_up_qa_closes,
     ],
     scheduling: [
         case_concurrent_bookings_of_the_last_slot_give_one_success,

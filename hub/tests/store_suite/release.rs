@@ -88,6 +88,7 @@ pub async fn case_release_is_bound_to_the_record_as_reviewed(store: Arc<dyn Stor
             signed_at: signed.signed_at,
             record_sha256: current.clone(),
             reason: signed.reason.clone(),
+            outstanding_tests: Vec::new(),
         }
     );
 
@@ -140,7 +141,7 @@ pub async fn case_a_qa_who_took_part_at_the_site_may_not_release_it(store: Arc<d
         events.push(agent(&mut log, step_started(&step.id)));
         events.push(agent(&mut log, step_completed(&step.id)));
     }
-    for test in release_gating_tests(&recipe) {
+    for test in recipe.all_tests() {
         let kind = qc_result(&test.id, passing_value(test), Outcome::Pass);
         events.push(log.record_as(batch, TECHNICIAN, authenticated(version), kind));
     }
@@ -235,7 +236,7 @@ pub async fn case_simulated_operators_work_is_released_only_where_accepted(store
         events.push(log.record(order.batch_id, step_started(&step.id)));
         events.push(log.record(order.batch_id, step_completed(&step.id)));
     }
-    for test in release_gating_tests(&recipe) {
+    for test in recipe.all_tests() {
         let kind = qc_result(&test.id, passing_value(test), Outcome::Pass);
         events.push(log.record(order.batch_id, kind));
     }
@@ -550,4 +551,296 @@ pub async fn case_an_open_major_deviation_stops_release_until_qa_closes_it(store
             "{action}"
         );
     }
+}
+
+/// Signs as `signature` but with another meaning and named tests.
+fn signed_as(
+    order: &carrel_hub::model::Order,
+    sha: String,
+    meaning: ReleaseMeaning,
+    tests: &[&str],
+) -> carrel_hub::model::Signature {
+    carrel_hub::model::Signature {
+        meaning,
+        outstanding_tests: tests.iter().map(|t| t.to_string()).collect(),
+        ..signature(order, QA, sha)
+    }
+}
+
+pub async fn case_a_conditional_release_names_what_is_outstanding_and_completes_with_a_signature(
+    store: Arc<dyn Store>,
+) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(
+        &*store,
+        SITE_A,
+        &record_before_late_results(&mut log, &order, &recipe),
+    )
+    .await;
+    assert_eq!(
+        state_of(&*store, order.batch_id).await,
+        BatchState::AwaitingRelease
+    );
+    let sha = reviewed_sha256(&*store, order.batch_id).await;
+    let before = snapshot(&*store, SITE_A, order.batch_id).await;
+
+    // Sterility is outstanding: a plain release, a conditional one naming the wrong
+    // test, and a "completion" are each refused, and change nothing.
+    for refused in [
+        signed_as(&order, sha.clone(), ReleaseMeaning::Released, &[]),
+        signed_as(
+            &order,
+            sha.clone(),
+            ReleaseMeaning::ReleasedConditionally,
+            &["endotoxin"],
+        ),
+        signed_as(
+            &order,
+            sha.clone(),
+            ReleaseMeaning::ReleasedConditionally,
+            &[],
+        ),
+        signed_as(
+            &order,
+            sha.clone(),
+            ReleaseMeaning::ReleaseCompleted,
+            &["sterility"],
+        ),
+    ] {
+        assert_refused!(
+            store.sign_release(&refused, false, now()).await,
+            Error::FailedPrecondition
+        );
+    }
+    assert_eq!(snapshot(&*store, SITE_A, order.batch_id).await, before);
+
+    let conditional = signed_as(
+        &order,
+        sha.clone(),
+        ReleaseMeaning::ReleasedConditionally,
+        &["sterility"],
+    );
+    let released = store
+        .sign_release(&conditional, false, now())
+        .await
+        .expect("conditional release");
+    assert_eq!(released.state, BatchState::Released);
+    assert_eq!(
+        released.progress.release_awaits.iter().collect::<Vec<_>>(),
+        ["sterility"]
+    );
+    let record = store.batch_record(order.batch_id).await.expect("record");
+    assert_eq!(record.signatures.len(), 1);
+    assert_eq!(
+        record.signatures[0].meaning,
+        ReleaseMeaning::ReleasedConditionally
+    );
+    assert_eq!(record.signatures[0].outstanding_tests, ["sterility"]);
+    // The site is told, with what the release waits for.
+    let sent = commands(&*store, SITE_A).await;
+    match &sent.last().expect("a command").kind {
+        CommandKind::ReleaseDecision {
+            meaning,
+            outstanding_tests,
+            ..
+        } => {
+            assert_eq!(*meaning, ReleaseMeaning::ReleasedConditionally);
+            assert_eq!(outstanding_tests, &["sterility"]);
+        }
+        other => panic!("expected the release decision, got {other:?}"),
+    }
+
+    // Not complete until the result is in.
+    let too_early = signed_as(
+        &order,
+        reviewed_sha256(&*store, order.batch_id).await,
+        ReleaseMeaning::ReleaseCompleted,
+        &[],
+    );
+    assert_refused!(
+        store.complete_release(&too_early).await,
+        Error::FailedPrecondition
+    );
+
+    // The hand-over, then sterility within specification: what the release
+    // expected, so not a change after the decision.
+    let sterility = recipe.test("sterility").expect("sterility test");
+    ingest(
+        &*store,
+        SITE_A,
+        &[
+            log.record(order.batch_id, matched_scan(&order, "handover")),
+            log.record(
+                order.batch_id,
+                qc_result("sterility", passing_value(sterility), Outcome::Pass),
+            ),
+        ],
+    )
+    .await;
+    let arrived = store.order_by_batch(order.batch_id).await.expect("order");
+    assert_eq!(arrived.state, BatchState::HandedOver);
+    assert!(arrived.progress.unreviewed_changes().is_empty());
+    assert!(arrived.progress.follow_ups.is_empty());
+
+    // Completion binds to the record as it is now.
+    let stale = signed_as(&order, sha, ReleaseMeaning::ReleaseCompleted, &[]);
+    assert_refused!(
+        store.complete_release(&stale).await,
+        Error::FailedPrecondition
+    );
+    let current = reviewed_sha256(&*store, order.batch_id).await;
+    let completed = store
+        .complete_release(&signed_as(
+            &order,
+            current.clone(),
+            ReleaseMeaning::ReleaseCompleted,
+            &[],
+        ))
+        .await
+        .expect("release completed");
+    assert_eq!(
+        completed.state,
+        BatchState::HandedOver,
+        "the product stays where it is"
+    );
+    assert!(completed.progress.release_awaits.is_empty());
+    let record = store.batch_record(order.batch_id).await.expect("record");
+    assert_eq!(record.signatures.len(), 2);
+    assert_eq!(
+        record.signatures[1].meaning,
+        ReleaseMeaning::ReleaseCompleted
+    );
+    assert_eq!(record.signatures[1].signer, QA);
+    assert_eq!(record.signatures[1].outstanding_tests, ["sterility"]);
+    match &commands(&*store, SITE_A)
+        .await
+        .last()
+        .expect("a command")
+        .kind
+    {
+        CommandKind::ReleaseDecision { meaning, .. } => {
+            assert_eq!(*meaning, ReleaseMeaning::ReleaseCompleted)
+        }
+        other => panic!("expected the completion, got {other:?}"),
+    }
+    // Twice is refused.
+    assert_refused!(
+        store
+            .complete_release(&signed_as(
+                &order,
+                current,
+                ReleaseMeaning::ReleaseCompleted,
+                &[]
+            ))
+            .await,
+        Error::FailedPrecondition
+    );
+}
+
+pub async fn case_a_result_out_of_specification_after_release_opens_a_follow_up_qa_closes(
+    store: Arc<dyn Store>,
+) {
+    let recipe = seed(&*store).await;
+    let order = order_at(&*store, SITE_A).await;
+    let mut log = SiteLog::new();
+    ingest(
+        &*store,
+        SITE_A,
+        &record_before_late_results(&mut log, &order, &recipe),
+    )
+    .await;
+    let sha = reviewed_sha256(&*store, order.batch_id).await;
+    store
+        .sign_release(
+            &signed_as(
+                &order,
+                sha,
+                ReleaseMeaning::ReleasedConditionally,
+                &["sterility"],
+            ),
+            false,
+            now(),
+        )
+        .await
+        .expect("conditional release");
+
+    // Sterility shows growth after release: the follow-up opens with the record.
+    let growth = log.record(
+        order.batch_id,
+        qc_result(
+            "sterility",
+            carrel_proto::recipe::QcValue::Text("growth detected".into()),
+            Outcome::OutOfSpecification,
+        ),
+    );
+    ingest(&*store, SITE_A, std::slice::from_ref(&growth)).await;
+    let after = store.order_by_batch(order.batch_id).await.expect("order");
+    assert_eq!(after.progress.follow_ups.len(), 1);
+    assert_eq!(after.progress.follow_ups[0].site_seq, growth.seq);
+    assert_eq!(after.progress.follow_ups[0].test_id, "sterility");
+    assert!(!after.progress.follow_ups[0].closed);
+    assert_eq!(after.progress.unreviewed_changes(), vec![growth.seq]);
+    assert_eq!(
+        store
+            .audit_count(carrel_hub::audit::Action::FollowUpOpened)
+            .await
+            .expect("count"),
+        1
+    );
+    let open = store.follow_ups(false).await.expect("follow-ups");
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].order.batch_id, order.batch_id);
+
+    // The release can never be completed now.
+    let current = reviewed_sha256(&*store, order.batch_id).await;
+    assert_refused!(
+        store
+            .complete_release(&signed_as(
+                &order,
+                current,
+                ReleaseMeaning::ReleaseCompleted,
+                &[]
+            ))
+            .await,
+        Error::FailedPrecondition
+    );
+
+    // QA closes it with a signature; a second closure, or one of another record, is refused.
+    let closure = |seq: u64| carrel_hub::model::FollowUpClosure {
+        closure_id: uuid::Uuid::new_v4(),
+        batch_id: order.batch_id,
+        site_seq: seq,
+        signer: QA.into(),
+        signer_name: "Q A".into(),
+        outcome: "physician informed; patient started on antibiotics, cultures taken".into(),
+        signed_at: now(),
+    };
+    assert_refused!(
+        store.close_follow_up(&closure(growth.seq + 7)).await,
+        Error::NotFound
+    );
+    let closed = store
+        .close_follow_up(&closure(growth.seq))
+        .await
+        .expect("close");
+    assert!(closed.progress.follow_ups[0].closed);
+    assert_refused!(
+        store.close_follow_up(&closure(growth.seq)).await,
+        Error::FailedPrecondition
+    );
+    assert!(store.follow_ups(false).await.expect("open").is_empty());
+    let all = store.follow_ups(true).await.expect("all");
+    assert_eq!(all.len(), 1);
+    let signed = all[0].closure.as_ref().expect("closure kept");
+    assert_eq!(signed.signer, QA);
+    assert!(signed.outcome.contains("antibiotics"));
+    assert_eq!(
+        store
+            .audit_count(carrel_hub::audit::Action::FollowUpClosed)
+            .await
+            .expect("count"),
+        1
+    );
 }

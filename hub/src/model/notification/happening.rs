@@ -81,6 +81,7 @@ pub fn needs(entry: &Entry) -> Needs {
         | Action::BatchChangedAfterDecision
         | Action::OrderDelayed
         | Action::OrderCancelled
+        | Action::FollowUpOpened
         | Action::DeviationRaised => entry.batch_id.map_or(Needs::Nothing, Needs::Order),
         _ => Needs::Nothing,
     }
@@ -129,6 +130,20 @@ pub fn happenings(
                     Kind::Released,
                     format!("Batch COI {coi} at site {site} was released by QA"),
                 ),
+                "released_conditionally" => of_order(
+                    Kind::Released,
+                    format!(
+                        "Batch COI {coi} at site {site} was released conditionally by QA: results still outstanding ({})",
+                        awaited(&entry.new_value)
+                    ),
+                ),
+                "release_completed" => of_order(
+                    Kind::Released,
+                    format!(
+                        "The conditional release of batch COI {coi} at site {site} was completed by QA: results within specification ({})",
+                        awaited(&entry.new_value)
+                    ),
+                ),
                 "rejected" => of_order(
                     Kind::Rejected,
                     if entry.reason.is_empty() {
@@ -155,6 +170,13 @@ pub fn happenings(
             format!(
                 "Batch COI {coi} at site {site} changed after its release decision: {} ({}). QA must review it",
                 entry.new_value, entry.reason
+            ),
+        ),
+        Action::FollowUpOpened => of_order(
+            Kind::FailedAfterRelease,
+            format!(
+                "URGENT: a result out of specification arrived after batch COI {coi} at site {site} was released ({}). A patient follow-up is open: the treating physician and QA must act",
+                entry.new_value
             ),
         ),
         Action::OrderDelayed => of_order(
@@ -217,6 +239,18 @@ pub fn happenings(
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The tests named in a release entry's value ("... (awaiting sterility) by ...").
+fn awaited(value: &str) -> &str {
+    value
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map_or("", |(inside, _)| {
+            inside
+                .trim_start_matches("awaiting ")
+                .trim_start_matches("confirming ")
+        })
 }
 
 fn of_event(entry: &Entry, source: &str, facts: &SiteEventFacts) -> Option<Happening> {

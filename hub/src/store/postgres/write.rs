@@ -293,6 +293,21 @@ impl ReadTx for PgTx<'_> {
             .collect()
     }
 
+    async fn follow_up_closures(
+        &mut self,
+        batch_id: Option<Uuid>,
+    ) -> Result<Vec<crate::model::FollowUpClosure>> {
+        sqlx::query(
+            "SELECT * FROM follow_up_closures WHERE ($1::uuid IS NULL OR batch_id = $1) ORDER BY signed_at, batch_id, site_seq",
+        )
+        .bind(batch_id)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(rows::follow_up_closure)
+        .collect()
+    }
+
     async fn change_reviews_of_batch(
         &mut self,
         batch_id: Uuid,
@@ -1285,8 +1300,8 @@ impl WriteTx for PgTx<'_> {
 
     async fn insert_signature(&mut self, signature: &Signature) -> Result<()> {
         sqlx::query(
-            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at, justifications) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at, justifications, outstanding_tests) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(signature.signature_id)
         .bind(signature.batch_id)
@@ -1297,6 +1312,7 @@ impl WriteTx for PgTx<'_> {
         .bind(&signature.reason)
         .bind(stored(signature.signed_at))
         .bind(json_text(&signature.justifications)?)
+        .bind(json_text(&signature.outstanding_tests)?)
         .execute(self.conn())
         .await?;
         Ok(())
@@ -1315,6 +1331,26 @@ impl WriteTx for PgTx<'_> {
         .bind(&review.record_sha256)
         .bind(&review.comment)
         .bind(stored(review.signed_at))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_follow_up_closure(
+        &mut self,
+        closure: &crate::model::FollowUpClosure,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO follow_up_closures (closure_id, batch_id, site_seq, signer, signer_name, outcome, signed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(closure.closure_id)
+        .bind(closure.batch_id)
+        .bind(i64_of(closure.site_seq)?)
+        .bind(&closure.signer)
+        .bind(&closure.signer_name)
+        .bind(&closure.outcome)
+        .bind(stored(closure.signed_at))
         .execute(self.conn())
         .await?;
         Ok(())

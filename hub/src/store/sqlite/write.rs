@@ -318,6 +318,21 @@ impl ReadTx for SqliteTx<'_> {
             .collect()
     }
 
+    async fn follow_up_closures(
+        &mut self,
+        batch_id: Option<Uuid>,
+    ) -> Result<Vec<crate::model::FollowUpClosure>> {
+        sqlx::query(
+            "SELECT * FROM follow_up_closures WHERE (?1 IS NULL OR batch_id = ?1) ORDER BY signed_at, batch_id, site_seq",
+        )
+        .bind(batch_id.map(|b| b.to_string()))
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(rows::follow_up_closure)
+        .collect()
+    }
+
     async fn change_reviews_of_batch(
         &mut self,
         batch_id: Uuid,
@@ -1323,8 +1338,8 @@ impl WriteTx for SqliteTx<'_> {
 
     async fn insert_signature(&mut self, signature: &Signature) -> Result<()> {
         sqlx::query(
-            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at, justifications) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO signatures (signature_id, batch_id, signer, signer_name, meaning, record_sha256, reason, signed_at, justifications, outstanding_tests) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(signature.signature_id.to_string())
         .bind(signature.batch_id.to_string())
@@ -1335,6 +1350,7 @@ impl WriteTx for SqliteTx<'_> {
         .bind(&signature.reason)
         .bind(ts(signature.signed_at))
         .bind(json_text(&signature.justifications)?)
+        .bind(json_text(&signature.outstanding_tests)?)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -1353,6 +1369,26 @@ impl WriteTx for SqliteTx<'_> {
         .bind(&review.record_sha256)
         .bind(&review.comment)
         .bind(ts(review.signed_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_follow_up_closure(
+        &mut self,
+        closure: &crate::model::FollowUpClosure,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO follow_up_closures (closure_id, batch_id, site_seq, signer, signer_name, outcome, signed_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(closure.closure_id.to_string())
+        .bind(closure.batch_id.to_string())
+        .bind(i64_of(closure.site_seq)?)
+        .bind(&closure.signer)
+        .bind(&closure.signer_name)
+        .bind(&closure.outcome)
+        .bind(ts(closure.signed_at))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
