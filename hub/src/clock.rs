@@ -286,7 +286,7 @@ pub fn clock(
     let release = record
         .signatures
         .iter()
-        .find(|s| s.meaning == ReleaseMeaning::Released)
+        .find(|s| s.meaning.is_release())
         .map(|s| s.signed_at);
     let checkpoint_time = |index: Option<usize>| {
         index

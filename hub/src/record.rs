@@ -864,8 +864,26 @@ pub fn timeline(record: &crate::model::BatchRecord) -> Vec<TimelineEntry> {
             TimelineEntry {
                 at: sig.signed_at,
                 source: "hub",
-                what: format!("QA {}", sig.meaning.as_str()),
-                detail: format!("signed by {} ({})", sig.signer_name, sig.signer),
+                what: format!("QA {}", sig.meaning.words()),
+                detail: if sig.outstanding_tests.is_empty() {
+                    format!("signed by {} ({})", sig.signer_name, sig.signer)
+                } else {
+                    format!(
+                        "signed by {} ({}); {} {}",
+                        sig.signer_name,
+                        sig.signer,
+                        if sig.meaning == ReleaseMeaning::ReleaseCompleted {
+                            "results confirmed:"
+                        } else {
+                            "results still outstanding:"
+                        },
+                        sig.outstanding_tests
+                            .iter()
+                            .map(|t| record.recipe.recipe.test_name(t))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
             },
         ));
     }
@@ -897,9 +915,30 @@ pub fn next_step(record: &crate::model::BatchRecord) -> String {
             }
         }
         S::AwaitingRelease => "QA reviews the batch record and signs release or rejection".into(),
+        S::Released | S::HandedOver | S::Infused if !order.progress.release_failed().is_empty() => {
+            format!(
+                "none: the conditional release failed ({} out of specification) and the patient follow-up is closed",
+                order.progress.release_failed().join(", ")
+            )
+        }
         S::Released if !order.decision_recorded => "the release decision reaches the site".into(),
+        S::Released | S::HandedOver | S::Infused
+            if order.progress.open_follow_ups().next().is_some() =>
+        {
+            "QA closes the patient follow-up opened by a result out of specification after release".into()
+        }
         S::Released => "hand-over of the product for infusion".into(),
         S::HandedOver => "infusion at the bedside (two-person check of the COI)".into(),
+        S::Infused if !order.progress.release_awaits.is_empty() => format!(
+            "none at the bedside; the conditional release waits for {} (QA completes it when the result is in)",
+            order
+                .progress
+                .release_awaits
+                .iter()
+                .map(|t| recipe.test_name(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         S::Infused => "none: the chain of identity is closed".into(),
         S::Rejected => "none: QA rejected the batch".into(),
         S::Cancelled => "none: the order was cancelled".into(),
@@ -963,7 +1002,7 @@ pub fn alerts(record: &crate::model::BatchRecord) -> Vec<Alert> {
     let released_at = record
         .signatures
         .iter()
-        .find(|s| s.meaning == ReleaseMeaning::Released)
+        .find(|s| s.meaning.is_release())
         .map(|s| s.signed_at);
     let infused_at = recipe.bedside_checkpoints.last().and_then(|last| {
         record.events.iter().find_map(|e| match &e.event.kind {

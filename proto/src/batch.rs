@@ -61,6 +61,16 @@ impl BatchState {
         )
     }
 
+    /// Whether an order in this state can still be cancelled: only while the batch
+    /// is being made (a finished batch is rejected by QA instead, and a released one
+    /// may be with the patient).
+    pub fn cancellable(self) -> bool {
+        matches!(
+            self,
+            BatchState::Ordered | BatchState::Accepted | BatchState::InProcess
+        )
+    }
+
     /// Nothing more will happen to this batch at its site.
     pub fn is_closed(self) -> bool {
         matches!(

@@ -145,6 +145,15 @@ impl ReleaseMeaning {
     pub fn releases(self) -> bool {
         self != ReleaseMeaning::Rejected
     }
+
+    /// Whether this is the signature that released the batch (plainly or
+    /// conditionally), not the later completion of a conditional release.
+    pub fn is_release(self) -> bool {
+        matches!(
+            self,
+            ReleaseMeaning::Released | ReleaseMeaning::ReleasedConditionally
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -48,7 +48,13 @@ pub mod protocol {
     /// record and how the site knew (Identity), and PersonLocked.
     /// 1.3: the hub's audit head in Welcome and heartbeats; the site witnesses it and
     /// reports the last one it witnessed (Hello, heartbeats).
-    pub const VERSION: (u32, u32) = (1, 3);
+    /// 1.4: release meanings "released conditionally" and "release completed", and
+    /// the tests a release waits for (ReleaseDecision.outstanding_tests). The hub
+    /// sends them only to a site whose agent speaks 1.4 or later.
+    pub const VERSION: (u32, u32) = (1, 4);
+
+    /// The first version whose agents read conditional releases and completions.
+    pub const CONDITIONAL_RELEASE: (u32, u32) = (1, 4);
 
     /// Why a peer's protocol version is not accepted.
     #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,20 +91,42 @@ pub mod protocol {
         format!("{}.{}", VERSION.0, VERSION.1)
     }
 
+    /// Whether a peer that spoke `version` ("MAJOR.MINOR") speaks at least `needed`;
+    /// false for an empty or unreadable version.
+    pub fn at_least(version: &str, needed: (u32, u32)) -> bool {
+        version
+            .trim()
+            .split_once('.')
+            .and_then(|(major, minor)| {
+                Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+            })
+            .is_some_and(|spoken| spoken >= needed)
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
 
         #[test]
         fn one_minor_apart_works_and_more_does_not() {
-            assert!(check("1.2").is_ok());
             assert!(check("1.3").is_ok());
             assert!(check("1.4").is_ok());
-            assert!(check("1.1").is_err());
+            assert!(check("1.5").is_ok());
+            assert!(check("1.2").is_err());
             assert!(check("").is_err(), "a peer from before versioning is 1.0");
-            assert!(check("1.5").is_err());
+            assert!(check("1.6").is_err());
             assert!(check("2.0").is_err());
             assert!(check("one").is_err());
+        }
+
+        #[test]
+        fn at_least_compares_versions_as_numbers() {
+            assert!(at_least("1.4", CONDITIONAL_RELEASE));
+            assert!(at_least("1.10", (1, 4)));
+            assert!(at_least("2.0", (1, 4)));
+            assert!(!at_least("1.3", CONDITIONAL_RELEASE));
+            assert!(!at_least("", CONDITIONAL_RELEASE));
+            assert!(!at_least("one", CONDITIONAL_RELEASE));
         }
     }
 }

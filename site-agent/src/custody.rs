@@ -89,6 +89,22 @@ pub fn passed(events: &[SiteEvent]) -> HashSet<String> {
 }
 
 /// The checkpoint the batch waits at, or why none is open.
+/// A result that may follow release (sterility) recorded out of specification at
+/// this site, by name: the product is quarantined here, whatever came after.
+fn failed_after_release<'r>(recipe: &'r Recipe, events: &[SiteEvent]) -> Option<&'r str> {
+    events.iter().find_map(|e| match &e.kind {
+        EventKind::QcResult {
+            test_id,
+            site_outcome,
+            ..
+        } if *site_outcome != carrel_proto::recipe::Outcome::Pass => recipe
+            .test(test_id)
+            .filter(|t| t.may_follow_release)
+            .map(|t| t.name.as_str()),
+        _ => None,
+    })
+}
+
 pub fn open_checkpoint<'r>(
     recipe: &'r Recipe,
     batch: &LocalBatch,
@@ -122,11 +138,18 @@ pub fn open_checkpoint<'r>(
         }
         BatchState::Rejected => Err("QA rejected this batch; it must not be handed over".into()),
         BatchState::Cancelled => Err("this batch was cancelled".into()),
-        BatchState::Released | BatchState::HandedOver => recipe
-            .bedside_checkpoints
-            .iter()
-            .find(|cp| !passed.contains(&cp.id))
-            .ok_or_else(|| "every bedside checkpoint is passed".to_owned()),
+        BatchState::Released | BatchState::HandedOver => {
+            if let Some(test) = failed_after_release(recipe, events) {
+                return Err(format!(
+                    "do not hand over or infuse: {test} was recorded out of specification after QA's release; the control site's QA and the treating physician were told and decide what happens to the product"
+                ));
+            }
+            recipe
+                .bedside_checkpoints
+                .iter()
+                .find(|cp| !passed.contains(&cp.id))
+                .ok_or_else(|| "every bedside checkpoint is passed".to_owned())
+        }
         BatchState::Infused => {
             Err("the infusion is recorded: the chain of identity is closed".into())
         }

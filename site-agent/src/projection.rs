@@ -67,7 +67,11 @@ impl Projection {
     pub fn cancellable(&self) -> bool {
         !matches!(
             self.state,
-            BatchState::Released | BatchState::Rejected | BatchState::Cancelled
+            BatchState::Released
+                | BatchState::Rejected
+                | BatchState::Cancelled
+                | BatchState::HandedOver
+                | BatchState::Infused
         )
     }
 

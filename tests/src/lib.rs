@@ -706,6 +706,30 @@ impl Agent {
         .await;
     }
 
+    /// Waits until the site has recorded QA's decision `meaning` ("released",
+    /// "released_conditionally", "release_completed", ...) for the batch.
+    pub async fn wait_for_decision(&self, batch_id: &str, meaning: &str) {
+        let db = self.db().await;
+        eventually(
+            Duration::from_secs(30),
+            &format!("the site to record {meaning} for batch {batch_id}"),
+            || {
+                let db = db.clone();
+                async move {
+                    let found: Option<String> =
+                        sqlx::query_scalar("SELECT decision FROM batches WHERE batch_id = ?")
+                            .bind(batch_id)
+                            .fetch_optional(&db)
+                            .await
+                            .ok()
+                            .flatten();
+                    (found.as_deref() == Some(meaning)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
     /// Runs a `carrel-site-agent` command on this agent's data directory, with `stdin`.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = Command::new(binary("carrel-site-agent"))

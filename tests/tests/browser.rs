@@ -3376,3 +3376,174 @@ async fn qa_qualifies_a_site_for_a_product_with_a_signature_and_withdraws_it() {
     );
     client.close().await.expect("close browser");
 }
+
+/// A site whose laboratory enters the release tests by hand; QA releases before the
+/// 14-day sterility culture is in. The console offers only a conditional release
+/// naming it, shows it to QA and the physician, and once the culture is in within
+/// specification QA completes the release with a second signature.
+#[tokio::test(flavor = "multi_thread")]
+async fn qa_releases_conditionally_and_completes_the_release_in_the_console() {
+    let hub = Hub::start().await;
+    hub.add_user(PHYSICIAN.0, "physician", PHYSICIAN.1);
+    hub.add_user(QA.0, "qa", QA.1);
+    let token = hub.add_site("site-q");
+    let mut agent = Agent::enroll(&hub, "site-q", &token)
+        .expect("enroll")
+        .with_time_compression(400_000.0);
+    agent.configure(&["simulator", "qc_laboratory"], false.into());
+    agent.start();
+    hub.add_person(ANN.0, "technician", ANN.1, "site-q");
+    agent.wait_for_person(ANN.0, "active").await;
+    let (order_id, batch_id) = scenario::create_order_as(&hub, PHYSICIAN.0, "site-q", "P-7301");
+    let qc = |test: &str, value: &str| {
+        let out = agent.cli(
+            &[
+                "qc", "--batch", &batch_id, "--test", test, "--value", value, "--user", ANN.0,
+            ],
+            &format!("{}\n", ANN.1),
+        );
+        assert!(
+            out.status.success(),
+            "{test}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    eventually(Duration::from_secs(60), "the batch to be under way", || {
+        let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+        async move { (shown["state"] != "ordered").then_some(()) }
+    })
+    .await;
+    for (test, value) in [
+        ("viability", "91"),
+        ("cd3", "88"),
+        ("car-positive", "41"),
+        ("dose", "2.1"),
+        ("mycoplasma", "not detected"),
+        ("endotoxin", "0.1"),
+        ("vcn", "2.2"),
+    ] {
+        qc(test, value);
+    }
+    eventually(
+        Duration::from_secs(90),
+        "the batch to await release",
+        || {
+            let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+            async move { (shown["state"] == "awaiting_release").then_some(()) }
+        },
+    )
+    .await;
+
+    let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("conditional_release");
+    sign_in(&client, &console, QA).await;
+    let record = format!("{console}/batches/{batch_id}");
+    client.goto(&record).await.expect("batch record");
+    expect_text(
+        &client,
+        "decision form",
+        "Release it conditionally for infusion: results still outstanding:",
+    )
+    .await;
+    let offered = client
+        .find(Locator::Css("label:has(#meaning-released)"))
+        .await
+        .expect("the release choice")
+        .text()
+        .await
+        .expect("its text");
+    assert!(offered.contains("Sterility"), "{offered}");
+    let body = body_text(&client).await;
+    assert!(!body.contains("Release it for infusion"), "{body}");
+    click(&client, "#meaning-released").await;
+    justify_each_exception(&client).await;
+    click(&client, "#review-signature").await;
+    expect_text(
+        &client,
+        "signing step",
+        "Released conditionally by Test qa.web",
+    )
+    .await;
+    expect_text(&client, "signing step", "the release waits for Sterility").await;
+    shots.take(&client, "qa-confirms-conditional-release").await;
+    confirm_signature(&client, QA).await;
+    expect_text(
+        &client,
+        "signed record",
+        "Released conditionally. The release waits for Sterility",
+    )
+    .await;
+    let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+    assert_eq!(shown["state"], "released");
+    assert_eq!(shown["release_awaits"], json!(["sterility"]));
+
+    // QA's queue lists it as waiting.
+    client
+        .goto(&format!("{console}/release"))
+        .await
+        .expect("queue");
+    expect_text(&client, "release queue", "Released conditionally").await;
+    let row = client
+        .find(Locator::Css(&format!(
+            "#conditional-releases tr[data-batch='{batch_id}']"
+        )))
+        .await
+        .expect("the batch in the conditional list")
+        .text()
+        .await
+        .expect("row text");
+    assert!(
+        row.contains("sterility") && row.contains("waiting"),
+        "{row}"
+    );
+
+    // The culture is in, within specification: QA completes the release.
+    qc("sterility", "no growth");
+    reload_until(&client, &record, "Every result it waits for is in").await;
+    for (width, height) in [(1280, 800), (390, 844)] {
+        client
+            .set_window_size(width, height)
+            .await
+            .expect("window size");
+        shots
+            .take(&client, &format!("qa-completes-release-{width}"))
+            .await;
+    }
+    client
+        .set_window_size(1280, 800)
+        .await
+        .expect("window size");
+    expect_text(
+        &client,
+        "completion form",
+        "Release completed by Test qa.web",
+    )
+    .await;
+    confirm_signature(&client, QA).await;
+    expect_text(
+        &client,
+        "signed record",
+        "Release completed by Test qa.web (qa.web) on",
+    )
+    .await;
+    let shown = order_show(&hub, PHYSICIAN.0, &order_id);
+    assert_eq!(shown["release_awaits"], json!([]));
+    let record_json = hub.cli_json(QA.0, &["release", "show", &batch_id], None);
+    let meanings: Vec<&str> = record_json["signatures"]
+        .as_array()
+        .expect("signatures")
+        .iter()
+        .map(|s| s["manifestation"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(meanings.len(), 2, "{meanings:?}");
+    assert!(meanings[0].starts_with("Released conditionally by"));
+    assert!(meanings[1].starts_with("Release completed by"));
+    // The site hears of the completion.
+    agent
+        .wait_for_decision(&batch_id, "release_completed")
+        .await;
+    client.close().await.expect("close browser");
+}

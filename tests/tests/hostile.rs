@@ -930,7 +930,7 @@ async fn unknown_enum_values_and_missing_fields_are_refused_naming_the_field() {
             ))
             .await,
         Code::InvalidArgument,
-        "meaning must be released or rejected",
+        "meaning must be released, rejected, released conditionally or release completed",
     );
     assert_refused(
         admin_api

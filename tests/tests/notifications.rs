@@ -751,26 +751,9 @@ async fn sterility_growth_after_a_conditional_release_notifies_at_once_and_opens
         text.contains("released conditionally (awaiting sterility)"),
         "{text}"
     );
-    let site_db = agent.db().await;
-    eventually(
-        Duration::from_secs(30),
-        "the site to record the conditional release",
-        || {
-            let db = site_db.clone();
-            let batch = batch_id.clone();
-            async move {
-                let decision: Option<String> =
-                    sqlx::query_scalar("SELECT decision FROM batches WHERE batch_id = ?")
-                        .bind(&batch)
-                        .fetch_one(&db)
-                        .await
-                        .ok()
-                        .flatten();
-                (decision.as_deref() == Some("released_conditionally")).then_some(())
-            }
-        },
-    )
-    .await;
+    agent
+        .wait_for_decision(&batch_id, "released_conditionally")
+        .await;
     assert!(mails(mail_dir.path()).is_empty(), "nothing urgent yet");
 
     // Day 14: the culture shows growth.
@@ -801,6 +784,25 @@ async fn sterility_growth_after_a_conditional_release_notifies_at_once_and_opens
     assert_eq!(heard.body["kind"], "failed_after_release");
     assert_eq!(heard.body["priority"], "highest");
     assert_eq!(heard.body["batch_id"], batch_id.as_str());
+
+    // The site holds the product back: no hand-over scan is taken.
+    let scan = agent.cli(
+        &[
+            "scan",
+            "--batch",
+            &batch_id,
+            "--checkpoint",
+            "handover",
+            "--location",
+            "ward 3",
+            "--user",
+            "tech.lab",
+        ],
+        "tech-lab-password-1\n",
+    );
+    assert!(!scan.status.success());
+    let said = String::from_utf8_lossy(&scan.stderr);
+    assert!(said.contains("do not hand over or infuse"), "{said}");
 
     // The follow-up is open; the release cannot be completed.
     let open = hub.cli_json(QA.0, &["release", "follow-ups"], None);

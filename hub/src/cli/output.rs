@@ -18,7 +18,12 @@ pub fn state_name(value: i32) -> String {
 /// says so, and what it waits for.
 pub fn order_state_text(o: &pb::Order) -> String {
     let state = state_name(o.state);
-    if o.release_awaits.is_empty() {
+    if !o.release_failed.is_empty() {
+        format!(
+            "{state} (conditional release FAILED: {} out of specification; patient follow-up)",
+            o.release_failed.join(", ")
+        )
+    } else if o.release_awaits.is_empty() {
         state
     } else if o.state == pb::BatchState::Released as i32 {
         format!(
@@ -108,7 +113,7 @@ pub fn order_json(o: &pb::Order) -> serde_json::Value {
         "site_id": o.site_id, "requested_collection_date": o.requested_collection_date,
         "physician": o.physician, "state": state_name(o.state), "current_step": o.current_step,
         "decision_recorded_at_site": o.decision_recorded_at_site,
-        "release_awaits": o.release_awaits,
+        "release_awaits": o.release_awaits, "release_failed": o.release_failed,
         "created_at": time_text(o.created_at), "updated_at": time_text(o.updated_at),
     })
 }

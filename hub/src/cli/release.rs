@@ -73,6 +73,12 @@ pub enum ReleaseCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Conditional releases not yet completed: what each still waits for, and
+    /// which can be completed now (`release sign --meaning release-completed`).
+    Conditional {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Patient follow-ups: each result out of specification that arrived after a
     /// batch's release opens one until QA closes it (open ones unless --all).
     FollowUps {
@@ -214,6 +220,49 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             client,
         } => export(&client, &batch_id, &out).await,
         ReleaseCommand::VerifyExport { dir, json } => verify_export(&dir, json),
+        ReleaseCommand::Conditional { client } => {
+            let mut api =
+                pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
+            let found = api
+                .list_conditional_releases(pb::ListConditionalReleasesRequest {})
+                .await?
+                .into_inner()
+                .releases;
+            if client.json {
+                let rows: Vec<_> = found
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "order": c.order.as_ref().map(order_json),
+                            "waiting_for": c.waiting_for, "completable": c.completable,
+                            "not_completable_because": c.not_completable_because,
+                            "open_follow_ups": c.open_follow_ups,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            if found.is_empty() {
+                println!("No conditional release awaits its results.");
+            }
+            for c in &found {
+                let o = c.order.clone().unwrap_or_default();
+                println!(
+                    "{}  COI {}  site {}  {}  {}",
+                    o.batch_id,
+                    o.coi,
+                    o.site_id,
+                    order_state_text(&o),
+                    if c.completable {
+                        "READY TO COMPLETE".to_owned()
+                    } else {
+                        c.not_completable_because.clone()
+                    }
+                );
+            }
+            Ok(())
+        }
         ReleaseCommand::FollowUps { all, client } => {
             let mut api =
                 pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);

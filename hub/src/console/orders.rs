@@ -394,7 +394,7 @@ fn change_markup(
     reschedulable: bool,
     forms: &ChangeForms,
 ) -> Markup {
-    let cancellable = !order.state.is_final() && order.state != BatchState::AwaitingRelease;
+    let cancellable = order.state.cancellable();
     let kept = |form: &str, text: &str| {
         if forms.sent == form {
             text.to_owned()

@@ -25,11 +25,26 @@ pub async fn release_queue(hub: HubState, session: Session) -> Page {
     let changed = release::changed_after_decision(&hub, &session.user)
         .await
         .map_err(refused)?;
+    let conditional = release::conditional(&hub, &session.user)
+        .await
+        .map_err(refused)?;
+    let follow_ups = release::follow_ups(&hub, &session.user, false)
+        .await
+        .map_err(refused)?;
     Ok(html_page(page(
         "Release queue",
         Some(&session),
         html! {
             h1 { "Release queue" }
+            @if !follow_ups.is_empty() {
+                div.notice.bad id="follow-ups" role="alert" {
+                    strong { "Patient follow-up open: " } "a result out of specification arrived after these batches were released. Close each with your signature once the patient is followed up:"
+                    ul { @for f in &follow_ups {
+                        li { a href=(format!("/batches/{}#follow-up-{}", f.order.batch_id, f.mark.site_seq)) { (f.order.coi) } " ("
+                            (f.mark.test_id) ", record " (f.mark.site_seq) ", " (when(f.mark.opened_at)) ")" }
+                    } }
+                }
+            }
             @if !changed.is_empty() {
                 div.notice.bad id="changed-after-decision" role="alert" {
                     strong { "Changed after decision: " } "records arrived after these batches were decided. Review each:"
@@ -52,6 +67,27 @@ pub async fn release_queue(hub: HubState, session: Session) -> Page {
                         }
                     }
                     @if pending.is_empty() { tr { td colspan="5" .muted { "Nothing awaits release." } } }
+                }
+            } }
+            h2 id="conditional" { "Released conditionally" }
+            p.muted { "Released before every result was in. Each waits for its results; when they are in within specification, a QA person completes the release on the batch record." }
+            div.scroll tabindex="0" { table #conditional-releases {
+                thead { tr { th scope="col" { "COI" } th scope="col" { "Site" } th scope="col" { "State" } th scope="col" { "Waiting for" } th scope="col" { "Next" } } }
+                tbody {
+                    @for c in &conditional {
+                        tr data-batch=(c.order.batch_id) {
+                            td { a href=(format!("/batches/{}#conditional-release", c.order.batch_id)) { (c.order.coi) } }
+                            td { (c.order.site_id) }
+                            td { (c.order.state.as_str().replace('_', " ")) }
+                            td { @if c.waiting_for.is_empty() { span.muted { "every result is in" } } @else { (c.waiting_for.join(", ")) } }
+                            td { @match &c.completion {
+                                Ok(_) => span.badge.pass { "ready to complete" },
+                                Err(_) if c.open_follow_ups > 0 => span.badge.rejected { "failed: patient follow-up open" },
+                                Err(_) => span.muted { "waiting" },
+                            } }
+                        }
+                    }
+                    @if conditional.is_empty() { tr { td colspan="5" .muted { "No conditional release awaits its results." } } }
                 }
             } }
         },
@@ -101,6 +137,10 @@ fn batch_record_markup(
         @for signed in &review.signatures {
             @let sig = &signed.signature;
             div.notice.ok { strong.manifestation { (signed.manifestation) }
+                @if !sig.outstanding_tests.is_empty() {
+                    p { @if sig.meaning == ReleaseMeaning::ReleaseCompleted { "Results confirmed within specification: " } @else { "Results outstanding when signed: " }
+                        (outstanding_names(review, &sig.outstanding_tests)) }
+                }
                 @if !sig.reason.is_empty() { p { "Reason: " (sig.reason) } }
                 @if !sig.justifications.is_empty() {
                     p { "Released despite " (sig.justifications.len()) " exception(s):" }
@@ -152,8 +192,9 @@ fn batch_record_markup(
                                 input type="hidden" name="csrf" value=(session.csrf);
                                 label for=(format!("follow-up-outcome-{}", mark.site_seq)) { "What was done for the patient, and what you concluded (it goes with your signature)" }
                                 textarea id=(format!("follow-up-outcome-{}", mark.site_seq)) name="comment" rows="2" required { (note.map(|n| n.outcome.as_str()).unwrap_or("")) }
+                                @if let Some(n) = note { p.error role="alert" { (n.error) } }
                                 (proof_fields(change.first_signature, change.acknowledged, ("", false),
-                                    note.map(|n| ("password", n.error.clone())), &format!("follow-up-{}-", mark.site_seq)))
+                                    None, &format!("follow-up-{}-", mark.site_seq)))
                                 p { button type="submit" id=(format!("close-follow-up-{}", mark.site_seq)) { "Sign: close the follow-up" } }
                             }
                         } @else {
@@ -700,6 +741,22 @@ pub async fn sign(
             let review = release::review(&hub, &session.user, batch_id)
                 .await
                 .map_err(refused)?;
+            // Said now, before the signing step (the service and the store check again).
+            if meaning.releases() {
+                let recipe = hub
+                    .store
+                    .recipe(&review.order.recipe_id, review.order.recipe_version)
+                    .await
+                    .map_err(|e| refused(e.into()))?;
+                if let Err(why) = crate::model::release::check_decision(
+                    &review.order,
+                    &recipe.recipe,
+                    meaning,
+                    &review.outstanding,
+                ) {
+                    return page(refusal, None, choose("meaning", &why)).await;
+                }
+            }
             if meaning.releases() {
                 let missing = (0..review.exceptions.len()).find(|i| {
                     justifications
@@ -804,6 +861,12 @@ pub async fn sign(
                         ..
                     },
                 ) => (None, confirm(f, e.to_string())),
+                // The completion form has no other fields: said above the record.
+                Err(e @ service::Error::Field { .. })
+                    if meaning == ReleaseMeaning::ReleaseCompleted =>
+                {
+                    (Some(format!("Not signed: {e}")), Decision::start())
+                }
                 Err(e @ service::Error::Field { field, .. }) => {
                     (None, choose(field, &e.to_string()))
                 }

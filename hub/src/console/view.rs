@@ -48,7 +48,7 @@ label.check { display:flex; align-items:center; gap:.6rem; font-weight:600; min-
 .clock { font-size:1.6rem; font-weight:700; }
 .token { font-family: ui-monospace, monospace; word-break:break-all; background:#fff; border:1px dashed var(--line); padding:.6rem; }
 dialog { border:1px solid var(--line); border-radius:6px; max-width:32rem; }
-.manifestation { font-size:1.1rem; font-weight:700; padding:.6rem; border:2px solid var(--fg); margin:.6rem 0; }
+.manifestation { display:inline-block; max-width:100%; font-size:1.1rem; font-weight:700; padding:.6rem; border:2px solid var(--fg); margin:.6rem 0; }
 svg.chart { background:#fff; border:1px solid var(--line); max-width:100%; height:auto; }
 form.inline { display:flex; flex-wrap:wrap; gap:.4rem; align-items:center; }
 form.inline select, form.inline input { width:auto; max-width:16rem; }
@@ -126,9 +126,14 @@ pub fn state_badge(state: BatchState) -> Markup {
 /// it waits for (the physician and QA see that the release is conditional).
 pub fn order_badge(order: &crate::model::Order) -> Markup {
     let awaits = &order.progress.release_awaits;
+    let failed = order.progress.release_failed();
     html! {
         (state_badge(order.state))
-        @if !awaits.is_empty() {
+        @if !failed.is_empty() {
+            " " span.badge.rejected.conditional data-conditional="failed" {
+                "conditional release failed: " (failed.join(", ")) " out of specification"
+            }
+        } @else if !awaits.is_empty() {
             " " span.badge.awaiting_release.conditional data-conditional="true" {
                 "released conditionally: awaiting " (awaits.iter().map(String::as_str).collect::<Vec<_>>().join(", "))
             }

@@ -85,6 +85,10 @@ pub struct Document {
     pub qc: Vec<QcResult>,
     pub signatures: Vec<ExportedSignature>,
     pub change_reviews: Vec<ExportedChangeReview>,
+    /// Patient follow-ups opened by a result out of specification after release,
+    /// each with QA's signed closure once made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_ups: Vec<ExportedFollowUp>,
     pub audit: Vec<ExportedAudit>,
 }
 
@@ -140,6 +144,26 @@ pub struct ExportedChangeReview {
     pub through_seq: u64,
     pub record_sha256: String,
     pub comment: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExportedFollowUp {
+    /// The site record of the result that opened it.
+    pub site_seq: u64,
+    pub test_id: String,
+    pub opened_at: DateTime<Utc>,
+    /// The closure, signed by a QA person; absent while open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closure: Option<ExportedFollowUpClosure>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExportedFollowUpClosure {
+    pub closure_id: String,
+    pub signer: String,
+    pub signer_name: String,
+    pub signed_at: DateTime<Utc>,
+    pub outcome: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -324,6 +348,22 @@ pub fn build(
                 through_seq: c.through_seq,
                 record_sha256: c.record_sha256.clone(),
                 comment: c.comment.clone(),
+            })
+            .collect(),
+        follow_ups: review
+            .follow_ups
+            .iter()
+            .map(|(mark, closure)| ExportedFollowUp {
+                site_seq: mark.site_seq,
+                test_id: mark.test_id.clone(),
+                opened_at: mark.opened_at,
+                closure: closure.as_ref().map(|c| ExportedFollowUpClosure {
+                    closure_id: c.closure_id.to_string(),
+                    signer: c.signer.clone(),
+                    signer_name: c.signer_name.clone(),
+                    signed_at: c.signed_at,
+                    outcome: c.outcome.clone(),
+                }),
             })
             .collect(),
         audit,
@@ -729,6 +769,18 @@ fn check_document(found: &mut Verification, d: &Document) {
                 ),
             ),
         };
+    }
+    for f in &d.follow_ups {
+        let present = d.events.iter().any(|e| e.seq == f.site_seq);
+        found.check(
+            present,
+            format!(
+                "patient follow-up of {} points at site record {}, which is {}in this record",
+                f.test_id,
+                f.site_seq,
+                if present { "" } else { "not " }
+            ),
+        );
     }
     for c in &d.change_reviews {
         match covered(&c.record_sha256) {

@@ -504,6 +504,27 @@ pub fn render(review: &Review, document: &Document, events: &[StoredEvent]) -> V
             ("Comment", c.comment.clone()),
         ]);
     }
+    for (mark, closure) in &review.follow_ups {
+        l.subheading(&format!(
+            "Patient follow-up: {} out of specification after release (site record {}, {})",
+            review
+                .test_names
+                .get(&mark.test_id)
+                .map_or(mark.test_id.as_str(), String::as_str),
+            mark.site_seq,
+            utc(mark.opened_at)
+        ));
+        match closure {
+            Some(c) => l.fields(&[
+                (
+                    "Closed by",
+                    format!("{} ({}) on {}", c.signer_name, c.signer, utc(c.signed_at)),
+                ),
+                ("Outcome", c.outcome.clone()),
+            ]),
+            None => l.fields(&[("Closed", "no: open at export".to_owned())]),
+        }
+    }
     if !review.changed_after_decision.is_empty() {
         l.subheading("Records after the decision, not yet reviewed by QA");
         for e in &review.changed_after_decision {

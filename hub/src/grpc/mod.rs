@@ -176,5 +176,6 @@ pub fn order_to_pb(order: &Order) -> pb::Order {
         current_step: order.current_step.clone().unwrap_or_default(),
         decision_recorded_at_site: order.decision_recorded,
         release_awaits: order.progress.release_awaits.iter().cloned().collect(),
+        release_failed: order.progress.release_failed(),
     }
 }

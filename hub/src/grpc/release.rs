@@ -254,6 +254,28 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         }))
     }
 
+    async fn list_conditional_releases(
+        &self,
+        request: Request<pb::ListConditionalReleasesRequest>,
+    ) -> Result<Response<pb::ListConditionalReleasesResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let found = release::conditional(&self.0, &user)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::ListConditionalReleasesResponse {
+            releases: found
+                .iter()
+                .map(|c| pb::ConditionalRelease {
+                    order: Some(order_to_pb(&c.order)),
+                    waiting_for: c.waiting_for.clone(),
+                    completable: c.completion.is_ok(),
+                    not_completable_because: c.completion.clone().err().unwrap_or_default(),
+                    open_follow_ups: c.open_follow_ups as u32,
+                })
+                .collect(),
+        }))
+    }
+
     async fn list_follow_ups(
         &self,
         request: Request<pb::ListFollowUpsRequest>,

@@ -324,8 +324,13 @@ impl Link {
                 ))
             }
         };
-        carrel_proto::protocol::check(&hello.protocol_version)
+        let (major, minor) = carrel_proto::protocol::check(&hello.protocol_version)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        // Kept so that a decision this agent could not read is refused, not sent.
+        store
+            .note_site_protocol(&self.site_id, &format!("{major}.{minor}"))
+            .await
+            .map_err(status)?;
         // What the site witnessed of the audit trail is checked first, before anything
         // else about its state (a hub restored from an older backup also refuses the
         // site's link below) and before it is sent the head as the trail now is.

@@ -69,6 +69,19 @@ impl Progress {
     pub fn open_follow_ups(&self) -> impl Iterator<Item = &FollowUpMark> {
         self.follow_ups.iter().filter(|f| !f.closed)
     }
+
+    /// Tests a conditional release waited for whose result arrived out of
+    /// specification (each opened a follow-up): the release can never be completed.
+    pub fn release_failed(&self) -> Vec<String> {
+        let mut failed: Vec<String> = self
+            .follow_ups
+            .iter()
+            .filter(|f| self.release_awaits.contains(&f.test_id))
+            .map(|f| f.test_id.clone())
+            .collect();
+        failed.dedup();
+        failed
+    }
 }
 
 /// An order with its batch projection, as people see it.

@@ -57,7 +57,7 @@ pub enum Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     Normal,
-    /// A patient may be at risk now: delivered first, marked urgent.
+    /// A patient may be at risk now: marked urgent in every channel.
     Highest,
 }
 

@@ -156,8 +156,9 @@ impl Projection {
                 }
                 self.progress.tests_recorded.insert(test_id.clone());
                 // Out of specification after the batch was released (it may be
-                // infused already): a patient follow-up, opened with the record.
-                if hub_outcome != Outcome::Pass
+                // infused already), by the hub's evaluation or the site's: a
+                // patient follow-up, opened with the record.
+                if (hub_outcome != Outcome::Pass || *site_outcome != Outcome::Pass)
                     && matches!(
                         self.state,
                         BatchState::Released | BatchState::HandedOver | BatchState::Infused

@@ -78,6 +78,29 @@ pub fn check_decision(
     }
 }
 
+/// A completion names the results the conditional release waited for, as the
+/// signer saw them (`awaited`); Err says what it should have named.
+pub fn check_named(awaited: &[String], named: &[String]) -> Result<(), String> {
+    let mut given: Vec<&str> = named.iter().map(|n| n.trim()).collect();
+    given.sort_unstable();
+    given.dedup();
+    let mut expected: Vec<&str> = awaited.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    if given == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "a completion names the results the conditional release waited for: {} (named: {})",
+            awaited.join(", "),
+            if named.is_empty() {
+                "none".to_owned()
+            } else {
+                named.join(", ")
+            }
+        ))
+    }
+}
+
 /// The tests a completion of `order`'s conditional release confirms, or why it
 /// cannot be completed now: the batch was not released conditionally (or its
 /// release is complete already), a named result has not arrived, one arrived out

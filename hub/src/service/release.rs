@@ -61,6 +61,56 @@ pub async fn changed_after_decision(hub: &Hub, user: &User) -> Result<Vec<Order>
     Ok(changed)
 }
 
+/// A conditional release not yet completed, as QA follows it: the order, the
+/// results it still waits for, and whether it can be completed now (or why not).
+pub struct Conditional {
+    pub order: Order,
+    pub waiting_for: Vec<String>,
+    pub completion: Result<Vec<String>, String>,
+    /// Open patient follow-ups of the batch.
+    pub open_follow_ups: usize,
+}
+
+/// Batches released conditionally whose release is not yet completed, the one
+/// released longest ago first: what they wait for, and which QA can complete.
+pub async fn conditional(hub: &Hub, user: &User) -> Result<Vec<Conditional>, Error> {
+    require_role(user, &REVIEWERS)?;
+    let mut found = Vec::new();
+    for state in [
+        BatchState::Released,
+        BatchState::HandedOver,
+        BatchState::Infused,
+    ] {
+        for order in hub.store.list_orders(None, Some(state)).await? {
+            // Done with: completed, or failed and its follow-up closed.
+            let failed = order.progress.release_failed();
+            if order.progress.release_awaits.is_empty()
+                || (!failed.is_empty() && order.progress.open_follow_ups().next().is_none())
+            {
+                continue;
+            }
+            let recipe = hub
+                .store
+                .recipe(&order.recipe_id, order.recipe_version)
+                .await?;
+            found.push(Conditional {
+                waiting_for: order
+                    .progress
+                    .release_awaits
+                    .iter()
+                    .filter(|t| !order.progress.tests_recorded.contains(*t))
+                    .cloned()
+                    .collect(),
+                completion: crate::model::release::check_completion(&order, &recipe.recipe),
+                open_follow_ups: order.progress.open_follow_ups().count(),
+                order,
+            });
+        }
+    }
+    found.sort_by_key(|c| (c.order.created_at, c.order.order_id));
+    Ok(found)
+}
+
 /// A batch record as QA reviews it ([`record::review`]).
 pub async fn review(hub: &Hub, user: &User, batch_id: Uuid) -> Result<Review, Error> {
     require_role(user, &REVIEWERS)?;
@@ -330,7 +380,10 @@ pub async fn sign(
         form.meaning,
         form.outstanding_tests,
     )
-    .map_err(|why| field("outstanding_tests", why))?;
+    .map_err(|why| field("meaning", why))?;
+    if form.meaning == ReleaseMeaning::ReleasedConditionally {
+        check_site_reads_conditional(hub, &review.order.site_id).await?;
+    }
     if form.meaning.releases() {
         let open =
             crate::model::deviation::blocking(&hub.store.deviations(Some(form.batch_id)).await?);
@@ -375,6 +428,28 @@ pub async fn sign(
     Ok((Signed::new(signature), order))
 }
 
+/// A conditional release and its completion reach the site as meanings an agent
+/// older than site link protocol 1.4 cannot read (it would stop taking commands):
+/// refused, before the password is asked for, unless the site's agent last spoke
+/// 1.4 or later.
+async fn check_site_reads_conditional(hub: &Hub, site_id: &str) -> Result<(), Error> {
+    let spoken = hub.store.site_protocol(site_id).await?;
+    let needed = carrel_proto::protocol::CONDITIONAL_RELEASE;
+    if carrel_proto::protocol::at_least(&spoken, needed) {
+        return Ok(());
+    }
+    Err(Error::Store(crate::store::Error::FailedPrecondition(format!(
+        "the agent of site {site_id} {} cannot record a conditional release or its completion (it needs site link protocol {}.{}): upgrade the site agent first",
+        if spoken.is_empty() {
+            "has not connected since the hub was upgraded, so it may be older and".to_owned()
+        } else {
+            format!("speaks site link protocol {spoken} and")
+        },
+        needed.0,
+        needed.1
+    ))))
+}
+
 /// Completes a conditional release (meaning "release completed"): the results it
 /// waited for are in and within specification ([`crate::model::release::check_completion`]),
 /// which the signer confirms with their signature. Refused before the password is
@@ -398,6 +473,16 @@ async fn complete(
             review.record_sha256
         ))));
     }
+    crate::model::release::check_named(&review.release_awaits, form.outstanding_tests)
+        .map_err(|why| field("outstanding_tests", why))?;
+    let open = crate::model::deviation::blocking(&hub.store.deviations(Some(form.batch_id)).await?);
+    if !open.is_empty() {
+        return Err(Error::Store(crate::store::Error::FailedPrecondition(format!(
+            "the batch has open deviation(s) {}: a major or critical deviation must be investigated and closed by QA before its release is completed",
+            open.join(", ")
+        ))));
+    }
+    check_site_reads_conditional(hub, &review.order.site_id).await?;
     prove(hub, signer, &form.proof, SignedOn::Batch(form.batch_id)).await?;
     acknowledge(hub, user, &form.proof).await?;
     let signature = Signature {
@@ -412,7 +497,10 @@ async fn complete(
         justifications: Vec::new(),
         outstanding_tests: review.release_awaits.clone(),
     };
-    let order = hub.store.complete_release(&signature).await?;
+    let order = hub
+        .store
+        .complete_release(&signature, hub.config.accept_simulated_people)
+        .await?;
     hub.store.mark_session_signed(signer.session).await?;
     tracing::info!(batch_id = %order.batch_id, signer = %user.username, "conditional release completed");
     hub.commands_added(&order.site_id, order.batch_id);

@@ -64,6 +64,8 @@ impl OrderKey {
 pub trait ReadTx: Send {
     /// The site; `NotFound` when unknown.
     async fn site(&mut self, site_id: &str) -> Result<Site>;
+    /// The site link protocol version the site's agent last spoke ("" if unknown).
+    async fn site_protocol(&mut self, site_id: &str) -> Result<String>;
     /// The order with its batch projection; `NotFound` when unknown.
     async fn order(&mut self, key: OrderKey) -> Result<Order>;
     /// A published recipe version; `NotFound` when unknown.
@@ -500,6 +502,8 @@ pub trait WriteTx: ReadTx {
     ) -> Result<()>;
     async fn insert_signature(&mut self, signature: &Signature) -> Result<()>;
     async fn insert_change_review(&mut self, review: &ChangeReview) -> Result<()>;
+    /// Keeps the site link protocol version the site's agent spoke in its Hello.
+    async fn set_site_protocol(&mut self, site_id: &str, version: &str) -> Result<()>;
     async fn insert_follow_up_closure(
         &mut self,
         closure: &crate::model::FollowUpClosure,

@@ -850,6 +850,16 @@ pub trait Store:
         self.read().await?.site(site_id).await
     }
     async fn list_sites(&self) -> Result<Vec<Site>>;
+    /// The site link protocol version the site's agent last spoke ("" if unknown).
+    async fn site_protocol(&self, site_id: &str) -> Result<String> {
+        self.read().await?.site_protocol(site_id).await
+    }
+    /// Keeps the site link protocol version the site's agent spoke in its Hello.
+    async fn note_site_protocol(&self, site_id: &str, version: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        tx.set_site_protocol(site_id, version).await?;
+        tx.commit().await
+    }
     /// Moves a site through its lifecycle, audited with the reason:
     /// suspend (from pending or active; its running batches are flagged for a QA
     /// decision), resume (suspended to active), cease (final; refused while any of
@@ -1060,8 +1070,13 @@ pub trait Store:
     }
     /// Completes a conditional release with QA's signature (see
     /// [`transactions::complete_release`]).
-    async fn complete_release(&self, signature: &Signature) -> Result<Order> {
-        transactions::complete_release(self.write().await?, signature, Utc::now()).await
+    async fn complete_release(
+        &self,
+        signature: &Signature,
+        accept_simulated: bool,
+    ) -> Result<Order> {
+        transactions::complete_release(self.write().await?, signature, accept_simulated, Utc::now())
+            .await
     }
     /// Closes a patient follow-up with QA's signature.
     async fn close_follow_up(&self, closure: &crate::model::FollowUpClosure) -> Result<Order> {

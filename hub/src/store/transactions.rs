@@ -1028,7 +1028,7 @@ pub(crate) async fn cancel_order(
     now: DateTime<Utc>,
 ) -> Result<Order> {
     let order = tx.lock_order(OrderKey::Order(order_id)).await?;
-    if order.state.is_final() || order.state == BatchState::AwaitingRelease {
+    if !order.state.cancellable() {
         return Err(Error::FailedPrecondition(format!(
             "order {order_id} is {}; only an order still in manufacturing can be cancelled (a finished batch is rejected by QA instead)",
             order.state
@@ -1090,6 +1090,38 @@ pub(crate) async fn sign_release(
             signature.record_sha256
         )));
     }
+    check_signer(&events, signature, accept_simulated)?;
+    crate::model::release::check_decision(
+        &order,
+        &recipe.recipe,
+        signature.meaning,
+        &signature.outstanding_tests,
+    )
+    .map_err(Error::FailedPrecondition)?;
+    if signature.meaning.releases() {
+        super::deviations::check_release(&mut tx, order.batch_id).await?;
+    }
+    // A conditional release names what is outstanding in the recipe's order.
+    let signature = &Signature {
+        outstanding_tests: match signature.meaning {
+            ReleaseMeaning::ReleasedConditionally => {
+                crate::model::release::outstanding(&order, &recipe.recipe)
+            }
+            _ => Vec::new(),
+        },
+        ..signature.clone()
+    };
+    sign_release_rest(tx, order, signature, now).await
+}
+
+/// Who may sign a release decision on a batch with these records: not a person who
+/// took part in it at the site, and (unless `accept_simulated`, a hub in dev mode)
+/// nobody when a simulator's operator made any of them.
+fn check_signer(
+    events: &[crate::model::StoredEvent],
+    signature: &Signature,
+    accept_simulated: bool,
+) -> Result<()> {
     // Who took part is who signed in at the site; a name typed into a free field
     // before sign-in there proves nothing either way.
     if let Some(took_part) = events.iter().find(|e| {
@@ -1116,26 +1148,16 @@ pub(crate) async fn sign_release(
             )));
         }
     }
-    crate::model::release::check_decision(
-        &order,
-        &recipe.recipe,
-        signature.meaning,
-        &signature.outstanding_tests,
-    )
-    .map_err(Error::FailedPrecondition)?;
-    if signature.meaning.releases() {
-        super::deviations::check_release(&mut tx, order.batch_id).await?;
-    }
-    // A conditional release names what is outstanding in the recipe's order.
-    let signature = &Signature {
-        outstanding_tests: match signature.meaning {
-            ReleaseMeaning::ReleasedConditionally => {
-                crate::model::release::outstanding(&order, &recipe.recipe)
-            }
-            _ => Vec::new(),
-        },
-        ..signature.clone()
-    };
+    Ok(())
+}
+
+/// The writes of [`sign_release`] once every check passed.
+async fn sign_release_rest(
+    mut tx: Tx<'_>,
+    order: Order,
+    signature: &Signature,
+    now: DateTime<Utc>,
+) -> Result<Order> {
     tx.insert_signature(signature).await?;
     let mut projection = order.projection();
     projection.state = if signature.meaning.releases() {
@@ -1229,11 +1251,14 @@ fn signed_value(signature: &Signature) -> String {
 pub(crate) async fn complete_release(
     mut tx: Tx<'_>,
     signature: &Signature,
+    accept_simulated: bool,
     now: DateTime<Utc>,
 ) -> Result<Order> {
     let order = tx.lock_order(OrderKey::Batch(signature.batch_id)).await?;
     let recipe = tx.recipe(&order.recipe_id, order.recipe_version).await?;
     let confirmed = crate::model::release::check_completion(&order, &recipe.recipe)
+        .map_err(Error::FailedPrecondition)?;
+    crate::model::release::check_named(&confirmed, &signature.outstanding_tests)
         .map_err(Error::FailedPrecondition)?;
     let events = tx.events_of_batch(order.batch_id).await?;
     let current = crate::record::record_sha256(&order, &recipe.sha256, &events);
@@ -1243,6 +1268,8 @@ pub(crate) async fn complete_release(
             signature.record_sha256
         )));
     }
+    check_signer(&events, signature, accept_simulated)?;
+    super::deviations::check_release(&mut tx, order.batch_id).await?;
     let signature = &Signature {
         signed_at: signature.signed_at.trunc_subsecs(6),
         meaning: ReleaseMeaning::ReleaseCompleted,

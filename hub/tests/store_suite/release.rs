@@ -572,6 +572,17 @@ pub async fn case_a_conditional_release_names_what_is_outstanding_and_completes_
 ) {
     let recipe = seed(&*store).await;
     let order = order_at(&*store, SITE_A).await;
+    // The protocol version the site's agent last spoke is kept (the service refuses
+    // a conditional release for an agent older than 1.4).
+    assert_eq!(store.site_protocol(SITE_A).await.expect("protocol"), "");
+    for spoken in ["1.4", "1.4", "1.3"] {
+        store
+            .note_site_protocol(SITE_A, spoken)
+            .await
+            .expect("note the protocol");
+        assert_eq!(store.site_protocol(SITE_A).await.expect("protocol"), spoken);
+    }
+    assert_refused!(store.site_protocol("nowhere").await, Error::NotFound);
     let mut log = SiteLog::new();
     ingest(
         &*store,
@@ -660,7 +671,7 @@ pub async fn case_a_conditional_release_names_what_is_outstanding_and_completes_
         &[],
     );
     assert_refused!(
-        store.complete_release(&too_early).await,
+        store.complete_release(&too_early, false).await,
         Error::FailedPrecondition
     );
 
@@ -684,20 +695,46 @@ pub async fn case_a_conditional_release_names_what_is_outstanding_and_completes_
     assert!(arrived.progress.unreviewed_changes().is_empty());
     assert!(arrived.progress.follow_ups.is_empty());
 
-    // Completion binds to the record as it is now.
-    let stale = signed_as(&order, sha, ReleaseMeaning::ReleaseCompleted, &[]);
+    // A product handed over for infusion cannot be cancelled.
     assert_refused!(
-        store.complete_release(&stale).await,
+        store
+            .cancel_order(order.order_id, "changed my mind", PHYSICIAN, now())
+            .await,
+        Error::FailedPrecondition
+    );
+
+    // Completion binds to the record as it is now, and names what it confirms.
+    let stale = signed_as(
+        &order,
+        sha,
+        ReleaseMeaning::ReleaseCompleted,
+        &["sterility"],
+    );
+    assert_refused!(
+        store.complete_release(&stale, false).await,
         Error::FailedPrecondition
     );
     let current = reviewed_sha256(&*store, order.batch_id).await;
+    let unnamed = signed_as(
+        &order,
+        current.clone(),
+        ReleaseMeaning::ReleaseCompleted,
+        &[],
+    );
+    assert_refused!(
+        store.complete_release(&unnamed, false).await,
+        Error::FailedPrecondition
+    );
     let completed = store
-        .complete_release(&signed_as(
-            &order,
-            current.clone(),
-            ReleaseMeaning::ReleaseCompleted,
-            &[],
-        ))
+        .complete_release(
+            &signed_as(
+                &order,
+                current.clone(),
+                ReleaseMeaning::ReleaseCompleted,
+                &["sterility"],
+            ),
+            false,
+        )
         .await
         .expect("release completed");
     assert_eq!(
@@ -728,12 +765,15 @@ pub async fn case_a_conditional_release_names_what_is_outstanding_and_completes_
     // Twice is refused.
     assert_refused!(
         store
-            .complete_release(&signed_as(
-                &order,
-                current,
-                ReleaseMeaning::ReleaseCompleted,
-                &[]
-            ))
+            .complete_release(
+                &signed_as(
+                    &order,
+                    current,
+                    ReleaseMeaning::ReleaseCompleted,
+                    &["sterility"],
+                ),
+                false,
+            )
             .await,
         Error::FailedPrecondition
     );
@@ -797,12 +837,15 @@ pub async fn case_a_result_out_of_specification_after_release_opens_a_follow_up_
     let current = reviewed_sha256(&*store, order.batch_id).await;
     assert_refused!(
         store
-            .complete_release(&signed_as(
-                &order,
-                current,
-                ReleaseMeaning::ReleaseCompleted,
-                &[]
-            ))
+            .complete_release(
+                &signed_as(
+                    &order,
+                    current,
+                    ReleaseMeaning::ReleaseCompleted,
+                    &["sterility"],
+                ),
+                false,
+            )
             .await,
         Error::FailedPrecondition
     );

@@ -293,6 +293,14 @@ impl ReadTx for PgTx<'_> {
             .collect()
     }
 
+    async fn site_protocol(&mut self, site_id: &str) -> Result<String> {
+        sqlx::query_scalar("SELECT protocol_version FROM sites WHERE site_id = $1")
+            .bind(site_id)
+            .fetch_optional(self.conn())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("site {site_id}")))
+    }
+
     async fn follow_up_closures(
         &mut self,
         batch_id: Option<Uuid>,
@@ -1331,6 +1339,17 @@ impl WriteTx for PgTx<'_> {
         .bind(&review.record_sha256)
         .bind(&review.comment)
         .bind(stored(review.signed_at))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn set_site_protocol(&mut self, site_id: &str, version: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET protocol_version = $1 WHERE site_id = $2 AND protocol_version <> $1",
+        )
+        .bind(version)
+        .bind(site_id)
         .execute(self.conn())
         .await?;
         Ok(())

@@ -318,6 +318,14 @@ impl ReadTx for SqliteTx<'_> {
             .collect()
     }
 
+    async fn site_protocol(&mut self, site_id: &str) -> Result<String> {
+        sqlx::query_scalar("SELECT protocol_version FROM sites WHERE site_id = ?")
+            .bind(site_id)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("site {site_id}")))
+    }
+
     async fn follow_up_closures(
         &mut self,
         batch_id: Option<Uuid>,
@@ -1369,6 +1377,17 @@ impl WriteTx for SqliteTx<'_> {
         .bind(&review.record_sha256)
         .bind(&review.comment)
         .bind(ts(review.signed_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_site_protocol(&mut self, site_id: &str, version: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE sites SET protocol_version = ?1 WHERE site_id = ?2 AND protocol_version <> ?1",
+        )
+        .bind(version)
+        .bind(site_id)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
