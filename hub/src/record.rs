@@ -915,7 +915,10 @@ pub fn next_step(record: &crate::model::BatchRecord) -> String {
             }
         }
         S::AwaitingRelease => "QA reviews the batch record and signs release or rejection".into(),
-        S::Released | S::HandedOver | S::Infused if !order.progress.release_failed().is_empty() => {
+        S::Released | S::HandedOver | S::Infused
+            if !order.progress.release_failed().is_empty()
+                && order.progress.open_follow_ups().next().is_none() =>
+        {
             format!(
                 "none: the conditional release failed ({} out of specification) and the patient follow-up is closed",
                 order.progress.release_failed().join(", ")

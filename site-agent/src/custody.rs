@@ -88,11 +88,17 @@ pub fn passed(events: &[SiteEvent]) -> HashSet<String> {
         .collect()
 }
 
-/// The checkpoint the batch waits at, or why none is open.
 /// A result that may follow release (sterility) recorded out of specification at
-/// this site, by name: the product is quarantined here, whatever came after.
+/// this site after QA's release reached it, by name: the product is quarantined
+/// here, whatever came after (the hub opened a patient follow-up for it).
 fn failed_after_release<'r>(recipe: &'r Recipe, events: &[SiteEvent]) -> Option<&'r str> {
-    events.iter().find_map(|e| match &e.kind {
+    let released = events.iter().position(|e| {
+        matches!(
+            &e.kind,
+            EventKind::ReleaseDecisionRecorded { meaning, .. } if meaning.is_release()
+        )
+    })?;
+    events[released..].iter().find_map(|e| match &e.kind {
         EventKind::QcResult {
             test_id,
             site_outcome,
@@ -105,6 +111,7 @@ fn failed_after_release<'r>(recipe: &'r Recipe, events: &[SiteEvent]) -> Option<
     })
 }
 
+/// The checkpoint the batch waits at, or why none is open.
 pub fn open_checkpoint<'r>(
     recipe: &'r Recipe,
     batch: &LocalBatch,

@@ -461,11 +461,18 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "BATCH", "COI", "STATE", "STEP"
             );
             for b in batches {
+                // A conditional release says so until QA completes it.
+                let state = match b.decision.as_deref() {
+                    Some("released_conditionally") => {
+                        format!("{} (released conditionally)", b.state.as_str())
+                    }
+                    _ => b.state.as_str().to_owned(),
+                };
                 println!(
                     "{:<36} {:<14} {:<17} {:<12}",
                     b.batch_id,
                     b.coi,
-                    b.state.as_str(),
+                    state,
                     b.current_step.unwrap_or_default()
                 );
             }

@@ -730,7 +730,7 @@ async fn sterility_growth_after_a_conditional_release_notifies_at_once_and_opens
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        why.contains("Sterility (sterility)") && why.contains("released conditionally"),
+        why.contains("still outstanding (sterility)") && why.contains("released-conditionally"),
         "{why}"
     );
     assert_eq!(scenario::order_state(&hub, &order_id), "awaiting_release");

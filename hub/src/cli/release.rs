@@ -403,6 +403,20 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                     }
                 }
             }
+            // Said before the password is asked for (the hub checks again).
+            let awaiting = record.order.as_ref().map(|o| o.state)
+                == Some(pb::BatchState::AwaitingRelease as i32);
+            match meaning {
+                _ if !awaiting => {}
+                MeaningArg::Released if !record.outstanding_results.is_empty() => bail!(
+                    "not signed: results that may follow release are still outstanding ({}); a release before them is conditional: sign with --meaning released-conditionally",
+                    record.outstanding_results.join(", ")
+                ),
+                MeaningArg::ReleasedConditionally if record.outstanding_results.is_empty() => bail!(
+                    "not signed: no result is outstanding, so the release is not conditional; sign with --meaning released"
+                ),
+                _ => {}
+            }
             let mut justifications = justifications;
             if matches!(
                 meaning,

@@ -79,6 +79,7 @@ impl Progress {
             .filter(|f| self.release_awaits.contains(&f.test_id))
             .map(|f| f.test_id.clone())
             .collect();
+        failed.sort();
         failed.dedup();
         failed
     }
