@@ -63,6 +63,13 @@ pub async fn register_site(
     actor: &str,
 ) -> Result<Registered, Error> {
     validate_site_id(site_id)?;
+    if site_id == crate::model::recipe_change::DRY_RUN_SITE
+        && actor != crate::model::recipe_change::DRY_RUN_ACTOR
+    {
+        return Err(Error::Invalid(format!(
+            "site id {site_id:?} is kept for the hub's dry-run simulator (dry_run_simulator = true); choose another"
+        )));
+    }
     if name.trim().is_empty() {
         return Err(Error::Invalid("a site needs a name".into()));
     }

@@ -63,6 +63,9 @@ actions! {
     RecipeApproved = "recipe.approved",
     /// A published version retired: no new order pins it.
     RecipeRetired = "recipe.retired",
+    /// A draft sent to the hub's simulator site for a dry run (a batch that is
+    /// never released).
+    RecipeDryRun = "recipe.dry_run",
     /// QA signed a site's qualification for a product (and versions): orders of it
     /// are taken there.
     SiteQualified = "site.qualified",

@@ -94,6 +94,11 @@ pub struct Config {
     /// rather than people (dev mode and tests only: a production hub refuses to
     /// release them). Env: `CARREL_HUB_ACCEPT_SIMULATED_PEOPLE`.
     pub accept_simulated_people: bool,
+    /// Host the simulator site where drafts of recipes are dry-run (`dry-run`): a
+    /// site agent inside this process, enrolled with the hub's own CA on first start,
+    /// its state in `<data_dir>/dry-run-site`. On one replica only: the site has one
+    /// agent. Env: `CARREL_HUB_DRY_RUN_SIMULATOR`.
+    pub dry_run_simulator: bool,
     /// Failed sign-ins (and signings) in one window after which a user name is locked
     /// for the rest of the window, counted per user name (known or not) and source
     /// address: a stranger elsewhere cannot lock the person out.
@@ -157,6 +162,7 @@ impl Default for Config {
             audit_refusals_window_secs: 60,
             session_ttl_secs: 3_600,
             accept_simulated_people: false,
+            dry_run_simulator: false,
             enrollment_ttl_secs: 86_400,
             sign_in_max_failures: 5,
             sign_in_lockout_secs: 900,
@@ -174,6 +180,18 @@ impl Default for Config {
 
 fn env_var(name: &'static str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The address a client on this machine dials to reach a hub listening on
+/// `listen`: that address, or loopback when the hub listens on every address (the
+/// dry-run simulator site's agent dials it).
+pub fn dialled_ip(listen: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match listen {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    }
 }
 
 fn env_parse<T: std::str::FromStr>(name: &'static str, target: &mut T) -> Result<(), Error>
@@ -290,6 +308,7 @@ impl Config {
             "CARREL_HUB_ACCEPT_SIMULATED_PEOPLE",
             &mut self.accept_simulated_people,
         )?;
+        env_parse("CARREL_HUB_DRY_RUN_SIMULATOR", &mut self.dry_run_simulator)?;
         env_parse(
             "CARREL_HUB_SIGN_IN_MAX_FAILURES",
             &mut self.sign_in_max_failures,
@@ -368,6 +387,14 @@ impl Config {
             return Err(Error::Invalid(
                 "server_names needs at least one name".into(),
             ));
+        }
+        if self.dry_run_simulator {
+            let dialled = dialled_ip(self.listen.ip()).to_string();
+            if !self.server_names.contains(&dialled) {
+                return Err(Error::Invalid(format!(
+                    "dry_run_simulator: the simulator site dials the hub at {dialled}, which server_names must include"
+                )));
+            }
         }
         if self.ca_cert.is_some() != self.ca_key.is_some() {
             return Err(Error::Invalid(

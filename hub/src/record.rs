@@ -351,8 +351,9 @@ pub struct Review {
 
 impl Review {
     /// Whether the batch waits for a release decision (the one state it can be signed in).
+    /// Whether QA has a decision to sign: never for a dry run, which is not released.
     pub fn awaits_decision(&self) -> bool {
-        self.order.state == crate::model::BatchState::AwaitingRelease
+        self.order.state == crate::model::BatchState::AwaitingRelease && !self.order.dry_run
     }
 }
 
@@ -1093,6 +1094,7 @@ mod tests {
                 progress: Progress::default(),
                 decision_recorded: false,
                 updated_at: created,
+                dry_run: false,
             },
             recipe: StoredRecipe {
                 sha256: recipe.sha256(),

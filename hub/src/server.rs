@@ -41,6 +41,8 @@ pub struct Running {
     /// The hub's application state, as its services share it.
     pub shared: Arc<Hub>,
     task: JoinHandle<anyhow::Result<()>>,
+    /// The dry-run simulator site's agent, when this hub hosts it.
+    simulator: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -48,6 +50,11 @@ impl Running {
     /// store failed: then with that error).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("hub server task panicked")??;
+        if let Some(simulator) = self.simulator {
+            simulator
+                .await
+                .context("dry-run simulator site task panicked")?;
+        }
         if let Some(why) = crate::store::failure().reason() {
             anyhow::bail!("stopped because the hub's store failed: {why}");
         }
@@ -310,11 +317,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Ok(())
     });
     tracing::info!(console = %format!("https://{console_addr}"), "web console serving");
+    // The listener is bound: the simulator site's agent can dial in now.
+    let simulator = config.dry_run_simulator.then(|| {
+        let hub = hub.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            if let Some(agent) = crate::dry_run::host(&hub, &config, addr, shutdown).await {
+                agent.wait().await;
+            }
+        })
+    });
     Ok(Running {
         addr,
         console_addr,
         shared: hub,
         task,
+        simulator,
     })
 }
 

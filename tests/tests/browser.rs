@@ -3202,9 +3202,9 @@ async fn qa_raises_investigates_and_closes_a_deviation_and_the_physician_sees_on
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_recipe_version_is_drafted_in_the_editor_and_approved_by_a_second_qa_person() {
+async fn a_recipe_version_is_drafted_in_the_editor_dry_run_and_approved_by_a_second_qa_person() {
     const AUTHOR: (&str, &str) = ("qa.author", "author-password-123");
-    let hub = Hub::start().await;
+    let hub = Hub::start_with("dry_run_simulator = true\n").await;
     hub.add_user(AUTHOR.0, "qa", AUTHOR.1);
     hub.add_user(QA.0, "qa", QA.1);
     let console = format!("https://{}", read_addr(hub.data_dir().join("console.addr")));
@@ -3236,6 +3236,35 @@ async fn a_recipe_version_is_drafted_in_the_editor_and_approved_by_a_second_qa_p
     expect_text(&client, "editor", "step collection").await;
     shots.take(&client, "recipe-editor-diff").await;
     click(&client, "#save-draft").await;
+    expect_text(&client, "draft page", "Changes against v1 (in force)").await;
+    expect_text(&client, "draft page", "No dry run yet.").await;
+
+    // A dry run on the hub's simulator site: the draft's page lists it, and its
+    // batch record is shown like any other, marked as a dry run, with no signing.
+    click(&client, "#dry-run-draft").await;
+    let draft_url = format!("{console}/recipes/cd19-car-t/2");
+    reload_until(&client, &draft_url, "awaiting release").await;
+    expect_text(&client, "draft page", "cd19-car-t~dry-run-1").await;
+    expect_text(&client, "draft page", "this text").await;
+    shots.take(&client, "recipe-dry-run-listed").await;
+    click(&client, "table[data-dry-runs] a").await;
+    expect_text(&client, "dry-run record", "Batch record").await;
+    expect_text(&client, "dry-run record", "It is never released.").await;
+    expect_text(&client, "dry-run record", "dry run: never released").await;
+    let record = body_text(&client).await;
+    assert!(
+        record.contains("cd19-car-t~dry-run-1") && record.contains(" v2"),
+        "the record names the draft's frozen copy and version: {record}"
+    );
+    assert!(
+        client
+            .find(Locator::Css("#review-signature"))
+            .await
+            .is_err(),
+        "no release decision is offered on a dry run: {record}"
+    );
+    shots.take(&client, "recipe-dry-run-record").await;
+    client.goto(&draft_url).await.expect("draft page");
     expect_text(&client, "draft page", "Changes against v1 (in force)").await;
     fill(&client, "#submit-username", AUTHOR.0).await;
     click(&client, "#submit-acknowledge").await;

@@ -1,8 +1,9 @@
 //! Master batch records under change control, through the CLI as QA people use it:
 //! a new version is drafted from TOML (a broken one is refused with the reason), its
-//! changes are shown, its author submits it with a signature, the author may not
-//! approve it, another QA person does, and the next order pins it while an order
-//! placed before keeps the version it pinned.
+//! changes are shown, it is dry-run on the hub's simulator site (a whole batch whose
+//! record is kept like any other and is never released), its author submits it with
+//! a signature, the author may not approve it, another QA person does, and the next
+//! order pins it while an order placed before keeps the version it pinned.
 
 use carrel_tests::scenario::{self, QA};
 use carrel_tests::*;
@@ -43,8 +44,8 @@ fn json_of(out: &std::process::Output) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_new_recipe_version_is_approved_by_a_second_person_and_pinned_by_the_next_order() {
-    let hub = Hub::start().await;
+async fn a_draft_is_dry_run_then_approved_by_a_second_person_and_pinned_by_the_next_order() {
+    let hub = Hub::start_with("dry_run_simulator = true\n").await;
     scenario::add_people(&hub);
     hub.add_user(SECOND_QA.0, "qa", SECOND_QA.1);
     let token = hub.add_site("site-m");
@@ -103,6 +104,71 @@ async fn a_new_recipe_version_is_approved_by_a_second_person_and_pinned_by_the_n
     );
     let sha = draft["sha256"].as_str().expect("sha").to_owned();
 
+    // Before approval, the draft is dry-run on the hub's own simulator site (a real
+    // site agent inside the hub process, over its mutual-TLS link): a whole batch.
+    let run = hub.cli_json(
+        QA.0,
+        &["recipe", "dry-run", "cd19-car-t", "2", "--wait"],
+        None,
+    );
+    assert_eq!(run["state"], "awaiting_release", "{run}");
+    assert_eq!(run["recipe_sha256"], sha.as_str());
+    assert_eq!(run["copy"], "cd19-car-t~dry-run-1");
+    let batch = run["batch_id"].as_str().expect("batch").to_owned();
+    // Its record is shown like any other, marked as a dry run: every step and
+    // release test of v2, made by the simulator.
+    let record = hub.cli_json(QA.0, &["release", "show", &batch], None);
+    assert_eq!(record["order"]["dry_run"], true, "{record}");
+    assert_eq!(record["order"]["site_id"], "dry-run");
+    let entries = record["entries"].as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e["kind"] == "batch accepted"
+            && e["summary"].as_str().is_some_and(|s| s.contains("v2"))),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().any(|e| e["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("after 4.0 h"))),
+        "the collection step ran the draft's 4 hours: {entries:?}"
+    );
+    assert_eq!(
+        record["qc"].as_array().map(Vec::len),
+        Some(10),
+        "every release test of the recipe: {record}"
+    );
+    // Never released, and not in QA's release queue.
+    let refused = hub.cli(
+        QA.0,
+        &[
+            "release",
+            "sign",
+            &batch,
+            "--meaning",
+            "released",
+            "--record-sha256",
+            record["record_sha256"].as_str().expect("sha"),
+            "--user",
+            QA.0,
+            "--acknowledge-signature-meaning",
+        ],
+        Some(QA.1),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("a dry run is never released"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let queue = hub.cli_json(QA.0, &["release", "list"], None);
+    assert!(
+        !queue.to_string().contains(&batch),
+        "a dry run is not in the release queue: {queue}"
+    );
+    let shown = hub.cli_json(QA.0, &["recipe", "show", "cd19-car-t", "2"], None);
+    assert_eq!(shown["dry_runs"][0]["batch_id"], batch.as_str(), "{shown}");
+    assert_eq!(shown["dry_runs"][0]["of_current_draft"], true);
+
     // Submitted by its author; the author may not approve; the second QA person does.
     let submitted = json_of(&sign(&hub, QA, "submit", &sha, &[]));
     assert_eq!(submitted["state"], "submitted");
@@ -120,7 +186,11 @@ async fn a_new_recipe_version_is_approved_by_a_second_person_and_pinned_by_the_n
     assert_eq!(version(&second_order), 2);
     assert_eq!(version(&first_order), 1);
     let trail = hub.cli_ok("admin", &["audit", "list"], None);
-    for (action, who) in [("recipe.submitted", QA.0), ("recipe.approved", SECOND_QA.0)] {
+    for (action, who) in [
+        ("recipe.dry_run", QA.0),
+        ("recipe.submitted", QA.0),
+        ("recipe.approved", SECOND_QA.0),
+    ] {
         assert!(
             trail.lines().any(|l| l.contains(action) && l.contains(who)),
             "{action} by {who}:\n{trail}"

@@ -105,6 +105,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         },
         // The simulated sites' operators are not people; dev mode may release their work.
         accept_simulated_people: true,
+        // QA can dry-run a draft recipe on the hub's simulator site.
+        dry_run_simulator: true,
         ..Config::default()
     };
     let shutdown = CancellationToken::new();

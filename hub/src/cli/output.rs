@@ -18,7 +18,9 @@ pub fn state_name(value: i32) -> String {
 /// says so, and what it waits for.
 pub fn order_state_text(o: &pb::Order) -> String {
     let state = state_name(o.state);
-    if !o.release_failed.is_empty() {
+    if o.dry_run {
+        format!("{state} (DRY RUN of a draft recipe: never released)")
+    } else if !o.release_failed.is_empty() {
         format!(
             "{state} (conditional release FAILED: {} out of specification; patient follow-up)",
             o.release_failed.join(", ")
@@ -113,7 +115,7 @@ pub fn order_json(o: &pb::Order) -> serde_json::Value {
         "site_id": o.site_id, "requested_collection_date": o.requested_collection_date,
         "physician": o.physician, "state": state_name(o.state), "current_step": o.current_step,
         "decision_recorded_at_site": o.decision_recorded_at_site,
-        "release_awaits": o.release_awaits, "release_failed": o.release_failed,
+        "release_awaits": o.release_awaits, "release_failed": o.release_failed, "dry_run": o.dry_run,
         "created_at": time_text(o.created_at), "updated_at": time_text(o.updated_at),
     })
 }

@@ -4,7 +4,7 @@
 //! retire a version, list them.
 
 use super::client::{authed, ClientArgs};
-use super::output::time_of as time;
+use super::output::{state_name, time_of as time};
 use super::release::{signed, signer};
 use carrel_proto::pb;
 use clap::Subcommand;
@@ -70,6 +70,19 @@ pub enum RecipeCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Dry-run a draft (as it is now) on the hub's simulator site: a whole batch at
+    /// high time compression, its record shown like any other (`release show`),
+    /// marked as a dry run and never released.
+    DryRun {
+        recipe_id: String,
+        version: u32,
+        /// Follow the batch until its record is complete (or it stops), printing
+        /// each state it reaches.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Retire a published version: new orders no longer pin it.
     Retire {
         recipe_id: String,
@@ -94,7 +107,47 @@ fn draft_json(d: &pb::RecipeDraft) -> serde_json::Value {
         "effective_from": time(&d.effective_from).map(|t| t.to_rfc3339()),
         "in_force_version": d.in_force_version,
         "changes": d.changes.iter().map(|c| serde_json::json!({"what": c.what, "before": c.before, "after": c.after})).collect::<Vec<_>>(),
+        "dry_runs": d.dry_runs.iter().map(dry_run_json).collect::<Vec<_>>(),
     })
+}
+
+fn dry_run_json(run: &pb::RecipeDryRun) -> serde_json::Value {
+    let order = run.order.clone().unwrap_or_default();
+    serde_json::json!({
+        "batch_id": order.batch_id,
+        "coi": order.coi,
+        "copy": order.product,
+        "state": state_name(order.state),
+        "current_step": order.current_step,
+        "started_by": order.physician,
+        "started_at": time(&order.created_at).map(|t| t.to_rfc3339()),
+        "recipe_sha256": run.recipe_sha256,
+        "of_current_draft": run.of_current_draft,
+    })
+}
+
+fn dry_run_line(run: &pb::RecipeDryRun) -> String {
+    let order = run.order.clone().unwrap_or_default();
+    format!(
+        "batch {} ({}), {}{}, started by {} {}{}",
+        order.batch_id,
+        order.product,
+        state_name(order.state),
+        if order.current_step.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", order.current_step)
+        },
+        order.physician,
+        time(&order.created_at)
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default(),
+        if run.of_current_draft {
+            ""
+        } else {
+            "; ran an earlier text of the draft"
+        }
+    )
 }
 
 fn print_draft(d: &pb::RecipeDraft, json: bool) -> anyhow::Result<()> {
@@ -129,6 +182,19 @@ fn print_draft(d: &pb::RecipeDraft, json: bool) -> anyhow::Result<()> {
             (true, _) => println!("    + {}: {}", c.what, c.after),
             (_, true) => println!("    - {}: {}", c.what, c.before),
             _ => println!("    ~ {}: {} -> {}", c.what, c.before, c.after),
+        }
+    }
+    if d.dry_runs.is_empty() {
+        if d.state != "approved" {
+            println!(
+                "  no dry run yet (`carrel-hub recipe dry-run {} {}`)",
+                d.recipe_id, d.version
+            );
+        }
+    } else {
+        println!("  dry runs (never released; records: `carrel-hub release show BATCH`):");
+        for run in &d.dry_runs {
+            println!("    {}", dry_run_line(run));
         }
     }
     Ok(())
@@ -235,6 +301,12 @@ pub async fn run(command: RecipeCommand) -> anyhow::Result<()> {
             )
             .await
         }
+        RecipeCommand::DryRun {
+            recipe_id,
+            version,
+            wait,
+            client,
+        } => dry_run(client, recipe_id, version, wait).await,
         RecipeCommand::Retire {
             recipe_id,
             version,
@@ -252,6 +324,81 @@ pub async fn run(command: RecipeCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Starts a dry run; with `wait`, follows its batch until its record is complete
+/// (awaiting release, where a dry run stays) or it stops.
+async fn dry_run(
+    client: ClientArgs,
+    recipe_id: String,
+    version: u32,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let mut api = pb::release_service_client::ReleaseServiceClient::new(authed(&client).await?);
+    let run = api
+        .dry_run_recipe(pb::ShowRecipeDraftRequest { recipe_id, version })
+        .await?
+        .into_inner()
+        .dry_run
+        .unwrap_or_default();
+    let order = run.order.clone().unwrap_or_default();
+    if !client.json {
+        println!("Dry run started: {}", dry_run_line(&run));
+    }
+    let mut state = order.state;
+    if wait {
+        let finished = |s: i32| {
+            !matches!(
+                pb::BatchState::try_from(s),
+                Ok(pb::BatchState::Ordered | pb::BatchState::Accepted | pb::BatchState::InProcess)
+            )
+        };
+        let mut last = (state, order.current_step.clone());
+        while !finished(state) {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let now = api
+                .get_batch_record(pb::GetBatchRecordRequest {
+                    batch_id: order.batch_id.clone(),
+                })
+                .await?
+                .into_inner()
+                .record
+                .and_then(|r| r.order)
+                .unwrap_or_default();
+            state = now.state;
+            let shown = (now.state, now.current_step.clone());
+            if shown != last && !client.json {
+                let step = if now.current_step.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", now.current_step)
+                };
+                println!("  {}{step}", state_name(now.state));
+            }
+            last = shown;
+        }
+    }
+    if client.json {
+        let mut value = dry_run_json(&run);
+        value["state"] = state_name(state).into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if wait {
+        println!(
+            "The dry run's record is complete: carrel-hub release show {} (a dry run is never released).",
+            order.batch_id
+        );
+    } else {
+        println!(
+            "Follow it: carrel-hub recipe show {} {}; its record: carrel-hub release show {}",
+            run.order
+                .as_ref()
+                .map(|o| o.product.split('~').next().unwrap_or_default().to_owned())
+                .unwrap_or_default(),
+            order.recipe_version,
+            order.batch_id
+        );
+    }
+    Ok(())
 }
 
 /// A signed submission or approval: asks for the user name (unless given) and the

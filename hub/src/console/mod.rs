@@ -111,6 +111,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/recipes/{id}/{version}", get(recipes::show))
         .route("/recipes/{id}/{version}/submit", post(recipes::submit))
         .route("/recipes/{id}/{version}/approve", post(recipes::approve))
+        .route("/recipes/{id}/{version}/dry-run", post(recipes::dry_run))
         .route(
             "/notifications",
             get(notifications::notifications).post(notifications::subscribe),

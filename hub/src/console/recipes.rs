@@ -178,7 +178,7 @@ async fn draft_page(
             h1 { (d.recipe.id) " v" (d.recipe.version) " " span.badge data-state=(d.state().as_str()) { (d.state().as_str()) } }
             p.muted { (d.recipe.title) " · drafted by " (d.author) " on " (when(d.drafted_at)) " · SHA-256 " code { (d.sha256) } }
             @if let Some((field, e)) = &error {
-                @if !matches!(*field, "username" | "password" | "acknowledge") { div.notice.bad role="alert" { "Not signed: " (e) } }
+                @if !matches!(*field, "username" | "password" | "acknowledge" | "dry_run") { div.notice.bad role="alert" { "Not signed: " (e) } }
             }
             @if let Some(s) = &d.submitted { p { "Submitted by " (s.name) " (" (s.by) ") on " (when(s.at)) "." } }
             @if let Some(s) = &d.approved {
@@ -212,6 +212,28 @@ async fn draft_page(
                 DraftState::Submitted => { p.muted { "Submitted: another QA person approves it (its author may not)." } }
                 DraftState::Draft => { p.muted { "A draft of " (d.author) ": its author submits it." } }
                 DraftState::Approved => {}
+            }
+            h2 { "Dry runs" }
+            p.muted { "A dry run makes a whole batch to this draft, as it is now, on the hub's simulator site at high time compression. "
+                "Its record is shown like any other batch's, marked as a dry run, and it is never released." }
+            @if r.dry_runs.is_empty() { p.muted data-dry-runs="none" { "No dry run yet." } } @else {
+                div.scroll tabindex="0" { table data-dry-runs {
+                    thead { tr { th scope="col" { "Batch record" } th scope="col" { "Started" } th scope="col" { "State" } th scope="col" { "Draft text" } } }
+                    tbody { @for run in &r.dry_runs { tr {
+                        td { a href={ "/batches/" (run.order.batch_id) } { (run.order.recipe_id) " · COI " (run.order.coi) } }
+                        td { (when(run.order.created_at)) " by " (run.order.physician) }
+                        td { (super::view::state_badge(run.order.state))
+                            @if let Some(step) = &run.order.current_step { " " span.muted { (step) } } }
+                        td { @if run.of(d) { "this text" } @else { span.muted { "an earlier text (edited since)" } } }
+                    } } }
+                } }
+            }
+            @if d.state() != DraftState::Approved {
+                form method="post" action=(format!("{base}/dry-run")) {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    @if let Some(("dry_run", e)) = &error { div.notice.bad role="alert" { "Not started: " (e) } }
+                    button.secondary type="submit" id="dry-run-draft" { "Dry-run this draft on the simulator" }
+                }
             }
             details { summary { "The recipe as TOML" } pre { (toml) } }
         },
@@ -276,23 +298,40 @@ async fn sign(
         recipes::submit(&hub, &signer, proof, &id, version, &form.sha256).await
     };
     let error = match signed {
-        Ok(_) => return Ok(Redirect::to(&format!("/recipes/{id}/{version}")).into_response()),
-        Err(service::Error::Field { field, message }) => (field, message),
-        Err(service::Error::Unauthenticated(m)) => ("password", m),
+        Ok(_) => None,
+        Err(service::Error::Field { field, message }) => Some((field, message)),
+        Err(service::Error::Unauthenticated(m)) => Some(("password", m)),
         Err(e @ (service::Error::Store(_) | service::Error::PermissionDenied(_))) => {
-            ("form", e.to_string())
+            Some(("form", e.to_string()))
         }
         Err(e) => return Err(refused(e)),
     };
-    draft_page(
-        &hub,
-        &session,
-        &id,
-        version,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Some(error),
-    )
-    .await
+    back_to_draft(&hub, &session, &id, version, error).await
+}
+
+/// After a form on a draft's page: back to the page, or the page again with why
+/// the form was refused.
+async fn back_to_draft(
+    hub: &Hub,
+    session: &Session,
+    id: &str,
+    version: u32,
+    error: Option<(&'static str, String)>,
+) -> Page {
+    match error {
+        None => Ok(Redirect::to(&format!("/recipes/{id}/{version}")).into_response()),
+        Some(error) => {
+            draft_page(
+                hub,
+                session,
+                id,
+                version,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(error),
+            )
+            .await
+        }
+    }
 }
 
 pub async fn submit(
@@ -311,4 +350,28 @@ pub async fn approve(
     Form(form): Form<SignForm>,
 ) -> Page {
     sign(hub, session, key, form, true).await
+}
+
+#[derive(Deserialize)]
+pub struct DryRunForm {
+    csrf: String,
+}
+
+/// Starts a dry run of the draft, then shows the draft with it (a refusal, for
+/// example no simulator site on this hub, is shown on the draft's page).
+pub async fn dry_run(
+    hub: HubState,
+    session: Session,
+    Path((id, version)): Path<(String, u32)>,
+    Form(form): Form<DryRunForm>,
+) -> Page {
+    session.check_csrf(&form.csrf)?;
+    let error = match recipes::dry_run(&hub, &session.user, &id, version).await {
+        Ok(_) => None,
+        Err(e @ (service::Error::Store(_) | service::Error::Field { .. })) => {
+            Some(("dry_run", e.to_string()))
+        }
+        Err(e) => return Err(refused(e)),
+    };
+    back_to_draft(&hub, &session, &id, version, error).await
 }

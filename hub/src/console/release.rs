@@ -117,6 +117,14 @@ fn batch_record_markup(
         p.muted { "Patient " (order.patient_pseudonym) " · site " (order.site_id) " · " (review.recipe_title) " v" (review.recipe_version)
             " · batch " (order.batch_id) }
         p { "State: " (super::view::order_badge(order)) }
+        @if order.dry_run {
+            div.notice.warn role="note" data-dry-run-notice {
+                strong { "Dry run. " }
+                "This batch was made on the hub's simulator site to try a draft recipe (" code { (order.recipe_id) } ", a frozen copy of "
+                (review.recipe_title) " v" (review.recipe_version) ") before its approval. No patient; every record is the simulator's. "
+                "It is never released."
+            }
+        }
         form.export method="post" action={ "/batches/" (order.batch_id) "/export" } {
             input type="hidden" name="csrf" value=(session.csrf);
             button.secondary type="submit" { "Download archive copy (PDF and JSON, zip)" }

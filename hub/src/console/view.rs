@@ -42,6 +42,7 @@ label.check { display:flex; align-items:center; gap:.6rem; font-weight:600; min-
 .badge.released, .badge.infused, .badge.handed_over, .badge.pass { background:#dff1e4; color:var(--ok); }
 .badge.rejected, .badge.cancelled, .badge.out_of_specification { background:#fbe0dd; color:var(--bad); }
 .badge.awaiting_release { background:#fff1cc; color:var(--warn); }
+.badge.dry_run { background:#ece6f6; color:#4a2d7a; border:1px dashed #4a2d7a; }
 .exceptions td { background:#fff6f5; }
 .muted { color:var(--muted); }
 .nowrap { white-space:nowrap; }
@@ -129,6 +130,9 @@ pub fn order_badge(order: &crate::model::Order) -> Markup {
     let failed = order.progress.release_failed();
     html! {
         (state_badge(order.state))
+        @if order.dry_run {
+            " " span.badge.dry_run data-dry-run="true" { "dry run: never released" }
+        }
         @if !failed.is_empty() {
             " " span.badge.rejected.conditional data-conditional="failed" {
                 "conditional release failed: " (failed.join(", ")) " out of specification"

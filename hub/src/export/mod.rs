@@ -958,6 +958,7 @@ mod tests {
             progress: Progress::default(),
             decision_recorded: true,
             updated_at: t0,
+            dry_run: false,
         };
         // QA signed the record as it stood before its last event.
         let signed_sha =

@@ -177,5 +177,6 @@ pub fn order_to_pb(order: &Order) -> pb::Order {
         decision_recorded_at_site: order.decision_recorded,
         release_awaits: order.progress.release_awaits.iter().cloned().collect(),
         release_failed: order.progress.release_failed(),
+        dry_run: order.dry_run,
     }
 }

@@ -503,6 +503,24 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         self.sign_recipe(request, true).await
     }
 
+    async fn dry_run_recipe(
+        &self,
+        request: Request<pb::ShowRecipeDraftRequest>,
+    ) -> Result<Response<pb::DryRunRecipeResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let req = request.into_inner();
+        let run = recipes::dry_run(&self.0, &user, &req.recipe_id, req.version)
+            .await
+            .map_err(service_status)?;
+        let reviewed = recipes::review(&self.0, &user, &req.recipe_id, req.version)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::DryRunRecipeResponse {
+            dry_run: Some(dry_run_to_pb(&run, &reviewed.draft)),
+            draft: Some(draft_to_pb(&reviewed.draft, Some(&reviewed))),
+        }))
+    }
+
     async fn retire_recipe(
         &self,
         request: Request<pb::RetireRecipeRequest>,
@@ -685,6 +703,21 @@ fn draft_to_pb(
                     .collect()
             })
             .unwrap_or_default(),
+        dry_runs: reviewed
+            .map(|r| r.dry_runs.iter().map(|run| dry_run_to_pb(run, d)).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// A dry run of a draft on the wire.
+fn dry_run_to_pb(
+    run: &recipes::DryRun,
+    draft: &crate::model::recipe_change::RecipeDraft,
+) -> pb::RecipeDryRun {
+    pb::RecipeDryRun {
+        order: Some(super::order_to_pb(&run.order)),
+        recipe_sha256: run.recipe_sha256.clone(),
+        of_current_draft: run.of(draft),
     }
 }
 

@@ -103,6 +103,10 @@ pub struct Order {
     pub progress: Progress,
     pub decision_recorded: bool,
     pub updated_at: DateTime<Utc>,
+    /// A dry run of a draft recipe on the hub's simulator site: shown like any
+    /// other batch, never releasable, and left out of queues, the schedule and
+    /// notifications (see `crate::dry_run`).
+    pub dry_run: bool,
 }
 
 /// A new order, validated by the caller.

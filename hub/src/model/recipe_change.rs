@@ -9,6 +9,20 @@
 use carrel_proto::recipe::{unit_words, Parameter, QcTest, Recipe, Step};
 use chrono::{DateTime, Utc};
 
+/// The site id of the hub's own simulator site, where drafts are dry-run. It
+/// takes no patient's order, and its batches are never released.
+pub const DRY_RUN_SITE: &str = "dry-run";
+
+/// Who the audit trail names for registering the dry-run site (the only actor
+/// that may register it).
+pub const DRY_RUN_ACTOR: &str = "carrel-hub (dry-run simulator)";
+
+/// The id a dry run's frozen copy of a draft is kept under: `<product>~dry-run-<n>`
+/// (`~` never appears in a product id, so it cannot be taken by a product).
+pub fn dry_run_copy_id(product: &str, n: u32) -> String {
+    format!("{product}~dry-run-{n}")
+}
+
 /// Where a draft is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DraftState {

@@ -186,6 +186,7 @@ mod tests {
             },
             decision_recorded: false,
             updated_at: Utc::now(),
+            dry_run: false,
         }
     }
 

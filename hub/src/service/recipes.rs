@@ -8,7 +8,7 @@ use super::release::{acknowledge, prove, Proof, SignedOn, Signer};
 use super::{field, require_role, sentence_reason, Error};
 use crate::app::Hub;
 use crate::model::recipe_change::{diff, Change, DraftSignature, RecipeDraft};
-use crate::model::{Role, StoredRecipe, User};
+use crate::model::{Order, Role, StoredRecipe, User};
 use carrel_proto::recipe::Recipe;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 
@@ -21,6 +21,21 @@ pub struct Reviewed {
     pub draft: RecipeDraft,
     pub in_force: Option<StoredRecipe>,
     pub changes: Vec<Change>,
+    /// Its dry runs, oldest first.
+    pub dry_runs: Vec<DryRun>,
+}
+
+/// A dry run of a draft: its batch's order, and the SHA-256 of the draft text it ran.
+pub struct DryRun {
+    pub order: Order,
+    pub recipe_sha256: String,
+}
+
+impl DryRun {
+    /// Whether it ran the draft as it is now (not a text since edited).
+    pub fn of(&self, draft: &RecipeDraft) -> bool {
+        self.recipe_sha256 == draft.sha256
+    }
 }
 
 /// Checks a draft's TOML text without saving it (QA): the recipe, the version in
@@ -97,10 +112,47 @@ pub async fn review(
         Err(e) => return Err(e.into()),
     };
     let changes = diff(in_force.as_ref().map(|r| &r.recipe), &draft.recipe);
+    let dry_runs = hub
+        .store
+        .dry_runs_of(recipe_id, version)
+        .await?
+        .into_iter()
+        .map(|(order, recipe_sha256)| DryRun {
+            order,
+            recipe_sha256,
+        })
+        .collect();
     Ok(Reviewed {
         draft,
         in_force,
         changes,
+        dry_runs,
+    })
+}
+
+/// Sends the draft, as it is now, to the hub's simulator site for a dry run (QA):
+/// a whole batch, recorded like any other, marked as a dry run and never released.
+pub async fn dry_run(
+    hub: &Hub,
+    user: &User,
+    recipe_id: &str,
+    version: u32,
+) -> Result<DryRun, Error> {
+    require_role(user, &QUALITY)?;
+    let order = hub
+        .store
+        .dry_run_draft(recipe_id, version, &user.username, &hub.config.facility)
+        .await?;
+    hub.commands_added(&order.site_id, order.batch_id);
+    let recipe_sha256 = hub
+        .store
+        .recipe(&order.recipe_id, order.recipe_version)
+        .await?
+        .sha256;
+    tracing::info!(recipe = recipe_id, version, batch_id = %order.batch_id, "draft sent for a dry run");
+    Ok(DryRun {
+        order,
+        recipe_sha256,
     })
 }
 

@@ -353,6 +353,11 @@ pub async fn sign(
         hub.store.batch_record(form.batch_id).await?,
         hub.config.accept_simulated_people,
     );
+    if review.order.dry_run {
+        return Err(Error::Store(crate::store::Error::FailedPrecondition(
+            crate::store::dry_run_refusal(&review.order),
+        )));
+    }
     if form.meaning == ReleaseMeaning::ReleaseCompleted {
         return complete(hub, signer, form, &review, sha).await;
     }

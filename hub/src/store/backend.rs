@@ -196,6 +196,8 @@ pub trait WriteTx: ReadTx {
     async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>>;
     /// The SHA-256 a recipe version was published with, if it was.
     async fn recipe_sha256(&mut self, recipe_id: &str, version: u32) -> Result<Option<String>>;
+    /// How many dry runs of a product's drafts there have been (their copies).
+    async fn dry_run_copies(&mut self, product: &str) -> Result<u32>;
     /// Every batch of a site with its state and progress.
     async fn batches_of_site(&mut self, site_id: &str)
         -> Result<Vec<(Uuid, BatchState, Progress)>>;
@@ -224,6 +226,16 @@ pub trait WriteTx: ReadTx {
         sha256: &str,
         now: DateTime<Utc>,
     ) -> Result<bool>;
+    /// Keeps a dry run's frozen copy of a draft under `copy_id`
+    /// (`<product>~dry-run-<n>`), never listed as a product nor pinned by a
+    /// patient's order.
+    async fn insert_dry_run_copy(
+        &mut self,
+        copy_id: &str,
+        recipe: &Recipe,
+        sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     /// Inserts a user; `false` when the user name is taken.
     async fn insert_user(&mut self, user: &User, now: DateTime<Utc>) -> Result<bool>;
     /// The user, locked until the transaction ends; `NotFound` when unknown.

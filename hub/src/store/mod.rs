@@ -32,7 +32,7 @@ mod system;
 mod transactions;
 
 pub use notify::NotifyStore;
-pub use transactions::{AccountChange, GUARDED_ROLES, RESET_PENDING};
+pub use transactions::{dry_run_refusal, AccountChange, GUARDED_ROLES, RESET_PENDING};
 
 use crate::model::{
     BatchRecord, BatchState, IssuedCert, NewOrder, Order, Refusal, Signature, Site, SiteStatus,
@@ -223,12 +223,11 @@ impl RecipeCache {
         cache.get(&(recipe_id.to_owned(), version)).cloned()
     }
 
-    pub(crate) fn keep(&self, stored: &StoredRecipe) {
+    /// Keeps a recipe under the id it is stored by, which for a dry run's copy of
+    /// a draft (`<product>~dry-run-<n>`) is not its document's id.
+    pub(crate) fn keep(&self, recipe_id: &str, version: u32, stored: &StoredRecipe) {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(
-            (stored.recipe.id.clone(), stored.recipe.version),
-            stored.clone(),
-        );
+        cache.insert((recipe_id.to_owned(), version), stored.clone());
     }
 }
 
@@ -479,6 +478,25 @@ pub trait Store:
             version,
             signature,
             effective_from,
+            Utc::now(),
+        )
+        .await
+    }
+    /// Sends a draft as it is now to the hub's simulator site for a dry run; the
+    /// dry-run batch's order (`facility` numbers its COI). Audited.
+    async fn dry_run_draft(
+        &self,
+        recipe_id: &str,
+        version: u32,
+        by: &str,
+        facility: &str,
+    ) -> Result<Order> {
+        recipe_changes::dry_run(
+            self.write().await?,
+            recipe_id,
+            version,
+            by,
+            facility,
             Utc::now(),
         )
         .await
@@ -1003,12 +1021,16 @@ pub trait Store:
     async fn order_by(&self, key: backend::OrderKey) -> Result<Order> {
         self.read().await?.order(key).await
     }
-    /// Orders, newest first; only one physician's when `physician` is given.
+    /// Orders for patients (not dry runs), newest first; only one physician's when
+    /// `physician` is given.
     async fn list_orders(
         &self,
         physician: Option<&str>,
         state: Option<BatchState>,
     ) -> Result<Vec<Order>>;
+    /// The dry runs of a product's draft version, oldest first, each with the
+    /// SHA-256 of the draft text it ran (dry runs are not in [`Self::list_orders`]).
+    async fn dry_runs_of(&self, product: &str, version: u32) -> Result<Vec<(Order, String)>>;
     /// The orders of a patient for a product that are still open (not infused,
     /// rejected or cancelled), oldest first.
     async fn open_orders_of_patient(

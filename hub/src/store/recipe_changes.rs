@@ -2,13 +2,19 @@
 //! submit, approve, retire), written once for every backend like those in
 //! [`super::transactions`]. The signers' identities were proved by the caller.
 
+use super::backend::OrderKey;
 use super::backend::Tx;
 use super::transactions::required_reason;
+use super::transactions::{next_coi, place_order};
 use super::{ts, Error, Result};
 use crate::audit::{Action, NewEntry, Object};
-use crate::model::recipe_change::{DraftSignature, DraftState, RecipeDraft};
+use crate::model::recipe_change::{
+    dry_run_copy_id, DraftSignature, DraftState, RecipeDraft, DRY_RUN_SITE,
+};
+use crate::model::{BatchState, Order, Progress, SiteStatus};
 use carrel_proto::recipe::Recipe;
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 fn object(recipe_id: &str, version: u32) -> Object {
     Object::Recipe {
@@ -225,4 +231,77 @@ pub(crate) async fn retire(
     )
     .await?;
     tx.commit().await
+}
+
+/// Sends a draft, as it is now, to the hub's simulator site for a dry run: a whole
+/// batch made to a frozen copy of the draft (kept as `<product>~dry-run-<n>`, so a
+/// later edit or approval does not change what the batch ran), recorded like any
+/// other batch and marked as a dry run. It is never released, and is left out of
+/// the queues, the schedule, site qualification and notifications.
+pub(crate) async fn dry_run(
+    mut tx: Tx<'_>,
+    recipe_id: &str,
+    version: u32,
+    by: &str,
+    facility: &str,
+    now: DateTime<Utc>,
+) -> Result<Order> {
+    let site = match tx.lock_site(DRY_RUN_SITE).await {
+        Err(Error::NotFound(_)) => {
+            return Err(Error::FailedPrecondition(
+                "this hub runs no simulator site for dry runs; set dry_run_simulator = true in the configuration of one hub replica".into(),
+            ))
+        }
+        other => other?,
+    };
+    if site.status != SiteStatus::Active {
+        return Err(Error::FailedPrecondition(format!(
+            "the dry-run simulator site is {}; an administrator reactivates it",
+            site.status.as_str()
+        )));
+    }
+    let draft = draft_of(&mut tx, recipe_id, version).await?;
+    if draft.state() == DraftState::Approved {
+        return Err(Error::FailedPrecondition(format!(
+            "{recipe_id} v{version} is approved already; a dry run tries a draft before approval"
+        )));
+    }
+    let n = tx.dry_run_copies(recipe_id).await? + 1;
+    let copy_id = dry_run_copy_id(recipe_id, n);
+    tx.insert_dry_run_copy(&copy_id, &draft.recipe, &draft.sha256, now)
+        .await?;
+    let recipe = tx.recipe(&copy_id, version).await?;
+    let coi = next_coi(&mut tx, facility, now).await?;
+    let order = Order {
+        order_id: Uuid::now_v7(),
+        batch_id: Uuid::now_v7(),
+        coi: coi.to_string(),
+        patient_pseudonym: format!("DRY-RUN-{n}"),
+        recipe_id: copy_id.clone(),
+        recipe_version: version,
+        site_id: DRY_RUN_SITE.to_owned(),
+        requested_collection_date: now.format("%Y-%m-%d").to_string(),
+        physician: by.to_owned(),
+        created_at: now,
+        state: BatchState::Ordered,
+        current_step: None,
+        progress: Progress::default(),
+        decision_recorded: false,
+        updated_at: now,
+        dry_run: true,
+    };
+    place_order(&mut tx, &order, &recipe, now).await?;
+    tx.audit(
+        NewEntry::new(by, Action::RecipeDryRun, object(recipe_id, version))
+            .batch(order.batch_id)
+            .value(format!(
+                "dry run {n} of draft {} as {copy_id}: batch {}, COI {coi}",
+                draft.sha256, order.batch_id
+            )),
+        now,
+    )
+    .await?;
+    let order = tx.order(OrderKey::Order(order.order_id)).await?;
+    tx.commit().await?;
+    Ok(order)
 }

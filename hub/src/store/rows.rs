@@ -112,6 +112,7 @@ pub(crate) fn order(row: &impl Columns) -> Result<Order> {
         progress: json("batch progress", &row.text("progress")?)?,
         decision_recorded: row.flag("decision_recorded")?,
         updated_at: row.time("updated_at")?,
+        dry_run: row.flag("dry_run")?,
     })
 }
 

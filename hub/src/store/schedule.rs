@@ -221,5 +221,5 @@ pub(crate) fn unchanged(current: Option<&(Booking, bool)>, seen: &Booking) -> bo
 pub(crate) const UNBOOKED_OPEN_ORDERS: &str = "SELECT o.order_id, o.coi FROM orders o \
      JOIN batches b ON b.batch_id = o.batch_id \
      LEFT JOIN bookings k ON k.order_id = o.order_id \
-     WHERE o.site_id = $1 AND k.order_id IS NULL AND b.state IN ('ordered', 'accepted', 'in_process') \
+     WHERE o.site_id = $1 AND NOT o.dry_run AND k.order_id IS NULL AND b.state IN ('ordered', 'accepted', 'in_process') \
      ORDER BY o.created_at";

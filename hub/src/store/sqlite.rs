@@ -276,7 +276,7 @@ impl rows::Columns for SqliteRow {
 
 const ORDER_COLUMNS: &str =
     "o.order_id, o.batch_id, o.coi, o.patient_pseudonym, o.recipe_id, o.recipe_version, \
-     o.site_id, o.requested_collection_date, o.physician, o.created_at, \
+     o.site_id, o.requested_collection_date, o.physician, o.created_at, o.dry_run, \
      b.state, b.current_step, b.progress, b.decision_recorded, b.updated_at \
      FROM orders o JOIN batches b ON b.batch_id = o.batch_id";
 
@@ -544,7 +544,7 @@ impl Store for SqliteStore {
 
     async fn latest_recipe(&self, recipe_id: &str) -> Result<StoredRecipe> {
         let row = sqlx::query(
-            "SELECT sha256, document FROM recipes WHERE recipe_id = ? AND retired_at IS NULL \
+            "SELECT sha256, document FROM recipes WHERE recipe_id = ? AND retired_at IS NULL AND dry_run_of IS NULL \
              AND (effective_from IS NULL OR effective_from <= ?) ORDER BY version DESC LIMIT 1",
         )
         .bind(recipe_id)
@@ -557,7 +557,7 @@ impl Store for SqliteStore {
 
     async fn list_recipes(&self) -> Result<Vec<StoredRecipe>> {
         sqlx::query(
-            "SELECT sha256, document FROM recipes ORDER BY published_at, recipe_id, version",
+            "SELECT sha256, document FROM recipes WHERE dry_run_of IS NULL ORDER BY published_at, recipe_id, version",
         )
         .fetch_all(&self.pool)
         .await?
@@ -740,7 +740,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Order>> {
         sqlx::query(&format!(
             "SELECT {ORDER_COLUMNS} WHERE (?1 IS NULL OR o.physician = ?1) AND (?2 IS NULL OR b.state = ?2) \
-             ORDER BY o.created_at DESC, o.order_id DESC"
+             AND o.dry_run = 0 ORDER BY o.created_at DESC, o.order_id DESC"
         ))
         .bind(physician)
         .bind(state.map(|s| s.as_str()))
@@ -749,6 +749,19 @@ impl Store for SqliteStore {
         .iter()
         .map(rows::order)
         .collect()
+    }
+    async fn dry_runs_of(&self, product: &str, version: u32) -> Result<Vec<(Order, String)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT r.sha256, {ORDER_COLUMNS} JOIN recipes r ON r.recipe_id = o.recipe_id AND r.version = o.recipe_version \
+             WHERE r.dry_run_of = ?1 AND r.version = ?2 ORDER BY o.created_at, o.order_id"
+        ))
+        .bind(product)
+        .bind(i64::from(version))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((rows::order(row)?, row.try_get::<String, _>("sha256")?)))
+            .collect()
     }
     async fn open_orders_of_patient(
         &self,

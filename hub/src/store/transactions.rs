@@ -12,12 +12,13 @@
 
 use super::backend::{OrderKey, Tx};
 use super::schedule::{self as schedule_store, booked_from, capacity_json, DelayNotice};
-use super::{ts, Error, FailureLimits, Gate, Result, ANY_USER};
+use super::{ts, Error, FailureLimits, Gate, Result, StoredRecipe, ANY_USER};
 use crate::audit::{Action, NewEntry, Object};
 use crate::model::notification::happening;
 use crate::model::notification::{
     kinds_text, Channel, NewSubscription, NotifierPass, OutboxEntry, OutboxState, Subscription,
 };
+use crate::model::recipe_change::DRY_RUN_SITE;
 use crate::model::{
     site_transition, BatchState, ChangeReview, IssuedCert, NewOrder, OpenBatch, Order, Progress,
     Role, Signature, Site, SiteStatus, StatusChange, User,
@@ -890,6 +891,48 @@ pub(crate) async fn append_command(
     Ok(command)
 }
 
+/// The next chain-of-identity number of the facility this year.
+pub(crate) async fn next_coi(tx: &mut Tx<'_>, facility: &str, now: DateTime<Utc>) -> Result<Coi> {
+    let year = now.year();
+    let serial = tx.next_coi_serial(facility, year).await?;
+    if serial >= 1_000_000 {
+        return Err(Error::FailedPrecondition(format!(
+            "COI serials for facility {facility} in {year} are exhausted"
+        )));
+    }
+    Coi::new(facility, year as u16, serial as u32)
+        .map_err(|e| Error::Invalid(format!("facility id: {e}")))
+}
+
+/// Stores a new order with its batch and sends its site the order, with the
+/// recipe document it pinned.
+pub(crate) async fn place_order(
+    tx: &mut Tx<'_>,
+    order: &Order,
+    recipe: &StoredRecipe,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    tx.insert_order(order).await?;
+    append_command(
+        tx,
+        &order.site_id,
+        order.batch_id,
+        CommandKind::BatchOrder {
+            order_id: order.order_id,
+            coi: order.coi.clone(),
+            patient_pseudonym: order.patient_pseudonym.clone(),
+            requested_collection_date: order.requested_collection_date.clone(),
+            recipe_id: order.recipe_id.clone(),
+            recipe_version: order.recipe_version,
+            recipe_json: recipe.canonical_json.clone(),
+            recipe_sha256: recipe.sha256.clone(),
+        },
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
 pub(crate) async fn create_order(
     mut tx: Tx<'_>,
     new: &NewOrder,
@@ -912,6 +955,11 @@ pub(crate) async fn create_order(
             return tx.order(OrderKey::Order(order_id)).await;
         }
     }
+    if site.site_id == DRY_RUN_SITE {
+        return Err(Error::Invalid(format!(
+            "site {DRY_RUN_SITE:?} is the hub's simulator for dry runs of draft recipes; it takes no patient's order"
+        )));
+    }
     if site.status != SiteStatus::Active {
         return Err(Error::FailedPrecondition(format!(
             "site {:?} is {} and cannot take orders",
@@ -932,16 +980,7 @@ pub(crate) async fn create_order(
         recipe.recipe.version,
     )
     .await?;
-    let year = now.year();
-    let serial = tx.next_coi_serial(&new.facility, year).await?;
-    if serial >= 1_000_000 {
-        return Err(Error::FailedPrecondition(format!(
-            "COI serials for facility {} in {year} are exhausted",
-            new.facility
-        )));
-    }
-    let coi = Coi::new(&new.facility, year as u16, serial as u32)
-        .map_err(|e| Error::Invalid(format!("facility id: {e}")))?;
+    let coi = next_coi(&mut tx, &new.facility, now).await?;
     let order = Order {
         order_id: Uuid::now_v7(),
         batch_id: Uuid::now_v7(),
@@ -958,8 +997,9 @@ pub(crate) async fn create_order(
         progress: Progress::default(),
         decision_recorded: false,
         updated_at: now,
+        dry_run: false,
     };
-    tx.insert_order(&order).await?;
+    place_order(&mut tx, &order, &recipe, now).await?;
     if let Some(request_id) = new.request_id {
         tx.insert_order_request(&new.physician, request_id, order.order_id)
             .await?;
@@ -970,23 +1010,6 @@ pub(crate) async fn create_order(
         &new.site_id,
         &recipe.recipe,
         &new.requested_collection_date,
-        now,
-    )
-    .await?;
-    append_command(
-        &mut tx,
-        &new.site_id,
-        order.batch_id,
-        CommandKind::BatchOrder {
-            order_id: order.order_id,
-            coi: order.coi.clone(),
-            patient_pseudonym: new.patient_pseudonym.clone(),
-            requested_collection_date: new.requested_collection_date.clone(),
-            recipe_id: recipe.recipe.id.clone(),
-            recipe_version: recipe.recipe.version,
-            recipe_json: recipe.canonical_json.clone(),
-            recipe_sha256: recipe.sha256.clone(),
-        },
         now,
     )
     .await?;
@@ -1063,6 +1086,14 @@ pub(crate) async fn cancel_order(
     Ok(order)
 }
 
+/// Why a dry run's batch takes no release signature.
+pub fn dry_run_refusal(order: &Order) -> String {
+    format!(
+        "batch {} is a dry run of a draft recipe ({} v{}) on the simulator; a dry run is never released",
+        order.batch_id, order.recipe_id, order.recipe_version
+    )
+}
+
 pub(crate) async fn sign_release(
     mut tx: Tx<'_>,
     signature: &Signature,
@@ -1075,6 +1106,9 @@ pub(crate) async fn sign_release(
         ..signature.clone()
     };
     let order = tx.lock_order(OrderKey::Batch(signature.batch_id)).await?;
+    if order.dry_run {
+        return Err(Error::FailedPrecondition(dry_run_refusal(&order)));
+    }
     if order.state != BatchState::AwaitingRelease {
         return Err(Error::FailedPrecondition(format!(
             "batch {} is {}, not awaiting release; only a batch whose record is complete can be released or rejected",
@@ -1255,6 +1289,9 @@ pub(crate) async fn complete_release(
     now: DateTime<Utc>,
 ) -> Result<Order> {
     let order = tx.lock_order(OrderKey::Batch(signature.batch_id)).await?;
+    if order.dry_run {
+        return Err(Error::FailedPrecondition(dry_run_refusal(&order)));
+    }
     let recipe = tx.recipe(&order.recipe_id, order.recipe_version).await?;
     let confirmed = crate::model::release::check_completion(&order, &recipe.recipe)
         .map_err(Error::FailedPrecondition)?;

@@ -88,6 +88,7 @@ every_backend! {
     recipes: [
         case_recipe_versions_are_immutable,
         case_a_new_version_is_drafted_submitted_approved_by_another_and_pinned_when_effective,
+        case_a_draft_is_dry_run_on_the_simulator_site_and_never_released,
     ],
     people: [
         case_sessions_expire_and_end,

@@ -206,3 +206,190 @@ pub async fn case_a_new_version_is_drafted_submitted_approved_by_another_and_pin
         );
     }
 }
+
+pub async fn case_a_draft_is_dry_run_on_the_simulator_site_and_never_released(
+    store: Arc<dyn Store>,
+) {
+    use carrel_hub::model::recipe_change::DRY_RUN_SITE;
+    use carrel_hub::model::BatchState;
+    use carrel_proto::event::CommandKind;
+    let v1 = seed(&*store).await;
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.steps[0].duration_hours += 1.0;
+    let draft = store.save_recipe_draft(&v2, QA).await.expect("draft");
+
+    // A hub without the simulator site refuses, and keeps nothing.
+    assert_refused!(
+        store.dry_run_draft(RECIPE_ID, 2, QA, "G1234").await,
+        Error::FailedPrecondition
+    );
+    add_active_site(&*store, DRY_RUN_SITE).await;
+    assert!(store
+        .dry_runs_of(RECIPE_ID, 2)
+        .await
+        .expect("runs")
+        .is_empty());
+    assert!(commands(&*store, DRY_RUN_SITE).await.is_empty());
+    assert_refused!(
+        store.dry_run_draft(RECIPE_ID, 9, QA, "G1234").await,
+        Error::NotFound
+    );
+
+    // The dry run: an order at the simulator site, pinning a frozen copy of the
+    // draft, sent with the draft's own document.
+    let run = store
+        .dry_run_draft(RECIPE_ID, 2, QA, "G1234")
+        .await
+        .expect("dry run");
+    assert!(run.dry_run);
+    assert_eq!(run.site_id, DRY_RUN_SITE);
+    assert_eq!(
+        (run.recipe_id.as_str(), run.recipe_version),
+        ("cd19-car-t~dry-run-1", 2)
+    );
+    let sent = commands(&*store, DRY_RUN_SITE).await;
+    assert_eq!(sent.len(), 1);
+    match &sent[0].kind {
+        CommandKind::BatchOrder {
+            recipe_sha256,
+            recipe_json,
+            ..
+        } => {
+            assert_eq!(recipe_sha256, &draft.sha256);
+            let document = carrel_proto::recipe::Recipe::from_json(recipe_json).expect("recipe");
+            assert_eq!(document, v2);
+        }
+        other => panic!("expected a batch order, got {other:?}"),
+    }
+
+    // The copy is no product: not listed, not in force, not orderable; nor is the
+    // simulator site open to a patient's order.
+    let products = store.list_recipes().await.expect("recipes");
+    assert!(
+        products.iter().all(|r| r.recipe.version == 1),
+        "{products:?}"
+    );
+    assert_eq!(
+        store
+            .latest_recipe(RECIPE_ID)
+            .await
+            .expect("v1")
+            .recipe
+            .version,
+        1
+    );
+    assert_refused!(
+        store
+            .create_order(
+                &carrel_hub::model::NewOrder {
+                    recipe_id: run.recipe_id.clone(),
+                    ..new_order(SITE_A)
+                },
+                now(),
+            )
+            .await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store.create_order(&new_order(DRY_RUN_SITE), now()).await,
+        Error::Invalid
+    );
+
+    // Its record is made and kept like any batch's; it is out of the release queue
+    // and never released.
+    let mut log = SiteLog::new();
+    let events = complete_record(&mut log, &run, &v2);
+    ingest(&*store, DRY_RUN_SITE, &events).await;
+    assert_eq!(
+        state_of(&*store, run.batch_id).await,
+        BatchState::AwaitingRelease
+    );
+    let queue = store
+        .list_orders(None, Some(BatchState::AwaitingRelease))
+        .await
+        .expect("queue");
+    assert!(queue.iter().all(|o| o.batch_id != run.batch_id));
+    let sha = reviewed_sha256(&*store, run.batch_id).await;
+    assert_refused!(
+        store
+            .sign_release(&signature(&run, QA, sha), true, now())
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(
+        state_of(&*store, run.batch_id).await,
+        BatchState::AwaitingRelease
+    );
+    assert!(store
+        .batch_record(run.batch_id)
+        .await
+        .expect("record")
+        .signatures
+        .is_empty());
+    assert_eq!(commands(&*store, DRY_RUN_SITE).await.len(), 1);
+
+    // An edit after the dry run: the run keeps the text it ran; a second run runs
+    // the new text.
+    let mut edited = v2.clone();
+    edited.title = "Edited after its dry run".into();
+    let edited_draft = store.save_recipe_draft(&edited, QA).await.expect("edit");
+    let second = store
+        .dry_run_draft(RECIPE_ID, 2, QA, "G1234")
+        .await
+        .expect("second dry run");
+    assert_eq!(second.recipe_id, "cd19-car-t~dry-run-2");
+    let runs = store.dry_runs_of(RECIPE_ID, 2).await.expect("runs");
+    let shas: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|(o, sha)| (o.recipe_id.as_str(), sha.as_str()))
+        .collect();
+    assert_eq!(
+        shas,
+        [
+            ("cd19-car-t~dry-run-1", draft.sha256.as_str()),
+            ("cd19-car-t~dry-run-2", edited_draft.sha256.as_str())
+        ]
+    );
+
+    // Approved (by another person), the version is published under the product's
+    // own id; no copy stands in for it, and an approved version is not dry-run.
+    store
+        .submit_recipe(RECIPE_ID, 2, &signed(QA, &edited_draft.sha256))
+        .await
+        .expect("submit");
+    store
+        .approve_recipe(
+            RECIPE_ID,
+            2,
+            &signed("qa-second", &edited_draft.sha256),
+            now(),
+        )
+        .await
+        .expect("approve");
+    assert_eq!(
+        store.recipe(RECIPE_ID, 2).await.expect("v2").sha256,
+        edited_draft.sha256
+    );
+    assert_eq!(
+        store
+            .recipe("cd19-car-t~dry-run-1", 2)
+            .await
+            .expect("copy")
+            .sha256,
+        draft.sha256
+    );
+    assert_eq!(
+        store
+            .latest_recipe(RECIPE_ID)
+            .await
+            .expect("v2")
+            .recipe
+            .version,
+        2
+    );
+    assert_refused!(
+        store.dry_run_draft(RECIPE_ID, 2, QA, "G1234").await,
+        Error::FailedPrecondition
+    );
+}

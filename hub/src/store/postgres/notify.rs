@@ -39,7 +39,7 @@ impl PgStore {
             Needs::Nothing => Ok((None, Vec::new())),
             Needs::Order(batch_id) => {
                 let row = sqlx::query(
-                    "SELECT order_id, batch_id, coi, site_id, physician FROM orders WHERE batch_id = $1",
+                    "SELECT order_id, batch_id, coi, site_id, physician FROM orders o WHERE o.batch_id = $1 AND NOT o.dry_run",
                 )
                 .bind(batch_id)
                 .fetch_optional(conn)
@@ -55,7 +55,7 @@ impl PgStore {
                     "SELECT e.body, o.order_id, o.batch_id, o.coi, o.site_id, o.physician, q.hub_outcome \
                      FROM site_events e JOIN orders o ON o.batch_id = e.batch_id \
                      LEFT JOIN qc_results q ON q.site_id = e.site_id AND q.site_seq = e.seq \
-                     WHERE e.site_id = $1 AND e.seq BETWEEN $2 AND $3 AND e.kind = ANY($4) ORDER BY e.seq",
+                     WHERE NOT o.dry_run AND e.site_id = $1 AND e.seq BETWEEN $2 AND $3 AND e.kind = ANY($4) ORDER BY e.seq",
                 )
                 .bind(&site_id)
                 .bind(i64_of(first)?)

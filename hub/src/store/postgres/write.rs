@@ -234,7 +234,7 @@ impl ReadTx for PgTx<'_> {
         .await?
         .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
         let stored = rows::recipe(&row)?;
-        self.store.recipes.keep(&stored);
+        self.store.recipes.keep(recipe_id, version, &stored);
         Ok(stored)
     }
 
@@ -694,7 +694,7 @@ impl WriteTx for PgTx<'_> {
 
     async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>> {
         sqlx::query(
-            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 AND retired_at IS NULL \
+            "SELECT sha256, document FROM recipes WHERE recipe_id = $1 AND retired_at IS NULL AND dry_run_of IS NULL \
              AND (effective_from IS NULL OR effective_from <= $2) ORDER BY version DESC LIMIT 1",
         )
         .bind(recipe_id)
@@ -714,6 +714,14 @@ impl WriteTx for PgTx<'_> {
                 .fetch_optional(self.conn())
                 .await?,
         )
+    }
+
+    async fn dry_run_copies(&mut self, product: &str) -> Result<u32> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM recipes WHERE dry_run_of = $1")
+            .bind(product)
+            .fetch_one(self.conn())
+            .await?;
+        u32::try_from(n).map_err(|_| Error::Corrupt("dry-run count out of range".into()))
     }
 
     async fn batches_of_site(
@@ -774,6 +782,29 @@ impl WriteTx for PgTx<'_> {
         .execute(self.conn())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_dry_run_copy(
+        &mut self,
+        copy_id: &str,
+        recipe: &Recipe,
+        sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO recipes (recipe_id, version, title, sha256, document, published_at, dry_run_of) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(copy_id)
+        .bind(i64::from(recipe.version))
+        .bind(&recipe.title)
+        .bind(sha256)
+        .bind(recipe.to_canonical_json())
+        .bind(stored(now))
+        .bind(&recipe.id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
     }
 
     async fn insert_user(&mut self, user: &User, now: DateTime<Utc>) -> Result<bool> {
@@ -947,7 +978,7 @@ impl WriteTx for PgTx<'_> {
     async fn insert_order(&mut self, order: &Order) -> Result<()> {
         sqlx::query(
             "INSERT INTO orders (order_id, batch_id, coi, patient_pseudonym, recipe_id, recipe_version, site_id, \
-             requested_collection_date, physician, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             requested_collection_date, physician, created_at, dry_run) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(order.order_id)
         .bind(order.batch_id)
@@ -959,6 +990,7 @@ impl WriteTx for PgTx<'_> {
         .bind(&order.requested_collection_date)
         .bind(&order.physician)
         .bind(stored(order.created_at))
+        .bind(order.dry_run)
         .execute(self.conn())
         .await?;
         sqlx::query(

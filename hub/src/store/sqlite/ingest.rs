@@ -247,7 +247,7 @@ impl Writer {
             .map(|row| rows::recipe(&Row(row)))
             .transpose()?
             .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
-        self.recipes.keep(&stored);
+        self.recipes.keep(recipe_id, version, &stored);
         Ok(stored)
     }
 }

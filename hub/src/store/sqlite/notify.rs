@@ -37,7 +37,7 @@ impl SqliteStore {
             Needs::Nothing => Ok((None, Vec::new())),
             Needs::Order(batch_id) => {
                 let row = sqlx::query(
-                    "SELECT order_id, batch_id, coi, site_id, physician FROM orders WHERE batch_id = ?",
+                    "SELECT order_id, batch_id, coi, site_id, physician FROM orders o WHERE o.batch_id = ? AND o.dry_run = 0",
                 )
                 .bind(batch_id.to_string())
                 .fetch_optional(&mut **tx)
@@ -53,7 +53,7 @@ impl SqliteStore {
                     "SELECT e.body, o.order_id, o.batch_id, o.coi, o.site_id, o.physician, q.hub_outcome \
                      FROM site_events e JOIN orders o ON o.batch_id = e.batch_id \
                      LEFT JOIN qc_results q ON q.site_id = e.site_id AND q.site_seq = e.seq \
-                     WHERE e.site_id = ? AND e.seq BETWEEN ? AND ? AND e.kind IN ({}) ORDER BY e.seq",
+                     WHERE o.dry_run = 0 AND e.site_id = ? AND e.seq BETWEEN ? AND ? AND e.kind IN ({}) ORDER BY e.seq",
                     derive::EVENT_KINDS.map(|k| format!("'{k}'")).join(", ")
                 ))
                 .bind(&site_id)

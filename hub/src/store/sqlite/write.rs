@@ -264,7 +264,7 @@ impl ReadTx for SqliteTx<'_> {
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
         let stored = rows::recipe(&row)?;
-        self.store.recipes.keep(&stored);
+        self.store.recipes.keep(recipe_id, version, &stored);
         Ok(stored)
     }
 
@@ -728,7 +728,7 @@ impl WriteTx for SqliteTx<'_> {
 
     async fn latest_recipe(&mut self, recipe_id: &str) -> Result<Option<StoredRecipe>> {
         sqlx::query(
-            "SELECT sha256, document FROM recipes WHERE recipe_id = ? AND retired_at IS NULL \
+            "SELECT sha256, document FROM recipes WHERE recipe_id = ? AND retired_at IS NULL AND dry_run_of IS NULL \
              AND (effective_from IS NULL OR effective_from <= ?) ORDER BY version DESC LIMIT 1",
         )
         .bind(recipe_id)
@@ -748,6 +748,14 @@ impl WriteTx for SqliteTx<'_> {
                 .fetch_optional(&mut *self.tx)
                 .await?,
         )
+    }
+
+    async fn dry_run_copies(&mut self, product: &str) -> Result<u32> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM recipes WHERE dry_run_of = ?")
+            .bind(product)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        u32::try_from(n).map_err(|_| Error::Corrupt("dry-run count out of range".into()))
     }
 
     async fn batches_of_site(
@@ -802,6 +810,29 @@ impl WriteTx for SqliteTx<'_> {
         .execute(&mut *self.tx)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_dry_run_copy(
+        &mut self,
+        copy_id: &str,
+        recipe: &Recipe,
+        sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO recipes (recipe_id, version, title, sha256, document, published_at, dry_run_of) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(copy_id)
+        .bind(i64::from(recipe.version))
+        .bind(&recipe.title)
+        .bind(sha256)
+        .bind(recipe.to_canonical_json())
+        .bind(ts(now))
+        .bind(&recipe.id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     async fn insert_user(&mut self, user: &User, now: DateTime<Utc>) -> Result<bool> {
@@ -971,7 +1002,7 @@ impl WriteTx for SqliteTx<'_> {
     async fn insert_order(&mut self, order: &Order) -> Result<()> {
         sqlx::query(
             "INSERT INTO orders (order_id, batch_id, coi, patient_pseudonym, recipe_id, recipe_version, site_id, \
-             requested_collection_date, physician, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             requested_collection_date, physician, created_at, dry_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(order.order_id.to_string())
         .bind(order.batch_id.to_string())
@@ -983,6 +1014,7 @@ impl WriteTx for SqliteTx<'_> {
         .bind(&order.requested_collection_date)
         .bind(&order.physician)
         .bind(ts(order.created_at))
+        .bind(order.dry_run as i64)
         .execute(&mut *self.tx)
         .await?;
         sqlx::query(
