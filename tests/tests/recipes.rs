@@ -165,6 +165,19 @@ async fn a_draft_is_dry_run_then_approved_by_a_second_person_and_pinned_by_the_n
         !queue.to_string().contains(&batch),
         "a dry run is not in the release queue: {queue}"
     );
+    // Its archive copy says so too, and verifies like any other.
+    let archive = work.path().join("dry-run-archive");
+    let archive = archive.to_str().expect("path");
+    hub.cli_ok(QA.0, &["release", "export", &batch, "--out", archive], None);
+    let exported: Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("dry-run-archive/record.json"))
+            .expect("record.json"),
+    )
+    .expect("JSON");
+    assert_eq!(exported["dry_run"], true);
+    assert!(hub
+        .cli_ok(QA.0, &["release", "verify-export", archive], None)
+        .contains("INTACT"));
     let shown = hub.cli_json(QA.0, &["recipe", "show", "cd19-car-t", "2"], None);
     assert_eq!(shown["dry_runs"][0]["batch_id"], batch.as_str(), "{shown}");
     assert_eq!(shown["dry_runs"][0]["of_current_draft"], true);

@@ -75,6 +75,9 @@ pub struct Document {
     pub recipe_id: String,
     pub recipe_version: u32,
     pub state: String,
+    /// A dry run of a draft recipe on the hub's simulator site (never released).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// The hash of the whole record as exported (header and every event).
     pub record_sha256: String,
     /// The text the record hash starts with: the order's identity and its recipe.
@@ -294,6 +297,7 @@ pub fn build(
         recipe_id: order.recipe_id.clone(),
         recipe_version: order.recipe_version,
         state: order.state.as_str().into(),
+        dry_run: order.dry_run,
         record_sha256: review.record_sha256.clone(),
         record_header: header,
         recipe: recipe_json,

@@ -431,6 +431,12 @@ pub fn render(review: &Review, document: &Document, events: &[StoredEvent]) -> V
         "{} (recipe {} version {})",
         review.recipe_title, order.recipe_id, order.recipe_version
     ));
+    if order.dry_run {
+        l.para(
+            "DRY RUN of a draft recipe on the hub's simulator site: no patient; every record \
+             is the simulator's. Never released.",
+        );
+    }
     l.gap(4.0);
 
     l.heading("Order and chain of identity");
