@@ -6,6 +6,7 @@
 //! A rule that refuses says why with a [`Refusal`], which the store and the services
 //! pass on unchanged.
 
+pub mod analytics;
 mod batch;
 pub mod deviation;
 pub mod notification;
