@@ -90,7 +90,7 @@ async fn start(
     }
     let mut agent = carrel_site_agent::Config::load(&dir)?;
     agent.hub = hub_url;
-    agent.heartbeat_timeout_ms = 5_000;
+    agent.heartbeat_timeout_ms = config.heartbeat_timeout_ms.into();
     agent.reconnect_max_ms = 2_000;
     agent.simulator.time_compression = TIME_COMPRESSION;
     agent.simulator.sample_interval_hours = 6.0;

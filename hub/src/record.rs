@@ -915,6 +915,9 @@ pub fn next_step(record: &crate::model::BatchRecord) -> String {
                 None => "QC results from the laboratory".into(),
             }
         }
+        S::AwaitingRelease if order.dry_run => {
+            "nothing: the dry run's record is complete (a dry run is never released)".into()
+        }
         S::AwaitingRelease => "QA reviews the batch record and signs release or rejection".into(),
         S::Released | S::HandedOver | S::Infused
             if !order.progress.release_failed().is_empty()

@@ -178,6 +178,51 @@ async fn a_draft_is_dry_run_then_approved_by_a_second_person_and_pinned_by_the_n
     assert!(hub
         .cli_ok(QA.0, &["release", "verify-export", archive], None)
         .contains("INTACT"));
+    // The simulator site takes no patient's order and is qualified for nothing.
+    let date = (chrono::Utc::now() + chrono::Duration::days(3))
+        .format("%Y-%m-%d")
+        .to_string();
+    let refused = hub.cli(
+        scenario::PHYSICIAN.0,
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-9199",
+            "--site",
+            "dry-run",
+            "--collection-date",
+            &date,
+        ],
+        None,
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("takes no patient's order"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let refused = hub.cli(
+        QA.0,
+        &[
+            "site",
+            "qualify",
+            "dry-run",
+            "cd19-car-t",
+            "--reason",
+            "Qualification run PQ-1 passed, report QR-0001",
+            "--user",
+            QA.0,
+            "--acknowledge-signature-meaning",
+        ],
+        Some(QA.1),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not qualified"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let shown = hub.cli_json(QA.0, &["recipe", "show", "cd19-car-t", "2"], None);
     assert_eq!(shown["dry_runs"][0]["batch_id"], batch.as_str(), "{shown}");
     assert_eq!(shown["dry_runs"][0]["of_current_draft"], true);

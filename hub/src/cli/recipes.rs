@@ -354,7 +354,18 @@ async fn dry_run(
             )
         };
         let mut last = (state, order.current_step.clone());
+        // A whole batch takes well under a minute on the simulator; much longer
+        // means its agent is not running.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
         while !finished(state) {
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the dry run {} is still {} after 10 minutes: is the simulator site running (the hub's log says)? QA can cancel it: carrel-hub order cancel {} --reason ...",
+                    order.batch_id,
+                    state_name(state),
+                    order.order_id
+                );
+            }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             let now = api
                 .get_batch_record(pb::GetBatchRecordRequest {
@@ -384,7 +395,8 @@ async fn dry_run(
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else if wait {
         println!(
-            "The dry run's record is complete: carrel-hub release show {} (a dry run is never released).",
+            "The dry run ended {}: its record is carrel-hub release show {} (a dry run is never released).",
+            state_name(state),
             order.batch_id
         );
     } else {

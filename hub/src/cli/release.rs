@@ -364,6 +364,9 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
             let (batch_id, record) = batch_record(channel.clone(), &batch_id).await?;
             let api = pb::release_service_client::ReleaseServiceClient::new(channel);
             let order = record.order.clone().unwrap_or_default();
+            if order.dry_run {
+                bail!("not signed: batch {batch_id} is a dry run of a draft recipe; a dry run is never released");
+            }
             eprintln!(
                 "Batch {} (COI {}, patient {}, site {}): {} exception(s), {} QC result(s)",
                 order.batch_id,
@@ -404,9 +407,6 @@ pub async fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 }
             }
             // Said before the password is asked for (the hub checks again).
-            if record.order.as_ref().is_some_and(|o| o.dry_run) {
-                bail!("not signed: batch {batch_id} is a dry run of a draft recipe; a dry run is never released");
-            }
             let awaiting = record.order.as_ref().map(|o| o.state)
                 == Some(pb::BatchState::AwaitingRelease as i32);
             match meaning {

@@ -35,9 +35,11 @@ async fn qualifications_page(
         .map_err(refused)?;
     let is_qa = session.user.role == Role::Qa;
     let sites = if is_qa {
-        service::admin::sites(hub, &session.user)
+        let mut sites = service::admin::sites(hub, &session.user)
             .await
-            .map_err(refused)?
+            .map_err(refused)?;
+        sites.retain(|s| s.site_id != crate::model::recipe_change::DRY_RUN_SITE);
+        sites
     } else {
         Vec::new()
     };

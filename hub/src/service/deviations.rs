@@ -24,6 +24,9 @@ pub fn may_work(user: &User) -> bool {
 pub async fn list(hub: &Hub, user: &User, open_only: bool) -> Result<Vec<Deviation>, Error> {
     require_role(user, &QUALITY)?;
     let mut all = hub.store.deviations(None).await?;
+    // A dry run's deviations belong to its record (shown there), not to the register
+    // of deviations QA investigates and closes.
+    all.retain(|d| d.site_id != crate::model::recipe_change::DRY_RUN_SITE);
     all.retain(|d| !open_only || d.is_open());
     all.reverse();
     Ok(all)

@@ -41,6 +41,12 @@ pub async fn qualify(
     if site_id.is_empty() {
         return Err(field("site_id", "name the site to qualify"));
     }
+    if site_id == crate::model::recipe_change::DRY_RUN_SITE {
+        return Err(field(
+            "site_id",
+            "the dry-run simulator site makes no product for patients and is not qualified",
+        ));
+    }
     if recipe_id.is_empty() {
         return Err(field(
             "product",

@@ -139,16 +139,22 @@ pub async fn dry_run(
     version: u32,
 ) -> Result<DryRun, Error> {
     require_role(user, &QUALITY)?;
-    let order = hub
+    // Heard from as recently as a live link is recorded (a link keeps its site's
+    // last contact fresh to a third of the link-down delay): its agent runs somewhere.
+    let quiet = hub.config.notifications.link_down_after()
+        + std::time::Duration::from_millis(3 * u64::from(hub.config.heartbeat_timeout_ms));
+    let heard_since = Utc::now() - chrono::Duration::from_std(quiet).unwrap_or_default();
+    let (order, recipe_sha256) = hub
         .store
-        .dry_run_draft(recipe_id, version, &user.username, &hub.config.facility)
+        .dry_run_draft(
+            recipe_id,
+            version,
+            &user.username,
+            &hub.config.facility,
+            heard_since,
+        )
         .await?;
     hub.commands_added(&order.site_id, order.batch_id);
-    let recipe_sha256 = hub
-        .store
-        .recipe(&order.recipe_id, order.recipe_version)
-        .await?
-        .sha256;
     tracing::info!(recipe = recipe_id, version, batch_id = %order.batch_id, "draft sent for a dry run");
     Ok(DryRun {
         order,

@@ -482,21 +482,25 @@ pub trait Store:
         )
         .await
     }
-    /// Sends a draft as it is now to the hub's simulator site for a dry run; the
-    /// dry-run batch's order (`facility` numbers its COI). Audited.
+    /// Sends a draft as it is now to the hub's simulator site for a dry run: the
+    /// dry-run batch's order and the SHA-256 of the draft text it runs (`facility`
+    /// numbers its COI). Refused when the simulator site was not heard from since
+    /// `heard_since`. Audited.
     async fn dry_run_draft(
         &self,
         recipe_id: &str,
         version: u32,
         by: &str,
         facility: &str,
-    ) -> Result<Order> {
+        heard_since: DateTime<Utc>,
+    ) -> Result<(Order, String)> {
         recipe_changes::dry_run(
             self.write().await?,
             recipe_id,
             version,
             by,
             facility,
+            heard_since,
             Utc::now(),
         )
         .await

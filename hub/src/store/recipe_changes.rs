@@ -6,7 +6,7 @@ use super::backend::OrderKey;
 use super::backend::Tx;
 use super::transactions::required_reason;
 use super::transactions::{next_coi, place_order};
-use super::{ts, Error, Result};
+use super::{ts, Error, Result, StoredRecipe};
 use crate::audit::{Action, NewEntry, Object};
 use crate::model::recipe_change::{
     dry_run_copy_id, DraftSignature, DraftState, RecipeDraft, DRY_RUN_SITE,
@@ -244,8 +244,9 @@ pub(crate) async fn dry_run(
     version: u32,
     by: &str,
     facility: &str,
+    heard_since: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<Order> {
+) -> Result<(Order, String)> {
     let site = match tx.lock_site(DRY_RUN_SITE).await {
         Err(Error::NotFound(_)) => {
             return Err(Error::FailedPrecondition(
@@ -256,8 +257,16 @@ pub(crate) async fn dry_run(
     };
     if site.status != SiteStatus::Active {
         return Err(Error::FailedPrecondition(format!(
-            "the dry-run simulator site is {}; an administrator reactivates it",
+            "the dry-run simulator site is {}, not active; nothing was started",
             site.status.as_str()
+        )));
+    }
+    // A dry run sent to a simulator nobody runs would wait for ever.
+    if site.last_contact_at.is_none_or(|at| at < heard_since) {
+        return Err(Error::FailedPrecondition(format!(
+            "the dry-run simulator site has not been heard from since {}; check that the hub replica with dry_run_simulator = true is running (its log says why the simulator is not)",
+            site.last_contact_at
+                .map_or_else(|| "it was registered".to_owned(), |at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         )));
     }
     let draft = draft_of(&mut tx, recipe_id, version).await?;
@@ -270,7 +279,13 @@ pub(crate) async fn dry_run(
     let copy_id = dry_run_copy_id(recipe_id, n);
     tx.insert_dry_run_copy(&copy_id, &draft.recipe, &draft.sha256, now)
         .await?;
-    let recipe = tx.recipe(&copy_id, version).await?;
+    // What was just inserted, not read back: a read inside this transaction would
+    // keep the copy in the recipe cache even if the transaction rolled back.
+    let recipe = StoredRecipe {
+        sha256: draft.sha256.clone(),
+        canonical_json: draft.recipe.to_canonical_json(),
+        recipe: draft.recipe.clone(),
+    };
     let coi = next_coi(&mut tx, facility, now).await?;
     let order = Order {
         order_id: Uuid::now_v7(),
@@ -303,5 +318,5 @@ pub(crate) async fn dry_run(
     .await?;
     let order = tx.order(OrderKey::Order(order.order_id)).await?;
     tx.commit().await?;
-    Ok(order)
+    Ok((order, draft.sha256))
 }

@@ -207,6 +207,9 @@ pub async fn case_a_new_version_is_drafted_submitted_approved_by_another_and_pin
     }
 }
 
+/// Heard from since: the epoch (the simulator was heard from at some point).
+const HEARD: chrono::DateTime<chrono::Utc> = chrono::DateTime::UNIX_EPOCH;
+
 pub async fn case_a_draft_is_dry_run_on_the_simulator_site_and_never_released(
     store: Arc<dyn Store>,
 ) {
@@ -221,10 +224,19 @@ pub async fn case_a_draft_is_dry_run_on_the_simulator_site_and_never_released(
 
     // A hub without the simulator site refuses, and keeps nothing.
     assert_refused!(
-        store.dry_run_draft(RECIPE_ID, 2, QA, "G1234").await,
+        store.dry_run_draft(RECIPE_ID, 2, QA, "G1234", HEARD).await,
         Error::FailedPrecondition
     );
     add_active_site(&*store, DRY_RUN_SITE).await;
+    // Registered but never heard from (no agent runs it): refused, nothing kept.
+    assert_refused!(
+        store.dry_run_draft(RECIPE_ID, 2, QA, "G1234", HEARD).await,
+        Error::FailedPrecondition
+    );
+    store
+        .touch_site(DRY_RUN_SITE, now())
+        .await
+        .expect("heard from");
     assert!(store
         .dry_runs_of(RECIPE_ID, 2)
         .await
@@ -232,16 +244,17 @@ pub async fn case_a_draft_is_dry_run_on_the_simulator_site_and_never_released(
         .is_empty());
     assert!(commands(&*store, DRY_RUN_SITE).await.is_empty());
     assert_refused!(
-        store.dry_run_draft(RECIPE_ID, 9, QA, "G1234").await,
+        store.dry_run_draft(RECIPE_ID, 9, QA, "G1234", HEARD).await,
         Error::NotFound
     );
 
     // The dry run: an order at the simulator site, pinning a frozen copy of the
     // draft, sent with the draft's own document.
-    let run = store
-        .dry_run_draft(RECIPE_ID, 2, QA, "G1234")
+    let (run, ran) = store
+        .dry_run_draft(RECIPE_ID, 2, QA, "G1234", HEARD)
         .await
         .expect("dry run");
+    assert_eq!(ran, draft.sha256);
     assert!(run.dry_run);
     assert_eq!(run.site_id, DRY_RUN_SITE);
     assert_eq!(
@@ -334,10 +347,11 @@ pub async fn case_a_draft_is_dry_run_on_the_simulator_site_and_never_released(
     let mut edited = v2.clone();
     edited.title = "Edited after its dry run".into();
     let edited_draft = store.save_recipe_draft(&edited, QA).await.expect("edit");
-    let second = store
-        .dry_run_draft(RECIPE_ID, 2, QA, "G1234")
+    let (second, ran) = store
+        .dry_run_draft(RECIPE_ID, 2, QA, "G1234", HEARD)
         .await
         .expect("second dry run");
+    assert_eq!(ran, edited_draft.sha256);
     assert_eq!(second.recipe_id, "cd19-car-t~dry-run-2");
     let runs = store.dry_runs_of(RECIPE_ID, 2).await.expect("runs");
     let shas: Vec<(&str, &str)> = runs
@@ -389,7 +403,7 @@ pub async fn case_a_draft_is_dry_run_on_the_simulator_site_and_never_released(
         2
     );
     assert_refused!(
-        store.dry_run_draft(RECIPE_ID, 2, QA, "G1234").await,
+        store.dry_run_draft(RECIPE_ID, 2, QA, "G1234", HEARD).await,
         Error::FailedPrecondition
     );
 }

@@ -729,7 +729,8 @@ impl WriteTx for PgTx<'_> {
         site_id: &str,
     ) -> Result<Vec<(Uuid, BatchState, Progress)>> {
         sqlx::query(
-            "SELECT batch_id, state, progress::text AS progress FROM batches WHERE site_id = $1",
+            "SELECT b.batch_id, b.state, b.progress::text AS progress FROM batches b \
+             JOIN orders o ON o.batch_id = b.batch_id WHERE b.site_id = $1 AND NOT o.dry_run",
         )
         .bind(site_id)
         .fetch_all(self.conn())
@@ -1267,7 +1268,7 @@ impl WriteTx for PgTx<'_> {
         Ok(sqlx::query_as(
             "INSERT INTO site_link_down (site_id, last_contact_at, detected_at) \
              SELECT s.site_id, s.last_contact_at, $2 FROM sites s \
-             WHERE s.status = 'active' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < $1 \
+             WHERE s.status = 'active' AND s.site_id <> 'dry-run' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < $1 \
              ON CONFLICT (site_id) DO NOTHING RETURNING site_id, last_contact_at",
         )
         .bind(stored(silent_since))

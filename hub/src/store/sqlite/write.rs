@@ -762,7 +762,10 @@ impl WriteTx for SqliteTx<'_> {
         &mut self,
         site_id: &str,
     ) -> Result<Vec<(Uuid, BatchState, Progress)>> {
-        sqlx::query("SELECT batch_id, state, progress FROM batches WHERE site_id = ?")
+        sqlx::query(
+            "SELECT b.batch_id, b.state, b.progress FROM batches b JOIN orders o ON o.batch_id = b.batch_id \
+             WHERE b.site_id = ? AND o.dry_run = 0",
+        )
             .bind(site_id)
             .fetch_all(&mut *self.tx)
             .await?
@@ -1294,7 +1297,7 @@ impl WriteTx for SqliteTx<'_> {
         let down: Vec<(String, String)> = sqlx::query_as(
             "INSERT INTO site_link_down (site_id, last_contact_at, detected_at) \
              SELECT s.site_id, s.last_contact_at, ?2 FROM sites s \
-             WHERE s.status = 'active' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < ?1 \
+             WHERE s.status = 'active' AND s.site_id <> 'dry-run' AND s.last_contact_at IS NOT NULL AND s.last_contact_at < ?1 \
              AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id) \
              ORDER BY s.site_id RETURNING site_id, last_contact_at",
         )
