@@ -182,6 +182,19 @@ fn env_var(name: &'static str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+impl Config {
+    /// How often a live site link records its site's last contact: often enough
+    /// for the link-down check to tell a quiet link from a lost one (a third of its
+    /// delay, at most a minute), and no more often than heartbeats come.
+    pub fn site_touch_every(&self) -> std::time::Duration {
+        (self.notifications.link_down_after() / 3)
+            .min(std::time::Duration::from_secs(60))
+            .max(std::time::Duration::from_millis(u64::from(
+                self.heartbeat_interval_ms,
+            )))
+    }
+}
+
 /// The address a client on this machine dials to reach a hub listening on
 /// `listen`: that address, or loopback when the hub listens on every address (the
 /// dry-run simulator site's agent dials it).

@@ -512,12 +512,23 @@ impl pb::release_service_server::ReleaseService for ReleaseApi {
         let run = recipes::dry_run(&self.0, &user, &req.recipe_id, req.version)
             .await
             .map_err(service_status)?;
+        // The dry run has started: a failure to read the draft again must not make
+        // the client think it did not (and start another).
         let reviewed = recipes::review(&self.0, &user, &req.recipe_id, req.version)
             .await
-            .map_err(service_status)?;
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "dry run started; reading its draft again failed"),
+            )
+            .ok();
+        let mut dry_run = super::order_to_pb(&run.order);
+        dry_run.dry_run = true;
         Ok(Response::new(pb::DryRunRecipeResponse {
-            dry_run: Some(dry_run_to_pb(&run, &reviewed.draft)),
-            draft: Some(draft_to_pb(&reviewed.draft, Some(&reviewed))),
+            dry_run: Some(pb::RecipeDryRun {
+                order: Some(dry_run),
+                recipe_sha256: run.recipe_sha256.clone(),
+                of_current_draft: reviewed.as_ref().is_none_or(|r| run.of(&r.draft)),
+            }),
+            draft: reviewed.map(|r| draft_to_pb(&r.draft, Some(&r))),
         }))
     }
 

@@ -402,9 +402,7 @@ impl Link {
         let mut last_heard = Instant::now();
         // The site's last contact is recorded often enough for the link-down check
         // (notifications) to tell a quiet link from a lost one.
-        let touch_every = (config.notifications.link_down_after() / 3)
-            .min(Duration::from_secs(60))
-            .max(interval);
+        let touch_every = config.site_touch_every();
         let mut last_touch = Instant::now();
         // The audit head goes to the site (and what it witnessed is checked) at most
         // this often: each new head is a write at the site and a check here.

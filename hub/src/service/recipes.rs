@@ -139,10 +139,13 @@ pub async fn dry_run(
     version: u32,
 ) -> Result<DryRun, Error> {
     require_role(user, &QUALITY)?;
-    // Heard from as recently as a live link is recorded (a link keeps its site's
-    // last contact fresh to a third of the link-down delay): its agent runs somewhere.
-    let quiet = hub.config.notifications.link_down_after()
-        + std::time::Duration::from_millis(3 * u64::from(hub.config.heartbeat_timeout_ms));
+    // Heard from as recently as a live link records its site's last contact (with
+    // room for two heartbeats and a timeout): its agent runs somewhere.
+    let quiet = hub.config.site_touch_every()
+        + std::time::Duration::from_millis(
+            2 * u64::from(hub.config.heartbeat_interval_ms)
+                + u64::from(hub.config.heartbeat_timeout_ms),
+        );
     let heard_since = Utc::now() - chrono::Duration::from_std(quiet).unwrap_or_default();
     let (order, recipe_sha256) = hub
         .store

@@ -760,6 +760,11 @@ pub(crate) async fn set_site_status(
     let site = tx.lock_site(site_id).await?;
     let mut open: Vec<OpenBatch> = Vec::new();
     for (batch_id, state, progress) in tx.batches_of_site(site_id).await? {
+        // A dry run whose record is complete is over (it is never released): it
+        // neither holds the simulator site open nor is flagged by its suspension.
+        if site_id == DRY_RUN_SITE && state == BatchState::AwaitingRelease {
+            continue;
+        }
         if let Some(mut batch) = OpenBatch::of(batch_id, state, progress) {
             // People name a batch by its COI, never by its internal id.
             batch.coi = tx.order(OrderKey::Batch(batch_id)).await?.coi;

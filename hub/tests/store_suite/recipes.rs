@@ -341,6 +341,38 @@ pub async fn case_a_draft_is_dry_run_on_the_simulator_site_and_never_released(
         .signatures
         .is_empty());
     assert_eq!(commands(&*store, DRY_RUN_SITE).await.len(), 1);
+    // A finished dry run is over: suspending the simulator site flags nothing on it.
+    let before = store.order_by_batch(run.batch_id).await.expect("order");
+    store
+        .set_site_status(
+            DRY_RUN_SITE,
+            carrel_hub::model::SiteStatus::Suspended,
+            ADMIN,
+            "Simulator maintenance window",
+        )
+        .await
+        .expect("suspend");
+    assert_eq!(
+        store
+            .order_by_batch(run.batch_id)
+            .await
+            .expect("order")
+            .progress,
+        before.progress
+    );
+    store
+        .set_site_status(
+            DRY_RUN_SITE,
+            carrel_hub::model::SiteStatus::Active,
+            ADMIN,
+            "Simulator maintenance done",
+        )
+        .await
+        .expect("resume");
+    store
+        .touch_site(DRY_RUN_SITE, now())
+        .await
+        .expect("heard from");
 
     // An edit after the dry run: the run keeps the text it ran; a second run runs
     // the new text.

@@ -729,8 +729,7 @@ impl WriteTx for PgTx<'_> {
         site_id: &str,
     ) -> Result<Vec<(Uuid, BatchState, Progress)>> {
         sqlx::query(
-            "SELECT b.batch_id, b.state, b.progress::text AS progress FROM batches b \
-             JOIN orders o ON o.batch_id = b.batch_id WHERE b.site_id = $1 AND NOT o.dry_run",
+            "SELECT batch_id, state, progress::text AS progress FROM batches WHERE site_id = $1",
         )
         .bind(site_id)
         .fetch_all(self.conn())

@@ -92,7 +92,7 @@ impl NotifyStore for SqliteStore {
 
     async fn site_links_changed(&self, silent_since: DateTime<Utc>) -> Result<bool> {
         Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sites s WHERE s.status = 'active' AND s.last_contact_at < ?1 \
+            "SELECT EXISTS (SELECT 1 FROM sites s WHERE s.status = 'active' AND s.site_id <> 'dry-run' AND s.last_contact_at < ?1 \
              AND NOT EXISTS (SELECT 1 FROM site_link_down d WHERE d.site_id = s.site_id)) \
              OR EXISTS (SELECT 1 FROM site_link_down d JOIN sites s ON s.site_id = d.site_id \
              WHERE s.last_contact_at > d.last_contact_at)",

@@ -762,10 +762,7 @@ impl WriteTx for SqliteTx<'_> {
         &mut self,
         site_id: &str,
     ) -> Result<Vec<(Uuid, BatchState, Progress)>> {
-        sqlx::query(
-            "SELECT b.batch_id, b.state, b.progress FROM batches b JOIN orders o ON o.batch_id = b.batch_id \
-             WHERE b.site_id = ? AND o.dry_run = 0",
-        )
+        sqlx::query("SELECT batch_id, state, progress FROM batches WHERE site_id = ?")
             .bind(site_id)
             .fetch_all(&mut *self.tx)
             .await?
