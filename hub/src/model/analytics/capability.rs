@@ -37,11 +37,15 @@ pub struct Capability {
     pub ppk: Index,
 }
 
-/// The normal quantile a two-sided interval of `confidence` uses.
-pub(crate) fn z_of(confidence: f64) -> f64 {
+/// The normal quantile a two-sided interval of `confidence` uses; `None` unless
+/// 0 < confidence < 1.
+pub(crate) fn z_of(confidence: f64) -> Option<f64> {
+    if !(confidence > 0.0 && confidence < 1.0) {
+        return None;
+    }
     Normal::new(0.0, 1.0)
+        .ok()
         .map(|n| n.inverse_cdf((1.0 + confidence) / 2.0))
-        .unwrap_or(f64::NAN)
 }
 
 fn index(mean: f64, sigma: f64, spec: Spec, n: usize, z: f64) -> Index {
@@ -60,8 +64,12 @@ fn index(mean: f64, sigma: f64, spec: Spec, n: usize, z: f64) -> Index {
 }
 
 /// Cpk and Ppk of `values` (in batch order) against `spec`, with intervals of
-/// `confidence` (e.g. 0.95); `None` below two values, without spread, or without
-/// a limit.
+/// `confidence` (e.g. 0.95); `None` below two values, without spread, without a
+/// limit, or for a confidence not strictly between 0 and 1.
+///
+/// The interval treats sigma_within as if it came from a sample standard deviation;
+/// from MR-bar it has fewer degrees of freedom, so the Cpk interval is somewhat
+/// narrow for small n.
 pub fn capability(values: &[f64], spec: Spec, confidence: f64) -> Option<Capability> {
     if spec.lower.is_none() && spec.upper.is_none() {
         return None;
@@ -72,7 +80,7 @@ pub fn capability(values: &[f64], spec: Spec, confidence: f64) -> Option<Capabil
     if !(sigma_within > 0.0 && sigma_overall > 0.0) {
         return None;
     }
-    let z = z_of(confidence);
+    let z = z_of(confidence)?;
     Some(Capability {
         n: values.len(),
         mean,

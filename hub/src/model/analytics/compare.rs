@@ -29,6 +29,9 @@ pub struct Welch {
 /// Welch's t-test of `a` against `b` with a `confidence` interval of the difference;
 /// `None` with fewer than two values in a group or no spread in both.
 pub fn welch(a: &[f64], b: &[f64], confidence: f64) -> Option<Welch> {
+    if !(confidence > 0.0 && confidence < 1.0) {
+        return None;
+    }
     let (n1, n2) = (a.len() as f64, b.len() as f64);
     let (m1, m2) = (super::mean(a)?, super::mean(b)?);
     let (s1, s2) = (super::sample_sd(a)?, super::sample_sd(b)?);
@@ -41,7 +44,7 @@ pub fn welch(a: &[f64], b: &[f64], confidence: f64) -> Option<Welch> {
     let dist = StudentsT::new(0.0, 1.0, df).ok()?;
     let difference = m1 - m2;
     let t = difference / se;
-    let p = (2.0 * (1.0 - dist.cdf(t.abs()))).min(1.0);
+    let p = (2.0 * dist.sf(t.abs())).min(1.0);
     let half = dist.inverse_cdf((1.0 + confidence) / 2.0) * se;
     Some(Welch {
         difference,
@@ -95,7 +98,7 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<MannWhitney> {
     let p = if sigma > 0.0 {
         let z = ((u.max(n1 * n2 - u) - mu - 0.5) / sigma).max(0.0);
         let normal = Normal::new(0.0, 1.0).ok()?;
-        (2.0 * (1.0 - normal.cdf(z))).min(1.0)
+        (2.0 * normal.sf(z)).min(1.0)
     } else {
         1.0
     };
@@ -118,7 +121,7 @@ pub fn jarque_bera(values: &[f64]) -> Option<(f64, f64)> {
     let skew = moment(3) / m2.powf(1.5);
     let kurtosis = moment(4) / (m2 * m2);
     let jb = n / 6.0 * (skew * skew + (kurtosis - 3.0).powi(2) / 4.0);
-    let p = 1.0 - ChiSquared::new(2.0).ok()?.cdf(jb);
+    let p = ChiSquared::new(2.0).ok()?.sf(jb);
     Some((jb, p))
 }
 
