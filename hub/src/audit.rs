@@ -66,6 +66,8 @@ actions! {
     /// A draft sent to the hub's simulator site for a dry run (a batch that is
     /// never released).
     RecipeDryRun = "recipe.dry_run",
+    /// QA chose the batches of a product's baseline for its control limits.
+    AnalyticsBaselineChosen = "analytics.baseline_chosen",
     /// QA signed a site's qualification for a product (and versions): orders of it
     /// are taken there.
     SiteQualified = "site.qualified",
@@ -203,6 +205,8 @@ pub enum Object {
     /// An integration engine's system account, by client id.
     SystemAccount(String),
     Site(String),
+    /// A product (a recipe id, every version).
+    Product(String),
     /// A site that could not be identified (a refused enrollment).
     UnknownSite,
     SiteCapacity(String),
@@ -233,6 +237,7 @@ impl fmt::Display for Object {
             Object::User(name) => write!(f, "user/{name}"),
             Object::SystemAccount(id) => write!(f, "system_account/{id}"),
             Object::Site(id) => write!(f, "site/{id}"),
+            Object::Product(id) => write!(f, "product/{id}"),
             Object::UnknownSite => write!(f, "site/?"),
             Object::SiteCapacity(id) => write!(f, "site/{id}/capacity"),
             Object::SiteEvent { site_id, seq } => write!(f, "site/{site_id}/event/{seq}"),
@@ -268,6 +273,7 @@ impl Object {
             }
             "user" => Object::User(rest.to_owned()),
             "system_account" => Object::SystemAccount(rest.to_owned()),
+            "product" => Object::Product(rest.to_owned()),
             "order" => Object::Order(id(rest)?),
             "batch" => Object::Batch(id(rest)?),
             "subscription" => Object::Subscription(id(rest)?),

@@ -104,6 +104,29 @@ pub trait ReadTx: Send {
     ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>;
     /// The site's `deviation_raised` records (of one batch, or of every batch), in
     /// site and seq order.
+    /// The stored measures of one attribute of a product, in the order the batches
+    /// were placed (dry runs have none).
+    async fn batch_measures(
+        &mut self,
+        product_id: &str,
+        attribute: &str,
+    ) -> Result<Vec<crate::model::analytics::measure::Stored>>;
+    /// The attributes a product's batches have measures of, with their unit.
+    async fn measure_attributes(&mut self, product_id: &str) -> Result<Vec<(String, String)>>;
+    /// The products with measures.
+    async fn measured_products(&mut self) -> Result<Vec<String>>;
+    /// The baselines chosen for a product, oldest first.
+    async fn analytics_baselines(
+        &mut self,
+        product_id: &str,
+    ) -> Result<Vec<crate::model::analytics::measure::Baseline>>;
+    /// The batches of a product with measures placed in `from..to`, in order.
+    async fn measured_batches(
+        &mut self,
+        product_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>>;
     async fn deviation_events(&mut self, batch_id: Option<Uuid>) -> Result<Vec<StoredEvent>>;
     /// The hub's deviation rows (of one batch, or all).
     async fn deviation_rows(&mut self, batch_id: Option<Uuid>) -> Result<Vec<DeviationRow>>;
@@ -302,6 +325,10 @@ pub trait WriteTx: ReadTx {
         now: DateTime<Utc>,
     ) -> Result<bool>;
     /// Records a qualification (in force: the caller withdrew the one it replaces).
+    async fn insert_analytics_baseline(
+        &mut self,
+        baseline: &crate::model::analytics::measure::Baseline,
+    ) -> Result<()>;
     async fn insert_site_qualification(&mut self, qualification: &Qualification) -> Result<()>;
     /// Withdraws the qualification in force of a site for a product; `false` when
     /// there is none.

@@ -11,6 +11,7 @@
 
 use super::{Error, Ingested, Received, Result};
 use crate::audit::{Action, NewEntry, Object};
+use crate::model::analytics::measure;
 use crate::model::{Order, Projection, QcRecord, StoredRecipe};
 use carrel_proto::event::{EventKind, SiteEvent};
 use std::collections::{HashMap, HashSet};
@@ -85,8 +86,22 @@ pub struct Plan<'a> {
     pub events: Vec<&'a Received>,
     pub qc: Vec<(Uuid, QcRecord)>,
     pub projections: Vec<(Uuid, Projection)>,
+    /// What the new events add to their batches' charted measures (none for a
+    /// dry run's batch).
+    pub measures: Vec<Measures>,
     pub audit: Vec<NewEntry>,
     pub ingested: Ingested,
+}
+
+/// A batch's measure updates from one message, with what the chart rows carry.
+#[derive(Debug)]
+pub struct Measures {
+    pub batch_id: Uuid,
+    pub product_id: String,
+    pub site_id: String,
+    /// When the order was placed: the order of batches on a chart.
+    pub batch_at: chrono::DateTime<chrono::Utc>,
+    pub updates: Vec<measure::Update>,
 }
 
 /// What a message at `cursor` (the highest seq stored for the site) needs looked
@@ -138,6 +153,7 @@ pub fn plan<'a>(
         events: Vec::new(),
         qc: Vec::new(),
         projections: Vec::new(),
+        measures: Vec::new(),
         audit: Vec::new(),
         ingested: Ingested {
             acked_event_seq: cursor,
@@ -149,8 +165,9 @@ pub fn plan<'a>(
     let mut planned: HashMap<u64, &Received> = HashMap::new();
     // The hash the next event must carry as prev_sha256 (the site's log is a chain).
     let mut chain_head: Option<String> = None;
-    // Batches touched, with their projection, in the order first touched.
-    let mut touched: Vec<(Order, Projection, &StoredRecipe)> = Vec::new();
+    // Batches touched, with their projection and measure updates, in the order
+    // first touched.
+    let mut touched: Vec<(Order, Projection, &StoredRecipe, Vec<measure::Update>)> = Vec::new();
     // Checks that an event is the next link of the site's chain after `head` (the
     // hash of the event before it in this message, if any); returns its own hash.
     let link = |received: &Received, head: Option<String>| -> Result<String> {
@@ -208,7 +225,7 @@ pub fn plan<'a>(
         }
         let slot = match touched
             .iter()
-            .position(|(o, _, _)| o.batch_id == event.batch_id)
+            .position(|(o, _, _, _)| o.batch_id == event.batch_id)
         {
             Some(slot) => slot,
             None => {
@@ -217,14 +234,14 @@ pub fn plan<'a>(
                     check_batch_of_site(site_id, event, found_order.map(|(o, _)| o.clone()))?;
                 let recipe = &found_order.expect("checked above").1;
                 let projection = order.projection();
-                touched.push((order, projection, recipe));
+                touched.push((order, projection, recipe, Vec::new()));
                 touched.len() - 1
             }
         };
         chain_head = Some(link(received, chain_head.take())?);
         planned.insert(event.seq, received);
         plan.events.push(received);
-        let (order, projection, recipe) = &mut touched[slot];
+        let (order, projection, recipe, measures) = &mut touched[slot];
         let state_before = projection.state;
         if let Some(qc) = projection.apply(
             event,
@@ -236,6 +253,11 @@ pub fn plan<'a>(
             },
         ) {
             plan.qc.push((event.batch_id, qc));
+        }
+        if !order.dry_run {
+            for update in measure::updates(&event.kind, &recipe.recipe) {
+                measure::push(measures, update);
+            }
         }
         let target = |seq: u64| match planned.get(&seq) {
             Some(earlier) => Some(earlier.event().batch_id),
@@ -254,10 +276,18 @@ pub fn plan<'a>(
         plan.ingested.new_events += 1;
     }
     plan.ingested.acked_event_seq = next;
-    plan.projections = touched
-        .into_iter()
-        .map(|(order, projection, _)| (order.batch_id, projection))
-        .collect();
+    for (order, projection, _, updates) in touched {
+        if !updates.is_empty() {
+            plan.measures.push(Measures {
+                batch_id: order.batch_id,
+                product_id: order.recipe_id.clone(),
+                site_id: order.site_id.clone(),
+                batch_at: order.created_at,
+                updates,
+            });
+        }
+        plan.projections.push((order.batch_id, projection));
+    }
     if plan.ingested.new_events > 0 {
         plan.audit.push(
             NewEntry::new(

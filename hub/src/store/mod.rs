@@ -17,6 +17,7 @@
 //! backend, [`postgres::PgStore`] the one several hub processes can share. Both have
 //! the same semantics, checked by one test suite (`hub/tests/store_suite/`, one case list run on every backend).
 
+pub mod analytics;
 pub mod backend;
 pub mod deviations;
 mod ingest;
@@ -541,6 +542,61 @@ pub trait Store:
         version: u32,
     ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
         self.read().await?.recipe_dates(recipe_id, version).await
+    }
+
+    // -- process analytics --
+    /// The stored measures of one attribute of a product, in the order the batches
+    /// were placed.
+    async fn batch_measures(
+        &self,
+        product_id: &str,
+        attribute: &str,
+    ) -> Result<Vec<crate::model::analytics::measure::Stored>> {
+        self.read()
+            .await?
+            .batch_measures(product_id, attribute)
+            .await
+    }
+    /// The attributes measured of a product's batches, with their unit.
+    async fn measure_attributes(&self, product_id: &str) -> Result<Vec<(String, String)>> {
+        self.read().await?.measure_attributes(product_id).await
+    }
+    /// The products whose batches have measures.
+    async fn measured_products(&self) -> Result<Vec<String>> {
+        self.read().await?.measured_products().await
+    }
+    /// The baseline in force for a product (the latest chosen), if any.
+    async fn analytics_baseline(
+        &self,
+        product_id: &str,
+    ) -> Result<Option<crate::model::analytics::measure::Baseline>> {
+        Ok(self
+            .read()
+            .await?
+            .analytics_baselines(product_id)
+            .await?
+            .pop())
+    }
+    /// Chooses a product's baseline: the batches with results placed in
+    /// `from..to` (audited); see [`analytics::choose_baseline`].
+    async fn choose_baseline(
+        &self,
+        product_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        reason: &str,
+        by: &str,
+    ) -> Result<crate::model::analytics::measure::Baseline> {
+        analytics::choose_baseline(
+            self.write().await?,
+            product_id,
+            from,
+            to,
+            reason,
+            by,
+            Utc::now(),
+        )
+        .await
     }
 
     // -- deviations --

@@ -139,6 +139,9 @@ impl rows::Columns for PgRow {
     fn flag(&self, column: &str) -> Result<bool> {
         Ok(self.try_get(column)?)
     }
+    fn real(&self, column: &str) -> Result<f64> {
+        Ok(self.try_get(column)?)
+    }
     fn uuid(&self, column: &str) -> Result<Uuid> {
         Ok(self.try_get(column)?)
     }
@@ -516,6 +519,9 @@ impl Store for PgStore {
             .execute(w.conn())
             .await?;
         }
+        for measures in &plan.measures {
+            write_measures(w.conn(), measures).await?;
+        }
         for (batch_id, projection) in &plan.projections {
             w.save_projection(*batch_id, projection, now).await?;
         }
@@ -717,3 +723,60 @@ mod tests {
 
 /// [`NotifyStore`](super::NotifyStore) on this backend.
 mod notify;
+
+/// Writes a batch's measure updates: a QC value replaces the stored one; a run of
+/// samples is merged after the stored run as [`measure::Run::then`] does.
+///
+/// [`measure::Run::then`]: crate::model::analytics::measure::Run::then
+async fn write_measures(conn: &mut sqlx::PgConnection, m: &plan::Measures) -> Result<()> {
+    use crate::model::analytics::measure::{Run, Update};
+    for update in &m.updates {
+        let (attribute, unit, run, merge) = match update {
+            Update::Set {
+                attribute,
+                unit,
+                value,
+            } => (attribute, unit, Run::of(0.0, *value, *value, *value), false),
+            Update::Extend {
+                attribute,
+                unit,
+                run,
+            } => (attribute, unit, *run, true),
+        };
+        let sql = if merge {
+            "INSERT INTO batch_measures AS m (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+               n = m.n + excluded.n, sum = m.sum + excluded.sum, \
+               min = LEAST(m.min, excluded.min), max = GREATEST(m.max, excluded.max), \
+               out_of_range_hours = m.out_of_range_hours + excluded.out_of_range_hours \
+                 + CASE WHEN m.last_out THEN GREATEST(0.0, excluded.first_hours - m.last_hours) ELSE 0.0 END, \
+               last_hours = excluded.last_hours, last_out = excluded.last_out"
+        } else {
+            "INSERT INTO batch_measures AS m (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+               unit = excluded.unit, n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max, \
+               first_hours = excluded.first_hours, last_hours = excluded.last_hours, \
+               last_out = excluded.last_out, out_of_range_hours = excluded.out_of_range_hours"
+        };
+        sqlx::query(sql)
+            .bind(m.batch_id)
+            .bind(attribute)
+            .bind(&m.product_id)
+            .bind(&m.site_id)
+            .bind(stored(m.batch_at))
+            .bind(unit)
+            .bind(i64_of(run.n)?)
+            .bind(run.sum)
+            .bind(run.min)
+            .bind(run.max)
+            .bind(run.first_hours)
+            .bind(run.last_hours)
+            .bind(run.last_out)
+            .bind(run.out_of_range_hours)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}

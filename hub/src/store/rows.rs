@@ -29,6 +29,8 @@ pub(crate) trait Columns {
     /// A whole number (of any width the schema uses).
     fn int(&self, column: &str) -> Result<i64>;
     fn flag(&self, column: &str) -> Result<bool>;
+    /// A floating-point number.
+    fn real(&self, column: &str) -> Result<f64>;
     fn uuid(&self, column: &str) -> Result<Uuid>;
     fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>>;
     fn time(&self, column: &str) -> Result<DateTime<Utc>>;
@@ -521,5 +523,37 @@ pub(crate) fn qualification(row: &impl Columns) -> Result<crate::model::Qualific
         meaning: row.text("meaning")?,
         reason: row.text("reason")?,
         withdrawn,
+    })
+}
+
+/// A row of `batch_measures`.
+pub(crate) fn measure(row: &impl Columns) -> Result<crate::model::analytics::measure::Stored> {
+    use crate::model::analytics::measure::{Run, Stored};
+    Ok(Stored {
+        batch_id: row.uuid("batch_id")?,
+        site_id: row.text("site_id")?,
+        batch_at: row.time("batch_at")?,
+        unit: row.text("unit")?,
+        run: Run {
+            n: row.count("n")?,
+            sum: row.real("sum")?,
+            min: row.real("min")?,
+            max: row.real("max")?,
+            first_hours: row.real("first_hours")?,
+            last_hours: row.real("last_hours")?,
+            last_out: row.flag("last_out")?,
+            out_of_range_hours: row.real("out_of_range_hours")?,
+        },
+    })
+}
+
+/// A row of `analytics_baselines`.
+pub(crate) fn baseline(row: &impl Columns) -> Result<crate::model::analytics::measure::Baseline> {
+    Ok(crate::model::analytics::measure::Baseline {
+        product_id: row.text("product_id")?,
+        chosen_at: row.time("chosen_at")?,
+        chosen_by: row.text("chosen_by")?,
+        reason: row.text("reason")?,
+        batches: json("analytics_baselines.batches", &row.text("batches")?)?,
     })
 }

@@ -249,6 +249,9 @@ impl rows::Columns for SqliteRow {
     fn flag(&self, column: &str) -> Result<bool> {
         Ok(self.try_get::<i64, _>(column)? != 0)
     }
+    fn real(&self, column: &str) -> Result<f64> {
+        Ok(self.try_get(column)?)
+    }
     fn uuid(&self, column: &str) -> Result<Uuid> {
         parse_uuid(&self.text(column)?)
     }

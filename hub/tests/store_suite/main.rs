@@ -37,6 +37,8 @@ mod release;
 mod scheduling;
 // Notifications: the notifier and the outbox.
 mod notifications;
+// Process analytics: measures kept at ingest, baselines.
+mod analytics;
 // Operations: durability across reopening.
 mod operations;
 // Cases of one backend only, last.
@@ -166,6 +168,9 @@ every_backend! {
         case_deliveries_back_off_fail_and_can_be_requeued,
         case_a_site_link_down_is_reported_once_per_outage,
         case_concurrent_notifiers_and_workers_queue_and_claim_each_once,
+    ],
+    analytics: [
+        case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audited,
     ],
     operations: [
         case_data_survives_reopening(reopen),

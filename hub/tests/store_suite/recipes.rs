@@ -323,6 +323,18 @@ pub async fn case_a_draft_is_dry_run_on_the_simulator_site_and_never_released(
         .await
         .expect("queue");
     assert!(queue.iter().all(|o| o.batch_id != run.batch_id));
+    // Its numeric results are not charted with the product's batches.
+    assert!(events.iter().any(|e| matches!(
+        &e.kind,
+        carrel_proto::event::EventKind::QcResult {
+            value: carrel_proto::recipe::QcValue::Numeric(_),
+            ..
+        }
+    )));
+    assert_eq!(
+        store.measured_products().await.expect("products"),
+        Vec::<String>::new()
+    );
     let sha = reviewed_sha256(&*store, run.batch_id).await;
     assert_refused!(
         store

@@ -6,7 +6,9 @@
 //! (normal, Student's t, chi-squared) come from `statrs`.
 
 pub mod capability;
+pub mod chart;
 pub mod compare;
+pub mod measure;
 pub mod spc;
 
 /// The arithmetic mean; `None` for no values.

@@ -33,6 +33,75 @@ impl ReadTx for PgTx<'_> {
             .transpose()
     }
 
+    async fn batch_measures(
+        &mut self,
+        product_id: &str,
+        attribute: &str,
+    ) -> Result<Vec<crate::model::analytics::measure::Stored>> {
+        sqlx::query(
+            "SELECT * FROM batch_measures WHERE product_id = $1 AND attribute = $2 ORDER BY batch_at, batch_id",
+        )
+        .bind(product_id)
+        .bind(attribute)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(rows::measure)
+        .collect()
+    }
+
+    async fn measure_attributes(&mut self, product_id: &str) -> Result<Vec<(String, String)>> {
+        sqlx::query(
+            "SELECT attribute, max(unit) AS unit FROM batch_measures WHERE product_id = $1 GROUP BY attribute ORDER BY attribute",
+        )
+        .bind(product_id)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("attribute")?, row.try_get("unit")?)))
+        .collect()
+    }
+
+    async fn measured_products(&mut self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT DISTINCT product_id FROM batch_measures ORDER BY product_id",
+            )
+            .fetch_all(self.conn())
+            .await?,
+        )
+    }
+
+    async fn analytics_baselines(
+        &mut self,
+        product_id: &str,
+    ) -> Result<Vec<crate::model::analytics::measure::Baseline>> {
+        sqlx::query("SELECT * FROM analytics_baselines WHERE product_id = $1 ORDER BY chosen_at")
+            .bind(product_id)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(rows::baseline)
+            .collect()
+    }
+
+    async fn measured_batches(
+        &mut self,
+        product_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT batch_id FROM batch_measures WHERE product_id = $1 AND batch_at >= $2 AND batch_at < $3 \
+             GROUP BY batch_id ORDER BY min(batch_at), batch_id",
+        )
+        .bind(product_id)
+        .bind(stored(from))
+        .bind(stored(to))
+        .fetch_all(self.conn())
+        .await?)
+    }
+
     async fn site_qualifications(
         &mut self,
         site_id: Option<&str>,
@@ -405,6 +474,23 @@ impl ReadTx for PgTx<'_> {
 
 #[async_trait]
 impl WriteTx for PgTx<'_> {
+    async fn insert_analytics_baseline(
+        &mut self,
+        b: &crate::model::analytics::measure::Baseline,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO analytics_baselines (product_id, chosen_at, chosen_by, reason, batches) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&b.product_id)
+        .bind(stored(b.chosen_at))
+        .bind(&b.chosen_by)
+        .bind(&b.reason)
+        .bind(json_text(&b.batches)?)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
     async fn insert_site_qualification(&mut self, q: &crate::model::Qualification) -> Result<()> {
         sqlx::query(
             "INSERT INTO site_qualifications (site_id, recipe_id, min_version, max_version, qualified_by, qualified_name, qualified_at, meaning, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

@@ -202,6 +202,9 @@ impl Writer {
                 qc.reason,
             ])?;
         }
+        for measures in &plan.measures {
+            write_measures(tx, measures)?;
+        }
         for (batch_id, p) in &plan.projections {
             tx.prepare_cached(
                 "UPDATE batches SET state = ?, current_step = ?, progress = ?, decision_recorded = ?, updated_at = ? WHERE batch_id = ?",
@@ -276,6 +279,9 @@ impl rows::Columns for Row<'_, '_> {
     fn flag(&self, column: &str) -> Result<bool> {
         Ok(self.int(column)? != 0)
     }
+    fn real(&self, column: &str) -> Result<f64> {
+        Ok(self.0.get(column)?)
+    }
     fn uuid(&self, column: &str) -> Result<Uuid> {
         super::parse_uuid(&self.text(column)?)
     }
@@ -349,4 +355,58 @@ impl Audit<'_> {
         *self.head = Some((position, sha));
         Ok(())
     }
+}
+
+/// Writes a batch's measure updates: a QC value replaces the stored one; a run of
+/// samples is merged after the stored run as [`measure::Run::then`] does.
+fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
+    use crate::model::analytics::measure::{Run, Update};
+    for update in &m.updates {
+        let (attribute, unit, run, merge) = match update {
+            Update::Set {
+                attribute,
+                unit,
+                value,
+            } => (attribute, unit, Run::of(0.0, *value, *value, *value), false),
+            Update::Extend {
+                attribute,
+                unit,
+                run,
+            } => (attribute, unit, *run, true),
+        };
+        let sql = if merge {
+            "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+               n = n + excluded.n, sum = sum + excluded.sum, \
+               min = min(min, excluded.min), max = max(max, excluded.max), \
+               out_of_range_hours = out_of_range_hours + excluded.out_of_range_hours \
+                 + CASE WHEN last_out = 1 THEN max(0.0, excluded.first_hours - last_hours) ELSE 0.0 END, \
+               last_hours = excluded.last_hours, last_out = excluded.last_out"
+        } else {
+            "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+               unit = excluded.unit, n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max, \
+               first_hours = excluded.first_hours, last_hours = excluded.last_hours, \
+               last_out = excluded.last_out, out_of_range_hours = excluded.out_of_range_hours"
+        };
+        tx.prepare_cached(sql)?.execute(params![
+            m.batch_id.to_string(),
+            attribute,
+            m.product_id,
+            m.site_id,
+            ts(m.batch_at),
+            unit,
+            i64_of(run.n)?,
+            run.sum,
+            run.min,
+            run.max,
+            run.first_hours,
+            run.last_hours,
+            run.last_out as i64,
+            run.out_of_range_hours,
+        ])?;
+    }
+    Ok(())
 }

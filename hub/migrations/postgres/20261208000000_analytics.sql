@@ -1,0 +1,39 @@
+-- Process analytics (postgres; the same columns and meaning on both backends).
+--
+-- What each batch contributes to the control charts, kept up to date in the
+-- transaction that stores the site's records, so that no chart re-reads events.
+-- `attribute` is `qc/<test>` (a numeric QC result; a retest replaces it) or
+-- `step/<step>/<parameter>` (a running summary of that parameter's samples in that
+-- step: count, sum, extremes, and the time spent out of the recipe's range; the
+-- last sample and whether it was out of range carry the time across messages).
+-- Dry runs have none. `product_id`, `site_id` and `batch_at` (when the order was
+-- placed) are copied from the order so that a chart is one index range.
+CREATE TABLE batch_measures (
+    batch_id           UUID             NOT NULL REFERENCES orders (batch_id),
+    attribute          TEXT             NOT NULL,
+    product_id         TEXT             NOT NULL,
+    site_id            TEXT             NOT NULL,
+    batch_at           TIMESTAMPTZ      NOT NULL,
+    unit               TEXT             NOT NULL,
+    n                  BIGINT           NOT NULL CHECK (n > 0),
+    sum                DOUBLE PRECISION NOT NULL,
+    min                DOUBLE PRECISION NOT NULL,
+    max                DOUBLE PRECISION NOT NULL,
+    first_hours        DOUBLE PRECISION NOT NULL,
+    last_hours         DOUBLE PRECISION NOT NULL,
+    last_out           BOOLEAN          NOT NULL,
+    out_of_range_hours DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (batch_id, attribute)
+);
+CREATE INDEX batch_measures_chart ON batch_measures (product_id, attribute, batch_at);
+
+-- The baselines QA chose for a product's control limits: the batches, fixed when
+-- chosen, with who chose them and why. Never changed; the latest is in force.
+CREATE TABLE analytics_baselines (
+    product_id TEXT        NOT NULL,
+    chosen_at  TIMESTAMPTZ NOT NULL,
+    chosen_by  TEXT        NOT NULL REFERENCES users (username),
+    reason     TEXT        NOT NULL,
+    batches    TEXT        NOT NULL,  -- JSON array of batch ids
+    PRIMARY KEY (product_id, chosen_at)
+);

@@ -1,0 +1,74 @@
+//! The write transaction of process analytics: QA choosing a product's baseline,
+//! written once for every backend like those in [`super::transactions`]. The
+//! measures themselves are written at ingest ([`super::ingest`]).
+
+use super::backend::Tx;
+use super::transactions::required_reason;
+use super::{Error, Result};
+use crate::audit::{Action, NewEntry, Object};
+use crate::model::analytics::measure::Baseline;
+use chrono::{DateTime, Utc};
+
+/// Fewest batches a baseline may hold: a moving range needs two. Twenty or more
+/// is the usual advice (Montgomery, 7.4); fewer is allowed and shown as such.
+pub const MIN_BASELINE_BATCHES: usize = 2;
+
+/// Chooses as `product_id`'s baseline the batches with results placed in
+/// `from..to`, fixed now (a batch placed in that window later is not added), with
+/// QA's reason; audited. The limits of every chart of the product come from it.
+pub(crate) async fn choose_baseline(
+    mut tx: Tx<'_>,
+    product_id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    reason: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Baseline> {
+    let reason = required_reason(reason)?;
+    if from >= to {
+        return Err(Error::Invalid(format!(
+            "the baseline's window must end after it starts (from {} to {})",
+            from.format("%Y-%m-%d %H:%M"),
+            to.format("%Y-%m-%d %H:%M")
+        )));
+    }
+    if tx.latest_recipe(product_id).await?.is_none() {
+        return Err(Error::NotFound(format!("product {product_id:?}")));
+    }
+    let batches = tx.measured_batches(product_id, from, to).await?;
+    if batches.len() < MIN_BASELINE_BATCHES {
+        return Err(Error::FailedPrecondition(format!(
+            "{} batch(es) of {product_id} with results were placed from {} to {}; a baseline needs at least {MIN_BASELINE_BATCHES} (20 or more is usual)",
+            batches.len(),
+            from.format("%Y-%m-%d"),
+            to.format("%Y-%m-%d")
+        )));
+    }
+    let baseline = Baseline {
+        product_id: product_id.to_owned(),
+        chosen_at: now,
+        chosen_by: by.to_owned(),
+        reason: reason.to_owned(),
+        batches,
+    };
+    tx.insert_analytics_baseline(&baseline).await?;
+    tx.audit(
+        NewEntry::new(
+            by,
+            Action::AnalyticsBaselineChosen,
+            Object::Product(product_id.to_owned()),
+        )
+        .value(format!(
+            "{} batches placed from {} to {}",
+            baseline.batches.len(),
+            from.format("%Y-%m-%d %H:%M UTC"),
+            to.format("%Y-%m-%d %H:%M UTC")
+        ))
+        .reason(reason),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(baseline)
+}

@@ -1,0 +1,252 @@
+//! Process analytics: each batch's measures are kept at ingest, and QA's baseline is
+//! chosen, fixed and audited.
+
+use crate::fixtures::*;
+use carrel_hub::audit::Action;
+use carrel_hub::model::analytics::measure::{Run, Stored};
+use carrel_hub::store::{Error, Store};
+use carrel_proto::event::{EventKind, Sample};
+use carrel_proto::recipe::{Outcome, QcValue};
+use chrono::Duration;
+use std::sync::Arc;
+
+const TEMPERATURE: &str = "step/expansion/temperature";
+
+fn samples(values: &[(f64, f64)]) -> EventKind {
+    EventKind::ProcessSamples {
+        step_id: "expansion".into(),
+        samples: values
+            .iter()
+            .map(|&(step_hours, value)| Sample {
+                step_hours,
+                parameter: "temperature".into(),
+                value,
+                unit: "degC".into(),
+            })
+            .collect(),
+    }
+}
+
+async fn measures(store: &dyn Store, attribute: &str) -> Vec<Stored> {
+    store
+        .batch_measures(RECIPE_ID, attribute)
+        .await
+        .expect("measures")
+}
+
+pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audited(
+    store: Arc<dyn Store>,
+) {
+    let recipe = seed(&*store).await;
+    let t0 = now() - Duration::days(10);
+    let first = store
+        .create_order(&new_order(SITE_A), t0)
+        .await
+        .expect("order");
+    let second = store
+        .create_order(&new_order(SITE_B), t0 + Duration::days(1))
+        .await
+        .expect("order");
+    let mut a = SiteLog::new();
+    let accepted_a = a.record(first.batch_id, accepted(&first, &recipe));
+    let started = a.record(first.batch_id, step_started("expansion"));
+    // The range is 36.5..=37.5: 38.0 at 1 h is out until the next sample at 2 h,
+    // and 36.0 at 3 h is out until the sample at 4.5 h, which arrives in the next
+    // message: the time out of range crosses it.
+    let one = a.record(
+        first.batch_id,
+        samples(&[(0.0, 37.0), (1.0, 38.0), (2.0, 37.1), (3.0, 36.0)]),
+    );
+    ingest(&*store, SITE_A, &[accepted_a, started, one]).await;
+    let two = a.record(first.batch_id, samples(&[(4.5, 37.0), (5.0, 37.2)]));
+    let viability = a.record(
+        first.batch_id,
+        qc_result("viability", QcValue::Numeric(91.5), Outcome::Pass),
+    );
+    // A text result is stored but not charted.
+    let sterility = a.record(
+        first.batch_id,
+        qc_result(
+            "sterility",
+            QcValue::Text("no growth".into()),
+            Outcome::Pass,
+        ),
+    );
+    ingest(&*store, SITE_A, &[two.clone(), viability, sterility]).await;
+    // A repeat of a stored record changes no measure.
+    ingest(&*store, SITE_A, &[two]).await;
+
+    let got = measures(&*store, TEMPERATURE).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let run = got[0].run;
+    let expected = [
+        (0.0, 37.0),
+        (1.0, 38.0),
+        (2.0, 37.1),
+        (3.0, 36.0),
+        (4.5, 37.0),
+        (5.0, 37.2),
+    ]
+    .iter()
+    .map(|&(h, v)| Run::of(h, v, 36.5, 37.5))
+    .reduce(Run::then)
+    .expect("samples");
+    assert_eq!(run.n, 6);
+    assert_eq!((run.min, run.max), (36.0, 38.0));
+    assert!((run.out_of_range_hours - 2.5).abs() < 1e-9, "{run:?}");
+    assert!((run.sum - expected.sum).abs() < 1e-9);
+    assert_eq!(run.last_out, expected.last_out);
+    assert_eq!(
+        (
+            got[0].site_id.as_str(),
+            got[0].batch_at,
+            got[0].unit.as_str()
+        ),
+        (SITE_A, t0, "degC")
+    );
+    assert_eq!(measures(&*store, "qc/viability").await[0].run.mean(), 91.5);
+    assert!(measures(&*store, "qc/sterility").await.is_empty());
+
+    // A retest replaces the value charted.
+    let retest = a.record(
+        first.batch_id,
+        EventKind::QcResult {
+            test_id: "viability".into(),
+            value: QcValue::Numeric(88.0),
+            unit: "%".into(),
+            method: "automated cell counter".into(),
+            site_outcome: Outcome::Pass,
+            retest_of: Some(5),
+        },
+    );
+    ingest(&*store, SITE_A, &[retest]).await;
+    let viability = measures(&*store, "qc/viability").await;
+    assert_eq!(viability.len(), 1);
+    assert_eq!((viability[0].run.n, viability[0].run.mean()), (1, 88.0));
+
+    // The second site's batch, placed a day later, follows in chart order.
+    let mut b = SiteLog::new();
+    let accepted_b = b.record(second.batch_id, accepted(&second, &recipe));
+    let result_b = b.record(
+        second.batch_id,
+        qc_result("viability", QcValue::Numeric(93.0), Outcome::Pass),
+    );
+    ingest(&*store, SITE_B, &[accepted_b, result_b]).await;
+    let viability = measures(&*store, "qc/viability").await;
+    assert_eq!(
+        viability
+            .iter()
+            .map(|m| (m.batch_id, m.site_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(first.batch_id, SITE_A), (second.batch_id, SITE_B)]
+    );
+    assert_eq!(
+        store
+            .measure_attributes(RECIPE_ID)
+            .await
+            .expect("attributes"),
+        vec![
+            ("qc/viability".to_owned(), "%".to_owned()),
+            (TEMPERATURE.to_owned(), "degC".to_owned()),
+        ]
+    );
+    assert_eq!(
+        store.measured_products().await.expect("products"),
+        vec![RECIPE_ID.to_owned()]
+    );
+
+    // A baseline: refused without a reason, with the window backwards, for an
+    // unknown product and with too few batches, storing nothing.
+    let window = (t0 - Duration::hours(1), t0 + Duration::days(2));
+    assert_refused!(
+        store
+            .choose_baseline(RECIPE_ID, window.0, window.1, " ", QA)
+            .await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store
+            .choose_baseline(RECIPE_ID, window.1, window.0, "first batches", QA)
+            .await,
+        Error::Invalid
+    );
+    assert_refused!(
+        store
+            .choose_baseline("no-such-product", window.0, window.1, "first batches", QA)
+            .await,
+        Error::NotFound
+    );
+    assert_refused!(
+        store
+            .choose_baseline(
+                RECIPE_ID,
+                window.0,
+                t0 + Duration::hours(1),
+                "first batch",
+                QA
+            )
+            .await,
+        Error::FailedPrecondition
+    );
+    assert_eq!(
+        store.analytics_baseline(RECIPE_ID).await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .audit_count(Action::AnalyticsBaselineChosen)
+            .await
+            .expect("count"),
+        0
+    );
+
+    let chosen = store
+        .choose_baseline(RECIPE_ID, window.0, window.1, "validation batches", QA)
+        .await
+        .expect("baseline");
+    assert_eq!(chosen.batches, vec![first.batch_id, second.batch_id]);
+    // Fixed when chosen: a batch placed in the window afterwards is not added.
+    let late = store
+        .create_order(&new_order(SITE_A), t0 + Duration::hours(12))
+        .await
+        .expect("order");
+    let mut a2 = a;
+    let accepted_late = a2.record(late.batch_id, accepted(&late, &recipe));
+    let result_late = a2.record(
+        late.batch_id,
+        qc_result("viability", QcValue::Numeric(90.0), Outcome::Pass),
+    );
+    ingest(&*store, SITE_A, &[accepted_late, result_late]).await;
+    let in_force = store
+        .analytics_baseline(RECIPE_ID)
+        .await
+        .expect("read")
+        .expect("chosen");
+    assert_eq!(in_force.batches, chosen.batches);
+    assert_eq!(
+        (in_force.chosen_by.as_str(), in_force.reason.as_str()),
+        (QA, "validation batches")
+    );
+    assert_eq!(
+        store
+            .audit_count(Action::AnalyticsBaselineChosen)
+            .await
+            .expect("count"),
+        1
+    );
+    // The newest choice is in force; the earlier one is kept.
+    let again = store
+        .choose_baseline(RECIPE_ID, window.0, window.1, "with the late batch", QA)
+        .await
+        .expect("baseline");
+    assert_eq!(again.batches.len(), 3);
+    assert_eq!(
+        store
+            .analytics_baseline(RECIPE_ID)
+            .await
+            .expect("read")
+            .expect("chosen")
+            .reason,
+        "with the late batch"
+    );
+}
