@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "carrel/v1/notifications.proto",
         "carrel/v1/admin.proto",
         "carrel/v1/schedule.proto",
+        "carrel/v1/analytics.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -285,6 +285,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 hub.clone(),
             ))
             .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::analytics_service_server::AnalyticsServiceServer::new(
+                grpc::analytics::AnalyticsApi(hub.clone()),
+            )
+            .max_decoding_message_size(max),
         );
 
     // The console first: whatever can fail (its TLS configuration) fails before the

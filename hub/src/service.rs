@@ -19,6 +19,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use uuid::Uuid;
 
 pub mod admin;
+pub mod analytics;
 pub mod deviations;
 pub mod integration;
 pub mod qualifications;

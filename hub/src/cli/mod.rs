@@ -8,8 +8,9 @@
 //! use the API), `users.rs`, `ca.rs`, `audit.rs` and `backup.rs` (and restore), with
 //! `local.rs` for what they share. Through the API: `client.rs` (connecting, the
 //! session token, `login`), `orders.rs`, `release.rs`, `notify.rs` and
-//! `schedule.rs`, with `output.rs` for the text and JSON they share.
+//! `schedule.rs` and `analytics.rs`, with `output.rs` for the text and JSON they share.
 
+mod analytics;
 mod audit;
 mod backup;
 mod ca;
@@ -77,6 +78,10 @@ pub enum Command {
     /// retire, list.
     #[command(subcommand)]
     Recipe(recipes::RecipeCommand),
+    /// Process analytics (QA, administrators): control charts by site and for the
+    /// network, capability, site comparability, CSV, and QA's baseline.
+    #[command(subcommand)]
+    Analytics(analytics::AnalyticsCommand),
     /// Deviations (QA): list, raise at the hub, investigation notes, and closure with
     /// an electronic signature; an open major or critical deviation stops release.
     #[command(subcommand)]
@@ -155,6 +160,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(command) => users::run(command).await,
         Command::Integration(command) => integration::run(command).await,
         Command::Deviation(command) => deviations::run(command).await,
+        Command::Analytics(command) => analytics::run(command).await,
         Command::Recipe(command) => recipes::run(command).await,
         Command::Login { client, user } => client::login(client, user).await,
         Command::Password(command) => users::run_password(command).await,

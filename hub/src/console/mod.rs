@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod analytics;
 mod deviations;
 mod notifications;
 mod orders;
@@ -99,6 +100,14 @@ pub fn router(hub: Arc<Hub>) -> Router {
             "/batches/{id}/deviations/{deviation_id}/close",
             post(deviations::close),
         )
+        .route("/analytics", get(analytics::products))
+        .route("/analytics/{product}", get(analytics::product))
+        .route(
+            "/analytics/{product}/baseline",
+            post(analytics::choose_baseline),
+        )
+        .route("/analytics/{product}/chart", get(analytics::chart))
+        .route("/analytics/{product}/chart.csv", get(analytics::chart_csv))
         .route("/deviations", get(deviations::list))
         .route(
             "/qualifications",

@@ -51,6 +51,10 @@ label.check { display:flex; align-items:center; gap:.6rem; font-weight:600; min-
 dialog { border:1px solid var(--line); border-radius:6px; max-width:32rem; }
 .manifestation { display:inline-block; max-width:100%; font-size:1.1rem; font-weight:700; padding:.6rem; border:2px solid var(--fg); margin:.6rem 0; }
 svg.chart { background:#fff; border:1px solid var(--line); max-width:100%; height:auto; }
+figure.control, figure.forest { margin:0 0 1rem; }
+figure.control svg { display:block; width:100%; }
+figure.forest svg { display:block; width:100%; }
+@media print { header, .skip-link, form, details { display:none; } body { background:#fff; } main { max-width:none; } figure { break-inside:avoid; } a { color:inherit; text-decoration:none; } }
 form.inline { display:flex; flex-wrap:wrap; gap:.4rem; align-items:center; }
 form.inline select, form.inline input { width:auto; max-width:16rem; }
 .skip-link { position:absolute; left:-999px; top:0; background:#fff; padding:.6rem 1rem; z-index:10; }
@@ -85,8 +89,8 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                         nav aria-label="main" {
                             @let links: &[(&str, &str)] = match user.role {
                                 Role::Physician => &[("/orders", "My orders"), ("/orders/new", "New order"), ("/schedule", "Schedule")],
-                                Role::Qa => &[("/release", "Release queue"), ("/deviations", "Deviations"), ("/recipes", "Recipes"), ("/qualifications", "Qualifications"), ("/orders", "All orders"), ("/schedule", "Schedule")],
-                                Role::Admin => &[("/admin/sites", "Sites"), ("/admin/users", "Users"), ("/orders", "Orders"), ("/schedule", "Schedule")],
+                                Role::Qa => &[("/release", "Release queue"), ("/deviations", "Deviations"), ("/recipes", "Recipes"), ("/qualifications", "Qualifications"), ("/analytics", "Analytics"), ("/orders", "All orders"), ("/schedule", "Schedule")],
+                                Role::Admin => &[("/admin/sites", "Sites"), ("/admin/users", "Users"), ("/orders", "Orders"), ("/schedule", "Schedule"), ("/analytics", "Analytics")],
                                 Role::Technician => &[("/orders", "Orders"), ("/schedule", "Schedule")],
                             };
                             @for (href, label) in links {

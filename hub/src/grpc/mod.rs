@@ -6,6 +6,7 @@
 //! [`crate::app::Hub`].
 
 pub mod admin;
+pub mod analytics;
 pub mod auth;
 pub mod notifications;
 pub mod orders;

@@ -1,0 +1,240 @@
+//! Process analytics, whichever door: the products and attributes charted, one
+//! chart (the network's and each site's control chart, capability, and each site
+//! against the rest), its data as CSV, and QA choosing a product's baseline.
+//!
+//! Every chart is built from the measures the store keeps at ingest, one index
+//! range per chart, never from the batches' events.
+
+use super::{field, require_role, sentence_reason, Error};
+use crate::app::Hub;
+use crate::model::analytics::chart::{self, Chart};
+use crate::model::analytics::measure::{Baseline, Statistic};
+use crate::model::{Role, User};
+use chrono::{DateTime, NaiveDate, Utc};
+
+/// Who reads the charts: QA, and administrators who run the network.
+const READERS: [Role; 2] = [Role::Qa, Role::Admin];
+/// Who chooses a baseline.
+const QUALITY: [Role; 1] = [Role::Qa];
+
+/// One charted attribute of a product.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    pub attribute: String,
+    pub unit: String,
+    /// Each statistic charted, with its label.
+    pub statistics: Vec<(Statistic, String)>,
+}
+
+/// The products whose batches have measures.
+pub async fn products(hub: &Hub, user: &User) -> Result<Vec<String>, Error> {
+    require_role(user, &READERS)?;
+    Ok(hub.store.measured_products().await?)
+}
+
+/// A product's charted attributes (labels from its version in force), and the
+/// baseline in force.
+pub async fn attributes(
+    hub: &Hub,
+    user: &User,
+    product_id: &str,
+) -> Result<(Vec<Attribute>, Option<Baseline>), Error> {
+    require_role(user, &READERS)?;
+    let product_id = product(product_id)?;
+    let recipe = recipe_of(hub, product_id).await?;
+    let attributes = hub
+        .store
+        .measure_attributes(product_id)
+        .await?
+        .into_iter()
+        .map(|(attribute, unit)| Attribute {
+            statistics: chart::statistics_of(&attribute)
+                .iter()
+                .map(|s| (*s, chart::label(&recipe.recipe, &attribute, *s)))
+                .collect(),
+            attribute,
+            unit,
+        })
+        .collect();
+    Ok((attributes, hub.store.analytics_baseline(product_id).await?))
+}
+
+/// The chart of `statistic` (its name, such as `mean`) of `attribute` of a product.
+pub async fn chart(
+    hub: &Hub,
+    user: &User,
+    product_id: &str,
+    attribute: &str,
+    statistic: &str,
+) -> Result<Chart, Error> {
+    require_role(user, &READERS)?;
+    let product_id = product(product_id)?;
+    let attribute = attribute.trim();
+    let statistic = parse_statistic(attribute, statistic)?;
+    let recipe = recipe_of(hub, product_id).await?;
+    let measures = hub.store.batch_measures(product_id, attribute).await?;
+    if measures.is_empty() {
+        return Err(field(
+            "attribute",
+            format!("no batch of {product_id} has a measure of {attribute:?}"),
+        ));
+    }
+    let baseline = hub.store.analytics_baseline(product_id).await?;
+    Ok(chart::chart(
+        product_id,
+        attribute,
+        statistic,
+        chart::label(&recipe.recipe, attribute, statistic),
+        &measures,
+        baseline.as_ref(),
+        chart::spec(&recipe.recipe, attribute, statistic),
+    ))
+}
+
+/// Chooses a product's baseline: its batches with results placed from `from` to
+/// `to` (dates, both days included, UTC), with QA's reason; audited.
+pub async fn choose_baseline(
+    hub: &Hub,
+    user: &User,
+    product_id: &str,
+    from: &str,
+    to: &str,
+    reason: &str,
+) -> Result<Baseline, Error> {
+    require_role(user, &QUALITY)?;
+    let product_id = product(product_id)?;
+    let from_day = date("from", from)?;
+    let to_day = date("to", to)?;
+    if to_day < from_day {
+        return Err(field(
+            "to",
+            format!("the window ends ({to_day}) before it starts ({from_day})"),
+        ));
+    }
+    let reason = sentence_reason(reason, "choose this baseline")?;
+    let start = |d: NaiveDate| -> DateTime<Utc> { d.and_time(chrono::NaiveTime::MIN).and_utc() };
+    Ok(hub
+        .store
+        .choose_baseline(
+            product_id,
+            start(from_day),
+            start(to_day + chrono::Days::new(1)),
+            &reason,
+            &user.username,
+        )
+        .await?)
+}
+
+fn product(product_id: &str) -> Result<&str, Error> {
+    let product_id = product_id.trim();
+    if product_id.is_empty() {
+        return Err(field("product", "name the product (such as cd19-car-t)"));
+    }
+    Ok(product_id)
+}
+
+async fn recipe_of(hub: &Hub, product_id: &str) -> Result<crate::model::StoredRecipe, Error> {
+    match hub.store.latest_recipe(product_id).await {
+        Err(crate::store::Error::NotFound(_)) => Err(field(
+            "product",
+            format!("product {product_id:?} is not known to the hub"),
+        )),
+        other => Ok(other?),
+    }
+}
+
+fn parse_statistic(attribute: &str, statistic: &str) -> Result<Statistic, Error> {
+    let allowed = chart::statistics_of(attribute);
+    let statistic = statistic.trim();
+    if statistic.is_empty() {
+        return Ok(allowed[0]);
+    }
+    Statistic::parse(statistic)
+        .filter(|s| allowed.contains(s))
+        .ok_or_else(|| {
+            let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+            field(
+                "statistic",
+                format!(
+                    "{statistic:?} is not charted for {attribute}; choose {}",
+                    names.join(", ")
+                ),
+            )
+        })
+}
+
+fn date(name: &'static str, text: &str) -> Result<NaiveDate, Error> {
+    NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+        .map_err(|_| field(name, format!("{text:?} is not a date (YYYY-MM-DD)")))
+}
+
+/// The chart's data, one row per batch, as CSV: the network's and the batch's
+/// site's limits and the rules signalled at the batch on each.
+pub fn csv(chart: &Chart) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "product,attribute,statistic,unit,batch_id,site_id,placed_at,value,in_baseline,\
+         network_center,network_lcl,network_ucl,network_rules,site_center,site_lcl,site_ucl,site_limits_of_network,site_rules\n",
+    );
+    let limits = |l: Option<crate::model::analytics::spc::Limits>| {
+        l.map_or((String::new(), String::new(), String::new()), |l| {
+            (
+                format!("{}", l.center),
+                format!("{}", l.lcl()),
+                format!("{}", l.ucl()),
+            )
+        })
+    };
+    let rules = |series: &chart::Series, index: usize| {
+        series
+            .signals
+            .iter()
+            .filter(|s| s.index == index)
+            .map(|s| s.rule.number().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (nc, nl, nu) = limits(chart.network.limits);
+    for (i, p) in chart.network.points.iter().enumerate() {
+        let site = chart
+            .sites
+            .iter()
+            .find(|s| s.site_id.as_deref() == Some(p.site_id.as_str()));
+        let (sc, sl, su, of_network, site_rules) = match site {
+            Some(s) => {
+                let at = s
+                    .points
+                    .iter()
+                    .position(|q| q.batch_id == p.batch_id)
+                    .unwrap_or(usize::MAX);
+                let (c, l, u) = limits(s.limits);
+                (c, l, u, s.limits_of_network.to_string(), rules(s, at))
+            }
+            None => Default::default(),
+        };
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{nc},{nl},{nu},{},{sc},{sl},{su},{of_network},{site_rules}",
+            csv_field(&chart.product_id),
+            csv_field(&chart.attribute),
+            chart.statistic.as_str(),
+            csv_field(&chart.unit),
+            p.batch_id,
+            csv_field(&p.site_id),
+            p.batch_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            p.value,
+            p.in_baseline,
+            rules(&chart.network, i),
+        );
+    }
+    out
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
