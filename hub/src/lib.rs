@@ -28,6 +28,7 @@ pub mod client_address;
 pub mod clock;
 pub mod config;
 pub mod console;
+pub mod demo_history;
 pub mod dry_run;
 pub mod export;
 pub mod fhir;

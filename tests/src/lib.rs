@@ -6,6 +6,7 @@
 //! The binaries are found next to the test executable (`target/<profile>/`); build
 //! them first, which `cargo test --workspace` does.
 
+pub mod dev;
 pub mod otlp;
 pub mod peers;
 pub mod proxy;
@@ -48,6 +49,37 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs `command` (a `carrel-hub`) as a client of the hub at `url` with its CA
+/// and a session token file, `stdin` typed in (a password, say).
+pub fn run_cli(
+    mut command: Command,
+    url: &str,
+    ca_cert: &Path,
+    token_file: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
+    let mut child = command
+        .args(args)
+        .env("CARREL_ADDR", url)
+        .env("CARREL_CA_CERT", ca_cert)
+        .env("CARREL_TOKEN_FILE", token_file)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run carrel-hub");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input
+            .write_all(format!("{text}\n").as_bytes())
+            .expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("carrel-hub output")
 }
 
 /// A free TCP port on loopback (bound and released; good enough for tests).
@@ -266,33 +298,18 @@ impl Hub {
         stdin: Option<&str>,
         env: &[(&str, &str)],
     ) -> Output {
-        let mut child = Command::new(binary("carrel-hub"))
-            .args(args)
+        let mut command = Command::new(binary("carrel-hub"));
+        command
             .envs(env.iter().copied())
-            .env("CARREL_ADDR", self.url())
-            .env("CARREL_CA_CERT", self.ca_cert())
-            .env("CARREL_HUB_CONFIG", self.config_path())
-            .env(
-                "CARREL_TOKEN_FILE",
-                self.dir.path().join(format!("token-{user}")),
-            )
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run carrel-hub");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(format!("{text}\n").as_bytes())
-                .expect("write stdin");
-        } else {
-            drop(child.stdin.take());
-        }
-        child.wait_with_output().expect("carrel-hub output")
+            .env("CARREL_HUB_CONFIG", self.config_path());
+        run_cli(
+            command,
+            &self.url(),
+            &self.ca_cert(),
+            &self.dir.path().join(format!("token-{user}")),
+            args,
+            stdin,
+        )
     }
 
     /// Runs a CLI command that must succeed; returns its standard output.

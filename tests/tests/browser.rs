@@ -3576,3 +3576,137 @@ async fn qa_releases_conditionally_and_completes_the_release_in_the_console() {
         .await;
     client.close().await.expect("close browser");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qa_reads_control_charts_and_the_forest_plot_of_the_history_and_chooses_a_baseline() {
+    const GRACE: (&str, &str) = ("qa.grace", "dev-qa-password");
+    let dev = carrel_tests::dev::DevNetwork::start(&["--history-batches", "40"]).await;
+    let console = dev.console.clone();
+    let axe = axe_source();
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    let mut shots = Shots::new("analytics");
+    sign_in(&client, &console, GRACE).await;
+    click(&client, "nav a[href='/analytics']").await;
+    // One product charted: its page at once.
+    expect_text(&client, "analytics", "Process analytics of cd19-car-t").await;
+    expect_text(&client, "analytics", "No baseline chosen").await;
+    shots.take(&client, "product").await;
+    client
+        .find(Locator::LinkText("Viability"))
+        .await
+        .expect("a chart of viability")
+        .click()
+        .await
+        .expect("open it");
+    expect_text(&client, "chart", "Sites against the rest of the network").await;
+    let page = body_text(&client).await;
+    // The network's chart and each of the four sites', with history-east's drift
+    // marked and named in the signals table.
+    let charts = client
+        .find_all(Locator::Css("figure.control svg.control"))
+        .await
+        .expect("charts");
+    assert_eq!(charts.len(), 5, "{page}");
+    client
+        .find(Locator::Css(
+            "figure[data-series='history-east'] circle.sig",
+        ))
+        .await
+        .expect("a signal marked on history-east's chart");
+    let signals = text_of(&client, "table[data-signal-table]").await;
+    assert!(signals.contains("history-east"), "{signals}");
+    // The forest plot has every site, and the table beside it.
+    for site in [
+        "history-east",
+        "history-north",
+        "history-south",
+        "history-west",
+    ] {
+        client
+            .find(Locator::Css(&format!("svg.forest g[data-site='{site}']")))
+            .await
+            .unwrap_or_else(|e| panic!("{site} in the forest plot: {e}"));
+    }
+    assert!(page.contains("Cpk"), "{page}");
+    assert!(!page.contains("degC"), "units in words: {page}");
+    shots.take(&client, "viability-chart").await;
+    assert_eq!(
+        accessibility_violations(&client, &axe).await,
+        Vec::<String>::new()
+    );
+    client.set_window_size(390, 844).await.expect("window size");
+    assert_eq!(wider_than_the_window(&client).await, Vec::<String>::new());
+    shots.take(&client, "viability-chart-390").await;
+    client
+        .set_window_size(1200, 1600)
+        .await
+        .expect("window size");
+    // The CSV the page links to: one row per batch.
+    let csv = client
+        .execute_async(
+            "var done = arguments[arguments.length - 1];\
+             fetch(document.querySelector('a[data-csv]').href, {credentials: 'same-origin'})\
+               .then(function (r) { return r.text(); }).then(done);",
+            vec![],
+        )
+        .await
+        .expect("fetch the CSV");
+    let csv = csv.as_str().expect("text").to_owned();
+    assert!(csv.starts_with("product,attribute,statistic"), "{csv}");
+    assert_eq!(csv.lines().count(), 161);
+
+    // QA chooses the baseline; a refused choice keeps what was typed and says why.
+    client
+        .goto(&format!("{console}/analytics/cd19-car-t"))
+        .await
+        .expect("product page");
+    click(&client, "details summary").await;
+    // (The browser itself stops a number under 2; a window with no batches is
+    // refused by the hub.)
+    let today = chrono::Utc::now().date_naive();
+    let yesterday = today.pred_opt().expect("a day before");
+    set_date(&client, "from", yesterday).await;
+    set_date(&client, "to", yesterday).await;
+    fill(&client, "#reason", "The batches of yesterday's validation").await;
+    click(&client, "form[action$='/baseline'] button[type=submit]").await;
+    expect_text(&client, "refused baseline", "needs at least 2").await;
+    assert_eq!(value_of(&client, "#from").await, yesterday.to_string());
+    assert_eq!(
+        value_of(&client, "#reason").await,
+        "The batches of yesterday's validation"
+    );
+    set_date(&client, "from", today).await;
+    set_date(&client, "to", today).await;
+    shots.take(&client, "baseline-refused").await;
+    fill(&client, "#first", "80").await;
+    fill(
+        &client,
+        "#reason",
+        "The first 80 batches of the validated process",
+    )
+    .await;
+    click(&client, "form[action$='/baseline'] button[type=submit]").await;
+    expect_text(
+        &client,
+        "baseline chosen",
+        "Limits from the baseline of 80 batches chosen by qa.grace",
+    )
+    .await;
+    shots.take(&client, "baseline-chosen").await;
+    client
+        .find(Locator::LinkText("Viability"))
+        .await
+        .expect("viability")
+        .click()
+        .await
+        .expect("open it");
+    expect_text(&client, "chart", "Limits from the baseline of 80 batches").await;
+    client
+        .find(Locator::Css("circle.base"))
+        .await
+        .expect("baseline batches drawn as such");
+    client.close().await.expect("close the browser");
+    dev.stop().await;
+}

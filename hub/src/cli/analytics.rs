@@ -36,13 +36,17 @@ pub enum AnalyticsCommand {
         client: ClientArgs,
     },
     /// Choose a product's baseline (QA): the batches with results whose orders were
-    /// placed from FROM to TO (both days included, UTC). Audited.
+    /// placed from FROM to TO (both days included, UTC), or the first N of them.
+    /// Audited.
     Baseline {
         product: String,
         #[arg(long)]
         from: String,
         #[arg(long)]
         to: String,
+        /// At most the first N of those batches.
+        #[arg(long, default_value_t = 0)]
+        first: u32,
         /// Why these batches (goes into the audit trail).
         #[arg(long)]
         reason: String,
@@ -288,6 +292,7 @@ pub async fn run(command: AnalyticsCommand) -> anyhow::Result<()> {
             product,
             from,
             to,
+            first,
             reason,
             client: args,
         } => {
@@ -297,6 +302,7 @@ pub async fn run(command: AnalyticsCommand) -> anyhow::Result<()> {
                     from,
                     to,
                     reason,
+                    first,
                 })
                 .await?
                 .into_inner()

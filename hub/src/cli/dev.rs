@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -35,6 +36,10 @@ pub struct DevArgs {
     /// Process seconds per real second in the simulated sites (30000: a 7-day expansion in ~20 s).
     #[arg(long, default_value_t = 30_000.0)]
     pub time_compression: f64,
+    /// Simulated past batches of cd19-car-t to seed at each of the four history
+    /// sites on first start, so the analytics pages have something to chart (0: none).
+    #[arg(long, default_value_t = 40)]
+    pub history_batches: usize,
 }
 
 /// The products demo orders are placed for, in turn (both shipped recipes).
@@ -68,6 +73,46 @@ const DEV_ACTOR: &str = "carrel-hub dev";
 pub const DEMO_SITES: &[(&str, &str)] = &[
     ("site-a", "St Elsewhere University Hospital"),
     ("site-b", "Royal Infirmary Cell Therapy Unit"),
+];
+
+/// Sites that exist only to hold a simulated history of past batches for the
+/// analytics (no agent runs for them): (site id, name).
+pub const HISTORY_SITES: &[(&str, &str)] = &[
+    (
+        "history-north",
+        "Northern Cell Therapy Centre (simulated history)",
+    ),
+    (
+        "history-east",
+        "Eastern Regional Hospital (simulated history)",
+    ),
+    (
+        "history-south",
+        "Southern University Hospital (simulated history)",
+    ),
+    (
+        "history-west",
+        "Western General Hospital (simulated history)",
+    ),
+];
+
+/// The product of the simulated history.
+const HISTORY_PRODUCT: &str = "cd19-car-t";
+
+/// The accounts the simulated history is ordered and released under: (user name,
+/// full name, role). Their passwords are random and never shown: nobody signs in
+/// as them.
+const HISTORY_ACCOUNTS: &[(&str, &str, Role)] = &[
+    (
+        "dr.history",
+        "Simulated history (orders of past batches)",
+        Role::Physician,
+    ),
+    (
+        "qa.history",
+        "Simulated history (releases of past batches, not a person)",
+        Role::Qa,
+    ),
 ];
 
 /// What each demo site is qualified to make: site-a one product, site-b both (the
@@ -117,42 +162,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let store = hub.shared.store.clone();
 
     for (username, full_name, role, password) in DEMO_USERS {
-        match crate::admin::add_user(
-            store.as_ref(),
-            username,
-            full_name,
-            *role,
-            password,
-            DEV_ACTOR,
-        )
-        .await
-        {
-            Ok(_) | Err(crate::admin::Error::Store(crate::store::Error::AlreadyExists(_))) => {}
-            Err(e) => return Err(e.into()),
-        }
+        add_user_once(store.as_ref(), username, full_name, *role, password).await?;
     }
 
     let mut agents = Vec::new();
     for (site_id, name) in DEMO_SITES {
         let data_dir = root.join(site_id);
-        if !carrel_site_agent::identity::Identity::is_enrolled(&data_dir) {
-            let registered = crate::admin::register_site(
-                store.as_ref(),
-                &hub.shared.ca,
-                site_id,
-                name,
-                600,
-                DEV_ACTOR,
-            )
-            .await?;
-            carrel_site_agent::identity::enroll(
-                &hub_url,
-                &registered.token,
-                &data_dir,
-                env!("CARGO_PKG_VERSION"),
-            )
-            .await
-            .with_context(|| format!("enrolling {site_id}"))?;
+        if enroll_once(&hub, &hub_url, site_id, name, &data_dir).await? {
             for person in SITE_PEOPLE {
                 store
                     .assign_user_to_site(person, site_id, DEV_ACTOR)
@@ -180,6 +196,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
 
     qualify_demo_sites(store.as_ref()).await?;
+    if args.history_batches > 0 {
+        seed_history(&hub, &hub_url, &root, args.history_batches).await?;
+    }
 
     let ca_path = config.ca_paths().0;
     let token_file = root.join("token");
@@ -344,8 +363,22 @@ fn print_welcome(
 /// Qualifies the demo sites for their products (once): recorded as dev mode's
 /// set-up, not as any person's signature.
 async fn qualify_demo_sites(store: &dyn crate::store::Store) -> anyhow::Result<()> {
+    qualify_once(
+        store,
+        DEMO_QUALIFICATIONS,
+        "A demo site of carrel-hub dev, qualified at set-up",
+    )
+    .await
+}
+
+/// Qualifies each (site, product) at set-up unless a qualification is in force.
+async fn qualify_once(
+    store: &dyn crate::store::Store,
+    pairs: &[(&str, &str)],
+    reason: &str,
+) -> anyhow::Result<()> {
     let in_force = store.site_qualifications(None).await?;
-    for (site_id, product) in DEMO_QUALIFICATIONS {
+    for (site_id, product) in pairs {
         if in_force
             .iter()
             .any(|q| q.site_id == *site_id && q.recipe_id == *product && q.in_force())
@@ -362,12 +395,133 @@ async fn qualify_demo_sites(store: &dyn crate::store::Store) -> anyhow::Result<(
                 qualified_name: "carrel-hub dev set-up (no person signed)".to_owned(),
                 qualified_at: Utc::now().trunc_subsecs(6),
                 meaning: crate::model::QUALIFICATION_MEANING.to_owned(),
-                reason: "A demo site of carrel-hub dev, qualified at set-up".to_owned(),
+                reason: reason.to_owned(),
                 withdrawn: None,
             })
             .await?;
     }
     Ok(())
+}
+
+/// Seeds the simulated history (once: a history site that already has records is
+/// left as it is): the history sites are registered and enrolled like any site, with
+/// no agent, and qualified for the product; see [`crate::demo_history`].
+async fn seed_history(
+    hub: &server::Running,
+    hub_url: &str,
+    root: &std::path::Path,
+    batches: usize,
+) -> anyhow::Result<()> {
+    let store = hub.shared.store.clone();
+    let started = std::time::Instant::now();
+    for (username, full_name, role) in HISTORY_ACCOUNTS {
+        let password = format!("{}{}", Uuid::new_v4(), Uuid::new_v4());
+        add_user_once(store.as_ref(), username, full_name, *role, &password).await?;
+    }
+    for (site_id, name) in HISTORY_SITES {
+        enroll_once(
+            hub,
+            hub_url,
+            site_id,
+            name,
+            &root.join("history").join(site_id),
+        )
+        .await?;
+    }
+    let pairs: Vec<(&str, &str)> = HISTORY_SITES
+        .iter()
+        .map(|(site_id, _)| (*site_id, HISTORY_PRODUCT))
+        .collect();
+    qualify_once(
+        store.as_ref(),
+        &pairs,
+        "A site of carrel-hub dev's simulated history, qualified at set-up",
+    )
+    .await?;
+    let made = crate::demo_history::seed(
+        store.as_ref(),
+        &crate::demo_history::Plan {
+            product_id: HISTORY_PRODUCT.to_owned(),
+            sites: HISTORY_SITES
+                .iter()
+                .map(|(id, _)| (*id).to_owned())
+                .collect(),
+            batches_per_site: batches,
+            samples_per_step: 12,
+            seed: 2026,
+            // One site drifts: its viability falls by 1.5 standard deviations from its
+            // 30th batch, for the charts to find.
+            shift: Some(crate::demo_history::Shift {
+                site_id: "history-east".to_owned(),
+                from_batch: 29,
+                test_id: "viability".to_owned(),
+                sigmas: -1.5,
+            }),
+            physician: HISTORY_ACCOUNTS[0].0.to_owned(),
+            facility: "G9999".to_owned(),
+            releaser: Some((
+                HISTORY_ACCOUNTS[1].0.to_owned(),
+                HISTORY_ACCOUNTS[1].1.to_owned(),
+            )),
+        },
+    )
+    .await?;
+    if made.batches > 0 {
+        println!(
+            "Seeded a simulated history for analytics: {} past batches of {HISTORY_PRODUCT} ({} records) at {} history sites in {:.1}s.",
+            made.batches,
+            made.events,
+            HISTORY_SITES.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Adds a user at set-up, unless they exist.
+async fn add_user_once(
+    store: &dyn crate::store::Store,
+    username: &str,
+    full_name: &str,
+    role: Role,
+    password: &str,
+) -> anyhow::Result<()> {
+    match crate::admin::add_user(store, username, full_name, role, password, DEV_ACTOR).await {
+        Ok(_) | Err(crate::admin::Error::Store(crate::store::Error::AlreadyExists(_))) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Registers a site and enrolls it into `data_dir` with the hub's CA, unless it
+/// already is; true when it was enrolled now.
+async fn enroll_once(
+    hub: &server::Running,
+    hub_url: &str,
+    site_id: &str,
+    name: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<bool> {
+    if carrel_site_agent::identity::Identity::is_enrolled(data_dir) {
+        return Ok(false);
+    }
+    let registered = crate::admin::register_site(
+        hub.shared.store.as_ref(),
+        &hub.shared.ca,
+        site_id,
+        name,
+        600,
+        DEV_ACTOR,
+    )
+    .await?;
+    carrel_site_agent::identity::enroll(
+        hub_url,
+        &registered.token,
+        data_dir,
+        env!("CARGO_PKG_VERSION"),
+    )
+    .await
+    .with_context(|| format!("enrolling {site_id}"))?;
+    Ok(true)
 }
 
 /// Places orders through the real API, signed in as the demo physician.

@@ -59,6 +59,8 @@ pub struct BaselineForm {
     #[serde(default)]
     to: String,
     #[serde(default)]
+    first: String,
+    #[serde(default)]
     reason: String,
 }
 
@@ -98,6 +100,8 @@ async fn product_page(
                         input id="from" name="from" type="date" required value=(form.from);
                         label for="to" { "To" }
                         input id="to" name="to" type="date" required value=(form.to);
+                        label for="first" { "At most the first (batches; empty: all)" }
+                        input id="first" name="first" type="number" min="2" inputmode="numeric" value=(form.first);
                         label for="reason" { "Why these batches" }
                         input id="reason" name="reason" required value=(form.reason) aria-describedby="baseline-error";
                         @if let Some(e) = &error { p.error id="baseline-error" role="alert" { (e) } }
@@ -110,14 +114,13 @@ async fn product_page(
                 p { "No batch of " (product) " has results to chart yet." }
             } @else {
                 div.scroll tabindex="0" { table data-attributes {
-                    thead { tr { th scope="col" { "What" } th scope="col" { "Unit" } th scope="col" { "Attribute" } } }
+                    thead { tr { th scope="col" { "What" } th scope="col" { "Unit" } } }
                     tbody {
                         @for a in &attributes {
                             @for (statistic, label) in &a.statistics {
                                 tr {
                                     td { a href=(chart_href(product, &a.attribute, statistic.as_str())) { (label) } }
-                                    td { (a.unit) }
-                                    td.muted { code { (a.attribute) } " " (statistic.as_str()) }
+                                    td { (unit_text(&a.unit, *statistic)) }
                                 }
                             }
                         }
@@ -148,6 +151,14 @@ fn urlencode(text: &str) -> String {
         .collect()
 }
 
+/// A statistic's unit as people write it (hours for the time out of range).
+fn unit_text(unit: &str, statistic: crate::model::analytics::measure::Statistic) -> String {
+    if statistic == crate::model::analytics::measure::Statistic::TimeOutOfRange {
+        return "hours".into();
+    }
+    carrel_proto::recipe::unit_words(unit).into_owned()
+}
+
 fn baseline_notice(baseline: Option<&crate::model::analytics::measure::Baseline>) -> Markup {
     html! {
         @match baseline {
@@ -170,19 +181,34 @@ pub async fn choose_baseline(
     Form(form): Form<BaselineForm>,
 ) -> Page {
     session.check_csrf(&form.csrf)?;
-    match analytics::choose_baseline(
-        &hub,
-        &session.user,
-        &product,
-        &form.from,
-        &form.to,
-        &form.reason,
-    )
-    .await
-    {
+    let first = match form.first.trim() {
+        "" => Ok(0),
+        text => text
+            .parse::<u32>()
+            .map_err(|_| format!("\"{text}\" is not a number of batches")),
+    };
+    let result = match first {
+        Ok(first) => analytics::choose_baseline(
+            &hub,
+            &session.user,
+            &analytics::BaselineRequest {
+                product_id: &product,
+                from: &form.from,
+                to: &form.to,
+                first,
+                reason: &form.reason,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            e @ (service::Error::Field { .. } | service::Error::Store(_)) => Ok(e.to_string()),
+            e => Err(e),
+        }),
+        Err(why) => Err(Ok(why)),
+    };
+    match result {
         Ok(_) => Ok(Redirect::to(&format!("/analytics/{product}")).into_response()),
-        Err(e @ (service::Error::Field { .. } | service::Error::Store(_))) => {
-            let why = e.to_string();
+        Err(Ok(why)) => {
             product_page(
                 &hub,
                 &session,
@@ -192,7 +218,7 @@ pub async fn choose_baseline(
             )
             .await
         }
-        Err(e) => Err(refused(e)),
+        Err(Err(e)) => Err(refused(e)),
     }
 }
 
@@ -226,11 +252,11 @@ pub async fn chart(
         html! {
             p { a href=(format!("/analytics/{product}")) { "All charts of " (product) } }
             h1 { (c.label) }
+            @let unit = unit_text(&c.unit, c.statistic);
             p.muted {
-                code { (c.attribute) } " · " (c.statistic.as_str())
-                @if !c.unit.is_empty() { " · " (c.unit) }
-                " · " (spec_text(c.spec))
-                " · " a href=(csv_href) download { "Download the data (CSV)" }
+                @if !unit.is_empty() { "In " (unit) " · " }
+                (spec_text(c.spec))
+                " · " a href=(csv_href) download data-csv { "Download the data (CSV)" }
             }
             @match &c.basis {
                 Basis::Baseline(b) => (baseline_notice(Some(b))),
@@ -454,7 +480,7 @@ fn signals_table(c: &Chart) -> Markup {
                     @for (site, p, rule, words) in &rows {
                         tr {
                             td { (site) }
-                            td { a href=(format!("/batches/{}", p.batch_id)) { code { (p.batch_id.to_string()[..8]) } } }
+                            td { a href=(format!("/batches/{}", p.batch_id)) { code { (p.batch_id) } } }
                             td { (when(p.batch_at)) }
                             td { (num(p.value)) }
                             td { "Rule " (rule) ": " (words) }

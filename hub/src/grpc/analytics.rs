@@ -190,10 +190,19 @@ impl pb::analytics_service_server::AnalyticsService for AnalyticsApi {
     ) -> Result<Response<pb::ChooseBaselineResponse>, Status> {
         let user = authenticate(&self.0, &request).await?;
         let r = request.get_ref();
-        let baseline =
-            service::choose_baseline(&self.0, &user, &r.product_id, &r.from, &r.to, &r.reason)
-                .await
-                .map_err(service_status)?;
+        let baseline = service::choose_baseline(
+            &self.0,
+            &user,
+            &service::BaselineRequest {
+                product_id: &r.product_id,
+                from: &r.from,
+                to: &r.to,
+                first: r.first,
+                reason: &r.reason,
+            },
+        )
+        .await
+        .map_err(service_status)?;
         Ok(Response::new(pb::ChooseBaselineResponse {
             baseline: Some(baseline_to_pb(&baseline)),
         }))

@@ -91,16 +91,30 @@ pub async fn chart(
     ))
 }
 
-/// Chooses a product's baseline: its batches with results placed from `from` to
-/// `to` (dates, both days included, UTC), with QA's reason; audited.
+/// What QA chooses as a baseline: the batches with results whose orders were
+/// placed from `from` to `to` (dates, both days included, UTC), at most the first
+/// `first` of them (0: all).
+pub struct BaselineRequest<'a> {
+    pub product_id: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub first: u32,
+    pub reason: &'a str,
+}
+
+/// Chooses a product's baseline, with QA's reason; audited.
 pub async fn choose_baseline(
     hub: &Hub,
     user: &User,
-    product_id: &str,
-    from: &str,
-    to: &str,
-    reason: &str,
+    request: &BaselineRequest<'_>,
 ) -> Result<Baseline, Error> {
+    let BaselineRequest {
+        product_id,
+        from,
+        to,
+        first,
+        reason,
+    } = *request;
     require_role(user, &QUALITY)?;
     let product_id = product(product_id)?;
     let from_day = date("from", from)?;
@@ -115,13 +129,14 @@ pub async fn choose_baseline(
     let start = |d: NaiveDate| -> DateTime<Utc> { d.and_time(chrono::NaiveTime::MIN).and_utc() };
     Ok(hub
         .store
-        .choose_baseline(
+        .choose_baseline(&crate::store::analytics::BaselineChoice {
             product_id,
-            start(from_day),
-            start(to_day + chrono::Days::new(1)),
-            &reason,
-            &user.username,
-        )
+            from: start(from_day),
+            to: start(to_day + chrono::Days::new(1)),
+            first: (first > 0).then_some(first as usize),
+            reason: &reason,
+            by: &user.username,
+        })
         .await?)
 }
 

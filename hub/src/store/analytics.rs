@@ -13,18 +13,34 @@ use chrono::{DateTime, Utc};
 /// is the usual advice (Montgomery, 7.4); fewer is allowed and shown as such.
 pub const MIN_BASELINE_BATCHES: usize = 2;
 
-/// Chooses as `product_id`'s baseline the batches with results placed in
-/// `from..to`, fixed now (a batch placed in that window later is not added), with
-/// QA's reason; audited. The limits of every chart of the product come from it.
+/// What QA chooses as a product's baseline: the batches with results placed in
+/// `from..to`, at most the `first` of them when given.
+#[derive(Debug, Clone, Copy)]
+pub struct BaselineChoice<'a> {
+    pub product_id: &'a str,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub first: Option<usize>,
+    pub reason: &'a str,
+    pub by: &'a str,
+}
+
+/// Chooses a product's baseline as `choice` says, fixed now (a batch placed in the
+/// window later is not added), with QA's reason; audited. The limits of every chart
+/// of the product come from it.
 pub(crate) async fn choose_baseline(
     mut tx: Tx<'_>,
-    product_id: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    reason: &str,
-    by: &str,
+    choice: &BaselineChoice<'_>,
     now: DateTime<Utc>,
 ) -> Result<Baseline> {
+    let BaselineChoice {
+        product_id,
+        from,
+        to,
+        first,
+        reason,
+        by,
+    } = *choice;
     let reason = required_reason(reason)?;
     if from >= to {
         return Err(Error::Invalid(format!(
@@ -36,7 +52,10 @@ pub(crate) async fn choose_baseline(
     if tx.latest_recipe(product_id).await?.is_none() {
         return Err(Error::NotFound(format!("product {product_id:?}")));
     }
-    let batches = tx.measured_batches(product_id, from, to).await?;
+    let mut batches = tx.measured_batches(product_id, from, to).await?;
+    if let Some(first) = first {
+        batches.truncate(first);
+    }
     if batches.len() < MIN_BASELINE_BATCHES {
         return Err(Error::FailedPrecondition(format!(
             "{} batch(es) of {product_id} with results were placed from {} to {}; a baseline needs at least {MIN_BASELINE_BATCHES} (20 or more is usual)",
@@ -60,10 +79,11 @@ pub(crate) async fn choose_baseline(
             Object::Product(product_id.to_owned()),
         )
         .value(format!(
-            "{} batches placed from {} to {}",
+            "{} batches placed from {} to {}{}",
             baseline.batches.len(),
             from.format("%Y-%m-%d %H:%M UTC"),
-            to.format("%Y-%m-%d %H:%M UTC")
+            to.format("%Y-%m-%d %H:%M UTC"),
+            first.map_or(String::new(), |n| format!(" (at most the first {n})"))
         ))
         .reason(reason),
         now,

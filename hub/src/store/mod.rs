@@ -577,26 +577,12 @@ pub trait Store:
             .await?
             .pop())
     }
-    /// Chooses a product's baseline: the batches with results placed in
-    /// `from..to` (audited); see [`analytics::choose_baseline`].
+    /// Chooses a product's baseline (audited); see [`analytics::choose_baseline`].
     async fn choose_baseline(
         &self,
-        product_id: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        reason: &str,
-        by: &str,
+        choice: &analytics::BaselineChoice<'_>,
     ) -> Result<crate::model::analytics::measure::Baseline> {
-        analytics::choose_baseline(
-            self.write().await?,
-            product_id,
-            from,
-            to,
-            reason,
-            by,
-            Utc::now(),
-        )
-        .await
+        analytics::choose_baseline(self.write().await?, choice, Utc::now()).await
     }
 
     // -- deviations --

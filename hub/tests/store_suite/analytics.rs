@@ -4,6 +4,7 @@
 use crate::fixtures::*;
 use carrel_hub::audit::Action;
 use carrel_hub::model::analytics::measure::{Run, Stored};
+use carrel_hub::store::analytics::BaselineChoice;
 use carrel_hub::store::{Error, Store};
 use carrel_proto::event::{EventKind, Sample};
 use carrel_proto::recipe::{Outcome, QcValue};
@@ -24,6 +25,24 @@ fn samples(values: &[(f64, f64)]) -> EventKind {
                 unit: "degC".into(),
             })
             .collect(),
+    }
+}
+
+/// QA's choice of a baseline.
+fn choice<'a>(
+    product_id: &'a str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    first: Option<usize>,
+    reason: &'a str,
+) -> BaselineChoice<'a> {
+    BaselineChoice {
+        product_id,
+        from,
+        to,
+        first,
+        reason,
+        by: QA,
     }
 }
 
@@ -160,31 +179,43 @@ pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audit
     let window = (t0 - Duration::hours(1), t0 + Duration::days(2));
     assert_refused!(
         store
-            .choose_baseline(RECIPE_ID, window.0, window.1, " ", QA)
+            .choose_baseline(&choice(RECIPE_ID, window.0, window.1, None, " "))
             .await,
         Error::Invalid
     );
     assert_refused!(
         store
-            .choose_baseline(RECIPE_ID, window.1, window.0, "first batches", QA)
+            .choose_baseline(&choice(
+                RECIPE_ID,
+                window.1,
+                window.0,
+                None,
+                "first batches"
+            ))
             .await,
         Error::Invalid
     );
     assert_refused!(
         store
-            .choose_baseline("no-such-product", window.0, window.1, "first batches", QA)
+            .choose_baseline(&choice(
+                "no-such-product",
+                window.0,
+                window.1,
+                None,
+                "first batches"
+            ))
             .await,
         Error::NotFound
     );
     assert_refused!(
         store
-            .choose_baseline(
+            .choose_baseline(&choice(
                 RECIPE_ID,
                 window.0,
                 t0 + Duration::hours(1),
-                "first batch",
-                QA
-            )
+                None,
+                "first batch"
+            ))
             .await,
         Error::FailedPrecondition
     );
@@ -201,7 +232,13 @@ pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audit
     );
 
     let chosen = store
-        .choose_baseline(RECIPE_ID, window.0, window.1, "validation batches", QA)
+        .choose_baseline(&choice(
+            RECIPE_ID,
+            window.0,
+            window.1,
+            None,
+            "validation batches",
+        ))
         .await
         .expect("baseline");
     assert_eq!(chosen.batches, vec![first.batch_id, second.batch_id]);
@@ -236,10 +273,41 @@ pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audit
     );
     // The newest choice is in force; the earlier one is kept.
     let again = store
-        .choose_baseline(RECIPE_ID, window.0, window.1, "with the late batch", QA)
+        .choose_baseline(&choice(
+            RECIPE_ID,
+            window.0,
+            window.1,
+            None,
+            "with the late batch",
+        ))
         .await
         .expect("baseline");
     assert_eq!(again.batches.len(), 3);
+    // At most the first n, in the order placed: the late batch was placed second.
+    let first_two = store
+        .choose_baseline(&choice(
+            RECIPE_ID,
+            window.0,
+            window.1,
+            Some(2),
+            "the first two",
+        ))
+        .await
+        .expect("baseline");
+    assert_eq!(first_two.batches, vec![first.batch_id, late.batch_id]);
+    // One batch is too few, whatever the window holds.
+    assert_refused!(
+        store
+            .choose_baseline(&choice(
+                RECIPE_ID,
+                window.0,
+                window.1,
+                Some(1),
+                "the first one"
+            ))
+            .await,
+        Error::FailedPrecondition
+    );
     assert_eq!(
         store
             .analytics_baseline(RECIPE_ID)
@@ -247,6 +315,6 @@ pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audit
             .expect("read")
             .expect("chosen")
             .reason,
-        "with the late batch"
+        "the first two"
     );
 }

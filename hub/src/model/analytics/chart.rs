@@ -107,16 +107,21 @@ pub fn label(recipe: &Recipe, attribute: &str, statistic: Statistic) -> String {
     else {
         return attribute.to_owned();
     };
-    let step = recipe
-        .step(step_id)
-        .map_or(step_id.to_owned(), |s| s.name.clone());
+    let step = recipe.step(step_id);
+    let name = step
+        .and_then(|s| s.parameters.iter().find(|p| p.name == parameter))
+        .map_or_else(
+            || carrel_proto::recipe::parameter_words(parameter),
+            |p| p.label(),
+        );
+    let step = step.map_or(step_id.to_owned(), |s| s.name.clone());
     let what = match statistic {
         Statistic::Value | Statistic::Mean => "mean",
         Statistic::Min => "minimum",
         Statistic::Max => "maximum",
         Statistic::TimeOutOfRange => "hours out of range",
     };
-    format!("{step}: {parameter}, {what}")
+    format!("{step}: {name}, {what}")
 }
 
 /// The specification a statistic is held to: a QC test's, or a parameter's range
@@ -399,7 +404,7 @@ mod tests {
             .expect("shipped");
         assert_eq!(
             label(&recipe, "step/expansion/temperature", Statistic::Max),
-            "Expansion: temperature, maximum"
+            "Expansion: Temperature, maximum"
         );
         assert_eq!(
             spec(&recipe, "step/expansion/temperature", Statistic::Mean),

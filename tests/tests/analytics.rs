@@ -1,0 +1,238 @@
+//! Process analytics end to end, on `carrel-hub dev`'s simulated history (four
+//! history sites, 40 batches of cd19-car-t each, the viability of history-east
+//! falling by 1.5 standard deviations from its 30th batch):
+//! - the drift is signalled on history-east's own chart within 9 batches of it;
+//! - a gRPC client Carrel did not write (grpcio) reads the charts, and every figure
+//!   (comparisons, test choice, capability, limits, rule 1) agrees with SciPy and
+//!   NumPy computed from the chart's own points;
+//! - QA chooses a baseline (the first 80 batches) and the limits then come from it;
+//! - the CSV holds one row per batch; bad input is refused with what is wrong.
+
+use carrel_tests::dev::DevNetwork;
+use serde_json::Value;
+
+const QA: (&str, &str) = ("qa.grace", "dev-qa-password");
+const PHYSICIAN: (&str, &str) = ("dr.ada", "dev-physician-password");
+
+fn peer_check(dev: &DevNetwork, python: &std::path::Path, attribute: &str) -> Value {
+    let out = std::process::Command::new(python)
+        .arg(carrel_tests::peers::peers_dir().join("analytics_client.py"))
+        .args([
+            &dev.grpc,
+            &dev.ca_cert().display().to_string(),
+            QA.0,
+            QA.1,
+            "cd19-car-t",
+            attribute,
+        ])
+        .output()
+        .expect("run the grpcio client");
+    assert!(
+        out.status.success(),
+        "analytics_client.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("its JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drifting_site_is_signalled_and_every_figure_agrees_with_scipy() {
+    let dev = DevNetwork::start(&["--history-batches", "40"]).await;
+    assert!(
+        dev.welcome
+            .contains("Seeded a simulated history for analytics: 160 past batches of cd19-car-t"),
+        "{}",
+        dev.welcome
+    );
+    dev.login(QA.0, QA.1);
+    dev.login(PHYSICIAN.0, PHYSICIAN.1);
+
+    // The CSV: one row per batch, in the order placed, with each site's rules.
+    let csv = dev.cli_ok(
+        QA.0,
+        &["analytics", "chart", "cd19-car-t", "qc/viability", "--csv"],
+    );
+    let mut rows = csv.lines();
+    let header: Vec<&str> = rows.next().expect("header").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let rows: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
+    assert_eq!(rows.len(), 160);
+    let east: Vec<&Vec<&str>> = rows
+        .iter()
+        .filter(|r| r[col("site_id")] == "history-east")
+        .collect();
+    assert_eq!(east.len(), 40);
+    let first_after_shift = east
+        .iter()
+        .enumerate()
+        .skip(29)
+        .find(|(_, r)| !r[col("site_rules")].is_empty())
+        .map(|(i, r)| (i, r[col("site_rules")].to_owned()));
+    let (at, rules) = first_after_shift.expect("a signal at history-east after its 30th batch");
+    assert!(
+        at < 29 + 9,
+        "history-east first signalled at its batch {}, more than 9 after the shift",
+        at + 1
+    );
+    assert!(
+        rules.split(' ').any(|r| ["1", "2", "5", "6"].contains(&r)),
+        "signalled by rule(s) {rules}"
+    );
+
+    // The text form names the site, the batch and the rule.
+    let text = dev.cli_ok(QA.0, &["analytics", "chart", "cd19-car-t", "qc/viability"]);
+    assert!(text.contains("history-east batch"), "{text}");
+    assert!(text.contains("no baseline chosen"), "{text}");
+
+    // A client Carrel did not write, and SciPy, agree with every figure.
+    if let Some(python) = carrel_tests::peers::python() {
+        for attribute in ["qc/viability", "step/expansion/temperature", "qc/dose"] {
+            let checked = peer_check(&dev, &python, attribute);
+            assert_eq!(
+                checked["errors"],
+                serde_json::json!([]),
+                "{attribute}: {checked}"
+            );
+            assert!(
+                checked["checked"].as_u64().unwrap_or(0) >= 9,
+                "{attribute}: {checked}"
+            );
+            assert_eq!(checked["sites"].as_array().map(Vec::len), Some(4));
+        }
+    }
+
+    // QA chooses the first 80 batches as the baseline; limits come from it.
+    let today = chrono::Utc::now().date_naive().to_string();
+    let refused = dev.cli_refused(
+        QA.0,
+        &[
+            "analytics",
+            "baseline",
+            "cd19-car-t",
+            "--from",
+            &today,
+            "--to",
+            &today,
+            "--first",
+            "1",
+            "--reason",
+            "The first batch alone",
+        ],
+    );
+    assert!(refused.contains("needs at least 2"), "{refused}");
+    let refused = dev.cli_refused(
+        QA.0,
+        &[
+            "analytics",
+            "baseline",
+            "cd19-car-t",
+            "--from",
+            &today,
+            "--to",
+            &today,
+            "--reason",
+            "ok",
+        ],
+    );
+    assert!(refused.contains("too short"), "{refused}");
+    let chosen = dev.cli_ok(
+        QA.0,
+        &[
+            "analytics",
+            "baseline",
+            "cd19-car-t",
+            "--from",
+            &today,
+            "--to",
+            &today,
+            "--first",
+            "80",
+            "--reason",
+            "The first 80 batches of the validated process",
+        ],
+    );
+    assert!(
+        chosen.contains("baseline of 80 batches chosen by qa.grace"),
+        "{chosen}"
+    );
+    let json: Value = serde_json::from_str(&dev.cli_ok(
+        QA.0,
+        &["analytics", "chart", "cd19-car-t", "qc/viability", "--json"],
+    ))
+    .expect("chart JSON");
+    assert_eq!(
+        json["baseline"]["batch_ids"].as_array().map(Vec::len),
+        Some(80)
+    );
+    if let Some(python) = carrel_tests::peers::python() {
+        let checked = peer_check(&dev, &python, "qc/viability");
+        assert_eq!(checked["errors"], serde_json::json!([]), "{checked}");
+        assert_eq!(checked["baseline"], 80);
+    }
+    let csv = dev.cli_ok(
+        QA.0,
+        &["analytics", "chart", "cd19-car-t", "qc/viability", "--csv"],
+    );
+    let in_baseline = csv
+        .lines()
+        .skip(1)
+        .filter(|r| r.split(',').nth(col("in_baseline")) == Some("true"))
+        .count();
+    assert_eq!(in_baseline, 80);
+
+    // Bad input changes nothing and says what is wrong.
+    let refused = dev.cli_refused(
+        QA.0,
+        &["analytics", "chart", "no-such-product", "qc/viability"],
+    );
+    assert!(
+        refused.contains("\"no-such-product\" is not known"),
+        "{refused}"
+    );
+    let refused = dev.cli_refused(
+        QA.0,
+        &[
+            "analytics",
+            "chart",
+            "cd19-car-t",
+            "qc/viability",
+            "--statistic",
+            "median",
+        ],
+    );
+    assert!(refused.contains("choose value"), "{refused}");
+    let refused = dev.cli_refused(
+        QA.0,
+        &["analytics", "chart", "cd19-car-t", "qc/no-such-test"],
+    );
+    assert!(
+        refused.contains("no batch of cd19-car-t has a measure"),
+        "{refused}"
+    );
+    let refused = dev.cli_refused(PHYSICIAN.0, &["analytics", "products"]);
+    assert!(refused.contains("needs the role qa or admin"), "{refused}");
+    let refused = dev.cli_refused(
+        QA.0,
+        &[
+            "analytics",
+            "baseline",
+            "cd19-car-t",
+            "--from",
+            "yesterday",
+            "--to",
+            &today,
+            "--reason",
+            "A window that is not a date",
+        ],
+    );
+    assert!(refused.contains("is not a date"), "{refused}");
+    let json: Value = serde_json::from_str(
+        &dev.cli_ok(QA.0, &["analytics", "attributes", "cd19-car-t", "--json"]),
+    )
+    .expect("attributes JSON");
+    assert_eq!(
+        json["baseline"]["reason"], "The first 80 batches of the validated process",
+        "the refusals changed nothing"
+    );
+    dev.stop().await;
+}
