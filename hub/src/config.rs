@@ -132,6 +132,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// Planning of the vein-to-vein clock and re-planning of bookings.
     pub schedule: crate::clock::ScheduleSettings,
+    /// Process analytics: which signals reach people as trend signals.
+    pub analytics: crate::model::analytics::trend::AnalyticsSettings,
 }
 
 /// tonic's own default: 4 MiB.
@@ -174,6 +176,7 @@ impl Default for Config {
             notifications: Default::default(),
             otlp_endpoint: None,
             schedule: crate::clock::ScheduleSettings::default(),
+            analytics: Default::default(),
         }
     }
 }
@@ -391,6 +394,7 @@ impl Config {
             ));
         }
         self.schedule.check().map_err(Error::Invalid)?;
+        self.analytics.check().map_err(Error::Invalid)?;
         if self.audit_refusals_window_secs == 0 {
             return Err(Error::Invalid(
                 "audit_refusals_window_secs must be positive".into(),

@@ -165,6 +165,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     hub.relay_notifications()
         .await
         .context("listening for other hub replicas' notifications")?;
+    // Batches stored before the hub kept analytics measures get theirs from their
+    // records, once, before anyone is served.
+    if let Some(batches) = hub
+        .store
+        .backfill_measures()
+        .await
+        .context("making the analytics measures of the batches stored before")?
+    {
+        if batches > 0 {
+            tracing::info!(
+                batches,
+                "analytics measures made from the records of earlier batches"
+            );
+        }
+    }
     // The sites' witnesses of the audit trail are checked against it before anyone
     // is served: a removed tail shows here; a restored older backup shows when a site
     // that witnessed more connects.

@@ -2,7 +2,9 @@
 --
 -- What each batch contributes to the control charts, kept up to date in the
 -- transaction that stores the site's records, so that no chart re-reads events.
--- `attribute` is `qc/<test>` (a numeric QC result; a retest replaces it) or
+-- `attribute` is `qc/<test>` (a numeric QC result: `seq` is its site record; a
+-- retest of it replaces it, any other second result of the test makes it
+-- `ambiguous`, and an ambiguous measure is not charted) or
 -- `step/<step>/<parameter>` (a running summary of that parameter's samples in that
 -- step: count, sum, extremes, and the time spent out of the recipe's range; the
 -- last sample and whether it was out of range carry the time across messages).
@@ -23,6 +25,9 @@ CREATE TABLE batch_measures (
     last_hours         REAL    NOT NULL,
     last_out           INTEGER NOT NULL CHECK (last_out IN (0, 1)),
     out_of_range_hours REAL    NOT NULL,
+    seq                INTEGER NOT NULL DEFAULT 0,
+    retest_of          INTEGER,
+    ambiguous          INTEGER NOT NULL DEFAULT 0 CHECK (ambiguous IN (0, 1)),
     PRIMARY KEY (batch_id, attribute)
 );
 CREATE INDEX batch_measures_chart ON batch_measures (product_id, attribute, batch_at);
@@ -36,4 +41,10 @@ CREATE TABLE analytics_baselines (
     reason     TEXT NOT NULL,
     batches    TEXT NOT NULL,  -- JSON array of batch ids
     PRIMARY KEY (product_id, chosen_at)
+);
+
+-- Set once the measures of the batches stored before this migration were made
+-- from their records (at the first start of a hub with it).
+CREATE TABLE analytics_backfill (
+    done_at TEXT NOT NULL
 );

@@ -132,7 +132,7 @@ pub async fn choose_baseline(
         .choose_baseline(&crate::store::analytics::BaselineChoice {
             product_id,
             from: start(from_day),
-            to: start(to_day + chrono::Days::new(1)),
+            to: start(to_day.succ_opt().unwrap_or(to_day)),
             first: (first > 0).then_some(first as usize),
             reason: &reason,
             by: &user.username,
@@ -178,9 +178,18 @@ fn parse_statistic(attribute: &str, statistic: &str) -> Result<Statistic, Error>
         })
 }
 
+/// A day of a baseline's window: a date from 1970 to 9998 (a wider year is a
+/// slip, and would not compare as a time on every backend).
 fn date(name: &'static str, text: &str) -> Result<NaiveDate, Error> {
-    NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-        .map_err(|_| field(name, format!("{text:?} is not a date (YYYY-MM-DD)")))
+    let day = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+        .map_err(|_| field(name, format!("{text:?} is not a date (YYYY-MM-DD)")))?;
+    if !(1970..=9998).contains(&chrono::Datelike::year(&day)) {
+        return Err(field(
+            name,
+            format!("{day} is out of range: give a date from 1970 to 9998"),
+        ));
+    }
+    Ok(day)
 }
 
 /// The chart's data, one row per batch, as CSV: the network's and the batch's
@@ -245,11 +254,18 @@ pub fn csv(chart: &Chart) -> String {
     out
 }
 
-/// A CSV field, quoted when it holds a comma, a quote or a line break.
+/// A text field of the CSV: quoted when it holds a comma, a quote or a line
+/// break, and never read as a formula by a spreadsheet (a leading `=`, `+`, `-`,
+/// `@` or tab gets a `'` before it). The texts come from sites.
 fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text.to_owned()
+        text
     }
 }

@@ -58,10 +58,10 @@ pub(crate) async fn choose_baseline(
     }
     if batches.len() < MIN_BASELINE_BATCHES {
         return Err(Error::FailedPrecondition(format!(
-            "{} batch(es) of {product_id} with results were placed from {} to {}; a baseline needs at least {MIN_BASELINE_BATCHES} (20 or more is usual)",
+            "{} batch(es) of {product_id} with results were placed on or after {} and before {}; a baseline needs at least {MIN_BASELINE_BATCHES} (20 or more is usual)",
             batches.len(),
-            from.format("%Y-%m-%d"),
-            to.format("%Y-%m-%d")
+            from.format("%Y-%m-%d %H:%M UTC"),
+            to.format("%Y-%m-%d %H:%M UTC")
         )));
     }
     let baseline = Baseline {
@@ -79,7 +79,7 @@ pub(crate) async fn choose_baseline(
             Object::Product(product_id.to_owned()),
         )
         .value(format!(
-            "{} batches placed from {} to {}{}",
+            "{} batches placed on or after {} and before {}{}",
             baseline.batches.len(),
             from.format("%Y-%m-%d %H:%M UTC"),
             to.format("%Y-%m-%d %H:%M UTC"),
@@ -91,4 +91,36 @@ pub(crate) async fn choose_baseline(
     .await?;
     tx.commit().await?;
     Ok(baseline)
+}
+
+/// Makes one batch's measures from its whole record, under its site's lock (so no
+/// message of the site is ingested meanwhile); a dry run has none.
+pub(crate) async fn backfill_batch(mut tx: Tx<'_>, batch_id: uuid::Uuid) -> Result<usize> {
+    let order = tx.order(super::backend::OrderKey::Batch(batch_id)).await?;
+    if order.dry_run {
+        return Ok(0);
+    }
+    tx.lock_site(&order.site_id).await?;
+    let recipe = tx.recipe(&order.recipe_id, order.recipe_version).await?;
+    let events = tx.events_of_batch(batch_id).await?;
+    let rows = crate::model::analytics::measure::rows_of(
+        events.iter().map(|e| (e.event.seq, &e.event.kind)),
+        &recipe.recipe,
+    );
+    tx.replace_measures(&order, &rows).await?;
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+/// Whether the batches stored before measures were kept still need theirs.
+pub(crate) async fn needs_backfill(mut tx: Tx<'_>) -> Result<bool> {
+    Ok(!tx.analytics_backfilled().await?)
+}
+
+/// Marks the backfill done.
+pub(crate) async fn backfilled(mut tx: Tx<'_>, now: DateTime<Utc>) -> Result<()> {
+    if !tx.analytics_backfilled().await? {
+        tx.mark_analytics_backfilled(now).await?;
+    }
+    tx.commit().await
 }

@@ -102,10 +102,8 @@ pub trait ReadTx: Send {
         recipe_id: &str,
         version: u32,
     ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>;
-    /// The site's `deviation_raised` records (of one batch, or of every batch), in
-    /// site and seq order.
-    /// The stored measures of one attribute of a product, in the order the batches
-    /// were placed (dry runs have none).
+    /// The charted measures of one attribute of a product (not the ambiguous), in
+    /// the order the batches were placed (dry runs have none).
     async fn batch_measures(
         &mut self,
         product_id: &str,
@@ -127,6 +125,8 @@ pub trait ReadTx: Send {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Uuid>>;
+    /// The site's `deviation_raised` records (of one batch, or of every batch), in
+    /// site and seq order.
     async fn deviation_events(&mut self, batch_id: Option<Uuid>) -> Result<Vec<StoredEvent>>;
     /// The hub's deviation rows (of one batch, or all).
     async fn deviation_rows(&mut self, batch_id: Option<Uuid>) -> Result<Vec<DeviationRow>>;
@@ -324,11 +324,21 @@ pub trait WriteTx: ReadTx {
         assigned: bool,
         now: DateTime<Utc>,
     ) -> Result<bool>;
-    /// Records a qualification (in force: the caller withdrew the one it replaces).
+    /// Whether the measures of batches stored before measures were kept were made.
+    async fn analytics_backfilled(&mut self) -> Result<bool>;
+    async fn mark_analytics_backfilled(&mut self, now: DateTime<Utc>) -> Result<()>;
+    /// Replaces a batch's measures with `rows` (made from its whole record).
+    async fn replace_measures(
+        &mut self,
+        order: &Order,
+        rows: &[crate::model::analytics::measure::Row],
+    ) -> Result<()>;
+    /// Records QA's choice of a baseline (never changed).
     async fn insert_analytics_baseline(
         &mut self,
         baseline: &crate::model::analytics::measure::Baseline,
     ) -> Result<()>;
+    /// Records a qualification (in force: the caller withdrew the one it replaces).
     async fn insert_site_qualification(&mut self, qualification: &Qualification) -> Result<()>;
     /// Withdraws the qualification in force of a site for a product; `false` when
     /// there is none.

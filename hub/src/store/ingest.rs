@@ -255,7 +255,7 @@ pub fn plan<'a>(
             plan.qc.push((event.batch_id, qc));
         }
         if !order.dry_run {
-            for update in measure::updates(&event.kind, &recipe.recipe) {
+            for update in measure::updates(event.seq, &event.kind, &recipe.recipe) {
                 measure::push(measures, update);
             }
         }

@@ -585,6 +585,22 @@ pub trait Store:
         analytics::choose_baseline(self.write().await?, choice, Utc::now()).await
     }
 
+    /// Once per database: makes the measures of the batches whose records were
+    /// stored before measures were kept (an upgrade), batch by batch from their
+    /// records, before the hub serves. Answers how many batches it went through, or
+    /// `None` when this was done before.
+    async fn backfill_measures(&self) -> Result<Option<usize>> {
+        if !analytics::needs_backfill(self.write().await?).await? {
+            return Ok(None);
+        }
+        let orders = self.list_orders(None, None).await?;
+        for order in &orders {
+            analytics::backfill_batch(self.write().await?, order.batch_id).await?;
+        }
+        analytics::backfilled(self.write().await?, Utc::now()).await?;
+        Ok(Some(orders.len()))
+    }
+
     // -- deviations --
     /// The deviations of a batch, or of every batch, oldest first.
     async fn deviations(

@@ -724,59 +724,100 @@ mod tests {
 /// [`NotifyStore`](super::NotifyStore) on this backend.
 mod notify;
 
-/// Writes a batch's measure updates: a QC value replaces the stored one; a run of
-/// samples is merged after the stored run as [`measure::Run::then`] does.
+/// Writes a batch's measure updates: a run of samples is merged after the stored
+/// run as [`measure::Run::then`] does; a QC result is applied as
+/// [`measure::QcState::then`] does.
 ///
 /// [`measure::Run::then`]: crate::model::analytics::measure::Run::then
+/// [`measure::QcState::then`]: crate::model::analytics::measure::QcState::then
 async fn write_measures(conn: &mut sqlx::PgConnection, m: &plan::Measures) -> Result<()> {
-    use crate::model::analytics::measure::{Run, Update};
+    use crate::model::analytics::measure::Update;
     for update in &m.updates {
-        let (attribute, unit, run, merge) = match update {
-            Update::Set {
-                attribute,
-                unit,
-                value,
-            } => (attribute, unit, Run::of(0.0, *value, *value, *value), false),
+        match update {
             Update::Extend {
                 attribute,
                 unit,
                 run,
-            } => (attribute, unit, *run, true),
-        };
-        let sql = if merge {
-            "INSERT INTO batch_measures AS m (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (batch_id, attribute) DO UPDATE SET \
-               n = m.n + excluded.n, sum = m.sum + excluded.sum, \
-               min = LEAST(m.min, excluded.min), max = GREATEST(m.max, excluded.max), \
-               out_of_range_hours = m.out_of_range_hours + excluded.out_of_range_hours \
-                 + CASE WHEN m.last_out THEN GREATEST(0.0, excluded.first_hours - m.last_hours) ELSE 0.0 END, \
-               last_hours = excluded.last_hours, last_out = excluded.last_out"
-        } else {
-            "INSERT INTO batch_measures AS m (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (batch_id, attribute) DO UPDATE SET \
-               unit = excluded.unit, n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max, \
-               first_hours = excluded.first_hours, last_hours = excluded.last_hours, \
-               last_out = excluded.last_out, out_of_range_hours = excluded.out_of_range_hours"
-        };
-        sqlx::query(sql)
-            .bind(m.batch_id)
-            .bind(attribute)
-            .bind(&m.product_id)
-            .bind(&m.site_id)
-            .bind(stored(m.batch_at))
-            .bind(unit)
-            .bind(i64_of(run.n)?)
-            .bind(run.sum)
-            .bind(run.min)
-            .bind(run.max)
-            .bind(run.first_hours)
-            .bind(run.last_hours)
-            .bind(run.last_out)
-            .bind(run.out_of_range_hours)
-            .execute(&mut *conn)
-            .await?;
+            } => {
+                sqlx::query(
+                    "INSERT INTO batch_measures AS m (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+                       n = m.n + excluded.n, sum = m.sum + excluded.sum, \
+                       min = LEAST(m.min, excluded.min), max = GREATEST(m.max, excluded.max), \
+                       out_of_range_hours = m.out_of_range_hours + excluded.out_of_range_hours \
+                         + CASE WHEN m.last_out THEN GREATEST(0.0, excluded.first_hours - m.last_hours) ELSE 0.0 END, \
+                       last_hours = excluded.last_hours, last_out = excluded.last_out",
+                )
+                .bind(m.batch_id)
+                .bind(attribute)
+                .bind(&m.product_id)
+                .bind(&m.site_id)
+                .bind(stored(m.batch_at))
+                .bind(unit)
+                .bind(i64_of(run.n)?)
+                .bind(run.sum)
+                .bind(run.min)
+                .bind(run.max)
+                .bind(run.first_hours)
+                .bind(run.last_hours)
+                .bind(run.last_out)
+                .bind(run.out_of_range_hours)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Update::Result {
+                attribute,
+                unit,
+                value: Some(value),
+                seq,
+                retest_of,
+            } => {
+                sqlx::query(
+                    "INSERT INTO batch_measures AS m (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $7, 0.0, 0.0, FALSE, 0.0, $8, $9, FALSE) \
+                     ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+                       sum = CASE WHEN excluded.retest_of = m.seq THEN excluded.sum ELSE m.sum END, \
+                       min = CASE WHEN excluded.retest_of = m.seq THEN excluded.min ELSE m.min END, \
+                       max = CASE WHEN excluded.retest_of = m.seq THEN excluded.max ELSE m.max END, \
+                       unit = CASE WHEN excluded.retest_of = m.seq THEN excluded.unit ELSE m.unit END, \
+                       retest_of = CASE WHEN excluded.retest_of = m.seq THEN excluded.retest_of ELSE m.retest_of END, \
+                       ambiguous = CASE WHEN excluded.retest_of = m.seq THEN FALSE ELSE TRUE END, \
+                       seq = CASE WHEN excluded.retest_of = m.seq THEN excluded.seq ELSE m.seq END",
+                )
+                .bind(m.batch_id)
+                .bind(attribute)
+                .bind(&m.product_id)
+                .bind(&m.site_id)
+                .bind(stored(m.batch_at))
+                .bind(unit)
+                .bind(*value)
+                .bind(i64_of(*seq)?)
+                .bind(retest_of.map(i64_of).transpose()?)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Update::Result {
+                attribute,
+                value: None,
+                seq,
+                retest_of,
+                ..
+            } => {
+                // Not a number: a stored value no longer clearly counts.
+                sqlx::query(
+                    "UPDATE batch_measures SET ambiguous = TRUE, \
+                       seq = CASE WHEN $1 = seq THEN $2 ELSE seq END \
+                     WHERE batch_id = $3 AND attribute = $4",
+                )
+                .bind(retest_of.map(i64_of).transpose()?)
+                .bind(i64_of(*seq)?)
+                .bind(m.batch_id)
+                .bind(attribute)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
     }
     Ok(())
 }

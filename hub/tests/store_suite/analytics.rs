@@ -142,6 +142,42 @@ pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audit
     let viability = measures(&*store, "qc/viability").await;
     assert_eq!(viability.len(), 1);
     assert_eq!((viability[0].run.n, viability[0].run.mean()), (1, 88.0));
+    // A second result of a test that retests nothing (or not the charted one), or
+    // a result in another unit: which counts is unclear, or it is not comparable.
+    // The test is left off the chart (the batch record flags it for QA).
+    let cd3 = a.record(
+        first.batch_id,
+        qc_result("cd3", QcValue::Numeric(80.0), Outcome::Pass),
+    );
+    let cd3_again = a.record(
+        first.batch_id,
+        qc_result("cd3", QcValue::Numeric(95.0), Outcome::Pass),
+    );
+    let mut other_unit = a.record(
+        first.batch_id,
+        qc_result("car-positive", QcValue::Numeric(0.3), Outcome::Pass),
+    );
+    if let EventKind::QcResult { unit, .. } = &mut other_unit.kind {
+        *unit = "fraction".into();
+    }
+    // (re-chained: the kind changed after the record was made)
+    let other_unit = {
+        let mut log = SiteLog {
+            next_seq: other_unit.seq,
+            last_sha256: other_unit.prev_sha256.clone(),
+        };
+        let e = log.record(first.batch_id, other_unit.kind.clone());
+        a = SiteLog {
+            next_seq: log.next_seq,
+            last_sha256: log.last_sha256,
+        };
+        e
+    };
+    ingest(&*store, SITE_A, &[cd3]).await;
+    assert_eq!(measures(&*store, "qc/cd3").await.len(), 1);
+    ingest(&*store, SITE_A, &[cd3_again, other_unit]).await;
+    assert!(measures(&*store, "qc/cd3").await.is_empty());
+    assert!(measures(&*store, "qc/car-positive").await.is_empty());
 
     // The second site's batch, placed a day later, follows in chart order.
     let mut b = SiteLog::new();
@@ -173,6 +209,24 @@ pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audit
         store.measured_products().await.expect("products"),
         vec![RECIPE_ID.to_owned()]
     );
+
+    // The measures made from the batches' whole records (as for batches stored
+    // before measures were kept) are those ingest kept, message by message: runs
+    // across messages, a retest, the ambiguous test and the other unit included.
+    let attributes = ["qc/viability", "qc/cd3", "qc/car-positive", TEMPERATURE];
+    let mut kept = Vec::new();
+    for attribute in attributes {
+        kept.push(measures(&*store, attribute).await);
+    }
+    assert_eq!(
+        store.backfill_measures().await.expect("backfill"),
+        Some(2),
+        "both batches gone through"
+    );
+    for (attribute, before) in attributes.iter().zip(&kept) {
+        assert_eq!(&measures(&*store, attribute).await, before, "{attribute}");
+    }
+    assert_eq!(store.backfill_measures().await.expect("again"), None);
 
     // A baseline: refused without a reason, with the window backwards, for an
     // unknown product and with too few batches, storing nothing.

@@ -3,13 +3,23 @@
 //! batch's events.
 //!
 //! A batch has one stored measure per attribute:
-//! - `qc/<test>`: its numeric QC result (a retest replaces the earlier value);
+//! - `qc/<test>`: its numeric QC result. A retest of the charted result replaces
+//!   it; any other second result of the test (one that retests nothing, or an
+//!   earlier result), or a retest that is not a number, leaves the test without a
+//!   value that clearly counts: the measure is kept as *ambiguous* and not charted,
+//!   as the batch record flags it for QA;
 //! - `step/<step>/<parameter>`: a running summary of the process samples of that
 //!   parameter in that step ([`Run`]), from which the charts take the mean, the
 //!   minimum, the maximum and the time out of the recipe's range.
 //!
 //! Both backends merge a new [`Run`] into the stored one in SQL, exactly as
-//! [`Run::then`] does here; the store's tests hold them to it.
+//! [`Run::then`] does here, and apply a result as [`QcState::then`] does; the
+//! store's tests hold them to it.
+//!
+//! Only what the recipe names is charted, in the recipe's unit: a QC test or a
+//! parameter the recipe does not have, a value in another unit, or a value beyond
+//! [`MAX_MAGNITUDE`] (an instrument's sentinel, not a reading) stays in the record
+//! and is left off the charts.
 
 use carrel_proto::event::{EventKind, Sample};
 use carrel_proto::recipe::{QcValue, Recipe};
@@ -18,6 +28,58 @@ use carrel_proto::recipe::{QcValue, Recipe};
 pub const QC: &str = "qc/";
 /// The prefix of a process parameter's attribute.
 pub const STEP: &str = "step/";
+
+/// The largest magnitude charted: beyond it a value is an instrument's sentinel
+/// (and sums of such values would overflow).
+pub const MAX_MAGNITUDE: f64 = 1e15;
+
+fn chartable(value: f64) -> bool {
+    value.is_finite() && value.abs() <= MAX_MAGNITUDE
+}
+
+/// A QC test's stored measure: the charted result's value and site record, and
+/// whether another result makes it unclear which counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QcState {
+    pub value: f64,
+    pub seq: u64,
+    pub ambiguous: bool,
+}
+
+impl QcState {
+    /// The state after a result (`value` None: not a number), which is site
+    /// record `seq` and retests `retest_of`. `None` before: no result stored.
+    pub fn then(
+        before: Option<QcState>,
+        value: Option<f64>,
+        seq: u64,
+        retest_of: Option<u64>,
+    ) -> Option<QcState> {
+        match before {
+            None => value.map(|value| QcState {
+                value,
+                seq,
+                ambiguous: false,
+            }),
+            Some(b) if retest_of == Some(b.seq) => Some(match value {
+                Some(value) => QcState {
+                    value,
+                    seq,
+                    ambiguous: false,
+                },
+                None => QcState {
+                    seq,
+                    ambiguous: true,
+                    ..b
+                },
+            }),
+            Some(b) => Some(QcState {
+                ambiguous: true,
+                ..b
+            }),
+        }
+    }
+}
 
 /// A running summary of samples of one parameter in one step, in the order the
 /// site sampled them.
@@ -79,11 +141,13 @@ impl Run {
 /// One update of a batch's measure.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
-    /// A QC result: the measure becomes this value.
-    Set {
+    /// A QC result (`value` None: not a number), applied as [`QcState::then`].
+    Result {
         attribute: String,
         unit: String,
-        value: f64,
+        value: Option<f64>,
+        seq: u64,
+        retest_of: Option<u64>,
     },
     /// Process samples: the run is merged after the stored one.
     Extend {
@@ -96,26 +160,41 @@ pub enum Update {
 impl Update {
     pub fn attribute(&self) -> &str {
         match self {
-            Update::Set { attribute, .. } | Update::Extend { attribute, .. } => attribute,
+            Update::Result { attribute, .. } | Update::Extend { attribute, .. } => attribute,
         }
     }
 }
 
-/// What one site event adds to its batch's measures under `recipe`: a numeric QC
-/// result, or samples of parameters the step defines (samples of a parameter the
-/// recipe does not name are stored in the record but not charted).
-pub fn updates(kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
+/// What site record `seq` adds to its batch's measures under `recipe`: a result
+/// of a QC test the recipe names (of the test's numeric kind, in its unit), or
+/// samples of parameters the step defines, in their unit.
+pub fn updates(seq: u64, kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
     match kind {
         EventKind::QcResult {
             test_id,
-            value: QcValue::Numeric(value),
+            value,
             unit,
+            retest_of,
             ..
-        } if value.is_finite() => vec![Update::Set {
-            attribute: format!("{QC}{test_id}"),
-            unit: unit.clone(),
-            value: *value,
-        }],
+        } => {
+            let Some(test) = recipe.all_tests().find(|t| &t.id == test_id) else {
+                return Vec::new();
+            };
+            if !test.spec.accepted.is_empty() || (!test.unit.is_empty() && unit != &test.unit) {
+                return Vec::new();
+            }
+            let value = match value {
+                QcValue::Numeric(v) if chartable(*v) => Some(*v),
+                _ => None,
+            };
+            vec![Update::Result {
+                attribute: format!("{QC}{test_id}"),
+                unit: unit.clone(),
+                value,
+                seq,
+                retest_of: *retest_of,
+            }]
+        }
         EventKind::ProcessSamples { step_id, samples } => {
             let Some(step) = recipe.step(step_id) else {
                 return Vec::new();
@@ -131,19 +210,21 @@ pub fn updates(kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
                 let Some(p) = step.parameters.iter().find(|p| &p.name == parameter) else {
                     continue;
                 };
-                if !value.is_finite() || !step_hours.is_finite() {
+                if !chartable(*value)
+                    || !chartable(*step_hours)
+                    || (!p.unit.is_empty() && unit != &p.unit)
+                {
                     continue;
                 }
                 let one = Run::of(*step_hours, *value, p.low, p.high);
-                let attribute = format!("{STEP}{step_id}/{parameter}");
-                match runs.iter_mut().find(|u| u.attribute() == attribute) {
-                    Some(Update::Extend { run, .. }) => *run = run.then(one),
-                    _ => runs.push(Update::Extend {
-                        attribute,
+                push(
+                    &mut runs,
+                    Update::Extend {
+                        attribute: format!("{STEP}{step_id}/{parameter}"),
                         unit: unit.clone(),
                         run: one,
-                    }),
-                }
+                    },
+                );
             }
             runs
         }
@@ -151,19 +232,99 @@ pub fn updates(kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
     }
 }
 
-/// Adds `update` to a message's pending updates of one batch, merging it with an
-/// earlier one of the same attribute so each attribute is written once.
+/// Adds `update` to a message's pending updates of one batch: runs of samples of
+/// one attribute are merged so each is written once; results are applied in order.
 pub fn push(pending: &mut Vec<Update>, update: Update) {
-    let existing = pending
-        .iter_mut()
-        .find(|u| u.attribute() == update.attribute());
-    match (existing, update) {
-        (Some(Update::Extend { run, .. }), Update::Extend { run: later, .. }) => {
-            *run = run.then(later)
+    if let Update::Extend { run: later, .. } = &update {
+        if let Some(Update::Extend { run, .. }) = pending
+            .iter_mut()
+            .find(|u| matches!(u, Update::Extend { .. }) && u.attribute() == update.attribute())
+        {
+            *run = run.then(*later);
+            return;
         }
-        (Some(slot), update) => *slot = update,
-        (None, update) => pending.push(update),
     }
+    pending.push(update);
+}
+
+/// A batch's measure of one attribute as stored, in whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub attribute: String,
+    pub unit: String,
+    pub run: Run,
+    /// For a QC result: its site record, what it retested, and whether another
+    /// result makes it unclear which counts (not charted).
+    pub seq: u64,
+    pub retest_of: Option<u64>,
+    pub ambiguous: bool,
+}
+
+/// A batch's measures from its whole record (`(seq, kind)` in log order), exactly
+/// as applying each record's [`updates`] at ingest gives them: for a batch whose
+/// records were stored before measures were kept.
+pub fn rows_of<'a>(
+    events: impl IntoIterator<Item = (u64, &'a EventKind)>,
+    recipe: &Recipe,
+) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    for (seq, kind) in events {
+        for update in updates(seq, kind, recipe) {
+            let at = rows.iter().position(|r| r.attribute == update.attribute());
+            match update {
+                Update::Extend {
+                    attribute,
+                    unit,
+                    run,
+                } => match at {
+                    Some(i) => rows[i].run = rows[i].run.then(run),
+                    None => rows.push(Row {
+                        attribute,
+                        unit,
+                        run,
+                        seq: 0,
+                        retest_of: None,
+                        ambiguous: false,
+                    }),
+                },
+                Update::Result {
+                    attribute,
+                    unit,
+                    value,
+                    seq,
+                    retest_of,
+                } => {
+                    let before = at.map(|i| QcState {
+                        value: rows[i].run.sum,
+                        seq: rows[i].seq,
+                        ambiguous: rows[i].ambiguous,
+                    });
+                    let Some(after) = QcState::then(before, value, seq, retest_of) else {
+                        continue;
+                    };
+                    let replaced =
+                        before.is_none_or(|b| retest_of == Some(b.seq) && value.is_some());
+                    let row = Row {
+                        attribute,
+                        unit,
+                        run: Run::of(0.0, after.value, after.value, after.value),
+                        seq: after.seq,
+                        retest_of,
+                        ambiguous: after.ambiguous,
+                    };
+                    match at {
+                        Some(i) if replaced => rows[i] = row,
+                        Some(i) => {
+                            rows[i].seq = after.seq;
+                            rows[i].ambiguous = after.ambiguous;
+                        }
+                        None => rows.push(row),
+                    }
+                }
+            }
+        }
+    }
+    rows
 }
 
 /// A batch's stored measure of one attribute, as a chart reads it.
@@ -309,7 +470,7 @@ mod tests {
                 },
             ],
         };
-        let got = updates(&kind, &recipe);
+        let got = updates(7, &kind, &recipe);
         assert_eq!(got.len(), 1, "{got:?}");
         let Update::Extend { attribute, run, .. } = &got[0] else {
             panic!("{got:?}")
@@ -317,14 +478,60 @@ mod tests {
         assert_eq!(attribute, &format!("step/{}/{}", step.id, p.name));
         assert_eq!(run.n, 2);
         assert!((run.out_of_range_hours - 1.5).abs() < 1e-12);
-        let text = EventKind::QcResult {
-            test_id: "sterility".into(),
-            value: QcValue::Text("no growth".into()),
-            unit: String::new(),
+        let result = |test_id: &str, value: QcValue, unit: &str| EventKind::QcResult {
+            test_id: test_id.into(),
+            value,
+            unit: unit.into(),
             method: String::new(),
             site_outcome: carrel_proto::recipe::Outcome::Pass,
             retest_of: None,
         };
-        assert!(updates(&text, &recipe).is_empty());
+        // A test with accepted texts, a test the recipe does not have, another unit
+        // are not charted; a sentinel value is no value.
+        for kind in [
+            result("sterility", QcValue::Text("no growth".into()), ""),
+            result("no-such-test", QcValue::Numeric(1.0), "%"),
+            result("viability", QcValue::Numeric(91.0), "fraction"),
+        ] {
+            assert!(updates(8, &kind, &recipe).is_empty(), "{kind:?}");
+        }
+        assert_eq!(
+            updates(
+                9,
+                &result("viability", QcValue::Numeric(1e300), "%"),
+                &recipe
+            ),
+            vec![Update::Result {
+                attribute: "qc/viability".into(),
+                unit: "%".into(),
+                value: None,
+                seq: 9,
+                retest_of: None
+            }]
+        );
+    }
+
+    #[test]
+    fn a_retest_of_the_charted_result_replaces_it_any_other_leaves_it_ambiguous() {
+        let a = QcState::then(None, Some(80.0), 5, None).expect("first");
+        assert_eq!((a.value, a.seq, a.ambiguous), (80.0, 5, false));
+        let b = QcState::then(Some(a), Some(90.0), 6, Some(5)).expect("retest");
+        assert_eq!((b.value, b.seq, b.ambiguous), (90.0, 6, false));
+        // Another retest of 5 (not the charted 6): which counts is unclear.
+        let c = QcState::then(Some(b), Some(85.0), 7, Some(5)).expect("kept");
+        assert!(c.ambiguous);
+        // A second result naming nothing, and a retest that is not a number, too.
+        assert!(
+            QcState::then(Some(a), Some(70.0), 8, None)
+                .expect("kept")
+                .ambiguous
+        );
+        assert!(
+            QcState::then(Some(a), None, 8, Some(5))
+                .expect("kept")
+                .ambiguous
+        );
+        // A first result that is not a number: nothing to chart.
+        assert_eq!(QcState::then(None, None, 5, None), None);
     }
 }

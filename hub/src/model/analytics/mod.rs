@@ -10,6 +10,7 @@ pub mod chart;
 pub mod compare;
 pub mod measure;
 pub mod spc;
+pub mod trend;
 
 /// The arithmetic mean; `None` for no values.
 pub fn mean(values: &[f64]) -> Option<f64> {

@@ -39,7 +39,7 @@ impl ReadTx for PgTx<'_> {
         attribute: &str,
     ) -> Result<Vec<crate::model::analytics::measure::Stored>> {
         sqlx::query(
-            "SELECT * FROM batch_measures WHERE product_id = $1 AND attribute = $2 ORDER BY batch_at, batch_id",
+            "SELECT * FROM batch_measures WHERE product_id = $1 AND attribute = $2 AND NOT ambiguous ORDER BY batch_at, batch_id",
         )
         .bind(product_id)
         .bind(attribute)
@@ -52,7 +52,7 @@ impl ReadTx for PgTx<'_> {
 
     async fn measure_attributes(&mut self, product_id: &str) -> Result<Vec<(String, String)>> {
         sqlx::query(
-            "SELECT attribute, max(unit) AS unit FROM batch_measures WHERE product_id = $1 GROUP BY attribute ORDER BY attribute",
+            "SELECT attribute, max(unit) AS unit FROM batch_measures WHERE product_id = $1 AND NOT ambiguous GROUP BY attribute ORDER BY attribute",
         )
         .bind(product_id)
         .fetch_all(self.conn())
@@ -474,6 +474,60 @@ impl ReadTx for PgTx<'_> {
 
 #[async_trait]
 impl WriteTx for PgTx<'_> {
+    async fn analytics_backfilled(&mut self) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM analytics_backfill")
+                .fetch_one(self.conn())
+                .await?
+                > 0,
+        )
+    }
+
+    async fn mark_analytics_backfilled(&mut self, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query("INSERT INTO analytics_backfill (done_at) VALUES ($1)")
+            .bind(stored(now))
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn replace_measures(
+        &mut self,
+        order: &Order,
+        rows: &[crate::model::analytics::measure::Row],
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM batch_measures WHERE batch_id = $1")
+            .bind(order.batch_id)
+            .execute(self.conn())
+            .await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(order.batch_id)
+            .bind(&r.attribute)
+            .bind(&order.recipe_id)
+            .bind(&order.site_id)
+            .bind(stored(order.created_at))
+            .bind(&r.unit)
+            .bind(i64_of(r.run.n)?)
+            .bind(r.run.sum)
+            .bind(r.run.min)
+            .bind(r.run.max)
+            .bind(r.run.first_hours)
+            .bind(r.run.last_hours)
+            .bind(r.run.last_out)
+            .bind(r.run.out_of_range_hours)
+            .bind(i64_of(r.seq)?)
+            .bind(r.retest_of.map(i64_of).transpose()?)
+            .bind(r.ambiguous)
+            .execute(self.conn())
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn insert_analytics_baseline(
         &mut self,
         b: &crate::model::analytics::measure::Baseline,

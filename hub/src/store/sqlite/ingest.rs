@@ -357,56 +357,102 @@ impl Audit<'_> {
     }
 }
 
-/// Writes a batch's measure updates: a QC value replaces the stored one; a run of
-/// samples is merged after the stored run as [`measure::Run::then`] does.
+/// Writes a batch's measure updates: a run of samples is merged after the stored
+/// run as [`measure::Run::then`] does; a QC result is applied as
+/// [`measure::QcState::then`] does.
+///
+/// [`measure::Run::then`]: crate::model::analytics::measure::Run::then
+/// [`measure::QcState::then`]: crate::model::analytics::measure::QcState::then
 fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
-    use crate::model::analytics::measure::{Run, Update};
+    use crate::model::analytics::measure::Update;
     for update in &m.updates {
-        let (attribute, unit, run, merge) = match update {
-            Update::Set {
-                attribute,
-                unit,
-                value,
-            } => (attribute, unit, Run::of(0.0, *value, *value, *value), false),
+        match update {
             Update::Extend {
                 attribute,
                 unit,
                 run,
-            } => (attribute, unit, *run, true),
-        };
-        let sql = if merge {
-            "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (batch_id, attribute) DO UPDATE SET \
-               n = n + excluded.n, sum = sum + excluded.sum, \
-               min = min(min, excluded.min), max = max(max, excluded.max), \
-               out_of_range_hours = out_of_range_hours + excluded.out_of_range_hours \
-                 + CASE WHEN last_out = 1 THEN max(0.0, excluded.first_hours - last_hours) ELSE 0.0 END, \
-               last_hours = excluded.last_hours, last_out = excluded.last_out"
-        } else {
-            "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (batch_id, attribute) DO UPDATE SET \
-               unit = excluded.unit, n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max, \
-               first_hours = excluded.first_hours, last_hours = excluded.last_hours, \
-               last_out = excluded.last_out, out_of_range_hours = excluded.out_of_range_hours"
-        };
-        tx.prepare_cached(sql)?.execute(params![
-            m.batch_id.to_string(),
-            attribute,
-            m.product_id,
-            m.site_id,
-            ts(m.batch_at),
-            unit,
-            i64_of(run.n)?,
-            run.sum,
-            run.min,
-            run.max,
-            run.first_hours,
-            run.last_hours,
-            run.last_out as i64,
-            run.out_of_range_hours,
-        ])?;
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+                       n = n + excluded.n, sum = sum + excluded.sum, \
+                       min = min(min, excluded.min), max = max(max, excluded.max), \
+                       out_of_range_hours = out_of_range_hours + excluded.out_of_range_hours \
+                         + CASE WHEN last_out = 1 THEN max(0.0, excluded.first_hours - last_hours) ELSE 0.0 END, \
+                       last_hours = excluded.last_hours, last_out = excluded.last_out",
+                )?
+                .execute(params![
+                    m.batch_id.to_string(),
+                    attribute,
+                    m.product_id,
+                    m.site_id,
+                    ts(m.batch_at),
+                    unit,
+                    i64_of(run.n)?,
+                    run.sum,
+                    run.min,
+                    run.max,
+                    run.first_hours,
+                    run.last_hours,
+                    run.last_out as i64,
+                    run.out_of_range_hours,
+                ])?;
+            }
+            Update::Result {
+                attribute,
+                unit,
+                value: Some(value),
+                seq,
+                retest_of,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
+                     VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, 0.0, 0.0, 0, 0.0, ?, ?, 0) \
+                     ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+                       sum = CASE WHEN excluded.retest_of = seq THEN excluded.sum ELSE sum END, \
+                       min = CASE WHEN excluded.retest_of = seq THEN excluded.min ELSE min END, \
+                       max = CASE WHEN excluded.retest_of = seq THEN excluded.max ELSE max END, \
+                       unit = CASE WHEN excluded.retest_of = seq THEN excluded.unit ELSE unit END, \
+                       retest_of = CASE WHEN excluded.retest_of = seq THEN excluded.retest_of ELSE retest_of END, \
+                       ambiguous = CASE WHEN excluded.retest_of = seq THEN 0 ELSE 1 END, \
+                       seq = CASE WHEN excluded.retest_of = seq THEN excluded.seq ELSE seq END",
+                )?
+                .execute(params![
+                    m.batch_id.to_string(),
+                    attribute,
+                    m.product_id,
+                    m.site_id,
+                    ts(m.batch_at),
+                    unit,
+                    value,
+                    value,
+                    value,
+                    i64_of(*seq)?,
+                    retest_of.map(i64_of).transpose()?,
+                ])?;
+            }
+            Update::Result {
+                attribute,
+                value: None,
+                seq,
+                retest_of,
+                ..
+            } => {
+                // Not a number: a stored value no longer clearly counts.
+                tx.prepare_cached(
+                    "UPDATE batch_measures SET ambiguous = 1, \
+                       seq = CASE WHEN ? = seq THEN ? ELSE seq END \
+                     WHERE batch_id = ? AND attribute = ?",
+                )?
+                .execute(params![
+                    retest_of.map(i64_of).transpose()?,
+                    i64_of(*seq)?,
+                    m.batch_id.to_string(),
+                    attribute,
+                ])?;
+            }
+        }
     }
     Ok(())
 }

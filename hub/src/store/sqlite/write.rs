@@ -69,7 +69,7 @@ impl ReadTx for SqliteTx<'_> {
         attribute: &str,
     ) -> Result<Vec<crate::model::analytics::measure::Stored>> {
         sqlx::query(
-            "SELECT * FROM batch_measures WHERE product_id = ? AND attribute = ? ORDER BY batch_at, batch_id",
+            "SELECT * FROM batch_measures WHERE product_id = ? AND attribute = ? AND ambiguous = 0 ORDER BY batch_at, batch_id",
         )
         .bind(product_id)
         .bind(attribute)
@@ -82,7 +82,7 @@ impl ReadTx for SqliteTx<'_> {
 
     async fn measure_attributes(&mut self, product_id: &str) -> Result<Vec<(String, String)>> {
         sqlx::query(
-            "SELECT attribute, max(unit) AS unit FROM batch_measures WHERE product_id = ? GROUP BY attribute ORDER BY attribute",
+            "SELECT attribute, max(unit) AS unit FROM batch_measures WHERE product_id = ? AND ambiguous = 0 GROUP BY attribute ORDER BY attribute",
         )
         .bind(product_id)
         .fetch_all(&mut *self.tx)
@@ -508,6 +508,60 @@ impl ReadTx for SqliteTx<'_> {
 
 #[async_trait]
 impl WriteTx for SqliteTx<'_> {
+    async fn analytics_backfilled(&mut self) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM analytics_backfill")
+                .fetch_one(&mut *self.tx)
+                .await?
+                > 0,
+        )
+    }
+
+    async fn mark_analytics_backfilled(&mut self, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query("INSERT INTO analytics_backfill (done_at) VALUES (?)")
+            .bind(ts(now))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn replace_measures(
+        &mut self,
+        order: &Order,
+        rows: &[crate::model::analytics::measure::Row],
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM batch_measures WHERE batch_id = ?")
+            .bind(order.batch_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(order.batch_id.to_string())
+            .bind(&r.attribute)
+            .bind(&order.recipe_id)
+            .bind(&order.site_id)
+            .bind(ts(order.created_at))
+            .bind(&r.unit)
+            .bind(i64_of(r.run.n)?)
+            .bind(r.run.sum)
+            .bind(r.run.min)
+            .bind(r.run.max)
+            .bind(r.run.first_hours)
+            .bind(r.run.last_hours)
+            .bind(r.run.last_out as i64)
+            .bind(r.run.out_of_range_hours)
+            .bind(i64_of(r.seq)?)
+            .bind(r.retest_of.map(i64_of).transpose()?)
+            .bind(r.ambiguous as i64)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn insert_analytics_baseline(
         &mut self,
         b: &crate::model::analytics::measure::Baseline,
