@@ -68,6 +68,9 @@ actions! {
     RecipeDryRun = "recipe.dry_run",
     /// QA chose the batches of a product's baseline for its control limits.
     AnalyticsBaselineChosen = "analytics.baseline_chosen",
+    /// A signal on a site's control chart of a QC result (a trend signal): an
+    /// exception in QA's review of a batch still awaiting a decision.
+    TrendSignal = "analytics.trend_signal",
     /// QA signed a site's qualification for a product (and versions): orders of it
     /// are taken there.
     SiteQualified = "site.qualified",

@@ -190,6 +190,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tokio::task::spawn_blocking(crate::service::unusable_hash).await?;
     hub.audit_refusals_periodically();
     tokio::spawn(crate::service::schedule::run_replanner(hub.clone()));
+    tokio::spawn(crate::service::analytics::run_trend_watch(hub.clone()));
     // A store that failed to keep a commit must not be used on as if it had (see
     // store::Failure): stop serving, so nothing more is acknowledged.
     let stop = shutdown.clone();

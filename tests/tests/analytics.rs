@@ -5,7 +5,7 @@
 //! - a gRPC client Carrel did not write (grpcio) reads the charts, and every figure
 //!   (comparisons, test choice, capability, limits, rule 1) agrees with SciPy and
 //!   NumPy computed from the chart's own points;
-//! - QA chooses a baseline (the first 80 batches) and the limits then come from it;
+//! - QA chooses a baseline (the first 100 batches) and the limits then come from it, and the trend signals it brings reach QA by webhook;
 //! - the CSV holds one row per batch; bad input is refused with what is wrong.
 
 use carrel_tests::dev::DevNetwork;
@@ -101,7 +101,24 @@ async fn a_drifting_site_is_signalled_and_every_figure_agrees_with_scipy() {
         }
     }
 
-    // QA chooses the first 80 batches as the baseline; limits come from it.
+    // QA subscribes to trend signals, then chooses the first 100 batches as the
+    // baseline: limits come from it, and the signals it brings reach QA.
+    let mut receiver = carrel_tests::webhook::Receiver::new(carrel_tests::free_port());
+    receiver.start().await;
+    let subscribed: Value = serde_json::from_str(&dev.cli_ok(
+        QA.0,
+        &[
+            "notify",
+            "subscribe",
+            "--kinds",
+            "trend_signal",
+            "--webhook",
+            &receiver.url("qa"),
+            "--json",
+        ],
+    ))
+    .expect("subscription JSON");
+    receiver.set_secret("qa", subscribed["webhook_secret"].as_str().expect("secret"));
     let today = chrono::Utc::now().date_naive().to_string();
     let refused = dev.cli_refused(
         QA.0,
@@ -146,13 +163,13 @@ async fn a_drifting_site_is_signalled_and_every_figure_agrees_with_scipy() {
             "--to",
             &today,
             "--first",
-            "80",
+            "100",
             "--reason",
-            "The first 80 batches of the validated process",
+            "The first 100 batches of the validated process",
         ],
     );
     assert!(
-        chosen.contains("baseline of 80 batches chosen by qa.grace"),
+        chosen.contains("baseline of 100 batches chosen by qa.grace"),
         "{chosen}"
     );
     let json: Value = serde_json::from_str(&dev.cli_ok(
@@ -162,12 +179,12 @@ async fn a_drifting_site_is_signalled_and_every_figure_agrees_with_scipy() {
     .expect("chart JSON");
     assert_eq!(
         json["baseline"]["batch_ids"].as_array().map(Vec::len),
-        Some(80)
+        Some(100)
     );
     if let Some(python) = carrel_tests::peers::python() {
         let checked = peer_check(&dev, &python, "qc/viability");
         assert_eq!(checked["errors"], serde_json::json!([]), "{checked}");
-        assert_eq!(checked["baseline"], 80);
+        assert_eq!(checked["baseline"], 100);
     }
     let csv = dev.cli_ok(
         QA.0,
@@ -178,7 +195,7 @@ async fn a_drifting_site_is_signalled_and_every_figure_agrees_with_scipy() {
         .skip(1)
         .filter(|r| r.split(',').nth(col("in_baseline")) == Some("true"))
         .count();
-    assert_eq!(in_baseline, 80);
+    assert_eq!(in_baseline, 100);
 
     // Bad input changes nothing and says what is wrong.
     let refused = dev.cli_refused(
@@ -231,7 +248,7 @@ async fn a_drifting_site_is_signalled_and_every_figure_agrees_with_scipy() {
     )
     .expect("attributes JSON");
     assert_eq!(
-        json["baseline"]["reason"], "The first 80 batches of the validated process",
+        json["baseline"]["reason"], "The first 100 batches of the validated process",
         "the refusals changed nothing"
     );
     dev.stop().await;

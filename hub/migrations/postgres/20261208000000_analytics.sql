@@ -48,3 +48,18 @@ CREATE TABLE analytics_baselines (
 CREATE TABLE analytics_backfill (
     done_at TIMESTAMPTZ NOT NULL
 );
+
+-- Trend signals: signals on a site's control chart of a QC result, by the rules
+-- the configuration names, each kept once (the first replica to find it writes it
+-- and its audit entry).
+CREATE TABLE trend_signals (
+    batch_id   UUID NOT NULL REFERENCES orders (batch_id),
+    attribute  TEXT NOT NULL,
+    statistic  TEXT NOT NULL,
+    rule       INTEGER NOT NULL CHECK (rule BETWEEN 1 AND 8),
+    product_id TEXT NOT NULL,
+    site_id    TEXT NOT NULL,
+    value      DOUBLE PRECISION NOT NULL,
+    found_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (batch_id, attribute, statistic, rule)
+);

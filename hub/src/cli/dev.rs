@@ -152,6 +152,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         accept_simulated_people: true,
         // QA can dry-run a draft recipe on the hub's simulator site.
         dry_run_simulator: true,
+        // Trend signals are looked for soon after results arrive.
+        analytics: crate::model::analytics::trend::AnalyticsSettings {
+            trend_interval_secs: 5,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let shutdown = CancellationToken::new();

@@ -50,6 +50,9 @@ pub enum Kind {
     /// A result out of specification arrived after the batch was released (it may
     /// have been infused): a patient follow-up is open. The highest priority.
     FailedAfterRelease,
+    /// A signal on a site's control chart of a QC result: the process may be
+    /// drifting there (`analytics.trend_signal`).
+    TrendSignal,
 }
 
 /// How urgently a notification must reach people: e-mail carries it in its
@@ -71,7 +74,7 @@ impl Priority {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::OrderDispatched,
         Kind::CellsReceived,
         Kind::CoiMismatch,
@@ -86,6 +89,7 @@ impl Kind {
         Kind::ChangedAfterDecision,
         Kind::Cancelled,
         Kind::FailedAfterRelease,
+        Kind::TrendSignal,
     ];
 
     pub fn priority(self) -> Priority {
@@ -129,6 +133,7 @@ impl Kind {
             Kind::ChangedAfterDecision => "Record changed after QA's decision",
             Kind::Cancelled => "Order cancelled",
             Kind::FailedAfterRelease => "Out of specification after release: patient follow-up",
+            Kind::TrendSignal => "Trend signal in process analytics",
         }
     }
 
@@ -148,6 +153,7 @@ impl Kind {
             Kind::ChangedAfterDecision => "changed_after_decision",
             Kind::Cancelled => "cancelled",
             Kind::FailedAfterRelease => "failed_after_release",
+            Kind::TrendSignal => "trend_signal",
         }
     }
 

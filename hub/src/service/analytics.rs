@@ -269,3 +269,99 @@ fn csv_field(text: &str) -> String {
         text
     }
 }
+
+/// Looks for new trend signals every `[analytics] trend_interval_secs`, when this
+/// hub stored new site records or a baseline changed since it last looked: every
+/// site's chart of every QC result of every product, against the baseline in force
+/// (built from the measures, not the events). What it finds is kept once, whichever
+/// replica finds it first ([`crate::store::Store::record_trend_signals`]).
+pub async fn run_trend_watch(hub: std::sync::Arc<Hub>) {
+    let rules = match hub.config.analytics.rules() {
+        Ok(rules) => rules,
+        Err(why) => {
+            tracing::error!(%why, "no trend signals: the configuration's rules are not valid");
+            return;
+        }
+    };
+    let every = std::time::Duration::from_secs(u64::from(hub.config.analytics.trend_interval_secs));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen: Option<(u64, Vec<Option<DateTime<Utc>>>)> = None;
+    // The signals this process has already handed to the store.
+    let mut kept = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match trend_pass(&hub, &rules, &mut seen, &mut kept).await {
+            Ok(0) => {}
+            Ok(new) => tracing::info!(new, "trend signals found"),
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for trend signals failed; trying again at the next interval")
+            }
+        }
+    }
+}
+
+/// One look for trend signals, unless nothing changed since `seen`.
+async fn trend_pass(
+    hub: &Hub,
+    rules: &[crate::model::analytics::spc::Rule],
+    seen: &mut Option<(u64, Vec<Option<DateTime<Utc>>>)>,
+    kept: &mut std::collections::HashSet<(uuid::Uuid, String, u8)>,
+) -> Result<usize, crate::store::Error> {
+    let events = hub.store.ingest_counts().events;
+    let products = hub.store.measured_products().await?;
+    let mut baselines = Vec::new();
+    for product in &products {
+        baselines.push(
+            hub.store
+                .analytics_baseline(product)
+                .await?
+                .map(|b| b.chosen_at),
+        );
+    }
+    let now = (events, baselines);
+    if seen.as_ref() == Some(&now) {
+        return Ok(0);
+    }
+    let mut signals = Vec::new();
+    for product in &products {
+        let recipe = match hub.store.latest_recipe(product).await {
+            Ok(r) => r,
+            Err(crate::store::Error::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let baseline = hub.store.analytics_baseline(product).await?;
+        for (attribute, _) in hub.store.measure_attributes(product).await? {
+            if !attribute.starts_with(crate::model::analytics::measure::QC) {
+                continue;
+            }
+            let statistic = Statistic::Value;
+            let measures = hub.store.batch_measures(product, &attribute).await?;
+            let c = chart::chart(
+                product,
+                &attribute,
+                statistic,
+                chart::label(&recipe.recipe, &attribute, statistic),
+                &measures,
+                baseline.as_ref(),
+                None,
+            );
+            signals.extend(
+                crate::model::analytics::trend::of_chart(&c, rules)
+                    .into_iter()
+                    .filter(|s| !kept.contains(&(s.batch_id, s.attribute.clone(), s.rule))),
+            );
+        }
+    }
+    let new = hub.store.record_trend_signals(&signals).await?;
+    kept.extend(
+        signals
+            .into_iter()
+            .map(|s| (s.batch_id, s.attribute, s.rule)),
+    );
+    *seen = Some(now);
+    Ok(new)
+}

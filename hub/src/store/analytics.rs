@@ -124,3 +124,54 @@ pub(crate) async fn backfilled(mut tx: Tx<'_>, now: DateTime<Utc>) -> Result<()>
     }
     tx.commit().await
 }
+
+/// Keeps each new trend signal (one already kept is skipped): audited, and, while
+/// its batch awaits QA's decision, added to the batch's exceptions for QA to
+/// justify at release. Answers how many were new.
+pub(crate) async fn record_trend_signals(
+    mut tx: Tx<'_>,
+    signals: &[crate::model::analytics::trend::TrendSignal],
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    use crate::model::BatchState;
+    let mut new = 0;
+    for signal in signals {
+        let mut order = tx
+            .lock_order(super::backend::OrderKey::Batch(signal.batch_id))
+            .await?;
+        if order.dry_run || !tx.insert_trend_signal(signal, now).await? {
+            continue;
+        }
+        new += 1;
+        let awaits_decision = matches!(
+            order.state,
+            BatchState::Ordered
+                | BatchState::Accepted
+                | BatchState::InProcess
+                | BatchState::AwaitingRelease
+        );
+        if awaits_decision && !order.progress.anomalies.contains(&signal.text) {
+            order.progress.anomalies.push(signal.text.clone());
+            tx.set_progress(order.batch_id, &order.progress, now)
+                .await?;
+        }
+        tx.audit(
+            NewEntry::new(
+                "analytics",
+                Action::TrendSignal,
+                Object::Batch(signal.batch_id),
+            )
+            .batch(signal.batch_id)
+            .value(signal.text.clone())
+            .reason(if awaits_decision {
+                "an exception in QA's review of the batch"
+            } else {
+                "found after the batch's release decision; see the product's chart"
+            }),
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(new)
+}

@@ -333,6 +333,12 @@ pub trait WriteTx: ReadTx {
         order: &Order,
         rows: &[crate::model::analytics::measure::Row],
     ) -> Result<()>;
+    /// Keeps a trend signal unless it is kept already; true when it was new.
+    async fn insert_trend_signal(
+        &mut self,
+        signal: &crate::model::analytics::trend::TrendSignal,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
     /// Records QA's choice of a baseline (never changed).
     async fn insert_analytics_baseline(
         &mut self,

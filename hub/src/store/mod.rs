@@ -601,6 +601,15 @@ pub trait Store:
         Ok(Some(orders.len()))
     }
 
+    /// Keeps new trend signals (audited; an exception of a batch awaiting QA's
+    /// decision); see [`analytics::record_trend_signals`].
+    async fn record_trend_signals(
+        &self,
+        signals: &[crate::model::analytics::trend::TrendSignal],
+    ) -> Result<usize> {
+        analytics::record_trend_signals(self.write().await?, signals, Utc::now()).await
+    }
+
     // -- deviations --
     /// The deviations of a batch, or of every batch, oldest first.
     async fn deviations(

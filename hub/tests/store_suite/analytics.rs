@@ -4,6 +4,7 @@
 use crate::fixtures::*;
 use carrel_hub::audit::Action;
 use carrel_hub::model::analytics::measure::{Run, Stored};
+use carrel_hub::model::analytics::trend::TrendSignal;
 use carrel_hub::store::analytics::BaselineChoice;
 use carrel_hub::store::{Error, Store};
 use carrel_proto::event::{EventKind, Sample};
@@ -371,4 +372,65 @@ pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audit
             .reason,
         "the first two"
     );
+}
+
+fn trend_signal(order: &carrel_hub::model::Order, value: f64) -> TrendSignal {
+    TrendSignal {
+        batch_id: order.batch_id,
+        product_id: RECIPE_ID.into(),
+        site_id: order.site_id.clone(),
+        attribute: "qc/viability".into(),
+        statistic: "value".into(),
+        rule: 1,
+        value,
+        text: format!(
+            "trend signal: Viability {value} at {}, Nelson rule 1",
+            order.site_id
+        ),
+    }
+}
+
+pub async fn case_a_trend_signal_is_kept_once_audited_and_an_exception_while_undecided(
+    store: Arc<dyn Store>,
+) {
+    let recipe = seed(&*store).await;
+    let running = order_at(&*store, SITE_A).await;
+    let released = order_at(&*store, SITE_B).await;
+    let mut a = SiteLog::new();
+    let accepted_a = a.record(running.batch_id, accepted(&running, &recipe));
+    ingest(&*store, SITE_A, &[accepted_a]).await;
+    let mut b = SiteLog::new();
+    let record = complete_record(&mut b, &released, &recipe);
+    ingest(&*store, SITE_B, &record).await;
+    let sha = reviewed_sha256(&*store, released.batch_id).await;
+    store
+        .sign_release(&signature(&released, QA, sha), false, now())
+        .await
+        .expect("release");
+
+    let signals = [trend_signal(&running, 71.5), trend_signal(&released, 72.0)];
+    assert_eq!(
+        store.record_trend_signals(&signals).await.expect("record"),
+        2
+    );
+    // Found again (another pass, another replica): kept once.
+    assert_eq!(
+        store.record_trend_signals(&signals).await.expect("again"),
+        0
+    );
+    assert_eq!(
+        store.audit_count(Action::TrendSignal).await.expect("count"),
+        2
+    );
+    // The batch awaiting a decision has it among its exceptions for QA; the
+    // released one does not change.
+    let running_now = store.order(running.order_id).await.expect("order");
+    assert_eq!(
+        running_now.progress.anomalies,
+        vec![signals[0].text.clone()]
+    );
+    assert_eq!(running_now.state, carrel_hub::model::BatchState::Accepted);
+    let released_now = store.order(released.order_id).await.expect("order");
+    assert!(released_now.progress.anomalies.is_empty());
+    assert_eq!(released_now.state, carrel_hub::model::BatchState::Released);
 }

@@ -82,6 +82,7 @@ pub fn needs(entry: &Entry) -> Needs {
         | Action::OrderDelayed
         | Action::OrderCancelled
         | Action::FollowUpOpened
+        | Action::TrendSignal
         | Action::DeviationRaised => entry.batch_id.map_or(Needs::Nothing, Needs::Order),
         _ => Needs::Nothing,
     }
@@ -169,6 +170,13 @@ pub fn happenings(
             Kind::ChangedAfterDecision,
             format!(
                 "Batch COI {coi} at site {site} changed after its release decision: {} ({}). QA must review it",
+                entry.new_value, entry.reason
+            ),
+        ),
+        Action::TrendSignal => of_order(
+            Kind::TrendSignal,
+            format!(
+                "Trend signal on batch COI {coi} at site {site}: {} ({}). The process there may be drifting",
                 entry.new_value, entry.reason
             ),
         ),

@@ -528,6 +528,28 @@ impl WriteTx for PgTx<'_> {
         Ok(())
     }
 
+    async fn insert_trend_signal(
+        &mut self,
+        s: &crate::model::analytics::trend::TrendSignal,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO trend_signals (batch_id, attribute, statistic, rule, product_id, site_id, value, found_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(s.batch_id)
+        .bind(&s.attribute)
+        .bind(&s.statistic)
+        .bind(i32::from(s.rule))
+        .bind(&s.product_id)
+        .bind(&s.site_id)
+        .bind(s.value)
+        .bind(stored(now))
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn insert_analytics_baseline(
         &mut self,
         b: &crate::model::analytics::measure::Baseline,

@@ -562,6 +562,28 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
+    async fn insert_trend_signal(
+        &mut self,
+        s: &crate::model::analytics::trend::TrendSignal,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO trend_signals (batch_id, attribute, statistic, rule, product_id, site_id, value, found_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(s.batch_id.to_string())
+        .bind(&s.attribute)
+        .bind(&s.statistic)
+        .bind(i64::from(s.rule))
+        .bind(&s.product_id)
+        .bind(&s.site_id)
+        .bind(s.value)
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn insert_analytics_baseline(
         &mut self,
         b: &crate::model::analytics::measure::Baseline,
