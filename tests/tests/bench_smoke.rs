@@ -47,6 +47,11 @@ const ROWS: &[&str] = &[
     "hub start to serving, 100000 events",
     "hub exec to SERVING, empty, cold",
     "hub exec to SERVING, 100000 events, cold",
+    "analytics history seeded, 60 batches, 3 sites",
+    "analytics API chart p50",
+    "analytics API chart p95, 60 batches, 3 sites",
+    "analytics chart page p50",
+    "analytics chart page p95, 60 batches, 3 sites",
 ];
 
 /// Figure 9's rows, printed when a PostgreSQL server is given (`scripts/test` starts

@@ -11,6 +11,8 @@
 //! figure means.
 #![forbid(unsafe_code)]
 
+#[path = "carrel_bench/analytics.rs"]
+mod analytics;
 #[path = "carrel_bench/figures.rs"]
 mod figures;
 #[path = "carrel_bench/fleet.rs"]
@@ -80,6 +82,17 @@ struct Cli {
     /// A small run that checks the benchmark works (CI smoke test), not timings.
     #[arg(long)]
     quick: bool,
+    /// Released batches of history for the analytics figure (10), about 200
+    /// process readings each. Default 5000; 60 with --quick.
+    #[arg(long)]
+    analytics_batches: Option<usize>,
+    /// Sites the analytics history is spread over. Default 20; 3 with --quick.
+    #[arg(long)]
+    analytics_sites: Option<usize>,
+    /// Charts asked for through each door in the analytics figure. Default 200; 20
+    /// with --quick.
+    #[arg(long)]
+    analytics_requests: Option<usize>,
     /// Also write the table as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -135,6 +148,7 @@ enum Figure {
     Restart,
     Live,
     Postgres,
+    Analytics,
 }
 
 /// The run's parameters, after --quick and the flags.
@@ -1304,6 +1318,84 @@ async fn run(
         rows.extend([idle_rss, idle_cpu, batch_rss, batch_cpu]);
     }
     hub.stop().await?;
+
+    // ---- 10: process analytics over a history of released batches.
+    if wants(&cli, Figure::Analytics) {
+        let q = p.quick;
+        let batches = cli
+            .analytics_batches
+            .unwrap_or(if q { 60 } else { 5_000 })
+            .max(1);
+        let sites = cli.analytics_sites.unwrap_or(if q { 3 } else { 20 }).max(1);
+        let requests = cli
+            .analytics_requests
+            .unwrap_or(if q { 20 } else { 200 })
+            .max(1);
+        progress(format!(
+            "analytics: seeding {batches} released batches over {sites} sites"
+        ));
+        let f = analytics::run(
+            &hub_runtime,
+            disk.path(),
+            &site_root.path().join("analytics"),
+            sites,
+            batches,
+            requests,
+        )
+        .await?;
+        progress(format!(
+            "analytics: {} batches of {} readings seeded in {:.1} s",
+            f.batches, f.readings_per_batch, f.seed_secs
+        ));
+        let percentile = |v: &[f64], q: f64| -> f64 {
+            let mut s = v.to_vec();
+            s.sort_by(f64::total_cmp);
+            s[((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1]
+        };
+        let label = format!("{} batches, {sites} sites", f.batches);
+        let mut seeded = Row::new(
+            "analytics_history_batches_per_s",
+            10,
+            format!("analytics history seeded, {label}"),
+            "batches/s",
+        );
+        seeded
+            .samples
+            .push(f.batches as f64 / f.seed_secs.max(1e-9));
+        let mut api_p50 = Row::new("analytics_api_p50_ms", 10, "analytics API chart p50", "ms");
+        api_p50.samples.push(percentile(&f.api_ms, 0.5));
+        let mut api_p95 = Row::new(
+            "analytics_api_p95_ms",
+            10,
+            format!("analytics API chart p95, {label}"),
+            "ms",
+        )
+        .target(Target::AtMost(200.0));
+        api_p95.samples.push(percentile(&f.api_ms, 0.95));
+        let mut page_p50 = Row::new(
+            "analytics_page_p50_ms",
+            10,
+            "analytics chart page p50",
+            "ms",
+        );
+        page_p50.samples.push(percentile(&f.page_ms, 0.5));
+        let mut page_p95 = Row::new(
+            "analytics_page_p95_ms",
+            10,
+            format!("analytics chart page p95, {label}"),
+            "ms",
+        )
+        .target(Target::AtMost(200.0));
+        page_p95.samples.push(percentile(&f.page_ms, 0.95));
+        details.insert(
+            "analytics".into(),
+            json!({
+                "batches": f.batches, "sites": sites, "readings_per_batch": f.readings_per_batch,
+                "seed_secs": f.seed_secs, "api_ms": f.api_ms, "page_ms": f.page_ms,
+            }),
+        );
+        rows.extend([seeded, api_p50, api_p95, page_p50, page_p95]);
+    }
 
     // ---- 7: restart.
     if wants(&cli, Figure::Restart) {

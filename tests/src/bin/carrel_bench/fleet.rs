@@ -157,6 +157,16 @@ impl Hub {
             .map_err(|e| anyhow::anyhow!("ordering for {site_id}: {e}"))
     }
 
+    /// Where the hub's web console listens.
+    pub fn console_addr(&self) -> std::net::SocketAddr {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| r.console_addr)
+            .expect("the hub is running")
+    }
+
     pub async fn cancel(&self, order_id: Uuid) -> anyhow::Result<()> {
         service::cancel_order(
             &self.shared,
