@@ -3,8 +3,9 @@
 -- What each batch contributes to the control charts, kept up to date in the
 -- transaction that stores the site's records, so that no chart re-reads events.
 -- `attribute` is `qc/<test>` (a numeric QC result: `seq` is its site record; a
--- retest of it replaces it, any other second result of the test makes it
--- `ambiguous`, and an ambiguous measure is not charted) or
+-- retest of it replaces it, any other second result of the test, or a correction
+-- of it, makes it `ambiguous` for good; n = 0 when the result that counts is not
+-- a number in the test's unit; only n > 0 and not ambiguous is charted) or
 -- `step/<step>/<parameter>` (a running summary of that parameter's samples in that
 -- step: count, sum, extremes, and the time spent out of the recipe's range; the
 -- last sample and whether it was out of range carry the time across messages).
@@ -17,7 +18,7 @@ CREATE TABLE batch_measures (
     site_id            TEXT    NOT NULL,
     batch_at           TEXT    NOT NULL,
     unit               TEXT    NOT NULL,
-    n                  INTEGER NOT NULL CHECK (n > 0),
+    n                  INTEGER NOT NULL CHECK (n >= 0),
     sum                REAL    NOT NULL,
     min                REAL    NOT NULL,
     max                REAL    NOT NULL,

@@ -468,6 +468,8 @@ async fn seed_history(
                 HISTORY_ACCOUNTS[1].0.to_owned(),
                 HISTORY_ACCOUNTS[1].1.to_owned(),
             )),
+            // Each site's latest two batches await QA's review.
+            unreleased_last: 2,
         },
     )
     .await?;

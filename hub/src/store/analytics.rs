@@ -125,53 +125,53 @@ pub(crate) async fn backfilled(mut tx: Tx<'_>, now: DateTime<Utc>) -> Result<()>
     tx.commit().await
 }
 
-/// Keeps each new trend signal (one already kept is skipped): audited, and, while
-/// its batch awaits QA's decision, added to the batch's exceptions for QA to
-/// justify at release. Answers how many were new.
-pub(crate) async fn record_trend_signals(
+/// Who the audit trail names for trend signals: the hub's own analysis, not a
+/// person.
+pub const TREND_ACTOR: &str = "system:analytics";
+
+/// Keeps a trend signal unless it is kept already; answers whether it was new.
+/// A signal on a batch still awaiting QA's decision is audited (a notification
+/// kind) and added to the batch's exceptions for QA to justify at release; one
+/// on a decided batch (found later, when a baseline changes or after an upgrade)
+/// is kept for the record without either, so history does not flood QA.
+pub(crate) async fn record_trend_signal(
     mut tx: Tx<'_>,
-    signals: &[crate::model::analytics::trend::TrendSignal],
+    signal: &crate::model::analytics::trend::TrendSignal,
     now: DateTime<Utc>,
-) -> Result<usize> {
+) -> Result<bool> {
     use crate::model::BatchState;
-    let mut new = 0;
-    for signal in signals {
-        let mut order = tx
-            .lock_order(super::backend::OrderKey::Batch(signal.batch_id))
-            .await?;
-        if order.dry_run || !tx.insert_trend_signal(signal, now).await? {
-            continue;
-        }
-        new += 1;
-        let awaits_decision = matches!(
-            order.state,
-            BatchState::Ordered
-                | BatchState::Accepted
-                | BatchState::InProcess
-                | BatchState::AwaitingRelease
-        );
-        if awaits_decision && !order.progress.anomalies.contains(&signal.text) {
+    let mut order = tx
+        .lock_order(super::backend::OrderKey::Batch(signal.batch_id))
+        .await?;
+    if order.dry_run || !tx.insert_trend_signal(signal, now).await? {
+        return Ok(false);
+    }
+    let awaits_decision = matches!(
+        order.state,
+        BatchState::Ordered
+            | BatchState::Accepted
+            | BatchState::InProcess
+            | BatchState::AwaitingRelease
+    );
+    if awaits_decision {
+        if !order.progress.anomalies.contains(&signal.text) {
             order.progress.anomalies.push(signal.text.clone());
             tx.set_progress(order.batch_id, &order.progress, now)
                 .await?;
         }
         tx.audit(
             NewEntry::new(
-                "analytics",
+                TREND_ACTOR,
                 Action::TrendSignal,
                 Object::Batch(signal.batch_id),
             )
             .batch(signal.batch_id)
             .value(signal.text.clone())
-            .reason(if awaits_decision {
-                "an exception in QA's review of the batch"
-            } else {
-                "found after the batch's release decision; see the product's chart"
-            }),
+            .reason("an exception in QA's review of the batch"),
             now,
         )
         .await?;
     }
     tx.commit().await?;
-    Ok(new)
+    Ok(true)
 }

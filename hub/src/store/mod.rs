@@ -595,19 +595,35 @@ pub trait Store:
         }
         let orders = self.list_orders(None, None).await?;
         for order in &orders {
-            analytics::backfill_batch(self.write().await?, order.batch_id).await?;
+            // One batch that cannot be done (a record that no longer reads) must
+            // not keep the hub from starting: it is left off the charts, and said.
+            if let Err(e) = analytics::backfill_batch(self.write().await?, order.batch_id).await {
+                tracing::error!(batch_id = %order.batch_id, error = %e, "could not make this batch's analytics measures from its record; the charts leave it out");
+            }
         }
         analytics::backfilled(self.write().await?, Utc::now()).await?;
         Ok(Some(orders.len()))
     }
 
-    /// Keeps new trend signals (audited; an exception of a batch awaiting QA's
-    /// decision); see [`analytics::record_trend_signals`].
+    /// Keeps new trend signals; see [`analytics::record_trend_signal`].
+    /// One transaction per signal, so no two sites are locked together; a batch
+    /// that cannot be found is logged and skipped.
     async fn record_trend_signals(
         &self,
         signals: &[crate::model::analytics::trend::TrendSignal],
     ) -> Result<usize> {
-        analytics::record_trend_signals(self.write().await?, signals, Utc::now()).await
+        let mut new = 0;
+        for signal in signals {
+            match analytics::record_trend_signal(self.write().await?, signal, Utc::now()).await {
+                Ok(true) => new += 1,
+                Ok(false) => {}
+                Err(Error::NotFound(what)) => {
+                    tracing::warn!(%what, batch_id = %signal.batch_id, "a trend signal's batch was not found; skipped")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(new)
     }
 
     // -- deviations --

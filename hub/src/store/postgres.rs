@@ -769,21 +769,23 @@ async fn write_measures(conn: &mut sqlx::PgConnection, m: &plan::Measures) -> Re
             Update::Result {
                 attribute,
                 unit,
-                value: Some(value),
+                value,
                 seq,
                 retest_of,
             } => {
+                let v = value.unwrap_or(0.0);
                 sqlx::query(
                     "INSERT INTO batch_measures AS m (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $7, 0.0, 0.0, FALSE, 0.0, $8, $9, FALSE) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, 0.0, 0.0, FALSE, 0.0, $9, $10, FALSE) \
                      ON CONFLICT (batch_id, attribute) DO UPDATE SET \
-                       sum = CASE WHEN excluded.retest_of = m.seq THEN excluded.sum ELSE m.sum END, \
-                       min = CASE WHEN excluded.retest_of = m.seq THEN excluded.min ELSE m.min END, \
-                       max = CASE WHEN excluded.retest_of = m.seq THEN excluded.max ELSE m.max END, \
-                       unit = CASE WHEN excluded.retest_of = m.seq THEN excluded.unit ELSE m.unit END, \
-                       retest_of = CASE WHEN excluded.retest_of = m.seq THEN excluded.retest_of ELSE m.retest_of END, \
-                       ambiguous = CASE WHEN excluded.retest_of = m.seq THEN FALSE ELSE TRUE END, \
-                       seq = CASE WHEN excluded.retest_of = m.seq THEN excluded.seq ELSE m.seq END",
+                       n = CASE WHEN NOT m.ambiguous AND excluded.retest_of = m.seq THEN excluded.n ELSE m.n END, \
+                       sum = CASE WHEN NOT m.ambiguous AND excluded.retest_of = m.seq THEN excluded.sum ELSE m.sum END, \
+                       min = CASE WHEN NOT m.ambiguous AND excluded.retest_of = m.seq THEN excluded.min ELSE m.min END, \
+                       max = CASE WHEN NOT m.ambiguous AND excluded.retest_of = m.seq THEN excluded.max ELSE m.max END, \
+                       unit = CASE WHEN NOT m.ambiguous AND excluded.retest_of = m.seq THEN excluded.unit ELSE m.unit END, \
+                       retest_of = CASE WHEN NOT m.ambiguous AND excluded.retest_of = m.seq THEN excluded.retest_of ELSE m.retest_of END, \
+                       ambiguous = CASE WHEN NOT m.ambiguous AND excluded.retest_of = m.seq THEN FALSE ELSE TRUE END, \
+                       seq = CASE WHEN NOT m.ambiguous AND excluded.retest_of = m.seq THEN excluded.seq ELSE m.seq END",
                 )
                 .bind(m.batch_id)
                 .bind(attribute)
@@ -791,29 +793,21 @@ async fn write_measures(conn: &mut sqlx::PgConnection, m: &plan::Measures) -> Re
                 .bind(&m.site_id)
                 .bind(stored(m.batch_at))
                 .bind(unit)
-                .bind(*value)
+                .bind(i64::from(value.is_some()))
+                .bind(v)
                 .bind(i64_of(*seq)?)
                 .bind(retest_of.map(i64_of).transpose()?)
                 .execute(&mut *conn)
                 .await?;
             }
-            Update::Result {
-                attribute,
-                value: None,
-                seq,
-                retest_of,
-                ..
-            } => {
-                // Not a number: a stored value no longer clearly counts.
+            Update::Corrected { seq } => {
+                // A corrected result no longer clearly counts.
                 sqlx::query(
-                    "UPDATE batch_measures SET ambiguous = TRUE, \
-                       seq = CASE WHEN $1 = seq THEN $2 ELSE seq END \
-                     WHERE batch_id = $3 AND attribute = $4",
+                    "UPDATE batch_measures SET ambiguous = TRUE \
+                     WHERE batch_id = $1 AND attribute LIKE 'qc/%' AND seq = $2",
                 )
-                .bind(retest_of.map(i64_of).transpose()?)
-                .bind(i64_of(*seq)?)
                 .bind(m.batch_id)
-                .bind(attribute)
+                .bind(i64_of(*seq)?)
                 .execute(&mut *conn)
                 .await?;
             }

@@ -1130,6 +1130,19 @@ pub(crate) async fn sign_release(
         )));
     }
     check_signer(&events, signature, accept_simulated)?;
+    // What the hub's own checks found is not in the record's hash: one that came
+    // after the review (a suspension, a trend signal) must not be released over
+    // unjustified.
+    if signature.meaning.is_release() {
+        if let Some(unseen) = order.progress.anomalies.iter().find(|a| {
+            let text = crate::record::Exception::Anomaly((*a).clone()).text();
+            !signature.justifications.iter().any(|j| j.exception == text)
+        }) {
+            return Err(Error::FailedPrecondition(format!(
+                "the batch has an exception its release does not justify (hub check: {unseen}); review the record again before signing"
+            )));
+        }
+    }
     crate::model::release::check_decision(
         &order,
         &recipe.recipe,

@@ -5,7 +5,9 @@ use crate::fixtures::*;
 use carrel_hub::audit::Action;
 use carrel_hub::model::analytics::measure::{Run, Stored};
 use carrel_hub::model::analytics::trend::TrendSignal;
+use carrel_hub::notify::{Channel, Kind, NewSubscription};
 use carrel_hub::store::analytics::BaselineChoice;
+use carrel_hub::store::notify::OutboxFilter;
 use carrel_hub::store::{Error, Store};
 use carrel_proto::event::{EventKind, Sample};
 use carrel_proto::recipe::{Outcome, QcValue};
@@ -390,7 +392,7 @@ fn trend_signal(order: &carrel_hub::model::Order, value: f64) -> TrendSignal {
     }
 }
 
-pub async fn case_a_trend_signal_is_kept_once_audited_and_an_exception_while_undecided(
+pub async fn case_a_trend_signal_is_kept_once_and_an_audited_exception_while_undecided(
     store: Arc<dyn Store>,
 ) {
     let recipe = seed(&*store).await;
@@ -408,6 +410,28 @@ pub async fn case_a_trend_signal_is_kept_once_audited_and_an_exception_while_und
         .await
         .expect("release");
 
+    // QA subscribes to trend signals, the physician to everything.
+    let subscribe = |owner: &'static str, kinds: Vec<Kind>| {
+        let store = store.clone();
+        async move {
+            store
+                .subscribe(
+                    &NewSubscription {
+                        owner: owner.into(),
+                        kinds: kinds.into_iter().collect(),
+                        channel: Channel::Webhook {
+                            url: format!("https://receiver.example/{owner}"),
+                            secret: "test-secret".into(),
+                        },
+                        site_id: None,
+                    },
+                    now(),
+                )
+                .await
+                .expect("subscribe")
+        }
+    };
+    let qa = subscribe(QA, vec![Kind::TrendSignal]).await;
     let signals = [trend_signal(&running, 71.5), trend_signal(&released, 72.0)];
     assert_eq!(
         store.record_trend_signals(&signals).await.expect("record"),
@@ -418,9 +442,11 @@ pub async fn case_a_trend_signal_is_kept_once_audited_and_an_exception_while_und
         store.record_trend_signals(&signals).await.expect("again"),
         0
     );
+    // Only the batch awaiting a decision is audited (and so notified); the one
+    // found on a released batch is kept for the record.
     assert_eq!(
         store.audit_count(Action::TrendSignal).await.expect("count"),
-        2
+        1
     );
     // The batch awaiting a decision has it among its exceptions for QA; the
     // released one does not change.
@@ -430,6 +456,24 @@ pub async fn case_a_trend_signal_is_kept_once_audited_and_an_exception_while_und
         vec![signals[0].text.clone()]
     );
     assert_eq!(running_now.state, carrel_hub::model::BatchState::Accepted);
+    // The notifier turns the audited one into QA's notification.
+    while store
+        .run_notifier(100, now())
+        .await
+        .expect("notifier")
+        .entries
+        > 0
+    {}
+    let queued = store
+        .outbox(&OutboxFilter {
+            subscription_id: Some(qa.subscription_id),
+            ..OutboxFilter::default()
+        })
+        .await
+        .expect("outbox");
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].kind, Kind::TrendSignal);
+    assert_eq!(queued[0].batch_id, Some(running.batch_id));
     let released_now = store.order(released.order_id).await.expect("order");
     assert!(released_now.progress.anomalies.is_empty());
     assert_eq!(released_now.state, carrel_hub::model::BatchState::Released);

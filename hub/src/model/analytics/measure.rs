@@ -37,47 +37,48 @@ fn chartable(value: f64) -> bool {
     value.is_finite() && value.abs() <= MAX_MAGNITUDE
 }
 
-/// A QC test's stored measure: the charted result's value and site record, and
-/// whether another result makes it unclear which counts.
+/// A QC test's stored measure: the result that counts (its value, `None` when it
+/// is not a number in the test's unit) and its site record, or *ambiguous*.
+///
+/// The batch record's rule is that a test's result counts when it is the only
+/// current one (not retested by a later one). A retest replaces exactly one
+/// result, so once a second current result appears (a result that retests nothing,
+/// or not the one that counted) there are two or more for good: ambiguity is
+/// final. A correction of the result that counts makes it ambiguous too.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QcState {
-    pub value: f64,
+    pub value: Option<f64>,
     pub seq: u64,
     pub ambiguous: bool,
 }
 
 impl QcState {
-    /// The state after a result (`value` None: not a number), which is site
-    /// record `seq` and retests `retest_of`. `None` before: no result stored.
+    /// The state after a result (`value` None: not a number in the test's unit),
+    /// which is site record `seq` and retests `retest_of`. `None` before: no
+    /// result yet.
     pub fn then(
         before: Option<QcState>,
         value: Option<f64>,
         seq: u64,
         retest_of: Option<u64>,
-    ) -> Option<QcState> {
+    ) -> QcState {
         match before {
-            None => value.map(|value| QcState {
+            Some(b) if b.ambiguous => b,
+            Some(b) if retest_of != Some(b.seq) => QcState {
+                ambiguous: true,
+                ..b
+            },
+            _ => QcState {
                 value,
                 seq,
                 ambiguous: false,
-            }),
-            Some(b) if retest_of == Some(b.seq) => Some(match value {
-                Some(value) => QcState {
-                    value,
-                    seq,
-                    ambiguous: false,
-                },
-                None => QcState {
-                    seq,
-                    ambiguous: true,
-                    ..b
-                },
-            }),
-            Some(b) => Some(QcState {
-                ambiguous: true,
-                ..b
-            }),
+            },
         }
+    }
+
+    /// Whether the chart shows it.
+    pub fn charted(&self) -> Option<f64> {
+        self.value.filter(|_| !self.ambiguous)
     }
 }
 
@@ -155,12 +156,16 @@ pub enum Update {
         unit: String,
         run: Run,
     },
+    /// A correction of site record `seq`: a QC result it is leaves its test
+    /// ambiguous.
+    Corrected { seq: u64 },
 }
 
 impl Update {
     pub fn attribute(&self) -> &str {
         match self {
             Update::Result { attribute, .. } | Update::Extend { attribute, .. } => attribute,
+            Update::Corrected { .. } => "",
         }
     }
 }
@@ -180,11 +185,13 @@ pub fn updates(seq: u64, kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
             let Some(test) = recipe.all_tests().find(|t| &t.id == test_id) else {
                 return Vec::new();
             };
-            if !test.spec.accepted.is_empty() || (!test.unit.is_empty() && unit != &test.unit) {
+            if !test.spec.accepted.is_empty() {
                 return Vec::new();
             }
+            // A result in another unit counts all the same; it is not charted.
+            let same_unit = test.unit.is_empty() || unit == &test.unit;
             let value = match value {
-                QcValue::Numeric(v) if chartable(*v) => Some(*v),
+                QcValue::Numeric(v) if chartable(*v) && same_unit => Some(*v),
                 _ => None,
             };
             vec![Update::Result {
@@ -228,6 +235,9 @@ pub fn updates(seq: u64, kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
             }
             runs
         }
+        EventKind::Correction { corrects_seq, .. } => {
+            vec![Update::Corrected { seq: *corrects_seq }]
+        }
         _ => Vec::new(),
     }
 }
@@ -258,6 +268,29 @@ pub struct Row {
     pub seq: u64,
     pub retest_of: Option<u64>,
     pub ambiguous: bool,
+}
+
+impl Row {
+    /// A QC row's state.
+    pub fn qc_state(&self) -> QcState {
+        QcState {
+            value: (self.run.n > 0).then_some(self.run.sum),
+            seq: self.seq,
+            ambiguous: self.ambiguous,
+        }
+    }
+
+    /// A QC row holding `value` (`None`: n = 0, nothing to chart).
+    fn with_value(mut self, value: Option<f64>) -> Row {
+        self.run = match value {
+            Some(v) => Run::of(0.0, v, v, v),
+            None => Run {
+                n: 0,
+                ..Run::of(0.0, 0.0, 0.0, 0.0)
+            },
+        };
+        self
+    }
 }
 
 /// A batch's measures from its whole record (`(seq, kind)` in log order), exactly
@@ -294,31 +327,31 @@ pub fn rows_of<'a>(
                     seq,
                     retest_of,
                 } => {
-                    let before = at.map(|i| QcState {
-                        value: rows[i].run.sum,
-                        seq: rows[i].seq,
-                        ambiguous: rows[i].ambiguous,
-                    });
-                    let Some(after) = QcState::then(before, value, seq, retest_of) else {
-                        continue;
-                    };
-                    let replaced =
-                        before.is_none_or(|b| retest_of == Some(b.seq) && value.is_some());
+                    let before = at.map(|i| rows[i].qc_state());
+                    let after = QcState::then(before, value, seq, retest_of);
+                    let replaced = before.is_none_or(|b| after != b);
                     let row = Row {
                         attribute,
                         unit,
-                        run: Run::of(0.0, after.value, after.value, after.value),
+                        run: Run::of(0.0, after.value.unwrap_or(0.0), 0.0, 0.0),
                         seq: after.seq,
                         retest_of,
                         ambiguous: after.ambiguous,
-                    };
+                    }
+                    .with_value(after.value);
                     match at {
+                        Some(i) if after.ambiguous => rows[i].ambiguous = true,
                         Some(i) if replaced => rows[i] = row,
-                        Some(i) => {
-                            rows[i].seq = after.seq;
-                            rows[i].ambiguous = after.ambiguous;
-                        }
+                        Some(_) => {}
                         None => rows.push(row),
+                    }
+                }
+                Update::Corrected { seq } => {
+                    for r in rows
+                        .iter_mut()
+                        .filter(|r| r.attribute.starts_with(QC) && r.seq == seq)
+                    {
+                        r.ambiguous = true;
                     }
                 }
             }
@@ -486,52 +519,54 @@ mod tests {
             site_outcome: carrel_proto::recipe::Outcome::Pass,
             retest_of: None,
         };
-        // A test with accepted texts, a test the recipe does not have, another unit
-        // are not charted; a sentinel value is no value.
+        // A test with accepted texts and a test the recipe does not have are not
+        // charted; a sentinel value, or one in another unit, counts and has no value.
         for kind in [
             result("sterility", QcValue::Text("no growth".into()), ""),
             result("no-such-test", QcValue::Numeric(1.0), "%"),
-            result("viability", QcValue::Numeric(91.0), "fraction"),
         ] {
             assert!(updates(8, &kind, &recipe).is_empty(), "{kind:?}");
         }
-        assert_eq!(
-            updates(
-                9,
-                &result("viability", QcValue::Numeric(1e300), "%"),
-                &recipe
-            ),
-            vec![Update::Result {
-                attribute: "qc/viability".into(),
-                unit: "%".into(),
-                value: None,
-                seq: 9,
-                retest_of: None
-            }]
-        );
+        for (value, unit) in [(1e300, "%"), (0.91, "fraction")] {
+            assert_eq!(
+                updates(
+                    9,
+                    &result("viability", QcValue::Numeric(value), unit),
+                    &recipe
+                ),
+                vec![Update::Result {
+                    attribute: "qc/viability".into(),
+                    unit: unit.into(),
+                    value: None,
+                    seq: 9,
+                    retest_of: None
+                }]
+            );
+        }
     }
 
     #[test]
-    fn a_retest_of_the_charted_result_replaces_it_any_other_leaves_it_ambiguous() {
-        let a = QcState::then(None, Some(80.0), 5, None).expect("first");
-        assert_eq!((a.value, a.seq, a.ambiguous), (80.0, 5, false));
-        let b = QcState::then(Some(a), Some(90.0), 6, Some(5)).expect("retest");
-        assert_eq!((b.value, b.seq, b.ambiguous), (90.0, 6, false));
+    fn a_retest_of_the_charted_result_replaces_it_any_other_leaves_it_ambiguous_for_good() {
+        let a = QcState::then(None, Some(80.0), 5, None);
+        assert_eq!(a.charted(), Some(80.0));
+        let b = QcState::then(Some(a), Some(90.0), 6, Some(5));
+        assert_eq!((b.charted(), b.seq), (Some(90.0), 6));
         // Another retest of 5 (not the charted 6): which counts is unclear.
-        let c = QcState::then(Some(b), Some(85.0), 7, Some(5)).expect("kept");
-        assert!(c.ambiguous);
-        // A second result naming nothing, and a retest that is not a number, too.
-        assert!(
-            QcState::then(Some(a), Some(70.0), 8, None)
-                .expect("kept")
-                .ambiguous
+        let c = QcState::then(Some(b), Some(85.0), 7, Some(5));
+        assert!(c.ambiguous && c.charted().is_none());
+        // ... for good: a later retest of the result that counted does not clear it
+        // (two results are current: the stray one and the retest).
+        let stray = QcState::then(Some(a), Some(88.0), 6, None);
+        assert!(QcState::then(Some(stray), Some(90.0), 7, Some(5)).ambiguous);
+        // A first result that is not a number (or in another unit) counts, and is
+        // not charted; a second one naming nothing leaves the test ambiguous.
+        let text = QcState::then(None, None, 5, None);
+        assert_eq!((text.charted(), text.ambiguous), (None, false));
+        assert!(QcState::then(Some(text), Some(88.0), 6, None).ambiguous);
+        // A numeric retest of it is charted.
+        assert_eq!(
+            QcState::then(Some(text), Some(88.0), 6, Some(5)).charted(),
+            Some(88.0)
         );
-        assert!(
-            QcState::then(Some(a), None, 8, Some(5))
-                .expect("kept")
-                .ambiguous
-        );
-        // A first result that is not a number: nothing to chart.
-        assert_eq!(QcState::then(None, None, 5, None), None);
     }
 }

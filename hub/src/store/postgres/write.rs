@@ -39,7 +39,7 @@ impl ReadTx for PgTx<'_> {
         attribute: &str,
     ) -> Result<Vec<crate::model::analytics::measure::Stored>> {
         sqlx::query(
-            "SELECT * FROM batch_measures WHERE product_id = $1 AND attribute = $2 AND NOT ambiguous ORDER BY batch_at, batch_id",
+            "SELECT * FROM batch_measures WHERE product_id = $1 AND attribute = $2 AND NOT ambiguous AND n > 0 ORDER BY batch_at, batch_id",
         )
         .bind(product_id)
         .bind(attribute)
@@ -52,7 +52,7 @@ impl ReadTx for PgTx<'_> {
 
     async fn measure_attributes(&mut self, product_id: &str) -> Result<Vec<(String, String)>> {
         sqlx::query(
-            "SELECT attribute, max(unit) AS unit FROM batch_measures WHERE product_id = $1 AND NOT ambiguous GROUP BY attribute ORDER BY attribute",
+            "SELECT attribute, max(unit) AS unit FROM batch_measures WHERE product_id = $1 AND NOT ambiguous AND n > 0 GROUP BY attribute ORDER BY attribute",
         )
         .bind(product_id)
         .fetch_all(self.conn())

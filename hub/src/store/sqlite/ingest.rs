@@ -402,21 +402,23 @@ fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
             Update::Result {
                 attribute,
                 unit,
-                value: Some(value),
+                value,
                 seq,
                 retest_of,
             } => {
+                let v = value.unwrap_or(0.0);
                 tx.prepare_cached(
                     "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
-                     VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, 0.0, 0.0, 0, 0.0, ?, ?, 0) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0.0, 0.0, 0, 0.0, ?, ?, 0) \
                      ON CONFLICT (batch_id, attribute) DO UPDATE SET \
-                       sum = CASE WHEN excluded.retest_of = seq THEN excluded.sum ELSE sum END, \
-                       min = CASE WHEN excluded.retest_of = seq THEN excluded.min ELSE min END, \
-                       max = CASE WHEN excluded.retest_of = seq THEN excluded.max ELSE max END, \
-                       unit = CASE WHEN excluded.retest_of = seq THEN excluded.unit ELSE unit END, \
-                       retest_of = CASE WHEN excluded.retest_of = seq THEN excluded.retest_of ELSE retest_of END, \
-                       ambiguous = CASE WHEN excluded.retest_of = seq THEN 0 ELSE 1 END, \
-                       seq = CASE WHEN excluded.retest_of = seq THEN excluded.seq ELSE seq END",
+                       n = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.n ELSE n END, \
+                       sum = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.sum ELSE sum END, \
+                       min = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.min ELSE min END, \
+                       max = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.max ELSE max END, \
+                       unit = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.unit ELSE unit END, \
+                       retest_of = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.retest_of ELSE retest_of END, \
+                       ambiguous = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN 0 ELSE 1 END, \
+                       seq = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.seq ELSE seq END",
                 )?
                 .execute(params![
                     m.batch_id.to_string(),
@@ -425,32 +427,21 @@ fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
                     m.site_id,
                     ts(m.batch_at),
                     unit,
-                    value,
-                    value,
-                    value,
+                    i64::from(value.is_some()),
+                    v,
+                    v,
+                    v,
                     i64_of(*seq)?,
                     retest_of.map(i64_of).transpose()?,
                 ])?;
             }
-            Update::Result {
-                attribute,
-                value: None,
-                seq,
-                retest_of,
-                ..
-            } => {
-                // Not a number: a stored value no longer clearly counts.
+            Update::Corrected { seq } => {
+                // A corrected result no longer clearly counts.
                 tx.prepare_cached(
-                    "UPDATE batch_measures SET ambiguous = 1, \
-                       seq = CASE WHEN ? = seq THEN ? ELSE seq END \
-                     WHERE batch_id = ? AND attribute = ?",
+                    "UPDATE batch_measures SET ambiguous = 1 \
+                     WHERE batch_id = ? AND attribute LIKE 'qc/%' AND seq = ?",
                 )?
-                .execute(params![
-                    retest_of.map(i64_of).transpose()?,
-                    i64_of(*seq)?,
-                    m.batch_id.to_string(),
-                    attribute,
-                ])?;
+                .execute(params![m.batch_id.to_string(), i64_of(*seq)?])?;
             }
         }
     }

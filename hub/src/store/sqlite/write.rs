@@ -69,7 +69,7 @@ impl ReadTx for SqliteTx<'_> {
         attribute: &str,
     ) -> Result<Vec<crate::model::analytics::measure::Stored>> {
         sqlx::query(
-            "SELECT * FROM batch_measures WHERE product_id = ? AND attribute = ? AND ambiguous = 0 ORDER BY batch_at, batch_id",
+            "SELECT * FROM batch_measures WHERE product_id = ? AND attribute = ? AND ambiguous = 0 AND n > 0 ORDER BY batch_at, batch_id",
         )
         .bind(product_id)
         .bind(attribute)
@@ -82,7 +82,7 @@ impl ReadTx for SqliteTx<'_> {
 
     async fn measure_attributes(&mut self, product_id: &str) -> Result<Vec<(String, String)>> {
         sqlx::query(
-            "SELECT attribute, max(unit) AS unit FROM batch_measures WHERE product_id = ? AND ambiguous = 0 GROUP BY attribute ORDER BY attribute",
+            "SELECT attribute, max(unit) AS unit FROM batch_measures WHERE product_id = ? AND ambiguous = 0 AND n > 0 GROUP BY attribute ORDER BY attribute",
         )
         .bind(product_id)
         .fetch_all(&mut *self.tx)

@@ -64,6 +64,7 @@ pub async fn run(
             physician: hub.physician.username.clone(),
             facility: "G1234".into(),
             releaser: Some((QA.0.into(), "Benchmark QA (simulated releases)".into())),
+            unreleased_last: 0,
         },
     )
     .await
