@@ -94,11 +94,7 @@ pub fn statistics_of(attribute: &str) -> &'static [Statistic] {
 /// force); the attribute itself when the recipe does not name it.
 pub fn label(recipe: &Recipe, attribute: &str, statistic: Statistic) -> String {
     if let Some(test_id) = attribute.strip_prefix(QC) {
-        let test = recipe
-            .release_tests
-            .iter()
-            .chain(recipe.steps.iter().flat_map(|s| &s.in_process_tests))
-            .find(|t| t.id == test_id);
+        let test = recipe.all_tests().find(|t| t.id == test_id);
         return test.map_or_else(|| test_id.to_owned(), |t| t.name.clone());
     }
     let Some((step_id, parameter)) = attribute
@@ -128,11 +124,7 @@ pub fn label(recipe: &Recipe, attribute: &str, statistic: Statistic) -> String {
 /// for its mean and extremes (none for the time out of range).
 pub fn spec(recipe: &Recipe, attribute: &str, statistic: Statistic) -> Option<Spec> {
     let spec = if let Some(test_id) = attribute.strip_prefix(QC) {
-        let test = recipe
-            .release_tests
-            .iter()
-            .chain(recipe.steps.iter().flat_map(|s| &s.in_process_tests))
-            .find(|t| t.id == test_id)?;
+        let test = recipe.all_tests().find(|t| t.id == test_id)?;
         Spec {
             lower: test.spec.min,
             upper: test.spec.max,
