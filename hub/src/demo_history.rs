@@ -52,8 +52,9 @@ pub struct Plan {
     /// with no agent (their logs are written here, from seq 1).
     pub sites: Vec<String>,
     pub batches_per_site: usize,
-    /// Process samples of each parameter in each step.
-    pub samples_per_step: usize,
+    /// Process hours between samples of each parameter in each step (as a site's
+    /// simulated instrument takes them); 0 for none.
+    pub sample_interval_hours: f64,
     pub seed: u64,
     pub shift: Option<Shift>,
     /// The physician the orders are placed for.
@@ -169,7 +170,7 @@ pub async fn seed(store: &dyn Store, plan: &Plan) -> Result<Made> {
                     Utc::now(),
                 )
                 .await?;
-            let events = batch(log, rng, &recipe, &order, plan.samples_per_step, shift);
+            let events = batch(log, rng, &recipe, &order, plan.sample_interval_hours, shift);
             made.events += events.len();
             let received: Vec<Received> = events.into_iter().map(Received::new).collect();
             store
@@ -220,16 +221,38 @@ pub async fn seed(store: &dyn Store, plan: &Plan) -> Result<Made> {
     Ok(made)
 }
 
+/// The process readings a batch of `recipe` has when sampled every
+/// `sample_interval_hours`, as [`seed`] samples it.
+pub fn readings_per_batch(recipe: &Recipe, sample_interval_hours: f64) -> usize {
+    if sample_interval_hours <= 0.0 {
+        return 0;
+    }
+    recipe
+        .steps
+        .iter()
+        .map(|s| {
+            let times = (s.duration_hours / sample_interval_hours).ceil().max(0.0) as usize;
+            times * s.parameters.len()
+        })
+        .sum()
+}
+
 /// One batch's whole record, from acceptance to the last result.
 fn batch(
     log: &mut Log,
     rng: &mut StdRng,
     recipe: &Recipe,
     order: &crate::model::Order,
-    samples_per_step: usize,
+    sample_interval_hours: f64,
     shift: Option<&Shift>,
 ) -> Vec<SiteEvent> {
     let id = order.batch_id;
+    // The patient's cells, as a site's simulated instrument models them: a live
+    // batch at a simulated site runs in this history's golden-batch band.
+    let mut instrument = carrel_site_agent::simulator::Simulator::new(
+        rng.gen(),
+        carrel_site_agent::config::Faults::default(),
+    );
     let mut out = vec![log.record(
         id,
         EventKind::BatchAccepted {
@@ -289,28 +312,19 @@ fn batch(
                 resumed: false,
             },
         ));
-        if !step.parameters.is_empty() && samples_per_step > 0 {
+        if !step.parameters.is_empty() && sample_interval_hours > 0.0 {
+            // Readings every interval up to the step's end, as a site's simulated
+            // instrument takes them, from the same model of the culture.
             let mut samples = Vec::new();
-            // A per-batch offset of each parameter, then noise about a gentle arc.
-            let offsets: Vec<f64> = step
-                .parameters
-                .iter()
-                .map(|p| normal(rng, 0.0, (p.high - p.low) / 16.0))
-                .collect();
-            for n in 0..samples_per_step {
-                let hours = step.duration_hours * n as f64 / (samples_per_step.max(2) - 1) as f64;
-                let phase = (std::f64::consts::PI * hours / step.duration_hours.max(1e-9)).sin();
-                for (p, offset) in step.parameters.iter().zip(&offsets) {
-                    let span = p.high - p.low;
-                    let value = (p.low + p.high) / 2.0
-                        + span * 0.12 * phase
-                        + offset
-                        + normal(rng, 0.0, span / 20.0);
+            let mut at = 0.0_f64;
+            while at < step.duration_hours {
+                at = (at + sample_interval_hours).min(step.duration_hours);
+                for r in instrument.readings(step, at) {
                     samples.push(Sample {
-                        step_hours: hours,
-                        parameter: p.name.clone(),
-                        value,
-                        unit: p.unit.clone(),
+                        step_hours: at,
+                        parameter: r.parameter,
+                        value: r.value,
+                        unit: r.unit,
                     });
                 }
             }

@@ -9,6 +9,8 @@
 //!   results against its specification.
 //! - [`event`]: the domain form of site events and hub commands, converted from and to
 //!   the wire form in one place.
+//! - [`golden`]: the golden batch's bins of time in step, a batch's points over the
+//!   band, and where it leaves it.
 //! - [`qc`]: which QC result counts when a test was run more than once.
 //! - [`people`]: the people of a site's directory, and which role may make which record.
 //! - [`suspension`]: who suspended a site and why, as the hub's refusal of its link tells it.
@@ -31,6 +33,7 @@ pub mod coi;
 pub mod config_example;
 pub mod enrollment;
 pub mod event;
+pub mod golden;
 pub mod people;
 pub mod qc;
 pub mod recipe;

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub mod golden;
 mod sessions;
 mod submissions;
 
@@ -39,6 +40,8 @@ use submissions::{Claim, Recorded, Submissions};
 pub struct Console {
     pub store: Arc<Store>,
     pub link: watch::Receiver<LinkState>,
+    /// The golden batch's bands, from the hub.
+    golden: crate::golden::Source,
     pub site_id: String,
     /// Who is signed in, by session cookie.
     sessions: Sessions,
@@ -151,6 +154,7 @@ async fn guard(
 pub fn router(
     store: Arc<Store>,
     link: watch::Receiver<LinkState>,
+    golden: crate::golden::Source,
     site_id: String,
     hosts: AllowedHosts,
     settings: PeopleSettings,
@@ -158,6 +162,7 @@ pub fn router(
     let console = Arc::new(Console {
         store,
         link,
+        golden,
         site_id,
         sessions: Sessions::new(settings.idle),
         lock_after: settings.lock_after,
@@ -171,6 +176,7 @@ pub fn router(
         .route("/status", get(status_fragment))
         .route("/metrics", get(metrics))
         .route("/batches/{id}", get(batch_page))
+        .route("/batches/{id}/golden", get(golden_fragment))
         .route("/batches/{id}/scan", post(scan))
         .route("/batches/{id}/qc", post(record_qc))
         .route("/batches/{id}/reading", post(record_reading))
@@ -236,7 +242,7 @@ fn page(console: &Console, who: Option<Who<'_>>, title: &str, body: Markup) -> M
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Carrel site " (console.site_id) }
-                style { (PreEscaped(CSS)) }
+                style { (PreEscaped(CSS)) (PreEscaped(golden::CSS)) }
             }
             body {
                 a.skip-link href="#main" { "Skip to the page's content" }
@@ -1681,6 +1687,7 @@ async fn batch_page_with(
 ) -> Response {
     match load(console, id).await {
         Ok((batch, recipe, events)) => {
+            let golden = golden_markup(console, &batch, &recipe, &events).await;
             let body = page(
                 console,
                 Some(Who {
@@ -1688,10 +1695,62 @@ async fn batch_page_with(
                     session: who.session,
                 }),
                 &batch.coi,
-                batch_markup(console, who, &batch, &recipe, &events, result, &kept),
+                html! {
+                    (batch_markup(console, who, &batch, &recipe, &events, result, &kept))
+                    div id="golden" { (golden) }
+                    script { (PreEscaped(GOLDEN_SCRIPT.replace("BATCH", &batch.batch_id.to_string()))) }
+                },
             );
             (status, Html(body.into_string())).into_response()
         }
+        Err(response) => response,
+    }
+}
+
+/// Keeps the golden batch current while the batch is made: `/batches/BATCH/golden`
+/// answers the section, replaced only when it changed and never while the focus
+/// is inside it.
+const GOLDEN_SCRIPT: &str = "(function(){var el=document.getElementById('golden');setInterval(function(){\
+fetch('/batches/BATCH/golden',{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null}).then(function(t){\
+if(t!==null&&t!==el.innerHTML&&!el.contains(document.activeElement)){el.innerHTML=t}}).catch(function(){})},3000)})();";
+
+/// The step being made (or the last one sampled) over its golden batch: the
+/// hub's band, the site's own samples; said when the band is not a fresh one.
+async fn golden_markup(
+    console: &Console,
+    batch: &LocalBatch,
+    recipe: &Recipe,
+    events: &[carrel_proto::event::SiteEvent],
+) -> Markup {
+    let bands = console.golden.bands(batch.batch_id).await;
+    let steps = crate::golden::steps(recipe, events, bands.fetched.as_ref().map(|f| &f.answer));
+    let note = match (&bands.fetched, &bands.stale) {
+        (_, None) => None,
+        (None, Some(why)) => Some(html! {
+            p.muted data-golden-note { "No band from the hub yet: " (why) ". This batch's samples are drawn without it." }
+        }),
+        (Some(f), Some(why)) => Some(html! {
+            p.muted data-golden-note { "The band as the hub sent it at " (console.local(f.at)) "; " (why) "." }
+        }),
+    };
+    let shown: Vec<golden::Step<'_>> = steps
+        .iter()
+        .map(|(name, panels)| golden::Step { name, panels })
+        .collect();
+    golden::section(&shown, true, note)
+}
+
+async fn golden_fragment(console: Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = gate(&console, &headers, &format!("/batches/{id}"), false).await {
+        return response;
+    }
+    match load(&console, &id).await {
+        Ok((batch, recipe, events)) => Html(
+            golden_markup(&console, &batch, &recipe, &events)
+                .await
+                .into_string(),
+        )
+        .into_response(),
         Err(response) => response,
     }
 }

@@ -21,6 +21,7 @@ pub mod console;
 pub mod custody;
 pub mod entries;
 pub mod executor;
+pub mod golden;
 pub mod identity;
 pub mod instrument;
 pub mod labels;
@@ -75,8 +76,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         suspended: store.suspension().await?,
         ..Default::default()
     });
+    let (hub_channel, channel_to_hub) = watch::channel(None);
     let link = link::Link {
         store: store.clone(),
+        hub_channel,
         hubs: config.hub_addresses(),
         tls,
         reconnect_min: Duration::from_millis(config.reconnect_min_ms),
@@ -108,6 +111,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let app = console::router(
         store.clone(),
         link_state.clone(),
+        golden::Source::new(channel_to_hub),
         identity.site_id.clone(),
         hosts,
         console::PeopleSettings {

@@ -200,6 +200,9 @@ pub struct Link {
     pub heartbeat_timeout: Duration,
     pub events_per_message: usize,
     pub state: watch::Sender<LinkState>,
+    /// The connection to the hub while the link is up, for the console's other
+    /// calls (the golden batch); `None` while it is down.
+    pub hub_channel: watch::Sender<Option<tonic::transport::Channel>>,
     /// Identity upkeep; `None` keeps the identity the link started with.
     pub renewal: Option<Renewal>,
 }
@@ -220,6 +223,7 @@ impl Link {
             // backoff from the beginning.
             let was_up = self.state.borrow().connected;
             self.state.send_modify(|s| s.connected = false);
+            self.hub_channel.send_replace(None);
             match result {
                 Ok(Ended::Renewed) => {
                     tracing::info!("reconnecting with the renewed certificate");
@@ -318,7 +322,7 @@ impl Link {
             Duration::from_secs(5),
         )
         .await?;
-        let mut client = pb::site_link_service_client::SiteLinkServiceClient::new(channel);
+        let mut client = pb::site_link_service_client::SiteLinkServiceClient::new(channel.clone());
         let (out, out_rx) = mpsc::channel::<pb::SiteMessage>(16);
         let send = |body| {
             let out = out.clone();
@@ -370,6 +374,7 @@ impl Link {
         if let Some(sent) = &welcome.audit_head {
             self.witness(&mut witnessed, sent).await?;
         }
+        self.hub_channel.send_replace(Some(channel));
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
         let max_message_bytes = match welcome.max_message_bytes {
             0 => DEFAULT_MAX_MESSAGE_BYTES,

@@ -160,6 +160,68 @@ async fn a_drifting_site_is_signalled_and_every_figure_agrees_with_scipy() {
         .await;
     }
 
+    // The golden batch of a batch awaiting review: the grpcio client recomputes
+    // every band, point and excursion from the stored site records with NumPy.
+    let shown: Value =
+        serde_json::from_str(&dev.cli_ok(QA.0, &["release", "show", &awaiting[0], "--json"]))
+            .expect("record JSON");
+    let order_id = shown["order"]["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    if let Some(python) = carrel_tests::peers::python() {
+        let out = std::process::Command::new(&python)
+            .arg(carrel_tests::peers::peers_dir().join("golden_check.py"))
+            .args([
+                dev.grpc.as_str(),
+                &dev.ca_cert().display().to_string(),
+                QA.0,
+                QA.1,
+                &order_id,
+                &dev.dir
+                    .path()
+                    .join("hub")
+                    .join("hub.db")
+                    .display()
+                    .to_string(),
+                &carrel_tests::peers::peers_dir()
+                    .join("..")
+                    .join("..")
+                    .join("hub")
+                    .join("recipes")
+                    .display()
+                    .to_string(),
+            ])
+            .output()
+            .expect("run the grpcio client");
+        assert!(
+            out.status.success(),
+            "golden_check.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let golden: Value = serde_json::from_slice(&out.stdout).expect("its JSON");
+        assert_eq!(golden["errors"], serde_json::json!([]), "{golden}");
+        assert_eq!(golden["released"], 152, "{golden}");
+        // Every parameter of every step, in each of its bins with a band (89 with
+        // sampling every 6 h: 60 of them in expansion's five parameters).
+        assert!(golden["checked"].as_u64().unwrap_or(0) >= 80, "{golden}");
+    }
+    // Another physician's order, an unknown one and a malformed id are refused.
+    // (Another physician's order is answered as if it were not there.)
+    let refused = dev.cli_refused(PHYSICIAN.0, &["analytics", "golden", &order_id]);
+    assert!(refused.contains("not found"), "{refused}");
+    let refused = dev.cli_refused(
+        QA.0,
+        &[
+            "analytics",
+            "golden",
+            "01a24edb-0000-7000-8000-000000000000",
+        ],
+    );
+    assert!(refused.to_lowercase().contains("not found"), "{refused}");
+    let refused = dev.cli_refused(QA.0, &["analytics", "golden", "not-an-id"]);
+    assert!(refused.contains("not a valid id"), "{refused}");
+
     // QA chooses the first 100 batches as the baseline; limits come from it.
     let today = chrono::Utc::now().date_naive().to_string();
     let refused = dev.cli_refused(

@@ -3577,10 +3577,113 @@ async fn qa_releases_conditionally_and_completes_the_release_in_the_console() {
     client.close().await.expect("close browser");
 }
 
+/// What a page's golden-batch section shows: (the step's heading, bins drawn with
+/// samples, bins with a band, figures, points marked outside, excursions listed,
+/// bands drawn).
+async fn golden_shown(client: &Client) -> (String, u64, u64, u64, u64, u64, u64) {
+    let v = client
+        .execute(
+            "var f = document.querySelectorAll('figure.golden');\
+             var pts = 0, band = 0;\
+             f.forEach(function (e) { pts += +e.dataset.points; band += +e.dataset.bandBins; });\
+             var h = document.querySelector('section[data-golden] h3');\
+             return [h ? h.textContent : '', pts, band, f.length,\
+               document.querySelectorAll('figure.golden circle.out').length,\
+               document.querySelectorAll('figure.golden li[data-excursion]').length,\
+               document.querySelectorAll('figure.golden polygon.band').length];",
+            vec![],
+        )
+        .await
+        .expect("read the golden batch");
+    let a = v.as_array().expect("array").clone();
+    let n = |i: usize| a[i].as_u64().unwrap_or(0);
+    (
+        a[0].as_str().unwrap_or_default().to_owned(),
+        n(1),
+        n(2),
+        n(3),
+        n(4),
+        n(5),
+        n(6),
+    )
+}
+
+/// Watches a page (never reloaded) until its golden-batch section has followed the
+/// batch into expansion with at least `bins` bins sampled per parameter and
+/// more drawn than at first; then checks expansion's five figures each have
+/// their band, and every bin outside the band is marked and listed.
+async fn follow_the_golden_batch(client: &Client, page: &str, bins: u64) {
+    let mut seen = vec![golden_shown(client).await];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let now = golden_shown(client).await;
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now.0 == "Expansion" && now.1 >= 5 * bins && seen.len() >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{page} did not follow the batch into expansion: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let (_, points, band_bins, figures, out, listed, bands) = seen.last().expect("seen").clone();
+    assert_eq!(
+        figures, 5,
+        "{page}: one figure per expansion parameter: {seen:?}"
+    );
+    assert_eq!(bands, 5, "{page}: {seen:?}");
+    assert!(band_bins >= 5 * 12, "{page}: {seen:?}");
+    assert!(points >= 5 * bins, "{page}: {seen:?}");
+    assert_eq!(out, listed, "{page}: {seen:?}");
+}
+
+/// The golden-batch section as a person sees it: screenshots at full width and
+/// at 390 px (nothing wider than the window), and no accessibility violation.
+async fn look_at_the_golden_batch(client: &Client, axe: &str, shots: &mut Shots, name: &str) {
+    client
+        .execute(
+            "document.querySelector('section[data-golden]').scrollIntoView();",
+            vec![],
+        )
+        .await
+        .expect("scroll to the golden batch");
+    shots.take(client, name).await;
+    assert_eq!(
+        accessibility_violations(client, axe).await,
+        Vec::<String>::new()
+    );
+    client.set_window_size(390, 844).await.expect("window size");
+    assert_eq!(wider_than_the_window(client).await, Vec::<String>::new());
+    client
+        .execute(
+            "document.querySelector('figure.golden').scrollIntoView();",
+            vec![],
+        )
+        .await
+        .expect("scroll to a figure");
+    shots.take(client, &format!("{name}-390")).await;
+    client
+        .set_window_size(1200, 1600)
+        .await
+        .expect("window size");
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn qa_reads_control_charts_and_the_forest_plot_of_the_history_and_chooses_a_baseline() {
+async fn qa_reads_control_charts_and_the_forest_plot_of_the_history_chooses_a_baseline_and_follows_a_live_batch_over_its_golden_batch(
+) {
     const GRACE: (&str, &str) = ("qa.grace", "dev-qa-password");
-    let dev = carrel_tests::dev::DevNetwork::start(&["--history-batches", "40"]).await;
+    // (A 7-day expansion in about a minute: long enough to follow it live at the
+    // hub and then at the site.)
+    let dev = carrel_tests::dev::DevNetwork::start(&[
+        "--history-batches",
+        "40",
+        "--time-compression",
+        "10000",
+    ])
+    .await;
     let console = dev.console.clone();
     let axe = axe_source();
     let driver = Driver::start();
@@ -3707,6 +3810,96 @@ async fn qa_reads_control_charts_and_the_forest_plot_of_the_history_and_chooses_
         .find(Locator::Css("circle.base"))
         .await
         .expect("baseline batches drawn as such");
+
+    // A live batch over its golden batch: dr.ada orders at site-a (simulated
+    // instruments, the same culture model as the history's), and QA follows the
+    // order page, which is not reloaded, while the batch is made.
+    dev.login("dr.ada", "dev-physician-password");
+    let date = (chrono::Utc::now() + chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let placed: serde_json::Value = serde_json::from_str(&dev.cli_ok(
+        "dr.ada",
+        &[
+            "order",
+            "create",
+            "--patient",
+            "P-GOLD",
+            "--site",
+            "site-a",
+            "--collection-date",
+            &date,
+            "--json",
+        ],
+    ))
+    .expect("order JSON");
+    let order_id = placed["order_id"].as_str().expect("order id").to_owned();
+    client
+        .goto(&format!("{console}/orders/{order_id}"))
+        .await
+        .expect("order page");
+    expect_text(&client, "order page", "Process against the golden batch").await;
+    // The page follows the batch: new steps and samples are drawn as they arrive,
+    // and expansion's five parameters each over its band of the 152 released
+    // history batches.
+    follow_the_golden_batch(&client, "the hub's order page", 4).await;
+    look_at_the_golden_batch(&client, &axe, &mut shots, "golden-batch-live").await;
+    // The API says the same of the same batch.
+    let api: serde_json::Value =
+        serde_json::from_str(&dev.cli_ok("dr.ada", &["analytics", "golden", &order_id, "--json"]))
+            .expect("golden JSON");
+    let expansion = api["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["step_id"] == "expansion")
+        .expect("expansion sampled");
+    assert_eq!(
+        expansion["parameters"]
+            .as_array()
+            .expect("parameters")
+            .len(),
+        5
+    );
+    for p in expansion["parameters"].as_array().expect("parameters") {
+        assert!(p["released_batches"].as_u64().expect("count") >= 150, "{p}");
+    }
+
+    // At the site: the technician's batch page draws the site's own samples over
+    // the band the hub sends, and follows the batch too.
+    let site_console = dev
+        .welcome
+        .split("site-a http://")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ', '\n']).next())
+        .map(|addr| format!("http://{addr}"))
+        .unwrap_or_else(|| panic!("site-a's console in {}", dev.welcome));
+    let batch_id = api["batch_id"].as_str().expect("batch id").to_owned();
+    site_sign_in(
+        &client,
+        &site_console,
+        ("tech.tom", "dev-technician-password"),
+    )
+    .await;
+    client
+        .goto(&format!("{site_console}/batches/{batch_id}"))
+        .await
+        .expect("the site's batch page");
+    expect_text(
+        &client,
+        "site batch page",
+        "Process against the golden batch",
+    )
+    .await;
+    follow_the_golden_batch(&client, "the site's batch page", 6).await;
+    assert!(
+        client
+            .find(Locator::Css("[data-golden-note]"))
+            .await
+            .is_err(),
+        "a fresh band from the hub, nothing to say about it"
+    );
+    look_at_the_golden_batch(&client, &axe, &mut shots, "site-golden-batch-live").await;
     client.close().await.expect("close the browser");
     dev.stop().await;
 }

@@ -53,6 +53,13 @@ pub enum AnalyticsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// An order's batch over the golden batch of each step it has sampled: the
+    /// band of each process parameter and where the batch left it.
+    Golden {
+        order_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn client(
@@ -202,6 +209,76 @@ fn print_chart(c: &pb::Chart) {
     }
 }
 
+/// The golden batch as JSON, field by field as the API answers it.
+fn golden_json(r: &pb::GetGoldenBatchResponse) -> serde_json::Value {
+    let steps: Vec<_> = r
+        .steps
+        .iter()
+        .map(|s| {
+            let parameters: Vec<_> = s
+                .parameters
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "parameter": p.parameter,
+                        "unit": p.unit,
+                        "range": [p.range_low, p.range_high],
+                        "bin_hours": p.bin_hours,
+                        "released_batches": p.released_batches,
+                        "band": p.band.iter().map(|b| serde_json::json!({
+                            "bin": b.bin, "batches": b.batches, "p5": b.p5, "median": b.median, "p95": b.p95,
+                        })).collect::<Vec<_>>(),
+                        "points": p.points.iter().map(|pt| serde_json::json!({
+                            "bin": pt.bin, "samples": pt.samples, "mean": pt.mean,
+                        })).collect::<Vec<_>>(),
+                        "excursions": p.excursions.iter().map(|e| serde_json::json!({
+                            "bin": e.bin, "from_hours": e.from_hours, "to_hours": e.to_hours,
+                            "value": e.value, "p5": e.p5, "p95": e.p95, "side": e.side,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "step_id": s.step_id, "name": s.name, "parameters": parameters })
+        })
+        .collect();
+    serde_json::json!({
+        "order_id": r.order_id,
+        "batch_id": r.batch_id,
+        "product_id": r.product_id,
+        "steps": steps,
+    })
+}
+
+fn print_golden(r: &pb::GetGoldenBatchResponse) {
+    println!(
+        "Batch {} of {} (order {})",
+        r.batch_id, r.product_id, r.order_id
+    );
+    if r.steps.is_empty() {
+        println!("No process samples from the site yet.");
+    }
+    for s in &r.steps {
+        println!("{} ({})", s.name, s.step_id);
+        for p in &s.parameters {
+            println!(
+                "  {:<22} {:>3} of {:>3} bins sampled, band in {:>2} bins over {} released batches, {} outside",
+                p.parameter,
+                p.points.len(),
+                p.points.iter().map(|pt| pt.bin + 1).max().unwrap_or(0).max(12),
+                p.band.len(),
+                p.released_batches,
+                p.excursions.len()
+            );
+            for e in &p.excursions {
+                println!(
+                    "    {:.1}-{:.1} h: {:.4} {}, {} the band ({:.4}-{:.4})",
+                    e.from_hours, e.to_hours, e.value, p.unit, e.side, e.p5, e.p95
+                );
+            }
+        }
+    }
+}
+
 pub async fn run(command: AnalyticsCommand) -> anyhow::Result<()> {
     match command {
         AnalyticsCommand::Products { client: args } => {
@@ -314,6 +391,21 @@ pub async fn run(command: AnalyticsCommand) -> anyhow::Result<()> {
                 );
             } else {
                 println!("Baseline chosen: {}.", baseline_line(&baseline));
+            }
+            Ok(())
+        }
+        AnalyticsCommand::Golden {
+            order_id,
+            client: args,
+        } => {
+            let r = client(authed(&args).await?)
+                .get_golden_batch(pb::GetGoldenBatchRequest { order_id })
+                .await?
+                .into_inner();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&golden_json(&r))?);
+            } else {
+                print_golden(&r);
             }
             Ok(())
         }

@@ -68,6 +68,8 @@ pub const SITE_PEOPLE: &[&str] = &["tech.tom", "dr.ada"];
 
 /// Who the audit trail names for what dev mode sets up.
 const DEV_ACTOR: &str = "carrel-hub dev";
+/// Process hours between a dev site's simulated readings (and the history's).
+const DEV_SAMPLE_INTERVAL_HOURS: f64 = 6.0;
 
 /// Demo sites: (site id, name).
 pub const DEMO_SITES: &[(&str, &str)] = &[
@@ -190,7 +192,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         agent_config.heartbeat_timeout_ms = 5_000;
         agent_config.reconnect_max_ms = 5_000;
         agent_config.simulator.time_compression = args.time_compression;
-        agent_config.simulator.sample_interval_hours = 6.0;
+        agent_config.simulator.sample_interval_hours = DEV_SAMPLE_INTERVAL_HOURS;
         agent_config.simulator.instrument_id = format!("{site_id}-sim-cps-01");
         // Simulated technicians scan the right label at each manufacturing checkpoint;
         // the bedside scans (hand-over, infusion) are left to the user.
@@ -452,7 +454,8 @@ async fn seed_history(
                 .map(|(id, _)| (*id).to_owned())
                 .collect(),
             batches_per_site: batches,
-            samples_per_step: 12,
+            // The dev sites' simulated instruments sample as often.
+            sample_interval_hours: DEV_SAMPLE_INTERVAL_HOURS,
             seed: 2026,
             // One site drifts: its viability falls by 1.5 standard deviations from its
             // 30th batch, for the charts to find.

@@ -16,6 +16,7 @@
 mod admin;
 mod analytics;
 mod deviations;
+mod golden;
 mod notifications;
 mod orders;
 mod qualifications;

@@ -364,9 +364,14 @@ async fn live_markup(hub: &HubState, order: &Order) -> Result<Markup, axum::resp
     let zone = crate::service::schedule::site_zone(hub, &order.site_id)
         .await
         .map_err(refused)?;
+    let golden = crate::service::analytics::golden_of(hub, order)
+        .await
+        .map_err(refused)?;
     Ok(html! {
         (order_live_markup(&record, &clock, zone))
         (super::schedule::clock_markup(&clock, booking.as_ref(), zone))
+        // The step running now (or the last one sampled) over its golden batch.
+        (super::golden::section(&golden, true))
     })
 }
 

@@ -623,7 +623,13 @@ async fn decision_page_for(
                 .collect()
         })
         .unwrap_or_default();
-    let deviations = super::deviations::batch_section(session, batch_id, &steps, &deviations);
+    let golden = crate::service::analytics::golden_of(hub, &review.order)
+        .await
+        .map_err(refused)?;
+    let deviations = html! {
+        (super::golden::section(&golden, false))
+        (super::deviations::batch_section(session, batch_id, &steps, &deviations))
+    };
     let mut response = html_page(page(
         &format!("Batch record {}", review.order.coi),
         Some(session),

@@ -67,7 +67,10 @@ code { overflow-wrap:anywhere; }
 "#;
 
 pub async fn stylesheet() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS)
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        [CSS, super::golden::CSS].concat(),
+    )
 }
 
 /// A whole page: header with the user's navigation and sign-out, then `body`.

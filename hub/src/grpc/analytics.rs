@@ -207,4 +207,29 @@ impl pb::analytics_service_server::AnalyticsService for AnalyticsApi {
             baseline: Some(baseline_to_pb(&baseline)),
         }))
     }
+
+    async fn get_golden_batch(
+        &self,
+        request: Request<pb::GetGoldenBatchRequest>,
+    ) -> Result<Response<pb::GetGoldenBatchResponse>, Status> {
+        let user = authenticate(&self.0, &request).await?;
+        let order_id = super::parse_id("order_id", &request.get_ref().order_id)?;
+        let (order, steps) = service::golden_batch(&self.0, &user, order_id)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(pb::GetGoldenBatchResponse {
+            order_id: order.order_id.to_string(),
+            batch_id: order.batch_id.to_string(),
+            product_id: order.recipe_id,
+            steps: steps.iter().map(golden_step_to_pb).collect(),
+        }))
+    }
+}
+
+pub fn golden_step_to_pb(step: &service::GoldenStep) -> pb::GoldenStep {
+    pb::GoldenStep {
+        step_id: step.step_id.clone(),
+        name: step.name.clone(),
+        parameters: step.panels.iter().map(|p| p.to_pb()).collect(),
+    }
 }

@@ -242,6 +242,36 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
 
     type SyncStream = ReceiverStream<Result<pb::HubMessage, Status>>;
 
+    async fn golden_batch(
+        &self,
+        request: Request<pb::SiteGoldenBatchRequest>,
+    ) -> Result<Response<pb::GetGoldenBatchResponse>, Status> {
+        let Identified { site_id, .. } = identify_site(&self.0, &request).await?;
+        let batch_id = super::parse_id("batch_id", &request.get_ref().batch_id)?;
+        let order = match self.0.store.order_by_batch(batch_id).await {
+            Ok(order) if order.site_id == site_id => order,
+            // Another site's batch is answered as if it were not there.
+            Ok(_) | Err(store::Error::NotFound(_)) => {
+                return Err(Status::not_found(format!(
+                    "site {site_id} has no batch {batch_id}"
+                )))
+            }
+            Err(e) => return Err(status(e)),
+        };
+        let steps = crate::service::analytics::golden_of(&self.0, &order)
+            .await
+            .map_err(super::service_status)?;
+        Ok(Response::new(pb::GetGoldenBatchResponse {
+            order_id: order.order_id.to_string(),
+            batch_id: order.batch_id.to_string(),
+            product_id: order.recipe_id.clone(),
+            steps: steps
+                .iter()
+                .map(super::analytics::golden_step_to_pb)
+                .collect(),
+        }))
+    }
+
     async fn sync(
         &self,
         request: Request<Streaming<pb::SiteMessage>>,

@@ -8,8 +8,9 @@
 use super::{field, require_role, sentence_reason, Error};
 use crate::app::Hub;
 use crate::model::analytics::chart::{self, Chart};
-use crate::model::analytics::measure::{Baseline, Statistic};
-use crate::model::{Role, User};
+use crate::model::analytics::golden::{self, Panel, Point};
+use crate::model::analytics::measure::{self, Baseline, Statistic};
+use crate::model::{Order, Role, User};
 use chrono::{DateTime, NaiveDate, Utc};
 
 /// Who reads the charts: QA, and administrators who run the network.
@@ -24,6 +25,68 @@ pub struct Attribute {
     pub unit: String,
     /// Each statistic charted, with its label.
     pub statistics: Vec<(Statistic, String)>,
+}
+
+/// A step's golden-batch panels, one per parameter the recipe names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoldenStep {
+    pub step_id: String,
+    pub name: String,
+    pub panels: Vec<Panel>,
+}
+
+/// The golden batch of every step the batch of order `order_id` has sampled, with
+/// the batch over it; for anyone who may see the order.
+pub async fn golden_batch(
+    hub: &Hub,
+    user: &User,
+    order_id: uuid::Uuid,
+) -> Result<(Order, Vec<GoldenStep>), Error> {
+    let order = super::visible_order(hub, user, order_id).await?;
+    let steps = golden_of(hub, &order).await?;
+    Ok((order, steps))
+}
+
+/// The golden batch of the steps `order`'s batch has sampled (none for a dry
+/// run), its band over the product's released batches in bins of the batch's
+/// own recipe version.
+pub async fn golden_of(hub: &Hub, order: &Order) -> Result<Vec<GoldenStep>, Error> {
+    if order.dry_run {
+        return Ok(Vec::new());
+    }
+    let recipe = hub
+        .store
+        .recipe(&order.recipe_id, order.recipe_version)
+        .await?;
+    let trajectory = hub.store.batch_trajectory(order.batch_id).await?;
+    let mut steps = Vec::new();
+    for step in &recipe.recipe.steps {
+        let prefix = format!("{}{}/", measure::STEP, step.id);
+        if !trajectory.iter().any(|(a, _, _)| a.starts_with(&prefix)) {
+            continue;
+        }
+        let bin_hours = golden::bin_hours(step);
+        let mut panels = Vec::new();
+        for parameter in &step.parameters {
+            let attribute = format!("{prefix}{}", parameter.name);
+            let points: Vec<Point> = trajectory
+                .iter()
+                .filter(|(a, h, _)| *a == attribute && *h == bin_hours)
+                .map(|(_, _, p)| *p)
+                .collect();
+            let released = hub
+                .store
+                .released_trajectories(&order.recipe_id, &attribute, bin_hours)
+                .await?;
+            panels.push(golden::band(step, parameter, released).with_points(points));
+        }
+        steps.push(GoldenStep {
+            step_id: step.id.clone(),
+            name: step.name.clone(),
+            panels,
+        });
+    }
+    Ok(steps)
 }
 
 /// The products whose batches have measures.

@@ -107,7 +107,11 @@ pub(crate) async fn backfill_batch(mut tx: Tx<'_>, batch_id: uuid::Uuid) -> Resu
         events.iter().map(|e| (e.event.seq, &e.event.kind)),
         &recipe.recipe,
     );
-    tx.replace_measures(&order, &rows).await?;
+    let points = crate::model::analytics::measure::points_of(
+        events.iter().map(|e| (e.event.seq, &e.event.kind)),
+        &recipe.recipe,
+    );
+    tx.replace_measures(&order, &rows, &points).await?;
     tx.commit().await?;
     Ok(rows.len())
 }

@@ -125,6 +125,20 @@ pub trait ReadTx: Send {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Uuid>>;
+    /// A batch's trajectory points: `(attribute, bin hours, point)`, by attribute
+    /// and bin.
+    async fn batch_trajectory(
+        &mut self,
+        batch_id: Uuid,
+    ) -> Result<Vec<(String, f64, crate::model::analytics::golden::Point)>>;
+    /// The released batches' (released, handed over or infused) means of one
+    /// attribute of a product in bins `bin_hours` wide: `(batch, bin, mean)`.
+    async fn released_trajectories(
+        &mut self,
+        product_id: &str,
+        attribute: &str,
+        bin_hours: f64,
+    ) -> Result<Vec<(Uuid, u32, f64)>>;
     /// The site's `deviation_raised` records (of one batch, or of every batch), in
     /// site and seq order.
     async fn deviation_events(&mut self, batch_id: Option<Uuid>) -> Result<Vec<StoredEvent>>;
@@ -327,11 +341,13 @@ pub trait WriteTx: ReadTx {
     /// Whether the measures of batches stored before measures were kept were made.
     async fn analytics_backfilled(&mut self) -> Result<bool>;
     async fn mark_analytics_backfilled(&mut self, now: DateTime<Utc>) -> Result<()>;
-    /// Replaces a batch's measures with `rows` (made from its whole record).
+    /// Replaces a batch's measures with `rows` and its trajectory with `points`
+    /// (made from its whole record).
     async fn replace_measures(
         &mut self,
         order: &Order,
         rows: &[crate::model::analytics::measure::Row],
+        points: &[(String, f64, crate::model::analytics::golden::Point)],
     ) -> Result<()>;
     /// Keeps a trend signal unless it is kept already; true when it was new.
     async fn insert_trend_signal(

@@ -565,6 +565,26 @@ pub trait Store:
     async fn measured_products(&self) -> Result<Vec<String>> {
         self.read().await?.measured_products().await
     }
+    /// A batch's trajectory points: `(attribute, bin hours, point)`.
+    async fn batch_trajectory(
+        &self,
+        batch_id: Uuid,
+    ) -> Result<Vec<(String, f64, crate::model::analytics::golden::Point)>> {
+        self.read().await?.batch_trajectory(batch_id).await
+    }
+    /// The released batches' bin means of one attribute of a product, in bins
+    /// `bin_hours` wide: `(batch, bin, mean)`.
+    async fn released_trajectories(
+        &self,
+        product_id: &str,
+        attribute: &str,
+        bin_hours: f64,
+    ) -> Result<Vec<(Uuid, u32, f64)>> {
+        self.read()
+            .await?
+            .released_trajectories(product_id, attribute, bin_hours)
+            .await
+    }
     /// The baseline in force for a product (the latest chosen), if any.
     async fn analytics_baseline(
         &self,

@@ -800,6 +800,27 @@ async fn write_measures(conn: &mut sqlx::PgConnection, m: &plan::Measures) -> Re
                 .execute(&mut *conn)
                 .await?;
             }
+            Update::Binned {
+                attribute,
+                bin_hours,
+                point,
+            } => {
+                sqlx::query(
+                    "INSERT INTO batch_trajectories AS t (batch_id, attribute, bin, product_id, bin_hours, n, sum) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (batch_id, attribute, bin) DO UPDATE SET \
+                       n = t.n + excluded.n, sum = t.sum + excluded.sum",
+                )
+                .bind(m.batch_id)
+                .bind(attribute)
+                .bind(i64::from(point.bin))
+                .bind(&m.product_id)
+                .bind(bin_hours)
+                .bind(i64_of(point.n)?)
+                .bind(point.sum)
+                .execute(&mut *conn)
+                .await?;
+            }
             Update::Corrected { seq } => {
                 // A corrected result no longer clearly counts.
                 sqlx::query(

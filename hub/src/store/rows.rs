@@ -547,6 +547,31 @@ pub(crate) fn measure(row: &impl Columns) -> Result<crate::model::analytics::mea
     })
 }
 
+fn bin(row: &impl Columns) -> Result<u32> {
+    u32::try_from(row.count("bin")?)
+        .map_err(|_| Error::Corrupt("batch_trajectories.bin out of range".into()))
+}
+
+/// A row of `batch_trajectories`: its attribute, bin width and point.
+pub(crate) fn trajectory_point(
+    row: &impl Columns,
+) -> Result<(String, f64, crate::model::analytics::golden::Point)> {
+    Ok((
+        row.text("attribute")?,
+        row.real("bin_hours")?,
+        crate::model::analytics::golden::Point {
+            bin: bin(row)?,
+            n: row.count("n")?,
+            sum: row.real("sum")?,
+        },
+    ))
+}
+
+/// A released batch's mean in one bin: `(batch, bin, mean)`.
+pub(crate) fn released_point(row: &impl Columns) -> Result<(Uuid, u32, f64)> {
+    Ok((row.uuid("batch_id")?, bin(row)?, row.real("mean")?))
+}
+
 /// A row of `analytics_baselines`.
 pub(crate) fn baseline(row: &impl Columns) -> Result<crate::model::analytics::measure::Baseline> {
     Ok(crate::model::analytics::measure::Baseline {

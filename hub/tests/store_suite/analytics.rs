@@ -478,3 +478,145 @@ pub async fn case_a_trend_signal_is_kept_once_and_an_audited_exception_while_und
     assert!(released_now.progress.anomalies.is_empty());
     assert_eq!(released_now.state, carrel_hub::model::BatchState::Released);
 }
+
+/// A complete record with expansion temperature samples in two messages' worth of
+/// records (`first`, then `then`); answers the record and where the second begins.
+fn record_with_samples(
+    log: &mut SiteLog,
+    order: &carrel_hub::model::Order,
+    recipe: &carrel_proto::recipe::Recipe,
+    first: &[(f64, f64)],
+    then: &[(f64, f64)],
+) -> (Vec<carrel_proto::event::SiteEvent>, usize) {
+    let id = order.batch_id;
+    let mut events = vec![log.record(id, accepted(order, recipe))];
+    let mut split = 0;
+    for step in &recipe.steps {
+        if let Some(c) = &step.custody_checkpoint {
+            events.push(log.record(id, matched_scan(order, &c.id)));
+        }
+        events.push(log.record(id, step_started(&step.id)));
+        if step.id == "expansion" {
+            events.push(log.record(id, samples(first)));
+            split = events.len();
+            if !then.is_empty() {
+                events.push(log.record(id, samples(then)));
+            }
+        }
+        events.push(log.record(id, step_completed(&step.id)));
+    }
+    for test in recipe.all_tests() {
+        events.push(log.record(id, qc_result(&test.id, passing_value(test), Outcome::Pass)));
+    }
+    (events, split)
+}
+
+pub async fn case_trajectories_are_kept_at_ingest_and_the_golden_batch_is_of_released_batches(
+    store: Arc<dyn Store>,
+) {
+    use carrel_hub::model::analytics::golden::{self, Point, Side};
+    let recipe = seed(&*store).await;
+    let expansion = recipe.step("expansion").expect("expansion").clone();
+    let bin_hours = expansion.duration_hours / 12.0;
+    // Six released batches at site B: each has samples at 0 and 1 h (bin 0; the
+    // second in a later message) and four of them one at 20 h (bin 1).
+    let mut means_bin_0 = Vec::new();
+    // One log for the site: its records are numbered across batches.
+    let mut log = SiteLog::new();
+    for i in 0..6u32 {
+        let order = order_at(&*store, SITE_B).await;
+        let v = 36.9 + 0.03 * f64::from(i);
+        let later: Vec<(f64, f64)> = if i < 4 {
+            vec![(1.0, v + 0.02), (20.0, v)]
+        } else {
+            vec![(1.0, v + 0.02)]
+        };
+        let (record, split) = record_with_samples(&mut log, &order, &recipe, &[(0.0, v)], &later);
+        ingest(&*store, SITE_B, &record[..split]).await;
+        ingest(&*store, SITE_B, &record[split..]).await;
+        // A repeat of the second message adds nothing.
+        ingest(&*store, SITE_B, &record[split..]).await;
+        means_bin_0.push(v + 0.01);
+        let sha = reviewed_sha256(&*store, order.batch_id).await;
+        store
+            .sign_release(&signature(&order, QA, sha), false, now())
+            .await
+            .expect("release");
+        let kept = store
+            .batch_trajectory(order.batch_id)
+            .await
+            .expect("trajectory");
+        assert_eq!(kept[0].0, TEMPERATURE);
+        assert_eq!((kept[0].1, kept[0].2.bin, kept[0].2.n), (bin_hours, 0, 2));
+        assert!((kept[0].2.mean() - (v + 0.01)).abs() < 1e-9, "{kept:?}");
+        assert_eq!(kept.len(), if i < 4 { 2 } else { 1 }, "{kept:?}");
+    }
+    // A batch still running at site A, warm in its first bin: its own trajectory,
+    // not part of the band.
+    let running = order_at(&*store, SITE_A).await;
+    let mut a = SiteLog::new();
+    let accepted_a = a.record(running.batch_id, accepted(&running, &recipe));
+    let started = a.record(running.batch_id, step_started("expansion"));
+    let warm = a.record(running.batch_id, samples(&[(0.5, 37.4), (2.0, 37.45)]));
+    ingest(&*store, SITE_A, &[accepted_a, started, warm]).await;
+    let trajectory = store
+        .batch_trajectory(running.batch_id)
+        .await
+        .expect("trajectory");
+    assert_eq!(
+        trajectory,
+        vec![(
+            TEMPERATURE.to_owned(),
+            bin_hours,
+            Point {
+                bin: 0,
+                n: 2,
+                sum: 37.4 + 37.45
+            }
+        )]
+    );
+    let released = store
+        .released_trajectories(RECIPE_ID, TEMPERATURE, bin_hours)
+        .await
+        .expect("released");
+    assert_eq!(released.len(), 6 + 4, "{released:?}");
+    assert!(released.iter().all(|(b, _, _)| *b != running.batch_id));
+    // Bins of another width (another version's duration) are not mixed in.
+    assert!(store
+        .released_trajectories(RECIPE_ID, TEMPERATURE, bin_hours * 2.0)
+        .await
+        .expect("released")
+        .is_empty());
+    let parameter = expansion
+        .parameters
+        .iter()
+        .find(|p| p.name == "temperature")
+        .expect("temperature");
+    let band = golden::band(&expansion, parameter, released);
+    assert_eq!(band.batches, 6);
+    // Bin 1 has four batches: no band there.
+    assert_eq!(
+        band.bins
+            .iter()
+            .map(|b| (b.bin, b.batches))
+            .collect::<Vec<_>>(),
+        vec![(0, 6)]
+    );
+    means_bin_0.sort_by(f64::total_cmp);
+    assert!((band.bins[0].median - (means_bin_0[2] + means_bin_0[3]) / 2.0).abs() < 1e-9);
+    let out = band.with_points(vec![trajectory[0].2]).excursions;
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].bin, out[0].side), (0, Side::Above));
+
+    // The trajectories made from the whole records are those ingest kept.
+    let mut kept = Vec::new();
+    for order in store.list_orders(None, None).await.expect("orders") {
+        kept.push(store.batch_trajectory(order.batch_id).await.expect("kept"));
+    }
+    assert_eq!(store.backfill_measures().await.expect("backfill"), Some(7));
+    let mut again = Vec::new();
+    for order in store.list_orders(None, None).await.expect("orders") {
+        again.push(store.batch_trajectory(order.batch_id).await.expect("again"));
+    }
+    assert_eq!(kept, again);
+}

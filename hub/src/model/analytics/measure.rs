@@ -24,6 +24,8 @@
 use carrel_proto::event::{EventKind, Sample};
 use carrel_proto::recipe::{QcValue, Recipe};
 
+use super::golden::{self, Point};
+
 /// The prefix of a QC test's attribute.
 pub const QC: &str = "qc/";
 /// The prefix of a process parameter's attribute.
@@ -31,7 +33,7 @@ pub const STEP: &str = "step/";
 
 /// The largest magnitude charted: beyond it a value is an instrument's sentinel
 /// (and sums of such values would overflow).
-pub const MAX_MAGNITUDE: f64 = 1e15;
+pub const MAX_MAGNITUDE: f64 = carrel_proto::golden::MAX_MAGNITUDE;
 
 fn chartable(value: f64) -> bool {
     value.is_finite() && value.abs() <= MAX_MAGNITUDE
@@ -159,12 +161,22 @@ pub enum Update {
     /// A correction of site record `seq`: a QC result it is leaves its test
     /// ambiguous.
     Corrected { seq: u64 },
+    /// Process samples of one parameter in one bin of time in step: the batch's
+    /// trajectory, for the golden batch ([`golden`]); added to the stored point.
+    Binned {
+        attribute: String,
+        /// The width of the step's bins ([`golden::bin_hours`]).
+        bin_hours: f64,
+        point: Point,
+    },
 }
 
 impl Update {
     pub fn attribute(&self) -> &str {
         match self {
-            Update::Result { attribute, .. } | Update::Extend { attribute, .. } => attribute,
+            Update::Result { attribute, .. }
+            | Update::Extend { attribute, .. }
+            | Update::Binned { attribute, .. } => attribute,
             Update::Corrected { .. } => "",
         }
     }
@@ -223,11 +235,26 @@ pub fn updates(seq: u64, kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
                 {
                     continue;
                 }
+                let attribute = format!("{STEP}{step_id}/{parameter}");
+                if let Some(bin) = golden::bin_of(step, *step_hours) {
+                    push(
+                        &mut runs,
+                        Update::Binned {
+                            attribute: attribute.clone(),
+                            bin_hours: golden::bin_hours(step),
+                            point: Point {
+                                bin,
+                                n: 1,
+                                sum: *value,
+                            },
+                        },
+                    );
+                }
                 let one = Run::of(*step_hours, *value, p.low, p.high);
                 push(
                     &mut runs,
                     Update::Extend {
-                        attribute: format!("{STEP}{step_id}/{parameter}"),
+                        attribute,
                         unit: unit.clone(),
                         run: one,
                     },
@@ -243,8 +270,23 @@ pub fn updates(seq: u64, kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
 }
 
 /// Adds `update` to a message's pending updates of one batch: runs of samples of
-/// one attribute are merged so each is written once; results are applied in order.
+/// one attribute (and samples in one bin) are merged so each is written once;
+/// results are applied in order.
 pub fn push(pending: &mut Vec<Update>, update: Update) {
+    if let Update::Binned {
+        attribute,
+        point: later,
+        ..
+    } = &update
+    {
+        if let Some(Update::Binned { point, .. }) = pending.iter_mut().find(|u| {
+            matches!(u, Update::Binned { attribute: a, point: p, .. } if a == attribute && p.bin == later.bin)
+        }) {
+            point.n += later.n;
+            point.sum += later.sum;
+            return;
+        }
+    }
     if let Update::Extend { run: later, .. } = &update {
         if let Some(Update::Extend { run, .. }) = pending
             .iter_mut()
@@ -346,6 +388,7 @@ pub fn rows_of<'a>(
                         None => rows.push(row),
                     }
                 }
+                Update::Binned { .. } => {}
                 Update::Corrected { seq } => {
                     for r in rows
                         .iter_mut()
@@ -358,6 +401,33 @@ pub fn rows_of<'a>(
         }
     }
     rows
+}
+
+/// A batch's trajectory points from its whole record, exactly as applying each
+/// record's [`updates`] at ingest gives them: `(attribute, bin hours, point)`.
+pub fn points_of<'a>(
+    events: impl IntoIterator<Item = (u64, &'a EventKind)>,
+    recipe: &Recipe,
+) -> Vec<(String, f64, Point)> {
+    let mut pending = Vec::new();
+    for (seq, kind) in events {
+        for update in updates(seq, kind, recipe) {
+            if matches!(update, Update::Binned { .. }) {
+                push(&mut pending, update);
+            }
+        }
+    }
+    pending
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::Binned {
+                attribute,
+                bin_hours,
+                point,
+            } => Some((attribute, bin_hours, point)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A batch's stored measure of one attribute, as a chart reads it.
@@ -504,8 +574,18 @@ mod tests {
             ],
         };
         let got = updates(7, &kind, &recipe);
-        assert_eq!(got.len(), 1, "{got:?}");
-        let Update::Extend { attribute, run, .. } = &got[0] else {
+        // One run, and the two samples in their bins of time in step.
+        let binned: Vec<_> = got
+            .iter()
+            .filter(|u| matches!(u, Update::Binned { .. }))
+            .collect();
+        assert_eq!(binned.len(), 2, "{got:?}");
+        let runs: Vec<_> = got
+            .iter()
+            .filter(|u| matches!(u, Update::Extend { .. }))
+            .collect();
+        assert_eq!(runs.len(), 1, "{got:?}");
+        let Update::Extend { attribute, run, .. } = runs[0] else {
             panic!("{got:?}")
         };
         assert_eq!(attribute, &format!("step/{}/{}", step.id, p.name));

@@ -2,12 +2,14 @@
 //! numbers (no store, no clock): control charts with the Nelson rules
 //! ([`spc`]), process capability against a recipe's specification
 //! ([`capability`]), and a site compared with the rest of the network
-//! ([`compare`]). Each function names the formula it uses; the distributions
+//! ([`compare`]), and the golden batch's band of each process parameter over
+//! time in step ([`golden`]). Each function names the formula it uses; the distributions
 //! (normal, Student's t, chi-squared) come from `statrs`.
 
 pub mod capability;
 pub mod chart;
 pub mod compare;
+pub mod golden;
 pub mod measure;
 pub mod spc;
 pub mod trend;

@@ -102,6 +102,43 @@ impl ReadTx for PgTx<'_> {
         .await?)
     }
 
+    async fn batch_trajectory(
+        &mut self,
+        batch_id: Uuid,
+    ) -> Result<Vec<(String, f64, crate::model::analytics::golden::Point)>> {
+        sqlx::query(
+            "SELECT attribute, bin_hours, bin, n, sum FROM batch_trajectories WHERE batch_id = $1 ORDER BY attribute, bin",
+        )
+        .bind(batch_id)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(rows::trajectory_point)
+        .collect()
+    }
+
+    async fn released_trajectories(
+        &mut self,
+        product_id: &str,
+        attribute: &str,
+        bin_hours: f64,
+    ) -> Result<Vec<(Uuid, u32, f64)>> {
+        sqlx::query(
+            "SELECT t.batch_id, t.bin, t.sum / t.n AS mean FROM batch_trajectories t \
+             JOIN batches b ON b.batch_id = t.batch_id \
+             WHERE t.product_id = $1 AND t.attribute = $2 AND t.bin_hours = $3 \
+               AND b.state IN ('released', 'handed_over', 'infused')",
+        )
+        .bind(product_id)
+        .bind(attribute)
+        .bind(bin_hours)
+        .fetch_all(self.conn())
+        .await?
+        .iter()
+        .map(rows::released_point)
+        .collect()
+    }
+
     async fn site_qualifications(
         &mut self,
         site_id: Option<&str>,
@@ -495,6 +532,7 @@ impl WriteTx for PgTx<'_> {
         &mut self,
         order: &Order,
         rows: &[crate::model::analytics::measure::Row],
+        points: &[(String, f64, crate::model::analytics::golden::Point)],
     ) -> Result<()> {
         sqlx::query("DELETE FROM batch_measures WHERE batch_id = $1")
             .bind(order.batch_id)
@@ -522,6 +560,24 @@ impl WriteTx for PgTx<'_> {
             .bind(i64_of(r.seq)?)
             .bind(r.retest_of.map(i64_of).transpose()?)
             .bind(r.ambiguous)
+            .execute(self.conn())
+            .await?;
+        }
+        sqlx::query("DELETE FROM batch_trajectories WHERE batch_id = $1")
+            .bind(order.batch_id)
+            .execute(self.conn())
+            .await?;
+        for (attribute, bin_hours, point) in points {
+            sqlx::query(
+                "INSERT INTO batch_trajectories (batch_id, attribute, bin, product_id, bin_hours, n, sum) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(order.batch_id)
+            .bind(attribute)
+            .bind(i64::from(point.bin))
+            .bind(&order.recipe_id)
+            .bind(bin_hours)
+            .bind(i64_of(point.n)?)
+            .bind(point.sum)
             .execute(self.conn())
             .await?;
         }

@@ -435,6 +435,27 @@ fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
                     retest_of.map(i64_of).transpose()?,
                 ])?;
             }
+            Update::Binned {
+                attribute,
+                bin_hours,
+                point,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO batch_trajectories (batch_id, attribute, bin, product_id, bin_hours, n, sum) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (batch_id, attribute, bin) DO UPDATE SET \
+                       n = n + excluded.n, sum = sum + excluded.sum",
+                )?
+                .execute(params![
+                    m.batch_id.to_string(),
+                    attribute,
+                    i64::from(point.bin),
+                    m.product_id,
+                    bin_hours,
+                    i64_of(point.n)?,
+                    point.sum,
+                ])?;
+            }
             Update::Corrected { seq } => {
                 // A corrected result no longer clearly counts.
                 tx.prepare_cached(

@@ -135,6 +135,43 @@ impl ReadTx for SqliteTx<'_> {
         .collect()
     }
 
+    async fn batch_trajectory(
+        &mut self,
+        batch_id: Uuid,
+    ) -> Result<Vec<(String, f64, crate::model::analytics::golden::Point)>> {
+        sqlx::query(
+            "SELECT attribute, bin_hours, bin, n, sum FROM batch_trajectories WHERE batch_id = ? ORDER BY attribute, bin",
+        )
+        .bind(batch_id.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(rows::trajectory_point)
+        .collect()
+    }
+
+    async fn released_trajectories(
+        &mut self,
+        product_id: &str,
+        attribute: &str,
+        bin_hours: f64,
+    ) -> Result<Vec<(Uuid, u32, f64)>> {
+        sqlx::query(
+            "SELECT t.batch_id, t.bin, t.sum / t.n AS mean FROM batch_trajectories t \
+             JOIN batches b ON b.batch_id = t.batch_id \
+             WHERE t.product_id = ? AND t.attribute = ? AND t.bin_hours = ? \
+               AND b.state IN ('released', 'handed_over', 'infused')",
+        )
+        .bind(product_id)
+        .bind(attribute)
+        .bind(bin_hours)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(rows::released_point)
+        .collect()
+    }
+
     async fn site_qualifications(
         &mut self,
         site_id: Option<&str>,
@@ -529,6 +566,7 @@ impl WriteTx for SqliteTx<'_> {
         &mut self,
         order: &Order,
         rows: &[crate::model::analytics::measure::Row],
+        points: &[(String, f64, crate::model::analytics::golden::Point)],
     ) -> Result<()> {
         sqlx::query("DELETE FROM batch_measures WHERE batch_id = ?")
             .bind(order.batch_id.to_string())
@@ -556,6 +594,24 @@ impl WriteTx for SqliteTx<'_> {
             .bind(i64_of(r.seq)?)
             .bind(r.retest_of.map(i64_of).transpose()?)
             .bind(r.ambiguous as i64)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM batch_trajectories WHERE batch_id = ?")
+            .bind(order.batch_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        for (attribute, bin_hours, point) in points {
+            sqlx::query(
+                "INSERT INTO batch_trajectories (batch_id, attribute, bin, product_id, bin_hours, n, sum) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(order.batch_id.to_string())
+            .bind(attribute)
+            .bind(i64::from(point.bin))
+            .bind(&order.recipe_id)
+            .bind(bin_hours)
+            .bind(i64_of(point.n)?)
+            .bind(point.sum)
             .execute(&mut *self.tx)
             .await?;
         }

@@ -49,8 +49,15 @@ pub async fn run(
         hub.enroll(site_id, &site_dir.join(site_id)).await?;
     }
     let recipe = store.latest_recipe(PRODUCT).await?.recipe;
-    let parameters: usize = recipe.steps.iter().map(|s| s.parameters.len()).sum();
-    let samples_per_step = 200usize.div_ceil(parameters.max(1));
+    // Readings every so many process hours, for about 200 per batch.
+    let parameter_hours: f64 = recipe
+        .steps
+        .iter()
+        .map(|s| s.duration_hours * s.parameters.len() as f64)
+        .sum();
+    let sample_interval_hours = parameter_hours / 200.0;
+    let readings_per_batch =
+        carrel_hub::demo_history::readings_per_batch(&recipe, sample_interval_hours);
     let started = Instant::now();
     let made = carrel_hub::demo_history::seed(
         store.as_ref(),
@@ -58,7 +65,7 @@ pub async fn run(
             product_id: PRODUCT.into(),
             sites: site_ids.clone(),
             batches_per_site: batches.div_ceil(sites),
-            samples_per_step,
+            sample_interval_hours,
             seed: 10,
             shift: None,
             physician: hub.physician.username.clone(),
@@ -162,7 +169,7 @@ pub async fn run(
     hub.stop().await?;
     Ok(Figures {
         batches: made.batches,
-        readings_per_batch: samples_per_step * parameters,
+        readings_per_batch,
         seed_secs,
         api_ms,
         page_ms,

@@ -241,6 +241,7 @@ pub fn start_link(
         heartbeat_timeout: Duration::from_millis(defaults.heartbeat_timeout_ms),
         events_per_message: defaults.events_per_message,
         state,
+        hub_channel: watch::channel(None).0,
         renewal: None,
     };
     let stop = CancellationToken::new();
