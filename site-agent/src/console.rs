@@ -1708,11 +1708,13 @@ async fn batch_page_with(
 }
 
 /// Keeps the golden batch current while the batch is made: `/batches/BATCH/golden`
-/// answers the section, replaced only when it changed and never while the focus
-/// is inside it.
-const GOLDEN_SCRIPT: &str = "(function(){var el=document.getElementById('golden');setInterval(function(){\
-fetch('/batches/BATCH/golden',{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null}).then(function(t){\
-if(t!==null&&t!==el.innerHTML&&!el.contains(document.activeElement)){el.innerHTML=t}}).catch(function(){})},3000)})();";
+/// answers the section, put in only when it differs from what was last served
+/// (not from the browser's own rendering of it) and never while the focus is
+/// inside it; polling stops once the session has ended (401).
+const GOLDEN_SCRIPT: &str = "(function(){var el=document.getElementById('golden');el.dataset.served=el.innerHTML;\
+var timer=setInterval(function(){fetch('/batches/BATCH/golden',{credentials:'same-origin',redirect:'error'})\
+.then(function(r){if(!r.ok){if(r.status===401)clearInterval(timer);return null}return r.text()}).then(function(t){\
+if(t!==null&&t!==el.dataset.served&&!el.contains(document.activeElement)){el.dataset.served=t;el.innerHTML=t}}).catch(function(){})},3000)})();";
 
 /// The step being made (or the last one sampled) over its golden batch: the
 /// hub's band, the site's own samples; said when the band is not a fresh one.
@@ -1740,9 +1742,19 @@ async fn golden_markup(
     golden::section(&shown, true, note)
 }
 
+/// The golden-batch section alone, for the batch page's polling: the session is
+/// checked without counting as activity (a screen left alone still signs out),
+/// and without one the answer is 401, not the sign-in page.
 async fn golden_fragment(console: Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = gate(&console, &headers, &format!("/batches/{id}"), false).await {
-        return response;
+    let session = sessions::token_of(&headers).and_then(|t| console.sessions.peek(&t).ok());
+    let Some(session) = session else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    if people::current(&console.store, &session.username)
+        .await
+        .is_err()
+    {
+        return StatusCode::UNAUTHORIZED.into_response();
     }
     match load(&console, &id).await {
         Ok((batch, recipe, events)) => Html(

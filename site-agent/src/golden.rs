@@ -20,8 +20,11 @@ use uuid::Uuid;
 /// A band is asked of the hub again after this long (it changes as batches are
 /// released, not by the second).
 const FRESH_FOR: Duration = Duration::from_secs(30);
+/// After the hub could not answer, it is not asked again for this long (every
+/// open page polls; an older hub, or one that is struggling, is asked once).
+const RETRY_AFTER: Duration = Duration::from_secs(15);
 /// How long a page waits for the hub's answer before it shows what it has.
-const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+const ASK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The hub's answer for one batch, and when it came.
 #[derive(Debug, Clone)]
@@ -43,6 +46,9 @@ pub struct Bands {
 pub struct Source {
     channel: watch::Receiver<Option<Channel>>,
     kept: Mutex<HashMap<Uuid, Fetched>>,
+    /// Per batch: when the hub was last asked, and why it did not answer (`None`
+    /// while the ask is under way), so pages never ask twice at once.
+    asking: Mutex<HashMap<Uuid, (std::time::Instant, Option<String>)>>,
 }
 
 impl Source {
@@ -50,6 +56,7 @@ impl Source {
         Source {
             channel,
             kept: Mutex::new(HashMap::new()),
+            asking: Mutex::new(HashMap::new()),
         }
     }
 
@@ -65,53 +72,72 @@ impl Source {
     /// kept, with why, when the hub cannot answer.
     pub async fn bands(&self, batch_id: Uuid) -> Bands {
         let kept = self.kept(batch_id);
+        let answer = |stale: Option<String>| Bands {
+            fetched: kept.clone(),
+            stale,
+        };
         if let Some(k) = &kept {
-            let age = (Utc::now() - k.at).to_std().unwrap_or_default();
-            if age < FRESH_FOR {
-                return Bands {
-                    fetched: kept,
-                    stale: None,
-                };
+            if (Utc::now() - k.at).to_std().unwrap_or_default() < FRESH_FOR {
+                return answer(None);
             }
         }
         let channel = self.channel.borrow().clone();
-        let why = match channel {
-            None => "the link to the hub is down".to_owned(),
-            Some(channel) => {
-                let mut client = pb::site_link_service_client::SiteLinkServiceClient::new(channel);
-                let asked = client.golden_batch(pb::SiteGoldenBatchRequest {
-                    batch_id: batch_id.to_string(),
-                });
-                match tokio::time::timeout(ASK_TIMEOUT, asked).await {
-                    Ok(Ok(answer)) => {
-                        let fetched = Fetched {
-                            at: Utc::now(),
-                            answer: answer.into_inner(),
-                        };
-                        self.kept
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(batch_id, fetched.clone());
-                        return Bands {
-                            fetched: Some(fetched),
-                            stale: None,
-                        };
-                    }
-                    Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                        "the hub is of a version that does not send it".to_owned()
-                    }
-                    Ok(Err(status)) => {
-                        tracing::warn!(%batch_id, error = %status, "the hub did not send the golden batch");
-                        format!("the hub did not send it ({})", status.message())
-                    }
-                    Err(_) => "the hub did not answer in time".to_owned(),
+        let Some(channel) = channel else {
+            return answer(Some("the link to the hub is down".to_owned()));
+        };
+        // One ask per batch at a time (an ask whose page went away is given up
+        // after its timeout), and none soon after one failed.
+        {
+            let mut asking = self.asking.lock().unwrap_or_else(|e| e.into_inner());
+            match asking.get(&batch_id) {
+                Some((at, None)) if at.elapsed() < ASK_TIMEOUT * 2 => {
+                    return answer(Some("the hub is being asked for it".to_owned()));
+                }
+                Some((at, Some(why))) if at.elapsed() < RETRY_AFTER => {
+                    return answer(Some(why.clone()));
+                }
+                _ => {
+                    asking.insert(batch_id, (std::time::Instant::now(), None));
                 }
             }
-        };
-        Bands {
-            fetched: kept,
-            stale: Some(why),
         }
+        let mut client = pb::site_link_service_client::SiteLinkServiceClient::new(channel);
+        let asked = client.golden_batch(pb::SiteGoldenBatchRequest {
+            batch_id: batch_id.to_string(),
+        });
+        let why = match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+            Ok(Ok(sent)) => {
+                let fetched = Fetched {
+                    at: Utc::now(),
+                    answer: sent.into_inner(),
+                };
+                self.kept
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(batch_id, fetched.clone());
+                self.asking
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&batch_id);
+                return Bands {
+                    fetched: Some(fetched),
+                    stale: None,
+                };
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                "the hub is of a version that does not send it".to_owned()
+            }
+            Ok(Err(status)) => {
+                tracing::warn!(%batch_id, error = %status, "the hub did not send the golden batch");
+                format!("the hub did not send it ({})", status.message())
+            }
+            Err(_) => "the hub did not answer in time".to_owned(),
+        };
+        self.asking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(batch_id, (std::time::Instant::now(), Some(why.clone())));
+        answer(Some(why))
     }
 }
 

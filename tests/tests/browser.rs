@@ -3845,8 +3845,9 @@ async fn qa_reads_control_charts_and_the_forest_plot_of_the_history_chooses_a_ba
     follow_the_golden_batch(&client, "the hub's order page", 4).await;
     look_at_the_golden_batch(&client, &axe, &mut shots, "golden-batch-live").await;
     // The API says the same of the same batch.
+    dev.login(GRACE.0, GRACE.1);
     let api: serde_json::Value =
-        serde_json::from_str(&dev.cli_ok("dr.ada", &["analytics", "golden", &order_id, "--json"]))
+        serde_json::from_str(&dev.cli_ok(GRACE.0, &["analytics", "golden", &order_id, "--json"]))
             .expect("golden JSON");
     let expansion = api["steps"]
         .as_array()

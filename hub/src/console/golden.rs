@@ -1,16 +1,23 @@
 //! The golden batch on the hub's batch pages: the same figures as the site
 //! console's ([`carrel_site_agent::console::golden`]), over the steps
-//! [`crate::service::analytics::golden_of`] found sampled.
+//! [`crate::service::analytics::golden_of`] gave.
 
 use crate::service::analytics::GoldenStep;
 use carrel_site_agent::console::golden::{self as view, Step};
-use maud::Markup;
+use maud::{html, Markup};
 
 pub use view::CSS;
 
-/// The section: only the latest sampled step when `latest_only` (the live order
-/// page), every sampled step otherwise (the batch record).
-pub fn section(steps: &[GoldenStep], latest_only: bool) -> Markup {
+/// The section of the steps given (a dry run is not compared).
+pub fn section(steps: &[GoldenStep], dry_run: bool) -> Markup {
+    if dry_run {
+        return html! {
+            section.golden data-golden {
+                h2 { "Process against the golden batch" }
+                p.muted { "A dry run is not compared with the golden batch." }
+            }
+        };
+    }
     let steps: Vec<Step<'_>> = steps
         .iter()
         .map(|s| Step {
@@ -18,5 +25,5 @@ pub fn section(steps: &[GoldenStep], latest_only: bool) -> Markup {
             panels: &s.panels,
         })
         .collect();
-    view::section(&steps, latest_only, None)
+    view::section(&steps, false, None)
 }

@@ -349,7 +349,11 @@ fn order_live_markup(record: &BatchRecord, clock: &Clock, zone: Tz) -> Markup {
 }
 
 /// An order's live part: alerts, state, clock, timeline and the schedule.
-async fn live_markup(hub: &HubState, order: &Order) -> Result<Markup, axum::response::Response> {
+async fn live_markup(
+    hub: &HubState,
+    user: &crate::model::User,
+    order: &Order,
+) -> Result<Markup, axum::response::Response> {
     let record = hub
         .store
         .batch_record(order.batch_id)
@@ -364,14 +368,24 @@ async fn live_markup(hub: &HubState, order: &Order) -> Result<Markup, axum::resp
     let zone = crate::service::schedule::site_zone(hub, &order.site_id)
         .await
         .map_err(refused)?;
-    let golden = crate::service::analytics::golden_of(hub, order)
+    let golden = if crate::service::analytics::may_read_golden(user) {
+        let steps = crate::service::analytics::golden_of(
+            hub,
+            order,
+            crate::service::analytics::Steps::Latest,
+        )
         .await
         .map_err(refused)?;
+        Some(super::golden::section(&steps, order.dry_run))
+    } else {
+        None
+    };
     Ok(html! {
         (order_live_markup(&record, &clock, zone))
         (super::schedule::clock_markup(&clock, booking.as_ref(), zone))
-        // The step running now (or the last one sampled) over its golden batch.
-        (super::golden::section(&golden, true))
+        // The step running now (or the last one sampled) over its golden batch,
+        // for QA and administrators.
+        @if let Some(golden) = golden { (golden) }
     })
 }
 
@@ -481,7 +495,7 @@ async fn render_order(
     order: &Order,
     forms: &ChangeForms,
 ) -> Page {
-    let live_part = live_markup(hub, order).await?;
+    let live_part = live_markup(hub, &session.user, order).await?;
     let booking = hub
         .store
         .booking(order.order_id)
@@ -632,5 +646,10 @@ pub async fn order_live(hub: HubState, session: Session, Path(id): Path<String>)
     let order = service::visible_order(&hub, &session.user, parse_uuid(&id)?)
         .await
         .map_err(refused)?;
-    Ok(Html(live_markup(&hub, &order).await?.into_string()).into_response())
+    Ok(Html(
+        live_markup(&hub, &session.user, &order)
+            .await?
+            .into_string(),
+    )
+    .into_response())
 }

@@ -623,11 +623,15 @@ async fn decision_page_for(
                 .collect()
         })
         .unwrap_or_default();
-    let golden = crate::service::analytics::golden_of(hub, &review.order)
-        .await
-        .map_err(refused)?;
+    let golden = crate::service::analytics::golden_of(
+        hub,
+        &review.order,
+        crate::service::analytics::Steps::Sampled,
+    )
+    .await
+    .map_err(refused)?;
     let deviations = html! {
-        (super::golden::section(&golden, false))
+        (super::golden::section(&golden, review.order.dry_run))
         (super::deviations::batch_section(session, batch_id, &steps, &deviations))
     };
     let mut response = html_page(page(

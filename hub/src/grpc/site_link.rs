@@ -258,9 +258,13 @@ impl pb::site_link_service_server::SiteLinkService for SiteLinkApi {
             }
             Err(e) => return Err(status(e)),
         };
-        let steps = crate::service::analytics::golden_of(&self.0, &order)
-            .await
-            .map_err(super::service_status)?;
+        let steps = crate::service::analytics::golden_of(
+            &self.0,
+            &order,
+            crate::service::analytics::Steps::Recipe,
+        )
+        .await
+        .map_err(super::service_status)?;
         Ok(Response::new(pb::GetGoldenBatchResponse {
             order_id: order.order_id.to_string(),
             batch_id: order.batch_id.to_string(),

@@ -35,22 +35,41 @@ pub struct GoldenStep {
     pub panels: Vec<Panel>,
 }
 
+/// Which steps' golden batch to draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steps {
+    /// Every step the batch has sampled (the batch record, the API).
+    Sampled,
+    /// The last step the batch has sampled (a live page: one step's bands read).
+    Latest,
+    /// Every step of the recipe with parameters, sampled or not (for the site,
+    /// which draws its own samples, perhaps not yet sent, over the bands).
+    Recipe,
+}
+
+/// May `user` read golden batches? As the charts: QA and administrators (process
+/// detail, like deviations, is QA's work; a physician hears of exceptions).
+pub fn may_read_golden(user: &User) -> bool {
+    READERS.contains(&user.role)
+}
+
 /// The golden batch of every step the batch of order `order_id` has sampled, with
-/// the batch over it; for anyone who may see the order.
+/// the batch over it; for QA and administrators.
 pub async fn golden_batch(
     hub: &Hub,
     user: &User,
     order_id: uuid::Uuid,
 ) -> Result<(Order, Vec<GoldenStep>), Error> {
+    require_role(user, &READERS)?;
     let order = super::visible_order(hub, user, order_id).await?;
-    let steps = golden_of(hub, &order).await?;
+    let steps = golden_of(hub, &order, Steps::Sampled).await?;
     Ok((order, steps))
 }
 
-/// The golden batch of the steps `order`'s batch has sampled (none for a dry
-/// run), its band over the product's released batches in bins of the batch's
-/// own recipe version.
-pub async fn golden_of(hub: &Hub, order: &Order) -> Result<Vec<GoldenStep>, Error> {
+/// The golden batch of `order`'s batch (none for a dry run): for the steps
+/// `which` says, each parameter's band over the product's released batches in
+/// bins of the batch's own recipe version, with the batch's points as stored.
+pub async fn golden_of(hub: &Hub, order: &Order, which: Steps) -> Result<Vec<GoldenStep>, Error> {
     if order.dry_run {
         return Ok(Vec::new());
     }
@@ -59,12 +78,30 @@ pub async fn golden_of(hub: &Hub, order: &Order) -> Result<Vec<GoldenStep>, Erro
         .recipe(&order.recipe_id, order.recipe_version)
         .await?;
     let trajectory = hub.store.batch_trajectory(order.batch_id).await?;
-    let mut steps = Vec::new();
-    for step in &recipe.recipe.steps {
+    let sampled = |step: &carrel_proto::recipe::Step| {
         let prefix = format!("{}{}/", measure::STEP, step.id);
-        if !trajectory.iter().any(|(a, _, _)| a.starts_with(&prefix)) {
-            continue;
-        }
+        trajectory.iter().any(|(a, _, _)| a.starts_with(&prefix))
+    };
+    let wanted: Vec<&carrel_proto::recipe::Step> = match which {
+        Steps::Recipe => recipe
+            .recipe
+            .steps
+            .iter()
+            .filter(|s| !s.parameters.is_empty())
+            .collect(),
+        Steps::Sampled => recipe.recipe.steps.iter().filter(|s| sampled(s)).collect(),
+        Steps::Latest => recipe
+            .recipe
+            .steps
+            .iter()
+            .rev()
+            .find(|s| sampled(s))
+            .into_iter()
+            .collect(),
+    };
+    let mut steps = Vec::new();
+    for step in wanted {
+        let prefix = format!("{}{}/", measure::STEP, step.id);
         let bin_hours = golden::bin_hours(step);
         let mut panels = Vec::new();
         for parameter in &step.parameters {

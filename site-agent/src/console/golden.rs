@@ -166,7 +166,12 @@ fn figure(panel: &Panel) -> Markup {
             figcaption {
                 strong { (band.parameter) } (unit) " · recipe range " (num(band.range.0)) "–" (num(band.range.1))
                 @if band.bins.is_empty() {
-                    br; span.muted { "No band yet: " (band.batches) " released batches have samples here." }
+                    br;
+                    @if band.batches > 0 {
+                        span.muted { "No band yet: " (band.batches) " released batches have samples here, and a bin needs " (MIN_BATCHES) "." }
+                    } @else {
+                        span.muted { "No band." }
+                    }
                 }
                 @if !panel.excursions.is_empty() {
                     ul.excursions {

@@ -83,6 +83,17 @@ impl Sessions {
         }
     }
 
+    /// The session of a token without counting as activity (a page's own polling:
+    /// a screen left alone still signs its person out); an idle one has ended.
+    pub fn peek(&self, token: &str) -> Result<Session, Ended> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.get(token) {
+            None => Err(Ended::None),
+            Some((_, seen)) if seen.elapsed() > self.idle => Err(Ended::Idle),
+            Some((session, _)) => Ok(session.clone()),
+        }
+    }
+
     /// Ends a session (sign-out, or the person may no longer act).
     pub fn end(&self, token: &str) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
