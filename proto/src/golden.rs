@@ -128,6 +128,8 @@ pub struct Panel {
     pub step_id: String,
     pub step_name: String,
     pub parameter: String,
+    /// The parameter as people read it ([`crate::recipe::Parameter::label`]).
+    pub label: String,
     pub unit: String,
     /// The recipe's range of the parameter.
     pub range: (f64, f64),
@@ -191,6 +193,7 @@ impl Panel {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         pb::GoldenParameter {
             parameter: self.parameter.clone(),
+            label: self.label.clone(),
             unit: self.unit.clone(),
             range_low: self.range.0,
             range_high: self.range.1,
@@ -252,10 +255,16 @@ impl Panel {
             .collect();
         bins.sort_by_key(|b| b.bin);
         bins.dedup_by_key(|b| b.bin);
+        let label = match step.parameters.iter().find(|q| q.name == p.parameter) {
+            Some(q) => q.label(),
+            None if !p.label.is_empty() => p.label.clone(),
+            None => crate::recipe::parameter_words(&p.parameter),
+        };
         Panel {
             step_id: step.id.clone(),
             step_name: step.name.clone(),
             parameter: p.parameter.clone(),
+            label,
             unit: p.unit.clone(),
             range: (p.range_low, p.range_high),
             bin_hours: bin_hours(step),
@@ -313,6 +322,7 @@ mod tests {
             step_id: step.id.clone(),
             step_name: step.name.clone(),
             parameter: "ph".into(),
+            label: "pH".into(),
             unit: "pH".into(),
             range: (0.0, 14.0),
             bin_hours: bin_hours(&step),

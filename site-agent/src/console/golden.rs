@@ -132,14 +132,15 @@ fn figure(panel: &Panel) -> Markup {
         .map(|p| pt(band.hours(p.bin), p.mean()))
         .collect();
     let out = |bin: u32| panel.excursions.iter().any(|e| e.bin == bin);
-    let unit = if band.unit.is_empty() {
+    let words = carrel_proto::recipe::unit_words(&band.unit);
+    let unit = if words.is_empty() {
         String::new()
     } else {
-        format!(" {}", band.unit)
+        format!(" {words}")
     };
     let description = format!(
         "{} in {}: band over {} released batches in {} of {} bins; this batch has {} bins sampled, {} outside the band.",
-        band.parameter,
+        band.label,
         band.step_name,
         band.batches,
         band.bins.len(),
@@ -164,7 +165,7 @@ fn figure(panel: &Panel) -> Markup {
                 text x=(left) y=(h - 8.0) font-size="11" fill="#5b6470" { "hours in step, 0 to " (hours(span)) }
             }
             figcaption {
-                strong { (band.parameter) } (unit) " · recipe range " (num(band.range.0)) "–" (num(band.range.1))
+                strong { (band.label) } (unit) " · recipe range " (num(band.range.0)) "–" (num(band.range.1))
                 @if band.bins.is_empty() {
                     br;
                     @if band.batches > 0 {

@@ -59,6 +59,7 @@ pub fn band(
         step_id: step.id.clone(),
         step_name: step.name.clone(),
         parameter: parameter.name.clone(),
+        label: parameter.label(),
         unit: parameter.unit.clone(),
         range: (parameter.low, parameter.high),
         bin_hours: bin_hours(step),
