@@ -9,6 +9,7 @@
 //!   results against its specification.
 //! - [`event`]: the domain form of site events and hub commands, converted from and to
 //!   the wire form in one place.
+//! - [`link`]: the site link's protocol as two state machines without I/O (sans-IO).
 //! - [`golden`]: the golden batch's bins of time in step, a batch's points over the
 //!   band, and where it leaves it.
 //! - [`qc`]: which QC result counts when a test was run more than once.
@@ -34,6 +35,7 @@ pub mod config_example;
 pub mod enrollment;
 pub mod event;
 pub mod golden;
+pub mod link;
 pub mod people;
 pub mod qc;
 pub mod recipe;

@@ -9,6 +9,7 @@
 use crate::store::Store;
 use crate::tls;
 use carrel_proto::event::HubCommand;
+use carrel_proto::link::{Limits, SiteEnd, SiteInput, SiteOutput, Violation};
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
 use carrel_proto::suspension::Suspension;
@@ -333,6 +334,23 @@ impl Link {
             }
         };
         let last_event_seq = self.store.last_event_seq().await?;
+        // The protocol's decisions (what to send next, when to acknowledge, what to
+        // refuse) are the sans-IO end's; this loop carries them out.
+        let mut end = SiteEnd::new(
+            last_event_seq,
+            self.store.last_command_seq().await?,
+            Limits {
+                window: WINDOW,
+                per_message: self.events_per_message as u64,
+                silence_ms: self.heartbeat_timeout.as_millis() as u64,
+            },
+        );
+        let base = Instant::now();
+        let now = || base.elapsed().as_millis() as u64;
+        let violation = |v: Violation| match v {
+            Violation::Silent(_) => Error::Silent(self.heartbeat_timeout),
+            v => Error::Protocol(v.to_string()),
+        };
         // The last head of the hub's audit trail witnessed here: the hub checks it
         // against its trail before it sends a newer one.
         let mut witnessed = self.store.last_witnessed_audit_head().await?;
@@ -342,35 +360,41 @@ impl Link {
                 sha256: sha256.clone(),
             })
         };
-        send(site_message::Body::Hello(pb::Hello {
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            acked_command_seq: self.store.last_command_seq().await?,
-            protocol_version: carrel_proto::protocol::current(),
-            last_event_seq,
-            witnessed_audit_head: head(&witnessed),
-        }))
-        .await?;
+        for output in end
+            .handle(SiteInput::Opened { now: now() })
+            .map_err(violation)?
+        {
+            if let SiteOutput::Hello {
+                acked_command_seq,
+                last_event_seq,
+            } = output
+            {
+                send(site_message::Body::Hello(pb::Hello {
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    acked_command_seq,
+                    protocol_version: carrel_proto::protocol::current(),
+                    last_event_seq,
+                    witnessed_audit_head: head(&witnessed),
+                }))
+                .await?;
+            }
+        }
         let mut inbound = client.sync(ReceiverStream::new(out_rx)).await?.into_inner();
         let welcome = match tokio::time::timeout(self.heartbeat_timeout, inbound.message()).await {
             Err(_) => return Err(Error::Silent(self.heartbeat_timeout)),
             Ok(message) => match message?.and_then(|m| m.body) {
                 Some(hub_message::Body::Welcome(w)) => w,
-                _ => {
-                    return Err(Error::Protocol(
-                        "the hub's first message was not Welcome".into(),
-                    ))
-                }
+                _ => return Err(violation(Violation::NoWelcome)),
             },
         };
+        end.heard(now());
         carrel_proto::protocol::check(&welcome.protocol_version)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        if welcome.acked_event_seq > last_event_seq {
-            return Err(Error::Protocol(format!(
-                "the hub holds {} events of this site but the local store only {last_event_seq}: \
-                 the local store was replaced or restored from an old backup",
-                welcome.acked_event_seq
-            )));
-        }
+        let mut outputs = end
+            .handle(SiteInput::Welcome {
+                acked_event_seq: welcome.acked_event_seq,
+            })
+            .map_err(violation)?;
         if let Some(sent) = &welcome.audit_head {
             self.witness(&mut witnessed, sent).await?;
         }
@@ -385,8 +409,7 @@ impl Link {
             self.store.set_suspension(None).await?;
             tracing::info!("the hub accepted the link: this site is no longer suspended");
         }
-        let mut acked = welcome.acked_event_seq;
-        let mut sent = acked;
+        let acked = welcome.acked_event_seq;
         self.note_acked(acked).await;
         // What was last saved of the hub's acknowledgement, and when.
         let (mut noted, mut noted_at) = (acked, Instant::now());
@@ -410,76 +433,101 @@ impl Link {
 
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_heard = Instant::now();
+        // Commands received and not yet committed (the end asks to commit them).
+        let mut received: Vec<HubCommand> = Vec::new();
         loop {
-            // Send what is committed locally and not yet sent, within the window.
-            while sent - acked < WINDOW {
-                let limit = self
-                    .events_per_message
-                    .min((WINDOW - (sent - acked)) as usize);
-                let events = self.store.events_after(sent, limit).await?;
-                let events = fit(
-                    events.into_iter().map(pb::SiteEvent::from).collect(),
-                    max_message_bytes,
-                )?;
-                let Some(last) = events.last() else { break };
-                sent = last.seq;
-                send(site_message::Body::Events(pb::SiteEventBatch { events })).await?;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(Ended::Closed),
-                _ = self.store.appended() => {}
-                _ = ticker.tick() => {
-                    if last_heard.elapsed() > self.heartbeat_timeout {
-                        return Err(Error::Silent(self.heartbeat_timeout));
+            // How far the local log goes, asked at every turn: records appended by
+            // this process notify `appended`, but a command-line tool writing to the
+            // same file cannot, and is sent within a heartbeat all the same.
+            let logged = self.store.last_event_seq().await?;
+            outputs.extend(
+                end.handle(SiteInput::EventLogged { seq: logged })
+                    .map_err(violation)?,
+            );
+            // Carry out what the end asked for; some outputs give it new inputs.
+            let mut queue = std::collections::VecDeque::from(std::mem::take(&mut outputs));
+            while let Some(output) = queue.pop_front() {
+                let more = match output {
+                    SiteOutput::SendEvents { after, limit } => {
+                        let events = self.store.events_after(after, limit as usize).await?;
+                        let events = fit(
+                            events.into_iter().map(pb::SiteEvent::from).collect(),
+                            max_message_bytes,
+                        )?;
+                        let last = events.last().map(|e| e.seq);
+                        if last.is_some() {
+                            send(site_message::Body::Events(pb::SiteEventBatch { events })).await?;
+                        }
+                        end.handle(SiteInput::EventsSent { last })
                     }
-                    if noted < acked {
+                    SiteOutput::Acked { seq } => {
+                        self.state.send_modify(|s| s.hub_acked_event_seq = seq);
+                        // Saved at most once a second (and on the next heartbeat):
+                        // one durable write per acknowledgement would cost the site
+                        // an fsync per message, and competes with recording.
+                        if noted_at.elapsed() >= NOTE_ACKED_EVERY {
+                            self.note_acked(seq).await;
+                            (noted, noted_at) = (seq, Instant::now());
+                        }
+                        continue;
+                    }
+                    SiteOutput::CommitCommands { .. } => {
+                        let mut last = 0;
+                        for command in received.drain(..) {
+                            let applied = self.store.apply_command(&command).await?;
+                            tracing::info!(seq = command.seq, kind = command.kind.name(), batch_id = %command.batch_id, ?applied, "hub command committed");
+                            last = command.seq;
+                        }
+                        end.handle(SiteInput::CommandsCommitted { last })
+                    }
+                    SiteOutput::CommandAck { seq } => {
+                        send(site_message::Body::CommandAck(pb::CommandAck { seq })).await?;
+                        continue;
+                    }
+                    SiteOutput::Heartbeat => {
+                        send(site_message::Body::Heartbeat(pb::Heartbeat {
+                            sent_at_unix_ms: chrono::Utc::now().timestamp_millis() as u64,
+                            audit_head: head(&witnessed),
+                        }))
+                        .await?;
+                        continue;
+                    }
+                    SiteOutput::Hello { .. } => continue,
+                };
+                queue.extend(more.map_err(violation)?);
+            }
+            let input = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Ended::Closed),
+                // The next turn reads how far the log goes.
+                _ = self.store.appended() => continue,
+                _ = ticker.tick() => {
+                    if let Some(acked) = end.acked().filter(|a| noted < *a) {
                         self.note_acked(acked).await;
                         (noted, noted_at) = (acked, Instant::now());
                     }
-                    send(site_message::Body::Heartbeat(pb::Heartbeat {
-                        sent_at_unix_ms: chrono::Utc::now().timestamp_millis() as u64,
-                        audit_head: head(&witnessed),
-                    })).await?;
+                    SiteInput::Tick { now: now() }
                 }
                 message = inbound.message() => {
-                    last_heard = Instant::now();
+                    end.heard(now());
                     let Some(message) = message? else { return Ok(Ended::Closed) };
                     match message.body {
                         Some(hub_message::Body::Commands(batch)) => {
-                            let mut last = None;
+                            let mut seqs = Vec::with_capacity(batch.commands.len());
                             for wire in batch.commands {
                                 let seq = wire.seq;
                                 let command = HubCommand::try_from(wire)
                                     .map_err(|e| Error::Protocol(format!("hub command {seq}: {e}")))?;
-                                let applied = self.store.apply_command(&command).await?;
-                                tracing::info!(seq, kind = command.kind.name(), batch_id = %command.batch_id, ?applied, "hub command committed");
-                                last = Some(seq);
+                                seqs.push(seq);
+                                received.push(command);
                             }
-                            if let Some(seq) = last {
-                                send(site_message::Body::CommandAck(pb::CommandAck { seq })).await?;
-                            }
+                            SiteInput::Commands { seqs }
                         }
-                        Some(hub_message::Body::EventAck(ack)) => {
-                            if ack.seq > sent || ack.seq < acked {
-                                return Err(Error::Protocol(format!(
-                                    "hub acknowledged event {} but {acked}..={sent} was expected", ack.seq
-                                )));
-                            }
-                            acked = ack.seq;
-                            self.state.send_modify(|s| s.hub_acked_event_seq = acked);
-                            // Saved at most once a second (and on the next heartbeat):
-                            // one durable write per acknowledgement would cost the site
-                            // an fsync per message, and competes with recording.
-                            if noted_at.elapsed() >= NOTE_ACKED_EVERY {
-                                self.note_acked(acked).await;
-                                (noted, noted_at) = (acked, Instant::now());
-                            }
-                        }
+                        Some(hub_message::Body::EventAck(ack)) => SiteInput::EventAck { seq: ack.seq },
                         Some(hub_message::Body::Heartbeat(beat)) => {
                             if let Some(sent) = &beat.audit_head {
                                 self.witness(&mut witnessed, sent).await?;
                             }
+                            SiteInput::Heard
                         }
                         Some(hub_message::Body::CertificateIssued(issued)) => {
                             match &self.renewal {
@@ -491,14 +539,14 @@ impl Link {
                                 Some(_) => tracing::warn!(error = %issued.error, "the hub refused to renew the site certificate; the current one is kept"),
                                 None => tracing::warn!("a certificate from the hub that this link did not ask for; ignored"),
                             }
+                            SiteInput::Heard
                         }
-                        Some(hub_message::Body::Welcome(_)) => {
-                            return Err(Error::Protocol("a second Welcome on one stream".into()));
-                        }
+                        Some(hub_message::Body::Welcome(_)) => SiteInput::Welcome { acked_event_seq: 0 },
                         None => return Err(Error::Protocol("a hub message without a body".into())),
                     }
                 }
-            }
+            };
+            outputs = end.handle(input).map_err(violation)?;
         }
     }
 }

@@ -562,7 +562,11 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let last = last as u64;
-        if command.seq <= last {
+        // The link's one rule for both logs: the next seq is committed, one at or
+        // below the cursor must repeat what is stored, anything else is refused.
+        let placed = carrel_proto::link::place(command.seq, last)
+            .map_err(|e| Error::Protocol(format!("hub command {}: {e}", command.seq)))?;
+        if placed == carrel_proto::link::Placement::Repeat {
             let stored: Option<String> =
                 sqlx::query_scalar("SELECT body FROM commands WHERE seq = ?")
                     .bind(command.seq as i64)
@@ -579,12 +583,6 @@ impl Store {
                     command.seq
                 ))),
             };
-        }
-        if command.seq != last + 1 {
-            return Err(Error::Protocol(format!(
-                "hub command {} leaves a gap: the site has everything up to {last}",
-                command.seq
-            )));
         }
         let now = Utc::now();
         sqlx::query("INSERT INTO commands (seq, command_id, batch_id, kind, body, received_at) VALUES (?, ?, ?, ?, ?, ?)")

@@ -15,12 +15,13 @@ use crate::model::SiteStatus;
 use crate::pki;
 use crate::store::{self, Received};
 use carrel_proto::event::SiteEvent;
+use carrel_proto::link::{HubEnd, HubInput, HubOutput, SiteRecord, Violation};
 use carrel_proto::pb;
 use carrel_proto::pb::{hub_message, site_message};
 use carrel_proto::suspension::Suspension;
 use chrono::Utc;
 use futures_util::FutureExt;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -379,13 +380,6 @@ impl Link {
             generation,
         };
         let site = store.site(&self.site_id).await.map_err(status)?;
-        if hello.acked_command_seq > site.last_command_seq {
-            return Err(Status::failed_precondition(format!(
-                "the site says it holds command {}, but the hub issued only {} commands to it; \
-                 the site's store does not belong to this hub's database",
-                hello.acked_command_seq, site.last_command_seq
-            )));
-        }
         if hello.last_event_seq < site.acked_event_seq {
             tracing::error!(
                 site_last = hello.last_event_seq,
@@ -393,44 +387,22 @@ impl Link {
                 "the site has fewer events than the hub already stored: was its store restored from an old backup?"
             );
         }
-        store
-            .ack_commands(&self.site_id, hello.acked_command_seq)
-            .await
-            .map_err(status)?;
-
-        // One live link per site across every hub process on this database: the
-        // newest connection claims it, and the holder of an older claim closes.
-        let claim = store
-            .claim_site_link(&self.site_id, &self.hub.instance_id)
-            .await
-            .map_err(status)?;
-        store
-            .touch_site(&self.site_id, Utc::now())
-            .await
-            .map_err(status)?;
-        tracing::info!(
-            agent_version = %hello.agent_version,
-            acked_command_seq = hello.acked_command_seq,
-            hub_acked_event_seq = site.acked_event_seq,
-            "site link open"
-        );
-        self.send(hub_message::Body::Welcome(pb::Welcome {
-            site_id: self.site_id.clone(),
-            acked_event_seq: site.acked_event_seq,
-            heartbeat_interval_ms: config.heartbeat_interval_ms,
-            protocol_version: carrel_proto::protocol::current(),
-            trusted_ca_pem: self.hub.ca.trust_bundle(),
-            renew_certificate: self.renew.is_some(),
-            max_message_bytes: config.max_message_bytes as u64,
-            audit_head: self.hub.audit_head_pb(),
-        }))
-        .await?;
-        if let Some(reason) = &self.renew {
-            tracing::info!(%reason, "asked the site to renew its certificate");
-        }
-
+        // The protocol's decisions (what to acknowledge and when, which commands to
+        // send, when the link is lost or taken over) are the sans-IO end's; this
+        // loop carries them out with the store and the stream.
+        let mut end = HubEnd::new(timeout.as_millis() as u64);
+        let base = Instant::now();
+        let now = move || base.elapsed().as_millis() as u64;
+        let mut inputs: VecDeque<Input> = VecDeque::from([Input::Core(HubInput::Hello {
+            acked_command_seq: hello.acked_command_seq,
+            last_event_seq: hello.last_event_seq,
+            record: SiteRecord {
+                acked_event_seq: site.acked_event_seq,
+                last_command_seq: site.last_command_seq,
+            },
+            now: now(),
+        })]);
         let notify = self.hub.links.notifier(&self.site_id);
-        let mut sent_command_seq = hello.acked_command_seq;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
@@ -459,31 +431,147 @@ impl Link {
             waiting: Run::default(),
             done: done_tx,
             last_commit: None,
+            refusal: None,
         };
-        // Whether the command log may hold something not yet sent: at the start, when
-        // a command is added (here, or at another replica that announces it), and on
-        // each heartbeat as a fallback. Not on every message of the site: a link
-        // streaming events would otherwise read the command log once per message.
-        let mut commands_due = true;
+        // The commands read for sending, by the end's `ReadCommands`.
+        let mut read: Vec<pb::HubCommand> = Vec::new();
         loop {
-            if commands_due {
-                let commands = store
-                    .commands_after(&self.site_id, sent_command_seq, COMMANDS_PER_MESSAGE)
-                    .await
-                    .map_err(status)?;
-                // A full message may leave more behind it.
-                commands_due = commands.len() == COMMANDS_PER_MESSAGE as usize;
-                if let Some(last) = commands.last() {
-                    sent_command_seq = last.seq;
-                    self.send(hub_message::Body::Commands(pb::HubCommandBatch {
-                        commands: commands.iter().map(pb::HubCommand::from).collect(),
-                    }))
-                    .await?;
-                    continue;
+            // Each input is taken, and what the end asks for carried out, before the
+            // next; an output that reads the store gives the end its next input.
+            while let Some(input) = inputs.pop_front() {
+                let input = match input {
+                    Input::Core(input) => input,
+                    Input::Events(batch) => {
+                        // Decoded and hashed now, as the next run's; the end decides
+                        // when the run commits.
+                        let seqs = batch.events.iter().map(|e| e.seq).collect();
+                        committing.waiting.push(batch);
+                        HubInput::Events { seqs }
+                    }
+                    Input::Handle(message) => {
+                        self.handle(message).await?;
+                        continue;
+                    }
+                };
+                let mut next = Vec::new();
+                for output in end.handle(input).map_err(violation)? {
+                    match output {
+                        HubOutput::AckCommands { seq } => store
+                            .ack_commands(&self.site_id, seq)
+                            .await
+                            .map_err(status)?,
+                        HubOutput::Claim => {
+                            // One live link per site across every hub process on
+                            // this database: the newest connection claims it, and
+                            // the holder of an older claim closes.
+                            let claim = store
+                                .claim_site_link(&self.site_id, &self.hub.instance_id)
+                                .await
+                                .map_err(status)?;
+                            store
+                                .touch_site(&self.site_id, Utc::now())
+                                .await
+                                .map_err(status)?;
+                            next.push(HubInput::Claimed {
+                                claim,
+                                acked_event_seq: site.acked_event_seq,
+                            });
+                        }
+                        HubOutput::Welcome { acked_event_seq } => {
+                            tracing::info!(
+                                agent_version = %hello.agent_version,
+                                acked_command_seq = hello.acked_command_seq,
+                                hub_acked_event_seq = acked_event_seq,
+                                "site link open"
+                            );
+                            self.send(hub_message::Body::Welcome(pb::Welcome {
+                                site_id: self.site_id.clone(),
+                                acked_event_seq,
+                                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                                protocol_version: carrel_proto::protocol::current(),
+                                trusted_ca_pem: self.hub.ca.trust_bundle(),
+                                renew_certificate: self.renew.is_some(),
+                                max_message_bytes: config.max_message_bytes as u64,
+                                audit_head: self.hub.audit_head_pb(),
+                            }))
+                            .await?;
+                            if let Some(reason) = &self.renew {
+                                tracing::info!(%reason, "asked the site to renew its certificate");
+                            }
+                        }
+                        HubOutput::CommitEvents { .. } => committing.start(&self),
+                        HubOutput::EventAck { seq } => {
+                            self.send(hub_message::Body::EventAck(pb::EventAck { seq }))
+                                .await?
+                        }
+                        HubOutput::ReadCommands { after } => {
+                            let commands = store
+                                .commands_after(&self.site_id, after, COMMANDS_PER_MESSAGE)
+                                .await
+                                .map_err(status)?;
+                            // A full message may leave more behind it.
+                            let full = commands.len() == COMMANDS_PER_MESSAGE as usize;
+                            let seqs = commands.iter().map(|c| c.seq).collect();
+                            read = commands.iter().map(pb::HubCommand::from).collect();
+                            next.push(HubInput::CommandsRead { seqs, full });
+                        }
+                        HubOutput::Commands { .. } => {
+                            self.send(hub_message::Body::Commands(pb::HubCommandBatch {
+                                commands: std::mem::take(&mut read),
+                            }))
+                            .await?
+                        }
+                        HubOutput::CheckClaim => {
+                            let claim = store
+                                .site_link_generation(&self.site_id)
+                                .await
+                                .map_err(status)?;
+                            next.push(HubInput::ClaimRead { claim });
+                        }
+                        HubOutput::Heartbeat => {
+                            let audit_head = (last_witness.elapsed() >= witness_every)
+                                .then(|| self.hub.audit_head_pb())
+                                .flatten();
+                            if audit_head.is_some() {
+                                last_witness = Instant::now();
+                            }
+                            self.send(hub_message::Body::Heartbeat(pb::Heartbeat {
+                                sent_at_unix_ms: Utc::now().timestamp_millis() as u64,
+                                audit_head,
+                            }))
+                            .await?;
+                        }
+                        HubOutput::Close(why) => {
+                            // A refused run: its own status (with its code) ends the
+                            // link, after the acknowledgement of what came before.
+                            return Err(committing
+                                .refusal
+                                .take()
+                                .unwrap_or_else(|| violation(why)));
+                        }
+                    }
+                }
+                for input in next.into_iter().rev() {
+                    inputs.push_front(Input::Core(input));
                 }
             }
+            // Enough waits for the next run: nothing more is read until the run being
+            // committed is done.
+            if committing.busy && committing.next_run_full() {
+                let outcome = done.recv().await.unwrap_or_default();
+                inputs.push_back(Input::Core(committing.finished(outcome)));
+                // The hub was not listening while it waited for its own commit
+                // (behind every other site's, under load): that silence is the
+                // hub's, not the site's. Without this, a commit queued longer than
+                // heartbeat_timeout_ms closed a live link ("nothing heard from the
+                // site"): 695 of 10,000 flooding sites lost their links in the
+                // benchmark.
+                last_heard = Instant::now();
+                end.heard(now());
+                continue;
+            }
             tokio::select! {
-                Some(outcome) = done.recv() => committing.finished(&self, outcome)?,
+                Some(outcome) = done.recv() => inputs.push_back(Input::Core(committing.finished(outcome))),
                 _ = closed.cancelled() => {
                     return Err(Status::aborted("link closed by the hub: another connection of this site took over, or the site was suspended"));
                 }
@@ -498,17 +586,14 @@ impl Link {
                     });
                 }
                 _ = notify.notified() => {
-                    self.check_claim(claim).await?;
-                    commands_due = true;
+                    // A command was added, or the link claimed, here or at another
+                    // replica.
+                    inputs.push_back(Input::Core(HubInput::ClaimRead {
+                        claim: store.site_link_generation(&self.site_id).await.map_err(status)?,
+                    }));
+                    inputs.push_back(Input::Core(HubInput::CommandIssued));
                 }
                 _ = ticker.tick() => {
-                    self.check_claim(claim).await?;
-                    commands_due = true;
-                    if last_heard.elapsed() > timeout {
-                        return Err(Status::deadline_exceeded(format!(
-                            "nothing heard from the site for {} ms", timeout.as_millis()
-                        )));
-                    }
                     let site = store.site(&self.site_id).await.map_err(status)?;
                     if site.status != SiteStatus::Active {
                         return Err(Status::permission_denied(format!("site {:?} is {}", self.site_id, site.status.as_str())));
@@ -520,24 +605,29 @@ impl Link {
                         store.touch_site(&self.site_id, Utc::now()).await.map_err(status)?;
                         last_touch = Instant::now();
                     }
-                    let audit_head = (last_witness.elapsed() >= witness_every)
-                        .then(|| self.hub.audit_head_pb())
-                        .flatten();
-                    if audit_head.is_some() {
-                        last_witness = Instant::now();
-                    }
-                    self.send(hub_message::Body::Heartbeat(pb::Heartbeat {
-                        sent_at_unix_ms: Utc::now().timestamp_millis() as u64,
-                        audit_head,
-                    })).await?;
+                    inputs.push_back(Input::Core(HubInput::Tick { now: now() }));
                 }
                 message = inbound.message() => {
                     last_heard = Instant::now();
+                    end.heard(now());
                     let Some(message) = message? else {
                         // The site closed its side: what it sent is still committed.
                         while committing.busy {
-                            let outcome = done.recv().await.unwrap_or(Ok(()));
-                            committing.finished(&self, outcome)?;
+                            let outcome = done.recv().await.unwrap_or_default();
+                            let input = committing.finished(outcome);
+                            for output in end.handle(input).map_err(violation)? {
+                                match output {
+                                    HubOutput::Close(why) => {
+                                        return Err(committing.refusal.take().unwrap_or_else(|| violation(why)))
+                                    }
+                                    HubOutput::CommitEvents { .. } => committing.start(&self),
+                                    HubOutput::EventAck { seq } => {
+                                        // The site may still read its stream.
+                                        let _ = self.send(hub_message::Body::EventAck(pb::EventAck { seq })).await;
+                                    }
+                                    _ => {}
+                                }
+                            }
                         }
                         return Ok(());
                     };
@@ -564,16 +654,26 @@ impl Link {
                             }
                         }
                     }
-                    let Some(site_message::Body::Events(first)) = message.body else {
-                        self.handle(message).await?;
-                        continue;
+                    let first = match message.body {
+                        Some(site_message::Body::Events(first)) => first,
+                        Some(site_message::Body::CommandAck(ack)) => {
+                            inputs.push_back(Input::Core(HubInput::CommandAck { seq: ack.seq }));
+                            continue;
+                        }
+                        Some(site_message::Body::Heartbeat(_)) => {
+                            inputs.push_back(Input::Core(HubInput::Heard));
+                            continue;
+                        }
+                        body => {
+                            inputs.push_back(Input::Handle(pb::SiteMessage { body }));
+                            continue;
+                        }
                     };
                     // Event messages the site sent meanwhile and that already wait here
-                    // are committed together with this one: one transaction and one
-                    // acknowledgement for the lot.
-                    let mut batches = vec![first];
-                    let mut held = batches[0].events.len();
-                    let mut next = None;
+                    // are taken together with this one: one run, one transaction and
+                    // one acknowledgement for the lot.
+                    let mut held = first.events.len();
+                    inputs.push_back(Input::Events(first));
                     while held < MAX_EVENTS_PER_MESSAGE {
                         // Only what is already here: polled once, never waited for.
                         let Some(ready) = inbound.message().now_or_never() else {
@@ -588,53 +688,21 @@ impl Link {
                                 if held + more.events.len() <= MAX_EVENTS_PER_MESSAGE =>
                             {
                                 held += more.events.len();
-                                batches.push(more);
+                                inputs.push_back(Input::Events(more));
+                            }
+                            Some(site_message::Body::Events(more)) => {
+                                inputs.push_back(Input::Events(more));
+                                break;
                             }
                             body => {
-                                next = Some(pb::SiteMessage { body });
+                                inputs.push_back(Input::Handle(pb::SiteMessage { body }));
                                 break;
                             }
                         }
                     }
-                    committing.add(&self, batches);
-                    if let Some(pb::SiteMessage { body: Some(site_message::Body::Events(batch)) }) = next {
-                        committing.add(&self, vec![batch]);
-                    } else if let Some(message) = next {
-                        self.handle(message).await?;
-                    }
-                    // Enough waits for the next run: nothing more is read until the
-                    // run being committed is done.
-                    if committing.busy && committing.next_run_full() {
-                        let outcome = done.recv().await.unwrap_or(Ok(()));
-                        committing.finished(&self, outcome)?;
-                        // The hub was not listening while it waited for its own
-                        // commit (behind every other site's, under load): that
-                        // silence is the hub's, not the site's. Without this, a
-                        // commit queued longer than heartbeat_timeout_ms closed a
-                        // live link ("nothing heard from the site"): 695 of 10,000
-                        // flooding sites lost their links in the benchmark.
-                        last_heard = Instant::now();
-                    }
                 }
             }
         }
-    }
-
-    /// Ends this link when another connection of the site (to this or another hub
-    /// process) has claimed it since.
-    async fn check_claim(&self, claim: u64) -> Result<(), Status> {
-        let current = self
-            .hub
-            .store
-            .site_link_generation(&self.site_id)
-            .await
-            .map_err(status)?;
-        if current != claim {
-            return Err(Status::aborted(
-                "a newer connection of this site took over its link (here or at another hub replica)",
-            ));
-        }
-        Ok(())
     }
 
     /// Signs a renewal CSR from the site. The new certificate is pending until the
@@ -668,31 +736,57 @@ impl Link {
         }
     }
 
-    /// Commits the events of one or more consecutive messages of the site and
-    /// acknowledges them. Should the messages together be refused, each is taken on
-    /// its own, in order, so that what comes before a bad message is kept and
-    /// acknowledged as if it had come alone, and the bad one gets its own answer.
-    async fn commit_run(&self, run: Run) -> Result<(), Status> {
+    /// Commits the events of one or more consecutive messages of the site. Should
+    /// the messages together be refused, each is taken on its own, in order, so
+    /// that what comes before a bad message is kept (and acknowledged) as if it had
+    /// come alone, and the bad one gets its own answer.
+    async fn commit_run(&self, run: Run) -> Outcome {
         let Run {
             events,
             ends,
             malformed,
         } = run;
+        let mut outcome = Outcome::default();
         // What came before a malformed message is kept as if it had come alone.
-        let together = ends.len() > 1
-            // A refusal here is not audited: the messages are taken again one by one
-            // below, and the one refused then is.
-            && self.ingest(&events, false).await.is_ok();
-        if !together {
-            let mut start = 0;
-            for end in ends {
-                self.ingest(&events[start..end], true).await?;
-                start = end;
+        if ends.len() > 1 {
+            // A refusal here is not audited: the messages are taken again one by
+            // one below, and the one refused then is.
+            if let Ok(acked) = self.ingest(&events, false).await {
+                outcome.acked = Some(acked);
+                outcome.refused = malformed;
+                return outcome;
             }
         }
-        match malformed {
-            Some(error) => Err(error),
-            None => Ok(()),
+        let mut start = 0;
+        for end in ends {
+            match self.ingest(&events[start..end], true).await {
+                Ok(acked) => outcome.acked = Some(acked),
+                Err(refused) => {
+                    outcome.refused = Some(refused);
+                    return outcome;
+                }
+            }
+            start = end;
+        }
+        outcome.refused = malformed;
+        outcome
+    }
+}
+
+/// How a run's commit ended: the site's events the store holds up to `acked`
+/// (when any message was committed), and the refusal that ends the link, if any.
+struct Outcome {
+    acked: Option<u64>,
+    refused: Option<Status>,
+}
+
+impl Default for Outcome {
+    fn default() -> Outcome {
+        Outcome {
+            acked: None,
+            refused: Some(Status::internal(
+                "committing these events stopped; send them again",
+            )),
         }
     }
 }
@@ -736,54 +830,53 @@ impl Run {
         }
         self.ends.push(self.events.len());
     }
-
-    fn is_empty(&self) -> bool {
-        self.ends.is_empty() && self.malformed.is_none()
-    }
 }
 
 /// A link's event runs: the one being committed, and the next one, which takes the
 /// messages that arrive meanwhile. Messages are decoded and their events hashed
-/// as they arrive, in the link's task, while the run before them commits.
+/// as they arrive, in the link's task, while the run before them commits. When a
+/// run starts and when it is done is the protocol end's decision (`CommitEvents`,
+/// `EventsCommitted`); this holds the events.
 struct Committing {
     /// A run is being committed; its outcome comes through `done`.
     busy: bool,
     waiting: Run,
-    done: mpsc::Sender<Result<(), Status>>,
+    done: mpsc::Sender<Outcome>,
     /// When a run was last committed (which also records the site's last contact).
     last_commit: Option<Instant>,
+    /// The refusal of the last run, which ends the link with its own status.
+    refusal: Option<Status>,
 }
 
 impl Committing {
-    /// Takes the site's next event messages: committed now if no run is being
-    /// committed, or else as the next run.
-    fn add(&mut self, link: &Link, batches: Vec<pb::SiteEventBatch>) {
-        for batch in batches {
-            self.waiting.push(batch);
-        }
-        if !self.busy {
-            self.start(link);
-        }
-    }
-
     /// Enough waits for the next run (or it ends with a malformed message): nothing
     /// more is read until the run being committed is done.
     fn next_run_full(&self) -> bool {
         self.waiting.malformed.is_some() || self.waiting.events.len() >= MAX_EVENTS_PER_MESSAGE
     }
 
-    /// The outcome of the run being committed: a refusal ends the link; otherwise
-    /// what waits is committed next.
-    fn finished(&mut self, link: &Link, outcome: Result<(), Status>) -> Result<(), Status> {
+    /// The outcome of the run being committed, as the protocol end's input.
+    fn finished(&mut self, outcome: Outcome) -> HubInput {
         self.busy = false;
-        outcome?;
-        self.last_commit = Some(Instant::now());
-        if !self.waiting.is_empty() {
-            self.start(link);
+        match outcome.refused {
+            Some(refused) => {
+                let why = refused.message().to_owned();
+                self.refusal = Some(refused);
+                HubInput::EventsRefused {
+                    acked_event_seq: outcome.acked,
+                    why,
+                }
+            }
+            None => {
+                self.last_commit = Some(Instant::now());
+                HubInput::EventsCommitted {
+                    acked_event_seq: outcome.acked.unwrap_or_default(),
+                }
+            }
         }
-        Ok(())
     }
 
+    /// Commits what waits, in a task of its own.
     fn start(&mut self, link: &Link) {
         let run = std::mem::take(&mut self.waiting);
         self.busy = true;
@@ -792,20 +885,39 @@ impl Committing {
             let outcome = std::panic::AssertUnwindSafe(link.commit_run(run))
                 .catch_unwind()
                 .await
-                .unwrap_or_else(|_| {
-                    Err(Status::internal(
-                        "committing these events stopped; send them again",
-                    ))
-                });
+                .unwrap_or_default();
             let _ = done.send(outcome).await;
         });
     }
 }
 
+/// What the link's loop takes next: an input of the protocol's end, a message of
+/// the site's events (decoded into the next run as the end is told of it), or a
+/// message handled here (a certificate request, or one that ends the link).
+enum Input {
+    Core(HubInput),
+    Events(pb::SiteEventBatch),
+    Handle(pb::SiteMessage),
+}
+
+/// The status a protocol violation ends the link with.
+fn violation(v: Violation) -> Status {
+    match v {
+        Violation::Silent(ms) => {
+            Status::deadline_exceeded(format!("nothing heard from the site for {ms} ms"))
+        }
+        Violation::ClaimLost => Status::aborted(v.to_string()),
+        Violation::SiteAhead { .. } => Status::failed_precondition(v.to_string()),
+        Violation::Refused(why) => Status::invalid_argument(why),
+        v => Status::invalid_argument(v.to_string()),
+    }
+}
+
 impl Link {
-    /// Commits one run of the site's events and acknowledges it; a refusal for
-    /// authority reasons is audited when `audit` says so.
-    async fn ingest(&self, events: &[Received], audit: bool) -> Result<(), Status> {
+    /// Commits one run of the site's events: the site's events the store now holds
+    /// (up to the seq returned). A refusal for authority reasons is audited when
+    /// `audit` says so.
+    async fn ingest(&self, events: &[Received], audit: bool) -> Result<u64, Status> {
         let store = &self.hub.store;
         let started = std::time::Instant::now();
         let ingested = match store.ingest_events(&self.site_id, events, Utc::now()).await {
@@ -835,15 +947,11 @@ impl Link {
             new = ingested.new_events,
             "events committed"
         );
-        self.send(hub_message::Body::EventAck(pb::EventAck {
-            seq: ingested.acked_event_seq,
-        }))
-        .await?;
         let batches: BTreeSet<_> = events.iter().map(|e| e.event().batch_id).collect();
         for batch_id in batches {
             let _ = self.hub.changes.send(batch_id);
         }
-        Ok(())
+        Ok(ingested.acked_event_seq)
     }
 
     async fn handle(&self, message: pb::SiteMessage) -> Result<(), Status> {

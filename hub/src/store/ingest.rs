@@ -14,6 +14,7 @@ use crate::audit::{Action, NewEntry, Object};
 use crate::model::analytics::measure;
 use crate::model::{Order, Projection, QcRecord, StoredRecipe};
 use carrel_proto::event::{EventKind, SiteEvent};
+use carrel_proto::link::Misplaced;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
@@ -167,7 +168,7 @@ pub fn plan<'a>(
     let mut chain_head: Option<String> = None;
     // Batches touched, with their projection and measure updates, in the order
     // first touched.
-    let mut touched: Vec<(Order, Projection, &StoredRecipe, Vec<measure::Update>)> = Vec::new();
+    let mut touched: Vec<(Order, Projection, &StoredRecipe, measure::Pending)> = Vec::new();
     // Checks that an event is the next link of the site's chain after `head` (the
     // hash of the event before it in this message, if any); returns its own hash.
     let link = |received: &Received, head: Option<String>| -> Result<String> {
@@ -234,7 +235,7 @@ pub fn plan<'a>(
                     check_batch_of_site(site_id, event, found_order.map(|(o, _)| o.clone()))?;
                 let recipe = &found_order.expect("checked above").1;
                 let projection = order.projection();
-                touched.push((order, projection, recipe, Vec::new()));
+                touched.push((order, projection, recipe, measure::Pending::default()));
                 touched.len() - 1
             }
         };
@@ -255,9 +256,7 @@ pub fn plan<'a>(
             plan.qc.push((event.batch_id, qc));
         }
         if !order.dry_run {
-            for update in measure::updates(event.seq, &event.kind, &recipe.recipe) {
-                measure::push(measures, update);
-            }
+            measures.add(event.seq, &event.kind, &recipe.recipe);
         }
         let target = |seq: u64| match planned.get(&seq) {
             Some(earlier) => Some(earlier.event().batch_id),
@@ -283,7 +282,7 @@ pub fn plan<'a>(
                 product_id: order.recipe_id.clone(),
                 site_id: order.site_id.clone(),
                 batch_at: order.created_at,
-                updates,
+                updates: updates.into_updates(),
             });
         }
         plan.projections.push((order.batch_id, projection));
@@ -428,34 +427,20 @@ fn audit_site_event(
     }
 }
 
-/// Where a site event stands against the hub's cursor for its site.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Placement {
-    /// At or below the cursor: must repeat the stored record exactly.
-    Repeat,
-    /// The next one.
-    Next,
-}
+/// Where a site event stands against the hub's cursor for its site: the link's
+/// one rule for both logs ([`carrel_proto::link::place`]).
+pub(crate) use carrel_proto::link::Placement;
 
 /// Checks a site event's seq against the cursor (the highest seq stored): seq 0
 /// and gaps are refused. Shared by both backends' ingest.
 pub(crate) fn place(event: &SiteEvent, cursor: u64) -> Result<Placement> {
-    if event.seq == 0 {
-        return Err(Error::Protocol(
-            "event seq 0: a site log starts at 1".into(),
-        ));
-    }
-    if event.seq <= cursor {
-        return Ok(Placement::Repeat);
-    }
-    if event.seq != cursor + 1 {
-        return Err(Error::Protocol(format!(
-            "event seq {} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
-            event.seq,
+    carrel_proto::link::place(event.seq, cursor).map_err(|e| match e {
+        Misplaced::Zero => Error::Protocol("event seq 0: a site log starts at 1".into()),
+        Misplaced::Gap { seq, cursor } => Error::Protocol(format!(
+            "event seq {seq} leaves a gap: the hub has everything up to {cursor}, the next must be {}",
             cursor + 1
-        )));
-    }
-    Ok(Placement::Next)
+        )),
+    })
 }
 
 /// A repeated event must be what is stored under its seq (`stored`, the body).

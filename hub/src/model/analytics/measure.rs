@@ -214,53 +214,10 @@ pub fn updates(seq: u64, kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
                 retest_of: *retest_of,
             }]
         }
-        EventKind::ProcessSamples { step_id, samples } => {
-            let Some(step) = recipe.step(step_id) else {
-                return Vec::new();
-            };
-            let mut runs: Vec<Update> = Vec::new();
-            for Sample {
-                step_hours,
-                parameter,
-                value,
-                unit,
-            } in samples
-            {
-                let Some(p) = step.parameters.iter().find(|p| &p.name == parameter) else {
-                    continue;
-                };
-                if !chartable(*value)
-                    || !chartable(*step_hours)
-                    || (!p.unit.is_empty() && unit != &p.unit)
-                {
-                    continue;
-                }
-                let attribute = format!("{STEP}{step_id}/{parameter}");
-                if let Some(bin) = golden::bin_of(step, *step_hours) {
-                    push(
-                        &mut runs,
-                        Update::Binned {
-                            attribute: attribute.clone(),
-                            bin_hours: golden::bin_hours(step),
-                            point: Point {
-                                bin,
-                                n: 1,
-                                sum: *value,
-                            },
-                        },
-                    );
-                }
-                let one = Run::of(*step_hours, *value, p.low, p.high);
-                push(
-                    &mut runs,
-                    Update::Extend {
-                        attribute,
-                        unit: unit.clone(),
-                        run: one,
-                    },
-                );
-            }
-            runs
+        EventKind::ProcessSamples { .. } => {
+            let mut runs = Pending::default();
+            runs.add(seq, kind, recipe);
+            runs.into_updates()
         }
         EventKind::Correction { corrects_seq, .. } => {
             vec![Update::Corrected { seq: *corrects_seq }]
@@ -269,34 +226,168 @@ pub fn updates(seq: u64, kind: &EventKind, recipe: &Recipe) -> Vec<Update> {
     }
 }
 
-/// Adds `update` to a message's pending updates of one batch: runs of samples of
-/// one attribute (and samples in one bin) are merged so each is written once;
-/// results are applied in order.
-pub fn push(pending: &mut Vec<Update>, update: Update) {
-    if let Update::Binned {
-        attribute,
-        point: later,
-        ..
-    } = &update
-    {
-        if let Some(Update::Binned { point, .. }) = pending.iter_mut().find(|u| {
-            matches!(u, Update::Binned { attribute: a, point: p, .. } if a == attribute && p.bin == later.bin)
-        }) {
-            point.n += later.n;
-            point.sum += later.sum;
+/// A message's pending updates of one batch, merged as they are added: runs of
+/// samples of one attribute (and samples in one bin) are merged so that each is
+/// written once; results and corrections are kept in order.
+///
+/// Ingest adds every sample of every event of a message here (a site catching up
+/// sends a thousand events at a time, five samples each), so [`Pending::add`]
+/// finds a sample's run and bin without making its attribute's name or an update
+/// for it: only the first sample of an attribute in a message does.
+#[derive(Debug, Default)]
+pub struct Pending {
+    updates: Vec<Update>,
+    /// Each attribute's run and bins in `updates` (a batch has a few at a time).
+    slots: Vec<Slots>,
+}
+
+#[derive(Debug)]
+struct Slots {
+    attribute: String,
+    run: Option<usize>,
+    /// (bin, position): at most [`golden::MAX_BINS`] of them.
+    bins: Vec<(u32, usize)>,
+}
+
+/// Whether `attribute` is `step/<step_id>/<parameter>`.
+fn names(attribute: &str, step_id: &str, parameter: &str) -> bool {
+    attribute
+        .strip_prefix(STEP)
+        .and_then(|rest| rest.strip_prefix(step_id))
+        .and_then(|rest| rest.strip_prefix('/'))
+        == Some(parameter)
+}
+
+impl Pending {
+    /// Adds what site record `seq` contributes to its batch's measures under
+    /// `recipe`: exactly what pushing each of its [`updates`] gives.
+    pub fn add(&mut self, seq: u64, kind: &EventKind, recipe: &Recipe) {
+        let EventKind::ProcessSamples { step_id, samples } = kind else {
+            for update in updates(seq, kind, recipe) {
+                self.push(update);
+            }
             return;
-        }
-    }
-    if let Update::Extend { run: later, .. } = &update {
-        if let Some(Update::Extend { run, .. }) = pending
-            .iter_mut()
-            .find(|u| matches!(u, Update::Extend { .. }) && u.attribute() == update.attribute())
+        };
+        let Some(step) = recipe.step(step_id) else {
+            return;
+        };
+        for Sample {
+            step_hours,
+            parameter,
+            value,
+            unit,
+        } in samples
         {
-            *run = run.then(*later);
-            return;
+            let Some(p) = step.parameters.iter().find(|p| &p.name == parameter) else {
+                continue;
+            };
+            if !chartable(*value)
+                || !chartable(*step_hours)
+                || (!p.unit.is_empty() && unit != &p.unit)
+            {
+                continue;
+            }
+            let slot = self.slot(
+                |a| names(a, step_id, parameter),
+                || format!("{STEP}{step_id}/{parameter}"),
+            );
+            if let Some(bin) = golden::bin_of(step, *step_hours) {
+                let later = Point {
+                    bin,
+                    n: 1,
+                    sum: *value,
+                };
+                self.bin(slot, golden::bin_hours(step), later);
+            }
+            self.extend(slot, unit, Run::of(*step_hours, *value, p.low, p.high));
         }
     }
-    pending.push(update);
+
+    /// Adds `update`, merged into what is pending of its attribute.
+    pub fn push(&mut self, update: Update) {
+        match update {
+            Update::Binned {
+                attribute,
+                bin_hours,
+                point,
+            } => {
+                let slot = self.slot(|a| a == attribute, || attribute.clone());
+                self.bin(slot, bin_hours, point);
+            }
+            Update::Extend {
+                attribute,
+                unit,
+                run,
+            } => {
+                let slot = self.slot(|a| a == attribute, || attribute.clone());
+                self.extend(slot, &unit, run);
+            }
+            Update::Result { .. } | Update::Corrected { .. } => self.updates.push(update),
+        }
+    }
+
+    /// The slot of the attribute `is` names (made by `name` when new).
+    fn slot(&mut self, is: impl Fn(&str) -> bool, name: impl FnOnce() -> String) -> usize {
+        match self.slots.iter().position(|s| is(&s.attribute)) {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slots {
+                    attribute: name(),
+                    run: None,
+                    bins: Vec::new(),
+                });
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn bin(&mut self, slot: usize, bin_hours: f64, later: Point) {
+        let slots = &mut self.slots[slot];
+        match slots.bins.iter().find(|(bin, _)| *bin == later.bin) {
+            Some(&(_, at)) => {
+                if let Update::Binned { point, .. } = &mut self.updates[at] {
+                    point.n += later.n;
+                    point.sum += later.sum;
+                }
+            }
+            None => {
+                slots.bins.push((later.bin, self.updates.len()));
+                self.updates.push(Update::Binned {
+                    attribute: slots.attribute.clone(),
+                    bin_hours,
+                    point: later,
+                });
+            }
+        }
+    }
+
+    fn extend(&mut self, slot: usize, unit: &str, later: Run) {
+        let slots = &mut self.slots[slot];
+        match slots.run {
+            Some(at) => {
+                if let Update::Extend { run, .. } = &mut self.updates[at] {
+                    *run = run.then(later);
+                }
+            }
+            None => {
+                slots.run = Some(self.updates.len());
+                self.updates.push(Update::Extend {
+                    attribute: slots.attribute.clone(),
+                    unit: unit.to_owned(),
+                    run: later,
+                });
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.updates.is_empty()
+    }
+
+    /// The merged updates, in the order each was first added.
+    pub fn into_updates(self) -> Vec<Update> {
+        self.updates
+    }
 }
 
 /// A batch's measure of one attribute as stored, in whole.
@@ -409,15 +500,16 @@ pub fn points_of<'a>(
     events: impl IntoIterator<Item = (u64, &'a EventKind)>,
     recipe: &Recipe,
 ) -> Vec<(String, f64, Point)> {
-    let mut pending = Vec::new();
+    let mut pending = Pending::default();
     for (seq, kind) in events {
         for update in updates(seq, kind, recipe) {
             if matches!(update, Update::Binned { .. }) {
-                push(&mut pending, update);
+                pending.push(update);
             }
         }
     }
     pending
+        .into_updates()
         .into_iter()
         .filter_map(|u| match u {
             Update::Binned {
@@ -623,6 +715,71 @@ mod tests {
                 }]
             );
         }
+    }
+
+    /// Ingest's fast path (`Pending::add`) merges a message's samples exactly as
+    /// pushing each record's `updates` does (the definition).
+    #[test]
+    fn adding_records_merges_as_pushing_their_updates_does() {
+        let recipe = Recipe::from_toml(include_str!("../../../recipes/cd19-car-t.v1.toml"))
+            .expect("shipped");
+        let step = recipe
+            .steps
+            .iter()
+            .find(|s| s.parameters.len() >= 2)
+            .expect("a step with parameters");
+        let mut kinds = Vec::new();
+        for i in 0..60u32 {
+            let hours = f64::from(i % 23) * 3.5;
+            let samples = step
+                .parameters
+                .iter()
+                .enumerate()
+                .map(|(k, p)| Sample {
+                    step_hours: hours + k as f64 * 0.1,
+                    parameter: p.name.clone(),
+                    // Some in range, some out, one in another unit now and then.
+                    value: p.low + (p.high - p.low) * f64::from(i % 7) / 4.0,
+                    unit: if i % 11 == 3 && k == 0 {
+                        "other".into()
+                    } else {
+                        p.unit.clone()
+                    },
+                })
+                .collect();
+            kinds.push(EventKind::ProcessSamples {
+                step_id: step.id.clone(),
+                samples,
+            });
+            if i % 9 == 4 {
+                kinds.push(EventKind::QcResult {
+                    test_id: "viability".into(),
+                    value: QcValue::Numeric(80.0 + f64::from(i)),
+                    unit: "%".into(),
+                    method: String::new(),
+                    site_outcome: carrel_proto::recipe::Outcome::Pass,
+                    retest_of: (i > 4).then_some(u64::from(i)),
+                });
+            }
+            if i % 13 == 6 {
+                kinds.push(EventKind::Correction {
+                    corrects_seq: u64::from(i),
+                    reason: "typo".into(),
+                    field: "value".into(),
+                    new_value: "1".into(),
+                });
+            }
+        }
+        let (mut added, mut pushed) = (Pending::default(), Pending::default());
+        for (seq, kind) in kinds.iter().enumerate() {
+            added.add(seq as u64 + 1, kind, &recipe);
+            for update in updates(seq as u64 + 1, kind, &recipe) {
+                pushed.push(update);
+            }
+        }
+        let (added, pushed) = (added.into_updates(), pushed.into_updates());
+        assert!(added.len() > step.parameters.len() * 3, "{added:?}");
+        assert_eq!(added, pushed);
     }
 
     #[test]
