@@ -16,7 +16,7 @@ use super::super::rows;
 use super::super::*;
 use crate::audit::{self, NewEntry};
 use crate::model::{Order, StoredRecipe};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -168,9 +168,13 @@ impl Writer {
         }
         let plan = plan::plan(site_id, cursor, events, &found)?;
         let received_at = ts(now);
+        // Each statement is taken from the connection's cache once per message, not
+        // once per row (see [`Statements`]).
+        let mut insert_event = Statements::none();
         for received in &plan.events {
             let event = received.event();
-            tx.prepare_cached(
+            insert_event.get(
+                tx,
                 "INSERT INTO site_events (site_id, seq, event_id, batch_id, kind, recorded_at, received_at, body, sha256) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?
@@ -186,8 +190,10 @@ impl Writer {
                 received.sha256(),
             ])?;
         }
+        let mut insert_qc = Statements::none();
         for (batch_id, qc) in &plan.qc {
-            tx.prepare_cached(
+            insert_qc.get(
+                tx,
                 "INSERT INTO qc_results (batch_id, site_id, site_seq, test_id, value, hub_outcome, site_outcome, reason) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )?
@@ -202,8 +208,9 @@ impl Writer {
                 qc.reason,
             ])?;
         }
+        let mut measure_statements = MeasureStatements::default();
         for measures in &plan.measures {
-            write_measures(tx, measures)?;
+            write_measures(tx, &mut measure_statements, measures)?;
         }
         for (batch_id, p) in &plan.projections {
             tx.prepare_cached(
@@ -363,8 +370,14 @@ impl Audit<'_> {
 ///
 /// [`measure::Run::then`]: crate::model::analytics::measure::Run::then
 /// [`measure::QcState::then`]: crate::model::analytics::measure::QcState::then
-fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
+fn write_measures<'c>(
+    tx: &'c Connection,
+    statements: &mut MeasureStatements<'c>,
+    m: &plan::Measures,
+) -> Result<()> {
     use crate::model::analytics::measure::Update;
+    let batch_id = m.batch_id.to_string();
+    let batch_at = ts(m.batch_at);
     for update in &m.updates {
         match update {
             Update::Extend {
@@ -372,7 +385,8 @@ fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
                 unit,
                 run,
             } => {
-                tx.prepare_cached(
+                statements.extend.get(
+                    tx,
                     "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                      ON CONFLICT (batch_id, attribute) DO UPDATE SET \
@@ -383,11 +397,11 @@ fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
                        last_hours = excluded.last_hours, last_out = excluded.last_out",
                 )?
                 .execute(params![
-                    m.batch_id.to_string(),
+                    batch_id,
                     attribute,
                     m.product_id,
                     m.site_id,
-                    ts(m.batch_at),
+                    batch_at,
                     unit,
                     i64_of(run.n)?,
                     run.sum,
@@ -407,7 +421,8 @@ fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
                 retest_of,
             } => {
                 let v = value.unwrap_or(0.0);
-                tx.prepare_cached(
+                statements.result.get(
+                    tx,
                     "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0.0, 0.0, 0, 0.0, ?, ?, 0) \
                      ON CONFLICT (batch_id, attribute) DO UPDATE SET \
@@ -421,11 +436,11 @@ fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
                        seq = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.seq ELSE seq END",
                 )?
                 .execute(params![
-                    m.batch_id.to_string(),
+                    batch_id,
                     attribute,
                     m.product_id,
                     m.site_id,
-                    ts(m.batch_at),
+                    batch_at,
                     unit,
                     i64::from(value.is_some()),
                     v,
@@ -440,14 +455,15 @@ fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
                 bin_hours,
                 point,
             } => {
-                tx.prepare_cached(
+                statements.binned.get(
+                    tx,
                     "INSERT INTO batch_trajectories (batch_id, attribute, bin, product_id, bin_hours, n, sum) \
                      VALUES (?, ?, ?, ?, ?, ?, ?) \
                      ON CONFLICT (batch_id, attribute, bin) DO UPDATE SET \
                        n = n + excluded.n, sum = sum + excluded.sum",
                 )?
                 .execute(params![
-                    m.batch_id.to_string(),
+                    batch_id,
                     attribute,
                     i64::from(point.bin),
                     m.product_id,
@@ -458,13 +474,58 @@ fn write_measures(tx: &Connection, m: &plan::Measures) -> Result<()> {
             }
             Update::Corrected { seq } => {
                 // A corrected result no longer clearly counts.
-                tx.prepare_cached(
-                    "UPDATE batch_measures SET ambiguous = 1 \
+                statements
+                    .corrected
+                    .get(
+                        tx,
+                        "UPDATE batch_measures SET ambiguous = 1 \
                      WHERE batch_id = ? AND attribute LIKE 'qc/%' AND seq = ?",
-                )?
-                .execute(params![m.batch_id.to_string(), i64_of(*seq)?])?;
+                    )?
+                    .execute(params![batch_id, i64_of(*seq)?])?;
             }
         }
     }
     Ok(())
+}
+
+/// A statement of the writer, taken from the connection's statement cache when it
+/// is first needed and kept for the rest of a message.
+///
+/// rusqlite's cache finds a statement by hashing its whole SQL text, and the
+/// measure upserts are long: `perf` on the catch-up figure (`carrel-bench --only
+/// catch-up`) showed a tenth of the writer thread's time in that lookup when it was
+/// done once per row.
+struct Statements<'c>(Option<CachedStatement<'c>>);
+
+impl<'c> Statements<'c> {
+    fn none() -> Self {
+        Statements(None)
+    }
+
+    fn get(&mut self, tx: &'c Connection, sql: &str) -> Result<&mut CachedStatement<'c>> {
+        let statement = match self.0.take() {
+            Some(statement) => statement,
+            None => tx.prepare_cached(sql)?,
+        };
+        Ok(self.0.insert(statement))
+    }
+}
+
+/// The statements of [`write_measures`], one per kind of update.
+struct MeasureStatements<'c> {
+    extend: Statements<'c>,
+    result: Statements<'c>,
+    binned: Statements<'c>,
+    corrected: Statements<'c>,
+}
+
+impl Default for MeasureStatements<'_> {
+    fn default() -> Self {
+        MeasureStatements {
+            extend: Statements::none(),
+            result: Statements::none(),
+            binned: Statements::none(),
+            corrected: Statements::none(),
+        }
+    }
 }
