@@ -608,12 +608,40 @@ pub async fn case_trajectories_are_kept_at_ingest_and_the_golden_batch_is_of_rel
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!((out[0].bin, out[0].side), (0, Side::Above));
 
+    // Three batches' samples in one message, in every bin: more trajectory rows
+    // than one statement of the SQLite writer takes (it writes them many rows to a
+    // statement).
+    let mut message = Vec::new();
+    let mut wide = Vec::new();
+    for k in 0..3u32 {
+        let order = order_at(&*store, SITE_A).await;
+        message.push(a.record(order.batch_id, accepted(&order, &recipe)));
+        message.push(a.record(order.batch_id, step_started("expansion")));
+        let values: Vec<(f64, f64)> = (0..12u32)
+            .map(|bin| {
+                (
+                    (f64::from(bin) + 0.5) * bin_hours,
+                    37.0 + 0.1 * f64::from(k),
+                )
+            })
+            .collect();
+        message.push(a.record(order.batch_id, samples(&values)));
+        wide.push((order.batch_id, 37.0 + 0.1 * f64::from(k)));
+    }
+    ingest(&*store, SITE_A, &message).await;
+    for (batch_id, value) in wide {
+        let kept = store.batch_trajectory(batch_id).await.expect("trajectory");
+        let bins: Vec<(u32, u64)> = kept.iter().map(|(_, _, p)| (p.bin, p.n)).collect();
+        assert_eq!(bins, (0..12u32).map(|bin| (bin, 1)).collect::<Vec<_>>());
+        assert!(kept.iter().all(|(_, _, p)| (p.sum - value).abs() < 1e-9));
+    }
+
     // The trajectories made from the whole records are those ingest kept.
     let mut kept = Vec::new();
     for order in store.list_orders(None, None).await.expect("orders") {
         kept.push(store.batch_trajectory(order.batch_id).await.expect("kept"));
     }
-    assert_eq!(store.backfill_measures().await.expect("backfill"), Some(7));
+    assert_eq!(store.backfill_measures().await.expect("backfill"), Some(10));
     let mut again = Vec::new();
     for order in store.list_orders(None, None).await.expect("orders") {
         again.push(store.batch_trajectory(order.batch_id).await.expect("again"));

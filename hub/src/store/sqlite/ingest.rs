@@ -16,7 +16,9 @@ use super::super::rows;
 use super::super::*;
 use crate::audit::{self, NewEntry};
 use crate::model::{Order, StoredRecipe};
-use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{
+    params, CachedStatement, Connection, OptionalExtension, ToSql, TransactionBehavior,
+};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -209,9 +211,7 @@ impl Writer {
             ])?;
         }
         let mut measure_statements = MeasureStatements::default();
-        for measures in &plan.measures {
-            write_measures(tx, &mut measure_statements, measures)?;
-        }
+        write_measures(tx, &mut measure_statements, &plan.measures)?;
         for (batch_id, p) in &plan.projections {
             tx.prepare_cached(
                 "UPDATE batches SET state = ?, current_step = ?, progress = ?, decision_recorded = ?, updated_at = ? WHERE batch_id = ?",
@@ -364,66 +364,129 @@ impl Audit<'_> {
     }
 }
 
-/// Writes a batch's measure updates: a run of samples is merged after the stored
-/// run as [`measure::Run::then`] does; a QC result is applied as
-/// [`measure::QcState::then`] does.
+/// Writes the measure updates of one message's batches: a run of samples is
+/// merged after the stored run as [`measure::Run::then`] does; a QC result is
+/// applied as [`measure::QcState::then`] does.
+///
+/// Runs and trajectory bins are written many rows to a statement: [`Pending`]
+/// leaves at most one of each (batch, attribute, bin) in a message, SQLite applies
+/// the rows of a multi-row upsert one after another all the same, and they touch
+/// only `step/` rows, which no QC result or correction does. A live message of one
+/// event of five parameters so costs two statements instead of ten. QC results
+/// and corrections are applied one by one, in order.
 ///
 /// [`measure::Run::then`]: crate::model::analytics::measure::Run::then
 /// [`measure::QcState::then`]: crate::model::analytics::measure::QcState::then
+/// [`Pending`]: crate::model::analytics::measure::Pending
 fn write_measures<'c>(
     tx: &'c Connection,
     statements: &mut MeasureStatements<'c>,
-    m: &plan::Measures,
+    all: &[plan::Measures],
 ) -> Result<()> {
-    use crate::model::analytics::measure::Update;
-    let batch_id = m.batch_id.to_string();
-    let batch_at = ts(m.batch_at);
-    for update in &m.updates {
-        match update {
-            Update::Extend {
-                attribute,
-                unit,
-                run,
-            } => {
-                statements.extend.get(
-                    tx,
-                    "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                     ON CONFLICT (batch_id, attribute) DO UPDATE SET \
-                       n = n + excluded.n, sum = sum + excluded.sum, \
-                       min = min(min, excluded.min), max = max(max, excluded.max), \
-                       out_of_range_hours = out_of_range_hours + excluded.out_of_range_hours \
-                         + CASE WHEN last_out = 1 THEN max(0.0, excluded.first_hours - last_hours) ELSE 0.0 END, \
-                       last_hours = excluded.last_hours, last_out = excluded.last_out",
-                )?
-                .execute(params![
+    use crate::model::analytics::measure::{Run, Update};
+    use carrel_proto::golden::Point;
+    let keys: Vec<(String, String)> = all
+        .iter()
+        .map(|m| (m.batch_id.to_string(), ts(m.batch_at)))
+        .collect();
+    let mut runs: Vec<(&plan::Measures, &String, &String, &String, &String, &Run)> = Vec::new();
+    let mut bins: Vec<(&plan::Measures, &String, &String, f64, &Point)> = Vec::new();
+    for (m, (batch_id, batch_at)) in all.iter().zip(&keys) {
+        for update in &m.updates {
+            match update {
+                Update::Extend {
+                    attribute,
+                    unit,
+                    run,
+                } => runs.push((m, batch_id, batch_at, attribute, unit, run)),
+                Update::Binned {
+                    attribute,
+                    bin_hours,
+                    point,
+                } => bins.push((m, batch_id, attribute, *bin_hours, point)),
+                Update::Result { .. } | Update::Corrected { .. } => {}
+            }
+        }
+    }
+    for chunk in runs.chunks(ROWS_PER_STATEMENT) {
+        let sql = many_rows(
+            "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours) VALUES ",
+            14,
+            chunk.len(),
+            " ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+               n = n + excluded.n, sum = sum + excluded.sum, \
+               min = min(min, excluded.min), max = max(max, excluded.max), \
+               out_of_range_hours = out_of_range_hours + excluded.out_of_range_hours \
+                 + CASE WHEN last_out = 1 THEN max(0.0, excluded.first_hours - last_hours) ELSE 0.0 END, \
+               last_hours = excluded.last_hours, last_out = excluded.last_out",
+        );
+        let mut statement = tx.prepare_cached(&sql)?;
+        let mut at = 0;
+        for (m, batch_id, batch_at, attribute, unit, run) in chunk {
+            at = bind(
+                &mut statement,
+                at,
+                &[
                     batch_id,
                     attribute,
-                    m.product_id,
-                    m.site_id,
+                    &m.product_id,
+                    &m.site_id,
                     batch_at,
                     unit,
-                    i64_of(run.n)?,
-                    run.sum,
-                    run.min,
-                    run.max,
-                    run.first_hours,
-                    run.last_hours,
-                    run.last_out as i64,
-                    run.out_of_range_hours,
-                ])?;
-            }
-            Update::Result {
-                attribute,
-                unit,
-                value,
-                seq,
-                retest_of,
-            } => {
-                let v = value.unwrap_or(0.0);
-                statements.result.get(
-                    tx,
-                    "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
+                    &i64_of(run.n)?,
+                    &run.sum,
+                    &run.min,
+                    &run.max,
+                    &run.first_hours,
+                    &run.last_hours,
+                    &(run.last_out as i64),
+                    &run.out_of_range_hours,
+                ],
+            )?;
+        }
+        statement.raw_execute()?;
+    }
+    for chunk in bins.chunks(ROWS_PER_STATEMENT) {
+        let sql = many_rows(
+            "INSERT INTO batch_trajectories (batch_id, attribute, bin, product_id, bin_hours, n, sum) VALUES ",
+            7,
+            chunk.len(),
+            " ON CONFLICT (batch_id, attribute, bin) DO UPDATE SET \
+               n = n + excluded.n, sum = sum + excluded.sum",
+        );
+        let mut statement = tx.prepare_cached(&sql)?;
+        let mut at = 0;
+        for (m, batch_id, attribute, bin_hours, point) in chunk {
+            at = bind(
+                &mut statement,
+                at,
+                &[
+                    batch_id,
+                    attribute,
+                    &i64::from(point.bin),
+                    &m.product_id,
+                    bin_hours,
+                    &i64_of(point.n)?,
+                    &point.sum,
+                ],
+            )?;
+        }
+        statement.raw_execute()?;
+    }
+    for (m, (batch_id, batch_at)) in all.iter().zip(&keys) {
+        for update in &m.updates {
+            match update {
+                Update::Result {
+                    attribute,
+                    unit,
+                    value,
+                    seq,
+                    retest_of,
+                } => {
+                    let v = value.unwrap_or(0.0);
+                    statements.result.get(
+                        tx,
+                        "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0.0, 0.0, 0, 0.0, ?, ?, 0) \
                      ON CONFLICT (batch_id, attribute) DO UPDATE SET \
                        n = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.n ELSE n END, \
@@ -434,58 +497,60 @@ fn write_measures<'c>(
                        retest_of = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.retest_of ELSE retest_of END, \
                        ambiguous = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN 0 ELSE 1 END, \
                        seq = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.seq ELSE seq END",
-                )?
-                .execute(params![
-                    batch_id,
-                    attribute,
-                    m.product_id,
-                    m.site_id,
-                    batch_at,
-                    unit,
-                    i64::from(value.is_some()),
-                    v,
-                    v,
-                    v,
-                    i64_of(*seq)?,
-                    retest_of.map(i64_of).transpose()?,
-                ])?;
-            }
-            Update::Binned {
-                attribute,
-                bin_hours,
-                point,
-            } => {
-                statements.binned.get(
-                    tx,
-                    "INSERT INTO batch_trajectories (batch_id, attribute, bin, product_id, bin_hours, n, sum) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?) \
-                     ON CONFLICT (batch_id, attribute, bin) DO UPDATE SET \
-                       n = n + excluded.n, sum = sum + excluded.sum",
-                )?
-                .execute(params![
-                    batch_id,
-                    attribute,
-                    i64::from(point.bin),
-                    m.product_id,
-                    bin_hours,
-                    i64_of(point.n)?,
-                    point.sum,
-                ])?;
-            }
-            Update::Corrected { seq } => {
-                // A corrected result no longer clearly counts.
-                statements
-                    .corrected
-                    .get(
-                        tx,
-                        "UPDATE batch_measures SET ambiguous = 1 \
-                     WHERE batch_id = ? AND attribute LIKE 'qc/%' AND seq = ?",
                     )?
-                    .execute(params![batch_id, i64_of(*seq)?])?;
+                    .execute(params![
+                        batch_id,
+                        attribute,
+                        m.product_id,
+                        m.site_id,
+                        batch_at,
+                        unit,
+                        i64::from(value.is_some()),
+                        v,
+                        v,
+                        v,
+                        i64_of(*seq)?,
+                        retest_of.map(i64_of).transpose()?,
+                    ])?;
+                }
+                Update::Corrected { seq } => {
+                    // A corrected result no longer clearly counts.
+                    statements
+                        .corrected
+                        .get(
+                            tx,
+                            "UPDATE batch_measures SET ambiguous = 1 \
+                     WHERE batch_id = ? AND attribute LIKE 'qc/%' AND seq = ?",
+                        )?
+                        .execute(params![batch_id, i64_of(*seq)?])?;
+                }
+                Update::Extend { .. } | Update::Binned { .. } => {}
             }
         }
     }
     Ok(())
+}
+
+/// Rows of runs or bins in one statement at most (14 parameters a row at most,
+/// well under SQLite's limit of 32,766).
+const ROWS_PER_STATEMENT: usize = 32;
+
+/// `head`, then `rows` groups of `columns` placeholders, then `tail`.
+fn many_rows(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    format!("{head}{}{tail}", vec![row; rows].join(", "))
+}
+
+/// Binds `values` to the parameters after the `at`-th; returns the last bound.
+fn bind(
+    statement: &mut rusqlite::Statement<'_>,
+    at: usize,
+    values: &[&dyn ToSql],
+) -> Result<usize> {
+    for (i, value) in values.iter().enumerate() {
+        statement.raw_bind_parameter(at + i + 1, value)?;
+    }
+    Ok(at + values.len())
 }
 
 /// A statement of the writer, taken from the connection's statement cache when it
@@ -513,18 +578,14 @@ impl<'c> Statements<'c> {
 
 /// The statements of [`write_measures`], one per kind of update.
 struct MeasureStatements<'c> {
-    extend: Statements<'c>,
     result: Statements<'c>,
-    binned: Statements<'c>,
     corrected: Statements<'c>,
 }
 
 impl Default for MeasureStatements<'_> {
     fn default() -> Self {
         MeasureStatements {
-            extend: Statements::none(),
             result: Statements::none(),
-            binned: Statements::none(),
             corrected: Statements::none(),
         }
     }
