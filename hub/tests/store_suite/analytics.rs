@@ -13,6 +13,7 @@ use carrel_proto::event::{EventKind, Sample};
 use carrel_proto::recipe::{Outcome, QcValue};
 use chrono::Duration;
 use std::sync::Arc;
+use uuid::Uuid;
 
 const TEMPERATURE: &str = "step/expansion/temperature";
 
@@ -189,6 +190,7 @@ pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audit
         second.batch_id,
         qc_result("viability", QcValue::Numeric(93.0), Outcome::Pass),
     );
+    let result_b_seq = result_b.seq;
     ingest(&*store, SITE_B, &[accepted_b, result_b]).await;
     let viability = measures(&*store, "qc/viability").await;
     assert_eq!(
@@ -212,6 +214,41 @@ pub async fn case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audit
         store.measured_products().await.expect("products"),
         vec![RECIPE_ID.to_owned()]
     );
+
+    // Several results of a test in one message (as a site catching up sends them)
+    // count as they would one by one: a retest of the stored result and a retest
+    // of that; a result and its retest; and a result with another that retests
+    // nothing, which leaves the test off the chart.
+    let retest = |test: &str, value: f64, of: Option<u64>| EventKind::QcResult {
+        test_id: test.into(),
+        value: QcValue::Numeric(value),
+        unit: "%".into(),
+        method: "automated cell counter".into(),
+        site_outcome: Outcome::Pass,
+        retest_of: of,
+    };
+    let v1 = b.record(
+        second.batch_id,
+        retest("viability", 94.0, Some(result_b_seq)),
+    );
+    let c1 = b.record(second.batch_id, retest("cd3", 70.0, None));
+    let p1 = b.record(second.batch_id, retest("car-positive", 30.0, None));
+    let v2 = b.record(second.batch_id, retest("viability", 95.0, Some(v1.seq)));
+    let c2 = b.record(second.batch_id, retest("cd3", 72.0, Some(c1.seq)));
+    let p2 = b.record(second.batch_id, retest("car-positive", 31.0, None));
+    ingest(&*store, SITE_B, &[v1, c1, p1, v2, c2, p2]).await;
+    let charted = |rows: Vec<Stored>| -> Vec<(Uuid, f64)> {
+        rows.iter().map(|m| (m.batch_id, m.run.mean())).collect()
+    };
+    assert_eq!(
+        charted(measures(&*store, "qc/viability").await),
+        vec![(first.batch_id, 88.0), (second.batch_id, 95.0)]
+    );
+    assert_eq!(
+        charted(measures(&*store, "qc/cd3").await),
+        vec![(second.batch_id, 72.0)]
+    );
+    assert!(measures(&*store, "qc/car-positive").await.is_empty());
 
     // The measures made from the batches' whole records (as for batches stored
     // before measures were kept) are those ingest kept, message by message: runs

@@ -474,6 +474,8 @@ fn write_measures<'c>(
         statement.raw_execute()?;
     }
     for (m, (batch_id, batch_at)) in all.iter().zip(&keys) {
+        // A message's results of one test, up to a correction, as one upsert.
+        let mut results: Vec<Results> = Vec::new();
         for update in &m.updates {
             match update {
                 Update::Result {
@@ -482,53 +484,124 @@ fn write_measures<'c>(
                     value,
                     seq,
                     retest_of,
-                } => {
-                    let v = value.unwrap_or(0.0);
-                    statements.result.get(
-                        tx,
-                        "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0.0, 0.0, 0, 0.0, ?, ?, 0) \
-                     ON CONFLICT (batch_id, attribute) DO UPDATE SET \
-                       n = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.n ELSE n END, \
-                       sum = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.sum ELSE sum END, \
-                       min = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.min ELSE min END, \
-                       max = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.max ELSE max END, \
-                       unit = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.unit ELSE unit END, \
-                       retest_of = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.retest_of ELSE retest_of END, \
-                       ambiguous = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN 0 ELSE 1 END, \
-                       seq = CASE WHEN ambiguous = 0 AND excluded.retest_of = seq THEN excluded.seq ELSE seq END",
-                    )?
-                    .execute(params![
-                        batch_id,
-                        attribute,
-                        m.product_id,
-                        m.site_id,
-                        batch_at,
-                        unit,
-                        i64::from(value.is_some()),
-                        v,
-                        v,
-                        v,
-                        i64_of(*seq)?,
-                        retest_of.map(i64_of).transpose()?,
-                    ])?;
-                }
+                } => match results.iter_mut().find(|r| r.attribute == attribute) {
+                    Some(r) => r.then(unit, *value, *seq, *retest_of),
+                    None => results.push(Results::first(attribute, unit, *value, *seq, *retest_of)),
+                },
                 Update::Corrected { seq } => {
+                    for r in results.drain(..) {
+                        r.write(tx, statements, m, batch_id, batch_at)?;
+                    }
                     // A corrected result no longer clearly counts.
                     statements
                         .corrected
                         .get(
                             tx,
                             "UPDATE batch_measures SET ambiguous = 1 \
-                     WHERE batch_id = ? AND attribute LIKE 'qc/%' AND seq = ?",
+                             WHERE batch_id = ? AND attribute LIKE 'qc/%' AND seq = ?",
                         )?
                         .execute(params![batch_id, i64_of(*seq)?])?;
                 }
                 Update::Extend { .. } | Update::Binned { .. } => {}
             }
         }
+        for r in results {
+            r.write(tx, statements, m, batch_id, batch_at)?;
+        }
     }
     Ok(())
+}
+
+/// Consecutive results of one QC test in a message (no correction between them),
+/// applied as one upsert: what [`QcState::then`] makes of them depends on the
+/// stored state only through the first. If the first applies (no row yet, or the
+/// stored result is clear and the first retests it), the state after it is the
+/// first result's own, and the rest follow from it here; otherwise the test is
+/// ambiguous for good and the stored values stay. A catching-up site sends many
+/// results of a test in one message.
+///
+/// [`QcState::then`]: crate::model::analytics::measure::QcState::then
+struct Results<'a> {
+    attribute: &'a str,
+    /// What the first result retests: whether it applies to the stored state.
+    first_retest_of: Option<u64>,
+    /// The state after all of them, given that the first applies, with the unit
+    /// and retest of the result it holds.
+    state: crate::model::analytics::measure::QcState,
+    unit: &'a str,
+    retest_of: Option<u64>,
+}
+
+impl<'a> Results<'a> {
+    fn first(
+        attribute: &'a str,
+        unit: &'a str,
+        value: Option<f64>,
+        seq: u64,
+        retest_of: Option<u64>,
+    ) -> Self {
+        Results {
+            attribute,
+            first_retest_of: retest_of,
+            state: crate::model::analytics::measure::QcState::then(None, value, seq, retest_of),
+            unit,
+            retest_of,
+        }
+    }
+
+    fn then(&mut self, unit: &'a str, value: Option<f64>, seq: u64, retest_of: Option<u64>) {
+        self.state = crate::model::analytics::measure::QcState::then(
+            Some(self.state),
+            value,
+            seq,
+            retest_of,
+        );
+        if !self.state.ambiguous {
+            (self.unit, self.retest_of) = (unit, retest_of);
+        }
+    }
+
+    fn write<'c>(
+        &self,
+        tx: &'c Connection,
+        statements: &mut MeasureStatements<'c>,
+        m: &plan::Measures,
+        batch_id: &str,
+        batch_at: &str,
+    ) -> Result<()> {
+        let v = self.state.value.unwrap_or(0.0);
+        statements
+            .result
+            .get(
+                tx,
+                "INSERT INTO batch_measures (batch_id, attribute, product_id, site_id, batch_at, unit, n, sum, min, max, first_hours, last_hours, last_out, out_of_range_hours, seq, retest_of, ambiguous) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, 0.0, 0.0, 0, 0.0, ?9, ?10, ?11) \
+                 ON CONFLICT (batch_id, attribute) DO UPDATE SET \
+                   n = CASE WHEN ambiguous = 0 AND ?12 = seq THEN excluded.n ELSE n END, \
+                   sum = CASE WHEN ambiguous = 0 AND ?12 = seq THEN excluded.sum ELSE sum END, \
+                   min = CASE WHEN ambiguous = 0 AND ?12 = seq THEN excluded.min ELSE min END, \
+                   max = CASE WHEN ambiguous = 0 AND ?12 = seq THEN excluded.max ELSE max END, \
+                   unit = CASE WHEN ambiguous = 0 AND ?12 = seq THEN excluded.unit ELSE unit END, \
+                   retest_of = CASE WHEN ambiguous = 0 AND ?12 = seq THEN excluded.retest_of ELSE retest_of END, \
+                   ambiguous = CASE WHEN ambiguous = 0 AND ?12 = seq THEN excluded.ambiguous ELSE 1 END, \
+                   seq = CASE WHEN ambiguous = 0 AND ?12 = seq THEN excluded.seq ELSE seq END",
+            )?
+            .execute(params![
+                batch_id,
+                self.attribute,
+                m.product_id,
+                m.site_id,
+                batch_at,
+                self.unit,
+                i64::from(self.state.value.is_some()),
+                v,
+                i64_of(self.state.seq)?,
+                self.retest_of.map(i64_of).transpose()?,
+                i64::from(self.state.ambiguous),
+                self.first_retest_of.map(i64_of).transpose()?,
+            ])?;
+        Ok(())
+    }
 }
 
 /// Rows of runs or bins in one statement at most (14 parameters a row at most,
