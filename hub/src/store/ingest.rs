@@ -75,7 +75,7 @@ pub struct Needs {
 pub struct Found {
     pub stored_bodies: HashMap<u64, String>,
     pub chain_head: Option<String>,
-    pub orders: HashMap<Uuid, (Order, StoredRecipe)>,
+    pub orders: HashMap<Uuid, (Order, std::sync::Arc<StoredRecipe>)>,
     pub correction_targets: HashMap<u64, Uuid>,
 }
 

@@ -475,7 +475,12 @@ impl Store for PgStore {
         for batch_id in needs.batches {
             match w.order(OrderKey::Batch(batch_id)).await {
                 Ok(order) => {
-                    let recipe = w.recipe(&order.recipe_id, order.recipe_version).await?;
+                    let recipe = match self.recipes.shared(&order.recipe_id, order.recipe_version) {
+                        Some(shared) => shared,
+                        None => std::sync::Arc::new(
+                            w.recipe(&order.recipe_id, order.recipe_version).await?,
+                        ),
+                    };
                     found.orders.insert(batch_id, (order, recipe));
                 }
                 Err(Error::NotFound(_)) => {}

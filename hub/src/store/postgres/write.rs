@@ -340,7 +340,7 @@ impl ReadTx for PgTx<'_> {
         .await?
         .ok_or_else(|| Error::NotFound(format!("recipe {recipe_id} v{version}")))?;
         let stored = rows::recipe(&row)?;
-        self.store.recipes.keep(recipe_id, version, &stored);
+        self.store.recipes.keep(recipe_id, version, stored.clone());
         Ok(stored)
     }
 
