@@ -15,6 +15,7 @@ use super::super::ingest as plan;
 use super::super::rows;
 use super::super::*;
 use crate::audit::{self, NewEntry};
+use crate::model::analytics::measure::QcState;
 use crate::model::{Order, StoredRecipe};
 use rusqlite::{
     params, CachedStatement, Connection, OptionalExtension, ToSql, TransactionBehavior,
@@ -172,7 +173,7 @@ impl Writer {
         let received_at = ts(now);
         // Each statement is taken from the connection's cache once per message, not
         // once per row (see [`Statements`]).
-        let mut insert_event = Statements::none();
+        let mut insert_event = Statements::default();
         for received in &plan.events {
             let event = received.event();
             insert_event.get(
@@ -192,7 +193,7 @@ impl Writer {
                 received.sha256(),
             ])?;
         }
-        let mut insert_qc = Statements::none();
+        let mut insert_qc = Statements::default();
         for (batch_id, qc) in &plan.qc {
             insert_qc.get(
                 tx,
@@ -210,8 +211,7 @@ impl Writer {
                 qc.reason,
             ])?;
         }
-        let mut measure_statements = MeasureStatements::default();
-        write_measures(tx, &mut measure_statements, &plan.measures)?;
+        write_measures(tx, &plan.measures)?;
         for (batch_id, p) in &plan.projections {
             tx.prepare_cached(
                 "UPDATE batches SET state = ?, current_step = ?, progress = ?, decision_recorded = ?, updated_at = ? WHERE batch_id = ?",
@@ -382,12 +382,9 @@ impl Audit<'_> {
 /// [`measure::Run::then`]: crate::model::analytics::measure::Run::then
 /// [`measure::QcState::then`]: crate::model::analytics::measure::QcState::then
 /// [`Pending`]: crate::model::analytics::measure::Pending
-fn write_measures<'c>(
-    tx: &'c Connection,
-    statements: &mut MeasureStatements<'c>,
-    all: &[plan::Measures],
-) -> Result<()> {
+fn write_measures(tx: &Connection, all: &[plan::Measures]) -> Result<()> {
     use crate::model::analytics::measure::{Run, Update};
+    let mut statements = MeasureStatements::default();
     use carrel_proto::golden::Point;
     let keys: Vec<(String, String)> = all
         .iter()
@@ -492,7 +489,7 @@ fn write_measures<'c>(
                 },
                 Update::Corrected { seq } => {
                     for r in results.drain(..) {
-                        r.write(tx, statements, m, batch_id, batch_at)?;
+                        r.write(tx, &mut statements, m, batch_id, batch_at)?;
                     }
                     // A corrected result no longer clearly counts.
                     statements
@@ -508,7 +505,7 @@ fn write_measures<'c>(
             }
         }
         for r in results {
-            r.write(tx, statements, m, batch_id, batch_at)?;
+            r.write(tx, &mut statements, m, batch_id, batch_at)?;
         }
     }
     Ok(())
@@ -522,14 +519,13 @@ fn write_measures<'c>(
 /// ambiguous for good and the stored values stay. A catching-up site sends many
 /// results of a test in one message.
 ///
-/// [`QcState::then`]: crate::model::analytics::measure::QcState::then
 struct Results<'a> {
     attribute: &'a str,
     /// What the first result retests: whether it applies to the stored state.
     first_retest_of: Option<u64>,
     /// The state after all of them, given that the first applies, with the unit
     /// and retest of the result it holds.
-    state: crate::model::analytics::measure::QcState,
+    state: QcState,
     unit: &'a str,
     retest_of: Option<u64>,
 }
@@ -545,19 +541,14 @@ impl<'a> Results<'a> {
         Results {
             attribute,
             first_retest_of: retest_of,
-            state: crate::model::analytics::measure::QcState::then(None, value, seq, retest_of),
+            state: QcState::then(None, value, seq, retest_of),
             unit,
             retest_of,
         }
     }
 
     fn then(&mut self, unit: &'a str, value: Option<f64>, seq: u64, retest_of: Option<u64>) {
-        self.state = crate::model::analytics::measure::QcState::then(
-            Some(self.state),
-            value,
-            seq,
-            retest_of,
-        );
+        self.state = QcState::then(Some(self.state), value, seq, retest_of);
         if !self.state.ambiguous {
             (self.unit, self.retest_of) = (unit, retest_of);
         }
@@ -668,13 +659,10 @@ fn bind(
 /// measure upserts are long: `perf` on the catch-up figure (`carrel-bench --only
 /// catch-up`) showed a tenth of the writer thread's time in that lookup when it was
 /// done once per row.
+#[derive(Default)]
 struct Statements<'c>(Option<CachedStatement<'c>>);
 
 impl<'c> Statements<'c> {
-    fn none() -> Self {
-        Statements(None)
-    }
-
     fn get(&mut self, tx: &'c Connection, sql: &str) -> Result<&mut CachedStatement<'c>> {
         let statement = match self.0.take() {
             Some(statement) => statement,
@@ -684,17 +672,9 @@ impl<'c> Statements<'c> {
     }
 }
 
-/// The statements of [`write_measures`], one per kind of update.
+/// The statements of [`write_measures`] that are applied one update at a time.
+#[derive(Default)]
 struct MeasureStatements<'c> {
     result: Statements<'c>,
     corrected: Statements<'c>,
-}
-
-impl Default for MeasureStatements<'_> {
-    fn default() -> Self {
-        MeasureStatements {
-            result: Statements::none(),
-            corrected: Statements::none(),
-        }
-    }
 }
