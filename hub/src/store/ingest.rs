@@ -102,7 +102,20 @@ pub struct Measures {
     pub site_id: String,
     /// When the order was placed: the order of batches on a chart.
     pub batch_at: chrono::DateTime<chrono::Utc>,
-    pub updates: Vec<measure::Update>,
+    pub updates: measure::Pending,
+}
+
+impl Measures {
+    /// `order`'s batch's `updates`.
+    pub fn new(order: &Order, updates: measure::Pending) -> Measures {
+        Measures {
+            batch_id: order.batch_id,
+            product_id: order.recipe_id.clone(),
+            site_id: order.site_id.clone(),
+            batch_at: order.created_at,
+            updates,
+        }
+    }
 }
 
 /// What a message at `cursor` (the highest seq stored for the site) needs looked
@@ -277,13 +290,7 @@ pub fn plan<'a>(
     plan.ingested.acked_event_seq = next;
     for (order, projection, _, updates) in touched {
         if !updates.is_empty() {
-            plan.measures.push(Measures {
-                batch_id: order.batch_id,
-                product_id: order.recipe_id.clone(),
-                site_id: order.site_id.clone(),
-                batch_at: order.created_at,
-                updates: updates.into_updates(),
-            });
+            plan.measures.push(Measures::new(&order, updates));
         }
         plan.projections.push((order.batch_id, projection));
     }

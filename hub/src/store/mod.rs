@@ -567,6 +567,13 @@ pub trait Store:
     }
 
     // -- process analytics --
+    /// Writes the measures of stored site events that the backend keeps back for
+    /// a moment (SQLite's writer does, `sqlite/ingest.rs`), so that what is read
+    /// next counts every stored event. Every read of measures below calls it
+    /// first. PostgreSQL writes measures with their events: nothing to do.
+    async fn fold_measures(&self) -> Result<()> {
+        Ok(())
+    }
     /// The stored measures of one attribute of a product, in the order the batches
     /// were placed.
     async fn batch_measures(
@@ -574,6 +581,7 @@ pub trait Store:
         product_id: &str,
         attribute: &str,
     ) -> Result<Vec<crate::model::analytics::measure::Stored>> {
+        self.fold_measures().await?;
         self.read()
             .await?
             .batch_measures(product_id, attribute)
@@ -581,10 +589,12 @@ pub trait Store:
     }
     /// The attributes measured of a product's batches, with their unit.
     async fn measure_attributes(&self, product_id: &str) -> Result<Vec<(String, String)>> {
+        self.fold_measures().await?;
         self.read().await?.measure_attributes(product_id).await
     }
     /// The products whose batches have measures.
     async fn measured_products(&self) -> Result<Vec<String>> {
+        self.fold_measures().await?;
         self.read().await?.measured_products().await
     }
     /// A batch's trajectory points: `(attribute, bin hours, point)`.
@@ -592,6 +602,7 @@ pub trait Store:
         &self,
         batch_id: Uuid,
     ) -> Result<Vec<(String, f64, crate::model::analytics::golden::Point)>> {
+        self.fold_measures().await?;
         self.read().await?.batch_trajectory(batch_id).await
     }
     /// The released batches' bin means of one attribute of a product, in bins
@@ -602,6 +613,7 @@ pub trait Store:
         attribute: &str,
         bin_hours: f64,
     ) -> Result<Vec<(Uuid, u32, f64)>> {
+        self.fold_measures().await?;
         self.read()
             .await?
             .released_trajectories(product_id, attribute, bin_hours)
@@ -624,6 +636,7 @@ pub trait Store:
         &self,
         choice: &analytics::BaselineChoice<'_>,
     ) -> Result<crate::model::analytics::measure::Baseline> {
+        self.fold_measures().await?;
         analytics::choose_baseline(self.write().await?, choice, Utc::now()).await
     }
 
@@ -632,6 +645,8 @@ pub trait Store:
     /// records, before the hub serves. Answers how many batches it went through, or
     /// `None` when this was done before.
     async fn backfill_measures(&self) -> Result<Option<usize>> {
+        // A batch's measures are replaced whole: none may be kept back for later.
+        self.fold_measures().await?;
         if !analytics::needs_backfill(self.write().await?).await? {
             return Ok(None);
         }

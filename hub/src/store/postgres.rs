@@ -737,7 +737,7 @@ mod notify;
 /// [`measure::QcState::then`]: crate::model::analytics::measure::QcState::then
 async fn write_measures(conn: &mut sqlx::PgConnection, m: &plan::Measures) -> Result<()> {
     use crate::model::analytics::measure::Update;
-    for update in &m.updates {
+    for update in m.updates.updates() {
         match update {
             Update::Extend {
                 attribute,

@@ -15,9 +15,9 @@ use chrono::Duration;
 use std::sync::Arc;
 use uuid::Uuid;
 
-const TEMPERATURE: &str = "step/expansion/temperature";
+pub const TEMPERATURE: &str = "step/expansion/temperature";
 
-fn samples(values: &[(f64, f64)]) -> EventKind {
+pub fn samples(values: &[(f64, f64)]) -> EventKind {
     EventKind::ProcessSamples {
         step_id: "expansion".into(),
         samples: values
@@ -684,4 +684,75 @@ pub async fn case_trajectories_are_kept_at_ingest_and_the_golden_batch_is_of_rel
         again.push(store.batch_trajectory(order.batch_id).await.expect("again"));
     }
     assert_eq!(kept, again);
+}
+
+/// A batch placed at site A, with its site's log and the records that accept it
+/// and start its expansion step (not ingested yet).
+pub async fn a_batch_starting_expansion(
+    store: &dyn Store,
+) -> (
+    carrel_hub::model::Order,
+    SiteLog,
+    Vec<carrel_proto::event::SiteEvent>,
+) {
+    let recipe = seed(store).await;
+    let order = store
+        .create_order(&new_order(SITE_A), now())
+        .await
+        .expect("order");
+    let mut log = SiteLog::new();
+    let started = vec![
+        log.record(order.batch_id, accepted(&order, &recipe)),
+        log.record(order.batch_id, step_started("expansion")),
+    ];
+    (order, log, started)
+}
+
+/// A batch's measures and trajectory as the store reads them.
+pub async fn measured(
+    store: &dyn Store,
+    batch_id: Uuid,
+) -> (
+    Vec<Stored>,
+    Vec<Stored>,
+    Vec<(String, f64, carrel_hub::model::analytics::golden::Point)>,
+) {
+    (
+        measures(store, TEMPERATURE).await,
+        measures(store, "qc/viability").await,
+        store.batch_trajectory(batch_id).await.expect("trajectory"),
+    )
+}
+
+/// Measures of records stored just before the store is closed (none read in
+/// between) are there, counted once, after it is opened again.
+pub async fn case_measures_of_the_last_records_survive_reopening(
+    store: Arc<dyn Store>,
+    reopen: impl AsyncFnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) {
+    let (order, mut a, mut first) = a_batch_starting_expansion(&*store).await;
+    first.push(a.record(order.batch_id, samples(&[(0.0, 37.0), (1.0, 38.0)])));
+    ingest(&*store, SITE_A, &first).await;
+    let second = vec![
+        a.record(order.batch_id, samples(&[(2.0, 37.2), (3.0, 36.9)])),
+        a.record(
+            order.batch_id,
+            qc_result("viability", QcValue::Numeric(90.0), Outcome::Pass),
+        ),
+    ];
+    ingest(&*store, SITE_A, &second).await;
+    let store = reopen(store).await;
+    let (temperature, viability, trajectory) = measured(&*store, order.batch_id).await;
+    assert_eq!(temperature.len(), 1, "{temperature:?}");
+    let run = temperature[0].run;
+    assert_eq!((run.n, run.min, run.max), (4, 36.9, 38.0));
+    assert!((run.sum - 149.1).abs() < 1e-9, "{run:?}");
+    assert!((run.out_of_range_hours - 1.0).abs() < 1e-9, "{run:?}");
+    assert_eq!(viability.len(), 1);
+    assert_eq!(viability[0].run.mean(), 90.0);
+    assert_eq!(
+        trajectory.iter().map(|(_, _, p)| p.n).sum::<u64>(),
+        4,
+        "{trajectory:?}"
+    );
 }

@@ -458,3 +458,147 @@ async fn postgres_upgrade_carries_over_the_sites_products() {
     conn.close().await.expect("close");
     assert_carried_over(&*open_postgres_at(&database).await).await;
 }
+
+/// The SQLite writer keeps measures back for a moment (`sqlite/ingest.rs`,
+/// `Deferred`), and a hub that stops loses what it kept. Here the database is left
+/// as such a stop leaves it: the measures written so far undone, and
+/// `measures_through` behind the events. At open they are made again from the
+/// stored records, the same as before, and a second open does not count them again.
+#[tokio::test]
+async fn sqlite_measures_lost_when_the_hub_stops_are_made_again_at_open_once() {
+    use crate::analytics::{a_batch_starting_expansion, measured, samples};
+    use carrel_proto::recipe::{Outcome, QcValue};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hub.db");
+    let store = open_sqlite_at(&path).await;
+    let (order, mut a, mut events) = a_batch_starting_expansion(&*store).await;
+    for i in 0..20 {
+        let hours = f64::from(i);
+        events.push(a.record(
+            order.batch_id,
+            samples(&[(hours, 37.0 + f64::from(i % 3) * 0.4), (hours + 0.5, 37.1)]),
+        ));
+    }
+    events.push(a.record(
+        order.batch_id,
+        qc_result("viability", QcValue::Numeric(92.0), Outcome::Pass),
+    ));
+    for message in events.chunks(3) {
+        ingest(&*store, SITE_A, message).await;
+    }
+    let before = measured(&*store, order.batch_id).await;
+    assert_eq!(before.0[0].run.n, 40, "{:?}", before.0);
+    assert_eq!(before.1.len(), 1);
+    assert!(!before.2.is_empty());
+    store.close().await;
+    drop(store);
+
+    let raw = || async {
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .expect("open the file")
+    };
+    let mut conn = raw().await;
+    for sql in [
+        "DELETE FROM batch_measures",
+        "DELETE FROM batch_trajectories",
+        "UPDATE sites SET measures_through = 4",
+    ] {
+        conn.execute(sql).await.expect("leave it as a stop would");
+    }
+    conn.close().await.expect("close");
+
+    // Records 1 to 4 (the acceptance, the step's start, two of samples) are
+    // counted as measured: only what lies after them is made again.
+    let store = open_sqlite_at(&path).await;
+    let (temperature, viability, trajectory) = measured(&*store, order.batch_id).await;
+    assert_eq!(temperature.len(), 1);
+    assert_eq!(temperature[0].run.n, 36, "{temperature:?}");
+    assert_eq!(viability, before.1);
+    assert_eq!(
+        trajectory.iter().map(|(_, _, p)| p.n).sum::<u64>(),
+        before.2.iter().map(|(_, _, p)| p.n).sum::<u64>() - 4
+    );
+    store.close().await;
+    drop(store);
+
+    // Made again once: the next open finds nothing behind.
+    let store = open_sqlite_at(&path).await;
+    let again = measured(&*store, order.batch_id).await;
+    assert_eq!(again.0[0].run.n, 36);
+    assert_eq!(again.1, viability);
+    assert_eq!(again.2, trajectory);
+    let mut conn = raw().await;
+    let (through, acked): (i64, i64) =
+        sqlx::query_as("SELECT measures_through, acked_event_seq FROM sites WHERE site_id = ?")
+            .bind(SITE_A)
+            .fetch_one(&mut conn)
+            .await
+            .expect("site");
+    assert_eq!((through, acked), (events.len() as i64, events.len() as i64));
+    conn.close().await.expect("close");
+}
+
+/// Two stores over one SQLite file: the second, opening, makes the measures the
+/// first still keeps back from the stored records; the first then finds them made
+/// (`measures_through` moved) and drops its own. Each sample counts once.
+#[tokio::test]
+async fn sqlite_measures_kept_back_by_one_store_and_made_by_another_count_once() {
+    use crate::analytics::{a_batch_starting_expansion, measured, samples};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hub.db");
+    let first = open_sqlite_at(&path).await;
+    let (order, mut a, mut events) = a_batch_starting_expansion(&*first).await;
+    events.push(a.record(order.batch_id, samples(&[(0.0, 37.0), (1.0, 37.2)])));
+    events.push(a.record(order.batch_id, samples(&[(2.0, 37.1)])));
+    ingest(&*first, SITE_A, &events).await;
+    // The first keeps these measures back for up to a second; the second opens
+    // meanwhile.
+    let second = open_sqlite_at(&path).await;
+    for store in [&first, &second] {
+        let (temperature, _, trajectory) = measured(&**store, order.batch_id).await;
+        assert_eq!(temperature.len(), 1);
+        assert_eq!(temperature[0].run.n, 3, "{temperature:?}");
+        assert_eq!(trajectory.iter().map(|(_, _, p)| p.n).sum::<u64>(), 3);
+    }
+}
+
+/// With no more events and nobody reading, the SQLite writer writes the measures
+/// it keeps back on its own, about a second after they were committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_measures_kept_back_are_written_on_their_own() {
+    use crate::analytics::{a_batch_starting_expansion, samples};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hub.db");
+    let store = open_sqlite_at(&path).await;
+    let (order, mut a, mut events) = a_batch_starting_expansion(&*store).await;
+    events.push(a.record(order.batch_id, samples(&[(0.0, 37.0), (1.0, 37.2)])));
+    ingest(&*store, SITE_A, &events).await;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .expect("open the file");
+    let started = std::time::Instant::now();
+    loop {
+        let (rows, through): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM batch_measures), \
+                    (SELECT measures_through FROM sites WHERE site_id = ?)",
+        )
+        .bind(SITE_A)
+        .fetch_one(&mut conn)
+        .await
+        .expect("read");
+        if (rows, through) == (1, 3) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the measures were not written on their own: {rows} rows, measured through {through}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    conn.close().await.expect("close");
+}

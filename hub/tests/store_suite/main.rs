@@ -173,6 +173,7 @@ every_backend! {
         case_measures_are_kept_at_ingest_and_a_baseline_is_chosen_and_audited,
         case_a_trend_signal_is_kept_once_and_an_audited_exception_while_undecided,
         case_trajectories_are_kept_at_ingest_and_the_golden_batch_is_of_released_batches,
+        case_measures_of_the_last_records_survive_reopening(reopen),
     ],
     operations: [
         case_data_survives_reopening(reopen),

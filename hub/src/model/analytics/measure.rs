@@ -1,5 +1,6 @@
-//! What each batch contributes to the charts, kept as its records arrive (at
-//! ingest, in the transaction that stores them) so that no page ever re-reads a
+//! What each batch contributes to the charts, kept as its records arrive (from
+//! ingest: PostgreSQL writes it in the transaction that stores them, SQLite's
+//! writer up to a second later, merged per batch) so that no page ever re-reads a
 //! batch's events.
 //!
 //! A batch has one stored measure per attribute:
@@ -388,6 +389,19 @@ impl Pending {
     pub fn into_updates(self) -> Vec<Update> {
         self.updates
     }
+
+    /// The merged updates, in the order each was first added.
+    pub fn updates(&self) -> &[Update] {
+        &self.updates
+    }
+
+    /// Adds `later`'s updates (of records after these), merged as [`Pending::push`]
+    /// merges them: the same as adding their records here one by one.
+    pub fn append(&mut self, later: Pending) {
+        for update in later.updates {
+            self.push(update);
+        }
+    }
 }
 
 /// A batch's measure of one attribute as stored, in whole.
@@ -717,12 +731,9 @@ mod tests {
         }
     }
 
-    /// Ingest's fast path (`Pending::add`) merges a message's samples exactly as
-    /// pushing each record's `updates` does (the definition).
-    #[test]
-    fn adding_records_merges_as_pushing_their_updates_does() {
-        let recipe = Recipe::from_toml(include_str!("../../../recipes/cd19-car-t.v1.toml"))
-            .expect("shipped");
+    /// Sixty records of one step's samples (some out of range, some in another
+    /// unit), with QC results, retests and corrections among them.
+    fn mixed_records(recipe: &Recipe) -> Vec<EventKind> {
         let step = recipe
             .steps
             .iter()
@@ -770,6 +781,21 @@ mod tests {
                 });
             }
         }
+        kinds
+    }
+
+    /// Ingest's fast path (`Pending::add`) merges a message's samples exactly as
+    /// pushing each record's `updates` does (the definition).
+    #[test]
+    fn adding_records_merges_as_pushing_their_updates_does() {
+        let recipe = Recipe::from_toml(include_str!("../../../recipes/cd19-car-t.v1.toml"))
+            .expect("shipped");
+        let step = recipe
+            .steps
+            .iter()
+            .find(|s| s.parameters.len() >= 2)
+            .expect("a step with parameters");
+        let kinds = mixed_records(&recipe);
         let (mut added, mut pushed) = (Pending::default(), Pending::default());
         for (seq, kind) in kinds.iter().enumerate() {
             added.add(seq as u64 + 1, kind, &recipe);
@@ -780,6 +806,57 @@ mod tests {
         let (added, pushed) = (added.into_updates(), pushed.into_updates());
         assert!(added.len() > step.parameters.len() * 3, "{added:?}");
         assert_eq!(added, pushed);
+    }
+
+    /// The store's writer keeps the updates of many messages in memory and writes
+    /// them later as one: appending a message's pending updates to those of the
+    /// messages before it gives what adding all their records to one does.
+    #[test]
+    fn appending_later_messages_merges_as_adding_their_records_does() {
+        let recipe = Recipe::from_toml(include_str!("../../../recipes/cd19-car-t.v1.toml"))
+            .expect("shipped");
+        let kinds = mixed_records(&recipe);
+        let mut whole = Pending::default();
+        for (seq, kind) in kinds.iter().enumerate() {
+            whole.add(seq as u64 + 1, kind, &recipe);
+        }
+        let whole = whole.into_updates();
+        // Messages of 1, 2, 3, ... records.
+        let mut kept = Pending::default();
+        let (mut at, mut size) = (0, 1);
+        while at < kinds.len() {
+            let mut message = Pending::default();
+            for (i, kind) in kinds.iter().enumerate().skip(at).take(size) {
+                message.add(i as u64 + 1, kind, &recipe);
+            }
+            kept.append(message);
+            at += size;
+            size += 1;
+        }
+        assert!(whole.len() > 10, "{whole:?}");
+        let kept = kept.into_updates();
+        assert_eq!(kept.len(), whole.len());
+        for (k, w) in kept.iter().zip(&whole) {
+            match (k, w) {
+                // Sums of floats added in another grouping differ in the last bits.
+                (Update::Extend { run: a, .. }, Update::Extend { run: b, .. }) => {
+                    assert_eq!(k.attribute(), w.attribute());
+                    assert_eq!(
+                        (a.n, a.min, a.max, a.last_out),
+                        (b.n, b.min, b.max, b.last_out)
+                    );
+                    assert!(
+                        (a.sum - b.sum).abs() < 1e-9
+                            && (a.out_of_range_hours - b.out_of_range_hours).abs() < 1e-9
+                    );
+                }
+                (Update::Binned { point: a, .. }, Update::Binned { point: b, .. }) => {
+                    assert_eq!((k.attribute(), a.bin, a.n), (w.attribute(), b.bin, b.n));
+                    assert!((a.sum - b.sum).abs() < 1e-9);
+                }
+                _ => assert_eq!(k, w),
+            }
+        }
     }
 
     #[test]
